@@ -1,0 +1,54 @@
+# Two commands matter: `make demo` (sets up, runs every saga outcome) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: help setup run demo test lint format schemas bench clean
+
+help:
+	@echo "make setup    create .venv with the pinned dependencies (requirements.lock)"
+	@echo "make run      start broker, database and the three services; Ctrl-C stops all"
+	@echo "make demo     run the three saga outcomes end to end and check the invariants"
+	@echo "make test     unit, integration and end-to-end tests on the real servers"
+	@echo "make bench    place N orders (N=$${N:-2000}) and print throughput and latency"
+	@echo "make lint     ruff + mypy (strict)"
+	@echo "make schemas  regenerate schemas/ from events/"
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . \
+	  || $(BIN)/python -m pip install --quiet --no-deps -e .
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: setup
+	$(BIN)/python -m sagastack run
+
+demo: setup
+	$(BIN)/python -m sagastack demo
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m sagastack bench --orders $${N:-2000}
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+schemas: setup
+	$(BIN)/python -m events.schema_export
+
+clean:
+	rm -rf .run $(VENV) *.egg-info

@@ -1,0 +1,74 @@
+"""The envelope every event travels in, and the base class of every payload."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, ClassVar, Generic, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
+
+#: Money is exact: a Decimal with at most two places, written as a string on the wire.
+Money = Annotated[
+    Decimal,
+    Field(max_digits=14, decimal_places=2, ge=0),
+    PlainSerializer(lambda v: format(v, "f"), return_type=str, when_used="json"),
+]
+
+#: Identifiers chosen by users (customers, products): short, printable, no spaces.
+ExternalId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+class EventPayload(BaseModel):
+    """Base of every event's payload: frozen, strict about unknown fields.
+
+    Subclasses declare ``event_type`` (a past-tense name, unique across the system),
+    ``schema_version`` (bumped on an incompatible change) and ``producer`` (the only
+    service allowed to emit it).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_type: ClassVar[str]
+    schema_version: ClassVar[int] = 1
+    producer: ClassVar[str]
+
+
+P = TypeVar("P", bound=EventPayload)
+
+
+class Envelope(BaseModel, Generic[P]):
+    """Metadata common to all events plus the typed payload.
+
+    ``order_id`` is the saga's correlation id and the Kafka partition key, so all events
+    of one saga are ordered within each topic. ``causation_id`` is the ``event_id`` of the
+    event this one reacts to (``None`` for events caused by a command, e.g. an HTTP call).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: uuid.UUID
+    event_type: str
+    schema_version: int = Field(ge=1)
+    occurred_at: AwareDatetime
+    order_id: uuid.UUID
+    causation_id: uuid.UUID | None
+    producer: str
+    payload: P
+
+
+def new_envelope(
+    payload: P, *, order_id: uuid.UUID, causation_id: uuid.UUID | None
+) -> Envelope[P]:
+    """Wrap ``payload`` in a fresh envelope stamped now, with a new random ``event_id``."""
+    return Envelope[type(payload)](  # type: ignore[misc]
+        event_id=uuid.uuid4(),
+        event_type=payload.event_type,
+        schema_version=payload.schema_version,
+        occurred_at=datetime.now(UTC),
+        order_id=order_id,
+        causation_id=causation_id,
+        producer=payload.producer,
+        payload=payload,
+    )

@@ -1,0 +1,71 @@
+"""Events owned by the inventory service (topic ``inventory.events``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from events.envelope import EventPayload, ExternalId, Money
+
+PRODUCER = "inventory_svc"
+
+
+class PricedLine(BaseModel):
+    """A reserved line priced from the catalogue at reservation time."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    product_id: ExternalId
+    quantity: Annotated[int, Field(ge=1)]
+    unit_price: Money
+    line_total: Money
+
+
+class StockLine(BaseModel):
+    """A quantity of one product moved between stock buckets."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    product_id: ExternalId
+    quantity: Annotated[int, Field(ge=1)]
+
+
+class InventoryReserved(EventPayload):
+    """Step 2: every line is reserved; carries the priced lines and the total to charge."""
+
+    event_type: ClassVar[str] = "InventoryReserved"
+    producer: ClassVar[str] = PRODUCER
+
+    customer_id: ExternalId
+    lines: Annotated[tuple[PricedLine, ...], Field(min_length=1)]
+    total: Money
+
+
+class InventoryReservationFailed(EventPayload):
+    """Step 2, rejected: nothing is held for the order."""
+
+    event_type: ClassVar[str] = "InventoryReservationFailed"
+    producer: ClassVar[str] = PRODUCER
+
+    customer_id: ExternalId
+    reason: Literal["insufficient_stock", "unknown_product"]
+    product_ids: tuple[ExternalId, ...]
+
+
+class InventoryCommitted(EventPayload):
+    """Step 5: the reservation became a sale."""
+
+    event_type: ClassVar[str] = "InventoryCommitted"
+    producer: ClassVar[str] = PRODUCER
+
+    lines: tuple[StockLine, ...]
+
+
+class InventoryReleased(EventPayload):
+    """c2/c5: what the order held went back to available stock."""
+
+    event_type: ClassVar[str] = "InventoryReleased"
+    producer: ClassVar[str] = PRODUCER
+
+    lines: tuple[StockLine, ...]

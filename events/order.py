@@ -1,0 +1,59 @@
+"""Events owned by the order service (topic ``orders.events``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from events.envelope import EventPayload, ExternalId
+
+PRODUCER = "order_svc"
+
+
+class OrderLine(BaseModel):
+    """A line as the customer asked for it: no price, inventory owns the catalogue."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    product_id: ExternalId
+    quantity: Annotated[int, Field(ge=1, le=10_000)]
+
+
+class OrderCreated(EventPayload):
+    """Step 1: an order was placed and is PENDING; starts the saga."""
+
+    event_type: ClassVar[str] = "OrderCreated"
+    producer: ClassVar[str] = PRODUCER
+
+    customer_id: ExternalId
+    items: Annotated[tuple[OrderLine, ...], Field(min_length=1, max_length=100)]
+
+
+class OrderApproved(EventPayload):
+    """Step 4: payment completed, the order is APPROVED; inventory commits the sale."""
+
+    event_type: ClassVar[str] = "OrderApproved"
+    producer: ClassVar[str] = PRODUCER
+
+    customer_id: ExternalId
+
+
+class OrderRejected(EventPayload):
+    """c1/c3: the order is REJECTED with the reason given by the failing participant."""
+
+    event_type: ClassVar[str] = "OrderRejected"
+    producer: ClassVar[str] = PRODUCER
+
+    customer_id: ExternalId
+    reason: str
+
+
+class OrderCancelled(EventPayload):
+    """c4: the order is CANCELLED (deadline passed or customer request); all compensate."""
+
+    event_type: ClassVar[str] = "OrderCancelled"
+    producer: ClassVar[str] = PRODUCER
+
+    customer_id: ExternalId
+    reason: Literal["timeout", "cancelled_by_customer"]

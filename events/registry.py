@@ -1,0 +1,34 @@
+"""Every event type of the system, looked up by its wire name."""
+
+from __future__ import annotations
+
+from events.envelope import EventPayload
+from events.inventory import (
+    InventoryCommitted,
+    InventoryReleased,
+    InventoryReservationFailed,
+    InventoryReserved,
+)
+from events.order import OrderApproved, OrderCancelled, OrderCreated, OrderRejected
+from events.payment import PaymentCompleted, PaymentFailed, PaymentRefunded
+
+EVENT_TYPES: dict[str, type[EventPayload]] = {
+    cls.event_type: cls
+    for cls in (
+        OrderCreated,
+        OrderApproved,
+        OrderRejected,
+        OrderCancelled,
+        InventoryReserved,
+        InventoryReservationFailed,
+        InventoryCommitted,
+        InventoryReleased,
+        PaymentCompleted,
+        PaymentFailed,
+        PaymentRefunded,
+    )
+}
+
+
+def payload_class(event_type: str) -> type[EventPayload] | None:
+    return EVENT_TYPES.get(event_type)

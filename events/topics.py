@@ -1,0 +1,21 @@
+"""Topic names, in one place. One topic per owning service, keyed by ``order_id``."""
+
+from __future__ import annotations
+
+ORDERS = "orders.events"
+INVENTORY = "inventory.events"
+PAYMENT = "payment.events"
+
+#: Which topic each producing service writes its domain events to.
+TOPIC_OF_PRODUCER: dict[str, str] = {
+    "order_svc": ORDERS,
+    "inventory_svc": INVENTORY,
+    "payment_svc": PAYMENT,
+}
+
+DOMAIN_TOPICS: tuple[str, ...] = (ORDERS, INVENTORY, PAYMENT)
+
+
+def dead_letter_topic(service: str) -> str:
+    """Each service dead-letters into its own topic, e.g. ``payment_svc.deadletter``."""
+    return f"{service}.deadletter"

@@ -1,0 +1,76 @@
+"""HTTP API of the inventory service: the catalogue and its stock."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import text
+
+from events.envelope import ExternalId, Money
+from saga_kit.http import DatabaseDep
+
+router = APIRouter(tags=["products"])
+
+ProductId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+class ProductIn(BaseModel):
+    """``stock`` sets the units available for sale; reserved and sold units are kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    price: Money
+    stock: Annotated[int, Field(ge=0, le=1_000_000_000)]
+
+
+class ProductView(BaseModel):
+    product_id: ExternalId
+    name: str
+    price: Money
+    available: int
+    reserved: int
+    sold: int
+
+
+_COLUMNS = "product_id, name, price, available, reserved, sold"
+
+
+@router.put("/products/{product_id}", response_model=ProductView)
+async def put_product(product_id: ProductId, body: ProductIn, db: DatabaseDep) -> ProductView:
+    async with db.unit_of_work() as uow:
+        row = (
+            await uow.conn.execute(
+                text(
+                    "INSERT INTO products (product_id, name, price, available)"
+                    " VALUES (:p, :n, :price, :stock)"
+                    " ON CONFLICT (product_id) DO UPDATE SET name = :n, price = :price,"
+                    " available = :stock, updated_at = clock_timestamp()"
+                    f" RETURNING {_COLUMNS}"
+                ),
+                {"p": product_id, "n": body.name, "price": body.price, "stock": body.stock},
+            )
+        ).one()
+    return ProductView.model_validate(row._mapping)
+
+
+@router.get("/products/{product_id}", response_model=ProductView)
+async def get_product(product_id: ProductId, db: DatabaseDep) -> ProductView:
+    async with db.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(f"SELECT {_COLUMNS} FROM products WHERE product_id = :p"), {"p": product_id}
+            )
+        ).first()
+    if row is None:
+        raise HTTPException(404, f"product {product_id!r} not found")
+    return ProductView.model_validate(row._mapping)
+
+
+@router.get("/products", response_model=list[ProductView])
+async def list_products(db: DatabaseDep) -> list[ProductView]:
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(text(f"SELECT {_COLUMNS} FROM products ORDER BY product_id"))
+    return [ProductView.model_validate(r._mapping) for r in rows]

@@ -1,0 +1,33 @@
+"""The inventory service's tables. Stock is three buckets per product —
+``available + reserved + sold`` is constant except when the catalogue is restocked."""
+
+from saga_kit.migrations import Migration
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "inventory_svc",
+        1,
+        "products_reservations",
+        (
+            """CREATE TABLE products (
+                product_id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                price NUMERIC(14, 2) NOT NULL CHECK (price >= 0),
+                available INT NOT NULL CHECK (available >= 0),
+                reserved INT NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+                sold INT NOT NULL DEFAULT 0 CHECK (sold >= 0),
+                updated_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+            )""",
+            """CREATE TABLE reservations (
+                order_id UUID NOT NULL,
+                product_id TEXT NOT NULL REFERENCES products (product_id),
+                quantity INT NOT NULL CHECK (quantity > 0),
+                unit_price NUMERIC(14, 2) NOT NULL,
+                status TEXT NOT NULL CHECK (status IN ('RESERVED', 'COMMITTED', 'RELEASED')),
+                updated_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+                PRIMARY KEY (order_id, product_id)
+            )""",
+            "CREATE INDEX reservations_held ON reservations (order_id) WHERE status = 'RESERVED'",
+        ),
+    ),
+)

@@ -1,0 +1,11 @@
+from pydantic_settings import SettingsConfigDict
+
+from saga_kit.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    """``INVENTORY_DATABASE_URL``, ``INVENTORY_HTTP_PORT`` (8002), …"""
+
+    model_config = SettingsConfigDict(env_prefix="INVENTORY_", extra="ignore", frozen=True)
+
+    http_port: int = 8002

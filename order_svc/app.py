@@ -1,0 +1,19 @@
+"""Composition root of the order service."""
+
+from events.topics import INVENTORY, PAYMENT
+from order_svc import api, timeline
+from order_svc.handlers import HANDLERS
+from order_svc.schema import MIGRATIONS
+from saga_kit.consumer import Subscription
+from saga_kit.service import ServiceSpec
+
+SPEC = ServiceSpec(
+    name="order_svc",
+    title="order_svc — places orders and keeps every saga's timeline",
+    migrations=MIGRATIONS,
+    subscription=Subscription(
+        topics=(INVENTORY, PAYMENT), handlers=HANDLERS, observer=timeline.observe
+    ),
+    routers=lambda: [api.router],
+    emit_hooks=(timeline.record,),
+)

@@ -1,0 +1,46 @@
+"""The order service's tables."""
+
+from saga_kit.migrations import Migration
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "order_svc",
+        1,
+        "orders_items_timeline",
+        (
+            """CREATE TABLE orders (
+                order_id UUID PRIMARY KEY,
+                customer_id TEXT NOT NULL,
+                status TEXT NOT NULL
+                    CHECK (status IN ('PENDING', 'APPROVED', 'REJECTED', 'CANCELLED')),
+                reason TEXT,
+                total NUMERIC(14, 2),
+                idempotency_key TEXT UNIQUE,
+                request_hash TEXT,
+                created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+                updated_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+            )""",
+            "CREATE INDEX orders_status ON orders (status, created_at)",
+            """CREATE TABLE order_items (
+                order_id UUID NOT NULL REFERENCES orders (order_id),
+                line_no INT NOT NULL,
+                product_id TEXT NOT NULL,
+                quantity INT NOT NULL CHECK (quantity > 0),
+                unit_price NUMERIC(14, 2),
+                PRIMARY KEY (order_id, line_no)
+            )""",
+            """CREATE TABLE saga_events (
+                seq BIGSERIAL PRIMARY KEY,
+                event_id UUID NOT NULL UNIQUE,
+                order_id UUID NOT NULL,
+                event_type TEXT NOT NULL,
+                producer TEXT NOT NULL,
+                occurred_at TIMESTAMPTZ NOT NULL,
+                causation_id UUID,
+                payload JSONB NOT NULL,
+                recorded_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+            )""",
+            "CREATE INDEX saga_events_order ON saga_events (order_id, occurred_at, seq)",
+        ),
+    ),
+)

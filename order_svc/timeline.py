@@ -1,0 +1,51 @@
+"""The saga timeline: every event of an order, from every service, kept by the order
+service (DESIGN §6). Its own events are recorded as they are emitted (same transaction
+as the outbox row); the participants' events as they are consumed. Idempotent on
+``event_id``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from events.envelope import Envelope
+from saga_kit.db import UnitOfWork
+
+
+async def record(conn: AsyncConnection, envelope: Envelope[Any]) -> None:
+    await conn.execute(
+        text(
+            "INSERT INTO saga_events"
+            " (event_id, order_id, event_type, producer, occurred_at, causation_id, payload)"
+            " VALUES (:event_id, :order_id, :event_type, :producer, :occurred_at,"
+            "         :causation_id, CAST(:payload AS JSONB))"
+            " ON CONFLICT (event_id) DO NOTHING"
+        ),
+        {
+            "event_id": envelope.event_id,
+            "order_id": envelope.order_id,
+            "event_type": envelope.event_type,
+            "producer": envelope.producer,
+            "occurred_at": envelope.occurred_at,
+            "causation_id": envelope.causation_id,
+            "payload": envelope.payload.model_dump_json(),
+        },
+    )
+
+
+async def observe(uow: UnitOfWork, envelope: Envelope[Any]) -> None:
+    """Consumer observer: every participant event joins its saga's timeline."""
+    await record(uow.conn, envelope)
+
+
+async def load(conn: AsyncConnection, order_id: Any) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        text(
+            "SELECT event_id, event_type, producer, occurred_at, causation_id, payload"
+            " FROM saga_events WHERE order_id = :o ORDER BY occurred_at, seq"
+        ),
+        {"o": order_id},
+    )
+    return [dict(row._mapping) for row in rows]

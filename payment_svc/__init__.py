@@ -1,0 +1,1 @@
+"""Payment service: owns customer accounts; charges for reserved orders (step 3)."""

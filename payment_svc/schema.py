@@ -1,0 +1,28 @@
+"""The payment service's tables. One payment row per order at most (its primary key):
+an order is charged at most once whatever is redelivered."""
+
+from saga_kit.migrations import Migration
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "payment_svc",
+        1,
+        "accounts_payments",
+        (
+            """CREATE TABLE accounts (
+                customer_id TEXT PRIMARY KEY,
+                balance NUMERIC(14, 2) NOT NULL CHECK (balance >= 0),
+                updated_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+            )""",
+            """CREATE TABLE payments (
+                order_id UUID PRIMARY KEY,
+                customer_id TEXT NOT NULL,
+                amount NUMERIC(14, 2) NOT NULL CHECK (amount >= 0),
+                status TEXT NOT NULL CHECK (status IN ('CHARGED', 'DECLINED', 'REFUNDED')),
+                reason TEXT,
+                created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+                updated_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+            )""",
+        ),
+    ),
+)

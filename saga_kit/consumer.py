@@ -1,0 +1,180 @@
+"""The consumer loop shared by every service.
+
+``MessageProcessor.process`` handles one Kafka record and is the whole contract:
+
+1. Decode with the shared codec. Invalid bytes → dead letter (row + dead-letter topic,
+   with reason, source topic, partition and offset), then return: the partition moves on.
+2. Events with no handler in this service are skipped.
+3. In one unit of work: claim the event in the inbox (a duplicate is a no-op), run the
+   handler, commit. Only after ``process`` returns does the caller (a faust agent) ack
+   the record, so the offset is committed after the transaction.
+4. Transient failures (database or broker away) are retried with capped exponential
+   backoff, forever: an event is never skipped because a dependency is down.
+5. Any other exception from a handler is a bug or a poison event: it is dead-lettered
+   with the exception as the reason, so one bad event never halts the partition; the
+   dead letter keeps the original bytes for replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import text
+
+from events.codec import InvalidEvent, decode
+from events.envelope import Envelope
+from events.topics import dead_letter_topic
+from saga_kit import inbox
+from saga_kit.db import Database, UnitOfWork
+from saga_kit.errors import is_transient
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[UnitOfWork, Envelope[Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Record:
+    """A Kafka record, independent of the client library that fetched it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+class Outcome(enum.Enum):
+    HANDLED = "handled"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+    DEAD_LETTERED = "dead_lettered"
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """What a service consumes: topics, and one handler per event type it reacts to.
+
+    ``observer`` (optional) runs first, in the same transaction, for every event on the
+    subscribed topics — the order service uses it to keep the saga timeline.
+    """
+
+    topics: tuple[str, ...]
+    handlers: Mapping[str, Handler]
+    observer: Handler | None = None
+
+
+@dataclass
+class ConsumerStats:
+    outcomes: dict[str, int] = field(default_factory=lambda: {o.value: 0 for o in Outcome})
+    retrying: bool = False
+
+
+class MessageProcessor:
+    def __init__(
+        self,
+        service: str,
+        db: Database,
+        subscription: Subscription,
+        *,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.service = service
+        self._db = db
+        self._sub = subscription
+        self._max_backoff = max_backoff
+        self.stats = ConsumerStats()
+
+    async def process(self, record: Record) -> Outcome:
+        outcome = await self._process(record)
+        self.stats.outcomes[outcome.value] += 1
+        return outcome
+
+    async def _process(self, record: Record) -> Outcome:
+        try:
+            envelope = decode(record.value)
+        except InvalidEvent as exc:
+            return await self._retrying(lambda: self._dead_letter(record, exc.reason))
+        handler = self._sub.handlers.get(envelope.event_type)
+        if handler is None and self._sub.observer is None:
+            return Outcome.IGNORED
+
+        async def apply() -> Outcome:
+            async with self._db.unit_of_work() as uow:
+                if not await inbox.claim(uow.conn, self.service, envelope):
+                    return Outcome.DUPLICATE
+                if self._sub.observer is not None:
+                    await self._sub.observer(uow, envelope)
+                if handler is not None:
+                    await handler(uow, envelope)
+            return Outcome.HANDLED
+
+        try:
+            return await self._retrying(apply)
+        except InvalidEvent as exc:
+            reason = exc.reason
+        except Exception as exc:  # a poison event must not halt the partition: see module doc
+            log.exception("handler for %s failed; dead-lettering", envelope.event_type)
+            reason = f"handler error: {type(exc).__name__}: {exc}"
+        return await self._retrying(lambda: self._dead_letter(record, reason))
+
+    async def _retrying(self, work: Callable[[], Awaitable[Outcome]]) -> Outcome:
+        delay = 0.05
+        while True:
+            try:
+                outcome = await work()
+                self.stats.retrying = False
+                return outcome
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self.stats.retrying = True
+                log.warning("transient failure, retrying in %.2fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_backoff)
+
+    async def _dead_letter(self, record: Record, reason: str) -> Outcome:
+        """Keep the original bytes with the reason, in the table and the dead-letter topic."""
+        log.error(
+            "dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+        )
+        headers = list(record.headers) + [
+            ("dlq.reason", reason.encode()),
+            ("dlq.source_topic", record.topic.encode()),
+            ("dlq.source_partition", str(record.partition).encode()),
+            ("dlq.source_offset", str(record.offset).encode()),
+            ("dlq.service", self.service.encode()),
+        ]
+        async with self._db.unit_of_work() as uow:
+            inserted = await uow.conn.scalar(
+                text(
+                    "INSERT INTO dead_letters"
+                    " (source_topic, source_partition, source_offset, key, value, headers, reason)"
+                    " VALUES (:t, :p, :o, :k, :v, CAST(:h AS JSONB), :r)"
+                    " ON CONFLICT DO NOTHING RETURNING id"
+                ),
+                {
+                    "t": record.topic,
+                    "p": record.partition,
+                    "o": record.offset,
+                    "k": record.key,
+                    "v": record.value,
+                    "h": json.dumps([[k, v.decode("utf-8", "replace")] for k, v in record.headers]),
+                    "r": reason,
+                },
+            )
+            if inserted is not None:
+                await uow.emit_raw(
+                    topic=dead_letter_topic(self.service),
+                    key=record.key,
+                    value=record.value or b"",
+                    headers=headers,
+                )
+        return Outcome.DEAD_LETTERED

@@ -1,0 +1,66 @@
+"""HTTP pieces every service shares: the app factory, health endpoints, dependencies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from saga_kit.db import Database
+from saga_kit.errors import DomainRejection
+
+Check = Callable[[], Awaitable[None]]
+
+
+def get_database(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+DatabaseDep = Annotated[Database, Depends(get_database)]
+
+
+def health_router(checks: Mapping[str, Check], timeout: float = 2.0) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/health/live")
+    async def live() -> dict[str, str]:
+        """200 while the process runs and its event loop answers."""
+        return {"status": "ok"}
+
+    @router.get("/health/ready", response_model=None)
+    async def ready() -> JSONResponse:
+        """200 when every dependency answers, else 503; the body names each check."""
+        results: dict[str, Any] = {}
+        for name, check in checks.items():
+            try:
+                await asyncio.wait_for(check(), timeout)
+                results[name] = {"ok": True}
+            except Exception as exc:  # a failing check is the answer, not an error
+                results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        ok = all(r["ok"] for r in results.values())
+        return JSONResponse(
+            {"status": "ready" if ok else "not_ready", "checks": results},
+            status_code=200 if ok else 503,
+        )
+
+    return router
+
+
+def create_app(
+    title: str, db: Database, routers: list[APIRouter], checks: Mapping[str, Check]
+) -> FastAPI:
+    app = FastAPI(title=title, version="1.0.0")
+    app.state.db = db
+    app.include_router(health_router(checks))
+    for router in routers:
+        app.include_router(router)
+
+    @app.exception_handler(DomainRejection)
+    async def rejection(_: Request, exc: DomainRejection) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail, "reason": exc.reason}, status_code=409)
+
+    return app

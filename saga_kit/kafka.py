@@ -1,0 +1,57 @@
+"""Broker plumbing: explicit topic creation, the relay's producer, a readiness probe.
+
+Against Tansu (the embedded dev broker) idempotent producers and transactions fail, so
+the producer is ``acks="all"`` without idempotence; duplicates are absorbed by the inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_topics(
+    bootstrap: str, topics: Iterable[str], *, partitions: int, replication: int
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics if t not in existing]
+        created = []
+        for topic in missing:
+            try:
+                await admin.create_topics([NewTopic(topic, partitions, replication)])
+                created.append(topic)
+            except TopicAlreadyExistsError:  # another service won the race
+                pass
+        return created
+    finally:
+        await admin.close()
+
+
+def create_producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=5,
+        request_timeout_ms=15_000,
+        compression_type=None,
+    )
+
+
+async def broker_ping(producer: AIOKafkaProducer, timeout: float = 2.0) -> None:
+    """Raise unless the broker answers a metadata request within ``timeout`` seconds."""
+    ok = await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout)
+    if ok is None or not ok.brokers():
+        raise ConnectionError("broker returned no metadata")

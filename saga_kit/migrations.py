@@ -1,0 +1,97 @@
+"""Forward-only schema migrations, applied at service start.
+
+Each migration is a numbered list of SQL statements owned by a component (``saga_kit``
+for the shared plumbing tables, or the service's name). Concurrent starts of the same
+service serialize on an advisory lock, so a migration runs exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+_LOCK_KEY = 7_301_001  # arbitrary, constant: "schema migrations" advisory lock
+
+
+@dataclass(frozen=True)
+class Migration:
+    component: str
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+async def migrate(engine: AsyncEngine, migrations: Sequence[Migration]) -> list[str]:
+    """Apply every migration not yet recorded; return the names applied."""
+    applied: list[str] = []
+    async with engine.begin() as conn:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+        await conn.execute(
+            text(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " component TEXT NOT NULL, version INT NOT NULL, name TEXT NOT NULL,"
+                " applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),"
+                " PRIMARY KEY (component, version))"
+            )
+        )
+        done = {
+            (row.component, row.version)
+            for row in await conn.execute(text("SELECT component, version FROM schema_migrations"))
+        }
+        for m in migrations:
+            if (m.component, m.version) in done:
+                continue
+            for statement in m.statements:
+                await conn.execute(text(statement))
+            await conn.execute(
+                text("INSERT INTO schema_migrations (component, version, name) VALUES (:c, :v, :n)"),
+                {"c": m.component, "v": m.version, "n": m.name},
+            )
+            applied.append(f"{m.component}:{m.version:04d}_{m.name}")
+    return applied
+
+
+#: Tables every service has: outbox, inbox, dead letters.
+PLUMBING: tuple[Migration, ...] = (
+    Migration(
+        "saga_kit",
+        1,
+        "outbox_inbox_dead_letters",
+        (
+            """CREATE TABLE outbox (
+                id BIGSERIAL PRIMARY KEY,
+                event_id UUID NOT NULL UNIQUE,
+                topic TEXT NOT NULL,
+                key BYTEA,
+                value BYTEA NOT NULL,
+                headers JSONB NOT NULL DEFAULT '[]'::jsonb,
+                created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                sent_at TIMESTAMPTZ
+            )""",
+            "CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL",
+            """CREATE TABLE inbox (
+                consumer TEXT NOT NULL,
+                event_id UUID NOT NULL,
+                event_type TEXT NOT NULL,
+                order_id UUID NOT NULL,
+                processed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                PRIMARY KEY (consumer, event_id)
+            )""",
+            """CREATE TABLE dead_letters (
+                id BIGSERIAL PRIMARY KEY,
+                source_topic TEXT NOT NULL,
+                source_partition INT NOT NULL,
+                source_offset BIGINT NOT NULL,
+                key BYTEA,
+                value BYTEA,
+                headers JSONB NOT NULL DEFAULT '[]'::jsonb,
+                reason TEXT NOT NULL,
+                created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                UNIQUE (source_topic, source_partition, source_offset)
+            )""",
+        ),
+    ),
+)

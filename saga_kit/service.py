@@ -1,0 +1,187 @@
+"""The runner every service's ``__main__`` calls: one process serves its consumers, its
+outbox relay and its HTTP API on one event loop.
+
+Start order: database reachable → migrations → topics → producer → relay → faust
+consumers → HTTP. Stop (SIGTERM/SIGINT): HTTP, consumers (commit acked offsets), relay,
+producer, database. A relay or server that dies takes the process down (exit 1) so a
+supervisor restarts it; nothing is half-running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import uvicorn
+from fastapi import APIRouter
+
+from events.topics import DOMAIN_TOPICS, dead_letter_topic
+from saga_kit import logs
+from saga_kit.consumer import MessageProcessor, Subscription
+from saga_kit.db import Database, EmitHook, create_engine
+from saga_kit.errors import is_transient
+from saga_kit.faust_app import build_faust_app
+from saga_kit.http import create_app
+from saga_kit.kafka import broker_ping, create_producer, ensure_topics
+from saga_kit.migrations import PLUMBING, Migration, migrate
+from saga_kit.outbox import OutboxRelay
+from saga_kit.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """Everything that makes one service different from another."""
+
+    name: str
+    title: str
+    migrations: tuple[Migration, ...]
+    subscription: Subscription
+    routers: Callable[[], Sequence[APIRouter]]
+    emit_hooks: tuple[EmitHook, ...] = field(default=())
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the runner owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _until_up(what: str, probe: Callable[[], object], deadline: float = 120.0) -> None:
+    """Retry ``probe`` (a coroutine factory) until it succeeds; dependencies start late."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    delay = 0.2
+    while True:
+        try:
+            await probe()  # type: ignore[misc]
+            return
+        except Exception as exc:
+            if not is_transient(exc) and not _kafka_error(exc) or loop.time() > end:
+                raise
+            log.info("waiting for %s: %s", what, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _kafka_error(exc: BaseException) -> bool:
+    from aiokafka.errors import KafkaError
+
+    return isinstance(exc, KafkaError)
+
+
+async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Event) -> None:
+    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+    producer = create_producer(settings.kafka_bootstrap_servers, spec.name)
+    db = Database(engine, spec.name, emit_hooks=spec.emit_hooks)
+    try:
+        await _until_up("database", db.ping)
+        for name in await migrate(engine, PLUMBING + spec.migrations):
+            log.info("applied migration %s", name)
+        await _until_up(
+            "broker",
+            lambda: ensure_topics(
+                settings.kafka_bootstrap_servers,
+                [*DOMAIN_TOPICS, dead_letter_topic(spec.name)],
+                partitions=settings.topic_partitions,
+                replication=settings.topic_replication,
+            ),
+        )
+        await _until_up("producer", producer.start)
+        relay = OutboxRelay(
+            engine,
+            producer,
+            batch_size=settings.relay_batch_size,
+            poll_interval=settings.relay_poll_interval,
+            fault=settings.fault,
+        )
+        db.set_on_commit(relay.wake)
+        processor = MessageProcessor(spec.name, db, spec.subscription)
+        consumers = build_faust_app(
+            spec.name, settings.kafka_bootstrap_servers, spec.subscription.topics, processor
+        )
+
+        async def consumers_running() -> None:
+            if not consumers.started or consumers.crashed:
+                raise RuntimeError(f"consumers {consumers.state}")
+            if processor.stats.retrying:
+                raise RuntimeError("consumer is retrying a transient failure")
+
+        async def relay_healthy() -> None:
+            if not relay.healthy:
+                raise RuntimeError("outbox relay is retrying a transient failure")
+
+        app = create_app(
+            spec.title,
+            db,
+            list(spec.routers()),
+            {
+                "database": db.ping,
+                "broker": lambda: broker_ping(producer),
+                "consumers": consumers_running,
+                "outbox_relay": relay_healthy,
+            },
+        )
+        app.state.processor = processor
+        app.state.relay = relay
+        server = _Server(
+            uvicorn.Config(
+                app,
+                host=settings.http_host,
+                port=settings.http_port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+        await consumers.start()
+        server_task = asyncio.create_task(server.serve(), name="http")
+        stop_task = asyncio.create_task(stop.wait(), name="stop")
+        log.info("%s listening on http://%s:%d", spec.name, settings.http_host, settings.http_port)
+        done, _ = await asyncio.wait(
+            {relay_task, server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
+        )
+        failed = [t for t in done if t is not stop_task]
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server_task, 10)
+        await consumers.stop()
+        relay_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await relay_task
+        for task in failed:
+            if task.exception() is not None:
+                raise RuntimeError(f"{task.get_name()} died") from task.exception()
+            if task is server_task and not server.started:
+                raise RuntimeError(f"HTTP server could not start on port {settings.http_port}")
+    finally:
+        await producer.stop()
+        await engine.dispose()
+
+
+def main(spec: ServiceSpec, settings_factory: Callable[[], ServiceSettings]) -> None:
+    """Entry point of ``python -m <service>``."""
+    settings = settings_factory()
+    logs.configure(spec.name, settings.log_level)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(spec, settings, stop)
+
+    try:
+        asyncio.run(run())
+    except Exception:
+        log.exception("%s stopped on error", spec.name)
+        raise SystemExit(1) from None
+    log.info("%s stopped", spec.name)

@@ -1,0 +1,51 @@
+"""One ``Settings`` base for every service; each service subclasses it with its prefix.
+
+Environment variables: ``KAFKA_BOOTSTRAP_SERVERS`` (shared), and per service
+``<PREFIX>_DATABASE_URL``, ``<PREFIX>_HTTP_HOST``, ``<PREFIX>_HTTP_PORT`` where PREFIX is
+``ORDER``, ``INVENTORY`` or ``PAYMENT``. Nothing is read at import time: settings are
+built in each service's ``__main__``.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    database_url: str = Field(
+        description="PostgreSQL URL of this service's own database (postgresql://...)"
+    )
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(ge=0, le=65535)
+
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
+    )
+    topic_partitions: int = Field(
+        default=6, ge=1, validation_alias=AliasChoices("KAFKA_TOPIC_PARTITIONS", "topic_partitions")
+    )
+    topic_replication: int = Field(
+        default=1, ge=1, validation_alias=AliasChoices("KAFKA_TOPIC_REPLICATION", "topic_replication")
+    )
+
+    relay_batch_size: int = Field(default=500, ge=1)
+    relay_poll_interval: float = Field(default=0.5, gt=0)
+    db_pool_size: int = Field(default=10, ge=1)
+
+    log_level: str = Field(default="INFO", validation_alias=AliasChoices("LOG_LEVEL", "log_level"))
+    #: Fault injection for tests and chaos runs, e.g. ``relay.before_publish``. Never set it
+    #: in production.
+    fault: str | None = Field(default=None, validation_alias=AliasChoices("SAGA_FAULT", "fault"))
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, url: str) -> str:
+        """Accept plain ``postgresql://`` URLs and pin the psycopg 3 async driver."""
+        for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        raise ValueError("must be a postgresql:// URL")

@@ -1,0 +1,57 @@
+"""``python -m sagastack run|demo|bench`` — see ``make help``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from sagastack.system import SERVICES, System
+
+RUN_ROOT = Path(".run")
+
+
+def run(_: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    system = System(RUN_ROOT / "stack")
+    print("starting broker, database and services …", flush=True)
+    with system:
+        print(f"\n  broker       {system.bootstrap}")
+        for name, url in system.database_urls.items():
+            print(f"  {name:<12} database {url}")
+        for name in SERVICES:
+            print(f"  {name:<12} {system.url(name)}  (health: {system.url(name)}/health/ready)")
+        print(f"\n  order API docs: {system.url('order_svc')}/docs")
+        print(f"  logs: {system.run_dir / 'logs'}\n\nready — Ctrl-C stops everything", flush=True)
+        while not stop.wait(0.5):
+            for name, sp in system.services.items():
+                if sp.proc is not None and sp.proc.poll() is not None:
+                    print(f"{name} exited ({sp.proc.returncode}); restarting", flush=True)
+                    system.start_service(name)
+        print("stopping …", flush=True)
+    print("stopped", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    parser = argparse.ArgumentParser(prog="sagastack")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="start everything and wait for Ctrl-C").set_defaults(func=run)
+
+    from sagastack import bench, demo
+
+    demo.add_parser(sub)
+    bench.add_parser(sub)
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

