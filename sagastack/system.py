@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,6 +50,8 @@ class System:
     run_dir: Path
     #: Take free ports instead of the defaults (tests, demo and bench run beside `make run`).
     free_ports: bool = False
+    #: Start from empty databases (the demo, tests); `make run` keeps its data.
+    fresh: bool = False
     #: Extra environment per service, e.g. {"order_svc": {"SAGA_FAULT": "relay.before_publish"}}.
     service_env: dict[str, dict[str, str]] = field(default_factory=dict)
     broker: Tansu | None = None
@@ -59,17 +62,19 @@ class System:
 
     def __post_init__(self) -> None:
         self.run_dir = self.run_dir.resolve()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.pids = PidFile(self.run_dir / "pids.json")
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
         xdg = self.run_dir / "xdg"
         xdg.mkdir(mode=0o700, exist_ok=True)
         os.environ.setdefault("XDG_RUNTIME_DIR", str(xdg))
         for leftover in self.pids.stop_leftovers():
             log.warning("stopped %s left running by an earlier run", leftover)
+        if self.fresh:
+            shutil.rmtree(self.run_dir / "pgdata", ignore_errors=True)
         try:
             self._start_broker()
             self._start_databases()

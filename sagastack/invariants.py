@@ -1,0 +1,102 @@
+"""The invariants of DESIGN §5, checked against all three databases at quiescence.
+
+Used by ``make demo``, the tests and (later) the fault-injection run. Each violation is
+a sentence naming what is wrong; an empty list means every invariant holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+
+import psycopg
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def check(
+    database_urls: Mapping[str, str],
+    initial_stock: Mapping[str, int],
+    initial_balance: Mapping[str, Decimal],
+) -> list[str]:
+    v: list[str] = []
+    with (
+        psycopg.connect(_plain(database_urls["order_svc"])) as orders_db,
+        psycopg.connect(_plain(database_urls["inventory_svc"])) as inventory_db,
+        psycopg.connect(_plain(database_urls["payment_svc"])) as payment_db,
+    ):
+        orders = {
+            str(oid): (status, total)
+            for oid, status, total in orders_db.execute("SELECT order_id, status, total FROM orders")
+        }
+        # 1. every order is terminal
+        for oid, (status, _) in orders.items():
+            if status == "PENDING":
+                v.append(f"order {oid} is still PENDING")
+
+        # 2. stock conserved; no reservation held for a non-APPROVED order
+        for pid, available, reserved, sold in inventory_db.execute(
+            "SELECT product_id, available, reserved, sold FROM products"
+        ):
+            if min(available, reserved, sold) < 0:
+                v.append(f"product {pid}: negative stock {available}/{reserved}/{sold}")
+            if pid in initial_stock and available + reserved + sold != initial_stock[pid]:
+                v.append(
+                    f"product {pid}: available {available} + reserved {reserved} + sold {sold}"
+                    f" != initial {initial_stock[pid]}"
+                )
+        for oid, pid, qty, status in inventory_db.execute(
+            "SELECT order_id, product_id, quantity, status FROM reservations"
+        ):
+            order_status = orders.get(str(oid), ("MISSING", None))[0]
+            if status == "RESERVED":
+                v.append(f"order {oid} ({order_status}) still holds {qty} x {pid}")
+            if status == "COMMITTED" and order_status != "APPROVED":
+                v.append(f"order {oid} ({order_status}) sold {qty} x {pid}")
+        for pid, sold, committed in inventory_db.execute(
+            "SELECT p.product_id, p.sold, COALESCE(SUM(r.quantity), 0) FROM products p"
+            " LEFT JOIN reservations r ON r.product_id = p.product_id AND r.status = 'COMMITTED'"
+            " GROUP BY p.product_id, p.sold"
+        ):
+            if sold != committed:
+                v.append(f"product {pid}: sold {sold} but committed reservations say {committed}")
+
+        # 3. money conserved; an APPROVED order is charged its total exactly once
+        charged: dict[str, Decimal] = {}
+        for oid, customer, amount, status in payment_db.execute(
+            "SELECT order_id, customer_id, amount, status FROM payments"
+        ):
+            order_status, total = orders.get(str(oid), ("MISSING", None))
+            if status == "CHARGED":
+                charged[customer] = charged.get(customer, Decimal(0)) + amount
+                if order_status != "APPROVED":
+                    v.append(f"order {oid} ({order_status}) is charged {amount}")
+                elif total != amount:
+                    v.append(f"order {oid} charged {amount} but its total is {total}")
+        charged_orders = {
+            str(oid)
+            for (oid,) in payment_db.execute("SELECT order_id FROM payments WHERE status = 'CHARGED'")
+        }
+        for oid, (status, _) in orders.items():
+            if status == "APPROVED" and oid not in charged_orders:
+                v.append(f"order {oid} is APPROVED but was never charged")
+        for customer, balance in payment_db.execute("SELECT customer_id, balance FROM accounts"):
+            if balance < 0:
+                v.append(f"customer {customer}: negative balance {balance}")
+            if customer in initial_balance:
+                spent = charged.get(customer, Decimal(0))
+                if balance + spent != initial_balance[customer]:
+                    v.append(
+                        f"customer {customer}: balance {balance} + charges {spent}"
+                        f" != initial {initial_balance[customer]}"
+                    )
+
+        # 4. no effect applied twice: each saga step happened at most once per order
+        for oid, event_type, n in orders_db.execute(
+            "SELECT order_id, event_type, COUNT(*) FROM saga_events"
+            " GROUP BY order_id, event_type HAVING COUNT(*) > 1"
+        ):
+            v.append(f"order {oid}: {event_type} happened {n} times")
+    return v
