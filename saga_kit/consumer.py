@@ -73,8 +73,13 @@ class Subscription:
 
 @dataclass
 class ConsumerStats:
-    outcomes: dict[str, int] = field(default_factory=lambda: {o.value: 0 for o in Outcome})
+    #: (event_type or "<invalid>", outcome) → count, exported on /metrics.
+    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
     retrying: bool = False
+
+    def count(self, event_type: str, outcome: Outcome) -> None:
+        key = (event_type, outcome.value)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
 
 
 class MessageProcessor:
@@ -93,15 +98,16 @@ class MessageProcessor:
         self.stats = ConsumerStats()
 
     async def process(self, record: Record) -> Outcome:
-        outcome = await self._process(record)
-        self.stats.outcomes[outcome.value] += 1
-        return outcome
-
-    async def _process(self, record: Record) -> Outcome:
         try:
             envelope = decode(record.value)
         except InvalidEvent as exc:
+            self.stats.count("<invalid>", Outcome.DEAD_LETTERED)
             return await self._retrying(lambda: self._dead_letter(record, exc.reason))
+        outcome = await self._process(record, envelope)
+        self.stats.count(envelope.event_type, outcome)
+        return outcome
+
+    async def _process(self, record: Record, envelope: Envelope[Any]) -> Outcome:
         handler = self._sub.handlers.get(envelope.event_type)
         if handler is None and self._sub.observer is None:
             return Outcome.IGNORED

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection
@@ -50,12 +50,28 @@ def health_router(checks: Mapping[str, Check], timeout: float = 2.0) -> APIRoute
     return router
 
 
+def metrics_router(render: Callable[[], Awaitable[str]]) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> str:
+        """Prometheus text exposition format."""
+        return await render()
+
+    return router
+
+
 def create_app(
-    title: str, db: Database, routers: list[APIRouter], checks: Mapping[str, Check]
+    title: str,
+    db: Database,
+    routers: list[APIRouter],
+    checks: Mapping[str, Check],
+    metrics: Callable[[], Awaitable[str]],
 ) -> FastAPI:
     app = FastAPI(title=title, version="1.0.0")
     app.state.db = db
     app.include_router(health_router(checks))
+    app.include_router(metrics_router(metrics))
     for router in routers:
         app.include_router(router)
 

@@ -20,7 +20,7 @@ import uvicorn
 from fastapi import APIRouter
 
 from events.topics import DOMAIN_TOPICS, dead_letter_topic
-from saga_kit import logs
+from saga_kit import logs, metrics
 from saga_kit.consumer import MessageProcessor, Subscription
 from saga_kit.db import Database, EmitHook, create_engine
 from saga_kit.errors import is_transient
@@ -128,6 +128,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 "consumers": consumers_running,
                 "outbox_relay": relay_healthy,
             },
+            lambda: metrics.render(spec.name, processor.stats, relay, db),
         )
         app.state.processor = processor
         app.state.relay = relay

@@ -1,0 +1,144 @@
+"""Every consumed event type, delivered twice, has exactly one effect.
+
+For each (service, event type) pair the service handles, the event is delivered, the
+service's observable state is snapshotted, the same event is delivered again, and the
+state must be unchanged with the second delivery reported as a duplicate.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from events import (
+    InventoryReservationFailed,
+    InventoryReserved,
+    OrderApproved,
+    OrderCreated,
+    OrderLine,
+    PaymentCompleted,
+    PaymentFailed,
+    PricedLine,
+)
+from events.envelope import Envelope
+from order_svc.placing import place_order
+from tests.integration.conftest import ServiceUnderTest, add_account, add_product, event
+
+
+@dataclass
+class Case:
+    service: ServiceUnderTest
+    event: Envelope[Any]
+    snapshot: Callable[[], Awaitable[Any]]
+
+
+def reserved_payload(customer: str, pid: str, qty: int = 1, price: str = "2.50") -> InventoryReserved:
+    unit = Decimal(price)
+    line = PricedLine(product_id=pid, quantity=qty, unit_price=unit, line_total=unit * qty)
+    return InventoryReserved(customer_id=customer, lines=(line,), total=unit * qty)
+
+
+async def inventory_snapshot(svc: ServiceUnderTest, pid: str, oid: uuid.UUID) -> Any:
+    return (
+        await svc.rows("SELECT available, reserved, sold FROM products WHERE product_id = :p", p=pid),
+        await svc.rows("SELECT status FROM reservations WHERE order_id = :o", o=oid),
+        [e.event_type for e in await svc.emitted(oid)],
+    )
+
+
+async def inventory_case(svc: ServiceUnderTest, event_type: str) -> Case:
+    pid, oid = await add_product(svc, 4), uuid.uuid4()
+    placed = event(OrderCreated(customer_id="c", items=(OrderLine(product_id=pid, quantity=2),)), oid)
+    if event_type == "OrderCreated":
+        ev = placed
+    else:
+        await svc.deliver(placed)
+        ev = event(
+            OrderApproved(customer_id="c")
+            if event_type == "OrderApproved"
+            else PaymentFailed(customer_id="c", amount=Decimal("5.00"), reason="insufficient_funds"),
+            oid,
+        )
+    return Case(svc, ev, lambda: inventory_snapshot(svc, pid, oid))
+
+
+async def payment_case(svc: ServiceUnderTest, event_type: str) -> Case:
+    assert event_type == "InventoryReserved"
+    cid, oid = await add_account(svc, "10.00"), uuid.uuid4()
+
+    async def snapshot() -> Any:
+        return (
+            await svc.rows("SELECT balance FROM accounts WHERE customer_id = :c", c=cid),
+            await svc.rows("SELECT status, amount FROM payments WHERE order_id = :o", o=oid),
+            [e.event_type for e in await svc.emitted(oid)],
+        )
+
+    return Case(svc, event(reserved_payload(cid, "p", qty=2), oid), snapshot)
+
+
+async def order_case(svc: ServiceUnderTest, event_type: str) -> Case:
+    oid, _ = await place_order(svc.db, "c", [OrderLine(product_id="p", quantity=1)], None)
+    payloads = {
+        "InventoryReserved": reserved_payload("c", "p"),
+        "InventoryReservationFailed": InventoryReservationFailed(
+            customer_id="c", reason="insufficient_stock", product_ids=("p",)
+        ),
+        "PaymentCompleted": PaymentCompleted(customer_id="c", amount=Decimal("2.50")),
+        "PaymentFailed": PaymentFailed(customer_id="c", amount=Decimal("2.50"), reason="insufficient_funds"),
+    }
+
+    async def snapshot() -> Any:
+        return (
+            await svc.rows("SELECT status, reason, total FROM orders WHERE order_id = :o", o=oid),
+            await svc.rows("SELECT unit_price FROM order_items WHERE order_id = :o", o=oid),
+            [e.event_type for e in await svc.emitted(oid)],
+            await svc.scalar("SELECT COUNT(*) FROM saga_events WHERE order_id = :o", o=oid),
+        )
+
+    return Case(svc, event(payloads[event_type], oid), snapshot)
+
+
+CASES = [
+    ("inventory_svc", "OrderCreated", inventory_case),
+    ("inventory_svc", "OrderApproved", inventory_case),
+    ("inventory_svc", "PaymentFailed", inventory_case),
+    ("payment_svc", "InventoryReserved", payment_case),
+    ("order_svc", "InventoryReserved", order_case),
+    ("order_svc", "InventoryReservationFailed", order_case),
+    ("order_svc", "PaymentCompleted", order_case),
+    ("order_svc", "PaymentFailed", order_case),
+]
+
+
+def test_cases_cover_every_handler() -> None:
+    from tests.integration.conftest import SPECS
+
+    handled = {(n, t) for n, spec in SPECS.items() for t in spec.subscription.handlers}
+    assert handled == {(n, t) for n, t, _ in CASES}
+
+
+@pytest.mark.parametrize(("service", "event_type", "make"), CASES, ids=[f"{s}-{t}" for s, t, _ in CASES])
+async def test_delivered_twice_one_effect(
+    services: dict[str, ServiceUnderTest], service: str, event_type: str, make: Any
+) -> None:
+    case: Case = await make(services[service], event_type)
+    before = await case.snapshot()
+    assert await case.service.deliver(case.event) == "handled"
+    after_first = await case.snapshot()
+    assert after_first != before, "the first delivery must have an effect"
+    assert await case.service.deliver(case.event) == "duplicate"
+    assert await case.snapshot() == after_first
+
+
+async def test_payment_charges_an_order_once_even_for_a_new_event_id(payment: ServiceUnderTest) -> None:
+    """A re-emitted InventoryReserved (new event_id, same order) must not charge again."""
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    for _ in range(2):
+        assert await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid)) == "handled"
+    assert await payment.scalar("SELECT balance FROM accounts WHERE customer_id = :c", c=cid) == Decimal("5.00")
+    assert [e.event_type for e in await payment.emitted(oid)] == ["PaymentCompleted"]

@@ -1,0 +1,41 @@
+"""One valid payload of every event type, for contract tests."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from events import (
+    EventPayload,
+    InventoryCommitted,
+    InventoryReleased,
+    InventoryReservationFailed,
+    InventoryReserved,
+    OrderApproved,
+    OrderCancelled,
+    OrderCreated,
+    OrderLine,
+    OrderRejected,
+    PaymentCompleted,
+    PaymentFailed,
+    PaymentRefunded,
+    PricedLine,
+    StockLine,
+)
+
+
+def sample_payloads() -> list[EventPayload]:
+    line = PricedLine(product_id="p1", quantity=2, unit_price=Decimal("1.50"), line_total=Decimal("3.00"))
+    stock = (StockLine(product_id="p1", quantity=2),)
+    return [
+        OrderCreated(customer_id="c1", items=(OrderLine(product_id="p1", quantity=2),)),
+        OrderApproved(customer_id="c1"),
+        OrderRejected(customer_id="c1", reason="insufficient_funds"),
+        OrderCancelled(customer_id="c1", reason="timeout"),
+        InventoryReserved(customer_id="c1", lines=(line,), total=Decimal("3.00")),
+        InventoryReservationFailed(customer_id="c1", reason="unknown_product", product_ids=("p9",)),
+        InventoryCommitted(lines=stock),
+        InventoryReleased(lines=stock),
+        PaymentCompleted(customer_id="c1", amount=Decimal("3.00")),
+        PaymentFailed(customer_id="c1", amount=Decimal("3.00"), reason="insufficient_funds"),
+        PaymentRefunded(customer_id="c1", amount=Decimal("3.00")),
+    ]

@@ -1,0 +1,95 @@
+"""The wire contract: one codec, strict decoding, exact money."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from events import (
+    EVENT_TYPES,
+    InvalidEvent,
+    InventoryReserved,
+    OrderCreated,
+    OrderLine,
+    PaymentCompleted,
+    PricedLine,
+    decode,
+    encode,
+    new_envelope,
+)
+from tests.unit.samples import sample_payloads
+
+
+@pytest.mark.parametrize("payload", sample_payloads(), ids=lambda p: p.event_type)
+def test_every_event_round_trips(payload: object) -> None:
+    envelope = new_envelope(payload, order_id=uuid.uuid4(), causation_id=uuid.uuid4())  # type: ignore[type-var]
+    decoded = decode(encode(envelope))
+    assert decoded == envelope
+    assert type(decoded.payload) is type(payload)
+
+
+def test_samples_cover_every_event_type() -> None:
+    assert {p.event_type for p in sample_payloads()} == set(EVENT_TYPES)
+
+
+def test_money_travels_as_an_exact_decimal_string() -> None:
+    env = new_envelope(
+        PaymentCompleted(customer_id="c", amount=Decimal("0.10")),
+        order_id=uuid.uuid4(),
+        causation_id=None,
+    )
+    wire = json.loads(encode(env))
+    assert wire["payload"]["amount"] == "0.10"
+    assert decode(encode(env)).payload.amount == Decimal("0.10")  # type: ignore[attr-defined]
+
+
+def _wire(**overrides: object) -> bytes:
+    env = new_envelope(
+        OrderCreated(customer_id="c1", items=(OrderLine(product_id="p1", quantity=1),)),
+        order_id=uuid.uuid4(),
+        causation_id=None,
+    )
+    data = json.loads(encode(env))
+    for key, value in overrides.items():
+        if key.startswith("payload."):
+            data["payload"][key.removeprefix("payload.")] = value
+        else:
+            data[key] = value
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (None, "empty message"),
+        (b"", "not an event envelope"),
+        (b"\xff\xfe garbage", "not an event envelope"),
+        (b"[1, 2]", "not an event envelope"),
+        (_wire(event_type="OrderShipped"), "unknown event_type 'OrderShipped'"),
+        (_wire(schema_version=9), "unsupported schema_version 9"),
+        (_wire(producer="payment_svc"), "must be produced by order_svc"),
+        (_wire(order_id="not-a-uuid"), "invalid OrderCreated: order_id"),
+        (_wire(**{"payload.items": []}), "invalid OrderCreated: payload.items"),
+        (_wire(**{"payload.items": [{"product_id": "p", "quantity": 0}]}), "quantity"),
+        (_wire(**{"payload.surprise": 1}), "payload.surprise"),
+        (_wire(occurred_at="2026-01-01T00:00:00"), "occurred_at"),  # naive time
+    ],
+)
+def test_invalid_input_raises_invalid_event_with_a_reason(data: bytes | None, reason: str) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        decode(data)
+    assert reason in info.value.reason
+
+
+def test_money_rejects_more_than_two_decimal_places() -> None:
+    with pytest.raises(ValueError):
+        PricedLine(product_id="p", quantity=1, unit_price=Decimal("1.001"), line_total=Decimal("1"))
+
+
+def test_reserved_total_is_exact() -> None:
+    line = PricedLine(product_id="p", quantity=3, unit_price=Decimal("0.10"), line_total=Decimal("0.30"))
+    ev = InventoryReserved(customer_id="c", lines=(line,), total=Decimal("0.30"))
+    assert ev.total == Decimal("0.30")

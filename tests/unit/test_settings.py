@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from inventory_svc.settings import Settings as InventorySettings
+from order_svc.settings import Settings as OrderSettings
+
+
+def test_each_service_reads_its_own_prefix_and_the_shared_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker:9092")
+    monkeypatch.setenv("ORDER_DATABASE_URL", "postgresql://u@db/orders")
+    monkeypatch.setenv("ORDER_HTTP_PORT", "9001")
+    monkeypatch.setenv("INVENTORY_DATABASE_URL", "postgres://u@db/inventory")
+    order = OrderSettings()  # type: ignore[call-arg]
+    inventory = InventorySettings()  # type: ignore[call-arg]
+    assert order.kafka_bootstrap_servers == inventory.kafka_bootstrap_servers == "broker:9092"
+    assert order.database_url == "postgresql+psycopg://u@db/orders"
+    assert inventory.database_url == "postgresql+psycopg://u@db/inventory"
+    assert (order.http_port, inventory.http_port) == (9001, 8002)
+
+
+def test_a_missing_or_foreign_database_url_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ORDER_DATABASE_URL", raising=False)
+    with pytest.raises(ValidationError):
+        OrderSettings()  # type: ignore[call-arg]
+    monkeypatch.setenv("ORDER_DATABASE_URL", "mysql://u@db/orders")
+    with pytest.raises(ValidationError, match="postgresql"):
+        OrderSettings()  # type: ignore[call-arg]
