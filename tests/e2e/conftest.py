@@ -1,0 +1,50 @@
+"""End-to-end fixtures: the whole system as processes — Tansu, PostgreSQL, three services."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from sagastack.client import SagaClient
+from sagastack.system import System
+
+
+@pytest.fixture(scope="session")
+def system(run_root: Path) -> Iterator[System]:
+    with System(run_root / "e2e", free_ports=True, fresh=True) as running:
+        yield running
+
+
+@pytest.fixture
+def client(system: System) -> Iterator[SagaClient]:
+    c = SagaClient(system.url("order_svc"), system.url("inventory_svc"), system.url("payment_svc"))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def uid() -> "UniqueIds":
+    return UniqueIds()
+
+
+class UniqueIds:
+    """Fresh product and customer ids, so tests sharing the system never interfere."""
+
+    def __call__(self, prefix: str) -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def seed(client: SagaClient, uid: UniqueIds, stock: dict[str, tuple[str, int]],
+         balances: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Create products (name → (price, stock)) and accounts (name → balance) under fresh ids."""
+    products = {name: uid(name) for name in stock}
+    customers = {name: uid(name) for name in balances}
+    for name, (price, qty) in stock.items():
+        client.put_product(products[name], name, Decimal(price), qty)
+    for name, balance in balances.items():
+        client.put_account(customers[name], Decimal(balance))
+    return products, customers

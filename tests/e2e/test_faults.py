@@ -1,0 +1,126 @@
+"""Bad conditions: redelivered events, poison messages, a crash between commit and publish."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Callable
+from decimal import Decimal
+
+import httpx
+import psycopg
+from aiokafka import AIOKafkaProducer
+
+from sagastack import invariants
+from sagastack.client import SagaClient
+from sagastack.system import System
+from tests.e2e.conftest import UniqueIds, seed
+
+
+def consumed(system: System, service: str, outcome: str) -> int:
+    """Sum of saga_events_consumed_total{outcome=...} on the service's /metrics."""
+    text = httpx.get(f"{system.url(service)}/metrics").text
+    return sum(int(m) for m in re.findall(rf'outcome="{outcome}"\}} (\d+)', text))
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+
+
+def publish(system: System, records: list[tuple[str, bytes | None, bytes]]) -> None:
+    import asyncio
+
+    async def go() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=system.bootstrap, acks="all")
+        await producer.start()
+        try:
+            for topic, key, value in records:
+                await producer.send_and_wait(topic, value=value, key=key)
+        finally:
+            await producer.stop()
+
+    asyncio.run(go())
+
+
+def outbox_of(system: System, service: str, order_id: str) -> list[tuple[str, bytes | None, bytes]]:
+    url = system.database_urls[service]
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT topic, key, value FROM outbox WHERE key = %s ORDER BY id", (order_id.encode(),)
+        ).fetchall()
+    return [(t, bytes(k) if k else None, bytes(v)) for t, k, v in rows]
+
+
+def test_every_event_of_a_saga_published_again_has_no_second_effect(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    products, customers = seed(client, uid, {"dup": ("4.00", 3)}, {"dana": "10.00"})
+    pid, cid = products["dup"], customers["dana"]
+    order_id = client.place_order(cid, {pid: 2})
+    client.wait_for_events(order_id, {"InventoryCommitted"})
+    records = [r for s in ("order_svc", "inventory_svc", "payment_svc") for r in outbox_of(system, s, order_id)]
+    assert len(records) == 5
+    before = {s: consumed(system, s, "duplicate") for s in ("order_svc", "inventory_svc", "payment_svc")}
+    publish(system, records * 2)  # every event twice more
+    # Each service dedupes, twice each, the events it reacts to: order_svc all 3 participant
+    # events (it keeps the timeline); inventory OrderCreated and OrderApproved; payment
+    # InventoryReserved. Events a service has no handler for are "ignored", not counted.
+    expected = {"order_svc": 6, "inventory_svc": 4, "payment_svc": 2}
+    for service, n in expected.items():
+        wait_until(lambda s=service, n=n: consumed(system, s, "duplicate") >= before[s] + n,  # type: ignore[misc]
+                   30, f"{service} saw its duplicates")
+    assert client.product(pid)["sold"] == 2 and client.product(pid)["available"] == 1
+    assert client.account(cid)["balance"] == "2.00"
+    saga = client.saga(order_id)
+    assert len(saga["events"]) == 5
+    assert invariants.check(system.database_urls, {pid: 3}, {cid: Decimal("10.00")}) == []
+
+
+def test_a_poison_message_is_dead_lettered_and_the_saga_behind_it_completes(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    before = consumed(system, "inventory_svc", "dead_lettered")
+    publish(system, [("orders.events", b"poison", b"\x00 not an event"),
+                     ("orders.events", b"poison", b'{"event_type": "OrderCreated", "schema_version": 1}')])
+    products, customers = seed(client, uid, {"after": ("1.00", 1)}, {"eve": "5.00"})
+    order_id = client.place_order(customers["eve"], {products["after"]: 1})
+    assert client.wait_for_events(order_id, {"InventoryCommitted"})["status"] == "APPROVED"
+    wait_until(lambda: consumed(system, "inventory_svc", "dead_lettered") >= before + 2, 30, "dead letters")
+    with psycopg.connect(system.database_urls["inventory_svc"]) as conn:
+        reasons = [r for (r,) in conn.execute("SELECT reason FROM dead_letters WHERE key = 'poison'")]
+    assert any("not an event envelope" in r for r in reasons)
+    assert any("invalid OrderCreated" in r for r in reasons)
+
+
+def test_killed_between_commit_and_publish_the_event_is_published_after_restart(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    products, customers = seed(client, uid, {"crash": ("2.00", 2)}, {"fay": "10.00"})
+    system.stop_service("order_svc")
+    system.start_service("order_svc", env={"SAGA_FAULT": "relay.before_publish"})
+    try:
+        client.place_order(customers["fay"], {products["crash"]: 1}, idempotency_key="crash-1")
+    except httpx.HTTPError:
+        pass  # the process may die before its answer leaves
+    proc = system.services["order_svc"].proc
+    assert proc is not None
+    assert proc.wait(30) == -signal.SIGKILL
+    with psycopg.connect(system.database_urls["order_svc"]) as conn:
+        (order_id, status), = conn.execute(
+            "SELECT order_id, status FROM orders WHERE idempotency_key = 'crash-1'").fetchall()
+        unsent = conn.execute(
+            "SELECT COUNT(*) FROM outbox WHERE key = %s AND sent_at IS NULL", (str(order_id).encode(),)
+        ).fetchone()
+    assert status == "PENDING" and unsent == (1,), "committed, never published"
+    assert client.product(products["crash"])["reserved"] == 0  # nobody heard of it yet
+
+    system.start_service("order_svc", env={"SAGA_FAULT": ""})
+    saga = client.wait_for_events(str(order_id), {"InventoryCommitted"})
+    assert saga["status"] == "APPROVED"
+    assert [e["event_type"] for e in saga["events"]].count("OrderCreated") == 1
+    assert client.account(customers["fay"])["balance"] == "8.00"
