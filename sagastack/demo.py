@@ -123,6 +123,7 @@ def run_demo(system: System) -> list[str]:
                 problems.append(f"saga {n}: expected events {sc.events}, got {got}")
     finally:
         client.close()
+    invariants.wait_for_quiescence(system.database_urls, timeout=30)
     violations = invariants.check(
         system.database_urls,
         {pid: v[2] for pid, v in PRODUCTS.items()},

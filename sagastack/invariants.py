@@ -100,3 +100,32 @@ def check(
         ):
             v.append(f"order {oid}: {event_type} happened {n} times")
     return v
+
+
+def _activity(database_urls: Mapping[str, str]) -> tuple[int, int, int]:
+    """(unsent outbox rows in all services, PENDING orders, reservations still RESERVED)."""
+    unsent = 0
+    for url in database_urls.values():
+        with psycopg.connect(_plain(url)) as conn:
+            unsent += conn.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]  # type: ignore[index]
+    with psycopg.connect(_plain(database_urls["order_svc"])) as conn:
+        pending = conn.execute("SELECT COUNT(*) FROM orders WHERE status = 'PENDING'").fetchone()[0]  # type: ignore[index]
+    with psycopg.connect(_plain(database_urls["inventory_svc"])) as conn:
+        held = conn.execute("SELECT COUNT(*) FROM reservations WHERE status = 'RESERVED'").fetchone()[0]  # type: ignore[index]
+    return unsent, pending, held
+
+
+def wait_for_quiescence(database_urls: Mapping[str, str], timeout: float) -> bool:
+    """Wait until nothing is left to publish or settle, seen twice in a row; False on
+    timeout (then ``check`` reports what is stuck). Never a substitute for ``check``."""
+    import time
+
+    end = time.monotonic() + timeout
+    quiet_once = False
+    while time.monotonic() < end:
+        quiet = _activity(database_urls) == (0, 0, 0)
+        if quiet and quiet_once:
+            return True
+        quiet_once = quiet
+        time.sleep(0.25)
+    return False
