@@ -55,9 +55,7 @@ def decode(data: bytes | None) -> Envelope[EventPayload]:
     except ValidationError as exc:
         raise InvalidEvent(f"invalid {raw.event_type}: {_summary(exc)}") from None
     if envelope.producer != cls.producer:
-        raise InvalidEvent(
-            f"{raw.event_type} must be produced by {cls.producer}, not {envelope.producer!r}"
-        )
+        raise InvalidEvent(f"{raw.event_type} must be produced by {cls.producer}, not {envelope.producer!r}")
     return envelope
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
 
@@ -58,11 +58,10 @@ class Envelope(BaseModel, Generic[P]):
     payload: P
 
 
-def new_envelope(
-    payload: P, *, order_id: uuid.UUID, causation_id: uuid.UUID | None
-) -> Envelope[P]:
+def new_envelope(payload: P, *, order_id: uuid.UUID, causation_id: uuid.UUID | None) -> Envelope[P]:
     """Wrap ``payload`` in a fresh envelope stamped now, with a new random ``event_id``."""
-    return Envelope[type(payload)](  # type: ignore[misc]
+    envelope_type: Any = Envelope[type(payload)]  # type: ignore[misc]
+    result: Envelope[P] = envelope_type(
         event_id=uuid.uuid4(),
         event_type=payload.event_type,
         schema_version=payload.schema_version,
@@ -72,3 +71,4 @@ def new_envelope(
         producer=payload.producer,
         payload=payload,
     )
+    return result

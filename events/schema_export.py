@@ -47,9 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, text in files.items()
             if not (directory / name).exists() or (directory / name).read_text() != text
         ]
-        extra = sorted(
-            p.name for p in directory.glob("*.json") if p.name not in files
-        )
+        extra = sorted(p.name for p in directory.glob("*.json") if p.name not in files)
         for name in stale + extra:
             print(f"stale: {directory / name}", file=sys.stderr)
         return 1 if stale or extra else 0

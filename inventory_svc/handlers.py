@@ -65,7 +65,12 @@ async def on_order_created(uow: UnitOfWork, envelope: Envelope[OrderCreated]) ->
                 "INSERT INTO reservations (order_id, product_id, quantity, unit_price, status)"
                 " VALUES (:o, :p, :q, :price, 'RESERVED')"
             ),
-            {"o": envelope.order_id, "p": line.product_id, "q": line.quantity, "price": line.unit_price},
+            {
+                "o": envelope.order_id,
+                "p": line.product_id,
+                "q": line.quantity,
+                "price": line.unit_price,
+            },
         )
     await uow.reply(
         InventoryReserved(customer_id=order.customer_id, lines=decision.lines, total=decision.total),
@@ -115,7 +120,7 @@ async def on_payment_failed(uow: UnitOfWork, envelope: Envelope[PaymentFailed]) 
 
 
 HANDLERS: dict[str, Handler] = {
-    "OrderCreated": on_order_created,  # type: ignore[dict-item]
-    "OrderApproved": on_order_approved,  # type: ignore[dict-item]
-    "PaymentFailed": on_payment_failed,  # type: ignore[dict-item]
+    "OrderCreated": on_order_created,
+    "OrderApproved": on_order_approved,
+    "PaymentFailed": on_payment_failed,
 }

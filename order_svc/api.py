@@ -74,9 +74,7 @@ class SagaView(BaseModel):
     events: list[TimelineEntry]
 
 
-IdempotencyKey = Annotated[
-    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
-]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)]
 
 
 @router.post("/orders", status_code=202, response_model=OrderAccepted)
@@ -88,9 +86,7 @@ async def post_order(body: PlaceOrder, db: DatabaseDep, key: IdempotencyKey = No
 
 async def _load_order(db: DatabaseDep, order_id: uuid.UUID) -> OrderView:
     async with db.engine.connect() as conn:
-        row = (
-            await conn.execute(text("SELECT * FROM orders WHERE order_id = :o"), {"o": order_id})
-        ).first()
+        row = (await conn.execute(text("SELECT * FROM orders WHERE order_id = :o"), {"o": order_id})).first()
         if row is None:
             raise HTTPException(404, f"order {order_id} not found")
         items = await conn.execute(
@@ -147,5 +143,3 @@ async def get_saga(order_id: uuid.UUID, db: DatabaseDep) -> SagaView:
         status=order.status,
         events=[TimelineEntry.model_validate(e) for e in events],
     )
-
-

@@ -11,9 +11,7 @@ SPEC = ServiceSpec(
     name="order_svc",
     title="order_svc — places orders and keeps every saga's timeline",
     migrations=MIGRATIONS,
-    subscription=Subscription(
-        topics=(INVENTORY, PAYMENT), handlers=HANDLERS, observer=timeline.observe
-    ),
+    subscription=Subscription(topics=(INVENTORY, PAYMENT), handlers=HANDLERS, observer=timeline.observe),
     routers=lambda: [api.router],
     emit_hooks=(timeline.record,),
 )

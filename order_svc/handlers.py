@@ -41,8 +41,7 @@ async def _move(uow: UnitOfWork, envelope: Envelope[Any], reason: str | None) ->
         return None
     await uow.conn.execute(
         text(
-            "UPDATE orders SET status = :s, reason = :r, updated_at = clock_timestamp()"
-            " WHERE order_id = :o"
+            "UPDATE orders SET status = :s, reason = :r, updated_at = clock_timestamp() WHERE order_id = :o"
         ),
         {"s": new.value, "r": reason, "o": envelope.order_id},
     )
@@ -58,17 +57,12 @@ async def on_inventory_reserved(uow: UnitOfWork, envelope: Envelope[InventoryRes
     )
     for line in envelope.payload.lines:
         await uow.conn.execute(
-            text(
-                "UPDATE order_items SET unit_price = :p"
-                " WHERE order_id = :o AND product_id = :pid"
-            ),
+            text("UPDATE order_items SET unit_price = :p WHERE order_id = :o AND product_id = :pid"),
             {"p": line.unit_price, "o": envelope.order_id, "pid": line.product_id},
         )
 
 
-async def on_reservation_failed(
-    uow: UnitOfWork, envelope: Envelope[InventoryReservationFailed]
-) -> None:
+async def on_reservation_failed(uow: UnitOfWork, envelope: Envelope[InventoryReservationFailed]) -> None:
     p = envelope.payload
     if await _move(uow, envelope, p.reason) is not None:
         await uow.reply(OrderRejected(customer_id=p.customer_id, reason=p.reason), to=envelope)
@@ -91,8 +85,8 @@ async def on_payment_failed(uow: UnitOfWork, envelope: Envelope[PaymentFailed]) 
 
 
 HANDLERS: dict[str, Handler] = {
-    "InventoryReserved": on_inventory_reserved,  # type: ignore[dict-item]
-    "InventoryReservationFailed": on_reservation_failed,  # type: ignore[dict-item]
-    "PaymentCompleted": on_payment_completed,  # type: ignore[dict-item]
-    "PaymentFailed": on_payment_failed,  # type: ignore[dict-item]
+    "InventoryReserved": on_inventory_reserved,
+    "InventoryReservationFailed": on_reservation_failed,
+    "PaymentCompleted": on_payment_completed,
+    "PaymentFailed": on_payment_failed,
 }

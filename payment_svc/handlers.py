@@ -31,7 +31,12 @@ async def on_inventory_reserved(uow: UnitOfWork, envelope: Envelope[InventoryRes
                 "INSERT INTO payments (order_id, customer_id, amount, status, reason)"
                 " VALUES (:o, :c, :a, 'DECLINED', :r)"
             ),
-            {"o": envelope.order_id, "c": reserved.customer_id, "a": reserved.total, "r": decision.reason},
+            {
+                "o": envelope.order_id,
+                "c": reserved.customer_id,
+                "a": reserved.total,
+                "r": decision.reason,
+            },
         )
         await uow.reply(
             PaymentFailed(customer_id=reserved.customer_id, amount=reserved.total, reason=decision.reason),
@@ -43,17 +48,12 @@ async def on_inventory_reserved(uow: UnitOfWork, envelope: Envelope[InventoryRes
         {"b": decision.new_balance, "c": reserved.customer_id},
     )
     await uow.conn.execute(
-        text(
-            "INSERT INTO payments (order_id, customer_id, amount, status)"
-            " VALUES (:o, :c, :a, 'CHARGED')"
-        ),
+        text("INSERT INTO payments (order_id, customer_id, amount, status) VALUES (:o, :c, :a, 'CHARGED')"),
         {"o": envelope.order_id, "c": reserved.customer_id, "a": decision.amount},
     )
-    await uow.reply(
-        PaymentCompleted(customer_id=reserved.customer_id, amount=decision.amount), to=envelope
-    )
+    await uow.reply(PaymentCompleted(customer_id=reserved.customer_id, amount=decision.amount), to=envelope)
 
 
 HANDLERS: dict[str, Handler] = {
-    "InventoryReserved": on_inventory_reserved,  # type: ignore[dict-item]
+    "InventoryReserved": on_inventory_reserved,
 }

@@ -101,8 +101,9 @@ class MessageProcessor:
         try:
             envelope = decode(record.value)
         except InvalidEvent as exc:
+            reason = exc.reason
             self.stats.count("<invalid>", Outcome.DEAD_LETTERED)
-            return await self._retrying(lambda: self._dead_letter(record, exc.reason))
+            return await self._retrying(lambda: self._dead_letter(record, reason))
         outcome = await self._process(record, envelope)
         self.stats.count(envelope.event_type, outcome)
         return outcome
@@ -148,10 +149,9 @@ class MessageProcessor:
 
     async def _dead_letter(self, record: Record, reason: str) -> Outcome:
         """Keep the original bytes with the reason, in the table and the dead-letter topic."""
-        log.error(
-            "dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
-        )
-        headers = list(record.headers) + [
+        log.error("dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+        headers = [
+            *record.headers,
             ("dlq.reason", reason.encode()),
             ("dlq.source_topic", record.topic.encode()),
             ("dlq.source_partition", str(record.partition).encode()),

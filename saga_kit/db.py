@@ -36,18 +36,14 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 class UnitOfWork:
     """One transaction plus the events it will publish once committed."""
 
-    def __init__(
-        self, conn: AsyncConnection, producer: str, emit_hooks: Sequence[EmitHook]
-    ) -> None:
+    def __init__(self, conn: AsyncConnection, producer: str, emit_hooks: Sequence[EmitHook]) -> None:
         self.conn = conn
         self.producer = producer
         self._emit_hooks = emit_hooks
         self.emitted: list[Envelope[Any]] = []
         self.outbox_rows = 0
 
-    async def emit(
-        self, payload: P, *, order_id: uuid.UUID, causation_id: uuid.UUID | None
-    ) -> Envelope[P]:
+    async def emit(self, payload: P, *, order_id: uuid.UUID, causation_id: uuid.UUID | None) -> Envelope[P]:
         """Write ``payload`` to the outbox; it is published only if this unit commits."""
         if payload.producer != self.producer:
             raise ValueError(f"{self.producer} may not emit {payload.event_type}")
@@ -59,9 +55,7 @@ class UnitOfWork:
         self.outbox_rows += 1
         return envelope
 
-    async def emit_raw(
-        self, *, topic: str, key: bytes | None, value: bytes, headers: outbox.Headers
-    ) -> None:
+    async def emit_raw(self, *, topic: str, key: bytes | None, value: bytes, headers: outbox.Headers) -> None:
         """Queue bytes that are not a domain event (a dead letter) for publishing."""
         await outbox.add_raw(
             self.conn, event_id=uuid.uuid4(), topic=topic, key=key, value=value, headers=headers

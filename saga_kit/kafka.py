@@ -6,7 +6,6 @@ the producer is ``acks="all"`` without idempotence; duplicates are absorbed by t
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable
 
@@ -50,8 +49,8 @@ def create_producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
     )
 
 
-async def broker_ping(producer: AIOKafkaProducer, timeout: float = 2.0) -> None:
-    """Raise unless the broker answers a metadata request within ``timeout`` seconds."""
-    ok = await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout)
+async def broker_ping(producer: AIOKafkaProducer) -> None:
+    """Raise unless the broker answers a metadata request (the caller bounds the wait)."""
+    ok = await producer.client.fetch_all_metadata()
     if ok is None or not ok.brokers():
         raise ConnectionError("broker returned no metadata")

@@ -15,6 +15,7 @@ Contract of the relay:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -128,18 +129,14 @@ class OutboxRelay:
                 await self._wait_for_work()
 
     async def _wait_for_work(self) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), self._poll_interval)
-        except TimeoutError:
-            pass
         self._wakeup.clear()
 
     async def publish_batch(self) -> int:
         """Publish up to one batch of unsent rows; return how many were published."""
         async with self._engine.begin() as conn:
-            locked = await conn.scalar(
-                text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _RELAY_LOCK_KEY}
-            )
+            locked = await conn.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _RELAY_LOCK_KEY})
             if not locked:
                 return 0
             rows = (

@@ -64,7 +64,7 @@ async def _until_up(what: str, probe: Callable[[], object], deadline: float = 12
             await probe()  # type: ignore[misc]
             return
         except Exception as exc:
-            if not is_transient(exc) and not _kafka_error(exc) or loop.time() > end:
+            if (not is_transient(exc) and not _kafka_error(exc)) or loop.time() > end:
                 raise
             log.info("waiting for %s: %s", what, exc)
             await asyncio.sleep(delay)

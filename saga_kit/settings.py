@@ -15,9 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
-    database_url: str = Field(
-        description="PostgreSQL URL of this service's own database (postgresql://...)"
-    )
+    database_url: str = Field(description="PostgreSQL URL of this service's own database (postgresql://...)")
     http_host: str = "127.0.0.1"
     http_port: int = Field(ge=0, le=65535)
 
@@ -29,7 +27,9 @@ class ServiceSettings(BaseSettings):
         default=6, ge=1, validation_alias=AliasChoices("KAFKA_TOPIC_PARTITIONS", "topic_partitions")
     )
     topic_replication: int = Field(
-        default=1, ge=1, validation_alias=AliasChoices("KAFKA_TOPIC_REPLICATION", "topic_replication")
+        default=1,
+        ge=1,
+        validation_alias=AliasChoices("KAFKA_TOPIC_REPLICATION", "topic_replication"),
     )
 
     relay_batch_size: int = Field(default=500, ge=1)

@@ -31,8 +31,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-async def place_all(order_url: str, n: int, concurrency: int, products: list[str],
-                    customers: list[str]) -> dict[str, float]:
+async def place_all(
+    order_url: str, n: int, concurrency: int, products: list[str], customers: list[str]
+) -> dict[str, float]:
     started: dict[str, float] = {}
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(n):
@@ -41,8 +42,10 @@ async def place_all(order_url: str, n: int, concurrency: int, products: list[str
     async def worker(client: httpx.AsyncClient) -> None:
         while not queue.empty():
             i = queue.get_nowait()
-            body = {"customer_id": customers[i % len(customers)],
-                    "items": [{"product_id": products[i % len(products)], "quantity": 1}]}
+            body = {
+                "customer_id": customers[i % len(customers)],
+                "items": [{"product_id": products[i % len(products)], "quantity": 1}],
+            }
             t0 = time.time()
             r = await client.post(f"{order_url}/orders", json=body)
             r.raise_for_status()
@@ -74,11 +77,14 @@ def main(args: argparse.Namespace) -> int:
     with System(Path(args.run_dir), free_ports=True, fresh=True) as system:
         with httpx.Client() as http:
             for pid in products:
-                http.put(f"{system.url('inventory_svc')}/products/{pid}",
-                         json={"name": pid, "price": "1.00", "stock": n}).raise_for_status()
+                http.put(
+                    f"{system.url('inventory_svc')}/products/{pid}",
+                    json={"name": pid, "price": "1.00", "stock": n},
+                ).raise_for_status()
             for cid in customers:
-                http.put(f"{system.url('payment_svc')}/accounts/{cid}",
-                         json={"balance": f"{n}.00"}).raise_for_status()
+                http.put(
+                    f"{system.url('payment_svc')}/accounts/{cid}", json={"balance": f"{n}.00"}
+                ).raise_for_status()
         print(f"placing {n} orders with {concurrency} concurrent clients …", flush=True)
         t0 = time.time()
         started = asyncio.run(place_all(system.url("order_svc"), n, concurrency, products, customers))
@@ -93,17 +99,25 @@ def main(args: argparse.Namespace) -> int:
             finished = datetime.timestamp(updated_at)
             latencies.append((finished - started[str(order_id)]) * 1000)
             last = max(last, finished)
-        violations = invariants.check(
-            system.database_urls,
-            {p: n for p in products},
-            {c: Decimal(n) for c in customers},
-        ) if len(rows) == n else ["not every order reached a terminal state"]
+        violations = (
+            invariants.check(
+                system.database_urls,
+                {p: n for p in products},
+                {c: Decimal(n) for c in customers},
+            )
+            if len(rows) == n
+            else ["not every order reached a terminal state"]
+        )
     elapsed = last - min(started.values())
     print(f"\norders placed        {n} in {placed_s:.1f} s ({n / placed_s:.0f} POST/s)")
     print(f"sagas completed      {len(rows)} ({', '.join(f'{k} {v}' for k, v in sorted(by_status.items()))})")
-    print(f"throughput           {len(rows) / elapsed:.1f} sagas/s (first POST → last terminal: {elapsed:.1f} s)")
-    print(f"latency POST→final   p50 {percentile(latencies, 50):.0f} ms   p95 {percentile(latencies, 95):.0f} ms"
-          f"   p99 {percentile(latencies, 99):.0f} ms   mean {statistics.fmean(latencies):.0f} ms")
+    rate = len(rows) / elapsed
+    print(f"throughput           {rate:.1f} sagas/s (first POST → last terminal: {elapsed:.1f} s)")
+    p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
+    print(
+        f"latency POST→final   p50 {p50:.0f} ms   p95 {p95:.0f} ms   p99 {p99:.0f} ms"
+        f"   mean {statistics.fmean(latencies):.0f} ms"
+    )
     for v in violations:
         print(f"FAIL: {v}")
     return 1 if violations else 0

@@ -25,8 +25,9 @@ class SagaClient:
 
     def _json(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
-            raise ApiError(f"{response.request.method} {response.request.url}: "
-                           f"{response.status_code} {response.text}")
+            raise ApiError(
+                f"{response.request.method} {response.request.url}: {response.status_code} {response.text}"
+            )
         return response.json()
 
     def put_product(self, product_id: str, name: str, price: Decimal | str, stock: int) -> Any:
@@ -43,17 +44,15 @@ class SagaClient:
     def account(self, customer_id: str) -> Any:
         return self._json(self.http.get(f"{self.payment_url}/accounts/{customer_id}"))
 
-    def place_order(
-        self, customer_id: str, items: dict[str, int], idempotency_key: str | None = None
-    ) -> str:
+    def place_order(self, customer_id: str, items: dict[str, int], idempotency_key: str | None = None) -> str:
         body = {
             "customer_id": customer_id,
             "items": [{"product_id": p, "quantity": q} for p, q in items.items()],
         }
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        order_id: str = self._json(
-            self.http.post(f"{self.order_url}/orders", json=body, headers=headers)
-        )["order_id"]
+        order_id: str = self._json(self.http.post(f"{self.order_url}/orders", json=body, headers=headers))[
+            "order_id"
+        ]
         return order_id
 
     def order(self, order_id: str) -> Any:
@@ -62,9 +61,7 @@ class SagaClient:
     def saga(self, order_id: str) -> Any:
         return self._json(self.http.get(f"{self.order_url}/orders/{order_id}/saga"))
 
-    def wait_for_events(
-        self, order_id: str, event_types: set[str], timeout: float = 30.0
-    ) -> Any:
+    def wait_for_events(self, order_id: str, event_types: set[str], timeout: float = 30.0) -> Any:
         """Wait until the order is terminal and its timeline holds ``event_types``."""
         end = time.monotonic() + timeout
         while True:

@@ -40,8 +40,13 @@ SCENARIOS = (
         {"widget": 2},
         "APPROVED",
         None,
-        ("OrderCreated", "InventoryReserved", "PaymentCompleted", "OrderApproved",
-         "InventoryCommitted"),
+        (
+            "OrderCreated",
+            "InventoryReserved",
+            "PaymentCompleted",
+            "OrderApproved",
+            "InventoryCommitted",
+        ),
     ),
     Scenario(
         "rejected, out of stock: alice wants 1 widget and 5 gadgets (1 in stock)",
@@ -57,14 +62,19 @@ SCENARIOS = (
         {"gadget": 1},
         "REJECTED",
         "insufficient_funds",
-        ("OrderCreated", "InventoryReserved", "PaymentFailed", "OrderRejected",
-         "InventoryReleased"),
+        (
+            "OrderCreated",
+            "InventoryReserved",
+            "PaymentFailed",
+            "OrderRejected",
+            "InventoryReleased",
+        ),
     ),
 )
 
 
 def _summary(event: dict[str, Any]) -> str:
-    p = event["payload"]
+    p: dict[str, Any] = event["payload"]
     match event["event_type"]:
         case "OrderCreated":
             return ", ".join(f"{i['quantity']} x {i['product_id']}" for i in p["items"])
@@ -78,7 +88,7 @@ def _summary(event: dict[str, Any]) -> str:
         case "PaymentFailed":
             return f"{p['reason']} for {p['amount']}"
         case "OrderRejected":
-            return p["reason"]
+            return str(p["reason"])
         case "InventoryCommitted" | "InventoryReleased":
             return ", ".join(f"{x['quantity']} x {x['product_id']}" for x in p["lines"])
     return ""
@@ -102,8 +112,12 @@ def run_demo(system: System) -> list[str]:
             client.put_product(pid, name, price, stock)
         for customer, balance in ACCOUNTS.items():
             client.put_account(customer, balance)
-        print("seeded: " + ", ".join(f"{p} ({v[2]} @ {v[1]})" for p, v in PRODUCTS.items())
-              + "; " + ", ".join(f"{c} ({b})" for c, b in ACCOUNTS.items()))
+        print(
+            "seeded: "
+            + ", ".join(f"{p} ({v[2]} @ {v[1]})" for p, v in PRODUCTS.items())
+            + "; "
+            + ", ".join(f"{c} ({b})" for c, b in ACCOUNTS.items())
+        )
         for n, sc in enumerate(SCENARIOS, start=1):
             order_id = client.place_order(sc.customer, sc.items)
             saga = client.wait_for_events(order_id, set(sc.events))
@@ -114,11 +128,14 @@ def run_demo(system: System) -> list[str]:
             print(f"    ⇒ {order['status']}{reason}, total {order['total'] or '—'}")
             for pid in sc.items:
                 p = client.product(pid)
-                print(f"      stock {pid}: available {p['available']}, reserved {p['reserved']}, sold {p['sold']}")
+                held = f"available {p['available']}, reserved {p['reserved']}, sold {p['sold']}"
+                print(f"      stock {pid}: {held}")
             print(f"      balance {sc.customer}: {client.account(sc.customer)['balance']}")
             got = tuple(e["event_type"] for e in saga["events"])
             if order["status"] != sc.status or order["reason"] != sc.reason:
-                problems.append(f"saga {n}: expected {sc.status}/{sc.reason}, got {order['status']}/{order['reason']}")
+                problems.append(
+                    f"saga {n}: expected {sc.status}/{sc.reason}, got {order['status']}/{order['reason']}"
+                )
             if sorted(got) != sorted(sc.events):
                 problems.append(f"saga {n}: expected events {sc.events}, got {got}")
     finally:
@@ -144,8 +161,10 @@ def main(args: argparse.Namespace) -> int:
         for p in problems:
             print(f"FAIL: {p}")
         return 1
-    print("invariants of DESIGN §5 hold: all orders terminal, stock and money conserved,"
-          " no effect applied twice")
+    print(
+        "invariants of DESIGN §5 hold: all orders terminal, stock and money conserved,"
+        " no effect applied twice"
+    )
     print("demo OK — everything it started has stopped")
     return 0
 

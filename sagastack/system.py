@@ -145,8 +145,7 @@ class System:
                 assert sp.proc is not None
                 if sp.proc.poll() is not None:
                     raise RuntimeError(
-                        f"{name} exited with {sp.proc.returncode}; last log lines:\n"
-                        + self.log_tail(name)
+                        f"{name} exited with {sp.proc.returncode}; last log lines:\n" + self.log_tail(name)
                     )
                 try:
                     if client.get(f"{sp.url}/health/ready").status_code == 200:

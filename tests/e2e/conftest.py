@@ -27,7 +27,7 @@ def client(system: System) -> Iterator[SagaClient]:
 
 
 @pytest.fixture
-def uid() -> "UniqueIds":
+def uid() -> UniqueIds:
     return UniqueIds()
 
 
@@ -38,8 +38,9 @@ class UniqueIds:
         return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def seed(client: SagaClient, uid: UniqueIds, stock: dict[str, tuple[str, int]],
-         balances: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+def seed(
+    client: SagaClient, uid: UniqueIds, stock: dict[str, tuple[str, int]], balances: dict[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
     """Create products (name → (price, stock)) and accounts (name → balance) under fresh ids."""
     products = {name: uid(name) for name in stock}
     customers = {name: uid(name) for name in balances}

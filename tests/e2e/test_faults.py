@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import time
@@ -63,7 +64,9 @@ def test_every_event_of_a_saga_published_again_has_no_second_effect(
     pid, cid = products["dup"], customers["dana"]
     order_id = client.place_order(cid, {pid: 2})
     client.wait_for_events(order_id, {"InventoryCommitted"})
-    records = [r for s in ("order_svc", "inventory_svc", "payment_svc") for r in outbox_of(system, s, order_id)]
+    records = [
+        r for s in ("order_svc", "inventory_svc", "payment_svc") for r in outbox_of(system, s, order_id)
+    ]
     assert len(records) == 5
     before = {s: consumed(system, s, "duplicate") for s in ("order_svc", "inventory_svc", "payment_svc")}
     publish(system, records * 2)  # every event twice more
@@ -72,8 +75,11 @@ def test_every_event_of_a_saga_published_again_has_no_second_effect(
     # InventoryReserved. Events a service has no handler for are "ignored", not counted.
     expected = {"order_svc": 6, "inventory_svc": 4, "payment_svc": 2}
     for service, n in expected.items():
-        wait_until(lambda s=service, n=n: consumed(system, s, "duplicate") >= before[s] + n,  # type: ignore[misc]
-                   30, f"{service} saw its duplicates")
+        wait_until(
+            lambda s=service, n=n: consumed(system, s, "duplicate") >= before[s] + n,  # type: ignore[misc]
+            30,
+            f"{service} saw its duplicates",
+        )
     assert client.product(pid)["sold"] == 2 and client.product(pid)["available"] == 1
     assert client.account(cid)["balance"] == "2.00"
     saga = client.saga(order_id)
@@ -85,8 +91,13 @@ def test_a_poison_message_is_dead_lettered_and_the_saga_behind_it_completes(
     system: System, client: SagaClient, uid: UniqueIds
 ) -> None:
     before = consumed(system, "inventory_svc", "dead_lettered")
-    publish(system, [("orders.events", b"poison", b"\x00 not an event"),
-                     ("orders.events", b"poison", b'{"event_type": "OrderCreated", "schema_version": 1}')])
+    publish(
+        system,
+        [
+            ("orders.events", b"poison", b"\x00 not an event"),
+            ("orders.events", b"poison", b'{"event_type": "OrderCreated", "schema_version": 1}'),
+        ],
+    )
     products, customers = seed(client, uid, {"after": ("1.00", 1)}, {"eve": "5.00"})
     order_id = client.place_order(customers["eve"], {products["after"]: 1})
     assert client.wait_for_events(order_id, {"InventoryCommitted"})["status"] == "APPROVED"
@@ -103,18 +114,18 @@ def test_killed_between_commit_and_publish_the_event_is_published_after_restart(
     products, customers = seed(client, uid, {"crash": ("2.00", 2)}, {"fay": "10.00"})
     system.stop_service("order_svc")
     system.start_service("order_svc", env={"SAGA_FAULT": "relay.before_publish"})
-    try:
+    with contextlib.suppress(httpx.HTTPError):  # the process may die before its answer leaves
         client.place_order(customers["fay"], {products["crash"]: 1}, idempotency_key="crash-1")
-    except httpx.HTTPError:
-        pass  # the process may die before its answer leaves
     proc = system.services["order_svc"].proc
     assert proc is not None
     assert proc.wait(30) == -signal.SIGKILL
     with psycopg.connect(system.database_urls["order_svc"]) as conn:
-        (order_id, status), = conn.execute(
-            "SELECT order_id, status FROM orders WHERE idempotency_key = 'crash-1'").fetchall()
+        ((order_id, status),) = conn.execute(
+            "SELECT order_id, status FROM orders WHERE idempotency_key = 'crash-1'"
+        ).fetchall()
         unsent = conn.execute(
-            "SELECT COUNT(*) FROM outbox WHERE key = %s AND sent_at IS NULL", (str(order_id).encode(),)
+            "SELECT COUNT(*) FROM outbox WHERE key = %s AND sent_at IS NULL",
+            (str(order_id).encode(),),
         ).fetchone()
     assert status == "PENDING" and unsent == (1,), "committed, never published"
     assert client.product(products["crash"])["reserved"] == 0  # nobody heard of it yet

@@ -39,8 +39,11 @@ def test_invalid_order_bodies_get_422_with_a_reason(system: System, body: object
 
 
 def test_non_json_body_gets_422(system: System) -> None:
-    r = httpx.post(f"{system.url('order_svc')}/orders", content=b"{oops",
-                   headers={"content-type": "application/json"})
+    r = httpx.post(
+        f"{system.url('order_svc')}/orders",
+        content=b"{oops",
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 422
 
 
@@ -83,7 +86,10 @@ def test_idempotency_key_returns_the_same_order_and_refuses_a_different_body(
     assert first == again
     r = httpx.post(
         f"{system.url('order_svc')}/orders",
-        json={"customer_id": customers["ann"], "items": [{"product_id": products["thing"], "quantity": 2}]},
+        json={
+            "customer_id": customers["ann"],
+            "items": [{"product_id": products["thing"], "quantity": 2}],
+        },
         headers={"Idempotency-Key": key},
     )
     assert r.status_code == 409 and "Idempotency-Key" in r.json()["detail"]

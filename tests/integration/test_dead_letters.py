@@ -15,23 +15,26 @@ async def test_garbage_is_dead_lettered_with_source_and_reason_then_processing_c
 ) -> None:
     offset = 10_000_000 + uuid.uuid4().int % 1_000_000
     assert (await inventory.deliver_bytes(b"{not json", "orders.events", offset)).value == "dead_lettered"
-    row = (await inventory.rows(
-        "SELECT reason, source_topic, source_partition, value FROM dead_letters WHERE source_offset = :o",
-        o=offset))[0]
+    row = (
+        await inventory.rows(
+            "SELECT reason, source_topic, source_partition, value FROM dead_letters WHERE source_offset = :o",
+            o=offset,
+        )
+    )[0]
     assert row.source_topic == "orders.events" and row.source_partition == 0
     assert "not an event envelope" in row.reason
     assert bytes(row.value) == b"{not json"
     published = await inventory.rows(
         "SELECT headers FROM outbox WHERE topic = 'inventory_svc.deadletter' AND value = :v",
-        v=b"{not json")
+        v=b"{not json",
+    )
     headers = dict(published[-1].headers)
     assert headers["dlq.source_offset"] == str(offset)
     assert "not an event envelope" in headers["dlq.reason"]
 
     # redelivery of the same record does not dead-letter it twice
     await inventory.deliver_bytes(b"{not json", "orders.events", offset)
-    assert await inventory.scalar(
-        "SELECT COUNT(*) FROM dead_letters WHERE source_offset = :o", o=offset) == 1
+    assert await inventory.scalar("SELECT COUNT(*) FROM dead_letters WHERE source_offset = :o", o=offset) == 1
 
     # and the next valid event is processed normally
     pid, oid = await add_product(inventory, 1), uuid.uuid4()
@@ -39,14 +42,25 @@ async def test_garbage_is_dead_lettered_with_source_and_reason_then_processing_c
     assert await inventory.deliver(ok) == "handled"
 
 
-async def test_unknown_event_type_and_version_are_dead_lettered(inventory: ServiceUnderTest) -> None:
-    wire = json.loads(encode(event(OrderCreated(customer_id="c", items=(OrderLine(product_id="p", quantity=1),)), uuid.uuid4())))
+async def test_unknown_event_type_and_version_are_dead_lettered(
+    inventory: ServiceUnderTest,
+) -> None:
+    wire = json.loads(
+        encode(
+            event(
+                OrderCreated(customer_id="c", items=(OrderLine(product_id="p", quantity=1),)),
+                uuid.uuid4(),
+            )
+        )
+    )
     for mutation in ({"event_type": "OrderTeleported"}, {"schema_version": 7}):
         bad = json.dumps({**wire, **mutation}).encode()
         assert (await inventory.deliver_bytes(bad, "orders.events")).value == "dead_lettered"
 
 
-async def test_an_event_for_an_unknown_order_is_dead_lettered_not_crashing(order: ServiceUnderTest) -> None:
+async def test_an_event_for_an_unknown_order_is_dead_lettered_not_crashing(
+    order: ServiceUnderTest,
+) -> None:
     stray = event(PaymentCompleted(customer_id="c", amount=Decimal("1.00")), uuid.uuid4())
     assert await order.deliver(stray) == "dead_lettered"
     reasons = [r.reason for r in await order.rows("SELECT reason FROM dead_letters ORDER BY id DESC LIMIT 1")]

@@ -135,10 +135,14 @@ async def test_delivered_twice_one_effect(
     assert await case.snapshot() == after_first
 
 
-async def test_payment_charges_an_order_once_even_for_a_new_event_id(payment: ServiceUnderTest) -> None:
+async def test_payment_charges_an_order_once_even_for_a_new_event_id(
+    payment: ServiceUnderTest,
+) -> None:
     """A re-emitted InventoryReserved (new event_id, same order) must not charge again."""
     cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
     for _ in range(2):
         assert await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid)) == "handled"
-    assert await payment.scalar("SELECT balance FROM accounts WHERE customer_id = :c", c=cid) == Decimal("5.00")
+    assert await payment.scalar("SELECT balance FROM accounts WHERE customer_id = :c", c=cid) == Decimal(
+        "5.00"
+    )
     assert [e.event_type for e in await payment.emitted(oid)] == ["PaymentCompleted"]

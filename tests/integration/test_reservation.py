@@ -18,8 +18,9 @@ def created(items: dict[str, int], customer: str = "c1") -> OrderCreated:
 
 
 async def stock(inventory: ServiceUnderTest, pid: str) -> tuple[int, int, int]:
-    row = (await inventory.rows(
-        "SELECT available, reserved, sold FROM products WHERE product_id = :p", p=pid))[0]
+    row = (
+        await inventory.rows("SELECT available, reserved, sold FROM products WHERE product_id = :p", p=pid)
+    )[0]
     return row.available, row.reserved, row.sold
 
 
@@ -34,7 +35,9 @@ async def test_reserves_and_prices_every_line(inventory: ServiceUnderTest) -> No
     assert await stock(inventory, b) == (2, 1, 0)
 
 
-async def test_an_order_whose_second_line_is_short_holds_nothing(inventory: ServiceUnderTest) -> None:
+async def test_an_order_whose_second_line_is_short_holds_nothing(
+    inventory: ServiceUnderTest,
+) -> None:
     a, b = await add_product(inventory, 5), await add_product(inventory, 1)
     oid = uuid.uuid4()
     await inventory.deliver(event(created({a: 2, b: 2}), oid))

@@ -34,7 +34,13 @@ def test_compose_file_conforms_to_the_compose_specification(compose: dict[str, A
 
 
 def test_the_validator_rejects_what_the_specification_forbids(compose: dict[str, Any]) -> None:
-    broken = {**compose, "services": {**compose["services"], "kafka": {**compose["services"]["kafka"], "imagee": "x"}}}
+    broken = {
+        **compose,
+        "services": {
+            **compose["services"],
+            "kafka": {**compose["services"]["kafka"], "imagee": "x"},
+        },
+    }
     with pytest.raises(ValueError):
         ComposeSpecification.model_validate(without_extensions(broken))
 

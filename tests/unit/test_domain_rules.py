@@ -44,8 +44,11 @@ def test_exactly_the_available_quantity_can_be_reserved() -> None:
 
 
 def test_lines_for_the_same_product_are_summed() -> None:
-    items = [OrderLine(product_id="b", quantity=1), OrderLine(product_id="a", quantity=2),
-             OrderLine(product_id="b", quantity=3)]
+    items = [
+        OrderLine(product_id="b", quantity=1),
+        OrderLine(product_id="a", quantity=2),
+        OrderLine(product_id="b", quantity=3),
+    ]
     assert requested_quantities(items) == {"a": 2, "b": 4}
 
 

@@ -7,7 +7,9 @@ from inventory_svc.settings import Settings as InventorySettings
 from order_svc.settings import Settings as OrderSettings
 
 
-def test_each_service_reads_its_own_prefix_and_the_shared_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_service_reads_its_own_prefix_and_the_shared_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker:9092")
     monkeypatch.setenv("ORDER_DATABASE_URL", "postgresql://u@db/orders")
     monkeypatch.setenv("ORDER_HTTP_PORT", "9001")
