@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -183,6 +183,3 @@ def _is_kafka_error(exc: BaseException) -> bool:
     from aiokafka.errors import KafkaError
 
     return isinstance(exc, KafkaError)
-
-
-ProducerFactory = Callable[[], AIOKafkaProducer]

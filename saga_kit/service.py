@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -54,14 +54,14 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _until_up(what: str, probe: Callable[[], object], deadline: float = 120.0) -> None:
-    """Retry ``probe`` (a coroutine factory) until it succeeds; dependencies start late."""
+async def _until_up(what: str, probe: Callable[[], Awaitable[object]], deadline: float = 120.0) -> None:
+    """Retry ``probe`` until it succeeds; dependencies may start after us."""
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
     delay = 0.2
     while True:
         try:
-            await probe()  # type: ignore[misc]
+            await probe()
             return
         except Exception as exc:
             if (not is_transient(exc) and not _kafka_error(exc)) or loop.time() > end:

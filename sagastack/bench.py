@@ -23,6 +23,7 @@ import httpx
 import psycopg
 
 from sagastack import invariants
+from sagastack.client import SagaClient
 from sagastack.system import System
 
 
@@ -75,16 +76,12 @@ def main(args: argparse.Namespace) -> int:
     products = [f"bench-p{i}" for i in range(args.products)]
     customers = [f"bench-c{i}" for i in range(args.customers)]
     with System(Path(args.run_dir), free_ports=True, fresh=True) as system:
-        with httpx.Client() as http:
-            for pid in products:
-                http.put(
-                    f"{system.url('inventory_svc')}/products/{pid}",
-                    json={"name": pid, "price": "1.00", "stock": n},
-                ).raise_for_status()
-            for cid in customers:
-                http.put(
-                    f"{system.url('payment_svc')}/accounts/{cid}", json={"balance": f"{n}.00"}
-                ).raise_for_status()
+        client = SagaClient(system.url("order_svc"), system.url("inventory_svc"), system.url("payment_svc"))
+        for pid in products:
+            client.put_product(pid, pid, Decimal("1.00"), n)
+        for cid in customers:
+            client.put_account(cid, Decimal(n))
+        client.close()
         print(f"placing {n} orders with {concurrency} concurrent clients …", flush=True)
         t0 = time.time()
         started = asyncio.run(place_all(system.url("order_svc"), n, concurrency, products, customers))
