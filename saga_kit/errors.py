@@ -17,7 +17,7 @@ from sqlalchemy import exc as sa_exc
 
 from events.codec import InvalidEvent
 
-__all__ = ["DomainRejection", "InvalidEvent", "TransientError", "is_transient"]
+__all__ = ["DomainRejection", "InvalidEvent", "TransientError", "is_kafka_error", "is_transient"]
 
 
 class TransientError(Exception):
@@ -54,3 +54,10 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.TimeoutError):  # connection pool exhausted
         return True
     return isinstance(exc, _TRANSIENT_PG)
+
+
+def is_kafka_error(exc: BaseException) -> bool:
+    """True for any error raised by the Kafka client (broker away, timeouts, metadata)."""
+    from aiokafka.errors import KafkaError
+
+    return isinstance(exc, KafkaError)

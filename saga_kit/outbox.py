@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from events.codec import encode
 from events.envelope import Envelope
 from events.topics import TOPIC_OF_PRODUCER
-from saga_kit.errors import is_transient
+from saga_kit.errors import is_kafka_error, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class OutboxRelay:
                 self.healthy = True
                 backoff = 0.1
             except Exception as exc:
-                if not is_transient(exc) and not _is_kafka_error(exc):
+                if not is_transient(exc) and not is_kafka_error(exc):
                     raise
                 self.healthy = False
                 log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
@@ -177,9 +177,3 @@ class OutboxRelay:
 
 def _bytes(value: Any) -> bytes | None:
     return None if value is None else bytes(value)
-
-
-def _is_kafka_error(exc: BaseException) -> bool:
-    from aiokafka.errors import KafkaError
-
-    return isinstance(exc, KafkaError)

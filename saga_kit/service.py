@@ -23,7 +23,7 @@ from events.topics import DOMAIN_TOPICS, dead_letter_topic
 from saga_kit import logs, metrics
 from saga_kit.consumer import MessageProcessor, Subscription
 from saga_kit.db import Database, EmitHook, create_engine
-from saga_kit.errors import is_transient
+from saga_kit.errors import is_kafka_error, is_transient
 from saga_kit.faust_app import build_faust_app
 from saga_kit.http import create_app
 from saga_kit.kafka import broker_ping, create_producer, ensure_topics
@@ -64,17 +64,11 @@ async def _until_up(what: str, probe: Callable[[], Awaitable[object]], deadline:
             await probe()
             return
         except Exception as exc:
-            if (not is_transient(exc) and not _kafka_error(exc)) or loop.time() > end:
+            if (not is_transient(exc) and not is_kafka_error(exc)) or loop.time() > end:
                 raise
             log.info("waiting for %s: %s", what, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
-
-
-def _kafka_error(exc: BaseException) -> bool:
-    from aiokafka.errors import KafkaError
-
-    return isinstance(exc, KafkaError)
 
 
 async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Event) -> None:
