@@ -7,12 +7,14 @@ fit for a dead letter. It never raises anything else.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from events.envelope import Envelope, EventPayload
 from events.registry import payload_class
+from events.upcasting import NoUpcastPath, upcast
 
 
 class InvalidEvent(Exception):
@@ -45,15 +47,24 @@ def decode(data: bytes | None) -> Envelope[EventPayload]:
     cls = payload_class(raw.event_type)
     if cls is None:
         raise InvalidEvent(f"unknown event_type {raw.event_type!r}")
-    if raw.schema_version != cls.schema_version:
+    if raw.schema_version > cls.schema_version:
         raise InvalidEvent(
             f"unsupported schema_version {raw.schema_version} of {raw.event_type}"
-            f" (this build reads {cls.schema_version})"
+            f" (this build reads up to {cls.schema_version})"
         )
     try:
-        envelope = Envelope[cls].model_validate_json(data)  # type: ignore[valid-type]
+        if raw.schema_version < cls.schema_version:
+            envelope = Envelope[cls].model_validate(  # type: ignore[valid-type]
+                upcast(json.loads(data), cls.schema_version)
+            )
+        else:
+            envelope = Envelope[cls].model_validate_json(data)  # type: ignore[valid-type]
     except ValidationError as exc:
         raise InvalidEvent(f"invalid {raw.event_type}: {_summary(exc)}") from None
+    except NoUpcastPath as exc:
+        raise InvalidEvent(f"unsupported schema_version: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidEvent(f"cannot upcast {raw.event_type} v{raw.schema_version}: {exc!r}") from None
     if envelope.producer != cls.producer:
         raise InvalidEvent(f"{raw.event_type} must be produced by {cls.producer}, not {envelope.producer!r}")
     return envelope

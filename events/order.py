@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from events.envelope import EventPayload, ExternalId
 
 PRODUCER = "order_svc"
+
+#: Why a saga was cancelled (c4): its deadline passed, or the customer asked.
+CancelReason = Literal["timeout", "cancelled_by_customer"]
 
 
 class OrderLine(BaseModel):
@@ -21,13 +24,19 @@ class OrderLine(BaseModel):
 
 
 class OrderCreated(EventPayload):
-    """Step 1: an order was placed and is PENDING; starts the saga."""
+    """Step 1: an order was placed and is PENDING; starts the saga.
+
+    Version 2 added ``deadline_at``: the moment the order service cancels the saga if it
+    is still PENDING (c4). Version 1 events are upcast on read (``events.upcasting``).
+    """
 
     event_type: ClassVar[str] = "OrderCreated"
+    schema_version: ClassVar[int] = 2
     producer: ClassVar[str] = PRODUCER
 
     customer_id: ExternalId
     items: Annotated[tuple[OrderLine, ...], Field(min_length=1, max_length=100)]
+    deadline_at: AwareDatetime
 
 
 class OrderApproved(EventPayload):
@@ -56,4 +65,4 @@ class OrderCancelled(EventPayload):
     producer: ClassVar[str] = PRODUCER
 
     customer_id: ExternalId
-    reason: Literal["timeout", "cancelled_by_customer"]
+    reason: CancelReason

@@ -1,5 +1,9 @@
 """Inventory reactions: reserve on OrderCreated (2), commit on OrderApproved (5),
-release on PaymentFailed (c2)."""
+release on PaymentFailed (c2), release or restock on OrderCancelled (c5).
+
+Every handler is correct whatever order the events of one saga arrive in: settling only
+moves lines in the state it expects, and a cancellation is remembered so that a late
+OrderCreated reserves nothing."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from events import (
     InventoryReservationFailed,
     InventoryReserved,
     OrderApproved,
+    OrderCancelled,
     OrderCreated,
     PaymentFailed,
     StockLine,
@@ -32,6 +37,11 @@ async def on_order_created(uow: UnitOfWork, envelope: Envelope[OrderCreated]) ->
     """Reserve every line or none. Rows are locked in product-id order, so concurrent
     reservations never deadlock, and the CHECK (available >= 0) backs the rule."""
     order = envelope.payload
+    cancelled = await uow.conn.scalar(
+        text("SELECT 1 FROM cancelled_orders WHERE order_id = :o"), {"o": envelope.order_id}
+    )
+    if cancelled:  # the cancellation overtook the order: hold nothing for it
+        return
     wanted = requested_quantities(order.items)
     rows = await uow.conn.execute(
         text(
@@ -78,16 +88,27 @@ async def on_order_created(uow: UnitOfWork, envelope: Envelope[OrderCreated]) ->
     )
 
 
-async def _settle(uow: UnitOfWork, envelope: Envelope[Any], *, to: str) -> tuple[StockLine, ...]:
-    """Move this order's RESERVED lines to ``to`` (COMMITTED or RELEASED) and adjust the
-    product buckets; lines already settled are left alone, which makes it idempotent."""
+#: (from status, to status) → (product bucket taken from, bucket given to)
+_MOVES = {
+    ("RESERVED", "COMMITTED"): ("reserved", "sold"),
+    ("RESERVED", "RELEASED"): ("reserved", "available"),
+    ("COMMITTED", "RESTOCKED"): ("sold", "available"),
+}
+
+
+async def _settle(
+    uow: UnitOfWork, envelope: Envelope[Any], *, to: str, frm: str = "RESERVED"
+) -> tuple[StockLine, ...]:
+    """Move this order's lines in status ``frm`` to ``to`` and adjust the product buckets;
+    lines in any other status are left alone, which makes it idempotent."""
+    source, target = _MOVES[(frm, to)]
     moved = await uow.conn.execute(
         text(
             "UPDATE reservations SET status = :to, updated_at = clock_timestamp()"
-            " WHERE order_id = :o AND status = 'RESERVED'"
+            " WHERE order_id = :o AND status = :frm"
             " RETURNING product_id, quantity"
         ),
-        {"to": to, "o": envelope.order_id},
+        {"to": to, "frm": frm, "o": envelope.order_id},
     )
     lines = tuple(
         sorted(
@@ -95,11 +116,10 @@ async def _settle(uow: UnitOfWork, envelope: Envelope[Any], *, to: str) -> tuple
             key=lambda line: line.product_id,
         )
     )
-    bucket = "sold" if to == "COMMITTED" else "available"
     for line in lines:
         await uow.conn.execute(
             text(
-                f"UPDATE products SET reserved = reserved - :q, {bucket} = {bucket} + :q,"
+                f"UPDATE products SET {source} = {source} - :q, {target} = {target} + :q,"
                 " updated_at = clock_timestamp() WHERE product_id = :p"
             ),
             {"q": line.quantity, "p": line.product_id},
@@ -119,8 +139,23 @@ async def on_payment_failed(uow: UnitOfWork, envelope: Envelope[PaymentFailed]) 
         await uow.reply(InventoryReleased(lines=lines), to=envelope)
 
 
+async def on_order_cancelled(uow: UnitOfWork, envelope: Envelope[OrderCancelled]) -> None:
+    """c5: give back whatever the order holds — a reservation is released, a sale (the order
+    was APPROVED, then cancelled) is restocked — and remember the cancellation."""
+    await uow.conn.execute(
+        text("INSERT INTO cancelled_orders (order_id) VALUES (:o) ON CONFLICT DO NOTHING"),
+        {"o": envelope.order_id},
+    )
+    released = await _settle(uow, envelope, to="RELEASED")
+    restocked = await _settle(uow, envelope, frm="COMMITTED", to="RESTOCKED")
+    lines = tuple(sorted(released + restocked, key=lambda line: line.product_id))
+    if lines:
+        await uow.reply(InventoryReleased(lines=lines), to=envelope)
+
+
 HANDLERS: dict[str, Handler] = {
     "OrderCreated": on_order_created,
     "OrderApproved": on_order_approved,
+    "OrderCancelled": on_order_cancelled,
     "PaymentFailed": on_payment_failed,
 }

@@ -30,4 +30,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX reservations_held ON reservations (order_id) WHERE status = 'RESERVED'",
         ),
     ),
+    Migration(
+        "inventory_svc",
+        2,
+        "cancellations",
+        (
+            # RESTOCKED: a sold reservation returned to stock because its APPROVED order
+            # was cancelled (c5).
+            "ALTER TABLE reservations DROP CONSTRAINT reservations_status_check",
+            "ALTER TABLE reservations ADD CONSTRAINT reservations_status_check"
+            " CHECK (status IN ('RESERVED', 'COMMITTED', 'RELEASED', 'RESTOCKED'))",
+            # Orders this service heard were cancelled: an OrderCreated that arrives after
+            # its OrderCancelled (a redelivery, a replayed dead letter) reserves nothing.
+            """CREATE TABLE cancelled_orders (
+                order_id UUID PRIMARY KEY,
+                cancelled_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+            )""",
+        ),
+    ),
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query
@@ -13,9 +13,11 @@ from sqlalchemy import text
 from events import OrderLine
 from events.envelope import ExternalId, Money
 from order_svc import timeline
+from order_svc.cancelling import OrderNotFound, cancel_order
 from order_svc.domain import OrderStatus
 from order_svc.placing import place_order
-from saga_kit.http import DatabaseDep
+from order_svc.settings import Settings
+from saga_kit.http import DatabaseDep, SettingsDep
 
 router = APIRouter(tags=["orders"])
 
@@ -25,6 +27,9 @@ class PlaceOrder(BaseModel):
 
     customer_id: ExternalId
     items: Annotated[list[OrderLine], Field(min_length=1, max_length=100)]
+    #: How long the saga may stay PENDING before it is cancelled with reason ``timeout``;
+    #: the service default (``ORDER_DEADLINE_SECONDS``, 30 s) when absent.
+    deadline_seconds: Annotated[float | None, Field(gt=0, le=86_400)] = None
 
     @field_validator("items")
     @classmethod
@@ -55,6 +60,7 @@ class OrderView(BaseModel):
     reason: str | None
     items: list[OrderItemView]
     total: Money | None
+    deadline_at: datetime
     created_at: datetime
     updated_at: datetime
 
@@ -78,9 +84,37 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_lengt
 
 
 @router.post("/orders", status_code=202, response_model=OrderAccepted)
-async def post_order(body: PlaceOrder, db: DatabaseDep, key: IdempotencyKey = None) -> OrderAccepted:
+async def post_order(
+    body: PlaceOrder, db: DatabaseDep, settings: SettingsDep, key: IdempotencyKey = None
+) -> OrderAccepted:
     """Place an order. 202: the saga has started; poll the order for its outcome."""
-    order_id, status = await place_order(db, body.customer_id, body.items, key)
+    assert isinstance(settings, Settings)
+    seconds = body.deadline_seconds if body.deadline_seconds is not None else settings.deadline_seconds
+    order_id, status = await place_order(
+        db,
+        body.customer_id,
+        body.items,
+        key,
+        timedelta(seconds=seconds),
+        deadline_requested=body.deadline_seconds is not None,
+    )
+    return OrderAccepted(order_id=order_id, status=status)
+
+
+@router.post(
+    "/orders/{order_id}/cancel",
+    status_code=202,
+    response_model=OrderAccepted,
+    responses={404: {"description": "no such order"}, 409: {"description": "the order is not cancellable"}},
+)
+async def post_cancel(order_id: uuid.UUID, db: DatabaseDep) -> OrderAccepted:
+    """Cancel a PENDING or APPROVED order. 202: it is CANCELLED now, and the participants
+    release its stock and refund its charge asynchronously (watch ``/orders/{id}/saga``).
+    A REJECTED or already CANCELLED order answers 409 and nothing changes."""
+    try:
+        status = await cancel_order(db, order_id)
+    except OrderNotFound:
+        raise HTTPException(404, f"order {order_id} not found") from None
     return OrderAccepted(order_id=order_id, status=status)
 
 
@@ -102,6 +136,7 @@ async def _load_order(db: DatabaseDep, order_id: uuid.UUID) -> OrderView:
             status=row.status,
             reason=row.reason,
             total=row.total,
+            deadline_at=row.deadline_at,
             created_at=row.created_at,
             updated_at=row.updated_at,
             items=[OrderItemView.model_validate(i._mapping) for i in items],

@@ -2,9 +2,11 @@
 
 from events.topics import INVENTORY, PAYMENT
 from order_svc import api, timeline
+from order_svc.cancelling import cancel_overdue
 from order_svc.handlers import HANDLERS
 from order_svc.schema import MIGRATIONS
 from saga_kit.consumer import Subscription
+from saga_kit.periodic import Periodic
 from saga_kit.service import ServiceSpec
 
 SPEC = ServiceSpec(
@@ -14,4 +16,7 @@ SPEC = ServiceSpec(
     subscription=Subscription(topics=(INVENTORY, PAYMENT), handlers=HANDLERS, observer=timeline.observe),
     routers=lambda: [api.router],
     emit_hooks=(timeline.record,),
+    periodic=(
+        Periodic("deadline_sweeper", lambda s: s.deadline_sweep_interval, lambda db, _: cancel_overdue(db)),
+    ),
 )

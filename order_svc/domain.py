@@ -3,14 +3,22 @@
     PENDING ──PaymentCompleted──────────▶ APPROVED
     PENDING ──PaymentFailed─────────────▶ REJECTED
     PENDING ──InventoryReservationFailed▶ REJECTED
+    PENDING ──DeadlinePassed────────────▶ CANCELLED (reason: timeout)
+    PENDING ──CancelRequested───────────▶ CANCELLED (reason: cancelled_by_customer)
+    APPROVED ─CancelRequested───────────▶ CANCELLED (refunded and restocked)
 
-A terminal order never changes again: an event that arrives for it late (or twice) is
-recorded in the timeline and has no effect.
+Triggers are either the event types the order service consumes or the two commands it
+receives itself (``DeadlinePassed`` from its deadline sweeper, ``CancelRequested`` from
+the API). A REJECTED or CANCELLED order never changes again: an event that arrives for
+it late (or twice) is recorded in the timeline and has no effect.
 """
 
 from __future__ import annotations
 
 import enum
+
+DEADLINE_PASSED = "DeadlinePassed"
+CANCEL_REQUESTED = "CancelRequested"
 
 
 class OrderStatus(enum.StrEnum):
@@ -21,6 +29,7 @@ class OrderStatus(enum.StrEnum):
 
     @property
     def terminal(self) -> bool:
+        """The saga is over: nothing more will happen unless a customer cancels."""
         return self is not OrderStatus.PENDING
 
 
@@ -28,9 +37,12 @@ _TRANSITIONS: dict[tuple[OrderStatus, str], OrderStatus] = {
     (OrderStatus.PENDING, "PaymentCompleted"): OrderStatus.APPROVED,
     (OrderStatus.PENDING, "PaymentFailed"): OrderStatus.REJECTED,
     (OrderStatus.PENDING, "InventoryReservationFailed"): OrderStatus.REJECTED,
+    (OrderStatus.PENDING, DEADLINE_PASSED): OrderStatus.CANCELLED,
+    (OrderStatus.PENDING, CANCEL_REQUESTED): OrderStatus.CANCELLED,
+    (OrderStatus.APPROVED, CANCEL_REQUESTED): OrderStatus.CANCELLED,
 }
 
 
-def transition(current: OrderStatus, event_type: str) -> OrderStatus | None:
-    """The status ``event_type`` moves an order in ``current`` to, or None for no change."""
-    return _TRANSITIONS.get((current, event_type))
+def transition(current: OrderStatus, trigger: str) -> OrderStatus | None:
+    """The status ``trigger`` moves an order in ``current`` to, or None for no change."""
+    return _TRANSITIONS.get((current, trigger))

@@ -11,3 +11,12 @@ class IdempotencyKeyReused(DomainRejection):
             "idempotency_key_reused",
             "this Idempotency-Key was already used with a different request body",
         )
+
+
+class OrderNotCancellable(DomainRejection):
+    def __init__(self, status: str) -> None:
+        super().__init__(
+            "order_not_cancellable",
+            f"the order is {status}: only a PENDING or APPROVED order can be cancelled",
+        )
+        self.status = status

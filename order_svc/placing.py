@@ -7,8 +7,10 @@ the same key with a different body is refused (409) rather than silently ignored
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
@@ -23,18 +25,29 @@ async def place_order(
     customer_id: str,
     items: Sequence[OrderLine],
     idempotency_key: str | None,
+    deadline: timedelta,
+    *,
+    deadline_requested: bool = False,
 ) -> tuple[uuid.UUID, OrderStatus]:
-    payload = OrderCreated(customer_id=customer_id, items=tuple(items))
-    request_hash = hashlib.sha256(payload.model_dump_json().encode()).hexdigest()
+    """``deadline`` is how long the saga may stay PENDING before it is cancelled (c4)."""
+    deadline_at = datetime.now(UTC) + deadline
+    payload = OrderCreated(customer_id=customer_id, items=tuple(items), deadline_at=deadline_at)
+    request = {
+        "customer_id": customer_id,
+        "items": [line.model_dump() for line in items],
+        "deadline_seconds": deadline.total_seconds() if deadline_requested else None,
+    }
+    request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
     order_id = uuid.uuid4()
     async with db.unit_of_work() as uow:
         inserted = await uow.conn.scalar(
             text(
-                "INSERT INTO orders (order_id, customer_id, status, idempotency_key, request_hash)"
-                " VALUES (:o, :c, 'PENDING', :k, :h)"
+                "INSERT INTO orders"
+                " (order_id, customer_id, status, idempotency_key, request_hash, deadline_at)"
+                " VALUES (:o, :c, 'PENDING', :k, :h, :d)"
                 " ON CONFLICT (idempotency_key) DO NOTHING RETURNING order_id"
             ),
-            {"o": order_id, "c": customer_id, "k": idempotency_key, "h": request_hash},
+            {"o": order_id, "c": customer_id, "k": idempotency_key, "h": request_hash, "d": deadline_at},
         )
         if inserted is None:  # the key was seen before: answer with that order
             row = (

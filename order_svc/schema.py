@@ -43,4 +43,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX saga_events_order ON saga_events (order_id, occurred_at, seq)",
         ),
     ),
+    Migration(
+        "order_svc",
+        2,
+        "order_deadlines",
+        (
+            "ALTER TABLE orders ADD COLUMN deadline_at TIMESTAMPTZ",
+            "UPDATE orders SET deadline_at = created_at + interval '30 seconds'",
+            "ALTER TABLE orders ALTER COLUMN deadline_at SET NOT NULL",
+            "CREATE INDEX orders_overdue ON orders (deadline_at) WHERE status = 'PENDING'",
+        ),
+    ),
 )

@@ -1,11 +1,17 @@
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from saga_kit.settings import ServiceSettings
 
 
 class Settings(ServiceSettings):
-    """``ORDER_DATABASE_URL``, ``ORDER_HTTP_PORT`` (8001), ``ORDER_HTTP_HOST``, …"""
+    """``ORDER_DATABASE_URL``, ``ORDER_HTTP_PORT`` (8001), ``ORDER_DEADLINE_SECONDS``, …"""
 
     model_config = SettingsConfigDict(env_prefix="ORDER_", extra="ignore", frozen=True)
 
     http_port: int = 8001
+    #: A PENDING order older than this is cancelled with reason ``timeout`` (c4). A request
+    #: may ask for its own deadline (``deadline_seconds``) within the API's bounds.
+    deadline_seconds: float = Field(default=30.0, gt=0)
+    #: How often the deadline sweeper looks for overdue PENDING orders.
+    deadline_sweep_interval: float = Field(default=0.5, gt=0)

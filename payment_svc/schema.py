@@ -25,4 +25,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        "payment_svc",
+        2,
+        "voided_payments",
+        (
+            # VOIDED: the order was cancelled before it was charged; the row is the record
+            # that refuses a later charge (c6), with amount 0.
+            "ALTER TABLE payments DROP CONSTRAINT payments_status_check",
+            "ALTER TABLE payments ADD CONSTRAINT payments_status_check"
+            " CHECK (status IN ('CHARGED', 'DECLINED', 'REFUNDED', 'VOIDED'))",
+        ),
+    ),
 )

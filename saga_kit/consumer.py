@@ -5,7 +5,8 @@
 1. Decode with the shared codec. Invalid bytes → dead letter (row + dead-letter topic,
    with reason, source topic, partition and offset), then return: the partition moves on.
 2. Events with no handler in this service are skipped.
-3. In one unit of work: claim the event in the inbox (a duplicate is a no-op), run the
+3. In one unit of work: take the saga's lock (events of one order from different topics
+   never interleave), claim the event in the inbox (a duplicate is a no-op), run the
    handler, commit. Only after ``process`` returns does the caller (a faust agent) ack
    the record, so the offset is committed after the transaction.
 4. Transient failures (database or broker away) are retried with capped exponential
@@ -115,6 +116,7 @@ class MessageProcessor:
 
         async def apply() -> Outcome:
             async with self._db.unit_of_work() as uow:
+                await uow.lock_saga(envelope.order_id)
                 if not await inbox.claim(uow.conn, self.service, envelope):
                     return Outcome.DUPLICATE
                 if self._sub.observer is not None:

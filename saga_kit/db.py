@@ -18,6 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from events.envelope import Envelope, EventPayload, P, new_envelope
 from saga_kit import outbox
 
+_SAGA_LOCK_NAMESPACE = 7_301_003  # arbitrary, constant: first key of per-saga advisory locks
+
+
+def _int32(order_id: uuid.UUID) -> int:
+    """A signed 32-bit key from the UUID; a collision only serializes two sagas."""
+    return (order_id.int & 0xFFFFFFFF) - (1 << 31)
+
+
 #: Called inside the transaction for every event the unit of work emits.
 EmitHook = Callable[[AsyncConnection, Envelope[Any]], Awaitable[None]]
 
@@ -61,6 +69,16 @@ class UnitOfWork:
             self.conn, event_id=uuid.uuid4(), topic=topic, key=key, value=value, headers=headers
         )
         self.outbox_rows += 1
+
+    async def lock_saga(self, order_id: uuid.UUID) -> None:
+        """Serialize this transaction with every other one of the same saga in this
+        database (a transaction-scoped advisory lock on the order id). The consumer takes
+        it before any handler runs, so events of one order arriving from different topics
+        are applied one after the other, never interleaved."""
+        await self.conn.execute(
+            text("SELECT pg_advisory_xact_lock(:ns, :k)"),
+            {"ns": _SAGA_LOCK_NAMESPACE, "k": _int32(order_id)},
+        )
 
     async def reply(self, payload: EventPayload, *, to: Envelope[Any]) -> Envelope[Any]:
         """Emit ``payload`` as the reaction to ``to``: same saga, caused by it."""

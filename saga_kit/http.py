@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection
+from saga_kit.settings import ServiceSettings
 
 Check = Callable[[], Awaitable[None]]
 
@@ -21,6 +22,14 @@ def get_database(request: Request) -> Database:
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]
+
+
+def get_settings(request: Request) -> ServiceSettings:
+    settings: ServiceSettings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 
 
 def health_router(checks: Mapping[str, Check], timeout: float = 2.0) -> APIRouter:
@@ -64,12 +73,14 @@ def metrics_router(render: Callable[[], Awaitable[str]]) -> APIRouter:
 def create_app(
     title: str,
     db: Database,
+    settings: ServiceSettings,
     routers: list[APIRouter],
     checks: Mapping[str, Check],
     metrics: Callable[[], Awaitable[str]],
 ) -> FastAPI:
     app = FastAPI(title=title, version="1.0.0")
     app.state.db = db
+    app.state.settings = settings
     app.include_router(health_router(checks))
     app.include_router(metrics_router(metrics))
     for router in routers:

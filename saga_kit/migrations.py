@@ -94,4 +94,18 @@ PLUMBING: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        "saga_kit",
+        2,
+        "dead_letter_status_and_pruning_indexes",
+        (
+            "ALTER TABLE dead_letters ADD COLUMN status TEXT NOT NULL DEFAULT 'PENDING'"
+            " CHECK (status IN ('PENDING', 'REPLAYED', 'DISCARDED'))",
+            "ALTER TABLE dead_letters ADD COLUMN resolved_at TIMESTAMPTZ",
+            "ALTER TABLE dead_letters ADD COLUMN replay_attempts INT NOT NULL DEFAULT 0",
+            "CREATE INDEX dead_letters_pending ON dead_letters (id) WHERE status = 'PENDING'",
+            "CREATE INDEX outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL",
+            "CREATE INDEX inbox_age ON inbox (processed_at)",
+        ),
+    ),
 )

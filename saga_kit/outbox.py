@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import signal
 import uuid
 from collections.abc import Awaitable
@@ -150,6 +151,7 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
+            await self._maybe_delay()
             self._inject("relay.before_publish")
             futures: list[Awaitable[Any]] = []
             for row in rows:
@@ -167,6 +169,12 @@ class OutboxRelay:
             )
         self.published += len(rows)
         return len(rows)
+
+    async def _maybe_delay(self) -> None:
+        """Fault injection ``relay.delay=<seconds>``: hold each batch back a random time up to
+        that long, as a slow network or an overloaded broker would (chaos runs)."""
+        if self._fault and self._fault.startswith("relay.delay="):
+            await asyncio.sleep(random.uniform(0, float(self._fault.partition("=")[2])))
 
     def _inject(self, point: str) -> None:
         """Fault injection: die like a crashed process at ``point`` (tests, chaos)."""

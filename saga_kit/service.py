@@ -29,6 +29,8 @@ from saga_kit.http import create_app
 from saga_kit.kafka import broker_ping, create_producer, ensure_topics
 from saga_kit.migrations import PLUMBING, Migration, migrate
 from saga_kit.outbox import OutboxRelay
+from saga_kit.periodic import JobStats, Periodic, run_forever
+from saga_kit.pruning import PRUNING
 from saga_kit.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ class ServiceSpec:
     subscription: Subscription
     routers: Callable[[], Sequence[APIRouter]]
     emit_hooks: tuple[EmitHook, ...] = field(default=())
+    #: Scheduled jobs of this service; every service also runs the shared pruning job.
+    periodic: tuple[Periodic, ...] = field(default=())
 
 
 class _Server(uvicorn.Server):
@@ -98,6 +102,8 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
         )
         db.set_on_commit(relay.wake)
         processor = MessageProcessor(spec.name, db, spec.subscription)
+        jobs = (PRUNING, *spec.periodic)
+        job_stats = {job.name: JobStats() for job in jobs}
         consumers = build_faust_app(
             spec.name, settings.kafka_bootstrap_servers, spec.subscription.topics, processor
         )
@@ -115,6 +121,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
         app = create_app(
             spec.title,
             db,
+            settings,
             list(spec.routers()),
             {
                 "database": db.ping,
@@ -122,7 +129,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 "consumers": consumers_running,
                 "outbox_relay": relay_healthy,
             },
-            lambda: metrics.render(spec.name, processor.stats, relay, db),
+            lambda: metrics.render(spec.name, processor.stats, relay, db, job_stats),
         )
         app.state.processor = processor
         app.state.relay = relay
@@ -137,6 +144,10 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             )
         )
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+        job_tasks = [
+            asyncio.create_task(run_forever(job, db, settings, job_stats[job.name]), name=job.name)
+            for job in jobs
+        ]
         await consumers.start()
         server_task = asyncio.create_task(server.serve(), name="http")
         stop_task = asyncio.create_task(stop.wait(), name="stop")
@@ -149,9 +160,10 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server_task, 10)
         await consumers.stop()
-        relay_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await relay_task
+        for background in (relay_task, *job_tasks):
+            background.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await background
         for task in failed:
             if task.exception() is not None:
                 raise RuntimeError(f"{task.get_name()} died") from task.exception()

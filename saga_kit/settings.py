@@ -36,6 +36,14 @@ class ServiceSettings(BaseSettings):
     relay_poll_interval: float = Field(default=0.5, gt=0)
     db_pool_size: int = Field(default=10, ge=1)
 
+    #: Pruning (saga_kit.pruning): sent outbox rows, the inbox's redelivery window and
+    #: resolved dead letters are kept this long; the pruner runs every interval.
+    outbox_retention_seconds: float = Field(default=3600.0, ge=0)
+    inbox_retention_seconds: float = Field(default=7 * 24 * 3600.0, ge=0)
+    dead_letter_retention_seconds: float = Field(default=30 * 24 * 3600.0, ge=0)
+    prune_interval_seconds: float = Field(default=60.0, gt=0)
+    prune_batch: int = Field(default=5000, ge=1)
+
     log_level: str = Field(default="INFO", validation_alias=AliasChoices("LOG_LEVEL", "log_level"))
     #: Fault injection for tests and chaos runs, e.g. ``relay.before_publish``. Never set it
     #: in production.

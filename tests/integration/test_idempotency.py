@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,7 +20,7 @@ from events import (
     InventoryReservationFailed,
     InventoryReserved,
     OrderApproved,
-    OrderCreated,
+    OrderCancelled,
     OrderLine,
     PaymentCompleted,
     PaymentFailed,
@@ -28,6 +29,7 @@ from events import (
 from events.envelope import Envelope
 from order_svc.placing import place_order
 from tests.integration.conftest import ServiceUnderTest, add_account, add_product, event
+from tests.unit.samples import order_created
 
 
 @dataclass
@@ -53,23 +55,30 @@ async def inventory_snapshot(svc: ServiceUnderTest, pid: str, oid: uuid.UUID) ->
 
 async def inventory_case(svc: ServiceUnderTest, event_type: str) -> Case:
     pid, oid = await add_product(svc, 4), uuid.uuid4()
-    placed = event(OrderCreated(customer_id="c", items=(OrderLine(product_id=pid, quantity=2),)), oid)
+    placed = event(order_created({pid: 2}, customer="c"), oid)
     if event_type == "OrderCreated":
         ev = placed
     else:
         await svc.deliver(placed)
         ev = event(
-            OrderApproved(customer_id="c")
-            if event_type == "OrderApproved"
-            else PaymentFailed(customer_id="c", amount=Decimal("5.00"), reason="insufficient_funds"),
+            {
+                "OrderApproved": OrderApproved(customer_id="c"),
+                "OrderCancelled": OrderCancelled(customer_id="c", reason="cancelled_by_customer"),
+                "PaymentFailed": PaymentFailed(
+                    customer_id="c", amount=Decimal("5.00"), reason="insufficient_funds"
+                ),
+            }[event_type],
             oid,
         )
     return Case(svc, ev, lambda: inventory_snapshot(svc, pid, oid))
 
 
 async def payment_case(svc: ServiceUnderTest, event_type: str) -> Case:
-    assert event_type == "InventoryReserved"
     cid, oid = await add_account(svc, "10.00"), uuid.uuid4()
+    reserved = event(reserved_payload(cid, "p", qty=2), oid)
+    if event_type == "OrderCancelled":  # cancelling a charged order refunds it, once
+        await svc.deliver(reserved)
+        reserved = event(OrderCancelled(customer_id=cid, reason="timeout"), oid)
 
     async def snapshot() -> Any:
         return (
@@ -78,11 +87,13 @@ async def payment_case(svc: ServiceUnderTest, event_type: str) -> Case:
             [e.event_type for e in await svc.emitted(oid)],
         )
 
-    return Case(svc, event(reserved_payload(cid, "p", qty=2), oid), snapshot)
+    return Case(svc, reserved, snapshot)
 
 
 async def order_case(svc: ServiceUnderTest, event_type: str) -> Case:
-    oid, _ = await place_order(svc.db, "c", [OrderLine(product_id="p", quantity=1)], None)
+    oid, _ = await place_order(
+        svc.db, "c", [OrderLine(product_id="p", quantity=1)], None, timedelta(minutes=10)
+    )
     payloads = {
         "InventoryReserved": reserved_payload("c", "p"),
         "InventoryReservationFailed": InventoryReservationFailed(
@@ -107,7 +118,9 @@ CASES = [
     ("inventory_svc", "OrderCreated", inventory_case),
     ("inventory_svc", "OrderApproved", inventory_case),
     ("inventory_svc", "PaymentFailed", inventory_case),
+    ("inventory_svc", "OrderCancelled", inventory_case),
     ("payment_svc", "InventoryReserved", payment_case),
+    ("payment_svc", "OrderCancelled", payment_case),
     ("order_svc", "InventoryReserved", order_case),
     ("order_svc", "InventoryReservationFailed", order_case),
     ("order_svc", "PaymentCompleted", order_case),

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from decimal import Decimal
 
-from events import OrderCreated, OrderLine
 from tests.integration.conftest import ServiceUnderTest, add_product, event
+from tests.unit.samples import order_created
 
-
-def created(items: dict[str, int], customer: str = "c1") -> OrderCreated:
-    return OrderCreated(
-        customer_id=customer,
-        items=tuple(OrderLine(product_id=p, quantity=q) for p, q in items.items()),
-    )
+created = order_created
 
 
 async def stock(inventory: ServiceUnderTest, pid: str) -> tuple[int, int, int]:
@@ -72,3 +68,17 @@ async def test_many_concurrent_orders_for_the_last_units_never_oversell(
     assert replies.count("InventoryReserved") == 5
     assert replies.count("InventoryReservationFailed") == 25
     assert await stock(inventory, pid) == (0, 5, 0)
+
+
+async def test_a_version_1_order_created_is_upcast_and_reserved(inventory: ServiceUnderTest) -> None:
+    """Schema evolution end to end through the consumer: v1 bytes in, a reservation out."""
+    from tests.unit.test_upcasting import order_created_v1
+
+    pid = await add_product(inventory, 5)
+    raw = order_created_v1(items=[{"product_id": pid, "quantity": 2}])
+    outcome = await inventory.deliver_bytes(json.dumps(raw).encode(), "orders.events")
+    assert outcome.value == "handled"
+    assert await stock(inventory, pid) == (3, 2, 0)
+    emitted = await inventory.emitted(uuid.UUID(str(raw["order_id"])))
+    assert [e.event_type for e in emitted] == ["InventoryReserved"]
+    assert emitted[0].causation_id == uuid.UUID(str(raw["event_id"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from events import (
@@ -23,11 +24,20 @@ from events import (
 )
 
 
+def order_created(items: dict[str, int], customer: str = "c1", deadline: float = 600.0) -> OrderCreated:
+    """An OrderCreated for ``items`` (product id → quantity), due ``deadline`` s from now."""
+    return OrderCreated(
+        customer_id=customer,
+        items=tuple(OrderLine(product_id=p, quantity=q) for p, q in items.items()),
+        deadline_at=datetime.now(UTC) + timedelta(seconds=deadline),
+    )
+
+
 def sample_payloads() -> list[EventPayload]:
     line = PricedLine(product_id="p1", quantity=2, unit_price=Decimal("1.50"), line_total=Decimal("3.00"))
     stock = (StockLine(product_id="p1", quantity=2),)
     return [
-        OrderCreated(customer_id="c1", items=(OrderLine(product_id="p1", quantity=2),)),
+        order_created({"p1": 2}),
         OrderApproved(customer_id="c1"),
         OrderRejected(customer_id="c1", reason="insufficient_funds"),
         OrderCancelled(customer_id="c1", reason="timeout"),

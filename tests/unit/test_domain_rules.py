@@ -14,7 +14,7 @@ from inventory_svc.reservation import (
     plan_reservation,
     requested_quantities,
 )
-from order_svc.domain import OrderStatus, transition
+from order_svc.domain import CANCEL_REQUESTED, DEADLINE_PASSED, OrderStatus, transition
 from payment_svc.charging import Charge, Decline, decide_charge
 
 STOCK = {"a": StockLevel(available=5, price=Decimal("2.50")), "b": StockLevel(1, Decimal("10.00"))}
@@ -72,6 +72,8 @@ def test_charge_decision(balance: Decimal | None, amount: Decimal, expected: obj
         ("PaymentFailed", OrderStatus.REJECTED),
         ("InventoryReservationFailed", OrderStatus.REJECTED),
         ("InventoryReserved", None),
+        (DEADLINE_PASSED, OrderStatus.CANCELLED),
+        (CANCEL_REQUESTED, OrderStatus.CANCELLED),
     ],
 )
 def test_pending_order_transitions(event_type: str, expected: OrderStatus | None) -> None:
@@ -79,6 +81,23 @@ def test_pending_order_transitions(event_type: str, expected: OrderStatus | None
 
 
 @pytest.mark.parametrize("status", [s for s in OrderStatus if s.terminal])
-@pytest.mark.parametrize("event_type", ["PaymentCompleted", "PaymentFailed", "InventoryReservationFailed"])
-def test_terminal_orders_never_change(status: OrderStatus, event_type: str) -> None:
+@pytest.mark.parametrize(
+    "event_type", ["PaymentCompleted", "PaymentFailed", "InventoryReservationFailed", DEADLINE_PASSED]
+)
+def test_settled_orders_ignore_late_events_and_deadlines(status: OrderStatus, event_type: str) -> None:
     assert transition(status, event_type) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (OrderStatus.PENDING, OrderStatus.CANCELLED),
+        (OrderStatus.APPROVED, OrderStatus.CANCELLED),  # refunded and restocked by the participants
+        (OrderStatus.REJECTED, None),
+        (OrderStatus.CANCELLED, None),
+    ],
+)
+def test_only_pending_or_approved_orders_can_be_cancelled(
+    status: OrderStatus, expected: OrderStatus | None
+) -> None:
+    assert transition(status, CANCEL_REQUESTED) == expected

@@ -1,0 +1,81 @@
+"""c4: the order service cancels a saga — on a customer's request or when its deadline
+passes — and tells the participants, who compensate whatever they did (c5, c6).
+
+There is no coordinator: the deadline is a column of the order's own row, and a sweeper
+in every order-service instance cancels overdue PENDING orders. Rows are claimed with
+``FOR UPDATE SKIP LOCKED``, so several instances never cancel the same order twice and
+never wait on each other; a handler holding an order's row lock simply wins the race and
+the sweeper sees the new status next time.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from sqlalchemy import text
+
+from events import OrderCancelled
+from events.order import CancelReason
+from order_svc.domain import CANCEL_REQUESTED, DEADLINE_PASSED, OrderStatus, transition
+from order_svc.errors import OrderNotCancellable
+from saga_kit.db import Database, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+
+class OrderNotFound(LookupError):
+    pass
+
+
+async def _cancel(uow: UnitOfWork, order_id: uuid.UUID, customer_id: str, reason: CancelReason) -> None:
+    await uow.conn.execute(
+        text(
+            "UPDATE orders SET status = 'CANCELLED', reason = :r, updated_at = clock_timestamp()"
+            " WHERE order_id = :o"
+        ),
+        {"r": reason, "o": order_id},
+    )
+    await uow.emit(
+        OrderCancelled(customer_id=customer_id, reason=reason),
+        order_id=order_id,
+        causation_id=None,
+    )
+
+
+async def cancel_order(db: Database, order_id: uuid.UUID) -> OrderStatus:
+    """The customer cancels: PENDING or APPROVED → CANCELLED; anything else is a 409."""
+    async with db.unit_of_work() as uow:
+        row = (
+            await uow.conn.execute(
+                text("SELECT status, customer_id FROM orders WHERE order_id = :o FOR UPDATE"),
+                {"o": order_id},
+            )
+        ).first()
+        if row is None:
+            raise OrderNotFound(order_id)
+        if transition(OrderStatus(row.status), CANCEL_REQUESTED) is None:
+            raise OrderNotCancellable(row.status)
+        await _cancel(uow, order_id, row.customer_id, "cancelled_by_customer")
+    return OrderStatus.CANCELLED
+
+
+async def cancel_overdue(db: Database, batch: int = 200) -> int:
+    """Cancel up to ``batch`` PENDING orders whose deadline has passed; return how many."""
+    async with db.unit_of_work() as uow:
+        rows = (
+            await uow.conn.execute(
+                text(
+                    "SELECT order_id, status, customer_id FROM orders"
+                    " WHERE status = 'PENDING' AND deadline_at <= clock_timestamp()"
+                    " ORDER BY deadline_at LIMIT :n FOR UPDATE SKIP LOCKED"
+                ),
+                {"n": batch},
+            )
+        ).all()
+        for row in rows:
+            if transition(OrderStatus(row.status), DEADLINE_PASSED) is not None:
+                await _cancel(uow, row.order_id, row.customer_id, "timeout")
+    if rows:
+        log.info("cancelled %d overdue orders", len(rows))
+    return len(rows)

@@ -1,0 +1,224 @@
+"""Every compensation path (DESIGN §3 c2, c4–c6), in every arrival order that can happen.
+
+Events of one saga reach a service from different topics, late, or twice. Each test
+delivers them in one particular order to the real handlers on the real database and
+checks the only thing that matters: what is held, sold and charged in the end, and which
+events the service emitted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from events import (
+    InventoryReservationFailed,
+    OrderApproved,
+    OrderCancelled,
+    OrderLine,
+    PaymentCompleted,
+    PaymentFailed,
+)
+from order_svc.cancelling import cancel_order, cancel_overdue
+from order_svc.errors import OrderNotCancellable
+from order_svc.placing import place_order
+from tests.integration.conftest import ServiceUnderTest, add_account, add_product, event
+from tests.integration.test_idempotency import reserved_payload
+from tests.unit.samples import order_created
+
+CANCELLED = OrderCancelled(customer_id="c", reason="cancelled_by_customer")
+
+
+async def buckets(inventory: ServiceUnderTest, pid: str) -> tuple[int, int, int]:
+    row = (
+        await inventory.rows("SELECT available, reserved, sold FROM products WHERE product_id = :p", p=pid)
+    )[0]
+    return row.available, row.reserved, row.sold
+
+
+async def emitted_types(svc: ServiceUnderTest, oid: uuid.UUID) -> list[str]:
+    return [e.event_type for e in await svc.emitted(oid)]
+
+
+# -- inventory: c2 and c5 ------------------------------------------------------------------
+
+
+async def test_cancel_releases_a_reservation(inventory: ServiceUnderTest) -> None:
+    pid, oid = await add_product(inventory, 5), uuid.uuid4()
+    await inventory.deliver(event(order_created({pid: 2}), oid))
+    assert await buckets(inventory, pid) == (3, 2, 0)
+    assert await inventory.deliver(event(CANCELLED, oid)) == "handled"
+    assert await buckets(inventory, pid) == (5, 0, 0)
+    assert await emitted_types(inventory, oid) == ["InventoryReserved", "InventoryReleased"]
+
+
+async def test_cancel_after_approval_restocks_the_sale(inventory: ServiceUnderTest) -> None:
+    pid, oid = await add_product(inventory, 5), uuid.uuid4()
+    await inventory.deliver(event(order_created({pid: 2}), oid))
+    await inventory.deliver(event(OrderApproved(customer_id="c"), oid))
+    assert await buckets(inventory, pid) == (3, 0, 2)
+    await inventory.deliver(event(CANCELLED, oid))
+    assert await buckets(inventory, pid) == (5, 0, 0)
+    statuses = await inventory.rows("SELECT status FROM reservations WHERE order_id = :o", o=oid)
+    assert [r.status for r in statuses] == ["RESTOCKED"]
+    assert await emitted_types(inventory, oid) == [
+        "InventoryReserved",
+        "InventoryCommitted",
+        "InventoryReleased",
+    ]
+
+
+async def test_cancel_that_overtakes_the_order_means_nothing_is_ever_reserved(
+    inventory: ServiceUnderTest,
+) -> None:
+    pid, oid = await add_product(inventory, 5), uuid.uuid4()
+    assert await inventory.deliver(event(CANCELLED, oid)) == "handled"
+    assert await inventory.deliver(event(order_created({pid: 2}), oid)) == "handled"
+    assert await buckets(inventory, pid) == (5, 0, 0)
+    assert await emitted_types(inventory, oid) == []
+
+
+async def test_payment_failure_and_cancel_release_once(inventory: ServiceUnderTest) -> None:
+    pid, oid = await add_product(inventory, 5), uuid.uuid4()
+    await inventory.deliver(event(order_created({pid: 2}), oid))
+    failed = PaymentFailed(customer_id="c", amount=Decimal("5.00"), reason="insufficient_funds")
+    await inventory.deliver(event(failed, oid))
+    await inventory.deliver(event(CANCELLED, oid))
+    assert await buckets(inventory, pid) == (5, 0, 0)
+    assert await emitted_types(inventory, oid) == ["InventoryReserved", "InventoryReleased"]
+
+
+async def test_approval_arriving_after_the_cancel_sells_nothing(inventory: ServiceUnderTest) -> None:
+    pid, oid = await add_product(inventory, 5), uuid.uuid4()
+    await inventory.deliver(event(order_created({pid: 2}), oid))
+    await inventory.deliver(event(CANCELLED, oid))
+    await inventory.deliver(event(OrderApproved(customer_id="c"), oid))
+    assert await buckets(inventory, pid) == (5, 0, 0)
+    assert await emitted_types(inventory, oid) == ["InventoryReserved", "InventoryReleased"]
+
+
+async def test_cancel_of_an_order_that_reserved_nothing_emits_nothing(inventory: ServiceUnderTest) -> None:
+    pid, oid = await add_product(inventory, 1), uuid.uuid4()
+    await inventory.deliver(event(order_created({pid: 2}), oid))  # not enough stock
+    await inventory.deliver(event(CANCELLED, oid))
+    assert await buckets(inventory, pid) == (1, 0, 0)
+    assert await emitted_types(inventory, oid) == ["InventoryReservationFailed"]
+
+
+# -- payment: c6 ---------------------------------------------------------------------------
+
+
+async def balance(payment: ServiceUnderTest, cid: str) -> Decimal:
+    value: Decimal = await payment.scalar("SELECT balance FROM accounts WHERE customer_id = :c", c=cid)
+    return value
+
+
+async def test_cancel_refunds_a_charge(payment: ServiceUnderTest) -> None:
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid))
+    assert await balance(payment, cid) == Decimal("5.00")
+    await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid))
+    assert await balance(payment, cid) == Decimal("10.00")
+    assert await emitted_types(payment, oid) == ["PaymentCompleted", "PaymentRefunded"]
+    refunded = (await payment.emitted(oid))[1].payload
+    assert refunded.amount == Decimal("5.00")  # type: ignore[attr-defined]
+
+
+async def test_a_charge_that_lands_after_the_cancel_is_never_made(payment: ServiceUnderTest) -> None:
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid))
+    assert await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid)) == "handled"
+    assert await balance(payment, cid) == Decimal("10.00")
+    assert await emitted_types(payment, oid) == []
+    rows = await payment.rows("SELECT status, amount FROM payments WHERE order_id = :o", o=oid)
+    assert [(r.status, r.amount) for r in rows] == [("VOIDED", Decimal("0.00"))]
+
+
+async def test_cancel_of_a_declined_payment_refunds_nothing(payment: ServiceUnderTest) -> None:
+    cid, oid = await add_account(payment, "1.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid))
+    await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid))
+    assert await balance(payment, cid) == Decimal("1.00")
+    assert await emitted_types(payment, oid) == ["PaymentFailed"]
+
+
+async def test_two_cancellations_refund_once(payment: ServiceUnderTest) -> None:
+    """Two distinct OrderCancelled events (not a redelivery): one refund."""
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid))
+    for reason in ("timeout", "cancelled_by_customer"):
+        await payment.deliver(event(OrderCancelled(customer_id=cid, reason=reason), oid))  # type: ignore[arg-type]
+    assert await balance(payment, cid) == Decimal("10.00")
+    assert await emitted_types(payment, oid) == ["PaymentCompleted", "PaymentRefunded"]
+
+
+# -- order: c4 -----------------------------------------------------------------------------
+
+
+async def placed(order: ServiceUnderTest, deadline: timedelta = timedelta(minutes=10)) -> uuid.UUID:
+    oid, _ = await place_order(order.db, "c", [OrderLine(product_id="p", quantity=1)], None, deadline)
+    return oid
+
+
+async def status(order: ServiceUnderTest, oid: uuid.UUID) -> tuple[str, str | None]:
+    row = (await order.rows("SELECT status, reason FROM orders WHERE order_id = :o", o=oid))[0]
+    return row.status, row.reason
+
+
+async def test_an_overdue_pending_order_is_cancelled_with_reason_timeout(order: ServiceUnderTest) -> None:
+    overdue, on_time = await placed(order, timedelta(0)), await placed(order)
+    assert await cancel_overdue(order.db) >= 1
+    assert await status(order, overdue) == ("CANCELLED", "timeout")
+    assert await status(order, on_time) == ("PENDING", None)
+    cancelled = (await order.emitted(overdue))[-1]
+    assert cancelled.event_type == "OrderCancelled"
+    assert cancelled.payload.reason == "timeout"  # type: ignore[attr-defined]
+    # the sweeper does not cancel it a second time
+    await cancel_overdue(order.db)
+    assert await emitted_types(order, overdue) == ["OrderCreated", "OrderCancelled"]
+
+
+async def test_a_payment_that_completes_after_the_deadline_does_not_approve(
+    order: ServiceUnderTest,
+) -> None:
+    oid = await placed(order, timedelta(0))
+    await cancel_overdue(order.db)
+    assert await order.deliver(event(PaymentCompleted(customer_id="c", amount=Decimal("2.50")), oid)) == (
+        "handled"
+    )
+    assert await status(order, oid) == ("CANCELLED", "timeout")
+    assert await emitted_types(order, oid) == ["OrderCreated", "OrderCancelled"]
+    # but the late event is in the saga's timeline
+    types = await order.rows("SELECT event_type FROM saga_events WHERE order_id = :o", o=oid)
+    assert "PaymentCompleted" in {r.event_type for r in types}
+
+
+async def test_customer_cancels_pending_then_again(order: ServiceUnderTest) -> None:
+    oid = await placed(order)
+    await cancel_order(order.db, oid)
+    assert await status(order, oid) == ("CANCELLED", "cancelled_by_customer")
+    with pytest.raises(OrderNotCancellable):
+        await cancel_order(order.db, oid)
+    assert await emitted_types(order, oid) == ["OrderCreated", "OrderCancelled"]
+
+
+async def test_customer_cancels_an_approved_order(order: ServiceUnderTest) -> None:
+    oid = await placed(order)
+    await order.deliver(event(PaymentCompleted(customer_id="c", amount=Decimal("2.50")), oid))
+    assert (await status(order, oid))[0] == "APPROVED"
+    await cancel_order(order.db, oid)
+    assert await status(order, oid) == ("CANCELLED", "cancelled_by_customer")
+    assert await emitted_types(order, oid) == ["OrderCreated", "OrderApproved", "OrderCancelled"]
+
+
+async def test_a_rejected_order_cannot_be_cancelled(order: ServiceUnderTest) -> None:
+    oid = await placed(order)
+    failed = InventoryReservationFailed(customer_id="c", reason="insufficient_stock", product_ids=("p",))
+    await order.deliver(event(failed, oid))
+    with pytest.raises(OrderNotCancellable):
+        await cancel_order(order.db, oid)
+    assert await status(order, oid) == ("REJECTED", "insufficient_stock")
+    assert await emitted_types(order, oid) == ["OrderCreated", "OrderRejected"]

@@ -1,0 +1,67 @@
+"""Schema evolution: a version-1 OrderCreated (no ``deadline_at``) is upcast on read."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from events import InvalidEvent, OrderCreated, decode
+from events.upcasting import UPCASTERS, NoUpcastPath, upcast
+
+OCCURRED = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def order_created_v1(**payload_overrides: object) -> dict[str, object]:
+    """The exact wire form version-1 producers wrote."""
+    return {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "OrderCreated",
+        "schema_version": 1,
+        "occurred_at": OCCURRED.isoformat(),
+        "order_id": str(uuid.uuid4()),
+        "causation_id": None,
+        "producer": "order_svc",
+        "payload": {"customer_id": "c1", "items": [{"product_id": "p1", "quantity": 2}], **payload_overrides},
+    }
+
+
+def test_the_current_version_of_order_created_is_2() -> None:
+    assert OrderCreated.schema_version == 2
+    assert ("OrderCreated", 1) in UPCASTERS
+
+
+def test_v1_decodes_to_the_current_model_with_the_v1_deadline() -> None:
+    envelope = decode(json.dumps(order_created_v1()).encode())
+    assert envelope.schema_version == 2
+    assert isinstance(envelope.payload, OrderCreated)
+    assert envelope.payload.deadline_at == OCCURRED + timedelta(seconds=30)
+    assert envelope.payload.items[0].quantity == 2
+
+
+def test_upcasting_keeps_everything_else() -> None:
+    raw = order_created_v1()
+    up = upcast(raw, 2)
+    assert {k: v for k, v in up.items() if k not in ("schema_version", "payload")} == {
+        k: v for k, v in raw.items() if k not in ("schema_version", "payload")
+    }
+    assert raw["schema_version"] == 1, "the input is not modified"
+
+
+def test_an_invalid_v1_event_is_still_invalid_after_upcasting() -> None:
+    with pytest.raises(InvalidEvent, match="payload.items"):
+        decode(json.dumps(order_created_v1(items=[])).encode())
+
+
+def test_a_version_newer_than_this_build_is_invalid() -> None:
+    raw = {**order_created_v1(), "schema_version": 3}
+    with pytest.raises(InvalidEvent, match="unsupported schema_version 3"):
+        decode(json.dumps(raw).encode())
+
+
+def test_an_old_version_without_an_upcaster_is_invalid() -> None:
+    raw = {**order_created_v1(), "event_type": "PaymentFailed", "producer": "payment_svc"}
+    with pytest.raises(NoUpcastPath):
+        upcast({**raw, "schema_version": 0}, 1)
