@@ -64,7 +64,9 @@ def decode(data: bytes | None) -> Envelope[EventPayload]:
     except NoUpcastPath as exc:
         raise InvalidEvent(f"unsupported schema_version: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidEvent(f"cannot upcast {raw.event_type} v{raw.schema_version}: {exc!r}") from None
+        raise InvalidEvent(
+            f"invalid {raw.event_type}: cannot upcast v{raw.schema_version}: {exc!r}"
+        ) from None
     if envelope.producer != cls.producer:
         raise InvalidEvent(f"{raw.event_type} must be produced by {cls.producer}, not {envelope.producer!r}")
     return envelope

@@ -2,8 +2,9 @@
 release on PaymentFailed (c2), release or restock on OrderCancelled (c5).
 
 Every handler is correct whatever order the events of one saga arrive in: settling only
-moves lines in the state it expects, and a cancellation is remembered so that a late
-OrderCreated reserves nothing."""
+moves lines in the state it expects, and the first decision about each order is kept
+(``order_decisions``), so a late or repeated OrderCreated never reserves twice and one
+that arrives after the cancellation reserves nothing."""
 
 from __future__ import annotations
 
@@ -33,15 +34,24 @@ from saga_kit.consumer import Handler
 from saga_kit.db import UnitOfWork
 
 
+async def _decide(uow: UnitOfWork, envelope: Envelope[Any], decision: str) -> bool:
+    """Record the first decision about this order; False if there was one already."""
+    inserted = await uow.conn.scalar(
+        text(
+            "INSERT INTO order_decisions (order_id, decision) VALUES (:o, :d)"
+            " ON CONFLICT DO NOTHING RETURNING 1"
+        ),
+        {"o": envelope.order_id, "d": decision},
+    )
+    return inserted is not None
+
+
 async def on_order_created(uow: UnitOfWork, envelope: Envelope[OrderCreated]) -> None:
     """Reserve every line or none. Rows are locked in product-id order, so concurrent
     reservations never deadlock, and the CHECK (available >= 0) backs the rule."""
     order = envelope.payload
-    cancelled = await uow.conn.scalar(
-        text("SELECT 1 FROM cancelled_orders WHERE order_id = :o"), {"o": envelope.order_id}
-    )
-    if cancelled:  # the cancellation overtook the order: hold nothing for it
-        return
+    if not await _decide(uow, envelope, "RESERVED"):
+        return  # decided before: reserved or refused already, or the cancellation came first
     wanted = requested_quantities(order.items)
     rows = await uow.conn.execute(
         text(
@@ -53,6 +63,10 @@ async def on_order_created(uow: UnitOfWork, envelope: Envelope[OrderCreated]) ->
     stock = {r.product_id: StockLevel(available=r.available, price=r.price) for r in rows}
     decision = plan_reservation(wanted, stock)
     if isinstance(decision, Refuse):
+        await uow.conn.execute(
+            text("UPDATE order_decisions SET decision = 'REFUSED' WHERE order_id = :o"),
+            {"o": envelope.order_id},
+        )
         await uow.reply(
             InventoryReservationFailed(
                 customer_id=order.customer_id,
@@ -142,10 +156,7 @@ async def on_payment_failed(uow: UnitOfWork, envelope: Envelope[PaymentFailed]) 
 async def on_order_cancelled(uow: UnitOfWork, envelope: Envelope[OrderCancelled]) -> None:
     """c5: give back whatever the order holds — a reservation is released, a sale (the order
     was APPROVED, then cancelled) is restocked — and remember the cancellation."""
-    await uow.conn.execute(
-        text("INSERT INTO cancelled_orders (order_id) VALUES (:o) ON CONFLICT DO NOTHING"),
-        {"o": envelope.order_id},
-    )
+    await _decide(uow, envelope, "CANCELLED")
     released = await _settle(uow, envelope, to="RELEASED")
     restocked = await _settle(uow, envelope, frm="COMMITTED", to="RESTOCKED")
     lines = tuple(sorted(released + restocked, key=lambda line: line.product_id))

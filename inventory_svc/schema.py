@@ -40,11 +40,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE reservations DROP CONSTRAINT reservations_status_check",
             "ALTER TABLE reservations ADD CONSTRAINT reservations_status_check"
             " CHECK (status IN ('RESERVED', 'COMMITTED', 'RELEASED', 'RESTOCKED'))",
-            # Orders this service heard were cancelled: an OrderCreated that arrives after
-            # its OrderCancelled (a redelivery, a replayed dead letter) reserves nothing.
-            """CREATE TABLE cancelled_orders (
+            # The first decision about each order, kept for good: RESERVED or REFUSED when
+            # its OrderCreated was handled, CANCELLED when the cancellation came first. An
+            # OrderCreated for an order with a decision (a late duplicate past the inbox's
+            # window, a replayed dead letter, one overtaken by OrderCancelled) does nothing.
+            """CREATE TABLE order_decisions (
                 order_id UUID PRIMARY KEY,
-                cancelled_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+                decision TEXT NOT NULL CHECK (decision IN ('RESERVED', 'REFUSED', 'CANCELLED')),
+                decided_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
             )""",
         ),
     ),

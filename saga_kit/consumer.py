@@ -60,6 +60,15 @@ class Outcome(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """What processing one record came to; ``reason`` is set when it must be dead-lettered."""
+
+    event_type: str
+    outcome: Outcome
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class Subscription:
     """What a service consumes: topics, and one handler per event type it reacts to.
 
@@ -99,20 +108,24 @@ class MessageProcessor:
         self.stats = ConsumerStats()
 
     async def process(self, record: Record) -> Outcome:
+        """Handle one record; an event that cannot be processed is dead-lettered."""
+        attempt = await self.attempt(record)
+        if attempt.outcome is Outcome.DEAD_LETTERED:
+            reason = attempt.reason or "unknown"
+            await self._retrying(lambda: self._dead_letter(record, reason))
+        self.stats.count(attempt.event_type, attempt.outcome)
+        return attempt.outcome
+
+    async def attempt(self, record: Record) -> Attempt:
+        """Decode and handle ``record`` without dead-lettering it: an outcome of
+        DEAD_LETTERED carries the reason instead. Replaying a dead letter uses this."""
         try:
             envelope = decode(record.value)
         except InvalidEvent as exc:
-            reason = exc.reason
-            self.stats.count("<invalid>", Outcome.DEAD_LETTERED)
-            return await self._retrying(lambda: self._dead_letter(record, reason))
-        outcome = await self._process(record, envelope)
-        self.stats.count(envelope.event_type, outcome)
-        return outcome
-
-    async def _process(self, record: Record, envelope: Envelope[Any]) -> Outcome:
+            return Attempt("<invalid>", Outcome.DEAD_LETTERED, exc.reason)
         handler = self._sub.handlers.get(envelope.event_type)
         if handler is None and self._sub.observer is None:
-            return Outcome.IGNORED
+            return Attempt(envelope.event_type, Outcome.IGNORED)
 
         async def apply() -> Outcome:
             async with self._db.unit_of_work() as uow:
@@ -126,13 +139,13 @@ class MessageProcessor:
             return Outcome.HANDLED
 
         try:
-            return await self._retrying(apply)
+            return Attempt(envelope.event_type, await self._retrying(apply))
         except InvalidEvent as exc:
             reason = exc.reason
         except Exception as exc:  # a poison event must not halt the partition: see module doc
             log.exception("handler for %s failed; dead-lettering", envelope.event_type)
             reason = f"handler error: {type(exc).__name__}: {exc}"
-        return await self._retrying(lambda: self._dead_letter(record, reason))
+        return Attempt(envelope.event_type, Outcome.DEAD_LETTERED, reason)
 
     async def _retrying(self, work: Callable[[], Awaitable[Outcome]]) -> Outcome:
         delay = 0.05

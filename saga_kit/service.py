@@ -20,7 +20,7 @@ import uvicorn
 from fastapi import APIRouter
 
 from events.topics import DOMAIN_TOPICS, dead_letter_topic
-from saga_kit import logs, metrics
+from saga_kit import deadletters, logs, metrics
 from saga_kit.consumer import MessageProcessor, Subscription
 from saga_kit.db import Database, EmitHook, create_engine
 from saga_kit.errors import is_kafka_error, is_transient
@@ -122,7 +122,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             spec.title,
             db,
             settings,
-            list(spec.routers()),
+            [*spec.routers(), deadletters.router],
             {
                 "database": db.ping,
                 "broker": lambda: broker_ping(producer),

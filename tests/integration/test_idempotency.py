@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from events import (
     InventoryReservationFailed,
@@ -159,3 +160,24 @@ async def test_payment_charges_an_order_once_even_for_a_new_event_id(
         "5.00"
     )
     assert [e.event_type for e in await payment.emitted(oid)] == ["PaymentCompleted"]
+
+
+async def test_inventory_decides_an_order_once_even_for_a_new_event_id(
+    inventory: ServiceUnderTest,
+) -> None:
+    """A re-emitted OrderCreated (new event_id, same order) neither reserves again nor turns
+    an earlier refusal into a reservation once stock has arrived."""
+    pid, oid = await add_product(inventory, 4), uuid.uuid4()
+    for _ in range(2):
+        assert await inventory.deliver(event(order_created({pid: 3}, customer="c"), oid)) == "handled"
+    assert await inventory.scalar("SELECT reserved FROM products WHERE product_id = :p", p=pid) == 3
+
+    refused = uuid.uuid4()
+    await inventory.deliver(event(order_created({pid: 2}, customer="c"), refused))  # 1 left: refused
+    async with inventory.db.unit_of_work() as uow:
+        await uow.conn.execute(
+            text("UPDATE products SET available = available + 10 WHERE product_id = :p"), {"p": pid}
+        )
+    await inventory.deliver(event(order_created({pid: 2}, customer="c"), refused))
+    assert [e.event_type for e in await inventory.emitted(refused)] == ["InventoryReservationFailed"]
+    assert await inventory.scalar("SELECT reserved FROM products WHERE product_id = :p", p=pid) == 3

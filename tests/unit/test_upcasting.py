@@ -51,7 +51,7 @@ def test_upcasting_keeps_everything_else() -> None:
 
 
 def test_an_invalid_v1_event_is_still_invalid_after_upcasting() -> None:
-    with pytest.raises(InvalidEvent, match="payload.items"):
+    with pytest.raises(InvalidEvent, match=r"payload\.items"):
         decode(json.dumps(order_created_v1(items=[])).encode())
 
 

@@ -1,0 +1,3 @@
+from sagactl.cli import app
+
+app(prog_name="sagactl")
