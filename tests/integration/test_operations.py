@@ -87,8 +87,8 @@ async def test_pruning_keeps_the_redelivery_window_and_unsent_rows(inventory: Se
         # one outbox row sent long ago, one unsent just as old, one sent just now
         await uow.conn.execute(
             text(
-                "UPDATE outbox SET sent_at = now() - interval '2 hours', created_at = now() - interval '2 hours'"
-                " WHERE key = :k"
+                "UPDATE outbox SET sent_at = now() - interval '2 hours',"
+                " created_at = now() - interval '2 hours' WHERE key = :k"
             ),
             {"k": str(old.order_id).encode()},
         )
