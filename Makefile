@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help setup run demo test lint format schemas bench clean
+.PHONY: help setup run demo test lint format schemas bench chaos clean
 
 help:
 	@echo "make setup    create .venv with the pinned dependencies (requirements.lock)"
@@ -12,6 +12,8 @@ help:
 	@echo "make demo     run the three saga outcomes end to end and check the invariants"
 	@echo "make test     unit, integration and end-to-end tests on the real servers"
 	@echo "make bench    place N orders (N=$${N:-2000}) and print throughput and latency"
+	@echo "make chaos    N orders under kills, restarts, duplicates; check every invariant"
+	@echo "              (N=2000 KILLS=10 SEED=1; more: .venv/bin/python -m sagastack chaos -h)"
 	@echo "make lint     ruff + mypy (strict)"
 	@echo "make schemas  regenerate schemas/ from events/"
 
@@ -37,6 +39,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m sagastack bench --orders $${N:-2000}
+
+chaos: setup
+	$(BIN)/python -m sagastack chaos --orders $${N:-2000} --kills $${KILLS:-10} --seed $${SEED:-1}
 
 lint: setup
 	$(BIN)/ruff check .

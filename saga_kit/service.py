@@ -75,6 +75,16 @@ async def _until_up(what: str, probe: Callable[[], Awaitable[object]], deadline:
             delay = min(delay * 2, 2.0)
 
 
+async def _bounded(what: str, stopping: Awaitable[object], timeout: float = 5.0) -> None:
+    """Stop ``what`` but never hang on it: with the broker gone, a clean consumer or
+    producer stop can wait forever. Giving up is safe — offsets not committed now are
+    redelivered and deduplicated by the inbox."""
+    try:
+        await asyncio.wait_for(stopping, timeout)
+    except Exception as exc:  # includes TimeoutError
+        log.warning("stopping %s: gave up after %.0fs (%s)", what, timeout, exc)
+
+
 async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Event) -> None:
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
     producer = create_producer(settings.kafka_bootstrap_servers, spec.name)
@@ -159,7 +169,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
         server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server_task, 10)
-        await consumers.stop()
+        await _bounded("consumers", consumers.stop())
         for background in (relay_task, *job_tasks):
             background.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -170,7 +180,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             if task is server_task and not server.started:
                 raise RuntimeError(f"HTTP server could not start on port {settings.http_port}")
     finally:
-        await producer.stop()
+        await _bounded("producer", producer.stop())
         await engine.dispose()
 
 

@@ -1,4 +1,4 @@
-"""``python -m sagastack run|demo|bench`` — see ``make help``."""
+"""``python -m sagastack run|demo|bench|chaos`` — see ``make help``."""
 
 from __future__ import annotations
 
@@ -44,10 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="start everything and wait for Ctrl-C").set_defaults(func=run)
 
-    from sagastack import bench, demo
+    from sagastack import bench, chaos, demo
 
     demo.add_parser(sub)
     bench.add_parser(sub)
+    chaos.add_parser(sub)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -44,16 +44,27 @@ class SagaClient:
     def account(self, customer_id: str) -> Any:
         return self._json(self.http.get(f"{self.payment_url}/accounts/{customer_id}"))
 
-    def place_order(self, customer_id: str, items: dict[str, int], idempotency_key: str | None = None) -> str:
-        body = {
+    def place_order(
+        self,
+        customer_id: str,
+        items: dict[str, int],
+        idempotency_key: str | None = None,
+        deadline_seconds: float | None = None,
+    ) -> str:
+        body: dict[str, Any] = {
             "customer_id": customer_id,
             "items": [{"product_id": p, "quantity": q} for p, q in items.items()],
         }
+        if deadline_seconds is not None:
+            body["deadline_seconds"] = deadline_seconds
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         order_id: str = self._json(self.http.post(f"{self.order_url}/orders", json=body, headers=headers))[
             "order_id"
         ]
         return order_id
+
+    def cancel(self, order_id: str) -> Any:
+        return self._json(self.http.post(f"{self.order_url}/orders/{order_id}/cancel"))
 
     def order(self, order_id: str) -> Any:
         return self._json(self.http.get(f"{self.order_url}/orders/{order_id}"))

@@ -9,6 +9,7 @@ import importlib.resources
 import json
 import logging
 import os
+import shlex
 import socket
 import subprocess
 import time
@@ -180,5 +181,23 @@ class Postgres:
                 self._pg_ctl("-w", "-m", "fast", "stop")
             self._server = None
 
-    def restart(self) -> None:
+    def pause(self) -> None:
+        """Stop the server but keep this handle (an outage; ``resume`` ends it)."""
+        self._pg_ctl("-w", "-m", "fast", "stop")
+
+    def resume(self) -> int:
+        """Start the server again with the options it ran with; return its pid."""
+        options = shlex.split((self.pgdata / "postmaster.opts").read_text())[1:]
+        if "-D" in options:
+            i = options.index("-D")
+            del options[i : i + 2]
+        self._pg_ctl("-w", "-o", shlex.join(options), "start")
+        return self._pid()
+
+    def _pid(self) -> int:
+        return int((self.pgdata / "postmaster.pid").read_text().split()[0])
+
+    def restart(self) -> int:
+        """Restart in place (same data, same socket); return the new server's pid."""
         self._pg_ctl("-w", "-m", "fast", "restart")
+        return self._pid()

@@ -171,7 +171,16 @@ class System:
         self.pids.remove(name)
         return sp.proc.returncode
 
+    def restart_database(self) -> None:
+        """Restart the embedded PostgreSQL (fast shutdown: open connections are cut)."""
+        if self.postgres is None:
+            raise RuntimeError("the database is external; restart it where it runs")
+        self.pids.add("postgres", self.postgres.restart())
+
     def stop(self) -> None:
+        for sp in self.services.values():  # all at once; each shuts down on its own
+            if sp.proc is not None and sp.proc.poll() is None:
+                sp.proc.send_signal(signal.SIGTERM)
         for name in reversed(list(self.services)):
             self.stop_service(name)
         if self.postgres is not None:

@@ -1,0 +1,452 @@
+"""``make chaos``: a random workload under injected faults, then every invariant checked.
+
+What it does, in one run directory of its own:
+
+1. Starts the whole system, seeds a catalogue with **scarce stock** (demand exceeds it)
+   and customers of whom some are **short of funds** and some have **no account**.
+2. Places orders at a steady rate with several concurrent clients. Some orders carry a
+   **short deadline** (they race their own timeout), some are **cancelled** by the
+   customer a moment later (while PENDING or after approval), a few ask for an unknown
+   product. A POST that fails because a service is down is retried with the same
+   ``Idempotency-Key`` — exactly what a real client must do.
+3. Meanwhile it injects faults, all at random (seeded) moments:
+   * **SIGKILL** of a random service, restarted after a pause — sometimes with its
+     outbox relay slowed down (``SAGA_FAULT=relay.delay=…``: **delayed events**);
+   * a **database restart** (all three services lose every connection at once);
+   * **duplicates**: a tap consumer re-publishes a share of all domain events at once,
+     and another share **late** (seconds afterwards, after newer events of the saga);
+   * **poison messages** on every domain topic.
+4. After the last fault it waits for quiescence, then checks every invariant of
+   DESIGN §5 against the three databases, plus: every order a client was told about
+   exists, and the only dead letters are the poison messages it sent.
+5. Prints a report and exits 1 on any violation, or if the system did not settle within
+   ``--settle-limit`` seconds of the last fault.
+
+Sizes, rates, fault counts and the seed are options (``python -m sagastack chaos -h``);
+the same seed gives the same workload and fault schedule (timing still varies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from events.topics import DOMAIN_TOPICS
+from sagastack import invariants
+from sagastack.system import SERVICES, System
+
+POISON_KEY = b"chaos-poison"
+
+
+@dataclass(frozen=True)
+class Config:
+    orders: int = 2000
+    kills: int = 10
+    db_restarts: int = 1
+    seed: int = 1
+    rate: float = 20.0
+    clients: int = 8
+    products: int = 12
+    customers: int = 60
+    cancel_ratio: float = 0.08
+    short_deadline_ratio: float = 0.08
+    duplicate_ratio: float = 0.05
+    late_ratio: float = 0.03
+    poison: int = 6
+    settle_limit: float = 60.0
+    run_dir: Path = Path(".run/chaos")
+
+
+@dataclass
+class Report:
+    placed: dict[str, str] = field(default_factory=dict)  # order_id → idempotency key
+    post_retries: int = 0
+    cancels: Counter[str] = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)
+    fault_log: list[str] = field(default_factory=list)
+    last_fault: float = 0.0
+    t0: float = field(default_factory=time.monotonic)
+
+    def fault(self, kind: str, detail: str = "") -> None:
+        self.faults[kind] += 1
+        self.last_fault = time.monotonic()
+        self.fault_log.append(f"{self.last_fault - self.t0:7.1f}s  {kind} {detail}".rstrip())
+
+
+class Chaos:
+    def __init__(self, config: Config) -> None:
+        self.cfg = config
+        self.rng = random.Random(config.seed)
+        self.report = Report()
+        self.system = System(
+            config.run_dir,
+            free_ports=True,
+            fresh=True,
+            # prune often, so pruning runs under faults too (the redelivery window stays
+            # far longer than a run)
+            service_env={
+                name: {f"{prefix}_PRUNE_INTERVAL_SECONDS": "5"} for name, (prefix, _) in SERVICES.items()
+            },
+        )
+        self.products = [f"chaos-p{i}" for i in range(config.products)]
+        self.customers = [f"chaos-c{i}" for i in range(config.customers)]
+        self.initial_stock: dict[str, int] = {}
+        self.initial_balance: dict[str, Decimal] = {}
+        self.workload_done = asyncio.Event()
+        self.faults_done = asyncio.Event()
+
+    # -- set-up ----------------------------------------------------------------------------
+    def seed_data(self) -> None:
+        """Stock for about 60% of expected demand; a quarter of customers short of money,
+        and a few with no account at all."""
+        mean_units = 2.5  # per order, see _order_body
+        demand_per_product = self.cfg.orders * mean_units / len(self.products)
+        with httpx.Client(timeout=10) as http:
+            for i, pid in enumerate(self.products):
+                stock = max(1, int(demand_per_product * 0.6))
+                price = Decimal(5 + 3 * i) / 2
+                self.initial_stock[pid] = stock
+                r = http.put(
+                    f"{self.system.url('inventory_svc')}/products/{pid}",
+                    json={"name": pid, "price": str(price), "stock": stock},
+                )
+                r.raise_for_status()
+            per_customer = self.cfg.orders / len(self.customers)
+            for i, cid in enumerate(self.customers):
+                if i % 20 == 19:
+                    continue  # no account: unknown_account
+                rich = i % 4 != 0
+                balance = Decimal(int(per_customer * (40 if rich else 6)))
+                self.initial_balance[cid] = balance
+                r = http.put(
+                    f"{self.system.url('payment_svc')}/accounts/{cid}", json={"balance": str(balance)}
+                )
+                r.raise_for_status()
+
+    def _order_body(self, i: int) -> dict[str, Any]:
+        rng = self.rng
+        lines = rng.choice((1, 1, 2, 2, 3))
+        items = [
+            {"product_id": pid, "quantity": rng.choice((1, 1, 1, 2, 3))}
+            for pid in rng.sample(self.products, lines)
+        ]
+        if rng.random() < 0.01:
+            items.append({"product_id": f"chaos-unknown-{i}", "quantity": 1})
+        body: dict[str, Any] = {"customer_id": rng.choice(self.customers), "items": items}
+        if rng.random() < self.cfg.short_deadline_ratio:
+            body["deadline_seconds"] = round(rng.uniform(0.3, 3.0), 2)
+        return body
+
+    # -- workload --------------------------------------------------------------------------
+    async def _retrying(self, http: httpx.AsyncClient, method: str, url: str, **kw: Any) -> httpx.Response:
+        """Retry while the service is down (connection refused, 5xx), for up to 3 minutes."""
+        end = time.monotonic() + 180
+        while True:
+            try:
+                r = await http.request(method, url, **kw)
+                if r.status_code < 500:
+                    return r
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > end:
+                raise TimeoutError(f"{method} {url} kept failing")
+            self.report.post_retries += 1
+            await asyncio.sleep(0.3)
+
+    async def _one_order(
+        self, http: httpx.AsyncClient, i: int, body: dict[str, Any], cancel_after: float | None
+    ) -> None:
+        key = f"chaos-{self.cfg.seed}-{i}"
+        r = await self._retrying(
+            http,
+            "POST",
+            f"{self.system.url('order_svc')}/orders",
+            json=body,
+            headers={"Idempotency-Key": key},
+        )
+        if r.status_code != 202:
+            raise RuntimeError(f"order {i} refused: {r.status_code} {r.text}")
+        order_id = r.json()["order_id"]
+        self.report.placed[order_id] = key
+        if cancel_after is not None:
+            await asyncio.sleep(cancel_after)
+            c = await self._retrying(http, "POST", f"{self.system.url('order_svc')}/orders/{order_id}/cancel")
+            self.report.cancels["accepted" if c.status_code == 202 else f"refused ({c.status_code})"] += 1
+
+    async def workload(self) -> None:
+        cfg = self.cfg
+        sem = asyncio.Semaphore(cfg.clients)
+        tasks: list[asyncio.Task[None]] = []
+        async with httpx.AsyncClient(timeout=15) as http:
+
+            async def run(i: int, body: dict[str, Any], cancel_after: float | None) -> None:
+                async with sem:
+                    await self._one_order(http, i, body, cancel_after)
+
+            start = time.monotonic()
+            for i in range(cfg.orders):
+                body = self._order_body(i)
+                cancel_after = self.rng.uniform(0, 4) if self.rng.random() < cfg.cancel_ratio else None
+                await asyncio.sleep(max(0.0, start + i / cfg.rate - time.monotonic()))
+                tasks.append(asyncio.create_task(run(i, body, cancel_after)))
+                if (i + 1) % max(1, cfg.orders // 10) == 0:
+                    print(f"  {i + 1}/{cfg.orders} orders placed", flush=True)
+            await asyncio.gather(*tasks)
+        self.workload_done.set()
+
+    # -- faults ----------------------------------------------------------------------------
+    async def faults(self) -> None:
+        cfg = self.cfg
+        duration = cfg.orders / cfg.rate
+        plan = [("kill", self.rng.uniform(0.05, 0.9) * duration) for _ in range(cfg.kills)]
+        plan += [("db_restart", self.rng.uniform(0.2, 0.8) * duration) for _ in range(cfg.db_restarts)]
+        plan.sort(key=lambda p: p[1])
+        start = time.monotonic()
+        await self.poison()
+        for kind, at in plan:
+            await asyncio.sleep(max(0.0, start + at - time.monotonic()))
+            if kind == "kill":
+                await self.kill_and_restart()
+            else:
+                await self.restart_database()
+        self.faults_done.set()
+
+    async def kill_and_restart(self) -> None:
+        name = self.rng.choice(list(SERVICES))
+        pause = self.rng.uniform(0.2, 3.0)
+        slow = self.rng.random() < 0.3
+        await asyncio.to_thread(self.system.stop_service, name, signal.SIGKILL)
+        self.report.fault(
+            "kill", f"{name} (down {pause:.1f}s{', restarted with a slow relay' if slow else ''})"
+        )
+        await asyncio.sleep(pause)
+        env = {"SAGA_FAULT": "relay.delay=1.0" if slow else ""}
+        await asyncio.to_thread(self.system.start_service, name, wait=False, env=env)
+        if slow:
+            self.report.faults["delayed_relay"] += 1
+        await asyncio.to_thread(self.system.wait_ready, name, 180)
+        self.report.last_fault = time.monotonic()
+
+    async def restart_database(self) -> None:
+        self.report.fault("db_restart", "PostgreSQL (all three databases)")
+        await asyncio.to_thread(self.system.restart_database)
+        self.report.last_fault = time.monotonic()
+
+    async def poison(self) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.system.bootstrap, acks="all")
+        await producer.start()
+        try:
+            samples = [b"\x00\xffnot json", b"[]", b'{"event_type": "OrderTeleported", "schema_version": 1}']
+            for i in range(self.cfg.poison):
+                topic = DOMAIN_TOPICS[i % len(DOMAIN_TOPICS)]
+                await producer.send_and_wait(topic, samples[i % len(samples)], key=POISON_KEY)
+                self.report.fault("poison", topic)
+        finally:
+            await producer.stop()
+
+    async def tap(self) -> None:
+        """Re-publish a share of every domain event at once, and another share late."""
+        consumer = AIOKafkaConsumer(
+            *DOMAIN_TOPICS,
+            bootstrap_servers=self.system.bootstrap,
+            group_id=f"chaos-tap-{self.cfg.seed}",
+            auto_offset_reset="earliest",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=2000,
+        )
+        producer = AIOKafkaProducer(bootstrap_servers=self.system.bootstrap, acks="all")
+        await consumer.start()
+        await producer.start()
+        late: list[asyncio.Task[None]] = []
+
+        async def later(delay: float, record: Any) -> None:
+            await asyncio.sleep(delay)
+            if not self.faults_done.is_set():
+                await self._republish(producer, record, "late_duplicate")
+
+        try:
+            while not self.faults_done.is_set():
+                batch = await consumer.getmany(timeout_ms=500, max_records=500)
+                for records in batch.values():
+                    for record in records:
+                        if record.key == POISON_KEY:
+                            continue
+                        roll = self.rng.random()
+                        if roll < self.cfg.duplicate_ratio:
+                            await self._republish(producer, record, "duplicate")
+                        elif roll < self.cfg.duplicate_ratio + self.cfg.late_ratio:
+                            late.append(asyncio.create_task(later(self.rng.uniform(2, 10), record)))
+        finally:
+            for task in late:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            await producer.stop()
+
+    async def _republish(self, producer: AIOKafkaProducer, record: Any, kind: str) -> None:
+        with contextlib.suppress(Exception):
+            await producer.send_and_wait(
+                record.topic, record.value, key=record.key, headers=list(record.headers or ())
+            )
+            self.report.faults[kind] += 1
+            self.report.last_fault = time.monotonic()
+
+    # -- verdict ---------------------------------------------------------------------------
+    def extra_checks(self) -> list[str]:
+        v: list[str] = []
+        url = self.system.database_urls["order_svc"].replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(url) as conn:
+            known = {str(o) for (o,) in conn.execute("SELECT order_id FROM orders")}
+        for order_id in self.report.placed:
+            if order_id not in known:
+                v.append(f"order {order_id} was accepted (202) but does not exist")
+        expected_poison = 2 * self.cfg.poison  # each domain topic has two other consumers
+        poison = 0
+        for name in SERVICES:
+            letters = httpx.get(
+                f"{self.system.url(name)}/dead-letters", params={"status": "ALL", "limit": 1000}
+            ).json()
+            for d in letters:
+                detail = httpx.get(f"{self.system.url(name)}/dead-letters/{d['id']}").json()
+                if detail["key"] == POISON_KEY.decode():
+                    poison += 1
+                else:
+                    v.append(
+                        f"{name} dead-lettered a real event: {d['event_type']} {d['order_id']}: {d['reason']}"
+                    )
+        if poison != expected_poison:
+            v.append(f"{poison} poison messages dead-lettered, expected {expected_poison}")
+        return v
+
+    def outcomes(self) -> tuple[Counter[str], Counter[str]]:
+        """Orders by status and reason; compensating events by type (from the timelines)."""
+        url = self.system.database_urls["order_svc"].replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(url) as conn:
+            by_outcome = Counter(
+                f"{status} ({reason})" if reason else status
+                for status, reason in conn.execute("SELECT status, reason FROM orders")
+            )
+            compensations = Counter(
+                {
+                    event_type: n
+                    for event_type, n in conn.execute(
+                        "SELECT event_type, COUNT(*) FROM saga_events WHERE event_type IN"
+                        " ('OrderCancelled', 'InventoryReleased', 'PaymentRefunded', 'OrderRejected')"
+                        " GROUP BY event_type"
+                    )
+                }
+            )
+            compensations["approved, then cancelled"] = conn.execute(
+                "SELECT COUNT(DISTINCT order_id) FROM saga_events WHERE event_type = 'OrderApproved'"
+                " AND order_id IN (SELECT order_id FROM orders WHERE status = 'CANCELLED')"
+            ).fetchone()[0]  # type: ignore[index]
+        return by_outcome, compensations
+
+    async def drive(self) -> None:
+        tap = asyncio.create_task(self.tap())
+        try:
+            await asyncio.gather(self.workload(), self.faults())
+        finally:
+            self.faults_done.set()
+            await tap
+
+    def run(self) -> int:
+        cfg = self.cfg
+        print(
+            f"chaos: {cfg.orders} orders at {cfg.rate:g}/s, {cfg.kills} kills, {cfg.db_restarts} database"
+            f" restarts, seed {cfg.seed}",
+            flush=True,
+        )
+        with self.system:
+            self.seed_data()
+            self.report.t0 = time.monotonic()
+            asyncio.run(self.drive())
+            faults_over = self.report.last_fault or time.monotonic()
+            print("workload and faults done; waiting for quiescence …", flush=True)
+            quiet = invariants.wait_for_quiescence(self.system.database_urls, timeout=cfg.settle_limit + 120)
+            settled = time.monotonic() - faults_over
+            violations = invariants.check(self.system.database_urls, self.initial_stock, self.initial_balance)
+            violations += self.extra_checks()
+            if not quiet:
+                violations.append("the system never became quiet")
+            elif settled > cfg.settle_limit:
+                violations.append(
+                    f"quiescence took {settled:.1f}s after the last fault (limit {cfg.settle_limit:g}s)"
+                )
+            outcomes, compensations = self.outcomes()
+            elapsed = time.monotonic() - self.report.t0
+        self.print_report(outcomes, compensations, settled, elapsed, violations)
+        return 1 if violations else 0
+
+    def print_report(
+        self,
+        outcomes: Counter[str],
+        compensations: Counter[str],
+        settled: float,
+        elapsed: float,
+        violations: list[str],
+    ) -> None:
+        r = self.report
+        print("\n== chaos report " + "=" * 56)
+        print(f"seed {self.cfg.seed}; {len(r.placed)} orders placed; run took {elapsed:.0f}s")
+        print("orders by outcome:")
+        for outcome, n in outcomes.most_common():
+            print(f"  {n:6d}  {outcome}")
+        print("compensating events: " + ", ".join(f"{k} {v}" for k, v in sorted(compensations.items())))
+        print(
+            "customer cancellations: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(r.cancels.items())) or "none")
+        )
+        print("faults injected:")
+        for kind, n in sorted(r.faults.items()):
+            print(f"  {n:6d}  {kind}")
+        print(f"client retries while a service was down: {r.post_retries}")
+        print(f"time to quiescence after the last fault: {settled:.1f}s")
+        print("fault log:")
+        for line in r.fault_log:
+            if line.split()[1] != "poison":
+                print(f"  {line}")
+        print(f"violations: {len(violations)}")
+        for v in violations:
+            print(f"  FAIL: {v}")
+
+
+def main(args: argparse.Namespace) -> int:
+    config = Config(
+        orders=args.orders,
+        kills=args.kills,
+        db_restarts=args.db_restarts,
+        seed=args.seed,
+        rate=args.rate,
+        clients=args.clients,
+        settle_limit=args.settle_limit,
+        run_dir=Path(args.run_dir),
+    )
+    return Chaos(config).run()
+
+
+def add_parser(sub: Any) -> None:
+    d = Config()
+    p = sub.add_parser("chaos", help="random workload under injected faults; check every invariant")
+    p.add_argument("--orders", type=int, default=d.orders)
+    p.add_argument("--kills", type=int, default=d.kills, help="services SIGKILLed and restarted")
+    p.add_argument("--db-restarts", type=int, default=d.db_restarts)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--rate", type=float, default=d.rate, help="orders per second")
+    p.add_argument("--clients", type=int, default=d.clients, help="concurrent HTTP clients")
+    p.add_argument("--settle-limit", type=float, default=d.settle_limit, help="seconds after the last fault")
+    p.add_argument("--run-dir", default=str(d.run_dir))
+    p.set_defaults(func=main)
