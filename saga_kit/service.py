@@ -75,14 +75,17 @@ async def _until_up(what: str, probe: Callable[[], Awaitable[object]], deadline:
             delay = min(delay * 2, 2.0)
 
 
-async def _bounded(what: str, stopping: Awaitable[object], timeout: float = 5.0) -> None:
+_STOP_TIMEOUT = 5.0
+
+
+async def _bounded(what: str, stopping: Awaitable[object]) -> None:
     """Stop ``what`` but never hang on it: with the broker gone, a clean consumer or
     producer stop can wait forever. Giving up is safe — offsets not committed now are
     redelivered and deduplicated by the inbox."""
     try:
-        await asyncio.wait_for(stopping, timeout)
+        await asyncio.wait_for(stopping, _STOP_TIMEOUT)
     except Exception as exc:  # includes TimeoutError
-        log.warning("stopping %s: gave up after %.0fs (%s)", what, timeout, exc)
+        log.warning("stopping %s: gave up after %.0fs (%s)", what, _STOP_TIMEOUT, exc)
 
 
 async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Event) -> None:
