@@ -432,6 +432,10 @@ def main(args: argparse.Namespace) -> int:
         seed=args.seed,
         rate=args.rate,
         clients=args.clients,
+        cancel_ratio=args.cancel_ratio,
+        short_deadline_ratio=args.short_deadline_ratio,
+        duplicate_ratio=args.duplicate_ratio,
+        late_ratio=args.late_ratio,
         settle_limit=args.settle_limit,
         run_dir=Path(args.run_dir),
     )
@@ -447,6 +451,17 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--rate", type=float, default=d.rate, help="orders per second")
     p.add_argument("--clients", type=int, default=d.clients, help="concurrent HTTP clients")
+    p.add_argument("--cancel-ratio", type=float, default=d.cancel_ratio, help="orders the customer cancels")
+    p.add_argument(
+        "--short-deadline-ratio",
+        type=float,
+        default=d.short_deadline_ratio,
+        help="orders with a 0.3-3 s deadline",
+    )
+    p.add_argument(
+        "--duplicate-ratio", type=float, default=d.duplicate_ratio, help="events re-published at once"
+    )
+    p.add_argument("--late-ratio", type=float, default=d.late_ratio, help="events re-published 2-10 s later")
     p.add_argument("--settle-limit", type=float, default=d.settle_limit, help="seconds after the last fault")
     p.add_argument("--run-dir", default=str(d.run_dir))
     p.set_defaults(func=main)
