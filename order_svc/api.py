@@ -72,6 +72,8 @@ class TimelineEntry(BaseModel):
     occurred_at: datetime
     causation_id: uuid.UUID | None
     payload: dict[str, Any]
+    #: The trace this event was recorded in; one saga is one trace.
+    trace_id: str | None = None
 
 
 class SagaView(BaseModel):

@@ -1,7 +1,7 @@
 """Composition root of the order service."""
 
 from events.topics import INVENTORY, PAYMENT
-from order_svc import api, timeline
+from order_svc import api, sagametrics, timeline
 from order_svc.cancelling import cancel_overdue
 from order_svc.handlers import HANDLERS
 from order_svc.schema import MIGRATIONS
@@ -16,6 +16,7 @@ SPEC = ServiceSpec(
     subscription=Subscription(topics=(INVENTORY, PAYMENT), handlers=HANDLERS, observer=timeline.observe),
     routers=lambda: [api.router],
     emit_hooks=(timeline.record,),
+    metrics=sagametrics.render,
     periodic=(
         Periodic("deadline_sweeper", lambda s: s.deadline_sweep_interval, lambda db, _: cancel_overdue(db)),
     ),

@@ -19,6 +19,7 @@ from events import OrderCancelled
 from events.order import CancelReason
 from order_svc.domain import CANCEL_REQUESTED, DEADLINE_PASSED, OrderStatus, transition
 from order_svc.errors import OrderNotCancellable
+from saga_kit import logs, tracing
 from saga_kit.db import Database, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,22 @@ class OrderNotFound(LookupError):
     pass
 
 
-async def _cancel(uow: UnitOfWork, order_id: uuid.UUID, customer_id: str, reason: CancelReason) -> None:
+async def _cancel(
+    uow: UnitOfWork, order_id: uuid.UUID, customer_id: str, reason: CancelReason, trace_context: str | None
+) -> None:
+    """CANCELLED + OrderCancelled, in the saga's own trace (the caller's span is a link)."""
+    with tracing.span(
+        "cancel order",
+        parent=tracing.extract({tracing.TRACEPARENT: trace_context}) if trace_context else None,
+        links=tracing.link_to_current(),
+        attributes={"saga.order_id": str(order_id), "saga.cancel_reason": reason},
+    ):
+        await _cancel_in_span(uow, order_id, customer_id, reason)
+
+
+async def _cancel_in_span(
+    uow: UnitOfWork, order_id: uuid.UUID, customer_id: str, reason: CancelReason
+) -> None:
     await uow.conn.execute(
         text(
             "UPDATE orders SET status = 'CANCELLED', reason = :r, updated_at = clock_timestamp()"
@@ -48,7 +64,7 @@ async def cancel_order(db: Database, order_id: uuid.UUID) -> OrderStatus:
     async with db.unit_of_work() as uow:
         row = (
             await uow.conn.execute(
-                text("SELECT status, customer_id FROM orders WHERE order_id = :o FOR UPDATE"),
+                text("SELECT status, customer_id, trace_context FROM orders WHERE order_id = :o FOR UPDATE"),
                 {"o": order_id},
             )
         ).first()
@@ -56,7 +72,7 @@ async def cancel_order(db: Database, order_id: uuid.UUID) -> OrderStatus:
             raise OrderNotFound(order_id)
         if transition(OrderStatus(row.status), CANCEL_REQUESTED) is None:
             raise OrderNotCancellable(row.status)
-        await _cancel(uow, order_id, row.customer_id, "cancelled_by_customer")
+        await _cancel(uow, order_id, row.customer_id, "cancelled_by_customer", row.trace_context)
     return OrderStatus.CANCELLED
 
 
@@ -66,7 +82,7 @@ async def cancel_overdue(db: Database, batch: int = 200) -> int:
         rows = (
             await uow.conn.execute(
                 text(
-                    "SELECT order_id, status, customer_id FROM orders"
+                    "SELECT order_id, status, customer_id, trace_context FROM orders"
                     " WHERE status = 'PENDING' AND deadline_at <= clock_timestamp()"
                     " ORDER BY deadline_at LIMIT :n FOR UPDATE SKIP LOCKED"
                 ),
@@ -75,7 +91,8 @@ async def cancel_overdue(db: Database, batch: int = 200) -> int:
         ).all()
         for row in rows:
             if transition(OrderStatus(row.status), DEADLINE_PASSED) is not None:
-                await _cancel(uow, row.order_id, row.customer_id, "timeout")
+                with logs.bind(order_id=row.order_id):
+                    await _cancel(uow, row.order_id, row.customer_id, "timeout", row.trace_context)
     if rows:
         log.info("cancelled %d overdue orders", len(rows))
     return len(rows)

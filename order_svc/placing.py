@@ -17,6 +17,7 @@ from sqlalchemy import text
 from events import OrderCreated, OrderLine
 from order_svc.domain import OrderStatus
 from order_svc.errors import IdempotencyKeyReused
+from saga_kit import tracing
 from saga_kit.db import Database
 
 
@@ -43,11 +44,18 @@ async def place_order(
         inserted = await uow.conn.scalar(
             text(
                 "INSERT INTO orders"
-                " (order_id, customer_id, status, idempotency_key, request_hash, deadline_at)"
-                " VALUES (:o, :c, 'PENDING', :k, :h, :d)"
+                " (order_id, customer_id, status, idempotency_key, request_hash, deadline_at, trace_context)"
+                " VALUES (:o, :c, 'PENDING', :k, :h, :d, :t)"
                 " ON CONFLICT (idempotency_key) DO NOTHING RETURNING order_id"
             ),
-            {"o": order_id, "c": customer_id, "k": idempotency_key, "h": request_hash, "d": deadline_at},
+            {
+                "o": order_id,
+                "c": customer_id,
+                "k": idempotency_key,
+                "h": request_hash,
+                "d": deadline_at,
+                "t": tracing.current_traceparent(),
+            },
         )
         if inserted is None:  # the key was seen before: answer with that order
             row = (

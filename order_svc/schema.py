@@ -54,4 +54,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX orders_overdue ON orders (deadline_at) WHERE status = 'PENDING'",
         ),
     ),
+    Migration(
+        "order_svc",
+        3,
+        "trace_context",
+        (
+            # W3C traceparent of the request that placed the order: cancellations (by the
+            # deadline sweeper or the customer) continue the saga's trace from it.
+            "ALTER TABLE orders ADD COLUMN trace_context TEXT",
+            "ALTER TABLE saga_events ADD COLUMN trace_id TEXT",
+        ),
+    ),
 )

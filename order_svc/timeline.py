@@ -11,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events.envelope import Envelope
+from saga_kit import tracing
 from saga_kit.db import UnitOfWork
 
 
@@ -18,9 +19,9 @@ async def record(conn: AsyncConnection, envelope: Envelope[Any]) -> None:
     await conn.execute(
         text(
             "INSERT INTO saga_events"
-            " (event_id, order_id, event_type, producer, occurred_at, causation_id, payload)"
+            " (event_id, order_id, event_type, producer, occurred_at, causation_id, payload, trace_id)"
             " VALUES (:event_id, :order_id, :event_type, :producer, :occurred_at,"
-            "         :causation_id, CAST(:payload AS JSONB))"
+            "         :causation_id, CAST(:payload AS JSONB), :trace_id)"
             " ON CONFLICT (event_id) DO NOTHING"
         ),
         {
@@ -31,6 +32,7 @@ async def record(conn: AsyncConnection, envelope: Envelope[Any]) -> None:
             "occurred_at": envelope.occurred_at,
             "causation_id": envelope.causation_id,
             "payload": envelope.payload.model_dump_json(),
+            "trace_id": ids[0] if (ids := tracing.current_ids()) else None,
         },
     )
 
@@ -43,7 +45,7 @@ async def observe(uow: UnitOfWork, envelope: Envelope[Any]) -> None:
 async def load(conn: AsyncConnection, order_id: Any) -> list[dict[str, Any]]:
     rows = await conn.execute(
         text(
-            "SELECT event_id, event_type, producer, occurred_at, causation_id, payload"
+            "SELECT event_id, event_type, producer, occurred_at, causation_id, payload, trace_id"
             " FROM saga_events WHERE order_id = :o ORDER BY occurred_at, seq"
         ),
         {"o": order_id},

@@ -22,18 +22,21 @@ import asyncio
 import enum
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.trace import SpanKind
 from sqlalchemy import text
 
 from events.codec import InvalidEvent, decode
 from events.envelope import Envelope
 from events.topics import dead_letter_topic
-from saga_kit import inbox
+from saga_kit import inbox, logs, tracing
 from saga_kit.db import Database, UnitOfWork
 from saga_kit.errors import is_transient
+from saga_kit.histogram import Histogram
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +88,18 @@ class Subscription:
 class ConsumerStats:
     #: (event_type or "<invalid>", outcome) → count, exported on /metrics.
     outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: event_type → seconds spent in the handler's transaction (inbox, handler, commit).
+    latency: dict[str, Histogram] = field(default_factory=dict)
     retrying: bool = False
+    #: (topic, partition) → the next offset to process (last processed + 1).
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def count(self, event_type: str, outcome: Outcome) -> None:
         key = (event_type, outcome.value)
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
+    def observe(self, event_type: str, seconds: float) -> None:
+        self.latency.setdefault(event_type, Histogram()).observe(seconds)
 
 
 class MessageProcessor:
@@ -114,20 +124,55 @@ class MessageProcessor:
             reason = attempt.reason or "unknown"
             await self._retrying(lambda: self._dead_letter(record, reason))
         self.stats.count(attempt.event_type, attempt.outcome)
+        self.stats.positions[(record.topic, record.partition)] = record.offset + 1
         return attempt.outcome
 
     async def attempt(self, record: Record) -> Attempt:
         """Decode and handle ``record`` without dead-lettering it: an outcome of
-        DEAD_LETTERED carries the reason instead. Replaying a dead letter uses this."""
-        try:
-            envelope = decode(record.value)
-        except InvalidEvent as exc:
-            return Attempt("<invalid>", Outcome.DEAD_LETTERED, exc.reason)
+        DEAD_LETTERED carries the reason instead. Replaying a dead letter uses this.
+
+        Runs in a CONSUMER span that continues the trace of the message's producer."""
+        with tracing.span(
+            f"handle {record.topic}",
+            kind=SpanKind.CONSUMER,
+            parent=tracing.extract(record.headers),
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": record.topic,
+                "messaging.kafka.destination.partition": record.partition,
+                "messaging.kafka.message.offset": record.offset,
+            },
+        ) as span:
+            try:
+                envelope = decode(record.value)
+            except InvalidEvent as exc:
+                span.set_attribute("saga.outcome", Outcome.DEAD_LETTERED.value)
+                return Attempt("<invalid>", Outcome.DEAD_LETTERED, exc.reason)
+            span.update_name(f"handle {envelope.event_type}")
+            span.set_attribute("saga.order_id", str(envelope.order_id))
+            span.set_attribute("saga.event_id", str(envelope.event_id))
+            with logs.bind(order_id=envelope.order_id, event_type=envelope.event_type):
+                started = time.perf_counter()
+                attempt = await self._handle(envelope)
+                log.info(
+                    "%s %s from %s[%d]@%d in %.1f ms",
+                    attempt.outcome.value,
+                    envelope.event_type,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    (time.perf_counter() - started) * 1000,
+                )
+            span.set_attribute("saga.outcome", attempt.outcome.value)
+            return attempt
+
+    async def _handle(self, envelope: Envelope[Any]) -> Attempt:
         handler = self._sub.handlers.get(envelope.event_type)
         if handler is None and self._sub.observer is None:
             return Attempt(envelope.event_type, Outcome.IGNORED)
 
         async def apply() -> Outcome:
+            started = time.perf_counter()
             async with self._db.unit_of_work() as uow:
                 await uow.lock_saga(envelope.order_id)
                 if not await inbox.claim(uow.conn, self.service, envelope):
@@ -136,6 +181,7 @@ class MessageProcessor:
                     await self._sub.observer(uow, envelope)
                 if handler is not None:
                     await handler(uow, envelope)
+            self.stats.observe(envelope.event_type, time.perf_counter() - started)
             return Outcome.HANDLED
 
         try:

@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from opentelemetry.trace import SpanKind
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from events.envelope import Envelope, EventPayload, P, new_envelope
-from saga_kit import outbox
+from saga_kit import outbox, tracing
 
 _SAGA_LOCK_NAMESPACE = 7_301_003  # arbitrary, constant: first key of per-saga advisory locks
 
@@ -56,9 +57,14 @@ class UnitOfWork:
         if payload.producer != self.producer:
             raise ValueError(f"{self.producer} may not emit {payload.event_type}")
         envelope = new_envelope(payload, order_id=order_id, causation_id=causation_id)
-        await outbox.add(self.conn, envelope)
-        for hook in self._emit_hooks:
-            await hook(self.conn, envelope)
+        with tracing.span(
+            f"emit {envelope.event_type}",
+            kind=SpanKind.PRODUCER,
+            attributes={"saga.order_id": str(order_id), "saga.event_id": str(envelope.event_id)},
+        ):
+            await outbox.add(self.conn, envelope)  # stores this span's context with the row
+            for hook in self._emit_hooks:
+                await hook(self.conn, envelope)
         self.emitted.append(envelope)
         self.outbox_rows += 1
         return envelope

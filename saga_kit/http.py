@@ -6,14 +6,20 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from opentelemetry.trace import SpanKind
+from starlette.middleware.base import RequestResponseEndpoint
 
+from saga_kit import tracing
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection
 from saga_kit.settings import ServiceSettings
 
 Check = Callable[[], Awaitable[None]]
+
+#: Probes and scrapes are not traced: they would drown the sagas' traces.
+_UNTRACED = ("/health/", "/metrics", "/dashboard/static")
 
 
 def get_database(request: Request) -> Database:
@@ -85,6 +91,27 @@ def create_app(
     app.include_router(metrics_router(metrics))
     for router in routers:
         app.include_router(router)
+
+    @app.middleware("http")
+    async def trace_requests(request: Request, call_next: RequestResponseEndpoint) -> Response:
+        """A SERVER span per request (probes excepted); its trace id is in X-Trace-Id."""
+        if request.url.path.startswith(_UNTRACED):
+            return await call_next(request)
+        with tracing.span(
+            f"{request.method} {request.url.path}",
+            kind=SpanKind.SERVER,
+            parent=tracing.extract(dict(request.headers)),
+            attributes={"http.request.method": request.method, "url.path": request.url.path},
+        ) as span:
+            response = await call_next(request)
+            route = request.scope.get("route")
+            if route is not None:
+                span.update_name(f"{request.method} {getattr(route, 'path', request.url.path)}")
+            span.set_attribute("http.response.status_code", response.status_code)
+            ids = tracing.current_ids()
+            if ids is not None:
+                response.headers["X-Trace-Id"] = ids[0]
+            return response
 
     @app.exception_handler(DomainRejection)
     async def rejection(_: Request, exc: DomainRejection) -> JSONResponse:

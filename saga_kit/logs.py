@@ -1,14 +1,37 @@
-"""Structured logs: one JSON object per line, tagged with the service name."""
+"""Structured logs: one JSON object per line.
+
+Every line carries ``service``; inside a saga's work it also carries ``order_id`` and
+``event_type`` (bound by the consumer, the API and the deadline sweeper with ``bind``)
+and the current ``trace_id``/``span_id``, so a log line leads to its trace and back.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from saga_kit import tracing
+
 _EXTRA_KEYS = ("order_id", "event_type", "event_id")
+_bound: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "saga_log_fields", default=None
+)
+
+
+@contextmanager
+def bind(**fields: object) -> Iterator[None]:
+    """Add ``fields`` to every log line written inside the block (this task only)."""
+    token = _bound.set({**(_bound.get() or {}), **{k: str(v) for k, v in fields.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _bound.reset(token)
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,10 +46,14 @@ class JsonFormatter(logging.Formatter):
             "service": self.service,
             "logger": record.name,
             "msg": record.getMessage(),
+            **(_bound.get() or {}),
         }
         for key in _EXTRA_KEYS:
             if key in record.__dict__:
                 line[key] = str(record.__dict__[key])
+        ids = tracing.current_ids()
+        if ids is not None:
+            line["trace_id"], line["span_id"] = ids
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line)

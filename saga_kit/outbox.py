@@ -26,12 +26,15 @@ from collections.abc import Awaitable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.codec import encode
 from events.envelope import Envelope
 from events.topics import TOPIC_OF_PRODUCER
+from saga_kit import tracing
 from saga_kit.errors import is_kafka_error, is_transient
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,7 @@ async def add(conn: AsyncConnection, envelope: Envelope[Any]) -> None:
         topic=TOPIC_OF_PRODUCER[envelope.producer],
         key=str(envelope.order_id).encode(),
         value=encode(envelope),
-        headers=envelope_headers(envelope),
+        headers=tracing.inject(envelope_headers(envelope)),
     )
 
 
@@ -106,6 +109,9 @@ class OutboxRelay:
         self._fault = fault
         self._wakeup = asyncio.Event()
         self.published = 0
+        #: (topic, event_type) → rows published by this process; event_type "<raw>" for
+        #: rows that are not domain events (dead letters).
+        self.published_by_type: dict[tuple[str, str], int] = {}
         self.healthy = True
 
     def wake(self) -> None:
@@ -154,20 +160,38 @@ class OutboxRelay:
             await self._maybe_delay()
             self._inject("relay.before_publish")
             futures: list[Awaitable[Any]] = []
+            spans = []
             for row in rows:
                 headers = [(k, v.encode()) for k, v in row.headers]
+                span = tracing.start_span(
+                    f"publish {row.topic}",
+                    kind=SpanKind.PRODUCER,
+                    parent=tracing.extract(headers),
+                    attributes={"messaging.system": "kafka", "messaging.destination.name": row.topic},
+                )
+                with trace.use_span(span, end_on_exit=False):
+                    headers = tracing.inject(headers)  # consumers continue from this span
+                spans.append(span)
                 futures.append(
                     await self._producer.send(
                         row.topic, value=bytes(row.value), key=_bytes(row.key), headers=headers
                     )
                 )
-            await asyncio.gather(*futures)
+            try:
+                await asyncio.gather(*futures)
+            finally:
+                for span in spans:
+                    span.end()
             self._inject("relay.after_publish")
             await conn.execute(
                 text("UPDATE outbox SET sent_at = now() WHERE id = ANY(:ids)"),
                 {"ids": [row.id for row in rows]},
             )
         self.published += len(rows)
+        for row in rows:
+            event_type = next((v for k, v in row.headers if k == "event_type"), "<raw>")
+            key = (row.topic, event_type)
+            self.published_by_type[key] = self.published_by_type.get(key, 0) + 1
         return len(rows)
 
     async def _maybe_delay(self) -> None:

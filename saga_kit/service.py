@@ -20,7 +20,7 @@ import uvicorn
 from fastapi import APIRouter
 
 from events.topics import DOMAIN_TOPICS, dead_letter_topic
-from saga_kit import deadletters, logs, metrics
+from saga_kit import deadletters, logs, metrics, tracing
 from saga_kit.consumer import MessageProcessor, Subscription
 from saga_kit.db import Database, EmitHook, create_engine
 from saga_kit.errors import is_kafka_error, is_transient
@@ -48,6 +48,8 @@ class ServiceSpec:
     emit_hooks: tuple[EmitHook, ...] = field(default=())
     #: Scheduled jobs of this service; every service also runs the shared pruning job.
     periodic: tuple[Periodic, ...] = field(default=())
+    #: Service-specific /metrics lines, computed from its database at scrape time.
+    metrics: metrics.ExtraMetrics | None = None
 
 
 class _Server(uvicorn.Server):
@@ -127,6 +129,22 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             if processor.stats.retrying:
                 raise RuntimeError("consumer is retrying a transient failure")
 
+        def consumer_lag() -> dict[tuple[str, int], int]:
+            """Records behind the end of each assigned partition we have consumed from.
+            The embedded broker reports a partition's end imprecisely (DESIGN §2), so
+            there this is an estimate; against Apache Kafka it is exact."""
+            lag: dict[tuple[str, int], int] = {}
+            try:
+                assigned = consumers.consumer.assignment()
+            except Exception:  # not started or rebalancing: nothing known
+                return lag
+            for tp in assigned:
+                position = processor.stats.positions.get((tp.topic, tp.partition))
+                end = consumers.consumer.highwater(tp)
+                if position is not None and end is not None:
+                    lag[(tp.topic, tp.partition)] = max(0, end - position)
+            return lag
+
         async def relay_healthy() -> None:
             if not relay.healthy:
                 raise RuntimeError("outbox relay is retrying a transient failure")
@@ -142,7 +160,9 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 "consumers": consumers_running,
                 "outbox_relay": relay_healthy,
             },
-            lambda: metrics.render(spec.name, processor.stats, relay, db, job_stats),
+            lambda: metrics.render(
+                spec.name, processor.stats, relay, db, job_stats, consumer_lag, spec.metrics
+            ),
         )
         app.state.processor = processor
         app.state.relay = relay
@@ -191,6 +211,7 @@ def main(spec: ServiceSpec, settings_factory: Callable[[], ServiceSettings]) -> 
     """Entry point of ``python -m <service>``."""
     settings = settings_factory()
     logs.configure(spec.name, settings.log_level)
+    provider = tracing.configure(spec.name, settings.tracing_exporter, settings.tracing_dir)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -204,4 +225,6 @@ def main(spec: ServiceSpec, settings_factory: Callable[[], ServiceSettings]) -> 
     except Exception:
         log.exception("%s stopped on error", spec.name)
         raise SystemExit(1) from None
+    finally:
+        provider.shutdown()  # flush finished spans
     log.info("%s stopped", spec.name)

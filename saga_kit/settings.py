@@ -8,6 +8,8 @@ built in each service's ``__main__``.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -45,6 +47,12 @@ class ServiceSettings(BaseSettings):
     prune_batch: int = Field(default=5000, ge=1)
 
     log_level: str = Field(default="INFO", validation_alias=AliasChoices("LOG_LEVEL", "log_level"))
+    #: Tracing (saga_kit.tracing): ``none``, ``otlp`` (to OTEL_EXPORTER_OTLP_ENDPOINT) or
+    #: ``file`` (JSON lines under ``tracing_dir``).
+    tracing_exporter: Literal["none", "otlp", "file"] = Field(
+        default="none", validation_alias=AliasChoices("TRACING_EXPORTER", "tracing_exporter")
+    )
+    tracing_dir: str | None = Field(default=None, validation_alias=AliasChoices("TRACING_DIR", "tracing_dir"))
     #: Fault injection for tests and chaos runs, e.g. ``relay.before_publish``. Never set it
     #: in production.
     fault: str | None = Field(default=None, validation_alias=AliasChoices("SAGA_FAULT", "fault"))

@@ -119,6 +119,10 @@ class System:
             f"{prefix}_DATABASE_URL": self.database_urls[name],
             f"{prefix}_HTTP_PORT": str(port),
             "PYTHONUNBUFFERED": "1",
+            # traces of every saga as JSON lines under the run directory, unless the
+            # environment chose an exporter (e.g. TRACING_EXPORTER=otlp)
+            "TRACING_EXPORTER": os.environ.get("TRACING_EXPORTER", "file"),
+            "TRACING_DIR": os.environ.get("TRACING_DIR", str(self.run_dir / "traces")),
             **self.service_env.get(name, {}),
             **(env or {}),
         }

@@ -1,0 +1,161 @@
+"""OpenTelemetry tracing: one saga is one trace, across all three services.
+
+Spans (all in saga_kit, so every service gets the same):
+
+* ``POST /orders`` … — a SERVER span per HTTP request (``traceparent`` honoured if sent);
+* ``emit OrderCreated`` — a PRODUCER span when a handler or command writes an event to
+  the outbox; its context is stored with the outbox row (W3C ``traceparent`` header);
+* ``publish orders.events`` — a PRODUCER span when the relay sends the row, child of the
+  emit span; the Kafka message carries *its* context in the ``traceparent`` header;
+* ``handle OrderCreated`` — a CONSUMER span per record, child of that publish span; the
+  events its handler emits are its children, and so on through the saga;
+* ``cancel order`` — deadline and customer cancellations continue the saga's trace from
+  the context stored with the order (the HTTP request that asked for it is a link).
+
+Exporter (``TRACING_EXPORTER``): ``none`` (default: spans and ids exist, so logs and
+headers carry trace ids, but nothing is sent), ``otlp`` (OTLP over HTTP to
+``OTEL_EXPORTER_OTLP_ENDPOINT``, default ``http://localhost:4318``) or ``file`` (one JSON
+object per finished span, appended to ``TRACING_DIR/<service>.jsonl`` — for tests and for
+looking at traces without a collector).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Link, Span, SpanKind
+
+TRACEPARENT = "traceparent"
+_tracer = trace.get_tracer("saga_kit")
+
+
+class JsonLinesExporter(SpanExporter):
+    """Appends finished spans to a file, one JSON object per line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = []
+        for span in spans:
+            ctx = span.get_span_context()
+            assert ctx is not None
+            lines.append(
+                json.dumps(
+                    {
+                        "name": span.name,
+                        "kind": span.kind.name,
+                        "service": span.resource.attributes.get("service.name"),
+                        "trace_id": format(ctx.trace_id, "032x"),
+                        "span_id": format(ctx.span_id, "016x"),
+                        "parent_id": format(span.parent.span_id, "016x") if span.parent else None,
+                        "links": [format(link.context.trace_id, "032x") for link in span.links],
+                        "start": span.start_time,
+                        "end": span.end_time,
+                        "attributes": dict(span.attributes or {}),
+                        "status": span.status.status_code.name,
+                    },
+                    default=str,
+                )
+            )
+        with self._lock, self.path.open("a") as out:
+            out.write("".join(line + "\n" for line in lines))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def configure(service: str, exporter: str, directory: str | None) -> TracerProvider:
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    if exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    elif exporter == "file":
+        if not directory:
+            raise ValueError("TRACING_EXPORTER=file needs TRACING_DIR")
+        provider.add_span_processor(
+            BatchSpanProcessor(
+                JsonLinesExporter(Path(directory) / f"{service}.jsonl"), schedule_delay_millis=500
+            )
+        )
+    elif exporter != "none":
+        raise ValueError(f"unknown TRACING_EXPORTER {exporter!r}: none, otlp or file")
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+# -- carriers: Kafka/outbox headers are (str, bytes) pairs ---------------------------------
+
+
+def inject(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """``headers`` with the current trace context (replacing any earlier one)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    kept = [(k, v) for k, v in headers if k not in carrier]
+    return kept + [(k, v.encode()) for k, v in carrier.items()]
+
+
+def extract(headers: Sequence[tuple[str, bytes]] | Mapping[str, str]) -> otel_context.Context:
+    if isinstance(headers, Mapping):
+        return propagate.extract(headers)
+    return propagate.extract({k: v.decode("utf-8", "replace") for k, v in headers})
+
+
+def current_traceparent() -> str | None:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get(TRACEPARENT)
+
+
+def current_ids() -> tuple[str, str] | None:
+    """(trace_id, span_id) of the current span, as hex, or None outside any span."""
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+@contextmanager
+def span(
+    name: str,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    parent: otel_context.Context | None = None,
+    links: Sequence[Link] = (),
+    attributes: Mapping[str, Any] | None = None,
+) -> Iterator[Span]:
+    """A span, current inside the block; ``parent`` overrides the current context."""
+    with _tracer.start_as_current_span(
+        name, context=parent, kind=kind, links=list(links), attributes=dict(attributes or {})
+    ) as s:
+        yield s
+
+
+def start_span(
+    name: str,
+    *,
+    kind: SpanKind,
+    parent: otel_context.Context | None,
+    attributes: Mapping[str, Any] | None = None,
+) -> Span:
+    """A span the caller ends (for work that is not one block, e.g. a batch publish)."""
+    return _tracer.start_span(name, context=parent, kind=kind, attributes=dict(attributes or {}))
+
+
+def link_to_current() -> list[Link]:
+    ctx = trace.get_current_span().get_span_context()
+    return [Link(ctx)] if ctx.is_valid else []

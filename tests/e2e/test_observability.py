@@ -1,0 +1,146 @@
+"""One saga is one trace across all three services; logs carry the ids to find it."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sagastack.client import SagaClient
+from sagastack.system import System
+from tests.e2e.conftest import UniqueIds, seed
+
+#: (consumer service, event it handles, producer service of that event)
+HOPS = [
+    ("inventory_svc", "OrderCreated", "order_svc"),
+    ("payment_svc", "InventoryReserved", "inventory_svc"),
+    ("order_svc", "PaymentCompleted", "payment_svc"),
+    ("inventory_svc", "OrderApproved", "order_svc"),
+]
+
+
+def spans_of(system: System, trace_id: str) -> list[dict[str, Any]]:
+    spans = []
+    for path in (system.run_dir / "traces").glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            span = json.loads(line)
+            if span["trace_id"] == trace_id:
+                spans.append(span)
+    return spans
+
+
+def test_one_saga_is_one_trace_across_three_services(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    products, customers = seed(client, uid, {"bell": ("3.00", 2)}, {"ida": "10.00"})
+    response = client.http.post(
+        f"{system.url('order_svc')}/orders",
+        json={"customer_id": customers["ida"], "items": [{"product_id": products["bell"], "quantity": 1}]},
+    )
+    trace_id = response.headers["X-Trace-Id"]
+    order_id = response.json()["order_id"]
+    saga = client.wait_for_events(order_id, {"InventoryCommitted"})
+    # the timeline: every event of the saga, from every service, recorded in that trace
+    assert {e["trace_id"] for e in saga["events"]} == {trace_id}
+
+    # the spans: a consumer span per hop, its parent the producer's publish span
+    end = time.monotonic() + 15
+    while True:
+        spans = spans_of(system, trace_id)
+        by_id = {s["span_id"]: s for s in spans}
+        handles = {(s["service"], s["name"]): s for s in spans if s["kind"] == "CONSUMER"}
+        if all((svc, f"handle {ev}") in handles for svc, ev, _ in HOPS) or time.monotonic() > end:
+            break
+        time.sleep(0.2)
+    assert {s["service"] for s in spans} == {"order_svc", "inventory_svc", "payment_svc"}
+    root = [s for s in spans if s["parent_id"] is None]
+    assert [(r["service"], r["name"], r["kind"]) for r in root] == [("order_svc", "POST /orders", "SERVER")]
+    for consumer, event_type, producer in HOPS:
+        handle = handles[(consumer, f"handle {event_type}")]
+        assert handle["attributes"]["saga.order_id"] == order_id
+        publish = by_id[handle["parent_id"]]
+        assert (publish["service"], publish["kind"]) == (producer, "PRODUCER")
+        assert publish["name"].startswith("publish ")
+        emit = by_id[publish["parent_id"]]
+        assert emit["name"] == f"emit {event_type}" and emit["service"] == producer
+    # and nothing in the trace points to a span that is not in it
+    assert all(s["parent_id"] in by_id for s in spans if s["parent_id"] is not None)
+
+    # logs: the line for each hop names the service, order, event type and trace
+    log_lines = [
+        json.loads(line)
+        for name in ("order_svc", "inventory_svc", "payment_svc")
+        for line in system.services[name].log_path.read_text().splitlines()
+        if line.startswith("{") and order_id in line
+    ]
+    for consumer, event_type, _ in HOPS:
+        assert any(
+            entry["service"] == consumer
+            and entry.get("event_type") == event_type
+            and entry.get("order_id") == order_id
+            and entry.get("trace_id") == trace_id
+            for entry in log_lines
+        ), f"no log line of {consumer} handling {event_type} in trace {trace_id}"
+
+
+def test_a_cancellation_continues_the_sagas_trace(system: System, client: SagaClient, uid: UniqueIds) -> None:
+    products, customers = seed(client, uid, {"drum": ("3.00", 2)}, {"jo": "10.00"})
+    order_id = client.place_order(customers["jo"], {products["drum"]: 1})
+    saga = client.wait_for_events(order_id, {"InventoryCommitted"})
+    trace_id = saga["events"][0]["trace_id"]
+    cancel = client.http.post(f"{system.url('order_svc')}/orders/{order_id}/cancel")
+    assert cancel.status_code == 202
+    saga = client.wait_for_events(order_id, {"PaymentRefunded", "InventoryReleased"})
+    assert {e["trace_id"] for e in saga["events"]} == {trace_id}
+    assert cancel.headers["X-Trace-Id"] != trace_id  # the request has its own trace, linked
+
+
+def scrape(system: System, service: str) -> dict[str, list[Any]]:
+    """The service's /metrics, parsed by the reference Prometheus parser (so the format is
+    valid), as metric family name → samples."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = client_get(f"{system.url(service)}/metrics")
+    return {family.name: family.samples for family in text_string_to_metric_families(body)}
+
+
+def client_get(url: str) -> str:
+    import httpx
+
+    return httpx.get(url, timeout=10).text
+
+
+def test_metrics_cover_consumption_production_latency_outbox_lag_and_sagas(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    products, customers = seed(client, uid, {"fan": ("2.00", 5)}, {"kim": "1.00"})
+    order_id = client.place_order(customers["kim"], {products["fan"]: 1})  # rejected: funds
+    client.wait_for_events(order_id, {"InventoryReleased"})
+    order = scrape(system, "order_svc")
+    inventory = scrape(system, "inventory_svc")
+    payment = scrape(system, "payment_svc")
+
+    def value(samples: list[Any], name: str, **want: str) -> float:
+        return sum(s.value for s in samples if s.name == name and want.items() <= s.labels.items())
+
+    assert (
+        value(inventory["saga_events_consumed"], "saga_events_consumed_total", event_type="OrderCreated") >= 1
+    )
+    assert (
+        value(payment["saga_events_produced"], "saga_events_produced_total", event_type="PaymentFailed") >= 1
+    )
+    assert (
+        value(inventory["saga_handler_seconds"], "saga_handler_seconds_count", event_type="PaymentFailed")
+        >= 1
+    )
+    assert "saga_outbox_backlog" in order and "saga_outbox_oldest_unsent_seconds" in order
+    assert "saga_dead_letters" in payment
+    assert value(order["saga_orders"], "saga_orders", status="REJECTED", reason="insufficient_funds") >= 1
+    rejected_count = value(order["saga_duration_seconds"], "saga_duration_seconds_count", status="REJECTED")
+    rejected_inf = value(
+        order["saga_duration_seconds"], "saga_duration_seconds_bucket", status="REJECTED", le="+Inf"
+    )
+    assert rejected_count >= 1 and rejected_inf == rejected_count
+    lag = [s for s in inventory["saga_consumer_lag"] if s.labels["topic"] == "orders.events"]
+    assert lag and all(s.value >= 0 for s in lag)
+    assert value(order["saga_job_runs"], "saga_job_runs_total", job="deadline_sweeper") >= 1
