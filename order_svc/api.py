@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query
+from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import text
 
@@ -15,6 +19,7 @@ from events.envelope import ExternalId, Money
 from order_svc import timeline
 from order_svc.cancelling import OrderNotFound, cancel_order
 from order_svc.domain import OrderStatus
+from order_svc.explain import COMPENSATING, explain
 from order_svc.placing import place_order
 from order_svc.settings import Settings
 from saga_kit.http import DatabaseDep, SettingsDep
@@ -66,6 +71,8 @@ class OrderView(BaseModel):
 
 
 class TimelineEntry(BaseModel):
+    #: Position in the order service's timeline (all sagas); ``GET /saga-events?after=``.
+    seq: int
     event_id: uuid.UUID
     event_type: str
     producer: str
@@ -74,11 +81,32 @@ class TimelineEntry(BaseModel):
     payload: dict[str, Any]
     #: The trace this event was recorded in; one saga is one trace.
     trace_id: str | None = None
+    #: True for events that refuse or undo a step (rejections, releases, refunds).
+    compensating: bool = False
+
+
+class FeedEntry(TimelineEntry):
+    order_id: uuid.UUID
+
+
+class CompensationView(BaseModel):
+    action: str
+    because_of: str
+    done_by: str | None
+
+
+class ExplanationView(BaseModel):
+    verdict: str
+    compensations: list[CompensationView]
+    compensated: bool | None
 
 
 class SagaView(BaseModel):
     order_id: uuid.UUID
     status: OrderStatus
+    reason: str | None
+    trace_id: str | None
+    explanation: ExplanationView
     events: list[TimelineEntry]
 
 
@@ -132,17 +160,21 @@ async def _load_order(db: DatabaseDep, order_id: uuid.UUID) -> OrderView:
             ),
             {"o": order_id},
         )
-        return OrderView(
-            order_id=row.order_id,
-            customer_id=row.customer_id,
-            status=row.status,
-            reason=row.reason,
-            total=row.total,
-            deadline_at=row.deadline_at,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            items=[OrderItemView.model_validate(i._mapping) for i in items],
-        )
+        return _view(row, [OrderItemView.model_validate(i._mapping) for i in items])
+
+
+def _view(row: Any, items: list[OrderItemView]) -> OrderView:
+    return OrderView(
+        order_id=row.order_id,
+        customer_id=row.customer_id,
+        status=row.status,
+        reason=row.reason,
+        total=row.total,
+        deadline_at=row.deadline_at,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        items=items,
+    )
 
 
 @router.get("/orders/{order_id}", response_model=OrderView)
@@ -158,15 +190,25 @@ async def list_orders(
 ) -> list[OrderView]:
     """Most recent orders first, optionally only those in ``status``."""
     async with db.engine.connect() as conn:
-        ids = await conn.scalars(
-            text(
-                "SELECT order_id FROM orders WHERE (CAST(:s AS TEXT) IS NULL OR status = :s)"
-                " ORDER BY created_at DESC LIMIT :n"
-            ),
-            {"s": status.value if status else None, "n": limit},
+        orders = list(
+            await conn.execute(
+                text(
+                    "SELECT * FROM orders WHERE (CAST(:s AS TEXT) IS NULL OR status = :s)"
+                    " ORDER BY created_at DESC LIMIT :n"
+                ),
+                {"s": status.value if status else None, "n": limit},
+            )
         )
-        order_ids = list(ids)
-    return [await _load_order(db, oid) for oid in order_ids]
+        items: dict[uuid.UUID, list[OrderItemView]] = {o.order_id: [] for o in orders}
+        for i in await conn.execute(
+            text(
+                "SELECT order_id, product_id, quantity, unit_price FROM order_items"
+                " WHERE order_id = ANY(:ids) ORDER BY order_id, line_no"
+            ),
+            {"ids": list(items)},
+        ):
+            items[i.order_id].append(OrderItemView.model_validate(i._mapping))
+    return [_view(o, items[o.order_id]) for o in orders]
 
 
 @router.get("/orders/{order_id}/saga", response_model=SagaView)
@@ -175,8 +217,57 @@ async def get_saga(order_id: uuid.UUID, db: DatabaseDep) -> SagaView:
     order = await _load_order(db, order_id)
     async with db.engine.connect() as conn:
         events = await timeline.load(conn, order_id)
+    entries = [
+        TimelineEntry.model_validate({**e, "compensating": e["event_type"] in COMPENSATING}) for e in events
+    ]
+    why = explain(order.status, order.reason, events)
     return SagaView(
         order_id=order_id,
         status=order.status,
-        events=[TimelineEntry.model_validate(e) for e in events],
+        reason=order.reason,
+        trace_id=next((e.trace_id for e in entries if e.trace_id), None),
+        explanation=ExplanationView.model_validate(dataclasses.asdict(why)),
+        events=entries,
     )
+
+
+@router.get("/saga-events", response_model=list[FeedEntry])
+async def get_saga_events(
+    db: DatabaseDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[FeedEntry]:
+    """Every saga's events as the order service recorded them, oldest first, after the
+    position ``after`` (a ``seq``). Poll it with the last ``seq`` seen to follow all sagas
+    live (``sagactl tail`` does), or use ``/saga-events/stream``."""
+    async with db.engine.connect() as conn:
+        rows = await timeline.feed(conn, after, limit)
+    return [FeedEntry.model_validate({**r, "compensating": r["event_type"] in COMPENSATING}) for r in rows]
+
+
+@router.get("/saga-events/stream", response_class=StreamingResponse)
+async def stream_saga_events(
+    request: Request, db: DatabaseDep, after: int | None = None
+) -> StreamingResponse:
+    """Server-sent events: each new timeline event as it is recorded (``id`` is its
+    ``seq``; a reconnecting browser resumes from ``Last-Event-ID``). Without ``after``
+    it starts at the newest event."""
+    resume = request.headers.get("last-event-id")
+    start = int(resume) if resume and resume.isdigit() else after
+
+    async def events() -> AsyncIterator[str]:
+        async with db.engine.connect() as conn:
+            last = start if start is not None else await timeline.newest_seq(conn)
+        yield ": connected\n\n"
+        while not await request.is_disconnected():
+            async with db.engine.connect() as conn:
+                rows = await timeline.feed(conn, last, 500)
+            for r in rows:
+                entry = FeedEntry.model_validate({**r, "compensating": r["event_type"] in COMPENSATING})
+                last = entry.seq
+                yield f"id: {entry.seq}\nevent: saga-event\ndata: {entry.model_dump_json()}\n\n"
+            if not rows:
+                yield ": keep-alive\n\n"
+                await asyncio.sleep(0.5)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -45,9 +45,25 @@ async def observe(uow: UnitOfWork, envelope: Envelope[Any]) -> None:
 async def load(conn: AsyncConnection, order_id: Any) -> list[dict[str, Any]]:
     rows = await conn.execute(
         text(
-            "SELECT event_id, event_type, producer, occurred_at, causation_id, payload, trace_id"
+            "SELECT seq, event_id, event_type, producer, occurred_at, causation_id, payload, trace_id"
             " FROM saga_events WHERE order_id = :o ORDER BY occurred_at, seq"
         ),
         {"o": order_id},
     )
     return [dict(row._mapping) for row in rows]
+
+
+async def feed(conn: AsyncConnection, after: int, limit: int) -> list[dict[str, Any]]:
+    """Events of all sagas recorded after position ``after``, in recording order."""
+    rows = await conn.execute(
+        text(
+            "SELECT seq, order_id, event_id, event_type, producer, occurred_at, causation_id, payload,"
+            " trace_id FROM saga_events WHERE seq > :after ORDER BY seq LIMIT :n"
+        ),
+        {"after": after, "n": limit},
+    )
+    return [dict(row._mapping) for row in rows]
+
+
+async def newest_seq(conn: AsyncConnection) -> int:
+    return int(await conn.scalar(text("SELECT COALESCE(MAX(seq), 0) FROM saga_events")) or 0)

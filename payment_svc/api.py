@@ -50,3 +50,10 @@ async def get_account(customer_id: CustomerId, db: DatabaseDep) -> AccountView:
     if balance is None:
         raise HTTPException(404, f"account {customer_id!r} not found")
     return AccountView(customer_id=customer_id, balance=balance)
+
+
+@router.get("/accounts", response_model=list[AccountView])
+async def list_accounts(db: DatabaseDep) -> list[AccountView]:
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(text("SELECT customer_id, balance FROM accounts ORDER BY customer_id"))
+    return [AccountView.model_validate(r._mapping) for r in rows]

@@ -19,7 +19,7 @@ from saga_kit.settings import ServiceSettings
 Check = Callable[[], Awaitable[None]]
 
 #: Probes and scrapes are not traced: they would drown the sagas' traces.
-_UNTRACED = ("/health/", "/metrics", "/dashboard/static")
+_UNTRACED = ("/health/", "/metrics", "/dashboard", "/saga-events/stream")
 
 
 def get_database(request: Request) -> Database:

@@ -162,3 +162,152 @@ def cancel(ctx: typer.Context, order_id: str) -> None:
     """Cancel a PENDING or APPROVED order; its stock is released and its charge refunded."""
     r = _call("POST", f"{_urls(ctx).order}/orders/{order_id}/cancel")
     console.print(f"order {r['order_id']}: {r['status']} — the participants compensate asynchronously")
+
+
+STATUS_STYLE = {"PENDING": "yellow", "APPROVED": "green", "REJECTED": "red", "CANCELLED": "magenta"}
+
+
+def _status(status: str) -> str:
+    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+
+
+@app.command("orders")
+def orders(
+    ctx: typer.Context,
+    status: Annotated[str | None, typer.Option(help="PENDING, APPROVED, REJECTED or CANCELLED")] = None,
+    limit: int = 30,
+) -> None:
+    """Most recent orders, optionally only those in one status."""
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status.upper()
+    rows = _call("GET", f"{_urls(ctx).order}/orders", params=params)
+    table = Table("order", "customer", "status", "reason", "total", "items", "placed")
+    for o in rows:
+        items = ", ".join(f"{i['quantity']} x {i['product_id']}" for i in o["items"])
+        table.add_row(
+            o["order_id"],
+            o["customer_id"],
+            _status(o["status"]),
+            o["reason"] or "",
+            o["total"] or "",
+            items,
+            o["created_at"][11:23],
+        )
+    console.print(table if rows else "no orders")
+
+
+def _ms(a: str, b: str) -> float:
+    from datetime import datetime
+
+    return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds() * 1000
+
+
+@app.command("saga")
+def saga(ctx: typer.Context, order_id: str) -> None:
+    """One saga: why it ended so and whether it was compensated, then its timeline as a
+    causation tree (which event caused which) with the time of each step."""
+    from rich.tree import Tree
+
+    s = _call("GET", f"{_urls(ctx).order}/orders/{order_id}/saga")
+    why = s["explanation"]
+    summary = Table.grid(padding=(0, 2))
+    summary.add_row("status", _status(s["status"]) + (f" ({s['reason']})" if s["reason"] else ""))
+    summary.add_row("why", why["verdict"])
+    for c in why["compensations"]:
+        mark = "[green]✓[/]" if c["done_by"] else "[red]✗ still owed[/]"
+        summary.add_row(
+            "compensation", f"{mark} {c['action']} (for {c['because_of']}: {c['done_by'] or '—'})"
+        )
+    verdict = {True: "[green]yes[/]", False: "[red]NO[/]", None: "[yellow]saga in flight[/]"}
+    summary.add_row("compensated", verdict[why["compensated"]])
+    summary.add_row("trace", s["trace_id"] or "—")
+    console.print(Panel(summary, title=f"saga {order_id}"))
+
+    events = s["events"]
+    if not events:
+        return
+    start = events[0]["occurred_at"]
+    by_id = {e["event_id"]: e for e in events}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for e in events:
+        parent = e["causation_id"] if e["causation_id"] in by_id else None
+        children.setdefault(parent, []).append(e)
+    tree = Tree(f"timeline ({len(events)} events; +ms since the saga started, Δ since its cause)")
+
+    def label(e: dict[str, Any]) -> str:
+        cause = by_id.get(e["causation_id"] or "")
+        delta = f"  Δ {_ms(cause['occurred_at'], e['occurred_at']):.0f} ms" if cause else ""
+        style = "red" if e["compensating"] else "cyan"
+        detail = {k: v for k, v in e["payload"].items() if k in ("reason", "total", "amount", "product_ids")}
+        extra = f"  {detail}" if detail else ""
+        return (
+            f"[{style}]{e['event_type']}[/] [dim]{e['producer']}[/]"
+            f"  +{_ms(start, e['occurred_at']):.0f} ms{delta}{extra}"
+        )
+
+    def grow(node: Tree, parent: str | None) -> None:
+        for e in children.get(parent, []):
+            grow(node.add(label(e)), e["event_id"])
+
+    grow(tree, None)
+    console.print(tree)
+
+
+@app.command("tail")
+def tail(
+    ctx: typer.Context,
+    from_start: Annotated[
+        bool, typer.Option("--from-start", help="replay all recorded events first")
+    ] = False,
+    count: Annotated[int | None, typer.Option(help="stop after this many events")] = None,
+) -> None:
+    """Follow every saga's events live, as the order service records them (Ctrl-C stops)."""
+    url = f"{_urls(ctx).order}/saga-events/stream"
+    params = {"after": 0} if from_start else {}
+    shown = 0
+    try:
+        with httpx.stream("GET", url, params=params, timeout=httpx.Timeout(10.0, read=None)) as response:
+            if response.status_code >= 400:
+                console.print(f"[red]{response.status_code} from {url}[/red]")
+                raise typer.Exit(1)
+            for line in response.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                e = json.loads(line.removeprefix("data: "))
+                style = "red" if e["compensating"] else "cyan"
+                console.print(
+                    f"{e['occurred_at'][11:23]}  {e['order_id'][:8]}  [{style}]{e['event_type']:<27}[/]"
+                    f" [dim]{e['producer']}[/]",
+                    highlight=False,
+                )
+                shown += 1
+                if count is not None and shown >= count:
+                    return
+    except httpx.HTTPError as exc:
+        console.print(f"[red]cannot reach {url}: {exc}[/red]")
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command("stock")
+def stock(ctx: typer.Context) -> None:
+    """Every product: available, reserved and sold units."""
+    rows = _call("GET", f"{_urls(ctx).inventory}/products")
+    table = Table("product", "name", "price", "available", "reserved", "sold")
+    for p in rows:
+        table.add_row(
+            p["product_id"], p["name"], p["price"], str(p["available"]), str(p["reserved"]), str(p["sold"])
+        )
+    console.print(table if rows else "no products")
+
+
+@app.command("balances")
+def balances(ctx: typer.Context) -> None:
+    """Every customer account and its balance."""
+    rows = _call("GET", f"{_urls(ctx).payment}/accounts")
+    table = Table("customer", "balance")
+    for a in rows:
+        table.add_row(a["customer_id"], a["balance"])
+    console.print(table if rows else "no accounts")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -49,3 +52,16 @@ def seed(
     for name, balance in balances.items():
         client.put_account(customers[name], Decimal(balance))
     return products, customers
+
+
+def sagactl(system: System, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "SAGACTL_ORDER_URL": system.url("order_svc"),
+        "SAGACTL_INVENTORY_URL": system.url("inventory_svc"),
+        "SAGACTL_PAYMENT_URL": system.url("payment_svc"),
+        "COLUMNS": "250",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "sagactl", *args], env=env, capture_output=True, text=True, timeout=60
+    )

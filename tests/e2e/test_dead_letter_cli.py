@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
 
 from sagastack.system import System
+from tests.e2e.conftest import sagactl
 from tests.e2e.test_faults import consumed, publish, wait_until
-
-
-def sagactl(system: System, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "SAGACTL_ORDER_URL": system.url("order_svc"),
-        "SAGACTL_INVENTORY_URL": system.url("inventory_svc"),
-        "SAGACTL_PAYMENT_URL": system.url("payment_svc"),
-        "COLUMNS": "250",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "sagactl", *args], env=env, capture_output=True, text=True, timeout=60
-    )
 
 
 def test_list_show_discard_and_replay_dead_letters(system: System) -> None:
