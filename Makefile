@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help setup run demo test lint format schemas bench chaos clean
+.PHONY: help setup browser run demo test lint format schemas bench chaos clean
 
 help:
 	@echo "make setup    create .venv with the pinned dependencies (requirements.lock)"
@@ -34,8 +34,19 @@ run: setup
 demo: setup
 	$(BIN)/python -m sagastack demo
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The dashboard test drives Debian's chromium with Selenium. Installed here when missing
+# and we may (root); otherwise that one test is skipped with the command to run.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium and chromium-driver for the dashboard test …"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else \
+	  echo "note: the dashboard test needs chromium + chromium-driver: sudo apt-get install chromium chromium-driver"; \
+	fi
 
 bench: setup
 	$(BIN)/python -m sagastack bench --orders $${N:-2000}

@@ -1,7 +1,7 @@
 """Composition root of the order service."""
 
 from events.topics import INVENTORY, PAYMENT
-from order_svc import api, sagametrics, timeline
+from order_svc import api, dashboard_api, sagametrics, timeline
 from order_svc.cancelling import cancel_overdue
 from order_svc.handlers import HANDLERS
 from order_svc.schema import MIGRATIONS
@@ -14,7 +14,7 @@ SPEC = ServiceSpec(
     title="order_svc — places orders and keeps every saga's timeline",
     migrations=MIGRATIONS,
     subscription=Subscription(topics=(INVENTORY, PAYMENT), handlers=HANDLERS, observer=timeline.observe),
-    routers=lambda: [api.router],
+    routers=lambda: [api.router, dashboard_api.router],
     emit_hooks=(timeline.record,),
     metrics=sagametrics.render,
     periodic=(

@@ -123,6 +123,7 @@ class System:
             # environment chose an exporter (e.g. TRACING_EXPORTER=otlp)
             "TRACING_EXPORTER": os.environ.get("TRACING_EXPORTER", "file"),
             "TRACING_DIR": os.environ.get("TRACING_DIR", str(self.run_dir / "traces")),
+            **self._neighbours(name),
             **self.service_env.get(name, {}),
             **(env or {}),
         }
@@ -140,6 +141,19 @@ class System:
         self.pids.add(name, sp.proc.pid)
         if wait:
             self.wait_ready(name)
+
+    def _neighbours(self, name: str) -> dict[str, str]:
+        """The order service's dashboard reads stock and balances from the other two."""
+        if name != "order_svc":
+            return {}
+        urls = {}
+        for other, var in (("inventory_svc", "ORDER_INVENTORY_URL"), ("payment_svc", "ORDER_PAYMENT_URL")):
+            if other not in self.services:  # ports are chosen at first start: take them now
+                _, default_port = SERVICES[other]
+                port = free_port() if self.free_ports else default_port
+                self.services[other] = ServiceProcess(other, port, {}, self.run_dir / "logs" / f"{other}.log")
+            urls[var] = self.services[other].url
+        return urls
 
     def wait_ready(self, name: str, timeout: float = 120.0) -> None:
         sp = self.services[name]
