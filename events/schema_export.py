@@ -1,4 +1,5 @@
-"""Generate ``schemas/<EventType>.json`` (JSON Schema of the full envelope) per event.
+"""Generate ``schemas/<EventType>.json`` (JSON Schema of the full envelope) per event,
+and ``schemas/asyncapi.json``, the AsyncAPI document of topics and events.
 
 Run with ``python -m events.schema_export [--check] [DIR]``; ``--check`` exits 1 when
 the files on disk differ from what the models generate.
@@ -31,6 +32,9 @@ def render() -> dict[str, str]:
         props["producer"] = {"const": cls.producer, "type": "string"}
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         files[f"{name}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    from events.asyncapi import render as asyncapi
+
+    files["asyncapi.json"] = asyncapi()
     return files
 
 

@@ -30,3 +30,46 @@ def test_every_encoded_event_validates_against_its_published_schema() -> None:
         except jsonschema.ValidationError:
             continue
         raise AssertionError(f"{payload.event_type} schema accepts a foreign event_type")
+
+
+def test_asyncapi_document_is_consistent() -> None:
+    """Every reference resolves, every event is a message on its producer's topic, and the
+    receivers are exactly what the services subscribe to."""
+    from events.topics import DOMAIN_TOPICS
+    from tests.integration.conftest import SPECS
+
+    doc = json.loads((DEFAULT_DIR / "asyncapi.json").read_text())
+    assert doc["asyncapi"].startswith("3.")
+
+    def resolve(ref: str) -> object:
+        if not ref.startswith("#/"):
+            assert (DEFAULT_DIR / ref).exists(), ref
+            return json.loads((DEFAULT_DIR / ref).read_text())
+        node: object = doc
+        for part in ref[2:].split("/"):
+            assert isinstance(node, dict) and part in node, ref
+            node = node[part]
+        return node
+
+    def refs(node: object) -> list[str]:
+        if isinstance(node, dict):
+            return ([node["$ref"]] if "$ref" in node else []) + [r for v in node.values() for r in refs(v)]
+        if isinstance(node, list):
+            return [r for v in node for r in refs(v)]
+        return []
+
+    for ref in refs(doc):
+        resolve(ref)
+    addresses = {c["address"] for c in doc["channels"].values()}
+    assert set(DOMAIN_TOPICS) <= addresses
+    assert {p.event_type for p in sample_payloads()} <= set(doc["components"]["messages"])
+    received = {
+        (op_id.split("Consumes")[0], m["$ref"].rsplit("/", 1)[1])
+        for op_id, op in doc["operations"].items()
+        if op["action"] == "receive"
+        for m in op["messages"]
+    }
+    for name, spec in SPECS.items():
+        prefix = name.split("_")[0] + "Svc"
+        for event_type in spec.subscription.handlers:
+            assert (prefix, event_type) in received, (name, event_type)
