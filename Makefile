@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help setup browser run demo test lint format schemas bench chaos clean
+.PHONY: help setup browser run demo test lint format schemas bench chaos screenshots clean
 
 help:
 	@echo "make setup    create .venv with the pinned dependencies (requirements.lock)"
@@ -53,6 +53,9 @@ bench: setup
 
 chaos: setup
 	$(BIN)/python -m sagastack chaos --orders $${N:-2000} --kills $${KILLS:-10} --seed $${SEED:-1}
+
+screenshots: setup browser
+	$(BIN)/python -m sagastack screenshots
 
 lint: setup
 	$(BIN)/ruff check .

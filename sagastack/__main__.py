@@ -44,11 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="start everything and wait for Ctrl-C").set_defaults(func=run)
 
-    from sagastack import bench, chaos, demo
+    from sagastack import bench, chaos, demo, screenshots
 
     demo.add_parser(sub)
     bench.add_parser(sub)
     chaos.add_parser(sub)
+    screenshots.add_parser(sub)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

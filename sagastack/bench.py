@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import statistics
 import time
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -24,6 +25,7 @@ import psycopg
 
 from sagastack import invariants
 from sagastack.client import SagaClient
+from sagastack.progress import bar
 from sagastack.system import System
 
 
@@ -34,6 +36,21 @@ def percentile(values: list[float], q: float) -> float:
 
 async def place_all(
     order_url: str, n: int, concurrency: int, products: list[str], customers: list[str]
+) -> dict[str, float]:
+    with bar() as progress:
+        task = progress.add_task("placing orders", total=n)
+        return await _place_all(
+            order_url, n, concurrency, products, customers, lambda: progress.advance(task)
+        )
+
+
+async def _place_all(
+    order_url: str,
+    n: int,
+    concurrency: int,
+    products: list[str],
+    customers: list[str],
+    advance: Callable[[], None],
 ) -> dict[str, float]:
     started: dict[str, float] = {}
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -51,8 +68,7 @@ async def place_all(
             r = await client.post(f"{order_url}/orders", json=body)
             r.raise_for_status()
             started[r.json()["order_id"]] = t0
-            if (done := len(started)) % max(1, n // 10) == 0:
-                print(f"  placed {done}/{n}", flush=True)
+            advance()
 
     async with httpx.AsyncClient(timeout=30) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
@@ -77,10 +93,14 @@ def main(args: argparse.Namespace) -> int:
     customers = [f"bench-c{i}" for i in range(args.customers)]
     with System(Path(args.run_dir), free_ports=True, fresh=True) as system:
         client = SagaClient(system.url("order_svc"), system.url("inventory_svc"), system.url("payment_svc"))
-        for pid in products:
-            client.put_product(pid, pid, Decimal("1.00"), n)
-        for cid in customers:
-            client.put_account(cid, Decimal(n))
+        with bar() as progress:
+            task = progress.add_task("seeding", total=len(products) + len(customers))
+            for pid in products:
+                client.put_product(pid, pid, Decimal("1.00"), n)
+                progress.advance(task)
+            for cid in customers:
+                client.put_account(cid, Decimal(n))
+                progress.advance(task)
         client.close()
         print(f"placing {n} orders with {concurrency} concurrent clients …", flush=True)
         t0 = time.time()

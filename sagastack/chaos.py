@@ -46,6 +46,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from events.topics import DOMAIN_TOPICS
 from sagastack import invariants
+from sagastack.progress import bar
 from sagastack.system import SERVICES, System
 
 POISON_KEY = b"chaos-poison"
@@ -197,14 +198,15 @@ class Chaos:
                     await self._one_order(http, i, body, cancel_after)
 
             start = time.monotonic()
-            for i in range(cfg.orders):
-                body = self._order_body(i)
-                cancel_after = self.rng.uniform(0, 4) if self.rng.random() < cfg.cancel_ratio else None
-                await asyncio.sleep(max(0.0, start + i / cfg.rate - time.monotonic()))
-                tasks.append(asyncio.create_task(run(i, body, cancel_after)))
-                if (i + 1) % max(1, cfg.orders // 10) == 0:
-                    print(f"  {i + 1}/{cfg.orders} orders placed", flush=True)
-            await asyncio.gather(*tasks)
+            with bar() as progress:
+                task = progress.add_task("placing orders", total=cfg.orders)
+                for i in range(cfg.orders):
+                    body = self._order_body(i)
+                    cancel_after = self.rng.uniform(0, 4) if self.rng.random() < cfg.cancel_ratio else None
+                    await asyncio.sleep(max(0.0, start + i / cfg.rate - time.monotonic()))
+                    tasks.append(asyncio.create_task(run(i, body, cancel_after)))
+                    tasks[-1].add_done_callback(lambda _: progress.advance(task))
+                await asyncio.gather(*tasks)
         self.workload_done.set()
 
     # -- faults ----------------------------------------------------------------------------

@@ -66,6 +66,12 @@ class SagaClient:
     def cancel(self, order_id: str) -> Any:
         return self._json(self.http.post(f"{self.order_url}/orders/{order_id}/cancel"))
 
+    def orders(self, status: str | None = None, limit: int = 100) -> Any:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        return self._json(self.http.get(f"{self.order_url}/orders", params=params))
+
     def order(self, order_id: str) -> Any:
         return self._json(self.http.get(f"{self.order_url}/orders/{order_id}"))
 

@@ -4,55 +4,28 @@ it, place orders from it, and watch their sagas reach their final state live."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sagastack.browser import chromium_paths, open_chromium, texts, wait
 from sagastack.client import SagaClient
 from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, seed
 
-CHROMIUM_FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1600,1000",
-)
-
-
-def chromium_paths() -> tuple[str, str] | None:
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
-
 
 def open_browser() -> Any:
     """A headless Debian chromium under Selenium, or a skip (a failure in CI) without it."""
-    paths = chromium_paths()
-    if paths is None:
+    if chromium_paths() is None:
         message = (
             "Debian's chromium and chromium-driver are not installed (`make test` installs them as root)"
         )
         if os.environ.get("SAGA_REQUIRE_BROWSER"):
             pytest.fail(message)
         pytest.skip(message)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = paths[0]
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='saga-chromium-')}"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(paths[1]), options=options)
+    return open_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -62,29 +35,6 @@ def browser() -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
-
-
-def wait(driver: Any, condition: Any, timeout: float = 30, what: str = "") -> Any:
-    """Poll ``condition``; the page re-renders live, so a vanished element means "not yet"."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(
-        driver,
-        timeout,
-        poll_frequency=0.1,
-        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
-    ).until(condition, message=what)
-
-
-def texts(driver: Any, selector: str, attribute: str | None = None) -> list[str]:
-    """Texts (or an attribute) of every match, read in one go inside the page."""
-    script = (
-        "return [...document.querySelectorAll(arguments[0])]"
-        ".map(e => arguments[1] ? e.getAttribute(arguments[1]) : e.textContent)"
-    )
-    result: list[str] = driver.execute_script(script, selector, attribute)
-    return result
 
 
 def place_from_page(driver: Any, customer: str, product: str, quantity: int) -> None:
