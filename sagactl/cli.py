@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 from rich.syntax import Syntax
-from rich.table import Table
+from rich.table import Column, Table
 
 console = Console()
 app = typer.Typer(help=__doc__, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False)
@@ -182,7 +182,8 @@ def orders(
     if status:
         params["status"] = status.upper()
     rows = _call("GET", f"{_urls(ctx).order}/orders", params=params)
-    table = Table("order", "customer", "status", "reason", "total", "items", "placed")
+    table = Table("customer", "status", "reason", "total", "items", "placed")
+    table.columns.insert(0, Column("order", no_wrap=True, min_width=36))
     for o in rows:
         items = ", ".join(f"{i['quantity']} x {i['product_id']}" for i in o["items"])
         table.add_row(

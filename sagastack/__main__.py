@@ -38,8 +38,14 @@ def run(_: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    # SIGTERM unwinds like Ctrl-C, so every System stops what it started on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(prog="sagastack")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="start everything and wait for Ctrl-C").set_defaults(func=run)
@@ -56,4 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted — everything it started has stopped", file=sys.stderr)
+        sys.exit(130)

@@ -13,9 +13,9 @@ where the dashboard is; on a terminal the system keeps running until Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -281,12 +281,10 @@ def main(args: argparse.Namespace) -> int:
             print(
                 f"\ndashboard: {dashboard}  — the system keeps running; Ctrl-C stops everything", flush=True
             )
-            stop = threading.Event()
-            try:
-                while not stop.wait(1.0):
-                    pass
-            except KeyboardInterrupt:
-                print("stopping …")
+            with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, or SIGTERM (see __main__)
+                while True:
+                    time.sleep(0.5)
+            print("stopping …")
         else:
             print(
                 f"\ndashboard: {dashboard}  (it was live while the demo ran; `make demo` in a terminal"
