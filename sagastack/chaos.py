@@ -115,7 +115,8 @@ class Chaos:
         and a few with no account at all."""
         mean_units = 2.5  # per order, see _order_body
         demand_per_product = self.cfg.orders * mean_units / len(self.products)
-        with httpx.Client(timeout=10) as http:
+        with httpx.Client(timeout=10) as http, bar() as progress:
+            task = progress.add_task("seeding", total=len(self.products) + len(self.customers))
             for i, pid in enumerate(self.products):
                 stock = max(1, int(demand_per_product * 0.6))
                 price = Decimal(5 + 3 * i) / 2
@@ -125,8 +126,10 @@ class Chaos:
                     json={"name": pid, "price": str(price), "stock": stock},
                 )
                 r.raise_for_status()
+                progress.advance(task)
             per_customer = self.cfg.orders / len(self.customers)
             for i, cid in enumerate(self.customers):
+                progress.advance(task)
                 if i % 20 == 19:
                     continue  # no account: unknown_account
                 rich = i % 4 != 0
