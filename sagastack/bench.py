@@ -63,6 +63,8 @@ async def _place_all(
             body = {
                 "customer_id": customers[i % len(customers)],
                 "items": [{"product_id": products[i % len(products)], "quantity": 1}],
+                # throughput, not deadlines, is measured here: no saga may time out queued
+                "deadline_seconds": 3600,
             }
             t0 = time.time()
             r = await client.post(f"{order_url}/orders", json=body)
