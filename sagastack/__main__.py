@@ -26,7 +26,9 @@ def run(_: argparse.Namespace) -> int:
             print(f"  {name:<12} database {url}")
         for name in SERVICES:
             print(f"  {name:<12} {system.url(name)}  (health: {system.url(name)}/health/ready)")
-        print(f"\n  order API docs: {system.url('order_svc')}/docs")
+        print(f"\n  dashboard:      {system.url('order_svc')}/dashboard")
+        print(f"  order API docs: {system.url('order_svc')}/docs")
+        print(f"  traces:         {system.run_dir / 'traces'}   (sagactl --help for the CLI)")
         print(f"  logs: {system.run_dir / 'logs'}\n\nready — Ctrl-C stops everything", flush=True)
         while not stop.wait(0.5):
             for name, sp in system.services.items():
