@@ -174,6 +174,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 log_config=None,
                 access_log=False,
                 lifespan="off",
+                timeout_graceful_shutdown=3,  # open dashboards (event streams) must not hold a stop
             )
         )
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
