@@ -237,9 +237,10 @@ async def get_saga_events(
     after: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[FeedEntry]:
-    """Every saga's events as the order service recorded them, oldest first, after the
-    position ``after`` (a ``seq``). Poll it with the last ``seq`` seen to follow all sagas
-    live (``sagactl tail`` does), or use ``/saga-events/stream``."""
+    """Every saga's events as the order service recorded them, in ``seq`` order, after the
+    position ``after``. To follow all sagas live use ``/saga-events/stream`` (``sagactl
+    tail`` does): it also delivers events whose transaction committed after a higher
+    ``seq`` was already visible, which polling by ``after`` alone can miss."""
     async with db.engine.connect() as conn:
         rows = await timeline.feed(conn, after, limit)
     return [FeedEntry.model_validate({**r, "compensating": r["event_type"] in COMPENSATING}) for r in rows]
@@ -257,14 +258,15 @@ async def stream_saga_events(
 
     async def events() -> AsyncIterator[str]:
         async with db.engine.connect() as conn:
-            last = start if start is not None else await timeline.newest_seq(conn)
+            follower = (
+                timeline.Follower(start) if start is not None else await timeline.Follower.starting_now(conn)
+            )
         yield ": connected\n\n"
         while not await request.is_disconnected():
             async with db.engine.connect() as conn:
-                rows = await timeline.feed(conn, last, 500)
+                rows = await follower.poll(conn)
             for r in rows:
                 entry = FeedEntry.model_validate({**r, "compensating": r["event_type"] in COMPENSATING})
-                last = entry.seq
                 yield f"id: {entry.seq}\nevent: saga-event\ndata: {entry.model_dump_json()}\n\n"
             if not rows:
                 yield ": keep-alive\n\n"

@@ -5,6 +5,8 @@ as the outbox row); the participants' events as they are consumed. Idempotent on
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -65,5 +67,50 @@ async def feed(conn: AsyncConnection, after: int, limit: int) -> list[dict[str, 
     return [dict(row._mapping) for row in rows]
 
 
-async def newest_seq(conn: AsyncConnection) -> int:
-    return int(await conn.scalar(text("SELECT COALESCE(MAX(seq), 0) FROM saga_events")) or 0)
+#: How long a timeline insert may stay uncommitted and still be followed. ``seq`` comes
+#: from a sequence, so a transaction can commit a *lower* seq after a higher one is
+#: already visible; following "seq > last seen" alone would skip it.
+LATE_COMMIT_WINDOW = timedelta(seconds=30)
+
+
+@dataclass
+class Follower:
+    """Follows the timeline without skipping late commits: each poll re-reads everything
+    above a floor that only moves past rows recorded longer ago than the late-commit
+    window, and remembers which seqs above the floor it has already returned."""
+
+    floor: int
+    seen: set[int] = field(default_factory=set)
+
+    @classmethod
+    async def starting_now(cls, conn: AsyncConnection) -> Follower:
+        """Follow from now on: what is visible now counts as seen, but rows that commit
+        later with a lower seq (transactions still open now) are still delivered."""
+        floor = int(
+            await conn.scalar(
+                text(
+                    "SELECT COALESCE(MAX(seq), 0) FROM saga_events WHERE recorded_at < clock_timestamp() - :w"
+                ),
+                {"w": LATE_COMMIT_WINDOW},
+            )
+            or 0
+        )
+        visible = await conn.scalars(text("SELECT seq FROM saga_events WHERE seq > :f"), {"f": floor})
+        return cls(floor, set(visible))
+
+    async def poll(self, conn: AsyncConnection, limit: int = 500) -> list[dict[str, Any]]:
+        rows = await feed(conn, self.floor, limit)
+        fresh = [r for r in rows if r["seq"] not in self.seen]
+        self.seen.update(r["seq"] for r in fresh)
+        settled = await conn.scalar(
+            text(
+                "SELECT COALESCE(MAX(seq), :f) FROM saga_events"
+                " WHERE seq > :f AND recorded_at < clock_timestamp() - :w"
+            ),
+            {"f": self.floor, "w": LATE_COMMIT_WINDOW},
+        )
+        if settled is not None and settled > self.floor and len(rows) < limit:
+            # everything at or below ``settled`` committed long ago: forget it
+            self.floor = int(settled)
+            self.seen = {seq for seq in self.seen if seq > self.floor}
+        return fresh
