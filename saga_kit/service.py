@@ -120,7 +120,11 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
         jobs = (PRUNING, *spec.periodic)
         job_stats = {job.name: JobStats() for job in jobs}
         consumers = build_faust_app(
-            spec.name, settings.kafka_bootstrap_servers, spec.subscription.topics, processor
+            spec.name,
+            settings.kafka_bootstrap_servers,
+            spec.subscription.topics,
+            processor,
+            settings.kafka_fetch_max_wait_ms,
         )
 
         async def consumers_running() -> None:

@@ -34,6 +34,14 @@ class ServiceSettings(BaseSettings):
         validation_alias=AliasChoices("KAFKA_TOPIC_REPLICATION", "topic_replication"),
     )
 
+    #: How long a consumer fetch may wait on the broker for data (saga_kit.faust_app).
+    kafka_fetch_max_wait_ms: int = Field(
+        default=500,
+        ge=0,
+        le=30_000,
+        validation_alias=AliasChoices("KAFKA_FETCH_MAX_WAIT_MS", "kafka_fetch_max_wait_ms"),
+    )
+
     relay_batch_size: int = Field(default=500, ge=1)
     relay_poll_interval: float = Field(default=0.5, gt=0)
     db_pool_size: int = Field(default=10, ge=1)

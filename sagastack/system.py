@@ -75,6 +75,7 @@ class System:
             log.warning("stopped %s left running by an earlier run", leftover)
         if self.fresh:
             shutil.rmtree(self.run_dir / "pgdata", ignore_errors=True)
+            shutil.rmtree(self.run_dir / "traces", ignore_errors=True)
         try:
             self._start_broker()
             self._start_databases()

@@ -1,0 +1,20 @@
+"""faust hard-codes its consumers' fetch wait; ours must reach the aiokafka consumer (a
+faust or aiokafka upgrade that breaks the override fails here, not silently)."""
+
+from __future__ import annotations
+
+import pytest
+
+from saga_kit.consumer import MessageProcessor, Subscription
+from saga_kit.faust_app import DEFAULT_FETCH_MAX_WAIT_MS, build_faust_app
+
+
+@pytest.mark.parametrize("wait", [DEFAULT_FETCH_MAX_WAIT_MS, 250])
+async def test_the_fetch_wait_reaches_the_kafka_consumer(wait: int) -> None:
+    processor = MessageProcessor("wiring", None, Subscription(topics=("t",), handlers={}))  # type: ignore[arg-type]
+    app = build_faust_app("wiring", "127.0.0.1:1", ("t",), processor, fetch_max_wait_ms=wait)
+    kafka_consumer = app.consumer._thread._create_worker_consumer(app.transport)
+    try:
+        assert kafka_consumer._fetch_max_wait_ms == wait
+    finally:
+        await kafka_consumer.stop()
