@@ -58,7 +58,7 @@ class Config:
     kills: int = 10
     db_restarts: int = 1
     seed: int = 1
-    rate: float = 15.0
+    rate: float = 12.0
     clients: int = 8
     products: int = 12
     customers: int = 60
