@@ -312,7 +312,7 @@ class Chaos:
     # -- verdict ---------------------------------------------------------------------------
     def extra_checks(self) -> list[str]:
         v: list[str] = []
-        url = self.system.database_urls["order_svc"].replace("postgresql+psycopg://", "postgresql://")
+        url = invariants.plain_url(self.system.database_urls["order_svc"])
         with psycopg.connect(url) as conn:
             known = {str(o) for (o,) in conn.execute("SELECT order_id FROM orders")}
         for order_id in self.report.placed:
@@ -338,7 +338,7 @@ class Chaos:
 
     def outcomes(self) -> tuple[Counter[str], Counter[str]]:
         """Orders by status and reason; compensating events by type (from the timelines)."""
-        url = self.system.database_urls["order_svc"].replace("postgresql+psycopg://", "postgresql://")
+        url = invariants.plain_url(self.system.database_urls["order_svc"])
         with psycopg.connect(url) as conn:
             by_outcome = Counter(
                 f"{status} ({reason})" if reason else status

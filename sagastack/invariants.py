@@ -12,7 +12,8 @@ from decimal import Decimal
 import psycopg
 
 
-def _plain(url: str) -> str:
+def plain_url(url: str) -> str:
+    """A service's SQLAlchemy URL (``postgresql+psycopg://``) as psycopg connects to it."""
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
@@ -23,9 +24,9 @@ def check(
 ) -> list[str]:
     v: list[str] = []
     with (
-        psycopg.connect(_plain(database_urls["order_svc"])) as orders_db,
-        psycopg.connect(_plain(database_urls["inventory_svc"])) as inventory_db,
-        psycopg.connect(_plain(database_urls["payment_svc"])) as payment_db,
+        psycopg.connect(plain_url(database_urls["order_svc"])) as orders_db,
+        psycopg.connect(plain_url(database_urls["inventory_svc"])) as inventory_db,
+        psycopg.connect(plain_url(database_urls["payment_svc"])) as payment_db,
     ):
         orders = {
             str(oid): (status, total)
@@ -106,11 +107,11 @@ def _activity(database_urls: Mapping[str, str]) -> tuple[int, int, int]:
     """(unsent outbox rows in all services, PENDING orders, reservations still RESERVED)."""
     unsent = 0
     for url in database_urls.values():
-        with psycopg.connect(_plain(url)) as conn:
+        with psycopg.connect(plain_url(url)) as conn:
             unsent += conn.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]  # type: ignore[index]
-    with psycopg.connect(_plain(database_urls["order_svc"])) as conn:
+    with psycopg.connect(plain_url(database_urls["order_svc"])) as conn:
         pending = conn.execute("SELECT COUNT(*) FROM orders WHERE status = 'PENDING'").fetchone()[0]  # type: ignore[index]
-    with psycopg.connect(_plain(database_urls["inventory_svc"])) as conn:
+    with psycopg.connect(plain_url(database_urls["inventory_svc"])) as conn:
         held = conn.execute("SELECT COUNT(*) FROM reservations WHERE status = 'RESERVED'").fetchone()[0]  # type: ignore[index]
     return unsent, pending, held
 

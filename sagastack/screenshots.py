@@ -13,6 +13,7 @@ from typing import Any
 
 from sagastack import demo
 from sagastack.browser import open_chromium, texts, wait
+from sagastack.client import SagaClient
 from sagastack.system import System
 
 
@@ -59,9 +60,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def demo_orders(system: System) -> list[Any]:
-    import httpx
-
-    return list(reversed(httpx.get(f"{system.url('order_svc')}/orders", params={"limit": 1000}).json()))
+    client = SagaClient(system.url("order_svc"), system.url("inventory_svc"), system.url("payment_svc"))
+    try:
+        return list(reversed(client.orders(limit=1000)))
+    finally:
+        client.close()
 
 
 def add_parser(sub: Any) -> None:

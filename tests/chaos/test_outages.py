@@ -3,7 +3,6 @@ recover by themselves. Runs its own system, since it takes the database and brok
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from sagastack.client import SagaClient
 from sagastack.system import SERVICES, System
+from tests.e2e.test_faults import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -32,12 +32,10 @@ def readiness(system: System) -> dict[str, tuple[int, Any]]:
     return out
 
 
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise TimeoutError(what)
-        time.sleep(0.1)
+def all_ready_answer(system: System, code: int, timeout: float, what: str) -> dict[str, Any]:
+    """Wait until every service's /health/ready answers ``code``; return their bodies."""
+    wait_until(lambda: all(c == code for c, _ in readiness(system).values()), timeout, what)
+    return {name: body for name, (_, body) in readiness(system).items()}
 
 
 def test_database_outage_not_ready_then_resumes_without_losing_the_order(system: System) -> None:
@@ -48,12 +46,8 @@ def test_database_outage_not_ready_then_resumes_without_losing_the_order(system:
     assert system.postgres is not None
     system.postgres.pause()
     try:
-        wait_for(
-            lambda: all(code == 503 for code, _ in readiness(system).values()),
-            30,
-            "every service reports not-ready while the database is down",
-        )
-        for _, body in readiness(system).values():
+        bodies = all_ready_answer(system, 503, 30, "every service not ready while the database is down")
+        for body in bodies.values():
             assert body["checks"]["database"]["ok"] is False
             assert body["checks"]["broker"]["ok"] is True  # it names what is wrong
         # liveness is not readiness: the processes are fine and must not be restarted
@@ -61,11 +55,7 @@ def test_database_outage_not_ready_then_resumes_without_losing_the_order(system:
             assert httpx.get(f"{system.url(name)}/health/live").status_code == 200
     finally:
         system.pids.add("postgres", system.postgres.resume())
-    wait_for(
-        lambda: all(code == 200 for code, _ in readiness(system).values()),
-        60,
-        "every service ready again by itself",
-    )
+    all_ready_answer(system, 200, 60, "every service ready again by itself")
     # the order placed just before the outage finishes, and new orders work
     assert client.wait_for_events(order_id, {"InventoryCommitted"}, timeout=60)["status"] == "APPROVED"
     second = client.place_order("outage-c", {"outage-p": 1})
@@ -79,11 +69,7 @@ def test_broker_outage_makes_every_service_not_ready(system: System) -> None:
     come back with its data (DESIGN §2); a real Kafka cluster does."""
     assert system.broker is not None
     system.broker.stop()
-    wait_for(
-        lambda: all(code == 503 for code, _ in readiness(system).values()),
-        60,
-        "every service reports not-ready while the broker is down",
-    )
-    for _, body in readiness(system).values():
+    bodies = all_ready_answer(system, 503, 60, "every service not ready while the broker is down")
+    for body in bodies.values():
         assert body["checks"]["broker"]["ok"] is False
         assert body["checks"]["database"]["ok"] is True

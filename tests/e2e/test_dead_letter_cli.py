@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 
 from sagastack.system import System
@@ -53,11 +51,5 @@ def test_list_show_discard_and_replay_dead_letters(system: System) -> None:
 
 
 def test_sagactl_says_clearly_when_a_service_is_unreachable(system: System) -> None:
-    env_args = ["--payment-url", "http://127.0.0.1:9"]
-    result = subprocess.run(
-        [sys.executable, "-m", "sagactl", *env_args, "dlq", "list", "--service", "payment"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = sagactl(system, "--payment-url", "http://127.0.0.1:9", "dlq", "list", "--service", "payment")
     assert result.returncode == 2 and "cannot reach" in result.stdout

@@ -6,6 +6,8 @@ import json
 import time
 from typing import Any
 
+import httpx
+
 from sagastack.client import SagaClient
 from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, seed
@@ -100,14 +102,8 @@ def scrape(system: System, service: str) -> dict[str, list[Any]]:
     valid), as metric family name → samples."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    body = client_get(f"{system.url(service)}/metrics")
+    body = httpx.get(f"{system.url(service)}/metrics", timeout=10).text
     return {family.name: family.samples for family in text_string_to_metric_families(body)}
-
-
-def client_get(url: str) -> str:
-    import httpx
-
-    return httpx.get(url, timeout=10).text
 
 
 def test_metrics_cover_consumption_production_latency_outbox_lag_and_sagas(
