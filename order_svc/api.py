@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 from sqlalchemy import text
 
 from events import OrderLine
@@ -81,8 +81,12 @@ class TimelineEntry(BaseModel):
     payload: dict[str, Any]
     #: The trace this event was recorded in; one saga is one trace.
     trace_id: str | None = None
-    #: True for events that refuse or undo a step (rejections, releases, refunds).
-    compensating: bool = False
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def compensating(self) -> bool:
+        """True for events that refuse or undo a step (rejections, releases, refunds)."""
+        return self.event_type in COMPENSATING
 
 
 class FeedEntry(TimelineEntry):
@@ -217,9 +221,7 @@ async def get_saga(order_id: uuid.UUID, db: DatabaseDep) -> SagaView:
     order = await _load_order(db, order_id)
     async with db.engine.connect() as conn:
         events = await timeline.load(conn, order_id)
-    entries = [
-        TimelineEntry.model_validate({**e, "compensating": e["event_type"] in COMPENSATING}) for e in events
-    ]
+    entries = [TimelineEntry.model_validate(e) for e in events]
     why = explain(order.status, order.reason, events)
     return SagaView(
         order_id=order_id,
@@ -243,7 +245,7 @@ async def get_saga_events(
     ``seq`` was already visible, which polling by ``after`` alone can miss."""
     async with db.engine.connect() as conn:
         rows = await timeline.feed(conn, after, limit)
-    return [FeedEntry.model_validate({**r, "compensating": r["event_type"] in COMPENSATING}) for r in rows]
+    return [FeedEntry.model_validate(r) for r in rows]
 
 
 @router.get("/saga-events/stream", response_class=StreamingResponse)
@@ -266,7 +268,7 @@ async def stream_saga_events(
             async with db.engine.connect() as conn:
                 rows = await follower.poll(conn)
             for r in rows:
-                entry = FeedEntry.model_validate({**r, "compensating": r["event_type"] in COMPENSATING})
+                entry = FeedEntry.model_validate(r)
                 yield f"id: {entry.seq}\nevent: saga-event\ndata: {entry.model_dump_json()}\n\n"
             if not rows:
                 yield ": keep-alive\n\n"
