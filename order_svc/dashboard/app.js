@@ -80,10 +80,15 @@ async function loadStock() {
   b.replaceChildren(
     ...balances.map((a) => el("tr", { "data-customer": a.customer_id }, el("td", {}, a.customer_id), el("td", {}, a.balance))),
   );
+  // Rebuild the product choices only when they changed: a rebuild on every refresh
+  // would close a dropdown the user has open.
   const select = $("place-product");
-  const current = select.value;
-  select.replaceChildren(...stock.map((p) => el("option", { value: p.product_id }, `${p.product_id} (${p.price})`)));
-  if (current) select.value = current;
+  const labels = stock.map((p) => `${p.product_id} (${p.price})`);
+  if (labels.join("\n") !== [...select.options].map((o) => o.textContent).join("\n")) {
+    const current = select.value;
+    select.replaceChildren(...stock.map((p, i) => el("option", { value: p.product_id }, labels[i])));
+    if (current) select.value = current;
+  }
 }
 
 async function select(orderId) {
