@@ -8,13 +8,17 @@ fit for a dead letter. It never raises anything else.
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+import uuid
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import from_json
 
 from events.envelope import Envelope, EventPayload
 from events.registry import payload_class
 from events.upcasting import NoUpcastPath, upcast
+from events.values import printable
 
 
 class InvalidEvent(Exception):
@@ -29,8 +33,32 @@ class _RawEnvelope(BaseModel):
     """The envelope with the payload left as a mapping, to find the payload class."""
 
     model_config = ConfigDict(extra="allow")
-    event_type: str
-    schema_version: int
+    event_type: Annotated[str, Field(max_length=100)]
+    schema_version: Annotated[int, Field(strict=True)]
+
+
+_EVENT_TYPE_NAME = re.compile(r"[A-Za-z0-9_]{1,100}")
+
+
+def peek(data: bytes | None) -> tuple[str | None, uuid.UUID | None]:
+    """Best-effort ``(event_type, order_id)`` of any bytes, for listings and logs; each is
+    None unless the bytes are a JSON object with a well-formed value for it. Total: any
+    input (not JSON, nested too deep, not UTF-8) returns instead of raising."""
+    if not data:
+        return None, None
+    try:
+        obj = from_json(data)
+    except ValueError:
+        return None, None
+    if not isinstance(obj, dict):
+        return None, None
+    event_type, order_id = obj.get("event_type"), obj.get("order_id")
+    try:
+        parsed_id = uuid.UUID(order_id) if isinstance(order_id, str) and len(order_id) <= 64 else None
+    except ValueError:
+        parsed_id = None
+    named = isinstance(event_type, str) and _EVENT_TYPE_NAME.fullmatch(event_type)
+    return (event_type if named else None), parsed_id
 
 
 def encode(envelope: Envelope[Any]) -> bytes:
@@ -63,9 +91,10 @@ def decode(data: bytes | None) -> Envelope[EventPayload]:
         raise InvalidEvent(f"invalid {raw.event_type}: {_summary(exc)}") from None
     except NoUpcastPath as exc:
         raise InvalidEvent(f"unsupported schema_version: {exc}") from None
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, ArithmeticError, RecursionError) as exc:
+        # an upcaster meets data it cannot convert (a missing field, a date out of range)
         raise InvalidEvent(
-            f"invalid {raw.event_type}: cannot upcast v{raw.schema_version}: {exc!r}"
+            f"invalid {raw.event_type}: cannot upcast v{raw.schema_version}: {printable(repr(exc), 300)}"
         ) from None
     if envelope.producer != cls.producer:
         raise InvalidEvent(f"{raw.event_type} must be produced by {cls.producer}, not {envelope.producer!r}")
@@ -74,7 +103,7 @@ def decode(data: bytes | None) -> Envelope[EventPayload]:
 
 def _summary(exc: ValidationError) -> str:
     parts = []
-    for err in exc.errors()[:5]:
+    for err in exc.errors(include_input=False, include_url=False)[:5]:
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
         parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
+    return printable("; ".join(parts), 1000)

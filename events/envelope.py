@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-#: Money is exact: a Decimal with at most two places, written as a string on the wire.
-Money = Annotated[
-    Decimal,
-    Field(max_digits=14, decimal_places=2, ge=0),
-    PlainSerializer(lambda v: format(v, "f"), return_type=str, when_used="json"),
-]
+from events.values import ExternalId, Money
 
-#: Identifiers chosen by users (customers, products): short, printable, no spaces.
-ExternalId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+__all__ = ["Envelope", "EventPayload", "ExternalId", "Money", "P", "new_envelope"]
 
 
 class EventPayload(BaseModel):

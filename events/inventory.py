@@ -6,7 +6,8 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.envelope import EventPayload, ExternalId, Money
+from events.envelope import EventPayload
+from events.values import MAX_LINE_QUANTITY, MAX_ORDER_LINES, ExternalId, Money
 
 PRODUCER = "inventory_svc"
 
@@ -17,7 +18,7 @@ class PricedLine(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     product_id: ExternalId
-    quantity: Annotated[int, Field(ge=1)]
+    quantity: Annotated[int, Field(strict=True, ge=1, le=MAX_LINE_QUANTITY * MAX_ORDER_LINES)]
     unit_price: Money
     line_total: Money
 
@@ -28,7 +29,7 @@ class StockLine(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     product_id: ExternalId
-    quantity: Annotated[int, Field(ge=1)]
+    quantity: Annotated[int, Field(strict=True, ge=1, le=MAX_LINE_QUANTITY * MAX_ORDER_LINES)]
 
 
 class InventoryReserved(EventPayload):

@@ -6,7 +6,8 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from events.envelope import EventPayload, ExternalId
+from events.envelope import EventPayload
+from events.values import MAX_LINE_QUANTITY, MAX_ORDER_LINES, ExternalId, ReasonCode
 
 PRODUCER = "order_svc"
 
@@ -20,7 +21,7 @@ class OrderLine(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     product_id: ExternalId
-    quantity: Annotated[int, Field(ge=1, le=10_000)]
+    quantity: Annotated[int, Field(strict=True, ge=1, le=MAX_LINE_QUANTITY)]
 
 
 class OrderCreated(EventPayload):
@@ -35,7 +36,7 @@ class OrderCreated(EventPayload):
     producer: ClassVar[str] = PRODUCER
 
     customer_id: ExternalId
-    items: Annotated[tuple[OrderLine, ...], Field(min_length=1, max_length=100)]
+    items: Annotated[tuple[OrderLine, ...], Field(min_length=1, max_length=MAX_ORDER_LINES)]
     deadline_at: AwareDatetime
 
 
@@ -55,7 +56,7 @@ class OrderRejected(EventPayload):
     producer: ClassVar[str] = PRODUCER
 
     customer_id: ExternalId
-    reason: str
+    reason: ReasonCode
 
 
 class OrderCancelled(EventPayload):

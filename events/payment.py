@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from events.envelope import EventPayload, ExternalId, Money
+from events.envelope import EventPayload
+from events.values import ExternalId, Money
 
 PRODUCER = "payment_svc"
 

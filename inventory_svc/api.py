@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 
-from events.envelope import ExternalId, Money
+from events.values import MAX_STOCK, ExternalId, SafeText, UnitPrice
 from saga_kit.http import DatabaseDep
 
 router = APIRouter(tags=["products"])
@@ -21,15 +21,16 @@ class ProductIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    price: Money
-    stock: Annotated[int, Field(ge=0, le=1_000_000_000)]
+    name: Annotated[SafeText, Field(min_length=1, max_length=200)]
+    #: At most 100,000.00 (events.values: the bound that keeps order totals in range).
+    price: UnitPrice
+    stock: Annotated[int, Field(strict=True, ge=0, le=MAX_STOCK)]
 
 
 class ProductView(BaseModel):
     product_id: ExternalId
     name: str
-    price: Money
+    price: UnitPrice
     available: int
     reserved: int
     sold: int

@@ -51,4 +51,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        "inventory_svc",
+        3,
+        "bounded_prices_wide_stock",
+        (
+            # Stock buckets only grow by releases and restocks of units taken from them,
+            # and by an operator (at most 10^9 a time): BIGINT leaves room for every
+            # compensation. A unit price above 100,000.00 could make an order's total
+            # overflow Money (events.values); lower any such price before upgrading.
+            "ALTER TABLE products ALTER COLUMN available TYPE BIGINT,"
+            " ALTER COLUMN reserved TYPE BIGINT, ALTER COLUMN sold TYPE BIGINT",
+            "ALTER TABLE products ADD CONSTRAINT products_price_max CHECK (price <= 100000)",
+        ),
+    ),
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validat
 from sqlalchemy import text
 
 from events import OrderLine
-from events.envelope import ExternalId, Money
+from events.values import MAX_ORDER_LINES, ExternalId, Money
 from order_svc import timeline
 from order_svc.cancelling import OrderNotFound, cancel_order
 from order_svc.domain import OrderStatus
@@ -31,10 +32,10 @@ class PlaceOrder(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     customer_id: ExternalId
-    items: Annotated[list[OrderLine], Field(min_length=1, max_length=100)]
+    items: Annotated[list[OrderLine], Field(min_length=1, max_length=MAX_ORDER_LINES)]
     #: How long the saga may stay PENDING before it is cancelled with reason ``timeout``;
     #: the service default (``ORDER_DEADLINE_SECONDS``, 30 s) when absent.
-    deadline_seconds: Annotated[float | None, Field(gt=0, le=86_400)] = None
+    deadline_seconds: Annotated[float | None, Field(strict=True, gt=0, le=86_400, allow_inf_nan=False)] = None
 
     @field_validator("items")
     @classmethod
@@ -236,7 +237,7 @@ async def get_saga(order_id: uuid.UUID, db: DatabaseDep) -> SagaView:
 @router.get("/saga-events", response_model=list[FeedEntry])
 async def get_saga_events(
     db: DatabaseDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Seq = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[FeedEntry]:
     """Every saga's events as the order service recorded them, in ``seq`` order, after the
@@ -248,15 +249,24 @@ async def get_saga_events(
     return [FeedEntry.model_validate(r) for r in rows]
 
 
+_SEQ = re.compile(r"[0-9]{1,18}")
+#: A position in the timeline (a BIGSERIAL).
+Seq = Annotated[int, Query(ge=0, le=2**63 - 1)]
+
+
 @router.get("/saga-events/stream", response_class=StreamingResponse)
 async def stream_saga_events(
-    request: Request, db: DatabaseDep, after: int | None = None
+    request: Request, db: DatabaseDep, after: Seq | None = None
 ) -> StreamingResponse:
     """Server-sent events: each new timeline event as it is recorded (``id`` is its
     ``seq``; a reconnecting browser resumes from ``Last-Event-ID``). Without ``after``
     it starts at the newest event."""
     resume = request.headers.get("last-event-id")
-    start = int(resume) if resume and resume.isdigit() else after
+    start = after
+    if resume:
+        if not _SEQ.fullmatch(resume):
+            raise HTTPException(422, "Last-Event-ID must be the decimal seq of an event (ASCII digits)")
+        start = int(resume)
 
     async def events() -> AsyncIterator[str]:
         async with db.engine.connect() as conn:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
 
-from events.envelope import ExternalId, Money
+from events.values import Balance, ExternalId, Money
 from saga_kit.http import DatabaseDep
 
 router = APIRouter(tags=["accounts"])
@@ -24,7 +24,8 @@ class AccountIn(BaseModel):
 
 class AccountView(BaseModel):
     customer_id: ExternalId
-    balance: Money
+    #: Any number of digits: refunds are owed however high the balance was set since.
+    balance: Balance
 
 
 @router.put("/accounts/{customer_id}", response_model=AccountView)

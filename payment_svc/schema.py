@@ -37,4 +37,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             " CHECK (status IN ('CHARGED', 'DECLINED', 'REFUNDED', 'VOIDED'))",
         ),
     ),
+    Migration(
+        "payment_svc",
+        3,
+        "unbounded_balances",
+        (
+            # A refund adds back what a charge took, however high an operator has set the
+            # balance since: the column must hold any sum of owed refunds, so it takes
+            # PostgreSQL's widest precision (998 integer digits) instead of Money's 12.
+            "ALTER TABLE accounts ALTER COLUMN balance TYPE NUMERIC(1000, 2)",
+        ),
+    ),
 )

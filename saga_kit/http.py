@@ -7,10 +7,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from opentelemetry.trace import SpanKind
 from starlette.middleware.base import RequestResponseEndpoint
 
+from events.values import printable
 from saga_kit import tracing
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection
@@ -55,7 +57,7 @@ def health_router(checks: Mapping[str, Check], timeout: float = 2.0) -> APIRoute
                 await asyncio.wait_for(check(), timeout)
                 results[name] = {"ok": True}
             except Exception as exc:  # a failing check is the answer, not an error
-                results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+                results[name] = {"ok": False, "error": printable(f"{type(exc).__name__}: {exc}", 1000)}
         ok = all(r["ok"] for r in results.values())
         return JSONResponse(
             {"status": "ready" if ok else "not_ready", "checks": results},
@@ -117,4 +119,28 @@ def create_app(
     async def rejection(_: Request, exc: DomainRejection) -> JSONResponse:
         return JSONResponse({"detail": exc.detail, "reason": exc.reason}, status_code=409)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_errors(exc), "reason": "invalid_request"}, status_code=422)
+
     return app
+
+
+def validation_errors(exc: RequestValidationError, limit: int = 20) -> list[dict[str, Any]]:
+    """The 422 body: where and why, never the input itself. The framework's default echoes
+    the input, and an input JSON cannot carry (a NaN, a lone surrogate) turned the 422
+    into a 500; nothing from the request is echoed here but printable names."""
+    out: list[dict[str, Any]] = []
+    for err in exc.errors()[:limit]:
+        msg = str(err.get("msg", "invalid"))
+        ctx = err.get("ctx")
+        if err.get("type") == "json_invalid" and isinstance(ctx, dict) and ctx.get("error"):
+            msg = f"{msg}: {ctx['error']}"
+        out.append(
+            {
+                "loc": [p if isinstance(p, int) else printable(str(p), 100) for p in err.get("loc", ())],
+                "msg": printable(msg, 300),
+                "type": str(err.get("type", "invalid")),
+            }
+        )
+    return out

@@ -1,0 +1,135 @@
+"""Value types shared by events and HTTP APIs, and the limits that keep every derived
+amount inside its column.
+
+Inputs are strict, because anything that reaches PostgreSQL must be storable and anything
+a client sends must mean one thing:
+
+* **Money** is an ASCII decimal *string* with at most two places: ``"12.50"``, ``"0"``,
+  ``"7.5"``. Not a JSON number (binary floats are not money), no exponent, no sign (so no
+  negative zero), no leading zeros, no digits of other scripts (Python's ``Decimal``
+  would read ``"١٢"`` as 12), no ``NaN``.
+* **Quantities** are JSON integers: ``true`` and ``"1"`` are refused.
+* **Text** that is stored (a product's name) holds no NUL, no other control character but
+  tab and newline, and no lone surrogate: PostgreSQL cannot store the first, and the
+  last cannot be encoded as UTF-8.
+
+Limits, chosen so that no amount the saga derives can overflow and no compensation can
+ever be refused (see ``docs/design.md``, "Amounts and limits"):
+
+* a unit price is at most ``MAX_UNIT_PRICE`` (100,000.00);
+* an order has at most ``MAX_ORDER_LINES`` (100) lines of at most ``MAX_LINE_QUANTITY``
+  (10,000) units, so a product's summed quantity is at most 1,000,000 and an order's total
+  is at most ``MAX_ORDER_TOTAL`` = 100,000.00 * 1,000,000 = 10^11, inside ``Money``
+  (below 10^12) and inside every ``NUMERIC(14, 2)`` column that holds a total;
+* a balance set by an operator is any ``Money`` (below 10^12), but the balance *column* is
+  ``NUMERIC(1000, 2)`` (998 integer digits): a refund adds back what a charge took, and a
+  customer's refunds are owed however high an operator has set the balance since. Stock buckets are
+  ``BIGINT`` (a restock adds at most 10^6 units to at most 10^9 set by an operator plus
+  units once taken from that same stock).
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, WithJsonSchema
+
+MONEY_PATTERN = r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,2})?$"
+_MONEY_TEXT = re.compile(MONEY_PATTERN)
+#: Largest value of ``Money``: 12 integer digits, 2 places (``NUMERIC(14, 2)``).
+MAX_MONEY = Decimal("999999999999.99")
+
+MAX_UNIT_PRICE = Decimal("100000.00")
+MAX_LINE_QUANTITY = 10_000
+MAX_ORDER_LINES = 100
+MAX_ORDER_TOTAL = MAX_UNIT_PRICE * MAX_LINE_QUANTITY * MAX_ORDER_LINES
+#: Units an operator may set as a product's available stock.
+MAX_STOCK = 1_000_000_000
+
+_MONEY_ERROR = 'money must be a string of ASCII digits with at most two decimal places, e.g. "12.50"'
+
+
+def _strict_money(value: Any) -> Decimal:
+    """Accept a ``Decimal`` (from our own code or the database) or canonical text."""
+    if isinstance(value, Decimal):
+        amount = value
+    elif isinstance(value, str) and _MONEY_TEXT.fullmatch(value):
+        amount = Decimal(value)
+    else:
+        raise ValueError(_MONEY_ERROR)
+    if not amount.is_finite() or amount.is_signed():
+        raise ValueError(_MONEY_ERROR)
+    exponent = amount.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -2:
+        raise ValueError(_MONEY_ERROR)
+    return amount
+
+
+def _as_text(value: Decimal) -> str:
+    return format(value, "f")
+
+
+_MONEY_JSON: dict[str, Any] = {
+    "type": "string",
+    "pattern": MONEY_PATTERN,
+    "description": "an exact amount: ASCII digits, at most two decimal places",
+    "examples": ["12.50"],
+}
+
+#: Money is exact: a Decimal with at most two places, written as a string on the wire.
+Money = Annotated[
+    Decimal,
+    BeforeValidator(_strict_money),
+    Field(max_digits=14, decimal_places=2, ge=0),
+    PlainSerializer(_as_text, return_type=str, when_used="json"),
+    WithJsonSchema(_MONEY_JSON),
+]
+
+#: A unit price in the catalogue.
+UnitPrice = Annotated[Money, Field(le=MAX_UNIT_PRICE)]
+
+#: A balance as shown (never as input): any number of digits, two places.
+Balance = Annotated[
+    Decimal,
+    PlainSerializer(_as_text, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,2})?$"}),
+]
+
+#: Identifiers chosen by users (customers, products): short, printable, no spaces.
+ExternalId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+#: A machine-readable reason code, e.g. ``insufficient_funds``.
+ReasonCode = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")]
+
+#: A JSON integer, never a bool or a string of digits.
+StrictInt = Annotated[int, Field(strict=True)]
+
+
+def storable(text: str) -> str:
+    """Refuse text PostgreSQL cannot store or UTF-8 cannot encode, and control characters."""
+    for ch in text:
+        code = ord(ch)
+        if (code < 0x20 and ch not in "\t\n") or code == 0x7F or 0xD800 <= code <= 0xDFFF:
+            raise ValueError(f"text must not contain the control or surrogate character U+{code:04X}")
+    return text
+
+
+#: Free text that is stored: no NUL, no control characters, no lone surrogates.
+SafeText = Annotated[str, AfterValidator(storable)]
+
+
+def printable(text: str, limit: int = 2000) -> str:
+    """``text`` made safe to store and show: control characters, NUL and lone surrogates
+    escaped (``\\x00``, ``\\ud800``), cut to ``limit`` characters. For text that comes from
+    outside and is only reported (exception messages, dead-letter reasons)."""
+    out = []
+    for ch in text[: limit + 1]:
+        code = ord(ch)
+        if (code < 0x20 and ch not in "\t\n") or code == 0x7F or 0xD800 <= code <= 0xDFFF:
+            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
+        else:
+            out.append(ch)
+    result = "".join(out)
+    return result if len(result) <= limit else result[: limit - 1] + "…"
