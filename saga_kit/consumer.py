@@ -1,6 +1,8 @@
 """The consumer loop shared by every service.
 
-``MessageProcessor.process`` handles one Kafka record and is the whole contract:
+``MessageProcessor.process`` handles one Kafka record and is the whole contract. It
+returns only once the record is *accounted for* — handled, ignored, a duplicate, or
+dead-lettered with a reason — and only then does the caller ack it:
 
 1. Decode with the shared codec. Invalid bytes → dead letter (row + dead-letter topic,
    with reason, source topic, partition and offset), then return: the partition moves on.
@@ -13,17 +15,21 @@
    backoff, forever: an event is never skipped because a dependency is down.
 5. Any other exception from a handler is a bug or a poison event: it is dead-lettered
    with the exception as the reason, so one bad event never halts the partition; the
-   dead letter keeps the original bytes for replay.
+   dead letter keeps the original bytes and headers for replay.
+6. An unexpected error in the pipeline itself (not in a handler: storing the dead letter,
+   reading the headers …) is never acked past: ``process`` retries the record with
+   backoff until it goes through, ``stats.stuck`` names the record and the error (so
+   ``/health/ready`` answers 503 with it), and consumption of that stream waits. A fixed
+   build, once deployed, gets the record again from the last committed offset.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +39,12 @@ from sqlalchemy import text
 from events.codec import InvalidEvent, decode
 from events.envelope import Envelope
 from events.topics import dead_letter_topic
+from events.values import printable
+from saga_kit import headers as kafka_headers
 from saga_kit import inbox, logs, tracing
 from saga_kit.db import Database, UnitOfWork
 from saga_kit.errors import is_transient
+from saga_kit.headers import Headers
 from saga_kit.histogram import Histogram
 
 log = logging.getLogger(__name__)
@@ -45,14 +54,19 @@ Handler = Callable[[UnitOfWork, Envelope[Any]], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Record:
-    """A Kafka record, independent of the client library that fetched it."""
+    """A Kafka record, independent of the client library that fetched it. Any field
+    may be anything Kafka allows: no key, no value (a tombstone), header values that are
+    null or not text."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: Sequence[tuple[str, bytes]] = ()
+    headers: Headers = ()
+
+    def where(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
 class Outcome(enum.Enum):
@@ -91,6 +105,9 @@ class ConsumerStats:
     #: event_type → seconds spent in the handler's transaction (inbox, handler, commit).
     latency: dict[str, Histogram] = field(default_factory=dict)
     retrying: bool = False
+    #: (topic, partition) → the record that cannot get through the pipeline itself and
+    #: the error (module doc, 6); empty when everything flows.
+    stuck: dict[tuple[str, int], str] = field(default_factory=dict)
     #: (topic, partition) → the next offset to process (last processed + 1).
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -110,15 +127,38 @@ class MessageProcessor:
         subscription: Subscription,
         *,
         max_backoff: float = 5.0,
+        fault: str | None = None,
     ) -> None:
         self.service = service
         self._db = db
         self._sub = subscription
         self._max_backoff = max_backoff
+        #: Fault injection (tests): ``consumer.pipeline_error`` makes every record fail
+        #: inside the pipeline, as a bug in it would.
+        self._fault = fault
         self.stats = ConsumerStats()
 
     async def process(self, record: Record) -> Outcome:
-        """Handle one record; an event that cannot be processed is dead-lettered."""
+        """Handle one record, or dead-letter it; return only when it is accounted for
+        (module doc, 6: an error of the pipeline itself is retried, never skipped)."""
+        delay = 0.1
+        while True:
+            try:
+                outcome = await self._process_once(record)
+            except Exception as exc:  # the record must not be acked: see module doc, 6
+                self.stats.stuck[(record.topic, record.partition)] = (
+                    f"{record.where()}: {type(exc).__name__}: {printable(str(exc), 300)}"
+                )
+                log.exception("pipeline failed on %s; retrying in %.1fs", record.where(), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_backoff)
+                continue
+            self.stats.stuck.pop((record.topic, record.partition), None)
+            return outcome
+
+    async def _process_once(self, record: Record) -> Outcome:
+        if self._fault == "consumer.pipeline_error":
+            raise RuntimeError("fault injection: consumer.pipeline_error")
         attempt = await self.attempt(record)
         if attempt.outcome is Outcome.DEAD_LETTERED:
             reason = attempt.reason or "unknown"
@@ -190,7 +230,7 @@ class MessageProcessor:
             reason = exc.reason
         except Exception as exc:  # a poison event must not halt the partition: see module doc
             log.exception("handler for %s failed; dead-lettering", envelope.event_type)
-            reason = f"handler error: {type(exc).__name__}: {exc}"
+            reason = f"handler error: {type(exc).__name__}: {printable(str(exc), 1000)}"
         return Attempt(envelope.event_type, Outcome.DEAD_LETTERED, reason)
 
     async def _retrying(self, work: Callable[[], Awaitable[Outcome]]) -> Outcome:
@@ -209,8 +249,10 @@ class MessageProcessor:
                 delay = min(delay * 2, self._max_backoff)
 
     async def _dead_letter(self, record: Record, reason: str) -> Outcome:
-        """Keep the original bytes with the reason, in the table and the dead-letter topic."""
-        log.error("dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+        """Keep the original bytes and headers with the reason, in the table and the
+        dead-letter topic."""
+        reason = dead_letter_reason(reason)
+        log.error("dead letter from %s: %s", record.where(), reason)
         headers = [
             *record.headers,
             ("dlq.reason", reason.encode()),
@@ -219,12 +261,13 @@ class MessageProcessor:
             ("dlq.source_offset", str(record.offset).encode()),
             ("dlq.service", self.service.encode()),
         ]
+        header_keys, header_values = kafka_headers.to_columns(record.headers)
         async with self._db.unit_of_work() as uow:
             inserted = await uow.conn.scalar(
                 text(
-                    "INSERT INTO dead_letters"
-                    " (source_topic, source_partition, source_offset, key, value, headers, reason)"
-                    " VALUES (:t, :p, :o, :k, :v, CAST(:h AS JSONB), :r)"
+                    "INSERT INTO dead_letters (source_topic, source_partition, source_offset,"
+                    " key, value, header_keys, header_values, reason)"
+                    " VALUES (:t, :p, :o, :k, :v, CAST(:hk AS BYTEA[]), CAST(:hv AS BYTEA[]), :r)"
                     " ON CONFLICT DO NOTHING RETURNING id"
                 ),
                 {
@@ -233,7 +276,8 @@ class MessageProcessor:
                     "o": record.offset,
                     "k": record.key,
                     "v": record.value,
-                    "h": json.dumps([[k, v.decode("utf-8", "replace")] for k, v in record.headers]),
+                    "hk": header_keys,
+                    "hv": header_values,
                     "r": reason,
                 },
             )
@@ -245,3 +289,8 @@ class MessageProcessor:
                     headers=headers,
                 )
         return Outcome.DEAD_LETTERED
+
+
+def dead_letter_reason(reason: str) -> str:
+    """A reason as stored and sent: printable and bounded, whatever the error said."""
+    return printable(reason, 2000) or "unknown"

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from events.envelope import Envelope, EventPayload, P, new_envelope
 from saga_kit import outbox, tracing
+from saga_kit.headers import Headers
 
 _SAGA_LOCK_NAMESPACE = 7_301_003  # arbitrary, constant: first key of per-saga advisory locks
 
@@ -69,7 +70,7 @@ class UnitOfWork:
         self.outbox_rows += 1
         return envelope
 
-    async def emit_raw(self, *, topic: str, key: bytes | None, value: bytes, headers: outbox.Headers) -> None:
+    async def emit_raw(self, *, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
         """Queue bytes that are not a domain event (a dead letter) for publishing."""
         await outbox.add_raw(
             self.conn, event_id=uuid.uuid4(), topic=topic, key=key, value=value, headers=headers

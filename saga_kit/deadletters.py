@@ -17,20 +17,60 @@ moved on (saga_kit.consumer). An operator then decides, per letter:
 from __future__ import annotations
 
 import base64
-import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from saga_kit.consumer import MessageProcessor, Outcome, Record
+from events.codec import peek
+from events.values import printable
+from saga_kit import headers as kafka_headers
+from saga_kit.consumer import MessageProcessor, Outcome, Record, dead_letter_reason
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection
 from saga_kit.http import DatabaseDep
 
 Status = Literal["PENDING", "REPLAYED", "DISCARDED"]
+
+#: How much of a body, key or header value the API shows; the exact bytes of a body are at
+#: ``GET /dead-letters/{id}/value``. A dead letter may hold anything up to the broker's
+#: message size, and one huge or strange letter must never hide the others.
+VALUE_PREVIEW = 4096
+HEADER_PREVIEW = 512
+
+
+class BytesView(BaseModel):
+    """Bytes as they can be shown: ``text`` when they are UTF-8 (control characters
+    escaped), else ``base64``; both cut to a preview (``truncated``), ``size`` in bytes."""
+
+    size: int
+    text: str | None
+    base64: str | None
+    truncated: bool
+
+    @classmethod
+    def of(cls, head: bytes, limit: int, size: int | None = None) -> BytesView:
+        """A view of ``head``, the first bytes (at least ``limit`` + 1 if there are more)
+        of ``size`` bytes in all (default: ``head`` is all of them)."""
+        size = len(head) if size is None else size
+        head = head[:limit]
+        truncated = size > limit
+        # a multi-byte character cut by the preview does not make the bytes binary
+        for cut in range(4 if truncated else 1):
+            try:
+                shown = head[: len(head) - cut].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            return cls(size=size, text=printable(shown, limit), base64=None, truncated=truncated)
+        return cls(size=size, text=None, base64=base64.b64encode(head).decode(), truncated=truncated)
+
+
+class HeaderView(BaseModel):
+    key: str
+    #: None for a null header value (Kafka allows them).
+    value: BytesView | None
 
 
 class DeadLetterSummary(BaseModel):
@@ -42,17 +82,18 @@ class DeadLetterSummary(BaseModel):
     source_offset: int
     event_type: str | None
     order_id: str | None
+    #: Size of the original body in bytes (None for a record without one).
+    value_size: int | None
     replay_attempts: int
     created_at: datetime
     resolved_at: datetime | None
 
 
 class DeadLetter(DeadLetterSummary):
-    key: str | None
-    headers: list[tuple[str, str]]
-    #: The original bytes as UTF-8 text (undecodable bytes replaced) and exactly, base64.
-    value_text: str | None
-    value_base64: str | None
+    key: BytesView | None
+    headers: list[HeaderView]
+    #: The original body; its exact bytes are at ``/dead-letters/{id}/value``.
+    value: BytesView | None
 
 
 class ReplayResult(BaseModel):
@@ -71,34 +112,21 @@ class StillFailing(DomainRejection):
         super().__init__("replay_failed", f"dead letter {letter_id} failed again: {reason}")
 
 
-_COLUMNS = (
-    "id, status, reason, source_topic, source_partition, source_offset, key, value, headers,"
-    " replay_attempts, created_at, resolved_at"
+_SUMMARY = (
+    "id, status, reason, source_topic, source_partition, source_offset, replay_attempts,"
+    " created_at, resolved_at, octet_length(value) AS value_size,"
+    # enough of the body to find its event type and order id without loading all of it
+    f" CASE WHEN octet_length(value) <= {VALUE_PREVIEW * 16} THEN value END AS peekable"
 )
 
 
-def _peek(value: bytes | None) -> tuple[str | None, str | None]:
-    """Best-effort event type and order id of raw bytes, for listing only."""
-    try:
-        data = json.loads(value or b"")
-    except ValueError:
-        return None, None
-    if not isinstance(data, dict):
-        return None, None
-    event_type, order_id = data.get("event_type"), data.get("order_id")
-    return (
-        event_type if isinstance(event_type, str) else None,
-        order_id if isinstance(order_id, str) else None,
-    )
-
-
 def _summary(row: Any) -> dict[str, Any]:
-    value = None if row.value is None else bytes(row.value)
-    event_type, order_id = _peek(value)
+    event_type, order_id = peek(None if row.peekable is None else bytes(row.peekable))
     return {
         **{k: getattr(row, k) for k in DeadLetterSummary.model_fields if hasattr(row, k)},
+        "reason": printable(row.reason),
         "event_type": event_type,
-        "order_id": order_id,
+        "order_id": None if order_id is None else str(order_id),
     }
 
 
@@ -106,7 +134,7 @@ async def list_letters(db: Database, status: Status | None, limit: int) -> list[
     async with db.engine.connect() as conn:
         rows = await conn.execute(
             text(
-                f"SELECT {_COLUMNS} FROM dead_letters WHERE (CAST(:s AS TEXT) IS NULL OR status = :s)"
+                f"SELECT {_SUMMARY} FROM dead_letters WHERE (CAST(:s AS TEXT) IS NULL OR status = :s)"
                 " ORDER BY id DESC LIMIT :n"
             ),
             {"s": status, "n": limit},
@@ -114,45 +142,66 @@ async def list_letters(db: Database, status: Status | None, limit: int) -> list[
         return [DeadLetterSummary.model_validate(_summary(r)) for r in rows]
 
 
-async def get_letter(db: Database, letter_id: int) -> DeadLetter:
+async def _row(db: Database, letter_id: int, columns: str) -> Any:
     async with db.engine.connect() as conn:
         row = (
-            await conn.execute(text(f"SELECT {_COLUMNS} FROM dead_letters WHERE id = :i"), {"i": letter_id})
+            await conn.execute(text(f"SELECT {columns} FROM dead_letters WHERE id = :i"), {"i": letter_id})
         ).first()
     if row is None:
         raise LookupError(letter_id)
-    value = None if row.value is None else bytes(row.value)
-    key = None if row.key is None else bytes(row.key).decode("utf-8", "replace")
-    return DeadLetter.model_validate(
-        {
-            **_summary(row),
-            "key": key,
-            "headers": [(k, v) for k, v in row.headers],
-            "value_text": None if value is None else value.decode("utf-8", "replace"),
-            "value_base64": None if value is None else base64.b64encode(value).decode(),
-        }
+    return row
+
+
+async def get_letter(db: Database, letter_id: int) -> DeadLetter:
+    row = await _row(
+        db,
+        letter_id,
+        f"{_SUMMARY}, substring(key FOR {HEADER_PREVIEW + 1}) AS key_head, octet_length(key) AS key_size,"
+        f" substring(value FOR {VALUE_PREVIEW + 1}) AS value_head, header_keys, header_values",
     )
+    key = None if row.key_head is None else BytesView.of(bytes(row.key_head), HEADER_PREVIEW, row.key_size)
+    value = (
+        None if row.value_head is None else BytesView.of(bytes(row.value_head), VALUE_PREVIEW, row.value_size)
+    )
+    headers = [
+        HeaderView(
+            key=printable(k, HEADER_PREVIEW), value=None if v is None else BytesView.of(v, HEADER_PREVIEW)
+        )
+        for k, v in kafka_headers.from_columns(row.header_keys, row.header_values)
+    ]
+    return DeadLetter.model_validate({**_summary(row), "key": key, "headers": headers, "value": value})
 
 
-async def _pending(db: Database, letter_id: int) -> DeadLetter:
-    letter = await get_letter(db, letter_id)
-    if letter.status != "PENDING":
-        raise NotPending(letter_id, letter.status)
-    return letter
+async def original_value(db: Database, letter_id: int) -> bytes | None:
+    """The exact bytes of the dead letter's body."""
+    row = await _row(db, letter_id, "value")
+    return None if row.value is None else bytes(row.value)
+
+
+async def _pending_record(db: Database, letter_id: int) -> Record:
+    """The original record, exactly as it arrived, of a letter that is still PENDING."""
+    row = await _row(
+        db,
+        letter_id,
+        "status, source_topic, source_partition, source_offset, key, value, header_keys, header_values",
+    )
+    if row.status != "PENDING":
+        raise NotPending(letter_id, row.status)
+    return Record(
+        topic=row.source_topic,
+        partition=row.source_partition,
+        offset=row.source_offset,
+        key=None if row.key is None else bytes(row.key),
+        value=None if row.value is None else bytes(row.value),
+        headers=kafka_headers.from_columns(row.header_keys, row.header_values),
+    )
 
 
 async def replay(db: Database, processor: MessageProcessor, letter_id: int) -> ReplayResult:
-    letter = await _pending(db, letter_id)
-    record = Record(
-        topic=letter.source_topic,
-        partition=letter.source_partition,
-        offset=letter.source_offset,
-        key=None if letter.key is None else letter.key.encode(),
-        value=None if letter.value_base64 is None else base64.b64decode(letter.value_base64),
-        headers=[(k, v.encode()) for k, v in letter.headers if not k.startswith("dlq.")],
-    )
+    record = await _pending_record(db, letter_id)
     attempt = await processor.attempt(record)
     failed = attempt.outcome is Outcome.DEAD_LETTERED
+    reason = dead_letter_reason(attempt.reason or "unknown") if failed else None
     async with db.unit_of_work() as uow:
         await uow.conn.execute(
             text(
@@ -162,15 +211,15 @@ async def replay(db: Database, processor: MessageProcessor, letter_id: int) -> R
                 " resolved_at = CASE WHEN :failed THEN NULL ELSE clock_timestamp() END"
                 " WHERE id = :i"
             ),
-            {"failed": failed, "reason": attempt.reason, "i": letter_id},
+            {"failed": failed, "reason": reason, "i": letter_id},
         )
-    if failed:
-        raise StillFailing(letter_id, attempt.reason or "unknown")
+    if reason is not None:
+        raise StillFailing(letter_id, reason)
     return ReplayResult(id=letter_id, status="REPLAYED", outcome=attempt.outcome.value)
 
 
 async def discard(db: Database, letter_id: int) -> DeadLetterSummary:
-    await _pending(db, letter_id)
+    await _pending_record(db, letter_id)
     async with db.unit_of_work() as uow:
         await uow.conn.execute(
             text(
@@ -181,6 +230,9 @@ async def discard(db: Database, letter_id: int) -> DeadLetterSummary:
         )
     return await get_letter(db, letter_id)
 
+
+#: A dead letter's id: a positive BIGINT.
+LetterId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 router = APIRouter(prefix="/dead-letters", tags=["dead letters"])
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such dead letter"}}
@@ -200,15 +252,30 @@ async def get_dead_letters(
 
 
 @router.get("/{letter_id}", response_model=DeadLetter, responses=_NOT_FOUND)
-async def get_dead_letter(letter_id: int, db: DatabaseDep) -> DeadLetter:
+async def get_dead_letter(letter_id: LetterId, db: DatabaseDep) -> DeadLetter:
+    """One dead letter with its reason, source, key, headers and a preview of its body."""
     try:
         return await get_letter(db, letter_id)
     except LookupError:
         raise HTTPException(404, f"dead letter {letter_id} not found") from None
 
 
+@router.get(
+    "/{letter_id}/value",
+    response_class=Response,
+    responses={**_NOT_FOUND, 200: {"content": {"application/octet-stream": {}}}},
+)
+async def get_dead_letter_value(letter_id: LetterId, db: DatabaseDep) -> Response:
+    """The exact original bytes of the dead letter's body (empty for a record without one)."""
+    try:
+        value = await original_value(db, letter_id)
+    except LookupError:
+        raise HTTPException(404, f"dead letter {letter_id} not found") from None
+    return Response(value or b"", media_type="application/octet-stream")
+
+
 @router.post("/{letter_id}/replay", response_model=ReplayResult, responses={**_NOT_FOUND, **_CONFLICT})
-async def post_replay(letter_id: int, db: DatabaseDep, request: Request) -> ReplayResult:
+async def post_replay(letter_id: LetterId, db: DatabaseDep, request: Request) -> ReplayResult:
     """Process the original bytes again through this service's consumer pipeline."""
     try:
         return await replay(db, request.app.state.processor, letter_id)
@@ -217,7 +284,7 @@ async def post_replay(letter_id: int, db: DatabaseDep, request: Request) -> Repl
 
 
 @router.post("/{letter_id}/discard", response_model=DeadLetterSummary, responses={**_NOT_FOUND, **_CONFLICT})
-async def post_discard(letter_id: int, db: DatabaseDep) -> DeadLetterSummary:
+async def post_discard(letter_id: LetterId, db: DatabaseDep) -> DeadLetterSummary:
     """Mark it as not needing processing; it is pruned later."""
     try:
         return await discard(db, letter_id)

@@ -2,9 +2,11 @@
 
 Agents receive raw bytes (``value_serializer="raw"``) so the shared codec in ``events``
 is the only deserializer, and an undecodable message reaches the processor to be
-dead-lettered instead of being dropped inside the client library. Faust acks an event
-when the agent asks for the next one, i.e. after ``MessageProcessor.process`` returned
-(after the handler's transaction committed), and commits acked offsets periodically.
+dead-lettered instead of being dropped inside the client library. Acks are manual
+(``noack``): an event is acked only after ``MessageProcessor.process`` returned, i.e. after
+it was handled or dead-lettered and that transaction committed; faust commits acked
+offsets periodically. (faust's default acks in a ``finally``, so an exception or a
+cancellation at shutdown would ack a record that was never applied.)
 
 Settings follow the measured behaviour of the embedded broker (DESIGN §2): short session
 timeouts for quick group joins, ``earliest`` offset reset, no faust tables, no leader
@@ -60,6 +62,11 @@ def build_faust_app(
         broker_rebalance_timeout=6,
         broker_commit_interval=1.0,
         producer_acks=-1,
+        # A rebalance or a stop must not wait for a record still in processing: one that
+        # cannot get through (saga_kit.consumer, 6) would hold up the whole consumer
+        # group. Only acked offsets are committed, so an in-flight record is redelivered
+        # to whoever owns its partition next, and the inbox keeps its effect single.
+        stream_wait_empty=False,
     )
     app.saga_fetch_max_wait_ms = fetch_max_wait_ms  # type: ignore[attr-defined]
     for topic_name in topics:
@@ -77,7 +84,8 @@ def _add_agent(app: faust.App, topic_name: str, processor: MessageProcessor) -> 
     )
 
     async def consume(stream: Any) -> None:
-        async for event in stream.events():
+        manual = stream.noack()
+        async for event in manual.events():
             message = event.message
             await processor.process(
                 Record(
@@ -89,5 +97,6 @@ def _add_agent(app: faust.App, topic_name: str, processor: MessageProcessor) -> 
                     headers=list(message.headers or ()),
                 )
             )
+            await manual.ack(event)
 
     app.agent(topic, name=f"{processor.service}.{topic_name}")(consume)

@@ -86,6 +86,12 @@ async def render(
         f"saga_dead_letters{s} {dead}",
         *header("saga_consumer_retrying", "gauge", "1 while the consumer retries a transient failure."),
         f"saga_consumer_retrying{s} {int(stats.retrying)}",
+        *header(
+            "saga_consumer_stuck_partitions",
+            "gauge",
+            "Partitions held at a record the pipeline itself cannot take (not acked, retried).",
+        ),
+        f"saga_consumer_stuck_partitions{s} {len(stats.stuck)}",
     ]
     for metric, what, attr in (
         ("saga_job_runs_total", "Completed runs of a scheduled job.", "runs"),

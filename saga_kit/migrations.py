@@ -108,4 +108,27 @@ PLUMBING: tuple[Migration, ...] = (
             "CREATE INDEX inbox_age ON inbox (processed_at)",
         ),
     ),
+    Migration(
+        "saga_kit",
+        3,
+        "binary_headers",
+        # Headers as two aligned BYTEA[] columns (saga_kit.headers): JSONB could hold
+        # neither a NUL nor bytes that are not UTF-8, nor a null value, so a record with
+        # such a header could not be dead-lettered.
+        tuple(
+            statement
+            for table in ("outbox", "dead_letters")
+            for statement in (
+                f"ALTER TABLE {table} ADD COLUMN header_keys BYTEA[] NOT NULL DEFAULT '{{}}',"
+                " ADD COLUMN header_values BYTEA[] NOT NULL DEFAULT '{}'",
+                f"UPDATE {table} SET"
+                " header_keys = ARRAY(SELECT convert_to(h->>0, 'UTF8')"
+                "   FROM jsonb_array_elements(headers) WITH ORDINALITY AS e(h, n) ORDER BY n),"
+                " header_values = ARRAY(SELECT convert_to(h->>1, 'UTF8')"
+                "   FROM jsonb_array_elements(headers) WITH ORDINALITY AS e(h, n) ORDER BY n)"
+                " WHERE headers <> '[]'::jsonb",
+                f"ALTER TABLE {table} DROP COLUMN headers",
+            )
+        ),
+    ),
 )

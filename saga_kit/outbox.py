@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import random
@@ -34,17 +33,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from events.codec import encode
 from events.envelope import Envelope
 from events.topics import TOPIC_OF_PRODUCER
+from saga_kit import headers as kafka_headers
 from saga_kit import tracing
 from saga_kit.errors import is_kafka_error, is_transient
+from saga_kit.headers import Headers
 
 log = logging.getLogger(__name__)
 
 _RELAY_LOCK_KEY = 7_301_002  # arbitrary, constant: "outbox relay" advisory lock
 
-Headers = list[tuple[str, bytes]]
 
-
-def envelope_headers(envelope: Envelope[Any]) -> Headers:
+def envelope_headers(envelope: Envelope[Any]) -> list[tuple[str, bytes | None]]:
     """Headers that let tools route and filter without decoding the body."""
     return [
         ("event_type", envelope.event_type.encode()),
@@ -75,17 +74,19 @@ async def add_raw(
     value: bytes,
     headers: Headers,
 ) -> None:
+    header_keys, header_values = kafka_headers.to_columns(headers)
     await conn.execute(
         text(
-            "INSERT INTO outbox (event_id, topic, key, value, headers)"
-            " VALUES (:event_id, :topic, :key, :value, CAST(:headers AS JSONB))"
+            "INSERT INTO outbox (event_id, topic, key, value, header_keys, header_values)"
+            " VALUES (:event_id, :topic, :key, :value, CAST(:hk AS BYTEA[]), CAST(:hv AS BYTEA[]))"
         ),
         {
             "event_id": event_id,
             "topic": topic,
             "key": key,
             "value": value,
-            "headers": json.dumps([[k, v.decode("utf-8", "replace")] for k, v in headers]),
+            "hk": header_keys,
+            "hv": header_values,
         },
     )
 
@@ -149,7 +150,7 @@ class OutboxRelay:
             rows = (
                 await conn.execute(
                     text(
-                        "SELECT id, topic, key, value, headers FROM outbox"
+                        "SELECT id, topic, key, value, header_keys, header_values FROM outbox"
                         " WHERE sent_at IS NULL ORDER BY id LIMIT :n"
                     ),
                     {"n": self._batch_size},
@@ -162,7 +163,7 @@ class OutboxRelay:
             futures: list[Awaitable[Any]] = []
             spans = []
             for row in rows:
-                headers = [(k, v.encode()) for k, v in row.headers]
+                headers = kafka_headers.from_columns(row.header_keys, row.header_values)
                 span = tracing.start_span(
                     f"publish {row.topic}",
                     kind=SpanKind.PRODUCER,
@@ -189,7 +190,8 @@ class OutboxRelay:
             )
         self.published += len(rows)
         for row in rows:
-            event_type = next((v for k, v in row.headers if k == "event_type"), "<raw>")
+            stored = kafka_headers.from_columns(row.header_keys, row.header_values)
+            event_type = kafka_headers.text(stored, "event_type") or "<raw>"
             key = (row.topic, event_type)
             self.published_by_type[key] = self.published_by_type.get(key, 0) + 1
         return len(rows)

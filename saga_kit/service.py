@@ -116,7 +116,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             fault=settings.fault,
         )
         db.set_on_commit(relay.wake)
-        processor = MessageProcessor(spec.name, db, spec.subscription)
+        processor = MessageProcessor(spec.name, db, spec.subscription, fault=settings.fault)
         jobs = (PRUNING, *spec.periodic)
         job_stats = {job.name: JobStats() for job in jobs}
         consumers = build_faust_app(
@@ -130,6 +130,9 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
         async def consumers_running() -> None:
             if not consumers.started or consumers.crashed:
                 raise RuntimeError(f"consumers {consumers.state}")
+            if processor.stats.stuck:
+                where = "; ".join(processor.stats.stuck[tp] for tp in sorted(processor.stats.stuck))
+                raise RuntimeError(f"consumer stuck (not acked, retrying) at {where}")
             if processor.stats.retrying:
                 raise RuntimeError("consumer is retrying a transient failure")
 

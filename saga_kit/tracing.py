@@ -35,6 +35,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, Span, SpanKind
 
+from saga_kit.headers import Header, Headers, text_map
+
 TRACEPARENT = "traceparent"
 _tracer = trace.get_tracer("saga_kit")
 
@@ -98,10 +100,10 @@ def configure(service: str, exporter: str, directory: str | None) -> TracerProvi
     return provider
 
 
-# -- carriers: Kafka/outbox headers are (str, bytes) pairs ---------------------------------
+# -- carriers: Kafka/outbox headers are (str, bytes | None) pairs (saga_kit.headers) -------
 
 
-def inject(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+def inject(headers: Headers) -> list[Header]:
     """``headers`` with the current trace context (replacing any earlier one)."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
@@ -109,10 +111,12 @@ def inject(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     return kept + [(k, v.encode()) for k, v in carrier.items()]
 
 
-def extract(headers: Sequence[tuple[str, bytes]] | Mapping[str, str]) -> otel_context.Context:
+def extract(headers: Headers | Mapping[str, str]) -> otel_context.Context:
+    """The trace context carried by ``headers``; headers that are null or not text are
+    ignored, and a malformed ``traceparent`` starts a new trace."""
     if isinstance(headers, Mapping):
         return propagate.extract(headers)
-    return propagate.extract({k: v.decode("utf-8", "replace") for k, v in headers})
+    return propagate.extract(text_map(headers))
 
 
 def current_traceparent() -> str | None:

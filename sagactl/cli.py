@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Column, Table
+from rich.text import Text
 
 console = Console()
 app = typer.Typer(help=__doc__, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False)
@@ -108,8 +109,8 @@ def dlq_list(
                 d["status"],
                 d["event_type"] or "?",
                 (d["order_id"] or "")[:8],
-                f"{d['source_topic']}[{d['source_partition']}]@{d['source_offset']}",
-                d["reason"],
+                Text(f"{d['source_topic']}[{d['source_partition']}]@{d['source_offset']}"),
+                Text(d["reason"]),  # never read as markup: it quotes what arrived
                 str(d["replay_attempts"]),
                 d["created_at"][:19],
             )
@@ -125,19 +126,34 @@ def dlq_show(ctx: typer.Context, service: ServiceArg, letter_id: int) -> None:
     d = _call("GET", f"{_urls(ctx).of(service)}/dead-letters/{letter_id}")
     meta = Table.grid(padding=(0, 2))
     for key in ("status", "reason", "event_type", "order_id", "replay_attempts", "created_at", "resolved_at"):
-        meta.add_row(key, str(d[key]))
+        meta.add_row(key, Text(str(d[key])))  # never read as markup: it quotes what arrived
     meta.add_row(
         "source", f"{d['source_topic']} partition {d['source_partition']} offset {d['source_offset']}"
     )
-    meta.add_row("key", str(d["key"]))
-    for k, v in d["headers"]:
-        meta.add_row(f"header {k}", v)
+    meta.add_row("key", Text(_shown(d["key"])))
+    for h in d["headers"]:
+        meta.add_row(Text(f"header {h['key']}"), Text(_shown(h["value"])))
     console.print(Panel(meta, title=f"{service} dead letter {letter_id}"))
-    text = d["value_text"] or ""
-    try:
-        console.print(Syntax(json.dumps(json.loads(text), indent=2), "json"))
-    except ValueError:
-        console.print(f"raw value (base64): {d['value_base64']}")
+    value = d["value"]
+    if value is not None and value["text"] is not None and not value["truncated"]:
+        try:
+            console.print(Syntax(json.dumps(json.loads(value["text"]), indent=2), "json"))
+            return
+        except ValueError:
+            pass
+    console.print(Text(f"value: {_shown(value)}"))
+    if value is not None and value["truncated"]:
+        console.print(
+            f"(all {value['size']} bytes: GET {_urls(ctx).of(service)}/dead-letters/{letter_id}/value)"
+        )
+
+
+def _shown(view: dict[str, Any] | None) -> str:
+    """A BytesView of the dead-letter API as one line."""
+    if view is None:
+        return "(null)"
+    shown = view["text"] if view["text"] is not None else f"base64:{view['base64']}"
+    return shown + (f" … ({view['size']} bytes)" if view["truncated"] else "")
 
 
 @dlq.command("replay")

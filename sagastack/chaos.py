@@ -15,7 +15,7 @@ What it does, in one run directory of its own:
    * a **database restart** (all three services lose every connection at once);
    * **duplicates**: a tap consumer re-publishes a share of all domain events at once,
      and another share **late** (seconds afterwards, after newer events of the saga);
-   * **poison messages** on every domain topic.
+   * **poison messages** on every domain topic, some with null, NUL or non-UTF-8 headers.
 4. After the last fault it waits for quiescence, then checks every invariant of
    DESIGN §5 against the three databases, plus: every order a client was told about
    exists, and the only dead letters are the poison messages it sent.
@@ -255,9 +255,20 @@ class Chaos:
         await producer.start()
         try:
             samples = [b"\x00\xffnot json", b"[]", b'{"event_type": "OrderTeleported", "schema_version": 1}']
+            # headers Kafka allows and a pipeline may choke on: null, NUL, not UTF-8
+            odd_headers: list[list[tuple[str, bytes | None]]] = [
+                [("x-null", None)],
+                [("x-note", b"a\x00b"), ("x-bin", b"\xff\xfe")],
+                [],
+            ]
             for i in range(self.cfg.poison):
                 topic = DOMAIN_TOPICS[i % len(DOMAIN_TOPICS)]
-                await producer.send_and_wait(topic, samples[i % len(samples)], key=POISON_KEY)
+                await producer.send_and_wait(
+                    topic,
+                    samples[i % len(samples)],
+                    key=POISON_KEY,
+                    headers=odd_headers[(i // len(DOMAIN_TOPICS)) % len(odd_headers)],
+                )
                 self.report.fault("poison", topic)
         finally:
             await producer.stop()
@@ -326,7 +337,7 @@ class Chaos:
             ).json()
             for d in letters:
                 detail = httpx.get(f"{self.system.url(name)}/dead-letters/{d['id']}").json()
-                if detail["key"] == POISON_KEY.decode():
+                if (detail["key"] or {}).get("text") == POISON_KEY.decode():
                     poison += 1
                 else:
                     v.append(

@@ -7,6 +7,7 @@ import uuid
 from decimal import Decimal
 
 from events import PaymentCompleted, encode
+from saga_kit import headers as kafka_headers
 from tests.integration.conftest import ServiceUnderTest, add_product, event
 from tests.unit.samples import order_created
 
@@ -26,12 +27,13 @@ async def test_garbage_is_dead_lettered_with_source_and_reason_then_processing_c
     assert "not an event envelope" in row.reason
     assert bytes(row.value) == b"{not json"
     published = await inventory.rows(
-        "SELECT headers FROM outbox WHERE topic = 'inventory_svc.deadletter' AND value = :v",
+        "SELECT header_keys, header_values FROM outbox"
+        " WHERE topic = 'inventory_svc.deadletter' AND value = :v",
         v=b"{not json",
     )
-    headers = dict(published[-1].headers)
-    assert headers["dlq.source_offset"] == str(offset)
-    assert "not an event envelope" in headers["dlq.reason"]
+    headers = dict(kafka_headers.from_columns(published[-1].header_keys, published[-1].header_values))
+    assert headers["dlq.source_offset"] == str(offset).encode()
+    assert b"not an event envelope" in (headers["dlq.reason"] or b"")
 
     # redelivery of the same record does not dead-letter it twice
     await inventory.deliver_bytes(b"{not json", "orders.events", offset)

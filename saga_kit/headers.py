@@ -1,0 +1,57 @@
+"""Kafka record headers, whatever they carry.
+
+A header is a ``(key, value)`` pair: the key a string (any Unicode, NUL included), the
+value any bytes *or None* — Kafka allows null header values. Nothing here assumes the
+value is text. Headers are stored in PostgreSQL as two aligned ``BYTEA[]`` columns
+(``header_keys`` UTF-8 encoded, ``header_values``): a TEXT or JSONB column can hold neither
+NUL nor bytes that are not UTF-8, and a dead letter must keep exactly what arrived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+Header = tuple[str, bytes | None]
+Headers = Sequence[Header]
+
+
+def to_columns(headers: Headers) -> tuple[list[bytes], list[bytes | None]]:
+    """``(header_keys, header_values)`` for the two BYTEA[] columns."""
+    return [k.encode("utf-8", "surrogatepass") for k, _ in headers], [v for _, v in headers]
+
+
+def from_columns(keys: Iterable[Any] | None, values: Iterable[Any] | None) -> list[Header]:
+    """The headers stored by ``to_columns``, exactly."""
+    return [
+        (bytes(k).decode("utf-8", "surrogatepass"), None if v is None else bytes(v))
+        for k, v in zip(keys or (), values or (), strict=True)
+    ]
+
+
+def text(headers: Headers, key: str) -> str | None:
+    """The value of the last header named ``key`` as text, or None when it is absent, null
+    or not UTF-8."""
+    for k, v in reversed(headers):
+        if k == key:
+            if v is None:
+                return None
+            try:
+                return v.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+    return None
+
+
+def text_map(headers: Headers) -> dict[str, str]:
+    """The headers that are text, as a mapping (a trace-context carrier); null and
+    non-UTF-8 values are left out, a later header wins over an earlier one."""
+    out: dict[str, str] = {}
+    for k, v in headers:
+        if v is None:
+            continue
+        try:
+            out[k] = v.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return out

@@ -1,0 +1,182 @@
+"""Every record is accounted for: handled, ignored, a duplicate, or dead-lettered with a
+reason — whatever it carries — and an error of the pipeline itself never lets it go."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import uuid
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import event as observe
+from hypothesis import strategies as st
+
+from events import encode
+from events.values import printable
+from saga_kit import deadletters
+from saga_kit.consumer import MessageProcessor, Outcome, Record
+from tests.integration.conftest import ServiceUnderTest, add_product, event
+from tests.unit.samples import order_created
+
+_offsets = itertools.count(50_000_000 + uuid.uuid4().int % 10_000_000)
+
+
+def record(value: bytes | None, headers: list[tuple[str, bytes | None]], key: bytes | None = b"k") -> Record:
+    return Record("orders.events", 3, next(_offsets), key, value, headers)
+
+
+async def accounted(svc: ServiceUnderTest, rec: Record, outcome: Outcome) -> None:
+    """The record left a trace: a dead letter the tooling can show, or an inbox claim."""
+    if outcome is Outcome.DEAD_LETTERED:
+        rows = await svc.rows(
+            "SELECT id, reason FROM dead_letters WHERE source_topic = :t AND source_partition = :p"
+            " AND source_offset = :o",
+            t=rec.topic,
+            p=rec.partition,
+            o=rec.offset,
+        )
+        assert len(rows) == 1 and rows[0].reason
+        shown = await deadletters.get_letter(svc.db, rows[0].id)
+        shown.model_dump_json()  # renders, whatever it holds
+        assert [h.key for h in shown.headers] == [printable(k, 512) for k, _ in rec.headers]
+        assert (await deadletters._pending_record(svc.db, rows[0].id)) == rec  # kept exactly
+    elif outcome in (Outcome.HANDLED, Outcome.DUPLICATE):
+        event_id = json.loads(rec.value or b"{}")["event_id"]
+        claimed = await svc.scalar(
+            "SELECT COUNT(*) FROM inbox WHERE consumer = :c AND event_id = :e", c=svc.spec.name, e=event_id
+        )
+        assert claimed == 1
+    else:
+        assert outcome is Outcome.IGNORED
+
+
+async def test_a_null_header_value_is_no_obstacle(inventory: ServiceUnderTest) -> None:
+    """Failing input 1: ``("x-null", None)`` — a valid event is handled, garbage is a
+    dead letter whose null header is shown as null."""
+    pid = await add_product(inventory, 5)
+    valid = encode(event(order_created({pid: 1}, customer="c"), uuid.uuid4()))
+    for value, expected in ((valid, Outcome.HANDLED), (b"x", Outcome.DEAD_LETTERED)):
+        rec = record(value, [("x-null", None)])
+        outcome = await inventory.processor.process(rec)
+        assert outcome is expected
+        await accounted(inventory, rec, outcome)
+    letters = await deadletters.list_letters(inventory.db, "PENDING", 5)
+    shown = await deadletters.get_letter(inventory.db, letters[0].id)
+    assert [(h.key, h.value) for h in shown.headers] == [("x-null", None)]
+
+
+async def test_a_nul_byte_in_a_header_is_kept_exactly_and_shown_escaped(inventory: ServiceUnderTest) -> None:
+    """Failing input 2: body ``garbage``, header ``("x-note", b"a\\x00b")``."""
+    rec = record(b"garbage", [("x-note", b"a\x00b"), ("x-bin", b"\xff\xfe")])
+    outcome = await inventory.processor.process(rec)
+    assert outcome is Outcome.DEAD_LETTERED
+    await accounted(inventory, rec, outcome)
+    letter = (await deadletters.list_letters(inventory.db, "PENDING", 1))[0]
+    shown = await deadletters.get_letter(inventory.db, letter.id)
+    note, binary = shown.headers
+    assert note.value is not None and note.value.text == "a\\x00b"
+    assert binary.value is not None and binary.value.text is None and binary.value.base64 == "//4="
+
+
+async def test_one_huge_nested_letter_never_hides_the_others(payment: ServiceUnderTest) -> None:
+    """Failing input 4: ``b"[" * 60000`` is dead-lettered, and listing, showing and
+    discarding every letter still work."""
+    earlier = record(b"not json either", [])
+    await payment.processor.process(earlier)
+    nested = record(b"[" * 60000, [])
+    assert await payment.processor.process(nested) is Outcome.DEAD_LETTERED
+    letters = await deadletters.list_letters(payment.db, "PENDING", 1000)
+    ids = {d.source_offset: d.id for d in letters}
+    assert {earlier.offset, nested.offset} <= ids.keys()
+    shown = await deadletters.get_letter(payment.db, ids[nested.offset])
+    assert shown.value is not None
+    assert shown.value.size == 60000 and shown.value.truncated
+    assert len(shown.value.text or "") <= deadletters.VALUE_PREVIEW
+    assert await deadletters.original_value(payment.db, shown.id) == b"[" * 60000
+    assert (await deadletters.discard(payment.db, shown.id)).status == "DISCARDED"
+
+
+class _BrokenStore(MessageProcessor):
+    """A pipeline whose dead-letter store fails the first ``failures`` times, as a bug or
+    an unforeseen input in the pipeline itself would."""
+
+    def __init__(self, svc: ServiceUnderTest, failures: int) -> None:
+        super().__init__(svc.spec.name, svc.db, svc.spec.subscription, max_backoff=0.05)
+        self.failures = failures
+
+    async def _dead_letter(self, rec: Record, reason: str) -> Outcome:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("the dead-letter store is broken")
+        return await super()._dead_letter(rec, reason)
+
+
+async def test_an_error_in_the_pipeline_holds_the_record_until_it_goes_through(
+    inventory: ServiceUnderTest,
+) -> None:
+    processor = _BrokenStore(inventory, failures=3)
+    rec = record(b"poison", [])
+    task = asyncio.create_task(processor.process(rec))
+    for _ in range(200):
+        if processor.stats.stuck:
+            break
+        await asyncio.sleep(0.01)
+    stuck = processor.stats.stuck[(rec.topic, rec.partition)]
+    assert rec.where() in stuck and "dead-letter store is broken" in stuck
+    assert not task.done()  # not returned, so the caller has not acked it
+    assert await asyncio.wait_for(task, 10) is Outcome.DEAD_LETTERED
+    assert processor.stats.stuck == {}
+    await accounted(inventory, rec, Outcome.DEAD_LETTERED)
+
+
+# -- whatever a record carries -------------------------------------------------------------
+
+_VALID = encode(event(order_created({"p-prop": 1}, customer="c"), uuid.uuid4()))
+_WIRE: dict[str, Any] = json.loads(_VALID)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@st.composite
+def mutated_envelope(draw: st.DrawFn) -> bytes:
+    """A real envelope with one field replaced, removed or added: the hard cases."""
+    wire = json.loads(json.dumps(_WIRE))
+    wire["event_id"] = str(uuid.UUID(int=draw(st.integers(0, 2**128 - 1))))
+    target = wire if draw(st.booleans()) else wire["payload"]
+    field = draw(st.sampled_from([*target.keys(), "extra"]))
+    if draw(st.booleans()):
+        target.pop(field, None)
+    else:
+        target[field] = draw(json_values)
+    return json.dumps(wire, allow_nan=True).encode("utf-8", "surrogatepass")
+
+
+values = st.one_of(
+    st.none(),
+    st.binary(max_size=300),
+    st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    mutated_envelope(),
+    st.integers(1, 3000).map(lambda n: b"[" * n + b"]" * n),
+    st.just(_VALID),  # the same event again: a duplicate
+    st.uuids().map(lambda order_id: encode(event(order_created({"p-prop": 1}, customer="c"), order_id))),
+)
+headers = st.lists(st.tuples(st.text(max_size=20), st.none() | st.binary(max_size=50)), max_size=4)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(value=values, hdrs=headers, key=st.none() | st.binary(max_size=40))
+async def test_any_record_is_handled_or_dead_lettered(
+    value: bytes | None, hdrs: list[tuple[str, bytes | None]], key: bytes | None, inventory: ServiceUnderTest
+) -> None:
+    rec = record(value, hdrs, key)
+    outcome = await asyncio.wait_for(inventory.processor.process(rec), 30)
+    assert inventory.processor.stats.stuck == {}
+    observe(outcome.value)  # --hypothesis-show-statistics: every outcome is exercised
+    await accounted(inventory, rec, outcome)
