@@ -39,12 +39,18 @@ async def _cancel(
         links=tracing.link_to_current(),
         attributes={"saga.order_id": str(order_id), "saga.cancel_reason": reason},
     ):
-        await _cancel_in_span(uow, order_id, customer_id, reason)
+        await cancel_in(uow, order_id, customer_id, reason)
 
 
-async def _cancel_in_span(
-    uow: UnitOfWork, order_id: uuid.UUID, customer_id: str, reason: CancelReason
+async def cancel_in(
+    uow: UnitOfWork,
+    order_id: uuid.UUID,
+    customer_id: str,
+    reason: CancelReason,
+    causation_id: uuid.UUID | None = None,
 ) -> None:
+    """CANCELLED + OrderCancelled in ``uow``, whose caller holds the order's row lock and
+    has checked the transition (``domain.transition``)."""
     await uow.conn.execute(
         text(
             "UPDATE orders SET status = 'CANCELLED', reason = :r, updated_at = clock_timestamp()"
@@ -55,7 +61,7 @@ async def _cancel_in_span(
     await uow.emit(
         OrderCancelled(customer_id=customer_id, reason=reason),
         order_id=order_id,
-        causation_id=None,
+        causation_id=causation_id,
     )
 
 

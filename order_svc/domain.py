@@ -11,6 +11,12 @@ Triggers are either the event types the order service consumes or the two comman
 receives itself (``DeadlinePassed`` from its deadline sweeper, ``CancelRequested`` from
 the API). A REJECTED or CANCELLED order never changes again: an event that arrives for
 it late (or twice) is recorded in the timeline and has no effect.
+
+A deadline is a promise: once ``deadline_at`` has passed, a participant's reply that
+finds the order still PENDING does what the sweeper would have done — CANCELLED with
+reason ``timeout`` — whenever the sweeper happens to run. So a payment that completes
+after the deadline never approves the order; it is refunded like any other charge of a
+cancelled order.
 """
 
 from __future__ import annotations
@@ -43,6 +49,13 @@ _TRANSITIONS: dict[tuple[OrderStatus, str], OrderStatus] = {
 }
 
 
-def transition(current: OrderStatus, trigger: str) -> OrderStatus | None:
-    """The status ``trigger`` moves an order in ``current`` to, or None for no change."""
+#: The participants' replies that settle a PENDING order.
+REPLIES = frozenset({"PaymentCompleted", "PaymentFailed", "InventoryReservationFailed"})
+
+
+def transition(current: OrderStatus, trigger: str, *, overdue: bool = False) -> OrderStatus | None:
+    """The status ``trigger`` moves an order in ``current`` to, or None for no change.
+    ``overdue``: the order's deadline has passed (a reply then counts as the deadline)."""
+    if overdue and trigger in REPLIES:
+        trigger = DEADLINE_PASSED
     return _TRANSITIONS.get((current, trigger))

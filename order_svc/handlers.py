@@ -1,7 +1,9 @@
-"""Order service reactions to participants' events (steps 4, c1, c3)."""
+"""Order service reactions to participants' events (steps 4, c1, c3; c4 when a reply
+comes after the order's deadline)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
@@ -15,29 +17,46 @@ from events import (
     PaymentFailed,
 )
 from events.envelope import Envelope
+from order_svc.cancelling import cancel_in
 from order_svc.domain import OrderStatus, transition
 from saga_kit.consumer import Handler
 from saga_kit.db import UnitOfWork
 from saga_kit.errors import InvalidEvent
 
 
-async def _lock_order(uow: UnitOfWork, envelope: Envelope[Any]) -> tuple[OrderStatus, str]:
+@dataclass(frozen=True)
+class _Order:
+    status: OrderStatus
+    customer_id: str
+    #: Its deadline has passed (by the database's clock, the sweeper's too).
+    overdue: bool
+
+
+async def _lock_order(uow: UnitOfWork, envelope: Envelope[Any]) -> _Order:
     row = (
         await uow.conn.execute(
-            text("SELECT status, customer_id FROM orders WHERE order_id = :o FOR UPDATE"),
+            text(
+                "SELECT status, customer_id, deadline_at <= clock_timestamp() AS overdue"
+                " FROM orders WHERE order_id = :o FOR UPDATE"
+            ),
             {"o": envelope.order_id},
         )
     ).first()
     if row is None:
         raise InvalidEvent(f"{envelope.event_type} for unknown order {envelope.order_id}")
-    return OrderStatus(row.status), row.customer_id
+    return _Order(OrderStatus(row.status), row.customer_id, bool(row.overdue))
 
 
 async def _move(uow: UnitOfWork, envelope: Envelope[Any], reason: str | None) -> OrderStatus | None:
-    """Apply the status transition ``envelope`` causes, if any; return the new status."""
-    current, _ = await _lock_order(uow, envelope)
-    new = transition(current, envelope.event_type)
+    """Apply the status transition ``envelope`` causes, if any; return the new status,
+    or None when there is none or the reply came after the deadline — then the order is
+    cancelled as the sweeper would (``domain``: a deadline is a promise)."""
+    order = await _lock_order(uow, envelope)
+    new = transition(order.status, envelope.event_type, overdue=order.overdue)
     if new is None:
+        return None
+    if new is OrderStatus.CANCELLED:
+        await cancel_in(uow, envelope.order_id, order.customer_id, "timeout", causation_id=envelope.event_id)
         return None
     await uow.conn.execute(
         text(
