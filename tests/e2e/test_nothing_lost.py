@@ -1,0 +1,138 @@
+"""Nothing lost, whatever arrives: the inputs that once lost records, crashed agents,
+left a refund undone or answered 500 — each against the running system."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import httpx
+import psycopg
+from aiokafka import AIOKafkaProducer
+
+from events.values import MAX_MONEY
+from sagastack.client import SagaClient
+from sagastack.system import System
+from tests.e2e.conftest import UniqueIds, sagactl, seed
+from tests.e2e.test_faults import wait_until
+
+Headers = list[tuple[str, bytes | None]]
+
+
+def produce(system: System, topic: str, value: bytes, headers: Headers, key: bytes = b"lost?") -> None:
+    async def go() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=system.bootstrap, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, value=value, key=key, headers=headers)
+        finally:
+            await producer.stop()
+
+    asyncio.run(go())
+
+
+def letters_from(system: System, service: str, value: bytes) -> list[tuple[int, str]]:
+    with psycopg.connect(system.database_urls[service]) as conn:
+        return [
+            (i, r) for i, r in conn.execute("SELECT id, reason FROM dead_letters WHERE value = %s", (value,))
+        ]
+
+
+def ready(system: System, service: str) -> int:
+    return httpx.get(f"{system.url(service)}/health/ready", timeout=5).status_code
+
+
+def test_records_with_null_or_binary_headers_are_dead_lettered_not_lost(system: System) -> None:
+    """Failing inputs 1 and 2: a null header value, a NUL byte in a header."""
+    marker = uuid.uuid4().hex.encode()
+    produce(system, "orders.events", b"x" + marker, [("x-null", None)])
+    produce(system, "orders.events", b"garbage" + marker, [("x-note", b"a\x00b")])
+    for service in ("inventory_svc", "payment_svc"):
+        for value in (b"x" + marker, b"garbage" + marker):
+            wait_until(
+                lambda s=service, v=value: letters_from(system, s, v) != [], 30, f"{service}: {value!r}"
+            )
+            ((letter_id, reason),) = letters_from(system, service, value)
+            assert "not an event envelope" in reason
+            shown = httpx.get(f"{system.url(service)}/dead-letters/{letter_id}").json()
+            assert shown["headers"][0]["key"] in ("x-null", "x-note")
+        assert ready(system, service) == 200
+
+
+def test_a_huge_nested_letter_leaves_the_dead_letter_tooling_working(system: System) -> None:
+    """Failing input 4: ``b"[" * 60000``."""
+    poison = b"[" * 60000 + uuid.uuid4().hex.encode()
+    produce(system, "orders.events", poison, [])
+    for service in ("inventory_svc", "payment_svc"):
+        wait_until(lambda s=service: letters_from(system, s, poison) != [], 30, f"{service} dead-letters it")
+        ((letter_id, _),) = letters_from(system, service, poison)
+        base = f"{system.url(service)}/dead-letters"
+        for status in ("PENDING", "ALL", "DISCARDED", "REPLAYED"):
+            assert httpx.get(base, params={"status": status}).status_code == 200
+        shown = httpx.get(f"{base}/{letter_id}").json()
+        assert shown["value"]["size"] == len(poison) and shown["value"]["truncated"]
+        assert httpx.get(f"{base}/{letter_id}/value").content == poison
+        assert httpx.post(f"{base}/{letter_id}/discard").json()["status"] == "DISCARDED"
+    listed = sagactl(system, "dlq", "list", "--status", "ALL")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+
+
+def test_a_refund_is_owed_however_high_the_balance_was_set_since(client: SagaClient, uid: UniqueIds) -> None:
+    """Failing input 3: approved at 1.00, balance then set to the largest Money, cancelled."""
+    products, customers = seed(client, uid, {"cheap": ("1.00", 5)}, {"rich": "10.00"})
+    order_id = client.place_order(customers["rich"], {products["cheap"]: 1})
+    assert client.wait_for_events(order_id, {"InventoryCommitted"})["status"] == "APPROVED"
+    client.put_account(customers["rich"], MAX_MONEY)
+    client.cancel(order_id)
+    saga = client.wait_for_events(order_id, {"PaymentRefunded", "InventoryReleased"})
+    assert saga["explanation"]["compensated"] is True
+    assert Decimal(client.account(customers["rich"])["balance"]) == MAX_MONEY + Decimal("1.00")
+
+
+def test_requests_that_once_answered_500_get_a_reason(system: System) -> None:
+    """Failing input 5: a bare ``NaN`` body, a non-ASCII digit in ``Last-Event-ID``."""
+    with httpx.Client(base_url=system.url("payment_svc")) as http:  # one keep-alive connection
+        nan = http.put(
+            "/accounts/nan-test", content=b'{"balance": NaN}', headers={"content-type": "application/json"}
+        )
+        assert nan.status_code == 422 and nan.json()["detail"][0]["loc"] == ["body", "balance"]
+        assert http.get("/accounts").status_code == 200  # the connection survived
+    digit = httpx.get(
+        f"{system.url('order_svc')}/saga-events/stream",
+        headers=[(b"Last-Event-ID", "²".encode())],
+        timeout=5,
+    )
+    assert digit.status_code == 422 and "Last-Event-ID" in digit.text
+
+
+def test_a_record_the_pipeline_cannot_take_is_not_acked_and_comes_back_after_the_fix(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """A bug in the pipeline itself (simulated): readiness names the stuck record and the
+    partition waits; the fixed build gets the same record again and applies it once."""
+    products, customers = seed(client, uid, {"held": ("3.00", 2)}, {"hal": "10.00"})
+    system.stop_service("payment_svc")
+    # not ready: it cannot take a single record
+    system.start_service("payment_svc", env={"SAGA_FAULT": "consumer.pipeline_error"}, wait=False)
+    try:
+        order_id = client.place_order(customers["hal"], {products["held"]: 1}, deadline_seconds=600)
+        url = f"{system.url('payment_svc')}/health/ready"
+
+        def stuck_on_inventory_events() -> bool:
+            try:
+                check = httpx.get(url).json()["checks"]["consumers"]
+            except (httpx.HTTPError, ValueError, KeyError):
+                return False  # still starting
+            return "consumer stuck" in check.get("error", "") and "inventory.events" in check["error"]
+
+        wait_until(stuck_on_inventory_events, 60, "payment reports the stuck record")
+        assert httpx.get(url).status_code == 503
+        assert client.order(order_id)["status"] == "PENDING"
+    finally:  # the "fix" is deployed
+        system.stop_service("payment_svc")
+        system.start_service("payment_svc", env={"SAGA_FAULT": ""})
+    saga = client.wait_for_events(order_id, {"InventoryCommitted"})
+    assert saga["status"] == "APPROVED"
+    assert [e["event_type"] for e in saga["events"]].count("PaymentCompleted") == 1
+    assert client.account(customers["hal"])["balance"] == "7.00"
