@@ -1,152 +1,403 @@
-"""``make bench``: place N orders against the running system and measure.
+"""``make bench``: measure the saga on a running system — figures, never a pass/fail timer.
 
 Starts the system in a fresh run directory, seeds enough stock and money for every
-order to be approved, places N orders over HTTP with C concurrent clients, waits until
-every order is terminal, then prints sagas completed per second and the p50/p95/p99
-latency from the start of each POST to the moment its order became terminal (the
-order's own ``updated_at``; same machine, same clock). No target: the figure is the
-baseline. It also checks the invariants, so a fast-but-wrong run cannot pass.
+order to be approved, and offers orders in one of two ways:
+
+* **closed loop** (default): N orders from C concurrent clients, each POSTing as soon as
+  its previous POST answered — the most the system accepts;
+* **open loop** (``--rate R``): orders at a fixed offered rate, each sent at its
+  scheduled time whatever happened to earlier ones, so latency is measured from the
+  *scheduled* send time and a stalled system cannot hide its queue (no coordinated
+  omission). ``--sweep`` steps the rate up and prints one row per rate.
+
+It prints sagas completed per second, p50/p95/p99 latency to the order's terminal state
+(the order's own ``updated_at``; same machine, same clock), the **CPU per saga** of the
+stack's processes (services, broker, database and its backends; measured from outside
+with psutil, not counting the load generator, whose own CPU is printed beside it), and the
+**same-run ceiling**: the null saga (``sagastack.nullsaga``), the same produce→consume
+hops through the same broker with no database and no handlers. It also checks the
+invariants, so a fast-but-wrong run cannot pass.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import psycopg
 
 from sagastack import invariants
 from sagastack.client import SagaClient
+from sagastack.cpu import CpuMeter, cpu_seconds
 from sagastack.progress import bar
 from sagastack.system import System
 
+#: Rates of ``--sweep`` when none are given (orders/s offered).
+SWEEP = (50, 100, 200, 300, 400, 500, 600)
 
-def percentile(values: list[float], q: float) -> float:
+
+def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-async def place_all(
-    order_url: str, n: int, concurrency: int, products: list[str], customers: list[str]
-) -> dict[str, float]:
-    with bar() as progress:
-        task = progress.add_task("placing orders", total=n)
-        return await _place_all(
-            order_url, n, concurrency, products, customers, lambda: progress.advance(task)
-        )
+@dataclass
+class Load:
+    """What one load phase offered and what came of it."""
+
+    offered_rate: float | None  # None: closed loop
+    #: order id → the moment it counts from (scheduled send time, or POST start)
+    started: dict[str, float] = field(default_factory=dict)
+    refused: int = 0  # 429/503 from admission control
+    refused_ms: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    placing_s: float = 0.0
+    generator_cpu_s: float = 0.0
 
 
-async def _place_all(
-    order_url: str,
+def _body(i: int, products: Sequence[str], customers: Sequence[str]) -> dict[str, Any]:
+    return {
+        "customer_id": customers[i % len(customers)],
+        "items": [{"product_id": products[i % len(products)], "quantity": 1}],
+        # throughput, not deadlines, is measured: a queued saga must not time out
+        "deadline_seconds": 3600,
+    }
+
+
+async def _post(
+    http: aiohttp.ClientSession, url: str, body: dict[str, Any], load: Load, counts_from: float
+) -> None:
+    try:
+        async with http.post(url, json=body) as r:
+            if r.status == 202:
+                load.started[(await r.json())["order_id"]] = counts_from
+            elif r.status in (429, 503):
+                load.refused += 1
+                load.refused_ms.append((time.time() - counts_from) * 1000)
+            else:
+                load.errors[f"HTTP {r.status}"] += 1
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        load.errors[type(exc).__name__] += 1
+
+
+async def closed_loop(
+    url: str,
     n: int,
     concurrency: int,
-    products: list[str],
-    customers: list[str],
+    products: Sequence[str],
+    customers: Sequence[str],
     advance: Callable[[], None],
-) -> dict[str, float]:
-    started: dict[str, float] = {}
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(n):
-        queue.put_nowait(i)
+) -> Load:
+    load = Load(None)
+    next_i = iter(range(n))
 
-    async def worker(client: httpx.AsyncClient) -> None:
-        while not queue.empty():
-            i = queue.get_nowait()
-            body = {
-                "customer_id": customers[i % len(customers)],
-                "items": [{"product_id": products[i % len(products)], "quantity": 1}],
-                # throughput, not deadlines, is measured here: no saga may time out queued
-                "deadline_seconds": 3600,
-            }
-            t0 = time.time()
-            r = await client.post(f"{order_url}/orders", json=body)
-            r.raise_for_status()
-            started[r.json()["order_id"]] = t0
+    async def client(http: aiohttp.ClientSession) -> None:
+        for i in next_i:
+            await _post(http, url, _body(i, products, customers), load, time.time())
             advance()
 
-    async with httpx.AsyncClient(timeout=30) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-    return started
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+    return load
 
 
-def wait_terminal(url: str, n: int, timeout: float) -> list[Any]:
+async def open_loop(
+    url: str,
+    n: int,
+    rate: float,
+    products: Sequence[str],
+    customers: Sequence[str],
+    advance: Callable[[], None],
+    first: int = 0,
+) -> Load:
+    """``n`` orders at ``rate``/s; order i is sent at t0 + i/rate, however late the earlier
+    answers are (each POST is its own task)."""
+    load = Load(rate)
+    connector = aiohttp.TCPConnector(limit=2000)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
+        t0 = time.time()
+        tasks = []
+        for i in range(n):
+            scheduled = t0 + i / rate
+            delay = scheduled - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(
+                _post(http, url, _body(first + i, products, customers), load, scheduled)
+            )
+            task.add_done_callback(lambda _: advance())
+            tasks.append(task)
+        await asyncio.gather(*tasks)
+    return load
+
+
+def _terminal(url: str, ids: Iterable[str], timeout: float) -> list[Any]:
+    """Wait until every order of ``ids`` is terminal (or ``timeout``); their rows."""
+    wanted = list(ids)
     end = time.monotonic() + timeout
     with psycopg.connect(url) as conn:
         while True:
             rows = conn.execute(
-                "SELECT order_id, status, updated_at FROM orders WHERE status <> 'PENDING'"
+                "SELECT order_id, status, updated_at FROM orders"
+                " WHERE order_id = ANY(%s::uuid[]) AND status <> 'PENDING'",
+                (wanted,),
             ).fetchall()
-            if len(rows) >= n or time.monotonic() > end:
+            if len(rows) >= len(wanted) or time.monotonic() > end:
                 return rows
             time.sleep(0.2)
 
 
+@dataclass
+class Figures:
+    """One measured phase."""
+
+    load: Load
+    rows: list[Any]
+    cpu: dict[str, float]
+
+    @property
+    def latencies_ms(self) -> list[float]:
+        return [
+            (datetime.timestamp(updated) - self.load.started[str(oid)]) * 1000
+            for oid, _, updated in self.rows
+        ]
+
+    @property
+    def elapsed_s(self) -> float:
+        if not self.rows:
+            return float("nan")
+        last = max(datetime.timestamp(updated) for _, _, updated in self.rows)
+        return last - min(self.load.started.values())
+
+    @property
+    def throughput(self) -> float:
+        return len(self.rows) / self.elapsed_s if self.rows else 0.0
+
+    def cpu_ms_per_saga(self) -> float:
+        return sum(self.cpu.values()) * 1000 / max(1, len(self.rows))
+
+
+def measure(
+    system: System, run: Callable[[Callable[[], None]], Coroutine[Any, Any, Load]], total: int, label: str
+) -> Figures:
+    meter = CpuMeter(system.stack_pids())
+    before = meter.sample()
+    gen_before = time.process_time()
+    with bar() as progress:
+        task = progress.add_task(label, total=total)
+        t0 = time.time()
+        load = asyncio.run(run(lambda: progress.advance(task)))
+        load.placing_s = time.time() - t0
+    load.generator_cpu_s = time.process_time() - gen_before
+    rows = _terminal(system.database_urls["order_svc"], load.started, timeout=120 + total / 5)
+    cpu = CpuMeter.spent(before, meter.sample())
+    return Figures(load, rows, cpu)
+
+
+def print_summary(f: Figures) -> None:
+    n = len(f.load.started)
+    statuses = Counter(status for _, status, _ in f.rows)
+    rate = f"{n / f.load.placing_s:.0f} POST/s" if f.load.placing_s else ""
+    offered = f", offered {f.load.offered_rate:.0f}/s" if f.load.offered_rate else ""
+    print(f"\norders placed        {n} in {f.load.placing_s:.1f} s ({rate}{offered})")
+    if f.load.refused or f.load.errors:
+        print(f"refused / errors     {f.load.refused} refused (429/503), errors {dict(f.load.errors) or 0}")
+    print(
+        f"sagas completed      {len(f.rows)} ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))})"
+    )
+    print(
+        f"throughput           {f.throughput:.1f} sagas/s (first POST → last terminal: {f.elapsed_s:.1f} s)"
+    )
+    lat = f.latencies_ms
+    if lat:
+        p50, p95, p99 = (percentile(lat, q) for q in (50, 95, 99))
+        counts = "scheduled send" if f.load.offered_rate else "POST"
+        print(
+            f"latency POST→final   p50 {p50:.0f} ms   p95 {p95:.0f} ms   p99 {p99:.0f} ms"
+            f"   mean {statistics.fmean(lat):.0f} ms  (from the {counts})"
+        )
+    per = ", ".join(f"{name} {s * 1000 / max(1, len(f.rows)):.1f}" for name, s in sorted(f.cpu.items()))
+    print(f"stack CPU            {sum(f.cpu.values()):.1f} s = {f.cpu_ms_per_saga():.1f} ms/saga  ({per})")
+    print(
+        f"load generator CPU   {f.load.generator_cpu_s:.1f} s"
+        f" ({f.load.generator_cpu_s * 1000 / max(1, n):.2f} ms/order; not in the stack's figure)"
+    )
+
+
+def ceiling(system: System, sagas: int, rate: float) -> dict[str, float] | None:
+    """Run the null saga through the same broker; its throughput and CPU per saga
+    (the null saga's process plus the broker's share)."""
+    if system.broker is None or system.broker.proc is None:
+        return None
+    broker = system.broker.proc.pid
+    before = cpu_seconds(broker)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sagastack.nullsaga",
+            "--bootstrap",
+            system.bootstrap,
+            "--sagas",
+            str(sagas),
+            "--rate",
+            str(rate),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    clients = 0.0
+    while proc.poll() is None:  # sample until it exits; a reaped child's CPU is gone
+        clients = max(clients, cpu_seconds(proc.pid))
+        time.sleep(0.2)
+    out, _ = proc.communicate()
+    if proc.returncode != 0:
+        return None
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    spent = clients + cpu_seconds(broker) - before
+    result["cpu_ms_per_saga"] = spent * 1000 / max(1, result["sagas"])
+    return result
+
+
+def print_ceiling(real: Figures, null: dict[str, float] | None) -> None:
+    if null is None:
+        print("ceiling (null saga)  not measured (external broker)")
+        return
+    print(
+        f"ceiling (null saga)  {null['throughput']:.0f} sagas/s, {null['cpu_ms_per_saga']:.2f} ms CPU/saga,"
+        f" p50 {null['p50_ms']:.0f} ms  (same hops, same broker, no database, no handlers)"
+    )
+    if real.rows:
+        print(
+            f"efficiency           CPU/saga {real.cpu_ms_per_saga() / null['cpu_ms_per_saga']:.1f}x"
+            " the ceiling's;"
+            f" throughput {100 * real.throughput / null['throughput']:.0f}% of it"
+        )
+
+
+def seed(system: System, products: Sequence[str], customers: Sequence[str], n: int) -> None:
+    client = SagaClient(system.url("order_svc"), system.url("inventory_svc"), system.url("payment_svc"))
+    with bar() as progress:
+        task = progress.add_task("seeding", total=len(products) + len(customers))
+        for pid in products:
+            client.put_product(pid, pid, Decimal("1.00"), n)
+            progress.advance(task)
+        for cid in customers:
+            client.put_account(cid, Decimal(n))
+            progress.advance(task)
+    client.close()
+
+
+def sweep(
+    system: System, args: argparse.Namespace, products: list[str], customers: list[str]
+) -> list[Figures]:
+    url = f"{system.url('order_svc')}/orders"
+    rows: list[Figures] = []
+    first = 0
+    print(
+        f"\n{'offered/s':>10} {'achieved/s':>11} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+        f"{'CPU ms/saga':>12} {'refused':>8} {'gen CPU ms/order':>17}"
+    )
+    for rate in args.sweep:
+        n = max(50, int(rate * args.step_seconds))
+
+        async def run(
+            advance: Callable[[], None], n: int = n, rate: float = rate, first: int = first
+        ) -> Load:
+            return await open_loop(url, n, rate, products, customers, advance, first)
+
+        f = measure(system, run, n, f"{rate:.0f} orders/s")
+        first += n
+        rows.append(f)
+        lat = f.latencies_ms or [float("nan")]
+        print(
+            f"{rate:>10.0f} {f.throughput:>11.1f} {percentile(lat, 50):>8.0f} {percentile(lat, 95):>8.0f}"
+            f" {percentile(lat, 99):>8.0f} {f.cpu_ms_per_saga():>12.1f} {f.load.refused:>8}"
+            f" {f.load.generator_cpu_s * 1000 / n:>17.2f}",
+            flush=True,
+        )
+        invariants.wait_for_quiescence(system.database_urls, timeout=120)
+    return rows
+
+
 def main(args: argparse.Namespace) -> int:
-    n, concurrency = args.orders, args.concurrency
+    n = args.orders
+    total_orders = n + (sum(max(50, int(r * args.step_seconds)) for r in args.sweep) if args.sweep else 0)
     products = [f"bench-p{i}" for i in range(args.products)]
     customers = [f"bench-c{i}" for i in range(args.customers)]
     with System(Path(args.run_dir), free_ports=True, fresh=True) as system:
-        client = SagaClient(system.url("order_svc"), system.url("inventory_svc"), system.url("payment_svc"))
-        with bar() as progress:
-            task = progress.add_task("seeding", total=len(products) + len(customers))
-            for pid in products:
-                client.put_product(pid, pid, Decimal("1.00"), n)
-                progress.advance(task)
-            for cid in customers:
-                client.put_account(cid, Decimal(n))
-                progress.advance(task)
-        client.close()
-        print(f"placing {n} orders with {concurrency} concurrent clients …", flush=True)
-        t0 = time.time()
-        started = asyncio.run(place_all(system.url("order_svc"), n, concurrency, products, customers))
-        placed_s = time.time() - t0
-        rows = wait_terminal(system.database_urls["order_svc"], n, timeout=60 + n / 5)
-        invariants.wait_for_quiescence(system.database_urls, timeout=60)
-        by_status: dict[str, int] = {}
-        latencies = []
-        last = 0.0
-        for order_id, status, updated_at in rows:
-            by_status[status] = by_status.get(status, 0) + 1
-            finished = datetime.timestamp(updated_at)
-            latencies.append((finished - started[str(order_id)]) * 1000)
-            last = max(last, finished)
-        violations = (
-            invariants.check(
-                system.database_urls,
-                {p: n for p in products},
-                {c: Decimal(n) for c in customers},
-            )
-            if len(rows) == n
-            else ["not every order reached a terminal state"]
+        seed(system, products, customers, total_orders)
+        url = system.url("order_svc") + "/orders"
+        if args.sweep:
+            figures = sweep(system, args, products, customers)
+            main_figures = max(figures, key=lambda f: f.throughput)
+        else:
+            if args.rate:
+                print(f"offering {n} orders at {args.rate:.0f}/s (open loop) …", flush=True)
+
+                async def run(advance: Callable[[], None]) -> Load:
+                    return await open_loop(url, n, args.rate, products, customers, advance)
+
+            else:
+                print(f"placing {n} orders with {args.concurrency} concurrent clients …", flush=True)
+
+                async def run(advance: Callable[[], None]) -> Load:
+                    return await closed_loop(url, n, args.concurrency, products, customers, advance)
+
+            figures = [measure(system, run, n, "placing orders")]
+            main_figures = figures[0]
+            print_summary(main_figures)
+        invariants.wait_for_quiescence(system.database_urls, timeout=120)
+        violations = invariants.check(
+            system.database_urls,
+            {p: total_orders for p in products},
+            {c: Decimal(total_orders) for c in customers},
         )
-    elapsed = last - min(started.values())
-    print(f"\norders placed        {n} in {placed_s:.1f} s ({n / placed_s:.0f} POST/s)")
-    print(f"sagas completed      {len(rows)} ({', '.join(f'{k} {v}' for k, v in sorted(by_status.items()))})")
-    rate = len(rows) / elapsed
-    print(f"throughput           {rate:.1f} sagas/s (first POST → last terminal: {elapsed:.1f} s)")
-    p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
-    print(
-        f"latency POST→final   p50 {p50:.0f} ms   p95 {p95:.0f} ms   p99 {p99:.0f} ms"
-        f"   mean {statistics.fmean(latencies):.0f} ms"
-    )
+        null = ceiling(system, args.ceiling_sagas, args.ceiling_rate) if args.ceiling_sagas else None
+    if args.sweep:
+        print(
+            f"\nbest step: {main_figures.throughput:.1f} sagas/s"
+            f" at {main_figures.load.offered_rate or 0:.0f} offered"
+        )
+    if args.ceiling_sagas:
+        print_ceiling(main_figures, null)
+    if any(len(f.rows) < len(f.load.started) for f in figures):
+        violations.append("not every accepted order reached a terminal state")
     for v in violations:
         print(f"FAIL: {v}")
     return 1 if violations else 0
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("bench", help="measure sagas/s and POST→terminal latency")
-    p.add_argument("--orders", type=int, default=2000)
-    p.add_argument("--concurrency", type=int, default=16)
+    p = sub.add_parser("bench", help="measure sagas/s, latency, CPU per saga and the same-run ceiling")
+    p.add_argument("--orders", type=int, default=2000, help="orders of the closed- or open-loop run")
+    p.add_argument("--concurrency", type=int, default=16, help="clients of the closed loop")
+    p.add_argument("--rate", type=float, default=None, help="open loop: orders offered per second")
+    p.add_argument(
+        "--sweep",
+        type=lambda s: [float(x) for x in s.split(",")],
+        nargs="?",
+        const=list(SWEEP),
+        default=None,
+        help=f"step the offered rate up (default {','.join(map(str, SWEEP))}) and print a table",
+    )
+    p.add_argument("--step-seconds", type=float, default=10.0, help="seconds offered per sweep step")
     p.add_argument("--products", type=int, default=20)
     p.add_argument("--customers", type=int, default=50)
+    p.add_argument("--ceiling-sagas", type=int, default=2000, help="null sagas for the ceiling (0: skip)")
+    p.add_argument("--ceiling-rate", type=float, default=2000.0, help="null sagas offered per second")
     p.add_argument("--run-dir", default=".run/bench")
     p.set_defaults(func=main)

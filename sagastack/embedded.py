@@ -192,12 +192,13 @@ class Postgres:
             i = options.index("-D")
             del options[i : i + 2]
         self._pg_ctl("-w", "-o", shlex.join(options), "start")
-        return self._pid()
+        return self.pid()
 
-    def _pid(self) -> int:
+    def pid(self) -> int:
+        """The running server's (postmaster's) pid."""
         return int((self.pgdata / "postmaster.pid").read_text().split()[0])
 
     def restart(self) -> int:
         """Restart in place (same data, same socket); return the new server's pid."""
         self._pg_ctl("-w", "-m", "fast", "restart")
-        return self._pid()
+        return self.pid()

@@ -217,6 +217,16 @@ class System:
         self.stop()
 
     # -- helpers ----------------------------------------------------------------------
+    def stack_pids(self) -> dict[str, int]:
+        """Pid of every process this system started: services, broker, database (whose
+        backends are its children)."""
+        pids = {n: sp.proc.pid for n, sp in self.services.items() if sp.proc and sp.proc.poll() is None}
+        if self.broker is not None and self.broker.proc is not None:
+            pids["broker"] = self.broker.proc.pid
+        if self.postgres is not None:
+            pids["postgres"] = self.postgres.pid()
+        return pids
+
     def url(self, name: str) -> str:
         return self.services[name].url
 
