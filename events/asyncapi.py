@@ -104,13 +104,14 @@ def render() -> str:
         for topic in spec.subscription.topics:
             channel = _camel(topic)
             owned = channels[channel]["messages"]
-            handled = sorted(t for t in spec.subscription.handlers if t in owned)
-            recorded = sorted(owned) if spec.subscription.observer else handled
+            reactions = spec.subscription.reactions
+            handled = sorted(c.event_type for c in reactions.handlers if c.event_type in owned)
+            recorded = sorted(owned) if reactions.observe else handled
             operations[_camel(spec.name, "consumes", topic)] = {
                 "action": "receive",
                 "channel": {"$ref": f"#/channels/{channel}"},
                 "summary": f"{spec.name} reacts to {', '.join(handled) or 'nothing'}"
-                + (" and records every event in the saga timeline" if spec.subscription.observer else ""),
+                + (" and records every event in the saga timeline" if reactions.observe else ""),
                 "messages": [{"$ref": f"#/channels/{channel}/messages/{n}"} for n in recorded],
             }
         dead = _camel(dead_letter_topic(spec.name))

@@ -1,16 +1,26 @@
 """Inventory reactions: reserve on OrderCreated (2), commit on OrderApproved (5),
 release on PaymentFailed (c2), release or restock on OrderCancelled (c5).
 
-Every handler is correct whatever order the events of one saga arrive in: settling only
-moves lines in the state it expects, and the first decision about each order is kept
-(``order_decisions``), so a late or repeated OrderCreated never reserves twice and one
-that arrives after the cancellation reserves nothing."""
+A batch at a time (``saga_kit.reactions``): ``load`` reads the batch's orders' decision
+records and reservation lines and locks the products they touch (in product-id order);
+each decide function applies one event to that state through the reservation rule
+(``inventory_svc.reservation``); ``save`` writes what changed in four statements.
+
+Every reaction is correct whatever order the events of one saga arrive in: settling
+only moves lines in the state it expects, and the first decision about each order is
+kept (``order_decisions``), so a late or repeated OrderCreated never reserves twice and
+one that arrives after the cancellation reserves nothing."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events import (
     InventoryCommitted,
@@ -24,82 +34,68 @@ from events import (
     StockLine,
 )
 from events.envelope import Envelope
-from inventory_svc.reservation import (
-    Refuse,
-    StockLevel,
-    plan_reservation,
-    requested_quantities,
-)
-from saga_kit.consumer import Handler
-from saga_kit.db import UnitOfWork
+from inventory_svc.reservation import Refuse, StockLevel, plan_reservation, requested_quantities
+from saga_kit.reactions import Reactions, Replies
+
+#: A product's stock buckets; ``available + reserved + sold`` only changes by an operator.
+BUCKETS = ("available", "reserved", "sold")
 
 
-async def _decide(uow: UnitOfWork, envelope: Envelope[Any], decision: str) -> bool:
-    """Record the first decision about this order; False if there was one already."""
-    inserted = await uow.conn.scalar(
-        text(
-            "INSERT INTO order_decisions (order_id, decision) VALUES (:o, :d)"
-            " ON CONFLICT DO NOTHING RETURNING 1"
-        ),
-        {"o": envelope.order_id, "d": decision},
-    )
-    return inserted is not None
+@dataclass
+class Product:
+    product_id: str
+    price: Decimal
+    available: int
+    reserved: int
+    sold: int
+    changed: bool = False
+
+    def move(self, quantity: int, source: str, target: str) -> None:
+        setattr(self, source, getattr(self, source) - quantity)
+        setattr(self, target, getattr(self, target) + quantity)
+        self.changed = True
 
 
-async def on_order_created(uow: UnitOfWork, envelope: Envelope[OrderCreated]) -> None:
-    """Reserve every line or none. Rows are locked in product-id order, so concurrent
-    reservations never deadlock, and the CHECK (available >= 0) backs the rule."""
-    order = envelope.payload
-    if not await _decide(uow, envelope, "RESERVED"):
-        return  # decided before: reserved or refused already, or the cancellation came first
-    wanted = requested_quantities(order.items)
-    rows = await uow.conn.execute(
-        text(
-            "SELECT product_id, available, price FROM products"
-            " WHERE product_id = ANY(:ids) ORDER BY product_id FOR UPDATE"
-        ),
-        {"ids": list(wanted)},
-    )
-    stock = {r.product_id: StockLevel(available=r.available, price=r.price) for r in rows}
-    decision = plan_reservation(wanted, stock)
-    if isinstance(decision, Refuse):
-        await uow.conn.execute(
-            text("UPDATE order_decisions SET decision = 'REFUSED' WHERE order_id = :o"),
-            {"o": envelope.order_id},
-        )
-        await uow.reply(
-            InventoryReservationFailed(
-                customer_id=order.customer_id,
-                reason=decision.reason,
-                product_ids=decision.product_ids,
-            ),
-            to=envelope,
-        )
-        return
-    for line in decision.lines:
-        await uow.conn.execute(
-            text(
-                "UPDATE products SET available = available - :q, reserved = reserved + :q,"
-                " updated_at = clock_timestamp() WHERE product_id = :p"
-            ),
-            {"q": line.quantity, "p": line.product_id},
-        )
-        await uow.conn.execute(
-            text(
-                "INSERT INTO reservations (order_id, product_id, quantity, unit_price, status)"
-                " VALUES (:o, :p, :q, :price, 'RESERVED')"
-            ),
-            {
-                "o": envelope.order_id,
-                "p": line.product_id,
-                "q": line.quantity,
-                "price": line.unit_price,
-            },
-        )
-    await uow.reply(
-        InventoryReserved(customer_id=order.customer_id, lines=decision.lines, total=decision.total),
-        to=envelope,
-    )
+@dataclass
+class Line:
+    """One product of an order's reservation."""
+
+    product_id: str
+    quantity: int
+    unit_price: Decimal
+    status: str
+    new: bool = False
+    changed: bool = False
+
+
+@dataclass
+class Stock:
+    """What a batch needs: products (locked), reservation lines and decisions of its orders."""
+
+    products: dict[str, Product] = field(default_factory=dict)
+    lines: dict[uuid.UUID, list[Line]] = field(default_factory=dict)
+    decisions: dict[uuid.UUID, str] = field(default_factory=dict)
+    new_decisions: dict[uuid.UUID, str] = field(default_factory=dict)
+
+    def decide_first(self, order_id: uuid.UUID, decision: str) -> bool:
+        """Record the first decision about an order; False if there was one already."""
+        if order_id in self.decisions:
+            return False
+        self.decisions[order_id] = self.new_decisions[order_id] = decision
+        return True
+
+    def settle(self, order_id: uuid.UUID, *, frm: str, to: str) -> tuple[StockLine, ...]:
+        """Move the order's lines in status ``frm`` to ``to`` and their units between
+        buckets; lines in any other status are left alone, which makes it idempotent."""
+        source, target = _MOVES[(frm, to)]
+        moved = []
+        for line in self.lines.get(order_id, []):
+            if line.status != frm:
+                continue
+            line.status, line.changed = to, True
+            self.products[line.product_id].move(line.quantity, source, target)
+            moved.append(StockLine(product_id=line.product_id, quantity=line.quantity))
+        return tuple(sorted(moved, key=lambda line: line.product_id))
 
 
 #: (from status, to status) → (product bucket taken from, bucket given to)
@@ -110,63 +106,148 @@ _MOVES = {
 }
 
 
-async def _settle(
-    uow: UnitOfWork, envelope: Envelope[Any], *, to: str, frm: str = "RESERVED"
-) -> tuple[StockLine, ...]:
-    """Move this order's lines in status ``frm`` to ``to`` and adjust the product buckets;
-    lines in any other status are left alone, which makes it idempotent."""
-    source, target = _MOVES[(frm, to)]
-    moved = await uow.conn.execute(
+async def load(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> Stock:
+    order_ids = sorted({e.order_id for e in events})
+    stock = Stock()
+    for row in await conn.execute(
+        text("SELECT order_id, decision FROM order_decisions WHERE order_id = ANY(:o)"), {"o": order_ids}
+    ):
+        stock.decisions[row.order_id] = row.decision
+    for row in await conn.execute(
         text(
-            "UPDATE reservations SET status = :to, updated_at = clock_timestamp()"
-            " WHERE order_id = :o AND status = :frm"
-            " RETURNING product_id, quantity"
+            "SELECT order_id, product_id, quantity, unit_price, status FROM reservations"
+            " WHERE order_id = ANY(:o) ORDER BY order_id, product_id"
         ),
-        {"to": to, "frm": frm, "o": envelope.order_id},
-    )
-    lines = tuple(
-        sorted(
-            (StockLine(product_id=r.product_id, quantity=r.quantity) for r in moved),
-            key=lambda line: line.product_id,
+        {"o": order_ids},
+    ):
+        stock.lines.setdefault(row.order_id, []).append(
+            Line(row.product_id, row.quantity, row.unit_price, row.status)
         )
-    )
-    for line in lines:
-        await uow.conn.execute(
+    wanted = {
+        item.product_id for e in events if isinstance(e.payload, OrderCreated) for item in e.payload.items
+    }
+    held = {line.product_id for lines in stock.lines.values() for line in lines}
+    # row locks in product-id order: concurrent batches never deadlock
+    for row in await conn.execute(
+        text(
+            "SELECT product_id, price, available, reserved, sold FROM products"
+            " WHERE product_id = ANY(:p) ORDER BY product_id FOR UPDATE"
+        ),
+        {"p": sorted(wanted | held)},
+    ):
+        stock.products[row.product_id] = Product(
+            row.product_id, row.price, row.available, row.reserved, row.sold
+        )
+    return stock
+
+
+async def save(conn: AsyncConnection, stock: Stock) -> None:
+    if stock.new_decisions:
+        await conn.execute(
             text(
-                f"UPDATE products SET {source} = {source} - :q, {target} = {target} + :q,"
-                " updated_at = clock_timestamp() WHERE product_id = :p"
+                "INSERT INTO order_decisions (order_id, decision)"
+                " SELECT * FROM unnest(CAST(:o AS UUID[]), CAST(:d AS TEXT[])) ON CONFLICT DO NOTHING"
             ),
-            {"q": line.quantity, "p": line.product_id},
+            {"o": list(stock.new_decisions), "d": list(stock.new_decisions.values())},
         )
-    return lines
+    lines = [(oid, line) for oid, ls in stock.lines.items() for line in ls]
+    new = [(oid, line) for oid, line in lines if line.new]
+    if new:
+        await conn.execute(
+            text(
+                "INSERT INTO reservations (order_id, product_id, quantity, unit_price, status)"
+                " SELECT * FROM unnest(CAST(:o AS UUID[]), CAST(:p AS TEXT[]), CAST(:q AS INT[]),"
+                " CAST(:u AS NUMERIC[]), CAST(:s AS TEXT[]))"
+            ),
+            {
+                "o": [oid for oid, _ in new],
+                "p": [line.product_id for _, line in new],
+                "q": [line.quantity for _, line in new],
+                "u": [line.unit_price for _, line in new],
+                "s": [line.status for _, line in new],
+            },
+        )
+    changed = [(oid, line) for oid, line in lines if line.changed and not line.new]
+    if changed:
+        await conn.execute(
+            text(
+                "UPDATE reservations r SET status = v.s, updated_at = clock_timestamp()"
+                " FROM unnest(CAST(:o AS UUID[]), CAST(:p AS TEXT[]), CAST(:s AS TEXT[])) AS v(o, p, s)"
+                " WHERE r.order_id = v.o AND r.product_id = v.p"
+            ),
+            {
+                "o": [oid for oid, _ in changed],
+                "p": [line.product_id for _, line in changed],
+                "s": [line.status for _, line in changed],
+            },
+        )
+    products = [p for p in stock.products.values() if p.changed]
+    if products:
+        await conn.execute(
+            text(
+                "UPDATE products p SET available = v.a, reserved = v.r, sold = v.s,"
+                " updated_at = clock_timestamp()"
+                " FROM unnest(CAST(:p AS TEXT[]), CAST(:a AS BIGINT[]), CAST(:r AS BIGINT[]),"
+                " CAST(:s AS BIGINT[])) AS v(p, a, r, s) WHERE p.product_id = v.p"
+            ),
+            {
+                "p": [p.product_id for p in products],
+                "a": [p.available for p in products],
+                "r": [p.reserved for p in products],
+                "s": [p.sold for p in products],
+            },
+        )
 
 
-async def on_order_approved(uow: UnitOfWork, envelope: Envelope[OrderApproved]) -> None:
-    lines = await _settle(uow, envelope, to="COMMITTED")
-    if lines:
-        await uow.reply(InventoryCommitted(lines=lines), to=envelope)
+reactions: Reactions[Stock] = Reactions(load, save)
 
 
-async def on_payment_failed(uow: UnitOfWork, envelope: Envelope[PaymentFailed]) -> None:
-    lines = await _settle(uow, envelope, to="RELEASED")
-    if lines:
-        await uow.reply(InventoryReleased(lines=lines), to=envelope)
+@reactions.on(OrderCreated)
+def on_order_created(stock: Stock, event: Envelope[OrderCreated]) -> Replies:
+    """Reserve every line or none, priced from the catalogue — once per order."""
+    order = event.payload
+    if event.order_id in stock.decisions:
+        return []  # decided before: reserved or refused already, or the cancellation came first
+    wanted = requested_quantities(order.items)
+    levels = {
+        pid: StockLevel(available=p.available, price=p.price)
+        for pid in wanted
+        if (p := stock.products.get(pid)) is not None
+    }
+    decision = plan_reservation(wanted, levels)
+    if isinstance(decision, Refuse):
+        stock.decide_first(event.order_id, "REFUSED")
+        return [
+            InventoryReservationFailed(
+                customer_id=order.customer_id, reason=decision.reason, product_ids=decision.product_ids
+            )
+        ]
+    stock.decide_first(event.order_id, "RESERVED")
+    held = stock.lines.setdefault(event.order_id, [])
+    for line in decision.lines:
+        stock.products[line.product_id].move(line.quantity, "available", "reserved")
+        held.append(Line(line.product_id, line.quantity, line.unit_price, "RESERVED", new=True))
+    return [InventoryReserved(customer_id=order.customer_id, lines=decision.lines, total=decision.total)]
 
 
-async def on_order_cancelled(uow: UnitOfWork, envelope: Envelope[OrderCancelled]) -> None:
-    """c5: give back whatever the order holds — a reservation is released, a sale (the order
-    was APPROVED, then cancelled) is restocked — and remember the cancellation."""
-    await _decide(uow, envelope, "CANCELLED")
-    released = await _settle(uow, envelope, to="RELEASED")
-    restocked = await _settle(uow, envelope, frm="COMMITTED", to="RESTOCKED")
+@reactions.on(OrderApproved)
+def on_order_approved(stock: Stock, event: Envelope[OrderApproved]) -> Replies:
+    lines = stock.settle(event.order_id, frm="RESERVED", to="COMMITTED")
+    return [InventoryCommitted(lines=lines)] if lines else []
+
+
+@reactions.on(PaymentFailed)
+def on_payment_failed(stock: Stock, event: Envelope[PaymentFailed]) -> Replies:
+    lines = stock.settle(event.order_id, frm="RESERVED", to="RELEASED")
+    return [InventoryReleased(lines=lines)] if lines else []
+
+
+@reactions.on(OrderCancelled)
+def on_order_cancelled(stock: Stock, event: Envelope[OrderCancelled]) -> Replies:
+    """c5: give back whatever the order holds — a reservation is released, a sale (the
+    order was APPROVED, then cancelled) is restocked — and remember the cancellation."""
+    stock.decide_first(event.order_id, "CANCELLED")
+    released = stock.settle(event.order_id, frm="RESERVED", to="RELEASED")
+    restocked = stock.settle(event.order_id, frm="COMMITTED", to="RESTOCKED")
     lines = tuple(sorted(released + restocked, key=lambda line: line.product_id))
-    if lines:
-        await uow.reply(InventoryReleased(lines=lines), to=envelope)
-
-
-HANDLERS: dict[str, Handler] = {
-    "OrderCreated": on_order_created,
-    "OrderApproved": on_order_approved,
-    "OrderCancelled": on_order_cancelled,
-    "PaymentFailed": on_payment_failed,
-}
+    return [InventoryReleased(lines=lines)] if lines else []

@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
+from opentelemetry import context as otel_context
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 from sqlalchemy import text
 
@@ -21,14 +22,28 @@ from order_svc import timeline
 from order_svc.cancelling import OrderNotFound, cancel_order
 from order_svc.domain import OrderStatus
 from order_svc.explain import COMPENSATING, explain
-from order_svc.placing import place_order
+from order_svc.placing import OrderDesk, PlaceOrder
 from order_svc.settings import Settings
+from saga_kit import tracing
 from saga_kit.http import DatabaseDep, SettingsDep
 
 router = APIRouter(tags=["orders"])
 
 
-class PlaceOrder(BaseModel):
+def get_desk(request: Request) -> OrderDesk:
+    """The service's order desk (group commit of POST /orders), created on first use."""
+    desk: OrderDesk | None = getattr(request.app.state, "order_desk", None)
+    if desk is None:
+        desk = request.app.state.order_desk = OrderDesk(request.app.state.db)
+    return desk
+
+
+DeskDep = Annotated[OrderDesk, Depends(get_desk)]
+
+
+class OrderRequest(BaseModel):
+    """The body of ``POST /orders``."""
+
     model_config = ConfigDict(extra="forbid")
 
     customer_id: ExternalId
@@ -120,19 +135,21 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_lengt
 
 @router.post("/orders", status_code=202, response_model=OrderAccepted)
 async def post_order(
-    body: PlaceOrder, db: DatabaseDep, settings: SettingsDep, key: IdempotencyKey = None
+    body: OrderRequest, desk: DeskDep, settings: SettingsDep, key: IdempotencyKey = None
 ) -> OrderAccepted:
     """Place an order. 202: the saga has started; poll the order for its outcome."""
     assert isinstance(settings, Settings)
     seconds = body.deadline_seconds if body.deadline_seconds is not None else settings.deadline_seconds
-    order_id, status = await place_order(
-        db,
+    command = PlaceOrder(
         body.customer_id,
-        body.items,
+        tuple(body.items),
         key,
         timedelta(seconds=seconds),
         deadline_requested=body.deadline_seconds is not None,
+        trace=otel_context.get_current(),
+        traceparent=tracing.current_traceparent(),
     )
+    order_id, status = await desk.place(command)
     return OrderAccepted(order_id=order_id, status=status)
 
 

@@ -3,7 +3,7 @@
 from events.topics import INVENTORY, PAYMENT
 from order_svc import api, dashboard_api, sagametrics, timeline
 from order_svc.cancelling import cancel_overdue
-from order_svc.handlers import HANDLERS
+from order_svc.handlers import reactions
 from order_svc.schema import MIGRATIONS
 from saga_kit.consumer import Subscription
 from saga_kit.periodic import Periodic
@@ -13,7 +13,7 @@ SPEC = ServiceSpec(
     name="order_svc",
     title="order_svc — places orders and keeps every saga's timeline",
     migrations=MIGRATIONS,
-    subscription=Subscription(topics=(INVENTORY, PAYMENT), handlers=HANDLERS, observer=timeline.observe),
+    subscription=Subscription(topics=(INVENTORY, PAYMENT), reactions=reactions),
     routers=lambda: [api.router, dashboard_api.router],
     emit_hooks=(timeline.record,),
     metrics=sagametrics.render,

@@ -58,7 +58,7 @@ async def cancel_in(
         ),
         {"r": reason, "o": order_id},
     )
-    await uow.emit(
+    uow.emit(
         OrderCancelled(customer_id=customer_id, reason=reason),
         order_id=order_id,
         causation_id=causation_id,

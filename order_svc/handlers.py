@@ -1,111 +1,151 @@
 """Order service reactions to participants' events (steps 4, c1, c3; c4 when a reply
-comes after the order's deadline)."""
+comes after the order's deadline).
+
+A batch at a time (``saga_kit.reactions``): ``load`` locks the batch's orders (in
+order-id order) with whether each is past its deadline by the database's clock — the
+sweeper's clock too; each decide function applies one event through the order's life
+cycle (``order_svc.domain``); ``save`` writes what changed. Every participant event also
+joins its saga's timeline (the observer, ``order_svc.timeline``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events import (
     InventoryReservationFailed,
     InventoryReserved,
     OrderApproved,
+    OrderCancelled,
     OrderRejected,
     PaymentCompleted,
     PaymentFailed,
 )
-from events.envelope import Envelope
-from order_svc.cancelling import cancel_in
+from events.envelope import Envelope, EventPayload
+from order_svc import timeline
 from order_svc.domain import OrderStatus, transition
-from saga_kit.consumer import Handler
-from saga_kit.db import UnitOfWork
 from saga_kit.errors import InvalidEvent
+from saga_kit.reactions import Reactions, Replies
 
 
-@dataclass(frozen=True)
-class _Order:
+@dataclass
+class Order:
     status: OrderStatus
     customer_id: str
     #: Its deadline has passed (by the database's clock, the sweeper's too).
     overdue: bool
+    reason: str | None
+    total: Decimal | None
+    #: product → unit price inventory quoted (set by InventoryReserved)
+    prices: dict[str, Decimal] = field(default_factory=dict)
+    changed: bool = False
 
 
-async def _lock_order(uow: UnitOfWork, envelope: Envelope[Any]) -> _Order:
-    row = (
-        await uow.conn.execute(
-            text(
-                "SELECT status, customer_id, deadline_at <= clock_timestamp() AS overdue"
-                " FROM orders WHERE order_id = :o FOR UPDATE"
-            ),
-            {"o": envelope.order_id},
+@dataclass
+class Orders:
+    orders: dict[uuid.UUID, Order] = field(default_factory=dict)
+
+    def get(self, event: Envelope[Any]) -> Order:
+        order = self.orders.get(event.order_id)
+        if order is None:
+            raise InvalidEvent(f"{event.event_type} for unknown order {event.order_id}")
+        return order
+
+
+async def load(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> Orders:
+    state = Orders()
+    for row in await conn.execute(
+        text(
+            "SELECT order_id, status, customer_id, reason, total, deadline_at <= clock_timestamp() AS overdue"
+            " FROM orders WHERE order_id = ANY(:o) ORDER BY order_id FOR UPDATE"
+        ),
+        {"o": sorted({e.order_id for e in events})},
+    ):
+        state.orders[row.order_id] = Order(
+            OrderStatus(row.status), row.customer_id, bool(row.overdue), row.reason, row.total
         )
-    ).first()
-    if row is None:
-        raise InvalidEvent(f"{envelope.event_type} for unknown order {envelope.order_id}")
-    return _Order(OrderStatus(row.status), row.customer_id, bool(row.overdue))
+    return state
 
 
-async def _move(uow: UnitOfWork, envelope: Envelope[Any], reason: str | None) -> OrderStatus | None:
-    """Apply the status transition ``envelope`` causes, if any; return the new status,
-    or None when there is none or the reply came after the deadline — then the order is
-    cancelled as the sweeper would (``domain``: a deadline is a promise)."""
-    order = await _lock_order(uow, envelope)
-    new = transition(order.status, envelope.event_type, overdue=order.overdue)
+async def save(conn: AsyncConnection, state: Orders) -> None:
+    changed = [(oid, o) for oid, o in state.orders.items() if o.changed]
+    if changed:
+        await conn.execute(
+            text(
+                "UPDATE orders o SET status = v.s, reason = v.r, total = v.t, updated_at = clock_timestamp()"
+                " FROM unnest(CAST(:o AS UUID[]), CAST(:s AS TEXT[]), CAST(:r AS TEXT[]),"
+                " CAST(:t AS NUMERIC[])) AS v(o, s, r, t) WHERE o.order_id = v.o"
+            ),
+            {
+                "o": [oid for oid, _ in changed],
+                "s": [o.status.value for _, o in changed],
+                "r": [o.reason for _, o in changed],
+                "t": [o.total for _, o in changed],
+            },
+        )
+    prices = [(oid, pid, price) for oid, o in state.orders.items() for pid, price in o.prices.items()]
+    if prices:
+        await conn.execute(
+            text(
+                "UPDATE order_items i SET unit_price = v.u"
+                " FROM unnest(CAST(:o AS UUID[]), CAST(:p AS TEXT[]), CAST(:u AS NUMERIC[])) AS v(o, p, u)"
+                " WHERE i.order_id = v.o AND i.product_id = v.p"
+            ),
+            {"o": [x[0] for x in prices], "p": [x[1] for x in prices], "u": [x[2] for x in prices]},
+        )
+
+
+reactions: Reactions[Orders] = Reactions(load, save, observe=timeline.observe)
+
+
+def _move(order: Order, event: Envelope[Any], reason: str | None) -> EventPayload | None:
+    """Apply the status transition ``event`` causes, if any; return the event that
+    announces it. A reply after the deadline cancels the order as the sweeper would
+    (``domain``: a deadline is a promise)."""
+    new = transition(order.status, event.event_type, overdue=order.overdue)
     if new is None:
         return None
+    order.status, order.changed = new, True
     if new is OrderStatus.CANCELLED:
-        await cancel_in(uow, envelope.order_id, order.customer_id, "timeout", causation_id=envelope.event_id)
-        return None
-    await uow.conn.execute(
-        text(
-            "UPDATE orders SET status = :s, reason = :r, updated_at = clock_timestamp() WHERE order_id = :o"
-        ),
-        {"s": new.value, "r": reason, "o": envelope.order_id},
-    )
-    return new
+        order.reason = "timeout"
+        return OrderCancelled(customer_id=order.customer_id, reason="timeout")
+    order.reason = reason
+    if new is OrderStatus.APPROVED:
+        return OrderApproved(customer_id=order.customer_id)
+    return OrderRejected(customer_id=order.customer_id, reason=reason or "rejected")
 
 
-async def on_inventory_reserved(uow: UnitOfWork, envelope: Envelope[InventoryReserved]) -> None:
+@reactions.on(InventoryReserved)
+def on_inventory_reserved(state: Orders, event: Envelope[InventoryReserved]) -> Replies:
     """Record the prices inventory quoted, so the order shows its total early."""
-    await _lock_order(uow, envelope)
-    await uow.conn.execute(
-        text("UPDATE orders SET total = :t WHERE order_id = :o"),
-        {"t": envelope.payload.total, "o": envelope.order_id},
-    )
-    for line in envelope.payload.lines:
-        await uow.conn.execute(
-            text("UPDATE order_items SET unit_price = :p WHERE order_id = :o AND product_id = :pid"),
-            {"p": line.unit_price, "o": envelope.order_id, "pid": line.product_id},
-        )
+    order = state.get(event)
+    order.total, order.changed = event.payload.total, True
+    order.prices.update({line.product_id: line.unit_price for line in event.payload.lines})
+    return []
 
 
-async def on_reservation_failed(uow: UnitOfWork, envelope: Envelope[InventoryReservationFailed]) -> None:
-    p = envelope.payload
-    if await _move(uow, envelope, p.reason) is not None:
-        await uow.reply(OrderRejected(customer_id=p.customer_id, reason=p.reason), to=envelope)
+@reactions.on(InventoryReservationFailed)
+def on_reservation_failed(state: Orders, event: Envelope[InventoryReservationFailed]) -> Replies:
+    announced = _move(state.get(event), event, event.payload.reason)
+    return [announced] if announced else []
 
 
-async def on_payment_completed(uow: UnitOfWork, envelope: Envelope[PaymentCompleted]) -> None:
-    p = envelope.payload
-    if await _move(uow, envelope, None) is not None:
-        await uow.conn.execute(
-            text("UPDATE orders SET total = :t WHERE order_id = :o"),
-            {"t": p.amount, "o": envelope.order_id},
-        )
-        await uow.reply(OrderApproved(customer_id=p.customer_id), to=envelope)
+@reactions.on(PaymentCompleted)
+def on_payment_completed(state: Orders, event: Envelope[PaymentCompleted]) -> Replies:
+    order = state.get(event)
+    announced = _move(order, event, None)
+    if isinstance(announced, OrderApproved):
+        order.total = event.payload.amount
+    return [announced] if announced else []
 
 
-async def on_payment_failed(uow: UnitOfWork, envelope: Envelope[PaymentFailed]) -> None:
-    p = envelope.payload
-    if await _move(uow, envelope, p.reason) is not None:
-        await uow.reply(OrderRejected(customer_id=p.customer_id, reason=p.reason), to=envelope)
-
-
-HANDLERS: dict[str, Handler] = {
-    "InventoryReserved": on_inventory_reserved,
-    "InventoryReservationFailed": on_reservation_failed,
-    "PaymentCompleted": on_payment_completed,
-    "PaymentFailed": on_payment_failed,
-}
+@reactions.on(PaymentFailed)
+def on_payment_failed(state: Orders, event: Envelope[PaymentFailed]) -> Replies:
+    announced = _move(state.get(event), event, event.payload.reason)
+    return [announced] if announced else []

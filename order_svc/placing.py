@@ -1,24 +1,173 @@
-"""Step 1: place an order (HTTP command → PENDING order + OrderCreated, one transaction).
+"""Step 1: place orders (command → PENDING order + OrderCreated, in one transaction).
+
+Concurrent requests are **group-committed** (``OrderDesk``): while one transaction runs,
+new commands queue, and the next transaction places all of them with a few set-based
+statements — one commit for many orders, and no added wait when the desk is idle. Each
+command still gets its own answer.
 
 An ``Idempotency-Key`` makes a retried request return the order the first one created;
-the same key with a different body is refused (409) rather than silently ignored.
+the same key with a different body is refused (409) rather than silently ignored — also
+when both arrive in the same batch, or at two instances at once (the key is unique in
+the table; the loser of that race reads the winner's order).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from opentelemetry import context as otel_context
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events import OrderCreated, OrderLine
 from order_svc.domain import OrderStatus
 from order_svc.errors import IdempotencyKeyReused
 from saga_kit import tracing
 from saga_kit.db import Database
+from saga_kit.errors import is_transient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlaceOrder:
+    """The command: what a client asked for (HTTP today; any door tomorrow)."""
+
+    customer_id: str
+    items: tuple[OrderLine, ...]
+    idempotency_key: str | None
+    #: How long the saga may stay PENDING before it is cancelled (c4).
+    deadline: timedelta
+    deadline_requested: bool = False
+    #: The caller's trace context: OrderCreated continues that trace.
+    trace: otel_context.Context | None = None
+    #: W3C traceparent of the caller, kept with the order (cancellations continue it).
+    traceparent: str | None = None
+
+    @property
+    def request_hash(self) -> str:
+        request = {
+            "customer_id": self.customer_id,
+            "items": [line.model_dump() for line in self.items],
+            "deadline_seconds": self.deadline.total_seconds() if self.deadline_requested else None,
+        }
+        return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+
+
+Placed = tuple[uuid.UUID, OrderStatus]
+
+
+async def place_orders(db: Database, commands: Sequence[PlaceOrder]) -> list[Placed | IdempotencyKeyReused]:
+    """Place every command in one transaction; one result per command, in order: the
+    order (new, or the one its idempotency key placed before) or the 409 to answer."""
+    results: list[Placed | IdempotencyKeyReused | None] = [None] * len(commands)
+    async with db.unit_of_work() as uow:
+        keys = sorted({c.idempotency_key for c in commands if c.idempotency_key})
+        known = await _orders_by_key(uow.conn, keys)
+        first_of_key: dict[str, int] = {}
+        fresh: list[tuple[int, uuid.UUID, datetime]] = []
+        now = datetime.now(UTC)
+        for i, command in enumerate(commands):
+            key = command.idempotency_key
+            if key is not None and (key in known or key in first_of_key):
+                continue  # answered from the earlier order below
+            if key is not None:
+                first_of_key[key] = i
+            fresh.append((i, uuid.uuid4(), now + command.deadline))
+        if fresh:
+            inserted = await _insert_orders(uow.conn, [(commands[i], oid, at) for i, oid, at in fresh])
+            for i, order_id, deadline_at in fresh:
+                if order_id not in inserted:  # another instance won this key a moment ago
+                    continue
+                command = commands[i]
+                results[i] = (order_id, OrderStatus.PENDING)
+                payload = OrderCreated(
+                    customer_id=command.customer_id, items=command.items, deadline_at=deadline_at
+                )
+                uow.emit(payload, order_id=order_id, causation_id=None, trace=command.trace)
+            lost = [commands[i].idempotency_key for i, oid, _ in fresh if oid not in inserted]
+            known |= await _orders_by_key(uow.conn, sorted(k for k in lost if k))
+        for i, command in enumerate(commands):
+            if results[i] is not None:
+                continue
+            key = command.idempotency_key
+            assert key is not None
+            if key in known:
+                order_id, status, request_hash = known[key]
+            else:  # the same key earlier in this batch
+                j = first_of_key[key]
+                earlier = results[j]
+                assert isinstance(earlier, tuple)
+                order_id, status, request_hash = earlier[0], earlier[1], commands[j].request_hash
+            results[i] = (
+                (order_id, status) if request_hash == command.request_hash else IdempotencyKeyReused()
+            )
+    return [r for r in results if r is not None]
+
+
+async def _orders_by_key(
+    conn: AsyncConnection, keys: Sequence[str]
+) -> dict[str, tuple[uuid.UUID, OrderStatus, str]]:
+    if not keys:
+        return {}
+    rows = await conn.execute(
+        text(
+            "SELECT idempotency_key, order_id, status, request_hash"
+            " FROM orders WHERE idempotency_key = ANY(:k)"
+        ),
+        {"k": list(keys)},
+    )
+    return {r.idempotency_key: (r.order_id, OrderStatus(r.status), r.request_hash) for r in rows}
+
+
+async def _insert_orders(
+    conn: AsyncConnection, new: Sequence[tuple[PlaceOrder, uuid.UUID, datetime]]
+) -> set[uuid.UUID]:
+    """Insert orders and their lines; return the ids inserted (a key taken meanwhile by
+    another transaction is skipped)."""
+    rows = await conn.execute(
+        text(
+            "INSERT INTO orders"
+            " (order_id, customer_id, status, idempotency_key, request_hash, deadline_at, trace_context)"
+            " SELECT o, c, 'PENDING', k, h, d, t FROM unnest(CAST(:o AS UUID[]), CAST(:c AS TEXT[]),"
+            " CAST(:k AS TEXT[]), CAST(:h AS TEXT[]), CAST(:d AS TIMESTAMPTZ[]), CAST(:t AS TEXT[]))"
+            " AS v(o, c, k, h, d, t)"
+            " ON CONFLICT (idempotency_key) DO NOTHING RETURNING order_id"
+        ),
+        {
+            "o": [oid for _, oid, _ in new],
+            "c": [cmd.customer_id for cmd, _, _ in new],
+            "k": [cmd.idempotency_key for cmd, _, _ in new],
+            "h": [cmd.request_hash for cmd, _, _ in new],
+            "d": [at for _, _, at in new],
+            "t": [cmd.traceparent for cmd, _, _ in new],
+        },
+    )
+    inserted = {r.order_id for r in rows}
+    lines = [(oid, n, line) for cmd, oid, _ in new if oid in inserted for n, line in enumerate(cmd.items, 1)]
+    if lines:
+        await conn.execute(
+            text(
+                "INSERT INTO order_items (order_id, line_no, product_id, quantity)"
+                " SELECT * FROM unnest(CAST(:o AS UUID[]), CAST(:n AS INT[]), CAST(:p AS TEXT[]),"
+                " CAST(:q AS INT[]))"
+            ),
+            {
+                "o": [oid for oid, _, _ in lines],
+                "n": [n for _, n, _ in lines],
+                "p": [line.product_id for _, _, line in lines],
+                "q": [line.quantity for _, _, line in lines],
+            },
+        )
+    return inserted
 
 
 async def place_order(
@@ -29,51 +178,80 @@ async def place_order(
     deadline: timedelta,
     *,
     deadline_requested: bool = False,
-) -> tuple[uuid.UUID, OrderStatus]:
-    """``deadline`` is how long the saga may stay PENDING before it is cancelled (c4)."""
-    deadline_at = datetime.now(UTC) + deadline
-    payload = OrderCreated(customer_id=customer_id, items=tuple(items), deadline_at=deadline_at)
-    request = {
-        "customer_id": customer_id,
-        "items": [line.model_dump() for line in items],
-        "deadline_seconds": deadline.total_seconds() if deadline_requested else None,
-    }
-    request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-    order_id = uuid.uuid4()
-    async with db.unit_of_work() as uow:
-        inserted = await uow.conn.scalar(
-            text(
-                "INSERT INTO orders"
-                " (order_id, customer_id, status, idempotency_key, request_hash, deadline_at, trace_context)"
-                " VALUES (:o, :c, 'PENDING', :k, :h, :d, :t)"
-                " ON CONFLICT (idempotency_key) DO NOTHING RETURNING order_id"
-            ),
-            {
-                "o": order_id,
-                "c": customer_id,
-                "k": idempotency_key,
-                "h": request_hash,
-                "d": deadline_at,
-                "t": tracing.current_traceparent(),
-            },
-        )
-        if inserted is None:  # the key was seen before: answer with that order
-            row = (
-                await uow.conn.execute(
-                    text("SELECT order_id, status, request_hash FROM orders WHERE idempotency_key = :k"),
-                    {"k": idempotency_key},
-                )
-            ).one()
-            if row.request_hash != request_hash:
-                raise IdempotencyKeyReused()
-            return row.order_id, OrderStatus(row.status)
-        for line_no, line in enumerate(items, start=1):
-            await uow.conn.execute(
-                text(
-                    "INSERT INTO order_items (order_id, line_no, product_id, quantity)"
-                    " VALUES (:o, :n, :p, :q)"
-                ),
-                {"o": order_id, "n": line_no, "p": line.product_id, "q": line.quantity},
-            )
-        await uow.emit(payload, order_id=order_id, causation_id=None)
-    return order_id, OrderStatus.PENDING
+) -> Placed:
+    """Place one order in a transaction of its own; raises ``IdempotencyKeyReused``."""
+    command = PlaceOrder(
+        customer_id,
+        tuple(items),
+        idempotency_key,
+        deadline,
+        deadline_requested,
+        otel_context.get_current(),
+        tracing.current_traceparent(),
+    )
+    (result,) = await place_orders(db, [command])
+    if isinstance(result, IdempotencyKeyReused):
+        raise result
+    return result
+
+
+@dataclass
+class _Waiting:
+    command: PlaceOrder
+    answer: asyncio.Future[Placed] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class OrderDesk:
+    """Group commit of place-order commands (module doc). ``place`` returns the command's
+    own answer; a batch that fails for a reason other than the database being away is
+    retried one command per transaction, so one bad command fails alone."""
+
+    def __init__(self, db: Database, max_batch: int = 200) -> None:
+        self._db = db
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Waiting] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def place(self, command: PlaceOrder) -> Placed:
+        """The order for ``command``; raises ``IdempotencyKeyReused`` or the failure."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="order-desk")
+        waiting = _Waiting(command)
+        self._queue.put_nowait(waiting)
+        return await waiting.answer
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            batch = [w for w in batch if not w.answer.done()]  # the client went away
+            if batch:
+                await self._place(batch)
+
+    async def _place(self, batch: list[_Waiting]) -> None:
+        try:
+            results = await place_orders(self._db, [w.command for w in batch])
+        except Exception as exc:
+            if len(batch) == 1 or is_transient(exc):
+                for w in batch:
+                    if not w.answer.done():
+                        w.answer.set_exception(exc)
+                return
+            log.warning("a batch of %d orders failed (%s); placing them one by one", len(batch), exc)
+            for w in batch:
+                await self._place([w])
+            return
+        for w, result in zip(batch, results, strict=True):
+            if w.answer.done():
+                continue
+            if isinstance(result, IdempotencyKeyReused):
+                w.answer.set_exception(result)
+            else:
+                w.answer.set_result(result)

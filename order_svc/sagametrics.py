@@ -6,23 +6,29 @@ several instances (each reports the same totals: aggregate with ``max``, not ``s
 
 from __future__ import annotations
 
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from saga_kit.histogram import SAGA_BUCKETS
-from saga_kit.metrics import header, labels
 
 
-async def render(conn: AsyncConnection, service: str) -> list[str]:
-    lines = header("saga_orders", "gauge", "Orders by status and reason (PENDING = sagas in flight).")
+async def render(conn: AsyncConnection, service: str) -> list[Metric]:
+    orders = GaugeMetricFamily(
+        "saga_orders",
+        "Orders by status and reason (PENDING = sagas in flight).",
+        labels=["service", "status", "reason"],
+    )
     for status, reason, n in await conn.execute(
         text("SELECT status, COALESCE(reason, ''), COUNT(*) FROM orders GROUP BY 1, 2 ORDER BY 1, 2")
     ):
-        lines.append(f"saga_orders{labels(service=service, status=status, reason=reason)} {n}")
+        orders.add_metric([service, status, reason], n)
 
     buckets = ", ".join(f"COUNT(*) FILTER (WHERE d <= {b})" for b in SAGA_BUCKETS)
-    lines += header(
-        "saga_duration_seconds", "histogram", "From order placed to terminal status, by final status."
+    duration = HistogramMetricFamily(
+        "saga_duration_seconds",
+        "From order placed to terminal status, by final status.",
+        labels=["service", "status"],
     )
     rows = await conn.execute(
         text(
@@ -34,12 +40,6 @@ async def render(conn: AsyncConnection, service: str) -> list[str]:
     for row in rows:
         status, *counts = row
         *cumulative, total, seconds = counts
-        inner = f'service="{service}",status="{status}"'
-        for bound, n in zip(SAGA_BUCKETS, cumulative, strict=True):
-            lines.append(f'saga_duration_seconds_bucket{{{inner},le="{bound:g}"}} {n}')
-        lines += [
-            f'saga_duration_seconds_bucket{{{inner},le="+Inf"}} {total}',
-            f"saga_duration_seconds_sum{{{inner}}} {float(seconds):.3f}",
-            f"saga_duration_seconds_count{{{inner}}} {total}",
-        ]
-    return lines
+        points = [(f"{bound:g}", n) for bound, n in zip(SAGA_BUCKETS, cumulative, strict=True)]
+        duration.add_metric([service, status], [*points, ("+Inf", total)], float(seconds))
+    return [orders, duration]

@@ -5,6 +5,7 @@ as the outbox row); the participants' events as they are consumed. Idempotent on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -12,36 +13,39 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from events.envelope import Envelope
 from saga_kit import tracing
-from saga_kit.db import UnitOfWork
+from saga_kit.db import Delivery
 
 
-async def record(conn: AsyncConnection, envelope: Envelope[Any]) -> None:
+async def record(conn: AsyncConnection, deliveries: Sequence[Delivery]) -> None:
+    """Add events to their sagas' timelines (one statement); a repeat changes nothing.
+    Each keeps the trace id of the ``traceparent`` it travels with: one saga, one trace."""
     await conn.execute(
         text(
             "INSERT INTO saga_events"
             " (event_id, order_id, event_type, producer, occurred_at, causation_id, payload, trace_id)"
-            " VALUES (:event_id, :order_id, :event_type, :producer, :occurred_at,"
-            "         :causation_id, CAST(:payload AS JSONB), :trace_id)"
+            " SELECT e, o, t, p, at, c, CAST(pl AS JSONB), tr"
+            " FROM unnest(CAST(:e AS UUID[]), CAST(:o AS UUID[]), CAST(:t AS TEXT[]), CAST(:p AS TEXT[]),"
+            " CAST(:at AS TIMESTAMPTZ[]), CAST(:c AS UUID[]), CAST(:pl AS TEXT[]), CAST(:tr AS TEXT[]))"
+            " AS v(e, o, t, p, at, c, pl, tr)"
             " ON CONFLICT (event_id) DO NOTHING"
         ),
         {
-            "event_id": envelope.event_id,
-            "order_id": envelope.order_id,
-            "event_type": envelope.event_type,
-            "producer": envelope.producer,
-            "occurred_at": envelope.occurred_at,
-            "causation_id": envelope.causation_id,
-            "payload": envelope.payload.model_dump_json(),
-            "trace_id": ids[0] if (ids := tracing.current_ids()) else None,
+            "e": [d.envelope.event_id for d in deliveries],
+            "o": [d.envelope.order_id for d in deliveries],
+            "t": [d.envelope.event_type for d in deliveries],
+            "p": [d.envelope.producer for d in deliveries],
+            "at": [d.envelope.occurred_at for d in deliveries],
+            "c": [d.envelope.causation_id for d in deliveries],
+            "pl": [d.envelope.payload.model_dump_json() for d in deliveries],
+            "tr": [tracing.trace_id_of(d.headers) for d in deliveries],
         },
     )
 
 
-async def observe(uow: UnitOfWork, envelope: Envelope[Any]) -> None:
+async def observe(conn: AsyncConnection, deliveries: Sequence[Delivery]) -> None:
     """Consumer observer: every participant event joins its saga's timeline."""
-    await record(uow.conn, envelope)
+    await record(conn, deliveries)
 
 
 async def load(conn: AsyncConnection, order_id: Any) -> list[dict[str, Any]]:

@@ -1,5 +1,10 @@
 """Payment reactions: charge on InventoryReserved (step 3), refund on OrderCancelled (c6).
 
+A batch at a time (``saga_kit.reactions``): ``load`` locks the batch's orders' payment
+rows, then the accounts they touch (in customer-id order); each decide function applies
+one event through the charging rule (``payment_svc.charging``); ``save`` writes what
+changed.
+
 The ``payments`` row of an order is the one decision record, whatever arrives first:
 CHARGED or DECLINED when the charge was decided, REFUNDED when a charged order was
 cancelled, VOIDED when the cancellation arrived before anything was charged — then a
@@ -7,97 +12,148 @@ late InventoryReserved finds the row and charges nothing."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events import InventoryReserved, OrderCancelled, PaymentCompleted, PaymentFailed, PaymentRefunded
 from events.envelope import Envelope
 from payment_svc.charging import Decline, decide_charge
-from saga_kit.consumer import Handler
-from saga_kit.db import UnitOfWork
+from saga_kit.reactions import Reactions, Replies
 
 
-async def on_inventory_reserved(uow: UnitOfWork, envelope: Envelope[InventoryReserved]) -> None:
-    """Charge the customer for the order's total, once: a payment row per order is the
-    decision record, so a second InventoryReserved for the same order changes nothing."""
-    reserved = envelope.payload
-    already = await uow.conn.scalar(
-        text("SELECT 1 FROM payments WHERE order_id = :o"), {"o": envelope.order_id}
-    )
-    if already:
-        return
-    balance = await uow.conn.scalar(
-        text("SELECT balance FROM accounts WHERE customer_id = :c FOR UPDATE"),
-        {"c": reserved.customer_id},
-    )
-    decision = decide_charge(balance, reserved.total)
-    if isinstance(decision, Decline):
-        await uow.conn.execute(
+@dataclass
+class Payment:
+    customer_id: str
+    amount: Decimal
+    status: str
+    reason: str | None = None
+    new: bool = False
+    changed: bool = False
+
+
+@dataclass
+class Ledger:
+    """What a batch needs: its orders' payment rows and the accounts they touch (locked)."""
+
+    payments: dict[uuid.UUID, Payment] = field(default_factory=dict)
+    #: customer → balance; a customer without an account is absent
+    balances: dict[str, Decimal] = field(default_factory=dict)
+    changed_accounts: set[str] = field(default_factory=set)
+
+    def credit(self, customer_id: str, amount: Decimal) -> None:
+        self.balances[customer_id] += amount
+        self.changed_accounts.add(customer_id)
+
+
+async def load(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> Ledger:
+    ledger = Ledger()
+    for row in await conn.execute(
+        text(
+            "SELECT order_id, customer_id, amount, status, reason FROM payments"
+            " WHERE order_id = ANY(:o) ORDER BY order_id FOR UPDATE"
+        ),
+        {"o": sorted({e.order_id for e in events})},
+    ):
+        ledger.payments[row.order_id] = Payment(row.customer_id, row.amount, row.status, row.reason)
+    customers = {e.payload.customer_id for e in events if isinstance(e.payload, InventoryReserved)}
+    customers |= {p.customer_id for p in ledger.payments.values() if p.status == "CHARGED"}
+    # row locks in customer-id order: concurrent batches never deadlock
+    for row in await conn.execute(
+        text(
+            "SELECT customer_id, balance FROM accounts WHERE customer_id = ANY(:c)"
+            " ORDER BY customer_id FOR UPDATE"
+        ),
+        {"c": sorted(customers)},
+    ):
+        ledger.balances[row.customer_id] = row.balance
+    return ledger
+
+
+async def save(conn: AsyncConnection, ledger: Ledger) -> None:
+    new = [(oid, p) for oid, p in ledger.payments.items() if p.new]
+    if new:
+        await conn.execute(
             text(
                 "INSERT INTO payments (order_id, customer_id, amount, status, reason)"
-                " VALUES (:o, :c, :a, 'DECLINED', :r)"
+                " SELECT * FROM unnest(CAST(:o AS UUID[]), CAST(:c AS TEXT[]), CAST(:a AS NUMERIC[]),"
+                " CAST(:s AS TEXT[]), CAST(:r AS TEXT[]))"
             ),
             {
-                "o": envelope.order_id,
-                "c": reserved.customer_id,
-                "a": reserved.total,
-                "r": decision.reason,
+                "o": [oid for oid, _ in new],
+                "c": [p.customer_id for _, p in new],
+                "a": [p.amount for _, p in new],
+                "s": [p.status for _, p in new],
+                "r": [p.reason for _, p in new],
             },
         )
-        await uow.reply(
-            PaymentFailed(customer_id=reserved.customer_id, amount=reserved.total, reason=decision.reason),
-            to=envelope,
+    changed = [(oid, p) for oid, p in ledger.payments.items() if p.changed and not p.new]
+    if changed:
+        await conn.execute(
+            text(
+                "UPDATE payments p SET status = v.s, reason = v.r, updated_at = clock_timestamp()"
+                " FROM unnest(CAST(:o AS UUID[]), CAST(:s AS TEXT[]), CAST(:r AS TEXT[])) AS v(o, s, r)"
+                " WHERE p.order_id = v.o"
+            ),
+            {
+                "o": [oid for oid, _ in changed],
+                "s": [p.status for _, p in changed],
+                "r": [p.reason for _, p in changed],
+            },
         )
-        return
-    await uow.conn.execute(
-        text("UPDATE accounts SET balance = :b, updated_at = clock_timestamp() WHERE customer_id = :c"),
-        {"b": decision.new_balance, "c": reserved.customer_id},
-    )
-    await uow.conn.execute(
-        text("INSERT INTO payments (order_id, customer_id, amount, status) VALUES (:o, :c, :a, 'CHARGED')"),
-        {"o": envelope.order_id, "c": reserved.customer_id, "a": decision.amount},
-    )
-    await uow.reply(PaymentCompleted(customer_id=reserved.customer_id, amount=decision.amount), to=envelope)
+    if ledger.changed_accounts:
+        customers = sorted(ledger.changed_accounts)
+        await conn.execute(
+            text(
+                "UPDATE accounts a SET balance = v.b, updated_at = clock_timestamp()"
+                " FROM unnest(CAST(:c AS TEXT[]), CAST(:b AS NUMERIC[])) AS v(c, b) WHERE a.customer_id = v.c"
+            ),
+            {"c": customers, "b": [ledger.balances[c] for c in customers]},
+        )
 
 
-async def on_order_cancelled(uow: UnitOfWork, envelope: Envelope[OrderCancelled]) -> None:
+reactions: Reactions[Ledger] = Reactions(load, save)
+
+
+@reactions.on(InventoryReserved)
+def on_inventory_reserved(ledger: Ledger, event: Envelope[InventoryReserved]) -> Replies:
+    """Charge the customer for the order's total, once: a payment row per order is the
+    decision record, so a second InventoryReserved for the same order changes nothing."""
+    reserved = event.payload
+    if event.order_id in ledger.payments:
+        return []
+    decision = decide_charge(ledger.balances.get(reserved.customer_id), reserved.total)
+    if isinstance(decision, Decline):
+        ledger.payments[event.order_id] = Payment(
+            reserved.customer_id, reserved.total, "DECLINED", decision.reason, new=True
+        )
+        return [
+            PaymentFailed(customer_id=reserved.customer_id, amount=reserved.total, reason=decision.reason)
+        ]
+    ledger.balances[reserved.customer_id] = decision.new_balance
+    ledger.changed_accounts.add(reserved.customer_id)
+    ledger.payments[event.order_id] = Payment(reserved.customer_id, decision.amount, "CHARGED", new=True)
+    return [PaymentCompleted(customer_id=reserved.customer_id, amount=decision.amount)]
+
+
+@reactions.on(OrderCancelled)
+def on_order_cancelled(ledger: Ledger, event: Envelope[OrderCancelled]) -> Replies:
     """c6: refund what this order was charged; if nothing was decided yet, void it so it is
     never charged later."""
-    cancelled = envelope.payload
-    row = (
-        await uow.conn.execute(
-            text("SELECT status, amount, customer_id FROM payments WHERE order_id = :o FOR UPDATE"),
-            {"o": envelope.order_id},
+    cancelled = event.payload
+    payment = ledger.payments.get(event.order_id)
+    if payment is None:
+        ledger.payments[event.order_id] = Payment(
+            cancelled.customer_id, Decimal("0"), "VOIDED", cancelled.reason, new=True
         )
-    ).first()
-    if row is None:
-        await uow.conn.execute(
-            text(
-                "INSERT INTO payments (order_id, customer_id, amount, status, reason)"
-                " VALUES (:o, :c, 0, 'VOIDED', :r)"
-            ),
-            {"o": envelope.order_id, "c": cancelled.customer_id, "r": cancelled.reason},
-        )
-        return
-    if row.status != "CHARGED":  # declined, refunded or voided already: nothing to give back
-        return
-    await uow.conn.execute(
-        text(
-            "UPDATE accounts SET balance = balance + :a, updated_at = clock_timestamp()"
-            " WHERE customer_id = :c"
-        ),
-        {"a": row.amount, "c": row.customer_id},
-    )
-    await uow.conn.execute(
-        text(
-            "UPDATE payments SET status = 'REFUNDED', reason = :r, updated_at = clock_timestamp()"
-            " WHERE order_id = :o"
-        ),
-        {"r": cancelled.reason, "o": envelope.order_id},
-    )
-    await uow.reply(PaymentRefunded(customer_id=row.customer_id, amount=row.amount), to=envelope)
-
-
-HANDLERS: dict[str, Handler] = {
-    "InventoryReserved": on_inventory_reserved,
-    "OrderCancelled": on_order_cancelled,
-}
+        return []
+    if payment.status != "CHARGED":  # declined, refunded or voided already: nothing to give back
+        return []
+    ledger.credit(payment.customer_id, payment.amount)
+    payment.status, payment.reason, payment.changed = "REFUNDED", cancelled.reason, True
+    return [PaymentRefunded(customer_id=payment.customer_id, amount=payment.amount)]

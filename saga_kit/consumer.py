@@ -1,26 +1,39 @@
-"""The consumer loop shared by every service.
+"""The consumer pipeline shared by every service: a batch of Kafka records at a time.
 
-``MessageProcessor.process`` handles one Kafka record and is the whole contract. It
-returns only once the record is *accounted for* — handled, ignored, a duplicate, or
-dead-lettered with a reason — and only then does the caller ack it:
+``ConsumerPipeline.process_batch`` is the whole contract. It returns only once every
+record of the batch is *accounted for* — handled, ignored, a duplicate, or dead-lettered
+with a reason — and only then does the caller ack the batch (so offsets advance only
+after the batch's transaction committed). The steps, each one job, in order:
 
-1. Decode with the shared codec. Invalid bytes → dead letter (row + dead-letter topic,
-   with reason, source topic, partition and offset), then return: the partition moves on.
-2. Events with no handler in this service are skipped.
-3. In one unit of work: take the saga's lock (events of one order from different topics
-   never interleave), claim the event in the inbox (a duplicate is a no-op), run the
-   handler, commit. Only after ``process`` returns does the caller (a faust agent) ack
-   the record, so the offset is committed after the transaction.
-4. Transient failures (database or broker away) are retried with capped exponential
-   backoff, forever: an event is never skipped because a dependency is down.
-5. Any other exception from a handler is a bug or a poison event: it is dead-lettered
-   with the exception as the reason, so one bad event never halts the partition; the
-   dead letter keeps the original bytes and headers for replay.
-6. An unexpected error in the pipeline itself (not in a handler: storing the dead letter,
-   reading the headers …) is never acked past: ``process`` retries the record with
-   backoff until it goes through, ``stats.stuck`` names the record and the error (so
-   ``/health/ready`` answers 503 with it), and consumption of that stream waits. A fixed
-   build, once deployed, gets the record again from the last committed offset.
+1. **route** — the ``event_type`` header says whether this service does anything with
+   the record; if not, it is ignored without decoding the body;
+2. **decode** — the shared codec; bytes that are not a valid event of a known type and
+   version become a dead letter with the reason;
+3. **dedupe** — the same event twice in one batch: the later copies are duplicates;
+4. **lock** — the advisory locks of the batch's sagas, in key order (events of one order
+   from different topics, batches or instances never interleave; no deadlocks);
+5. **claim** — the inbox claims of every event, one statement; an event claimed before is
+   a duplicate (a redelivery);
+6. **apply** — the service's reactions (``saga_kit.reactions``): load, decide each event
+   in arrival order, save; an event a decide function refuses is dead-lettered and its
+   claim released;
+7. **commit** — state, inbox claims, outgoing events (outbox) and dead letters (table and
+   dead-letter topic, with the original bytes and headers) in one transaction.
+
+Failures are typed:
+
+* **transient** (database or broker away): the batch is retried with the one retry
+  policy (``saga_kit.retry``), forever: an event is never skipped because a dependency
+  is down;
+* **a failing reaction** (an exception in load, decide, save or the observer): the batch
+  is split in two and each half applied in its own transaction, in order, recursively,
+  until the one bad event is alone; only it is dead-lettered (reason: the error), the
+  rest commit;
+* **an error of the pipeline itself** (storing a dead letter, reading the records …):
+  nothing is acked — the batch is retried with backoff until it goes through,
+  ``stats.stuck`` names its partitions and the error (``/health/ready`` answers 503 with
+  it), consumption waits, and a fixed build gets the records again from the last
+  committed offset.
 """
 
 from __future__ import annotations
@@ -29,11 +42,13 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+import uuid
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Link, SpanKind
 from sqlalchemy import text
 
 from events.codec import InvalidEvent, decode
@@ -41,15 +56,15 @@ from events.envelope import Envelope
 from events.topics import dead_letter_topic
 from events.values import printable
 from saga_kit import headers as kafka_headers
-from saga_kit import inbox, logs, tracing
-from saga_kit.db import Database, UnitOfWork
+from saga_kit import inbox, tracing
+from saga_kit.db import Database, Delivery, UnitOfWork
 from saga_kit.errors import is_transient
 from saga_kit.headers import Headers
 from saga_kit.histogram import Histogram
+from saga_kit.reactions import Reactions
+from saga_kit.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[UnitOfWork, Envelope[Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -87,210 +102,271 @@ class Attempt:
 
 @dataclass(frozen=True)
 class Subscription:
-    """What a service consumes: topics, and one handler per event type it reacts to.
-
-    ``observer`` (optional) runs first, in the same transaction, for every event on the
-    subscribed topics — the order service uses it to keep the saga timeline.
-    """
+    """What a service consumes: its topics, and what it does with their events."""
 
     topics: tuple[str, ...]
-    handlers: Mapping[str, Handler]
-    observer: Handler | None = None
+    reactions: Reactions[Any]
 
 
 @dataclass
 class ConsumerStats:
     #: (event_type or "<invalid>", outcome) → count, exported on /metrics.
-    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
-    #: event_type → seconds spent in the handler's transaction (inbox, handler, commit).
-    latency: dict[str, Histogram] = field(default_factory=dict)
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: seconds per batch transaction, and events per batch
+    batch_seconds: Histogram = field(default_factory=Histogram)
+    batch_size: Histogram = field(
+        default_factory=lambda: Histogram(buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+    )
     retrying: bool = False
-    #: (topic, partition) → the record that cannot get through the pipeline itself and
-    #: the error (module doc, 6); empty when everything flows.
+    #: (topic, partition) → the batch that cannot get through the pipeline itself and the
+    #: error (module doc); empty when everything flows.
     stuck: dict[tuple[str, int], str] = field(default_factory=dict)
     #: (topic, partition) → the next offset to process (last processed + 1).
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
-    def count(self, event_type: str, outcome: Outcome) -> None:
-        key = (event_type, outcome.value)
-        self.outcomes[key] = self.outcomes.get(key, 0) + 1
 
-    def observe(self, event_type: str, seconds: float) -> None:
-        self.latency.setdefault(event_type, Histogram()).observe(seconds)
+class HandlerError(Exception):
+    """A reaction failed (not transiently): the batch is split to isolate the event."""
 
 
-class MessageProcessor:
+@dataclass(eq=False)
+class _Item:
+    """One record on its way through the pipeline."""
+
+    record: Record
+    envelope: Envelope[Any] | None = None
+    event_type: str = "<invalid>"
+    #: Decided before the transaction (ignored, invalid, duplicate in the batch) or after it.
+    outcome: Outcome | None = None
+    reason: str | None = None
+
+
+def dead_letter_reason(reason: str) -> str:
+    """A reason as stored and sent: printable and bounded, whatever the error said."""
+    return printable(reason, 2000) or "unknown"
+
+
+class ConsumerPipeline:
     def __init__(
         self,
         service: str,
         db: Database,
         subscription: Subscription,
         *,
-        max_backoff: float = 5.0,
+        retry: RetryPolicy | None = None,
         fault: str | None = None,
     ) -> None:
         self.service = service
         self._db = db
-        self._sub = subscription
-        self._max_backoff = max_backoff
-        #: Fault injection (tests): ``consumer.pipeline_error`` makes every record fail
+        self._reactions = subscription.reactions
+        self._retry = retry or RetryPolicy()
+        #: Fault injection (tests): ``consumer.pipeline_error`` makes every batch fail
         #: inside the pipeline, as a bug in it would.
         self._fault = fault
         self.stats = ConsumerStats()
 
-    async def process(self, record: Record) -> Outcome:
-        """Handle one record, or dead-letter it; return only when it is accounted for
-        (module doc, 6: an error of the pipeline itself is retried, never skipped)."""
-        delay = 0.1
+    # -- the contract ----------------------------------------------------------------------
+    async def process_batch(self, records: Sequence[Record]) -> list[Outcome]:
+        """Account for every record (module doc); return their outcomes, in order.
+        Returns only when all are handled, ignored, duplicates or dead-lettered."""
+        first: dict[tuple[str, int], Record] = {}
+        for r in records:
+            first.setdefault((r.topic, r.partition), r)
+        delay = self._retry.initial
         while True:
             try:
-                outcome = await self._process_once(record)
-            except Exception as exc:  # the record must not be acked: see module doc, 6
-                self.stats.stuck[(record.topic, record.partition)] = (
-                    f"{record.where()}: {type(exc).__name__}: {printable(str(exc), 300)}"
+                items = await self._run(records, store_dead_letters=True)
+            except Exception as exc:  # nothing is acked: see module doc
+                problem = f"{type(exc).__name__}: {printable(str(exc), 300)}"
+                for tp, r in first.items():
+                    self.stats.stuck[tp] = f"{r.where()}: {problem}"
+                log.exception(
+                    "pipeline failed on a batch from %s; retrying in %.1fs", records[0].where(), delay
                 )
-                log.exception("pipeline failed on %s; retrying in %.1fs", record.where(), delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self._max_backoff)
+                delay = min(delay * 2, self._retry.maximum)
                 continue
-            self.stats.stuck.pop((record.topic, record.partition), None)
-            return outcome
+            for tp in first:
+                self.stats.stuck.pop(tp, None)
+            for item in items:
+                assert item.outcome is not None
+                self.stats.outcomes[(item.event_type, item.outcome.value)] += 1
+                key = (item.record.topic, item.record.partition)
+                self.stats.positions[key] = max(self.stats.positions.get(key, 0), item.record.offset + 1)
+            return [item.outcome for item in items if item.outcome is not None]
 
-    async def _process_once(self, record: Record) -> Outcome:
-        if self._fault == "consumer.pipeline_error":
-            raise RuntimeError("fault injection: consumer.pipeline_error")
-        attempt = await self.attempt(record)
-        if attempt.outcome is Outcome.DEAD_LETTERED:
-            reason = attempt.reason or "unknown"
-            await self._retrying(lambda: self._dead_letter(record, reason))
-        self.stats.count(attempt.event_type, attempt.outcome)
-        self.stats.positions[(record.topic, record.partition)] = record.offset + 1
-        return attempt.outcome
+    async def process(self, record: Record) -> Outcome:
+        """``process_batch`` of one record."""
+        return (await self.process_batch([record]))[0]
 
     async def attempt(self, record: Record) -> Attempt:
-        """Decode and handle ``record`` without dead-lettering it: an outcome of
-        DEAD_LETTERED carries the reason instead. Replaying a dead letter uses this.
+        """Run ``record`` through the pipeline without storing a dead letter: an outcome of
+        DEAD_LETTERED carries the reason instead. Replaying a dead letter uses this."""
+        (item,) = await self._run([record], store_dead_letters=False)
+        assert item.outcome is not None
+        return Attempt(item.event_type, item.outcome, item.reason)
 
-        Runs in a CONSUMER span that continues the trace of the message's producer."""
+    # -- the steps -------------------------------------------------------------------------
+    async def _run(self, records: Sequence[Record], *, store_dead_letters: bool) -> list[_Item]:
+        if self._fault == "consumer.pipeline_error":
+            raise RuntimeError("fault injection: consumer.pipeline_error")
+        items = [_Item(r) for r in records]
+        self._route(items)
+        self._decode(items)
+        self._dedupe(items)
+        started = time.perf_counter()
+        links = [
+            Link(ctx) for it in items if it.envelope and (ctx := tracing.span_context(it.record.headers))
+        ]
         with tracing.span(
-            f"handle {record.topic}",
+            f"consume {self.service}",
             kind=SpanKind.CONSUMER,
-            parent=tracing.extract(record.headers),
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.destination.name": record.topic,
-                "messaging.kafka.destination.partition": record.partition,
-                "messaging.kafka.message.offset": record.offset,
-            },
-        ) as span:
+            links=links,
+            attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(items)},
+        ):
+            await self._isolating(items, store_dead_letters)
+        self.stats.batch_seconds.observe(time.perf_counter() - started)
+        self.stats.batch_size.observe(len(items))
+        counts = Counter((it.event_type, it.outcome.value) for it in items if it.outcome)
+        log.info(
+            "batch of %d from %s: %s in %.1f ms",
+            len(items),
+            records[0].where(),
+            ", ".join(f"{t} {o} {n}" for (t, o), n in sorted(counts.items())),
+            (time.perf_counter() - started) * 1000,
+        )
+        return items
+
+    def _route(self, items: list[_Item]) -> None:
+        """Ignore, without decoding, what the ``event_type`` header says we never use."""
+        for item in items:
+            named = kafka_headers.text(item.record.headers, "event_type")
+            if named is not None and not self._reactions.consumes(named):
+                item.event_type, item.outcome = printable(named, 100), Outcome.IGNORED
+
+    def _decode(self, items: list[_Item]) -> None:
+        for item in items:
+            if item.outcome is not None:
+                continue
             try:
-                envelope = decode(record.value)
+                item.envelope = decode(item.record.value)
             except InvalidEvent as exc:
-                span.set_attribute("saga.outcome", Outcome.DEAD_LETTERED.value)
-                return Attempt("<invalid>", Outcome.DEAD_LETTERED, exc.reason)
-            span.update_name(f"handle {envelope.event_type}")
-            span.set_attribute("saga.order_id", str(envelope.order_id))
-            span.set_attribute("saga.event_id", str(envelope.event_id))
-            with logs.bind(order_id=envelope.order_id, event_type=envelope.event_type):
-                started = time.perf_counter()
-                attempt = await self._handle(envelope)
-                log.info(
-                    "%s %s from %s[%d]@%d in %.1f ms",
-                    attempt.outcome.value,
-                    envelope.event_type,
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    (time.perf_counter() - started) * 1000,
-                )
-            span.set_attribute("saga.outcome", attempt.outcome.value)
-            return attempt
+                item.outcome, item.reason = Outcome.DEAD_LETTERED, exc.reason
+                continue
+            item.event_type = item.envelope.event_type
+            if not self._reactions.consumes(item.event_type):
+                item.outcome = Outcome.IGNORED
 
-    async def _handle(self, envelope: Envelope[Any]) -> Attempt:
-        handler = self._sub.handlers.get(envelope.event_type)
-        if handler is None and self._sub.observer is None:
-            return Attempt(envelope.event_type, Outcome.IGNORED)
+    def _dedupe(self, items: list[_Item]) -> None:
+        seen: set[uuid.UUID] = set()
+        for item in items:
+            if item.outcome is None and item.envelope is not None:
+                if item.envelope.event_id in seen:
+                    item.outcome = Outcome.DUPLICATE
+                seen.add(item.envelope.event_id)
 
-        async def apply() -> Outcome:
-            started = time.perf_counter()
-            async with self._db.unit_of_work() as uow:
-                await uow.lock_saga(envelope.order_id)
-                if not await inbox.claim(uow.conn, self.service, envelope):
-                    return Outcome.DUPLICATE
-                if self._sub.observer is not None:
-                    await self._sub.observer(uow, envelope)
-                if handler is not None:
-                    await handler(uow, envelope)
-            self.stats.observe(envelope.event_type, time.perf_counter() - started)
-            return Outcome.HANDLED
-
+    async def _isolating(self, items: list[_Item], store: bool) -> None:
+        """Apply ``items`` in one transaction; if a reaction fails, split and recurse."""
         try:
-            return Attempt(envelope.event_type, await self._retrying(apply))
-        except InvalidEvent as exc:
-            reason = exc.reason
-        except Exception as exc:  # a poison event must not halt the partition: see module doc
-            log.exception("handler for %s failed; dead-lettering", envelope.event_type)
-            reason = f"handler error: {type(exc).__name__}: {printable(str(exc), 1000)}"
-        return Attempt(envelope.event_type, Outcome.DEAD_LETTERED, reason)
+            await self._retry.forever(
+                lambda: self._apply(items, store), is_transient, lambda exc: self._retrying(exc)
+            )
+            self.stats.retrying = False
+        except HandlerError as exc:
+            self.stats.retrying = False
+            live = [i for i, it in enumerate(items) if it.outcome is None]
+            if len(live) == 1:
+                poison = items[live[0]]
+                cause = exc.__cause__ or exc
+                log.error(
+                    "reaction to %s failed; dead-lettering it", poison.event_type, exc_info=exc.__cause__
+                )
+                poison.outcome = Outcome.DEAD_LETTERED
+                poison.reason = f"handler error: {type(cause).__name__}: {printable(str(cause), 1000)}"
+                await self._isolating(items, store)  # stores it (and the batch's other letters)
+                return
+            cut = live[len(live) // 2]
+            await self._isolating(items[:cut], store)
+            await self._isolating(items[cut:], store)
 
-    async def _retrying(self, work: Callable[[], Awaitable[Outcome]]) -> Outcome:
-        delay = 0.05
-        while True:
-            try:
-                outcome = await work()
-                self.stats.retrying = False
-                return outcome
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                self.stats.retrying = True
-                log.warning("transient failure, retrying in %.2fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._max_backoff)
+    def _retrying(self, exc: BaseException) -> None:
+        self.stats.retrying = True
+        log.warning("transient failure, retrying the batch: %s", exc)
 
-    async def _dead_letter(self, record: Record, reason: str) -> Outcome:
+    async def _apply(self, items: list[_Item], store: bool) -> None:
+        """One transaction: lock, claim, react, dead letters, commit. Outcomes are set on
+        the items only once it committed."""
+        live = [(it, it.envelope) for it in items if it.outcome is None and it.envelope is not None]
+        results: dict[int, tuple[Outcome, str | None]] = {}
+        async with self._db.unit_of_work() as uow:
+            if live:
+                await uow.lock_sagas(envelope.order_id for _, envelope in live)
+                claimed = await inbox.claim(uow.conn, self.service, [envelope for _, envelope in live])
+                fresh = [(it, envelope) for it, envelope in live if envelope.event_id in claimed]
+                for it, envelope in live:
+                    if envelope.event_id not in claimed:
+                        results[id(it)] = (Outcome.DUPLICATE, None)
+                try:
+                    refused = await self._reactions.apply(
+                        uow, [Delivery(envelope, it.record.headers) for it, envelope in fresh]
+                    )
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    raise HandlerError(str(exc)) from exc
+                if refused:
+                    await inbox.release(uow.conn, self.service, [fresh[i][1].event_id for i in refused])
+                for i, (it, _) in enumerate(fresh):
+                    results[id(it)] = (
+                        (Outcome.DEAD_LETTERED, refused[i]) if i in refused else (Outcome.HANDLED, None)
+                    )
+            if store:
+                letters = [
+                    (it, it.reason if it.outcome is Outcome.DEAD_LETTERED else results[id(it)][1])
+                    for it in items
+                    if it.outcome is Outcome.DEAD_LETTERED
+                    or (id(it) in results and results[id(it)][0] is Outcome.DEAD_LETTERED)
+                ]
+                for it, reason in letters:
+                    await self._store_dead_letter(uow, it.record, reason or "unknown")
+        for it, _ in live:
+            it.outcome, it.reason = results[id(it)]
+
+    async def _store_dead_letter(self, uow: UnitOfWork, record: Record, reason: str) -> None:
         """Keep the original bytes and headers with the reason, in the table and the
-        dead-letter topic."""
+        dead-letter topic (once: a redelivered record is not stored twice)."""
         reason = dead_letter_reason(reason)
         log.error("dead letter from %s: %s", record.where(), reason)
-        headers = [
-            *record.headers,
-            ("dlq.reason", reason.encode()),
-            ("dlq.source_topic", record.topic.encode()),
-            ("dlq.source_partition", str(record.partition).encode()),
-            ("dlq.source_offset", str(record.offset).encode()),
-            ("dlq.service", self.service.encode()),
-        ]
         header_keys, header_values = kafka_headers.to_columns(record.headers)
-        async with self._db.unit_of_work() as uow:
-            inserted = await uow.conn.scalar(
-                text(
-                    "INSERT INTO dead_letters (source_topic, source_partition, source_offset,"
-                    " key, value, header_keys, header_values, reason)"
-                    " VALUES (:t, :p, :o, :k, :v, CAST(:hk AS BYTEA[]), CAST(:hv AS BYTEA[]), :r)"
-                    " ON CONFLICT DO NOTHING RETURNING id"
-                ),
-                {
-                    "t": record.topic,
-                    "p": record.partition,
-                    "o": record.offset,
-                    "k": record.key,
-                    "v": record.value,
-                    "hk": header_keys,
-                    "hv": header_values,
-                    "r": reason,
-                },
+        inserted = await uow.conn.scalar(
+            text(
+                "INSERT INTO dead_letters (source_topic, source_partition, source_offset,"
+                " key, value, header_keys, header_values, reason)"
+                " VALUES (:t, :p, :o, :k, :v, CAST(:hk AS BYTEA[]), CAST(:hv AS BYTEA[]), :r)"
+                " ON CONFLICT DO NOTHING RETURNING id"
+            ),
+            {
+                "t": record.topic,
+                "p": record.partition,
+                "o": record.offset,
+                "k": record.key,
+                "v": record.value,
+                "hk": header_keys,
+                "hv": header_values,
+                "r": reason,
+            },
+        )
+        if inserted is not None:
+            uow.emit_raw(
+                topic=dead_letter_topic(self.service),
+                key=record.key,
+                value=record.value or b"",
+                headers=[
+                    *record.headers,
+                    ("dlq.reason", reason.encode()),
+                    ("dlq.source_topic", record.topic.encode()),
+                    ("dlq.source_partition", str(record.partition).encode()),
+                    ("dlq.source_offset", str(record.offset).encode()),
+                    ("dlq.service", self.service.encode()),
+                ],
             )
-            if inserted is not None:
-                await uow.emit_raw(
-                    topic=dead_letter_topic(self.service),
-                    key=record.key,
-                    value=record.value or b"",
-                    headers=headers,
-                )
-        return Outcome.DEAD_LETTERED
-
-
-def dead_letter_reason(reason: str) -> str:
-    """A reason as stored and sent: printable and bounded, whatever the error said."""
-    return printable(reason, 2000) or "unknown"

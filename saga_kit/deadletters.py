@@ -27,7 +27,7 @@ from sqlalchemy import text
 from events.codec import peek
 from events.values import printable
 from saga_kit import headers as kafka_headers
-from saga_kit.consumer import MessageProcessor, Outcome, Record, dead_letter_reason
+from saga_kit.consumer import ConsumerPipeline, Outcome, Record, dead_letter_reason
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection
 from saga_kit.http import DatabaseDep
@@ -197,9 +197,9 @@ async def _pending_record(db: Database, letter_id: int) -> Record:
     )
 
 
-async def replay(db: Database, processor: MessageProcessor, letter_id: int) -> ReplayResult:
+async def replay(db: Database, pipeline: ConsumerPipeline, letter_id: int) -> ReplayResult:
     record = await _pending_record(db, letter_id)
-    attempt = await processor.attempt(record)
+    attempt = await pipeline.attempt(record)
     failed = attempt.outcome is Outcome.DEAD_LETTERED
     reason = dead_letter_reason(attempt.reason or "unknown") if failed else None
     async with db.unit_of_work() as uow:
@@ -278,7 +278,7 @@ async def get_dead_letter_value(letter_id: LetterId, db: DatabaseDep) -> Respons
 async def post_replay(letter_id: LetterId, db: DatabaseDep, request: Request) -> ReplayResult:
     """Process the original bytes again through this service's consumer pipeline."""
     try:
-        return await replay(db, request.app.state.processor, letter_id)
+        return await replay(db, request.app.state.pipeline, letter_id)
     except LookupError:
         raise HTTPException(404, f"dead letter {letter_id} not found") from None
 

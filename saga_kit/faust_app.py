@@ -1,16 +1,20 @@
-"""Faust wiring: one app per service, one thin agent per subscribed topic.
+"""Faust wiring: one app per service, one thin agent over every topic it subscribes to,
+taking records a batch at a time.
 
-Agents receive raw bytes (``value_serializer="raw"``) so the shared codec in ``events``
-is the only deserializer, and an undecodable message reaches the processor to be
-dead-lettered instead of being dropped inside the client library. Acks are manual
-(``noack``): an event is acked only after ``MessageProcessor.process`` returned, i.e. after
-it was handled or dead-lettered and that transaction committed; faust commits acked
-offsets periodically. (faust's default acks in a ``finally``, so an exception or a
-cancellation at shutdown would ack a record that was never applied.)
+The agent receives raw bytes (``value_serializer="raw"``) so the shared codec in
+``events`` is the only deserializer, and an undecodable record reaches the pipeline to
+be dead-lettered instead of being dropped inside the client library. It takes batches
+with ``noack_take(batch_max, within=batch_linger)``: up to ``batch_max`` records, or
+whatever arrived within ``batch_linger`` seconds. Acks are manual: a batch is acked only
+after ``ConsumerPipeline.process_batch`` returned, i.e. after every record of it was
+handled or dead-lettered and that transaction committed; faust commits acked offsets
+periodically. A batch whose processing raises is never acked.
 
-Settings follow the measured behaviour of the embedded broker (DESIGN §2): short session
-timeouts for quick group joins, ``earliest`` offset reset, no faust tables, no leader
-topic, topics created by us, not by faust.
+Settings follow the measured behaviour of the embedded broker (``docs/design.md``):
+short session timeouts for quick group joins, ``earliest`` offset reset, no faust tables,
+no leader topic, topics created by us, not by faust. faust hard-codes its consumers'
+fetch wait (1500 ms); ``SagaApp`` sets it through a transport of its own
+(``fetch_max_wait_ms``), and a test fails if a faust or aiokafka upgrade breaks that.
 """
 
 from __future__ import annotations
@@ -20,35 +24,52 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from saga_kit.consumer import MessageProcessor, Record
+from saga_kit.consumer import ConsumerPipeline, Record
 
-#: Default of ``KAFKA_FETCH_MAX_WAIT_MS`` (Apache Kafka's own default). faust hard-codes
-#: 1500 ms, with which an idle saga waits ~450 ms per hop on the embedded broker; lower
-#: is faster per hop but costs throughput (measured: README, Benchmark).
+#: Default of ``KAFKA_FETCH_MAX_WAIT_MS``: how long a fetch may wait on the broker for data
+#: (measured: README, Benchmark).
 DEFAULT_FETCH_MAX_WAIT_MS = 500
 
 
-def _create_worker_consumer(self: Any, transport: Any) -> Any:
-    """faust's consumer factory, with our fetch wait (faust offers no setting for it)."""
-    consumer = _faust_create_worker_consumer(self, transport)
-    wait = getattr(self.app, "saga_fetch_max_wait_ms", None)
-    if wait is not None:
-        consumer._fetch_max_wait_ms = wait  # read when the consumer starts its fetcher
-    return consumer
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # aiokafka reads this when the consumer starts its fetcher; faust offers no setting
+        consumer._fetch_max_wait_ms = getattr(self.app, "saga_fetch_max_wait_ms", DEFAULT_FETCH_MAX_WAIT_MS)
+        return consumer
 
 
-_faust_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
-faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> Any:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class Transport(faust_aiokafka.Transport):
+    """faust's aiokafka transport, with our consumers' fetch wait."""
+
+    Consumer = _Consumer
+
+
+class SagaApp(faust.App):
+    """A faust app on ``Transport``."""
+
+    #: Set by ``build_faust_app``; read by the consumer thread.
+    saga_fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS
+
+    def _new_transport(self) -> Any:
+        return Transport(self.conf.broker_consumer, self)
 
 
 def build_faust_app(
     service: str,
     bootstrap: str,
     topics: tuple[str, ...],
-    processor: MessageProcessor,
+    pipeline: ConsumerPipeline,
     fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS,
+    batch_max: int = 500,
+    batch_linger: float = 0.005,
 ) -> faust.App:
-    app = faust.App(
+    app = SagaApp(
         service,
         broker=",".join(f"kafka://{b.strip()}" for b in bootstrap.split(",")),
         web_enabled=False,
@@ -62,41 +83,31 @@ def build_faust_app(
         broker_rebalance_timeout=6,
         broker_commit_interval=1.0,
         producer_acks=-1,
-        # A rebalance or a stop must not wait for a record still in processing: one that
-        # cannot get through (saga_kit.consumer, 6) would hold up the whole consumer
-        # group. Only acked offsets are committed, so an in-flight record is redelivered
-        # to whoever owns its partition next, and the inbox keeps its effect single.
+        # A rebalance or a stop must not wait for a batch still in processing: one that
+        # cannot get through (saga_kit.consumer) would hold up the whole consumer group.
+        # Only acked offsets are committed, so an unacked batch is redelivered to whoever
+        # owns its partitions next, and the inbox keeps its effects single.
         stream_wait_empty=False,
     )
-    app.saga_fetch_max_wait_ms = fetch_max_wait_ms  # type: ignore[attr-defined]
-    for topic_name in topics:
-        _add_agent(app, topic_name, processor)
+    app.saga_fetch_max_wait_ms = fetch_max_wait_ms
+    topic = app.topic(*topics, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    async def consume(stream: Any) -> None:
+        async for events in stream.noack_take(batch_max, within=batch_linger):
+            await pipeline.process_batch([_record(event.message) for event in events])
+            for event in events:
+                await stream.ack(event)
+
+    app.agent(topic, name=f"{service}.consume")(consume)
     return app
 
 
-def _add_agent(app: faust.App, topic_name: str, processor: MessageProcessor) -> None:
-    topic = app.topic(
-        topic_name,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
+def _record(message: Any) -> Record:
+    return Record(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        headers=list(message.headers or ()),
     )
-
-    async def consume(stream: Any) -> None:
-        manual = stream.noack()
-        async for event in manual.events():
-            message = event.message
-            await processor.process(
-                Record(
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                    key=message.key,
-                    value=message.value,
-                    headers=list(message.headers or ()),
-                )
-            )
-            await manual.ack(event)
-
-    app.agent(topic, name=f"{processor.service}.{topic_name}")(consume)

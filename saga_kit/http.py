@@ -18,6 +18,8 @@ from saga_kit.db import Database
 from saga_kit.errors import DomainRejection
 from saga_kit.settings import ServiceSettings
 
+#: Prometheus text exposition, version 0.0.4.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Check = Callable[[], Awaitable[None]]
 
 #: Probes and scrapes are not traced: they would drown the sagas' traces.
@@ -67,13 +69,13 @@ def health_router(checks: Mapping[str, Check], timeout: float = 2.0) -> APIRoute
     return router
 
 
-def metrics_router(render: Callable[[], Awaitable[str]]) -> APIRouter:
+def metrics_router(render: Callable[[], Awaitable[bytes]]) -> APIRouter:
     router = APIRouter(tags=["health"])
 
     @router.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> str:
+    async def metrics() -> Response:
         """Prometheus text exposition format."""
-        return await render()
+        return Response(await render(), media_type=METRICS_CONTENT_TYPE)
 
     return router
 
@@ -84,7 +86,7 @@ def create_app(
     settings: ServiceSettings,
     routers: list[APIRouter],
     checks: Mapping[str, Check],
-    metrics: Callable[[], Awaitable[str]],
+    metrics: Callable[[], Awaitable[bytes]],
 ) -> FastAPI:
     app = FastAPI(title=title, version="1.0.0")
     app.state.db = db

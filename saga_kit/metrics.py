@@ -1,104 +1,191 @@
-"""Prometheus metrics of the shared plumbing, rendered by hand (no global registry, so
-several services or tests can live in one process).
+"""Prometheus metrics of the shared plumbing, exposed through ``prometheus_client``.
 
-Every service exports: events consumed by type and outcome, handler latency by type,
+The hot paths only bump plain counters and in-process histograms (``ConsumerStats``,
+the relay's counts, ``JobStats``); at scrape time a collector turns them, and what is
+read from the database then (outbox backlog, dead letters waiting, a service's own
+figures), into metric families of a registry of the service's own — no global registry,
+so several services or tests can live in one process.
+
+Every service exports: events consumed by type and outcome, batch time and size,
 events produced by topic and type, outbox backlog and the age of its oldest unsent row,
-consumer lag per partition where the client knows the partition's end, dead letters
-waiting, scheduled jobs. A service adds its own (the order service: sagas by outcome and
-saga duration) through ``ServiceSpec.metrics``.
+consumer lag per partition where the client knows the partition's end, partitions held
+at a record the pipeline cannot take, dead letters waiting, scheduled jobs. A service
+adds its own families through ``ServiceSpec.metrics`` (the order service: sagas by
+outcome and saga duration).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from saga_kit.consumer import ConsumerStats
 from saga_kit.db import Database
+from saga_kit.histogram import Histogram
 from saga_kit.outbox import OutboxRelay
 from saga_kit.periodic import JobStats
 
-#: Extra exposition lines of one service, computed from its database at scrape time.
-ExtraMetrics = Callable[[AsyncConnection, str], Awaitable[list[str]]]
+#: A service's own metric families, computed from its database at scrape time.
+ExtraMetrics = Callable[[AsyncConnection, str], Awaitable[list[Metric]]]
 
 
-def labels(**values: object) -> str:
-    inner = ",".join(f'{k}="{v}"' for k, v in values.items())
-    return "{" + inner + "}"
+def histogram_family(name: str, documentation: str, labels: Mapping[str, str], h: Histogram) -> Metric:
+    """An in-process ``Histogram`` as a Prometheus histogram family (cumulative buckets)."""
+    family = HistogramMetricFamily(name, documentation, labels=list(labels))
+    cumulative, buckets = 0, []
+    for bound, count in zip(h.buckets, h.counts, strict=True):
+        cumulative += count
+        buckets.append((f"{bound:g}", cumulative))
+    buckets.append(("+Inf", h.n))
+    family.add_metric(list(labels.values()), buckets, h.total)
+    return family
 
 
-def header(name: str, kind: str, help_text: str) -> list[str]:
-    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+@dataclass
+class _Snapshot:
+    """What the database said at this scrape."""
+
+    backlog: int = 0
+    oldest_unsent: float = 0.0
+    dead_letters: int = 0
+    extra: list[Metric] = field(default_factory=list)
 
 
-async def render(
-    service: str,
-    stats: ConsumerStats,
-    relay: OutboxRelay,
-    db: Database,
-    jobs: Mapping[str, JobStats] | None = None,
-    lag: Callable[[], Mapping[tuple[str, int], int]] | None = None,
-    extra: ExtraMetrics | None = None,
-) -> str:
-    s = labels(service=service)
-    lines = header("saga_events_consumed_total", "counter", "Events consumed, by type and outcome.")
-    for (event_type, outcome), n in sorted(stats.outcomes.items()):
-        lines.append(
-            f"saga_events_consumed_total{labels(service=service, event_type=event_type, outcome=outcome)} {n}"
+class _PlumbingCollector(Collector):
+    def __init__(
+        self,
+        service: str,
+        stats: ConsumerStats,
+        relay: OutboxRelay,
+        jobs: Mapping[str, JobStats],
+        lag: Callable[[], Mapping[tuple[str, int], int]] | None,
+    ) -> None:
+        self.service, self.stats, self.relay, self.jobs, self.lag = service, stats, relay, jobs, lag
+        self.snapshot = _Snapshot()
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def _families(self) -> Iterator[Metric]:
+        s, svc = self.stats, self.service
+        consumed = CounterMetricFamily(
+            "saga_events_consumed",
+            "Events consumed, by type and outcome.",
+            labels=["service", "event_type", "outcome"],
         )
-    lines += header(
-        "saga_handler_seconds", "histogram", "Time in a handler's transaction (inbox, handler, commit)."
-    )
-    for event_type, histogram in sorted(stats.latency.items()):
-        lines += histogram.render("saga_handler_seconds", f'service="{service}",event_type="{event_type}"')
-    lines += header("saga_events_produced_total", "counter", "Outbox rows published by this process.")
-    for (topic, event_type), n in sorted(relay.published_by_type.items()):
-        lines.append(
-            f"saga_events_produced_total{labels(service=service, topic=topic, event_type=event_type)} {n}"
+        for (event_type, outcome), n in sorted(s.outcomes.items()):
+            consumed.add_metric([svc, event_type, outcome], n)
+        yield consumed
+        yield histogram_family(
+            "saga_batch_seconds",
+            "Time of a consumed batch's transaction (lock, inbox, reactions, commit).",
+            {"service": svc},
+            s.batch_seconds,
         )
-    lines += header(
-        "saga_consumer_lag", "gauge", "Records behind the partition's end, where the client knows it."
-    )
-    for (topic, partition), behind in sorted((lag() if lag else {}).items()):
-        lines.append(f"saga_consumer_lag{labels(service=service, topic=topic, partition=partition)} {behind}")
+        yield histogram_family(
+            "saga_batch_size", "Records per consumed batch.", {"service": svc}, s.batch_size
+        )
+        produced = CounterMetricFamily(
+            "saga_events_produced",
+            "Outbox rows published by this process.",
+            labels=["service", "topic", "event_type"],
+        )
+        for (topic, event_type), n in sorted(self.relay.published_by_type.items()):
+            produced.add_metric([svc, topic, event_type], n)
+        yield produced
+        published = CounterMetricFamily(
+            "saga_outbox_published", "Outbox rows published by this process.", labels=["service"]
+        )
+        published.add_metric([svc], self.relay.published)
+        yield published
+        lag = GaugeMetricFamily(
+            "saga_consumer_lag",
+            "Records behind the partition's end, where the client knows it.",
+            labels=["service", "topic", "partition"],
+        )
+        for (topic, partition), behind in sorted((self.lag() if self.lag else {}).items()):
+            lag.add_metric([svc, topic, str(partition)], behind)
+        yield lag
+        for name, doc, value in (
+            ("saga_outbox_backlog", "Outbox rows not yet published.", self.snapshot.backlog),
+            (
+                "saga_outbox_oldest_unsent_seconds",
+                "Age of the oldest unpublished outbox row.",
+                self.snapshot.oldest_unsent,
+            ),
+            (
+                "saga_dead_letters",
+                "Dead letters waiting for an operator (replay or discard).",
+                self.snapshot.dead_letters,
+            ),
+            ("saga_consumer_retrying", "1 while the consumer retries a transient failure.", int(s.retrying)),
+            (
+                "saga_consumer_stuck_partitions",
+                "Partitions held at a record the pipeline itself cannot take (not acked, retried).",
+                len(s.stuck),
+            ),
+            (
+                "saga_outbox_relay_active",
+                "1 while this instance is its database's active relay.",
+                int(self.relay.active),
+            ),
+        ):
+            gauge = GaugeMetricFamily(name, doc, labels=["service"])
+            gauge.add_metric([svc], value)
+            yield gauge
+        for metric, doc, attr in (
+            ("saga_job_runs", "Completed runs of a scheduled job.", "runs"),
+            ("saga_job_items", "Rows a scheduled job acted on (cancelled, pruned).", "items"),
+            ("saga_job_failures", "Failed runs of a scheduled job.", "failures"),
+        ):
+            family = CounterMetricFamily(metric, doc, labels=["service", "job"])
+            for name, job in sorted(self.jobs.items()):
+                family.add_metric([svc, name], getattr(job, attr))
+            yield family
+        yield from self.snapshot.extra
 
-    async with db.engine.connect() as conn:
-        backlog, oldest = (
-            await conn.execute(
-                text(
-                    "SELECT COUNT(*), COALESCE(EXTRACT(EPOCH FROM now() - MIN(created_at)), 0)"
-                    " FROM outbox WHERE sent_at IS NULL"
+
+class Metrics:
+    """A service's registry and what it needs at scrape time."""
+
+    def __init__(
+        self,
+        service: str,
+        stats: ConsumerStats,
+        relay: OutboxRelay,
+        db: Database,
+        jobs: Mapping[str, JobStats] | None = None,
+        lag: Callable[[], Mapping[tuple[str, int], int]] | None = None,
+        extra: ExtraMetrics | None = None,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._collector = _PlumbingCollector(service, stats, relay, jobs or {}, lag)
+        self.registry.register(self._collector)
+        self._db, self._extra, self._service = db, extra, service
+
+    async def render(self) -> bytes:
+        """Read what comes from the database, then the exposition text of everything."""
+        async with self._db.engine.connect() as conn:
+            backlog, oldest = (
+                await conn.execute(
+                    text(
+                        "SELECT COUNT(*), COALESCE(EXTRACT(EPOCH FROM now() - MIN(created_at)), 0)"
+                        " FROM outbox WHERE sent_at IS NULL"
+                    )
                 )
-            )
-        ).one()
-        dead = await conn.scalar(text("SELECT COUNT(*) FROM dead_letters WHERE status = 'PENDING'"))
-        extra_lines = await extra(conn, service) if extra else []
-    lines += [
-        *header("saga_outbox_published_total", "counter", "Outbox rows published by this process."),
-        f"saga_outbox_published_total{s} {relay.published}",
-        *header("saga_outbox_backlog", "gauge", "Outbox rows not yet published."),
-        f"saga_outbox_backlog{s} {backlog}",
-        *header("saga_outbox_oldest_unsent_seconds", "gauge", "Age of the oldest unpublished outbox row."),
-        f"saga_outbox_oldest_unsent_seconds{s} {float(oldest):.3f}",
-        *header("saga_dead_letters", "gauge", "Dead letters waiting for an operator (replay or discard)."),
-        f"saga_dead_letters{s} {dead}",
-        *header("saga_consumer_retrying", "gauge", "1 while the consumer retries a transient failure."),
-        f"saga_consumer_retrying{s} {int(stats.retrying)}",
-        *header(
-            "saga_consumer_stuck_partitions",
-            "gauge",
-            "Partitions held at a record the pipeline itself cannot take (not acked, retried).",
-        ),
-        f"saga_consumer_stuck_partitions{s} {len(stats.stuck)}",
-    ]
-    for metric, what, attr in (
-        ("saga_job_runs_total", "Completed runs of a scheduled job.", "runs"),
-        ("saga_job_items_total", "Rows a scheduled job acted on (cancelled, pruned).", "items"),
-        ("saga_job_failures_total", "Failed runs of a scheduled job.", "failures"),
-    ):
-        lines += header(metric, "counter", what)
-        for name, job in sorted((jobs or {}).items()):
-            lines.append(f"{metric}{labels(service=service, job=name)} {getattr(job, attr)}")
-    return "\n".join([*lines, *extra_lines]) + "\n"
+            ).one()
+            dead = await conn.scalar(text("SELECT COUNT(*) FROM dead_letters WHERE status = 'PENDING'"))
+            extra = await self._extra(conn, self._service) if self._extra else []
+        self._collector.snapshot = _Snapshot(int(backlog), float(oldest), int(dead or 0), extra)
+        return generate_latest(self.registry)

@@ -1,7 +1,7 @@
 """Background jobs that run on a schedule inside a service (deadline sweeper, pruning).
 
-A job that fails transiently (database away) waits with capped exponential backoff and
-tries again; any other failure is logged and the job keeps its schedule. A job never
+A job that fails transiently (database away) is retried with the service's retry policy
+(``saga_kit.retry``); any other failure is logged and the job keeps its schedule. A job never
 takes the service down, and never runs twice at once in one process.
 """
 
@@ -36,24 +36,23 @@ class JobStats:
     failures: int = 0
 
 
-async def run_forever(
-    job: Periodic, db: Database, settings: ServiceSettings, stats: JobStats, max_backoff: float = 10.0
-) -> None:
+async def run_forever(job: Periodic, db: Database, settings: ServiceSettings, stats: JobStats) -> None:
+    """Run ``job`` every interval; a transient failure is retried with the retry policy
+    (counted as a failure), any other is logged and the job keeps its schedule."""
     interval = job.interval(settings)
-    delay = interval
+    retry = settings.retry_policy()
+
+    def failed(exc: BaseException) -> None:
+        stats.failures += 1
+        log.warning("%s: transient failure, retrying: %s", job.name, exc)
+
     while True:
-        await asyncio.sleep(delay)
+        await asyncio.sleep(interval)
         try:
-            stats.items += await job.run(db, settings)
+            stats.items += await retry.forever(lambda: job.run(db, settings), is_transient, failed)
             stats.runs += 1
-            delay = interval
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception:
             stats.failures += 1
-            if is_transient(exc):
-                delay = min(max(delay * 2, interval), max_backoff)
-                log.warning("%s: transient failure, next try in %.1fs: %s", job.name, delay, exc)
-            else:
-                delay = interval
-                log.exception("%s failed; it keeps its schedule", job.name)
+            log.exception("%s failed; it keeps its schedule", job.name)

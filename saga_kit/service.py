@@ -21,7 +21,7 @@ from fastapi import APIRouter
 
 from events.topics import DOMAIN_TOPICS, dead_letter_topic
 from saga_kit import deadletters, logs, metrics, tracing
-from saga_kit.consumer import MessageProcessor, Subscription
+from saga_kit.consumer import ConsumerPipeline, Subscription
 from saga_kit.db import Database, EmitHook, create_engine
 from saga_kit.errors import is_kafka_error, is_transient
 from saga_kit.faust_app import build_faust_app
@@ -31,6 +31,7 @@ from saga_kit.migrations import PLUMBING, Migration, migrate
 from saga_kit.outbox import OutboxRelay
 from saga_kit.periodic import JobStats, Periodic, run_forever
 from saga_kit.pruning import PRUNING
+from saga_kit.retry import RetryPolicy
 from saga_kit.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -60,21 +61,17 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _until_up(what: str, probe: Callable[[], Awaitable[object]], deadline: float = 120.0) -> None:
-    """Retry ``probe`` until it succeeds; dependencies may start after us."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    delay = 0.2
-    while True:
-        try:
-            await probe()
-            return
-        except Exception as exc:
-            if (not is_transient(exc) and not is_kafka_error(exc)) or loop.time() > end:
-                raise
-            log.info("waiting for %s: %s", what, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+async def _until_up(
+    what: str, probe: Callable[[], Awaitable[object]], retry: RetryPolicy, deadline: float = 120.0
+) -> None:
+    """Retry ``probe`` until it succeeds (dependencies may start after us), at most
+    ``deadline`` seconds: a dependency that never appears is worth exiting for."""
+    await retry.until(
+        probe,
+        lambda exc: is_transient(exc) or is_kafka_error(exc),
+        lambda exc: log.info("waiting for %s: %s", what, exc),
+        give_up_after=deadline,
+    )
 
 
 _STOP_TIMEOUT = 5.0
@@ -94,8 +91,9 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
     producer = create_producer(settings.kafka_bootstrap_servers, spec.name)
     db = Database(engine, spec.name, emit_hooks=spec.emit_hooks)
+    retry = settings.retry_policy()
     try:
-        await _until_up("database", db.ping)
+        await _until_up("database", db.ping, retry)
         for name in await migrate(engine, PLUMBING + spec.migrations):
             log.info("applied migration %s", name)
         await _until_up(
@@ -106,34 +104,38 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 partitions=settings.topic_partitions,
                 replication=settings.topic_replication,
             ),
+            retry,
         )
-        await _until_up("producer", producer.start)
+        await _until_up("producer", producer.start, retry)
         relay = OutboxRelay(
             engine,
             producer,
             batch_size=settings.relay_batch_size,
             poll_interval=settings.relay_poll_interval,
+            retry=retry,
             fault=settings.fault,
         )
         db.set_on_commit(relay.wake)
-        processor = MessageProcessor(spec.name, db, spec.subscription, fault=settings.fault)
+        pipeline = ConsumerPipeline(spec.name, db, spec.subscription, retry=retry, fault=settings.fault)
         jobs = (PRUNING, *spec.periodic)
         job_stats = {job.name: JobStats() for job in jobs}
         consumers = build_faust_app(
             spec.name,
             settings.kafka_bootstrap_servers,
             spec.subscription.topics,
-            processor,
+            pipeline,
             settings.kafka_fetch_max_wait_ms,
+            batch_max=settings.consumer_batch_max,
+            batch_linger=settings.consumer_batch_linger_ms / 1000,
         )
 
         async def consumers_running() -> None:
             if not consumers.started or consumers.crashed:
                 raise RuntimeError(f"consumers {consumers.state}")
-            if processor.stats.stuck:
-                where = "; ".join(processor.stats.stuck[tp] for tp in sorted(processor.stats.stuck))
+            if pipeline.stats.stuck:
+                where = "; ".join(pipeline.stats.stuck[tp] for tp in sorted(pipeline.stats.stuck))
                 raise RuntimeError(f"consumer stuck (not acked, retrying) at {where}")
-            if processor.stats.retrying:
+            if pipeline.stats.retrying:
                 raise RuntimeError("consumer is retrying a transient failure")
 
         def consumer_lag() -> dict[tuple[str, int], int]:
@@ -146,7 +148,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             except Exception:  # not started or rebalancing: nothing known
                 return lag
             for tp in assigned:
-                position = processor.stats.positions.get((tp.topic, tp.partition))
+                position = pipeline.stats.positions.get((tp.topic, tp.partition))
                 end = consumers.consumer.highwater(tp)
                 if position is not None and end is not None:
                     lag[(tp.topic, tp.partition)] = max(0, end - position)
@@ -167,11 +169,11 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 "consumers": consumers_running,
                 "outbox_relay": relay_healthy,
             },
-            lambda: metrics.render(
-                spec.name, processor.stats, relay, db, job_stats, consumer_lag, spec.metrics
-            ),
+            metrics.Metrics(
+                spec.name, pipeline.stats, relay, db, job_stats, consumer_lag, spec.metrics
+            ).render,
         )
-        app.state.processor = processor
+        app.state.pipeline = pipeline
         app.state.relay = relay
         server = _Server(
             uvicorn.Config(

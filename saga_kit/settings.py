@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from saga_kit.retry import RetryPolicy
+
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
@@ -42,7 +44,28 @@ class ServiceSettings(BaseSettings):
         validation_alias=AliasChoices("KAFKA_FETCH_MAX_WAIT_MS", "kafka_fetch_max_wait_ms"),
     )
 
-    relay_batch_size: int = Field(default=500, ge=1)
+    #: A consumer batch: at most this many records, or what arrived within the linger.
+    consumer_batch_max: int = Field(
+        default=500, ge=1, validation_alias=AliasChoices("CONSUMER_BATCH_MAX", "consumer_batch_max")
+    )
+    consumer_batch_linger_ms: float = Field(
+        default=5.0,
+        ge=0,
+        le=10_000,
+        validation_alias=AliasChoices("CONSUMER_BATCH_LINGER_MS", "consumer_batch_linger_ms"),
+    )
+    #: The one retry policy (saga_kit.retry): first wait, longest wait, random extra.
+    retry_initial_seconds: float = Field(
+        default=0.05, gt=0, validation_alias=AliasChoices("RETRY_INITIAL_SECONDS", "retry_initial_seconds")
+    )
+    retry_max_seconds: float = Field(
+        default=5.0, gt=0, validation_alias=AliasChoices("RETRY_MAX_SECONDS", "retry_max_seconds")
+    )
+    retry_jitter_seconds: float = Field(
+        default=0.1, ge=0, validation_alias=AliasChoices("RETRY_JITTER_SECONDS", "retry_jitter_seconds")
+    )
+
+    relay_batch_size: int = Field(default=1000, ge=1)
     relay_poll_interval: float = Field(default=0.5, gt=0)
     db_pool_size: int = Field(default=10, ge=1)
 
@@ -64,6 +87,9 @@ class ServiceSettings(BaseSettings):
     #: Fault injection for tests and chaos runs, e.g. ``relay.before_publish``. Never set it
     #: in production.
     fault: str | None = Field(default=None, validation_alias=AliasChoices("SAGA_FAULT", "fault"))
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.retry_initial_seconds, self.retry_max_seconds, self.retry_jitter_seconds)
 
     @field_validator("database_url")
     @classmethod

@@ -33,7 +33,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import Link, Span, SpanKind
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind
 
 from saga_kit.headers import Header, Headers, text_map
 
@@ -103,10 +103,11 @@ def configure(service: str, exporter: str, directory: str | None) -> TracerProvi
 # -- carriers: Kafka/outbox headers are (str, bytes | None) pairs (saga_kit.headers) -------
 
 
-def inject(headers: Headers) -> list[Header]:
-    """``headers`` with the current trace context (replacing any earlier one)."""
+def inject(headers: Headers, context: otel_context.Context | None = None) -> list[Header]:
+    """``headers`` with the trace context ``context`` (default: the current one),
+    replacing any earlier one."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=context)
     kept = [(k, v) for k, v in headers if k not in carrier]
     return kept + [(k, v.encode()) for k, v in carrier.items()]
 
@@ -117,6 +118,18 @@ def extract(headers: Headers | Mapping[str, str]) -> otel_context.Context:
     if isinstance(headers, Mapping):
         return propagate.extract(headers)
     return propagate.extract(text_map(headers))
+
+
+def span_context(headers: Headers) -> SpanContext | None:
+    """The remote span context carried by ``headers``, if there is a valid one."""
+    ctx = trace.get_current_span(extract(headers)).get_span_context()
+    return ctx if ctx.is_valid else None
+
+
+def trace_id_of(headers: Headers) -> str | None:
+    """The trace id of the W3C ``traceparent`` in ``headers``, if there is a valid one."""
+    ctx = trace.get_current_span(extract(headers)).get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
 
 
 def current_traceparent() -> str | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -20,9 +19,19 @@ from tests.e2e.conftest import UniqueIds, seed
 
 
 def consumed(system: System, service: str, outcome: str) -> int:
-    """Sum of saga_events_consumed_total{outcome=...} on the service's /metrics."""
+    """Sum of saga_events_consumed_total{outcome=...} on the service's /metrics (read with
+    the reference Prometheus parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     text = httpx.get(f"{system.url(service)}/metrics").text
-    return sum(int(m) for m in re.findall(rf'outcome="{outcome}"\}} (\d+)', text))
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "saga_events_consumed_total" and sample.labels.get("outcome") == outcome
+        )
+    )
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

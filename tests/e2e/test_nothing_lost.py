@@ -119,14 +119,14 @@ def test_a_record_the_pipeline_cannot_take_is_not_acked_and_comes_back_after_the
         order_id = client.place_order(customers["hal"], {products["held"]: 1}, deadline_seconds=600)
         url = f"{system.url('payment_svc')}/health/ready"
 
-        def stuck_on_inventory_events() -> bool:
+        def stuck() -> bool:
             try:
                 check = httpx.get(url).json()["checks"]["consumers"]
             except (httpx.HTTPError, ValueError, KeyError):
                 return False  # still starting
-            return "consumer stuck" in check.get("error", "") and "inventory.events" in check["error"]
+            return "consumer stuck" in check.get("error", "") and "consumer.pipeline_error" in check["error"]
 
-        wait_until(stuck_on_inventory_events, 60, "payment reports the stuck record")
+        wait_until(stuck, 60, "payment reports the stuck batch")
         assert httpx.get(url).status_code == 503
         assert client.order(order_id)["status"] == "PENDING"
     finally:  # the "fix" is deployed

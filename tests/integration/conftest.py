@@ -20,9 +20,10 @@ from events.topics import TOPIC_OF_PRODUCER
 from inventory_svc.app import SPEC as INVENTORY
 from order_svc.app import SPEC as ORDER
 from payment_svc.app import SPEC as PAYMENT
-from saga_kit.consumer import MessageProcessor, Record
+from saga_kit.consumer import ConsumerPipeline, Record
 from saga_kit.db import Database, create_engine
 from saga_kit.migrations import PLUMBING, migrate
+from saga_kit.retry import RetryPolicy
 from saga_kit.service import ServiceSpec
 from saga_kit.settings import ServiceSettings
 from sagastack.embedded import DATABASES, Postgres
@@ -45,7 +46,7 @@ class ServiceUnderTest:
     def __init__(self, spec: ServiceSpec, db: Database) -> None:
         self.spec = spec
         self.db = db
-        self.processor = MessageProcessor(spec.name, db, spec.subscription, max_backoff=0.2)
+        self.pipeline = ConsumerPipeline(spec.name, db, spec.subscription, retry=RetryPolicy(0.01, 0.2, 0.01))
 
     async def deliver(self, envelope: Envelope[Any]) -> str:
         """Deliver like Kafka would: the encoded bytes, at a fresh offset."""
@@ -53,7 +54,7 @@ class ServiceUnderTest:
 
     async def deliver_bytes(self, value: bytes, topic: str, offset: int | None = None) -> Any:
         record = Record(topic, 0, next(_offsets) if offset is None else offset, b"k", value)
-        return await self.processor.process(record)
+        return await self.pipeline.process(record)
 
     async def scalar(self, sql: str, **params: Any) -> Any:
         async with self.db.engine.connect() as conn:

@@ -132,7 +132,7 @@ CASES = [
 def test_cases_cover_every_handler() -> None:
     from tests.integration.conftest import SPECS
 
-    handled = {(n, t) for n, spec in SPECS.items() for t in spec.subscription.handlers}
+    handled = {(n, t) for n, spec in SPECS.items() for t in spec.subscription.reactions.event_types}
     assert handled == {(n, t) for n, t, _ in CASES}
 
 

@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from events import encode
 from events.values import printable
 from saga_kit import deadletters
-from saga_kit.consumer import MessageProcessor, Outcome, Record
+from saga_kit.consumer import ConsumerPipeline, Outcome, Record
+from saga_kit.db import UnitOfWork
+from saga_kit.retry import RetryPolicy
 from tests.integration.conftest import ServiceUnderTest, add_product, event
 from tests.unit.samples import order_created
 
@@ -59,7 +61,7 @@ async def test_a_null_header_value_is_no_obstacle(inventory: ServiceUnderTest) -
     valid = encode(event(order_created({pid: 1}, customer="c"), uuid.uuid4()))
     for value, expected in ((valid, Outcome.HANDLED), (b"x", Outcome.DEAD_LETTERED)):
         rec = record(value, [("x-null", None)])
-        outcome = await inventory.processor.process(rec)
+        outcome = await inventory.pipeline.process(rec)
         assert outcome is expected
         await accounted(inventory, rec, outcome)
     letters = await deadletters.list_letters(inventory.db, "PENDING", 5)
@@ -70,7 +72,7 @@ async def test_a_null_header_value_is_no_obstacle(inventory: ServiceUnderTest) -
 async def test_a_nul_byte_in_a_header_is_kept_exactly_and_shown_escaped(inventory: ServiceUnderTest) -> None:
     """Failing input 2: body ``garbage``, header ``("x-note", b"a\\x00b")``."""
     rec = record(b"garbage", [("x-note", b"a\x00b"), ("x-bin", b"\xff\xfe")])
-    outcome = await inventory.processor.process(rec)
+    outcome = await inventory.pipeline.process(rec)
     assert outcome is Outcome.DEAD_LETTERED
     await accounted(inventory, rec, outcome)
     letter = (await deadletters.list_letters(inventory.db, "PENDING", 1))[0]
@@ -84,9 +86,9 @@ async def test_one_huge_nested_letter_never_hides_the_others(payment: ServiceUnd
     """Failing input 4: ``b"[" * 60000`` is dead-lettered, and listing, showing and
     discarding every letter still work."""
     earlier = record(b"not json either", [])
-    await payment.processor.process(earlier)
+    await payment.pipeline.process(earlier)
     nested = record(b"[" * 60000, [])
-    assert await payment.processor.process(nested) is Outcome.DEAD_LETTERED
+    assert await payment.pipeline.process(nested) is Outcome.DEAD_LETTERED
     letters = await deadletters.list_letters(payment.db, "PENDING", 1000)
     ids = {d.source_offset: d.id for d in letters}
     assert {earlier.offset, nested.offset} <= ids.keys()
@@ -98,19 +100,19 @@ async def test_one_huge_nested_letter_never_hides_the_others(payment: ServiceUnd
     assert (await deadletters.discard(payment.db, shown.id)).status == "DISCARDED"
 
 
-class _BrokenStore(MessageProcessor):
+class _BrokenStore(ConsumerPipeline):
     """A pipeline whose dead-letter store fails the first ``failures`` times, as a bug or
     an unforeseen input in the pipeline itself would."""
 
     def __init__(self, svc: ServiceUnderTest, failures: int) -> None:
-        super().__init__(svc.spec.name, svc.db, svc.spec.subscription, max_backoff=0.05)
+        super().__init__(svc.spec.name, svc.db, svc.spec.subscription, retry=RetryPolicy(0.01, 0.05, 0.0))
         self.failures = failures
 
-    async def _dead_letter(self, rec: Record, reason: str) -> Outcome:
+    async def _store_dead_letter(self, uow: UnitOfWork, rec: Record, reason: str) -> None:
         if self.failures:
             self.failures -= 1
             raise RuntimeError("the dead-letter store is broken")
-        return await super()._dead_letter(rec, reason)
+        await super()._store_dead_letter(uow, rec, reason)
 
 
 async def test_an_error_in_the_pipeline_holds_the_record_until_it_goes_through(
@@ -176,7 +178,7 @@ async def test_any_record_is_handled_or_dead_lettered(
     value: bytes | None, hdrs: list[tuple[str, bytes | None]], key: bytes | None, inventory: ServiceUnderTest
 ) -> None:
     rec = record(value, hdrs, key)
-    outcome = await asyncio.wait_for(inventory.processor.process(rec), 30)
-    assert inventory.processor.stats.stuck == {}
+    outcome = await asyncio.wait_for(inventory.pipeline.process(rec), 30)
+    assert inventory.pipeline.stats.stuck == {}
     observe(outcome.value)  # --hypothesis-show-statistics: every outcome is exercised
     await accounted(inventory, rec, outcome)

@@ -41,15 +41,15 @@ async def test_a_dead_letter_replays_once_its_cause_is_fixed(
     assert letter.event_type == "OrderCreated" and letter.order_id == raw["order_id"]
 
     with pytest.raises(deadletters.StillFailing, match="no upcaster"):
-        await deadletters.replay(inventory.db, inventory.processor, letter.id)
+        await deadletters.replay(inventory.db, inventory.pipeline, letter.id)
     assert (await letter_at(inventory, offset)).replay_attempts == 1
 
     monkeypatch.undo()  # the new build is deployed
-    result = await deadletters.replay(inventory.db, inventory.processor, letter.id)
+    result = await deadletters.replay(inventory.db, inventory.pipeline, letter.id)
     assert (result.status, result.outcome) == ("REPLAYED", "handled")
     assert await inventory.scalar("SELECT reserved FROM products WHERE product_id = :p", p=pid) == 1
     with pytest.raises(deadletters.NotPending):
-        await deadletters.replay(inventory.db, inventory.processor, letter.id)
+        await deadletters.replay(inventory.db, inventory.pipeline, letter.id)
     assert await inventory.scalar("SELECT reserved FROM products WHERE product_id = :p", p=pid) == 1
     pending = await deadletters.list_letters(inventory.db, "PENDING", 1000)
     assert letter.id not in {d.id for d in pending}
@@ -63,7 +63,7 @@ async def test_a_discarded_dead_letter_is_kept_but_never_replayed(inventory: Ser
     discarded = await deadletters.discard(inventory.db, letter.id)
     assert discarded.status == "DISCARDED" and discarded.resolved_at is not None
     with pytest.raises(deadletters.NotPending):
-        await deadletters.replay(inventory.db, inventory.processor, letter.id)
+        await deadletters.replay(inventory.db, inventory.pipeline, letter.id)
     with pytest.raises(deadletters.NotPending):
         await deadletters.discard(inventory.db, letter.id)
     with pytest.raises(LookupError):

@@ -1,0 +1,126 @@
+"""A service's reactions to events, applied a batch at a time: **load → decide → save**.
+
+* ``load(conn, events)`` reads, in a few set-based queries, everything the batch needs
+  (and locks the rows it will change, in a fixed order: no deadlocks) into an in-memory
+  state ``S``;
+* one **decide** function per event class, registered with ``@reactions.on(EventClass)``,
+  applies one event to that state through the service's pure domain rules and returns
+  the events to emit in reply — no I/O, so it is unit-tested without a database and
+  mypy checks that it handles the payload class it is registered for;
+* ``save(conn, state)`` writes every change with a few set-based statements.
+
+Events are decided in arrival order, so two orders for the last unit in one batch see
+each other exactly as they would one transaction after the other.
+
+A decide function refuses an event it must never apply (an order it has never heard
+of, a fact that contradicts its records) by raising ``InvalidEvent`` **before** it
+changes the state; the consumer dead-letters that one event with the reason and applies
+the rest. Any other exception is a bug or a poison event: the consumer isolates it by
+splitting the batch (``saga_kit.consumer``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+from opentelemetry.trace import SpanKind
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from events.codec import InvalidEvent
+from events.envelope import Envelope, EventPayload
+from saga_kit import logs, tracing
+from saga_kit.db import Delivery, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+P = TypeVar("P", bound=EventPayload)
+
+#: What a decide function returns: the events to emit in reply (same saga, caused by it).
+Replies = Sequence[EventPayload]
+Decide = Callable[[S, Envelope[P]], Replies]
+Load = Callable[[AsyncConnection, Sequence[Envelope[Any]]], Awaitable[S]]
+Save = Callable[[AsyncConnection, S], Awaitable[None]]
+#: Runs after the decisions, in the same transaction, with every event that was applied
+#: (the order service keeps each saga's timeline with it).
+Observe = Callable[[AsyncConnection, Sequence[Delivery]], Awaitable[None]]
+
+
+class Reactions(Generic[S]):
+    """The registry of one service's decide functions, with its load and save."""
+
+    def __init__(self, load: Load[S], save: Save[S], observe: Observe | None = None) -> None:
+        self._load = load
+        self._save = save
+        self.observe = observe
+        self._decide: dict[type[EventPayload], Decide[S, Any]] = {}
+
+    def on(self, event: type[P]) -> Callable[[Decide[S, P]], Decide[S, P]]:
+        """Register the decide function for ``event``; one per event class."""
+
+        def register(decide: Decide[S, P]) -> Decide[S, P]:
+            if event in self._decide:
+                raise ValueError(f"{event.__name__} already has a reaction")
+            self._decide[event] = decide
+            return decide
+
+        return register
+
+    @property
+    def handlers(self) -> Mapping[type[EventPayload], Decide[S, Any]]:
+        return dict(self._decide)
+
+    @property
+    def event_types(self) -> frozenset[str]:
+        """Names of the event types this service reacts to (observing aside)."""
+        return frozenset(c.event_type for c in self._decide)
+
+    def consumes(self, event_type: str) -> bool:
+        """Does this service do anything with ``event_type`` (react or observe)?"""
+        return self.observe is not None or any(c.event_type == event_type for c in self._decide)
+
+    async def apply(self, uow: UnitOfWork, deliveries: Sequence[Delivery]) -> dict[int, str]:
+        """Load, decide each delivery in order, save; replies are emitted on ``uow``.
+        Returns the deliveries refused (index → reason); nothing of theirs was applied."""
+        reacting = [d for d in deliveries if type(d.envelope.payload) in self._decide]
+        refused: dict[int, str] = {}
+        if reacting:
+            state = await self._load(uow.conn, [d.envelope for d in reacting])
+            for i, delivery in enumerate(deliveries):
+                decide = self._decide.get(type(delivery.envelope.payload))
+                if decide is None:
+                    continue
+                envelope = delivery.envelope
+                with (
+                    tracing.span(
+                        f"handle {envelope.event_type}",
+                        kind=SpanKind.CONSUMER,
+                        parent=tracing.extract(delivery.headers),
+                        attributes={
+                            "saga.order_id": str(envelope.order_id),
+                            "saga.event_id": str(envelope.event_id),
+                        },
+                    ),
+                    logs.bind(order_id=envelope.order_id, event_type=envelope.event_type),
+                ):
+                    try:
+                        replies = decide(state, envelope)
+                    except InvalidEvent as exc:
+                        refused[i] = exc.reason
+                        continue
+                    for reply in replies:
+                        uow.reply(reply, to=envelope)
+                    if log.isEnabledFor(logging.INFO):
+                        log.info(
+                            "applied %s, replied %s",
+                            envelope.event_type,
+                            ", ".join(r.event_type for r in replies) or "nothing",
+                        )
+            await self._save(uow.conn, state)
+        if self.observe is not None:
+            applied = [d for i, d in enumerate(deliveries) if i not in refused]
+            if applied:
+                await self.observe(uow.conn, applied)
+        return refused
