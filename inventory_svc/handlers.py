@@ -35,10 +35,9 @@ from events import (
 )
 from events.envelope import Envelope
 from inventory_svc.reservation import Refuse, StockLevel, plan_reservation, requested_quantities
+from saga_kit import sql
+from saga_kit.db import UnitOfWork
 from saga_kit.reactions import Reactions, Replies
-
-#: A product's stock buckets; ``available + reserved + sold`` only changes by an operator.
-BUCKETS = ("available", "reserved", "sold")
 
 
 @dataclass
@@ -107,18 +106,18 @@ _MOVES = {
 
 
 async def load(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> Stock:
-    order_ids = sorted({e.order_id for e in events})
+    ids = sql.values(sorted({e.order_id for e in events}))
     stock = Stock()
     for row in await conn.execute(
-        text("SELECT order_id, decision FROM order_decisions WHERE order_id = ANY(:o)"), {"o": order_ids}
+        text(f"SELECT order_id, decision FROM order_decisions WHERE order_id IN {sql.UUIDS}"), {"ids": ids}
     ):
         stock.decisions[row.order_id] = row.decision
     for row in await conn.execute(
         text(
             "SELECT order_id, product_id, quantity, unit_price, status FROM reservations"
-            " WHERE order_id = ANY(:o) ORDER BY order_id, product_id"
+            f" WHERE order_id IN {sql.UUIDS} ORDER BY order_id, product_id"
         ),
-        {"o": order_ids},
+        {"ids": ids},
     ):
         stock.lines.setdefault(row.order_id, []).append(
             Line(row.product_id, row.quantity, row.unit_price, row.status)
@@ -131,9 +130,9 @@ async def load(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> Stock:
     for row in await conn.execute(
         text(
             "SELECT product_id, price, available, reserved, sold FROM products"
-            " WHERE product_id = ANY(:p) ORDER BY product_id FOR UPDATE"
+            f" WHERE product_id IN {sql.TEXTS} ORDER BY product_id FOR UPDATE"
         ),
-        {"p": sorted(wanted | held)},
+        {"keys": sql.values(sorted(wanted | held))},
     ):
         stock.products[row.product_id] = Product(
             row.product_id, row.price, row.available, row.reserved, row.sold
@@ -141,61 +140,55 @@ async def load(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> Stock:
     return stock
 
 
-async def save(conn: AsyncConnection, stock: Stock) -> None:
+def save(uow: UnitOfWork, stock: Stock) -> None:
     if stock.new_decisions:
-        await conn.execute(
-            text(
+        uow.write(
+            (
                 "INSERT INTO order_decisions (order_id, decision)"
-                " SELECT * FROM unnest(CAST(:o AS UUID[]), CAST(:d AS TEXT[])) ON CONFLICT DO NOTHING"
+                " SELECT o, d FROM json_to_recordset(CAST(%(rows)s AS json)) AS v(o uuid, d text)"
+                " ON CONFLICT DO NOTHING"
             ),
-            {"o": list(stock.new_decisions), "d": list(stock.new_decisions.values())},
+            {"rows": sql.rows({"o": o, "d": d} for o, d in stock.new_decisions.items())},
         )
     lines = [(oid, line) for oid, ls in stock.lines.items() for line in ls]
-    new = [(oid, line) for oid, line in lines if line.new]
+    new = [
+        {"o": o, "p": x.product_id, "q": x.quantity, "u": x.unit_price, "s": x.status}
+        for o, x in lines
+        if x.new
+    ]
     if new:
-        await conn.execute(
-            text(
+        uow.write(
+            (
                 "INSERT INTO reservations (order_id, product_id, quantity, unit_price, status)"
-                " SELECT * FROM unnest(CAST(:o AS UUID[]), CAST(:p AS TEXT[]), CAST(:q AS INT[]),"
-                " CAST(:u AS NUMERIC[]), CAST(:s AS TEXT[]))"
+                " SELECT o, p, q, u, s FROM json_to_recordset(CAST(%(rows)s AS json))"
+                " AS v(o uuid, p text, q int, u numeric, s text)"
             ),
-            {
-                "o": [oid for oid, _ in new],
-                "p": [line.product_id for _, line in new],
-                "q": [line.quantity for _, line in new],
-                "u": [line.unit_price for _, line in new],
-                "s": [line.status for _, line in new],
-            },
+            {"rows": sql.rows(new)},
         )
-    changed = [(oid, line) for oid, line in lines if line.changed and not line.new]
+    changed = [{"o": o, "p": x.product_id, "s": x.status} for o, x in lines if x.changed and not x.new]
     if changed:
-        await conn.execute(
-            text(
+        uow.write(
+            (
                 "UPDATE reservations r SET status = v.s, updated_at = clock_timestamp()"
-                " FROM unnest(CAST(:o AS UUID[]), CAST(:p AS TEXT[]), CAST(:s AS TEXT[])) AS v(o, p, s)"
+                " FROM json_to_recordset(CAST(%(rows)s AS json)) AS v(o uuid, p text, s text)"
                 " WHERE r.order_id = v.o AND r.product_id = v.p"
             ),
-            {
-                "o": [oid for oid, _ in changed],
-                "p": [line.product_id for _, line in changed],
-                "s": [line.status for _, line in changed],
-            },
+            {"rows": sql.rows(changed)},
         )
-    products = [p for p in stock.products.values() if p.changed]
+    products = [
+        {"p": p.product_id, "a": p.available, "r": p.reserved, "s": p.sold}
+        for p in stock.products.values()
+        if p.changed
+    ]
     if products:
-        await conn.execute(
-            text(
+        uow.write(
+            (
                 "UPDATE products p SET available = v.a, reserved = v.r, sold = v.s,"
                 " updated_at = clock_timestamp()"
-                " FROM unnest(CAST(:p AS TEXT[]), CAST(:a AS BIGINT[]), CAST(:r AS BIGINT[]),"
-                " CAST(:s AS BIGINT[])) AS v(p, a, r, s) WHERE p.product_id = v.p"
+                " FROM json_to_recordset(CAST(%(rows)s AS json)) AS v(p text, a bigint, r bigint, s bigint)"
+                " WHERE p.product_id = v.p"
             ),
-            {
-                "p": [p.product_id for p in products],
-                "a": [p.available for p in products],
-                "r": [p.reserved for p in products],
-                "s": [p.sold for p in products],
-            },
+            {"rows": sql.rows(products)},
         )
 
 

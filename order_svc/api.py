@@ -30,7 +30,7 @@ from saga_kit.http import DatabaseDep, SettingsDep
 router = APIRouter(tags=["orders"])
 
 
-def get_desk(request: Request) -> OrderDesk:
+async def get_desk(request: Request) -> OrderDesk:
     """The service's order desk (group commit of POST /orders), created on first use."""
     desk: OrderDesk | None = getattr(request.app.state, "order_desk", None)
     if desk is None:

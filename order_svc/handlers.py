@@ -30,6 +30,8 @@ from events import (
 from events.envelope import Envelope, EventPayload
 from order_svc import timeline
 from order_svc.domain import OrderStatus, transition
+from saga_kit import sql
+from saga_kit.db import UnitOfWork
 from saga_kit.errors import InvalidEvent
 from saga_kit.reactions import Reactions, Replies
 
@@ -63,9 +65,9 @@ async def load(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> Orders
     for row in await conn.execute(
         text(
             "SELECT order_id, status, customer_id, reason, total, deadline_at <= clock_timestamp() AS overdue"
-            " FROM orders WHERE order_id = ANY(:o) ORDER BY order_id FOR UPDATE"
+            f" FROM orders WHERE order_id IN {sql.UUIDS} ORDER BY order_id FOR UPDATE"
         ),
-        {"o": sorted({e.order_id for e in events})},
+        {"ids": sql.values(sorted({e.order_id for e in events}))},
     ):
         state.orders[row.order_id] = Order(
             OrderStatus(row.status), row.customer_id, bool(row.overdue), row.reason, row.total
@@ -73,31 +75,30 @@ async def load(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> Orders
     return state
 
 
-async def save(conn: AsyncConnection, state: Orders) -> None:
-    changed = [(oid, o) for oid, o in state.orders.items() if o.changed]
+def save(uow: UnitOfWork, state: Orders) -> None:
+    changed = [
+        {"o": oid, "s": o.status.value, "r": o.reason, "t": o.total}
+        for oid, o in state.orders.items()
+        if o.changed
+    ]
     if changed:
-        await conn.execute(
-            text(
+        uow.write(
+            (
                 "UPDATE orders o SET status = v.s, reason = v.r, total = v.t, updated_at = clock_timestamp()"
-                " FROM unnest(CAST(:o AS UUID[]), CAST(:s AS TEXT[]), CAST(:r AS TEXT[]),"
-                " CAST(:t AS NUMERIC[])) AS v(o, s, r, t) WHERE o.order_id = v.o"
+                " FROM json_to_recordset(CAST(%(rows)s AS json)) AS v(o uuid, s text, r text, t numeric)"
+                " WHERE o.order_id = v.o"
             ),
-            {
-                "o": [oid for oid, _ in changed],
-                "s": [o.status.value for _, o in changed],
-                "r": [o.reason for _, o in changed],
-                "t": [o.total for _, o in changed],
-            },
+            {"rows": sql.rows(changed)},
         )
-    prices = [(oid, pid, price) for oid, o in state.orders.items() for pid, price in o.prices.items()]
+    prices = [{"o": oid, "p": pid, "u": u} for oid, o in state.orders.items() for pid, u in o.prices.items()]
     if prices:
-        await conn.execute(
-            text(
+        uow.write(
+            (
                 "UPDATE order_items i SET unit_price = v.u"
-                " FROM unnest(CAST(:o AS UUID[]), CAST(:p AS TEXT[]), CAST(:u AS NUMERIC[])) AS v(o, p, u)"
+                " FROM json_to_recordset(CAST(%(rows)s AS json)) AS v(o uuid, p text, u numeric)"
                 " WHERE i.order_id = v.o AND i.product_id = v.p"
             ),
-            {"o": [x[0] for x in prices], "p": [x[1] for x in prices], "u": [x[2] for x in prices]},
+            {"rows": sql.rows(prices)},
         )
 
 

@@ -30,8 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from events import OrderCreated, OrderLine
 from order_svc.domain import OrderStatus
 from order_svc.errors import IdempotencyKeyReused
-from saga_kit import tracing
-from saga_kit.db import Database
+from saga_kit import sql, tracing
+from saga_kit.db import Database, UnitOfWork
 from saga_kit.errors import is_transient
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ async def place_orders(db: Database, commands: Sequence[PlaceOrder]) -> list[Pla
                 first_of_key[key] = i
             fresh.append((i, uuid.uuid4(), now + command.deadline))
         if fresh:
-            inserted = await _insert_orders(uow.conn, [(commands[i], oid, at) for i, oid, at in fresh])
+            inserted = await _insert_orders(uow, [(commands[i], oid, at) for i, oid, at in fresh])
             for i, order_id, deadline_at in fresh:
                 if order_id not in inserted:  # another instance won this key a moment ago
                     continue
@@ -121,51 +121,55 @@ async def _orders_by_key(
     rows = await conn.execute(
         text(
             "SELECT idempotency_key, order_id, status, request_hash"
-            " FROM orders WHERE idempotency_key = ANY(:k)"
+            f" FROM orders WHERE idempotency_key IN {sql.TEXTS}"
         ),
-        {"k": list(keys)},
+        {"keys": sql.values(keys)},
     )
     return {r.idempotency_key: (r.order_id, OrderStatus(r.status), r.request_hash) for r in rows}
 
 
 async def _insert_orders(
-    conn: AsyncConnection, new: Sequence[tuple[PlaceOrder, uuid.UUID, datetime]]
+    uow: UnitOfWork, new: Sequence[tuple[PlaceOrder, uuid.UUID, datetime]]
 ) -> set[uuid.UUID]:
     """Insert orders and their lines; return the ids inserted (a key taken meanwhile by
     another transaction is skipped)."""
-    rows = await conn.execute(
+    rows = await uow.conn.execute(
         text(
             "INSERT INTO orders"
             " (order_id, customer_id, status, idempotency_key, request_hash, deadline_at, trace_context)"
-            " SELECT o, c, 'PENDING', k, h, d, t FROM unnest(CAST(:o AS UUID[]), CAST(:c AS TEXT[]),"
-            " CAST(:k AS TEXT[]), CAST(:h AS TEXT[]), CAST(:d AS TIMESTAMPTZ[]), CAST(:t AS TEXT[]))"
-            " AS v(o, c, k, h, d, t)"
+            " SELECT o, c, 'PENDING', k, h, d, t FROM json_to_recordset(CAST(:rows AS json))"
+            " AS v(o uuid, c text, k text, h text, d timestamptz, t text)"
             " ON CONFLICT (idempotency_key) DO NOTHING RETURNING order_id"
         ),
         {
-            "o": [oid for _, oid, _ in new],
-            "c": [cmd.customer_id for cmd, _, _ in new],
-            "k": [cmd.idempotency_key for cmd, _, _ in new],
-            "h": [cmd.request_hash for cmd, _, _ in new],
-            "d": [at for _, _, at in new],
-            "t": [cmd.traceparent for cmd, _, _ in new],
+            "rows": sql.rows(
+                {
+                    "o": oid,
+                    "c": cmd.customer_id,
+                    "k": cmd.idempotency_key,
+                    "h": cmd.request_hash,
+                    "d": at,
+                    "t": cmd.traceparent,
+                }
+                for cmd, oid, at in new
+            )
         },
     )
     inserted = {r.order_id for r in rows}
-    lines = [(oid, n, line) for cmd, oid, _ in new if oid in inserted for n, line in enumerate(cmd.items, 1)]
+    lines = [
+        {"o": oid, "n": n, "p": line.product_id, "q": line.quantity}
+        for cmd, oid, _ in new
+        if oid in inserted
+        for n, line in enumerate(cmd.items, 1)
+    ]
     if lines:
-        await conn.execute(
-            text(
+        uow.write(
+            (
                 "INSERT INTO order_items (order_id, line_no, product_id, quantity)"
-                " SELECT * FROM unnest(CAST(:o AS UUID[]), CAST(:n AS INT[]), CAST(:p AS TEXT[]),"
-                " CAST(:q AS INT[]))"
+                " SELECT o, n, p, q FROM json_to_recordset(CAST(%(rows)s AS json))"
+                " AS v(o uuid, n int, p text, q int)"
             ),
-            {
-                "o": [oid for oid, _, _ in lines],
-                "n": [n for _, n, _ in lines],
-                "p": [line.product_id for _, _, line in lines],
-                "q": [line.quantity for _, _, line in lines],
-            },
+            {"rows": sql.rows(lines)},
         )
     return inserted
 

@@ -13,39 +13,42 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from saga_kit import tracing
-from saga_kit.db import Delivery
+from saga_kit import sql, tracing
+from saga_kit.db import Delivery, UnitOfWork
 
 
-async def record(conn: AsyncConnection, deliveries: Sequence[Delivery]) -> None:
-    """Add events to their sagas' timelines (one statement); a repeat changes nothing.
+def record(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
+    """Add events to their sagas' timelines (one queued statement); a repeat changes nothing.
     Each keeps the trace id of the ``traceparent`` it travels with: one saga, one trace."""
-    await conn.execute(
-        text(
+    uow.write(
+        (
             "INSERT INTO saga_events"
             " (event_id, order_id, event_type, producer, occurred_at, causation_id, payload, trace_id)"
-            " SELECT e, o, t, p, at, c, CAST(pl AS JSONB), tr"
-            " FROM unnest(CAST(:e AS UUID[]), CAST(:o AS UUID[]), CAST(:t AS TEXT[]), CAST(:p AS TEXT[]),"
-            " CAST(:at AS TIMESTAMPTZ[]), CAST(:c AS UUID[]), CAST(:pl AS TEXT[]), CAST(:tr AS TEXT[]))"
-            " AS v(e, o, t, p, at, c, pl, tr)"
+            " SELECT e, o, t, p, at, c, CAST(pl AS jsonb), tr FROM json_to_recordset(CAST(%(rows)s AS json))"
+            " AS v(e uuid, o uuid, t text, p text, at timestamptz, c uuid, pl json, tr text)"
             " ON CONFLICT (event_id) DO NOTHING"
         ),
         {
-            "e": [d.envelope.event_id for d in deliveries],
-            "o": [d.envelope.order_id for d in deliveries],
-            "t": [d.envelope.event_type for d in deliveries],
-            "p": [d.envelope.producer for d in deliveries],
-            "at": [d.envelope.occurred_at for d in deliveries],
-            "c": [d.envelope.causation_id for d in deliveries],
-            "pl": [d.envelope.payload.model_dump_json() for d in deliveries],
-            "tr": [tracing.trace_id_of(d.headers) for d in deliveries],
+            "rows": sql.rows(
+                {
+                    "e": d.envelope.event_id,
+                    "o": d.envelope.order_id,
+                    "t": d.envelope.event_type,
+                    "p": d.envelope.producer,
+                    "at": d.envelope.occurred_at,
+                    "c": d.envelope.causation_id,
+                    "pl": d.envelope.payload.model_dump(mode="json"),
+                    "tr": tracing.trace_id_of(d.headers),
+                }
+                for d in deliveries
+            )
         },
     )
 
 
-async def observe(conn: AsyncConnection, deliveries: Sequence[Delivery]) -> None:
+def observe(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
     """Consumer observer: every participant event joins its saga's timeline."""
-    await record(conn, deliveries)
+    record(uow, deliveries)
 
 
 async def load(conn: AsyncConnection, order_id: Any) -> list[dict[str, Any]]:

@@ -24,6 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from events import InventoryReserved, OrderCancelled, PaymentCompleted, PaymentFailed, PaymentRefunded
 from events.envelope import Envelope
 from payment_svc.charging import Decline, decide_charge
+from saga_kit import sql
+from saga_kit.db import UnitOfWork
 from saga_kit.reactions import Reactions, Replies
 
 
@@ -56,9 +58,9 @@ async def load(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> Ledger
     for row in await conn.execute(
         text(
             "SELECT order_id, customer_id, amount, status, reason FROM payments"
-            " WHERE order_id = ANY(:o) ORDER BY order_id FOR UPDATE"
+            f" WHERE order_id IN {sql.UUIDS} ORDER BY order_id FOR UPDATE"
         ),
-        {"o": sorted({e.order_id for e in events})},
+        {"ids": sql.values(sorted({e.order_id for e in events}))},
     ):
         ledger.payments[row.order_id] = Payment(row.customer_id, row.amount, row.status, row.reason)
     customers = {e.payload.customer_id for e in events if isinstance(e.payload, InventoryReserved)}
@@ -66,54 +68,52 @@ async def load(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> Ledger
     # row locks in customer-id order: concurrent batches never deadlock
     for row in await conn.execute(
         text(
-            "SELECT customer_id, balance FROM accounts WHERE customer_id = ANY(:c)"
+            f"SELECT customer_id, balance FROM accounts WHERE customer_id IN {sql.TEXTS}"
             " ORDER BY customer_id FOR UPDATE"
         ),
-        {"c": sorted(customers)},
+        {"keys": sql.values(sorted(customers))},
     ):
         ledger.balances[row.customer_id] = row.balance
     return ledger
 
 
-async def save(conn: AsyncConnection, ledger: Ledger) -> None:
-    new = [(oid, p) for oid, p in ledger.payments.items() if p.new]
+def save(uow: UnitOfWork, ledger: Ledger) -> None:
+    new = [
+        {"o": oid, "c": p.customer_id, "a": p.amount, "s": p.status, "r": p.reason}
+        for oid, p in ledger.payments.items()
+        if p.new
+    ]
     if new:
-        await conn.execute(
-            text(
+        uow.write(
+            (
                 "INSERT INTO payments (order_id, customer_id, amount, status, reason)"
-                " SELECT * FROM unnest(CAST(:o AS UUID[]), CAST(:c AS TEXT[]), CAST(:a AS NUMERIC[]),"
-                " CAST(:s AS TEXT[]), CAST(:r AS TEXT[]))"
+                " SELECT o, c, a, s, r FROM json_to_recordset(CAST(%(rows)s AS json))"
+                " AS v(o uuid, c text, a numeric, s text, r text)"
             ),
-            {
-                "o": [oid for oid, _ in new],
-                "c": [p.customer_id for _, p in new],
-                "a": [p.amount for _, p in new],
-                "s": [p.status for _, p in new],
-                "r": [p.reason for _, p in new],
-            },
+            {"rows": sql.rows(new)},
         )
-    changed = [(oid, p) for oid, p in ledger.payments.items() if p.changed and not p.new]
+    changed = [
+        {"o": oid, "s": p.status, "r": p.reason}
+        for oid, p in ledger.payments.items()
+        if p.changed and not p.new
+    ]
     if changed:
-        await conn.execute(
-            text(
+        uow.write(
+            (
                 "UPDATE payments p SET status = v.s, reason = v.r, updated_at = clock_timestamp()"
-                " FROM unnest(CAST(:o AS UUID[]), CAST(:s AS TEXT[]), CAST(:r AS TEXT[])) AS v(o, s, r)"
+                " FROM json_to_recordset(CAST(%(rows)s AS json)) AS v(o uuid, s text, r text)"
                 " WHERE p.order_id = v.o"
             ),
-            {
-                "o": [oid for oid, _ in changed],
-                "s": [p.status for _, p in changed],
-                "r": [p.reason for _, p in changed],
-            },
+            {"rows": sql.rows(changed)},
         )
     if ledger.changed_accounts:
-        customers = sorted(ledger.changed_accounts)
-        await conn.execute(
-            text(
+        uow.write(
+            (
                 "UPDATE accounts a SET balance = v.b, updated_at = clock_timestamp()"
-                " FROM unnest(CAST(:c AS TEXT[]), CAST(:b AS NUMERIC[])) AS v(c, b) WHERE a.customer_id = v.c"
+                " FROM json_to_recordset(CAST(%(rows)s AS json)) AS v(c text, b numeric)"
+                " WHERE a.customer_id = v.c"
             ),
-            {"c": customers, "b": [ledger.balances[c] for c in customers]},
+            {"rows": sql.rows({"c": c, "b": ledger.balances[c]} for c in sorted(ledger.changed_accounts))},
         )
 
 

@@ -10,14 +10,14 @@ after the batch's transaction committed). The steps, each one job, in order:
 2. **decode** — the shared codec; bytes that are not a valid event of a known type and
    version become a dead letter with the reason;
 3. **dedupe** — the same event twice in one batch: the later copies are duplicates;
-4. **lock** — the advisory locks of the batch's sagas, in key order (events of one order
-   from different topics, batches or instances never interleave; no deadlocks);
-5. **claim** — the inbox claims of every event, one statement; an event claimed before is
-   a duplicate (a redelivery);
-6. **apply** — the service's reactions (``saga_kit.reactions``): load, decide each event
+4. **lock and claim** — the advisory locks of the batch's sagas, in key order (events of
+   one order from different topics, batches or instances never interleave; no
+   deadlocks), then the inbox claims of every event, in one statement; an event claimed
+   before is a duplicate (a redelivery);
+5. **apply** — the service's reactions (``saga_kit.reactions``): load, decide each event
    in arrival order, save; an event a decide function refuses is dead-lettered and its
    claim released;
-7. **commit** — state, inbox claims, outgoing events (outbox) and dead letters (table and
+6. **commit** — state, inbox claims, outgoing events (outbox) and dead letters (table and
    dead-letter topic, with the original bytes and headers) in one transaction.
 
 Failures are typed:
@@ -242,7 +242,8 @@ class ConsumerPipeline:
         for item in items:
             named = kafka_headers.text(item.record.headers, "event_type")
             if named is not None and not self._reactions.consumes(named):
-                item.event_type, item.outcome = printable(named, 100), Outcome.IGNORED
+                shown = named if len(named) <= 100 and named.isidentifier() else printable(named, 100)
+                item.event_type, item.outcome = shown, Outcome.IGNORED
 
     def _decode(self, items: list[_Item]) -> None:
         for item in items:
@@ -297,10 +298,11 @@ class ConsumerPipeline:
         """One transaction: lock, claim, react, dead letters, commit. Outcomes are set on
         the items only once it committed."""
         live = [(it, it.envelope) for it in items if it.outcome is None and it.envelope is not None]
+        if not live and not (store and any(it.outcome is Outcome.DEAD_LETTERED for it in items)):
+            return  # ignored records and duplicates within the batch: no transaction at all
         results: dict[int, tuple[Outcome, str | None]] = {}
         async with self._db.unit_of_work() as uow:
             if live:
-                await uow.lock_sagas(envelope.order_id for _, envelope in live)
                 claimed = await inbox.claim(uow.conn, self.service, [envelope for _, envelope in live])
                 fresh = [(it, envelope) for it, envelope in live if envelope.event_id in claimed]
                 for it, envelope in live:
@@ -310,12 +312,13 @@ class ConsumerPipeline:
                     refused = await self._reactions.apply(
                         uow, [Delivery(envelope, it.record.headers) for it, envelope in fresh]
                     )
+                    if refused:
+                        await inbox.release(uow.conn, self.service, [fresh[i][1].event_id for i in refused])
+                    await uow.flush()  # the reactions' writes and replies: one round trip
                 except Exception as exc:
                     if is_transient(exc):
                         raise
                     raise HandlerError(str(exc)) from exc
-                if refused:
-                    await inbox.release(uow.conn, self.service, [fresh[i][1].event_id for i in refused])
                 for i, (it, _) in enumerate(fresh):
                     results[id(it)] = (
                         (Outcome.DEAD_LETTERED, refused[i]) if i in refused else (Outcome.HANDLED, None)

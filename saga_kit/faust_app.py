@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+from faust.sensors import Monitor
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from saga_kit.consumer import ConsumerPipeline, Record
@@ -50,6 +51,26 @@ class Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
 
 
+class QuietMonitor(Monitor):
+    """faust's Monitor keeps statistics of every message and stream event for its web
+    views (disabled here); this one skips that per-record bookkeeping (measured: about a
+    tenth of faust's cost per record on this project's machine)."""
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        pass
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> dict[str, Any] | None:
+        return None
+
+    def on_stream_event_out(
+        self, tp: Any, offset: int, stream: Any, event: Any, state: dict[str, Any] | None = None
+    ) -> None:
+        pass
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
+        pass
+
+
 class SagaApp(faust.App):
     """A faust app on ``Transport``."""
 
@@ -71,6 +92,7 @@ def build_faust_app(
 ) -> faust.App:
     app = SagaApp(
         service,
+        monitor=QuietMonitor(),
         broker=",".join(f"kafka://{b.strip()}" for b in bootstrap.split(",")),
         web_enabled=False,
         store="memory://",

@@ -2,13 +2,17 @@
 
 A header is a ``(key, value)`` pair: the key a string (any Unicode, NUL included), the
 value any bytes *or None* — Kafka allows null header values. Nothing here assumes the
-value is text. Headers are stored in PostgreSQL as two aligned ``BYTEA[]`` columns
-(``header_keys`` UTF-8 encoded, ``header_values``): a TEXT or JSONB column can hold neither
-NUL nor bytes that are not UTF-8, and a dead letter must keep exactly what arrived.
+value is text. A dead letter keeps them as two aligned ``BYTEA[]`` columns (``header_keys``
+UTF-8 encoded, ``header_values``): a TEXT or JSONB column can hold neither NUL nor bytes
+that are not UTF-8, and a dead letter must keep exactly what arrived. An outbox row keeps
+them as one ``BYTEA`` (``to_blob``: JSON of ``[key, base64 value or null]`` pairs), which is
+as exact and much cheaper to write a batch of.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -27,6 +31,21 @@ def from_columns(keys: Iterable[Any] | None, values: Iterable[Any] | None) -> li
         (bytes(k).decode("utf-8", "surrogatepass"), None if v is None else bytes(v))
         for k, v in zip(keys or (), values or (), strict=True)
     ]
+
+
+def to_blob(headers: Headers) -> bytes:
+    """``headers`` as one value: JSON ``[[key, base64(value) | null], …]`` (see module doc)."""
+    return json.dumps(
+        [[k, None if v is None else base64.b64encode(v).decode()] for k, v in headers],
+        separators=(",", ":"),
+    ).encode()
+
+
+def from_blob(blob: bytes | None) -> list[Header]:
+    """The headers ``to_blob`` stored, exactly."""
+    if not blob:
+        return []
+    return [(k, None if v is None else base64.b64decode(v)) for k, v in json.loads(blob)]
 
 
 def text(headers: Headers, key: str) -> str | None:

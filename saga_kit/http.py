@@ -9,8 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from opentelemetry.trace import SpanKind
-from starlette.middleware.base import RequestResponseEndpoint
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.values import printable
 from saga_kit import tracing
@@ -26,7 +25,28 @@ Check = Callable[[], Awaitable[None]]
 _UNTRACED = ("/health/", "/metrics", "/dashboard", "/saga-events/stream")
 
 
-def get_database(request: Request) -> Database:
+class TraceIdHeader:
+    """Adds ``X-Trace-Id`` (the request's trace) to every answer (pure ASGI: no per-request
+    task or body buffering, unlike a ``BaseHTTPMiddleware``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ids = tracing.current_ids()
+
+        async def with_trace_id(message: Message) -> None:
+            if ids is not None and message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-trace-id", ids[0].encode())]
+            await send(message)
+
+        await self.app(scope, receive, with_trace_id)
+
+
+async def get_database(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 
@@ -34,7 +54,7 @@ def get_database(request: Request) -> Database:
 DatabaseDep = Annotated[Database, Depends(get_database)]
 
 
-def get_settings(request: Request) -> ServiceSettings:
+async def get_settings(request: Request) -> ServiceSettings:
     settings: ServiceSettings = request.app.state.settings
     return settings
 
@@ -88,7 +108,19 @@ def create_app(
     checks: Mapping[str, Check],
     metrics: Callable[[], Awaitable[bytes]],
 ) -> FastAPI:
-    app = FastAPI(title=title, version="1.0.0")
+    app = FastAPI(
+        title=title,
+        version="1.0.0",
+        # The framework's own OpenTelemetry server span is the request's one span (it
+        # continues an incoming traceparent); probes and scrapes are left out.
+        telemetry={
+            "tracing": True,
+            "operation_spans": False,
+            "metrics": False,
+            "logs": False,
+            "exclude": lambda scope: str(scope.get("path", "")).startswith(_UNTRACED),
+        },
+    )
     app.state.db = db
     app.state.settings = settings
     app.include_router(health_router(checks))
@@ -96,26 +128,7 @@ def create_app(
     for router in routers:
         app.include_router(router)
 
-    @app.middleware("http")
-    async def trace_requests(request: Request, call_next: RequestResponseEndpoint) -> Response:
-        """A SERVER span per request (probes excepted); its trace id is in X-Trace-Id."""
-        if request.url.path.startswith(_UNTRACED):
-            return await call_next(request)
-        with tracing.span(
-            f"{request.method} {request.url.path}",
-            kind=SpanKind.SERVER,
-            parent=tracing.extract(dict(request.headers)),
-            attributes={"http.request.method": request.method, "url.path": request.url.path},
-        ) as span:
-            response = await call_next(request)
-            route = request.scope.get("route")
-            if route is not None:
-                span.update_name(f"{request.method} {getattr(route, 'path', request.url.path)}")
-            span.set_attribute("http.response.status_code", response.status_code)
-            ids = tracing.current_ids()
-            if ids is not None:
-                response.headers["X-Trace-Id"] = ids[0]
-            return response
+    app.add_middleware(TraceIdHeader)
 
     @app.exception_handler(DomainRejection)
     async def rejection(_: Request, exc: DomainRejection) -> JSONResponse:

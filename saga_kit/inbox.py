@@ -1,6 +1,7 @@
 """Idempotent inbox: the record of which events a consumer has already applied.
 
-``claim`` runs inside the batch's transaction, before the reactions. It returns the
+``claim`` runs inside the batch's transaction, before the reactions, and takes the
+batch's saga locks on the way. It returns the
 events not processed before; the others are redeliveries and the consumer does nothing
 with them. Because the claims commit with the reactions' effects, an event's effect is
 applied at most once however often Kafka delivers it; offsets are committed only after
@@ -17,24 +18,34 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events.envelope import Envelope
+from saga_kit import sql
+from saga_kit.db import SAGA_LOCK_NAMESPACE, saga_lock_key
 
 
 async def claim(conn: AsyncConnection, consumer: str, envelopes: Sequence[Envelope[Any]]) -> set[uuid.UUID]:
-    """Record every event in one statement; return the ids that were not recorded before."""
+    """Take the sagas' locks, then record every event — one statement; return the ids
+    that were not recorded before.
+
+    The locks are the per-saga advisory locks of ``saga_kit.db`` (taken in key order: no
+    deadlocks); the claims join a one-row MATERIALIZED CTE that takes them, so no claim
+    is written before every lock is held."""
     if not envelopes:
         return set()
     rows = await conn.execute(
         text(
-            "INSERT INTO inbox (consumer, event_id, event_type, order_id)"
+            "WITH locks AS MATERIALIZED ("
+            "  SELECT count(pg_advisory_xact_lock(:ns, CAST(k AS int))) AS n"
+            "  FROM json_array_elements_text(CAST(:keys AS json)) AS k)"
+            " INSERT INTO inbox (consumer, event_id, event_type, order_id)"
             " SELECT :consumer, e, t, o"
-            " FROM unnest(CAST(:e AS UUID[]), CAST(:t AS TEXT[]), CAST(:o AS UUID[])) AS claims(e, t, o)"
+            " FROM locks, json_to_recordset(CAST(:rows AS json)) AS claims(e uuid, t text, o uuid)"
             " ON CONFLICT DO NOTHING RETURNING event_id"
         ),
         {
+            "ns": SAGA_LOCK_NAMESPACE,
+            "keys": sql.values(sorted({saga_lock_key(e.order_id) for e in envelopes})),
             "consumer": consumer,
-            "e": [e.event_id for e in envelopes],
-            "t": [e.event_type for e in envelopes],
-            "o": [e.order_id for e in envelopes],
+            "rows": sql.rows({"e": e.event_id, "t": e.event_type, "o": e.order_id} for e in envelopes),
         },
     )
     return {row.event_id for row in rows}
@@ -43,6 +54,6 @@ async def claim(conn: AsyncConnection, consumer: str, envelopes: Sequence[Envelo
 async def release(conn: AsyncConnection, consumer: str, event_ids: Sequence[uuid.UUID]) -> None:
     """Undo claims in this transaction (events that were refused, not applied)."""
     await conn.execute(
-        text("DELETE FROM inbox WHERE consumer = :c AND event_id = ANY(CAST(:e AS UUID[]))"),
-        {"c": consumer, "e": list(event_ids)},
+        text(f"DELETE FROM inbox WHERE consumer = :c AND event_id IN {sql.UUIDS}"),
+        {"c": consumer, "ids": sql.values(event_ids)},
     )

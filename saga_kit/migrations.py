@@ -131,4 +131,13 @@ PLUMBING: tuple[Migration, ...] = (
             )
         ),
     ),
+    Migration(
+        "saga_kit",
+        4,
+        "outbox_header_blob",
+        # One BYTEA of JSON per row (saga_kit.headers.to_blob): a batch of outbox rows is
+        # then written in one statement without adapting arrays element by element. Rows
+        # written before keep their arrays; the relay reads either.
+        ("ALTER TABLE outbox ADD COLUMN headers BYTEA",),
+    ),
 )

@@ -34,7 +34,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from opentelemetry import context as otel_context
-from opentelemetry.trace import SpanKind
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -42,7 +41,7 @@ from events.codec import encode
 from events.envelope import Envelope
 from events.topics import TOPIC_OF_PRODUCER
 from saga_kit import headers as kafka_headers
-from saga_kit import tracing
+from saga_kit import sql, tracing
 from saga_kit.errors import is_kafka_error, is_transient
 from saga_kit.headers import Headers
 from saga_kit.retry import RetryPolicy
@@ -85,20 +84,27 @@ def row_of(envelope: Envelope[Any], trace: otel_context.Context | None = None) -
     )
 
 
-async def add_many(conn: AsyncConnection, rows: Sequence[Row]) -> None:
-    """Insert ``rows`` (in order, so ``id`` follows the emit order) in one round trip."""
-    params = []
-    for row in rows:
-        keys, values = kafka_headers.to_columns(row.headers)
-        params.append(
-            {"e": row.event_id, "t": row.topic, "k": row.key, "v": row.value, "hk": keys, "hv": values}
-        )
-    await conn.execute(
-        text(
-            "INSERT INTO outbox (event_id, topic, key, value, header_keys, header_values)"
-            " VALUES (:e, :t, :k, :v, CAST(:hk AS BYTEA[]), CAST(:hv AS BYTEA[]))"
-        ),
-        params,
+def insert_statement(rows: Sequence[Row]) -> tuple[str, dict[str, str]]:
+    """The statement inserting ``rows`` in order (``id`` follows the emit order), for
+    ``UnitOfWork.write``."""
+    return (
+        "INSERT INTO outbox (event_id, topic, key, value, headers)"
+        " SELECT e, t, decode(k, 'base64'), decode(v, 'base64'), decode(h, 'base64')"
+        " FROM ROWS FROM (json_to_recordset(CAST(%(rows)s AS json))"
+        "   AS (e uuid, t text, k text, v text, h text)) WITH ORDINALITY AS r(e, t, k, v, h, n)"
+        " ORDER BY n",
+        {
+            "rows": sql.rows(
+                {
+                    "e": r.event_id,
+                    "t": r.topic,
+                    "k": r.key,
+                    "v": r.value,
+                    "h": kafka_headers.to_blob(r.headers),
+                }
+                for r in rows
+            )
+        },
     )
 
 
@@ -160,13 +166,14 @@ class OutboxRelay:
             raise
 
     async def _lead(self) -> bool:
-        """Hold the relay lock on a connection of our own; False while another holds it."""
+        """Hold the relay lock on a connection of our own (autocommit: the relay's reads
+        and writes ride on it too); False while another holds it."""
         if self._lock_conn is not None:
             return True
         conn = await self._engine.connect()
         try:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
             got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _RELAY_LOCK_KEY})
-            await conn.commit()  # a session lock outlives the transaction
         except BaseException:
             await conn.close()
             raise
@@ -188,56 +195,60 @@ class OutboxRelay:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), self._poll_interval)
         self._wakeup.clear()
-        if self._lock_conn is not None:  # idle: make sure we still hold the lock
-            try:
-                await self._lock_conn.execute(text("SELECT 1"))
-                await self._lock_conn.commit()
-            except Exception as exc:
-                log.warning("outbox relay lost its lock connection: %s", exc)
-                await self._release()
+
+    async def _cycle(self, sent: Sequence[int]) -> list[Any]:
+        """Mark ``sent`` rows sent and read the next unsent ones, in one round trip."""
+        assert self._lock_conn is not None
+        driver = (await self._lock_conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        async with driver.pipeline():
+            if sent:
+                await driver.execute(
+                    "UPDATE outbox SET sent_at = now() WHERE id = ANY(%(ids)s)", {"ids": list(sent)}
+                )
+            cursor = await driver.execute(
+                "SELECT id, topic, key, value, headers, header_keys, header_values FROM outbox"
+                " WHERE sent_at IS NULL ORDER BY id LIMIT %(n)s",
+                {"n": self._batch_size},
+            )
+        return list(await cursor.fetchall())
 
     async def publish_batch(self) -> int:
-        """Publish up to one batch of unsent rows; return how many were published."""
-        async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT id, topic, key, value, header_keys, header_values FROM outbox"
-                        " WHERE sent_at IS NULL ORDER BY id LIMIT :n"
-                    ),
-                    {"n": self._batch_size},
-                )
-            ).all()
-            await conn.commit()
-        if not rows:
-            return 0
-        await self._maybe_delay()
-        self._inject("relay.before_publish")
-        with tracing.span(
-            "publish outbox batch",
-            kind=SpanKind.PRODUCER,
-            attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(rows)},
-        ):
-            futures = []
-            published: list[tuple[str, str]] = []
-            for row in rows:
-                headers = kafka_headers.from_columns(row.header_keys, row.header_values)
-                published.append((row.topic, kafka_headers.text(headers, "event_type") or "<raw>"))
-                futures.append(
-                    await self._producer.send(
-                        row.topic, value=bytes(row.value), key=_bytes(row.key), headers=headers
-                    )
-                )
-            await asyncio.gather(*futures)
-        self._inject("relay.after_publish")
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                text("UPDATE outbox SET sent_at = now() WHERE id = ANY(:ids)"),
-                {"ids": [row.id for row in rows]},
+        """Publish unsent rows, batch after batch, marking each batch sent with the read
+        of the next; return how many were published (0: there were none)."""
+        published = 0
+        sent: list[int] = []
+        while True:
+            rows = await self._cycle(sent)
+            if not rows:
+                return published
+            await self._maybe_delay()
+            self._inject("relay.before_publish")
+            await self._send(rows)
+            self._inject("relay.after_publish")
+            sent = [row[0] for row in rows]
+            published += len(rows)
+            if len(rows) < self._batch_size and not self._wakeup.is_set():
+                await self._cycle(sent)  # mark them now: nothing more is waiting
+                return published
+
+    async def _send(self, rows: Sequence[Any]) -> None:
+        """Send every row (the producer batches them) and wait for every acknowledgement."""
+        futures = []
+        counts: list[tuple[str, str]] = []
+        for _, topic, key, value, blob, keys, values in rows:
+            headers = (
+                kafka_headers.from_blob(bytes(blob))
+                if blob is not None
+                else kafka_headers.from_columns(keys, values)
             )
+            counts.append((topic, kafka_headers.text(headers, "event_type") or "<raw>"))
+            futures.append(
+                await self._producer.send(topic, value=bytes(value), key=_bytes(key), headers=headers)
+            )
+        await asyncio.gather(*futures)
         self.published += len(rows)
-        self.published_by_type.update(published)
-        return len(rows)
+        self.published_by_type.update(counts)
 
     async def _maybe_delay(self) -> None:
         """Fault injection ``relay.delay=<seconds>``: hold each batch back a random time up to

@@ -7,7 +7,8 @@
   applies one event to that state through the service's pure domain rules and returns
   the events to emit in reply — no I/O, so it is unit-tested without a database and
   mypy checks that it handles the payload class it is registered for;
-* ``save(conn, state)`` writes every change with a few set-based statements.
+* ``save(uow, state)`` queues every change as a few set-based statements, sent with the
+  outgoing events in one round trip before the commit.
 
 Events are decided in arrival order, so two orders for the last unit in one batch see
 each other exactly as they would one transaction after the other.
@@ -42,10 +43,11 @@ P = TypeVar("P", bound=EventPayload)
 Replies = Sequence[EventPayload]
 Decide = Callable[[S, Envelope[P]], Replies]
 Load = Callable[[AsyncConnection, Sequence[Envelope[Any]]], Awaitable[S]]
-Save = Callable[[AsyncConnection, S], Awaitable[None]]
+#: Queues the writes of what changed (``UnitOfWork.write``); they go out in one round trip.
+Save = Callable[[UnitOfWork, S], None]
 #: Runs after the decisions, in the same transaction, with every event that was applied
-#: (the order service keeps each saga's timeline with it).
-Observe = Callable[[AsyncConnection, Sequence[Delivery]], Awaitable[None]]
+#: (the order service keeps each saga's timeline with it); queues its writes.
+Observe = Callable[[UnitOfWork, Sequence[Delivery]], None]
 
 
 class Reactions(Generic[S]):
@@ -112,15 +114,15 @@ class Reactions(Generic[S]):
                         continue
                     for reply in replies:
                         uow.reply(reply, to=envelope)
-                    if log.isEnabledFor(logging.INFO):
-                        log.info(
+                    if log.isEnabledFor(logging.DEBUG):  # one INFO line per batch: saga_kit.consumer
+                        log.debug(
                             "applied %s, replied %s",
                             envelope.event_type,
                             ", ".join(r.event_type for r in replies) or "nothing",
                         )
-            await self._save(uow.conn, state)
+            self._save(uow, state)
         if self.observe is not None:
             applied = [d for i, d in enumerate(deliveries) if i not in refused]
             if applied:
-                await self.observe(uow.conn, applied)
+                self.observe(uow, applied)
         return refused

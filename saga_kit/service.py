@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import uvicorn
+import uvloop
 from fastapi import APIRouter
 
 from events.topics import DOMAIN_TOPICS, dead_letter_topic
@@ -182,6 +183,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 port=settings.http_port,
                 log_config=None,
                 access_log=False,
+                http="httptools",
                 lifespan="off",
                 timeout_graceful_shutdown=3,  # open dashboards (event streams) must not hold a stop
             )
@@ -231,7 +233,7 @@ def main(spec: ServiceSpec, settings_factory: Callable[[], ServiceSettings]) -> 
         await serve(spec, settings, stop)
 
     try:
-        asyncio.run(run())
+        uvloop.run(run())
     except Exception:
         log.exception("%s stopped on error", spec.name)
         raise SystemExit(1) from None

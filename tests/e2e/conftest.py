@@ -18,7 +18,9 @@ from sagastack.system import System
 
 @pytest.fixture(scope="session")
 def system(run_root: Path) -> Iterator[System]:
-    with System(run_root / "e2e", free_ports=True, fresh=True) as running:
+    # DEBUG: the line per handled event (tests follow a saga through the logs)
+    debug = {name: {"LOG_LEVEL": "DEBUG"} for name in ("order_svc", "inventory_svc", "payment_svc")}
+    with System(run_root / "e2e", free_ports=True, fresh=True, service_env=debug) as running:
         yield running
 
 

@@ -27,11 +27,10 @@ async def test_garbage_is_dead_lettered_with_source_and_reason_then_processing_c
     assert "not an event envelope" in row.reason
     assert bytes(row.value) == b"{not json"
     published = await inventory.rows(
-        "SELECT header_keys, header_values FROM outbox"
-        " WHERE topic = 'inventory_svc.deadletter' AND value = :v",
+        "SELECT headers FROM outbox WHERE topic = 'inventory_svc.deadletter' AND value = :v",
         v=b"{not json",
     )
-    headers = dict(kafka_headers.from_columns(published[-1].header_keys, published[-1].header_values))
+    headers = dict(kafka_headers.from_blob(bytes(published[-1].headers)))
     assert headers["dlq.source_offset"] == str(offset).encode()
     assert b"not an event envelope" in (headers["dlq.reason"] or b"")
 
