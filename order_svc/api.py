@@ -18,7 +18,8 @@ from sqlalchemy import text
 
 from events import OrderLine
 from events.values import MAX_ORDER_LINES, ExternalId, Money
-from order_svc import timeline
+from order_svc import admission, timeline
+from order_svc.admission import Admission
 from order_svc.cancelling import OrderNotFound, cancel_order
 from order_svc.domain import OrderStatus
 from order_svc.explain import COMPENSATING, explain
@@ -39,6 +40,13 @@ async def get_desk(request: Request) -> OrderDesk:
 
 
 DeskDep = Annotated[OrderDesk, Depends(get_desk)]
+
+
+async def get_admission(request: Request) -> Admission:
+    return admission.of(request.app)
+
+
+AdmissionDep = Annotated[Admission, Depends(get_admission)]
 
 
 class OrderRequest(BaseModel):
@@ -133,13 +141,29 @@ class SagaView(BaseModel):
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)]
 
 
-@router.post("/orders", status_code=202, response_model=OrderAccepted)
+@router.post(
+    "/orders",
+    status_code=202,
+    response_model=OrderAccepted,
+    responses={
+        409: {"description": "the Idempotency-Key was used before with another body"},
+        503: {"description": "overloaded: the order could not finish before its deadline; see Retry-After"},
+    },
+)
 async def post_order(
-    body: OrderRequest, desk: DeskDep, settings: SettingsDep, key: IdempotencyKey = None
+    body: OrderRequest,
+    desk: DeskDep,
+    gate: AdmissionDep,
+    settings: SettingsDep,
+    key: IdempotencyKey = None,
 ) -> OrderAccepted:
-    """Place an order. 202: the saga has started; poll the order for its outcome."""
+    """Place an order. 202: the saga has started; poll the order for its outcome. 503 with
+    ``Retry-After``: the backlog is such that it could not finish before its deadline."""
     assert isinstance(settings, Settings)
     seconds = body.deadline_seconds if body.deadline_seconds is not None else settings.deadline_seconds
+    refusal = await gate.check(seconds)
+    if refusal is not None:
+        return admission.refused(refusal)  # type: ignore[return-value]
     command = PlaceOrder(
         body.customer_id,
         tuple(body.items),
@@ -150,6 +174,7 @@ async def post_order(
         traceparent=tracing.current_traceparent(),
     )
     order_id, status = await desk.place(command)
+    gate.accepted()
     return OrderAccepted(order_id=order_id, status=status)
 
 

@@ -216,6 +216,11 @@ class OrderDesk:
         self._queue: asyncio.Queue[_Waiting] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def queued(self) -> int:
+        """Commands waiting for a transaction."""
+        return self._queue.qsize()
+
     async def place(self, command: PlaceOrder) -> Placed:
         """The order for ``command``; raises ``IdempotencyKeyReused`` or the failure."""
         if self._task is None or self._task.done():

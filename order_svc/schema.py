@@ -65,4 +65,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE saga_events ADD COLUMN trace_id TEXT",
         ),
     ),
+    Migration(
+        "order_svc",
+        4,
+        "orders_by_update",
+        # admission control reads the sagas finished in the last seconds (order_svc.admission)
+        ("CREATE INDEX orders_updated ON orders (updated_at)",),
+    ),
 )

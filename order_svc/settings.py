@@ -15,6 +15,10 @@ class Settings(ServiceSettings):
     deadline_seconds: float = Field(default=30.0, gt=0)
     #: How often the deadline sweeper looks for overdue PENDING orders.
     deadline_sweep_interval: float = Field(default=0.5, gt=0)
+    #: Admission control (order_svc.admission): refuse an order whose expected wait exceeds
+    #: this share of its deadline, once at least ``admission_min_pending`` sagas are in flight.
+    admission_headroom: float = Field(default=0.5, gt=0)
+    admission_min_pending: int = Field(default=100, ge=0)
     #: Where the dashboard reads stock and balances from.
     inventory_url: str = "http://127.0.0.1:8002"
     payment_url: str = "http://127.0.0.1:8003"

@@ -26,10 +26,7 @@ from faust.sensors import Monitor
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from saga_kit.consumer import ConsumerPipeline, Record
-
-#: Default of ``KAFKA_FETCH_MAX_WAIT_MS``: how long a fetch may wait on the broker for data
-#: (measured: README, Benchmark).
-DEFAULT_FETCH_MAX_WAIT_MS = 500
+from saga_kit.settings import DEFAULT_FETCH_MAX_WAIT_MS
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -115,13 +112,22 @@ def build_faust_app(
     topic = app.topic(*topics, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
     async def consume(stream: Any) -> None:
-        async for events in stream.noack_take(batch_max, within=batch_linger):
-            await pipeline.process_batch([_record(event.message) for event in events])
-            for event in events:
-                await stream.ack(event)
+        await consume_batches(stream, pipeline, batch_max, batch_linger)
 
     app.agent(topic, name=f"{service}.consume")(consume)
     return app
+
+
+async def consume_batches(
+    stream: Any, pipeline: ConsumerPipeline, batch_max: int, batch_linger: float
+) -> None:
+    """The agent: each batch is acked after ``process_batch`` returned, never before,
+    and not at all if it raises (a faust stream, or anything with ``noack_take`` and
+    ``ack``)."""
+    async for events in stream.noack_take(batch_max, within=batch_linger):
+        await pipeline.process_batch([_record(event.message) for event in events])
+        for event in events:
+            await stream.ack(event)
 
 
 def _record(message: Any) -> Record:

@@ -43,7 +43,7 @@ def create_producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
         client_id=client_id,
         acks="all",
         enable_idempotence=False,
-        linger_ms=5,
+        linger_ms=1,
         request_timeout_ms=15_000,
         compression_type=None,
     )

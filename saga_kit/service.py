@@ -15,6 +15,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 import uvloop
@@ -50,6 +51,8 @@ class ServiceSpec:
     emit_hooks: tuple[EmitHook, ...] = field(default=())
     #: Scheduled jobs of this service; every service also runs the shared pruning job.
     periodic: tuple[Periodic, ...] = field(default=())
+    #: ASGI middleware of this service's HTTP app (innermost last).
+    middleware: tuple[Callable[[Any], Any], ...] = field(default=())
     #: Service-specific /metrics lines, computed from its database at scrape time.
     metrics: metrics.ExtraMetrics | None = None
 
@@ -175,6 +178,8 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             ).render,
         )
         app.state.pipeline = pipeline
+        for middleware in spec.middleware:
+            app.add_middleware(middleware)
         app.state.relay = relay
         server = _Server(
             uvicorn.Config(

@@ -49,7 +49,8 @@ def test_no_input_makes_a_service_answer_5xx(system: System, service: str) -> No
             @given(case=cases)
             def call(case: schemathesis.Case) -> None:
                 response = case.call(base_url=base_url, timeout=15)
-                if response.status_code >= 500:
+                overloaded = response.status_code == 503 and "Retry-After" in response.headers
+                if response.status_code >= 500 and not overloaded:
                     failures.append(
                         f"{case.method} {case.formatted_path} → {response.status_code}: {case.body!r}"
                     )

@@ -18,5 +18,11 @@ async def test_the_fetch_wait_reaches_the_kafka_consumer(wait: int) -> None:
     kafka_consumer = app.consumer._thread._create_worker_consumer(app.transport)
     try:
         assert kafka_consumer._fetch_max_wait_ms == wait
+        # and that is where aiokafka keeps its own setting (an upgrade renaming it fails here)
+        import aiokafka
+
+        plain = aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1", fetch_max_wait_ms=123)
+        assert plain._fetch_max_wait_ms == 123
+        await plain.stop()
     finally:
         await kafka_consumer.stop()
