@@ -6,9 +6,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from events.values import ExternalId, Money
+from events.values import ExternalId, Instant, Money
 
 __all__ = ["Envelope", "EventPayload", "ExternalId", "Money", "P", "new_envelope"]
 
@@ -44,7 +44,7 @@ class Envelope(BaseModel, Generic[P]):
     event_id: uuid.UUID
     event_type: str
     schema_version: int = Field(ge=1)
-    occurred_at: AwareDatetime
+    occurred_at: Instant
     order_id: uuid.UUID
     causation_id: uuid.UUID | None
     producer: str

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from events.envelope import EventPayload
-from events.values import MAX_LINE_QUANTITY, MAX_ORDER_LINES, ExternalId, ReasonCode
+from events.values import MAX_LINE_QUANTITY, MAX_ORDER_LINES, ExternalId, Instant, ReasonCode
 
 PRODUCER = "order_svc"
 
@@ -37,7 +37,7 @@ class OrderCreated(EventPayload):
 
     customer_id: ExternalId
     items: Annotated[tuple[OrderLine, ...], Field(min_length=1, max_length=MAX_ORDER_LINES)]
-    deadline_at: AwareDatetime
+    deadline_at: Instant
 
 
 class OrderApproved(EventPayload):

@@ -31,10 +31,11 @@ ever be refused (see ``docs/design.md``, "Amounts and limits"):
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, WithJsonSchema
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field, PlainSerializer, WithJsonSchema
 
 MONEY_PATTERN = r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,2})?$"
 _MONEY_TEXT = re.compile(MONEY_PATTERN)
@@ -96,6 +97,25 @@ Balance = Annotated[
     PlainSerializer(_as_text, return_type=str, when_used="json"),
     WithJsonSchema({"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,2})?$"}),
 ]
+
+#: Event times are UTC instants between these years: every value then fits PostgreSQL's
+#: ``timestamptz`` and reads back as a Python ``datetime`` in any time zone (a year-9999
+#: instant shifted by a zone offset would not).
+EARLIEST_YEAR, LATEST_YEAR = 1970, 9000
+
+
+def _within_range(moment: datetime) -> datetime:
+    try:
+        year = moment.astimezone(UTC).year
+    except OverflowError:
+        year = 0
+    if not EARLIEST_YEAR <= year < LATEST_YEAR:
+        raise ValueError(f"must be an instant between the years {EARLIEST_YEAR} and {LATEST_YEAR} (UTC)")
+    return moment
+
+
+#: A timezone-aware instant of the saga's lifetime (see ``EARLIEST_YEAR``).
+Instant = Annotated[AwareDatetime, AfterValidator(_within_range)]
 
 #: Identifiers chosen by users (customers, products): short, printable, no spaces.
 ExternalId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]

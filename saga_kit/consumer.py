@@ -141,6 +141,41 @@ class _Item:
     reason: str | None = None
 
 
+#: Largest body (plus headers) a dead letter's copy on the dead-letter topic carries: a
+#: record as large as the broker accepts would not fit once the ``dlq.*`` headers are added,
+#: and a copy that can never be sent would hold up the outbox behind it. The table keeps
+#: the full bytes either way.
+DLQ_COPY_LIMIT = 256 * 1024
+
+
+def _copy_for_topic(record: Record, reason: str, service: str) -> dict[str, Any]:
+    """Key, value and headers of the copy published to the dead-letter topic: the original
+    ones with ``dlq.*`` headers, or without the body and headers that do not fit
+    (``dlq.value_omitted`` / ``dlq.headers_omitted`` give their sizes)."""
+    value, headers = record.value or b"", list(record.headers)
+    extra: list[tuple[str, bytes | None]] = []
+    header_bytes = sum(len(k.encode("utf-8", "surrogatepass")) + len(v or b"") for k, v in headers)
+    if header_bytes > DLQ_COPY_LIMIT // 4:
+        extra.append(("dlq.headers_omitted", f"{len(headers)} headers, {header_bytes} bytes".encode()))
+        headers = []
+    if len(value) > DLQ_COPY_LIMIT:
+        extra.append(("dlq.value_omitted", f"{len(value)} bytes".encode()))
+        value = b""
+    return {
+        "key": None if record.key is not None and len(record.key) > DLQ_COPY_LIMIT // 4 else record.key,
+        "value": value,
+        "headers": [
+            *headers,
+            *extra,
+            ("dlq.reason", reason.encode()),
+            ("dlq.source_topic", record.topic.encode()),
+            ("dlq.source_partition", str(record.partition).encode()),
+            ("dlq.source_offset", str(record.offset).encode()),
+            ("dlq.service", service.encode()),
+        ],
+    }
+
+
 def dead_letter_reason(reason: str) -> str:
     """A reason as stored and sent: printable and bounded, whatever the error said."""
     return printable(reason, 2000) or "unknown"
@@ -361,15 +396,5 @@ class ConsumerPipeline:
         )
         if inserted is not None:
             uow.emit_raw(
-                topic=dead_letter_topic(self.service),
-                key=record.key,
-                value=record.value or b"",
-                headers=[
-                    *record.headers,
-                    ("dlq.reason", reason.encode()),
-                    ("dlq.source_topic", record.topic.encode()),
-                    ("dlq.source_partition", str(record.partition).encode()),
-                    ("dlq.source_offset", str(record.offset).encode()),
-                    ("dlq.service", self.service.encode()),
-                ],
+                topic=dead_letter_topic(self.service), **_copy_for_topic(record, reason, self.service)
             )

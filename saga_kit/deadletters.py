@@ -39,6 +39,8 @@ Status = Literal["PENDING", "REPLAYED", "DISCARDED"]
 #: message size, and one huge or strange letter must never hide the others.
 VALUE_PREVIEW = 4096
 HEADER_PREVIEW = 512
+#: Headers shown of one letter (``headers_total`` says how many there are).
+HEADERS_SHOWN = 100
 
 
 class BytesView(BaseModel):
@@ -91,7 +93,9 @@ class DeadLetterSummary(BaseModel):
 
 class DeadLetter(DeadLetterSummary):
     key: BytesView | None
+    #: The first ``HEADERS_SHOWN`` headers.
     headers: list[HeaderView]
+    headers_total: int
     #: The original body; its exact bytes are at ``/dead-letters/{id}/value``.
     value: BytesView | None
 
@@ -163,13 +167,16 @@ async def get_letter(db: Database, letter_id: int) -> DeadLetter:
     value = (
         None if row.value_head is None else BytesView.of(bytes(row.value_head), VALUE_PREVIEW, row.value_size)
     )
+    stored = kafka_headers.from_columns(row.header_keys, row.header_values)
     headers = [
         HeaderView(
             key=printable(k, HEADER_PREVIEW), value=None if v is None else BytesView.of(v, HEADER_PREVIEW)
         )
-        for k, v in kafka_headers.from_columns(row.header_keys, row.header_values)
+        for k, v in stored[:HEADERS_SHOWN]
     ]
-    return DeadLetter.model_validate({**_summary(row), "key": key, "headers": headers, "value": value})
+    return DeadLetter.model_validate(
+        {**_summary(row), "key": key, "headers": headers, "headers_total": len(stored), "value": value}
+    )
 
 
 async def original_value(db: Database, letter_id: int) -> bytes | None:

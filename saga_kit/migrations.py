@@ -140,4 +140,20 @@ PLUMBING: tuple[Migration, ...] = (
         # written before keep their arrays; the relay reads either.
         ("ALTER TABLE outbox ADD COLUMN headers BYTEA",),
     ),
+    Migration(
+        "saga_kit",
+        5,
+        "dead_letter_fingerprint",
+        # A redelivered record is stored once, but two different records at the same
+        # position (offsets start over when the embedded broker restarts, or a topic is
+        # recreated) are two dead letters: the body's digest is part of the identity.
+        (
+            "ALTER TABLE dead_letters ADD COLUMN fingerprint BYTEA"
+            " GENERATED ALWAYS AS (sha256(coalesce(value, ''::bytea))) STORED",
+            "ALTER TABLE dead_letters"
+            " DROP CONSTRAINT dead_letters_source_topic_source_partition_source_offset_key",
+            "CREATE UNIQUE INDEX dead_letters_source"
+            " ON dead_letters (source_topic, source_partition, source_offset, fingerprint)",
+        ),
+    ),
 )

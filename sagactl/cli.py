@@ -58,7 +58,7 @@ def _call(method: str, url: str, **kwargs: Any) -> Any:
     try:
         response = httpx.request(method, url, timeout=10.0, **kwargs)
     except httpx.HTTPError as exc:
-        console.print(f"[red]cannot reach {url}: {exc}[/red]")
+        console.print(Text(f"cannot reach {url}: {exc}", style="red"))
         raise typer.Exit(2) from None
     if response.status_code >= 400:
         try:
@@ -66,7 +66,7 @@ def _call(method: str, url: str, **kwargs: Any) -> Any:
             detail = body.get("detail", body) if isinstance(body, dict) else body
         except ValueError:
             detail = response.text
-        console.print(f"[red]{response.status_code}: {detail}[/red]")
+        console.print(Text(f"{response.status_code}: {detail}", style="red"))  # never read as markup
         raise typer.Exit(1)
     return response.json()
 
@@ -133,13 +133,15 @@ def dlq_show(ctx: typer.Context, service: ServiceArg, letter_id: int) -> None:
     meta.add_row("key", Text(_shown(d["key"])))
     for h in d["headers"]:
         meta.add_row(Text(f"header {h['key']}"), Text(_shown(h["value"])))
+    if d["headers_total"] > len(d["headers"]):
+        meta.add_row("headers", f"… {d['headers_total'] - len(d['headers'])} more not shown")
     console.print(Panel(meta, title=f"{service} dead letter {letter_id}"))
     value = d["value"]
     if value is not None and value["text"] is not None and not value["truncated"]:
         try:
             console.print(Syntax(json.dumps(json.loads(value["text"]), indent=2), "json"))
             return
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than we indent
             pass
     console.print(Text(f"value: {_shown(value)}"))
     if value is not None and value["truncated"]:
@@ -302,7 +304,7 @@ def tail(
                 if count is not None and shown >= count:
                     return
     except httpx.HTTPError as exc:
-        console.print(f"[red]cannot reach {url}: {exc}[/red]")
+        console.print(Text(f"cannot reach {url}: {exc}", style="red"))
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         pass

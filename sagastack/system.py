@@ -113,6 +113,8 @@ class System:
     def start_service(self, name: str, *, wait: bool = True, env: dict[str, str] | None = None) -> None:
         prefix, default_port = SERVICES[name]
         previous = self.services.get(name)
+        if previous is not None and previous.proc is not None and previous.proc.poll() is None:
+            self.stop_service(name)  # never two of one service, nor an orphan nobody stops
         port = previous.port if previous else (free_port() if self.free_ports else default_port)
         service_env = {
             **os.environ,

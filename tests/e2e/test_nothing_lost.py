@@ -136,3 +136,25 @@ def test_a_record_the_pipeline_cannot_take_is_not_acked_and_comes_back_after_the
     assert saga["status"] == "APPROVED"
     assert [e["event_type"] for e in saga["events"]].count("PaymentCompleted") == 1
     assert client.account(customers["hal"])["balance"] == "7.00"
+
+
+def test_the_cli_shows_and_replays_letters_whatever_their_reason_or_body(system: System) -> None:
+    """A reason quoting markup (``[/x]``) and a body nested deeper than a JSON pretty-printer
+    goes: the CLI prints both as they are, and a failed replay is a one-line error."""
+    marker = uuid.uuid4().hex
+    markup = b'{"event_type": "[/x]", "schema_version": 1, "m": "' + marker.encode() + b'"}'
+    nested = b"[" * 2000 + b"]" * 2000 + b" " + marker.encode()
+    produce(system, "payment.events", markup, [])
+    produce(system, "payment.events", nested, [])
+    for value in (markup, nested):
+        wait_until(
+            lambda v=value: letters_from(system, "order_svc", v) != [], 30, "order_svc dead-letters it"
+        )
+    ((markup_id, reason),) = letters_from(system, "order_svc", markup)
+    assert "[/x]" in reason
+    replayed = sagactl(system, "dlq", "replay", "order", str(markup_id))
+    assert replayed.returncode == 1 and "Traceback" not in replayed.stderr
+    assert "[/x]" in replayed.stdout
+    ((nested_id, _),) = letters_from(system, "order_svc", nested)
+    shown = sagactl(system, "dlq", "show", "order", str(nested_id))
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from events import encode
 from events.values import printable
 from saga_kit import deadletters
+from saga_kit import headers as kafka_headers
 from saga_kit.consumer import ConsumerPipeline, Outcome, Record
 from saga_kit.db import UnitOfWork
 from saga_kit.retry import RetryPolicy
@@ -182,3 +183,44 @@ async def test_any_record_is_handled_or_dead_lettered(
     assert inventory.pipeline.stats.stuck == {}
     observe(outcome.value)  # --hypothesis-show-statistics: every outcome is exercised
     await accounted(inventory, rec, outcome)
+
+
+async def test_two_different_records_at_the_same_position_are_two_dead_letters(
+    inventory: ServiceUnderTest,
+) -> None:
+    """Offsets start over when the embedded broker restarts (or a topic is recreated): a
+    new record at a position already dead-lettered must not be taken for a redelivery."""
+    first = record(b"first poison", [])
+    second = Record(first.topic, first.partition, first.offset, first.key, b"second poison", ())
+    for rec in (first, first, second):  # the first one redelivered, then another record
+        assert await inventory.pipeline.process(rec) is Outcome.DEAD_LETTERED
+    values = await inventory.rows(
+        "SELECT value FROM dead_letters"
+        " WHERE source_topic = :t AND source_partition = :p AND source_offset = :o ORDER BY id",
+        t=first.topic,
+        p=first.partition,
+        o=first.offset,
+    )
+    assert [bytes(v.value) for v in values] == [b"first poison", b"second poison"]
+
+
+async def test_a_record_too_large_to_copy_is_kept_whole_and_copied_without_its_body(
+    inventory: ServiceUnderTest,
+) -> None:
+    """The copy on the dead-letter topic must fit what the broker accepts, or it would
+    hold up the outbox behind it for good; the table keeps every byte."""
+    huge = record(b"x" * 1_048_400, [("x-big", b"y" * 300_000)])
+    assert await inventory.pipeline.process(huge) is Outcome.DEAD_LETTERED
+    (row,) = await inventory.rows(
+        "SELECT value, headers FROM outbox WHERE topic = 'inventory_svc.deadletter'"
+        " AND headers IS NOT NULL ORDER BY id DESC LIMIT 1"
+    )
+    copy = dict(kafka_headers.from_blob(bytes(row.headers)))
+    assert bytes(row.value) == b""
+    assert copy["dlq.value_omitted"] == b"1048400 bytes"
+    assert copy["dlq.headers_omitted"] == b"1 headers, 300005 bytes"
+    assert "x-big" not in copy
+    stored = await inventory.scalar(
+        "SELECT octet_length(value) FROM dead_letters WHERE source_offset = :o", o=huge.offset
+    )
+    assert stored == 1_048_400

@@ -91,3 +91,22 @@ def test_reserved_total_is_exact() -> None:
     line = PricedLine(product_id="p", quantity=3, unit_price=Decimal("0.10"), line_total=Decimal("0.30"))
     ev = InventoryReserved(customer_id="c", lines=(line,), total=Decimal("0.30"))
     assert ev.total == Decimal("0.30")
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "9999-12-31T23:59:59-23:59",
+        "0001-01-01T00:00:00+23:59",
+        "1969-12-31T23:59:59Z",
+        "9000-01-01T00:00:00Z",
+    ],
+)
+def test_an_event_time_out_of_range_is_invalid(moment: str) -> None:
+    """Every stored instant must read back in any time zone: 1970 ≤ year < 9000, UTC."""
+    wire = json.loads(encode(new_envelope(order_created({"p": 1}), order_id=uuid.uuid4(), causation_id=None)))
+    for field in ("occurred_at", "deadline_at"):
+        bad = json.loads(json.dumps(wire))
+        (bad if field == "occurred_at" else bad["payload"])[field] = moment
+        with pytest.raises(InvalidEvent, match="between the years"):
+            decode(json.dumps(bad).encode())
