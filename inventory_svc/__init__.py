@@ -1,2 +1,2 @@
 """Inventory service: owns the catalogue (prices) and stock. Reserves, commits and
-releases stock for orders: steps 2, 5 and c2 of DESIGN §3."""
+releases stock for orders: steps 2, 5, c2 and c5 of docs/design.md §3."""

@@ -174,7 +174,6 @@ async def post_order(
         traceparent=tracing.current_traceparent(),
     )
     order_id, status = await desk.place(command)
-    gate.accepted()
     return OrderAccepted(order_id=order_id, status=status)
 
 

@@ -2,7 +2,6 @@
 
 from events.topics import INVENTORY, PAYMENT
 from order_svc import api, dashboard_api, sagametrics, timeline
-from order_svc.admission import AdmissionGate
 from order_svc.cancelling import cancel_overdue
 from order_svc.handlers import reactions
 from order_svc.schema import MIGRATIONS
@@ -17,7 +16,6 @@ SPEC = ServiceSpec(
     subscription=Subscription(topics=(INVENTORY, PAYMENT), reactions=reactions),
     routers=lambda: [api.router, dashboard_api.router],
     emit_hooks=(timeline.record,),
-    middleware=(AdmissionGate,),
     metrics=sagametrics.render,
     periodic=(
         Periodic("deadline_sweeper", lambda s: s.deadline_sweep_interval, lambda db, _: cancel_overdue(db)),

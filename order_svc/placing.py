@@ -14,10 +14,12 @@ the table; the loser of that race reads the winner's order).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -203,6 +205,7 @@ async def place_order(
 class _Waiting:
     command: PlaceOrder
     answer: asyncio.Future[Placed] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    since: float = field(default_factory=time.monotonic)
 
 
 class OrderDesk:
@@ -214,18 +217,20 @@ class OrderDesk:
         self._db = db
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Waiting] = asyncio.Queue()
+        self._waiting: collections.deque[_Waiting] = collections.deque()  # in arrival order
         self._task: asyncio.Task[None] | None = None
 
-    @property
-    def queued(self) -> int:
-        """Commands waiting for a transaction."""
-        return self._queue.qsize()
+    def queue_delay(self) -> float:
+        """Seconds the oldest waiting command has waited (0 when none waits)."""
+        waiting = self._waiting
+        return time.monotonic() - waiting[0].since if waiting else 0.0
 
     async def place(self, command: PlaceOrder) -> Placed:
         """The order for ``command``; raises ``IdempotencyKeyReused`` or the failure."""
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="order-desk")
         waiting = _Waiting(command)
+        self._waiting.append(waiting)
         self._queue.put_nowait(waiting)
         return await waiting.answer
 
@@ -240,6 +245,8 @@ class OrderDesk:
             batch = [await self._queue.get()]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            for _ in batch:
+                self._waiting.popleft()
             batch = [w for w in batch if not w.answer.done()]  # the client went away
             if batch:
                 await self._place(batch)

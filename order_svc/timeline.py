@@ -1,5 +1,5 @@
 """The saga timeline: every event of an order, from every service, kept by the order
-service (DESIGN §6). Its own events are recorded as they are emitted (same transaction
+service (docs/design.md §8). Its own events are recorded as they are emitted (same transaction
 as the outbox row); the participants' events as they are consumed. Idempotent on
 ``event_id``."""
 

@@ -1,4 +1,4 @@
-"""The three kinds of failure, as types (see DESIGN §4).
+"""The three kinds of failure, as types (see docs/design.md §4.4).
 
 * ``TransientError`` — the world is briefly broken (database down, broker timeout):
   retry with backoff, never skip.

@@ -15,7 +15,6 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import uvicorn
 import uvloop
@@ -51,8 +50,6 @@ class ServiceSpec:
     emit_hooks: tuple[EmitHook, ...] = field(default=())
     #: Scheduled jobs of this service; every service also runs the shared pruning job.
     periodic: tuple[Periodic, ...] = field(default=())
-    #: ASGI middleware of this service's HTTP app (innermost last).
-    middleware: tuple[Callable[[Any], Any], ...] = field(default=())
     #: Service-specific /metrics lines, computed from its database at scrape time.
     metrics: metrics.ExtraMetrics | None = None
 
@@ -144,7 +141,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
 
         def consumer_lag() -> dict[tuple[str, int], int]:
             """Records behind the end of each assigned partition we have consumed from.
-            The embedded broker reports a partition's end imprecisely (DESIGN §2), so
+            The embedded broker reports a partition's end imprecisely (docs/design.md §2), so
             there this is an estimate; against Apache Kafka it is exact."""
             lag: dict[tuple[str, int], int] = {}
             try:
@@ -178,8 +175,6 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             ).render,
         )
         app.state.pipeline = pipeline
-        for middleware in spec.middleware:
-            app.add_middleware(middleware)
         app.state.relay = relay
         server = _Server(
             uvicorn.Config(

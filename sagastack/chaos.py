@@ -17,7 +17,7 @@ What it does, in one run directory of its own:
      and another share **late** (seconds afterwards, after newer events of the saga);
    * **poison messages** on every domain topic, some with null, NUL or non-UTF-8 headers.
 4. After the last fault it waits for quiescence, then checks every invariant of
-   DESIGN §5 against the three databases, plus: every order a client was told about
+   docs/design.md §6 against the three databases, plus: every order a client was told about
    exists, and the only dead letters are the poison messages it sent.
 5. Prints a report and exits 1 on any violation, or if the system did not settle within
    ``--settle-limit`` seconds of the last fault.

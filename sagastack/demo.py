@@ -6,7 +6,7 @@ reservation released; approved then cancelled by the customer, refunded and rest
 cancelled by its deadline while payment is down, which never charges once it is back —
 printing each timeline with the final order, stock and balance. Then a mixed load of
 orders (progress bars) gives the dashboard something to show, the invariants of
-DESIGN §5 are checked, and it exits non-zero if anything is off. It ends by printing
+docs/design.md §6 are checked, and it exits non-zero if anything is off. It ends by printing
 where the dashboard is; on a terminal the system keeps running until Ctrl-C.
 """
 
@@ -270,7 +270,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"FAIL: {p}")
         if not problems:
             print(
-                "invariants of DESIGN §5 hold: all orders terminal, stock and money conserved,"
+                "invariants of docs/design.md §6 hold: all orders terminal, stock and money conserved,"
                 " no effect applied twice"
             )
         dashboard = f"{system.url('order_svc')}/dashboard"

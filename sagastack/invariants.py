@@ -1,4 +1,4 @@
-"""The invariants of DESIGN §5, checked against all three databases at quiescence.
+"""The invariants of docs/design.md §6, checked against all three databases at quiescence.
 
 Used by ``make demo``, the tests and (later) the fault-injection run. Each violation is
 a sentence naming what is wrong; an empty list means every invariant holds.

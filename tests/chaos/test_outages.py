@@ -66,7 +66,7 @@ def test_database_outage_not_ready_then_resumes_without_losing_the_order(system:
 
 def test_broker_outage_makes_every_service_not_ready(system: System) -> None:
     """Last in this module: the embedded broker keeps topics in memory, so it does not
-    come back with its data (DESIGN §2); a real Kafka cluster does."""
+    come back with its data (docs/design.md §2); a real Kafka cluster does."""
     assert system.broker is not None
     system.broker.stop()
     bodies = all_ready_answer(system, 503, 60, "every service not ready while the broker is down")

@@ -10,18 +10,27 @@ from order_svc.admission import Admission
 from tests.integration.conftest import ServiceUnderTest
 
 
-async def _pending_orders(order: ServiceUnderTest, n: int) -> list[uuid.UUID]:
+async def _pending_orders(order: ServiceUnderTest, n: int, waiting_seconds: float) -> list[uuid.UUID]:
+    """``n`` PENDING orders placed ``waiting_seconds`` ago."""
     ids = [uuid.uuid4() for _ in range(n)]
     async with order.db.unit_of_work() as uow:
         await uow.conn.execute(
             text(
-                "INSERT INTO orders (order_id, customer_id, status, deadline_at)"
-                " SELECT o, 'c', 'PENDING', clock_timestamp() + interval '1 hour'"
-                " FROM unnest(CAST(:o AS UUID[])) o"
+                "INSERT INTO orders (order_id, customer_id, status, created_at, deadline_at)"
+                " SELECT o, 'c', 'PENDING', clock_timestamp() - make_interval(secs => :w),"
+                " clock_timestamp() + interval '1 hour' FROM unnest(CAST(:o AS UUID[])) o"
             ),
-            {"o": ids},
+            {"o": ids, "w": waiting_seconds},
         )
     return ids
+
+
+async def _finish(order: ServiceUnderTest, ids: list[uuid.UUID]) -> None:
+    async with order.db.unit_of_work() as uow:  # leave them finished for the other tests
+        await uow.conn.execute(
+            text("UPDATE orders SET status = 'CANCELLED', reason = 'timeout' WHERE order_id = ANY(:o)"),
+            {"o": ids},
+        )
 
 
 async def test_a_backlog_that_cannot_finish_in_time_is_refused_with_retry_after(
@@ -29,17 +38,27 @@ async def test_a_backlog_that_cannot_finish_in_time_is_refused_with_retry_after(
 ) -> None:
     admission = Admission(order.db, headroom=0.5, min_pending=50, refresh_seconds=0)
     assert await admission.check(30) is None  # a quiet system never refuses
-    ids = await _pending_orders(order, 60)
+    burst = await _pending_orders(order, 60, waiting_seconds=0.5)
     try:
-        refusal = await admission.check(30)  # 60 in flight, nothing finishing: hopeless
+        assert await admission.check(30) is None  # a burst that just arrived is no backlog
+    finally:
+        await _finish(order, burst)
+    queued = await _pending_orders(order, 60, waiting_seconds=40)
+    try:
+        refusal = await admission.check(30)  # sagas waiting 40 s: a new one would wait ~80 s
         assert refusal is not None and refusal.retry_after >= 1 and "overloaded" in refusal.detail
-        assert await admission.check(100_000) is None  # a patient order is still taken
+        assert await admission.check(3600) is None  # a patient order is still taken
         assert admission.refused == 1
     finally:
-        async with order.db.unit_of_work() as uow:  # leave them finished for the other tests
-            await uow.conn.execute(
-                text("UPDATE orders SET status = 'CANCELLED', reason = 'timeout' WHERE order_id = ANY(:o)"),
-                {"o": ids},
-            )
-    admission_after = Admission(order.db, headroom=0.5, min_pending=50, refresh_seconds=0)
-    assert await admission_after.check(30) is None
+        await _finish(order, queued)
+    assert await admission.check(30) is None  # drained: accepted again
+
+
+async def test_one_stuck_saga_refuses_nobody(order: ServiceUnderTest) -> None:
+    admission = Admission(order.db, headroom=0.5, min_pending=1, refresh_seconds=0)
+    stuck = await _pending_orders(order, 1, waiting_seconds=600)
+    flowing = await _pending_orders(order, 20, waiting_seconds=0.2)
+    try:
+        assert await admission.check(30) is None  # the median, not the oldest, decides
+    finally:
+        await _finish(order, stuck + flowing)

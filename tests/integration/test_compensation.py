@@ -1,4 +1,4 @@
-"""Every compensation path (DESIGN §3 c2, c4-c6), in every arrival order that can happen.
+"""Every compensation path (docs/design.md §3 c2, c4-c6), in every arrival order that can happen.
 
 Events of one saga reach a service from different topics, late, or twice. Each test
 delivers them in one particular order to the real handlers on the real database and
