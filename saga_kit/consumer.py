@@ -28,7 +28,10 @@ Failures are typed:
 * **a failing reaction** (an exception in load, decide, save or the observer): the batch
   is split in two and each half applied in its own transaction, in order, recursively,
   until the one bad event is alone; only it is dead-lettered (reason: the error), the
-  rest commit;
+  rest commit. Such dead letters are capped (``HandlerErrorLimit``, as arroyo's
+  ``DlqLimit``): a bug deployed on valid events would otherwise dead-letter the whole
+  stream. Past the cap the batch is held like a pipeline error (below) until the fix is
+  deployed, or an operator resumes (``POST /consumer/resume``);
 * **an error of the pipeline itself** (storing a dead letter, reading the records …):
   nothing is acked — the batch is retried with backoff until it goes through,
   ``stats.stuck`` names its partitions and the error (``/health/ready`` answers 503 with
@@ -39,6 +42,7 @@ Failures are typed:
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import logging
 import time
@@ -129,6 +133,52 @@ class HandlerError(Exception):
     """A reaction failed (not transiently): the batch is split to isolate the event."""
 
 
+class HandlerErrorLimitReached(Exception):
+    """Too many valid events made a reaction fail: hold instead of dead-lettering more."""
+
+
+@dataclass
+class HandlerErrorLimit:
+    """How many events a failing reaction may dead-letter before the consumer stops:
+    at most ``max_consecutive`` in a row, and at most ``max_ratio`` of the last ``window``
+    events once ``min_sample`` have been seen. Decoding failures and refusals are poison
+    *messages* and always dead-lettered; this caps failures of the *code* on valid ones."""
+
+    max_consecutive: int = 10
+    max_ratio: float = 0.05
+    window: int = 1000
+    min_sample: int = 100
+    consecutive: int = 0
+    recent: collections.deque[bool] = field(default_factory=collections.deque)
+
+    def handled(self, n: int) -> None:
+        if n:
+            self.consecutive = 0
+            self._remember([False] * n)
+
+    def admit(self) -> str | None:
+        """Record one more failed event and return None, or say why it is one too many."""
+        if self.consecutive + 1 > self.max_consecutive:
+            return f"{self.consecutive} events in a row made a reaction fail (limit {self.max_consecutive})"
+        errors = sum(self.recent) + 1
+        seen = len(self.recent) + 1
+        if seen >= self.min_sample and errors / seen > self.max_ratio:
+            return f"{errors} of the last {seen} events made a reaction fail (limit {self.max_ratio:.0%})"
+        self.consecutive += 1
+        self._remember([True])
+        return None
+
+    def resume(self) -> None:
+        """An operator decided: forget the failures counted so far."""
+        self.consecutive = 0
+        self.recent.clear()
+
+    def _remember(self, outcomes: list[bool]) -> None:
+        self.recent.extend(outcomes)
+        while len(self.recent) > self.window:
+            self.recent.popleft()
+
+
 @dataclass(eq=False)
 class _Item:
     """One record on its way through the pipeline."""
@@ -189,9 +239,11 @@ class ConsumerPipeline:
         subscription: Subscription,
         *,
         retry: RetryPolicy | None = None,
+        handler_errors: HandlerErrorLimit | None = None,
         fault: str | None = None,
     ) -> None:
         self.service = service
+        self.handler_errors = handler_errors or HandlerErrorLimit()
         self._db = db
         self._reactions = subscription.reactions
         self._retry = retry or RetryPolicy()
@@ -308,12 +360,18 @@ class ConsumerPipeline:
                 lambda: self._apply(items, store), is_transient, lambda exc: self._retrying(exc)
             )
             self.stats.retrying = False
+            self.handler_errors.handled(sum(1 for it in items if it.outcome is Outcome.HANDLED))
         except HandlerError as exc:
             self.stats.retrying = False
             live = [i for i, it in enumerate(items) if it.outcome is None]
             if len(live) == 1:
                 poison = items[live[0]]
                 cause = exc.__cause__ or exc
+                too_many = self.handler_errors.admit() if store else None
+                if too_many is not None:
+                    raise HandlerErrorLimitReached(
+                        f"{too_many}; last: {type(cause).__name__}: {printable(str(cause), 200)}"
+                    ) from exc
                 log.error(
                     "reaction to %s failed; dead-lettering it", poison.event_type, exc_info=exc.__cause__
                 )

@@ -11,13 +11,20 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 
 import psycopg
 from sqlalchemy import exc as sa_exc
 
 from events.codec import InvalidEvent
 
-__all__ = ["DomainRejection", "InvalidEvent", "TransientError", "is_kafka_error", "is_transient"]
+__all__ = [
+    "DomainRejection",
+    "InvalidEvent",
+    "TransientError",
+    "is_transient",
+    "is_transient_kafka_error",
+]
 
 
 class TransientError(Exception):
@@ -43,10 +50,30 @@ _TRANSIENT_PG = (
 )
 
 
+#: OS errors of a network that is briefly away; a missing file or a permission is a bug.
+_NETWORK_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.ETIMEDOUT,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+        errno.EAGAIN,
+    }
+)
+
+
 def is_transient(exc: BaseException) -> bool:
-    """True for failures that retrying the same work may cure."""
-    if isinstance(exc, TransientError | asyncio.TimeoutError | ConnectionError | OSError):
+    """True for failures that retrying the same work may cure: the database or the
+    network briefly away, a lock conflict, a timeout. Everything else — a missing file, a
+    bug, bad data — is not, however it is raised."""
+    if isinstance(exc, TransientError | asyncio.TimeoutError | ConnectionError):
         return True
+    if isinstance(exc, OSError) and type(exc) is OSError:  # a socket error without a subclass
+        return exc.errno in _NETWORK_ERRNOS
     if isinstance(exc, sa_exc.DBAPIError):
         if exc.connection_invalidated:
             return True
@@ -56,8 +83,19 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSIENT_PG)
 
 
-def is_kafka_error(exc: BaseException) -> bool:
-    """True for any error raised by the Kafka client (broker away, timeouts, metadata)."""
-    from aiokafka.errors import KafkaError
+def is_transient_kafka_error(exc: BaseException) -> bool:
+    """True for Kafka client errors that retrying may cure: the ones the client marks
+    retriable, and timeouts and unavailable brokers. A record too large, a topic that
+    cannot exist, a refused authentication are not."""
+    from aiokafka import errors as kafka
 
-    return isinstance(exc, KafkaError)
+    if not isinstance(exc, kafka.KafkaError):
+        return False
+    return bool(exc.retriable) or isinstance(
+        exc,
+        kafka.KafkaTimeoutError
+        | kafka.KafkaUnavailableError
+        | kafka.BrokerNotAvailableError
+        | kafka.RequestTimedOutError
+        | kafka.UnknownError,  # what the embedded broker answers while it starts
+    )

@@ -42,7 +42,7 @@ from events.envelope import Envelope
 from events.topics import TOPIC_OF_PRODUCER
 from saga_kit import headers as kafka_headers
 from saga_kit import sql, tracing
-from saga_kit.errors import is_kafka_error, is_transient
+from saga_kit.errors import is_transient, is_transient_kafka_error
 from saga_kit.headers import Headers
 from saga_kit.retry import RetryPolicy
 
@@ -264,7 +264,7 @@ class OutboxRelay:
 
 
 def _relay_retries(exc: BaseException) -> bool:
-    return is_transient(exc) or is_kafka_error(exc)
+    return is_transient(exc) or is_transient_kafka_error(exc)
 
 
 def _bytes(value: Any) -> bytes | None:

@@ -21,10 +21,10 @@ import uvloop
 from fastapi import APIRouter
 
 from events.topics import DOMAIN_TOPICS, dead_letter_topic
-from saga_kit import deadletters, logs, metrics, tracing
-from saga_kit.consumer import ConsumerPipeline, Subscription
+from saga_kit import consumer_api, deadletters, logs, metrics, tracing
+from saga_kit.consumer import ConsumerPipeline, HandlerErrorLimit, Subscription
 from saga_kit.db import Database, EmitHook, create_engine
-from saga_kit.errors import is_kafka_error, is_transient
+from saga_kit.errors import is_transient, is_transient_kafka_error
 from saga_kit.faust_app import build_faust_app
 from saga_kit.http import create_app
 from saga_kit.kafka import broker_ping, create_producer, ensure_topics
@@ -69,7 +69,7 @@ async def _until_up(
     ``deadline`` seconds: a dependency that never appears is worth exiting for."""
     await retry.until(
         probe,
-        lambda exc: is_transient(exc) or is_kafka_error(exc),
+        lambda exc: is_transient(exc) or is_transient_kafka_error(exc),
         lambda exc: log.info("waiting for %s: %s", what, exc),
         give_up_after=deadline,
     )
@@ -117,7 +117,17 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             fault=settings.fault,
         )
         db.set_on_commit(relay.wake)
-        pipeline = ConsumerPipeline(spec.name, db, spec.subscription, retry=retry, fault=settings.fault)
+        pipeline = ConsumerPipeline(
+            spec.name,
+            db,
+            spec.subscription,
+            retry=retry,
+            handler_errors=HandlerErrorLimit(
+                max_consecutive=settings.dlq_max_consecutive_handler_errors,
+                max_ratio=settings.dlq_max_handler_error_ratio,
+            ),
+            fault=settings.fault,
+        )
         jobs = (PRUNING, *spec.periodic)
         job_stats = {job.name: JobStats() for job in jobs}
         consumers = build_faust_app(
@@ -163,7 +173,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             spec.title,
             db,
             settings,
-            [*spec.routers(), deadletters.router],
+            [*spec.routers(), deadletters.router, consumer_api.router],
             {
                 "database": db.ping,
                 "broker": lambda: broker_ping(producer),

@@ -70,6 +70,22 @@ class ServiceSettings(BaseSettings):
         default=0.1, ge=0, validation_alias=AliasChoices("RETRY_JITTER_SECONDS", "retry_jitter_seconds")
     )
 
+    #: The handler-error limit (saga_kit.consumer.HandlerErrorLimit): valid events a failing
+    #: reaction may dead-letter, in a row and as a share of the recent ones.
+    dlq_max_consecutive_handler_errors: int = Field(
+        default=10,
+        ge=0,
+        validation_alias=AliasChoices(
+            "DLQ_MAX_CONSECUTIVE_HANDLER_ERRORS", "dlq_max_consecutive_handler_errors"
+        ),
+    )
+    dlq_max_handler_error_ratio: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        validation_alias=AliasChoices("DLQ_MAX_HANDLER_ERROR_RATIO", "dlq_max_handler_error_ratio"),
+    )
+
     relay_batch_size: int = Field(default=1000, ge=1)
     relay_poll_interval: float = Field(default=0.5, gt=0)
     db_pool_size: int = Field(default=10, ge=1)

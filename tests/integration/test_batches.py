@@ -20,7 +20,7 @@ from events.envelope import Envelope
 from order_svc.errors import IdempotencyKeyReused
 from order_svc.placing import PlaceOrder, place_orders
 from saga_kit import outbox
-from saga_kit.consumer import ConsumerPipeline, Outcome, Record, Subscription
+from saga_kit.consumer import ConsumerPipeline, HandlerErrorLimit, Outcome, Record, Subscription
 from saga_kit.db import UnitOfWork
 from saga_kit.faust_app import consume_batches
 from saga_kit.reactions import Reactions, Replies
@@ -253,3 +253,34 @@ async def test_commands_share_one_transaction_and_keys_hold_inside_it(order: Ser
     # and later, in another batch, the key still answers with that order
     (again,) = await place_orders(order.db, [command("a", key)])
     assert again == first
+
+
+async def test_a_bad_deploy_stops_the_stream_instead_of_dead_lettering_it(
+    inventory: ServiceUnderTest,
+) -> None:
+    """A reaction failing on every valid event (a bug) dead-letters the first few, then the
+    consumer holds the batch (not acked, readiness names why) until an operator resumes."""
+    pipeline = ConsumerPipeline(
+        "bad_deploy",
+        inventory.db,
+        Subscription(("orders.events",), _poisonous("everyone")),
+        retry=RetryPolicy(0.01, 0.05, 0.0),
+        handler_errors=HandlerErrorLimit(max_consecutive=2, max_ratio=1.0),
+    )
+    batch = [record_of(event(order_created({"p": 1}, customer="everyone"), uuid.uuid4())) for _ in range(4)]
+    task = asyncio.create_task(pipeline.process_batch(batch))
+    for _ in range(300):
+        if pipeline.stats.stuck:
+            break
+        await asyncio.sleep(0.01)
+    (why,) = pipeline.stats.stuck.values()
+    assert "HandlerErrorLimitReached" in why and "in a row" in why and "a bug met this event" in why
+    assert not task.done()  # held: the caller has not acked anything
+    stored = await inventory.scalar(
+        "SELECT COUNT(*) FROM dead_letters WHERE source_offset = ANY(:o)", o=[r.offset for r in batch]
+    )
+    assert stored == 2  # only as many as the limit allows
+    pipeline.handler_errors.resume()  # an operator decided these may go to the dead letters
+    pipeline.handler_errors.max_consecutive = 10
+    assert await asyncio.wait_for(task, 10) == [Outcome.DEAD_LETTERED] * 4
+    assert pipeline.stats.stuck == {}

@@ -1,0 +1,56 @@
+"""The consumer's state, and the operator's way to resume it: the same API in every service.
+
+``GET /consumer`` says whether the consumer flows or holds a batch (and why), and how many
+valid events made a reaction fail recently. ``POST /consumer/resume`` is the operator's
+decision after a stop on the handler-error limit (``saga_kit.consumer``): forget the
+failures counted so far, so the held batch's poison events are dead-lettered — up to the
+limit again. After deploying a fix, nothing is needed: the held batch goes through.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+
+from saga_kit.consumer import ConsumerPipeline
+
+router = APIRouter(prefix="/consumer", tags=["consumer"])
+
+
+class ConsumerState(BaseModel):
+    #: "topic[partition]" → the batch held there and why; empty while everything flows
+    stuck: dict[str, str]
+    retrying_transient_failure: bool
+    #: valid events that made a reaction fail: in a row now, and in the recent window
+    handler_errors_in_a_row: int
+    handler_errors_recent: int
+    recent_window: int
+    max_in_a_row: int
+    max_ratio: float
+
+
+def _state(pipeline: ConsumerPipeline) -> ConsumerState:
+    limit = pipeline.handler_errors
+    return ConsumerState(
+        stuck={f"{t}[{p}]": why for (t, p), why in sorted(pipeline.stats.stuck.items())},
+        retrying_transient_failure=pipeline.stats.retrying,
+        handler_errors_in_a_row=limit.consecutive,
+        handler_errors_recent=sum(limit.recent),
+        recent_window=len(limit.recent),
+        max_in_a_row=limit.max_consecutive,
+        max_ratio=limit.max_ratio,
+    )
+
+
+@router.get("", response_model=ConsumerState)
+async def get_consumer(request: Request) -> ConsumerState:
+    """Whether the consumer flows, and the handler failures it has counted."""
+    return _state(request.app.state.pipeline)
+
+
+@router.post("/resume", response_model=ConsumerState)
+async def resume(request: Request) -> ConsumerState:
+    """Forget the handler failures counted so far (see module doc)."""
+    pipeline: ConsumerPipeline = request.app.state.pipeline
+    pipeline.handler_errors.resume()
+    return _state(pipeline)

@@ -1,0 +1,65 @@
+"""What is retried and what is not, and the cap on dead letters from failing reactions."""
+
+from __future__ import annotations
+
+import errno
+
+import psycopg
+import pytest
+from aiokafka import errors as kafka
+
+from saga_kit.consumer import HandlerErrorLimit
+from saga_kit.errors import TransientError, is_transient, is_transient_kafka_error
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (TransientError("busy"), True),
+        (ConnectionRefusedError(), True),
+        (TimeoutError(), True),
+        (OSError(errno.ECONNRESET, "reset"), True),
+        (psycopg.OperationalError("server closed the connection"), True),
+        (FileNotFoundError("/etc/missing"), False),  # a bug, not the weather
+        (PermissionError("denied"), False),
+        (OSError(errno.ENOSPC, "disk full"), False),
+        (ValueError("bad"), False),
+        (psycopg.errors.UniqueViolation("dup"), False),
+    ],
+)
+def test_only_what_retrying_can_cure_is_transient(exc: BaseException, transient: bool) -> None:
+    assert is_transient(exc) is transient
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (kafka.KafkaConnectionError(), True),
+        (kafka.KafkaTimeoutError(), True),
+        (kafka.NotLeaderForPartitionError(), True),
+        (kafka.NotEnoughReplicasError(), True),
+        (kafka.MessageSizeTooLargeError(), False),  # retrying sends the same too-large record
+        (kafka.InvalidTopicError(), False),
+        (ValueError(), False),
+    ],
+)
+def test_only_retriable_kafka_errors_are_transient(exc: BaseException, transient: bool) -> None:
+    assert is_transient_kafka_error(exc) is transient
+
+
+def test_failing_reactions_are_capped_in_a_row_and_as_a_share() -> None:
+    limit = HandlerErrorLimit(max_consecutive=3, max_ratio=0.1, window=100, min_sample=20)
+    assert [limit.admit() for _ in range(3)] == [None, None, None]
+    assert "3 events in a row" in (limit.admit() or "")  # the fourth in a row is refused
+    limit.handled(1)  # one event went through: the run is broken
+    assert limit.admit() is None
+
+    limit.resume()  # an operator's decision: start counting afresh
+    limit.handled(36)
+    answers = []
+    for _ in range(5):  # never two in a row, but more and more of the recent events
+        answers.append(limit.admit())
+        limit.handled(1)
+    # 1/37, 2/39, 3/41, 4/43 are under 10%; 5/45 is over
+    assert answers[:4] == [None] * 4
+    assert "5 of the last 45" in (answers[4] or "")
