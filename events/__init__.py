@@ -15,6 +15,7 @@ from events.inventory import (
     StockLine,
 )
 from events.order import (
+    CommandRejected,
     OrderApproved,
     OrderCancelled,
     OrderCreated,
@@ -26,6 +27,7 @@ from events.registry import EVENT_TYPES, payload_class
 
 __all__ = [
     "EVENT_TYPES",
+    "CommandRejected",
     "Envelope",
     "EventPayload",
     "InvalidEvent",

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from events.commands import COMMAND_TYPES
 from events.registry import EVENT_TYPES
-from events.topics import DOMAIN_TOPICS, TOPIC_OF_PRODUCER, dead_letter_topic
+from events.topics import COMMANDS, DOMAIN_TOPICS, TOPIC_OF_PRODUCER, dead_letter_topic
 
 _KAFKA_BINDING = "0.5.0"
 _HEADERS = {
@@ -100,13 +101,41 @@ def render() -> str:
             "summary": f"{owner} publishes its events through its transactional outbox.",
             "messages": [{"$ref": f"#/channels/{channel}/messages/{n}"} for n in names],
         }
+    command_names = sorted(COMMAND_TYPES)
+    for name in command_names:
+        messages[name] = {
+            "name": name,
+            "title": name,
+            "summary": (COMMAND_TYPES[name].__doc__ or "").strip().splitlines()[0],
+            "contentType": "application/json",
+            "payload": {"$ref": f"{name}.json"},
+            "bindings": {
+                "kafka": {
+                    "key": {"type": "string", "format": "uuid", "description": "command_id"},
+                    "bindingVersion": _KAFKA_BINDING,
+                }
+            },
+        }
+    channels[_camel(COMMANDS)] = {
+        "address": COMMANDS,
+        "description": "Commands to the order service from any client, keyed by command_id; answered on"
+        " orders.events (header correlation_id = command_id; CommandRejected when refused).",
+        "messages": {n: {"$ref": f"#/components/messages/{n}"} for n in command_names},
+        "bindings": {"kafka": {"partitions": 6, "bindingVersion": _KAFKA_BINDING}},
+    }
+    operations["clientSendsCommands"] = {
+        "action": "send",
+        "channel": {"$ref": f"#/channels/{_camel(COMMANDS)}"},
+        "summary": "A client (a checkout, an import, sagactl place --via kafka) places or cancels an order.",
+        "messages": [{"$ref": f"#/channels/{_camel(COMMANDS)}/messages/{n}"} for n in command_names],
+    }
     for spec in _services():
         for topic in spec.subscription.topics:
             channel = _camel(topic)
             owned = channels[channel]["messages"]
             reactions = spec.subscription.reactions
             handled = sorted(c.event_type for c in reactions.handlers if c.event_type in owned)
-            recorded = sorted(owned) if reactions.observe else handled
+            recorded = sorted(owned) if reactions.observe and topic != COMMANDS else handled
             operations[_camel(spec.name, "consumes", topic)] = {
                 "action": "receive",
                 "channel": {"$ref": f"#/channels/{channel}"},

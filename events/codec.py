@@ -71,7 +71,7 @@ def decode(data: bytes | None) -> Envelope[EventPayload]:
     try:
         raw = _RawEnvelope.model_validate_json(data)
     except ValidationError as exc:
-        raise InvalidEvent(f"not an event envelope: {_summary(exc)}") from None
+        raise InvalidEvent(f"not an event envelope: {summary(exc)}") from None
     cls = payload_class(raw.event_type)
     if cls is None:
         raise InvalidEvent(f"unknown event_type {raw.event_type!r}")
@@ -88,7 +88,7 @@ def decode(data: bytes | None) -> Envelope[EventPayload]:
         else:
             envelope = Envelope[cls].model_validate_json(data)  # type: ignore[valid-type]
     except ValidationError as exc:
-        raise InvalidEvent(f"invalid {raw.event_type}: {_summary(exc)}") from None
+        raise InvalidEvent(f"invalid {raw.event_type}: {summary(exc)}") from None
     except NoUpcastPath as exc:
         raise InvalidEvent(f"unsupported schema_version: {exc}") from None
     except (KeyError, TypeError, ValueError, ArithmeticError, RecursionError) as exc:
@@ -101,7 +101,8 @@ def decode(data: bytes | None) -> Envelope[EventPayload]:
     return envelope
 
 
-def _summary(exc: ValidationError) -> str:
+def summary(exc: ValidationError) -> str:
+    """A validation error in one line: where and why, never the input."""
     parts = []
     for err in exc.errors(include_input=False, include_url=False)[:5]:
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from events.envelope import EventPayload
-from events.values import MAX_LINE_QUANTITY, MAX_ORDER_LINES, ExternalId, Instant, ReasonCode
+from events.values import MAX_LINE_QUANTITY, MAX_ORDER_LINES, ExternalId, Instant, ReasonCode, SafeText
 
 PRODUCER = "order_svc"
 
@@ -67,3 +68,17 @@ class OrderCancelled(EventPayload):
 
     customer_id: ExternalId
     reason: CancelReason
+
+
+class CommandRejected(EventPayload):
+    """A command on ``orders.commands`` was refused: nothing was done. ``command_id``
+    correlates it with the command; ``order_id`` of its envelope is the order the command
+    named (or would have placed)."""
+
+    event_type: ClassVar[str] = "CommandRejected"
+    producer: ClassVar[str] = PRODUCER
+
+    command_id: uuid.UUID
+    command_type: Annotated[SafeText, Field(max_length=100)]
+    reason: ReasonCode
+    detail: Annotated[SafeText, Field(max_length=1000)]

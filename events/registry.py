@@ -9,7 +9,7 @@ from events.inventory import (
     InventoryReservationFailed,
     InventoryReserved,
 )
-from events.order import OrderApproved, OrderCancelled, OrderCreated, OrderRejected
+from events.order import CommandRejected, OrderApproved, OrderCancelled, OrderCreated, OrderRejected
 from events.payment import PaymentCompleted, PaymentFailed, PaymentRefunded
 
 EVENT_TYPES: dict[str, type[EventPayload]] = {
@@ -19,6 +19,7 @@ EVENT_TYPES: dict[str, type[EventPayload]] = {
         OrderApproved,
         OrderRejected,
         OrderCancelled,
+        CommandRejected,
         InventoryReserved,
         InventoryReservationFailed,
         InventoryCommitted,

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from events.commands import COMMAND_TYPES, Command
 from events.envelope import Envelope
 from events.registry import EVENT_TYPES
 
@@ -32,10 +33,40 @@ def render() -> dict[str, str]:
         props["producer"] = {"const": cls.producer, "type": "string"}
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         files[f"{name}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    for name, cmd in sorted(COMMAND_TYPES.items()):
+        files[f"{name}.json"] = json.dumps(command_schema(cmd), indent=2, sort_keys=True) + "\n"
     from events.asyncapi import render as asyncapi
 
     files["asyncapi.json"] = asyncapi()
     return files
+
+
+def command_schema(cls: type[Command]) -> dict[str, Any]:
+    """The wire form of a command (``events.commands``): its envelope and payload."""
+    payload: dict[str, Any] = cls.model_json_schema(mode="validation")
+    payload["properties"].pop("command_id", None)
+    payload["required"] = [r for r in payload.get("required", []) if r != "command_id"]
+    defs = payload.pop("$defs", {})
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": cls.event_type,
+        "description": (cls.__doc__ or "").strip() + " Sent on orders.commands, keyed by command_id.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["command_id", "command_type", "schema_version", "payload"],
+        "properties": {
+            "command_id": {
+                "type": "string",
+                "format": "uuid",
+                "description": "chosen by the client: the idempotency key"
+                " (the same command twice places one order)",
+            },
+            "command_type": {"const": cls.event_type, "type": "string"},
+            "schema_version": {"const": cls.schema_version, "type": "integer"},
+            "payload": payload,
+        },
+        **({"$defs": defs} if defs else {}),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,9 @@ TOPIC_OF_PRODUCER: dict[str, str] = {
 
 DOMAIN_TOPICS: tuple[str, ...] = (ORDERS, INVENTORY, PAYMENT)
 
+#: Commands to the order service (``events.commands``), keyed by ``command_id``.
+COMMANDS = "orders.commands"
+
 
 def dead_letter_topic(service: str) -> str:
     """Each service dead-letters into its own topic, e.g. ``payment_svc.deadletter``."""

@@ -8,7 +8,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
@@ -17,13 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validat
 from sqlalchemy import text
 
 from events import OrderLine
+from events.commands import order_id_for
 from events.values import MAX_ORDER_LINES, ExternalId, Money
 from order_svc import admission, timeline
 from order_svc.admission import Admission
 from order_svc.cancelling import OrderNotFound, cancel_order
 from order_svc.domain import OrderStatus
 from order_svc.explain import COMPENSATING, explain
-from order_svc.placing import OrderDesk, PlaceOrder
+from order_svc.placing import OrderDesk, Placement
 from order_svc.settings import Settings
 from saga_kit import tracing
 from saga_kit.http import DatabaseDep, SettingsDep
@@ -164,7 +165,7 @@ async def post_order(
     refusal = await gate.check(seconds)
     if refusal is not None:
         return admission.refused(refusal)  # type: ignore[return-value]
-    command = PlaceOrder(
+    command = Placement(
         body.customer_id,
         tuple(body.items),
         key,
@@ -221,6 +222,56 @@ def _view(row: Any, items: list[OrderItemView]) -> OrderView:
         updated_at=row.updated_at,
         items=items,
     )
+
+
+class CommandView(BaseModel):
+    """What became of a command sent on ``orders.commands``."""
+
+    command_id: uuid.UUID
+    #: the order it placed or named (a PlaceOrder's is derived from the command id)
+    order_id: uuid.UUID
+    #: ``placed`` or ``cancelled`` (it was applied; ``status`` is the order's now),
+    #: ``rejected`` (see ``reason``), or ``unknown``: not processed yet — or never sent
+    outcome: Literal["placed", "cancelled", "rejected", "unknown"]
+    status: OrderStatus | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+
+_APPLIED = {"PlaceOrder": "placed", "CancelOrder": "cancelled"}
+
+
+@router.get("/commands/{command_id}", response_model=CommandView)
+async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
+    """What became of a ``PlaceOrder`` or ``CancelOrder`` sent through Kafka (the answer is
+    also on ``orders.events``, with header ``correlation_id`` = ``command_id``)."""
+    async with db.engine.connect() as conn:
+        rows = list(
+            await conn.execute(
+                text(
+                    "SELECT e.event_type, e.order_id, e.payload, o.status FROM saga_events e"
+                    " LEFT JOIN orders o ON o.order_id = e.order_id"
+                    " WHERE e.payload->>'command_id' = :c ORDER BY e.seq"
+                ),
+                {"c": str(command_id)},
+            )
+        )
+    for row in rows:
+        if row.event_type == "CommandRejected":
+            return CommandView(
+                command_id=command_id,
+                order_id=row.order_id,
+                outcome="rejected",
+                reason=row.payload.get("reason"),
+                detail=row.payload.get("detail"),
+            )
+    for row in rows:
+        if row.event_type in _APPLIED and row.status is not None:
+            outcome: Any = _APPLIED[row.event_type]
+            return CommandView(
+                command_id=command_id, order_id=row.order_id, outcome=outcome, status=row.status
+            )
+    return CommandView(command_id=command_id, order_id=order_id_for(command_id), outcome="unknown")
 
 
 @router.get("/orders/{order_id}", response_model=OrderView)

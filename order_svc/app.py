@@ -1,7 +1,8 @@
 """Composition root of the order service."""
 
-from events.topics import INVENTORY, PAYMENT
-from order_svc import api, dashboard_api, sagametrics, timeline
+from events import commands
+from events.topics import COMMANDS, INVENTORY, PAYMENT
+from order_svc import api, dashboard_api, handlers, sagametrics, timeline
 from order_svc.cancelling import cancel_overdue
 from order_svc.handlers import reactions
 from order_svc.schema import MIGRATIONS
@@ -13,7 +14,10 @@ SPEC = ServiceSpec(
     name="order_svc",
     title="order_svc — places orders and keeps every saga's timeline",
     migrations=MIGRATIONS,
-    subscription=Subscription(topics=(INVENTORY, PAYMENT), reactions=reactions),
+    subscription=Subscription(
+        topics=(INVENTORY, PAYMENT, COMMANDS), reactions=reactions, decoders={COMMANDS: commands.to_envelope}
+    ),
+    configure=handlers.configure,
     routers=lambda: [api.router, dashboard_api.router],
     emit_hooks=(timeline.record,),
     metrics=sagametrics.render,

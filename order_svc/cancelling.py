@@ -30,7 +30,12 @@ class OrderNotFound(LookupError):
 
 
 async def _cancel(
-    uow: UnitOfWork, order_id: uuid.UUID, customer_id: str, reason: CancelReason, trace_context: str | None
+    uow: UnitOfWork,
+    order_id: uuid.UUID,
+    customer_id: str,
+    reason: CancelReason,
+    trace_context: str | None,
+    command_id: uuid.UUID | None = None,
 ) -> None:
     """CANCELLED + OrderCancelled, in the saga's own trace (the caller's span is a link)."""
     with tracing.span(
@@ -39,7 +44,7 @@ async def _cancel(
         links=tracing.link_to_current(),
         attributes={"saga.order_id": str(order_id), "saga.cancel_reason": reason},
     ):
-        await cancel_in(uow, order_id, customer_id, reason)
+        await cancel_in(uow, order_id, customer_id, reason, command_id=command_id)
 
 
 async def cancel_in(
@@ -48,6 +53,7 @@ async def cancel_in(
     customer_id: str,
     reason: CancelReason,
     causation_id: uuid.UUID | None = None,
+    command_id: uuid.UUID | None = None,
 ) -> None:
     """CANCELLED + OrderCancelled in ``uow``, whose caller holds the order's row lock and
     has checked the transition (``domain.transition``)."""
@@ -62,6 +68,8 @@ async def cancel_in(
         OrderCancelled(customer_id=customer_id, reason=reason),
         order_id=order_id,
         causation_id=causation_id,
+        # an order placed through Kafka: its events answer the command that placed it
+        headers=() if command_id is None else (("correlation_id", str(command_id).encode()),),
     )
 
 
@@ -70,7 +78,10 @@ async def cancel_order(db: Database, order_id: uuid.UUID) -> OrderStatus:
     async with db.unit_of_work() as uow:
         row = (
             await uow.conn.execute(
-                text("SELECT status, customer_id, trace_context FROM orders WHERE order_id = :o FOR UPDATE"),
+                text(
+                    "SELECT status, customer_id, trace_context, command_id FROM orders"
+                    " WHERE order_id = :o FOR UPDATE"
+                ),
                 {"o": order_id},
             )
         ).first()
@@ -78,7 +89,9 @@ async def cancel_order(db: Database, order_id: uuid.UUID) -> OrderStatus:
             raise OrderNotFound(order_id)
         if transition(OrderStatus(row.status), CANCEL_REQUESTED) is None:
             raise OrderNotCancellable(row.status)
-        await _cancel(uow, order_id, row.customer_id, "cancelled_by_customer", row.trace_context)
+        await _cancel(
+            uow, order_id, row.customer_id, "cancelled_by_customer", row.trace_context, row.command_id
+        )
     return OrderStatus.CANCELLED
 
 
@@ -88,7 +101,7 @@ async def cancel_overdue(db: Database, batch: int = 200) -> int:
         rows = (
             await uow.conn.execute(
                 text(
-                    "SELECT order_id, status, customer_id, trace_context FROM orders"
+                    "SELECT order_id, status, customer_id, trace_context, command_id FROM orders"
                     " WHERE status = 'PENDING' AND deadline_at <= clock_timestamp()"
                     " ORDER BY deadline_at LIMIT :n FOR UPDATE SKIP LOCKED"
                 ),
@@ -98,7 +111,9 @@ async def cancel_overdue(db: Database, batch: int = 200) -> int:
         for row in rows:
             if transition(OrderStatus(row.status), DEADLINE_PASSED) is not None:
                 with logs.bind(order_id=row.order_id):
-                    await _cancel(uow, row.order_id, row.customer_id, "timeout", row.trace_context)
+                    await _cancel(
+                        uow, row.order_id, row.customer_id, "timeout", row.trace_context, row.command_id
+                    )
     if rows:
         log.info("cancelled %d overdue orders", len(rows))
     return len(rows)

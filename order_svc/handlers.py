@@ -1,5 +1,6 @@
 """Order service reactions to participants' events (steps 4, c1, c3; c4 when a reply
-comes after the order's deadline).
+comes after the order's deadline) and to commands from ``orders.commands`` (step 1 and
+c4 through Kafka: ``events.commands``).
 
 A batch at a time (``saga_kit.reactions``): ``load`` locks the batch's orders (in
 order-id order) with whether each is past its deadline by the database's clock — the
@@ -12,6 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events import (
+    CommandRejected,
     InventoryReservationFailed,
     InventoryReserved,
     OrderApproved,
@@ -27,13 +30,29 @@ from events import (
     PaymentCompleted,
     PaymentFailed,
 )
+from events.commands import CancelOrder, PlaceOrder, RefusedCommand
 from events.envelope import Envelope, EventPayload
 from order_svc import timeline
-from order_svc.domain import OrderStatus, transition
-from saga_kit import sql
+from order_svc.domain import CANCEL_REQUESTED, OrderStatus, transition
+from order_svc.placing import order_created, request_hash
+from saga_kit import sql, tracing
 from saga_kit.db import UnitOfWork
 from saga_kit.errors import InvalidEvent
-from saga_kit.reactions import Reactions, Replies
+from saga_kit.reactions import Reactions, Replies, Reply
+
+#: The deadline of an order placed without one (``ORDER_DEADLINE_SECONDS``; ``configure``).
+_defaults = {"deadline_seconds": 30.0}
+
+
+def configure(settings: Any) -> None:
+    """Take the service's settings (called once at start by the service runner)."""
+    _defaults["deadline_seconds"] = float(settings.deadline_seconds)
+
+
+@dataclass(frozen=True)
+class _Placed:
+    command: PlaceOrder
+    traceparent: str | None
 
 
 @dataclass
@@ -44,9 +63,20 @@ class Order:
     overdue: bool
     reason: str | None
     total: Decimal | None
+    #: The command that placed it, when it came through Kafka; its events carry it.
+    command_id: uuid.UUID | None = None
+    request_hash: str | None = None
     #: product → unit price inventory quoted (set by InventoryReserved)
     prices: dict[str, Decimal] = field(default_factory=dict)
     changed: bool = False
+    #: placed in this batch: inserted by ``save`` (with these lines and deadline)
+    placed: _Placed | None = None
+    deadline_at: datetime | None = None
+
+    def correlated(self, payload: EventPayload, command_id: uuid.UUID | None = None) -> Reply:
+        """``payload`` with the ``correlation_id`` of the command it answers, if any."""
+        cid = command_id or self.command_id
+        return Reply(payload, () if cid is None else (("correlation_id", str(cid).encode()),))
 
 
 @dataclass
@@ -64,22 +94,71 @@ async def load(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> Orders
     state = Orders()
     for row in await conn.execute(
         text(
-            "SELECT order_id, status, customer_id, reason, total, deadline_at <= clock_timestamp() AS overdue"
+            "SELECT order_id, status, customer_id, reason, total, command_id, request_hash,"
+            " deadline_at <= clock_timestamp() AS overdue"
             f" FROM orders WHERE order_id IN {sql.UUIDS} ORDER BY order_id FOR UPDATE"
         ),
         {"ids": sql.values(sorted({e.order_id for e in events}))},
     ):
         state.orders[row.order_id] = Order(
-            OrderStatus(row.status), row.customer_id, bool(row.overdue), row.reason, row.total
+            OrderStatus(row.status),
+            row.customer_id,
+            bool(row.overdue),
+            row.reason,
+            row.total,
+            row.command_id,
+            row.request_hash,
         )
     return state
 
 
 def save(uow: UnitOfWork, state: Orders) -> None:
+    placed = [(oid, o) for oid, o in state.orders.items() if o.placed is not None]
+    if placed:
+        uow.write(
+            (
+                "INSERT INTO orders (order_id, customer_id, status, reason, idempotency_key, request_hash,"
+                " deadline_at, trace_context, command_id)"
+                " SELECT o, c, s, r, k, h, d, t, cmd FROM json_to_recordset(CAST(%(rows)s AS json))"
+                " AS v(o uuid, c text, s text, r text, k text, h text, d timestamptz, t text, cmd uuid)"
+                " ON CONFLICT (order_id) DO NOTHING"
+            ),
+            {
+                "rows": sql.rows(
+                    {
+                        "o": oid,
+                        "c": o.customer_id,
+                        "s": o.status.value,
+                        "r": o.reason,
+                        "k": f"command:{o.command_id}",
+                        "h": o.request_hash,
+                        "d": o.deadline_at,
+                        "t": o.placed.traceparent if o.placed else None,
+                        "cmd": o.command_id,
+                    }
+                    for oid, o in placed
+                )
+            },
+        )
+        uow.write(
+            (
+                "INSERT INTO order_items (order_id, line_no, product_id, quantity)"
+                " SELECT o, n, p, q FROM json_to_recordset(CAST(%(rows)s AS json))"
+                " AS v(o uuid, n int, p text, q int) ON CONFLICT DO NOTHING"
+            ),
+            {
+                "rows": sql.rows(
+                    {"o": oid, "n": n, "p": line.product_id, "q": line.quantity}
+                    for oid, o in placed
+                    if o.placed is not None
+                    for n, line in enumerate(o.placed.command.items, 1)
+                )
+            },
+        )
     changed = [
         {"o": oid, "s": o.status.value, "r": o.reason, "t": o.total}
         for oid, o in state.orders.items()
-        if o.changed
+        if o.changed and o.placed is None
     ]
     if changed:
         uow.write(
@@ -105,7 +184,7 @@ def save(uow: UnitOfWork, state: Orders) -> None:
 reactions: Reactions[Orders] = Reactions(load, save, observe=timeline.observe)
 
 
-def _move(order: Order, event: Envelope[Any], reason: str | None) -> EventPayload | None:
+def _move(order: Order, event: Envelope[Any], reason: str | None) -> Reply | None:
     """Apply the status transition ``event`` causes, if any; return the event that
     announces it. A reply after the deadline cancels the order as the sweeper would
     (``domain``: a deadline is a promise)."""
@@ -115,11 +194,11 @@ def _move(order: Order, event: Envelope[Any], reason: str | None) -> EventPayloa
     order.status, order.changed = new, True
     if new is OrderStatus.CANCELLED:
         order.reason = "timeout"
-        return OrderCancelled(customer_id=order.customer_id, reason="timeout")
+        return order.correlated(OrderCancelled(customer_id=order.customer_id, reason="timeout"))
     order.reason = reason
     if new is OrderStatus.APPROVED:
-        return OrderApproved(customer_id=order.customer_id)
-    return OrderRejected(customer_id=order.customer_id, reason=reason or "rejected")
+        return order.correlated(OrderApproved(customer_id=order.customer_id))
+    return order.correlated(OrderRejected(customer_id=order.customer_id, reason=reason or "rejected"))
 
 
 @reactions.on(InventoryReserved)
@@ -141,7 +220,7 @@ def on_reservation_failed(state: Orders, event: Envelope[InventoryReservationFai
 def on_payment_completed(state: Orders, event: Envelope[PaymentCompleted]) -> Replies:
     order = state.get(event)
     announced = _move(order, event, None)
-    if isinstance(announced, OrderApproved):
+    if announced is not None and order.status is OrderStatus.APPROVED:
         order.total = event.payload.amount
     return [announced] if announced else []
 
@@ -150,3 +229,65 @@ def on_payment_completed(state: Orders, event: Envelope[PaymentCompleted]) -> Re
 def on_payment_failed(state: Orders, event: Envelope[PaymentFailed]) -> Replies:
     announced = _move(state.get(event), event, event.payload.reason)
     return [announced] if announced else []
+
+
+# -- commands (orders.commands): the Kafka door to what the HTTP API does ------------------
+
+
+@reactions.on(PlaceOrder)
+def on_place_order(state: Orders, event: Envelope[PlaceOrder]) -> Replies:
+    """Step 1 from Kafka: the same decision as ``POST /orders`` (``order_svc.placing``). The
+    order's id derives from the command id, so the same command twice finds its order:
+    the same body again does nothing, another body is refused."""
+    command = event.payload
+    requested = request_hash(command.customer_id, command.items, command.deadline_seconds)
+    existing = state.orders.get(event.order_id)
+    if existing is not None:
+        if existing.request_hash == requested:
+            return []  # placed before: nothing to do again
+        return [
+            _rejected(
+                command.command_id, "PlaceOrder", "command_id_reused", "this command_id placed another order"
+            )
+        ]
+    seconds = command.deadline_seconds or _defaults["deadline_seconds"]
+    deadline_at = datetime.now(UTC) + timedelta(seconds=seconds)
+    order = Order(
+        OrderStatus.PENDING,
+        command.customer_id,
+        overdue=False,
+        reason=None,
+        total=None,
+        command_id=command.command_id,
+        request_hash=requested,
+        placed=_Placed(command, tracing.current_traceparent()),
+        deadline_at=deadline_at,
+    )
+    state.orders[event.order_id] = order
+    return [order.correlated(order_created(command.customer_id, command.items, deadline_at))]
+
+
+@reactions.on(CancelOrder)
+def on_cancel_order(state: Orders, event: Envelope[CancelOrder]) -> Replies:
+    """c4 from Kafka: the same rule as ``POST /orders/{id}/cancel``."""
+    command = event.payload
+    order = state.orders.get(event.order_id)
+    if order is None:
+        return [_rejected(command.command_id, "CancelOrder", "unknown_order", f"no order {event.order_id}")]
+    if transition(order.status, CANCEL_REQUESTED) is None:
+        detail = f"the order is {order.status}: only a PENDING or APPROVED order can be cancelled"
+        return [_rejected(command.command_id, "CancelOrder", "order_not_cancellable", detail)]
+    order.status, order.reason, order.changed = OrderStatus.CANCELLED, "cancelled_by_customer", True
+    cancelled = OrderCancelled(customer_id=order.customer_id, reason="cancelled_by_customer")
+    return [order.correlated(cancelled, command.command_id)]
+
+
+@reactions.on(RefusedCommand)
+def on_refused_command(state: Orders, event: Envelope[RefusedCommand]) -> Replies:
+    refused = event.payload
+    return [_rejected(refused.command_id, refused.command_type, refused.reason, refused.detail)]
+
+
+def _rejected(command_id: uuid.UUID, command_type: str, reason: str, detail: str) -> Reply:
+    rejected = CommandRejected(command_id=command_id, command_type=command_type, reason=reason, detail=detail)
+    return Reply(rejected, (("correlation_id", str(command_id).encode()),))

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PlaceOrder:
+class Placement:
     """The command: what a client asked for (HTTP today; any door tomorrow)."""
 
     customer_id: str
@@ -56,18 +56,31 @@ class PlaceOrder:
 
     @property
     def request_hash(self) -> str:
-        request = {
-            "customer_id": self.customer_id,
-            "items": [line.model_dump() for line in self.items],
-            "deadline_seconds": self.deadline.total_seconds() if self.deadline_requested else None,
-        }
-        return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+        return request_hash(
+            self.customer_id, self.items, self.deadline.total_seconds() if self.deadline_requested else None
+        )
+
+
+def request_hash(customer_id: str, items: Sequence[OrderLine], deadline_seconds: float | None) -> str:
+    """What an idempotency key stands for: the same key with another request is refused.
+    HTTP and Kafka requests hash alike."""
+    request = {
+        "customer_id": customer_id,
+        "items": [line.model_dump() for line in items],
+        "deadline_seconds": deadline_seconds,
+    }
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+
+
+def order_created(customer_id: str, items: Sequence[OrderLine], deadline_at: datetime) -> OrderCreated:
+    """The event that starts a saga, whichever door the order came through."""
+    return OrderCreated(customer_id=customer_id, items=tuple(items), deadline_at=deadline_at)
 
 
 Placed = tuple[uuid.UUID, OrderStatus]
 
 
-async def place_orders(db: Database, commands: Sequence[PlaceOrder]) -> list[Placed | IdempotencyKeyReused]:
+async def place_orders(db: Database, commands: Sequence[Placement]) -> list[Placed | IdempotencyKeyReused]:
     """Place every command in one transaction; one result per command, in order: the
     order (new, or the one its idempotency key placed before) or the 409 to answer."""
     results: list[Placed | IdempotencyKeyReused | None] = [None] * len(commands)
@@ -131,7 +144,7 @@ async def _orders_by_key(
 
 
 async def _insert_orders(
-    uow: UnitOfWork, new: Sequence[tuple[PlaceOrder, uuid.UUID, datetime]]
+    uow: UnitOfWork, new: Sequence[tuple[Placement, uuid.UUID, datetime]]
 ) -> set[uuid.UUID]:
     """Insert orders and their lines; return the ids inserted (a key taken meanwhile by
     another transaction is skipped)."""
@@ -186,7 +199,7 @@ async def place_order(
     deadline_requested: bool = False,
 ) -> Placed:
     """Place one order in a transaction of its own; raises ``IdempotencyKeyReused``."""
-    command = PlaceOrder(
+    command = Placement(
         customer_id,
         tuple(items),
         idempotency_key,
@@ -203,7 +216,7 @@ async def place_order(
 
 @dataclass
 class _Waiting:
-    command: PlaceOrder
+    command: Placement
     answer: asyncio.Future[Placed] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     since: float = field(default_factory=time.monotonic)
 
@@ -225,7 +238,7 @@ class OrderDesk:
         waiting = self._waiting
         return time.monotonic() - waiting[0].since if waiting else 0.0
 
-    async def place(self, command: PlaceOrder) -> Placed:
+    async def place(self, command: Placement) -> Placed:
         """The order for ``command``; raises ``IdempotencyKeyReused`` or the failure."""
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="order-desk")

@@ -72,4 +72,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         # admission control reads the sagas finished in the last seconds (order_svc.admission)
         ("CREATE INDEX orders_updated ON orders (updated_at)",),
     ),
+    Migration(
+        "order_svc",
+        5,
+        "orders_from_commands",
+        # the command (orders.commands) that placed an order; its events carry it as
+        # their correlation_id header
+        (
+            "ALTER TABLE orders ADD COLUMN command_id UUID",
+            "CREATE INDEX orders_by_command ON orders (command_id) WHERE command_id IS NOT NULL",
+            # commands and their rejections in the timeline, by command id (GET /commands/{id})
+            "CREATE INDEX saga_events_by_command ON saga_events ((payload->>'command_id'))"
+            " WHERE payload ? 'command_id'",
+        ),
+    ),
 )

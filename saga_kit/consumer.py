@@ -45,10 +45,12 @@ import asyncio
 import collections
 import enum
 import logging
+import os
+import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,12 +106,18 @@ class Attempt:
     reason: str | None = None
 
 
+#: Bytes of a record → its envelope, or ``InvalidEvent`` with the reason.
+Decoder = Callable[[bytes | None], Envelope[Any]]
+
+
 @dataclass(frozen=True)
 class Subscription:
-    """What a service consumes: its topics, and what it does with their events."""
+    """What a service consumes: its topics, what it does with their events, and — for a
+    topic that does not carry domain events (``orders.commands``) — how to decode it."""
 
     topics: tuple[str, ...]
     reactions: Reactions[Any]
+    decoders: Mapping[str, Decoder] = field(default_factory=dict)
 
 
 @dataclass
@@ -246,9 +254,11 @@ class ConsumerPipeline:
         self.handler_errors = handler_errors or HandlerErrorLimit()
         self._db = db
         self._reactions = subscription.reactions
+        self._decoders = subscription.decoders
         self._retry = retry or RetryPolicy()
         #: Fault injection (tests): ``consumer.pipeline_error`` makes every batch fail
-        #: inside the pipeline, as a bug in it would.
+        #: inside the pipeline, as a bug in it would; ``consumer.crash_before_commit``
+        #: kills the process with a batch applied but not committed.
         self._fault = fault
         self.stats = ConsumerStats()
 
@@ -337,7 +347,7 @@ class ConsumerPipeline:
             if item.outcome is not None:
                 continue
             try:
-                item.envelope = decode(item.record.value)
+                item.envelope = self._decoders.get(item.record.topic, decode)(item.record.value)
             except InvalidEvent as exc:
                 item.outcome, item.reason = Outcome.DEAD_LETTERED, exc.reason
                 continue
@@ -416,6 +426,9 @@ class ConsumerPipeline:
                     results[id(it)] = (
                         (Outcome.DEAD_LETTERED, refused[i]) if i in refused else (Outcome.HANDLED, None)
                     )
+            if self._fault == "consumer.crash_before_commit":  # tests: die with the work undone
+                log.error("fault injection: SIGKILL before committing a batch")
+                os.kill(os.getpid(), signal.SIGKILL)
             if store:
                 letters = [
                     (it, it.reason if it.outcome is Outcome.DEAD_LETTERED else results[id(it)][1])

@@ -88,22 +88,24 @@ class UnitOfWork:
         order_id: uuid.UUID,
         causation_id: uuid.UUID | None,
         trace: otel_context.Context | None = None,
+        headers: Headers = (),
     ) -> Envelope[P]:
         """Queue ``payload`` for the outbox; it is published only if this unit commits.
         Its ``traceparent`` header is ``trace`` (default: the current span's context), so
-        the consumers of the event continue that trace."""
+        the consumers of the event continue that trace; ``headers`` are added (e.g. a
+        ``correlation_id``)."""
         if payload.producer != self.producer:
             raise ValueError(f"{self.producer} may not emit {payload.event_type}")
         envelope = new_envelope(payload, order_id=order_id, causation_id=causation_id)
-        row = outbox.row_of(envelope, trace)
+        row = outbox.row_of(envelope, trace, headers)
         self.emitted.append(envelope)
         self._unflushed.append(Delivery(envelope, row.headers))
         self._rows.append(row)
         return envelope
 
-    def reply(self, payload: EventPayload, *, to: Envelope[Any]) -> Envelope[Any]:
+    def reply(self, payload: EventPayload, *, to: Envelope[Any], headers: Headers = ()) -> Envelope[Any]:
         """Emit ``payload`` as the reaction to ``to``: same saga, caused by it."""
-        return self.emit(payload, order_id=to.order_id, causation_id=to.event_id)
+        return self.emit(payload, order_id=to.order_id, causation_id=to.event_id, headers=headers)
 
     def emit_raw(self, *, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
         """Queue bytes that are not a domain event (a dead letter) for publishing."""

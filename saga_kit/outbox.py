@@ -72,15 +72,15 @@ class Row:
     headers: Headers
 
 
-def row_of(envelope: Envelope[Any], trace: otel_context.Context | None = None) -> Row:
+def row_of(envelope: Envelope[Any], trace: otel_context.Context | None = None, extra: Headers = ()) -> Row:
     """A domain event on its producer's topic, keyed by ``order_id``, carrying the trace
-    context ``trace`` (default: the current one) as W3C ``traceparent``."""
+    context ``trace`` (default: the current one) as W3C ``traceparent``, and ``extra``."""
     return Row(
         envelope.event_id,
         TOPIC_OF_PRODUCER[envelope.producer],
         str(envelope.order_id).encode(),
         encode(envelope),
-        tuple(tracing.inject(envelope_headers(envelope), trace)),
+        tuple(tracing.inject([*envelope_headers(envelope), *extra], trace)),
     )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from opentelemetry.trace import SpanKind
@@ -33,14 +34,24 @@ from events.codec import InvalidEvent
 from events.envelope import Envelope, EventPayload
 from saga_kit import logs, tracing
 from saga_kit.db import Delivery, UnitOfWork
+from saga_kit.headers import Headers
 
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 P = TypeVar("P", bound=EventPayload)
 
+
+@dataclass(frozen=True)
+class Reply:
+    """An event to emit in reply, with headers of its own (e.g. ``correlation_id``)."""
+
+    payload: EventPayload
+    headers: Headers = ()
+
+
 #: What a decide function returns: the events to emit in reply (same saga, caused by it).
-Replies = Sequence[EventPayload]
+Replies = Sequence[EventPayload | Reply]
 Decide = Callable[[S, Envelope[P]], Replies]
 Load = Callable[[AsyncConnection, Sequence[Envelope[Any]]], Awaitable[S]]
 #: Queues the writes of what changed (``UnitOfWork.write``); they go out in one round trip.
@@ -113,12 +124,15 @@ class Reactions(Generic[S]):
                         refused[i] = exc.reason
                         continue
                     for reply in replies:
-                        uow.reply(reply, to=envelope)
+                        if isinstance(reply, Reply):
+                            uow.reply(reply.payload, to=envelope, headers=reply.headers)
+                        else:
+                            uow.reply(reply, to=envelope)
                     if log.isEnabledFor(logging.DEBUG):  # one INFO line per batch: saga_kit.consumer
                         log.debug(
                             "applied %s, replied %s",
                             envelope.event_type,
-                            ", ".join(r.event_type for r in replies) or "nothing",
+                            ", ".join(_type(r) for r in replies) or "nothing",
                         )
             self._save(uow, state)
         if self.observe is not None:
@@ -126,3 +140,7 @@ class Reactions(Generic[S]):
             if applied:
                 self.observe(uow, applied)
         return refused
+
+
+def _type(reply: EventPayload | Reply) -> str:
+    return (reply.payload if isinstance(reply, Reply) else reply).event_type

@@ -50,6 +50,9 @@ class ServiceSpec:
     emit_hooks: tuple[EmitHook, ...] = field(default=())
     #: Scheduled jobs of this service; every service also runs the shared pruning job.
     periodic: tuple[Periodic, ...] = field(default=())
+    #: Called once with the service's settings before it consumes (e.g. defaults its
+    #: reactions need).
+    configure: Callable[[ServiceSettings], None] | None = None
     #: Service-specific /metrics lines, computed from its database at scrape time.
     metrics: metrics.ExtraMetrics | None = None
 
@@ -93,6 +96,8 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
     producer = create_producer(settings.kafka_bootstrap_servers, spec.name)
     db = Database(engine, spec.name, emit_hooks=spec.emit_hooks)
     retry = settings.retry_policy()
+    if spec.configure is not None:
+        spec.configure(settings)
     try:
         await _until_up("database", db.ping, retry)
         for name in await migrate(engine, PLUMBING + spec.migrations):
@@ -101,7 +106,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             "broker",
             lambda: ensure_topics(
                 settings.kafka_bootstrap_servers,
-                [*DOMAIN_TOPICS, dead_letter_topic(spec.name)],
+                [*dict.fromkeys([*DOMAIN_TOPICS, *spec.subscription.topics]), dead_letter_topic(spec.name)],
                 partitions=settings.topic_partitions,
                 replication=settings.topic_replication,
             ),

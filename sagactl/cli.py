@@ -9,6 +9,8 @@ environment (``SAGACTL_ORDER_URL``, ``SAGACTL_INVENTORY_URL``, ``SAGACTL_PAYMENT
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -175,11 +177,116 @@ def dlq_discard(ctx: typer.Context, service: ServiceArg, letter_id: int) -> None
 # -- orders ------------------------------------------------------------------------------
 
 
+Via = Annotated[str, typer.Option("--via", help="http (the API) or kafka (a command on orders.commands)")]
+KafkaBootstrap = Annotated[
+    str, typer.Option("--bootstrap", envvar="SAGACTL_KAFKA_BOOTSTRAP", help="the broker, for --via kafka")
+]
+
+
+@app.command("place")
+def place(
+    ctx: typer.Context,
+    customer_id: str,
+    items: Annotated[list[str], typer.Argument(help="product=quantity, e.g. widget=2")],
+    deadline_seconds: Annotated[float | None, typer.Option("--deadline")] = None,
+    via: Via = "http",
+    bootstrap: KafkaBootstrap = "127.0.0.1:9092",
+    wait: Annotated[bool, typer.Option(help="--via kafka: wait until the saga has finished")] = True,
+) -> None:
+    """Place an order: through the API, or as a PlaceOrder command on Kafka."""
+    lines = []
+    for item in items:
+        product, sep, quantity = item.partition("=")
+        if not sep or not quantity.isdigit():
+            raise typer.BadParameter(f"{item!r}: expected product=quantity, e.g. widget=2")
+        lines.append({"product_id": product, "quantity": int(quantity)})
+    body: dict[str, Any] = {"customer_id": customer_id, "items": lines}
+    if deadline_seconds is not None:
+        body["deadline_seconds"] = deadline_seconds
+    if via == "http":
+        r = _call("POST", f"{_urls(ctx).order}/orders", json=body)
+        console.print(f"order {r['order_id']}: {r['status']}")
+        return
+    from events.commands import PlaceOrder, order_id_for
+
+    try:
+        command = PlaceOrder(command_id=uuid.uuid4(), **body)
+    except ValueError as exc:
+        console.print(Text(f"not a valid order: {exc}", style="red"))
+        raise typer.Exit(2) from None
+    _send_command(bootstrap, command)
+    console.print(f"sent PlaceOrder {command.command_id} (order {order_id_for(command.command_id)})")
+    if wait:
+        _await_command(ctx, command.command_id)
+
+
 @app.command("cancel")
-def cancel(ctx: typer.Context, order_id: str) -> None:
+def cancel(
+    ctx: typer.Context,
+    order_id: str,
+    via: Via = "http",
+    bootstrap: KafkaBootstrap = "127.0.0.1:9092",
+    wait: Annotated[bool, typer.Option(help="--via kafka: wait for the command's outcome")] = True,
+) -> None:
     """Cancel a PENDING or APPROVED order; its stock is released and its charge refunded."""
-    r = _call("POST", f"{_urls(ctx).order}/orders/{order_id}/cancel")
-    console.print(f"order {r['order_id']}: {r['status']} — the participants compensate asynchronously")
+    if via == "http":
+        r = _call("POST", f"{_urls(ctx).order}/orders/{order_id}/cancel")
+        console.print(f"order {r['order_id']}: {r['status']} — the participants compensate asynchronously")
+        return
+    from events.commands import CancelOrder
+
+    try:
+        command = CancelOrder(command_id=uuid.uuid4(), order_id=uuid.UUID(order_id))
+    except ValueError:
+        raise typer.BadParameter(f"{order_id!r} is not an order id") from None
+    _send_command(bootstrap, command)
+    console.print(f"sent CancelOrder {command.command_id}")
+    if wait:
+        _await_command(ctx, command.command_id)
+
+
+def _send_command(bootstrap: str, command: Any) -> None:
+    """Produce ``command`` to orders.commands, keyed by its command_id."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    from events.commands import encode_command
+    from events.topics import COMMANDS
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=10_000)
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                COMMANDS, encode_command(command), key=str(command.command_id).encode()
+            )
+        finally:
+            await producer.stop()
+
+    try:
+        asyncio.run(send())
+    except Exception as exc:  # the broker is away or refuses: one sentence, exit 2
+        console.print(Text(f"cannot send to Kafka at {bootstrap}: {type(exc).__name__}: {exc}", style="red"))
+        raise typer.Exit(2) from None
+
+
+def _await_command(ctx: typer.Context, command_id: uuid.UUID, timeout: float = 60.0) -> None:
+    """Poll ``GET /commands/{id}`` until the command was refused, or applied and its order
+    is no longer PENDING."""
+    end = time.monotonic() + timeout
+    while True:
+        r = _call("GET", f"{_urls(ctx).order}/commands/{command_id}")
+        if r["outcome"] in ("placed", "cancelled") and r["status"] != "PENDING":
+            console.print(f"order {r['order_id']}: {r['status']}")
+            return
+        if r["outcome"] == "rejected":
+            console.print(Text(f"rejected: {r['reason']}: {r['detail']}", style="red"))
+            raise typer.Exit(1)
+        if time.monotonic() > end:
+            console.print(Text(f"no answer to command {command_id} after {timeout:.0f}s", style="red"))
+            raise typer.Exit(1)
+        time.sleep(0.2)
 
 
 STATUS_STYLE = {"PENDING": "yellow", "APPROVED": "green", "REJECTED": "red", "CANCELLED": "magenta"}

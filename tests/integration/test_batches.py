@@ -18,7 +18,7 @@ import pytest
 from events import OrderApproved, OrderCreated, OrderLine, encode
 from events.envelope import Envelope
 from order_svc.errors import IdempotencyKeyReused
-from order_svc.placing import PlaceOrder, place_orders
+from order_svc.placing import Placement, place_orders
 from saga_kit import outbox
 from saga_kit.consumer import ConsumerPipeline, HandlerErrorLimit, Outcome, Record, Subscription
 from saga_kit.db import UnitOfWork
@@ -238,8 +238,8 @@ async def test_commands_share_one_transaction_and_keys_hold_inside_it(order: Ser
     line = (OrderLine(product_id="p", quantity=1),)
     key = f"key-{uuid.uuid4().hex[:8]}"
 
-    def command(customer: str, idempotency_key: str | None) -> PlaceOrder:
-        return PlaceOrder(customer, line, idempotency_key, timedelta(minutes=5))
+    def command(customer: str, idempotency_key: str | None) -> Placement:
+        return Placement(customer, line, idempotency_key, timedelta(minutes=5))
 
     results = await place_orders(
         order.db,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from events import (
+    CommandRejected,
     EventPayload,
     InventoryCommitted,
     InventoryReleased,
@@ -41,6 +43,9 @@ def sample_payloads() -> list[EventPayload]:
         OrderApproved(customer_id="c1"),
         OrderRejected(customer_id="c1", reason="insufficient_funds"),
         OrderCancelled(customer_id="c1", reason="timeout"),
+        CommandRejected(
+            command_id=uuid.UUID(int=7), command_type="CancelOrder", reason="unknown_order", detail="no order"
+        ),
         InventoryReserved(customer_id="c1", lines=(line,), total=Decimal("3.00")),
         InventoryReservationFailed(customer_id="c1", reason="unknown_product", product_ids=("p9",)),
         InventoryCommitted(lines=stock),

@@ -1,0 +1,190 @@
+"""Commands: what a client asks the order service to do, through Kafka (``orders.commands``).
+
+A command is the Kafka door to what ``POST /orders`` and ``POST /orders/{id}/cancel`` do:
+the order service decides both the same way (one place decides, two doors). On the wire,
+JSON in UTF-8, keyed by ``command_id``::
+
+    {"command_id": "6f0b…", "command_type": "PlaceOrder", "schema_version": 1,
+     "payload": {"customer_id": "alice", "items": [{"product_id": "widget", "quantity": 2}],
+                 "deadline_seconds": 60}}
+
+* ``command_id`` (a UUID the client chooses) is the **idempotency key**: the same command
+  twice places one order; the same id with another body is refused. The order a
+  ``PlaceOrder`` places has the id ``order_id_for(command_id)``, so the client knows it
+  before any answer.
+* The answer comes on ``orders.events``: the saga's events carry the header
+  ``correlation_id`` = ``command_id``; a refused command produces ``CommandRejected`` with
+  the reason (invalid body, unknown type or version, id reused with another body, not
+  cancellable, unknown order). Only bytes that are not a command at all (not JSON, no
+  ``command_id``) are dead-lettered.
+
+For the consumer pipeline a command becomes an ``Envelope`` (``to_envelope``): its
+``event_id`` is derived from the command id *and* the exact bytes, so a redelivered
+message is a duplicate for the inbox while a different body under the same id reaches the
+order service, which refuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import from_json
+
+from events.codec import InvalidEvent, summary
+from events.envelope import Envelope, EventPayload
+from events.order import OrderLine
+from events.values import MAX_ORDER_LINES, ExternalId, SafeText, printable
+
+#: Who sends commands: any client (the envelope's ``producer``).
+CLIENT = "client"
+#: Namespace of the order ids derived from command ids (a fixed, random UUID).
+ORDERS_FROM_COMMANDS = uuid.UUID("1b6f7d2e-5d0a-4c59-9a4e-2b1c8a7f3e10")
+_DELIVERIES = uuid.UUID("9d3c8f14-0e2b-4f57-8c61-7a5e2d9b4c03")
+
+
+class Command(EventPayload):
+    """Base of every command's payload; ``event_type`` is the command's type."""
+
+    producer: ClassVar[str] = CLIENT
+
+
+class PlaceOrder(Command):
+    """Place an order (``POST /orders``'s body)."""
+
+    event_type: ClassVar[str] = "PlaceOrder"
+
+    command_id: uuid.UUID
+    customer_id: ExternalId
+    items: Annotated[tuple[OrderLine, ...], Field(min_length=1, max_length=MAX_ORDER_LINES)]
+    #: How long the saga may stay PENDING; the service's default when absent.
+    deadline_seconds: Annotated[float | None, Field(strict=True, gt=0, le=86_400, allow_inf_nan=False)] = None
+
+
+class CancelOrder(Command):
+    """Cancel a PENDING or APPROVED order (``POST /orders/{id}/cancel``)."""
+
+    event_type: ClassVar[str] = "CancelOrder"
+
+    command_id: uuid.UUID
+    order_id: uuid.UUID
+
+
+class RefusedCommand(Command):
+    """Internal, never on the wire: a command the codec could read the id of but not
+    accept; the order service answers it with ``CommandRejected``."""
+
+    event_type: ClassVar[str] = "RefusedCommand"
+
+    command_id: uuid.UUID
+    command_type: Annotated[SafeText, Field(max_length=100)]
+    reason: Literal["invalid_command", "unknown_command", "unsupported_version"]
+    detail: Annotated[SafeText, Field(max_length=1000)]
+
+
+COMMAND_TYPES: dict[str, type[Command]] = {c.event_type: c for c in (PlaceOrder, CancelOrder)}
+
+
+class _Wire(BaseModel):
+    """The command envelope on the wire, with the payload still a mapping."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command_id: uuid.UUID
+    command_type: Annotated[str, Field(max_length=100)]
+    schema_version: Annotated[int, Field(strict=True, ge=1)]
+    payload: dict[str, Any]
+
+
+def order_id_for(command_id: uuid.UUID) -> uuid.UUID:
+    """The id of the order a ``PlaceOrder`` with this ``command_id`` places."""
+    return uuid.uuid5(ORDERS_FROM_COMMANDS, str(command_id))
+
+
+def to_envelope(data: bytes | None) -> Envelope[Command]:
+    """Decode a record of ``orders.commands``. Raises ``InvalidEvent`` (a dead letter) only
+    for bytes that are not a command at all; a command that cannot be accepted becomes a
+    ``RefusedCommand`` with the reason."""
+    if data is None:
+        raise InvalidEvent("empty message (tombstone)")
+    try:
+        raw = from_json(data)
+    except ValueError as exc:
+        raise InvalidEvent(f"not a command: {printable(str(exc), 200)}") from None
+    command_id = raw.get("command_id") if isinstance(raw, dict) else None
+    try:
+        cid = uuid.UUID(command_id) if isinstance(command_id, str) else None
+    except ValueError:
+        cid = None
+    if cid is None:
+        raise InvalidEvent("not a command: no command_id (a UUID)")
+    delivery = uuid.uuid5(_DELIVERIES, f"{cid}/{hashlib.sha256(data).hexdigest()}")
+    command_type = raw.get("command_type")
+    shown_type = printable(command_type, 100) if isinstance(command_type, str) else "?"
+    try:
+        wire = _Wire.model_validate(raw)
+    except ValidationError as exc:
+        return _refused(
+            delivery, cid, shown_type, "invalid_command", f"not a command envelope: {summary(exc)}"
+        )
+    cls = COMMAND_TYPES.get(wire.command_type)
+    if cls is None:
+        return _refused(delivery, cid, shown_type, "unknown_command", f"unknown command_type {shown_type!r}")
+    if wire.schema_version != cls.schema_version:
+        return _refused(
+            delivery,
+            cid,
+            shown_type,
+            "unsupported_version",
+            f"schema_version {wire.schema_version} of {cls.event_type}"
+            f" (this build reads {cls.schema_version})",
+        )
+    try:
+        payload = cls.model_validate({**wire.payload, "command_id": str(cid)})
+    except ValidationError as exc:
+        return _refused(
+            delivery, cid, shown_type, "invalid_command", f"invalid {cls.event_type}: {summary(exc)}"
+        )
+    target = payload.order_id if isinstance(payload, CancelOrder) else order_id_for(cid)
+    return _envelope(delivery, target, payload)
+
+
+def _refused(
+    delivery: uuid.UUID, cid: uuid.UUID, command_type: str, reason: Any, detail: str
+) -> Envelope[Command]:
+    payload = RefusedCommand(
+        command_id=cid, command_type=command_type, reason=reason, detail=printable(detail, 1000)
+    )
+    return _envelope(delivery, order_id_for(cid), payload)
+
+
+def _envelope(delivery: uuid.UUID, order_id: uuid.UUID, payload: Command) -> Envelope[Command]:
+    envelope_type: Any = Envelope[type(payload)]  # type: ignore[misc]
+    envelope: Envelope[Command] = envelope_type(
+        event_id=delivery,
+        event_type=payload.event_type,
+        schema_version=payload.schema_version,
+        occurred_at=datetime.now(UTC),
+        order_id=order_id,
+        causation_id=None,
+        producer=CLIENT,
+        payload=payload,
+    )
+    return envelope
+
+
+def encode_command(command: PlaceOrder | CancelOrder) -> bytes:
+    """The wire bytes of ``command`` (what ``sagactl place --via kafka`` sends)."""
+    return json.dumps(
+        {
+            "command_id": str(command.command_id),
+            "command_type": command.event_type,
+            "schema_version": command.schema_version,
+            "payload": command.model_dump(mode="json", exclude={"command_id"}, exclude_none=True),
+        },
+        separators=(",", ":"),
+    ).encode()

@@ -1,0 +1,136 @@
+"""Sagas started and followed from Kafka alone: commands on orders.commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaProducer
+
+from events import OrderLine
+from events.commands import CancelOrder, PlaceOrder, encode_command, order_id_for
+from events.topics import COMMANDS
+from sagastack.client import SagaClient
+from sagastack.system import System
+from tests.e2e.conftest import UniqueIds, sagactl, seed
+
+
+def send(system: System, *values: bytes) -> None:
+    async def go() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=system.bootstrap, acks="all")
+        await producer.start()
+        try:
+            for value in values:
+                await producer.send_and_wait(COMMANDS, value, key=json.loads(value)["command_id"].encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(go())
+
+
+def outcome(system: System, command_id: uuid.UUID, settled: set[str], timeout: float = 30) -> dict[str, Any]:
+    """``GET /commands/{id}`` once it reports one of ``settled`` (and, if placed, a final status)."""
+    end = time.monotonic() + timeout
+    while True:
+        view = httpx.get(f"{system.url('order_svc')}/commands/{command_id}").json()
+        if view["outcome"] in settled and view["status"] not in (None, "PENDING"):
+            return dict(view)
+        if view["outcome"] == "rejected" and "rejected" in settled:
+            return dict(view)
+        if time.monotonic() > end:
+            raise TimeoutError(f"command {command_id}: {view}")
+        time.sleep(0.1)
+
+
+def command(customer: str, items: dict[str, int], **extra: Any) -> PlaceOrder:
+    return PlaceOrder(
+        command_id=uuid.uuid4(),
+        customer_id=customer,
+        items=tuple(OrderLine(product_id=p, quantity=q) for p, q in items.items()),
+        **extra,
+    )
+
+
+def test_a_saga_started_by_a_command_reaches_every_outcome(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    products, customers = seed(client, uid, {"kite": ("5.00", 2)}, {"rich": "100.00", "poor": "1.00"})
+    kite, rich, poor = products["kite"], customers["rich"], customers["poor"]
+    approved = command(rich, {kite: 1})
+    no_stock = command(rich, {kite: 5})
+    no_funds = command(poor, {kite: 1})
+    send(system, *(encode_command(c) for c in (approved, no_stock, no_funds)))
+    assert outcome(system, approved.command_id, {"placed"})["status"] == "APPROVED"
+    for c, reason in ((no_stock, "insufficient_stock"), (no_funds, "insufficient_funds")):
+        view = outcome(system, c.command_id, {"placed"})
+        assert (view["status"], client.order(str(view["order_id"]))["reason"]) == ("REJECTED", reason)
+    # and a CancelOrder command cancels the approved one: refunded and restocked
+    cancel = CancelOrder(command_id=uuid.uuid4(), order_id=order_id_for(approved.command_id))
+    send(system, encode_command(cancel))
+    assert outcome(system, cancel.command_id, {"cancelled"})["status"] == "CANCELLED"
+    saga = client.wait_for_events(str(cancel.order_id), {"PaymentRefunded", "InventoryReleased"})
+    assert saga["events"][0]["event_type"] == "PlaceOrder"  # the timeline starts at the command
+    assert client.account(rich)["balance"] == "100.00" and client.product(kite)["available"] == 2
+
+
+def test_duplicate_and_conflicting_command_ids(system: System, client: SagaClient, uid: UniqueIds) -> None:
+    products, customers = seed(client, uid, {"yoyo": ("1.00", 10)}, {"jan": "10.00"})
+    first = command(customers["jan"], {products["yoyo"]: 1})
+    clash = first.model_copy(update={"items": (OrderLine(product_id=products["yoyo"], quantity=3),)})
+    send(system, encode_command(first), encode_command(first), encode_command(clash))
+    view = outcome(system, first.command_id, {"rejected"})
+    assert view["reason"] == "command_id_reused"
+    order = client.wait_for_events(str(order_id_for(first.command_id)), {"InventoryCommitted"})
+    assert [e["event_type"] for e in order["events"]].count("OrderCreated") == 1
+    assert client.product(products["yoyo"])["sold"] == 1
+
+
+def test_an_invalid_command_is_answered_not_dead_lettered(system: System) -> None:
+    wire = json.loads(encode_command(command("x", {"p": 1})))
+    wire["payload"]["items"] = [{"product_id": "p", "quantity": True}]  # a bool is no quantity
+    send(system, json.dumps(wire).encode())
+    view = outcome(system, uuid.UUID(wire["command_id"]), {"rejected"})
+    assert view["reason"] == "invalid_command" and "quantity" in view["detail"]
+
+
+def test_a_command_survives_a_crash_between_consume_and_commit(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    products, customers = seed(client, uid, {"drum": ("2.00", 3)}, {"lee": "10.00"})
+    placed = command(customers["lee"], {products["drum"]: 1})
+    system.stop_service("order_svc")
+    send(system, encode_command(placed))
+    system.start_service("order_svc", env={"SAGA_FAULT": "consumer.crash_before_commit"}, wait=False)
+    proc = system.services["order_svc"].proc
+    assert proc is not None and proc.wait(60) != 0  # it applied the command, then died uncommitted
+    system.start_service("order_svc", env={"SAGA_FAULT": ""})
+    view = outcome(system, placed.command_id, {"placed"})
+    assert view["status"] == "APPROVED"
+    saga = client.saga(str(view["order_id"]))
+    assert [e["event_type"] for e in saga["events"]].count("OrderCreated") == 1
+    assert client.account(customers["lee"])["balance"] == "8.00"
+
+
+def test_sagactl_places_and_cancels_through_kafka(system: System, client: SagaClient, uid: UniqueIds) -> None:
+    products, customers = seed(client, uid, {"bell": ("3.00", 2)}, {"amy": "10.00"})
+    placed = sagactl(
+        system,
+        "place",
+        customers["amy"],
+        f"{products['bell']}=1",
+        "--via",
+        "kafka",
+        "--bootstrap",
+        system.bootstrap,
+    )
+    assert placed.returncode == 0, placed.stdout + placed.stderr
+    assert "APPROVED" in placed.stdout
+    order_id = placed.stdout.split("(order ")[1].split(")")[0]
+    cancelled = sagactl(system, "cancel", order_id, "--via", "kafka", "--bootstrap", system.bootstrap)
+    assert cancelled.returncode == 0 and "CANCELLED" in cancelled.stdout, cancelled.stdout + cancelled.stderr
+    again = sagactl(system, "cancel", order_id, "--via", "kafka", "--bootstrap", system.bootstrap)
+    assert again.returncode == 1 and "order_not_cancellable" in again.stdout

@@ -1,0 +1,125 @@
+"""Commands on orders.commands: the Kafka door decides exactly like the HTTP one."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from events import OrderLine, decode
+from events.commands import CancelOrder, PlaceOrder, encode_command, order_id_for
+from events.envelope import Envelope
+from events.topics import COMMANDS
+from saga_kit import headers as kafka_headers
+from saga_kit.consumer import Outcome
+from tests.integration.conftest import ServiceUnderTest
+
+
+def place(customer: str = "kim", quantity: int = 1, command_id: uuid.UUID | None = None) -> PlaceOrder:
+    return PlaceOrder(
+        command_id=command_id or uuid.uuid4(),
+        customer_id=customer,
+        items=(OrderLine(product_id="p", quantity=quantity),),
+    )
+
+
+async def send(order: ServiceUnderTest, command: PlaceOrder | CancelOrder | bytes) -> Outcome:
+    value = command if isinstance(command, bytes) else encode_command(command)
+    outcome: Outcome = await order.deliver_bytes(value, COMMANDS)
+    return outcome
+
+
+async def answers(order: ServiceUnderTest, order_id: uuid.UUID) -> list[tuple[Envelope[Any], str | None]]:
+    """Events the order service queued for ``order_id``, with their correlation header."""
+    rows = await order.rows(
+        "SELECT value, headers FROM outbox WHERE key = :k AND topic = 'orders.events' ORDER BY id",
+        k=str(order_id).encode(),
+    )
+    return [
+        (
+            decode(bytes(r.value)),
+            kafka_headers.text(kafka_headers.from_blob(bytes(r.headers)), "correlation_id"),
+        )
+        for r in rows
+    ]
+
+
+async def test_a_placed_order_has_the_id_its_command_names_and_answers_with_it(
+    order: ServiceUnderTest,
+) -> None:
+    command = place()
+    assert await send(order, command) is Outcome.HANDLED
+    oid = order_id_for(command.command_id)
+    row = (await order.rows("SELECT status, customer_id, command_id FROM orders WHERE order_id = :o", o=oid))[
+        0
+    ]
+    assert (row.status, row.customer_id, row.command_id) == ("PENDING", "kim", command.command_id)
+    ((created, correlation),) = await answers(order, oid)
+    assert created.event_type == "OrderCreated" and correlation == str(command.command_id)
+    timeline = await order.rows("SELECT event_type FROM saga_events WHERE order_id = :o ORDER BY seq", o=oid)
+    assert [r.event_type for r in timeline] == ["PlaceOrder", "OrderCreated"]
+
+
+async def test_the_same_command_twice_places_one_order(order: ServiceUnderTest) -> None:
+    command = place()
+    assert await send(order, command) is Outcome.HANDLED
+    assert await send(order, command) is Outcome.DUPLICATE  # the same bytes: the inbox
+    respaced = json.dumps(json.loads(encode_command(command)), indent=1).encode()
+    assert await send(order, respaced) is Outcome.HANDLED  # other bytes, same request: no-op
+    oid = order_id_for(command.command_id)
+    assert [e.event_type for e, _ in await answers(order, oid)] == ["OrderCreated"]
+    assert await order.scalar("SELECT COUNT(*) FROM orders WHERE command_id = :c", c=command.command_id) == 1
+
+
+async def test_a_command_id_reused_with_another_body_is_rejected(order: ServiceUnderTest) -> None:
+    first = place(quantity=1)
+    await send(order, first)
+    await send(order, place(quantity=5, command_id=first.command_id))
+    oid = order_id_for(first.command_id)
+    sent = await answers(order, oid)
+    assert [e.event_type for e, _ in sent] == ["OrderCreated", "CommandRejected"]
+    rejected = sent[1][0].payload
+    assert (rejected.reason, rejected.command_id) == ("command_id_reused", first.command_id)
+    assert await order.scalar("SELECT quantity FROM order_items WHERE order_id = :o", o=oid) == 1
+
+
+async def test_a_command_that_cannot_be_accepted_is_answered_with_the_reason(order: ServiceUnderTest) -> None:
+    cases = {
+        "invalid_command": {"payload": {"customer_id": "kim", "items": []}},
+        "unknown_command": {"command_type": "TeleportOrder"},
+        "unsupported_version": {"schema_version": 9},
+    }
+    for reason, change in cases.items():
+        wire = json.loads(encode_command(place()))
+        wire.update(change)
+        assert await send(order, json.dumps(wire).encode()) is Outcome.HANDLED
+        ((rejected, correlation),) = await answers(order, order_id_for(uuid.UUID(wire["command_id"])))
+        assert rejected.event_type == "CommandRejected" and rejected.payload.reason == reason
+        assert correlation == wire["command_id"] and rejected.payload.detail
+
+
+async def test_bytes_that_are_no_command_at_all_are_dead_lettered(order: ServiceUnderTest) -> None:
+    assert await send(order, b"not a command") is Outcome.DEAD_LETTERED
+    assert await send(order, b'{"command_type": "PlaceOrder"}') is Outcome.DEAD_LETTERED  # no command_id
+
+
+async def test_cancel_by_command_follows_the_same_rule_as_the_api(order: ServiceUnderTest) -> None:
+    placed = place()
+    await send(order, placed)
+    oid = order_id_for(placed.command_id)
+    cancel = CancelOrder(command_id=uuid.uuid4(), order_id=oid)
+    assert await send(order, cancel) is Outcome.HANDLED
+    assert await order.scalar("SELECT status FROM orders WHERE order_id = :o", o=oid) == "CANCELLED"
+    again = CancelOrder(command_id=uuid.uuid4(), order_id=oid)
+    await send(order, again)
+    sent = await answers(order, oid)
+    assert [(e.event_type, c) for e, c in sent] == [
+        ("OrderCreated", str(placed.command_id)),
+        ("OrderCancelled", str(cancel.command_id)),
+        ("CommandRejected", str(again.command_id)),
+    ]
+    assert sent[2][0].payload.reason == "order_not_cancellable"
+    nowhere = CancelOrder(command_id=uuid.uuid4(), order_id=uuid.uuid4())
+    await send(order, nowhere)
+    ((unknown, _),) = await answers(order, nowhere.order_id)
+    assert unknown.payload.reason == "unknown_order"
