@@ -1,9 +1,10 @@
 """``make demo``: every saga outcome, end to end, on the real servers.
 
 Starts the system in a fresh run directory, seeds a catalogue and accounts, and runs
-five sagas — approved; rejected for lack of stock; rejected for lack of funds with the
+six sagas — approved; rejected for lack of stock; rejected for lack of funds with the
 reservation released; approved then cancelled by the customer, refunded and restocked;
-cancelled by its deadline while payment is down, which never charges once it is back —
+cancelled by its deadline while payment is down (whatever payment does once back, the
+customer keeps his money); and one placed by a command on Kafka instead of HTTP —
 printing each timeline with the final order, stock and balance. Then a mixed load of
 orders (progress bars) gives the dashboard something to show, the invariants of
 docs/design.md §6 are checked, and it exits non-zero if anything is off. It ends by printing
@@ -118,7 +119,8 @@ SCENARIOS = (
     ),
     Scenario(
         "cancelled by its deadline: payment is down, dave's 2 s deadline passes, stock is"
-        " released; back up, payment never charges him",
+        " released; back up, payment either voids the order or charges and refunds it: he keeps"
+        " his money",
         "dave",
         {"kite": 1},
         "CANCELLED",
@@ -126,6 +128,22 @@ SCENARIOS = (
         ("OrderCreated", "InventoryReserved", "OrderCancelled", "InventoryReleased"),
         twist="payment down",
         deadline_seconds=2.0,
+    ),
+    Scenario(
+        "started from Kafka: erin's PlaceOrder command on orders.commands, no HTTP at all",
+        "erin",
+        {"book": 2},
+        "APPROVED",
+        None,
+        (
+            "PlaceOrder",
+            "OrderCreated",
+            "InventoryReserved",
+            "PaymentCompleted",
+            "OrderApproved",
+            "InventoryCommitted",
+        ),
+        twist="kafka",
     ),
 )
 
@@ -146,6 +164,10 @@ def _summary(event: dict[str, Any]) -> str:
             return f"{p['reason']} for {p['amount']}"
         case "OrderRejected" | "OrderCancelled":
             return str(p["reason"])
+        case "PlaceOrder":
+            return f"command {p['command_id']}: " + ", ".join(
+                f"{i['quantity']} x {i['product_id']}" for i in p["items"]
+            )
         case "PaymentRefunded":
             return f"refunded {p['amount']}"
         case "InventoryCommitted" | "InventoryReleased":
@@ -159,8 +181,52 @@ def print_timeline(saga: dict[str, Any]) -> None:
     start = datetime.fromisoformat(events[0]["occurred_at"])
     for e in events:
         ms = (datetime.fromisoformat(e["occurred_at"]) - start).total_seconds() * 1000
-        cause = f"← {names.get(e['causation_id'], 'a command (HTTP or deadline)')}"
+        cause = f"← {names.get(e['causation_id'], 'a command (HTTP, Kafka or deadline)')}"
         print(f"    +{ms:6.0f} ms  {e['producer']:<13} {e['event_type']:<27} {cause:<26} {_summary(e)}")
+
+
+def send_command(system: System, customer: str, items: dict[str, int]) -> str:
+    """Place an order the Kafka way: a PlaceOrder command on orders.commands (its order id
+    follows from the command id, before any answer)."""
+    import asyncio
+    import uuid
+
+    from aiokafka import AIOKafkaProducer
+
+    from events import OrderLine
+    from events.commands import PlaceOrder, encode_command, order_id_for
+    from events.topics import COMMANDS
+
+    command = PlaceOrder(
+        command_id=uuid.uuid4(),
+        customer_id=customer,
+        items=tuple(OrderLine(product_id=p, quantity=q) for p, q in items.items()),
+    )
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=system.bootstrap, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                COMMANDS, encode_command(command), key=str(command.command_id).encode()
+            )
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+    order_id = str(order_id_for(command.command_id))
+    end = time.monotonic() + 30
+    while time.monotonic() < end:  # the order exists once the order service took the command
+        if client_order_exists(system, order_id):
+            break
+        time.sleep(0.05)
+    return order_id
+
+
+def client_order_exists(system: System, order_id: str) -> bool:
+    import httpx
+
+    return httpx.get(f"{system.url('order_svc')}/orders/{order_id}", timeout=5).status_code == 200
 
 
 def settled(client: SagaClient, order_id: str, timeout: float = 30.0) -> Any:
@@ -219,7 +285,10 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
         for n, sc in enumerate(SCENARIOS, start=1):
             if sc.twist == "payment down":
                 system.stop_service("payment_svc")
-            order_id = client.place_order(sc.customer, sc.items, deadline_seconds=sc.deadline_seconds)
+            if sc.twist == "kafka":
+                order_id = send_command(system, sc.customer, sc.items)
+            else:
+                order_id = client.place_order(sc.customer, sc.items, deadline_seconds=sc.deadline_seconds)
             if sc.twist == "cancel":
                 client.wait_for_events(order_id, {"InventoryCommitted"})
                 client.cancel(order_id)
