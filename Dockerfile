@@ -2,12 +2,14 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY requirements.lock pyproject.toml README.md ./
-RUN pip install --no-cache-dir -r requirements.lock
 COPY events events
 COPY saga_kit saga_kit
 COPY order_svc order_svc
 COPY inventory_svc inventory_svc
 COPY payment_svc payment_svc
 COPY sagastack sagastack
-RUN pip install --no-cache-dir --no-deps .
+# the runtime dependencies only (no test tools), at the versions the lock pins
+RUN pip install --no-cache-dir --constraint requirements.lock .
+# faust and the services write nothing under /app: state goes to a temporary directory
+ENV SAGA_DATA_DIR=/tmp/saga-data
 USER nobody

@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksu
 help:
 	@echo "make setup    create .venv with the pinned dependencies (requirements.lock)"
 	@echo "make run      start broker, database and the three services; Ctrl-C stops all"
-	@echo "make demo     run the three saga outcomes end to end and check the invariants"
+	@echo "make demo     six sagas end to end (every outcome, one from Kafka), then the invariants;"
+	@echo "              on a terminal it keeps running for the dashboard (KEEP=0: stop at once)"
 	@echo "make test     unit, integration and end-to-end tests on the real servers"
 	@echo "make bench    place N orders (N=$${N:-2000}) and print throughput and latency"
 	@echo "make chaos    N orders under kills, restarts, duplicates; check every invariant"
@@ -20,19 +21,21 @@ help:
 setup: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
+	@echo "setting up .venv: the pinned dependencies (requirements.lock), about a minute …"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . \
-	  || $(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	rm -f $(VENV)/.installed-*
 	touch $@
+	@echo ".venv ready"
 
 run: setup
 	$(BIN)/python -m sagastack run
 
+# KEEP=0: stop at the end even on a terminal; KEEP=1: keep running even off one
 demo: setup
-	$(BIN)/python -m sagastack demo
+	$(BIN)/python -m sagastack demo $(if $(filter 0,$(KEEP)),--no-keep,$(if $(filter 1,$(KEEP)),--keep,))
 
 test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -19,6 +19,7 @@ fetch wait (1500 ms); ``SagaApp`` sets it through a transport of its own
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 import faust
@@ -86,9 +87,12 @@ def build_faust_app(
     fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS,
     batch_max: int = 500,
     batch_linger: float = 0.005,
+    data_dir: str | None = None,
 ) -> faust.App:
     app = SagaApp(
         service,
+        # faust creates "<id>-data" under its datadir; the default is the working directory
+        datadir=data_dir or tempfile.mkdtemp(prefix=f"{service}-faust-"),
         monitor=QuietMonitor(),
         broker=",".join(f"kafka://{b.strip()}" for b in bootstrap.split(",")),
         web_enabled=False,

@@ -143,6 +143,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             settings.kafka_fetch_max_wait_ms,
             batch_max=settings.consumer_batch_max,
             batch_linger=settings.consumer_batch_linger_ms / 1000,
+            data_dir=settings.data_dir,
         )
 
         async def consumers_running() -> None:

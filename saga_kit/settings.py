@@ -98,6 +98,10 @@ class ServiceSettings(BaseSettings):
     prune_interval_seconds: float = Field(default=60.0, gt=0)
     prune_batch: int = Field(default=5000, ge=1)
 
+    #: Where the consumer framework keeps its local files (faust's data directory); a
+    #: fresh temporary directory when unset, never the working directory.
+    data_dir: str | None = Field(default=None, validation_alias=AliasChoices("SAGA_DATA_DIR", "data_dir"))
+
     log_level: str = Field(default="INFO", validation_alias=AliasChoices("LOG_LEVEL", "log_level"))
     #: Tracing (saga_kit.tracing): ``none``, ``otlp`` (to OTEL_EXPORTER_OTLP_ENDPOINT) or
     #: ``file`` (JSON lines under ``tracing_dir``).

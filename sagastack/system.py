@@ -126,6 +126,7 @@ class System:
             # environment chose an exporter (e.g. TRACING_EXPORTER=otlp)
             "TRACING_EXPORTER": os.environ.get("TRACING_EXPORTER", "file"),
             "TRACING_DIR": os.environ.get("TRACING_DIR", str(self.run_dir / "traces")),
+            "SAGA_DATA_DIR": str(self.run_dir / "data" / name),
             **self._neighbours(name),
             **self.service_env.get(name, {}),
             **(env or {}),
