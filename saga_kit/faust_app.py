@@ -20,6 +20,7 @@ fetch wait (1500 ms); ``SagaApp`` sets it through a transport of its own
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -89,6 +90,9 @@ def build_faust_app(
     batch_linger: float = 0.005,
     data_dir: str | None = None,
 ) -> faust.App:
+    if data_dir:
+        # faust creates only the last level of its datadir (mkdir without parents)
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
     app = SagaApp(
         service,
         # faust creates "<id>-data" under its datadir; the default is the working directory
