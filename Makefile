@@ -9,10 +9,10 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksu
 help:
 	@echo "make setup    create .venv with the pinned dependencies (requirements.lock)"
 	@echo "make run      start broker, database and the three services; Ctrl-C stops all"
-	@echo "make demo     six sagas end to end (every outcome, one from Kafka), then the invariants;"
+	@echo "make demo     seven sagas end to end (every outcome, one from Kafka, one forged), then the invariants;"
 	@echo "              on a terminal it keeps running for the dashboard (KEEP=0: stop at once)"
 	@echo "make test     unit, integration and end-to-end tests on the real servers"
-	@echo "make bench    place N orders (N=$${N:-2000}) and print throughput and latency"
+	@echo "make bench    place N orders (N=$${N:-2000}) and print throughput and latency (SIGNING=0: unsigned)"
 	@echo "make chaos    N orders under kills, restarts, duplicates; check every invariant"
 	@echo "              (N=2000 KILLS=10 SEED=1; more: .venv/bin/python -m sagastack chaos -h)"
 	@echo "make lint     ruff + mypy (strict)"
@@ -53,7 +53,7 @@ browser:
 	fi
 
 bench: setup
-	$(BIN)/python -m sagastack bench --orders $${N:-2000}
+	$(BIN)/python -m sagastack bench --orders $${N:-2000} $$( [ "$${SIGNING:-1}" = 0 ] && echo --no-signing )
 
 chaos: setup
 	$(BIN)/python -m sagastack chaos --orders $${N:-2000} --kills $${KILLS:-10} --seed $${SEED:-1}

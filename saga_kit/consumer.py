@@ -7,17 +7,20 @@ after the batch's transaction committed). The steps, each one job, in order:
 
 1. **route** — the ``event_type`` header says whether this service does anything with
    the record; if not, it is ignored without decoding the body;
-2. **decode** — the shared codec; bytes that are not a valid event of a known type and
-   version become a dead letter with the reason;
-3. **dedupe** — the same event twice in one batch: the later copies are duplicates;
-4. **lock and claim** — the advisory locks of the batch's sagas, in key order (events of
+2. **verify** — the signature (``saga_kit.signing``), before any byte is decoded: an
+   unsigned, forged or tampered record is a dead letter (``bad_signature``);
+3. **decode** — the shared codec; bytes that are not a valid event of a known type and
+   version become a dead letter with the reason; a valid event signed by a service that
+   may not produce its type is one too;
+4. **dedupe** — the same event twice in one batch: the later copies are duplicates;
+5. **lock and claim** — the advisory locks of the batch's sagas, in key order (events of
    one order from different topics, batches or instances never interleave; no
    deadlocks), then the inbox claims of every event, in one statement; an event claimed
    before is a duplicate (a redelivery);
-5. **apply** — the service's reactions (``saga_kit.reactions``): load, decide each event
+6. **apply** — the service's reactions (``saga_kit.reactions``): load, decide each event
    in arrival order, save; an event a decide function refuses is dead-lettered and its
    claim released;
-6. **commit** — state, inbox claims, outgoing events (outbox) and dead letters (table and
+7. **commit** — state, inbox claims, outgoing events (outbox) and dead letters (table and
    dead-letter topic, with the original bytes and headers) in one transaction.
 
 Failures are typed:
@@ -69,6 +72,7 @@ from saga_kit.headers import Headers
 from saga_kit.histogram import Histogram
 from saga_kit.reactions import Reactions
 from saga_kit.retry import RetryPolicy
+from saga_kit.signing import BadSignature, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +198,8 @@ class _Item:
     record: Record
     envelope: Envelope[Any] | None = None
     event_type: str = "<invalid>"
+    #: the service whose key signed the record (verified), when signatures are checked
+    signer: str | None = None
     #: Decided before the transaction (ignored, invalid, duplicate in the batch) or after it.
     outcome: Outcome | None = None
     reason: str | None = None
@@ -248,6 +254,7 @@ class ConsumerPipeline:
         *,
         retry: RetryPolicy | None = None,
         handler_errors: HandlerErrorLimit | None = None,
+        verifier: Verifier | None = None,
         fault: str | None = None,
     ) -> None:
         self.service = service
@@ -255,6 +262,9 @@ class ConsumerPipeline:
         self._db = db
         self._reactions = subscription.reactions
         self._decoders = subscription.decoders
+        #: checks the signatures of domain events (None: unsigned, development only); a
+        #: topic with a decoder of its own (commands from clients) is not signed by services
+        self._verifier = verifier
         self._retry = retry or RetryPolicy()
         #: Fault injection (tests): ``consumer.pipeline_error`` makes every batch fail
         #: inside the pipeline, as a bug in it would; ``consumer.crash_before_commit``
@@ -309,6 +319,7 @@ class ConsumerPipeline:
             raise RuntimeError("fault injection: consumer.pipeline_error")
         items = [_Item(r) for r in records]
         self._route(items)
+        self._verify(items)
         self._decode(items)
         self._dedupe(items)
         started = time.perf_counter()
@@ -342,6 +353,18 @@ class ConsumerPipeline:
                 shown = named if len(named) <= 100 and named.isidentifier() else printable(named, 100)
                 item.event_type, item.outcome = shown, Outcome.IGNORED
 
+    def _verify(self, items: list[_Item]) -> None:
+        if self._verifier is None:
+            return
+        for item in items:
+            if item.outcome is not None or item.record.topic in self._decoders:
+                continue
+            r = item.record
+            try:
+                item.signer = self._verifier.signer(r.topic, r.key, r.value, r.headers)
+            except BadSignature as exc:
+                item.outcome, item.reason = Outcome.DEAD_LETTERED, exc.reason
+
     def _decode(self, items: list[_Item]) -> None:
         for item in items:
             if item.outcome is not None:
@@ -352,6 +375,13 @@ class ConsumerPipeline:
                 item.outcome, item.reason = Outcome.DEAD_LETTERED, exc.reason
                 continue
             item.event_type = item.envelope.event_type
+            if item.signer is not None and item.signer != item.envelope.producer:
+                item.outcome = Outcome.DEAD_LETTERED
+                item.reason = (
+                    f"bad_signature: signed by {item.signer}, but only {item.envelope.producer}"
+                    f" may emit {item.event_type}"
+                )
+                continue
             if not self._reactions.consumes(item.event_type):
                 item.outcome = Outcome.IGNORED
 

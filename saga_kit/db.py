@@ -25,7 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from events.envelope import Envelope, EventPayload, P, new_envelope
-from saga_kit import outbox, sql
+from saga_kit import outbox, signing, sql
 from saga_kit.headers import Headers
 
 SAGA_LOCK_NAMESPACE = 7_301_003  # arbitrary, constant: first key of per-saga advisory locks
@@ -65,9 +65,16 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 class UnitOfWork:
     """One transaction plus the events it will publish once committed."""
 
-    def __init__(self, conn: AsyncConnection, producer: str, emit_hooks: Sequence[EmitHook]) -> None:
+    def __init__(
+        self,
+        conn: AsyncConnection,
+        producer: str,
+        emit_hooks: Sequence[EmitHook],
+        signer: signing.Signer | None = None,
+    ) -> None:
         self.conn = conn
         self.producer = producer
+        self._signer = signer
         self._emit_hooks = emit_hooks
         #: Domain events emitted so far, in order (written to the outbox at ``flush``).
         self.emitted: list[Envelope[Any]] = []
@@ -97,7 +104,7 @@ class UnitOfWork:
         if payload.producer != self.producer:
             raise ValueError(f"{self.producer} may not emit {payload.event_type}")
         envelope = new_envelope(payload, order_id=order_id, causation_id=causation_id)
-        row = outbox.row_of(envelope, trace, headers)
+        row = outbox.row_of(envelope, trace, headers, self._signer)
         self.emitted.append(envelope)
         self._unflushed.append(Delivery(envelope, row.headers))
         self._rows.append(row)
@@ -109,7 +116,8 @@ class UnitOfWork:
 
     def emit_raw(self, *, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
         """Queue bytes that are not a domain event (a dead letter) for publishing."""
-        self._rows.append(outbox.Row(uuid.uuid4(), topic, key, value, tuple(headers)))
+        signed = self._signer.headers(topic, key, value) if self._signer else []
+        self._rows.append(outbox.Row(uuid.uuid4(), topic, key, value, (*headers, *signed)))
 
     async def flush(self) -> None:
         """Send every queued write, the outbox rows (one statement) and the emit hooks'
@@ -162,9 +170,12 @@ class Database:
         *,
         emit_hooks: Sequence[EmitHook] = (),
         on_commit: Callable[[], None] | None = None,
+        signer: signing.Signer | None = None,
     ) -> None:
         self.engine = engine
         self.producer = producer
+        #: Signs everything this service publishes (None: unsigned, development only).
+        self.signer = signer
         self._emit_hooks = tuple(emit_hooks)
         self._on_commit = on_commit
 
@@ -176,7 +187,7 @@ class Database:
         """Commit on clean exit (after flushing the outbox), roll back on any exception."""
         async with self.engine.connect() as conn:
             async with conn.begin():
-                uow = UnitOfWork(conn, self.producer, self._emit_hooks)
+                uow = UnitOfWork(conn, self.producer, self._emit_hooks, self.signer)
                 yield uow
                 await uow.flush()
             if uow.outbox_rows and self._on_commit is not None:

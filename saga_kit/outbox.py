@@ -45,6 +45,7 @@ from saga_kit import sql, tracing
 from saga_kit.errors import is_transient, is_transient_kafka_error
 from saga_kit.headers import Headers
 from saga_kit.retry import RetryPolicy
+from saga_kit.signing import Signer
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +73,24 @@ class Row:
     headers: Headers
 
 
-def row_of(envelope: Envelope[Any], trace: otel_context.Context | None = None, extra: Headers = ()) -> Row:
+def row_of(
+    envelope: Envelope[Any],
+    trace: otel_context.Context | None = None,
+    extra: Headers = (),
+    signer: Signer | None = None,
+) -> Row:
     """A domain event on its producer's topic, keyed by ``order_id``, carrying the trace
-    context ``trace`` (default: the current one) as W3C ``traceparent``, and ``extra``."""
-    return Row(
-        envelope.event_id,
+    context ``trace`` (default: the current one) as W3C ``traceparent``, ``extra``, and the
+    producer's signature (``saga_kit.signing``) when it has a key."""
+    topic, key, value = (
         TOPIC_OF_PRODUCER[envelope.producer],
         str(envelope.order_id).encode(),
         encode(envelope),
-        tuple(tracing.inject([*envelope_headers(envelope), *extra], trace)),
     )
+    headers = tracing.inject([*envelope_headers(envelope), *extra], trace)
+    if signer is not None:
+        headers += signer.headers(topic, key, value)
+    return Row(envelope.event_id, topic, key, value, tuple(headers))
 
 
 def insert_statement(rows: Sequence[Row]) -> tuple[str, dict[str, str]]:

@@ -21,7 +21,7 @@ import uvloop
 from fastapi import APIRouter
 
 from events.topics import DOMAIN_TOPICS, dead_letter_topic
-from saga_kit import consumer_api, deadletters, logs, metrics, tracing
+from saga_kit import consumer_api, deadletters, logs, metrics, signing, tracing
 from saga_kit.consumer import ConsumerPipeline, HandlerErrorLimit, Subscription
 from saga_kit.db import Database, EmitHook, create_engine
 from saga_kit.errors import is_transient, is_transient_kafka_error
@@ -94,7 +94,16 @@ async def _bounded(what: str, stopping: Awaitable[object]) -> None:
 async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Event) -> None:
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
     producer = create_producer(settings.kafka_bootstrap_servers, spec.name)
-    db = Database(engine, spec.name, emit_hooks=spec.emit_hooks)
+    signer, verifier = signing.load_keys(
+        spec.name,
+        settings.event_signing_key_file,
+        settings.event_signing_kid,
+        settings.event_trust_file,
+        production=settings.saga_env == "production",
+    )
+    if signer is None or verifier is None:
+        log.warning("events are not signed or not verified: anyone who can write to a topic is believed")
+    db = Database(engine, spec.name, emit_hooks=spec.emit_hooks, signer=signer)
     retry = settings.retry_policy()
     if spec.configure is not None:
         spec.configure(settings)
@@ -127,6 +136,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             db,
             spec.subscription,
             retry=retry,
+            verifier=verifier,
             handler_errors=HandlerErrorLimit(
                 max_consecutive=settings.dlq_max_consecutive_handler_errors,
                 max_ratio=settings.dlq_max_handler_error_ratio,
@@ -250,6 +260,9 @@ def main(spec: ServiceSpec, settings_factory: Callable[[], ServiceSettings]) -> 
 
     try:
         uvloop.run(run())
+    except signing.KeyConfigurationError as exc:
+        log.error("%s cannot start: %s", spec.name, exc)
+        raise SystemExit(2) from None
     except Exception:
         log.exception("%s stopped on error", spec.name)
         raise SystemExit(1) from None

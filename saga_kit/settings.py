@@ -98,6 +98,20 @@ class ServiceSettings(BaseSettings):
     prune_interval_seconds: float = Field(default=60.0, gt=0)
     prune_batch: int = Field(default=5000, ge=1)
 
+    #: ``production`` refuses to start without signing keys, or on development ones
+    saga_env: Literal["development", "production"] = Field(
+        default="development", validation_alias=AliasChoices("SAGA_ENV", "saga_env")
+    )
+
+    #: Signed events (saga_kit.signing): this service's Ed25519 key (PEM) and its key id;
+    #: the trust file of every service's public keys (shared: ``EVENT_TRUST_FILE``). With a
+    #: trust file, every consumed domain event must be signed by its rightful producer.
+    event_signing_key_file: str | None = None
+    event_signing_kid: str | None = None
+    event_trust_file: str | None = Field(
+        default=None, validation_alias=AliasChoices("EVENT_TRUST_FILE", "event_trust_file")
+    )
+
     #: Where the consumer framework keeps its local files (faust's data directory); a
     #: fresh temporary directory when unset, never the working directory.
     data_dir: str | None = Field(default=None, validation_alias=AliasChoices("SAGA_DATA_DIR", "data_dir"))

@@ -366,7 +366,8 @@ def main(args: argparse.Namespace) -> int:
     total_orders = n + (sum(max(50, int(r * args.step_seconds)) for r in args.sweep) if args.sweep else 0)
     products = [f"bench-p{i}" for i in range(args.products)]
     customers = [f"bench-c{i}" for i in range(args.customers)]
-    with System(Path(args.run_dir), free_ports=True, fresh=True) as system:
+    print(f"signed events: {'on' if args.signing else 'off'}", flush=True)
+    with System(Path(args.run_dir), free_ports=True, fresh=True, signing=args.signing) as system:
         initial = total_orders + args.idle  # every order (and idle saga) can be approved
         seed(system, products, customers, initial)
         url = system.url("order_svc") + "/orders"
@@ -441,6 +442,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--ceiling-rate", type=float, default=2000.0, help="null sagas offered per second")
     p.add_argument(
         "--idle", type=int, default=20, help="sagas one at a time on the idle system first (0: skip)"
+    )
+    p.add_argument(
+        "--signing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="services sign and verify events (--no-signing: to measure what it costs)",
     )
     p.add_argument("--run-dir", default=".run/bench")
     p.set_defaults(func=main)

@@ -15,7 +15,8 @@ What it does, in one run directory of its own:
    * a **database restart** (all three services lose every connection at once);
    * **duplicates**: a tap consumer re-publishes a share of all domain events at once,
      and another share **late** (seconds afterwards, after newer events of the saga);
-   * **poison messages** on every domain topic, some with null, NUL or non-UTF-8 headers.
+   * **poison messages** on every domain topic, some with null, NUL or non-UTF-8 headers,
+     some unsigned, some signed by the topic's rightful producer (so they fail at decoding).
 4. After the last fault it waits for quiescence, then checks every invariant of
    docs/design.md §6 against the three databases, plus: every order a client was told about
    exists, and the only dead letters are the poison messages it sent.
@@ -44,7 +45,7 @@ import httpx
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from events.topics import DOMAIN_TOPICS
+from events.topics import DOMAIN_TOPICS, TOPIC_OF_PRODUCER
 from sagastack import invariants
 from sagastack.progress import bar
 from sagastack.system import SERVICES, System
@@ -261,14 +262,17 @@ class Chaos:
                 [("x-note", b"a\x00b"), ("x-bin", b"\xff\xfe")],
                 [],
             ]
+            producer_of = {topic: service for service, topic in TOPIC_OF_PRODUCER.items()}
             for i in range(self.cfg.poison):
                 topic = DOMAIN_TOPICS[i % len(DOMAIN_TOPICS)]
-                await producer.send_and_wait(
-                    topic,
-                    samples[i % len(samples)],
-                    key=POISON_KEY,
-                    headers=odd_headers[(i // len(DOMAIN_TOPICS)) % len(odd_headers)],
-                )
+                value = samples[i % len(samples)]
+                headers = odd_headers[(i // len(DOMAIN_TOPICS)) % len(odd_headers)]
+                if i % 2:  # signed by the rightful producer: it fails later, at decoding
+                    headers = [
+                        *headers,
+                        *self.system.signer(producer_of[topic]).headers(topic, POISON_KEY, value),
+                    ]
+                await producer.send_and_wait(topic, value, key=POISON_KEY, headers=headers)
                 self.report.fault("poison", topic)
         finally:
             await producer.stop()

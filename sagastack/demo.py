@@ -1,10 +1,11 @@
 """``make demo``: every saga outcome, end to end, on the real servers.
 
 Starts the system in a fresh run directory, seeds a catalogue and accounts, and runs
-six sagas — approved; rejected for lack of stock; rejected for lack of funds with the
+seven sagas — approved; rejected for lack of stock; rejected for lack of funds with the
 reservation released; approved then cancelled by the customer, refunded and restocked;
 cancelled by its deadline while payment is down (whatever payment does once back, the
-customer keeps his money); and one placed by a command on Kafka instead of HTTP —
+customer keeps his money); one placed by a command on Kafka instead of HTTP; and one
+with a forged PaymentCompleted, refused for its missing signature —
 printing each timeline with the final order, stock and balance. Then a mixed load of
 orders (progress bars) gives the dashboard something to show, the invariants of
 docs/design.md §6 are checked, and it exits non-zero if anything is off. It ends by printing
@@ -18,6 +19,7 @@ import contextlib
 import random
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -145,6 +147,17 @@ SCENARIOS = (
         ),
         twist="kafka",
     ),
+    Scenario(
+        "forged: a PaymentCompleted of 0.00 for frank's book (he has 12.00) is published without"
+        " payment's key; order and inventory dead-letter it (bad_signature) and the real payment"
+        " fails",
+        "frank",
+        {"book": 1},
+        "REJECTED",
+        "insufficient_funds",
+        ("OrderCreated", "InventoryReserved", "PaymentFailed", "OrderRejected", "InventoryReleased"),
+        twist="forged",
+    ),
 )
 
 
@@ -188,11 +201,6 @@ def print_timeline(saga: dict[str, Any]) -> None:
 def send_command(system: System, customer: str, items: dict[str, int]) -> str:
     """Place an order the Kafka way: a PlaceOrder command on orders.commands (its order id
     follows from the command id, before any answer)."""
-    import asyncio
-    import uuid
-
-    from aiokafka import AIOKafkaProducer
-
     from events import OrderLine
     from events.commands import PlaceOrder, encode_command, order_id_for
     from events.topics import COMMANDS
@@ -202,18 +210,7 @@ def send_command(system: System, customer: str, items: dict[str, int]) -> str:
         customer_id=customer,
         items=tuple(OrderLine(product_id=p, quantity=q) for p, q in items.items()),
     )
-
-    async def send() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=system.bootstrap, acks="all")
-        await producer.start()
-        try:
-            await producer.send_and_wait(
-                COMMANDS, encode_command(command), key=str(command.command_id).encode()
-            )
-        finally:
-            await producer.stop()
-
-    asyncio.run(send())
+    system.publish([(COMMANDS, str(command.command_id).encode(), encode_command(command))])
     order_id = str(order_id_for(command.command_id))
     end = time.monotonic() + 30
     while time.monotonic() < end:  # the order exists once the order service took the command
@@ -221,6 +218,38 @@ def send_command(system: System, customer: str, items: dict[str, int]) -> str:
             break
         time.sleep(0.05)
     return order_id
+
+
+def forge_payment(system: System, customer: str, order_id: str) -> None:
+    """What anyone who can write to payment.events could do: a well-formed PaymentCompleted
+    of 0.00, unsigned (it cannot be signed without payment's private key)."""
+    from events import PaymentCompleted, encode
+    from events.envelope import new_envelope
+    from events.topics import PAYMENT
+
+    forged = new_envelope(
+        PaymentCompleted(customer_id=customer, amount=Decimal("0.00")),
+        order_id=uuid.UUID(order_id),
+        causation_id=None,
+    )
+    system.publish([(PAYMENT, order_id.encode(), encode(forged))])
+
+
+def refused(system: System, order_id: str, timeout: float = 30.0) -> dict[str, str]:
+    """Service → reason of the dead letters the forged event of ``order_id`` became."""
+    import httpx
+
+    end = time.monotonic() + timeout
+    while True:
+        found = {
+            name: letter["reason"]
+            for name in ("order_svc", "inventory_svc")
+            for letter in httpx.get(f"{system.url(name)}/dead-letters", timeout=5).json()
+            if letter["order_id"] == order_id
+        }
+        if len(found) == 2 or time.monotonic() > end:
+            return found
+        time.sleep(0.1)
 
 
 def client_order_exists(system: System, order_id: str) -> bool:
@@ -289,6 +318,8 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
                 order_id = send_command(system, sc.customer, sc.items)
             else:
                 order_id = client.place_order(sc.customer, sc.items, deadline_seconds=sc.deadline_seconds)
+            if sc.twist == "forged":
+                forge_payment(system, sc.customer, order_id)
             if sc.twist == "cancel":
                 client.wait_for_events(order_id, {"InventoryCommitted"})
                 client.cancel(order_id)
@@ -307,6 +338,12 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
                 held = f"available {p['available']}, reserved {p['reserved']}, sold {p['sold']}"
                 print(f"      stock {pid}: {held}")
             print(f"      balance {sc.customer}: {client.account(sc.customer)['balance']}")
+            if sc.twist == "forged":
+                letters = refused(system, order_id)
+                for name, why in letters.items():
+                    print(f"      forged PaymentCompleted, dead letter at {name}: {why}")
+                if len(letters) != 2 or not all(r.startswith("bad_signature") for r in letters.values()):
+                    problems.append(f"saga {n}: the forged event was not refused by both: {letters}")
             got = tuple(e["event_type"] for e in saga["events"])
             if order["status"] != sc.status or order["reason"] != sc.reason:
                 problems.append(

@@ -15,11 +15,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from saga_kit.headers import Headers
+from saga_kit.signing import Signer, load_signer, write_dev_keys
 from sagastack.embedded import DATABASES, PidFile, Postgres, Tansu, free_port
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,10 @@ class System:
     bootstrap: str = ""
     database_urls: dict[str, str] = field(default_factory=dict)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
+    #: the development keys' trust file (saga_kit.signing), made by ``start``
+    trust_file: Path | None = None
+    #: False: services neither sign nor verify events (to measure what signing costs)
+    signing: bool = True
 
     def __post_init__(self) -> None:
         self.run_dir = self.run_dir.resolve()
@@ -76,6 +83,7 @@ class System:
         if self.fresh:
             shutil.rmtree(self.run_dir / "pgdata", ignore_errors=True)
             shutil.rmtree(self.run_dir / "traces", ignore_errors=True)
+        self.trust_file = write_dev_keys(self.run_dir / "keys", SERVICES)
         try:
             self._start_broker()
             self._start_databases()
@@ -127,6 +135,7 @@ class System:
             "TRACING_EXPORTER": os.environ.get("TRACING_EXPORTER", "file"),
             "TRACING_DIR": os.environ.get("TRACING_DIR", str(self.run_dir / "traces")),
             "SAGA_DATA_DIR": str(self.run_dir / "data" / name),
+            **self._signing_env(name, prefix),
             **self._neighbours(name),
             **self.service_env.get(name, {}),
             **(env or {}),
@@ -145,6 +154,17 @@ class System:
         self.pids.add(name, sp.proc.pid)
         if wait:
             self.wait_ready(name)
+
+    def _signing_env(self, name: str, prefix: str) -> dict[str, str]:
+        """The development signing keys ``start`` made (saga_kit.signing); empty values
+        (nothing signed, nothing verified) when ``signing`` is off."""
+        keys = self.run_dir / "keys"
+        on = self.signing
+        return {
+            f"{prefix}_EVENT_SIGNING_KEY_FILE": str(keys / f"{name}.pem") if on else "",
+            f"{prefix}_EVENT_SIGNING_KID": (keys / f"{name}.kid").read_text().strip() if on else "",
+            "EVENT_TRUST_FILE": str(self.trust_file) if on else "",
+        }
 
     def _neighbours(self, name: str) -> dict[str, str]:
         """The order service's dashboard reads stock and balances from the other two."""
@@ -229,6 +249,39 @@ class System:
         if self.postgres is not None:
             pids["postgres"] = self.postgres.pid()
         return pids
+
+    def signer(self, name: str) -> Signer:
+        """The development signing key ``start`` made for service ``name``."""
+        keys = self.run_dir / "keys"
+        return load_signer(keys / f"{name}.pem", (keys / f"{name}.kid").read_text().strip())
+
+    def publish(
+        self,
+        records: Iterable[tuple[str, bytes | None, bytes]],
+        *,
+        signed_by: str | None = None,
+        headers: Headers = (),
+    ) -> None:
+        """Produce ``(topic, key, value)`` records as they are, acked by the broker, in order;
+        with ``signed_by`` each is signed with that service's key, as if that service sent it
+        (saga_kit.signing), after ``headers``. For tests and tools that inject events."""
+        import asyncio
+
+        from aiokafka import AIOKafkaProducer
+
+        signer = self.signer(signed_by) if signed_by else None
+
+        async def go() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+            await producer.start()
+            try:
+                for topic, key, value in records:
+                    extra = signer.headers(topic, key, value) if signer else []
+                    await producer.send_and_wait(topic, value=value, key=key, headers=[*headers, *extra])
+            finally:
+                await producer.stop()
+
+        asyncio.run(go())
 
     def url(self, name: str) -> str:
         return self.services[name].url

@@ -7,7 +7,7 @@ import uuid
 
 from sagastack.system import System
 from tests.e2e.conftest import sagactl
-from tests.e2e.test_faults import consumed, publish, wait_until
+from tests.e2e.test_faults import consumed, wait_until
 
 
 def test_list_show_discard_and_replay_dead_letters(system: System) -> None:
@@ -20,7 +20,9 @@ def test_list_show_discard_and_replay_dead_letters(system: System) -> None:
         "schema_version": 0,
         "marker": marker,
     }
-    publish(system, [("inventory.events", marker.encode(), json.dumps(bad).encode())])
+    system.publish(
+        [("inventory.events", marker.encode(), json.dumps(bad).encode())], signed_by="inventory_svc"
+    )
     wait_until(lambda: consumed(system, "payment_svc", "dead_lettered") > before, 30, "dead letter")
 
     listed = sagactl(system, "dlq", "list", "--service", "payment")

@@ -1,0 +1,197 @@
+"""Signed events: which events are real.
+
+Anyone who can write to a topic could otherwise publish a ``PaymentCompleted`` and have an
+order approved without paying. So every record a service publishes is signed with that
+service's **Ed25519** key (``cryptography``; nothing home-made), and every consumer checks
+the signature **before decoding** anything, then that the signer is the rightful producer
+of the event's type (only payment may emit ``PaymentCompleted``). Unsigned, forged or
+tampered records become dead letters with reason ``bad_signature``; nothing is applied.
+
+What is signed — the exact bytes on the wire and the routing fields that matter::
+
+    b"saga-event/1\\0" + topic + b"\\0" + key + b"\\0" + value
+
+so a signed value cannot be replayed onto another topic or under another key. The
+signature travels in two headers: ``sig.kid`` (the key id) and ``sig.ed25519`` (base64).
+
+Keys rotate by id: a service signs with one key; consumers accept every key their
+**trust file** lists (JSON: ``{"keys": [{"kid", "service", "public_key"}]}``, the public
+key base64 of its 32 raw bytes), so a new key is added to the trust file first, then used,
+and the old one is removed once nothing signed with it is in flight.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from saga_kit.headers import Header, Headers
+
+KID = "sig.kid"
+SIGNATURE = "sig.ed25519"
+_DOMAIN = b"saga-event/1\0"
+
+
+class KeyConfigurationError(Exception):
+    """The service's keys are missing or unfit for where it runs (the message says which)."""
+
+
+class BadSignature(Exception):
+    """The record is not signed by a key this service trusts, or not by the right one."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = f"bad_signature: {detail}"
+
+
+def _signed_bytes(topic: str, key: bytes | None, value: bytes | None) -> bytes:
+    return b"".join((_DOMAIN, topic.encode(), b"\0", key or b"", b"\0", value or b""))
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Signs what one service publishes."""
+
+    kid: str
+    private_key: Ed25519PrivateKey
+
+    def headers(self, topic: str, key: bytes | None, value: bytes | None) -> list[Header]:
+        signature = self.private_key.sign(_signed_bytes(topic, key, value))
+        return [(KID, self.kid.encode()), (SIGNATURE, base64.b64encode(signature))]
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """Checks what a service consumes against its trust file."""
+
+    #: key id → (the service that signs with it, its public key)
+    keys: Mapping[str, tuple[str, Ed25519PublicKey]]
+
+    def signer(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> str:
+        """The service that signed this record; raises ``BadSignature`` otherwise."""
+        kid = signature = None
+        for name, header in headers:
+            if name == KID:
+                kid = header
+            elif name == SIGNATURE:
+                signature = header
+        if kid is None or signature is None:
+            raise BadSignature("the record is not signed")
+        trusted = self.keys.get(kid.decode("utf-8", "replace"))
+        if trusted is None:
+            raise BadSignature("signed with a key this service does not trust")
+        service, public_key = trusted
+        try:
+            public_key.verify(base64.b64decode(signature, validate=True), _signed_bytes(topic, key, value))
+        except (InvalidSignature, ValueError):
+            raise BadSignature("the signature does not match the record (forged or tampered)") from None
+        return service
+
+
+def load_signer(key_file: str | os.PathLike[str], kid: str) -> Signer:
+    """A signer from a PEM (PKCS#8) private key file."""
+    key = serialization.load_pem_private_key(Path(key_file).read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{key_file}: not an Ed25519 private key")
+    return Signer(kid, key)
+
+
+def load_verifier(trust_file: str | os.PathLike[str]) -> Verifier:
+    """A verifier from a trust file (module doc)."""
+    entries = json.loads(Path(trust_file).read_text())["keys"]
+    return _verifier(entries)
+
+
+def _verifier(entries: list[dict[str, str]]) -> Verifier:
+    keys = {
+        entry["kid"]: (
+            entry["service"],
+            Ed25519PublicKey.from_public_bytes(base64.b64decode(entry["public_key"])),
+        )
+        for entry in entries
+    }
+    return Verifier(keys)
+
+
+def load_keys(
+    service: str,
+    key_file: str | None,
+    kid: str | None,
+    trust_file: str | None,
+    *,
+    production: bool,
+) -> tuple[Signer | None, Verifier | None]:
+    """The service's signer and verifier from its settings.
+
+    In development either may be absent (nothing is then signed, or nothing verified). In
+    production (``SAGA_ENV=production``) both are required and the trust file must not be
+    the development one ``write_dev_keys`` makes; otherwise ``KeyConfigurationError`` names
+    what is wrong, and the service does not start.
+    """
+    missing = [
+        name
+        for name, value in (
+            (f"{service.split('_')[0].upper()}_EVENT_SIGNING_KEY_FILE", key_file),
+            (f"{service.split('_')[0].upper()}_EVENT_SIGNING_KID", kid),
+            ("EVENT_TRUST_FILE", trust_file),
+        )
+        if not value
+    ]
+    if production and missing:
+        raise KeyConfigurationError(f"SAGA_ENV=production needs {', '.join(missing)}")
+    signer = load_signer(key_file, kid or service) if key_file else None
+    verifier = None
+    if trust_file:
+        document = json.loads(Path(trust_file).read_text())
+        if production and document.get("development"):
+            raise KeyConfigurationError(
+                f"SAGA_ENV=production refuses the development trust file {trust_file}"
+                " (made by make run / make demo / the tests)"
+            )
+        verifier = _verifier(document["keys"])
+    if verifier is not None and signer is not None and verifier.keys.get(signer.kid, ("",))[0] != service:
+        raise KeyConfigurationError(f"the trust file does not list key {signer.kid!r} as {service}'s")
+    return signer, verifier
+
+
+def write_dev_keys(directory: Path, services: Iterable[str]) -> Path:
+    """Development keys: one Ed25519 key per service under ``directory`` (``<service>.pem``,
+    readable by the owner only) and the trust file listing their public keys
+    (``trust.json``); returns the trust file. Existing keys are kept."""
+    directory.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for service in services:
+        pem = directory / f"{service}.pem"
+        if not pem.exists():
+            private = Ed25519PrivateKey.generate()
+            pem.write_bytes(
+                private.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+            pem.chmod(0o600)
+        kid_file = directory / f"{service}.kid"
+        if not kid_file.exists():
+            kid_file.write_text(f"{service}-{secrets.token_hex(4)}")
+        signer = load_signer(pem, kid_file.read_text().strip())
+        public = signer.private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        entries.append(
+            {"kid": signer.kid, "service": service, "public_key": base64.b64encode(public).decode()}
+        )
+    trust = directory / "trust.json"
+    # "development": a service with SAGA_ENV=production refuses this file (load_keys)
+    trust.write_text(json.dumps({"development": True, "keys": entries}, indent=2) + "\n")
+    return trust
