@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from events.envelope import EventPayload
 from events.values import MAX_LINE_QUANTITY, MAX_ORDER_LINES, ExternalId, Money
@@ -21,6 +21,12 @@ class PricedLine(BaseModel):
     quantity: Annotated[int, Field(strict=True, ge=1, le=MAX_LINE_QUANTITY * MAX_ORDER_LINES)]
     unit_price: Money
     line_total: Money
+
+    @model_validator(mode="after")
+    def _priced(self) -> PricedLine:
+        if self.line_total != self.unit_price * self.quantity:
+            raise ValueError(f"line_total {self.line_total} is not {self.quantity} x {self.unit_price}")
+        return self
 
 
 class StockLine(BaseModel):
@@ -40,7 +46,14 @@ class InventoryReserved(EventPayload):
 
     customer_id: ExternalId
     lines: Annotated[tuple[PricedLine, ...], Field(min_length=1)]
+    #: the sum of the lines' ``line_total`` (checked on decoding, as each line's product)
     total: Money
+
+    @model_validator(mode="after")
+    def _summed(self) -> InventoryReserved:
+        if self.total != sum(line.line_total for line in self.lines):
+            raise ValueError(f"total {self.total} is not the sum of the lines")
+        return self
 
 
 class InventoryReservationFailed(EventPayload):

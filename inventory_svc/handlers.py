@@ -231,6 +231,7 @@ def on_order_approved(stock: Stock, event: Envelope[OrderApproved]) -> Replies:
 
 @reactions.on(PaymentFailed)
 def on_payment_failed(stock: Stock, event: Envelope[PaymentFailed]) -> Replies:
+    """c2: release the reservation. A compensation: never refused, whatever it says."""
     lines = stock.settle(event.order_id, frm="RESERVED", to="RELEASED")
     return [InventoryReleased(lines=lines)] if lines else []
 

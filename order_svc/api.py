@@ -17,13 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validat
 from sqlalchemy import text
 
 from events import OrderLine
+from events.codec import peek
 from events.commands import order_id_for
-from events.values import MAX_ORDER_LINES, ExternalId, Money
+from events.values import MAX_ORDER_LINES, ExternalId, Money, printable
 from order_svc import admission, timeline
 from order_svc.admission import Admission
 from order_svc.cancelling import OrderNotFound, cancel_order
 from order_svc.domain import OrderStatus
-from order_svc.explain import COMPENSATING, explain
+from order_svc.explain import COMPENSATING, Refusal, explain
 from order_svc.placing import OrderDesk, Placement
 from order_svc.settings import Settings
 from saga_kit import tracing
@@ -124,10 +125,17 @@ class CompensationView(BaseModel):
     done_by: str | None
 
 
+class RefusalView(BaseModel):
+    event_type: str | None
+    reason: str
+
+
 class ExplanationView(BaseModel):
     verdict: str
     compensations: list[CompensationView]
     compensated: bool | None
+    #: events about this saga the order service refused (dead letters), oldest first
+    refused: list[RefusalView] = []
 
 
 class SagaView(BaseModel):
@@ -314,8 +322,18 @@ async def get_saga(order_id: uuid.UUID, db: DatabaseDep) -> SagaView:
     order = await _load_order(db, order_id)
     async with db.engine.connect() as conn:
         events = await timeline.load(conn, order_id)
+        refused = [
+            Refusal(peek(None if r.value is None else bytes(r.value))[0], printable(r.reason))
+            for r in await conn.execute(
+                text(
+                    "SELECT reason, CASE WHEN octet_length(value) <= 65536 THEN value END AS value"
+                    " FROM dead_letters WHERE order_id = :o ORDER BY id LIMIT 20"
+                ),
+                {"o": order_id},
+            )
+        ]
     entries = [TimelineEntry.model_validate(e) for e in events]
-    why = explain(order.status, order.reason, events)
+    why = explain(order.status, order.reason, events, refused)
     return SagaView(
         order_id=order_id,
         status=order.status,

@@ -49,14 +49,44 @@ class Compensation:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """An event about this saga the order service refused (a dead letter), e.g. a payment
+    of another amount than the order's total (``fact_mismatch``)."""
+
+    event_type: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
 class Explanation:
     verdict: str
     compensations: list[Compensation] = field(default_factory=list)
     #: True: all owed compensation happened; False: some is still owed; None: in flight.
     compensated: bool | None = None
+    refused: list[Refusal] = field(default_factory=list)
 
 
-def explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]]) -> Explanation:
+def explain(
+    status: str,
+    reason: str | None,
+    events: Sequence[Mapping[str, Any]],
+    refused: Sequence[Refusal] = (),
+) -> Explanation:
+    """The verdict on a saga from its status, reason and timeline; ``refused``: events
+    about it the order service dead-lettered, named at the end of the verdict."""
+    told = _explain(status, reason, events)
+    if not refused:
+        return told
+    names = "; ".join(f"{r.event_type or 'an event'} ({r.reason})" for r in refused)
+    return Explanation(
+        f"{told.verdict} — refused {len(refused)} event(s) about it: {names}",
+        told.compensations,
+        told.compensated,
+        list(refused),
+    )
+
+
+def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]]) -> Explanation:
     seen = {e["event_type"]: e for e in events}
     if status == "PENDING":
         last = events[-1]["event_type"] if events else "nothing yet"

@@ -38,7 +38,7 @@ from order_svc.placing import order_created, request_hash
 from saga_kit import sql, tracing
 from saga_kit.db import UnitOfWork
 from saga_kit.errors import InvalidEvent
-from saga_kit.reactions import Reactions, Replies, Reply
+from saga_kit.reactions import FactMismatch, Reactions, Replies, Reply
 
 #: The deadline of an order placed without one (``ORDER_DEADLINE_SECONDS``; ``configure``).
 _defaults = {"deadline_seconds": 30.0}
@@ -72,6 +72,17 @@ class Order:
     #: placed in this batch: inserted by ``save`` (with these lines and deadline)
     placed: _Placed | None = None
     deadline_at: datetime | None = None
+    #: product → units ordered (loaded when the batch holds an InventoryReserved)
+    items: dict[str, int] = field(default_factory=dict)
+
+    def check(self, event: Envelope[Any]) -> None:
+        """Facts are checked, not trusted (docs/design.md §10): an event about this order
+        must name its customer. Raises ``FactMismatch``."""
+        named = getattr(event.payload, "customer_id", self.customer_id)
+        if named != self.customer_id:
+            raise FactMismatch(
+                f"{event.event_type} names customer {named!r}, the order is {self.customer_id!r}'s"
+            )
 
     def correlated(self, payload: EventPayload, command_id: uuid.UUID | None = None) -> Reply:
         """``payload`` with the ``correlation_id`` of the command it answers, if any."""
@@ -109,6 +120,17 @@ async def load(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> Orders
             row.command_id,
             row.request_hash,
         )
+    reserved = sorted({e.order_id for e in events if isinstance(e.payload, InventoryReserved)})
+    if reserved:
+        for row in await conn.execute(
+            text(
+                "SELECT order_id, product_id, sum(quantity) AS quantity FROM order_items"
+                f" WHERE order_id IN {sql.UUIDS} GROUP BY order_id, product_id"
+            ),
+            {"ids": sql.values(reserved)},
+        ):
+            if (order := state.orders.get(row.order_id)) is not None:
+                order.items[row.product_id] = int(row.quantity)
     return state
 
 
@@ -203,22 +225,41 @@ def _move(order: Order, event: Envelope[Any], reason: str | None) -> Reply | Non
 
 @reactions.on(InventoryReserved)
 def on_inventory_reserved(state: Orders, event: Envelope[InventoryReserved]) -> Replies:
-    """Record the prices inventory quoted, so the order shows its total early."""
+    """Record the prices inventory quoted, so the order shows its total early — once the
+    reservation is checked against the order: its customer, every product and quantity
+    ordered, and the amount charged if payment answered first (that its total is the sum of
+    its lines is checked on decoding)."""
     order = state.get(event)
-    order.total, order.changed = event.payload.total, True
+    order.check(event)
+    reserved = event.payload
+    quantities = {line.product_id: line.quantity for line in reserved.lines}
+    if quantities != order.items:
+        raise FactMismatch(f"InventoryReserved holds {quantities}, the order is for {order.items}")
+    if order.total is not None and order.total != reserved.total:
+        raise FactMismatch(f"InventoryReserved's total {reserved.total}, but {order.total} was charged")
+    order.total, order.changed = reserved.total, True
     order.prices.update({line.product_id: line.unit_price for line in event.payload.lines})
     return []
 
 
 @reactions.on(InventoryReservationFailed)
 def on_reservation_failed(state: Orders, event: Envelope[InventoryReservationFailed]) -> Replies:
-    announced = _move(state.get(event), event, event.payload.reason)
+    order = state.get(event)
+    order.check(event)
+    announced = _move(order, event, event.payload.reason)
     return [announced] if announced else []
 
 
 @reactions.on(PaymentCompleted)
 def on_payment_completed(state: Orders, event: Envelope[PaymentCompleted]) -> Replies:
+    """Approve the order — once the charge is checked: its customer, and an amount that is
+    the order's total (when inventory's quote arrived first)."""
     order = state.get(event)
+    order.check(event)
+    if order.total is not None and event.payload.amount != order.total:
+        raise FactMismatch(
+            f"PaymentCompleted charged {event.payload.amount}, the order's total is {order.total}"
+        )
     announced = _move(order, event, None)
     if announced is not None and order.status is OrderStatus.APPROVED:
         order.total = event.payload.amount
@@ -227,7 +268,9 @@ def on_payment_completed(state: Orders, event: Envelope[PaymentCompleted]) -> Re
 
 @reactions.on(PaymentFailed)
 def on_payment_failed(state: Orders, event: Envelope[PaymentFailed]) -> Replies:
-    announced = _move(state.get(event), event, event.payload.reason)
+    order = state.get(event)
+    order.check(event)
+    announced = _move(order, event, event.payload.reason)
     return [announced] if announced else []
 
 

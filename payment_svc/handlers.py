@@ -154,6 +154,8 @@ def on_order_cancelled(ledger: Ledger, event: Envelope[OrderCancelled]) -> Repli
         return []
     if payment.status != "CHARGED":  # declined, refunded or voided already: nothing to give back
         return []
+    # to whoever was charged, whatever customer the cancellation names: a refund that is
+    # owed is never refused nor redirected
     ledger.credit(payment.customer_id, payment.amount)
     payment.status, payment.reason, payment.changed = "REFUNDED", cancelled.reason, True
     return [PaymentRefunded(customer_id=payment.customer_id, amount=payment.amount)]

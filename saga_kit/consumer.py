@@ -467,21 +467,25 @@ class ConsumerPipeline:
                     or (id(it) in results and results[id(it)][0] is Outcome.DEAD_LETTERED)
                 ]
                 for it, reason in letters:
-                    await self._store_dead_letter(uow, it.record, reason or "unknown")
+                    order_id = it.envelope.order_id if it.envelope is not None else None
+                    await self._store_dead_letter(uow, it.record, reason or "unknown", order_id)
         for it, _ in live:
             it.outcome, it.reason = results[id(it)]
 
-    async def _store_dead_letter(self, uow: UnitOfWork, record: Record, reason: str) -> None:
+    async def _store_dead_letter(
+        self, uow: UnitOfWork, record: Record, reason: str, order_id: uuid.UUID | None = None
+    ) -> None:
         """Keep the original bytes and headers with the reason, in the table and the
-        dead-letter topic (once: a redelivered record is not stored twice)."""
+        dead-letter topic (once: a redelivered record is not stored twice); ``order_id``:
+        the saga it belongs to, when its envelope was read."""
         reason = dead_letter_reason(reason)
         log.error("dead letter from %s: %s", record.where(), reason)
         header_keys, header_values = kafka_headers.to_columns(record.headers)
         inserted = await uow.conn.scalar(
             text(
                 "INSERT INTO dead_letters (source_topic, source_partition, source_offset,"
-                " key, value, header_keys, header_values, reason)"
-                " VALUES (:t, :p, :o, :k, :v, CAST(:hk AS BYTEA[]), CAST(:hv AS BYTEA[]), :r)"
+                " key, value, header_keys, header_values, reason, order_id)"
+                " VALUES (:t, :p, :o, :k, :v, CAST(:hk AS BYTEA[]), CAST(:hv AS BYTEA[]), :r, :oid)"
                 " ON CONFLICT DO NOTHING RETURNING id"
             ),
             {
@@ -493,6 +497,7 @@ class ConsumerPipeline:
                 "hk": header_keys,
                 "hv": header_values,
                 "r": reason,
+                "oid": order_id,
             },
         )
         if inserted is not None:

@@ -156,4 +156,15 @@ PLUMBING: tuple[Migration, ...] = (
             " ON dead_letters (source_topic, source_partition, source_offset, fingerprint)",
         ),
     ),
+    Migration(
+        "saga_kit",
+        6,
+        "dead_letter_order",
+        # The saga a dead letter belongs to, when its envelope could be read: an event
+        # refused for contradicting the service's records shows in that saga's story.
+        (
+            "ALTER TABLE dead_letters ADD COLUMN order_id UUID",
+            "CREATE INDEX dead_letters_order ON dead_letters (order_id) WHERE order_id IS NOT NULL",
+        ),
+    ),
 )

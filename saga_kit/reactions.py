@@ -14,7 +14,7 @@ Events are decided in arrival order, so two orders for the last unit in one batc
 each other exactly as they would one transaction after the other.
 
 A decide function refuses an event it must never apply (an order it has never heard
-of, a fact that contradicts its records) by raising ``InvalidEvent`` **before** it
+of; a fact that contradicts its records: ``FactMismatch``) by raising ``InvalidEvent`` **before** it
 changes the state; the consumer dead-letters that one event with the reason and applies
 the rest. Any other exception is a bug or a poison event: the consumer isolates it by
 splitting the batch (``saga_kit.consumer``).
@@ -37,6 +37,17 @@ from saga_kit.db import Delivery, UnitOfWork
 from saga_kit.headers import Headers
 
 log = logging.getLogger(__name__)
+
+
+class FactMismatch(InvalidEvent):
+    """A validly signed event contradicts what this service already knows (a payment of
+    another amount than the order's total, another customer than the order's): it is
+    refused, never applied — defence in depth behind the signature (docs/design.md §10).
+    Its dead letter's reason starts ``fact_mismatch:``."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"fact_mismatch: {detail}")
+
 
 S = TypeVar("S")
 P = TypeVar("P", bound=EventPayload)

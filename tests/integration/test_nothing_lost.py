@@ -109,11 +109,13 @@ class _BrokenStore(ConsumerPipeline):
         super().__init__(svc.spec.name, svc.db, svc.spec.subscription, retry=RetryPolicy(0.01, 0.05, 0.0))
         self.failures = failures
 
-    async def _store_dead_letter(self, uow: UnitOfWork, rec: Record, reason: str) -> None:
+    async def _store_dead_letter(
+        self, uow: UnitOfWork, rec: Record, reason: str, order_id: uuid.UUID | None = None
+    ) -> None:
         if self.failures:
             self.failures -= 1
             raise RuntimeError("the dead-letter store is broken")
-        await super()._store_dead_letter(uow, rec, reason)
+        await super()._store_dead_letter(uow, rec, reason, order_id)
 
 
 async def test_an_error_in_the_pipeline_holds_the_record_until_it_goes_through(
