@@ -22,7 +22,7 @@ from events.order import (
     OrderLine,
     OrderRejected,
 )
-from events.payment import PaymentCompleted, PaymentFailed, PaymentRefunded
+from events.payment import PaymentCompleted, PaymentFailed, PaymentRefunded, PaymentVoided
 from events.registry import EVENT_TYPES, payload_class
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "PaymentCompleted",
     "PaymentFailed",
     "PaymentRefunded",
+    "PaymentVoided",
     "PricedLine",
     "StockLine",
     "decode",

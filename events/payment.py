@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from events.envelope import EventPayload
+from events.order import CancelReason
 from events.values import ExternalId, Money
 
 PRODUCER = "payment_svc"
@@ -39,3 +40,15 @@ class PaymentRefunded(EventPayload):
 
     customer_id: ExternalId
     amount: Money
+
+
+class PaymentVoided(EventPayload):
+    """c6: the order was cancelled before payment charged it; payment will never charge it
+    (a charge decided later is refused). Nothing was taken, so nothing is refunded — this
+    event only makes payment's part of the compensation visible."""
+
+    event_type: ClassVar[str] = "PaymentVoided"
+    producer: ClassVar[str] = PRODUCER
+
+    customer_id: ExternalId
+    reason: CancelReason

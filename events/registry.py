@@ -10,7 +10,7 @@ from events.inventory import (
     InventoryReserved,
 )
 from events.order import CommandRejected, OrderApproved, OrderCancelled, OrderCreated, OrderRejected
-from events.payment import PaymentCompleted, PaymentFailed, PaymentRefunded
+from events.payment import PaymentCompleted, PaymentFailed, PaymentRefunded, PaymentVoided
 
 EVENT_TYPES: dict[str, type[EventPayload]] = {
     cls.event_type: cls
@@ -27,6 +27,7 @@ EVENT_TYPES: dict[str, type[EventPayload]] = {
         PaymentCompleted,
         PaymentFailed,
         PaymentRefunded,
+        PaymentVoided,
     )
 }
 

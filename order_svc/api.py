@@ -111,7 +111,8 @@ class TimelineEntry(BaseModel):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def compensating(self) -> bool:
-        """True for events that refuse or undo a step (rejections, releases, refunds)."""
+        """True for compensating transactions: events that undo a step (release, refund,
+        void); a failed step or a rejection is not one."""
         return self.event_type in COMPENSATING
 
 

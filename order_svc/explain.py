@@ -1,15 +1,21 @@
-"""Why did this saga end the way it did, and was everything compensated? — as a pure
-function of the order's status and its timeline, shared by the API, the CLI and the
-dashboard so all three tell the same story.
+"""Why did this saga end the way it did, and what does each participant still owe? — as a
+pure function of the order's status and its timeline (every event of all three services),
+shared by the API, the CLI and the dashboard so all three tell the same story. Nothing is
+assumed: every part of the verdict and every item of the checklist is read off an event.
 
-Compensation owed by a saga that did not end APPROVED:
+What each outcome owes, and which event settles it:
 
-* stock: if inventory reserved (InventoryReserved), it must give it back (InventoryReleased);
-* money: if payment charged (PaymentCompleted), it must refund it (PaymentRefunded).
+* **APPROVED** — inventory turns the reservation into a sale (``InventoryCommitted``).
+  A compensating event in an approved saga (a release, a refund, a failed payment) is an
+  inconsistency, and the verdict says so.
+* **REJECTED** — for stock: nothing was held, nothing is owed. For funds: inventory gives
+  the reservation back (``InventoryReleased``).
+* **CANCELLED** — inventory gives back what it reserved or sold (``InventoryReleased``),
+  if the timeline shows a reservation; payment must not keep a penny: a charge is refunded
+  (``PaymentRefunded``), and without one payment confirms it will never charge
+  (``PaymentVoided``) or that it had declined (``PaymentFailed``).
 
-An order cancelled after approval owes both. Nothing else is ever owed: a reservation
-that failed held nothing, a declined payment charged nothing, a charge voided by an
-early cancellation never happened.
+Until the settling event is in the timeline, the item is *still owed by* that service.
 """
 
 from __future__ import annotations
@@ -18,17 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Events that undo or refuse something: marked as compensations in every view.
-COMPENSATING = frozenset(
-    {
-        "InventoryReservationFailed",
-        "PaymentFailed",
-        "OrderRejected",
-        "OrderCancelled",
-        "InventoryReleased",
-        "PaymentRefunded",
-    }
-)
+#: Compensating transactions: events that undo a step that was done (drawn as such in
+#: every view). A failed step (``PaymentFailed``, ``InventoryReservationFailed``) or an
+#: outcome (``OrderRejected``, ``OrderCancelled``) is not one: it is what calls for them.
+COMPENSATING = frozenset({"InventoryReleased", "PaymentRefunded", "PaymentVoided"})
 
 _REASONS = {
     "insufficient_stock": "inventory could not reserve every line (insufficient stock)",
@@ -42,10 +41,13 @@ _REASONS = {
 
 @dataclass(frozen=True)
 class Compensation:
+    """One item of the checklist: what ``owed_by`` must do because of ``because_of``, and
+    the event that did it (None while still owed)."""
+
     action: str
-    #: the event that needed it, and the one that did it (None while still owed)
     because_of: str
     done_by: str | None
+    owed_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,13 +88,19 @@ def explain(
     )
 
 
+def _item(
+    seen: Mapping[str, Any], action: str, because_of: str, owed_by: str, *settled_by: str
+) -> Compensation:
+    return Compensation(action, because_of, next((e for e in settled_by if e in seen), None), owed_by)
+
+
 def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]]) -> Explanation:
     seen = {e["event_type"]: e for e in events}
     if status == "PENDING":
         last = events[-1]["event_type"] if events else "nothing yet"
         return Explanation(f"in flight: the last step was {last}")
     if status == "APPROVED":
-        return Explanation("approved: stock reserved and sold, payment charged", [], True)
+        return _approved(seen)
 
     why = _REASONS.get(reason or "", reason or "no reason recorded")
     if status == "REJECTED":
@@ -108,20 +116,50 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
     owed = []
     if "InventoryReserved" in seen:
         owed.append(
-            Compensation(
+            _item(
+                seen,
                 "give reserved or sold stock back",
                 "InventoryReserved",
-                "InventoryReleased" if "InventoryReleased" in seen else None,
+                "inventory_svc",
+                "InventoryReleased",
             )
         )
     if "PaymentCompleted" in seen:
+        owed.append(_item(seen, "refund the charge", "PaymentCompleted", "payment_svc", "PaymentRefunded"))
+    elif status == "CANCELLED":
+        # payment always hears of a cancellation: it voids, or it had declined, or it
+        # charged in the meantime and refunds
         owed.append(
-            Compensation(
-                "refund the charge",
-                "PaymentCompleted",
-                "PaymentRefunded" if "PaymentRefunded" in seen else None,
+            _item(
+                seen,
+                "never charge it",
+                "OrderCancelled",
+                "payment_svc",
+                "PaymentVoided",
+                "PaymentFailed",
+                "PaymentRefunded",
             )
         )
-    if not owed:
+    if not any(c.because_of != "OrderCancelled" for c in owed):
         verdict += "; nothing was held or charged, so nothing needed undoing"
     return Explanation(verdict, owed, all(c.done_by for c in owed))
+
+
+def _approved(seen: Mapping[str, Any]) -> Explanation:
+    charged = seen.get("PaymentCompleted")
+    parts = ["approved: stock reserved" if "InventoryReserved" in seen else "approved"]
+    if charged is not None:
+        parts.append(f"payment charged {charged.get('payload', {}).get('amount', '')}".rstrip())
+    else:
+        parts.append("no payment in the timeline yet")
+    sale = _item(
+        seen, "turn the reservation into a sale", "OrderApproved", "inventory_svc", "InventoryCommitted"
+    )
+    parts.append("sale committed" if sale.done_by else "sale not yet committed by inventory_svc")
+    verdict = ", ".join(parts)
+    wrong = [
+        t for t in ("InventoryReleased", "PaymentFailed", "PaymentRefunded", "PaymentVoided") if t in seen
+    ]
+    if wrong:
+        verdict += f" — inconsistent: an approved saga holds {', '.join(wrong)}"
+    return Explanation(verdict, [sale], sale.done_by is not None and charged is not None and not wrong)

@@ -21,7 +21,14 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from events import InventoryReserved, OrderCancelled, PaymentCompleted, PaymentFailed, PaymentRefunded
+from events import (
+    InventoryReserved,
+    OrderCancelled,
+    PaymentCompleted,
+    PaymentFailed,
+    PaymentRefunded,
+    PaymentVoided,
+)
 from events.envelope import Envelope
 from payment_svc.charging import Decline, decide_charge
 from saga_kit import sql
@@ -151,7 +158,7 @@ def on_order_cancelled(ledger: Ledger, event: Envelope[OrderCancelled]) -> Repli
         ledger.payments[event.order_id] = Payment(
             cancelled.customer_id, Decimal("0"), "VOIDED", cancelled.reason, new=True
         )
-        return []
+        return [PaymentVoided(customer_id=cancelled.customer_id, reason=cancelled.reason)]
     if payment.status != "CHARGED":  # declined, refunded or voided already: nothing to give back
         return []
     # to whoever was charged, whatever customer the cancellation names: a refund that is

@@ -364,7 +364,8 @@ class Chaos:
                     event_type: n
                     for event_type, n in conn.execute(
                         "SELECT event_type, COUNT(*) FROM saga_events WHERE event_type IN"
-                        " ('OrderCancelled', 'InventoryReleased', 'PaymentRefunded', 'OrderRejected')"
+                        " ('OrderCancelled', 'InventoryReleased', 'PaymentRefunded', 'PaymentVoided',"
+                        " 'OrderRejected')"
                         " GROUP BY event_type"
                     )
                 }

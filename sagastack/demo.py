@@ -121,8 +121,8 @@ SCENARIOS = (
     ),
     Scenario(
         "cancelled by its deadline: payment is down, dave's 2 s deadline passes, stock is"
-        " released; back up, payment either voids the order or charges and refunds it: he keeps"
-        " his money",
+        " released; back up, payment either voids the order (PaymentVoided) or charges and"
+        " refunds it: he keeps his money",
         "dave",
         {"kite": 1},
         "CANCELLED",
@@ -183,6 +183,8 @@ def _summary(event: dict[str, Any]) -> str:
             )
         case "PaymentRefunded":
             return f"refunded {p['amount']}"
+        case "PaymentVoided":
+            return f"never to be charged ({p['reason']})"
         case "InventoryCommitted" | "InventoryReleased":
             return ", ".join(f"{x['quantity']} x {x['product_id']}" for x in p["lines"])
     return ""
@@ -259,15 +261,33 @@ def client_order_exists(system: System, order_id: str) -> bool:
 
 
 def settled(client: SagaClient, order_id: str, timeout: float = 30.0) -> Any:
-    """The saga once any charge that landed after its cancellation is refunded (payment may
-    instead have voided it: then there is no charge at all)."""
+    """The saga once payment has settled its part of a cancellation: voided (it will never
+    charge), or refunded a charge that landed before it heard of the cancel."""
     end = time.monotonic() + timeout
     while True:
         saga = client.saga(order_id)
         types = {e["event_type"] for e in saga["events"]}
-        if "PaymentCompleted" not in types or "PaymentRefunded" in types or time.monotonic() > end:
+        if types & {"PaymentVoided", "PaymentRefunded", "PaymentFailed"} or time.monotonic() > end:
             return saga
         time.sleep(0.1)
+
+
+def story_problems(n: int, sc: Scenario, saga: dict[str, Any], balance: Decimal) -> list[str]:
+    """What the headline promises, checked against the timeline it is printed with: every
+    owed compensation done; saga 5's customer keeps his money, payment having either voided
+    the order or charged and refunded it."""
+    got = {e["event_type"] for e in saga["events"]}
+    found = []
+    if saga["explanation"]["compensated"] is not True:
+        found.append(f"saga {n}: compensation still owed: {saga['explanation']['compensations']}")
+    if sc.twist == "payment down":
+        voided = "PaymentVoided" in got and "PaymentCompleted" not in got
+        refunded = {"PaymentCompleted", "PaymentRefunded"} <= got and "PaymentVoided" not in got
+        if not (voided or refunded):
+            found.append(f"saga {n}: payment neither voided nor charged and refunded: {sorted(got)}")
+        if balance != ACCOUNTS[sc.customer]:
+            found.append(f"saga {n}: {sc.customer} has {balance}, not his {ACCOUNTS[sc.customer]}")
+    return found
 
 
 def place_load(client: SagaClient, n: int) -> None:
@@ -337,7 +357,11 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
                 p = client.product(pid)
                 held = f"available {p['available']}, reserved {p['reserved']}, sold {p['sold']}"
                 print(f"      stock {pid}: {held}")
-            print(f"      balance {sc.customer}: {client.account(sc.customer)['balance']}")
+            balance = client.account(sc.customer)["balance"]
+            print(f"      balance {sc.customer}: {balance}")
+            why = saga["explanation"]
+            print(f"      why: {why['verdict']}")
+            problems += story_problems(n, sc, saga, Decimal(balance))
             if sc.twist == "forged":
                 letters = refused(system, order_id)
                 for name, why in letters.items():

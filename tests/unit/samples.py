@@ -21,6 +21,7 @@ from events import (
     PaymentCompleted,
     PaymentFailed,
     PaymentRefunded,
+    PaymentVoided,
     PricedLine,
     StockLine,
 )
@@ -53,4 +54,5 @@ def sample_payloads() -> list[EventPayload]:
         PaymentCompleted(customer_id="c1", amount=Decimal("3.00")),
         PaymentFailed(customer_id="c1", amount=Decimal("3.00"), reason="insufficient_funds"),
         PaymentRefunded(customer_id="c1", amount=Decimal("3.00")),
+        PaymentVoided(customer_id="c1", reason="cancelled_by_customer"),
     ]

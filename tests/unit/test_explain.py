@@ -16,9 +16,23 @@ def timeline(*types: str, **payloads: dict[str, Any]) -> list[dict[str, Any]]:
 HAPPY = ("OrderCreated", "InventoryReserved", "PaymentCompleted", "OrderApproved", "InventoryCommitted")
 
 
-def test_approved() -> None:
-    e = explain("APPROVED", None, timeline(*HAPPY))
-    assert e.verdict.startswith("approved") and e.compensations == [] and e.compensated is True
+def test_approved_is_read_off_the_timeline() -> None:
+    e = explain("APPROVED", None, timeline(*HAPPY, PaymentCompleted={"amount": "12.50"}))
+    assert e.verdict == "approved: stock reserved, payment charged 12.50, sale committed"
+    assert [(c.done_by, c.owed_by) for c in e.compensations] == [("InventoryCommitted", "inventory_svc")]
+    assert e.compensated is True
+
+
+def test_an_approval_not_yet_committed_says_who_owes_it() -> None:
+    e = explain("APPROVED", None, timeline(*HAPPY[:-1]))
+    assert "sale not yet committed by inventory_svc" in e.verdict
+    assert e.compensations[0].done_by is None and e.compensated is False
+
+
+@pytest.mark.parametrize("odd", ["PaymentFailed", "PaymentRefunded", "InventoryReleased", "PaymentVoided"])
+def test_an_approved_saga_holding_a_compensation_is_not_called_healthy(odd: str) -> None:
+    e = explain("APPROVED", None, timeline(*HAPPY, odd))
+    assert f"inconsistent: an approved saga holds {odd}" in e.verdict and e.compensated is False
 
 
 def test_in_flight_names_the_last_step() -> None:
@@ -66,7 +80,37 @@ def test_cancelled_after_approval_owes_stock_and_money() -> None:
     assert e.compensated is True
 
 
-def test_timeout_before_any_charge_owes_only_the_reservation() -> None:
+def test_timeout_before_any_charge_owes_the_reservation_and_payment_s_word() -> None:
+    """Payment's part of a cancellation is not assumed: it is owed until payment voids
+    (or refunds, or had declined)."""
     e = explain("CANCELLED", "timeout", timeline("OrderCreated", "InventoryReserved", "OrderCancelled"))
     assert "deadline" in e.verdict
-    assert [c.done_by for c in e.compensations] == [None] and e.compensated is False
+    assert [(c.action, c.done_by, c.owed_by) for c in e.compensations] == [
+        ("give reserved or sold stock back", None, "inventory_svc"),
+        ("never charge it", None, "payment_svc"),
+    ]
+    assert e.compensated is False
+    done = explain(
+        "CANCELLED",
+        "timeout",
+        timeline("OrderCreated", "InventoryReserved", "OrderCancelled", "InventoryReleased", "PaymentVoided"),
+    )
+    assert [c.done_by for c in done.compensations] == ["InventoryReleased", "PaymentVoided"]
+    assert done.compensated is True
+
+
+def test_cancelled_before_anything_was_held_still_waits_for_payment() -> None:
+    e = explain("CANCELLED", "cancelled_by_customer", timeline("OrderCreated", "OrderCancelled"))
+    assert e.verdict.endswith("nothing was held or charged, so nothing needed undoing")
+    assert e.compensated is False  # until payment says it will never charge
+    e = explain(
+        "CANCELLED", "cancelled_by_customer", timeline("OrderCreated", "OrderCancelled", "PaymentVoided")
+    )
+    assert e.compensated is True
+
+
+def test_a_charge_that_landed_after_the_cancel_is_owed_back() -> None:
+    events = ("OrderCreated", "InventoryReserved", "OrderCancelled", "InventoryReleased", "PaymentCompleted")
+    e = explain("CANCELLED", "timeout", timeline(*events))
+    assert [(c.action, c.done_by) for c in e.compensations][-1] == ("refund the charge", None)
+    assert explain("CANCELLED", "timeout", timeline(*events, "PaymentRefunded")).compensated is True

@@ -1,0 +1,38 @@
+"""``make demo`` as a user runs it: every saga's headline is checked against the timeline
+it prints (``sagastack.demo.story_problems``), then the invariants; it exits 0 only if all
+hold."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_the_demo_tells_the_truth_about_every_saga(run_root: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sagastack",
+            "demo",
+            "--no-keep",
+            "--orders",
+            "5",
+            "--run-dir",
+            str(run_root / "demo"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    out = done.stdout
+    assert "FAIL" not in out
+    for n in range(1, 8):
+        assert f"Saga {n} — " in out
+    assert out.count("      why: ") == 7
+    assert "invariants of docs/design.md §6 hold" in out
