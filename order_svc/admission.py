@@ -11,11 +11,11 @@ second of a burst:
 
 (in a queue drained in order, the ages of what waits are spread evenly between 0 and the
 queue's delay; the desk's delay is how long the oldest order not yet placed has waited
-for its transaction, ``order_svc.placing``). It answers **503 with Retry-After** when that exceeds ``headroom`` times
-the order's deadline (default: half of it), provided at least ``min_pending`` sagas are
-in flight — so neither a quiet system nor one stuck order refuses anyone. The figures
-come from the orders table, so every instance of the service sees the same backlog; they
-are read at most every ``refresh_seconds`` (one query).
+for its transaction, ``order_svc.placing``). It answers **503 with Retry-After** when
+that exceeds ``headroom`` times the order's deadline (default: half of it), provided at
+least ``min_pending`` sagas are in flight — so neither a quiet system nor one stuck order
+refuses anyone. The figures come from the orders table, so every instance of the service
+sees the same backlog; they are read at most every ``refresh_seconds`` (one query).
 """
 
 from __future__ import annotations
