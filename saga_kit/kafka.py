@@ -1,7 +1,9 @@
 """Broker plumbing: explicit topic creation, the relay's producer, a readiness probe.
 
-Against Tansu (the embedded dev broker) idempotent producers and transactions fail, so
-the producer is ``acks="all"`` without idempotence; duplicates are absorbed by the inbox.
+The relay's producer is ``acks="all"``. Against Tansu (the embedded dev broker)
+idempotent producers and transactions fail, so idempotence is off unless asked for
+(``KAFKA_IDEMPOTENT_PRODUCER``, which ``System`` sets when it runs Apache Kafka); either
+way duplicates are absorbed by the inbox.
 """
 
 from __future__ import annotations
@@ -37,12 +39,15 @@ async def ensure_topics(
         await admin.close()
 
 
-def create_producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
+def create_producer(bootstrap: str, client_id: str, *, idempotent: bool = False) -> AIOKafkaProducer:
+    """The relay's producer: ``acks="all"``; with ``idempotent`` the broker drops the
+    duplicates of the producer's own retries (needs a broker that supports it: Apache Kafka,
+    not Tansu)."""
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         client_id=client_id,
         acks="all",
-        enable_idempotence=False,
+        enable_idempotence=idempotent,
         linger_ms=1,
         request_timeout_ms=15_000,
         compression_type=None,

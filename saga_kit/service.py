@@ -90,7 +90,9 @@ async def _bounded(what: str, stopping: Awaitable[object]) -> None:
 
 async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Event) -> None:
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
-    producer = create_producer(settings.kafka_bootstrap_servers, spec.name)
+    producer = create_producer(
+        settings.kafka_bootstrap_servers, spec.name, idempotent=settings.kafka_idempotent_producer
+    )
     db = Database(engine, spec.name, emit_hooks=spec.emit_hooks)
     retry = settings.retry_policy()
     try:
