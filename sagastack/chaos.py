@@ -47,7 +47,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from events.topics import DOMAIN_TOPICS
 from sagastack import invariants
 from sagastack.progress import bar
-from sagastack.system import SERVICES, System
+from sagastack.system import BROKER_KINDS, SERVICES, BrokerKind, System
 
 POISON_KEY = b"chaos-poison"
 
@@ -69,6 +69,10 @@ class Config:
     poison: int = 6
     settle_limit: float = 60.0
     run_dir: Path = Path(".run/chaos")
+    #: The embedded broker (None: ``SAGA_BROKER``, else Tansu); on Apache Kafka a cluster
+    #: of ``kafka_nodes`` (3: replicated topics, min ISR 2).
+    broker: BrokerKind | None = None
+    kafka_nodes: int = 3
 
 
 @dataclass
@@ -96,6 +100,8 @@ class Chaos:
             config.run_dir,
             free_ports=True,
             fresh=True,
+            broker_kind=config.broker,
+            kafka_nodes=config.kafka_nodes,
             # prune often, so pruning runs under faults too (the redelivery window stays
             # far longer than a run)
             service_env={
@@ -387,6 +393,7 @@ class Chaos:
             flush=True,
         )
         with self.system:
+            print(f"broker: {self.system.broker_description()}", flush=True)
             self.seed_data()
             self.report.t0 = time.monotonic()
             asyncio.run(self.drive())
@@ -454,6 +461,8 @@ def main(args: argparse.Namespace) -> int:
         late_ratio=args.late_ratio,
         settle_limit=args.settle_limit,
         run_dir=Path(args.run_dir),
+        broker=args.broker,
+        kafka_nodes=args.kafka_nodes,
     )
     return Chaos(config).run()
 
@@ -480,4 +489,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--late-ratio", type=float, default=d.late_ratio, help="events re-published 2-10 s later")
     p.add_argument("--settle-limit", type=float, default=d.settle_limit, help="seconds after the last fault")
     p.add_argument("--run-dir", default=str(d.run_dir))
+    p.add_argument(
+        "--broker", choices=BROKER_KINDS, default=None, help="embedded broker ($SAGA_BROKER, else tansu)"
+    )
+    p.add_argument(
+        "--kafka-nodes", type=int, choices=(1, 3), default=d.kafka_nodes, help="Apache Kafka nodes"
+    )
     p.set_defaults(func=main)
