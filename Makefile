@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+# BROKER=kafka|tansu chooses the embedded broker (SAGA_BROKER). Unset: make run and make
+# demo use Apache Kafka where Java 17 is installed (else Tansu); the rest use Tansu.
+BROKER ?=
+WITH_BROKER := $(if $(BROKER),SAGA_BROKER=$(BROKER))
 
 .PHONY: help setup browser run demo test lint format schemas bench chaos screenshots clean
 
@@ -10,7 +14,9 @@ help:
 	@echo "make setup    create .venv with the pinned dependencies (requirements.lock)"
 	@echo "make run      start broker, database and the three services; Ctrl-C stops all"
 	@echo "make demo     run the three saga outcomes end to end and check the invariants"
+	@echo "              (BROKER=kafka|tansu; default Apache Kafka where Java 17 is installed)"
 	@echo "make test     unit, integration and end-to-end tests on the real servers"
+	@echo "              (BROKER=kafka: e2e and chaos tests on Apache Kafka; PYTEST_ARGS=...)"
 	@echo "make bench    place N orders (N=$${N:-2000}) and print throughput and latency"
 	@echo "make chaos    N orders under kills, restarts, duplicates; check every invariant"
 	@echo "              (N=2000 KILLS=10 SEED=1; more: .venv/bin/python -m sagastack chaos -h)"
@@ -29,13 +35,13 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $@
 
 run: setup
-	$(BIN)/python -m sagastack run
+	$(WITH_BROKER) $(BIN)/python -m sagastack run
 
 demo: setup
-	$(BIN)/python -m sagastack demo
+	$(WITH_BROKER) $(BIN)/python -m sagastack demo
 
 test: setup browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(BROKER),--broker $(BROKER)) $(PYTEST_ARGS)
 
 # The dashboard test drives Debian's chromium with Selenium. Installed here when missing
 # and we may (root); otherwise that one test is skipped with the command to run.
@@ -49,10 +55,10 @@ browser:
 	fi
 
 bench: setup
-	$(BIN)/python -m sagastack bench --orders $${N:-2000}
+	$(WITH_BROKER) $(BIN)/python -m sagastack bench --orders $${N:-2000}
 
 chaos: setup
-	$(BIN)/python -m sagastack chaos --orders $${N:-2000} --kills $${KILLS:-10} --seed $${SEED:-1}
+	$(WITH_BROKER) $(BIN)/python -m sagastack chaos --orders $${N:-2000} --kills $${KILLS:-10} --seed $${SEED:-1}
 
 screenshots: setup browser
 	$(BIN)/python -m sagastack screenshots

@@ -12,12 +12,27 @@ from pathlib import Path
 import pytest
 
 from sagastack.chaos import Chaos, Config
+from sagastack.system import BrokerKind
 
 pytestmark = pytest.mark.e2e
 
 
-def test_a_short_chaos_run_holds_every_invariant(run_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    chaos = Chaos(Config(orders=160, kills=3, db_restarts=1, seed=7, rate=16, run_dir=run_root / "chaos"))
+def test_a_short_chaos_run_holds_every_invariant(
+    run_root: Path, broker_kind: BrokerKind, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On Apache Kafka (``--broker kafka``) the run has a cluster of three nodes."""
+    chaos = Chaos(
+        Config(
+            orders=160,
+            kills=3,
+            db_restarts=1,
+            seed=7,
+            rate=16,
+            run_dir=run_root / "chaos",
+            broker=broker_kind,
+            kafka_nodes=3,
+        )
+    )
     status = chaos.run()
     report = capsys.readouterr().out
     assert status == 0, report
