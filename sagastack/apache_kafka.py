@@ -195,6 +195,11 @@ class ApacheKafka:
         wait until the cluster answers metadata requests with every node in it. Returns
         node 1's pid. On failure every node started is stopped and the error carries the
         log tail."""
+        if not kafka_dist.java_available():
+            raise KafkaStartError(
+                f"Apache Kafka needs Java {kafka_dist.MIN_JAVA}+ (java on PATH);"
+                " or use the embedded Tansu broker: SAGA_BROKER=tansu"
+            )
         self.lib = kafka_dist.ensure()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
