@@ -20,7 +20,9 @@ pytestmark = pytest.mark.e2e
 def test_a_short_chaos_run_holds_every_invariant(
     run_root: Path, broker_kind: BrokerKind, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """On Apache Kafka (``--broker kafka``) the run has a cluster of three nodes."""
+    """On Apache Kafka (``--broker kafka``) the run has a cluster of three nodes, and one of
+    them (a partition leader) is SIGKILLed and restarted too."""
+    on_kafka = broker_kind == "kafka"
     chaos = Chaos(
         Config(
             orders=160,
@@ -31,6 +33,7 @@ def test_a_short_chaos_run_holds_every_invariant(
             run_dir=run_root / "chaos",
             broker=broker_kind,
             kafka_nodes=3,
+            broker_kills=1 if on_kafka else 0,
         )
     )
     status = chaos.run()
@@ -40,6 +43,7 @@ def test_a_short_chaos_run_holds_every_invariant(
     # the run really did what it says: faults happened and every outcome was reached
     assert chaos.report.faults["kill"] == 3 and chaos.report.faults["db_restart"] == 1
     assert chaos.report.faults["duplicate"] > 0 and chaos.report.faults["poison"] > 0
+    assert chaos.report.faults["broker_kill"] == (1 if on_kafka else 0)
     assert len(chaos.report.placed) == 160
     for outcome in ("APPROVED", "REJECTED (insufficient_stock)", "CANCELLED (timeout)"):
         assert outcome in report, report
