@@ -13,7 +13,14 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,24 @@ def create_producer(bootstrap: str, client_id: str, *, idempotent: bool = False)
         request_timeout_ms=15_000,
         compression_type=None,
     )
+
+
+#: Errors after which an idempotent producer's state on the broker (its id, epoch and
+#: sequence numbers) no longer matches the client's. aiokafka does not reset its producer
+#: id as the Java client does, so every later send to that partition fails the same way:
+#: retrying with the same producer never succeeds.
+_PRODUCER_STATE_ERRORS = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    ProducerFenced,
+)
+
+
+def is_producer_state_lost(exc: BaseException) -> bool:
+    """True if ``exc`` means the producer must be replaced, not retried (see above)."""
+    return isinstance(exc, _PRODUCER_STATE_ERRORS)
 
 
 async def broker_ping(producer: AIOKafkaProducer) -> None:

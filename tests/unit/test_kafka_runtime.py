@@ -10,7 +10,15 @@ import stat
 from pathlib import Path
 
 import pytest
+from aiokafka.errors import (
+    KafkaConnectionError,
+    NotLeaderForPartitionError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
+from saga_kit.outbox import _relay_retries
 from saga_kit.settings import ServiceSettings
 from sagastack import kafka_dist, system
 from sagastack.apache_kafka import ApacheKafka, new_cluster_id
@@ -185,3 +193,19 @@ def test_the_idempotent_producer_is_off_unless_asked_for(monkeypatch: pytest.Mon
     assert ServiceSettings(**base).kafka_idempotent_producer is False  # type: ignore[arg-type]
     monkeypatch.setenv("KAFKA_IDEMPOTENT_PRODUCER", "true")
     assert ServiceSettings(**base).kafka_idempotent_producer is True  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (KafkaConnectionError(), True),  # the broker is away: it comes back
+        (NotLeaderForPartitionError(), True),  # a leader moved (a node of the cluster died)
+        (OutOfOrderSequenceNumber(), False),  # the idempotent producer's state is gone:
+        (UnknownProducerId(), False),  # the same producer would fail forever
+        (ProducerFenced(), False),
+    ],
+)
+def test_the_relay_retries_broker_trouble_but_not_a_producer_the_broker_forgot(
+    error: Exception, retried: bool
+) -> None:
+    assert _relay_retries(error) is retried
