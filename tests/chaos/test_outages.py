@@ -8,6 +8,9 @@ everything in memory and comes back empty (docs/design.md §2)."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -108,10 +111,23 @@ def test_broker_crash_loses_no_order_and_services_recover_by_themselves(system: 
 
 def test_broker_outage_makes_every_service_not_ready(system: System) -> None:
     """Last in this module: the broker stays down (the embedded Tansu would come back
-    without its data, docs/design.md §2)."""
+    without its data, docs/design.md §2), and the services are stopped while it is."""
     assert system.broker is not None
     system.broker.stop()
     bodies = all_ready_answer(system, 503, 60, "every service not ready while the broker is down")
     for body in bodies.values():
         assert body["checks"]["broker"]["ok"] is False
         assert body["checks"]["database"]["ok"] is True
+    # asked to stop while the broker is away (offsets to commit, a coordinator gone), each
+    # service still stops by itself (exit 0), not by the supervisor's SIGKILL
+    procs = {name: sp.proc for name, sp in system.services.items() if sp.proc is not None}
+    for proc in procs.values():
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 40
+    codes: dict[str, int | None] = {}
+    for name, proc in procs.items():
+        try:
+            codes[name] = proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            codes[name] = None  # still running: the fixture's teardown kills it
+    assert codes == dict.fromkeys(SERVICES, 0)
