@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+# BROKER=kafka|tansu chooses the embedded broker (SAGA_BROKER); unset: Tansu. Asked for
+# Kafka without Java 17, make run and make demo say so and use Tansu.
+BROKER ?=
+WITH_BROKER := $(if $(BROKER),SAGA_BROKER=$(BROKER))
 
 .PHONY: help setup browser run demo test lint format schemas bench chaos screenshots clean
 
@@ -11,7 +15,9 @@ help:
 	@echo "make run      start broker, database and the three services; Ctrl-C stops all"
 	@echo "make demo     seven sagas end to end (every outcome, one from Kafka, one forged), then the invariants;"
 	@echo "              on a terminal it keeps running for the dashboard (KEEP=0: stop at once)"
+	@echo "              BROKER=kafka|tansu for run, demo, test, bench, chaos (default Tansu)"
 	@echo "make test     unit, integration and end-to-end tests on the real servers"
+	@echo "              (BROKER=kafka: e2e and chaos tests on Apache Kafka; PYTEST_ARGS=...)"
 	@echo "make bench    place N orders (N=$${N:-2000}) and print throughput and latency (SIGNING=0: unsigned)"
 	@echo "make chaos    N orders under kills, restarts, duplicates; check every invariant"
 	@echo "              (N=2000 KILLS=10 SEED=1; more: .venv/bin/python -m sagastack chaos -h)"
@@ -32,14 +38,14 @@ $(STAMP): requirements.lock pyproject.toml
 	@echo ".venv ready"
 
 run: setup
-	$(BIN)/python -m sagastack run
+	$(WITH_BROKER) $(BIN)/python -m sagastack run
 
 # KEEP=0: stop at the end even on a terminal; KEEP=1: keep running even off one
 demo: setup
-	$(BIN)/python -m sagastack demo $(if $(filter 0,$(KEEP)),--no-keep,$(if $(filter 1,$(KEEP)),--keep,))
+	$(WITH_BROKER) $(BIN)/python -m sagastack demo $(if $(filter 0,$(KEEP)),--no-keep,$(if $(filter 1,$(KEEP)),--keep,))
 
 test: setup browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(BROKER),--broker $(BROKER)) $(PYTEST_ARGS)
 
 # The dashboard test drives Debian's chromium with Selenium. Installed here when missing
 # and we may (root); otherwise that one test is skipped with the command to run.
@@ -53,10 +59,10 @@ browser:
 	fi
 
 bench: setup
-	$(BIN)/python -m sagastack bench --orders $${N:-2000} $$( [ "$${SIGNING:-1}" = 0 ] && echo --no-signing )
+	$(WITH_BROKER) $(BIN)/python -m sagastack bench --orders $${N:-2000} $$( [ "$${SIGNING:-1}" = 0 ] && echo --no-signing )
 
 chaos: setup
-	$(BIN)/python -m sagastack chaos --orders $${N:-2000} --kills $${KILLS:-10} --seed $${SEED:-1}
+	$(WITH_BROKER) $(BIN)/python -m sagastack chaos --orders $${N:-2000} --kills $${KILLS:-10} --seed $${SEED:-1}
 
 screenshots: setup browser
 	$(BIN)/python -m sagastack screenshots

@@ -1,7 +1,9 @@
 """Broker plumbing: explicit topic creation, the relay's producer, a readiness probe.
 
-Against Tansu (the embedded dev broker) idempotent producers and transactions fail, so
-the producer is ``acks="all"`` without idempotence; duplicates are absorbed by the inbox.
+The relay's producer is ``acks="all"``. Against Tansu (the embedded dev broker)
+idempotent producers and transactions fail, so idempotence is off unless asked for
+(``KAFKA_IDEMPOTENT_PRODUCER``, which ``System`` sets when it runs Apache Kafka); either
+way duplicates are absorbed by the inbox.
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +46,37 @@ async def ensure_topics(
         await admin.close()
 
 
-def create_producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
+def create_producer(bootstrap: str, client_id: str, *, idempotent: bool = False) -> AIOKafkaProducer:
+    """The relay's producer: ``acks="all"``; with ``idempotent`` the broker drops the
+    duplicates of the producer's own retries (needs a broker that supports it: Apache Kafka,
+    not Tansu)."""
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         client_id=client_id,
         acks="all",
-        enable_idempotence=False,
+        enable_idempotence=idempotent,
         linger_ms=1,
         request_timeout_ms=15_000,
         compression_type=None,
     )
+
+
+#: Errors after which an idempotent producer's state on the broker (its id, epoch and
+#: sequence numbers) no longer matches the client's. aiokafka does not reset its producer
+#: id as the Java client does, so every later send to that partition fails the same way:
+#: retrying with the same producer never succeeds.
+_PRODUCER_STATE_ERRORS = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    ProducerFenced,
+)
+
+
+def is_producer_state_lost(exc: BaseException) -> bool:
+    """True if ``exc`` means the producer must be replaced, not retried (see above)."""
+    return isinstance(exc, _PRODUCER_STATE_ERRORS)
 
 
 async def broker_ping(producer: AIOKafkaProducer) -> None:

@@ -44,6 +44,7 @@ from saga_kit import headers as kafka_headers
 from saga_kit import sql, tracing
 from saga_kit.errors import is_transient, is_transient_kafka_error
 from saga_kit.headers import Headers
+from saga_kit.kafka import is_producer_state_lost
 from saga_kit.retry import RetryPolicy
 from saga_kit.signing import Signer
 
@@ -273,6 +274,13 @@ class OutboxRelay:
 
 
 def _relay_retries(exc: BaseException) -> bool:
+    """Retry database and broker trouble, but not a producer whose idempotence state the
+    broker lost (``saga_kit.kafka.is_producer_state_lost``): it would fail forever. The
+    relay then ends, which takes the service down for its supervisor to restart it with a
+    new producer; the rows it had not marked sent are published again (§4.1)."""
+    if is_producer_state_lost(exc):
+        log.error("outbox relay: the producer cannot continue (%r); stopping the service", exc)
+        return False
     return is_transient(exc) or is_transient_kafka_error(exc)
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -81,19 +82,42 @@ async def _until_up(
 _STOP_TIMEOUT = 5.0
 
 
-async def _bounded(what: str, stopping: Awaitable[object]) -> None:
+async def _bounded(what: str, stopping: Coroutine[object, object, object]) -> None:
     """Stop ``what`` but never hang on it: with the broker gone, a clean consumer or
     producer stop can wait forever. Giving up is safe — offsets not committed now are
-    redelivered and deduplicated by the inbox."""
-    try:
-        await asyncio.wait_for(stopping, _STOP_TIMEOUT)
-    except Exception as exc:  # includes TimeoutError
-        log.warning("stopping %s: gave up after %.0fs (%s)", what, _STOP_TIMEOUT, exc)
+    redelivered and deduplicated by the inbox.
+
+    Not ``asyncio.wait_for``: on timeout it cancels *and waits* for the stop to end, and a
+    stop that does not end on cancellation (faust's consumer thread, whose shutdown is
+    lost when its Kafka client raises while the broker is away) would hold it forever.
+    A stop given up on is cancelled and left; ``main`` bounds what is left at exit."""
+    task = asyncio.create_task(stopping, name=f"stopping {what}")
+    done, _ = await asyncio.wait({task}, timeout=_STOP_TIMEOUT)
+    if not done:
+        task.cancel()
+        log.warning("stopping %s: gave up after %.0fs", what, _STOP_TIMEOUT)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("stopping %s failed: %s", what, task.exception())
+
+
+async def _cancel_leftovers(seconds: float) -> list[str]:
+    """Cancel every task still running on this loop (besides the caller) and wait for
+    them at most ``seconds``; return the names of those that did not end."""
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return []
+    _, pending = await asyncio.wait(tasks, timeout=seconds)
+    return sorted(t.get_name() for t in pending)
 
 
 async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Event) -> None:
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
-    producer = create_producer(settings.kafka_bootstrap_servers, spec.name)
+    producer = create_producer(
+        settings.kafka_bootstrap_servers, spec.name, idempotent=settings.kafka_idempotent_producer
+    )
     signer, verifier = signing.load_keys(
         spec.name,
         settings.event_signing_key_file,
@@ -256,7 +280,27 @@ def main(spec: ServiceSpec, settings_factory: Callable[[], ServiceSettings]) -> 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(spec, settings, stop)
+        failed: BaseException | None = None
+        try:
+            await serve(spec, settings, stop)
+        except BaseException as exc:
+            failed = exc
+            raise
+        finally:
+            # The event loop's own shutdown would wait, unbounded, for every task left
+            # (a stop given up on, faust's and aiokafka's background tasks). Wait a while;
+            # if some never end, leave now: the database is closed, spans are flushed,
+            # and uncommitted offsets are redelivered and deduplicated by the inbox.
+            stuck = await _cancel_leftovers(_STOP_TIMEOUT)
+            if stuck:
+                log.warning("%s: tasks %s did not stop; exiting without them", spec.name, ", ".join(stuck))
+                if failed is not None:
+                    log.error("%s stopped on error", spec.name, exc_info=failed)
+                else:
+                    log.info("%s stopped", spec.name)
+                provider.shutdown()
+                logging.shutdown()
+                os._exit(1 if failed is not None else 0)
 
     try:
         uvloop.run(run())

@@ -1,6 +1,7 @@
 """One ``Settings`` base for every service; each service subclasses it with its prefix.
 
-Environment variables: ``KAFKA_BOOTSTRAP_SERVERS`` (shared), and per service
+Environment variables: ``KAFKA_BOOTSTRAP_SERVERS``, ``KAFKA_TOPIC_PARTITIONS``,
+``KAFKA_TOPIC_REPLICATION``, ``KAFKA_IDEMPOTENT_PRODUCER``, ... (shared), and per service
 ``<PREFIX>_DATABASE_URL``, ``<PREFIX>_HTTP_HOST``, ``<PREFIX>_HTTP_PORT`` where PREFIX is
 ``ORDER``, ``INVENTORY`` or ``PAYMENT``. Nothing is read at import time: settings are
 built in each service's ``__main__``.
@@ -39,6 +40,15 @@ class ServiceSettings(BaseSettings):
         default=1,
         ge=1,
         validation_alias=AliasChoices("KAFKA_TOPIC_REPLICATION", "topic_replication"),
+    )
+
+    #: The relay's producer with ``enable_idempotence`` (no duplicates from its own retries,
+    #: per-partition order kept across them). Off by default because the embedded Tansu
+    #: broker cannot do it (docs/design.md §2); ``System`` turns it on when it started
+    #: Apache Kafka. Either way the inbox makes a duplicate harmless.
+    kafka_idempotent_producer: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("KAFKA_IDEMPOTENT_PRODUCER", "kafka_idempotent_producer"),
     )
 
     #: How long a consumer fetch may wait on the broker for data (saga_kit.faust_app).

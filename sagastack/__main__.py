@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from sagastack.system import SERVICES, System
+from sagastack.system import SERVICES, System, choose_broker
 
 RUN_ROOT = Path(".run")
 
@@ -18,10 +18,13 @@ def run(_: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    system = System(RUN_ROOT / "stack")
+    broker, note = choose_broker()
+    if note:
+        print(note, flush=True)
+    system = System(RUN_ROOT / "stack", broker_kind=broker)
     print("starting broker, database and services …", flush=True)
     with system:
-        print(f"\n  broker       {system.bootstrap}")
+        print(f"\n  broker       {system.broker_description()}")
         for name, url in system.database_urls.items():
             print(f"  {name:<12} database {url}")
         for name in SERVICES:

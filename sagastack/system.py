@@ -4,6 +4,17 @@
 ``KAFKA_BOOTSTRAP_SERVERS`` / ``<SVC>_DATABASE_URL`` point elsewhere), then the three
 services, and waits until every service reports ready. ``System.stop`` stops them in
 reverse order; nothing it started outlives it. Everything lives under one run directory.
+
+The embedded broker is one of two (``System.broker_kind``, or ``SAGA_BROKER``):
+
+* ``tansu`` — Tansu from a PyPI wheel: needs nothing but Python, keeps everything in
+  memory (docs/design.md §2). The tests' default.
+* ``kafka`` — Apache Kafka in KRaft mode (``sagastack/apache_kafka.py``; Java 17, jars
+  resolved by Maven): one combined node, or a cluster of three (``kafka_nodes=3``). The
+  services then use what Kafka offers: an idempotent relay producer
+  (``KAFKA_IDEMPOTENT_PRODUCER=true``) and replicated topics
+  (``KAFKA_TOPIC_REPLICATION`` = 3 on the cluster). ``make run`` and ``make demo``
+  use it when asked (``BROKER=kafka``; ``choose_broker``).
 """
 
 from __future__ import annotations
@@ -18,14 +29,49 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
 from saga_kit.headers import Headers
 from saga_kit.signing import Signer, load_signer, write_dev_keys
+from sagastack import kafka_dist
+from sagastack.apache_kafka import ApacheKafka
 from sagastack.embedded import DATABASES, PidFile, Postgres, Tansu, free_port
 
 log = logging.getLogger(__name__)
+
+BrokerKind = Literal["tansu", "kafka"]
+BROKER_KINDS: tuple[BrokerKind, ...] = ("tansu", "kafka")
+
+
+def broker_from_env(default: BrokerKind = "tansu") -> BrokerKind:
+    """``SAGA_BROKER`` if set (``tansu`` or ``kafka``; anything else is an error), else
+    ``default``."""
+    value = os.environ.get("SAGA_BROKER", "").strip().lower()
+    if not value:
+        return default
+    if value not in BROKER_KINDS:
+        raise ValueError(f"SAGA_BROKER must be one of {', '.join(BROKER_KINDS)}, not {value!r}")
+    return "kafka" if value == "kafka" else "tansu"
+
+
+def choose_broker() -> tuple[BrokerKind, str | None]:
+    """The broker of ``make run`` and ``make demo``: ``SAGA_BROKER`` (``make BROKER=``) if
+    set, else Tansu, which needs nothing but Python. Asked for Apache Kafka on a machine
+    without Java 17+ or without Maven to fetch its jars, it falls back to Tansu. Returns the
+    choice and, when it fell back, one line saying why (for the caller to print)."""
+    asked = broker_from_env()
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or asked == "tansu":
+        return asked, None
+    if not kafka_dist.java_available():
+        return "tansu", (
+            f"Java {kafka_dist.MIN_JAVA}+ not found: using the embedded Tansu broker instead of Apache Kafka"
+        )
+    if not kafka_dist.resolvable():
+        return "tansu", "Maven (mvn) not found to fetch Apache Kafka: using the embedded Tansu broker"
+    return "kafka", None
+
 
 SERVICES: dict[str, tuple[str, int]] = {
     # name: (settings prefix, default port)
@@ -57,7 +103,13 @@ class System:
     fresh: bool = False
     #: Extra environment per service, e.g. {"order_svc": {"SAGA_FAULT": "relay.before_publish"}}.
     service_env: dict[str, dict[str, str]] = field(default_factory=dict)
-    broker: Tansu | None = None
+    #: Which embedded broker to start (None: ``SAGA_BROKER``, else Tansu). Ignored when
+    #: ``KAFKA_BOOTSTRAP_SERVERS`` names an external one.
+    broker_kind: BrokerKind | None = None
+    #: Apache Kafka only: 1 combined node, or a cluster of 3 (replication 3, min ISR 2).
+    kafka_nodes: int = 1
+    #: The embedded broker, once started (None with an external one).
+    broker: Tansu | ApacheKafka | None = None
     postgres: Postgres | None = None
     bootstrap: str = ""
     database_urls: dict[str, str] = field(default_factory=dict)
@@ -68,6 +120,10 @@ class System:
     signing: bool = True
 
     def __post_init__(self) -> None:
+        if self.broker_kind is None:
+            self.broker_kind = broker_from_env()
+        if self.broker_kind not in BROKER_KINDS:
+            raise ValueError(f"broker_kind must be one of {BROKER_KINDS}, not {self.broker_kind!r}")
         self.run_dir = self.run_dir.resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.pids = PidFile(self.run_dir / "pids.json")
@@ -101,9 +157,52 @@ class System:
             self.bootstrap = external
             return
         port = free_port() if self.free_ports else int(os.environ.get("SAGA_KAFKA_PORT", "9092"))
-        self.broker = Tansu(port, self.run_dir / "logs" / "tansu.log")
-        self.pids.add("tansu", self.broker.start())
+        if self.broker_kind == "kafka":
+            kafka = ApacheKafka(
+                self.run_dir / "kafka",
+                nodes=self.kafka_nodes,
+                port=port,
+                log_dir=self.run_dir / "logs",
+                pid_file=self.pids,  # records kafka-<n> at every (re)start of a node
+                fresh=self.fresh,
+            )
+            self.broker = kafka
+            kafka.start()
+        else:
+            tansu = Tansu(port, self.run_dir / "logs" / "tansu.log")
+            self.broker = tansu
+            self.pids.add("tansu", tansu.start())
         self.bootstrap = self.broker.bootstrap
+
+    def broker_env(self) -> dict[str, str]:
+        """What the services are told about the broker System started: on Apache Kafka,
+        an idempotent producer and the cluster's replication factor."""
+        if isinstance(self.broker, ApacheKafka):
+            return {
+                "KAFKA_IDEMPOTENT_PRODUCER": "true",
+                "KAFKA_TOPIC_REPLICATION": str(self.broker.replication),
+            }
+        return {}
+
+    def broker_description(self) -> str:
+        """One line naming the broker in use, e.g. for ``make run``'s banner."""
+        if isinstance(self.broker, ApacheKafka):
+            nodes = len(self.broker.nodes)
+            return (
+                f"Apache Kafka {kafka_dist.KAFKA_VERSION} (KRaft, {nodes} node{'s' if nodes > 1 else ''})"
+                f" at {self.bootstrap}"
+            )
+        if isinstance(self.broker, Tansu):
+            return f"Tansu (embedded) at {self.bootstrap}"
+        return f"external at {self.bootstrap}"
+
+    def broker_pids(self) -> dict[str, int]:
+        """Name → pid of every running process of the embedded broker (none if external)."""
+        if isinstance(self.broker, ApacheKafka):
+            return self.broker.pids()
+        if self.broker is not None and self.broker.proc is not None and self.broker.proc.poll() is None:
+            return {"broker": self.broker.proc.pid}
+        return {}
 
     def _start_databases(self) -> None:
         for name, (prefix, _) in SERVICES.items():
@@ -127,6 +226,7 @@ class System:
         service_env = {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            **self.broker_env(),
             f"{prefix}_DATABASE_URL": self.database_urls[name],
             f"{prefix}_HTTP_PORT": str(port),
             "PYTHONUNBUFFERED": "1",
@@ -228,7 +328,9 @@ class System:
         if self.postgres is not None:
             self.postgres.stop()
             self.pids.remove("postgres")
-        if self.broker is not None:
+        if isinstance(self.broker, ApacheKafka):
+            self.broker.stop()  # forgets its nodes' pids itself
+        elif self.broker is not None:
             self.broker.stop()
             self.pids.remove("tansu")
 
@@ -244,8 +346,7 @@ class System:
         """Pid of every process this system started: services, broker, database (whose
         backends are its children)."""
         pids = {n: sp.proc.pid for n, sp in self.services.items() if sp.proc and sp.proc.poll() is None}
-        if self.broker is not None and self.broker.proc is not None:
-            pids["broker"] = self.broker.proc.pid
+        pids.update(self.broker_pids())
         if self.postgres is not None:
             pids["postgres"] = self.postgres.pid()
         return pids

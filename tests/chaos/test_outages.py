@@ -1,8 +1,16 @@
 """Dependencies going away: services say so on /health/ready, keep every event, and
-recover by themselves. Runs its own system, since it takes the database and broker down."""
+recover by themselves. Runs its own system (on ``--broker``), since it takes the database
+and broker down.
+
+The broker's recovery is tested on Apache Kafka only: it keeps its log on disk, so a
+crashed node comes back with its topics and committed offsets. The embedded Tansu keeps
+everything in memory and comes back empty (docs/design.md §2)."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -11,17 +19,28 @@ from typing import Any
 import httpx
 import pytest
 
+from sagastack.apache_kafka import ApacheKafka
 from sagastack.client import SagaClient
-from sagastack.system import SERVICES, System
+from sagastack.system import SERVICES, BrokerKind, System
 from tests.e2e.test_faults import wait_until
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def system(run_root: Path) -> Iterator[System]:
-    with System(run_root / "outages", free_ports=True, fresh=True) as running:
+def system(run_root: Path, broker_kind: BrokerKind) -> Iterator[System]:
+    with System(run_root / "outages", free_ports=True, fresh=True, broker_kind=broker_kind) as running:
         yield running
+
+
+def kafka_of(system: System) -> ApacheKafka:
+    """The system's Apache Kafka; skips the test on Tansu, which cannot come back with its data."""
+    if not isinstance(system.broker, ApacheKafka):
+        pytest.skip(
+            "broker recovery needs a broker that keeps its data across a restart (--broker kafka);"
+            " the embedded Tansu keeps topics and offsets in memory (docs/design.md §2)"
+        )
+    return system.broker
 
 
 def readiness(system: System) -> dict[str, tuple[int, Any]]:
@@ -64,12 +83,51 @@ def test_database_outage_not_ready_then_resumes_without_losing_the_order(system:
     client.close()
 
 
+def test_broker_crash_loses_no_order_and_services_recover_by_themselves(system: System) -> None:
+    """Apache Kafka's node is SIGKILLed (a crash) while an order is in flight and another is
+    placed during the outage; once the node is back every service is ready again by
+    itself and both orders finish."""
+    kafka = kafka_of(system)
+    client = SagaClient(system.url("order_svc"), system.url("inventory_svc"), system.url("payment_svc"))
+    client.put_product("crash-p", "p", Decimal("2.00"), 5)
+    client.put_account("crash-c", Decimal("10.00"))
+    # deadlines far beyond the outage: the test is about losing nothing, not about timeouts
+    before = client.place_order("crash-c", {"crash-p": 1}, deadline_seconds=600)
+    for node in kafka.nodes:
+        kafka.kill(node)
+    try:
+        all_ready_answer(system, 503, 60, "every service not ready while the broker is down")
+        during = client.place_order("crash-c", {"crash-p": 1}, deadline_seconds=600)  # in the outbox
+    finally:
+        for node in kafka.nodes:
+            kafka.restart(node, wait=False)
+        kafka.wait_ready(120)
+    all_ready_answer(system, 200, 120, "every service ready again by itself")
+    for order_id in (before, during):
+        assert client.wait_for_events(order_id, {"InventoryCommitted"}, timeout=60)["status"] == "APPROVED"
+    assert client.account("crash-c")["balance"] == "6.00"
+    client.close()
+
+
 def test_broker_outage_makes_every_service_not_ready(system: System) -> None:
-    """Last in this module: the embedded broker keeps topics in memory, so it does not
-    come back with its data (docs/design.md §2); a real Kafka cluster does."""
+    """Last in this module: the broker stays down (the embedded Tansu would come back
+    without its data, docs/design.md §2), and the services are stopped while it is."""
     assert system.broker is not None
     system.broker.stop()
     bodies = all_ready_answer(system, 503, 60, "every service not ready while the broker is down")
     for body in bodies.values():
         assert body["checks"]["broker"]["ok"] is False
         assert body["checks"]["database"]["ok"] is True
+    # asked to stop while the broker is away (offsets to commit, a coordinator gone), each
+    # service still stops by itself (exit 0), not by the supervisor's SIGKILL
+    procs = {name: sp.proc for name, sp in system.services.items() if sp.proc is not None}
+    for proc in procs.values():
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 40
+    codes: dict[str, int | None] = {}
+    for name, proc in procs.items():
+        try:
+            codes[name] = proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            codes[name] = None  # still running: the fixture's teardown kills it
+    assert codes == dict.fromkeys(SERVICES, 0)

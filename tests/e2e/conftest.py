@@ -1,4 +1,5 @@
-"""End-to-end fixtures: the whole system as processes — Tansu, PostgreSQL, three services."""
+"""End-to-end fixtures: the whole system as processes — the broker (``--broker``: Tansu or
+Apache Kafka), PostgreSQL, three services."""
 
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ from pathlib import Path
 import pytest
 
 from sagastack.client import SagaClient
-from sagastack.system import System
+from sagastack.system import BrokerKind, System
 
 
 @pytest.fixture(scope="session")
-def system(run_root: Path) -> Iterator[System]:
+def system(run_root: Path, broker_kind: BrokerKind) -> Iterator[System]:
     # DEBUG: the line per handled event (tests follow a saga through the logs)
     debug = {name: {"LOG_LEVEL": "DEBUG"} for name in ("order_svc", "inventory_svc", "payment_svc")}
-    with System(run_root / "e2e", free_ports=True, fresh=True, service_env=debug) as running:
+    with System(
+        run_root / "e2e", free_ports=True, fresh=True, service_env=debug, broker_kind=broker_kind
+    ) as running:
         yield running
 
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from sagastack.system import SERVICES, System
+from sagastack.system import SERVICES, BrokerKind, System
 
 pytestmark = pytest.mark.e2e
 
@@ -27,8 +27,8 @@ _ENDLESS = "/saga-events/stream"
 
 
 @pytest.fixture(scope="module")
-def system(run_root: Path) -> Iterator[System]:
-    with System(run_root / "fuzz", free_ports=True, fresh=True) as running:
+def system(run_root: Path, broker_kind: BrokerKind) -> Iterator[System]:
+    with System(run_root / "fuzz", free_ports=True, fresh=True, broker_kind=broker_kind) as running:
         yield running
 
 
