@@ -4,6 +4,12 @@ It talks to the services only through their public endpoints, so it works the sa
 against ``make run``, a compose deployment or a test system. Service URLs default to
 ``make run``'s ports and are overridden per service with ``--order-url`` … or the
 environment (``SAGACTL_ORDER_URL``, ``SAGACTL_INVENTORY_URL``, ``SAGACTL_PAYMENT_URL``).
+
+Every command takes ``--output`` (``-o``): ``text`` fits the terminal (80 columns and
+up; ids shortened to 8 characters), ``wide`` shows full ids and every column however
+wide that is, ``json`` prints the API's data and nothing else on stdout. An error is
+one line on stderr and a non-zero exit: 1 when a service refused, 2 when it could not
+be reached.
 """
 
 from __future__ import annotations
@@ -11,23 +17,52 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.highlighter import JSONHighlighter
+from rich.measure import Measurement
 from rich.panel import Panel
-from rich.syntax import Syntax
 from rich.table import Column, Table
 from rich.text import Text
 
 console = Console()
+#: Errors: one line on stderr, never wrapped, never read as markup.
+errors = Console(stderr=True, soft_wrap=True, highlight=False)
 app = typer.Typer(help=__doc__, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False)
 dlq = typer.Typer(help="Dead letters: events a service could not process.", no_args_is_help=True)
 app.add_typer(dlq, name="dlq")
 
 SERVICES = ("order", "inventory", "payment")
+#: How many characters of an id a ``text`` table shows (like a short git hash).
+SHORT_ID = 8
+#: A width no table reaches: ``wide`` tables are measured against it.
+UNBOUNDED = 100_000
+#: How many recent orders a shortened order id is looked up among (the API's page limit).
+RECENT_ORDERS = 1000
+
+
+class Output(StrEnum):
+    text = "text"
+    wide = "wide"
+    json = "json"
+
+
+OutputOpt = Annotated[
+    Output,
+    typer.Option(
+        "--output",
+        "-o",
+        case_sensitive=False,
+        help="text (fits the terminal), wide (full ids, every column) or json (the API's data)",
+    ),
+]
 
 
 @dataclass
@@ -55,22 +90,110 @@ def main(
     ctx.obj = Urls(order_url.rstrip("/"), inventory_url.rstrip("/"), payment_url.rstrip("/"))
 
 
-def _call(method: str, url: str, **kwargs: Any) -> Any:
-    """One HTTP call; a refused connection or an error answer ends the command clearly."""
+# -- talking to the services, and failing in one sentence ---------------------------------
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """End the command: ``message`` as one line on stderr, exit ``code``."""
+    errors.print(Text(" ".join(message.split()), style="red"))
+    raise typer.Exit(code)
+
+
+def _call(ctx: typer.Context, service: str, method: str, path: str, **kwargs: Any) -> Any:
+    """One HTTP call to ``service``; its JSON answer, or the command ends with one line
+    saying why (exit 2: it could not be reached; 1: it refused)."""
+    base = _urls(ctx).of(service)
     try:
-        response = httpx.request(method, url, timeout=10.0, **kwargs)
+        response = httpx.request(method, base + path, timeout=10.0, **kwargs)
     except httpx.HTTPError as exc:
-        console.print(Text(f"cannot reach {url}: {exc}", style="red"))
-        raise typer.Exit(2) from None
-    if response.status_code >= 400:
-        try:
-            body = response.json()
-            detail = body.get("detail", body) if isinstance(body, dict) else body
-        except ValueError:
-            detail = response.text
-        console.print(Text(f"{response.status_code}: {detail}", style="red"))  # never read as markup
-        raise typer.Exit(1)
-    return response.json()
+        _fail(_unreachable(service, base, exc), 2)
+    if response.is_error:
+        _fail(_refusal(service, response))
+    try:
+        return response.json()
+    except ValueError:
+        _fail(f"the {service} service at {base} answered {method} {path} with something other than JSON")
+
+
+def _unreachable(service: str, base: str, exc: Exception) -> str:
+    return f"cannot reach the {service} service at {base}: {str(exc) or type(exc).__name__}"
+
+
+def _refusal(service: str, response: httpx.Response) -> str:
+    """An error answer as one sentence: its status and what the service said."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, list) and detail:
+        said = f"invalid request: {_problems(detail)}"
+    elif detail:
+        said = str(detail)
+    else:
+        said = next(iter(response.text.strip().splitlines()), "")[:200] or response.reason_phrase
+    return f"the {service} service answered {response.status_code}: {said}"
+
+
+def _problems(found: Sequence[Mapping[str, Any]], shown: int = 3) -> str:
+    """Validation errors — a 422's ``detail`` or pydantic's ``errors()``, both a list of
+    ``{loc, msg}`` — as one clause: where and why, the first few, and how many more."""
+
+    def where(loc: Iterable[Any]) -> str:
+        path = ""
+        for part in loc:
+            if isinstance(part, int):
+                path += f"[{part}]"
+            elif str(part) not in ("body", "query", "path") or path:
+                path += f".{part}" if path else str(part)
+        return path or "the body"
+
+    said = "; ".join(f"{where(p.get('loc', ()))}: {p.get('msg', 'invalid')}" for p in found[:shown])
+    more = len(found) - shown
+    return said + (f" (and {more} more)" if more > 0 else "")
+
+
+# -- showing what came back ----------------------------------------------------------------
+
+
+def _emit(output: Output, data: Any, human: Callable[[], RenderableType | str]) -> None:
+    """``data`` as JSON on stdout for ``--output json``, else what ``human`` renders."""
+    if output is Output.json:
+        _json(data)
+        return
+    shown = human()
+    if output is Output.wide and isinstance(shown, Table):
+        # wide: as wide as the table needs, like ``kubectl -o wide`` (the terminal may wrap)
+        needed = Measurement.get(console, console.options.update_width(UNBOUNDED), shown).maximum
+        Console(width=max(console.width, needed)).print(shown)
+        return
+    console.print(shown)
+
+
+def _json(data: Any) -> None:
+    """``--output json``: the API's data, and nothing else, on stdout."""
+    print(json.dumps(data, indent=2))
+
+
+def _short(an_id: str | None, output: Output) -> str:
+    if an_id is None:
+        return ""
+    return an_id if output is Output.wide else an_id[:SHORT_ID]
+
+
+def _age(iso: str, now: datetime) -> str:
+    """How long ago ``iso`` was, in its largest unit: ``42s``, ``5m``, ``3h``, ``2d``."""
+    then = datetime.fromisoformat(iso)
+    seconds = max(0.0, (now - (then if then.tzinfo else then.replace(tzinfo=UTC))).total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _when(iso: str, output: Output, now: datetime) -> str:
+    """Age in ``text``, the timestamp itself in ``wide``."""
+    return iso if output is Output.wide else _age(iso, now)
 
 
 def _check_service(service: str) -> str:
@@ -80,6 +203,22 @@ def _check_service(service: str) -> str:
 
 
 ServiceArg = Annotated[str, typer.Argument(help="order, inventory or payment", callback=_check_service)]
+STATUS_STYLE = {"PENDING": "yellow", "APPROVED": "green", "REJECTED": "red", "CANCELLED": "magenta"}
+
+
+def _status(status: str) -> Text:
+    return Text(status, style=STATUS_STYLE.get(status, ""))
+
+
+#: Columns of a fixed, short content (ids, states, amounts, ages): never wrapped.
+def _fixed(header: str, justify: Any = "left") -> Column:
+    return Column(header, no_wrap=True, justify=justify)
+
+
+#: Columns of free text (names, reasons, lists): wrapped to what the terminal leaves, long
+#: words folded rather than cut, so nothing is hidden.
+def _free(header: str) -> Column:
+    return Column(header, overflow="fold", min_width=len(header))
 
 
 # -- dead letters ------------------------------------------------------------------------
@@ -93,42 +232,66 @@ def dlq_list(
     ] = None,
     status: Annotated[str, typer.Option(help="PENDING, REPLAYED, DISCARDED or ALL")] = "PENDING",
     limit: int = 100,
+    output: OutputOpt = Output.text,
 ) -> None:
     """Dead letters of every service, newest first."""
-    urls = _urls(ctx)
-    table = Table("service", "id", "status", "event", "order", "from", "reason", "attempts", "at")
-    total = 0
+    letters = []
     for name in service or SERVICES:
         _check_service(name)
-        letters = _call(
-            "GET", f"{urls.of(name)}/dead-letters", params={"status": status.upper(), "limit": limit}
-        )
-        for d in letters:
-            total += 1
-            table.add_row(
-                name,
-                str(d["id"]),
-                d["status"],
-                d["event_type"] or "?",
-                (d["order_id"] or "")[:8],
-                Text(f"{d['source_topic']}[{d['source_partition']}]@{d['source_offset']}"),
-                Text(d["reason"]),  # never read as markup: it quotes what arrived
-                str(d["replay_attempts"]),
-                d["created_at"][:19],
-            )
-    if total:
-        console.print(table)
-    else:
-        console.print(f"no {status.lower()} dead letters")
+        found = _call(ctx, name, "GET", "/dead-letters", params={"status": status.upper(), "limit": limit})
+        letters += [{"service": name, **d} for d in found]
+    _emit(output, letters, lambda: _letters_table(letters, status.upper(), output))
+
+
+def _letters_table(letters: list[dict[str, Any]], status: str, output: Output) -> RenderableType:
+    """``text``: service, id, event (and its saga), reason, age — plus the status when
+    several are listed; ``wide`` adds where each came from and the full saga id."""
+    if not letters:
+        return f"no {status.lower()} dead letters"
+    wide = output is Output.wide
+    now = datetime.now(UTC)
+    columns = [_fixed("service"), _fixed("id", "right")]
+    if wide or status == "ALL":
+        columns.append(_fixed("status"))
+    columns.append(_free("event"))
+    if wide:
+        columns += [_fixed("order"), _fixed("from"), _fixed("tries", "right")]
+    columns += [_free("reason"), _fixed("at", "left") if wide else _fixed("age", "right")]
+    table = Table(*columns)
+    for d in letters:
+        row: list[RenderableType] = [d["service"], str(d["id"])]
+        if wide or status == "ALL":
+            row.append(d["status"])
+        event = Text(d["event_type"] or "?")
+        reason = Text(d["reason"])  # never read as markup: it quotes what arrived
+        if wide:
+            source = f"{d['source_topic']}[{d['source_partition']}]@{d['source_offset']}"
+            row += [event, d["order_id"] or "", source, str(d["replay_attempts"])]
+        else:
+            if d["order_id"]:
+                event.append(f"\norder {_short(d['order_id'], output)}", style="dim")
+            if d["replay_attempts"]:
+                reason.append(f" (replay attempts: {d['replay_attempts']})", style="dim")
+            row.append(event)
+        row += [reason, _when(d["created_at"], output, now)]
+        table.add_row(*row)
+    return table
 
 
 @dlq.command("show")
-def dlq_show(ctx: typer.Context, service: ServiceArg, letter_id: int) -> None:
+def dlq_show(
+    ctx: typer.Context, service: ServiceArg, letter_id: int, output: OutputOpt = Output.text
+) -> None:
     """One dead letter: why, where from, its headers and its original bytes."""
-    d = _call("GET", f"{_urls(ctx).of(service)}/dead-letters/{letter_id}")
-    meta = Table.grid(padding=(0, 2))
+    d = _call(ctx, service, "GET", f"/dead-letters/{letter_id}")
+    if output is Output.json:
+        _json(d)
+        return
+    meta = Table.grid(Column(no_wrap=True), Column(overflow="fold"), padding=(0, 2))
     for key in ("status", "reason", "event_type", "order_id", "replay_attempts", "created_at", "resolved_at"):
-        meta.add_row(key, Text(str(d[key])))  # never read as markup: it quotes what arrived
+        meta.add_row(
+            key, Text("—" if d[key] is None else str(d[key]))
+        )  # never read as markup: it quotes what arrived
     meta.add_row(
         "source", f"{d['source_topic']} partition {d['source_partition']} offset {d['source_offset']}"
     )
@@ -141,14 +304,15 @@ def dlq_show(ctx: typer.Context, service: ServiceArg, letter_id: int) -> None:
     value = d["value"]
     if value is not None and value["text"] is not None and not value["truncated"]:
         try:
-            console.print(Syntax(json.dumps(json.loads(value["text"]), indent=2), "json"))
+            pretty = json.dumps(json.loads(value["text"]), indent=2)
+            console.print(JSONHighlighter()(Text(pretty, overflow="fold")))
             return
         except (ValueError, RecursionError):  # not JSON, or nested deeper than we indent
             pass
-    console.print(Text(f"value: {_shown(value)}"))
+    console.print(Text(f"value: {_shown(value)}", overflow="fold"))
     if value is not None and value["truncated"]:
         console.print(
-            f"(all {value['size']} bytes: GET {_urls(ctx).of(service)}/dead-letters/{letter_id}/value)"
+            Text(f"(all {value['size']} bytes: GET {_urls(ctx).of(service)}/dead-letters/{letter_id}/value)")
         )
 
 
@@ -161,17 +325,21 @@ def _shown(view: dict[str, Any] | None) -> str:
 
 
 @dlq.command("replay")
-def dlq_replay(ctx: typer.Context, service: ServiceArg, letter_id: int) -> None:
+def dlq_replay(
+    ctx: typer.Context, service: ServiceArg, letter_id: int, output: OutputOpt = Output.text
+) -> None:
     """Process a dead letter again (after fixing its cause). Its effect still happens once."""
-    r = _call("POST", f"{_urls(ctx).of(service)}/dead-letters/{letter_id}/replay")
-    console.print(f"dead letter {letter_id}: {r['status']} ({r['outcome']})")
+    r = _call(ctx, service, "POST", f"/dead-letters/{letter_id}/replay")
+    _emit(output, r, lambda: f"dead letter {letter_id}: {r['status']} ({r['outcome']})")
 
 
 @dlq.command("discard")
-def dlq_discard(ctx: typer.Context, service: ServiceArg, letter_id: int) -> None:
+def dlq_discard(
+    ctx: typer.Context, service: ServiceArg, letter_id: int, output: OutputOpt = Output.text
+) -> None:
     """Decide a dead letter never needs processing; it is kept, marked DISCARDED."""
-    r = _call("POST", f"{_urls(ctx).of(service)}/dead-letters/{letter_id}/discard")
-    console.print(f"dead letter {letter_id}: {r['status']}")
+    r = _call(ctx, service, "POST", f"/dead-letters/{letter_id}/discard")
+    _emit(output, r, lambda: f"dead letter {letter_id}: {r['status']}")
 
 
 # -- orders ------------------------------------------------------------------------------
@@ -181,6 +349,25 @@ Via = Annotated[str, typer.Option("--via", help="http (the API) or kafka (a comm
 KafkaBootstrap = Annotated[
     str, typer.Option("--bootstrap", envvar="SAGACTL_KAFKA_BOOTSTRAP", help="the broker, for --via kafka")
 ]
+OrderIdArg = Annotated[
+    str, typer.Argument(help=f"an order id, or the start of one of the {RECENT_ORDERS} most recent")
+]
+
+
+def _order_id(ctx: typer.Context, given: str) -> str:
+    """The full id of the order ``given`` names: a full id, or a prefix (such as the
+    shortened ids tables show) of exactly one of the most recent orders."""
+    try:
+        return str(uuid.UUID(given))
+    except ValueError:
+        pass
+    recent = _call(ctx, "order", "GET", "/orders", params={"limit": RECENT_ORDERS})
+    matches = [o["order_id"] for o in recent if o["order_id"].startswith(given.lower())]
+    if len(matches) == 1:
+        return str(matches[0])
+    if matches:
+        _fail(f"{given!r} is ambiguous: {len(matches)} recent orders start with it; give more of the id")
+    _fail(f"no order id starts with {given!r} among the {RECENT_ORDERS} most recent orders")
 
 
 @app.command("place")
@@ -192,6 +379,7 @@ def place(
     via: Via = "http",
     bootstrap: KafkaBootstrap = "127.0.0.1:9092",
     wait: Annotated[bool, typer.Option(help="--via kafka: wait until the saga has finished")] = True,
+    output: OutputOpt = Output.text,
 ) -> None:
     """Place an order: through the API, or as a PlaceOrder command on Kafka."""
     lines = []
@@ -204,45 +392,58 @@ def place(
     if deadline_seconds is not None:
         body["deadline_seconds"] = deadline_seconds
     if via == "http":
-        r = _call("POST", f"{_urls(ctx).order}/orders", json=body)
-        console.print(f"order {r['order_id']}: {r['status']}")
+        r = _call(ctx, "order", "POST", "/orders", json=body)
+        _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}")
         return
+    from pydantic import ValidationError
+
     from events.commands import PlaceOrder, order_id_for
 
     try:
         command = PlaceOrder(command_id=uuid.uuid4(), **body)
-    except ValueError as exc:
-        console.print(Text(f"not a valid order: {exc}", style="red"))
-        raise typer.Exit(2) from None
+    except ValidationError as exc:
+        _fail(f"not a valid order: {_problems(exc.errors())}", 2)
+    sent = {"command_id": str(command.command_id), "order_id": str(order_id_for(command.command_id))}
     _send_command(bootstrap, command)
-    console.print(f"sent PlaceOrder {command.command_id} (order {order_id_for(command.command_id)})")
-    if wait:
-        _await_command(ctx, command.command_id)
+    _settle(
+        ctx, output, sent, f"sent PlaceOrder (order {sent['order_id']}), command {sent['command_id']}", wait
+    )
 
 
 @app.command("cancel")
 def cancel(
     ctx: typer.Context,
-    order_id: str,
+    order_id: OrderIdArg,
     via: Via = "http",
     bootstrap: KafkaBootstrap = "127.0.0.1:9092",
     wait: Annotated[bool, typer.Option(help="--via kafka: wait for the command's outcome")] = True,
+    output: OutputOpt = Output.text,
 ) -> None:
     """Cancel a PENDING or APPROVED order; its stock is released and its charge refunded."""
+    order_id = _order_id(ctx, order_id)
     if via == "http":
-        r = _call("POST", f"{_urls(ctx).order}/orders/{order_id}/cancel")
-        console.print(f"order {r['order_id']}: {r['status']} — the participants compensate asynchronously")
+        r = _call(ctx, "order", "POST", f"/orders/{order_id}/cancel")
+        _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}, compensation under way")
         return
     from events.commands import CancelOrder
 
-    try:
-        command = CancelOrder(command_id=uuid.uuid4(), order_id=uuid.UUID(order_id))
-    except ValueError:
-        raise typer.BadParameter(f"{order_id!r} is not an order id") from None
+    command = CancelOrder(command_id=uuid.uuid4(), order_id=uuid.UUID(order_id))
     _send_command(bootstrap, command)
-    console.print(f"sent CancelOrder {command.command_id}")
-    if wait:
-        _await_command(ctx, command.command_id)
+    sent = {"command_id": str(command.command_id), "order_id": order_id}
+    _settle(ctx, output, sent, f"sent CancelOrder {sent['command_id']}", wait)
+
+
+def _settle(ctx: typer.Context, output: Output, sent: dict[str, str], said: str, wait: bool) -> None:
+    """After a command went to Kafka: say so, and with ``wait`` show what became of it
+    (``--output json``: only that, or ``sent`` when not waiting)."""
+    if output is not Output.json:
+        console.print(said)
+    if not wait:
+        if output is Output.json:
+            _json(sent)
+        return
+    r = _await_command(ctx, sent["command_id"])
+    _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}")
 
 
 def _send_command(bootstrap: str, command: Any) -> None:
@@ -267,33 +468,22 @@ def _send_command(bootstrap: str, command: Any) -> None:
     try:
         asyncio.run(send())
     except Exception as exc:  # the broker is away or refuses: one sentence, exit 2
-        console.print(Text(f"cannot send to Kafka at {bootstrap}: {type(exc).__name__}: {exc}", style="red"))
-        raise typer.Exit(2) from None
+        _fail(f"cannot send to Kafka at {bootstrap}: {type(exc).__name__}: {exc}", 2)
 
 
-def _await_command(ctx: typer.Context, command_id: uuid.UUID, timeout: float = 60.0) -> None:
-    """Poll ``GET /commands/{id}`` until the command was refused, or applied and its order
-    is no longer PENDING."""
+def _await_command(ctx: typer.Context, command_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Poll ``GET /commands/{id}`` until the command was refused (the command fails), or
+    applied and its order is no longer PENDING (its ``CommandView`` is returned)."""
     end = time.monotonic() + timeout
     while True:
-        r = _call("GET", f"{_urls(ctx).order}/commands/{command_id}")
+        r: dict[str, Any] = _call(ctx, "order", "GET", f"/commands/{command_id}")
         if r["outcome"] in ("placed", "cancelled") and r["status"] != "PENDING":
-            console.print(f"order {r['order_id']}: {r['status']}")
-            return
+            return r
         if r["outcome"] == "rejected":
-            console.print(Text(f"rejected: {r['reason']}: {r['detail']}", style="red"))
-            raise typer.Exit(1)
+            _fail(f"command {command_id} was rejected: {r['reason']}: {r['detail']}")
         if time.monotonic() > end:
-            console.print(Text(f"no answer to command {command_id} after {timeout:.0f}s", style="red"))
-            raise typer.Exit(1)
+            _fail(f"no answer to command {command_id} after {timeout:.0f}s")
         time.sleep(0.2)
-
-
-STATUS_STYLE = {"PENDING": "yellow", "APPROVED": "green", "REJECTED": "red", "CANCELLED": "magenta"}
-
-
-def _status(status: str) -> str:
-    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
 
 
 @app.command("orders")
@@ -301,54 +491,95 @@ def orders(
     ctx: typer.Context,
     status: Annotated[str | None, typer.Option(help="PENDING, APPROVED, REJECTED or CANCELLED")] = None,
     limit: int = 30,
+    output: OutputOpt = Output.text,
 ) -> None:
     """Most recent orders, optionally only those in one status."""
     params: dict[str, Any] = {"limit": limit}
     if status:
         params["status"] = status.upper()
-    rows = _call("GET", f"{_urls(ctx).order}/orders", params=params)
-    table = Table("customer", "status", "reason", "total", "items", "placed")
-    table.columns.insert(0, Column("order", no_wrap=True, min_width=36))
+    rows = _call(ctx, "order", "GET", "/orders", params=params)
+    _emit(output, rows, lambda: _orders_table(rows, output))
+
+
+def _orders_table(rows: list[dict[str, Any]], output: Output) -> RenderableType:
+    """``text``: short order id, customer, status (and why, below it), total, one line per
+    item, age; ``wide``: full ids, the reason in its own column, the time placed."""
+    if not rows:
+        return "no orders"
+    wide = output is Output.wide
+    now = datetime.now(UTC)
+    # text: the reason goes under the status, in words, in a column as wide as its longest word
+    status = _fixed("status") if wide else Column("status", width=12, overflow="fold")
+    columns = [_fixed("order"), _free("customer"), status]
+    if wide:
+        columns.append(_fixed("reason"))
+    columns += [
+        _fixed("total", "right"),
+        _free("items"),
+        _fixed("placed", "left") if wide else _fixed("age", "right"),
+    ]
+    table = Table(*columns)
     for o in rows:
-        items = ", ".join(f"{i['quantity']} x {i['product_id']}" for i in o["items"])
-        table.add_row(
-            o["order_id"],
-            o["customer_id"],
-            _status(o["status"]),
-            o["reason"] or "",
-            o["total"] or "",
-            items,
-            o["created_at"][11:23],
-        )
-    console.print(table if rows else "no orders")
+        state = _status(o["status"])
+        reason = o["reason"] or ""
+        if reason and not wide:
+            state.append("\n" + reason.replace("_", " "), style="dim")
+        row: list[RenderableType] = [_short(o["order_id"], output), Text(o["customer_id"]), state]
+        if wide:
+            row.append(reason)
+        items = "\n".join(f"{i['quantity']} x {i['product_id']}" for i in o["items"])
+        row += [o["total"] or "", Text(items), _when(o["created_at"], output, now)]
+        table.add_row(*row)
+    return table
 
 
 def _ms(a: str, b: str) -> float:
-    from datetime import datetime
-
     return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds() * 1000
 
 
+#: What of an event's payload the timeline shows beside it.
+TIMELINE_FIELDS = ("reason", "total", "amount", "product_ids")
+
+
+def _brief(payload: Mapping[str, Any]) -> str:
+    """The fields of ``payload`` worth a glance, as ``key=value`` (lists and objects as
+    compact JSON), never a Python repr."""
+    return " ".join(
+        f"{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}"
+        for k, v in payload.items()
+        if k in TIMELINE_FIELDS
+    )
+
+
 @app.command("saga")
-def saga(ctx: typer.Context, order_id: str) -> None:
+def saga(ctx: typer.Context, order_id: OrderIdArg, output: OutputOpt = Output.text) -> None:
     """One saga: why it ended so and whether it was compensated, then its timeline as a
     causation tree (which event caused which) with the time of each step."""
+    s = _call(ctx, "order", "GET", f"/orders/{_order_id(ctx, order_id)}/saga")
+    if output is Output.json:
+        _json(s)
+        return
     from rich.tree import Tree
 
-    s = _call("GET", f"{_urls(ctx).order}/orders/{order_id}/saga")
     why = s["explanation"]
-    summary = Table.grid(padding=(0, 2))
-    summary.add_row("status", _status(s["status"]) + (f" ({s['reason']})" if s["reason"] else ""))
-    summary.add_row("why", why["verdict"])
+    summary = Table.grid(Column(no_wrap=True), Column(overflow="fold"), padding=(0, 2))
+    status = _status(s["status"])
+    if s["reason"]:
+        status.append(f" ({s['reason']})")
+    summary.add_row("status", status)
+    summary.add_row("why", Text(why["verdict"]))
     for c in why["compensations"]:
-        mark = "[green]✓[/]" if c["done_by"] else "[red]✗ still owed[/]"
-        summary.add_row(
-            "compensation", f"{mark} {c['action']} (for {c['because_of']}: {c['done_by'] or '—'})"
+        line = Text.assemble(
+            ("✓", "green") if c["done_by"] else ("✗ still owed", "red"),
+            f" {c['action']} (for {c['because_of']}: {c['done_by'] or '—'})",
         )
-    verdict = {True: "[green]yes[/]", False: "[red]NO[/]", None: "[yellow]saga in flight[/]"}
-    summary.add_row("compensated", verdict[why["compensated"]])
+        summary.add_row("compensation", line)
+    for r in why.get("refused", []):
+        summary.add_row("refused", Text(f"{r['event_type'] or '?'}: {r['reason']}"))
+    verdict = {True: ("yes", "green"), False: ("NO", "red"), None: ("saga in flight", "yellow")}
+    summary.add_row("compensated", Text(*verdict[why["compensated"]]))
     summary.add_row("trace", s["trace_id"] or "—")
-    console.print(Panel(summary, title=f"saga {order_id}"))
+    console.print(Panel(summary, title=f"saga {s['order_id']}"))
 
     events = s["events"]
     if not events:
@@ -361,15 +592,16 @@ def saga(ctx: typer.Context, order_id: str) -> None:
         children.setdefault(parent, []).append(e)
     tree = Tree(f"timeline ({len(events)} events; +ms since the saga started, Δ since its cause)")
 
-    def label(e: dict[str, Any]) -> str:
+    def label(e: dict[str, Any]) -> Text:
         cause = by_id.get(e["causation_id"] or "")
         delta = f"  Δ {_ms(cause['occurred_at'], e['occurred_at']):.0f} ms" if cause else ""
-        style = "red" if e["compensating"] else "cyan"
-        detail = {k: v for k, v in e["payload"].items() if k in ("reason", "total", "amount", "product_ids")}
-        extra = f"  {detail}" if detail else ""
-        return (
-            f"[{style}]{e['event_type']}[/] [dim]{e['producer']}[/]"
-            f"  +{_ms(start, e['occurred_at']):.0f} ms{delta}{extra}"
+        brief = _brief(e["payload"])
+        return Text.assemble(
+            (e["event_type"], "red" if e["compensating"] else "cyan"),
+            " ",
+            (e["producer"], "dim"),
+            f"  +{_ms(start, e['occurred_at']):.0f} ms{delta}",
+            f"  {brief}" if brief else "",
         )
 
     def grow(node: Tree, parent: str | None) -> None:
@@ -387,53 +619,86 @@ def tail(
         bool, typer.Option("--from-start", help="replay all recorded events first")
     ] = False,
     count: Annotated[int | None, typer.Option(help="stop after this many events")] = None,
+    output: OutputOpt = Output.text,
 ) -> None:
-    """Follow every saga's events live, as the order service records them (Ctrl-C stops)."""
-    url = f"{_urls(ctx).order}/saga-events/stream"
+    """Follow every saga's events live, as the order service records them (Ctrl-C stops).
+    ``--output json`` prints one JSON object per line."""
+    base = _urls(ctx).order
     params = {"after": 0} if from_start else {}
     shown = 0
     try:
-        with httpx.stream("GET", url, params=params, timeout=httpx.Timeout(10.0, read=None)) as response:
-            if response.status_code >= 400:
-                console.print(f"[red]{response.status_code} from {url}[/red]")
-                raise typer.Exit(1)
+        with httpx.stream(
+            "GET", f"{base}/saga-events/stream", params=params, timeout=httpx.Timeout(10.0, read=None)
+        ) as response:
+            if response.is_error:
+                response.read()
+                _fail(_refusal("order", response))
             for line in response.iter_lines():
                 if not line.startswith("data: "):
                     continue
-                e = json.loads(line.removeprefix("data: "))
-                style = "red" if e["compensating"] else "cyan"
-                console.print(
-                    f"{e['occurred_at'][11:23]}  {e['order_id'][:8]}  [{style}]{e['event_type']:<27}[/]"
-                    f" [dim]{e['producer']}[/]",
-                    highlight=False,
-                )
+                data = line.removeprefix("data: ")
+                if output is Output.json:
+                    print(data, flush=True)
+                else:
+                    e = json.loads(data)
+                    console.print(
+                        Text.assemble(
+                            f"{e['occurred_at'][11:23]}  {_short(e['order_id'], output)}  ",
+                            (f"{e['event_type']:<27}", "red" if e["compensating"] else "cyan"),
+                            " ",
+                            (e["producer"], "dim"),
+                        )
+                    )
                 shown += 1
                 if count is not None and shown >= count:
                     return
     except httpx.HTTPError as exc:
-        console.print(Text(f"cannot reach {url}: {exc}", style="red"))
-        raise typer.Exit(2) from None
+        _fail(_unreachable("order", base, exc), 2)
     except KeyboardInterrupt:
         pass
 
 
 @app.command("stock")
-def stock(ctx: typer.Context) -> None:
+def stock(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     """Every product: available, reserved and sold units."""
-    rows = _call("GET", f"{_urls(ctx).inventory}/products")
-    table = Table("product", "name", "price", "available", "reserved", "sold")
-    for p in rows:
-        table.add_row(
-            p["product_id"], p["name"], p["price"], str(p["available"]), str(p["reserved"]), str(p["sold"])
+    rows = _call(ctx, "inventory", "GET", "/products")
+
+    def table() -> RenderableType:
+        if not rows:
+            return "no products"
+        t = Table(
+            _free("product"),
+            _free("name"),
+            _fixed("price", "right"),
+            _fixed("available", "right"),
+            _fixed("reserved", "right"),
+            _fixed("sold", "right"),
         )
-    console.print(table if rows else "no products")
+        for p in rows:
+            t.add_row(
+                Text(p["product_id"]),
+                Text(p["name"]),
+                p["price"],
+                str(p["available"]),
+                str(p["reserved"]),
+                str(p["sold"]),
+            )
+        return t
+
+    _emit(output, rows, table)
 
 
 @app.command("balances")
-def balances(ctx: typer.Context) -> None:
+def balances(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     """Every customer account and its balance."""
-    rows = _call("GET", f"{_urls(ctx).payment}/accounts")
-    table = Table("customer", "balance")
-    for a in rows:
-        table.add_row(a["customer_id"], a["balance"])
-    console.print(table if rows else "no accounts")
+    rows = _call(ctx, "payment", "GET", "/accounts")
+
+    def table() -> RenderableType:
+        if not rows:
+            return "no accounts"
+        t = Table(_free("customer"), _fixed("balance", "right"))
+        for a in rows:
+            t.add_row(Text(a["customer_id"]), a["balance"])
+        return t
+
+    _emit(output, rows, table)

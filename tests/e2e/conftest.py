@@ -59,13 +59,14 @@ def seed(
     return products, customers
 
 
-def sagactl(system: System, *args: str) -> subprocess.CompletedProcess[str]:
+def sagactl(system: System, *args: str, columns: int = 250) -> subprocess.CompletedProcess[str]:
+    """Run ``sagactl`` against ``system`` as if in a terminal ``columns`` wide."""
     env = {
         **os.environ,
         "SAGACTL_ORDER_URL": system.url("order_svc"),
         "SAGACTL_INVENTORY_URL": system.url("inventory_svc"),
         "SAGACTL_PAYMENT_URL": system.url("payment_svc"),
-        "COLUMNS": "250",
+        "COLUMNS": str(columns),
     }
     return subprocess.run(
         [sys.executable, "-m", "sagactl", *args], env=env, capture_output=True, text=True, timeout=60

@@ -30,7 +30,7 @@ def test_why_was_it_rejected_and_was_it_compensated(
     assert lines[released].index("InventoryReleased") > lines[failed].index("PaymentFailed")
     assert "Δ" in lines[released] and "ms" in lines[released]
 
-    listed = sagactl(system, "orders", "--status", "rejected", "--limit", "200")
+    listed = sagactl(system, "orders", "--status", "rejected", "--limit", "200", "-o", "wide")
     assert listed.returncode == 0 and order_id in listed.stdout
 
     stock = sagactl(system, "stock")
@@ -47,4 +47,4 @@ def test_tail_prints_events_as_they_are_recorded(system: System, client: SagaCli
 
 def test_unknown_order_is_a_clear_error(system: System) -> None:
     result = sagactl(system, "saga", "00000000-0000-0000-0000-000000000000")
-    assert result.returncode == 1 and "404" in result.stdout
+    assert result.returncode == 1 and "404" in result.stderr and result.stdout == ""

@@ -133,4 +133,4 @@ def test_sagactl_places_and_cancels_through_kafka(system: System, client: SagaCl
     cancelled = sagactl(system, "cancel", order_id, "--via", "kafka", "--bootstrap", system.bootstrap)
     assert cancelled.returncode == 0 and "CANCELLED" in cancelled.stdout, cancelled.stdout + cancelled.stderr
     again = sagactl(system, "cancel", order_id, "--via", "kafka", "--bootstrap", system.bootstrap)
-    assert again.returncode == 1 and "order_not_cancellable" in again.stdout
+    assert again.returncode == 1 and "order_not_cancellable" in again.stderr

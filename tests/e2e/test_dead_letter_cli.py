@@ -37,21 +37,21 @@ def test_list_show_discard_and_replay_dead_letters(system: System) -> None:
     assert marker in shown.stdout and "inventory.events" in shown.stdout
 
     replayed = sagactl(system, "dlq", "replay", "payment", letter_id)
-    assert replayed.returncode == 1 and "failed again" in replayed.stdout  # still unreadable
+    assert replayed.returncode == 1 and "failed again" in replayed.stderr  # still unreadable
 
     discarded = sagactl(system, "dlq", "discard", "payment", letter_id)
     assert discarded.returncode == 0 and "DISCARDED" in discarded.stdout
     again = sagactl(system, "dlq", "discard", "payment", letter_id)
-    assert again.returncode == 1 and "already DISCARDED" in again.stdout
+    assert again.returncode == 1 and "already DISCARDED" in again.stderr
     assert letter_id not in {
         ln.split("│")[2].strip()
         for ln in sagactl(system, "dlq", "list", "--service", "payment").stdout.splitlines()
         if ln.count("│") > 3
     }
     missing = sagactl(system, "dlq", "show", "payment", "999999999")
-    assert missing.returncode == 1 and "404" in missing.stdout
+    assert missing.returncode == 1 and "404" in missing.stderr
 
 
 def test_sagactl_says_clearly_when_a_service_is_unreachable(system: System) -> None:
     result = sagactl(system, "--payment-url", "http://127.0.0.1:9", "dlq", "list", "--service", "payment")
-    assert result.returncode == 2 and "cannot reach" in result.stdout
+    assert result.returncode == 2 and "cannot reach" in result.stderr

@@ -1,0 +1,194 @@
+"""``sagactl`` at 80 columns, with ``--output json``, and its errors in one line."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import typer.main
+from rich.cells import cell_len
+
+from sagactl.cli import app
+from sagastack.client import SagaClient
+from sagastack.system import System
+from tests.e2e.conftest import UniqueIds, sagactl, seed
+from tests.e2e.test_faults import wait_until
+from tests.e2e.test_nothing_lost import letters_from
+
+#: The longest a customer or product id may be.
+LONGEST_ID = 64
+
+
+def commands() -> set[tuple[str, ...]]:
+    """Every command of sagactl, as the words that name it: ``("dlq", "list")`` …"""
+
+    def walk(command: Any, path: tuple[str, ...]) -> set[tuple[str, ...]]:
+        subcommands = getattr(command, "commands", None)
+        if not subcommands:
+            return {path}
+        return {found for name, sub in subcommands.items() for found in walk(sub, (*path, name))}
+
+    return walk(typer.main.get_command(app), ())
+
+
+def header_rows(out: str) -> list[list[str]]:
+    """The header row of every table in ``out``, cell by cell (rich draws it with ┃)."""
+    return [[cell.strip() for cell in ln.split("┃")[1:-1]] for ln in out.splitlines() if ln.startswith("┃")]
+
+
+def a_dead_letter(system: System, order_id: str) -> int:
+    """A dead letter in payment with a long reason and a saga id: an InventoryReserved of a
+    version that never existed."""
+    body = {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "InventoryReserved",
+        "schema_version": 0,
+        "order_id": order_id,
+    }
+    value = json.dumps(body).encode()
+    system.publish([("inventory.events", order_id.encode(), value)], signed_by="inventory_svc")
+    wait_until(lambda: letters_from(system, "payment_svc", value) != [], 30, "payment dead-letters it")
+    ((letter_id, _),) = letters_from(system, "payment_svc", value)
+    return letter_id
+
+
+def test_every_command_fits_80_columns_with_whole_headers(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    # the widest values the API accepts, so that the tables must wrap to fit
+    long_customer = uid("customer-").ljust(LONGEST_ID, "c")
+    long_product = uid("product-").ljust(LONGEST_ID, "p")
+    products, customers = seed(client, uid, {"oar": ("9.00", 4)}, {"lea": "5.00"})  # lea cannot pay
+    client.put_product(long_product, "a product with a long name " * 3, Decimal("1.50"), 10)
+    client.put_account(long_customer, Decimal("1000.00"))
+    rejected = client.place_order(customers["lea"], {products["oar"]: 1})
+    approved = client.place_order(long_customer, {products["oar"]: 1, long_product: 2})
+    client.wait_for_events(rejected, {"InventoryReleased", "OrderRejected"})
+    client.wait_for_events(approved, {"InventoryCommitted"})
+    letter = a_dead_letter(system, rejected)
+
+    placed = sagactl(system, "place", long_customer, f"{products['oar']}=1", columns=80)
+    assert placed.returncode == 0, placed.stderr
+    to_cancel = placed.stdout.split()[1].rstrip(":")
+
+    runs = {
+        ("orders", "--limit", "50"): ["order", "customer", "status", "total", "items", "age"],
+        ("orders", "--status", "rejected"): ["order", "customer", "status", "total", "items", "age"],
+        ("dlq", "list"): ["service", "id", "event", "reason", "age"],
+        ("dlq", "list", "--status", "ALL"): ["service", "id", "status", "event", "reason", "age"],
+        ("stock",): ["product", "name", "price", "available", "reserved", "sold"],
+        ("balances",): ["customer", "balance"],
+        ("saga", rejected): [],
+        ("saga", approved[:8]): [],  # the shortened id tables show
+        ("dlq", "show", "payment", str(letter)): [],
+        ("tail", "--from-start", "--count", "5"): [],
+        ("cancel", to_cancel): [],
+        ("--help",): [],
+        ("dlq", "list", "--help"): [],
+    }
+    for args, headers in runs.items():
+        result = sagactl(system, *args, columns=80)
+        assert result.returncode == 0, (args, result.stderr)
+        out = result.stdout
+        too_wide = [ln for ln in out.splitlines() if cell_len(ln) > 80]
+        assert not too_wide, (args, too_wide)
+        assert "Traceback" not in result.stderr
+        if headers:  # one header row per table, every header whole, on one line
+            assert header_rows(out) == [headers], (args, out)
+
+    orders = sagactl(system, "orders", "--limit", "50", columns=80).stdout
+    assert rejected[:8] in orders and rejected not in orders  # ids shortened …
+    wide = sagactl(system, "orders", "--limit", "50", "-o", "wide", columns=80).stdout
+    assert rejected in wide and approved in wide  # … and whole with -o wide
+
+    saga = sagactl(system, "saga", rejected, columns=80).stdout
+    assert "amount=9.00" in saga and "reason=insufficient_funds" in saga
+    assert "{'" not in saga  # payloads as text, not as Python reprs
+    letters = sagactl(system, "dlq", "list", "--service", "payment", columns=80).stdout
+    assert f"order {rejected[:8]}" in letters and "unsupported schema_version" in letters, letters
+    shown = sagactl(system, "dlq", "show", "payment", str(letter), columns=80).stdout
+    assert "None" not in shown and f'"order_id": "{rejected}"' in shown
+
+
+def as_json(system: System, *args: str) -> Any:
+    result = sagactl(system, *args, "--output", "json", columns=80)
+    assert result.returncode == 0, (args, result.stderr)
+    return json.loads(result.stdout)  # nothing but the JSON on stdout
+
+
+def test_every_command_prints_json_with_output_json(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    products, customers = seed(client, uid, {"cup": ("2.00", 5)}, {"max": "50.00"})
+    order_id = client.place_order(customers["max"], {products["cup"]: 1})
+    client.wait_for_events(order_id, {"InventoryCommitted"})
+    letter = a_dead_letter(system, order_id)
+    known, covered = commands(), set()
+
+    def run(*args: str) -> Any:
+        covered.add(next(c for c in known if args[: len(c)] == c))
+        return as_json(system, *args)
+
+    assert order_id in {o["order_id"] for o in run("orders", "--limit", "100")}
+    saga = run("saga", order_id[:8])
+    assert saga["order_id"] == order_id and saga["status"] == "APPROVED"
+    assert {e["event_type"] for e in saga["events"]} >= {"OrderCreated", "InventoryCommitted"}
+    assert products["cup"] in {p["product_id"] for p in run("stock")}
+    assert {"customer_id": customers["max"], "balance": "48.00"} in run("balances")
+    listed = run("dlq", "list", "--service", "payment")
+    assert {"service": "payment", "id": letter} in [{k: d[k] for k in ("service", "id")} for d in listed]
+    assert run("dlq", "show", "payment", str(letter))["order_id"] == order_id
+    assert run("dlq", "discard", "payment", str(letter))["status"] == "DISCARDED"
+    placed = run("place", customers["max"], f"{products['cup']}=1")
+    assert placed["status"] == "PENDING"
+    assert run("cancel", placed["order_id"])["status"] == "CANCELLED"
+
+    tail = sagactl(system, "tail", "--from-start", "--count", "3", "-o", "json", columns=80)
+    covered.add(("tail",))
+    assert tail.returncode == 0, tail.stderr
+    lines = tail.stdout.splitlines()
+    assert len(lines) == 3 and all("event_type" in json.loads(ln) for ln in lines)
+
+    # a failed replay prints nothing on stdout either: the error goes to stderr
+    replayed = sagactl(system, "dlq", "replay", "payment", str(letter), "-o", "json")
+    covered.add(("dlq", "replay"))
+    assert replayed.returncode == 1 and replayed.stdout == "" and "already DISCARDED" in replayed.stderr
+
+    assert covered == commands()  # a new command gets a line here
+
+
+def test_sagactl_places_through_kafka_with_output_json(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    products, customers = seed(client, uid, {"pen": ("1.00", 5)}, {"ida": "5.00"})
+    args = ("place", customers["ida"], f"{products['pen']}=1", "--via", "kafka", "--bootstrap")
+    view = as_json(system, *args, system.bootstrap)
+    assert (view["outcome"], view["status"]) == ("placed", "APPROVED")
+    sent = as_json(system, *args, system.bootstrap, "--no-wait")
+    assert set(sent) == {"command_id", "order_id"}
+
+
+def test_errors_are_one_line_on_stderr(system: System) -> None:
+    nowhere = "http://127.0.0.1:9"
+    cases: dict[tuple[str, ...], tuple[int, str]] = {
+        ("saga", str(uuid.UUID(int=0))): (1, "answered 404: order 00000000"),
+        ("saga", "zzzz"): (1, "no order id starts with 'zzzz'"),
+        # the services' validation errors (422): where and why, not the raw list
+        ("place", "amy", "cup=0"): (1, "answered 422: invalid request: items[0].quantity: Input should"),
+        ("orders", "--status", "nope"): (1, "answered 422: invalid request: status: Input should be"),
+        ("dlq", "show", "payment", "0"): (1, "answered 422: invalid request: letter_id: Input should"),
+        ("--payment-url", nowhere, "balances"): (2, f"cannot reach the payment service at {nowhere}"),
+        ("--order-url", nowhere, "tail"): (2, f"cannot reach the order service at {nowhere}"),
+        # checked here before anything is sent, so no broker is needed
+        ("place", "amy", "cup=0", "--via", "kafka"): (2, "not a valid order: items[0].quantity:"),
+    }
+    for args, (code, said) in cases.items():
+        for output in ("text", "json"):
+            result = sagactl(system, *args, "-o", output, columns=80)
+            assert result.returncode == code, (args, result.stdout, result.stderr)
+            assert result.stdout == "", (args, result.stdout)
+            assert len(result.stderr.splitlines()) == 1, (args, result.stderr)
+            assert said in result.stderr, (args, result.stderr)
+            assert "{" not in result.stderr and "'loc'" not in result.stderr, result.stderr
