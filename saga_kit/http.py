@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.values import printable
@@ -21,8 +22,20 @@ from saga_kit.settings import ServiceSettings
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Check = Callable[[], Awaitable[None]]
 
-#: Probes and scrapes are not traced: they would drown the sagas' traces.
-_UNTRACED = ("/health/", "/metrics", "/dashboard", "/saga-events/stream")
+#: Where the scripts, styles and icon of ``/docs`` (Swagger UI) and ``/redoc`` are served
+#: from: fastapi-offline ships them, so the API docs need no network.
+DOCS_ASSETS = "/static-offline-docs"
+#: Probes, scrapes and pages are not traced: they would drown the sagas' traces.
+_UNTRACED = (
+    "/health/",
+    "/metrics",
+    "/dashboard",
+    "/saga-events/stream",
+    "/docs",
+    "/redoc",
+    "/openapi.json",
+    DOCS_ASSETS,
+)
 
 
 class TraceIdHeader:
@@ -108,9 +121,12 @@ def create_app(
     checks: Mapping[str, Check],
     metrics: Callable[[], Awaitable[bytes]],
 ) -> FastAPI:
-    app = FastAPI(
+    app = FastAPIOffline(
         title=title,
         version="1.0.0",
+        static_url=DOCS_ASSETS,
+        # Swagger UI would otherwise ask a public validator about the document
+        swagger_ui_parameters={"validatorUrl": None},
         # The framework's own OpenTelemetry server span is the request's one span (it
         # continues an incoming traceparent); probes and scrapes are left out.
         telemetry={
