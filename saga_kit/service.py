@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import uvicorn
 import uvloop
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI
 
 from events.topics import DOMAIN_TOPICS, dead_letter_topic
 from saga_kit import consumer_api, deadletters, logs, metrics, signing, tracing
@@ -26,7 +26,7 @@ from saga_kit.consumer import ConsumerPipeline, HandlerErrorLimit, Subscription
 from saga_kit.db import Database, EmitHook, create_engine
 from saga_kit.errors import is_transient, is_transient_kafka_error
 from saga_kit.faust_app import build_faust_app
-from saga_kit.http import create_app
+from saga_kit.http import Check, create_app
 from saga_kit.kafka import broker_ping, create_producer, ensure_topics
 from saga_kit.migrations import PLUMBING, Migration, migrate
 from saga_kit.outbox import OutboxRelay
@@ -89,6 +89,25 @@ async def _bounded(what: str, stopping: Awaitable[object]) -> None:
         await asyncio.wait_for(stopping, _STOP_TIMEOUT)
     except Exception as exc:  # includes TimeoutError
         log.warning("stopping %s: gave up after %.0fs (%s)", what, _STOP_TIMEOUT, exc)
+
+
+def http_app(
+    spec: ServiceSpec,
+    db: Database,
+    settings: ServiceSettings,
+    checks: Mapping[str, Check],
+    render_metrics: Callable[[], Awaitable[bytes]],
+) -> FastAPI:
+    """The service's HTTP API: its own routes, then those every service has (health,
+    metrics, dead letters, consumer, docs)."""
+    return create_app(
+        spec.title,
+        db,
+        settings,
+        [*spec.routers(), deadletters.router, consumer_api.router],
+        checks,
+        render_metrics,
+    )
 
 
 async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Event) -> None:
@@ -185,11 +204,10 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             if not relay.healthy:
                 raise RuntimeError("outbox relay is retrying a transient failure")
 
-        app = create_app(
-            spec.title,
+        app = http_app(
+            spec,
             db,
             settings,
-            [*spec.routers(), deadletters.router, consumer_api.router],
             {
                 "database": db.ping,
                 "broker": lambda: broker_ping(producer),
