@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 
 from events.values import MAX_STOCK, ExternalId, SafeText, UnitPrice
-from saga_kit.http import DatabaseDep
+from saga_kit.http import DatabaseDep, errors
 
 router = APIRouter(tags=["products"])
 
@@ -39,8 +39,15 @@ class ProductView(BaseModel):
 _COLUMNS = "product_id, name, price, available, reserved, sold"
 
 
-@router.put("/products/{product_id}", response_model=ProductView)
+@router.put(
+    "/products/{product_id}",
+    summary="Create or update a product",
+    response_model=ProductView,
+    responses=errors(),
+)
 async def put_product(product_id: ProductId, body: ProductIn, db: DatabaseDep) -> ProductView:
+    """Sets the product's name, unit price and the units available for sale; units
+    reserved by sagas in flight and units sold are kept as they are."""
     async with db.unit_of_work() as uow:
         row = (
             await uow.conn.execute(
@@ -57,8 +64,14 @@ async def put_product(product_id: ProductId, body: ProductIn, db: DatabaseDep) -
     return ProductView.model_validate(row._mapping)
 
 
-@router.get("/products/{product_id}", response_model=ProductView)
+@router.get(
+    "/products/{product_id}",
+    summary="One product and its stock",
+    response_model=ProductView,
+    responses=errors({404: "no such product"}),
+)
 async def get_product(product_id: ProductId, db: DatabaseDep) -> ProductView:
+    """Its price and units available, reserved (by sagas in flight) and sold."""
     async with db.engine.connect() as conn:
         row = (
             await conn.execute(
@@ -70,8 +83,9 @@ async def get_product(product_id: ProductId, db: DatabaseDep) -> ProductView:
     return ProductView.model_validate(row._mapping)
 
 
-@router.get("/products", response_model=list[ProductView])
+@router.get("/products", summary="Every product and its stock", response_model=list[ProductView])
 async def list_products(db: DatabaseDep) -> list[ProductView]:
+    """The whole catalogue, by product id."""
     async with db.engine.connect() as conn:
         rows = await conn.execute(text(f"SELECT {_COLUMNS} FROM products ORDER BY product_id"))
     return [ProductView.model_validate(r._mapping) for r in rows]

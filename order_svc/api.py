@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from opentelemetry import context as otel_context
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
@@ -28,7 +27,7 @@ from order_svc.explain import COMPENSATING, Refusal, explain
 from order_svc.placing import OrderDesk, Placement
 from order_svc.settings import Settings
 from saga_kit import tracing
-from saga_kit.http import DatabaseDep, SettingsDep
+from saga_kit.http import RETRY_AFTER, DatabaseDep, SettingsDep, errors, location, problem
 
 router = APIRouter(tags=["orders"])
 
@@ -148,16 +147,38 @@ class SagaView(BaseModel):
     events: list[TimelineEntry]
 
 
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="a retried POST with the same key and body answers the same order",
+    ),
+]
+
+#: The 202 of a command on an order: where to follow it.
+_ACCEPTED: dict[int | str, Any] = {
+    202: {"headers": location("the order, `/orders/{order_id}`: poll it for the outcome")}
+}
+
+
+def _accepted(request: Request, response: Response, order_id: uuid.UUID) -> None:
+    response.headers["Location"] = str(request.app.url_path_for("get_order", order_id=str(order_id)))
 
 
 @router.post(
     "/orders",
+    summary="Place an order",
     status_code=202,
     response_model=OrderAccepted,
     responses={
-        409: {"description": "the Idempotency-Key was used before with another body"},
-        503: {"description": "overloaded: the order could not finish before its deadline; see Retry-After"},
+        **_ACCEPTED,
+        **errors({409: "the Idempotency-Key was used before with another body (`idempotency_key_reused`)"}),
+        503: problem(
+            "overloaded (`overloaded`): the order could not finish before its deadline; nothing was held",
+            headers=RETRY_AFTER,
+        ),
     },
 )
 async def post_order(
@@ -165,10 +186,15 @@ async def post_order(
     desk: DeskDep,
     gate: AdmissionDep,
     settings: SettingsDep,
+    request: Request,
+    response: Response,
     key: IdempotencyKey = None,
 ) -> OrderAccepted:
-    """Place an order. 202: the saga has started; poll the order for its outcome. 503 with
-    ``Retry-After``: the backlog is such that it could not finish before its deadline."""
+    """Start the saga of a new order; it is PENDING until inventory and payment have
+    answered. 202: the saga has started, and `Location` is the order to poll for its
+    outcome. Send an `Idempotency-Key` so that a retried POST answers the same order.
+    503 with `Retry-After`: the backlog is such that the order could not finish before its
+    deadline, so it is refused before anything is held."""
     assert isinstance(settings, Settings)
     seconds = body.deadline_seconds if body.deadline_seconds is not None else settings.deadline_seconds
     refusal = await gate.check(seconds)
@@ -184,23 +210,36 @@ async def post_order(
         traceparent=tracing.current_traceparent(),
     )
     order_id, status = await desk.place(command)
+    _accepted(request, response, order_id)
     return OrderAccepted(order_id=order_id, status=status)
 
 
 @router.post(
     "/orders/{order_id}/cancel",
+    summary="Cancel an order",
     status_code=202,
     response_model=OrderAccepted,
-    responses={404: {"description": "no such order"}, 409: {"description": "the order is not cancellable"}},
+    responses={
+        **_ACCEPTED,
+        **errors(
+            {
+                404: "no such order",
+                409: "the order is REJECTED or already CANCELLED (`order_not_cancellable`); nothing changes",
+            }
+        ),
+    },
 )
-async def post_cancel(order_id: uuid.UUID, db: DatabaseDep) -> OrderAccepted:
+async def post_cancel(
+    order_id: uuid.UUID, db: DatabaseDep, request: Request, response: Response
+) -> OrderAccepted:
     """Cancel a PENDING or APPROVED order. 202: it is CANCELLED now, and the participants
-    release its stock and refund its charge asynchronously (watch ``/orders/{id}/saga``).
+    release its stock and refund its charge asynchronously (watch `/orders/{order_id}/saga`).
     A REJECTED or already CANCELLED order answers 409 and nothing changes."""
     try:
         status = await cancel_order(db, order_id)
     except OrderNotFound:
         raise HTTPException(404, f"order {order_id} not found") from None
+    _accepted(request, response, order_id)
     return OrderAccepted(order_id=order_id, status=status)
 
 
@@ -250,10 +289,16 @@ class CommandView(BaseModel):
 _APPLIED = {"PlaceOrder": "placed", "CancelOrder": "cancelled"}
 
 
-@router.get("/commands/{command_id}", response_model=CommandView)
+@router.get(
+    "/commands/{command_id}",
+    summary="What became of a command",
+    response_model=CommandView,
+    responses=errors(),
+)
 async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
-    """What became of a ``PlaceOrder`` or ``CancelOrder`` sent through Kafka (the answer is
-    also on ``orders.events``, with header ``correlation_id`` = ``command_id``)."""
+    """What became of a `PlaceOrder` or `CancelOrder` sent on `orders.commands` (the answer
+    is also on `orders.events`, with header `correlation_id` = `command_id`). A command not
+    processed yet, or never sent, is `unknown`: there is no 404."""
     async with db.engine.connect() as conn:
         rows = list(
             await conn.execute(
@@ -283,12 +328,19 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
     return CommandView(command_id=command_id, order_id=order_id_for(command_id), outcome="unknown")
 
 
-@router.get("/orders/{order_id}", response_model=OrderView)
+@router.get(
+    "/orders/{order_id}",
+    summary="One order",
+    response_model=OrderView,
+    responses=errors({404: "no such order"}),
+)
 async def get_order(order_id: uuid.UUID, db: DatabaseDep) -> OrderView:
+    """The order with its lines, total and status (PENDING, APPROVED, REJECTED or
+    CANCELLED) and, once it is finished, the reason."""
     return await _load_order(db, order_id)
 
 
-@router.get("/orders", response_model=list[OrderView])
+@router.get("/orders", summary="Recent orders", response_model=list[OrderView], responses=errors())
 async def list_orders(
     db: DatabaseDep,
     status: OrderStatus | None = None,
@@ -317,9 +369,16 @@ async def list_orders(
     return [_view(o, items[o.order_id]) for o in orders]
 
 
-@router.get("/orders/{order_id}/saga", response_model=SagaView)
+@router.get(
+    "/orders/{order_id}/saga",
+    summary="An order's saga: its timeline and why it ended so",
+    response_model=SagaView,
+    responses=errors({404: "no such order"}),
+)
 async def get_saga(order_id: uuid.UUID, db: DatabaseDep) -> SagaView:
-    """Every event of this order's saga, from all three services, oldest first."""
+    """Every event of this order's saga, from all three services, oldest first, and the
+    `explanation`: why it ended so, each compensation owed and whether it was done, and
+    the events about it that were refused."""
     order = await _load_order(db, order_id)
     async with db.engine.connect() as conn:
         events = await timeline.load(conn, order_id)
@@ -345,7 +404,9 @@ async def get_saga(order_id: uuid.UUID, db: DatabaseDep) -> SagaView:
     )
 
 
-@router.get("/saga-events", response_model=list[FeedEntry])
+@router.get(
+    "/saga-events", summary="Every saga's events (a feed)", response_model=list[FeedEntry], responses=errors()
+)
 async def get_saga_events(
     db: DatabaseDep,
     after: Seq = 0,
@@ -360,24 +421,34 @@ async def get_saga_events(
     return [FeedEntry.model_validate(r) for r in rows]
 
 
-_SEQ = re.compile(r"[0-9]{1,18}")
 #: A position in the timeline (a BIGSERIAL).
 Seq = Annotated[int, Query(ge=0, le=2**63 - 1)]
 
 
-@router.get("/saga-events/stream", response_class=StreamingResponse)
+#: Where a reconnecting browser resumes: the ``seq`` of the last event it got.
+LastEventId = Annotated[
+    str | None,
+    Header(
+        alias="Last-Event-ID",
+        pattern=r"^[0-9]{0,18}$",
+        description="resume after this event (its `seq`, ASCII digits); overrides `after`",
+    ),
+]
+
+
+@router.get(
+    "/saga-events/stream",
+    summary="Every saga's events, live (server-sent events)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, **errors()},
+)
 async def stream_saga_events(
-    request: Request, db: DatabaseDep, after: Seq | None = None
+    request: Request, db: DatabaseDep, after: Seq | None = None, last_event_id: LastEventId = None
 ) -> StreamingResponse:
-    """Server-sent events: each new timeline event as it is recorded (``id`` is its
-    ``seq``; a reconnecting browser resumes from ``Last-Event-ID``). Without ``after``
-    it starts at the newest event."""
-    resume = request.headers.get("last-event-id")
-    start = after
-    if resume:
-        if not _SEQ.fullmatch(resume):
-            raise HTTPException(422, "Last-Event-ID must be the decimal seq of an event (ASCII digits)")
-        start = int(resume)
+    """Server-sent events: each new timeline event as it is recorded (`id` is its `seq`,
+    `data` a feed entry as in `/saga-events`; a reconnecting browser resumes from
+    `Last-Event-ID`). Without `after` it starts at the newest event."""
+    start = int(last_event_id) if last_event_id else after
 
     async def events() -> AsyncIterator[str]:
         async with db.engine.connect() as conn:

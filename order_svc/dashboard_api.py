@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse
 from sqlalchemy import text
 
 from order_svc.settings import Settings
-from saga_kit.http import DatabaseDep, SettingsDep
+from saga_kit.http import DatabaseDep, SettingsDep, errors
 
 STATIC = Path(__file__).parent / "dashboard"
 
@@ -36,9 +36,12 @@ async def asset(name: str) -> FileResponse:
     return FileResponse(_ASSETS[name], headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/dashboard/api/summary")
+_UNREACHABLE = errors({502: "the service behind it did not answer, or answered an error"}, invalid=False)
+
+
+@router.get("/dashboard/api/summary", summary="How many orders in each status")
 async def summary(db: DatabaseDep) -> dict[str, int]:
-    """Orders by status (PENDING = sagas in flight)."""
+    """Orders by status (PENDING = sagas in flight); a status without orders is absent."""
     async with db.engine.connect() as conn:
         rows = await conn.execute(text("SELECT status, COUNT(*) FROM orders GROUP BY status"))
         return {status: n for status, n in rows}
@@ -55,13 +58,23 @@ async def _proxy(url: str) -> Any:
     return response.json()
 
 
-@router.get("/dashboard/api/stock")
+@router.get(
+    "/dashboard/api/stock",
+    summary="Every product's stock, from the inventory service",
+    responses=_UNREACHABLE,
+)
 async def stock(settings: SettingsDep) -> Any:
+    """`GET /products` of the inventory service, passed through so the page needs one origin."""
     assert isinstance(settings, Settings)
     return await _proxy(f"{settings.inventory_url}/products")
 
 
-@router.get("/dashboard/api/balances")
+@router.get(
+    "/dashboard/api/balances",
+    summary="Every account's balance, from the payment service",
+    responses=_UNREACHABLE,
+)
 async def balances(settings: SettingsDep) -> Any:
+    """`GET /accounts` of the payment service, passed through so the page needs one origin."""
     assert isinstance(settings, Settings)
     return await _proxy(f"{settings.payment_url}/accounts")

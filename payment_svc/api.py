@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
 
 from events.values import Balance, ExternalId, Money
-from saga_kit.http import DatabaseDep
+from saga_kit.http import DatabaseDep, errors
 
 router = APIRouter(tags=["accounts"])
 
@@ -28,8 +28,15 @@ class AccountView(BaseModel):
     balance: Balance
 
 
-@router.put("/accounts/{customer_id}", response_model=AccountView)
+@router.put(
+    "/accounts/{customer_id}",
+    summary="Create an account or set its balance",
+    response_model=AccountView,
+    responses=errors(),
+)
 async def put_account(customer_id: CustomerId, body: AccountIn, db: DatabaseDep) -> AccountView:
+    """Sets the customer's balance (at most 999,999,999,999.99); charges and refunds move
+    it from then on."""
     async with db.unit_of_work() as uow:
         await uow.conn.execute(
             text(
@@ -42,8 +49,14 @@ async def put_account(customer_id: CustomerId, body: AccountIn, db: DatabaseDep)
     return AccountView(customer_id=customer_id, balance=body.balance)
 
 
-@router.get("/accounts/{customer_id}", response_model=AccountView)
+@router.get(
+    "/accounts/{customer_id}",
+    summary="One account's balance",
+    response_model=AccountView,
+    responses=errors({404: "no such account"}),
+)
 async def get_account(customer_id: CustomerId, db: DatabaseDep) -> AccountView:
+    """The customer's balance now, after every charge and refund so far."""
     async with db.engine.connect() as conn:
         balance = await conn.scalar(
             text("SELECT balance FROM accounts WHERE customer_id = :c"), {"c": customer_id}
@@ -53,8 +66,9 @@ async def get_account(customer_id: CustomerId, db: DatabaseDep) -> AccountView:
     return AccountView(customer_id=customer_id, balance=balance)
 
 
-@router.get("/accounts", response_model=list[AccountView])
+@router.get("/accounts", summary="Every account's balance", response_model=list[AccountView])
 async def list_accounts(db: DatabaseDep) -> list[AccountView]:
+    """Every account, by customer id."""
     async with db.engine.connect() as conn:
         rows = await conn.execute(text("SELECT customer_id, balance FROM accounts ORDER BY customer_id"))
     return [AccountView.model_validate(r._mapping) for r in rows]

@@ -42,15 +42,18 @@ def _state(pipeline: ConsumerPipeline) -> ConsumerState:
     )
 
 
-@router.get("", response_model=ConsumerState)
+@router.get("", summary="The consumer's state", response_model=ConsumerState)
 async def get_consumer(request: Request) -> ConsumerState:
-    """Whether the consumer flows, and the handler failures it has counted."""
+    """Whether the consumer flows or holds a batch (and why), and the handler failures it
+    has counted against the dead-letter limit."""
     return _state(request.app.state.pipeline)
 
 
-@router.post("/resume", response_model=ConsumerState)
+@router.post("/resume", summary="Resume after the handler-error limit", response_model=ConsumerState)
 async def resume(request: Request) -> ConsumerState:
-    """Forget the handler failures counted so far (see module doc)."""
+    """Forget the handler failures counted so far, so the held batch's poison events are
+    dead-lettered, up to the limit again. After deploying a fix nothing is needed: the
+    held batch goes through."""
     pipeline: ConsumerPipeline = request.app.state.pipeline
     pipeline.handler_errors.resume()
     return _state(pipeline)

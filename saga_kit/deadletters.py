@@ -30,7 +30,7 @@ from saga_kit import headers as kafka_headers
 from saga_kit.consumer import ConsumerPipeline, Outcome, Record, dead_letter_reason
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection
-from saga_kit.http import DatabaseDep
+from saga_kit.http import DatabaseDep, errors
 
 Status = Literal["PENDING", "REPLAYED", "DISCARDED"]
 
@@ -242,13 +242,16 @@ async def discard(db: Database, letter_id: int) -> DeadLetterSummary:
 LetterId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 router = APIRouter(prefix="/dead-letters", tags=["dead letters"])
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such dead letter"}}
-_CONFLICT: dict[int | str, dict[str, Any]] = {
-    409: {"description": "already resolved, or the replay failed again (the reason says which)"}
-}
+_NOT_FOUND = errors({404: "no such dead letter"})
+_NOT_FOUND_OR_RESOLVED = errors(
+    {
+        404: "no such dead letter",
+        409: "already resolved (`dead_letter_resolved`), or the replay failed again (`replay_failed`)",
+    }
+)
 
 
-@router.get("", response_model=list[DeadLetterSummary])
+@router.get("", summary="Dead letters", response_model=list[DeadLetterSummary], responses=errors())
 async def get_dead_letters(
     db: DatabaseDep,
     status: Status | Literal["ALL"] = "PENDING",
@@ -258,7 +261,7 @@ async def get_dead_letters(
     return await list_letters(db, None if status == "ALL" else status, limit)
 
 
-@router.get("/{letter_id}", response_model=DeadLetter, responses=_NOT_FOUND)
+@router.get("/{letter_id}", summary="One dead letter", response_model=DeadLetter, responses=_NOT_FOUND)
 async def get_dead_letter(letter_id: LetterId, db: DatabaseDep) -> DeadLetter:
     """One dead letter with its reason, source, key, headers and a preview of its body."""
     try:
@@ -269,6 +272,7 @@ async def get_dead_letter(letter_id: LetterId, db: DatabaseDep) -> DeadLetter:
 
 @router.get(
     "/{letter_id}/value",
+    summary="A dead letter's original bytes",
     response_class=Response,
     responses={**_NOT_FOUND, 200: {"content": {"application/octet-stream": {}}}},
 )
@@ -281,18 +285,30 @@ async def get_dead_letter_value(letter_id: LetterId, db: DatabaseDep) -> Respons
     return Response(value or b"", media_type="application/octet-stream")
 
 
-@router.post("/{letter_id}/replay", response_model=ReplayResult, responses={**_NOT_FOUND, **_CONFLICT})
+@router.post(
+    "/{letter_id}/replay",
+    summary="Process a dead letter again",
+    response_model=ReplayResult,
+    responses=_NOT_FOUND_OR_RESOLVED,
+)
 async def post_replay(letter_id: LetterId, db: DatabaseDep, request: Request) -> ReplayResult:
-    """Process the original bytes again through this service's consumer pipeline."""
+    """Process the original record again through this service's consumer pipeline, after
+    its cause is fixed; the inbox still guarantees one effect. If it fails again it stays
+    PENDING with the new reason (409)."""
     try:
         return await replay(db, request.app.state.pipeline, letter_id)
     except LookupError:
         raise HTTPException(404, f"dead letter {letter_id} not found") from None
 
 
-@router.post("/{letter_id}/discard", response_model=DeadLetterSummary, responses={**_NOT_FOUND, **_CONFLICT})
+@router.post(
+    "/{letter_id}/discard",
+    summary="Decide a dead letter needs no processing",
+    response_model=DeadLetterSummary,
+    responses=_NOT_FOUND_OR_RESOLVED,
+)
 async def post_discard(letter_id: LetterId, db: DatabaseDep) -> DeadLetterSummary:
-    """Mark it as not needing processing; it is pruned later."""
+    """Mark it DISCARDED; it is kept until the pruner removes resolved letters."""
     try:
         return await discard(db, letter_id)
     except LookupError:

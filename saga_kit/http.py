@@ -1,14 +1,19 @@
-"""HTTP pieces every service shares: the app factory, health endpoints, dependencies."""
+"""HTTP pieces every service shares: the app factory, health endpoints, dependencies, and
+the bodies of error answers with the helper that documents them in each route's OpenAPI."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Annotated, Any
+from http import HTTPStatus
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.values import printable
@@ -21,13 +26,88 @@ from saga_kit.settings import ServiceSettings
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Check = Callable[[], Awaitable[None]]
 
-#: Probes and scrapes are not traced: they would drown the sagas' traces.
-_UNTRACED = ("/health/", "/metrics", "/dashboard", "/saga-events/stream")
+#: Where the scripts, styles and icon of ``/docs`` (Swagger UI) and ``/redoc`` are served
+#: from: fastapi-offline ships them, so the API docs need no network.
+DOCS_ASSETS = "/static-offline-docs"
+#: Probes, scrapes and pages are not traced: they would drown the sagas' traces.
+_UNTRACED = (
+    "/health/",
+    "/metrics",
+    "/dashboard",
+    "/saga-events/stream",
+    "/docs",
+    "/redoc",
+    "/openapi.json",
+    DOCS_ASSETS,
+)
 
 
-class TraceIdHeader:
-    """Adds ``X-Trace-Id`` (the request's trace) to every answer (pure ASGI: no per-request
-    task or body buffering, unlike a ``BaseHTTPMiddleware``)."""
+class Problem(BaseModel):
+    """The body of every error answer but a 422: what went wrong, for people, and a
+    ``reason`` that programs can rely on (``not_found``, ``order_not_cancellable``, …)."""
+
+    detail: str
+    reason: str
+
+
+class InvalidField(BaseModel):
+    #: Where: ``body``, ``path``, ``query`` or ``header``, then the field's name or index.
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class InvalidRequest(BaseModel):
+    """The body of a 422: every invalid part of the request, where and why (never the
+    input itself)."""
+
+    detail: list[InvalidField]
+    reason: Literal["invalid_request"]
+
+
+def errors(described: Mapping[int, str] | None = None, *, invalid: bool = True) -> dict[int | str, Any]:
+    """The error answers of a route for its OpenAPI document: each status in ``described``
+    with its description and a ``Problem`` body, and a 422 with an ``InvalidRequest`` body
+    unless the route reads no parameter, header or body (``invalid=False``)."""
+    out: dict[int | str, Any] = {status: problem(text) for status, text in (described or {}).items()}
+    if invalid:
+        out[422] = {
+            "model": InvalidRequest,
+            "description": "a parameter, header or the body is invalid; `detail` says where and why",
+        }
+    return out
+
+
+def problem(description: str, headers: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One error answer with a ``Problem`` body, for a route's ``responses``."""
+    return {"model": Problem, "description": description, **({"headers": headers} if headers else {})}
+
+
+def location(what: str) -> dict[str, Any]:
+    """The OpenAPI of a ``Location`` header pointing at ``what``."""
+    return {"Location": {"description": what, "schema": {"type": "string", "format": "uri-reference"}}}
+
+
+#: The OpenAPI of a ``Retry-After`` header.
+RETRY_AFTER = {
+    "Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}
+}
+
+
+#: The docs pages may load nothing from another host, whatever their bundles try (ReDoc's
+#: fetches its maker's logo from a CDN); inline scripts and styles are the pages' own.
+_DOCS_POLICY = (
+    b"content-security-policy",
+    b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline';"
+    b" img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:",
+)
+_DOCS_PAGES = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
+
+
+class ExtraHeaders:
+    """Adds ``X-Trace-Id`` (the request's trace) to every answer, and the docs pages'
+    Content-Security-Policy to theirs (pure ASGI: no per-request task or body buffering,
+    unlike a ``BaseHTTPMiddleware``)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -37,13 +117,16 @@ class TraceIdHeader:
             await self.app(scope, receive, send)
             return
         ids = tracing.current_ids()
+        extra = [(b"x-trace-id", ids[0].encode())] if ids is not None else []
+        if scope["path"] in _DOCS_PAGES:
+            extra.append(_DOCS_POLICY)
 
-        async def with_trace_id(message: Message) -> None:
-            if ids is not None and message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-trace-id", ids[0].encode())]
+        async def with_extra(message: Message) -> None:
+            if extra and message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        await self.app(scope, receive, with_trace_id)
+        await self.app(scope, receive, with_extra)
 
 
 async def get_database(request: Request) -> Database:
@@ -62,29 +145,49 @@ async def get_settings(request: Request) -> ServiceSettings:
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 
 
+class Liveness(BaseModel):
+    status: Literal["ok"]
+
+
+class CheckResult(BaseModel):
+    ok: bool
+    #: Why the check failed (absent when it passed).
+    error: str | None = None
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    #: ``database``, ``broker``, ``consumers`` and ``outbox_relay``.
+    checks: dict[str, CheckResult]
+
+
 def health_router(checks: Mapping[str, Check], timeout: float = 2.0) -> APIRouter:
     router = APIRouter(tags=["health"])
 
-    @router.get("/health/live")
-    async def live() -> dict[str, str]:
+    @router.get("/health/live", summary="Is the process alive", response_model=Liveness)
+    async def live() -> Liveness:
         """200 while the process runs and its event loop answers."""
-        return {"status": "ok"}
+        return Liveness(status="ok")
 
-    @router.get("/health/ready", response_model=None)
+    @router.get(
+        "/health/ready",
+        summary="Is the service ready for work",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "a check failed; the body says which and why"}},
+    )
     async def ready() -> JSONResponse:
-        """200 when every dependency answers, else 503; the body names each check."""
-        results: dict[str, Any] = {}
+        """200 when the database, broker, consumers and outbox relay are healthy, else 503;
+        the body names each check, and a failing one its error."""
+        results: dict[str, CheckResult] = {}
         for name, check in checks.items():
             try:
                 await asyncio.wait_for(check(), timeout)
-                results[name] = {"ok": True}
+                results[name] = CheckResult(ok=True)
             except Exception as exc:  # a failing check is the answer, not an error
-                results[name] = {"ok": False, "error": printable(f"{type(exc).__name__}: {exc}", 1000)}
-        ok = all(r["ok"] for r in results.values())
-        return JSONResponse(
-            {"status": "ready" if ok else "not_ready", "checks": results},
-            status_code=200 if ok else 503,
-        )
+                results[name] = CheckResult(ok=False, error=printable(f"{type(exc).__name__}: {exc}", 1000))
+        ok = all(r.ok for r in results.values())
+        body = Readiness(status="ready" if ok else "not_ready", checks=results)
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ok else 503)
 
     return router
 
@@ -92,9 +195,16 @@ def health_router(checks: Mapping[str, Check], timeout: float = 2.0) -> APIRoute
 def metrics_router(render: Callable[[], Awaitable[bytes]]) -> APIRouter:
     router = APIRouter(tags=["health"])
 
-    @router.get("/metrics", response_class=PlainTextResponse)
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {METRICS_CONTENT_TYPE: {}}}},
+    )
     async def metrics() -> Response:
-        """Prometheus text exposition format."""
+        """The service's metrics in the Prometheus text exposition format (version 0.0.4):
+        events consumed and produced, batches, outbox backlog, consumer lag, dead letters,
+        scheduled jobs."""
         return Response(await render(), media_type=METRICS_CONTENT_TYPE)
 
     return router
@@ -108,9 +218,12 @@ def create_app(
     checks: Mapping[str, Check],
     metrics: Callable[[], Awaitable[bytes]],
 ) -> FastAPI:
-    app = FastAPI(
+    app = FastAPIOffline(
         title=title,
         version="1.0.0",
+        static_url=DOCS_ASSETS,
+        # Swagger UI would otherwise ask a public validator about the document
+        swagger_ui_parameters={"validatorUrl": None},
         # The framework's own OpenTelemetry server span is the request's one span (it
         # continues an incoming traceparent); probes and scrapes are left out.
         telemetry={
@@ -128,7 +241,15 @@ def create_app(
     for router in routers:
         app.include_router(router)
 
-    app.add_middleware(TraceIdHeader)
+    app.add_middleware(ExtraHeaders)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """An error answer has the shape of every other: ``Problem``."""
+        reason = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+        return JSONResponse(
+            {"detail": str(exc.detail), "reason": reason}, status_code=exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(DomainRejection)
     async def rejection(_: Request, exc: DomainRejection) -> JSONResponse:

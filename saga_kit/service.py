@@ -14,12 +14,12 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import uvicorn
 import uvloop
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI
 
 from events.topics import DOMAIN_TOPICS, dead_letter_topic
 from saga_kit import consumer_api, deadletters, logs, metrics, signing, tracing
@@ -27,7 +27,7 @@ from saga_kit.consumer import ConsumerPipeline, HandlerErrorLimit, Subscription
 from saga_kit.db import Database, EmitHook, create_engine
 from saga_kit.errors import is_transient, is_transient_kafka_error
 from saga_kit.faust_app import build_faust_app
-from saga_kit.http import create_app
+from saga_kit.http import Check, create_app
 from saga_kit.kafka import broker_ping, create_producer, ensure_topics
 from saga_kit.migrations import PLUMBING, Migration, migrate
 from saga_kit.outbox import OutboxRelay
@@ -111,6 +111,25 @@ async def _cancel_leftovers(seconds: float) -> list[str]:
         return []
     _, pending = await asyncio.wait(tasks, timeout=seconds)
     return sorted(t.get_name() for t in pending)
+
+
+def http_app(
+    spec: ServiceSpec,
+    db: Database,
+    settings: ServiceSettings,
+    checks: Mapping[str, Check],
+    render_metrics: Callable[[], Awaitable[bytes]],
+) -> FastAPI:
+    """The service's HTTP API: its own routes, then those every service has (health,
+    metrics, dead letters, consumer, docs)."""
+    return create_app(
+        spec.title,
+        db,
+        settings,
+        [*spec.routers(), deadletters.router, consumer_api.router],
+        checks,
+        render_metrics,
+    )
 
 
 async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Event) -> None:
@@ -209,11 +228,10 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             if not relay.healthy:
                 raise RuntimeError("outbox relay is retrying a transient failure")
 
-        app = create_app(
-            spec.title,
+        app = http_app(
+            spec,
             db,
             settings,
-            [*spec.routers(), deadletters.router, consumer_api.router],
             {
                 "database": db.ping,
                 "broker": lambda: broker_ping(producer),

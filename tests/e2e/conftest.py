@@ -10,9 +10,11 @@ import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from sagastack.browser import chromium_paths, open_chromium
 from sagastack.client import SagaClient
 from sagastack.system import BrokerKind, System
 
@@ -25,6 +27,23 @@ def system(run_root: Path, broker_kind: BrokerKind) -> Iterator[System]:
         run_root / "e2e", free_ports=True, fresh=True, service_env=debug, broker_kind=broker_kind
     ) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """A headless Debian chromium under Selenium, or a skip (a failure in CI) without it."""
+    if chromium_paths() is None:
+        message = (
+            "Debian's chromium and chromium-driver are not installed (`make test` installs them as root)"
+        )
+        if os.environ.get("SAGA_REQUIRE_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
+    driver = open_chromium()
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 @pytest.fixture

@@ -3,38 +3,13 @@ it, place orders from it, and watch their sagas reach their final state live."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from sagastack.browser import chromium_paths, open_chromium, texts, wait
+from sagastack.browser import texts, wait
 from sagastack.client import SagaClient
 from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, seed
-
-
-def open_browser() -> Any:
-    """A headless Debian chromium under Selenium, or a skip (a failure in CI) without it."""
-    if chromium_paths() is None:
-        message = (
-            "Debian's chromium and chromium-driver are not installed (`make test` installs them as root)"
-        )
-        if os.environ.get("SAGA_REQUIRE_BROWSER"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return open_chromium()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    driver = open_browser()
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def place_from_page(driver: Any, customer: str, product: str, quantity: int) -> None:
