@@ -13,7 +13,7 @@ WITH_BROKER := $(if $(BROKER),SAGA_BROKER=$(BROKER))
 help:
 	@echo "make setup    create .venv with the pinned dependencies (requirements.lock)"
 	@echo "make run      start broker, database and the three services; Ctrl-C stops all"
-	@echo "make demo     seven sagas end to end (every outcome, one from Kafka, one forged), then the invariants;"
+	@echo "make demo     eight sagas end to end (every outcome, from Kafka, forged, provider outage), then the invariants;"
 	@echo "              on a terminal it keeps running for the dashboard (KEEP=0: stop at once)"
 	@echo "              BROKER=kafka|tansu for run, demo, test, bench, chaos (default Tansu)"
 	@echo "make test     unit, integration and end-to-end tests on the real servers"

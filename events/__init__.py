@@ -22,7 +22,7 @@ from events.order import (
     OrderLine,
     OrderRejected,
 )
-from events.payment import PaymentCompleted, PaymentFailed, PaymentRefunded, PaymentVoided
+from events.payment import PaymentCompleted, PaymentFailed, PaymentPending, PaymentRefunded, PaymentVoided
 from events.registry import EVENT_TYPES, payload_class
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "OrderRejected",
     "PaymentCompleted",
     "PaymentFailed",
+    "PaymentPending",
     "PaymentRefunded",
     "PaymentVoided",
     "PricedLine",

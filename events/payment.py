@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
 
 from events.envelope import EventPayload
 from events.order import CancelReason
-from events.values import ExternalId, Money
+from events.values import ExternalId, Instant, Money, SafeText
 
 PRODUCER = "payment_svc"
 
@@ -21,15 +23,38 @@ class PaymentCompleted(EventPayload):
     amount: Money
 
 
+#: Why a card was declined, as the payment provider said (its ``decline_code``); a code
+#: the project does not know is reported as ``card_declined``.
+DeclineReason = Literal["insufficient_funds", "unknown_account", "card_declined"]
+
+
 class PaymentFailed(EventPayload):
-    """Step 3, rejected: nothing was charged; inventory releases, order rejects."""
+    """Step 3, rejected: the payment provider declined the charge (a business answer, not
+    an error); nothing was charged; inventory releases, order rejects."""
 
     event_type: ClassVar[str] = "PaymentFailed"
     producer: ClassVar[str] = PRODUCER
 
     customer_id: ExternalId
     amount: Money
-    reason: Literal["insufficient_funds", "unknown_account"]
+    reason: DeclineReason
+
+
+class PaymentPending(EventPayload):
+    """Step 3, waiting: the payment provider could not be reached or did not answer (a
+    timeout, a 5xx, an outage, the circuit breaker open) and payment keeps trying with the
+    same idempotency key — until it answers, or until the order's deadline cancels the
+    saga. Emitted once per order, when it first has to wait; it decides nothing."""
+
+    event_type: ClassVar[str] = "PaymentPending"
+    producer: ClassVar[str] = PRODUCER
+
+    customer_id: ExternalId
+    amount: Money
+    #: when payment first failed to reach the provider for this order
+    since: Instant
+    #: what went wrong, for people (e.g. ``provider timed out after 2.0 s``)
+    reason: Annotated[SafeText, Field(max_length=500)]
 
 
 class PaymentRefunded(EventPayload):

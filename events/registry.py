@@ -10,7 +10,7 @@ from events.inventory import (
     InventoryReserved,
 )
 from events.order import CommandRejected, OrderApproved, OrderCancelled, OrderCreated, OrderRejected
-from events.payment import PaymentCompleted, PaymentFailed, PaymentRefunded, PaymentVoided
+from events.payment import PaymentCompleted, PaymentFailed, PaymentPending, PaymentRefunded, PaymentVoided
 
 EVENT_TYPES: dict[str, type[EventPayload]] = {
     cls.event_type: cls
@@ -26,6 +26,7 @@ EVENT_TYPES: dict[str, type[EventPayload]] = {
         InventoryReleased,
         PaymentCompleted,
         PaymentFailed,
+        PaymentPending,
         PaymentRefunded,
         PaymentVoided,
     )

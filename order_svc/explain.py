@@ -5,6 +5,8 @@ assumed: every part of the verdict and every item of the checklist is read off a
 
 What each outcome owes, and which event settles it:
 
+* **PENDING** — in flight; while payment waits on an unreachable payment provider
+  (``PaymentPending`` and no answer yet), the verdict says since when and why.
 * **APPROVED** — inventory turns the reservation into a sale (``InventoryCommitted``).
   A compensating event in an approved saga (a release, a refund, a failed payment) is an
   inconsistency, and the verdict says so.
@@ -34,6 +36,7 @@ _REASONS = {
     "unknown_product": "the order names a product that is not in the catalogue",
     "insufficient_funds": "payment was declined (insufficient funds)",
     "unknown_account": "payment was declined (the customer has no account)",
+    "card_declined": "the payment provider declined the card",
     "timeout": "its deadline passed before the saga finished",
     "cancelled_by_customer": "the customer cancelled it",
 }
@@ -98,6 +101,14 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
     seen = {e["event_type"]: e for e in events}
     if status == "PENDING":
         last = events[-1]["event_type"] if events else "nothing yet"
+        pending = seen.get("PaymentPending")
+        if pending is not None and not {"PaymentCompleted", "PaymentFailed"} & seen.keys():
+            told = pending.get("payload", {})
+            return Explanation(
+                f"in flight: waiting on the payment provider since {told.get('since', '?')}"
+                f" ({told.get('reason', 'no reason given')}); payment retries with the same"
+                " idempotency key until it answers or the order's deadline cancels the saga"
+            )
         return Explanation(f"in flight: the last step was {last}")
     if status == "APPROVED":
         return _approved(seen)

@@ -1,19 +1,28 @@
-"""HTTP API of the payment service: customer accounts."""
+"""HTTP API of the payment service: customer accounts (held by the payment provider, read
+and set through it) and the service's payments."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
 
+import httpx
 from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
 
 from events.values import Balance, ExternalId, Money
+from payment_svc import runtime
 from saga_kit.http import DatabaseDep, errors
 
 router = APIRouter(tags=["accounts"])
 
 CustomerId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+#: What an account route answers when the provider does not.
+_PROVIDER_DOWN = {502: "the payment provider did not answer, or answered an error"}
 
 
 class AccountIn(BaseModel):
@@ -28,47 +37,106 @@ class AccountView(BaseModel):
     balance: Balance
 
 
+async def _provider(method: str, path: str, body: Any = None) -> httpx.Response:
+    try:
+        answer = await runtime.provider().request(method, path, body)
+    except httpx.HTTPError as exc:
+        raise HTTPException(502, f"the payment provider did not answer: {type(exc).__name__}") from None
+    if answer.status_code >= 500:
+        raise HTTPException(502, f"the payment provider answered {answer.status_code}")
+    return answer
+
+
+def _view(data: Any) -> AccountView:
+    return AccountView(customer_id=data["account_id"], balance=Decimal(str(data["balance"])))
+
+
 @router.put(
     "/accounts/{customer_id}",
     summary="Create an account or set its balance",
     response_model=AccountView,
-    responses=errors(),
+    responses=errors(_PROVIDER_DOWN),
 )
-async def put_account(customer_id: CustomerId, body: AccountIn, db: DatabaseDep) -> AccountView:
-    """Sets the customer's balance (at most 999,999,999,999.99); charges and refunds move
-    it from then on."""
-    async with db.unit_of_work() as uow:
-        await uow.conn.execute(
-            text(
-                "INSERT INTO accounts (customer_id, balance) VALUES (:c, :b)"
-                " ON CONFLICT (customer_id) DO UPDATE SET balance = :b,"
-                " updated_at = clock_timestamp()"
-            ),
-            {"c": customer_id, "b": body.balance},
-        )
-    return AccountView(customer_id=customer_id, balance=body.balance)
+async def put_account(customer_id: CustomerId, body: AccountIn) -> AccountView:
+    """Sets the customer's balance at the payment provider (at most 999,999,999,999.99);
+    charges and refunds move it from then on."""
+    answer = await _provider("PUT", f"/v1/accounts/{customer_id}", {"balance": f"{body.balance:.2f}"})
+    if answer.status_code != 200:
+        raise HTTPException(502, f"the payment provider answered {answer.status_code}")
+    return _view(answer.json())
 
 
 @router.get(
     "/accounts/{customer_id}",
     summary="One account's balance",
     response_model=AccountView,
-    responses=errors({404: "no such account"}),
+    responses=errors({404: "no such account", **_PROVIDER_DOWN}),
 )
-async def get_account(customer_id: CustomerId, db: DatabaseDep) -> AccountView:
-    """The customer's balance now, after every charge and refund so far."""
-    async with db.engine.connect() as conn:
-        balance = await conn.scalar(
-            text("SELECT balance FROM accounts WHERE customer_id = :c"), {"c": customer_id}
-        )
-    if balance is None:
-        raise HTTPException(404, f"account {customer_id!r} not found")
-    return AccountView(customer_id=customer_id, balance=balance)
+async def get_account(customer_id: CustomerId) -> AccountView:
+    """The customer's balance at the payment provider now, after every charge and refund."""
+    answer = await _provider("GET", f"/v1/accounts/{customer_id}")
+    if answer.status_code == 404:
+        raise HTTPException(404, f"account {customer_id} not found")
+    if answer.status_code != 200:
+        raise HTTPException(502, f"the payment provider answered {answer.status_code}")
+    return _view(answer.json())
 
 
-@router.get("/accounts", summary="Every account's balance", response_model=list[AccountView])
-async def list_accounts(db: DatabaseDep) -> list[AccountView]:
-    """Every account, by customer id."""
+@router.get(
+    "/accounts",
+    summary="Every account's balance",
+    response_model=list[AccountView],
+    responses=errors(_PROVIDER_DOWN, invalid=False),
+)
+async def list_accounts() -> list[AccountView]:
+    """Every account at the payment provider, by customer id."""
+    answer = await _provider("GET", "/v1/accounts")
+    if answer.status_code != 200:
+        raise HTTPException(502, f"the payment provider answered {answer.status_code}")
+    return [_view(a) for a in answer.json()]
+
+
+class PaymentView(BaseModel):
+    order_id: uuid.UUID
+    customer_id: str
+    amount: Decimal
+    #: PENDING, CHARGED, DECLINED, REFUND_PENDING, REFUNDED or VOIDED
+    status: str
+    reason: str | None
+    #: provider calls made (or claimed) so far
+    attempts: int
+    #: the order was cancelled while its charge was in doubt (a refund follows the charge)
+    cancel_requested: bool
+    #: since when it has been waiting on the provider (null: never had to)
+    waiting_since: datetime | None
+    last_error: str | None
+    next_attempt_at: datetime | None
+    charge_id: str | None
+    refund_id: str | None
+
+
+@router.get(
+    "/payments/{order_id}",
+    summary="An order's payment and its provider calls",
+    tags=["payments"],
+    response_model=PaymentView,
+    responses=errors({404: "no payment for this order (yet)"}),
+)
+async def get_payment(order_id: uuid.UUID, db: DatabaseDep) -> PaymentView:
+    """The payment's status, how many provider calls it took, and while it waits, since
+    when and the last failure (a timeout, an outage, the circuit breaker open)."""
     async with db.engine.connect() as conn:
-        rows = await conn.execute(text("SELECT customer_id, balance FROM accounts ORDER BY customer_id"))
-    return [AccountView.model_validate(r._mapping) for r in rows]
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT order_id, customer_id, amount, status, reason, attempts, cancel_requested,"
+                    " waiting_since, last_error, charge_id, refund_id, CASE WHEN status IN"
+                    " ('PENDING', 'REFUND_PENDING') THEN next_attempt_at END AS next_attempt_at"
+                    " FROM payments WHERE order_id = :o"
+                ),
+                {"o": order_id},
+            )
+        ).first()
+    if row is None:
+        raise HTTPException(404, f"no payment for order {order_id}")
+    return PaymentView.model_validate(row._mapping)

@@ -1,5 +1,5 @@
-"""Payment service errors. Insufficient funds and unknown accounts are answered with
-PaymentFailed (see ``charging.py``), not raised."""
+"""Payment service errors. A card the provider declines is answered with
+PaymentFailed (see ``worker.py``), not raised."""
 
 from saga_kit.errors import DomainRejection, InvalidEvent, TransientError
 

@@ -1,14 +1,21 @@
-"""Payment reactions: charge on InventoryReserved (step 3), refund on OrderCancelled (c6).
+"""Payment reactions: the intent to charge on InventoryReserved (step 3), the void or the
+refund on OrderCancelled (c6). The calls to the payment provider are not made here: a
+reaction runs inside the consumer's transaction, which must never wait on another system.
+It records the intent; the payment worker (``payment_svc.worker``) makes the call and
+records its result in a transaction of its own.
 
 A batch at a time (``saga_kit.reactions``): ``load`` locks the batch's orders' payment
-rows, then the accounts they touch (in customer-id order); each decide function applies
-one event through the charging rule (``payment_svc.charging``); ``save`` writes what
-changed.
+rows; each decide function changes them; ``save`` writes what changed.
 
 The ``payments`` row of an order is the one decision record, whatever arrives first:
-CHARGED or DECLINED when the charge was decided, REFUNDED when a charged order was
-cancelled, VOIDED when the cancellation arrived before anything was charged — then a
-late InventoryReserved finds the row and charges nothing."""
+
+* PENDING — charge intended, the provider not (yet) asked or not (yet) answered;
+* CHARGED / DECLINED — the provider's answer;
+* REFUND_PENDING — charged, and the order was cancelled: a refund to make;
+* REFUNDED — the provider gave it back;
+* VOIDED — the cancellation came before the provider was ever asked; a late
+  InventoryReserved finds the row and charges nothing.
+"""
 
 from __future__ import annotations
 
@@ -21,17 +28,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from events import (
-    InventoryReserved,
-    OrderCancelled,
-    PaymentCompleted,
-    PaymentFailed,
-    PaymentRefunded,
-    PaymentVoided,
-)
+from events import InventoryReserved, OrderCancelled, PaymentVoided
 from events.envelope import Envelope
-from payment_svc.charging import Decline, decide_charge
-from saga_kit import sql
+from saga_kit import sql, tracing
 from saga_kit.db import UnitOfWork
 from saga_kit.reactions import Reactions, Replies
 
@@ -42,85 +41,76 @@ class Payment:
     amount: Decimal
     status: str
     reason: str | None = None
+    #: provider calls claimed so far (payment_svc.worker)
+    attempts: int = 0
+    cancel_requested: bool = False
+    #: the event the pending provider call answers, and its trace
+    cause: uuid.UUID | None = None
+    traceparent: str | None = None
     new: bool = False
     changed: bool = False
 
 
 @dataclass
 class Ledger:
-    """What a batch needs: its orders' payment rows and the accounts they touch (locked)."""
+    """What a batch needs: its orders' payment rows (locked)."""
 
     payments: dict[uuid.UUID, Payment] = field(default_factory=dict)
-    #: customer → balance; a customer without an account is absent
-    balances: dict[str, Decimal] = field(default_factory=dict)
-    changed_accounts: set[str] = field(default_factory=set)
-
-    def credit(self, customer_id: str, amount: Decimal) -> None:
-        self.balances[customer_id] += amount
-        self.changed_accounts.add(customer_id)
 
 
 async def load(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> Ledger:
     ledger = Ledger()
     for row in await conn.execute(
         text(
-            "SELECT order_id, customer_id, amount, status, reason FROM payments"
-            f" WHERE order_id IN {sql.UUIDS} ORDER BY order_id FOR UPDATE"
+            "SELECT order_id, customer_id, amount, status, reason, attempts, cancel_requested"
+            f" FROM payments WHERE order_id IN {sql.UUIDS} ORDER BY order_id FOR UPDATE"
         ),
         {"ids": sql.values(sorted({e.order_id for e in events}))},
     ):
-        ledger.payments[row.order_id] = Payment(row.customer_id, row.amount, row.status, row.reason)
-    customers = {e.payload.customer_id for e in events if isinstance(e.payload, InventoryReserved)}
-    customers |= {p.customer_id for p in ledger.payments.values() if p.status == "CHARGED"}
-    # row locks in customer-id order: concurrent batches never deadlock
-    for row in await conn.execute(
-        text(
-            f"SELECT customer_id, balance FROM accounts WHERE customer_id IN {sql.TEXTS}"
-            " ORDER BY customer_id FOR UPDATE"
-        ),
-        {"keys": sql.values(sorted(customers))},
-    ):
-        ledger.balances[row.customer_id] = row.balance
+        ledger.payments[row.order_id] = Payment(
+            row.customer_id, row.amount, row.status, row.reason, row.attempts, row.cancel_requested
+        )
     return ledger
 
 
 def save(uow: UnitOfWork, ledger: Ledger) -> None:
     new = [
-        {"o": oid, "c": p.customer_id, "a": p.amount, "s": p.status, "r": p.reason}
+        {
+            **{"o": oid, "c": p.customer_id, "a": p.amount, "s": p.status, "r": p.reason},
+            **{"k": p.cause, "t": p.traceparent},
+        }
         for oid, p in ledger.payments.items()
         if p.new
     ]
     if new:
         uow.write(
             (
-                "INSERT INTO payments (order_id, customer_id, amount, status, reason)"
-                " SELECT o, c, a, s, r FROM json_to_recordset(CAST(%(rows)s AS json))"
-                " AS v(o uuid, c text, a numeric, s text, r text)"
+                "INSERT INTO payments"
+                " (order_id, customer_id, amount, status, reason, charge_cause, traceparent)"
+                " SELECT o, c, a, s, r, k, t FROM json_to_recordset(CAST(%(rows)s AS json))"
+                " AS v(o uuid, c text, a numeric, s text, r text, k uuid, t text)"
             ),
             {"rows": sql.rows(new)},
         )
     changed = [
-        {"o": oid, "s": p.status, "r": p.reason}
+        {"o": oid, "s": p.status, "r": p.reason, "x": p.cancel_requested, "k": p.cause, "t": p.traceparent}
         for oid, p in ledger.payments.items()
         if p.changed and not p.new
     ]
     if changed:
+        # a change here is a cancellation: the refund (if any) answers it, in its trace,
+        # and is due now (next_attempt_at), whatever backoff the charge had
         uow.write(
             (
-                "UPDATE payments p SET status = v.s, reason = v.r, updated_at = clock_timestamp()"
-                " FROM json_to_recordset(CAST(%(rows)s AS json)) AS v(o uuid, s text, r text)"
+                "UPDATE payments p SET status = v.s, reason = v.r, cancel_requested = v.x,"
+                " refund_cause = v.k, traceparent = COALESCE(v.t, p.traceparent),"
+                " next_attempt_at = CASE WHEN v.s = 'REFUND_PENDING' THEN clock_timestamp()"
+                " ELSE p.next_attempt_at END, updated_at = clock_timestamp()"
+                " FROM json_to_recordset(CAST(%(rows)s AS json))"
+                " AS v(o uuid, s text, r text, x boolean, k uuid, t text)"
                 " WHERE p.order_id = v.o"
             ),
             {"rows": sql.rows(changed)},
-        )
-    if ledger.changed_accounts:
-        uow.write(
-            (
-                "UPDATE accounts a SET balance = v.b, updated_at = clock_timestamp()"
-                " FROM json_to_recordset(CAST(%(rows)s AS json)) AS v(c text, b numeric)"
-                " WHERE a.customer_id = v.c"
-            ),
-            {"rows": sql.rows({"c": c, "b": ledger.balances[c]} for c in sorted(ledger.changed_accounts))},
         )
 
 
@@ -129,40 +119,53 @@ reactions: Reactions[Ledger] = Reactions(load, save)
 
 @reactions.on(InventoryReserved)
 def on_inventory_reserved(ledger: Ledger, event: Envelope[InventoryReserved]) -> Replies:
-    """Charge the customer for the order's total, once: a payment row per order is the
-    decision record, so a second InventoryReserved for the same order changes nothing."""
+    """Intend to charge the customer the order's total: a PENDING payment, which the
+    payment worker takes to the provider. Once per order: the payment row is the decision
+    record, so a second InventoryReserved (or one after a cancellation) changes nothing.
+    Nothing is emitted yet: PaymentCompleted or PaymentFailed follow the provider's answer."""
     reserved = event.payload
-    if event.order_id in ledger.payments:
-        return []
-    decision = decide_charge(ledger.balances.get(reserved.customer_id), reserved.total)
-    if isinstance(decision, Decline):
+    if event.order_id not in ledger.payments:
         ledger.payments[event.order_id] = Payment(
-            reserved.customer_id, reserved.total, "DECLINED", decision.reason, new=True
+            reserved.customer_id,
+            reserved.total,
+            "PENDING",
+            cause=event.event_id,
+            traceparent=tracing.current_traceparent(),
+            new=True,
         )
-        return [
-            PaymentFailed(customer_id=reserved.customer_id, amount=reserved.total, reason=decision.reason)
-        ]
-    ledger.balances[reserved.customer_id] = decision.new_balance
-    ledger.changed_accounts.add(reserved.customer_id)
-    ledger.payments[event.order_id] = Payment(reserved.customer_id, decision.amount, "CHARGED", new=True)
-    return [PaymentCompleted(customer_id=reserved.customer_id, amount=decision.amount)]
+    return []
 
 
 @reactions.on(OrderCancelled)
 def on_order_cancelled(ledger: Ledger, event: Envelope[OrderCancelled]) -> Replies:
-    """c6: refund what this order was charged; if nothing was decided yet, void it so it is
-    never charged later."""
+    """c6: payment must not keep a penny of a cancelled order.
+
+    * nothing decided, or a charge intended but the provider never asked (no call
+      claimed): void it — it will never be charged (``PaymentVoided``);
+    * a charge whose call was made but whose answer is not known (a timeout, an outage):
+      the provider may have charged. Mark it; the worker finishes the charge with the
+      same idempotency key (never a second charge) and then refunds it;
+    * charged: refund it (REFUND_PENDING; the worker asks the provider);
+    * declined, refunded or voided already: nothing to give back."""
     cancelled = event.payload
     payment = ledger.payments.get(event.order_id)
-    if payment is None:
-        ledger.payments[event.order_id] = Payment(
-            cancelled.customer_id, Decimal("0"), "VOIDED", cancelled.reason, new=True
-        )
-        return [PaymentVoided(customer_id=cancelled.customer_id, reason=cancelled.reason)]
-    if payment.status != "CHARGED":  # declined, refunded or voided already: nothing to give back
+    if payment is not None:
+        payment.cause, payment.traceparent = event.event_id, tracing.current_traceparent()
+    if payment is None or (payment.status == "PENDING" and payment.attempts == 0):
+        voided = Payment(cancelled.customer_id, Decimal("0"), "VOIDED", cancelled.reason)
+        if payment is None:
+            voided.new = True
+        else:
+            voided.customer_id, voided.changed = payment.customer_id, True
+        ledger.payments[event.order_id] = voided
+        return [PaymentVoided(customer_id=voided.customer_id, reason=cancelled.reason)]
+    if payment.status == "PENDING":
+        if not payment.cancel_requested:
+            payment.cancel_requested, payment.reason, payment.changed = True, cancelled.reason, True
+        return []
+    if payment.status != "CHARGED":
         return []
     # to whoever was charged, whatever customer the cancellation names: a refund that is
     # owed is never refused nor redirected
-    ledger.credit(payment.customer_id, payment.amount)
-    payment.status, payment.reason, payment.changed = "REFUNDED", cancelled.reason, True
-    return [PaymentRefunded(customer_id=payment.customer_id, amount=payment.amount)]
+    payment.status, payment.reason, payment.changed = "REFUND_PENDING", cancelled.reason, True
+    return []

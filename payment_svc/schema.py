@@ -1,5 +1,6 @@
 """The payment service's tables. One payment row per order at most (its primary key):
-an order is charged at most once whatever is redelivered."""
+an order is charged at most once whatever is redelivered, and the provider is asked with
+an idempotency key derived from the order (``payment_svc.provider.charge_key``)."""
 
 from saga_kit.migrations import Migration
 
@@ -46,6 +47,38 @@ MIGRATIONS: tuple[Migration, ...] = (
             # balance since: the column must hold any sum of owed refunds, so it takes
             # PostgreSQL's widest precision (998 integer digits) instead of Money's 12.
             "ALTER TABLE accounts ALTER COLUMN balance TYPE NUMERIC(1000, 2)",
+        ),
+    ),
+    Migration(
+        "payment_svc",
+        4,
+        "provider_payments",
+        (
+            # The payment step calls an external provider (payment_svc/worker.py): a payment
+            # is an intent first (PENDING), a call second, a result third. REFUND_PENDING: a
+            # charge to give back, the refund not yet confirmed by the provider.
+            "ALTER TABLE payments DROP CONSTRAINT payments_status_check",
+            "ALTER TABLE payments ADD CONSTRAINT payments_status_check CHECK (status IN"
+            " ('PENDING', 'CHARGED', 'DECLINED', 'REFUND_PENDING', 'REFUNDED', 'VOIDED'))",
+            # calls claimed so far (a claim is committed before its call: a cancellation
+            # that finds 0 knows the provider was never asked, and voids)
+            "ALTER TABLE payments ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE payments ADD COLUMN next_attempt_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()",
+            # the order was cancelled while a charge was in doubt: finish it, then refund
+            "ALTER TABLE payments ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false",
+            "ALTER TABLE payments ADD COLUMN waiting_since TIMESTAMPTZ",
+            "ALTER TABLE payments ADD COLUMN last_error TEXT",
+            "ALTER TABLE payments ADD COLUMN charge_id TEXT",
+            "ALTER TABLE payments ADD COLUMN refund_id TEXT",
+            # the events the provider's answers reply to (causation), and the trace they
+            # continue: InventoryReserved for the charge, OrderCancelled for the refund
+            "ALTER TABLE payments ADD COLUMN charge_cause UUID",
+            "ALTER TABLE payments ADD COLUMN refund_cause UUID",
+            "ALTER TABLE payments ADD COLUMN traceparent TEXT",
+            "CREATE INDEX payments_due ON payments (next_attempt_at)"
+            " WHERE status IN ('PENDING', 'REFUND_PENDING')",
+            # balances live at the provider now (PUT /accounts passes through to it)
+            "DROP TABLE accounts",
         ),
     ),
 )

@@ -1,11 +1,37 @@
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from saga_kit.settings import ServiceSettings
 
 
 class Settings(ServiceSettings):
-    """``PAYMENT_DATABASE_URL``, ``PAYMENT_HTTP_PORT`` (8003), …"""
+    """``PAYMENT_DATABASE_URL``, ``PAYMENT_HTTP_PORT`` (8003), ``PAYMENT_PROVIDER_URL``, …"""
 
     model_config = SettingsConfigDict(env_prefix="PAYMENT_", extra="ignore", frozen=True)
 
     http_port: int = 8003
+
+    provider_url: str = Field(
+        default="http://127.0.0.1:8004",
+        description="base URL of the payment provider (charges, refunds, accounts); the"
+        " simulator in payment_provider/ by default, a real processor in production",
+    )
+    provider_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="each provider call's whole budget (connect, send, wait, read); past it"
+        " the outcome is unknown and the call is repeated later with the same idempotency key",
+    )
+    provider_breaker_failures: int = Field(
+        default=5, ge=1, description="consecutive failed provider calls that open the circuit breaker"
+    )
+    provider_breaker_recovery_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="how long the open breaker fails fast before it half-opens to let one probe through",
+    )
+    provider_poll_seconds: float = Field(
+        default=0.02, gt=0, description="how often the payment worker looks for payments due a provider call"
+    )
+    provider_batch: int = Field(default=64, ge=1, description="payments claimed per worker round")
+    provider_concurrency: int = Field(default=16, ge=1, description="provider calls in flight at once")

@@ -149,14 +149,23 @@ class Liveness(BaseModel):
     status: Literal["ok"]
 
 
+class Degraded(Exception):
+    """Raised by a readiness check that passes but works around a failure (e.g. the payment
+    provider's circuit breaker is open: payments wait): the service stays ready (200) and
+    the body says ``degraded`` with the reason."""
+
+
 class CheckResult(BaseModel):
     ok: bool
     #: Why the check failed (absent when it passed).
     error: str | None = None
+    #: Passed, but working around a failure: what and since when (absent otherwise).
+    degraded: str | None = None
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "not_ready"]
+    #: ``degraded``: every check passed, but one works around a failure (still 200).
+    status: Literal["ready", "degraded", "not_ready"]
     #: ``database``, ``broker``, ``consumers`` and ``outbox_relay``.
     checks: dict[str, CheckResult]
 
@@ -177,16 +186,21 @@ def health_router(checks: Mapping[str, Check], timeout: float = 2.0) -> APIRoute
     )
     async def ready() -> JSONResponse:
         """200 when the database, broker, consumers and outbox relay are healthy, else 503;
-        the body names each check, and a failing one its error."""
+        the body names each check, and a failing one its error. 200 with status
+        ``degraded`` when a check passes by working around a failure (the payment
+        service's provider circuit open: payments wait), with the reason."""
         results: dict[str, CheckResult] = {}
         for name, check in checks.items():
             try:
                 await asyncio.wait_for(check(), timeout)
                 results[name] = CheckResult(ok=True)
+            except Degraded as exc:
+                results[name] = CheckResult(ok=True, degraded=printable(str(exc), 1000))
             except Exception as exc:  # a failing check is the answer, not an error
                 results[name] = CheckResult(ok=False, error=printable(f"{type(exc).__name__}: {exc}", 1000))
         ok = all(r.ok for r in results.values())
-        body = Readiness(status="ready" if ok else "not_ready", checks=results)
+        degraded = any(r.degraded for r in results.values())
+        body = Readiness(status=("degraded" if degraded else "ready") if ok else "not_ready", checks=results)
         return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ok else 503)
 
     return router

@@ -10,6 +10,7 @@ error worth exiting for).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -27,6 +28,14 @@ class RetryPolicy:
     initial: float = 0.05
     maximum: float = 5.0
     jitter: float = 0.1
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1, 2, …) of work that is not a
+        loop in memory but is rescheduled in a table (the payment provider calls):
+        ``initial`` doubling up to ``maximum``, plus up to ``jitter`` at random — the same
+        backoff as ``forever``."""
+        base: float = min(self.maximum, self.initial * 2.0 ** max(0, min(attempt - 1, 60)))
+        return base + random.uniform(0, self.jitter)
 
     async def forever(
         self,

@@ -56,6 +56,9 @@ class ServiceSpec:
     configure: Callable[[ServiceSettings], None] | None = None
     #: Service-specific /metrics lines, computed from its database at scrape time.
     metrics: metrics.ExtraMetrics | None = None
+    #: Service-specific readiness checks, beside the shared ones (``saga_kit.http``: a
+    #: check raises to fail, or raises ``Degraded`` to pass with a warning).
+    checks: Mapping[str, Check] = field(default_factory=dict)
 
 
 class _Server(uvicorn.Server):
@@ -237,6 +240,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 "broker": lambda: broker_ping(producer),
                 "consumers": consumers_running,
                 "outbox_relay": relay_healthy,
+                **spec.checks,
             },
             metrics.Metrics(
                 spec.name, pipeline.stats, relay, db, job_stats, consumer_lag, spec.metrics

@@ -702,3 +702,36 @@ def balances(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
         return t
 
     _emit(output, rows, table)
+
+
+@app.command("health")
+def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
+    """Each service's readiness and every check behind it: ready, degraded (working around
+    a failure, e.g. payment's provider circuit breaker open: payments wait) or not ready,
+    with the reason. Exits 1 if a service is not ready or cannot be reached."""
+    urls = _urls(ctx)
+    found: dict[str, Any] = {}
+    for service in ("order", "inventory", "payment"):
+        base = urls.of(service)
+        try:
+            found[service] = httpx.get(f"{base}/health/ready", timeout=10.0).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            found[service] = {
+                "status": "unreachable",
+                "checks": {},
+                "error": _unreachable(service, base, exc),
+            }
+
+    def table() -> RenderableType:
+        t = Table(_fixed("service"), _fixed("status"), _fixed("check"), _free("detail"))
+        for service, body in found.items():
+            t.add_row(service, _status(str(body.get("status"))), "", Text(body.get("error", "")))
+            for name, check in body.get("checks", {}).items():
+                mark = "degraded" if check.get("degraded") else ("ok" if check.get("ok") else "FAILED")
+                detail = check.get("degraded") or check.get("error") or ""
+                t.add_row("", "", Text(f"{name}: {mark}"), Text(detail))
+        return t
+
+    _emit(output, found, table)
+    if any(body.get("status") not in ("ready", "degraded") for body in found.values()):
+        raise typer.Exit(1)

@@ -393,7 +393,10 @@ def main(args: argparse.Namespace) -> int:
             print_summary(main_figures)
         invariants.wait_for_quiescence(system.database_urls, timeout=120)
         violations = invariants.check(
-            system.database_urls, {p: initial for p in products}, {c: Decimal(initial) for c in customers}
+            system.database_urls,
+            {p: initial for p in products},
+            {c: Decimal(initial) for c in customers},
+            system.provider_url,
         )
         null = ceiling(system, args.ceiling_sagas, args.ceiling_rate) if args.ceiling_sagas else None
     if args.sweep:

@@ -37,6 +37,7 @@ import random
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -79,6 +80,19 @@ class Config:
     #: Apache Kafka cluster only: SIGKILLs of the node leading a partition of
     #: ``orders.events``, restarted after a pause (0 elsewhere: Tansu restarts empty).
     broker_kills: int = 0
+    #: episodes of payment provider faults (latency, errors, outage, lost responses,
+    #: timeouts), each a few seconds long
+    provider_faults: int = 8
+
+
+#: What one provider fault episode sets (``PUT /v1/faults`` of the simulator), by kind.
+PROVIDER_FAULTS: dict[str, Callable[[random.Random], dict[str, Any]]] = {
+    "latency": lambda rng: {"latency_ms": rng.randint(200, 1500)},
+    "errors": lambda rng: {"error_rate": round(rng.uniform(0.3, 0.8), 2)},
+    "outage": lambda rng: {"outage": True},
+    "lost_responses": lambda rng: {"lose_response_rate": round(rng.uniform(0.3, 0.7), 2)},
+    "timeouts": lambda rng: {"timeout_rate": round(rng.uniform(0.2, 0.5), 2), "timeout_ms": 3000},
+}
 
 
 @dataclass
@@ -88,6 +102,10 @@ class Report:
     cancels: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
     fault_log: list[str] = field(default_factory=list)
+    #: payment's /health/ready sampled every half second: status → samples
+    breaker_samples: Counter[str] = field(default_factory=Counter)
+    #: times the breaker was seen going from closed to not closed
+    breaker_opened: int = 0
     last_fault: float = 0.0
     t0: float = field(default_factory=time.monotonic)
 
@@ -120,6 +138,8 @@ class Chaos:
         self.initial_balance: dict[str, Decimal] = {}
         self.workload_done = asyncio.Event()
         self.faults_done = asyncio.Event()
+        #: the reconciliation with the provider's ledger, for the report
+        self.reconciliation: list[str] = []
 
     # -- set-up ----------------------------------------------------------------------------
     def seed_data(self) -> None:
@@ -231,6 +251,7 @@ class Chaos:
         plan = [("kill", self.rng.uniform(0.05, 0.9) * duration) for _ in range(cfg.kills)]
         plan += [("db_restart", self.rng.uniform(0.2, 0.8) * duration) for _ in range(cfg.db_restarts)]
         plan += [("broker_kill", self.rng.uniform(0.1, 0.8) * duration) for _ in range(cfg.broker_kills)]
+        plan += [("provider", self.rng.uniform(0.05, 0.85) * duration) for _ in range(cfg.provider_faults)]
         plan.sort(key=lambda p: p[1])
         start = time.monotonic()
         await self.poison()
@@ -240,6 +261,8 @@ class Chaos:
                 await self.kill_and_restart()
             elif kind == "broker_kill":
                 await self.kill_and_restart_broker_node()
+            elif kind == "provider":
+                await self.provider_fault()
             else:
                 await self.restart_database()
         self.faults_done.set()
@@ -277,6 +300,39 @@ class Chaos:
         await asyncio.sleep(pause)
         await asyncio.to_thread(kafka.restart, node)
         self.report.last_fault = time.monotonic()
+
+    async def provider_fault(self) -> None:
+        """One episode of payment provider trouble: a kind at random, for 2-8 s, then the
+        provider is well again. Overlapping episodes are not needed: short deadlines,
+        cancellations and kills happen meanwhile."""
+        kind = self.rng.choice(sorted(PROVIDER_FAULTS))
+        faults = PROVIDER_FAULTS[kind](self.rng) | {"seed": self.rng.randrange(2**31)}
+        length = self.rng.uniform(2.0, 8.0)
+        shown = ", ".join(f"{k}={v}" for k, v in faults.items() if k != "seed")
+        await asyncio.to_thread(self.system.provider_faults, **faults)
+        self.report.fault("provider_" + kind, f"{shown} for {length:.1f}s")
+        await asyncio.sleep(length)
+        await asyncio.to_thread(self.system.provider_faults)
+        self.report.last_fault = time.monotonic()
+
+    async def watch_breaker(self) -> None:
+        """Sample payment's readiness (its breaker) every half second until the faults end."""
+        was = "ready"
+        async with httpx.AsyncClient(timeout=2) as http:
+            while not self.faults_done.is_set():
+                try:
+                    body = (await http.get(f"{self.system.url('payment_svc')}/health/ready")).json()
+                    status = str(body.get("status"))
+                    breaker = body.get("checks", {}).get("payment_provider", {})
+                    if breaker.get("degraded"):
+                        status = "circuit open or half-open"
+                except (httpx.HTTPError, ValueError):
+                    status = "payment_svc unreachable"
+                self.report.breaker_samples[status] += 1
+                if status == "circuit open or half-open" and was != status:
+                    self.report.breaker_opened += 1
+                was = status
+                await asyncio.sleep(0.5)
 
     async def restart_database(self) -> None:
         self.report.fault("db_restart", "PostgreSQL (all three databases)")
@@ -410,11 +466,13 @@ class Chaos:
 
     async def drive(self) -> None:
         tap = asyncio.create_task(self.tap())
+        watch = asyncio.create_task(self.watch_breaker())
         try:
             await asyncio.gather(self.workload(), self.faults())
         finally:
             self.faults_done.set()
             await tap
+            await watch
 
     def run(self) -> int:
         cfg = self.cfg
@@ -435,8 +493,18 @@ class Chaos:
             print("workload and faults done; waiting for quiescence …", flush=True)
             quiet = invariants.wait_for_quiescence(self.system.database_urls, timeout=cfg.settle_limit + 120)
             settled = time.monotonic() - faults_over
-            violations = invariants.check(self.system.database_urls, self.initial_stock, self.initial_balance)
+            violations = invariants.check(
+                self.system.database_urls, self.initial_stock, self.initial_balance, self.system.provider_url
+            )
             violations += self.extra_checks()
+            self.reconciliation = invariants.ledger_summary(
+                invariants.ProviderLedger.fetch(self.system.provider_url)
+            )
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                injected = (
+                    httpx.get(f"{self.system.provider_url}/v1/faults", timeout=10).json().get("injected")
+                )
+                self.reconciliation.append(f"provider faults injected (by the simulator): {injected}")
             if not quiet:
                 violations.append("the system never became quiet")
             elif settled > cfg.settle_limit:
@@ -471,6 +539,12 @@ class Chaos:
         for kind, n in sorted(r.faults.items()):
             print(f"  {n:6d}  {kind}")
         print(f"client retries while a service was down: {r.post_retries}")
+        print(
+            f"payment provider breaker: seen opening {r.breaker_opened} times; readiness samples: "
+            + (", ".join(f"{k} {v}" for k, v in r.breaker_samples.most_common()) or "none")
+        )
+        for line in self.reconciliation:
+            print(line)
         print(f"time to quiescence after the last fault: {settled:.1f}s")
         print("fault log:")
         for line in r.fault_log:
@@ -498,6 +572,7 @@ def main(args: argparse.Namespace) -> int:
         broker=args.broker,
         kafka_nodes=args.kafka_nodes,
         broker_kills=args.broker_kills,
+        provider_faults=args.provider_faults,
     )
     return Chaos(config).run()
 
@@ -532,5 +607,11 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--broker-kills", type=int, default=d.broker_kills, help="Kafka nodes SIGKILLed (3-node cluster only)"
+    )
+    p.add_argument(
+        "--provider-faults",
+        type=int,
+        default=d.provider_faults,
+        help="episodes of payment provider latency, errors, outage, lost responses or timeouts",
     )
     p.set_defaults(func=main)

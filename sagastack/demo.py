@@ -1,11 +1,12 @@
 """``make demo``: every saga outcome, end to end, on the real servers.
 
 Starts the system in a fresh run directory, seeds a catalogue and accounts, and runs
-seven sagas — approved; rejected for lack of stock; rejected for lack of funds with the
+eight sagas — approved; rejected for lack of stock; rejected for lack of funds with the
 reservation released; approved then cancelled by the customer, refunded and restocked;
 cancelled by its deadline while payment is down (whatever payment does once back, the
 customer keeps his money); one placed by a command on Kafka instead of HTTP; and one
-with a forged PaymentCompleted, refused for its missing signature —
+with a forged PaymentCompleted, refused for its missing signature; and one that waits out
+an outage of the payment provider (its circuit breaker open) and is charged once after —
 printing each timeline with the final order, stock and balance. Then a mixed load of
 orders (progress bars) gives the dashboard something to show, the invariants of
 docs/design.md §6 are checked, and it exits non-zero if anything is off. It ends by printing
@@ -46,6 +47,7 @@ ACCOUNTS = {
     "dave": Decimal("50.00"),
     "erin": Decimal("300.00"),
     "frank": Decimal("12.00"),
+    "gina": Decimal("80.00"),
 }
 
 
@@ -158,6 +160,24 @@ SCENARIOS = (
         ("OrderCreated", "InventoryReserved", "PaymentFailed", "OrderRejected", "InventoryReleased"),
         twist="forged",
     ),
+    Scenario(
+        "waits out a payment provider outage: gina's mugs are reserved while the provider is"
+        " down; payment says it is waiting (PaymentPending), its circuit breaker opens and"
+        " fails fast; the provider comes back, the same charge goes through once",
+        "gina",
+        {"mug": 3},
+        "APPROVED",
+        None,
+        (
+            "OrderCreated",
+            "InventoryReserved",
+            "PaymentPending",
+            "PaymentCompleted",
+            "OrderApproved",
+            "InventoryCommitted",
+        ),
+        twist="provider outage",
+    ),
 )
 
 
@@ -185,6 +205,8 @@ def _summary(event: dict[str, Any]) -> str:
             return f"refunded {p['amount']}"
         case "PaymentVoided":
             return f"never to be charged ({p['reason']})"
+        case "PaymentPending":
+            return f"waiting on the provider: {p['reason']}"
         case "InventoryCommitted" | "InventoryReleased":
             return ", ".join(f"{x['quantity']} x {x['product_id']}" for x in p["lines"])
     return ""
@@ -254,6 +276,27 @@ def refused(system: System, order_id: str, timeout: float = 30.0) -> dict[str, s
         time.sleep(0.1)
 
 
+def wait_out_outage(system: System, client: SagaClient, order_id: str, timeout: float = 30.0) -> str:
+    """With the provider down: wait until payment's breaker is open (its readiness says
+    degraded), show what the saga and payment say meanwhile, then end the outage."""
+    import httpx
+
+    end = time.monotonic() + timeout
+    degraded = ""
+    while time.monotonic() < end:
+        ready = httpx.get(f"{system.url('payment_svc')}/health/ready", timeout=5).json()
+        degraded = ready.get("checks", {}).get("payment_provider", {}).get("degraded") or ""
+        if degraded and "open" in degraded:
+            break
+        time.sleep(0.2)
+    verdict = client.saga(order_id)["explanation"]["verdict"]
+    system.provider_faults()
+    return (
+        f"payment readiness: degraded — {degraded or 'not seen'}\n"
+        f"    saga meanwhile: {verdict}\n    provider back up"
+    )
+
+
 def client_order_exists(system: System, order_id: str) -> bool:
     import httpx
 
@@ -275,9 +318,17 @@ def settled(client: SagaClient, order_id: str, timeout: float = 30.0) -> Any:
 def story_problems(n: int, sc: Scenario, saga: dict[str, Any], balance: Decimal) -> list[str]:
     """What the headline promises, checked against the timeline it is printed with: every
     owed compensation done; saga 5's customer keeps his money, payment having either voided
-    the order or charged and refunded it."""
+    the order or charged and refunded it; saga 8's customer is charged once."""
     got = {e["event_type"] for e in saga["events"]}
     found = []
+    if sc.twist == "provider outage":
+        charges = [e for e in saga["events"] if e["event_type"] == "PaymentCompleted"]
+        if len(charges) != 1:
+            found.append(f"saga {n}: {len(charges)} charges in the timeline, not one")
+        else:
+            owed = ACCOUNTS[sc.customer] - Decimal(str(charges[0]["payload"]["amount"]))
+            if balance != owed:
+                found.append(f"saga {n}: {sc.customer} has {balance}, not {owed} (charged once)")
     if saga["explanation"]["compensated"] is not True:
         found.append(f"saga {n}: compensation still owed: {saga['explanation']['compensations']}")
     if sc.twist == "payment down":
@@ -334,6 +385,8 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
         for n, sc in enumerate(SCENARIOS, start=1):
             if sc.twist == "payment down":
                 system.stop_service("payment_svc")
+            if sc.twist == "provider outage":
+                system.provider_faults(outage=True)
             if sc.twist == "kafka":
                 order_id = send_command(system, sc.customer, sc.items)
             else:
@@ -343,6 +396,9 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
             if sc.twist == "cancel":
                 client.wait_for_events(order_id, {"InventoryCommitted"})
                 client.cancel(order_id)
+            if sc.twist == "provider outage":
+                outage = wait_out_outage(system, client, order_id)
+                print(f"\n  (provider down) {outage}")
             saga = client.wait_for_events(order_id, set(sc.events))
             if sc.twist == "payment down":
                 system.start_service("payment_svc")
@@ -383,6 +439,7 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
         system.database_urls,
         {pid: v[2] for pid, v in PRODUCTS.items()},
         ACCOUNTS,
+        system.provider_url,
     )
     return problems + [f"invariant violated: {x}" for x in violations]
 

@@ -1,4 +1,5 @@
-"""The invariants of docs/design.md §6, checked against all three databases at quiescence.
+"""The invariants of docs/design.md §6, checked against all three databases and the payment
+provider's ledger at quiescence.
 
 Used by ``make demo``, the tests and (later) the fault-injection run. Each violation is
 a sentence naming what is wrong; an empty list means every invariant holds.
@@ -7,8 +8,11 @@ a sentence naming what is wrong; an empty list means every invariant holds.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
+import httpx
 import psycopg
 
 
@@ -17,11 +21,124 @@ def plain_url(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
+@dataclass(frozen=True)
+class ProviderLedger:
+    """What the payment provider says happened: its charges (declined ones too), refunds
+    and account balances, as its API lists them (``GET /v1/ledger``, ``/v1/accounts``)."""
+
+    charges: list[dict[str, Any]]
+    refunds: list[dict[str, Any]]
+    balances: dict[str, Decimal]
+
+    @classmethod
+    def fetch(cls, provider_url: str) -> ProviderLedger:
+        with httpx.Client(base_url=provider_url, timeout=30) as client:
+            ledger = client.get("/v1/ledger").raise_for_status().json()
+            accounts = client.get("/v1/accounts").raise_for_status().json()
+        return cls(
+            ledger["charges"],
+            ledger["refunds"],
+            {a["account_id"]: Decimal(str(a["balance"])) for a in accounts},
+        )
+
+
+def reconcile(
+    orders: Mapping[str, tuple[str, Decimal | None]],
+    payments: Mapping[str, tuple[str, Decimal, str]],
+    ledger: ProviderLedger,
+    initial_balance: Mapping[str, Decimal],
+) -> list[str]:
+    """Our orders and payments against the provider's ledger. ``orders``: order id →
+    (status, total); ``payments``: order id → (customer, amount, status). Every APPROVED
+    order charged its total exactly once at the provider and not refunded; every charge
+    of an order that is not APPROVED refunded exactly once; no refund without a charge;
+    every payment settled (none PENDING or REFUND_PENDING) and saying what the provider
+    says; no balance negative, and each balance plus what its customer is charged for
+    good equal to where it started."""
+    v: list[str] = []
+    charged: dict[str, list[dict[str, Any]]] = {}
+    for c in ledger.charges:
+        if c.get("status") == "succeeded":
+            charged.setdefault(str(c.get("reference")), []).append(c)
+    charges_by_key = {str(c["idempotency_key"]): c for c in ledger.charges}
+    refunds: dict[str, int] = {}
+    for r in ledger.refunds:
+        key = str(r.get("charge_key"))
+        refunds[key] = refunds.get(key, 0) + 1
+        charge = charges_by_key.get(key)
+        if charge is None or charge.get("status") != "succeeded":
+            v.append(f"provider: a refund of {key}, which is no charge (refund {r.get('refund_id')})")
+    kept: dict[str, Decimal] = {}
+    for oid, (status, total) in orders.items():
+        charges = charged.get(oid, [])
+        if len(charges) > 1:
+            v.append(f"order {oid} ({status}) is charged {len(charges)} times at the provider")
+        for c in charges:
+            times = refunds.get(str(c["idempotency_key"]), 0)
+            if status == "APPROVED" and times:
+                v.append(f"order {oid} is APPROVED but its charge was refunded")
+            if status != "APPROVED" and times != 1:
+                v.append(f"order {oid} ({status}): its charge was refunded {times} times, not once")
+            if status == "APPROVED" and not times:
+                kept[str(c["account_id"])] = kept.get(str(c["account_id"]), Decimal(0)) + Decimal(
+                    str(c["amount"])
+                )
+                if total is not None and Decimal(str(c["amount"])) != total:
+                    v.append(f"order {oid} charged {c['amount']} but its total is {total}")
+        if status == "APPROVED" and not charges:
+            v.append(f"order {oid} is APPROVED but was never charged at the provider")
+        ours = payments.get(oid)
+        if ours is None:
+            if charges:
+                v.append(f"order {oid}: charged at the provider without a payment of ours")
+            continue
+        _, _, paid = ours
+        if paid in ("PENDING", "REFUND_PENDING"):
+            v.append(f"order {oid} ({status}): payment still {paid}")
+        expected = {
+            "CHARGED": bool(charges) and not any(refunds.get(str(c["idempotency_key"])) for c in charges),
+            "REFUNDED": bool(charges) and all(refunds.get(str(c["idempotency_key"])) for c in charges),
+            "DECLINED": not charges,
+            "VOIDED": not charges,
+        }.get(paid, True)
+        if not expected:
+            v.append(f"order {oid}: our payment says {paid}, the provider's ledger does not agree")
+        if paid == "CHARGED" and status != "APPROVED":
+            v.append(f"order {oid} ({status}) is charged {ours[1]}")
+    for customer, balance in ledger.balances.items():
+        if balance < 0:
+            v.append(f"customer {customer}: negative balance {balance}")
+        if customer in initial_balance:
+            spent = kept.get(customer, Decimal(0))
+            if balance + spent != initial_balance[customer]:
+                v.append(
+                    f"customer {customer}: balance {balance} + charges {spent}"
+                    f" != initial {initial_balance[customer]}"
+                )
+    return v
+
+
+def ledger_summary(ledger: ProviderLedger) -> list[str]:
+    """The provider's side of a reconciliation, in a few lines (for reports)."""
+    succeeded = [c for c in ledger.charges if c.get("status") == "succeeded"]
+    refunded = {str(r.get("charge_key")) for r in ledger.refunds}
+    kept = [c for c in succeeded if str(c["idempotency_key"]) not in refunded]
+    declined = len(ledger.charges) - len(succeeded)
+    return [
+        f"provider ledger: {len(succeeded)} charges succeeded ({len(succeeded) - len(kept)} refunded,"
+        f" {len(kept)} kept for {sum((Decimal(str(c['amount'])) for c in kept), Decimal(0))}),"
+        f" {declined} declined; {len(ledger.refunds)} refunds; {len(ledger.balances)} accounts"
+    ]
+
+
 def check(
     database_urls: Mapping[str, str],
     initial_stock: Mapping[str, int],
     initial_balance: Mapping[str, Decimal],
+    provider: str | ProviderLedger,
 ) -> list[str]:
+    """Every invariant at once; ``provider``: the payment provider's URL (its ledger is
+    fetched) or its ledger."""
     v: list[str] = []
     with (
         psycopg.connect(plain_url(database_urls["order_svc"])) as orders_db,
@@ -64,35 +181,15 @@ def check(
             if sold != committed:
                 v.append(f"product {pid}: sold {sold} but committed reservations say {committed}")
 
-        # 3. money conserved; an APPROVED order is charged its total exactly once
-        charged: dict[str, Decimal] = {}
-        for oid, customer, amount, status in payment_db.execute(
-            "SELECT order_id, customer_id, amount, status FROM payments"
-        ):
-            order_status, total = orders.get(str(oid), ("MISSING", None))
-            if status == "CHARGED":
-                charged[customer] = charged.get(customer, Decimal(0)) + amount
-                if order_status != "APPROVED":
-                    v.append(f"order {oid} ({order_status}) is charged {amount}")
-                elif total != amount:
-                    v.append(f"order {oid} charged {amount} but its total is {total}")
-        charged_orders = {
-            str(oid)
-            for (oid,) in payment_db.execute("SELECT order_id FROM payments WHERE status = 'CHARGED'")
+        # 3. payments reconciled with the provider's ledger; money conserved
+        ledger = provider if isinstance(provider, ProviderLedger) else ProviderLedger.fetch(provider)
+        payments = {
+            str(oid): (customer, amount, status)
+            for oid, customer, amount, status in payment_db.execute(
+                "SELECT order_id, customer_id, amount, status FROM payments"
+            )
         }
-        for oid, (status, _) in orders.items():
-            if status == "APPROVED" and oid not in charged_orders:
-                v.append(f"order {oid} is APPROVED but was never charged")
-        for customer, balance in payment_db.execute("SELECT customer_id, balance FROM accounts"):
-            if balance < 0:
-                v.append(f"customer {customer}: negative balance {balance}")
-            if customer in initial_balance:
-                spent = charged.get(customer, Decimal(0))
-                if balance + spent != initial_balance[customer]:
-                    v.append(
-                        f"customer {customer}: balance {balance} + charges {spent}"
-                        f" != initial {initial_balance[customer]}"
-                    )
+        v += reconcile(orders, payments, ledger, initial_balance)
 
         # 4. no effect applied twice: each saga step happened at most once per order (the
         # commands a client sent, and their refusals, are requests, not steps: a client may
@@ -106,17 +203,24 @@ def check(
     return v
 
 
-def _activity(database_urls: Mapping[str, str]) -> tuple[int, int, int]:
-    """(unsent outbox rows in all services, PENDING orders, reservations still RESERVED)."""
+def _activity(database_urls: Mapping[str, str]) -> tuple[int, int, int, int]:
+    """(unsent outbox rows in all services, PENDING orders, reservations still RESERVED,
+    payments waiting on the provider)."""
     unsent = 0
-    for url in database_urls.values():
+    for name, url in database_urls.items():
+        if not name.endswith("_svc"):
+            continue
         with psycopg.connect(plain_url(url)) as conn:
             unsent += conn.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]  # type: ignore[index]
     with psycopg.connect(plain_url(database_urls["order_svc"])) as conn:
         pending = conn.execute("SELECT COUNT(*) FROM orders WHERE status = 'PENDING'").fetchone()[0]  # type: ignore[index]
     with psycopg.connect(plain_url(database_urls["inventory_svc"])) as conn:
         held = conn.execute("SELECT COUNT(*) FROM reservations WHERE status = 'RESERVED'").fetchone()[0]  # type: ignore[index]
-    return unsent, pending, held
+    with psycopg.connect(plain_url(database_urls["payment_svc"])) as conn:
+        waiting = conn.execute(
+            "SELECT COUNT(*) FROM payments WHERE status IN ('PENDING', 'REFUND_PENDING')"
+        ).fetchone()[0]  # type: ignore[index]
+    return unsent, pending, held, waiting
 
 
 def wait_for_quiescence(database_urls: Mapping[str, str], timeout: float) -> bool:
@@ -127,7 +231,7 @@ def wait_for_quiescence(database_urls: Mapping[str, str], timeout: float) -> boo
     end = time.monotonic() + timeout
     quiet_once = False
     while time.monotonic() < end:
-        quiet = _activity(database_urls) == (0, 0, 0)
+        quiet = _activity(database_urls) == (0, 0, 0, 0)
         if quiet and quiet_once:
             return True
         quiet_once = quiet

@@ -80,6 +80,7 @@ def test_every_command_fits_80_columns_with_whole_headers(
         ("dlq", "list", "--status", "ALL"): ["service", "id", "status", "event", "reason", "age"],
         ("stock",): ["product", "name", "price", "available", "reserved", "sold"],
         ("balances",): ["customer", "balance"],
+        ("health",): ["service", "status", "check", "detail"],
         ("saga", rejected): [],
         ("saga", approved[:8]): [],  # the shortened id tables show
         ("dlq", "show", "payment", str(letter)): [],
@@ -144,6 +145,9 @@ def test_every_command_prints_json_with_output_json(
     placed = run("place", customers["max"], f"{products['cup']}=1")
     assert placed["status"] == "PENDING"
     assert run("cancel", placed["order_id"])["status"] == "CANCELLED"
+    healthy = run("health")
+    assert set(healthy) == {"order", "inventory", "payment"}
+    assert "payment_provider" in healthy["payment"]["checks"]
 
     tail = sagactl(system, "tail", "--from-start", "--count", "3", "-o", "json", columns=80)
     covered.add(("tail",))

@@ -32,7 +32,10 @@ def test_the_demo_tells_the_truth_about_every_saga(run_root: Path) -> None:
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     out = done.stdout
     assert "FAIL" not in out
-    for n in range(1, 8):
+    for n in range(1, 9):
         assert f"Saga {n} — " in out
-    assert out.count("      why: ") == 7
+    assert out.count("      why: ") == 8
+    # saga 8: the provider's outage was seen (breaker open) and waited out
+    assert "payment readiness: degraded — payment provider circuit open" in out
+    assert "saga meanwhile: in flight: waiting on the payment provider since" in out
     assert "invariants of docs/design.md §6 hold" in out

@@ -1,11 +1,13 @@
 """The invariant checker itself: it must see each kind of violation, or a green chaos run
-would prove nothing. Three fresh databases with the real schemas, rows written by hand."""
+would prove nothing. Three fresh databases with the real schemas, rows written by hand,
+and the payment provider's ledger as its API would list it."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import psycopg
 import pytest_asyncio
@@ -52,8 +54,26 @@ def order(urls: dict[str, str], status: str, total: str | None = "10.00") -> str
     return oid
 
 
+def charge(
+    oid: str, amount: str = "10.00", status: str = "succeeded", key: str | None = None
+) -> dict[str, Any]:
+    return {
+        "idempotency_key": key or f"charge:{oid}",
+        "charge_id": str(uuid.uuid4()),
+        "account_id": "c",
+        "amount": amount,
+        "reference": oid,
+        "status": status,
+    }
+
+
+def refund(charge_key: str) -> dict[str, Any]:
+    return {"refund_id": str(uuid.uuid4()), "charge_key": charge_key}
+
+
 def test_a_consistent_state_has_no_violations(urls: dict[str, str]) -> None:
     oid = order(urls, "APPROVED")
+    cancelled = order(urls, "CANCELLED")
     run(
         urls["inventory_svc"],
         ("INSERT INTO products (product_id, name, price, available, sold) VALUES ('p', 'p', 5, 8, 2)", ()),
@@ -61,13 +81,69 @@ def test_a_consistent_state_has_no_violations(urls: dict[str, str]) -> None:
     )
     run(
         urls["payment_svc"],
-        ("INSERT INTO accounts (customer_id, balance) VALUES ('c', 90)", ()),
         (
             "INSERT INTO payments (order_id, customer_id, amount, status) VALUES (%s, 'c', 10, 'CHARGED')",
             (oid,),
         ),
+        (
+            "INSERT INTO payments (order_id, customer_id, amount, status) VALUES (%s, 'c', 10, 'REFUNDED')",
+            (cancelled,),
+        ),
     )
-    assert invariants.check(urls, {"p": 10}, {"c": Decimal("100.00")}) == []
+    ledger = invariants.ProviderLedger(
+        [charge(oid), charge(cancelled)], [refund(f"charge:{cancelled}")], {"c": Decimal("90.00")}
+    )
+    assert invariants.check(urls, {"p": 10}, {"c": Decimal("100.00")}, ledger) == []
+
+
+def test_the_reconciliation_with_the_provider_sees_every_disagreement() -> None:
+    approved, twice, kept, refunded_twice, declined, waiting = (str(uuid.uuid4()) for _ in range(6))
+    orders = {
+        approved: ("APPROVED", Decimal("10.00")),
+        twice: ("APPROVED", Decimal("10.00")),
+        kept: ("CANCELLED", Decimal("10.00")),
+        refunded_twice: ("REJECTED", Decimal("10.00")),
+        declined: ("REJECTED", Decimal("10.00")),
+        waiting: ("CANCELLED", Decimal("10.00")),
+    }
+    payments = {
+        approved: ("c", Decimal("10.00"), "CHARGED"),
+        twice: ("c", Decimal("10.00"), "CHARGED"),
+        kept: ("c", Decimal("10.00"), "VOIDED"),
+        refunded_twice: ("c", Decimal("10.00"), "REFUNDED"),
+        declined: ("c", Decimal("10.00"), "DECLINED"),
+        waiting: ("c", Decimal("10.00"), "REFUND_PENDING"),
+    }
+    ledger = invariants.ProviderLedger(
+        [
+            charge(approved, amount="9.00"),
+            charge(twice),
+            charge(twice, key="another-key"),
+            charge(kept),
+            charge(refunded_twice),
+            charge(declined, status="declined"),
+            charge(waiting),
+        ],
+        [
+            refund(f"charge:{refunded_twice}"),
+            refund(f"charge:{refunded_twice}"),
+            refund(f"charge:{declined}"),
+            refund("charge:nothing"),
+        ],
+        {"c": Decimal("-1.00")},
+    )
+    found = "\n".join(invariants.reconcile(orders, payments, ledger, {"c": Decimal("100.00")}))
+    assert f"order {approved} charged 9.00 but its total is 10.00" in found
+    assert f"order {twice} (APPROVED) is charged 2 times at the provider" in found
+    assert f"order {kept} (CANCELLED): its charge was refunded 0 times, not once" in found
+    assert f"order {kept}: our payment says VOIDED, the provider's ledger does not agree" in found
+    assert f"order {refunded_twice} (REJECTED): its charge was refunded 2 times, not once" in found
+    assert f"a refund of charge:{declined}, which is no charge" in found
+    assert "a refund of charge:nothing, which is no charge" in found
+    assert f"order {waiting} (CANCELLED): payment still REFUND_PENDING" in found
+    assert "customer c: negative balance -1.00" in found
+    assert "customer c: balance -1.00 + charges 29.00 != initial 100.00" in found
+    assert f"order {declined}: our payment says" not in found
 
 
 def test_every_kind_of_violation_is_reported(urls: dict[str, str]) -> None:
@@ -85,12 +161,12 @@ def test_every_kind_of_violation_is_reported(urls: dict[str, str]) -> None:
     )
     run(
         urls["payment_svc"],
-        ("INSERT INTO accounts (customer_id, balance) VALUES ('c', 80)", ()),
         (
             "INSERT INTO payments (order_id, customer_id, amount, status) VALUES (%s, 'c', 10, 'CHARGED')",
             (rejected_charged,),
         ),
     )
+    ledger = invariants.ProviderLedger([charge(rejected_charged)], [], {"c": Decimal("80.00")})
     run(
         urls["order_svc"],
         *[
@@ -102,11 +178,12 @@ def test_every_kind_of_violation_is_reported(urls: dict[str, str]) -> None:
             for _ in range(2)
         ],
     )
-    found = "\n".join(invariants.check(urls, {"p": 10}, {"c": Decimal("100.00")}))
+    found = "\n".join(invariants.check(urls, {"p": 10}, {"c": Decimal("100.00")}, ledger))
     assert f"order {pending} is still PENDING" in found
     assert "available 5 + reserved 3 + sold 0 != initial 10" in found
     assert f"order {cancelled} (CANCELLED) still holds 3 x p" in found
     assert f"order {rejected_charged} (REJECTED) is charged 10" in found
     assert f"order {approved_unpaid} is APPROVED but was never charged" in found
-    assert "customer c: balance 80.00 + charges 10.00 != initial 100.00" in found
+    assert f"order {rejected_charged} (REJECTED): its charge was refunded 0 times, not once" in found
+    assert "customer c: balance 80.00 + charges 0 != initial 100.00" in found
     assert f"order {approved_unpaid}: PaymentCompleted happened 2 times" in found

@@ -20,6 +20,7 @@ from events import (
     OrderRejected,
     PaymentCompleted,
     PaymentFailed,
+    PaymentPending,
     PaymentRefunded,
     PaymentVoided,
     PricedLine,
@@ -55,4 +56,10 @@ def sample_payloads() -> list[EventPayload]:
         PaymentFailed(customer_id="c1", amount=Decimal("3.00"), reason="insufficient_funds"),
         PaymentRefunded(customer_id="c1", amount=Decimal("3.00")),
         PaymentVoided(customer_id="c1", reason="cancelled_by_customer"),
+        PaymentPending(
+            customer_id="c1",
+            amount=Decimal("3.00"),
+            since=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+            reason="the provider did not answer within 2 s",
+        ),
     ]

@@ -15,7 +15,6 @@ from inventory_svc.reservation import (
     requested_quantities,
 )
 from order_svc.domain import CANCEL_REQUESTED, DEADLINE_PASSED, OrderStatus, transition
-from payment_svc.charging import Charge, Decline, decide_charge
 
 STOCK = {"a": StockLevel(available=5, price=Decimal("2.50")), "b": StockLevel(1, Decimal("10.00"))}
 
@@ -50,19 +49,6 @@ def test_lines_for_the_same_product_are_summed() -> None:
         OrderLine(product_id="b", quantity=3),
     ]
     assert requested_quantities(items) == {"a": 2, "b": 4}
-
-
-@pytest.mark.parametrize(
-    ("balance", "amount", "expected"),
-    [
-        (Decimal("10.00"), Decimal("10.00"), Charge(Decimal("10.00"), Decimal("0.00"))),
-        (Decimal("10.00"), Decimal("3.33"), Charge(Decimal("3.33"), Decimal("6.67"))),
-        (Decimal("10.00"), Decimal("10.01"), Decline("insufficient_funds")),
-        (None, Decimal("1.00"), Decline("unknown_account")),
-    ],
-)
-def test_charge_decision(balance: Decimal | None, amount: Decimal, expected: object) -> None:
-    assert decide_charge(balance, amount) == expected
 
 
 @pytest.mark.parametrize(

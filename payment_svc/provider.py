@@ -1,0 +1,214 @@
+"""The payment provider, seen from the payment service: an external card processor over
+HTTP (``payment_provider/`` simulates one; production points ``PAYMENT_PROVIDER_URL`` at a
+real one). The contract is the simulator's README section: amounts are decimal strings,
+``POST /v1/charges`` and ``POST /v1/refunds`` take an ``Idempotency-Key`` and answer the
+same result to the same key however often it is sent.
+
+Every call here has a timeout (``PAYMENT_PROVIDER_TIMEOUT_SECONDS``) and goes through one
+circuit breaker (the ``circuitbreaker`` library): after
+``PAYMENT_PROVIDER_BREAKER_FAILURES`` failures in a row it opens and calls fail fast with
+``Unavailable`` for ``PAYMENT_PROVIDER_BREAKER_RECOVERY_SECONDS``; then it half-opens and
+lets calls probe: a success closes it, a failure opens it again.
+
+Each call answers one of:
+
+* ``Charged`` / ``Refunded`` — done (perhaps earlier: a replay of the same key);
+* ``Declined`` — a business answer (402): the card was declined, with the provider's code;
+* ``Unavailable`` — the outcome is unknown or nothing happened (timeout, connection
+  refused, 5xx, a lost response, the breaker open): call again later with the same key;
+* ``Refused`` — the provider refused the request itself (another 4xx): a bug or a
+  misconfiguration that retrying will not cure quickly; it is retried slowly and logged.
+
+Only ``Unavailable`` counts against the breaker: a decline is the provider working.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Literal
+
+import httpx
+from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreaker
+
+from events.payment import DeclineReason
+
+_DECLINE_CODES: frozenset[str] = frozenset({"insufficient_funds", "unknown_account"})
+
+
+@dataclass(frozen=True)
+class Charged:
+    charge_id: str
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class Refunded:
+    refund_id: str
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class Declined:
+    reason: DeclineReason
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """Nothing known happened: try again later with the same idempotency key."""
+
+    reason: str
+    #: the breaker was open: no request was sent
+    fast_failed: bool = False
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A 4xx other than a decline: the request itself is wrong (e.g. a refund of an unknown
+    charge, an idempotency key reused with another body)."""
+
+    status: int
+    reason: str
+
+
+ChargeResult = Charged | Declined | Unavailable | Refused
+RefundResult = Refunded | Unavailable | Refused
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+class _Failed(Exception):
+    """A call the breaker counts as failed (the provider did not do its job)."""
+
+
+def charge_key(order_id: object) -> str:
+    """The idempotency key of an order's charge: one order, one charge, whoever asks and
+    however often (retries, restarts, a second instance)."""
+    return f"charge:{order_id}"
+
+
+def refund_key(order_id: object) -> str:
+    """The idempotency key of an order's refund."""
+    return f"refund:{order_id}"
+
+
+class PaymentProvider:
+    """The HTTP client of the provider with its timeout and circuit breaker; one per
+    process (the breaker's memory is the process's view of the provider)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float,
+        breaker_failures: int,
+        breaker_recovery: float,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
+        self.breaker = CircuitBreaker(
+            failure_threshold=breaker_failures,
+            recovery_timeout=breaker_recovery,
+            expected_exception=_Failed,
+            name="payment provider",
+        )
+        #: (operation, outcome) → calls, for /metrics
+        self.calls: Counter[tuple[str, str]] = Counter()
+        #: when the breaker last opened (epoch seconds), None while closed
+        self.opened_at: float | None = None
+        self.last_failure: str | None = None
+
+    @property
+    def state(self) -> BreakerState:
+        state = self.breaker.state
+        if state == STATE_OPEN:
+            return "open"
+        if state == STATE_HALF_OPEN:
+            return "half_open"
+        assert state == STATE_CLOSED
+        return "closed"
+
+    def retry_after(self) -> float:
+        """Seconds until the open breaker lets a probe through (0 unless open)."""
+        return max(0.0, float(self.breaker.open_remaining)) if self.state == "open" else 0.0
+
+    async def charge(self, key: str, account_id: str, amount: Decimal, reference: str) -> ChargeResult:
+        """``POST /v1/charges`` with ``Idempotency-Key: key``."""
+        body = {"account_id": account_id, "amount": f"{amount:.2f}", "reference": reference}
+        answer = await self._call("charge", "POST", "/v1/charges", key, body)
+        if not isinstance(answer, httpx.Response):
+            return answer
+        if answer.status_code in (200, 201):
+            data = answer.json()
+            return Charged(str(data.get("charge_id")), _replayed(answer))
+        if answer.status_code == 402:
+            code = str(answer.json().get("decline_code", ""))
+            return Declined(code if code in _DECLINE_CODES else "card_declined")  # type: ignore[arg-type]
+        return Refused(answer.status_code, _error(answer))
+
+    async def refund(self, key: str, charge: str) -> RefundResult:
+        """``POST /v1/refunds`` of the whole charge whose idempotency key is ``charge``."""
+        answer = await self._call("refund", "POST", "/v1/refunds", key, {"charge_key": charge})
+        if not isinstance(answer, httpx.Response):
+            return answer
+        if answer.status_code in (200, 201):
+            return Refunded(str(answer.json().get("refund_id")), _replayed(answer))
+        return Refused(answer.status_code, _error(answer))
+
+    async def request(self, method: str, path: str, json: Any = None) -> httpx.Response:
+        """A plain call (accounts), outside the breaker: errors are raised as httpx's."""
+        return await self._client.request(method, path, json=json)
+
+    async def _call(
+        self, operation: str, method: str, path: str, key: str, body: dict[str, Any]
+    ) -> httpx.Response | Unavailable:
+        if self.breaker.opened:
+            self.calls[(operation, "breaker_open")] += 1
+            return Unavailable(f"circuit breaker open: {self.last_failure}", fast_failed=True)
+        try:
+            answer: httpx.Response = await self.breaker.call_async(self._send, method, path, key, body)
+        except _Failed as exc:
+            self.last_failure = str(exc)
+            self.calls[(operation, "unavailable")] += 1
+            if self.state == "open" and self.opened_at is None:
+                self.opened_at = time.time()
+            return Unavailable(str(exc))
+        self.opened_at = None
+        self.calls[(operation, str(answer.status_code))] += 1
+        return answer
+
+    async def _send(self, method: str, path: str, key: str, body: dict[str, Any]) -> httpx.Response:
+        start = time.monotonic()
+        try:
+            answer = await self._client.request(method, path, json=body, headers={"Idempotency-Key": key})
+        except httpx.TimeoutException:
+            raise _Failed(f"the provider did not answer within {self.timeout:g} s") from None
+        except httpx.HTTPError as exc:
+            raise _Failed(f"the provider could not be reached ({type(exc).__name__}: {exc})") from None
+        if answer.status_code >= 500 or answer.status_code == 429:
+            raise _Failed(
+                f"the provider answered {answer.status_code} {_error(answer)}"
+                f" after {1000 * (time.monotonic() - start):.0f} ms"
+            )
+        return answer
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _replayed(answer: httpx.Response) -> bool:
+    return str(answer.headers.get("Idempotent-Replayed", "")).lower() == "true"
+
+
+def _error(answer: httpx.Response) -> str:
+    try:
+        data = answer.json()
+    except ValueError:
+        return answer.text[:200]
+    if isinstance(data, dict):
+        return str(data.get("error") or data.get("detail") or data)[:200]
+    return str(data)[:200]

@@ -1,0 +1,118 @@
+"""The payment service's one provider client and worker, made from its settings at start
+(``configure``), and what the service reports about them: a readiness check that says
+*degraded* while the circuit breaker is not closed, and /metrics families."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from payment_svc.provider import PaymentProvider
+from payment_svc.settings import Settings
+from payment_svc.worker import PaymentWorker
+from saga_kit.db import Database
+from saga_kit.http import Degraded
+
+_state: dict[str, Any] = {}
+
+#: /metrics: the breaker's state as a number (Prometheus has no strings)
+BREAKER_CODES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def configure(settings: Any) -> None:
+    """Make the provider client from the service's settings (called once at start)."""
+    assert isinstance(settings, Settings)
+    _state["settings"] = settings
+    _state["provider"] = PaymentProvider(
+        settings.provider_url,
+        timeout=settings.provider_timeout_seconds,
+        breaker_failures=settings.provider_breaker_failures,
+        breaker_recovery=settings.provider_breaker_recovery_seconds,
+    )
+
+
+def provider() -> PaymentProvider:
+    """The process's provider client; ``configure`` must have run."""
+    made: PaymentProvider = _state["provider"]
+    return made
+
+
+async def work(db: Database, settings: Any) -> int:
+    """One round of the payment worker (a scheduled job, every ``provider_poll_seconds``)."""
+    worker: PaymentWorker | None = _state.get("worker")
+    if worker is None:
+        worker = PaymentWorker(
+            db,
+            provider(),
+            settings.retry_policy(),
+            batch=settings.provider_batch,
+            concurrency=settings.provider_concurrency,
+            fault=settings.fault,
+        )
+        _state["worker"] = worker
+    return await worker.round()
+
+
+async def provider_check() -> None:
+    """Readiness: the service is ready while the breaker is open (payments wait, nothing is
+    lost), but says so: ``degraded`` with since when and the last failure."""
+    p = provider()
+    if p.state == "closed":
+        return
+    since = (
+        datetime.fromtimestamp(p.opened_at, UTC).isoformat(timespec="seconds") if p.opened_at else "unknown"
+    )
+    probe = f"probing again in {p.retry_after():.0f} s" if p.state == "open" else "probing"
+    raise Degraded(
+        f"payment provider circuit {p.state.replace('_', '-')} since {since}: {p.last_failure};"
+        f" charges and refunds wait and are retried ({probe})"
+    )
+
+
+async def render(conn: AsyncConnection, service: str) -> list[Metric]:
+    """``payment_provider_calls_total{operation, outcome}`` (outcome: the HTTP status,
+    ``unavailable`` or ``breaker_open``), ``payment_provider_circuit_state`` (0 closed,
+    1 half-open, 2 open), ``payment_provider_circuit_open_seconds``, and from the table:
+    ``payments{status}`` and ``payments_waiting_seconds`` (the oldest payment still waiting
+    on the provider)."""
+    p = provider()
+    calls = CounterMetricFamily(
+        "payment_provider_calls",
+        "Calls to the payment provider by operation and outcome.",
+        labels=["service", "operation", "outcome"],
+    )
+    for (operation, outcome), n in sorted(p.calls.items()):
+        calls.add_metric([service, operation, outcome], n)
+    state = GaugeMetricFamily(
+        "payment_provider_circuit_state",
+        "The provider circuit breaker: 0 closed, 1 half-open, 2 open.",
+        labels=["service"],
+    )
+    state.add_metric([service], BREAKER_CODES[p.state])
+    opened = GaugeMetricFamily(
+        "payment_provider_circuit_open_seconds",
+        "Seconds since the breaker opened (0 while closed).",
+        labels=["service"],
+    )
+    opened.add_metric([service], time.time() - p.opened_at if p.opened_at else 0.0)
+    by_status = GaugeMetricFamily("payments", "Payments by status.", labels=["service", "status"])
+    for status, n in await conn.execute(text("SELECT status, COUNT(*) FROM payments GROUP BY 1 ORDER BY 1")):
+        by_status.add_metric([service, status], n)
+    waiting = GaugeMetricFamily(
+        "payments_waiting_seconds",
+        "Age of the oldest charge or refund still waiting on the provider (0: none).",
+        labels=["service"],
+    )
+    oldest = await conn.scalar(
+        text(
+            "SELECT COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - MIN(waiting_since)), 0) FROM payments"
+            " WHERE status IN ('PENDING', 'REFUND_PENDING')"
+        )
+    )
+    waiting.add_metric([service], float(oldest or 0))
+    return [calls, state, opened, by_status, waiting]

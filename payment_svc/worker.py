@@ -1,0 +1,260 @@
+"""The payment worker: takes payments that are due a provider call to the provider, and
+records what it answered. Intent first, call second, result third — three steps, never
+one transaction held open across the network:
+
+1. **claim** (a transaction): the due rows (PENDING charges, REFUND_PENDING refunds whose
+   ``next_attempt_at`` has come), locked with ``FOR UPDATE SKIP LOCKED`` so instances
+   share them, get ``attempts + 1`` and a lease (``next_attempt_at`` moved past the call's
+   timeout), and the transaction commits — before any call. A crash after the claim
+   leaves the row due again when the lease ends; a cancellation that finds
+   ``attempts = 0`` knows the provider was never asked.
+2. **call** (no transaction): ``POST /v1/charges`` or ``/v1/refunds`` with the order's
+   idempotency key (``charge:{order_id}``, ``refund:{order_id}``), through the timeout and
+   the circuit breaker (``payment_svc.provider``). Whatever happened before — a lost
+   response, a crash between call and result, a second instance — the same key makes the
+   provider answer the same charge: exactly one charge per order.
+3. **record** (a transaction): the row is locked again and moved by the answer, with the
+   event that says so in the same transaction (the outbox):
+
+   ===================  ==============================================================
+   answer               PENDING charge → / REFUND_PENDING refund →
+   ===================  ==============================================================
+   charged              CHARGED + PaymentCompleted; if cancelled meanwhile,
+                        REFUND_PENDING + PaymentCompleted (the refund follows)
+   declined (402)       DECLINED + PaymentFailed with the provider's decline code
+   refunded             REFUNDED + PaymentRefunded
+   unavailable          stays; due again after the retry policy's backoff (or when the
+                        open breaker lets a probe through); the first time, PaymentPending
+   refused (other 4xx)  stays; due again after the longest backoff; logged as an error
+   ===================  ==============================================================
+
+A charge waits as long as the provider does not answer — until the order's deadline
+cancels the saga (the order service's sweeper); the cancellation then finishes the charge
+in doubt with the same key and refunds it, so a late charge is never kept. A refund waits
+for ever: it is owed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+
+from events import PaymentCompleted, PaymentFailed, PaymentPending, PaymentRefunded
+from events.values import printable
+from payment_svc.provider import (
+    Charged,
+    ChargeResult,
+    Declined,
+    PaymentProvider,
+    Refunded,
+    RefundResult,
+    Refused,
+    Unavailable,
+    charge_key,
+    refund_key,
+)
+from saga_kit import tracing
+from saga_kit.db import Database
+from saga_kit.errors import is_transient
+from saga_kit.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Due:
+    """A claimed payment: the call to make."""
+
+    order_id: uuid.UUID
+    customer_id: str
+    amount: Decimal
+    #: PENDING: a charge; REFUND_PENDING: a refund
+    status: str
+    attempts: int
+
+
+async def claim(db: Database, limit: int, lease_seconds: float) -> list[Due]:
+    """Step 1: up to ``limit`` due payments, oldest due first, each with one more attempt
+    and leased for ``lease_seconds``; committed before this returns."""
+    async with db.unit_of_work() as uow:
+        rows = await uow.conn.execute(
+            text(
+                "UPDATE payments p SET attempts = p.attempts + 1,"
+                " next_attempt_at = clock_timestamp() + make_interval(secs => :lease)"
+                " FROM (SELECT order_id FROM payments"
+                "       WHERE status IN ('PENDING', 'REFUND_PENDING')"
+                "       AND next_attempt_at <= clock_timestamp()"
+                "       ORDER BY next_attempt_at LIMIT :n FOR UPDATE SKIP LOCKED) due"
+                " WHERE p.order_id = due.order_id"
+                " RETURNING p.order_id, p.customer_id, p.amount, p.status, p.attempts"
+            ),
+            {"n": limit, "lease": lease_seconds},
+        )
+        return [Due(r.order_id, r.customer_id, r.amount, r.status, r.attempts) for r in rows]
+
+
+async def call(provider: PaymentProvider, due: Due) -> ChargeResult | RefundResult:
+    """Step 2: the provider call for ``due``, with the order's idempotency key."""
+    if due.status == "PENDING":
+        return await provider.charge(charge_key(due.order_id), due.customer_id, due.amount, str(due.order_id))
+    return await provider.refund(refund_key(due.order_id), charge_key(due.order_id))
+
+
+async def record(
+    db: Database,
+    provider: PaymentProvider,
+    retry: RetryPolicy,
+    answers: list[tuple[Due, ChargeResult | RefundResult]],
+) -> None:
+    """Step 3: every answer of a round in one transaction, each row locked again (a
+    cancellation may have changed it while the call was out)."""
+    async with db.unit_of_work() as uow:
+        rows = {
+            r.order_id: r
+            for r in await uow.conn.execute(
+                text(
+                    "SELECT order_id, customer_id, amount, status, reason, cancel_requested, waiting_since,"
+                    " charge_cause, refund_cause, traceparent FROM payments"
+                    " WHERE order_id = ANY(:ids) ORDER BY order_id FOR UPDATE"
+                ),
+                {"ids": [due.order_id for due, _ in answers]},
+            )
+        }
+        for due, answer in answers:
+            row = rows.get(due.order_id)
+            if row is None or row.status != due.status:
+                continue  # decided meanwhile (e.g. voided): the answer is stale
+            trace = tracing.extract({"traceparent": row.traceparent}) if row.traceparent else None
+
+            def emit(
+                payload: Any,
+                cause: uuid.UUID | None,
+                order_id: uuid.UUID = due.order_id,
+                trace: Any = trace,
+            ) -> None:
+                uow.emit(payload, order_id=order_id, causation_id=cause, trace=trace)
+
+            update: dict[str, Any] = {"o": due.order_id}
+            match answer:
+                case Charged(charge_id=charge_id):
+                    emit(PaymentCompleted(customer_id=row.customer_id, amount=row.amount), row.charge_cause)
+                    status = "REFUND_PENDING" if row.cancel_requested else "CHARGED"
+                    update |= {"s": status, "charge_id": charge_id, "due": 0.0}
+                case Declined(reason=reason):
+                    emit(
+                        PaymentFailed(customer_id=row.customer_id, amount=row.amount, reason=reason),
+                        row.charge_cause,
+                    )
+                    update |= {"s": "DECLINED", "reason": reason}
+                case Refunded(refund_id=refund_id):
+                    emit(PaymentRefunded(customer_id=row.customer_id, amount=row.amount), row.refund_cause)
+                    update |= {"s": "REFUNDED", "refund_id": refund_id}
+                case Unavailable(reason=reason):
+                    wait = max(retry.delay(due.attempts), provider.retry_after())
+                    if row.waiting_since is None and due.status == "PENDING":
+                        emit(
+                            PaymentPending(
+                                customer_id=row.customer_id,
+                                amount=row.amount,
+                                since=datetime.now(UTC),
+                                reason=printable(reason, 500),
+                            ),
+                            row.charge_cause,
+                        )
+                    update |= {"error": reason, "due": wait, "waiting": True}
+                case Refused(status=code, reason=reason):
+                    log.error(
+                        "payment provider refused the %s of order %s (%d %s): retrying in %.0f s",
+                        "charge" if due.status == "PENDING" else "refund",
+                        due.order_id,
+                        code,
+                        reason,
+                        retry.maximum,
+                    )
+                    update |= {"error": f"refused: {code} {reason}", "due": retry.maximum, "waiting": True}
+            await uow.conn.execute(
+                text(
+                    "UPDATE payments SET status = COALESCE(:s, status), reason = COALESCE(:reason, reason),"
+                    " charge_id = COALESCE(:charge_id, charge_id),"
+                    " refund_id = COALESCE(:refund_id, refund_id),"
+                    " last_error = :error,"
+                    " waiting_since = CASE WHEN :waiting THEN COALESCE(waiting_since, clock_timestamp())"
+                    "   ELSE waiting_since END,"
+                    " next_attempt_at = CASE WHEN CAST(:due AS float8) IS NULL THEN next_attempt_at"
+                    "   ELSE clock_timestamp() + make_interval(secs => CAST(:due AS float8)) END,"
+                    " updated_at = clock_timestamp() WHERE order_id = :o"
+                ),
+                {
+                    "s": None,
+                    "reason": None,
+                    "charge_id": None,
+                    "refund_id": None,
+                    "error": None,
+                    "due": None,
+                    "waiting": False,
+                }
+                | update,
+            )
+
+
+class PaymentWorker:
+    """Claim, call, record — one round at a time, calls of a round concurrent (at most
+    ``concurrency``). While the breaker is not closed a round claims one payment: the
+    half-open breaker's probe."""
+
+    def __init__(
+        self,
+        db: Database,
+        provider: PaymentProvider,
+        retry: RetryPolicy,
+        *,
+        batch: int,
+        concurrency: int,
+        fault: str | None = None,
+    ) -> None:
+        self.db, self.provider, self.retry = db, provider, retry
+        self.batch, self.concurrency = batch, concurrency
+        #: fault injection (tests): ``payment.crash_after_claim`` dies between the claim and
+        #: the call, ``payment.crash_after_call`` between the provider's answer and its record
+        self.fault = fault
+        #: a call's lease: its timeout and a margin, so a live call is never claimed twice
+        self.lease = provider.timeout * 2 + 1.0
+
+    async def round(self) -> int:
+        """One round; returns how many payments it called the provider for."""
+        if self.provider.state == "open" and self.provider.retry_after() > 0:
+            return 0  # the breaker fails fast: nothing to gain from claiming
+        limit = self.batch if self.provider.state == "closed" else 1
+        due = await claim(self.db, limit, self.lease)
+        if not due:
+            return 0
+        self._inject("payment.crash_after_claim")
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(d: Due) -> tuple[Due, ChargeResult | RefundResult]:
+            async with gate:
+                return d, await call(self.provider, d)
+
+        answers = list(await asyncio.gather(*(one(d) for d in due)))
+        self._inject("payment.crash_after_call")
+        await self.db_retry(lambda: record(self.db, self.provider, self.retry, answers))
+        return len(due)
+
+    def _inject(self, point: str) -> None:
+        if self.fault == point:
+            log.error("fault injection: SIGKILL at %s", point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    async def db_retry(self, work: Any) -> None:
+        """Record with the retry policy: an answer is never dropped because the database
+        blinked (if the process dies instead, the lease ends and the same key replays)."""
+        await self.retry.forever(work, is_transient)

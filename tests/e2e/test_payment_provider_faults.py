@@ -1,0 +1,171 @@
+"""The step you cannot roll back: payment through the payment provider (the simulator,
+with its fault controls), on the running system. For each fault the saga ends as it
+should and the provider's ledger holds exactly one charge for the order: a timeout, 5xx
+errors, an outage (the circuit breaker opens, fails fast and recovers), a charge whose
+response is lost, a decline, and a payment service that crashes between recording the
+intent and calling, or between the provider's answer and recording it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from sagastack.client import SagaClient
+from sagastack.system import System
+from tests.e2e.conftest import UniqueIds, seed
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    end = time.monotonic() + timeout
+    while not (found := predicate()):
+        if time.monotonic() > end:
+            raise TimeoutError(what)
+        time.sleep(0.1)
+    return found
+
+
+def charges_of(system: System, order_id: str) -> list[dict[str, Any]]:
+    """The provider's successful charges for the order (by its reference)."""
+    ledger = httpx.get(f"{system.provider_url}/v1/ledger", timeout=10).json()
+    return [c for c in ledger["charges"] if c["reference"] == order_id and c["status"] == "succeeded"]
+
+
+def payment(system: System, order_id: str) -> Any:
+    return httpx.get(f"{system.url('payment_svc')}/payments/{order_id}", timeout=10).json()
+
+
+def readiness(system: System) -> Any:
+    return httpx.get(f"{system.url('payment_svc')}/health/ready", timeout=10).json()
+
+
+@pytest.fixture
+def provider_well(system: System) -> Iterator[None]:
+    """Every test leaves the provider well and payment's breaker closed for the next."""
+    system.provider_faults()
+    yield
+    system.provider_faults()
+
+
+def order_of(client: SagaClient, uid: UniqueIds, balance: str = "100.00") -> tuple[str, str, str]:
+    products, customers = seed(client, uid, {"thing": ("5.00", 10)}, {"payer": balance})
+    return products["thing"], customers["payer"], balance
+
+
+def test_a_timeout_is_retried_with_the_same_key_and_charges_once(
+    system: System, client: SagaClient, uid: UniqueIds, provider_well: None
+) -> None:
+    pid, cid, _ = order_of(client, uid)
+    # the provider sleeps past payment's 2 s timeout, then charges: nobody reads the answer
+    system.provider_faults(timeout_rate=1.0, timeout_ms=3000)
+    order_id = client.place_order(cid, {pid: 1})
+    wait_until(lambda: payment(system, order_id).get("attempts", 0) >= 1, 30, "a first call")
+    wait_until(lambda: charges_of(system, order_id), 30, "the provider charging after the timeout")
+    system.provider_faults()
+    saga = client.wait_for_events(order_id, {"PaymentPending", "PaymentCompleted", "InventoryCommitted"}, 60)
+    assert client.order(order_id)["status"] == "APPROVED"
+    assert len(charges_of(system, order_id)) == 1
+    assert client.account(cid)["balance"] == "95.00"
+    pending = next(e for e in saga["events"] if e["event_type"] == "PaymentPending")
+    assert "did not answer within 2 s" in pending["payload"]["reason"]
+
+
+def test_server_errors_are_retried_until_the_provider_answers(
+    system: System, client: SagaClient, uid: UniqueIds, provider_well: None
+) -> None:
+    pid, cid, _ = order_of(client, uid)
+    system.provider_faults(error_rate=1.0)
+    order_id = client.place_order(cid, {pid: 2})
+    wait_until(lambda: payment(system, order_id).get("attempts", 0) >= 2, 30, "retries")
+    assert charges_of(system, order_id) == []  # a 500 did nothing
+    assert "500" in (payment(system, order_id)["last_error"] or "")
+    system.provider_faults()
+    client.wait_for_events(order_id, {"PaymentCompleted", "InventoryCommitted"}, 60)
+    assert client.order(order_id)["status"] == "APPROVED"
+    assert len(charges_of(system, order_id)) == 1
+
+
+def test_an_outage_opens_the_breaker_which_fails_fast_and_recovers(
+    system: System, client: SagaClient, uid: UniqueIds, provider_well: None
+) -> None:
+    pid, cid, _ = order_of(client, uid)
+    system.provider_faults(outage=True)
+    order_id = client.place_order(cid, {pid: 1})
+    degraded = wait_until(
+        lambda: readiness(system)["checks"]["payment_provider"].get("degraded"), 30, "the breaker opening"
+    )
+    ready = readiness(system)
+    assert ready["status"] == "degraded"  # still 200: payments wait, nothing is lost
+    assert "circuit open" in degraded and "503" in degraded
+
+    def outage_hits() -> int:
+        faults = httpx.get(f"{system.provider_url}/v1/faults", timeout=10).json()
+        return int(faults["injected"].get("outage", 0))
+
+    # while open, the breaker fails fast: the provider hears nothing, or one probe
+    before = outage_hits()
+    time.sleep(2.0)
+    assert outage_hits() - before <= 1
+    verdict = client.saga(order_id)["explanation"]["verdict"]
+    assert verdict.startswith("in flight: waiting on the payment provider since")
+    assert client.order(order_id)["status"] == "PENDING"
+    system.provider_faults()
+    client.wait_for_events(order_id, {"PaymentPending", "PaymentCompleted", "InventoryCommitted"}, 60)
+    assert len(charges_of(system, order_id)) == 1
+    wait_until(lambda: readiness(system)["status"] == "ready", 30, "the breaker closing")
+
+
+def test_a_charge_whose_response_is_lost_is_charged_once(
+    system: System, client: SagaClient, uid: UniqueIds, provider_well: None
+) -> None:
+    pid, cid, _ = order_of(client, uid)
+    system.provider_faults(lose_response_rate=1.0)
+    order_id = client.place_order(cid, {pid: 3})
+    wait_until(lambda: charges_of(system, order_id), 30, "the charge the answer of which is lost")
+    wait_until(lambda: payment(system, order_id).get("attempts", 0) >= 2, 30, "a retry of the lost charge")
+    assert client.order(order_id)["status"] == "PENDING"  # payment does not know yet
+    system.provider_faults()
+    client.wait_for_events(order_id, {"PaymentCompleted", "InventoryCommitted"}, 60)
+    assert len(charges_of(system, order_id)) == 1
+    assert client.account(cid)["balance"] == "85.00"
+
+
+def test_a_decline_is_a_business_answer_and_the_reservation_is_released(
+    system: System, client: SagaClient, uid: UniqueIds, provider_well: None
+) -> None:
+    pid, cid, _ = order_of(client, uid, balance="4.00")
+    order_id = client.place_order(cid, {pid: 1})
+    saga = client.wait_for_events(order_id, {"PaymentFailed", "InventoryReleased"}, 60)
+    order = client.order(order_id)
+    assert (order["status"], order["reason"]) == ("REJECTED", "insufficient_funds")
+    assert "PaymentPending" not in {e["event_type"] for e in saga["events"]}
+    assert payment(system, order_id)["attempts"] == 1  # no retry of a decline
+    assert charges_of(system, order_id) == []
+    assert client.product(pid)["available"] == 10
+
+
+@pytest.mark.parametrize("point", ["payment.crash_after_claim", "payment.crash_after_call"])
+def test_a_crash_around_the_call_converges_to_one_charge(
+    system: System, client: SagaClient, uid: UniqueIds, provider_well: None, point: str
+) -> None:
+    pid, cid, _ = order_of(client, uid)
+    system.stop_service("payment_svc")
+    system.start_service("payment_svc", env={"SAGA_FAULT": point})
+    try:
+        order_id = client.place_order(cid, {pid: 1})
+        proc = system.services["payment_svc"].proc
+        assert proc is not None
+        wait_until(lambda: proc.poll() is not None, 30, f"payment_svc dying at {point}")
+        charged = charges_of(system, order_id)
+        assert len(charged) == (1 if point == "payment.crash_after_call" else 0)
+    finally:
+        system.start_service("payment_svc", env={"SAGA_FAULT": ""})
+    # the claim's lease ends, the call is made (again) with the same key
+    client.wait_for_events(order_id, {"PaymentCompleted", "InventoryCommitted"}, 60)
+    assert client.order(order_id)["status"] == "APPROVED"
+    assert len(charges_of(system, order_id)) == 1
+    assert client.account(cid)["balance"] == "95.00"
+    assert payment(system, order_id)["attempts"] == 2

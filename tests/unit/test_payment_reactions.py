@@ -1,0 +1,63 @@
+"""The payment service's decisions on consumed events, pure (no database): the intent to
+charge, and what a cancellation does in each state of the payment."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from events import InventoryReserved, OrderCancelled, PaymentVoided
+from events.envelope import new_envelope
+from events.inventory import PricedLine
+from payment_svc.handlers import Ledger, Payment, on_inventory_reserved, on_order_cancelled
+
+ORDER = uuid.UUID(int=1)
+
+
+def reserved(total: str = "3.00") -> InventoryReserved:
+    line = PricedLine(product_id="p", quantity=1, unit_price=Decimal(total), line_total=Decimal(total))
+    return InventoryReserved(customer_id="c", lines=(line,), total=Decimal(total))
+
+
+def cancelled() -> OrderCancelled:
+    return OrderCancelled(customer_id="c", reason="timeout")
+
+
+def test_a_reservation_is_an_intent_to_charge_and_emits_nothing_yet() -> None:
+    ledger = Ledger()
+    replies = on_inventory_reserved(ledger, new_envelope(reserved(), order_id=ORDER, causation_id=None))
+    assert replies == []
+    payment = ledger.payments[ORDER]
+    assert (payment.status, payment.amount, payment.new) == ("PENDING", Decimal("3.00"), True)
+    # a second reservation (redelivered, or after a void) changes nothing
+    assert (
+        on_inventory_reserved(ledger, new_envelope(reserved("9.00"), order_id=ORDER, causation_id=None)) == []
+    )
+    assert ledger.payments[ORDER].amount == Decimal("3.00")
+
+
+@pytest.mark.parametrize(
+    ("before", "status", "voided", "cancel_requested"),
+    [
+        (None, "VOIDED", True, False),  # nothing decided: void
+        (Payment("c", Decimal(3), "PENDING", attempts=0), "VOIDED", True, False),  # never asked: void
+        (Payment("c", Decimal(3), "PENDING", attempts=2), "PENDING", False, True),  # in doubt: finish, refund
+        (Payment("c", Decimal(3), "CHARGED", attempts=1), "REFUND_PENDING", False, False),
+        (Payment("c", Decimal(3), "DECLINED", attempts=1), "DECLINED", False, False),
+        (Payment("c", Decimal(3), "REFUNDED", attempts=1), "REFUNDED", False, False),
+        (Payment("c", Decimal(3), "VOIDED"), "VOIDED", False, False),
+    ],
+)
+def test_a_cancellation_voids_refunds_or_waits_for_the_charge_in_doubt(
+    before: Payment | None, status: str, voided: bool, cancel_requested: bool
+) -> None:
+    ledger = Ledger()
+    if before is not None:
+        ledger.payments[ORDER] = before
+    replies = on_order_cancelled(ledger, new_envelope(cancelled(), order_id=ORDER, causation_id=None))
+    after = ledger.payments[ORDER]
+    assert after.status == status
+    assert [type(r) for r in replies] == ([PaymentVoided] if voided else [])
+    assert after.cancel_requested is cancel_requested
