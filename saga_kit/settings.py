@@ -143,8 +143,12 @@ class ServiceSettings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, url: str) -> str:
-        """Accept plain ``postgresql://`` URLs and pin the psycopg 3 async driver."""
-        for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
-            if url.startswith(prefix):
-                return "postgresql+psycopg://" + url[len(prefix) :]
-        raise ValueError("must be a postgresql:// URL")
+        return async_postgres_url(url)
+
+
+def async_postgres_url(url: str) -> str:
+    """Accept plain ``postgresql://`` URLs and pin the psycopg 3 async driver."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    raise ValueError("must be a postgresql:// URL")

@@ -21,7 +21,13 @@ import psutil
 
 log = logging.getLogger(__name__)
 
-DATABASES = {"order_svc": "order_db", "inventory_svc": "inventory_db", "payment_svc": "payment_db"}
+DATABASES = {
+    "order_svc": "order_db",
+    "inventory_svc": "inventory_db",
+    "payment_svc": "payment_db",
+    # the card processor's simulator (payment_provider): an external system, its own ledger
+    "payment_provider": "provider_db",
+}
 
 
 def free_port() -> int:
