@@ -7,6 +7,7 @@ COPY saga_kit saga_kit
 COPY order_svc order_svc
 COPY inventory_svc inventory_svc
 COPY payment_svc payment_svc
+COPY payment_provider payment_provider
 COPY sagastack sagastack
 # the runtime dependencies only (no test tools), at the versions the lock pins
 RUN pip install --no-cache-dir --constraint requirements.lock .

@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from sagastack.system import SERVICES, System, choose_broker
+from sagastack.system import PROVIDER, SERVICES, System, choose_broker
 
 RUN_ROOT = Path(".run")
 
@@ -22,13 +22,19 @@ def run(_: argparse.Namespace) -> int:
     if note:
         print(note, flush=True)
     system = System(RUN_ROOT / "stack", broker_kind=broker)
-    print("starting broker, database and services …", flush=True)
+    print("starting broker, database, payment provider and services …", flush=True)
     with system:
         print(f"\n  broker       {system.broker_description()}")
         for name, url in system.database_urls.items():
             print(f"  {name:<12} database {url}")
+        if system.provider_database_url:
+            print(f"  {'provider':<12} database {system.provider_database_url}")
         for name in SERVICES:
             print(f"  {name:<12} {system.url(name)}  (health: {system.url(name)}/health/ready)")
+        if system.provider is not None:
+            print(f"  {'provider':<12} {system.provider_url}  (card processor simulator; faults: /v1/faults)")
+        else:
+            print(f"  {'provider':<12} {system.provider_url}  (PAYMENT_PROVIDER_URL: no simulator started)")
         print(f"\n  dashboard:      {system.url('order_svc')}/dashboard")
         print(f"  order API docs: {system.url('order_svc')}/docs")
         print(f"  traces:         {system.run_dir / 'traces'}   (sagactl --help for the CLI)")
@@ -38,6 +44,10 @@ def run(_: argparse.Namespace) -> int:
                 if sp.proc is not None and sp.proc.poll() is not None:
                     print(f"{name} exited ({sp.proc.returncode}); restarting", flush=True)
                     system.start_service(name)
+            provider = system.provider
+            if provider is not None and provider.proc is not None and provider.proc.poll() is not None:
+                print(f"{PROVIDER} exited ({provider.proc.returncode}); restarting", flush=True)
+                system.start_provider()
         print("stopping …", flush=True)
     print("stopped", flush=True)
     return 0

@@ -1,9 +1,13 @@
 """The whole system as child processes of one supervisor.
 
 ``System.start`` brings up, in order: the broker and the database (embedded ones unless
-``KAFKA_BOOTSTRAP_SERVERS`` / ``<SVC>_DATABASE_URL`` point elsewhere), then the three
-services, and waits until every service reports ready. ``System.stop`` stops them in
-reverse order; nothing it started outlives it. Everything lives under one run directory.
+``KAFKA_BOOTSTRAP_SERVERS`` / ``<SVC>_DATABASE_URL`` point elsewhere), the payment
+provider — the card processor's simulator (``payment_provider``, its own database
+``provider_db``, fault control on), unless ``PAYMENT_PROVIDER_URL`` names a real one —
+then the three services, and waits until every service reports ready. The payment
+service is told the provider's URL (``PAYMENT_PROVIDER_URL``). ``System.stop`` stops them
+in reverse order; nothing it started outlives it (every process it starts is recorded in
+the run directory's pid file). Everything lives under one run directory.
 
 The embedded broker is one of two (``System.broker_kind``, or ``SAGA_BROKER``):
 
@@ -29,7 +33,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -80,6 +84,11 @@ SERVICES: dict[str, tuple[str, int]] = {
     "payment_svc": ("PAYMENT", 8003),
 }
 
+#: The card processor's simulator: an external system to the saga (not one of SERVICES),
+#: started before the services because the payment service calls it.
+PROVIDER = "payment_provider"
+PROVIDER_PORT = 8004
+
 
 @dataclass
 class ServiceProcess:
@@ -114,6 +123,12 @@ class System:
     bootstrap: str = ""
     database_urls: dict[str, str] = field(default_factory=dict)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
+    #: The payment provider the payment service calls (``PAYMENT_PROVIDER_URL``): the
+    #: simulator's URL, or the real provider's when that variable was set.
+    provider_url: str = ""
+    #: The simulator's process (None with a real provider) and its database.
+    provider: ServiceProcess | None = None
+    provider_database_url: str = ""
     #: the development keys' trust file (saga_kit.signing), made by ``start``
     trust_file: Path | None = None
     #: False: services neither sign nor verify events (to measure what signing costs)
@@ -140,9 +155,13 @@ class System:
             shutil.rmtree(self.run_dir / "pgdata", ignore_errors=True)
             shutil.rmtree(self.run_dir / "traces", ignore_errors=True)
         self.trust_file = write_dev_keys(self.run_dir / "keys", SERVICES)
+        # a real provider: start no simulator, pass its URL on
+        self.provider_url = os.environ.get("PAYMENT_PROVIDER_URL", "")
         try:
             self._start_broker()
             self._start_databases()
+            if not self.provider_url:
+                self.start_provider()
             for name in SERVICES:
                 self.start_service(name, wait=False)
             for name in SERVICES:
@@ -210,12 +229,77 @@ class System:
             if external:
                 self.database_urls[name] = external
         missing = [n for n in SERVICES if n not in self.database_urls]
-        if not missing:
+        simulator = not self.provider_url
+        if simulator:
+            self.provider_database_url = os.environ.get("PROVIDER_DATABASE_URL", "")
+        provider_missing = simulator and not self.provider_database_url
+        if not missing and not provider_missing:
             return
         self.postgres = Postgres(self.run_dir / "pgdata")
         self.pids.add("postgres", self.postgres.start())
         for name in missing:
             self.database_urls[name] = self.postgres.url(DATABASES[name])
+        if provider_missing:
+            self.provider_database_url = self.postgres.url(DATABASES[PROVIDER])
+
+    def start_provider(self, *, wait: bool = True, env: dict[str, str] | None = None) -> None:
+        """Start the card processor's simulator (``python -m payment_provider``) with fault
+        control on — or start it again after ``kill_provider``, on the same port, with its
+        faults back to ``PROVIDER_FAULTS`` (they live in its memory). Its log is
+        ``logs/payment_provider.log``; extra environment from ``service_env`` and ``env``."""
+        previous = self.provider
+        if previous is not None and previous.proc is not None and previous.proc.poll() is None:
+            self.stop_service(PROVIDER)  # never two, nor an orphan nobody stops
+        port = previous.port if previous else (free_port() if self.free_ports else PROVIDER_PORT)
+        provider_env = {
+            **os.environ,
+            "PROVIDER_DATABASE_URL": self.provider_database_url,
+            "PROVIDER_HTTP_HOST": "127.0.0.1",
+            "PROVIDER_HTTP_PORT": str(port),
+            # the dev/test runtime: tests and chaos runs inject the provider's faults
+            "PROVIDER_FAULT_CONTROL": "true",
+            "PYTHONUNBUFFERED": "1",
+            **self.service_env.get(PROVIDER, {}),
+            **(env or {}),
+        }
+        sp = ServiceProcess(PROVIDER, port, provider_env, self.run_dir / "logs" / f"{PROVIDER}.log")
+        sp.log_path.parent.mkdir(exist_ok=True)
+        with open(sp.log_path, "ab") as out:
+            sp.proc = subprocess.Popen(
+                [sys.executable, "-m", PROVIDER],
+                env=provider_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.provider = sp
+        self.provider_url = sp.url
+        self.pids.add(PROVIDER, sp.proc.pid)
+        if wait:
+            self.wait_ready(PROVIDER)
+
+    def kill_provider(self, sig: int = signal.SIGKILL) -> int | None:
+        """SIGKILL the simulator (a crash; ``start_provider`` brings it back); return its
+        exit code."""
+        return self.stop_service(PROVIDER, sig)
+
+    def provider_faults(self, **faults: object) -> dict[str, Any]:
+        """Set the simulator's faults (``PUT /v1/faults``): ``latency_ms``, ``error_rate``,
+        ``timeout_rate``, ``timeout_ms``, ``outage``, ``lose_response_rate``, ``seed``;
+        every one not named is reset, so ``provider_faults()`` turns them all off. Returns
+        the faults now in force with ``injected``, the count of each fault so far."""
+        response = httpx.put(f"{self.provider_url}/v1/faults", json=faults, timeout=10)
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    def provider_fault_counts(self) -> dict[str, Any]:
+        """The simulator's faults in force and ``injected`` (``GET /v1/faults``)."""
+        response = httpx.get(f"{self.provider_url}/v1/faults", timeout=10)
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
 
     def start_service(self, name: str, *, wait: bool = True, env: dict[str, str] | None = None) -> None:
         prefix, default_port = SERVICES[name]
@@ -237,6 +321,7 @@ class System:
             "SAGA_DATA_DIR": str(self.run_dir / "data" / name),
             **self._signing_env(name, prefix),
             **self._neighbours(name),
+            **self._provider_env(name),
             **self.service_env.get(name, {}),
             **(env or {}),
         }
@@ -279,8 +364,21 @@ class System:
             urls[var] = self.services[other].url
         return urls
 
+    def _provider_env(self, name: str) -> dict[str, str]:
+        """The payment service calls the card processor."""
+        if name != "payment_svc" or not self.provider_url:
+            return {}
+        return {"PAYMENT_PROVIDER_URL": self.provider_url}
+
+    def _process(self, name: str) -> ServiceProcess | None:
+        """A service's process, or the provider simulator's (``PROVIDER``)."""
+        return self.provider if name == PROVIDER else self.services.get(name)
+
     def wait_ready(self, name: str, timeout: float = 120.0) -> None:
-        sp = self.services[name]
+        """Wait until the service (or ``PROVIDER``) answers 200 on /health/ready."""
+        sp = self._process(name)
+        if sp is None:
+            raise KeyError(name)
         end = time.monotonic() + timeout
         with httpx.Client(timeout=2.0) as client:
             while True:
@@ -299,8 +397,9 @@ class System:
                 time.sleep(0.1)
 
     def stop_service(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
-        """Send ``sig`` (SIGKILL simulates a crash) and wait; return the exit code."""
-        sp = self.services.get(name)
+        """Send ``sig`` (SIGKILL simulates a crash) to the service (or ``PROVIDER``) and
+        wait; return the exit code."""
+        sp = self._process(name)
         if sp is None or sp.proc is None:
             return None
         if sp.proc.poll() is None:
@@ -325,6 +424,7 @@ class System:
                 sp.proc.send_signal(signal.SIGTERM)
         for name in reversed(list(self.services)):
             self.stop_service(name)
+        self.stop_service(PROVIDER)  # after the services: the payment service calls it
         if self.postgres is not None:
             self.postgres.stop()
             self.pids.remove("postgres")
@@ -343,9 +443,10 @@ class System:
 
     # -- helpers ----------------------------------------------------------------------
     def stack_pids(self) -> dict[str, int]:
-        """Pid of every process this system started: services, broker, database (whose
-        backends are its children)."""
-        pids = {n: sp.proc.pid for n, sp in self.services.items() if sp.proc and sp.proc.poll() is None}
+        """Pid of every process this system started: services, the provider simulator,
+        broker, database (whose backends are its children)."""
+        processes = [*self.services.values(), *([self.provider] if self.provider else [])]
+        pids = {sp.name: sp.proc.pid for sp in processes if sp.proc and sp.proc.poll() is None}
         pids.update(self.broker_pids())
         if self.postgres is not None:
             pids["postgres"] = self.postgres.pid()
@@ -385,11 +486,18 @@ class System:
         asyncio.run(go())
 
     def url(self, name: str) -> str:
-        return self.services[name].url
+        """The HTTP base URL of a service (or of the provider simulator, ``PROVIDER``)."""
+        sp = self._process(name)
+        if sp is None:
+            raise KeyError(name)
+        return sp.url
 
     def log_tail(self, name: str, lines: int = 30) -> str:
+        sp = self._process(name)
         try:
-            text = self.services[name].log_path.read_text(errors="replace")
+            if sp is None:
+                raise OSError(name)
+            text = sp.log_path.read_text(errors="replace")
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])

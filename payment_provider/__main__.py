@@ -1,0 +1,3 @@
+from payment_provider.app import main
+
+main()

@@ -1,0 +1,127 @@
+"""The provider's error answers, as types. Each is answered with its status and the body
+``{"error": <code>, "message": <text>}`` (a decline adds ``decline_code``, an invalid
+request ``details``); ``install`` makes the app answer them, and every other failure,
+in that shape."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import psycopg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from saga_kit.errors import is_transient
+from saga_kit.http import validation_errors
+
+log = logging.getLogger(__name__)
+
+
+class ProviderError(Exception):
+    """An answer other than success: ``status`` with ``{"error": code, "message": …}``."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, **self.extra}
+
+
+class IdempotencyKeyRequired(ProviderError):
+    status, code = 400, "idempotency_key_required"
+
+    def __init__(self) -> None:
+        super().__init__("this request needs an Idempotency-Key header (1 to 200 printable characters)")
+
+
+class InvalidRequest(ProviderError):
+    status, code = 422, "invalid_request"
+
+    def __init__(self, details: list[dict[str, Any]]) -> None:
+        super().__init__("the request is invalid; details says where and why", details=details)
+
+
+class NoSuchAccount(ProviderError):
+    status, code = 404, "no_such_account"
+
+    def __init__(self) -> None:
+        super().__init__("no account has this id")
+
+
+class NoSuchCharge(ProviderError):
+    status, code = 404, "no_such_charge"
+
+    def __init__(self) -> None:
+        super().__init__("no successful charge was made under this key")
+
+
+class NoSuchRefund(ProviderError):
+    status, code = 404, "no_such_refund"
+
+    def __init__(self) -> None:
+        super().__init__("no refund was made under this key")
+
+
+class IdempotencyKeyReused(ProviderError):
+    status, code = 409, "idempotency_key_reused"
+
+    def __init__(self) -> None:
+        super().__init__("this Idempotency-Key was used before with another body")
+
+
+class ChargeAlreadyRefunded(ProviderError):
+    status, code = 409, "charge_already_refunded"
+
+    def __init__(self) -> None:
+        super().__init__("this charge was already refunded under another Idempotency-Key")
+
+
+def error_body(code: str, message: str) -> dict[str, str]:
+    return {"error": code, "message": message}
+
+
+def install(app: FastAPI) -> None:
+    """Answer every error in the provider's shape: its own errors, the framework's (404 for
+    an unknown route, 405, 422) and anything unexpected (503 ``unavailable`` while the
+    database is away, else 500 ``internal_error``)."""
+
+    @app.exception_handler(ProviderError)
+    async def provider_error(_: Request, exc: ProviderError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+        body = error_body(code, str(exc.detail))
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        error = InvalidRequest(validation_errors(exc))
+        return JSONResponse(error.body(), status_code=error.status)
+
+    async def database_error(_: Request, exc: Exception) -> JSONResponse:
+        """The database away (503, retrying may help) or failing otherwise (500)."""
+        if is_transient(exc):
+            log.warning("answering 503: %s", exc)
+            return JSONResponse(error_body("unavailable", "the provider's database is away"), status_code=503)
+        log.error("answering 500", exc_info=exc)
+        return JSONResponse(error_body("internal_error", "an unexpected error"), status_code=500)
+
+    for kind in (SQLAlchemyError, psycopg.Error, OSError):
+        app.add_exception_handler(kind, database_error)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        """A bug: 500 (the server logs the exception)."""
+        return JSONResponse(error_body("internal_error", "an unexpected error"), status_code=500)

@@ -1,0 +1,38 @@
+"""The provider's settings, from ``PROVIDER_*`` environment variables (nothing is read at
+import time: ``python -m payment_provider`` builds them)."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from payment_provider.faults import FaultSettings
+from saga_kit.settings import async_postgres_url
+
+
+class Settings(BaseSettings):
+    """``PROVIDER_DATABASE_URL`` (its own database), ``PROVIDER_HTTP_HOST`` (127.0.0.1),
+    ``PROVIDER_HTTP_PORT`` (8004), ``PROVIDER_FAULT_CONTROL`` (false: the ``/v1/faults``
+    routes answer 404 and no fault is ever injected), ``PROVIDER_FAULTS`` (JSON, the faults
+    in force at start, e.g. ``{"latency_ms": 50}``; needs fault control)."""
+
+    model_config = SettingsConfigDict(env_prefix="PROVIDER_", extra="ignore", frozen=True)
+
+    database_url: str = Field(description="PostgreSQL URL of the provider's own database (postgresql://...)")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8004, ge=0, le=65535)
+    fault_control: bool = False
+    faults: FaultSettings | None = None
+    db_pool_size: int = Field(default=10, ge=1)
+    log_level: str = Field(default="INFO", validation_alias=AliasChoices("LOG_LEVEL", "log_level"))
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, url: str) -> str:
+        return async_postgres_url(url)
+
+    @model_validator(mode="after")
+    def _faults_need_control(self) -> Settings:
+        if self.faults is not None and not self.fault_control:
+            raise ValueError("PROVIDER_FAULTS needs PROVIDER_FAULT_CONTROL=true")
+        return self
