@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
 from sqlalchemy import text
@@ -19,13 +20,17 @@ from events.envelope import Envelope
 from events.topics import TOPIC_OF_PRODUCER
 from inventory_svc.app import SPEC as INVENTORY
 from order_svc.app import SPEC as ORDER
+from payment_provider.app import build_app, prepare
+from payment_provider.settings import Settings as ProviderSettings
 from payment_svc.app import SPEC as PAYMENT
+from payment_svc.provider import PaymentProvider
+from payment_svc.worker import PaymentWorker
 from saga_kit.consumer import ConsumerPipeline, Record
 from saga_kit.db import Database, create_engine
 from saga_kit.migrations import PLUMBING, migrate
 from saga_kit.retry import RetryPolicy
 from saga_kit.service import ServiceSpec
-from saga_kit.settings import ServiceSettings
+from saga_kit.settings import ServiceSettings, async_postgres_url
 from sagastack.embedded import DATABASES, Postgres
 
 SPECS = {s.name: s for s in (ORDER, INVENTORY, PAYMENT)}
@@ -41,20 +46,39 @@ def postgres(run_root: Path) -> Iterator[Postgres]:
 
 
 class ServiceUnderTest:
-    """One service's database and consumer pipeline, without Kafka."""
+    """One service's database and consumer pipeline, without Kafka. The payment service's
+    also has its worker, calling the payment provider's simulator in process (its own
+    database, httpx's ASGI transport): a delivery runs the worker until nothing is due, so
+    a reservation delivered is a charge asked and answered."""
 
-    def __init__(self, spec: ServiceSpec, db: Database) -> None:
+    def __init__(self, spec: ServiceSpec, db: Database, provider: PaymentProvider | None = None) -> None:
         self.spec = spec
         self.db = db
         self.pipeline = ConsumerPipeline(spec.name, db, spec.subscription, retry=RetryPolicy(0.01, 0.2, 0.01))
+        self.provider = provider
+        self.worker = (
+            PaymentWorker(db, provider, RetryPolicy(0.01, 0.2, 0.01), batch=64, concurrency=8)
+            if provider is not None
+            else None
+        )
+
+    async def work(self) -> None:
+        """The payment worker's rounds until no payment is due (nothing, elsewhere)."""
+        while self.worker is not None and await self.worker.round():
+            pass
 
     async def deliver(self, envelope: Envelope[Any]) -> str:
         """Deliver like Kafka would: the encoded bytes, at a fresh offset."""
         return (await self.deliver_bytes(encode(envelope), TOPIC_OF_PRODUCER[envelope.producer])).value
 
-    async def deliver_bytes(self, value: bytes, topic: str, offset: int | None = None) -> Any:
+    async def deliver_bytes(
+        self, value: bytes, topic: str, offset: int | None = None, *, work: bool = True
+    ) -> Any:
         record = Record(topic, 0, next(_offsets) if offset is None else offset, b"k", value)
-        return await self.pipeline.process(record)
+        result = await self.pipeline.process(record)
+        if work:
+            await self.work()
+        return result
 
     async def scalar(self, sql: str, **params: Any) -> Any:
         async with self.db.engine.connect() as conn:
@@ -74,16 +98,36 @@ class ServiceUnderTest:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def services(postgres: Postgres) -> AsyncIterator[dict[str, ServiceUnderTest]]:
+async def provider_app(postgres: Postgres) -> AsyncIterator[Any]:
+    """The payment provider's simulator, in process, over its own database (fault control
+    on, no faults)."""
+    url = async_postgres_url(postgres.url(DATABASES["payment_provider"]))
+    engine = create_engine(url, pool_size=12)
+    await prepare(engine)
+    yield build_app(ProviderSettings(database_url=url, fault_control=True), engine)
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def services(postgres: Postgres, provider_app: Any) -> AsyncIterator[dict[str, ServiceUnderTest]]:
     out = {}
+    provider = PaymentProvider(
+        "http://provider",
+        timeout=2.0,
+        breaker_failures=5,
+        breaker_recovery=1.0,
+        transport=httpx.ASGITransport(app=provider_app),
+    )
     for name, spec in SPECS.items():
         url = ServiceSettings._async_driver(postgres.url(DATABASES[name]))
         engine = create_engine(url, pool_size=10)
         await migrate(engine, PLUMBING + spec.migrations)
-        out[name] = ServiceUnderTest(spec, Database(engine, name, emit_hooks=spec.emit_hooks))
+        db = Database(engine, name, emit_hooks=spec.emit_hooks)
+        out[name] = ServiceUnderTest(spec, db, provider if name == "payment_svc" else None)
     yield out
     for s in out.values():
         await s.db.engine.dispose()
+    await provider.aclose()
 
 
 @pytest.fixture
@@ -120,10 +164,17 @@ async def add_product(svc: ServiceUnderTest, stock: int, price: str = "2.50") ->
 
 
 async def add_account(svc: ServiceUnderTest, balance: str) -> str:
+    """An account at the payment provider (which holds the funds)."""
+    assert svc.provider is not None, "accounts live at the payment provider"
     cid = uid("c")
-    async with svc.db.unit_of_work() as uow:
-        await uow.conn.execute(
-            text("INSERT INTO accounts (customer_id, balance) VALUES (:c, :b)"),
-            {"c": cid, "b": Decimal(balance)},
-        )
+    answer = await svc.provider.request("PUT", f"/v1/accounts/{cid}", {"balance": balance})
+    assert answer.status_code == 200, answer.text
     return cid
+
+
+async def balance_of(svc: ServiceUnderTest, cid: str) -> Decimal:
+    """The customer's balance at the payment provider."""
+    assert svc.provider is not None
+    answer = await svc.provider.request("GET", f"/v1/accounts/{cid}")
+    assert answer.status_code == 200, answer.text
+    return Decimal(answer.json()["balance"])

@@ -8,7 +8,6 @@ from decimal import Decimal
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import text
 
 from events import InventoryReservationFailed, OrderCancelled, OrderCreated, OrderLine, PaymentCompleted
 from events.values import (
@@ -19,7 +18,7 @@ from events.values import (
     MAX_UNIT_PRICE,
 )
 from inventory_svc.api import ProductIn
-from tests.integration.conftest import ServiceUnderTest, add_account, add_product, event
+from tests.integration.conftest import ServiceUnderTest, add_account, add_product, balance_of, event
 from tests.integration.test_compensation import emitted_types, placed, status
 from tests.integration.test_idempotency import reserved_payload
 
@@ -48,27 +47,24 @@ async def test_an_order_at_every_limit_is_reserved_charged_and_refunded(
     assert reserved.event_type == "InventoryReserved"
     assert reserved.payload.total == MAX_ORDER_TOTAL  # type: ignore[attr-defined]
     assert await payment.deliver(reserved) == "handled"
-    assert await payment.scalar("SELECT balance FROM accounts WHERE customer_id = :c", c=customer) == 0
+    assert await balance_of(payment, customer) == 0
     cancelled = event(OrderCancelled(customer_id=customer, reason="cancelled_by_customer"), oid)
     assert await payment.deliver(cancelled) == "handled"
-    assert await payment.scalar("SELECT balance FROM accounts WHERE customer_id = :c", c=customer) == (
-        MAX_ORDER_TOTAL
-    )
+    assert await balance_of(payment, customer) == (MAX_ORDER_TOTAL)
 
 
 async def test_a_refund_is_applied_however_high_the_balance_is_now(payment: ServiceUnderTest) -> None:
     customer, oid = await add_account(payment, "10.00"), uuid.uuid4()
     await payment.deliver(event(reserved_payload(customer, "p", price="7.00"), oid))
-    async with payment.db.unit_of_work() as uow:  # an operator sets the largest balance there is
-        await uow.conn.execute(
-            text("UPDATE accounts SET balance = :b WHERE customer_id = :c"), {"b": MAX_MONEY, "c": customer}
-        )
+    assert payment.provider is not None  # an operator sets the largest balance there is
+    answer = await payment.provider.request(
+        "PUT", f"/v1/accounts/{customer}", {"balance": f"{MAX_MONEY:.2f}"}
+    )
+    assert answer.status_code == 200, answer.text
     cancelled = event(OrderCancelled(customer_id=customer, reason="cancelled_by_customer"), oid)
     assert await payment.deliver(cancelled) == "handled"
     assert await payment.scalar("SELECT status FROM payments WHERE order_id = :o", o=oid) == "REFUNDED"
-    assert await payment.scalar("SELECT balance FROM accounts WHERE customer_id = :c", c=customer) == (
-        MAX_MONEY + Decimal("7.00")
-    )
+    assert await balance_of(payment, customer) == (MAX_MONEY + Decimal("7.00"))
 
 
 async def test_a_reply_after_the_deadline_cancels_even_before_the_sweeper_runs(

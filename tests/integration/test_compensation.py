@@ -25,7 +25,7 @@ from events import (
 from order_svc.cancelling import cancel_order, cancel_overdue
 from order_svc.errors import OrderNotCancellable
 from order_svc.placing import place_order
-from tests.integration.conftest import ServiceUnderTest, add_account, add_product, event
+from tests.integration.conftest import ServiceUnderTest, add_account, add_product, balance_of, event
 from tests.integration.test_idempotency import reserved_payload
 from tests.unit.samples import order_created
 
@@ -112,7 +112,7 @@ async def test_cancel_of_an_order_that_reserved_nothing_emits_nothing(inventory:
 
 
 async def balance(payment: ServiceUnderTest, cid: str) -> Decimal:
-    value: Decimal = await payment.scalar("SELECT balance FROM accounts WHERE customer_id = :c", c=cid)
+    value: Decimal = await balance_of(payment, cid)
     return value
 
 

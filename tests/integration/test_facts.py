@@ -14,7 +14,7 @@ from events import InvalidEvent, OrderCancelled, OrderLine, PaymentCompleted, de
 from events.inventory import InventoryReserved, PricedLine
 from order_svc.explain import Refusal, explain
 from order_svc.placing import place_order
-from tests.integration.conftest import ServiceUnderTest, add_account, event
+from tests.integration.conftest import ServiceUnderTest, add_account, balance_of, event
 from tests.integration.test_idempotency import reserved_payload
 
 
@@ -82,10 +82,8 @@ async def test_a_refund_goes_to_whoever_was_charged_whatever_the_cancellation_sa
     assert await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid)) == "handled"
     odd = OrderCancelled(customer_id=mallory, reason="cancelled_by_customer")
     assert await payment.deliver(event(odd, oid)) == "handled"
-    assert await payment.scalar("SELECT balance FROM accounts WHERE customer_id = :c", c=cid) == Decimal(
-        "10.00"
-    )
-    assert await payment.scalar("SELECT balance FROM accounts WHERE customer_id = :c", c=mallory) == 0
+    assert await balance_of(payment, cid) == Decimal("10.00")
+    assert await balance_of(payment, mallory) == 0
 
 
 def test_a_reservation_whose_sums_do_not_add_up_is_not_an_event() -> None:

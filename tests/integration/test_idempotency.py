@@ -29,7 +29,7 @@ from events import (
 )
 from events.envelope import Envelope
 from order_svc.placing import place_order
-from tests.integration.conftest import ServiceUnderTest, add_account, add_product, event
+from tests.integration.conftest import ServiceUnderTest, add_account, add_product, balance_of, event
 from tests.unit.samples import order_created
 
 
@@ -83,7 +83,7 @@ async def payment_case(svc: ServiceUnderTest, event_type: str) -> Case:
 
     async def snapshot() -> Any:
         return (
-            await svc.rows("SELECT balance FROM accounts WHERE customer_id = :c", c=cid),
+            await balance_of(svc, cid),
             await svc.rows("SELECT status, amount FROM payments WHERE order_id = :o", o=oid),
             [e.event_type for e in await svc.emitted(oid)],
         )
@@ -157,9 +157,7 @@ async def test_payment_charges_an_order_once_even_for_a_new_event_id(
     cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
     for _ in range(2):
         assert await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid)) == "handled"
-    assert await payment.scalar("SELECT balance FROM accounts WHERE customer_id = :c", c=cid) == Decimal(
-        "5.00"
-    )
+    assert await balance_of(payment, cid) == Decimal("5.00")
     assert [e.event_type for e in await payment.emitted(oid)] == ["PaymentCompleted"]
 
 

@@ -14,7 +14,7 @@ from events.topics import INVENTORY, PAYMENT
 from saga_kit import outbox, signing
 from saga_kit.consumer import ConsumerPipeline, Outcome, Record
 from saga_kit.retry import RetryPolicy
-from tests.integration.conftest import ServiceUnderTest, add_account, event
+from tests.integration.conftest import ServiceUnderTest, add_account, balance_of, event
 from tests.integration.test_idempotency import reserved_payload
 
 SERVICES = ("order_svc", "inventory_svc", "payment_svc")
@@ -94,7 +94,8 @@ async def test_only_a_record_signed_by_its_rightful_producer_is_applied(
     assert await consumer.process(impostor) is Outcome.DEAD_LETTERED
     assert "only inventory_svc may emit InventoryReserved" in await reason_of(payment, impostor)
     # nothing but the good one was charged
-    assert await payment.scalar("SELECT balance FROM accounts WHERE customer_id = :c", c=cid) == 95
+    await payment.work()
+    assert await balance_of(payment, cid) == 95
 
 
 async def test_a_forged_payment_approves_nothing(order: ServiceUnderTest, keys: Path) -> None:
