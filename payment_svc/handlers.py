@@ -153,10 +153,11 @@ def on_order_cancelled(ledger: Ledger, event: Envelope[OrderCancelled]) -> Repli
         payment.cause, payment.traceparent = event.event_id, tracing.current_traceparent()
     if payment is None or (payment.status == "PENDING" and payment.attempts == 0):
         voided = Payment(cancelled.customer_id, Decimal("0"), "VOIDED", cancelled.reason)
-        if payment is None:
-            voided.new = True
-        else:
-            voided.customer_id, voided.changed = payment.customer_id, True
+        if payment is not None:
+            voided.customer_id = payment.customer_id
+        # a payment intended earlier in this batch is not stored yet: the void is its insert
+        voided.new = payment is None or payment.new
+        voided.changed = not voided.new
         ledger.payments[event.order_id] = voided
         return [PaymentVoided(customer_id=voided.customer_id, reason=cancelled.reason)]
     if payment.status == "PENDING":

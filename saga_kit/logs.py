@@ -65,5 +65,6 @@ def configure(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("faust", "mode", "aiokafka", "uvicorn.access", "kafka"):
+    # httpx logs every request at INFO (the payment provider's calls: /metrics counts them)
+    for noisy in ("faust", "mode", "aiokafka", "uvicorn.access", "kafka", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -14,11 +14,18 @@ from typing import Any
 
 import httpx
 import psycopg
+import stamina
 
 
 def plain_url(url: str) -> str:
     """A service's SQLAlchemy URL (``postgresql+psycopg://``) as psycopg connects to it."""
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def _provider_blinked(exc: Exception) -> bool:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500
+    return isinstance(exc, httpx.TransportError)
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,10 @@ class ProviderLedger:
     balances: dict[str, Decimal]
 
     @classmethod
+    @stamina.retry(on=_provider_blinked, timeout=60)
     def fetch(cls, provider_url: str) -> ProviderLedger:
+        """Read the ledger; a provider that is restarting or whose database just restarted
+        (a chaos run) is asked again for up to a minute."""
         with httpx.Client(base_url=provider_url, timeout=30) as client:
             ledger = client.get("/v1/ledger").raise_for_status().json()
             accounts = client.get("/v1/accounts").raise_for_status().json()

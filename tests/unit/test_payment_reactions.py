@@ -61,3 +61,12 @@ def test_a_cancellation_voids_refunds_or_waits_for_the_charge_in_doubt(
     assert after.status == status
     assert [type(r) for r in replies] == ([PaymentVoided] if voided else [])
     assert after.cancel_requested is cancel_requested
+
+
+def test_a_reservation_and_its_cancellation_in_one_batch_store_one_voided_payment() -> None:
+    ledger = Ledger()
+    on_inventory_reserved(ledger, new_envelope(reserved(), order_id=ORDER, causation_id=None))
+    replies = on_order_cancelled(ledger, new_envelope(cancelled(), order_id=ORDER, causation_id=None))
+    assert [type(r) for r in replies] == [PaymentVoided]
+    payment = ledger.payments[ORDER]
+    assert (payment.status, payment.new) == ("VOIDED", True)  # an insert: the row was never stored
