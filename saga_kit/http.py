@@ -4,7 +4,8 @@ the bodies of error answers with the helper that documents them in each route's 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
@@ -14,6 +15,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.values import printable
@@ -127,6 +130,93 @@ class ExtraHeaders:
             await send(message)
 
         await self.app(scope, receive, with_extra)
+
+
+#: FastAPI's answer to a body it cannot decode at all (fastapi.routing).
+_UNREADABLE_BODY = "There was an error parsing the body"
+
+#: Methods that change state: a browser on another origin may not send them here.
+_STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class RequestGuard:
+    """HTTP hygiene in front of every route (pure ASGI), each refusal a ``Problem``:
+
+    * a state-changing request (POST, PUT, PATCH, DELETE) whose ``Origin`` is neither the
+      service's own nor in ``HTTP_ALLOWED_ORIGINS`` → 403 ``cross_origin_refused`` (a page
+      on another site cannot cancel an order with a bare cross-origin POST; browsers send
+      ``Origin`` on every such request; clients that are not browsers send none);
+    * a body larger than ``HTTP_MAX_BODY_BYTES`` → 413 ``body_too_large``, told by its
+      ``Content-Length`` or counted as it arrives.
+
+    The ``Host`` allow-list (DNS rebinding) is Starlette's ``TrustedHostMiddleware``;
+    CORS preflights for the allowed origins are Starlette's ``CORSMiddleware``."""
+
+    def __init__(self, app: ASGIApp, allowed_origins: Sequence[str], max_body: int) -> None:
+        self.app = app
+        self.allowed_origins = frozenset(o.rstrip("/") for o in allowed_origins)
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        origin = headers.get("origin")
+        if scope["method"] in _STATE_CHANGING and origin is not None and not self._allowed(origin, headers):
+            await _refuse(
+                send,
+                403,
+                f"a request from the origin {origin!r} may not change state here",
+                "cross_origin_refused",
+            )
+            return
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            await _refuse(send, 413, f"the body is larger than {self.max_body} bytes", "body_too_large")
+            return
+        received = 0
+        answered = False
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _BodyTooLarge
+            return message
+
+        async def sending(message: Message) -> None:
+            nonlocal answered
+            answered = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, sending)
+        except _BodyTooLarge:
+            if not answered:
+                await _refuse(send, 413, f"the body is larger than {self.max_body} bytes", "body_too_large")
+
+    def _allowed(self, origin: str, headers: Mapping[str, str]) -> bool:
+        own = {f"http://{headers.get('host', '')}", f"https://{headers.get('host', '')}"}
+        return origin.rstrip("/") in own | self.allowed_origins
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _refuse(send: Send, status: int, detail: str, reason: str) -> None:
+    body = json.dumps({"detail": detail, "reason": reason}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 async def get_database(request: Request) -> Database:
@@ -256,10 +346,38 @@ def create_app(
         app.include_router(router)
 
     app.add_middleware(ExtraHeaders)
+    app.add_middleware(
+        RequestGuard, allowed_origins=settings.http_allowed_origins, max_body=settings.http_max_body_bytes
+    )
+    if settings.http_allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.http_allowed_origins,
+            allow_methods=["GET", "POST", "PUT"],
+            allow_headers=["Content-Type", "Idempotency-Key", "Authorization"],
+            expose_headers=["Location", "X-Trace-Id", "Retry-After"],
+        )
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.http_allowed_hosts)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        """An error answer has the shape of every other: ``Problem``."""
+        """An error answer has the shape of every other: ``Problem``. A body FastAPI cannot
+        even read (e.g. not UTF-8: its 400 "error parsing the body") is an invalid request
+        like any other invalid body: 422 ``invalid_request``, where and why."""
+        if exc.status_code == 400 and exc.detail == _UNREADABLE_BODY:
+            cause = exc.__cause__
+            why = (
+                f"the body could not be read ({type(cause).__name__})"
+                if cause
+                else "the body could not be read"
+            )
+            return JSONResponse(
+                {
+                    "detail": [{"loc": ["body"], "msg": why, "type": "body_unreadable"}],
+                    "reason": "invalid_request",
+                },
+                status_code=422,
+            )
         reason = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
         return JSONResponse(
             {"detail": str(exc.detail), "reason": reason}, status_code=exc.status_code, headers=exc.headers

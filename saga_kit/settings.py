@@ -9,10 +9,10 @@ built in each service's ``__main__``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from saga_kit.retry import RetryPolicy
 
@@ -125,6 +125,31 @@ class ServiceSettings(BaseSettings):
     #: Where the consumer framework keeps its local files (faust's data directory); a
     #: fresh temporary directory when unset, never the working directory.
     data_dir: str | None = Field(default=None, validation_alias=AliasChoices("SAGA_DATA_DIR", "data_dir"))
+
+    #: HTTP hygiene (saga_kit.http.RequestGuard), shared by every service:
+    #: the Host names a request may name (DNS rebinding), comma-separated;
+    http_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default=["127.0.0.1", "localhost", "::1"],
+        validation_alias=AliasChoices("HTTP_ALLOWED_HOSTS", "http_allowed_hosts"),
+    )
+    #: the other origins (``scheme://host:port``) whose pages may change state here, besides
+    #: the service's own; none by default: a cross-origin POST is refused (403);
+    http_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default=[], validation_alias=AliasChoices("HTTP_ALLOWED_ORIGINS", "http_allowed_origins")
+    )
+    #: the largest request body, in bytes (larger: 413).
+    http_max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        validation_alias=AliasChoices("HTTP_MAX_BODY_BYTES", "http_max_body_bytes"),
+    )
+
+    @field_validator("http_allowed_hosts", "http_allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     log_level: str = Field(default="INFO", validation_alias=AliasChoices("LOG_LEVEL", "log_level"))
     #: Tracing (saga_kit.tracing): ``none``, ``otlp`` (to OTEL_EXPORTER_OTLP_ENDPOINT) or

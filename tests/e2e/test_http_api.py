@@ -45,6 +45,16 @@ def test_non_json_body_gets_422(system: System) -> None:
         headers={"content-type": "application/json"},
     )
     assert r.status_code == 422
+    # a body that is not even text (not UTF-8) is an invalid body too, not a 400
+    for service, path in (("order_svc", "/orders"), ("payment_svc", "/accounts/c1")):
+        r = httpx.request(
+            "POST" if service == "order_svc" else "PUT",
+            f"{system.url(service)}{path}",
+            content=b'{"balance": "\xff\xfe"}',
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 422, (service, r.text)
+        assert r.json()["reason"] == "invalid_request" and r.json()["detail"][0]["loc"] == ["body"]
 
 
 @pytest.mark.parametrize(

@@ -67,9 +67,11 @@ def test_each_service_is_wired_to_kafka_and_to_its_own_database(
     db = compose["services"][db_host]
     assert db["image"].startswith("postgres:") and db["healthcheck"]["test"]
     assert env[f"{prefix}_DATABASE_URL"].endswith("/" + db["environment"]["POSTGRES_DB"])
+    provider = {"payment-provider": {"condition": "service_healthy"}} if service == "payment-svc" else {}
     assert svc["depends_on"] == {
         "kafka": {"condition": "service_healthy"},
         db_host: {"condition": "service_healthy"},
+        **provider,
     }
     assert f"{env[f'{prefix}_HTTP_PORT']}/health/ready" in " ".join(svc["healthcheck"]["test"])
     assert svc["command"] == ["python", "-m", service.replace("-", "_")]

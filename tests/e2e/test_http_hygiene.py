@@ -1,0 +1,69 @@
+"""HTTP hygiene on every service: a page on another origin cannot change state (a bare
+cross-origin POST is refused), a request naming a foreign Host is refused (DNS
+rebinding), and a body over the limit is refused with 413 — whether its size is announced
+or only counted as it arrives."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from sagastack.client import SagaClient
+from sagastack.system import System
+from tests.e2e.conftest import UniqueIds, seed
+
+
+def test_a_cross_origin_post_is_refused_and_changes_nothing(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    products, customers = seed(client, uid, {"vase": ("3.00", 2)}, {"ola": "10.00"})
+    order_id = client.place_order(customers["ola"], {products["vase"]: 1})
+    client.wait_for_events(order_id, {"InventoryCommitted"})
+    url = f"{system.url('order_svc')}/orders/{order_id}/cancel"
+    # what a form on another site makes a browser send: a simple POST, no preflight
+    forged = httpx.post(
+        url, headers={"Origin": "http://attacker.example", "Content-Type": "text/plain"}, content=b""
+    )
+    assert forged.status_code == 403
+    assert forged.json()["reason"] == "cross_origin_refused"
+    assert client.order(order_id)["status"] == "APPROVED"
+    for service, path, body in (
+        ("inventory_svc", f"/products/{products['vase']}", {"name": "v", "price": "0.00", "stock": 9}),
+        ("payment_svc", f"/accounts/{customers['ola']}", {"balance": "0.00"}),
+    ):
+        refused = httpx.put(f"{system.url(service)}{path}", json=body, headers={"Origin": "null"})
+        assert refused.status_code == 403, (service, refused.text)
+    assert client.product(products["vase"])["price"] == "3.00"
+    # the service's own pages (the dashboard) may, and so may clients that are not browsers
+    own = system.url("order_svc")
+    assert httpx.post(url, headers={"Origin": own}).status_code == 202
+    assert client.order(order_id)["status"] == "CANCELLED"
+
+
+def test_a_foreign_host_is_refused(system: System) -> None:
+    for name in ("order_svc", "inventory_svc", "payment_svc"):
+        answer = httpx.get(f"{system.url(name)}/orders", headers={"Host": "attacker.example"})
+        assert answer.status_code == 400, name
+    assert httpx.get(f"{system.url('order_svc')}/health/live").status_code == 200
+
+
+@pytest.fixture
+def big() -> Iterator[bytes]:
+    yield b'{"customer_id": "c", "items": [], "pad": "' + b"x" * (1024 * 1024 + 10) + b'"}'
+
+
+def test_a_body_over_the_limit_is_refused_with_413(system: System, big: bytes) -> None:
+    url = f"{system.url('order_svc')}/orders"
+    announced = httpx.post(url, content=big, headers={"Content-Type": "application/json"})
+    assert announced.status_code == 413 and announced.json()["reason"] == "body_too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        for i in range(0, len(big), 65536):
+            yield big[i : i + 65536]
+
+    streamed = httpx.post(url, content=chunks(), headers={"Content-Type": "application/json"})
+    assert streamed.status_code == 413 and streamed.json()["reason"] == "body_too_large"
+    small = httpx.post(url, json={"customer_id": "c", "items": []})
+    assert small.status_code == 422  # an ordinary invalid body is still read and answered
