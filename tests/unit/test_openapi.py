@@ -20,6 +20,7 @@ from inventory_svc.app import SPEC as INVENTORY
 from order_svc.app import SPEC as ORDER
 from payment_svc.app import SPEC as PAYMENT
 from saga_kit.service import ServiceSpec, http_app
+from saga_kit.settings import ServiceSettings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SPECS = {spec.name: spec for spec in (ORDER, INVENTORY, PAYMENT)}
@@ -34,11 +35,12 @@ async def _no_metrics() -> bytes:
 def app_of(spec: ServiceSpec) -> Any:
     """The service's app as it serves; nothing it needs to answer a request is there, but
     its routes and documents are."""
-    return http_app(spec, cast(Any, None), cast(Any, None), {}, _no_metrics)
+    settings = ServiceSettings.model_construct(database_url="postgresql+psycopg://nowhere/db", http_port=0)
+    return http_app(spec, cast(Any, None), settings, {}, _no_metrics)
 
 
 def client_of(spec: ServiceSpec) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app_of(spec)), base_url="http://svc")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app_of(spec)), base_url="http://127.0.0.1")
 
 
 @pytest.fixture(scope="module", params=list(SPECS))
