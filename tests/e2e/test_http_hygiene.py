@@ -57,13 +57,13 @@ def big() -> Iterator[bytes]:
 def test_a_body_over_the_limit_is_refused_with_413(system: System, big: bytes) -> None:
     url = f"{system.url('order_svc')}/orders"
     announced = httpx.post(url, content=big, headers={"Content-Type": "application/json"})
-    assert announced.status_code == 413 and announced.json()["reason"] == "content_too_large"
+    assert announced.status_code == 413 and "too large" in announced.text.lower()
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
         for i in range(0, len(big), 65536):
             yield big[i : i + 65536]
 
     streamed = httpx.post(url, content=chunks(), headers={"Content-Type": "application/json"})
-    assert streamed.status_code == 413 and streamed.json()["reason"] == "content_too_large"
+    assert streamed.status_code == 413 and "too large" in streamed.text.lower()
     small = httpx.post(url, json={"customer_id": "c", "items": []})
     assert small.status_code == 422  # an ordinary invalid body is still read and answered
