@@ -51,7 +51,7 @@ from events.topics import DOMAIN_TOPICS, TOPIC_OF_PRODUCER
 from sagastack import invariants
 from sagastack.apache_kafka import ApacheKafka
 from sagastack.progress import bar
-from sagastack.system import BROKER_KINDS, SERVICES, BrokerKind, System
+from sagastack.system import BROKER_KINDS, SERVICES, BrokerKind, System, service_of
 
 POISON_KEY = b"chaos-poison"
 
@@ -83,6 +83,9 @@ class Config:
     #: episodes of payment provider faults (latency, errors, outage, lost responses,
     #: timeouts), each a few seconds long
     provider_faults: int = 8
+    #: processes per service (one consumer group each): kills pick among all of them, and
+    #: clients spread their requests over the order service's
+    instances: int = 1
 
 
 #: What one provider fault episode sets (``PUT /v1/faults`` of the simulator), by kind.
@@ -126,6 +129,7 @@ class Chaos:
             fresh=True,
             broker_kind=config.broker,
             kafka_nodes=config.kafka_nodes,
+            instances=config.instances,
             # prune often, so pruning runs under faults too (the redelivery window stays
             # far longer than a run)
             service_env={
@@ -138,6 +142,7 @@ class Chaos:
         self.initial_balance: dict[str, Decimal] = {}
         self.workload_done = asyncio.Event()
         self.faults_done = asyncio.Event()
+        self.broker_kills_done = 0
         #: the reconciliation with the provider's ledger, for the report
         self.reconciliation: list[str] = []
 
@@ -187,10 +192,17 @@ class Chaos:
         return body
 
     # -- workload --------------------------------------------------------------------------
-    async def _retrying(self, http: httpx.AsyncClient, method: str, url: str, **kw: Any) -> httpx.Response:
-        """Retry while the service is down (connection refused, 5xx), for up to 3 minutes."""
+    def _order_url(self) -> str:
+        """One of the order service's instances, at random (a load balancer's choice)."""
+        keys = [k for k in self.system.services if service_of(k) == "order_svc"]
+        return self.system.url(random.choice(keys))
+
+    async def _retrying(self, http: httpx.AsyncClient, method: str, path: str, **kw: Any) -> httpx.Response:
+        """Send to an order service instance; retry (on another, maybe) while it is down
+        (connection refused, 5xx), for up to 3 minutes."""
         end = time.monotonic() + 180
         while True:
+            url = self._order_url() + path
             try:
                 r = await http.request(method, url, **kw)
                 if r.status_code < 500:
@@ -198,7 +210,7 @@ class Chaos:
             except httpx.HTTPError:
                 pass
             if time.monotonic() > end:
-                raise TimeoutError(f"{method} {url} kept failing")
+                raise TimeoutError(f"{method} {path} kept failing")
             self.report.post_retries += 1
             await asyncio.sleep(0.3)
 
@@ -209,7 +221,7 @@ class Chaos:
         r = await self._retrying(
             http,
             "POST",
-            f"{self.system.url('order_svc')}/orders",
+            "/orders",
             json=body,
             headers={"Idempotency-Key": key},
         )
@@ -219,7 +231,7 @@ class Chaos:
         self.report.placed[order_id] = key
         if cancel_after is not None:
             await asyncio.sleep(cancel_after)
-            c = await self._retrying(http, "POST", f"{self.system.url('order_svc')}/orders/{order_id}/cancel")
+            c = await self._retrying(http, "POST", f"/orders/{order_id}/cancel")
             self.report.cancels["accepted" if c.status_code == 202 else f"refused ({c.status_code})"] += 1
 
     async def workload(self) -> None:
@@ -268,7 +280,7 @@ class Chaos:
         self.faults_done.set()
 
     async def kill_and_restart(self) -> None:
-        name = self.rng.choice(list(SERVICES))
+        name = self.rng.choice(sorted(self.system.services))
         pause = self.rng.uniform(0.2, 3.0)
         slow = self.rng.random() < 0.3
         await asyncio.to_thread(self.system.stop_service, name, signal.SIGKILL)
@@ -284,19 +296,24 @@ class Chaos:
         self.report.last_fault = time.monotonic()
 
     async def kill_and_restart_broker_node(self) -> None:
-        """SIGKILL the Kafka node leading a random partition of ``orders.events`` (its
-        partitions fail over to the other two, min ISR 2 keeps ``acks=all`` writes going),
-        and restart it after a pause."""
+        """SIGKILL a Kafka node and restart it after a pause: every other time the node
+        leading a random partition of ``orders.events`` (its partitions fail over to the
+        other two, min ISR 2 keeps ``acks=all`` writes going), otherwise the active KRaft
+        controller (the quorum elects another)."""
         kafka = self.system.broker
         assert isinstance(kafka, ApacheKafka) and len(kafka.nodes) > 1
-        partition = self.rng.randrange(6)
-        leader = await asyncio.to_thread(kafka.partition_leader, DOMAIN_TOPICS[0], partition)
-        node = leader if leader is not None else self.rng.choice(list(kafka.nodes))
+        self.broker_kills_done += 1
+        if self.broker_kills_done % 2 == 0:
+            node = await asyncio.to_thread(kafka.active_controller)
+            what = "the active controller"
+        else:
+            partition = self.rng.randrange(6)
+            leader = await asyncio.to_thread(kafka.partition_leader, DOMAIN_TOPICS[0], partition)
+            node = leader if leader is not None else self.rng.choice(list(kafka.nodes))
+            what = f"leader of {DOMAIN_TOPICS[0]}/{partition}"
         pause = self.rng.uniform(1.0, 5.0)
         await asyncio.to_thread(kafka.kill, node)
-        self.report.fault(
-            "broker_kill", f"Kafka node {node} (leader of {DOMAIN_TOPICS[0]}/{partition}; down {pause:.1f}s)"
-        )
+        self.report.fault("broker_kill", f"Kafka node {node} ({what}; down {pause:.1f}s)")
         await asyncio.sleep(pause)
         await asyncio.to_thread(kafka.restart, node)
         self.report.last_fault = time.monotonic()
@@ -477,8 +494,9 @@ class Chaos:
     def run(self) -> int:
         cfg = self.cfg
         print(
-            f"chaos: {cfg.orders} orders at {cfg.rate:g}/s, {cfg.kills} kills, {cfg.db_restarts} database"
-            f" restarts, {cfg.broker_kills} broker kills, seed {cfg.seed}",
+            f"chaos: {cfg.orders} orders at {cfg.rate:g}/s, {cfg.instances} instance(s) per service,"
+            f" {cfg.kills} kills, {cfg.db_restarts} database restarts, {cfg.broker_kills} broker kills,"
+            f" {cfg.provider_faults} provider fault episodes, seed {cfg.seed}",
             flush=True,
         )
         cluster = self.system.broker_kind == "kafka" and cfg.kafka_nodes == 3
@@ -573,6 +591,7 @@ def main(args: argparse.Namespace) -> int:
         kafka_nodes=args.kafka_nodes,
         broker_kills=args.broker_kills,
         provider_faults=args.provider_faults,
+        instances=args.instances,
     )
     return Chaos(config).run()
 
@@ -607,6 +626,9 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--broker-kills", type=int, default=d.broker_kills, help="Kafka nodes SIGKILLed (3-node cluster only)"
+    )
+    p.add_argument(
+        "--instances", type=int, default=d.instances, help="processes per service (one consumer group)"
     )
     p.add_argument(
         "--provider-faults",

@@ -84,6 +84,18 @@ SERVICES: dict[str, tuple[str, int]] = {
     "payment_svc": ("PAYMENT", 8003),
 }
 
+
+def instance_key(service: str, n: int) -> str:
+    """The name of a service's ``n``-th instance (1-based) among ``System.services``: the
+    service's own name for the first, ``payment_svc#2`` and so on for the others."""
+    return service if n == 1 else f"{service}#{n}"
+
+
+def service_of(key: str) -> str:
+    """The service an instance key belongs to (``payment_svc#2`` → ``payment_svc``)."""
+    return key.partition("#")[0]
+
+
 #: The card processor's simulator: an external system to the saga (not one of SERVICES),
 #: started before the services because the payment service calls it.
 PROVIDER = "payment_provider"
@@ -133,6 +145,9 @@ class System:
     trust_file: Path | None = None
     #: False: services neither sign nor verify events (to measure what signing costs)
     signing: bool = True
+    #: Processes per service (one consumer group, one database, each its own port): the
+    #: first is ``System.url(service)``, the others ``service#2``, … (``instance_key``).
+    instances: int = 1
 
     def __post_init__(self) -> None:
         if self.broker_kind is None:
@@ -162,10 +177,11 @@ class System:
             self._start_databases()
             if not self.provider_url:
                 self.start_provider()
-            for name in SERVICES:
-                self.start_service(name, wait=False)
-            for name in SERVICES:
-                self.wait_ready(name)
+            keys = [instance_key(name, n) for n in range(1, self.instances + 1) for name in SERVICES]
+            for key in keys:
+                self.start_service(key, wait=False)
+            for key in keys:
+                self.wait_ready(key)
         except BaseException:
             self.stop()
             raise
@@ -302,11 +318,14 @@ class System:
         return body
 
     def start_service(self, name: str, *, wait: bool = True, env: dict[str, str] | None = None) -> None:
+        """Start a service, or one instance of it (``name`` as ``instance_key`` makes it)."""
+        key, name = name, service_of(name)
         prefix, default_port = SERVICES[name]
-        previous = self.services.get(name)
+        previous = self.services.get(key)
         if previous is not None and previous.proc is not None and previous.proc.poll() is None:
-            self.stop_service(name)  # never two of one service, nor an orphan nobody stops
-        port = previous.port if previous else (free_port() if self.free_ports else default_port)
+            self.stop_service(key)  # never two of one instance, nor an orphan nobody stops
+        first_port = default_port if key == name and not self.free_ports else free_port()
+        port = previous.port if previous else first_port
         service_env = {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
@@ -318,14 +337,14 @@ class System:
             # environment chose an exporter (e.g. TRACING_EXPORTER=otlp)
             "TRACING_EXPORTER": os.environ.get("TRACING_EXPORTER", "file"),
             "TRACING_DIR": os.environ.get("TRACING_DIR", str(self.run_dir / "traces")),
-            "SAGA_DATA_DIR": str(self.run_dir / "data" / name),
+            "SAGA_DATA_DIR": str(self.run_dir / "data" / key.replace("#", "-")),
             **self._signing_env(name, prefix),
             **self._neighbours(name),
             **self._provider_env(name),
             **self.service_env.get(name, {}),
             **(env or {}),
         }
-        sp = ServiceProcess(name, port, service_env, self.run_dir / "logs" / f"{name}.log")
+        sp = ServiceProcess(key, port, service_env, self.run_dir / "logs" / f"{key.replace('#', '-')}.log")
         with open(sp.log_path, "ab") as out:
             sp.proc = subprocess.Popen(
                 [sys.executable, "-m", name],
@@ -335,10 +354,10 @@ class System:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        self.services[name] = sp
-        self.pids.add(name, sp.proc.pid)
+        self.services[key] = sp
+        self.pids.add(key, sp.proc.pid)
         if wait:
-            self.wait_ready(name)
+            self.wait_ready(key)
 
     def _signing_env(self, name: str, prefix: str) -> dict[str, str]:
         """The development signing keys ``start`` made (saga_kit.signing); empty values
