@@ -227,8 +227,8 @@ async function loadSaga() {
   const compensated = { true: "everything owed was compensated", false: "compensation still owed", null: "saga in flight" };
   box.append(el("div", { class: "legend", id: "saga-compensated" }, `${compensated[String(why.compensated)]} · trace ${saga.trace_id || "—"}`));
   box.append(swimlanes(saga.events));
-  box.append(el("div", { class: "legend" }, "● step   ", el("span", { style: "color: var(--bad)" }, "● compensation"),
-    "   in the order they happened, +ms since the saga started   arrows: which event caused which   click an event for its envelope"));
+  box.append(el("div", { class: "legend" }, "● step · ", el("span", { style: "color: var(--bad)" }, "● compensation"),
+    " · in the order they happened, +ms since the saga started · arrows: which event caused which · click an event for its envelope"));
   const table = el("table", { class: "events" },
     el("colgroup", {}, el("col", { class: "c-ms" }), el("col", { class: "c-type" }), el("col", { class: "c-service" }), el("col")),
     el("thead", {}, el("tr", {}, el("th", {}, "+ms"), el("th", {}, "event"), el("th", {}, "service"), el("th", {}, "detail"))));

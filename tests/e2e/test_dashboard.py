@@ -358,7 +358,7 @@ def test_search_by_customer_and_order_id_pages_beyond_the_latest_sixty(
 
 
 def test_an_in_flight_saga_shows_what_it_waits_on_its_deadline_and_the_services_health(
-    browser: Any, system: System, client: SagaClient, uid: UniqueIds
+    browser: Any, system: System, client: SagaClient, uid: UniqueIds, run_root: Path
 ) -> None:
     from selenium.webdriver.common.by import By
 
@@ -394,6 +394,7 @@ def test_an_in_flight_saga_shows_what_it_waits_on_its_deadline_and_the_services_
         )
         detail = browser.find_element(By.CSS_SELECTOR, '#health tr[data-service="payment_svc"] td:last-child')
         assert detail.text.startswith("payment_provider: "), detail.text
+        browser.save_screenshot(str(run_root / "dashboard-in-flight.png"))
 
         # cancel the order in flight from the page
         click(browser, "#saga-cancel")
