@@ -340,21 +340,39 @@ async def get_order(order_id: uuid.UUID, db: DatabaseDep) -> OrderView:
     return await _load_order(db, order_id)
 
 
+#: The start of an order id as the dashboard and operators type it: 8 to 36 characters of
+#: its text form (hex digits and dashes).
+OrderIdPrefix = Annotated[str | None, Query(pattern=r"^[0-9a-fA-F-]{8,36}$")]
+
+
 @router.get("/orders", summary="Recent orders", response_model=list[OrderView], responses=errors())
 async def list_orders(
     db: DatabaseDep,
     status: OrderStatus | None = None,
+    customer_id: Annotated[ExternalId | None, Query()] = None,
+    order_id_prefix: OrderIdPrefix = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[OrderView]:
-    """Most recent orders first, optionally only those in ``status``."""
+    """Most recent orders first, optionally only those in ``status``, of ``customer_id``,
+    or whose id starts with ``order_id_prefix`` (at least 8 characters of its text form);
+    ``offset`` skips that many for the next page."""
     async with db.engine.connect() as conn:
         orders = list(
             await conn.execute(
                 text(
                     "SELECT * FROM orders WHERE (CAST(:s AS TEXT) IS NULL OR status = :s)"
-                    " ORDER BY created_at DESC LIMIT :n"
+                    " AND (CAST(:c AS TEXT) IS NULL OR customer_id = :c)"
+                    " AND (CAST(:p AS TEXT) IS NULL OR CAST(order_id AS TEXT) LIKE :p || '%')"
+                    " ORDER BY created_at DESC, order_id LIMIT :n OFFSET :k"
                 ),
-                {"s": status.value if status else None, "n": limit},
+                {
+                    "s": status.value if status else None,
+                    "c": customer_id,
+                    "p": order_id_prefix.lower() if order_id_prefix else None,
+                    "n": limit,
+                    "k": offset,
+                },
             )
         )
         items: dict[uuid.UUID, list[OrderItemView]] = {o.order_id: [] for o in orders}

@@ -86,4 +86,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             " WHERE payload ? 'command_id'",
         ),
     ),
+    Migration(
+        "order_svc",
+        6,
+        "orders_by_customer",
+        # GET /orders?customer_id= (the dashboard's search): a customer's orders, newest first
+        ("CREATE INDEX orders_customer ON orders (customer_id, created_at)",),
+    ),
 )

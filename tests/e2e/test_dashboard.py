@@ -3,8 +3,13 @@ it, place orders from it, and watch their sagas reach their final state live."""
 
 from __future__ import annotations
 
+import json
+import re
+import uuid
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from sagastack.browser import texts, wait
 from sagastack.client import SagaClient
@@ -92,4 +97,319 @@ def test_place_an_order_in_the_page_and_watch_its_saga_finish(
             and d.find_elements(By.CSS_SELECTOR, "#orders td.status")
         ),
         what="only rejected orders listed",
+    )
+
+
+UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def open_dashboard(driver: Any, system: System) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{system.url('order_svc')}/dashboard")
+    wait(driver, lambda d: "on" in d.find_element(By.ID, "live").get_attribute("class"), what="live stream")
+
+
+def select_order(driver: Any, order_id: str) -> None:
+    """Find the order with the page's search box (its full id) and open its saga."""
+    from selenium.webdriver.common.by import By
+
+    box = driver.find_element(By.ID, "search-text")
+    box.clear()
+    box.send_keys(order_id)
+    driver.find_element(By.ID, "search-go").click()
+    wait(
+        driver,
+        lambda d: d.find_element(By.CSS_SELECTOR, f'#orders tr[data-order="{order_id}"]'),
+        what="found",
+    )
+    click(driver, f'#orders tr[data-order="{order_id}"]')
+    wait(driver, lambda d: order_id in d.find_element(By.CSS_SELECTOR, "#saga h2").text, what="its saga")
+
+
+def click(driver: Any, selector: str) -> None:
+    """Click the element, again if the live page re-rendered it just then."""
+    from selenium.webdriver.common.by import By
+
+    def clicked(d: Any) -> bool:
+        d.find_element(By.CSS_SELECTOR, selector).click()
+        return True
+
+    wait(driver, clicked, what=f"click {selector}")
+
+
+def outside(driver: Any, row_selector: str) -> list[str]:
+    """The cells of the rows matching ``row_selector`` that are cut off or pushed out of
+    their section (empty when every column is in view)."""
+    script = """
+        const out = [];
+        for (const row of document.querySelectorAll(arguments[0])) {
+          const box = row.closest("section").getBoundingClientRect();
+          for (const td of row.cells) {
+            const r = td.getBoundingClientRect();
+            if (r.width < 20 || r.left < box.left || r.right > box.right + 0.5) out.push(td.textContent);
+          }
+        }
+        return out;"""
+    found: list[str] = driver.execute_script(script, row_selector)
+    return found
+
+
+#: An approved order, then cancelled: its events in order, with their producers.
+EIGHT = (
+    ("OrderCreated", "order_svc"),
+    ("InventoryReserved", "inventory_svc"),
+    ("PaymentCompleted", "payment_svc"),
+    ("OrderApproved", "order_svc"),
+    ("InventoryCommitted", "inventory_svc"),
+    ("OrderCancelled", "order_svc"),
+    ("InventoryReleased", "inventory_svc"),
+    ("PaymentRefunded", "payment_svc"),
+)
+#: A script's expression: (svg) => each event label's text and box on the page.
+LABEL_BOXES = (
+    "((lanes) => [...lanes.querySelectorAll('g.event text.label')].map(t => {"
+    " const r = t.getBoundingClientRect(); return [t.textContent, r.left, r.top, r.right, r.bottom]; }))"
+)
+
+
+def overlapping(boxes: list[list[Any]]) -> list[tuple[str, str]]:
+    """The pairs of labels whose boxes overlap (each box: text, left, top, right, bottom)."""
+    found = []
+    for i, (name_a, *a) in enumerate(boxes):
+        assert a[2] - a[0] > 10, f"{name_a} has no width"
+        for name_b, *b in boxes[i + 1 :]:
+            if not (a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]):
+                found.append((name_a, name_b))
+    return found
+
+
+def test_a_64_character_customer_id_keeps_every_column_in_view_and_the_form_needs_no_random_uuid(
+    browser: Any, system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    products, _ = seed(client, uid, {"lamp": ("3.00", 5)}, {})
+    lamp = products["lamp"]
+    customer = ("c" * 47 + "-" + uuid.uuid4().hex)[:64]
+    assert len(customer) == 64
+    client.put_account(customer, "50.00")
+    open_dashboard(browser, system)
+
+    # what a page on plain http from another host has: no crypto.randomUUID
+    keys = browser.execute_script(
+        "delete Crypto.prototype.randomUUID;"
+        " return [typeof crypto.randomUUID, newIdempotencyKey(), newIdempotencyKey()]"
+    )
+    assert keys[0] == "undefined"
+    assert UUID4.match(keys[1]) and UUID4.match(keys[2]) and keys[1] != keys[2], keys
+    place_from_page(browser, customer, lamp, 1)
+    wait(
+        browser, lambda d: d.find_element(By.ID, "saga-status").text == "APPROVED", what="placed and approved"
+    )
+    order_id = browser.find_element(By.CSS_SELECTOR, "#saga h2 .mono").text
+
+    row = f'#orders tr[data-order="{order_id}"]'
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, row), what="the order listed")
+    assert outside(browser, row) == []
+    assert texts(browser, f"{row} td.customer", "title") == [customer]
+    assert texts(browser, f"{row} td", "title")[0] == order_id
+    balance = f'#balances tr[data-customer="{customer}"]'
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, balance), what="the balance listed")
+    assert outside(browser, balance) == []
+    assert texts(browser, f"{balance} td", "title") == [customer, "47.00"]
+
+    # the icon is served, so the browser asks for it and gets it
+    icon = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        " fetch(document.querySelector('link[rel=icon]').href)"
+        ".then(r => done([r.status, r.headers.get('content-type')]))"
+    )
+    assert icon[0] == 200 and icon[1].startswith("image/svg+xml"), icon
+
+
+def test_a_cancelled_saga_from_the_page_labels_apart_and_envelopes_on_click(
+    browser: Any, system: System, client: SagaClient, uid: UniqueIds, run_root: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    products, customers = seed(client, uid, {"kite": ("4.00", 5)}, {"ora": "20.00"})
+    order_id = client.place_order(customers["ora"], {products["kite"]: 2})
+    client.wait_for_events(order_id, {"OrderApproved", "InventoryCommitted"}, 60)
+    open_dashboard(browser, system)
+    select_order(browser, order_id)
+    times = texts(browser, "#saga-times")[0]
+    assert "UTC" in times and "ago" in times, times
+    assert not browser.find_elements(By.ID, "saga-deadline")  # only while in flight
+
+    click(browser, "#saga-cancel")
+    wait(
+        browser,
+        lambda d: d.find_element(By.ID, "saga-cancel-result").text.startswith("cancel accepted"),
+        what="the cancellation's answer",
+    )
+    eight = {event_type for event_type, _ in EIGHT}
+    wait(
+        browser,
+        lambda d: (
+            d.find_element(By.ID, "saga-status").text == "CANCELLED"
+            and eight <= set(texts(d, "#swimlanes g.event", "data-type"))
+        ),
+        what="the saga cancelled and compensated, live",
+    )
+    assert not browser.find_elements(By.ID, "saga-cancel")  # a cancelled order cannot be cancelled
+    boxes = browser.execute_script(
+        f"return {LABEL_BOXES}(arguments[0])", browser.find_element(By.ID, "swimlanes")
+    )
+    assert len(boxes) >= 8
+    assert overlapping(boxes) == []
+    # and where a time axis piles labels up: seven events within 20 ms, the eighth a
+    # minute later (drawn by the page's own function, off the live saga)
+    crowded = browser.execute_script(
+        """const t0 = Date.parse("2030-01-01T00:00:00Z");
+        const events = arguments[0].map(([type, producer, ms], i) => ({
+          event_id: `e${i}`, causation_id: i ? `e${i - 1}` : null, event_type: type, producer,
+          occurred_at: new Date(t0 + ms).toISOString(), compensating: false, payload: {} }));
+        const lanes = swimlanes(events);
+        lanes.id = "crowded-lanes";
+        document.body.append(lanes);
+        try { """
+        + f"return {LABEL_BOXES}"
+        + """(lanes); } finally { lanes.remove(); }""",
+        [[t, p, ms] for (t, p), ms in zip(EIGHT, (0, 3, 6, 9, 12, 15, 18, 60_000), strict=True)],
+    )
+    assert len(crowded) == 8
+    assert overlapping(crowded) == []
+    browser.save_screenshot(str(run_root / "dashboard-cancelled.png"))
+
+    # the envelope of an event, from the table and from the swimlanes
+    click(browser, "#saga .events tbody tr")
+    envelope = json.loads(wait(browser, lambda d: d.find_element(By.ID, "envelope-json")).text)
+    assert envelope["event_id"] == texts(browser, "#saga .events tbody tr", "data-event")[0]
+    assert envelope["event_type"] == "OrderCreated" and envelope["producer"] == "order_svc"
+    assert envelope["causation_id"] is None and envelope["payload"]["customer_id"] == customers["ora"]
+    assert re.match(r"^[0-9a-f]{32}$", envelope["trace_id"]) and "occurred_at" in envelope
+    click(browser, '#swimlanes g.event[data-type="PaymentRefunded"] circle:not(.ring)')
+    wait(
+        browser,
+        lambda d: json.loads(d.find_element(By.ID, "envelope-json").text)["event_type"] == "PaymentRefunded",
+        what="the refund's envelope",
+    )
+    envelope = json.loads(browser.find_element(By.ID, "envelope-json").text)
+    assert envelope["producer"] == "payment_svc" and envelope["causation_id"]
+    assert envelope["trace_id"] and envelope["payload"]
+
+
+def test_search_by_customer_and_order_id_pages_beyond_the_latest_sixty(
+    browser: Any, system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    products, customers = seed(client, uid, {"none": ("1.00", 0)}, {"pat": "1.00"})
+    placed = [client.place_order(customers["pat"], {products["none"]: 1}) for _ in range(61)]
+    order_url = system.url("order_svc")
+    for bad in ({"order_id_prefix": "abc"}, {"customer_id": "a b"}, {"offset": "-1"}):
+        assert httpx.get(f"{order_url}/orders", params=bad, timeout=10).status_code == 422, bad
+    open_dashboard(browser, system)
+
+    box = browser.find_element(By.ID, "search-text")
+    box.send_keys(customers["pat"])
+    browser.find_element(By.ID, "search-go").click()
+    wait(
+        browser,
+        lambda d: (
+            texts(d, "#page-note") == ["orders 1 to 60"]
+            and texts(d, "#search-note") == [f"orders of customer {customers['pat']}"]
+            and set(texts(d, "#orders td.customer")) == {customers["pat"]}
+        ),
+        what="the first page of pat's orders",
+    )
+    first = texts(browser, "#orders tr", "data-order")
+    assert not browser.find_element(By.ID, "page-older").get_attribute("disabled")
+    browser.find_element(By.ID, "page-older").click()
+    wait(
+        browser,
+        lambda d: (
+            texts(d, "#page-note") == ["orders 61 to 61"]
+            and texts(d, "#orders tr", "data-order") == [placed[0]]
+        ),
+        what="the second page: the oldest order",
+    )
+    second = texts(browser, "#orders tr", "data-order")
+    assert sorted(first + second) == sorted(placed)  # every order once, none twice
+    assert browser.find_element(By.ID, "page-older").get_attribute("disabled")
+    browser.find_element(By.ID, "page-newer").click()
+    wait(browser, lambda d: texts(d, "#page-note") == ["orders 1 to 60"], what="back to the first page")
+
+    target = placed[30]
+    box.clear()
+    box.send_keys(target[:8])
+    browser.find_element(By.ID, "search-go").click()
+    wait(
+        browser,
+        lambda d: (
+            (ids := texts(d, "#orders tr", "data-order")) and all(i.startswith(target[:8]) for i in ids)
+        ),
+        what="the orders whose id starts so",
+    )
+    assert target in texts(browser, "#orders tr", "data-order")
+    select_order(browser, target)  # the full id
+    assert texts(browser, "#orders tr", "data-order") == [target]
+
+
+def test_an_in_flight_saga_shows_what_it_waits_on_its_deadline_and_the_services_health(
+    browser: Any, system: System, client: SagaClient, uid: UniqueIds, run_root: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    products, customers = seed(client, uid, {"vase": ("2.00", 5)}, {"uma": "20.00"})
+    open_dashboard(browser, system)
+    wait(
+        browser,
+        lambda d: texts(d, "#health td.readiness") == ["ready", "ready", "ready"],
+        what="every service ready",
+    )
+    assert texts(browser, "#health tr", "data-service") == ["order_svc", "inventory_svc", "payment_svc"]
+    system.provider_faults(outage=True)
+    try:
+        order_id = client.place_order(customers["uma"], {products["vase"]: 1}, deadline_seconds=300)
+        select_order(browser, order_id)
+        wait(
+            browser,
+            lambda d: d.find_element(By.ID, "saga-verdict").text.startswith(
+                "in flight: waiting on the payment provider"
+            ),
+            timeout=60,
+            what="the saga waiting on the provider",
+        )
+        deadline = texts(browser, "#saga-deadline")[0]
+        assert deadline.startswith("deadline ") and "UTC (in " in deadline, deadline
+        wait(
+            browser,
+            lambda d: (
+                d.find_element(By.CSS_SELECTOR, '#health tr[data-service="payment_svc"] td.readiness').text
+                == "degraded"
+            ),
+            what="payment degraded in the health panel",
+        )
+        detail = browser.find_element(By.CSS_SELECTOR, '#health tr[data-service="payment_svc"] td:last-child')
+        assert detail.text.startswith("payment_provider: "), detail.text
+        browser.save_screenshot(str(run_root / "dashboard-in-flight.png"))
+
+        # cancel the order in flight from the page
+        click(browser, "#saga-cancel")
+        wait(
+            browser,
+            lambda d: d.find_element(By.ID, "saga-status").text == "CANCELLED",
+            what="the order cancelled",
+        )
+        assert texts(browser, "#saga-cancel-result")[0].startswith("cancel accepted: the order is CANCELLED")
+        assert not browser.find_elements(By.ID, "saga-deadline")
+    finally:
+        system.provider_faults()
+    wait(
+        browser,
+        lambda d: texts(d, "#health td.readiness") == ["ready", "ready", "ready"],
+        timeout=60,
+        what="payment ready again once the provider is back",
     )
