@@ -37,7 +37,7 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -258,25 +258,30 @@ class Chaos:
 
     # -- faults ----------------------------------------------------------------------------
     async def faults(self) -> None:
+        """Each kind of fault on its own schedule over the workload's duration, the kinds
+        concurrently (a service may be killed while a broker is down or the provider is
+        failing); within a kind one at a time, each waiting for its recovery."""
         cfg = self.cfg
         duration = cfg.orders / cfg.rate
-        plan = [("kill", self.rng.uniform(0.05, 0.9) * duration) for _ in range(cfg.kills)]
-        plan += [("db_restart", self.rng.uniform(0.2, 0.8) * duration) for _ in range(cfg.db_restarts)]
-        plan += [("broker_kill", self.rng.uniform(0.1, 0.8) * duration) for _ in range(cfg.broker_kills)]
-        plan += [("provider", self.rng.uniform(0.05, 0.85) * duration) for _ in range(cfg.provider_faults)]
-        plan.sort(key=lambda p: p[1])
+        rng = self.rng
+        series: list[tuple[list[float], Callable[[], Awaitable[None]]]] = [
+            ([rng.uniform(0.05, 0.9) * duration for _ in range(cfg.kills)], self.kill_and_restart),
+            ([rng.uniform(0.2, 0.8) * duration for _ in range(cfg.db_restarts)], self.restart_database),
+            (
+                [rng.uniform(0.1, 0.8) * duration for _ in range(cfg.broker_kills)],
+                self.kill_and_restart_broker_node,
+            ),
+            ([rng.uniform(0.05, 0.85) * duration for _ in range(cfg.provider_faults)], self.provider_fault),
+        ]
         start = time.monotonic()
         await self.poison()
-        for kind, at in plan:
-            await asyncio.sleep(max(0.0, start + at - time.monotonic()))
-            if kind == "kill":
-                await self.kill_and_restart()
-            elif kind == "broker_kill":
-                await self.kill_and_restart_broker_node()
-            elif kind == "provider":
-                await self.provider_fault()
-            else:
-                await self.restart_database()
+
+        async def run(times: list[float], action: Callable[[], Awaitable[None]]) -> None:
+            for at in sorted(times):
+                await asyncio.sleep(max(0.0, start + at - time.monotonic()))
+                await action()
+
+        await asyncio.gather(*(run(times, action) for times, action in series))
         self.faults_done.set()
 
     async def kill_and_restart(self) -> None:
