@@ -62,7 +62,7 @@ from payment_svc.provider import (
     charge_key,
     refund_key,
 )
-from saga_kit import tracing
+from saga_kit import sql, tracing
 from saga_kit.db import Database
 from saga_kit.errors import is_transient
 from saga_kit.retry import RetryPolicy
@@ -129,6 +129,7 @@ async def record(
                 {"ids": [due.order_id for due, _ in answers]},
             )
         }
+        updates: list[dict[str, Any]] = []
         for due, answer in answers:
             row = rows.get(due.order_id)
             if row is None or row.status != due.status:
@@ -148,16 +149,16 @@ async def record(
                 case Charged(charge_id=charge_id):
                     emit(PaymentCompleted(customer_id=row.customer_id, amount=row.amount), row.charge_cause)
                     status = "REFUND_PENDING" if row.cancel_requested else "CHARGED"
-                    update |= {"s": status, "charge_id": charge_id, "due": 0.0}
+                    update |= {"s": status, "c": charge_id, "d": 0.0}
                 case Declined(reason=reason):
                     emit(
                         PaymentFailed(customer_id=row.customer_id, amount=row.amount, reason=reason),
                         row.charge_cause,
                     )
-                    update |= {"s": "DECLINED", "reason": reason}
+                    update |= {"s": "DECLINED", "r": reason}
                 case Refunded(refund_id=refund_id):
                     emit(PaymentRefunded(customer_id=row.customer_id, amount=row.amount), row.refund_cause)
-                    update |= {"s": "REFUNDED", "refund_id": refund_id}
+                    update |= {"s": "REFUNDED", "f": refund_id}
                 case Unavailable(reason=reason):
                     wait = max(retry.delay(due.attempts), provider.retry_after())
                     if row.waiting_since is None and due.status == "PENDING":
@@ -170,7 +171,7 @@ async def record(
                             ),
                             row.charge_cause,
                         )
-                    update |= {"error": reason, "due": wait, "waiting": True}
+                    update |= {"e": reason, "d": wait, "w": True}
                 case Refused(status=code, reason=reason):
                     log.error(
                         "payment provider refused the %s of order %s (%d %s): retrying in %.0f s",
@@ -180,29 +181,28 @@ async def record(
                         reason,
                         retry.maximum,
                     )
-                    update |= {"error": f"refused: {code} {reason}", "due": retry.maximum, "waiting": True}
-            await uow.conn.execute(
-                text(
-                    "UPDATE payments SET status = COALESCE(:s, status), reason = COALESCE(:reason, reason),"
-                    " charge_id = COALESCE(:charge_id, charge_id),"
-                    " refund_id = COALESCE(:refund_id, refund_id),"
-                    " last_error = :error,"
-                    " waiting_since = CASE WHEN :waiting THEN COALESCE(waiting_since, clock_timestamp())"
-                    "   ELSE waiting_since END,"
-                    " next_attempt_at = CASE WHEN CAST(:due AS float8) IS NULL THEN next_attempt_at"
-                    "   ELSE clock_timestamp() + make_interval(secs => CAST(:due AS float8)) END,"
-                    " updated_at = clock_timestamp() WHERE order_id = :o"
+                    update |= {"e": f"refused: {code} {reason}", "d": retry.maximum, "w": True}
+            updates.append(
+                {"s": None, "r": None, "c": None, "f": None, "e": None, "d": None, "w": False} | update
+            )
+        if updates:
+            # one statement for the round, sent with its outbox rows in one round trip
+            uow.write(
+                (
+                    "UPDATE payments p SET status = COALESCE(v.s, p.status),"
+                    " reason = COALESCE(v.r, p.reason),"
+                    " charge_id = COALESCE(v.c, p.charge_id), refund_id = COALESCE(v.f, p.refund_id),"
+                    " last_error = v.e,"
+                    " waiting_since = CASE WHEN v.w THEN COALESCE(p.waiting_since, clock_timestamp())"
+                    "   ELSE p.waiting_since END,"
+                    " next_attempt_at = CASE WHEN v.d IS NULL THEN p.next_attempt_at"
+                    "   ELSE clock_timestamp() + make_interval(secs => v.d) END,"
+                    " updated_at = clock_timestamp()"
+                    " FROM json_to_recordset(CAST(%(rows)s AS json))"
+                    " AS v(o uuid, s text, r text, c text, f text, e text, d float8, w boolean)"
+                    " WHERE p.order_id = v.o"
                 ),
-                {
-                    "s": None,
-                    "reason": None,
-                    "charge_id": None,
-                    "refund_id": None,
-                    "error": None,
-                    "due": None,
-                    "waiting": False,
-                }
-                | update,
+                {"rows": sql.rows(updates)},
             )
 
 
