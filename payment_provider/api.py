@@ -7,13 +7,11 @@ body) with ``Idempotent-Replayed: true``."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events.values import printable
@@ -39,7 +37,6 @@ from payment_provider.models import (
     RefundView,
     error_doc,
 )
-from saga_kit.http import CheckResult, Liveness, Readiness
 
 REPLAYED = "Idempotent-Replayed"
 
@@ -275,34 +272,5 @@ async def get_ledger(engine: EngineDep) -> LedgerView:
     return LedgerView(charges=list(all_charges), refunds=list(all_refunds))
 
 
-# -- health -----------------------------------------------------------------------------
-health = APIRouter(tags=["health"])
-
-
-@health.get("/health/live", summary="Is the process alive", response_model=Liveness)
-async def live() -> Liveness:
-    """200 ``{"status": "ok"}`` while the process runs and its event loop answers."""
-    return Liveness(status="ok")
-
-
-@health.get(
-    "/health/ready",
-    summary="Does the database answer",
-    response_model=Readiness,
-    responses={503: {"model": Readiness, "description": "the database does not answer; the body says why"}},
-)
-async def ready(engine: EngineDep) -> JSONResponse:
-    """200 when the provider's database answers (within 2 s), else 503; the body names the
-    check (``database``) and, when it failed, why."""
-    try:
-        async with asyncio.timeout(2.0), engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-        check = CheckResult(ok=True)
-    except Exception as exc:  # a failing check is the answer, not an error
-        check = CheckResult(ok=False, error=printable(f"{type(exc).__name__}: {exc}", 1000))
-    body = Readiness(status="ready" if check.ok else "not_ready", checks={"database": check})
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if check.ok else 503)
-
-
 def routers() -> list[APIRouter]:
-    return [health, accounts, charges, refunds, reconciliation]
+    return [accounts, charges, refunds, reconciliation]

@@ -21,13 +21,19 @@ from payment_provider.settings import Settings
 from saga_kit import logs
 from saga_kit.db import create_engine
 from saga_kit.errors import is_transient
-from saga_kit.http import DOCS_ASSETS
+from saga_kit.http import DOCS_ASSETS, health_router
 from saga_kit.migrations import migrate
 from saga_kit.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 NAME = "payment_provider"
+
+
+async def _ping(engine: AsyncEngine) -> None:
+    """Readiness: the provider's database answers."""
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
 
 
 def build_app(settings: Settings, engine: AsyncEngine) -> FastAPI:
@@ -44,6 +50,7 @@ def build_app(settings: Settings, engine: AsyncEngine) -> FastAPI:
     )
     app.state.engine = engine
     app.state.faults = faults.FaultInjector(settings.faults)
+    app.include_router(health_router({"database": lambda: _ping(engine)}))
     for router in api.routers():
         app.include_router(router)
     if settings.fault_control:
