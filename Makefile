@@ -16,8 +16,8 @@ help:
 	@echo "make demo     eight sagas end to end (every outcome, from Kafka, forged, provider outage), then the invariants;"
 	@echo "              on a terminal it keeps running for the dashboard (KEEP=0: stop at once)"
 	@echo "              BROKER=kafka|tansu for run, demo, test, bench, chaos (default Tansu)"
-	@echo "make test     unit, integration and end-to-end tests on the real servers"
-	@echo "              (BROKER=kafka: e2e and chaos tests on Apache Kafka; PYTEST_ARGS=...)"
+	@echo "make test     unit, integration and end-to-end tests on the real servers (Tansu), then"
+	@echo "              e2e and chaos again on Apache Kafka where Java 17 is (BROKER=, PYTEST_ARGS=: one run)"
 	@echo "make bench    place N orders (N=$${N:-2000}) and print throughput and latency (SIGNING=0: unsigned)"
 	@echo "make chaos    N orders under kills, restarts, duplicates; check every invariant"
 	@echo "              (N=2000 KILLS=10 SEED=1; more: .venv/bin/python -m sagastack chaos -h)"
@@ -44,8 +44,22 @@ run: setup
 demo: setup
 	$(WITH_BROKER) $(BIN)/python -m sagastack demo $(if $(filter 0,$(KEEP)),--no-keep,$(if $(filter 1,$(KEEP)),--keep,))
 
+# make test: every test on Tansu, then the end-to-end and chaos tests again on Apache Kafka
+# where Java 17 and Maven are installed (without them: one line saying so, or a failure
+# with SAGA_REQUIRE_KAFKA=1). BROKER=tansu|kafka or PYTEST_ARGS=...: one pytest run only.
+# pytest's "no tests collected" (exit 5) is a failure, said in so many words.
 test: setup browser
-	$(BIN)/python -m pytest $(if $(BROKER),--broker $(BROKER)) $(PYTEST_ARGS)
+	@run() { echo "== pytest $$*"; $(BIN)/python -m pytest "$$@"; s=$$?; \
+	  if [ $$s -eq 5 ]; then echo "pytest collected no tests ($$*): that is a failure" >&2; fi; return $$s; }; \
+	if [ -n "$(BROKER)$(PYTEST_ARGS)" ]; then run $(if $(BROKER),--broker $(BROKER)) $(PYTEST_ARGS); exit $$?; fi; \
+	run || exit $$?; \
+	if command -v java >/dev/null && command -v mvn >/dev/null; then \
+	  run tests/e2e tests/chaos --broker kafka; \
+	elif [ "$$SAGA_REQUIRE_KAFKA" = 1 ]; then \
+	  echo "the Apache Kafka tests need Java 17 and Maven (mvn)" >&2; exit 1; \
+	else \
+	  echo "Java 17 or Maven not found: the end-to-end and chaos tests did not run on Apache Kafka"; \
+	fi
 
 # The dashboard test drives Debian's chromium with Selenium. Installed here when missing
 # and we may (root); otherwise that one test is skipped with the command to run.
