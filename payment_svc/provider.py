@@ -25,6 +25,7 @@ Only ``Unavailable`` counts against the breaker: a decline is the provider worki
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
@@ -159,12 +160,18 @@ class PaymentProvider:
             return Refunded(str(answer.json().get("refund_id")), _replayed(answer))
         return Refused(answer.status_code, _error(answer))
 
+    async def probe(self) -> None:
+        """A harmless call through the breaker — the lookup of a charge that does not exist
+        (404 is an answer) — so that a half-open breaker closes once the provider is back
+        even when no payment is waiting to be the probe."""
+        await self._call("probe", "GET", f"/v1/charges/probe:{uuid.uuid4()}", None, None)
+
     async def request(self, method: str, path: str, json: Any = None) -> httpx.Response:
         """A plain call (accounts), outside the breaker: errors are raised as httpx's."""
         return await self._client.request(method, path, json=json)
 
     async def _call(
-        self, operation: str, method: str, path: str, key: str, body: dict[str, Any]
+        self, operation: str, method: str, path: str, key: str | None, body: dict[str, Any] | None
     ) -> httpx.Response | Unavailable:
         if self.breaker.opened:
             self.calls[(operation, "breaker_open")] += 1
@@ -181,10 +188,13 @@ class PaymentProvider:
         self.calls[(operation, str(answer.status_code))] += 1
         return answer
 
-    async def _send(self, method: str, path: str, key: str, body: dict[str, Any]) -> httpx.Response:
+    async def _send(
+        self, method: str, path: str, key: str | None, body: dict[str, Any] | None
+    ) -> httpx.Response:
         start = time.monotonic()
         try:
-            answer = await self._client.request(method, path, json=body, headers={"Idempotency-Key": key})
+            headers = {"Idempotency-Key": key} if key is not None else {}
+            answer = await self._client.request(method, path, json=body, headers=headers)
         except httpx.TimeoutException:
             raise _Failed(f"the provider did not answer within {self.timeout:g} s") from None
         except httpx.HTTPError as exc:

@@ -236,6 +236,8 @@ class PaymentWorker:
         limit = self.batch if self.provider.state == "closed" else 1
         due = await claim(self.db, limit, self.lease)
         if not due:
+            if self.provider.state == "half_open":
+                await self.provider.probe()  # nothing to probe with: the breaker must still close
             return 0
         self._inject("payment.crash_after_claim")
         gate = asyncio.Semaphore(self.concurrency)
