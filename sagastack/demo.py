@@ -462,7 +462,7 @@ def main(args: argparse.Namespace) -> int:
         if not problems:
             print(
                 "invariants of docs/design.md §6 hold: all orders terminal, stock and money conserved,"
-                " no effect applied twice"
+                " every payment reconciled with the provider's ledger, no effect applied twice"
             )
         dashboard = f"{system.url('order_svc')}/dashboard"
         print(f"traces: {system.run_dir / 'traces'}   logs: {system.run_dir / 'logs'}")
