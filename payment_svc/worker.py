@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,6 +63,7 @@ from payment_svc.provider import (
 from saga_kit import sql, tracing
 from saga_kit.db import Database
 from saga_kit.errors import is_transient
+from saga_kit.fault_injection import crash_at
 from saga_kit.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -231,15 +230,15 @@ class PaymentWorker:
 
     async def round(self) -> int:
         """One round; returns how many payments it called the provider for."""
-        if self.provider.state == "open" and self.provider.retry_after() > 0:
-            return 0  # the breaker fails fast: nothing to gain from claiming
+        if self.provider.state == "open":
+            return 0  # the breaker fails fast until its recovery time: nothing to gain from claiming
         limit = self.batch if self.provider.state == "closed" else 1
         due = await claim(self.db, limit, self.lease)
         if not due:
             if self.provider.state == "half_open":
                 await self.provider.probe()  # nothing to probe with: the breaker must still close
             return 0
-        self._inject("payment.crash_after_claim")
+        crash_at(self.fault, "payment.crash_after_claim")
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one(d: Due) -> tuple[Due, ChargeResult | RefundResult]:
@@ -247,16 +246,8 @@ class PaymentWorker:
                 return d, await call(self.provider, d)
 
         answers = list(await asyncio.gather(*(one(d) for d in due)))
-        self._inject("payment.crash_after_call")
-        await self.db_retry(lambda: record(self.db, self.provider, self.retry, answers))
+        crash_at(self.fault, "payment.crash_after_call")
+        # an answer is never dropped because the database blinked (if the process dies
+        # instead, the lease ends and the same key replays)
+        await self.retry.forever(lambda: record(self.db, self.provider, self.retry, answers), is_transient)
         return len(due)
-
-    def _inject(self, point: str) -> None:
-        if self.fault == point:
-            log.error("fault injection: SIGKILL at %s", point)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    async def db_retry(self, work: Any) -> None:
-        """Record with the retry policy: an answer is never dropped because the database
-        blinked (if the process dies instead, the lease ends and the same key replays)."""
-        await self.retry.forever(work, is_transient)

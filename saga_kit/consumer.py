@@ -48,8 +48,6 @@ import asyncio
 import collections
 import enum
 import logging
-import os
-import signal
 import time
 import uuid
 from collections import Counter
@@ -68,6 +66,7 @@ from saga_kit import headers as kafka_headers
 from saga_kit import inbox, tracing
 from saga_kit.db import Database, Delivery, UnitOfWork
 from saga_kit.errors import is_transient
+from saga_kit.fault_injection import crash_at
 from saga_kit.headers import Headers
 from saga_kit.histogram import Histogram
 from saga_kit.reactions import Reactions
@@ -456,9 +455,7 @@ class ConsumerPipeline:
                     results[id(it)] = (
                         (Outcome.DEAD_LETTERED, refused[i]) if i in refused else (Outcome.HANDLED, None)
                     )
-            if self._fault == "consumer.crash_before_commit":  # tests: die with the work undone
-                log.error("fault injection: SIGKILL before committing a batch")
-                os.kill(os.getpid(), signal.SIGKILL)
+            crash_at(self._fault, "consumer.crash_before_commit")  # tests: die with the work undone
             if store:
                 letters = [
                     (it, it.reason if it.outcome is Outcome.DEAD_LETTERED else results[id(it)][1])

@@ -23,9 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
-import signal
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -43,6 +41,7 @@ from events.topics import TOPIC_OF_PRODUCER
 from saga_kit import headers as kafka_headers
 from saga_kit import sql, tracing
 from saga_kit.errors import is_transient, is_transient_kafka_error
+from saga_kit.fault_injection import crash_at
 from saga_kit.headers import Headers
 from saga_kit.kafka import is_producer_state_lost
 from saga_kit.retry import RetryPolicy
@@ -233,9 +232,9 @@ class OutboxRelay:
             if not rows:
                 return published
             await self._maybe_delay()
-            self._inject("relay.before_publish")
+            crash_at(self._fault, "relay.before_publish")
             await self._send(rows)
-            self._inject("relay.after_publish")
+            crash_at(self._fault, "relay.after_publish")
             sent = [row[0] for row in rows]
             published += len(rows)
             if len(rows) < self._batch_size and not self._wakeup.is_set():
@@ -265,12 +264,6 @@ class OutboxRelay:
         that long, as a slow network or an overloaded broker would (chaos runs)."""
         if self._fault and self._fault.startswith("relay.delay="):
             await asyncio.sleep(random.uniform(0, float(self._fault.partition("=")[2])))
-
-    def _inject(self, point: str) -> None:
-        """Fault injection: die like a crashed process at ``point`` (tests, chaos)."""
-        if self._fault == point:
-            log.error("fault injection: SIGKILL at %s", point)
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _relay_retries(exc: BaseException) -> bool:
