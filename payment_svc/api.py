@@ -37,14 +37,18 @@ class AccountView(BaseModel):
     balance: Balance
 
 
-async def _provider(method: str, path: str, body: Any = None) -> httpx.Response:
+async def _provider(method: str, path: str, body: Any = None, *, not_found: str | None = None) -> Any:
+    """The provider's JSON answer to an account call: its 404 as ours when ``not_found``
+    says what is missing; anything else but 200 — or no answer — is a 502."""
     try:
         answer = await runtime.provider().request(method, path, body)
     except httpx.HTTPError as exc:
         raise HTTPException(502, f"the payment provider did not answer: {type(exc).__name__}") from None
-    if answer.status_code >= 500:
+    if answer.status_code == 404 and not_found is not None:
+        raise HTTPException(404, not_found)
+    if answer.status_code != 200:
         raise HTTPException(502, f"the payment provider answered {answer.status_code}")
-    return answer
+    return answer.json()
 
 
 def _view(data: Any) -> AccountView:
@@ -60,10 +64,7 @@ def _view(data: Any) -> AccountView:
 async def put_account(customer_id: CustomerId, body: AccountIn) -> AccountView:
     """Sets the customer's balance at the payment provider (at most 999,999,999,999.99);
     charges and refunds move it from then on."""
-    answer = await _provider("PUT", f"/v1/accounts/{customer_id}", {"balance": f"{body.balance:.2f}"})
-    if answer.status_code != 200:
-        raise HTTPException(502, f"the payment provider answered {answer.status_code}")
-    return _view(answer.json())
+    return _view(await _provider("PUT", f"/v1/accounts/{customer_id}", {"balance": f"{body.balance:.2f}"}))
 
 
 @router.get(
@@ -74,12 +75,9 @@ async def put_account(customer_id: CustomerId, body: AccountIn) -> AccountView:
 )
 async def get_account(customer_id: CustomerId) -> AccountView:
     """The customer's balance at the payment provider now, after every charge and refund."""
-    answer = await _provider("GET", f"/v1/accounts/{customer_id}")
-    if answer.status_code == 404:
-        raise HTTPException(404, f"account {customer_id} not found")
-    if answer.status_code != 200:
-        raise HTTPException(502, f"the payment provider answered {answer.status_code}")
-    return _view(answer.json())
+    return _view(
+        await _provider("GET", f"/v1/accounts/{customer_id}", not_found=f"account {customer_id} not found")
+    )
 
 
 @router.get(
@@ -90,10 +88,7 @@ async def get_account(customer_id: CustomerId) -> AccountView:
 )
 async def list_accounts() -> list[AccountView]:
     """Every account at the payment provider, by customer id."""
-    answer = await _provider("GET", "/v1/accounts")
-    if answer.status_code != 200:
-        raise HTTPException(502, f"the payment provider answered {answer.status_code}")
-    return [_view(a) for a in answer.json()]
+    return [_view(a) for a in await _provider("GET", "/v1/accounts")]
 
 
 class PaymentView(BaseModel):

@@ -41,14 +41,14 @@ _DECLINE_CODES: frozenset[str] = frozenset({"insufficient_funds", "unknown_accou
 
 @dataclass(frozen=True)
 class Charged:
+    """Charged now, or earlier under the same key (a replay answers the same charge)."""
+
     charge_id: str
-    replayed: bool
 
 
 @dataclass(frozen=True)
 class Refunded:
     refund_id: str
-    replayed: bool
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,6 @@ class Unavailable:
     """Nothing known happened: try again later with the same idempotency key."""
 
     reason: str
-    #: the breaker was open: no request was sent
-    fast_failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,7 +143,7 @@ class PaymentProvider:
             return answer
         if answer.status_code in (200, 201):
             data = answer.json()
-            return Charged(str(data.get("charge_id")), _replayed(answer))
+            return Charged(str(data.get("charge_id")))
         if answer.status_code == 402:
             code = str(answer.json().get("decline_code", ""))
             return Declined(code if code in _DECLINE_CODES else "card_declined")  # type: ignore[arg-type]
@@ -157,7 +155,7 @@ class PaymentProvider:
         if not isinstance(answer, httpx.Response):
             return answer
         if answer.status_code in (200, 201):
-            return Refunded(str(answer.json().get("refund_id")), _replayed(answer))
+            return Refunded(str(answer.json().get("refund_id")))
         return Refused(answer.status_code, _error(answer))
 
     async def probe(self) -> None:
@@ -175,7 +173,7 @@ class PaymentProvider:
     ) -> httpx.Response | Unavailable:
         if self.breaker.opened:
             self.calls[(operation, "breaker_open")] += 1
-            return Unavailable(f"circuit breaker open: {self.last_failure}", fast_failed=True)
+            return Unavailable(f"circuit breaker open: {self.last_failure}")
         try:
             answer: httpx.Response = await self.breaker.call_async(self._send, method, path, key, body)
         except _Failed as exc:
@@ -208,10 +206,6 @@ class PaymentProvider:
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-
-def _replayed(answer: httpx.Response) -> bool:
-    return str(answer.headers.get("Idempotent-Replayed", "")).lower() == "true"
 
 
 def _error(answer: httpx.Response) -> str:

@@ -27,7 +27,6 @@ BREAKER_CODES = {"closed": 0, "half_open": 1, "open": 2}
 def configure(settings: Any) -> None:
     """Make the provider client from the service's settings (called once at start)."""
     assert isinstance(settings, Settings)
-    _state["settings"] = settings
     _state["provider"] = PaymentProvider(
         settings.provider_url,
         timeout=settings.provider_timeout_seconds,
