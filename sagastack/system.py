@@ -278,20 +278,9 @@ class System:
             **self.service_env.get(PROVIDER, {}),
             **(env or {}),
         }
-        sp = ServiceProcess(PROVIDER, port, provider_env, self.run_dir / "logs" / f"{PROVIDER}.log")
-        sp.log_path.parent.mkdir(exist_ok=True)
-        with open(sp.log_path, "ab") as out:
-            sp.proc = subprocess.Popen(
-                [sys.executable, "-m", PROVIDER],
-                env=provider_env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        sp = self._launch(PROVIDER, PROVIDER, port, provider_env)
         self.provider = sp
         self.provider_url = sp.url
-        self.pids.add(PROVIDER, sp.proc.pid)
         if wait:
             self.wait_ready(PROVIDER)
 
@@ -344,20 +333,27 @@ class System:
             **self.service_env.get(name, {}),
             **(env or {}),
         }
-        sp = ServiceProcess(key, port, service_env, self.run_dir / "logs" / f"{key.replace('#', '-')}.log")
+        self.services[key] = self._launch(key, name, port, service_env)
+        if wait:
+            self.wait_ready(key)
+
+    def _launch(self, key: str, module: str, port: int, env: dict[str, str]) -> ServiceProcess:
+        """``python -m module`` as a child in its own session, its output appended to
+        ``logs/<key>.log`` and its pid recorded under ``key`` (so a later run stops it if
+        this one dies)."""
+        sp = ServiceProcess(key, port, env, self.run_dir / "logs" / f"{key.replace('#', '-')}.log")
+        sp.log_path.parent.mkdir(exist_ok=True)
         with open(sp.log_path, "ab") as out:
             sp.proc = subprocess.Popen(
-                [sys.executable, "-m", name],
-                env=service_env,
+                [sys.executable, "-m", module],
+                env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        self.services[key] = sp
         self.pids.add(key, sp.proc.pid)
-        if wait:
-            self.wait_ready(key)
+        return sp
 
     def _signing_env(self, name: str, prefix: str) -> dict[str, str]:
         """The development signing keys ``start`` made (saga_kit.signing); empty values
