@@ -105,10 +105,18 @@ _CHARGE_COLUMNS = (
 )
 
 
-def _charge_of(row: Any) -> tuple[ChargeView, bytes]:
+V = TypeVar("V", ChargeView, RefundView)
+
+
+def _stored(view: type[V], row: Any) -> tuple[V, bytes]:
+    """A stored charge or refund as its view, and the digest of the request that made it."""
     values = dict(row._mapping)
     digest = bytes(values.pop("request_digest"))
-    return ChargeView.model_validate(values), digest
+    return view.model_validate(values), digest
+
+
+def _charge_of(row: Any) -> tuple[ChargeView, bytes]:
+    return _stored(ChargeView, row)
 
 
 async def _stored_charge(conn: AsyncConnection, key: str) -> tuple[ChargeView, bytes] | None:
@@ -189,9 +197,7 @@ _REFUND_SELECT = (
 
 
 def _refund_of(row: Any) -> tuple[RefundView, bytes]:
-    values = dict(row._mapping)
-    digest = bytes(values.pop("request_digest"))
-    return RefundView.model_validate(values), digest
+    return _stored(RefundView, row)
 
 
 async def _stored_refund(conn: AsyncConnection, key: str) -> tuple[RefundView, bytes] | None:
