@@ -213,23 +213,23 @@ def check(
     return v
 
 
+#: Per service: what is still to settle there, besides its unsent outbox rows.
+_UNSETTLED = {
+    "order_svc": "SELECT COUNT(*) FROM orders WHERE status = 'PENDING'",
+    "inventory_svc": "SELECT COUNT(*) FROM reservations WHERE status = 'RESERVED'",
+    "payment_svc": "SELECT COUNT(*) FROM payments WHERE status IN ('PENDING', 'REFUND_PENDING')",
+}
+
+
 def _activity(database_urls: Mapping[str, str]) -> tuple[int, int, int, int]:
     """(unsent outbox rows in all services, PENDING orders, reservations still RESERVED,
-    payments waiting on the provider)."""
-    unsent = 0
-    for name, url in database_urls.items():
-        if not name.endswith("_svc"):
-            continue
-        with psycopg.connect(plain_url(url)) as conn:
+    payments waiting on the provider), one connection per service."""
+    unsent, unsettled = 0, []
+    for name, query in _UNSETTLED.items():
+        with psycopg.connect(plain_url(database_urls[name])) as conn:
             unsent += conn.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]  # type: ignore[index]
-    with psycopg.connect(plain_url(database_urls["order_svc"])) as conn:
-        pending = conn.execute("SELECT COUNT(*) FROM orders WHERE status = 'PENDING'").fetchone()[0]  # type: ignore[index]
-    with psycopg.connect(plain_url(database_urls["inventory_svc"])) as conn:
-        held = conn.execute("SELECT COUNT(*) FROM reservations WHERE status = 'RESERVED'").fetchone()[0]  # type: ignore[index]
-    with psycopg.connect(plain_url(database_urls["payment_svc"])) as conn:
-        waiting = conn.execute(
-            "SELECT COUNT(*) FROM payments WHERE status IN ('PENDING', 'REFUND_PENDING')"
-        ).fetchone()[0]  # type: ignore[index]
+            unsettled.append(conn.execute(query).fetchone()[0])  # type: ignore[index]
+    pending, held, waiting = unsettled
     return unsent, pending, held, waiting
 
 
