@@ -27,7 +27,8 @@ from order_svc.explain import COMPENSATING, Refusal, explain
 from order_svc.placing import OrderDesk, Placement
 from order_svc.settings import Settings
 from saga_kit import tracing
-from saga_kit.http import RETRY_AFTER, DatabaseDep, SettingsDep, errors, location, problem
+from saga_kit.auth import Principal
+from saga_kit.http import RETRY_AFTER, DatabaseDep, PrincipalDep, SettingsDep, errors, location, problem
 
 router = APIRouter(tags=["orders"])
 
@@ -174,7 +175,12 @@ def _accepted(request: Request, response: Response, order_id: uuid.UUID) -> None
     response_model=OrderAccepted,
     responses={
         **_ACCEPTED,
-        **errors({409: "the Idempotency-Key was used before with another body (`idempotency_key_reused`)"}),
+        **errors(
+            {
+                403: "a customer may place orders for itself only (`forbidden`)",
+                409: "the Idempotency-Key was used before with another body (`idempotency_key_reused`)",
+            }
+        ),
         503: problem(
             "overloaded (`overloaded`): the order could not finish before its deadline; nothing was held",
             headers=RETRY_AFTER,
@@ -188,6 +194,7 @@ async def post_order(
     settings: SettingsDep,
     request: Request,
     response: Response,
+    principal: PrincipalDep,
     key: IdempotencyKey = None,
 ) -> OrderAccepted:
     """Start the saga of a new order; it is PENDING until inventory and payment have
@@ -196,6 +203,8 @@ async def post_order(
     503 with `Retry-After`: the backlog is such that the order could not finish before its
     deadline, so it is refused before anything is held."""
     assert isinstance(settings, Settings)
+    if not principal.may_act_for(body.customer_id):
+        raise HTTPException(403, "a customer may place orders for itself only")
     seconds = body.deadline_seconds if body.deadline_seconds is not None else settings.deadline_seconds
     refusal = await gate.check(seconds)
     if refusal is not None:
@@ -230,23 +239,29 @@ async def post_order(
     },
 )
 async def post_cancel(
-    order_id: uuid.UUID, db: DatabaseDep, request: Request, response: Response
+    order_id: uuid.UUID, db: DatabaseDep, request: Request, response: Response, principal: PrincipalDep
 ) -> OrderAccepted:
     """Cancel a PENDING or APPROVED order. 202: it is CANCELLED now, and the participants
     release its stock and refund its charge asynchronously (watch `/orders/{order_id}/saga`).
     A REJECTED or already CANCELLED order answers 409 and nothing changes."""
     try:
-        status = await cancel_order(db, order_id)
+        status = await cancel_order(db, order_id, _only(principal))
     except OrderNotFound:
         raise HTTPException(404, f"order {order_id} not found") from None
     _accepted(request, response, order_id)
     return OrderAccepted(order_id=order_id, status=status)
 
 
-async def _load_order(db: DatabaseDep, order_id: uuid.UUID) -> OrderView:
+def _only(principal: Principal) -> str | None:
+    """The one customer whose orders the caller may see (None: every customer's)."""
+    return None if principal.operator else principal.subject
+
+
+async def _load_order(db: DatabaseDep, order_id: uuid.UUID, principal: Principal) -> OrderView:
+    """The order, or 404 if there is none or it is another customer's (ids do not leak)."""
     async with db.engine.connect() as conn:
         row = (await conn.execute(text("SELECT * FROM orders WHERE order_id = :o"), {"o": order_id})).first()
-        if row is None:
+        if row is None or not principal.may_act_for(row.customer_id):
             raise HTTPException(404, f"order {order_id} not found")
         items = await conn.execute(
             text(
@@ -334,10 +349,10 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
     response_model=OrderView,
     responses=errors({404: "no such order"}),
 )
-async def get_order(order_id: uuid.UUID, db: DatabaseDep) -> OrderView:
+async def get_order(order_id: uuid.UUID, db: DatabaseDep, principal: PrincipalDep) -> OrderView:
     """The order with its lines, total and status (PENDING, APPROVED, REJECTED or
     CANCELLED) and, once it is finished, the reason."""
-    return await _load_order(db, order_id)
+    return await _load_order(db, order_id, principal)
 
 
 #: The start of an order id as the dashboard and operators type it: 8 to 36 characters of
@@ -348,6 +363,7 @@ OrderIdPrefix = Annotated[str | None, Query(pattern=r"^[0-9a-fA-F-]{8,36}$")]
 @router.get("/orders", summary="Recent orders", response_model=list[OrderView], responses=errors())
 async def list_orders(
     db: DatabaseDep,
+    principal: PrincipalDep,
     status: OrderStatus | None = None,
     customer_id: Annotated[ExternalId | None, Query()] = None,
     order_id_prefix: OrderIdPrefix = None,
@@ -356,7 +372,11 @@ async def list_orders(
 ) -> list[OrderView]:
     """Most recent orders first, optionally only those in ``status``, of ``customer_id``,
     or whose id starts with ``order_id_prefix`` (at least 8 characters of its text form);
-    ``offset`` skips that many for the next page."""
+    ``offset`` skips that many for the next page. A customer sees its own orders only."""
+    only = _only(principal)
+    if only is not None and customer_id not in (None, only):
+        return []
+    customer_id = only or customer_id
     async with db.engine.connect() as conn:
         orders = list(
             await conn.execute(
@@ -393,11 +413,11 @@ async def list_orders(
     response_model=SagaView,
     responses=errors({404: "no such order"}),
 )
-async def get_saga(order_id: uuid.UUID, db: DatabaseDep) -> SagaView:
+async def get_saga(order_id: uuid.UUID, db: DatabaseDep, principal: PrincipalDep) -> SagaView:
     """Every event of this order's saga, from all three services, oldest first, and the
     `explanation`: why it ended so, each compensation owed and whether it was done, and
     the events about it that were refused."""
-    order = await _load_order(db, order_id)
+    order = await _load_order(db, order_id, principal)
     async with db.engine.connect() as conn:
         events = await timeline.load(conn, order_id)
         refused = [

@@ -73,8 +73,9 @@ async def cancel_in(
     )
 
 
-async def cancel_order(db: Database, order_id: uuid.UUID) -> OrderStatus:
-    """The customer cancels: PENDING or APPROVED → CANCELLED; anything else is a 409."""
+async def cancel_order(db: Database, order_id: uuid.UUID, customer_id: str | None = None) -> OrderStatus:
+    """The customer cancels: PENDING or APPROVED → CANCELLED; anything else is a 409.
+    With ``customer_id``, another customer's order is ``OrderNotFound`` (ids do not leak)."""
     async with db.unit_of_work() as uow:
         row = (
             await uow.conn.execute(
@@ -85,7 +86,7 @@ async def cancel_order(db: Database, order_id: uuid.UUID) -> OrderStatus:
                 {"o": order_id},
             )
         ).first()
-        if row is None:
+        if row is None or (customer_id is not None and row.customer_id != customer_id):
             raise OrderNotFound(order_id)
         if transition(OrderStatus(row.status), CANCEL_REQUESTED) is None:
             raise OrderNotCancellable(row.status)

@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from events.values import Balance, ExternalId, Money
 from payment_svc import runtime
-from saga_kit.http import DatabaseDep, errors
+from saga_kit.http import DatabaseDep, PrincipalDep, errors
 
 router = APIRouter(tags=["accounts"])
 
@@ -73,8 +73,11 @@ async def put_account(customer_id: CustomerId, body: AccountIn) -> AccountView:
     response_model=AccountView,
     responses=errors({404: "no such account", **_PROVIDER_DOWN}),
 )
-async def get_account(customer_id: CustomerId) -> AccountView:
-    """The customer's balance at the payment provider now, after every charge and refund."""
+async def get_account(customer_id: CustomerId, principal: PrincipalDep) -> AccountView:
+    """The customer's balance at the payment provider now, after every charge and refund.
+    A customer reads its own only (another's is a 404)."""
+    if not principal.may_act_for(customer_id):
+        raise HTTPException(404, f"account {customer_id} not found")
     return _view(
         await _provider("GET", f"/v1/accounts/{customer_id}", not_found=f"account {customer_id} not found")
     )
@@ -117,7 +120,7 @@ class PaymentView(BaseModel):
     response_model=PaymentView,
     responses=errors({404: "no payment for this order (yet)"}),
 )
-async def get_payment(order_id: uuid.UUID, db: DatabaseDep) -> PaymentView:
+async def get_payment(order_id: uuid.UUID, db: DatabaseDep, principal: PrincipalDep) -> PaymentView:
     """The payment's status, how many provider calls it took, and while it waits, since
     when and the last failure (a timeout, an outage, the circuit breaker open)."""
     async with db.engine.connect() as conn:
@@ -132,6 +135,6 @@ async def get_payment(order_id: uuid.UUID, db: DatabaseDep) -> PaymentView:
                 {"o": order_id},
             )
         ).first()
-    if row is None:
+    if row is None or not principal.may_act_for(row.customer_id):
         raise HTTPException(404, f"no payment for order {order_id}")
     return PaymentView.model_validate(row._mapping)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
@@ -12,6 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -20,10 +22,12 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.values import printable
-from saga_kit import tracing
+from saga_kit import auth, tracing
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection
 from saga_kit.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
 
 #: Prometheus text exposition, version 0.0.4.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -164,25 +168,66 @@ class RequestGuard:
                 f"https://{host}",
                 *self.allowed_origins,
             }:
-                body = json.dumps(
-                    {
-                        "detail": f"a request from the origin {origin!r} may not change state here",
-                        "reason": "cross_origin_refused",
-                    }
-                ).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 403,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", b"%d" % len(body)),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                refusal = {
+                    "detail": f"a request from the origin {origin!r} may not change state here",
+                    "reason": "cross_origin_refused",
+                }
+                for message in _json_answer(403, refusal):
+                    await send(message)
                 return
         await self.app(scope, receive, send)
+
+
+def _json_answer(
+    status: int, body: Mapping[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()
+) -> list[Message]:
+    content = json.dumps(body).encode()
+    return [
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(content)),
+                *headers,
+            ],
+        },
+        {"type": "http.response.body", "body": content},
+    ]
+
+
+def authenticator(
+    verifier: auth.TokenVerifier | None, metrics_public: bool
+) -> Callable[[Request], Awaitable[None]]:
+    """The dependency every route runs first: the route is looked up in
+    ``saga_kit.auth.POLICY``; unless it is public, the bearer token is verified (401
+    ``missing_token`` / ``invalid_token`` with ``WWW-Authenticate``, RFC 6750 §3) and the
+    role checked (403 ``forbidden``). The caller is left in ``request.state.principal`` for
+    the routes' own-resource checks (``PrincipalDep``)."""
+
+    async def authenticate(request: Request) -> None:
+        path = getattr(request.scope.get("route"), "path", None)
+        principal = auth.UNAUTHENTICATED
+        if verifier is not None and path is not None:
+            method = "GET" if request.method == "HEAD" else request.method
+            access = auth.access_of(method, path, metrics_public=metrics_public)
+            if access is not auth.Access.PUBLIC:
+                principal = await verifier.principal(request.headers.get("authorization"))
+                if not principal.allowed(access):
+                    raise StarletteHTTPException(403, f"{method} {path} needs the operator role")
+        request.state.principal = principal
+
+    return authenticate
+
+
+async def get_principal(request: Request) -> auth.Principal:
+    principal: auth.Principal = request.state.principal
+    return principal
+
+
+#: The caller (``saga_kit.auth.Principal``): routes with ``OWN`` access check with it that
+#: the resource is the caller's.
+PrincipalDep = Annotated[auth.Principal, Depends(get_principal)]
 
 
 async def get_database(request: Request) -> Database:
@@ -288,8 +333,22 @@ def create_app(
     checks: Mapping[str, Check],
     metrics: Callable[[], Awaitable[bytes]],
 ) -> FastAPI:
+    verifier = auth.load_verifier(
+        settings.auth_jwks_file,
+        settings.auth_jwks_url,
+        settings.auth_issuer,
+        settings.auth_audience,
+        production=settings.saga_env == "production",
+    )
+    if verifier is None:
+        log.warning("authentication is off (no AUTH_JWKS_FILE or AUTH_JWKS_URL): every request is let in")
+    routers = [health_router(checks), metrics_router(metrics), *routers]
+    # a route the authorization table does not list stops the service here (fail closed)
+    routes = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
+    auth.check_policy((method, r.path) for r in routes for method in r.methods or ())
     app = FastAPIOffline(
         title=title,
+        dependencies=[Depends(authenticator(verifier, settings.auth_metrics_public))],
         version="1.0.0",
         static_url=DOCS_ASSETS,
         # larger bodies are refused with 413 as they arrive (Starlette's body limit)
@@ -308,11 +367,10 @@ def create_app(
     )
     app.state.db = db
     app.state.settings = settings
-    app.include_router(health_router(checks))
-    app.include_router(metrics_router(metrics))
     for router in routers:
         app.include_router(router)
 
+    _document_authentication(app, settings.auth_metrics_public)
     app.add_middleware(ExtraHeaders)
     app.add_middleware(RequestGuard, allowed_origins=settings.http_allowed_origins)
     if settings.http_allowed_origins:
@@ -349,6 +407,17 @@ def create_app(
             {"detail": str(exc.detail), "reason": reason}, status_code=exc.status_code, headers=exc.headers
         )
 
+    @app.exception_handler(auth.Unauthorized)
+    async def unauthorized(_: Request, exc: auth.Unauthorized) -> JSONResponse:
+        challenge = 'Bearer realm="saga"'
+        if exc.reason != "missing_token":
+            challenge += f', error="invalid_token", error_description="{exc.detail}"'
+        return JSONResponse(
+            {"detail": exc.detail, "reason": exc.reason},
+            status_code=401,
+            headers={"WWW-Authenticate": challenge},
+        )
+
     @app.exception_handler(DomainRejection)
     async def rejection(_: Request, exc: DomainRejection) -> JSONResponse:
         return JSONResponse({"detail": exc.detail, "reason": exc.reason}, status_code=409)
@@ -358,6 +427,46 @@ def create_app(
         return JSONResponse({"detail": validation_errors(exc), "reason": "invalid_request"}, status_code=422)
 
     return app
+
+
+def _document_authentication(app: FastAPI, metrics_public: bool) -> None:
+    """The OpenAPI document says what each route needs (``saga_kit.auth.POLICY``): a bearer
+    JWT (``securitySchemes``) and its 401, and the 403 of operator-only routes."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        document.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "a JWT signed by the configured issuer; its `roles` name customer or operator",
+        }
+        problem_body = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for path, operations in document.get("paths", {}).items():
+            for method, operation in operations.items():
+                access = auth.access_of(method.upper(), path, metrics_public=metrics_public)
+                if access is auth.Access.PUBLIC:
+                    continue
+                operation["security"] = [{"bearer": []}]
+                responses = operation.setdefault("responses", {})
+                responses["401"] = {
+                    "description": "no bearer token (`missing_token`), or not a valid one (`invalid_token`)",
+                    "content": problem_body,
+                }
+                if access is auth.Access.OPERATOR:
+                    responses["403"] = {
+                        "description": "needs the operator role (`forbidden`)",
+                        "content": problem_body,
+                    }
+        schemas = document["components"].setdefault("schemas", {})
+        schemas.setdefault("Problem", Problem.model_json_schema())
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def validation_errors(exc: RequestValidationError, limit: int = 20) -> list[dict[str, Any]]:

@@ -122,6 +122,24 @@ class ServiceSettings(BaseSettings):
         default=None, validation_alias=AliasChoices("EVENT_TRUST_FILE", "event_trust_file")
     )
 
+    #: Authentication of the HTTP APIs (saga_kit.auth): the public keys tokens are checked
+    #: against (a JWKS file, re-read when it changes, or URL), the issuer and audience they
+    #: must name, and whether ``/metrics`` may be scraped without a token. Without keys a
+    #: development service lets everyone in; production refuses to start.
+    auth_jwks_file: str | None = Field(
+        default=None, validation_alias=AliasChoices("AUTH_JWKS_FILE", "auth_jwks_file")
+    )
+    auth_jwks_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("AUTH_JWKS_URL", "auth_jwks_url")
+    )
+    auth_issuer: str | None = Field(default=None, validation_alias=AliasChoices("AUTH_ISSUER", "auth_issuer"))
+    auth_audience: str | None = Field(
+        default=None, validation_alias=AliasChoices("AUTH_AUDIENCE", "auth_audience")
+    )
+    auth_metrics_public: bool = Field(
+        default=False, validation_alias=AliasChoices("AUTH_METRICS_PUBLIC", "auth_metrics_public")
+    )
+
     #: Where the consumer framework keeps its local files (faust's data directory); a
     #: fresh temporary directory when unset, never the working directory.
     data_dir: str | None = Field(default=None, validation_alias=AliasChoices("SAGA_DATA_DIR", "data_dir"))

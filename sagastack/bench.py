@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -40,7 +40,6 @@ import aiohttp
 import psycopg
 
 from sagastack import invariants
-from sagastack.client import SagaClient
 from sagastack.cpu import CpuMeter, cpu_seconds
 from sagastack.progress import bar
 from sagastack.system import PROVIDER, System
@@ -106,7 +105,10 @@ async def closed_loop(
     products: Sequence[str],
     customers: Sequence[str],
     advance: Callable[[], None],
+    auth: Mapping[str, str] | None = None,
 ) -> Load:
+    """``n`` orders by ``concurrency`` clients, each sending its next when the last was
+    answered; ``auth``: headers every request carries (the bearer token)."""
     load = Load(None)
     next_i = iter(range(n))
 
@@ -115,7 +117,7 @@ async def closed_loop(
             await _post(http, url, _body(i, products, customers), load, time.time())
             advance()
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), headers=auth) as http:
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
     return load
 
@@ -129,12 +131,15 @@ async def open_loop(
     advance: Callable[[], None],
     first: int = 0,
     deadline: float | None = 3600,
+    auth: Mapping[str, str] | None = None,
 ) -> Load:
     """``n`` orders at ``rate``/s; order i is sent at t0 + i/rate, however late the earlier
     answers are (each POST is its own task)."""
     load = Load(rate)
     connector = aiohttp.TCPConnector(limit=2000)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=60), headers=auth
+    ) as http:
         t0 = time.time()
         tasks = []
         for i in range(n):
@@ -256,7 +261,7 @@ def print_summary(f: Figures) -> None:
 def idle_latency(system: System, product: str, customer: str, sagas: int) -> list[float]:
     """POST→APPROVED of ``sagas`` orders placed one at a time on an otherwise idle system
     (each after the previous one finished), in ms."""
-    client = SagaClient(system.url("order_svc"), system.url("inventory_svc"), system.url("payment_svc"))
+    client = system.client()
     latencies = []
     try:
         for _ in range(sagas):
@@ -323,7 +328,7 @@ def print_ceiling(real: Figures, null: dict[str, float] | None) -> None:
 
 
 def seed(system: System, products: Sequence[str], customers: Sequence[str], n: int) -> None:
-    client = SagaClient(system.url("order_svc"), system.url("inventory_svc"), system.url("payment_svc"))
+    client = system.client()
     with bar() as progress:
         task = progress.add_task("seeding", total=len(products) + len(customers))
         for pid in products:
@@ -339,6 +344,7 @@ def sweep(
     system: System, args: argparse.Namespace, products: list[str], customers: list[str]
 ) -> list[Figures]:
     url = f"{system.url('order_svc')}/orders"
+    auth = system.auth()
     rows: list[Figures] = []
     first = 0
     print(
@@ -351,7 +357,7 @@ def sweep(
         async def run(
             advance: Callable[[], None], n: int = n, rate: float = rate, first: int = first
         ) -> Load:
-            return await open_loop(url, n, rate, products, customers, advance, first, args.deadline)
+            return await open_loop(url, n, rate, products, customers, advance, first, args.deadline, auth)
 
         f = measure(system, run, n, f"{rate:.0f} orders/s")
         first += n
@@ -380,6 +386,7 @@ def main(args: argparse.Namespace) -> int:
         initial = total_orders + args.idle  # every order (and idle saga) can be approved
         seed(system, products, customers, initial)
         url = system.url("order_svc") + "/orders"
+        auth = system.auth()
         idle = idle_latency(system, products[0], customers[0], args.idle) if args.idle else []
         if args.sweep:
             figures = sweep(system, args, products, customers)
@@ -389,13 +396,13 @@ def main(args: argparse.Namespace) -> int:
                 print(f"offering {n} orders at {args.rate:.0f}/s (open loop) …", flush=True)
 
                 async def run(advance: Callable[[], None]) -> Load:
-                    return await open_loop(url, n, args.rate, products, customers, advance)
+                    return await open_loop(url, n, args.rate, products, customers, advance, auth=auth)
 
             else:
                 print(f"placing {n} orders with {args.concurrency} concurrent clients …", flush=True)
 
                 async def run(advance: Callable[[], None]) -> Load:
-                    return await closed_loop(url, n, args.concurrency, products, customers, advance)
+                    return await closed_loop(url, n, args.concurrency, products, customers, advance, auth)
 
             figures = [measure(system, run, n, "placing orders")]
             main_figures = figures[0]

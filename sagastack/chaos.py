@@ -152,7 +152,7 @@ class Chaos:
         and a few with no account at all."""
         mean_units = 2.5  # per order, see _order_body
         demand_per_product = self.cfg.orders * mean_units / len(self.products)
-        with httpx.Client(timeout=10) as http, bar() as progress:
+        with httpx.Client(timeout=10, headers=self.system.auth()) as http, bar() as progress:
             task = progress.add_task("seeding", total=len(self.products) + len(self.customers))
             for i, pid in enumerate(self.products):
                 stock = max(1, int(demand_per_product * 0.6))
@@ -238,7 +238,7 @@ class Chaos:
         cfg = self.cfg
         sem = asyncio.Semaphore(cfg.clients)
         tasks: list[asyncio.Task[None]] = []
-        async with httpx.AsyncClient(timeout=15) as http:
+        async with httpx.AsyncClient(timeout=15, headers=self.system.auth()) as http:
 
             async def run(i: int, body: dict[str, Any], cancel_after: float | None) -> None:
                 async with sem:
@@ -446,11 +446,11 @@ class Chaos:
         expected_poison = 2 * self.cfg.poison  # each domain topic has two other consumers
         poison = 0
         for name in SERVICES:
-            letters = httpx.get(
+            letters = self.system.http.get(
                 f"{self.system.url(name)}/dead-letters", params={"status": "ALL", "limit": 1000}
             ).json()
             for d in letters:
-                detail = httpx.get(f"{self.system.url(name)}/dead-letters/{d['id']}").json()
+                detail = self.system.http.get(f"{self.system.url(name)}/dead-letters/{d['id']}").json()
                 if (detail["key"] or {}).get("text") == POISON_KEY.decode():
                     poison += 1
                 else:

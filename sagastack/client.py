@@ -16,8 +16,12 @@ class ApiError(RuntimeError):
 
 
 class SagaClient:
-    def __init__(self, order_url: str, inventory_url: str, payment_url: str) -> None:
-        self.http = httpx.Client(timeout=10.0)
+    def __init__(
+        self, order_url: str, inventory_url: str, payment_url: str, token: str | None = None
+    ) -> None:
+        """``token``: the bearer token every request carries (saga_kit.auth)."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(timeout=10.0, headers=headers)
         self.order_url, self.inventory_url, self.payment_url = order_url, inventory_url, payment_url
 
     def close(self) -> None:

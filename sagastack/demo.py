@@ -261,14 +261,13 @@ def forge_payment(system: System, customer: str, order_id: str) -> None:
 
 def refused(system: System, order_id: str, timeout: float = 30.0) -> dict[str, str]:
     """Service → reason of the dead letters the forged event of ``order_id`` became."""
-    import httpx
 
     end = time.monotonic() + timeout
     while True:
         found = {
             name: letter["reason"]
             for name in ("order_svc", "inventory_svc")
-            for letter in httpx.get(f"{system.url(name)}/dead-letters", timeout=5).json()
+            for letter in system.http.get(f"{system.url(name)}/dead-letters", timeout=5).json()
             if letter["order_id"] == order_id
         }
         if len(found) == 2 or time.monotonic() > end:
@@ -298,9 +297,8 @@ def wait_out_outage(system: System, client: SagaClient, order_id: str, timeout: 
 
 
 def client_order_exists(system: System, order_id: str) -> bool:
-    import httpx
 
-    return httpx.get(f"{system.url('order_svc')}/orders/{order_id}", timeout=5).status_code == 200
+    return system.http.get(f"{system.url('order_svc')}/orders/{order_id}", timeout=5).status_code == 200
 
 
 def settled(client: SagaClient, order_id: str, timeout: float = 30.0) -> Any:
@@ -370,7 +368,7 @@ def place_load(client: SagaClient, n: int) -> None:
 
 def run_demo(system: System, n_orders: int = 0) -> list[str]:
     problems: list[str] = []
-    client = SagaClient(system.url("order_svc"), system.url("inventory_svc"), system.url("payment_svc"))
+    client = system.client()
     try:
         for pid, (name, price, stock) in PRODUCTS.items():
             client.put_product(pid, name, price, stock)

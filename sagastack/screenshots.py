@@ -13,7 +13,6 @@ from typing import Any
 
 from sagastack import demo
 from sagastack.browser import open_chromium, texts, wait
-from sagastack.client import SagaClient
 from sagastack.system import System
 
 
@@ -60,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def demo_orders(system: System) -> list[Any]:
-    client = SagaClient(system.url("order_svc"), system.url("inventory_svc"), system.url("payment_svc"))
+    client = system.client()
     try:
         return list(reversed(client.orders(limit=1000)))
     finally:

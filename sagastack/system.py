@@ -37,10 +37,12 @@ from typing import Any, Literal
 
 import httpx
 
+from saga_kit.auth import DevIssuer, Role, write_dev_issuer
 from saga_kit.headers import Headers
 from saga_kit.signing import Signer, load_signer, write_dev_keys
 from sagastack import kafka_dist
 from sagastack.apache_kafka import ApacheKafka
+from sagastack.client import SagaClient
 from sagastack.embedded import DATABASES, PidFile, Postgres, Tansu, free_port
 
 log = logging.getLogger(__name__)
@@ -145,9 +147,13 @@ class System:
     trust_file: Path | None = None
     #: False: services neither sign nor verify events (to measure what signing costs)
     signing: bool = True
+    #: the development token issuer (saga_kit.auth), made by ``start``: every service
+    #: checks bearer tokens against its JWKS; ``token`` mints them
+    issuer: DevIssuer | None = None
     #: Processes per service (one consumer group, one database, each its own port): the
     #: first is ``System.url(service)``, the others ``service#2``, … (``instance_key``).
     instances: int = 1
+    _http: httpx.Client | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.broker_kind is None:
@@ -170,6 +176,7 @@ class System:
             shutil.rmtree(self.run_dir / "pgdata", ignore_errors=True)
             shutil.rmtree(self.run_dir / "traces", ignore_errors=True)
         self.trust_file = write_dev_keys(self.run_dir / "keys", SERVICES)
+        self.issuer = write_dev_issuer(self.run_dir / "keys" / "issuer")
         # a real provider: start no simulator, pass its URL on
         self.provider_url = os.environ.get("PAYMENT_PROVIDER_URL", "")
         try:
@@ -328,6 +335,7 @@ class System:
             "TRACING_DIR": os.environ.get("TRACING_DIR", str(self.run_dir / "traces")),
             "SAGA_DATA_DIR": str(self.run_dir / "data" / key.replace("#", "-")),
             **self._signing_env(name, prefix),
+            "AUTH_JWKS_FILE": str(self.issuer.jwks_file) if self.issuer else "",
             **self._neighbours(name),
             **self._provider_env(name),
             **self.service_env.get(name, {}),
@@ -434,6 +442,9 @@ class System:
         self.pids.add("postgres", self.postgres.restart())
 
     def stop(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
         for sp in self.services.values():  # all at once; each shuts down on its own
             if sp.proc is not None and sp.proc.poll() is None:
                 sp.proc.send_signal(signal.SIGTERM)
@@ -466,6 +477,36 @@ class System:
         if self.postgres is not None:
             pids["postgres"] = self.postgres.pid()
         return pids
+
+    def token(
+        self, subject: str = "operator", roles: Iterable[Role | str] = (Role.OPERATOR,), **claims: Any
+    ) -> str:
+        """A bearer token from the development issuer ``start`` made (``DevIssuer.mint``
+        takes ``ttl_seconds``, ``issuer``, ``audience``, ``not_before``)."""
+        if self.issuer is None:
+            raise RuntimeError("the system has not started: no token issuer yet")
+        return self.issuer.mint(subject, roles, **claims)
+
+    def auth(
+        self, subject: str = "operator", roles: Iterable[Role | str] = (Role.OPERATOR,)
+    ) -> dict[str, str]:
+        """The ``Authorization`` header of a token for ``subject`` with ``roles``."""
+        return {"Authorization": f"Bearer {self.token(subject, roles)}"}
+
+    @property
+    def http(self) -> httpx.Client:
+        """An HTTP client that calls as the operator (for tools and tests)."""
+        if self._http is None:
+            self._http = httpx.Client(headers=self.auth(), timeout=10.0)
+        return self._http
+
+    def client(self, customer: str | None = None) -> SagaClient:
+        """A ``SagaClient`` of the three services, calling as the operator, or as the
+        customer ``customer``."""
+        token = self.token(customer, (Role.CUSTOMER,)) if customer else self.token()
+        return SagaClient(
+            self.url("order_svc"), self.url("inventory_svc"), self.url("payment_svc"), token=token
+        )
 
     def signer(self, name: str) -> Signer:
         """The development signing key ``start`` made for service ``name``."""

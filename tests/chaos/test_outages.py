@@ -20,7 +20,6 @@ import httpx
 import pytest
 
 from sagastack.apache_kafka import ApacheKafka
-from sagastack.client import SagaClient
 from sagastack.system import SERVICES, BrokerKind, System
 from tests.e2e.test_faults import wait_until
 
@@ -58,7 +57,7 @@ def all_ready_answer(system: System, code: int, timeout: float, what: str) -> di
 
 
 def test_database_outage_not_ready_then_resumes_without_losing_the_order(system: System) -> None:
-    client = SagaClient(system.url("order_svc"), system.url("inventory_svc"), system.url("payment_svc"))
+    client = system.client()
     client.put_product("outage-p", "p", Decimal("3.00"), 5)
     client.put_account("outage-c", Decimal("10.00"))
     order_id = client.place_order("outage-c", {"outage-p": 1})
@@ -88,7 +87,7 @@ def test_broker_crash_loses_no_order_and_services_recover_by_themselves(system: 
     placed during the outage; once the node is back every service is ready again by
     itself and both orders finish."""
     kafka = kafka_of(system)
-    client = SagaClient(system.url("order_svc"), system.url("inventory_svc"), system.url("payment_svc"))
+    client = system.client()
     client.put_product("crash-p", "p", Decimal("2.00"), 5)
     client.put_account("crash-c", Decimal("10.00"))
     # deadlines far beyond the outage: the test is about losing nothing, not about timeouts

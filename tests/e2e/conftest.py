@@ -48,7 +48,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def client(system: System) -> Iterator[SagaClient]:
-    c = SagaClient(system.url("order_svc"), system.url("inventory_svc"), system.url("payment_svc"))
+    c = system.client()
     yield c
     c.close()
 

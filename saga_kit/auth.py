@@ -1,0 +1,409 @@
+"""Who may call what: bearer tokens (authentication) and one table (authorization).
+
+**Authentication.** Every HTTP endpoint but the public ones (``/health/*``, the API docs,
+the dashboard's page, and ``/metrics`` when ``AUTH_METRICS_PUBLIC`` allows it) needs
+``Authorization: Bearer <JWT>`` (RFC 6750). The token is verified with PyJWT against the
+configured public keys — a JWKS file (``AUTH_JWKS_FILE``, re-read when it changes) or URL
+(``AUTH_JWKS_URL``) that may hold several keys, picked by the token's ``kid`` (rotation:
+publish the new key, sign with it, remove the old one once its tokens have expired). Only
+asymmetric algorithms are accepted (``ALGORITHMS``); the signature, ``exp``, ``nbf``,
+``iat``, ``iss`` (``AUTH_ISSUER``) and ``aud`` (``AUTH_AUDIENCE``) are checked, and ``sub``
+and ``roles`` are required. Missing or bad token: 401 with ``reason`` ``missing_token`` or
+``invalid_token``, the why in ``detail`` and a ``WWW-Authenticate`` header.
+
+**Authorization.** The token's ``roles`` claim (RFC 9068 §7.2) names ``customer`` or
+``operator``; its ``sub`` is the customer's id. ``POLICY`` says, for every route of every
+service, which ``Access`` it needs; ``create_app`` refuses to start with a route the table
+does not list (fail closed). ``OWN`` routes are a customer's for its own resources only:
+the route asks ``Principal.may_act_for(customer_id)`` and answers another customer's
+resource as 404 (ids do not leak) — an operator may act for everyone.
+
+**Development.** ``write_dev_issuer`` makes a signing key and its JWKS under the run
+directory (``make run``, ``make demo`` and the tests), and ``mint`` makes tokens with it
+(``sagactl token``). Without any JWKS a development service lets every request in as an
+unauthenticated operator and says so in its log; ``SAGA_ENV=production`` refuses to start
+without keys, on the development ones, or without an explicit issuer and audience.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from jwt.algorithms import OKPAlgorithm
+
+#: Asymmetric signatures only: a shared secret (HS256) or ``none`` is never accepted.
+ALGORITHMS = frozenset({"EdDSA", "RS256", "PS256", "ES256"})
+#: The issuer and audience of development tokens (``AUTH_ISSUER`` / ``AUTH_AUDIENCE``
+#: unset); production must name its own.
+DEV_ISSUER = "saga-dev-issuer"
+DEV_AUDIENCE = "saga-shop"
+#: Clock skew tolerated on ``exp``/``nbf``/``iat``, in seconds.
+LEEWAY_SECONDS = 30
+
+
+class Role(StrEnum):
+    CUSTOMER = "customer"
+    OPERATOR = "operator"
+
+
+class Access(Enum):
+    """What a route needs."""
+
+    #: no token (health probes, the API docs, the dashboard's page and its assets)
+    PUBLIC = "public"
+    #: any valid token (the product catalogue)
+    ANY_ROLE = "any role"
+    #: a customer for its own resources (the route checks which), an operator for all
+    OWN = "own"
+    #: the operator role
+    OPERATOR = "operator"
+
+
+#: Every route of every service: (method, path template) → what it needs. A route missing
+#: here stops its service at start-up (``check_policy``). Tested for every role against
+#: its own and another customer's resources (tests/e2e/test_authorization.py).
+POLICY: Mapping[tuple[str, str], Access] = {
+    # every service
+    ("GET", "/health/live"): Access.PUBLIC,
+    ("GET", "/health/ready"): Access.PUBLIC,
+    ("GET", "/metrics"): Access.OPERATOR,  # PUBLIC with AUTH_METRICS_PUBLIC=true
+    ("GET", "/dead-letters"): Access.OPERATOR,
+    ("GET", "/dead-letters/{letter_id}"): Access.OPERATOR,
+    ("GET", "/dead-letters/{letter_id}/value"): Access.OPERATOR,
+    ("POST", "/dead-letters/{letter_id}/replay"): Access.OPERATOR,
+    ("POST", "/dead-letters/{letter_id}/discard"): Access.OPERATOR,
+    ("GET", "/consumer"): Access.OPERATOR,
+    ("POST", "/consumer/resume"): Access.OPERATOR,
+    # order service
+    ("POST", "/orders"): Access.OWN,
+    ("GET", "/orders"): Access.OWN,
+    ("GET", "/orders/{order_id}"): Access.OWN,
+    ("GET", "/orders/{order_id}/saga"): Access.OWN,
+    ("POST", "/orders/{order_id}/cancel"): Access.OWN,
+    ("GET", "/commands/{command_id}"): Access.OPERATOR,
+    ("GET", "/saga-events"): Access.OPERATOR,
+    ("GET", "/saga-events/stream"): Access.OPERATOR,
+    ("GET", "/dashboard"): Access.PUBLIC,
+    ("GET", "/dashboard/static/{name}"): Access.PUBLIC,
+    ("GET", "/dashboard/api/summary"): Access.OPERATOR,
+    ("GET", "/dashboard/api/stock"): Access.OPERATOR,
+    ("GET", "/dashboard/api/balances"): Access.OPERATOR,
+    ("GET", "/dashboard/api/health"): Access.OPERATOR,
+    # inventory service
+    ("GET", "/products"): Access.ANY_ROLE,
+    ("GET", "/products/{product_id}"): Access.ANY_ROLE,
+    ("PUT", "/products/{product_id}"): Access.OPERATOR,
+    # payment service
+    ("GET", "/accounts"): Access.OPERATOR,
+    ("GET", "/accounts/{customer_id}"): Access.OWN,
+    ("PUT", "/accounts/{customer_id}"): Access.OPERATOR,
+    ("GET", "/payments/{order_id}"): Access.OWN,
+}
+
+#: Documentation routes FastAPI adds itself: public, like the docs' assets.
+DOCS_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+
+
+class PolicyError(Exception):
+    """A route the authorization table does not list (the service does not start)."""
+
+
+def access_of(method: str, path: str, *, metrics_public: bool = False) -> Access:
+    """What the route ``method path`` (its template, e.g. ``/orders/{order_id}``) needs;
+    ``PolicyError`` if ``POLICY`` does not list it."""
+    if path in DOCS_PATHS:
+        return Access.PUBLIC
+    if path == "/metrics" and metrics_public:
+        return Access.PUBLIC
+    try:
+        return POLICY[(method, path)]
+    except KeyError:
+        raise PolicyError(f"no access rule for {method} {path} in saga_kit.auth.POLICY") from None
+
+
+def check_policy(routes: Iterable[tuple[str, str]]) -> None:
+    """Raise ``PolicyError`` naming every (method, path) the table does not list."""
+    missing = [f"{m} {p}" for m, p in routes if p not in DOCS_PATHS and (m, p) not in POLICY]
+    if missing:
+        raise PolicyError("no access rule in saga_kit.auth.POLICY for " + ", ".join(sorted(set(missing))))
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the token's subject and roles."""
+
+    subject: str
+    roles: frozenset[Role]
+    #: False when no JWKS is configured (development only): everyone is let in.
+    authenticated: bool = True
+
+    @property
+    def operator(self) -> bool:
+        return Role.OPERATOR in self.roles
+
+    def may_act_for(self, customer_id: str) -> bool:
+        """An operator acts for every customer; a customer for itself only."""
+        return self.operator or (Role.CUSTOMER in self.roles and self.subject == customer_id)
+
+    def allowed(self, access: Access) -> bool:
+        if access is Access.PUBLIC:
+            return True
+        if access is Access.OPERATOR:
+            return self.operator
+        return self.operator or Role.CUSTOMER in self.roles
+
+
+#: Everyone, when authentication is off (development without keys).
+UNAUTHENTICATED = Principal("anonymous", frozenset({Role.OPERATOR}), authenticated=False)
+
+
+class Unauthorized(Exception):
+    """The request's token is missing or not valid: a 401 (``reason``, ``detail``)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+class AuthConfigurationError(Exception):
+    """The authentication settings are missing or unfit for where the service runs."""
+
+
+class _JwksFile:
+    """A JWKS file, re-read when its modification time changes (rotation without a
+    restart)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp: float | None = None
+        self._keys: dict[str, jwt.PyJWK] = {}
+
+    def key(self, kid: str) -> jwt.PyJWK | None:
+        stamp = os.stat(self.path).st_mtime
+        if stamp != self._stamp:
+            self._keys = _keys_of(json.loads(Path(self.path).read_text()))
+            self._stamp = stamp
+        return self._keys.get(kid)
+
+
+def _keys_of(document: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
+    keys = jwt.PyJWKSet.from_dict(dict(document)).keys
+    return {k.key_id: k for k in keys if k.key_id}
+
+
+class TokenVerifier:
+    """Verifies bearer tokens against a JWKS file or URL (module doc)."""
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str,
+        *,
+        jwks_file: str | None = None,
+        jwks_url: str | None = None,
+    ) -> None:
+        if bool(jwks_file) == bool(jwks_url):
+            raise AuthConfigurationError("set one of AUTH_JWKS_FILE and AUTH_JWKS_URL")
+        self.issuer, self.audience = issuer, audience
+        self._file = _JwksFile(jwks_file) if jwks_file else None
+        # PyJWKClient caches the key set (5 minutes) and refetches on an unknown kid
+        self._client = jwt.PyJWKClient(jwks_url, cache_jwk_set=True, lifespan=300) if jwks_url else None
+
+    async def principal(self, authorization: str | None) -> Principal:
+        """The caller named by an ``Authorization`` header value; ``Unauthorized`` if it is
+        missing, not a bearer token, or not valid."""
+        if not authorization:
+            raise Unauthorized("missing_token", "this endpoint needs an Authorization: Bearer token")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("invalid_token", "the Authorization header is not 'Bearer <token>'")
+        token = token.strip()
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            raise Unauthorized("invalid_token", "the token is not a JWT") from None
+        if not isinstance(kid, str):
+            raise Unauthorized("invalid_token", "the token names no key (kid)")
+        key = await self._key(kid)
+        if key is None:
+            raise Unauthorized("invalid_token", "the token is signed with a key this service does not trust")
+        if key.algorithm_name not in ALGORITHMS:
+            raise Unauthorized("invalid_token", f"the key's algorithm {key.algorithm_name} is not accepted")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[key.algorithm_name],
+                issuer=self.issuer,
+                audience=self.audience,
+                leeway=LEEWAY_SECONDS,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("invalid_token", "the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthorized("invalid_token", "the token is not valid yet (nbf/iat)") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthorized("invalid_token", "the token's issuer is not trusted here") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthorized("invalid_token", "the token is not meant for this audience") from None
+        except jwt.InvalidSignatureError:
+            raise Unauthorized(
+                "invalid_token", "the token's signature does not match (forged or tampered)"
+            ) from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthorized("invalid_token", f"the token has no {exc.claim} claim") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthorized("invalid_token", f"the token is not valid: {type(exc).__name__}") from None
+        roles = claims.get("roles")
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise Unauthorized("invalid_token", "the token's roles claim is not a list of role names")
+        known = frozenset(Role(r) for r in roles if r in Role.__members__.values())
+        if not known:
+            raise Unauthorized("invalid_token", "the token names no known role (customer or operator)")
+        return Principal(str(claims["sub"]), known)
+
+    async def _key(self, kid: str) -> jwt.PyJWK | None:
+        if self._file is not None:
+            try:
+                return self._file.key(kid)
+            except (OSError, ValueError, jwt.PyJWKError, jwt.PyJWKSetError) as exc:
+                raise Unauthorized(
+                    "invalid_token", f"the service cannot read its keys ({type(exc).__name__})"
+                ) from None
+        assert self._client is not None
+        client = self._client
+        try:
+            return await asyncio.to_thread(client.get_signing_key, kid)
+        except jwt.PyJWKClientError:
+            return None
+
+
+def load_verifier(
+    jwks_file: str | None,
+    jwks_url: str | None,
+    issuer: str | None,
+    audience: str | None,
+    *,
+    production: bool,
+) -> TokenVerifier | None:
+    """The service's token verifier from its settings; None (authentication off) in
+    development without keys. In production (``SAGA_ENV=production``) keys, issuer and
+    audience are required and the development JWKS is refused: ``AuthConfigurationError``
+    names what is wrong, and the service does not start."""
+    if production:
+        missing = [
+            name
+            for name, value in (
+                ("AUTH_JWKS_FILE or AUTH_JWKS_URL", jwks_file or jwks_url),
+                ("AUTH_ISSUER", issuer),
+                ("AUTH_AUDIENCE", audience),
+            )
+            if not value
+        ]
+        if missing:
+            raise AuthConfigurationError(f"SAGA_ENV=production needs {', '.join(missing)}")
+        if jwks_file and json.loads(Path(jwks_file).read_text()).get("development"):
+            raise AuthConfigurationError(
+                f"SAGA_ENV=production refuses the development JWKS {jwks_file}"
+                " (made by make run / make demo / the tests)"
+            )
+    if not (jwks_file or jwks_url):
+        return None
+    if jwks_file:
+        _keys_of(json.loads(Path(jwks_file).read_text()))  # unreadable keys stop the start, not a request
+    return TokenVerifier(
+        issuer or DEV_ISSUER, audience or DEV_AUDIENCE, jwks_file=jwks_file, jwks_url=jwks_url
+    )
+
+
+# -- development issuer -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DevIssuer:
+    """The development token issuer ``write_dev_issuer`` made: its files."""
+
+    directory: Path
+
+    @property
+    def jwks_file(self) -> Path:
+        return self.directory / "jwks.json"
+
+    def mint(
+        self,
+        subject: str,
+        roles: Iterable[Role | str],
+        *,
+        ttl_seconds: float = 12 * 3600,
+        issuer: str = DEV_ISSUER,
+        audience: str = DEV_AUDIENCE,
+        not_before: float | None = None,
+    ) -> str:
+        """A signed JWT (EdDSA) for ``subject`` with ``roles``, valid ``ttl_seconds`` from
+        now (``exp``), and from ``not_before`` (a Unix time) when given."""
+        key = serialization.load_pem_private_key((self.directory / "issuer.pem").read_bytes(), password=None)
+        kid = (self.directory / "issuer.kid").read_text().strip()
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": issuer,
+            "aud": audience,
+            "sub": subject,
+            "roles": [str(r) for r in roles],
+            "iat": now,
+            "exp": now + int(ttl_seconds),
+            "jti": secrets.token_hex(8),
+        }
+        if not_before is not None:
+            claims["nbf"] = int(not_before)
+        return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})  # type: ignore[arg-type]
+
+
+def write_dev_issuer(directory: Path) -> DevIssuer:
+    """A development token issuer under ``directory``: an Ed25519 key (``issuer.pem``,
+    readable by the owner only), its key id (``issuer.kid``) and the JWKS listing its
+    public key (``jwks.json``, marked ``development``: production refuses it). Existing
+    keys are kept; keys listed in ``extra.jwks.json`` there are published too (rotation)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pem = directory / "issuer.pem"
+    if not pem.exists():
+        private = Ed25519PrivateKey.generate()
+        pem.write_bytes(
+            private.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        pem.chmod(0o600)
+    kid_file = directory / "issuer.kid"
+    if not kid_file.exists():
+        kid_file.write_text(f"dev-{secrets.token_hex(4)}")
+    issuer = DevIssuer(directory)
+    keys = [public_jwk(pem, kid_file.read_text().strip())]
+    extra = directory / "extra.jwks.json"
+    if extra.exists():
+        keys += json.loads(extra.read_text())["keys"]
+    jwks = {"development": True, "keys": keys}
+    issuer.jwks_file.write_text(json.dumps(jwks, indent=2) + "\n")
+    return issuer
+
+
+def public_jwk(private_pem: Path, kid: str) -> dict[str, Any]:
+    """The public JWK (RFC 8037: ``kty`` OKP, ``crv`` Ed25519) of an Ed25519 private key
+    file, with its ``kid``."""
+    key = serialization.load_pem_private_key(private_pem.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{private_pem}: not an Ed25519 private key")
+    jwk: dict[str, Any] = OKPAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    return {**jwk, "kid": kid, "alg": "EdDSA", "use": "sig"}
