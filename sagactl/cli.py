@@ -5,6 +5,10 @@ against ``make run``, a compose deployment or a test system. Service URLs defaul
 ``make run``'s ports and are overridden per service with ``--order-url`` … or the
 environment (``SAGACTL_ORDER_URL``, ``SAGACTL_INVENTORY_URL``, ``SAGACTL_PAYMENT_URL``).
 
+Every call carries the bearer token of ``--token`` or ``SAGA_TOKEN`` (an operator's sees
+everything; a customer's only its own orders). ``sagactl token`` mints a development one
+with the key ``make run`` / ``make demo`` made under the run directory.
+
 Every command takes ``--output`` (``-o``): ``text`` fits the terminal (80 columns and
 up; ids shortened to 8 characters), ``wide`` shows full ids and every column however
 wide that is, ``json`` prints the API's data and nothing else on stdout. An error is
@@ -21,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import httpx
@@ -31,6 +36,8 @@ from rich.measure import Measurement
 from rich.panel import Panel
 from rich.table import Column, Table
 from rich.text import Text
+
+from saga_kit.auth import DevIssuer, Role
 
 console = Console()
 #: Errors: one line on stderr, never wrapped, never read as markup.
@@ -70,9 +77,15 @@ class Urls:
     order: str
     inventory: str
     payment: str
+    #: the bearer token every call carries (None: none)
+    token: str | None = None
 
     def of(self, service: str) -> str:
         return str(getattr(self, service))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
 
 def _urls(ctx: typer.Context) -> Urls:
@@ -86,8 +99,14 @@ def main(
     order_url: Annotated[str, typer.Option(envvar="SAGACTL_ORDER_URL")] = "http://127.0.0.1:8001",
     inventory_url: Annotated[str, typer.Option(envvar="SAGACTL_INVENTORY_URL")] = "http://127.0.0.1:8002",
     payment_url: Annotated[str, typer.Option(envvar="SAGACTL_PAYMENT_URL")] = "http://127.0.0.1:8003",
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SAGA_TOKEN", help="bearer token (JWT) for every call; `sagactl token` mints one"
+        ),
+    ] = None,
 ) -> None:
-    ctx.obj = Urls(order_url.rstrip("/"), inventory_url.rstrip("/"), payment_url.rstrip("/"))
+    ctx.obj = Urls(order_url.rstrip("/"), inventory_url.rstrip("/"), payment_url.rstrip("/"), token or None)
 
 
 # -- talking to the services, and failing in one sentence ---------------------------------
@@ -104,7 +123,7 @@ def _call(ctx: typer.Context, service: str, method: str, path: str, **kwargs: An
     saying why (exit 2: it could not be reached; 1: it refused)."""
     base = _urls(ctx).of(service)
     try:
-        response = httpx.request(method, base + path, timeout=10.0, **kwargs)
+        response = httpx.request(method, base + path, timeout=10.0, headers=_urls(ctx).headers, **kwargs)
     except httpx.HTTPError as exc:
         _fail(_unreachable(service, base, exc), 2)
     if response.is_error:
@@ -132,6 +151,8 @@ def _refusal(service: str, response: httpx.Response) -> str:
         said = str(detail)
     else:
         said = next(iter(response.text.strip().splitlines()), "")[:200] or response.reason_phrase
+    if response.status_code == 401:
+        said += " (pass --token or set SAGA_TOKEN; `sagactl token` mints a development one)"
     return f"the {service} service answered {response.status_code}: {said}"
 
 
@@ -628,7 +649,11 @@ def tail(
     shown = 0
     try:
         with httpx.stream(
-            "GET", f"{base}/saga-events/stream", params=params, timeout=httpx.Timeout(10.0, read=None)
+            "GET",
+            f"{base}/saga-events/stream",
+            params=params,
+            headers=_urls(ctx).headers,
+            timeout=httpx.Timeout(10.0, read=None),
         ) as response:
             if response.is_error:
                 response.read()
@@ -735,3 +760,37 @@ def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     _emit(output, found, table)
     if any(body.get("status") not in ("ready", "degraded") for body in found.values()):
         raise typer.Exit(1)
+
+
+@app.command("token")
+def token(
+    subject: Annotated[
+        str, typer.Option("--subject", help="whom it names: a customer id, or an operator's name")
+    ] = "operator",
+    role: Annotated[
+        Role, typer.Option("--role", case_sensitive=False, help="customer or operator")
+    ] = Role.OPERATOR,
+    ttl: Annotated[float, typer.Option("--ttl", min=1, help="seconds until it expires")] = 12 * 3600,
+    issuer_dir: Annotated[
+        Path,
+        typer.Option(
+            "--issuer-dir",
+            envvar="SAGA_ISSUER_DIR",
+            help="the development issuer's key: make run's (the default) or make demo's (.run/demo/...)",
+        ),
+    ] = Path(".run/stack/keys/issuer"),
+    output: OutputOpt = Output.text,
+) -> None:
+    """Mint a development bearer token (EdDSA JWT) with the key ``make run`` or ``make
+    demo`` made; prints the token alone, e.g. ``export SAGA_TOKEN=$(sagactl token)``.
+    Production tokens come from your identity provider, never from here."""
+    if not (issuer_dir / "issuer.pem").exists():
+        _fail(
+            f"no development issuer key in {issuer_dir} (start the system with make run or make demo first)"
+        )
+    issued = DevIssuer(issuer_dir)
+    minted = issued.mint(subject, [role], ttl_seconds=ttl)
+    if output is Output.json:
+        print(json.dumps({"token": minted, "subject": subject, "roles": [str(role)], "ttl_seconds": ttl}))
+    else:
+        print(minted)

@@ -35,9 +35,11 @@ def run(_: argparse.Namespace) -> int:
             print(f"  {'provider':<12} {system.provider_url}  (card processor simulator; faults: /v1/faults)")
         else:
             print(f"  {'provider':<12} {system.provider_url}  (PAYMENT_PROVIDER_URL: no simulator started)")
-        print(f"\n  dashboard:      {system.url('order_svc')}/dashboard")
+        # the operator's token rides in the fragment: it never reaches a server's log
+        print(f"\n  dashboard:      {system.url('order_svc')}/dashboard#token={system.token()}")
         print(f"  order API docs: {system.url('order_svc')}/docs")
         print(f"  traces:         {system.run_dir / 'traces'}   (sagactl --help for the CLI)")
+        print("  tokens:         export SAGA_TOKEN=$(.venv/bin/sagactl token)   (an operator's)")
         print(f"  logs: {system.run_dir / 'logs'}\n\nready — Ctrl-C stops everything", flush=True)
         while not stop.wait(0.5):
             for name, sp in system.services.items():

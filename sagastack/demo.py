@@ -27,6 +27,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from saga_kit.auth import Role
 from sagastack import invariants
 from sagastack.client import TERMINAL, SagaClient
 from sagastack.progress import bar
@@ -278,8 +281,6 @@ def refused(system: System, order_id: str, timeout: float = 30.0) -> dict[str, s
 def wait_out_outage(system: System, client: SagaClient, order_id: str, timeout: float = 30.0) -> str:
     """With the provider down: wait until payment's breaker is open (its readiness says
     degraded), show what the saga and payment say meanwhile, then end the outage."""
-    import httpx
-
     end = time.monotonic() + timeout
     degraded = ""
     while time.monotonic() < end:
@@ -366,6 +367,23 @@ def place_load(client: SagaClient, n: int) -> None:
             time.sleep(0.25)
 
 
+def show_access(system: System, order_id: str, owner: str) -> list[str]:
+    """Who may read an order (saga_kit.auth): nobody without a token (401), another
+    customer as if it did not exist (404), its customer and the operator (200)."""
+    url = f"{system.url('order_svc')}/orders/{order_id}"
+    other = next(c for c in ACCOUNTS if c != owner)
+    seen = {
+        "without a token": httpx.get(url, timeout=5).status_code,
+        f"as {other} (customer)": httpx.get(url, headers=system.auth(other, [Role.CUSTOMER])).status_code,
+        f"as {owner} (customer)": httpx.get(url, headers=system.auth(owner, [Role.CUSTOMER])).status_code,
+        "as the operator": system.http.get(url).status_code,
+    }
+    print(f"\n  Access — {owner}'s order {order_id[:8]}: " + ", ".join(f"{k} {v}" for k, v in seen.items()))
+    if list(seen.values()) != [401, 404, 200, 200]:
+        return [f"access to {owner}'s order: expected 401, 404, 200, 200; got {seen}"]
+    return []
+
+
 def run_demo(system: System, n_orders: int = 0) -> list[str]:
     problems: list[str] = []
     client = system.client()
@@ -380,7 +398,10 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
             + "; "
             + ", ".join(f"{c} ({b})" for c, b in ACCOUNTS.items())
         )
+        print("tokens: the operator seeded them; each customer places and follows its own order")
+        first_order: tuple[str, str] | None = None
         for n, sc in enumerate(SCENARIOS, start=1):
+            mine = system.client(sc.customer)  # the customer's own bearer token
             if sc.twist == "payment down":
                 system.stop_service("payment_svc")
             if sc.twist == "provider outage":
@@ -388,16 +409,18 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
             if sc.twist == "kafka":
                 order_id = send_command(system, sc.customer, sc.items)
             else:
-                order_id = client.place_order(sc.customer, sc.items, deadline_seconds=sc.deadline_seconds)
+                order_id = mine.place_order(sc.customer, sc.items, deadline_seconds=sc.deadline_seconds)
+                first_order = first_order or (order_id, sc.customer)
             if sc.twist == "forged":
                 forge_payment(system, sc.customer, order_id)
             if sc.twist == "cancel":
-                client.wait_for_events(order_id, {"InventoryCommitted"})
-                client.cancel(order_id)
+                mine.wait_for_events(order_id, {"InventoryCommitted"})
+                mine.cancel(order_id)
             if sc.twist == "provider outage":
                 outage = wait_out_outage(system, client, order_id)
                 print(f"\n  (provider down) {outage}")
-            saga = client.wait_for_events(order_id, set(sc.events))
+            saga = mine.wait_for_events(order_id, set(sc.events))
+            mine.close()
             if sc.twist == "payment down":
                 system.start_service("payment_svc")
                 invariants.wait_for_quiescence(system.database_urls, timeout=30)
@@ -429,6 +452,8 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
                 )
             if not set(sc.events) <= set(got) or (sc.twist is None and sorted(got) != sorted(sc.events)):
                 problems.append(f"saga {n}: expected events {sc.events}, got {got}")
+        if first_order is not None:
+            problems += show_access(system, *first_order)
         place_load(client, n_orders)
     finally:
         client.close()
@@ -462,10 +487,12 @@ def main(args: argparse.Namespace) -> int:
                 "invariants of docs/design.md §6 hold: all orders terminal, stock and money conserved,"
                 " every payment reconciled with the provider's ledger, no effect applied twice"
             )
-        dashboard = f"{system.url('order_svc')}/dashboard"
+        # the operator's token rides in the fragment: it never reaches a server's log
+        dashboard = f"{system.url('order_svc')}/dashboard#token={system.token()}"
         print(f"traces: {system.run_dir / 'traces'}   logs: {system.run_dir / 'logs'}")
         env = " ".join(f"SAGACTL_{name.split('_')[0].upper()}_URL={system.url(name)}" for name in SERVICES)
-        print(f"sagactl: export {env}")
+        print(f"sagactl: export {env} SAGA_ISSUER_DIR={system.run_dir / 'keys' / 'issuer'}")
+        print("         export SAGA_TOKEN=$(.venv/bin/sagactl token)   # an operator's development token")
         if keep:
             print(
                 f"\ndashboard: {dashboard}  — the system keeps running; Ctrl-C stops everything", flush=True

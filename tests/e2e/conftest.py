@@ -78,13 +78,18 @@ def seed(
     return products, customers
 
 
-def sagactl(system: System, *args: str, columns: int = 250) -> subprocess.CompletedProcess[str]:
-    """Run ``sagactl`` against ``system`` as if in a terminal ``columns`` wide."""
+def sagactl(
+    system: System, *args: str, columns: int = 250, token: str | None = "operator"
+) -> subprocess.CompletedProcess[str]:
+    """Run ``sagactl`` against ``system`` as if in a terminal ``columns`` wide, with an
+    operator's token (``token="operator"``), the token given, or none (``None``)."""
     env = {
         **os.environ,
         "SAGACTL_ORDER_URL": system.url("order_svc"),
         "SAGACTL_INVENTORY_URL": system.url("inventory_svc"),
         "SAGACTL_PAYMENT_URL": system.url("payment_svc"),
+        "SAGA_ISSUER_DIR": str(system.run_dir / "keys" / "issuer"),
+        "SAGA_TOKEN": system.token() if token == "operator" else (token or ""),
         "COLUMNS": str(columns),
     }
     return subprocess.run(

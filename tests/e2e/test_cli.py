@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from sagastack.client import SagaClient
@@ -48,3 +49,32 @@ def test_tail_prints_events_as_they_are_recorded(system: System, client: SagaCli
 def test_unknown_order_is_a_clear_error(system: System) -> None:
     result = sagactl(system, "saga", "00000000-0000-0000-0000-000000000000")
     assert result.returncode == 1 and "404" in result.stderr and result.stdout == ""
+
+
+def test_a_minted_customer_token_sees_only_that_customers_orders(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    products, customers = seed(client, uid, {"yew": ("2.00", 9)}, {"ida": "50.00", "jon": "50.00"})
+    own = client.place_order(customers["ida"], {products["yew"]: 1})
+    other = client.place_order(customers["jon"], {products["yew"]: 1})
+
+    minted = sagactl(system, "token", "--subject", customers["ida"], "--role", "customer")
+    assert minted.returncode == 0, minted.stderr
+    token = minted.stdout.strip()
+    assert token.count(".") == 2  # a JWT: header.claims.signature
+
+    mine = sagactl(system, "orders", "--limit", "1000", "-o", "json", token=token)
+    assert mine.returncode == 0, mine.stderr
+    assert {o["customer_id"] for o in json.loads(mine.stdout)} == {customers["ida"]}
+    assert own in mine.stdout and other not in mine.stdout
+    # another customer's saga is as if it did not exist; dead letters are the operator's
+    assert "404" in sagactl(system, "saga", other, token=token).stderr
+    refused = sagactl(system, "balances", token=token)
+    assert refused.returncode == 1 and "403" in refused.stderr and "operator" in refused.stderr
+
+
+def test_without_a_token_the_error_says_how_to_get_one(system: System) -> None:
+    result = sagactl(system, "orders", token=None)
+    assert result.returncode == 1 and result.stdout == ""
+    assert "401" in result.stderr and "SAGA_TOKEN" in result.stderr and "sagactl token" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
