@@ -86,6 +86,7 @@ POLICY: Mapping[tuple[str, str], Access] = {
     ("POST", "/dead-letters/{letter_id}/discard"): Access.OPERATOR,
     ("GET", "/consumer"): Access.OPERATOR,
     ("POST", "/consumer/resume"): Access.OPERATOR,
+    ("GET", "/audit"): Access.OPERATOR,
     # order service
     ("POST", "/orders"): Access.OWN,
     ("GET", "/orders"): Access.OWN,

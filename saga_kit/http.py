@@ -22,7 +22,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.values import printable
-from saga_kit import auth, tracing
+from saga_kit import audit, auth, tracing
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection
 from saga_kit.settings import ServiceSettings
@@ -371,6 +371,7 @@ def create_app(
         app.include_router(router)
 
     _document_authentication(app, settings.auth_metrics_public)
+    app.add_middleware(audit.AuditTrail)
     app.add_middleware(ExtraHeaders)
     app.add_middleware(RequestGuard, allowed_origins=settings.http_allowed_origins)
     if settings.http_allowed_origins:

@@ -167,4 +167,23 @@ PLUMBING: tuple[Migration, ...] = (
             "CREATE INDEX dead_letters_order ON dead_letters (order_id) WHERE order_id IS NOT NULL",
         ),
     ),
+    Migration(
+        "saga_kit",
+        7,
+        "audit_log",
+        # The hash-chained audit trail (saga_kit.audit): each entry's canonical JSON and
+        # the chain's hashes; a trigger refuses UPDATE and DELETE.
+        (
+            """CREATE TABLE audit_log (
+                seq BIGSERIAL PRIMARY KEY,
+                entry TEXT NOT NULL,
+                prev_hash BYTEA NOT NULL,
+                hash BYTEA NOT NULL
+            )""",
+            """CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$""",
+            "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log"
+            " FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()",
+        ),
+    ),
 )

@@ -22,7 +22,7 @@ import uvloop
 from fastapi import APIRouter, FastAPI
 
 from events.topics import DOMAIN_TOPICS, dead_letter_topic
-from saga_kit import consumer_api, deadletters, logs, metrics, signing, tracing
+from saga_kit import audit, consumer_api, deadletters, logs, metrics, signing, tracing
 from saga_kit.consumer import ConsumerPipeline, HandlerErrorLimit, Subscription
 from saga_kit.db import Database, EmitHook, create_engine
 from saga_kit.errors import is_transient, is_transient_kafka_error
@@ -129,7 +129,7 @@ def http_app(
         spec.title,
         db,
         settings,
-        [*spec.routers(), deadletters.router, consumer_api.router],
+        [*spec.routers(), deadletters.router, consumer_api.router, audit.router],
         checks,
         render_metrics,
     )
@@ -149,7 +149,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
     )
     if signer is None or verifier is None:
         log.warning("events are not signed or not verified: anyone who can write to a topic is believed")
-    db = Database(engine, spec.name, emit_hooks=spec.emit_hooks, signer=signer)
+    db = Database(engine, spec.name, emit_hooks=(*spec.emit_hooks, audit.record_compensations), signer=signer)
     retry = settings.retry_policy()
     if spec.configure is not None:
         spec.configure(settings)

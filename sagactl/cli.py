@@ -37,6 +37,7 @@ from rich.panel import Panel
 from rich.table import Column, Table
 from rich.text import Text
 
+from saga_kit import audit
 from saga_kit.auth import DevIssuer, Role
 
 console = Console()
@@ -45,6 +46,8 @@ errors = Console(stderr=True, soft_wrap=True, highlight=False)
 app = typer.Typer(help=__doc__, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False)
 dlq = typer.Typer(help="Dead letters: events a service could not process.", no_args_is_help=True)
 app.add_typer(dlq, name="dlq")
+audit_app = typer.Typer(help="The audit trail: who changed what, hash-chained.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 SERVICES = ("order", "inventory", "payment")
 #: How many characters of an id a ``text`` table shows (like a short git hash).
@@ -794,3 +797,52 @@ def token(
         print(json.dumps({"token": minted, "subject": subject, "roles": [str(role)], "ttl_seconds": ttl}))
     else:
         print(minted)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    ctx: typer.Context,
+    service: Annotated[
+        list[str] | None, typer.Option("--service", "-s", help="only these services (repeatable)")
+    ] = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Recompute every hash of each service's audit trail (``GET /audit``) here, trusting
+    nothing the service says about it; print each chain's length and head hash (keep it:
+    a rewritten tail shows against it) or where it breaks. Exits 1 if a chain is broken."""
+    found: dict[str, Any] = {}
+    for name in service or SERVICES:
+        links: list[audit.Link] = []
+        while True:
+            page = _call(
+                ctx, name, "GET", "/audit", params={"after": links[-1].seq if links else 0, "limit": 5000}
+            )
+            links += [
+                audit.Link(e["seq"], e["entry"], bytes.fromhex(e["prev_hash"]), bytes.fromhex(e["hash"]))
+                for e in page
+            ]
+            if len(page) < 5000:
+                break
+        found[name] = {
+            "entries": len(links),
+            "head": links[-1].hash.hex() if links else None,
+            "problems": audit.verify(links),
+        }
+
+    def table() -> RenderableType:
+        t = Table(
+            _fixed("service"), _fixed("entries", "right"), _fixed("chain"), _free("head hash / problem")
+        )
+        for name, result in found.items():
+            problems = result["problems"]
+            t.add_row(
+                name,
+                str(result["entries"]),
+                Text("BROKEN", style="red") if problems else Text("intact", style="green"),
+                Text("; ".join(problems) if problems else (result["head"] or "(empty)")),
+            )
+        return t
+
+    _emit(output, found, table)
+    if any(result["problems"] for result in found.values()):
+        raise typer.Exit(1)

@@ -1,0 +1,215 @@
+"""The audit trail: who changed what, when, and how it ended — append-only, hash-chained.
+
+Every service keeps one ``audit_log`` table. An entry is written for
+
+* every state-changing API call (POST, PUT, PATCH, DELETE), whatever its outcome, by the
+  ``AuditTrail`` middleware after the route answered and before the answer is sent: who
+  (the token's subject and role, ``anonymous`` without a valid one), what (method and
+  route, the resource's path), when, the request's trace id, the outcome (the status);
+* every compensation the service performs (``COMPENSATIONS``: a release, refund, void or
+  cancellation), by an emit hook in the same transaction as the compensation itself: the
+  service is the actor, the event that caused it the request.
+
+**The chain.** Each entry is stored as its canonical JSON text (``canonical``) with the
+hash of the entry before it: ``hash = SHA-256(prev_hash ‖ UTF-8(entry))`` (PostgreSQL's
+``sha256``; the first entry's ``prev_hash`` is 32 zero bytes). Appends serialize on an
+advisory lock, so the chain is one line even with several instances. Altering an entry
+breaks its hash; removing one breaks the next entry's ``prev_hash``; ``verify`` finds
+both, without trusting the service (``sagactl audit verify`` recomputes every hash from
+``GET /audit``). Rewriting the whole tail after an entry is only detectable against a
+head hash recorded elsewhere: ``sagactl audit verify`` prints it to keep. A trigger
+refuses UPDATE and DELETE on the table: only someone who can disable triggers (the owner)
+can tamper, and then the chain shows it.
+
+A crash between a call's commit and its audit entry loses that entry (the call is
+written first); a compensation's entry is never lost (same transaction).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel
+from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from saga_kit import tracing
+
+log = logging.getLogger(__name__)
+
+#: The first entry's ``prev_hash``.
+GENESIS = bytes(32)
+#: Events that compensate: each is an audit entry of the service that emits it.
+COMPENSATIONS = frozenset({"InventoryReleased", "PaymentRefunded", "PaymentVoided", "OrderCancelled"})
+_STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+#: Appending: take the chain's lock (held to the commit; key arbitrary, constant), then
+#: link to the head. The table: saga_kit.migrations (saga_kit 7).
+LOCK_SQL = "SELECT pg_advisory_xact_lock(7301004)"
+APPEND_SQL = (
+    "INSERT INTO audit_log (entry, prev_hash, hash)"
+    " SELECT :entry, h.prev, sha256(h.prev || convert_to(:entry, 'UTF8'))"
+    " FROM (SELECT coalesce((SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1),"
+    " '\\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) AS prev) h"
+)
+
+
+def canonical(entry: Mapping[str, Any]) -> str:
+    """An entry's one text form: JSON, keys sorted, no spaces."""
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def chain_hash(prev_hash: bytes, entry: str) -> bytes:
+    """``SHA-256(prev_hash ‖ UTF-8(entry))``, as the database computes it."""
+    return hashlib.sha256(prev_hash + entry.encode("utf-8")).digest()
+
+
+def new_entry(
+    actor: str, role: str, action: str, resource: str, outcome: str, request_id: str | None
+) -> dict[str, Any]:
+    return {
+        "at": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "actor": actor,
+        "role": role,
+        "action": action,
+        "resource": resource,
+        "outcome": outcome,
+        "request_id": request_id,
+    }
+
+
+@dataclass(frozen=True)
+class Link:
+    """One stored entry as the chain sees it."""
+
+    seq: int
+    entry: str
+    prev_hash: bytes
+    hash: bytes
+
+
+def verify(links: Iterable[Link], previous: bytes = GENESIS) -> list[str]:
+    """Every break in the chain, in words (empty: intact). ``previous``: the hash of the
+    entry before the first one given (``GENESIS`` from the start)."""
+    problems: list[str] = []
+    for link in links:
+        if link.prev_hash != previous:
+            problems.append(
+                f"entry {link.seq} does not follow the entry before it (one was removed or reordered)"
+            )
+        if chain_hash(link.prev_hash, link.entry) != link.hash:
+            problems.append(f"entry {link.seq} does not match its hash (it was altered)")
+        previous = link.hash
+    return problems
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+def record_compensations(uow: Any, emitted: Sequence[Any]) -> None:
+    """Emit hook (saga_kit.db): an entry for each compensation emitted, in its unit of
+    work, so the compensation and its audit entry commit together."""
+    first = True
+    for delivery in emitted:
+        envelope = delivery.envelope
+        if envelope.event_type not in COMPENSATIONS:
+            continue
+        if first:
+            uow.write(LOCK_SQL, {})
+            first = False
+        entry = new_entry(
+            f"service:{envelope.producer}",
+            "service",
+            f"compensate {envelope.event_type}",
+            f"/orders/{envelope.order_id}",
+            "done",
+            tracing.trace_id_of(delivery.headers),
+        )
+        entry["cause"] = str(envelope.causation_id) if envelope.causation_id else None
+        uow.write(APPEND_SQL, {"entry": canonical(entry)})
+
+
+class AuditTrail:
+    """ASGI middleware: an audit entry for every state-changing call, written after the
+    route answered and before the answer leaves (module doc)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _STATE_CHANGING:
+            await self.app(scope, receive, send)
+            return
+        ids = tracing.current_ids()
+
+        async def audited(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await self._write(scope, message, ids[0] if ids else None)
+            await send(message)
+
+        await self.app(scope, receive, audited)
+
+    async def _write(self, scope: Scope, start: Message, trace_id: str | None) -> None:
+        principal = scope.get("state", {}).get("principal")
+        authenticated = principal is not None and principal.authenticated
+        route = getattr(scope.get("route"), "path", None) or scope["path"]
+        location = next((v.decode("latin-1") for k, v in start.get("headers", []) if k == b"location"), None)
+        entry = new_entry(
+            principal.subject if authenticated else "anonymous",
+            ",".join(sorted(principal.roles)) if authenticated else "none",
+            f"{scope['method']} {route}",
+            location or scope["path"],
+            str(start["status"]),
+            trace_id,
+        )
+        db = scope["app"].state.db
+        try:
+            async with db.engine.begin() as conn:
+                await conn.execute(text(LOCK_SQL))
+                await conn.execute(text(APPEND_SQL), {"entry": canonical(entry)})
+        except Exception:  # the call happened: say loudly that its record did not
+            log.exception("audit entry not written: %s", canonical(entry))
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+class AuditEntry(BaseModel):
+    """One audit entry: ``entry`` is its canonical JSON text (what the hash covers), the
+    hashes hex."""
+
+    seq: int
+    entry: str
+    prev_hash: str
+    hash: str
+
+
+router = APIRouter(tags=["audit"])
+
+
+@router.get("/audit", summary="The audit trail, oldest first", response_model=list[AuditEntry])
+async def get_audit(
+    request: Request,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+) -> list[AuditEntry]:
+    """Entries after ``seq`` ``after``, oldest first, at most ``limit``: each its
+    canonical JSON text (``at``, ``actor``, ``role``, ``action``, ``resource``,
+    ``outcome``, ``request_id`` — the trace id — and a compensation's ``cause``) and its
+    chain hashes, so a reader can recompute every hash itself (``sagactl audit verify``)."""
+    async with request.app.state.db.engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT seq, entry, prev_hash, hash FROM audit_log WHERE seq > :a ORDER BY seq LIMIT :n"),
+            {"a": after, "n": limit},
+        )
+        return [
+            AuditEntry(seq=r.seq, entry=r.entry, prev_hash=bytes(r.prev_hash).hex(), hash=bytes(r.hash).hex())
+            for r in rows
+        ]

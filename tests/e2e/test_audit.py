@@ -1,0 +1,111 @@
+"""The audit trail (saga_kit.audit): every state-changing call and every compensation is an
+entry — who, what, when, how it ended — and the hash chain shows any entry altered or
+removed, even by someone who can switch the append-only trigger off."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import psycopg
+
+from sagastack.client import SagaClient
+from sagastack.system import System
+from tests.e2e.conftest import UniqueIds, sagactl, seed
+
+
+def entries(system: System, service: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    while True:
+        page = system.http.get(
+            f"{system.url(service)}/audit", params={"after": found[-1]["seq"] if found else 0, "limit": 5000}
+        ).json()
+        found += [{**e, **json.loads(e["entry"])} for e in page]
+        if len(page) < 5000:
+            return found
+
+
+def test_calls_and_compensations_are_recorded_with_who_and_how_they_ended(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    products, customers = seed(client, uid, {"elm": ("3.00", 5)}, {"kim": "50.00"})
+    kim = system.client(customers["kim"])
+    order_id = kim.place_order(customers["kim"], {products["elm"]: 1})
+    kim.wait_for_events(order_id, {"PaymentCompleted"})
+    # an anonymous attempt is recorded too, refused
+    assert httpx.post(f"{system.url('order_svc')}/orders/{order_id}/cancel").status_code == 401
+    kim.cancel(order_id)
+    kim.wait_for_events(order_id, {"InventoryReleased", "PaymentRefunded"})
+    kim.close()
+
+    at_order = [e for e in entries(system, "order_svc") if order_id in e["resource"]]
+    placed = next(e for e in at_order if e["action"] == "POST /orders")
+    assert (placed["actor"], placed["role"], placed["outcome"]) == (customers["kim"], "customer", "202")
+    assert placed["resource"] == f"/orders/{order_id}" and placed["request_id"]
+    cancels = [e for e in at_order if e["action"] == "POST /orders/{order_id}/cancel"]
+    assert [(e["actor"], e["outcome"]) for e in cancels] == [("anonymous", "401"), (customers["kim"], "202")]
+    assert any(e["action"] == "compensate OrderCancelled" for e in at_order)
+
+    released = [e for e in entries(system, "inventory_svc") if e["resource"] == f"/orders/{order_id}"]
+    assert [e["action"] for e in released] == ["compensate InventoryReleased"]
+    assert released[0]["actor"] == "service:inventory_svc" and released[0]["cause"]
+    refunded = [e for e in entries(system, "payment_svc") if e["resource"] == f"/orders/{order_id}"]
+    assert "compensate PaymentRefunded" in [e["action"] for e in refunded]
+    # the operator's seeding: PUTs with their outcome
+    assert any(
+        e["action"] == "PUT /products/{product_id}" and e["actor"] == "operator" and e["outcome"] == "200"
+        for e in entries(system, "inventory_svc")
+    )
+
+    verified = sagactl(system, "audit", "verify", "-o", "json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    chains = json.loads(verified.stdout)
+    assert set(chains) == {"order", "inventory", "payment"}
+    assert all(c["problems"] == [] and c["entries"] > 0 for c in chains.values())
+
+
+def test_an_altered_or_removed_entry_breaks_the_chain(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    products, customers = seed(client, uid, {"ash": ("1.00", 5)}, {"lou": "9.00"})
+    client.place_order(customers["lou"], {products["ash"]: 1})
+    client.place_order(customers["lou"], {products["ash"]: 1})
+    url = system.database_urls["inventory_svc"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        # append-only: the table refuses a change
+        try:
+            conn.execute("UPDATE audit_log SET entry = entry WHERE seq = (SELECT max(seq) FROM audit_log)")
+            raise AssertionError("audit_log accepted an UPDATE")
+        except psycopg.errors.RaiseException as exc:
+            assert "append-only" in str(exc)
+        # the owner can switch the trigger off; the chain still tells
+        seq, entry, prev, digest = conn.execute(
+            "SELECT seq, entry, prev_hash, hash FROM audit_log WHERE entry LIKE %s ORDER BY seq LIMIT 1",
+            (f"%{products['ash']}%",),
+        ).fetchone()  # type: ignore[misc]
+        conn.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
+        try:
+            conn.execute(
+                "UPDATE audit_log SET entry = replace(entry, '\"operator\"', '\"nobody\"') WHERE seq = %s",
+                (seq,),
+            )
+            altered = sagactl(system, "audit", "verify", "--service", "inventory")
+            assert altered.returncode == 1
+            assert f"entry {seq} does not match its hash (it was altered)" in " ".join(altered.stdout.split())
+
+            conn.execute("DELETE FROM audit_log WHERE seq = %s", (seq,))
+            removed = sagactl(system, "audit", "verify", "--service", "inventory", "-o", "json")
+            assert removed.returncode == 1
+            (problem,) = json.loads(removed.stdout)["inventory"]["problems"]
+            assert "does not follow the entry before it" in problem
+
+            # put it back as it was: the chain is whole again
+            conn.execute(
+                "INSERT INTO audit_log (seq, entry, prev_hash, hash) VALUES (%s, %s, %s, %s)",
+                (seq, entry, prev, digest),
+            )
+        finally:
+            conn.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only")
+    restored = sagactl(system, "audit", "verify", "--service", "inventory")
+    assert restored.returncode == 0, restored.stdout
