@@ -53,11 +53,12 @@ _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: Appending: take the chain's lock (held to the commit; key arbitrary, constant), then
 #: link to the head. The table: saga_kit.migrations (saga_kit 7).
 LOCK_SQL = "SELECT pg_advisory_xact_lock(7301004)"
+#: (The driver's placeholders: ``UnitOfWork.write`` and ``exec_driver_sql`` both send it.)
 APPEND_SQL = (
     "INSERT INTO audit_log (entry, prev_hash, hash)"
-    " SELECT :entry, h.prev, sha256(h.prev || convert_to(:entry, 'UTF8'))"
+    " SELECT %(entry)s, h.prev, sha256(h.prev || convert_to(%(entry)s, 'UTF8'))"
     " FROM (SELECT coalesce((SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1),"
-    " '\\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) AS prev) h"
+    " decode(repeat('00', 32), 'hex')) AS prev) h"
 )
 
 
@@ -172,8 +173,8 @@ class AuditTrail:
         db = scope["app"].state.db
         try:
             async with db.engine.begin() as conn:
-                await conn.execute(text(LOCK_SQL))
-                await conn.execute(text(APPEND_SQL), {"entry": canonical(entry)})
+                await conn.exec_driver_sql(LOCK_SQL)
+                await conn.exec_driver_sql(APPEND_SQL, {"entry": canonical(entry)})
         except Exception:  # the call happened: say loudly that its record did not
             log.exception("audit entry not written: %s", canonical(entry))
 
