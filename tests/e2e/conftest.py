@@ -79,9 +79,11 @@ def seed(
 
 
 def sagactl(system: System, *args: str, columns: int = 250) -> subprocess.CompletedProcess[str]:
-    """Run ``sagactl`` against ``system`` as if in a terminal ``columns`` wide."""
+    """Run ``sagactl`` against ``system`` as if in a terminal ``columns`` wide, connecting
+    to its broker as its services do (``--via kafka``)."""
     env = {
         **os.environ,
+        **system.broker_env(),
         "SAGACTL_ORDER_URL": system.url("order_svc"),
         "SAGACTL_INVENTORY_URL": system.url("inventory_svc"),
         "SAGACTL_PAYMENT_URL": system.url("payment_svc"),
