@@ -24,7 +24,8 @@ stops a node that a killed parent left behind.
 instead — TLS with a certificate from a development CA (``sagastack/dev_certs.py``, PEM:
 ``ssl.keystore.type=PEM``) and SASL/SCRAM (``SCRAM-SHA-256`` and ``SCRAM-SHA-512``) for
 the user :data:`SASL_USER`, whose credentials are written into the metadata log when
-storage is formatted (``format --add-scram``, KRaft 3.5+). Brokers talk to each other
+storage is formatted (``format --add-scram``, KRaft 3.5+; the password is on that
+short-lived tool's command line, acceptable for a development broker only). Brokers talk to each other
 and to the controllers over ``PLAINTEXT`` listeners on 127.0.0.1 (``INTERNAL`` on a port
 of its own, ``CONTROLLER``), which clients are never told about. What a client needs is
 ``client_security`` (``saga_kit.kafka_security``) or, for a child process,
