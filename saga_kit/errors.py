@@ -6,6 +6,10 @@
   version, fails validation): dead-letter it with the reason and keep going.
 * ``DomainRejection`` — a business rule said no (out of stock, insufficient funds):
   not an error at all to the consumer; the handler answers with an event.
+
+And one that stops a service before it starts: ``ConfigurationError`` (missing or unfit
+keys or secrets, e.g. under ``SAGA_ENV=production``); ``saga_kit.service.main`` says
+which and exits 2.
 """
 
 from __future__ import annotations
@@ -19,12 +23,18 @@ from sqlalchemy import exc as sa_exc
 from events.codec import InvalidEvent
 
 __all__ = [
+    "ConfigurationError",
     "DomainRejection",
     "InvalidEvent",
     "TransientError",
     "is_transient",
     "is_transient_kafka_error",
 ]
+
+
+class ConfigurationError(Exception):
+    """The service's settings are missing something, or unfit for where it runs; the
+    message names the variables. Raised before the service connects to anything."""
 
 
 class TransientError(Exception):

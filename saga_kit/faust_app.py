@@ -28,6 +28,7 @@ from faust.sensors import Monitor
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from saga_kit.consumer import ConsumerPipeline, Record
+from saga_kit.kafka_security import KafkaSecurity
 from saga_kit.settings import DEFAULT_FETCH_MAX_WAIT_MS
 
 
@@ -89,7 +90,10 @@ def build_faust_app(
     batch_max: int = 500,
     batch_linger: float = 0.005,
     data_dir: str | None = None,
+    security: KafkaSecurity | None = None,
 ) -> faust.App:
+    """The service's faust app: one agent over ``topics`` feeding ``pipeline`` in batches
+    (module doc), connecting as ``security`` says (default ``PLAINTEXT``)."""
     if data_dir:
         # faust creates only the last level of its datadir (mkdir without parents)
         Path(data_dir).mkdir(parents=True, exist_ok=True)
@@ -99,6 +103,7 @@ def build_faust_app(
         datadir=data_dir or tempfile.mkdtemp(prefix=f"{service}-faust-"),
         monitor=QuietMonitor(),
         broker=",".join(f"kafka://{b.strip()}" for b in bootstrap.split(",")),
+        broker_credentials=(security or KafkaSecurity()).faust_credentials(),
         web_enabled=False,
         store="memory://",
         autodiscover=False,

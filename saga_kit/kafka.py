@@ -3,7 +3,8 @@
 The relay's producer is ``acks="all"``. Against Tansu (the embedded dev broker)
 idempotent producers and transactions fail, so idempotence is off unless asked for
 (``KAFKA_IDEMPOTENT_PRODUCER``, which ``System`` sets when it runs Apache Kafka); either
-way duplicates are absorbed by the inbox.
+way duplicates are absorbed by the inbox. Every client here connects as ``security``
+says (``saga_kit.kafka_security``: TLS, SASL/SCRAM).
 """
 
 from __future__ import annotations
@@ -22,14 +23,25 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
+from saga_kit.kafka_security import KafkaSecurity
+
 log = logging.getLogger(__name__)
 
 
 async def ensure_topics(
-    bootstrap: str, topics: Iterable[str], *, partitions: int, replication: int
+    bootstrap: str,
+    topics: Iterable[str],
+    *,
+    partitions: int,
+    replication: int,
+    security: KafkaSecurity | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet; return the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=10_000,
+        **(security or KafkaSecurity()).client_kwargs(),
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -46,11 +58,14 @@ async def ensure_topics(
         await admin.close()
 
 
-def create_producer(bootstrap: str, client_id: str, *, idempotent: bool = False) -> AIOKafkaProducer:
+def create_producer(
+    bootstrap: str, client_id: str, *, idempotent: bool = False, security: KafkaSecurity | None = None
+) -> AIOKafkaProducer:
     """The relay's producer: ``acks="all"``; with ``idempotent`` the broker drops the
     duplicates of the producer's own retries (needs a broker that supports it: Apache Kafka,
     not Tansu)."""
     return AIOKafkaProducer(
+        **(security or KafkaSecurity()).client_kwargs(),
         bootstrap_servers=bootstrap,
         client_id=client_id,
         acks="all",

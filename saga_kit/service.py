@@ -25,7 +25,7 @@ from events.topics import DOMAIN_TOPICS, dead_letter_topic
 from saga_kit import audit, consumer_api, deadletters, logs, metrics, signing, tracing
 from saga_kit.consumer import ConsumerPipeline, HandlerErrorLimit, Subscription
 from saga_kit.db import Database, EmitHook, create_engine
-from saga_kit.errors import is_transient, is_transient_kafka_error
+from saga_kit.errors import ConfigurationError, is_transient, is_transient_kafka_error
 from saga_kit.faust_app import build_faust_app
 from saga_kit.http import Check, create_app
 from saga_kit.kafka import broker_ping, create_producer, ensure_topics
@@ -136,9 +136,15 @@ def http_app(
 
 
 async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Event) -> None:
+    kafka_security = settings.kafka_client_security()  # refuses before anything connects
+    if kafka_security.protocol == "PLAINTEXT":
+        log.warning("Kafka over PLAINTEXT: events cross the network unencrypted and unauthenticated")
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
     producer = create_producer(
-        settings.kafka_bootstrap_servers, spec.name, idempotent=settings.kafka_idempotent_producer
+        settings.kafka_bootstrap_servers,
+        spec.name,
+        idempotent=settings.kafka_idempotent_producer,
+        security=kafka_security,
     )
     signer, verifier = signing.load_keys(
         spec.name,
@@ -164,6 +170,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 [*dict.fromkeys([*DOMAIN_TOPICS, *spec.subscription.topics]), dead_letter_topic(spec.name)],
                 partitions=settings.topic_partitions,
                 replication=settings.topic_replication,
+                security=kafka_security,
             ),
             retry,
         )
@@ -200,6 +207,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             batch_max=settings.consumer_batch_max,
             batch_linger=settings.consumer_batch_linger_ms / 1000,
             data_dir=settings.data_dir,
+            security=kafka_security,
         )
 
         async def consumers_running() -> None:
@@ -326,7 +334,7 @@ def main(spec: ServiceSpec, settings_factory: Callable[[], ServiceSettings]) -> 
 
     try:
         uvloop.run(run())
-    except signing.KeyConfigurationError as exc:
+    except ConfigurationError as exc:  # keys or secrets missing or unfit: it says which
         log.error("%s cannot start: %s", spec.name, exc)
         raise SystemExit(2) from None
     except Exception:

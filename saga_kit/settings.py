@@ -5,6 +5,14 @@ Environment variables: ``KAFKA_BOOTSTRAP_SERVERS``, ``KAFKA_TOPIC_PARTITIONS``,
 ``<PREFIX>_DATABASE_URL``, ``<PREFIX>_HTTP_HOST``, ``<PREFIX>_HTTP_PORT`` where PREFIX is
 ``ORDER``, ``INVENTORY`` or ``PAYMENT``. Nothing is read at import time: settings are
 built in each service's ``__main__``.
+
+The Kafka security settings (``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SSL_*``,
+``KAFKA_SASL_*``) are declared once, in ``saga_kit.kafka_security.KafkaClientSettings``,
+which ``ServiceSettings`` extends; the tools read the same class.
+
+``<PREFIX>_DATABASE_URL`` reaches the driver as given, query included: ``?sslmode=verify-full
+&sslrootcert=/path/ca.pem`` (libpq's parameters) makes psycopg connect over TLS and check
+the server's certificate.
 """
 
 from __future__ import annotations
@@ -12,8 +20,9 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
+from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurity
 from saga_kit.retry import RetryPolicy
 
 #: How long a consumer fetch may wait on the broker for data. The embedded broker answers
@@ -22,7 +31,7 @@ from saga_kit.retry import RetryPolicy
 DEFAULT_FETCH_MAX_WAIT_MS = 100
 
 
-class ServiceSettings(BaseSettings):
+class ServiceSettings(KafkaClientSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     database_url: str = Field(description="PostgreSQL URL of this service's own database (postgresql://...)")
@@ -179,6 +188,15 @@ class ServiceSettings(BaseSettings):
     #: Fault injection for tests and chaos runs, e.g. ``relay.before_publish``. Never set it
     #: in production.
     fault: str | None = Field(default=None, validation_alias=AliasChoices("SAGA_FAULT", "fault"))
+
+    # -- Kafka transport security (fields: KafkaClientSettings) --------------------------
+    def kafka_client_security(self) -> KafkaSecurity:
+        """How this service's Kafka clients connect; under ``SAGA_ENV=production`` only an
+        encrypted and authenticated connection. Raises ``KafkaSecurityError`` (a
+        ``ConfigurationError``: the service does not start) naming what is wrong."""
+        return self.kafka_security(production=self.saga_env == "production")
+
+    # ----------------------------------------------------------------------------------
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(self.retry_initial_seconds, self.retry_max_seconds, self.retry_jitter_seconds)

@@ -34,6 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from saga_kit.errors import ConfigurationError
 from saga_kit.headers import Header, Headers
 
 KID = "sig.kid"
@@ -41,7 +42,7 @@ SIGNATURE = "sig.ed25519"
 _DOMAIN = b"saga-event/1\0"
 
 
-class KeyConfigurationError(Exception):
+class KeyConfigurationError(ConfigurationError):
     """The service's keys are missing or unfit for where it runs (the message says which)."""
 
 

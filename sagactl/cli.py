@@ -14,6 +14,10 @@ up; ids shortened to 8 characters), ``wide`` shows full ids and every column how
 wide that is, ``json`` prints the API's data and nothing else on stdout. An error is
 one line on stderr and a non-zero exit: 1 when a service refused, 2 when it could not
 be reached.
+
+``--via kafka`` connects to the broker as the services do: ``KAFKA_SECURITY_PROTOCOL``,
+``KAFKA_SSL_CAFILE``, ``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD_FILE`` …
+(``saga_kit.kafka_security``).
 """
 
 from __future__ import annotations
@@ -471,16 +475,25 @@ def _settle(ctx: typer.Context, output: Output, sent: dict[str, str], said: str,
 
 
 def _send_command(bootstrap: str, command: Any) -> None:
-    """Produce ``command`` to orders.commands, keyed by its command_id."""
+    """Produce ``command`` to orders.commands, keyed by its command_id, connecting as the
+    environment's Kafka security settings say."""
     import asyncio
 
     from aiokafka import AIOKafkaProducer
 
     from events.commands import encode_command
     from events.topics import COMMANDS
+    from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurityError
+
+    try:
+        security = KafkaClientSettings().kafka_security()
+    except KafkaSecurityError as exc:
+        _fail(f"cannot connect to Kafka: {exc}", 2)
 
     async def send() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=10_000)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", request_timeout_ms=10_000, **security.client_kwargs()
+        )
         await producer.start()
         try:
             await producer.send_and_wait(

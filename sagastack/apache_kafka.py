@@ -20,6 +20,20 @@ data, like its databases; ``fresh=True`` starts empty). Each node's pid is recor
 given ``PidFile`` as ``kafka-<n>`` whenever it starts, so ``PidFile.stop_leftovers``
 stops a node that a killed parent left behind.
 
+**SASL_SSL** (``sasl_ssl=True``): the client listener on each node's port is ``SASL_SSL``
+instead — TLS with a certificate from a development CA (``sagastack/dev_certs.py``, PEM:
+``ssl.keystore.type=PEM``) and SASL/SCRAM (``SCRAM-SHA-256`` and ``SCRAM-SHA-512``) for
+the user :data:`SASL_USER`, whose credentials are written into the metadata log when
+storage is formatted (``format --add-scram``, KRaft 3.5+; the password is on that
+short-lived tool's command line, acceptable for a development broker only). Brokers talk to each other
+and to the controllers over ``PLAINTEXT`` listeners on 127.0.0.1 (``INTERNAL`` on a port
+of its own, ``CONTROLLER``), which clients are never told about. What a client needs is
+``client_security`` (``saga_kit.kafka_security``) or, for a child process,
+``client_env()``; the files are under ``run_dir``:
+
+    tls/ca.pem, tls/server.pem    the CA clients trust; the broker's key and chain
+    sasl/<user>.password          the user's password (0600, kept with the data)
+
 Settings: one node has replication factor 1 everywhere (``__consumer_offsets`` and the
 transaction log too, which a consumer group and an idempotent producer need), three
 nodes have ``default.replication.factor=3`` and ``min.insync.replicas=2`` (one node may
@@ -34,6 +48,7 @@ import base64
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -45,7 +60,9 @@ from pathlib import Path
 from aiokafka import AIOKafkaClient
 from aiokafka.structs import TopicPartition
 
+from saga_kit.kafka_security import KafkaSecurity, ScramMechanism
 from sagastack import kafka_dist
+from sagastack.dev_certs import write_dev_tls
 from sagastack.embedded import PidFile, free_port
 
 log = logging.getLogger(__name__)
@@ -59,6 +76,10 @@ BROKER_JVM = (
     "-XX:+ExitOnOutOfMemoryError",
     "-Djava.awt.headless=true",
 )
+#: The SCRAM user of a ``sasl_ssl`` broker, and the mechanisms its listener offers.
+SASL_USER = "saga"
+SCRAM_MECHANISMS: tuple[ScramMechanism, ...] = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+
 #: JVM options of the short-lived tools (formatting, quorum description): start fast.
 TOOL_JVM = ("-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Djava.awt.headless=true")
 
@@ -110,11 +131,19 @@ class Node:
     controller_port: int
     dir: Path
     log_path: Path
+    #: the brokers' own PLAINTEXT listener when the client one is SASL_SSL (0: none)
+    internal_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
+        """The client listener's address (PLAINTEXT, or SASL_SSL)."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def plaintext_bootstrap(self) -> str:
+        """An address that speaks PLAINTEXT: the client listener, or ``INTERNAL``."""
+        return f"127.0.0.1:{self.internal_port or self.port}"
 
     @property
     def data_dir(self) -> Path:
@@ -137,7 +166,8 @@ class ApacheKafka:
 
     ``port`` is node 1's client port (0: a free one); every other port is free. ``log_dir``
     receives ``kafka-<n>.log`` (default: ``run_dir``). ``fresh`` deletes existing data
-    first. Node ids are 1..``nodes``.
+    first. Node ids are 1..``nodes``. ``sasl_ssl``: the client listener is SASL_SSL (module
+    doc); clients connect with ``client_security``.
     """
 
     def __init__(
@@ -150,6 +180,7 @@ class ApacheKafka:
         pid_file: PidFile | None = None,
         fresh: bool = False,
         ready_timeout: float = 120.0,
+        sasl_ssl: bool = False,
     ) -> None:
         if nodes not in (1, 3):
             raise ValueError("nodes must be 1 (one combined node) or 3 (a cluster)")
@@ -158,6 +189,7 @@ class ApacheKafka:
         self.pid_file = pid_file
         self.fresh = fresh
         self.ready_timeout = ready_timeout
+        self.sasl_ssl = sasl_ssl
         self.lib: Path | None = None
         self.nodes: dict[int, Node] = {}
         for node_id in range(1, nodes + 1):
@@ -167,6 +199,7 @@ class ApacheKafka:
                 controller_port=free_port(),
                 dir=self.run_dir / f"node-{node_id}",
                 log_path=self.log_dir / f"kafka-{node_id}.log",
+                internal_port=free_port() if sasl_ssl else 0,
             )
 
     # -- what the supervisor sees ----------------------------------------------------------
@@ -174,6 +207,46 @@ class ApacheKafka:
     def bootstrap(self) -> str:
         """Every node's client address, comma-separated (what clients bootstrap from)."""
         return ",".join(n.bootstrap for n in self.nodes.values())
+
+    @property
+    def ca_file(self) -> Path:
+        """The development CA's certificate (PEM) a ``sasl_ssl`` broker's certificate
+        chains to."""
+        return self.run_dir / "tls" / "ca.pem"
+
+    @property
+    def password_file(self) -> Path:
+        """The file holding :data:`SASL_USER`'s password (``sasl_ssl``)."""
+        return self.run_dir / "sasl" / f"{SASL_USER}.password"
+
+    @property
+    def client_security(self) -> KafkaSecurity:
+        """How a client connects to the client listener: ``PLAINTEXT``, or ``SASL_SSL`` as
+        :data:`SASL_USER` with ``SCRAM-SHA-512``, trusting :attr:`ca_file` (after
+        ``start``)."""
+        if not self.sasl_ssl:
+            return KafkaSecurity()
+        return KafkaSecurity(
+            protocol="SASL_SSL",
+            ssl_cafile=str(self.ca_file),
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username=SASL_USER,
+            sasl_password=self.password_file.read_text(),
+        )
+
+    def client_env(self) -> dict[str, str]:
+        """``client_security`` as the environment of a service (``KAFKA_SECURITY_PROTOCOL``,
+        …), the password passed as a file (``KAFKA_SASL_PASSWORD_FILE``); empty without
+        ``sasl_ssl``."""
+        if not self.sasl_ssl:
+            return {}
+        return {
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SSL_CAFILE": str(self.ca_file),
+            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "KAFKA_SASL_USERNAME": SASL_USER,
+            "KAFKA_SASL_PASSWORD_FILE": str(self.password_file),
+        }
 
     @property
     def proc(self) -> subprocess.Popen[bytes] | None:
@@ -206,6 +279,9 @@ class ApacheKafka:
         if self.fresh:
             for node in self.nodes.values():
                 shutil.rmtree(node.dir, ignore_errors=True)
+            shutil.rmtree(self.password_file.parent, ignore_errors=True)
+        if self.sasl_ssl:
+            self._prepare_sasl_ssl()
         (self.run_dir / "log4j2.properties").write_text(LOG4J2)
         for node in self.nodes.values():
             node.dir.mkdir(parents=True, exist_ok=True)
@@ -242,6 +318,23 @@ class ApacheKafka:
             self._forget(node)
 
     stop_all = stop
+
+    def _prepare_sasl_ssl(self) -> None:
+        """A new development CA and broker certificate; the user's password, made once and
+        kept with the data (the formatted metadata log holds its SCRAM credentials)."""
+        write_dev_tls(self.run_dir / "tls")
+        if self.password_file.exists():
+            return
+        formatted = [n.node_id for n in self.nodes.values() if (n.data_dir / "meta.properties").exists()]
+        if formatted:
+            raise KafkaStartError(
+                f"nodes {formatted} were formatted without SCRAM credentials (no {self.password_file});"
+                " start with fresh data to use sasl_ssl"
+            )
+        self.password_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(24))
 
     def kill(self, node_id: int) -> None:
         """SIGKILL one node (a crash: no controlled shutdown, data as it was on disk)."""
@@ -313,7 +406,7 @@ class ApacheKafka:
                 kafka_dist.classpath(self.lib),
                 "org.apache.kafka.tools.MetadataQuorumCommand",
                 "--bootstrap-server",
-                node.bootstrap,
+                node.plaintext_bootstrap,
                 "describe",
                 "--status",
             ]
@@ -342,7 +435,11 @@ class ApacheKafka:
 
     async def _partition_leader(self, topic: str, partition: int, seconds: float) -> int | None:
         live = ",".join(n.bootstrap for n in self.nodes.values() if n.running())
-        client = AIOKafkaClient(bootstrap_servers=live, request_timeout_ms=int(seconds * 1000))
+        client = AIOKafkaClient(
+            bootstrap_servers=live,
+            request_timeout_ms=int(seconds * 1000),
+            **self.client_security.client_kwargs(),
+        )
         try:
             await asyncio.wait_for(client.bootstrap(), seconds)
             metadata = await asyncio.wait_for(client.fetch_all_metadata(), seconds)
@@ -388,7 +485,11 @@ class ApacheKafka:
                 continue
             if not _listening(node.port):  # not yet: spare the client's connection errors
                 return expected
-            client = AIOKafkaClient(bootstrap_servers=node.bootstrap, request_timeout_ms=int(seconds * 1000))
+            client = AIOKafkaClient(
+                bootstrap_servers=node.bootstrap,
+                request_timeout_ms=int(seconds * 1000),
+                **self.client_security.client_kwargs(),
+            )
             try:
                 await asyncio.wait_for(client.bootstrap(), seconds)  # a Metadata request to this node
                 listed = {b.nodeId for b in client.cluster.brokers()}
@@ -442,9 +543,34 @@ class ApacheKafka:
             "log.retention.hours": 24,
             "log.segment.bytes": 64 * 1024 * 1024,
         }
+        if self.sasl_ssl:
+            settings.update(self._sasl_ssl_properties(node))
         lines = [f"# generated by sagastack/apache_kafka.py for node {node.node_id}"]
         lines += [f"{key}={value}" for key, value in settings.items()]
         return "\n".join(lines) + "\n"
+
+    def _sasl_ssl_properties(self, node: Node) -> dict[str, object]:
+        """The client listener as SASL_SSL (TLS from a PEM keystore, SCRAM), the brokers'
+        own traffic on the PLAINTEXT ``INTERNAL`` listener."""
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return {
+            "listeners": (
+                f"SASL_SSL://127.0.0.1:{node.port},INTERNAL://127.0.0.1:{node.internal_port},"
+                f"CONTROLLER://127.0.0.1:{node.controller_port}"
+            ),
+            "advertised.listeners": (
+                f"SASL_SSL://127.0.0.1:{node.port},INTERNAL://127.0.0.1:{node.internal_port}"
+            ),
+            "inter.broker.listener.name": "INTERNAL",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "sasl.enabled.mechanisms": ",".join(SCRAM_MECHANISMS),
+            **{
+                f"listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config": scram
+                for mechanism in SCRAM_MECHANISMS
+            },
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": self.run_dir / "tls" / "server.pem",
+        }
 
     def _java(self, jvm: tuple[str, ...], main: str, *args: str) -> list[str]:
         assert self.lib is not None
@@ -471,6 +597,10 @@ class ApacheKafka:
             command = self._java(
                 TOOL_JVM, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(node.properties)
             )
+            if self.sasl_ssl:  # the user's SCRAM credentials, in the metadata log from the start
+                password = self.password_file.read_text()
+                for mechanism in SCRAM_MECHANISMS:
+                    command += ["--add-scram", f"{mechanism}=[name={SASL_USER},password={password}]"]
             with open(out_path, "wb") as out:
                 proc = subprocess.Popen(
                     command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL

@@ -362,7 +362,9 @@ class Chaos:
         self.report.last_fault = time.monotonic()
 
     async def poison(self) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=self.system.bootstrap, acks="all")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.system.bootstrap, acks="all", **self.system.kafka_security.client_kwargs()
+        )
         await producer.start()
         try:
             samples = [b"\x00\xffnot json", b"[]", b'{"event_type": "OrderTeleported", "schema_version": 1}']
@@ -392,12 +394,15 @@ class Chaos:
         consumer = AIOKafkaConsumer(
             *DOMAIN_TOPICS,
             bootstrap_servers=self.system.bootstrap,
+            **self.system.kafka_security.client_kwargs(),
             group_id=f"chaos-tap-{self.cfg.seed}",
             auto_offset_reset="earliest",
             session_timeout_ms=6000,
             heartbeat_interval_ms=2000,
         )
-        producer = AIOKafkaProducer(bootstrap_servers=self.system.bootstrap, acks="all")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.system.bootstrap, acks="all", **self.system.kafka_security.client_kwargs()
+        )
         await consumer.start()
         await producer.start()
         late: list[asyncio.Task[None]] = []

@@ -24,6 +24,8 @@ import uuid
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurity
+
 #: Events in a row per saga: OrderCreated, InventoryReserved, PaymentCompleted,
 #: OrderApproved, InventoryCommitted.
 HOPS = 5
@@ -31,10 +33,11 @@ HOPS = 5
 FANOUT = 2
 
 
-async def _consumer(bootstrap: str, topic: str, group: str) -> AIOKafkaConsumer:
+async def _consumer(bootstrap: str, topic: str, group: str, security: KafkaSecurity) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
+        **security.client_kwargs(),
         group_id=group,
         auto_offset_reset="earliest",
         enable_auto_commit=True,
@@ -46,23 +49,28 @@ async def _consumer(bootstrap: str, topic: str, group: str) -> AIOKafkaConsumer:
     return consumer
 
 
-async def run(bootstrap: str, sagas: int, rate: float, partitions: int) -> dict[str, float]:
+async def run(
+    bootstrap: str, sagas: int, rate: float, partitions: int, security: KafkaSecurity | None = None
+) -> dict[str, float]:
+    security = security or KafkaSecurity()
     run_id = uuid.uuid4().hex[:8]
     topics = [f"null.{run_id}.{i}" for i in range(HOPS)]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security.client_kwargs())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(t, partitions, 1) for t in topics])
     finally:
         await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, **security.client_kwargs()
+    )
     await producer.start()
     done: dict[bytes, float] = {}
     started: dict[bytes, float] = {}
     finished = asyncio.Event()
 
     async def forward(source: str, target: str | None, group: str) -> None:
-        consumer = await _consumer(bootstrap, source, group)
+        consumer = await _consumer(bootstrap, source, group, security)
         try:
             while not finished.is_set():
                 batches = await consumer.getmany(timeout_ms=100, max_records=500)
@@ -80,7 +88,7 @@ async def run(bootstrap: str, sagas: int, rate: float, partitions: int) -> dict[
     last = HOPS - 1
 
     async def read(source: str, group: str) -> None:
-        consumer = await _consumer(bootstrap, source, group)
+        consumer = await _consumer(bootstrap, source, group, security)
         try:
             while not finished.is_set():
                 await consumer.getmany(timeout_ms=100, max_records=500)
@@ -129,7 +137,9 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=400.0)
     p.add_argument("--partitions", type=int, default=6)
     args = p.parse_args()
-    result = asyncio.run(run(args.bootstrap, args.sagas, args.rate, args.partitions))
+    # the broker's security from the environment, as the services read it
+    security = KafkaClientSettings().kafka_security()
+    result = asyncio.run(run(args.bootstrap, args.sagas, args.rate, args.partitions, security))
     print(json.dumps(result), flush=True)
     return 0
 

@@ -18,7 +18,14 @@ The embedded broker is one of two (``System.broker_kind``, or ``SAGA_BROKER``):
   services then use what Kafka offers: an idempotent relay producer
   (``KAFKA_IDEMPOTENT_PRODUCER=true``) and replicated topics
   (``KAFKA_TOPIC_REPLICATION`` = 3 on the cluster). ``make run`` and ``make demo``
-  use it when asked (``BROKER=kafka``; ``choose_broker``).
+  use it when asked (``BROKER=kafka``; ``choose_broker``). With ``kafka_sasl_ssl`` its
+  client listener is SASL_SSL (TLS + SCRAM) and the services are told how to connect
+  (``KAFKA_SECURITY_PROTOCOL``, …; ``ApacheKafka.client_env``).
+
+Every Kafka client the supervisor opens itself (``publish``, the chaos run) connects as
+``System.kafka_security`` says: the embedded broker's, or, with an external broker, the
+``KAFKA_SECURITY_*`` settings of the environment (``saga_kit.kafka_security``), which the
+services inherit.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import httpx
 
 from saga_kit.auth import DevIssuer, Role, write_dev_issuer
 from saga_kit.headers import Headers
+from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurity
 from saga_kit.signing import Signer, load_signer, write_dev_keys
 from sagastack import kafka_dist
 from sagastack.apache_kafka import ApacheKafka
@@ -131,6 +139,10 @@ class System:
     broker_kind: BrokerKind | None = None
     #: Apache Kafka only: 1 combined node, or a cluster of 3 (replication 3, min ISR 2).
     kafka_nodes: int = 1
+    #: Apache Kafka only: its client listener is SASL_SSL (``ApacheKafka(sasl_ssl=True)``).
+    kafka_sasl_ssl: bool = False
+    #: How Kafka clients connect to ``bootstrap``, once ``start`` chose the broker.
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     #: The embedded broker, once started (None with an external one).
     broker: Tansu | ApacheKafka | None = None
     postgres: Postgres | None = None
@@ -160,6 +172,8 @@ class System:
             self.broker_kind = broker_from_env()
         if self.broker_kind not in BROKER_KINDS:
             raise ValueError(f"broker_kind must be one of {BROKER_KINDS}, not {self.broker_kind!r}")
+        if self.kafka_sasl_ssl and self.broker_kind != "kafka":
+            raise ValueError("kafka_sasl_ssl needs Apache Kafka (broker_kind='kafka')")
         self.run_dir = self.run_dir.resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.pids = PidFile(self.run_dir / "pids.json")
@@ -197,6 +211,7 @@ class System:
         external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         if external:
             self.bootstrap = external
+            self.kafka_security = KafkaClientSettings().kafka_security()
             return
         port = free_port() if self.free_ports else int(os.environ.get("SAGA_KAFKA_PORT", "9092"))
         if self.broker_kind == "kafka":
@@ -207,9 +222,11 @@ class System:
                 log_dir=self.run_dir / "logs",
                 pid_file=self.pids,  # records kafka-<n> at every (re)start of a node
                 fresh=self.fresh,
+                sasl_ssl=self.kafka_sasl_ssl,
             )
             self.broker = kafka
             kafka.start()
+            self.kafka_security = kafka.client_security
         else:
             tansu = Tansu(port, self.run_dir / "logs" / "tansu.log")
             self.broker = tansu
@@ -218,11 +235,12 @@ class System:
 
     def broker_env(self) -> dict[str, str]:
         """What the services are told about the broker System started: on Apache Kafka,
-        an idempotent producer and the cluster's replication factor."""
+        an idempotent producer, the cluster's replication factor, and how to connect."""
         if isinstance(self.broker, ApacheKafka):
             return {
                 "KAFKA_IDEMPOTENT_PRODUCER": "true",
                 "KAFKA_TOPIC_REPLICATION": str(self.broker.replication),
+                **self.broker.client_env(),
             }
         return {}
 
@@ -232,7 +250,7 @@ class System:
             nodes = len(self.broker.nodes)
             return (
                 f"Apache Kafka {kafka_dist.KAFKA_VERSION} (KRaft, {nodes} node{'s' if nodes > 1 else ''})"
-                f" at {self.bootstrap}"
+                f" at {self.bootstrap}{' (SASL_SSL)' if self.broker.sasl_ssl else ''}"
             )
         if isinstance(self.broker, Tansu):
             return f"Tansu (embedded) at {self.bootstrap}"
@@ -530,7 +548,9 @@ class System:
         signer = self.signer(signed_by) if signed_by else None
 
         async def go() -> None:
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap, acks="all", **self.kafka_security.client_kwargs()
+            )
             await producer.start()
             try:
                 for topic, key, value in records:

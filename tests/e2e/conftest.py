@@ -81,10 +81,12 @@ def seed(
 def sagactl(
     system: System, *args: str, columns: int = 250, token: str | None = "operator"
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``sagactl`` against ``system`` as if in a terminal ``columns`` wide, with an
-    operator's token (``token="operator"``), the token given, or none (``None``)."""
+    """Run ``sagactl`` against ``system`` as if in a terminal ``columns`` wide, connecting
+    to its broker as its services do (``--via kafka``), with an operator's token
+    (``token="operator"``), the token given, or none (``None``)."""
     env = {
         **os.environ,
+        **system.broker_env(),
         "SAGACTL_ORDER_URL": system.url("order_svc"),
         "SAGACTL_INVENTORY_URL": system.url("inventory_svc"),
         "SAGACTL_PAYMENT_URL": system.url("payment_svc"),

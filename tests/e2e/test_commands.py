@@ -21,7 +21,9 @@ from tests.e2e.conftest import UniqueIds, sagactl, seed
 
 def send(system: System, *values: bytes) -> None:
     async def go() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=system.bootstrap, acks="all")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=system.bootstrap, acks="all", **system.kafka_security.client_kwargs()
+        )
         await producer.start()
         try:
             for value in values:

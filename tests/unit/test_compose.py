@@ -75,3 +75,72 @@ def test_each_service_is_wired_to_kafka_and_to_its_own_database(
     }
     assert f"{env[f'{prefix}_HTTP_PORT']}/health/ready" in " ".join(svc["healthcheck"]["test"])
     assert svc["command"] == ["python", "-m", service.replace("-", "_")]
+
+
+SECURE = COMPOSE.with_name("compose.secure.yaml")
+
+
+@pytest.fixture(scope="module")
+def secure() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(SECURE.read_text())
+    return data
+
+
+def merged_service(compose: dict[str, Any], secure: dict[str, Any], name: str) -> dict[str, Any]:
+    """A service of ``compose.yaml -f compose.secure.yaml``: mappings merged key by key
+    (environment, depends_on), other values replaced, as Compose merges files."""
+    base, over = compose["services"].get(name, {}), secure["services"][name]
+    merged = {**base, **over}
+    for key in ("environment", "depends_on"):
+        if key in base and key in over:
+            merged[key] = {**base[key], **over[key]}
+    return merged
+
+
+def test_the_secure_override_conforms_to_the_compose_specification(secure: dict[str, Any]) -> None:
+    ComposeSpecification.model_validate(without_extensions(secure))
+
+
+def test_the_broker_serves_clients_only_over_sasl_ssl(
+    compose: dict[str, Any], secure: dict[str, Any]
+) -> None:
+    env = merged_service(compose, secure, "kafka")["environment"]
+    listeners = dict(entry.split("://") for entry in env["KAFKA_LISTENERS"].split(","))
+    assert listeners["PLAINTEXT"].startswith("127.0.0.1:"), (
+        "PLAINTEXT must not be reachable from other containers"
+    )
+    protocols = dict(entry.split(":") for entry in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert protocols["SECURE"] == "SASL_SSL" and env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert "SSL://" not in env["KAFKA_ADVERTISED_LISTENERS"]  # the image's start script would demand JKS
+    assert env["KAFKA_SSL_KEYSTORE_TYPE"] == "PEM"
+    jaas = secure["configs"]["kafka_jaas"]["file"]
+    assert "ScramLoginModule required;" in (COMPOSE.parent / jaas).read_text()
+    for secret in secure["secrets"].values():
+        assert secret["file"].startswith(
+            "./.run/compose-secrets/"
+        )  # made by sagastack.dev_certs, not committed
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_connects_over_sasl_ssl_with_its_password_from_a_secret(
+    compose: dict[str, Any], secure: dict[str, Any], service: str, tmp_path: Path
+) -> None:
+    from saga_kit.kafka_security import KafkaClientSettings
+
+    svc = merged_service(compose, secure, service)
+    env = svc["environment"]
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9094" and "KAFKA_SASL_PASSWORD" not in env
+    mounted = {f"/run/secrets/{name}" for name in svc["secrets"]}
+    assert {env["KAFKA_SSL_CAFILE"], env["KAFKA_SASL_PASSWORD_FILE"]} <= mounted
+    assert svc["depends_on"]["kafka-users"] == {"condition": "service_completed_successfully"}
+    # what production demands of them (the password file stands in for the secret)
+    (tmp_path / "pw").write_text("secret\n")
+    kafka_env = {k: v for k, v in env.items() if k.startswith("KAFKA_SSL") or k.startswith("KAFKA_SASL")}
+    settings = KafkaClientSettings(
+        **{
+            **kafka_env,
+            "KAFKA_SECURITY_PROTOCOL": env["KAFKA_SECURITY_PROTOCOL"],
+            "KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "pw"),
+        }
+    )  # type: ignore[arg-type]
+    assert settings.kafka_security(production=True).protocol == "SASL_SSL"
