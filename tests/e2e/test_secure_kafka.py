@@ -46,7 +46,7 @@ def secure(run_root: Path, broker_kind: BrokerKind) -> Iterator[System]:
 
 @pytest.fixture
 def client(secure: System) -> Iterator[SagaClient]:
-    c = SagaClient(secure.url("order_svc"), secure.url("inventory_svc"), secure.url("payment_svc"))
+    c = secure.client()
     yield c
     c.close()
 
