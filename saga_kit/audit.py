@@ -41,6 +41,7 @@ from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from saga_kit import tracing
+from saga_kit.http import errors
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,9 @@ class AuditEntry(BaseModel):
 router = APIRouter(tags=["audit"])
 
 
-@router.get("/audit", summary="The audit trail, oldest first", response_model=list[AuditEntry])
+@router.get(
+    "/audit", summary="The audit trail, oldest first", response_model=list[AuditEntry], responses=errors()
+)
 async def get_audit(
     request: Request,
     after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,

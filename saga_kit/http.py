@@ -22,7 +22,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.values import printable
-from saga_kit import audit, auth, tracing
+from saga_kit import auth, tracing
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection
 from saga_kit.settings import ServiceSettings
@@ -332,7 +332,12 @@ def create_app(
     routers: list[APIRouter],
     checks: Mapping[str, Check],
     metrics: Callable[[], Awaitable[bytes]],
+    inner_middleware: Sequence[Callable[[ASGIApp], ASGIApp]] = (),
 ) -> FastAPI:
+    """The service's app: health and metrics routes, ``routers``, authentication (every
+    route in ``saga_kit.auth.POLICY``), then the middleware: ``inner_middleware`` (ASGI
+    classes, nearest the routes: they see the route and the caller), trace-id headers,
+    the cross-origin guard, CORS, the Host allow-list."""
     verifier = auth.load_verifier(
         settings.auth_jwks_file,
         settings.auth_jwks_url,
@@ -371,7 +376,8 @@ def create_app(
         app.include_router(router)
 
     _document_authentication(app, settings.auth_metrics_public)
-    app.add_middleware(audit.AuditTrail)
+    for middleware in inner_middleware:
+        app.add_middleware(middleware)
     app.add_middleware(ExtraHeaders)
     app.add_middleware(RequestGuard, allowed_origins=settings.http_allowed_origins)
     if settings.http_allowed_origins:

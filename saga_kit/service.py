@@ -132,6 +132,7 @@ def http_app(
         [*spec.routers(), deadletters.router, consumer_api.router, audit.router],
         checks,
         render_metrics,
+        inner_middleware=[audit.AuditTrail],
     )
 
 
