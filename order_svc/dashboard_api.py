@@ -1,22 +1,29 @@
 """The dashboard: a page served by the order service (``/dashboard``), plus the little API
-it needs beyond the order service's own: counts by status, stock and balances read from
-the inventory and payment services, and every service's readiness (proxied, so the page
-talks to one origin and those services need no CORS)."""
+it needs beyond the order service's own: counts by status, sagas per minute by outcome,
+and — proxied, so the page talks to one origin and the other services need no CORS —
+stock and balances from the inventory and payment services, every service's readiness,
+and every service's dead letters with their replay and discard."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import text
 
 from events.values import printable
 from order_svc.settings import Settings
-from saga_kit.http import CheckResult, DatabaseDep, SettingsDep, errors
+from saga_kit.deadletters import DeadLetter, DeadLetterSummary, LetterId, ReplayResult
+from saga_kit.deadletters import Status as LetterStatus
+from saga_kit.errors import DomainRejection
+from saga_kit.http import CheckResult, DatabaseDep, errors
 
 STATIC = Path(__file__).parent / "dashboard"
 
@@ -49,15 +56,62 @@ async def summary(db: DatabaseDep) -> dict[str, int]:
         return {status: n for status, n in rows}
 
 
-async def _proxy(url: str) -> Any:
+#: The services whose dead letters and readiness the dashboard shows, as they name themselves.
+Service = Literal["order_svc", "inventory_svc", "payment_svc"]
+SERVICES: tuple[Service, ...] = ("order_svc", "inventory_svc", "payment_svc")
+
+
+async def _call(
+    request: Request, service: Service, method: str, path: str, **params: str | int
+) -> httpx.Response:
+    """Every request the dashboard makes to a service, its own included, goes through here:
+    the place for what every such request needs. The order service asks itself in process
+    (it needs no URL of itself; named 127.0.0.1, as the Host allow-list applies to it like
+    to any request); the others at ``ORDER_INVENTORY_URL`` and ``ORDER_PAYMENT_URL``, with a
+    5 s timeout. Any answer is returned, errors included; raises ``httpx.HTTPError`` when
+    there is none."""
+    settings = request.app.state.settings
+    assert isinstance(settings, Settings)
+    headers: dict[str, str] = {}
+    if service == "order_svc":
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=request.app), base_url="http://127.0.0.1", headers=headers
+        )
+    else:
+        url = settings.inventory_url if service == "inventory_svc" else settings.payment_url
+        client = httpx.AsyncClient(base_url=url, timeout=5.0, headers=headers)
+    async with client:
+        return await client.request(method, path, params=params)
+
+
+async def _proxy(request: Request, service: Service, method: str, path: str, **params: str | int) -> Any:
+    """The JSON body of the service's 2xx answer to ``method path``. Its 404 is answered as
+    a 404 and its 409 as a 409 with its ``reason``, each ``detail`` led by the service's
+    name (``"payment_svc: dead letter 7 failed again: …"``); no answer, or any other answer,
+    is a 502 saying which service and why."""
     try:
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            response = await client.get(url)
+        response = await _call(request, service, method, path, **params)
     except httpx.HTTPError as exc:
-        raise HTTPException(502, f"cannot reach {url}: {exc}") from None
-    if response.status_code != 200:
-        raise HTTPException(502, f"{url} answered {response.status_code}")
-    return response.json()
+        raise HTTPException(502, f"{service} did not answer: {_why(exc)}") from None
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise HTTPException(
+            502, f"{service} answered {response.status_code} without JSON: {_why(exc)}"
+        ) from None
+    if response.is_success:
+        return body
+    detail = body.get("detail") if isinstance(body, dict) else None
+    said = printable(detail if isinstance(detail, str) else json.dumps(body), 500)
+    if response.status_code == 404:
+        raise HTTPException(404, f"{service}: {said}")
+    if response.status_code == 409:
+        raise DomainRejection(str(body.get("reason", "conflict")), f"{service}: {said}")
+    raise HTTPException(502, f"{service} answered {response.status_code}: {said}")
+
+
+def _why(exc: Exception) -> str:
+    return printable(f"{type(exc).__name__}: {exc}", 300)
 
 
 @router.get(
@@ -65,10 +119,9 @@ async def _proxy(url: str) -> Any:
     summary="Every product's stock, from the inventory service",
     responses=_UNREACHABLE,
 )
-async def stock(settings: SettingsDep) -> Any:
+async def stock(request: Request) -> Any:
     """`GET /products` of the inventory service, passed through so the page needs one origin."""
-    assert isinstance(settings, Settings)
-    return await _proxy(f"{settings.inventory_url}/products")
+    return await _proxy(request, "inventory_svc", "GET", "/products")
 
 
 @router.get(
@@ -76,10 +129,117 @@ async def stock(settings: SettingsDep) -> Any:
     summary="Every account's balance, from the payment service",
     responses=_UNREACHABLE,
 )
-async def balances(settings: SettingsDep) -> Any:
+async def balances(request: Request) -> Any:
     """`GET /accounts` of the payment service, passed through so the page needs one origin."""
-    assert isinstance(settings, Settings)
-    return await _proxy(f"{settings.payment_url}/accounts")
+    return await _proxy(request, "payment_svc", "GET", "/accounts")
+
+
+class Minute(BaseModel):
+    """The sagas started in one minute, by what became of them so far."""
+
+    #: The minute's first instant.
+    minute: datetime
+    approved: int
+    rejected: int
+    cancelled: int
+    #: Still PENDING.
+    in_flight: int
+
+
+@router.get("/dashboard/api/throughput", summary="Sagas started per minute, by outcome", responses=errors())
+async def throughput(db: DatabaseDep, minutes: Annotated[int, Query(ge=1, le=1440)] = 60) -> list[Minute]:
+    """The last ``minutes`` minutes (1 to 1440, default 60), oldest first, the current one
+    last (still counting): how many orders were placed in each and what each became —
+    approved, rejected, cancelled, or still in flight. A minute without orders is there
+    with zeros, so a chart needs nothing else."""
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT m.minute,"
+                " count(*) FILTER (WHERE o.status = 'APPROVED') AS approved,"
+                " count(*) FILTER (WHERE o.status = 'REJECTED') AS rejected,"
+                " count(*) FILTER (WHERE o.status = 'CANCELLED') AS cancelled,"
+                " count(*) FILTER (WHERE o.status = 'PENDING') AS in_flight"
+                " FROM generate_series("
+                "   date_trunc('minute', now()) - make_interval(mins => CAST(:n AS INT) - 1),"
+                "   date_trunc('minute', now()), interval '1 minute'"
+                " ) AS m (minute)"
+                " LEFT JOIN orders o"
+                "   ON o.created_at >= m.minute AND o.created_at < m.minute + interval '1 minute'"
+                " GROUP BY m.minute ORDER BY m.minute"
+            ),
+            {"n": minutes},
+        )
+        return [Minute.model_validate(row, from_attributes=True) for row in rows]
+
+
+_FROM_SERVICE = errors(
+    {
+        404: "no such dead letter in that service",
+        502: "the service did not answer, or answered an error; `detail` says which and why",
+    }
+)
+_ACTION_FROM_SERVICE = errors(
+    {
+        404: "no such dead letter in that service",
+        409: "the service refused: the letter is already resolved (`dead_letter_resolved`), or the"
+        " replay failed again (`replay_failed`); `detail` leads with the service's name",
+        502: "the service did not answer, or answered an error; `detail` says which and why",
+    }
+)
+
+
+@router.get(
+    "/dashboard/api/dead-letters/{service}",
+    summary="A service's dead letters",
+    response_model=list[DeadLetterSummary],
+    responses=_FROM_SERVICE,
+)
+async def dead_letters(
+    service: Service,
+    request: Request,
+    status: LetterStatus | Literal["ALL"] = "PENDING",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Any:
+    """`GET /dead-letters` of the order, inventory or payment service: newest first, those
+    waiting for a decision unless another ``status`` (or ALL) is asked."""
+    return await _proxy(request, service, "GET", "/dead-letters", status=status, limit=limit)
+
+
+@router.get(
+    "/dashboard/api/dead-letters/{service}/{letter_id}",
+    summary="One dead letter of a service",
+    response_model=DeadLetter,
+    responses=_FROM_SERVICE,
+)
+async def dead_letter(service: Service, letter_id: LetterId, request: Request) -> Any:
+    """`GET /dead-letters/{letter_id}` of that service: reason, source, key, headers and a
+    preview of the body (the event's envelope, when it is one)."""
+    return await _proxy(request, service, "GET", f"/dead-letters/{letter_id}")
+
+
+@router.post(
+    "/dashboard/api/dead-letters/{service}/{letter_id}/replay",
+    summary="Replay a service's dead letter",
+    response_model=ReplayResult,
+    responses=_ACTION_FROM_SERVICE,
+)
+async def replay(service: Service, letter_id: LetterId, request: Request) -> Any:
+    """`POST /dead-letters/{letter_id}/replay` of that service: its consumer processes the
+    original record again (409 ``replay_failed`` with the new reason if it fails again)."""
+    return await _proxy(request, service, "POST", f"/dead-letters/{letter_id}/replay")
+
+
+@router.post(
+    "/dashboard/api/dead-letters/{service}/{letter_id}/discard",
+    summary="Discard a service's dead letter",
+    response_model=DeadLetterSummary,
+    responses=_ACTION_FROM_SERVICE,
+)
+async def discard(service: Service, letter_id: LetterId, request: Request) -> Any:
+    """`POST /dead-letters/{letter_id}/discard` of that service: marked DISCARDED, never
+    processed (409 ``dead_letter_resolved`` if it was already resolved)."""
+    return await _proxy(request, service, "POST", f"/dead-letters/{letter_id}/discard")
 
 
 class ServiceHealth(BaseModel):
@@ -91,13 +251,13 @@ class ServiceHealth(BaseModel):
     error: str | None = None
 
 
-async def _readiness(client: httpx.AsyncClient, url: str) -> ServiceHealth:
+async def _readiness(request: Request, service: Service) -> ServiceHealth:
     try:
-        response = await client.get(url)
+        response = await _call(request, service, "GET", "/health/ready")
         # 503 is an answer too: not ready, with the failing checks in the body
         return ServiceHealth.model_validate(response.json())
     except (httpx.HTTPError, ValueError, ValidationError) as exc:
-        return ServiceHealth(status="unreachable", error=printable(f"{type(exc).__name__}: {exc}", 300))
+        return ServiceHealth(status="unreachable", error=_why(exc))
 
 
 @router.get(
@@ -106,18 +266,10 @@ async def _readiness(client: httpx.AsyncClient, url: str) -> ServiceHealth:
     response_model=dict[str, ServiceHealth],
     response_model_exclude_none=True,
 )
-async def health(settings: SettingsDep, request: Request) -> dict[str, ServiceHealth]:
+async def health(request: Request) -> dict[str, ServiceHealth]:
     """`GET /health/ready` of the order, inventory and payment services, each check with
     its error or why it is degraded (payment's `payment_provider` while the provider's
     circuit breaker is open). A service that does not answer is `unreachable`: this route
     itself always answers 200."""
-    assert isinstance(settings, Settings)
-    # the order service's own readiness is asked in process: it needs no URL of itself
-    # (named 127.0.0.1: the Host allow-list applies to it like to any request)
-    own = httpx.AsyncClient(transport=httpx.ASGITransport(app=request.app), base_url="http://127.0.0.1")
-    async with own, httpx.AsyncClient(timeout=5.0) as client:
-        return {
-            "order_svc": await _readiness(own, "/health/ready"),
-            "inventory_svc": await _readiness(client, f"{settings.inventory_url}/health/ready"),
-            "payment_svc": await _readiness(client, f"{settings.payment_url}/health/ready"),
-        }
+    answers = await asyncio.gather(*(_readiness(request, service) for service in SERVICES))
+    return dict(zip(SERVICES, answers, strict=True))

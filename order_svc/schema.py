@@ -93,4 +93,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         # GET /orders?customer_id= (the dashboard's search): a customer's orders, newest first
         ("CREATE INDEX orders_customer ON orders (customer_id, created_at)",),
     ),
+    Migration(
+        "order_svc",
+        7,
+        "orders_by_creation",
+        # the dashboard's sagas per minute (a range of created_at) and GET /orders unfiltered
+        # (newest first): neither reads the whole table
+        ("CREATE INDEX orders_created ON orders (created_at)",),
+    ),
 )

@@ -1,6 +1,7 @@
 // The saga dashboard: plain JavaScript, no build step. Data comes from the order
-// service's own API (orders, sagas, the live event stream, cancellation) and, for stock,
-// balances and every service's readiness, from its /dashboard/api proxy to the others.
+// service's own API (orders, sagas, the live event stream, cancellation, sagas per minute)
+// and, for stock, balances, every service's readiness and dead letters, from its
+// /dashboard/api proxy to the others. Every request goes through getJSON.
 "use strict";
 
 const LANES = ["order_svc", "inventory_svc", "payment_svc"];
@@ -14,9 +15,11 @@ const state = {
   selected: null,
   envelope: null, // the event_id whose envelope is shown
   cancelResult: null, // {order_id, text} of the last cancel button press
+  letter: null, // {service, id} of the dead letter shown
+  letterResult: null, // {service, id, text} of the last replay or discard
   refreshTimer: null,
   // Loads overlap (a live refresh, a click): only the latest request of each may render.
-  loads: { orders: 0, saga: 0 },
+  loads: { orders: 0, saga: 0, letters: 0, letter: 0 },
 };
 
 const $ = (id) => document.getElementById(id);
@@ -35,10 +38,18 @@ const svg = (tag, attrs = {}, text) => {
 // A cell too narrow for its text: cut with an ellipsis (CSS), the full text on hover.
 const cell = (text, cls = "") => el("td", { class: cls, title: text }, text);
 
+// The one way the page asks for anything. A refusal becomes an Error whose message is the
+// answer's own sentence (its `detail`), with the status and `reason` beside it.
 async function getJSON(url, options) {
   const response = await fetch(url, options);
   const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.detail ? JSON.stringify(body.detail) : response.statusText);
+  if (!response.ok) {
+    const said = typeof body.detail === "string" ? body.detail : body.detail ? JSON.stringify(body.detail) : "";
+    const err = new Error(said || `${response.status} ${response.statusText}`);
+    err.status = response.status;
+    err.reason = body.reason;
+    throw err;
+  }
   return body;
 }
 
@@ -328,8 +339,184 @@ function swimlanes(events) {
   return root;
 }
 
+// Sagas started per minute, stacked by what became of them, oldest minute on the left.
+const OUTCOMES = [["APPROVED", "approved"], ["REJECTED", "rejected"], ["CANCELLED", "cancelled"], ["PENDING", "in_flight"]];
+const OUTCOME_LABEL = { APPROVED: "approved", REJECTED: "rejected", CANCELLED: "cancelled", PENDING: "in flight" };
+
+async function loadThroughput() {
+  const minutes = await getJSON("/dashboard/api/throughput?minutes=60");
+  $("throughput").replaceChildren(throughputChart(minutes));
+  const totals = Object.fromEntries(OUTCOMES.map(([status, key]) => [status, minutes.reduce((n, m) => n + m[key], 0)]));
+  $("throughput-legend").replaceChildren(...OUTCOMES.map(([status]) =>
+    el("span", { id: `throughput-${status}`, "data-total": String(totals[status]) },
+      el("span", { class: `swatch ${status}` }), `${totals[status]} ${OUTCOME_LABEL[status]}`)));
+}
+
+function throughputChart(minutes) {
+  const W = 600, H = 96, left = 28, bottom = 14, top = 6;
+  const most = Math.max(1, ...minutes.map((m) => OUTCOMES.reduce((n, [, key]) => n + m[key], 0)));
+  const slot = (W - left) / Math.max(1, minutes.length);
+  const scale = (H - top - bottom) / most;
+  const root = svg("svg", { class: "chart", id: "throughput-chart", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "xMinYMin meet" });
+  const base = H - bottom;
+  root.append(svg("line", { class: "grid", x1: left, x2: W, y1: base, y2: base }));
+  root.append(svg("line", { class: "grid", x1: left, x2: W, y1: top, y2: top }));
+  root.append(svg("text", { class: "axis", x: left - 4, y: top + 8, "text-anchor": "end" }, String(most)));
+  root.append(svg("text", { class: "axis", x: left - 4, y: base, "text-anchor": "end" }, "0"));
+  minutes.forEach((m, i) => {
+    const x = left + i * slot;
+    const g = svg("g", { class: "minute", "data-minute": m.minute });
+    let y = base;
+    for (const [status, key] of OUTCOMES) {
+      g.setAttribute(`data-${key.replace("_", "-")}`, String(m[key]));
+      if (!m[key]) continue;
+      const h = m[key] * scale;
+      y -= h;
+      g.append(svg("rect", { class: status, x: x + 0.5, y, width: Math.max(1, slot - 1), height: h }));
+    }
+    // the whole column answers to the mouse, an empty minute too
+    g.append(svg("rect", { x, y: top, width: slot, height: base - top, fill: "transparent" }));
+    const counts = OUTCOMES.map(([status, key]) => `${m[key]} ${OUTCOME_LABEL[status]}`).join(", ");
+    g.append(svg("title", {}, `${absolute(m.minute).slice(11, 16)} UTC: ${counts}`));
+    root.append(g);
+  });
+  if (minutes.length) {
+    root.append(svg("text", { class: "axis", x: left, y: H - 2 }, `${absolute(minutes[0].minute).slice(11, 16)} UTC`));
+    root.append(svg("text", { class: "axis", x: W, y: H - 2, "text-anchor": "end" }, "now"));
+  }
+  return root;
+}
+
+// Dead letters of every service, through the order service's proxy to each. A service
+// that cannot list its letters says why in its own row; the others are still shown.
+const DL_SERVICES = ["order_svc", "inventory_svc", "payment_svc"];
+const letterUrl = (service, id) => `/dashboard/api/dead-letters/${service}/${id}`;
+
+async function loadDeadLetters() {
+  const load = ++state.loads.letters;
+  const status = $("dl-status").value;
+  const answers = await Promise.all(DL_SERVICES.map((service) =>
+    getJSON(`/dashboard/api/dead-letters/${service}?status=${status}&limit=50`)
+      .then((letters) => ({ service, letters }), (err) => ({ service, error: err.message }))));
+  if (load !== state.loads.letters) return;
+  const rows = [];
+  for (const { service, letters, error } of answers) {
+    if (error) {
+      rows.push(el("tr", { class: "dl-error", "data-service": service }, cell(service), el("td", { colspan: "6" }, `cannot list: ${error}`)));
+      continue;
+    }
+    for (const d of letters) {
+      const row = el("tr", { "data-service": service, "data-letter": String(d.id) },
+        cell(service), cell(String(d.id)), cell(d.status, `status ${d.status}`), cell(d.event_type || "—"),
+        cell(d.order_id ? d.order_id.slice(0, 8) : "—", "mono"), cell(d.reason, "reason"),
+        el("td", { class: "when", title: absolute(d.created_at) }, relative(d.created_at)));
+      if (d.order_id) row.cells[4].title = d.order_id;
+      if (state.letter?.service === service && state.letter.id === d.id) row.classList.add("selected");
+      row.addEventListener("click", () => showLetter(service, d.id));
+      rows.push(row);
+    }
+  }
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "7", class: "note" }, "no dead letters")));
+  $("dead-letters").replaceChildren(...rows);
+}
+
+// A body as the service shows it: its text (pretty when it is JSON, as an event's
+// envelope is) or, for bytes that are not UTF-8, base64.
+function shownBytes(view) {
+  if (!view) return "(none)";
+  if (view.text === null) return `base64: ${view.base64}${view.truncated ? " …" : ""} (${view.size} bytes)`;
+  try {
+    if (!view.truncated) return JSON.stringify(JSON.parse(view.text), null, 2);
+  } catch { /* not JSON: as it is */ }
+  return view.text + (view.truncated ? ` … (${view.size} bytes)` : "");
+}
+
+async function showLetter(service, id) {
+  state.letter = { service, id };
+  const load = ++state.loads.letter;
+  for (const row of document.querySelectorAll("#dead-letters tr")) {
+    row.classList.toggle("selected", row.dataset.service === service && row.dataset.letter === String(id));
+  }
+  const box = $("dead-letter");
+  let d;
+  try {
+    d = await getJSON(letterUrl(service, id));
+  } catch (err) {
+    if (load !== state.loads.letter) return;
+    box.replaceChildren(el("div", { id: "dl-result", class: "note" }, `cannot show dead letter ${id} of ${service}: ${err.message}`));
+    box.hidden = false;
+    return;
+  }
+  if (load !== state.loads.letter) return;
+  const close = el("button", { type: "button", id: "dl-close" }, "close");
+  close.addEventListener("click", () => { state.letter = null; box.hidden = true; loadDeadLetters(); });
+  const facts = [
+    ["status", `${d.status}${d.resolved_at ? ` (${absolute(d.resolved_at)})` : ""}`],
+    ["reason", d.reason],
+    ["event", d.event_type || "—"],
+    ["order", d.order_id || "—"],
+    ["from", `${d.source_topic} partition ${d.source_partition} offset ${d.source_offset}`],
+    ["when", `${absolute(d.created_at)} (${relative(d.created_at)})`],
+    ["replays tried", String(d.replay_attempts)],
+    ["key", d.key ? shownBytes(d.key) : "(none)"],
+    ["headers", d.headers.map((h) => `${h.key}: ${h.value ? shownBytes(h.value) : "null"}`).join("\n") || "(none)"],
+  ];
+  const list = el("dl", { id: "dl-facts" });
+  for (const [name, value] of facts) list.append(el("dt", {}, name), el("dd", { "data-fact": name }, value));
+  box.replaceChildren(
+    el("h2", {}, `${service} dead letter ${d.id} `, el("span", { id: "dl-status-shown", class: `status ${d.status}` }, d.status), " ", close),
+    list,
+  );
+  if (d.status === "PENDING") {
+    box.append(el("div", { class: "actions", id: "dl-actions" }));
+    letterButtons(service, d.id);
+  }
+  if (state.letterResult?.service === service && state.letterResult.id === d.id) {
+    box.append(el("div", { id: "dl-result", class: "note" }, state.letterResult.text));
+  }
+  box.append(el("pre", { id: "dl-value" }, shownBytes(d.value)));
+  box.hidden = false;
+}
+
+// Replay and discard change a service's state: each asks first, in the page.
+function letterButtons(service, id) {
+  $("dl-actions").replaceChildren(...["replay", "discard"].map((action) => {
+    const button = el("button", { type: "button", id: `dl-${action}` }, action);
+    button.addEventListener("click", () => confirmLetterAction(service, id, action));
+    return button;
+  }));
+}
+
+function confirmLetterAction(service, id, action) {
+  const question = action === "replay"
+    ? `Replay dead letter ${id}: ${service}'s consumer processes the original record again?`
+    : `Discard dead letter ${id} of ${service}: it is never processed?`;
+  const yes = el("button", { type: "button", id: "dl-confirm" }, `yes, ${action}`);
+  const no = el("button", { type: "button", id: "dl-keep" }, "no");
+  const box = el("div", { class: "confirm", id: "dl-confirmation" }, question, yes, no);
+  yes.addEventListener("click", () => letterAction(service, id, action));
+  no.addEventListener("click", () => letterButtons(service, id));
+  $("dl-actions").replaceChildren(box);
+}
+
+async function letterAction(service, id, action) {
+  let text;
+  try {
+    const answer = await getJSON(`${letterUrl(service, id)}/${action}`, { method: "POST" });
+    text = action === "replay"
+      ? `replayed: ${service} processed it again (${answer.outcome}); the letter is ${answer.status}`
+      : `discarded: the letter is ${answer.status}`;
+  } catch (err) {
+    text = `${action} refused: ${err.message}`;
+  }
+  state.letterResult = { service, id, text };
+  await Promise.all([showLetter(service, id), loadDeadLetters()]);
+}
+
 async function refresh() {
-  await Promise.all([loadCounts(), loadOrders(), loadStock(), loadSaga(), loadHealth()]).catch((err) => console.error(err));
+  await Promise.all([
+    loadCounts(), loadOrders(), loadStock(), loadSaga(), loadHealth(), loadThroughput(), loadDeadLetters(),
+  ]).catch((err) => console.error(err));
 }
 
 function scheduleRefresh() {
@@ -370,6 +557,8 @@ $("search").addEventListener("submit", (event) => {
   }
   loadOrders().catch((err) => { $("search-note").textContent = `search failed: ${err.message}`; });
 });
+
+$("dl-status").addEventListener("change", () => loadDeadLetters());
 
 $("page-older").addEventListener("click", () => { state.offset += PAGE; loadOrders(); });
 $("page-newer").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); loadOrders(); });

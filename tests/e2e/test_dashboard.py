@@ -1,20 +1,30 @@
 """The dashboard in a real headless browser (Debian's chromium, driven by Selenium): load
-it, place orders from it, and watch their sagas reach their final state live."""
+it, place orders from it, and watch their sagas reach their final state live; sagas per
+minute against the orders table; dead letters of each service replayed and discarded from
+the page, checked through that service's own API."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 
+from events import InventoryReservationFailed, OrderLine, encode
+from events.commands import PlaceOrder, encode_command, order_id_for
+from events.envelope import new_envelope
+from events.topics import COMMANDS, INVENTORY, ORDERS
 from sagastack.browser import texts, wait
 from sagastack.client import SagaClient
 from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, seed
+from tests.e2e.test_faults import wait_until
 
 
 def place_from_page(driver: Any, customer: str, product: str, quantity: int) -> None:
@@ -412,4 +422,247 @@ def test_an_in_flight_saga_shows_what_it_waits_on_its_deadline_and_the_services_
         lambda d: texts(d, "#health td.readiness") == ["ready", "ready", "ready"],
         timeout=60,
         what="payment ready again once the provider is back",
+    )
+
+
+# -- sagas per minute ------------------------------------------------------------------------
+
+#: A script: the chart's columns as [minute, approved, rejected, cancelled, in flight,
+#: bars drawn], oldest first.
+CHART_COLUMNS = """return [...document.querySelectorAll('#throughput-chart g.minute')].map(g => [
+    g.dataset.minute, +g.dataset.approved, +g.dataset.rejected, +g.dataset.cancelled, +g.dataset.inFlight,
+    g.querySelectorAll('rect[class]').length])"""
+OUTCOME_COLUMN = {"APPROVED": 1, "REJECTED": 2, "CANCELLED": 3, "PENDING": 4}
+
+
+def placed_per_minute(system: System, minutes: list[str]) -> list[list[Any]]:
+    """What the chart should show for these minutes, counted here from the orders table's
+    rows (each order in the minute it was placed, by its status now)."""
+    columns = {datetime.fromisoformat(m): [m, 0, 0, 0, 0] for m in minutes}
+    first = min(columns)
+    with psycopg.connect(system.database_urls["order_svc"]) as conn:
+        rows = conn.execute(
+            "SELECT created_at, status FROM orders WHERE created_at >= %s", (first,)
+        ).fetchall()
+    for created_at, status in rows:
+        column = columns.get(created_at.replace(second=0, microsecond=0))
+        if column is not None:  # placed after the chart's last minute began: not drawn yet
+            column[OUTCOME_COLUMN[status]] += 1
+    return [columns[datetime.fromisoformat(m)] for m in minutes]
+
+
+def test_sagas_per_minute_match_the_orders_placed(
+    browser: Any, system: System, client: SagaClient, uid: UniqueIds, run_root: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    products, customers = seed(client, uid, {"mug": ("2.00", 3)}, {"rae": "10.00"})
+    mug, rae = products["mug"], customers["rae"]
+    approved = [client.place_order(rae, {mug: 1}) for _ in range(2)]
+    rejected = client.place_order(rae, {mug: 5})  # more than there is
+    for order_id in approved:
+        client.wait_for_events(order_id, {"OrderApproved"}, 60)
+    client.cancel(approved[1])
+    client.wait_for_events(rejected, {"OrderRejected"}, 60)
+    mine = {o["order_id"]: o["status"] for o in (client.order(i) for i in [*approved, rejected])}
+    assert sorted(mine.values()) == ["APPROVED", "CANCELLED", "REJECTED"]
+
+    order_url = system.url("order_svc")
+    window = httpx.get(f"{order_url}/dashboard/api/throughput", params={"minutes": 5}, timeout=10).json()
+    starts = [datetime.fromisoformat(m["minute"]) for m in window]
+    # consecutive minutes, the current one last (its start less than a minute ago, give or
+    # take the moment between the two clocks' readings)
+    assert [b - a for a, b in itertools.pairwise(starts)] == [timedelta(minutes=1)] * 4
+    assert timedelta(0) <= datetime.now(UTC) - starts[-1] < timedelta(minutes=2)
+    assert (
+        httpx.get(f"{order_url}/dashboard/api/throughput", params={"minutes": 0}, timeout=10).status_code
+        == 422
+    )
+
+    open_dashboard(browser, system)
+
+    def shown_as_counted(d: Any) -> list[list[Any]] | None:
+        shown = d.execute_script(CHART_COLUMNS)
+        counted = placed_per_minute(system, [c[0] for c in shown]) if shown else []
+        return shown if len(shown) == 60 and [c[:5] for c in shown] == counted else None
+
+    shown = wait(browser, shown_as_counted, what="the chart shows the orders table's counts per minute")
+    totals = {status: sum(c[i] for c in shown) for status, i in OUTCOME_COLUMN.items()}
+    # the orders of this test are among them
+    assert totals["APPROVED"] >= 1 and totals["REJECTED"] >= 1 and totals["CANCELLED"] >= 1, totals
+    for column in shown:  # one bar per outcome a minute has, none for an empty minute
+        assert column[5] == sum(1 for n in column[1:5] if n), column
+    assert any(column[5] for column in shown)
+    legend = {s: browser.find_element(By.ID, f"throughput-{s}").get_attribute("data-total") for s in totals}
+    assert legend == {s: str(n) for s, n in totals.items()}
+    browser.save_screenshot(str(run_root / "dashboard-throughput.png"))
+
+
+# -- dead letters ----------------------------------------------------------------------------
+
+
+def letters_holding(system: System, service: str, value: bytes) -> list[int]:
+    """The ids of the service's dead letters whose body is ``value``."""
+    with psycopg.connect(system.database_urls[service]) as conn:
+        rows = conn.execute("SELECT id FROM dead_letters WHERE value = %s ORDER BY id", (value,))
+        return [letter_id for (letter_id,) in rows]
+
+
+def the_letter(system: System, service: str, value: bytes) -> int:
+    wait_until(lambda: letters_holding(system, service, value) != [], 30, f"{service} dead-letters it")
+    (letter_id,) = letters_holding(system, service, value)
+    return letter_id
+
+
+def as_the_service_says(system: System, service: str, letter_id: int) -> dict[str, Any]:
+    """The letter from the owning service's own API, not through the dashboard."""
+    answer = httpx.get(f"{system.url(service)}/dead-letters/{letter_id}", timeout=10)
+    assert answer.status_code == 200, answer.text
+    letter: dict[str, Any] = answer.json()
+    return letter
+
+
+def open_letter(driver: Any, service: str, letter_id: int) -> None:
+    from selenium.webdriver.common.by import By
+
+    row = f'#dead-letters tr[data-service="{service}"][data-letter="{letter_id}"]'
+    wait(
+        driver, lambda d: d.find_elements(By.CSS_SELECTOR, row), what=f"{service}'s letter {letter_id} listed"
+    )
+    click(driver, row)
+    wait(
+        driver,
+        lambda d: any(
+            h.startswith(f"{service} dead letter {letter_id} ") for h in texts(d, "#dead-letter h2")
+        ),
+        what="the letter's detail",
+    )
+
+
+def act_on_letter(driver: Any, action: str) -> str:
+    """Press replay or discard, confirm, and return the answer the page shows."""
+    click(driver, f"#dl-{action}")
+    click(driver, "#dl-confirm")
+    result: str = wait(
+        driver, lambda d: texts(d, "#dl-result") and texts(d, "#dl-result")[0], what="the answer"
+    )
+    return result
+
+
+def fact(driver: Any, name: str) -> str:
+    """A fact of the letter shown ("" while none is)."""
+    return "".join(texts(driver, f'#dl-facts dd[data-fact="{name}"]'))
+
+
+def test_dead_letters_discarded_and_a_failing_replay_refused_from_the_page(
+    browser: Any, system: System, run_root: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    marker = uuid.uuid4().hex
+    garbage = b"\x00not an event " + marker.encode()
+    system.publish([(ORDERS, marker.encode(), garbage)])  # unsigned, not even JSON
+    discarding = the_letter(system, "inventory_svc", garbage)
+    # signed, but a version of InventoryReserved that no build reads: replaying cannot help
+    unreadable = json.dumps(
+        {
+            "event_id": str(uuid.uuid4()),
+            "event_type": "InventoryReserved",
+            "schema_version": 0,
+            "marker": marker,
+        }
+    ).encode()
+    system.publish([(INVENTORY, marker.encode(), unreadable)], signed_by="inventory_svc")
+    replaying = the_letter(system, "payment_svc", unreadable)
+    open_dashboard(browser, system)
+
+    open_letter(browser, "inventory_svc", discarding)
+    assert fact(browser, "status") == "PENDING" and fact(browser, "reason").startswith("bad_signature")
+    assert fact(browser, "from").startswith("orders.events partition ")
+    assert marker in texts(browser, "#dl-value")[0]
+    # it asks first, and "no" changes nothing
+    click(browser, "#dl-discard")
+    assert "never processed" in texts(browser, "#dl-confirmation")[0]
+    click(browser, "#dl-keep")
+    assert not browser.find_elements(By.ID, "dl-confirmation")
+    assert as_the_service_says(system, "inventory_svc", discarding)["status"] == "PENDING"
+    assert act_on_letter(browser, "discard") == "discarded: the letter is DISCARDED"
+    after = as_the_service_says(system, "inventory_svc", discarding)
+    assert after["status"] == "DISCARDED" and after["resolved_at"]
+    assert fact(browser, "status").startswith("DISCARDED") and not browser.find_elements(By.ID, "dl-actions")
+    row = f'#dead-letters tr[data-service="inventory_svc"][data-letter="{discarding}"]'
+    wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, row), what="gone from the letters waiting")
+    # the proxy answers the service's own refusal: 409, its reason, its words
+    again = httpx.post(
+        f"{system.url('order_svc')}/dashboard/api/dead-letters/inventory_svc/{discarding}/discard", timeout=10
+    )
+    assert again.status_code == 409 and again.json() == {
+        "detail": f"inventory_svc: dead letter {discarding} is already DISCARDED",
+        "reason": "dead_letter_resolved",
+    }
+
+    open_letter(browser, "payment_svc", replaying)
+    assert fact(browser, "event") == "InventoryReserved"
+    assert json.loads(texts(browser, "#dl-value")[0])["marker"] == marker  # the envelope, as JSON
+    refused = act_on_letter(browser, "replay")
+    assert refused.startswith(f"replay refused: payment_svc: dead letter {replaying} failed again: "), refused
+    assert "\n" not in refused
+    after = as_the_service_says(system, "payment_svc", replaying)
+    assert (after["status"], after["replay_attempts"]) == ("PENDING", 1)
+    wait(browser, lambda d: fact(d, "replays tried") == "1", what="the attempt counted on the page")
+    assert refused.endswith(after["reason"])  # the service's new reason, in full
+    browser.save_screenshot(str(run_root / "dashboard-dead-letters.png"))
+
+
+def test_a_dead_letter_replayed_from_the_page_once_its_order_exists(
+    browser: Any, system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """Inventory's answer reaches the order service before the order does: a dead letter
+    ("unknown order"). Once the order exists, replaying it from the page works."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    products, customers = seed(client, uid, {"none": ("1.00", 0)}, {"sal": "10.00"})
+    placing = PlaceOrder(
+        command_id=uuid.uuid4(),
+        customer_id=customers["sal"],
+        items=(OrderLine(product_id=products["none"], quantity=1),),
+    )
+    order_id = order_id_for(placing.command_id)  # known before the order exists
+    early = encode(
+        new_envelope(
+            InventoryReservationFailed(
+                customer_id=customers["sal"], reason="insufficient_stock", product_ids=(products["none"],)
+            ),
+            order_id=order_id,
+            causation_id=None,
+        )
+    )
+    system.publish([(INVENTORY, str(order_id).encode(), early)], signed_by="inventory_svc")
+    letter_id = the_letter(system, "order_svc", early)
+    assert "for unknown order" in as_the_service_says(system, "order_svc", letter_id)["reason"]
+    system.publish([(COMMANDS, str(placing.command_id).encode(), encode_command(placing))])
+    order_url = f"{system.url('order_svc')}/orders/{order_id}"
+    wait_until(
+        lambda: httpx.get(order_url, timeout=10).json().get("status") == "REJECTED",
+        60,
+        "the order placed and rejected for stock",
+    )
+
+    open_dashboard(browser, system)
+    open_letter(browser, "order_svc", letter_id)
+    assert fact(browser, "event") == "InventoryReservationFailed" and fact(browser, "order") == str(order_id)
+    result = act_on_letter(browser, "replay")
+    assert result == "replayed: order_svc processed it again (handled); the letter is REPLAYED", result
+    after = as_the_service_says(system, "order_svc", letter_id)
+    assert (after["status"], after["replay_attempts"]) == ("REPLAYED", 1) and after["resolved_at"]
+    assert client.order(str(order_id))["status"] == "REJECTED"
+    Select(browser.find_element(By.ID, "dl-status")).select_by_value("REPLAYED")
+    wait(
+        browser,
+        lambda d: (
+            texts(d, f'#dead-letters tr[data-service="order_svc"][data-letter="{letter_id}"] td.status')
+            == ["REPLAYED"]
+        ),
+        what="listed among the replayed",
     )

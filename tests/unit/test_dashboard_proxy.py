@@ -1,0 +1,58 @@
+"""The dashboard's proxy to the other services, without them: a service that does not
+answer is a 502 naming it, in the body every error has; readiness says ``unreachable``."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import httpx
+
+from order_svc.app import SPEC
+from order_svc.settings import Settings
+from saga_kit.service import http_app
+
+#: Nothing listens there (the discard port): every connection is refused at once.
+NOWHERE = "http://127.0.0.1:9"
+
+
+async def _no_metrics() -> bytes:
+    return b""
+
+
+def client() -> httpx.AsyncClient:
+    settings = Settings.model_construct(
+        database_url="postgresql+psycopg://nowhere/db",
+        http_port=0,
+        inventory_url=NOWHERE,
+        payment_url=NOWHERE,
+    )
+    app = http_app(SPEC, cast(Any, None), settings, {}, _no_metrics)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
+
+
+async def test_a_service_that_does_not_answer_is_a_502_that_names_it() -> None:
+    async with client() as http:
+        answers = {
+            "inventory_svc": await http.get("/dashboard/api/dead-letters/inventory_svc"),
+            "payment_svc": await http.post("/dashboard/api/dead-letters/payment_svc/7/replay"),
+        }
+        stock = await http.get("/dashboard/api/stock")
+        unknown = await http.get("/dashboard/api/dead-letters/shipping_svc")
+    for service, answer in answers.items():
+        assert answer.status_code == 502, answer.text
+        body = answer.json()
+        assert body["reason"] == "bad_gateway"
+        assert body["detail"].startswith(f"{service} did not answer: ConnectError"), body
+    assert stock.status_code == 502 and stock.json()["detail"].startswith("inventory_svc did not answer")
+    assert unknown.status_code == 422  # only the three services are proxied
+
+
+async def test_the_health_panel_says_which_service_is_unreachable() -> None:
+    async with client() as http:
+        health = await http.get("/dashboard/api/health")
+    assert health.status_code == 200
+    body = health.json()
+    assert list(body) == ["order_svc", "inventory_svc", "payment_svc"]
+    for service in ("inventory_svc", "payment_svc"):
+        assert body[service]["status"] == "unreachable"
+        assert body[service]["error"].startswith("ConnectError"), body[service]
