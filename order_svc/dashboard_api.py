@@ -72,7 +72,9 @@ async def _call(
     there is none."""
     settings = request.app.state.settings
     assert isinstance(settings, Settings)
-    headers: dict[str, str] = {}
+    # the caller's own token: the other service decides what this operator may see
+    authorization = request.headers.get("authorization")
+    headers = {"Authorization": authorization} if authorization else {}
     if service == "order_svc":
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=request.app), base_url="http://127.0.0.1", headers=headers

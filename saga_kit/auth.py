@@ -102,6 +102,11 @@ POLICY: Mapping[tuple[str, str], Access] = {
     ("GET", "/dashboard/api/stock"): Access.OPERATOR,
     ("GET", "/dashboard/api/balances"): Access.OPERATOR,
     ("GET", "/dashboard/api/health"): Access.OPERATOR,
+    ("GET", "/dashboard/api/throughput"): Access.OPERATOR,
+    ("GET", "/dashboard/api/dead-letters/{service}"): Access.OPERATOR,
+    ("GET", "/dashboard/api/dead-letters/{service}/{letter_id}"): Access.OPERATOR,
+    ("POST", "/dashboard/api/dead-letters/{service}/{letter_id}/replay"): Access.OPERATOR,
+    ("POST", "/dashboard/api/dead-letters/{service}/{letter_id}/discard"): Access.OPERATOR,
     # inventory service
     ("GET", "/products"): Access.ANY_ROLE,
     ("GET", "/products/{product_id}"): Access.ANY_ROLE,

@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
             orders.setdefault((o["status"], o["reason"]), o["order_id"])
         driver = open_chromium()
         try:
-            url = f"{system.url('order_svc')}/dashboard"
+            url = f"{system.url('order_svc')}/dashboard#token={system.token()}"
             shoot(
                 driver,
                 url,

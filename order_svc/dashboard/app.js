@@ -38,10 +38,28 @@ const svg = (tag, attrs = {}, text) => {
 // A cell too narrow for its text: cut with an ellipsis (CSS), the full text on hover.
 const cell = (text, cls = "") => el("td", { class: cls, title: text }, text);
 
+// The operator's bearer token: given once in the URL's fragment (#token=…, which no server
+// ever receives), kept for this tab only (sessionStorage) and sent on every request.
+const TOKEN = (() => {
+  const given = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (given) {
+    sessionStorage.setItem("saga-token", given);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem("saga-token");
+})();
+function authorized(options = {}) {
+  const headers = { ...(options.headers || {}) };
+  if (TOKEN) headers.Authorization = `Bearer ${TOKEN}`;
+  return { ...options, headers };
+}
+
 // The one way the page asks for anything. A refusal becomes an Error whose message is the
-// answer's own sentence (its `detail`), with the status and `reason` beside it.
+// answer's own sentence (its `detail`), with the status and `reason` beside it; a 401
+// (no token, or an expired one) also says how to open the page with one.
 async function getJSON(url, options) {
-  const response = await fetch(url, options);
+  const response = await fetch(url, authorized(options));
+  $("auth-note").hidden = response.status !== 401;
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const said = typeof body.detail === "string" ? body.detail : body.detail ? JSON.stringify(body.detail) : "";
@@ -527,12 +545,29 @@ function scheduleRefresh() {
   }, 300);
 }
 
+// The live stream (server-sent events) through fetch-event-source: EventSource cannot send
+// the token. It reconnects by itself (resuming from the last event id) after an error.
 function connect() {
   const live = $("live");
-  const source = new EventSource("/saga-events/stream");
-  source.onopen = () => { live.className = "live on"; live.textContent = "● live"; };
-  source.onerror = () => { live.className = "live off"; live.textContent = "● reconnecting"; };
-  source.addEventListener("saga-event", scheduleRefresh);
+  const off = (text) => { live.className = "live off"; live.textContent = text; };
+  FetchEventSource.fetchEventSource("/saga-events/stream", authorized({
+    openWhenHidden: true,
+    async onopen(response) {
+      if (!response.ok) {
+        $("auth-note").hidden = response.status !== 401;
+        throw new Error(`the stream answered ${response.status}`);
+      }
+      live.className = "live on";
+      live.textContent = "● live";
+    },
+    onmessage(message) {
+      if (message.event === "saga-event") scheduleRefresh();
+    },
+    onerror() {
+      off("● reconnecting");
+      return 2000; // ms until the next attempt
+    },
+  }));
 }
 
 document.querySelectorAll("#filters button").forEach((button) =>

@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 
 from events import InventoryReservationFailed, OrderLine, encode
@@ -56,7 +55,7 @@ def test_place_an_order_in_the_page_and_watch_its_saga_finish(
 
     products, customers = seed(client, uid, {"globe": ("6.00", 3)}, {"max": "20.00", "ned": "1.00"})
     globe = products["globe"]
-    browser.get(f"{system.url('order_svc')}/dashboard")
+    browser.get(f"{system.url('order_svc')}/dashboard#token={system.token()}")
     wait(browser, lambda d: "on" in d.find_element(By.ID, "live").get_attribute("class"), what="live stream")
 
     place_from_page(browser, customers["max"], globe, 2)
@@ -116,7 +115,7 @@ UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-
 def open_dashboard(driver: Any, system: System) -> None:
     from selenium.webdriver.common.by import By
 
-    driver.get(f"{system.url('order_svc')}/dashboard")
+    driver.get(f"{system.url('order_svc')}/dashboard#token={system.token()}")
     wait(driver, lambda d: "on" in d.find_element(By.ID, "live").get_attribute("class"), what="live stream")
 
 
@@ -319,7 +318,7 @@ def test_search_by_customer_and_order_id_pages_beyond_the_latest_sixty(
     placed = [client.place_order(customers["pat"], {products["none"]: 1}) for _ in range(61)]
     order_url = system.url("order_svc")
     for bad in ({"order_id_prefix": "abc"}, {"customer_id": "a b"}, {"offset": "-1"}):
-        assert httpx.get(f"{order_url}/orders", params=bad, timeout=10).status_code == 422, bad
+        assert system.http.get(f"{order_url}/orders", params=bad, timeout=10).status_code == 422, bad
     open_dashboard(browser, system)
 
     box = browser.find_element(By.ID, "search-text")
@@ -468,14 +467,18 @@ def test_sagas_per_minute_match_the_orders_placed(
     assert sorted(mine.values()) == ["APPROVED", "CANCELLED", "REJECTED"]
 
     order_url = system.url("order_svc")
-    window = httpx.get(f"{order_url}/dashboard/api/throughput", params={"minutes": 5}, timeout=10).json()
+    window = system.http.get(
+        f"{order_url}/dashboard/api/throughput", params={"minutes": 5}, timeout=10
+    ).json()
     starts = [datetime.fromisoformat(m["minute"]) for m in window]
     # consecutive minutes, the current one last (its start less than a minute ago, give or
     # take the moment between the two clocks' readings)
     assert [b - a for a, b in itertools.pairwise(starts)] == [timedelta(minutes=1)] * 4
     assert timedelta(0) <= datetime.now(UTC) - starts[-1] < timedelta(minutes=2)
     assert (
-        httpx.get(f"{order_url}/dashboard/api/throughput", params={"minutes": 0}, timeout=10).status_code
+        system.http.get(
+            f"{order_url}/dashboard/api/throughput", params={"minutes": 0}, timeout=10
+        ).status_code
         == 422
     )
 
@@ -516,7 +519,7 @@ def the_letter(system: System, service: str, value: bytes) -> int:
 
 def as_the_service_says(system: System, service: str, letter_id: int) -> dict[str, Any]:
     """The letter from the owning service's own API, not through the dashboard."""
-    answer = httpx.get(f"{system.url(service)}/dead-letters/{letter_id}", timeout=10)
+    answer = system.http.get(f"{system.url(service)}/dead-letters/{letter_id}", timeout=10)
     assert answer.status_code == 200, answer.text
     letter: dict[str, Any] = answer.json()
     return letter
@@ -593,7 +596,7 @@ def test_dead_letters_discarded_and_a_failing_replay_refused_from_the_page(
     row = f'#dead-letters tr[data-service="inventory_svc"][data-letter="{discarding}"]'
     wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, row), what="gone from the letters waiting")
     # the proxy answers the service's own refusal: 409, its reason, its words
-    again = httpx.post(
+    again = system.http.post(
         f"{system.url('order_svc')}/dashboard/api/dead-letters/inventory_svc/{discarding}/discard", timeout=10
     )
     assert again.status_code == 409 and again.json() == {
@@ -644,7 +647,7 @@ def test_a_dead_letter_replayed_from_the_page_once_its_order_exists(
     system.publish([(COMMANDS, str(placing.command_id).encode(), encode_command(placing))])
     order_url = f"{system.url('order_svc')}/orders/{order_id}"
     wait_until(
-        lambda: httpx.get(order_url, timeout=10).json().get("status") == "REJECTED",
+        lambda: system.http.get(order_url, timeout=10).json().get("status") == "REJECTED",
         60,
         "the order placed and rejected for stock",
     )
