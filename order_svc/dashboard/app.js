@@ -48,6 +48,11 @@ const TOKEN = (() => {
   }
   return sessionStorage.getItem("saga-token");
 })();
+// A new link with a token opened in this tab changes only the fragment (no reload): take
+// the token and start over with it.
+window.addEventListener("hashchange", () => {
+  if (new URLSearchParams(location.hash.slice(1)).get("token")) location.reload();
+});
 function authorized(options = {}) {
   const headers = { ...(options.headers || {}) };
   if (TOKEN) headers.Authorization = `Bearer ${TOKEN}`;
