@@ -8,6 +8,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from events.envelope import EventPayload
+from events.personal import Sealed
 from events.values import MAX_LINE_QUANTITY, MAX_ORDER_LINES, ExternalId, Instant, ReasonCode, SafeText
 
 PRODUCER = "order_svc"
@@ -29,16 +30,19 @@ class OrderCreated(EventPayload):
     """Step 1: an order was placed and is PENDING; starts the saga.
 
     Version 2 added ``deadline_at``: the moment the order service cancels the saga if it
-    is still PENDING (c4). Version 1 events are upcast on read (``events.upcasting``).
+    is still PENDING (c4). Version 3 added ``personal_data``: the customer's e-mail and
+    shipping address, sealed with the customer's data key (never in the clear; null when
+    the order has none). Older versions are upcast on read (``events.upcasting``).
     """
 
     event_type: ClassVar[str] = "OrderCreated"
-    schema_version: ClassVar[int] = 2
+    schema_version: ClassVar[int] = 3
     producer: ClassVar[str] = PRODUCER
 
     customer_id: ExternalId
     items: Annotated[tuple[OrderLine, ...], Field(min_length=1, max_length=MAX_ORDER_LINES)]
     deadline_at: Instant
+    personal_data: Sealed | None = None
 
 
 class OrderApproved(EventPayload):

@@ -35,9 +35,17 @@ def _order_created_v1_to_v2(envelope: RawEnvelope) -> RawEnvelope:
     return {**envelope, "schema_version": 2, "payload": payload}
 
 
+def _order_created_v2_to_v3(envelope: RawEnvelope) -> RawEnvelope:
+    """v3 added ``personal_data`` (sealed); a v2 order had none."""
+    payload = dict(envelope["payload"])
+    payload.setdefault("personal_data", None)
+    return {**envelope, "schema_version": 3, "payload": payload}
+
+
 #: (event_type, from_version) → the function producing version from_version + 1.
 UPCASTERS: dict[tuple[str, int], Upcaster] = {
     ("OrderCreated", 1): _order_created_v1_to_v2,
+    ("OrderCreated", 2): _order_created_v2_to_v3,
 }
 
 

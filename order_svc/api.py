@@ -9,16 +9,17 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from opentelemetry import context as otel_context
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, computed_field, field_validator
 from sqlalchemy import text
 
 from events import OrderLine
 from events.codec import peek
 from events.commands import order_id_for
-from events.values import MAX_ORDER_LINES, ExternalId, Money, printable
+from events.personal import PersonalData
+from events.values import MAX_ORDER_LINES, ExternalId, Money, SafeText, printable
 from order_svc import admission, timeline
 from order_svc.admission import Admission
 from order_svc.cancelling import OrderNotFound, cancel_order
@@ -29,15 +30,31 @@ from order_svc.settings import Settings
 from saga_kit import tracing
 from saga_kit.auth import Principal
 from saga_kit.http import RETRY_AFTER, DatabaseDep, PrincipalDep, SettingsDep, errors, location, problem
+from saga_kit.personal_data import KeyStore, Unreadable, forget, load_master_key, open_sealed, sealed_of
 
 router = APIRouter(tags=["orders"])
 
 
-async def get_desk(request: Request) -> OrderDesk:
+async def get_keystore(request: Request) -> KeyStore | None:
+    """The customers' data keys (saga_kit.personal_data), or None without a master key."""
+    if not hasattr(request.app.state, "keystore"):
+        settings = request.app.state.settings
+        master = load_master_key(
+            getattr(settings, "pii_master_key_file", None), production=settings.saga_env == "production"
+        )
+        request.app.state.keystore = KeyStore(master) if master else None
+    keystore: KeyStore | None = request.app.state.keystore
+    return keystore
+
+
+KeyStoreDep = Annotated[KeyStore | None, Depends(get_keystore)]
+
+
+async def get_desk(request: Request, keystore: KeyStoreDep) -> OrderDesk:
     """The service's order desk (group commit of POST /orders), created on first use."""
     desk: OrderDesk | None = getattr(request.app.state, "order_desk", None)
     if desk is None:
-        desk = request.app.state.order_desk = OrderDesk(request.app.state.db)
+        desk = request.app.state.order_desk = OrderDesk(request.app.state.db, keystore=keystore)
     return desk
 
 
@@ -61,6 +78,15 @@ class OrderRequest(BaseModel):
     #: How long the saga may stay PENDING before it is cancelled with reason ``timeout``;
     #: the service default (``ORDER_DEADLINE_SECONDS``, 30 s) when absent.
     deadline_seconds: Annotated[float | None, Field(strict=True, gt=0, le=86_400, allow_inf_nan=False)] = None
+    #: Personal data (optional): sealed with the customer's data key before it is stored
+    #: or sent anywhere; unreadable everywhere once the customer is forgotten.
+    email: Annotated[EmailStr, Field(max_length=254)] | None = None
+    shipping_address: Annotated[SafeText, Field(min_length=1, max_length=500)] | None = None
+
+    def personal(self) -> PersonalData | None:
+        if self.email is None and self.shipping_address is None:
+            return None
+        return PersonalData(email=self.email, shipping_address=self.shipping_address)
 
     @field_validator("items")
     @classmethod
@@ -84,6 +110,15 @@ class OrderItemView(BaseModel):
     unit_price: Money | None
 
 
+class PersonalDataView(BaseModel):
+    """An order's personal data, opened: or ``erased`` (the customer was forgotten: its
+    data key is destroyed, and every copy is unreadable) with neither field."""
+
+    email: str | None = None
+    shipping_address: str | None = None
+    erased: bool = False
+
+
 class OrderView(BaseModel):
     order_id: uuid.UUID
     customer_id: str
@@ -94,6 +129,8 @@ class OrderView(BaseModel):
     deadline_at: datetime
     created_at: datetime
     updated_at: datetime
+    #: only in ``GET /orders/{order_id}``, and only when the order has any
+    personal_data: PersonalDataView | None = None
 
 
 class TimelineEntry(BaseModel):
@@ -182,7 +219,8 @@ def _accepted(request: Request, response: Response, order_id: uuid.UUID) -> None
             }
         ),
         503: problem(
-            "overloaded (`overloaded`): the order could not finish before its deadline; nothing was held",
+            "overloaded (`overloaded`): the order could not finish before its deadline; nothing was held."
+            " Or personal data was sent to a service without a master key (`service_unavailable`)",
             headers=RETRY_AFTER,
         ),
     },
@@ -195,6 +233,7 @@ async def post_order(
     request: Request,
     response: Response,
     principal: PrincipalDep,
+    keystore: KeyStoreDep,
     key: IdempotencyKey = None,
 ) -> OrderAccepted:
     """Start the saga of a new order; it is PENDING until inventory and payment have
@@ -205,6 +244,11 @@ async def post_order(
     assert isinstance(settings, Settings)
     if not principal.may_act_for(body.customer_id):
         raise HTTPException(403, "a customer may place orders for itself only")
+    personal = body.personal()
+    if personal is not None and keystore is None:
+        raise HTTPException(
+            503, "this service takes no personal data: it has no master key (ORDER_PII_MASTER_KEY_FILE)"
+        )
     seconds = body.deadline_seconds if body.deadline_seconds is not None else settings.deadline_seconds
     refusal = await gate.check(seconds)
     if refusal is not None:
@@ -217,6 +261,7 @@ async def post_order(
         deadline_requested=body.deadline_seconds is not None,
         trace=otel_context.get_current(),
         traceparent=tracing.current_traceparent(),
+        personal=personal,
     )
     order_id, status = await desk.place(command)
     _accepted(request, response, order_id)
@@ -257,8 +302,11 @@ def _only(principal: Principal) -> str | None:
     return None if principal.operator else principal.subject
 
 
-async def _load_order(db: DatabaseDep, order_id: uuid.UUID, principal: Principal) -> OrderView:
-    """The order, or 404 if there is none or it is another customer's (ids do not leak)."""
+async def _load_order(
+    db: DatabaseDep, order_id: uuid.UUID, principal: Principal, keystore: KeyStore | None = None
+) -> OrderView:
+    """The order, or 404 if there is none or it is another customer's (ids do not leak);
+    with ``keystore``, its personal data opened (or ``erased``)."""
     async with db.engine.connect() as conn:
         row = (await conn.execute(text("SELECT * FROM orders WHERE order_id = :o"), {"o": order_id})).first()
         if row is None or not principal.may_act_for(row.customer_id):
@@ -270,7 +318,17 @@ async def _load_order(db: DatabaseDep, order_id: uuid.UUID, principal: Principal
             ),
             {"o": order_id},
         )
-        return _view(row, [OrderItemView.model_validate(i._mapping) for i in items])
+        view = _view(row, [OrderItemView.model_validate(i._mapping) for i in items])
+        sealed = sealed_of(row.personal_data)
+        if sealed is not None and keystore is not None:
+            try:
+                data = open_sealed(sealed, await keystore.key(conn, sealed.key_id), order_id)
+                view.personal_data = PersonalDataView(
+                    email=data.email, shipping_address=data.shipping_address
+                )
+            except Unreadable:
+                view.personal_data = PersonalDataView(erased=True)
+        return view
 
 
 def _view(row: Any, items: list[OrderItemView]) -> OrderView:
@@ -349,10 +407,36 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
     response_model=OrderView,
     responses=errors({404: "no such order"}),
 )
-async def get_order(order_id: uuid.UUID, db: DatabaseDep, principal: PrincipalDep) -> OrderView:
+async def get_order(
+    order_id: uuid.UUID, db: DatabaseDep, principal: PrincipalDep, keystore: KeyStoreDep
+) -> OrderView:
     """The order with its lines, total and status (PENDING, APPROVED, REJECTED or
-    CANCELLED) and, once it is finished, the reason."""
-    return await _load_order(db, order_id, principal)
+    CANCELLED) and, once it is finished, the reason; its personal data opened, or
+    `erased` once the customer was forgotten."""
+    return await _load_order(db, order_id, principal, keystore)
+
+
+class Forgotten(BaseModel):
+    customer_id: str
+    #: data keys destroyed now (0: there was none left, e.g. forgotten before)
+    keys_destroyed: int
+
+
+@router.post(
+    "/customers/{customer_id}/forget",
+    summary="Forget a customer: its personal data becomes unreadable everywhere",
+    tags=["customers"],
+    response_model=Forgotten,
+    responses=errors(),
+)
+async def forget_customer(customer_id: Annotated[ExternalId, Path()], db: DatabaseDep) -> Forgotten:
+    """Crypto-shredding: destroy the customer's data keys. Every copy of its personal data
+    — the orders' rows, the events in the Kafka log and the timeline, dead letters,
+    backups — is then ciphertext without a key. Its orders, their totals, the stock and
+    payments stay as they are; a later order gets a new key. Idempotent."""
+    async with db.engine.begin() as conn:
+        destroyed = await forget(conn, customer_id)
+    return Forgotten(customer_id=customer_id, keys_destroyed=destroyed)
 
 
 #: The start of an order id as the dashboard and operators type it: 8 to 36 characters of

@@ -35,7 +35,7 @@ from events.envelope import Envelope, EventPayload
 from order_svc import timeline
 from order_svc.domain import CANCEL_REQUESTED, OrderStatus, transition
 from order_svc.placing import order_created, request_hash
-from saga_kit import sql, tracing
+from saga_kit import personal_data, sql, tracing
 from saga_kit.db import UnitOfWork
 from saga_kit.errors import InvalidEvent
 from saga_kit.reactions import FactMismatch, Reactions, Replies, Reply
@@ -45,8 +45,10 @@ _defaults = {"deadline_seconds": 30.0}
 
 
 def configure(settings: Any) -> None:
-    """Take the service's settings (called once at start by the service runner)."""
+    """Take the service's settings (called once at start by the service runner); in
+    production, refuse to start without a fit master key for personal data."""
     _defaults["deadline_seconds"] = float(settings.deadline_seconds)
+    personal_data.load_master_key(settings.pii_master_key_file, production=settings.saga_env == "production")
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events import OrderCreated, OrderLine
+from events.personal import PersonalData, Sealed
 from order_svc.domain import OrderStatus
 from order_svc.errors import IdempotencyKeyReused
 from saga_kit import sql, tracing
 from saga_kit.db import Database, UnitOfWork
 from saga_kit.errors import is_transient
+from saga_kit.personal_data import KeyStore, seal
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,10 @@ class Placement:
     trace: otel_context.Context | None = None
     #: W3C traceparent of the caller, kept with the order (cancellations continue it).
     traceparent: str | None = None
+    #: The customer's e-mail and shipping address: sealed before anything stores or sends
+    #: them (saga_kit.personal_data). Not part of ``request_hash``: a digest of personal
+    #: data would outlive forgetting the customer.
+    personal: PersonalData | None = None
 
     @property
     def request_hash(self) -> str:
@@ -80,9 +86,13 @@ def order_created(customer_id: str, items: Sequence[OrderLine], deadline_at: dat
 Placed = tuple[uuid.UUID, OrderStatus]
 
 
-async def place_orders(db: Database, commands: Sequence[Placement]) -> list[Placed | IdempotencyKeyReused]:
+async def place_orders(
+    db: Database, commands: Sequence[Placement], keystore: KeyStore | None = None
+) -> list[Placed | IdempotencyKeyReused]:
     """Place every command in one transaction; one result per command, in order: the
-    order (new, or the one its idempotency key placed before) or the 409 to answer."""
+    order (new, or the one its idempotency key placed before) or the 409 to answer.
+    Personal data is sealed with its customer's data key from ``keystore`` (required when
+    a command has any)."""
     results: list[Placed | IdempotencyKeyReused | None] = [None] * len(commands)
     async with db.unit_of_work() as uow:
         keys = sorted({c.idempotency_key for c in commands if c.idempotency_key})
@@ -98,14 +108,28 @@ async def place_orders(db: Database, commands: Sequence[Placement]) -> list[Plac
                 first_of_key[key] = i
             fresh.append((i, uuid.uuid4(), now + command.deadline))
         if fresh:
-            inserted = await _insert_orders(uow, [(commands[i], oid, at) for i, oid, at in fresh])
+            personal = [(i, oid) for i, oid, _ in fresh if commands[i].personal is not None]
+            sealed: dict[int, Sealed] = {}
+            if personal:
+                assert keystore is not None, "personal data without a key store"
+                data_keys = await keystore.keys_for(uow.conn, [commands[i].customer_id for i, _ in personal])
+                for i, oid in personal:
+                    data = commands[i].personal
+                    assert data is not None
+                    sealed[i] = seal(data, data_keys[commands[i].customer_id], oid)
+            inserted = await _insert_orders(
+                uow, [(commands[i], oid, at, sealed.get(i)) for i, oid, at in fresh]
+            )
             for i, order_id, deadline_at in fresh:
                 if order_id not in inserted:  # another instance won this key a moment ago
                     continue
                 command = commands[i]
                 results[i] = (order_id, OrderStatus.PENDING)
                 payload = OrderCreated(
-                    customer_id=command.customer_id, items=command.items, deadline_at=deadline_at
+                    customer_id=command.customer_id,
+                    items=command.items,
+                    deadline_at=deadline_at,
+                    personal_data=sealed.get(i),
                 )
                 uow.emit(payload, order_id=order_id, causation_id=None, trace=command.trace)
             lost = [commands[i].idempotency_key for i, oid, _ in fresh if oid not in inserted]
@@ -144,16 +168,17 @@ async def _orders_by_key(
 
 
 async def _insert_orders(
-    uow: UnitOfWork, new: Sequence[tuple[Placement, uuid.UUID, datetime]]
+    uow: UnitOfWork, new: Sequence[tuple[Placement, uuid.UUID, datetime, Sealed | None]]
 ) -> set[uuid.UUID]:
     """Insert orders and their lines; return the ids inserted (a key taken meanwhile by
     another transaction is skipped)."""
     rows = await uow.conn.execute(
         text(
             "INSERT INTO orders"
-            " (order_id, customer_id, status, idempotency_key, request_hash, deadline_at, trace_context)"
-            " SELECT o, c, 'PENDING', k, h, d, t FROM json_to_recordset(CAST(:rows AS json))"
-            " AS v(o uuid, c text, k text, h text, d timestamptz, t text)"
+            " (order_id, customer_id, status, idempotency_key, request_hash, deadline_at, trace_context,"
+            " personal_data)"
+            " SELECT o, c, 'PENDING', k, h, d, t, p FROM json_to_recordset(CAST(:rows AS json))"
+            " AS v(o uuid, c text, k text, h text, d timestamptz, t text, p jsonb)"
             " ON CONFLICT (idempotency_key) DO NOTHING RETURNING order_id"
         ),
         {
@@ -165,15 +190,16 @@ async def _insert_orders(
                     "h": cmd.request_hash,
                     "d": at,
                     "t": cmd.traceparent,
+                    "p": sealed.model_dump(mode="json") if sealed else None,
                 }
-                for cmd, oid, at in new
+                for cmd, oid, at, sealed in new
             )
         },
     )
     inserted = {r.order_id for r in rows}
     lines = [
         {"o": oid, "n": n, "p": line.product_id, "q": line.quantity}
-        for cmd, oid, _ in new
+        for cmd, oid, _, _ in new
         if oid in inserted
         for n, line in enumerate(cmd.items, 1)
     ]
@@ -226,8 +252,9 @@ class OrderDesk:
     own answer; a batch that fails for a reason other than the database being away is
     retried one command per transaction, so one bad command fails alone."""
 
-    def __init__(self, db: Database, max_batch: int = 200) -> None:
+    def __init__(self, db: Database, max_batch: int = 200, keystore: KeyStore | None = None) -> None:
         self._db = db
+        self._keystore = keystore
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Waiting] = asyncio.Queue()
         self._waiting: collections.deque[_Waiting] = collections.deque()  # in arrival order
@@ -266,7 +293,7 @@ class OrderDesk:
 
     async def _place(self, batch: list[_Waiting]) -> None:
         try:
-            results = await place_orders(self._db, [w.command for w in batch])
+            results = await place_orders(self._db, [w.command for w in batch], self._keystore)
         except Exception as exc:
             if len(batch) == 1 or is_transient(exc):
                 for w in batch:

@@ -101,4 +101,24 @@ MIGRATIONS: tuple[Migration, ...] = (
         # (newest first): neither reads the whole table
         ("CREATE INDEX orders_created ON orders (created_at)",),
     ),
+    Migration(
+        "order_svc",
+        8,
+        "personal_data",
+        # Personal data sealed per customer (saga_kit.personal_data): the customers' data
+        # keys, wrapped with the master key (a destroyed one keeps its row, not its key),
+        # one live key per customer; an order's sealed e-mail and shipping address.
+        (
+            """CREATE TABLE customer_keys (
+                key_id UUID PRIMARY KEY,
+                customer_id TEXT NOT NULL,
+                wrapped_key BYTEA,
+                created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                shredded_at TIMESTAMPTZ,
+                CHECK ((wrapped_key IS NULL) = (shredded_at IS NOT NULL))
+            )""",
+            "CREATE UNIQUE INDEX customer_keys_live ON customer_keys (customer_id) WHERE shredded_at IS NULL",
+            "ALTER TABLE orders ADD COLUMN personal_data JSONB",
+        ),
+    ),
 )

@@ -19,6 +19,9 @@ class Settings(ServiceSettings):
     #: this share of its deadline, once at least ``admission_min_pending`` sagas are in flight.
     admission_headroom: float = Field(default=0.5, gt=0)
     admission_min_pending: int = Field(default=100, ge=0)
+    #: The master key that wraps the customers' data keys (saga_kit.personal_data): a JSON
+    #: file ``{"key": base64 of 32 bytes}``. Without one, orders carry no personal data.
+    pii_master_key_file: str | None = None
     #: Where the dashboard reads stock and balances from.
     inventory_url: str = "http://127.0.0.1:8002"
     payment_url: str = "http://127.0.0.1:8003"

@@ -43,6 +43,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jwt.algorithms import OKPAlgorithm
 
+from saga_kit.errors import ConfigurationError
+
 #: Asymmetric signatures only: a shared secret (HS256) or ``none`` is never accepted.
 ALGORITHMS = frozenset({"EdDSA", "RS256", "PS256", "ES256"})
 #: The issuer and audience of development tokens (``AUTH_ISSUER`` / ``AUTH_AUDIENCE``
@@ -115,6 +117,7 @@ POLICY: Mapping[tuple[str, str], Access] = {
     ("GET", "/accounts"): Access.OPERATOR,
     ("GET", "/accounts/{customer_id}"): Access.OWN,
     ("PUT", "/accounts/{customer_id}"): Access.OPERATOR,
+    ("POST", "/customers/{customer_id}/forget"): Access.OPERATOR,
     ("GET", "/payments/{order_id}"): Access.OWN,
 }
 
@@ -183,7 +186,7 @@ class Unauthorized(Exception):
         self.reason, self.detail = reason, detail
 
 
-class AuthConfigurationError(Exception):
+class AuthConfigurationError(ConfigurationError):
     """The authentication settings are missing or unfit for where the service runs."""
 
 

@@ -438,6 +438,26 @@ def place(
     )
 
 
+@app.command("forget")
+def forget(
+    ctx: typer.Context,
+    customer_id: Annotated[str, typer.Argument(help="the customer whose personal data is to be forgotten")],
+    output: OutputOpt = Output.text,
+) -> None:
+    """Forget a customer (operator): destroy its data keys, so its e-mail and shipping
+    addresses are unreadable everywhere — databases, the Kafka log, backups. Its orders,
+    totals, stock and payments stay."""
+    r = _call(ctx, "order", "POST", f"/customers/{customer_id}/forget")
+    _emit(
+        output,
+        r,
+        lambda: (
+            f"forgot {r['customer_id']}: {r['keys_destroyed']} data key(s) destroyed"
+            + ("" if r["keys_destroyed"] else " (none was left)")
+        ),
+    )
+
+
 @app.command("cancel")
 def cancel(
     ctx: typer.Context,

@@ -54,6 +54,8 @@ class SagaClient:
         items: dict[str, int],
         idempotency_key: str | None = None,
         deadline_seconds: float | None = None,
+        email: str | None = None,
+        shipping_address: str | None = None,
     ) -> str:
         body: dict[str, Any] = {
             "customer_id": customer_id,
@@ -61,11 +63,19 @@ class SagaClient:
         }
         if deadline_seconds is not None:
             body["deadline_seconds"] = deadline_seconds
+        if email is not None:
+            body["email"] = email
+        if shipping_address is not None:
+            body["shipping_address"] = shipping_address
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         order_id: str = self._json(self.http.post(f"{self.order_url}/orders", json=body, headers=headers))[
             "order_id"
         ]
         return order_id
+
+    def forget(self, customer_id: str) -> Any:
+        """Crypto-shred the customer's personal data (operator)."""
+        return self._json(self.http.post(f"{self.order_url}/customers/{customer_id}/forget"))
 
     def cancel(self, order_id: str) -> Any:
         return self._json(self.http.post(f"{self.order_url}/orders/{order_id}/cancel"))

@@ -47,6 +47,7 @@ import httpx
 from saga_kit.auth import DevIssuer, Role, write_dev_issuer
 from saga_kit.headers import Headers
 from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurity
+from saga_kit.personal_data import write_dev_master_key
 from saga_kit.signing import Signer, load_signer, write_dev_keys
 from sagastack import kafka_dist
 from sagastack.apache_kafka import ApacheKafka
@@ -191,6 +192,7 @@ class System:
             shutil.rmtree(self.run_dir / "traces", ignore_errors=True)
         self.trust_file = write_dev_keys(self.run_dir / "keys", SERVICES)
         self.issuer = write_dev_issuer(self.run_dir / "keys" / "issuer")
+        write_dev_master_key(self.run_dir / "keys" / "pii-master.json")
         # a real provider: start no simulator, pass its URL on
         self.provider_url = os.environ.get("PAYMENT_PROVIDER_URL", "")
         try:
@@ -354,6 +356,7 @@ class System:
             "SAGA_DATA_DIR": str(self.run_dir / "data" / key.replace("#", "-")),
             **self._signing_env(name, prefix),
             "AUTH_JWKS_FILE": str(self.issuer.jwks_file) if self.issuer else "",
+            "ORDER_PII_MASTER_KEY_FILE": str(self.run_dir / "keys" / "pii-master.json"),
             **self._neighbours(name),
             **self._provider_env(name),
             **self.service_env.get(name, {}),

@@ -1,4 +1,5 @@
-"""Schema evolution: a version-1 OrderCreated (no ``deadline_at``) is upcast on read."""
+"""Schema evolution: a version-1 OrderCreated (no ``deadline_at``) and a version-2 one (no
+``personal_data``) are upcast on read."""
 
 from __future__ import annotations
 
@@ -28,17 +29,28 @@ def order_created_v1(**payload_overrides: object) -> dict[str, object]:
     }
 
 
-def test_the_current_version_of_order_created_is_2() -> None:
-    assert OrderCreated.schema_version == 2
-    assert ("OrderCreated", 1) in UPCASTERS
+def test_the_current_version_of_order_created_is_3() -> None:
+    assert OrderCreated.schema_version == 3
+    assert ("OrderCreated", 1) in UPCASTERS and ("OrderCreated", 2) in UPCASTERS
 
 
 def test_v1_decodes_to_the_current_model_with_the_v1_deadline() -> None:
     envelope = decode(json.dumps(order_created_v1()).encode())
-    assert envelope.schema_version == 2
+    assert envelope.schema_version == 3
     assert isinstance(envelope.payload, OrderCreated)
     assert envelope.payload.deadline_at == OCCURRED + timedelta(seconds=30)
     assert envelope.payload.items[0].quantity == 2
+    assert envelope.payload.personal_data is None
+
+
+def test_v2_decodes_to_the_current_model_without_personal_data() -> None:
+    deadline = (OCCURRED + timedelta(seconds=90)).isoformat()
+    raw = {**order_created_v1(deadline_at=deadline), "schema_version": 2}
+    envelope = decode(json.dumps(raw).encode())
+    assert envelope.schema_version == 3
+    assert isinstance(envelope.payload, OrderCreated)
+    assert envelope.payload.personal_data is None
+    assert envelope.payload.deadline_at == OCCURRED + timedelta(seconds=90)
 
 
 def test_upcasting_keeps_everything_else() -> None:
@@ -56,8 +68,8 @@ def test_an_invalid_v1_event_is_still_invalid_after_upcasting() -> None:
 
 
 def test_a_version_newer_than_this_build_is_invalid() -> None:
-    raw = {**order_created_v1(), "schema_version": 3}
-    with pytest.raises(InvalidEvent, match="unsupported schema_version 3"):
+    raw = {**order_created_v1(), "schema_version": 4}
+    with pytest.raises(InvalidEvent, match="unsupported schema_version 4"):
         decode(json.dumps(raw).encode())
 
 

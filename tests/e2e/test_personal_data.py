@@ -1,0 +1,134 @@
+"""Personal data (saga_kit.personal_data): sealed with the customer's own key before it is
+stored or sent, so neither a database nor the Kafka log ever holds it in the clear; and
+forgetting the customer (crypto-shredding) makes every copy unreadable while the saga's
+money and stock records stay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import psycopg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from events.topics import ORDERS
+from sagastack.client import SagaClient
+from sagastack.system import SERVICES, System
+from tests.e2e.conftest import UniqueIds, sagactl, seed
+
+
+def database_text(url: str) -> str:
+    """Every row of every table of a database, as text."""
+    with psycopg.connect(url) as conn:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+            )
+        ]
+        return "\n".join(str(row[0]) for t in tables for row in conn.execute(f'SELECT t::text FROM "{t}" t'))
+
+
+def kafka_values(system: System, topic: str, key: bytes) -> list[bytes]:
+    """Every record value under ``key`` in ``topic``, from the start of the log."""
+
+    async def read() -> list[bytes]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=system.bootstrap,
+            enable_auto_commit=False,
+            **system.kafka_security.client_kwargs(),
+        )
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            ends = await consumer.end_offsets(partitions)
+            found: list[bytes] = []
+            while any(await consumer.position(tp) < end for tp, end in ends.items()):
+                for records in (await consumer.getmany(timeout_ms=1000)).values():
+                    found += [r.value for r in records if r.key == key and r.value is not None]
+            return found
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
+def test_personal_data_is_sealed_everywhere_and_forgetting_makes_it_unreadable(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    products, customers = seed(client, uid, {"fig": ("4.00", 5)}, {"ann": "40.00"})
+    ann = customers["ann"]
+    email = f"{uuid.uuid4().hex}@example.org"
+    street = f"{uuid.uuid4().hex} Harbour Road"
+    mine = system.client(ann)
+    order_id = mine.place_order(ann, {products["fig"]: 2}, email=email, shipping_address=street)
+    mine.wait_for_events(order_id, {"OrderApproved", "InventoryCommitted"})
+
+    # its customer (and the operator) read it back
+    assert mine.order(order_id)["personal_data"] == {
+        "email": email,
+        "shipping_address": street,
+        "erased": False,
+    }
+    assert client.order(order_id)["personal_data"]["email"] == email
+
+    # in the clear nowhere: not in any database, not in the Kafka log
+    for name in SERVICES:
+        stored = database_text(system.database_urls[name])
+        assert email not in stored and street not in stored, f"{name} stores personal data in the clear"
+    values = kafka_values(system, ORDERS, order_id.encode())
+    created = [json.loads(v) for v in values if json.loads(v)["event_type"] == "OrderCreated"]
+    assert len(created) == 1 and created[0]["schema_version"] == 3
+    sealed = created[0]["payload"]["personal_data"]
+    assert set(sealed) == {"key_id", "nonce", "ciphertext"}
+    assert all(email.encode() not in v and street.encode() not in v for v in values)
+
+    # forget the customer: the key goes, the data with it; money and stock stay
+    before = client.order(order_id)
+    forgotten = sagactl(system, "forget", ann, "-o", "json")
+    assert forgotten.returncode == 0, forgotten.stderr
+    assert json.loads(forgotten.stdout) == {"customer_id": ann, "keys_destroyed": 1}
+    after = client.order(order_id)
+    assert after["personal_data"] == {"email": None, "shipping_address": None, "erased": True}
+    assert (after["status"], after["total"], after["items"]) == (
+        before["status"],
+        before["total"],
+        before["items"],
+    )
+    assert client.product(products["fig"])["sold"] == 2
+    assert client.account(ann)["balance"] == "32.00"
+    with psycopg.connect(system.database_urls["order_svc"]) as conn:
+        row = conn.execute(
+            "SELECT wrapped_key, shredded_at FROM customer_keys WHERE key_id = %s", (sealed["key_id"],)
+        ).fetchone()
+    assert row is not None and row[0] is None and row[1] is not None  # the record of when, no key
+    assert json.loads(sagactl(system, "forget", ann, "-o", "json").stdout)["keys_destroyed"] == 0
+
+    # the customer's next order gets a new key and is readable again
+    again = mine.place_order(ann, {products["fig"]: 1}, email=email)
+    assert mine.order(again)["personal_data"]["email"] == email
+    assert client.order(order_id)["personal_data"]["erased"] is True
+    mine.close()
+
+
+def test_a_customer_can_not_forget_and_bad_personal_data_is_a_422(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    products, customers = seed(client, uid, {"oat": ("1.00", 5)}, {"bea": "5.00"})
+    bea = system.client(customers["bea"])
+    refused = bea.http.post(f"{system.url('order_svc')}/customers/{customers['bea']}/forget")
+    assert refused.status_code == 403
+    for bad in ({"email": "not-an-address"}, {"shipping_address": ""}, {"shipping_address": "x\u0000y"}):
+        body = {
+            "customer_id": customers["bea"],
+            "items": [{"product_id": products["oat"], "quantity": 1}],
+            **bad,
+        }
+        answer = bea.http.post(f"{system.url('order_svc')}/orders", json=body)
+        assert answer.status_code == 422, (bad, answer.text)
+        assert "not-an-address" not in answer.text  # the input is never echoed
+    bea.close()
