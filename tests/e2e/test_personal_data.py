@@ -42,12 +42,14 @@ def kafka_values(system: System, topic: str, key: bytes) -> list[bytes]:
         )
         await consumer.start()
         try:
+            await consumer.topics()  # the cluster's metadata, partitions included
             partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            assert partitions, f"no partitions of {topic}"
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             ends = await consumer.end_offsets(partitions)
             found: list[bytes] = []
-            while any(await consumer.position(tp) < end for tp, end in ends.items()):
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
                 for records in (await consumer.getmany(timeout_ms=1000)).values():
                     found += [r.value for r in records if r.key == key and r.value is not None]
             return found
