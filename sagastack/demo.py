@@ -384,6 +384,29 @@ def show_access(system: System, order_id: str, owner: str) -> list[str]:
     return []
 
 
+#: The personal data of the first saga's order.
+PERSONAL_DATA = {"email": "alice@example.org", "shipping_address": "1 Harbour Road, Kingston"}
+
+
+def show_forgetting(client: SagaClient, order_id: str, owner: str) -> list[str]:
+    """Forget the customer (crypto-shredding): its personal data is unreadable afterwards,
+    its order's status and total are not touched."""
+    before = client.order(order_id)
+    forgotten = client.forget(owner)
+    after = client.order(order_id)
+    print(
+        f"\n  Forgetting {owner} — personal data of order {order_id[:8]} was {before['personal_data']};"
+        f"\n    {forgotten['keys_destroyed']} data key destroyed, now {after['personal_data']};"
+        f" the order is still {after['status']}, total {after['total']}"
+    )
+    if not (after["personal_data"] or {}).get("erased") or (after["status"], after["total"]) != (
+        before["status"],
+        before["total"],
+    ):
+        return [f"forgetting {owner}: expected the personal data erased and the order unchanged, got {after}"]
+    return []
+
+
 def run_demo(system: System, n_orders: int = 0) -> list[str]:
     problems: list[str] = []
     client = system.client()
@@ -409,7 +432,11 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
             if sc.twist == "kafka":
                 order_id = send_command(system, sc.customer, sc.items)
             else:
-                order_id = mine.place_order(sc.customer, sc.items, deadline_seconds=sc.deadline_seconds)
+                # the first saga's order carries personal data (sealed with the customer's key)
+                personal = {} if first_order else PERSONAL_DATA
+                order_id = mine.place_order(
+                    sc.customer, sc.items, deadline_seconds=sc.deadline_seconds, **personal
+                )
                 first_order = first_order or (order_id, sc.customer)
             if sc.twist == "forged":
                 forge_payment(system, sc.customer, order_id)
@@ -454,6 +481,7 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
                 problems.append(f"saga {n}: expected events {sc.events}, got {got}")
         if first_order is not None:
             problems += show_access(system, *first_order)
+            problems += show_forgetting(client, *first_order)
         place_load(client, n_orders)
     finally:
         client.close()
