@@ -3,7 +3,8 @@
 Every service keeps one ``audit_log`` table. An entry is written for
 
 * every state-changing API call (POST, PUT, PATCH, DELETE), whatever its outcome, by the
-  ``AuditTrail`` middleware after the route answered and before the answer is sent: who
+  ``AuditTrail`` middleware after the route answered and before the answer is sent
+  (group-committed: ``AuditWriter``): who
   (the token's subject and role, ``anonymous`` without a valid one), what (method and
   route, the resource's path), when, the request's trace id, the outcome (the status);
 * every compensation the service performs (``COMPENSATIONS``: a release, refund, void or
@@ -27,6 +28,7 @@ written first); a compensation's entry is never lost (same transaction).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -171,13 +173,77 @@ class AuditTrail:
             str(start["status"]),
             trace_id,
         )
-        db = scope["app"].state.db
+        state = scope["app"].state
+        writer: AuditWriter | None = getattr(state, "audit_writer", None)
+        if writer is None:
+            writer = state.audit_writer = AuditWriter(state.db.engine)
         try:
-            async with db.engine.begin() as conn:
-                await conn.exec_driver_sql(LOCK_SQL)
-                await conn.exec_driver_sql(APPEND_SQL, {"entry": canonical(entry)})
+            await writer.append(canonical(entry))
         except Exception:  # the call happened: say loudly that its record did not
             log.exception("audit entry not written: %s", canonical(entry))
+
+
+class AuditWriter:
+    """Group commit of the calls' audit entries: the entries that arrive while one
+    transaction runs are appended together by the next — under the chain's lock, after
+    reading its head once, as one multi-row insert whose hashes are chained here (the
+    same ``chain_hash`` the database computes for a compensation's entry). Each caller
+    waits for its own entry's commit."""
+
+    def __init__(self, engine: Any, max_batch: int = 500) -> None:
+        self._engine = engine
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[str, asyncio.Future[None]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def append(self, entry: str) -> None:
+        """Append ``entry`` (canonical JSON) to the chain; returns once it is committed."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="audit-writer")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((entry, done))
+        await done
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._write([entry for entry, _ in batch])
+            except Exception as exc:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
+    async def _write(self, entries: Sequence[str]) -> None:
+        async with self._engine.begin() as conn:
+            await conn.exec_driver_sql(LOCK_SQL)
+            head = (
+                await conn.exec_driver_sql("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            ).scalar()
+            previous = bytes(head) if head is not None else GENESIS
+            rows: list[tuple[str, bytes, bytes]] = []
+            for entry in entries:
+                digest = chain_hash(previous, entry)
+                rows.append((entry, previous, digest))
+                previous = digest
+            await conn.exec_driver_sql(
+                # rows in chain order, so seq (nextval per row as it is inserted) follows it
+                "INSERT INTO audit_log (entry, prev_hash, hash)"
+                " SELECT r.entry, r.prev_hash, r.hash"
+                " FROM unnest(%(entries)s::text[], %(prev)s::bytea[], %(hashes)s::bytea[])"
+                " WITH ORDINALITY AS r(entry, prev_hash, hash, n) ORDER BY r.n",
+                {
+                    "entries": [r[0] for r in rows],
+                    "prev": [r[1] for r in rows],
+                    "hashes": [r[2] for r in rows],
+                },
+            )
 
 
 # -- reading ------------------------------------------------------------------------------
