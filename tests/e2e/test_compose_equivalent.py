@@ -492,7 +492,10 @@ def test_every_service_is_ready_and_nothing_was_written_to_the_application_direc
     assert snapshot(stack.app) == stack.before
     # faust's files went where the image's SAGA_DATA_DIR sends them
     consumers = [name for name in stack.ports if "KAFKA_BOOTSTRAP_SERVERS" in stack.env[name]]
-    assert consumers and all(any(stack.data_dirs[name].iterdir()) for name in consumers), stack.data_dirs
+    assert consumers
+    for name in consumers:
+        assert name in stack.data_dirs, f"{name} is given no SAGA_DATA_DIR"
+        assert any(stack.data_dirs[name].iterdir()), f"{name} wrote nothing to {stack.data_dirs[name]}"
 
 
 def test_each_service_stops_within_compose_grace_period(stack: ComposeStack) -> None:
