@@ -9,6 +9,8 @@ COPY inventory_svc inventory_svc
 COPY payment_svc payment_svc
 COPY payment_provider payment_provider
 COPY sagastack sagastack
+# the operator's command line: pyproject's `sagactl` script, which `pip install .` installs, imports it
+COPY sagactl sagactl
 # the runtime dependencies only (no test tools), at the versions the lock pins
 RUN pip install --no-cache-dir --constraint requirements.lock .
 # faust and the services write nothing under /app: state goes to a temporary directory

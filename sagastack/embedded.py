@@ -200,14 +200,27 @@ class Postgres:
         """Stop the server but keep this handle (an outage; ``resume`` ends it)."""
         self._pg_ctl("-w", "-m", "fast", "stop")
 
-    def resume(self) -> int:
-        """Start the server again with the options it ran with; return its pid."""
+    def resume(self, *extra: str) -> int:
+        """Start the server again with the options it ran with (and ``extra`` server
+        options after them, which win); return its pid."""
         options = shlex.split((self.pgdata / "postmaster.opts").read_text())[1:]
         if "-D" in options:
             i = options.index("-D")
             del options[i : i + 2]
-        self._pg_ctl("-w", "-o", shlex.join(options), "start")
+        self._pg_ctl("-w", "-o", shlex.join([*options, *extra]), "start")
         return self.pid()
+
+    def add_socket_directory(self, directory: Path) -> int:
+        """Listen in ``directory`` too, beside the socket ``url`` names — which lies in the
+        data directory, where only the server's OS user may enter when we are root — for
+        clients without our privileges (e.g. a process in a user namespace). The server
+        restarts (same data, same port; later restarts keep it); returns its new pid."""
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o1777)  # the server's OS user makes its socket there
+        options = shlex.split((self.pgdata / "postmaster.opts").read_text())
+        own = options[options.index("-k") + 1]
+        self.pause()
+        return self.resume("-c", f"unix_socket_directories={own},{directory}")
 
     def pid(self) -> int:
         """The running server's (postmaster's) pid."""

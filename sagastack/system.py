@@ -37,7 +37,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -181,6 +181,24 @@ class System:
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
+        self.start_servers()
+        try:
+            if not self.provider_url:
+                self.start_provider()
+            keys = [instance_key(name, n) for n in range(1, self.instances + 1) for name in SERVICES]
+            for key in keys:
+                self.start_service(key, wait=False)
+            for key in keys:
+                self.wait_ready(key)
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_servers(self) -> None:
+        """The first half of ``start``: the development keys, the broker and the databases
+        (``bootstrap``, ``postgres``, ``database_urls``), but neither the provider simulator
+        nor a service — for a caller that starts those its own way (``start_command``).
+        ``stop`` stops whatever was started; on an error everything is stopped again."""
         (self.run_dir / "logs").mkdir(exist_ok=True)
         xdg = self.run_dir / "xdg"
         xdg.mkdir(mode=0o700, exist_ok=True)
@@ -198,13 +216,6 @@ class System:
         try:
             self._start_broker()
             self._start_databases()
-            if not self.provider_url:
-                self.start_provider()
-            keys = [instance_key(name, n) for n in range(1, self.instances + 1) for name in SERVICES]
-            for key in keys:
-                self.start_service(key, wait=False)
-            for key in keys:
-                self.wait_ready(key)
         except BaseException:
             self.stop()
             raise
@@ -305,7 +316,7 @@ class System:
             **self.service_env.get(PROVIDER, {}),
             **(env or {}),
         }
-        sp = self._launch(PROVIDER, PROVIDER, port, provider_env)
+        sp = self._launch(PROVIDER, [sys.executable, "-m", PROVIDER], port, provider_env)
         self.provider = sp
         self.provider_url = sp.url
         if wait:
@@ -362,20 +373,34 @@ class System:
             **self.service_env.get(name, {}),
             **(env or {}),
         }
-        self.services[key] = self._launch(key, name, port, service_env)
+        self.services[key] = self._launch(key, [sys.executable, "-m", name], port, service_env)
         if wait:
             self.wait_ready(key)
 
-    def _launch(self, key: str, module: str, port: int, env: dict[str, str]) -> ServiceProcess:
-        """``python -m module`` as a child in its own session, its output appended to
+    def start_command(
+        self, key: str, command: Sequence[str], port: int, env: Mapping[str, str], *, cwd: Path | None = None
+    ) -> ServiceProcess:
+        """Start ``command`` (an argv list) as one of this system's services under ``key``,
+        serving HTTP on 127.0.0.1:``port``, with exactly ``env`` (nothing inherited) in
+        ``cwd`` — e.g. a service run the way a container runs it. ``url``, ``wait_ready``,
+        ``log_tail``, ``stop_service`` and ``stop`` then treat it like any other service."""
+        sp = self._launch(key, command, port, dict(env), cwd=cwd)
+        self.services[key] = sp
+        return sp
+
+    def _launch(
+        self, key: str, command: Sequence[str], port: int, env: dict[str, str], *, cwd: Path | None = None
+    ) -> ServiceProcess:
+        """``command`` as a child in its own session, its output appended to
         ``logs/<key>.log`` and its pid recorded under ``key`` (so a later run stops it if
         this one dies)."""
         sp = ServiceProcess(key, port, env, self.run_dir / "logs" / f"{key.replace('#', '-')}.log")
         sp.log_path.parent.mkdir(exist_ok=True)
         with open(sp.log_path, "ab") as out:
             sp.proc = subprocess.Popen(
-                [sys.executable, "-m", module],
+                list(command),
                 env=env,
+                cwd=cwd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
