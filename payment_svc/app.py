@@ -15,7 +15,9 @@ SPEC = ServiceSpec(
     subscription=Subscription(topics=(INVENTORY, ORDERS), reactions=reactions),
     routers=lambda: [api.router],
     configure=runtime.configure,
-    periodic=(Periodic("payment_worker", lambda s: s.provider_poll_seconds, runtime.work),),
+    periodic=(
+        Periodic("payment_worker", lambda s: s.provider_poll_seconds, runtime.work, wake=runtime.WORK_DUE),
+    ),
     metrics=runtime.render,
     checks={"payment_provider": runtime.provider_check},
 )

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events import InventoryReserved, OrderCancelled, PaymentVoided
 from events.envelope import Envelope
+from payment_svc.runtime import WORK_DUE
 from saga_kit import sql, tracing
 from saga_kit.db import UnitOfWork
 from saga_kit.reactions import Reactions, Replies
@@ -82,6 +83,8 @@ def save(uow: UnitOfWork, ledger: Ledger) -> None:
         for oid, p in ledger.payments.items()
         if p.new
     ]
+    if new or any(p.changed for p in ledger.payments.values()):
+        uow.after_commit(WORK_DUE.set)  # a charge or refund is due: the worker goes now
     if new:
         uow.write(
             (

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,10 @@ from saga_kit.db import Database
 from saga_kit.http import Degraded
 
 _state: dict[str, Any] = {}
+
+#: Set after a commit that made a provider call due (a new charge, a refund): the worker
+#: runs at once; its interval (``provider_poll_seconds``) only catches retries coming due.
+WORK_DUE = asyncio.Event()
 
 #: /metrics: the breaker's state as a number (Prometheus has no strings)
 BREAKER_CODES = {"closed": 0, "half_open": 1, "open": 2}

@@ -31,7 +31,10 @@ class Settings(ServiceSettings):
         description="how long the open breaker fails fast before it half-opens to let one probe through",
     )
     provider_poll_seconds: float = Field(
-        default=0.02, gt=0, description="how often the payment worker looks for payments due a provider call"
+        default=0.25,
+        gt=0,
+        description="how often the payment worker looks for retries coming due; a new charge or refund"
+        " wakes it at once (a commit that made one)",
     )
     provider_batch: int = Field(default=64, ge=1, description="payments claimed per worker round")
     provider_concurrency: int = Field(default=16, ge=1, description="provider calls in flight at once")

@@ -82,6 +82,12 @@ class UnitOfWork:
         self._rows: list[outbox.Row] = []
         self._writes: list[tuple[str, Mapping[str, Any]]] = []
         self.outbox_rows = 0
+        self._after_commit: list[Callable[[], None]] = []
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once this unit has committed (never if it rolls back), e.g.
+        to wake a worker that acts on what it wrote."""
+        self._after_commit.append(callback)
 
     def write(self, statement: str, params: Mapping[str, Any]) -> None:
         """Queue a statement whose result nobody reads; it is sent at ``flush``, in order.
@@ -192,6 +198,8 @@ class Database:
                 await uow.flush()
             if uow.outbox_rows and self._on_commit is not None:
                 self._on_commit()
+            for callback in uow._after_commit:
+                callback()
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

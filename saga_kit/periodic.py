@@ -8,6 +8,7 @@ takes the service down, and never runs twice at once in one process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ class Periodic:
     interval: Callable[[Any], float]
     #: The job; returns how many things it did (for the log and /metrics).
     run: Callable[[Database, Any], Awaitable[int]]
+    #: Set when there is work now (e.g. after a commit that made some): the job runs at
+    #: once instead of at the end of its interval, which is then only the fallback.
+    wake: asyncio.Event | None = None
 
 
 @dataclass
@@ -47,7 +51,12 @@ async def run_forever(job: Periodic, db: Database, settings: ServiceSettings, st
         log.warning("%s: transient failure, retrying: %s", job.name, exc)
 
     while True:
-        await asyncio.sleep(interval)
+        if job.wake is None:
+            await asyncio.sleep(interval)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(job.wake.wait(), interval)
+            job.wake.clear()  # set again while this round runs: the next one follows at once
         try:
             stats.items += await retry.forever(lambda: job.run(db, settings), is_transient, failed)
             stats.runs += 1
