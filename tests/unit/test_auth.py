@@ -134,6 +134,35 @@ def test_which_roles_a_route_lets_in(access: Access, customer: bool, operator: b
 # -- the table -------------------------------------------------------------------------------
 
 
+#: What anyone may call without a token, and what a customer may call at all (its own
+#: resources only, where the route serves a customer's): everything else is the operator's.
+#: The e2e matrix proves the services do what ``POLICY`` says; this, that ``POLICY`` says
+#: what is meant — opening a route to more callers is a decision made in both places.
+EVERYONE = {
+    ("GET", "/health/live"),
+    ("GET", "/health/ready"),
+    ("GET", "/dashboard"),
+    ("GET", "/dashboard/static/{name}"),
+}
+CUSTOMERS = {
+    ("GET", "/products"): Access.ANY_ROLE,
+    ("GET", "/products/{product_id}"): Access.ANY_ROLE,
+    ("POST", "/orders"): Access.OWN,
+    ("GET", "/orders"): Access.OWN,
+    ("GET", "/orders/{order_id}"): Access.OWN,
+    ("GET", "/orders/{order_id}/saga"): Access.OWN,
+    ("POST", "/orders/{order_id}/cancel"): Access.OWN,
+    ("GET", "/accounts/{customer_id}"): Access.OWN,
+    ("GET", "/payments/{order_id}"): Access.OWN,
+}
+
+
+def test_the_table_opens_to_everyone_and_to_customers_only_what_it_means_to() -> None:
+    assert {route for route, access in POLICY.items() if access is Access.PUBLIC} == EVERYONE
+    customers = {route: a for route, a in POLICY.items() if a in (Access.ANY_ROLE, Access.OWN)}
+    assert customers == CUSTOMERS
+
+
 def test_check_policy_names_every_route_the_table_lacks() -> None:
     listed = list(POLICY)
     check_policy([*listed, ("GET", "/openapi.json"), ("GET", "/docs")])  # the docs are public
