@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.routing import APIRoute
 
-from saga_kit import consumer_api, deadletters
+from saga_kit import audit, consumer_api, deadletters
 from saga_kit.auth import LEEWAY_SECONDS, POLICY, Access, DevIssuer, Role, write_dev_issuer
 from sagastack.system import SERVICES, System
 from tests.e2e.conftest import UniqueIds
@@ -90,6 +90,7 @@ REQUESTS: dict[tuple[str, str], tuple[tuple[str, ...], Callable[[World, str], Ca
     ),
     ("GET", "/consumer"): (ALL, lambda w, c: Call("/consumer")),
     ("POST", "/consumer/resume"): (ALL, lambda w, c: Call("/consumer/resume")),
+    ("GET", "/audit"): (ALL, lambda w, c: Call("/audit")),
     ("POST", "/orders"): (
         ORDER,
         lambda w, c: Call(
@@ -113,6 +114,23 @@ REQUESTS: dict[tuple[str, str], tuple[tuple[str, ...], Callable[[World, str], Ca
     ("GET", "/dashboard/api/stock"): (ORDER, lambda w, c: Call("/dashboard/api/stock")),
     ("GET", "/dashboard/api/balances"): (ORDER, lambda w, c: Call("/dashboard/api/balances")),
     ("GET", "/dashboard/api/health"): (ORDER, lambda w, c: Call("/dashboard/api/health")),
+    ("GET", "/dashboard/api/throughput"): (ORDER, lambda w, c: Call("/dashboard/api/throughput")),
+    ("GET", "/dashboard/api/dead-letters/{service}"): (
+        ORDER,
+        lambda w, c: Call("/dashboard/api/dead-letters/payment_svc"),
+    ),
+    ("GET", "/dashboard/api/dead-letters/{service}/{letter_id}"): (
+        ORDER,
+        lambda w, c: Call(f"/dashboard/api/dead-letters/payment_svc/{NO_LETTER}"),
+    ),
+    ("POST", "/dashboard/api/dead-letters/{service}/{letter_id}/replay"): (
+        ORDER,
+        lambda w, c: Call(f"/dashboard/api/dead-letters/payment_svc/{NO_LETTER}/replay"),
+    ),
+    ("POST", "/dashboard/api/dead-letters/{service}/{letter_id}/discard"): (
+        ORDER,
+        lambda w, c: Call(f"/dashboard/api/dead-letters/payment_svc/{NO_LETTER}/discard"),
+    ),
     ("GET", "/products"): (INVENTORY, lambda w, c: Call("/products")),
     ("GET", "/products/{product_id}"): (INVENTORY, lambda w, c: Call(f"/products/{w.product}")),
     ("PUT", "/products/{product_id}"): (
@@ -134,6 +152,9 @@ NORMAL = {
     ("GET", "/dead-letters/{letter_id}/value"): 404,
     ("POST", "/dead-letters/{letter_id}/replay"): 404,
     ("POST", "/dead-letters/{letter_id}/discard"): 404,
+    ("GET", "/dashboard/api/dead-letters/{service}/{letter_id}"): 404,
+    ("POST", "/dashboard/api/dead-letters/{service}/{letter_id}/replay"): 404,
+    ("POST", "/dashboard/api/dead-letters/{service}/{letter_id}/discard"): 404,
     ("POST", "/orders"): 202,
     ("POST", "/orders/{order_id}/cancel"): 202,
 }
@@ -271,7 +292,7 @@ def test_the_table_lists_exactly_the_routes_the_services_serve(system: System) -
     hidden = {
         (method, route.path)
         for spec in SPECS.values()
-        for router in (*spec.routers(), deadletters.router, consumer_api.router)
+        for router in (*spec.routers(), deadletters.router, consumer_api.router, audit.router)
         for route in router.routes
         if isinstance(route, APIRoute) and not route.include_in_schema
         for method in route.methods
