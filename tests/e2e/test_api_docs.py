@@ -98,7 +98,7 @@ def test_the_docs_render_in_a_browser_from_the_service_alone(browser: Any, syste
 def test_a_202_names_the_order_in_location(system: System, client: SagaClient, uid: UniqueIds) -> None:
     products, customers = seed(client, uid, {"pen": ("2.00", 5)}, {"ann": "50.00"})
     base = system.url("order_svc")
-    with httpx.Client(base_url=base, timeout=15) as http:
+    with httpx.Client(base_url=base, headers=system.auth(), timeout=15) as http:
         placed = http.post(
             "/orders",
             json={"customer_id": customers["ann"], "items": [{"product_id": products["pen"], "quantity": 1}]},
@@ -209,7 +209,7 @@ def test_every_error_answered_is_documented_for_its_route_with_its_body(
         ]
     documents = {name: httpx.get(f"{system.url(name)}/openapi.json").json() for name in SERVICES}
     wrong: list[str] = []
-    with httpx.Client(timeout=15) as http:
+    with httpx.Client(headers=system.auth(), timeout=15) as http:
         for service, method, route, path, options, status in cases:
             r = http.request(method, f"{system.url(service)}{path}", **options)
             assert r.status_code == status, f"{method} {path}: {r.status_code} {r.text}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 import uuid
 
-import httpx
 import psycopg
 
 from sagastack.client import SagaClient
@@ -59,8 +58,8 @@ def test_customer_cancels_an_approved_order_refunded_and_restocked(
 
 def test_cancel_answers_404_for_unknown_and_422_for_malformed_ids(system: System) -> None:
     base = system.url("order_svc")
-    assert httpx.post(f"{base}/orders/{uuid.uuid4()}/cancel").status_code == 404
-    assert httpx.post(f"{base}/orders/not-a-uuid/cancel").status_code == 422
+    assert system.http.post(f"{base}/orders/{uuid.uuid4()}/cancel").status_code == 404
+    assert system.http.post(f"{base}/orders/not-a-uuid/cancel").status_code == 422
 
 
 def test_deadline_cancels_a_stuck_saga_and_a_late_payment_is_never_kept(
@@ -100,6 +99,6 @@ def test_deadline_cancels_a_stuck_saga_and_a_late_payment_is_never_kept(
 def test_deadline_seconds_is_validated(system: System) -> None:
     body = {"customer_id": "c", "items": [{"product_id": "p", "quantity": 1}]}
     for bad in (0, -1, 10**6, "soon"):
-        r = httpx.post(f"{system.url('order_svc')}/orders", json={**body, "deadline_seconds": bad})
+        r = system.http.post(f"{system.url('order_svc')}/orders", json={**body, "deadline_seconds": bad})
         assert r.status_code == 422, bad
         assert "deadline_seconds" in r.text

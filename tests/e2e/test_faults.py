@@ -22,7 +22,7 @@ def consumed(system: System, service: str, outcome: str) -> int:
     the reference Prometheus parser)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"{system.url(service)}/metrics").text
+    text = system.http.get(f"{system.url(service)}/metrics").text
     return int(
         sum(
             sample.value

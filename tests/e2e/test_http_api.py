@@ -33,13 +33,13 @@ GOOD_LINE = {"product_id": "p1", "quantity": 1}
     ],
 )
 def test_invalid_order_bodies_get_422_with_a_reason(system: System, body: object) -> None:
-    r = httpx.post(f"{system.url('order_svc')}/orders", json=body)
+    r = system.http.post(f"{system.url('order_svc')}/orders", json=body)
     assert r.status_code == 422, r.text
     assert r.json()["detail"], "the response must say what is wrong"
 
 
 def test_non_json_body_gets_422(system: System) -> None:
-    r = httpx.post(
+    r = system.http.post(
         f"{system.url('order_svc')}/orders",
         content=b"{oops",
         headers={"content-type": "application/json"},
@@ -47,7 +47,7 @@ def test_non_json_body_gets_422(system: System) -> None:
     assert r.status_code == 422
     # a body that is not even text (not UTF-8) is an invalid body too, not a 400
     for service, path in (("order_svc", "/orders"), ("payment_svc", "/accounts/c1")):
-        r = httpx.request(
+        r = system.http.request(
             "POST" if service == "order_svc" else "PUT",
             f"{system.url(service)}{path}",
             content=b'{"balance": "\xff\xfe"}',
@@ -73,17 +73,21 @@ def test_non_json_body_gets_422(system: System) -> None:
 def test_invalid_catalogue_and_account_bodies_get_422(
     system: System, service: str, path: str, body: object
 ) -> None:
-    r = httpx.put(f"{system.url(service)}{path}", json=body)
+    r = system.http.put(f"{system.url(service)}{path}", json=body)
     assert r.status_code == 422, r.text
 
 
 def test_unknown_resources_get_404_and_malformed_ids_422(system: System) -> None:
     order = system.url("order_svc")
-    assert httpx.get(f"{order}/orders/{uuid.uuid4()}").status_code == 404
-    assert httpx.get(f"{order}/orders/{uuid.uuid4()}/saga").status_code == 404
-    assert httpx.get(f"{order}/orders/not-a-uuid").status_code == 422
-    assert httpx.get(f"{system.url('inventory_svc')}/products/nope-{uuid.uuid4().hex}").status_code == 404
-    assert httpx.get(f"{system.url('payment_svc')}/accounts/nobody-{uuid.uuid4().hex}").status_code == 404
+    assert system.http.get(f"{order}/orders/{uuid.uuid4()}").status_code == 404
+    assert system.http.get(f"{order}/orders/{uuid.uuid4()}/saga").status_code == 404
+    assert system.http.get(f"{order}/orders/not-a-uuid").status_code == 422
+    assert (
+        system.http.get(f"{system.url('inventory_svc')}/products/nope-{uuid.uuid4().hex}").status_code == 404
+    )
+    assert (
+        system.http.get(f"{system.url('payment_svc')}/accounts/nobody-{uuid.uuid4().hex}").status_code == 404
+    )
 
 
 def test_idempotency_key_returns_the_same_order_and_refuses_a_different_body(
@@ -94,7 +98,7 @@ def test_idempotency_key_returns_the_same_order_and_refuses_a_different_body(
     first = client.place_order(customers["ann"], {products["thing"]: 1}, idempotency_key=key)
     again = client.place_order(customers["ann"], {products["thing"]: 1}, idempotency_key=key)
     assert first == again
-    r = httpx.post(
+    r = system.http.post(
         f"{system.url('order_svc')}/orders",
         json={
             "customer_id": customers["ann"],

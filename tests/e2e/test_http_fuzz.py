@@ -1,7 +1,8 @@
 """No request makes a service answer 500, and every answer is one its OpenAPI document
 describes: every operation of every service's document, fuzzed by schemathesis with valid
 and invalid inputs, answers below 500 with a status the operation documents, and the
-media type, headers and body documented for that status.
+media type, headers and body documented for that status — called by the operator and by a
+customer (whose 403s and 404s of other customers' resources must be documented too).
 
 Runs its own system: the fuzzer sets stock and balances, places orders, and replays and
 discards dead letters by whatever ids it invents."""
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -24,6 +26,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from saga_kit.auth import Role
 from sagastack.system import SERVICES, BrokerKind, System
 
 pytestmark = pytest.mark.e2e
@@ -49,12 +52,35 @@ def system(run_root: Path, broker_kind: BrokerKind) -> Iterator[System]:
         yield running
 
 
+#: Who calls: the operator, and a customer (the fuzzer's ids are never its own).
+CALLERS = {"operator": ("operator", (Role.OPERATOR,)), "customer": ("fuzz-customer", (Role.CUSTOMER,))}
+
+
+@pytest.mark.parametrize("caller", list(CALLERS))
 @pytest.mark.parametrize("service", list(SERVICES))
-def test_no_input_makes_a_service_answer_5xx_or_anything_undocumented(system: System, service: str) -> None:
+def test_no_input_makes_a_service_answer_5xx_or_anything_undocumented(
+    system: System, service: str, caller: str
+) -> None:
     base_url = system.url(service)
+    bearer = f"Bearer {system.token(*CALLERS[caller])}"
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json").exclude(path=_ENDLESS)
+
+    @schema.auth()
+    class Caller:
+        """Every case carries the caller's token; a negative case may have it dropped or
+        garbled by the fuzzer (each then a documented 401)."""
+
+        def get(self, case: schemathesis.Case, context: Any) -> str:
+            return bearer
+
+        def set(self, case: schemathesis.Case, data: str, context: Any) -> None:
+            case.headers = {**(case.headers or {}), "Authorization": data}
+
     failures: list[str] = []
     undocumented: list[str] = []
+    #: answers of 401 to the caller's own (valid) token, and the operations that let it in
+    refused: list[str] = []
+    let_in: set[str] = set()
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 8, "the fuzzer sees the service's operations"
     for operation in operations:
@@ -67,6 +93,11 @@ def test_no_input_makes_a_service_answer_5xx_or_anything_undocumented(system: Sy
             @given(case=cases)
             def call(case: schemathesis.Case) -> None:
                 response = case.call(base_url=base_url, timeout=15)
+                if (case.headers or {}).get("Authorization") == bearer:
+                    if response.status_code == 401:
+                        refused.append(f"{case.method} {case.formatted_path} → 401: {response.text[:200]}")
+                    else:
+                        let_in.add(case.operation.label)
                 overloaded = response.status_code == 503 and "Retry-After" in response.headers
                 if response.status_code >= 500 and not overloaded:
                     failures.append(
@@ -85,6 +116,8 @@ def test_no_input_makes_a_service_answer_5xx_or_anything_undocumented(system: Sy
             except Unsatisfiable:  # no invalid input exists (an operation without parameters)
                 assert mode is GenerationMode.NEGATIVE
     assert not failures, "\n".join(failures[:20])
+    assert not refused, "\n".join(refused[:20])
+    assert let_in == {operation.label for operation in operations}, "each was fuzzed with the token"
     assert not undocumented, "\n".join(sorted(set(undocumented))[:20])
 
 
@@ -165,7 +198,7 @@ def test_hostile_values_in_any_field_get_a_4xx_with_a_reason(system: System) -> 
 
     answered: list[str] = []
     for service, method, path, body in BODIES:
-        with httpx.Client(base_url=system.url(service), timeout=15) as http:
+        with httpx.Client(base_url=system.url(service), headers=system.auth(), timeout=15) as http:
             for field in _paths(body):
                 for raw in HOSTILE:
                     content = _with(body, field, raw)

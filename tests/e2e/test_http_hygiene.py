@@ -23,7 +23,7 @@ def test_a_cross_origin_post_is_refused_and_changes_nothing(
     client.wait_for_events(order_id, {"InventoryCommitted"})
     url = f"{system.url('order_svc')}/orders/{order_id}/cancel"
     # what a form on another site makes a browser send: a simple POST, no preflight
-    forged = httpx.post(
+    forged = system.http.post(
         url, headers={"Origin": "http://attacker.example", "Content-Type": "text/plain"}, content=b""
     )
     assert forged.status_code == 403
@@ -33,18 +33,18 @@ def test_a_cross_origin_post_is_refused_and_changes_nothing(
         ("inventory_svc", f"/products/{products['vase']}", {"name": "v", "price": "0.00", "stock": 9}),
         ("payment_svc", f"/accounts/{customers['ola']}", {"balance": "0.00"}),
     ):
-        refused = httpx.put(f"{system.url(service)}{path}", json=body, headers={"Origin": "null"})
+        refused = system.http.put(f"{system.url(service)}{path}", json=body, headers={"Origin": "null"})
         assert refused.status_code == 403, (service, refused.text)
     assert client.product(products["vase"])["price"] == "3.00"
     # the service's own pages (the dashboard) may, and so may clients that are not browsers
     own = system.url("order_svc")
-    assert httpx.post(url, headers={"Origin": own}).status_code == 202
+    assert system.http.post(url, headers={"Origin": own}).status_code == 202
     assert client.order(order_id)["status"] == "CANCELLED"
 
 
 def test_a_foreign_host_is_refused(system: System) -> None:
     for name in ("order_svc", "inventory_svc", "payment_svc"):
-        answer = httpx.get(f"{system.url(name)}/orders", headers={"Host": "attacker.example"})
+        answer = system.http.get(f"{system.url(name)}/orders", headers={"Host": "attacker.example"})
         assert answer.status_code == 400, name
     assert httpx.get(f"{system.url('order_svc')}/health/live").status_code == 200
 
@@ -56,14 +56,14 @@ def big() -> Iterator[bytes]:
 
 def test_a_body_over_the_limit_is_refused_with_413(system: System, big: bytes) -> None:
     url = f"{system.url('order_svc')}/orders"
-    announced = httpx.post(url, content=big, headers={"Content-Type": "application/json"})
+    announced = system.http.post(url, content=big, headers={"Content-Type": "application/json"})
     assert announced.status_code == 413 and "too large" in announced.text.lower()
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
         for i in range(0, len(big), 65536):
             yield big[i : i + 65536]
 
-    streamed = httpx.post(url, content=chunks(), headers={"Content-Type": "application/json"})
+    streamed = system.http.post(url, content=chunks(), headers={"Content-Type": "application/json"})
     assert streamed.status_code == 413 and "too large" in streamed.text.lower()
-    small = httpx.post(url, json={"customer_id": "c", "items": []})
+    small = system.http.post(url, json={"customer_id": "c", "items": []})
     assert small.status_code == 422  # an ordinary invalid body is still read and answered

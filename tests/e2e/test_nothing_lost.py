@@ -48,7 +48,7 @@ def test_records_with_null_or_binary_headers_are_dead_lettered_not_lost(system: 
             )
             ((letter_id, reason),) = letters_from(system, service, value)
             assert "not an event envelope" in reason
-            shown = httpx.get(f"{system.url(service)}/dead-letters/{letter_id}").json()
+            shown = system.http.get(f"{system.url(service)}/dead-letters/{letter_id}").json()
             assert shown["headers"][0]["key"] in ("x-null", "x-note")
         assert ready(system, service) == 200
 
@@ -62,11 +62,11 @@ def test_a_huge_nested_letter_leaves_the_dead_letter_tooling_working(system: Sys
         ((letter_id, _),) = letters_from(system, service, poison)
         base = f"{system.url(service)}/dead-letters"
         for status in ("PENDING", "ALL", "DISCARDED", "REPLAYED"):
-            assert httpx.get(base, params={"status": status}).status_code == 200
-        shown = httpx.get(f"{base}/{letter_id}").json()
+            assert system.http.get(base, params={"status": status}).status_code == 200
+        shown = system.http.get(f"{base}/{letter_id}").json()
         assert shown["value"]["size"] == len(poison) and shown["value"]["truncated"]
-        assert httpx.get(f"{base}/{letter_id}/value").content == poison
-        assert httpx.post(f"{base}/{letter_id}/discard").json()["status"] == "DISCARDED"
+        assert system.http.get(f"{base}/{letter_id}/value").content == poison
+        assert system.http.post(f"{base}/{letter_id}/discard").json()["status"] == "DISCARDED"
     listed = sagactl(system, "dlq", "list", "--status", "ALL")
     assert listed.returncode == 0, listed.stdout + listed.stderr
 
@@ -85,13 +85,15 @@ def test_a_refund_is_owed_however_high_the_balance_was_set_since(client: SagaCli
 
 def test_requests_that_once_answered_500_get_a_reason(system: System) -> None:
     """Failing input 5: a bare ``NaN`` body, a non-ASCII digit in ``Last-Event-ID``."""
-    with httpx.Client(base_url=system.url("payment_svc")) as http:  # one keep-alive connection
+    with httpx.Client(
+        base_url=system.url("payment_svc"), headers=system.auth()
+    ) as http:  # one keep-alive connection
         nan = http.put(
             "/accounts/nan-test", content=b'{"balance": NaN}', headers={"content-type": "application/json"}
         )
         assert nan.status_code == 422 and nan.json()["detail"][0]["loc"] == ["body", "balance"]
         assert http.get("/accounts").status_code == 200  # the connection survived
-    digit = httpx.get(
+    digit = system.http.get(
         f"{system.url('order_svc')}/saga-events/stream",
         headers=[(b"Last-Event-ID", "²".encode())],
         timeout=5,

@@ -7,8 +7,6 @@ import json
 import time
 from typing import Any
 
-import httpx
-
 from sagastack.client import SagaClient
 from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, seed
@@ -108,7 +106,7 @@ def scrape(system: System, service: str) -> dict[str, list[Any]]:
     valid), as metric family name → samples."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    body = httpx.get(f"{system.url(service)}/metrics", timeout=10).text
+    body = system.http.get(f"{system.url(service)}/metrics", timeout=10).text
     return {family.name: family.samples for family in text_string_to_metric_families(body)}
 
 

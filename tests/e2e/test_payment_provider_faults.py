@@ -35,7 +35,7 @@ def charges_of(system: System, order_id: str) -> list[dict[str, Any]]:
 
 
 def payment(system: System, order_id: str) -> Any:
-    return httpx.get(f"{system.url('payment_svc')}/payments/{order_id}", timeout=10).json()
+    return system.http.get(f"{system.url('payment_svc')}/payments/{order_id}", timeout=10).json()
 
 
 def readiness(system: System) -> Any:

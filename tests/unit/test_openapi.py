@@ -19,6 +19,7 @@ import pytest
 from inventory_svc.app import SPEC as INVENTORY
 from order_svc.app import SPEC as ORDER
 from payment_svc.app import SPEC as PAYMENT
+from saga_kit.auth import Access, access_of
 from saga_kit.service import ServiceSpec, http_app
 from saga_kit.settings import ServiceSettings
 
@@ -101,6 +102,25 @@ async def test_error_bodies_are_the_documented_models() -> None:
     assert invalid.status_code == 422
     assert invalid.json()["reason"] == "invalid_request"
     assert invalid.json()["detail"][0]["loc"] == ["path", "order_id"]
+
+
+def test_every_route_documents_what_it_needs_of_the_caller(document: dict[str, Any]) -> None:
+    """saga_kit.auth.POLICY in the document: a route that needs a token names the bearer
+    scheme and documents its 401; an operator's route — and placing an order, which a
+    customer may do for itself only — its 403; a public route neither."""
+    scheme = document["components"]["securitySchemes"]["bearer"]
+    assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
+    for route, operation in operations(document):
+        method, path = route.split(" ", 1)
+        access = access_of(method, path)
+        needs_token = access is not Access.PUBLIC
+        responses = operation["responses"]
+        assert (operation.get("security") == [{"bearer": []}]) == needs_token, route
+        assert ("401" in responses) == needs_token, f"{route}: {access}"
+        forbids = access is Access.OPERATOR or route == "POST /orders"
+        assert ("403" in responses) == forbids, f"{route}: {access}"
+        for status in {"401", "403"} & set(responses):
+            assert schema_name(responses[status]) == "Problem", f"{route} {status}"
 
 
 def schema_name(answer: dict[str, Any]) -> str:

@@ -1,0 +1,220 @@
+"""saga_kit.auth without a service: production refuses to start on keys or settings unfit
+for it and says which; who may act for whom; the table names the route it lacks; a token
+the development issuer made is read back as its subject and roles.
+
+The whole matrix of routes by callers, and every kind of bad token, run against the real
+services: tests/e2e/test_authorization.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jwt
+import pytest
+
+from saga_kit.auth import (
+    DEV_AUDIENCE,
+    DEV_ISSUER,
+    POLICY,
+    Access,
+    AuthConfigurationError,
+    PolicyError,
+    Principal,
+    Role,
+    TokenVerifier,
+    Unauthorized,
+    access_of,
+    check_policy,
+    load_verifier,
+    write_dev_issuer,
+)
+
+CUSTOMER = frozenset({Role.CUSTOMER})
+OPERATOR = frozenset({Role.OPERATOR})
+
+
+@pytest.fixture
+def dev_jwks(tmp_path: Path) -> Path:
+    return write_dev_issuer(tmp_path / "issuer").jwks_file
+
+
+@pytest.fixture
+def own_jwks(tmp_path: Path, dev_jwks: Path) -> Path:
+    """The same public key in a JWKS not marked ``development`` (as an identity provider
+    publishes it)."""
+    path = tmp_path / "idp.jwks.json"
+    path.write_text(json.dumps({"keys": json.loads(dev_jwks.read_text())["keys"]}))
+    return path
+
+
+# -- load_verifier ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keys", "issuer", "audience", "named"),
+    [
+        (False, "https://idp.example", "saga-shop", ["AUTH_JWKS_FILE or AUTH_JWKS_URL"]),
+        (True, None, "saga-shop", ["AUTH_ISSUER"]),
+        (True, "https://idp.example", None, ["AUTH_AUDIENCE"]),
+        (True, "", "", ["AUTH_ISSUER", "AUTH_AUDIENCE"]),
+        (False, None, None, ["AUTH_JWKS_FILE or AUTH_JWKS_URL", "AUTH_ISSUER", "AUTH_AUDIENCE"]),
+    ],
+)
+def test_production_refuses_to_start_without_keys_issuer_or_audience_and_names_what_is_missing(
+    own_jwks: Path, keys: bool, issuer: str | None, audience: str | None, named: list[str]
+) -> None:
+    with pytest.raises(AuthConfigurationError) as refused:
+        load_verifier(str(own_jwks) if keys else None, None, issuer, audience, production=True)
+    message = str(refused.value)
+    assert "SAGA_ENV=production" in message
+    for setting in named:
+        assert setting in message
+    for setting in {"AUTH_JWKS_FILE or AUTH_JWKS_URL", "AUTH_ISSUER", "AUTH_AUDIENCE"} - set(named):
+        assert setting not in message, f"{setting} is set, yet named"
+
+
+def test_production_refuses_the_development_jwks_and_names_it(dev_jwks: Path) -> None:
+    with pytest.raises(AuthConfigurationError, match="development JWKS") as refused:
+        load_verifier(str(dev_jwks), None, "https://idp.example", "saga-shop", production=True)
+    assert str(dev_jwks) in str(refused.value)
+
+
+def test_production_starts_on_its_own_keys_issuer_and_audience(own_jwks: Path) -> None:
+    verifier = load_verifier(str(own_jwks), None, "https://idp.example", "saga-shop", production=True)
+    assert isinstance(verifier, TokenVerifier)
+    assert (verifier.issuer, verifier.audience) == ("https://idp.example", "saga-shop")
+
+
+def test_development_without_keys_turns_authentication_off(dev_jwks: Path) -> None:
+    assert load_verifier(None, None, None, None, production=False) is None
+    verifier = load_verifier(str(dev_jwks), None, None, None, production=False)
+    assert verifier is not None and (verifier.issuer, verifier.audience) == (DEV_ISSUER, DEV_AUDIENCE)
+
+
+def test_unreadable_keys_stop_the_start_not_a_request(tmp_path: Path) -> None:
+    broken = tmp_path / "jwks.json"
+    broken.write_text('{"keys": [{"kty": "nonsense"}]}')
+    with pytest.raises(jwt.PyJWKSetError):
+        load_verifier(str(broken), None, None, None, production=False)
+    with pytest.raises(AuthConfigurationError):
+        TokenVerifier(DEV_ISSUER, DEV_AUDIENCE)  # neither a file nor a URL
+
+
+# -- who acts for whom -------------------------------------------------------------------
+
+
+def test_a_customer_acts_for_itself_only_and_the_operator_for_everyone() -> None:
+    ann = Principal("ann", CUSTOMER)
+    assert ann.may_act_for("ann")
+    assert not ann.may_act_for("bob")
+    assert not ann.may_act_for("Ann") and not ann.may_act_for("ann ") and not ann.may_act_for("")
+    operator = Principal("ops-1", OPERATOR)
+    assert operator.may_act_for("ann") and operator.may_act_for("bob") and operator.may_act_for("ops-1")
+    assert Principal("ann", CUSTOMER | OPERATOR).may_act_for("bob")
+    # a subject without the customer role is nobody's customer, even its own
+    assert not Principal("ann", frozenset()).may_act_for("ann")
+
+
+@pytest.mark.parametrize(
+    ("access", "customer", "operator", "nobody"),
+    [
+        (Access.PUBLIC, True, True, True),
+        (Access.ANY_ROLE, True, True, False),
+        (Access.OWN, True, True, False),
+        (Access.OPERATOR, False, True, False),
+    ],
+)
+def test_which_roles_a_route_lets_in(access: Access, customer: bool, operator: bool, nobody: bool) -> None:
+    assert Principal("ann", CUSTOMER).allowed(access) is customer
+    assert Principal("ops", OPERATOR).allowed(access) is operator
+    assert Principal("x", frozenset()).allowed(access) is nobody
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+#: What anyone may call without a token, and what a customer may call at all (its own
+#: resources only, where the route serves a customer's): everything else is the operator's.
+#: The e2e matrix proves the services do what ``POLICY`` says; this, that ``POLICY`` says
+#: what is meant — opening a route to more callers is a decision made in both places.
+EVERYONE = {
+    ("GET", "/health/live"),
+    ("GET", "/health/ready"),
+    ("GET", "/dashboard"),
+    ("GET", "/dashboard/static/{name}"),
+}
+CUSTOMERS = {
+    ("GET", "/products"): Access.ANY_ROLE,
+    ("GET", "/products/{product_id}"): Access.ANY_ROLE,
+    ("POST", "/orders"): Access.OWN,
+    ("GET", "/orders"): Access.OWN,
+    ("GET", "/orders/{order_id}"): Access.OWN,
+    ("GET", "/orders/{order_id}/saga"): Access.OWN,
+    ("POST", "/orders/{order_id}/cancel"): Access.OWN,
+    ("GET", "/accounts/{customer_id}"): Access.OWN,
+    ("GET", "/payments/{order_id}"): Access.OWN,
+}
+
+
+def test_the_table_opens_to_everyone_and_to_customers_only_what_it_means_to() -> None:
+    assert {route for route, access in POLICY.items() if access is Access.PUBLIC} == EVERYONE
+    customers = {route: a for route, a in POLICY.items() if a in (Access.ANY_ROLE, Access.OWN)}
+    assert customers == CUSTOMERS
+
+
+def test_check_policy_names_every_route_the_table_lacks() -> None:
+    listed = list(POLICY)
+    check_policy([*listed, ("GET", "/openapi.json"), ("GET", "/docs")])  # the docs are public
+    with pytest.raises(PolicyError) as refused:
+        check_policy([*listed, ("DELETE", "/orders/{order_id}"), ("GET", "/refunds"), ("GET", "/refunds")])
+    message = str(refused.value)
+    assert "DELETE /orders/{order_id}" in message and "GET /refunds" in message
+    assert message.count("GET /refunds") == 1
+    assert "GET /orders/{order_id}" not in message.replace("DELETE /orders/{order_id}", "")
+    # the same path with another method is another route
+    with pytest.raises(PolicyError, match="PUT /orders"):
+        check_policy([("PUT", "/orders")])
+
+
+def test_access_of_a_route() -> None:
+    assert access_of("GET", "/orders/{order_id}") is Access.OWN
+    assert access_of("GET", "/redoc") is Access.PUBLIC
+    assert access_of("GET", "/metrics") is Access.OPERATOR
+    assert access_of("GET", "/metrics", metrics_public=True) is Access.PUBLIC
+    assert access_of("GET", "/dead-letters", metrics_public=True) is Access.OPERATOR
+    with pytest.raises(PolicyError, match="GET /nowhere"):
+        access_of("GET", "/nowhere")
+
+
+# -- tokens ----------------------------------------------------------------------------------
+
+
+async def test_a_development_token_reads_back_as_its_subject_and_known_roles(tmp_path: Path) -> None:
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    verifier = load_verifier(str(issuer.jwks_file), None, None, None, production=False)
+    assert verifier is not None
+    token = issuer.mint("ann", [Role.CUSTOMER, "auditor"])
+    assert await verifier.principal(f"Bearer {token}") == Principal("ann", CUSTOMER)
+    assert await verifier.principal(f"bearer {token}") == Principal("ann", CUSTOMER)
+    with pytest.raises(Unauthorized) as missing:
+        await verifier.principal(None)
+    assert missing.value.reason == "missing_token"
+    with pytest.raises(Unauthorized) as foreign:
+        await verifier.principal(f"Bearer {issuer.mint('ann', [Role.CUSTOMER], audience='elsewhere')}")
+    assert (foreign.value.reason, foreign.value.detail) == (
+        "invalid_token",
+        "the token is not meant for this audience",
+    )
+
+
+def test_the_development_issuer_keeps_its_key_and_publishes_extra_ones(tmp_path: Path) -> None:
+    directory = tmp_path / "issuer"
+    first = json.loads(write_dev_issuer(directory).jwks_file.read_text())
+    assert first["development"] is True and [k["alg"] for k in first["keys"]] == ["EdDSA"]
+    assert "d" not in first["keys"][0], "the JWKS holds the public key only"
+    assert (directory / "issuer.pem").stat().st_mode & 0o077 == 0
+    other = write_dev_issuer(tmp_path / "other")
+    (directory / "extra.jwks.json").write_text(other.jwks_file.read_text())
+    both = json.loads(write_dev_issuer(directory).jwks_file.read_text())
+    assert both["keys"] == first["keys"] + json.loads(other.jwks_file.read_text())["keys"]
