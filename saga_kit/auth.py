@@ -404,7 +404,10 @@ def write_dev_issuer(directory: Path) -> DevIssuer:
     if extra.exists():
         keys += json.loads(extra.read_text())["keys"]
     jwks = {"development": True, "keys": keys}
-    issuer.jwks_file.write_text(json.dumps(jwks, indent=2) + "\n")
+    # written aside, then moved into place: a service re-reading it never sees half a file
+    staged = issuer.jwks_file.with_suffix(".json.tmp")
+    staged.write_text(json.dumps(jwks, indent=2) + "\n")
+    staged.replace(issuer.jwks_file)
     return issuer
 
 

@@ -106,6 +106,11 @@ REQUESTS: dict[tuple[str, str], tuple[tuple[str, ...], Callable[[World, str], Ca
         lambda w, c: Call(f"/orders/{w.cancellable.get(c, w.orders[w.customer(c)])}/cancel"),
     ),
     ("GET", "/commands/{command_id}"): (ORDER, lambda w, c: Call(f"/commands/{uuid.uuid4()}")),
+    # a customer of no order: forgetting it destroys nothing of the matrix's world
+    ("POST", "/customers/{customer_id}/forget"): (
+        ORDER,
+        lambda w, c: Call(f"/customers/matrix-{uuid.uuid4().hex[:8]}/forget"),
+    ),
     ("GET", "/saga-events"): (ORDER, lambda w, c: Call("/saga-events")),
     ("GET", "/saga-events/stream"): (ORDER, lambda w, c: Call("/saga-events/stream")),
     ("GET", "/dashboard"): (ORDER, lambda w, c: Call("/dashboard")),
