@@ -174,10 +174,10 @@ class AuditTrail:
             trace_id,
         )
         state = scope["app"].state
-        writer: AuditWriter | None = getattr(state, "audit_writer", None)
-        if writer is None:
-            writer = state.audit_writer = AuditWriter(state.db.engine)
         try:
+            writer: AuditWriter | None = getattr(state, "audit_writer", None)
+            if writer is None:
+                writer = state.audit_writer = AuditWriter(state.db.engine)
             await writer.append(canonical(entry))
         except Exception:  # the call happened: say loudly that its record did not
             log.exception("audit entry not written: %s", canonical(entry))
