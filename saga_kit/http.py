@@ -351,9 +351,10 @@ def create_app(
     # a route the authorization table does not list stops the service here (fail closed)
     routes = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
     auth.check_policy((method, r.path) for r in routes for method in r.methods or ())
+    authenticate = authenticator(verifier, settings.auth_metrics_public)
     app = FastAPIOffline(
         title=title,
-        dependencies=[Depends(authenticator(verifier, settings.auth_metrics_public))],
+        dependencies=[Depends(authenticate)],
         version="1.0.0",
         static_url=DOCS_ASSETS,
         # larger bodies are refused with 413 as they arrive (Starlette's body limit)
@@ -391,11 +392,14 @@ def create_app(
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.http_allowed_hosts)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         """An error answer has the shape of every other: ``Problem``. A body FastAPI cannot
         even read (e.g. not UTF-8: its 400 "error parsing the body") is an invalid request
         like any other invalid body: 422 ``invalid_request``, where and why."""
         if exc.status_code == 400 and exc.detail == _UNREADABLE_BODY:
+            refused = await refused_caller(request)
+            if refused is not None:
+                return refused
             cause = exc.__cause__
             why = (
                 f"the body could not be read ({type(cause).__name__})"
@@ -414,6 +418,22 @@ def create_app(
             {"detail": str(exc.detail), "reason": reason}, status_code=exc.status_code, headers=exc.headers
         )
 
+    async def refused_caller(request: Request) -> JSONResponse | None:
+        """The 401 or 403 of a request whose body could not be read: the framework reads
+        the body before the routes' dependencies run, so who calls is checked here first —
+        an unauthenticated caller learns nothing from a 422."""
+        if hasattr(request.state, "principal"):
+            return None  # checked already
+        try:
+            await authenticate(request)
+        except auth.Unauthorized as exc:
+            return await unauthorized(request, exc)
+        except StarletteHTTPException as exc:
+            return JSONResponse(
+                {"detail": str(exc.detail), "reason": "forbidden"}, status_code=exc.status_code
+            )
+        return None
+
     @app.exception_handler(auth.Unauthorized)
     async def unauthorized(_: Request, exc: auth.Unauthorized) -> JSONResponse:
         challenge = 'Bearer realm="saga"'
@@ -430,7 +450,10 @@ def create_app(
         return JSONResponse({"detail": exc.detail, "reason": exc.reason}, status_code=409)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        refused = await refused_caller(request)
+        if refused is not None:
+            return refused
         return JSONResponse({"detail": validation_errors(exc), "reason": "invalid_request"}, status_code=422)
 
     return app

@@ -466,6 +466,33 @@ def test_a_request_without_a_bearer_token_is_refused(
         assert answer.headers["www-authenticate"].startswith('Bearer realm="saga"')
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/orders", b"{not json"),
+        ("POST", "/orders", b"\xff\xfe not UTF-8"),
+        ("PUT", "/accounts/ann", b"{not json"),
+    ],
+)
+def test_an_unreadable_body_tells_an_unauthenticated_caller_nothing_but_401(
+    system: System, method: str, path: str, body: bytes
+) -> None:
+    """The framework reads a body before the routes' dependencies run; a caller without a
+    token still gets the 401, not the 422 that would describe the route's input."""
+    service = "payment_svc" if path.startswith("/accounts") else "order_svc"
+    url = f"{system.url(service)}{path}"
+    headers = {"Content-Type": "application/json"}
+    anonymous = httpx.request(method, url, content=body, headers=headers, timeout=15)
+    assert anonymous.status_code == 401 and anonymous.json()["reason"] == "missing_token", anonymous.text
+    customer = httpx.request(
+        method, url, content=body, headers={**headers, **system.auth("ann", [Role.CUSTOMER])}, timeout=15
+    )
+    expected = (422, "invalid_request") if service == "order_svc" else (403, "forbidden")
+    assert (customer.status_code, customer.json()["reason"]) == expected, customer.text
+    operator = system.http.request(method, url, content=body, headers=headers, timeout=15)
+    assert (operator.status_code, operator.json()["reason"]) == (422, "invalid_request"), operator.text
+
+
 # -- key rotation ---------------------------------------------------------------------------
 
 
