@@ -86,6 +86,8 @@ def test_every_command_fits_80_columns_with_whole_headers(
         ("dlq", "show", "payment", str(letter)): [],
         ("tail", "--from-start", "--count", "5"): [],
         ("cancel", to_cancel): [],
+        ("audit", "verify"): [],
+        ("forget", long_customer): [],
         ("--help",): [],
         ("dlq", "list", "--help"): [],
     }
@@ -145,6 +147,11 @@ def test_every_command_prints_json_with_output_json(
     placed = run("place", customers["max"], f"{products['cup']}=1")
     assert placed["status"] == "PENDING"
     assert run("cancel", placed["order_id"])["status"] == "CANCELLED"
+    chains = run("audit", "verify")
+    assert set(chains) == {"order", "inventory", "payment"} and chains["order"]["problems"] == []
+    assert run("forget", customers["max"]) == {"customer_id": customers["max"], "keys_destroyed": 0}
+    minted = run("token", "--subject", customers["max"], "--role", "customer")
+    assert minted["subject"] == customers["max"] and minted["token"].count(".") == 2
     healthy = run("health")
     assert set(healthy) == {"order", "inventory", "payment"}
     assert "payment_provider" in healthy["payment"]["checks"]

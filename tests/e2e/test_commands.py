@@ -8,7 +8,6 @@ import time
 import uuid
 from typing import Any
 
-import httpx
 from aiokafka import AIOKafkaProducer
 
 from events import OrderLine
@@ -38,7 +37,7 @@ def outcome(system: System, command_id: uuid.UUID, settled: set[str], timeout: f
     """``GET /commands/{id}`` once it reports one of ``settled`` (and, if placed, a final status)."""
     end = time.monotonic() + timeout
     while True:
-        view = httpx.get(f"{system.url('order_svc')}/commands/{command_id}").json()
+        view = system.http.get(f"{system.url('order_svc')}/commands/{command_id}").json()
         if view["outcome"] in settled and view["status"] not in (None, "PENDING"):
             return dict(view)
         if view["outcome"] == "rejected" and "rejected" in settled:
