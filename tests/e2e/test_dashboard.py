@@ -9,11 +9,13 @@ import itertools
 import json
 import re
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from events import InventoryReservationFailed, OrderLine, encode
 from events.commands import PlaceOrder, encode_command, order_id_for
@@ -21,7 +23,7 @@ from events.envelope import new_envelope
 from events.topics import COMMANDS, INVENTORY, ORDERS
 from sagastack.browser import texts, wait
 from sagastack.client import SagaClient
-from sagastack.system import System
+from sagastack.system import BrokerKind, System
 from tests.e2e.conftest import UniqueIds, seed
 from tests.e2e.test_faults import wait_until
 
@@ -617,13 +619,24 @@ def test_dead_letters_discarded_and_a_failing_replay_refused_from_the_page(
     browser.save_screenshot(str(run_root / "dashboard-dead-letters.png"))
 
 
+@pytest.fixture(scope="module")
+def replay_system(run_root: Path, broker_kind: BrokerKind) -> Iterator[System]:
+    """A system of its own: the replay test makes inventory (with its key) answer one order
+    twice, which the shared system's invariant checks would rightly call a step taken twice."""
+    with System(run_root / "replay", free_ports=True, fresh=True, broker_kind=broker_kind) as running:
+        yield running
+
+
 def test_a_dead_letter_replayed_from_the_page_once_its_order_exists(
-    browser: Any, system: System, client: SagaClient, uid: UniqueIds
+    browser: Any, replay_system: System, uid: UniqueIds
 ) -> None:
     """Inventory's answer reaches the order service before the order does: a dead letter
     ("unknown order"). Once the order exists, replaying it from the page works."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
+
+    system = replay_system
+    client = system.client()
 
     products, customers = seed(client, uid, {"none": ("1.00", 0)}, {"sal": "10.00"})
     placing = PlaceOrder(
@@ -669,3 +682,4 @@ def test_a_dead_letter_replayed_from_the_page_once_its_order_exists(
         ),
         what="listed among the replayed",
     )
+    client.close()
