@@ -11,6 +11,7 @@ import uuid
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from events.topics import ORDERS
 from sagastack.client import SagaClient
@@ -35,16 +36,18 @@ def kafka_values(system: System, topic: str, key: bytes) -> list[bytes]:
     """Every record value under ``key`` in ``topic``, from the start of the log."""
 
     async def read() -> list[bytes]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=system.bootstrap,
-            enable_auto_commit=False,
-            **system.kafka_security.client_kwargs(),
-        )
+        security = system.kafka_security.client_kwargs()
+        admin = AIOKafkaAdminClient(bootstrap_servers=system.bootstrap, **security)
+        await admin.start()
+        try:
+            (described,) = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+        partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+        assert partitions, f"no partitions of {topic}"
+        consumer = AIOKafkaConsumer(bootstrap_servers=system.bootstrap, enable_auto_commit=False, **security)
         await consumer.start()
         try:
-            await consumer.topics()  # the cluster's metadata, partitions included
-            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-            assert partitions, f"no partitions of {topic}"
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             ends = await consumer.end_offsets(partitions)
