@@ -39,11 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jwt.algorithms import OKPAlgorithm
 
 from saga_kit.errors import ConfigurationError
+from saga_kit.signing import load_private_key, write_private_key
 
 #: Asymmetric signatures only: a shared secret (HS256) or ``none`` is never accepted.
 ALGORITHMS = frozenset({"EdDSA", "RS256", "PS256", "ES256"})
@@ -363,7 +362,7 @@ class DevIssuer:
     ) -> str:
         """A signed JWT (EdDSA) for ``subject`` with ``roles``, valid ``ttl_seconds`` from
         now (``exp``), and from ``not_before`` (a Unix time) when given."""
-        key = serialization.load_pem_private_key((self.directory / "issuer.pem").read_bytes(), password=None)
+        key = load_private_key(self.directory / "issuer.pem")
         kid = (self.directory / "issuer.kid").read_text().strip()
         now = int(time.time())
         claims: dict[str, Any] = {
@@ -377,7 +376,7 @@ class DevIssuer:
         }
         if not_before is not None:
             claims["nbf"] = int(not_before)
-        return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})  # type: ignore[arg-type]
+        return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})
 
 
 def write_dev_issuer(directory: Path) -> DevIssuer:
@@ -387,14 +386,7 @@ def write_dev_issuer(directory: Path) -> DevIssuer:
     keys are kept; keys listed in ``extra.jwks.json`` there are published too (rotation)."""
     directory.mkdir(parents=True, exist_ok=True)
     pem = directory / "issuer.pem"
-    if not pem.exists():
-        private = Ed25519PrivateKey.generate()
-        pem.write_bytes(
-            private.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        pem.chmod(0o600)
+    write_private_key(pem)
     kid_file = directory / "issuer.kid"
     if not kid_file.exists():
         kid_file.write_text(f"dev-{secrets.token_hex(4)}")
@@ -414,8 +406,5 @@ def write_dev_issuer(directory: Path) -> DevIssuer:
 def public_jwk(private_pem: Path, kid: str) -> dict[str, Any]:
     """The public JWK (RFC 8037: ``kty`` OKP, ``crv`` Ed25519) of an Ed25519 private key
     file, with its ``kid``."""
-    key = serialization.load_pem_private_key(private_pem.read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{private_pem}: not an Ed25519 private key")
-    jwk: dict[str, Any] = OKPAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    jwk: dict[str, Any] = OKPAlgorithm.to_jwk(load_private_key(private_pem).public_key(), as_dict=True)
     return {**jwk, "kid": kid, "alg": "EdDSA", "use": "sig"}

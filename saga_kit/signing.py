@@ -98,12 +98,31 @@ class Verifier:
         return service
 
 
-def load_signer(key_file: str | os.PathLike[str], kid: str) -> Signer:
-    """A signer from a PEM (PKCS#8) private key file."""
+def load_private_key(key_file: str | os.PathLike[str]) -> Ed25519PrivateKey:
+    """An Ed25519 private key from a PEM (PKCS#8) file; ``ValueError`` if it is another kind."""
     key = serialization.load_pem_private_key(Path(key_file).read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{key_file}: not an Ed25519 private key")
-    return Signer(kid, key)
+    return key
+
+
+def write_private_key(pem: Path) -> None:
+    """A new Ed25519 private key in ``pem`` (PKCS#8, readable by the owner only), unless
+    the file exists: development keys are kept across runs."""
+    if pem.exists():
+        return
+    private = Ed25519PrivateKey.generate()
+    pem.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    pem.chmod(0o600)
+
+
+def load_signer(key_file: str | os.PathLike[str], kid: str) -> Signer:
+    """A signer from a PEM (PKCS#8) private key file."""
+    return Signer(kid, load_private_key(key_file))
 
 
 def load_verifier(trust_file: str | os.PathLike[str]) -> Verifier:
@@ -172,16 +191,7 @@ def write_dev_keys(directory: Path, services: Iterable[str]) -> Path:
     entries = []
     for service in services:
         pem = directory / f"{service}.pem"
-        if not pem.exists():
-            private = Ed25519PrivateKey.generate()
-            pem.write_bytes(
-                private.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                )
-            )
-            pem.chmod(0o600)
+        write_private_key(pem)
         kid_file = directory / f"{service}.kid"
         if not kid_file.exists():
             kid_file.write_text(f"{service}-{secrets.token_hex(4)}")

@@ -79,6 +79,12 @@ OutputOpt = Annotated[
 ]
 
 
+#: ``--service`` (repeatable): the services a command looks at (all three when absent).
+ServicesOpt = Annotated[
+    list[str] | None, typer.Option("--service", "-s", help="only these services (repeatable)")
+]
+
+
 @dataclass
 class Urls:
     order: str
@@ -255,9 +261,7 @@ def _free(header: str) -> Column:
 @dlq.command("list")
 def dlq_list(
     ctx: typer.Context,
-    service: Annotated[
-        list[str] | None, typer.Option("--service", "-s", help="only these services (repeatable)")
-    ] = None,
+    service: ServicesOpt = None,
     status: Annotated[str, typer.Option(help="PENDING, REPLAYED, DISCARDED or ALL")] = "PENDING",
     limit: int = 100,
     output: OutputOpt = Output.text,
@@ -835,9 +839,7 @@ def token(
 @audit_app.command("verify")
 def audit_verify(
     ctx: typer.Context,
-    service: Annotated[
-        list[str] | None, typer.Option("--service", "-s", help="only these services (repeatable)")
-    ] = None,
+    service: ServicesOpt = None,
     output: OutputOpt = Output.text,
 ) -> None:
     """Recompute every hash of each service's audit trail (``GET /audit``) here, trusting
