@@ -8,13 +8,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-import httpx
 from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
 
 from events.values import Balance, ExternalId, Money
 from payment_svc import runtime
+from payment_svc.provider import Unreachable
 from saga_kit.http import DatabaseDep, PrincipalDep, errors
 
 router = APIRouter(tags=["accounts"])
@@ -42,8 +42,8 @@ async def _provider(method: str, path: str, body: Any = None, *, not_found: str 
     says what is missing; anything else but 200 — or no answer — is a 502."""
     try:
         answer = await runtime.provider().request(method, path, body)
-    except httpx.HTTPError as exc:
-        raise HTTPException(502, f"the payment provider did not answer: {type(exc).__name__}") from None
+    except Unreachable as exc:
+        raise HTTPException(502, f"the payment provider did not answer: {exc}") from None
     if answer.status_code == 404 and not_found is not None:
         raise HTTPException(404, not_found)
     if answer.status_code != 200:

@@ -15,6 +15,7 @@ SPEC = ServiceSpec(
     subscription=Subscription(topics=(INVENTORY, ORDERS), reactions=reactions),
     routers=lambda: [api.router],
     configure=runtime.configure,
+    close=runtime.close,
     periodic=(
         Periodic("payment_worker", lambda s: s.provider_poll_seconds, runtime.work, wake=runtime.WORK_DUE),
     ),

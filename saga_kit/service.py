@@ -54,6 +54,9 @@ class ServiceSpec:
     #: Called once with the service's settings before it consumes (e.g. defaults its
     #: reactions need).
     configure: Callable[[ServiceSettings], None] | None = None
+    #: Awaited once when the service stops, after its consumers and jobs (e.g. closes the
+    #: HTTP clients ``configure`` made).
+    close: Callable[[], Coroutine[object, object, None]] | None = None
     #: Service-specific /metrics lines, computed from its database at scrape time.
     metrics: metrics.ExtraMetrics | None = None
     #: Service-specific readiness checks, beside the shared ones (``saga_kit.http``: a
@@ -296,6 +299,8 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             if task is server_task and not server.started:
                 raise RuntimeError(f"HTTP server could not start on port {settings.http_port}")
     finally:
+        if spec.close is not None:
+            await _bounded("close", spec.close())
         await _bounded("producer", producer.stop())
         await engine.dispose()
 

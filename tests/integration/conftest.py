@@ -3,6 +3,7 @@ real consumer pipeline (decode → inbox → handler → outbox) fed records dir
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -10,9 +11,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import pytest_asyncio
+import uvicorn
 from sqlalchemy import text
 
 from events import EventPayload, decode, encode, new_envelope
@@ -31,7 +32,7 @@ from saga_kit.migrations import PLUMBING, migrate
 from saga_kit.retry import RetryPolicy
 from saga_kit.service import ServiceSpec
 from saga_kit.settings import ServiceSettings, async_postgres_url
-from sagastack.embedded import DATABASES, Postgres
+from sagastack.embedded import DATABASES, Postgres, free_port
 
 SPECS = {s.name: s for s in (ORDER, INVENTORY, PAYMENT)}
 _offsets = itertools.count()
@@ -47,9 +48,9 @@ def postgres(run_root: Path) -> Iterator[Postgres]:
 
 class ServiceUnderTest:
     """One service's database and consumer pipeline, without Kafka. The payment service's
-    also has its worker, calling the payment provider's simulator in process (its own
-    database, httpx's ASGI transport): a delivery runs the worker until nothing is due, so
-    a reservation delivered is a charge asked and answered."""
+    also has its worker, calling the payment provider's simulator (in this process, over
+    its own database, served by uvicorn on a free port): a delivery runs the worker until
+    nothing is due, so a reservation delivered is a charge asked and answered."""
 
     def __init__(self, spec: ServiceSpec, db: Database, provider: PaymentProvider | None = None) -> None:
         self.spec = spec
@@ -98,26 +99,30 @@ class ServiceUnderTest:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def provider_app(postgres: Postgres) -> AsyncIterator[Any]:
-    """The payment provider's simulator, in process, over its own database (fault control
-    on, no faults)."""
+async def provider_endpoint(postgres: Postgres) -> AsyncIterator[str]:
+    """The payment provider's simulator, served in this process by uvicorn on a free port
+    over its own database (fault control on, no faults): its URL."""
     url = async_postgres_url(postgres.url(DATABASES["payment_provider"]))
     engine = create_engine(url, pool_size=12)
     await prepare(engine)
-    yield build_app(ProviderSettings(database_url=url, fault_control=True), engine)
+    app = build_app(ProviderSettings(database_url=url, fault_control=True), engine)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            serving.result()  # raises why it could not start
+        await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await serving
     await engine.dispose()
 
 
 @pytest_asyncio.fixture(scope="session")
-async def services(postgres: Postgres, provider_app: Any) -> AsyncIterator[dict[str, ServiceUnderTest]]:
+async def services(postgres: Postgres, provider_endpoint: str) -> AsyncIterator[dict[str, ServiceUnderTest]]:
     out = {}
-    provider = PaymentProvider(
-        "http://provider",
-        timeout=2.0,
-        breaker_failures=5,
-        breaker_recovery=1.0,
-        transport=httpx.ASGITransport(app=provider_app),
-    )
+    provider = PaymentProvider(provider_endpoint, timeout=2.0, breaker_failures=5, breaker_recovery=1.0)
     for name, spec in SPECS.items():
         url = ServiceSettings._async_driver(postgres.url(DATABASES[name]))
         engine = create_engine(url, pool_size=10)
