@@ -16,11 +16,22 @@ that exceeds ``headroom`` times the order's deadline (default: half of it), prov
 least ``min_pending`` sagas are in flight — so neither a quiet system nor one stuck order
 refuses anyone. The figures come from the orders table, so every instance of the service
 sees the same backlog; they are read at most every ``refresh_seconds`` (one query).
+
+That sees the queue of sagas, not a queue at the door: when the service itself has more
+requests than CPU, every request in progress slows down together (the event loop shares
+itself among them) and a client may wait many seconds for its 202 before any order
+exists. ``Door`` watches that queue the same way, by sojourn time: it refuses
+``POST /orders`` with 503 and ``Retry-After`` while the ``door_depth``-th oldest request in
+progress has been in the service (since its body arrived) longer than ``door_seconds``.
+Counting from the body's arrival leaves a slow client's own upload out, and the
+``door_depth``-th oldest rather than the oldest keeps a few stuck requests from closing
+the door.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -29,6 +40,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from saga_kit.db import Database
 
@@ -39,9 +51,16 @@ class Refusal:
 
     expected_wait: float
     retry_after: int
+    #: True: refused at the door (requests in progress answer slowly), not for the backlog
+    at_door: bool = False
 
     @property
     def detail(self) -> str:
+        if self.at_door:
+            return (
+                "the order service is overloaded: orders in progress have waited"
+                f" {self.expected_wait:.1f} s for an answer; try again later"
+            )
         return (
             f"the system is overloaded: a new order would wait about {self.expected_wait:.0f} s,"
             " longer than its deadline allows; try again later"
@@ -126,3 +145,51 @@ def refused(refusal: Refusal) -> JSONResponse:
         status_code=503,
         headers={"Retry-After": str(refusal.retry_after)},
     )
+
+
+class Door:
+    """ASGI middleware, outermost in the order service: refuses ``POST /orders`` with 503
+    ``overloaded`` and ``Retry-After`` while the requests in progress answer slowly (module
+    doc). Settings (``order_svc.settings``): ``ADMISSION_DOOR_SECONDS`` (1 s),
+    ``ADMISSION_DOOR_DEPTH`` (8 requests)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        #: requests whose body has arrived and whose answer has not left: id → since when
+        #: (monotonic seconds); a dict keeps insertion order, which is arrival order
+        self._in_progress: dict[int, float] = {}
+        self._ids = itertools.count()
+        #: orders refused at the door since start
+        self.refused = 0
+
+    def waited(self, depth: int) -> float:
+        """Seconds the ``depth``-th oldest request in progress has been in the service (0
+        when fewer are in progress)."""
+        if len(self._in_progress) < depth:
+            return 0.0
+        since = next(itertools.islice(self._in_progress.values(), depth - 1, None))
+        return time.monotonic() - since
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/orders":
+            await self.app(scope, receive, send)
+            return
+        settings = scope["app"].state.settings
+        waited = self.waited(settings.admission_door_depth)
+        if waited > settings.admission_door_seconds:
+            self.refused += 1
+            refusal = Refusal(waited, max(1, min(60, math.ceil(waited))), at_door=True)
+            await refused(refusal)(scope, receive, send)
+            return
+        key = next(self._ids)
+
+        async def counted(receive: Receive = receive) -> Message:
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                self._in_progress.setdefault(key, time.monotonic())
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        finally:
+            self._in_progress.pop(key, None)

@@ -3,6 +3,7 @@
 from events import commands
 from events.topics import COMMANDS, INVENTORY, PAYMENT
 from order_svc import api, dashboard_api, handlers, sagametrics, timeline
+from order_svc.admission import Door
 from order_svc.cancelling import cancel_overdue
 from order_svc.handlers import reactions
 from order_svc.schema import MIGRATIONS
@@ -21,6 +22,7 @@ SPEC = ServiceSpec(
     routers=lambda: [api.router, dashboard_api.router],
     emit_hooks=(timeline.record,),
     metrics=sagametrics.render,
+    outer_middleware=(Door,),
     periodic=(
         Periodic("deadline_sweeper", lambda s: s.deadline_sweep_interval, lambda db, _: cancel_overdue(db)),
     ),

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import uvicorn
 import uvloop
 from fastapi import APIRouter, FastAPI
+from starlette.types import ASGIApp
 
 from events.topics import DOMAIN_TOPICS, dead_letter_topic
 from saga_kit import audit, consumer_api, deadletters, logs, metrics, signing, tracing
@@ -59,6 +60,9 @@ class ServiceSpec:
     close: Callable[[], Coroutine[object, object, None]] | None = None
     #: Service-specific /metrics lines, computed from its database at scrape time.
     metrics: metrics.ExtraMetrics | None = None
+    #: ASGI middleware around the service's whole app, first to see a request (e.g. the
+    #: order service's admission at the door).
+    outer_middleware: tuple[Callable[[ASGIApp], ASGIApp], ...] = field(default=())
     #: Service-specific readiness checks, beside the shared ones (``saga_kit.http``: a
     #: check raises to fail, or raises ``Degraded`` to pass with a warning).
     checks: Mapping[str, Check] = field(default_factory=dict)
@@ -136,6 +140,7 @@ def http_app(
         checks,
         render_metrics,
         inner_middleware=[audit.AuditTrail],
+        outer_middleware=spec.outer_middleware,
     )
 
 
