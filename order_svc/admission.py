@@ -25,7 +25,10 @@ exists. ``Door`` watches that queue the same way, by sojourn time: it refuses
 progress has been in the service (since its body arrived) longer than ``door_seconds``.
 Counting from the body's arrival leaves a slow client's own upload out, and the
 ``door_depth``-th oldest rather than the oldest keeps a few stuck requests from closing
-the door.
+the door. Past ``door_max`` requests in progress (counted from when they came in) it
+refuses too: when the offered rate is several times what the service can answer, requests
+would otherwise pile up faster than their bodies are even read, and each refusal would
+wait its turn behind them.
 """
 
 from __future__ import annotations
@@ -51,16 +54,13 @@ class Refusal:
 
     expected_wait: float
     retry_after: int
-    #: True: refused at the door (requests in progress answer slowly), not for the backlog
-    at_door: bool = False
+    #: refused at the door (``Door``): why, in words; None: refused for the saga backlog
+    at_door: str | None = None
 
     @property
     def detail(self) -> str:
         if self.at_door:
-            return (
-                "the order service is overloaded: orders in progress have waited"
-                f" {self.expected_wait:.1f} s for an answer; try again later"
-            )
+            return f"the order service is overloaded: {self.at_door}; try again later"
         return (
             f"the system is overloaded: a new order would wait about {self.expected_wait:.0f} s,"
             " longer than its deadline allows; try again later"
@@ -151,13 +151,15 @@ class Door:
     """ASGI middleware, outermost in the order service: refuses ``POST /orders`` with 503
     ``overloaded`` and ``Retry-After`` while the requests in progress answer slowly (module
     doc). Settings (``order_svc.settings``): ``ADMISSION_DOOR_SECONDS`` (1 s),
-    ``ADMISSION_DOOR_DEPTH`` (8 requests)."""
+    ``ADMISSION_DOOR_DEPTH`` (8 requests), ``ADMISSION_DOOR_MAX`` (128 requests)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         #: requests whose body has arrived and whose answer has not left: id → since when
         #: (monotonic seconds); a dict keeps insertion order, which is arrival order
         self._in_progress: dict[int, float] = {}
+        #: requests that came in and whose answer has not left, body arrived or not
+        self._entered = 0
         self._ids = itertools.count()
         #: orders refused at the door since start
         self.refused = 0
@@ -176,9 +178,14 @@ class Door:
             return
         settings = scope["app"].state.settings
         waited = self.waited(settings.admission_door_depth)
+        why = None
         if waited > settings.admission_door_seconds:
+            why = f"orders in progress have waited {waited:.1f} s for an answer"
+        elif self._entered >= settings.admission_door_max:
+            why = f"{self._entered} orders are in progress"
+        if why is not None:
             self.refused += 1
-            refusal = Refusal(waited, max(1, min(60, math.ceil(waited))), at_door=True)
+            refusal = Refusal(waited, max(1, min(60, math.ceil(waited))), at_door=why)
             await refused(refusal)(scope, receive, send)
             return
         key = next(self._ids)
@@ -189,7 +196,9 @@ class Door:
                 self._in_progress.setdefault(key, time.monotonic())
             return message
 
+        self._entered += 1
         try:
             await self.app(scope, counted, send)
         finally:
+            self._entered -= 1
             self._in_progress.pop(key, None)

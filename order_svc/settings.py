@@ -21,9 +21,11 @@ class Settings(ServiceSettings):
     admission_min_pending: int = Field(default=100, ge=0)
     #: Admission at the door (order_svc.admission.Door): refuse new orders while the
     #: ``admission_door_depth``-th oldest order request in progress has waited longer
-    #: than ``admission_door_seconds`` for its answer.
+    #: than ``admission_door_seconds`` for its answer, or ``admission_door_max`` are in
+    #: progress.
     admission_door_seconds: float = Field(default=1.0, gt=0)
     admission_door_depth: int = Field(default=8, ge=1)
+    admission_door_max: int = Field(default=128, ge=1)
     #: The master key that wraps the customers' data keys (saga_kit.personal_data): a JSON
     #: file ``{"key": base64 of 32 bytes}``. Without one, orders carry no personal data.
     pii_master_key_file: str | None = None

@@ -37,8 +37,12 @@ class Held:
         await send({"type": "http.response.body", "body": b"{}"})
 
 
-def _scope(method: str = "POST", path: str = "/orders", seconds: float = 0.05, depth: int = 3) -> Scope:
-    settings = SimpleNamespace(admission_door_seconds=seconds, admission_door_depth=depth)
+def _scope(
+    method: str = "POST", path: str = "/orders", seconds: float = 0.05, depth: int = 3, most: int = 100
+) -> Scope:
+    settings = SimpleNamespace(
+        admission_door_seconds=seconds, admission_door_depth=depth, admission_door_max=most
+    )
     return {
         "type": "http",
         "method": method,
@@ -113,3 +117,22 @@ async def test_fewer_slow_requests_than_the_depth_and_slow_uploads_do_not_close_
         task.cancel()
     await asyncio.gather(*stuck, *uploading, return_exceptions=True)
     assert door.waited(1) == 0.0  # a request that ended any way is no longer counted
+
+
+async def test_past_the_most_requests_in_progress_orders_are_refused_even_before_their_bodies_arrive() -> (
+    None
+):
+    app = Held()
+    door = Door(app)
+    uploading = [asyncio.create_task(_call(door, _scope(most=4), body_done=False)) for _ in range(4)]
+    await asyncio.sleep(0)
+    status, _, body = _status(await asyncio.wait_for(_call(door, _scope(most=4)), 1))
+    assert status == 503 and "4 orders are in progress" in body["detail"]
+    uploading[0].cancel()
+    await asyncio.gather(uploading[0], return_exceptions=True)
+    app.release.set()
+    status, _, _ = _status(await asyncio.wait_for(_call(door, _scope(most=4)), 1))
+    assert status == 202 and door.refused == 1
+    for task in uploading[1:]:
+        task.cancel()
+    await asyncio.gather(*uploading[1:], return_exceptions=True)
