@@ -394,10 +394,8 @@ def main(args: argparse.Namespace) -> int:
         url = system.url("order_svc") + "/orders"
         auth = system.auth()
         idle = idle_latency(system, products[0], customers[0], args.idle) if args.idle else []
-        if args.sweep:
-            figures = sweep(system, args, products, customers)
-            main_figures = max(figures, key=lambda f: f.throughput)
-        else:
+        figures: list[Figures] = []
+        if n:
             if args.rate:
                 print(f"offering {n} orders at {args.rate:.0f}/s (open loop) …", flush=True)
 
@@ -410,9 +408,12 @@ def main(args: argparse.Namespace) -> int:
                 async def run(advance: Callable[[], None]) -> Load:
                     return await closed_loop(url, n, args.concurrency, products, customers, advance, auth)
 
-            figures = [measure(system, run, n, "placing orders")]
-            main_figures = figures[0]
-            print_summary(main_figures)
+            figures.append(measure(system, run, n, "placing orders"))
+            print_summary(figures[0])
+        if args.sweep:
+            invariants.wait_for_quiescence(system.database_urls, timeout=120)
+            figures += sweep(system, args, products, customers)
+        main_figures = max(figures, key=lambda f: f.throughput) if figures else None
         invariants.wait_for_quiescence(system.database_urls, timeout=120)
         violations = invariants.check(
             system.database_urls,
@@ -421,18 +422,20 @@ def main(args: argparse.Namespace) -> int:
             system.provider_url,
         )
         null = ceiling(system, args.ceiling_sagas, args.ceiling_rate) if args.ceiling_sagas else None
-    if args.sweep:
-        print(
-            f"\nbest step: {main_figures.throughput:.1f} sagas/s"
-            f" at {main_figures.load.offered_rate or 0:.0f} offered"
+    if main_figures is not None and len(figures) > 1:
+        how = (
+            f"at {main_figures.load.offered_rate:.0f} offered"
+            if main_figures.load.offered_rate
+            else "in the closed loop"
         )
+        print(f"\nbest run: {main_figures.throughput:.1f} sagas/s {how}")
     if idle:
         print(
             f"idle saga            POST→APPROVED p50 {percentile(idle, 50):.0f} ms,"
             f" p95 {percentile(idle, 95):.0f} ms"
             f" ({len(idle)} sagas one at a time)"
         )
-    if args.ceiling_sagas:
+    if args.ceiling_sagas and main_figures is not None:
         print_ceiling(main_figures, null)
     if any(len(f.rows) < len(f.load.started) for f in figures):
         violations.append("not every accepted order reached a terminal state")
