@@ -148,13 +148,17 @@ def refused(refusal: Refusal) -> JSONResponse:
 
 
 class Door:
-    """ASGI middleware, outermost in the order service: refuses ``POST /orders`` with 503
-    ``overloaded`` and ``Retry-After`` while the requests in progress answer slowly (module
-    doc). Settings (``order_svc.settings``): ``ADMISSION_DOOR_SECONDS`` (1 s),
-    ``ADMISSION_DOOR_DEPTH`` (8 requests), ``ADMISSION_DOOR_MAX`` (128 requests)."""
+    """ASGI middleware around the order service's whole app (outside the framework, so a
+    refusal costs little): refuses ``POST /orders`` with 503 ``overloaded`` and
+    ``Retry-After`` while the requests in progress answer slowly (module doc). Settings
+    (``order_svc.settings``): ``ADMISSION_DOOR_SECONDS`` (1 s), ``ADMISSION_DOOR_DEPTH``
+    (8 requests), ``ADMISSION_DOOR_MAX`` (128 requests)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, settings: Any) -> None:
         self.app = app
+        self.seconds: float = settings.admission_door_seconds
+        self.depth: int = settings.admission_door_depth
+        self.most: int = settings.admission_door_max
         #: requests whose body has arrived and whose answer has not left: id → since when
         #: (monotonic seconds); a dict keeps insertion order, which is arrival order
         self._in_progress: dict[int, float] = {}
@@ -176,12 +180,11 @@ class Door:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/orders":
             await self.app(scope, receive, send)
             return
-        settings = scope["app"].state.settings
-        waited = self.waited(settings.admission_door_depth)
+        waited = self.waited(self.depth)
         why = None
-        if waited > settings.admission_door_seconds:
+        if waited > self.seconds:
             why = f"orders in progress have waited {waited:.1f} s for an answer"
-        elif self._entered >= settings.admission_door_max:
+        elif self._entered >= self.most:
             why = f"{self._entered} orders are in progress"
         if why is not None:
             self.refused += 1

@@ -333,13 +333,11 @@ def create_app(
     checks: Mapping[str, Check],
     metrics: Callable[[], Awaitable[bytes]],
     inner_middleware: Sequence[Callable[[ASGIApp], ASGIApp]] = (),
-    outer_middleware: Sequence[Callable[[ASGIApp], ASGIApp]] = (),
 ) -> FastAPI:
     """The service's app: health and metrics routes, ``routers``, authentication (every
     route in ``saga_kit.auth.POLICY``), then the middleware: ``inner_middleware`` (ASGI
     classes, nearest the routes: they see the route and the caller), trace-id headers,
-    the cross-origin guard, CORS, the Host allow-list, and ``outer_middleware`` around
-    everything (the first to see a request, e.g. admission at the door)."""
+    the cross-origin guard, CORS, the Host allow-list."""
     verifier = auth.load_verifier(
         settings.auth_jwks_file,
         settings.auth_jwks_url,
@@ -392,8 +390,6 @@ def create_app(
             expose_headers=["Location", "X-Trace-Id", "Retry-After"],
         )
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.http_allowed_hosts)
-    for middleware in outer_middleware:
-        app.add_middleware(middleware)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -60,9 +60,11 @@ class ServiceSpec:
     close: Callable[[], Coroutine[object, object, None]] | None = None
     #: Service-specific /metrics lines, computed from its database at scrape time.
     metrics: metrics.ExtraMetrics | None = None
-    #: ASGI middleware around the service's whole app, first to see a request (e.g. the
-    #: order service's admission at the door).
-    outer_middleware: tuple[Callable[[ASGIApp], ASGIApp], ...] = field(default=())
+    #: ASGI middleware wrapped around the whole app as uvicorn serves it — outside the
+    #: framework, its error handling and its server span, so the first and cheapest code a
+    #: request meets (e.g. the order service's admission at the door); made with the app
+    #: and the service's settings.
+    outer_middleware: tuple[Callable[[ASGIApp, ServiceSettings], ASGIApp], ...] = field(default=())
     #: Service-specific readiness checks, beside the shared ones (``saga_kit.http``: a
     #: check raises to fail, or raises ``Degraded`` to pass with a warning).
     checks: Mapping[str, Check] = field(default_factory=dict)
@@ -140,7 +142,6 @@ def http_app(
         checks,
         render_metrics,
         inner_middleware=[audit.AuditTrail],
-        outer_middleware=spec.outer_middleware,
     )
 
 
@@ -265,9 +266,12 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
         )
         app.state.pipeline = pipeline
         app.state.relay = relay
+        served: ASGIApp = app
+        for middleware in spec.outer_middleware:
+            served = middleware(served, settings)
         server = _Server(
             uvicorn.Config(
-                app,
+                served,
                 host=settings.http_host,
                 port=settings.http_port,
                 log_config=None,

@@ -37,18 +37,19 @@ class Held:
         await send({"type": "http.response.body", "body": b"{}"})
 
 
-def _scope(
-    method: str = "POST", path: str = "/orders", seconds: float = 0.05, depth: int = 3, most: int = 100
-) -> Scope:
+def _door(app: Held, seconds: float = 0.05, depth: int = 3, most: int = 100) -> Door:
     settings = SimpleNamespace(
         admission_door_seconds=seconds, admission_door_depth=depth, admission_door_max=most
     )
+    return Door(app, settings)
+
+
+def _scope(method: str = "POST", path: str = "/orders") -> Scope:
     return {
         "type": "http",
         "method": method,
         "path": path,
         "headers": [],
-        "app": SimpleNamespace(state=SimpleNamespace(settings=settings)),
     }
 
 
@@ -80,7 +81,7 @@ def _status(messages: list[Message]) -> tuple[int, dict[str, str], Any]:
 
 async def test_orders_are_refused_at_once_while_those_in_progress_wait_and_taken_again_after() -> None:
     app = Held()
-    door = Door(app)
+    door = _door(app)
     held = [asyncio.create_task(_call(door, _scope())) for _ in range(3)]
     await app.until_reached(3)
     assert door.waited(3) < 0.05
@@ -104,7 +105,7 @@ async def test_orders_are_refused_at_once_while_those_in_progress_wait_and_taken
 
 async def test_fewer_slow_requests_than_the_depth_and_slow_uploads_do_not_close_the_door() -> None:
     app = Held()
-    door = Door(app)
+    door = _door(app)
     stuck = [asyncio.create_task(_call(door, _scope())) for _ in range(2)]  # fewer than the depth
     uploading = [asyncio.create_task(_call(door, _scope(), body_done=False)) for _ in range(5)]
     await app.until_reached(2)
@@ -123,15 +124,15 @@ async def test_past_the_most_requests_in_progress_orders_are_refused_even_before
     None
 ):
     app = Held()
-    door = Door(app)
-    uploading = [asyncio.create_task(_call(door, _scope(most=4), body_done=False)) for _ in range(4)]
+    door = _door(app, most=4)
+    uploading = [asyncio.create_task(_call(door, _scope(), body_done=False)) for _ in range(4)]
     await asyncio.sleep(0)
-    status, _, body = _status(await asyncio.wait_for(_call(door, _scope(most=4)), 1))
+    status, _, body = _status(await asyncio.wait_for(_call(door, _scope()), 1))
     assert status == 503 and "4 orders are in progress" in body["detail"]
     uploading[0].cancel()
     await asyncio.gather(uploading[0], return_exceptions=True)
     app.release.set()
-    status, _, _ = _status(await asyncio.wait_for(_call(door, _scope(most=4)), 1))
+    status, _, _ = _status(await asyncio.wait_for(_call(door, _scope()), 1))
     assert status == 202 and door.refused == 1
     for task in uploading[1:]:
         task.cancel()
