@@ -27,7 +27,7 @@ from order_svc.domain import OrderStatus
 from order_svc.explain import COMPENSATING, Refusal, explain
 from order_svc.placing import OrderDesk, Placement
 from order_svc.settings import Settings
-from saga_kit import tracing
+from saga_kit import audit, tracing
 from saga_kit.auth import Principal
 from saga_kit.http import RETRY_AFTER, DatabaseDep, PrincipalDep, SettingsDep, errors, location, problem
 from saga_kit.personal_data import KeyStore, Unreadable, forget, load_master_key, open_sealed, sealed_of
@@ -262,8 +262,10 @@ async def post_order(
         trace=otel_context.get_current(),
         traceparent=tracing.current_traceparent(),
         personal=personal,
+        audit=audit.call_audit(request.scope),
     )
     order_id, status = await desk.place(command)
+    audit.mark_audited(request.scope)  # the entry committed with the order
     _accepted(request, response, order_id)
     return OrderAccepted(order_id=order_id, status=status)
 

@@ -33,7 +33,8 @@ from events import OrderCreated, OrderLine
 from events.personal import PersonalData, Sealed
 from order_svc.domain import OrderStatus
 from order_svc.errors import IdempotencyKeyReused
-from saga_kit import sql, tracing
+from saga_kit import audit, sql, tracing
+from saga_kit.audit import CallAudit
 from saga_kit.db import Database, UnitOfWork
 from saga_kit.errors import is_transient
 from saga_kit.personal_data import KeyStore, seal
@@ -59,6 +60,9 @@ class Placement:
     #: them (saga_kit.personal_data). Not part of ``request_hash``: a digest of personal
     #: data would outlive forgetting the customer.
     personal: PersonalData | None = None
+    #: The caller, for the call's audit entry: appended in the transaction that places the
+    #: order (saga_kit.audit); None: the door audits the call itself, or nothing does.
+    audit: CallAudit | None = None
 
     @property
     def request_hash(self) -> str:
@@ -149,6 +153,14 @@ async def place_orders(
             results[i] = (
                 (order_id, status) if request_hash == command.request_hash else IdempotencyKeyReused()
             )
+        audit.append(
+            uow,
+            [
+                command.audit.entry(f"/orders/{result[0]}", "202")
+                for command, result in zip(commands, results, strict=True)
+                if command.audit is not None and isinstance(result, tuple)
+            ],
+        )
     return [r for r in results if r is not None]
 
 

@@ -23,7 +23,11 @@ refuses UPDATE and DELETE on the table: only someone who can disable triggers (t
 can tamper, and then the chain shows it.
 
 A crash between a call's commit and its audit entry loses that entry (the call is
-written first); a compensation's entry is never lost (same transaction).
+written first); a compensation's entry is never lost (same transaction). Nor is the
+entry of a placed order: ``POST /orders`` hands its entry (``CallAudit``) to the order
+desk, which appends it in the transaction that places the order (``append``) and tells
+the middleware it is written (``mark_audited``) — one transaction fewer per group of
+orders, and an order never exists without its entry.
 """
 
 from __future__ import annotations
@@ -117,6 +121,51 @@ def verify(links: Iterable[Link], previous: bytes = GENESIS) -> list[str]:
 # -- writing ------------------------------------------------------------------------------
 
 
+def append(uow: Any, entries: Sequence[str]) -> None:
+    """Append ``entries`` (canonical JSON, in order) to the chain in ``uow``'s transaction
+    (a ``saga_kit.db.UnitOfWork``): under the chain's lock, each linked to the head in SQL,
+    written with the transaction's other statements."""
+    if not entries:
+        return
+    uow.write(LOCK_SQL, {})
+    for entry in entries:
+        uow.write(APPEND_SQL, {"entry": entry})
+
+
+@dataclass(frozen=True)
+class CallAudit:
+    """Who made a call and under which request, for an entry written with the call's own
+    transaction instead of by the middleware."""
+
+    actor: str
+    role: str
+    action: str
+    request_id: str | None
+
+    def entry(self, resource: str, outcome: str) -> str:
+        """The entry (canonical JSON) of the call, ending in ``outcome`` on ``resource``."""
+        return canonical(new_entry(self.actor, self.role, self.action, resource, outcome, self.request_id))
+
+
+def call_audit(scope: Scope) -> CallAudit:
+    """The caller and request of ``scope`` (the route's), as ``AuditTrail`` records them."""
+    principal = scope.get("state", {}).get("principal")
+    authenticated = principal is not None and principal.authenticated
+    route = getattr(scope.get("route"), "path", None) or scope["path"]
+    ids = tracing.current_ids()
+    return CallAudit(
+        principal.subject if authenticated else "anonymous",
+        ",".join(sorted(principal.roles)) if authenticated else "none",
+        f"{scope['method']} {route}",
+        ids[0] if ids else None,
+    )
+
+
+def mark_audited(scope: Scope) -> None:
+    """Tell ``AuditTrail`` that this request's entry was written with its transaction."""
+    scope.setdefault("state", {})["audited"] = True
+
+
 def record_compensations(uow: Any, emitted: Sequence[Any]) -> None:
     """Emit hook (saga_kit.db): an entry for each compensation emitted, in its unit of
     work, so the compensation and its audit entry commit together."""
@@ -161,26 +210,21 @@ class AuditTrail:
         await self.app(scope, receive, audited)
 
     async def _write(self, scope: Scope, start: Message, trace_id: str | None) -> None:
-        principal = scope.get("state", {}).get("principal")
-        authenticated = principal is not None and principal.authenticated
-        route = getattr(scope.get("route"), "path", None) or scope["path"]
+        if scope.get("state", {}).get("audited"):
+            return  # written with the call's own transaction (mark_audited)
         location = next((v.decode("latin-1") for k, v in start.get("headers", []) if k == b"location"), None)
-        entry = new_entry(
-            principal.subject if authenticated else "anonymous",
-            ",".join(sorted(principal.roles)) if authenticated else "none",
-            f"{scope['method']} {route}",
-            location or scope["path"],
-            str(start["status"]),
-            trace_id,
+        call = call_audit(scope)
+        entry = CallAudit(call.actor, call.role, call.action, trace_id).entry(
+            location or scope["path"], str(start["status"])
         )
         state = scope["app"].state
         try:
             writer: AuditWriter | None = getattr(state, "audit_writer", None)
             if writer is None:
                 writer = state.audit_writer = AuditWriter(state.db.engine)
-            await writer.append(canonical(entry))
+            await writer.append(entry)
         except Exception:  # the call happened: say loudly that its record did not
-            log.exception("audit entry not written: %s", canonical(entry))
+            log.exception("audit entry not written: %s", entry)
 
 
 class AuditWriter:

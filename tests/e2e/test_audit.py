@@ -40,7 +40,7 @@ def test_calls_and_compensations_are_recorded_with_who_and_how_they_ended(
     kim.close()
 
     at_order = [e for e in entries(system, "order_svc") if order_id in e["resource"]]
-    placed = next(e for e in at_order if e["action"] == "POST /orders")
+    (placed,) = [e for e in at_order if e["action"] == "POST /orders"]  # once: the desk wrote it
     assert (placed["actor"], placed["role"], placed["outcome"]) == (customers["kim"], "customer", "202")
     assert placed["resource"] == f"/orders/{order_id}" and placed["request_id"]
     cancels = [e for e in at_order if e["action"] == "POST /orders/{order_id}/cancel"]

@@ -14,12 +14,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from events import OrderApproved, OrderCreated, OrderLine, encode
 from events.envelope import Envelope
 from order_svc.errors import IdempotencyKeyReused
 from order_svc.placing import Placement, place_orders
-from saga_kit import outbox
+from saga_kit import audit, outbox
 from saga_kit.consumer import ConsumerPipeline, HandlerErrorLimit, Outcome, Record, Subscription
 from saga_kit.db import UnitOfWork
 from saga_kit.faust_app import consume_batches
@@ -253,6 +254,43 @@ async def test_commands_share_one_transaction_and_keys_hold_inside_it(order: Ser
     # and later, in another batch, the key still answers with that order
     (again,) = await place_orders(order.db, [command("a", key)])
     assert again == first
+
+
+async def test_each_placed_order_has_its_audit_entry_in_the_chain_from_the_same_transaction(
+    order: ServiceUnderTest,
+) -> None:
+    line = (OrderLine(product_id="p", quantity=1),)
+    key = f"key-{uuid.uuid4().hex[:8]}"
+    caller = audit.CallAudit("kim", "customer", "POST /orders", "trace-1")
+
+    def command(customer: str, idempotency_key: str | None, who: audit.CallAudit | None) -> Placement:
+        return Placement(customer, line, idempotency_key, timedelta(minutes=5), audit=who)
+
+    async def chain() -> list[audit.Link]:
+        async with order.db.engine.connect() as conn:
+            rows = await conn.execute(text("SELECT seq, entry, prev_hash, hash FROM audit_log ORDER BY seq"))
+            return [audit.Link(r.seq, r.entry, bytes(r.prev_hash), bytes(r.hash)) for r in rows]
+
+    before = len(await chain())
+    results = await place_orders(
+        order.db,
+        [
+            command("kim", key, caller),
+            command("b", None, None),
+            command("kim", key, caller),
+            command("z", key, caller),
+        ],
+    )
+    first, _, same, clash = results
+    assert isinstance(first, tuple) and same == first and isinstance(clash, IdempotencyKeyReused)
+    links = await chain()
+    written = [json.loads(link.entry) for link in links[before:]]
+    # one entry per audited command answered 202 (the replay too), none for the 409 (the
+    # middleware writes that one) nor for the unaudited command
+    assert [(e["actor"], e["action"], e["resource"], e["outcome"], e["request_id"]) for e in written] == [
+        ("kim", "POST /orders", f"/orders/{first[0]}", "202", "trace-1")
+    ] * 2
+    assert audit.verify(links) == []  # chained in SQL with the rest of the chain
 
 
 async def test_a_bad_deploy_stops_the_stream_instead_of_dead_lettering_it(
