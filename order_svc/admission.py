@@ -34,6 +34,7 @@ wait its turn behind them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import math
 import time
@@ -46,6 +47,10 @@ from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from saga_kit.db import Database
+
+#: Orders refused in this process since start, by gate: ``backlog`` (``Admission``) and
+#: ``door`` (``Door``); /metrics: ``order_admission_refused_total{gate}``.
+REFUSED: collections.Counter[str] = collections.Counter()
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class Admission:
         if expected <= allowed:
             return None
         self.refused += 1
+        REFUSED["backlog"] += 1
         return Refusal(expected, max(1, min(60, math.ceil(expected - allowed))))
 
     async def _read(self) -> None:
@@ -188,6 +194,7 @@ class Door:
             why = f"{self._entered} orders are in progress"
         if why is not None:
             self.refused += 1
+            REFUSED["door"] += 1
             refusal = Refusal(waited, max(1, min(60, math.ceil(waited))), at_door=why)
             await refused(refusal)(scope, receive, send)
             return

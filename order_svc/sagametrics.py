@@ -1,15 +1,19 @@
-"""The order service's own metrics: every saga's outcome and duration, from its table.
+"""The order service's own metrics: every saga's outcome and duration, from its table,
+and the orders admission control refused.
 
-Computed from ``orders`` at scrape time, so they are exact across restarts and across
-several instances (each reports the same totals: aggregate with ``max``, not ``sum``).
+Outcomes and durations are computed from ``orders`` at scrape time, so they are exact
+across restarts and across several instances (each reports the same totals: aggregate
+with ``max``, not ``sum``). Refusals are this process's since it started (aggregate with
+``sum``).
 """
 
 from __future__ import annotations
 
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from order_svc.admission import REFUSED
 from saga_kit.histogram import SAGA_BUCKETS
 
 
@@ -42,4 +46,12 @@ async def render(conn: AsyncConnection, service: str) -> list[Metric]:
         *cumulative, total, seconds = counts
         points = [(f"{bound:g}", n) for bound, n in zip(SAGA_BUCKETS, cumulative, strict=True)]
         duration.add_metric([service, status], [*points, ("+Inf", total)], float(seconds))
-    return [orders, duration]
+    refused = CounterMetricFamily(
+        "order_admission_refused",
+        "Orders refused with 503 by admission control since this process started, by gate:"
+        " backlog (could not finish before its deadline) or door (requests answered slowly).",
+        labels=["service", "gate"],
+    )
+    for gate in ("backlog", "door"):
+        refused.add_metric([service, gate], REFUSED[gate])
+    return [orders, duration, refused]

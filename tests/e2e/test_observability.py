@@ -139,6 +139,8 @@ def test_metrics_cover_consumption_production_latency_outbox_lag_and_sagas(
         order["saga_duration_seconds"], "saga_duration_seconds_bucket", status="REJECTED", le="+Inf"
     )
     assert rejected_count >= 1 and rejected_inf == rejected_count
+    gates = {s.labels["gate"] for s in order["order_admission_refused"] if s.name.endswith("_total")}
+    assert gates == {"backlog", "door"}
     lag = [s for s in inventory["saga_consumer_lag"] if s.labels["topic"] == "orders.events"]
     assert lag and all(s.value >= 0 for s in lag)
     assert value(order["saga_job_runs"], "saga_job_runs_total", job="deadline_sweeper") >= 1

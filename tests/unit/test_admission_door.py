@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
-from order_svc.admission import Door
+from order_svc.admission import REFUSED, Door
 
 
 class Held:
@@ -82,6 +82,7 @@ def _status(messages: list[Message]) -> tuple[int, dict[str, str], Any]:
 async def test_orders_are_refused_at_once_while_those_in_progress_wait_and_taken_again_after() -> None:
     app = Held()
     door = _door(app)
+    counted_before = REFUSED["door"]
     held = [asyncio.create_task(_call(door, _scope())) for _ in range(3)]
     await app.until_reached(3)
     assert door.waited(3) < 0.05
@@ -90,7 +91,7 @@ async def test_orders_are_refused_at_once_while_those_in_progress_wait_and_taken
     status, headers, body = _status(await asyncio.wait_for(_call(door, _scope()), 1))
     assert status == 503 and body["reason"] == "overloaded"
     assert "waited" in body["detail"] and int(headers["retry-after"]) >= 1
-    assert door.refused == 1
+    assert door.refused == 1 and REFUSED["door"] == counted_before + 1  # /metrics counts it
 
     other = asyncio.create_task(_call(door, _scope("GET", "/orders")))  # not an order: let through
     await app.until_reached(4)
