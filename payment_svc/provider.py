@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections import Counter
@@ -42,6 +43,8 @@ import aiohttp
 from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreaker
 
 from events.payment import DeclineReason
+
+log = logging.getLogger(__name__)
 
 _DECLINE_CODES: frozenset[str] = frozenset({"insufficient_funds", "unknown_account"})
 
@@ -103,7 +106,8 @@ class Answer:
 
 class Unreachable(Exception):
     """``PaymentProvider.request`` got no answer: connection refused or reset, or no
-    answer within the timeout."""
+    answer within the timeout. Its message is the error's kind only (callers may show it);
+    the details are logged."""
 
 
 class _Failed(Exception):
@@ -198,7 +202,10 @@ class PaymentProvider:
         try:
             return await self._exchange(method, path, json, {})
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise Unreachable(f"{type(exc).__name__}: {exc}") from None
+            log.warning(
+                "payment provider: %s %s got no answer (%s: %s)", method, path, type(exc).__name__, exc
+            )
+            raise Unreachable(type(exc).__name__) from None
 
     async def _exchange(self, method: str, path: str, body: Any, headers: dict[str, str]) -> Answer:
         if self._session is None or self._session.closed:
