@@ -8,7 +8,10 @@ services: tests/e2e/test_authorization.py."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -16,6 +19,7 @@ import pytest
 from saga_kit.auth import (
     DEV_AUDIENCE,
     DEV_ISSUER,
+    LEEWAY_SECONDS,
     POLICY,
     Access,
     AuthConfigurationError,
@@ -218,3 +222,46 @@ def test_the_development_issuer_keeps_its_key_and_publishes_extra_ones(tmp_path:
     (directory / "extra.jwks.json").write_text(other.jwks_file.read_text())
     both = json.loads(write_dev_issuer(directory).jwks_file.read_text())
     assert both["keys"] == first["keys"] + json.loads(other.jwks_file.read_text())["keys"]
+
+
+async def test_a_verified_token_is_taken_again_without_verifying_until_it_expires(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [time.time()]
+    monkeypatch.setattr(time, "time", lambda: clock[0])  # the cache's clock (and mint's)
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    verifier = load_verifier(str(issuer.jwks_file), None, None, None, production=False)
+    assert verifier is not None
+    decoded: list[str] = []
+    real_decode = jwt.decode
+
+    def counting_decode(token: str, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(token)
+        return real_decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    token = issuer.mint("ann", [Role.CUSTOMER], ttl_seconds=60)
+    for _ in range(3):
+        assert await verifier.principal(f"Bearer {token}") == Principal("ann", CUSTOMER)
+    assert len(decoded) == 1  # verified once, then taken from the cache
+    other = issuer.mint("bob", [Role.CUSTOMER], ttl_seconds=60)
+    assert await verifier.principal(f"Bearer {other}") == Principal("bob", CUSTOMER)
+    assert len(decoded) == 2  # another token is verified on its own
+    clock[0] += 60 + LEEWAY_SECONDS + 1  # past exp and the leeway: no longer cached
+    await verifier.principal(f"Bearer {token}")
+    assert decoded[-1] == token and len(decoded) == 3
+
+
+async def test_a_cached_token_is_refused_once_its_key_is_no_longer_published(tmp_path: Path) -> None:
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    verifier = load_verifier(str(issuer.jwks_file), None, None, None, production=False)
+    assert verifier is not None
+    token = issuer.mint("ann", [Role.CUSTOMER])
+    assert await verifier.principal(f"Bearer {token}") == Principal("ann", CUSTOMER)
+    elsewhere = write_dev_issuer(tmp_path / "elsewhere")  # the JWKS now lists another key only
+    published = issuer.jwks_file.stat().st_mtime_ns
+    issuer.jwks_file.write_text(elsewhere.jwks_file.read_text())
+    os.utime(issuer.jwks_file, ns=(published + 10**9, published + 10**9))  # a visible change
+    with pytest.raises(Unauthorized) as refused:
+        await verifier.principal(f"Bearer {token}")
+    assert refused.value.detail == "the token is signed with a key this service does not trust"
