@@ -43,6 +43,7 @@ import aiohttp
 from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreaker
 
 from events.payment import DeclineReason
+from saga_kit import tracing
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +236,9 @@ class PaymentProvider:
         start = time.monotonic()
         try:
             headers = {"Idempotency-Key": key} if key is not None else {}
+            traceparent = tracing.current_traceparent()
+            if traceparent is not None:  # the saga's trace goes on at the provider (W3C)
+                headers["traceparent"] = traceparent
             answer = await self._exchange(method, path, body, headers)
         except TimeoutError:
             raise _Failed(f"the provider did not answer within {self.timeout:g} s") from None

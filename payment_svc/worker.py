@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from opentelemetry.trace import SpanKind
 from sqlalchemy import text
 
 from events import PaymentCompleted, PaymentFailed, PaymentPending, PaymentRefunded
@@ -79,6 +80,8 @@ class Due:
     #: PENDING: a charge; REFUND_PENDING: a refund
     status: str
     attempts: int
+    #: the saga's W3C traceparent (kept with the payment): the call is a span of its trace
+    traceparent: str | None = None
 
 
 async def claim(db: Database, limit: int, lease_seconds: float) -> list[Due]:
@@ -94,18 +97,34 @@ async def claim(db: Database, limit: int, lease_seconds: float) -> list[Due]:
                 "       AND next_attempt_at <= clock_timestamp()"
                 "       ORDER BY next_attempt_at LIMIT :n FOR UPDATE SKIP LOCKED) due"
                 " WHERE p.order_id = due.order_id"
-                " RETURNING p.order_id, p.customer_id, p.amount, p.status, p.attempts"
+                " RETURNING p.order_id, p.customer_id, p.amount, p.status, p.attempts, p.traceparent"
             ),
             {"n": limit, "lease": lease_seconds},
         )
-        return [Due(r.order_id, r.customer_id, r.amount, r.status, r.attempts) for r in rows]
+        return [Due(r.order_id, r.customer_id, r.amount, r.status, r.attempts, r.traceparent) for r in rows]
 
 
 async def call(provider: PaymentProvider, due: Due) -> ChargeResult | RefundResult:
-    """Step 2: the provider call for ``due``, with the order's idempotency key."""
-    if due.status == "PENDING":
-        return await provider.charge(charge_key(due.order_id), due.customer_id, due.amount, str(due.order_id))
-    return await provider.refund(refund_key(due.order_id), charge_key(due.order_id))
+    """Step 2: the provider call for ``due``, with the order's idempotency key — a CLIENT
+    span ``payment provider charge`` (or ``refund``) of the saga's trace, whose context the
+    request carries on (``traceparent``), with the attempt and what came of it."""
+    operation = "charge" if due.status == "PENDING" else "refund"
+    parent = tracing.extract({"traceparent": due.traceparent}) if due.traceparent else None
+    with tracing.span(
+        f"payment provider {operation}",
+        kind=SpanKind.CLIENT,
+        parent=parent,
+        attributes={"saga.order_id": str(due.order_id), "payment.attempt": due.attempts},
+    ) as span:
+        answer: ChargeResult | RefundResult
+        if operation == "charge":
+            answer = await provider.charge(
+                charge_key(due.order_id), due.customer_id, due.amount, str(due.order_id)
+            )
+        else:
+            answer = await provider.refund(refund_key(due.order_id), charge_key(due.order_id))
+        span.set_attribute("payment.outcome", type(answer).__name__.lower())
+        return answer
 
 
 async def record(

@@ -51,7 +51,9 @@ def test_one_saga_is_one_trace_across_three_services(
         spans = spans_of(system, trace_id)
         by_id = {s["span_id"]: s for s in spans}
         handles = {(s["service"], s["name"]): s for s in spans if s["kind"] == "CONSUMER"}
-        if all((svc, f"handle {ev}") in handles for svc, ev, _ in HOPS) or time.monotonic() > end:
+        charges = [s for s in spans if s["name"] == "payment provider charge"]
+        done = all((svc, f"handle {ev}") in handles for svc, ev, _ in HOPS) and charges
+        if done or time.monotonic() > end:
             break
         time.sleep(0.2)
     assert {s["service"] for s in spans} == {"order_svc", "inventory_svc", "payment_svc"}
@@ -69,6 +71,15 @@ def test_one_saga_is_one_trace_across_three_services(
             assert parent["service"] == producer  # spans inside the producer's work, e.g. the route's
             parent = by_id[parent["parent_id"]]
         assert (parent["service"], parent["name"]) == (producer, caused_by[event_type])
+    # the external step is in the trace too: payment's call to the provider, a CLIENT span
+    # under the handling of InventoryReserved, which decided to charge
+    (charge,) = charges
+    assert (charge["service"], charge["kind"]) == ("payment_svc", "CLIENT")
+    assert charge["attributes"]["saga.order_id"] == order_id
+    assert (
+        charge["attributes"]["payment.outcome"] == "charged" and charge["attributes"]["payment.attempt"] == 1
+    )
+    assert by_id[charge["parent_id"]]["service"] == "payment_svc"
     # and nothing in the trace points to a span that is not in it
     assert all(s["parent_id"] in by_id for s in spans if s["parent_id"] is not None)
 
