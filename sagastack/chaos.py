@@ -17,6 +17,10 @@ What it does, in one run directory of its own:
      and another share **late** (seconds afterwards, after newer events of the saga);
    * **poison messages** on every domain topic, some with null, NUL or non-UTF-8 headers,
      some unsigned, some signed by the topic's rightful producer (so they fail at decoding).
+
+   It also supervises, as compose's ``restart: unless-stopped`` does: a service that
+   exits on its own — as one must when a broker failover leaves its idempotent producer
+   unable to continue (``saga_kit.outbox``) — is restarted, and the report says so.
 4. After the last fault it waits for quiescence, then checks every invariant of
    docs/design.md §6 against the three databases, plus: every order a client was told about
    exists, and the only dead letters are the poison messages it sent.
@@ -35,6 +39,7 @@ import contextlib
 import os
 import random
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -142,6 +147,8 @@ class Chaos:
         self.initial_balance: dict[str, Decimal] = {}
         self.workload_done = asyncio.Event()
         self.faults_done = asyncio.Event()
+        #: services the run took down on purpose (killed, not yet restarted)
+        self._down: set[str] = set()
         self.broker_kills_done = 0
         #: the reconciliation with the provider's ledger, for the report
         self.reconciliation: list[str] = []
@@ -288,6 +295,7 @@ class Chaos:
         name = self.rng.choice(sorted(self.system.services))
         pause = self.rng.uniform(0.2, 3.0)
         slow = self.rng.random() < 0.3
+        self._down.add(name)
         await asyncio.to_thread(self.system.stop_service, name, signal.SIGKILL)
         self.report.fault(
             "kill", f"{name} (down {pause:.1f}s{', restarted with a slow relay' if slow else ''})"
@@ -295,6 +303,7 @@ class Chaos:
         await asyncio.sleep(pause)
         env = {"SAGA_FAULT": "relay.delay=1.0" if slow else ""}
         await asyncio.to_thread(self.system.start_service, name, wait=False, env=env)
+        self._down.discard(name)
         if slow:
             self.report.faults["delayed_relay"] += 1
         await asyncio.to_thread(self.system.wait_ready, name, 180)
@@ -336,6 +345,18 @@ class Chaos:
         await asyncio.sleep(length)
         await asyncio.to_thread(self.system.provider_faults)
         self.report.last_fault = time.monotonic()
+
+    def supervise(self, stop: threading.Event) -> None:
+        """Restart, every half second, a service that exited although the run did not take
+        it down (the orchestrator's restart policy), until ``stop`` is set (a thread: it
+        also watches while the run waits for quiescence)."""
+        while not stop.wait(0.5):
+            for name, sp in list(self.system.services.items()):
+                code = sp.proc.poll() if sp.proc is not None else None
+                if code is None or name in self._down:
+                    continue
+                self.report.fault("exited", f"{name} (exit code {code}; restarted by the supervisor)")
+                self.system.start_service(name, wait=False)
 
     async def watch_breaker(self) -> None:
         """Sample payment's readiness (its breaker) every half second until the faults end."""
@@ -516,10 +537,21 @@ class Chaos:
             print(f"broker: {self.system.broker_description()}", flush=True)
             self.seed_data()
             self.report.t0 = time.monotonic()
-            asyncio.run(self.drive())
-            faults_over = self.report.last_fault or time.monotonic()
-            print("workload and faults done; waiting for quiescence …", flush=True)
-            quiet = invariants.wait_for_quiescence(self.system.database_urls, timeout=cfg.settle_limit + 120)
+            stop_supervising = threading.Event()
+            supervisor = threading.Thread(target=self.supervise, args=(stop_supervising,), daemon=True)
+            supervisor.start()
+            try:
+                asyncio.run(self.drive())
+                drive_done = time.monotonic()
+                print("workload and faults done; waiting for quiescence …", flush=True)
+                quiet = invariants.wait_for_quiescence(
+                    self.system.database_urls, timeout=cfg.settle_limit + 120
+                )
+            finally:
+                stop_supervising.set()
+                supervisor.join()
+            # a restart by the supervisor is the last fault if it came after the others
+            faults_over = self.report.last_fault or drive_done
             settled = time.monotonic() - faults_over
             violations = invariants.check(
                 self.system.database_urls, self.initial_stock, self.initial_balance, self.system.provider_url
