@@ -108,7 +108,7 @@ class Admission:
             return None
         self.refused += 1
         REFUSED["backlog"] += 1
-        return Refusal(expected, max(1, min(60, math.ceil(expected - allowed))))
+        return Refusal(expected, _retry_after(expected - allowed))
 
     async def _read(self) -> None:
         async with self._db.engine.connect() as conn:
@@ -142,6 +142,11 @@ def of(app: Any) -> Admission:
 def _desk_delay(app: Any) -> float:
     desk = getattr(app.state, "order_desk", None)
     return 0.0 if desk is None else float(desk.queue_delay())
+
+
+def _retry_after(seconds: float) -> int:
+    """``Retry-After`` for a wait of ``seconds``: whole seconds, from 1 to 60."""
+    return max(1, min(60, math.ceil(seconds)))
 
 
 def refused(refusal: Refusal) -> JSONResponse:
@@ -195,7 +200,7 @@ class Door:
         if why is not None:
             self.refused += 1
             REFUSED["door"] += 1
-            refusal = Refusal(waited, max(1, min(60, math.ceil(waited))), at_door=why)
+            refusal = Refusal(waited, _retry_after(waited), at_door=why)
             await refused(refusal)(scope, receive, send)
             return
         key = next(self._ids)

@@ -109,11 +109,10 @@ async def call(provider: PaymentProvider, due: Due) -> ChargeResult | RefundResu
     span ``payment provider charge`` (or ``refund``) of the saga's trace, whose context the
     request carries on (``traceparent``), with the attempt and what came of it."""
     operation = "charge" if due.status == "PENDING" else "refund"
-    parent = tracing.extract({"traceparent": due.traceparent}) if due.traceparent else None
     with tracing.span(
         f"payment provider {operation}",
         kind=SpanKind.CLIENT,
-        parent=parent,
+        parent=tracing.from_traceparent(due.traceparent),
         attributes={"saga.order_id": str(due.order_id), "payment.attempt": due.attempts},
     ) as span:
         answer: ChargeResult | RefundResult
@@ -152,7 +151,7 @@ async def record(
             row = rows.get(due.order_id)
             if row is None or row.status != due.status:
                 continue  # decided meanwhile (e.g. voided): the answer is stale
-            trace = tracing.extract({"traceparent": row.traceparent}) if row.traceparent else None
+            trace = tracing.from_traceparent(row.traceparent)
 
             def emit(
                 payload: Any,

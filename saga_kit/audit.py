@@ -37,7 +37,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -169,14 +169,11 @@ def mark_audited(scope: Scope) -> None:
 def record_compensations(uow: Any, emitted: Sequence[Any]) -> None:
     """Emit hook (saga_kit.db): an entry for each compensation emitted, in its unit of
     work, so the compensation and its audit entry commit together."""
-    first = True
+    entries = []
     for delivery in emitted:
         envelope = delivery.envelope
         if envelope.event_type not in COMPENSATIONS:
             continue
-        if first:
-            uow.write(LOCK_SQL, {})
-            first = False
         entry = new_entry(
             f"service:{envelope.producer}",
             "service",
@@ -186,7 +183,8 @@ def record_compensations(uow: Any, emitted: Sequence[Any]) -> None:
             tracing.trace_id_of(delivery.headers),
         )
         entry["cause"] = str(envelope.causation_id) if envelope.causation_id else None
-        uow.write(APPEND_SQL, {"entry": canonical(entry)})
+        entries.append(canonical(entry))
+    append(uow, entries)
 
 
 class AuditTrail:
@@ -213,10 +211,8 @@ class AuditTrail:
         if scope.get("state", {}).get("audited"):
             return  # written with the call's own transaction (mark_audited)
         location = next((v.decode("latin-1") for k, v in start.get("headers", []) if k == b"location"), None)
-        call = call_audit(scope)
-        entry = CallAudit(call.actor, call.role, call.action, trace_id).entry(
-            location or scope["path"], str(start["status"])
-        )
+        call = replace(call_audit(scope), request_id=trace_id)
+        entry = call.entry(location or scope["path"], str(start["status"]))
         state = scope["app"].state
         try:
             writer: AuditWriter | None = getattr(state, "audit_writer", None)

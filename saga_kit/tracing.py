@@ -120,6 +120,11 @@ def extract(headers: Headers | Mapping[str, str]) -> otel_context.Context:
     return propagate.extract(text_map(headers))
 
 
+def from_traceparent(traceparent: str | None) -> otel_context.Context | None:
+    """The trace context of a W3C ``traceparent`` kept in a row (None without one)."""
+    return extract({TRACEPARENT: traceparent}) if traceparent else None
+
+
 def span_context(headers: Headers) -> SpanContext | None:
     """The remote span context carried by ``headers``, if there is a valid one."""
     ctx = trace.get_current_span(extract(headers)).get_span_context()
