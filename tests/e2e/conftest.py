@@ -78,6 +78,14 @@ def seed(
     return products, customers
 
 
+def sagastack(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m sagastack`` as a user would (at its own log level), output captured."""
+    env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
+    return subprocess.run(
+        [sys.executable, "-m", "sagastack", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
 def sagactl(
     system: System, *args: str, columns: int = 250, token: str | None = "operator"
 ) -> subprocess.CompletedProcess[str]:

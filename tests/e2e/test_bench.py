@@ -5,42 +5,32 @@ how fast anything was."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.e2e.conftest import sagastack
 
 
 def test_the_bench_prints_every_figure_it_promises(run_root: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sagastack",
-            "bench",
-            "--orders",
-            "40",
-            "--concurrency",
-            "4",
-            "--sweep",
-            "10,20",
-            "--step-seconds",
-            "2",
-            "--idle",
-            "2",
-            "--ceiling-sagas",
-            "100",
-            "--ceiling-rate",
-            "200",
-            "--run-dir",
-            str(run_root / "bench"),
-        ],
-        capture_output=True,
-        text=True,
+    done = sagastack(
+        "bench",
+        "--orders",
+        "40",
+        "--concurrency",
+        "4",
+        "--sweep",
+        "10,20",
+        "--step-seconds",
+        "2",
+        "--idle",
+        "2",
+        "--ceiling-sagas",
+        "100",
+        "--ceiling-rate",
+        "200",
+        "--run-dir",
+        str(run_root / "bench"),
         timeout=900,
-        env=env,
     )
     out = done.stdout
     assert done.returncode == 0, out[-4000:] + done.stderr[-4000:]

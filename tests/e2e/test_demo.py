@@ -4,31 +4,13 @@ hold."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.e2e.conftest import sagastack
 
 
 def test_the_demo_tells_the_truth_about_every_saga(run_root: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sagastack",
-            "demo",
-            "--no-keep",
-            "--orders",
-            "5",
-            "--run-dir",
-            str(run_root / "demo"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    done = sagastack("demo", "--no-keep", "--orders", "5", "--run-dir", str(run_root / "demo"), timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     out = done.stdout
     assert "FAIL" not in out
