@@ -214,6 +214,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             spec.subscription.topics,
             pipeline,
             settings.kafka_fetch_max_wait_ms,
+            fetch_idle_wait_ms=settings.kafka_fetch_idle_wait_ms,
             batch_max=settings.consumer_batch_max,
             batch_linger=settings.consumer_batch_linger_ms / 1000,
             data_dir=settings.data_dir,

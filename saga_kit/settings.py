@@ -25,9 +25,10 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurity
 from saga_kit.retry import RetryPolicy
 
-#: How long a consumer fetch may wait on the broker for data. The embedded broker answers
-#: an idle fetch only when the wait ends, so this is most of an idle saga hop there
-#: (measured: README, Benchmark); Apache Kafka answers as soon as data arrives.
+#: How long a consumer fetch may wait on the broker for data. Apache Kafka answers as soon
+#: as data arrives; the embedded Tansu answers only when the wait ends, so there this is
+#: most of an idle saga hop, and the supervisor gives the services a short idle wait
+#: (``KAFKA_FETCH_IDLE_WAIT_MS``; saga_kit.faust_app.FetchPacer; README, Benchmark).
 DEFAULT_FETCH_MAX_WAIT_MS = 100
 
 
@@ -66,6 +67,16 @@ class ServiceSettings(KafkaClientSettings):
         ge=0,
         le=30_000,
         validation_alias=AliasChoices("KAFKA_FETCH_MAX_WAIT_MS", "kafka_fetch_max_wait_ms"),
+    )
+
+    #: The fetch wait while the consumer is idle (ms; saga_kit.faust_app.FetchPacer), for a
+    #: broker that answers a fetch only when its wait ends (Tansu). None: always
+    #: ``kafka_fetch_max_wait_ms``.
+    kafka_fetch_idle_wait_ms: int | None = Field(
+        default=None,
+        ge=1,
+        le=30_000,
+        validation_alias=AliasChoices("KAFKA_FETCH_IDLE_WAIT_MS", "kafka_fetch_idle_wait_ms"),
     )
 
     #: A consumer batch: at most this many records, or what arrived within the linger.

@@ -12,7 +12,10 @@ the run directory's pid file). Everything lives under one run directory.
 The embedded broker is one of two (``System.broker_kind``, or ``SAGA_BROKER``):
 
 * ``tansu`` — Tansu from a PyPI wheel: needs nothing but Python, keeps everything in
-  memory (docs/design.md §2). The tests' default.
+  memory (docs/design.md §2). The tests' default. Tansu answers a fetch only when its
+  wait ends, never when a record arrives (measured: an idle hop takes a uniform 0 to
+  ``fetch.max.wait.ms``), so the services are told a short wait for when they are idle
+  (``TANSU_FETCH_IDLE_WAIT_MS``) unless the environment sets ``KAFKA_FETCH_IDLE_WAIT_MS``.
 * ``kafka`` — Apache Kafka in KRaft mode (``sagastack/apache_kafka.py``; Java 17, jars
   resolved by Maven): one combined node, or a cluster of three (``kafka_nodes=3``). The
   services then use what Kafka offers: an idempotent relay producer
@@ -55,6 +58,14 @@ from sagastack.client import SagaClient
 from sagastack.embedded import DATABASES, PidFile, Postgres, Tansu, free_port
 
 log = logging.getLogger(__name__)
+
+#: The consumers' fetch wait on Tansu while they are idle (ms; saga_kit.faust_app.FetchPacer;
+#: under load they wait ``KAFKA_FETCH_MAX_WAIT_MS`` and batch). A saga crosses three hops
+#: before it is approved, each waiting a uniform 0 to this long on an idle system: 20 ms
+#: keeps an idle saga near 90 ms at p50 (100 ms: ~135), for ~150 ms/s more CPU of the
+#: idle stack, mostly Tansu's own (README, Benchmark). Apache Kafka answers a fetch as
+#: soon as data arrives, so there the services keep a fixed wait.
+TANSU_FETCH_IDLE_WAIT_MS = 20
 
 BrokerKind = Literal["tansu", "kafka"]
 BROKER_KINDS: tuple[BrokerKind, ...] = ("tansu", "kafka")
@@ -248,13 +259,18 @@ class System:
 
     def broker_env(self) -> dict[str, str]:
         """What the services are told about the broker System started: on Apache Kafka,
-        an idempotent producer, the cluster's replication factor, and how to connect."""
+        an idempotent producer, the cluster's replication factor, and how to connect; on
+        Tansu, a short fetch wait while idle (``TANSU_FETCH_IDLE_WAIT_MS``) unless the
+        environment chose one."""
         if isinstance(self.broker, ApacheKafka):
             return {
                 "KAFKA_IDEMPOTENT_PRODUCER": "true",
                 "KAFKA_TOPIC_REPLICATION": str(self.broker.replication),
                 **self.broker.client_env(),
             }
+        if isinstance(self.broker, Tansu):
+            wait = os.environ.get("KAFKA_FETCH_IDLE_WAIT_MS", str(TANSU_FETCH_IDLE_WAIT_MS))
+            return {"KAFKA_FETCH_IDLE_WAIT_MS": wait}
         return {}
 
     def broker_description(self) -> str:

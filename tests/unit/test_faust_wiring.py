@@ -1,12 +1,19 @@
-"""faust hard-codes its consumers' fetch wait; ours must reach the aiokafka consumer (a
-faust or aiokafka upgrade that breaks the override fails here, not silently)."""
+"""faust hard-codes its consumers' fetch wait; ours must reach the aiokafka consumer, its
+consumer thread must run on uvloop, and the pacer must set each fetch's wait (a faust or
+aiokafka upgrade that breaks an override fails here, not silently)."""
 
 from __future__ import annotations
 
 import pytest
 
 from saga_kit.consumer import ConsumerPipeline, Subscription
-from saga_kit.faust_app import DEFAULT_FETCH_MAX_WAIT_MS, build_faust_app
+from saga_kit.faust_app import (
+    BUSY_RECORDS_PER_SECOND,
+    DEFAULT_FETCH_MAX_WAIT_MS,
+    FetchPacer,
+    _ConsumerThread,
+    build_faust_app,
+)
 from saga_kit.reactions import Reactions
 
 
@@ -26,3 +33,89 @@ async def test_the_fetch_wait_reaches_the_kafka_consumer(wait: int) -> None:
         await plain.stop()
     finally:
         await kafka_consumer.stop()
+
+
+async def test_the_consumer_thread_runs_on_uvloop() -> None:
+    """faust's consumer thread would make a standard asyncio loop; ours hands it uvloop's,
+    and mode closes it when the thread stops (an upgrade that drops either fails here)."""
+    import uvloop
+
+    reactions: Reactions[None] = Reactions(load=None, save=None)  # type: ignore[arg-type]
+    pipeline = ConsumerPipeline("wiring", None, Subscription(("t",), reactions))  # type: ignore[arg-type]
+    app = build_faust_app("wiring", "127.0.0.1:1", ("t",), pipeline)
+    thread = app.consumer._thread
+    assert isinstance(thread.thread_loop, uvloop.Loop)
+    assert thread._close_thread_loop_on_stop
+    thread.thread_loop.close()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_pacer_waits_short_while_idle_and_long_while_busy() -> None:
+    clock = _Clock()
+    pacer = FetchPacer(busy_wait_ms=100, idle_wait_ms=20, busy_records=50, clock=clock)
+    assert pacer.observe(0) == 20
+    assert pacer.observe(3) == 20  # an idle saga's few records
+    clock.now = 0.5
+    assert pacer.observe(47) == 100  # 50 within this second: busy at once
+    clock.now = 1.0
+    assert pacer.observe(0) == 100  # a new second: the last one's rate (50/s) keeps it busy
+    clock.now = 1.5
+    assert pacer.observe(10) == 100
+    clock.now = 2.0
+    assert pacer.observe(0) == 20  # 10 records in the last second: idle again
+    clock.now = 5.0
+    assert pacer.observe(0) == 20
+
+
+async def test_the_pacer_sets_the_wait_of_the_next_fetch() -> None:
+    """Our consumer thread wraps faust's take of fetched records (``_fetch_records``) and
+    writes the wait aiokafka's fetcher builds its next request from: an upgrade that
+    renames either fails here."""
+    import inspect
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from aiokafka.consumer.fetcher import Fetcher
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    assert "FetchRequest(\n                self._fetch_max_wait_ms," in inspect.getsource(Fetcher)
+    ours = inspect.signature(_ConsumerThread._fetch_records).parameters
+    assert list(ours) == list(inspect.signature(AIOKafkaConsumerThread._fetch_records).parameters)
+
+    reactions: Reactions[None] = Reactions(load=None, save=None)  # type: ignore[arg-type]
+    pipeline = ConsumerPipeline("wiring", None, Subscription(("t",), reactions))  # type: ignore[arg-type]
+    app = build_faust_app(
+        "wiring", "127.0.0.1:1", ("t",), pipeline, fetch_max_wait_ms=100, fetch_idle_wait_ms=20
+    )
+    thread = app.consumer._thread
+    taken: dict[str, list[int]] = {}
+
+    async def fetched_records(
+        partitions: object,
+        timeout: object,  # noqa: ASYNC109 (aiokafka's signature)
+        max_records: object,
+    ) -> dict[str, list[int]]:
+        return taken
+
+    fetcher = SimpleNamespace(
+        _closed=False,
+        _fetch_max_wait_ms=100,
+        _subscriptions=SimpleNamespace(fetch_context=nullcontext),
+        fetched_records=fetched_records,
+    )
+    kafka_consumer = SimpleNamespace(_closed=False, _fetcher=fetcher)
+    try:
+        await thread._fetch_records(kafka_consumer, set(), timeout=0.0)
+        assert fetcher._fetch_max_wait_ms == 20  # nothing taken: idle
+        taken = {"t-0": list(range(BUSY_RECORDS_PER_SECOND))}
+        assert await thread._fetch_records(kafka_consumer, set(), timeout=0.0) == taken
+        assert fetcher._fetch_max_wait_ms == 100  # busy: records gather into batches
+    finally:
+        thread.thread_loop.close()

@@ -1,0 +1,35 @@
+"""What the supervisor tells the services about the broker it started (no broker runs
+here: ``broker_env`` reads only which one was started)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from saga_kit.settings import DEFAULT_FETCH_MAX_WAIT_MS
+from sagastack.embedded import Tansu
+from sagastack.system import TANSU_FETCH_IDLE_WAIT_MS, System
+
+
+def _on_tansu(tmp_path: Path) -> System:
+    system = System(tmp_path, broker_kind="tansu")
+    system.broker = Tansu(1, tmp_path / "tansu.log")  # never started
+    return system
+
+
+def test_on_tansu_the_services_get_a_short_idle_fetch_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KAFKA_FETCH_IDLE_WAIT_MS", raising=False)
+    assert TANSU_FETCH_IDLE_WAIT_MS < DEFAULT_FETCH_MAX_WAIT_MS
+    assert _on_tansu(tmp_path).broker_env() == {"KAFKA_FETCH_IDLE_WAIT_MS": str(TANSU_FETCH_IDLE_WAIT_MS)}
+
+
+def test_the_environment_s_fetch_wait_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_FETCH_IDLE_WAIT_MS", "250")
+    assert _on_tansu(tmp_path).broker_env() == {"KAFKA_FETCH_IDLE_WAIT_MS": "250"}
+
+
+def test_an_external_broker_keeps_the_services_defaults(tmp_path: Path) -> None:
+    assert System(tmp_path, broker_kind="tansu").broker_env() == {}
