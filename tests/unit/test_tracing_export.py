@@ -70,3 +70,20 @@ def test_unknown_exporter_is_refused() -> None:
         tracing.configure("x", "zipkin", None)
     with pytest.raises(ValueError, match="needs TRACING_DIR"):
         tracing.configure("x", "file", None)
+
+
+def test_a_stored_traceparent_continues_its_trace(tmp_path: Path) -> None:
+    """``current_traceparent`` is the current span's W3C header (what a row keeps, what the
+    provider call carries) and ``from_traceparent`` continues that trace from it."""
+    provider = tracing.configure("tp_svc", "file", str(tmp_path))
+    assert tracing.current_traceparent() is None  # outside any span
+    with tracing.span("first") as first:
+        stored = tracing.current_traceparent()
+        ids = first.get_span_context()
+    assert stored == f"00-{ids.trace_id:032x}-{ids.span_id:016x}-{ids.trace_flags:02x}"
+    with tracing.span("later", parent=tracing.from_traceparent(stored)):
+        assert tracing.current_ids() is not None
+        trace_id, _ = tracing.current_ids() or ("", "")
+    assert trace_id == f"{ids.trace_id:032x}"
+    assert tracing.from_traceparent(None) is None
+    provider.shutdown()
