@@ -283,7 +283,8 @@ def idle_latency(system: System, product: str, customer: str, sagas: int) -> lis
 
 def ceiling(system: System, sagas: int, rate: float) -> dict[str, float] | None:
     """Run the null saga through the same broker; its throughput and CPU per saga
-    (the null saga's process plus the broker's share)."""
+    (the null saga's process plus the broker's). Stop the services first: the broker's
+    CPU must be the null saga's alone."""
     brokers = list(system.broker_pids().values())  # one Tansu, or every Kafka node
     if not brokers:
         return None
@@ -423,7 +424,12 @@ def main(args: argparse.Namespace) -> int:
             {c: Decimal(initial) for c in customers},
             system.provider_url,
         )
-        null = ceiling(system, args.ceiling_sagas, args.ceiling_rate) if args.ceiling_sagas else None
+        null = None
+        if args.ceiling_sagas:
+            # the services stop first: their consumers' idle fetches would count as the null saga's
+            for key in list(system.services):
+                system.stop_service(key)
+            null = ceiling(system, args.ceiling_sagas, args.ceiling_rate)
     if main_figures is not None and len(figures) > 1:
         how = (
             f"at {main_figures.load.offered_rate:.0f} offered"
