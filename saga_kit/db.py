@@ -125,9 +125,12 @@ class UnitOfWork:
         signed = self._signer.headers(topic, key, value) if self._signer else []
         self._rows.append(outbox.Row(uuid.uuid4(), topic, key, value, (*headers, *signed)))
 
-    async def flush(self) -> None:
+    async def flush(self, *, commit: bool = False) -> None:
         """Send every queued write, the outbox rows (one statement) and the emit hooks'
-        writes in one round trip; a failing statement raises here."""
+        writes in one round trip; a failing statement raises here. With ``commit`` (the
+        unit's last flush, ``Database.unit_of_work``), ``COMMIT`` goes in the same round
+        trip; the connection's own commit then finds no transaction open and sends nothing
+        (psycopg), so a transaction costs one round trip fewer."""
         rows, self._rows = self._rows, []
         emitted, self._unflushed = self._unflushed, []
         if rows:
@@ -144,6 +147,8 @@ class UnitOfWork:
         async with driver.pipeline():
             for statement, params in writes:
                 await driver.execute(statement, params)
+            if commit:
+                await driver.execute("COMMIT")
 
     async def lock_sagas(self, order_ids: Iterable[uuid.UUID]) -> None:
         """Serialize this transaction with every other one touching the same sagas in this
@@ -195,7 +200,7 @@ class Database:
             async with conn.begin():
                 uow = UnitOfWork(conn, self.producer, self._emit_hooks, self.signer)
                 yield uow
-                await uow.flush()
+                await uow.flush(commit=True)
             if uow.outbox_rows and self._on_commit is not None:
                 self._on_commit()
             for callback in uow._after_commit:
