@@ -36,6 +36,11 @@ EXAMPLES = 25
 #: Never ends by design (server-sent events); its parameters are fuzzed through the
 #: non-streaming /saga-events, and a bad Last-Event-ID has its own test.
 _ENDLESS = "/saga-events/stream"
+#: uvicorn's answer to bytes that are not an HTTP request, e.g. a field value with a control
+#: character (RFC 9110 §5.5 allows none), which the fuzzer's garbled ``Authorization`` can
+#: hold and ``requests`` sends as given: the server's parser refuses it before any route
+#: or middleware of the service runs, so no operation's document can describe it.
+_NOT_HTTP = b"Invalid HTTP request received."
 #: An answer conforms to the operation's document: a documented status (errors included),
 #: and that status's media type, headers (``Location`` of a 202) and body schema.
 CONFORMS = [
@@ -103,6 +108,8 @@ def test_no_input_makes_a_service_answer_5xx_or_anything_undocumented(
                     failures.append(
                         f"{case.method} {case.formatted_path} → {response.status_code}: {case.body!r}"
                     )
+                if response.status_code == 400 and response.content == _NOT_HTTP:
+                    return  # a control character in a header the fuzzer garbled: not HTTP
                 try:
                     case.validate_response(response, checks=CONFORMS)
                 except FailureGroup as group:
