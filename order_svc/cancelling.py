@@ -40,7 +40,7 @@ async def _cancel(
     """CANCELLED + OrderCancelled, in the saga's own trace (the caller's span is a link)."""
     with tracing.span(
         "cancel order",
-        parent=tracing.extract({tracing.TRACEPARENT: trace_context}) if trace_context else None,
+        parent=tracing.from_traceparent(trace_context),
         links=tracing.link_to_current(),
         attributes={"saga.order_id": str(order_id), "saga.cancel_reason": reason},
     ):
