@@ -4,6 +4,9 @@ aiokafka upgrade that breaks an override fails here, not silently)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import faust
 import pytest
 
 from saga_kit.consumer import ConsumerPipeline, Subscription
@@ -17,11 +20,16 @@ from saga_kit.faust_app import (
 from saga_kit.reactions import Reactions
 
 
-@pytest.mark.parametrize("wait", [DEFAULT_FETCH_MAX_WAIT_MS, 250])
-async def test_the_fetch_wait_reaches_the_kafka_consumer(wait: int) -> None:
+def _app(**settings: Any) -> faust.App:
+    """A service's faust app over a pipeline that is never called (nothing is consumed)."""
     reactions: Reactions[None] = Reactions(load=None, save=None)  # type: ignore[arg-type]
     pipeline = ConsumerPipeline("wiring", None, Subscription(("t",), reactions))  # type: ignore[arg-type]
-    app = build_faust_app("wiring", "127.0.0.1:1", ("t",), pipeline, fetch_max_wait_ms=wait)
+    return build_faust_app("wiring", "127.0.0.1:1", ("t",), pipeline, **settings)
+
+
+@pytest.mark.parametrize("wait", [DEFAULT_FETCH_MAX_WAIT_MS, 250])
+async def test_the_fetch_wait_reaches_the_kafka_consumer(wait: int) -> None:
+    app = _app(fetch_max_wait_ms=wait)
     kafka_consumer = app.consumer._thread._create_worker_consumer(app.transport)
     try:
         assert kafka_consumer._fetch_max_wait_ms == wait
@@ -40,9 +48,7 @@ async def test_the_consumer_thread_runs_on_uvloop() -> None:
     and mode closes it when the thread stops (an upgrade that drops either fails here)."""
     import uvloop
 
-    reactions: Reactions[None] = Reactions(load=None, save=None)  # type: ignore[arg-type]
-    pipeline = ConsumerPipeline("wiring", None, Subscription(("t",), reactions))  # type: ignore[arg-type]
-    app = build_faust_app("wiring", "127.0.0.1:1", ("t",), pipeline)
+    app = _app()
     thread = app.consumer._thread
     assert isinstance(thread.thread_loop, uvloop.Loop)
     assert thread._close_thread_loop_on_stop
@@ -89,11 +95,7 @@ async def test_the_pacer_sets_the_wait_of_the_next_fetch() -> None:
     ours = inspect.signature(_ConsumerThread._fetch_records).parameters
     assert list(ours) == list(inspect.signature(AIOKafkaConsumerThread._fetch_records).parameters)
 
-    reactions: Reactions[None] = Reactions(load=None, save=None)  # type: ignore[arg-type]
-    pipeline = ConsumerPipeline("wiring", None, Subscription(("t",), reactions))  # type: ignore[arg-type]
-    app = build_faust_app(
-        "wiring", "127.0.0.1:1", ("t",), pipeline, fetch_max_wait_ms=100, fetch_idle_wait_ms=20
-    )
+    app = _app(fetch_max_wait_ms=100, fetch_idle_wait_ms=20)
     thread = app.consumer._thread
     taken: dict[str, list[int]] = {}
 
