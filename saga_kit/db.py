@@ -130,7 +130,9 @@ class UnitOfWork:
         writes in one round trip; a failing statement raises here. With ``commit`` (the
         unit's last flush, ``Database.unit_of_work``), ``COMMIT`` goes in the same round
         trip; the connection's own commit then finds no transaction open and sends nothing
-        (psycopg), so a transaction costs one round trip fewer."""
+        (psycopg), so a transaction that ends with writes queued costs one round trip fewer.
+        With nothing queued (the consumer flushed its writes itself) nothing is sent here
+        and the connection commits as usual."""
         rows, self._rows = self._rows, []
         emitted, self._unflushed = self._unflushed, []
         if rows:

@@ -24,7 +24,7 @@ makes an idle saga fast, while under load a long one lets records gather into th
 batches that keep the CPU per saga low. Measured on Tansu, in alternating ``make bench``
 runs: a fixed 20 ms wait took an idle saga from ~135 to ~90 ms at p50 but cost 10-20%
 more CPU per saga under load; following the load keeps both (~90 ms, 9.4-9.9 ms/saga
-against 9.5 at a fixed 100 ms). Apache Kafka answers when data arrives: no idle wait.
+against 9.2-9.9 at a fixed 100 ms). Apache Kafka answers when data arrives: no idle wait.
 
 faust runs the Kafka consumer in a thread of its own, on an event loop it makes with
 ``asyncio.new_event_loop()``: the standard loop, while the service runs on uvloop. The
@@ -62,8 +62,8 @@ class FetchPacer:
     ``observe`` is told the records of every take (0 included) and returns the wait for
     the next fetch, in ms. The count restarts each second; the consumer is busy while
     either the last full second's rate or the current second's count reaches
-    ``busy_records``, so a burst turns it busy at once and a second of quiet turns it
-    idle."""
+    ``busy_records``, so a burst turns it busy at once and one to two seconds of quiet
+    turn it idle."""
 
     def __init__(
         self,

@@ -13,7 +13,7 @@ The embedded broker is one of two (``System.broker_kind``, or ``SAGA_BROKER``):
 
 * ``tansu`` — Tansu from a PyPI wheel: needs nothing but Python, keeps everything in
   memory (docs/design.md §2). The tests' default. Tansu answers a fetch only when its
-  wait ends, never when a record arrives (measured: an idle hop takes a uniform 0 to
+  wait ends, never when a record arrives (measured: an idle hop takes up to
   ``fetch.max.wait.ms``), so the services are told a short wait for when they are idle
   (``TANSU_FETCH_IDLE_WAIT_MS``) unless the environment sets ``KAFKA_FETCH_IDLE_WAIT_MS``.
 * ``kafka`` — Apache Kafka in KRaft mode (``sagastack/apache_kafka.py``; Java 17, jars
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 #: The consumers' fetch wait on Tansu while they are idle (ms; saga_kit.faust_app.FetchPacer;
 #: under load they wait ``KAFKA_FETCH_MAX_WAIT_MS`` and batch). A saga crosses three hops
-#: before it is approved, each waiting a uniform 0 to this long on an idle system: 20 ms
+#: before it is approved, each waiting up to this long on an idle system: 20 ms
 #: keeps an idle saga near 90 ms at p50 (100 ms: ~135), for ~150 ms/s more CPU of the
 #: idle stack, mostly Tansu's own (README, Benchmark). Apache Kafka answers a fetch as
 #: soon as data arrives, so there the services keep a fixed wait.
