@@ -261,7 +261,7 @@ class System:
         """What the services are told about the broker System started: on Apache Kafka,
         an idempotent producer, the cluster's replication factor, and how to connect; on
         Tansu, a short fetch wait while idle (``TANSU_FETCH_IDLE_WAIT_MS``) unless the
-        environment chose one."""
+        environment chose one, or chose a busy wait no longer than that (then it is fixed)."""
         if isinstance(self.broker, ApacheKafka):
             return {
                 "KAFKA_IDEMPOTENT_PRODUCER": "true",
@@ -269,8 +269,13 @@ class System:
                 **self.broker.client_env(),
             }
         if isinstance(self.broker, Tansu):
-            wait = os.environ.get("KAFKA_FETCH_IDLE_WAIT_MS", str(TANSU_FETCH_IDLE_WAIT_MS))
-            return {"KAFKA_FETCH_IDLE_WAIT_MS": wait}
+            chosen = os.environ.get("KAFKA_FETCH_IDLE_WAIT_MS")
+            if chosen is not None:
+                return {"KAFKA_FETCH_IDLE_WAIT_MS": chosen}
+            busy = os.environ.get("KAFKA_FETCH_MAX_WAIT_MS", "")
+            if busy.isdigit() and int(busy) <= TANSU_FETCH_IDLE_WAIT_MS:
+                return {}  # the environment chose a wait this short already: it stays fixed
+            return {"KAFKA_FETCH_IDLE_WAIT_MS": str(TANSU_FETCH_IDLE_WAIT_MS)}
         return {}
 
     def broker_description(self) -> str:

@@ -29,3 +29,13 @@ def test_a_missing_or_foreign_database_url_fails_fast(monkeypatch: pytest.Monkey
     monkeypatch.setenv("ORDER_DATABASE_URL", "mysql://u@db/orders")
     with pytest.raises(ValidationError, match="postgresql"):
         OrderSettings()  # type: ignore[call-arg]
+
+
+def test_an_idle_fetch_wait_longer_than_the_busy_one_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORDER_DATABASE_URL", "postgresql://u@localhost/db")
+    monkeypatch.setenv("KAFKA_FETCH_IDLE_WAIT_MS", "2000")
+    monkeypatch.delenv("KAFKA_FETCH_MAX_WAIT_MS", raising=False)
+    with pytest.raises(ValidationError, match=r"KAFKA_FETCH_IDLE_WAIT_MS \(2000\) must not exceed"):
+        OrderSettings()  # type: ignore[call-arg]
+    monkeypatch.setenv("KAFKA_FETCH_IDLE_WAIT_MS", "100")
+    assert OrderSettings().kafka_fetch_idle_wait_ms == 100  # type: ignore[call-arg]  # equal: a fixed wait

@@ -33,3 +33,11 @@ def test_the_environment_s_fetch_wait_wins(tmp_path: Path, monkeypatch: pytest.M
 
 def test_an_external_broker_keeps_the_services_defaults(tmp_path: Path) -> None:
     assert System(tmp_path, broker_kind="tansu").broker_env() == {}
+
+
+def test_a_short_busy_wait_from_the_environment_stays_fixed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KAFKA_FETCH_IDLE_WAIT_MS", raising=False)
+    monkeypatch.setenv("KAFKA_FETCH_MAX_WAIT_MS", "10")  # an idle wait of 20 would be refused
+    assert _on_tansu(tmp_path).broker_env() == {}
