@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import uvicorn
 import uvloop
 from fastapi import APIRouter, FastAPI
+from pydantic import ValidationError
 from starlette.types import ASGIApp
 
 from events.topics import DOMAIN_TOPICS, dead_letter_topic
@@ -315,9 +316,23 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
         await engine.dispose()
 
 
+def settings_errors(exc: ValidationError) -> str:
+    """What is wrong with the settings, one ``where: why`` per error, without the values."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors()
+    )
+
+
 def main(spec: ServiceSpec, settings_factory: Callable[[], ServiceSettings]) -> None:
-    """Entry point of ``python -m <service>``."""
-    settings = settings_factory()
+    """Entry point of ``python -m <service>``. Settings that do not validate stop it
+    before anything starts: one log line naming each variable and what is wrong with it
+    (never its value: it may be a secret), exit code 2."""
+    try:
+        settings = settings_factory()
+    except ValidationError as exc:
+        logs.configure(spec.name)
+        log.error("%s cannot start: %s", spec.name, settings_errors(exc))
+        raise SystemExit(2) from None
     logs.configure(spec.name, settings.log_level)
     provider = tracing.configure(spec.name, settings.tracing_exporter, settings.tracing_dir)
 

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -39,3 +44,27 @@ def test_an_idle_fetch_wait_longer_than_the_busy_one_is_refused(monkeypatch: pyt
         OrderSettings()  # type: ignore[call-arg]
     monkeypatch.setenv("KAFKA_FETCH_IDLE_WAIT_MS", "100")
     assert OrderSettings().kafka_fetch_idle_wait_ms == 100  # type: ignore[call-arg]  # equal: a fixed wait
+
+
+def test_a_service_with_invalid_settings_says_which_in_one_line_and_exits_2() -> None:
+    """No traceback, the variables named, their values not shown (one may be a secret)."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SAGA_", "ORDER_"))},
+        "ORDER_DATABASE_URL": "mysql://shop:s3cret-pw@db/orders",
+        "KAFKA_FETCH_IDLE_WAIT_MS": "abc",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "order_svc"],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "order_svc cannot start" in lines[0]
+    assert "KAFKA_FETCH_IDLE_WAIT_MS: Input should be a valid integer" in lines[0]
+    assert "database_url" in lines[0] and "postgresql" in lines[0]
+    assert "s3cret-pw" not in done.stderr and "abc" not in done.stderr
