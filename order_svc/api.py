@@ -220,7 +220,9 @@ def _accepted(request: Request, response: Response, order_id: uuid.UUID) -> None
         ),
         503: problem(
             "overloaded (`overloaded`): the order could not finish before its deadline; nothing was held."
-            " Or personal data was sent to a service without a master key (`service_unavailable`)",
+            " Or personal data was sent to a service without a master key (`service_unavailable`)."
+            " Or the database or the network is briefly away (`service_unavailable`): the order may"
+            " or may not have been placed, and a retry with the same Idempotency-Key answers it once",
             headers=RETRY_AFTER,
         ),
     },
@@ -240,7 +242,8 @@ async def post_order(
     answered. 202: the saga has started, and `Location` is the order to poll for its
     outcome. Send an `Idempotency-Key` so that a retried POST answers the same order.
     503 with `Retry-After`: the backlog is such that the order could not finish before its
-    deadline, so it is refused before anything is held."""
+    deadline, so it is refused before anything is held; or the database is briefly away
+    (retry with the same `Idempotency-Key`)."""
     assert isinstance(settings, Settings)
     if not principal.may_act_for(body.customer_id):
         raise HTTPException(403, "a customer may place orders for itself only")

@@ -10,12 +10,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
+import psycopg
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -24,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from events.values import printable
 from saga_kit import auth, tracing
 from saga_kit.db import Database
-from saga_kit.errors import DomainRejection
+from saga_kit.errors import DomainRejection, TransientError, is_transient
 from saga_kit.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -72,11 +74,19 @@ class InvalidRequest(BaseModel):
     reason: Literal["invalid_request"]
 
 
+#: The OpenAPI of a ``Retry-After`` header.
+RETRY_AFTER = {
+    "Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}
+}
+
+
 def errors(described: Mapping[int, str] | None = None, *, invalid: bool = True) -> dict[int | str, Any]:
     """The error answers of a route for its OpenAPI document: each status in ``described``
-    with its description and a ``Problem`` body, and a 422 with an ``InvalidRequest`` body
+    with its description and a ``Problem`` body, the 503 of a transient failure
+    (``UNAVAILABLE``) unless ``described`` gives its own, and a 422 with an ``InvalidRequest`` body
     unless the route reads no parameter, header or body (``invalid=False``)."""
     out: dict[int | str, Any] = {status: problem(text) for status, text in (described or {}).items()}
+    out.setdefault(503, UNAVAILABLE)
     if invalid:
         out[422] = {
             "model": InvalidRequest,
@@ -90,15 +100,30 @@ def problem(description: str, headers: Mapping[str, Any] | None = None) -> dict[
     return {"model": Problem, "description": description, **({"headers": headers} if headers else {})}
 
 
+#: The OpenAPI of the 503 every route that reads the database may answer.
+UNAVAILABLE = problem(
+    "the database or the network is briefly away (`service_unavailable`); retry after `Retry-After`",
+    headers=RETRY_AFTER,
+)
+
+
 def location(what: str) -> dict[str, Any]:
     """The OpenAPI of a ``Location`` header pointing at ``what``."""
     return {"Location": {"description": what, "schema": {"type": "string", "format": "uri-reference"}}}
 
 
-#: The OpenAPI of a ``Retry-After`` header.
-RETRY_AFTER = {
-    "Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}
-}
+#: What a request that met a transient failure is told to wait, in seconds: about what a
+#: restarted PostgreSQL takes to accept connections again (a fast shutdown and start).
+TRANSIENT_RETRY_AFTER_SECONDS = 1
+
+#: The exception classes ``is_transient`` may call transient; the handler of each answers
+#: 503 for a transient one and lets the rest through to the framework's 500.
+_MAYBE_TRANSIENT: tuple[type[Exception], ...] = (
+    OSError,  # ConnectionError and TimeoutError among them
+    TransientError,
+    psycopg.Error,
+    sa_exc.SQLAlchemyError,  # DBAPIError (wrapping psycopg's) and the pool's TimeoutError
+)
 
 
 #: The docs pages may load nothing from another host, whatever their bundles try (ReDoc's
@@ -444,6 +469,33 @@ def create_app(
             status_code=401,
             headers={"WWW-Authenticate": challenge},
         )
+
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        """503 with ``Retry-After`` for a failure that passes by itself: the database
+        restarting, a lost connection, a full pool. Anything else is a bug, left to the
+        framework's 500 (and its traceback in the log)."""
+        if not is_transient(exc):
+            raise exc
+        log.warning(
+            "%s %s: 503, a transient failure (%s: %s)",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+            printable(str(exc).splitlines()[0] if str(exc) else "", 200),
+        )
+        return JSONResponse(
+            {
+                "detail": "a transient failure: the database or the network is briefly away;"
+                " retry after Retry-After seconds (a POST with the same Idempotency-Key"
+                " cannot place its order twice)",
+                "reason": "service_unavailable",
+            },
+            status_code=503,
+            headers={"Retry-After": str(TRANSIENT_RETRY_AFTER_SECONDS)},
+        )
+
+    for cls in _MAYBE_TRANSIENT:
+        app.add_exception_handler(cls, unavailable)
 
     @app.exception_handler(DomainRejection)
     async def rejection(_: Request, exc: DomainRejection) -> JSONResponse:

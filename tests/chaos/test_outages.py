@@ -71,12 +71,28 @@ def test_database_outage_not_ready_then_resumes_without_losing_the_order(system:
         # liveness is not readiness: the processes are fine and must not be restarted
         for name in SERVICES:
             assert httpx.get(f"{system.url(name)}/health/live").status_code == 200
+        # a request that needs the database is told to come back (503, Retry-After), never
+        # answered 500; a POST retried with the same key after the outage places one order
+        body = {"customer_id": "outage-c", "items": [{"product_id": "outage-p", "quantity": 1}]}
+        key = {"Idempotency-Key": "outage-retried"}
+        requests = [
+            ("POST", f"{system.url('order_svc')}/orders", body, key),
+            ("GET", f"{system.url('order_svc')}/orders/{order_id}", None, {}),
+            ("GET", f"{system.url('inventory_svc')}/products/outage-p", None, {}),
+            ("GET", f"{system.url('payment_svc')}/payments/{order_id}", None, {}),
+        ]
+        for method, url, json_body, headers in requests:
+            r = client.http.request(method, url, json=json_body, headers=headers)
+            assert r.status_code == 503, (method, url, r.status_code, r.text)
+            assert r.json()["reason"] == "service_unavailable", r.text
+            assert int(r.headers["Retry-After"]) >= 1
     finally:
         system.pids.add("postgres", system.postgres.resume())
     all_ready_answer(system, 200, 60, "every service ready again by itself")
     # the order placed just before the outage finishes, and new orders work
     assert client.wait_for_events(order_id, {"InventoryCommitted"}, timeout=60)["status"] == "APPROVED"
-    second = client.place_order("outage-c", {"outage-p": 1})
+    second = client.place_order("outage-c", {"outage-p": 1}, idempotency_key="outage-retried")
+    assert client.place_order("outage-c", {"outage-p": 1}, idempotency_key="outage-retried") == second
     assert client.wait_for_events(second, {"InventoryCommitted"}, timeout=60)["status"] == "APPROVED"
     assert client.account("outage-c")["balance"] == "4.00"
     client.close()
