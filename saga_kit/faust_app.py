@@ -35,6 +35,8 @@ at a fixed fetch wait).
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -178,10 +180,13 @@ def build_faust_app(
     if data_dir:
         # faust creates only the last level of its datadir (mkdir without parents)
         Path(data_dir).mkdir(parents=True, exist_ok=True)
+    else:  # a directory of this process's own, gone when it exits
+        data_dir = tempfile.mkdtemp(prefix=f"{service}-faust-")
+        atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
     app = SagaApp(
         service,
         # faust creates "<id>-data" under its datadir; the default is the working directory
-        datadir=data_dir or tempfile.mkdtemp(prefix=f"{service}-faust-"),
+        datadir=data_dir,
         monitor=QuietMonitor(),
         broker=",".join(f"kafka://{b.strip()}" for b in bootstrap.split(",")),
         broker_credentials=(security or KafkaSecurity()).faust_credentials(),

@@ -4,6 +4,7 @@ background networking to hosts it cannot reach)."""
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 from typing import Any
@@ -40,7 +41,9 @@ def open_chromium() -> Any:
 
     options = webdriver.ChromeOptions()
     options.binary_location = paths[0]
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='saga-chromium-')}"):
+    profile = tempfile.mkdtemp(prefix="saga-chromium-")
+    atexit.register(shutil.rmtree, profile, ignore_errors=True)
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(paths[1]), options=options)
 

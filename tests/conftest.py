@@ -1,5 +1,7 @@
 """Shared fixtures. Real servers only: the embedded PostgreSQL and the broker are started
-under a temporary run directory and stopped at the end.
+under a temporary run directory and stopped at the end. The run directory (the servers'
+data and every service's log) is removed when every test passed, and kept, with its path
+printed, when one failed.
 
 ``--broker tansu|kafka`` (default ``tansu``) chooses the broker every system the e2e and
 chaos tests start runs on: the embedded Tansu, or Apache Kafka in KRaft mode (one node;
@@ -9,7 +11,9 @@ time (its jars are cached under ``.run/kafka-dist``).
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +26,7 @@ from sagastack.system import BROKER_KINDS, BrokerKind
 _XDG = Path(tempfile.mkdtemp(prefix="saga-xdg-"))
 _XDG.chmod(0o700)
 os.environ.setdefault("XDG_RUNTIME_DIR", str(_XDG))
+atexit.register(shutil.rmtree, _XDG, ignore_errors=True)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,7 +50,20 @@ def broker_kind(request: pytest.FixtureRequest) -> BrokerKind:
 
 
 @pytest.fixture(scope="session")
-def run_root() -> Iterator[Path]:
+def run_root(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """The session's run directory; removed at the end unless a test failed."""
     root = Path(tempfile.mkdtemp(prefix="saga-test-"))
     root.chmod(0o755)  # the embedded server runs as another OS user when we are root
     yield root
+    if request.session.testsfailed:
+        _KEPT.append(root)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_KEPT: list[Path] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for root in _KEPT:
+        terminalreporter.write_line(f"kept for the failed tests: the servers' data and logs in {root}")
