@@ -40,6 +40,7 @@ import aiohttp
 import psycopg
 
 from sagastack import invariants
+from sagastack.cli_types import count, positive_float, positive_int, rates
 from sagastack.cpu import CpuMeter, cpu_seconds
 from sagastack.embedded import DATABASES
 from sagastack.progress import bar
@@ -454,30 +455,32 @@ def main(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("bench", help="measure sagas/s, latency, CPU per saga and the same-run ceiling")
-    p.add_argument("--orders", type=int, default=2000, help="orders of the closed- or open-loop run")
-    p.add_argument("--concurrency", type=int, default=16, help="clients of the closed loop")
-    p.add_argument("--rate", type=float, default=None, help="open loop: orders offered per second")
+    p.add_argument("--orders", type=positive_int, default=2000, help="orders of the closed- or open-loop run")
+    p.add_argument("--concurrency", type=positive_int, default=16, help="clients of the closed loop")
+    p.add_argument("--rate", type=positive_float, default=None, help="open loop: orders offered per second")
     p.add_argument(
         "--sweep",
-        type=lambda s: [float(x) for x in s.split(",")],
+        type=rates,
         nargs="?",
         const=list(SWEEP),
         default=None,
-        help=f"step the offered rate up (default {','.join(map(str, SWEEP))}) and print a table",
+        help=f"step the offered rate up (default {','.join(map(str, SWEEP))}) and print a table (0: none)",
     )
-    p.add_argument("--step-seconds", type=float, default=10.0, help="seconds offered per sweep step")
+    p.add_argument("--step-seconds", type=positive_float, default=10.0, help="seconds offered per sweep step")
     p.add_argument(
         "--deadline",
-        type=float,
+        type=positive_float,
         default=None,
         help="sweep orders' deadline in seconds (default: the service's own, 30 s: admission control acts)",
     )
-    p.add_argument("--products", type=int, default=20)
-    p.add_argument("--customers", type=int, default=50)
-    p.add_argument("--ceiling-sagas", type=int, default=2000, help="null sagas for the ceiling (0: skip)")
-    p.add_argument("--ceiling-rate", type=float, default=2000.0, help="null sagas offered per second")
+    p.add_argument("--products", type=positive_int, default=20)
+    p.add_argument("--customers", type=positive_int, default=50)
+    p.add_argument("--ceiling-sagas", type=count, default=2000, help="null sagas for the ceiling (0: skip)")
     p.add_argument(
-        "--idle", type=int, default=20, help="sagas one at a time on the idle system first (0: skip)"
+        "--ceiling-rate", type=positive_float, default=2000.0, help="null sagas offered per second"
+    )
+    p.add_argument(
+        "--idle", type=count, default=20, help="sagas one at a time on the idle system first (0: skip)"
     )
     p.add_argument(
         "--signing",

@@ -55,6 +55,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from events.topics import DOMAIN_TOPICS, TOPIC_OF_PRODUCER
 from sagastack import invariants
 from sagastack.apache_kafka import ApacheKafka
+from sagastack.cli_types import count, positive_float, positive_int, ratio
 from sagastack.progress import bar
 from sagastack.system import BROKER_KINDS, SERVICES, BrokerKind, System, service_of
 
@@ -641,24 +642,26 @@ def main(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     d = Config()
     p = sub.add_parser("chaos", help="random workload under injected faults; check every invariant")
-    p.add_argument("--orders", type=int, default=d.orders)
-    p.add_argument("--kills", type=int, default=d.kills, help="services SIGKILLed and restarted")
-    p.add_argument("--db-restarts", type=int, default=d.db_restarts)
+    p.add_argument("--orders", type=positive_int, default=d.orders)
+    p.add_argument("--kills", type=count, default=d.kills, help="services SIGKILLed and restarted")
+    p.add_argument("--db-restarts", type=count, default=d.db_restarts)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--rate", type=float, default=d.rate, help="orders per second")
-    p.add_argument("--clients", type=int, default=d.clients, help="concurrent HTTP clients")
-    p.add_argument("--cancel-ratio", type=float, default=d.cancel_ratio, help="orders the customer cancels")
+    p.add_argument("--rate", type=positive_float, default=d.rate, help="orders per second")
+    p.add_argument("--clients", type=positive_int, default=d.clients, help="concurrent HTTP clients")
+    p.add_argument("--cancel-ratio", type=ratio, default=d.cancel_ratio, help="orders the customer cancels")
     p.add_argument(
         "--short-deadline-ratio",
-        type=float,
+        type=ratio,
         default=d.short_deadline_ratio,
         help="orders with a 0.3-3 s deadline",
     )
     p.add_argument(
-        "--duplicate-ratio", type=float, default=d.duplicate_ratio, help="events re-published at once"
+        "--duplicate-ratio", type=ratio, default=d.duplicate_ratio, help="events re-published at once"
     )
-    p.add_argument("--late-ratio", type=float, default=d.late_ratio, help="events re-published 2-10 s later")
-    p.add_argument("--settle-limit", type=float, default=d.settle_limit, help="seconds after the last fault")
+    p.add_argument("--late-ratio", type=ratio, default=d.late_ratio, help="events re-published 2-10 s later")
+    p.add_argument(
+        "--settle-limit", type=positive_float, default=d.settle_limit, help="seconds after the last fault"
+    )
     p.add_argument("--run-dir", default=str(d.run_dir))
     p.add_argument(
         "--broker", choices=BROKER_KINDS, default=None, help="embedded broker ($SAGA_BROKER, else tansu)"
@@ -667,14 +670,20 @@ def add_parser(sub: Any) -> None:
         "--kafka-nodes", type=int, choices=(1, 3), default=d.kafka_nodes, help="Apache Kafka nodes"
     )
     p.add_argument(
-        "--broker-kills", type=int, default=d.broker_kills, help="Kafka nodes SIGKILLed (3-node cluster only)"
+        "--broker-kills",
+        type=count,
+        default=d.broker_kills,
+        help="Kafka nodes SIGKILLed (3-node cluster only)",
     )
     p.add_argument(
-        "--instances", type=int, default=d.instances, help="processes per service (one consumer group)"
+        "--instances",
+        type=positive_int,
+        default=d.instances,
+        help="processes per service (one consumer group)",
     )
     p.add_argument(
         "--provider-faults",
-        type=int,
+        type=count,
         default=d.provider_faults,
         help="episodes of payment provider latency, errors, outage, lost responses or timeouts",
     )

@@ -31,6 +31,7 @@ import httpx
 
 from saga_kit.auth import Role
 from sagastack import invariants
+from sagastack.cli_types import count
 from sagastack.client import TERMINAL, SagaClient
 from sagastack.progress import bar
 from sagastack.system import SERVICES, System, choose_broker
@@ -541,7 +542,7 @@ def main(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the three saga outcomes and check the invariants")
     p.add_argument("--run-dir", default=".run/demo")
-    p.add_argument("--orders", type=int, default=40, help="extra orders for the dashboard (0: none)")
+    p.add_argument("--orders", type=count, default=40, help="extra orders for the dashboard (0: none)")
     keep = p.add_mutually_exclusive_group()
     keep.add_argument("--keep", dest="keep", action="store_true", default=None, help="keep running after")
     keep.add_argument(
