@@ -428,11 +428,15 @@ class ConsumerPipeline:
 
     async def _apply(self, items: list[_Item], store: bool) -> None:
         """One transaction: lock, claim, react, dead letters, commit. Outcomes are set on
-        the items only once it committed."""
+        the items only once it committed. Without dead letters to store, ``COMMIT`` goes in
+        the round trip of the reactions' writes (``UnitOfWork.flush(commit=True)``); a
+        failure at ``COMMIT`` (a deferred constraint) is then the reactions' failure, and
+        splitting the batch finds the event that caused it."""
         live = [(it, it.envelope) for it in items if it.outcome is None and it.envelope is not None]
         if not live and not (store and any(it.outcome is Outcome.DEAD_LETTERED for it in items)):
             return  # ignored records and duplicates within the batch: no transaction at all
         results: dict[int, tuple[Outcome, str | None]] = {}
+        committed = False  # COMMIT went with the last flush
         async with self._db.unit_of_work() as uow:
             if live:
                 claimed = await inbox.claim(uow.conn, self.service, [envelope for _, envelope in live])
@@ -446,7 +450,14 @@ class ConsumerPipeline:
                     )
                     if refused:
                         await inbox.release(uow.conn, self.service, [fresh[i][1].event_id for i in refused])
-                    await uow.flush()  # the reactions' writes and replies: one round trip
+                    # the reactions' writes and replies in one round trip, and COMMIT in it
+                    # too unless dead letters are still to be stored in this transaction
+                    committed = not (
+                        store and (bool(refused) or any(it.outcome is Outcome.DEAD_LETTERED for it in items))
+                    )
+                    if committed:  # tests: die with the work undone
+                        crash_at(self._fault, "consumer.crash_before_commit")
+                    await uow.flush(commit=committed)
                 except Exception as exc:
                     if is_transient(exc):
                         raise
@@ -455,8 +466,9 @@ class ConsumerPipeline:
                     results[id(it)] = (
                         (Outcome.DEAD_LETTERED, refused[i]) if i in refused else (Outcome.HANDLED, None)
                     )
-            crash_at(self._fault, "consumer.crash_before_commit")  # tests: die with the work undone
-            if store:
+            if not committed:
+                crash_at(self._fault, "consumer.crash_before_commit")
+            if store and not committed:
                 letters = [
                     (it, it.reason if it.outcome is Outcome.DEAD_LETTERED else results[id(it)][1])
                     for it in items

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg import pq
 from sqlalchemy import text
 
 from events import OrderApproved, OrderCreated, OrderLine, encode
@@ -175,6 +177,86 @@ async def test_a_poison_event_in_the_middle_is_isolated_and_the_rest_commit(
         e=[uuid.UUID(json.loads(r.value or b"")["event_id"]) for r in batch],
     )
     assert claimed == 4  # every event but the poison one
+
+
+# -- COMMIT in the round trip of the batch's writes ------------------------------------------
+
+_PROBE = (
+    "CREATE TABLE IF NOT EXISTS commit_probe"
+    " (customer text CONSTRAINT commit_probe_once UNIQUE DEFERRABLE INITIALLY DEFERRED)"
+)
+
+
+def _recording() -> Reactions[_Seen]:
+    """Reactions that insert each event's customer into ``commit_probe``, whose unique
+    constraint is checked only at ``COMMIT``."""
+
+    async def load(conn: Any, events: Sequence[Envelope[Any]]) -> _Seen:
+        return _Seen()
+
+    def save(uow: UnitOfWork, seen: _Seen) -> None:
+        for customer in seen.applied:
+            uow.write("INSERT INTO commit_probe VALUES (%(c)s)", {"c": customer})
+
+    reactions: Reactions[_Seen] = Reactions(load, save)
+
+    @reactions.on(OrderCreated)
+    def on_created(seen: _Seen, event: Envelope[OrderCreated]) -> Replies:
+        seen.applied.append(event.payload.customer_id)
+        return []
+
+    return reactions
+
+
+async def _probe_pipeline(inventory: ServiceUnderTest) -> ConsumerPipeline:
+    async with inventory.db.engine.begin() as conn:
+        await conn.execute(text(_PROBE))
+    return ConsumerPipeline(
+        "commit_probe",
+        inventory.db,
+        Subscription(("orders.events",), _recording()),
+        retry=RetryPolicy(0.01, 0.2, 0.01),
+    )
+
+
+async def test_a_batch_commits_in_the_round_trip_of_its_writes(
+    inventory: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = await _probe_pipeline(inventory)
+    customers = [f"rt-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    found: list[pq.TransactionStatus] = []
+    commit = psycopg.AsyncConnection.commit
+
+    async def spy(self: psycopg.AsyncConnection[Any]) -> None:
+        found.append(self.pgconn.transaction_status)
+        await commit(self)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "commit", spy)
+    batch = [record_of(event(order_created({"p": 1}, customer=c), uuid.uuid4())) for c in customers]
+    assert await pipeline.process_batch(batch) == [Outcome.HANDLED] * 3
+    assert found == [pq.TransactionStatus.IDLE]  # committed already: the connection's commit sends nothing
+    stored = await inventory.scalar("SELECT COUNT(*) FROM commit_probe WHERE customer = ANY(:c)", c=customers)
+    assert stored == 3
+
+
+async def test_a_failure_at_commit_dead_letters_the_event_that_caused_it(inventory: ServiceUnderTest) -> None:
+    """The batch's writes all succeed; ``COMMIT`` refuses them (a deferred constraint),
+    in the round trip that carried them. Splitting the batch finds the one event whose
+    write broke it; the others commit."""
+    pipeline = await _probe_pipeline(inventory)
+    customers = [f"dc-{uuid.uuid4().hex[:8]}" for _ in range(5)]
+    async with inventory.db.engine.begin() as conn:  # the third customer is there already
+        await conn.execute(text("INSERT INTO commit_probe VALUES (:c)"), {"c": customers[2]})
+    batch = [record_of(event(order_created({"p": 1}, customer=c), uuid.uuid4())) for c in customers]
+    # (a COMMIT outside the reactions' round trip failed the whole batch, again and again)
+    outcomes = await asyncio.wait_for(pipeline.process_batch(batch), timeout=30)
+    assert outcomes == [Outcome.HANDLED] * 2 + [Outcome.DEAD_LETTERED] + [Outcome.HANDLED] * 2
+    reason = await inventory.scalar(
+        "SELECT reason FROM dead_letters WHERE source_offset = :o", o=batch[2].offset
+    )
+    assert "UniqueViolation" in reason or "IntegrityError" in reason, reason
+    stored = await inventory.scalar("SELECT COUNT(*) FROM commit_probe WHERE customer = ANY(:c)", c=customers)
+    assert stored == 5  # the four handled, and the one that was there
 
 
 # -- acks -------------------------------------------------------------------------------------
