@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -107,20 +107,21 @@ def configure(service: str, exporter: str, directory: str | None) -> TracerProvi
 
 
 def inject(headers: Headers, context: otel_context.Context | None = None) -> list[Header]:
-    """``headers`` with the trace context ``context`` (default: the current one),
-    replacing any earlier one."""
+    """``headers`` with the W3C trace context of ``context`` (default: the current one),
+    replacing any earlier one. Events carry ``traceparent`` (and ``tracestate``) only,
+    never baggage: the W3C propagator itself, not the global composite one."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier, context=context)
+    _W3C.inject(carrier, context=context)
     kept = [(k, v) for k, v in headers if k not in carrier]
     return kept + [(k, v.encode()) for k, v in carrier.items()]
 
 
 def extract(headers: Headers | Mapping[str, str]) -> otel_context.Context:
-    """The trace context carried by ``headers``; headers that are null or not text are
-    ignored, and a malformed ``traceparent`` starts a new trace."""
+    """The W3C trace context carried by ``headers``; headers that are null or not text
+    are ignored, and a malformed ``traceparent`` starts a new trace."""
     if isinstance(headers, Mapping):
-        return propagate.extract(headers)
-    return propagate.extract(text_map(headers))
+        return _W3C.extract(headers)
+    return _W3C.extract(text_map(headers))
 
 
 def from_traceparent(traceparent: str | None) -> otel_context.Context | None:
