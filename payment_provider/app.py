@@ -24,6 +24,7 @@ from saga_kit.errors import is_transient
 from saga_kit.http import DOCS_ASSETS, health_router
 from saga_kit.migrations import migrate
 from saga_kit.retry import RetryPolicy
+from saga_kit.settings import load_or_exit
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,9 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    """Entry point of ``python -m payment_provider``."""
-    settings = Settings()  # database_url comes from the environment
+    """Entry point of ``python -m payment_provider``. Settings that do not validate stop
+    it before anything starts: one log line, exit code 2 (``saga_kit.settings.load_or_exit``)."""
+    settings = load_or_exit(NAME, Settings)  # database_url comes from the environment
     logs.configure(NAME, settings.log_level)
     try:
         uvloop.run(serve(settings))

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 import uvicorn
 import uvloop
 from fastapi import APIRouter, FastAPI
-from pydantic import ValidationError
 from starlette.types import ASGIApp
 
 from events.topics import DOMAIN_TOPICS, dead_letter_topic
@@ -36,7 +35,7 @@ from saga_kit.outbox import OutboxRelay
 from saga_kit.periodic import JobStats, Periodic, run_forever
 from saga_kit.pruning import PRUNING
 from saga_kit.retry import RetryPolicy
-from saga_kit.settings import ServiceSettings
+from saga_kit.settings import ServiceSettings, load_or_exit
 
 log = logging.getLogger(__name__)
 
@@ -316,23 +315,11 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
         await engine.dispose()
 
 
-def settings_errors(exc: ValidationError) -> str:
-    """What is wrong with the settings, one ``where: why`` per error, without the values."""
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors()
-    )
-
-
 def main(spec: ServiceSpec, settings_factory: Callable[[], ServiceSettings]) -> None:
     """Entry point of ``python -m <service>``. Settings that do not validate stop it
     before anything starts: one log line naming each variable and what is wrong with it
     (never its value: it may be a secret), exit code 2."""
-    try:
-        settings = settings_factory()
-    except ValidationError as exc:
-        logs.configure(spec.name)
-        log.error("%s cannot start: %s", spec.name, settings_errors(exc))
-        raise SystemExit(2) from None
+    settings = load_or_exit(spec.name, settings_factory)
     logs.configure(spec.name, settings.log_level)
     provider = tracing.configure(spec.name, settings.tracing_exporter, settings.tracing_dir)
 

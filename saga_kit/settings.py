@@ -17,11 +17,14 @@ the server's certificate.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import logging
+from collections.abc import Callable
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from saga_kit import logs
 from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurity
 from saga_kit.retry import RetryPolicy
 
@@ -235,3 +238,27 @@ def async_postgres_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     raise ValueError("must be a postgresql:// URL")
+
+
+_S = TypeVar("_S")
+_log = logging.getLogger(__name__)
+
+
+def settings_errors(exc: ValidationError) -> str:
+    """What is wrong with the settings, one ``where: why`` per error, without the values."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors()
+    )
+
+
+def load_or_exit(name: str, factory: Callable[[], _S]) -> _S:
+    """The settings ``factory`` reads from the environment; if they do not validate, one
+    log line naming each variable and what is wrong with it (never its value: it may be a
+    secret) and ``SystemExit(2)``, the exit code of a configuration error, before anything
+    starts."""
+    try:
+        return factory()
+    except ValidationError as exc:
+        logs.configure(name)
+        _log.error("%s cannot start: %s", name, settings_errors(exc))
+        raise SystemExit(2) from None

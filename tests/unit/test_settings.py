@@ -46,15 +46,19 @@ def test_an_idle_fetch_wait_longer_than_the_busy_one_is_refused(monkeypatch: pyt
     assert OrderSettings().kafka_fetch_idle_wait_ms == 100  # type: ignore[call-arg]  # equal: a fixed wait
 
 
-def test_a_service_with_invalid_settings_says_which_in_one_line_and_exits_2() -> None:
-    """No traceback, the variables named, their values not shown (one may be a secret)."""
+def _start(module: str, **variables: str) -> tuple[list[str], str]:
+    """Start ``python -m module`` with ``variables`` instead of the environment's own
+    service variables; it must stop at once with exit code 2. Its log lines and stderr."""
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SAGA_", "ORDER_"))},
-        "ORDER_DATABASE_URL": "mysql://shop:s3cret-pw@db/orders",
-        "KAFKA_FETCH_IDLE_WAIT_MS": "abc",
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("KAFKA_", "SAGA_", "ORDER_", "PROVIDER_"))
+        },
+        **variables,
     }
     done = subprocess.run(
-        [sys.executable, "-m", "order_svc"],
+        [sys.executable, "-m", module],
         env=env,
         cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
@@ -62,9 +66,29 @@ def test_a_service_with_invalid_settings_says_which_in_one_line_and_exits_2() ->
         timeout=60,
     )
     assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    return done.stderr.strip().splitlines(), done.stderr
+
+
+def test_a_service_with_invalid_settings_says_which_in_one_line_and_exits_2() -> None:
+    """No traceback, the variables named, their values not shown (one may be a secret)."""
+    lines, stderr = _start(
+        "order_svc",
+        ORDER_DATABASE_URL="mysql://shop:s3cret-pw@db/orders",
+        KAFKA_FETCH_IDLE_WAIT_MS="abc",
+    )
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
     assert "order_svc cannot start" in lines[0]
     assert "KAFKA_FETCH_IDLE_WAIT_MS: Input should be a valid integer" in lines[0]
     assert "database_url" in lines[0] and "postgresql" in lines[0]
-    assert "s3cret-pw" not in done.stderr and "abc" not in done.stderr
+    assert "s3cret-pw" not in stderr and "abc" not in stderr
+
+
+def test_the_payment_provider_simulator_with_invalid_settings_says_so_in_one_line() -> None:
+    lines, stderr = _start(
+        "payment_provider",
+        PROVIDER_DATABASE_URL="postgresql://sim:s3cret-pw@localhost/provider",
+        PROVIDER_HTTP_PORT="eighty",
+    )
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert "cannot start" in lines[0] and "http_port" in lines[0], lines[0]
+    assert "s3cret-pw" not in stderr and "eighty" not in stderr
