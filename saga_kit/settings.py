@@ -244,11 +244,21 @@ _S = TypeVar("_S")
 _log = logging.getLogger(__name__)
 
 
-def settings_errors(exc: ValidationError) -> str:
-    """What is wrong with the settings, one ``where: why`` per error, without the values."""
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors()
-    )
+def settings_errors(exc: ValidationError, settings: object = None) -> str:
+    """What is wrong with the settings, one ``where: why`` per error, without the values.
+    ``where`` is the environment variable when ``settings`` (the settings class) says
+    which: its ``env_prefix`` and the field's name, e.g. ``ORDER_DATABASE_URL``."""
+
+    def where(loc: tuple[int | str, ...]) -> str:
+        fields = getattr(settings, "model_fields", {})
+        config = getattr(settings, "model_config", {})
+        first, rest = loc[0], loc[1:]
+        field = fields.get(first) if isinstance(first, str) else None
+        if field is not None and field.validation_alias is None:
+            first = f"{config.get('env_prefix', '')}{first}".upper()
+        return ".".join(map(str, (first, *rest)))
+
+    return "; ".join(f"{where(e['loc'])}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors())
 
 
 def load_or_exit(name: str, factory: Callable[[], _S]) -> _S:
@@ -260,5 +270,5 @@ def load_or_exit(name: str, factory: Callable[[], _S]) -> _S:
         return factory()
     except ValidationError as exc:
         logs.configure(name)
-        _log.error("%s cannot start: %s", name, settings_errors(exc))
+        _log.error("%s cannot start: %s", name, settings_errors(exc, factory))
         raise SystemExit(2) from None

@@ -79,7 +79,7 @@ def test_a_service_with_invalid_settings_says_which_in_one_line_and_exits_2() ->
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     assert "order_svc cannot start" in lines[0]
     assert "KAFKA_FETCH_IDLE_WAIT_MS: Input should be a valid integer" in lines[0]
-    assert "database_url" in lines[0] and "postgresql" in lines[0]
+    assert "ORDER_DATABASE_URL" in lines[0] and "postgresql" in lines[0]
     assert "s3cret-pw" not in stderr and "abc" not in stderr
 
 
@@ -90,5 +90,5 @@ def test_the_payment_provider_simulator_with_invalid_settings_says_so_in_one_lin
         PROVIDER_HTTP_PORT="eighty",
     )
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    assert "cannot start" in lines[0] and "http_port" in lines[0], lines[0]
+    assert "cannot start" in lines[0] and "PROVIDER_HTTP_PORT" in lines[0], lines[0]
     assert "s3cret-pw" not in stderr and "eighty" not in stderr
