@@ -23,7 +23,7 @@ from order_svc.settings import Settings
 from saga_kit.deadletters import DeadLetter, DeadLetterSummary, LetterId, ReplayResult
 from saga_kit.deadletters import Status as LetterStatus
 from saga_kit.errors import DomainRejection
-from saga_kit.http import CheckResult, DatabaseDep, errors
+from saga_kit.http import CheckResult, DatabaseDep, errors, upstream_unavailable
 
 STATIC = Path(__file__).parent / "dashboard"
 
@@ -45,7 +45,14 @@ async def asset(name: str) -> FileResponse:
     return FileResponse(_ASSETS[name], headers={"Cache-Control": "no-cache"})
 
 
-_UNREACHABLE = errors({502: "the service behind it did not answer, or answered an error"}, invalid=False)
+_UNREACHABLE = errors(
+    {
+        502: "the service behind it did not answer, or answered an error",
+        503: "the service behind it is briefly unavailable (`service_unavailable`);"
+        " retry after `Retry-After`",
+    },
+    invalid=False,
+)
 
 
 @router.get("/dashboard/api/summary", summary="How many orders in each status")
@@ -109,6 +116,8 @@ async def _proxy(request: Request, service: Service, method: str, path: str, **p
         raise HTTPException(404, f"{service}: {said}")
     if response.status_code == 409:
         raise DomainRejection(str(body.get("reason", "conflict")), f"{service}: {said}")
+    if response.status_code == 503:
+        raise upstream_unavailable(service, response.headers.get("retry-after"))
     raise HTTPException(502, f"{service} answered {response.status_code}: {said}")
 
 

@@ -15,14 +15,17 @@ from sqlalchemy import text
 from events.values import Balance, ExternalId, Money
 from payment_svc import runtime
 from payment_svc.provider import Unreachable
-from saga_kit.http import DatabaseDep, PrincipalDep, errors
+from saga_kit.http import DatabaseDep, PrincipalDep, errors, upstream_unavailable
 
 router = APIRouter(tags=["accounts"])
 
 CustomerId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 #: What an account route answers when the provider does not.
-_PROVIDER_DOWN = {502: "the payment provider did not answer, or answered an error"}
+_PROVIDER_DOWN = {
+    502: "the payment provider did not answer, or answered an error",
+    503: "the payment provider is briefly unavailable (`service_unavailable`); retry after `Retry-After`",
+}
 
 
 class AccountIn(BaseModel):
@@ -39,13 +42,16 @@ class AccountView(BaseModel):
 
 async def _provider(method: str, path: str, body: Any = None, *, not_found: str | None = None) -> Any:
     """The provider's JSON answer to an account call: its 404 as ours when ``not_found``
-    says what is missing; anything else but 200 — or no answer — is a 502."""
+    says what is missing, its 503 as ours (with ``Retry-After``); anything else but 200 —
+    or no answer — is a 502."""
     try:
         answer = await runtime.provider().request(method, path, body)
     except Unreachable as exc:
         raise HTTPException(502, f"the payment provider did not answer: {exc}") from None
     if answer.status_code == 404 and not_found is not None:
         raise HTTPException(404, not_found)
+    if answer.status_code == 503:
+        raise upstream_unavailable("the payment provider", answer.retry_after)
     if answer.status_code != 200:
         raise HTTPException(502, f"the payment provider answered {answer.status_code}")
     return answer.json()

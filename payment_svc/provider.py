@@ -95,6 +95,8 @@ class Answer:
 
     status_code: int
     content: bytes
+    #: its ``Retry-After`` header, if it sent one
+    retry_after: str | None = None
 
     @property
     def text(self) -> str:
@@ -212,7 +214,7 @@ class PaymentProvider:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         async with self._session.request(method, self.base_url + path, json=body, headers=headers) as r:
-            return Answer(r.status, await r.read())
+            return Answer(r.status, await r.read(), r.headers.get("Retry-After"))
 
     async def _call(
         self, operation: str, method: str, path: str, key: str | None, body: dict[str, Any] | None

@@ -2,7 +2,9 @@
 
 Every service keeps one ``audit_log`` table. An entry is written for
 
-* every state-changing API call (POST, PUT, PATCH, DELETE), whatever its outcome, by the
+* every state-changing API call (POST, PUT, PATCH, DELETE), whatever its outcome but a
+  503 (the service did nothing: it was overloaded, or its database was away, where the
+  entry could not go either), by the
   ``AuditTrail`` middleware after the route answered and before the answer is sent
   (group-committed: ``AuditWriter``): who
   (the token's subject and role, ``anonymous`` without a valid one), what (method and
@@ -47,6 +49,7 @@ from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from saga_kit import tracing
+from saga_kit.errors import is_transient
 from saga_kit.http import errors
 
 log = logging.getLogger(__name__)
@@ -210,6 +213,8 @@ class AuditTrail:
     async def _write(self, scope: Scope, start: Message, trace_id: str | None) -> None:
         if scope.get("state", {}).get("audited"):
             return  # written with the call's own transaction (mark_audited)
+        if start["status"] == 503:
+            return  # nothing was done: overloaded, or the database away (module doc)
         location = next((v.decode("latin-1") for k, v in start.get("headers", []) if k == b"location"), None)
         call = replace(call_audit(scope), request_id=trace_id)
         entry = call.entry(location or scope["path"], str(start["status"]))
@@ -219,8 +224,11 @@ class AuditTrail:
             if writer is None:
                 writer = state.audit_writer = AuditWriter(state.db.engine)
             await writer.append(entry)
-        except Exception:  # the call happened: say loudly that its record did not
-            log.exception("audit entry not written: %s", entry)
+        except Exception as exc:  # the call happened: say loudly that its record did not
+            if is_transient(exc):  # the database went away after the call: no traceback
+                log.error("audit entry not written (%s: %s): %s", type(exc).__name__, exc, entry)
+            else:
+                log.exception("audit entry not written: %s", entry)
 
 
 class AuditWriter:

@@ -82,10 +82,14 @@ RETRY_AFTER = {
 
 def errors(described: Mapping[int, str] | None = None, *, invalid: bool = True) -> dict[int | str, Any]:
     """The error answers of a route for its OpenAPI document: each status in ``described``
-    with its description and a ``Problem`` body, the 503 of a transient failure
-    (``UNAVAILABLE``) unless ``described`` gives its own, and a 422 with an ``InvalidRequest`` body
-    unless the route reads no parameter, header or body (``invalid=False``)."""
-    out: dict[int | str, Any] = {status: problem(text) for status, text in (described or {}).items()}
+    with its description and a ``Problem`` body (a 503 with its ``Retry-After``), the 503
+    of a transient failure (``UNAVAILABLE``) unless ``described`` gives its own, and a 422
+    with an ``InvalidRequest`` body unless the route reads no parameter, header or body
+    (``invalid=False``)."""
+    out: dict[int | str, Any] = {
+        status: problem(text, headers=RETRY_AFTER if status == 503 else None)
+        for status, text in (described or {}).items()
+    }
     out.setdefault(503, UNAVAILABLE)
     if invalid:
         out[422] = {
@@ -107,14 +111,27 @@ UNAVAILABLE = problem(
 )
 
 
+#: What a request that met a transient failure is told to wait, in seconds: about what a
+#: restarted PostgreSQL takes to accept connections again (a fast shutdown and start).
+TRANSIENT_RETRY_AFTER_SECONDS = 1
+
+
+def upstream_unavailable(who: str, retry_after: str | None = None) -> StarletteHTTPException:
+    """The 503 ``service_unavailable`` of a route whose upstream (``who``) answered 503: the
+    client is told to retry, after the upstream's own ``Retry-After`` when it gave a number
+    of seconds, else ``TRANSIENT_RETRY_AFTER_SECONDS`` (a 502 would lose that signal)."""
+    seconds = retry_after if retry_after and retry_after.isdigit() else str(TRANSIENT_RETRY_AFTER_SECONDS)
+    return StarletteHTTPException(
+        503,
+        f"{who} is briefly unavailable; retry after Retry-After seconds",
+        headers={"Retry-After": seconds},
+    )
+
+
 def location(what: str) -> dict[str, Any]:
     """The OpenAPI of a ``Location`` header pointing at ``what``."""
     return {"Location": {"description": what, "schema": {"type": "string", "format": "uri-reference"}}}
 
-
-#: What a request that met a transient failure is told to wait, in seconds: about what a
-#: restarted PostgreSQL takes to accept connections again (a fast shutdown and start).
-TRANSIENT_RETRY_AFTER_SECONDS = 1
 
 #: The exception classes ``is_transient`` may call transient; the handler of each answers
 #: 503 for a transient one and lets the rest through to the framework's 500.
@@ -483,13 +500,14 @@ def create_app(
             type(exc).__name__,
             printable(str(exc).splitlines()[0] if str(exc) else "", 200),
         )
+        detail = (
+            "a transient failure: the database or the network is briefly away;"
+            " retry after Retry-After seconds"
+        )
+        if request.method == "POST":
+            detail += " (with the same Idempotency-Key, a retried POST cannot act twice)"
         return JSONResponse(
-            {
-                "detail": "a transient failure: the database or the network is briefly away;"
-                " retry after Retry-After seconds (a POST with the same Idempotency-Key"
-                " cannot place its order twice)",
-                "reason": "service_unavailable",
-            },
+            {"detail": detail, "reason": "service_unavailable"},
             status_code=503,
             headers={"Retry-After": str(TRANSIENT_RETRY_AFTER_SECONDS)},
         )

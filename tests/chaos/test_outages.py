@@ -80,15 +80,30 @@ def test_database_outage_not_ready_then_resumes_without_losing_the_order(system:
             ("GET", f"{system.url('order_svc')}/orders/{order_id}", None, {}),
             ("GET", f"{system.url('inventory_svc')}/products/outage-p", None, {}),
             ("GET", f"{system.url('payment_svc')}/payments/{order_id}", None, {}),
+            # routes that pass another server's 503 on: the provider's, a service's
+            ("GET", f"{system.url('payment_svc')}/accounts/outage-c", None, {}),
+            ("GET", f"{system.url('order_svc')}/dashboard/api/stock", None, {}),
         ]
         for method, url, json_body, headers in requests:
             r = client.http.request(method, url, json=json_body, headers=headers)
             assert r.status_code == 503, (method, url, r.status_code, r.text)
             assert r.json()["reason"] == "service_unavailable", r.text
             assert int(r.headers["Retry-After"]) >= 1
+        # a scrape still answers, without the figures the database would have given
+        for name in SERVICES:
+            scrape = client.http.get(f"{system.url(name)}/metrics")
+            assert scrape.status_code == 200, (name, scrape.text)
+            assert f'saga_metrics_database_up{{service="{name}"}} 0.0' in scrape.text
+            assert "saga_outbox_backlog{" not in scrape.text
     finally:
         system.pids.add("postgres", system.postgres.resume())
     all_ready_answer(system, 200, 60, "every service ready again by itself")
+    for name in SERVICES:
+        scrape = client.http.get(f"{system.url(name)}/metrics")
+        assert f'saga_metrics_database_up{{service="{name}"}} 1.0' in scrape.text
+    # a 503 did nothing, so it leaves no audit entry to fail writing (and no traceback)
+    logs = (system.run_dir / "logs" / "order_svc.log").read_text()
+    assert "audit entry not written" not in logs and "Traceback" not in logs
     # the order placed just before the outage finishes, and new orders work
     assert client.wait_for_events(order_id, {"InventoryCommitted"}, timeout=60)["status"] == "APPROVED"
     second = client.place_order("outage-c", {"outage-p": 1}, idempotency_key="outage-retried")
