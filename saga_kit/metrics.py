@@ -16,6 +16,7 @@ outcome and saga duration).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -32,9 +33,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from saga_kit.consumer import ConsumerStats
 from saga_kit.db import Database
+from saga_kit.errors import is_transient
 from saga_kit.histogram import Histogram
 from saga_kit.outbox import OutboxRelay
 from saga_kit.periodic import JobStats
+
+log = logging.getLogger(__name__)
 
 #: A service's own metric families, computed from its database at scrape time.
 ExtraMetrics = Callable[[AsyncConnection, str], Awaitable[list[Metric]]]
@@ -54,12 +58,14 @@ def histogram_family(name: str, documentation: str, labels: Mapping[str, str], h
 
 @dataclass
 class _Snapshot:
-    """What the database said at this scrape."""
+    """What the database said at this scrape (``read``: False when it could not be asked;
+    the figures read from it are then left out of the scrape rather than shown stale)."""
 
     backlog: int = 0
     oldest_unsent: float = 0.0
     dead_letters: int = 0
     extra: list[Metric] = field(default_factory=list)
+    read: bool = True
 
 
 class _PlumbingCollector(Collector):
@@ -117,17 +123,30 @@ class _PlumbingCollector(Collector):
         for (topic, partition), behind in sorted((self.lag() if self.lag else {}).items()):
             lag.add_metric([svc, topic, str(partition)], behind)
         yield lag
+        from_database = (
+            [
+                ("saga_outbox_backlog", "Outbox rows not yet published.", self.snapshot.backlog),
+                (
+                    "saga_outbox_oldest_unsent_seconds",
+                    "Age of the oldest unpublished outbox row.",
+                    self.snapshot.oldest_unsent,
+                ),
+                (
+                    "saga_dead_letters",
+                    "Dead letters waiting for an operator (replay or discard).",
+                    self.snapshot.dead_letters,
+                ),
+            ]
+            if self.snapshot.read
+            else []
+        )
         for name, doc, value in (
-            ("saga_outbox_backlog", "Outbox rows not yet published.", self.snapshot.backlog),
+            *from_database,
             (
-                "saga_outbox_oldest_unsent_seconds",
-                "Age of the oldest unpublished outbox row.",
-                self.snapshot.oldest_unsent,
-            ),
-            (
-                "saga_dead_letters",
-                "Dead letters waiting for an operator (replay or discard).",
-                self.snapshot.dead_letters,
+                "saga_metrics_database_up",
+                "1 if this scrape could read the service's database (the figures read from it are"
+                " left out when it could not).",
+                int(self.snapshot.read),
             ),
             ("saga_consumer_retrying", "1 while the consumer retries a transient failure.", int(s.retrying)),
             (
@@ -153,7 +172,8 @@ class _PlumbingCollector(Collector):
             for name, job in sorted(self.jobs.items()):
                 family.add_metric([svc, name], getattr(job, attr))
             yield family
-        yield from self.snapshot.extra
+        if self.snapshot.read:
+            yield from self.snapshot.extra
 
 
 class Metrics:
@@ -175,7 +195,20 @@ class Metrics:
         self._db, self._extra, self._service = db, extra, service
 
     async def render(self) -> bytes:
-        """Read what comes from the database, then the exposition text of everything."""
+        """Read what comes from the database, then the exposition text of everything. A
+        database that is away (a transient failure) does not fail the scrape, which is when
+        the other figures matter most: its figures are left out and
+        ``saga_metrics_database_up`` is 0."""
+        try:
+            self._collector.snapshot = await self._read()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("metrics: the database could not be read (%s); scraped without it", exc)
+            self._collector.snapshot = _Snapshot(read=False)
+        return generate_latest(self.registry)
+
+    async def _read(self) -> _Snapshot:
         async with self._db.engine.connect() as conn:
             backlog, oldest = (
                 await conn.execute(
@@ -187,5 +220,4 @@ class Metrics:
             ).one()
             dead = await conn.scalar(text("SELECT COUNT(*) FROM dead_letters WHERE status = 'PENDING'"))
             extra = await self._extra(conn, self._service) if self._extra else []
-        self._collector.snapshot = _Snapshot(int(backlog), float(oldest), int(dead or 0), extra)
-        return generate_latest(self.registry)
+        return _Snapshot(int(backlog), float(oldest), int(dead or 0), extra)
