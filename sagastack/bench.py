@@ -39,6 +39,7 @@ from typing import Any
 import aiohttp
 import psycopg
 
+from events.values import MAX_STOCK
 from sagastack import invariants
 from sagastack.cli_types import count, positive_float, positive_int, rates
 from sagastack.cpu import CpuMeter, cpu_seconds
@@ -389,6 +390,13 @@ def sweep(
 def main(args: argparse.Namespace) -> int:
     n = args.orders
     total_orders = n + (sum(max(50, int(r * args.step_seconds)) for r in args.sweep) if args.sweep else 0)
+    if total_orders + args.idle > MAX_STOCK:  # each product is stocked for every order
+        print(
+            f"sagastack bench: error: {total_orders + args.idle:,} orders in all (--orders, --idle and"
+            f" the sweep's rates times --step-seconds): at most {MAX_STOCK:,}, a product's largest stock",
+            file=sys.stderr,
+        )
+        return 2
     products = [f"bench-p{i}" for i in range(args.products)]
     customers = [f"bench-c{i}" for i in range(args.customers)]
     print(f"signed events: {'on' if args.signing else 'off'}", flush=True)

@@ -39,6 +39,7 @@ import contextlib
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -533,7 +534,8 @@ class Chaos:
         )
         cluster = self.system.broker_kind == "kafka" and cfg.kafka_nodes == 3
         if cfg.broker_kills and (not cluster or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")):
-            raise SystemExit("--broker-kills needs --broker kafka --kafka-nodes 3")
+            print(BROKER_KILLS_NEED, file=sys.stderr)  # e.g. Kafka asked for, but no Java
+            return 2
         with self.system:
             print(f"broker: {self.system.broker_description()}", flush=True)
             self.seed_data()
@@ -616,7 +618,19 @@ class Chaos:
             print(f"  FAIL: {v}")
 
 
+BROKER_KILLS_NEED = (
+    "sagastack chaos: error: --broker-kills needs the embedded 3-node Apache Kafka"
+    " (--broker kafka --kafka-nodes 3, no KAFKA_BOOTSTRAP_SERVERS)"
+)
+
+
 def main(args: argparse.Namespace) -> int:
+    broker = args.broker or os.environ.get("SAGA_BROKER") or "tansu"
+    if args.broker_kills and (
+        broker != "kafka" or args.kafka_nodes != 3 or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    ):
+        print(BROKER_KILLS_NEED, file=sys.stderr)
+        return 2
     config = Config(
         orders=args.orders,
         kills=args.kills,

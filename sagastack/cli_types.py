@@ -7,45 +7,63 @@ from __future__ import annotations
 import argparse
 import math
 
+#: The largest count (orders, clients, kills …) and the largest rate or duration taken:
+#: far beyond what one machine runs, small enough that nothing derived from them overflows.
+MOST = 1_000_000
+#: The smallest rate (per second) or duration (seconds) taken: below it a run would wait
+#: for ever on its first step.
+LEAST = 0.001
 
-def _number(text: str, kind: type[int] | type[float]) -> float:
+
+def _integer(text: str) -> int:
     try:
-        value = kind(text)
+        value = int(text)
     except ValueError:
-        what = "an integer" if kind is int else "a number"
-        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value > MOST:
+        raise argparse.ArgumentTypeError(f"{value if len(str(value)) < 20 else 'that'} is more than {MOST:,}")
     return value
 
 
 def positive_int(text: str) -> int:
-    """An integer ≥ 1 (orders, clients, products)."""
-    value = int(_number(text, int))
+    """An integer from 1 to ``MOST`` (orders, clients, products)."""
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not at least 1")
     return value
 
 
 def count(text: str) -> int:
-    """An integer ≥ 0 (0: none, e.g. no kills, no idle sagas)."""
-    value = int(_number(text, int))
+    """An integer from 0 to ``MOST`` (0: none, e.g. no kills, no idle sagas)."""
+    value = _integer(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative")
     return value
 
 
+def _real(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
 def positive_float(text: str) -> float:
-    """A number > 0 (a rate per second, a duration in seconds)."""
-    value = _number(text, float)
+    """A number from ``LEAST`` to ``MOST`` (a rate per second, a duration in seconds)."""
+    value = _real(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{value:g} is not above 0")
+    if not LEAST <= value <= MOST:
+        raise argparse.ArgumentTypeError(f"{value:g} is not between {LEAST:g} and {MOST:,}")
     return value
 
 
 def ratio(text: str) -> float:
     """A share from 0 to 1."""
-    value = _number(text, float)
+    value = _real(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"{value:g} is not between 0 and 1")
     return value

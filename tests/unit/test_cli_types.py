@@ -5,6 +5,7 @@ in the sweep, after the whole system had started)."""
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,9 @@ from sagastack.cli_types import rates
         (["chaos", "--rate", "inf"], "argument --rate: 'inf' is not a finite number"),
         (["chaos", "--kills", "1.5"], "argument --kills: '1.5' is not an integer"),
         (["demo", "--orders", "-1"], "argument --orders: -1 is negative"),
+        (["demo", "--orders", "1" + "0" * 400], "argument --orders: that is more than 1,000,000"),
+        (["bench", "--sweep", "1e300"], "argument --sweep: 1e+300 is not between 0.001 and 1,000,000"),
+        (["chaos", "--rate", "1e-320"], "argument --rate: 9.99989e-321 is not between 0.001"),
     ],
 )
 def test_a_value_out_of_range_is_refused_with_its_reason(
@@ -40,3 +44,28 @@ def test_a_value_out_of_range_is_refused_with_its_reason(
 def test_a_sweep_of_0_is_no_sweep_and_rates_keep_their_order() -> None:
     assert rates("0") == []
     assert rates("100, 50,600") == [100.0, 50.0, 600.0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [
+        # each product is stocked for every order the run places
+        (
+            ["bench", "--sweep", "1000000", "--step-seconds", "1000000"],
+            "orders in all (--orders, --idle and the sweep's rates times --step-seconds): at most",
+        ),
+        (["chaos", "--broker-kills", "1", "--broker", "tansu"], "--broker-kills needs the embedded 3-node"),
+    ],
+)
+def test_arguments_that_cannot_work_together_are_refused_before_anything_starts(
+    argv: list[str],
+    why: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setattr(signal, "signal", lambda *_: None)
+    run_dir = tmp_path / "run"
+    assert main([*argv, "--run-dir", str(run_dir)]) == 2
+    assert why in capsys.readouterr().err
+    assert not run_dir.exists()  # refused before anything started
