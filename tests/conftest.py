@@ -50,20 +50,26 @@ def broker_kind(request: pytest.FixtureRequest) -> BrokerKind:
 
 
 @pytest.fixture(scope="session")
-def run_root(request: pytest.FixtureRequest) -> Iterator[Path]:
-    """The session's run directory; removed at the end unless a test failed."""
+def run_root() -> Iterator[Path]:
+    """The session's run directory; removed at the end unless the session failed."""
     root = Path(tempfile.mkdtemp(prefix="saga-test-"))
     root.chmod(0o755)  # the embedded server runs as another OS user when we are root
     yield root
-    if request.session.testsfailed:
-        _KEPT.append(root)
-    else:
-        shutil.rmtree(root, ignore_errors=True)
+    _ROOTS.append(root)
 
 
-_KEPT: list[Path] = []
+_ROOTS: list[Path] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After every fixture's teardown: a session that failed in any way (a test, an error
+    in a fixture's teardown, an interruption) keeps its run directories."""
+    if exitstatus == pytest.ExitCode.OK:
+        for root in _ROOTS:
+            shutil.rmtree(root, ignore_errors=True)
+        _ROOTS.clear()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    for root in _KEPT:
+    for root in _ROOTS:
         terminalreporter.write_line(f"kept for the failed tests: the servers' data and logs in {root}")
