@@ -1,16 +1,23 @@
 """OpenTelemetry tracing: one saga is one trace, across all three services.
 
-Spans (all in saga_kit, so every service gets the same):
+Spans (the same in every service):
 
-* ``POST /orders`` … — a SERVER span per HTTP request (``traceparent`` honoured if sent);
-* ``emit OrderCreated`` — a PRODUCER span when a handler or command writes an event to
-  the outbox; its context is stored with the outbox row (W3C ``traceparent`` header);
-* ``publish orders.events`` — a PRODUCER span when the relay sends the row, child of the
-  emit span; the Kafka message carries *its* context in the ``traceparent`` header;
-* ``handle OrderCreated`` — a CONSUMER span per record, child of that publish span; the
-  events its handler emits are its children, and so on through the saga;
+* ``POST /orders`` … — a SERVER span per HTTP request, the framework's own
+  (``traceparent`` honoured if sent);
+* ``consume <service>`` — a CONSUMER span per consumed batch, with a link to the trace of
+  each record in it;
+* ``handle OrderCreated`` — a CONSUMER span per event a reaction handles, child of the
+  context its record carries;
+* ``payment provider charge`` (or ``refund``) — a CLIENT span per call to the provider;
 * ``cancel order`` — deadline and customer cancellations continue the saga's trace from
   the context stored with the order (the HTTP request that asked for it is a link).
+
+An event carries the context of the span that emitted it (the request's, or the handling
+of the event that caused it) as W3C ``traceparent``: in its outbox row, then in its Kafka
+headers. So one saga is one trace — the POST, then each service's handling, hop by hop —
+with no span of its own for writing an event to the outbox or for the relay's batch
+publish: one per event would cost more than it tells (the next service's handling of an
+event is a child of the span that emitted it).
 
 Exporter (``TRACING_EXPORTER``): ``none`` (default: spans and ids exist, so logs and
 headers carry trace ids, but nothing is sent), ``otlp`` (OTLP over HTTP to
@@ -173,17 +180,6 @@ def span(
         name, context=parent, kind=kind, links=list(links), attributes=dict(attributes or {})
     ) as s:
         yield s
-
-
-def start_span(
-    name: str,
-    *,
-    kind: SpanKind,
-    parent: otel_context.Context | None,
-    attributes: Mapping[str, Any] | None = None,
-) -> Span:
-    """A span the caller ends (for work that is not one block, e.g. a batch publish)."""
-    return _tracer.start_span(name, context=parent, kind=kind, attributes=dict(attributes or {}))
 
 
 def link_to_current() -> list[Link]:
