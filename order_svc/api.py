@@ -29,6 +29,7 @@ from order_svc.placing import OrderDesk, Placement
 from order_svc.settings import Settings
 from saga_kit import audit, tracing
 from saga_kit.auth import Principal
+from saga_kit.errors import is_transient
 from saga_kit.http import RETRY_AFTER, DatabaseDep, PrincipalDep, SettingsDep, errors, location, problem
 from saga_kit.personal_data import KeyStore, Unreadable, forget, load_master_key, open_sealed, sealed_of
 
@@ -574,18 +575,28 @@ async def stream_saga_events(
 ) -> StreamingResponse:
     """Server-sent events: each new timeline event as it is recorded (`id` is its `seq`,
     `data` a feed entry as in `/saga-events`; a reconnecting browser resumes from
-    `Last-Event-ID`). Without `after` it starts at the newest event."""
+    `Last-Event-ID`). Without `after` it starts at the newest event. While the database is
+    away the stream stays open (a comment line says so every second) and goes on where it
+    was when it is back."""
     start = int(last_event_id) if last_event_id else after
+    if start is None:  # before the answer starts: a database away at connect is a 503
+        async with db.engine.connect() as conn:
+            follower = await timeline.Follower.starting_now(conn)
+    else:
+        follower = timeline.Follower(start)
 
     async def events() -> AsyncIterator[str]:
-        async with db.engine.connect() as conn:
-            follower = (
-                timeline.Follower(start) if start is not None else await timeline.Follower.starting_now(conn)
-            )
         yield ": connected\n\n"
         while not await request.is_disconnected():
-            async with db.engine.connect() as conn:
-                rows = await follower.poll(conn)
+            try:
+                async with db.engine.connect() as conn:
+                    rows = await follower.poll(conn)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                yield ": the database is away; waiting for it\n\n"
+                await asyncio.sleep(1.0)
+                continue
             for r in rows:
                 entry = FeedEntry.model_validate(r)
                 yield f"id: {entry.seq}\nevent: saga-event\ndata: {entry.model_dump_json()}\n\n"

@@ -107,8 +107,6 @@ class Follower:
 
     async def poll(self, conn: AsyncConnection, limit: int = 500) -> list[dict[str, Any]]:
         rows = await feed(conn, self.floor, limit)
-        fresh = [r for r in rows if r["seq"] not in self.seen]
-        self.seen.update(r["seq"] for r in fresh)
         settled = await conn.scalar(
             text(
                 "SELECT COALESCE(MAX(seq), :f) FROM saga_events"
@@ -116,6 +114,9 @@ class Follower:
             ),
             {"f": self.floor, "w": LATE_COMMIT_WINDOW},
         )
+        # nothing changes until both reads succeeded: a poll that fails is a poll not made
+        fresh = [r for r in rows if r["seq"] not in self.seen]
+        self.seen.update(r["seq"] for r in fresh)
         if settled is not None and settled > self.floor and len(rows) < limit:
             # everything at or below ``settled`` committed long ago: forget it
             self.floor = int(settled)

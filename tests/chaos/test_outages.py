@@ -62,54 +62,66 @@ def test_database_outage_not_ready_then_resumes_without_losing_the_order(system:
     client.put_account("outage-c", Decimal("10.00"))
     order_id = client.place_order("outage-c", {"outage-p": 1})
     assert system.postgres is not None
-    system.postgres.pause()
-    try:
-        bodies = all_ready_answer(system, 503, 30, "every service not ready while the database is down")
-        for body in bodies.values():
-            assert body["checks"]["database"]["ok"] is False
-            assert body["checks"]["broker"]["ok"] is True  # it names what is wrong
-        # liveness is not readiness: the processes are fine and must not be restarted
-        for name in SERVICES:
-            assert httpx.get(f"{system.url(name)}/health/live").status_code == 200
-        # a request that needs the database is told to come back (503, Retry-After), never
-        # answered 500; a POST retried with the same key after the outage places one order
-        body = {"customer_id": "outage-c", "items": [{"product_id": "outage-p", "quantity": 1}]}
-        key = {"Idempotency-Key": "outage-retried"}
-        requests = [
-            ("POST", f"{system.url('order_svc')}/orders", body, key),
-            ("GET", f"{system.url('order_svc')}/orders/{order_id}", None, {}),
-            ("GET", f"{system.url('inventory_svc')}/products/outage-p", None, {}),
-            ("GET", f"{system.url('payment_svc')}/payments/{order_id}", None, {}),
-            # routes that pass another server's 503 on: the provider's, a service's
-            ("GET", f"{system.url('payment_svc')}/accounts/outage-c", None, {}),
-            ("GET", f"{system.url('order_svc')}/dashboard/api/stock", None, {}),
-        ]
-        for method, url, json_body, headers in requests:
-            r = client.http.request(method, url, json=json_body, headers=headers)
-            assert r.status_code == 503, (method, url, r.status_code, r.text)
-            assert r.json()["reason"] == "service_unavailable", r.text
-            assert int(r.headers["Retry-After"]) >= 1
-        # a scrape still answers, without the figures the database would have given
+    feed_url = f"{system.url('order_svc')}/saga-events/stream"
+    # the live feed, opened before the outage, must carry on after it
+    with client.http.stream("GET", feed_url, timeout=httpx.Timeout(10, read=60)) as feed:
+        assert feed.status_code == 200
+        system.postgres.pause()
+        try:
+            bodies = all_ready_answer(system, 503, 30, "every service not ready while the database is down")
+            for body in bodies.values():
+                assert body["checks"]["database"]["ok"] is False
+                assert body["checks"]["broker"]["ok"] is True  # it names what is wrong
+            # liveness is not readiness: the processes are fine and must not be restarted
+            for name in SERVICES:
+                assert httpx.get(f"{system.url(name)}/health/live").status_code == 200
+            # a request that needs the database is told to come back (503, Retry-After), never
+            # answered 500; a POST retried with the same key after the outage places one order
+            body = {"customer_id": "outage-c", "items": [{"product_id": "outage-p", "quantity": 1}]}
+            key = {"Idempotency-Key": "outage-retried"}
+            requests = [
+                ("POST", f"{system.url('order_svc')}/orders", body, key),
+                ("GET", f"{system.url('order_svc')}/orders/{order_id}", None, {}),
+                ("GET", f"{system.url('inventory_svc')}/products/outage-p", None, {}),
+                ("GET", f"{system.url('payment_svc')}/payments/{order_id}", None, {}),
+                # routes that pass another server's 503 on: the provider's, a service's
+                ("GET", f"{system.url('payment_svc')}/accounts/outage-c", None, {}),
+                ("GET", f"{system.url('order_svc')}/dashboard/api/stock", None, {}),
+            ]
+            for method, url, json_body, headers in requests:
+                r = client.http.request(method, url, json=json_body, headers=headers)
+                assert r.status_code == 503, (method, url, r.status_code, r.text)
+                assert r.json()["reason"] == "service_unavailable", r.text
+                assert int(r.headers["Retry-After"]) >= 1
+            # a scrape still answers, without the figures the database would have given
+            for name in SERVICES:
+                scrape = client.http.get(f"{system.url(name)}/metrics")
+                assert scrape.status_code == 200, (name, scrape.text)
+                assert f'saga_metrics_database_up{{service="{name}"}} 0.0' in scrape.text
+                assert "saga_outbox_backlog{" not in scrape.text
+        finally:
+            system.pids.add("postgres", system.postgres.resume())
+        all_ready_answer(system, 200, 60, "every service ready again by itself")
         for name in SERVICES:
             scrape = client.http.get(f"{system.url(name)}/metrics")
-            assert scrape.status_code == 200, (name, scrape.text)
-            assert f'saga_metrics_database_up{{service="{name}"}} 0.0' in scrape.text
-            assert "saga_outbox_backlog{" not in scrape.text
-    finally:
-        system.pids.add("postgres", system.postgres.resume())
-    all_ready_answer(system, 200, 60, "every service ready again by itself")
-    for name in SERVICES:
-        scrape = client.http.get(f"{system.url(name)}/metrics")
-        assert f'saga_metrics_database_up{{service="{name}"}} 1.0' in scrape.text
-    # a 503 did nothing, so it leaves no audit entry to fail writing (and no traceback)
-    logs = (system.run_dir / "logs" / "order_svc.log").read_text()
-    assert "audit entry not written" not in logs and "Traceback" not in logs
-    # the order placed just before the outage finishes, and new orders work
-    assert client.wait_for_events(order_id, {"InventoryCommitted"}, timeout=60)["status"] == "APPROVED"
-    second = client.place_order("outage-c", {"outage-p": 1}, idempotency_key="outage-retried")
-    assert client.place_order("outage-c", {"outage-p": 1}, idempotency_key="outage-retried") == second
-    assert client.wait_for_events(second, {"InventoryCommitted"}, timeout=60)["status"] == "APPROVED"
-    assert client.account("outage-c")["balance"] == "4.00"
+            assert f'saga_metrics_database_up{{service="{name}"}} 1.0' in scrape.text
+        # a 503 did nothing, so it leaves no audit entry to fail writing (and no traceback)
+        logs = (system.run_dir / "logs" / "order_svc.log").read_text()
+        assert "audit entry not written" not in logs and "Traceback" not in logs
+        # the order placed just before the outage finishes, and new orders work
+        assert client.wait_for_events(order_id, {"InventoryCommitted"}, timeout=60)["status"] == "APPROVED"
+        second = client.place_order("outage-c", {"outage-p": 1}, idempotency_key="outage-retried")
+        assert client.place_order("outage-c", {"outage-p": 1}, idempotency_key="outage-retried") == second
+        assert client.wait_for_events(second, {"InventoryCommitted"}, timeout=60)["status"] == "APPROVED"
+        assert client.account("outage-c")["balance"] == "4.00"
+        said = []
+        deadline = time.monotonic() + 60
+        for line in feed.iter_lines():  # a keep-alive comment comes at least every second
+            said.append(line)
+            if second in line or time.monotonic() > deadline:
+                break
+        assert any(second in line for line in said), said[-5:]
+        assert ": the database is away; waiting for it" in said
     client.close()
 
 
