@@ -5,7 +5,7 @@ as the outbox row); the participants' events as they are consumed. Idempotent on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -62,14 +62,17 @@ async def load(conn: AsyncConnection, order_id: Any) -> list[dict[str, Any]]:
     return [dict(row._mapping) for row in rows]
 
 
-async def feed(conn: AsyncConnection, after: int, limit: int) -> list[dict[str, Any]]:
-    """Events of all sagas recorded after position ``after``, in recording order."""
+async def feed(
+    conn: AsyncConnection, after: int, limit: int, skip: Collection[int] = ()
+) -> list[dict[str, Any]]:
+    """At most ``limit`` events of all sagas recorded after position ``after``, in
+    recording order, leaving out the positions in ``skip``."""
     rows = await conn.execute(
         text(
             "SELECT seq, order_id, event_id, event_type, producer, occurred_at, causation_id, payload,"
-            " trace_id FROM saga_events WHERE seq > :after ORDER BY seq LIMIT :n"
+            " trace_id FROM saga_events WHERE seq > :after AND NOT seq = ANY(:skip) ORDER BY seq LIMIT :n"
         ),
-        {"after": after, "n": limit},
+        {"after": after, "n": limit, "skip": sorted(skip)},
     )
     return [dict(row._mapping) for row in rows]
 
@@ -106,7 +109,10 @@ class Follower:
         return cls(floor, set(visible))
 
     async def poll(self, conn: AsyncConnection, limit: int = 500) -> list[dict[str, Any]]:
-        rows = await feed(conn, self.floor, limit)
+        """The events not returned before, at most ``limit``, in recording order. Those
+        already returned are left out in the query itself, so a page is never full of them
+        (the feed stood still once 500 events above the floor had all been seen)."""
+        rows = await feed(conn, self.floor, limit, self.seen)
         settled = await conn.scalar(
             text(
                 "SELECT COALESCE(MAX(seq), :f) FROM saga_events"
@@ -115,10 +121,11 @@ class Follower:
             {"f": self.floor, "w": LATE_COMMIT_WINDOW},
         )
         # nothing changes until both reads succeeded: a poll that fails is a poll not made
-        fresh = [r for r in rows if r["seq"] not in self.seen]
-        self.seen.update(r["seq"] for r in fresh)
-        if settled is not None and settled > self.floor and len(rows) < limit:
-            # everything at or below ``settled`` committed long ago: forget it
+        self.seen.update(r["seq"] for r in rows)
+        if len(rows) == limit:  # unseen events may lie past this page: the floor stays below them
+            settled = min(settled, rows[-1]["seq"]) if settled is not None else None
+        if settled is not None and settled > self.floor:
+            # everything at or below ``settled`` committed long ago and was returned: forget it
             self.floor = int(settled)
             self.seen = {seq for seq in self.seen if seq > self.floor}
-        return fresh
+        return rows
