@@ -1,3 +1,4 @@
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from saga_kit.settings import ServiceSettings
@@ -8,4 +9,4 @@ class Settings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="INVENTORY_", extra="ignore", frozen=True)
 
-    http_port: int = 8002
+    http_port: int = Field(default=8002, ge=0, le=65535)

@@ -9,7 +9,7 @@ class Settings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="ORDER_", extra="ignore", frozen=True)
 
-    http_port: int = 8001
+    http_port: int = Field(default=8001, ge=0, le=65535)
     #: A PENDING order older than this is cancelled with reason ``timeout`` (c4). A request
     #: may ask for its own deadline (``deadline_seconds``) within the API's bounds.
     deadline_seconds: float = Field(default=30.0, gt=0)

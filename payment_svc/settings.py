@@ -9,7 +9,7 @@ class Settings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="PAYMENT_", extra="ignore", frozen=True)
 
-    http_port: int = 8003
+    http_port: int = Field(default=8003, ge=0, le=65535)
 
     provider_url: str = Field(
         default="http://127.0.0.1:8004",

@@ -53,7 +53,7 @@ def _start(module: str, **variables: str) -> tuple[list[str], str]:
         **{
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("KAFKA_", "SAGA_", "ORDER_", "PROVIDER_"))
+            if not k.startswith(("KAFKA_", "SAGA_", "ORDER_", "INVENTORY_", "PAYMENT_", "PROVIDER_"))
         },
         **variables,
     }
@@ -92,3 +92,17 @@ def test_the_payment_provider_simulator_with_invalid_settings_says_so_in_one_lin
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     assert "cannot start" in lines[0] and "PROVIDER_HTTP_PORT" in lines[0], lines[0]
     assert "s3cret-pw" not in stderr and "eighty" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("module", "variable"),
+    [
+        ("order_svc", "ORDER_HTTP_PORT"),
+        ("inventory_svc", "INVENTORY_HTTP_PORT"),
+        ("payment_svc", "PAYMENT_HTTP_PORT"),
+    ],
+)
+def test_a_port_out_of_range_is_refused_at_start(module: str, variable: str) -> None:
+    prefix = variable.split("_")[0]
+    lines, _ = _start(module, **{f"{prefix}_DATABASE_URL": "postgresql://u@localhost/db", variable: "99999"})
+    assert f"{variable}: Input should be less than or equal to 65535" in lines[0], lines
