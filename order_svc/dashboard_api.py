@@ -96,12 +96,15 @@ async def _call(
 async def _proxy(request: Request, service: Service, method: str, path: str, **params: str | int) -> Any:
     """The JSON body of the service's 2xx answer to ``method path``. Its 404 is answered as
     a 404 and its 409 as a 409 with its ``reason``, each ``detail`` led by the service's
-    name (``"payment_svc: dead letter 7 failed again: …"``); no answer, or any other answer,
-    is a 502 saying which service and why."""
+    name (``"payment_svc: dead letter 7 failed again: …"``); its 503 is a 503 with its
+    ``Retry-After`` (``upstream_unavailable``); no answer, or any other answer, is a 502
+    saying which service and why."""
     try:
         response = await _call(request, service, method, path, **params)
     except httpx.HTTPError as exc:
         raise HTTPException(502, f"{service} did not answer: {_why(exc)}") from None
+    if response.status_code == 503:  # whatever its body: the retry signal is what counts
+        raise upstream_unavailable(service, response.headers.get("retry-after"))
     try:
         body = response.json()
     except ValueError as exc:
@@ -116,8 +119,6 @@ async def _proxy(request: Request, service: Service, method: str, path: str, **p
         raise HTTPException(404, f"{service}: {said}")
     if response.status_code == 409:
         raise DomainRejection(str(body.get("reason", "conflict")), f"{service}: {said}")
-    if response.status_code == 503:
-        raise upstream_unavailable(service, response.headers.get("retry-after"))
     raise HTTPException(502, f"{service} answered {response.status_code}: {said}")
 
 

@@ -120,7 +120,8 @@ def upstream_unavailable(who: str, retry_after: str | None = None) -> StarletteH
     """The 503 ``service_unavailable`` of a route whose upstream (``who``) answered 503: the
     client is told to retry, after the upstream's own ``Retry-After`` when it gave a number
     of seconds, else ``TRANSIENT_RETRY_AFTER_SECONDS`` (a 502 would lose that signal)."""
-    seconds = retry_after if retry_after and retry_after.isdigit() else str(TRANSIENT_RETRY_AFTER_SECONDS)
+    given = (retry_after or "").strip()
+    seconds = given if given.isascii() and given.isdigit() else str(TRANSIENT_RETRY_AFTER_SECONDS)
     return StarletteHTTPException(
         503,
         f"{who} is briefly unavailable; retry after Retry-After seconds",
