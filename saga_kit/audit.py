@@ -25,7 +25,9 @@ refuses UPDATE and DELETE on the table: only someone who can disable triggers (t
 can tamper, and then the chain shows it.
 
 A crash between a call's commit and its audit entry loses that entry (the call is
-written first); a compensation's entry is never lost (same transaction). Nor is the
+written first), and so does a call whose ``COMMIT`` went through while its answer was
+lost with the database's connection: it is answered 503, and a 503 writes no entry. A
+compensation's entry is never lost (same transaction). Nor is the
 entry of a placed order: ``POST /orders`` hands its entry (``CallAudit``) to the order
 desk, which appends it in the transaction that places the order (``append``) and tells
 the middleware it is written (``mark_audited``) — one transaction fewer per group of

@@ -131,8 +131,8 @@ class UnitOfWork:
         unit's last flush, ``Database.unit_of_work``), ``COMMIT`` goes in the same round
         trip; the connection's own commit then finds no transaction open and sends nothing
         (psycopg), so a transaction that ends with writes queued costs one round trip fewer.
-        With nothing queued (the consumer flushed its writes itself) nothing is sent here
-        and the connection commits as usual."""
+        With nothing queued (a consumer batch that stored dead letters after its flush, or
+        wrote nothing) nothing is sent here and the connection commits as usual."""
         rows, self._rows = self._rows, []
         emitted, self._unflushed = self._unflushed, []
         if rows:

@@ -1,15 +1,17 @@
 """OpenTelemetry tracing: one saga is one trace, across all three services.
 
-Spans (the same in every service):
+Spans (all made here or by the shared plumbing, wherever the work happens):
 
 * ``POST /orders`` … — a SERVER span per HTTP request, the framework's own
-  (``traceparent`` honoured if sent);
+  (``traceparent`` honoured if sent), but for probes, scrapes, pages and the live feed
+  (``saga_kit.http``; their answers carry no ``X-Trace-Id``);
 * ``consume <service>`` — a CONSUMER span per consumed batch, with a link to the trace of
   each record in it;
 * ``handle OrderCreated`` — a CONSUMER span per event a reaction handles, child of the
   context its record carries;
-* ``payment provider charge`` (or ``refund``) — a CLIENT span per call to the provider;
-* ``cancel order`` — deadline and customer cancellations continue the saga's trace from
+* ``payment provider charge`` (or ``refund``) — a CLIENT span per call to the provider
+  (the payment service);
+* ``cancel order`` — the order service's deadline and customer cancellations continue the saga's trace from
   the context stored with the order (the HTTP request that asked for it is a link).
 
 An event carries the context of the span that emitted it (the request's, or the handling
