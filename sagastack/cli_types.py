@@ -73,4 +73,7 @@ def rates(text: str) -> list[float]:
     """Comma-separated rates > 0 (orders/s), or ``0`` alone for none (as ``SWEEP=0``)."""
     if text.strip() == "0":
         return []
-    return [positive_float(part.strip()) for part in text.split(",")]
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) > 1 and any(part and _real(part) == 0 for part in parts):
+        raise argparse.ArgumentTypeError("a rate of 0 among others (0 on its own means no sweep)")
+    return [positive_float(part) for part in parts]

@@ -16,7 +16,10 @@ from sagastack.cli_types import rates
 @pytest.mark.parametrize(
     ("argv", "why"),
     [
-        (["bench", "--sweep", "0,100"], "argument --sweep: 0 is not above 0"),
+        (
+            ["bench", "--sweep", "0,100"],
+            "argument --sweep: a rate of 0 among others (0 on its own means no sweep)",
+        ),
         (["bench", "--sweep", "100,abc"], "argument --sweep: 'abc' is not a number"),
         (["bench", "--rate", "0"], "argument --rate: 0 is not above 0"),
         (["bench", "--orders", "-3"], "argument --orders: -3 is not at least 1"),
