@@ -503,7 +503,7 @@ def main(args: argparse.Namespace) -> int:
         print(note, flush=True)
     system = System(run_dir, free_ports=True, fresh=True, broker_kind=broker)
     keep = sys.stdin.isatty() if args.keep is None else args.keep
-    print("starting broker, database and the three services …", flush=True)
+    print("starting broker, database, the payment provider simulator and the three services …", flush=True)
     with system:
         print(f"  broker: {system.broker_description()}", flush=True)
         print("  " + ", ".join(f"{n} {system.url(n)}" for n in SERVICES), flush=True)
@@ -516,13 +516,15 @@ def main(args: argparse.Namespace) -> int:
                 "invariants of docs/design.md §6 hold: all orders terminal, stock and money conserved,"
                 " every payment reconciled with the provider's ledger, no effect applied twice"
             )
-        # the operator's token rides in the fragment: it never reaches a server's log
-        dashboard = f"{system.url('order_svc')}/dashboard#token={system.token()}"
         print(f"traces: {system.run_dir / 'traces'}   logs: {system.run_dir / 'logs'}")
-        env = " ".join(f"SAGACTL_{name.split('_')[0].upper()}_URL={system.url(name)}" for name in SERVICES)
-        print(f"sagactl: export {env} SAGA_ISSUER_DIR={system.run_dir / 'keys' / 'issuer'}")
-        print("         export SAGA_TOKEN=$(.venv/bin/sagactl token)   # an operator's development token")
-        if keep:
+        if keep:  # addresses and a token only for a system that goes on running
+            # the operator's token rides in the fragment: it never reaches a server's log
+            dashboard = f"{system.url('order_svc')}/dashboard#token={system.token()}"
+            env = " ".join(
+                f"SAGACTL_{name.split('_')[0].upper()}_URL={system.url(name)}" for name in SERVICES
+            )
+            print(f"sagactl: export {env} SAGA_ISSUER_DIR={system.run_dir / 'keys' / 'issuer'}")
+            print("         export SAGA_TOKEN=$(.venv/bin/sagactl token)   # an operator's development token")
             print(
                 f"\ndashboard: {dashboard}  — the system keeps running; Ctrl-C stops everything", flush=True
             )
@@ -532,8 +534,8 @@ def main(args: argparse.Namespace) -> int:
             print("stopping …")
         else:
             print(
-                f"\ndashboard: {dashboard}  (it was live while the demo ran; `make demo` in a terminal"
-                " keeps it running)",
+                "\nthe system stops now; `make demo` in a terminal (or KEEP=1) keeps it running,"
+                " with its dashboard and sagactl",
                 flush=True,
             )
     return 1 if problems else 0
