@@ -58,7 +58,7 @@ from sagastack import invariants
 from sagastack.apache_kafka import ApacheKafka
 from sagastack.cli_types import count, positive_float, positive_int, ratio
 from sagastack.progress import bar
-from sagastack.system import BROKER_KINDS, SERVICES, BrokerKind, System, service_of
+from sagastack.system import BROKER_KINDS, SERVICES, BrokerKind, System, broker_from_env, service_of
 
 POISON_KEY = b"chaos-poison"
 
@@ -93,6 +93,14 @@ class Config:
     #: processes per service (one consumer group each): kills pick among all of them, and
     #: clients spread their requests over the order service's
     instances: int = 1
+
+    def broker_kills_impossible(self) -> bool:
+        """Broker kills asked for without the embedded 3-node Apache Kafka, the broker
+        resolved as ``System`` resolves it (``SAGA_BROKER``, else Tansu)."""
+        broker = self.broker or broker_from_env()
+        return bool(self.broker_kills) and (
+            broker != "kafka" or self.kafka_nodes != 3 or bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+        )
 
 
 #: What one provider fault episode sets (``PUT /v1/faults`` of the simulator), by kind.
@@ -532,9 +540,8 @@ class Chaos:
             f" {cfg.provider_faults} provider fault episodes, seed {cfg.seed}",
             flush=True,
         )
-        cluster = self.system.broker_kind == "kafka" and cfg.kafka_nodes == 3
-        if cfg.broker_kills and (not cluster or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")):
-            print(BROKER_KILLS_NEED, file=sys.stderr)  # e.g. Kafka asked for, but no Java
+        if cfg.broker_kills_impossible():
+            print(BROKER_KILLS_NEED, file=sys.stderr)
             return 2
         with self.system:
             print(f"broker: {self.system.broker_description()}", flush=True)
@@ -625,12 +632,6 @@ BROKER_KILLS_NEED = (
 
 
 def main(args: argparse.Namespace) -> int:
-    broker = args.broker or os.environ.get("SAGA_BROKER") or "tansu"
-    if args.broker_kills and (
-        broker != "kafka" or args.kafka_nodes != 3 or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    ):
-        print(BROKER_KILLS_NEED, file=sys.stderr)
-        return 2
     config = Config(
         orders=args.orders,
         kills=args.kills,
@@ -650,6 +651,9 @@ def main(args: argparse.Namespace) -> int:
         provider_faults=args.provider_faults,
         instances=args.instances,
     )
+    if config.broker_kills_impossible():  # before Chaos makes its System and run directory
+        print(BROKER_KILLS_NEED, file=sys.stderr)
+        return 2
     return Chaos(config).run()
 
 
