@@ -466,18 +466,18 @@ class ConsumerPipeline:
                     results[id(it)] = (
                         (Outcome.DEAD_LETTERED, refused[i]) if i in refused else (Outcome.HANDLED, None)
                     )
-            if not committed:
+            if not committed:  # dead letters to store (or nothing written), then the commit
                 crash_at(self._fault, "consumer.crash_before_commit")
-            if store and not committed:
-                letters = [
-                    (it, it.reason if it.outcome is Outcome.DEAD_LETTERED else results[id(it)][1])
-                    for it in items
-                    if it.outcome is Outcome.DEAD_LETTERED
-                    or (id(it) in results and results[id(it)][0] is Outcome.DEAD_LETTERED)
-                ]
-                for it, reason in letters:
-                    order_id = it.envelope.order_id if it.envelope is not None else None
-                    await self._store_dead_letter(uow, it.record, reason or "unknown", order_id)
+                if store:
+                    letters = [
+                        (it, it.reason if it.outcome is Outcome.DEAD_LETTERED else results[id(it)][1])
+                        for it in items
+                        if it.outcome is Outcome.DEAD_LETTERED
+                        or (id(it) in results and results[id(it)][0] is Outcome.DEAD_LETTERED)
+                    ]
+                    for it, reason in letters:
+                        order_id = it.envelope.order_id if it.envelope is not None else None
+                        await self._store_dead_letter(uow, it.record, reason or "unknown", order_id)
         for it, _ in live:
             it.outcome, it.reason = results[id(it)]
 
