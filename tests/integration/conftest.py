@@ -4,6 +4,7 @@ real consumer pipeline (decode → inbox → handler → outbox) fed records dir
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -11,9 +12,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import pytest_asyncio
 import uvicorn
+from psycopg import pq
 from sqlalchemy import text
 
 from events import EventPayload, decode, encode, new_envelope
@@ -148,6 +151,24 @@ def payment(services: dict[str, ServiceUnderTest]) -> ServiceUnderTest:
 @pytest.fixture
 def order(services: dict[str, ServiceUnderTest]) -> ServiceUnderTest:
     return services["order_svc"]
+
+
+@contextlib.contextmanager
+def commit_states() -> Iterator[list[pq.TransactionStatus]]:
+    """Within the block: the transaction status each psycopg connection is in when its own
+    ``commit`` is called, in order. ``IDLE`` means ``COMMIT`` went earlier, in the round
+    trip of the last flush (``UnitOfWork.flush(commit=True)``), and the connection's commit
+    sends nothing."""
+    found: list[pq.TransactionStatus] = []
+    commit = psycopg.AsyncConnection.commit
+
+    async def spy(self: psycopg.AsyncConnection[Any]) -> None:
+        found.append(self.pgconn.transaction_status)
+        await commit(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(psycopg.AsyncConnection, "commit", spy)
+        yield found
 
 
 def uid(prefix: str) -> str:

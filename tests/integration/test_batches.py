@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import psycopg
 import pytest
 from psycopg import pq
 from sqlalchemy import text
@@ -28,7 +27,7 @@ from saga_kit.db import UnitOfWork
 from saga_kit.faust_app import consume_batches
 from saga_kit.reactions import Reactions, Replies
 from saga_kit.retry import RetryPolicy
-from tests.integration.conftest import ServiceUnderTest, add_product, event
+from tests.integration.conftest import ServiceUnderTest, add_product, commit_states, event
 from tests.unit.samples import order_created
 
 _offsets = itertools.count(90_000_000 + uuid.uuid4().int % 1_000_000)
@@ -219,21 +218,12 @@ async def _probe_pipeline(inventory: ServiceUnderTest) -> ConsumerPipeline:
     )
 
 
-async def test_a_batch_commits_in_the_round_trip_of_its_writes(
-    inventory: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_batch_commits_in_the_round_trip_of_its_writes(inventory: ServiceUnderTest) -> None:
     pipeline = await _probe_pipeline(inventory)
     customers = [f"rt-{uuid.uuid4().hex[:8]}" for _ in range(3)]
-    found: list[pq.TransactionStatus] = []
-    commit = psycopg.AsyncConnection.commit
-
-    async def spy(self: psycopg.AsyncConnection[Any]) -> None:
-        found.append(self.pgconn.transaction_status)
-        await commit(self)
-
-    monkeypatch.setattr(psycopg.AsyncConnection, "commit", spy)
     batch = [record_of(event(order_created({"p": 1}, customer=c), uuid.uuid4())) for c in customers]
-    assert await pipeline.process_batch(batch) == [Outcome.HANDLED] * 3
+    with commit_states() as found:
+        assert await pipeline.process_batch(batch) == [Outcome.HANDLED] * 3
     assert found == [pq.TransactionStatus.IDLE]  # committed already: the connection's commit sends nothing
     stored = await inventory.scalar("SELECT COUNT(*) FROM commit_probe WHERE customer = ANY(:c)", c=customers)
     assert stored == 3

@@ -5,7 +5,6 @@ and the connection goes back to the pool usable."""
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import psycopg
 import pytest
@@ -13,7 +12,7 @@ from psycopg import pq
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from tests.integration.conftest import ServiceUnderTest
+from tests.integration.conftest import ServiceUnderTest, commit_states
 
 _TABLE = (
     "CREATE TABLE IF NOT EXISTS uow_probe"
@@ -31,20 +30,11 @@ def _insert(note: str) -> str:
     return f"INSERT INTO uow_probe VALUES (%(id)s, '{note}')"
 
 
-async def test_a_unit_commits_with_its_last_flush(
-    inventory: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_unit_commits_with_its_last_flush(inventory: ServiceUnderTest) -> None:
     key = await _table(inventory)
-    found: list[pq.TransactionStatus] = []
-    commit = psycopg.AsyncConnection.commit
-
-    async def spy(self: psycopg.AsyncConnection[Any]) -> None:
-        found.append(self.pgconn.transaction_status)
-        await commit(self)
-
-    monkeypatch.setattr(psycopg.AsyncConnection, "commit", spy)
-    async with inventory.db.unit_of_work() as uow:
-        uow.write(_insert("one"), {"id": key})
+    with commit_states() as found:
+        async with inventory.db.unit_of_work() as uow:
+            uow.write(_insert("one"), {"id": key})
     assert found == [pq.TransactionStatus.IDLE]  # committed already: the connection's commit sends nothing
     assert await inventory.scalar("SELECT note FROM uow_probe WHERE id = :id", id=key) == "one"
 
