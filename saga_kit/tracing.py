@@ -11,8 +11,9 @@ Spans (all made here or by the shared plumbing, wherever the work happens):
   context its record carries;
 * ``payment provider charge`` (or ``refund``) — a CLIENT span per call to the provider
   (the payment service);
-* ``cancel order`` — the order service's deadline and customer cancellations continue the saga's trace from
-  the context stored with the order (the HTTP request that asked for it is a link).
+* ``cancel order`` — the order service's deadline and customer cancellations continue
+  the saga's trace from the context stored with the order (the HTTP request that asked
+  for it is a link).
 
 An event carries the context of the span that emitted it (the request's, or the handling
 of the event that caused it) as W3C ``traceparent``: in its outbox row, then in its Kafka
