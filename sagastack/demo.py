@@ -216,13 +216,30 @@ def _summary(event: dict[str, Any]) -> str:
     return ""
 
 
+def _cause(event: dict[str, Any], names: dict[str, str]) -> str:
+    """What ``event`` answered: the event that caused it (``names``: event id → type), or,
+    for an event that answers no event, where the request came from."""
+    if event["causation_id"] is not None:
+        return f"← {names.get(event['causation_id'], 'an earlier event')}"
+    match event["event_type"], event["payload"].get("reason"):
+        case "PlaceOrder" | "CancelOrder", _:
+            return "← a client, on Kafka"
+        case "OrderCreated", _:
+            return "← POST /orders"
+        case "OrderCancelled", "timeout":
+            return "← its deadline"
+        case "OrderCancelled", "cancelled_by_customer":
+            return "← a cancel request"
+    return "← a request"
+
+
 def print_timeline(saga: dict[str, Any]) -> None:
     events = saga["events"]
     names = {e["event_id"]: e["event_type"] for e in events}
     start = datetime.fromisoformat(events[0]["occurred_at"])
     for e in events:
         ms = (datetime.fromisoformat(e["occurred_at"]) - start).total_seconds() * 1000
-        cause = f"← {names.get(e['causation_id'], 'a command (HTTP, Kafka or deadline)')}"
+        cause = _cause(e, names)
         print(f"    +{ms:6.0f} ms  {e['producer']:<13} {e['event_type']:<27} {cause:<26} {_summary(e)}")
 
 
