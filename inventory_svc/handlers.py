@@ -19,9 +19,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from events import (
     InventoryCommitted,
     InventoryReleased,
@@ -105,35 +102,40 @@ _MOVES = {
 }
 
 
-async def load(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> Stock:
+async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Stock:
+    """The batch's decisions and reservations, and the products they touch or ask for,
+    locked in product-id order (concurrent batches never deadlock): three queries, one
+    round trip."""
     ids = sql.values(sorted({e.order_id for e in events}))
-    stock = Stock()
-    for row in await conn.execute(
-        text(f"SELECT order_id, decision FROM order_decisions WHERE order_id IN {sql.UUIDS}"), {"ids": ids}
-    ):
-        stock.decisions[row.order_id] = row.decision
-    for row in await conn.execute(
-        text(
-            "SELECT order_id, product_id, quantity, unit_price, status FROM reservations"
-            f" WHERE order_id IN {sql.UUIDS} ORDER BY order_id, product_id"
+    wanted = sorted(
+        {item.product_id for e in events if isinstance(e.payload, OrderCreated) for item in e.payload.items}
+    )
+    decisions, reservations, products = await uow.read(
+        (
+            f"SELECT order_id, decision FROM order_decisions WHERE order_id IN {sql.DRIVER_UUIDS}",
+            {"ids": ids},
         ),
-        {"ids": ids},
-    ):
+        (
+            "SELECT order_id, product_id, quantity, unit_price, status FROM reservations"
+            f" WHERE order_id IN {sql.DRIVER_UUIDS} ORDER BY order_id, product_id",
+            {"ids": ids},
+        ),
+        (
+            "SELECT product_id, price, available, reserved, sold FROM products"
+            f" WHERE product_id IN {sql.DRIVER_TEXTS}"
+            f" OR product_id IN (SELECT product_id FROM reservations WHERE order_id IN {sql.DRIVER_UUIDS})"
+            " ORDER BY product_id FOR UPDATE",
+            {"keys": sql.values(wanted), "ids": ids},
+        ),
+    )
+    stock = Stock()
+    for row in decisions:
+        stock.decisions[row.order_id] = row.decision
+    for row in reservations:
         stock.lines.setdefault(row.order_id, []).append(
             Line(row.product_id, row.quantity, row.unit_price, row.status)
         )
-    wanted = {
-        item.product_id for e in events if isinstance(e.payload, OrderCreated) for item in e.payload.items
-    }
-    held = {line.product_id for lines in stock.lines.values() for line in lines}
-    # row locks in product-id order: concurrent batches never deadlock
-    for row in await conn.execute(
-        text(
-            "SELECT product_id, price, available, reserved, sold FROM products"
-            f" WHERE product_id IN {sql.TEXTS} ORDER BY product_id FOR UPDATE"
-        ),
-        {"keys": sql.values(sorted(wanted | held))},
-    ):
+    for row in products:
         stock.products[row.product_id] = Product(
             row.product_id, row.price, row.available, row.reserved, row.sold
         )

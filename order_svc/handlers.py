@@ -17,9 +17,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from events import (
     CommandRejected,
     InventoryReservationFailed,
@@ -103,16 +100,29 @@ class Orders:
         return order
 
 
-async def load(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> Orders:
+async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
+    """The batch's orders, locked in id order, and the lines of those being reserved:
+    one round trip."""
     state = Orders()
-    for row in await conn.execute(
-        text(
+    queries = [
+        (
             "SELECT order_id, status, customer_id, reason, total, command_id, request_hash,"
             " deadline_at <= clock_timestamp() AS overdue"
-            f" FROM orders WHERE order_id IN {sql.UUIDS} ORDER BY order_id FOR UPDATE"
-        ),
-        {"ids": sql.values(sorted({e.order_id for e in events}))},
-    ):
+            f" FROM orders WHERE order_id IN {sql.DRIVER_UUIDS} ORDER BY order_id FOR UPDATE",
+            {"ids": sql.values(sorted({e.order_id for e in events}))},
+        )
+    ]
+    reserved = sorted({e.order_id for e in events if isinstance(e.payload, InventoryReserved)})
+    if reserved:
+        queries.append(
+            (
+                "SELECT order_id, product_id, sum(quantity) AS quantity FROM order_items"
+                f" WHERE order_id IN {sql.DRIVER_UUIDS} GROUP BY order_id, product_id",
+                {"ids": sql.values(reserved)},
+            )
+        )
+    orders, *lines = await uow.read(*queries)
+    for row in orders:
         state.orders[row.order_id] = Order(
             OrderStatus(row.status),
             row.customer_id,
@@ -122,17 +132,9 @@ async def load(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> Orders
             row.command_id,
             row.request_hash,
         )
-    reserved = sorted({e.order_id for e in events if isinstance(e.payload, InventoryReserved)})
-    if reserved:
-        for row in await conn.execute(
-            text(
-                "SELECT order_id, product_id, sum(quantity) AS quantity FROM order_items"
-                f" WHERE order_id IN {sql.UUIDS} GROUP BY order_id, product_id"
-            ),
-            {"ids": sql.values(reserved)},
-        ):
-            if (order := state.orders.get(row.order_id)) is not None:
-                order.items[row.product_id] = int(row.quantity)
+    for row in lines[0] if lines else ():
+        if (order := state.orders.get(row.order_id)) is not None:
+            order.items[row.product_id] = int(row.quantity)
     return state
 
 

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from opentelemetry import context as otel_context
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events import OrderCreated, OrderLine
 from events.personal import PersonalData, Sealed
@@ -100,7 +98,7 @@ async def place_orders(
     results: list[Placed | IdempotencyKeyReused | None] = [None] * len(commands)
     async with db.unit_of_work() as uow:
         keys = sorted({c.idempotency_key for c in commands if c.idempotency_key})
-        known = await _orders_by_key(uow.conn, keys)
+        known = await _orders_by_key(uow, keys)
         first_of_key: dict[str, int] = {}
         fresh: list[tuple[int, uuid.UUID, datetime]] = []
         now = datetime.now(UTC)
@@ -137,7 +135,7 @@ async def place_orders(
                 )
                 uow.emit(payload, order_id=order_id, causation_id=None, trace=command.trace)
             lost = [commands[i].idempotency_key for i, oid, _ in fresh if oid not in inserted]
-            known |= await _orders_by_key(uow.conn, sorted(k for k in lost if k))
+            known |= await _orders_by_key(uow, sorted(k for k in lost if k))
         for i, command in enumerate(commands):
             if results[i] is not None:
                 continue
@@ -165,16 +163,16 @@ async def place_orders(
 
 
 async def _orders_by_key(
-    conn: AsyncConnection, keys: Sequence[str]
+    uow: UnitOfWork, keys: Sequence[str]
 ) -> dict[str, tuple[uuid.UUID, OrderStatus, str]]:
     if not keys:
         return {}
-    rows = await conn.execute(
-        text(
+    (rows,) = await uow.read(
+        (
             "SELECT idempotency_key, order_id, status, request_hash"
-            f" FROM orders WHERE idempotency_key IN {sql.TEXTS}"
-        ),
-        {"keys": sql.values(keys)},
+            f" FROM orders WHERE idempotency_key IN {sql.DRIVER_TEXTS}",
+            {"keys": sql.values(keys)},
+        )
     )
     return {r.idempotency_key: (r.order_id, OrderStatus(r.status), r.request_hash) for r in rows}
 
@@ -184,29 +182,29 @@ async def _insert_orders(
 ) -> set[uuid.UUID]:
     """Insert orders and their lines; return the ids inserted (a key taken meanwhile by
     another transaction is skipped)."""
-    rows = await uow.conn.execute(
-        text(
+    (rows,) = await uow.read(
+        (
             "INSERT INTO orders"
             " (order_id, customer_id, status, idempotency_key, request_hash, deadline_at, trace_context,"
             " personal_data)"
-            " SELECT o, c, 'PENDING', k, h, d, t, p FROM json_to_recordset(CAST(:rows AS json))"
+            " SELECT o, c, 'PENDING', k, h, d, t, p FROM json_to_recordset(CAST(%(rows)s AS json))"
             " AS v(o uuid, c text, k text, h text, d timestamptz, t text, p jsonb)"
-            " ON CONFLICT (idempotency_key) DO NOTHING RETURNING order_id"
-        ),
-        {
-            "rows": sql.rows(
-                {
-                    "o": oid,
-                    "c": cmd.customer_id,
-                    "k": cmd.idempotency_key,
-                    "h": cmd.request_hash,
-                    "d": at,
-                    "t": cmd.traceparent,
-                    "p": sealed.model_dump(mode="json") if sealed else None,
-                }
-                for cmd, oid, at, sealed in new
-            )
-        },
+            " ON CONFLICT (idempotency_key) DO NOTHING RETURNING order_id",
+            {
+                "rows": sql.rows(
+                    {
+                        "o": oid,
+                        "c": cmd.customer_id,
+                        "k": cmd.idempotency_key,
+                        "h": cmd.request_hash,
+                        "d": at,
+                        "t": cmd.traceparent,
+                        "p": sealed.model_dump(mode="json") if sealed else None,
+                    }
+                    for cmd, oid, at, sealed in new
+                )
+            },
+        )
     )
     inserted = {r.order_id for r in rows}
     lines = [

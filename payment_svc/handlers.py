@@ -25,9 +25,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from events import InventoryReserved, OrderCancelled, PaymentVoided
 from events.envelope import Envelope
 from payment_svc.runtime import WORK_DUE
@@ -59,15 +56,16 @@ class Ledger:
     payments: dict[uuid.UUID, Payment] = field(default_factory=dict)
 
 
-async def load(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> Ledger:
+async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Ledger:
     ledger = Ledger()
-    for row in await conn.execute(
-        text(
+    (rows,) = await uow.read(
+        (
             "SELECT order_id, customer_id, amount, status, reason, attempts, cancel_requested"
-            f" FROM payments WHERE order_id IN {sql.UUIDS} ORDER BY order_id FOR UPDATE"
-        ),
-        {"ids": sql.values(sorted({e.order_id for e in events}))},
-    ):
+            f" FROM payments WHERE order_id IN {sql.DRIVER_UUIDS} ORDER BY order_id FOR UPDATE",
+            {"ids": sql.values(sorted({e.order_id for e in events}))},
+        )
+    )
+    for row in rows:
         ledger.payments[row.order_id] = Payment(
             row.customer_id, row.amount, row.status, row.reason, row.attempts, row.cancel_requested
         )

@@ -45,7 +45,6 @@ from decimal import Decimal
 from typing import Any
 
 from opentelemetry.trace import SpanKind
-from sqlalchemy import text
 
 from events import PaymentCompleted, PaymentFailed, PaymentPending, PaymentRefunded
 from events.values import printable
@@ -88,18 +87,18 @@ async def claim(db: Database, limit: int, lease_seconds: float) -> list[Due]:
     """Step 1: up to ``limit`` due payments, oldest due first, each with one more attempt
     and leased for ``lease_seconds``; committed before this returns."""
     async with db.unit_of_work() as uow:
-        rows = await uow.conn.execute(
-            text(
+        (rows,) = await uow.read(
+            (
                 "UPDATE payments p SET attempts = p.attempts + 1,"
-                " next_attempt_at = clock_timestamp() + make_interval(secs => :lease)"
+                " next_attempt_at = clock_timestamp() + make_interval(secs => %(lease)s)"
                 " FROM (SELECT order_id FROM payments"
                 "       WHERE status IN ('PENDING', 'REFUND_PENDING')"
                 "       AND next_attempt_at <= clock_timestamp()"
-                "       ORDER BY next_attempt_at LIMIT :n FOR UPDATE SKIP LOCKED) due"
+                "       ORDER BY next_attempt_at LIMIT %(n)s FOR UPDATE SKIP LOCKED) due"
                 " WHERE p.order_id = due.order_id"
-                " RETURNING p.order_id, p.customer_id, p.amount, p.status, p.attempts, p.traceparent"
-            ),
-            {"n": limit, "lease": lease_seconds},
+                " RETURNING p.order_id, p.customer_id, p.amount, p.status, p.attempts, p.traceparent",
+                {"n": limit, "lease": lease_seconds},
+            )
         )
         return [Due(r.order_id, r.customer_id, r.amount, r.status, r.attempts, r.traceparent) for r in rows]
 
@@ -135,17 +134,15 @@ async def record(
     """Step 3: every answer of a round in one transaction, each row locked again (a
     cancellation may have changed it while the call was out)."""
     async with db.unit_of_work() as uow:
-        rows = {
-            r.order_id: r
-            for r in await uow.conn.execute(
-                text(
-                    "SELECT order_id, customer_id, amount, status, reason, cancel_requested, waiting_since,"
-                    " charge_cause, refund_cause, traceparent FROM payments"
-                    " WHERE order_id = ANY(:ids) ORDER BY order_id FOR UPDATE"
-                ),
-                {"ids": [due.order_id for due, _ in answers]},
+        (locked,) = await uow.read(
+            (
+                "SELECT order_id, customer_id, amount, status, reason, cancel_requested, waiting_since,"
+                " charge_cause, refund_cause, traceparent FROM payments"
+                f" WHERE order_id IN {sql.DRIVER_UUIDS} ORDER BY order_id FOR UPDATE",
+                {"ids": sql.values(due.order_id for due, _ in answers)},
             )
-        }
+        )
+        rows = {r.order_id: r for r in locked}
         updates: list[dict[str, Any]] = []
         for due, answer in answers:
             row = rows.get(due.order_id)

@@ -439,7 +439,7 @@ class ConsumerPipeline:
         committed = False  # COMMIT went with the last flush
         async with self._db.unit_of_work() as uow:
             if live:
-                claimed = await inbox.claim(uow.conn, self.service, [envelope for _, envelope in live])
+                claimed = await inbox.claim(uow, self.service, [envelope for _, envelope in live])
                 fresh = [(it, envelope) for it, envelope in live if envelope.event_id in claimed]
                 for it, envelope in live:
                     if envelope.event_id not in claimed:
@@ -449,7 +449,7 @@ class ConsumerPipeline:
                         uow, [Delivery(envelope, it.record.headers) for it, envelope in fresh]
                     )
                     if refused:
-                        await inbox.release(uow.conn, self.service, [fresh[i][1].event_id for i in refused])
+                        inbox.release(uow, self.service, [fresh[i][1].event_id for i in refused])
                     # the reactions' writes and replies in one round trip, and COMMIT in it
                     # too unless dead letters are still to be stored in this transaction
                     committed = not (

@@ -6,10 +6,15 @@ rows) — commits together or not at all. It rolls back unless the block exits c
 
 Writes whose results nobody reads (a batch's saved changes, its outgoing events, the
 timeline) are queued with ``write`` and sent together at ``flush``, in one round trip
-(psycopg's pipeline mode), just before the commit. On this kind of machine a round trip
-costs ~300 µs of CPU through the async driver and ORM layers, so a batch pays for a few
-of them, not one per statement: the events emitted in a unit of work go to the outbox
-in one statement, and the emit hooks (e.g. the order service's timeline) queue theirs.
+(psycopg's pipeline mode), just before the commit. Reads that do not depend on each
+other go together too, with ``read``: one round trip for all of them, and for the
+transaction's ``BEGIN`` when they are its first statements. A statement through
+SQLAlchemy costs ~220 µs of CPU on this kind of machine, one straight through psycopg
+~80 µs, and three pipelined ~200 µs in all (measured against the embedded PostgreSQL,
+2,000 statements each), so the consumer's and the workers' statements go to the driver,
+and a batch pays for a few round trips, not one per statement: the events emitted in a
+unit of work go to the outbox in one statement, and the emit hooks (e.g. the order
+service's timeline) queue theirs.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context as otel_context
+from psycopg.rows import namedtuple_row
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -124,6 +130,27 @@ class UnitOfWork:
         """Queue bytes that are not a domain event (a dead letter) for publishing."""
         signed = self._signer.headers(topic, key, value) if self._signer else []
         self._rows.append(outbox.Row(uuid.uuid4(), topic, key, value, (*headers, *signed)))
+
+    async def read(self, *queries: tuple[str, Mapping[str, Any]]) -> list[list[Any]]:
+        """Run ``queries`` — (statement, parameters), with the driver's placeholders
+        (``%(name)s``) as in ``write`` — in one round trip, in order, after the writes
+        queued so far; return each one's rows, as named tuples (``row.order_id``).
+
+        In the transaction's first round trip, psycopg sends its ``BEGIN`` in the same
+        pipeline. A failing statement raises here (psycopg's error, which
+        ``saga_kit.errors.is_transient`` classifies) and the unit of work rolls back."""
+        writes, self._writes = self._writes, []
+        driver = (await self.conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        cursors = []
+        async with driver.pipeline():
+            for statement, params in writes:
+                await driver.execute(statement, params)
+            for statement, params in queries:
+                cursor = driver.cursor(row_factory=namedtuple_row)
+                await cursor.execute(statement, params)
+                cursors.append(cursor)
+        return [await cursor.fetchall() for cursor in cursors]
 
     async def flush(self, *, commit: bool = False) -> None:
         """Send every queued write, the outbox rows (one statement) and the emit hooks'

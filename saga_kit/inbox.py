@@ -14,46 +14,45 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from events.envelope import Envelope
 from saga_kit import sql
-from saga_kit.db import SAGA_LOCK_NAMESPACE, saga_lock_key
+from saga_kit.db import SAGA_LOCK_NAMESPACE, UnitOfWork, saga_lock_key
 
 
-async def claim(conn: AsyncConnection, consumer: str, envelopes: Sequence[Envelope[Any]]) -> set[uuid.UUID]:
-    """Take the sagas' locks, then record every event — one statement; return the ids
-    that were not recorded before.
+async def claim(uow: UnitOfWork, consumer: str, envelopes: Sequence[Envelope[Any]]) -> set[uuid.UUID]:
+    """Take the sagas' locks, then record every event — one statement, in the
+    transaction's first round trip (with its ``BEGIN``); return the ids that were not
+    recorded before.
 
     The locks are the per-saga advisory locks of ``saga_kit.db`` (taken in key order: no
     deadlocks); the claims join a one-row MATERIALIZED CTE that takes them, so no claim
     is written before every lock is held."""
     if not envelopes:
         return set()
-    rows = await conn.execute(
-        text(
+    (rows,) = await uow.read(
+        (
             "WITH locks AS MATERIALIZED ("
-            "  SELECT count(pg_advisory_xact_lock(:ns, CAST(k AS int))) AS n"
-            "  FROM json_array_elements_text(CAST(:keys AS json)) AS k)"
+            "  SELECT count(pg_advisory_xact_lock(%(ns)s, CAST(k AS int))) AS n"
+            "  FROM json_array_elements_text(CAST(%(keys)s AS json)) AS k)"
             " INSERT INTO inbox (consumer, event_id, event_type, order_id)"
-            " SELECT :consumer, e, t, o"
-            " FROM locks, json_to_recordset(CAST(:rows AS json)) AS claims(e uuid, t text, o uuid)"
-            " ON CONFLICT DO NOTHING RETURNING event_id"
-        ),
-        {
-            "ns": SAGA_LOCK_NAMESPACE,
-            "keys": sql.values(sorted({saga_lock_key(e.order_id) for e in envelopes})),
-            "consumer": consumer,
-            "rows": sql.rows({"e": e.event_id, "t": e.event_type, "o": e.order_id} for e in envelopes),
-        },
+            " SELECT %(consumer)s, e, t, o"
+            " FROM locks, json_to_recordset(CAST(%(rows)s AS json)) AS claims(e uuid, t text, o uuid)"
+            " ON CONFLICT DO NOTHING RETURNING event_id",
+            {
+                "ns": SAGA_LOCK_NAMESPACE,
+                "keys": sql.values(sorted({saga_lock_key(e.order_id) for e in envelopes})),
+                "consumer": consumer,
+                "rows": sql.rows({"e": e.event_id, "t": e.event_type, "o": e.order_id} for e in envelopes),
+            },
+        )
     )
     return {row.event_id for row in rows}
 
 
-async def release(conn: AsyncConnection, consumer: str, event_ids: Sequence[uuid.UUID]) -> None:
-    """Undo claims in this transaction (events that were refused, not applied)."""
-    await conn.execute(
-        text(f"DELETE FROM inbox WHERE consumer = :c AND event_id IN {sql.UUIDS}"),
+def release(uow: UnitOfWork, consumer: str, event_ids: Sequence[uuid.UUID]) -> None:
+    """Undo claims in this transaction (events that were refused, not applied): queued,
+    sent with the batch's other writes."""
+    uow.write(
+        f"DELETE FROM inbox WHERE consumer = %(c)s AND event_id IN {sql.DRIVER_UUIDS}",
         {"c": consumer, "ids": sql.values(event_ids)},
     )

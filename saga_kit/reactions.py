@@ -1,6 +1,7 @@
 """A service's reactions to events, applied a batch at a time: **load → decide → save**.
 
-* ``load(conn, events)`` reads, in a few set-based queries, everything the batch needs
+* ``load(uow, events)`` reads, in a few set-based queries (``UnitOfWork.read``: one
+  round trip for those that do not depend on each other), everything the batch needs
   (and locks the rows it will change, in a fixed order: no deadlocks) into an in-memory
   state ``S``;
 * one **decide** function per event class, registered with ``@reactions.on(EventClass)``,
@@ -28,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from opentelemetry.trace import SpanKind
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events.codec import InvalidEvent
 from events.envelope import Envelope, EventPayload
@@ -64,7 +64,7 @@ class Reply:
 #: What a decide function returns: the events to emit in reply (same saga, caused by it).
 Replies = Sequence[EventPayload | Reply]
 Decide = Callable[[S, Envelope[P]], Replies]
-Load = Callable[[AsyncConnection, Sequence[Envelope[Any]]], Awaitable[S]]
+Load = Callable[[UnitOfWork, Sequence[Envelope[Any]]], Awaitable[S]]
 #: Queues the writes of what changed (``UnitOfWork.write``); they go out in one round trip.
 Save = Callable[[UnitOfWork, S], None]
 #: Runs after the decisions, in the same transaction, with every event that was applied
@@ -111,7 +111,7 @@ class Reactions(Generic[S]):
         reacting = [d for d in deliveries if type(d.envelope.payload) in self._decide]
         refused: dict[int, str] = {}
         if reacting:
-            state = await self._load(uow.conn, [d.envelope for d in reacting])
+            state = await self._load(uow, [d.envelope for d in reacting])
             for i, delivery in enumerate(deliveries):
                 decide = self._decide.get(type(delivery.envelope.payload))
                 if decide is None:

@@ -44,3 +44,6 @@ def values(items: Iterable[Any]) -> str:
 UUIDS = "(SELECT CAST(x AS uuid) FROM json_array_elements_text(CAST(:ids AS json)) x)"
 #: the same for text keys
 TEXTS = "(SELECT x FROM json_array_elements_text(CAST(:keys AS json)) x)"
+#: ``UUIDS`` and ``TEXTS`` with the driver's placeholders (``UnitOfWork.read`` and ``write``)
+DRIVER_UUIDS = "(SELECT CAST(x AS uuid) FROM json_array_elements_text(CAST(%(ids)s AS json)) x)"
+DRIVER_TEXTS = "(SELECT x FROM json_array_elements_text(CAST(%(keys)s AS json)) x)"

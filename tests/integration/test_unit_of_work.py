@@ -1,6 +1,7 @@
 """A unit of work sends ``COMMIT`` in the round trip of its last flush (saga_kit.db): what
 it wrote is there afterwards, a failure at ``COMMIT`` itself raises and leaves nothing,
-and the connection goes back to the pool usable."""
+and the connection goes back to the pool usable. Its pipelined reads (``read``) come back
+in order, inside its transaction, after the writes queued before them."""
 
 from __future__ import annotations
 
@@ -52,3 +53,40 @@ async def test_a_failure_at_commit_raises_and_leaves_nothing(inventory: ServiceU
             uow.write("DELETE FROM uow_probe WHERE id = %(id)s", {"id": key})
             uow.write(_insert("again"), {"id": key})
     assert await inventory.scalar("SELECT note FROM uow_probe WHERE id = :id", id=key) == "again"
+
+
+async def test_reads_come_back_in_order_and_see_the_writes_queued_before_them(
+    inventory: ServiceUnderTest,
+) -> None:
+    key = await _table(inventory)
+    async with inventory.db.unit_of_work() as uow:
+        uow.write(_insert("queued"), {"id": key})
+        notes, numbers = await uow.read(
+            ("SELECT id, note FROM uow_probe WHERE id = %(id)s", {"id": key}),
+            ("SELECT n AS number FROM generate_series(1, %(n)s) AS n ORDER BY n", {"n": 3}),
+        )
+    assert [(r.id, r.note) for r in notes] == [(key, "queued")]
+    assert [r.number for r in numbers] == [1, 2, 3]
+    assert await inventory.scalar("SELECT note FROM uow_probe WHERE id = :id", id=key) == "queued"
+
+
+async def test_a_read_runs_in_the_unit_s_transaction(inventory: ServiceUnderTest) -> None:
+    """The first read carries the transaction's BEGIN: it and the statements after it see
+    one transaction (one start time, one transaction id)."""
+    async with inventory.db.unit_of_work() as uow:
+        ((first,),) = await uow.read(("SELECT now() AS started, txid_current() AS xid", {}))
+        later = (await uow.conn.execute(text("SELECT now() AS started, txid_current() AS xid"))).one()
+    assert (first.started, first.xid) == (later.started, later.xid)
+
+
+async def test_a_failing_read_rolls_the_unit_back(inventory: ServiceUnderTest) -> None:
+    key = await _table(inventory)
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        async with inventory.db.unit_of_work() as uow:
+            uow.write(_insert("undone"), {"id": key})
+            await uow.read(("SELECT 1 / 0", {}))
+    assert await inventory.scalar("SELECT count(*) FROM uow_probe WHERE id = :id", id=key) == 0
+    for _ in range(3):  # every pooled connection still works
+        async with inventory.db.unit_of_work() as uow:
+            ((row,),) = await uow.read(("SELECT 1 AS one", {}))
+            assert row.one == 1
