@@ -103,9 +103,11 @@ _MOVES = {
 
 
 async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Stock:
-    """The batch's decisions and reservations, and the products they touch or ask for,
-    locked in product-id order (concurrent batches never deadlock): three queries, one
-    round trip."""
+    """The batch's decisions and reservations, and the products its orders ask for or
+    already hold, locked in product-id order (concurrent batches never deadlock): three
+    queries, one round trip — the held products come from a subquery on
+    ``reservations`` in the third, not from the second's rows. A product not found is
+    absent from the state; the reservation rules refuse it (``unknown_product``)."""
     ids = sql.values(sorted({e.order_id for e in events}))
     wanted = sorted(
         {item.product_id for e in events if isinstance(e.payload, OrderCreated) for item in e.payload.items}

@@ -101,8 +101,10 @@ class Orders:
 
 
 async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
-    """The batch's orders, locked in id order, and the lines of those being reserved:
-    one round trip."""
+    """The batch's orders, locked in order-id order (concurrent batches never deadlock),
+    and for each order whose ``InventoryReserved`` is in the batch its ``order_items`` as
+    product → units: two queries, one round trip. An order not found is absent from the
+    state; ``Orders.get`` then refuses its event (``InvalidEvent``)."""
     state = Orders()
     queries = [
         (

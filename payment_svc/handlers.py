@@ -57,6 +57,9 @@ class Ledger:
 
 
 async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Ledger:
+    """The payment rows of the batch's orders, locked in order-id order (concurrent
+    batches never deadlock): one query, one round trip. An order without a row is absent
+    from the ledger; the decide functions say what that means for each event."""
     ledger = Ledger()
     (rows,) = await uow.read(
         (

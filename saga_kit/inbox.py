@@ -20,9 +20,9 @@ from saga_kit.db import SAGA_LOCK_NAMESPACE, UnitOfWork, saga_lock_key
 
 
 async def claim(uow: UnitOfWork, consumer: str, envelopes: Sequence[Envelope[Any]]) -> set[uuid.UUID]:
-    """Take the sagas' locks, then record every event — one statement, in the
-    transaction's first round trip (with its ``BEGIN``); return the ids that were not
-    recorded before.
+    """Take the sagas' locks, then record every event — one statement, one round trip;
+    return the ids of ``envelopes`` that were not recorded before (the rest are
+    redeliveries). The locks are waited for as long as their holders take.
 
     The locks are the per-saga advisory locks of ``saga_kit.db`` (taken in key order: no
     deadlocks); the claims join a one-row MATERIALIZED CTE that takes them, so no claim

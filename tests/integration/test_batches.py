@@ -128,7 +128,7 @@ class _Seen:
 def _poisonous(marker: str) -> Reactions[_Seen]:
     """Reactions that raise on one customer, as a bug meeting one event would."""
 
-    async def load(conn: Any, events: Sequence[Envelope[Any]]) -> _Seen:
+    async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> _Seen:
         return _Seen()
 
     def save(uow: UnitOfWork, seen: _Seen) -> None:
@@ -190,7 +190,7 @@ def _recording() -> Reactions[_Seen]:
     """Reactions that insert each event's customer into ``commit_probe``, whose unique
     constraint is checked only at ``COMMIT``."""
 
-    async def load(conn: Any, events: Sequence[Envelope[Any]]) -> _Seen:
+    async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> _Seen:
         return _Seen()
 
     def save(uow: UnitOfWork, seen: _Seen) -> None:

@@ -1,11 +1,12 @@
 """A unit of work sends ``COMMIT`` in the round trip of its last flush (saga_kit.db): what
 it wrote is there afterwards, a failure at ``COMMIT`` itself raises and leaves nothing,
 and the connection goes back to the pool usable. Its pipelined reads (``read``) come back
-in order, inside its transaction, after the writes queued before them."""
+in order, inside its transaction, after the writes queued before them, in one round trip."""
 
 from __future__ import annotations
 
 import random
+import tempfile
 
 import psycopg
 import pytest
@@ -90,3 +91,24 @@ async def test_a_failing_read_rolls_the_unit_back(inventory: ServiceUnderTest) -
         async with inventory.db.unit_of_work() as uow:
             ((row,),) = await uow.read(("SELECT 1 AS one", {}))
             assert row.one == 1
+
+
+async def test_a_batch_shaped_unit_takes_four_round_trips(inventory: ServiceUnderTest) -> None:
+    """The consumer's transaction (saga_kit.consumer): ``BEGIN`` (psycopg syncs after it,
+    even in a pipeline), the claims, every query of a service's load together, then the
+    writes with ``COMMIT`` — four round trips, counted as the server's ReadyForQuery
+    messages in libpq's trace of the connection."""
+    key = await _table(inventory)
+    with tempfile.TemporaryFile("w+") as trace:
+        async with inventory.db.unit_of_work() as uow:
+            pgconn = (await uow.conn.get_raw_connection()).driver_connection.pgconn  # type: ignore[union-attr]
+            pgconn.trace(trace.fileno())
+            pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+            await uow.read(("SELECT 1 AS claimed", {}))
+            await uow.read(*[(f"SELECT {n} AS loaded", {}) for n in range(3)])
+            uow.write(_insert("written"), {"id": key})
+        pgconn.untrace()
+        trace.seek(0)
+        messages = trace.read()
+    assert messages.count("ReadyForQuery") == 4, messages
+    assert await inventory.scalar("SELECT note FROM uow_probe WHERE id = :id", id=key) == "written"
