@@ -279,7 +279,8 @@ def idle_latency(system: System, product: str, customer: str, sagas: int) -> lis
     longer idle: measured in four runs, alternating saga by saga, 100-106 ms at p50 polled
     through the API every 2 ms against 88-92 ms read from the database.
 
-    Raises ``RuntimeError`` if an order is still PENDING after a minute."""
+    Raises ``RuntimeError`` if an order is still PENDING after a minute, or ends in
+    another state than APPROVED (every order is seeded to be approvable)."""
     client = system.client()
     latencies = []
     try:
@@ -288,10 +289,12 @@ def idle_latency(system: System, product: str, customer: str, sagas: int) -> lis
                 time.sleep(0.2)  # let every consumer go idle again
                 started = time.perf_counter()
                 order_id = client.place_order(customer, {product: 1}, deadline_seconds=3600)
-                while _status(db, order_id) == "PENDING":
+                while (status := _status(db, order_id)) == "PENDING":
                     if time.perf_counter() - started > 60:
                         raise RuntimeError(f"idle saga: order {order_id} still PENDING after 60 s")
                     time.sleep(IDLE_POLL_SECONDS)
+                if status != "APPROVED":  # seeded for approval: anything else is a failure
+                    raise RuntimeError(f"idle saga: order {order_id} ended {status}, not APPROVED")
                 latencies.append((time.perf_counter() - started) * 1000)
     finally:
         client.close()

@@ -229,7 +229,7 @@ def _cause(event: dict[str, Any], names: dict[str, str]) -> str:
         case "OrderCancelled", "timeout":
             return "← its deadline"
         case "OrderCancelled", "cancelled_by_customer":
-            return "← a cancel request"
+            return "← POST …/cancel"
     return "← a request"
 
 
@@ -240,7 +240,7 @@ def print_timeline(saga: dict[str, Any]) -> None:
     for e in events:
         ms = (datetime.fromisoformat(e["occurred_at"]) - start).total_seconds() * 1000
         cause = _cause(e, names)
-        print(f"    +{ms:6.0f} ms  {e['producer']:<13} {e['event_type']:<27} {cause:<26} {_summary(e)}")
+        print(f"    +{ms:6.0f} ms  {e['producer']:<13} {e['event_type']:<27} {cause:<29} {_summary(e)}")
 
 
 def send_command(system: System, customer: str, items: dict[str, int]) -> str:
@@ -311,7 +311,7 @@ def wait_out_outage(system: System, client: SagaClient, order_id: str, timeout: 
     system.provider_faults()
     return (
         f"payment readiness: degraded — {degraded or 'not seen'}\n"
-        f"    saga meanwhile: {verdict}\n    provider back up"
+        f"    this saga meanwhile: {verdict}\n    provider back up"
     )
 
 
@@ -439,9 +439,10 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
             + "; "
             + ", ".join(f"{c} ({b})" for c, b in ACCOUNTS.items())
         )
-        print("tokens: the operator seeded them; each customer places and follows its own order")
+        print("tokens: the operator seeded stock and balances; each customer follows its own orders")
         first_order: tuple[str, str] | None = None
         for n, sc in enumerate(SCENARIOS, start=1):
+            outage = ""
             mine = system.client(sc.customer)  # the customer's own bearer token
             if sc.twist == "payment down":
                 system.stop_service("payment_svc")
@@ -463,7 +464,6 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
                 mine.cancel(order_id)
             if sc.twist == "provider outage":
                 outage = wait_out_outage(system, client, order_id)
-                print(f"\n  (provider down) {outage}")
             saga = mine.wait_for_events(order_id, set(sc.events))
             mine.close()
             if sc.twist == "payment down":
@@ -472,6 +472,8 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
                 saga = settled(client, order_id)  # with whatever payment did on its return
             order = client.order(order_id)
             print(f"\n  Saga {n} — {sc.title}\n    order {order_id}")
+            if outage:
+                print(f"    (provider down) {outage}")
             print_timeline(saga)
             reason = f" ({order['reason']})" if order["reason"] else ""
             print(f"    ⇒ {order['status']}{reason}, total {order['total'] or '—'}")

@@ -19,5 +19,6 @@ def test_the_demo_tells_the_truth_about_every_saga(run_root: Path) -> None:
     assert out.count("      why: ") == 8
     # saga 8: the provider's outage was seen (breaker open) and waited out
     assert "payment readiness: degraded — payment provider circuit open" in out
-    assert "saga meanwhile: in flight: waiting on the payment provider since" in out
+    assert "this saga meanwhile: in flight: waiting on the payment provider since" in out
+    assert out.index("Saga 8 — ") < out.index("(provider down)")  # under its own saga
     assert "invariants of docs/design.md §6 hold" in out

@@ -23,7 +23,7 @@ def _event(event_type: str, causation_id: str | None = None, **payload: Any) -> 
         (_event("OrderCreated"), "← POST /orders"),
         (_event("PlaceOrder"), "← a client, on Kafka"),
         (_event("OrderCancelled", reason="timeout"), "← its deadline"),
-        (_event("OrderCancelled", reason="cancelled_by_customer"), "← a cancel request"),
+        (_event("OrderCancelled", reason="cancelled_by_customer"), "← POST …/cancel"),
         (_event("OrderRejected", reason="insufficient_stock"), "← a request"),
     ],
 )
