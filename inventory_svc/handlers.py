@@ -114,18 +114,18 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Stock:
     )
     decisions, reservations, products = await uow.read(
         (
-            f"SELECT order_id, decision FROM order_decisions WHERE order_id IN {sql.DRIVER_UUIDS}",
+            f"SELECT order_id, decision FROM order_decisions WHERE order_id IN {sql.UUIDS}",
             {"ids": ids},
         ),
         (
             "SELECT order_id, product_id, quantity, unit_price, status FROM reservations"
-            f" WHERE order_id IN {sql.DRIVER_UUIDS} ORDER BY order_id, product_id",
+            f" WHERE order_id IN {sql.UUIDS} ORDER BY order_id, product_id",
             {"ids": ids},
         ),
         (
             "SELECT product_id, price, available, reserved, sold FROM products"
-            f" WHERE product_id IN {sql.DRIVER_TEXTS}"
-            f" OR product_id IN (SELECT product_id FROM reservations WHERE order_id IN {sql.DRIVER_UUIDS})"
+            f" WHERE product_id IN {sql.TEXTS}"
+            f" OR product_id IN (SELECT product_id FROM reservations WHERE order_id IN {sql.UUIDS})"
             " ORDER BY product_id FOR UPDATE",
             {"keys": sql.values(wanted), "ids": ids},
         ),

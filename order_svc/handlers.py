@@ -110,7 +110,7 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
         (
             "SELECT order_id, status, customer_id, reason, total, command_id, request_hash,"
             " deadline_at <= clock_timestamp() AS overdue"
-            f" FROM orders WHERE order_id IN {sql.DRIVER_UUIDS} ORDER BY order_id FOR UPDATE",
+            f" FROM orders WHERE order_id IN {sql.UUIDS} ORDER BY order_id FOR UPDATE",
             {"ids": sql.values(sorted({e.order_id for e in events}))},
         )
     ]
@@ -119,7 +119,7 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
         queries.append(
             (
                 "SELECT order_id, product_id, sum(quantity) AS quantity FROM order_items"
-                f" WHERE order_id IN {sql.DRIVER_UUIDS} GROUP BY order_id, product_id",
+                f" WHERE order_id IN {sql.UUIDS} GROUP BY order_id, product_id",
                 {"ids": sql.values(reserved)},
             )
         )

@@ -170,7 +170,7 @@ async def _orders_by_key(
     (rows,) = await uow.read(
         (
             "SELECT idempotency_key, order_id, status, request_hash"
-            f" FROM orders WHERE idempotency_key IN {sql.DRIVER_TEXTS}",
+            f" FROM orders WHERE idempotency_key IN {sql.TEXTS}",
             {"keys": sql.values(keys)},
         )
     )

@@ -64,7 +64,7 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Ledger:
     (rows,) = await uow.read(
         (
             "SELECT order_id, customer_id, amount, status, reason, attempts, cancel_requested"
-            f" FROM payments WHERE order_id IN {sql.DRIVER_UUIDS} ORDER BY order_id FOR UPDATE",
+            f" FROM payments WHERE order_id IN {sql.UUIDS} ORDER BY order_id FOR UPDATE",
             {"ids": sql.values(sorted({e.order_id for e in events}))},
         )
     )

@@ -138,7 +138,7 @@ async def record(
             (
                 "SELECT order_id, customer_id, amount, status, reason, cancel_requested, waiting_since,"
                 " charge_cause, refund_cause, traceparent FROM payments"
-                f" WHERE order_id IN {sql.DRIVER_UUIDS} ORDER BY order_id FOR UPDATE",
+                f" WHERE order_id IN {sql.UUIDS} ORDER BY order_id FOR UPDATE",
                 {"ids": sql.values(due.order_id for due, _ in answers)},
             )
         )

@@ -53,6 +53,6 @@ def release(uow: UnitOfWork, consumer: str, event_ids: Sequence[uuid.UUID]) -> N
     """Undo claims in this transaction (events that were refused, not applied): queued,
     sent with the batch's other writes."""
     uow.write(
-        f"DELETE FROM inbox WHERE consumer = %(c)s AND event_id IN {sql.DRIVER_UUIDS}",
+        f"DELETE FROM inbox WHERE consumer = %(c)s AND event_id IN {sql.UUIDS}",
         {"c": consumer, "ids": sql.values(event_ids)},
     )

@@ -9,8 +9,8 @@ and datetimes as strings, which PostgreSQL casts back exactly); bytes are base64
 
 Use in SQL::
 
-    ... FROM json_to_recordset(CAST(:rows AS json)) AS v(order_id uuid, quantity int)
-    ... WHERE order_id IN (SELECT CAST(x AS uuid) FROM json_array_elements_text(CAST(:ids AS json)) x)
+    ... FROM json_to_recordset(CAST(%(rows)s AS json)) AS v(order_id uuid, quantity int)
+    ... WHERE order_id IN (SELECT CAST(x AS uuid) FROM json_array_elements_text(CAST(%(ids)s AS json)) x)
 """
 
 from __future__ import annotations
@@ -40,10 +40,8 @@ def values(items: Iterable[Any]) -> str:
     return json.dumps(list(items), default=_default, separators=(",", ":"))
 
 
-#: ``WHERE column IN {IDS}`` with ``:ids`` a ``values(...)`` of UUIDs
-UUIDS = "(SELECT CAST(x AS uuid) FROM json_array_elements_text(CAST(:ids AS json)) x)"
-#: the same for text keys
-TEXTS = "(SELECT x FROM json_array_elements_text(CAST(:keys AS json)) x)"
-#: ``UUIDS`` and ``TEXTS`` with the driver's placeholders (``UnitOfWork.read`` and ``write``)
-DRIVER_UUIDS = "(SELECT CAST(x AS uuid) FROM json_array_elements_text(CAST(%(ids)s AS json)) x)"
-DRIVER_TEXTS = "(SELECT x FROM json_array_elements_text(CAST(%(keys)s AS json)) x)"
+#: ``WHERE column IN {UUIDS}`` with ``%(ids)s`` a ``values(...)`` of UUIDs, in a statement
+#: with the driver's placeholders (``UnitOfWork.read`` and ``write``)
+UUIDS = "(SELECT CAST(x AS uuid) FROM json_array_elements_text(CAST(%(ids)s AS json)) x)"
+#: the same for text keys, ``%(keys)s``
+TEXTS = "(SELECT x FROM json_array_elements_text(CAST(%(keys)s AS json)) x)"
