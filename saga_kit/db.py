@@ -147,18 +147,7 @@ class UnitOfWork:
         ``BEGIN`` in a round trip of its own. A failing statement raises here (psycopg's
         error, which ``saga_kit.errors.is_transient`` classifies), and the unit of work
         rolls back."""
-        writes, self._writes = self._writes, []
-        driver = (await self.conn.get_raw_connection()).driver_connection
-        assert driver is not None
-        cursors = []
-        async with driver.pipeline():
-            for statement, params in writes:
-                await driver.execute(statement, params)
-            for statement, params in queries:
-                cursor = driver.cursor(row_factory=namedtuple_row)
-                await cursor.execute(statement, params)
-                cursors.append(cursor)
-        return [await cursor.fetchall() for cursor in cursors]
+        return await self._pipeline(queries)
 
     async def flush(self, *, commit: bool = False) -> None:
         """Send every queued write, the outbox rows (one statement) and the emit hooks'
@@ -176,16 +165,28 @@ class UnitOfWork:
                 for hook in self._emit_hooks:
                     hook(self, emitted)
             self.outbox_rows += len(rows)
+        if self._writes:
+            await self._pipeline((), commit=commit)
+
+    async def _pipeline(
+        self, queries: Sequence[tuple[str, Mapping[str, Any]]], *, commit: bool = False
+    ) -> list[list[Any]]:
+        """One round trip (psycopg's pipeline, straight on the driver's connection): the
+        queued writes, then ``queries``, then ``COMMIT`` if asked; the rows of each query."""
         writes, self._writes = self._writes, []
-        if not writes:
-            return
         driver = (await self.conn.get_raw_connection()).driver_connection
         assert driver is not None
+        cursors = []
         async with driver.pipeline():
             for statement, params in writes:
                 await driver.execute(statement, params)
+            for statement, params in queries:
+                cursor = driver.cursor(row_factory=namedtuple_row)
+                await cursor.execute(statement, params)
+                cursors.append(cursor)
             if commit:
                 await driver.execute("COMMIT")
+        return [await cursor.fetchall() for cursor in cursors]
 
 
 class Database:
