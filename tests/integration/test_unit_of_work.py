@@ -72,8 +72,9 @@ async def test_reads_come_back_in_order_and_see_the_writes_queued_before_them(
 
 
 async def test_a_read_runs_in_the_unit_s_transaction(inventory: ServiceUnderTest) -> None:
-    """The first read carries the transaction's BEGIN: it and the statements after it see
-    one transaction (one start time, one transaction id)."""
+    """A unit that starts with a read is one transaction from that read on (psycopg sends
+    ``BEGIN`` before it): the read and the statements after it see one start time and one
+    transaction id."""
     async with inventory.db.unit_of_work() as uow:
         ((first,),) = await uow.read(("SELECT now() AS started, txid_current() AS xid", {}))
         later = (await uow.conn.execute(text("SELECT now() AS started, txid_current() AS xid"))).one()
