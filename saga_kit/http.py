@@ -194,8 +194,9 @@ class RequestGuard:
     send ``Origin`` on every such request; clients that are not browsers send none).
 
     The rest of the hygiene is the libraries': the ``Host`` allow-list (DNS rebinding) is
-    Starlette's ``TrustedHostMiddleware``, CORS preflights for the allowed origins its
-    ``CORSMiddleware``, the body limit FastAPI's ``max_body_size`` (413)."""
+    decided by Starlette's ``TrustedHostMiddleware`` (``HostAllowList``), CORS preflights
+    for the allowed origins by its ``CORSMiddleware``, the body limit by FastAPI's
+    ``max_body_size`` (413)."""
 
     def __init__(self, app: ASGIApp, allowed_origins: Sequence[str]) -> None:
         self.app = app
@@ -219,6 +220,42 @@ class RequestGuard:
                     await send(message)
                 return
         await self.app(scope, receive, send)
+
+
+class HostAllowList:
+    """The ``Host`` allow-list (``HTTP_ALLOWED_HOSTS``; DNS rebinding), in front of every
+    route (pure ASGI). Starlette's ``TrustedHostMiddleware`` decides; its refusal (a plain
+    text "Invalid host header") is answered here as every other error is, a ``Problem``:
+    400 ``invalid_host`` for a request whose ``Host`` is missing, unparsable or not allowed.
+    The 400 is in every operation's OpenAPI document (``_document_authentication``)."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: Sequence[str]) -> None:
+        self.app = app
+        self.allowed_hosts = list(allowed_hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        allowed = False
+
+        async def admit(_scope: Scope, _receive: Receive, _send: Send) -> None:
+            nonlocal allowed
+            allowed = True
+
+        async def discard(_message: Message) -> None:
+            pass
+
+        decide = TrustedHostMiddleware(admit, allowed_hosts=self.allowed_hosts, www_redirect=False)
+        await decide(scope, receive, discard)
+        if allowed:
+            await self.app(scope, receive, send)
+            return
+        host = dict(scope["headers"]).get(b"host")
+        named = "no Host header" if host is None else f"the Host {printable(host.decode('latin-1'), 100)!r}"
+        refusal = {"detail": f"{named} is not one this service answers to", "reason": "invalid_host"}
+        for message in _json_answer(400, refusal):
+            await send(message)
 
 
 def _json_answer(
@@ -432,7 +469,7 @@ def create_app(
             allow_headers=["Content-Type", "Idempotency-Key", "Authorization"],
             expose_headers=["Location", "X-Trace-Id", "Retry-After"],
         )
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.http_allowed_hosts)
+    app.add_middleware(HostAllowList, allowed_hosts=settings.http_allowed_hosts)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -532,7 +569,8 @@ def create_app(
 
 def _document_authentication(app: FastAPI, metrics_public: bool) -> None:
     """The OpenAPI document says what each route needs (``saga_kit.auth.POLICY``): a bearer
-    JWT (``securitySchemes``) and its 401, and the 403 of operator-only routes."""
+    JWT (``securitySchemes``) and its 401, and the 403 of operator-only routes; and on every
+    route the 400 of the ``Host`` allow-list (``HostAllowList``)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -548,6 +586,13 @@ def _document_authentication(app: FastAPI, metrics_public: bool) -> None:
         problem_body = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
         for path, operations in document.get("paths", {}).items():
             for method, operation in operations.items():
+                operation.setdefault("responses", {}).setdefault(
+                    "400",
+                    {
+                        "description": "no `Host`, or not one this service answers to (`invalid_host`)",
+                        "content": problem_body,
+                    },
+                )
                 access = auth.access_of(method.upper(), path, metrics_public=metrics_public)
                 if access is auth.Access.PUBLIC:
                     continue
