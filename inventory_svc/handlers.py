@@ -34,6 +34,7 @@ from events.envelope import Envelope
 from inventory_svc.reservation import Refuse, StockLevel, plan_reservation, requested_quantities
 from saga_kit import sql
 from saga_kit.db import UnitOfWork
+from saga_kit.errors import InvalidEvent
 from saga_kit.reactions import Reactions, Replies
 
 
@@ -229,6 +230,11 @@ def on_order_created(stock: Stock, event: Envelope[OrderCreated]) -> Replies:
 
 @reactions.on(OrderApproved)
 def on_order_approved(stock: Stock, event: Envelope[OrderApproved]) -> Replies:
+    """5: the sale is final — the reservation is committed, once. An approval of an order
+    this service never decided on cannot follow from its own reservation: dead-lettered
+    (``InvalidEvent``), not ignored."""
+    if event.order_id not in stock.decisions:
+        raise InvalidEvent(f"OrderApproved for unknown order {event.order_id}: nothing was reserved for it")
     lines = stock.settle(event.order_id, frm="RESERVED", to="COMMITTED")
     return [InventoryCommitted(lines=lines)] if lines else []
 

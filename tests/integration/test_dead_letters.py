@@ -6,7 +6,7 @@ import json
 import uuid
 from decimal import Decimal
 
-from events import PaymentCompleted, encode
+from events import OrderApproved, PaymentCompleted, encode
 from saga_kit import headers as kafka_headers
 from tests.integration.conftest import ServiceUnderTest, add_product, event
 from tests.unit.samples import order_created
@@ -67,3 +67,19 @@ async def test_an_event_for_an_unknown_order_is_dead_lettered_not_crashing(
     assert await order.deliver(stray) == "dead_lettered"
     reasons = [r.reason for r in await order.rows("SELECT reason FROM dead_letters ORDER BY id DESC LIMIT 1")]
     assert "unknown order" in reasons[0]
+
+
+async def test_an_approval_inventory_never_reserved_for_is_dead_lettered(
+    inventory: ServiceUnderTest,
+) -> None:
+    """Ignoring it would hide what it means (an order approved without its reservation);
+    a repeated approval of a reserved order is no such thing: handled, committed once."""
+    stray = event(OrderApproved(customer_id="c"), uuid.uuid4())
+    assert await inventory.deliver(stray) == "dead_lettered"
+    reason = await inventory.scalar("SELECT reason FROM dead_letters ORDER BY id DESC LIMIT 1")
+    assert "OrderApproved for unknown order" in reason
+    pid, oid = await add_product(inventory, 2), uuid.uuid4()
+    assert await inventory.deliver(event(order_created({pid: 1}, customer="c"), oid)) == "handled"
+    for _ in range(2):
+        assert await inventory.deliver(event(OrderApproved(customer_id="c"), oid)) == "handled"
+    assert [e.event_type for e in await inventory.emitted(oid)] == ["InventoryReserved", "InventoryCommitted"]
