@@ -63,6 +63,17 @@ class Placement:
     audit: CallAudit | None = None
 
     @property
+    def stored_key(self) -> str | None:
+        """The idempotency key as ``orders.idempotency_key`` keeps it: the customer's own,
+        ``http:<length of customer_id>:<customer_id>:<key>`` — another customer's same key
+        is another key (one customer cannot learn of, or answer, another's request: IETF
+        draft-ietf-httpapi-idempotency-key-header scopes a key to its client), and none can
+        take the ``command:<command_id>`` of an order placed from Kafka. None: no key."""
+        if self.idempotency_key is None:
+            return None
+        return f"http:{len(self.customer_id)}:{self.customer_id}:{self.idempotency_key}"
+
+    @property
     def request_hash(self) -> str:
         return request_hash(
             self.customer_id, self.items, self.deadline.total_seconds() if self.deadline_requested else None
@@ -97,13 +108,13 @@ async def place_orders(
     a command has any)."""
     results: list[Placed | IdempotencyKeyReused | None] = [None] * len(commands)
     async with db.unit_of_work() as uow:
-        keys = sorted({c.idempotency_key for c in commands if c.idempotency_key})
+        keys = sorted({c.stored_key for c in commands if c.stored_key})
         known = await _orders_by_key(uow, keys)
         first_of_key: dict[str, int] = {}
         fresh: list[tuple[int, uuid.UUID, datetime]] = []
         now = datetime.now(UTC)
         for i, command in enumerate(commands):
-            key = command.idempotency_key
+            key = command.stored_key
             if key is not None and (key in known or key in first_of_key):
                 continue  # answered from the earlier order below
             if key is not None:
@@ -134,12 +145,12 @@ async def place_orders(
                     personal_data=sealed.get(i),
                 )
                 uow.emit(payload, order_id=order_id, causation_id=None, trace=command.trace)
-            lost = [commands[i].idempotency_key for i, oid, _ in fresh if oid not in inserted]
+            lost = [commands[i].stored_key for i, oid, _ in fresh if oid not in inserted]
             known |= await _orders_by_key(uow, sorted(k for k in lost if k))
         for i, command in enumerate(commands):
             if results[i] is not None:
                 continue
-            key = command.idempotency_key
+            key = command.stored_key
             assert key is not None
             if key in known:
                 order_id, status, request_hash = known[key]
@@ -195,7 +206,7 @@ async def _insert_orders(
                     {
                         "o": oid,
                         "c": cmd.customer_id,
-                        "k": cmd.idempotency_key,
+                        "k": cmd.stored_key,
                         "h": cmd.request_hash,
                         "d": at,
                         "t": cmd.traceparent,

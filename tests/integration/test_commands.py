@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 from typing import Any
+
+import pytest
 
 from events import OrderLine, decode
 from events.commands import CancelOrder, PlaceOrder, encode_command, order_id_for
 from events.envelope import Envelope
 from events.topics import COMMANDS
+from order_svc.errors import IdempotencyKeyReused
+from order_svc.placing import place_order
 from saga_kit import headers as kafka_headers
 from saga_kit.consumer import Outcome
 from tests.integration.conftest import ServiceUnderTest
@@ -123,3 +128,37 @@ async def test_cancel_by_command_follows_the_same_rule_as_the_api(order: Service
     await send(order, nowhere)
     ((unknown, _),) = await answers(order, nowhere.order_id)
     assert unknown.payload.reason == "unknown_order"
+
+
+async def test_a_client_key_named_like_a_command_takes_nothing_from_the_command(
+    order: ServiceUnderTest,
+) -> None:
+    """An HTTP Idempotency-Key is stored in the customer's own namespace: a key spelled
+    ``command:<id>`` once made the command of that id fail on a unique violation (dead-
+    lettered as a handler error; a dozen of them stopped the consumer)."""
+    command = place(customer="kim")
+    forged_key = f"command:{command.command_id}"
+    await place_order(order.db, "kim", command.items, forged_key, timedelta(minutes=1))
+    assert await send(order, command) is Outcome.HANDLED
+    oid = order_id_for(command.command_id)
+    assert (
+        await order.scalar("SELECT command_id FROM orders WHERE order_id = :o", o=oid) == command.command_id
+    )
+    assert [e.event_type for e, _ in await answers(order, oid)] == ["OrderCreated"]
+
+
+async def test_an_idempotency_key_is_the_customers_own(order: ServiceUnderTest) -> None:
+    """The same key from two customers places two orders (neither learns of the other's
+    with a 409); from the same customer with the same request, one."""
+    lines = (OrderLine(product_id="p", quantity=1),)
+    key = f"k-{uuid.uuid4()}"
+    first, _ = await place_order(order.db, "ann", lines, key, timedelta(minutes=1))
+    again, _ = await place_order(order.db, "ann", lines, key, timedelta(minutes=1))
+    other, _ = await place_order(order.db, "bo", lines, key, timedelta(minutes=1))
+    assert first == again and other != first
+    owners = await order.rows("SELECT customer_id FROM orders WHERE order_id IN (:a, :b)", a=first, b=other)
+    assert sorted(r.customer_id for r in owners) == ["ann", "bo"]
+    with pytest.raises(IdempotencyKeyReused):
+        await place_order(
+            order.db, "ann", (OrderLine(product_id="p", quantity=2),), key, timedelta(minutes=1)
+        )
