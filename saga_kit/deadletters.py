@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events.codec import peek
 from events.values import printable
@@ -185,13 +186,23 @@ async def original_value(db: Database, letter_id: int) -> bytes | None:
     return None if row.value is None else bytes(row.value)
 
 
-async def _pending_record(db: Database, letter_id: int) -> Record:
-    """The original record, exactly as it arrived, of a letter that is still PENDING."""
-    row = await _row(
-        db,
-        letter_id,
-        "status, source_topic, source_partition, source_offset, key, value, header_keys, header_values",
-    )
+async def _lock_pending(conn: AsyncConnection, letter_id: int) -> Record:
+    """The original record, exactly as it arrived, of a letter that is still PENDING,
+    with the letter's row locked until ``conn``'s transaction ends: a replay and a
+    discard of one letter (or two replays) take their turns, and the second finds it
+    resolved (``NotPending``) instead of overwriting the first's outcome. Raises
+    ``LookupError`` for no such letter."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT status, source_topic, source_partition, source_offset, key, value,"
+                " header_keys, header_values FROM dead_letters WHERE id = :i FOR UPDATE"
+            ),
+            {"i": letter_id},
+        )
+    ).first()
+    if row is None:
+        raise LookupError(letter_id)
     if row.status != "PENDING":
         raise NotPending(letter_id, row.status)
     return Record(
@@ -205,11 +216,14 @@ async def _pending_record(db: Database, letter_id: int) -> Record:
 
 
 async def replay(db: Database, pipeline: ConsumerPipeline, letter_id: int) -> ReplayResult:
-    record = await _pending_record(db, letter_id)
-    attempt = await pipeline.attempt(record)
-    failed = attempt.outcome is Outcome.DEAD_LETTERED
-    reason = dead_letter_reason(attempt.reason or "unknown") if failed else None
+    """Run a PENDING letter through ``pipeline`` again (in the pipeline's own transaction,
+    while this one holds the letter's row): REPLAYED, or still PENDING with the new reason
+    and ``StillFailing``. ``NotPending`` if it was resolved, ``LookupError`` if none."""
     async with db.unit_of_work() as uow:
+        record = await _lock_pending(uow.conn, letter_id)
+        attempt = await pipeline.attempt(record)
+        failed = attempt.outcome is Outcome.DEAD_LETTERED
+        reason = dead_letter_reason(attempt.reason or "unknown") if failed else None
         await uow.conn.execute(
             text(
                 "UPDATE dead_letters SET replay_attempts = replay_attempts + 1,"
@@ -226,13 +240,12 @@ async def replay(db: Database, pipeline: ConsumerPipeline, letter_id: int) -> Re
 
 
 async def discard(db: Database, letter_id: int) -> DeadLetterSummary:
-    await _pending_record(db, letter_id)
+    """Mark a PENDING letter DISCARDED; ``NotPending`` if it was resolved (a replay that
+    held it meanwhile included), ``LookupError`` if none."""
     async with db.unit_of_work() as uow:
+        await _lock_pending(uow.conn, letter_id)
         await uow.conn.execute(
-            text(
-                "UPDATE dead_letters SET status = 'DISCARDED', resolved_at = clock_timestamp()"
-                " WHERE id = :i AND status = 'PENDING'"
-            ),
+            text("UPDATE dead_letters SET status = 'DISCARDED', resolved_at = now() WHERE id = :i"),
             {"i": letter_id},
         )
     return await get_letter(db, letter_id)

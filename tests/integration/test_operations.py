@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -68,6 +69,67 @@ async def test_a_discarded_dead_letter_is_kept_but_never_replayed(inventory: Ser
         await deadletters.discard(inventory.db, letter.id)
     with pytest.raises(LookupError):
         await deadletters.get_letter(inventory.db, 10**12)
+
+
+def hold_replays(
+    svc: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """A replay's attempt waits for the returned ``release``; ``entered`` is set once a
+    replay holds its letter."""
+    entered, release = asyncio.Event(), asyncio.Event()
+    attempt = svc.pipeline.attempt
+
+    async def held(record: Any) -> Any:
+        entered.set()
+        await release.wait()
+        return await attempt(record)
+
+    monkeypatch.setattr(svc.pipeline, "attempt", held)
+    return entered, release
+
+
+async def test_a_discard_waits_for_a_replay_in_progress_and_then_resolves_the_letter(
+    inventory: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once, a discard during a failing replay ended DISCARDED with no resolved_at (never
+    pruned): the replay's outcome wrote over it."""
+    offset = 700_000 + uuid.uuid4().int % 100_000
+    await inventory.deliver_bytes(b"\x00garbage", "orders.events", offset)
+    letter = await letter_at(inventory, offset)
+    entered, release = hold_replays(inventory, monkeypatch)
+    replaying = asyncio.create_task(deadletters.replay(inventory.db, inventory.pipeline, letter.id))
+    await entered.wait()
+    discarding = asyncio.create_task(deadletters.discard(inventory.db, letter.id))
+    await asyncio.sleep(0.3)
+    assert not discarding.done()  # the letter is the replay's until it ends
+    release.set()
+    with pytest.raises(deadletters.StillFailing):
+        await replaying
+    discarded = await discarding
+    assert discarded.status == "DISCARDED" and discarded.resolved_at is not None
+    assert discarded.replay_attempts == 1
+
+
+async def test_a_letter_replayed_meanwhile_is_not_discarded_after_all(
+    inventory: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid = await add_product(inventory, 5)
+    raw = order_created_v1(items=[{"product_id": pid, "quantity": 1}])
+    offset = 600_000 + uuid.uuid4().int % 100_000
+    with monkeypatch.context() as old_build:
+        old_build.delitem(UPCASTERS, ("OrderCreated", 1))
+        await inventory.deliver_bytes(json.dumps(raw).encode(), "orders.events", offset)
+    letter = await letter_at(inventory, offset)
+    entered, release = hold_replays(inventory, monkeypatch)
+    replaying = asyncio.create_task(deadletters.replay(inventory.db, inventory.pipeline, letter.id))
+    await entered.wait()
+    discarding = asyncio.create_task(deadletters.discard(inventory.db, letter.id))
+    release.set()
+    assert (await replaying).status == "REPLAYED"
+    with pytest.raises(deadletters.NotPending):
+        await discarding
+    after = await letter_at(inventory, offset)
+    assert after.status == "REPLAYED" and after.resolved_at is not None
 
 
 def settings(**retention: Any) -> ServiceSettings:
