@@ -61,6 +61,9 @@ DEV_ISSUER = "saga-dev-issuer"
 DEV_AUDIENCE = "saga-shop"
 #: Clock skew tolerated on ``exp``/``nbf``/``iat``, in seconds.
 LEEWAY_SECONDS = 30
+#: The longest ``sub`` taken, in characters (RFC 7519 §4.1.2 sets none; OpenID Connect
+#: Core §2 caps its subject identifiers at 255 ASCII characters).
+MAX_SUBJECT_LENGTH = 255
 #: Verified tokens kept per process (module doc).
 VERIFIED_TOKENS = 10_000
 
@@ -310,7 +313,15 @@ class TokenVerifier:
         named = frozenset(Role(r) for r in roles if r in Role.__members__.values())
         if not named:
             raise Unauthorized("invalid_token", "the token names no known role (customer or operator)")
-        principal = Principal(str(claims["sub"]), named)
+        subject = claims["sub"]
+        if not (
+            isinstance(subject, str) and 0 < len(subject) <= MAX_SUBJECT_LENGTH and subject.isprintable()
+        ):
+            raise Unauthorized(
+                "invalid_token",
+                f"the token's sub claim is not printable text of 1-{MAX_SUBJECT_LENGTH} characters",
+            )
+        principal = Principal(subject, named)
         self._verified[token] = _Verified(principal, kid, key, float(claims["exp"]))
         return principal
 

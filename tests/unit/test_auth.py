@@ -265,3 +265,15 @@ async def test_a_cached_token_is_refused_once_its_key_is_no_longer_published(tmp
     with pytest.raises(Unauthorized) as refused:
         await verifier.principal(f"Bearer {token}")
     assert refused.value.detail == "the token is signed with a key this service does not trust"
+
+
+@pytest.mark.parametrize("subject", ["alice\x00", "\ud800x", "bo\nb", "x" * 256, ""])
+async def test_a_subject_that_is_no_name_is_an_invalid_token(tmp_path: Path, subject: str) -> None:
+    """Even from the trusted issuer: such a subject once answered 500 on GET /orders and
+    broke the audit entry of an operator's change."""
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    verifier = load_verifier(str(issuer.jwks_file), None, None, None, production=False)
+    assert verifier is not None
+    with pytest.raises(Unauthorized) as refused:
+        await verifier.principal(f"Bearer {issuer.mint(subject, [Role.OPERATOR])}")
+    assert refused.value.reason == "invalid_token" and "sub claim" in refused.value.detail
