@@ -226,7 +226,8 @@ class HostAllowList:
     """The ``Host`` allow-list (``HTTP_ALLOWED_HOSTS``; DNS rebinding), in front of every
     route (pure ASGI). Starlette's ``TrustedHostMiddleware`` decides; its refusal (a plain
     text "Invalid host header") is answered here as every other error is, a ``Problem``:
-    400 ``invalid_host`` for a request whose ``Host`` is missing, unparsable or not allowed.
+    400 ``invalid_host`` for a request whose ``Host`` is missing, repeated (RFC 9112 §3.2),
+    unparsable or not allowed.
     The 400 is in every operation's OpenAPI document (``_document_authentication``)."""
 
     def __init__(self, app: ASGIApp, allowed_hosts: Sequence[str]) -> None:
@@ -246,14 +247,22 @@ class HostAllowList:
         async def discard(_message: Message) -> None:
             pass
 
-        decide = TrustedHostMiddleware(admit, allowed_hosts=self.allowed_hosts, www_redirect=False)
-        await decide(scope, receive, discard)
+        hosts = [value for name, value in scope["headers"] if name == b"host"]
+        if len(hosts) == 1:
+            decide = TrustedHostMiddleware(admit, allowed_hosts=self.allowed_hosts, www_redirect=False)
+            await decide(scope, receive, discard)
         if allowed:
             await self.app(scope, receive, send)
             return
-        host = dict(scope["headers"]).get(b"host")
-        named = "no Host header" if host is None else f"the Host {printable(host.decode('latin-1'), 100)!r}"
-        refusal = {"detail": f"{named} is not one this service answers to", "reason": "invalid_host"}
+        if len(hosts) > 1:  # RFC 9112 §3.2: a server MUST answer 400
+            detail = f"{len(hosts)} Host headers: a request names one host"
+        elif hosts:
+            detail = (
+                f"the Host {printable(hosts[0].decode('latin-1'), 100)!r} is not one this service answers to"
+            )
+        else:
+            detail = "no Host header: a request names the host it is for"
+        refusal = {"detail": detail, "reason": "invalid_host"}
         for message in _json_answer(400, refusal):
             await send(message)
 

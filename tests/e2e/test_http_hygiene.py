@@ -52,14 +52,22 @@ def test_a_foreign_or_missing_host_is_refused_with_a_problem(system: System) -> 
             "detail": "the Host 'attacker.example' is not one this service answers to",
             "reason": "invalid_host",
         }
-    # HTTP/1.0 needs no Host; httpx always sends one, so the request is written by hand
-    url = httpx.URL(system.url("payment_svc"))
-    with socket.create_connection((url.host, url.port), timeout=10) as conn:
-        conn.sendall(b"GET /health/live HTTP/1.0\r\n\r\n")
-        answer_bytes = b"".join(iter(lambda: conn.recv(65536), b""))
-    head, _, body = answer_bytes.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower()
-    assert json.loads(body)["reason"] == "invalid_host"
+    # httpx always sends one Host, so these requests are written by hand: HTTP/1.0 needs
+    # none; two (RFC 9112 §3.2: 400) once let a cross-origin POST through, the allow-list
+    # reading the first and the origin check the last
+    url = httpx.URL(system.url("order_svc"))
+    own = f"{url.host}:{url.port}".encode()
+    for request in (
+        b"GET /health/live HTTP/1.0\r\n\r\n",
+        b"POST /orders HTTP/1.1\r\nHost: " + own + b"\r\nHost: attacker.example\r\n"
+        b"Origin: http://attacker.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    ):
+        with socket.create_connection((url.host, url.port), timeout=10) as conn:
+            conn.sendall(request)
+            answer_bytes = b"".join(iter(lambda: conn.recv(65536), b""))
+        head, _, body = answer_bytes.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower()
+        assert json.loads(body)["reason"] == "invalid_host"
     assert httpx.get(f"{system.url('order_svc')}/health/live").status_code == 200
 
 
