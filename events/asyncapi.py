@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from events.commands import COMMAND_TYPES
+from events.commands import AUTHORIZATION, COMMAND_TYPES
 from events.registry import EVENT_TYPES
 from events.topics import COMMANDS, DOMAIN_TOPICS, TOPIC_OF_PRODUCER, dead_letter_topic
 
@@ -108,6 +108,17 @@ def render() -> str:
             "title": name,
             "summary": (COMMAND_TYPES[name].__doc__ or "").strip().splitlines()[0],
             "contentType": "application/json",
+            "headers": {
+                "type": "object",
+                "properties": {
+                    AUTHORIZATION: {
+                        "type": "string",
+                        "description": "Bearer <JWT>: the sender's token, the HTTP API's; authorized like"
+                        " the HTTP call (without a valid one: CommandRejected missing_token / invalid_token)",
+                    }
+                },
+                "required": [AUTHORIZATION],
+            },
             "payload": {"$ref": f"{name}.json"},
             "bindings": {
                 "kafka": {

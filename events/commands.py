@@ -18,6 +18,12 @@ JSON in UTF-8, keyed by ``command_id``::
   cancellable, unknown order). Only bytes that are not a command at all (not JSON, no
   ``command_id``) are dead-lettered.
 
+* Who sends it: the record's ``authorization`` header, ``Bearer <JWT>`` — the token the
+  HTTP API takes, verified and authorized exactly like the HTTP call (a customer places
+  and cancels its own orders, the operator any); a command without a valid one, or for
+  another customer, is refused with ``CommandRejected`` (``missing_token``,
+  ``invalid_token``, ``forbidden``; another customer's order is an ``unknown_order``).
+
 For the consumer pipeline a command becomes an ``Envelope`` (``to_envelope``): its
 ``event_id`` is derived from the command id *and* the exact bytes, so a redelivered
 message is a duplicate for the inbox while a different body under the same id reaches the
@@ -32,7 +38,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from pydantic_core import from_json
 
 from events.codec import InvalidEvent, summary
@@ -40,6 +46,9 @@ from events.envelope import Envelope, EventPayload
 from events.order import OrderLine
 from events.values import MAX_ORDER_LINES, ExternalId, SafeText, printable
 
+#: The record header that carries the sender's bearer token, ``Bearer <JWT>``: the same
+#: token, checked by the same rules, as the ``Authorization`` of an HTTP call.
+AUTHORIZATION = "authorization"
 #: Who sends commands: any client (the envelope's ``producer``).
 CLIENT = "client"
 #: Namespace of the order ids derived from command ids (a fixed, random UUID).
@@ -48,9 +57,18 @@ _DELIVERIES = uuid.UUID("9d3c8f14-0e2b-4f57-8c61-7a5e2d9b4c03")
 
 
 class Command(EventPayload):
-    """Base of every command's payload; ``event_type`` is the command's type."""
+    """Base of every command's payload; ``event_type`` is the command's type.
+
+    ``authorization`` is the record's ``authorization`` header (``Bearer <JWT>``, the
+    same token as the HTTP API's), set by ``to_envelope``: never part of the payload's
+    JSON, never dumped, never shown."""
 
     producer: ClassVar[str] = CLIENT
+    _authorization: str | None = PrivateAttr(default=None)
+
+    @property
+    def authorization(self) -> str | None:
+        return self._authorization
 
 
 class PlaceOrder(Command):
@@ -105,10 +123,11 @@ def order_id_for(command_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(ORDERS_FROM_COMMANDS, str(command_id))
 
 
-def to_envelope(data: bytes | None) -> Envelope[Command]:
-    """Decode a record of ``orders.commands``. Raises ``InvalidEvent`` (a dead letter) only
-    for bytes that are not a command at all; a command that cannot be accepted becomes a
-    ``RefusedCommand`` with the reason."""
+def to_envelope(data: bytes | None, authorization: str | None = None) -> Envelope[Command]:
+    """Decode a record of ``orders.commands`` (``authorization``: its header of that name,
+    kept on the command for the order service to verify). Raises ``InvalidEvent`` (a dead
+    letter) only for bytes that are not a command at all; a command that cannot be
+    accepted becomes a ``RefusedCommand`` with the reason."""
     if data is None:
         raise InvalidEvent("empty message (tombstone)")
     try:
@@ -149,6 +168,7 @@ def to_envelope(data: bytes | None) -> Envelope[Command]:
         return _refused(
             delivery, cid, shown_type, "invalid_command", f"invalid {cls.event_type}: {summary(exc)}"
         )
+    payload._authorization = authorization
     target = payload.order_id if isinstance(payload, CancelOrder) else order_id_for(cid)
     return _envelope(delivery, target, payload)
 

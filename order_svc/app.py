@@ -1,6 +1,5 @@
 """Composition root of the order service."""
 
-from events import commands
 from events.topics import COMMANDS, INVENTORY, PAYMENT
 from order_svc import api, dashboard_api, handlers, sagametrics, timeline
 from order_svc.admission import Door
@@ -16,7 +15,9 @@ SPEC = ServiceSpec(
     title="order_svc — places orders and keeps every saga's timeline",
     migrations=MIGRATIONS,
     subscription=Subscription(
-        topics=(INVENTORY, PAYMENT, COMMANDS), reactions=reactions, decoders={COMMANDS: commands.to_envelope}
+        topics=(INVENTORY, PAYMENT, COMMANDS),
+        reactions=reactions,
+        decoders={COMMANDS: handlers.decode_command},
     ),
     configure=handlers.configure,
     routers=lambda: [api.router, dashboard_api.router],

@@ -26,25 +26,39 @@ from events import (
     OrderRejected,
     PaymentCompleted,
     PaymentFailed,
+    commands,
 )
 from events.commands import CancelOrder, PlaceOrder, RefusedCommand
 from events.envelope import Envelope, EventPayload
 from order_svc import timeline
 from order_svc.domain import CANCEL_REQUESTED, OrderStatus, transition
 from order_svc.placing import order_created, request_hash
-from saga_kit import personal_data, sql, tracing
+from saga_kit import auth, personal_data, sql, tracing
+from saga_kit import headers as kafka_headers
+from saga_kit.consumer import Record
 from saga_kit.db import UnitOfWork
 from saga_kit.errors import InvalidEvent
 from saga_kit.reactions import FactMismatch, Reactions, Replies, Reply
 
 #: The deadline of an order placed without one (``ORDER_DEADLINE_SECONDS``; ``configure``).
 _defaults = {"deadline_seconds": 30.0}
+#: Verifies the bearer token a command carries (``configure``); None: authentication is
+#: off (development without keys), as for the HTTP API.
+_commands: dict[str, auth.TokenVerifier | None] = {"verifier": None}
 
 
 def configure(settings: Any) -> None:
     """Take the service's settings (called once at start by the service runner); in
-    production, refuse to start without a fit master key for personal data."""
+    production, refuse to start without a fit master key for personal data, or without
+    the keys that verify the callers' tokens (``saga_kit.auth.load_verifier``)."""
     _defaults["deadline_seconds"] = float(settings.deadline_seconds)
+    _commands["verifier"] = auth.load_verifier(
+        settings.auth_jwks_file,
+        settings.auth_jwks_url,
+        settings.auth_issuer,
+        settings.auth_audience,
+        production=settings.saga_env == "production",
+    )
     personal_data.load_master_key(settings.pii_master_key_file, production=settings.saga_env == "production")
 
 
@@ -92,6 +106,8 @@ class Order:
 @dataclass
 class Orders:
     orders: dict[uuid.UUID, Order] = field(default_factory=dict)
+    #: A command's event id → who sent it (its verified token), or why no one is known.
+    callers: dict[uuid.UUID, auth.Principal | auth.Unauthorized] = field(default_factory=dict)
 
     def get(self, event: Envelope[Any]) -> Order:
         order = self.orders.get(event.order_id)
@@ -137,7 +153,26 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
     for row in lines[0] if lines else ():
         if (order := state.orders.get(row.order_id)) is not None:
             order.items[row.product_id] = int(row.quantity)
+    verifier = _commands["verifier"]
+    for e in events:
+        if isinstance(e.payload, PlaceOrder | CancelOrder):
+            caller: auth.Principal | auth.Unauthorized
+            try:
+                caller = (
+                    auth.UNAUTHENTICATED
+                    if verifier is None
+                    else await verifier.principal(e.payload.authorization)
+                )
+            except auth.Unauthorized as refused:
+                caller = refused
+            state.callers[e.event_id] = caller
     return state
+
+
+def decode_command(record: Record) -> Envelope[Any]:
+    """A record of ``orders.commands`` (``events.commands.to_envelope``), with the bearer
+    token of its ``authorization`` header."""
+    return commands.to_envelope(record.value, kafka_headers.text(record.headers, commands.AUTHORIZATION))
 
 
 def save(uow: UnitOfWork, state: Orders) -> None:
@@ -289,6 +324,12 @@ def on_place_order(state: Orders, event: Envelope[PlaceOrder]) -> Replies:
     order's id derives from the command id, so the same command twice finds its order:
     the same body again does nothing, another body is refused."""
     command = event.payload
+    caller = state.callers.get(event.event_id)
+    if isinstance(caller, auth.Unauthorized):
+        return [_rejected(command.command_id, "PlaceOrder", caller.reason, caller.detail)]
+    if caller is None or not caller.may_act_for(command.customer_id):
+        detail = "a customer may place orders for itself only"
+        return [_rejected(command.command_id, "PlaceOrder", "forbidden", detail)]
     requested = request_hash(command.customer_id, command.items, command.deadline_seconds)
     existing = state.orders.get(event.order_id)
     if existing is not None:
@@ -320,8 +361,12 @@ def on_place_order(state: Orders, event: Envelope[PlaceOrder]) -> Replies:
 def on_cancel_order(state: Orders, event: Envelope[CancelOrder]) -> Replies:
     """c4 from Kafka: the same rule as ``POST /orders/{id}/cancel``."""
     command = event.payload
+    caller = state.callers.get(event.event_id)
+    if isinstance(caller, auth.Unauthorized):
+        return [_rejected(command.command_id, "CancelOrder", caller.reason, caller.detail)]
     order = state.orders.get(event.order_id)
-    if order is None:
+    if order is None or caller is None or not caller.may_act_for(order.customer_id):
+        # another customer's order is as unknown as over HTTP (404 there)
         return [_rejected(command.command_id, "CancelOrder", "unknown_order", f"no order {event.order_id}")]
     if transition(order.status, CANCEL_REQUESTED) is None:
         detail = f"the order is {order.status}: only a PENDING or APPROVED order can be cancelled"

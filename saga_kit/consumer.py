@@ -109,8 +109,8 @@ class Attempt:
     reason: str | None = None
 
 
-#: Bytes of a record → its envelope, or ``InvalidEvent`` with the reason.
-Decoder = Callable[[bytes | None], Envelope[Any]]
+#: A record → its envelope, or ``InvalidEvent`` with the reason.
+Decoder = Callable[[Record], Envelope[Any]]
 
 
 @dataclass(frozen=True)
@@ -369,7 +369,8 @@ class ConsumerPipeline:
             if item.outcome is not None:
                 continue
             try:
-                item.envelope = self._decoders.get(item.record.topic, decode)(item.record.value)
+                decoder = self._decoders.get(item.record.topic)
+                item.envelope = decode(item.record.value) if decoder is None else decoder(item.record)
             except InvalidEvent as exc:
                 item.outcome, item.reason = Outcome.DEAD_LETTERED, exc.reason
                 continue

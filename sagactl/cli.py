@@ -436,7 +436,7 @@ def place(
     except ValidationError as exc:
         _fail(f"not a valid order: {_problems(exc.errors())}", 2)
     sent = {"command_id": str(command.command_id), "order_id": str(order_id_for(command.command_id))}
-    _send_command(bootstrap, command)
+    _send_command(bootstrap, command, ctx.obj.token)
     _settle(
         ctx, output, sent, f"sent PlaceOrder (order {sent['order_id']}), command {sent['command_id']}", wait
     )
@@ -480,7 +480,7 @@ def cancel(
     from events.commands import CancelOrder
 
     command = CancelOrder(command_id=uuid.uuid4(), order_id=uuid.UUID(order_id))
-    _send_command(bootstrap, command)
+    _send_command(bootstrap, command, ctx.obj.token)
     sent = {"command_id": str(command.command_id), "order_id": order_id}
     _settle(ctx, output, sent, f"sent CancelOrder {sent['command_id']}", wait)
 
@@ -498,14 +498,15 @@ def _settle(ctx: typer.Context, output: Output, sent: dict[str, str], said: str,
     _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}")
 
 
-def _send_command(bootstrap: str, command: Any) -> None:
-    """Produce ``command`` to orders.commands, keyed by its command_id, connecting as the
-    environment's Kafka security settings say."""
+def _send_command(bootstrap: str, command: Any, token: str | None) -> None:
+    """Produce ``command`` to orders.commands, keyed by its command_id, with ``token`` in
+    its ``authorization`` header (the order service authorizes it like an HTTP call),
+    connecting as the environment's Kafka security settings say."""
     import asyncio
 
     from aiokafka import AIOKafkaProducer
 
-    from events.commands import encode_command
+    from events.commands import AUTHORIZATION, encode_command
     from events.topics import COMMANDS
     from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurityError
 
@@ -521,7 +522,10 @@ def _send_command(bootstrap: str, command: Any) -> None:
         await producer.start()
         try:
             await producer.send_and_wait(
-                COMMANDS, encode_command(command), key=str(command.command_id).encode()
+                COMMANDS,
+                encode_command(command),
+                key=str(command.command_id).encode(),
+                headers=[(AUTHORIZATION, f"Bearer {token}".encode())] if token else None,
             )
         finally:
             await producer.stop()

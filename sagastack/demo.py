@@ -247,15 +247,20 @@ def send_command(system: System, customer: str, items: dict[str, int]) -> str:
     """Place an order the Kafka way: a PlaceOrder command on orders.commands (its order id
     follows from the command id, before any answer)."""
     from events import OrderLine
-    from events.commands import PlaceOrder, encode_command, order_id_for
+    from events.commands import AUTHORIZATION, PlaceOrder, encode_command, order_id_for
     from events.topics import COMMANDS
+    from saga_kit.auth import Role
 
     command = PlaceOrder(
         command_id=uuid.uuid4(),
         customer_id=customer,
         items=tuple(OrderLine(product_id=p, quantity=q) for p, q in items.items()),
     )
-    system.publish([(COMMANDS, str(command.command_id).encode(), encode_command(command))])
+    bearer = f"Bearer {system.token(customer, (Role.CUSTOMER,))}".encode()  # the customer's own token
+    system.publish(
+        [(COMMANDS, str(command.command_id).encode(), encode_command(command))],
+        headers=[(AUTHORIZATION, bearer)],
+    )
     order_id = str(order_id_for(command.command_id))
     end = time.monotonic() + 30
     while time.monotonic() < end:  # the order exists once the order service took the command

@@ -11,14 +11,20 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from events import OrderLine
-from events.commands import CancelOrder, PlaceOrder, encode_command, order_id_for
+from events.commands import AUTHORIZATION, CancelOrder, PlaceOrder, encode_command, order_id_for
 from events.topics import COMMANDS
+from saga_kit.auth import Role, write_dev_issuer
 from sagastack.client import SagaClient
 from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, sagactl, seed
 
 
-def send(system: System, *values: bytes) -> None:
+def send(system: System, *values: bytes, token: str | None = "operator") -> None:
+    """Produce command records with an operator's token (``token="operator"``), the token
+    given, or none (``None``) in their ``authorization`` header."""
+    bearer = system.token() if token == "operator" else token
+    headers = [(AUTHORIZATION, f"Bearer {bearer}".encode())] if bearer else None
+
     async def go() -> None:
         producer = AIOKafkaProducer(
             bootstrap_servers=system.bootstrap, acks="all", **system.kafka_security.client_kwargs()
@@ -26,7 +32,8 @@ def send(system: System, *values: bytes) -> None:
         await producer.start()
         try:
             for value in values:
-                await producer.send_and_wait(COMMANDS, value, key=json.loads(value)["command_id"].encode())
+                key = json.loads(value)["command_id"].encode()
+                await producer.send_and_wait(COMMANDS, value, key=key, headers=headers)
         finally:
             await producer.stop()
 
@@ -135,3 +142,32 @@ def test_sagactl_places_and_cancels_through_kafka(system: System, client: SagaCl
     assert cancelled.returncode == 0 and "CANCELLED" in cancelled.stdout, cancelled.stdout + cancelled.stderr
     again = sagactl(system, "cancel", order_id, "--via", "kafka", "--bootstrap", system.bootstrap)
     assert again.returncode == 1 and "order_not_cancellable" in again.stderr
+
+
+def test_a_command_is_authorized_like_the_http_call_it_stands_for(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """Once, anyone who could write to orders.commands placed and cancelled orders for any
+    customer: now a command carries the caller's bearer token and is decided like the
+    HTTP call (docs/design.md §10)."""
+    products, customers = seed(client, uid, {"lamp": ("4.00", 5)}, {"ivy": "20.00", "max": "20.00"})
+    lamp, ivy, mx = products["lamp"], customers["ivy"], customers["max"]
+    ivys = system.token(ivy, (Role.CUSTOMER,))
+    own = command(ivy, {lamp: 1})
+    send(system, encode_command(own), token=ivys)
+    assert outcome(system, own.command_id, {"placed"})["status"] == "APPROVED"
+    forged_issuer = write_dev_issuer(system.run_dir / "forged-issuer")  # a key no service trusts
+    refused = {
+        "missing_token": (command(ivy, {lamp: 1}), None),
+        "invalid_token": (command(ivy, {lamp: 1}), forged_issuer.mint(ivy, [Role.CUSTOMER])),
+        "forbidden": (command(mx, {lamp: 1}), ivys),  # ivy places an order for max
+    }
+    for reason, (placing, token) in refused.items():
+        send(system, encode_command(placing), token=token)
+        assert outcome(system, placing.command_id, {"rejected"})["reason"] == reason, reason
+    # max cannot cancel ivy's order: it is as unknown to him as over HTTP
+    theirs = CancelOrder(command_id=uuid.uuid4(), order_id=order_id_for(own.command_id))
+    send(system, encode_command(theirs), token=system.token(mx, (Role.CUSTOMER,)))
+    assert outcome(system, theirs.command_id, {"rejected"})["reason"] == "unknown_order"
+    assert client.order(str(order_id_for(own.command_id)))["status"] == "APPROVED"
+    assert client.account(mx)["balance"] == "20.00" and client.account(ivy)["balance"] == "16.00"

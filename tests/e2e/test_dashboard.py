@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from events import InventoryReservationFailed, OrderLine, encode
-from events.commands import PlaceOrder, encode_command, order_id_for
+from events.commands import AUTHORIZATION, PlaceOrder, encode_command, order_id_for
 from events.envelope import new_envelope
 from events.topics import COMMANDS, INVENTORY, ORDERS
 from sagastack.browser import texts, wait
@@ -657,7 +657,10 @@ def test_a_dead_letter_replayed_from_the_page_once_its_order_exists(
     system.publish([(INVENTORY, str(order_id).encode(), early)], signed_by="inventory_svc")
     letter_id = the_letter(system, "order_svc", early)
     assert "for unknown order" in as_the_service_says(system, "order_svc", letter_id)["reason"]
-    system.publish([(COMMANDS, str(placing.command_id).encode(), encode_command(placing))])
+    system.publish(
+        [(COMMANDS, str(placing.command_id).encode(), encode_command(placing))],
+        headers=[(AUTHORIZATION, f"Bearer {system.token()}".encode())],
+    )
     order_url = f"{system.url('order_svc')}/orders/{order_id}"
     wait_until(
         lambda: system.http.get(order_url, timeout=10).json().get("status") == "REJECTED",
