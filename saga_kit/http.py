@@ -301,7 +301,10 @@ def authenticator(
             method = "GET" if request.method == "HEAD" else request.method
             access = auth.access_of(method, path, metrics_public=metrics_public)
             if access is not auth.Access.PUBLIC:
-                principal = await verifier.principal(request.headers.get("authorization"))
+                given = request.headers.getlist("authorization")
+                if len(given) > 1:  # RFC 9110 §11.6.2: one set of credentials
+                    raise auth.Unauthorized("invalid_token", f"{len(given)} Authorization headers: send one")
+                principal = await verifier.principal(given[0] if given else None)
                 if not principal.allowed(access):
                     raise StarletteHTTPException(403, f"{method} {path} needs the operator role")
         request.state.principal = principal

@@ -536,3 +536,14 @@ def test_a_key_is_trusted_once_published_and_refused_once_removed_without_a_rest
     assert answers(new) == nowhere, "a removed key is refused at once"
     assert answers(old) == everywhere
     assert processes(system) == pids, "no service was restarted"
+
+
+def test_two_authorization_headers_are_refused_whichever_comes_first(system: System) -> None:
+    """Once, a good token then junk was let in and junk then a good token was not."""
+    good = f"Bearer {system.token()}"
+    for service, path in PROBES.items():
+        for pair in ((good, "Bearer junk"), ("Bearer junk", good), (good, good)):
+            headers = httpx.Headers([("Authorization", pair[0]), ("Authorization", pair[1])])
+            answer = httpx.get(f"{system.url(service)}{path}", headers=headers, timeout=15)
+            assert answer.status_code == 401 and answer.json()["reason"] == "invalid_token", answer.text
+            assert "2 Authorization headers" in answer.json()["detail"]
