@@ -107,6 +107,13 @@ def test_idempotency_key_returns_the_same_order_and_refuses_a_different_body(
         headers={"Idempotency-Key": key},
     )
     assert r.status_code == 409 and "Idempotency-Key" in r.json()["detail"]
+    # two keys on one request: which one would it be? Neither: refused, nothing placed
+    twice = system.http.post(
+        f"{system.url('order_svc')}/orders",
+        json={"customer_id": customers["ann"], "items": [{"product_id": products["thing"], "quantity": 1}]},
+        headers=httpx.Headers([("Idempotency-Key", key), ("Idempotency-Key", uuid.uuid4().hex)]),
+    )
+    assert twice.status_code == 422 and twice.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
     client.wait_for_events(first, {"InventoryCommitted"})
     assert client.product(products["thing"])["sold"] == 1  # one order, charged and sold once
     assert client.account(customers["ann"])["balance"] == "97.00"
