@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 #: Compensating transactions: events that undo a step that was done (drawn as such in
@@ -97,6 +98,14 @@ def _item(
     return Compensation(action, because_of, next((e for e in settled_by if e in seen), None), owed_by)
 
 
+def _instant(value: Any) -> str:
+    """A moment as the services' other messages write it: UTC, to the second."""
+    try:
+        return datetime.fromisoformat(str(value)).astimezone(UTC).isoformat(timespec="seconds")
+    except ValueError:
+        return "?"
+
+
 def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]]) -> Explanation:
     seen = {e["event_type"]: e for e in events}
     if status == "PENDING":
@@ -105,7 +114,7 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
         if pending is not None and not {"PaymentCompleted", "PaymentFailed"} & seen.keys():
             told = pending.get("payload", {})
             return Explanation(
-                f"in flight: waiting on the payment provider since {told.get('since', '?')}"
+                f"in flight: waiting on the payment provider since {_instant(told.get('since'))}"
                 f" ({told.get('reason', 'no reason given')}); payment retries with the same"
                 " idempotency key until it answers or the order's deadline cancels the saga"
             )

@@ -829,9 +829,13 @@ def token(
     demo`` made; prints the token alone, e.g. ``export SAGA_TOKEN=$(sagactl token)``.
     Production tokens come from your identity provider, never from here."""
     if not (issuer_dir / "issuer.pem").exists():
-        _fail(
+        said = (
             f"no development issuer key in {issuer_dir} (start the system with make run or make demo first)"
         )
+        demo = Path(".run/demo/keys/issuer")
+        if issuer_dir != demo and (demo / "issuer.pem").exists():
+            said += f"; make demo's key is in {demo}: --issuer-dir {demo} (for a demo still running: KEEP=1)"
+        _fail(said)
     issued = DevIssuer(issuer_dir)
     minted = issued.mint(subject, [role], ttl_seconds=ttl)
     if output is Output.json:

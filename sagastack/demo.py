@@ -154,9 +154,9 @@ SCENARIOS = (
         twist="kafka",
     ),
     Scenario(
-        "forged: a PaymentCompleted of 0.00 for frank's book (he has 12.00) is published without"
-        " payment's key; order and inventory dead-letter it (bad_signature) and the real payment"
-        " fails",
+        "forged: a PaymentCompleted of 0.00 for frank's book (he has 12.00) is published unsigned"
+        " (not signed with payment_svc's signing key); order and inventory dead-letter it"
+        " (bad_signature) and the real payment fails",
         "frank",
         {"book": 1},
         "REJECTED",
@@ -231,6 +231,22 @@ def _cause(event: dict[str, Any], names: dict[str, str]) -> str:
         case "OrderCancelled", "cancelled_by_customer":
             return "← POST …/cancel"
     return "← a request"
+
+
+def money_moved(events: list[dict[str, Any]]) -> str:
+    """What the saga did with the customer's money, from its payment events: ``nothing
+    charged``, ``charged X``, ``charged X, refunded Y``, or ``never charged (voided)``."""
+    charged = sum(
+        (Decimal(e["payload"]["amount"]) for e in events if e["event_type"] == "PaymentCompleted"), Decimal()
+    )
+    refunded = sum(
+        (Decimal(e["payload"]["amount"]) for e in events if e["event_type"] == "PaymentRefunded"), Decimal()
+    )
+    if charged:
+        return f"charged {charged}" + (f", refunded {refunded}" if refunded else "")
+    if any(e["event_type"] == "PaymentVoided" for e in events):
+        return "never charged (the payment was voided)"
+    return "nothing charged"
 
 
 def print_timeline(saga: dict[str, Any]) -> None:
@@ -419,7 +435,8 @@ def show_forgetting(client: SagaClient, order_id: str, owner: str) -> list[str]:
     after = client.order(order_id)
     print(
         f"\n  Forgetting {owner} — personal data of order {order_id[:8]} was {before['personal_data']};"
-        f"\n    {forgotten['keys_destroyed']} data key destroyed, now {after['personal_data']};"
+        f"\n    {owner}'s data keys destroyed ({forgotten['keys_destroyed']}): every sealed copy, the Kafka"
+        f" log's included, is unreadable: the order shows {after['personal_data']};"
         f" the order is still {after['status']}, total {after['total']}"
     )
     if not (after["personal_data"] or {}).get("erased") or (after["status"], after["total"]) != (
@@ -445,6 +462,11 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
             + ", ".join(f"{c} ({b})" for c, b in ACCOUNTS.items())
         )
         print("tokens: the operator seeded stock and balances; each customer follows its own orders")
+        print(
+            "each saga's timeline: +ms since the order was placed · the service that emitted the"
+            " event · the event · ← what caused it · what it says;\n⇒ how the saga ended, and"
+            " what it did with the customer's money"
+        )
         first_order: tuple[str, str] | None = None
         for n, sc in enumerate(SCENARIOS, start=1):
             outage = ""
@@ -479,9 +501,15 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
             print(f"\n  Saga {n} — {sc.title}\n    order {order_id}")
             if outage:
                 print(f"    (provider down) {outage}")
+            if sc.twist == "payment down":
+                print(
+                    "    (payment_svc down) stopped before the order was placed; started again once"
+                    " its deadline had cancelled it — what payment did then is at the end"
+                )
             print_timeline(saga)
             reason = f" ({order['reason']})" if order["reason"] else ""
-            print(f"    ⇒ {order['status']}{reason}, total {order['total'] or '—'}")
+            total = f"order total {order['total']}" if order["total"] else "no total (nothing was priced)"
+            print(f"    ⇒ {order['status']}{reason}; {total}; {money_moved(saga['events'])}")
             for pid in sc.items:
                 p = client.product(pid)
                 held = f"available {p['available']}, reserved {p['reserved']}, sold {p['sold']}"

@@ -21,4 +21,8 @@ def test_the_demo_tells_the_truth_about_every_saga(run_root: Path) -> None:
     assert "payment readiness: degraded — payment provider circuit open" in out
     assert "this saga meanwhile: in flight: waiting on the payment provider since" in out
     assert out.index("Saga 8 — ") < out.index("(provider down)")  # under its own saga
+    # every saga's end says what it did with the money (a rejected order's total is no charge)
+    assert "⇒ REJECTED (insufficient_funds); order total 99.99; nothing charged" in out
+    assert "⇒ CANCELLED (cancelled_by_customer); order total 40.00; charged 40.00, refunded 40.00" in out
+    assert out.index("Saga 5 — ") < out.index("(payment_svc down)") < out.index("Saga 6 — ")
     assert "invariants of docs/design.md §6 hold" in out
