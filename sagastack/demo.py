@@ -461,7 +461,10 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
             + "; "
             + ", ".join(f"{c} ({b})" for c, b in ACCOUNTS.items())
         )
-        print("tokens: the operator seeded stock and balances; each customer follows its own orders")
+        print(
+            "bearer tokens: the operator's set stock and balances; each customer places and"
+            " follows its own orders with its own"
+        )
         print(
             "each saga's timeline: +ms since the order was placed · the service that emitted the"
             " event · the event · ← what caused it · what it says;\n⇒ how the saga ended, and"
