@@ -71,13 +71,19 @@ class Placement:
         take the ``command:<command_id>`` of an order placed from Kafka. None: no key."""
         if self.idempotency_key is None:
             return None
-        return f"http:{len(self.customer_id)}:{self.customer_id}:{self.idempotency_key}"
+        return stored_idempotency_key(self.customer_id, self.idempotency_key)
 
     @property
     def request_hash(self) -> str:
         return request_hash(
             self.customer_id, self.items, self.deadline.total_seconds() if self.deadline_requested else None
         )
+
+
+def stored_idempotency_key(customer_id: str, key: str) -> str:
+    """How ``orders.idempotency_key`` keeps a customer's HTTP ``Idempotency-Key``
+    (``Placement.stored_key``)."""
+    return f"http:{len(customer_id)}:{customer_id}:{key}"
 
 
 def request_hash(customer_id: str, items: Sequence[OrderLine], deadline_seconds: float | None) -> str:

@@ -11,6 +11,7 @@ from decimal import Decimal
 import httpx
 import psycopg
 
+from order_svc.placing import stored_idempotency_key
 from sagastack import invariants
 from sagastack.client import SagaClient
 from sagastack.system import System
@@ -114,19 +115,21 @@ def test_killed_between_commit_and_publish_the_event_is_published_after_restart(
         client.place_order(customers["fay"], {products["crash"]: 1}, idempotency_key="crash-1")
     proc = system.services["order_svc"].proc
     assert proc is not None
-    assert proc.wait(30) == -signal.SIGKILL
-    with psycopg.connect(system.database_urls["order_svc"]) as conn:
-        ((order_id, status),) = conn.execute(
-            "SELECT order_id, status FROM orders WHERE idempotency_key = 'crash-1'"
-        ).fetchall()
-        unsent = conn.execute(
-            "SELECT COUNT(*) FROM outbox WHERE key = %s AND sent_at IS NULL",
-            (str(order_id).encode(),),
-        ).fetchone()
-    assert status == "PENDING" and unsent == (1,), "committed, never published"
-    assert client.product(products["crash"])["reserved"] == 0  # nobody heard of it yet
-
-    system.start_service("order_svc", env={"SAGA_FAULT": ""})
+    try:
+        assert proc.wait(30) == -signal.SIGKILL
+        with psycopg.connect(system.database_urls["order_svc"]) as conn:
+            ((order_id, status),) = conn.execute(
+                "SELECT order_id, status FROM orders WHERE idempotency_key = %s",
+                (stored_idempotency_key(customers["fay"], "crash-1"),),
+            ).fetchall()
+            unsent = conn.execute(
+                "SELECT COUNT(*) FROM outbox WHERE key = %s AND sent_at IS NULL",
+                (str(order_id).encode(),),
+            ).fetchone()
+        assert status == "PENDING" and unsent == (1,), "committed, never published"
+        assert client.product(products["crash"])["reserved"] == 0  # nobody heard of it yet
+    finally:  # whatever was found, the tests after this one need the order service
+        system.start_service("order_svc", env={"SAGA_FAULT": ""})
     saga = client.wait_for_events(str(order_id), {"InventoryCommitted"})
     assert saga["status"] == "APPROVED"
     assert [e["event_type"] for e in saga["events"]].count("OrderCreated") == 1
