@@ -215,6 +215,12 @@ async def _lock_pending(conn: AsyncConnection, letter_id: int) -> Record:
     )
 
 
+async def _pending_record(db: Database, letter_id: int) -> Record:
+    """The original record of a PENDING letter, read in a transaction of its own."""
+    async with db.engine.begin() as conn:
+        return await _lock_pending(conn, letter_id)
+
+
 async def replay(db: Database, pipeline: ConsumerPipeline, letter_id: int) -> ReplayResult:
     """Run a PENDING letter through ``pipeline`` again (in the pipeline's own transaction,
     while this one holds the letter's row): REPLAYED, or still PENDING with the new reason

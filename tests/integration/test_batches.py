@@ -308,21 +308,21 @@ async def test_a_batch_is_acked_only_after_processing_returned_and_never_if_it_r
 
 
 async def test_commands_share_one_transaction_and_keys_hold_inside_it(order: ServiceUnderTest) -> None:
-    line = (OrderLine(product_id="p", quantity=1),)
     key = f"key-{uuid.uuid4().hex[:8]}"
 
-    def command(customer: str, idempotency_key: str | None) -> Placement:
-        return Placement(customer, line, idempotency_key, timedelta(minutes=5))
+    def command(customer: str, idempotency_key: str | None, quantity: int = 1) -> Placement:
+        lines = (OrderLine(product_id="p", quantity=quantity),)
+        return Placement(customer, lines, idempotency_key, timedelta(minutes=5))
 
     results = await place_orders(
         order.db,
-        [command("a", key), command("b", None), command("a", key), command("z", key)],
+        [command("a", key), command("b", None), command("a", key), command("a", key, 2), command("z", key)],
     )
-    first, second, same, clash = results
-    assert isinstance(first, tuple) and isinstance(second, tuple)
+    first, second, same, clash, theirs = results
+    assert isinstance(first, tuple) and isinstance(second, tuple) and isinstance(theirs, tuple)
     assert same == first  # the same key and body in the same batch: the same order
     assert isinstance(clash, IdempotencyKeyReused)  # the same key, another body: 409
-    assert first[0] != second[0]
+    assert len({first[0], second[0], theirs[0]}) == 3  # another customer's same key is another key
     # and later, in another batch, the key still answers with that order
     (again,) = await place_orders(order.db, [command("a", key)])
     assert again == first
@@ -331,12 +331,14 @@ async def test_commands_share_one_transaction_and_keys_hold_inside_it(order: Ser
 async def test_each_placed_order_has_its_audit_entry_in_the_chain_from_the_same_transaction(
     order: ServiceUnderTest,
 ) -> None:
-    line = (OrderLine(product_id="p", quantity=1),)
     key = f"key-{uuid.uuid4().hex[:8]}"
     caller = audit.CallAudit("kim", "customer", "POST /orders", "trace-1")
 
-    def command(customer: str, idempotency_key: str | None, who: audit.CallAudit | None) -> Placement:
-        return Placement(customer, line, idempotency_key, timedelta(minutes=5), audit=who)
+    def command(
+        customer: str, idempotency_key: str | None, who: audit.CallAudit | None, quantity: int = 1
+    ) -> Placement:
+        lines = (OrderLine(product_id="p", quantity=quantity),)
+        return Placement(customer, lines, idempotency_key, timedelta(minutes=5), audit=who)
 
     async def chain() -> list[audit.Link]:
         async with order.db.engine.connect() as conn:
@@ -350,7 +352,7 @@ async def test_each_placed_order_has_its_audit_entry_in_the_chain_from_the_same_
             command("kim", key, caller),
             command("b", None, None),
             command("kim", key, caller),
-            command("z", key, caller),
+            command("kim", key, caller, quantity=2),
         ],
     )
     first, _, same, clash = results
