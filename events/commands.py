@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -59,15 +60,16 @@ _DELIVERIES = uuid.UUID("9d3c8f14-0e2b-4f57-8c61-7a5e2d9b4c03")
 class Command(EventPayload):
     """Base of every command's payload; ``event_type`` is the command's type.
 
-    ``authorization`` is the record's ``authorization`` header (``Bearer <JWT>``, the
-    same token as the HTTP API's), set by ``to_envelope``: never part of the payload's
-    JSON, never dumped, never shown."""
+    ``authorization`` holds the values of the record's ``authorization`` headers
+    (``Bearer <JWT>``, the same token as the HTTP API's; one, unless the sender sent
+    more), set by ``to_envelope``: never part of the payload's JSON, never dumped, never
+    shown."""
 
     producer: ClassVar[str] = CLIENT
-    _authorization: str | None = PrivateAttr(default=None)
+    _authorization: tuple[str, ...] = PrivateAttr(default=())
 
     @property
-    def authorization(self) -> str | None:
+    def authorization(self) -> tuple[str, ...]:
         return self._authorization
 
 
@@ -123,9 +125,9 @@ def order_id_for(command_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(ORDERS_FROM_COMMANDS, str(command_id))
 
 
-def to_envelope(data: bytes | None, authorization: str | None = None) -> Envelope[Command]:
-    """Decode a record of ``orders.commands`` (``authorization``: its header of that name,
-    kept on the command for the order service to verify). Raises ``InvalidEvent`` (a dead
+def to_envelope(data: bytes | None, authorization: Sequence[str] = ()) -> Envelope[Command]:
+    """Decode a record of ``orders.commands`` (``authorization``: the values of its headers
+    of that name, kept on the command for the order service to verify). Raises ``InvalidEvent`` (a dead
     letter) only for bytes that are not a command at all; a command that cannot be
     accepted becomes a ``RefusedCommand`` with the reason."""
     if data is None:
@@ -168,7 +170,7 @@ def to_envelope(data: bytes | None, authorization: str | None = None) -> Envelop
         return _refused(
             delivery, cid, shown_type, "invalid_command", f"invalid {cls.event_type}: {summary(exc)}"
         )
-    payload._authorization = authorization
+    payload._authorization = tuple(authorization)
     target = payload.order_id if isinstance(payload, CancelOrder) else order_id_for(cid)
     return _envelope(delivery, target, payload)
 

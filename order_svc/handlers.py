@@ -52,13 +52,7 @@ def configure(settings: Any) -> None:
     production, refuse to start without a fit master key for personal data, or without
     the keys that verify the callers' tokens (``saga_kit.auth.load_verifier``)."""
     _defaults["deadline_seconds"] = float(settings.deadline_seconds)
-    _commands["verifier"] = auth.load_verifier(
-        settings.auth_jwks_file,
-        settings.auth_jwks_url,
-        settings.auth_issuer,
-        settings.auth_audience,
-        production=settings.saga_env == "production",
-    )
+    _commands["verifier"] = settings.token_verifier()
     personal_data.load_master_key(settings.pii_master_key_file, production=settings.saga_env == "production")
 
 
@@ -161,7 +155,7 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
                 caller = (
                     auth.UNAUTHENTICATED
                     if verifier is None
-                    else await verifier.principal(e.payload.authorization)
+                    else await verifier.principal_of(e.payload.authorization)
                 )
             except auth.Unauthorized as refused:
                 caller = refused
@@ -171,8 +165,8 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
 
 def decode_command(record: Record) -> Envelope[Any]:
     """A record of ``orders.commands`` (``events.commands.to_envelope``), with the bearer
-    token of its ``authorization`` header."""
-    return commands.to_envelope(record.value, kafka_headers.text(record.headers, commands.AUTHORIZATION))
+    tokens of its ``authorization`` headers (one, unless the sender sent more)."""
+    return commands.to_envelope(record.value, kafka_headers.texts(record.headers, commands.AUTHORIZATION))
 
 
 def save(uow: UnitOfWork, state: Orders) -> None:
@@ -324,10 +318,10 @@ def on_place_order(state: Orders, event: Envelope[PlaceOrder]) -> Replies:
     order's id derives from the command id, so the same command twice finds its order:
     the same body again does nothing, another body is refused."""
     command = event.payload
-    caller = state.callers.get(event.event_id)
-    if isinstance(caller, auth.Unauthorized):
-        return [_rejected(command.command_id, "PlaceOrder", caller.reason, caller.detail)]
-    if caller is None or not caller.may_act_for(command.customer_id):
+    caller = _caller(state, event)
+    if isinstance(caller, Reply):
+        return [caller]
+    if not caller.may_act_for(command.customer_id):
         detail = "a customer may place orders for itself only"
         return [_rejected(command.command_id, "PlaceOrder", "forbidden", detail)]
     requested = request_hash(command.customer_id, command.items, command.deadline_seconds)
@@ -361,11 +355,11 @@ def on_place_order(state: Orders, event: Envelope[PlaceOrder]) -> Replies:
 def on_cancel_order(state: Orders, event: Envelope[CancelOrder]) -> Replies:
     """c4 from Kafka: the same rule as ``POST /orders/{id}/cancel``."""
     command = event.payload
-    caller = state.callers.get(event.event_id)
-    if isinstance(caller, auth.Unauthorized):
-        return [_rejected(command.command_id, "CancelOrder", caller.reason, caller.detail)]
+    caller = _caller(state, event)
+    if isinstance(caller, Reply):
+        return [caller]
     order = state.orders.get(event.order_id)
-    if order is None or caller is None or not caller.may_act_for(order.customer_id):
+    if order is None or not caller.may_act_for(order.customer_id):
         # another customer's order is as unknown as over HTTP (404 there)
         return [_rejected(command.command_id, "CancelOrder", "unknown_order", f"no order {event.order_id}")]
     if transition(order.status, CANCEL_REQUESTED) is None:
@@ -374,6 +368,15 @@ def on_cancel_order(state: Orders, event: Envelope[CancelOrder]) -> Replies:
     order.status, order.reason, order.changed = OrderStatus.CANCELLED, "cancelled_by_customer", True
     cancelled = OrderCancelled(customer_id=order.customer_id, reason="cancelled_by_customer")
     return [order.correlated(cancelled, command.command_id)]
+
+
+def _caller(state: Orders, event: Envelope[PlaceOrder] | Envelope[CancelOrder]) -> auth.Principal | Reply:
+    """Who sent the command (its token, verified by ``load``), or the ``CommandRejected``
+    to answer when no valid token came with it."""
+    caller = state.callers[event.event_id]
+    if isinstance(caller, auth.Unauthorized):
+        return _rejected(event.payload.command_id, event.event_type, caller.reason, caller.detail)
+    return caller
 
 
 @reactions.on(RefusedCommand)

@@ -40,7 +40,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -257,6 +257,15 @@ class TokenVerifier:
             ttu=lambda _token, verified, _now: verified.expires + LEEWAY_SECONDS,
             timer=time.time,
         )
+
+    async def principal_of(self, given: Sequence[str]) -> Principal:
+        """The caller named by every value ``given`` of an ``Authorization`` header (an HTTP
+        request's, or a command record's ``authorization``): one set of credentials (RFC
+        9110 §11.6.2), so two or more are an invalid token whichever comes first; then as
+        ``principal``."""
+        if len(given) > 1:
+            raise Unauthorized("invalid_token", f"{len(given)} Authorization headers: send one")
+        return await self.principal(given[0] if given else None)
 
     async def principal(self, authorization: str | None) -> Principal:
         """The caller named by an ``Authorization`` header value; ``Unauthorized`` if it is

@@ -25,6 +25,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from saga_kit import logs
+from saga_kit.auth import TokenVerifier, load_verifier
 from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurity
 from saga_kit.retry import RetryPolicy
 
@@ -211,6 +212,18 @@ class ServiceSettings(KafkaClientSettings):
         return self.kafka_security(production=self.saga_env == "production")
 
     # ----------------------------------------------------------------------------------
+
+    def token_verifier(self) -> TokenVerifier | None:
+        """The verifier of callers' bearer tokens (``saga_kit.auth.load_verifier``): of the
+        HTTP API's requests and of commands on Kafka alike. None: authentication is off
+        (development without keys); raises ``AuthConfigurationError`` where unfit."""
+        return load_verifier(
+            self.auth_jwks_file,
+            self.auth_jwks_url,
+            self.auth_issuer,
+            self.auth_audience,
+            production=self.saga_env == "production",
+        )
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(self.retry_initial_seconds, self.retry_max_seconds, self.retry_jitter_seconds)

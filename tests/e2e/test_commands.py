@@ -19,11 +19,13 @@ from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, sagactl, seed
 
 
-def send(system: System, *values: bytes, token: str | None = "operator") -> None:
+def send(system: System, *values: bytes, token: str | tuple[str, ...] | None = "operator") -> None:
     """Produce command records with an operator's token (``token="operator"``), the token
-    given, or none (``None``) in their ``authorization`` header."""
-    bearer = system.token() if token == "operator" else token
-    headers = [(AUTHORIZATION, f"Bearer {bearer}".encode())] if bearer else None
+    given (a tuple: one ``authorization`` header each), or none (``None``)."""
+    bearers = (
+        (system.token(),) if token == "operator" else (token,) if isinstance(token, str) else token or ()
+    )
+    headers = [(AUTHORIZATION, f"Bearer {bearer}".encode()) for bearer in bearers] or None
 
     async def go() -> None:
         producer = AIOKafkaProducer(
@@ -165,6 +167,11 @@ def test_a_command_is_authorized_like_the_http_call_it_stands_for(
     for reason, (placing, token) in refused.items():
         send(system, encode_command(placing), token=token)
         assert outcome(system, placing.command_id, {"rejected"})["reason"] == reason, reason
+    # two tokens, as two Authorization headers over HTTP: which one would it be? Neither
+    twice = command(ivy, {lamp: 1})
+    send(system, encode_command(twice), token=(ivys, system.token()))
+    view = outcome(system, twice.command_id, {"rejected"})
+    assert (view["reason"], view["detail"]) == ("invalid_token", "2 Authorization headers: send one")
     # max cannot cancel ivy's order: it is as unknown to him as over HTTP
     theirs = CancelOrder(command_id=uuid.uuid4(), order_id=order_id_for(own.command_id))
     send(system, encode_command(theirs), token=system.token(mx, (Role.CUSTOMER,)))
