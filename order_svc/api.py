@@ -159,9 +159,13 @@ class FeedEntry(TimelineEntry):
     order_id: uuid.UUID
 
 
-class CompensationView(BaseModel):
+class ObligationView(BaseModel):
+    """What ``owed_by`` must do (``action``) because of the event ``because_of``, and the
+    event that did it (``done_by``; null while still owed)."""
+
     action: str
     because_of: str
+    owed_by: str
     done_by: str | None
 
 
@@ -172,8 +176,11 @@ class RefusalView(BaseModel):
 
 class ExplanationView(BaseModel):
     verdict: str
-    compensations: list[CompensationView]
-    compensated: bool | None
+    #: what each participant owes this saga: compensations (give stock back, refund), an
+    #: approved saga's sale, a cancelled one's promise never to charge
+    owed: list[ObligationView]
+    #: true: everything owed was done; false: something is still owed; null: in flight
+    settled: bool | None
     #: events about this saga the order service refused (dead letters), oldest first
     refused: list[RefusalView] = []
 
@@ -511,8 +518,9 @@ async def list_orders(
 )
 async def get_saga(order_id: uuid.UUID, db: DatabaseDep, principal: PrincipalDep) -> SagaView:
     """Every event of this order's saga, from all three services, oldest first, and the
-    `explanation`: why it ended so, each compensation owed and whether it was done, and
-    the events about it that were refused."""
+    `explanation`: why it ended so, what each participant owes (`owed`: compensations,
+    an approved saga's sale) and whether it was done (`settled`), and the events about it
+    that were refused."""
     order = await _load_order(db, order_id, principal)
     async with db.engine.connect() as conn:
         events = await timeline.load(conn, order_id)

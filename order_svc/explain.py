@@ -44,9 +44,11 @@ _REASONS = {
 
 
 @dataclass(frozen=True)
-class Compensation:
+class Obligation:
     """One item of the checklist: what ``owed_by`` must do because of ``because_of``, and
-    the event that did it (None while still owed)."""
+    the event that did it (None while still owed). Most are compensations (give stock
+    back, refund); an approved saga's is its last forward step (the sale), and a
+    cancelled one's may be a promise never to charge."""
 
     action: str
     because_of: str
@@ -66,9 +68,9 @@ class Refusal:
 @dataclass(frozen=True)
 class Explanation:
     verdict: str
-    compensations: list[Compensation] = field(default_factory=list)
-    #: True: all owed compensation happened; False: some is still owed; None: in flight.
-    compensated: bool | None = None
+    owed: list[Obligation] = field(default_factory=list)
+    #: True: everything owed was done; False: something is still owed; None: in flight.
+    settled: bool | None = None
     refused: list[Refusal] = field(default_factory=list)
 
 
@@ -86,16 +88,16 @@ def explain(
     names = "; ".join(f"{r.event_type or 'an event'} ({r.reason})" for r in refused)
     return Explanation(
         f"{told.verdict} — refused {len(refused)} event(s) about it: {names}",
-        told.compensations,
-        told.compensated,
+        told.owed,
+        told.settled,
         list(refused),
     )
 
 
 def _item(
     seen: Mapping[str, Any], action: str, because_of: str, owed_by: str, *settled_by: str
-) -> Compensation:
-    return Compensation(action, because_of, next((e for e in settled_by if e in seen), None), owed_by)
+) -> Obligation:
+    return Obligation(action, because_of, next((e for e in settled_by if e in seen), None), owed_by)
 
 
 def _instant(value: Any) -> str:

@@ -618,7 +618,7 @@ def _brief(payload: Mapping[str, Any]) -> str:
 
 @app.command("saga")
 def saga(ctx: typer.Context, order_id: OrderIdArg, output: OutputOpt = Output.text) -> None:
-    """One saga: why it ended so and whether it was compensated, then its timeline as a
+    """One saga: why it ended so and whether everything it owed was done, then its timeline as a
     causation tree (which event caused which) with the time of each step."""
     s = _call(ctx, "order", "GET", f"/orders/{_order_id(ctx, order_id)}/saga")
     if output is Output.json:
@@ -633,16 +633,16 @@ def saga(ctx: typer.Context, order_id: OrderIdArg, output: OutputOpt = Output.te
         status.append(f" ({s['reason']})")
     summary.add_row("status", status)
     summary.add_row("why", Text(why["verdict"]))
-    for c in why["compensations"]:
+    for c in why["owed"]:
         line = Text.assemble(
             ("✓", "green") if c["done_by"] else ("✗ still owed", "red"),
-            f" {c['action']} (for {c['because_of']}: {c['done_by'] or '—'})",
+            f" {c['owed_by']}: {c['action']} (for {c['because_of']}: {c['done_by'] or '—'})",
         )
-        summary.add_row("compensation", line)
+        summary.add_row("owed", line)
     for r in why.get("refused", []):
         summary.add_row("refused", Text(f"{r['event_type'] or '?'}: {r['reason']}"))
     verdict = {True: ("yes", "green"), False: ("NO", "red"), None: ("saga in flight", "yellow")}
-    summary.add_row("compensated", Text(*verdict[why["compensated"]]))
+    summary.add_row("settled", Text(*verdict[why["settled"]]))
     summary.add_row("trace", s["trace_id"] or "—")
     console.print(Panel(summary, title=f"saga {s['order_id']}"))
 

@@ -367,8 +367,8 @@ def story_problems(n: int, sc: Scenario, saga: dict[str, Any], balance: Decimal)
             owed = ACCOUNTS[sc.customer] - Decimal(str(charges[0]["payload"]["amount"]))
             if balance != owed:
                 found.append(f"saga {n}: {sc.customer} has {balance}, not {owed} (charged once)")
-    if saga["explanation"]["compensated"] is not True:
-        found.append(f"saga {n}: compensation still owed: {saga['explanation']['compensations']}")
+    if saga["explanation"]["settled"] is not True:
+        found.append(f"saga {n}: still owed: {saga['explanation']['owed']}")
     if sc.twist == "payment down":
         voided = "PaymentVoided" in got and "PaymentCompleted" not in got
         refunded = {"PaymentCompleted", "PaymentRefunded"} <= got and "PaymentVoided" not in got

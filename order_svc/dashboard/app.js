@@ -254,12 +254,12 @@ async function loadSaga() {
   if (state.cancelResult?.order_id === saga.order_id) {
     box.append(el("div", { id: "saga-cancel-result", class: "note" }, state.cancelResult.text));
   }
-  for (const c of why.compensations) {
+  for (const c of why.owed) {
     box.append(el("div", { class: `comp ${c.done_by ? "done" : "owed"}` },
-      `${c.done_by ? "✓" : "✗ still owed:"} ${c.action} (for ${c.because_of}${c.done_by ? ": " + c.done_by : ""})`));
+      `${c.done_by ? "✓" : "✗ still owed:"} ${c.owed_by}: ${c.action} (for ${c.because_of}${c.done_by ? ": " + c.done_by : ""})`));
   }
-  const compensated = { true: "everything owed was compensated", false: "compensation still owed", null: "saga in flight" };
-  box.append(el("div", { class: "legend", id: "saga-compensated" }, `${compensated[String(why.compensated)]} · trace ${saga.trace_id || "—"}`));
+  const settled = { true: "everything owed was done", false: "something is still owed", null: "saga in flight" };
+  box.append(el("div", { class: "legend", id: "saga-settled" }, `${settled[String(why.settled)]} · trace ${saga.trace_id || "—"}`));
   box.append(swimlanes(saga.events));
   box.append(el("div", { class: "legend" }, "● step · ", el("span", { style: "color: var(--bad)" }, "● compensation"),
     " · in the order they happened, +ms since the saga started · arrows: which event caused which · click an event for its envelope"));

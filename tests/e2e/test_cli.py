@@ -1,4 +1,4 @@
-"""``sagactl`` answers "why was order X rejected, and was everything compensated?" alone."""
+"""``sagactl`` answers "why was order X rejected, and was everything it owed done?" alone."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, sagactl, seed
 
 
-def test_why_was_it_rejected_and_was_it_compensated(
+def test_why_was_it_rejected_and_was_everything_owed_done(
     system: System, client: SagaClient, uid: UniqueIds
 ) -> None:
     products, customers = seed(client, uid, {"oar": ("9.00", 4)}, {"lea": "5.00"})
@@ -21,8 +21,8 @@ def test_why_was_it_rejected_and_was_it_compensated(
     assert shown.returncode == 0, shown.stdout + shown.stderr
     out = shown.stdout
     assert "REJECTED" in out and "payment was declined (insufficient funds)" in out
-    assert "✓ give reserved or sold stock back" in out
-    assert re.search(r"compensated\s+yes", out)
+    assert "✓ inventory_svc: give reserved or sold stock back" in out
+    assert re.search(r"settled\s+yes", out)
     # the causation tree: the release hangs under the PaymentFailed that caused it
     lines = out.splitlines()
     failed = next(i for i, ln in enumerate(lines) if "PaymentFailed payment_svc" in ln)

@@ -83,7 +83,7 @@ def test_place_an_order_in_the_page_and_watch_its_saga_finish(
         what="stock table shows 1 available, 2 sold",
     )
 
-    # a rejected one: the page alone says why, and that it was compensated
+    # a rejected one: the page alone says why, and that everything owed was done
     place_from_page(browser, customers["ned"], globe, 1)
     wait(
         browser,
@@ -96,7 +96,7 @@ def test_place_an_order_in_the_page_and_watch_its_saga_finish(
         what="the rejected saga with its compensation marked",
     )
     assert "insufficient funds" in texts(browser, "#saga-verdict")[0]
-    assert texts(browser, "#saga-compensated")[0].startswith("everything owed was compensated")
+    assert texts(browser, "#saga-settled")[0].startswith("everything owed was done")
     browser.save_screenshot(str(run_root / "dashboard.png"))
 
     # the list filters by status

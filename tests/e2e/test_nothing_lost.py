@@ -79,7 +79,7 @@ def test_a_refund_is_owed_however_high_the_balance_was_set_since(client: SagaCli
     client.put_account(customers["rich"], MAX_MONEY)
     client.cancel(order_id)
     saga = client.wait_for_events(order_id, {"PaymentRefunded", "InventoryReleased"})
-    assert saga["explanation"]["compensated"] is True
+    assert saga["explanation"]["settled"] is True
     assert Decimal(client.account(customers["rich"])["balance"]) == MAX_MONEY + Decimal("1.00")
 
 

@@ -1,4 +1,4 @@
-"""The saga explanation: why it ended so, and whether everything owed was compensated."""
+"""The saga explanation: why it ended so, and whether everything owed was done."""
 
 from __future__ import annotations
 
@@ -19,25 +19,25 @@ HAPPY = ("OrderCreated", "InventoryReserved", "PaymentCompleted", "OrderApproved
 def test_approved_is_read_off_the_timeline() -> None:
     e = explain("APPROVED", None, timeline(*HAPPY, PaymentCompleted={"amount": "12.50"}))
     assert e.verdict == "approved: stock reserved, payment charged 12.50, sale committed"
-    assert [(c.done_by, c.owed_by) for c in e.compensations] == [("InventoryCommitted", "inventory_svc")]
-    assert e.compensated is True
+    assert [(c.done_by, c.owed_by) for c in e.owed] == [("InventoryCommitted", "inventory_svc")]
+    assert e.settled is True
 
 
 def test_an_approval_not_yet_committed_says_who_owes_it() -> None:
     e = explain("APPROVED", None, timeline(*HAPPY[:-1]))
     assert "sale not yet committed by inventory_svc" in e.verdict
-    assert e.compensations[0].done_by is None and e.compensated is False
+    assert e.owed[0].done_by is None and e.settled is False
 
 
 @pytest.mark.parametrize("odd", ["PaymentFailed", "PaymentRefunded", "InventoryReleased", "PaymentVoided"])
 def test_an_approved_saga_holding_a_compensation_is_not_called_healthy(odd: str) -> None:
     e = explain("APPROVED", None, timeline(*HAPPY, odd))
-    assert f"inconsistent: an approved saga holds {odd}" in e.verdict and e.compensated is False
+    assert f"inconsistent: an approved saga holds {odd}" in e.verdict and e.settled is False
 
 
 def test_in_flight_names_the_last_step() -> None:
     e = explain("PENDING", None, timeline("OrderCreated", "InventoryReserved"))
-    assert e.verdict == "in flight: the last step was InventoryReserved" and e.compensated is None
+    assert e.verdict == "in flight: the last step was InventoryReserved" and e.settled is None
 
 
 def test_rejected_for_stock_owes_nothing_and_names_the_products() -> None:
@@ -53,20 +53,20 @@ def test_rejected_for_stock_owes_nothing_and_names_the_products() -> None:
     )
     assert "insufficient stock" in e.verdict and "gadget" in e.verdict
     assert "nothing needed undoing" in e.verdict
-    assert e.compensations == [] and e.compensated is True
+    assert e.owed == [] and e.settled is True
 
 
-@pytest.mark.parametrize(("released", "compensated"), [(True, True), (False, False)])
-def test_rejected_for_funds_owes_the_reservation(released: bool, compensated: bool) -> None:
+@pytest.mark.parametrize(("released", "settled"), [(True, True), (False, False)])
+def test_rejected_for_funds_owes_the_reservation(released: bool, settled: bool) -> None:
     events = ["OrderCreated", "InventoryReserved", "PaymentFailed", "OrderRejected"]
     if released:
         events.append("InventoryReleased")
     e = explain("REJECTED", "insufficient_funds", timeline(*events))
     assert "declined" in e.verdict
-    assert [(c.because_of, c.done_by) for c in e.compensations] == [
+    assert [(c.because_of, c.done_by) for c in e.owed] == [
         ("InventoryReserved", "InventoryReleased" if released else None)
     ]
-    assert e.compensated is compensated
+    assert e.settled is settled
 
 
 def test_cancelled_after_approval_owes_stock_and_money() -> None:
@@ -76,8 +76,8 @@ def test_cancelled_after_approval_owes_stock_and_money() -> None:
         timeline(*HAPPY, "OrderCancelled", "InventoryReleased", "PaymentRefunded"),
     )
     assert e.verdict == "cancelled: the customer cancelled it after it was approved"
-    assert [c.done_by for c in e.compensations] == ["InventoryReleased", "PaymentRefunded"]
-    assert e.compensated is True
+    assert [c.done_by for c in e.owed] == ["InventoryReleased", "PaymentRefunded"]
+    assert e.settled is True
 
 
 def test_timeout_before_any_charge_owes_the_reservation_and_payment_s_word() -> None:
@@ -85,32 +85,32 @@ def test_timeout_before_any_charge_owes_the_reservation_and_payment_s_word() -> 
     (or refunds, or had declined)."""
     e = explain("CANCELLED", "timeout", timeline("OrderCreated", "InventoryReserved", "OrderCancelled"))
     assert "deadline" in e.verdict
-    assert [(c.action, c.done_by, c.owed_by) for c in e.compensations] == [
+    assert [(c.action, c.done_by, c.owed_by) for c in e.owed] == [
         ("give reserved or sold stock back", None, "inventory_svc"),
         ("never charge it", None, "payment_svc"),
     ]
-    assert e.compensated is False
+    assert e.settled is False
     done = explain(
         "CANCELLED",
         "timeout",
         timeline("OrderCreated", "InventoryReserved", "OrderCancelled", "InventoryReleased", "PaymentVoided"),
     )
-    assert [c.done_by for c in done.compensations] == ["InventoryReleased", "PaymentVoided"]
-    assert done.compensated is True
+    assert [c.done_by for c in done.owed] == ["InventoryReleased", "PaymentVoided"]
+    assert done.settled is True
 
 
 def test_cancelled_before_anything_was_held_still_waits_for_payment() -> None:
     e = explain("CANCELLED", "cancelled_by_customer", timeline("OrderCreated", "OrderCancelled"))
     assert e.verdict.endswith("nothing was held or charged, so nothing needed undoing")
-    assert e.compensated is False  # until payment says it will never charge
+    assert e.settled is False  # until payment says it will never charge
     e = explain(
         "CANCELLED", "cancelled_by_customer", timeline("OrderCreated", "OrderCancelled", "PaymentVoided")
     )
-    assert e.compensated is True
+    assert e.settled is True
 
 
 def test_a_charge_that_landed_after_the_cancel_is_owed_back() -> None:
     events = ("OrderCreated", "InventoryReserved", "OrderCancelled", "InventoryReleased", "PaymentCompleted")
     e = explain("CANCELLED", "timeout", timeline(*events))
-    assert [(c.action, c.done_by) for c in e.compensations][-1] == ("refund the charge", None)
-    assert explain("CANCELLED", "timeout", timeline(*events, "PaymentRefunded")).compensated is True
+    assert [(c.action, c.done_by) for c in e.owed][-1] == ("refund the charge", None)
+    assert explain("CANCELLED", "timeout", timeline(*events, "PaymentRefunded")).settled is True
