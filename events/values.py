@@ -140,6 +140,13 @@ def storable(text: str) -> str:
 SafeText = Annotated[str, AfterValidator(storable)]
 
 
+def not_blank(text: str) -> str:
+    """Refuse text that is only white space (a name, an address: something to read)."""
+    if not text.strip():
+        raise ValueError("text must not be blank (only white space)")
+    return text
+
+
 def printable(text: str, limit: int = 2000) -> str:
     """``text`` made safe to store and show: control characters, NUL and lone surrogates
     escaped (``\\x00``, ``\\ud800``), cut to ``limit`` characters. For text that comes from

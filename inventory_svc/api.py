@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import text
 
-from events.values import MAX_STOCK, ExternalId, SafeText, UnitPrice
+from events.values import MAX_STOCK, ExternalId, SafeText, UnitPrice, not_blank
 from saga_kit.http import DatabaseDep, errors
 
 router = APIRouter(tags=["products"])
@@ -21,7 +21,7 @@ class ProductIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[SafeText, Field(min_length=1, max_length=200)]
+    name: Annotated[SafeText, Field(min_length=1, max_length=200), AfterValidator(not_blank)]
     #: At most 100,000.00 (events.values: the bound that keeps order totals in range).
     price: UnitPrice
     stock: Annotated[int, Field(strict=True, ge=0, le=MAX_STOCK)]

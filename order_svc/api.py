@@ -13,14 +13,14 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from opentelemetry import context as otel_context
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, computed_field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, computed_field, field_validator
 from sqlalchemy import text
 
 from events import OrderLine
 from events.codec import peek
 from events.commands import order_id_for
 from events.personal import PersonalData
-from events.values import MAX_ORDER_LINES, ExternalId, Money, SafeText, printable
+from events.values import MAX_ORDER_LINES, ExternalId, Money, SafeText, not_blank, printable
 from order_svc import admission, timeline
 from order_svc.admission import Admission
 from order_svc.cancelling import OrderNotFound, cancel_order
@@ -83,7 +83,9 @@ class OrderRequest(BaseModel):
     #: Personal data (optional): sealed with the customer's data key before it is stored
     #: or sent anywhere; unreadable everywhere once the customer is forgotten.
     email: Annotated[EmailStr, Field(max_length=254)] | None = None
-    shipping_address: Annotated[SafeText, Field(min_length=1, max_length=500)] | None = None
+    shipping_address: (
+        Annotated[SafeText, Field(min_length=1, max_length=500), AfterValidator(not_blank)] | None
+    ) = None
 
     def personal(self) -> PersonalData | None:
         if self.email is None and self.shipping_address is None:

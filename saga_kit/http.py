@@ -19,6 +19,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -187,39 +188,83 @@ _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class RequestGuard:
-    """Cross-origin state changes refused, in front of every route (pure ASGI): a
-    state-changing request (POST, PUT, PATCH, DELETE) whose ``Origin`` is neither the
-    service's own nor in ``HTTP_ALLOWED_ORIGINS`` is answered 403 ``cross_origin_refused``
-    (a page on another site cannot cancel an order with a bare cross-origin POST: browsers
-    send ``Origin`` on every such request; clients that are not browsers send none).
+    """Request hygiene in front of every route (pure ASGI), each refusal a ``Problem``:
+
+    * **cross-origin state changes**: a state-changing request (POST, PUT, PATCH, DELETE)
+      whose ``Origin`` is neither the service's own nor in ``HTTP_ALLOWED_ORIGINS`` is
+      answered 403 ``cross_origin_refused`` (a page on another site cannot cancel an order
+      with a bare cross-origin POST: browsers send ``Origin`` on every such request;
+      clients that are not browsers send none);
+    * **a compressed body**: a body with a ``Content-Encoding`` other than ``identity`` is
+      answered 415
+      ``unsupported_content_encoding`` with ``Accept-Encoding: identity`` (RFC 9110
+      §15.5.16, RFC 7694 §3), where it used to be read as if it were plain JSON;
+    * **an announced body over the limit**: a ``Content-Length`` over ``max_body_size``
+      bytes (any method) is answered 413 ``body_too_large`` before a byte of it is read. A
+      body whose size is not announced (chunked) is counted as it arrives by Starlette's
+      body limit (inside this guard), whose 413 ``create_app`` answers with the same
+      reason.
 
     The rest of the hygiene is the libraries': the ``Host`` allow-list (DNS rebinding) is
     decided by Starlette's ``TrustedHostMiddleware`` (``HostAllowList``), CORS preflights
-    for the allowed origins by its ``CORSMiddleware``, the body limit by FastAPI's
-    ``max_body_size`` (413)."""
+    for the allowed origins by its ``CORSMiddleware``. Every refusal here is in the
+    OpenAPI document of each operation it can answer (``_document_common_answers``)."""
 
-    def __init__(self, app: ASGIApp, allowed_origins: Sequence[str]) -> None:
+    def __init__(self, app: ASGIApp, allowed_origins: Sequence[str], max_body_size: int) -> None:
         self.app = app
         self.allowed_origins = frozenset(o.rstrip("/") for o in allowed_origins)
+        self.max_body_size = max_body_size
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in _STATE_CHANGING:
+        if scope["type"] == "http":
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            origin = headers.get("origin")
-            host = headers.get("host", "")
-            if origin is not None and origin.rstrip("/") not in {
-                f"http://{host}",
-                f"https://{host}",
-                *self.allowed_origins,
-            }:
-                refusal = {
-                    "detail": f"a request from the origin {origin!r} may not change state here",
-                    "reason": "cross_origin_refused",
-                }
-                for message in _json_answer(403, refusal):
+            refusal = self._refusal(scope["method"], headers)
+            if refusal is not None:
+                for message in _json_answer(*refusal):
                     await send(message)
                 return
         await self.app(scope, receive, send)
+
+    def _refusal(
+        self, method: str, headers: Mapping[str, str]
+    ) -> tuple[int, dict[str, str], list[tuple[bytes, bytes]]] | None:
+        """(status, Problem body, extra headers) of a request refused, or None."""
+        origin = headers.get("origin")
+        host = headers.get("host", "")
+        if (
+            method in _STATE_CHANGING
+            and origin is not None
+            and origin.rstrip("/")
+            not in {
+                f"http://{host}",
+                f"https://{host}",
+                *self.allowed_origins,
+            }
+        ):
+            detail = f"a request from the origin {printable(origin, 200)!r} may not change state here"
+            return 403, {"detail": detail, "reason": "cross_origin_refused"}, []
+        length = headers.get("content-length", "")
+        has_body = "transfer-encoding" in headers or length not in ("", "0")
+        coding = headers.get("content-encoding", "").strip().lower()
+        if has_body and coding not in ("", "identity"):
+            detail = (
+                f"a body in the content coding {printable(coding, 100)!r} is not accepted here:"
+                " send it uncompressed"
+            )
+            return (
+                415,
+                {"detail": detail, "reason": "unsupported_content_encoding"},
+                [(b"accept-encoding", b"identity")],
+            )
+        if length.isdigit() and int(length) > self.max_body_size:
+            return 413, _too_large(self.max_body_size, length), []
+        return None
+
+
+def _too_large(limit: int, announced: str | None = None) -> dict[str, str]:
+    """The Problem of a body over the limit (413 ``body_too_large``)."""
+    size = f"{announced} bytes" if announced is not None else "larger than that"
+    return {"detail": f"the body is {size}; at most {limit} bytes are accepted", "reason": "body_too_large"}
 
 
 #: Set in the scope by ``HostAllowList`` when Starlette's check let the request in.
@@ -236,7 +281,7 @@ class HostAllowList:
     text "Invalid host header") is answered here as every other error is, a ``Problem``:
     400 ``invalid_host`` for a request whose ``Host`` is missing, repeated (RFC 9112 §3.2),
     unparsable or not allowed.
-    The 400 is in every operation's OpenAPI document (``_document_authentication``)."""
+    The 400 is in every operation's OpenAPI document (``_document_common_answers``)."""
 
     def __init__(self, app: ASGIApp, allowed_hosts: Sequence[str]) -> None:
         self.app = app
@@ -444,8 +489,6 @@ def create_app(
         dependencies=[Depends(authenticate)],
         version="1.0.0",
         static_url=DOCS_ASSETS,
-        # larger bodies are refused with 413 as they arrive (Starlette's body limit)
-        max_body_size=settings.http_max_body_bytes,
         # Swagger UI would otherwise ask a public validator about the document
         swagger_ui_parameters={"validatorUrl": None},
         # The framework's own OpenTelemetry server span is the request's one span (it
@@ -463,11 +506,20 @@ def create_app(
     for router in routers:
         app.include_router(router)
 
-    _document_authentication(app, settings.auth_metrics_public)
+    _document_common_answers(app, settings.auth_metrics_public)
     for middleware in inner_middleware:
         app.add_middleware(middleware)
+    # A body larger than the limit is refused with 413 as it arrives (Starlette's body
+    # limit), inside RequestGuard, which refuses one announced larger before it is read:
+    # FastAPI's own max_body_size sits outside every middleware and answers the announced
+    # case in plain text, which no OpenAPI document describes.
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.http_max_body_bytes)
     app.add_middleware(ExtraHeaders)
-    app.add_middleware(RequestGuard, allowed_origins=settings.http_allowed_origins)
+    app.add_middleware(
+        RequestGuard,
+        allowed_origins=settings.http_allowed_origins,
+        max_body_size=settings.http_max_body_bytes,
+    )
     if settings.http_allowed_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -500,6 +552,8 @@ def create_app(
                 },
                 status_code=422,
             )
+        if exc.status_code == 413:  # a body counted as it arrived (RequestGuard: announced)
+            return JSONResponse(_too_large(settings.http_max_body_bytes), status_code=413)
         reason = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
         return JSONResponse(
             {"detail": str(exc.detail), "reason": reason}, status_code=exc.status_code, headers=exc.headers
@@ -574,10 +628,11 @@ def create_app(
     return app
 
 
-def _document_authentication(app: FastAPI, metrics_public: bool) -> None:
+def _document_common_answers(app: FastAPI, metrics_public: bool) -> None:
     """The OpenAPI document says what each route needs (``saga_kit.auth.POLICY``): a bearer
-    JWT (``securitySchemes``) and its 401, and the 403 of operator-only routes; and on every
-    route the 400 of the ``Host`` allow-list (``HostAllowList``)."""
+    JWT (``securitySchemes``) and its 401, and the 403 of operator-only routes; on every
+    route the 400 of the ``Host`` allow-list (``HostAllowList``); on every state-changing
+    one ``RequestGuard``'s 403, 413 and 415."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -600,26 +655,50 @@ def _document_authentication(app: FastAPI, metrics_public: bool) -> None:
                         "content": problem_body,
                     },
                 )
-                access = auth.access_of(method.upper(), path, metrics_public=metrics_public)
-                if access is auth.Access.PUBLIC:
-                    continue
-                operation["security"] = [{"bearer": []}]
                 responses = operation.setdefault("responses", {})
-                responses["401"] = {
-                    "description": "no bearer token (`missing_token`), or not a valid one (`invalid_token`)",
-                    "content": problem_body,
-                }
-                if access is auth.Access.OPERATOR:
-                    responses["403"] = {
-                        "description": "needs the operator role (`forbidden`)",
+                forbidden = []
+                if method.upper() in _STATE_CHANGING:
+                    forbidden.append("a request from another origin (`cross_origin_refused`)")
+                    responses["413"] = {
+                        "description": "the body is larger than `HTTP_MAX_BODY_BYTES` (`body_too_large`)",
                         "content": problem_body,
                     }
+                    responses["415"] = {
+                        "description": "a compressed body (`Content-Encoding` other than `identity`:"
+                        " `unsupported_content_encoding`)",
+                        "content": problem_body,
+                    }
+                access = auth.access_of(method.upper(), path, metrics_public=metrics_public)
+                if access is not auth.Access.PUBLIC:
+                    operation["security"] = [{"bearer": []}]
+                    responses["401"] = {
+                        "description": "no bearer token (`missing_token`),"
+                        " or not a valid one (`invalid_token`)",
+                        "content": problem_body,
+                    }
+                if "403" in responses:  # the route's own reason
+                    forbidden.insert(0, responses["403"]["description"])
+                if access is auth.Access.OPERATOR:
+                    forbidden.insert(0, "needs the operator role (`forbidden`)")
+                if forbidden:
+                    responses["403"] = {"description": "; or ".join(forbidden), "content": problem_body}
         schemas = document["components"].setdefault("schemas", {})
         schemas.setdefault("Problem", Problem.model_json_schema())
         app.openapi_schema = document
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _characters(n: Any) -> str:
+    return f"{n} character{'' if n == 1 else 's'}"
+
+
+#: pydantic's length errors of a string, in its own words for one ("String should have …").
+_LENGTH_ERRORS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "too_short": lambda ctx: f"String should have at least {_characters(ctx.get('min_length'))}",
+    "too_long": lambda ctx: f"String should have at most {_characters(ctx.get('max_length'))}",
+}
 
 
 def validation_errors(exc: RequestValidationError, limit: int = 20) -> list[dict[str, Any]]:
@@ -632,6 +711,10 @@ def validation_errors(exc: RequestValidationError, limit: int = 20) -> list[dict
         ctx = err.get("ctx")
         if err.get("type") == "json_invalid" and isinstance(ctx, dict) and ctx.get("error"):
             msg = f"{msg}: {ctx['error']}"
+        elif (length := _LENGTH_ERRORS.get(str(err.get("type")))) and isinstance(err.get("input"), str):
+            # a text checked before its length (events.values.SafeText) is measured "after
+            # validation", and pydantic then counts "items": say characters, as for any string
+            msg = length(ctx if isinstance(ctx, dict) else {})
         out.append(
             {
                 "loc": [p if isinstance(p, int) else printable(str(p), 100) for p in err.get("loc", ())],

@@ -64,6 +64,8 @@ def test_non_json_body_gets_422(system: System) -> None:
         ("inventory_svc", "/products/p1", {"name": "x", "price": "1.001", "stock": 1}),
         ("inventory_svc", "/products/p1", {"name": "x", "price": "1.00", "stock": -1}),
         ("inventory_svc", "/products/p1", {"name": "", "price": "1.00", "stock": 1}),
+        ("inventory_svc", "/products/p1", {"name": " \t ", "price": "1.00", "stock": 1}),
+        ("inventory_svc", "/products/p1", {"name": "x" * 201, "price": "1.00", "stock": 1}),
         ("inventory_svc", "/products/bad%20id", {"name": "x", "price": "1.00", "stock": 1}),
         ("payment_svc", "/accounts/c1", {"balance": "-5"}),
         ("payment_svc", "/accounts/c1", {"balance": "ten"}),

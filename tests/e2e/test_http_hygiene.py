@@ -1,10 +1,11 @@
 """HTTP hygiene on every service: a page on another origin cannot change state (a bare
 cross-origin POST is refused), a request naming a foreign Host is refused (DNS
-rebinding), and a body over the limit is refused with 413 — whether its size is announced
-or only counted as it arrives."""
+rebinding), a body over the limit is refused with 413 — whether its size is announced
+or only counted as it arrives — and a compressed body with 415, each a Problem."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 from collections.abc import Iterator
@@ -78,14 +79,42 @@ def big() -> Iterator[bytes]:
 
 def test_a_body_over_the_limit_is_refused_with_413(system: System, big: bytes) -> None:
     url = f"{system.url('order_svc')}/orders"
+    limit = "at most 1048576 bytes are accepted"
     announced = system.http.post(url, content=big, headers={"Content-Type": "application/json"})
-    assert announced.status_code == 413 and "too large" in announced.text.lower()
+    assert announced.status_code == 413
+    assert announced.json() == {
+        "detail": f"the body is {len(big)} bytes; {limit}",
+        "reason": "body_too_large",
+    }
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
         for i in range(0, len(big), 65536):
             yield big[i : i + 65536]
 
     streamed = system.http.post(url, content=chunks(), headers={"Content-Type": "application/json"})
-    assert streamed.status_code == 413 and "too large" in streamed.text.lower()
+    assert streamed.status_code == 413
+    assert streamed.json() == {"detail": f"the body is larger than that; {limit}", "reason": "body_too_large"}
     small = system.http.post(url, json={"customer_id": "c", "items": []})
     assert small.status_code == 422  # an ordinary invalid body is still read and answered
+
+
+def test_a_compressed_body_is_refused_not_misread(system: System, client: SagaClient, uid: UniqueIds) -> None:
+    """A gzip body was read as if it were plain JSON (and refused as unreadable, or worse,
+    read); it is answered 415 with the one coding accepted (RFC 7694 §3)."""
+    products, _ = seed(client, uid, {"jug": ("4.00", 3)}, {})
+    url = f"{system.url('inventory_svc')}/products/{products['jug']}"
+    body = json.dumps({"name": "Jug", "price": "0.01", "stock": 99}).encode()
+    refused = system.http.put(
+        url,
+        content=gzip.compress(body),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert refused.status_code == 415
+    assert refused.headers["accept-encoding"] == "identity"
+    assert refused.json()["reason"] == "unsupported_content_encoding"
+    assert client.product(products["jug"])["price"] == "4.00"
+    # "identity" is no coding at all
+    plain = system.http.put(
+        url, content=body, headers={"Content-Type": "application/json", "Content-Encoding": "identity"}
+    )
+    assert plain.status_code == 200, plain.text

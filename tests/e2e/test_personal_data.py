@@ -127,7 +127,13 @@ def test_a_customer_can_not_forget_and_bad_personal_data_is_a_422(
     bea = system.client(customers["bea"])
     refused = bea.http.post(f"{system.url('order_svc')}/customers/{customers['bea']}/forget")
     assert refused.status_code == 403
-    for bad in ({"email": "not-an-address"}, {"shipping_address": ""}, {"shipping_address": "x\u0000y"}):
+    for bad, why in (
+        ({"email": "not-an-address"}, "value is not a valid email address"),
+        ({"shipping_address": ""}, "String should have at least 1 character"),
+        ({"shipping_address": "x" * 501}, "String should have at most 500 characters"),
+        ({"shipping_address": "\t"}, "must not be blank"),
+        ({"shipping_address": "x\u0000y"}, "control or surrogate character U+0000"),
+    ):
         body = {
             "customer_id": customers["bea"],
             "items": [{"product_id": products["oat"], "quantity": 1}],
@@ -135,5 +141,6 @@ def test_a_customer_can_not_forget_and_bad_personal_data_is_a_422(
         }
         answer = bea.http.post(f"{system.url('order_svc')}/orders", json=body)
         assert answer.status_code == 422, (bad, answer.text)
+        assert why in answer.json()["detail"][0]["msg"], answer.text
         assert "not-an-address" not in answer.text  # the input is never echoed
     bea.close()

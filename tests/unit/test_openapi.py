@@ -107,7 +107,8 @@ async def test_error_bodies_are_the_documented_models() -> None:
 def test_every_route_documents_what_it_needs_of_the_caller(document: dict[str, Any]) -> None:
     """saga_kit.auth.POLICY in the document: a route that needs a token names the bearer
     scheme and documents its 401; an operator's route — and placing an order, which a
-    customer may do for itself only — its 403; a public route neither."""
+    customer may do for itself only — its 403; a public route neither. A state-changing
+    route documents the request guard's 403 (another origin), 413 and 415."""
     scheme = document["components"]["securitySchemes"]["bearer"]
     assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
     for route, operation in operations(document):
@@ -117,9 +118,18 @@ def test_every_route_documents_what_it_needs_of_the_caller(document: dict[str, A
         responses = operation["responses"]
         assert (operation.get("security") == [{"bearer": []}]) == needs_token, route
         assert ("401" in responses) == needs_token, f"{route}: {access}"
-        forbids = access is Access.OPERATOR or route == "POST /orders"
+        changes_state = method in {"POST", "PUT", "PATCH", "DELETE"}
+        forbids = access is Access.OPERATOR or route == "POST /orders" or changes_state
         assert ("403" in responses) == forbids, f"{route}: {access}"
-        for status in {"401", "403"} & set(responses):
+        if access is Access.OPERATOR:
+            assert "`forbidden`" in responses["403"]["description"], route
+        if changes_state:
+            assert "`cross_origin_refused`" in responses["403"]["description"], route
+            assert "`body_too_large`" in responses["413"]["description"], route
+            assert "`unsupported_content_encoding`" in responses["415"]["description"], route
+        else:
+            assert not {"413", "415"} & set(responses), route
+        for status in {"401", "403", "413", "415"} & set(responses):
             assert schema_name(responses[status]) == "Problem", f"{route} {status}"
 
 
