@@ -483,6 +483,8 @@ def create_app(
     # a route the authorization table does not list stops the service here (fail closed)
     routes = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
     auth.check_policy((method, r.path) for r in routes for method in r.methods or ())
+    #: each route's path and methods, for the Allow header of a 405
+    allow_list = [(r.path_regex, r.methods or set()) for r in routes]
     authenticate = authenticator(verifier, settings.auth_metrics_public)
     app = FastAPIOffline(
         title=title,
@@ -554,6 +556,20 @@ def create_app(
             )
         if exc.status_code == 413:  # a body counted as it arrived (RequestGuard: announced)
             return JSONResponse(_too_large(settings.http_max_body_bytes), status_code=413)
+        if exc.status_code == 405:
+            # the router names only the methods of the first route whose path matched (GET
+            # /orders answered "Allow: POST"); RFC 9110 §15.5.6 wants all of the resource's
+            allowed = sorted(
+                {m for regex, methods in allow_list if regex.match(request.url.path) for m in methods}
+            )
+            return JSONResponse(
+                {
+                    "detail": f"{request.method} is not a method of this resource",
+                    "reason": "method_not_allowed",
+                },
+                status_code=405,
+                headers={"Allow": ", ".join(allowed)},
+            )
         reason = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
         return JSONResponse(
             {"detail": str(exc.detail), "reason": reason}, status_code=exc.status_code, headers=exc.headers

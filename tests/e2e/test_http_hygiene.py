@@ -1,7 +1,8 @@
 """HTTP hygiene on every service: a page on another origin cannot change state (a bare
 cross-origin POST is refused), a request naming a foreign Host is refused (DNS
 rebinding), a body over the limit is refused with 413 — whether its size is announced
-or only counted as it arrives — and a compressed body with 415, each a Problem."""
+or only counted as it arrives —, a compressed body with 415, and a method the resource
+lacks with 405 and its Allow header; each a Problem."""
 
 from __future__ import annotations
 
@@ -118,3 +119,22 @@ def test_a_compressed_body_is_refused_not_misread(system: System, client: SagaCl
         url, content=body, headers={"Content-Type": "application/json", "Content-Encoding": "identity"}
     )
     assert plain.status_code == 200, plain.text
+
+
+def test_a_method_the_resource_lacks_is_a_405_naming_all_it_has(system: System) -> None:
+    """RFC 9110 §15.5.6: the Allow header lists the resource's methods — all of them, where
+    the router named only those of the first route whose path matched (GET and POST
+    /orders answered "Allow: POST")."""
+    order = system.url("order_svc")
+    for method, path, allowed in (
+        ("TRACE", "/orders", "GET, POST"),
+        ("DELETE", "/orders", "GET, POST"),
+        ("PUT", "/health/live", "GET"),
+    ):
+        answer = system.http.request(method, f"{order}{path}")
+        assert answer.status_code == 405, (method, path, answer.text)
+        assert answer.headers["allow"] == allowed, (method, path)
+        assert answer.json() == {
+            "detail": f"{method} is not a method of this resource",
+            "reason": "method_not_allowed",
+        }
