@@ -195,6 +195,10 @@ class RequestGuard:
       answered 403 ``cross_origin_refused`` (a page on another site cannot cancel an order
       with a bare cross-origin POST: browsers send ``Origin`` on every such request;
       clients that are not browsers send none);
+    * **a body that is not JSON**: a POST, PUT or PATCH body whose ``Content-Type`` is not
+      JSON in UTF-8 (missing, a form, ``text/plain``, another charset) is answered 415
+      ``unsupported_media_type`` — where it used to be a 422 about the body's shape that
+      did not say the header was why (``curl -d`` sends a form type by default);
     * **a compressed body**: a body with a ``Content-Encoding`` other than ``identity`` is
       answered 415
       ``unsupported_content_encoding`` with ``Accept-Encoding: identity`` (RFC 9110
@@ -217,7 +221,12 @@ class RequestGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            # a field sent twice is one field, its values joined by commas (RFC 9110 §5.3):
+            # "Content-Encoding: gzip" then "identity" is "gzip, identity", not "identity"
+            headers: dict[str, str] = {}
+            for k, v in scope["headers"]:
+                name, value = k.decode("latin-1"), v.decode("latin-1")
+                headers[name] = f"{headers[name]}, {value}" if name in headers else value
             refusal = self._refusal(scope["method"], headers)
             if refusal is not None:
                 for message in _json_answer(*refusal):
@@ -229,7 +238,7 @@ class RequestGuard:
         self, method: str, headers: Mapping[str, str]
     ) -> tuple[int, dict[str, str], list[tuple[bytes, bytes]]] | None:
         """(status, Problem body, extra headers) of a request refused, or None."""
-        origin = headers.get("origin")
+        origin = headers.get("origin")  # two Origin headers join into one no site has
         host = headers.get("host", "")
         if (
             method in _STATE_CHANGING
@@ -245,10 +254,10 @@ class RequestGuard:
             return 403, {"detail": detail, "reason": "cross_origin_refused"}, []
         length = headers.get("content-length", "")
         has_body = "transfer-encoding" in headers or length not in ("", "0")
-        coding = headers.get("content-encoding", "").strip().lower()
-        if has_body and coding not in ("", "identity"):
+        coding = headers.get("content-encoding", "").lower()
+        if has_body and any(c.strip() not in ("", "identity") for c in coding.split(",")):
             detail = (
-                f"a body in the content coding {printable(coding, 100)!r} is not accepted here:"
+                f"a body in the content coding {printable(coding.strip(), 100)!r} is not accepted here:"
                 " send it uncompressed"
             )
             return (
@@ -256,9 +265,33 @@ class RequestGuard:
                 {"detail": detail, "reason": "unsupported_content_encoding"},
                 [(b"accept-encoding", b"identity")],
             )
+        if has_body and method in _WITH_JSON_BODY and not _is_json(headers.get("content-type")):
+            shown = printable(headers.get("content-type") or "none", 100)
+            detail = f"a body of the media type {shown!r} is not accepted here: send application/json (UTF-8)"
+            return 415, {"detail": detail, "reason": "unsupported_media_type"}, []
         if length.isdigit() and int(length) > self.max_body_size:
             return 413, _too_large(self.max_body_size, length), []
         return None
+
+
+#: Methods whose body, when they have one, is JSON on every route of the services.
+_WITH_JSON_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _is_json(content_type: str | None) -> bool:
+    """Is this ``Content-Type`` JSON in UTF-8 (``application/json`` or ``…+json``; RFC 8259
+    §8.1: JSON exchanged between systems is UTF-8)?"""
+    if not content_type:
+        return False
+    media, _, parameters = content_type.partition(";")
+    media = media.strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        return False
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return False
+    return True
 
 
 def _too_large(limit: int, announced: str | None = None) -> dict[str, str]:
@@ -680,8 +713,15 @@ def _document_common_answers(app: FastAPI, metrics_public: bool) -> None:
                         "content": problem_body,
                     }
                     responses["415"] = {
-                        "description": "a compressed body (`Content-Encoding` other than `identity`:"
-                        " `unsupported_content_encoding`)",
+                        "description": "a body that is not `application/json` in UTF-8"
+                        " (`unsupported_media_type`), or a compressed one (`Content-Encoding` other than"
+                        " `identity`: `unsupported_content_encoding`, with `Accept-Encoding: identity`)",
+                        "headers": {
+                            "Accept-Encoding": {
+                                "description": "`identity` (with `unsupported_content_encoding`)",
+                                "schema": {"type": "string"},
+                            }
+                        },
                         "content": problem_body,
                     }
                 access = auth.access_of(method.upper(), path, metrics_public=metrics_public)
@@ -690,6 +730,13 @@ def _document_common_answers(app: FastAPI, metrics_public: bool) -> None:
                     responses["401"] = {
                         "description": "no bearer token (`missing_token`),"
                         " or not a valid one (`invalid_token`)",
+                        "headers": {
+                            "WWW-Authenticate": {
+                                "description": 'the challenge (RFC 6750 §3): `Bearer realm="saga"`,'
+                                ' with `error="invalid_token"` and its description for a bad token',
+                                "schema": {"type": "string"},
+                            }
+                        },
                         "content": problem_body,
                     }
                 if "403" in responses:  # the route's own reason

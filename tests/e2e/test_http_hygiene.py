@@ -32,6 +32,10 @@ def test_a_cross_origin_post_is_refused_and_changes_nothing(
     )
     assert forged.status_code == 403
     assert forged.json()["reason"] == "cross_origin_refused"
+    # a second, trusted Origin after the foreign one does not make it trusted
+    own = system.url("order_svc")
+    doubled = system.http.post(url, headers=[("Origin", "http://attacker.example"), ("Origin", own)])
+    assert doubled.status_code == 403 and doubled.json()["reason"] == "cross_origin_refused"
     assert client.order(order_id)["status"] == "APPROVED"
     for service, path, body in (
         ("inventory_svc", f"/products/{products['vase']}", {"name": "v", "price": "0.00", "stock": 9}),
@@ -41,7 +45,6 @@ def test_a_cross_origin_post_is_refused_and_changes_nothing(
         assert refused.status_code == 403, (service, refused.text)
     assert client.product(products["vase"])["price"] == "3.00"
     # the service's own pages (the dashboard) may, and so may clients that are not browsers
-    own = system.url("order_svc")
     assert system.http.post(url, headers={"Origin": own}).status_code == 202
     assert client.order(order_id)["status"] == "CANCELLED"
 
@@ -113,6 +116,27 @@ def test_a_compressed_body_is_refused_not_misread(system: System, client: SagaCl
     assert refused.status_code == 415
     assert refused.headers["accept-encoding"] == "identity"
     assert refused.json()["reason"] == "unsupported_content_encoding"
+    assert client.product(products["jug"])["price"] == "4.00"
+    # sent twice, a field is its values joined (RFC 9110 §5.3): "gzip, identity" is compressed
+    twice = system.http.put(
+        url,
+        content=gzip.compress(body),
+        headers=[
+            ("Content-Type", "application/json"),
+            ("Content-Encoding", "gzip"),
+            ("Content-Encoding", "identity"),
+        ],
+    )
+    assert twice.status_code == 415 and twice.json()["reason"] == "unsupported_content_encoding"
+    # a body that is not JSON in UTF-8 says so, where it was a 422 about the body's shape
+    for content_type in (
+        "application/x-www-form-urlencoded",
+        "text/plain",
+        "application/json; charset=latin-1",
+    ):
+        other = system.http.put(url, content=body, headers={"Content-Type": content_type})
+        assert other.status_code == 415, (content_type, other.text)
+        assert other.json()["reason"] == "unsupported_media_type", content_type
     assert client.product(products["jug"])["price"] == "4.00"
     # "identity" is no coding at all
     plain = system.http.put(
