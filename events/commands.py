@@ -25,9 +25,12 @@ JSON in UTF-8, keyed by ``command_id``::
   ``invalid_token``, ``forbidden``; another customer's order is an ``unknown_order``).
 
 For the consumer pipeline a command becomes an ``Envelope`` (``to_envelope``): its
-``event_id`` is derived from the command id *and* the exact bytes, so a redelivered
-message is a duplicate for the inbox while a different body under the same id reaches the
-order service, which refuses it.
+``event_id`` is derived from the command id, the exact bytes *and* the ``authorization``
+headers, so a redelivered message is a duplicate for the inbox while a different body
+under the same id reaches the order service, which refuses it — and so does the same
+command sent again with another token: one refused for its token (expired, missing) is
+applied when resent with a good one, where it used to be taken for a duplicate of the
+refused delivery and dropped.
 """
 
 from __future__ import annotations
@@ -143,7 +146,10 @@ def to_envelope(data: bytes | None, authorization: Sequence[str] = ()) -> Envelo
         cid = None
     if cid is None:
         raise InvalidEvent("not a command: no command_id (a UUID)")
-    delivery = uuid.uuid5(_DELIVERIES, f"{cid}/{hashlib.sha256(data).hexdigest()}")
+    digest = hashlib.sha256(data)
+    for token in authorization:  # another token makes another delivery (module doc)
+        digest.update(b"\0" + token.encode("utf-8", "surrogatepass"))
+    delivery = uuid.uuid5(_DELIVERIES, f"{cid}/{digest.hexdigest()}")
     command_type = raw.get("command_type")
     shown_type = printable(command_type, 100) if isinstance(command_type, str) else "?"
     try:

@@ -373,7 +373,9 @@ class CommandView(BaseModel):
     #: the order it placed or named (a PlaceOrder's is derived from the command id)
     order_id: uuid.UUID
     #: ``placed`` or ``cancelled`` (it was applied; ``status`` is the order's now),
-    #: ``rejected`` (see ``reason``), or ``unknown``: not processed yet — or never sent
+    #: ``rejected`` (see ``reason``), or ``unknown``: not processed yet — or never sent.
+    #: An applied command whose id a later or earlier copy reused (another body, a bad
+    #: token) names that refusal in ``reason`` and ``detail``; the outcome stays applied.
     outcome: Literal["placed", "cancelled", "rejected", "unknown"]
     status: OrderStatus | None = None
     reason: str | None = None
@@ -392,33 +394,54 @@ _APPLIED = {"PlaceOrder": "placed", "CancelOrder": "cancelled"}
 async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
     """What became of a `PlaceOrder` or `CancelOrder` sent on `orders.commands` (the answer
     is also on `orders.events`, with header `correlation_id` = `command_id`). A command not
-    processed yet, or never sent, is `unknown`: there is no 404."""
+    processed yet, or never sent, is `unknown`: there is no 404. A command that was applied
+    is `placed` or `cancelled` even if a copy under its id was refused before or after (a
+    bad token, another body); one never applied is `rejected` with its latest refusal."""
     async with db.engine.connect() as conn:
-        rows = list(
+        # a delivery of the command was applied when it caused the order's event (a refused
+        # delivery caused a CommandRejected; a repeated one, nothing)
+        applied = (
             await conn.execute(
                 text(
-                    "SELECT e.event_type, e.order_id, e.payload, o.status FROM saga_events e"
-                    " LEFT JOIN orders o ON o.order_id = e.order_id"
-                    " WHERE e.payload->>'command_id' = :c ORDER BY e.seq"
+                    "SELECT c.event_type, c.order_id, o.status FROM saga_events c"
+                    " JOIN saga_events r ON r.order_id = c.order_id AND r.causation_id = c.event_id"
+                    " AND r.event_type IN ('OrderCreated', 'OrderCancelled')"
+                    " JOIN orders o ON o.order_id = c.order_id"
+                    " WHERE c.payload->>'command_id' = :c AND c.event_type IN ('PlaceOrder', 'CancelOrder')"
+                    " ORDER BY c.seq LIMIT 1"
                 ),
                 {"c": str(command_id)},
             )
+        ).first()
+        refusal = (
+            await conn.execute(
+                text(
+                    "SELECT order_id, payload FROM saga_events WHERE payload->>'command_id' = :c"
+                    " AND event_type = 'CommandRejected' ORDER BY seq DESC LIMIT 1"
+                ),
+                {"c": str(command_id)},
+            )
+        ).first()
+    if applied is not None:
+        outcome: Any = _APPLIED[applied.event_type]
+        return CommandView(
+            command_id=command_id,
+            order_id=applied.order_id,
+            outcome=outcome,
+            status=applied.status,
+            reason=None if refusal is None else refusal.payload.get("reason"),
+            detail=None
+            if refusal is None
+            else f"a copy sent under this id was refused: {refusal.payload.get('detail')}",
         )
-    for row in rows:
-        if row.event_type == "CommandRejected":
-            return CommandView(
-                command_id=command_id,
-                order_id=row.order_id,
-                outcome="rejected",
-                reason=row.payload.get("reason"),
-                detail=row.payload.get("detail"),
-            )
-    for row in rows:
-        if row.event_type in _APPLIED and row.status is not None:
-            outcome: Any = _APPLIED[row.event_type]
-            return CommandView(
-                command_id=command_id, order_id=row.order_id, outcome=outcome, status=row.status
-            )
+    if refusal is not None:
+        return CommandView(
+            command_id=command_id,
+            order_id=refusal.order_id,
+            outcome="rejected",
+            reason=refusal.payload.get("reason"),
+            detail=refusal.payload.get("detail"),
+        )
     return CommandView(command_id=command_id, order_id=order_id_for(command_id), outcome="unknown")
 
 
