@@ -118,7 +118,8 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
             return Explanation(
                 f"in flight: waiting on the payment provider since {_instant(told.get('since'))}"
                 f" ({told.get('reason', 'no reason given')}); payment retries with the same"
-                " idempotency key until it answers or the order's deadline cancels the saga"
+                " idempotency key until it answers; if the order's deadline cancels the saga"
+                " first, a charge the provider then confirms is refunded"
             )
         return Explanation(f"in flight: the last step was {last}")
     if status == "APPROVED":
@@ -148,6 +149,10 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
         )
     if "PaymentCompleted" in seen:
         owed.append(_item(seen, "refund the charge", "PaymentCompleted", "payment_svc", "PaymentRefunded"))
+        if status == "CANCELLED" and _after(events, "PaymentCompleted", "OrderCancelled"):
+            # the charge was in doubt (the provider did not answer) when the cancellation
+            # came: payment finishes a charge it cannot rule out, then refunds it
+            verdict += "; payment charged after the cancellation (a charge already under way), to refund it"
     elif status == "CANCELLED":
         # payment always hears of a cancellation: it voids, or it had declined, or it
         # charged in the meantime and refunds
@@ -162,9 +167,18 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
                 "PaymentRefunded",
             )
         )
-    if not any(c.because_of != "OrderCancelled" for c in owed):
+    settled = all(c.done_by for c in owed)
+    if settled and not any(c.because_of != "OrderCancelled" for c in owed):
+        # only once everything owed is done: until payment and inventory have answered a
+        # cancellation, either may still hold or charge something
         verdict += "; nothing was held or charged, so nothing needed undoing"
-    return Explanation(verdict, owed, all(c.done_by for c in owed))
+    return Explanation(verdict, owed, settled)
+
+
+def _after(events: Sequence[Mapping[str, Any]], later: str, earlier: str) -> bool:
+    """Is the first ``later`` event in the timeline after the first ``earlier`` one?"""
+    order = [e["event_type"] for e in events]
+    return later in order and earlier in order and order.index(later) > order.index(earlier)
 
 
 def _approved(seen: Mapping[str, Any]) -> Explanation:

@@ -101,11 +101,13 @@ def test_timeout_before_any_charge_owes_the_reservation_and_payment_s_word() -> 
 
 def test_cancelled_before_anything_was_held_still_waits_for_payment() -> None:
     e = explain("CANCELLED", "cancelled_by_customer", timeline("OrderCreated", "OrderCancelled"))
-    assert e.verdict.endswith("nothing was held or charged, so nothing needed undoing")
+    # not yet "nothing needed undoing": payment (and inventory) may still act on it
+    assert e.verdict == "cancelled: the customer cancelled it"
     assert e.settled is False  # until payment says it will never charge
     e = explain(
         "CANCELLED", "cancelled_by_customer", timeline("OrderCreated", "OrderCancelled", "PaymentVoided")
     )
+    assert e.verdict.endswith("nothing was held or charged, so nothing needed undoing")
     assert e.settled is True
 
 
@@ -113,4 +115,11 @@ def test_a_charge_that_landed_after_the_cancel_is_owed_back() -> None:
     events = ("OrderCreated", "InventoryReserved", "OrderCancelled", "InventoryReleased", "PaymentCompleted")
     e = explain("CANCELLED", "timeout", timeline(*events))
     assert [(c.action, c.done_by) for c in e.owed][-1] == ("refund the charge", None)
+    assert "payment charged after the cancellation" in e.verdict  # not hidden as a plain refund
     assert explain("CANCELLED", "timeout", timeline(*events, "PaymentRefunded")).settled is True
+    # charged before the cancellation: an ordinary refund, nothing to say about the order
+    before = ("OrderCreated", "InventoryReserved", "PaymentCompleted", "OrderApproved", "OrderCancelled")
+    assert (
+        "after the cancellation"
+        not in explain("CANCELLED", "cancelled_by_customer", timeline(*before)).verdict
+    )
