@@ -124,6 +124,19 @@ PROVIDER = "payment_provider"
 PROVIDER_PORT = 8004
 
 
+def chosen_port(prefix: str, default: int) -> int:
+    """The HTTP port of the service whose settings prefix is ``prefix`` (``ORDER``,
+    ``PROVIDER`` …): ``<prefix>_HTTP_PORT`` from the environment, as the README's settings
+    table says, else ``default``. Raises ``SystemExit`` naming the variable if it is not a
+    port number (1 to 65535)."""
+    value = os.environ.get(f"{prefix}_HTTP_PORT", "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise SystemExit(f"{prefix}_HTTP_PORT={value!r} is not a port number (1-65535)")
+    return int(value)
+
+
 @dataclass
 class ServiceProcess:
     name: str
@@ -325,7 +338,11 @@ class System:
         previous = self.provider
         if previous is not None and previous.proc is not None and previous.proc.poll() is None:
             self.stop_service(PROVIDER)  # never two, nor an orphan nobody stops
-        port = previous.port if previous else (free_port() if self.free_ports else PROVIDER_PORT)
+        port = (
+            previous.port
+            if previous
+            else (free_port() if self.free_ports else chosen_port("PROVIDER", PROVIDER_PORT))
+        )
         provider_env = {
             **os.environ,
             "PROVIDER_DATABASE_URL": self.provider_database_url,
@@ -372,7 +389,7 @@ class System:
         previous = self.services.get(key)
         if previous is not None and previous.proc is not None and previous.proc.poll() is None:
             self.stop_service(key)  # never two of one instance, nor an orphan nobody stops
-        first_port = default_port if key == name and not self.free_ports else free_port()
+        first_port = chosen_port(prefix, default_port) if key == name and not self.free_ports else free_port()
         port = previous.port if previous else first_port
         service_env = {
             **os.environ,
@@ -448,8 +465,8 @@ class System:
         urls = {}
         for other, var in (("inventory_svc", "ORDER_INVENTORY_URL"), ("payment_svc", "ORDER_PAYMENT_URL")):
             if other not in self.services:  # ports are chosen at first start: take them now
-                _, default_port = SERVICES[other]
-                port = free_port() if self.free_ports else default_port
+                prefix, default_port = SERVICES[other]
+                port = free_port() if self.free_ports else chosen_port(prefix, default_port)
                 self.services[other] = ServiceProcess(other, port, {}, self.run_dir / "logs" / f"{other}.log")
             urls[var] = self.services[other].url
         return urls
