@@ -31,6 +31,7 @@ ever be refused (see ``docs/design.md``, "Amounts and limits"):
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -127,34 +128,55 @@ ReasonCode = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-
 StrictInt = Annotated[int, Field(strict=True)]
 
 
+def _unsafe(ch: str) -> bool:
+    """A character stored text must not hold: C0 and C1 controls but tab and newline, DEL,
+    lone surrogates (PostgreSQL cannot store them, UTF-8 cannot encode them), and the
+    bidirectional embedding, override and isolate controls that make text read otherwise
+    than it is written ("Trojan Source", CVE-2021-42574; Unicode TR #9)."""
+    code = ord(ch)
+    return (
+        (code < 0x20 and ch not in "\t\n")
+        or 0x7F <= code <= 0x9F
+        or 0xD800 <= code <= 0xDFFF
+        or 0x202A <= code <= 0x202E
+        or 0x2066 <= code <= 0x2069
+    )
+
+
 def storable(text: str) -> str:
-    """Refuse text PostgreSQL cannot store or UTF-8 cannot encode, and control characters."""
+    """Refuse text PostgreSQL cannot store or UTF-8 cannot encode, control characters and
+    bidirectional overrides (``_unsafe``)."""
     for ch in text:
-        code = ord(ch)
-        if (code < 0x20 and ch not in "\t\n") or code == 0x7F or 0xD800 <= code <= 0xDFFF:
-            raise ValueError(f"text must not contain the control or surrogate character U+{code:04X}")
+        if _unsafe(ch):
+            raise ValueError(f"text must not contain the control or surrogate character U+{ord(ch):04X}")
     return text
 
 
-#: Free text that is stored: no NUL, no control characters, no lone surrogates.
+#: Free text that is stored: no NUL, no control characters, no lone surrogates, no
+#: bidirectional overrides.
 SafeText = Annotated[str, AfterValidator(storable)]
+
+#: Unicode categories that show nothing by themselves: format characters (zero-width
+#: space, byte-order mark, direction marks) and combining marks.
+_INVISIBLE = frozenset({"Cf", "Mn", "Me"})
 
 
 def not_blank(text: str) -> str:
-    """Refuse text that is only white space (a name, an address: something to read)."""
-    if not text.strip():
-        raise ValueError("text must not be blank (only white space)")
+    """Refuse text with nothing to read: only white space, format characters (U+200B,
+    U+FEFF …) or combining marks (a name, an address must show something)."""
+    if not any(not ch.isspace() and unicodedata.category(ch) not in _INVISIBLE for ch in text):
+        raise ValueError("text must not be blank (only white space or invisible characters)")
     return text
 
 
 def printable(text: str, limit: int = 2000) -> str:
-    """``text`` made safe to store and show: control characters, NUL and lone surrogates
-    escaped (``\\x00``, ``\\ud800``), cut to ``limit`` characters. For text that comes from
-    outside and is only reported (exception messages, dead-letter reasons)."""
+    """``text`` made safe to store and show: control characters, NUL, lone surrogates and
+    bidirectional overrides escaped (``\\x00``, ``\\ud800``, ``\\u202e``), cut to ``limit``
+    characters. For text that comes from outside and is only reported (exception messages,
+    dead-letter reasons)."""
     out = []
     for ch in text[: limit + 1]:
-        code = ord(ch)
-        if (code < 0x20 and ch not in "\t\n") or code == 0x7F or 0xD800 <= code <= 0xDFFF:
+        if _unsafe(ch):
             out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
         else:
             out.append(ch)
