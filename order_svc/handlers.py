@@ -34,7 +34,6 @@ from order_svc import timeline
 from order_svc.domain import CANCEL_REQUESTED, OrderStatus, transition
 from order_svc.placing import order_created, request_hash
 from saga_kit import auth, personal_data, sql, tracing
-from saga_kit import headers as kafka_headers
 from saga_kit.consumer import Record
 from saga_kit.db import UnitOfWork
 from saga_kit.errors import InvalidEvent
@@ -165,8 +164,16 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
 
 def decode_command(record: Record) -> Envelope[Any]:
     """A record of ``orders.commands`` (``events.commands.to_envelope``), with the bearer
-    tokens of its ``authorization`` headers (one, unless the sender sent more)."""
-    return commands.to_envelope(record.value, kafka_headers.texts(record.headers, commands.AUTHORIZATION))
+    tokens of its ``authorization`` headers (one, unless the sender sent more). The name is
+    matched in any case, as HTTP's is (a client copying ``Authorization`` from its HTTP
+    calls was told its token was missing), and a value that is not UTF-8 is kept, mangled,
+    so that it is refused as an invalid token rather than taken for none."""
+    tokens = [
+        v.decode("utf-8", "replace")
+        for k, v in record.headers
+        if k.lower() == commands.AUTHORIZATION and v is not None
+    ]
+    return commands.to_envelope(record.value, tokens)
 
 
 def save(uow: UnitOfWork, state: Orders) -> None:

@@ -62,18 +62,6 @@ def text(headers: Headers, key: str) -> str | None:
     return None
 
 
-def texts(headers: Headers, key: str) -> list[str]:
-    """The values of every header named ``key`` that is text (not null, UTF-8), in order."""
-    found = []
-    for k, v in headers:
-        if k == key and v is not None:
-            try:
-                found.append(v.decode("utf-8"))
-            except UnicodeDecodeError:
-                continue
-    return found
-
-
 def text_map(headers: Headers) -> dict[str, str]:
     """The headers that are text, as a mapping (a trace-context carrier); null and
     non-UTF-8 values are left out, a later header wins over an earlier one."""
