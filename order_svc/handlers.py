@@ -80,6 +80,8 @@ class Order:
     deadline_at: datetime | None = None
     #: product → units ordered (loaded when the batch holds an InventoryReserved)
     items: dict[str, int] = field(default_factory=dict)
+    #: The CancelOrder command that cancelled it, when one did (saved with ``changed``).
+    cancel_command_id: uuid.UUID | None = None
 
     def check(self, event: Envelope[Any]) -> None:
         """Facts are checked, not trusted (docs/design.md §10): an event about this order
@@ -101,6 +103,9 @@ class Orders:
     orders: dict[uuid.UUID, Order] = field(default_factory=dict)
     #: A command's event id → who sent it (its verified token), or why no one is known.
     callers: dict[uuid.UUID, auth.Principal | auth.Unauthorized] = field(default_factory=dict)
+    #: The batch's command ids already used → (the command type, the order it acted on):
+    #: a command id is used once (loaded, then kept up to date as the batch applies).
+    used_command_ids: dict[uuid.UUID, tuple[str, uuid.UUID]] = field(default_factory=dict)
 
     def get(self, event: Envelope[Any]) -> Order:
         order = self.orders.get(event.order_id)
@@ -123,6 +128,17 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
             {"ids": sql.values(sorted({e.order_id for e in events}))},
         )
     ]
+    command_ids = sorted(
+        {e.payload.command_id for e in events if isinstance(e.payload, PlaceOrder | CancelOrder)}
+    )
+    if command_ids:
+        queries.append(
+            (
+                "SELECT order_id, command_id, cancel_command_id FROM orders"
+                f" WHERE command_id IN {sql.UUIDS} OR cancel_command_id IN {sql.UUIDS}",
+                {"ids": sql.values(command_ids)},
+            )
+        )
     reserved = sorted({e.order_id for e in events if isinstance(e.payload, InventoryReserved)})
     if reserved:
         queries.append(
@@ -132,7 +148,9 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
                 {"ids": sql.values(reserved)},
             )
         )
-    orders, *lines = await uow.read(*queries)
+    orders, *more = await uow.read(*queries)
+    used = more.pop(0) if command_ids else ()
+    lines = more
     for row in orders:
         state.orders[row.order_id] = Order(
             OrderStatus(row.status),
@@ -143,6 +161,11 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
             row.command_id,
             row.request_hash,
         )
+    for row in used:
+        if row.command_id is not None:
+            state.used_command_ids[row.command_id] = ("PlaceOrder", row.order_id)
+        if row.cancel_command_id is not None:
+            state.used_command_ids[row.cancel_command_id] = ("CancelOrder", row.order_id)
     for row in lines[0] if lines else ():
         if (order := state.orders.get(row.order_id)) is not None:
             order.items[row.product_id] = int(row.quantity)
@@ -220,15 +243,17 @@ def save(uow: UnitOfWork, state: Orders) -> None:
             },
         )
     changed = [
-        {"o": oid, "s": o.status.value, "r": o.reason, "t": o.total}
+        {"o": oid, "s": o.status.value, "r": o.reason, "t": o.total, "c": o.cancel_command_id}
         for oid, o in state.orders.items()
         if o.changed and o.placed is None
     ]
     if changed:
         uow.write(
             (
-                "UPDATE orders o SET status = v.s, reason = v.r, total = v.t, updated_at = clock_timestamp()"
-                " FROM json_to_recordset(CAST(%(rows)s AS json)) AS v(o uuid, s text, r text, t numeric)"
+                "UPDATE orders o SET status = v.s, reason = v.r, total = v.t, updated_at = clock_timestamp(),"
+                " cancel_command_id = COALESCE(v.c, o.cancel_command_id)"
+                " FROM json_to_recordset(CAST(%(rows)s AS json))"
+                " AS v(o uuid, s text, r text, t numeric, c uuid)"
                 " WHERE o.order_id = v.o"
             ),
             {"rows": sql.rows(changed)},
@@ -331,6 +356,9 @@ def on_place_order(state: Orders, event: Envelope[PlaceOrder]) -> Replies:
     if not caller.may_act_for(command.customer_id):
         detail = "a customer may place orders for itself only"
         return [_rejected(command.command_id, "PlaceOrder", "forbidden", detail)]
+    if state.used_command_ids.get(command.command_id, ("PlaceOrder",))[0] != "PlaceOrder":
+        detail = "this command_id was used by a CancelOrder"
+        return [_rejected(command.command_id, "PlaceOrder", "command_id_reused", detail)]
     requested = request_hash(command.customer_id, command.items, command.deadline_seconds)
     existing = state.orders.get(event.order_id)
     if existing is not None:
@@ -355,6 +383,7 @@ def on_place_order(state: Orders, event: Envelope[PlaceOrder]) -> Replies:
         deadline_at=deadline_at,
     )
     state.orders[event.order_id] = order
+    state.used_command_ids[command.command_id] = ("PlaceOrder", event.order_id)
     return [order.correlated(order_created(command.customer_id, command.items, deadline_at))]
 
 
@@ -369,10 +398,20 @@ def on_cancel_order(state: Orders, event: Envelope[CancelOrder]) -> Replies:
     if order is None or not caller.may_act_for(order.customer_id):
         # another customer's order is as unknown as over HTTP (404 there)
         return [_rejected(command.command_id, "CancelOrder", "unknown_order", f"no order {event.order_id}")]
+    used = state.used_command_ids.get(command.command_id)
+    if used == ("CancelOrder", event.order_id):
+        return []  # this command cancelled it already: nothing to do again
+    if used is not None:
+        detail = f"this command_id was used by a {used[0]} of another order"
+        if used[0] == "PlaceOrder" and used[1] == event.order_id:
+            detail = "this command_id placed this order"
+        return [_rejected(command.command_id, "CancelOrder", "command_id_reused", detail)]
     if transition(order.status, CANCEL_REQUESTED) is None:
         detail = f"the order is {order.status}: only a PENDING or APPROVED order can be cancelled"
         return [_rejected(command.command_id, "CancelOrder", "order_not_cancellable", detail)]
     order.status, order.reason, order.changed = OrderStatus.CANCELLED, "cancelled_by_customer", True
+    order.cancel_command_id = command.command_id
+    state.used_command_ids[command.command_id] = ("CancelOrder", event.order_id)
     cancelled = OrderCancelled(customer_id=order.customer_id, reason="cancelled_by_customer")
     return [order.correlated(cancelled, command.command_id)]
 

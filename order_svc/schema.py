@@ -121,4 +121,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE orders ADD COLUMN personal_data JSONB",
         ),
     ),
+    Migration(
+        "order_svc",
+        9,
+        "cancel_command_id",
+        # The CancelOrder command that cancelled an order, so that a command id is used
+        # once: the same id again cancels nothing more, another body under it is refused.
+        (
+            "ALTER TABLE orders ADD COLUMN cancel_command_id UUID",
+            "CREATE INDEX orders_by_cancel_command ON orders (cancel_command_id)"
+            " WHERE cancel_command_id IS NOT NULL",
+        ),
+    ),
 )

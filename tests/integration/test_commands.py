@@ -130,6 +130,35 @@ async def test_cancel_by_command_follows_the_same_rule_as_the_api(order: Service
     assert unknown.payload.reason == "unknown_order"
 
 
+async def test_a_cancel_s_command_id_is_used_once(order: ServiceUnderTest) -> None:
+    """A CancelOrder's id reused for another order cancelled that one too, and a PlaceOrder
+    under it placed an order: the same id with another body is refused, as a PlaceOrder's is."""
+    first, second = place(), place()
+    await send(order, first)
+    await send(order, second)
+    a, b = order_id_for(first.command_id), order_id_for(second.command_id)
+    cid = uuid.uuid4()
+    assert await send(order, CancelOrder(command_id=cid, order_id=a)) is Outcome.HANDLED
+    assert await send(order, CancelOrder(command_id=cid, order_id=b)) is Outcome.HANDLED
+    assert await order.scalar("SELECT status FROM orders WHERE order_id = :o", o=b) == "PENDING"
+    (*_, (refused, correlation)) = await answers(order, b)
+    assert (refused.event_type, refused.payload.reason, correlation) == (
+        "CommandRejected",
+        "command_id_reused",
+        str(cid),
+    )
+    await send(order, place(command_id=cid))
+    (*_, (placed_under_it, _)) = await answers(order, order_id_for(cid))
+    assert (placed_under_it.event_type, placed_under_it.payload.reason) == (
+        "CommandRejected",
+        "command_id_reused",
+    )
+    assert await order.scalar("SELECT count(*) FROM orders WHERE order_id = :o", o=order_id_for(cid)) == 0
+    # a PlaceOrder's id cannot cancel its own order either
+    await send(order, CancelOrder(command_id=second.command_id, order_id=b))
+    assert await order.scalar("SELECT status FROM orders WHERE order_id = :o", o=b) == "PENDING"
+
+
 async def test_a_client_key_named_like_a_command_takes_nothing_from_the_command(
     order: ServiceUnderTest,
 ) -> None:
