@@ -4,6 +4,7 @@ the bodies of error answers with the helper that documents them in each route's 
 from __future__ import annotations
 
 import asyncio
+import email.message
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.middleware.cors import CORSMiddleware
@@ -221,13 +223,7 @@ class RequestGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            # a field sent twice is one field, its values joined by commas (RFC 9110 §5.3):
-            # "Content-Encoding: gzip" then "identity" is "gzip, identity", not "identity"
-            headers: dict[str, str] = {}
-            for k, v in scope["headers"]:
-                name, value = k.decode("latin-1"), v.decode("latin-1")
-                headers[name] = f"{headers[name]}, {value}" if name in headers else value
-            refusal = self._refusal(scope["method"], headers)
+            refusal = self._refusal(scope["method"], Headers(scope=scope))
             if refusal is not None:
                 for message in _json_answer(*refusal):
                     await send(message)
@@ -235,11 +231,19 @@ class RequestGuard:
         await self.app(scope, receive, send)
 
     def _refusal(
-        self, method: str, headers: Mapping[str, str]
+        self, method: str, headers: Headers
     ) -> tuple[int, dict[str, str], list[tuple[bytes, bytes]]] | None:
         """(status, Problem body, extra headers) of a request refused, or None."""
-        origin = headers.get("origin")  # two Origin headers join into one no site has
-        host = headers.get("host", "")
+
+        def field(name: str) -> str | None:
+            # a field sent twice is one field, its values joined by commas (RFC 9110 §5.3):
+            # "Content-Encoding: gzip" then "identity" is "gzip, identity", not "identity";
+            # two Origin headers join into one no site has
+            values = headers.getlist(name)
+            return ", ".join(values) if values else None
+
+        origin = field("origin")
+        host = headers.get("host", "")  # exactly one: HostAllowList
         if (
             method in _STATE_CHANGING
             and origin is not None
@@ -254,7 +258,7 @@ class RequestGuard:
             return 403, {"detail": detail, "reason": "cross_origin_refused"}, []
         length = headers.get("content-length", "")
         has_body = "transfer-encoding" in headers or length not in ("", "0")
-        coding = headers.get("content-encoding", "").lower()
+        coding = (field("content-encoding") or "").lower()
         if has_body and any(c.strip() not in ("", "identity") for c in coding.split(",")):
             detail = (
                 f"a body in the content coding {printable(coding.strip(), 100)!r} is not accepted here:"
@@ -280,18 +284,16 @@ _WITH_JSON_BODY = frozenset({"POST", "PUT", "PATCH"})
 
 def _is_json(content_type: str | None) -> bool:
     """Is this ``Content-Type`` JSON in UTF-8 (``application/json`` or ``…+json``; RFC 8259
-    §8.1: JSON exchanged between systems is UTF-8)?"""
+    §8.1: JSON exchanged between systems is UTF-8)? Parsed by the standard library's MIME
+    header parser, as FastAPI parses it to decide whether a body is JSON."""
     if not content_type:
         return False
-    media, _, parameters = content_type.partition(";")
-    media = media.strip().lower()
-    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+    parsed = email.message.Message()
+    parsed["content-type"] = content_type
+    subtype = parsed.get_content_subtype()
+    if parsed.get_content_maintype() != "application" or not (subtype == "json" or subtype.endswith("+json")):
         return False
-    for parameter in parameters.split(";"):
-        name, _, value = parameter.partition("=")
-        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
-            return False
-    return True
+    return parsed.get_content_charset() in (None, "utf-8", "utf8")
 
 
 def _too_large(limit: int, announced: str | None = None) -> dict[str, str]:
@@ -695,56 +697,51 @@ def _document_common_answers(app: FastAPI, metrics_public: bool) -> None:
             "description": "a JWT signed by the configured issuer; its `roles` name customer or operator",
         }
         problem_body = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+
+        def answer(description: str, header: str | None = None, about: str = "") -> dict[str, Any]:
+            """An error answer with a ``Problem`` body (and the ``header`` it carries)."""
+            headers = {header: {"description": about, "schema": {"type": "string"}}} if header else None
+            return {
+                "description": description,
+                **({"headers": headers} if headers else {}),
+                "content": problem_body,
+            }
+
         for path, operations in document.get("paths", {}).items():
             for method, operation in operations.items():
-                operation.setdefault("responses", {}).setdefault(
-                    "400",
-                    {
-                        "description": "no `Host`, or not one this service answers to (`invalid_host`)",
-                        "content": problem_body,
-                    },
-                )
+                method = method.upper()
                 responses = operation.setdefault("responses", {})
+                responses.setdefault(
+                    "400", answer("no `Host`, or not one this service answers to (`invalid_host`)")
+                )
                 forbidden = []
-                if method.upper() in _STATE_CHANGING:
+                if method in _STATE_CHANGING:
                     forbidden.append("a request from another origin (`cross_origin_refused`)")
-                    responses["413"] = {
-                        "description": "the body is larger than `HTTP_MAX_BODY_BYTES` (`body_too_large`)",
-                        "content": problem_body,
-                    }
-                    responses["415"] = {
-                        "description": "a body that is not `application/json` in UTF-8"
-                        " (`unsupported_media_type`), or a compressed one (`Content-Encoding` other than"
-                        " `identity`: `unsupported_content_encoding`, with `Accept-Encoding: identity`)",
-                        "headers": {
-                            "Accept-Encoding": {
-                                "description": "`identity` (with `unsupported_content_encoding`)",
-                                "schema": {"type": "string"},
-                            }
-                        },
-                        "content": problem_body,
-                    }
-                access = auth.access_of(method.upper(), path, metrics_public=metrics_public)
+                    responses["413"] = answer(
+                        "the body is larger than `HTTP_MAX_BODY_BYTES` (`body_too_large`)"
+                    )
+                    responses["415"] = answer(
+                        "a body that is not `application/json` in UTF-8 (`unsupported_media_type`),"
+                        " or a compressed one (`Content-Encoding` other than `identity`:"
+                        " `unsupported_content_encoding`, with `Accept-Encoding: identity`)",
+                        "Accept-Encoding",
+                        "`identity` (with `unsupported_content_encoding`)",
+                    )
+                access = auth.access_of(method, path, metrics_public=metrics_public)
                 if access is not auth.Access.PUBLIC:
                     operation["security"] = [{"bearer": []}]
-                    responses["401"] = {
-                        "description": "no bearer token (`missing_token`),"
-                        " or not a valid one (`invalid_token`)",
-                        "headers": {
-                            "WWW-Authenticate": {
-                                "description": 'the challenge (RFC 6750 §3): `Bearer realm="saga"`,'
-                                ' with `error="invalid_token"` and its description for a bad token',
-                                "schema": {"type": "string"},
-                            }
-                        },
-                        "content": problem_body,
-                    }
+                    responses["401"] = answer(
+                        "no bearer token (`missing_token`), or not a valid one (`invalid_token`)",
+                        "WWW-Authenticate",
+                        'the challenge (RFC 6750 §3): `Bearer realm="saga"`, with'
+                        ' `error="invalid_token"` and its description for a bad token',
+                    )
                 if "403" in responses:  # the route's own reason
                     forbidden.insert(0, responses["403"]["description"])
                 if access is auth.Access.OPERATOR:
                     forbidden.insert(0, "needs the operator role (`forbidden`)")
                 if forbidden:
-                    responses["403"] = {"description": "; or ".join(forbidden), "content": problem_body}
+                    responses["403"] = answer("; or ".join(forbidden))
         schemas = document["components"].setdefault("schemas", {})
         schemas.setdefault("Problem", Problem.model_json_schema())
         app.openapi_schema = document
