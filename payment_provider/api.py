@@ -53,9 +53,14 @@ _REPLAYED_HEADER = {
     REPLAYED: {"description": "`true` when this is the stored answer to an earlier request under the key"}
 }
 _FAULTS: Responses = {
-    500: error_doc("injected error (`internal_error`), nothing done"),
+    500: error_doc(
+        "injected error (`internal_error`), nothing done; or the database failed while committing"
+        " (`outcome_unknown`): the change may have been made, ask again with the same key"
+    ),
     502: error_doc("injected lost answer (`response_lost`): the call was processed and committed"),
-    503: error_doc("injected outage (`unavailable`), nothing done; or the database is away"),
+    503: error_doc(
+        "injected outage, or the database away (`unavailable`): nothing done, retry with the same key"
+    ),
 }
 
 

@@ -79,6 +79,19 @@ class IdempotencyKeyReused(ProviderError):
         super().__init__("this Idempotency-Key was used before with another body")
 
 
+class OutcomeUnknown(ProviderError):
+    """The database failed while committing: the change may or may not have been made. A
+    500, never the 503 that promises "nothing done" (see ``install``)."""
+
+    status, code = 500, "outcome_unknown"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the database failed while committing: ask again with the same Idempotency-Key"
+            " to learn the outcome"
+        )
+
+
 class ChargeAlreadyRefunded(ProviderError):
     status, code = 409, "charge_already_refunded"
 
@@ -93,7 +106,12 @@ def error_body(code: str, message: str) -> dict[str, str]:
 def install(app: FastAPI) -> None:
     """Answer every error in the provider's shape: its own errors, the framework's (404 for
     an unknown route, 405, 422) and anything unexpected (503 ``unavailable`` while the
-    database is away, else 500 ``internal_error``)."""
+    database is away, else 500 ``internal_error``).
+
+    A 503 promises that nothing was done, and clients rely on it (the payment service voids
+    a cancelled order's payment when every call was answered 503): a transaction that fails
+    before its COMMIT is rolled back, so 503; one whose COMMIT fails is ``OutcomeUnknown``
+    (500)."""
 
     @app.exception_handler(ProviderError)
     async def provider_error(_: Request, exc: ProviderError) -> JSONResponse:

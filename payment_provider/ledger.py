@@ -16,10 +16,11 @@ an account, so they never wait on each other in a cycle.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
@@ -27,10 +28,26 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from payment_provider.errors import ChargeAlreadyRefunded, IdempotencyKeyReused, NoSuchCharge
+from payment_provider.errors import ChargeAlreadyRefunded, IdempotencyKeyReused, NoSuchCharge, OutcomeUnknown
 from payment_provider.models import AccountView, ChargeIn, ChargeView, DeclineCode, RefundView, cents
 
 T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def _transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """``engine.begin()``, except that a failure of the COMMIT itself is ``OutcomeUnknown``:
+    the commit may have reached the database, so the answer must not be the 503 that says
+    nothing was done. A failure before it rolls back and propagates as it is."""
+    committing = False
+    try:
+        async with engine.begin() as conn:
+            yield conn
+            committing = True
+    except Exception as exc:
+        if committing:
+            raise OutcomeUnknown() from exc
+        raise
 
 
 @dataclass(frozen=True)
@@ -139,7 +156,7 @@ async def charge(engine: AsyncEngine, key: str, request: ChargeIn) -> Outcome[Ch
     ``insufficient_funds``) and nothing moves. Under a key used before: the stored charge
     (``replayed``) if the request is the same, else ``IdempotencyKeyReused``."""
     digest = charge_digest(request)
-    async with engine.begin() as conn:
+    async with _transaction(engine) as conn:
         stored = await _stored_charge(conn, key)
         if stored is not None:
             return _replay(stored, digest)
@@ -213,7 +230,7 @@ async def refund(engine: AsyncEngine, key: str, charge_key: str) -> Outcome[Refu
     stored refund (``replayed``) if the request is the same, else
     ``IdempotencyKeyReused``."""
     digest = refund_digest(charge_key)
-    async with engine.begin() as conn:
+    async with _transaction(engine) as conn:
         stored = await _stored_refund(conn, key)
         if stored is not None:
             return _replay(stored, digest)

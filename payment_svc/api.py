@@ -109,8 +109,14 @@ class PaymentView(BaseModel):
     reason: str | None
     #: provider calls made (or claimed) so far
     attempts: int
-    #: the order was cancelled while its charge was in doubt (a refund follows the charge)
+    #: the order was cancelled while a call was out or its charge in doubt: the worker
+    #: voids it if the call did nothing, else a refund follows the charge
     cancel_requested: bool
+    #: a provider call claimed and not yet answered
+    call_in_flight: bool
+    #: a call's answer left the outcome unknown (timeout, lost answer, a 5xx but 503): the
+    #: provider may have charged, so a cancellation refunds instead of voiding
+    charge_in_doubt: bool
     #: since when it has been waiting on the provider (null: never had to)
     waiting_since: datetime | None
     last_error: str | None
@@ -134,6 +140,7 @@ async def get_payment(order_id: uuid.UUID, db: DatabaseDep, principal: Principal
             await conn.execute(
                 text(
                     "SELECT order_id, customer_id, amount, status, reason, attempts, cancel_requested,"
+                    " call_in_flight, charge_in_doubt,"
                     " waiting_since, last_error, charge_id, refund_id, CASE WHEN status IN"
                     " ('PENDING', 'REFUND_PENDING') THEN next_attempt_at END AS next_attempt_at"
                     " FROM payments WHERE order_id = :o"

@@ -14,8 +14,13 @@ Each call answers one of:
 
 * ``Charged`` / ``Refunded`` — done (perhaps earlier: a replay of the same key);
 * ``Declined`` — a business answer (402): the card was declined, with the provider's code;
-* ``Unavailable`` — the outcome is unknown or nothing happened (timeout, connection
-  refused, 5xx, a lost response, the breaker open): call again later with the same key;
+* ``Unavailable`` — nothing happened, or the outcome is unknown: call again later with
+  the same key. ``nothing_done`` tells the two apart. It is true only when the request
+  cannot have done anything: the breaker was open (no request was sent), the connection
+  was never made (connection refused, TLS handshake failed), or the provider answered
+  503 or 429, which its contract defines as "nothing done" (the simulator's README
+  section; so do card processors' APIs for a rate limit or an outage). A timeout, a reset
+  connection, a 500, 502 or 504 leave the outcome unknown: the charge may have happened;
 * ``Refused`` — the provider refused the request itself (another 4xx): a bug or a
   misconfiguration that retrying will not cure quickly; it is retried slowly and logged.
 
@@ -69,9 +74,12 @@ class Declined:
 
 @dataclass(frozen=True)
 class Unavailable:
-    """Nothing known happened: try again later with the same idempotency key."""
+    """No answer that settles the call: try again later with the same idempotency key.
+    ``nothing_done``: the provider did nothing (or was never asked), so a cancellation may
+    void the payment; false: it may have charged (a timeout, a lost answer, a 5xx but 503)."""
 
     reason: str
+    nothing_done: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,7 +122,16 @@ class Unreachable(Exception):
 
 
 class _Failed(Exception):
-    """A call the breaker counts as failed (the provider did not do its job)."""
+    """A call the breaker counts as failed (the provider did not do its job);
+    ``nothing_done`` as in ``Unavailable``."""
+
+    def __init__(self, reason: str, *, nothing_done: bool) -> None:
+        super().__init__(reason)
+        self.nothing_done = nothing_done
+
+
+#: answers that the provider's contract defines as "nothing done": retry with the same key
+NOTHING_DONE_STATUSES: frozenset[int] = frozenset({429, 503})
 
 
 def charge_key(order_id: object) -> str:
@@ -221,7 +238,7 @@ class PaymentProvider:
     ) -> Answer | Unavailable:
         if self.breaker.opened:
             self.calls[(operation, "breaker_open")] += 1
-            return Unavailable(f"circuit breaker open: {self.last_failure}")
+            return Unavailable(f"circuit breaker open: {self.last_failure}", nothing_done=True)
         try:
             answer: Answer = await self.breaker.call_async(self._send, method, path, key, body)
         except _Failed as exc:
@@ -229,7 +246,7 @@ class PaymentProvider:
             self.calls[(operation, "unavailable")] += 1
             if self.state == "open" and self.opened_at is None:
                 self.opened_at = time.time()
-            return Unavailable(str(exc))
+            return Unavailable(str(exc), nothing_done=exc.nothing_done)
         self.opened_at = None
         self.calls[(operation, str(answer.status_code))] += 1
         return answer
@@ -243,13 +260,22 @@ class PaymentProvider:
                 headers["traceparent"] = traceparent
             answer = await self._exchange(method, path, body, headers)
         except TimeoutError:
-            raise _Failed(f"the provider did not answer within {self.timeout:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise _Failed(f"the provider could not be reached ({type(exc).__name__}: {exc})") from None
+            raise _Failed(
+                f"the provider did not answer within {self.timeout:g} s", nothing_done=False
+            ) from None
+        except aiohttp.ClientConnectorError as exc:  # no connection: the request never left
+            raise _Failed(
+                f"the provider could not be reached ({type(exc).__name__}: {exc})", nothing_done=True
+            ) from None
+        except aiohttp.ClientError as exc:  # e.g. the connection dropped: it may have arrived
+            raise _Failed(
+                f"the call to the provider broke off ({type(exc).__name__}: {exc})", nothing_done=False
+            ) from None
         if answer.status_code >= 500 or answer.status_code == 429:
             raise _Failed(
                 f"the provider answered {answer.status_code} {_error(answer)}"
-                f" after {1000 * (time.monotonic() - start):.0f} ms"
+                f" after {1000 * (time.monotonic() - start):.0f} ms",
+                nothing_done=answer.status_code in NOTHING_DONE_STATUSES,
             )
         return answer
 

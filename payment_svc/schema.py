@@ -81,4 +81,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             "DROP TABLE accounts",
         ),
     ),
+    Migration(
+        "payment_svc",
+        5,
+        "charge_in_doubt",
+        (
+            # A cancellation voids a PENDING payment only while the provider cannot have
+            # charged it: no call in flight (claimed, its answer not yet recorded) and every
+            # call so far answered "nothing done" (payment_svc.provider.Unavailable). Else it
+            # finishes the charge under the same key and refunds it.
+            "ALTER TABLE payments ADD COLUMN call_in_flight BOOLEAN NOT NULL DEFAULT false",
+            "ALTER TABLE payments ADD COLUMN charge_in_doubt BOOLEAN NOT NULL DEFAULT false",
+            # rows from before this migration: any call made may have charged
+            "UPDATE payments SET charge_in_doubt = true WHERE attempts > 0",
+        ),
+    ),
 )

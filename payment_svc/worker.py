@@ -4,10 +4,12 @@ one transaction held open across the network:
 
 1. **claim** (a transaction): the due rows (PENDING charges, REFUND_PENDING refunds whose
    ``next_attempt_at`` has come), locked with ``FOR UPDATE SKIP LOCKED`` so instances
-   share them, get ``attempts + 1`` and a lease (``next_attempt_at`` moved past the call's
-   timeout), and the transaction commits — before any call. A crash after the claim
-   leaves the row due again when the lease ends; a cancellation that finds
-   ``attempts = 0`` knows the provider was never asked.
+   share them, get ``attempts + 1``, ``call_in_flight`` and a lease (``next_attempt_at``
+   moved past the call's timeout), and the transaction commits — before any call. A crash
+   after the claim leaves the row due again when the lease ends; the next claim then
+   finds ``call_in_flight`` still set and marks the charge in doubt (the lost call may have
+   reached the provider). A cancellation that finds no call in flight and no charge in
+   doubt knows the provider has not charged, and voids.
 2. **call** (no transaction): ``POST /v1/charges`` or ``/v1/refunds`` with the order's
    idempotency key (``charge:{order_id}``, ``refund:{order_id}``), through the timeout and
    the circuit breaker (``payment_svc.provider``). Whatever happened before — a lost
@@ -24,14 +26,21 @@ one transaction held open across the network:
    declined (402)       DECLINED + PaymentFailed with the provider's decline code
    refunded             REFUNDED + PaymentRefunded
    unavailable          stays; due again after the retry policy's backoff (or when the
-                        open breaker lets a probe through); the first time, PaymentPending
-   refused (other 4xx)  stays; due again after the longest backoff; logged as an error
+                        open breaker lets a probe through); the first time, PaymentPending.
+                        Unless the provider did nothing (503, 429, no connection, the
+                        breaker open), the charge is in doubt from now on. If cancelled
+                        meanwhile and nothing was done nor is in doubt: VOIDED +
+                        PaymentVoided
+   refused (other 4xx)  stays, in doubt; due again after the longest backoff; logged as
+                        an error
    ===================  ==============================================================
 
 A charge waits as long as the provider does not answer — until the order's deadline
-cancels the saga (the order service's sweeper); the cancellation then finishes the charge
-in doubt with the same key and refunds it, so a late charge is never kept. A refund waits
-for ever: it is owed.
+cancels the saga (the order service's sweeper). If every call so far was answered
+"nothing done" (an outage), the cancellation voids it: the customer sees no charge. If a
+call may have charged (a timeout, a lost answer, a 5xx but 503), the cancellation
+finishes the charge with the same key and refunds it, so a late charge is never kept. A
+refund waits for ever: it is owed.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ from typing import Any
 
 from opentelemetry.trace import SpanKind
 
-from events import PaymentCompleted, PaymentFailed, PaymentPending, PaymentRefunded
+from events import PaymentCompleted, PaymentFailed, PaymentPending, PaymentRefunded, PaymentVoided
 from events.values import printable
 from payment_svc.provider import (
     Charged,
@@ -89,7 +98,10 @@ async def claim(db: Database, limit: int, lease_seconds: float) -> list[Due]:
     async with db.unit_of_work() as uow:
         (rows,) = await uow.read(
             (
+                # a call still marked in flight was claimed and never recorded (a crash,
+                # or a lease outlived): it may have reached the provider
                 "UPDATE payments p SET attempts = p.attempts + 1,"
+                " charge_in_doubt = p.charge_in_doubt OR p.call_in_flight, call_in_flight = true,"
                 " next_attempt_at = clock_timestamp() + make_interval(secs => %(lease)s)"
                 " FROM (SELECT order_id FROM payments"
                 "       WHERE status IN ('PENDING', 'REFUND_PENDING')"
@@ -136,8 +148,8 @@ async def record(
     async with db.unit_of_work() as uow:
         (locked,) = await uow.read(
             (
-                "SELECT order_id, customer_id, amount, status, reason, cancel_requested, waiting_since,"
-                " charge_cause, refund_cause, traceparent FROM payments"
+                "SELECT order_id, customer_id, amount, status, reason, cancel_requested, charge_in_doubt,"
+                " waiting_since, charge_cause, refund_cause, traceparent FROM payments"
                 f" WHERE order_id IN {sql.UUIDS} ORDER BY order_id FOR UPDATE",
                 {"ids": sql.values(due.order_id for due, _ in answers)},
             )
@@ -173,7 +185,14 @@ async def record(
                 case Refunded(refund_id=refund_id):
                     emit(PaymentRefunded(customer_id=row.customer_id, amount=row.amount), row.refund_cause)
                     update |= {"s": "REFUNDED", "f": refund_id}
-                case Unavailable(reason=reason):
+                case Unavailable(nothing_done=True) if (
+                    row.cancel_requested and not row.charge_in_doubt and due.status == "PENDING"
+                ):
+                    # cancelled while this call was out, and the provider did nothing (now
+                    # or before): nothing to finish, nothing to refund
+                    emit(PaymentVoided(customer_id=row.customer_id, reason=row.reason), row.refund_cause)
+                    update |= {"s": "VOIDED", "a": 0}
+                case Unavailable(reason=reason, nothing_done=nothing_done):
                     wait = max(retry.delay(due.attempts), provider.retry_after())
                     if row.waiting_since is None and due.status == "PENDING":
                         emit(
@@ -185,7 +204,7 @@ async def record(
                             ),
                             row.charge_cause,
                         )
-                    update |= {"e": reason, "d": wait, "w": True}
+                    update |= {"e": reason, "d": wait, "w": True, "q": not nothing_done}
                 case Refused(status=code, reason=reason):
                     log.error(
                         "payment provider refused the %s of order %s (%d %s): retrying in %.0f s",
@@ -195,16 +214,29 @@ async def record(
                         reason,
                         retry.maximum,
                     )
-                    update |= {"e": f"refused: {code} {reason}", "d": retry.maximum, "w": True}
+                    # another 4xx may mean a charge exists under the key (409): in doubt
+                    update |= {"e": f"refused: {code} {reason}", "d": retry.maximum, "w": True, "q": True}
             updates.append(
-                {"s": None, "r": None, "c": None, "f": None, "e": None, "d": None, "w": False} | update
+                {
+                    "s": None,
+                    "a": None,
+                    "r": None,
+                    "c": None,
+                    "f": None,
+                    "e": None,
+                    "d": None,
+                    "w": False,
+                    "q": False,
+                }
+                | update
             )
         if updates:
             # one statement for the round, sent with its outbox rows in one round trip
             uow.write(
                 (
                     "UPDATE payments p SET status = COALESCE(v.s, p.status),"
-                    " reason = COALESCE(v.r, p.reason),"
+                    " amount = COALESCE(v.a, p.amount), reason = COALESCE(v.r, p.reason),"
+                    " call_in_flight = false, charge_in_doubt = p.charge_in_doubt OR v.q,"
                     " charge_id = COALESCE(v.c, p.charge_id), refund_id = COALESCE(v.f, p.refund_id),"
                     " last_error = v.e,"
                     " waiting_since = CASE WHEN v.w THEN COALESCE(p.waiting_since, clock_timestamp())"
@@ -213,7 +245,8 @@ async def record(
                     "   ELSE clock_timestamp() + make_interval(secs => v.d) END,"
                     " updated_at = clock_timestamp()"
                     " FROM json_to_recordset(CAST(%(rows)s AS json))"
-                    " AS v(o uuid, s text, r text, c text, f text, e text, d float8, w boolean)"
+                    " AS v(o uuid, s text, a numeric, r text, c text, f text, e text, d float8,"
+                    " w boolean, q boolean)"
                     " WHERE p.order_id = v.o"
                 ),
                 {"rows": sql.rows(updates)},

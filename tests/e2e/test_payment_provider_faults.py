@@ -1,9 +1,10 @@
 """The step you cannot roll back: payment through the payment provider (the simulator,
 with its fault controls), on the running system. For each fault the saga ends as it
 should and the provider's ledger holds exactly one charge for the order: a timeout, 5xx
-errors, an outage (the circuit breaker opens, fails fast and recovers), a charge whose
-response is lost, a decline, and a payment service that crashes between recording the
-intent and calling, or between the provider's answer and recording it."""
+errors, an outage (the circuit breaker opens, fails fast and recovers; an order
+cancelled during it is voided, never charged), a charge whose response is lost, a
+decline, and a payment service that crashes between recording the intent and calling,
+or between the provider's answer and recording it."""
 
 from __future__ import annotations
 
@@ -116,6 +117,31 @@ def test_an_outage_opens_the_breaker_which_fails_fast_and_recovers(
     client.wait_for_events(order_id, {"PaymentPending", "PaymentCompleted", "InventoryCommitted"}, 60)
     assert len(charges_of(system, order_id)) == 1
     wait_until(lambda: readiness(system)["status"] == "ready", 30, "the breaker closing")
+
+
+def test_an_order_cancelled_during_an_outage_is_voided_never_charged(
+    system: System, client: SagaClient, uid: UniqueIds, provider_well: None
+) -> None:
+    """Every call answered 503 (the provider's "nothing done"): the cancellation voids the
+    payment; when the provider is back nobody charges, so there is nothing to refund."""
+    pid, cid, balance = order_of(client, uid)
+    system.provider_faults(outage=True)
+    order_id = client.place_order(cid, {pid: 1})
+    wait_until(
+        lambda: "PaymentPending" in {e["event_type"] for e in client.saga(order_id)["events"]},
+        30,
+        "the payment waiting on the provider",
+    )
+    client.cancel(order_id)
+    saga = client.wait_for_events(order_id, {"OrderCancelled", "InventoryReleased", "PaymentVoided"}, 30)
+    assert payment(system, order_id)["status"] == "VOIDED"
+    assert not payment(system, order_id)["charge_in_doubt"]
+    system.provider_faults()
+    wait_until(lambda: readiness(system)["status"] == "ready", 30, "the breaker closing")
+    assert charges_of(system, order_id) == []
+    assert client.account(cid)["balance"] == balance
+    assert {e["event_type"] for e in saga["events"]}.isdisjoint({"PaymentCompleted", "PaymentRefunded"})
+    assert client.saga(order_id)["explanation"]["settled"] is True
 
 
 def test_a_charge_whose_response_is_lost_is_charged_once(

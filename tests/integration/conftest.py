@@ -71,9 +71,11 @@ class ServiceUnderTest:
         while self.worker is not None and await self.worker.round():
             pass
 
-    async def deliver(self, envelope: Envelope[Any]) -> str:
-        """Deliver like Kafka would: the encoded bytes, at a fresh offset."""
-        return (await self.deliver_bytes(encode(envelope), TOPIC_OF_PRODUCER[envelope.producer])).value
+    async def deliver(self, envelope: Envelope[Any], *, work: bool = True) -> str:
+        """Deliver like Kafka would: the encoded bytes, at a fresh offset; then, with
+        ``work``, the payment worker's rounds."""
+        topic = TOPIC_OF_PRODUCER[envelope.producer]
+        return (await self.deliver_bytes(encode(envelope), topic, work=work)).value
 
     async def deliver_bytes(
         self, value: bytes, topic: str, offset: int | None = None, *, work: bool = True

@@ -8,11 +8,14 @@ events the service emitted.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import text
 
 from events import (
     InventoryReservationFailed,
@@ -25,6 +28,8 @@ from events import (
 from order_svc.cancelling import cancel_order, cancel_overdue
 from order_svc.errors import OrderNotCancellable
 from order_svc.placing import place_order
+from payment_svc.provider import PaymentProvider, charge_key
+from payment_svc.worker import call, claim, record
 from tests.integration.conftest import ServiceUnderTest, add_account, add_product, balance_of, event
 from tests.integration.test_idempotency import reserved_payload
 from tests.unit.samples import order_created
@@ -153,6 +158,123 @@ async def test_two_cancellations_refund_once(payment: ServiceUnderTest) -> None:
         await payment.deliver(event(OrderCancelled(customer_id=cid, reason=reason), oid))  # type: ignore[arg-type]
     assert await balance(payment, cid) == Decimal("10.00")
     assert await emitted_types(payment, oid) == ["PaymentCompleted", "PaymentRefunded"]
+
+
+# -- payment: c6 while the provider fails ---------------------------------------------------
+# Whether a cancellation may void depends on whether the provider can have charged: a 503
+# (its contract: nothing done) leaves nothing to undo; a 500, a timeout, a call lost in a
+# crash may have charged, so the charge is finished under the same key and refunded.
+
+
+@contextlib.asynccontextmanager
+async def provider_failing(payment: ServiceUnderTest, **faults: object) -> AsyncIterator[PaymentProvider]:
+    """The simulator's ``faults`` in force within the block; after it, faults off and one
+    successful call, so the breaker's count of failures in a row starts again."""
+    provider = payment.provider
+    assert provider is not None
+    assert (await provider.request("PUT", "/v1/faults", faults)).status_code == 200
+    try:
+        yield provider
+    finally:
+        assert (await provider.request("PUT", "/v1/faults", {})).status_code == 200
+        await provider.probe()
+
+
+async def reserved_once(payment: ServiceUnderTest, cid: str, oid: uuid.UUID, **faults: object) -> None:
+    """InventoryReserved delivered and one worker round run under ``faults``: one call
+    that failed, the payment still PENDING."""
+    assert payment.worker is not None
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    async with provider_failing(payment, **faults):
+        assert await payment.worker.round() == 1
+    assert await payment_row(payment, oid) == ("PENDING", 1)
+
+
+async def due_now(payment: ServiceUnderTest, oid: uuid.UUID) -> None:
+    """The payment's next call is due now (its lease or backoff ended)."""
+    async with payment.db.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE payments SET next_attempt_at = clock_timestamp() WHERE order_id = :o"), {"o": oid}
+        )
+
+
+async def payment_row(payment: ServiceUnderTest, oid: uuid.UUID) -> tuple[str, int]:
+    row = (await payment.rows("SELECT status, attempts FROM payments WHERE order_id = :o", o=oid))[0]
+    return row.status, row.attempts
+
+
+async def charged_at_provider(payment: ServiceUnderTest, oid: uuid.UUID) -> bool:
+    assert payment.provider is not None
+    answer = await payment.provider.request("GET", f"/v1/charges/{charge_key(oid)}")
+    assert answer.status_code in (200, 404), answer.text
+    return answer.status_code == 200
+
+
+async def test_a_cancel_after_an_outage_voids_what_the_provider_never_did(payment: ServiceUnderTest) -> None:
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await reserved_once(payment, cid, oid, outage=True)  # 503: nothing done
+    await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid))
+    assert await emitted_types(payment, oid) == ["PaymentPending", "PaymentVoided"]
+    assert await payment_row(payment, oid) == ("VOIDED", 1)
+    assert not await charged_at_provider(payment, oid)  # no charge, no refund: money never moved
+    assert await balance(payment, cid) == Decimal("10.00")
+
+
+async def test_a_cancel_after_a_500_finishes_the_charge_in_doubt_and_refunds_it(
+    payment: ServiceUnderTest,
+) -> None:
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await reserved_once(payment, cid, oid, error_rate=1.0)  # 500: it may have charged
+    await due_now(payment, oid)  # the backoff ends
+    await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid))
+    assert await emitted_types(payment, oid) == ["PaymentPending", "PaymentCompleted", "PaymentRefunded"]
+    assert await payment_row(payment, oid) == ("REFUNDED", 3)
+    assert await balance(payment, cid) == Decimal("10.00")
+
+
+async def test_a_cancel_while_the_call_is_out_waits_for_its_answer(payment: ServiceUnderTest) -> None:
+    """The call is claimed, the cancellation arrives, then the provider answers 503: the
+    worker, not the cancellation, voids — a void while the call was out could have been
+    followed by a charge."""
+    assert payment.provider is not None and payment.worker is not None
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    (due,) = [d for d in await claim(payment.db, 64, 60.0) if d.order_id == oid]
+    await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid), work=False)
+    assert await emitted_types(payment, oid) == []  # not voided: the call is out
+    async with provider_failing(payment, outage=True) as provider:
+        answer = await call(provider, due)
+    await record(payment.db, provider, payment.worker.retry, [(due, answer)])
+    assert await emitted_types(payment, oid) == ["PaymentVoided"]
+    assert await payment_row(payment, oid) == ("VOIDED", 1)
+    assert not await charged_at_provider(payment, oid)
+
+
+async def test_a_call_lost_in_a_crash_leaves_the_charge_in_doubt_whatever_follows(
+    payment: ServiceUnderTest,
+) -> None:
+    """Claimed, then the worker died (its call may have gone out); the cancellation comes,
+    the lease ends and the next call is answered 503: that answer speaks for itself only,
+    so the charge is finished and refunded, never voided."""
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    assert oid in {d.order_id for d in await claim(payment.db, 64, 60.0)}  # and the worker dies
+    await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid), work=False)
+    await due_now(payment, oid)  # the lease ends
+    await reserved_once_more(payment, oid, outage=True)
+    await due_now(payment, oid)  # the backoff ends
+    await payment.work()
+    assert await emitted_types(payment, oid) == ["PaymentPending", "PaymentCompleted", "PaymentRefunded"]
+    assert await payment_row(payment, oid) == ("REFUNDED", 4)
+    assert await balance(payment, cid) == Decimal("10.00")
+
+
+async def reserved_once_more(payment: ServiceUnderTest, oid: uuid.UUID, **faults: object) -> None:
+    assert payment.worker is not None
+    async with provider_failing(payment, **faults):
+        assert await payment.worker.round() == 1
+    rows = await payment.rows("SELECT status, charge_in_doubt FROM payments WHERE order_id = :o", o=oid)
+    assert [(r.status, r.charge_in_doubt) for r in rows] == [("PENDING", True)]
 
 
 # -- order: c4 -----------------------------------------------------------------------------

@@ -377,6 +377,46 @@ async def test_error_rate_one_answers_500_and_records_nothing(provider: httpx.As
     assert (await provider.get("/v1/faults")).json()["injected"]["error"] == 3
 
 
+@pytest_asyncio.fixture
+async def failing_database(provider_engine: AsyncEngine) -> AsyncIterator[None]:
+    """Charges whose reference is ``fail-before-commit`` fail inside their transaction,
+    and those whose reference is ``fail-at-commit`` fail at its COMMIT (a deferred
+    constraint trigger), both with the error PostgreSQL sends when it shuts down
+    (``admin_shutdown``: transient)."""
+    statements = [
+        "CREATE FUNCTION fail_charge() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " RAISE EXCEPTION 'shutting down (test)' USING ERRCODE = 'admin_shutdown'; END $$",
+        "CREATE TRIGGER fail_before_commit AFTER INSERT ON charges FOR EACH ROW"
+        " WHEN (NEW.reference = 'fail-before-commit') EXECUTE FUNCTION fail_charge()",
+        "CREATE CONSTRAINT TRIGGER fail_at_commit AFTER INSERT ON charges DEFERRABLE INITIALLY DEFERRED"
+        " FOR EACH ROW WHEN (NEW.reference = 'fail-at-commit') EXECUTE FUNCTION fail_charge()",
+    ]
+    async with provider_engine.begin() as conn:
+        for statement in statements:
+            await conn.exec_driver_sql(statement)
+    try:
+        yield
+    finally:
+        async with provider_engine.begin() as conn:
+            await conn.exec_driver_sql("DROP TRIGGER fail_before_commit ON charges")
+            await conn.exec_driver_sql("DROP TRIGGER fail_at_commit ON charges")
+            await conn.exec_driver_sql("DROP FUNCTION fail_charge()")
+
+
+async def test_503_means_nothing_done_and_a_failed_commit_is_500_outcome_unknown(
+    provider: httpx.AsyncClient, failing_database: None
+) -> None:
+    """A client may void a payment whose every call was answered 503, so a 503 must never
+    follow a COMMIT that may have landed: a failure before it is 503, one at it is 500."""
+    acct = await account(provider, "40.00")
+    before = await charge(provider, uid("charge"), acct, "5.00", reference="fail-before-commit")
+    assert (before.status_code, before.json()["error"]) == (503, "unavailable")
+    at = await charge(provider, uid("charge"), acct, "5.00", reference="fail-at-commit")
+    assert (at.status_code, at.json()["error"]) == (500, "outcome_unknown")
+    assert "same Idempotency-Key" in at.json()["message"]
+    assert await balance_of(provider, acct) == "40.00"  # both rolled back, here
+
+
 async def test_faults_put_resets_what_it_does_not_name_and_a_seed_repeats_the_draws(
     provider: httpx.AsyncClient,
 ) -> None:

@@ -1,10 +1,13 @@
 """The payment service's provider client (``payment_svc.provider``) against real sockets:
-a provider nobody listens for, and one that takes the request and never answers."""
+a provider nobody listens for, one that takes the request and never answers, one that
+hangs up, and ones that answer a fixed status — and which of them leave a charge in doubt
+(``Unavailable.nothing_done``)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 
 import pytest
@@ -37,6 +40,7 @@ async def test_nobody_listening_is_unavailable_for_a_charge_and_unreachable_for_
     try:
         answer = await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
         assert isinstance(answer, Unavailable) and "could not be reached" in answer.reason
+        assert answer.nothing_done  # no connection, no request: a cancellation may void
         with pytest.raises(Unreachable) as raised:
             await provider.request("GET", "/v1/accounts/acct")
         assert str(raised.value) == "ClientConnectorError"  # the kind only: no address for callers
@@ -50,7 +54,74 @@ async def test_a_provider_that_never_answers_is_a_timeout_within_the_setting(sil
     try:
         answer = await asyncio.wait_for(provider.charge("charge:k", "acct", Decimal("1.00"), "ref"), 5)
         assert isinstance(answer, Unavailable) and "did not answer within 0.3 s" in answer.reason
+        assert not answer.nothing_done  # it may still charge
         with pytest.raises(Unreachable):
             await asyncio.wait_for(provider.request("GET", "/v1/accounts/acct"), 5)
+    finally:
+        await provider.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """A server on a free port answering every connection with ``handle``: its URL."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+async def test_a_provider_that_hangs_up_after_the_request_leaves_the_charge_in_doubt() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.close()
+
+    async with _serving(hang_up) as url:
+        provider = _client(url)
+        try:
+            answer = await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
+            assert isinstance(answer, Unavailable) and "broke off" in answer.reason
+            assert not answer.nothing_done
+        finally:
+            await provider.aclose()
+
+
+@pytest.mark.parametrize(
+    ("status", "nothing_done"), [(503, True), (429, True), (500, False), (502, False), (504, False)]
+)
+async def test_only_503_and_429_say_nothing_was_done(status: int, nothing_done: bool) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        body = b'{"error": "x", "message": "y"}'
+        writer.write(
+            f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    async with _serving(answer) as url:
+        provider = _client(url)
+        try:
+            got = await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
+            assert isinstance(got, Unavailable) and f"answered {status}" in got.reason
+            assert got.nothing_done is nothing_done
+        finally:
+            await provider.aclose()
+
+
+async def test_an_open_breaker_sends_nothing_so_nothing_was_done() -> None:
+    provider = PaymentProvider(
+        f"http://127.0.0.1:{free_port()}", timeout=0.3, breaker_failures=1, breaker_recovery=60
+    )
+    try:
+        await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
+        assert provider.state == "open"
+        answer = await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
+        assert isinstance(answer, Unavailable) and answer.reason.startswith("circuit breaker open")
+        assert answer.nothing_done
     finally:
         await provider.aclose()

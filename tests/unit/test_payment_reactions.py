@@ -43,7 +43,12 @@ def test_a_reservation_is_an_intent_to_charge_and_emits_nothing_yet() -> None:
     [
         (None, "VOIDED", True, False),  # nothing decided: void
         (Payment("c", Decimal(3), "PENDING", attempts=0), "VOIDED", True, False),  # never asked: void
-        (Payment("c", Decimal(3), "PENDING", attempts=2), "PENDING", False, True),  # in doubt: finish, refund
+        # every call answered "nothing done" (an outage), none out: void
+        (Payment("c", Decimal(3), "PENDING", attempts=2), "VOIDED", True, False),
+        # a call out: wait for its answer (the worker voids on "nothing done")
+        (Payment("c", Decimal(3), "PENDING", attempts=1, call_in_flight=True), "PENDING", False, True),
+        # a call may have charged: finish it, refund it
+        (Payment("c", Decimal(3), "PENDING", attempts=2, charge_in_doubt=True), "PENDING", False, True),
         (Payment("c", Decimal(3), "CHARGED", attempts=1), "REFUND_PENDING", False, False),
         (Payment("c", Decimal(3), "DECLINED", attempts=1), "DECLINED", False, False),
         (Payment("c", Decimal(3), "REFUNDED", attempts=1), "REFUNDED", False, False),
