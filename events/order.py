@@ -13,8 +13,9 @@ from events.values import MAX_LINE_QUANTITY, MAX_ORDER_LINES, ExternalId, Instan
 
 PRODUCER = "order_svc"
 
-#: Why a saga was cancelled (c4): its deadline passed, or the customer asked.
-CancelReason = Literal["timeout", "cancelled_by_customer"]
+#: Why a saga was cancelled (c4): its deadline passed, the customer asked, or an
+#: operator did (``cancelled_by_operator``: version 2 of the events that carry it).
+CancelReason = Literal["timeout", "cancelled_by_customer", "cancelled_by_operator"]
 
 
 class OrderLine(BaseModel):
@@ -65,9 +66,15 @@ class OrderRejected(EventPayload):
 
 
 class OrderCancelled(EventPayload):
-    """c4: the order is CANCELLED (deadline passed or customer request); all compensate."""
+    """c4: the order is CANCELLED (deadline passed, customer or operator request); all compensate.
+
+    Version 2 added the reason ``cancelled_by_operator`` (an operator's cancellation was
+    recorded as the customer's). A version-1 event is a valid version 2 as it is; a build
+    that reads only version 1 dead-letters a version 2, to be replayed after its upgrade.
+    """
 
     event_type: ClassVar[str] = "OrderCancelled"
+    schema_version: ClassVar[int] = 2
     producer: ClassVar[str] = PRODUCER
 
     customer_id: ExternalId

@@ -70,9 +70,13 @@ class PaymentRefunded(EventPayload):
 class PaymentVoided(EventPayload):
     """c6: the order was cancelled before payment charged it; payment will never charge it
     (a charge decided later is refused). Nothing was taken, so nothing is refunded — this
-    event only makes payment's part of the compensation visible."""
+    event only makes payment's part of the compensation visible.
+
+    Version 2: the cancellation's ``reason`` may be ``cancelled_by_operator``, as in
+    ``OrderCancelled`` version 2."""
 
     event_type: ClassVar[str] = "PaymentVoided"
+    schema_version: ClassVar[int] = 2
     producer: ClassVar[str] = PRODUCER
 
     customer_id: ExternalId

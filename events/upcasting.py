@@ -42,10 +42,23 @@ def _order_created_v2_to_v3(envelope: RawEnvelope) -> RawEnvelope:
     return {**envelope, "schema_version": 3, "payload": payload}
 
 
+def _widened(to_version: int) -> Upcaster:
+    """A version that only widened what a field may hold (a new value of a literal): the
+    previous version's payload is valid as it is; only the version changes."""
+
+    def step(envelope: RawEnvelope) -> RawEnvelope:
+        return {**envelope, "schema_version": to_version}
+
+    return step
+
+
 #: (event_type, from_version) → the function producing version from_version + 1.
 UPCASTERS: dict[tuple[str, int], Upcaster] = {
     ("OrderCreated", 1): _order_created_v1_to_v2,
     ("OrderCreated", 2): _order_created_v2_to_v3,
+    # v2 added the cancel reason "cancelled_by_operator"
+    ("OrderCancelled", 1): _widened(2),
+    ("PaymentVoided", 1): _widened(2),
 }
 
 

@@ -74,8 +74,10 @@ async def cancel_in(
 
 
 async def cancel_order(db: Database, order_id: uuid.UUID, customer_id: str | None = None) -> OrderStatus:
-    """The customer cancels: PENDING or APPROVED → CANCELLED; anything else is a 409.
-    With ``customer_id``, another customer's order is ``OrderNotFound`` (ids do not leak)."""
+    """The customer cancels (with ``customer_id``: their own orders only; another
+    customer's order is ``OrderNotFound``, ids do not leak), or an operator does (None:
+    any order; the reason is ``cancelled_by_operator``): PENDING or APPROVED → CANCELLED;
+    anything else is ``OrderNotCancellable`` (a 409)."""
     async with db.unit_of_work() as uow:
         row = (
             await uow.conn.execute(
@@ -90,9 +92,8 @@ async def cancel_order(db: Database, order_id: uuid.UUID, customer_id: str | Non
             raise OrderNotFound(order_id)
         if transition(OrderStatus(row.status), CANCEL_REQUESTED) is None:
             raise OrderNotCancellable(row.status)
-        await _cancel(
-            uow, order_id, row.customer_id, "cancelled_by_customer", row.trace_context, row.command_id
-        )
+        reason: CancelReason = "cancelled_by_customer" if customer_id is not None else "cancelled_by_operator"
+        await _cancel(uow, order_id, row.customer_id, reason, row.trace_context, row.command_id)
     return OrderStatus.CANCELLED
 
 

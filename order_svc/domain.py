@@ -4,7 +4,8 @@
     PENDING ──PaymentFailed─────────────▶ REJECTED
     PENDING ──InventoryReservationFailed▶ REJECTED
     PENDING ──DeadlinePassed────────────▶ CANCELLED (reason: timeout)
-    PENDING ──CancelRequested───────────▶ CANCELLED (reason: cancelled_by_customer)
+    PENDING ──CancelRequested───────────▶ CANCELLED (reason: cancelled_by_customer,
+                                                      or cancelled_by_operator)
     APPROVED ─CancelRequested───────────▶ CANCELLED (refunded and restocked)
 
 Triggers are either the event types the order service consumes or the two commands it

@@ -40,6 +40,7 @@ _REASONS = {
     "card_declined": "the payment provider declined the card",
     "timeout": "its deadline passed before the saga finished",
     "cancelled_by_customer": "the customer cancelled it",
+    "cancelled_by_operator": "an operator cancelled it",
 }
 
 
@@ -118,8 +119,9 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
             return Explanation(
                 f"in flight: waiting on the payment provider since {_instant(told.get('since'))}"
                 f" ({told.get('reason', 'no reason given')}); payment retries with the same"
-                " idempotency key until it answers; if the order's deadline cancels the saga"
-                " first, a charge the provider then confirms is refunded"
+                " idempotency key until it answers; if the saga is cancelled first (its deadline,"
+                " or a request), payment voids the charge if the provider did nothing, and"
+                " refunds one it may have made"
             )
         return Explanation(f"in flight: the last step was {last}")
     if status == "APPROVED":

@@ -30,6 +30,7 @@ from events import (
 )
 from events.commands import CancelOrder, PlaceOrder, RefusedCommand
 from events.envelope import Envelope, EventPayload
+from events.order import CancelReason
 from order_svc import timeline
 from order_svc.domain import CANCEL_REQUESTED, OrderStatus, transition
 from order_svc.placing import order_created, request_hash
@@ -409,10 +410,11 @@ def on_cancel_order(state: Orders, event: Envelope[CancelOrder]) -> Replies:
     if transition(order.status, CANCEL_REQUESTED) is None:
         detail = f"the order is {order.status}: only a PENDING or APPROVED order can be cancelled"
         return [_rejected(command.command_id, "CancelOrder", "order_not_cancellable", detail)]
-    order.status, order.reason, order.changed = OrderStatus.CANCELLED, "cancelled_by_customer", True
+    reason: CancelReason = "cancelled_by_operator" if caller.operator else "cancelled_by_customer"
+    order.status, order.reason, order.changed = OrderStatus.CANCELLED, reason, True
     order.cancel_command_id = command.command_id
     state.used_command_ids[command.command_id] = ("CancelOrder", event.order_id)
-    cancelled = OrderCancelled(customer_id=order.customer_id, reason="cancelled_by_customer")
+    cancelled = OrderCancelled(customer_id=order.customer_id, reason=reason)
     return [order.correlated(cancelled, command.command_id)]
 
 

@@ -27,7 +27,11 @@ def test_customer_cancels_an_approved_order_refunded_and_restocked(
     assert client.wait_for_events(order_id, {"InventoryCommitted"})["status"] == "APPROVED"
     assert client.account(gus)["balance"] == "10.00"
 
-    r = client.http.post(f"{system.url('order_svc')}/orders/{order_id}/cancel")
+    customer = system.client(gus)  # the customer cancels: an operator's would say so
+    try:
+        r = customer.http.post(f"{system.url('order_svc')}/orders/{order_id}/cancel")
+    finally:
+        customer.close()
     assert r.status_code == 202 and r.json()["status"] == "CANCELLED"
     saga = client.wait_for_events(order_id, {"InventoryReleased", "PaymentRefunded"})
     types = [e["event_type"] for e in saga["events"]]
@@ -54,6 +58,23 @@ def test_customer_cancels_an_approved_order_refunded_and_restocked(
     assert again.json()["reason"] == "order_not_cancellable"
     assert "CANCELLED" in again.json()["detail"]
     assert client.account(gus)["balance"] == "50.00"
+
+
+def test_an_operator_cancels_an_approved_order_and_the_saga_says_who(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    products, customers = seed(client, uid, {"vase": ("9.00", 2)}, {"ola": "20.00"})
+    order_id = client.place_order(customers["ola"], {products["vase"]: 1})
+    assert client.wait_for_events(order_id, {"InventoryCommitted"})["status"] == "APPROVED"
+    client.cancel(order_id)  # the operator's token
+    saga = client.wait_for_events(order_id, {"InventoryReleased", "PaymentRefunded"})
+    cancelled = next(e for e in saga["events"] if e["event_type"] == "OrderCancelled")
+    assert cancelled["payload"]["reason"] == "cancelled_by_operator"
+    assert client.order(order_id)["reason"] == "cancelled_by_operator"
+    assert saga["explanation"]["verdict"].startswith(
+        "cancelled: an operator cancelled it after it was approved"
+    )
+    assert client.account(customers["ola"])["balance"] == "20.00"
 
 
 def test_cancel_answers_404_for_unknown_and_422_for_malformed_ids(system: System) -> None:

@@ -90,6 +90,7 @@ def test_a_saga_started_by_a_command_reaches_every_outcome(
     saga = client.wait_for_events(str(cancel.order_id), {"PaymentRefunded", "InventoryReleased"})
     assert saga["events"][0]["event_type"] == "PlaceOrder"  # the timeline starts at the command
     assert client.account(rich)["balance"] == "100.00" and client.product(kite)["available"] == 2
+    assert client.order(str(cancel.order_id))["reason"] == "cancelled_by_operator"  # the token's role
 
 
 def test_duplicate_and_conflicting_command_ids(system: System, client: SagaClient, uid: UniqueIds) -> None:

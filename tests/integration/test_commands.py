@@ -114,7 +114,8 @@ async def test_cancel_by_command_follows_the_same_rule_as_the_api(order: Service
     oid = order_id_for(placed.command_id)
     cancel = CancelOrder(command_id=uuid.uuid4(), order_id=oid)
     assert await send(order, cancel) is Outcome.HANDLED
-    assert await order.scalar("SELECT status FROM orders WHERE order_id = :o", o=oid) == "CANCELLED"
+    row = (await order.rows("SELECT status, reason FROM orders WHERE order_id = :o", o=oid))[0]
+    assert (row.status, row.reason) == ("CANCELLED", "cancelled_by_operator")  # no token checks here
     again = CancelOrder(command_id=uuid.uuid4(), order_id=oid)
     await send(order, again)
     sent = await answers(order, oid)

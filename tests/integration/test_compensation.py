@@ -25,7 +25,7 @@ from events import (
     PaymentCompleted,
     PaymentFailed,
 )
-from order_svc.cancelling import cancel_order, cancel_overdue
+from order_svc.cancelling import OrderNotFound, cancel_order, cancel_overdue
 from order_svc.errors import OrderNotCancellable
 from order_svc.placing import place_order
 from payment_svc.provider import PaymentProvider, charge_key
@@ -320,10 +320,10 @@ async def test_a_payment_that_completes_after_the_deadline_does_not_approve(
 
 async def test_customer_cancels_pending_then_again(order: ServiceUnderTest) -> None:
     oid = await placed(order)
-    await cancel_order(order.db, oid)
+    await cancel_order(order.db, oid, "c")
     assert await status(order, oid) == ("CANCELLED", "cancelled_by_customer")
     with pytest.raises(OrderNotCancellable):
-        await cancel_order(order.db, oid)
+        await cancel_order(order.db, oid, "c")
     assert await emitted_types(order, oid) == ["OrderCreated", "OrderCancelled"]
 
 
@@ -331,9 +331,22 @@ async def test_customer_cancels_an_approved_order(order: ServiceUnderTest) -> No
     oid = await placed(order)
     await order.deliver(event(PaymentCompleted(customer_id="c", amount=Decimal("2.50")), oid))
     assert (await status(order, oid))[0] == "APPROVED"
-    await cancel_order(order.db, oid)
+    await cancel_order(order.db, oid, "c")
     assert await status(order, oid) == ("CANCELLED", "cancelled_by_customer")
     assert await emitted_types(order, oid) == ["OrderCreated", "OrderApproved", "OrderCancelled"]
+
+
+async def test_an_operators_cancellation_says_so(order: ServiceUnderTest) -> None:
+    """An operator (no customer given) may cancel anyone's order, and the order and its
+    OrderCancelled say who did: ``cancelled_by_operator``, not the customer."""
+    oid = await placed(order)
+    with pytest.raises(OrderNotFound):
+        await cancel_order(order.db, oid, "someone-else")
+    await cancel_order(order.db, oid)
+    assert await status(order, oid) == ("CANCELLED", "cancelled_by_operator")
+    cancelled = (await order.emitted(oid))[-1]
+    assert isinstance(cancelled.payload, OrderCancelled)
+    assert (cancelled.schema_version, cancelled.payload.reason) == (2, "cancelled_by_operator")
 
 
 async def test_a_rejected_order_cannot_be_cancelled(order: ServiceUnderTest) -> None:
@@ -341,6 +354,6 @@ async def test_a_rejected_order_cannot_be_cancelled(order: ServiceUnderTest) -> 
     failed = InventoryReservationFailed(customer_id="c", reason="insufficient_stock", product_ids=("p",))
     await order.deliver(event(failed, oid))
     with pytest.raises(OrderNotCancellable):
-        await cancel_order(order.db, oid)
+        await cancel_order(order.db, oid, "c")
     assert await status(order, oid) == ("REJECTED", "insufficient_stock")
     assert await emitted_types(order, oid) == ["OrderCreated", "OrderRejected"]

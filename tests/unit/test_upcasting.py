@@ -1,5 +1,6 @@
 """Schema evolution: a version-1 OrderCreated (no ``deadline_at``) and a version-2 one (no
-``personal_data``) are upcast on read."""
+``personal_data``) are upcast on read; so are a version-1 OrderCancelled and
+PaymentVoided (version 2 added the reason ``cancelled_by_operator``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from events import InvalidEvent, OrderCreated, decode
+from events import InvalidEvent, OrderCancelled, OrderCreated, PaymentVoided, decode
 from events.upcasting import UPCASTERS, NoUpcastPath, upcast
 
 OCCURRED = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -77,3 +78,23 @@ def test_an_old_version_without_an_upcaster_is_invalid() -> None:
     raw = {**order_created_v1(), "event_type": "PaymentFailed", "producer": "payment_svc"}
     with pytest.raises(NoUpcastPath):
         upcast({**raw, "schema_version": 0}, 1)
+
+
+@pytest.mark.parametrize(
+    ("event_type", "producer", "model"),
+    [("OrderCancelled", "order_svc", OrderCancelled), ("PaymentVoided", "payment_svc", PaymentVoided)],
+)
+@pytest.mark.parametrize("reason", ["timeout", "cancelled_by_customer"])
+def test_a_v1_cancellation_decodes_to_v2_with_its_reason(
+    event_type: str, producer: str, model: type[OrderCancelled | PaymentVoided], reason: str
+) -> None:
+    raw = {
+        **order_created_v1(),
+        "event_type": event_type,
+        "producer": producer,
+        "payload": {"customer_id": "c1", "reason": reason},
+    }
+    envelope = decode(json.dumps(raw).encode())
+    assert (envelope.schema_version, model.schema_version) == (2, 2)
+    assert isinstance(envelope.payload, model)
+    assert envelope.payload.reason == reason
