@@ -302,6 +302,42 @@ def _too_large(limit: int, announced: str | None = None) -> dict[str, str]:
     return {"detail": f"the body is {size}; at most {limit} bytes are accepted", "reason": "body_too_large"}
 
 
+#: Set in the scope by ``HeadAsGet`` on a HEAD it passes on as a GET.
+_HEAD = "saga.head"
+
+
+class HeadAsGet:
+    """HEAD answered as the GET of the same resource without its content (RFC 9110 §9.3.2:
+    a server MUST support HEAD where it supports GET; FastAPI, unlike Starlette's own
+    routes, registers no HEAD for a GET route, so a probe or a cache's HEAD got a 405).
+    Status and headers are the GET's, ``Content-Length`` included; the answer ends after
+    its headers, and the app then reads a disconnect, so a stream (the live feed) is not
+    left running for nobody. Pure ASGI, outermost: everything inside sees a GET (the
+    authorization table, the routes); a 405 names HEAD again (``create_app``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        answered = False
+
+        async def headers_only(message: Message) -> None:
+            nonlocal answered
+            if answered or message["type"] != "http.response.start":
+                return  # the content, or anything after the answer: not sent
+            await send(message)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            answered = True
+
+        async def until_answered() -> Message:
+            return {"type": "http.disconnect"} if answered else await receive()
+
+        await self.app({**scope, "method": "GET", _HEAD: True}, until_answered, headers_only)
+
+
 #: Set in the scope by ``HostAllowList`` when Starlette's check let the request in.
 _HOST_ADMITTED = "saga.host_admitted"
 
@@ -382,7 +418,7 @@ def authenticator(
         path = getattr(request.scope.get("route"), "path", None)
         principal = auth.UNAUTHENTICATED
         if verifier is not None and path is not None:
-            method = "GET" if request.method == "HEAD" else request.method
+            method = request.method  # a HEAD is a GET here (HeadAsGet)
             access = auth.access_of(method, path, metrics_public=metrics_public)
             if access is not auth.Access.PUBLIC:
                 principal = await verifier.principal_of(request.headers.getlist("authorization"))
@@ -510,7 +546,7 @@ def create_app(
     """The service's app: health and metrics routes, ``routers``, authentication (every
     route in ``saga_kit.auth.POLICY``), then the middleware: ``inner_middleware`` (ASGI
     classes, nearest the routes: they see the route and the caller), trace-id headers,
-    the cross-origin guard, CORS, the Host allow-list."""
+    the cross-origin guard, CORS, the Host allow-list, HEAD as GET."""
     verifier = settings.token_verifier()
     if verifier is None:
         log.warning("authentication is off (no AUTH_JWKS_FILE or AUTH_JWKS_URL): every request is let in")
@@ -566,6 +602,7 @@ def create_app(
             expose_headers=["Location", "X-Trace-Id", "Retry-After"],
         )
     app.add_middleware(HostAllowList, allowed_hosts=settings.http_allowed_hosts)
+    app.add_middleware(HeadAsGet)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -594,16 +631,17 @@ def create_app(
         if exc.status_code == 405:
             # the router names only the methods of the first route whose path matched (GET
             # /orders answered "Allow: POST"); RFC 9110 §15.5.6 wants all of the resource's
-            allowed = sorted(
-                {m for regex, methods in allow_list if regex.match(request.url.path) for m in methods}
-            )
+            allowed = {m for regex, methods in allow_list if regex.match(request.url.path) for m in methods}
+            if "GET" in allowed:
+                allowed.add("HEAD")  # HeadAsGet
+            method = "HEAD" if request.scope.get(_HEAD) else request.method
             return JSONResponse(
                 {
-                    "detail": f"{request.method} is not a method of this resource",
+                    "detail": f"{method} is not a method of this resource",
                     "reason": "method_not_allowed",
                 },
                 status_code=405,
-                headers={"Allow": ", ".join(allowed)},
+                headers={"Allow": ", ".join(sorted(allowed))},
             )
         reason = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
         return JSONResponse(

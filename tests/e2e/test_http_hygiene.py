@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -151,14 +152,34 @@ def test_a_method_the_resource_lacks_is_a_405_naming_all_it_has(system: System) 
     /orders answered "Allow: POST")."""
     order = system.url("order_svc")
     for method, path, allowed in (
-        ("TRACE", "/orders", "GET, POST"),
-        ("DELETE", "/orders", "GET, POST"),
-        ("PUT", "/health/live", "GET"),
+        ("TRACE", "/orders", "GET, HEAD, POST"),
+        ("DELETE", "/orders", "GET, HEAD, POST"),
+        ("PUT", "/health/live", "GET, HEAD"),
+        ("HEAD", "/orders/00000000-0000-0000-0000-000000000000/cancel", "POST"),
     ):
         answer = system.http.request(method, f"{order}{path}")
         assert answer.status_code == 405, (method, path, answer.text)
         assert answer.headers["allow"] == allowed, (method, path)
-        assert answer.json() == {
-            "detail": f"{method} is not a method of this resource",
-            "reason": "method_not_allowed",
-        }
+        if method != "HEAD":  # a HEAD's answer has no content
+            assert answer.json() == {
+                "detail": f"{method} is not a method of this resource",
+                "reason": "method_not_allowed",
+            }
+
+
+def test_head_is_the_get_without_its_content(system: System, client: SagaClient, uid: UniqueIds) -> None:
+    """RFC 9110 §9.3.2: wherever GET is, HEAD answers its status and headers, no content
+    (FastAPI registers no HEAD for a GET route: it was a 405)."""
+    products, customers = seed(client, uid, {"cup": ("2.00", 5)}, {"kai": "10.00"})
+    order_id = client.place_order(customers["kai"], {products["cup"]: 1})
+    order = system.url("order_svc")
+    for path in (f"/orders/{order_id}", "/health/live", "/orders?limit=5", f"/orders/{uuid.uuid4()}"):
+        got, head = system.http.get(f"{order}{path}"), system.http.head(f"{order}{path}")
+        assert (head.status_code, head.content) == (got.status_code, b""), path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        assert head.headers["content-length"] == str(len(got.content)), path
+    # authorization is the GET's: no token, 401
+    assert httpx.head(f"{order}/orders/{order_id}", timeout=10).status_code == 401
+    # the live feed's HEAD: its headers
+    feed = system.http.head(f"{order}/saga-events/stream", timeout=10)
+    assert (feed.status_code, feed.headers["content-type"].split(";")[0]) == (200, "text/event-stream")
