@@ -206,6 +206,10 @@ IdempotencyKey = Annotated[
     ),
 ]
 
+#: Stripe's header (also the payment provider's): this answer is the one an earlier
+#: request under the same Idempotency-Key got; nothing new was placed.
+REPLAYED = "Idempotent-Replayed"
+
 #: The 202 of a command on an order: where to follow it.
 _ACCEPTED: dict[int | str, Any] = {
     202: {"headers": location("the order, `/orders/{order_id}`: poll it for the outcome")}
@@ -222,7 +226,16 @@ def _accepted(request: Request, response: Response, order_id: uuid.UUID) -> None
     status_code=202,
     response_model=OrderAccepted,
     responses={
-        **_ACCEPTED,
+        202: {
+            "headers": {
+                **_ACCEPTED[202]["headers"],
+                REPLAYED: {
+                    "description": "`true` when this is the order an earlier request under the same"
+                    " Idempotency-Key placed (nothing new was placed)",
+                    "schema": {"type": "string", "enum": ["true"]},
+                },
+            }
+        },
         **errors(
             {
                 403: "a customer may place orders for itself only (`forbidden`)",
@@ -251,7 +264,8 @@ async def post_order(
 ) -> OrderAccepted:
     """Start the saga of a new order; it is PENDING until inventory and payment have
     answered. 202: the saga has started, and `Location` is the order to poll for its
-    outcome. Send an `Idempotency-Key` so that a retried POST answers the same order.
+    outcome. Send an `Idempotency-Key` so that a retried POST answers the same order
+    (with `Idempotent-Replayed: true`).
     503 with `Retry-After`: the backlog is such that the order could not finish before its
     deadline, so it is refused before anything is held; or the database is briefly away
     (retry with the same `Idempotency-Key`)."""
@@ -283,10 +297,12 @@ async def post_order(
         personal=personal,
         audit=audit.call_audit(request.scope),
     )
-    order_id, status = await desk.place(command)
+    placed = await desk.place(command)
     audit.mark_audited(request.scope)  # the entry committed with the order
-    _accepted(request, response, order_id)
-    return OrderAccepted(order_id=order_id, status=status)
+    _accepted(request, response, placed.order_id)
+    if placed.replayed:
+        response.headers[REPLAYED] = "true"
+    return OrderAccepted(order_id=placed.order_id, status=placed.status)
 
 
 @router.post(

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from opentelemetry import context as otel_context
 
@@ -102,7 +103,13 @@ def order_created(customer_id: str, items: Sequence[OrderLine], deadline_at: dat
     return OrderCreated(customer_id=customer_id, items=tuple(items), deadline_at=deadline_at)
 
 
-Placed = tuple[uuid.UUID, OrderStatus]
+class Placed(NamedTuple):
+    """A command's order: placed by it, or (``replayed``) by an earlier request under its
+    idempotency key, whose order is answered again (``Idempotent-Replayed: true``)."""
+
+    order_id: uuid.UUID
+    status: OrderStatus
+    replayed: bool = False
 
 
 async def place_orders(
@@ -143,7 +150,7 @@ async def place_orders(
                 if order_id not in inserted:  # another instance won this key a moment ago
                     continue
                 command = commands[i]
-                results[i] = (order_id, OrderStatus.PENDING)
+                results[i] = Placed(order_id, OrderStatus.PENDING)
                 payload = OrderCreated(
                     customer_id=command.customer_id,
                     items=command.items,
@@ -163,17 +170,19 @@ async def place_orders(
             else:  # the same key earlier in this batch
                 j = first_of_key[key]
                 earlier = results[j]
-                assert isinstance(earlier, tuple)
-                order_id, status, request_hash = earlier[0], earlier[1], commands[j].request_hash
+                assert isinstance(earlier, Placed)
+                order_id, status, request_hash = earlier.order_id, earlier.status, commands[j].request_hash
             results[i] = (
-                (order_id, status) if request_hash == command.request_hash else IdempotencyKeyReused()
+                Placed(order_id, status, replayed=True)
+                if request_hash == command.request_hash
+                else IdempotencyKeyReused()
             )
         audit.append(
             uow,
             [
                 command.audit.entry(f"/orders/{result[0]}", "202")
                 for command, result in zip(commands, results, strict=True)
-                if command.audit is not None and isinstance(result, tuple)
+                if command.audit is not None and isinstance(result, Placed)
             ],
         )
     return [r for r in results if r is not None]

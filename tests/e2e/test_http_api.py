@@ -100,9 +100,15 @@ def test_idempotency_key_returns_the_same_order_and_refuses_a_different_body(
 ) -> None:
     products, customers = seed(client, uid, {"thing": ("3.00", 10)}, {"ann": "100.00"})
     key = uuid.uuid4().hex
-    first = client.place_order(customers["ann"], {products["thing"]: 1}, idempotency_key=key)
-    again = client.place_order(customers["ann"], {products["thing"]: 1}, idempotency_key=key)
-    assert first == again
+    body = {"customer_id": customers["ann"], "items": [{"product_id": products["thing"], "quantity": 1}]}
+    orders = system.url("order_svc") + "/orders"
+    placed = system.http.post(orders, json=body, headers={"Idempotency-Key": key})
+    replayed = system.http.post(orders, json=body, headers={"Idempotency-Key": key})
+    assert (placed.status_code, replayed.status_code) == (202, 202)
+    first = placed.json()["order_id"]
+    assert replayed.json()["order_id"] == first
+    assert "idempotent-replayed" not in placed.headers
+    assert replayed.headers["idempotent-replayed"] == "true"  # nothing new was placed
     r = system.http.post(
         f"{system.url('order_svc')}/orders",
         json={

@@ -182,9 +182,9 @@ async def test_an_idempotency_key_is_the_customers_own(order: ServiceUnderTest) 
     with a 409); from the same customer with the same request, one."""
     lines = (OrderLine(product_id="p", quantity=1),)
     key = f"k-{uuid.uuid4()}"
-    first, _ = await place_order(order.db, "ann", lines, key, timedelta(minutes=1))
-    again, _ = await place_order(order.db, "ann", lines, key, timedelta(minutes=1))
-    other, _ = await place_order(order.db, "bo", lines, key, timedelta(minutes=1))
+    first = (await place_order(order.db, "ann", lines, key, timedelta(minutes=1))).order_id
+    again = (await place_order(order.db, "ann", lines, key, timedelta(minutes=1))).order_id
+    other = (await place_order(order.db, "bo", lines, key, timedelta(minutes=1))).order_id
     assert first == again and other != first
     owners = await order.rows("SELECT customer_id FROM orders WHERE order_id IN (:a, :b)", a=first, b=other)
     assert sorted(r.customer_id for r in owners) == ["ann", "bo"]

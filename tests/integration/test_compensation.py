@@ -281,7 +281,7 @@ async def reserved_once_more(payment: ServiceUnderTest, oid: uuid.UUID, **faults
 
 
 async def placed(order: ServiceUnderTest, deadline: timedelta = timedelta(minutes=10)) -> uuid.UUID:
-    oid, _ = await place_order(order.db, "c", [OrderLine(product_id="p", quantity=1)], None, deadline)
+    oid = (await place_order(order.db, "c", [OrderLine(product_id="p", quantity=1)], None, deadline)).order_id
     return oid
 
 

@@ -20,7 +20,7 @@ from tests.integration.test_idempotency import reserved_payload
 
 async def placed(order: ServiceUnderTest, customer: str, items: dict[str, int]) -> uuid.UUID:
     lines = [OrderLine(product_id=p, quantity=q) for p, q in items.items()]
-    oid, _ = await place_order(order.db, customer, lines, None, timedelta(minutes=10))
+    oid, *_ = await place_order(order.db, customer, lines, None, timedelta(minutes=10))
     return oid
 
 

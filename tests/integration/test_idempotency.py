@@ -92,7 +92,7 @@ async def payment_case(svc: ServiceUnderTest, event_type: str) -> Case:
 
 
 async def order_case(svc: ServiceUnderTest, event_type: str) -> Case:
-    oid, _ = await place_order(
+    oid, *_ = await place_order(
         svc.db, "c", [OrderLine(product_id="p", quantity=1)], None, timedelta(minutes=10)
     )
     payloads = {
