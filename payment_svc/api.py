@@ -112,10 +112,11 @@ class PaymentView(BaseModel):
     #: the order was cancelled while a call was out or its charge in doubt: the worker
     #: voids it if the call did nothing, else a refund follows the charge
     cancel_requested: bool
-    #: a provider call claimed and not yet answered
-    call_in_flight: bool
-    #: a call's answer left the outcome unknown (timeout, lost answer, a 5xx but 503): the
-    #: provider may have charged, so a cancellation refunds instead of voiding
+    #: provider calls answered "nothing done" (503, 429, no connection, the breaker open)
+    nothing_done_calls: int
+    #: PENDING, and a call may have charged (in flight, lost in a crash, or answered
+    #: without settling it: a timeout, a lost answer, a 5xx but 503): a cancellation
+    #: finishes the charge and refunds it instead of voiding
     charge_in_doubt: bool
     #: since when it has been waiting on the provider (null: never had to)
     waiting_since: datetime | None
@@ -140,7 +141,8 @@ async def get_payment(order_id: uuid.UUID, db: DatabaseDep, principal: Principal
             await conn.execute(
                 text(
                     "SELECT order_id, customer_id, amount, status, reason, attempts, cancel_requested,"
-                    " call_in_flight, charge_in_doubt,"
+                    " nothing_done_calls,"
+                    " status = 'PENDING' AND attempts > nothing_done_calls AS charge_in_doubt,"
                     " waiting_since, last_error, charge_id, refund_id, CASE WHEN status IN"
                     " ('PENDING', 'REFUND_PENDING') THEN next_attempt_at END AS next_attempt_at"
                     " FROM payments WHERE order_id = :o"

@@ -43,11 +43,10 @@ class Payment:
     #: provider calls claimed so far (payment_svc.worker)
     attempts: int = 0
     cancel_requested: bool = False
-    #: a claimed call whose answer is not recorded yet: it may charge at any moment
-    call_in_flight: bool = False
-    #: a call was answered with anything but "nothing done" (a timeout, a lost answer, a
-    #: 5xx but 503): the provider may have charged under the order's key
-    charge_in_doubt: bool = False
+    #: calls answered "nothing done" (payment_svc.provider.Unavailable): while it equals
+    #: ``attempts`` the provider cannot have charged; a call in flight, lost in a crash or
+    #: answered otherwise (a timeout, a lost answer, a 5xx but 503) keeps them apart
+    nothing_done_calls: int = 0
     #: the event the pending provider call answers, and its trace
     cause: uuid.UUID | None = None
     traceparent: str | None = None
@@ -70,7 +69,7 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Ledger:
     (rows,) = await uow.read(
         (
             "SELECT order_id, customer_id, amount, status, reason, attempts, cancel_requested,"
-            " call_in_flight, charge_in_doubt"
+            " nothing_done_calls"
             f" FROM payments WHERE order_id IN {sql.UUIDS} ORDER BY order_id FOR UPDATE",
             {"ids": sql.values(sorted({e.order_id for e in events}))},
         )
@@ -83,8 +82,7 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Ledger:
             row.reason,
             row.attempts,
             row.cancel_requested,
-            row.call_in_flight,
-            row.charge_in_doubt,
+            row.nothing_done_calls,
         )
     return ledger
 
@@ -158,24 +156,22 @@ def on_inventory_reserved(ledger: Ledger, event: Envelope[InventoryReserved]) ->
 def on_order_cancelled(ledger: Ledger, event: Envelope[OrderCancelled]) -> Replies:
     """c6: payment must not keep a penny of a cancelled order.
 
-    * nothing decided, or a charge intended that the provider cannot have made — never
-      asked, or every call answered "nothing done" (an outage's 503, the breaker open),
-      and none in flight: void it — it will never be charged (``PaymentVoided``);
+    * nothing decided, or a charge intended that the provider cannot have made — every
+      call claimed so far (none, or an outage's 503s, the breaker open) was answered
+      "nothing done": void it — it will never be charged (``PaymentVoided``);
     * a charge whose call is in flight: mark it; the worker voids it if the answer is
       "nothing done", else it goes on as below;
-    * a charge in doubt — a call's answer left the outcome unknown (a timeout, a lost
-      answer, a 5xx but 503): the provider may have charged. Mark it; the worker finishes
-      the charge with the same idempotency key (never a second charge) and then refunds
-      it;
+    * a charge in doubt — a call lost in a crash, or answered without settling it (a
+      timeout, a lost answer, a 5xx but 503): the provider may have charged. Mark it; the
+      worker finishes the charge with the same idempotency key (never a second charge)
+      and then refunds it;
     * charged: refund it (REFUND_PENDING; the worker asks the provider);
     * declined, refunded or voided already: nothing to give back."""
     cancelled = event.payload
     payment = ledger.payments.get(event.order_id)
     if payment is not None:
         payment.cause, payment.traceparent = event.event_id, tracing.current_traceparent()
-    if payment is None or (
-        payment.status == "PENDING" and not payment.call_in_flight and not payment.charge_in_doubt
-    ):
+    if payment is None or (payment.status == "PENDING" and payment.attempts == payment.nothing_done_calls):
         voided = Payment(cancelled.customer_id, Decimal("0"), "VOIDED", cancelled.reason)
         if payment is not None:
             voided.customer_id = payment.customer_id

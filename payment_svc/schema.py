@@ -84,16 +84,17 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "payment_svc",
         5,
-        "charge_in_doubt",
+        "nothing_done_calls",
         (
             # A cancellation voids a PENDING payment only while the provider cannot have
-            # charged it: no call in flight (claimed, its answer not yet recorded) and every
-            # call so far answered "nothing done" (payment_svc.provider.Unavailable). Else it
-            # finishes the charge under the same key and refunds it.
-            "ALTER TABLE payments ADD COLUMN call_in_flight BOOLEAN NOT NULL DEFAULT false",
-            "ALTER TABLE payments ADD COLUMN charge_in_doubt BOOLEAN NOT NULL DEFAULT false",
-            # rows from before this migration: any call made may have charged
-            "UPDATE payments SET charge_in_doubt = true WHERE attempts > 0",
+            # charged it: every call claimed so far was answered "nothing done"
+            # (payment_svc.provider.Unavailable), i.e. attempts = nothing_done_calls. A call
+            # in flight, lost in a crash, or answered otherwise keeps them apart — also one
+            # claimed by a worker older than this migration, which counts nothing here.
+            "ALTER TABLE payments ADD COLUMN nothing_done_calls INTEGER NOT NULL DEFAULT 0",
+            # the attempt whose answer was recorded last: an answer is recorded once, and
+            # only while no later claim has taken the payment (payment_svc.worker.record)
+            "ALTER TABLE payments ADD COLUMN answered_attempt INTEGER NOT NULL DEFAULT 0",
         ),
     ),
 )

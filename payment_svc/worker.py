@@ -4,19 +4,19 @@ one transaction held open across the network:
 
 1. **claim** (a transaction): the due rows (PENDING charges, REFUND_PENDING refunds whose
    ``next_attempt_at`` has come), locked with ``FOR UPDATE SKIP LOCKED`` so instances
-   share them, get ``attempts + 1``, ``call_in_flight`` and a lease (``next_attempt_at``
-   moved past the call's timeout), and the transaction commits — before any call. A crash
-   after the claim leaves the row due again when the lease ends; the next claim then
-   finds ``call_in_flight`` still set and marks the charge in doubt (the lost call may have
-   reached the provider). A cancellation that finds no call in flight and no charge in
-   doubt knows the provider has not charged, and voids.
+   share them, get ``attempts + 1`` and a lease (``next_attempt_at`` moved past the
+   round's calls: ``PaymentWorker.lease``), and the transaction commits — before any call.
+   A crash after the claim leaves the row due again when the lease ends.
 2. **call** (no transaction): ``POST /v1/charges`` or ``/v1/refunds`` with the order's
    idempotency key (``charge:{order_id}``, ``refund:{order_id}``), through the timeout and
    the circuit breaker (``payment_svc.provider``). Whatever happened before — a lost
    response, a crash between call and result, a second instance — the same key makes the
    provider answer the same charge: exactly one charge per order.
 3. **record** (a transaction): the row is locked again and moved by the answer, with the
-   event that says so in the same transaction (the outbox):
+   event that says so in the same transaction (the outbox). An answer is recorded once,
+   and only while its claim is the payment's latest (``attempts``, ``answered_attempt``):
+   a record retried after its COMMIT landed, or a call that outlived its lease and was
+   claimed again, changes nothing.
 
    ===================  ==============================================================
    answer               PENDING charge → / REFUND_PENDING refund →
@@ -27,26 +27,27 @@ one transaction held open across the network:
    refunded             REFUNDED + PaymentRefunded
    unavailable          stays; due again after the retry policy's backoff (or when the
                         open breaker lets a probe through); the first time, PaymentPending.
-                        Unless the provider did nothing (503, 429, no connection, the
-                        breaker open), the charge is in doubt from now on. If cancelled
-                        meanwhile and nothing was done nor is in doubt: VOIDED +
+                        If the provider did nothing (503, 429, no connection, the
+                        breaker open), ``nothing_done_calls + 1``; then, if cancelled
+                        meanwhile and every call so far did nothing: VOIDED +
                         PaymentVoided
-   refused (other 4xx)  stays, in doubt; due again after the longest backoff; logged as
-                        an error
+   refused (other 4xx)  stays; due again after the longest backoff; logged as an error
    ===================  ==============================================================
 
 A charge waits as long as the provider does not answer — until the order's deadline
-cancels the saga (the order service's sweeper). If every call so far was answered
-"nothing done" (an outage), the cancellation voids it: the customer sees no charge. If a
-call may have charged (a timeout, a lost answer, a 5xx but 503), the cancellation
-finishes the charge with the same key and refunds it, so a late charge is never kept. A
-refund waits for ever: it is owed.
+cancels the saga (the order service's sweeper). If every call claimed so far was
+answered "nothing done" (an outage; ``attempts = nothing_done_calls``), the cancellation
+voids it: the customer sees no charge. If a call may have charged — in flight, lost in a
+crash, a timeout, a lost answer, a 5xx but 503 — the cancellation finishes the charge
+with the same key and refunds it, so a late charge is never kept. A refund waits for
+ever: it is owed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -98,10 +99,7 @@ async def claim(db: Database, limit: int, lease_seconds: float) -> list[Due]:
     async with db.unit_of_work() as uow:
         (rows,) = await uow.read(
             (
-                # a call still marked in flight was claimed and never recorded (a crash,
-                # or a lease outlived): it may have reached the provider
                 "UPDATE payments p SET attempts = p.attempts + 1,"
-                " charge_in_doubt = p.charge_in_doubt OR p.call_in_flight, call_in_flight = true,"
                 " next_attempt_at = clock_timestamp() + make_interval(secs => %(lease)s)"
                 " FROM (SELECT order_id FROM payments"
                 "       WHERE status IN ('PENDING', 'REFUND_PENDING')"
@@ -148,8 +146,9 @@ async def record(
     async with db.unit_of_work() as uow:
         (locked,) = await uow.read(
             (
-                "SELECT order_id, customer_id, amount, status, reason, cancel_requested, charge_in_doubt,"
-                " waiting_since, charge_cause, refund_cause, traceparent FROM payments"
+                "SELECT order_id, customer_id, amount, status, reason, cancel_requested, attempts,"
+                " answered_attempt, nothing_done_calls, waiting_since, charge_cause, refund_cause,"
+                " traceparent FROM payments"
                 f" WHERE order_id IN {sql.UUIDS} ORDER BY order_id FOR UPDATE",
                 {"ids": sql.values(due.order_id for due, _ in answers)},
             )
@@ -158,8 +157,13 @@ async def record(
         updates: list[dict[str, Any]] = []
         for due, answer in answers:
             row = rows.get(due.order_id)
-            if row is None or row.status != due.status:
-                continue  # decided meanwhile (e.g. voided): the answer is stale
+            if (
+                row is None
+                or row.status != due.status  # decided meanwhile (e.g. voided)
+                or row.attempts != due.attempts  # claimed again since (a lease outlived)
+                or row.answered_attempt >= due.attempts  # recorded already (a retried record)
+            ):
+                continue  # a stale answer: the claim that is the row's latest answers for it
             trace = tracing.from_traceparent(row.traceparent)
 
             def emit(
@@ -170,7 +174,7 @@ async def record(
             ) -> None:
                 uow.emit(payload, order_id=order_id, causation_id=cause, trace=trace)
 
-            update: dict[str, Any] = {"o": due.order_id}
+            update: dict[str, Any] = {"o": due.order_id, "n": due.attempts}
             match answer:
                 case Charged(charge_id=charge_id):
                     emit(PaymentCompleted(customer_id=row.customer_id, amount=row.amount), row.charge_cause)
@@ -186,12 +190,14 @@ async def record(
                     emit(PaymentRefunded(customer_id=row.customer_id, amount=row.amount), row.refund_cause)
                     update |= {"s": "REFUNDED", "f": refund_id}
                 case Unavailable(nothing_done=True) if (
-                    row.cancel_requested and not row.charge_in_doubt and due.status == "PENDING"
+                    due.status == "PENDING"
+                    and row.cancel_requested
+                    and row.nothing_done_calls + 1 == row.attempts
                 ):
-                    # cancelled while this call was out, and the provider did nothing (now
-                    # or before): nothing to finish, nothing to refund
+                    # cancelled while this call was out, and every call, this one too, did
+                    # nothing: nothing to finish, nothing to refund
                     emit(PaymentVoided(customer_id=row.customer_id, reason=row.reason), row.refund_cause)
-                    update |= {"s": "VOIDED", "a": 0}
+                    update |= {"s": "VOIDED", "z": 1}
                 case Unavailable(reason=reason, nothing_done=nothing_done):
                     wait = max(retry.delay(due.attempts), provider.retry_after())
                     if row.waiting_since is None and due.status == "PENDING":
@@ -204,7 +210,7 @@ async def record(
                             ),
                             row.charge_cause,
                         )
-                    update |= {"e": reason, "d": wait, "w": True, "q": not nothing_done}
+                    update |= {"e": reason, "d": wait, "w": True, "z": int(nothing_done)}
                 case Refused(status=code, reason=reason):
                     log.error(
                         "payment provider refused the %s of order %s (%d %s): retrying in %.0f s",
@@ -214,20 +220,9 @@ async def record(
                         reason,
                         retry.maximum,
                     )
-                    # another 4xx may mean a charge exists under the key (409): in doubt
-                    update |= {"e": f"refused: {code} {reason}", "d": retry.maximum, "w": True, "q": True}
+                    update |= {"e": f"refused: {code} {reason}", "d": retry.maximum, "w": True}
             updates.append(
-                {
-                    "s": None,
-                    "a": None,
-                    "r": None,
-                    "c": None,
-                    "f": None,
-                    "e": None,
-                    "d": None,
-                    "w": False,
-                    "q": False,
-                }
+                {"s": None, "r": None, "c": None, "f": None, "e": None, "d": None, "w": False, "z": 0}
                 | update
             )
         if updates:
@@ -235,8 +230,8 @@ async def record(
             uow.write(
                 (
                     "UPDATE payments p SET status = COALESCE(v.s, p.status),"
-                    " amount = COALESCE(v.a, p.amount), reason = COALESCE(v.r, p.reason),"
-                    " call_in_flight = false, charge_in_doubt = p.charge_in_doubt OR v.q,"
+                    " reason = COALESCE(v.r, p.reason), answered_attempt = v.n,"
+                    " nothing_done_calls = p.nothing_done_calls + v.z,"
                     " charge_id = COALESCE(v.c, p.charge_id), refund_id = COALESCE(v.f, p.refund_id),"
                     " last_error = v.e,"
                     " waiting_since = CASE WHEN v.w THEN COALESCE(p.waiting_since, clock_timestamp())"
@@ -245,8 +240,8 @@ async def record(
                     "   ELSE clock_timestamp() + make_interval(secs => v.d) END,"
                     " updated_at = clock_timestamp()"
                     " FROM json_to_recordset(CAST(%(rows)s AS json))"
-                    " AS v(o uuid, s text, a numeric, r text, c text, f text, e text, d float8,"
-                    " w boolean, q boolean)"
+                    " AS v(o uuid, n int, s text, r text, c text, f text, e text, d float8,"
+                    " w boolean, z int)"
                     " WHERE p.order_id = v.o"
                 ),
                 {"rows": sql.rows(updates)},
@@ -273,8 +268,10 @@ class PaymentWorker:
         #: fault injection (tests): ``payment.crash_after_claim`` dies between the claim and
         #: the call, ``payment.crash_after_call`` between the provider's answer and its record
         self.fault = fault
-        #: a call's lease: its timeout and a margin, so a live call is never claimed twice
-        self.lease = provider.timeout * 2 + 1.0
+        #: a claim's lease: long enough for the round's calls — ``batch`` of them, at most
+        #: ``concurrency`` at a time, each within the timeout — and a margin, so a live
+        #: call is not claimed again (if it is, its answer is stale: ``record``)
+        self.lease = provider.timeout * (math.ceil(batch / concurrency) + 1) + 1.0
 
     async def round(self) -> int:
         """One round; returns how many payments it called the provider for."""

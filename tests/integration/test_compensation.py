@@ -216,6 +216,7 @@ async def test_a_cancel_after_an_outage_voids_what_the_provider_never_did(paymen
     await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid))
     assert await emitted_types(payment, oid) == ["PaymentPending", "PaymentVoided"]
     assert await payment_row(payment, oid) == ("VOIDED", 1)
+    assert await payment.scalar("SELECT amount FROM payments WHERE order_id = :o", o=oid) == Decimal("5.00")
     assert not await charged_at_provider(payment, oid)  # no charge, no refund: money never moved
     assert await balance(payment, cid) == Decimal("10.00")
 
@@ -247,6 +248,8 @@ async def test_a_cancel_while_the_call_is_out_waits_for_its_answer(payment: Serv
     await record(payment.db, provider, payment.worker.retry, [(due, answer)])
     assert await emitted_types(payment, oid) == ["PaymentVoided"]
     assert await payment_row(payment, oid) == ("VOIDED", 1)
+    # the amount it would have charged, as a void by the cancellation keeps it
+    assert await payment.scalar("SELECT amount FROM payments WHERE order_id = :o", o=oid) == Decimal("5.00")
     assert not await charged_at_provider(payment, oid)
 
 
@@ -269,12 +272,84 @@ async def test_a_call_lost_in_a_crash_leaves_the_charge_in_doubt_whatever_follow
     assert await balance(payment, cid) == Decimal("10.00")
 
 
+async def test_a_record_retried_after_its_commit_landed_answers_nothing_twice(
+    payment: ServiceUnderTest,
+) -> None:
+    """The worker retries a record whose COMMIT landed but whose answer was lost (a
+    database restart). If another instance claimed the payment meanwhile, the retry must
+    not speak for that claim's call: here that call charges, after the cancellation, and
+    the payment ends refunded — not voided with the charge kept."""
+    assert payment.provider is not None and payment.worker is not None
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    (mine,) = [d for d in await claim(payment.db, 64, 60.0) if d.order_id == oid]
+    async with provider_failing(payment, outage=True) as provider:
+        answer = await call(provider, mine)  # 503: nothing done
+    retry = payment.worker.retry
+    await record(payment.db, provider, retry, [(mine, answer)])  # committed; its answer lost
+    await due_now(payment, oid)
+    (theirs,) = [d for d in await claim(payment.db, 64, 60.0) if d.order_id == oid]  # another instance
+    await record(payment.db, provider, retry, [(mine, answer)])  # the retry: stale, changes nothing
+    await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid), work=False)
+    assert await emitted_types(payment, oid) == ["PaymentPending"]  # not voided: a call is out
+    await record(payment.db, provider, retry, [(theirs, await call(provider, theirs))])  # it charges
+    await payment.work()
+    assert await emitted_types(payment, oid) == ["PaymentPending", "PaymentCompleted", "PaymentRefunded"]
+    assert await balance(payment, cid) == Decimal("10.00")
+
+
+async def test_an_answer_is_recorded_once(payment: ServiceUnderTest) -> None:
+    """A record retried with no claim since (its COMMIT landed, its answer was lost) counts
+    nothing twice: one call answered 503 is one "nothing done", one PaymentPending."""
+    assert payment.worker is not None
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    (due,) = [d for d in await claim(payment.db, 64, 60.0) if d.order_id == oid]
+    async with provider_failing(payment, outage=True) as provider:
+        answer = await call(provider, due)
+    for _ in range(2):
+        await record(payment.db, provider, payment.worker.retry, [(due, answer)])
+    rows = await payment.rows(
+        "SELECT attempts, nothing_done_calls, answered_attempt FROM payments WHERE order_id = :o", o=oid
+    )
+    assert [(r.attempts, r.nothing_done_calls, r.answered_attempt) for r in rows] == [(1, 1, 1)]
+    assert await emitted_types(payment, oid) == ["PaymentPending"]
+    await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid))
+    assert await emitted_types(payment, oid) == ["PaymentPending", "PaymentVoided"]
+
+
+async def test_a_claim_by_a_worker_older_than_nothing_done_calls_is_in_doubt(
+    payment: ServiceUnderTest,
+) -> None:
+    """During a rolling upgrade, a worker of the build before migration 5 claims without
+    counting anything: its call may charge, so the new build's cancellation does not void."""
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    async with payment.db.engine.begin() as conn:  # the old build's claim
+        await conn.execute(
+            text(
+                "UPDATE payments SET attempts = attempts + 1,"
+                " next_attempt_at = clock_timestamp() + make_interval(secs => 60) WHERE order_id = :o"
+            ),
+            {"o": oid},
+        )
+    await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid), work=False)
+    assert await emitted_types(payment, oid) == []
+    rows = await payment.rows("SELECT status, cancel_requested FROM payments WHERE order_id = :o", o=oid)
+    assert [(r.status, r.cancel_requested) for r in rows] == [("PENDING", True)]
+    await due_now(payment, oid)  # the old worker died; its lease ends
+    await payment.work()
+    assert await emitted_types(payment, oid) == ["PaymentCompleted", "PaymentRefunded"]
+
+
 async def reserved_once_more(payment: ServiceUnderTest, oid: uuid.UUID, **faults: object) -> None:
     assert payment.worker is not None
     async with provider_failing(payment, **faults):
         assert await payment.worker.round() == 1
-    rows = await payment.rows("SELECT status, charge_in_doubt FROM payments WHERE order_id = :o", o=oid)
-    assert [(r.status, r.charge_in_doubt) for r in rows] == [("PENDING", True)]
+    rows = await payment.rows(
+        "SELECT status, attempts, nothing_done_calls FROM payments WHERE order_id = :o", o=oid
+    )
+    assert [(r.status, r.attempts, r.nothing_done_calls) for r in rows] == [("PENDING", 2, 1)]
 
 
 # -- order: c4 -----------------------------------------------------------------------------

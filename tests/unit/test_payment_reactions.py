@@ -43,12 +43,12 @@ def test_a_reservation_is_an_intent_to_charge_and_emits_nothing_yet() -> None:
     [
         (None, "VOIDED", True, False),  # nothing decided: void
         (Payment("c", Decimal(3), "PENDING", attempts=0), "VOIDED", True, False),  # never asked: void
-        # every call answered "nothing done" (an outage), none out: void
-        (Payment("c", Decimal(3), "PENDING", attempts=2), "VOIDED", True, False),
-        # a call out: wait for its answer (the worker voids on "nothing done")
-        (Payment("c", Decimal(3), "PENDING", attempts=1, call_in_flight=True), "PENDING", False, True),
-        # a call may have charged: finish it, refund it
-        (Payment("c", Decimal(3), "PENDING", attempts=2, charge_in_doubt=True), "PENDING", False, True),
+        # every call answered "nothing done" (an outage): void
+        (Payment("c", Decimal(3), "PENDING", attempts=2, nothing_done_calls=2), "VOIDED", True, False),
+        # a call out, lost in a crash or answered otherwise: it may have charged; finish
+        # it, then refund (or, for a call out answered "nothing done", the worker voids)
+        (Payment("c", Decimal(3), "PENDING", attempts=3, nothing_done_calls=2), "PENDING", False, True),
+        (Payment("c", Decimal(3), "PENDING", attempts=1), "PENDING", False, True),
         (Payment("c", Decimal(3), "CHARGED", attempts=1), "REFUND_PENDING", False, False),
         (Payment("c", Decimal(3), "DECLINED", attempts=1), "DECLINED", False, False),
         (Payment("c", Decimal(3), "REFUNDED", attempts=1), "REFUNDED", False, False),
