@@ -26,6 +26,17 @@ class EventPayload(BaseModel):
     event_type: ClassVar[str]
     schema_version: ClassVar[int] = 1
     producer: ClassVar[str]
+    #: the oldest version ``wire_version`` may answer (None: only ``schema_version``)
+    oldest_wire_version: ClassVar[int | None] = None
+
+    def wire_version(self) -> int:
+        """The ``schema_version`` this event is written with: the oldest version that can
+        carry it. The current one, unless a newer version only widened what a field may
+        hold: then, while the value fits the previous version, the event is written as
+        that, so a consumer not yet upgraded reads it and a rollout needs no order
+        between producers and consumers (``OrderCancelled``). Consumers of this build
+        upcast it on read (``events.upcasting``)."""
+        return self.schema_version
 
 
 P = TypeVar("P", bound=EventPayload)
@@ -57,7 +68,7 @@ def new_envelope(payload: P, *, order_id: uuid.UUID, causation_id: uuid.UUID | N
     result: Envelope[P] = envelope_type(
         event_id=uuid.uuid4(),
         event_type=payload.event_type,
-        schema_version=payload.schema_version,
+        schema_version=payload.wire_version(),
         occurred_at=datetime.now(UTC),
         order_id=order_id,
         causation_id=causation_id,

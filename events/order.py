@@ -18,6 +18,13 @@ PRODUCER = "order_svc"
 CancelReason = Literal["timeout", "cancelled_by_customer", "cancelled_by_operator"]
 
 
+def cancel_reason_version(reason: CancelReason) -> int:
+    """The version an event carrying ``reason`` is written as (``EventPayload.wire_version``):
+    version 2 of ``OrderCancelled`` and ``PaymentVoided`` only added
+    ``cancelled_by_operator``; the other reasons are written as version 1."""
+    return 2 if reason == "cancelled_by_operator" else 1
+
+
 class OrderLine(BaseModel):
     """A line as the customer asked for it: no price, inventory owns the catalogue."""
 
@@ -69,16 +76,22 @@ class OrderCancelled(EventPayload):
     """c4: the order is CANCELLED (deadline passed, customer or operator request); all compensate.
 
     Version 2 added the reason ``cancelled_by_operator`` (an operator's cancellation was
-    recorded as the customer's). A version-1 event is a valid version 2 as it is; a build
-    that reads only version 1 dead-letters a version 2, to be replayed after its upgrade.
+    recorded as the customer's). A version-1 event is a valid version 2 as it is, and any
+    other reason is still written as version 1 (``wire_version``); a build that reads
+    only version 1 dead-letters an operator's cancellation, to be replayed after its
+    upgrade.
     """
 
     event_type: ClassVar[str] = "OrderCancelled"
     schema_version: ClassVar[int] = 2
     producer: ClassVar[str] = PRODUCER
+    oldest_wire_version: ClassVar[int | None] = 1
 
     customer_id: ExternalId
     reason: CancelReason
+
+    def wire_version(self) -> int:
+        return cancel_reason_version(self.reason)
 
 
 class CommandRejected(EventPayload):

@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from events.envelope import EventPayload
-from events.order import CancelReason
+from events.order import CancelReason, cancel_reason_version
 from events.values import ExternalId, Instant, Money, SafeText
 
 PRODUCER = "payment_svc"
@@ -73,11 +73,15 @@ class PaymentVoided(EventPayload):
     event only makes payment's part of the compensation visible.
 
     Version 2: the cancellation's ``reason`` may be ``cancelled_by_operator``, as in
-    ``OrderCancelled`` version 2."""
+    ``OrderCancelled`` version 2, and is written as version 1 otherwise."""
 
     event_type: ClassVar[str] = "PaymentVoided"
     schema_version: ClassVar[int] = 2
     producer: ClassVar[str] = PRODUCER
+    oldest_wire_version: ClassVar[int | None] = 1
 
     customer_id: ExternalId
     reason: CancelReason
+
+    def wire_version(self) -> int:
+        return cancel_reason_version(self.reason)

@@ -29,7 +29,12 @@ def render() -> dict[str, str]:
         schema["description"] = (cls.__doc__ or "").strip()
         props = schema["properties"]
         props["event_type"] = {"const": name, "type": "string"}
-        props["schema_version"] = {"const": cls.schema_version, "type": "integer"}
+        oldest = cls.oldest_wire_version or cls.schema_version
+        props["schema_version"] = (
+            {"const": cls.schema_version, "type": "integer"}
+            if oldest == cls.schema_version
+            else {"enum": list(range(oldest, cls.schema_version + 1)), "type": "integer"}
+        )
         props["producer"] = {"const": cls.producer, "type": "string"}
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         files[f"{name}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"

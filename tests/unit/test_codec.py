@@ -25,7 +25,8 @@ from tests.unit.samples import order_created, sample_payloads
 def test_every_event_round_trips(payload: object) -> None:
     envelope = new_envelope(payload, order_id=uuid.uuid4(), causation_id=uuid.uuid4())  # type: ignore[type-var]
     decoded = decode(encode(envelope))
-    assert decoded == envelope
+    # read as the current version, whichever it was written as (EventPayload.wire_version)
+    assert decoded == envelope.model_copy(update={"schema_version": type(payload).schema_version})  # type: ignore[attr-defined]
     assert type(decoded.payload) is type(payload)
 
 

@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from events import InvalidEvent, OrderCancelled, OrderCreated, PaymentVoided, decode
+from events import InvalidEvent, OrderCancelled, OrderCreated, PaymentVoided, decode, encode
+from events.envelope import new_envelope
 from events.upcasting import UPCASTERS, NoUpcastPath, upcast
 
 OCCURRED = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -98,3 +99,24 @@ def test_a_v1_cancellation_decodes_to_v2_with_its_reason(
     assert (envelope.schema_version, model.schema_version) == (2, 2)
     assert isinstance(envelope.payload, model)
     assert envelope.payload.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("payload", "written"),
+    [
+        (OrderCancelled(customer_id="c1", reason="timeout"), 1),
+        (OrderCancelled(customer_id="c1", reason="cancelled_by_customer"), 1),
+        (OrderCancelled(customer_id="c1", reason="cancelled_by_operator"), 2),
+        (PaymentVoided(customer_id="c1", reason="cancelled_by_customer"), 1),
+        (PaymentVoided(customer_id="c1", reason="cancelled_by_operator"), 2),
+    ],
+)
+def test_a_cancellation_is_written_as_the_oldest_version_that_carries_it(
+    payload: OrderCancelled | PaymentVoided, written: int
+) -> None:
+    """So a consumer not yet upgraded reads every cancellation but an operator's, whichever
+    service is upgraded first; this build reads both as version 2."""
+    wire = encode(new_envelope(payload, order_id=uuid.uuid4(), causation_id=None))
+    assert json.loads(wire)["schema_version"] == written
+    back = decode(wire)
+    assert (back.schema_version, back.payload) == (2, payload)
