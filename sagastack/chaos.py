@@ -54,6 +54,7 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from events.topics import DOMAIN_TOPICS, TOPIC_OF_PRODUCER
+from saga_kit.auth import Role
 from sagastack import invariants
 from sagastack.apache_kafka import ApacheKafka
 from sagastack.cli_types import count, positive_float, positive_int, ratio
@@ -248,7 +249,9 @@ class Chaos:
         self.report.placed[order_id] = key
         if cancel_after is not None:
             await asyncio.sleep(cancel_after)
-            c = await self._retrying(http, "POST", f"/orders/{order_id}/cancel")
+            # the customer cancels, with its own token (an operator's would say cancelled_by_operator)
+            customer = self.system.auth(str(body["customer_id"]), (Role.CUSTOMER,))
+            c = await self._retrying(http, "POST", f"/orders/{order_id}/cancel", headers=customer)
             self.report.cancels["accepted" if c.status_code == 202 else f"refused ({c.status_code})"] += 1
 
     async def workload(self) -> None:

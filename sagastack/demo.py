@@ -230,6 +230,8 @@ def _cause(event: dict[str, Any], names: dict[str, str]) -> str:
             return "← its deadline"
         case "OrderCancelled", "cancelled_by_customer":
             return "← POST …/cancel"
+        case "OrderCancelled", "cancelled_by_operator":
+            return "← POST …/cancel (an operator)"
     return "← a request"
 
 

@@ -24,6 +24,7 @@ def _event(event_type: str, causation_id: str | None = None, **payload: Any) -> 
         (_event("PlaceOrder"), "← a client, on Kafka"),
         (_event("OrderCancelled", reason="timeout"), "← its deadline"),
         (_event("OrderCancelled", reason="cancelled_by_customer"), "← POST …/cancel"),
+        (_event("OrderCancelled", reason="cancelled_by_operator"), "← POST …/cancel (an operator)"),
         (_event("OrderRejected", reason="insufficient_stock"), "← a request"),
     ],
 )
