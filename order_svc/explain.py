@@ -158,6 +158,13 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
     elif status == "CANCELLED":
         # payment always hears of a cancellation: it voids, or it had declined, or it
         # charged in the meantime and refunds
+        pending = seen.get("PaymentPending")
+        if pending is not None and not {"PaymentVoided", "PaymentFailed", "PaymentRefunded"} & seen.keys():
+            verdict += (
+                "; payment is waiting on the provider since"
+                f" {_instant(pending.get('payload', {}).get('since'))}: it voids the payment if the"
+                " provider did nothing, else finishes the charge under the same key and refunds it"
+            )
         owed.append(
             _item(
                 seen,

@@ -21,7 +21,7 @@ from payment_provider.settings import Settings
 from saga_kit import logs
 from saga_kit.db import create_engine
 from saga_kit.errors import is_transient
-from saga_kit.http import DOCS_ASSETS, health_router
+from saga_kit.http import DOCS_ASSETS, HeadAsGet, health_router
 from saga_kit.migrations import migrate
 from saga_kit.retry import RetryPolicy
 from saga_kit.settings import load_or_exit
@@ -58,6 +58,7 @@ def build_app(settings: Settings, engine: AsyncEngine) -> FastAPI:
         app.include_router(faults.router)
         app.add_middleware(faults.FaultMiddleware, injector=app.state.faults)
     errors.install(app)
+    app.add_middleware(HeadAsGet)  # HEAD wherever GET is (RFC 9110 §9.3.2), as the services
     return app
 
 

@@ -131,14 +131,21 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _request(ctx: typer.Context, service: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """One HTTP call to ``service``, whatever it answered; the command ends with one line
+    saying why (exit 2) if it could not be reached."""
+    base = _urls(ctx).of(service)
+    try:
+        return httpx.request(method, base + path, timeout=10.0, headers=_urls(ctx).headers, **kwargs)
+    except httpx.HTTPError as exc:
+        _fail(_unreachable(service, base, exc), 2)
+
+
 def _call(ctx: typer.Context, service: str, method: str, path: str, **kwargs: Any) -> Any:
     """One HTTP call to ``service``; its JSON answer, or the command ends with one line
     saying why (exit 2: it could not be reached; 1: it refused)."""
     base = _urls(ctx).of(service)
-    try:
-        response = httpx.request(method, base + path, timeout=10.0, headers=_urls(ctx).headers, **kwargs)
-    except httpx.HTTPError as exc:
-        _fail(_unreachable(service, base, exc), 2)
+    response = _request(ctx, service, method, path, **kwargs)
     if response.is_error:
         _fail(_refusal(service, response))
     try:
@@ -482,19 +489,28 @@ def cancel(
     command = CancelOrder(command_id=uuid.uuid4(), order_id=uuid.UUID(order_id))
     _send_command(bootstrap, command, ctx.obj.token)
     sent = {"command_id": str(command.command_id), "order_id": order_id}
-    _settle(ctx, output, sent, f"sent CancelOrder {sent['command_id']}", wait)
+    _settle(ctx, output, sent, f"sent CancelOrder {sent['command_id']}", wait, cancelling=True)
 
 
-def _settle(ctx: typer.Context, output: Output, sent: dict[str, str], said: str, wait: bool) -> None:
-    """After a command went to Kafka: say so, and with ``wait`` show what became of it
-    (``--output json``: only that, or ``sent`` when not waiting)."""
+def _settle(
+    ctx: typer.Context,
+    output: Output,
+    sent: dict[str, str],
+    said: str,
+    wait: bool,
+    *,
+    cancelling: bool = False,
+) -> None:
+    """After a command went to Kafka (a CancelOrder: ``cancelling``): say so, and with
+    ``wait`` show what became of it (``--output json``: only that, or ``sent`` when not
+    waiting)."""
     if output is not Output.json:
         console.print(said)
     if not wait:
         if output is Output.json:
             _json(sent)
         return
-    r = _await_command(ctx, sent["command_id"])
+    r = _await_command(ctx, sent, cancelling)
     _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}")
 
 
@@ -536,11 +552,19 @@ def _send_command(bootstrap: str, command: Any, token: str | None) -> None:
         _fail(f"cannot send to Kafka at {bootstrap}: {type(exc).__name__}: {exc}", 2)
 
 
-def _await_command(ctx: typer.Context, command_id: str, timeout: float = 60.0) -> dict[str, Any]:
+def _await_command(
+    ctx: typer.Context, sent: Mapping[str, str], cancelling: bool, timeout: float = 60.0
+) -> dict[str, Any]:
     """Poll ``GET /commands/{id}`` until the command was refused (the command fails), or
-    applied and its order is no longer PENDING (its ``CommandView`` is returned)."""
+    applied and its order is no longer PENDING (its ``CommandView`` is returned). Only an
+    operator may read a command's outcome: for a customer's token (403), follow the order
+    instead (``_await_order``)."""
+    command_id = sent["command_id"]
     end = time.monotonic() + timeout
     while True:
+        response = _request(ctx, "order", "GET", f"/commands/{command_id}")
+        if response.status_code == 403:
+            return _await_order(ctx, sent, cancelling, end)
         r: dict[str, Any] = _call(ctx, "order", "GET", f"/commands/{command_id}")
         if r["outcome"] in ("placed", "cancelled") and r["status"] != "PENDING":
             return r
@@ -548,6 +572,38 @@ def _await_command(ctx: typer.Context, command_id: str, timeout: float = 60.0) -
             _fail(f"command {command_id} was rejected: {r['reason']}: {r['detail']}")
         if time.monotonic() > end:
             _fail(f"no answer to command {command_id} after {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def _await_order(ctx: typer.Context, sent: Mapping[str, str], cancelling: bool, end: float) -> dict[str, Any]:
+    """A customer's command followed through its order (``GET /orders/{id}``, which a
+    customer may read for its own orders): a PlaceOrder until the order exists and is no
+    longer PENDING, a CancelOrder (``cancelling``) until it is CANCELLED. Why a command
+    was refused only an operator can read, so a refusal shows as no outcome. Returns the
+    fields of a ``CommandView`` it can know: ``command_id``, ``order_id``, ``outcome``,
+    ``status``."""
+    path = f"/orders/{sent['order_id']}"
+    while True:
+        response = _request(ctx, "order", "GET", path)
+        if response.status_code != 404:
+            order: dict[str, Any] = _call(ctx, "order", "GET", path)
+            done = order["status"] == "CANCELLED" if cancelling else order["status"] != "PENDING"
+            if done:
+                outcome = "cancelled" if cancelling else "placed"
+                return {
+                    "command_id": sent["command_id"],
+                    "order_id": order["order_id"],
+                    "outcome": outcome,
+                    "status": order["status"],
+                }
+            if cancelling and order["status"] == "REJECTED":
+                _fail(f"order {order['order_id']} is REJECTED: a CancelOrder cannot cancel it")
+        if time.monotonic() > end:
+            _fail(
+                f"no outcome of command {sent['command_id']} on order {sent['order_id']}: it may have been"
+                " refused, and only an operator can read why (sagactl with an operator's token, or"
+                f" GET /commands/{sent['command_id']})"
+            )
         time.sleep(0.2)
 
 

@@ -158,6 +158,23 @@ def test_sagactl_places_and_cancels_through_kafka(system: System, client: SagaCl
     assert again.returncode == 1 and "order_not_cancellable" in again.stderr
 
 
+def test_sagactl_with_a_customers_token_follows_the_order_not_the_command(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """Only an operator may read a command's outcome (GET /commands/{id}): a customer's
+    sagactl once reported a 403 and exit 1 for a command that had worked."""
+    products, customers = seed(client, uid, {"drum": ("2.00", 2)}, {"bo": "10.00"})
+    token = system.token(customers["bo"], (Role.CUSTOMER,))
+    kafka = ("--via", "kafka", "--bootstrap", system.bootstrap)
+    placed = sagactl(system, "place", customers["bo"], f"{products['drum']}=1", *kafka, token=token)
+    assert placed.returncode == 0, placed.stdout + placed.stderr
+    assert "APPROVED" in placed.stdout
+    order_id = placed.stdout.split("(order ")[1].split(")")[0]
+    cancelled = sagactl(system, "cancel", order_id, *kafka, token=token)
+    assert cancelled.returncode == 0 and "CANCELLED" in cancelled.stdout, cancelled.stdout + cancelled.stderr
+    assert client.order(order_id)["reason"] == "cancelled_by_customer"
+
+
 def test_a_command_is_authorized_like_the_http_call_it_stands_for(
     system: System, client: SagaClient, uid: UniqueIds
 ) -> None:

@@ -94,6 +94,14 @@ async def stored_charge(provider: httpx.AsyncClient, key: str) -> httpx.Response
     return await provider.get(f"/v1/charges/{key}")
 
 
+async def test_head_answers_wherever_get_does(provider: httpx.AsyncClient) -> None:
+    """RFC 9110 §9.3.2, as on the services: the GET's status and headers, no content."""
+    for path in ("/v1/ledger", "/v1/accounts", "/v1/faults", "/health/ready", "/v1/charges/no-such-key"):
+        got, head = await provider.get(path), await provider.head(path)
+        assert (head.status_code, head.content) == (got.status_code, b""), path
+        assert head.headers["content-length"] == str(len(got.content)), path
+
+
 # -- charges ----------------------------------------------------------------------------
 async def test_a_charge_takes_the_amount_from_the_balance(provider: httpx.AsyncClient) -> None:
     acct = await account(provider, "100.00")

@@ -123,3 +123,35 @@ def test_a_charge_that_landed_after_the_cancel_is_owed_back() -> None:
         "after the cancellation"
         not in explain("CANCELLED", "cancelled_by_customer", timeline(*before)).verdict
     )
+
+
+def test_a_cancelled_saga_waiting_on_the_provider_says_what_payment_will_do() -> None:
+    """Cancelled while its charge waits on the provider: neither 'never charge it' alone
+    nor silence — payment voids if the provider did nothing, else charges and refunds."""
+    since = {"since": "2026-11-30T12:00:00+00:00", "reason": "503"}
+    waiting = explain(
+        "CANCELLED",
+        "cancelled_by_operator",
+        timeline(
+            "OrderCreated", "InventoryReserved", "PaymentPending", "OrderCancelled", PaymentPending=since
+        ),
+    )
+    assert waiting.verdict.startswith(
+        "cancelled: an operator cancelled it; payment is waiting on the provider"
+    )
+    assert "since 2026-11-30T12:00:00+00:00" in waiting.verdict and "refunds it" in waiting.verdict
+    assert not waiting.settled
+    voided = explain(
+        "CANCELLED",
+        "cancelled_by_operator",
+        timeline(
+            "OrderCreated",
+            "InventoryReserved",
+            "PaymentPending",
+            "OrderCancelled",
+            "InventoryReleased",
+            "PaymentVoided",
+            PaymentPending=since,
+        ),
+    )
+    assert "waiting on the provider" not in voided.verdict and voided.settled
