@@ -144,8 +144,13 @@ def _request(ctx: typer.Context, service: str, method: str, path: str, **kwargs:
 def _call(ctx: typer.Context, service: str, method: str, path: str, **kwargs: Any) -> Any:
     """One HTTP call to ``service``; its JSON answer, or the command ends with one line
     saying why (exit 2: it could not be reached; 1: it refused)."""
+    return _answer(ctx, service, method, path, _request(ctx, service, method, path, **kwargs))
+
+
+def _answer(ctx: typer.Context, service: str, method: str, path: str, response: httpx.Response) -> Any:
+    """The JSON of ``response`` to ``method path``, or the command ends with one line
+    saying why (exit 1: the service refused, or answered something other than JSON)."""
     base = _urls(ctx).of(service)
-    response = _request(ctx, service, method, path, **kwargs)
     if response.is_error:
         _fail(_refusal(service, response))
     try:
@@ -562,10 +567,11 @@ def _await_command(
     command_id = sent["command_id"]
     end = time.monotonic() + timeout
     while True:
-        response = _request(ctx, "order", "GET", f"/commands/{command_id}")
+        path = f"/commands/{command_id}"
+        response = _request(ctx, "order", "GET", path)
         if response.status_code == 403:
             return _await_order(ctx, sent, cancelling, end)
-        r: dict[str, Any] = _call(ctx, "order", "GET", f"/commands/{command_id}")
+        r: dict[str, Any] = _answer(ctx, "order", "GET", path, response)
         if r["outcome"] in ("placed", "cancelled") and r["status"] != "PENDING":
             return r
         if r["outcome"] == "rejected":
@@ -586,7 +592,7 @@ def _await_order(ctx: typer.Context, sent: Mapping[str, str], cancelling: bool, 
     while True:
         response = _request(ctx, "order", "GET", path)
         if response.status_code != 404:
-            order: dict[str, Any] = _call(ctx, "order", "GET", path)
+            order: dict[str, Any] = _answer(ctx, "order", "GET", path, response)
             done = order["status"] == "CANCELLED" if cancelling else order["status"] != "PENDING"
             if done:
                 outcome = "cancelled" if cancelling else "placed"
