@@ -31,7 +31,16 @@ from order_svc.settings import Settings
 from saga_kit import audit, tracing
 from saga_kit.auth import Principal
 from saga_kit.errors import is_transient
-from saga_kit.http import RETRY_AFTER, DatabaseDep, PrincipalDep, SettingsDep, errors, location, problem
+from saga_kit.http import (
+    IDEMPOTENT_REPLAYED,
+    RETRY_AFTER,
+    DatabaseDep,
+    PrincipalDep,
+    SettingsDep,
+    errors,
+    location,
+    problem,
+)
 from saga_kit.personal_data import KeyStore, Unreadable, forget, load_master_key, open_sealed, sealed_of
 
 router = APIRouter(tags=["orders"])
@@ -206,10 +215,6 @@ IdempotencyKey = Annotated[
     ),
 ]
 
-#: Stripe's header (also the payment provider's): this answer is the one an earlier
-#: request under the same Idempotency-Key got; nothing new was placed.
-REPLAYED = "Idempotent-Replayed"
-
 #: The 202 of a command on an order: where to follow it.
 _ACCEPTED: dict[int | str, Any] = {
     202: {"headers": location("the order, `/orders/{order_id}`: poll it for the outcome")}
@@ -229,7 +234,7 @@ def _accepted(request: Request, response: Response, order_id: uuid.UUID) -> None
         202: {
             "headers": {
                 **_ACCEPTED[202]["headers"],
-                REPLAYED: {
+                IDEMPOTENT_REPLAYED: {
                     "description": "`true` when this is the order an earlier request under the same"
                     " Idempotency-Key placed (nothing new was placed)",
                     "schema": {"type": "string", "enum": ["true"]},
@@ -301,7 +306,7 @@ async def post_order(
     audit.mark_audited(request.scope)  # the entry committed with the order
     _accepted(request, response, placed.order_id)
     if placed.replayed:
-        response.headers[REPLAYED] = "true"
+        response.headers[IDEMPOTENT_REPLAYED] = "true"
     return OrderAccepted(order_id=placed.order_id, status=placed.status)
 
 

@@ -37,8 +37,7 @@ from payment_provider.models import (
     RefundView,
     error_doc,
 )
-
-REPLAYED = "Idempotent-Replayed"
+from saga_kit.http import IDEMPOTENT_REPLAYED
 
 Responses = dict[int | str, dict[str, Any]]
 
@@ -50,7 +49,9 @@ _KEY_REUSED: Responses = {
     409: error_doc("the Idempotency-Key was used with another body (`idempotency_key_reused`)")
 }
 _REPLAYED_HEADER = {
-    REPLAYED: {"description": "`true` when this is the stored answer to an earlier request under the key"}
+    IDEMPOTENT_REPLAYED: {
+        "description": "`true` when this is the stored answer to an earlier request under the key"
+    }
 }
 _FAULTS: Responses = {
     500: error_doc(
@@ -109,7 +110,9 @@ KeyDep = Annotated[str, Depends(idempotency_key)]
 
 def _json(model: BaseModel, status: int, replayed: bool = False) -> JSONResponse:
     return JSONResponse(
-        model.model_dump(mode="json"), status_code=status, headers={REPLAYED: "true"} if replayed else None
+        model.model_dump(mode="json"),
+        status_code=status,
+        headers={IDEMPOTENT_REPLAYED: "true"} if replayed else None,
     )
 
 

@@ -302,6 +302,11 @@ def _too_large(limit: int, announced: str | None = None) -> dict[str, str]:
     return {"detail": f"the body is {size}; at most {limit} bytes are accepted", "reason": "body_too_large"}
 
 
+#: The answer to a request under an Idempotency-Key that an earlier request under it got
+#: (``true``; Stripe's header): the order service's ``POST /orders`` and the payment
+#: provider's charges and refunds send it.
+IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
+
 #: Set in the scope by ``HeadAsGet`` on a HEAD it passes on as a GET.
 _HEAD = "saga.head"
 

@@ -41,10 +41,10 @@ def run(_: argparse.Namespace) -> int:
         print(f"  traces:         {system.run_dir / 'traces'}   (sagactl --help for the CLI)")
         print("  tokens:         export SAGA_TOKEN=$(.venv/bin/sagactl token)   (an operator's;")
         print("                  a customer's: sagactl token --subject alice --role customer)")
-        urls = {f"SAGACTL_{n.removesuffix('_svc').upper()}_URL": system.url(n) for n in SERVICES}
-        defaults = ("http://127.0.0.1:8001", "http://127.0.0.1:8002", "http://127.0.0.1:8003")
-        if tuple(urls.values()) != defaults:  # ports of one's own: tell sagactl where
-            print("  sagactl:        export " + " ".join(f"{k}={v}" for k, v in urls.items()))
+        if any(system.services[n].port != port for n, (_, port) in SERVICES.items()):
+            # ports of one's own: tell sagactl, whose defaults are the services' default ports
+            urls = (f"SAGACTL_{prefix}_URL={system.url(n)}" for n, (prefix, _) in SERVICES.items())
+            print("  sagactl:        export " + " ".join(urls))
         print(f"  logs: {system.run_dir / 'logs'}\n\nready — Ctrl-C stops everything", flush=True)
         while not stop.wait(0.5):
             for name, sp in system.services.items():
