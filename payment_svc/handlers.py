@@ -28,6 +28,7 @@ from typing import Any
 
 from events import InventoryReserved, OrderCancelled, PaymentVoided
 from events.envelope import Envelope
+from payment_svc.provider import cannot_have_charged
 from payment_svc.runtime import WORK_DUE
 from saga_kit import sql, tracing
 from saga_kit.db import UnitOfWork
@@ -171,7 +172,9 @@ def on_order_cancelled(ledger: Ledger, event: Envelope[OrderCancelled]) -> Repli
     payment = ledger.payments.get(event.order_id)
     if payment is not None:
         payment.cause, payment.traceparent = event.event_id, tracing.current_traceparent()
-    if payment is None or (payment.status == "PENDING" and payment.attempts == payment.nothing_done_calls):
+    if payment is None or (
+        payment.status == "PENDING" and cannot_have_charged(payment.attempts, payment.nothing_done_calls)
+    ):
         voided = Payment(cancelled.customer_id, Decimal("0"), "VOIDED", cancelled.reason)
         if payment is not None:
             voided.customer_id = payment.customer_id

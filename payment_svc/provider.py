@@ -130,6 +130,13 @@ class _Failed(Exception):
         self.nothing_done = nothing_done
 
 
+def cannot_have_charged(calls: int, nothing_done_calls: int) -> bool:
+    """The rule a cancellation voids by (c6): the provider cannot have charged while every
+    call claimed so far (``calls``) was answered "nothing done" (``Unavailable``). A call
+    in flight, lost in a crash, or answered otherwise keeps the two apart: it may have."""
+    return calls == nothing_done_calls
+
+
 #: answers that the provider's contract defines as "nothing done": retry with the same key
 NOTHING_DONE_STATUSES: frozenset[int] = frozenset({429, 503})
 

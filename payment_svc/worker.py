@@ -67,6 +67,7 @@ from payment_svc.provider import (
     RefundResult,
     Refused,
     Unavailable,
+    cannot_have_charged,
     charge_key,
     refund_key,
 )
@@ -192,10 +193,10 @@ async def record(
                 case Unavailable(nothing_done=True) if (
                     due.status == "PENDING"
                     and row.cancel_requested
-                    and row.nothing_done_calls + 1 == row.attempts
+                    and cannot_have_charged(row.attempts, row.nothing_done_calls + 1)
                 ):
-                    # cancelled while this call was out, and every call, this one too, did
-                    # nothing: nothing to finish, nothing to refund
+                    # cancelled while this call was out, and every call, this one counted,
+                    # did nothing: nothing to finish, nothing to refund
                     emit(PaymentVoided(customer_id=row.customer_id, reason=row.reason), row.refund_cause)
                     update |= {"s": "VOIDED", "z": 1}
                 case Unavailable(reason=reason, nothing_done=nothing_done):
