@@ -18,13 +18,6 @@ PRODUCER = "order_svc"
 CancelReason = Literal["timeout", "cancelled_by_customer", "cancelled_by_operator"]
 
 
-def cancel_reason_version(reason: CancelReason) -> int:
-    """The version an event carrying ``reason`` is written as (``EventPayload.wire_version``):
-    version 2 of ``OrderCancelled`` and ``PaymentVoided`` only added
-    ``cancelled_by_operator``; the other reasons are written as version 1."""
-    return 2 if reason == "cancelled_by_operator" else 1
-
-
 class OrderLine(BaseModel):
     """A line as the customer asked for it: no price, inventory owns the catalogue."""
 
@@ -72,7 +65,23 @@ class OrderRejected(EventPayload):
     reason: ReasonCode
 
 
-class OrderCancelled(EventPayload):
+class Cancellation(EventPayload):
+    """What ``OrderCancelled`` and ``PaymentVoided`` carry alike: whose order it was and
+    why it was cancelled. Version 2 of both only added the reason
+    ``cancelled_by_operator``, so every other reason is still written as version 1
+    (``EventPayload.wire_version``)."""
+
+    schema_version: ClassVar[int] = 2
+    oldest_wire_version: ClassVar[int | None] = 1
+
+    customer_id: ExternalId
+    reason: CancelReason
+
+    def wire_version(self) -> int:
+        return 2 if self.reason == "cancelled_by_operator" else 1
+
+
+class OrderCancelled(Cancellation):
     """c4: the order is CANCELLED (deadline passed, customer or operator request); all compensate.
 
     Version 2 added the reason ``cancelled_by_operator`` (an operator's cancellation was
@@ -83,15 +92,7 @@ class OrderCancelled(EventPayload):
     """
 
     event_type: ClassVar[str] = "OrderCancelled"
-    schema_version: ClassVar[int] = 2
     producer: ClassVar[str] = PRODUCER
-    oldest_wire_version: ClassVar[int | None] = 1
-
-    customer_id: ExternalId
-    reason: CancelReason
-
-    def wire_version(self) -> int:
-        return cancel_reason_version(self.reason)
 
 
 class CommandRejected(EventPayload):

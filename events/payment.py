@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from events.envelope import EventPayload
-from events.order import CancelReason, cancel_reason_version
+from events.order import Cancellation
 from events.values import ExternalId, Instant, Money, SafeText
 
 PRODUCER = "payment_svc"
@@ -67,7 +67,7 @@ class PaymentRefunded(EventPayload):
     amount: Money
 
 
-class PaymentVoided(EventPayload):
+class PaymentVoided(Cancellation):
     """c6: the order was cancelled before payment charged it; payment will never charge it
     (a charge decided later is refused). Nothing was taken, so nothing is refunded — this
     event only makes payment's part of the compensation visible.
@@ -76,12 +76,4 @@ class PaymentVoided(EventPayload):
     ``OrderCancelled`` version 2, and is written as version 1 otherwise."""
 
     event_type: ClassVar[str] = "PaymentVoided"
-    schema_version: ClassVar[int] = 2
     producer: ClassVar[str] = PRODUCER
-    oldest_wire_version: ClassVar[int | None] = 1
-
-    customer_id: ExternalId
-    reason: CancelReason
-
-    def wire_version(self) -> int:
-        return cancel_reason_version(self.reason)
