@@ -175,7 +175,7 @@ def save(uow: UnitOfWork, stock: Stock) -> None:
         uow.write(
             (
                 "UPDATE reservations r SET status = v.s, updated_at = clock_timestamp()"
-                " FROM json_to_recordset(CAST(%(rows)s AS json)) AS v(o uuid, p text, s text)"
+                f" FROM {sql.recordset('o uuid, p text, s text')}"
                 " WHERE r.order_id = v.o AND r.product_id = v.p"
             ),
             {"rows": sql.rows(changed)},
@@ -190,7 +190,7 @@ def save(uow: UnitOfWork, stock: Stock) -> None:
             (
                 "UPDATE products p SET available = v.a, reserved = v.r, sold = v.s,"
                 " updated_at = clock_timestamp()"
-                " FROM json_to_recordset(CAST(%(rows)s AS json)) AS v(p text, a bigint, r bigint, s bigint)"
+                f" FROM {sql.recordset('p text, a bigint, r bigint, s bigint')}"
                 " WHERE p.product_id = v.p"
             ),
             {"rows": sql.rows(products)},

@@ -253,8 +253,7 @@ def save(uow: UnitOfWork, state: Orders) -> None:
             (
                 "UPDATE orders o SET status = v.s, reason = v.r, total = v.t, updated_at = clock_timestamp(),"
                 " cancel_command_id = COALESCE(v.c, o.cancel_command_id)"
-                " FROM json_to_recordset(CAST(%(rows)s AS json))"
-                " AS v(o uuid, s text, r text, t numeric, c uuid)"
+                f" FROM {sql.recordset('o uuid, s text, r text, t numeric, c uuid')}"
                 " WHERE o.order_id = v.o"
             ),
             {"rows": sql.rows(changed)},
@@ -264,7 +263,7 @@ def save(uow: UnitOfWork, state: Orders) -> None:
         uow.write(
             (
                 "UPDATE order_items i SET unit_price = v.u"
-                " FROM json_to_recordset(CAST(%(rows)s AS json)) AS v(o uuid, p text, u numeric)"
+                f" FROM {sql.recordset('o uuid, p text, u numeric')}"
                 " WHERE i.order_id = v.o AND i.product_id = v.p"
             ),
             {"rows": sql.rows(prices)},

@@ -123,8 +123,7 @@ def save(uow: UnitOfWork, ledger: Ledger) -> None:
                 " refund_cause = v.k, traceparent = COALESCE(v.t, p.traceparent),"
                 " next_attempt_at = CASE WHEN v.s = 'REFUND_PENDING' THEN clock_timestamp()"
                 " ELSE p.next_attempt_at END, updated_at = clock_timestamp()"
-                " FROM json_to_recordset(CAST(%(rows)s AS json))"
-                " AS v(o uuid, s text, r text, x boolean, k uuid, t text)"
+                f" FROM {sql.recordset('o uuid, s text, r text, x boolean, k uuid, t text')}"
                 " WHERE p.order_id = v.o"
             ),
             {"rows": sql.rows(changed)},

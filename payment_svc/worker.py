@@ -239,11 +239,11 @@ async def record(
                     "   ELSE p.waiting_since END,"
                     " next_attempt_at = CASE WHEN v.d IS NULL THEN p.next_attempt_at"
                     "   ELSE clock_timestamp() + make_interval(secs => v.d) END,"
-                    " updated_at = clock_timestamp()"
-                    " FROM json_to_recordset(CAST(%(rows)s AS json))"
-                    " AS v(o uuid, n int, s text, r text, c text, f text, e text, d float8,"
-                    " w boolean, z int)"
-                    " WHERE p.order_id = v.o"
+                    " updated_at = clock_timestamp() FROM "
+                    + sql.recordset(
+                        "o uuid, n int, s text, r text, c text, f text, e text, d float8, w bool, z int"
+                    )
+                    + " WHERE p.order_id = v.o"
                 ),
                 {"rows": sql.rows(updates)},
             )

@@ -1,0 +1,240 @@
+"""A batch finds its rows by index, however big the table (``saga_kit.sql``).
+
+Each service runs a batch of real work — the order desk's placing, each consumer's
+batch, the payment worker's claim, call and record — against a database of its own whose
+tables hold thousands of rows. Every statement the services send is captured as psycopg
+sends it and then ``EXPLAIN``-ed with its own parameters; a sequential scan of one of the
+filled tables fails the test. PostgreSQL estimates a ``json_*`` set-returning function at
+100 rows, which against a table of this size plans a sequential scan and a hash join on
+every batch: the statements as they were before ``sql.UUIDS`` and ``sql.recordset`` did
+exactly that (the payment service's load read every payment to find one)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+import pytest_asyncio
+
+from events import (
+    InventoryReservationFailed,
+    InventoryReserved,
+    OrderApproved,
+    OrderCancelled,
+    OrderLine,
+    PaymentCompleted,
+    PaymentFailed,
+    encode,
+)
+from events.envelope import Envelope
+from events.inventory import PricedLine
+from events.topics import TOPIC_OF_PRODUCER
+from order_svc.placing import Placed, Placement, place_orders
+from saga_kit import outbox
+from saga_kit.consumer import Outcome, Record
+from saga_kit.db import Database, create_engine
+from saga_kit.migrations import PLUMBING, migrate
+from saga_kit.settings import ServiceSettings
+from sagastack.embedded import Postgres
+from tests.integration.conftest import SPECS, ServiceUnderTest, add_product, event
+from tests.unit.samples import order_created
+
+#: rows in each filled table: far past the size (a few hundred) from which a sequential
+#: scan costs more than a handful of index probes
+ROWS = 5000
+_offsets = itertools.count(70_000_000)
+
+#: statements that fill each service's big tables (and make the planner see them)
+FILL = {
+    "order_svc": (
+        "INSERT INTO orders (order_id, customer_id, status, total, deadline_at)"
+        " SELECT gen_random_uuid(), 'c' || mod(n, 97), 'APPROVED', 5, now() FROM generate_series(1, %(n)s) n",
+        "INSERT INTO order_items (order_id, line_no, product_id, quantity, unit_price)"
+        " SELECT order_id, 1, 'p', 1, 5 FROM orders",
+    ),
+    "inventory_svc": (
+        "INSERT INTO products (product_id, name, price, available) VALUES ('filler', 'x', 1, 0)",
+        "INSERT INTO reservations (order_id, product_id, quantity, unit_price, status)"
+        " SELECT gen_random_uuid(), 'filler', 1, 1, 'COMMITTED' FROM generate_series(1, %(n)s)",
+        "INSERT INTO order_decisions (order_id, decision) SELECT order_id, 'RESERVED' FROM reservations",
+    ),
+    "payment_svc": (
+        "INSERT INTO payments (order_id, customer_id, amount, status)"
+        " SELECT gen_random_uuid(), 'c' || mod(n, 97), 5, 'DECLINED' FROM generate_series(1, %(n)s) n",
+    ),
+}
+#: plumbing every service has, filled too
+PLUMBING_FILL = (
+    "INSERT INTO inbox (consumer, event_id, event_type, order_id)"
+    " SELECT 'filler', gen_random_uuid(), 'OrderCreated', gen_random_uuid() FROM generate_series(1, %(n)s)",
+)
+FILLED = {
+    "order_svc": {"orders", "order_items", "inbox"},
+    "inventory_svc": {"reservations", "order_decisions", "inbox"},
+    "payment_svc": {"payments", "inbox"},
+}
+
+
+@pytest_asyncio.fixture
+async def big(
+    postgres: Postgres, services: dict[str, ServiceUnderTest], sent: dict[str, set[tuple[str, str]]]
+) -> AsyncIterator[Any]:
+    """``big(name)``: the service ``name`` over a database of its own, its tables filled;
+    what it sent to get there (migrations, the fill) is not kept in ``sent``."""
+    made: list[tuple[str, Database]] = []
+
+    async def make(name: str) -> ServiceUnderTest:
+        database = f"plans_{name}_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(postgres.url("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{database}"')
+        url = postgres.url(database)
+        engine = create_engine(ServiceSettings._async_driver(url), pool_size=4)
+        spec = SPECS[name]
+        await migrate(engine, PLUMBING + spec.migrations)
+        with psycopg.connect(url, autocommit=True) as conn:
+            for statement in (*FILL[name], *PLUMBING_FILL):
+                conn.execute(statement, {"n": ROWS})
+            conn.execute("ANALYZE")
+        sent.pop(database, None)
+        db = Database(engine, name, emit_hooks=spec.emit_hooks)
+        made.append((database, db))
+        return ServiceUnderTest(spec, db, services["payment_svc"].provider if name == "payment_svc" else None)
+
+    yield make
+    for database, db in made:
+        await db.engine.dispose()
+        with psycopg.connect(postgres.url("postgres"), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{database}"')
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, set[tuple[str, str]]]]:
+    """Every statement sent through psycopg, with its parameters (as JSON), by database."""
+    by_database: dict[str, set[tuple[str, str]]] = {}
+
+    def keep(dbname: str, query: Any, params: Any) -> None:
+        if isinstance(query, str) and query.lstrip().split(None, 1)[0].upper() in _PLANNED:
+            by_database.setdefault(dbname, set()).add((query, json.dumps(params, default=str)))
+
+    connection_execute = psycopg.AsyncConnection.execute
+    cursor_execute = psycopg.AsyncCursor.execute
+
+    async def on_connection(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        keep(self.info.dbname, query, params)
+        return await connection_execute(self, query, params, **kwargs)
+
+    async def on_cursor(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        keep(self.connection.info.dbname, query, params)
+        return await cursor_execute(self, query, params, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "execute", on_connection)
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", on_cursor)
+    yield by_database
+
+
+_PLANNED = {"SELECT", "INSERT", "UPDATE", "DELETE", "WITH"}
+
+
+def _sequential_scans(plan: dict[str, Any]) -> Iterator[str]:
+    if plan.get("Node Type") == "Seq Scan":
+        yield plan["Relation Name"]
+    for child in plan.get("Plans", ()):
+        yield from _sequential_scans(child)
+
+
+def assert_found_by_index(svc: ServiceUnderTest, sent: dict[str, set[tuple[str, str]]]) -> None:
+    """EXPLAIN every statement ``svc`` sent, with its parameters: none scans a filled table."""
+    database = svc.db.engine.url.database
+    assert database is not None
+    statements = sent.get(database, set())
+    assert len(statements) >= 5, statements  # the capture saw the batch's work
+    url = svc.db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    scans = []
+    with psycopg.connect(url) as conn:
+        for query, params in sorted(statements):
+            ((plan,),) = conn.execute(f"EXPLAIN (FORMAT JSON) {query}", json.loads(params)).fetchall()
+            tables = set(_sequential_scans(plan[0]["Plan"])) & FILLED[svc.spec.name]
+            if tables:
+                scans.append(f"{sorted(tables)} scanned by: {query}")
+            conn.rollback()
+    assert not scans, "\n".join(scans)
+
+
+def record_of(envelope: Envelope[Any]) -> Record:
+    return Record(
+        TOPIC_OF_PRODUCER[envelope.producer],
+        0,
+        next(_offsets),
+        str(envelope.order_id).encode(),
+        encode(envelope),
+        outbox.envelope_headers(envelope),
+    )
+
+
+def reserved(total: str = "5.00") -> InventoryReserved:
+    line = PricedLine(product_id="p", quantity=1, unit_price=Decimal(total), line_total=Decimal(total))
+    return InventoryReserved(customer_id="c1", lines=(line,), total=Decimal(total))
+
+
+async def test_the_order_service_finds_a_batch_by_index(big: Any, sent: Any) -> None:
+    order = await big("order_svc")
+    line = OrderLine(product_id="p", quantity=1)
+    placed = await place_orders(
+        order.db, [Placement("c1", (line,), f"k{i}", timedelta(minutes=5)) for i in range(3)]
+    )
+    first, second, third = (p.order_id for p in placed if isinstance(p, Placed))
+    batch = [
+        event(reserved(), first),
+        event(PaymentCompleted(customer_id="c1", amount=Decimal("5.00")), first),
+        event(reserved(), second),
+        event(PaymentFailed(customer_id="c1", amount=Decimal("5.00"), reason="insufficient_funds"), second),
+        event(
+            InventoryReservationFailed(customer_id="c1", reason="unknown_product", product_ids=("p",)), third
+        ),
+    ]
+    assert await order.pipeline.process_batch([record_of(e) for e in batch]) == [Outcome.HANDLED] * 5
+    assert_found_by_index(order, sent)
+
+
+async def test_the_inventory_service_finds_a_batch_by_index(big: Any, sent: Any) -> None:
+    inventory = await big("inventory_svc")
+    pid = await add_product(inventory, 10)
+    first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    batch = [
+        event(order_created({pid: 1}), first),
+        event(order_created({pid: 2}), second),
+        event(order_created({pid: 3}), third),
+        event(OrderApproved(customer_id="c1"), first),
+        event(OrderCancelled(customer_id="c1", reason="cancelled_by_customer"), second),
+    ]
+    assert await inventory.pipeline.process_batch([record_of(e) for e in batch]) == [Outcome.HANDLED] * 5
+    assert_found_by_index(inventory, sent)
+
+
+async def test_the_payment_service_finds_a_batch_by_index(big: Any, sent: Any) -> None:
+    payment = await big("payment_svc")
+    charged = uuid.uuid4()
+    async with payment.db.unit_of_work() as uow:
+        uow.write(
+            "INSERT INTO payments (order_id, customer_id, amount, status, charge_id)"
+            " VALUES (%(o)s, 'c1', 5, 'CHARGED', 'ch_unknown')",
+            {"o": charged},
+        )
+    first, second = uuid.uuid4(), uuid.uuid4()
+    batch = [
+        event(reserved(), first),
+        event(reserved(), second),
+        event(OrderCancelled(customer_id="c1", reason="cancelled_by_customer"), second),
+        event(OrderCancelled(customer_id="c1", reason="cancelled_by_customer"), charged),
+    ]
+    assert await payment.pipeline.process_batch([record_of(e) for e in batch]) == [Outcome.HANDLED] * 4
+    await payment.work()  # claim, call (a charge, and a refund of a charge the provider never made), record
+    assert await payment.scalar("SELECT attempts FROM payments WHERE order_id = :o", o=first) == 1
+    assert_found_by_index(payment, sent)
