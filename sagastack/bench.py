@@ -163,18 +163,24 @@ async def open_loop(
 
 
 def _terminal(url: str, ids: Iterable[str], timeout: float) -> list[Any]:
-    """Wait until every order of ``ids`` is terminal (or ``timeout``); their rows."""
-    wanted = list(ids)
+    """Wait until every order of ``ids`` is terminal (or ``timeout``); their rows. Each
+    look asks only for the orders still pending: this backend's CPU lands in the
+    database's share of the stack's figure, and asking for every order each 0.2 s cost
+    it ~15 ms a look at 4,000 orders (``pg_stat_statements``)."""
+    pending = set(ids)
+    found: list[Any] = []
     end = time.monotonic() + timeout
     with psycopg.connect(url) as conn:
         while True:
             rows = conn.execute(
                 "SELECT order_id, status, updated_at FROM orders"
                 " WHERE order_id = ANY(%s::uuid[]) AND status <> 'PENDING'",
-                (wanted,),
+                (list(pending),),
             ).fetchall()
-            if len(rows) >= len(wanted) or time.monotonic() > end:
-                return rows
+            found += rows
+            pending -= {str(row[0]) for row in rows}
+            if not pending or time.monotonic() > end:
+                return found
             time.sleep(0.2)
 
 
