@@ -111,13 +111,17 @@ class Admission:
         return Refusal(expected, _retry_after(expected - allowed))
 
     async def _read(self) -> None:
+        """The PENDING orders' count and median age (the upper median), both walked off the
+        ``orders_status`` index (status, created_at) in its order, where sorting every
+        PENDING order's age (``percentile_cont``) cost about twice the database's time
+        at a backlog of 3,000 (measured under ``make bench``)."""
         async with self._db.engine.connect() as conn:
             pending, median = (
                 await conn.execute(
                     text(
-                        "SELECT count(*), percentile_cont(0.5) WITHIN GROUP"
-                        " (ORDER BY EXTRACT(EPOCH FROM clock_timestamp() - created_at))"
-                        " FROM orders WHERE status = 'PENDING'"
+                        "SELECT n, (SELECT EXTRACT(EPOCH FROM clock_timestamp() - created_at)"
+                        "   FROM orders WHERE status = 'PENDING' ORDER BY created_at OFFSET n / 2 LIMIT 1)"
+                        " FROM (SELECT count(*) AS n FROM orders WHERE status = 'PENDING') pending"
                     )
                 )
             ).one()
