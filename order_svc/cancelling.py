@@ -104,7 +104,9 @@ async def cancel_overdue(db: Database, batch: int = 200) -> int:
             await uow.conn.execute(
                 text(
                     "SELECT order_id, status, customer_id, trace_context, command_id FROM orders"
-                    " WHERE status = 'PENDING' AND deadline_at <= clock_timestamp()"
+                    # now(), not clock_timestamp(): a volatile function cannot bound an index
+                    # scan, and every PENDING order was read to find the overdue ones
+                    " WHERE status = 'PENDING' AND deadline_at <= now()"
                     " ORDER BY deadline_at LIMIT :n FOR UPDATE SKIP LOCKED"
                 ),
                 {"n": batch},

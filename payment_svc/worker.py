@@ -104,7 +104,7 @@ async def claim(db: Database, limit: int, lease_seconds: float) -> list[Due]:
                 " next_attempt_at = clock_timestamp() + make_interval(secs => %(lease)s)"
                 " FROM (SELECT order_id FROM payments"
                 "       WHERE status IN ('PENDING', 'REFUND_PENDING')"
-                "       AND next_attempt_at <= clock_timestamp()"
+                "       AND next_attempt_at <= now()"  # stable: bounds the payments_due index scan
                 "       ORDER BY next_attempt_at LIMIT %(n)s FOR UPDATE SKIP LOCKED) due"
                 " WHERE p.order_id = due.order_id"
                 " RETURNING p.order_id, p.customer_id, p.amount, p.status, p.attempts, p.traceparent",

@@ -25,18 +25,20 @@ from saga_kit.db import Database
 from saga_kit.periodic import Periodic
 from saga_kit.settings import ServiceSettings
 
+#: now() (the transaction's start), not clock_timestamp(): a volatile function cannot bound
+#: an index scan, and each statement would read every row of its table to find the old ones
 _STATEMENTS = {
     "outbox": (
         "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE sent_at IS NOT NULL"
-        " AND sent_at < clock_timestamp() - make_interval(secs => :age) ORDER BY id LIMIT :n)"
+        " AND sent_at < now() - make_interval(secs => :age) ORDER BY id LIMIT :n)"
     ),
     "inbox": (
         "DELETE FROM inbox WHERE (consumer, event_id) IN (SELECT consumer, event_id FROM inbox"
-        " WHERE processed_at < clock_timestamp() - make_interval(secs => :age) LIMIT :n)"
+        " WHERE processed_at < now() - make_interval(secs => :age) LIMIT :n)"
     ),
     "dead_letters": (
         "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters WHERE status <> 'PENDING'"
-        " AND resolved_at < clock_timestamp() - make_interval(secs => :age) LIMIT :n)"
+        " AND resolved_at < now() - make_interval(secs => :age) LIMIT :n)"
     ),
 }
 
