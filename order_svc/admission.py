@@ -111,7 +111,8 @@ class Admission:
         return Refusal(expected, _retry_after(expected - allowed))
 
     async def _read(self) -> None:
-        """The PENDING orders' count and median age (the upper median), both walked off the
+        """The PENDING orders' count and median age (of an even count, the younger of the
+        two middle orders: no interpolation), both walked off the
         ``orders_status`` index (status, created_at) in its order, where sorting every
         PENDING order's age (``percentile_cont``) cost about twice the database's time
         at a backlog of 3,000 (measured under ``make bench``)."""

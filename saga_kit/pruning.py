@@ -26,7 +26,8 @@ from saga_kit.periodic import Periodic
 from saga_kit.settings import ServiceSettings
 
 #: now() (the transaction's start), not clock_timestamp(): a volatile function cannot bound
-#: an index scan, and each statement would read every row of its table to find the old ones
+#: an index scan, and the outbox's and inbox's statements would read every row of their
+#: indexes (``outbox_sent``, ``inbox_age``) to find the old ones
 _STATEMENTS = {
     "outbox": (
         "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE sent_at IS NOT NULL"

@@ -109,21 +109,21 @@ async def big(
         url = postgres.url(database)
         engine = create_engine(ServiceSettings._async_driver(url), pool_size=4)
         spec = SPECS[name]
+        db = Database(engine, name, emit_hooks=spec.emit_hooks)
+        made.append((database, db))  # dropped at the end, even if what follows fails
         await migrate(engine, PLUMBING + spec.migrations)
         with psycopg.connect(url, autocommit=True) as conn:
             for statement in (*FILL[name], *PLUMBING_FILL):
                 conn.execute(statement, {"n": ROWS})
             conn.execute("ANALYZE")
         sent.pop(database, None)
-        db = Database(engine, name, emit_hooks=spec.emit_hooks)
-        made.append((database, db))
         return ServiceUnderTest(spec, db, services["payment_svc"].provider if name == "payment_svc" else None)
 
     yield make
     for database, db in made:
         await db.engine.dispose()
         with psycopg.connect(postgres.url("postgres"), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{database}"')
+            conn.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
 
 
 @pytest.fixture
