@@ -38,7 +38,7 @@ def record(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
                     "at": d.envelope.occurred_at,
                     "c": d.envelope.causation_id,
                     "pl": d.envelope.payload.model_dump(mode="json"),
-                    "tr": tracing.trace_id_of(d.headers),
+                    "tr": tracing.trace_id_of(d.trace()),
                 }
                 for d in deliveries
             )

@@ -185,7 +185,7 @@ def record_compensations(uow: Any, emitted: Sequence[Any]) -> None:
             f"compensate {envelope.event_type}",
             f"/orders/{envelope.order_id}",
             "done",
-            tracing.trace_id_of(delivery.headers),
+            tracing.trace_id_of(delivery.trace()),
         )
         entry["cause"] = str(envelope.causation_id) if envelope.causation_id else None
         entries.append(canonical(entry))

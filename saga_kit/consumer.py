@@ -55,6 +55,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry.trace import Link, SpanKind
 from sqlalchemy import text
 
@@ -199,6 +200,8 @@ class _Item:
     event_type: str = "<invalid>"
     #: the service whose key signed the record (verified), when signatures are checked
     signer: str | None = None
+    #: the trace context its headers carry, extracted once (``saga_kit.db.Delivery.trace``)
+    context: otel_context.Context | None = None
     #: Decided before the transaction (ignored, invalid, duplicate in the batch) or after it.
     outcome: Outcome | None = None
     reason: str | None = None
@@ -322,9 +325,10 @@ class ConsumerPipeline:
         self._decode(items)
         self._dedupe(items)
         started = time.perf_counter()
-        links = [
-            Link(ctx) for it in items if it.envelope and (ctx := tracing.span_context(it.record.headers))
-        ]
+        for it in items:
+            if it.envelope is not None:
+                it.context = tracing.extract(it.record.headers)  # once: Delivery.trace
+        links = [Link(ctx) for it in items if it.context and (ctx := tracing.span_context(it.context))]
         with tracing.span(
             f"consume {self.service}",
             kind=SpanKind.CONSUMER,
@@ -447,7 +451,7 @@ class ConsumerPipeline:
                         results[id(it)] = (Outcome.DUPLICATE, None)
                 try:
                     refused = await self._reactions.apply(
-                        uow, [Delivery(envelope, it.record.headers) for it, envelope in fresh]
+                        uow, [Delivery(envelope, it.record.headers, it.context) for it, envelope in fresh]
                     )
                     if refused:
                         inbox.release(uow, self.service, [fresh[i][1].event_id for i in refused])

@@ -36,7 +36,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from events.envelope import Envelope, EventPayload, P, new_envelope
-from saga_kit import outbox, signing
+from saga_kit import outbox, signing, tracing
 from saga_kit.headers import Headers
 
 SAGA_LOCK_NAMESPACE = 7_301_003  # arbitrary, constant: first key of per-saga advisory locks
@@ -54,6 +54,14 @@ class Delivery:
 
     envelope: Envelope[Any]
     headers: Headers = ()
+    #: the trace context ``headers`` carry, if extracted already: the consumer extracts a
+    #: record's once, for its batch span's link, its handling span and its timeline entry
+    #: (``trace``)
+    context: otel_context.Context | None = None
+
+    def trace(self) -> otel_context.Context:
+        """The trace context ``headers`` carry (``saga_kit.tracing.extract``)."""
+        return self.context if self.context is not None else tracing.extract(self.headers)
 
 
 #: Called once per unit of work, with every event it emitted; queues its own writes.

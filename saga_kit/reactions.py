@@ -121,7 +121,7 @@ class Reactions(Generic[S]):
                     tracing.span(
                         f"handle {envelope.event_type}",
                         kind=SpanKind.CONSUMER,
-                        parent=tracing.extract(delivery.headers),
+                        parent=delivery.trace(),
                         attributes={
                             "saga.order_id": str(envelope.order_id),
                             "saga.event_id": str(envelope.event_id),

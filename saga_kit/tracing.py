@@ -139,16 +139,16 @@ def from_traceparent(traceparent: str | None) -> otel_context.Context | None:
     return _W3C.extract({TRACEPARENT: traceparent}) if traceparent else None
 
 
-def span_context(headers: Headers) -> SpanContext | None:
-    """The remote span context carried by ``headers``, if there is a valid one."""
-    ctx = trace.get_current_span(extract(headers)).get_span_context()
+def span_context(context: otel_context.Context) -> SpanContext | None:
+    """The remote span context of ``context`` (what ``extract`` found), if a valid one."""
+    ctx = trace.get_current_span(context).get_span_context()
     return ctx if ctx.is_valid else None
 
 
-def trace_id_of(headers: Headers) -> str | None:
-    """The trace id of the W3C ``traceparent`` in ``headers``, if there is a valid one."""
-    ctx = trace.get_current_span(extract(headers)).get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+def trace_id_of(context: otel_context.Context) -> str | None:
+    """The trace id of ``context`` (what ``extract`` found), as hex, if a valid one."""
+    ctx = span_context(context)
+    return format(ctx.trace_id, "032x") if ctx is not None else None
 
 
 def current_traceparent() -> str | None:
