@@ -19,7 +19,8 @@ help:
 	@echo "make test     unit, integration and end-to-end tests on the real servers (Tansu), then"
 	@echo "              e2e and chaos again on Apache Kafka where Java 17 is (BROKER=, PYTEST_ARGS=: one run)"
 	@echo "make bench    N orders (N=$${N:-2000}) closed loop, then the open-loop sweep (SWEEP=r1,r2,… or 0),"
-	@echo "              the idle saga and the null-saga ceiling: throughput, latency, CPU (SIGNING=0: unsigned)"
+	@echo "              the idle saga and the null-saga ceiling: throughput, latency, CPU (SIGNING=0: unsigned;"
+	@echo "              DB_STATEMENTS=10: each database's 10 statements with the most time in the closed loop)"
 	@echo "make chaos    N orders under kills, restarts, duplicates; check every invariant"
 	@echo "              (N=2000 KILLS=10 SEED=1; more: .venv/bin/python -m sagastack chaos -h)"
 	@echo "make lint     ruff + mypy (strict)"
@@ -76,7 +77,8 @@ browser:
 bench: setup
 	$(WITH_BROKER) $(BIN)/python -m sagastack bench --orders $${N:-2000} \
 	  $$( [ "$${SWEEP:-}" = 0 ] || echo --sweep $${SWEEP:-50,100,200,300,400,500,600} ) \
-	  $$( [ "$${SIGNING:-1}" = 0 ] && echo --no-signing )
+	  $$( [ "$${SIGNING:-1}" = 0 ] && echo --no-signing ) \
+	  $$( [ -n "$${DB_STATEMENTS:-}" ] && echo --db-statements $${DB_STATEMENTS} )
 
 chaos: setup
 	$(WITH_BROKER) $(BIN)/python -m sagastack chaos --orders $${N:-2000} --kills $${KILLS:-10} --seed $${SEED:-1}

@@ -40,7 +40,7 @@ import aiohttp
 import psycopg
 
 from events.values import MAX_STOCK
-from sagastack import invariants
+from sagastack import dbstats, invariants
 from sagastack.cli_types import count, positive_float, positive_int, rates
 from sagastack.cpu import CpuMeter, cpu_seconds
 from sagastack.embedded import DATABASES
@@ -429,7 +429,10 @@ def main(args: argparse.Namespace) -> int:
     products = [f"bench-p{i}" for i in range(args.products)]
     customers = [f"bench-c{i}" for i in range(args.customers)]
     print(f"signed events: {'on' if args.signing else 'off'}", flush=True)
-    with System(Path(args.run_dir), free_ports=True, fresh=True, signing=args.signing) as system:
+    preload = dbstats.PRELOAD if args.db_statements else ()
+    with System(
+        Path(args.run_dir), free_ports=True, fresh=True, signing=args.signing, postgres_options=preload
+    ) as system:
         initial = total_orders + args.idle  # every order (and idle saga) can be approved
         seed(system, products, customers, initial)
         url = system.url("order_svc") + "/orders"
@@ -449,8 +452,13 @@ def main(args: argparse.Namespace) -> int:
                 async def run(advance: Callable[[], None]) -> Load:
                     return await closed_loop(url, n, args.concurrency, products, customers, advance, auth)
 
+            if args.db_statements:  # counted over this run alone
+                for problem in dbstats.reset(system.database_urls):
+                    print(f"--db-statements: {problem}", flush=True)
             figures.append(measure(system, run, n, "placing orders"))
             print_summary(figures[0])
+            if args.db_statements:
+                dbstats.print_top(system.database_urls, args.db_statements, len(figures[0].rows))
         if args.sweep:
             invariants.wait_for_quiescence(system.database_urls, timeout=120)
             figures += sweep(system, args, products, customers)
@@ -524,6 +532,14 @@ def add_parser(sub: Any) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="services sign and verify events (--no-signing: to measure what it costs)",
+    )
+    p.add_argument(
+        "--db-statements",
+        type=count,
+        default=0,
+        metavar="N",
+        help="after the closed- or open-loop run, each database's N statements with the most"
+        " execution time in it (pg_stat_statements; 0: none)",
     )
     p.add_argument("--run-dir", default=".run/bench")
     p.set_defaults(func=main)

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -141,10 +142,12 @@ class Tansu:
 
 
 class Postgres:
-    """One embedded PostgreSQL server holding one database per service."""
+    """One embedded PostgreSQL server holding one database per service; ``options``:
+    server options (``-c name=value`` pairs) it runs with, e.g. a library to preload."""
 
-    def __init__(self, pgdata: Path) -> None:
+    def __init__(self, pgdata: Path, options: Sequence[str] = ()) -> None:
         self.pgdata = pgdata
+        self.options = tuple(options)
         self._server: object | None = None
         self._base_uri = ""
 
@@ -157,6 +160,9 @@ class Postgres:
         self._base_uri = server.get_uri()
         for db in DATABASES.values():
             self._create_database(db)
+        if self.options:  # the wheel starts it without them: once more, with (kept by later restarts)
+            self.pause()
+            return self.resume(*self.options)
         pid = server.get_pid()
         assert pid is not None
         return pid

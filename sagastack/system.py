@@ -187,6 +187,9 @@ class System:
     #: the development token issuer (saga_kit.auth), made by ``start``: every service
     #: checks bearer tokens against its JWKS; ``token`` mints them
     issuer: DevIssuer | None = None
+    #: Options of the embedded PostgreSQL server (``Postgres.options``), e.g. to preload
+    #: ``pg_stat_statements`` (``bench --db-statements``).
+    postgres_options: tuple[str, ...] = ()
     #: Processes per service (one consumer group, one database, each its own port): the
     #: first is ``System.url(service)``, the others ``service#2``, … (``instance_key``).
     instances: int = 1
@@ -323,7 +326,7 @@ class System:
         provider_missing = simulator and not self.provider_database_url
         if not missing and not provider_missing:
             return
-        self.postgres = Postgres(self.run_dir / "pgdata")
+        self.postgres = Postgres(self.run_dir / "pgdata", self.postgres_options)
         self.pids.add("postgres", self.postgres.start())
         for name in missing:
             self.database_urls[name] = self.postgres.url(DATABASES[name])
