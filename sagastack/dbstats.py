@@ -21,6 +21,8 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
+#: characters per line when the tables go to a file or a pipe rather than a terminal
+LOG_WIDTH = 180
 #: server options that load pg_stat_statements (and count statements inside functions too)
 PRELOAD = ("-c", "shared_preload_libraries=pg_stat_statements", "-c", "pg_stat_statements.track=all")
 
@@ -71,7 +73,10 @@ def top(url: str, n: int) -> list[Statement]:
 def print_top(urls: Mapping[str, str], n: int, sagas: int, console: Console | None = None) -> None:
     """One table per database: its ``n`` longest statements, with the time each cost per
     saga (``sagas`` completed while they were counted)."""
-    console = console or Console(highlight=False)
+    if console is None:
+        console = Console(highlight=False)
+        if not console.is_terminal:  # a log or a pipe: wide enough to read the statements
+            console = Console(highlight=False, width=LOG_WIDTH)
     for service, url in urls.items():
         try:
             statements = top(url, n)
