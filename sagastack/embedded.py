@@ -31,11 +31,24 @@ DATABASES = {
 }
 
 
+#: ports ``free_port`` handed out in this process
+_HANDED_OUT: set[int] = set()
+_HANDING_OUT = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port free on 127.0.0.1 now that this process has not handed out before. The
+    kernel may give two binds in a row the same free port, and callers take several
+    before any is listened on: two services were once told the same port, and the second
+    found the first on it (CI, ``test_compose_equivalent``)."""
+    with _HANDING_OUT:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port: int = s.getsockname()[1]
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
 
 
 def wait_for_port(port: int, timeout: float) -> None:
