@@ -16,6 +16,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 import uvloop
@@ -71,11 +72,22 @@ class ServiceSpec:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the runner owns shutdown."""
+    """uvicorn without its own signal handling and without its own exit: the runner owns
+    shutdown, and a server that cannot start is a failure the runner reports."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        """uvicorn's start, except that a port it cannot bind ends ``serve`` unstarted
+        instead of raising ``SystemExit`` through the event loop — which skipped the
+        runner's stop, so faust's consumer thread kept the process alive until a SIGKILL
+        (a service started on a port already taken never exited)."""
+        try:
+            await super().startup(sockets=sockets)
+        except SystemExit:
+            self.should_exit = True
 
 
 async def _until_up(

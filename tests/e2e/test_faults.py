@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -134,3 +135,26 @@ def test_killed_between_commit_and_publish_the_event_is_published_after_restart(
     assert saga["status"] == "APPROVED"
     assert [e["event_type"] for e in saga["events"]].count("OrderCreated") == 1
     assert client.account(customers["fay"])["balance"] == "8.00"
+
+
+def test_a_service_whose_port_is_taken_says_so_and_exits(system: System) -> None:
+    """An operator who starts a second copy on a port in use gets an error and exit code 1
+    within seconds, not a process that hangs until killed (uvicorn exits through the event
+    loop, past the runner's stop, and faust's consumer thread kept the process alive)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        system.start_service("inventory_svc#2", wait=False, env={"INVENTORY_HTTP_PORT": str(port)})
+        process = system.services["inventory_svc#2"].proc
+        assert process is not None
+        try:
+            code = process.wait(timeout=60)
+        finally:
+            said = system.log_tail("inventory_svc#2")
+            system.stop_service("inventory_svc#2", signal.SIGKILL)
+            del system.services["inventory_svc#2"]
+    assert code == 1, said
+    assert f"HTTP server could not start on port {port}" in said
+    # the first instance is unaffected
+    assert httpx.get(f"{system.url('inventory_svc')}/health/live").status_code == 200
