@@ -29,6 +29,7 @@ from payment_provider.settings import Settings as ProviderSettings
 from payment_svc.app import SPEC as PAYMENT
 from payment_svc.provider import PaymentProvider
 from payment_svc.worker import PaymentWorker
+from saga_kit import outbox
 from saga_kit.consumer import ConsumerPipeline, Record
 from saga_kit.db import Database, create_engine
 from saga_kit.migrations import PLUMBING, migrate
@@ -171,6 +172,19 @@ def commit_states() -> Iterator[list[pq.TransactionStatus]]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(psycopg.AsyncConnection, "commit", spy)
         yield found
+
+
+def record_of(envelope: Envelope[Any]) -> Record:
+    """``envelope`` as the relay publishes it: on its producer's topic, keyed by its order,
+    with the routing headers, at a fresh offset."""
+    return Record(
+        TOPIC_OF_PRODUCER[envelope.producer],
+        0,
+        next(_offsets),
+        str(envelope.order_id).encode(),
+        encode(envelope),
+        outbox.envelope_headers(envelope),
+    )
 
 
 def uid(prefix: str) -> str:

@@ -17,32 +17,20 @@ import pytest
 from psycopg import pq
 from sqlalchemy import text
 
-from events import OrderApproved, OrderCreated, OrderLine, encode
+from events import OrderApproved, OrderCreated, OrderLine
 from events.envelope import Envelope
 from order_svc.errors import IdempotencyKeyReused
 from order_svc.placing import Placed, Placement, place_orders
-from saga_kit import audit, outbox
+from saga_kit import audit
 from saga_kit.consumer import ConsumerPipeline, HandlerErrorLimit, Outcome, Record, Subscription
 from saga_kit.db import UnitOfWork
 from saga_kit.faust_app import consume_batches
 from saga_kit.reactions import Reactions, Replies
 from saga_kit.retry import RetryPolicy
-from tests.integration.conftest import ServiceUnderTest, add_product, commit_states, event
+from tests.integration.conftest import ServiceUnderTest, add_product, commit_states, event, record_of
 from tests.unit.samples import order_created
 
 _offsets = itertools.count(90_000_000 + uuid.uuid4().int % 1_000_000)
-
-
-def record_of(envelope: Envelope[Any]) -> Record:
-    """As the relay publishes it: keyed by order, with the routing headers."""
-    return Record(
-        "orders.events",
-        1,
-        next(_offsets),
-        str(envelope.order_id).encode(),
-        encode(envelope),
-        outbox.envelope_headers(envelope),
-    )
 
 
 async def stock(inventory: ServiceUnderTest, pid: str) -> tuple[int, int, int]:

@@ -19,18 +19,16 @@ from sqlalchemy import text
 
 from events import (
     InventoryReservationFailed,
-    InventoryReserved,
     OrderApproved,
     OrderCancelled,
     OrderLine,
     PaymentCompleted,
     PaymentFailed,
-    PricedLine,
 )
 from events.envelope import Envelope
 from order_svc.placing import place_order
 from tests.integration.conftest import ServiceUnderTest, add_account, add_product, balance_of, event
-from tests.unit.samples import order_created
+from tests.unit.samples import order_created, reserved_payload
 
 
 @dataclass
@@ -38,12 +36,6 @@ class Case:
     service: ServiceUnderTest
     event: Envelope[Any]
     snapshot: Callable[[], Awaitable[Any]]
-
-
-def reserved_payload(customer: str, pid: str, qty: int = 1, price: str = "2.50") -> InventoryReserved:
-    unit = Decimal(price)
-    line = PricedLine(product_id=pid, quantity=qty, unit_price=unit, line_total=unit * qty)
-    return InventoryReserved(customer_id=customer, lines=(line,), total=unit * qty)
 
 
 async def inventory_snapshot(svc: ServiceUnderTest, pid: str, oid: uuid.UUID) -> Any:

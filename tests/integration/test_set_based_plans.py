@@ -18,7 +18,6 @@ transaction rolled back, for its row counts). The test fails on a filled table r
 
 from __future__ import annotations
 
-import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -38,26 +37,20 @@ from events import (
     OrderLine,
     PaymentCompleted,
     PaymentFailed,
-    encode,
 )
-from events.envelope import Envelope
-from events.inventory import PricedLine
-from events.topics import TOPIC_OF_PRODUCER
 from order_svc.cancelling import cancel_overdue
 from order_svc.placing import Placed, Placement, place_orders
-from saga_kit import outbox
-from saga_kit.consumer import Outcome, Record
+from saga_kit.consumer import Outcome
 from saga_kit.db import Database, create_engine
 from saga_kit.migrations import PLUMBING, migrate
 from saga_kit.settings import ServiceSettings
 from sagastack.embedded import Postgres
-from tests.integration.conftest import SPECS, ServiceUnderTest, add_product, event
-from tests.unit.samples import order_created
+from tests.integration.conftest import SPECS, ServiceUnderTest, add_product, event, record_of
+from tests.unit.samples import order_created, reserved_payload
 
 #: rows in each filled table: far past the size (a few hundred) from which a sequential
 #: scan costs more than a handful of index probes
 ROWS = 5000
-_offsets = itertools.count(70_000_000)
 
 #: statements that fill each service's big tables (and make the planner see them)
 FILL = {
@@ -191,20 +184,8 @@ def assert_found_by_index(svc: ServiceUnderTest, sent: dict[str, set[tuple[str, 
     assert not scans, "\n".join(scans)
 
 
-def record_of(envelope: Envelope[Any]) -> Record:
-    return Record(
-        TOPIC_OF_PRODUCER[envelope.producer],
-        0,
-        next(_offsets),
-        str(envelope.order_id).encode(),
-        encode(envelope),
-        outbox.envelope_headers(envelope),
-    )
-
-
-def reserved(total: str = "5.00") -> InventoryReserved:
-    line = PricedLine(product_id="p", quantity=1, unit_price=Decimal(total), line_total=Decimal(total))
-    return InventoryReserved(customer_id="c1", lines=(line,), total=Decimal(total))
+def reserved() -> InventoryReserved:
+    return reserved_payload("c1", "p", price="5.00")
 
 
 async def test_the_order_service_finds_a_batch_by_index(big: Any, sent: Any) -> None:

@@ -15,7 +15,7 @@ from saga_kit import outbox, signing
 from saga_kit.consumer import ConsumerPipeline, Outcome, Record
 from saga_kit.retry import RetryPolicy
 from tests.integration.conftest import ServiceUnderTest, add_account, balance_of, event
-from tests.integration.test_idempotency import reserved_payload
+from tests.unit.samples import reserved_payload
 
 SERVICES = ("order_svc", "inventory_svc", "payment_svc")
 

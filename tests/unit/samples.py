@@ -37,6 +37,13 @@ def order_created(items: dict[str, int], customer: str = "c1", deadline: float =
     )
 
 
+def reserved_payload(customer: str, pid: str, qty: int = 1, price: str = "2.50") -> InventoryReserved:
+    """An InventoryReserved of one line: ``qty`` of ``pid`` at ``price``, for ``customer``."""
+    unit = Decimal(price)
+    line = PricedLine(product_id=pid, quantity=qty, unit_price=unit, line_total=unit * qty)
+    return InventoryReserved(customer_id=customer, lines=(line,), total=unit * qty)
+
+
 def sample_payloads() -> list[EventPayload]:
     line = PricedLine(product_id="p1", quantity=2, unit_price=Decimal("1.50"), line_total=Decimal("3.00"))
     stock = (StockLine(product_id="p1", quantity=2),)
