@@ -64,12 +64,12 @@ UUIDS = (
 TEXTS = "(SELECT unnest(ARRAY(SELECT x FROM json_array_elements_text(CAST(%(keys)s AS json)) x)))"
 
 
-def recordset(columns: str, param: str = "rows") -> str:
-    """A FROM item ``v`` of the rows of ``%(<param>)s`` (a ``rows(...)`` document), typed
+def recordset(columns: str) -> str:
+    """A FROM item ``v`` of the rows of ``%(rows)s`` (a ``rows(...)`` document), typed
     by ``columns`` (e.g. ``"o uuid, s text"``: the names are the documents' keys), for a
     statement that joins them to a table (``UPDATE t … FROM {recordset(…)} WHERE t.key =
     v.o``): the table's rows are then found by index (module doc)."""
     return (
-        f"unnest(ARRAY(SELECT v FROM json_to_recordset(CAST(%({param})s AS json)) AS v({columns})))"
+        f"unnest(ARRAY(SELECT v FROM json_to_recordset(CAST(%(rows)s AS json)) AS v({columns})))"
         f" AS v({columns})"
     )
