@@ -180,6 +180,9 @@ class Door:
         self._in_progress: dict[int, float] = {}
         #: requests that came in and whose answer has not left, body arrived or not
         self._entered = 0
+        #: requests whose app is waiting on the client for the rest of the body: not counted
+        #: against ``most`` (a client that starts an upload and stalls holds no capacity)
+        self._uploading: set[int] = set()
         self._ids = itertools.count()
         #: orders refused at the door since start
         self.refused = 0
@@ -200,8 +203,8 @@ class Door:
         why = None
         if waited > self.seconds:
             why = f"orders in progress have waited {waited:.1f} s for an answer"
-        elif self._entered >= self.most:
-            why = f"{self._entered} orders are in progress"
+        elif (in_progress := self._entered - len(self._uploading)) >= self.most:
+            why = f"{in_progress} orders are in progress"
         if why is not None:
             self.refused += 1
             REFUSED["door"] += 1
@@ -211,7 +214,12 @@ class Door:
         key = next(self._ids)
 
         async def counted(receive: Receive = receive) -> Message:
-            message = await receive()
+            if key not in self._in_progress:  # the body is still to come: wait on the client
+                self._uploading.add(key)
+            try:
+                message = await receive()
+            finally:
+                self._uploading.discard(key)
             if message["type"] == "http.request" and not message.get("more_body", False):
                 self._in_progress.setdefault(key, time.monotonic())
             return message
@@ -221,4 +229,5 @@ class Door:
             await self.app(scope, counted, send)
         finally:
             self._entered -= 1
+            self._uploading.discard(key)
             self._in_progress.pop(key, None)

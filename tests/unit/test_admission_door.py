@@ -121,20 +121,55 @@ async def test_fewer_slow_requests_than_the_depth_and_slow_uploads_do_not_close_
     assert door.waited(1) == 0.0  # a request that ended any way is no longer counted
 
 
-async def test_past_the_most_requests_in_progress_orders_are_refused_even_before_their_bodies_arrive() -> (
+class Busy(Held):
+    """An app too busy to read the bodies of its requests until ``release`` is set (the
+    event loop saturated: the bodies wait in the server's buffer)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.release.wait()
+        await super().__call__(scope, receive, send)
+
+
+async def test_past_the_most_requests_in_progress_orders_are_refused_even_before_their_bodies_are_read() -> (
     None
 ):
-    app = Held()
+    app = Busy()
     door = _door(app, most=4)
-    uploading = [asyncio.create_task(_call(door, _scope(), body_done=False)) for _ in range(4)]
+    waiting = [asyncio.create_task(_call(door, _scope())) for _ in range(4)]
     await asyncio.sleep(0)
     status, _, body = _status(await asyncio.wait_for(_call(door, _scope()), 1))
     assert status == 503 and "4 orders are in progress" in body["detail"]
-    uploading[0].cancel()
-    await asyncio.gather(uploading[0], return_exceptions=True)
+    waiting[0].cancel()
+    await asyncio.gather(waiting[0], return_exceptions=True)
     app.release.set()
     status, _, _ = _status(await asyncio.wait_for(_call(door, _scope()), 1))
     assert status == 202 and door.refused == 1
-    for task in uploading[1:]:
+    assert all(_status(m)[0] == 202 for m in await asyncio.gather(*waiting[1:]))
+
+
+async def test_stalled_uploads_do_not_fill_the_door() -> None:
+    """A client that starts an order's body and sends no more holds no place: 140 stalled
+    uploads against a limit of 100 leave the door open (an anonymous caller could shut it
+    before, as the count took every request from its first byte). Requests whose body has
+    arrived still count, uploads or not."""
+    app = Held()
+    door = _door(app, seconds=60, most=100)
+    stalled = [asyncio.create_task(_call(door, _scope(), body_done=False)) for _ in range(140)]
+    await asyncio.sleep(0.05)
+    status, _, _ = _status(await asyncio.wait_for(_call_released(door, app), 1))
+    assert status == 202 and door.refused == 0
+
+    app.release.clear()
+    held = [asyncio.create_task(_call(door, _scope())) for _ in range(100)]
+    await app.until_reached(101)  # the one let through above, and these
+    status, _, body = _status(await asyncio.wait_for(_call(door, _scope()), 1))
+    assert status == 503 and "100 orders are in progress" in body["detail"]
+    app.release.set()
+    for task in (*stalled, *held):
         task.cancel()
-    await asyncio.gather(*uploading[1:], return_exceptions=True)
+    await asyncio.gather(*stalled, *held, return_exceptions=True)
+
+
+async def _call_released(door: Door, app: Held) -> list[Message]:
+    app.release.set()
+    return await _call(door, _scope())
