@@ -4,9 +4,12 @@ the bodies of error answers with the helper that documents them in each route's 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import email.message
+import ipaddress
 import json
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
@@ -209,25 +212,46 @@ class RequestGuard:
       bytes (any method) is answered 413 ``body_too_large`` before a byte of it is read. A
       body whose size is not announced (chunked) is counted as it arrives by Starlette's
       body limit (inside this guard), whose 413 ``create_app`` answers with the same
-      reason.
+      reason;
+    * **a body that does not arrive**: once a route starts reading a body, all of it must
+      arrive within ``body_timeout`` seconds, or the request is answered 408
+      ``request_timeout`` and the connection closed (a client that stalls mid-body holds
+      a connection no longer; uvicorn has no such limit of its own);
+    * **JSON that is not what it says**: a JSON body is checked once it has arrived
+      (``check_json_body``) — bytes that are not UTF-8 (UTF-16, UTF-32, Latin-1) are
+      answered 415 ``unsupported_media_type``; a key twice in one object, a number with
+      more digits than Python reads, or nesting deeper than it parses, 422 with the reason
+      (the framework would take the last of two keys, and name only the exception of the
+      others).
 
     The rest of the hygiene is the libraries': the ``Host`` allow-list (DNS rebinding) is
     decided by Starlette's ``TrustedHostMiddleware`` (``HostAllowList``), CORS preflights
     for the allowed origins by its ``CORSMiddleware``. Every refusal here is in the
     OpenAPI document of each operation it can answer (``_document_common_answers``)."""
 
-    def __init__(self, app: ASGIApp, allowed_origins: Sequence[str], max_body_size: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        allowed_origins: Sequence[str],
+        max_body_size: int,
+        body_timeout: float = 30.0,
+    ) -> None:
         self.app = app
         self.allowed_origins = frozenset(o.rstrip("/") for o in allowed_origins)
         self.max_body_size = max_body_size
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            refusal = self._refusal(scope["method"], Headers(scope=scope))
+            headers = Headers(scope=scope)
+            refusal = self._refusal(scope["method"], headers)
             if refusal is not None:
                 for message in _json_answer(*refusal):
                     await send(message)
                 return
+            if _has_body(headers):  # past _refusal, a body of these methods is JSON
+                check = scope["method"] in _WITH_JSON_BODY
+                receive = _BodyReader(receive, self.body_timeout, self.max_body_size if check else None)
         await self.app(scope, receive, send)
 
     def _refusal(
@@ -257,7 +281,7 @@ class RequestGuard:
             detail = f"a request from the origin {printable(origin, 200)!r} may not change state here"
             return 403, {"detail": detail, "reason": "cross_origin_refused"}, []
         length = headers.get("content-length", "")
-        has_body = "transfer-encoding" in headers or length not in ("", "0")
+        has_body = _has_body(headers)
         coding = (field("content-encoding") or "").lower()
         if has_body and any(c.strip() not in ("", "identity") for c in coding.split(",")):
             detail = (
@@ -280,6 +304,101 @@ class RequestGuard:
 
 #: Methods whose body, when they have one, is JSON on every route of the services.
 _WITH_JSON_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _has_body(headers: Headers) -> bool:
+    return "transfer-encoding" in headers or headers.get("content-length", "") not in ("", "0")
+
+
+class UnreadableBody(Exception):
+    """A JSON body that parses but cannot be taken as it is: answered 422
+    ``invalid_request`` with this message (``create_app``)."""
+
+
+class _BodyReader:
+    """The ``receive`` of a request with a body (``RequestGuard``): the whole body must
+    arrive within ``timeout`` seconds of the route's first read (else 408); with
+    ``json_limit``, a body up to that many bytes is kept as it arrives and checked by
+    ``check_json_body`` when complete (a larger one is the body limit's 413)."""
+
+    def __init__(self, receive: Receive, timeout: float, json_limit: int | None) -> None:
+        self._receive = receive
+        self._timeout = timeout
+        self._deadline: float | None = None
+        self._done = False
+        self._limit = json_limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    async def __call__(self) -> Message:
+        if self._done:  # after the body: a wait for the client's disconnect, not timed
+            return await self._receive()
+        if self._deadline is None:
+            self._deadline = asyncio.get_running_loop().time() + self._timeout
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                message = await self._receive()
+        except TimeoutError:
+            raise StarletteHTTPException(
+                408,
+                f"the request body did not arrive within {self._timeout:g} s",
+                headers={"Connection": "close"},  # RFC 9110 §15.5.9
+            ) from None
+        if message["type"] != "http.request":
+            self._done = True
+            return message
+        if self._limit is not None and self._size <= self._limit:
+            chunk = message.get("body", b"")
+            self._chunks.append(chunk)
+            self._size += len(chunk)
+        if not message.get("more_body", False):
+            self._done = True
+            if self._limit is not None and self._size <= self._limit:
+                check_json_body(b"".join(self._chunks))
+        return message
+
+
+def check_json_body(body: bytes) -> None:
+    """Is ``body`` JSON text in UTF-8 that says each thing once? Raises
+    ``StarletteHTTPException`` 415 for bytes that are not UTF-8 (RFC 8259 §8.1; a NUL byte,
+    which JSON text never holds unescaped, is UTF-16 or UTF-32 — Python's ``json`` would
+    guess those and read them), ``UnreadableBody`` for a name twice in one object (RFC
+    8259 §4 leaves its meaning open; the framework took the last), a number of more digits
+    than ``sys.get_int_max_str_digits()``, or nesting deeper than the parser's recursion
+    limit. A leading UTF-8 byte order mark is ignored (RFC 8259 §8.1 allows it). Text that
+    is not JSON at all passes: the framework's own 422 (``json_invalid``) says where."""
+    unmarked = body.removeprefix(codecs.BOM_UTF8)
+    try:
+        text = unmarked.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = exc.start + len(body) - len(unmarked)
+        detail = f"the body is not UTF-8: byte {body[at]:#04x} at offset {at}"
+        raise StarletteHTTPException(415, detail) from None
+    if "\x00" in text:
+        raise StarletteHTTPException(
+            415, "the body is not UTF-8 JSON: it holds NUL bytes (UTF-16 or UTF-32?)"
+        )
+    try:
+        json.loads(text, object_pairs_hook=_once_each)
+    except json.JSONDecodeError:
+        return
+    except RecursionError:
+        raise UnreadableBody("the body nests arrays and objects too deeply to be read") from None
+    except ValueError:  # the limit of int() (CVE-2020-10735)
+        raise UnreadableBody(
+            f"a number in the body has more than {sys.get_int_max_str_digits()} digits"
+        ) from None
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in seen:
+            raise UnreadableBody(
+                f"the name {printable(name, 100)!r} appears twice in one object: say each thing once"
+            )
+        seen[name] = value
+    return seen
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -364,6 +483,9 @@ class HostAllowList:
         self._decide = TrustedHostMiddleware(
             self._admit, allowed_hosts=list(allowed_hosts), www_redirect=False
         )
+        #: the IPv6 addresses allowed (``::1`` or ``[::1]``): Starlette cuts a Host at its
+        #: first colon, so it can match no IPv6 literal, and this list decides those
+        self._ipv6 = {a for a in map(_ipv6_address, allowed_hosts) if a is not None}
 
     @staticmethod
     async def _admit(scope: Scope, _receive: Receive, _send: Send) -> None:
@@ -375,7 +497,11 @@ class HostAllowList:
             return
         hosts = [value for name, value in scope["headers"] if name == b"host"]
         if len(hosts) == 1:
-            await self._decide(scope, receive, _discard)  # answers nothing itself: _discard
+            literal = _ipv6_literal(hosts[0].decode("latin-1"))
+            if literal is not None:
+                scope[_HOST_ADMITTED] = literal in self._ipv6
+            else:
+                await self._decide(scope, receive, _discard)  # answers nothing itself: _discard
         if scope.pop(_HOST_ADMITTED, False):
             await self.app(scope, receive, send)
             return
@@ -390,6 +516,30 @@ class HostAllowList:
         refusal = {"detail": detail, "reason": "invalid_host"}
         for message in _json_answer(400, refusal):
             await send(message)
+
+
+def _ipv6_address(host: str) -> ipaddress.IPv6Address | None:
+    """The address of an allow-list entry that is an IPv6 address, bracketed or not."""
+    try:
+        return ipaddress.IPv6Address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return None
+
+
+def _ipv6_literal(host: str) -> ipaddress.IPv6Address | None:
+    """The address of a ``Host`` that is an IPv6 literal with or without a port
+    (``[::1]``, ``[::1]:8001``; RFC 3986 §3.2.2: always in brackets), else None. Spellings
+    of one address are one (``[0:0:0:0:0:0:0:1]`` is ``[::1]``)."""
+    if not host.startswith("["):
+        return None
+    inside, bracket, rest = host[1:].partition("]")
+    port = rest.removeprefix(":")
+    if not bracket or (rest and not (rest.startswith(":") and port.isascii() and port.isdigit())):
+        return None
+    try:
+        return ipaddress.IPv6Address(inside)
+    except ValueError:
+        return None
 
 
 def _json_answer(
@@ -597,6 +747,7 @@ def create_app(
         RequestGuard,
         allowed_origins=settings.http_allowed_origins,
         max_body_size=settings.http_max_body_bytes,
+        body_timeout=settings.http_body_timeout_seconds,
     )
     if settings.http_allowed_origins:
         app.add_middleware(
@@ -619,11 +770,12 @@ def create_app(
             if refused is not None:
                 return refused
             cause = exc.__cause__
-            why = (
-                f"the body could not be read ({type(cause).__name__})"
-                if cause
-                else "the body could not be read"
-            )
+            if isinstance(cause, UnreadableBody):
+                why = str(cause)
+            elif cause:
+                why = f"the body could not be read ({type(cause).__name__})"
+            else:
+                why = "the body could not be read"
             return JSONResponse(
                 {
                     "detail": [{"loc": ["body"], "msg": why, "type": "body_unreadable"}],
@@ -726,7 +878,7 @@ def _document_common_answers(app: FastAPI, metrics_public: bool) -> None:
     """The OpenAPI document says what each route needs (``saga_kit.auth.POLICY``): a bearer
     JWT (``securitySchemes``) and its 401, and the 403 of operator-only routes; on every
     route the 400 of the ``Host`` allow-list (``HostAllowList``); on every state-changing
-    one ``RequestGuard``'s 403, 413 and 415."""
+    one ``RequestGuard``'s 403, 408, 413 and 415."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -762,6 +914,9 @@ def _document_common_answers(app: FastAPI, metrics_public: bool) -> None:
                     forbidden.append("a request from another origin (`cross_origin_refused`)")
                     responses["413"] = answer(
                         "the body is larger than `HTTP_MAX_BODY_BYTES` (`body_too_large`)"
+                    )
+                    responses["408"] = answer(
+                        "the body did not arrive within `HTTP_BODY_TIMEOUT_SECONDS` (`request_timeout`)"
                     )
                     responses["415"] = answer(
                         "a body that is not `application/json` in UTF-8 (`unsupported_media_type`),"

@@ -186,6 +186,15 @@ class ServiceSettings(KafkaClientSettings):
         validation_alias=AliasChoices("HTTP_MAX_BODY_BYTES", "http_max_body_bytes"),
     )
 
+    #: how long a request's body may take to arrive once a route reads it, in seconds
+    #: (longer: 408, and the connection is closed).
+    http_body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        validation_alias=AliasChoices("HTTP_BODY_TIMEOUT_SECONDS", "http_body_timeout_seconds"),
+    )
+
     @field_validator("http_allowed_hosts", "http_allowed_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:

@@ -184,3 +184,51 @@ def test_head_is_the_get_without_its_content(system: System, client: SagaClient,
     # the live feed's HEAD: its headers
     feed = system.http.head(f"{order}/saga-events/stream", timeout=10)
     assert (feed.status_code, feed.headers["content-type"].split(";")[0]) == (200, "text/event-stream")
+
+
+def test_a_host_that_is_an_ipv6_literal_is_matched_as_an_address(system: System) -> None:
+    """``::1`` is on the default allow-list, yet ``Host: [::1]:port`` was refused: the
+    allow-list's library cut the value at its first colon."""
+    port = httpx.URL(system.url("order_svc")).port
+    url = f"{system.url('order_svc')}/health/live"
+    for host in (f"[::1]:{port}", "[::1]", f"[0:0:0:0:0:0:0:1]:{port}"):
+        assert system.http.get(url, headers={"Host": host}).status_code == 200, host
+    for host in (f"[::2]:{port}", "[::1", "::1", f"[::1]x{port}", "[not an address]"):
+        answer = system.http.get(url, headers={"Host": host})
+        assert answer.status_code == 400 and answer.json()["reason"] == "invalid_host", host
+
+
+def test_a_json_body_must_be_utf8_and_say_each_thing_once(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """Python's json reads UTF-16 and UTF-32 too, and keeps the last of a name given twice:
+    such an order was placed. Each is refused with why (415, or a 422 naming the name),
+    as are a number too long to read and nesting too deep, which named only an exception."""
+    products, customers = seed(client, uid, {"cup": ("2.00", 5)}, {"ida": "10.00"})
+    url = f"{system.url('order_svc')}/orders"
+    order = {"customer_id": customers["ida"], "items": [{"product_id": products["cup"], "quantity": 1}]}
+    text = json.dumps(order)
+    json_type = {"Content-Type": "application/json"}
+    for encoding in ("utf-16", "utf-16-le", "utf-32"):
+        answer = system.http.post(url, content=text.encode(encoding), headers=json_type)
+        assert answer.status_code == 415, (encoding, answer.text)
+        assert answer.json()["reason"] == "unsupported_media_type"
+        assert answer.json()["detail"].startswith("the body is not UTF-8")
+    twice = text.replace('"customer_id"', '"customer_id": "someone-else", "customer_id"')
+    long_number = text.replace('"quantity": 1', '"quantity": 1' + "0" * 5000)
+    deep = text.replace('"items"', '"nested": ' + "[" * 50_000 + "]" * 50_000 + ', "items"')
+    for body, message in (
+        (twice, "the name 'customer_id' appears twice in one object: say each thing once"),
+        (long_number, "a number in the body has more than 4300 digits"),
+        (deep, "the body nests arrays and objects too deeply to be read"),
+    ):
+        answer = system.http.post(url, content=body.encode(), headers=json_type)
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["detail"][0]["msg"] == message
+        # who calls is checked before what is sent: a caller without a token learns nothing
+        anonymous = httpx.post(url, content=body.encode(), headers=json_type)
+        assert anonymous.status_code == 401 and anonymous.json()["reason"] == "missing_token"
+    listed = system.http.get(url, params={"customer_id": customers["ida"]})
+    assert listed.status_code == 200 and listed.json() == [], listed.text  # none of them placed an order
+    placed = system.http.post(url, content=b"\xef\xbb\xbf" + text.encode(), headers=json_type)
+    assert placed.status_code == 202, placed.text  # a UTF-8 byte order mark is allowed (RFC 8259 §8.1)
