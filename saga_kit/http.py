@@ -311,8 +311,14 @@ def _has_body(headers: Headers) -> bool:
 
 
 class UnreadableBody(Exception):
-    """A JSON body that parses but cannot be taken as it is: answered 422
-    ``invalid_request`` with this message (``create_app``)."""
+    """A JSON body that cannot be taken as it is: answered with ``status`` — 415
+    ``unsupported_media_type`` for bytes that are not UTF-8, else 422 ``invalid_request``
+    — and this message (``create_app``), once the caller is known to be allowed to learn
+    it (a caller without a token gets its 401 first)."""
+
+    def __init__(self, message: str, status: Literal[415, 422] = 422) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class _BodyReader:
@@ -359,10 +365,10 @@ class _BodyReader:
 
 
 def check_json_body(body: bytes) -> None:
-    """Is ``body`` JSON text in UTF-8 that says each thing once? Raises
-    ``StarletteHTTPException`` 415 for bytes that are not UTF-8 (RFC 8259 §8.1; a NUL byte,
+    """Is ``body`` JSON text in UTF-8 that says each thing once? Raises ``UnreadableBody``:
+    415 for bytes that are not UTF-8 (RFC 8259 §8.1; a NUL byte,
     which JSON text never holds unescaped, is UTF-16 or UTF-32 — Python's ``json`` would
-    guess those and read them), ``UnreadableBody`` for a name twice in one object (RFC
+    guess those and read them); 422 for a name twice in one object (RFC
     8259 §4 leaves its meaning open; the framework took the last), a number of more digits
     than ``sys.get_int_max_str_digits()``, or nesting deeper than the parser's recursion
     limit. A leading UTF-8 byte order mark is ignored (RFC 8259 §8.1 allows it). Text that
@@ -372,12 +378,9 @@ def check_json_body(body: bytes) -> None:
         text = unmarked.decode("utf-8")
     except UnicodeDecodeError as exc:
         at = exc.start + len(body) - len(unmarked)
-        detail = f"the body is not UTF-8: byte {body[at]:#04x} at offset {at}"
-        raise StarletteHTTPException(415, detail) from None
+        raise UnreadableBody(f"the body is not UTF-8: byte {body[at]:#04x} at offset {at}", 415) from None
     if "\x00" in text:
-        raise StarletteHTTPException(
-            415, "the body is not UTF-8 JSON: it holds NUL bytes (UTF-16 or UTF-32?)"
-        )
+        raise UnreadableBody("the body is not UTF-8 JSON: it holds NUL bytes (UTF-16 or UTF-32?)", 415)
     try:
         json.loads(text, object_pairs_hook=_once_each)
     except json.JSONDecodeError:
@@ -770,6 +773,10 @@ def create_app(
             if refused is not None:
                 return refused
             cause = exc.__cause__
+            if isinstance(cause, UnreadableBody) and cause.status == 415:
+                return JSONResponse(
+                    {"detail": str(cause), "reason": "unsupported_media_type"}, status_code=415
+                )
             if isinstance(cause, UnreadableBody):
                 why = str(cause)
             elif cause:

@@ -38,14 +38,14 @@ def test_invalid_order_bodies_get_422_with_a_reason(system: System, body: object
     assert r.json()["detail"], "the response must say what is wrong"
 
 
-def test_non_json_body_gets_422(system: System) -> None:
+def test_non_json_body_gets_422_and_non_utf8_415(system: System) -> None:
     r = system.http.post(
         f"{system.url('order_svc')}/orders",
         content=b"{oops",
         headers={"content-type": "application/json"},
     )
     assert r.status_code == 422
-    # a body that is not even text (not UTF-8) is an invalid body too, not a 400
+    # a body that is not even UTF-8 is not the media type it says: 415, not a 400
     for service, path in (("order_svc", "/orders"), ("payment_svc", "/accounts/c1")):
         r = system.http.request(
             "POST" if service == "order_svc" else "PUT",
@@ -53,8 +53,11 @@ def test_non_json_body_gets_422(system: System) -> None:
             content=b'{"balance": "\xff\xfe"}',
             headers={"content-type": "application/json"},
         )
-        assert r.status_code == 422, (service, r.text)
-        assert r.json()["reason"] == "invalid_request" and r.json()["detail"][0]["loc"] == ["body"]
+        assert r.status_code == 415, (service, r.text)
+        assert r.json() == {
+            "detail": "the body is not UTF-8: byte 0xff at offset 13",
+            "reason": "unsupported_media_type",
+        }
 
 
 @pytest.mark.parametrize(

@@ -214,6 +214,8 @@ def test_a_json_body_must_be_utf8_and_say_each_thing_once(
         assert answer.status_code == 415, (encoding, answer.text)
         assert answer.json()["reason"] == "unsupported_media_type"
         assert answer.json()["detail"].startswith("the body is not UTF-8")
+        anonymous = httpx.post(url, content=text.encode(encoding), headers=json_type)
+        assert anonymous.status_code == 401 and anonymous.json()["reason"] == "missing_token"
     twice = text.replace('"customer_id"', '"customer_id": "someone-else", "customer_id"')
     long_number = text.replace('"quantity": 1', '"quantity": 1' + "0" * 5000)
     deep = text.replace('"items"', '"nested": ' + "[" * 50_000 + "]" * 50_000 + ', "items"')
