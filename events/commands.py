@@ -16,7 +16,11 @@ JSON in UTF-8, keyed by ``command_id``::
   ``correlation_id`` = ``command_id``; a refused command produces ``CommandRejected`` with
   the reason (invalid body, unknown type or version, id reused with another body, not
   cancellable, unknown order). Only bytes that are not a command at all (not JSON, no
-  ``command_id``) are dead-lettered.
+  ``command_id``) are dead-lettered. JSON that cannot be read whole — a number past the
+  parser's range, nesting past its depth, bytes broken off — is refused like any invalid
+  command when its ``command_id`` comes before the part that cannot be read
+  (``readable_members``): ``GET /commands/{id}`` answers ``rejected``, where it answered
+  ``unknown`` for ever.
 
 * Who sends it: the record's ``authorization`` header, ``Bearer <JWT>`` — the token the
   HTTP API takes, verified and authorized exactly like the HTTP call (a customer places
@@ -48,7 +52,7 @@ from pydantic_core import from_json
 from events.codec import InvalidEvent, summary
 from events.envelope import Envelope, EventPayload
 from events.order import OrderLine
-from events.values import MAX_ORDER_LINES, ExternalId, SafeText, printable
+from events.values import MAX_ORDER_LINES, DeadlineSeconds, ExternalId, SafeText, printable
 
 #: The record header that carries the sender's bearer token, ``Bearer <JWT>``: the same
 #: token, checked by the same rules, as the ``Authorization`` of an HTTP call.
@@ -85,7 +89,7 @@ class PlaceOrder(Command):
     customer_id: ExternalId
     items: Annotated[tuple[OrderLine, ...], Field(min_length=1, max_length=MAX_ORDER_LINES)]
     #: How long the saga may stay PENDING; the service's default when absent.
-    deadline_seconds: Annotated[float | None, Field(strict=True, gt=0, le=86_400, allow_inf_nan=False)] = None
+    deadline_seconds: DeadlineSeconds | None = None
 
 
 class CancelOrder(Command):
@@ -138,20 +142,18 @@ def to_envelope(data: bytes | None, authorization: Sequence[str] = ()) -> Envelo
     try:
         raw = from_json(data)
     except ValueError as exc:
-        raise InvalidEvent(f"not a command: {printable(str(exc), 200)}") from None
-    command_id = raw.get("command_id") if isinstance(raw, dict) else None
-    try:
-        cid = uuid.UUID(command_id) if isinstance(command_id, str) else None
-    except ValueError:
-        cid = None
+        unreadable = f"{printable(str(exc), 200)}"
+        raw = readable_members(data)
+        cid = _uuid(raw.get("command_id"))
+        if cid is None:
+            raise InvalidEvent(f"not a command: {unreadable}") from None
+        detail = f"the command cannot be read whole: {unreadable}"
+        return _refused(_delivery(cid, data, authorization), cid, _shown(raw), "invalid_command", detail)
+    cid = _uuid(raw.get("command_id")) if isinstance(raw, dict) else None
     if cid is None:
         raise InvalidEvent("not a command: no command_id (a UUID)")
-    digest = hashlib.sha256(data)
-    for token in authorization:  # another token makes another delivery (module doc)
-        digest.update(b"\0" + token.encode("utf-8", "surrogatepass"))
-    delivery = uuid.uuid5(_DELIVERIES, f"{cid}/{digest.hexdigest()}")
-    command_type = raw.get("command_type")
-    shown_type = printable(command_type, 100) if isinstance(command_type, str) else "?"
+    delivery = _delivery(cid, data, authorization)
+    shown_type = _shown(raw)
     try:
         wire = _Wire.model_validate(raw)
     except ValidationError as exc:
@@ -179,6 +181,65 @@ def to_envelope(data: bytes | None, authorization: Sequence[str] = ()) -> Envelo
     payload._authorization = tuple(authorization)
     target = payload.order_id if isinstance(payload, CancelOrder) else order_id_for(cid)
     return _envelope(delivery, target, payload)
+
+
+def readable_members(data: bytes) -> dict[str, Any]:
+    """The members of a JSON object that can be read, in order, up to the first that
+    cannot (read by the standard library's decoder, one member at a time: a number past
+    ``sys.get_int_max_str_digits()`` or nesting past the recursion limit stops it there);
+    ``{}`` when ``data`` is not UTF-8 text starting a JSON object."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return {}
+    decoder = json.JSONDecoder()
+    members: dict[str, Any] = {}
+    at = _space(text, 0)
+    if not text.startswith("{", at):
+        return members
+    at += 1
+    while True:
+        try:
+            name, at = decoder.raw_decode(text, _space(text, at))
+            at = _space(text, at)
+            if not isinstance(name, str) or not text.startswith(":", at):
+                return members
+            value, at = decoder.raw_decode(text, _space(text, at + 1))
+        except (ValueError, RecursionError):
+            return members
+        members.setdefault(name, value)
+        at = _space(text, at)
+        if not text.startswith(",", at):
+            return members
+        at += 1
+
+
+def _space(text: str, at: int) -> int:
+    """The position of the first character at or after ``at`` that is not JSON whitespace."""
+    while at < len(text) and text[at] in " \t\n\r":
+        at += 1
+    return at
+
+
+def _uuid(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _shown(raw: Any) -> str:
+    """The ``command_type`` of a command's JSON, as a refusal shows it ("?" if none)."""
+    command_type = raw.get("command_type") if isinstance(raw, dict) else None
+    return printable(command_type, 100) if isinstance(command_type, str) else "?"
+
+
+def _delivery(cid: uuid.UUID, data: bytes, authorization: Sequence[str]) -> uuid.UUID:
+    """The ``event_id`` of one delivery: the command id, the exact bytes and the tokens."""
+    digest = hashlib.sha256(data)
+    for token in authorization:  # another token makes another delivery (module doc)
+        digest.update(b"\0" + token.encode("utf-8", "surrogatepass"))
+    return uuid.uuid5(_DELIVERIES, f"{cid}/{digest.hexdigest()}")
 
 
 def _refused(

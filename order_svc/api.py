@@ -20,7 +20,7 @@ from events import OrderLine
 from events.codec import peek
 from events.commands import order_id_for
 from events.personal import PersonalData
-from events.values import MAX_ORDER_LINES, ExternalId, Money, SafeText, not_blank, printable
+from events.values import MAX_ORDER_LINES, DeadlineSeconds, ExternalId, Money, SafeText, not_blank, printable
 from order_svc import admission, timeline
 from order_svc.admission import Admission
 from order_svc.cancelling import OrderNotFound, cancel_order
@@ -88,7 +88,7 @@ class OrderRequest(BaseModel):
     items: Annotated[list[OrderLine], Field(min_length=1, max_length=MAX_ORDER_LINES)]
     #: How long the saga may stay PENDING before it is cancelled with reason ``timeout``;
     #: the service default (``ORDER_DEADLINE_SECONDS``, 30 s) when absent.
-    deadline_seconds: Annotated[float | None, Field(strict=True, gt=0, le=86_400, allow_inf_nan=False)] = None
+    deadline_seconds: DeadlineSeconds | None = None
     #: Personal data (optional): sealed with the customer's data key before it is stored
     #: or sent anywhere; unreadable everywhere once the customer is forgotten.
     email: Annotated[EmailStr, Field(max_length=254)] | None = None

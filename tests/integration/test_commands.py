@@ -89,18 +89,30 @@ async def test_a_command_id_reused_with_another_body_is_rejected(order: ServiceU
 
 
 async def test_a_command_that_cannot_be_accepted_is_answered_with_the_reason(order: ServiceUnderTest) -> None:
-    cases = {
-        "invalid_command": {"payload": {"customer_id": "kim", "items": []}},
-        "unknown_command": {"command_type": "TeleportOrder"},
-        "unsupported_version": {"schema_version": 9},
-    }
-    for reason, change in cases.items():
+    items = [{"product_id": "p", "quantity": 1}]
+    cases = [
+        ("invalid_command", {"payload": {"customer_id": "kim", "items": []}}, "invalid PlaceOrder"),
+        ("unknown_command", {"command_type": "TeleportOrder"}, "unknown command_type"),
+        ("unsupported_version", {"schema_version": 9}, "schema_version 9"),
+        # a deadline already past when the order is placed (it reserved and charged, then refunded)
+        (
+            "invalid_command",
+            {"payload": {"customer_id": "kim", "items": items, "deadline_seconds": 5e-324}},
+            "deadline_seconds",
+        ),
+        # JSON the parser cannot read whole, its command_id readable before: it was a dead
+        # letter, and GET /commands/{id} answered "unknown" for ever
+        ("invalid_command", {"payload": {"customer_id": "kim", "items": items, "n": "LONG"}}, "number"),
+        ("invalid_command", {"payload": {"customer_id": "kim", "items": items, "n": "DEEP"}}, "recursion"),
+    ]
+    for reason, change, why in cases:
         wire = json.loads(encode_command(place()))
         wire.update(change)
-        assert await send(order, json.dumps(wire).encode()) is Outcome.HANDLED
+        text = json.dumps(wire).replace('"DEEP"', "[" * 100_000 + "]" * 100_000).replace('"LONG"', "9" * 5000)
+        assert await send(order, text.encode()) is Outcome.HANDLED, why
         ((rejected, correlation),) = await answers(order, order_id_for(uuid.UUID(wire["command_id"])))
         assert rejected.event_type == "CommandRejected" and rejected.payload.reason == reason
-        assert correlation == wire["command_id"] and rejected.payload.detail
+        assert correlation == wire["command_id"] and why in rejected.payload.detail, rejected.payload.detail
 
 
 async def test_bytes_that_are_no_command_at_all_are_dead_lettered(order: ServiceUnderTest) -> None:
