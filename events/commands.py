@@ -52,7 +52,15 @@ from pydantic_core import from_json
 from events.codec import InvalidEvent, summary
 from events.envelope import Envelope, EventPayload
 from events.order import OrderLine
-from events.values import MAX_ORDER_LINES, DeadlineSeconds, ExternalId, SafeText, printable
+from events.values import (
+    MAX_ORDER_LINES,
+    DeadlineSeconds,
+    ExternalId,
+    NameGivenTwice,
+    SafeText,
+    once_each,
+    printable,
+)
 
 #: The record header that carries the sender's bearer token, ``Bearer <JWT>``: the same
 #: token, checked by the same rules, as the ``Authorization`` of an HTTP call.
@@ -154,6 +162,12 @@ def to_envelope(data: bytes | None, authorization: Sequence[str] = ()) -> Envelo
         raise InvalidEvent("not a command: no command_id (a UUID)")
     delivery = _delivery(cid, data, authorization)
     shown_type = _shown(raw)
+    try:  # as the HTTP door (saga_kit.http.check_json_body) refuses it
+        json.loads(data, object_pairs_hook=once_each)
+    except NameGivenTwice as exc:
+        return _refused(delivery, cid, shown_type, "invalid_command", str(exc))
+    except (ValueError, RecursionError):
+        pass  # read whole above; only the names given twice are this reader's question
     try:
         wire = _Wire.model_validate(raw)
     except ValidationError as exc:

@@ -195,3 +195,22 @@ def printable(text: str, limit: int = 2000) -> str:
             out.append(ch)
     result = "".join(out)
     return result if len(result) <= limit else result[: limit - 1] + "…"
+
+
+class NameGivenTwice(ValueError):
+    """A JSON object that gives one name twice (``once_each``)."""
+
+
+def once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for ``json.loads`` that raises ``NameGivenTwice`` for an object
+    giving a name twice: RFC 8259 §4 leaves its meaning to the parser (Python's and
+    pydantic's take the last), and a body read one way by one reader and another way by
+    the next says two things."""
+    seen: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in seen:
+            raise NameGivenTwice(
+                f"the name {printable(name, 100)!r} appears twice in one object: say each thing once"
+            )
+        seen[name] = value
+    return seen

@@ -29,7 +29,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from events.values import printable
+from events.values import NameGivenTwice, once_each, printable
 from saga_kit import auth, tracing
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection, TransientError, is_transient
@@ -382,7 +382,9 @@ def check_json_body(body: bytes) -> None:
     if "\x00" in text:
         raise UnreadableBody("the body is not UTF-8 JSON: it holds NUL bytes (UTF-16 or UTF-32?)", 415)
     try:
-        json.loads(text, object_pairs_hook=_once_each)
+        json.loads(text, object_pairs_hook=once_each)
+    except NameGivenTwice as exc:
+        raise UnreadableBody(str(exc)) from None
     except json.JSONDecodeError:
         return
     except RecursionError:
@@ -391,17 +393,6 @@ def check_json_body(body: bytes) -> None:
         raise UnreadableBody(
             f"a number in the body has more than {sys.get_int_max_str_digits()} digits"
         ) from None
-
-
-def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in seen:
-            raise UnreadableBody(
-                f"the name {printable(name, 100)!r} appears twice in one object: say each thing once"
-            )
-        seen[name] = value
-    return seen
 
 
 def _is_json(content_type: str | None) -> bool:

@@ -104,11 +104,18 @@ async def test_a_command_that_cannot_be_accepted_is_answered_with_the_reason(ord
         # letter, and GET /commands/{id} answered "unknown" for ever
         ("invalid_command", {"payload": {"customer_id": "kim", "items": items, "n": "LONG"}}, "number"),
         ("invalid_command", {"payload": {"customer_id": "kim", "items": items, "n": "DEEP"}}, "recursion"),
+        # a name given twice: refused as the HTTP door refuses it, not read as its last value
+        ("invalid_command", {"payload": {"customer_id": "kim", "items": items, "n": "TWICE"}}, "twice"),
     ]
     for reason, change, why in cases:
         wire = json.loads(encode_command(place()))
         wire.update(change)
-        text = json.dumps(wire).replace('"DEEP"', "[" * 100_000 + "]" * 100_000).replace('"LONG"', "9" * 5000)
+        text = (
+            json.dumps(wire)
+            .replace('"DEEP"', "[" * 100_000 + "]" * 100_000)
+            .replace('"LONG"', "9" * 5000)
+            .replace('"n": "TWICE"', '"customer_id": "lee"')
+        )
         assert await send(order, text.encode()) is Outcome.HANDLED, why
         ((rejected, correlation),) = await answers(order, order_id_for(uuid.UUID(wire["command_id"])))
         assert rejected.event_type == "CommandRejected" and rejected.payload.reason == reason
