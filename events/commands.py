@@ -165,7 +165,9 @@ def to_envelope(data: bytes | None, authorization: Sequence[str] = ()) -> Envelo
     try:  # as the HTTP door (saga_kit.http.check_json_body) refuses it
         json.loads(data, object_pairs_hook=once_each)
     except NameGivenTwice as exc:
-        return _refused(delivery, cid, shown_type, "invalid_command", str(exc))
+        # answered under the first command_id given, which is the one the client keys by
+        first = _uuid(readable_members(data).get("command_id")) or cid
+        return _refused(_delivery(first, data, authorization), first, shown_type, "invalid_command", str(exc))
     except (ValueError, RecursionError):
         pass  # read whole above; only the names given twice are this reader's question
     try:
@@ -201,11 +203,12 @@ def readable_members(data: bytes) -> dict[str, Any]:
     """The members of a JSON object that can be read, in order, up to the first that
     cannot (read by the standard library's decoder, one member at a time: a number past
     ``sys.get_int_max_str_digits()`` or nesting past the recursion limit stops it there);
-    ``{}`` when ``data`` is not UTF-8 text starting a JSON object."""
+    ``{}`` when ``data`` does not start a JSON object. Bytes that are not UTF-8 end the
+    text there: the members before them are read."""
     try:
         text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return {}
+    except UnicodeDecodeError as exc:
+        text = data[: exc.start].decode("utf-8")
     decoder = json.JSONDecoder()
     members: dict[str, Any] = {}
     at = _space(text, 0)

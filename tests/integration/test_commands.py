@@ -106,6 +106,8 @@ async def test_a_command_that_cannot_be_accepted_is_answered_with_the_reason(ord
         ("invalid_command", {"payload": {"customer_id": "kim", "items": items, "n": "DEEP"}}, "recursion"),
         # a name given twice: refused as the HTTP door refuses it, not read as its last value
         ("invalid_command", {"payload": {"customer_id": "kim", "items": items, "n": "TWICE"}}, "twice"),
+        # bytes that are not UTF-8 after a readable command_id
+        ("invalid_command", {"payload": {"customer_id": "kim", "items": items, "n": "LATIN"}}, "unicode"),
     ]
     for reason, change, why in cases:
         wire = json.loads(encode_command(place()))
@@ -116,7 +118,8 @@ async def test_a_command_that_cannot_be_accepted_is_answered_with_the_reason(ord
             .replace('"LONG"', "9" * 5000)
             .replace('"n": "TWICE"', '"customer_id": "lee"')
         )
-        assert await send(order, text.encode()) is Outcome.HANDLED, why
+        data = text.encode().replace(b'"LATIN"', '"Zoë"'.encode("latin-1"))
+        assert await send(order, data) is Outcome.HANDLED, why
         ((rejected, correlation),) = await answers(order, order_id_for(uuid.UUID(wire["command_id"])))
         assert rejected.event_type == "CommandRejected" and rejected.payload.reason == reason
         assert correlation == wire["command_id"] and why in rejected.payload.detail, rejected.payload.detail
@@ -211,3 +214,18 @@ async def test_an_idempotency_key_is_the_customers_own(order: ServiceUnderTest) 
         await place_order(
             order.db, "ann", (OrderLine(product_id="p", quantity=2),), key, timedelta(minutes=1)
         )
+
+
+async def test_a_command_id_given_twice_is_answered_under_the_first(order: ServiceUnderTest) -> None:
+    """The client keys the record by the first; the last was the one refused, and a client
+    asking after the first was told "unknown" for ever."""
+    first, second = uuid.uuid4(), uuid.uuid4()
+    wire = json.loads(encode_command(place(command_id=first)))
+    text = json.dumps(wire).replace(
+        f'"command_id": "{first}"', f'"command_id": "{first}", "command_id": "{second}"'
+    )
+    assert await send(order, text.encode()) is Outcome.HANDLED
+    ((rejected, correlation),) = await answers(order, order_id_for(first))
+    assert rejected.event_type == "CommandRejected" and rejected.payload.command_id == first
+    assert correlation == str(first) and "'command_id' appears twice" in rejected.payload.detail
+    assert await answers(order, order_id_for(second)) == []
