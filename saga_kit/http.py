@@ -411,8 +411,11 @@ def _is_json(content_type: str | None) -> bool:
 
 def _too_large(limit: int, announced: str | None = None) -> dict[str, str]:
     """The Problem of a body over the limit (413 ``body_too_large``)."""
-    size = f"{announced} bytes" if announced is not None else "larger than that"
-    return {"detail": f"the body is {size}; at most {limit} bytes are accepted", "reason": "body_too_large"}
+    if announced is not None:
+        detail = f"the body is {announced} bytes; at most {limit} bytes are accepted"
+    else:  # counted as it arrived
+        detail = f"the body is larger than {limit} bytes, the most accepted"
+    return {"detail": detail, "reason": "body_too_large"}
 
 
 #: The answer to a request under an Idempotency-Key that an earlier request under it got

@@ -206,7 +206,7 @@ class Chaos:
             items.append({"product_id": f"chaos-unknown-{i}", "quantity": 1})
         body: dict[str, Any] = {"customer_id": rng.choice(self.customers), "items": items}
         if rng.random() < self.cfg.short_deadline_ratio:
-            body["deadline_seconds"] = round(rng.uniform(0.3, 3.0), 2)
+            body["deadline_seconds"] = round(rng.uniform(1.0, 3.0), 2)
         return body
 
     # -- workload --------------------------------------------------------------------------
@@ -674,7 +674,7 @@ def add_parser(sub: Any) -> None:
         "--short-deadline-ratio",
         type=ratio,
         default=d.short_deadline_ratio,
-        help="orders with a 0.3-3 s deadline",
+        help="orders with a 1-3 s deadline",
     )
     p.add_argument(
         "--duplicate-ratio", type=ratio, default=d.duplicate_ratio, help="events re-published at once"
