@@ -30,9 +30,6 @@ def test_a_short_chaos_run_holds_every_invariant(
             db_restarts=1,
             seed=7,
             rate=16,
-            # deadlines are at least 1 s: a fifth of the orders race one of 1-3 s, so that
-            # some time out while a service is down
-            short_deadline_ratio=0.2,
             run_dir=run_root / "chaos",
             broker=broker_kind,
             kafka_nodes=3,
