@@ -29,7 +29,8 @@ from typing import Any
 from events import InventoryReserved, OrderCancelled, PaymentVoided
 from events.envelope import Envelope
 from payment_svc.provider import cannot_have_charged
-from payment_svc.runtime import WORK_DUE
+from payment_svc.runtime import HANDOFF, WORK_DUE
+from payment_svc.worker import Due
 from saga_kit import sql, tracing
 from saga_kit.db import UnitOfWork
 from saga_kit.reactions import Reactions, Replies
@@ -89,44 +90,66 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Ledger:
 
 
 def save(uow: UnitOfWork, ledger: Ledger) -> None:
+    """Write what the batch changed: new payments in one insert, changed ones in one update.
+    A charge or refund that became due is claimed here for the worker, while it takes them
+    (``HANDOFF``): ``attempts + 1`` and its lease, as the worker's claim would, handed to it
+    once this commits; the rest are due now, for the worker's claim."""
+    room, lease = HANDOFF.room()
+    claimed: list[Due] = []
+
+    def claim(oid: uuid.UUID, p: Payment) -> int:
+        """1 if ``p`` (now due) is claimed for the hand-off, else 0."""
+        if p.status not in ("PENDING", "REFUND_PENDING") or len(claimed) >= room:
+            return 0
+        claimed.append(Due(oid, p.customer_id, p.amount, p.status, p.attempts + 1, p.traceparent))
+        return 1
+
     new = [
         {
             **{"o": oid, "c": p.customer_id, "a": p.amount, "s": p.status, "r": p.reason},
-            **{"k": p.cause, "t": p.traceparent},
+            **{"k": p.cause, "t": p.traceparent, "n": claim(oid, p)},
         }
         for oid, p in ledger.payments.items()
         if p.new
     ]
-    if new or any(p.changed for p in ledger.payments.values()):
-        uow.after_commit(WORK_DUE.set)  # a charge or refund is due: the worker goes now
-    if new:
-        uow.write(
-            (
-                "INSERT INTO payments"
-                " (order_id, customer_id, amount, status, reason, charge_cause, traceparent)"
-                " SELECT o, c, a, s, r, k, t FROM json_to_recordset(CAST(%(rows)s AS json))"
-                " AS v(o uuid, c text, a numeric, s text, r text, k uuid, t text)"
-            ),
-            {"rows": sql.rows(new)},
-        )
     changed = [
-        {"o": oid, "s": p.status, "r": p.reason, "x": p.cancel_requested, "k": p.cause, "t": p.traceparent}
+        {
+            **{"o": oid, "s": p.status, "r": p.reason, "x": p.cancel_requested, "k": p.cause},
+            **{"t": p.traceparent, "n": claim(oid, p) if p.status == "REFUND_PENDING" else 0},
+        }
         for oid, p in ledger.payments.items()
         if p.changed and not p.new
     ]
+    if claimed:
+        uow.after_commit(lambda: HANDOFF.give(claimed))
+    if new or changed:
+        uow.after_commit(WORK_DUE.set)  # a charge or refund is due: the worker goes now
+    # a claimed row's lease: the worker's; an unclaimed one is due now
+    due_at = "clock_timestamp() + make_interval(secs => v.n * %(lease)s)"
+    if new:
+        uow.write(
+            (
+                "INSERT INTO payments (order_id, customer_id, amount, status, reason, charge_cause,"
+                " traceparent, attempts, next_attempt_at)"
+                f" SELECT o, c, a, s, r, k, t, n, {due_at} FROM json_to_recordset(CAST(%(rows)s AS json))"
+                " AS v(o uuid, c text, a numeric, s text, r text, k uuid, t text, n int)"
+            ),
+            {"rows": sql.rows(new), "lease": lease},
+        )
     if changed:
         # a change here is a cancellation: the refund (if any) answers it, in its trace,
-        # and is due now (next_attempt_at), whatever backoff the charge had
+        # and is due now (or claimed), whatever backoff the charge had
         uow.write(
             (
                 "UPDATE payments p SET status = v.s, reason = v.r, cancel_requested = v.x,"
                 " refund_cause = v.k, traceparent = COALESCE(v.t, p.traceparent),"
-                " next_attempt_at = CASE WHEN v.s = 'REFUND_PENDING' THEN clock_timestamp()"
+                " attempts = p.attempts + v.n,"
+                f" next_attempt_at = CASE WHEN v.s = 'REFUND_PENDING' THEN {due_at}"
                 " ELSE p.next_attempt_at END, updated_at = clock_timestamp()"
-                f" FROM {sql.recordset('o uuid, s text, r text, x boolean, k uuid, t text')}"
+                f" FROM {sql.recordset('o uuid, s text, r text, x boolean, k uuid, t text, n int')}"
                 " WHERE p.order_id = v.o"
             ),
-            {"rows": sql.rows(changed)},
+            {"rows": sql.rows(changed), "lease": lease},
         )
 
 

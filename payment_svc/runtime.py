@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from payment_svc.provider import PaymentProvider
 from payment_svc.settings import Settings
-from payment_svc.worker import PaymentWorker
+from payment_svc.worker import HandOff, PaymentWorker
 from saga_kit.db import Database
 from saga_kit.http import Degraded
 
@@ -24,6 +24,10 @@ _state: dict[str, Any] = {}
 #: Set after a commit that made a provider call due (a new charge, a refund): the worker
 #: runs at once; its interval (``provider_poll_seconds``) only catches retries coming due.
 WORK_DUE = asyncio.Event()
+
+#: Payments the consumer claimed for the worker (``payment_svc.worker.HandOff``); open
+#: once the worker runs.
+HANDOFF = HandOff()
 
 #: /metrics: the breaker's state as a number (Prometheus has no strings)
 BREAKER_CODES = {"closed": 0, "half_open": 1, "open": 2}
@@ -42,6 +46,7 @@ def configure(settings: Any) -> None:
 
 async def close() -> None:
     """Close the provider client's connections (called once at stop)."""
+    HANDOFF.close()
     made: PaymentProvider | None = _state.get("provider")
     if made is not None:
         await made.aclose()
@@ -64,6 +69,8 @@ async def work(db: Database, settings: Any) -> int:
             batch=settings.provider_batch,
             concurrency=settings.provider_concurrency,
             fault=settings.fault,
+            handoff=HANDOFF,
+            claim_every=settings.provider_poll_seconds,
         )
         _state["worker"] = worker
     return await worker.round()

@@ -6,7 +6,9 @@ one transaction held open across the network:
    ``next_attempt_at`` has come), locked with ``FOR UPDATE SKIP LOCKED`` so instances
    share them, get ``attempts + 1`` and a lease (``next_attempt_at`` moved past the
    round's calls: ``PaymentWorker.lease``), and the transaction commits — before any call.
-   A crash after the claim leaves the row due again when the lease ends.
+   A crash after the claim leaves the row due again when the lease ends. A new charge or
+   refund is claimed the same way by the consumer transaction that made it due, and handed
+   to the worker once that commits (``HandOff``): no claim of its own on the hot path.
 2. **call** (no transaction): ``POST /v1/charges`` or ``/v1/refunds`` with the order's
    idempotency key (``charge:{order_id}``, ``refund:{order_id}``), through the timeout and
    the circuit breaker (``payment_svc.provider``). Whatever happened before — a lost
@@ -48,7 +50,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -92,6 +97,70 @@ class Due:
     attempts: int
     #: the saga's W3C traceparent (kept with the payment): the call is a span of its trace
     traceparent: str | None = None
+
+
+class HandOff:
+    """Payments claimed in the consumer transaction that made them due (a new charge, a
+    refund), handed to this process's worker once it commits: the worker calls the provider
+    at once, with no claim transaction of its own — one transaction fewer on every charge's
+    path (the claim took ~10 ms of an idle saga's ~130 ms, read from PostgreSQL's statement
+    log).
+
+    The consumer's transaction claims as ``claim`` does — ``attempts + 1`` and the worker's
+    lease — so the claim's guarantees hold unchanged: a crash before the call (the process
+    dies, the hand-off with it) leaves the row due again when the lease ends, and no other
+    instance takes it meanwhile. A payment is handed off only while the worker will call
+    at once: after the worker opened the hand-off (``open``), while its breaker is closed
+    (``ready``) and fewer than a round's payments (``limit``) wait here; otherwise it is
+    left due, for ``claim``. A payment that waited here more than half its lease is
+    dropped, not called (its row comes due again when the lease ends: ``take``)."""
+
+    def __init__(self) -> None:
+        self._lease: float | None = None
+        self._limit = 0
+        self._ready: Callable[[], bool] = lambda: False
+        #: (monotonic time after which it is not called, the claimed payment)
+        self._due: deque[tuple[float, Due]] = deque()
+
+    def open(self, lease: float, limit: int, ready: Callable[[], bool]) -> None:
+        """Start taking payments: ``lease`` s, at most ``limit`` waiting, while ``ready()``."""
+        self._lease, self._limit, self._ready = lease, limit, ready
+
+    def close(self) -> None:
+        """Stop taking payments and forget those waiting (their leases end: ``claim``)."""
+        self._lease, self._limit = None, 0
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget the payments waiting (the breaker opened): their rows come due again when
+        their leases end."""
+        self._due.clear()
+
+    def room(self) -> tuple[int, float]:
+        """(how many payments may be handed off now, the lease in s to claim them with);
+        (0, 0.0) while the worker is not open or not ready."""
+        if self._lease is None or not self._ready():
+            return 0, 0.0
+        return max(0, self._limit - len(self._due)), self._lease
+
+    def give(self, claimed: Iterable[Due]) -> None:
+        """Called once the transaction that claimed ``claimed`` committed."""
+        if self._lease is None:
+            return  # closed meanwhile: their leases end
+        stale_at = time.monotonic() + self._lease / 2
+        self._due.extend((stale_at, d) for d in claimed)
+
+    def take(self, n: int) -> list[Due]:
+        """Up to ``n`` payments handed off, oldest first, none that waited too long."""
+        now, out = time.monotonic(), list[Due]()
+        while self._due and len(out) < n:
+            stale_at, due = self._due.popleft()
+            if now < stale_at:
+                out.append(due)
+        return out
+
+    def __len__(self) -> int:
+        return len(self._due)
 
 
 async def claim(db: Database, limit: int, lease_seconds: float) -> list[Due]:
@@ -252,7 +321,12 @@ async def record(
 class PaymentWorker:
     """Claim, call, record — one round at a time, calls of a round concurrent (at most
     ``concurrency``). While the breaker is not closed a round claims one payment: the
-    half-open breaker's probe."""
+    half-open breaker's probe.
+
+    With ``handoff`` a round calls first what the consumer handed off claimed
+    (``HandOff``), and claims from the table only when nothing was handed off or its last
+    claim is ``claim_every`` s old: retries coming due are not starved by a steady stream of
+    new charges."""
 
     def __init__(
         self,
@@ -263,6 +337,8 @@ class PaymentWorker:
         batch: int,
         concurrency: int,
         fault: str | None = None,
+        handoff: HandOff | None = None,
+        claim_every: float = 0.0,
     ) -> None:
         self.db, self.provider, self.retry = db, provider, retry
         self.batch, self.concurrency = batch, concurrency
@@ -273,13 +349,26 @@ class PaymentWorker:
         #: ``concurrency`` at a time, each within the timeout — and a margin, so a live
         #: call is not claimed again (if it is, its answer is stale: ``record``)
         self.lease = provider.timeout * (math.ceil(batch / concurrency) + 1) + 1.0
+        self.handoff, self.claim_every = handoff, claim_every
+        self._claimed_at = -math.inf
+        if handoff is not None:
+            handoff.open(self.lease, batch, lambda: provider.state == "closed")
 
     async def round(self) -> int:
         """One round; returns how many payments it called the provider for."""
+        handed: list[Due] = []
+        if self.handoff is not None:
+            if self.provider.state == "closed":
+                handed = self.handoff.take(self.batch)
+            else:
+                self.handoff.clear()
         if self.provider.state == "open":
             return 0  # the breaker fails fast until its recovery time: nothing to gain from claiming
         limit = self.batch if self.provider.state == "closed" else 1
-        due = await claim(self.db, limit, self.lease)
+        due = handed
+        if len(due) < limit and (not due or time.monotonic() - self._claimed_at >= self.claim_every):
+            self._claimed_at = time.monotonic()
+            due += await claim(self.db, limit - len(due), self.lease)
         if not due:
             if self.provider.state == "half_open":
                 await self.provider.probe()  # nothing to probe with: the breaker must still close

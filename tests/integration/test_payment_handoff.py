@@ -1,0 +1,132 @@
+"""A new charge or refund is claimed by the consumer transaction that made it due and
+handed to the payment worker (``payment_svc.worker.HandOff``): the claim's guarantees hold
+with no claim transaction of the worker's own — a crash after the hand-off leaves the
+payment to the lease, a cancellation waits for the call, retries are not starved."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+
+import pytest
+
+from events import OrderCancelled
+from payment_svc.runtime import HANDOFF
+from payment_svc.worker import PaymentWorker, claim
+from saga_kit.retry import RetryPolicy
+from tests.integration.conftest import ServiceUnderTest, add_account, event
+from tests.integration.test_compensation import balance, due_now, emitted_types, payment_row
+from tests.unit.samples import reserved_payload
+
+
+@pytest.fixture
+def handed(payment: ServiceUnderTest) -> Iterator[PaymentWorker]:
+    """A worker that opened the process's hand-off (as the service's does), claiming from
+    the table at most hourly while something was handed off."""
+    assert payment.provider is not None
+    worker = PaymentWorker(
+        payment.db,
+        payment.provider,
+        RetryPolicy(0.01, 0.2, 0.01),
+        batch=64,
+        concurrency=8,
+        handoff=HANDOFF,
+        claim_every=3600.0,
+    )
+    yield worker
+    HANDOFF.close()
+
+
+async def leased_for(payment: ServiceUnderTest, oid: uuid.UUID) -> float:
+    """Seconds until the payment's next call is due (negative: due)."""
+    value = await payment.scalar(
+        "SELECT EXTRACT(EPOCH FROM next_attempt_at - clock_timestamp()) FROM payments WHERE order_id = :o",
+        o=oid,
+    )
+    return float(value)
+
+
+async def test_a_new_charge_is_claimed_in_its_transaction_and_called_from_the_hand_off(
+    payment: ServiceUnderTest, handed: PaymentWorker
+) -> None:
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    assert await payment_row(payment, oid) == ("PENDING", 1)  # claimed: one attempt, leased
+    assert await leased_for(payment, oid) > handed.lease - 5
+    assert len(HANDOFF) == 1
+    assert await handed.round() >= 1
+    # called from the hand-off: still one attempt (a claim of the table's would be a second)
+    assert await payment_row(payment, oid) == ("CHARGED", 1)
+    assert await emitted_types(payment, oid) == ["PaymentCompleted"]
+    assert await balance(payment, cid) == Decimal("5.00")
+
+
+async def test_a_hand_off_lost_in_a_crash_is_called_when_its_lease_ends(
+    payment: ServiceUnderTest, handed: PaymentWorker
+) -> None:
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    HANDOFF.clear()  # the process died after the commit, before the call
+    assert oid not in {d.order_id for d in await claim(payment.db, 64, 60.0)}  # leased
+    await due_now(payment, oid)  # the lease ends
+    await payment.work()
+    assert await payment_row(payment, oid) == ("CHARGED", 2)
+    assert await balance(payment, cid) == Decimal("5.00")
+
+
+async def test_a_cancel_after_the_hand_off_waits_for_the_call_then_refunds(
+    payment: ServiceUnderTest, handed: PaymentWorker
+) -> None:
+    """Claimed means the call may be out: the cancellation must not void (a charge could
+    follow); the worker finishes the charge and refunds it."""
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid), work=False)
+    assert await emitted_types(payment, oid) == []
+    assert await handed.round() >= 1
+    await payment.work()
+    assert await emitted_types(payment, oid) == ["PaymentCompleted", "PaymentRefunded"]
+    assert await balance(payment, cid) == Decimal("10.00")
+
+
+async def test_a_refund_is_claimed_and_handed_off_by_the_cancellation(
+    payment: ServiceUnderTest, handed: PaymentWorker
+) -> None:
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    await handed.round()
+    assert await payment_row(payment, oid) == ("CHARGED", 1)
+    await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid), work=False)
+    assert await payment_row(payment, oid) == ("REFUND_PENDING", 2)
+    assert await leased_for(payment, oid) > handed.lease - 5
+    assert len(HANDOFF) == 1
+    assert await handed.round() >= 1
+    assert await payment_row(payment, oid) == ("REFUNDED", 2)
+    assert await balance(payment, cid) == Decimal("10.00")
+
+
+async def test_retries_due_in_the_table_are_claimed_beside_the_hand_off(
+    payment: ServiceUnderTest, handed: PaymentWorker
+) -> None:
+    """A round that has payments handed off claims from the table too, at most every
+    ``claim_every`` s: a steady stream of new charges does not starve the retries."""
+    cid = await add_account(payment, "100.00")
+    waiting, first, second = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    HANDOFF.close()
+    await payment.deliver(event(reserved_payload(cid, "p"), waiting), work=False)  # due in the table
+    assert await payment_row(payment, waiting) == ("PENDING", 0)
+    HANDOFF.open(handed.lease, handed.batch, lambda: True)
+    await payment.deliver(event(reserved_payload(cid, "p"), first), work=False)
+    assert await handed.round() >= 2  # its first round claims the table as well
+    assert await payment_row(payment, waiting) == ("CHARGED", 1)
+    assert await payment_row(payment, first) == ("CHARGED", 1)
+    HANDOFF.close()
+    await payment.deliver(event(reserved_payload(cid, "p"), waiting := uuid.uuid4()), work=False)
+    HANDOFF.open(handed.lease, handed.batch, lambda: True)
+    await payment.deliver(event(reserved_payload(cid, "p"), second), work=False)
+    assert await handed.round() == 1  # the table was claimed less than an hour ago
+    assert await payment_row(payment, second) == ("CHARGED", 1)
+    assert await payment_row(payment, waiting) == ("PENDING", 0)
+    assert await handed.round() >= 1  # nothing handed off: the table is claimed
+    assert await payment_row(payment, waiting) == ("CHARGED", 1)

@@ -1,0 +1,67 @@
+"""The payment worker's hand-off (``payment_svc.worker.HandOff``), pure: when the consumer
+may claim for the worker, how many, and what the worker takes."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from payment_svc import worker
+from payment_svc.worker import Due, HandOff
+
+
+def due(n: int) -> Due:
+    return Due(uuid.UUID(int=n), "c", Decimal("1.00"), "PENDING", 1)
+
+
+def test_nothing_is_handed_off_before_the_worker_opens_it_or_after_it_closes() -> None:
+    handoff = HandOff()
+    assert handoff.room() == (0, 0.0)
+    handoff.open(11.0, 4, lambda: True)
+    assert handoff.room() == (4, 11.0)
+    handoff.give([due(1)])
+    handoff.close()
+    assert handoff.room() == (0, 0.0)
+    assert handoff.take(10) == []  # the process's claims are forgotten: their leases end
+    handoff.give([due(2)])  # committed after the close
+    assert len(handoff) == 0
+
+
+def test_nothing_is_handed_off_while_the_worker_would_not_call_at_once() -> None:
+    """The breaker open or half-open: the payment is left due, for the worker's claim."""
+    closed = [False]
+    handoff = HandOff()
+    handoff.open(11.0, 4, lambda: closed[0])
+    assert handoff.room() == (0, 0.0)
+    closed[0] = True
+    assert handoff.room() == (4, 11.0)
+
+
+def test_at_most_a_round_waits_and_the_worker_takes_the_oldest_first() -> None:
+    handoff = HandOff()
+    handoff.open(11.0, 3, lambda: True)
+    handoff.give([due(1), due(2)])
+    assert handoff.room() == (1, 11.0)
+    handoff.give([due(3)])
+    assert handoff.room() == (0, 11.0)
+    assert [d.order_id.int for d in handoff.take(2)] == [1, 2]
+    assert handoff.room() == (2, 11.0)
+    assert [d.order_id.int for d in handoff.take(5)] == [3]
+    assert handoff.take(5) == []
+
+
+def test_a_payment_that_waited_half_its_lease_is_not_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its claim is too old to be sure of a call within the lease: its row comes due again
+    when the lease ends, and the worker's claim takes it then."""
+    now = [1000.0]
+    monkeypatch.setattr(worker.time, "monotonic", lambda: now[0])
+    handoff = HandOff()
+    handoff.open(10.0, 8, lambda: True)
+    handoff.give([due(1)])
+    now[0] += 4.0
+    handoff.give([due(2)])
+    now[0] += 1.5  # the first waited 5.5 s of its 10 s lease; the second 1.5 s
+    assert [d.order_id.int for d in handoff.take(8)] == [2]
+    assert len(handoff) == 0
