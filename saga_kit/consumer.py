@@ -16,7 +16,9 @@ after the batch's transaction committed). The steps, each one job, in order:
 5. **lock and claim** — the advisory locks of the batch's sagas, in key order (events of
    one order from different topics, batches or instances never interleave; no
    deadlocks), then the inbox claims of every event, in one statement; an event claimed
-   before is a duplicate (a redelivery);
+   before is a duplicate (a redelivery). The statement goes in the round trip of the
+   reactions' load, ahead of it: ``BEGIN``, claims with load, writes with ``COMMIT`` —
+   three round trips a batch;
 6. **apply** — the service's reactions (``saga_kit.reactions``): load, decide each event
    in arrival order, save; an event a decide function refuses is dead-lettered and its
    claim released;
@@ -444,15 +446,19 @@ class ConsumerPipeline:
         committed = False  # COMMIT went with the last flush
         async with self._db.unit_of_work() as uow:
             if live:
-                claimed = await inbox.claim(uow, self.service, [envelope for _, envelope in live])
-                fresh = [(it, envelope) for it, envelope in live if envelope.event_id in claimed]
-                for it, envelope in live:
-                    if envelope.event_id not in claimed:
-                        results[id(it)] = (Outcome.DUPLICATE, None)
+                # the claims are queued and go in the load's round trip, ahead of it: the
+                # load reads (and locks) the rows of every live event's saga, redeliveries'
+                # too, under the saga locks the claims take first
+                claims = inbox.claim(uow, self.service, [envelope for _, envelope in live])
+                deliveries = {id(it): Delivery(e, it.record.headers, it.context) for it, e in live}
                 try:
-                    refused = await self._reactions.apply(
-                        uow, [Delivery(envelope, it.record.headers, it.context) for it, envelope in fresh]
-                    )
+                    state = await self._reactions.load(uow, list(deliveries.values()))
+                    claimed = await claims.fresh()
+                    fresh = [(it, envelope) for it, envelope in live if envelope.event_id in claimed]
+                    for it, envelope in live:
+                        if envelope.event_id not in claimed:
+                            results[id(it)] = (Outcome.DUPLICATE, None)
+                    refused = self._reactions.apply(uow, state, [deliveries[id(it)] for it, _ in fresh])
                     if refused:
                         inbox.release(uow, self.service, [fresh[i][1].event_id for i in refused])
                     # the reactions' writes and replies in one round trip, and COMMIT in it

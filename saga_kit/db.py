@@ -81,6 +81,22 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
+class Later:
+    """A query queued with ``UnitOfWork.read_later``: its rows, once a round trip took it."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+        self._rows: list[Any] | None = None
+
+    async def rows(self) -> list[Any]:
+        """Its rows (named tuples, as ``UnitOfWork.read``'s); if no round trip took it yet,
+        one takes it now (with whatever else is queued)."""
+        if self._rows is None:
+            await self._uow._pipeline(())
+        assert self._rows is not None
+        return self._rows
+
+
 class UnitOfWork:
     """One transaction plus the events it will publish once committed."""
 
@@ -100,6 +116,7 @@ class UnitOfWork:
         self._unflushed: list[Delivery] = []
         self._rows: list[outbox.Row] = []
         self._writes: list[tuple[str, Mapping[str, Any]]] = []
+        self._later: list[tuple[str, Mapping[str, Any], Later]] = []
         self.outbox_rows = 0
         self._after_commit: list[Callable[[], None]] = []
 
@@ -158,6 +175,16 @@ class UnitOfWork:
         rolls back."""
         return await self._pipeline(queries)
 
+    def read_later(self, statement: str, params: Mapping[str, Any]) -> Later:
+        """Queue a query whose rows are needed, but not before the next round trip: it goes
+        in that one (``read``'s, or ``flush``'s), after the writes queued before it and
+        before that read's own queries; ``Later.rows`` returns its rows. Two steps that do
+        not need each other's results share a round trip this way: the consumer's inbox
+        claims ride with the reactions' load (``saga_kit.consumer``)."""
+        later = Later(self)
+        self._later.append((statement, params, later))
+        return later
+
     async def flush(self, *, commit: bool = False) -> None:
         """Send every queued write, the outbox rows (one statement) and the emit hooks'
         writes in one round trip; a failing statement raises here. With ``commit`` (the
@@ -174,28 +201,33 @@ class UnitOfWork:
                 for hook in self._emit_hooks:
                     hook(self, emitted)
             self.outbox_rows += len(rows)
-        if self._writes:
+        if self._writes or self._later:
             await self._pipeline((), commit=commit)
 
     async def _pipeline(
         self, queries: Sequence[tuple[str, Mapping[str, Any]]], *, commit: bool = False
     ) -> list[list[Any]]:
         """One round trip (psycopg's pipeline, straight on the driver's connection): the
-        queued writes, then ``queries``, then ``COMMIT`` if asked; the rows of each query."""
+        queued writes, the queries queued with ``read_later``, then ``queries``, then
+        ``COMMIT`` if asked; the rows of each of ``queries``."""
         writes, self._writes = self._writes, []
+        later, self._later = self._later, []
         driver = (await self.conn.get_raw_connection()).driver_connection
         assert driver is not None
         cursors = []
         async with driver.pipeline():
             for statement, params in writes:
                 await driver.execute(statement, params)
-            for statement, params in queries:
+            for statement, params in [*((s, p) for s, p, _ in later), *queries]:
                 cursor = driver.cursor(row_factory=namedtuple_row)
                 await cursor.execute(statement, params)
                 cursors.append(cursor)
             if commit:
                 await driver.execute("COMMIT")
-        return [await cursor.fetchall() for cursor in cursors]
+        results = [await cursor.fetchall() for cursor in cursors]
+        for (_, _, pending), rows in zip(later, results, strict=False):
+            pending._rows = rows
+        return results[len(later) :]
 
 
 class Database:

@@ -105,13 +105,20 @@ class Reactions(Generic[S]):
         """Does this service do anything with ``event_type`` (react or observe)?"""
         return self.observe is not None or any(c.event_type == event_type for c in self._decide)
 
-    async def apply(self, uow: UnitOfWork, deliveries: Sequence[Delivery]) -> dict[int, str]:
-        """Load, decide each delivery in order, save; replies are emitted on ``uow``.
-        Returns the deliveries refused (index → reason); nothing of theirs was applied."""
-        reacting = [d for d in deliveries if type(d.envelope.payload) in self._decide]
+    async def load(self, uow: UnitOfWork, deliveries: Sequence[Delivery]) -> S | None:
+        """The state the deliveries need (``None`` if none has a decide function): their
+        rows, read and locked by the service's load in one round trip."""
+        reacting = [d.envelope for d in deliveries if type(d.envelope.payload) in self._decide]
+        return await self._load(uow, reacting) if reacting else None
+
+    def apply(self, uow: UnitOfWork, state: S | None, deliveries: Sequence[Delivery]) -> dict[int, str]:
+        """Decide each delivery in order on ``state`` (what ``load`` returned for these
+        deliveries, or for more), then save; replies are emitted on ``uow``. Returns the
+        deliveries refused (index → reason); nothing of theirs was applied."""
         refused: dict[int, str] = {}
-        if reacting:
-            state = await self._load(uow, [d.envelope for d in reacting])
+        if any(type(d.envelope.payload) in self._decide for d in deliveries):
+            if state is None:
+                raise ValueError("apply needs the state that load returned for these deliveries")
             for i, delivery in enumerate(deliveries):
                 decide = self._decide.get(type(delivery.envelope.payload))
                 if decide is None:

@@ -5,8 +5,12 @@ in order, inside its transaction, after the writes queued before them, in one ro
 
 from __future__ import annotations
 
+import contextlib
 import random
 import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -14,7 +18,9 @@ from psycopg import pq
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from tests.integration.conftest import ServiceUnderTest, commit_states
+from saga_kit.db import Database, UnitOfWork
+from tests.integration.conftest import ServiceUnderTest, add_product, commit_states, event
+from tests.unit.samples import order_created
 
 _TABLE = (
     "CREATE TABLE IF NOT EXISTS uow_probe"
@@ -94,22 +100,75 @@ async def test_a_failing_read_rolls_the_unit_back(inventory: ServiceUnderTest) -
             assert row.one == 1
 
 
-async def test_a_batch_shaped_unit_takes_four_round_trips(inventory: ServiceUnderTest) -> None:
+class RoundTrips:
+    """Counts the round trips of a unit of work's connection, from ``start`` to ``stop``:
+    the server's ReadyForQuery messages in libpq's trace of the connection."""
+
+    def __init__(self) -> None:
+        self._trace = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by stop)
+        self._pgconn: Any = None
+
+    def start(self, uow: UnitOfWork) -> None:
+        self._pgconn = uow.conn.sync_connection.connection.driver_connection.pgconn  # type: ignore[union-attr]
+        self._pgconn.trace(self._trace.fileno())
+        self._pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+
+    def stop(self) -> int:
+        self._pgconn.untrace()
+        with self._trace:
+            self._trace.seek(0)
+            return self._trace.read().count("ReadyForQuery")
+
+
+async def test_a_batch_shaped_unit_takes_three_round_trips(inventory: ServiceUnderTest) -> None:
     """The consumer's transaction (saga_kit.consumer): ``BEGIN`` (psycopg syncs after it,
-    even in a pipeline), the claims, every query of a service's load together, then the
-    writes with ``COMMIT`` — four round trips, counted as the server's ReadyForQuery
-    messages in libpq's trace of the connection."""
+    even in a pipeline), the claims queued with ``read_later`` and every query of a
+    service's load together, then the writes with ``COMMIT`` — three round trips."""
     key = await _table(inventory)
-    with tempfile.TemporaryFile("w+") as trace:
-        async with inventory.db.unit_of_work() as uow:
-            pgconn = (await uow.conn.get_raw_connection()).driver_connection.pgconn  # type: ignore[union-attr]
-            pgconn.trace(trace.fileno())
-            pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
-            await uow.read(("SELECT 1 AS claimed", {}))
-            await uow.read(*[(f"SELECT {n} AS loaded", {}) for n in range(3)])
-            uow.write(_insert("written"), {"id": key})
-        pgconn.untrace()
-        trace.seek(0)
-        messages = trace.read()
-    assert messages.count("ReadyForQuery") == 4, messages
+    counter = RoundTrips()
+    async with inventory.db.unit_of_work() as uow:
+        counter.start(uow)
+        claimed = uow.read_later("SELECT 7 AS claimed", {})
+        loaded = await uow.read(*[(f"SELECT {n} AS loaded", {}) for n in range(3)])
+        assert [r.claimed for r in await claimed.rows()] == [7]
+        assert [rows[0].loaded for rows in loaded] == [0, 1, 2]
+        uow.write(_insert("written"), {"id": key})
+    assert counter.stop() == 3
     assert await inventory.scalar("SELECT note FROM uow_probe WHERE id = :id", id=key) == "written"
+
+
+async def test_a_later_read_no_round_trip_took_goes_alone_or_with_the_commit(
+    inventory: ServiceUnderTest,
+) -> None:
+    async with inventory.db.unit_of_work() as uow:
+        alone = uow.read_later("SELECT 1 AS n", {})
+        assert [r.n for r in await alone.rows()] == [1]
+        flushed = uow.read_later("SELECT 2 AS n", {})
+    assert [r.n for r in await flushed.rows()] == [2]  # the last flush took it, with COMMIT
+
+
+async def test_a_consumer_batch_claims_with_its_load(
+    inventory: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One event applied, then its redelivery: three round trips each (``BEGIN``, the
+    claims with the load, the writes with ``COMMIT`` — or the bare ``COMMIT`` of a
+    transaction that wrote nothing)."""
+    counts: list[int] = []
+    unit_of_work = Database.unit_of_work
+
+    @contextlib.asynccontextmanager
+    async def counting(self: Database) -> AsyncIterator[UnitOfWork]:
+        counter = RoundTrips()
+        try:
+            async with unit_of_work(self) as uow:
+                counter.start(uow)
+                yield uow
+        finally:
+            counts.append(counter.stop())
+
+    pid, oid = await add_product(inventory, 5), uuid.uuid4()
+    monkeypatch.setattr(Database, "unit_of_work", counting)
+    created = event(order_created({pid: 2}), oid)
+    assert await inventory.deliver(created) == "handled"
+    assert await inventory.deliver(created) == "duplicate"
+    assert counts == [3, 3]
