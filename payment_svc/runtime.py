@@ -71,6 +71,7 @@ async def work(db: Database, settings: Any) -> int:
             fault=settings.fault,
             handoff=HANDOFF,
             claim_every=settings.provider_poll_seconds,
+            wake=WORK_DUE.set,
         )
         _state["worker"] = worker
     return await worker.round()

@@ -210,9 +210,11 @@ async def record(
     provider: PaymentProvider,
     retry: RetryPolicy,
     answers: list[tuple[Due, ChargeResult | RefundResult]],
-) -> None:
+) -> int:
     """Step 3: every answer of a round in one transaction, each row locked again (a
-    cancellation may have changed it while the call was out)."""
+    cancellation may have changed it while the call was out). Returns how many payments
+    it left due at once: refunds owed for charges that landed after their cancellation."""
+    refunds = 0
     async with db.unit_of_work() as uow:
         (locked,) = await uow.read(
             (
@@ -249,6 +251,7 @@ async def record(
                 case Charged(charge_id=charge_id):
                     emit(PaymentCompleted(customer_id=row.customer_id, amount=row.amount), row.charge_cause)
                     status = "REFUND_PENDING" if row.cancel_requested else "CHARGED"
+                    refunds += status == "REFUND_PENDING"
                     update |= {"s": status, "c": charge_id, "d": 0.0}
                 case Declined(reason=reason):
                     emit(
@@ -316,6 +319,7 @@ async def record(
                 ),
                 {"rows": sql.rows(updates)},
             )
+    return refunds
 
 
 class PaymentWorker:
@@ -339,6 +343,7 @@ class PaymentWorker:
         fault: str | None = None,
         handoff: HandOff | None = None,
         claim_every: float = 0.0,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self.db, self.provider, self.retry = db, provider, retry
         self.batch, self.concurrency = batch, concurrency
@@ -350,6 +355,8 @@ class PaymentWorker:
         #: call is not claimed again (if it is, its answer is stale: ``record``)
         self.lease = provider.timeout * (math.ceil(batch / concurrency) + 1) + 1.0
         self.handoff, self.claim_every = handoff, claim_every
+        #: called when a round left a payment due at once (the next round follows now)
+        self.wake = wake
         self._claimed_at = -math.inf
         if handoff is not None:
             handoff.open(self.lease, batch, lambda: provider.state == "closed")
@@ -384,5 +391,9 @@ class PaymentWorker:
         crash_at(self.fault, "payment.crash_after_call")
         # an answer is never dropped because the database blinked (if the process dies
         # instead, the lease ends and the same key replays)
-        await self.retry.forever(lambda: record(self.db, self.provider, self.retry, answers), is_transient)
+        owed = await self.retry.forever(
+            lambda: record(self.db, self.provider, self.retry, answers), is_transient
+        )
+        if owed and self.wake is not None:
+            self.wake()  # a refund for a charge that landed after its cancellation: now, not at the next poll
         return len(due)

@@ -130,3 +130,22 @@ async def test_retries_due_in_the_table_are_claimed_beside_the_hand_off(
     assert await payment_row(payment, waiting) == ("PENDING", 0)
     assert await handed.round() >= 1  # nothing handed off: the table is claimed
     assert await payment_row(payment, waiting) == ("CHARGED", 1)
+
+
+async def test_a_charge_that_lands_after_the_cancel_wakes_the_worker_for_its_refund(
+    payment: ServiceUnderTest, handed: PaymentWorker
+) -> None:
+    """The refund is owed at once: the worker's next round follows now, not at its next
+    poll."""
+    woken: list[int] = []
+    handed.wake = lambda: woken.append(1)
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid), work=False)
+    assert await handed.round() >= 1
+    assert await payment_row(payment, oid) == ("REFUND_PENDING", 1)
+    assert woken == [1]
+    assert await handed.round() >= 1  # nothing handed off: the table is claimed, the refund made
+    assert await payment_row(payment, oid) == ("REFUNDED", 2)
+    assert await balance(payment, cid) == Decimal("10.00")
+    assert woken == [1]  # a refund made leaves nothing due
