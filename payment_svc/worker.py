@@ -103,8 +103,8 @@ class HandOff:
     """Payments claimed in the consumer transaction that made them due (a new charge, a
     refund), handed to this process's worker once it commits: the worker calls the provider
     at once, with no claim transaction of its own — one transaction fewer on every charge's
-    path (the claim took ~10 ms of an idle saga's ~130 ms, read from PostgreSQL's statement
-    log).
+    path (in idle sagas' traces, the intent's handler to the call's start went from 8.3 to
+    6.3 ms at p50).
 
     The consumer's transaction claims as ``claim`` does — ``attempts + 1`` and the worker's
     lease — so the claim's guarantees hold unchanged: a crash before the call (the process
