@@ -98,8 +98,8 @@ def save(uow: UnitOfWork, ledger: Ledger) -> None:
     claimed: list[Due] = []
 
     def claim(oid: uuid.UUID, p: Payment) -> int:
-        """1 if ``p`` (now due) is claimed for the hand-off, else 0."""
-        if p.status not in ("PENDING", "REFUND_PENDING") or len(claimed) >= room:
+        """1 if ``p``, due now, is claimed for the hand-off (there is room), else 0."""
+        if len(claimed) >= room:
             return 0
         claimed.append(Due(oid, p.customer_id, p.amount, p.status, p.attempts + 1, p.traceparent))
         return 1
@@ -107,7 +107,8 @@ def save(uow: UnitOfWork, ledger: Ledger) -> None:
     new = [
         {
             **{"o": oid, "c": p.customer_id, "a": p.amount, "s": p.status, "r": p.reason},
-            **{"k": p.cause, "t": p.traceparent, "n": claim(oid, p)},
+            # a new charge is due; a new row is otherwise a void, due for nothing
+            **{"k": p.cause, "t": p.traceparent, "n": claim(oid, p) if p.status == "PENDING" else 0},
         }
         for oid, p in ledger.payments.items()
         if p.new
@@ -115,6 +116,8 @@ def save(uow: UnitOfWork, ledger: Ledger) -> None:
     changed = [
         {
             **{"o": oid, "s": p.status, "r": p.reason, "x": p.cancel_requested, "k": p.cause},
+            # a refund is due; a PENDING row changed is a cancellation marked while its
+            # call is out, which the worker's record answers
             **{"t": p.traceparent, "n": claim(oid, p) if p.status == "REFUND_PENDING" else 0},
         }
         for oid, p in ledger.payments.items()
