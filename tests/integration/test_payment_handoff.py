@@ -38,6 +38,14 @@ def handed(payment: ServiceUnderTest) -> Iterator[PaymentWorker]:
     HANDOFF.close()
 
 
+async def charge_intended(payment: ServiceUnderTest) -> tuple[str, uuid.UUID]:
+    """A customer with 10.00 at the provider and an order of 5.00 whose InventoryReserved
+    was delivered, the worker not run: (customer id, order id)."""
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    return cid, oid
+
+
 async def leased_for(payment: ServiceUnderTest, oid: uuid.UUID) -> float:
     """Seconds until the payment's next call is due (negative: due)."""
     value = await payment.scalar(
@@ -50,8 +58,7 @@ async def leased_for(payment: ServiceUnderTest, oid: uuid.UUID) -> float:
 async def test_a_new_charge_is_claimed_in_its_transaction_and_called_from_the_hand_off(
     payment: ServiceUnderTest, handed: PaymentWorker
 ) -> None:
-    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
-    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    cid, oid = await charge_intended(payment)
     assert await payment_row(payment, oid) == ("PENDING", 1)  # claimed: one attempt, leased
     assert await leased_for(payment, oid) > handed.lease - 5
     assert len(HANDOFF) == 1
@@ -65,8 +72,7 @@ async def test_a_new_charge_is_claimed_in_its_transaction_and_called_from_the_ha
 async def test_a_hand_off_lost_in_a_crash_is_called_when_its_lease_ends(
     payment: ServiceUnderTest, handed: PaymentWorker
 ) -> None:
-    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
-    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    cid, oid = await charge_intended(payment)
     HANDOFF.clear()  # the process died after the commit, before the call
     assert oid not in {d.order_id for d in await claim(payment.db, 64, 60.0)}  # leased
     await due_now(payment, oid)  # the lease ends
@@ -80,8 +86,7 @@ async def test_a_cancel_after_the_hand_off_waits_for_the_call_then_refunds(
 ) -> None:
     """Claimed means the call may be out: the cancellation must not void (a charge could
     follow); the worker finishes the charge and refunds it."""
-    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
-    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    cid, oid = await charge_intended(payment)
     await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid), work=False)
     assert await emitted_types(payment, oid) == []
     assert await handed.round() >= 1
@@ -93,8 +98,7 @@ async def test_a_cancel_after_the_hand_off_waits_for_the_call_then_refunds(
 async def test_a_refund_is_claimed_and_handed_off_by_the_cancellation(
     payment: ServiceUnderTest, handed: PaymentWorker
 ) -> None:
-    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
-    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    cid, oid = await charge_intended(payment)
     await handed.round()
     assert await payment_row(payment, oid) == ("CHARGED", 1)
     await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid), work=False)
@@ -139,8 +143,7 @@ async def test_a_charge_that_lands_after_the_cancel_wakes_the_worker_for_its_ref
     poll."""
     woken: list[int] = []
     handed.wake = lambda: woken.append(1)
-    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
-    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    cid, oid = await charge_intended(payment)
     await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid), work=False)
     assert await handed.round() >= 1
     assert await payment_row(payment, oid) == ("REFUND_PENDING", 1)
