@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
 from sqlalchemy import text
 
@@ -19,6 +20,7 @@ from events import OrderCancelled
 from events.order import CancelReason
 from order_svc.domain import CANCEL_REQUESTED, DEADLINE_PASSED, OrderStatus, transition
 from order_svc.errors import OrderNotCancellable
+from order_svc.sagametrics import OUTCOMES, Move
 from saga_kit import logs, tracing
 from saga_kit.db import Database, UnitOfWork
 
@@ -29,48 +31,33 @@ class OrderNotFound(LookupError):
     pass
 
 
-async def _cancel(
-    uow: UnitOfWork,
-    order_id: uuid.UUID,
-    customer_id: str,
-    reason: CancelReason,
-    trace_context: str | None,
-    command_id: uuid.UUID | None = None,
-) -> None:
-    """CANCELLED + OrderCancelled, in the saga's own trace (the caller's span is a link)."""
+async def _cancel(uow: UnitOfWork, row: Any, reason: CancelReason) -> None:
+    """CANCELLED + OrderCancelled in ``uow`` for the order ``row`` (its ``order_id``,
+    ``status``, ``customer_id``, ``created_at``, ``trace_context`` and ``command_id``),
+    whose row lock the caller holds and whose transition it checked
+    (``domain.transition``); in the saga's own trace (the caller's span is a link)."""
     with tracing.span(
         "cancel order",
-        parent=tracing.from_traceparent(trace_context),
+        parent=tracing.from_traceparent(row.trace_context),
         links=tracing.link_to_current(),
-        attributes={"saga.order_id": str(order_id), "saga.cancel_reason": reason},
+        attributes={"saga.order_id": str(row.order_id), "saga.cancel_reason": reason},
     ):
-        await cancel_in(uow, order_id, customer_id, reason, command_id=command_id)
-
-
-async def cancel_in(
-    uow: UnitOfWork,
-    order_id: uuid.UUID,
-    customer_id: str,
-    reason: CancelReason,
-    causation_id: uuid.UUID | None = None,
-    command_id: uuid.UUID | None = None,
-) -> None:
-    """CANCELLED + OrderCancelled in ``uow``, whose caller holds the order's row lock and
-    has checked the transition (``domain.transition``)."""
-    await uow.conn.execute(
-        text(
-            "UPDATE orders SET status = 'CANCELLED', reason = :r, updated_at = clock_timestamp()"
-            " WHERE order_id = :o"
-        ),
-        {"r": reason, "o": order_id},
-    )
-    uow.emit(
-        OrderCancelled(customer_id=customer_id, reason=reason),
-        order_id=order_id,
-        causation_id=causation_id,
-        # an order placed through Kafka: its events answer the command that placed it
-        headers=() if command_id is None else (("correlation_id", str(command_id).encode()),),
-    )
+        await uow.conn.execute(
+            text(
+                "UPDATE orders SET status = 'CANCELLED', reason = :r, updated_at = clock_timestamp()"
+                " WHERE order_id = :o"
+            ),
+            {"r": reason, "o": row.order_id},
+        )
+        uow.emit(
+            OrderCancelled(customer_id=row.customer_id, reason=reason),
+            order_id=row.order_id,
+            causation_id=None,
+            # an order placed through Kafka: its events answer the command that placed it
+            headers=() if row.command_id is None else (("correlation_id", str(row.command_id).encode()),),
+        )
+    move = Move(OrderStatus(row.status), OrderStatus.CANCELLED, reason, row.created_at)
+    OUTCOMES.committed_with(uow, [move])
 
 
 async def cancel_order(db: Database, order_id: uuid.UUID, customer_id: str | None = None) -> OrderStatus:
@@ -82,7 +69,7 @@ async def cancel_order(db: Database, order_id: uuid.UUID, customer_id: str | Non
         row = (
             await uow.conn.execute(
                 text(
-                    "SELECT status, customer_id, trace_context, command_id FROM orders"
+                    "SELECT order_id, status, customer_id, created_at, trace_context, command_id FROM orders"
                     " WHERE order_id = :o FOR UPDATE"
                 ),
                 {"o": order_id},
@@ -93,7 +80,7 @@ async def cancel_order(db: Database, order_id: uuid.UUID, customer_id: str | Non
         if transition(OrderStatus(row.status), CANCEL_REQUESTED) is None:
             raise OrderNotCancellable(row.status)
         reason: CancelReason = "cancelled_by_customer" if customer_id is not None else "cancelled_by_operator"
-        await _cancel(uow, order_id, row.customer_id, reason, row.trace_context, row.command_id)
+        await _cancel(uow, row, reason)
     return OrderStatus.CANCELLED
 
 
@@ -103,7 +90,7 @@ async def cancel_overdue(db: Database, batch: int = 200) -> int:
         rows = (
             await uow.conn.execute(
                 text(
-                    "SELECT order_id, status, customer_id, trace_context, command_id FROM orders"
+                    "SELECT order_id, status, customer_id, created_at, trace_context, command_id FROM orders"
                     # now(), not clock_timestamp(): a volatile function cannot bound an index
                     # scan, and every PENDING order was read to find the overdue ones
                     " WHERE status = 'PENDING' AND deadline_at <= now()"
@@ -115,9 +102,7 @@ async def cancel_overdue(db: Database, batch: int = 200) -> int:
         for row in rows:
             if transition(OrderStatus(row.status), DEADLINE_PASSED) is not None:
                 with logs.bind(order_id=row.order_id):
-                    await _cancel(
-                        uow, row.order_id, row.customer_id, "timeout", row.trace_context, row.command_id
-                    )
+                    await _cancel(uow, row, "timeout")
     if rows:
         log.info("cancelled %d overdue orders", len(rows))
     return len(rows)

@@ -31,7 +31,7 @@ from events import (
 from events.commands import CancelOrder, PlaceOrder, RefusedCommand
 from events.envelope import Envelope, EventPayload
 from events.order import CancelReason
-from order_svc import timeline
+from order_svc import sagametrics, timeline
 from order_svc.domain import CANCEL_REQUESTED, OrderStatus, transition
 from order_svc.placing import order_created, request_hash
 from saga_kit import auth, personal_data, sql, tracing
@@ -83,6 +83,15 @@ class Order:
     items: dict[str, int] = field(default_factory=dict)
     #: The CancelOrder command that cancelled it, when one did (saved with ``changed``).
     cancel_command_id: uuid.UUID | None = None
+    #: When it was placed (``created_at``; now, for an order placed in this batch).
+    placed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: Its transitions in this batch, counted once the batch commits (``sagametrics``).
+    moves: list[sagametrics.Move] = field(default_factory=list)
+
+    def move(self, new: OrderStatus, reason: str | None) -> None:
+        """Take the status ``new`` (``domain.transition`` allowed it) with ``reason``."""
+        self.moves.append(sagametrics.Move(self.status, new, reason, self.placed_at))
+        self.status, self.reason, self.changed = new, reason, True
 
     def check(self, event: Envelope[Any]) -> None:
         """Facts are checked, not trusted (docs/design.md §10): an event about this order
@@ -123,7 +132,7 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
     state = Orders()
     queries = [
         (
-            "SELECT order_id, status, customer_id, reason, total, command_id, request_hash,"
+            "SELECT order_id, status, customer_id, reason, total, command_id, request_hash, created_at,"
             " deadline_at <= clock_timestamp() AS overdue"
             f" FROM orders WHERE order_id IN {sql.UUIDS} ORDER BY order_id FOR UPDATE",
             {"ids": sql.values(sorted({e.order_id for e in events}))},
@@ -161,6 +170,7 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
             row.total,
             row.command_id,
             row.request_hash,
+            placed_at=row.created_at,
         )
     for row in used:
         if row.command_id is not None:
@@ -268,6 +278,7 @@ def save(uow: UnitOfWork, state: Orders) -> None:
             ),
             {"rows": sql.rows(prices)},
         )
+    sagametrics.OUTCOMES.committed_with(uow, [m for o in state.orders.values() for m in o.moves])
 
 
 reactions: Reactions[Orders] = Reactions(load, save, observe=timeline.observe)
@@ -280,11 +291,10 @@ def _move(order: Order, event: Envelope[Any], reason: str | None) -> Reply | Non
     new = transition(order.status, event.event_type, overdue=order.overdue)
     if new is None:
         return None
-    order.status, order.changed = new, True
     if new is OrderStatus.CANCELLED:
-        order.reason = "timeout"
+        order.move(new, "timeout")
         return order.correlated(OrderCancelled(customer_id=order.customer_id, reason="timeout"))
-    order.reason = reason
+    order.move(new, reason)
     if new is OrderStatus.APPROVED:
         return order.correlated(OrderApproved(customer_id=order.customer_id))
     return order.correlated(OrderRejected(customer_id=order.customer_id, reason=reason or "rejected"))
@@ -410,7 +420,7 @@ def on_cancel_order(state: Orders, event: Envelope[CancelOrder]) -> Replies:
         detail = f"the order is {order.status}: only a PENDING or APPROVED order can be cancelled"
         return [_rejected(command.command_id, "CancelOrder", "order_not_cancellable", detail)]
     reason: CancelReason = "cancelled_by_operator" if caller.operator else "cancelled_by_customer"
-    order.status, order.reason, order.changed = OrderStatus.CANCELLED, reason, True
+    order.move(OrderStatus.CANCELLED, reason)
     order.cancel_command_id = command.command_id
     state.used_command_ids[command.command_id] = ("CancelOrder", event.order_id)
     cancelled = OrderCancelled(customer_id=order.customer_id, reason=reason)

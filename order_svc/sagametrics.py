@@ -1,51 +1,107 @@
-"""The order service's own metrics: every saga's outcome and duration, from its table,
-and the orders admission control refused.
+"""The order service's own metrics: sagas in flight, the orders' transitions and the
+sagas' durations, and the orders admission control refused.
 
-Outcomes and durations are computed from ``orders`` at scrape time, so they are exact
-across restarts and across several instances (each reports the same totals: aggregate
-with ``max``, not ``sum``). Refusals are this process's since it started (aggregate with
-``sum``).
+A scrape costs the same at a thousand orders as at a hundred million. The ``orders``
+table is never pruned (an order is the business's record), so nothing here may read it
+whole:
+
+* **sagas in flight** (``saga_orders_in_flight``) are counted in the database, through
+  the ``orders_status`` index: the PENDING orders only, as many as are in flight. Exact
+  across restarts and instances (each reports the same figure: aggregate with ``max``).
+* **transitions and durations** (``saga_order_transitions_total``,
+  ``saga_duration_seconds``) are counted by this process as its transactions commit
+  (``OUTCOMES``), as Prometheus counts anything that happens: per instance and since it
+  started (aggregate with ``sum`` of ``rate()`` or ``increase()``, which see a restart's
+  reset). Counted from the table at each scrape, as they were, they read every order:
+  0.3 s and 1.7 to 2.0 s of PostgreSQL per scrape at a million orders, measured.
+* **refusals** (``order_admission_refused_total``) are this process's since it started.
 """
 
 from __future__ import annotations
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+import collections
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from order_svc.admission import REFUSED
-from saga_kit.histogram import SAGA_BUCKETS
+from order_svc.domain import OrderStatus
+from saga_kit.db import UnitOfWork
+from saga_kit.histogram import SAGA_BUCKETS, Histogram
+from saga_kit.metrics import histogram_family
+
+
+@dataclass(frozen=True)
+class Move:
+    """One order's transition ``was`` → ``now`` (``domain.transition``) with its
+    ``reason`` (None for an approval); ``placed_at``: when the order was placed, so a
+    saga's duration is known when it ends."""
+
+    was: OrderStatus
+    now: OrderStatus
+    reason: str | None
+    placed_at: datetime
+
+
+class Outcomes:
+    """The transitions this process committed since it started, and the durations of the
+    sagas they ended (placed → terminal, seconds, by the final status; a saga ends when
+    it leaves PENDING: an APPROVED order cancelled later is a transition, not a second
+    end)."""
+
+    def __init__(self) -> None:
+        #: (from status, to status, reason or "") → transitions
+        self.transitions: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        #: final status → seconds from placed to that status
+        self.durations: dict[str, Histogram] = {}
+
+    def committed_with(self, uow: UnitOfWork, moves: Sequence[Move]) -> None:
+        """Count ``moves`` once ``uow`` has committed (never if it rolls back)."""
+        if moves:
+            uow.after_commit(lambda: self.record(moves))
+
+    def record(self, moves: Sequence[Move], at: datetime | None = None) -> None:
+        """Count ``moves``, committed at ``at`` (default: now)."""
+        at = at or datetime.now(UTC)
+        for move in moves:
+            self.transitions[(move.was.value, move.now.value, move.reason or "")] += 1
+            if move.was is OrderStatus.PENDING:
+                seconds = max(0.0, (at - move.placed_at).total_seconds())
+                self.durations.setdefault(move.now.value, Histogram(SAGA_BUCKETS)).observe(seconds)
+
+
+#: This process's transitions: the order desk's consumer, the cancellations and the
+#: deadline sweeper count into it.
+OUTCOMES = Outcomes()
 
 
 async def render(conn: AsyncConnection, service: str) -> list[Metric]:
-    orders = GaugeMetricFamily(
-        "saga_orders",
-        "Orders by status and reason (PENDING = sagas in flight).",
-        labels=["service", "status", "reason"],
+    in_flight = GaugeMetricFamily(
+        "saga_orders_in_flight",
+        "Sagas in flight: orders PENDING now, counted in the database (aggregate with max).",
+        labels=["service"],
     )
-    for status, reason, n in await conn.execute(
-        text("SELECT status, COALESCE(reason, ''), COUNT(*) FROM orders GROUP BY 1, 2 ORDER BY 1, 2")
-    ):
-        orders.add_metric([service, status, reason], n)
+    pending = await conn.scalar(text("SELECT COUNT(*) FROM orders WHERE status = 'PENDING'"))
+    in_flight.add_metric([service], int(pending or 0))
 
-    buckets = ", ".join(f"COUNT(*) FILTER (WHERE d <= {b})" for b in SAGA_BUCKETS)
-    duration = HistogramMetricFamily(
+    transitions = CounterMetricFamily(
+        "saga_order_transitions",
+        "Order transitions this process committed since it started, by from_status, to_status"
+        " and reason (a saga ends on a transition from PENDING).",
+        labels=["service", "from_status", "to_status", "reason"],
+    )
+    for (was, now, reason), n in sorted(OUTCOMES.transitions.items()):
+        transitions.add_metric([service, was, now, reason], n)
+    durations = histogram_family(
         "saga_duration_seconds",
-        "From order placed to terminal status, by final status.",
-        labels=["service", "status"],
+        "Sagas this process ended since it started: seconds from order placed to its final status.",
+        ["service", "status"],
+        [([service, status], h) for status, h in sorted(OUTCOMES.durations.items())],
     )
-    rows = await conn.execute(
-        text(
-            f"SELECT status, {buckets}, COUNT(*), COALESCE(SUM(d), 0) FROM"
-            " (SELECT status, EXTRACT(EPOCH FROM updated_at - created_at) AS d"
-            "  FROM orders WHERE status <> 'PENDING') t GROUP BY status ORDER BY status"
-        )
-    )
-    for row in rows:
-        status, *counts = row
-        *cumulative, total, seconds = counts
-        points = [(f"{bound:g}", n) for bound, n in zip(SAGA_BUCKETS, cumulative, strict=True)]
-        duration.add_metric([service, status], [*points, ("+Inf", total)], float(seconds))
     refused = CounterMetricFamily(
         "order_admission_refused",
         "Orders refused with 503 by admission control since this process started, by gate:"
@@ -54,4 +110,4 @@ async def render(conn: AsyncConnection, service: str) -> list[Metric]:
     )
     for gate in ("backlog", "door"):
         refused.add_metric([service, gate], REFUSED[gate])
-    return [orders, duration, refused]
+    return [in_flight, transitions, durations, refused]

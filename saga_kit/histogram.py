@@ -27,16 +27,3 @@ class Histogram:
             self.counts[i] += 1
         self.total += value
         self.n += 1
-
-    def render(self, name: str, labels: str) -> list[str]:
-        """Exposition lines; ``labels`` is the inside of {…}, without braces."""
-        sep = "," if labels else ""
-        lines = []
-        cumulative = 0
-        for bound, count in zip(self.buckets, self.counts, strict=True):
-            cumulative += count
-            lines.append(f'{name}_bucket{{{labels}{sep}le="{bound:g}"}} {cumulative}')
-        lines.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.n}')
-        lines.append(f"{name}_sum{{{labels}}} {self.total:.6f}")
-        lines.append(f"{name}_count{{{labels}}} {self.n}")
-        return lines

@@ -17,7 +17,7 @@ outcome and saga duration).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -44,15 +44,19 @@ log = logging.getLogger(__name__)
 ExtraMetrics = Callable[[AsyncConnection, str], Awaitable[list[Metric]]]
 
 
-def histogram_family(name: str, documentation: str, labels: Mapping[str, str], h: Histogram) -> Metric:
-    """An in-process ``Histogram`` as a Prometheus histogram family (cumulative buckets)."""
+def histogram_family(
+    name: str, documentation: str, labels: Sequence[str], series: Iterable[tuple[Sequence[str], Histogram]]
+) -> Metric:
+    """In-process ``Histogram``s as one Prometheus histogram family (cumulative buckets):
+    ``series`` gives each histogram with its values of ``labels``."""
     family = HistogramMetricFamily(name, documentation, labels=list(labels))
-    cumulative, buckets = 0, []
-    for bound, count in zip(h.buckets, h.counts, strict=True):
-        cumulative += count
-        buckets.append((f"{bound:g}", cumulative))
-    buckets.append(("+Inf", h.n))
-    family.add_metric(list(labels.values()), buckets, h.total)
+    for values, h in series:
+        cumulative, buckets = 0, []
+        for bound, count in zip(h.buckets, h.counts, strict=True):
+            cumulative += count
+            buckets.append((f"{bound:g}", cumulative))
+        buckets.append(("+Inf", h.n))
+        family.add_metric(list(values), buckets, h.total)
     return family
 
 
@@ -96,11 +100,11 @@ class _PlumbingCollector(Collector):
         yield histogram_family(
             "saga_batch_seconds",
             "Time of a consumed batch's transaction (lock, inbox, reactions, commit).",
-            {"service": svc},
-            s.batch_seconds,
+            ["service"],
+            [([svc], s.batch_seconds)],
         )
         yield histogram_family(
-            "saga_batch_size", "Records per consumed batch.", {"service": svc}, s.batch_size
+            "saga_batch_size", "Records per consumed batch.", ["service"], [([svc], s.batch_size)]
         )
         produced = CounterMetricFamily(
             "saga_events_produced",

@@ -144,7 +144,11 @@ def test_metrics_cover_consumption_production_latency_outbox_lag_and_sagas(
     assert value(inventory["saga_batch_size"], "saga_batch_size_sum") >= 1
     assert "saga_outbox_backlog" in order and "saga_outbox_oldest_unsent_seconds" in order
     assert "saga_dead_letters" in payment
-    assert value(order["saga_orders"], "saga_orders", status="REJECTED", reason="insufficient_funds") >= 1
+    rejected = {"from_status": "PENDING", "to_status": "REJECTED", "reason": "insufficient_funds"}
+    transitions = order["saga_order_transitions"]
+    assert value(transitions, "saga_order_transitions_total", **rejected) >= 1
+    assert "saga_orders_in_flight" in order
+    assert {s.labels["status"] for s in payment["payments_waiting"]} == {"PENDING", "REFUND_PENDING"}
     rejected_count = value(order["saga_duration_seconds"], "saga_duration_seconds_count", status="REJECTED")
     rejected_inf = value(
         order["saga_duration_seconds"], "saga_duration_seconds_bucket", status="REJECTED", le="+Inf"
