@@ -15,7 +15,10 @@ for its transaction, ``order_svc.placing``). It answers **503 with Retry-After**
 that exceeds ``headroom`` times the order's deadline (default: half of it), provided at
 least ``min_pending`` sagas are in flight — so neither a quiet system nor one stuck order
 refuses anyone. The figures come from the orders table, so every instance of the service
-sees the same backlog; they are read at most every ``refresh_seconds`` (one query).
+sees the same backlog; they are read at most every ``refresh_seconds`` (one query), off
+the request's path: a request that finds them older starts the read and is answered on
+the figures it has, unless they are older than ``max_stale_seconds`` (or there are none
+yet), when it waits for the read.
 
 That sees the queue of sagas, not a queue at the door: when the service itself has more
 requests than CPU, every request in progress slows down together (the event loop shares
@@ -36,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -47,6 +51,8 @@ from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from saga_kit.db import Database
+
+log = logging.getLogger(__name__)
 
 #: Orders refused in this process since start, by gate: ``backlog`` (``Admission``) and
 #: ``door`` (``Door``); /metrics: ``order_admission_refused_total{gate}``.
@@ -73,6 +79,11 @@ class Refusal:
 
 
 class Admission:
+    """The backlog gate (module doc). ``refresh_seconds``: how old the figures may be before
+    a request starts a read in the background; ``max_stale_seconds`` (default four times
+    that, 1 s): how old they may be before a request waits for the read. Raises what the
+    database raises only from a read the request waited for."""
+
     def __init__(
         self,
         db: Database,
@@ -80,6 +91,7 @@ class Admission:
         headroom: float = 0.5,
         min_pending: int = 100,
         refresh_seconds: float = 0.25,
+        max_stale_seconds: float | None = None,
         desk_delay: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self._db = db
@@ -87,6 +99,8 @@ class Admission:
         self._headroom = headroom
         self._min_pending = min_pending
         self._refresh = refresh_seconds
+        self._max_stale = 4 * refresh_seconds if max_stale_seconds is None else max_stale_seconds
+        self._reading: asyncio.Task[None] | None = None
         self._pending = 0
         self._median_age = 0.0
         self._read_at = -math.inf
@@ -95,10 +109,13 @@ class Admission:
 
     async def check(self, deadline_seconds: float) -> Refusal | None:
         """None to accept an order with this deadline, or why not."""
-        if time.monotonic() - self._read_at > self._refresh:
+        age = time.monotonic() - self._read_at
+        if age > self._max_stale:  # too old to decide on (or none yet): wait for them
             async with self._lock:  # one reader at a time; the others use its figures
-                if time.monotonic() - self._read_at > self._refresh:
+                if time.monotonic() - self._read_at > self._max_stale:
                     await self._read()
+        elif age > self._refresh and (self._reading is None or self._reading.done()):
+            self._reading = asyncio.create_task(self._read_behind(), name="admission-read")
         desk = self._desk_delay()
         if self._pending < self._min_pending and desk < 1.0:
             return None
@@ -109,6 +126,16 @@ class Admission:
         self.refused += 1
         REFUSED["backlog"] += 1
         return Refusal(expected, _retry_after(expected - allowed))
+
+    async def _read_behind(self) -> None:
+        """A read no request waits for: a failure is logged, and the next request that
+        finds the figures too old reads them itself (and answers the failure)."""
+        try:
+            async with self._lock:
+                if time.monotonic() - self._read_at > self._refresh:
+                    await self._read()
+        except Exception as exc:
+            log.warning("admission: the backlog could not be read (%s); the figures are kept", exc)
 
     async def _read(self) -> None:
         """The PENDING orders' count and median age (of an even count, the younger of the

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
+import pytest
 from sqlalchemy import text
 
 from order_svc.admission import Admission
@@ -62,3 +64,41 @@ async def test_one_stuck_saga_refuses_nobody(order: ServiceUnderTest) -> None:
         assert await admission.check(30) is None  # the median, not the oldest, decides
     finally:
         await _finish(order, stuck + flowing)
+
+
+async def test_the_backlog_is_read_off_the_requests_path(
+    order: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Figures past ``refresh_seconds``: the request is answered on them at once and one
+    read starts behind it; past ``max_stale_seconds``: the request waits for the read."""
+    admission = Admission(order.db, min_pending=10_000, refresh_seconds=0.25, max_stale_seconds=5)
+    assert await admission.check(30) is None  # no figures yet: read on the request's path
+    pending = admission._pending
+    read, reads, held = admission._read, 0, asyncio.Event()
+
+    async def held_read() -> None:
+        nonlocal reads
+        reads += 1
+        await held.wait()
+        await read()
+
+    monkeypatch.setattr(admission, "_read", held_read)
+    queued = await _pending_orders(order, 3, waiting_seconds=40)
+    try:
+        admission._read_at -= 1  # a second old: stale, not too stale
+        assert await asyncio.wait_for(admission.check(30), 1) is None  # not waiting for the read
+        assert await asyncio.wait_for(admission.check(30), 1) is None
+        assert reads == 1  # one read behind, not one per request
+        held.set()
+        assert admission._reading is not None
+        await admission._reading
+        assert admission._pending == pending + 3  # the read behind brought the new figures
+        held.clear()
+        admission._read_at -= 10  # too stale: the request waits
+        waiting = asyncio.create_task(admission.check(30))
+        await asyncio.sleep(0.1)
+        assert not waiting.done() and reads == 2
+        held.set()
+        assert await waiting is None
+    finally:
+        await _finish(order, queued)
