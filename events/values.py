@@ -51,6 +51,8 @@ MAX_ORDER_TOTAL = MAX_UNIT_PRICE * MAX_LINE_QUANTITY * MAX_ORDER_LINES
 MAX_STOCK = 1_000_000_000
 
 _MONEY_ERROR = 'money must be a string of ASCII digits with at most two decimal places, e.g. "12.50"'
+_MONEY_TOO_BIG = f"money may have at most 12 digits before the point: at most {MAX_MONEY}"
+_DIGITS = re.compile(r"^[0-9]+(\.[0-9]{1,2})?$")
 
 
 def _strict_money(value: Any) -> Decimal:
@@ -59,6 +61,8 @@ def _strict_money(value: Any) -> Decimal:
         amount = value
     elif isinstance(value, str) and _MONEY_TEXT.fullmatch(value):
         amount = Decimal(value)
+    elif isinstance(value, str) and _DIGITS.fullmatch(value) and len(value.partition(".")[0]) > 12:
+        raise ValueError(_MONEY_TOO_BIG)  # the form is right, the amount too big
     else:
         raise ValueError(_MONEY_ERROR)
     if not amount.is_finite() or amount.is_signed():

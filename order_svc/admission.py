@@ -55,7 +55,7 @@ from saga_kit.db import Database
 log = logging.getLogger(__name__)
 
 #: Orders refused in this process since start, by gate: ``backlog`` (``Admission``) and
-#: ``door`` (``Door``); /metrics: ``order_admission_refused_total{gate}``.
+#: ``door`` (``Door``); /metrics: ``saga_order_admission_refused_total{gate}``.
 REFUSED: collections.Counter[str] = collections.Counter()
 
 

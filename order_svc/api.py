@@ -332,9 +332,10 @@ async def post_cancel(
     release its stock and refund its charge asynchronously (watch `/orders/{order_id}/saga`).
     A REJECTED or already CANCELLED order answers 409 and nothing changes."""
     try:
-        status = await cancel_order(db, order_id, _only(principal))
+        status = await cancel_order(db, order_id, _only(principal), audit.call_audit(request.scope))
     except OrderNotFound:
         raise HTTPException(404, f"order {order_id} not found") from None
+    audit.mark_audited(request.scope)  # the entry committed with the cancellation
     _accepted(request, response, order_id)
     return OrderAccepted(order_id=order_id, status=status)
 
@@ -398,7 +399,11 @@ class CommandView(BaseModel):
     #: An applied command whose id a later or earlier copy reused (another body, a bad
     #: token) names that refusal in ``reason`` and ``detail``; the outcome stays applied.
     outcome: Literal["placed", "cancelled", "rejected", "unknown"]
+    #: the order's status now and the reason it has (e.g. REJECTED, ``insufficient_funds``),
+    #: for an applied command
     status: OrderStatus | None = None
+    order_reason: str | None = None
+    #: why the command (or a copy of it) was refused: the command's, never the order's
     reason: str | None = None
     detail: str | None = None
 
@@ -424,7 +429,7 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
         applied = (
             await conn.execute(
                 text(
-                    "SELECT c.event_type, c.order_id, o.status FROM saga_events c"
+                    "SELECT c.event_type, c.order_id, o.status, o.reason FROM saga_events c"
                     " JOIN saga_events r ON r.order_id = c.order_id AND r.causation_id = c.event_id"
                     " AND r.event_type IN ('OrderCreated', 'OrderCancelled')"
                     " JOIN orders o ON o.order_id = c.order_id"
@@ -450,6 +455,7 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
             order_id=applied.order_id,
             outcome=outcome,
             status=applied.status,
+            order_reason=applied.reason,
             reason=None if refusal is None else refusal.payload.get("reason"),
             detail=None
             if refusal is None

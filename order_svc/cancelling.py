@@ -21,7 +21,8 @@ from events.order import CancelReason
 from order_svc.domain import CANCEL_REQUESTED, DEADLINE_PASSED, OrderStatus, transition
 from order_svc.errors import OrderNotCancellable
 from order_svc.sagametrics import OUTCOMES, Move
-from saga_kit import logs, tracing
+from saga_kit import audit, logs, tracing
+from saga_kit.audit import CallAudit
 from saga_kit.db import Database, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -56,15 +57,18 @@ async def _cancel(uow: UnitOfWork, row: Any, reason: CancelReason) -> None:
             # an order placed through Kafka: its events answer the command that placed it
             headers=() if row.command_id is None else (("correlation_id", str(row.command_id).encode()),),
         )
-    move = Move(OrderStatus(row.status), OrderStatus.CANCELLED, reason, row.created_at)
+    move = Move(row.order_id, OrderStatus(row.status), OrderStatus.CANCELLED, reason, row.created_at)
     OUTCOMES.committed_with(uow, [move])
 
 
-async def cancel_order(db: Database, order_id: uuid.UUID, customer_id: str | None = None) -> OrderStatus:
+async def cancel_order(
+    db: Database, order_id: uuid.UUID, customer_id: str | None = None, call: CallAudit | None = None
+) -> OrderStatus:
     """The customer cancels (with ``customer_id``: their own orders only; another
     customer's order is ``OrderNotFound``, ids do not leak), or an operator does (None:
     any order; the reason is ``cancelled_by_operator``): PENDING or APPROVED → CANCELLED;
-    anything else is ``OrderNotCancellable`` (a 409)."""
+    anything else is ``OrderNotCancellable`` (a 409). ``call``: the request's audit entry,
+    appended in the cancellation's transaction, ahead of the compensation it causes."""
     async with db.unit_of_work() as uow:
         row = (
             await uow.conn.execute(
@@ -80,6 +84,8 @@ async def cancel_order(db: Database, order_id: uuid.UUID, customer_id: str | Non
         if transition(OrderStatus(row.status), CANCEL_REQUESTED) is None:
             raise OrderNotCancellable(row.status)
         reason: CancelReason = "cancelled_by_customer" if customer_id is not None else "cancelled_by_operator"
+        if call is not None:
+            audit.append(uow, [call.entry(f"/orders/{order_id}", "202")])
         await _cancel(uow, row, reason)
     return OrderStatus.CANCELLED
 

@@ -85,12 +85,13 @@ class Order:
     cancel_command_id: uuid.UUID | None = None
     #: When it was placed (``created_at``; now, for an order placed in this batch).
     placed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    #: Its transitions in this batch, counted once the batch commits (``sagametrics``).
-    moves: list[sagametrics.Move] = field(default_factory=list)
+    #: Its transitions in this batch (from, to, reason), counted and logged once the batch
+    #: commits (``sagametrics``).
+    moves: list[tuple[OrderStatus, OrderStatus, str | None]] = field(default_factory=list)
 
     def move(self, new: OrderStatus, reason: str | None) -> None:
         """Take the status ``new`` (``domain.transition`` allowed it) with ``reason``."""
-        self.moves.append(sagametrics.Move(self.status, new, reason, self.placed_at))
+        self.moves.append((self.status, new, reason))
         self.status, self.reason, self.changed = new, reason, True
 
     def check(self, event: Envelope[Any]) -> None:
@@ -118,6 +119,7 @@ class Orders:
     used_command_ids: dict[uuid.UUID, tuple[str, uuid.UUID]] = field(default_factory=dict)
 
     def get(self, event: Envelope[Any]) -> Order:
+        """The event's order; ``InvalidEvent`` (a dead letter) if this service has none."""
         order = self.orders.get(event.order_id)
         if order is None:
             raise InvalidEvent(f"{event.event_type} for unknown order {event.order_id}")
@@ -278,7 +280,8 @@ def save(uow: UnitOfWork, state: Orders) -> None:
             ),
             {"rows": sql.rows(prices)},
         )
-    sagametrics.OUTCOMES.committed_with(uow, [m for o in state.orders.values() for m in o.moves])
+    moves = [sagametrics.Move(oid, *m, o.placed_at) for oid, o in state.orders.items() for m in o.moves]
+    sagametrics.OUTCOMES.committed_with(uow, moves)
 
 
 reactions: Reactions[Orders] = Reactions(load, save, observe=timeline.observe)

@@ -14,12 +14,18 @@ whole:
   started (aggregate with ``sum`` of ``rate()`` or ``increase()``, which see a restart's
   reset). Counted from the table at each scrape, as they were, they read every order:
   0.3 s and 1.7 to 2.0 s of PostgreSQL per scrape at a million orders, measured.
-* **refusals** (``order_admission_refused_total``) are this process's since it started.
+* **refusals** (``saga_order_admission_refused_total``) are this process's since it started.
+
+Each committed transition is also logged, one INFO line with its ``order_id``
+(``order 1f0c…: PENDING -> REJECTED (insufficient_funds)``): a saga's outcome is found in
+the logs by its order id.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,13 +40,16 @@ from saga_kit.db import UnitOfWork
 from saga_kit.histogram import SAGA_BUCKETS, Histogram
 from saga_kit.metrics import histogram_family
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Move:
-    """One order's transition ``was`` → ``now`` (``domain.transition``) with its
+    """Order ``order_id``'s transition ``was`` → ``now`` (``domain.transition``) with its
     ``reason`` (None for an approval); ``placed_at``: when the order was placed, so a
     saga's duration is known when it ends."""
 
+    order_id: uuid.UUID
     was: OrderStatus
     now: OrderStatus
     reason: str | None
@@ -60,7 +69,7 @@ class Outcomes:
         self.durations: dict[str, Histogram] = {}
 
     def committed_with(self, uow: UnitOfWork, moves: Sequence[Move]) -> None:
-        """Count ``moves`` once ``uow`` has committed (never if it rolls back)."""
+        """Count and log ``moves`` once ``uow`` has committed (never if it rolls back)."""
         if moves:
             uow.after_commit(lambda: self.record(moves))
 
@@ -68,6 +77,14 @@ class Outcomes:
         """Count ``moves``, committed at ``at`` (default: now)."""
         at = at or datetime.now(UTC)
         for move in moves:
+            log.info(
+                "order %s: %s -> %s%s",
+                move.order_id,
+                move.was.value,
+                move.now.value,
+                f" ({move.reason})" if move.reason else "",
+                extra={"order_id": move.order_id},
+            )
             self.transitions[(move.was.value, move.now.value, move.reason or "")] += 1
             if move.was is OrderStatus.PENDING:
                 seconds = max(0.0, (at - move.placed_at).total_seconds())
@@ -98,12 +115,13 @@ async def render(conn: AsyncConnection, service: str) -> list[Metric]:
         transitions.add_metric([service, was, now, reason], n)
     durations = histogram_family(
         "saga_duration_seconds",
-        "Sagas this process ended since it started: seconds from order placed to its final status.",
+        "Sagas this process ended since it started: seconds from the order placed to its leaving"
+        " PENDING, by the status it took (an order cancelled after approval stays APPROVED here).",
         ["service", "status"],
         [([service, status], h) for status, h in sorted(OUTCOMES.durations.items())],
     )
     refused = CounterMetricFamily(
-        "order_admission_refused",
+        "saga_order_admission_refused",
         "Orders refused with 503 by admission control since this process started, by gate:"
         " backlog (could not finish before its deadline) or door (requests answered slowly).",
         labels=["service", "gate"],

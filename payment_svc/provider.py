@@ -251,9 +251,21 @@ class PaymentProvider:
         except _Failed as exc:
             self.last_failure = str(exc)
             self.calls[(operation, "unavailable")] += 1
+            log.warning("payment provider: %s failed, to be retried: %s", operation, exc)
             if self.state == "open" and self.opened_at is None:
                 self.opened_at = time.time()
+                log.error(
+                    "payment provider: circuit breaker open after %d failures in a row; charges and"
+                    " refunds wait (nothing is lost) and one call probes again in %.0f s",
+                    self.breaker.failure_count,
+                    self.retry_after(),
+                )
             return Unavailable(str(exc), nothing_done=exc.nothing_done)
+        if self.opened_at is not None:
+            log.warning(
+                "payment provider: circuit breaker closed after %.0f s: the provider answers again",
+                time.time() - self.opened_at,
+            )
         self.opened_at = None
         self.calls[(operation, str(answer.status_code))] += 1
         return answer

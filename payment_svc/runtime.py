@@ -98,36 +98,38 @@ async def provider_check() -> None:
 
 
 async def render(conn: AsyncConnection, service: str) -> list[Metric]:
-    """``payment_provider_calls_total{operation, outcome}`` (outcome: the HTTP status,
-    ``unavailable`` or ``breaker_open``), ``payment_provider_circuit_state`` (0 closed,
-    1 half-open, 2 open), ``payment_provider_circuit_open_seconds``, and from the table:
-    ``payments_waiting{status}`` (charges PENDING, refunds REFUND_PENDING) and
-    ``payments_waiting_seconds`` (the oldest of them). Both read the waiting payments
+    """``saga_payment_provider_calls_total{operation, outcome}`` (outcome: the HTTP status,
+    ``unavailable`` or ``breaker_open``), ``saga_payment_provider_circuit_state`` (0 closed,
+    1 half-open, 2 open), ``saga_payment_provider_circuit_open_seconds``, and from the table:
+    ``saga_payments_waiting{status}`` (charges PENDING, refunds REFUND_PENDING) and
+    ``saga_payments_oldest_waiting_seconds`` (the oldest of them). Both read the waiting payments
     only, through the ``payments_due`` index: a scrape costs the same however many
     payments the table keeps (every payment ever made; counting them all by status read
     the table whole). What became of the others is in the calls' outcomes."""
     p = provider()
     calls = CounterMetricFamily(
-        "payment_provider_calls",
-        "Calls to the payment provider by operation and outcome.",
+        "saga_payment_provider_calls",
+        "Calls to the payment provider by operation (charge, refund; probe: the lookup a half-open"
+        " breaker sends when no payment is due) and outcome (the answer's HTTP status; unavailable:"
+        " no usable answer, retried; breaker_open: not sent).",
         labels=["service", "operation", "outcome"],
     )
     for (operation, outcome), n in sorted(p.calls.items()):
         calls.add_metric([service, operation, outcome], n)
     state = GaugeMetricFamily(
-        "payment_provider_circuit_state",
+        "saga_payment_provider_circuit_state",
         "The provider circuit breaker: 0 closed, 1 half-open, 2 open.",
         labels=["service"],
     )
     state.add_metric([service], BREAKER_CODES[p.state])
     opened = GaugeMetricFamily(
-        "payment_provider_circuit_open_seconds",
+        "saga_payment_provider_circuit_open_seconds",
         "Seconds since the breaker opened (0 while closed).",
         labels=["service"],
     )
     opened.add_metric([service], time.time() - p.opened_at if p.opened_at else 0.0)
     by_status = GaugeMetricFamily(
-        "payments_waiting",
+        "saga_payments_waiting",
         "Payments waiting on the provider, by status: charges PENDING, refunds REFUND_PENDING.",
         labels=["service", "status"],
     )
@@ -139,7 +141,7 @@ async def render(conn: AsyncConnection, service: str) -> list[Metric]:
     for status, n in waiting_now.items():
         by_status.add_metric([service, status], n)
     waiting = GaugeMetricFamily(
-        "payments_waiting_seconds",
+        "saga_payments_oldest_waiting_seconds",
         "Age of the oldest charge or refund still waiting on the provider (0: none).",
         labels=["service"],
     )

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 #: Seconds: from a fast handler (a few ms) to a saga that ran into its deadline.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-SAGA_BUCKETS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+#: Seconds: from an idle system's saga (~0.1 s here) to one that ran into its deadline.
+SAGA_BUCKETS = (0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
 
 @dataclass

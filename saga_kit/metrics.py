@@ -108,17 +108,13 @@ class _PlumbingCollector(Collector):
         )
         produced = CounterMetricFamily(
             "saga_events_produced",
-            "Outbox rows published by this process.",
+            "Outbox rows published by this process, by topic and event type (<raw>: a dead"
+            " letter's copy on its topic).",
             labels=["service", "topic", "event_type"],
         )
         for (topic, event_type), n in sorted(self.relay.published_by_type.items()):
             produced.add_metric([svc, topic, event_type], n)
         yield produced
-        published = CounterMetricFamily(
-            "saga_outbox_published", "Outbox rows published by this process.", labels=["service"]
-        )
-        published.add_metric([svc], self.relay.published)
-        yield published
         lag = GaugeMetricFamily(
             "saga_consumer_lag",
             "Records behind the partition's end, where the client knows it.",

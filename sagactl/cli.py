@@ -1,23 +1,23 @@
-"""``sagactl``: operate a running system over the services' HTTP APIs.
+"""sagactl: operate a running system over the services' HTTP APIs.
 
 It talks to the services only through their public endpoints, so it works the same
-against ``make run``, a compose deployment or a test system. Service URLs default to
-``make run``'s ports and are overridden per service with ``--order-url`` … or the
-environment (``SAGACTL_ORDER_URL``, ``SAGACTL_INVENTORY_URL``, ``SAGACTL_PAYMENT_URL``).
+against 'make run', a compose deployment or a test system. Service URLs default to
+the ports of 'make run' and are overridden per service with --order-url … or the
+environment (SAGACTL_ORDER_URL, SAGACTL_INVENTORY_URL, SAGACTL_PAYMENT_URL).
 
-Every call carries the bearer token of ``--token`` or ``SAGA_TOKEN`` (an operator's sees
-everything; a customer's only its own orders). ``sagactl token`` mints a development one
-with the key ``make run`` / ``make demo`` made under the run directory.
+Every call carries the bearer token of --token or SAGA_TOKEN (an operator's sees
+everything; a customer's only its own orders). 'sagactl token' mints a development one
+with the key 'make run' / 'make demo' made under the run directory.
 
-Every command takes ``--output`` (``-o``): ``text`` fits the terminal (80 columns and
-up; ids shortened to 8 characters), ``wide`` shows full ids and every column however
-wide that is, ``json`` prints the API's data and nothing else on stdout. An error is
+Every command takes --output (-o): text fits the terminal (80 columns and
+up; ids shortened to 8 characters), wide shows full ids and every column however
+wide that is, json prints the API's data and nothing else on stdout. An error is
 one line on stderr and a non-zero exit: 1 when a service refused, 2 when it could not
 be reached.
 
-``--via kafka`` connects to the broker as the services do: ``KAFKA_SECURITY_PROTOCOL``,
-``KAFKA_SSL_CAFILE``, ``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD_FILE`` …
-(``saga_kit.kafka_security``).
+'--via kafka' connects to the broker as the services do: KAFKA_SECURITY_PROTOCOL,
+KAFKA_SSL_CAFILE, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD_FILE …
+(saga_kit.kafka_security).
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ audit_app = typer.Typer(help="The audit trail: who changed what, hash-chained.",
 app.add_typer(audit_app, name="audit")
 
 SERVICES = ("order", "inventory", "payment")
-#: How many characters of an id a ``text`` table shows (like a short git hash).
+#: How many characters of an id a text table shows (like a short git hash).
 SHORT_ID = 8
-#: A width no table reaches: ``wide`` tables are measured against it.
+#: A width no table reaches: wide tables are measured against it.
 UNBOUNDED = 100_000
 #: How many recent orders a shortened order id is looked up among (the API's page limit).
 RECENT_ORDERS = 1000
@@ -79,7 +79,7 @@ OutputOpt = Annotated[
 ]
 
 
-#: ``--service`` (repeatable): the services a command looks at (all three when absent).
+#: --service (repeatable): the services a command looks at (all three when absent).
 ServicesOpt = Annotated[
     list[str] | None, typer.Option("--service", "-s", help="only these services (repeatable)")
 ]
@@ -126,13 +126,13 @@ def main(
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    """End the command: ``message`` as one line on stderr, exit ``code``."""
+    """End the command: message as one line on stderr, exit code."""
     errors.print(Text(" ".join(message.split()), style="red"))
     raise typer.Exit(code)
 
 
 def _request(ctx: typer.Context, service: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    """One HTTP call to ``service``, whatever it answered; the command ends with one line
+    """One HTTP call to service, whatever it answered; the command ends with one line
     saying why (exit 2) if it could not be reached."""
     base = _urls(ctx).of(service)
     try:
@@ -142,13 +142,13 @@ def _request(ctx: typer.Context, service: str, method: str, path: str, **kwargs:
 
 
 def _call(ctx: typer.Context, service: str, method: str, path: str, **kwargs: Any) -> Any:
-    """One HTTP call to ``service``; its JSON answer, or the command ends with one line
+    """One HTTP call to service; its JSON answer, or the command ends with one line
     saying why (exit 2: it could not be reached; 1: it refused)."""
     return _answer(ctx, service, method, path, _request(ctx, service, method, path, **kwargs))
 
 
 def _answer(ctx: typer.Context, service: str, method: str, path: str, response: httpx.Response) -> Any:
-    """The JSON of ``response`` to ``method path``, or the command ends with one line
+    """The JSON of response to 'method path', or the command ends with one line
     saying why (exit 1: the service refused, or answered something other than JSON)."""
     base = _urls(ctx).of(service)
     if response.is_error:
@@ -160,7 +160,11 @@ def _answer(ctx: typer.Context, service: str, method: str, path: str, response: 
 
 
 def _unreachable(service: str, base: str, exc: Exception) -> str:
-    return f"cannot reach the {service} service at {base}: {str(exc) or type(exc).__name__}"
+    return (
+        f"cannot reach the {service} service at {base}: {str(exc) or type(exc).__name__}"
+        f" (is the system running? 'make run' starts it; --{service}-url or"
+        f" SAGACTL_{service.upper()}_URL points elsewhere)"
+    )
 
 
 def _refusal(service: str, response: httpx.Response) -> str:
@@ -182,8 +186,8 @@ def _refusal(service: str, response: httpx.Response) -> str:
 
 
 def _problems(found: Sequence[Mapping[str, Any]], shown: int = 3) -> str:
-    """Validation errors — a 422's ``detail`` or pydantic's ``errors()``, both a list of
-    ``{loc, msg}`` — as one clause: where and why, the first few, and how many more."""
+    """Validation errors — a 422's detail or pydantic's errors(), both a list of
+    '{loc, msg}' — as one clause: where and why, the first few, and how many more."""
 
     def where(loc: Iterable[Any]) -> str:
         path = ""
@@ -203,13 +207,13 @@ def _problems(found: Sequence[Mapping[str, Any]], shown: int = 3) -> str:
 
 
 def _emit(output: Output, data: Any, human: Callable[[], RenderableType | str]) -> None:
-    """``data`` as JSON on stdout for ``--output json``, else what ``human`` renders."""
+    """data as JSON on stdout for '--output json', else what human renders."""
     if output is Output.json:
         _json(data)
         return
     shown = human()
     if output is Output.wide and isinstance(shown, Table):
-        # wide: as wide as the table needs, like ``kubectl -o wide`` (the terminal may wrap)
+        # wide: as wide as the table needs, like 'kubectl -o wide' (the terminal may wrap)
         needed = Measurement.get(console, console.options.update_width(UNBOUNDED), shown).maximum
         Console(width=max(console.width, needed)).print(shown)
         return
@@ -217,7 +221,7 @@ def _emit(output: Output, data: Any, human: Callable[[], RenderableType | str]) 
 
 
 def _json(data: Any) -> None:
-    """``--output json``: the API's data, and nothing else, on stdout."""
+    """'--output json': the API's data, and nothing else, on stdout."""
     print(json.dumps(data, indent=2))
 
 
@@ -228,7 +232,7 @@ def _short(an_id: str | None, output: Output) -> str:
 
 
 def _age(iso: str, now: datetime) -> str:
-    """How long ago ``iso`` was, in its largest unit: ``42s``, ``5m``, ``3h``, ``2d``."""
+    """How long ago iso was, in its largest unit: 42s, 5m, 3h, 2d."""
     then = datetime.fromisoformat(iso)
     seconds = max(0.0, (now - (then if then.tzinfo else then.replace(tzinfo=UTC))).total_seconds())
     for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
@@ -238,7 +242,7 @@ def _age(iso: str, now: datetime) -> str:
 
 
 def _when(iso: str, output: Output, now: datetime) -> str:
-    """Age in ``text``, the timestamp itself in ``wide``."""
+    """Age in text, the timestamp itself in wide."""
     return iso if output is Output.wide else _age(iso, now)
 
 
@@ -288,8 +292,8 @@ def dlq_list(
 
 
 def _letters_table(letters: list[dict[str, Any]], status: str, output: Output) -> RenderableType:
-    """``text``: service, id, event (and its saga), reason, age — plus the status when
-    several are listed; ``wide`` adds where each came from and the full saga id."""
+    """text: service, id, event (and its saga), reason, age — plus the status when
+    several are listed; wide adds where each came from and the full saga id."""
     if not letters:
         return f"no {status.lower()} dead letters"
     wide = output is Output.wide
@@ -399,7 +403,7 @@ OrderIdArg = Annotated[
 
 
 def _order_id(ctx: typer.Context, given: str) -> str:
-    """The full id of the order ``given`` names: a full id, or a prefix (such as the
+    """The full id of the order given names: a full id, or a prefix (such as the
     shortened ids tables show) of exactly one of the most recent orders."""
     try:
         return str(uuid.UUID(given))
@@ -506,8 +510,8 @@ def _settle(
     *,
     cancelling: bool = False,
 ) -> None:
-    """After a command went to Kafka (a CancelOrder: ``cancelling``): say so, and with
-    ``wait`` show what became of it (``--output json``: only that, or ``sent`` when not
+    """After a command went to Kafka (a CancelOrder: cancelling): say so, and with
+    wait show what became of it ('--output json': only that, or sent when not
     waiting)."""
     if output is not Output.json:
         console.print(said)
@@ -516,12 +520,13 @@ def _settle(
             _json(sent)
         return
     r = _await_command(ctx, sent, cancelling)
-    _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}")
+    why = f" ({r['order_reason']})" if r.get("order_reason") else ""
+    _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}{why}")
 
 
 def _send_command(bootstrap: str, command: Any, token: str | None) -> None:
-    """Produce ``command`` to orders.commands, keyed by its command_id, with ``token`` in
-    its ``authorization`` header (the order service authorizes it like an HTTP call),
+    """Produce command to orders.commands, keyed by its command_id, with token in
+    its authorization header (the order service authorizes it like an HTTP call),
     connecting as the environment's Kafka security settings say."""
     import asyncio
 
@@ -560,10 +565,10 @@ def _send_command(bootstrap: str, command: Any, token: str | None) -> None:
 def _await_command(
     ctx: typer.Context, sent: Mapping[str, str], cancelling: bool, timeout: float = 60.0
 ) -> dict[str, Any]:
-    """Poll ``GET /commands/{id}`` until the command was refused (the command fails), or
-    applied and its order is no longer PENDING (its ``CommandView`` is returned). Only an
+    """Poll 'GET /commands/{id}' until the command was refused (the command fails), or
+    applied and its order is no longer PENDING (its CommandView is returned). Only an
     operator may read a command's outcome: for a customer's token (403), follow the order
-    instead (``_await_order``)."""
+    instead (_await_order)."""
     command_id = sent["command_id"]
     end = time.monotonic() + timeout
     while True:
@@ -582,12 +587,12 @@ def _await_command(
 
 
 def _await_order(ctx: typer.Context, sent: Mapping[str, str], cancelling: bool, end: float) -> dict[str, Any]:
-    """A customer's command followed through its order (``GET /orders/{id}``, which a
+    """A customer's command followed through its order ('GET /orders/{id}', which a
     customer may read for its own orders): a PlaceOrder until the order exists and is no
-    longer PENDING, a CancelOrder (``cancelling``) until it is CANCELLED. Why a command
+    longer PENDING, a CancelOrder (cancelling) until it is CANCELLED. Why a command
     was refused only an operator can read, so a refusal shows as no outcome. Returns the
-    fields of a ``CommandView`` it can know: ``command_id``, ``order_id``, ``outcome``,
-    ``status``."""
+    fields of a CommandView it can know: command_id, order_id, outcome,
+    status, order_reason."""
     path = f"/orders/{sent['order_id']}"
     while True:
         response = _request(ctx, "order", "GET", path)
@@ -601,6 +606,7 @@ def _await_order(ctx: typer.Context, sent: Mapping[str, str], cancelling: bool, 
                     "order_id": order["order_id"],
                     "outcome": outcome,
                     "status": order["status"],
+                    "order_reason": order.get("reason"),
                 }
             if cancelling and order["status"] == "REJECTED":
                 _fail(f"order {order['order_id']} is REJECTED: a CancelOrder cannot cancel it")
@@ -629,8 +635,8 @@ def orders(
 
 
 def _orders_table(rows: list[dict[str, Any]], output: Output) -> RenderableType:
-    """``text``: short order id, customer, status (and why, below it), total, one line per
-    item, age; ``wide``: full ids, the reason in its own column, the time placed."""
+    """text: short order id, customer, status (and why, below it), total, one line per
+    item, age; wide: full ids, the reason in its own column, the time placed."""
     if not rows:
         return "no orders"
     wide = output is Output.wide
@@ -669,7 +675,7 @@ TIMELINE_FIELDS = ("reason", "total", "amount", "product_ids")
 
 
 def _brief(payload: Mapping[str, Any]) -> str:
-    """The fields of ``payload`` worth a glance, as ``key=value`` (lists and objects as
+    """The fields of payload worth a glance, as key=value (lists and objects as
     compact JSON), never a Python repr."""
     return " ".join(
         f"{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}"
@@ -749,7 +755,7 @@ def tail(
     output: OutputOpt = Output.text,
 ) -> None:
     """Follow every saga's events live, as the order service records them (Ctrl-C stops).
-    ``--output json`` prints one JSON object per line."""
+    '--output json' prints one JSON object per line."""
     base = _urls(ctx).order
     params = {"after": 0} if from_start else {}
     shown = 0
@@ -887,13 +893,17 @@ def token(
     ] = Path(".run/stack/keys/issuer"),
     output: OutputOpt = Output.text,
 ) -> None:
-    """Mint a development bearer token (EdDSA JWT) with the key ``make run`` or ``make
-    demo`` made; prints the token alone, e.g. ``export SAGA_TOKEN=$(sagactl token)``.
+    """Mint a development bearer token (EdDSA JWT) with the key 'make run' or 'make
+    demo' made; prints the token alone, e.g. 'export SAGA_TOKEN=$(sagactl token)'.
     Production tokens come from your identity provider, never from here."""
     if not (issuer_dir / "issuer.pem").exists():
-        said = (
-            f"no development issuer key in {issuer_dir} (start the system with make run or make demo first)"
-        )
+        said = f"no development issuer key in {issuer_dir}"
+        if not issuer_dir.is_absolute():
+            said += (
+                f" (relative to {Path.cwd()}: run sagactl from the repository's root, or name"
+                " the key's directory with --issuer-dir or SAGA_ISSUER_DIR)"
+            )
+        said += "; start the system with make run or make demo first, if it is not running"
         demo = Path(".run/demo/keys/issuer")
         if issuer_dir != demo and (demo / "issuer.pem").exists():
             said += f"; make demo's key is in {demo}: --issuer-dir {demo} (for a demo still running: KEEP=1)"
@@ -912,7 +922,7 @@ def audit_verify(
     service: ServicesOpt = None,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Recompute every hash of each service's audit trail (``GET /audit``) here, trusting
+    """Recompute every hash of each service's audit trail ('GET /audit') here, trusting
     nothing the service says about it; print each chain's length and head hash (keep it:
     a rewritten tail shows against it) or where it breaks. Exits 1 if a chain is broken."""
     found: dict[str, Any] = {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import random
 import sys
 import time
@@ -436,9 +437,10 @@ def show_forgetting(client: SagaClient, order_id: str, owner: str) -> list[str]:
     forgotten = client.forget(owner)
     after = client.order(order_id)
     print(
-        f"\n  Forgetting {owner} — personal data of order {order_id[:8]} was {before['personal_data']};"
+        f"\n  Forgetting {owner} — personal data of order {order_id[:8]} was"
+        f" {json.dumps(before['personal_data'])};"
         f"\n    {owner}'s data keys destroyed ({forgotten['keys_destroyed']}): every sealed copy, the Kafka"
-        f" log's included, is unreadable: the order shows {after['personal_data']};"
+        f" log's included, is unreadable: the order shows {json.dumps(after['personal_data'])};"
         f" the order is still {after['status']}, total {after['total']}"
     )
     if not (after["personal_data"] or {}).get("erased") or (after["status"], after["total"]) != (

@@ -83,6 +83,7 @@ def test_a_saga_started_by_a_command_reaches_every_outcome(
     for c, reason in ((no_stock, "insufficient_stock"), (no_funds, "insufficient_funds")):
         view = outcome(system, c.command_id, {"placed"})
         assert (view["status"], client.order(str(view["order_id"]))["reason"]) == ("REJECTED", reason)
+        assert (view["order_reason"], view["reason"]) == (reason, None)  # the order's; the command's
     # and a CancelOrder command cancels the approved one: refunded and restocked
     cancel = CancelOrder(command_id=uuid.uuid4(), order_id=order_id_for(approved.command_id))
     send(system, encode_command(cancel))

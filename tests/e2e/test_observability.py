@@ -148,13 +148,13 @@ def test_metrics_cover_consumption_production_latency_outbox_lag_and_sagas(
     transitions = order["saga_order_transitions"]
     assert value(transitions, "saga_order_transitions_total", **rejected) >= 1
     assert "saga_orders_in_flight" in order
-    assert {s.labels["status"] for s in payment["payments_waiting"]} == {"PENDING", "REFUND_PENDING"}
+    assert {s.labels["status"] for s in payment["saga_payments_waiting"]} == {"PENDING", "REFUND_PENDING"}
     rejected_count = value(order["saga_duration_seconds"], "saga_duration_seconds_count", status="REJECTED")
     rejected_inf = value(
         order["saga_duration_seconds"], "saga_duration_seconds_bucket", status="REJECTED", le="+Inf"
     )
     assert rejected_count >= 1 and rejected_inf == rejected_count
-    gates = {s.labels["gate"] for s in order["order_admission_refused"] if s.name.endswith("_total")}
+    gates = {s.labels["gate"] for s in order["saga_order_admission_refused"] if s.name.endswith("_total")}
     assert gates == {"backlog", "door"}
     lag = [s for s in inventory["saga_consumer_lag"] if s.labels["topic"] == "orders.events"]
     assert lag and all(s.value >= 0 for s in lag)

@@ -4,6 +4,7 @@ never for a transaction that rolled back; a saga's duration when it leaves PENDI
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -50,7 +51,10 @@ def since(before: Counted) -> tuple[dict[tuple[str, str, str], int], dict[str, i
     )
 
 
-async def test_a_batchs_transitions_are_counted_once_when_it_commits(order: ServiceUnderTest) -> None:
+async def test_a_batchs_transitions_are_counted_and_logged_once_when_it_commits(
+    order: ServiceUnderTest, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="order_svc.sagametrics")
     approved, rejected = await placed(order), await placed(order)
     batch = [
         record_of(event(reserved_payload("c", "p"), approved)),
@@ -67,6 +71,11 @@ async def test_a_batchs_transitions_are_counted_once_when_it_commits(order: Serv
         {("PENDING", "APPROVED", ""): 1, ("PENDING", "REJECTED", "insufficient_funds"): 1},
         {"APPROVED": 1, "REJECTED": 1},
     )
+    logged = {(r.getMessage(), getattr(r, "order_id", None)) for r in caplog.records}
+    assert logged == {
+        (f"order {approved}: PENDING -> APPROVED", approved),
+        (f"order {rejected}: PENDING -> REJECTED (insufficient_funds)", rejected),
+    }
     # redelivered: nothing happens, and nothing more is counted
     assert await order.pipeline.process_batch(batch) == [Outcome.DUPLICATE] * 3
     assert since(before)[1] == {"APPROVED": 1, "REJECTED": 1}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from decimal import Decimal
 
 import pytest
+from pydantic import TypeAdapter
 
 from events import (
     EVENT_TYPES,
@@ -18,6 +20,7 @@ from events import (
     encode,
     new_envelope,
 )
+from events.values import Money
 from tests.unit.samples import order_created, sample_payloads
 
 
@@ -86,6 +89,19 @@ def test_invalid_input_raises_invalid_event_with_a_reason(data: bytes | None, re
 def test_money_rejects_more_than_two_decimal_places() -> None:
     with pytest.raises(ValueError):
         PricedLine(product_id="p", quantity=1, unit_price=Decimal("1.001"), line_total=Decimal("1"))
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("1000000000000.00", "at most 12 digits before the point: at most 999999999999.99"),
+        ("12.345", "at most two decimal places"),
+        ("1e3", "at most two decimal places"),
+    ],
+)
+def test_money_says_whether_its_form_or_its_size_is_wrong(text: str, said: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(said)):
+        TypeAdapter(Money).validate_python(text)
 
 
 def test_reserved_total_is_exact() -> None:

@@ -1,0 +1,29 @@
+"""sagactl's own words: its help reads as plain text, and an error says what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sagactl.cli import app
+
+
+@pytest.mark.parametrize("command", [[], ["token"], ["dlq"], ["audit", "verify"], ["place"]])
+def test_help_is_plain_text(command: list[str]) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "``" not in result.output  # reStructuredText's quotes, shown as they are
+
+
+def test_token_without_a_key_says_where_it_looked_and_how_to_look_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SAGA_ISSUER_DIR", raising=False)
+    result = CliRunner().invoke(app, ["token"])
+    assert result.exit_code != 0
+    said = " ".join(result.output.split())
+    assert f"relative to {tmp_path}" in said
+    assert "--issuer-dir" in said and "SAGA_ISSUER_DIR" in said and "make run" in said
