@@ -15,7 +15,10 @@ PRODUCER = "order_svc"
 
 #: Why a saga was cancelled (c4): its deadline passed, the customer asked, or an
 #: operator did (``cancelled_by_operator``: version 2 of the events that carry it).
-CancelReason = Literal["timeout", "cancelled_by_customer", "cancelled_by_operator"]
+#: Why an order was cancelled. ``unknown_order``: a participant answered about an order
+#: the order service never placed (``order_svc.handlers``), so that whatever it holds for
+#: it is given back.
+CancelReason = Literal["timeout", "cancelled_by_customer", "cancelled_by_operator", "unknown_order"]
 
 
 class OrderLine(BaseModel):
@@ -67,28 +70,29 @@ class OrderRejected(EventPayload):
 
 class Cancellation(EventPayload):
     """What ``OrderCancelled`` and ``PaymentVoided`` carry alike: whose order it was and
-    why it was cancelled. Version 2 of both only added the reason
-    ``cancelled_by_operator``, so every other reason is still written as version 1
-    (``EventPayload.wire_version``)."""
+    why it was cancelled. Versions 2 and 3 of both only added a reason each
+    (``cancelled_by_operator``, then ``unknown_order``), so every event is written as the
+    oldest version that has its reason (``EventPayload.wire_version``)."""
 
-    schema_version: ClassVar[int] = 2
+    schema_version: ClassVar[int] = 3
     oldest_wire_version: ClassVar[int | None] = 1
 
     customer_id: ExternalId
     reason: CancelReason
 
     def wire_version(self) -> int:
-        return 2 if self.reason == "cancelled_by_operator" else 1
+        return {"cancelled_by_operator": 2, "unknown_order": 3}.get(self.reason, 1)
 
 
 class OrderCancelled(Cancellation):
     """c4: the order is CANCELLED (deadline passed, customer or operator request); all compensate.
 
     Version 2 added the reason ``cancelled_by_operator`` (an operator's cancellation was
-    recorded as the customer's). A version-1 event is a valid version 2 as it is, and any
-    other reason is still written as version 1 (``wire_version``); a build that reads
-    only version 1 dead-letters an operator's cancellation, to be replayed after its
-    upgrade.
+    recorded as the customer's), version 3 ``unknown_order`` (a participant answered
+    about an order the order service never placed). An older event is a valid newer one
+    as it is, and each reason is written as the oldest version that has it
+    (``wire_version``); a build that reads an older version only dead-letters the newer
+    reasons, to be replayed after its upgrade.
     """
 
     event_type: ClassVar[str] = "OrderCancelled"

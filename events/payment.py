@@ -72,8 +72,9 @@ class PaymentVoided(Cancellation):
     (a charge decided later is refused). Nothing was taken, so nothing is refunded — this
     event only makes payment's part of the compensation visible.
 
-    Version 2: the cancellation's ``reason`` may be ``cancelled_by_operator``, as in
-    ``OrderCancelled`` version 2, and is written as version 1 otherwise."""
+    Versions 2 and 3: the cancellation's ``reason`` may be ``cancelled_by_operator``, then
+    ``unknown_order``, as in ``OrderCancelled``; each is written as the oldest version
+    that has its reason."""
 
     event_type: ClassVar[str] = "PaymentVoided"
     producer: ClassVar[str] = PRODUCER

@@ -56,9 +56,11 @@ def _widened(to_version: int) -> Upcaster:
 UPCASTERS: dict[tuple[str, int], Upcaster] = {
     ("OrderCreated", 1): _order_created_v1_to_v2,
     ("OrderCreated", 2): _order_created_v2_to_v3,
-    # v2 added the cancel reason "cancelled_by_operator"
+    # v2 added the cancel reason "cancelled_by_operator", v3 "unknown_order"
     ("OrderCancelled", 1): _widened(2),
     ("PaymentVoided", 1): _widened(2),
+    ("OrderCancelled", 2): _widened(3),
+    ("PaymentVoided", 2): _widened(3),
 }
 
 

@@ -41,6 +41,7 @@ _REASONS = {
     "timeout": "its deadline passed before the saga finished",
     "cancelled_by_customer": "the customer cancelled it",
     "cancelled_by_operator": "an operator cancelled it",
+    "unknown_order": "a participant answered about an order the order service never placed",
 }
 
 

@@ -10,6 +10,7 @@ joins its saga's timeline (the observer, ``order_svc.timeline``)."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from saga_kit.consumer import Record
 from saga_kit.db import UnitOfWork
 from saga_kit.errors import InvalidEvent
 from saga_kit.reactions import FactMismatch, Reactions, Replies, Reply
+
+log = logging.getLogger(__name__)
 
 #: The deadline of an order placed without one (``ORDER_DEADLINE_SECONDS``; ``configure``).
 _defaults = {"deadline_seconds": 30.0}
@@ -85,6 +88,9 @@ class Order:
     cancel_command_id: uuid.UUID | None = None
     #: When it was placed (``created_at``; now, for an order placed in this batch).
     placed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: An order this service never placed, recorded as cancelled (``_never_placed``):
+    #: inserted by ``save``.
+    never_placed: bool = False
     #: Its transitions in this batch (from, to, reason), counted and logged once the batch
     #: commits (``sagametrics``).
     moves: list[tuple[OrderStatus, OrderStatus, str | None]] = field(default_factory=list)
@@ -255,6 +261,17 @@ def save(uow: UnitOfWork, state: Orders) -> None:
                 )
             },
         )
+    never_placed = [{"o": oid, "c": o.customer_id} for oid, o in state.orders.items() if o.never_placed]
+    if never_placed:
+        uow.write(
+            (
+                "INSERT INTO orders (order_id, customer_id, status, reason, deadline_at)"
+                " SELECT o, c, 'CANCELLED', 'unknown_order', now()"
+                " FROM json_to_recordset(CAST(%(rows)s AS json)) AS v(o uuid, c text)"
+                " ON CONFLICT (order_id) DO NOTHING"
+            ),
+            {"rows": sql.rows(never_placed)},
+        )
     changed = [
         {"o": oid, "s": o.status.value, "r": o.reason, "t": o.total, "c": o.cancel_command_id}
         for oid, o in state.orders.items()
@@ -309,7 +326,9 @@ def on_inventory_reserved(state: Orders, event: Envelope[InventoryReserved]) -> 
     reservation is checked against the order: its customer, every product and quantity
     ordered, and the amount charged if payment answered first (that its total is the sum of
     its lines is checked on decoding)."""
-    order = state.get(event)
+    order = state.orders.get(event.order_id)
+    if order is None:
+        return _never_placed(state, event)
     order.check(event)
     reserved = event.payload
     quantities = {line.product_id: line.quantity for line in reserved.lines}
@@ -334,7 +353,9 @@ def on_reservation_failed(state: Orders, event: Envelope[InventoryReservationFai
 def on_payment_completed(state: Orders, event: Envelope[PaymentCompleted]) -> Replies:
     """Approve the order — once the charge is checked: its customer, and an amount that is
     the order's total (when inventory's quote arrived first)."""
-    order = state.get(event)
+    order = state.orders.get(event.order_id)
+    if order is None:
+        return _never_placed(state, event)
     order.check(event)
     if order.total is not None and event.payload.amount != order.total:
         raise FactMismatch(
@@ -344,6 +365,30 @@ def on_payment_completed(state: Orders, event: Envelope[PaymentCompleted]) -> Re
     if announced is not None and order.status is OrderStatus.APPROVED:
         order.total = event.payload.amount
     return [announced] if announced else []
+
+
+def _never_placed(state: Orders, event: Envelope[InventoryReserved] | Envelope[PaymentCompleted]) -> Replies:
+    """A participant holds something (stock reserved, money charged) for an order this
+    service never placed: its row is not here, and an order's row commits with its
+    ``OrderCreated``. So an ``OrderCreated`` this service did not write reached the
+    participants — signed with its key by someone who should not have it, or the orders
+    table was restored from a backup that lost the order. Nothing may stay held for it:
+    the order is recorded as CANCELLED (``unknown_order``, its customer the reply's) and
+    cancelled, and the participants compensate as for any cancellation. Later replies
+    about it find it cancelled, as for any cancelled order. A reply that holds nothing (a
+    failure) is still refused as an event for an unknown order."""
+    reason: CancelReason = "unknown_order"
+    customer = event.payload.customer_id
+    state.orders[event.order_id] = Order(
+        OrderStatus.CANCELLED, customer, overdue=False, reason=reason, total=None, never_placed=True
+    )
+    log.warning(
+        "%s for an order this service never placed: recorded as CANCELLED (%s) and cancelled, so that"
+        " the participants give back what they hold for it",
+        event.event_type,
+        reason,
+    )
+    return [OrderCancelled(customer_id=customer, reason=reason)]
 
 
 @reactions.on(PaymentFailed)

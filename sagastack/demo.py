@@ -233,6 +233,8 @@ def _cause(event: dict[str, Any], names: dict[str, str]) -> str:
             return "← POST …/cancel"
         case "OrderCancelled", "cancelled_by_operator":
             return "← POST …/cancel (an operator)"
+        case "OrderCancelled", "unknown_order":
+            return "← a reply about an order never placed"
     return "← a request"
 
 

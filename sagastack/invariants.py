@@ -64,7 +64,9 @@ def reconcile(
     of an order that is not APPROVED refunded exactly once; no refund without a charge;
     every payment settled (none PENDING or REFUND_PENDING) and saying what the provider
     says; no balance negative, and each balance plus what its customer is charged for
-    good equal to where it started."""
+    good equal to where it started. A payment of an order the order service does not
+    have is reconciled as an order that is not APPROVED (``MISSING``): nothing may be kept
+    for it."""
     v: list[str] = []
     charged: dict[str, list[dict[str, Any]]] = {}
     for c in ledger.charges:
@@ -79,7 +81,8 @@ def reconcile(
         if charge is None or charge.get("status") != "succeeded":
             v.append(f"provider: a refund of {key}, which is no charge (refund {r.get('refund_id')})")
     kept: dict[str, Decimal] = {}
-    for oid, (status, total) in orders.items():
+    for oid in sorted(orders.keys() | payments.keys()):
+        status, total = orders.get(oid, ("MISSING", None))
         charges = charged.get(oid, [])
         if len(charges) > 1:
             v.append(f"order {oid} ({status}) is charged {len(charges)} times at the provider")

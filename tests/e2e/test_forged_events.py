@@ -102,3 +102,35 @@ def test_a_foreign_order_created_starts_no_saga(system: System, client: SagaClie
         assert reasons(system, service, forged)[0] == "bad_signature: the record is not signed"
     assert client.product(products["ghost"])["available"] == 3
     assert client.account(customers["gus"])["balance"] == "50.00"
+
+
+def test_a_saga_the_order_service_never_started_gives_back_what_it_held(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """The same OrderCreated signed with the order service's own key (stolen, or the order
+    lost to a restored backup): the participants believe it, reserve and charge; the order
+    service, answered about an order it never placed, records it CANCELLED
+    (``unknown_order``) and cancels it, and everything held is given back."""
+    products, customers = seed(client, uid, {"wisp": ("5.00", 3)}, {"ida": "50.00"})
+    order_id = uuid.uuid4()
+    created = encode(
+        new_envelope(
+            OrderCreated(
+                customer_id=customers["ida"],
+                items=(OrderLine(product_id=products["wisp"], quantity=2),),
+                deadline_at=datetime.now(UTC) + timedelta(minutes=10),
+            ),
+            order_id=order_id,
+            causation_id=None,
+        )
+    )
+    system.publish([(ORDERS, str(order_id).encode(), created)], signed_by="order_svc")
+    orders = f"{system.url('order_svc')}/orders/{order_id}"
+    wait_until(lambda: client.http.get(orders).status_code == 200, 30, "the order service records it")
+    saga = client.wait_for_events(str(order_id), {"OrderCancelled", "InventoryReleased"})
+    cancelled = [e for e in saga["events"] if e["event_type"] == "OrderCancelled"]
+    assert [e["payload"]["reason"] for e in cancelled] == ["unknown_order"]
+    order = client.order(str(order_id))
+    assert (order["status"], order["reason"]) == ("CANCELLED", "unknown_order")
+    wait_until(lambda: client.account(customers["ida"])["balance"] == "50.00", 30, "money given back")
+    assert client.product(products["wisp"])["available"] == 3

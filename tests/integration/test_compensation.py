@@ -30,7 +30,15 @@ from order_svc.errors import OrderNotCancellable
 from order_svc.placing import place_order
 from payment_svc.provider import PaymentProvider, charge_key
 from payment_svc.worker import call, claim, record
-from tests.integration.conftest import ServiceUnderTest, add_account, add_product, balance_of, event
+from saga_kit.consumer import Outcome
+from tests.integration.conftest import (
+    ServiceUnderTest,
+    add_account,
+    add_product,
+    balance_of,
+    event,
+    record_of,
+)
 from tests.integration.test_idempotency import reserved_payload
 from tests.unit.samples import order_created
 
@@ -421,7 +429,13 @@ async def test_an_operators_cancellation_says_so(order: ServiceUnderTest) -> Non
     assert await status(order, oid) == ("CANCELLED", "cancelled_by_operator")
     cancelled = (await order.emitted(oid))[-1]
     assert isinstance(cancelled.payload, OrderCancelled)
-    assert (cancelled.schema_version, cancelled.payload.reason) == (2, "cancelled_by_operator")
+    assert cancelled.payload.reason == "cancelled_by_operator"
+    written = await order.scalar(  # the oldest version with that reason (events.order)
+        "SELECT CAST(convert_from(value, 'UTF8') AS json)->>'schema_version' FROM outbox"
+        " WHERE key = :k ORDER BY id DESC LIMIT 1",
+        k=str(oid).encode(),
+    )
+    assert written == "2"
 
 
 async def test_a_rejected_order_cannot_be_cancelled(order: ServiceUnderTest) -> None:
@@ -432,3 +446,47 @@ async def test_a_rejected_order_cannot_be_cancelled(order: ServiceUnderTest) -> 
         await cancel_order(order.db, oid, "c")
     assert await status(order, oid) == ("REJECTED", "insufficient_stock")
     assert await emitted_types(order, oid) == ["OrderCreated", "OrderRejected"]
+
+
+# -- an order the order service never placed ---------------------------------------------
+
+
+async def test_what_is_held_for_an_order_never_placed_is_given_back(
+    services: dict[str, ServiceUnderTest],
+) -> None:
+    """An OrderCreated the order service did not write (signed with its key by someone who
+    should not have it, or its row lost to a restored backup) reaches the participants:
+    inventory reserves, payment charges. Answered about an order it has no row of, the
+    order service cancels it (``unknown_order``), and both give back what they hold."""
+    inventory, payment, order = services["inventory_svc"], services["payment_svc"], services["order_svc"]
+    pid, cid, oid = await add_product(inventory, 5), await add_account(payment, "10.00"), uuid.uuid4()
+    assert await inventory.deliver(event(order_created({pid: 2}, customer=cid), oid)) == "handled"
+    (reserved,) = await inventory.emitted(oid)
+    assert await payment.deliver(reserved) == "handled"
+    (completed,) = await payment.emitted(oid)
+    assert (completed.event_type, await balance_of(payment, cid)) == ("PaymentCompleted", Decimal("5.00"))
+
+    assert await order.deliver(reserved) == "handled"
+    assert await order.deliver(completed) == "handled"  # finds it cancelled: nothing more
+    (cancelled,) = await order.emitted(oid)
+    assert (cancelled.event_type, cancelled.payload.reason) == ("OrderCancelled", "unknown_order")  # type: ignore[attr-defined]
+    assert await status(order, oid) == ("CANCELLED", "unknown_order")  # for the operator to see
+    for participant in (inventory, payment):
+        assert await participant.deliver(cancelled) == "handled"
+    assert await buckets(inventory, pid) == (5, 0, 0)
+    assert await balance_of(payment, cid) == Decimal("10.00")
+    assert await emitted_types(inventory, oid) == ["InventoryReserved", "InventoryReleased"]
+    assert await emitted_types(payment, oid) == ["PaymentCompleted", "PaymentRefunded"]
+
+
+async def test_replies_about_an_order_never_placed_in_one_batch_cancel_it_once(
+    order: ServiceUnderTest,
+) -> None:
+    oid = uuid.uuid4()
+    replies = [
+        event(reserved_payload("c", "p"), oid),
+        event(PaymentCompleted(customer_id="c", amount=Decimal("2.50")), oid),
+    ]
+    assert await order.pipeline.process_batch([record_of(e) for e in replies]) == [Outcome.HANDLED] * 2
+    assert [e.event_type for e in await order.emitted(oid)] == ["OrderCancelled"]
+    assert await status(order, oid) == ("CANCELLED", "unknown_order")

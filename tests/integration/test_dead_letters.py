@@ -6,7 +6,7 @@ import json
 import uuid
 from decimal import Decimal
 
-from events import OrderApproved, PaymentCompleted, encode
+from events import OrderApproved, PaymentFailed, encode
 from saga_kit import headers as kafka_headers
 from tests.integration.conftest import ServiceUnderTest, add_product, event
 from tests.unit.samples import order_created
@@ -63,7 +63,11 @@ async def test_unknown_event_type_and_version_are_dead_lettered(
 async def test_an_event_for_an_unknown_order_is_dead_lettered_not_crashing(
     order: ServiceUnderTest,
 ) -> None:
-    stray = event(PaymentCompleted(customer_id="c", amount=Decimal("1.00")), uuid.uuid4())
+    # a reply that holds nothing; one that holds something cancels the order it names
+    # (test_compensation: an order never placed)
+    stray = event(
+        PaymentFailed(customer_id="c", amount=Decimal("1.00"), reason="insufficient_funds"), uuid.uuid4()
+    )
     assert await order.deliver(stray) == "dead_lettered"
     reasons = [r.reason for r in await order.rows("SELECT reason FROM dead_letters ORDER BY id DESC LIMIT 1")]
     assert "unknown order" in reasons[0]

@@ -97,7 +97,7 @@ def test_a_consistent_state_has_no_violations(urls: dict[str, str]) -> None:
 
 
 def test_the_reconciliation_with_the_provider_sees_every_disagreement() -> None:
-    approved, twice, kept, refunded_twice, declined, waiting = (str(uuid.uuid4()) for _ in range(6))
+    approved, twice, kept, refunded_twice, declined, waiting, phantom = (str(uuid.uuid4()) for _ in range(7))
     orders = {
         approved: ("APPROVED", Decimal("10.00")),
         twice: ("APPROVED", Decimal("10.00")),
@@ -113,6 +113,7 @@ def test_the_reconciliation_with_the_provider_sees_every_disagreement() -> None:
         refunded_twice: ("c", Decimal("10.00"), "REFUNDED"),
         declined: ("c", Decimal("10.00"), "DECLINED"),
         waiting: ("c", Decimal("10.00"), "REFUND_PENDING"),
+        phantom: ("c", Decimal("10.00"), "CHARGED"),  # an order the order service does not have
     }
     ledger = invariants.ProviderLedger(
         [
@@ -123,6 +124,7 @@ def test_the_reconciliation_with_the_provider_sees_every_disagreement() -> None:
             charge(refunded_twice),
             charge(declined, status="declined"),
             charge(waiting),
+            charge(phantom),
         ],
         [
             refund(f"charge:{refunded_twice}"),
@@ -143,6 +145,8 @@ def test_the_reconciliation_with_the_provider_sees_every_disagreement() -> None:
     assert f"order {waiting} (CANCELLED): payment still REFUND_PENDING" in found
     assert "customer c: negative balance -1.00" in found
     assert "customer c: balance -1.00 + charges 29.00 != initial 100.00" in found
+    assert f"order {phantom} (MISSING) is charged 10.00" in found
+    assert f"order {phantom} (MISSING): its charge was refunded 0 times, not once" in found
     assert f"order {declined}: our payment says" not in found
 
 

@@ -1,6 +1,7 @@
 """Schema evolution: a version-1 OrderCreated (no ``deadline_at``) and a version-2 one (no
 ``personal_data``) are upcast on read; so are a version-1 OrderCancelled and
-PaymentVoided (version 2 added the reason ``cancelled_by_operator``)."""
+PaymentVoided (version 2 added the reason ``cancelled_by_operator``, version 3
+``unknown_order``)."""
 
 from __future__ import annotations
 
@@ -85,18 +86,21 @@ def test_an_old_version_without_an_upcaster_is_invalid() -> None:
     ("event_type", "producer", "model"),
     [("OrderCancelled", "order_svc", OrderCancelled), ("PaymentVoided", "payment_svc", PaymentVoided)],
 )
-@pytest.mark.parametrize("reason", ["timeout", "cancelled_by_customer"])
-def test_a_v1_cancellation_decodes_to_v2_with_its_reason(
-    event_type: str, producer: str, model: type[OrderCancelled | PaymentVoided], reason: str
+@pytest.mark.parametrize(
+    ("version", "reason"), [(1, "timeout"), (1, "cancelled_by_customer"), (2, "cancelled_by_operator")]
+)
+def test_an_older_cancellation_decodes_to_v3_with_its_reason(
+    event_type: str, producer: str, model: type[OrderCancelled | PaymentVoided], version: int, reason: str
 ) -> None:
     raw = {
         **order_created_v1(),
         "event_type": event_type,
         "producer": producer,
+        "schema_version": version,
         "payload": {"customer_id": "c1", "reason": reason},
     }
     envelope = decode(json.dumps(raw).encode())
-    assert (envelope.schema_version, model.schema_version) == (2, 2)
+    assert (envelope.schema_version, model.schema_version) == (3, 3)
     assert isinstance(envelope.payload, model)
     assert envelope.payload.reason == reason
 
@@ -109,14 +113,17 @@ def test_a_v1_cancellation_decodes_to_v2_with_its_reason(
         (OrderCancelled(customer_id="c1", reason="cancelled_by_operator"), 2),
         (PaymentVoided(customer_id="c1", reason="cancelled_by_customer"), 1),
         (PaymentVoided(customer_id="c1", reason="cancelled_by_operator"), 2),
+        (OrderCancelled(customer_id="c1", reason="unknown_order"), 3),
+        (PaymentVoided(customer_id="c1", reason="unknown_order"), 3),
     ],
 )
 def test_a_cancellation_is_written_as_the_oldest_version_that_carries_it(
     payload: OrderCancelled | PaymentVoided, written: int
 ) -> None:
-    """So a consumer not yet upgraded reads every cancellation but an operator's, whichever
-    service is upgraded first; this build reads both as version 2."""
+    """So a consumer not yet upgraded reads every cancellation but those with the reasons
+    added since its build, whichever service is upgraded first; this build reads each as
+    version 3."""
     wire = encode(new_envelope(payload, order_id=uuid.uuid4(), causation_id=None))
     assert json.loads(wire)["schema_version"] == written
     back = decode(wire)
-    assert (back.schema_version, back.payload) == (2, payload)
+    assert (back.schema_version, back.payload) == (3, payload)
