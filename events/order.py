@@ -14,10 +14,9 @@ from events.values import MAX_LINE_QUANTITY, MAX_ORDER_LINES, ExternalId, Instan
 PRODUCER = "order_svc"
 
 #: Why a saga was cancelled (c4): its deadline passed, the customer asked, or an
-#: operator did (``cancelled_by_operator``: version 2 of the events that carry it).
-#: Why an order was cancelled. ``unknown_order``: a participant answered about an order
-#: the order service never placed (``order_svc.handlers``), so that whatever it holds for
-#: it is given back.
+#: operator did (``cancelled_by_operator``: version 2 of the events that carry it); or a
+#: participant answered about an order the order service never placed, so that whatever
+#: it holds for it is given back (``unknown_order``: version 3).
 CancelReason = Literal["timeout", "cancelled_by_customer", "cancelled_by_operator", "unknown_order"]
 
 

@@ -73,9 +73,9 @@ class Outcomes:
         if moves:
             uow.after_commit(lambda: self.record(moves))
 
-    def record(self, moves: Sequence[Move], at: datetime | None = None) -> None:
-        """Count ``moves``, committed at ``at`` (default: now)."""
-        at = at or datetime.now(UTC)
+    def record(self, moves: Sequence[Move]) -> None:
+        """Count and log ``moves``, committed now."""
+        at = datetime.now(UTC)
         for move in moves:
             log.info(
                 "order %s: %s -> %s%s",

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from payment_svc.provider import PaymentProvider
 from payment_svc.settings import Settings
-from payment_svc.worker import HandOff, PaymentWorker
+from payment_svc.worker import WAITING, HandOff, PaymentWorker
 from saga_kit.db import Database
 from saga_kit.http import Degraded
 
@@ -28,10 +28,6 @@ WORK_DUE = asyncio.Event()
 #: Payments the consumer claimed for the worker (``payment_svc.worker.HandOff``); open
 #: once the worker runs.
 HANDOFF = HandOff()
-
-#: The payments waiting on the provider: the predicate of the ``payments_due`` index, which
-#: a statement must repeat to be planned on it.
-WAITING = "status IN ('PENDING', 'REFUND_PENDING')"
 
 #: /metrics: the breaker's state as a number (Prometheus has no strings)
 BREAKER_CODES = {"closed": 0, "half_open": 1, "open": 2}

@@ -163,6 +163,12 @@ class HandOff:
         return len(self._due)
 
 
+#: The payments waiting on the provider (charges PENDING, refunds REFUND_PENDING): the
+#: predicate of the ``payments_due`` index, which a statement must repeat to be planned
+#: on it (the claim below, the service's /metrics).
+WAITING = "status IN ('PENDING', 'REFUND_PENDING')"
+
+
 async def claim(db: Database, limit: int, lease_seconds: float) -> list[Due]:
     """Step 1: up to ``limit`` due payments, oldest due first, each with one more attempt
     and leased for ``lease_seconds``; committed before this returns."""
@@ -172,7 +178,7 @@ async def claim(db: Database, limit: int, lease_seconds: float) -> list[Due]:
                 "UPDATE payments p SET attempts = p.attempts + 1,"
                 " next_attempt_at = clock_timestamp() + make_interval(secs => %(lease)s)"
                 " FROM (SELECT order_id FROM payments"
-                "       WHERE status IN ('PENDING', 'REFUND_PENDING')"
+                f"       WHERE {WAITING}"
                 "       AND next_attempt_at <= now()"  # stable: bounds the payments_due index scan
                 "       ORDER BY next_attempt_at LIMIT %(n)s FOR UPDATE SKIP LOCKED) due"
                 " WHERE p.order_id = due.order_id"

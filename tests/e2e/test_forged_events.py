@@ -81,21 +81,26 @@ def test_a_forged_payment_does_not_approve_an_order_and_the_real_one_still_does(
     assert client.account(customers["vic"])["balance"] == "1.00"  # charged the real 999.00
 
 
-def test_a_foreign_order_created_starts_no_saga(system: System, client: SagaClient, uid: UniqueIds) -> None:
-    """An OrderCreated the order service never wrote: no stock is held, nobody is charged."""
-    products, customers = seed(client, uid, {"ghost": ("5.00", 3)}, {"gus": "50.00"})
-    order_id = uuid.uuid4()
-    forged = encode(
+def order_created(order_id: uuid.UUID, customer: str, product: str) -> bytes:
+    """An OrderCreated of 2 x ``product`` for ``customer``, one the order service never wrote."""
+    return encode(
         new_envelope(
             OrderCreated(
-                customer_id=customers["gus"],
-                items=(OrderLine(product_id=products["ghost"], quantity=2),),
+                customer_id=customer,
+                items=(OrderLine(product_id=product, quantity=2),),
                 deadline_at=datetime.now(UTC) + timedelta(minutes=10),
             ),
             order_id=order_id,
             causation_id=None,
         )
     )
+
+
+def test_a_foreign_order_created_starts_no_saga(system: System, client: SagaClient, uid: UniqueIds) -> None:
+    """An OrderCreated the order service never wrote: no stock is held, nobody is charged."""
+    products, customers = seed(client, uid, {"ghost": ("5.00", 3)}, {"gus": "50.00"})
+    order_id = uuid.uuid4()
+    forged = order_created(order_id, customers["gus"], products["ghost"])
     system.publish([(ORDERS, str(order_id).encode(), forged)])
     for service in ("inventory_svc", "payment_svc"):
         wait_until(lambda s=service: reasons(system, s, forged) != [], 30, f"{service} refuses")
@@ -113,17 +118,7 @@ def test_a_saga_the_order_service_never_started_gives_back_what_it_held(
     (``unknown_order``) and cancels it, and everything held is given back."""
     products, customers = seed(client, uid, {"wisp": ("5.00", 3)}, {"ida": "50.00"})
     order_id = uuid.uuid4()
-    created = encode(
-        new_envelope(
-            OrderCreated(
-                customer_id=customers["ida"],
-                items=(OrderLine(product_id=products["wisp"], quantity=2),),
-                deadline_at=datetime.now(UTC) + timedelta(minutes=10),
-            ),
-            order_id=order_id,
-            causation_id=None,
-        )
-    )
+    created = order_created(order_id, customers["ida"], products["wisp"])
     system.publish([(ORDERS, str(order_id).encode(), created)], signed_by="order_svc")
     orders = f"{system.url('order_svc')}/orders/{order_id}"
     wait_until(lambda: client.http.get(orders).status_code == 200, 30, "the order service records it")
