@@ -329,6 +329,8 @@ def on_inventory_reserved(state: Orders, event: Envelope[InventoryReserved]) -> 
     order = state.orders.get(event.order_id)
     if order is None:
         return _never_placed(state, event)
+    if order.reason == "unknown_order":
+        return []  # recorded from an answer (_never_placed): its lines were never known here
     order.check(event)
     reserved = event.payload
     quantities = {line.product_id: line.quantity for line in reserved.lines}
@@ -383,9 +385,10 @@ def _never_placed(state: Orders, event: Envelope[InventoryReserved] | Envelope[P
         OrderStatus.CANCELLED, customer, overdue=False, reason=reason, total=None, never_placed=True
     )
     log.warning(
-        "%s for an order this service never placed: recorded as CANCELLED (%s) and cancelled, so that"
-        " the participants give back what they hold for it",
+        "%s for order %s, which this service never placed: recorded as CANCELLED (%s) and cancelled,"
+        " so that the participants give back what they hold for it",
         event.event_type,
+        event.order_id,
         reason,
     )
     return [OrderCancelled(customer_id=customer, reason=reason)]

@@ -490,3 +490,18 @@ async def test_replies_about_an_order_never_placed_in_one_batch_cancel_it_once(
     assert await order.pipeline.process_batch([record_of(e) for e in replies]) == [Outcome.HANDLED] * 2
     assert [e.event_type for e in await order.emitted(oid)] == ["OrderCancelled"]
     assert await status(order, oid) == ("CANCELLED", "unknown_order")
+
+
+async def test_a_reservation_answered_after_the_charge_for_an_order_never_placed_is_taken_quietly(
+    order: ServiceUnderTest,
+) -> None:
+    """The charge's answer records the order (its lines unknown); the reservation's answer,
+    after it, is no fact mismatch: the order is cancelled already."""
+    oid = uuid.uuid4()
+    assert (
+        await order.deliver(event(PaymentCompleted(customer_id="c", amount=Decimal("2.50")), oid))
+        == "handled"
+    )
+    assert await order.deliver(event(reserved_payload("c", "p"), oid)) == "handled"
+    assert [e.event_type for e in await order.emitted(oid)] == ["OrderCancelled"]
+    assert await status(order, oid) == ("CANCELLED", "unknown_order")
