@@ -92,8 +92,8 @@ class Order:
     #: inserted by ``save``.
     never_placed: bool = False
     #: Its transitions in this batch (from, to, reason), counted and logged once the batch
-    #: commits (``sagametrics``).
-    moves: list[tuple[OrderStatus, OrderStatus, str | None]] = field(default_factory=list)
+    #: commits (``sagametrics``); from None: an order recorded as it was cancelled.
+    moves: list[tuple[OrderStatus | None, OrderStatus, str | None]] = field(default_factory=list)
 
     def move(self, new: OrderStatus, reason: str | None) -> None:
         """Take the status ``new`` (``domain.transition`` allowed it) with ``reason``."""
@@ -381,9 +381,10 @@ def _never_placed(state: Orders, event: Envelope[InventoryReserved] | Envelope[P
     failure) is still refused as an event for an unknown order."""
     reason: CancelReason = "unknown_order"
     customer = event.payload.customer_id
-    state.orders[event.order_id] = Order(
+    order = state.orders[event.order_id] = Order(
         OrderStatus.CANCELLED, customer, overdue=False, reason=reason, total=None, never_placed=True
     )
+    order.moves.append((None, OrderStatus.CANCELLED, reason))  # counted like any transition
     log.warning(
         "%s for order %s, which this service never placed: recorded as CANCELLED (%s) and cancelled,"
         " so that the participants give back what they hold for it",

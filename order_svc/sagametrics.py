@@ -47,10 +47,12 @@ log = logging.getLogger(__name__)
 class Move:
     """Order ``order_id``'s transition ``was`` → ``now`` (``domain.transition``) with its
     ``reason`` (None for an approval); ``placed_at``: when the order was placed, so a
-    saga's duration is known when it ends."""
+    saga's duration is known when it ends. ``was`` is None for an order this service
+    never placed, recorded as it is cancelled (``unknown_order``; ``handlers``): counted
+    with ``from_status=""``, logged as ``(never placed) -> CANCELLED``, and no saga's end."""
 
     order_id: uuid.UUID
-    was: OrderStatus
+    was: OrderStatus | None
     now: OrderStatus
     reason: str | None
     placed_at: datetime
@@ -77,15 +79,16 @@ class Outcomes:
         """Count and log ``moves``, committed now."""
         at = datetime.now(UTC)
         for move in moves:
+            was = move.was.value if move.was is not None else ""
             log.info(
                 "order %s: %s -> %s%s",
                 move.order_id,
-                move.was.value,
+                was or "(never placed)",
                 move.now.value,
                 f" ({move.reason})" if move.reason else "",
                 extra={"order_id": move.order_id},
             )
-            self.transitions[(move.was.value, move.now.value, move.reason or "")] += 1
+            self.transitions[(was, move.now.value, move.reason or "")] += 1
             if move.was is OrderStatus.PENDING:
                 seconds = max(0.0, (at - move.placed_at).total_seconds())
                 self.durations.setdefault(move.now.value, Histogram(SAGA_BUCKETS)).observe(seconds)
@@ -108,7 +111,8 @@ async def render(conn: AsyncConnection, service: str) -> list[Metric]:
     transitions = CounterMetricFamily(
         "saga_order_transitions",
         "Order transitions this process committed since it started, by from_status, to_status"
-        " and reason (a saga ends on a transition from PENDING).",
+        " and reason (a saga ends on a transition from PENDING; from_status empty: an order this"
+        " service never placed, recorded as it was cancelled).",
         labels=["service", "from_status", "to_status", "reason"],
     )
     for (was, now, reason), n in sorted(OUTCOMES.transitions.items()):

@@ -29,10 +29,6 @@ async def placed(order: ServiceUnderTest, deadline: timedelta = timedelta(minute
     return (await place_order(order.db, "c", [line], None, deadline)).order_id
 
 
-#: transitions (from, to, reason) → count; sagas ended by final status → count
-Counted = tuple[Counter[tuple[str, str, str]], dict[str, int]]
-
-
 #: transitions (from, to, reason) → count; sagas ended, by final status → count
 Counted = tuple[Counter[tuple[str, str, str]], dict[str, int]]
 
@@ -100,6 +96,25 @@ async def test_the_sweepers_cancellations_are_counted_with_their_duration(order:
     assert transitions == {("PENDING", "CANCELLED", "timeout"): cancelled}
     assert ended == {"CANCELLED": cancelled}
     assert OUTCOMES.durations["CANCELLED"].total > 0  # seconds from placed, not from the sweep
+
+
+async def test_an_order_never_placed_is_counted_and_logged_as_it_is_cancelled(
+    order: ServiceUnderTest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Answers about an order without a row record it CANCELLED (``unknown_order``;
+    ``test_compensation``): one transition from no status, logged with its order id, and
+    no saga's end (it never started here)."""
+    caplog.set_level(logging.INFO, logger="order_svc.sagametrics")
+    oid = uuid.uuid4()
+    batch = [
+        record_of(event(reserved_payload("c", "p"), oid)),
+        record_of(event(PaymentCompleted(customer_id="c", amount=Decimal("2.50")), oid)),
+    ]
+    before = counted()
+    assert await order.pipeline.process_batch(batch) == [Outcome.HANDLED] * 2
+    assert since(before) == ({("", "CANCELLED", "unknown_order"): 1}, {})
+    logged = [(r.getMessage(), r.order_id) for r in caplog.records if r.name == "order_svc.sagametrics"]
+    assert logged == [(f"order {oid}: (never placed) -> CANCELLED (unknown_order)", oid)]
 
 
 async def test_a_transaction_that_rolls_back_counts_nothing(
