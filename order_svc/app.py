@@ -1,7 +1,7 @@
 """Composition root of the order service."""
 
 from events.topics import COMMANDS, INVENTORY, PAYMENT
-from order_svc import api, dashboard_api, handlers, sagametrics, timeline
+from order_svc import api, dashboard_api, handlers, sagametrics, statuscounts, timeline
 from order_svc.admission import Door
 from order_svc.cancelling import cancel_overdue
 from order_svc.handlers import reactions
@@ -26,5 +26,8 @@ SPEC = ServiceSpec(
     outer_middleware=(Door,),
     periodic=(
         Periodic("deadline_sweeper", lambda s: s.deadline_sweep_interval, lambda db, _: cancel_overdue(db)),
+        Periodic(
+            "status_counts_fold", lambda s: s.status_counts_fold_interval, lambda db, _: statuscounts.fold(db)
+        ),
     ),
 )

@@ -15,6 +15,10 @@ class Settings(ServiceSettings):
     deadline_seconds: float = Field(default=30.0, gt=0)
     #: How often the deadline sweeper looks for overdue PENDING orders.
     deadline_sweep_interval: float = Field(default=0.5, gt=0)
+    #: How often the orders' counts by status are folded to one row per status
+    #: (order_svc.statuscounts; seconds): the rows a dashboard's read sums, about 2 per
+    #: order transaction in between.
+    status_counts_fold_interval: float = Field(default=10.0, gt=0)
     #: Admission control (order_svc.admission): refuse an order whose expected wait exceeds
     #: this share of its deadline, once at least ``admission_min_pending`` sagas are in flight.
     admission_headroom: float = Field(default=0.5, gt=0)
