@@ -7,6 +7,7 @@ a sentence naming what is wrong; an empty list means every invariant holds.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -213,6 +214,20 @@ def check(
             " GROUP BY order_id, event_type HAVING COUNT(*) > 1"
         ):
             v.append(f"order {oid}: {event_type} happened {n} times")
+
+        # 5. the orders' counts by status the database keeps (order_svc.statuscounts, the
+        # dashboard's figures) are the orders there are
+        kept = {
+            status: int(n)
+            for status, n in orders_db.execute(
+                "SELECT status, sum(orders) FROM order_status_counts GROUP BY status HAVING sum(orders) <> 0"
+            )
+        }
+        there = dict(collections.Counter(status for status, _ in orders.values()))
+        if kept != there:
+            v.append(
+                f"orders by status: kept {dict(sorted(kept.items()))}, counted {dict(sorted(there.items()))}"
+            )
     return v
 
 

@@ -181,6 +181,7 @@ def test_every_kind_of_violation_is_reported(urls: dict[str, str]) -> None:
             )
             for _ in range(2)
         ],
+        ("INSERT INTO order_status_counts (status, orders) VALUES ('APPROVED', 5)", ()),
     )
     found = "\n".join(invariants.check(urls, {"p": 10}, {"c": Decimal("100.00")}, ledger))
     assert f"order {pending} is still PENDING" in found
@@ -191,3 +192,5 @@ def test_every_kind_of_violation_is_reported(urls: dict[str, str]) -> None:
     assert f"order {rejected_charged} (REJECTED): its charge was refunded 0 times, not once" in found
     assert "customer c: balance 80.00 + charges 0 != initial 100.00" in found
     assert f"order {approved_unpaid}: PaymentCompleted happened 2 times" in found
+    kept = "{'APPROVED': 6, 'CANCELLED': 1, 'PENDING': 1, 'REJECTED': 1}"
+    assert f"orders by status: kept {kept}, counted {kept.replace('6', '1')}" in found
