@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import stamina.instrumentation
+
 from saga_kit import tracing
 
 _EXTRA_KEYS = ("order_id", "event_type", "event_id")
@@ -65,6 +67,9 @@ def configure(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # every retry loop logs its own failures, saying what it retries (saga_kit.retry);
+    # stamina's own line ("stamina.retry_scheduled") says nothing an operator can read
+    stamina.instrumentation.set_on_retry_hooks([])
     # httpx logs every request at INFO (the payment provider's calls: /metrics counts them)
     for noisy in ("faust", "mode", "aiokafka", "uvicorn.access", "kafka", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

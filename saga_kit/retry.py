@@ -10,6 +10,7 @@ error worth exiting for).
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +19,12 @@ from typing import TypeVar
 import stamina
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+def _log_failure(exc: BaseException) -> None:
+    log.warning("transient failure, retrying: %s: %s", type(exc).__name__, exc)
 
 
 @dataclass(frozen=True)
@@ -55,13 +62,14 @@ class RetryPolicy:
         give_up_after: float | None,
     ) -> T:
         """``work()`` until it succeeds or ``give_up_after`` seconds have passed (then the last
-        failure is raised)."""
+        failure is raised). Each failure retried is told to ``on_retry``, which logs it
+        (with what was being done); without one, it is logged here, at WARNING."""
+        told = on_retry or _log_failure
 
         def retryable(exc: Exception) -> bool:
             if not retry_on(exc):
                 return False
-            if on_retry is not None:
-                on_retry(exc)
+            told(exc)
             return True
 
         async for attempt in stamina.retry_context(

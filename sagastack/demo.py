@@ -575,7 +575,8 @@ def main(args: argparse.Namespace) -> int:
         if not problems:
             print(
                 "invariants of docs/design.md §6 hold: all orders terminal, stock and money conserved,"
-                " every payment reconciled with the provider's ledger, no effect applied twice"
+                " every payment reconciled with the provider's ledger, no effect applied twice,"
+                " the orders' counts by status exact"
             )
         print(f"traces: {system.run_dir / 'traces'}   logs: {system.run_dir / 'logs'}")
         if keep:  # addresses and a token only for a system that goes on running
