@@ -17,12 +17,12 @@ Every service keeps one ``audit_log`` table. An entry is written for
 hash of the entry before it: ``hash = SHA-256(prev_hash ‖ UTF-8(entry))`` (PostgreSQL's
 ``sha256``; the first entry's ``prev_hash`` is 32 zero bytes). Appends serialize on an
 advisory lock, so the chain is one line even with several instances. Altering an entry
-breaks its hash; removing one breaks the next entry's ``prev_hash``; ``verify`` finds
-both, without trusting the service (``sagactl audit verify`` recomputes every hash from
-``GET /audit``). Rewriting the whole tail after an entry is only detectable against a
-head hash recorded elsewhere: ``sagactl audit verify`` prints it to keep. A trigger
-refuses UPDATE and DELETE on the table: only someone who can disable triggers (the owner)
-can tamper, and then the chain shows it.
+breaks its hash; removing one breaks the next entry's ``prev_hash``;
+``saga_kit.auditchain.verify`` finds both, without trusting the service (``sagactl audit
+verify`` recomputes every hash from ``GET /audit``). Rewriting the whole tail after an
+entry is only detectable against a head hash recorded elsewhere: ``sagactl audit
+verify`` prints it to keep. A trigger refuses UPDATE and DELETE on the table: only
+someone who can disable triggers (the owner) can tamper, and then the chain shows it.
 
 A crash between a call's commit and its audit entry loses that entry (the call is
 written first), and so does a call whose ``COMMIT`` went through while its answer was
@@ -37,10 +37,8 @@ orders, and an order never exists without its entry.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -51,13 +49,12 @@ from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from saga_kit import tracing
+from saga_kit.auditchain import GENESIS, canonical, chain_hash
 from saga_kit.errors import is_transient
 from saga_kit.http import errors
 
 log = logging.getLogger(__name__)
 
-#: The first entry's ``prev_hash``.
-GENESIS = bytes(32)
 #: Events that compensate: each is an audit entry of the service that emits it.
 COMPENSATIONS = frozenset({"InventoryReleased", "PaymentRefunded", "PaymentVoided", "OrderCancelled"})
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -74,16 +71,6 @@ APPEND_SQL = (
 )
 
 
-def canonical(entry: Mapping[str, Any]) -> str:
-    """An entry's one text form: JSON, keys sorted, no spaces."""
-    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def chain_hash(prev_hash: bytes, entry: str) -> bytes:
-    """``SHA-256(prev_hash ‖ UTF-8(entry))``, as the database computes it."""
-    return hashlib.sha256(prev_hash + entry.encode("utf-8")).digest()
-
-
 def new_entry(
     actor: str, role: str, action: str, resource: str, outcome: str, request_id: str | None
 ) -> dict[str, Any]:
@@ -96,31 +83,6 @@ def new_entry(
         "outcome": outcome,
         "request_id": request_id,
     }
-
-
-@dataclass(frozen=True)
-class Link:
-    """One stored entry as the chain sees it."""
-
-    seq: int
-    entry: str
-    prev_hash: bytes
-    hash: bytes
-
-
-def verify(links: Iterable[Link], previous: bytes = GENESIS) -> list[str]:
-    """Every break in the chain, in words (empty: intact). ``previous``: the hash of the
-    entry before the first one given (``GENESIS`` from the start)."""
-    problems: list[str] = []
-    for link in links:
-        if link.prev_hash != previous:
-            problems.append(
-                f"entry {link.seq} does not follow the entry before it (one was removed or reordered)"
-            )
-        if chain_hash(link.prev_hash, link.entry) != link.hash:
-            problems.append(f"entry {link.seq} does not match its hash (it was altered)")
-        previous = link.hash
-    return problems
 
 
 # -- writing ------------------------------------------------------------------------------

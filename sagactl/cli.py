@@ -41,7 +41,7 @@ from rich.panel import Panel
 from rich.table import Column, Table
 from rich.text import Text
 
-from saga_kit import audit
+from saga_kit import auditchain
 from saga_kit.auth import DevIssuer, Role
 
 console = Console()
@@ -927,13 +927,13 @@ def audit_verify(
     a rewritten tail shows against it) or where it breaks. Exits 1 if a chain is broken."""
     found: dict[str, Any] = {}
     for name in service or SERVICES:
-        links: list[audit.Link] = []
+        links: list[auditchain.Link] = []
         while True:
             page = _call(
                 ctx, name, "GET", "/audit", params={"after": links[-1].seq if links else 0, "limit": 5000}
             )
             links += [
-                audit.Link(e["seq"], e["entry"], bytes.fromhex(e["prev_hash"]), bytes.fromhex(e["hash"]))
+                auditchain.Link(e["seq"], e["entry"], bytes.fromhex(e["prev_hash"]), bytes.fromhex(e["hash"]))
                 for e in page
             ]
             if len(page) < 5000:
@@ -941,7 +941,7 @@ def audit_verify(
         found[name] = {
             "entries": len(links),
             "head": links[-1].hash.hex() if links else None,
-            "problems": audit.verify(links),
+            "problems": auditchain.verify(links),
         }
 
     def table() -> RenderableType:

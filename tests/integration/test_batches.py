@@ -21,7 +21,7 @@ from events import OrderApproved, OrderCreated, OrderLine
 from events.envelope import Envelope
 from order_svc.errors import IdempotencyKeyReused
 from order_svc.placing import Placed, Placement, place_orders
-from saga_kit import audit
+from saga_kit import audit, auditchain
 from saga_kit.consumer import ConsumerPipeline, HandlerErrorLimit, Outcome, Record, Subscription
 from saga_kit.db import UnitOfWork
 from saga_kit.faust_app import consume_batches
@@ -330,10 +330,10 @@ async def test_each_placed_order_has_its_audit_entry_in_the_chain_from_the_same_
         lines = (OrderLine(product_id="p", quantity=quantity),)
         return Placement(customer, lines, idempotency_key, timedelta(minutes=5), audit=who)
 
-    async def chain() -> list[audit.Link]:
+    async def chain() -> list[auditchain.Link]:
         async with order.db.engine.connect() as conn:
             rows = await conn.execute(text("SELECT seq, entry, prev_hash, hash FROM audit_log ORDER BY seq"))
-            return [audit.Link(r.seq, r.entry, bytes(r.prev_hash), bytes(r.hash)) for r in rows]
+            return [auditchain.Link(r.seq, r.entry, bytes(r.prev_hash), bytes(r.hash)) for r in rows]
 
     before = len(await chain())
     results = await place_orders(
@@ -355,7 +355,7 @@ async def test_each_placed_order_has_its_audit_entry_in_the_chain_from_the_same_
     assert [(e["actor"], e["action"], e["resource"], e["outcome"], e["request_id"]) for e in written] == [
         ("kim", "POST /orders", f"/orders/{first[0]}", "202", "trace-1")
     ] * 2
-    assert audit.verify(links) == []  # chained in SQL with the rest of the chain
+    assert auditchain.verify(links) == []  # chained in SQL with the rest of the chain
 
 
 async def test_a_bad_deploy_stops_the_stream_instead_of_dead_lettering_it(
