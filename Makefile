@@ -56,7 +56,7 @@ test: setup browser
 	if [ -n "$(BROKER)$(PYTEST_ARGS)" ]; then run $(if $(BROKER),--broker $(BROKER)) $(PYTEST_ARGS); exit $$?; fi; \
 	run || exit $$?; \
 	if command -v java >/dev/null && command -v mvn >/dev/null; then \
-	  run tests/e2e tests/chaos --broker kafka; \
+	  run tests/e2e tests/chaos --broker kafka -m 'not broker_independent'; \
 	elif [ "$$SAGA_REQUIRE_KAFKA" = 1 ]; then \
 	  echo "the Apache Kafka tests need Java 17 and Maven (mvn)" >&2; exit 1; \
 	else \

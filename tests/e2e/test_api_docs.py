@@ -19,6 +19,9 @@ from sagastack.client import SagaClient
 from sagastack.system import SERVICES, System
 from tests.e2e.conftest import UniqueIds, seed
 
+#: HTTP, a page or the CLI's layout, whatever the broker: make test runs it on Tansu only
+pytestmark = pytest.mark.broker_independent
+
 PAGES = ("/docs", "/redoc", "/docs/oauth2-redirect")
 _URL = re.compile(r"""(?:https?:)?//[^\s"'<>)]+""")
 

@@ -36,7 +36,8 @@ from sagastack.system import SERVICES, System
 from tests.e2e.conftest import UniqueIds
 from tests.unit.test_openapi import SPECS
 
-pytestmark = pytest.mark.e2e
+#: HTTP, a page or the CLI's layout, whatever the broker: make test runs it on Tansu only
+pytestmark = [pytest.mark.e2e, pytest.mark.broker_independent]
 
 #: Who calls: no token; customer ``ann`` on her own resources; ``ann`` on ``bob``'s; the
 #: operator (on ann's).

@@ -7,6 +7,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
+import pytest
 import typer.main
 from rich.cells import cell_len
 
@@ -54,6 +55,7 @@ def a_dead_letter(system: System, order_id: str) -> int:
     return letter_id
 
 
+@pytest.mark.broker_independent  # the layout of what is printed
 def test_every_command_fits_80_columns_with_whole_headers(
     system: System, client: SagaClient, uid: UniqueIds
 ) -> None:
@@ -121,6 +123,7 @@ def as_json(system: System, *args: str) -> Any:
     return json.loads(result.stdout)  # nothing but the JSON on stdout
 
 
+@pytest.mark.broker_independent  # the layout of what is printed
 def test_every_command_prints_json_with_output_json(
     system: System, client: SagaClient, uid: UniqueIds
 ) -> None:
@@ -181,6 +184,7 @@ def test_sagactl_places_through_kafka_with_output_json(
     assert set(sent) == {"command_id", "order_id"}
 
 
+@pytest.mark.broker_independent  # the layout of what is printed
 def test_errors_are_one_line_on_stderr(system: System) -> None:
     nowhere = "http://127.0.0.1:9"
     cases: dict[tuple[str, ...], tuple[int, str]] = {

@@ -27,6 +27,9 @@ from sagastack.system import BrokerKind, System
 from tests.e2e.conftest import UniqueIds, seed
 from tests.e2e.test_faults import wait_until
 
+#: HTTP, a page or the CLI's layout, whatever the broker: make test runs it on Tansu only
+pytestmark = pytest.mark.broker_independent
+
 
 def place_from_page(driver: Any, customer: str, product: str, quantity: int) -> None:
     from selenium.webdriver.common.by import By

@@ -11,6 +11,9 @@ from sagastack.client import SagaClient
 from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, seed
 
+#: HTTP, a page or the CLI's layout, whatever the broker: make test runs it on Tansu only
+pytestmark = pytest.mark.broker_independent
+
 GOOD_LINE = {"product_id": "p1", "quantity": 1}
 
 

@@ -29,7 +29,8 @@ from schemathesis.specs.openapi.checks import (
 from saga_kit.auth import Role
 from sagastack.system import SERVICES, BrokerKind, System
 
-pytestmark = pytest.mark.e2e
+#: HTTP, a page or the CLI's layout, whatever the broker: make test runs it on Tansu only
+pytestmark = [pytest.mark.e2e, pytest.mark.broker_independent]
 
 #: Examples per operation and generation mode; the suite stays bounded (about a minute).
 EXAMPLES = 25

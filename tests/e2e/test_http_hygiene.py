@@ -19,6 +19,9 @@ from sagastack.client import SagaClient
 from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, seed
 
+#: HTTP, a page or the CLI's layout, whatever the broker: make test runs it on Tansu only
+pytestmark = pytest.mark.broker_independent
+
 
 def test_a_cross_origin_post_is_refused_and_changes_nothing(
     system: System, client: SagaClient, uid: UniqueIds
