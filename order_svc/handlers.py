@@ -32,10 +32,11 @@ from events import (
 from events.commands import CancelOrder, PlaceOrder, RefusedCommand
 from events.envelope import Envelope, EventPayload
 from events.order import CancelReason
+from events.topics import COMMANDS
 from order_svc import sagametrics, timeline
 from order_svc.domain import CANCEL_REQUESTED, OrderStatus, transition
 from order_svc.placing import order_created, request_hash
-from saga_kit import auth, personal_data, sql, tracing
+from saga_kit import audit, auth, personal_data, sql, tracing
 from saga_kit.consumer import Record
 from saga_kit.db import UnitOfWork
 from saga_kit.errors import InvalidEvent
@@ -123,6 +124,9 @@ class Orders:
     #: The batch's command ids already used → (the command type, the order it acted on):
     #: a command id is used once (loaded, then kept up to date as the batch applies).
     used_command_ids: dict[uuid.UUID, tuple[str, uuid.UUID]] = field(default_factory=dict)
+    #: The audit entries of the batch's commands (``_audited``), appended by ``save`` in the
+    #: batch's transaction: a command is audited as the HTTP call it stands for is.
+    audit_entries: list[str] = field(default_factory=list)
 
     def get(self, event: Envelope[Any]) -> Order:
         """The event's order; ``InvalidEvent`` (a dead letter) if this service has none."""
@@ -297,6 +301,7 @@ def save(uow: UnitOfWork, state: Orders) -> None:
             ),
             {"rows": sql.rows(prices)},
         )
+    audit.append(uow, state.audit_entries)
     moves = [sagametrics.Move(oid, *m, o.placed_at) for oid, o in state.orders.items() for m in o.moves]
     sagametrics.OUTCOMES.committed_with(uow, moves)
 
@@ -406,11 +411,36 @@ def on_payment_failed(state: Orders, event: Envelope[PaymentFailed]) -> Replies:
 # -- commands (orders.commands): the Kafka door to what the HTTP API does ------------------
 
 
+def _audited(state: Orders, event: Envelope[Any], replies: Replies) -> Replies:
+    """``replies``, once the command ``event`` is in the audit trail (``saga_kit.audit``) as
+    the HTTP call it stands for would be: who (its token's subject and roles; ``anonymous``
+    without a valid token), what (``PlaceOrder via orders.commands``), on which order, and
+    how it ended: ``accepted``, ``done before`` (the same command again) or
+    ``refused: <reason>``. A refused ``CancelOrder`` is entered under the order it named,
+    as the HTTP call's 404 is under its path."""
+    caller = state.callers.get(event.event_id)
+    actor, role = (
+        (caller.subject, ",".join(sorted(caller.roles)))
+        if isinstance(caller, auth.Principal) and caller.authenticated
+        else ("anonymous", "none")
+    )
+    refusals = [r.payload for r in replies if isinstance(r, Reply) and isinstance(r.payload, CommandRejected)]
+    outcome = f"refused: {refusals[0].reason}" if refusals else "accepted" if replies else "done before"
+    ids = tracing.current_ids()
+    call = audit.CallAudit(actor, role, f"{event.event_type} via {COMMANDS}", ids[0] if ids else None)
+    state.audit_entries.append(call.entry(f"/orders/{event.order_id}", outcome))
+    return replies
+
+
 @reactions.on(PlaceOrder)
 def on_place_order(state: Orders, event: Envelope[PlaceOrder]) -> Replies:
     """Step 1 from Kafka: the same decision as ``POST /orders`` (``order_svc.placing``). The
     order's id derives from the command id, so the same command twice finds its order:
-    the same body again does nothing, another body is refused."""
+    the same body again does nothing, another body is refused. Audited (``_audited``)."""
+    return _audited(state, event, _place(state, event))
+
+
+def _place(state: Orders, event: Envelope[PlaceOrder]) -> Replies:
     command = event.payload
     caller = _caller(state, event)
     if isinstance(caller, Reply):
@@ -451,7 +481,11 @@ def on_place_order(state: Orders, event: Envelope[PlaceOrder]) -> Replies:
 
 @reactions.on(CancelOrder)
 def on_cancel_order(state: Orders, event: Envelope[CancelOrder]) -> Replies:
-    """c4 from Kafka: the same rule as ``POST /orders/{id}/cancel``."""
+    """c4 from Kafka: the same rule as ``POST /orders/{id}/cancel``. Audited (``_audited``)."""
+    return _audited(state, event, _cancel(state, event))
+
+
+def _cancel(state: Orders, event: Envelope[CancelOrder]) -> Replies:
     command = event.payload
     caller = _caller(state, event)
     if isinstance(caller, Reply):
@@ -490,8 +524,12 @@ def _caller(state: Orders, event: Envelope[PlaceOrder] | Envelope[CancelOrder]) 
 
 @reactions.on(RefusedCommand)
 def on_refused_command(state: Orders, event: Envelope[RefusedCommand]) -> Replies:
+    """A command refused as it was decoded (``decode_command``): answered, and audited
+    (``_audited``; no token was read: ``anonymous``)."""
     refused = event.payload
-    return [_rejected(refused.command_id, refused.command_type, refused.reason, refused.detail)]
+    return _audited(
+        state, event, [_rejected(refused.command_id, refused.command_type, refused.reason, refused.detail)]
+    )
 
 
 def _rejected(command_id: uuid.UUID, command_type: str, reason: str, detail: str) -> Reply:

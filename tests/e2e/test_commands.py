@@ -17,6 +17,7 @@ from saga_kit.auth import Role, write_dev_issuer
 from sagastack.client import SagaClient
 from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, sagactl, seed
+from tests.e2e.test_audit import entries as audit_entries
 
 
 def send(
@@ -174,6 +175,16 @@ def test_sagactl_with_a_customers_token_follows_the_order_not_the_command(
     cancelled = sagactl(system, "cancel", order_id, *kafka, token=token)
     assert cancelled.returncode == 0 and "CANCELLED" in cancelled.stdout, cancelled.stdout + cancelled.stderr
     assert client.order(order_id)["reason"] == "cancelled_by_customer"
+    # in the audit trail as the HTTP calls would be: who, what, how it ended
+    audited = [
+        (e["actor"], e["role"], e["action"], e["outcome"])
+        for e in audit_entries(system, "order_svc")
+        if e["resource"] == f"/orders/{order_id}" and e["action"].endswith("via orders.commands")
+    ]
+    assert audited == [
+        (customers["bo"], "customer", "PlaceOrder via orders.commands", "accepted"),
+        (customers["bo"], "customer", "CancelOrder via orders.commands", "accepted"),
+    ]
 
 
 def test_a_command_is_authorized_like_the_http_call_it_stands_for(

@@ -229,3 +229,28 @@ async def test_a_command_id_given_twice_is_answered_under_the_first(order: Servi
     assert rejected.event_type == "CommandRejected" and rejected.payload.command_id == first
     assert correlation == str(first) and "'command_id' appears twice" in rejected.payload.detail
     assert await answers(order, order_id_for(second)) == []
+
+
+async def test_every_command_is_audited_as_the_call_it_stands_for(order: ServiceUnderTest) -> None:
+    """An order placed or cancelled through orders.commands left no audit entry, where the
+    same over HTTP leaves one (who, what, on which order, how it ended): in the batch's
+    transaction, one per command taken, a refusal included; a command sent again is a
+    duplicate, taken once."""
+    placed = place()
+    oid = order_id_for(placed.command_id)
+    cancel = CancelOrder(command_id=uuid.uuid4(), order_id=oid)
+    assert await send(order, placed) is Outcome.HANDLED
+    assert await send(order, placed) is Outcome.DUPLICATE
+    for command in (cancel, CancelOrder(command_id=uuid.uuid4(), order_id=oid)):
+        assert await send(order, command) is Outcome.HANDLED
+    rows = await order.rows(
+        "SELECT entry FROM audit_log WHERE CAST(entry AS jsonb)->>'resource' = :r"
+        " AND CAST(entry AS jsonb)->>'action' LIKE '%%commands' ORDER BY seq",
+        r=f"/orders/{oid}",
+    )
+    entries = [json.loads(r.entry) for r in rows]
+    assert [(e["actor"], e["role"], e["action"], e["outcome"]) for e in entries] == [
+        ("anonymous", "none", "PlaceOrder via orders.commands", "accepted"),
+        ("anonymous", "none", "CancelOrder via orders.commands", "accepted"),
+        ("anonymous", "none", "CancelOrder via orders.commands", "refused: order_not_cancellable"),
+    ]
