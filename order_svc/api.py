@@ -20,7 +20,16 @@ from events import OrderLine
 from events.codec import peek
 from events.commands import order_id_for
 from events.personal import PersonalData
-from events.values import MAX_ORDER_LINES, DeadlineSeconds, ExternalId, Money, SafeText, not_blank, printable
+from events.values import (
+    MAX_ORDER_LINES,
+    DeadlineSeconds,
+    ExternalId,
+    Money,
+    SafeText,
+    not_blank,
+    printable,
+    storable,
+)
 from order_svc import admission, timeline
 from order_svc.admission import Admission
 from order_svc.cancelling import OrderNotFound, cancel_order
@@ -205,14 +214,26 @@ class SagaView(BaseModel):
     events: list[TimelineEntry]
 
 
+def _key_text(key: str | None) -> str | None:
+    """A key is stored (``orders.idempotency_key``) and shown: no control character, as
+    any stored text (``events.values.storable``: C0 and C1, DEL), and no tab either."""
+    if key is not None:
+        storable(key)
+        if "\t" in key:
+            raise ValueError("text must not contain the control character U+0009 (a tab)")
+    return key
+
+
 IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
         min_length=1,
         max_length=200,
-        description="a retried POST with the same key and body answers the same order",
+        description="a retried POST with the same key and body answers the same order;"
+        " 1 to 200 characters, none of them a control character",
     ),
+    AfterValidator(_key_text),
 ]
 
 #: The 202 of a command on an order: where to follow it.

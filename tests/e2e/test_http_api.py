@@ -131,6 +131,13 @@ def test_idempotency_key_returns_the_same_order_and_refuses_a_different_body(
         headers=httpx.Headers([("Idempotency-Key", key), ("Idempotency-Key", uuid.uuid4().hex)]),
     )
     assert twice.status_code == 422 and twice.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    # a key is stored: a control character in it (a terminal's escape, a tab) is refused, as
+    # in any stored text; once it was stored as sent
+    for raw, named in ((b"k\x85\x9b[31mred", "U+0085"), (b"a\tb", "U+0009")):
+        refused = system.http.post(orders, json=body, headers=[(b"Idempotency-Key", raw)])
+        assert refused.status_code == 422, refused.text
+        (why,) = refused.json()["detail"]
+        assert why["loc"] == ["header", "Idempotency-Key"] and named in why["msg"], why
     client.wait_for_events(first, {"InventoryCommitted"})
     assert client.product(products["thing"])["sold"] == 1  # one order, charged and sold once
     assert client.account(customers["ann"])["balance"] == "97.00"
