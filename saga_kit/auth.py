@@ -50,6 +50,7 @@ import jwt
 from cachetools import TLRUCache
 from jwt.algorithms import OKPAlgorithm
 
+from events.values import printable
 from saga_kit.errors import ConfigurationError
 from saga_kit.signing import load_private_key, write_private_key
 
@@ -315,7 +316,10 @@ class TokenVerifier:
         except jwt.MissingRequiredClaimError as exc:
             raise Unauthorized("invalid_token", f"the token has no {exc.claim} claim") from None
         except jwt.PyJWTError as exc:
-            raise Unauthorized("invalid_token", f"the token is not valid: {type(exc).__name__}") from None
+            # PyJWT's own words (e.g. "Subject must be a string", "Expiration Time claim
+            # (exp) must be an integer."): they name the claim, never echo the token
+            said = printable(str(exc), 200) or type(exc).__name__
+            raise Unauthorized("invalid_token", f"the token is not valid: {said}") from None
         roles = claims.get("roles")
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise Unauthorized("invalid_token", "the token's roles claim is not a list of role names")

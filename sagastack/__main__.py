@@ -41,10 +41,12 @@ def run(_: argparse.Namespace) -> int:
         print(f"  traces:         {system.run_dir / 'traces'}   (sagactl --help for the CLI)")
         print("  tokens:         export SAGA_TOKEN=$(.venv/bin/sagactl token)   (an operator's;")
         print("                  a customer's: sagactl token --subject alice --role customer)")
-        if any(system.services[n].port != port for n, (_, port) in SERVICES.items()):
-            # ports of one's own: tell sagactl, whose defaults are the services' default ports
-            urls = (f"SAGACTL_{prefix}_URL={system.url(n)}" for n, (prefix, _) in SERVICES.items())
-            print("  sagactl:        export " + " ".join(urls))
+        env = system.sagactl_env()
+        if env != {
+            **{f"SAGACTL_{prefix}_URL": f"http://127.0.0.1:{port}" for prefix, port in SERVICES.values()},
+            "SAGACTL_KAFKA_BOOTSTRAP": "127.0.0.1:9092",
+        }:  # ports of one's own: tell sagactl, whose defaults are these
+            print("  sagactl:        export " + " ".join(f"{k}={v}" for k, v in env.items()))
         print(f"  logs: {system.run_dir / 'logs'}\n\nready — Ctrl-C stops everything", flush=True)
         while not stop.wait(0.5):
             for name, sp in system.services.items():

@@ -582,9 +582,7 @@ def main(args: argparse.Namespace) -> int:
         if keep:  # addresses and a token only for a system that goes on running
             # the operator's token rides in the fragment: it never reaches a server's log
             dashboard = f"{system.url('order_svc')}/dashboard#token={system.token()}"
-            env = " ".join(
-                f"SAGACTL_{name.split('_')[0].upper()}_URL={system.url(name)}" for name in SERVICES
-            )
+            env = " ".join(f"{k}={v}" for k, v in system.sagactl_env().items())
             print(f"sagactl: export {env} SAGA_ISSUER_DIR={system.run_dir / 'keys' / 'issuer'}")
             print("         export SAGA_TOKEN=$(.venv/bin/sagactl token)   # an operator's development token")
             print(

@@ -637,6 +637,14 @@ class System:
             raise KeyError(name)
         return sp.url
 
+    def sagactl_env(self) -> dict[str, str]:
+        """What ``sagactl`` needs to reach this system: each service's URL
+        (``SAGACTL_<SVC>_URL``) and the broker, for ``--via kafka``
+        (``SAGACTL_KAFKA_BOOTSTRAP``)."""
+        env = {f"SAGACTL_{prefix}_URL": self.url(n) for n, (prefix, _) in SERVICES.items()}
+        env["SAGACTL_KAFKA_BOOTSTRAP"] = self.bootstrap
+        return env
+
     def log_tail(self, name: str, lines: int = 30) -> str:
         sp = self._process(name)
         try:

@@ -33,6 +33,7 @@ from saga_kit.auth import (
     load_verifier,
     write_dev_issuer,
 )
+from saga_kit.signing import load_private_key
 
 CUSTOMER = frozenset({Role.CUSTOMER})
 OPERATOR = frozenset({Role.OPERATOR})
@@ -277,3 +278,23 @@ async def test_a_subject_that_is_no_name_is_an_invalid_token(tmp_path: Path, sub
     with pytest.raises(Unauthorized) as refused:
         await verifier.principal(f"Bearer {issuer.mint(subject, [Role.OPERATOR])}")
     assert refused.value.reason == "invalid_token" and "sub claim" in refused.value.detail
+
+
+@pytest.mark.parametrize(
+    ("claim", "value", "said"),
+    [("sub", 42, "Subject must be a string"), ("exp", "soon", "Expiration Time claim (exp) must be an")],
+)
+async def test_a_malformed_claim_is_named_in_words(tmp_path: Path, claim: str, value: Any, said: str) -> None:
+    """Such a token was refused as "the token is not valid: InvalidSubjectError" (or
+    "DecodeError"): a class name, not what is wrong."""
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    verifier = load_verifier(str(issuer.jwks_file), None, None, None, production=False)
+    assert verifier is not None
+    claims = jwt.decode(issuer.mint("ann", [Role.CUSTOMER]), options={"verify_signature": False})
+    claims[claim] = value
+    kid = (issuer.directory / "issuer.kid").read_text().strip()
+    key = load_private_key(issuer.directory / "issuer.pem")
+    token = jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})
+    with pytest.raises(Unauthorized) as refused:
+        await verifier.principal(f"Bearer {token}")
+    assert refused.value.reason == "invalid_token" and said in refused.value.detail, refused.value.detail

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,31 @@ def test_sagactl_starts_without_the_servers_libraries() -> None:
     )
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert imported.stdout.split() == []
+
+
+def test_a_broker_that_cannot_be_reached_is_one_line_on_stderr() -> None:
+    """sagactl's errors are one line: a command for a broker nobody listens on was followed
+    by the Kafka client's own log line and its unclosed producer's warning."""
+    with socket.socket() as s:  # a port nothing listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{s.getsockname()[1]}"
+        sent = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sagactl",
+                "place",
+                "alice",
+                "p=1",
+                "--via",
+                "kafka",
+                "--bootstrap",
+                nowhere,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert sent.returncode == 2
+    (line,) = sent.stderr.splitlines()
+    assert line.startswith(f"cannot send to Kafka at {nowhere}: KafkaConnectionError: Unable to bootstrap")
