@@ -102,9 +102,15 @@ def decode(data: bytes | None) -> Envelope[EventPayload]:
 
 
 def summary(exc: ValidationError) -> str:
-    """A validation error in one line: where and why, never the input."""
+    """A validation error in one line: where and why, never the input. A tuple's length is
+    not its own error when one of its items failed: pydantic counts only the items that
+    passed ("items: Tuple should have at least 1 item after validation, not 0" beside the
+    one line sent, whose quantity was wrong)."""
+    errors = exc.errors(include_input=False, include_url=False)
+    failed_within = {tuple(e["loc"][:i]) for e in errors for i in range(len(e["loc"]))}
+    errors = [e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in failed_within)]
     parts = []
-    for err in exc.errors(include_input=False, include_url=False)[:5]:
+    for err in errors[:5]:
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
         parts.append(f"{loc}: {err['msg']}")
     return printable("; ".join(parts), 1000)

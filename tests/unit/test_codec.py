@@ -6,9 +6,10 @@ import json
 import re
 import uuid
 from decimal import Decimal
+from typing import Any
 
 import pytest
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from events import (
     EVENT_TYPES,
@@ -20,6 +21,8 @@ from events import (
     encode,
     new_envelope,
 )
+from events.codec import summary
+from events.commands import PlaceOrder
 from events.values import Money
 from tests.unit.samples import order_created, sample_payloads
 
@@ -127,3 +130,20 @@ def test_an_event_time_out_of_range_is_invalid(moment: str) -> None:
         (bad if field == "occurred_at" else bad["payload"])[field] = moment
         with pytest.raises(InvalidEvent, match="between the years"):
             decode(json.dumps(bad).encode())
+
+
+@pytest.mark.parametrize(
+    ("items", "said"),
+    [
+        # one line, its quantity wrong: once also "items: Tuple should have at least 1 item"
+        (
+            [{"product_id": "w", "quantity": 0}],
+            "items.0.quantity: Input should be greater than or equal to 1",
+        ),
+        ([], "items: Tuple should have at least 1 item after validation, not 0"),
+    ],
+)
+def test_a_validation_summary_names_what_is_wrong_and_nothing_else(items: list[Any], said: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        PlaceOrder.model_validate({"command_id": str(uuid.uuid4()), "customer_id": "a", "items": items})
+    assert summary(refused.value) == said
