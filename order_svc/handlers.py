@@ -127,6 +127,9 @@ class Orders:
     #: The audit entries of the batch's commands (``_audited``), appended by ``save`` in the
     #: batch's transaction: a command is audited as the HTTP call it stands for is.
     audit_entries: list[str] = field(default_factory=list)
+    #: The batch's commands (command id, type, sender, order, outcome), logged once the
+    #: batch commits.
+    commands_taken: list[tuple[uuid.UUID, str, str, uuid.UUID, str]] = field(default_factory=list)
 
     def get(self, event: Envelope[Any]) -> Order:
         """The event's order; ``InvalidEvent`` (a dead letter) if this service has none."""
@@ -302,8 +305,24 @@ def save(uow: UnitOfWork, state: Orders) -> None:
             {"rows": sql.rows(prices)},
         )
     audit.append(uow, state.audit_entries)
+    if state.commands_taken:
+        uow.after_commit(lambda: _log_commands(state.commands_taken))
     moves = [sagametrics.Move(oid, *m, o.placed_at) for oid, o in state.orders.items() for m in o.moves]
     sagametrics.OUTCOMES.committed_with(uow, moves)
+
+
+def _log_commands(taken: Sequence[tuple[uuid.UUID, str, str, uuid.UUID, str]]) -> None:
+    """One INFO line per command taken, with its id: a command is found in the logs."""
+    for command_id, command_type, actor, order_id, outcome in taken:
+        log.info(
+            "command %s (%s by %s) on order %s: %s",
+            command_id,
+            command_type,
+            actor,
+            order_id,
+            outcome,
+            extra={"order_id": order_id},
+        )
 
 
 reactions: Reactions[Orders] = Reactions(load, save, observe=timeline.observe)
@@ -412,10 +431,11 @@ def on_payment_failed(state: Orders, event: Envelope[PaymentFailed]) -> Replies:
 
 
 def _audited(state: Orders, event: Envelope[Any], replies: Replies) -> Replies:
-    """``replies``, once the command ``event`` is in the audit trail (``saga_kit.audit``) as
-    the HTTP call it stands for would be: who (its token's subject and roles; ``anonymous``
-    without a valid token), what (``PlaceOrder via orders.commands``), on which order, and
-    how it ended: ``accepted``, ``done before`` (the same command again) or
+    """``replies``, once the command ``event`` is noted for the log (INFO, with its command
+    id, after the commit: ``_log_commands``) and for the audit trail (``saga_kit.audit``)
+    as the HTTP call it stands for would be: who (its token's subject and roles;
+    ``anonymous`` without a valid token), what (``PlaceOrder via orders.commands``), on
+    which order, and how it ended: ``accepted``, ``done before`` (the same command again) or
     ``refused: <reason>``. A refused ``CancelOrder`` is entered under the order it named,
     as the HTTP call's 404 is under its path."""
     caller = state.callers.get(event.event_id)
@@ -429,6 +449,7 @@ def _audited(state: Orders, event: Envelope[Any], replies: Replies) -> Replies:
     ids = tracing.current_ids()
     call = audit.CallAudit(actor, role, f"{event.event_type} via {COMMANDS}", ids[0] if ids else None)
     state.audit_entries.append(call.entry(f"/orders/{event.order_id}", outcome))
+    state.commands_taken.append((event.payload.command_id, event.event_type, actor, event.order_id, outcome))
     return replies
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -231,11 +232,14 @@ async def test_a_command_id_given_twice_is_answered_under_the_first(order: Servi
     assert await answers(order, order_id_for(second)) == []
 
 
-async def test_every_command_is_audited_as_the_call_it_stands_for(order: ServiceUnderTest) -> None:
+async def test_every_command_is_audited_as_the_call_it_stands_for(
+    order: ServiceUnderTest, caplog: pytest.LogCaptureFixture
+) -> None:
     """An order placed or cancelled through orders.commands left no audit entry, where the
     same over HTTP leaves one (who, what, on which order, how it ended): in the batch's
     transaction, one per command taken, a refusal included; a command sent again is a
-    duplicate, taken once."""
+    duplicate, taken once. Each is logged with its command id, which no line named."""
+    caplog.set_level(logging.INFO, logger="order_svc.handlers")
     placed = place()
     oid = order_id_for(placed.command_id)
     cancel = CancelOrder(command_id=uuid.uuid4(), order_id=oid)
@@ -254,3 +258,8 @@ async def test_every_command_is_audited_as_the_call_it_stands_for(order: Service
         ("anonymous", "none", "CancelOrder via orders.commands", "accepted"),
         ("anonymous", "none", "CancelOrder via orders.commands", "refused: order_not_cancellable"),
     ]
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("command ")]
+    assert logged[0] == f"command {placed.command_id} (PlaceOrder by anonymous) on order {oid}: accepted"
+    assert logged[1] == f"command {cancel.command_id} (CancelOrder by anonymous) on order {oid}: accepted"
+    assert logged[2].endswith(f"(CancelOrder by anonymous) on order {oid}: refused: order_not_cancellable")
+    assert len(logged) == 3
