@@ -39,6 +39,7 @@ refused delivery and dropped.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import uuid
@@ -152,10 +153,14 @@ def to_envelope(data: bytes | None, authorization: Sequence[str] = ()) -> Envelo
     except ValueError as exc:
         unreadable = f"{printable(str(exc), 200)}"
         raw = readable_members(data)
+        detail = f"the command cannot be read whole: {unreadable}"
+        misencoded = _misencoded(data)
+        if misencoded is not None:  # refused under its command_id, saying why
+            raw, detail = misencoded
+            unreadable = detail
         cid = _uuid(raw.get("command_id"))
         if cid is None:
             raise InvalidEvent(f"not a command: {unreadable}") from None
-        detail = f"the command cannot be read whole: {unreadable}"
         return _refused(_delivery(cid, data, authorization), cid, _shown(raw), "invalid_command", detail)
     cid = _uuid(raw.get("command_id")) if isinstance(raw, dict) else None
     if cid is None:
@@ -197,6 +202,31 @@ def to_envelope(data: bytes | None, authorization: Sequence[str] = ()) -> Envelo
     payload._authorization = tuple(authorization)
     target = payload.order_id if isinstance(payload, CancelOrder) else order_id_for(cid)
     return _envelope(delivery, target, payload)
+
+
+#: Byte order marks a client's JSON library may write, and what they say of the bytes.
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8-sig", "starts with a UTF-8 byte order mark"),
+    (codecs.BOM_UTF16_LE, "utf-16", "is UTF-16"),
+    (codecs.BOM_UTF16_BE, "utf-16", "is UTF-16"),
+)
+
+
+def _misencoded(data: bytes) -> tuple[dict[str, Any], str] | None:
+    """For a command written with a byte order mark (UTF-8's, or UTF-16 text): its
+    readable members and what to do. A command is UTF-8 JSON with no byte order mark
+    (RFC 8259 §8.1); once such a command was a dead letter its sender could not follow
+    (``GET /commands/{id}`` said ``unknown`` for ever)."""
+    for bom, codec, said in _BOMS:
+        if data.startswith(bom):
+            try:
+                text = data.decode(codec)
+            except UnicodeDecodeError:
+                return None
+            return readable_members(text.lstrip("\ufeff").encode()), (
+                f"the command {said}: send UTF-8 JSON without a byte order mark (RFC 8259 §8.1)"
+            )
+    return None
 
 
 def readable_members(data: bytes) -> dict[str, Any]:

@@ -263,3 +263,21 @@ async def test_every_command_is_audited_as_the_call_it_stands_for(
     assert logged[1] == f"command {cancel.command_id} (CancelOrder by anonymous) on order {oid}: accepted"
     assert logged[2].endswith(f"(CancelOrder by anonymous) on order {oid}: refused: order_not_cancellable")
     assert len(logged) == 3
+
+
+@pytest.mark.parametrize(
+    ("encode", "said"),
+    [
+        (lambda text: b"\xef\xbb\xbf" + text.encode(), "starts with a UTF-8 byte order mark"),
+        (lambda text: text.encode("utf-16"), "is UTF-16"),
+    ],
+)
+async def test_a_command_with_a_byte_order_mark_is_refused_under_its_id(
+    order: ServiceUnderTest, encode: Any, said: str
+) -> None:
+    """It was a dead letter ("expected value at line 1 column 1"), and GET /commands/{id}
+    answered "unknown" (not processed yet) for ever."""
+    command = place()
+    assert await send(order, encode(encode_command(command).decode())) is Outcome.HANDLED
+    ((rejected, _),) = await answers(order, order_id_for(command.command_id))
+    assert rejected.payload.reason == "invalid_command" and said in rejected.payload.detail
