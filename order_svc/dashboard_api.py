@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from events.values import printable
 from order_svc import statuscounts
+from order_svc.domain import OrderStatus
 from order_svc.settings import Settings
 from saga_kit.deadletters import DeadLetter, DeadLetterSummary, LetterId, ReplayResult
 from saga_kit.deadletters import Status as LetterStatus
@@ -58,10 +59,11 @@ _UNREACHABLE = errors(
 
 @router.get("/dashboard/api/summary", summary="How many orders in each status")
 async def summary(db: DatabaseDep) -> dict[str, int]:
-    """Orders by status (PENDING = sagas in flight); a status without orders is absent.
-    Exact, and read without counting the orders table (``order_svc.statuscounts``)."""
+    """Orders in each of the four statuses (PENDING = sagas in flight), 0 included. Exact,
+    and read without counting the orders table (``order_svc.statuscounts``)."""
     async with db.engine.connect() as conn:
-        return await statuscounts.read(conn)
+        counts = await statuscounts.read(conn)
+    return {status.value: counts.get(status.value, 0) for status in OrderStatus}
 
 
 #: The services whose dead letters and readiness the dashboard shows, as they name themselves.
