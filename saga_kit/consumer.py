@@ -96,6 +96,18 @@ class Record:
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
+def _sources(records: Sequence[Record], shown: int = 4) -> str:
+    """Where a batch came from, for its log line: each partition with its first offset
+    (``payment.events[2]@17, orders.commands[5]@3``), the first ``shown`` and a count of
+    the rest."""
+    first: dict[tuple[str, int], int] = {}
+    for r in records:
+        first.setdefault((r.topic, r.partition), r.offset)
+    parts = [f"{t}[{p}]@{o}" for (t, p), o in list(first.items())[:shown]]
+    more = len(first) - shown
+    return ", ".join(parts) + (f" and {more} more partitions" if more > 0 else "")
+
+
 class Outcome(enum.Enum):
     HANDLED = "handled"
     DUPLICATE = "duplicate"
@@ -344,7 +356,7 @@ class ConsumerPipeline:
         log.info(
             "batch of %d from %s: %s in %.1f ms",
             len(items),
-            records[0].where(),
+            _sources(records),
             ", ".join(f"{t} {o} {n}" for (t, o), n in sorted(counts.items())),
             (time.perf_counter() - started) * 1000,
         )
