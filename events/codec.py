@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -101,16 +102,20 @@ def decode(data: bytes | None) -> Envelope[EventPayload]:
     return envelope
 
 
+def own_errors(errors: Sequence[Any]) -> list[Any]:
+    """pydantic's ``errors()`` without those another implies: a tuple's ``too_short`` when
+    one of its items failed (``summary``)."""
+    failed_within = {tuple(e["loc"][:i]) for e in errors for i in range(len(e["loc"]))}
+    return [e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in failed_within)]
+
+
 def summary(exc: ValidationError) -> str:
     """A validation error in one line: where and why, never the input. A tuple's length is
     not its own error when one of its items failed: pydantic counts only the items that
     passed ("items: Tuple should have at least 1 item after validation, not 0" beside the
     one line sent, whose quantity was wrong)."""
-    errors = exc.errors(include_input=False, include_url=False)
-    failed_within = {tuple(e["loc"][:i]) for e in errors for i in range(len(e["loc"]))}
-    errors = [e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in failed_within)]
     parts = []
-    for err in errors[:5]:
+    for err in own_errors(exc.errors(include_input=False, include_url=False))[:5]:
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
         parts.append(f"{loc}: {err['msg']}")
     return printable("; ".join(parts), 1000)

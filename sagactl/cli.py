@@ -461,12 +461,13 @@ def place(
         return
     from pydantic import ValidationError
 
+    from events.codec import own_errors
     from events.commands import PlaceOrder, order_id_for
 
     try:
         command = PlaceOrder(command_id=uuid.uuid4(), **body)
     except ValidationError as exc:
-        _fail(f"not a valid order: {_problems(exc.errors())}", 2)
+        _fail(f"not a valid order: {_problems(own_errors(exc.errors()))}", 2)
     sent = {"command_id": str(command.command_id), "order_id": str(order_id_for(command.command_id))}
     _send_command(bootstrap, command, ctx.obj.token)
     _settle(

@@ -71,3 +71,13 @@ def test_a_broker_that_cannot_be_reached_is_one_line_on_stderr() -> None:
     assert sent.returncode == 2
     (line,) = sent.stderr.splitlines()
     assert line.startswith(f"cannot send to Kafka at {nowhere}: KafkaConnectionError: Unable to bootstrap")
+
+
+def test_an_order_refused_before_it_is_sent_names_what_is_wrong_only() -> None:
+    """``place … widget=0 --via kafka`` also said the order had no lines."""
+    result = CliRunner().invoke(
+        app, ["place", "alice", "widget=0", "--via", "kafka", "--bootstrap", "127.0.0.1:1"]
+    )
+    assert result.exit_code == 2
+    said = " ".join(result.output.split())
+    assert said == "not a valid order: items[0].quantity: Input should be greater than or equal to 1"
