@@ -7,6 +7,10 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksu
 # Kafka without Java 17, make run and make demo say so and use Tansu.
 BROKER ?=
 WITH_BROKER := $(if $(BROKER),SAGA_BROKER=$(BROKER))
+# make bench and make chaos: N orders; make chaos: KILLS service kills, SEED its workload's
+N     ?= 2000
+KILLS ?= 10
+SEED  ?= 1
 
 .PHONY: help setup browser run demo test lint format schemas bench chaos screenshots clean
 
@@ -18,7 +22,7 @@ help:
 	@echo "              BROKER=kafka|tansu for run, demo, test, bench, chaos (default Tansu)"
 	@echo "make test     unit, integration and end-to-end tests on the real servers (Tansu), then"
 	@echo "              e2e and chaos again on Apache Kafka where Java 17 is (BROKER=, PYTEST_ARGS=: one run)"
-	@echo "make bench    N orders (N=$${N:-2000}) closed loop, then the open-loop sweep (SWEEP=r1,r2,… or 0),"
+	@echo "make bench    N orders (N=$(N)) closed loop, then the open-loop sweep (SWEEP=r1,r2,… or 0),"
 	@echo "              the idle saga and the null-saga ceiling: throughput, latency, CPU (SIGNING=0: unsigned;"
 	@echo "              DB_STATEMENTS=10: each database's 10 statements with the most time in the closed loop)"
 	@echo "make chaos    N orders under kills, restarts, duplicates; check every invariant"
@@ -75,13 +79,13 @@ browser:
 	fi
 
 bench: setup
-	$(WITH_BROKER) $(BIN)/python -m sagastack bench --orders $${N:-2000} \
+	$(WITH_BROKER) $(BIN)/python -m sagastack bench --orders $(N) \
 	  $$( [ "$${SWEEP:-}" = 0 ] || echo --sweep $${SWEEP:-50,100,200,300,400,500,600} ) \
 	  $$( [ "$${SIGNING:-1}" = 0 ] && echo --no-signing ) \
 	  $$( [ -n "$${DB_STATEMENTS:-}" ] && echo --db-statements $${DB_STATEMENTS} )
 
 chaos: setup
-	$(WITH_BROKER) $(BIN)/python -m sagastack chaos --orders $${N:-2000} --kills $${KILLS:-10} --seed $${SEED:-1}
+	$(WITH_BROKER) $(BIN)/python -m sagastack chaos --orders $(N) --kills $(KILLS) --seed $(SEED)
 
 screenshots: setup browser
 	$(BIN)/python -m sagastack screenshots
