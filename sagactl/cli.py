@@ -439,7 +439,12 @@ def place(
     ctx: typer.Context,
     customer_id: str,
     items: Annotated[list[str], typer.Argument(help="product=quantity, e.g. widget=2")],
-    deadline_seconds: Annotated[float | None, typer.Option("--deadline")] = None,
+    deadline_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--deadline", help="seconds the saga may take before it is cancelled (default: the service's, 30)"
+        ),
+    ] = None,
     via: Via = "http",
     bootstrap: KafkaBootstrap = "127.0.0.1:9092",
     wait: Annotated[bool, typer.Option(help="--via kafka: wait until the saga has finished")] = True,
@@ -458,6 +463,8 @@ def place(
     if via == "http":
         r = _call(ctx, "order", "POST", "/orders", json=body)
         _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}")
+        if output is not Output.json:  # accepted, not finished: where its outcome will be
+            errors.print(f"follow it: sagactl saga {r['order_id'][:8]}", style="dim")
         return
     from pydantic import ValidationError
 
@@ -579,7 +586,11 @@ def _send_command(bootstrap: str, command: Any, token: str | None) -> None:
         asyncio.run(send())
     except Exception as exc:  # the broker is away or refuses: one sentence, exit 2
         said = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
-        _fail(f"cannot send to Kafka at {bootstrap}: {said}", 2)
+        _fail(
+            f"cannot send to Kafka at {bootstrap}: {said} (is the system running? 'make run' starts it,"
+            " its broker at 127.0.0.1:9092; --bootstrap or SAGACTL_KAFKA_BOOTSTRAP names another)",
+            2,
+        )
 
 
 def _await_command(
@@ -790,6 +801,10 @@ def tail(
             if response.is_error:
                 response.read()
                 _fail(_refusal("order", response))
+            if not from_start and output is not Output.json:  # else it looks hung while idle
+                errors.print(
+                    "following new events (--from-start shows the earlier ones); Ctrl-C stops", style="dim"
+                )
             for line in response.iter_lines():
                 if not line.startswith("data: "):
                     continue

@@ -468,8 +468,8 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
             + ", ".join(f"{c} ({b})" for c, b in ACCOUNTS.items())
         )
         print(
-            "bearer tokens: the operator's set stock and balances; each customer places and"
-            " follows its own orders with its own"
+            "bearer tokens: the operator's sets stock and balances; each customer places and"
+            " follows its own orders with a token of its own"
         )
         print(
             "each saga's timeline: +ms since the order was placed · the service that emitted the"
@@ -513,7 +513,8 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
             if sc.twist == "payment down":
                 print(
                     "    (payment_svc down) stopped before the order was placed; started again once"
-                    " its deadline had cancelled it — what payment did then is at the end"
+                    " its deadline had cancelled it — what payment did then is the timeline's last"
+                    " lines (PaymentVoided, or a charge and its PaymentRefunded)"
                 )
             print_timeline(saga)
             reason = f" ({order['reason']})" if order["reason"] else ""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
+import time
 
 from sagastack.client import SagaClient
 from sagastack.system import System
@@ -44,6 +46,23 @@ def test_tail_prints_events_as_they_are_recorded(system: System, client: SagaCli
     tail = sagactl(system, "tail", "--from-start", "--count", "3")
     assert tail.returncode == 0, tail.stdout + tail.stderr
     assert len([ln for ln in tail.stdout.splitlines() if ln.strip()]) == 3
+
+
+def test_tail_says_it_follows_new_events_and_place_where_to_follow(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """Without --from-start, tail printed nothing until an event came (it looked hung);
+    place over HTTP answered PENDING and said nothing of where the outcome would be."""
+    products, customers = seed(client, uid, {"cup": ("1.00", 2)}, {"ida": "5.00"})
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        following = pool.submit(sagactl, system, "tail", "--count", "1")
+        time.sleep(3)  # its start; an event of the saga below comes later either way
+        placed = sagactl(system, "place", customers["ida"], f"{products['cup']}=1")
+        tail = following.result()
+    assert tail.returncode == 0 and len(tail.stdout.splitlines()) == 1, tail.stdout + tail.stderr
+    assert "following new events (--from-start shows the earlier ones)" in tail.stderr
+    order_id = placed.stdout.split()[1].rstrip(":")
+    assert placed.stderr.strip() == f"follow it: sagactl saga {order_id[:8]}"
 
 
 def test_unknown_order_is_a_clear_error(system: System) -> None:

@@ -71,6 +71,7 @@ def test_a_broker_that_cannot_be_reached_is_one_line_on_stderr() -> None:
     assert sent.returncode == 2
     (line,) = sent.stderr.splitlines()
     assert line.startswith(f"cannot send to Kafka at {nowhere}: KafkaConnectionError: Unable to bootstrap")
+    assert "'make run' starts it" in line and "SAGACTL_KAFKA_BOOTSTRAP" in line  # what to do
 
 
 def test_an_order_refused_before_it_is_sent_names_what_is_wrong_only() -> None:
