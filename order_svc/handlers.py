@@ -439,17 +439,14 @@ def _audited(state: Orders, event: Envelope[Any], replies: Replies) -> Replies:
     ``refused: <reason>``. A refused ``CancelOrder`` is entered under the order it named,
     as the HTTP call's 404 is under its path."""
     caller = state.callers.get(event.event_id)
-    actor, role = (
-        (caller.subject, ",".join(sorted(caller.roles)))
-        if isinstance(caller, auth.Principal) and caller.authenticated
-        else ("anonymous", "none")
-    )
+    principal = caller if isinstance(caller, auth.Principal) else None  # else refused for its token
+    call = audit.caller_audit(principal, f"{event.event_type} via {COMMANDS}")
     refusals = [r.payload for r in replies if isinstance(r, Reply) and isinstance(r.payload, CommandRejected)]
     outcome = f"refused: {refusals[0].reason}" if refusals else "accepted" if replies else "done before"
-    ids = tracing.current_ids()
-    call = audit.CallAudit(actor, role, f"{event.event_type} via {COMMANDS}", ids[0] if ids else None)
     state.audit_entries.append(call.entry(f"/orders/{event.order_id}", outcome))
-    state.commands_taken.append((event.payload.command_id, event.event_type, actor, event.order_id, outcome))
+    state.commands_taken.append(
+        (event.payload.command_id, event.event_type, call.actor, event.order_id, outcome)
+    )
     return replies
 
 

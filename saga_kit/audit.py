@@ -114,18 +114,25 @@ class CallAudit:
         return canonical(new_entry(self.actor, self.role, self.action, resource, outcome, self.request_id))
 
 
-def call_audit(scope: Scope) -> CallAudit:
-    """The caller and request of ``scope`` (the route's), as ``AuditTrail`` records them."""
-    principal = scope.get("state", {}).get("principal")
+def caller_audit(principal: Any, action: str) -> CallAudit:
+    """The call ``action`` of ``principal`` (a ``saga_kit.auth.Principal``; ``anonymous``,
+    role ``none``, when it is None or not authenticated), in the current trace: for an
+    HTTP call (``call_audit``) and for a command that stands for one (the order service's
+    ``orders.commands``)."""
     authenticated = principal is not None and principal.authenticated
-    route = getattr(scope.get("route"), "path", None) or scope["path"]
     ids = tracing.current_ids()
     return CallAudit(
         principal.subject if authenticated else "anonymous",
         ",".join(sorted(principal.roles)) if authenticated else "none",
-        f"{scope['method']} {route}",
+        action,
         ids[0] if ids else None,
     )
+
+
+def call_audit(scope: Scope) -> CallAudit:
+    """The caller and request of ``scope`` (the route's), as ``AuditTrail`` records them."""
+    route = getattr(scope.get("route"), "path", None) or scope["path"]
+    return caller_audit(scope.get("state", {}).get("principal"), f"{scope['method']} {route}")
 
 
 def mark_audited(scope: Scope) -> None:
