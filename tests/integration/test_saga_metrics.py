@@ -18,7 +18,7 @@ from order_svc import handlers
 from order_svc.cancelling import cancel_order, cancel_overdue
 from order_svc.placing import place_order
 from order_svc.sagametrics import OUTCOMES
-from saga_kit.consumer import Outcome
+from saga_kit.consumer import Outcome, Record
 from saga_kit.db import Delivery, UnitOfWork
 from tests.integration.conftest import ServiceUnderTest, event, record_of
 from tests.unit.samples import reserved_payload
@@ -27,6 +27,19 @@ from tests.unit.samples import reserved_payload
 async def placed(order: ServiceUnderTest, deadline: timedelta = timedelta(minutes=10)) -> uuid.UUID:
     line = OrderLine(product_id="p", quantity=1)
     return (await place_order(order.db, "c", [line], None, deadline)).order_id
+
+
+def approve_and_reject(approved: uuid.UUID, rejected: uuid.UUID) -> list[Record]:
+    """One batch's records: ``approved`` reserved and charged, ``rejected``'s charge declined."""
+    return [
+        record_of(event(reserved_payload("c", "p"), approved)),
+        record_of(event(PaymentCompleted(customer_id="c", amount=Decimal("2.50")), approved)),
+        record_of(
+            event(
+                PaymentFailed(customer_id="c", amount=Decimal("2.50"), reason="insufficient_funds"), rejected
+            )
+        ),
+    ]
 
 
 #: transitions (from, to, reason) → count; sagas ended, by final status → count
@@ -52,15 +65,7 @@ async def test_a_batchs_transitions_are_counted_and_logged_once_when_it_commits(
 ) -> None:
     caplog.set_level(logging.INFO, logger="order_svc.sagametrics")
     approved, rejected = await placed(order), await placed(order)
-    batch = [
-        record_of(event(reserved_payload("c", "p"), approved)),
-        record_of(event(PaymentCompleted(customer_id="c", amount=Decimal("2.50")), approved)),
-        record_of(
-            event(
-                PaymentFailed(customer_id="c", amount=Decimal("2.50"), reason="insufficient_funds"), rejected
-            )
-        ),
-    ]
+    batch = approve_and_reject(approved, rejected)
     before = counted()
     assert await order.pipeline.process_batch(batch) == [Outcome.HANDLED] * 3
     assert since(before) == (

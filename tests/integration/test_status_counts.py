@@ -13,10 +13,9 @@ from decimal import Decimal
 import psycopg
 from sqlalchemy import text
 
-from events import OrderLine, PaymentCompleted, PaymentFailed
+from events import PaymentCompleted
 from order_svc import dashboard_api, statuscounts
 from order_svc.cancelling import cancel_order, cancel_overdue
-from order_svc.placing import place_order
 from order_svc.schema import MIGRATIONS
 from saga_kit.consumer import Outcome
 from saga_kit.db import create_engine
@@ -24,7 +23,7 @@ from saga_kit.migrations import PLUMBING, migrate
 from saga_kit.settings import ServiceSettings
 from sagastack.embedded import Postgres
 from tests.integration.conftest import ServiceUnderTest, event, record_of
-from tests.unit.samples import reserved_payload
+from tests.integration.test_saga_metrics import approve_and_reject, placed
 
 
 async def counted(order: ServiceUnderTest) -> tuple[dict[str, int], dict[str, int]]:
@@ -45,11 +44,6 @@ async def assert_exact(order: ServiceUnderTest) -> dict[str, int]:
     return kept
 
 
-async def placed(order: ServiceUnderTest, deadline: timedelta = timedelta(minutes=10)) -> uuid.UUID:
-    line = OrderLine(product_id="p", quantity=1)
-    return (await place_order(order.db, "c", [line], None, deadline)).order_id
-
-
 async def test_the_counts_follow_every_write(order: ServiceUnderTest) -> None:
     before = await assert_exact(order)
     approved, rejected, cancelled = await placed(order), await placed(order), await placed(order)
@@ -57,13 +51,7 @@ async def test_the_counts_follow_every_write(order: ServiceUnderTest) -> None:
     assert (await assert_exact(order)).get("PENDING", 0) == before.get("PENDING", 0) + 4
 
     batch = [
-        record_of(event(reserved_payload("c", "p"), approved)),
-        record_of(event(PaymentCompleted(customer_id="c", amount=Decimal("2.50")), approved)),
-        record_of(
-            event(
-                PaymentFailed(customer_id="c", amount=Decimal("2.50"), reason="insufficient_funds"), rejected
-            )
-        ),
+        *approve_and_reject(approved, rejected),
         # an order never placed, recorded CANCELLED
         record_of(event(PaymentCompleted(customer_id="c", amount=Decimal("2.50")), uuid.uuid4())),
     ]
