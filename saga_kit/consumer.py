@@ -100,10 +100,10 @@ def _sources(records: Sequence[Record], shown: int = 4) -> str:
     """Where a batch came from, for its log line: each partition with its first offset
     (``payment.events[2]@17, orders.commands[5]@3``), the first ``shown`` and a count of
     the rest."""
-    first: dict[tuple[str, int], int] = {}
+    first: dict[tuple[str, int], Record] = {}
     for r in records:
-        first.setdefault((r.topic, r.partition), r.offset)
-    parts = [f"{t}[{p}]@{o}" for (t, p), o in list(first.items())[:shown]]
+        first.setdefault((r.topic, r.partition), r)
+    parts = [r.where() for r in list(first.values())[:shown]]
     more = len(first) - shown
     return ", ".join(parts) + (f" and {more} more partitions" if more > 0 else "")
 
