@@ -410,6 +410,8 @@ def dlq_discard(
 
 
 Via = Annotated[str, typer.Option("--via", help="http (the API) or kafka (a command on orders.commands)")]
+#: The broker ``--via kafka`` sends to unless told: ``make run``'s.
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 KafkaBootstrap = Annotated[
     str, typer.Option("--bootstrap", envvar="SAGACTL_KAFKA_BOOTSTRAP", help="the broker, for --via kafka")
 ]
@@ -446,7 +448,7 @@ def place(
         ),
     ] = None,
     via: Via = "http",
-    bootstrap: KafkaBootstrap = "127.0.0.1:9092",
+    bootstrap: KafkaBootstrap = DEFAULT_BOOTSTRAP,
     wait: Annotated[bool, typer.Option(help="--via kafka: wait until the saga has finished")] = True,
     output: OutputOpt = Output.text,
 ) -> None:
@@ -507,7 +509,7 @@ def cancel(
     ctx: typer.Context,
     order_id: OrderIdArg,
     via: Via = "http",
-    bootstrap: KafkaBootstrap = "127.0.0.1:9092",
+    bootstrap: KafkaBootstrap = DEFAULT_BOOTSTRAP,
     wait: Annotated[bool, typer.Option(help="--via kafka: wait for the command's outcome")] = True,
     output: OutputOpt = Output.text,
 ) -> None:
@@ -588,7 +590,7 @@ def _send_command(bootstrap: str, command: Any, token: str | None) -> None:
         said = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
         _fail(
             f"cannot send to Kafka at {bootstrap}: {said} (is the system running? 'make run' starts it,"
-            " its broker at 127.0.0.1:9092; --bootstrap or SAGACTL_KAFKA_BOOTSTRAP names another)",
+            f" its broker at {DEFAULT_BOOTSTRAP}; --bootstrap or SAGACTL_KAFKA_BOOTSTRAP names another)",
             2,
         )
 
