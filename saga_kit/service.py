@@ -14,6 +14,8 @@ import contextlib
 import logging
 import os
 import signal
+import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -327,6 +329,30 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
         await engine.dispose()
 
 
+def exit_past_stuck_threads(name: str, code: int, seconds: float = _STOP_TIMEOUT) -> None:
+    """Wait at most ``seconds`` in all for the process's non-daemon threads; if any is
+    still running, log their names and end the process now with ``code``.
+
+    The interpreter would otherwise wait for them, unbounded, after ``main`` returns:
+    faust runs its Kafka consumer on a thread of its own with its own event loop, and
+    when the broker is away its stop can be lost while the thread goes on retrying
+    fetches (a stop given up on by ``_bounded``). Ending the process is safe here: the
+    database is closed, spans are flushed, and offsets not committed are redelivered
+    and deduplicated by the inbox. Returns normally when every thread has ended."""
+    deadline = time.monotonic() + seconds
+    stuck = []
+    for thread in threading.enumerate():
+        if thread is threading.current_thread() or thread.daemon:
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            stuck.append(thread.name)
+    if stuck:
+        log.warning("%s: threads %s did not stop; exiting without them", name, ", ".join(stuck))
+        logging.shutdown()
+        os._exit(code)
+
+
 def main(spec: ServiceSpec, settings_factory: Callable[[], ServiceSettings]) -> None:
     """Entry point of ``python -m <service>``. Settings that do not validate stop it
     before anything starts: one log line naming each variable and what is wrong with it
@@ -362,14 +388,19 @@ def main(spec: ServiceSpec, settings_factory: Callable[[], ServiceSettings]) -> 
                 logging.shutdown()
                 os._exit(1 if failed is not None else 0)
 
+    code = 0
     try:
         uvloop.run(run())
     except ConfigurationError as exc:  # keys or secrets missing or unfit: it says which
         log.error("%s cannot start: %s", spec.name, exc)
-        raise SystemExit(2) from None
+        code = 2
     except Exception:
         log.exception("%s stopped on error", spec.name)
-        raise SystemExit(1) from None
+        code = 1
+    else:
+        log.info("%s stopped", spec.name)
     finally:
         provider.shutdown()  # flush finished spans
-    log.info("%s stopped", spec.name)
+    exit_past_stuck_threads(spec.name, code)
+    if code:
+        raise SystemExit(code)
