@@ -418,7 +418,9 @@ class CommandView(BaseModel):
     #: ``placed`` or ``cancelled`` (it was applied; ``status`` is the order's now),
     #: ``rejected`` (see ``reason``), or ``unknown``: not processed yet — or never sent.
     #: An applied command whose id a later or earlier copy reused (another body, a bad
-    #: token) names that refusal in ``reason`` and ``detail``; the outcome stays applied.
+    #: token), or a command of another type, names that refusal in ``reason`` and
+    #: ``detail`` ("a copy sent under this id …", "a CancelOrder sent under this id …");
+    #: the outcome stays applied.
     outcome: Literal["placed", "cancelled", "rejected", "unknown"]
     #: the order's status now and the reason it has (e.g. REJECTED, ``insufficient_funds``),
     #: for an applied command
@@ -478,9 +480,7 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
             status=applied.status,
             order_reason=applied.reason,
             reason=None if refusal is None else refusal.payload.get("reason"),
-            detail=None
-            if refusal is None
-            else f"a copy sent under this id was refused: {refusal.payload.get('detail')}",
+            detail=None if refusal is None else _refused_under(applied.event_type, refusal.payload),
         )
     if refusal is not None:
         return CommandView(
@@ -491,6 +491,14 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
             detail=refusal.payload.get("detail"),
         )
     return CommandView(command_id=command_id, order_id=order_id_for(command_id), outcome="unknown")
+
+
+def _refused_under(applied: str, refused: dict[str, Any]) -> str:
+    """What a refusal under an applied command's id was: a copy of that command, or a
+    command of another type that reused its id."""
+    command_type = refused.get("command_type")
+    sent = "a copy" if command_type == applied else f"a {command_type}"
+    return f"{sent} sent under this id was refused: {refused.get('detail')}"
 
 
 @router.get(

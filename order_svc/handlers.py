@@ -38,7 +38,7 @@ from order_svc.domain import CANCEL_REQUESTED, OrderStatus, transition
 from order_svc.placing import order_created, request_hash
 from saga_kit import audit, auth, personal_data, sql, tracing
 from saga_kit.consumer import Record
-from saga_kit.db import UnitOfWork
+from saga_kit.db import Delivery, UnitOfWork
 from saga_kit.errors import InvalidEvent
 from saga_kit.reactions import FactMismatch, Reactions, Replies, Reply
 
@@ -127,6 +127,10 @@ class Orders:
     #: The audit entries of the batch's commands (``_audited``), appended by ``save`` in the
     #: batch's transaction: a command is audited as the HTTP call it stands for is.
     audit_entries: list[str] = field(default_factory=list)
+    #: The event ids of the batch's commands from someone who may not act for their
+    #: order (another customer, no valid token, no such order): their refusals go to the
+    #: sender and the audit trail, never into that order's timeline (``observe``).
+    strangers: set[uuid.UUID] = field(default_factory=set)
     #: The batch's commands (command id, type, sender, order, outcome), logged once the
     #: batch commits.
     commands_taken: list[tuple[uuid.UUID, str, str, uuid.UUID, str]] = field(default_factory=list)
@@ -325,7 +329,14 @@ def _log_commands(taken: Sequence[tuple[uuid.UUID, str, str, uuid.UUID, str]]) -
         )
 
 
-reactions: Reactions[Orders] = Reactions(load, save, observe=timeline.observe)
+def observe(uow: UnitOfWork, deliveries: Sequence[Delivery], state: Orders | None) -> None:
+    """Every participant event and command joins its saga's timeline; a command from a
+    stranger (``Orders.strangers``) is recorded as one, and left out of the timeline
+    shown (``order_svc.timeline``)."""
+    timeline.record(uow, deliveries, state.strangers if state is not None else ())
+
+
+reactions: Reactions[Orders] = Reactions(load, save, observe=observe)
 
 
 def _move(order: Order, event: Envelope[Any], reason: str | None) -> Reply | None:
@@ -443,6 +454,9 @@ def _audited(state: Orders, event: Envelope[Any], replies: Replies) -> Replies:
     call = audit.caller_audit(principal, f"{event.event_type} via {COMMANDS}")
     refusals = [r.payload for r in replies if isinstance(r, Reply) and isinstance(r.payload, CommandRejected)]
     outcome = f"refused: {refusals[0].reason}" if refusals else "accepted" if replies else "done before"
+    order = state.orders.get(event.order_id)
+    if principal is None or order is None or not principal.may_act_for(order.customer_id):
+        state.strangers.add(event.event_id)
     state.audit_entries.append(call.entry(f"/orders/{event.order_id}", outcome))
     state.commands_taken.append(
         (event.payload.command_id, event.event_type, call.actor, event.order_id, outcome)

@@ -185,4 +185,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             " SELECT status, count(*) FROM orders GROUP BY status",
         ),
     ),
+    Migration(
+        "order_svc",
+        11,
+        "saga_events_from_strangers",
+        # A command from someone who may not act for its order (another customer, no valid
+        # token, an order that does not exist), and the refusal that answers it: kept for
+        # GET /commands/{id} and the operators' feed, left out of the order's timeline
+        # (a stranger could write into a victim's timeline).
+        ("ALTER TABLE saga_events ADD COLUMN from_stranger BOOLEAN NOT NULL DEFAULT false",),
+    ),
 )

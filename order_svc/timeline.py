@@ -5,6 +5,7 @@ as the outbox row); the participants' events as they are consumed. Idempotent on
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -13,19 +14,27 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from events.order import CommandRejected
 from saga_kit import sql, tracing
 from saga_kit.db import Delivery, UnitOfWork
 
 
-def record(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
+def record(uow: UnitOfWork, deliveries: Sequence[Delivery], strangers: Collection[uuid.UUID] = ()) -> None:
     """Add events to their sagas' timelines (one queued statement); a repeat changes nothing.
-    Each keeps the trace id of the ``traceparent`` it travels with: one saga, one trace."""
+    Each keeps the trace id of the ``traceparent`` it travels with: one saga, one trace.
+
+    The events whose ids are in ``strangers`` (commands from someone who may not act for
+    their order) are recorded ``from_stranger``, and so is a ``CommandRejected`` that
+    answers one (its cause's flag, looked up in the same statement): kept for ``GET
+    /commands/{id}`` and the operators' feed, never shown in the order's timeline (``load``)."""
     uow.write(
         (
-            "INSERT INTO saga_events"
-            " (event_id, order_id, event_type, producer, occurred_at, causation_id, payload, trace_id)"
-            " SELECT e, o, t, p, at, c, CAST(pl AS jsonb), tr FROM json_to_recordset(CAST(%(rows)s AS json))"
-            " AS v(e uuid, o uuid, t text, p text, at timestamptz, c uuid, pl json, tr text)"
+            "INSERT INTO saga_events (event_id, order_id, event_type, producer, occurred_at, causation_id,"
+            " payload, trace_id, from_stranger)"
+            " SELECT e, o, t, p, at, c, CAST(pl AS jsonb), tr,"
+            " coalesce(s, (SELECT x.from_stranger FROM saga_events x WHERE x.event_id = c), true)"
+            " FROM json_to_recordset(CAST(%(rows)s AS json))"
+            " AS v(e uuid, o uuid, t text, p text, at timestamptz, c uuid, pl json, tr text, s boolean)"
             " ON CONFLICT (event_id) DO NOTHING"
         ),
         {
@@ -39,6 +48,10 @@ def record(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
                     "c": d.envelope.causation_id,
                     "pl": d.envelope.payload.model_dump(mode="json"),
                     "tr": tracing.trace_id_of(d.trace()),
+                    # a refusal is as foreign as the command it answers: null looks it up
+                    "s": None
+                    if isinstance(d.envelope.payload, CommandRejected)
+                    else d.envelope.event_id in strangers,
                 }
                 for d in deliveries
             )
@@ -46,16 +59,11 @@ def record(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
     )
 
 
-def observe(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
-    """Consumer observer: every participant event joins its saga's timeline."""
-    record(uow, deliveries)
-
-
 async def load(conn: AsyncConnection, order_id: Any) -> list[dict[str, Any]]:
     rows = await conn.execute(
         text(
             "SELECT seq, event_id, event_type, producer, occurred_at, causation_id, payload, trace_id"
-            " FROM saga_events WHERE order_id = :o ORDER BY occurred_at, seq"
+            " FROM saga_events WHERE order_id = :o AND NOT from_stranger ORDER BY occurred_at, seq"
         ),
         {"o": order_id},
     )

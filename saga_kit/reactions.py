@@ -68,14 +68,15 @@ Load = Callable[[UnitOfWork, Sequence[Envelope[Any]]], Awaitable[S]]
 #: Queues the writes of what changed (``UnitOfWork.write``); they go out in one round trip.
 Save = Callable[[UnitOfWork, S], None]
 #: Runs after the decisions, in the same transaction, with every event that was applied
-#: (the order service keeps each saga's timeline with it); queues its writes.
-Observe = Callable[[UnitOfWork, Sequence[Delivery]], None]
+#: and the state the decisions left (``None`` if no delivery had a decide function): the
+#: order service keeps each saga's timeline with it. Queues its writes.
+Observe = Callable[[UnitOfWork, Sequence[Delivery], S | None], None]
 
 
 class Reactions(Generic[S]):
     """The registry of one service's decide functions, with its load and save."""
 
-    def __init__(self, load: Load[S], save: Save[S], observe: Observe | None = None) -> None:
+    def __init__(self, load: Load[S], save: Save[S], observe: Observe[S] | None = None) -> None:
         self._load = load
         self._save = save
         self.observe = observe
@@ -156,7 +157,7 @@ class Reactions(Generic[S]):
         if self.observe is not None:
             applied = [d for i, d in enumerate(deliveries) if i not in refused]
             if applied:
-                self.observe(uow, applied)
+                self.observe(uow, applied, state)
         return refused
 
 

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -79,9 +79,15 @@ class ServiceUnderTest:
         return (await self.deliver_bytes(encode(envelope), topic, work=work)).value
 
     async def deliver_bytes(
-        self, value: bytes, topic: str, offset: int | None = None, *, work: bool = True
+        self,
+        value: bytes,
+        topic: str,
+        offset: int | None = None,
+        *,
+        work: bool = True,
+        headers: Sequence[tuple[str, bytes]] = (),
     ) -> Any:
-        record = Record(topic, 0, next(_offsets) if offset is None else offset, b"k", value)
+        record = Record(topic, 0, next(_offsets) if offset is None else offset, b"k", value, tuple(headers))
         result = await self.pipeline.process(record)
         if work:
             await self.work()

@@ -6,17 +6,21 @@ import json
 import logging
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from events import OrderLine, decode
-from events.commands import CancelOrder, PlaceOrder, encode_command, order_id_for
+from events.commands import AUTHORIZATION, CancelOrder, PlaceOrder, encode_command, order_id_for
 from events.envelope import Envelope
 from events.topics import COMMANDS
+from order_svc import handlers, timeline
+from order_svc.api import get_command
 from order_svc.errors import IdempotencyKeyReused
 from order_svc.placing import place_order
 from saga_kit import headers as kafka_headers
+from saga_kit.auth import DEV_AUDIENCE, DEV_ISSUER, Role, TokenVerifier, write_dev_issuer
 from saga_kit.consumer import Outcome
 from tests.integration.conftest import ServiceUnderTest
 
@@ -281,3 +285,75 @@ async def test_a_command_with_a_byte_order_mark_is_refused_under_its_id(
     assert await send(order, encode(encode_command(command).decode())) is Outcome.HANDLED
     ((rejected, _),) = await answers(order, order_id_for(command.command_id))
     assert rejected.payload.reason == "invalid_command" and said in rejected.payload.detail
+
+
+async def test_a_strangers_command_stays_out_of_the_victims_timeline(
+    order: ServiceUnderTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone who could write to orders.commands could write into another customer's
+    saga timeline: a CancelOrder naming her order, refused as "no order" (it is not
+    theirs), was shown in her timeline with its refusal. Now a command from someone who
+    may not act for the order — another customer, no token, a token no one trusts, an
+    order that does not exist — is answered and audited, and kept out of the timeline;
+    the owner's own commands, refused or not, are in it."""
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_file=str(issuer.jwks_file))
+    monkeypatch.setitem(handlers._commands, "verifier", verifier)
+    untrusted = write_dev_issuer(tmp_path / "untrusted")
+
+    async def by(token: str | None, command: PlaceOrder | CancelOrder) -> None:
+        headers = [] if token is None else [(AUTHORIZATION, f"Bearer {token}".encode())]
+        await order.deliver_bytes(encode_command(command), COMMANDS, headers=headers)
+
+    kim, mx = issuer.mint("kim", [Role.CUSTOMER]), issuer.mint("max", [Role.CUSTOMER])
+    placed = place("kim")
+    await by(kim, placed)
+    oid = order_id_for(placed.command_id)
+    strangers = {
+        "unknown_order": (mx, CancelOrder(command_id=uuid.uuid4(), order_id=oid)),
+        "missing_token": (None, CancelOrder(command_id=uuid.uuid4(), order_id=oid)),
+        "invalid_token": (
+            untrusted.mint("kim", [Role.CUSTOMER]),
+            CancelOrder(command_id=uuid.uuid4(), order_id=oid),
+        ),
+    }
+    for token, command in strangers.values():
+        await by(token, command)
+    cancel, again = (
+        CancelOrder(command_id=uuid.uuid4(), order_id=oid),
+        CancelOrder(command_id=uuid.uuid4(), order_id=oid),
+    )
+    await by(kim, cancel)
+    await by(kim, again)  # too late: her own refusal is hers to see
+
+    async with order.db.engine.connect() as conn:
+        shown = await timeline.load(conn, oid)
+    assert [(e["event_type"], e["payload"].get("command_id")) for e in shown] == [
+        ("PlaceOrder", str(placed.command_id)),
+        ("OrderCreated", None),
+        ("CancelOrder", str(cancel.command_id)),
+        ("OrderCancelled", None),
+        ("CancelOrder", str(again.command_id)),
+        ("CommandRejected", str(again.command_id)),
+    ]
+    for reason, (_, command) in strangers.items():
+        view = await get_command(command.command_id, order.db)
+        assert (view.outcome, view.order_id, view.reason) == ("rejected", oid, reason)
+    kept = await order.rows(
+        "SELECT event_type FROM saga_events WHERE order_id = :o AND from_stranger ORDER BY seq", o=oid
+    )
+    assert [r.event_type for r in kept] == ["CancelOrder", "CommandRejected"] * 3  # for the feed
+
+
+async def test_a_refusal_of_another_command_type_under_an_applied_id_is_named_as_such(
+    order: ServiceUnderTest,
+) -> None:
+    """A PlaceOrder placed under the id of a CancelOrder refused before was reported as if
+    a copy of itself had been refused ("a copy sent under this id was refused: no order …")."""
+    cid = uuid.uuid4()
+    await send(order, CancelOrder(command_id=cid, order_id=uuid.uuid4()))
+    await send(order, place(command_id=cid))
+    view = await get_command(cid, order.db)
+    assert (view.outcome, view.order_id, view.reason) == ("placed", order_id_for(cid), "unknown_order")
+    assert view.detail is not None
+    assert view.detail.startswith("a CancelOrder sent under this id was refused: no order "), view.detail

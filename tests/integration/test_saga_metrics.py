@@ -132,10 +132,10 @@ async def test_a_transaction_that_rolls_back_counts_nothing(
     observe = handlers.reactions.observe
     assert observe is not None
 
-    def failing(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
+    def failing(uow: UnitOfWork, deliveries: Sequence[Delivery], state: handlers.Orders | None) -> None:
         if any(d.envelope.order_id == poison for d in deliveries):
             raise RuntimeError("a timeline entry that cannot be written")
-        observe(uow, deliveries)
+        observe(uow, deliveries, state)
 
     monkeypatch.setattr(handlers.reactions, "observe", failing)
     batch = [
