@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.values import NameGivenTwice, once_each, printable
@@ -687,7 +688,23 @@ def metrics_router(render: Callable[[], Awaitable[bytes]]) -> APIRouter:
     return router
 
 
+def _no_route(service: str, own: set[tuple[str, str]]) -> Callable[[str, str], str]:
+    """The 404 detail for a request no route of ``service`` matched. A route of another
+    service (one of ``saga_kit.auth.POLICY``'s, which lists every service's) is named as
+    such: ``PUT /accounts/ann`` sent to the inventory service said only "Not Found"."""
+    elsewhere = [(method, compile_path(path)[0]) for method, path in auth.POLICY if (method, path) not in own]
+
+    def detail(method: str, path: str) -> str:
+        said = f"{service} has no route {method} {printable(path, 200)}"
+        if any(m == method and regex.match(path) for m, regex in elsewhere):
+            said += ": that is another service's route (make run prints each service's URL)"
+        return f"{said}; this service's routes are listed at /docs"
+
+    return detail
+
+
 def create_app(
+    name: str,
     title: str,
     db: Database,
     settings: ServiceSettings,
@@ -696,10 +713,12 @@ def create_app(
     metrics: Callable[[], Awaitable[bytes]],
     inner_middleware: Sequence[Callable[[ASGIApp], ASGIApp]] = (),
 ) -> FastAPI:
-    """The service's app: health and metrics routes, ``routers``, authentication (every
-    route in ``saga_kit.auth.POLICY``), then the middleware: ``inner_middleware`` (ASGI
-    classes, nearest the routes: they see the route and the caller), trace-id headers,
-    the cross-origin guard, CORS, the Host allow-list, HEAD as GET."""
+    """The app of service ``name``: health and metrics routes, ``routers``,
+    authentication (every route in ``saga_kit.auth.POLICY``), then the middleware:
+    ``inner_middleware`` (ASGI classes, nearest the routes: they see the route and the
+    caller), trace-id headers, the cross-origin guard, CORS, the Host allow-list, HEAD as
+    GET. A path no route matches is a 404 that says so, and whether another service has
+    that route (``no_route``)."""
     verifier = settings.token_verifier()
     if verifier is None:
         log.warning("authentication is off (no AUTH_JWKS_FILE or AUTH_JWKS_URL): every request is let in")
@@ -709,6 +728,7 @@ def create_app(
     auth.check_policy((method, r.path) for r in routes for method in r.methods or ())
     #: each route's path and methods, for the Allow header of a 405
     allow_list = [(r.path_regex, r.methods or set()) for r in routes]
+    no_route = _no_route(name, {(method, r.path) for r in routes for method in r.methods or ()})
     authenticate = authenticator(verifier, settings.auth_metrics_public)
     app = FastAPIOffline(
         title=title,
@@ -802,6 +822,9 @@ def create_app(
                 status_code=405,
                 headers={"Allow": ", ".join(sorted(allowed))},
             )
+        if exc.status_code == 404 and request.scope.get("route") is None:  # no route matched
+            method = "HEAD" if request.scope.get(_HEAD) else request.method
+            return JSONResponse({"detail": no_route(method, request.url.path), "reason": "not_found"}, 404)
         reason = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
         return JSONResponse(
             {"detail": str(exc.detail), "reason": reason}, status_code=exc.status_code, headers=exc.headers

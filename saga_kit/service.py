@@ -149,6 +149,7 @@ def http_app(
     """The service's HTTP API: its own routes, then those every service has (health,
     metrics, dead letters, consumer, docs)."""
     return create_app(
+        spec.name,
         spec.title,
         db,
         settings,

@@ -98,10 +98,28 @@ async def test_error_bodies_are_the_documented_models() -> None:
         missing = await client.get("/no-such-page")
         invalid = await client.get("/orders/not-a-uuid")
     assert missing.status_code == 404
-    assert missing.json() == {"detail": "Not Found", "reason": "not_found"}
+    assert missing.json() == {
+        "detail": "order_svc has no route GET /no-such-page; this service's routes are listed at /docs",
+        "reason": "not_found",
+    }
     assert invalid.status_code == 422
     assert invalid.json()["reason"] == "invalid_request"
     assert invalid.json()["detail"][0]["loc"] == ["path", "order_id"]
+
+
+async def test_a_route_of_another_service_is_named_as_such() -> None:
+    """``PUT /accounts/ann`` sent to the inventory service was a bare "Not Found"."""
+    async with client_of(INVENTORY) as client:
+        elsewhere = await client.put("/accounts/ann", json={"balance": "1.00"})
+        wrong_method = await client.delete("/accounts/ann")  # no service has it
+        odd = await client.get("/x\u202e")
+    assert (elsewhere.status_code, elsewhere.json()["reason"]) == (404, "not_found")
+    assert elsewhere.json()["detail"] == (
+        "inventory_svc has no route PUT /accounts/ann: that is another service's route"
+        " (make run prints each service's URL); this service's routes are listed at /docs"
+    )
+    assert "another service" not in wrong_method.json()["detail"]
+    assert "\u202e" not in odd.json()["detail"]  # a path from outside is shown escaped
 
 
 def test_every_route_documents_what_it_needs_of_the_caller(document: dict[str, Any]) -> None:
