@@ -82,7 +82,13 @@ OutputOpt = Annotated[
 
 #: --service (repeatable): the services a command looks at (all three when absent).
 ServicesOpt = Annotated[
-    list[str] | None, typer.Option("--service", "-s", help="only these services (repeatable)")
+    list[str] | None,
+    typer.Option(
+        "--service",
+        "-s",
+        help="only these services: order, inventory, payment (repeatable)",
+        callback=lambda v: _check_services(v),
+    ),
 ]
 
 
@@ -263,9 +269,18 @@ def _when(iso: str, output: Output, now: datetime) -> str:
 
 
 def _check_service(service: str) -> str:
-    if service not in SERVICES:
-        raise typer.BadParameter(f"one of {', '.join(SERVICES)}")
-    return service
+    """``order``, ``inventory`` or ``payment``; the names the services give themselves in
+    logs, metrics and the dashboard (``order_svc``, …) are taken too."""
+    name = service.removesuffix("_svc")
+    if name not in SERVICES:
+        raise typer.BadParameter(
+            f"one of {', '.join(SERVICES)} (or {', '.join(f'{s}_svc' for s in SERVICES)})"
+        )
+    return name
+
+
+def _check_services(services: list[str] | None) -> list[str] | None:
+    return None if services is None else [_check_service(s) for s in services]
 
 
 ServiceArg = Annotated[str, typer.Argument(help="order, inventory or payment", callback=_check_service)]
@@ -301,7 +316,6 @@ def dlq_list(
     """Dead letters of every service, newest first."""
     letters = []
     for name in service or SERVICES:
-        _check_service(name)
         found = _call(ctx, name, "GET", "/dead-letters", params={"status": status.upper(), "limit": limit})
         letters += [{"service": name, **d} for d in found]
     _emit(output, letters, lambda: _letters_table(letters, status.upper(), output))

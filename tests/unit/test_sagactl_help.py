@@ -82,3 +82,22 @@ def test_an_order_refused_before_it_is_sent_names_what_is_wrong_only() -> None:
     assert result.exit_code == 2
     said = " ".join(result.output.split())
     assert said == "not a valid order: items[0].quantity: Input should be greater than or equal to 1"
+
+
+@pytest.mark.parametrize(
+    "command", [["dlq", "show", "payment_svc", "1"], ["dlq", "list", "-s", "payment_svc"]]
+)
+def test_a_service_is_also_known_by_the_name_it_gives_itself(command: list[str]) -> None:
+    """Logs, metrics and the dashboard say ``payment_svc``; sagactl knew only ``payment``
+    ("Invalid value for 'SERVICE': one of order, inventory, payment")."""
+    result = CliRunner().invoke(app, ["--payment-url", "http://127.0.0.1:1", *command])
+    said = " ".join(result.output.split())
+    assert "Invalid value" not in said
+    assert result.exit_code == 2 and "the payment service" in said  # asked, and not reached
+
+
+def test_an_unknown_service_is_refused_with_the_names_there_are() -> None:
+    result = CliRunner().invoke(app, ["dlq", "list", "-s", "shipping"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2
+    assert "one of order, inventory, payment (or order_svc, inventory_svc, payment_svc)" in said
