@@ -239,7 +239,7 @@ def _emit(output: Output, data: Any, human: Callable[[], RenderableType | str]) 
         needed = Measurement.get(console, console.options.update_width(UNBOUNDED), shown).maximum
         Console(width=max(console.width, needed)).print(shown)
         return
-    console.print(shown)
+    console.print(shown, soft_wrap=isinstance(shown, str))  # a line stays one line when piped
 
 
 def _json(data: Any) -> None:
@@ -554,7 +554,7 @@ def _settle(
     wait show what became of it ('--output json': only that, or sent when not
     waiting)."""
     if output is not Output.json:
-        console.print(said)
+        console.print(said, soft_wrap=True)
     if not wait:
         if output is Output.json:
             _json(sent)
@@ -835,7 +835,8 @@ def tail(
                             (f"{e['event_type']:<27}", "red" if e["compensating"] else "cyan"),
                             " ",
                             (e["producer"], "dim"),
-                        )
+                        ),
+                        soft_wrap=True,
                     )
                 shown += 1
                 if count is not None and shown >= count:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sagactl.cli import app
+from sagactl.cli import Output, _emit, app
 
 
 @pytest.mark.parametrize("command", [[], ["token"], ["dlq"], ["audit", "verify"], ["place"]])
@@ -101,3 +101,11 @@ def test_an_unknown_service_is_refused_with_the_names_there_are() -> None:
     said = " ".join(result.output.split())
     assert result.exit_code == 2
     assert "one of order, inventory, payment (or order_svc, inventory_svc, payment_svc)" in said
+
+
+def test_a_line_stays_one_line_when_piped(capsys: pytest.CaptureFixture[str]) -> None:
+    """Piped (rich's 80 columns), ``place --via kafka``'s line broke before the id a script
+    would cut out of it."""
+    line = f"order {'0' * 8}-0000-0000-0000-{'0' * 12} (customer alice, 2 items): APPROVED, charged 12.00"
+    _emit(Output.text, {}, lambda: line)
+    assert capsys.readouterr().out == line + "\n"
