@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
@@ -202,7 +202,16 @@ class ServiceSettings(KafkaClientSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    log_level: str = Field(default="INFO", validation_alias=AliasChoices("LOG_LEVEL", "log_level"))
+    #: The lowest level logged, in any case (``debug`` is ``DEBUG``).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", validation_alias=AliasChoices("LOG_LEVEL", "log_level")
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
     #: Tracing (saga_kit.tracing): ``none``, ``otlp`` (to OTEL_EXPORTER_OTLP_ENDPOINT) or
     #: ``file`` (JSON lines under ``tracing_dir``).
     tracing_exporter: Literal["none", "otlp", "file"] = Field(
@@ -248,9 +257,7 @@ class ServiceSettings(KafkaClientSettings):
         (an attack run found 2000 ms accepted silently: idle sagas of ~1.8 s)."""
         idle, busy = self.kafka_fetch_idle_wait_ms, self.kafka_fetch_max_wait_ms
         if idle is not None and idle > busy:
-            raise ValueError(
-                f"KAFKA_FETCH_IDLE_WAIT_MS ({idle}) must not exceed KAFKA_FETCH_MAX_WAIT_MS ({busy})"
-            )
+            raise ValueError("KAFKA_FETCH_IDLE_WAIT_MS must not exceed KAFKA_FETCH_MAX_WAIT_MS")
         return self
 
 
@@ -280,7 +287,10 @@ def settings_errors(exc: ValidationError, settings: object = None) -> str:
             first = f"{config.get('env_prefix', '')}{first}".upper()
         return ".".join(map(str, (first, *rest)))
 
-    return "; ".join(f"{where(e['loc'])}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors())
+    def why(error: Any) -> str:  # a validator's own words, without pydantic's "Value error, "
+        return str(error["msg"]).removeprefix("Value error, ")
+
+    return "; ".join(f"{where(e['loc'])}: {why(e)}" if e["loc"] else why(e) for e in exc.errors())
 
 
 def load_or_exit(name: str, factory: Callable[[], _S]) -> _S:
