@@ -58,6 +58,26 @@ async def ensure_topics(
         await admin.close()
 
 
+async def find_group_coordinator(bootstrap: str, group: str, *, security: KafkaSecurity | None = None) -> int:
+    """The id of the broker that coordinates consumer group ``group``; raises
+    ``GroupCoordinatorNotAvailableError`` (retriable) while there is none yet.
+
+    Apache Kafka elects a group's coordinator when its offsets topic first exists, a few
+    seconds after a new cluster starts; a consumer that joins before that logs aiokafka's
+    "Group Coordinator Request failed" at ERROR on every try. The service waits for it
+    here, at INFO, before its consumers start."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=10_000,
+        **(security or KafkaSecurity()).client_kwargs(),
+    )
+    await admin.start()
+    try:
+        return int(await admin.find_coordinator(group))
+    finally:
+        await admin.close()
+
+
 def create_producer(
     bootstrap: str, client_id: str, *, idempotent: bool = False, security: KafkaSecurity | None = None
 ) -> AIOKafkaProducer:

@@ -1,10 +1,10 @@
 """The runner every service's ``__main__`` calls: one process serves its consumers, its
 outbox relay and its HTTP API on one event loop.
 
-Start order: database reachable → migrations → topics → producer → relay → faust
-consumers → HTTP. Stop (SIGTERM/SIGINT): HTTP, consumers (commit acked offsets), relay,
-producer, database. A relay or server that dies takes the process down (exit 1) so a
-supervisor restarts it; nothing is half-running.
+Start order: database reachable → migrations → topics → the consumer group's
+coordinator → producer → relay → faust consumers → HTTP. Stop (SIGTERM/SIGINT): HTTP,
+consumers (commit acked offsets), relay, producer, database. A relay or server that dies
+takes the process down (exit 1) so a supervisor restarts it; nothing is half-running.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from saga_kit.db import Database, EmitHook, create_engine
 from saga_kit.errors import ConfigurationError, is_transient, is_transient_kafka_error
 from saga_kit.faust_app import build_faust_app
 from saga_kit.http import Check, create_app
-from saga_kit.kafka import broker_ping, create_producer, ensure_topics
+from saga_kit.kafka import broker_ping, create_producer, ensure_topics, find_group_coordinator
 from saga_kit.migrations import PLUMBING, Migration, migrate
 from saga_kit.outbox import OutboxRelay
 from saga_kit.periodic import JobStats, Periodic, run_forever
@@ -92,17 +92,67 @@ class _Server(uvicorn.Server):
             self.should_exit = True
 
 
+class StoppedWhileStarting(Exception):
+    """SIGTERM or SIGINT came while the service waited for a dependency to start."""
+
+
+class DependencyUnavailable(Exception):
+    """A dependency did not come up within ``STARTUP_TIMEOUT_SECONDS``: the service exits
+    1 saying which, and a supervisor restarts it."""
+
+
+#: After this long waiting for one dependency, each further try is logged at WARNING.
+_QUIET_WAIT = 10.0
+
+
 async def _until_up(
-    what: str, probe: Callable[[], Awaitable[object]], retry: RetryPolicy, deadline: float = 120.0
+    what: str,
+    probe: Callable[[], Awaitable[object]],
+    retry: RetryPolicy,
+    stop: asyncio.Event,
+    deadline: float,
 ) -> None:
-    """Retry ``probe`` until it succeeds (dependencies may start after us), at most
-    ``deadline`` seconds: a dependency that never appears is worth exiting for."""
-    await retry.until(
-        probe,
-        lambda exc: is_transient(exc) or is_transient_kafka_error(exc),
-        lambda exc: log.info("waiting for %s: %s", what, exc),
-        give_up_after=deadline,
+    """Retry ``probe`` until it succeeds (dependencies may start after us): each try
+    logged, at INFO for the first ``_QUIET_WAIT`` seconds, then at WARNING. Raises
+    ``StoppedWhileStarting`` as soon as ``stop`` is set (a SIGTERM while waiting for a
+    database that never comes was taken only after the 120 s wait), and
+    ``DependencyUnavailable`` after ``deadline`` seconds of transient failures: a
+    dependency that never appears is worth exiting for. Any other failure is raised."""
+    began = time.monotonic()
+
+    def waiting(exc: BaseException) -> None:
+        level = logging.INFO if time.monotonic() - began < _QUIET_WAIT else logging.WARNING
+        log.log(level, "waiting for %s: %s", what, _described(exc))
+
+    trying = asyncio.ensure_future(
+        retry.until(
+            probe,
+            lambda exc: is_transient(exc) or is_transient_kafka_error(exc),
+            waiting,
+            give_up_after=deadline,
+        )
     )
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({trying, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if not trying.done():
+        trying.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await trying
+        raise StoppedWhileStarting(what)
+    exc = trying.exception()
+    if exc is not None and (is_transient(exc) or is_transient_kafka_error(exc)):
+        raise DependencyUnavailable(
+            f"gave up waiting for {what} after {deadline:.0f} s (STARTUP_TIMEOUT_SECONDS): {_described(exc)}"
+        ) from exc
+    trying.result()  # raises what is not transient
+
+
+def _described(exc: BaseException) -> str:
+    """``exc`` in words: its message, or its type when it has none (a timeout's is empty)."""
+    return str(exc) or type(exc).__name__
 
 
 _STOP_TIMEOUT = 5.0
@@ -185,7 +235,8 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
     if spec.configure is not None:
         spec.configure(settings)
     try:
-        await _until_up("database", db.ping, retry)
+        wait = settings.startup_timeout_seconds
+        await _until_up("database", db.ping, retry, stop, wait)
         for name in await migrate(engine, PLUMBING + spec.migrations):
             log.info("applied migration %s", name)
         await _until_up(
@@ -198,8 +249,19 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 security=kafka_security,
             ),
             retry,
+            stop,
+            wait,
         )
-        await _until_up("producer", producer.start, retry)
+        await _until_up(
+            "the consumer group's coordinator",
+            lambda: find_group_coordinator(
+                settings.kafka_bootstrap_servers, spec.name, security=kafka_security
+            ),
+            retry,
+            stop,
+            wait,
+        )
+        await _until_up("producer", producer.start, retry, stop, wait)
         relay = OutboxRelay(
             engine,
             producer,
@@ -395,6 +457,11 @@ def main(spec: ServiceSpec, settings_factory: Callable[[], ServiceSettings]) -> 
     except ConfigurationError as exc:  # keys or secrets missing or unfit: it says which
         log.error("%s cannot start: %s", spec.name, exc)
         code = 2
+    except StoppedWhileStarting as exc:
+        log.info("%s stopped while waiting for %s", spec.name, exc)
+    except DependencyUnavailable as exc:
+        log.error("%s cannot start: %s", spec.name, exc)
+        code = 1
     except Exception:
         log.exception("%s stopped on error", spec.name)
         code = 1

@@ -103,6 +103,14 @@ class ServiceSettings(KafkaClientSettings):
     retry_jitter_seconds: float = Field(
         default=0.1, ge=0, validation_alias=AliasChoices("RETRY_JITTER_SECONDS", "retry_jitter_seconds")
     )
+    #: How long a starting service waits for its database, broker and consumer group's
+    #: coordinator (each) before it gives up and exits 1 (a supervisor restarts it).
+    startup_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=86_400,
+        validation_alias=AliasChoices("STARTUP_TIMEOUT_SECONDS", "startup_timeout_seconds"),
+    )
 
     #: The handler-error limit (saga_kit.consumer.HandlerErrorLimit): valid events a failing
     #: reaction may dead-letter, in a row and as a share of the recent ones.

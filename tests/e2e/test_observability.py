@@ -159,3 +159,25 @@ def test_metrics_cover_consumption_production_latency_outbox_lag_and_sagas(
     lag = [s for s in inventory["saga_consumer_lag"] if s.labels["topic"] == "orders.events"]
     assert lag and all(s.value >= 0 for s in lag)
     assert value(order["saga_job_runs"], "saga_job_runs_total", job="deadline_sweeper") >= 1
+
+
+def test_a_first_start_logs_no_error(system: System, client: SagaClient, uid: UniqueIds) -> None:
+    """On a new Apache Kafka cluster each service's consumer logged aiokafka's "Group
+    Coordinator Request failed: [Error 15] GroupCoordinatorNotAvailableError" at ERROR
+    until the cluster had elected one: an operator's first start looked broken. Now the
+    service waits for its group's coordinator first, at INFO. Whatever the broker, nothing
+    is logged at ERROR from a service's start to its first consumer batch (which comes
+    after its consumer joined the group)."""
+    products, customers = seed(client, uid, {"gong": ("1.00", 1)}, {"ivo": "5.00"})
+    placed = client.place_order(customers["ivo"], {products["gong"]: 1})
+    client.wait_for_events(placed, {"InventoryCommitted"})  # every service consumed
+    for name in ("order_svc", "inventory_svc", "payment_svc"):
+        lines = [
+            json.loads(line)
+            for line in (system.run_dir / "logs" / f"{name}.log").read_text().splitlines()
+            if line.startswith("{")
+        ]
+        starting = list(itertools.takewhile(lambda line: not line["msg"].startswith("batch of "), lines))
+        assert len(starting) < len(lines), f"{name} consumed nothing yet"
+        errors = [(ln["logger"], ln["msg"]) for ln in starting if ln["level"] in {"error", "critical"}]
+        assert errors == [], name
