@@ -9,7 +9,8 @@ import sys
 import threading
 from pathlib import Path
 
-from sagastack.system import PROVIDER, SERVICES, System, choose_broker
+from sagastack.embedded import RunDirectoryInUse
+from sagastack.system import PROVIDER, SERVICES, StartFailed, System, choose_broker
 
 RUN_ROOT = Path(".run")
 
@@ -48,7 +49,12 @@ def run(_: argparse.Namespace) -> int:
         }:  # ports of one's own: tell sagactl, whose defaults are these
             print("  sagactl:        export " + " ".join(f"{k}={v}" for k, v in env.items()))
         print(f"  logs: {system.run_dir / 'logs'}\n\nready — Ctrl-C stops everything", flush=True)
+        told: set[str] = set()
         while not stop.wait(0.5):
+            for server in system.servers_down():
+                if server not in told:
+                    told.add(server)
+                    print(_server_down(server), flush=True)
             for name, sp in system.services.items():
                 if sp.proc is not None and sp.proc.poll() is not None:
                     print(f"{name} exited ({sp.proc.returncode}); restarting", flush=True)
@@ -60,6 +66,20 @@ def run(_: argparse.Namespace) -> int:
         print("stopping …", flush=True)
     print("stopped", flush=True)
     return 0
+
+
+def _server_down(server: str) -> str:
+    """What ``make run`` says when its broker or database stops: it restarts services, not
+    these. Restarting Tansu alone would bring back a broker without topics or offsets."""
+    kept = (
+        "Tansu kept its topics in memory: they are gone"
+        if server == "tansu"
+        else "its data is on disk and is kept"
+    )
+    return (
+        f"{server} has stopped; the services wait for it (their /health/ready says so)."
+        f" {kept}. Stop this run (Ctrl-C) and start it again (make run)."
+    )
 
 
 def _interrupt(*_: object) -> None:
@@ -88,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
+    except (RunDirectoryInUse, StartFailed) as refused:  # what happened says it all: no traceback
+        print(f"sagastack: {refused}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted — everything it started has stopped", file=sys.stderr)
         sys.exit(130)

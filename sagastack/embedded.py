@@ -6,6 +6,7 @@ other broker, is in ``sagastack/apache_kafka.py``.)"""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.resources
 import json
 import logging
@@ -63,6 +64,39 @@ def wait_for_port(port: int, timeout: float) -> None:
             time.sleep(0.05)
 
 
+class RunDirectoryInUse(RuntimeError):
+    """Another live run (``make run``, a demo, a test session) owns the run directory."""
+
+
+class RunDirectoryClaim:
+    """This process's hold on a run directory: an exclusive ``flock`` on its
+    ``owner.lock``, which names the holder's pid. The kernel lets go when the process
+    ends, however it ends, so a killed run never blocks the next one (whose leftovers
+    ``PidFile.stop_leftovers`` then stops); a live run does. Without it a second ``make
+    run`` took the first one's processes for leftovers and stopped them, and the two
+    supervisors fought over the ports."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self._file = open(run_dir / "owner.lock", "a+")  # noqa: SIM115 - held until release
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "unknown"
+            self._file.close()
+            raise RunDirectoryInUse(
+                f"{run_dir} is in use by another run (pid {holder}): stop that one first"
+                " (Ctrl-C where it runs), or use another run directory"
+            ) from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"{os.getpid()}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        self._file.close()  # closing the file lets go of the lock
+
+
 class PidFile:
     """Pids (with create times, so a reused pid is never mistaken) of what we started.
 
@@ -92,6 +126,24 @@ class PidFile:
             data = self._read()
             data.pop(name, None)
             self.path.write_text(json.dumps(data))
+
+    def gone(self, names: Sequence[str]) -> list[str]:
+        """Those of ``names`` recorded here whose process is no longer running (ended,
+        a zombie not yet reaped, or its pid now someone else's)."""
+        data = self._read()
+        ended = []
+        for name in names:
+            if name not in data:
+                continue
+            pid, created = data[name]
+            try:
+                proc = psutil.Process(int(pid))
+                if abs(proc.create_time() - created) <= 1 and proc.status() != psutil.STATUS_ZOMBIE:
+                    continue
+            except psutil.NoSuchProcess:
+                pass
+            ended.append(name)
+        return ended
 
     def stop_leftovers(self) -> list[str]:
         """Stop processes a previous run recorded and left running; return their names."""

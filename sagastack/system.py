@@ -55,7 +55,14 @@ from saga_kit.signing import Signer, load_signer, write_dev_keys
 from sagastack import kafka_dist
 from sagastack.apache_kafka import ApacheKafka
 from sagastack.client import SagaClient
-from sagastack.embedded import DATABASES, PidFile, Postgres, Tansu, free_port
+from sagastack.embedded import (
+    DATABASES,
+    PidFile,
+    Postgres,
+    RunDirectoryClaim,
+    Tansu,
+    free_port,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +151,17 @@ class ServiceProcess:
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    #: Where this process's lines begin in ``log_path`` (appended to across runs).
+    log_start: int = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+class StartFailed(RuntimeError):
+    """A service or the provider simulator exited while the system started; the message
+    names it, its exit code (2: its settings; 1: a dependency it gave up on) and its log."""
 
 
 @dataclass
@@ -194,6 +208,7 @@ class System:
     #: first is ``System.url(service)``, the others ``service#2``, … (``instance_key``).
     instances: int = 1
     _http: httpx.Client | None = field(default=None, init=False, repr=False)
+    _claim: RunDirectoryClaim | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.broker_kind is None:
@@ -230,6 +245,8 @@ class System:
         xdg = self.run_dir / "xdg"
         xdg.mkdir(mode=0o700, exist_ok=True)
         os.environ.setdefault("XDG_RUNTIME_DIR", str(xdg))
+        if self._claim is None:
+            self._claim = RunDirectoryClaim(self.run_dir)  # RunDirectoryInUse: another run has it
         for leftover in self.pids.stop_leftovers():
             log.warning("stopped %s left running by an earlier run", leftover)
         if self.fresh:
@@ -438,6 +455,7 @@ class System:
         sp = ServiceProcess(key, port, env, self.run_dir / "logs" / f"{key.replace('#', '-')}.log")
         sp.log_path.parent.mkdir(exist_ok=True)
         with open(sp.log_path, "ab") as out:
+            sp.log_start = out.tell()
             sp.proc = subprocess.Popen(
                 list(command),
                 env=env,
@@ -494,8 +512,9 @@ class System:
             while True:
                 assert sp.proc is not None
                 if sp.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"{name} exited with {sp.proc.returncode}; last log lines:\n" + self.log_tail(name)
+                    raise StartFailed(
+                        f"{name} exited with {sp.proc.returncode} while starting; its log:\n"
+                        + self.log_tail(name, since_start=True)
                     )
                 try:
                     if client.get(f"{sp.url}/health/ready").status_code == 200:
@@ -546,6 +565,16 @@ class System:
         elif self.broker is not None:
             self.broker.stop()
             self.pids.remove("tansu")
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
+
+    def servers_down(self) -> list[str]:
+        """The broker nodes and database server this system started that have stopped
+        running (``tansu``, ``kafka-<n>``, ``postgres``): a supervisor restarts services,
+        not these, whose loss it must report."""
+        names = ["postgres", "tansu", *(f"kafka-{n}" for n in range(1, self.kafka_nodes + 1))]
+        return self.pids.gone(names)
 
     def __enter__(self) -> System:
         self.start()
@@ -645,12 +674,16 @@ class System:
         env["SAGACTL_KAFKA_BOOTSTRAP"] = self.bootstrap
         return env
 
-    def log_tail(self, name: str, lines: int = 30) -> str:
+    def log_tail(self, name: str, lines: int = 30, *, since_start: bool = False) -> str:
+        """The last ``lines`` of the service's log; with ``since_start``, of what its
+        current process wrote only (the file keeps earlier runs' lines)."""
         sp = self._process(name)
         try:
             if sp is None:
                 raise OSError(name)
-            text = sp.log_path.read_text(errors="replace")
+            with open(sp.log_path, "rb") as log_file:
+                log_file.seek(sp.log_start if since_start else 0)
+                text = log_file.read().decode(errors="replace")
         except OSError:
             return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return "\n".join(text.splitlines()[-lines:]) or "(nothing logged)"

@@ -1,0 +1,101 @@
+"""A run directory has one owner at a time, and a process that fails to start says why
+in its own lines only (sagastack.embedded.RunDirectoryClaim, sagastack.system)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from sagastack.__main__ import _server_down
+from sagastack.embedded import PidFile, RunDirectoryClaim, RunDirectoryInUse
+from sagastack.system import StartFailed, System, free_port
+
+_HOLD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from sagastack.embedded import RunDirectoryClaim
+    claim = RunDirectoryClaim(Path(sys.argv[1]))  # held while the object lives
+    print("held", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def _holder(run_dir: Path) -> subprocess.Popen[str]:
+    """Another process (another ``make run``) holding ``run_dir``."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_run_leaves_a_live_one_alone(tmp_path: Path) -> None:
+    """A second ``make run`` took the first one's processes for leftovers, stopped them,
+    and the two supervisors then fought over the ports."""
+    first = _holder(tmp_path)
+    its_broker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        PidFile(tmp_path / "pids.json").add("tansu", its_broker.pid)
+        with pytest.raises(RunDirectoryInUse, match=rf"in use by another run \(pid {first.pid}\): stop that"):
+            System(tmp_path, broker_kind="tansu").start_servers()
+        assert its_broker.poll() is None  # nothing of the first run was stopped
+    finally:
+        for proc in (first, its_broker):
+            proc.kill()
+            proc.wait()
+
+
+def test_a_run_that_was_killed_does_not_hold_its_directory(tmp_path: Path) -> None:
+    holder = _holder(tmp_path)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    claim = RunDirectoryClaim(tmp_path)  # the kernel let go with the process
+    try:
+        assert (tmp_path / "owner.lock").read_text().strip() == str(os.getpid())
+    finally:
+        claim.release()
+    RunDirectoryClaim(tmp_path).release()  # released: free again
+
+
+def test_a_service_that_exits_while_starting_is_told_with_its_own_lines(tmp_path: Path) -> None:
+    """``make run`` with an invalid setting showed a traceback, then forty lines of the
+    previous run's log (the file is appended to) before the one line that said why."""
+    system = System(tmp_path, broker_kind="tansu")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "order_svc.log").write_text("an earlier run's line\n")
+    said = "order_svc cannot start: KAFKA_FETCH_IDLE_WAIT_MS: Input should be a valid integer"
+    system.services["order_svc"] = system._launch(
+        "order_svc", [sys.executable, "-c", f"print({said!r}); raise SystemExit(2)"], free_port(), {}
+    )
+    with pytest.raises(StartFailed) as failed:
+        system.wait_ready("order_svc")
+    assert str(failed.value) == f"order_svc exited with 2 while starting; its log:\n{said}"
+
+
+def test_a_broker_that_died_is_reported_not_left_unnoticed(tmp_path: Path) -> None:
+    """``make run`` restarted services that died but said nothing of its broker: killed, it
+    stayed a zombie while every service's readiness failed and their logs filled."""
+    system = System(tmp_path, broker_kind="tansu")
+    broker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        system.pids.add("tansu", broker.pid)
+        assert system.servers_down() == []
+        broker.kill()
+        for _ in range(200):  # the signal is delivered asynchronously
+            if system.servers_down():
+                break
+            time.sleep(0.01)
+        assert system.servers_down() == ["tansu"]  # a zombie, not yet reaped, is down too
+    finally:
+        broker.kill()
+        broker.wait()
+    assert system.servers_down() == ["tansu"]
+    said = _server_down("tansu")
+    assert "Tansu kept its topics in memory" in said and "make run" in said
