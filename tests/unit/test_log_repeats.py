@@ -1,0 +1,44 @@
+"""A client library's repeated lines are held back (saga_kit.logs.Repeats): with the
+broker gone, aiokafka logged 274 lines a second from a three-service stack."""
+
+from __future__ import annotations
+
+import logging
+
+from saga_kit.logs import Repeats
+
+
+def _record(
+    name: str, msg: str, args: tuple[object, ...], at: float, level: int = logging.ERROR
+) -> logging.LogRecord:
+    record = logging.LogRecord(name, level, __file__, 1, msg, args, None)
+    record.created = at
+    return record
+
+
+def test_one_line_of_a_kind_per_window_then_how_many_were_held_back() -> None:
+    repeats = Repeats(window=10.0)
+    kind = "Unable connect to node with id %s: %s"
+    passed = [
+        repeats.filter(_record("aiokafka.conn", kind, (node, "refused"), at))
+        for at, node in [(0.0, 1), (0.1, 2), (5.0, 1), (9.9, 3)]
+    ]
+    assert passed == [True, False, False, False]  # another node is the same kind of line
+    later = _record("aiokafka.conn", kind, (1, "refused"), 10.0)
+    assert repeats.filter(later)
+    assert (
+        later.getMessage() == "Unable connect to node with id 1: refused (3 more like it held back in 10 s)"
+    )
+
+
+def test_other_kinds_and_the_services_own_lines_are_never_held_back() -> None:
+    repeats = Repeats(window=10.0)
+    assert repeats.filter(_record("aiokafka.client", "Unable to update metadata from %s", (111,), 0.0))
+    assert repeats.filter(_record("aiokafka.conn", "Unable connect to node with id %s", (1,), 0.1))
+    warning = _record("aiokafka.conn", "Unable connect to node with id %s", (1,), 0.2, logging.WARNING)
+    assert repeats.filter(warning)  # another level is another kind
+    for at in range(5):  # a saga's transitions share a template: every one is logged
+        assert repeats.filter(_record("order_svc.sagametrics", "order %s: %s", ("o", "APPROVED"), at / 10))
+    assert repeats.filter(_record("aiokafkaesque", "x", (), 0.0)) and repeats.filter(
+        _record("aiokafkaesque", "x", (), 0.1)
+    )  # a logger merely named alike
