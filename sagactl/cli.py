@@ -897,7 +897,8 @@ def balances(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
 def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     """Each service's readiness and every check behind it: ready, degraded (working around
     a failure, e.g. payment's provider circuit breaker open: payments wait) or not ready,
-    with the reason. Exits 1 if a service is not ready or cannot be reached."""
+    with the reason. Exits 2 if a service cannot be reached (as every command does), else
+    1 if one is not ready."""
     urls = _urls(ctx)
     found: dict[str, Any] = {}
     for service in ("order", "inventory", "payment"):
@@ -922,6 +923,8 @@ def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
         return t
 
     _emit(output, found, table)
+    if any(body.get("status") == "unreachable" for body in found.values()):
+        raise typer.Exit(2)
     if any(body.get("status") not in ("ready", "degraded") for body in found.values()):
         raise typer.Exit(1)
 

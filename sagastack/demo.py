@@ -603,7 +603,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("demo", help="run the three saga outcomes and check the invariants")
+    p = sub.add_parser("demo", help="run every saga outcome (eight scenarios) and check the invariants")
     p.add_argument("--run-dir", default=".run/demo")
     p.add_argument("--orders", type=count, default=40, help="extra orders for the dashboard (0: none)")
     keep = p.add_mutually_exclusive_group()
