@@ -41,12 +41,14 @@ def test_a_second_run_leaves_a_live_one_alone(tmp_path: Path) -> None:
     and the two supervisors then fought over the ports."""
     first = _holder(tmp_path)
     its_broker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    second = System(tmp_path, free_ports=True, broker_kind="tansu")
     try:
         PidFile(tmp_path / "pids.json").add("tansu", its_broker.pid)
         with pytest.raises(RunDirectoryInUse, match=rf"in use by another run \(pid {first.pid}\): stop that"):
-            System(tmp_path, broker_kind="tansu").start_servers()
+            second.start_servers()
         assert its_broker.poll() is None  # nothing of the first run was stopped
     finally:
+        second.stop()  # should the claim ever fail to refuse, what it started is stopped
         for proc in (first, its_broker):
             proc.kill()
             proc.wait()
