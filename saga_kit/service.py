@@ -81,6 +81,11 @@ class _Server(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        #: Set once the start is over: the port bound (``started``) or not.
+        self.started_or_failed = asyncio.Event()
+
     async def startup(self, sockets: list[Any] | None = None) -> None:
         """uvicorn's start, except that a port it cannot bind ends ``serve`` unstarted
         instead of raising ``SystemExit`` through the event loop — which skipped the
@@ -90,15 +95,21 @@ class _Server(uvicorn.Server):
             await super().startup(sockets=sockets)
         except SystemExit:
             self.should_exit = True
+        finally:
+            self.started_or_failed.set()  # ``started`` tells which
 
 
 class StoppedWhileStarting(Exception):
     """SIGTERM or SIGINT came while the service waited for a dependency to start."""
 
 
-class DependencyUnavailable(Exception):
-    """A dependency did not come up within ``STARTUP_TIMEOUT_SECONDS``: the service exits
-    1 saying which, and a supervisor restarts it."""
+class CannotStart(Exception):
+    """What the service needs to run is not there (a port, a dependency): it exits 1 with
+    one line saying what, and a supervisor may start it again."""
+
+
+class DependencyUnavailable(CannotStart):
+    """A dependency did not come up within ``STARTUP_TIMEOUT_SECONDS``."""
 
 
 #: After this long waiting for one dependency, each further try is logged at WARNING.
@@ -367,7 +378,11 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
         await consumers.start()
         server_task = asyncio.create_task(server.serve(), name="http")
         stop_task = asyncio.create_task(stop.wait(), name="stop")
-        log.info("%s listening on http://%s:%d", spec.name, settings.http_host, settings.http_port)
+        started = asyncio.create_task(server.started_or_failed.wait())
+        await asyncio.wait({started, server_task}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if server.started:  # said only once true: a port taken logged it, then failed
+            log.info("%s listening on http://%s:%d", spec.name, settings.http_host, settings.http_port)
         done, _ = await asyncio.wait(
             {relay_task, server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
         )
@@ -384,7 +399,10 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             if task.exception() is not None:
                 raise RuntimeError(f"{task.get_name()} died") from task.exception()
             if task is server_task and not server.started:
-                raise RuntimeError(f"HTTP server could not start on port {settings.http_port}")
+                raise CannotStart(
+                    f"its HTTP port {settings.http_host}:{settings.http_port} could not be bound:"
+                    " another process listens there (the service's *_HTTP_PORT moves it)"
+                )
     finally:
         if spec.close is not None:
             await _bounded("close", spec.close())
@@ -459,7 +477,7 @@ def main(spec: ServiceSpec, settings_factory: Callable[[], ServiceSettings]) -> 
         code = 2
     except StoppedWhileStarting as exc:
         log.info("%s stopped while waiting for %s", spec.name, exc)
-    except DependencyUnavailable as exc:
+    except CannotStart as exc:
         log.error("%s cannot start: %s", spec.name, exc)
         code = 1
     except Exception:

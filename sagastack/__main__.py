@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from sagastack.embedded import RunDirectoryInUse
+from sagastack.embedded import PortTaken, RunDirectoryInUse
 from sagastack.system import PROVIDER, SERVICES, StartFailed, System, choose_broker
 
 RUN_ROOT = Path(".run")
@@ -17,14 +17,14 @@ RUN_ROOT = Path(".run")
 
 def run(_: argparse.Namespace) -> int:
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     broker, note = choose_broker()
     if note:
         print(note, flush=True)
     system = System(RUN_ROOT / "stack", broker_kind=broker)
     print("starting broker, database, payment provider and services …", flush=True)
-    with system:
+    with system:  # Ctrl-C while it starts interrupts the start (and stops what it started)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # started: Ctrl-C stops the loop below
+            signal.signal(sig, lambda *_: stop.set())
         print(f"\n  broker       {system.broker_description()}")
         for name, url in system.database_urls.items():
             print(f"  {name:<12} database {url}")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (RunDirectoryInUse, StartFailed) as refused:  # what happened says it all: no traceback
+    except (RunDirectoryInUse, PortTaken, StartFailed) as refused:  # it says it all: no traceback
         print(f"sagastack: {refused}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

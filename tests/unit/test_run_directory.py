@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sagastack.__main__ import _server_down
-from sagastack.embedded import PidFile, RunDirectoryClaim, RunDirectoryInUse
+from sagastack.embedded import PidFile, PortTaken, Postgres, RunDirectoryClaim, RunDirectoryInUse
 from sagastack.system import StartFailed, System, free_port
 
 _HOLD = textwrap.dedent(
@@ -101,3 +102,38 @@ def test_a_broker_that_died_is_reported_not_left_unnoticed(tmp_path: Path) -> No
     assert system.servers_down() == ["tansu"]
     said = _server_down("tansu")
     assert "Tansu kept its topics in memory" in said and "make run" in said
+
+
+def test_a_broker_port_already_taken_is_refused_not_joined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With another broker on 9092, ``make run``'s own could not bind and died, while the
+    services joined the other one and reported ready."""
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        monkeypatch.setenv("SAGA_KAFKA_PORT", str(port))
+        system = System(tmp_path, broker_kind="tansu")
+        try:
+            with pytest.raises(PortTaken, match=rf"127.0.0.1:{port}, the broker's port, is taken"):
+                system._start_broker()
+            assert system.broker is None  # nothing was started
+        finally:
+            system.stop()
+
+
+def test_a_database_server_that_was_killed_is_not_asked_to_stop(tmp_path: Path) -> None:
+    """Asking pg_ctl to stop a server that was killed made the embedded wheel log a dozen
+    lines at ERROR, at the run's stop and again at the next start."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    pid_file = tmp_path / "postmaster.pid"
+    pid_file.write_text(f"{gone.pid}\n{tmp_path}\n")
+    server = Postgres(tmp_path)
+    assert not server._running()
+    server._stop_orphan()  # nothing to stop: the stale pid file goes, pg_ctl is not run
+    assert not pid_file.exists()
+    pid_file.write_text(f"{os.getpid()}\n{tmp_path}\n")
+    assert server._running()
