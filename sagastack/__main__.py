@@ -17,6 +17,8 @@ RUN_ROOT = Path(".run")
 
 def run(_: argparse.Namespace) -> int:
     stop = threading.Event()
+    # Ctrl-C interrupts the start even where SIGINT came ignored (a shell's background job)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     broker, note = choose_broker()
     if note:
         print(note, flush=True)
