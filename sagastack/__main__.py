@@ -23,6 +23,7 @@ def run(_: argparse.Namespace) -> int:
     if note:
         print(note, flush=True)
     system = System(RUN_ROOT / "stack", broker_kind=broker)
+    system.claim()  # a run already there is told before anything is said to start
     print("starting broker, database, payment provider and services …", flush=True)
     with system:  # Ctrl-C while it starts interrupts the start (and stops what it started)
         for sig in (signal.SIGINT, signal.SIGTERM):  # started: Ctrl-C stops the loop below

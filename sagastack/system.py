@@ -238,6 +238,12 @@ class System:
             self.stop()
             raise
 
+    def claim(self) -> None:
+        """Make this system the run directory's one owner until ``stop``, or raise
+        ``RunDirectoryInUse`` naming the live run that owns it (``start`` claims it first)."""
+        if self._claim is None:
+            self._claim = RunDirectoryClaim(self.run_dir)
+
     def start_servers(self) -> None:
         """The first half of ``start``: the development keys, the broker and the databases
         (``bootstrap``, ``postgres``, ``database_urls``), but neither the provider simulator
@@ -247,8 +253,7 @@ class System:
         xdg = self.run_dir / "xdg"
         xdg.mkdir(mode=0o700, exist_ok=True)
         os.environ.setdefault("XDG_RUNTIME_DIR", str(xdg))
-        if self._claim is None:
-            self._claim = RunDirectoryClaim(self.run_dir)  # RunDirectoryInUse: another run has it
+        self.claim()
         for leftover in self.pids.stop_leftovers():
             log.warning("stopped %s left running by an earlier run", leftover)
         if self.fresh:
