@@ -109,3 +109,12 @@ def test_a_line_stays_one_line_when_piped(capsys: pytest.CaptureFixture[str]) ->
     line = f"order {'0' * 8}-0000-0000-0000-{'0' * 12} (customer alice, 2 items): APPROVED, charged 12.00"
     _emit(Output.text, {}, lambda: line)
     assert capsys.readouterr().out == line + "\n"
+
+
+def test_health_with_no_service_reachable_exits_2_as_every_command_does() -> None:
+    """It exited 1, the code of a service that answered and refused."""
+    nowhere = [f"--{service}-url" for service in ("order", "inventory", "payment")]
+    args = [arg for flag in nowhere for arg in (flag, "http://127.0.0.1:1")]
+    result = CliRunner().invoke(app, [*args, "health"])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("unreachable") == 3
