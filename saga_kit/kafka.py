@@ -9,8 +9,9 @@ says (``saga_kit.kafka_security``: TLS, SASL/SCRAM).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -37,13 +38,7 @@ async def ensure_topics(
     security: KafkaSecurity | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet; return the names created."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        request_timeout_ms=10_000,
-        **(security or KafkaSecurity()).client_kwargs(),
-    )
-    await admin.start()
-    try:
+    async with _admin(bootstrap, security) as admin:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t not in existing]
         created = []
@@ -54,8 +49,6 @@ async def ensure_topics(
             except TopicAlreadyExistsError:  # another service won the race
                 pass
         return created
-    finally:
-        await admin.close()
 
 
 async def find_group_coordinator(bootstrap: str, group: str, *, security: KafkaSecurity | None = None) -> int:
@@ -66,6 +59,13 @@ async def find_group_coordinator(bootstrap: str, group: str, *, security: KafkaS
     seconds after a new cluster starts; a consumer that joins before that logs aiokafka's
     "Group Coordinator Request failed" at ERROR on every try. The service waits for it
     here, at INFO, before its consumers start."""
+    async with _admin(bootstrap, security) as admin:
+        return int(await admin.find_coordinator(group))
+
+
+@contextlib.asynccontextmanager
+async def _admin(bootstrap: str, security: KafkaSecurity | None) -> AsyncIterator[AIOKafkaAdminClient]:
+    """An admin client connected to ``bootstrap`` as ``security`` says, closed after."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap,
         request_timeout_ms=10_000,
@@ -73,7 +73,7 @@ async def find_group_coordinator(bootstrap: str, group: str, *, security: KafkaS
     )
     await admin.start()
     try:
-        return int(await admin.find_coordinator(group))
+        yield admin
     finally:
         await admin.close()
 

@@ -131,6 +131,9 @@ async def _until_up(
     dependency that never appears is worth exiting for. Any other failure is raised."""
     began = time.monotonic()
 
+    def transient(exc: BaseException) -> bool:
+        return is_transient(exc) or is_transient_kafka_error(exc)
+
     def waiting(exc: BaseException) -> None:
         level = logging.INFO if time.monotonic() - began < _QUIET_WAIT else logging.WARNING
         log.log(level, "waiting for %s: %s", what, _described(exc))
@@ -138,7 +141,7 @@ async def _until_up(
     trying = asyncio.ensure_future(
         retry.until(
             probe,
-            lambda exc: is_transient(exc) or is_transient_kafka_error(exc),
+            transient,
             waiting,
             give_up_after=deadline,
         )
@@ -154,7 +157,7 @@ async def _until_up(
             await trying
         raise StoppedWhileStarting(what)
     exc = trying.exception()
-    if exc is not None and (is_transient(exc) or is_transient_kafka_error(exc)):
+    if exc is not None and transient(exc):
         raise DependencyUnavailable(
             f"gave up waiting for {what} after {deadline:.0f} s (STARTUP_TIMEOUT_SECONDS): {_described(exc)}"
         ) from exc
