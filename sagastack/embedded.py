@@ -64,6 +64,17 @@ def wait_for_port(port: int, timeout: float) -> None:
             time.sleep(0.05)
 
 
+def process_running(pid: int, created: float | None = None) -> bool:
+    """Is process ``pid`` running — not ended, not a zombie waiting to be reaped, and
+    (given its ``created`` time, as ``PidFile`` records it) not a reuse of the pid?"""
+    try:
+        proc = psutil.Process(pid)
+        reused = created is not None and abs(proc.create_time() - created) > 1
+        return not reused and bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
 class PortTaken(RuntimeError):
     """A port the system was to listen on is taken by another process."""
 
@@ -154,13 +165,8 @@ class PidFile:
             if name not in data:
                 continue
             pid, created = data[name]
-            try:
-                proc = psutil.Process(int(pid))
-                if abs(proc.create_time() - created) <= 1 and proc.status() != psutil.STATUS_ZOMBIE:
-                    continue
-            except psutil.NoSuchProcess:
-                pass
-            ended.append(name)
+            if not process_running(int(pid), created):
+                ended.append(name)
         return ended
 
     def stop_leftovers(self) -> list[str]:
@@ -273,9 +279,9 @@ class Postgres:
         is gone — killed — made the wheel log a dozen lines at ERROR.)"""
         try:
             pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
-            return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-        except (OSError, ValueError, IndexError, psutil.NoSuchProcess):
+        except (OSError, ValueError, IndexError):
             return False
+        return process_running(pid)
 
     def _stop_orphan(self) -> None:
         """A parent killed with SIGKILL leaves the server running: stop it first."""
