@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context as otel_context
+from psycopg import pq
 from psycopg.rows import namedtuple_row
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -79,6 +80,24 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_timeout=10,
         connect_args={"connect_timeout": 5},
     )
+
+
+async def discard_if_unusable(conn: AsyncConnection) -> None:
+    """Invalidate ``conn`` — close it, so the pool never lends or resets it — if its
+    driver connection is lost or still in pipeline mode.
+
+    A pipeline psycopg could not end (the server went away with results due, as when
+    PostgreSQL shuts down mid-batch) leaves libpq in pipeline mode, where not even
+    ``ROLLBACK`` can be sent: the rollback would raise "cannot exit pipeline mode while
+    busy" in place of the failure that stopped the unit, and the pool would log a
+    traceback resetting the connection. SQLAlchemy invalidates a connection itself only
+    for errors it recognises as a disconnect, and ``_pipeline`` works on the driver's
+    connection, beneath it."""
+    if conn.invalidated or conn.closed:
+        return
+    driver = (await conn.get_raw_connection()).driver_connection
+    if driver is None or driver.broken or driver.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+        await conn.invalidate()
 
 
 class Later:
@@ -258,8 +277,12 @@ class Database:
         async with self.engine.connect() as conn:
             async with conn.begin():
                 uow = UnitOfWork(conn, self.producer, self._emit_hooks, self.signer)
-                yield uow
-                await uow.flush(commit=True)
+                try:
+                    yield uow
+                    await uow.flush(commit=True)
+                except BaseException:
+                    await discard_if_unusable(conn)
+                    raise
             if uow.outbox_rows and self._on_commit is not None:
                 self._on_commit()
             for callback in uow._after_commit:

@@ -6,6 +6,7 @@ in order, inside its transaction, after the writes queued before them, in one ro
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import tempfile
 import uuid
@@ -95,6 +96,34 @@ async def test_a_failing_read_rolls_the_unit_back(inventory: ServiceUnderTest) -
             await uow.read(("SELECT 1 / 0", {}))
     assert await inventory.scalar("SELECT count(*) FROM uow_probe WHERE id = :id", id=key) == 0
     for _ in range(3):  # every pooled connection still works
+        async with inventory.db.unit_of_work() as uow:
+            ((row,),) = await uow.read(("SELECT 1 AS one", {}))
+            assert row.one == 1
+
+
+class _Interrupted(Exception):
+    pass
+
+
+async def test_a_connection_left_in_pipeline_mode_is_discarded_not_reset(
+    inventory: ServiceUnderTest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pipeline psycopg could not end — the database went away with results still due,
+    as when PostgreSQL shuts down mid-batch — leaves its connection in pipeline mode, where
+    ``ROLLBACK`` cannot even be sent. The unit of work must drop that connection: the
+    failure that stopped it is what the caller sees (not "cannot exit pipeline mode while
+    busy" from a rollback, which hides it), and the pool does not log a traceback trying to
+    reset it. (Seen once in CI, in the database outage chaos test.)"""
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(_Interrupted):
+        async with inventory.db.unit_of_work() as uow:
+            await uow.read(("SELECT 1 AS one", {}))
+            pgconn = uow.conn.sync_connection.connection.driver_connection.pgconn  # type: ignore[union-attr]
+            pgconn.enter_pipeline_mode()  # libpq's own state, on the real connection
+            pgconn.send_query_params(b"SELECT pg_sleep(0.05)", None)
+            raise _Interrupted
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    for _ in range(12):  # more than the pool holds: none of its connections is that one
         async with inventory.db.unit_of_work() as uow:
             ((row,),) = await uow.read(("SELECT 1 AS one", {}))
             assert row.one == 1
