@@ -105,9 +105,13 @@ def test_database_outage_not_ready_then_resumes_without_losing_the_order(system:
         for name in SERVICES:
             scrape = client.http.get(f"{system.url(name)}/metrics")
             assert f'saga_metrics_database_up{{service="{name}"}} 1.0' in scrape.text
-        # a 503 did nothing, so it leaves no audit entry to fail writing (and no traceback)
-        logs = (system.run_dir / "logs" / "order_svc.log").read_text()
-        assert "audit entry not written" not in logs and "Traceback" not in logs
+        # a 503 did nothing, so it leaves no audit entry to fail writing; an outage is
+        # warnings that say what is retried, never a traceback (a connection the database
+        # dropped mid-pipeline once made the pool log one: saga_kit.db.discard_if_unusable)
+        assert "audit entry not written" not in (system.run_dir / "logs" / "order_svc.log").read_text()
+        for name in SERVICES:
+            logs = (system.run_dir / "logs" / f"{name}.log").read_text()
+            assert "Traceback" not in logs, (name, [ln for ln in logs.splitlines() if "Traceback" in ln])
         # the order placed just before the outage finishes, and new orders work
         assert client.wait_for_events(order_id, {"InventoryCommitted"}, timeout=60)["status"] == "APPROVED"
         second = client.place_order("outage-c", {"outage-p": 1}, idempotency_key="outage-retried")
