@@ -129,8 +129,13 @@ class OutboxRelay:
         poll_interval: float = 0.5,
         retry: RetryPolicy | None = None,
         fault: str | None = None,
+        ack_warning_seconds: float = 10.0,
     ) -> None:
         self._engine = engine
+        #: How long a batch may wait for the broker's acknowledgements before the relay
+        #: says so (once per batch, then waits on: the producer retries until its own
+        #: timeouts, ~90 s against a broker that takes connections but never answers).
+        self._ack_warning_seconds = ack_warning_seconds
         self._producer = producer
         self._batch_size = batch_size
         self._poll_interval = poll_interval
@@ -222,6 +227,26 @@ class OutboxRelay:
             )
         return list(await cursor.fetchall())
 
+    async def _acknowledged(self, futures: Sequence[asyncio.Future[Any]]) -> None:
+        """Wait for every acknowledgement (the first failure raises); past
+        ``ack_warning_seconds``, log once that the broker has not answered yet."""
+        started = asyncio.get_running_loop().time()
+        _, pending = await asyncio.wait(futures, timeout=self._ack_warning_seconds)
+        if pending:
+            log.warning(
+                "outbox relay: %d of %d events sent %.0f s ago not acknowledged by the broker"
+                " yet; still waiting (is the broker up and answering?)",
+                len(pending),
+                len(futures),
+                asyncio.get_running_loop().time() - started,
+            )
+        await asyncio.gather(*futures)
+        if pending:
+            log.info(
+                "outbox relay: the broker acknowledged them after %.0f s",
+                asyncio.get_running_loop().time() - started,
+            )
+
     async def publish_batch(self) -> int:
         """Publish unsent rows, batch after batch, marking each batch sent with the read
         of the next; return how many were published (0: there were none)."""
@@ -255,7 +280,7 @@ class OutboxRelay:
             futures.append(
                 await self._producer.send(topic, value=bytes(value), key=_bytes(key), headers=headers)
             )
-        await asyncio.gather(*futures)
+        await self._acknowledged(futures)
         self.published += len(rows)
         self.published_by_type.update(counts)
 

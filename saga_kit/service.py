@@ -283,6 +283,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             poll_interval=settings.relay_poll_interval,
             retry=retry,
             fault=settings.fault,
+            ack_warning_seconds=settings.relay_ack_warning_seconds,
         )
         db.set_on_commit(relay.wake)
         pipeline = ConsumerPipeline(

@@ -8,6 +8,7 @@ everything in memory and comes back empty (docs/design.md §2)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -152,6 +153,34 @@ def test_broker_crash_loses_no_order_and_services_recover_by_themselves(system: 
     for order_id in (before, during):
         assert client.wait_for_events(order_id, {"InventoryCommitted"}, timeout=60)["status"] == "APPROVED"
     assert client.account("crash-c")["balance"] == "6.00"
+    client.close()
+
+
+def test_a_broker_that_stops_answering_is_said_by_the_relay_and_loses_nothing(system: System) -> None:
+    """The broker's process is paused (SIGSTOP: it keeps its connections and answers
+    nothing, as a broker stuck in a long pause). An order placed meanwhile is in the
+    outbox; the relay says within ``RELAY_ACK_WARNING_SECONDS`` (10) that the broker has
+    not acknowledged it — it used to be silent for ~90 s, until the producer's own
+    timeouts — and once the broker goes on, the order finishes."""
+    assert system.broker is not None and system.broker.proc is not None
+    client = system.client()
+    client.put_product("pause-p", "p", Decimal("2.00"), 5)
+    client.put_account("pause-c", Decimal("10.00"))
+    log = system.run_dir / "logs" / "order_svc.log"
+    said_before = log.read_text().count("not acknowledged by the broker")
+    broker = system.broker.proc.pid
+    os.kill(broker, signal.SIGSTOP)
+    try:
+        order_id = client.place_order("pause-c", {"pause-p": 1}, deadline_seconds=600)
+        wait_until(
+            lambda: log.read_text().count("not acknowledged by the broker") > said_before,
+            30,
+            "the relay's warning that the broker does not acknowledge",
+        )
+    finally:
+        os.kill(broker, signal.SIGCONT)
+    assert client.wait_for_events(order_id, {"InventoryCommitted"}, timeout=120)["status"] == "APPROVED"
+    assert "the broker acknowledged them after" in log.read_text()
     client.close()
 
 
