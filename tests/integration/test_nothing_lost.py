@@ -226,3 +226,20 @@ async def test_a_record_too_large_to_copy_is_kept_whole_and_copied_without_its_b
         "SELECT octet_length(value) FROM dead_letters WHERE source_offset = :o", o=huge.offset
     )
     assert stored == 1_048_400
+
+
+async def test_invented_event_types_share_one_metric_label(inventory: ServiceUnderTest) -> None:
+    """Records ignored by their ``event_type`` header are counted by it — but a type that
+    does not exist is counted as ``<unknown>``: a writer inventing names must not add a
+    metric series per name (a helper's attack added 50 to one service's /metrics)."""
+    stats = inventory.pipeline.stats
+    before = dict(stats.outcomes)
+    invented = [f"Evil{uuid.uuid4().hex}" for _ in range(5)]
+    for name in invented:
+        outcome = await inventory.pipeline.process(record(b"{}", [("event_type", name.encode())]))
+        assert outcome is Outcome.IGNORED
+    real = await inventory.pipeline.process(record(b"{}", [("event_type", b"OrderRejected")]))
+    assert real is Outcome.IGNORED  # a type inventory has no reaction to
+    grown = {k: n - before.get(k, 0) for k, n in stats.outcomes.items() if n != before.get(k, 0)}
+    assert grown == {("<unknown>", "ignored"): 5, ("OrderRejected", "ignored"): 1}
+    assert not any(name in label for name in invented for label, _ in stats.outcomes)
