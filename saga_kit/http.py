@@ -570,15 +570,16 @@ def authenticator(
 
     async def authenticate(request: Request) -> None:
         path = getattr(request.scope.get("route"), "path", None)
-        principal = auth.UNAUTHENTICATED
+        request.state.principal = auth.UNAUTHENTICATED
         if verifier is not None and path is not None:
             method = request.method  # a HEAD is a GET here (HeadAsGet)
             access = auth.access_of(method, path, metrics_public=metrics_public)
             if access is not auth.Access.PUBLIC:
                 principal = await verifier.principal_of(request.headers.getlist("authorization"))
+                # known before the role check: a refused call is audited under its caller
+                request.state.principal = principal
                 if not principal.allowed(access):
                     raise StarletteHTTPException(403, f"{method} {path} needs the operator role")
-        request.state.principal = principal
 
     return authenticate
 

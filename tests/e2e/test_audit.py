@@ -53,6 +53,17 @@ def test_calls_and_compensations_are_recorded_with_who_and_how_they_ended(
     assert released[0]["actor"] == "service:inventory_svc" and released[0]["cause"]
     refunded = [e for e in entries(system, "payment_svc") if e["resource"] == f"/orders/{order_id}"]
     assert "compensate PaymentRefunded" in [e["action"] for e in refunded]
+    # a customer trying an operator's call is refused, and recorded under her name
+    refused = httpx.put(
+        f"{system.url('inventory_svc')}/products/{products['elm']}",
+        json={"name": "free", "price": "0.00", "stock": 1},
+        headers=system.auth(customers["kim"], roles=("customer",)),
+    )
+    assert refused.status_code == 403, refused.text
+    tried = [e for e in entries(system, "inventory_svc") if e["outcome"] == "403"]
+    assert [(e["actor"], e["role"], e["action"]) for e in tried] == [
+        (customers["kim"], "customer", "PUT /products/{product_id}")
+    ]
     # the operator's seeding: PUTs with their outcome
     assert any(
         e["action"] == "PUT /products/{product_id}" and e["actor"] == "operator" and e["outcome"] == "200"
