@@ -294,8 +294,9 @@ class RequestGuard:
                 {"detail": detail, "reason": "unsupported_content_encoding"},
                 [(b"accept-encoding", b"identity")],
             )
-        if has_body and method in _WITH_JSON_BODY and not _is_json(headers.get("content-type")):
-            shown = printable(headers.get("content-type") or "none", 100)
+        content_type = field("content-type")  # twice: never JSON, whichever comes first
+        if has_body and method in _WITH_JSON_BODY and not _is_json(content_type):
+            shown = printable(content_type or "none", 100)
             detail = f"a body of the media type {shown!r} is not accepted here: send application/json (UTF-8)"
             return 415, {"detail": detail, "reason": "unsupported_media_type"}, []
         if length.isdigit() and int(length) > self.max_body_size:

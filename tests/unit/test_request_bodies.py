@@ -161,3 +161,25 @@ async def test_the_guard_checks_a_json_body_once_it_has_arrived_not_before() -> 
     guard = RequestGuard(app, allowed_origins=(), max_body_size=1024)
     await guard(_scope(JSON), _client(b'{"a": 1, ', b'"a": 2}'), lambda m: _sent([], m))
     assert isinstance(app.error, UnreadableBody) and app.body == b'{"a": 1, '
+
+
+@pytest.mark.parametrize(
+    "types",
+    [
+        [b"application/json", b"text/plain"],
+        [b"text/plain", b"application/json"],
+        [b"application/json", b"application/json"],
+    ],
+)
+async def test_a_body_whose_content_type_is_said_twice_is_a_415_whichever_comes_first(
+    types: list[bytes],
+) -> None:
+    """RFC 9110 §5.3: a field sent twice is its values joined; Content-Type is one value,
+    so two of them are no media type this service reads (only the first was checked)."""
+    app = Reader()
+    guard = RequestGuard(app, allowed_origins=(), max_body_size=1024)
+    headers = [(b"host", b"127.0.0.1"), *((b"content-type", t) for t in types), (b"content-length", b"2")]
+    sent: list[Message] = []
+    await guard(_scope(headers), _client(b"{}"), lambda m: _sent(sent, m))
+    assert sent[0]["status"] == 415 and app.body == b""
+    assert json.loads(sent[1]["body"])["reason"] == "unsupported_media_type"
