@@ -122,8 +122,20 @@ def _within_range(moment: datetime) -> datetime:
 #: A timezone-aware instant of the saga's lifetime (see ``EARLIEST_YEAR``).
 Instant = Annotated[AwareDatetime, AfterValidator(_within_range)]
 
-#: Identifiers chosen by users (customers, products): short, printable, no spaces.
-ExternalId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+def _not_only_dots(value: str) -> str:
+    if not value.strip("."):
+        raise ValueError(
+            "an id may not be only dots: '.' and '..' are path segments that URLs resolve away"
+            " (RFC 3986 §5.2.4), so no route could name them"
+        )
+    return value
+
+
+#: Identifiers chosen by users (customers, products): 1-64 letters, digits and ``._:-``,
+#: not only dots. They appear in URL paths (``/products/{id}``, the provider's accounts).
+ExternalId = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$"), AfterValidator(_not_only_dots)
+]
 
 #: The shortest deadline an order may ask for, in seconds. A saga on an idle system takes
 #: 0.1-0.2 s (``make bench``), so a deadline of that order is a timeout all but certain,

@@ -13,7 +13,7 @@ from saga_kit.http import DatabaseDep, errors
 
 router = APIRouter(tags=["products"])
 
-ProductId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+ProductId = Annotated[ExternalId, Path()]
 
 
 class ProductIn(BaseModel):

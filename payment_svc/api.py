@@ -19,7 +19,7 @@ from saga_kit.http import DatabaseDep, PrincipalDep, errors, upstream_unavailabl
 
 router = APIRouter(tags=["accounts"])
 
-CustomerId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+CustomerId = Annotated[ExternalId, Path()]
 
 #: What an account route answers when the provider does not.
 _PROVIDER_DOWN = {
