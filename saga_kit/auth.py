@@ -67,6 +67,13 @@ LEEWAY_SECONDS = 30
 MAX_SUBJECT_LENGTH = 255
 #: Verified tokens kept per process (module doc).
 VERIFIED_TOKENS = 10_000
+#: What a token's ``sub`` must be, in words.
+SUBJECT_RULE = f"printable text of 1-{MAX_SUBJECT_LENGTH} characters"
+
+
+def is_subject(subject: object) -> bool:
+    """Is ``subject`` a ``sub`` this project's verifier takes (``SUBJECT_RULE``)?"""
+    return isinstance(subject, str) and 0 < len(subject) <= MAX_SUBJECT_LENGTH and subject.isprintable()
 
 
 class Role(StrEnum):
@@ -327,13 +334,8 @@ class TokenVerifier:
         if not named:
             raise Unauthorized("invalid_token", "the token names no known role (customer or operator)")
         subject = claims["sub"]
-        if not (
-            isinstance(subject, str) and 0 < len(subject) <= MAX_SUBJECT_LENGTH and subject.isprintable()
-        ):
-            raise Unauthorized(
-                "invalid_token",
-                f"the token's sub claim is not printable text of 1-{MAX_SUBJECT_LENGTH} characters",
-            )
+        if not is_subject(subject):
+            raise Unauthorized("invalid_token", f"the token's sub claim is not {SUBJECT_RULE}")
         principal = Principal(subject, named)
         self._verified[token] = _Verified(principal, kid, key, float(claims["exp"]))
         return principal

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -43,7 +44,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from saga_kit import auditchain
-from saga_kit.auth import DevIssuer, Role
+from saga_kit.auth import SUBJECT_RULE, DevIssuer, Role, is_subject
 
 console = Console()
 #: Errors: one line on stderr, never wrapped, never read as markup.
@@ -279,6 +280,25 @@ def _check_service(service: str) -> str:
     return name
 
 
+def _check_external_id(given: str) -> str:
+    """A customer or product id as the services take it (``events.values.ExternalId``),
+    checked before it goes into a URL path."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from events.values import ExternalId
+
+    try:
+        return str(TypeAdapter(ExternalId).validate_python(given))
+    except ValidationError:
+        raise typer.BadParameter("an id is 1-64 letters, digits and . _ : -, and not only dots") from None
+
+
+def _check_subject(subject: str) -> str:
+    if not is_subject(subject):
+        raise typer.BadParameter(f"a token's subject is {SUBJECT_RULE}")
+    return subject
+
+
 def _check_services(services: list[str] | None) -> list[str] | None:
     return None if services is None else [_check_service(s) for s in services]
 
@@ -423,7 +443,16 @@ def dlq_discard(
 # -- orders ------------------------------------------------------------------------------
 
 
-Via = Annotated[str, typer.Option("--via", help="http (the API) or kafka (a command on orders.commands)")]
+def _check_via(via: str) -> str:
+    if via not in ("http", "kafka"):
+        raise typer.BadParameter("http or kafka")
+    return via
+
+
+Via = Annotated[
+    str,
+    typer.Option("--via", help="http (the API) or kafka (a command on orders.commands)", callback=_check_via),
+]
 #: The broker ``--via kafka`` sends to unless told: ``make run``'s.
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 KafkaBootstrap = Annotated[
@@ -470,7 +499,7 @@ def place(
     lines = []
     for item in items:
         product, sep, quantity = item.partition("=")
-        if not sep or not quantity.isdigit():
+        if not sep or not (quantity.isascii() and quantity.isdigit()):
             raise typer.BadParameter(f"{item!r}: expected product=quantity, e.g. widget=2")
         lines.append({"product_id": product, "quantity": int(quantity)})
     body: dict[str, Any] = {"customer_id": customer_id, "items": lines}
@@ -501,13 +530,18 @@ def place(
 @app.command("forget")
 def forget(
     ctx: typer.Context,
-    customer_id: Annotated[str, typer.Argument(help="the customer whose personal data is to be forgotten")],
+    customer_id: Annotated[
+        str,
+        typer.Argument(
+            help="the customer whose personal data is to be forgotten", callback=_check_external_id
+        ),
+    ],
     output: OutputOpt = Output.text,
 ) -> None:
     """Forget a customer (operator): destroy its data keys, so its e-mail and shipping
     addresses are unreadable everywhere — databases, the Kafka log, backups. Its orders,
     totals, stock and payments stay."""
-    r = _call(ctx, "order", "POST", f"/customers/{customer_id}/forget")
+    r = _call(ctx, "order", "POST", f"/customers/{quote(customer_id, safe='')}/forget")
     _emit(
         output,
         r,
@@ -929,15 +963,25 @@ def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
         raise typer.Exit(1)
 
 
+#: The longest life ``sagactl token`` gives a development token, in seconds: a year.
+MAX_TOKEN_TTL = 366 * 86_400
+
+
 @app.command("token")
 def token(
     subject: Annotated[
-        str, typer.Option("--subject", help="whom it names: a customer id, or an operator's name")
+        str,
+        typer.Option(
+            "--subject", help="whom it names: a customer id, or an operator's name", callback=_check_subject
+        ),
     ] = "operator",
     role: Annotated[
         Role, typer.Option("--role", case_sensitive=False, help="customer or operator")
     ] = Role.OPERATOR,
-    ttl: Annotated[float, typer.Option("--ttl", min=1, help="seconds until it expires")] = 12 * 3600,
+    ttl: Annotated[
+        float,
+        typer.Option("--ttl", min=1, max=MAX_TOKEN_TTL, help="seconds until it expires (at most a year)"),
+    ] = 12 * 3600,
     issuer_dir: Annotated[
         Path,
         typer.Option(

@@ -118,3 +118,31 @@ def test_health_with_no_service_reachable_exits_2_as_every_command_does() -> Non
     result = CliRunner().invoke(app, [*args, "health"])
     assert result.exit_code == 2, result.output
     assert result.output.count("unreachable") == 3
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        (
+            ["forget", "../dead-letters/2/discard?"],
+            "an id is 1-64 letters, digits and . _ : -, and not only dots",
+        ),
+        (["forget", ".."], "an id is 1-64 letters, digits and . _ : -, and not only dots"),
+        (["place", "alice", "widget=²"], "'widget=²': expected product=quantity"),
+        (
+            ["place", "alice", "widget=1", "--via", "carrier-pigeon"],
+            "Invalid value for '--via': http or kafka",
+        ),
+        (["token", "--ttl", "1e309"], "Invalid value for '--ttl'"),
+        (["token", "--subject", ""], "a token's subject is printable text of 1-255 characters"),
+    ],
+)
+def test_a_bad_argument_is_refused_before_anything_is_sent(command: list[str], said: str) -> None:
+    """What a helper's attack found: ``forget`` put its argument into the URL path as it
+    was, so ``../dead-letters/2/discard?`` discarded a dead letter; ``widget=²`` and
+    ``--ttl 1e309`` were tracebacks; ``--via`` took anything for kafka; an empty subject
+    made a token every service refuses. Each is now a usage error (exit 2)."""
+    result = CliRunner().invoke(app, ["--order-url", "http://127.0.0.1:1", *command])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # not a traceback
+    assert said in " ".join(result.output.split())
