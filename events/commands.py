@@ -161,7 +161,9 @@ def to_envelope(data: bytes | None, authorization: Sequence[str] = ()) -> Envelo
         cid = _uuid(raw.get("command_id"))
         if cid is None:
             raise InvalidEvent(f"not a command: {unreadable}") from None
-        return _refused(_delivery(cid, data, authorization), cid, _shown(raw), "invalid_command", detail)
+        return _refused(
+            _delivery(cid, data, authorization), cid, _shown(raw), "invalid_command", detail, authorization
+        )
     cid = _uuid(raw.get("command_id")) if isinstance(raw, dict) else None
     if cid is None:
         raise InvalidEvent("not a command: no command_id (a UUID)")
@@ -172,18 +174,37 @@ def to_envelope(data: bytes | None, authorization: Sequence[str] = ()) -> Envelo
     except NameGivenTwice as exc:
         # answered under the first command_id given, which is the one the client keys by
         first = _uuid(readable_members(data).get("command_id")) or cid
-        return _refused(_delivery(first, data, authorization), first, shown_type, "invalid_command", str(exc))
+        return _refused(
+            _delivery(first, data, authorization),
+            first,
+            shown_type,
+            "invalid_command",
+            str(exc),
+            authorization,
+        )
     except (ValueError, RecursionError):
         pass  # read whole above; only the names given twice are this reader's question
     try:
         wire = _Wire.model_validate(raw)
     except ValidationError as exc:
         return _refused(
-            delivery, cid, shown_type, "invalid_command", f"not a command envelope: {summary(exc)}"
+            delivery,
+            cid,
+            shown_type,
+            "invalid_command",
+            f"not a command envelope: {summary(exc)}",
+            authorization,
         )
     cls = COMMAND_TYPES.get(wire.command_type)
     if cls is None:
-        return _refused(delivery, cid, shown_type, "unknown_command", f"unknown command_type {shown_type!r}")
+        return _refused(
+            delivery,
+            cid,
+            shown_type,
+            "unknown_command",
+            f"unknown command_type {shown_type!r}",
+            authorization,
+        )
     if wire.schema_version != cls.schema_version:
         return _refused(
             delivery,
@@ -192,12 +213,18 @@ def to_envelope(data: bytes | None, authorization: Sequence[str] = ()) -> Envelo
             "unsupported_version",
             f"schema_version {wire.schema_version} of {cls.event_type}"
             f" (this build reads {cls.schema_version})",
+            authorization,
         )
     try:
         payload = cls.model_validate({**wire.payload, "command_id": str(cid)})
     except ValidationError as exc:
         return _refused(
-            delivery, cid, shown_type, "invalid_command", f"invalid {cls.event_type}: {summary(exc)}"
+            delivery,
+            cid,
+            shown_type,
+            "invalid_command",
+            f"invalid {cls.event_type}: {summary(exc)}",
+            authorization,
         )
     payload._authorization = tuple(authorization)
     target = payload.order_id if isinstance(payload, CancelOrder) else order_id_for(cid)
@@ -290,11 +317,19 @@ def _delivery(cid: uuid.UUID, data: bytes, authorization: Sequence[str]) -> uuid
 
 
 def _refused(
-    delivery: uuid.UUID, cid: uuid.UUID, command_type: str, reason: Any, detail: str
+    delivery: uuid.UUID,
+    cid: uuid.UUID,
+    command_type: str,
+    reason: Any,
+    detail: str,
+    authorization: Sequence[str],
 ) -> Envelope[Command]:
+    """A ``RefusedCommand``, keeping the tokens it came with: the refusal is audited under
+    its sender, as an HTTP call refused for its body is."""
     payload = RefusedCommand(
         command_id=cid, command_type=command_type, reason=reason, detail=printable(detail, 1000)
     )
+    payload._authorization = tuple(authorization)
     return _envelope(delivery, order_id_for(cid), payload)
 
 

@@ -201,7 +201,7 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
             order.items[row.product_id] = int(row.quantity)
     verifier = _commands["verifier"]
     for e in events:
-        if isinstance(e.payload, PlaceOrder | CancelOrder):
+        if isinstance(e.payload, PlaceOrder | CancelOrder | RefusedCommand):
             caller: auth.Principal | auth.Unauthorized
             try:
                 caller = (
@@ -557,7 +557,7 @@ def _caller(state: Orders, event: Envelope[PlaceOrder] | Envelope[CancelOrder]) 
 @reactions.on(RefusedCommand)
 def on_refused_command(state: Orders, event: Envelope[RefusedCommand]) -> Replies:
     """A command refused as it was decoded (``decode_command``): answered, and audited
-    (``_audited``; no token was read: ``anonymous``)."""
+    (``_audited``) under its sender when it came with a valid token."""
     refused = event.payload
     return _audited(
         state, event, [_rejected(refused.command_id, refused.command_type, refused.reason, refused.detail)]

@@ -269,6 +269,41 @@ async def test_every_command_is_audited_as_the_call_it_stands_for(
     assert len(logged) == 3
 
 
+async def test_a_command_refused_as_it_is_read_is_audited_under_its_sender(
+    order: ServiceUnderTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command of a type there is not, or one that cannot be read, was audited as
+    ``anonymous`` even when it came with a valid token: its tokens were not kept past the
+    codec. An invalid token still reads ``anonymous``."""
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_file=str(issuer.jwks_file))
+    monkeypatch.setitem(handlers._commands, "verifier", verifier)
+    sent: dict[str, uuid.UUID] = {}
+    for sender, token in (("kim", issuer.mint("kim", [Role.CUSTOMER])), ("nobody", "not-a-jwt")):
+        command_id = uuid.uuid4()
+        wire = {
+            "command_id": str(command_id),
+            "command_type": "ShipOrder",
+            "schema_version": 1,
+            "payload": {},
+        }
+        headers = [(AUTHORIZATION, f"Bearer {token}".encode())]
+        await order.deliver_bytes(json.dumps(wire).encode(), COMMANDS, headers=headers)
+        sent[sender] = command_id
+    found = {}
+    for sender, command_id in sent.items():
+        rows = await order.rows(
+            "SELECT entry FROM audit_log WHERE CAST(entry AS jsonb)->>'resource' = :r",
+            r=f"/orders/{order_id_for(command_id)}",
+        )
+        ((entry,),) = [[json.loads(r.entry)] for r in rows]
+        found[sender] = (entry["actor"], entry["role"], entry["outcome"])
+    assert found == {
+        "kim": ("kim", "customer", "refused: unknown_command"),
+        "nobody": ("anonymous", "none", "refused: unknown_command"),
+    }
+
+
 @pytest.mark.parametrize(
     ("encode", "said"),
     [
