@@ -122,6 +122,7 @@ def _within_range(moment: datetime) -> datetime:
 #: A timezone-aware instant of the saga's lifetime (see ``EARLIEST_YEAR``).
 Instant = Annotated[AwareDatetime, AfterValidator(_within_range)]
 
+
 def _not_only_dots(value: str) -> str:
     if not value.strip("."):
         raise ValueError(

@@ -416,6 +416,14 @@ class ConsumerPipeline:
                     f" may emit {item.event_type}"
                 )
                 continue
+            if decoder is None and item.record.key != str(item.envelope.order_id).encode():
+                item.outcome = Outcome.DEAD_LETTERED
+                item.reason = (
+                    f"key_mismatch: {item.event_type} of order {item.envelope.order_id} came under"
+                    f" the key {printable(repr(item.record.key), 100)}: a saga's events are keyed"
+                    " by its order id, which keeps them in order on one partition"
+                )
+                continue
             if not self._reactions.consumes(item.event_type):
                 item.outcome = Outcome.IGNORED
 

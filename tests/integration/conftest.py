@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from decimal import Decimal
@@ -87,7 +88,9 @@ class ServiceUnderTest:
         work: bool = True,
         headers: Sequence[tuple[str, bytes]] = (),
     ) -> Any:
-        record = Record(topic, 0, next(_offsets) if offset is None else offset, b"k", value, tuple(headers))
+        record = Record(
+            topic, 0, next(_offsets) if offset is None else offset, relay_key(value), value, tuple(headers)
+        )
         result = await self.pipeline.process(record)
         if work:
             await self.work()
@@ -178,6 +181,16 @@ def commit_states() -> Iterator[list[pq.TransactionStatus]]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(psycopg.AsyncConnection, "commit", spy)
         yield found
+
+
+def relay_key(value: bytes) -> bytes:
+    """The key the relay would give ``value``: its ``order_id``, when it has one."""
+    try:
+        body = json.loads(value)
+    except (ValueError, RecursionError):
+        return b"k"
+    order_id = body.get("order_id") if isinstance(body, dict) else None
+    return order_id.encode() if isinstance(order_id, str) else b"k"
 
 
 def record_of(envelope: Envelope[Any]) -> Record:

@@ -20,7 +20,7 @@ from saga_kit import headers as kafka_headers
 from saga_kit.consumer import ConsumerPipeline, Outcome, Record
 from saga_kit.db import UnitOfWork
 from saga_kit.retry import RetryPolicy
-from tests.integration.conftest import ServiceUnderTest, add_product, event
+from tests.integration.conftest import ServiceUnderTest, add_product, event, relay_key
 from tests.unit.samples import order_created
 
 _offsets = itertools.count(50_000_000 + uuid.uuid4().int % 10_000_000)
@@ -61,7 +61,7 @@ async def test_a_null_header_value_is_no_obstacle(inventory: ServiceUnderTest) -
     pid = await add_product(inventory, 5)
     valid = encode(event(order_created({pid: 1}, customer="c"), uuid.uuid4()))
     for value, expected in ((valid, Outcome.HANDLED), (b"x", Outcome.DEAD_LETTERED)):
-        rec = record(value, [("x-null", None)])
+        rec = record(value, [("x-null", None)], key=relay_key(value))
         outcome = await inventory.pipeline.process(rec)
         assert outcome is expected
         await accounted(inventory, rec, outcome)
@@ -243,3 +243,24 @@ async def test_invented_event_types_share_one_metric_label(inventory: ServiceUnd
     grown = {k: n - before.get(k, 0) for k, n in stats.outcomes.items() if n != before.get(k, 0)}
     assert grown == {("<unknown>", "ignored"): 5, ("OrderRejected", "ignored"): 1}
     assert not any(name in label for name in invented for label, _ in stats.outcomes)
+
+
+async def test_an_event_under_another_key_than_its_order_is_a_dead_letter(
+    inventory: ServiceUnderTest,
+) -> None:
+    """A saga's events stay in order because each is keyed by its order id, so all of them
+    go to one partition. An event under another key (a producer's bug, or a stolen key's
+    replay of a real event onto another partition) is a dead letter saying so, not applied
+    out of its saga's order."""
+    pid = await add_product(inventory, 5)
+    oid = uuid.uuid4()
+    value = encode(event(order_created({pid: 1}, customer="c"), oid))
+    moved = record(value, [], key=str(uuid.uuid4()).encode())
+    assert await inventory.pipeline.process(moved) is Outcome.DEAD_LETTERED
+    reason = await inventory.scalar(
+        "SELECT reason FROM dead_letters WHERE source_offset = :o AND source_topic = :t",
+        o=moved.offset,
+        t=moved.topic,
+    )
+    assert reason.startswith(f"key_mismatch: OrderCreated of order {oid} came under the key b'")
+    assert await inventory.pipeline.process(record(value, [], key=str(oid).encode())) is Outcome.HANDLED

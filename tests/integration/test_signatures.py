@@ -14,7 +14,7 @@ from events.topics import INVENTORY, PAYMENT
 from saga_kit import outbox, signing
 from saga_kit.consumer import ConsumerPipeline, Outcome, Record
 from saga_kit.retry import RetryPolicy
-from tests.integration.conftest import ServiceUnderTest, add_account, balance_of, event
+from tests.integration.conftest import ServiceUnderTest, add_account, balance_of, event, relay_key
 from tests.unit.samples import reserved_payload
 
 SERVICES = ("order_svc", "inventory_svc", "payment_svc")
@@ -31,7 +31,10 @@ def signer_of(keys: Path, service: str) -> signing.Signer:
     return signing.load_signer(keys / f"{service}.pem", (keys / f"{service}.kid").read_text())
 
 
-def signed(signer: signing.Signer | None, topic: str, value: bytes, key: bytes = b"k") -> Record:
+def signed(signer: signing.Signer | None, topic: str, value: bytes, key: bytes | None = None) -> Record:
+    """``value`` on ``topic`` under ``key`` (default: its order id, as the relay keys it),
+    signed by ``signer``."""
+    key = relay_key(value) if key is None else key
     headers = signer.headers(topic, key, value) if signer else []
     return Record(topic, 0, uuid.uuid4().int % 10**9, key, value, headers)
 
