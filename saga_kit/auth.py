@@ -289,8 +289,11 @@ class TokenVerifier:
             return known.principal
         try:
             kid = jwt.get_unverified_header(token).get("kid")
-        except jwt.PyJWTError:
+        except jwt.DecodeError:
             raise Unauthorized("invalid_token", "the token is not a JWT") from None
+        except jwt.PyJWTError as exc:  # a JWT, refused for its header (a critical extension)
+            said = printable(str(exc), 200) or type(exc).__name__
+            raise Unauthorized("invalid_token", f"the token is not valid: {said}") from None
         if not isinstance(kid, str):
             raise Unauthorized("invalid_token", "the token names no key (kid)")
         key = await self._key(kid)
@@ -327,6 +330,12 @@ class TokenVerifier:
             # (exp) must be an integer."): they name the claim, never echo the token
             said = printable(str(exc), 200) or type(exc).__name__
             raise Unauthorized("invalid_token", f"the token is not valid: {said}") from None
+        for claim in ("exp", "iat", "nbf"):  # PyJWT reads "exp": "1999999999" as a number
+            value = claims.get(claim)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise Unauthorized(
+                    "invalid_token", f"the token's {claim} claim is not a number (RFC 7519 §2: NumericDate)"
+                )
         roles = claims.get("roles")
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise Unauthorized("invalid_token", "the token's roles claim is not a list of role names")

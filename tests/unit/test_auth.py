@@ -282,7 +282,13 @@ async def test_a_subject_that_is_no_name_is_an_invalid_token(tmp_path: Path, sub
 
 @pytest.mark.parametrize(
     ("claim", "value", "said"),
-    [("sub", 42, "Subject must be a string"), ("exp", "soon", "Expiration Time claim (exp) must be an")],
+    [
+        ("sub", 42, "Subject must be a string"),
+        ("exp", "soon", "Expiration Time claim (exp) must be an"),
+        # PyJWT reads a numeric string as a number; RFC 7519 §2's NumericDate is a JSON number
+        ("exp", "4102444800", "the token's exp claim is not a number"),
+        ("iat", "1", "the token's iat claim is not a number"),
+    ],
 )
 async def test_a_malformed_claim_is_named_in_words(tmp_path: Path, claim: str, value: Any, said: str) -> None:
     """Such a token was refused as "the token is not valid: InvalidSubjectError" (or
@@ -298,3 +304,18 @@ async def test_a_malformed_claim_is_named_in_words(tmp_path: Path, claim: str, v
     with pytest.raises(Unauthorized) as refused:
         await verifier.principal(f"Bearer {token}")
     assert refused.value.reason == "invalid_token" and said in refused.value.detail, refused.value.detail
+
+
+async def test_a_token_with_a_critical_extension_is_named_for_it_not_called_no_jwt(tmp_path: Path) -> None:
+    """RFC 7515 §4.1.11: a ``crit`` extension the verifier does not know makes the token
+    invalid — and says so, where it read "the token is not a JWT"."""
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    verifier = load_verifier(str(issuer.jwks_file), None, None, None, production=False)
+    assert verifier is not None
+    claims = jwt.decode(issuer.mint("ann", [Role.CUSTOMER]), options={"verify_signature": False})
+    kid = (issuer.directory / "issuer.kid").read_text().strip()
+    key = load_private_key(issuer.directory / "issuer.pem")
+    token = jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid, "crit": ["x-new"], "x-new": 1})
+    with pytest.raises(Unauthorized) as refused:
+        await verifier.principal(f"Bearer {token}")
+    assert refused.value.detail == "the token is not valid: Unsupported critical extension: x-new"
