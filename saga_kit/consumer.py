@@ -62,9 +62,7 @@ from opentelemetry.trace import Link, SpanKind
 from sqlalchemy import text
 
 from events.codec import InvalidEvent, decode
-from events.commands import COMMAND_TYPES
 from events.envelope import Envelope
-from events.registry import EVENT_TYPES
 from events.topics import dead_letter_topic
 from events.values import printable
 from saga_kit import headers as kafka_headers
@@ -74,25 +72,12 @@ from saga_kit.errors import is_transient
 from saga_kit.fault_injection import crash_at
 from saga_kit.headers import Headers
 from saga_kit.histogram import Histogram
+from saga_kit.labels import INVALID, event_type_label
 from saga_kit.reactions import Reactions
 from saga_kit.retry import RetryPolicy
 from saga_kit.signing import BadSignature, Verifier
 
 log = logging.getLogger(__name__)
-
-#: The ``event_type`` label of a record that could not be read as an event.
-INVALID = "<invalid>"
-#: The ``event_type`` label of a record ignored by a header naming a type that does not
-#: exist: anyone who can write to a topic could otherwise add a metric series for every
-#: name they invent. (The batch's log line still names it.)
-UNKNOWN = "<unknown>"
-_KNOWN_TYPES = frozenset(EVENT_TYPES) | frozenset(COMMAND_TYPES)
-
-
-def metric_label(event_type: str) -> str:
-    """``event_type`` as a metric label: an event or command type there is, ``<invalid>``,
-    or ``<unknown>`` — a bounded set, whatever records carry."""
-    return event_type if event_type in _KNOWN_TYPES or event_type == INVALID else UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -156,7 +141,8 @@ class Subscription:
 
 @dataclass
 class ConsumerStats:
-    #: (``metric_label`` of the event type, outcome) → count, exported on /metrics.
+    #: (``event_type_label`` of the event type, outcome) → count, exported on /metrics
+    #: (the batch's log line names an unknown type as it came).
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: seconds per batch transaction, and events per batch
     batch_seconds: Histogram = field(default_factory=Histogram)
@@ -329,7 +315,7 @@ class ConsumerPipeline:
                 self.stats.stuck.pop(tp, None)
             for item in items:
                 assert item.outcome is not None
-                self.stats.outcomes[(metric_label(item.event_type), item.outcome.value)] += 1
+                self.stats.outcomes[(event_type_label(item.event_type), item.outcome.value)] += 1
                 key = (item.record.topic, item.record.partition)
                 self.stats.positions[key] = max(self.stats.positions.get(key, 0), item.record.offset + 1)
             return [item.outcome for item in items if item.outcome is not None]

@@ -109,7 +109,8 @@ class _PlumbingCollector(Collector):
         produced = CounterMetricFamily(
             "saga_events_produced",
             "Outbox rows published by this process, by topic and event type (on a dead-letter"
-            " topic: the copy's event_type header, or <raw> without one).",
+            " topic: the copy's event_type header if it names a type there is, else <unknown>;"
+            " <raw> without one).",
             labels=["service", "topic", "event_type"],
         )
         for (topic, event_type), n in sorted(self.relay.published_by_type.items()):

@@ -44,6 +44,7 @@ from saga_kit.errors import is_transient, is_transient_kafka_error
 from saga_kit.fault_injection import crash_at
 from saga_kit.headers import Headers
 from saga_kit.kafka import is_producer_state_lost
+from saga_kit.labels import event_type_label
 from saga_kit.retry import RetryPolicy
 from saga_kit.signing import Signer
 
@@ -144,8 +145,9 @@ class OutboxRelay:
         self._wakeup = asyncio.Event()
         self._lock_conn: AsyncConnection | None = None
         self.published = 0
-        #: (topic, event_type) → rows published by this process; event_type "<raw>" for
-        #: rows that are not domain events (dead letters).
+        #: (topic, event_type label) → rows published by this process: the row's
+        #: ``event_type`` header as ``saga_kit.labels.event_type_label`` bounds it — a dead
+        #: letter's copy carries the header its record came with, whatever it said.
         self.published_by_type: Counter[tuple[str, str]] = Counter()
         self.healthy = True
         #: True while this instance holds the relay lock of its database.
@@ -276,7 +278,7 @@ class OutboxRelay:
                 if blob is not None
                 else kafka_headers.from_columns(keys, values)
             )
-            counts.append((topic, kafka_headers.text(headers, "event_type") or "<raw>"))
+            counts.append((topic, event_type_label(kafka_headers.text(headers, "event_type"))))
             futures.append(
                 await self._producer.send(topic, value=bytes(value), key=_bytes(key), headers=headers)
             )

@@ -153,3 +153,38 @@ def test_the_cli_shows_and_replays_letters_whatever_their_reason_or_body(system:
     ((nested_id, _),) = letters_from(system, "order_svc", nested)
     shown = sagactl(system, "dlq", "show", "order", str(nested_id))
     assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+
+
+def test_invented_event_types_add_no_metric_series(system: System) -> None:
+    """Anyone who can write to a topic could add a metric series per ``event_type`` header
+    they invented: first where a service ignores such records (consumed), then where the
+    order service, which reads every type on ``payment.events`` for its timeline,
+    dead-letters them and publishes their copies (produced). Both count them under
+    ``<unknown>`` (saga_kit.labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    invented = [f"Evil{uuid.uuid4().hex}" for _ in range(3)]
+    before = dead_letter_count(system)
+    for name in invented:
+        system.publish([("payment.events", b"k", b"{}")], headers=[("event_type", name.encode())])
+    wait_until(lambda: dead_letter_count(system) >= before + 3, 30, "the order service dead-letters them")
+
+    def produced_unknown() -> float:
+        text = system.http.get(f"{system.url('order_svc')}/metrics").text
+        return sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "saga_events_produced_total" and s.labels.get("event_type") == "<unknown>"
+        )
+
+    wait_until(lambda: produced_unknown() >= 3, 30, "their copies published, counted as <unknown>")
+    for service in ("order_svc", "inventory_svc"):
+        text = system.http.get(f"{system.url(service)}/metrics").text
+        assert not any(name in text for name in invented), service
+
+
+def dead_letter_count(system: System) -> int:
+    with psycopg.connect(system.database_urls["order_svc"]) as conn:
+        (n,) = conn.execute("SELECT count(*) FROM dead_letters").fetchone() or (0,)
+    return int(n)
