@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import text
 
 from events.values import Balance, ExternalId, Money
@@ -35,7 +35,10 @@ class AccountIn(BaseModel):
 
 
 class AccountView(BaseModel):
-    customer_id: ExternalId
+    #: The provider's account id. Accounts this service creates are named by customer ids
+    #: (``ExternalId``), but the provider is an external system and may hold others (its
+    #: own rule: 1-100 printable characters): they are shown as they are, not refused.
+    customer_id: str
     #: Any number of digits: refunds are owed however high the balance was set since.
     balance: Balance
 
@@ -58,7 +61,14 @@ async def _provider(method: str, path: str, body: Any = None, *, not_found: str 
 
 
 def _view(data: Any) -> AccountView:
-    return AccountView(customer_id=data["account_id"], balance=Decimal(str(data["balance"])))
+    """An account as the provider answered it; an answer that is not one is a 502 (the
+    provider broke its own contract), never a 500."""
+    try:
+        return AccountView(customer_id=data["account_id"], balance=Decimal(str(data["balance"])))
+    except (KeyError, TypeError, ArithmeticError, ValidationError) as exc:
+        raise HTTPException(
+            502, f"the payment provider answered an account this service cannot read ({type(exc).__name__})"
+        ) from None
 
 
 @router.put(
