@@ -137,6 +137,8 @@ class OutboxRelay:
         #: says so (once per batch, then waits on: the producer retries until its own
         #: timeouts, ~90 s against a broker that takes connections but never answers).
         self._ack_warning_seconds = ack_warning_seconds
+        #: When the batch the relay last warned about was sent (None: no warning stands).
+        self._unacknowledged_since: float | None = None
         self._producer = producer
         self._batch_size = batch_size
         self._poll_interval = poll_interval
@@ -231,8 +233,11 @@ class OutboxRelay:
 
     async def _acknowledged(self, futures: Sequence[asyncio.Future[Any]]) -> None:
         """Wait for every acknowledgement (the first failure raises); past
-        ``ack_warning_seconds``, log once that the broker has not answered yet."""
-        started = asyncio.get_running_loop().time()
+        ``ack_warning_seconds``, log once that the broker has not answered yet, and once
+        a later batch is acknowledged — this one, or one sent again after the producer
+        gave up on it — that the broker answers again."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         _, pending = await asyncio.wait(futures, timeout=self._ack_warning_seconds)
         if pending:
             log.warning(
@@ -240,14 +245,17 @@ class OutboxRelay:
                 " yet; still waiting (is the broker up and answering?)",
                 len(pending),
                 len(futures),
-                asyncio.get_running_loop().time() - started,
+                loop.time() - started,
             )
+            if self._unacknowledged_since is None:
+                self._unacknowledged_since = started
         await asyncio.gather(*futures)
-        if pending:
+        if self._unacknowledged_since is not None:
             log.info(
                 "outbox relay: the broker acknowledged them after %.0f s",
-                asyncio.get_running_loop().time() - started,
+                loop.time() - self._unacknowledged_since,
             )
+            self._unacknowledged_since = None
 
     async def publish_batch(self) -> int:
         """Publish unsent rows, batch after batch, marking each batch sent with the read
