@@ -177,20 +177,10 @@ def test_a_broker_that_stops_answering_is_said_by_the_relay_and_loses_nothing(sy
             30,
             "the relay's warning that the broker does not acknowledge",
         )
-
-        # then the producer gives up on the batch (its request timeout) and the relay
-        # sends it again: the broker's answer to the batch sent again ends the warning
-        def retries() -> int:
-            return sum(
-                "outbox relay: " in line and "; retrying" in line for line in log.read_text().splitlines()
-            )
-
-        retried_before = retries()
-        wait_until(
-            lambda: retries() > retried_before,
-            40,
-            "the producer giving up on the batch",
-        )
+        # paused past the producer's request timeout (15 s): the producer may give up on
+        # the batch and the relay send it again (seen on Tansu; Apache Kafka's client kept
+        # waiting), and the answer to either must end the warning
+        time.sleep(20)
     finally:
         os.kill(broker, signal.SIGCONT)
     assert client.wait_for_events(order_id, {"InventoryCommitted"}, timeout=120)["status"] == "APPROVED"
