@@ -145,7 +145,15 @@ def to_envelope(data: bytes | None, authorization: Sequence[str] = ()) -> Envelo
     """Decode a record of ``orders.commands`` (``authorization``: the values of its headers
     of that name, kept on the command for the order service to verify). Raises ``InvalidEvent`` (a dead
     letter) only for bytes that are not a command at all; a command that cannot be
-    accepted becomes a ``RefusedCommand`` with the reason."""
+    accepted becomes a ``RefusedCommand`` with the reason, and keeps its tokens too: its
+    refusal is audited under its sender, as an HTTP call refused for its body is."""
+    envelope = _read(data, authorization)
+    envelope.payload._authorization = tuple(authorization)
+    return envelope
+
+
+def _read(data: bytes | None, authorization: Sequence[str]) -> Envelope[Command]:
+    """``to_envelope``'s command, before its tokens are set on it."""
     if data is None:
         raise InvalidEvent("empty message (tombstone)")
     try:
@@ -161,9 +169,7 @@ def to_envelope(data: bytes | None, authorization: Sequence[str] = ()) -> Envelo
         cid = _uuid(raw.get("command_id"))
         if cid is None:
             raise InvalidEvent(f"not a command: {unreadable}") from None
-        return _refused(
-            _delivery(cid, data, authorization), cid, _shown(raw), "invalid_command", detail, authorization
-        )
+        return _refused(_delivery(cid, data, authorization), cid, _shown(raw), "invalid_command", detail)
     cid = _uuid(raw.get("command_id")) if isinstance(raw, dict) else None
     if cid is None:
         raise InvalidEvent("not a command: no command_id (a UUID)")
@@ -174,37 +180,18 @@ def to_envelope(data: bytes | None, authorization: Sequence[str] = ()) -> Envelo
     except NameGivenTwice as exc:
         # answered under the first command_id given, which is the one the client keys by
         first = _uuid(readable_members(data).get("command_id")) or cid
-        return _refused(
-            _delivery(first, data, authorization),
-            first,
-            shown_type,
-            "invalid_command",
-            str(exc),
-            authorization,
-        )
+        return _refused(_delivery(first, data, authorization), first, shown_type, "invalid_command", str(exc))
     except (ValueError, RecursionError):
         pass  # read whole above; only the names given twice are this reader's question
     try:
         wire = _Wire.model_validate(raw)
     except ValidationError as exc:
         return _refused(
-            delivery,
-            cid,
-            shown_type,
-            "invalid_command",
-            f"not a command envelope: {summary(exc)}",
-            authorization,
+            delivery, cid, shown_type, "invalid_command", f"not a command envelope: {summary(exc)}"
         )
     cls = COMMAND_TYPES.get(wire.command_type)
     if cls is None:
-        return _refused(
-            delivery,
-            cid,
-            shown_type,
-            "unknown_command",
-            f"unknown command_type {shown_type!r}",
-            authorization,
-        )
+        return _refused(delivery, cid, shown_type, "unknown_command", f"unknown command_type {shown_type!r}")
     if wire.schema_version != cls.schema_version:
         return _refused(
             delivery,
@@ -213,20 +200,13 @@ def to_envelope(data: bytes | None, authorization: Sequence[str] = ()) -> Envelo
             "unsupported_version",
             f"schema_version {wire.schema_version} of {cls.event_type}"
             f" (this build reads {cls.schema_version})",
-            authorization,
         )
     try:
         payload = cls.model_validate({**wire.payload, "command_id": str(cid)})
     except ValidationError as exc:
         return _refused(
-            delivery,
-            cid,
-            shown_type,
-            "invalid_command",
-            f"invalid {cls.event_type}: {summary(exc)}",
-            authorization,
+            delivery, cid, shown_type, "invalid_command", f"invalid {cls.event_type}: {summary(exc)}"
         )
-    payload._authorization = tuple(authorization)
     target = payload.order_id if isinstance(payload, CancelOrder) else order_id_for(cid)
     return _envelope(delivery, target, payload)
 
@@ -317,19 +297,11 @@ def _delivery(cid: uuid.UUID, data: bytes, authorization: Sequence[str]) -> uuid
 
 
 def _refused(
-    delivery: uuid.UUID,
-    cid: uuid.UUID,
-    command_type: str,
-    reason: Any,
-    detail: str,
-    authorization: Sequence[str],
+    delivery: uuid.UUID, cid: uuid.UUID, command_type: str, reason: Any, detail: str
 ) -> Envelope[Command]:
-    """A ``RefusedCommand``, keeping the tokens it came with: the refusal is audited under
-    its sender, as an HTTP call refused for its body is."""
     payload = RefusedCommand(
         command_id=cid, command_type=command_type, reason=reason, detail=printable(detail, 1000)
     )
-    payload._authorization = tuple(authorization)
     return _envelope(delivery, order_id_for(cid), payload)
 
 
