@@ -76,6 +76,13 @@ def is_subject(subject: object) -> bool:
     return isinstance(subject, str) and 0 < len(subject) <= MAX_SUBJECT_LENGTH and subject.isprintable()
 
 
+def _in_pyjwt_words(exc: Exception) -> Unauthorized:
+    """A token PyJWT refused, in PyJWT's own words (e.g. "Subject must be a string",
+    "Unsupported critical extension: x"): they name what is wrong, never echo the token."""
+    said = printable(str(exc), 200) or type(exc).__name__
+    return Unauthorized("invalid_token", f"the token is not valid: {said}")
+
+
 class Role(StrEnum):
     CUSTOMER = "customer"
     OPERATOR = "operator"
@@ -292,8 +299,7 @@ class TokenVerifier:
         except jwt.DecodeError:
             raise Unauthorized("invalid_token", "the token is not a JWT") from None
         except jwt.PyJWTError as exc:  # a JWT, refused for its header (a critical extension)
-            said = printable(str(exc), 200) or type(exc).__name__
-            raise Unauthorized("invalid_token", f"the token is not valid: {said}") from None
+            raise _in_pyjwt_words(exc) from None
         if not isinstance(kid, str):
             raise Unauthorized("invalid_token", "the token names no key (kid)")
         key = await self._key(kid)
@@ -326,10 +332,7 @@ class TokenVerifier:
         except jwt.MissingRequiredClaimError as exc:
             raise Unauthorized("invalid_token", f"the token has no {exc.claim} claim") from None
         except jwt.PyJWTError as exc:
-            # PyJWT's own words (e.g. "Subject must be a string", "Expiration Time claim
-            # (exp) must be an integer."): they name the claim, never echo the token
-            said = printable(str(exc), 200) or type(exc).__name__
-            raise Unauthorized("invalid_token", f"the token is not valid: {said}") from None
+            raise _in_pyjwt_words(exc) from None
         for claim in ("exp", "iat", "nbf"):  # PyJWT reads "exp": "1999999999" as a number
             value = claims.get(claim)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
