@@ -52,6 +52,17 @@ def test_kafka_is_apache_kafka_in_kraft_mode_with_a_healthcheck(compose: dict[st
     assert kafka["healthcheck"]["test"]
 
 
+def test_compose_runs_the_apache_kafka_release_the_tests_prove(
+    compose: dict[str, Any], secure: dict[str, Any]
+) -> None:
+    """The Kafka tests run the release Maven resolves (``kafka_dist.KAFKA_VERSION``); the
+    images users start with Docker are that release too, not an older one."""
+    from sagastack.kafka_dist import KAFKA_VERSION
+
+    images = {compose["services"]["kafka"]["image"], secure["services"]["kafka-users"]["image"]}
+    assert images == {f"apache/kafka:{KAFKA_VERSION}"}
+
+
 @pytest.mark.parametrize("service", SERVICES)
 def test_each_service_is_wired_to_kafka_and_to_its_own_database(
     compose: dict[str, Any], service: str
