@@ -987,7 +987,10 @@ def token(
         typer.Option(
             "--issuer-dir",
             envvar="SAGA_ISSUER_DIR",
-            help="the development issuer's key: make run's (the default) or make demo's (.run/demo/...)",
+            help=(
+                "the development issuer's key directory: make run's (the default)"
+                " or make demo's, .run/demo/keys/issuer"
+            ),
         ),
     ] = Path(".run/stack/keys/issuer"),
     output: OutputOpt = Output.text,
