@@ -228,6 +228,9 @@ class _Item:
 #: and a copy that can never be sent would hold up the outbox behind it. The table keeps
 #: the full bytes either way.
 DLQ_COPY_LIMIT = 256 * 1024
+#: Seconds an ``attempt`` (an operator's replay of a dead letter) retries a transient
+#: failure before it gives up: the request then answers 503 instead of waiting on.
+ATTEMPT_GIVE_UP_SECONDS = 10.0
 
 
 def _copy_for_topic(record: Record, reason: str, service: str) -> dict[str, Any]:
@@ -324,15 +327,19 @@ class ConsumerPipeline:
         """``process_batch`` of one record."""
         return (await self.process_batch([record]))[0]
 
-    async def attempt(self, record: Record) -> Attempt:
+    async def attempt(self, record: Record, *, give_up_after: float = ATTEMPT_GIVE_UP_SECONDS) -> Attempt:
         """Run ``record`` through the pipeline without storing a dead letter: an outcome of
-        DEAD_LETTERED carries the reason instead. Replaying a dead letter uses this."""
-        (item,) = await self._run([record], store_dead_letters=False)
+        DEAD_LETTERED carries the reason instead. Replaying a dead letter uses this. A
+        transient failure is retried for ``give_up_after`` seconds, then raised (an
+        operator's request waits that long at most; the consumer's own state is untouched)."""
+        (item,) = await self._run([record], store_dead_letters=False, give_up_after=give_up_after)
         assert item.outcome is not None
         return Attempt(item.event_type, item.outcome, item.reason)
 
     # -- the steps -------------------------------------------------------------------------
-    async def _run(self, records: Sequence[Record], *, store_dead_letters: bool) -> list[_Item]:
+    async def _run(
+        self, records: Sequence[Record], *, store_dead_letters: bool, give_up_after: float | None = None
+    ) -> list[_Item]:
         if self._fault == "consumer.pipeline_error":
             raise RuntimeError("fault injection: consumer.pipeline_error")
         items = [_Item(r) for r in records]
@@ -351,7 +358,7 @@ class ConsumerPipeline:
             links=links,
             attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(items)},
         ):
-            await self._isolating(items, store_dead_letters)
+            await self._isolating(items, store_dead_letters, give_up_after)
         self.stats.batch_seconds.observe(time.perf_counter() - started)
         self.stats.batch_size.observe(len(items))
         counts = Counter((it.event_type, it.outcome.value) for it in items if it.outcome)
@@ -421,16 +428,27 @@ class ConsumerPipeline:
                     item.outcome = Outcome.DUPLICATE
                 seen.add(item.envelope.event_id)
 
-    async def _isolating(self, items: list[_Item], store: bool) -> None:
-        """Apply ``items`` in one transaction; if a reaction fails, split and recurse."""
+    async def _isolating(self, items: list[_Item], store: bool, give_up_after: float | None = None) -> None:
+        """Apply ``items`` in one transaction; if a reaction fails, split and recurse. A
+        transient failure is retried until it passes, or for ``give_up_after`` seconds
+        (an ``attempt``: then raised, and not the consumer's ``retrying``)."""
         try:
-            await self._retry.forever(
-                lambda: self._apply(items, store), is_transient, lambda exc: self._retrying(exc)
-            )
-            self.stats.retrying = False
+            if give_up_after is None:
+                await self._retry.forever(
+                    lambda: self._apply(items, store), is_transient, lambda exc: self._retrying(exc)
+                )
+                self.stats.retrying = False
+            else:
+                await self._retry.until(
+                    lambda: self._apply(items, store),
+                    is_transient,
+                    lambda exc: log.warning("transient failure, retrying an attempt: %s", exc),
+                    give_up_after=give_up_after,
+                )
             self.handler_errors.handled(sum(1 for it in items if it.outcome is Outcome.HANDLED))
         except HandlerError as exc:
-            self.stats.retrying = False
+            if give_up_after is None:
+                self.stats.retrying = False
             live = [i for i, it in enumerate(items) if it.outcome is None]
             if len(live) == 1:
                 poison = items[live[0]]
@@ -445,11 +463,12 @@ class ConsumerPipeline:
                 )
                 poison.outcome = Outcome.DEAD_LETTERED
                 poison.reason = f"handler error: {type(cause).__name__}: {printable(str(cause), 1000)}"
-                await self._isolating(items, store)  # stores it (and the batch's other letters)
+                # stores it (and the batch's other letters)
+                await self._isolating(items, store, give_up_after)
                 return
             cut = live[len(live) // 2]
-            await self._isolating(items[:cut], store)
-            await self._isolating(items[cut:], store)
+            await self._isolating(items[:cut], store, give_up_after)
+            await self._isolating(items[cut:], store, give_up_after)
 
     def _retrying(self, exc: BaseException) -> None:
         self.stats.retrying = True

@@ -16,6 +16,7 @@ moved on (saga_kit.consumer). An operator then decides, per letter:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -221,10 +222,25 @@ async def _pending_record(db: Database, letter_id: int) -> Record:
         return await _lock_pending(conn, letter_id)
 
 
+#: An operator's replays and discards take their turns in a process. A replay holds one
+#: pooled connection (the letter's row lock) while its attempt takes a second: many at once
+#: took every connection of the pool and waited for one more, for ever (an attack trial:
+#: 25 concurrent replays left order_svc unready until it was killed). One at a time, they
+#: need two connections at most, and a discard never holds one while it waits for a
+#: replay's row lock.
+_ONE_AT_A_TIME = asyncio.Lock()
+
+
 async def replay(db: Database, pipeline: ConsumerPipeline, letter_id: int) -> ReplayResult:
     """Run a PENDING letter through ``pipeline`` again (in the pipeline's own transaction,
     while this one holds the letter's row): REPLAYED, or still PENDING with the new reason
-    and ``StillFailing``. ``NotPending`` if it was resolved, ``LookupError`` if none."""
+    and ``StillFailing``. ``NotPending`` if it was resolved, ``LookupError`` if none. A
+    transient failure that lasts (``ConsumerPipeline.attempt``) is raised: a 503."""
+    async with _ONE_AT_A_TIME:
+        return await _replay(db, pipeline, letter_id)
+
+
+async def _replay(db: Database, pipeline: ConsumerPipeline, letter_id: int) -> ReplayResult:
     async with db.unit_of_work() as uow:
         record = await _lock_pending(uow.conn, letter_id)
         attempt = await pipeline.attempt(record)
@@ -248,7 +264,7 @@ async def replay(db: Database, pipeline: ConsumerPipeline, letter_id: int) -> Re
 async def discard(db: Database, letter_id: int) -> DeadLetterSummary:
     """Mark a PENDING letter DISCARDED; ``NotPending`` if it was resolved (a replay that
     held it meanwhile included), ``LookupError`` if none."""
-    async with db.unit_of_work() as uow:
+    async with _ONE_AT_A_TIME, db.unit_of_work() as uow:
         await _lock_pending(uow.conn, letter_id)
         await uow.conn.execute(
             text("UPDATE dead_letters SET status = 'DISCARDED', resolved_at = now() WHERE id = :i"),

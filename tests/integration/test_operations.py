@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
+from events import PaymentFailed
 from events.upcasting import UPCASTERS
 from saga_kit import deadletters
+from saga_kit.errors import TransientError
 from saga_kit.pruning import prune
 from saga_kit.settings import ServiceSettings
 from tests.integration.conftest import ServiceUnderTest, add_product, event
@@ -130,6 +133,57 @@ async def test_a_letter_replayed_meanwhile_is_not_discarded_after_all(
         await discarding
     after = await letter_at(inventory, offset)
     assert after.status == "REPLAYED" and after.resolved_at is not None
+
+
+async def test_many_replays_and_discards_at_once_take_their_turns_and_the_service_goes_on(
+    order: ServiceUnderTest,
+) -> None:
+    """An attack trial: 25 replays at once each held a pooled connection and waited for a
+    second one (their attempts read the database), for ever, with every connection taken:
+    order_svc stayed unready until it was killed. 30 at once, more than the pool holds
+    (20), now all answer."""
+    letters = []
+    for _ in range(30):  # a reply for an order never placed: its replay reads the orders
+        stray = event(
+            PaymentFailed(customer_id="c", amount=Decimal("1.00"), reason="insufficient_funds"), uuid.uuid4()
+        )
+        assert await order.deliver(stray) == "dead_lettered"
+        letters.append(await order.scalar("SELECT max(id) FROM dead_letters"))
+    pool = order.db.engine.pool
+    assert pool.size() + pool._max_overflow < 30  # type: ignore[attr-defined]
+    actions = [deadletters.replay(order.db, order.pipeline, i) for i in letters[:25]]
+    actions += [deadletters.discard(order.db, i) for i in letters[25:]]
+    async with asyncio.timeout(60):
+        results = await asyncio.gather(*actions, return_exceptions=True)
+    assert all(isinstance(r, deadletters.StillFailing) for r in results[:25]), results[:25]
+    assert all(isinstance(r, deadletters.DeadLetterSummary) for r in results[25:]), results[25:]
+    assert not order.pipeline.stats.retrying
+    stray = event(  # and the consumer goes on
+        PaymentFailed(customer_id="c", amount=Decimal("1.00"), reason="insufficient_funds"), uuid.uuid4()
+    )
+    assert await order.deliver(stray) == "dead_lettered"
+
+
+async def test_a_replay_gives_up_on_a_lasting_transient_failure(
+    inventory: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's request does not wait for ever (it answers 503), and the consumer is
+    not reported as retrying because of it."""
+    offset = 400_000 + uuid.uuid4().int % 90_000
+    await inventory.deliver_bytes(b"\x00garbage", "orders.events", offset)
+    letter = await letter_at(inventory, offset)
+    record = await deadletters._pending_record(inventory.db, letter.id)
+    tries = 0
+
+    async def away(*_: Any) -> None:
+        nonlocal tries
+        tries += 1
+        raise TransientError("the database is away")
+
+    monkeypatch.setattr(inventory.pipeline, "_apply", away)
+    with pytest.raises(TransientError):
+        await inventory.pipeline.attempt(record, give_up_after=0.5)
+    assert tries > 1 and not inventory.pipeline.stats.retrying
 
 
 def settings(**retention: Any) -> ServiceSettings:
