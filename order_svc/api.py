@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
@@ -11,10 +10,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
 from opentelemetry import context as otel_context
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, computed_field, field_validator
 from sqlalchemy import text
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
 
 from events import OrderLine
 from events.codec import peek
@@ -35,11 +35,11 @@ from order_svc.admission import Admission
 from order_svc.cancelling import OrderNotFound, cancel_order
 from order_svc.domain import OrderStatus
 from order_svc.explain import COMPENSATING, Refusal, explain
+from order_svc.live import AWAY_COMMENT, Away, Ended, LiveTimeline
 from order_svc.placing import OrderDesk, Placement
 from order_svc.settings import Settings
 from saga_kit import audit, tracing
 from saga_kit.auth import Principal
-from saga_kit.errors import is_transient
 from saga_kit.http import (
     IDEMPOTENT_REPLAYED,
     RETRY_AFTER,
@@ -659,44 +659,80 @@ LastEventId = Annotated[
 ]
 
 
+async def get_live(request: Request) -> LiveTimeline:
+    """The service's live timeline (``order_svc.live``), created on first use."""
+    live: LiveTimeline | None = getattr(request.app.state, "live_timeline", None)
+    if live is None:
+        settings = request.app.state.settings
+        live = request.app.state.live_timeline = LiveTimeline(
+            request.app.state.db.engine, settings.event_streams_max
+        )
+    return live
+
+
+LiveDep = Annotated[LiveTimeline, Depends(get_live)]
+
+
 @router.get(
     "/saga-events/stream",
     summary="Every saga's events, live (server-sent events)",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **errors()},
+    response_class=EventSourceResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        **errors(
+            {
+                503: "the database is briefly away, or every event stream this service serves"
+                " (`ORDER_EVENT_STREAMS_MAX`) is open (`service_unavailable`); retry after `Retry-After`"
+            }
+        ),
+    },
 )
 async def stream_saga_events(
-    request: Request, db: DatabaseDep, after: Seq | None = None, last_event_id: LastEventId = None
-) -> StreamingResponse:
+    live: LiveDep, after: Seq | None = None, last_event_id: LastEventId = None
+) -> EventSourceResponse:
     """Server-sent events: each new timeline event as it is recorded (`id` is its `seq`,
     `data` a feed entry as in `/saga-events`; a reconnecting browser resumes from
     `Last-Event-ID`). Without `after` it starts at the newest event. While the database is
     away the stream stays open (a comment line says so every second) and goes on where it
-    was when it is back."""
-    start = int(last_event_id) if last_event_id else after
-    if start is None:  # before the answer starts: a database away at connect is a 503
-        async with db.engine.connect() as conn:
-            follower = await timeline.Follower.starting_now(conn)
-    else:
-        follower = timeline.Follower(start)
+    was when it is back. A comment line comes every `STREAM_PING_SECONDS` (10) while
+    nothing happens. A client that falls a minute behind is told so in a comment and the
+    stream ends: reconnecting with `Last-Event-ID` resumes it."""
+    # where it starts is read before the answer starts: a database away now is a 503
+    follower = await live.start(int(last_event_id) if last_event_id else after)
+    if live.full:
+        raise HTTPException(
+            503,
+            f"{live.open_streams} event streams are open, the most this service serves"
+            " (ORDER_EVENT_STREAMS_MAX); retry after Retry-After seconds",
+            headers={"Retry-After": str(STREAM_RETRY_AFTER_SECONDS)},
+        )
+    subscription = live.subscribe()  # counted from here: no await since the check
 
-    async def events() -> AsyncIterator[str]:
-        yield ": connected\n\n"
-        while not await request.is_disconnected():
-            try:
-                async with db.engine.connect() as conn:
-                    rows = await follower.poll(conn)
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                yield ": the database is away; waiting for it\n\n"
-                await asyncio.sleep(1.0)
-                continue
-            for r in rows:
-                entry = FeedEntry.model_validate(r)
-                yield f"id: {entry.seq}\nevent: saga-event\ndata: {entry.model_dump_json()}\n\n"
-            if not rows:
-                yield ": keep-alive\n\n"
-                await asyncio.sleep(0.5)
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        yield ServerSentEvent(comment="connected")
+        async for item in live.follow(follower, subscription):
+            if isinstance(item, Away):
+                yield ServerSentEvent(comment=AWAY_COMMENT)
+            elif isinstance(item, Ended):
+                yield ServerSentEvent(comment=item.why)
+            else:
+                for r in item:
+                    entry = FeedEntry.model_validate(r)
+                    yield ServerSentEvent(id=str(entry.seq), event="saga-event", data=entry.model_dump_json())
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return EventSourceResponse(
+        events(),
+        ping=STREAM_PING_SECONDS,
+        send_timeout=STREAM_SEND_TIMEOUT_SECONDS,
+        headers={"Cache-Control": "no-cache"},
+        background=BackgroundTask(live.unsubscribe, subscription),  # also when never followed
+    )
+
+
+#: Seconds between two keep-alive comments of an event stream while nothing happens
+#: (proxies close a connection idle for long; browsers' own default retry is 3 s).
+STREAM_PING_SECONDS = 10
+#: Seconds an event stream waits for its client to take one event before it gives up on it.
+STREAM_SEND_TIMEOUT_SECONDS = 30
+#: What a new stream refused because all are taken is told to wait, in seconds.
+STREAM_RETRY_AFTER_SECONDS = 5

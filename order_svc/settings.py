@@ -30,6 +30,9 @@ class Settings(ServiceSettings):
     admission_door_seconds: float = Field(default=1.0, gt=0)
     admission_door_depth: int = Field(default=8, ge=1)
     admission_door_max: int = Field(default=128, ge=1)
+    #: The most live event streams (``GET /saga-events/stream``: dashboards, ``sagactl
+    #: tail``) open at once; one more is a 503 with ``Retry-After`` (order_svc.live).
+    event_streams_max: int = Field(default=100, ge=1)
     #: The master key that wraps the customers' data keys (saga_kit.personal_data): a JSON
     #: file ``{"key": base64 of 32 bytes}``. Without one, orders carry no personal data.
     pii_master_key_file: str | None = None

@@ -36,6 +36,7 @@ from urllib.parse import quote
 
 import httpx
 import typer
+from httpx_sse import connect_sse
 from rich.console import Console, RenderableType
 from rich.highlighter import JSONHighlighter
 from rich.measure import Measurement
@@ -836,49 +837,63 @@ def tail(
     output: OutputOpt = Output.text,
 ) -> None:
     """Follow every saga's events live, as the order service records them (Ctrl-C stops).
-    '--output json' prints one JSON object per line."""
-    base = _urls(ctx).order
-    params = {"after": 0} if from_start else {}
-    shown = 0
+    '--output json' prints one JSON object per line. A stream the service ends (it
+    restarted, or this terminal fell behind) is resumed after the last event shown."""
+    url = f"{_urls(ctx).order}/saga-events/stream"
+    last_id: str | None = None  # of the last event shown: where a new stream resumes
+    shown, connected = 0, False
     try:
-        with httpx.stream(
-            "GET",
-            f"{base}/saga-events/stream",
-            params=params,
-            headers=_urls(ctx).headers,
-            timeout=httpx.Timeout(10.0, read=None),
-        ) as response:
-            if response.is_error:
-                response.read()
-                _fail(_refusal("order", response))
-            if not from_start and output is not Output.json:  # else it looks hung while idle
-                errors.print(
-                    "following new events (--from-start shows the earlier ones); Ctrl-C stops", style="dim"
-                )
-            for line in response.iter_lines():
-                if not line.startswith("data: "):
-                    continue
-                data = line.removeprefix("data: ")
-                if output is Output.json:
-                    print(data, flush=True)
-                else:
-                    e = json.loads(data)
-                    console.print(
-                        Text.assemble(
-                            f"{e['occurred_at'][11:23]}  {_short(e['order_id'], output)}  ",
-                            (f"{e['event_type']:<27}", "red" if e["compensating"] else "cyan"),
-                            " ",
-                            (e["producer"], "dim"),
-                        ),
-                        soft_wrap=True,
-                    )
-                shown += 1
-                if count is not None and shown >= count:
-                    return
-    except httpx.HTTPError as exc:
-        _fail(_unreachable("order", base, exc), 2)
+        while True:
+            resume = {"Last-Event-ID": last_id} if last_id else {}
+            params = {"after": 0} if from_start and not last_id else {}
+            try:
+                with (
+                    httpx.Client(headers=_urls(ctx).headers, timeout=httpx.Timeout(10.0, read=None)) as http,
+                    connect_sse(http, "GET", url, params=params, headers=resume) as source,
+                ):
+                    if source.response.is_error:
+                        source.response.read()
+                        _fail(_refusal("order", source.response))
+                    if not connected and not from_start and output is not Output.json:
+                        errors.print(  # else it looks hung while idle
+                            "following new events (--from-start shows the earlier ones); Ctrl-C stops",
+                            style="dim",
+                        )
+                    connected = True
+                    for sse in source.iter_sse():
+                        if sse.event != "saga-event":
+                            continue
+                        _show_saga_event(sse.data, output)
+                        last_id, shown = sse.id, shown + 1
+                        if count is not None and shown >= count:
+                            return
+            except httpx.HTTPError as exc:
+                if not connected:  # never reached it: nothing to resume
+                    _fail(_unreachable("order", _urls(ctx).order, exc), 2)
+                errors.print(f"the event stream broke ({exc or type(exc).__name__}); resuming", style="dim")
+                time.sleep(1.0)
+                continue
+            errors.print("the order service ended the event stream; resuming", style="dim")
+            time.sleep(1.0)
     except KeyboardInterrupt:
         pass
+
+
+def _show_saga_event(data: str, output: Output) -> None:
+    """One line of ``sagactl tail``: a feed entry (``data``, JSON) as it came, or in words."""
+    if output is Output.json:
+        print(data, flush=True)
+        return
+    e = json.loads(data)
+    console.print(
+        Text.assemble(
+            f"{e['occurred_at'][11:23]}  {_short(e['order_id'], output)}  ",
+            (f"{e['event_type']:<27}", "red" if e["compensating"] else "cyan"),
+            " ",
+            (e["producer"], "dim"),
+        ),
+        soft_wrap=True,
+    )
 
 
 @app.command("stock")

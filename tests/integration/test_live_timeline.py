@@ -1,0 +1,181 @@
+"""The live timeline (order_svc.live) against the real PostgreSQL: one poller for every open
+stream, catch-up then live without a gap or a repeat, late commits, a stream that falls
+behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import text
+
+from order_svc import live, timeline
+from order_svc.live import Away, Ended, Item, LiveTimeline
+from tests.integration.conftest import ServiceUnderTest
+
+#: Fast enough for a test to see several reads; the product's default is 0.5 s.
+INTERVAL = 0.05
+
+
+async def insert(conn: Any, n: int = 1) -> list[int]:
+    seqs: list[int] = []
+    for _ in range(n):
+        seqs.append(
+            await conn.scalar(
+                text(
+                    "INSERT INTO saga_events (event_id, order_id, event_type, producer, occurred_at, payload)"
+                    " VALUES (:e, :o, 'LiveTest', 'order_svc', now(), '{}') RETURNING seq"
+                ),
+                {"e": uuid.uuid4(), "o": uuid.uuid4()},
+            )
+        )
+    return seqs
+
+
+async def committed(order: ServiceUnderTest, n: int = 1) -> list[int]:
+    async with order.db.engine.begin() as conn:
+        return await insert(conn, n)
+
+
+async def collect(stream: AsyncIterator[Item], want: set[int], got: list[int]) -> None:
+    """Read ``stream`` into ``got`` until every seq in ``want`` arrived (at most 30 s)."""
+    async with asyncio.timeout(30):
+        await _collect(stream, want, got)
+
+
+async def _collect(stream: AsyncIterator[Item], want: set[int], got: list[int]) -> None:
+    if want <= set(got):
+        return
+    async for item in stream:
+        assert not isinstance(item, (Away, Ended)), item
+        got.extend(r["seq"] for r in item)
+        if want <= set(got):
+            return
+
+
+class CountingReads(LiveTimeline):
+    """Counts the timeline reads, the hub's apart from the streams' own."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reads = {"hub": 0, "streams": 0}
+        self.hub_follower: timeline.Follower | None = None
+
+    async def _run(self, follower: timeline.Follower) -> None:
+        self.hub_follower = follower
+        await super()._run(follower)
+
+    async def _read(self, follower: timeline.Follower) -> list[dict[str, Any]] | None:
+        self.reads["hub" if follower is self.hub_follower else "streams"] += 1
+        return await super()._read(follower)
+
+
+async def test_open_streams_share_one_reader_and_each_gets_every_event_once(order: ServiceUnderTest) -> None:
+    hub = CountingReads(order.db.engine, max_streams=50, poll_interval=INTERVAL)
+    streams = [hub.follow(await hub.start(None)) for _ in range(20)]
+    # each stream catches up on its own once (nothing to catch up: it starts now) ...
+    first = [asyncio.ensure_future(anext(s)) for s in streams]
+    await asyncio.sleep(0.3)
+    assert hub.reads["streams"] == 20 and hub.open_streams == 20
+    # ... and from then on only the hub reads, however many streams are open
+    made = await committed(order, 3)
+    got: list[list[int]] = [[] for _ in streams]
+    for i, f in enumerate(first):
+        got[i] += [r["seq"] for r in await f]
+    await asyncio.gather(*(collect(s, set(made), g) for s, g in zip(streams, got, strict=True)))
+    assert all(g == made for g in got), got
+    assert hub.reads["streams"] == 20 and hub.reads["hub"] >= 1
+    for s in streams:
+        await s.aclose()
+    assert hub.open_streams == 0
+    await asyncio.sleep(INTERVAL * 3)
+    assert hub._task is None  # the hub stops with its last stream
+
+
+async def test_a_stream_from_the_past_catches_up_then_follows_without_a_gap_or_a_repeat(
+    order: ServiceUnderTest,
+) -> None:
+    """More than two pages behind, while events keep coming during the catch-up."""
+    hub = LiveTimeline(order.db.engine, max_streams=5, poll_interval=INTERVAL)
+    before = await committed(order, 2 * live.PAGE + 50)
+    stream = hub.follow(timeline.Follower(before[0] - 1))
+    got: list[int] = []
+
+    async def keep_writing() -> list[int]:
+        made: list[int] = []
+        for _ in range(20):
+            made += await committed(order, 7)
+            await asyncio.sleep(0.01)
+        return made
+
+    during = asyncio.ensure_future(keep_writing())
+    reader = asyncio.ensure_future(collect(stream, set(before), got))
+    made = await during
+    await reader
+    await collect(stream, set(made), got)
+    await stream.aclose()
+    ours = [s for s in got if s >= before[0]]
+    assert len(ours) == len(set(ours)), "an event came twice"
+    assert set(ours) >= set(before) | set(made)
+
+
+async def test_an_event_that_commits_late_reaches_a_stream_that_follows_live(order: ServiceUnderTest) -> None:
+    hub = LiveTimeline(order.db.engine, max_streams=5, poll_interval=INTERVAL)
+    async with order.db.engine.connect() as slow:
+        await slow.begin()
+        [low] = await insert(slow)  # the lower seq, still uncommitted
+        stream = hub.follow(await hub.start(None))
+        pending = asyncio.ensure_future(anext(stream))
+        [high] = await committed(order)
+        got = [r["seq"] for r in await pending]
+        await collect(stream, {high}, got)
+        await slow.commit()
+    await collect(stream, {low}, got)
+    await stream.aclose()
+    assert got == [high, low]
+
+
+async def test_a_stream_that_falls_behind_ends_after_what_it_was_sent(order: ServiceUnderTest) -> None:
+    """Its queue holds two reads; a third ends it, with nothing sent after a gap: what it
+    was sent, then ``Ended``. Resuming after the last event it got misses nothing."""
+    hub = LiveTimeline(order.db.engine, max_streams=5, queue_depth=2, poll_interval=INTERVAL)
+    slow = hub.follow(await hub.start(None))
+    lively = hub.follow(await hub.start(None))  # keeps the hub reading and shows each read
+    first = asyncio.ensure_future(anext(slow))
+    seen: list[int] = []
+    reads = 0
+    while reads < 4:  # four reads with rows, while the slow stream takes none
+        made = await committed(order)
+        item = await anext(lively)
+        assert isinstance(item, list)
+        seen += [r["seq"] for r in item]
+        reads += 1
+    got = [r["seq"] for r in await first]  # the read it was waiting for when it stopped
+    rest = [item async for item in slow]
+    assert isinstance(rest[-1], Ended) and "fell behind" in rest[-1].why
+    assert all(isinstance(i, list) for i in rest[:-1]) and not rest[:-1], rest
+    assert hub.open_streams == 1  # the slow one no longer counts
+    resumed = hub.follow(timeline.Follower(got[-1]))
+    after: list[int] = []
+    await collect(resumed, set(seen) - set(got), after)
+    assert set(got) | set(after) >= set(seen) and made[0] in after
+    for s in (lively, resumed):
+        await s.aclose()
+
+
+async def test_full_counts_open_streams(order: ServiceUnderTest) -> None:
+    hub = LiveTimeline(order.db.engine, max_streams=2, poll_interval=INTERVAL)
+    streams = [hub.follow(await hub.start(None)) for _ in range(2)]
+    assert not hub.full  # a stream counts once it runs
+    first = [asyncio.ensure_future(anext(s)) for s in streams]
+    await asyncio.sleep(0.2)
+    assert hub.full and hub.open_streams == 2
+    for f in first:  # a client goes away: its response's task is cancelled
+        f.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await f
+        assert not hub.full
+    assert hub.open_streams == 0
