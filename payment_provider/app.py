@@ -21,7 +21,7 @@ from payment_provider.settings import Settings
 from saga_kit import logs
 from saga_kit.db import create_engine
 from saga_kit.errors import is_transient
-from saga_kit.http import DOCS_ASSETS, HeadAsGet, health_router
+from saga_kit.http import DOCS_ASSETS, HeadAsGet, HeadLimitedProtocol, health_router, server_options
 from saga_kit.migrations import migrate
 from saga_kit.retry import RetryPolicy
 from saga_kit.settings import load_or_exit
@@ -85,11 +85,8 @@ async def serve(settings: Settings) -> None:
                 build_app(settings, engine),
                 host=settings.http_host,
                 port=settings.http_port,
-                log_config=None,
-                access_log=False,
-                http="httptools",
-                lifespan="off",
                 timeout_graceful_shutdown=3,  # a call sleeping out an injected timeout
+                **server_options(HeadLimitedProtocol.max_head_bytes),
             )
         )
         log.info(

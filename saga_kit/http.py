@@ -29,6 +29,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from events.values import NameGivenTwice, once_each, printable
 from saga_kit import auth, tracing
@@ -424,6 +425,111 @@ def _too_large(limit: int, announced: str | None = None) -> dict[str, str]:
 #: (``true``; Stripe's header): the order service's ``POST /orders`` and the payment
 #: provider's charges and refunds send it.
 IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
+
+
+class HeadLimitedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bound on a request's head (its request line and
+    headers, ``max_head_bytes``): httptools has none, and reads a header of any length
+    into memory before anything else sees it (an attack trial: a 100 MB header was a
+    200, after ~100 MB and 15 s of one event loop). Bytes are counted as they arrive
+    while a head is incomplete; past the bound the client gets 431 ``headers_too_large``
+    and the connection closes. The close lingers (RFC 9112 §9.6): what the client still
+    sends is read and dropped, up to ``LINGER_BYTES`` or ``LINGER_SECONDS``, so a client
+    busy sending its head still reads the answer instead of a reset connection.
+    ``limit_head`` makes the class with a bound (``HTTP_MAX_HEADER_BYTES``)."""
+
+    max_head_bytes = 64 * 1024
+    #: After a 431, how much more is read and dropped (bytes), and for how long (seconds).
+    LINGER_BYTES = 1024 * 1024
+    LINGER_SECONDS = 2.0
+    _head_bytes = 0
+    _in_head = False
+    _dropped: int | None = None  # bytes dropped since the 431; None before one
+    _head_too_large = False
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes, self._in_head = 0, True
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        # a head that arrived in one piece was not counted as it came: its parsed size is
+        # the request line's target and the header lines' (a few bytes less than sent)
+        if len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers) > self.max_head_bytes:
+            self._head_too_large = True
+            raise ValueError("the head is too large")  # httptools stops; uvicorn answers 400 …
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._head_too_large:  # … which is a 431 here
+            self._refuse_head()
+            return
+        super().send_400_response(msg)
+
+    def data_received(self, data: bytes) -> None:
+        if self._dropped is not None:
+            self._dropped += len(data)
+            if self._dropped > self.LINGER_BYTES:
+                self.transport.close()
+            return
+        super().data_received(data)
+        if not self._in_head or self.transport.is_closing():
+            return
+        # all of it counts (a chunk may end an earlier request too): over by a chunk at most
+        self._head_bytes += len(data)
+        if self._head_bytes > self.max_head_bytes:
+            self._refuse_head()
+
+    def _refuse_head(self) -> None:
+        self._in_head, self._dropped = False, 0
+        body = json.dumps(
+            {
+                "detail": f"the request line and headers are larger than {self.max_head_bytes}"
+                " bytes, the most accepted",
+                "reason": "headers_too_large",
+            }
+        ).encode()
+        self.logger.warning("a request's head passed %d bytes; answered 431", self.max_head_bytes)
+        self.transport.write(
+            b"".join(
+                [
+                    STATUS_LINE[431],
+                    *(k + b": " + v + b"\r\n" for k, v in self.server_state.default_headers),
+                    b"content-type: application/json\r\n",
+                    b"content-length: %d\r\n" % len(body),
+                    b"connection: close\r\n\r\n",
+                    body,
+                ]
+            )
+        )
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(self.LINGER_SECONDS, self.transport.close)
+
+
+def limit_head(max_head_bytes: int) -> type[HeadLimitedProtocol]:
+    """``HeadLimitedProtocol`` bounded at ``max_head_bytes``, for ``uvicorn.Config(http=…)``."""
+    return type("HeadLimitedProtocol", (HeadLimitedProtocol,), {"max_head_bytes": max_head_bytes})
+
+
+#: Seconds an idle keep-alive connection is kept open: longer than clients keep theirs
+#: (httpx: 5 s, uvicorn's own default too), so a client never sends a request on a
+#: connection the server is closing at that moment (an attack trial's load met a few
+#: ``ReadError``s so).
+KEEP_ALIVE_SECONDS = 20
+
+
+def server_options(max_head_bytes: int) -> dict[str, Any]:
+    """The ``uvicorn.Config`` options every HTTP server here shares: httptools with its
+    head bounded (``limit_head``), ``KEEP_ALIVE_SECONDS``, no access log, no lifespan."""
+    return {
+        "http": limit_head(max_head_bytes),
+        "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+        "log_config": None,
+        "access_log": False,
+        "lifespan": "off",
+    }
+
 
 #: Set in the scope by ``HeadAsGet`` on a HEAD it passes on as a GET.
 _HEAD = "saga.head"

@@ -31,7 +31,7 @@ from saga_kit.consumer import ConsumerPipeline, HandlerErrorLimit, Subscription
 from saga_kit.db import Database, EmitHook, create_engine
 from saga_kit.errors import ConfigurationError, is_transient, is_transient_kafka_error
 from saga_kit.faust_app import build_faust_app
-from saga_kit.http import Check, create_app
+from saga_kit.http import Check, create_app, server_options
 from saga_kit.kafka import broker_ping, create_producer, ensure_topics, find_group_coordinator
 from saga_kit.migrations import PLUMBING, Migration, migrate
 from saga_kit.outbox import OutboxRelay
@@ -367,11 +367,8 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 served,
                 host=settings.http_host,
                 port=settings.http_port,
-                log_config=None,
-                access_log=False,
-                http="httptools",
-                lifespan="off",
                 timeout_graceful_shutdown=3,  # open dashboards (event streams) must not hold a stop
+                **server_options(settings.http_max_header_bytes),
             )
         )
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay")

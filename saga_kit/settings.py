@@ -197,6 +197,13 @@ class ServiceSettings(KafkaClientSettings):
         validation_alias=AliasChoices("HTTP_MAX_BODY_BYTES", "http_max_body_bytes"),
     )
 
+    #: the largest request head (request line and headers), in bytes (larger: 431, and
+    #: the connection is closed);
+    http_max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=4096,
+        validation_alias=AliasChoices("HTTP_MAX_HEADER_BYTES", "http_max_header_bytes"),
+    )
     #: how long a request's body may take to arrive once a route reads it, in seconds
     #: (longer: 408, and the connection is closed).
     http_body_timeout_seconds: float = Field(

@@ -109,6 +109,20 @@ def test_a_body_over_the_limit_is_refused_with_413(system: System, big: bytes) -
     assert small.status_code == 422  # an ordinary invalid body is still read and answered
 
 
+def test_headers_over_the_limit_are_refused_with_431_by_every_service(system: System) -> None:
+    """httptools, beneath uvicorn, reads a header of any length (an attack trial sent
+    100 MB); every service and the payment provider bound the head instead."""
+    urls = [system.url(name) for name in ("order_svc", "inventory_svc", "payment_svc")]
+    for url in [*urls, system.provider.url if system.provider else None]:
+        if url is None:
+            continue
+        refused = httpx.get(f"{url}/health/live", headers={"X-Big": "a" * 100_000}, timeout=10)
+        assert refused.status_code == 431, (url, refused.text)
+        assert refused.json()["reason"] == "headers_too_large"
+        fits = httpx.get(f"{url}/health/live", headers={"X-Fits": "a" * 30_000}, timeout=10)
+        assert fits.status_code == 200, (url, fits.text)
+
+
 def test_a_compressed_body_is_refused_not_misread(system: System, client: SagaClient, uid: UniqueIds) -> None:
     """A gzip body was read as if it were plain JSON (and refused as unreadable, or worse,
     read); it is answered 415 with the one coding accepted (RFC 7694 §3)."""
