@@ -121,3 +121,23 @@ async def test_the_pacer_sets_the_wait_of_the_next_fetch() -> None:
         assert fetcher._fetch_max_wait_ms == 100  # busy: records gather into batches
     finally:
         thread.thread_loop.close()
+
+
+async def test_a_stream_taking_an_event_is_seen_by_fausts_liveness_check() -> None:
+    """faust's consumer thread logs "Stream has not started processing" as an ERROR for a
+    partition with a backlog whose stream never took an event (by its monitor's
+    ``stream_inbound_time``); the quiet monitor still records that time, or busy
+    partitions were reported idle after 5 minutes of load."""
+    import inspect
+    import time
+
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+    from faust.types import TP
+
+    app = _app()
+    tp = TP("t", 3)
+    before = time.monotonic()
+    app.monitor.on_stream_event_in(tp, 7, None, None)  # type: ignore[arg-type]  # as a stream does
+    assert app.monitor.stream_inbound_time[tp] >= before
+    # where faust looks (an upgrade that moves the check away from it fails here)
+    assert "monitor.stream_inbound_time" in inspect.getsource(AIOKafkaConsumerThread.verify_event_path)
