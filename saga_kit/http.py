@@ -9,10 +9,12 @@ import email.message
 import ipaddress
 import json
 import logging
+import re
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl
 
 import psycopg
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
@@ -246,7 +248,7 @@ class RequestGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             headers = Headers(scope=scope)
-            refusal = self._refusal(scope["method"], headers)
+            refusal = self._refusal(scope["method"], headers) or _repeated(scope, headers)
             if refusal is not None:
                 for message in _json_answer(*refusal):
                     await send(message)
@@ -303,6 +305,26 @@ class RequestGuard:
         if length.isdigit() and int(length) > self.max_body_size:
             return 413, _too_large(self.max_body_size, length), []
         return None
+
+
+#: Request headers that carry one value: sent twice, which one was meant is unknown.
+SINGLE_HEADERS = ("idempotency-key", "last-event-id")
+
+
+def _repeated(scope: Scope, headers: Headers) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]] | None:
+    """422 ``invalid_request`` for a query parameter given more than once (the framework
+    took the last one silently; no route reads a list from the query) or a header of
+    ``SINGLE_HEADERS`` sent more than once (the first one was taken)."""
+    query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    names = [name for name, _ in query]
+    twice = [("query", printable(n, 100)) for n in dict.fromkeys(names) if names.count(n) > 1]
+    twice += [("header", h.title()) for h in SINGLE_HEADERS if len(headers.getlist(h)) > 1]
+    if not twice:
+        return None
+    detail = [
+        {"loc": list(where), "msg": "sent more than once: send one", "type": "duplicate"} for where in twice
+    ]
+    return 422, {"detail": detail, "reason": "invalid_request"}, []
 
 
 #: Methods whose body, when they have one, is JSON on every route of the services.
@@ -435,7 +457,9 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     while a head is incomplete; past the bound the client gets 431 ``headers_too_large``
     and the connection closes. The close lingers (RFC 9112 §9.6): what the client still
     sends is read and dropped, up to ``LINGER_BYTES`` or ``LINGER_SECONDS``, so a client
-    busy sending its head still reads the answer instead of a reset connection.
+    busy sending its head still reads the answer instead of a reset connection. Bytes that
+    are not HTTP (a raw ``0xff`` in the path) are a 400 ``invalid_http_request`` with a
+    ``Problem`` body too, where uvicorn answered in plain text.
     ``limit_head`` makes the class with a bound (``HTTP_MAX_HEADER_BYTES``)."""
 
     max_head_bytes = 64 * 1024
@@ -460,12 +484,6 @@ class HeadLimitedProtocol(HttpToolsProtocol):
             raise ValueError("the head is too large")  # httptools stops; uvicorn answers 400 …
         super().on_headers_complete()
 
-    def send_400_response(self, msg: str) -> None:
-        if self._head_too_large:  # … which is a 431 here
-            self._refuse_head()
-            return
-        super().send_400_response(msg)
-
     def data_received(self, data: bytes) -> None:
         if self._dropped is not None:
             self._dropped += len(data)
@@ -480,20 +498,34 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         if self._head_bytes > self.max_head_bytes:
             self._refuse_head()
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes httptools cannot parse (or a callback refused), in
+        plain text there: a ``Problem`` here, as every other refusal."""
+        if self._head_too_large:  # raised by on_headers_complete: a 431
+            self._refuse_head()
+            return
+        self._refuse(
+            400,
+            "the request is not valid HTTP/1.1: its request line or a header cannot be read",
+            "invalid_http_request",
+        )
+
     def _refuse_head(self) -> None:
-        self._in_head, self._dropped = False, 0
-        body = json.dumps(
-            {
-                "detail": f"the request line and headers are larger than {self.max_head_bytes}"
-                " bytes, the most accepted",
-                "reason": "headers_too_large",
-            }
-        ).encode()
         self.logger.warning("a request's head passed %d bytes; answered 431", self.max_head_bytes)
+        self._refuse(
+            431,
+            f"the request line and headers are larger than {self.max_head_bytes} bytes, the most accepted",
+            "headers_too_large",
+        )
+
+    def _refuse(self, status: int, detail: str, reason: str) -> None:
+        """Answer ``status`` with a ``Problem`` and close the connection, lingering."""
+        self._in_head, self._dropped = False, 0
+        body = json.dumps({"detail": detail, "reason": reason}, separators=(",", ":")).encode()
         self.transport.write(
             b"".join(
                 [
-                    STATUS_LINE[431],
+                    STATUS_LINE[status],
                     *(k + b": " + v + b"\r\n" for k, v in self.server_state.default_headers),
                     b"content-type: application/json\r\n",
                     b"content-length: %d\r\n" % len(body),
@@ -651,7 +683,7 @@ def _ipv6_literal(host: str) -> ipaddress.IPv6Address | None:
 def _json_answer(
     status: int, body: Mapping[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()
 ) -> list[Message]:
-    content = json.dumps(body).encode()
+    content = json.dumps(body, separators=(",", ":")).encode()  # as the routes' answers
     return [
         {
             "type": "http.response.start",
@@ -1117,6 +1149,9 @@ def validation_errors(exc: RequestValidationError, limit: int = 20) -> list[dict
         ctx = err.get("ctx")
         if err.get("type") == "json_invalid" and isinstance(ctx, dict) and ctx.get("error"):
             msg = f"{msg}: {ctx['error']}"
+        elif err.get("type") == "uuid_parsing":
+            # pydantic quotes the character it stopped at ("found `z` at 32"): where, not what
+            msg = re.sub(r": found `.*?` at (\d+)", r" at position \1", msg, flags=re.S)
         elif (length := _LENGTH_ERRORS.get(str(err.get("type")))) and isinstance(err.get("input"), str):
             # a text checked before its length (events.values.SafeText) is measured "after
             # validation", and pydantic then counts "items": say characters, as for any string

@@ -139,3 +139,17 @@ async def test_an_idle_connection_outlives_a_clients_keep_alive(port: int) -> No
                 length = int(line.split(b":")[1])
         await reader.readexactly(length)
     writer.close()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"GET /orders/\xff HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"NOT HTTP AT ALL\r\n\r\n"],
+    ids=["a raw 0xff in the path", "not HTTP"],
+)
+async def test_what_is_not_http_is_a_400_with_a_problem_body(port: int, head: bytes) -> None:
+    status, body, _ = await exchange(port, head)
+    assert status == 400
+    assert json.loads(body) == {
+        "detail": "the request is not valid HTTP/1.1: its request line or a header cannot be read",
+        "reason": "invalid_http_request",
+    }

@@ -183,3 +183,62 @@ async def test_a_body_whose_content_type_is_said_twice_is_a_415_whichever_comes_
     await guard(_scope(headers), _client(b"{}"), lambda m: _sent(sent, m))
     assert sent[0]["status"] == 415 and app.body == b""
     assert json.loads(sent[1]["body"])["reason"] == "unsupported_media_type"
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "where"),
+    [
+        (b"status=PENDING&status=APPROVED", [], [["query", "status"]]),
+        (b"limit=1&after=2&limit=3", [], [["query", "limit"]]),
+        (b"", [(b"last-event-id", b"5"), (b"last-event-id", b"900")], [["header", "Last-Event-Id"]]),
+        (b"a=1", [(b"idempotency-key", b"k1"), (b"idempotency-key", b"k2")], [["header", "Idempotency-Key"]]),
+    ],
+)
+async def test_a_parameter_given_twice_is_a_422_that_names_it(
+    query: bytes, headers: list[tuple[bytes, bytes]], where: list[list[str]]
+) -> None:
+    """The framework took the last of two query values, and the first of two headers,
+    silently (an attack trial); which one was meant is unknown."""
+    reader, sent = Reader(), []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {**_scope([(b"host", b"127.0.0.1"), *headers]), "method": "GET", "query_string": query}
+    await RequestGuard(reader, [], 1024)(scope, _client(b""), send)
+    assert sent[0]["status"] == 422
+    body = json.loads(sent[1]["body"])
+    assert body["reason"] == "invalid_request" and [d["loc"] for d in body["detail"]] == where
+
+
+async def test_parameters_given_once_pass() -> None:
+    reader, sent = Reader(), []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        **_scope([(b"host", b"127.0.0.1"), (b"last-event-id", b"5")]),
+        "method": "GET",
+        "query_string": b"a=1&b=1",
+    }
+    await RequestGuard(reader, [], 1024)(scope, _client(b""), send)
+    assert sent[0]["status"] == 200
+
+
+def test_a_422_for_an_id_says_where_it_is_wrong_not_what_it_held() -> None:
+    """pydantic's message quotes the character it stopped at; the README promises a 422
+    never repeats the value it refused."""
+    import uuid
+
+    from fastapi.exceptions import RequestValidationError
+    from pydantic import TypeAdapter, ValidationError
+
+    from saga_kit.http import validation_errors
+
+    for given in ("12345678-1234-1234-1234-12345678zzzz", "12345678-1234-1234-1234-1234567\ufffd9abc"):
+        with pytest.raises(ValidationError) as caught:
+            TypeAdapter(uuid.UUID).validate_python(given)
+        (said,) = validation_errors(RequestValidationError(caught.value.errors()))
+        assert said["msg"].startswith("Input should be a valid UUID, invalid character at position 3"), said
+        assert "z" not in said["msg"] and "\ufffd" not in said["msg"]
