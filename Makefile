@@ -16,7 +16,8 @@ SEED  ?= 1
 
 help:
 	@echo "make setup    create .venv with the pinned dependencies (requirements.lock)"
-	@echo "make run      start broker, database and the three services; Ctrl-C stops all"
+	@echo "make run      start broker, database, the payment provider simulator and the three services;"
+	@echo "              Ctrl-C stops all (a second stack: python -m sagastack run --run-dir DIR, own ports)"
 	@echo "make demo     eight sagas end to end (every outcome, from Kafka, forged, provider outage), then the invariants;"
 	@echo "              on a terminal it keeps running for the dashboard (KEEP=0: stop at once)"
 	@echo "              BROKER=kafka|tansu for run, demo, test, bench, chaos (default Tansu)"
@@ -27,8 +28,11 @@ help:
 	@echo "              DB_STATEMENTS=10: each database's 10 statements with the most time in the closed loop)"
 	@echo "make chaos    N orders under kills, restarts, duplicates; check every invariant"
 	@echo "              (N=2000 KILLS=10 SEED=1; more: .venv/bin/python -m sagastack chaos -h)"
-	@echo "make lint     ruff + mypy (strict)"
+	@echo "make lint     ruff + mypy (strict); make format: ruff's fixes and formatting"
 	@echo "make schemas  regenerate schemas/ from events/"
+	@echo "make browser  install Debian's chromium and chromium-driver (as root) for the dashboard test"
+	@echo "make screenshots  run the demo's sagas and photograph the dashboard for docs/"
+	@echo "make clean    remove .run/ (every run's data) and .venv"
 
 setup: $(STAMP)
 

@@ -521,6 +521,7 @@ def place(
         command = PlaceOrder(command_id=uuid.uuid4(), **body)
     except ValidationError as exc:
         _fail(f"not a valid order: {_problems(own_errors(exc.errors()))}", 2)
+    _may_act_for(ctx.obj.token, customer_id)
     sent = {"command_id": str(command.command_id), "order_id": str(order_id_for(command.command_id))}
     _send_command(bootstrap, command, ctx.obj.token)
     _settle(
@@ -597,6 +598,31 @@ def _settle(
     r = _await_command(ctx, sent, cancelling)
     why = f" ({r['order_reason']})" if r.get("order_reason") else ""
     _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}{why}")
+
+
+def _may_act_for(token: str | None, customer_id: str) -> None:
+    """Fail at once when ``token`` plainly may not act for ``customer_id`` (a customer's
+    token for another customer), by the order service's own rule (``Principal.may_act_for``):
+    the service would refuse the command, and only an operator may read why, so sagactl
+    waited a minute for an outcome that never came (a newcomer trial). The token is read,
+    not verified: the service verifies it; one sagactl cannot read is left to the service."""
+    import jwt
+
+    from saga_kit.auth import Principal
+
+    if not token:
+        return
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+        roles = frozenset(Role(r) for r in claims.get("roles", ()) if r in Role.__members__.values())
+        principal = Principal(str(claims["sub"]), roles)
+    except (jwt.PyJWTError, KeyError, TypeError):
+        return
+    if roles and not principal.may_act_for(customer_id):
+        _fail(
+            f"the token (SAGA_TOKEN) names {principal.subject!r}, a customer, who may act for itself only:"
+            f" the order service would refuse a command for {customer_id!r} (forbidden)"
+        )
 
 
 def _send_command(bootstrap: str, command: Any, token: str | None) -> None:

@@ -15,42 +15,47 @@ from sagastack.system import PROVIDER, SERVICES, StartFailed, System, choose_bro
 RUN_ROOT = Path(".run")
 
 
-def run(_: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     # Ctrl-C interrupts the start even where SIGINT came ignored (a shell's background job)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     broker, note = choose_broker()
     if note:
         print(note, flush=True)
-    system = System(RUN_ROOT / "stack", broker_kind=broker)
+    system = System(Path(args.run_dir), broker_kind=broker)
     system.claim()  # a run already there is told before anything is said to start
     print("starting broker, database, payment provider and services …", flush=True)
     with system:  # Ctrl-C while it starts interrupts the start (and stops what it started)
         for sig in (signal.SIGINT, signal.SIGTERM):  # started: Ctrl-C stops the loop below
             signal.signal(sig, lambda *_: stop.set())
-        print(f"\n  broker       {system.broker_description()}")
+        print(f"\n  {'broker':<13} {system.broker_description()}")
         for name, url in system.database_urls.items():
-            print(f"  {name:<12} database {url}")
+            print(f"  {name:<13} database {url}")
         if system.provider_database_url:
-            print(f"  {'provider':<12} database {system.provider_database_url}")
+            print(f"  {'provider':<13} database {system.provider_database_url}")
         for name in SERVICES:
-            print(f"  {name:<12} {system.url(name)}  (health: {system.url(name)}/health/ready)")
+            print(f"  {name:<13} {system.url(name)}  (health: {system.url(name)}/health/ready)")
         if system.provider is not None:
-            print(f"  {'provider':<12} {system.provider_url}  (card processor simulator; faults: /v1/faults)")
+            print(f"  {'provider':<13} {system.provider_url}  (card processor simulator; faults: /v1/faults)")
         else:
-            print(f"  {'provider':<12} {system.provider_url}  (PAYMENT_PROVIDER_URL: no simulator started)")
+            print(f"  {'provider':<13} {system.provider_url}  (PAYMENT_PROVIDER_URL: no simulator started)")
         # the operator's token rides in the fragment: it never reaches a server's log
         print(f"\n  dashboard:      {system.url('order_svc')}/dashboard#token={system.token()}")
         print(f"  order API docs: {system.url('order_svc')}/docs")
         print(f"  traces:         {system.run_dir / 'traces'}   (sagactl --help for the CLI)")
+        env = system.sagactl_env()
+        if (
+            env
+            != {
+                **{f"SAGACTL_{prefix}_URL": f"http://127.0.0.1:{port}" for prefix, port in SERVICES.values()},
+                "SAGACTL_KAFKA_BOOTSTRAP": "127.0.0.1:9092",
+            }
+            or system.run_dir != RUN_ROOT / "stack"
+        ):  # sagactl's defaults are make run's: tell it
+            env["SAGA_ISSUER_DIR"] = str(system.run_dir / "keys" / "issuer")
+            print("  sagactl:        export " + " ".join(f"{k}={v}" for k, v in env.items()))
         print("  tokens:         export SAGA_TOKEN=$(.venv/bin/sagactl token)   (an operator's;")
         print("                  a customer's: sagactl token --subject alice --role customer)")
-        env = system.sagactl_env()
-        if env != {
-            **{f"SAGACTL_{prefix}_URL": f"http://127.0.0.1:{port}" for prefix, port in SERVICES.values()},
-            "SAGACTL_KAFKA_BOOTSTRAP": "127.0.0.1:9092",
-        }:  # ports of one's own: tell sagactl, whose defaults are these
-            print("  sagactl:        export " + " ".join(f"{k}={v}" for k, v in env.items()))
         print(f"  logs: {system.run_dir / 'logs'}\n\nready — Ctrl-C stops everything", flush=True)
         told: set[str] = set()
         while not stop.wait(0.5):
@@ -95,7 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(prog="sagastack")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="start everything and wait for Ctrl-C").set_defaults(func=run)
+    running = sub.add_parser("run", help="start everything and wait for Ctrl-C")
+    running.add_argument(
+        "--run-dir",
+        default=str(RUN_ROOT / "stack"),
+        help="where its databases, logs, keys and traces live (a second stack needs its own, and ports)",
+    )
+    running.set_defaults(func=run)
 
     from sagastack import bench, chaos, demo, screenshots
 

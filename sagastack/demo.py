@@ -569,6 +569,8 @@ def main(args: argparse.Namespace) -> int:
     with system:
         print(f"  broker: {system.broker_description()}", flush=True)
         print("  " + ", ".join(f"{n} {system.url(n)}" for n in SERVICES), flush=True)
+        if system.provider is not None:
+            print(f"  payment provider simulator {system.provider.url}", flush=True)
         problems = run_demo(system, args.orders)
         print()
         for p in problems:
@@ -586,19 +588,21 @@ def main(args: argparse.Namespace) -> int:
             env = " ".join(f"{k}={v}" for k, v in system.sagactl_env().items())
             print(f"sagactl: export {env} SAGA_ISSUER_DIR={system.run_dir / 'keys' / 'issuer'}")
             print("         export SAGA_TOKEN=$(.venv/bin/sagactl token)   # an operator's development token")
-            print(
-                f"\ndashboard: {dashboard}  — the system keeps running; Ctrl-C stops everything", flush=True
-            )
+            # the link alone on its line: copied to the line's end, it must stay a link
+            print(f"\ndashboard: {dashboard}", flush=True)
+            print("\nthe system keeps running; Ctrl-C stops everything", flush=True)
             with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, or SIGTERM (see __main__)
                 while True:
                     time.sleep(0.5)
-            print("stopping …")
+            print("stopping …", flush=True)
         else:
             print(
                 "\nthe system stops now; `make demo` in a terminal (or KEEP=1) keeps it running,"
                 " with its dashboard and sagactl",
                 flush=True,
             )
+    if keep:
+        print("stopped", flush=True)
     return 1 if problems else 0
 
 

@@ -115,7 +115,9 @@ class RunDirectoryClaim:
             self._file.close()
             raise RunDirectoryInUse(
                 f"{run_dir} is in use by another run (pid {holder}): stop that one first"
-                " (Ctrl-C where it runs), or use another run directory"
+                " (Ctrl-C where it runs), or give this one a run directory of its own"
+                " (python -m sagastack run|demo|bench --run-dir DIR; a second stack needs ports"
+                " of its own too: the README's *_HTTP_PORT and SAGA_KAFKA_PORT)"
             ) from None
         self._file.seek(0)
         self._file.truncate()

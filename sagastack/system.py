@@ -265,11 +265,25 @@ class System:
         # a real provider: start no simulator, pass its URL on
         self.provider_url = os.environ.get("PAYMENT_PROVIDER_URL", "")
         try:
+            self._ensure_http_ports_free()
             self._start_broker()
             self._start_databases()
         except BaseException:
             self.stop()
             raise
+
+    def _ensure_http_ports_free(self) -> None:
+        """Raise ``PortTaken`` naming the first HTTP port of this run another process holds
+        (and the variable that moves it), before anything starts: a newcomer trial found
+        each taken port only once everything else had started, one run at a time, at the
+        end of the service's log (and the provider's without a word of which setting)."""
+        if self.free_ports:
+            return
+        wanted = [(name, prefix, port) for name, (prefix, port) in SERVICES.items()]
+        if not self.provider_url:
+            wanted.append(("the payment provider simulator", "PROVIDER", PROVIDER_PORT))
+        for name, prefix, default in wanted:
+            ensure_port_free(chosen_port(prefix, default), f"{name}'s HTTP", f"{prefix}_HTTP_PORT")
 
     def _start_broker(self) -> None:
         external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")

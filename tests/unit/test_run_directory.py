@@ -124,6 +124,32 @@ def test_a_broker_port_already_taken_is_refused_not_joined(
             system.stop()
 
 
+@pytest.mark.parametrize(
+    ("variable", "what"),
+    [
+        ("INVENTORY_HTTP_PORT", "inventory_svc's HTTP"),
+        ("PROVIDER_HTTP_PORT", "the payment provider simulator's HTTP"),
+    ],
+)
+def test_an_http_port_already_taken_is_named_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, what: str
+) -> None:
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.delenv("PAYMENT_PROVIDER_URL", raising=False)
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        monkeypatch.setenv(variable, str(port))
+        system = System(tmp_path, broker_kind="tansu")
+        try:
+            with pytest.raises(PortTaken, match=rf"127.0.0.1:{port}, {what} port, is taken .* {variable}$"):
+                system.start_servers()
+            assert system.broker is None and system.postgres is None  # nothing was started
+        finally:
+            system.stop()
+
+
 def test_a_database_server_that_was_killed_is_not_asked_to_stop(tmp_path: Path) -> None:
     """Asking pg_ctl to stop a server that was killed made the embedded wheel log a dozen
     lines at ERROR, at the run's stop and again at the next start."""

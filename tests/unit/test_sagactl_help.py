@@ -146,3 +146,31 @@ def test_a_bad_argument_is_refused_before_anything_is_sent(command: list[str], s
     assert result.exit_code == 2, result.output
     assert isinstance(result.exception, SystemExit)  # not a traceback
     assert said in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(
+    ("subject", "roles", "refused"), [("bob", ["customer"], True), ("ops", ["operator"], False)]
+)
+def test_a_command_the_token_may_not_send_is_refused_before_it_is_sent(
+    tmp_path: Path, subject: str, roles: list[str], refused: bool
+) -> None:
+    """A customer's token for another customer's order: the order service refuses the
+    command, and only an operator can read why, so ``--via kafka`` waited a minute for an
+    outcome that never came (a newcomer trial). An operator's token goes on to the broker
+    (here nobody listens: exit 2)."""
+    from saga_kit.auth import DevIssuer, write_dev_issuer
+
+    issuer: DevIssuer = write_dev_issuer(tmp_path / "issuer")
+    token = issuer.mint(subject, roles, ttl_seconds=60)
+    result = CliRunner().invoke(
+        app, ["--token", token, "place", "alice", "widget=1", "--via", "kafka", "--bootstrap", "127.0.0.1:1"]
+    )
+    said = " ".join(result.output.split())
+    if refused:
+        assert result.exit_code == 1, said
+        assert said == (
+            "the token (SAGA_TOKEN) names 'bob', a customer, who may act for itself only:"
+            " the order service would refuse a command for 'alice' (forbidden)"
+        )
+    else:
+        assert result.exit_code == 2 and "cannot send to Kafka" in said, said
