@@ -188,6 +188,8 @@ class LiveTimeline:
 
     def _hand(self, item: Item) -> None:
         for queue in list(self._streams):
+            if isinstance(item, Away) and not queue.empty():
+                continue  # it has news to read still: an outage does not fill its queue
             try:
                 queue.put_nowait(item)
             except asyncio.QueueFull:

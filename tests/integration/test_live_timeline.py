@@ -179,3 +179,16 @@ async def test_full_counts_open_streams(order: ServiceUnderTest) -> None:
             await f
         assert not hub.full
     assert hub.open_streams == 0
+
+
+async def test_an_outage_does_not_fill_a_streams_queue(order: ServiceUnderTest) -> None:
+    """The hub says the database is away every second; a stream's queue holds a minute of
+    reads, so a two-minute outage would have ended every stream for falling behind."""
+    hub = LiveTimeline(order.db.engine, max_streams=5, queue_depth=2)
+    queue = hub.subscribe()
+    for _ in range(10):
+        hub._hand(Away())
+    assert hub.open_streams == 1 and queue.qsize() == 1
+    hub._hand([{"seq": 1}])
+    hub._hand([{"seq": 2}])  # but rows that find it full still do
+    assert hub.open_streams == 0 and isinstance(queue.get_nowait(), Ended)
