@@ -691,15 +691,10 @@ async def stream_saga_events(
     was when it is back. A comment line comes every `STREAM_PING_SECONDS` (10) while
     nothing happens. A client that falls a minute behind is told so in a comment and the
     stream ends: reconnecting with `Last-Event-ID` resumes it."""
+    _refuse_if_full(live)  # before the database is asked anything
     # where it starts is read before the answer starts: a database away now is a 503
     follower = await live.start(int(last_event_id) if last_event_id else after)
-    if live.full:
-        raise HTTPException(
-            503,
-            f"{live.open_streams} event streams are open, the most this service serves"
-            " (ORDER_EVENT_STREAMS_MAX); retry after Retry-After seconds",
-            headers={"Retry-After": str(STREAM_RETRY_AFTER_SECONDS)},
-        )
+    _refuse_if_full(live)
     subscription = live.subscribe()  # counted from here: no await since the check
 
     async def events() -> AsyncIterator[ServerSentEvent]:
@@ -721,6 +716,16 @@ async def stream_saga_events(
         headers={"Cache-Control": "no-cache"},
         background=BackgroundTask(live.unsubscribe, subscription),  # also when never followed
     )
+
+
+def _refuse_if_full(live: LiveTimeline) -> None:
+    if live.full:
+        raise HTTPException(
+            503,
+            f"{live.open_streams} event streams are open, the most this service serves"
+            " (ORDER_EVENT_STREAMS_MAX); retry after Retry-After seconds",
+            headers={"Retry-After": str(STREAM_RETRY_AFTER_SECONDS)},
+        )
 
 
 #: Seconds between two keep-alive comments of an event stream while nothing happens

@@ -85,6 +85,12 @@ async def feed(
     return [dict(row._mapping) for row in rows]
 
 
+async def last_seq(conn: AsyncConnection) -> int:
+    """The highest position in the timeline committed so far (0 while it is empty; one
+    index read): every ``Last-Event-ID`` a stream gave out is at most this."""
+    return int(await conn.scalar(text("SELECT COALESCE(MAX(seq), 0) FROM saga_events")) or 0)
+
+
 #: How long a timeline insert may stay uncommitted and still be followed. ``seq`` comes
 #: from a sequence, so a transaction can commit a *lower* seq after a higher one is
 #: already visible; following "seq > last seen" alone would skip it.

@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import sys
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
@@ -316,8 +317,8 @@ def _repeated(scope: Scope, headers: Headers) -> tuple[int, dict[str, Any], list
     took the last one silently; no route reads a list from the query) or a header of
     ``SINGLE_HEADERS`` sent more than once (the first one was taken)."""
     query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-    names = [name for name, _ in query]
-    twice = [("query", printable(n, 100)) for n in dict.fromkeys(names) if names.count(n) > 1]
+    counted = Counter(name for name, _ in query)  # not names.count: 16,000 names took 2.7 s
+    twice = [("query", printable(n, 100)) for n, times in counted.items() if times > 1]
     twice += [("header", h.title()) for h in SINGLE_HEADERS if len(headers.getlist(h)) > 1]
     if not twice:
         return None
@@ -470,6 +471,7 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     _in_head = False
     _dropped: int | None = None  # bytes dropped since the 431; None before one
     _head_too_large = False
+    _refusal_due: tuple[int, str, str] | None = None  # once the answers before it are sent
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -519,8 +521,30 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         )
 
     def _refuse(self, status: int, detail: str, reason: str) -> None:
-        """Answer ``status`` with a ``Problem`` and close the connection, lingering."""
+        """Answer ``status`` with a ``Problem`` and close the connection, lingering; after
+        the answers of the requests before it on the connection (pipelined), which are
+        still to come (a second attack trial: the first request's answer was lost, and a
+        write after the end of the connection raised in the service)."""
         self._in_head, self._dropped = False, 0
+        if self._answering():
+            self._refusal_due = (status, detail, reason)
+            return
+        self._write_refusal(status, detail, reason)
+
+    def _answering(self) -> bool:
+        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._refusal_due is not None and not self._answering():
+            if self.timeout_keep_alive_task is not None:
+                self.timeout_keep_alive_task.cancel()
+            due, self._refusal_due = self._refusal_due, None
+            self._write_refusal(*due)
+
+    def _write_refusal(self, status: int, detail: str, reason: str) -> None:
+        if self.transport.is_closing():
+            return
         body = json.dumps({"detail": detail, "reason": reason}, separators=(",", ":")).encode()
         self.transport.write(
             b"".join(

@@ -68,9 +68,9 @@ class CountingReads(LiveTimeline):
         self.hub_follower = follower
         await super()._run(follower)
 
-    async def _read(self, follower: timeline.Follower) -> list[dict[str, Any]] | None:
+    async def _read(self, follower: timeline.Follower, page: int = live.PAGE) -> list[dict[str, Any]] | None:
         self.reads["hub" if follower is self.hub_follower else "streams"] += 1
-        return await super()._read(follower)
+        return await super()._read(follower, page)
 
 
 async def test_open_streams_share_one_reader_and_each_gets_every_event_once(order: ServiceUnderTest) -> None:
@@ -100,7 +100,7 @@ async def test_a_stream_from_the_past_catches_up_then_follows_without_a_gap_or_a
 ) -> None:
     """More than two pages behind, while events keep coming during the catch-up."""
     hub = LiveTimeline(order.db.engine, max_streams=5, poll_interval=INTERVAL)
-    before = await committed(order, 2 * live.PAGE + 50)
+    before = await committed(order, 2 * live.CATCH_UP_PAGE + 50)
     stream = hub.follow(timeline.Follower(before[0] - 1))
     got: list[int] = []
 
@@ -192,3 +192,15 @@ async def test_an_outage_does_not_fill_a_streams_queue(order: ServiceUnderTest) 
     hub._hand([{"seq": 1}])
     hub._hand([{"seq": 2}])  # but rows that find it full still do
     assert hub.open_streams == 0 and isinstance(queue.get_nowait(), Ended)
+
+
+async def test_a_stream_resumed_past_every_event_starts_now(order: ServiceUnderTest) -> None:
+    """A browser's Last-Event-ID from a database since wiped is past every event: the
+    stream waited, silent, for the timeline to pass it."""
+    hub = LiveTimeline(order.db.engine, max_streams=5, poll_interval=INTERVAL)
+    stream = hub.follow(await hub.start(10**15))
+    [made] = await committed(order)
+    got: list[int] = []
+    await collect(stream, {made}, got)
+    await stream.aclose()
+    assert got == [made]

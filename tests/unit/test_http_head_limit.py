@@ -4,7 +4,9 @@ a real uvicorn server with the options every server here uses, spoken to over a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import socket
 from collections.abc import AsyncIterator
 
@@ -153,3 +155,33 @@ async def test_what_is_not_http_is_a_400_with_a_problem_body(port: int, head: by
         "detail": "the request is not valid HTTP/1.1: its request line or a header cannot be read",
         "reason": "invalid_http_request",
     }
+
+
+@pytest.mark.parametrize(
+    ("second", "status"),
+    [
+        (b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (2 * LIMIT) + b"\r\n\r\n", b"431"),
+        (b"\xff\xfe junk\r\n\r\n", b"400"),
+    ],
+    ids=["then a head too large", "then bytes that are not HTTP"],
+)
+async def test_pipelined_requests_are_answered_before_the_refusal_that_follows_them(
+    port: int, second: bytes, status: bytes
+) -> None:
+    """A second attack trial: a request sent in one write with a refused one behind it
+    lost its answer (the refusal was written at once, and the connection ended under the
+    first answer, which then raised in the service)."""
+    first = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    def speak() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(first + second)
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            return answer
+
+    answer = await asyncio.to_thread(speak)
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
+    assert statuses == [b"200", status], answer[:300]
