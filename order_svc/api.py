@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from opentelemetry import context as otel_context
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, computed_field, field_validator
@@ -696,18 +698,31 @@ async def stream_saga_events(
     follower = await live.start(int(last_event_id) if last_event_id else after)
     _refuse_if_full(live)
     subscription = live.subscribe()  # counted from here: no await since the check
+    # set by sse-starlette when the service stops: the stream then ends after what it
+    # sent, with its last chunk, instead of being cancelled (a traceback each)
+    stopping = anyio.Event()
+
+    async def end_when_stopping() -> None:
+        await stopping.wait()
+        live.end(subscription, "the service is stopping; reconnect to resume")
 
     async def events() -> AsyncIterator[ServerSentEvent]:
-        yield ServerSentEvent(comment="connected")
-        async for item in live.follow(follower, subscription):
-            if isinstance(item, Away):
-                yield ServerSentEvent(comment=AWAY_COMMENT)
-            elif isinstance(item, Ended):
-                yield ServerSentEvent(comment=item.why)
-            else:
-                for r in item:
-                    entry = FeedEntry.model_validate(r)
-                    yield ServerSentEvent(id=str(entry.seq), event="saga-event", data=entry.model_dump_json())
+        watch = asyncio.create_task(end_when_stopping())
+        try:
+            yield ServerSentEvent(comment="connected")
+            async for item in live.follow(follower, subscription):
+                if isinstance(item, Away):
+                    yield ServerSentEvent(comment=AWAY_COMMENT)
+                elif isinstance(item, Ended):
+                    yield ServerSentEvent(comment=item.why)
+                else:
+                    for r in item:
+                        entry = FeedEntry.model_validate(r)
+                        yield ServerSentEvent(
+                            id=str(entry.seq), event="saga-event", data=entry.model_dump_json()
+                        )
+        finally:
+            watch.cancel()
 
     return EventSourceResponse(
         events(),
@@ -715,6 +730,8 @@ async def stream_saga_events(
         send_timeout=STREAM_SEND_TIMEOUT_SECONDS,
         headers={"Cache-Control": "no-cache"},
         background=BackgroundTask(live.unsubscribe, subscription),  # also when never followed
+        shutdown_event=stopping,
+        shutdown_grace_period=STREAM_STOP_GRACE_SECONDS,
     )
 
 
@@ -733,5 +750,7 @@ def _refuse_if_full(live: LiveTimeline) -> None:
 STREAM_PING_SECONDS = 10
 #: Seconds an event stream waits for its client to take one event before it gives up on it.
 STREAM_SEND_TIMEOUT_SECONDS = 30
+#: Seconds a stream has to end by itself once the service stops (uvicorn waits 3 in all).
+STREAM_STOP_GRACE_SECONDS = 2.0
 #: What a new stream refused because all are taken is told to wait, in seconds.
 STREAM_RETRY_AFTER_SECONDS = 5

@@ -193,6 +193,14 @@ class LiveTimeline:
         finally:
             self._task = None
 
+    def end(self, queue: Subscription, why: str) -> None:
+        """End one stream after what it was sent (its client resumes from there): its
+        queue is emptied, and ``Ended(why)`` is its last item."""
+        self._streams.discard(queue)
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(Ended(why))
+
     def _hand(self, item: Item) -> None:
         for queue in list(self._streams):
             if isinstance(item, Away) and not queue.empty():
@@ -203,7 +211,4 @@ class LiveTimeline:
                 # this stream's client reads slower than the timeline grows: the stream
                 # ends after what it was sent, with nothing left out in between, and
                 # resumes from Last-Event-ID when its client reconnects
-                self._streams.discard(queue)
-                while not queue.empty():
-                    queue.get_nowait()
-                queue.put_nowait(Ended("this stream fell behind; reconnect with Last-Event-ID to resume"))
+                self.end(queue, "this stream fell behind; reconnect with Last-Event-ID to resume")

@@ -23,6 +23,7 @@ from typing import Any
 import uvicorn
 import uvloop
 from fastapi import APIRouter, FastAPI
+from sse_starlette.sse import AppStatus
 from starlette.types import ASGIApp
 
 from events.topics import DOMAIN_TOPICS, dead_letter_topic
@@ -388,6 +389,10 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             {relay_task, server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
         )
         failed = [t for t in done if t is not stop_task]
+        # open event streams (sse-starlette) end first, each with its last chunk: the
+        # runner owns the signals, so sse-starlette's own watch for uvicorn's never fires,
+        # and the streams were cancelled at the graceful timeout, a traceback each
+        AppStatus.should_exit = True
         server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server_task, 10)

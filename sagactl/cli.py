@@ -879,7 +879,14 @@ def tail(
                 ):
                     if source.response.is_error:
                         source.response.read()
-                        _fail(_refusal("order", source.response))
+                        if not (connected and source.response.status_code == 503):
+                            _fail(_refusal("order", source.response))
+                        # followed before: the service is back but busy (every stream
+                        # taken, its database away); it says when to try again
+                        wait = source.response.headers.get("retry-after", "")
+                        errors.print(f"{_refusal('order', source.response)}; trying again", style="dim")
+                        time.sleep(int(wait) if wait.isdigit() and int(wait) <= 60 else 1)
+                        continue
                     if not connected and not from_start and output is not Output.json:
                         errors.print(  # else it looks hung while idle
                             "following new events (--from-start shows the earlier ones); Ctrl-C stops",

@@ -72,3 +72,28 @@ def test_a_service_serves_at_most_its_streams_and_refuses_one_more_with_retry_af
             assert third.status_code == 200 and next(third.iter_lines()) == ": connected"
     finally:
         system.start_service("order_svc")
+
+
+def test_a_stop_ends_open_streams_cleanly_and_they_resume(system: System) -> None:
+    """A second attack trial: stopping order_svc with streams open cancelled each at the
+    graceful timeout, a traceback in the log each, and clients read a broken chunk. Now
+    each stream ends with a comment saying why, and its client resumes."""
+    url = f"{system.url('order_svc')}/saga-events/stream"
+    log = system.run_dir / "logs" / "order_svc.log"
+    before = log.stat().st_size
+    with httpx.Client(headers=system.auth(), timeout=httpx.Timeout(10.0, read=30.0)) as http:
+        with http.stream("GET", url) as stream:
+            lines = stream.iter_lines()
+            assert next(lines) == ": connected"
+            system.stop_service("order_svc")
+            said = list(lines)  # to its end: no RemoteProtocolError for an incomplete chunk
+        assert ": the service is stopping; reconnect to resume" in said, said
+        system.start_service("order_svc")
+        with http.stream("GET", url) as again:
+            assert again.status_code == 200
+    with log.open("rb") as f:
+        f.seek(before)
+        said_since = f.read().decode(errors="replace")
+    assert "Traceback" not in said_since and "Exception in ASGI application" not in said_since, said_since[
+        -3000:
+    ]

@@ -174,3 +174,71 @@ def test_a_command_the_token_may_not_send_is_refused_before_it_is_sent(
         )
     else:
         assert result.exit_code == 2 and "cannot send to Kafka" in said, said
+
+
+def test_tail_waits_out_a_busy_service_and_resumes_after_the_last_event() -> None:
+    """A stream that ends is followed again from its last event; a service that answers
+    503 meanwhile (every stream taken, as it restarts) is asked again after its
+    Retry-After, where tail used to give up (a second attack trial)."""
+    import json
+    import threading
+    import time
+
+    import uvicorn
+    from starlette.types import Receive, Scope, Send
+
+    asked: list[str | None] = []
+
+    def event(seq: int) -> bytes:
+        entry = {
+            "seq": seq,
+            "order_id": "6f1c0000-0000-4000-8000-000000000000",
+            "event_type": "OrderCreated",
+            "producer": "order_svc",
+            "occurred_at": "2026-12-01T12:00:00.000000+00:00",
+            "compensating": False,
+        }
+        return f"id: {seq}\nevent: saga-event\ndata: {json.dumps(entry)}\n\n".encode()
+
+    async def feed(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        resumed = dict(scope["headers"]).get(b"last-event-id")
+        asked.append(resumed.decode() if resumed else None)
+        if len(asked) == 2:  # busy
+            body = b'{"detail":"100 event streams are open","reason":"service_unavailable"}'
+            headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        await send(
+            {"type": "http.response.body", "body": event(len(asked)), "more_body": False}
+        )  # then it ends
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(feed, host="127.0.0.1", port=port, log_config=None, lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        result = CliRunner().invoke(
+            app, ["--order-url", f"http://127.0.0.1:{port}", "tail", "--count", "2", "-o", "json"]
+        )
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["seq"] for line in result.stdout.splitlines() if line.startswith("{")] == [1, 3]
+    assert asked == [None, "1", "1"]  # resumed after event 1, twice: once refused, once served
