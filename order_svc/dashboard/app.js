@@ -551,7 +551,8 @@ function scheduleRefresh() {
 }
 
 // The live stream (server-sent events) through fetch-event-source: EventSource cannot send
-// the token. It reconnects by itself (resuming from the last event id) after an error.
+// the token. It reconnects by itself (resuming from the last event id) after an error, and
+// after the service ended the stream.
 function connect() {
   const live = $("live");
   const off = (text) => { live.className = "live off"; live.textContent = text; };
@@ -564,9 +565,15 @@ function connect() {
       }
       live.className = "live on";
       live.textContent = "● live";
+      live.dataset.opened = String(Number(live.dataset.opened || 0) + 1); // streams opened so far
     },
     onmessage(message) {
       if (message.event === "saga-event") scheduleRefresh();
+    },
+    onclose() {
+      // the service ended the stream (this page fell behind, or the service is stopping):
+      // an error makes fetch-event-source connect again, resuming from the last event id
+      throw new Error("the stream ended");
     },
     onerror() {
       off("● reconnecting");

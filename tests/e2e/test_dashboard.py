@@ -689,3 +689,22 @@ def test_a_dead_letter_replayed_from_the_page_once_its_order_exists(
         what="listed among the replayed",
     )
     client.close()
+
+
+def test_the_live_stream_connects_again_when_the_service_ends_it(browser: Any, system: System) -> None:
+    """A service that stops ends its streams cleanly (a comment, then their last chunk);
+    the page then connected no more (fetch-event-source calls it a close, not an error),
+    and its live badge went on saying live."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{system.url('order_svc')}/dashboard#token={system.token()}")
+
+    def opened(d: Any) -> int:
+        live = d.find_element(By.ID, "live")
+        return int(live.get_attribute("data-opened") or 0) if "on" in live.get_attribute("class") else 0
+
+    wait(browser, lambda d: opened(d) >= 1, what="live stream")
+    first = opened(browser)
+    system.stop_service("order_svc")
+    system.start_service("order_svc")
+    wait(browser, lambda d: opened(d) > first, what="the page connected to the live stream again")
