@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from opentelemetry import context as otel_context
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, computed_field, field_validator
 from sqlalchemy import text
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 from starlette.background import BackgroundTask
 
 from events import OrderLine
@@ -36,7 +36,7 @@ from order_svc.admission import Admission
 from order_svc.cancelling import OrderNotFound, cancel_order
 from order_svc.domain import OrderStatus
 from order_svc.explain import COMPENSATING, Refusal, explain
-from order_svc.live import AWAY_COMMENT, Away, Ended, LiveTimeline
+from order_svc.live import AWAY_COMMENT, Away, Ended, LiveResponse, LiveTimeline
 from order_svc.placing import OrderDesk, Placement
 from order_svc.settings import Settings
 from saga_kit import audit, tracing
@@ -672,7 +672,7 @@ LiveDep = Annotated[LiveTimeline, Depends(get_live)]
 @router.get(
     "/saga-events/stream",
     summary="Every saga's events, live (server-sent events)",
-    response_class=EventSourceResponse,
+    response_class=LiveResponse,
     responses={
         200: {"content": {"text/event-stream": {}}},
         **errors(
@@ -685,7 +685,7 @@ LiveDep = Annotated[LiveTimeline, Depends(get_live)]
 )
 async def stream_saga_events(
     live: LiveDep, after: Seq | None = None, last_event_id: LastEventId = None
-) -> EventSourceResponse:
+) -> LiveResponse:
     """Server-sent events: each new timeline event as it is recorded (`id` is its `seq`,
     `data` a feed entry as in `/saga-events`; a reconnecting browser resumes from
     `Last-Event-ID`). Without `after` it starts at the newest event. While the database is
@@ -724,7 +724,7 @@ async def stream_saga_events(
         finally:
             watch.cancel()
 
-    return EventSourceResponse(
+    return LiveResponse(
         events(),
         ping=STREAM_PING_SECONDS,
         send_timeout=STREAM_SEND_TIMEOUT_SECONDS,
