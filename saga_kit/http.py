@@ -464,6 +464,12 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     ``limit_head`` makes the class with a bound (``HTTP_MAX_HEADER_BYTES``)."""
 
     max_head_bytes = 64 * 1024
+    #: Seconds a request line and headers may take to arrive, from the connection's start
+    #: or the request's first byte (longer: 408 ``request_timeout``, and the connection
+    #: closes): a connection that sent nothing, or a header line every few seconds, was
+    #: held for ever (a second attack trial). Between requests, keep-alive's own timeout.
+    head_timeout = 30.0
+    _head_timer: asyncio.TimerHandle | None = None
     #: After a 431, how much more is read and dropped (bytes), and for how long (seconds).
     LINGER_BYTES = 1024 * 1024
     LINGER_SECONDS = 2.0
@@ -473,11 +479,43 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     _head_too_large = False
     _refusal_due: tuple[int, str, str] | None = None  # once the answers before it are sent
 
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes, self._in_head = 0, True
+        self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or self._dropped is not None:
+            return
+        if self._answering():  # reading waits for an answer in progress: so does the head
+            self._arm_head_timer()
+            return
+        self._refuse(
+            408,
+            f"the request line and headers did not arrive within {self.head_timeout:g} s",
+            "request_timeout",
+        )
 
     def on_headers_complete(self) -> None:
+        self._disarm_head_timer()
         self._in_head = False
         # a head that arrived in one piece was not counted as it came: its parsed size is
         # the request line's target and the header lines' (a few bytes less than sent)
@@ -563,9 +601,13 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         self.loop.call_later(self.LINGER_SECONDS, self.transport.close)
 
 
-def limit_head(max_head_bytes: int) -> type[HeadLimitedProtocol]:
-    """``HeadLimitedProtocol`` bounded at ``max_head_bytes``, for ``uvicorn.Config(http=…)``."""
-    return type("HeadLimitedProtocol", (HeadLimitedProtocol,), {"max_head_bytes": max_head_bytes})
+def limit_head(
+    max_head_bytes: int, head_timeout: float = HeadLimitedProtocol.head_timeout
+) -> type[HeadLimitedProtocol]:
+    """``HeadLimitedProtocol`` bounded at ``max_head_bytes`` and ``head_timeout`` seconds,
+    for ``uvicorn.Config(http=…)``."""
+    bounds = {"max_head_bytes": max_head_bytes, "head_timeout": head_timeout}
+    return type("HeadLimitedProtocol", (HeadLimitedProtocol,), bounds)
 
 
 #: Seconds an idle keep-alive connection is kept open: longer than clients keep theirs
@@ -575,11 +617,13 @@ def limit_head(max_head_bytes: int) -> type[HeadLimitedProtocol]:
 KEEP_ALIVE_SECONDS = 20
 
 
-def server_options(max_head_bytes: int) -> dict[str, Any]:
+def server_options(
+    max_head_bytes: int, head_timeout: float = HeadLimitedProtocol.head_timeout
+) -> dict[str, Any]:
     """The ``uvicorn.Config`` options every HTTP server here shares: httptools with its
     head bounded (``limit_head``), ``KEEP_ALIVE_SECONDS``, no access log, no lifespan."""
     return {
-        "http": limit_head(max_head_bytes),
+        "http": limit_head(max_head_bytes, head_timeout),
         "timeout_keep_alive": KEEP_ALIVE_SECONDS,
         "log_config": None,
         "access_log": False,

@@ -204,6 +204,14 @@ class ServiceSettings(KafkaClientSettings):
         ge=4096,
         validation_alias=AliasChoices("HTTP_MAX_HEADER_BYTES", "http_max_header_bytes"),
     )
+    #: how long a request line and headers may take to arrive, in seconds (longer: 408,
+    #: and the connection is closed);
+    http_header_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        validation_alias=AliasChoices("HTTP_HEADER_TIMEOUT_SECONDS", "http_header_timeout_seconds"),
+    )
     #: how long a request's body may take to arrive once a route reads it, in seconds
     #: (longer: 408, and the connection is closed).
     http_body_timeout_seconds: float = Field(

@@ -8,6 +8,7 @@ import contextlib
 import json
 import re
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -18,6 +19,8 @@ from starlette.types import Receive, Scope, Send
 from saga_kit.http import KEEP_ALIVE_SECONDS, server_options
 
 LIMIT = 16 * 1024
+#: Seconds a head may take here (30 in the services).
+HEAD_TIMEOUT = 1.0
 
 
 async def echo_size(scope: Scope, receive: Receive, send: Send) -> None:
@@ -41,7 +44,8 @@ async def port() -> AsyncIterator[int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(echo_size, host="127.0.0.1", port=free, **server_options(LIMIT)))
+    config = uvicorn.Config(echo_size, host="127.0.0.1", port=free, **server_options(LIMIT, HEAD_TIMEOUT))
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 (uvicorn offers no event to wait for)
         await asyncio.sleep(0.01)
@@ -185,3 +189,48 @@ async def test_pipelined_requests_are_answered_before_the_refusal_that_follows_t
     answer = await asyncio.to_thread(speak)
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
     assert statuses == [b"200", status], answer[:300]
+
+
+@pytest.mark.parametrize("dribble", [False, True], ids=["says nothing", "a header line every 0.3 s"])
+async def test_a_head_that_does_not_arrive_in_time_is_408_and_the_connection_closed(
+    port: int, dribble: bool
+) -> None:
+    """A second attack trial: a connection that sent nothing, or a header line every few
+    seconds, was still open after 65 s, and a thousand of them held 59 MB."""
+
+    def speak() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            if dribble:
+                sock.sendall(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                with contextlib.suppress(OSError):
+                    for i in range(20):  # 6 s of it, against a 1 s bound
+                        time.sleep(0.3)
+                        sock.sendall(b"X-%d: v\r\n" % i)
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            return answer
+
+    started = time.monotonic()
+    answer = await asyncio.to_thread(speak)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"408"], answer[:300]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["reason"] == "request_timeout"
+    assert time.monotonic() - started < 20  # closed, not held until the client gave up
+
+
+async def test_a_connection_idle_between_requests_is_keep_alives_not_the_heads(port: int) -> None:
+    """The head's bound runs from a request's first byte: an idle keep-alive connection
+    (1.5 s here, past the head's 1 s) still takes its next request."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    ask = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    for pause in (0.0, 1.5):
+        await asyncio.sleep(pause)
+        writer.write(ask)
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        while (line := await reader.readline()) != b"\r\n":
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+    writer.close()
