@@ -460,8 +460,9 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     sends is read and dropped, up to ``LINGER_BYTES`` or ``LINGER_SECONDS``, so a client
     busy sending its head still reads the answer instead of a reset connection. Bytes that
     are not HTTP (a raw ``0xff`` in the path) are a 400 ``invalid_http_request`` with a
-    ``Problem`` body too, where uvicorn answered in plain text.
-    ``limit_head`` makes the class with a bound (``HTTP_MAX_HEADER_BYTES``)."""
+    ``Problem`` body too, where uvicorn answered in plain text. A head must also arrive in
+    time (``head_timeout``: 408). ``limit_head`` makes the class with its bounds
+    (``HTTP_MAX_HEADER_BYTES``, ``HTTP_HEADER_TIMEOUT_SECONDS``)."""
 
     max_head_bytes = 64 * 1024
     #: Seconds a request line and headers may take to arrive, from the connection's start
