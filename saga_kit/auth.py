@@ -88,6 +88,11 @@ class Role(StrEnum):
     OPERATOR = "operator"
 
 
+def roles_named(names: Iterable[str]) -> frozenset[Role]:
+    """The roles a token's ``roles`` claim names; names of no role are left out."""
+    return frozenset(Role(r) for r in names if r in Role.__members__.values())
+
+
 class Access(Enum):
     """What a route needs."""
 
@@ -342,7 +347,7 @@ class TokenVerifier:
         roles = claims.get("roles")
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise Unauthorized("invalid_token", "the token's roles claim is not a list of role names")
-        named = frozenset(Role(r) for r in roles if r in Role.__members__.values())
+        named = roles_named(roles)
         if not named:
             raise Unauthorized("invalid_token", "the token names no known role (customer or operator)")
         subject = claims["sub"]

@@ -608,13 +608,13 @@ def _may_act_for(token: str | None, customer_id: str) -> None:
     not verified: the service verifies it; one sagactl cannot read is left to the service."""
     import jwt
 
-    from saga_kit.auth import Principal
+    from saga_kit.auth import Principal, roles_named
 
     if not token:
         return
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
-        roles = frozenset(Role(r) for r in claims.get("roles", ()) if r in Role.__members__.values())
+        roles = roles_named(claims.get("roles", ()))
         principal = Principal(str(claims["sub"]), roles)
     except (jwt.PyJWTError, KeyError, TypeError):
         return
