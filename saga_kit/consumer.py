@@ -233,6 +233,10 @@ DLQ_COPY_LIMIT = 256 * 1024
 ATTEMPT_GIVE_UP_SECONDS = 10.0
 
 
+def _retrying_an_attempt(exc: BaseException) -> None:
+    log.warning("transient failure, retrying an attempt: %s", exc)
+
+
 def _copy_for_topic(record: Record, reason: str, service: str) -> dict[str, Any]:
     """Key, value and headers of the copy published to the dead-letter topic: the original
     ones with ``dlq.*`` headers, or without the body and headers that do not fit
@@ -432,22 +436,19 @@ class ConsumerPipeline:
         """Apply ``items`` in one transaction; if a reaction fails, split and recurse. A
         transient failure is retried until it passes, or for ``give_up_after`` seconds
         (an ``attempt``: then raised, and not the consumer's ``retrying``)."""
+        consuming = give_up_after is None  # else an attempt: not the consumer's state
         try:
-            if give_up_after is None:
-                await self._retry.forever(
-                    lambda: self._apply(items, store), is_transient, lambda exc: self._retrying(exc)
-                )
+            await self._retry.until(
+                lambda: self._apply(items, store),
+                is_transient,
+                self._retrying if consuming else _retrying_an_attempt,
+                give_up_after=give_up_after,
+            )
+            if consuming:
                 self.stats.retrying = False
-            else:
-                await self._retry.until(
-                    lambda: self._apply(items, store),
-                    is_transient,
-                    lambda exc: log.warning("transient failure, retrying an attempt: %s", exc),
-                    give_up_after=give_up_after,
-                )
             self.handler_errors.handled(sum(1 for it in items if it.outcome is Outcome.HANDLED))
         except HandlerError as exc:
-            if give_up_after is None:
+            if consuming:
                 self.stats.retrying = False
             live = [i for i, it in enumerate(items) if it.outcome is None]
             if len(live) == 1:
