@@ -461,7 +461,8 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     busy sending its head still reads the answer instead of a reset connection. Bytes that
     are not HTTP (a raw ``0xff`` in the path) are a 400 ``invalid_http_request`` with a
     ``Problem`` body too, where uvicorn answered in plain text. A head must also arrive in
-    time (``head_timeout``: 408). ``limit_head`` makes the class with its bounds
+    time (``head_timeout``: 408). A header's value loses the white space after it, as
+    RFC 9110 §5.5 says (httptools keeps it). ``limit_head`` makes the class with its bounds
     (``HTTP_MAX_HEADER_BYTES``, ``HTTP_HEADER_TIMEOUT_SECONDS``)."""
 
     max_head_bytes = 64 * 1024
@@ -514,6 +515,11 @@ class HeadLimitedProtocol(HttpToolsProtocol):
             f"the request line and headers did not arrive within {self.head_timeout:g} s",
             "request_timeout",
         )
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # httptools drops the white space before a field value but keeps what follows it;
+        # a field value has neither (RFC 9110 §5.5), so ``Last-Event-ID: 5 `` is ``5``
+        super().on_header(name, value.rstrip(b" \t"))
 
     def on_headers_complete(self) -> None:
         self._disarm_head_timer()
