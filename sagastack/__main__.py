@@ -1,4 +1,4 @@
-"""``python -m sagastack run|demo|bench|chaos`` — see ``make help``."""
+"""``python -m sagastack run|demo|check|bench|chaos`` — see ``make help``."""
 
 from __future__ import annotations
 
@@ -44,18 +44,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"  order API docs: {system.url('order_svc')}/docs")
         print(f"  traces:         {system.run_dir / 'traces'}   (sagactl --help for the CLI)")
         env = system.sagactl_env()
+        default_dir = system.run_dir == (RUN_ROOT / "stack").resolve()
         if (
             env
             != {
                 **{f"SAGACTL_{prefix}_URL": f"http://127.0.0.1:{port}" for prefix, port in SERVICES.values()},
                 "SAGACTL_KAFKA_BOOTSTRAP": "127.0.0.1:9092",
             }
-            or system.run_dir != RUN_ROOT / "stack"
+            or not default_dir
         ):  # sagactl's defaults are make run's: tell it
             env["SAGA_ISSUER_DIR"] = str(system.run_dir / "keys" / "issuer")
             print("  sagactl:        export " + " ".join(f"{k}={v}" for k, v in env.items()))
         print("  tokens:         export SAGA_TOKEN=$(.venv/bin/sagactl token)   (an operator's;")
         print("                  a customer's: sagactl token --subject alice --role customer)")
+        elsewhere = "" if default_dir else f" RUN_DIR={system.run_dir}"
+        print(f"  invariants:     make invariants{elsewhere}   (once it settles: docs/design.md §6)")
         print(f"  logs: {system.run_dir / 'logs'}\n\nready — Ctrl-C stops everything", flush=True)
         told: set[str] = set()
         while not stop.wait(0.5):
@@ -108,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     running.set_defaults(func=run)
 
-    from sagastack import bench, chaos, demo, screenshots
+    from sagastack import bench, chaos, check, demo, screenshots
 
     demo.add_parser(sub)
+    check.add_parser(sub)
     bench.add_parser(sub)
     chaos.add_parser(sub)
     screenshots.add_parser(sub)

@@ -132,6 +132,26 @@ def reconcile(
     return v
 
 
+def _payments_against_orders(
+    orders: Mapping[str, tuple[str, Decimal | None]], payments: Mapping[str, tuple[str, Decimal, str]]
+) -> list[str]:
+    """What ``reconcile`` checks without the provider's ledger: every payment settled, and
+    money kept (CHARGED) only for an APPROVED order, and for its total."""
+    v: list[str] = []
+    for oid, (_, amount, paid) in sorted(payments.items()):
+        status, total = orders.get(oid, ("MISSING", None))
+        if paid in ("PENDING", "REFUND_PENDING"):
+            v.append(f"order {oid} ({status}): payment still {paid}")
+        if paid == "CHARGED" and status != "APPROVED":
+            v.append(f"order {oid} ({status}) is charged {amount}")
+        if paid == "CHARGED" and total is not None and amount != total:
+            v.append(f"order {oid} charged {amount} but its total is {total}")
+    for oid, (status, _) in sorted(orders.items()):
+        if status == "APPROVED" and payments.get(oid, ("", 0, ""))[2] != "CHARGED":
+            v.append(f"order {oid} is APPROVED but its payment is not CHARGED")
+    return v
+
+
 def ledger_summary(ledger: ProviderLedger) -> list[str]:
     """The provider's side of a reconciliation, in a few lines (for reports)."""
     succeeded = [c for c in ledger.charges if c.get("status") == "succeeded"]
@@ -149,10 +169,13 @@ def check(
     database_urls: Mapping[str, str],
     initial_stock: Mapping[str, int],
     initial_balance: Mapping[str, Decimal],
-    provider: str | ProviderLedger,
+    provider: str | ProviderLedger | None,
 ) -> list[str]:
     """Every invariant at once; ``provider``: the payment provider's URL (its ledger is
-    fetched) or its ledger."""
+    fetched), its ledger, or None (a real provider, whose ledger is not ours to read: our
+    payments are checked against our orders only). ``initial_stock`` and
+    ``initial_balance`` (product → units, customer → money where they started): what
+    they leave out is not checked for conservation."""
     v: list[str] = []
     with (
         psycopg.connect(plain_url(database_urls["order_svc"])) as orders_db,
@@ -196,14 +219,17 @@ def check(
                 v.append(f"product {pid}: sold {sold} but committed reservations say {committed}")
 
         # 3. payments reconciled with the provider's ledger; money conserved
-        ledger = provider if isinstance(provider, ProviderLedger) else ProviderLedger.fetch(provider)
         payments = {
             str(oid): (customer, amount, status)
             for oid, customer, amount, status in payment_db.execute(
                 "SELECT order_id, customer_id, amount, status FROM payments"
             )
         }
-        v += reconcile(orders, payments, ledger, initial_balance)
+        if provider is None:
+            v += _payments_against_orders(orders, payments)
+        else:
+            ledger = provider if isinstance(provider, ProviderLedger) else ProviderLedger.fetch(provider)
+            v += reconcile(orders, payments, ledger, initial_balance)
 
         # 4. no effect applied twice: each saga step happened at most once per order (the
         # commands a client sent, and their refusals, are requests, not steps: a client may
@@ -239,7 +265,7 @@ _UNSETTLED = {
 }
 
 
-def _activity(database_urls: Mapping[str, str]) -> tuple[int, int, int, int]:
+def activity(database_urls: Mapping[str, str]) -> tuple[int, int, int, int]:
     """(unsent outbox rows in all services, PENDING orders, reservations still RESERVED,
     payments waiting on the provider), one connection per service."""
     unsent, unsettled = 0, []
@@ -252,16 +278,29 @@ def _activity(database_urls: Mapping[str, str]) -> tuple[int, int, int, int]:
 
 
 def wait_for_quiescence(database_urls: Mapping[str, str], timeout: float) -> bool:
-    """Wait until nothing is left to publish or settle, seen twice in a row; False on
-    timeout (then ``check`` reports what is stuck). Never a substitute for ``check``."""
+    """Wait until nothing is left to publish or settle, seen twice in a row (once, at
+    the end of ``timeout`` seconds; 0: look once); False on timeout (then ``check``
+    reports what is stuck). Never a substitute for ``check``."""
     import time
 
     end = time.monotonic() + timeout
     quiet_once = False
-    while time.monotonic() < end:
-        quiet = _activity(database_urls) == (0, 0, 0, 0)
-        if quiet and quiet_once:
+    while True:
+        quiet = activity(database_urls) == (0, 0, 0, 0)
+        over = time.monotonic() >= end
+        if quiet and (quiet_once or over):  # at the end (or with no time at all) once will do
             return True
+        if over:
+            return False
         quiet_once = quiet
         time.sleep(0.25)
-    return False
+
+
+def sizes(database_urls: Mapping[str, str]) -> tuple[int, int, int]:
+    """(orders, products, payments): how much a ``check`` looked at."""
+    found = []
+    for name, table in (("order_svc", "orders"), ("inventory_svc", "products"), ("payment_svc", "payments")):
+        with psycopg.connect(plain_url(database_urls[name])) as conn:
+            found.append(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # type: ignore[index]
+    orders, products, payments = found
+    return orders, products, payments

@@ -33,6 +33,7 @@ services inherit.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -130,6 +131,8 @@ def service_of(key: str) -> str:
 #: started before the services because the payment service calls it.
 PROVIDER = "payment_provider"
 PROVIDER_PORT = 8004
+#: The run directory's file naming what a started system serves (``System.write_manifest``).
+MANIFEST = "stack.json"
 
 
 def chosen_port(prefix: str, default: int) -> int:
@@ -234,9 +237,26 @@ class System:
                 self.start_service(key, wait=False)
             for key in keys:
                 self.wait_ready(key)
+            self.write_manifest()
         except BaseException:
             self.stop()
             raise
+
+    def write_manifest(self) -> None:
+        """Write ``MANIFEST`` in the run directory: what this run serves, for tools beside
+        it (``python -m sagastack check``). JSON: ``database_urls`` (service → SQLAlchemy
+        URL), ``provider_url``, ``provider_simulated`` (False: a real provider, whose ledger
+        is not ours to read), ``services`` (instance → base URL). Readable by its owner
+        only (a database URL may hold a password); ``stop`` removes it."""
+        manifest = {
+            "database_urls": self.database_urls,
+            "provider_url": self.provider_url,
+            "provider_simulated": self.provider is not None,
+            "services": {key: sp.url for key, sp in self.services.items()},
+        }
+        path = self.run_dir / MANIFEST
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(manifest, indent=2) + "\n")
 
     def claim(self) -> None:
         """Make this system the run directory's one owner until ``stop``, or raise
@@ -592,6 +612,7 @@ class System:
         elif self.broker is not None:
             self.broker.stop()
             self.pids.remove("tansu")
+        (self.run_dir / MANIFEST).unlink(missing_ok=True)
         if self._claim is not None:
             self._claim.release()
             self._claim = None

@@ -194,3 +194,38 @@ def test_every_kind_of_violation_is_reported(urls: dict[str, str]) -> None:
     assert f"order {approved_unpaid}: PaymentCompleted happened 2 times" in found
     kept = "{'APPROVED': 6, 'CANCELLED': 1, 'PENDING': 1, 'REJECTED': 1}"
     assert f"orders by status: kept {kept}, counted {kept.replace('6', '1')}" in found
+
+
+def test_without_the_providers_ledger_our_payments_are_checked_against_our_orders(
+    urls: dict[str, str],
+) -> None:
+    """A real provider's ledger is not ours to read (``sagastack check`` beside a stack
+    that calls one): what our own databases can say is still checked."""
+    fine, unpaid, rejected_charged, short, waiting = (
+        order(urls, status) for status in ("APPROVED", "APPROVED", "REJECTED", "APPROVED", "CANCELLED")
+    )
+    run(
+        urls["payment_svc"],
+        *[
+            (
+                "INSERT INTO payments (order_id, customer_id, amount, status) VALUES (%s, 'c', %s, %s)",
+                (oid, amount, paid),
+            )
+            for oid, amount, paid in [
+                (fine, "10.00", "CHARGED"),
+                (unpaid, "10.00", "DECLINED"),
+                (rejected_charged, "10.00", "CHARGED"),
+                (short, "9.00", "CHARGED"),
+                (waiting, "10.00", "REFUND_PENDING"),
+            ]
+        ],
+    )
+    found = invariants.check(urls, {}, {}, None)
+    assert sorted(found) == sorted(
+        [
+            f"order {unpaid} is APPROVED but its payment is not CHARGED",
+            f"order {rejected_charged} (REJECTED) is charged 10.00",
+            f"order {short} charged 9.00 but its total is 10.00",
+            f"order {waiting} (CANCELLED): payment still REFUND_PENDING",
+        ]
+    )
