@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     system.claim()  # a run already there is told before anything is said to start
     print("starting broker, database, payment provider and services …", flush=True)
     with system:  # Ctrl-C while it starts interrupts the start (and stops what it started)
-        for sig in (signal.SIGINT, signal.SIGTERM):  # started: Ctrl-C stops the loop below
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # started: Ctrl-C stops the loop below
             signal.signal(sig, lambda *_: stop.set())
         print(f"\n  {'broker':<13} {system.broker_description()}")
         for name, url in system.database_urls.items():
@@ -99,8 +99,9 @@ def _interrupt(*_: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    # SIGTERM unwinds like Ctrl-C, so every System stops what it started on the way out.
+    # SIGTERM and SIGHUP unwind like Ctrl-C, so every System stops what it started on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)  # a closed terminal: the same way out
     parser = argparse.ArgumentParser(prog="sagastack")
     sub = parser.add_subparsers(dest="command", required=True)
     running = sub.add_parser("run", help="start everything and wait for Ctrl-C")

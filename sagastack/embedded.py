@@ -172,9 +172,11 @@ class PidFile:
         return ended
 
     def stop_leftovers(self) -> list[str]:
-        """Stop processes a previous run recorded and left running; return their names."""
+        """Stop processes a previous run recorded and left running, the most recently
+        started first (services before the database and broker they use, which then have
+        no clients to wait for); return their names and pids."""
         stopped = []
-        for name, (pid, created) in self._read().items():
+        for name, (pid, created) in reversed(self._read().items()):
             try:
                 proc = psutil.Process(int(pid))
                 if abs(proc.create_time() - created) > 1:

@@ -7,7 +7,8 @@ provider — the card processor's simulator (``payment_provider``, its own datab
 then the three services, and waits until every service reports ready. The payment
 service is told the provider's URL (``PAYMENT_PROVIDER_URL``). ``System.stop`` stops them
 in reverse order; nothing it started outlives it (every process it starts is recorded in
-the run directory's pid file). Everything lives under one run directory.
+the run directory's pid file, and a watchdog stops them if the supervisor dies without
+stopping them: ``sagastack/watchdog.py``). Everything lives under one run directory.
 
 The embedded broker is one of two (``System.broker_kind``, or ``SAGA_BROKER``):
 
@@ -65,6 +66,7 @@ from sagastack.embedded import (
     ensure_port_free,
     free_port,
 )
+from sagastack.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +216,7 @@ class System:
     instances: int = 1
     _http: httpx.Client | None = field(default=None, init=False, repr=False)
     _claim: RunDirectoryClaim | None = field(default=None, init=False, repr=False)
+    _watchdog: Watchdog | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.broker_kind is None:
@@ -274,6 +277,8 @@ class System:
         xdg.mkdir(mode=0o700, exist_ok=True)
         os.environ.setdefault("XDG_RUNTIME_DIR", str(xdg))
         self.claim()
+        if self._watchdog is None:  # stops what this run starts if it dies without stopping it
+            self._watchdog = Watchdog(self.run_dir)
         for leftover in self.pids.stop_leftovers():
             log.warning("stopped %s left running by an earlier run", leftover)
         if self.fresh:
@@ -613,6 +618,9 @@ class System:
             self.broker.stop()
             self.pids.remove("tansu")
         (self.run_dir / MANIFEST).unlink(missing_ok=True)
+        if self._watchdog is not None:
+            self._watchdog.dismiss()
+            self._watchdog = None
         if self._claim is not None:
             self._claim.release()
             self._claim = None

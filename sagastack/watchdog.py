@@ -1,0 +1,99 @@
+"""A run's watchdog: what a supervisor started lives no longer than the supervisor.
+
+``System`` stops what it started on its way out: Ctrl-C, SIGTERM, SIGHUP, an exception.
+A supervisor killed with SIGKILL (by hand, by the kernel's OOM killer, or a test run
+cut off by ``timeout``) has no way out, and its broker, database and services ran on in
+sessions of their own, holding their ports and ~0.3 s of CPU a second, until the next
+run in the same directory stopped them (``PidFile.stop_leftovers``); a test's run
+directory never sees a next run.
+
+So each run has a watchdog: ``python -m sagastack.watchdog RUN_DIR``, in a session of
+its own (Ctrl-C in the supervisor's terminal does not reach it), reading a pipe whose
+write end only the supervisor holds (``Watchdog``; the descriptor is not inherited by
+what the supervisor starts). A clean stop writes ``DONE`` and the watchdog exits. When the
+pipe ends without it, the supervisor is gone however it went: the watchdog claims the
+run directory (a run that claimed it first stops the leftovers itself), stops every
+process of the directory's pid file, the most recently started first (services before
+the database and broker they use), and says what it stopped in ``logs/watchdog.log``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sagastack.embedded import PidFile, RunDirectoryClaim, RunDirectoryInUse
+
+#: What a supervisor that stops cleanly writes before it closes the pipe.
+DONE = b"done"
+
+log = logging.getLogger("sagastack.watchdog")
+
+
+class Watchdog:
+    """The supervisor's end of a run's watchdog (see the module's doc)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        read_end, self._write_end = os.pipe()  # neither inheritable (PEP 446)
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "logs" / "watchdog.log", "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sagastack.watchdog", str(run_dir)],
+                stdin=read_end,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        os.close(read_end)
+
+    def dismiss(self) -> None:
+        """The run stopped cleanly: the watchdog exits without stopping anything."""
+        if self._write_end < 0:
+            return
+        try:
+            os.write(self._write_end, DONE)
+        finally:
+            os.close(self._write_end)
+            self._write_end = -1
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def watch(run_dir: Path) -> list[str]:
+    """Block until the supervisor's pipe (stdin) ends; then, unless it said ``DONE``,
+    stop what its run left running. Returns what was stopped (names and pids)."""
+    said = sys.stdin.buffer.read()
+    if said == DONE:
+        return []
+    try:
+        claim = RunDirectoryClaim(run_dir)
+    except RunDirectoryInUse:  # a new run took the directory: it stops the leftovers itself
+        log.warning("the supervisor ended without stopping its run; the new run in %s stops it", run_dir)
+        return []
+    try:
+        return PidFile(run_dir / "pids.json").stop_leftovers()
+    finally:
+        claim.release()
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    run_dir, supervisor = Path(sys.argv[1]), os.getppid()
+    stopped = watch(run_dir)
+    if stopped:
+        log.warning(
+            "the supervisor (pid %d) ended without stopping its run: stopped %s",
+            supervisor,
+            ", ".join(stopped),
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""``make run`` (``python -m sagastack run``) as a user starts it, on ports of its own: it
+says where everything is, serves, and a closed terminal (SIGHUP) stops it as Ctrl-C
+does — everything it started, its watchdog dismissed, its manifest gone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sagastack.embedded import free_port, process_running
+from sagastack.system import MANIFEST
+
+pytestmark = pytest.mark.broker_independent  # the supervisor's behaviour, on Tansu
+
+
+def test_make_run_serves_and_a_closed_terminal_stops_everything(run_root: Path) -> None:
+    run_dir = run_root / "make-run"
+    ports = {f"{p}_HTTP_PORT": str(free_port()) for p in ("ORDER", "INVENTORY", "PAYMENT", "PROVIDER")}
+    env = {**os.environ, **ports, "SAGA_KAFKA_PORT": str(free_port()), "SAGA_BROKER": "tansu"}
+    env.pop("LOG_LEVEL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sagastack", "run", "--run-dir", str(run_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    said = []
+    try:
+        while not (line := proc.stdout.readline()).startswith("ready"):
+            assert line, "make run ended before it was ready:\n" + "".join(said)
+            said.append(line)
+        banner = "".join(said)
+        assert f"http://127.0.0.1:{ports['ORDER_HTTP_PORT']}/dashboard#token=" in banner
+        assert f"make invariants RUN_DIR={run_dir.resolve()}" in banner
+        assert f"SAGACTL_ORDER_URL=http://127.0.0.1:{ports['ORDER_HTTP_PORT']}" in banner
+        ready = httpx.get(f"http://127.0.0.1:{ports['PAYMENT_HTTP_PORT']}/health/ready", timeout=10)
+        assert ready.status_code == 200
+        manifest = json.loads((run_dir / MANIFEST).read_text())
+        assert set(manifest["database_urls"]) == {"order_svc", "inventory_svc", "payment_svc"}
+        started = [int(pid) for pid, _ in json.loads((run_dir / "pids.json").read_text()).values()]
+        assert len(started) == 6  # broker, database, provider, three services
+
+        proc.send_signal(signal.SIGHUP)  # the terminal it runs in was closed
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert out.endswith("stopping …\nstopped\n"), out
+    end = time.monotonic() + 10
+    while (left := [p for p in started if process_running(p)]) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert left == []
+    assert not (run_dir / MANIFEST).exists()
+    assert "stopped" not in (run_dir / "logs" / "watchdog.log").read_text()

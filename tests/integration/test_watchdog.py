@@ -1,0 +1,75 @@
+"""A supervisor killed with SIGKILL leaves nothing running (sagastack.watchdog): its
+run's watchdog stops the broker and database it started. A supervisor that stops
+cleanly dismisses its watchdog, which then stops nothing. Real servers: the Tansu
+broker and the embedded PostgreSQL, started by a ``System`` in a process of its own."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sagastack.embedded import PidFile, process_running
+
+SUPERVISOR = """
+import sys, time
+from pathlib import Path
+from sagastack.system import System
+system = System(Path(sys.argv[1]), free_ports=True, fresh=True, broker_kind="tansu")
+system.start_servers()
+print(system._watchdog.proc.pid, flush=True)
+if sys.argv[2] == "stop":
+    system.stop()
+else:
+    time.sleep(600)
+"""
+
+
+def supervise(run_dir: Path, how: str) -> tuple[subprocess.Popen[str], int, dict[str, list[float]]]:
+    """Start a supervisor of broker and database; (its process, its watchdog's pid, the
+    pid file once both servers started)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR, str(run_dir), how], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    watchdog = int(proc.stdout.readline())
+    recorded = json.loads((run_dir / "pids.json").read_text())
+    return proc, watchdog, recorded
+
+
+def wait_until_gone(pids: list[int], timeout: float) -> list[int]:
+    """The pids of ``pids`` still running after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while (left := [p for p in pids if process_running(p)]) and time.monotonic() < end:
+        time.sleep(0.2)
+    return left
+
+
+def test_a_supervisor_killed_with_sigkill_leaves_nothing_running(run_root: Path) -> None:
+    run_dir = run_root / "watchdog-killed"
+    proc, watchdog, recorded = supervise(run_dir, "sleep")
+    try:
+        assert set(recorded) == {"tansu", "postgres"}
+        servers = [int(pid) for pid, _ in recorded.values()]
+        assert all(process_running(p) for p in servers) and process_running(watchdog)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert wait_until_gone([*servers, watchdog], 60) == []
+    finally:  # whatever failed above, no server of this test runs on
+        proc.kill()
+        PidFile(run_dir / "pids.json").stop_leftovers()
+    said = (run_dir / "logs" / "watchdog.log").read_text()
+    assert f"the supervisor (pid {proc.pid}) ended without stopping its run: stopped" in said
+    assert "postgres (pid" in said and "tansu (pid" in said
+    assert json.loads((run_dir / "pids.json").read_text()) == {}
+
+
+def test_a_supervisor_that_stops_cleanly_dismisses_its_watchdog(run_root: Path) -> None:
+    run_dir = run_root / "watchdog-dismissed"
+    proc, watchdog, _ = supervise(run_dir, "stop")
+    assert proc.wait(60) == 0
+    assert wait_until_gone([watchdog], 10) == []
+    assert "stopped" not in (run_dir / "logs" / "watchdog.log").read_text()
