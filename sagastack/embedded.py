@@ -128,6 +128,13 @@ class RunDirectoryClaim:
         self._file.close()  # closing the file lets go of the lock
 
 
+#: The names under which ``PidFile`` records servers, not clients: the embedded broker
+#: (``tansu``, Apache Kafka's ``kafka-<n>``) and database.
+SERVERS = ("tansu", "kafka-", "postgres")
+#: Seconds a leftover process has between SIGTERM and SIGKILL.
+LEFTOVER_GRACE_SECONDS = 5.0
+
+
 class PidFile:
     """Pids (with create times, so a reused pid is never mistaken) of what we started.
 
@@ -172,23 +179,30 @@ class PidFile:
         return ended
 
     def stop_leftovers(self) -> list[str]:
-        """Stop processes a previous run recorded and left running, the most recently
-        started first (services before the database and broker they use, which then have
-        no clients to wait for); return their names and pids."""
-        stopped = []
-        for name, (pid, created) in reversed(self._read().items()):
+        """Stop processes a previous run recorded and left running: first the services
+        and the provider simulator, all at once, then the database and broker servers
+        (``SERVERS``), which then have no clients to wait for; each wave SIGTERM, then
+        SIGKILL for what still runs after ``LEFTOVER_GRACE_SECONDS``. Returns their names
+        and pids."""
+        found: list[tuple[str, psutil.Process]] = []
+        for name, (pid, created) in self._read().items():
             try:
                 proc = psutil.Process(int(pid))
-                if abs(proc.create_time() - created) > 1:
-                    continue  # the pid now belongs to someone else
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except psutil.TimeoutExpired:
-                    proc.kill()
-                stopped.append(f"{name} (pid {pid})")
+                if abs(proc.create_time() - created) <= 1:  # else the pid is someone else's now
+                    found.append((name, proc))
             except psutil.NoSuchProcess:
                 continue
+        stopped = []
+        for servers in (False, True):
+            wave = [(name, proc) for name, proc in found if name.startswith(SERVERS) == servers]
+            for _, proc in wave:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.terminate()
+            _, alive = psutil.wait_procs([proc for _, proc in wave], timeout=LEFTOVER_GRACE_SECONDS)
+            for proc in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
+            stopped += [f"{name} (pid {proc.pid})" for name, proc in wave]
         self.path.write_text("{}")
         return stopped
 

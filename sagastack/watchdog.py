@@ -23,12 +23,15 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from sagastack.embedded import PidFile, RunDirectoryClaim, RunDirectoryInUse
 
 #: What a supervisor that stops cleanly writes before it closes the pipe.
 DONE = b"done"
+#: Seconds the run directory's claim is tried for once the supervisor is gone.
+CLAIM_PATIENCE_SECONDS = 5.0
 
 log = logging.getLogger("sagastack.watchdog")
 
@@ -71,15 +74,29 @@ def watch(run_dir: Path) -> list[str]:
     said = sys.stdin.buffer.read()
     if said == DONE:
         return []
-    try:
-        claim = RunDirectoryClaim(run_dir)
-    except RunDirectoryInUse:  # a new run took the directory: it stops the leftovers itself
+    claim = _claim(run_dir)
+    if claim is None:  # a new run took the directory: it stops the leftovers itself
         log.warning("the supervisor ended without stopping its run; the new run in %s stops it", run_dir)
         return []
     try:
         return PidFile(run_dir / "pids.json").stop_leftovers()
     finally:
         claim.release()
+
+
+def _claim(run_dir: Path) -> RunDirectoryClaim | None:
+    """The run directory's claim, or None when a new run holds it. The dead supervisor's
+    lock may outlive its pipe by a moment (the kernel closes a dying process's files one
+    by one: the test of this module saw the lock still held just after the pipe's end),
+    so a refusal is believed only after ``CLAIM_PATIENCE_SECONDS``."""
+    end = time.monotonic() + CLAIM_PATIENCE_SECONDS
+    while True:
+        try:
+            return RunDirectoryClaim(run_dir)
+        except RunDirectoryInUse:
+            if time.monotonic() > end:
+                return None
+            time.sleep(0.1)
 
 
 def main() -> int:
