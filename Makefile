@@ -21,7 +21,7 @@ help:
 	@echo "make demo     eight sagas end to end (every outcome, from Kafka, forged, provider outage), then the invariants;"
 	@echo "              on a terminal it keeps running for the dashboard (KEEP=0: stop at once)"
 	@echo "              BROKER=kafka|tansu for run, demo, test, bench, chaos (default Tansu)"
-	@echo "make invariants  check every invariant on the running stack once it settles (RUN_DIR=.run/demo: a demo's)"
+	@echo "make invariants  check the invariants on the running stack once it settles (RUN_DIR=.run/demo: a demo's; WAIT=s)"
 	@echo "make test     unit, integration and end-to-end tests on the real servers (Tansu), then"
 	@echo "              e2e and chaos again on Apache Kafka where Java 17 is (BROKER=, PYTEST_ARGS=: one run)"
 	@echo "make bench    N orders (N=$(N)) closed loop, then the open-loop sweep (SWEEP=r1,r2,… or 0),"
@@ -56,8 +56,9 @@ demo: setup
 	$(WITH_BROKER) $(BIN)/python -m sagastack demo $(if $(filter 0,$(KEEP)),--no-keep,$(if $(filter 1,$(KEEP)),--keep,))
 
 # the invariants on a stack that runs (make run's, or RUN_DIR's), once nothing is in flight
+# (WAIT: seconds to wait for that, default 60)
 invariants: setup
-	$(BIN)/python -m sagastack check $(if $(RUN_DIR),--run-dir $(RUN_DIR))
+	$(BIN)/python -m sagastack check $(if $(RUN_DIR),--run-dir $(RUN_DIR)) $(if $(WAIT),--wait $(WAIT))
 
 # make test: every test on Tansu, then the end-to-end and chaos tests again on Apache Kafka
 # where Java 17 and Maven are installed (without them: one line saying so, or a failure

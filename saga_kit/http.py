@@ -309,7 +309,7 @@ class RequestGuard:
 
 
 #: Request headers that carry one value: sent twice, which one was meant is unknown.
-SINGLE_HEADERS = ("idempotency-key", "last-event-id")
+SINGLE_HEADERS = ("Idempotency-Key", "Last-Event-ID")  # as their specifications spell them
 
 
 def _repeated(scope: Scope, headers: Headers) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]] | None:
@@ -319,7 +319,7 @@ def _repeated(scope: Scope, headers: Headers) -> tuple[int, dict[str, Any], list
     query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
     counted = Counter(name for name, _ in query)  # not names.count: 16,000 names took 2.7 s
     twice = [("query", printable(n, 100)) for n, times in counted.items() if times > 1]
-    twice += [("header", h.title()) for h in SINGLE_HEADERS if len(headers.getlist(h)) > 1]
+    twice += [("header", h) for h in SINGLE_HEADERS if len(headers.getlist(h)) > 1]
     if not twice:
         return None
     detail = [

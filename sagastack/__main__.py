@@ -17,8 +17,6 @@ RUN_ROOT = Path(".run")
 
 def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
-    # Ctrl-C interrupts the start even where SIGINT came ignored (a shell's background job)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     broker, note = choose_broker()
     if note:
         print(note, flush=True)
@@ -97,11 +95,18 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+def _install_signal_handlers() -> None:
+    """SIGTERM and SIGHUP (a closed terminal) unwind like Ctrl-C, so every System stops
+    what it started on the way out; and Ctrl-C (SIGINT) does, even where it came ignored:
+    a shell starts a background job so (an operator trial: a kept demo started with &
+    could not be stopped with kill -INT)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    # SIGTERM and SIGHUP unwind like Ctrl-C, so every System stops what it started on the way out.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)  # a closed terminal: the same way out
     parser = argparse.ArgumentParser(prog="sagastack")
     sub = parser.add_subparsers(dest="command", required=True)
     running = sub.add_parser("run", help="start everything and wait for Ctrl-C")
@@ -125,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    _install_signal_handlers()
     try:
         sys.exit(main())
     except (RunDirectoryInUse, PortTaken, StartFailed) as refused:  # it says it all: no traceback

@@ -588,6 +588,7 @@ def main(args: argparse.Namespace) -> int:
             env = " ".join(f"{k}={v}" for k, v in system.sagactl_env().items())
             print(f"sagactl: export {env} SAGA_ISSUER_DIR={system.run_dir / 'keys' / 'issuer'}")
             print("         export SAGA_TOKEN=$(.venv/bin/sagactl token)   # an operator's development token")
+            print(f"invariants, once it settles again: make invariants RUN_DIR={system.run_dir}")
             # the link alone on its line: copied to the line's end, it must stay a link
             print(f"\ndashboard: {dashboard}", flush=True)
             print("\nthe system keeps running; Ctrl-C stops everything", flush=True)

@@ -128,6 +128,9 @@ class RunDirectoryClaim:
         self._file.close()  # closing the file lets go of the lock
 
 
+#: The run directory's file naming what a started system serves (``System.write_manifest``;
+#: removed when it stops, by its watchdog if it was killed, and by the next run).
+MANIFEST = "stack.json"
 #: The names under which ``PidFile`` records servers, not clients: the embedded broker
 #: (``tansu``, Apache Kafka's ``kafka-<n>``) and database.
 SERVERS = ("tansu", "kafka-", "postgres")

@@ -165,6 +165,15 @@ def ledger_summary(ledger: ProviderLedger) -> list[str]:
     ]
 
 
+def _snapshot(url: str) -> psycopg.Connection[Any]:
+    """A connection whose reads share one snapshot of its database (REPEATABLE READ):
+    the orders and their counts by status, say, as of one moment. Three databases have
+    no common moment: ``sagastack check`` makes sure nothing moved while it read."""
+    conn = psycopg.connect(plain_url(url))
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    return conn
+
+
 def check(
     database_urls: Mapping[str, str],
     initial_stock: Mapping[str, int],
@@ -178,9 +187,9 @@ def check(
     they leave out is not checked for conservation."""
     v: list[str] = []
     with (
-        psycopg.connect(plain_url(database_urls["order_svc"])) as orders_db,
-        psycopg.connect(plain_url(database_urls["inventory_svc"])) as inventory_db,
-        psycopg.connect(plain_url(database_urls["payment_svc"])) as payment_db,
+        _snapshot(database_urls["order_svc"]) as orders_db,
+        _snapshot(database_urls["inventory_svc"]) as inventory_db,
+        _snapshot(database_urls["payment_svc"]) as payment_db,
     ):
         orders = {
             str(oid): (status, total)
@@ -294,6 +303,31 @@ def wait_for_quiescence(database_urls: Mapping[str, str], timeout: float) -> boo
             return False
         quiet_once = quiet
         time.sleep(0.25)
+
+
+def marks(database_urls: Mapping[str, str]) -> tuple[int, ...]:
+    """Per service, the last value its outbox's id sequence handed out: every change a
+    saga makes in a service writes an event to its outbox, so equal marks before and
+    after a ``check`` mean no saga moved while it read (pruning the outbox does not
+    lower them)."""
+    found = []
+    for name in _UNSETTLED:
+        with psycopg.connect(plain_url(database_urls[name])) as conn:
+            # a sequence never used yet says 1, not called
+            row = conn.execute("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_id_seq")
+            found.append(row.fetchone()[0])  # type: ignore[index]
+    return tuple(found)
+
+
+def pending_orders(database_urls: Mapping[str, str], limit: int) -> list[tuple[str, float]]:
+    """The oldest ``limit`` PENDING orders: (order id, seconds since it was placed)."""
+    with psycopg.connect(plain_url(database_urls["order_svc"])) as conn:
+        rows = conn.execute(
+            "SELECT order_id, extract(epoch FROM now() - created_at) FROM orders"
+            " WHERE status = 'PENDING' ORDER BY created_at LIMIT %s",
+            (limit,),
+        ).fetchall()
+    return [(str(oid), float(age)) for oid, age in rows]
 
 
 def sizes(database_urls: Mapping[str, str]) -> tuple[int, int, int]:

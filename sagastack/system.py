@@ -59,6 +59,7 @@ from sagastack.apache_kafka import ApacheKafka
 from sagastack.client import SagaClient
 from sagastack.embedded import (
     DATABASES,
+    MANIFEST,
     PidFile,
     Postgres,
     RunDirectoryClaim,
@@ -133,8 +134,6 @@ def service_of(key: str) -> str:
 #: started before the services because the payment service calls it.
 PROVIDER = "payment_provider"
 PROVIDER_PORT = 8004
-#: The run directory's file naming what a started system serves (``System.write_manifest``).
-MANIFEST = "stack.json"
 
 
 def chosen_port(prefix: str, default: int) -> int:
@@ -277,6 +276,7 @@ class System:
         xdg.mkdir(mode=0o700, exist_ok=True)
         os.environ.setdefault("XDG_RUNTIME_DIR", str(xdg))
         self.claim()
+        (self.run_dir / MANIFEST).unlink(missing_ok=True)  # a killed run's, if any: not ours
         if self._watchdog is None:  # stops what this run starts if it dies without stopping it
             self._watchdog = Watchdog(self.run_dir)
         for leftover in self.pids.stop_leftovers():

@@ -14,7 +14,8 @@ what the supervisor starts). A clean stop writes ``DONE`` and the watchdog exits
 pipe ends without it, the supervisor is gone however it went: the watchdog claims the
 run directory (a run that claimed it first stops the leftovers itself), stops every
 process of the directory's pid file, the most recently started first (services before
-the database and broker they use), and says what it stopped in ``logs/watchdog.log``.
+the database and broker they use), removes the run's manifest (``stack.json``), and says
+what it stopped in ``logs/watchdog.log``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from sagastack.embedded import PidFile, RunDirectoryClaim, RunDirectoryInUse
+from sagastack.embedded import MANIFEST, PidFile, RunDirectoryClaim, RunDirectoryInUse
 
 #: What a supervisor that stops cleanly writes before it closes the pipe.
 DONE = b"done"
@@ -79,6 +80,7 @@ def watch(run_dir: Path) -> list[str]:
         log.warning("the supervisor ended without stopping its run; the new run in %s stops it", run_dir)
         return []
     try:
+        (run_dir / MANIFEST).unlink(missing_ok=True)  # nothing runs there to check
         return PidFile(run_dir / "pids.json").stop_leftovers()
     finally:
         claim.release()

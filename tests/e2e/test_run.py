@@ -15,8 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sagastack.embedded import free_port, process_running
-from sagastack.system import MANIFEST
+from sagastack.embedded import MANIFEST, free_port, process_running
 
 pytestmark = pytest.mark.broker_independent  # the supervisor's behaviour, on Tansu
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from sagastack.embedded import PidFile, process_running
+from sagastack.embedded import MANIFEST, PidFile, process_running
 
 SUPERVISOR = """
 import sys, time
@@ -20,6 +20,7 @@ from pathlib import Path
 from sagastack.system import System
 system = System(Path(sys.argv[1]), free_ports=True, fresh=True, broker_kind="tansu")
 system.start_servers()
+system.write_manifest()
 print(system._watchdog.proc.pid, flush=True)
 if sys.argv[2] == "stop":
     system.stop()
@@ -65,6 +66,7 @@ def test_a_supervisor_killed_with_sigkill_leaves_nothing_running(run_root: Path)
     assert f"the supervisor (pid {proc.pid}) ended without stopping its run: stopped" in said
     assert "postgres (pid" in said and "tansu (pid" in said
     assert json.loads((run_dir / "pids.json").read_text()) == {}
+    assert not (run_dir / MANIFEST).exists()  # sagastack check: nothing runs there
 
 
 def test_a_supervisor_that_stops_cleanly_dismisses_its_watchdog(run_root: Path) -> None:

@@ -1,4 +1,5 @@
-"""``sagastack check`` where no stack runs: exit 2 and a sentence, never a traceback."""
+"""``sagastack check`` where no stack runs (exit 2), or where its database cannot be read
+(exit 4): a sentence, never a traceback."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from pathlib import Path
 import pytest
 
 from sagastack.__main__ import main
-from sagastack.system import MANIFEST
+from sagastack.embedded import MANIFEST
+
+HINT = " (make run starts one; another run directory: --run-dir DIR, or RUN_DIR=DIR with make)"
 
 
 def test_no_stack_ever_ran_in_the_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--run-dir", str(tmp_path)]) == 2
-    assert capsys.readouterr().out == f"sagastack check: no stack has run in {tmp_path}\n"
+    assert capsys.readouterr().out == f"sagastack check: no stack has run in {tmp_path}{HINT}\n"
 
 
 def test_a_manifest_left_by_a_run_that_was_killed_is_not_believed(
@@ -23,7 +26,7 @@ def test_a_manifest_left_by_a_run_that_was_killed_is_not_believed(
     (tmp_path / "owner.lock").write_text("12345\n")  # nobody holds it
     (tmp_path / MANIFEST).write_text(json.dumps({"database_urls": {}}))
     assert main(["check", "--run-dir", str(tmp_path)]) == 2
-    assert capsys.readouterr().out == f"sagastack check: no stack runs in {tmp_path} now\n"
+    assert capsys.readouterr().out == f"sagastack check: no stack runs in {tmp_path} now{HINT}\n"
 
 
 def test_a_stack_still_starting_has_no_manifest_yet(
@@ -33,4 +36,25 @@ def test_a_stack_still_starting_has_no_manifest_yet(
         fcntl.flock(held, fcntl.LOCK_EX)  # as RunDirectoryClaim holds it
         assert main(["check", "--run-dir", str(tmp_path)]) == 2
     said = capsys.readouterr().out
-    assert said == f"sagastack check: the stack in {tmp_path} is still starting (or stopping)\n"
+    assert said == f"sagastack check: the stack in {tmp_path} is still starting (or stopping){HINT}\n"
+
+
+def test_a_database_that_does_not_answer_is_said_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An operator trial: with the stack's PostgreSQL killed, the check ended in a
+    traceback and exit 1, which says "a violation"."""
+    nowhere = "postgresql+psycopg://postgres@127.0.0.1:1/x"  # nothing listens on port 1
+    names = ("order_svc", "inventory_svc", "payment_svc")
+    manifest = {
+        "database_urls": dict.fromkeys(names, nowhere),
+        "provider_url": "",
+        "provider_simulated": False,
+    }
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    with open(tmp_path / "owner.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main(["check", "--run-dir", str(tmp_path), "--wait", "0"]) == 4
+    said = capsys.readouterr().out
+    assert said.startswith(f"sagastack check: the stack in {tmp_path} cannot be read: connection failed")
+    assert said.count("\n") == 1

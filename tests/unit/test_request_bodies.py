@@ -190,7 +190,7 @@ async def test_a_body_whose_content_type_is_said_twice_is_a_415_whichever_comes_
     [
         (b"status=PENDING&status=APPROVED", [], [["query", "status"]]),
         (b"limit=1&after=2&limit=3", [], [["query", "limit"]]),
-        (b"", [(b"last-event-id", b"5"), (b"last-event-id", b"900")], [["header", "Last-Event-Id"]]),
+        (b"", [(b"last-event-id", b"5"), (b"last-event-id", b"900")], [["header", "Last-Event-ID"]]),
         (b"a=1", [(b"idempotency-key", b"k1"), (b"idempotency-key", b"k2")], [["header", "Idempotency-Key"]]),
     ],
 )
