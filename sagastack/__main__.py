@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from sagastack.embedded import PortTaken, RunDirectoryInUse
-from sagastack.system import PROVIDER, SERVICES, StartFailed, System, choose_broker
+from sagastack.system import SERVICES, StartFailed, System, choose_broker
 
 RUN_ROOT = Path(".run")
 
@@ -58,37 +58,10 @@ def run(args: argparse.Namespace) -> int:
         elsewhere = "" if default_dir else f" RUN_DIR={system.run_dir}"
         print(f"  invariants:     make invariants{elsewhere}   (once it settles: docs/design.md §6)")
         print(f"  logs: {system.run_dir / 'logs'}\n\nready — Ctrl-C stops everything", flush=True)
-        told: set[str] = set()
-        while not stop.wait(0.5):
-            for server in system.servers_down():
-                if server not in told:
-                    told.add(server)
-                    print(_server_down(server), flush=True)
-            for name, sp in system.services.items():
-                if sp.proc is not None and sp.proc.poll() is not None:
-                    print(f"{name} exited ({sp.proc.returncode}); restarting", flush=True)
-                    system.start_service(name)
-            provider = system.provider
-            if provider is not None and provider.proc is not None and provider.proc.poll() is not None:
-                print(f"{PROVIDER} exited ({provider.proc.returncode}); restarting", flush=True)
-                system.start_provider()
+        system.keep_running(stop, again="make run")
         print("stopping …", flush=True)
     print("stopped", flush=True)
     return 0
-
-
-def _server_down(server: str) -> str:
-    """What ``make run`` says when its broker or database stops: it restarts services, not
-    these. Restarting Tansu alone would bring back a broker without topics or offsets."""
-    kept = (
-        "Tansu kept its topics in memory: they are gone"
-        if server == "tansu"
-        else "its data is on disk and is kept"
-    )
-    return (
-        f"{server} has stopped; the services wait for it (their /health/ready says so)."
-        f" {kept}. Stop this run (Ctrl-C) and start it again (make run)."
-    )
 
 
 def _interrupt(*_: object) -> None:

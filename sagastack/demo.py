@@ -20,6 +20,7 @@ import contextlib
 import json
 import random
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -593,8 +594,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"\ndashboard: {dashboard}", flush=True)
             print("\nthe system keeps running; Ctrl-C stops everything", flush=True)
             with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, or SIGTERM (see __main__)
-                while True:
-                    time.sleep(0.5)
+                system.keep_running(threading.Event(), again="make demo")
             print("stopping …", flush=True)
         else:
             print(

@@ -41,6 +41,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -134,6 +135,21 @@ def service_of(key: str) -> str:
 #: started before the services because the payment service calls it.
 PROVIDER = "payment_provider"
 PROVIDER_PORT = 8004
+
+
+def server_down(server: str, again: str) -> str:
+    """What a kept-running system (``make run``, a kept demo) says when its broker or
+    database stops: it restarts services, not these. Restarting Tansu alone would bring
+    back a broker without topics or offsets. ``again``: the command that starts it anew."""
+    kept = (
+        "Tansu kept its topics in memory: they are gone"
+        if server == "tansu"
+        else "its data is on disk and is kept"
+    )
+    return (
+        f"{server} has stopped; the services wait for it (their /health/ready says so)."
+        f" {kept}. Stop this run (Ctrl-C) and start it again ({again})."
+    )
 
 
 def chosen_port(prefix: str, default: int) -> int:
@@ -624,6 +640,25 @@ class System:
         if self._claim is not None:
             self._claim.release()
             self._claim = None
+
+    def keep_running(self, stop: threading.Event, again: str) -> None:
+        """Until ``stop`` is set (or Ctrl-C): restart a service or the provider simulator
+        that exited, saying so, and say once when the broker or database stops, which are
+        not restarted (``server_down``). ``again``: the command that starts the run anew."""
+        told: set[str] = set()
+        while not stop.wait(0.5):
+            for server in self.servers_down():
+                if server not in told:
+                    told.add(server)
+                    print(server_down(server, again), flush=True)
+            for name, sp in self.services.items():
+                if sp.proc is not None and sp.proc.poll() is not None:
+                    print(f"{name} exited ({sp.proc.returncode}); restarting", flush=True)
+                    self.start_service(name)
+            provider = self.provider
+            if provider is not None and provider.proc is not None and provider.proc.poll() is not None:
+                print(f"{PROVIDER} exited ({provider.proc.returncode}); restarting", flush=True)
+                self.start_provider()
 
     def servers_down(self) -> list[str]:
         """The broker nodes and database server this system started that have stopped

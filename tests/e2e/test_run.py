@@ -1,6 +1,7 @@
 """``make run`` (``python -m sagastack run``) as a user starts it, on ports of its own: it
-says where everything is, serves, and a closed terminal (SIGHUP) stops it as Ctrl-C
-does — everything it started, its watchdog dismissed, its manifest gone."""
+says where everything is, serves, starts again a service that died, and a closed
+terminal (SIGHUP) stops it as Ctrl-C does — everything it started, its watchdog
+dismissed, its manifest gone."""
 
 from __future__ import annotations
 
@@ -18,6 +19,18 @@ import pytest
 from sagastack.embedded import MANIFEST, free_port, process_running
 
 pytestmark = pytest.mark.broker_independent  # the supervisor's behaviour, on Tansu
+
+
+def ready_within(url: str, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass  # not listening yet
+        time.sleep(0.2)
+    return False
 
 
 def test_make_run_serves_and_a_closed_terminal_stops_everything(run_root: Path) -> None:
@@ -42,12 +55,17 @@ def test_make_run_serves_and_a_closed_terminal_stops_everything(run_root: Path) 
         assert f"http://127.0.0.1:{ports['ORDER_HTTP_PORT']}/dashboard#token=" in banner
         assert f"make invariants RUN_DIR={run_dir.resolve()}" in banner
         assert f"SAGACTL_ORDER_URL=http://127.0.0.1:{ports['ORDER_HTTP_PORT']}" in banner
-        ready = httpx.get(f"http://127.0.0.1:{ports['PAYMENT_HTTP_PORT']}/health/ready", timeout=10)
-        assert ready.status_code == 200
+        assert ready_within(f"http://127.0.0.1:{ports['PAYMENT_HTTP_PORT']}/health/ready", 10)
         manifest = json.loads((run_dir / MANIFEST).read_text())
         assert set(manifest["database_urls"]) == {"order_svc", "inventory_svc", "payment_svc"}
-        started = [int(pid) for pid, _ in json.loads((run_dir / "pids.json").read_text()).values()]
-        assert len(started) == 6  # broker, database, provider, three services
+        recorded = json.loads((run_dir / "pids.json").read_text())
+        assert len(recorded) == 6  # broker, database, provider, three services
+
+        os.kill(int(recorded["payment_svc"][0]), signal.SIGKILL)  # it is started again
+        assert proc.stdout.readline() == "payment_svc exited (-9); restarting\n"
+        assert ready_within(f"http://127.0.0.1:{ports['PAYMENT_HTTP_PORT']}/health/ready", 60)
+        recorded = json.loads((run_dir / "pids.json").read_text())
+        started = [int(pid) for pid, _ in recorded.values()]
 
         proc.send_signal(signal.SIGHUP)  # the terminal it runs in was closed
         out, _ = proc.communicate(timeout=120)

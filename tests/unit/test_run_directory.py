@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sagastack.__main__ import _server_down
 from sagastack.embedded import PidFile, PortTaken, Postgres, RunDirectoryClaim, RunDirectoryInUse
-from sagastack.system import StartFailed, System, free_port
+from sagastack.system import StartFailed, System, free_port, server_down
 
 _HOLD = textwrap.dedent(
     """
@@ -100,7 +99,7 @@ def test_a_broker_that_died_is_reported_not_left_unnoticed(tmp_path: Path) -> No
         broker.kill()
         broker.wait()
     assert system.servers_down() == ["tansu"]
-    said = _server_down("tansu")
+    said = server_down("tansu", "make run")
     assert "Tansu kept its topics in memory" in said and "make run" in said
 
 
