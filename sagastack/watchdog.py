@@ -59,6 +59,8 @@ class Watchdog:
             return
         try:
             os.write(self._write_end, DONE)
+        except BrokenPipeError:  # the watchdog was killed: nothing to dismiss
+            pass
         finally:
             os.close(self._write_end)
             self._write_end = -1

@@ -75,3 +75,19 @@ def test_a_supervisor_that_stops_cleanly_dismisses_its_watchdog(run_root: Path) 
     assert proc.wait(60) == 0
     assert wait_until_gone([watchdog], 10) == []
     assert "stopped" not in (run_dir / "logs" / "watchdog.log").read_text()
+
+
+def test_a_run_whose_watchdog_was_killed_still_stops_cleanly(run_root: Path) -> None:
+    """Stopping writes to the watchdog's pipe: with the watchdog gone, that must not
+    break the stop (a broken pipe)."""
+    run_dir = run_root / "watchdog-gone"
+    script = SUPERVISOR.replace(
+        'if sys.argv[2] == "stop":',
+        "import os, signal\nos.kill(system._watchdog.proc.pid, signal.SIGKILL)\n"
+        "system._watchdog.proc.wait()\nif True:",
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(run_dir), "stop"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run_dir / "pids.json").read_text()) == {}
