@@ -12,10 +12,11 @@ no saga step twice, and the dashboard's counts by status. Stock and money are no
 checked against where they started (``PUT /products`` sets stock, so only a run that
 seeded them knows: the demo and the chaos run check those).
 
-Exit status: 0 every invariant checked holds; 1 a violation (each printed); 2 no stack
-runs in the run directory; 3 not settled within ``--wait`` seconds (what is still in
-flight printed, and the oldest PENDING orders); 4 a database or the provider could not
-be read (a server down: its first line of error printed).
+Exit status: 0 every invariant checked holds; 1 a violation (each printed); 2 a usage
+error (argparse's); 3 not settled within ``--wait`` seconds (what is still in flight
+printed: the oldest PENDING orders, the orders whose reservations are held, and whether
+anything moved at all); 4 a database or the provider could not be read (which, and its
+first line of error); 5 no stack runs in the run directory.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,45 +38,75 @@ from sagastack.embedded import MANIFEST
 
 #: Violations printed in full; past them, a count.
 SHOWN = 50
-#: PENDING orders named when the stack has not settled (the oldest).
-PENDING_SHOWN = 5
+#: Orders named per kind when the stack has not settled (the oldest PENDING ones, those
+#: whose reservations are held).
+SHOWN_IN_FLIGHT = 5
+
+
+#: Seconds the provider simulator's ledger is asked for before the check gives up (exit 4).
+PROVIDER_PATIENCE_SECONDS = 10.0
 
 
 class NoStack(Exception):
-    """No live run owns the run directory, or it has not finished starting."""
+    """No live run owns the run directory, it has not finished starting (or is stopping),
+    or its manifest cannot be read."""
+
+
+class Unreadable(Exception):
+    """A database or the provider simulator did not answer; the message says which."""
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    """The manifest of the run that owns ``run_dir`` now. Raises ``NoStack`` (saying why)
-    when no run holds the directory's claim (``owner.lock``: a run that was killed left
-    its manifest) or the run has not written one yet (still starting)."""
+    """The manifest of the run that owns ``run_dir`` now: ``database_urls``,
+    ``provider_url``, ``provider_simulated`` (``System.write_manifest``). Raises
+    ``NoStack`` (saying why) when no run holds the directory's claim (``owner.lock``: a
+    run that was killed left its manifest), the run has not written one yet (still
+    starting), or it is not a manifest."""
     lock = run_dir / "owner.lock"
     if not lock.exists():
         raise NoStack(f"no stack has run in {run_dir}")
-    with open(lock) as held:
-        try:
-            fcntl.flock(held, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pass  # a live run holds it: good
-        else:
-            raise NoStack(f"no stack runs in {run_dir} now")
     try:
-        manifest: dict[str, Any] = json.loads((run_dir / MANIFEST).read_text())
+        with open(lock) as held:
+            try:
+                fcntl.flock(held, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass  # a live run holds it: good
+            else:
+                raise NoStack(f"no stack runs in {run_dir} now")
+        manifest = json.loads((run_dir / MANIFEST).read_text())
     except FileNotFoundError:
         raise NoStack(f"the stack in {run_dir} is still starting (or stopping)") from None
+    except (OSError, ValueError) as unreadable:
+        raise NoStack(f"{run_dir / MANIFEST} cannot be read: {unreadable}") from None
+    if not (
+        isinstance(manifest, dict)
+        and isinstance(manifest.get("database_urls"), dict)
+        and set(invariants.SERVICES) <= manifest["database_urls"].keys()
+        and isinstance(manifest.get("provider_url"), str)
+    ):
+        raise NoStack(f"{run_dir / MANIFEST} is not a stack's manifest (System.write_manifest writes one)")
     return manifest
 
 
-def _in_flight(database_urls: dict[str, str]) -> str:
+def _in_flight(database_urls: dict[str, str], moved: bool) -> str:
     unsent, pending, held, waiting = invariants.activity(database_urls)
     said = (
         f"{_n(pending, 'order')} PENDING, {_n(held, 'reservation')} held, {_n(waiting, 'payment')}"
         f" waiting on the provider, {_n(unsent, 'event')} not yet published"
     )
-    oldest = invariants.pending_orders(database_urls, PENDING_SHOWN)
+    oldest = invariants.pending_orders(database_urls, SHOWN_IN_FLIGHT)
     if oldest:
         said += "; the oldest PENDING: " + ", ".join(f"{oid} (placed {age:.0f} s ago)" for oid, age in oldest)
-    return said
+    holding = invariants.holding_orders(database_urls, SHOWN_IN_FLIGHT)
+    if holding:
+        said += "; reservations held for: " + ", ".join(f"{oid} ({status})" for oid, status in holding)
+    if moved:
+        return said + ". Check again when the load stops, or wait longer (--wait)."
+    return (
+        said + ". Nothing moved while it waited: these look stuck, not in flight — a saga whose"
+        " event was lost (an embedded Tansu restarted keeps no events), or a service that is"
+        " down (make run restarts them; sagactl health)."
+    )
 
 
 def _n(n: int, thing: str) -> str:
@@ -90,22 +122,50 @@ def settled_check(urls: dict[str, str], provider: str | None, wait: float) -> tu
     after, and no outbox written in between (``invariants.marks``). Three databases have
     no common snapshot, so an order that lands mid-check would show as a violation (an
     operator trial: 12 false alarms in 25 checks under a trickle of orders): such a check
-    is thrown away and taken again. None: the stack did not stay still for one check
-    within ``wait`` seconds."""
+    is thrown away and taken again. ``provider``: the simulator's URL (None: a real
+    provider, not read). None: the stack did not stay still for one check within
+    ``wait`` seconds. Raises ``Unreadable``."""
     end = time.monotonic() + wait
-    while invariants.wait_for_quiescence(urls, timeout=max(0.0, end - time.monotonic())):
-        before = invariants.marks(urls)
-        violations = invariants.check(urls, {}, {}, provider)
-        sizes = invariants.sizes(urls)
-        if invariants.activity(urls) == (0, 0, 0, 0) and invariants.marks(urls) == before:
-            return violations, sizes
-        if time.monotonic() >= end:
-            break
+    try:
+        while invariants.wait_for_quiescence(urls, timeout=max(0.0, end - time.monotonic())):
+            before = invariants.marks(urls)
+            ledger = _ledger(provider)
+            violations = invariants.check(urls, {}, {}, ledger)
+            sizes = invariants.sizes(urls)
+            if invariants.activity(urls) == (0, 0, 0, 0) and invariants.marks(urls) == before:
+                return violations, sizes
+            if time.monotonic() >= end:
+                break
+    except psycopg.Error as down:
+        raise Unreadable(f"a database of the stack cannot be read: {_first_line(down)}") from down
     return None
 
 
+def _ledger(provider: str | None) -> invariants.ProviderLedger | None:
+    if provider is None:
+        return None
+    try:
+        return invariants.ProviderLedger.fetch(provider, patience=PROVIDER_PATIENCE_SECONDS)
+    except httpx.HTTPError as down:
+        raise Unreadable(
+            f"the payment provider simulator's ledger at {provider} cannot be read: {_first_line(down)}"
+        ) from down
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def main(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir)
+    try:
+        return _check(Path(args.run_dir), args.wait)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _check(run_dir: Path, wait: int) -> int:
     try:
         manifest = read_manifest(run_dir)
     except NoStack as none:
@@ -113,25 +173,23 @@ def main(args: argparse.Namespace) -> int:
             f"sagastack check: {none} (make run starts one; another run directory:"
             " --run-dir DIR, or RUN_DIR=DIR with make)"
         )
-        return 2
+        return 5
     urls: dict[str, str] = manifest["database_urls"]
-    if args.wait:
-        print(f"waiting up to {args.wait} s for the stack in {run_dir} to settle …", flush=True)
-    provider = manifest["provider_url"] if manifest["provider_simulated"] else None
+    if wait:
+        print(f"waiting up to {wait} s for the stack in {run_dir} to settle …", flush=True)
+    provider = manifest["provider_url"] if manifest.get("provider_simulated") else None
     try:
-        checked = settled_check(urls, provider, args.wait)
+        first = invariants.marks(urls)
+        checked = settled_check(urls, provider, wait)
         if checked is None:
-            print(
-                f"not settled{f' after {args.wait} s' if args.wait else ''}: {_in_flight(urls)}."
-                " The invariants are checked once nothing is in flight: check again when the load"
-                " stops, or wait longer (--wait)."
-            )
+            moved = invariants.marks(urls) != first
+            print(f"not settled{f' after {wait} s' if wait else ''}: {_in_flight(urls, moved or not wait)}")
             return 3
-    except (psycopg.Error, httpx.HTTPError) as unreadable:
-        first = (
-            str(unreadable).strip().splitlines()[0] if str(unreadable).strip() else type(unreadable).__name__
-        )
-        print(f"sagastack check: the stack in {run_dir} cannot be read: {first}")
+    except psycopg.Error as down:
+        print(f"sagastack check: a database of the stack cannot be read: {_first_line(down)}")
+        return 4
+    except Unreadable as unreadable:
+        print(f"sagastack check: {unreadable}")
         return 4
     violations, (orders, products, payments) = checked
     against = (

@@ -23,6 +23,17 @@ def plain_url(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
+#: Seconds a connection to a database may take (libpq's ``connect_timeout``): a server
+#: paused (``kill -STOP``) kept ``sagastack check`` waiting for ever (an attack trial).
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+def connect(url: str) -> psycopg.Connection[Any]:
+    """A connection to a service's database (its SQLAlchemy URL), given up after
+    ``CONNECT_TIMEOUT_SECONDS``."""
+    return psycopg.connect(plain_url(url), connect_timeout=CONNECT_TIMEOUT_SECONDS)
+
+
 def _provider_blinked(exc: Exception) -> bool:
     if isinstance(exc, httpx.HTTPStatusError):
         return exc.response.status_code >= 500
@@ -39,13 +50,14 @@ class ProviderLedger:
     balances: dict[str, Decimal]
 
     @classmethod
-    @stamina.retry(on=_provider_blinked, timeout=60)
-    def fetch(cls, provider_url: str) -> ProviderLedger:
+    def fetch(cls, provider_url: str, patience: float = 60.0) -> ProviderLedger:
         """Read the ledger; a provider that is restarting or whose database just restarted
-        (a chaos run) is asked again for up to a minute."""
-        with httpx.Client(base_url=provider_url, timeout=30) as client:
-            ledger = client.get("/v1/ledger").raise_for_status().json()
-            accounts = client.get("/v1/accounts").raise_for_status().json()
+        (a chaos run) is asked again for up to ``patience`` seconds (each request waits
+        as long at most). Raises ``httpx.HTTPError`` when it still does not answer."""
+        for attempt in stamina.retry_context(on=_provider_blinked, timeout=patience):
+            with attempt, httpx.Client(base_url=provider_url, timeout=min(30.0, patience)) as client:
+                ledger = client.get("/v1/ledger").raise_for_status().json()
+                accounts = client.get("/v1/accounts").raise_for_status().json()
         return cls(
             ledger["charges"],
             ledger["refunds"],
@@ -169,7 +181,7 @@ def _snapshot(url: str) -> psycopg.Connection[Any]:
     """A connection whose reads share one snapshot of its database (REPEATABLE READ):
     the orders and their counts by status, say, as of one moment. Three databases have
     no common moment: ``sagastack check`` makes sure nothing moved while it read."""
-    conn = psycopg.connect(plain_url(url))
+    conn = connect(url)
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     return conn
 
@@ -266,6 +278,9 @@ def check(
     return v
 
 
+#: The services whose databases are checked.
+SERVICES = ("order_svc", "inventory_svc", "payment_svc")
+
 #: Per service: what is still to settle there, besides its unsent outbox rows.
 _UNSETTLED = {
     "order_svc": "SELECT COUNT(*) FROM orders WHERE status = 'PENDING'",
@@ -279,7 +294,7 @@ def activity(database_urls: Mapping[str, str]) -> tuple[int, int, int, int]:
     payments waiting on the provider), one connection per service."""
     unsent, unsettled = 0, []
     for name, query in _UNSETTLED.items():
-        with psycopg.connect(plain_url(database_urls[name])) as conn:
+        with connect(database_urls[name]) as conn:
             unsent += conn.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]  # type: ignore[index]
             unsettled.append(conn.execute(query).fetchone()[0])  # type: ignore[index]
     pending, held, waiting = unsettled
@@ -312,16 +327,40 @@ def marks(database_urls: Mapping[str, str]) -> tuple[int, ...]:
     lower them)."""
     found = []
     for name in _UNSETTLED:
-        with psycopg.connect(plain_url(database_urls[name])) as conn:
+        with connect(database_urls[name]) as conn:
             # a sequence never used yet says 1, not called
             row = conn.execute("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_id_seq")
             found.append(row.fetchone()[0])  # type: ignore[index]
     return tuple(found)
 
 
+def holding_orders(database_urls: Mapping[str, str], limit: int) -> list[tuple[str, str]]:
+    """Up to ``limit`` orders whose reservations are still held: (order id, its status in
+    the order service, ``MISSING`` if it has none)."""
+    with connect(database_urls["inventory_svc"]) as conn:
+        held = [
+            str(oid)
+            for (oid,) in conn.execute(
+                "SELECT DISTINCT order_id FROM reservations WHERE status = 'RESERVED'"
+                " ORDER BY order_id LIMIT %s",
+                (limit,),
+            )
+        ]
+    if not held:
+        return []
+    with connect(database_urls["order_svc"]) as conn:
+        status = {
+            str(oid): s
+            for oid, s in conn.execute(
+                "SELECT order_id, status FROM orders WHERE order_id = ANY(%s::uuid[])", (held,)
+            )
+        }
+    return [(oid, status.get(oid, "MISSING")) for oid in held]
+
+
 def pending_orders(database_urls: Mapping[str, str], limit: int) -> list[tuple[str, float]]:
     """The oldest ``limit`` PENDING orders: (order id, seconds since it was placed)."""
-    with psycopg.connect(plain_url(database_urls["order_svc"])) as conn:
+    with connect(database_urls["order_svc"]) as conn:
         rows = conn.execute(
             "SELECT order_id, extract(epoch FROM now() - created_at) FROM orders"
             " WHERE status = 'PENDING' ORDER BY created_at LIMIT %s",
@@ -334,7 +373,7 @@ def sizes(database_urls: Mapping[str, str]) -> tuple[int, int, int]:
     """(orders, products, payments): how much a ``check`` looked at."""
     found = []
     for name, table in (("order_svc", "orders"), ("inventory_svc", "products"), ("payment_svc", "payments")):
-        with psycopg.connect(plain_url(database_urls[name])) as conn:
+        with connect(database_urls[name]) as conn:
             found.append(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # type: ignore[index]
     orders, products, payments = found
     return orders, products, payments

@@ -272,9 +272,12 @@ class System:
             "provider_simulated": self.provider is not None,
             "services": {key: sp.url for key, sp in self.services.items()},
         }
-        path = self.run_dir / MANIFEST
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(manifest, indent=2) + "\n")
+        # whole or not at all: a check reading it mid-write saw an empty file (an attack trial)
+        partial = self.run_dir / f".{MANIFEST}.partial"
+        partial.unlink(missing_ok=True)
+        partial.touch(mode=0o600)
+        partial.write_text(json.dumps(manifest, indent=2) + "\n")
+        partial.replace(self.run_dir / MANIFEST)
 
     def claim(self) -> None:
         """Make this system the run directory's one owner until ``stop``, or raise
@@ -616,6 +619,8 @@ class System:
         self.pids.add("postgres", self.postgres.restart())
 
     def stop(self) -> None:
+        if self._claim is not None:  # ours (a run that could not claim the directory has none)
+            (self.run_dir / MANIFEST).unlink(missing_ok=True)  # from now on nothing is there to check
         if self._http is not None:
             self._http.close()
             self._http = None
@@ -633,7 +638,6 @@ class System:
         elif self.broker is not None:
             self.broker.stop()
             self.pids.remove("tansu")
-        (self.run_dir / MANIFEST).unlink(missing_ok=True)
         if self._watchdog is not None:
             self._watchdog.dismiss()
             self._watchdog = None

@@ -13,9 +13,10 @@ write end only the supervisor holds (``Watchdog``; the descriptor is not inherit
 what the supervisor starts). A clean stop writes ``DONE`` and the watchdog exits. When the
 pipe ends without it, the supervisor is gone however it went: the watchdog claims the
 run directory (a run that claimed it first stops the leftovers itself), stops every
-process of the directory's pid file, the most recently started first (services before
-the database and broker they use), removes the run's manifest (``stack.json``), and says
-what it stopped in ``logs/watchdog.log``.
+process of the directory's pid file, services before the database and broker they use
+(and a database server the pid file had not recorded yet: one killed mid-start),
+removes the run's manifest (``stack.json``), and says what it stopped in
+``logs/watchdog.log``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from sagastack.embedded import MANIFEST, PidFile, RunDirectoryClaim, RunDirectoryInUse
+from sagastack.embedded import MANIFEST, PidFile, Postgres, RunDirectoryClaim, RunDirectoryInUse
 
 #: What a supervisor that stops cleanly writes before it closes the pipe.
 DONE = b"done"
@@ -83,7 +84,12 @@ def watch(run_dir: Path) -> list[str]:
         return []
     try:
         (run_dir / MANIFEST).unlink(missing_ok=True)  # nothing runs there to check
-        return PidFile(run_dir / "pids.json").stop_leftovers()
+        stopped = PidFile(run_dir / "pids.json").stop_leftovers()
+        # a server killed mid-start left before the pid file recorded it
+        unrecorded = Postgres.stop_unrecorded(run_dir / "pgdata")
+        if unrecorded is not None:
+            stopped.append(f"postgres (pid {unrecorded}, not yet recorded)")
+        return stopped
     finally:
         claim.release()
 
@@ -96,7 +102,7 @@ def _claim(run_dir: Path) -> RunDirectoryClaim | None:
     end = time.monotonic() + CLAIM_PATIENCE_SECONDS
     while True:
         try:
-            return RunDirectoryClaim(run_dir)
+            return RunDirectoryClaim(run_dir, role="watchdog")
         except RunDirectoryInUse:
             if time.monotonic() > end:
                 return None

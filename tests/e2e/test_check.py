@@ -68,3 +68,4 @@ def test_check_waits_for_a_stack_to_settle_and_says_what_is_in_flight(system: Sy
     assert done.returncode == 3, done.stdout + done.stderr
     assert "not settled after 1 s: 1 order PENDING, 0 reservations held" in done.stdout
     assert f"the oldest PENDING: {oid} (placed " in done.stdout
+    assert "Nothing moved while it waited: these look stuck, not in flight" in done.stdout

@@ -6,13 +6,14 @@ broker and the embedded PostgreSQL, started by a ``System`` in a process of its 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from sagastack.embedded import MANIFEST, PidFile, process_running
+from sagastack.embedded import MANIFEST, PidFile, Postgres, process_running
 
 SUPERVISOR = """
 import sys, time
@@ -91,3 +92,19 @@ def test_a_run_whose_watchdog_was_killed_still_stops_cleanly(run_root: Path) -> 
     )
     assert done.returncode == 0, done.stderr
     assert json.loads((run_dir / "pids.json").read_text()) == {}
+
+
+def test_a_database_server_not_yet_recorded_is_stopped_too(run_root: Path) -> None:
+    """A supervisor killed while PostgreSQL started left it running: the pid file records
+    the server only once it has started and its databases exist (an attack trial). The
+    watchdog finds it by its data directory's ``postmaster.pid``."""
+    pgdata = run_root / "watchdog-unrecorded" / "pgdata"
+    pgdata.parent.mkdir()
+    pid = Postgres(pgdata).start()  # started, recorded nowhere
+    try:
+        assert Postgres.stop_unrecorded(pgdata) == pid
+        assert wait_until_gone([pid], 10) == []
+        assert Postgres.stop_unrecorded(pgdata) is None  # nothing runs there now
+    finally:
+        if process_running(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -1,5 +1,5 @@
-"""``sagastack check`` where no stack runs (exit 2), or where its database cannot be read
-(exit 4): a sentence, never a traceback."""
+"""``sagastack check`` where no stack runs or its manifest cannot be read (exit 5), or
+where its database cannot be read (exit 4): a sentence, never a traceback."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ HINT = " (make run starts one; another run directory: --run-dir DIR, or RUN_DIR=
 
 
 def test_no_stack_ever_ran_in_the_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", "--run-dir", str(tmp_path)]) == 2
+    assert main(["check", "--run-dir", str(tmp_path)]) == 5
     assert capsys.readouterr().out == f"sagastack check: no stack has run in {tmp_path}{HINT}\n"
 
 
@@ -25,7 +25,7 @@ def test_a_manifest_left_by_a_run_that_was_killed_is_not_believed(
 ) -> None:
     (tmp_path / "owner.lock").write_text("12345\n")  # nobody holds it
     (tmp_path / MANIFEST).write_text(json.dumps({"database_urls": {}}))
-    assert main(["check", "--run-dir", str(tmp_path)]) == 2
+    assert main(["check", "--run-dir", str(tmp_path)]) == 5
     assert capsys.readouterr().out == f"sagastack check: no stack runs in {tmp_path} now{HINT}\n"
 
 
@@ -34,7 +34,7 @@ def test_a_stack_still_starting_has_no_manifest_yet(
 ) -> None:
     with open(tmp_path / "owner.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # as RunDirectoryClaim holds it
-        assert main(["check", "--run-dir", str(tmp_path)]) == 2
+        assert main(["check", "--run-dir", str(tmp_path)]) == 5
     said = capsys.readouterr().out
     assert said == f"sagastack check: the stack in {tmp_path} is still starting (or stopping){HINT}\n"
 
@@ -56,5 +56,27 @@ def test_a_database_that_does_not_answer_is_said_not_a_traceback(
         fcntl.flock(held, fcntl.LOCK_EX)
         assert main(["check", "--run-dir", str(tmp_path), "--wait", "0"]) == 4
     said = capsys.readouterr().out
-    assert said.startswith(f"sagastack check: the stack in {tmp_path} cannot be read: connection failed")
+    assert said.startswith("sagastack check: a database of the stack cannot be read: connection failed")
     assert said.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        ("", "cannot be read: Expecting value"),  # caught mid-write, before it was atomic
+        ("{not json", "cannot be read: Expecting property name"),
+        ("{}", "is not a stack's manifest"),
+        ("[]", "is not a stack's manifest"),
+        ('{"database_urls": {"order_svc": "x"}, "provider_url": ""}', "is not a stack's manifest"),
+    ],
+)
+def test_a_manifest_that_is_not_one_is_said_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], written: str, said: str
+) -> None:
+    """An attack trial: garbage, ``{}`` and ``[]`` were tracebacks and exit 1."""
+    (tmp_path / MANIFEST).write_text(written)
+    with open(tmp_path / "owner.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main(["check", "--run-dir", str(tmp_path)]) == 5
+    out = capsys.readouterr().out
+    assert out.startswith(f"sagastack check: {tmp_path / MANIFEST} {said}") and out.count("\n") == 1

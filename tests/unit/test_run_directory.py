@@ -22,16 +22,19 @@ _HOLD = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from sagastack.embedded import RunDirectoryClaim
-    claim = RunDirectoryClaim(Path(sys.argv[1]))  # held while the object lives
+    claim = RunDirectoryClaim(Path(sys.argv[1]), role=sys.argv[2])  # held while the object lives
     print("held", flush=True)
-    time.sleep(600)
+    time.sleep(float(sys.argv[3]))
     """
 )
 
 
-def _holder(run_dir: Path) -> subprocess.Popen[str]:
-    """Another process (another ``make run``) holding ``run_dir``."""
-    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
+def _holder(run_dir: Path, role: str = "run", seconds: float = 600) -> subprocess.Popen[str]:
+    """Another process (another ``make run``, or a watchdog) holding ``run_dir`` for
+    ``seconds``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(run_dir), role, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
     return proc
 
@@ -60,10 +63,25 @@ def test_a_run_that_was_killed_does_not_hold_its_directory(tmp_path: Path) -> No
     holder.wait()
     claim = RunDirectoryClaim(tmp_path)  # the kernel let go with the process
     try:
-        assert (tmp_path / "owner.lock").read_text().strip() == str(os.getpid())
+        assert (tmp_path / "owner.lock").read_text().strip() == f"{os.getpid()} run"
     finally:
         claim.release()
     RunDirectoryClaim(tmp_path).release()  # released: free again
+
+
+def test_a_new_run_waits_for_a_killed_runs_watchdog_to_let_go(tmp_path: Path) -> None:
+    """A run started right after one was killed was refused for a few seconds, told to
+    press Ctrl-C where the holder runs: the holder was the killed run's watchdog, stopping
+    what that run left (an attack trial)."""
+    watchdog = _holder(tmp_path, role="watchdog", seconds=1.5)
+    try:
+        started = time.monotonic()
+        claim = RunDirectoryClaim(tmp_path)
+        assert time.monotonic() - started >= 0.5  # it waited for the watchdog's release
+        claim.release()
+    finally:
+        watchdog.kill()
+        watchdog.wait()
 
 
 def test_a_service_that_exits_while_starting_is_told_with_its_own_lines(tmp_path: Path) -> None:
