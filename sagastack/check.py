@@ -124,20 +124,18 @@ def settled_check(urls: dict[str, str], provider: str | None, wait: float) -> tu
     operator trial: 12 false alarms in 25 checks under a trickle of orders): such a check
     is thrown away and taken again. ``provider``: the simulator's URL (None: a real
     provider, not read). None: the stack did not stay still for one check within
-    ``wait`` seconds. Raises ``Unreadable``."""
+    ``wait`` seconds. Raises ``Unreadable`` (the provider) or ``psycopg.Error`` (a
+    database; each gets ``invariants.CONNECT_TIMEOUT_SECONDS`` to answer)."""
     end = time.monotonic() + wait
-    try:
-        while invariants.wait_for_quiescence(urls, timeout=max(0.0, end - time.monotonic())):
-            before = invariants.marks(urls)
-            ledger = _ledger(provider)
-            violations = invariants.check(urls, {}, {}, ledger)
-            sizes = invariants.sizes(urls)
-            if invariants.activity(urls) == (0, 0, 0, 0) and invariants.marks(urls) == before:
-                return violations, sizes
-            if time.monotonic() >= end:
-                break
-    except psycopg.Error as down:
-        raise Unreadable(f"a database of the stack cannot be read: {_first_line(down)}") from down
+    while invariants.wait_for_quiescence(urls, timeout=max(0.0, end - time.monotonic())):
+        before = invariants.marks(urls)
+        ledger = _ledger(provider)
+        violations = invariants.check(urls, {}, {}, ledger)
+        sizes = invariants.sizes(urls)
+        if invariants.activity(urls) == (0, 0, 0, 0) and invariants.marks(urls) == before:
+            return violations, sizes
+        if time.monotonic() >= end:
+            break
     return None
 
 
