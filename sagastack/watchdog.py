@@ -25,7 +25,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from sagastack.embedded import MANIFEST, PidFile, Postgres, RunDirectoryClaim, RunDirectoryInUse
@@ -99,14 +98,10 @@ def _claim(run_dir: Path) -> RunDirectoryClaim | None:
     lock may outlive its pipe by a moment (the kernel closes a dying process's files one
     by one: the test of this module saw the lock still held just after the pipe's end),
     so a refusal is believed only after ``CLAIM_PATIENCE_SECONDS``."""
-    end = time.monotonic() + CLAIM_PATIENCE_SECONDS
-    while True:
-        try:
-            return RunDirectoryClaim(run_dir, role="watchdog")
-        except RunDirectoryInUse:
-            if time.monotonic() > end:
-                return None
-            time.sleep(0.1)
+    try:
+        return RunDirectoryClaim(run_dir, role="watchdog", patience=CLAIM_PATIENCE_SECONDS)
+    except RunDirectoryInUse:
+        return None
 
 
 def main() -> int:
