@@ -53,7 +53,8 @@ class NoStack(Exception):
 
 
 class Unreadable(Exception):
-    """A database or the provider simulator did not answer; the message says which."""
+    """The provider simulator's ledger could not be read; the message says why (a
+    database that does not answer is psycopg's own error)."""
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
@@ -130,8 +131,7 @@ def settled_check(urls: dict[str, str], provider: str | None, wait: float) -> tu
     while invariants.wait_for_quiescence(urls, timeout=max(0.0, end - time.monotonic())):
         before = invariants.marks(urls)
         ledger = _ledger(provider)
-        violations = invariants.check(urls, {}, {}, ledger)
-        sizes = invariants.sizes(urls)
+        violations, sizes = invariants.check_counted(urls, {}, {}, ledger)
         if invariants.activity(urls) == (0, 0, 0, 0) and invariants.marks(urls) == before:
             return violations, sizes
         if time.monotonic() >= end:

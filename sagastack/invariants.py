@@ -197,7 +197,19 @@ def check(
     payments are checked against our orders only). ``initial_stock`` and
     ``initial_balance`` (product → units, customer → money where they started): what
     they leave out is not checked for conservation."""
+    return check_counted(database_urls, initial_stock, initial_balance, provider)[0]
+
+
+def check_counted(
+    database_urls: Mapping[str, str],
+    initial_stock: Mapping[str, int],
+    initial_balance: Mapping[str, Decimal],
+    provider: str | ProviderLedger | None,
+) -> tuple[list[str], tuple[int, int, int]]:
+    """``check``, and how much it looked at: (orders, products, payments), counted in the
+    snapshots it read."""
     v: list[str] = []
+    products = 0
     with (
         _snapshot(database_urls["order_svc"]) as orders_db,
         _snapshot(database_urls["inventory_svc"]) as inventory_db,
@@ -216,6 +228,7 @@ def check(
         for pid, available, reserved, sold in inventory_db.execute(
             "SELECT product_id, available, reserved, sold FROM products"
         ):
+            products += 1
             if min(available, reserved, sold) < 0:
                 v.append(f"product {pid}: negative stock {available}/{reserved}/{sold}")
             if pid in initial_stock and available + reserved + sold != initial_stock[pid]:
@@ -275,11 +288,8 @@ def check(
             v.append(
                 f"orders by status: kept {dict(sorted(kept.items()))}, counted {dict(sorted(there.items()))}"
             )
-    return v
+    return v, (len(orders), products, len(payments))
 
-
-#: The services whose databases are checked.
-SERVICES = ("order_svc", "inventory_svc", "payment_svc")
 
 #: Per service: what is still to settle there, besides its unsent outbox rows.
 _UNSETTLED = {
@@ -287,6 +297,10 @@ _UNSETTLED = {
     "inventory_svc": "SELECT COUNT(*) FROM reservations WHERE status = 'RESERVED'",
     "payment_svc": "SELECT COUNT(*) FROM payments WHERE status IN ('PENDING', 'REFUND_PENDING')",
 }
+
+
+#: The services whose databases are checked.
+SERVICES = tuple(_UNSETTLED)
 
 
 def activity(database_urls: Mapping[str, str]) -> tuple[int, int, int, int]:
@@ -326,7 +340,7 @@ def marks(database_urls: Mapping[str, str]) -> tuple[int, ...]:
     after a ``check`` mean no saga moved while it read (pruning the outbox does not
     lower them)."""
     found = []
-    for name in _UNSETTLED:
+    for name in SERVICES:
         with connect(database_urls[name]) as conn:
             # a sequence never used yet says 1, not called
             row = conn.execute("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_id_seq")
@@ -367,13 +381,3 @@ def pending_orders(database_urls: Mapping[str, str], limit: int) -> list[tuple[s
             (limit,),
         ).fetchall()
     return [(str(oid), float(age)) for oid, age in rows]
-
-
-def sizes(database_urls: Mapping[str, str]) -> tuple[int, int, int]:
-    """(orders, products, payments): how much a ``check`` looked at."""
-    found = []
-    for name, table in (("order_svc", "orders"), ("inventory_svc", "products"), ("payment_svc", "payments")):
-        with connect(database_urls[name]) as conn:
-            found.append(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # type: ignore[index]
-    orders, products, payments = found
-    return orders, products, payments

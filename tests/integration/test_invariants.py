@@ -240,9 +240,9 @@ def test_a_check_during_which_a_saga_moved_is_taken_again(
     check`` reads them looked like a violation (an operator trial: 12 false alarms in 25
     checks under a trickle of orders). A check during which an outbox was written is
     thrown away and taken again."""
-    real_check, calls = invariants.check, []
+    real_check, calls = invariants.check_counted, []
 
-    def moving_once(*args: Any) -> list[str]:
+    def moving_once(*args: Any) -> tuple[list[str], tuple[int, int, int]]:
         calls.append(args)
         if len(calls) == 1:  # a saga step commits in the inventory service mid-check
             run(
@@ -252,10 +252,10 @@ def test_a_check_during_which_a_saga_moved_is_taken_again(
                     (str(uuid.uuid4()),),
                 ),
             )
-            return ["a violation seen while a saga moved"]
+            return ["a violation seen while a saga moved"], (1, 0, 0)
         return real_check(*args)
 
-    monkeypatch.setattr(invariants, "check", moving_once)
+    monkeypatch.setattr(invariants, "check_counted", moving_once)
     assert check_command.settled_check(urls, None, 30) == ([], (0, 0, 0))
     assert len(calls) == 2
 
@@ -263,7 +263,7 @@ def test_a_check_during_which_a_saga_moved_is_taken_again(
 def test_a_stack_that_never_stays_still_is_not_settled(
     urls: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def always_moving(*_: Any) -> list[str]:
+    def always_moving(*_: Any) -> tuple[list[str], tuple[int, int, int]]:
         run(
             urls["payment_svc"],
             (
@@ -271,7 +271,7 @@ def test_a_stack_that_never_stays_still_is_not_settled(
                 (str(uuid.uuid4()),),
             ),
         )
-        return ["seen while moving"]
+        return ["seen while moving"], (1, 0, 0)
 
-    monkeypatch.setattr(invariants, "check", always_moving)
+    monkeypatch.setattr(invariants, "check_counted", always_moving)
     assert check_command.settled_check(urls, None, 1) is None
