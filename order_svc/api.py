@@ -44,6 +44,7 @@ from saga_kit.auth import Principal
 from saga_kit.http import (
     IDEMPOTENT_REPLAYED,
     RETRY_AFTER,
+    AnyCase,
     DatabaseDep,
     PrincipalDep,
     SettingsDep,
@@ -544,7 +545,7 @@ OrderIdPrefix = Annotated[str | None, Query(pattern=r"^[0-9a-fA-F-]{8,36}$")]
 async def list_orders(
     db: DatabaseDep,
     principal: PrincipalDep,
-    status: OrderStatus | None = None,
+    status: Annotated[OrderStatus | None, AnyCase] = None,
     customer_id: Annotated[ExternalId | None, Query()] = None,
     order_id_prefix: OrderIdPrefix = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,

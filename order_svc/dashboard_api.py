@@ -25,7 +25,7 @@ from order_svc.settings import Settings
 from saga_kit.deadletters import DeadLetter, DeadLetterSummary, LetterId, ReplayResult
 from saga_kit.deadletters import Status as LetterStatus
 from saga_kit.errors import DomainRejection
-from saga_kit.http import CheckResult, DatabaseDep, errors, upstream_unavailable
+from saga_kit.http import AnyCase, CheckResult, DatabaseDep, errors, upstream_unavailable
 
 STATIC = Path(__file__).parent / "dashboard"
 
@@ -213,7 +213,7 @@ _ACTION_FROM_SERVICE = errors(
 async def dead_letters(
     service: Service,
     request: Request,
-    status: LetterStatus | Literal["ALL"] = "PENDING",
+    status: Annotated[LetterStatus | Literal["ALL"], AnyCase] = "PENDING",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Any:
     """`GET /dead-letters` of the order, inventory or payment service: newest first, those

@@ -32,7 +32,7 @@ from saga_kit import headers as kafka_headers
 from saga_kit.consumer import ConsumerPipeline, Outcome, Record, dead_letter_reason
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection
-from saga_kit.http import DatabaseDep, errors
+from saga_kit.http import AnyCase, DatabaseDep, errors
 
 Status = Literal["PENDING", "REPLAYED", "DISCARDED"]
 
@@ -289,7 +289,7 @@ _NOT_FOUND_OR_RESOLVED = errors(
 @router.get("", summary="Dead letters", response_model=list[DeadLetterSummary], responses=errors())
 async def get_dead_letters(
     db: DatabaseDep,
-    status: Status | Literal["ALL"] = "PENDING",
+    status: Annotated[Status | Literal["ALL"], AnyCase] = "PENDING",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[DeadLetterSummary]:
     """Newest first; those waiting for a decision unless another ``status`` (or ALL) is asked."""

@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 from sqlalchemy import exc as sa_exc
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -822,6 +822,16 @@ async def get_settings(request: Request) -> ServiceSettings:
 
 
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
+
+
+def _upper_case(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+#: A query value naming one of a fixed set of capitalised words (an order's status, a dead
+#: letter's), taken in any case: ``?status=approved`` is ``APPROVED``. The OpenAPI document
+#: still lists the capitalised values; anything else is still a 422 listing them.
+AnyCase = BeforeValidator(_upper_case)
 
 
 class Liveness(BaseModel):
