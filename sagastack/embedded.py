@@ -247,9 +247,15 @@ def tansu_binary() -> str:
 
 
 class Tansu:
-    def __init__(self, port: int, log_path: Path) -> None:
+    """The embedded broker on ``127.0.0.1:port``, its output appended to ``log_path``. With
+    ``pid_file`` its pid is recorded there as ``tansu`` the moment it is spawned, before it
+    answers (a supervisor killed while it started left it running: nothing had recorded
+    it for the watchdog), and forgotten when it is stopped."""
+
+    def __init__(self, port: int, log_path: Path, pid_file: PidFile | None = None) -> None:
         self.port = port
         self.log_path = log_path
+        self.pid_file = pid_file
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -266,6 +272,8 @@ class Tansu:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
+        if self.pid_file is not None:
+            self.pid_file.add("tansu", self.proc.pid)
         wait_for_port(self.port, 30)
         return self.proc.pid
 
@@ -277,6 +285,8 @@ class Tansu:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.pid_file is not None:
+            self.pid_file.remove("tansu")
 
 
 class Postgres:

@@ -353,9 +353,8 @@ class System:
             kafka.start()
             self.kafka_security = kafka.client_security
         else:
-            tansu = Tansu(port, self.run_dir / "logs" / "tansu.log")
-            self.broker = tansu
-            self.pids.add("tansu", tansu.start())
+            self.broker = Tansu(port, self.run_dir / "logs" / "tansu.log", pid_file=self.pids)
+            self.broker.start()  # recorded as it is spawned, forgotten as it stops
         self.bootstrap = self.broker.bootstrap
 
     def broker_env(self) -> dict[str, str]:
@@ -633,11 +632,8 @@ class System:
         if self.postgres is not None:
             self.postgres.stop()
             self.pids.remove("postgres")
-        if isinstance(self.broker, ApacheKafka):
-            self.broker.stop()  # forgets its nodes' pids itself
-        elif self.broker is not None:
-            self.broker.stop()
-            self.pids.remove("tansu")
+        if self.broker is not None:
+            self.broker.stop()  # forgets its pids itself
         if self._watchdog is not None:
             self._watchdog.dismiss()
             self._watchdog = None

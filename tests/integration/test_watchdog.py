@@ -108,3 +108,37 @@ def test_a_database_server_not_yet_recorded_is_stopped_too(run_root: Path) -> No
     finally:
         if process_running(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_broker_not_yet_answering_when_its_supervisor_is_killed_is_stopped_too(run_root: Path) -> None:
+    """Tansu was recorded once its port answered, so a supervisor killed in that moment
+    left it running for good. It is recorded as it is spawned: here the supervisor is
+    killed while it waits for the port, for ever."""
+    run_dir = run_root / "watchdog-broker-starting"
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from sagastack import embedded\n"
+        "from sagastack.system import System\n"
+        "def never(port, timeout):\n"
+        "    print(system._watchdog.proc.pid, flush=True)\n"
+        "    time.sleep(600)\n"
+        "embedded.wait_for_port = never\n"
+        "system = System(Path(sys.argv[1]), free_ports=True, fresh=True, broker_kind='tansu')\n"
+        "system.start_servers()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        watchdog = int(proc.stdout.readline())  # once the broker is spawned
+        recorded = json.loads((run_dir / "pids.json").read_text())
+        assert list(recorded) == ["tansu"]
+        tansu = int(recorded["tansu"][0])
+        assert process_running(tansu)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert wait_until_gone([tansu, watchdog], 60) == []
+    finally:
+        proc.kill()
+        PidFile(run_dir / "pids.json").stop_leftovers()
+    assert "tansu (pid" in (run_dir / "logs" / "watchdog.log").read_text()
