@@ -132,7 +132,12 @@ class ServiceSettings(KafkaClientSettings):
     relay_poll_interval: float = Field(default=0.5, gt=0)
     #: How long the outbox relay waits for the broker to acknowledge a batch before it
     #: logs a WARNING saying so (then it waits on; saga_kit.outbox).
-    relay_ack_warning_seconds: float = Field(default=10.0, gt=0, le=3600)
+    relay_ack_warning_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        validation_alias=AliasChoices("RELAY_ACK_WARNING_SECONDS", "relay_ack_warning_seconds"),
+    )
     db_pool_size: int = Field(default=10, ge=1)
 
     #: Pruning (saga_kit.pruning): sent outbox rows, the inbox's redelivery window and
@@ -284,6 +289,14 @@ class ServiceSettings(KafkaClientSettings):
         idle, busy = self.kafka_fetch_idle_wait_ms, self.kafka_fetch_max_wait_ms
         if idle is not None and idle > busy:
             raise ValueError("KAFKA_FETCH_IDLE_WAIT_MS must not exceed KAFKA_FETCH_MAX_WAIT_MS")
+        return self
+
+    @model_validator(mode="after")
+    def _no_fault_injection_in_production(self) -> ServiceSettings:
+        """``SAGA_FAULT`` makes a service SIGKILL itself at a named point, for tests and
+        chaos runs (saga_kit.fault_injection): production refuses to start with it."""
+        if self.saga_env == "production" and self.fault:
+            raise ValueError("SAGA_FAULT is for tests and chaos runs: SAGA_ENV=production refuses it")
         return self
 
 

@@ -84,6 +84,22 @@ def test_a_service_with_invalid_settings_says_which_in_one_line_and_exits_2() ->
     assert "s3cret-pw" not in stderr and "abc" not in stderr
 
 
+def test_production_refuses_fault_injection_and_development_takes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SAGA_FAULT`` makes a service kill itself at a named point: a chaos run's tool, which
+    the README's "never set it in production" only advised against."""
+    lines, stderr = _start(
+        "order_svc",
+        ORDER_DATABASE_URL="postgresql://u@localhost/db",
+        SAGA_ENV="production",
+        SAGA_FAULT="relay.before_publish",
+    )
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert "cannot start: SAGA_FAULT is for tests and chaos runs: SAGA_ENV=production refuses it" in lines[0]
+    monkeypatch.setenv("ORDER_DATABASE_URL", "postgresql://u@localhost/db")
+    monkeypatch.setenv("SAGA_FAULT", "relay.before_publish")
+    assert OrderSettings().fault == "relay.before_publish"  # type: ignore[call-arg]
+
+
 def test_a_log_level_is_checked_like_any_other_setting_and_taken_in_any_case(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
