@@ -1,7 +1,8 @@
 """Schema evolution: older versions of an event are upcast to the current one on read.
 
-A producer always writes the current ``schema_version``; a consumer may still meet older
-versions (events written before a deploy, replayed dead letters, a lagging producer). The
+A producer writes the oldest ``schema_version`` that can carry the event
+(``EventPayload.wire_version``, usually the current one); a consumer may meet older
+versions (those, events written before a deploy, replayed dead letters, a lagging producer). The
 codec upcasts them step by step — v1 → v2 → … — before validating, so handlers only ever
 see the current model. An event newer than this build, or an old version without an
 upcaster, is invalid and gets dead-lettered with that reason.
