@@ -83,10 +83,22 @@ class Command(EventPayload):
 
     producer: ClassVar[str] = CLIENT
     _authorization: tuple[str, ...] = PrivateAttr(default=())
+    _caller: object = PrivateAttr(default=None)
 
     @property
     def authorization(self) -> tuple[str, ...]:
         return self._authorization
+
+    @property
+    def caller(self) -> object:
+        """Who sent it, as the order service found from its token before the batch's
+        transaction opened (``order_svc.handlers.authenticate``: a
+        ``saga_kit.auth.Principal``, or the ``Unauthorized`` refusal); None until then."""
+        return self._caller
+
+    def authenticated(self, caller: object) -> None:
+        """Note who sent it (``caller``)."""
+        self._caller = caller
 
 
 class PlaceOrder(Command):

@@ -199,6 +199,23 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
     for row in lines[0] if lines else ():
         if (order := state.orders.get(row.order_id)) is not None:
             order.items[row.product_id] = int(row.quantity)
+    for e in events:
+        if isinstance(e.payload, PlaceOrder | CancelOrder | RefusedCommand):
+            caller = e.payload.caller
+            if not isinstance(caller, auth.Principal | auth.Unauthorized):
+                raise RuntimeError(f"{e.event_type} {e.event_id} was not authenticated before load")
+            state.callers[e.event_id] = caller
+    return state
+
+
+async def authenticate(events: Sequence[Envelope[Any]]) -> None:
+    """``prepare``: each command's caller, from its token (``Command.authenticated``),
+    before the batch's transaction opens — the keys may come from a key server
+    (``AUTH_JWKS_URL``), and a fetch must not hold the batch's locks (it did: a review
+    found a slow key server holding the orders' row locks for up to PyJWT's 30 s). A
+    token refused is noted as its ``Unauthorized`` (the command is answered
+    ``CommandRejected``); keys that cannot be had raise ``KeysUnavailable`` (transient:
+    the batch is retried, the command never refused for it)."""
     verifier = _commands["verifier"]
     for e in events:
         if isinstance(e.payload, PlaceOrder | CancelOrder | RefusedCommand):
@@ -211,8 +228,7 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
                 )
             except auth.Unauthorized as refused:
                 caller = refused
-            state.callers[e.event_id] = caller
-    return state
+            e.payload.authenticated(caller)
 
 
 def decode_command(record: Record) -> Envelope[Any]:
@@ -336,7 +352,7 @@ def observe(uow: UnitOfWork, deliveries: Sequence[Delivery], state: Orders | Non
     timeline.record(uow, deliveries, state.strangers if state is not None else ())
 
 
-reactions: Reactions[Orders] = Reactions(load, save, observe=observe)
+reactions: Reactions[Orders] = Reactions(load, save, observe=observe, prepare=authenticate)
 
 
 def _move(order: Order, event: Envelope[Any], reason: str | None) -> Reply | None:
@@ -546,7 +562,7 @@ def _cancel(state: Orders, event: Envelope[CancelOrder]) -> Replies:
 
 
 def _caller(state: Orders, event: Envelope[PlaceOrder] | Envelope[CancelOrder]) -> auth.Principal | Reply:
-    """Who sent the command (its token, verified by ``load``), or the ``CommandRejected``
+    """Who sent the command (its token, verified by ``authenticate``), or the ``CommandRejected``
     to answer when no valid token came with it."""
     caller = state.callers[event.event_id]
     if isinstance(caller, auth.Unauthorized):

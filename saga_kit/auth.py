@@ -9,7 +9,9 @@ publish the new key, sign with it, remove the old one once its tokens have expir
 asymmetric algorithms are accepted (``ALGORITHMS``); the signature, ``exp``, ``nbf``,
 ``iat``, ``iss`` (``AUTH_ISSUER``) and ``aud`` (``AUTH_AUDIENCE``) are checked, and ``sub``
 and ``roles`` are required. Missing or bad token: 401 with ``reason`` ``missing_token`` or
-``invalid_token``, the why in ``detail`` and a ``WWW-Authenticate`` header.
+``invalid_token``, the why in ``detail`` and a ``WWW-Authenticate`` header. Keys that
+cannot be had just now (the key server does not answer) are ``KeysUnavailable``: 503 with
+``Retry-After``, never a 401 for a token that may be valid.
 
 A token verified once is taken again without its signature being checked (the EdDSA
 verification and the claims cost ~0.4 ms of CPU per request here, most of a POST's
@@ -51,7 +53,7 @@ from cachetools import TLRUCache
 from jwt.algorithms import OKPAlgorithm
 
 from events.values import printable
-from saga_kit.errors import ConfigurationError
+from saga_kit.errors import ConfigurationError, TransientError
 from saga_kit.signing import load_private_key, write_private_key
 
 #: Asymmetric signatures only: a shared secret (HS256) or ``none`` is never accepted.
@@ -245,6 +247,20 @@ def _keys_of(document: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
     return {k.key_id: k for k in keys if k.key_id}
 
 
+#: How long a fetch of the key set from ``AUTH_JWKS_URL`` may take (PyJWT's default is 30 s).
+JWKS_FETCH_TIMEOUT_SECONDS = 5.0
+
+
+class KeysUnavailable(TransientError):
+    """The keys tokens are verified with cannot be had just now: the key server
+    (``AUTH_JWKS_URL``) did not answer within ``JWKS_FETCH_TIMEOUT_SECONDS`` or answered
+    no usable key set, or the key file (``AUTH_JWKS_FILE``) cannot be read. Nothing is
+    known of the token, so it is neither taken nor refused: HTTP answers 503 with
+    ``Retry-After``, and a command consumed from Kafka is retried as any transient
+    failure is (``saga_kit.consumer``). It was a 401 ``invalid_token``, and a command
+    refused for good, whenever the key server blinked (a review found it)."""
+
+
 @dataclass(frozen=True)
 class _Verified:
     """A token that passed: who it names, the key object that verified it, its ``exp``."""
@@ -271,7 +287,11 @@ class TokenVerifier:
         self.issuer, self.audience = issuer, audience
         self._file = _JwksFile(jwks_file) if jwks_file else None
         # PyJWKClient caches the key set (5 minutes) and refetches on an unknown kid
-        self._client = jwt.PyJWKClient(jwks_url, cache_jwk_set=True, lifespan=300) if jwks_url else None
+        self._client = (
+            jwt.PyJWKClient(jwks_url, cache_jwk_set=True, lifespan=300, timeout=JWKS_FETCH_TIMEOUT_SECONDS)
+            if jwks_url
+            else None
+        )
         self._verified: TLRUCache[str, _Verified] = TLRUCache(
             VERIFIED_TOKENS,
             ttu=lambda _token, verified, _now: verified.expires + LEEWAY_SECONDS,
@@ -289,7 +309,8 @@ class TokenVerifier:
 
     async def principal(self, authorization: str | None) -> Principal:
         """The caller named by an ``Authorization`` header value; ``Unauthorized`` if it is
-        missing, not a bearer token, or not valid."""
+        missing, not a bearer token, or not valid; ``KeysUnavailable`` if the keys to tell
+        cannot be had just now."""
         if not authorization:
             raise Unauthorized("missing_token", "this endpoint needs an Authorization: Bearer token")
         scheme, _, token = authorization.partition(" ")
@@ -358,18 +379,24 @@ class TokenVerifier:
         return principal
 
     async def _key(self, kid: str) -> jwt.PyJWK | None:
+        """The published key ``kid``, or None if the key set, read, has none of that id;
+        ``KeysUnavailable`` if the key set cannot be read."""
         if self._file is not None:
             try:
                 return self._file.key(kid)
             except (OSError, ValueError, jwt.PyJWKError, jwt.PyJWKSetError) as exc:
-                raise Unauthorized(
-                    "invalid_token", f"the service cannot read its keys ({type(exc).__name__})"
-                ) from None
+                raise KeysUnavailable(f"the key file cannot be read ({type(exc).__name__})") from None
         assert self._client is not None
         client = self._client
         try:
             return await asyncio.to_thread(client.get_signing_key, kid)
-        except jwt.PyJWKClientError:
+        except jwt.PyJWKClientConnectionError as exc:  # no answer, or an HTTP error
+            raise KeysUnavailable(f"the key server did not answer: {printable(str(exc), 200)}") from None
+        except jwt.PyJWKSetError as exc:  # an answer with no key in it that can be used
+            raise KeysUnavailable(
+                f"the key server published no usable key: {printable(str(exc), 200)}"
+            ) from None
+        except jwt.PyJWKClientError:  # the set was read: no key of that id (or not a key set)
             return None
 
 

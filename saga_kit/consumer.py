@@ -13,6 +13,8 @@ after the batch's transaction committed). The steps, each one job, in order:
    version become a dead letter with the reason; a valid event signed by a service that
    may not produce its type is one too;
 4. **dedupe** — the same event twice in one batch: the later copies are duplicates;
+   then the reactions' ``prepare``, if the service has one, with no transaction open:
+   what may wait on the network (the order service verifies its commands' tokens);
 5. **lock and claim** — the advisory locks of the batch's sagas, in key order (events of
    one order from different topics, batches or instances never interleave; no
    deadlocks), then the inbox claims of every event, in one statement; an event claimed
@@ -476,7 +478,8 @@ class ConsumerPipeline:
         log.warning("transient failure, retrying the batch: %s", exc)
 
     async def _apply(self, items: list[_Item], store: bool) -> None:
-        """One transaction: lock, claim, react, dead letters, commit. Outcomes are set on
+        """The reactions' ``prepare``, then one transaction: lock, claim, react, dead
+        letters, commit. Outcomes are set on
         the items only once it committed. Without dead letters to store, ``COMMIT`` goes in
         the round trip of the reactions' writes (``UnitOfWork.flush(commit=True)``); a
         failure at ``COMMIT`` (a deferred constraint) is then the reactions' failure, and
@@ -486,6 +489,13 @@ class ConsumerPipeline:
             return  # ignored records and duplicates within the batch: no transaction at all
         results: dict[int, tuple[Outcome, str | None]] = {}
         committed = False  # COMMIT went with the last flush
+        if live:  # what may wait on the network, with no transaction open
+            try:
+                await self._reactions.prepare([envelope for _, envelope in live])
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                raise HandlerError(str(exc)) from exc
         async with self._db.unit_of_work() as uow:
             if live:
                 # the claims are queued and go in the load's round trip, ahead of it: the

@@ -9,7 +9,11 @@
   the events to emit in reply — no I/O, so it is unit-tested without a database and
   mypy checks that it handles the payload class it is registered for;
 * ``save(uow, state)`` queues every change as a few set-based statements, sent with the
-  outgoing events in one round trip before the commit.
+  outgoing events in one round trip before the commit;
+* optionally, ``prepare(events)`` first, before the transaction opens: what the batch
+  needs that is not in the database and may wait on the network (the order service
+  verifies its commands' tokens, whose keys may come from a key server), so that no lock
+  is held while it waits (docs/design.md §3.1). It notes what it learns on the events.
 
 Events are decided in arrival order, so two orders for the last unit in one batch see
 each other exactly as they would one transaction after the other.
@@ -67,6 +71,8 @@ Decide = Callable[[S, Envelope[P]], Replies]
 Load = Callable[[UnitOfWork, Sequence[Envelope[Any]]], Awaitable[S]]
 #: Queues the writes of what changed (``UnitOfWork.write``); they go out in one round trip.
 Save = Callable[[UnitOfWork, S], None]
+#: Before the transaction: work that may wait on the network, noted on the events.
+Prepare = Callable[[Sequence[Envelope[Any]]], Awaitable[None]]
 #: Runs after the decisions, in the same transaction, with every event that was applied
 #: and the state the decisions left (``None`` if no delivery had a decide function): the
 #: order service keeps each saga's timeline with it. Queues its writes.
@@ -76,10 +82,13 @@ Observe = Callable[[UnitOfWork, Sequence[Delivery], S | None], None]
 class Reactions(Generic[S]):
     """The registry of one service's decide functions, with its load and save."""
 
-    def __init__(self, load: Load[S], save: Save[S], observe: Observe[S] | None = None) -> None:
+    def __init__(
+        self, load: Load[S], save: Save[S], observe: Observe[S] | None = None, prepare: Prepare | None = None
+    ) -> None:
         self._load = load
         self._save = save
         self.observe = observe
+        self._prepare = prepare
         self._decide: dict[type[EventPayload], Decide[S, Any]] = {}
 
     def on(self, event: type[P]) -> Callable[[Decide[S, P]], Decide[S, P]]:
@@ -105,6 +114,13 @@ class Reactions(Generic[S]):
     def consumes(self, event_type: str) -> bool:
         """Does this service do anything with ``event_type`` (react or observe)?"""
         return self.observe is not None or any(c.event_type == event_type for c in self._decide)
+
+    async def prepare(self, events: Sequence[Envelope[Any]]) -> None:
+        """The service's ``prepare`` of the events it reacts to, if it has one; called with
+        no transaction open (a ``TransientError`` retries the batch)."""
+        reacting = [e for e in events if type(e.payload) in self._decide]
+        if self._prepare is not None and reacting:
+            await self._prepare(reacting)
 
     async def load(self, uow: UnitOfWork, deliveries: Sequence[Delivery]) -> S | None:
         """The state the deliveries need (``None`` if none has a decide function): their

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -20,9 +21,11 @@ from order_svc.api import get_command
 from order_svc.errors import IdempotencyKeyReused
 from order_svc.placing import place_order
 from saga_kit import headers as kafka_headers
-from saga_kit.auth import DEV_AUDIENCE, DEV_ISSUER, Role, TokenVerifier, write_dev_issuer
-from saga_kit.consumer import Outcome
+from saga_kit.auth import DEV_AUDIENCE, DEV_ISSUER, KeysUnavailable, Role, TokenVerifier, write_dev_issuer
+from saga_kit.consumer import Outcome, Record
+from saga_kit.db import SAGA_LOCK_NAMESPACE
 from tests.integration.conftest import ServiceUnderTest
+from tests.keyserver import KeyServer
 
 
 def place(customer: str = "kim", quantity: int = 1, command_id: uuid.UUID | None = None) -> PlaceOrder:
@@ -392,3 +395,67 @@ async def test_a_refusal_of_another_command_type_under_an_applied_id_is_named_as
     assert (view.outcome, view.order_id, view.reason) == ("placed", order_id_for(cid), "unknown_order")
     assert view.detail is not None
     assert view.detail.startswith("a CancelOrder sent under this id was refused: no order "), view.detail
+
+
+# -- tokens checked against a key server (AUTH_JWKS_URL) --------------------------------------
+
+
+async def test_a_slow_key_server_is_waited_for_with_no_transaction_open(
+    order: ServiceUnderTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commands' tokens were checked inside the batch's transaction, with the sagas'
+    locks and the orders' rows held while the keys were fetched (for up to PyJWT's 30 s):
+    every other event of those orders waited behind a slow key server (a review). They
+    are checked before the transaction opens."""
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    command = place()
+    headers = [(AUTHORIZATION, f"Bearer {issuer.mint('kim', [Role.CUSTOMER])}".encode())]
+    with KeyServer(issuer.jwks_file.read_bytes(), delay=1.0) as server:
+        verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_url=server.url)
+        monkeypatch.setitem(handlers._commands, "verifier", verifier)
+        delivered = asyncio.create_task(
+            order.deliver_bytes(encode_command(command), COMMANDS, headers=headers)
+        )
+        assert await asyncio.to_thread(server.asked.wait, 10)
+        await asyncio.sleep(0.2)  # the fetch is under way, for another 0.8 s
+        open_transactions = await order.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND state LIKE 'idle in transaction%'"
+        )
+        saga_locks = await order.scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :ns",
+            ns=SAGA_LOCK_NAMESPACE,
+        )
+        assert (open_transactions, saga_locks) == (0, 0)
+        assert await delivered is Outcome.HANDLED
+    status = await order.scalar(
+        "SELECT status FROM orders WHERE order_id = :o", o=order_id_for(command.command_id)
+    )
+    assert status == "PENDING"
+
+
+async def test_a_command_whose_keys_cannot_be_had_is_retried_never_refused(
+    order: ServiceUnderTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key server that blinked turned a valid command into ``CommandRejected
+    (invalid_token)``, committed and acked: lost (a review). It is a transient failure
+    now: the batch is retried until the keys can be had, and the command then placed."""
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    command = place()
+    record_headers = [(AUTHORIZATION, f"Bearer {issuer.mint('kim', [Role.CUSTOMER])}".encode())]
+    with KeyServer(issuer.jwks_file.read_bytes(), down=True) as server:
+        verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_url=server.url)
+        monkeypatch.setitem(handlers._commands, "verifier", verifier)
+        record = Record(COMMANDS, 0, 1, None, encode_command(command), tuple(record_headers))
+        with pytest.raises(KeysUnavailable):  # retried for the attempt's 0.5 s, then given up
+            await order.pipeline.attempt(record, give_up_after=0.5)
+        oid = order_id_for(command.command_id)
+        assert await answers(order, oid) == []  # nothing answered, nothing placed
+        assert await order.scalar("SELECT count(*) FROM orders WHERE order_id = :o", o=oid) == 0
+        delivered = asyncio.create_task(order.deliver_bytes(record.value, COMMANDS, headers=record_headers))
+        await asyncio.sleep(0.3)
+        assert not delivered.done()  # the consumer retries, and acks nothing meanwhile
+        server.down = False
+        assert await asyncio.wait_for(delivered, 30) is Outcome.HANDLED
+    ((created, _),) = await answers(order, oid)
+    assert created.event_type == "OrderCreated"

@@ -23,6 +23,7 @@ from saga_kit.auth import (
     POLICY,
     Access,
     AuthConfigurationError,
+    KeysUnavailable,
     PolicyError,
     Principal,
     Role,
@@ -34,6 +35,7 @@ from saga_kit.auth import (
     write_dev_issuer,
 )
 from saga_kit.signing import load_private_key
+from tests.keyserver import KeyServer
 
 CUSTOMER = frozenset({Role.CUSTOMER})
 OPERATOR = frozenset({Role.OPERATOR})
@@ -319,3 +321,35 @@ async def test_a_token_with_a_critical_extension_is_named_for_it_not_called_no_j
     with pytest.raises(Unauthorized) as refused:
         await verifier.principal(f"Bearer {token}")
     assert refused.value.detail == "the token is not valid: Unsupported critical extension: x-new"
+
+
+# -- keys that cannot be had -----------------------------------------------------------------
+
+
+async def test_a_key_server_that_is_away_is_keys_unavailable_not_an_invalid_token(tmp_path: Path) -> None:
+    """A valid token checked while the key server does not answer was a 401 (and a command
+    refused for good): nothing is known of it, so it is neither taken nor refused."""
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    token = f"Bearer {issuer.mint('ann', [Role.CUSTOMER])}"
+    with KeyServer(issuer.jwks_file.read_bytes(), down=True) as server:
+        verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_url=server.url)
+        with pytest.raises(KeysUnavailable, match="the key server did not answer"):
+            await verifier.principal(token)
+        server.down = False  # back: the same token is taken
+        assert await verifier.principal(token) == Principal("ann", CUSTOMER)
+        other = write_dev_issuer(tmp_path / "other")  # a key the server does not publish
+        with pytest.raises(Unauthorized, match="a key this service does not trust"):
+            await verifier.principal(f"Bearer {other.mint('ann', [Role.CUSTOMER])}")
+
+
+async def test_a_key_file_that_cannot_be_read_is_keys_unavailable(tmp_path: Path) -> None:
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_file=str(issuer.jwks_file))
+    token = f"Bearer {issuer.mint('ann', [Role.CUSTOMER])}"
+    saved = issuer.jwks_file.read_text()
+    issuer.jwks_file.write_text(saved[: len(saved) // 2])  # caught mid-write
+    with pytest.raises(KeysUnavailable, match="the key file cannot be read"):
+        await verifier.principal(token)
+    issuer.jwks_file.write_text(saved)
+    os.utime(issuer.jwks_file, (time.time() + 5, time.time() + 5))  # a modification it sees
+    assert await verifier.principal(token) == Principal("ann", CUSTOMER)

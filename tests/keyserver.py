@@ -1,0 +1,51 @@
+"""A key server for tests of ``AUTH_JWKS_URL``: a JWKS document served over HTTP by the
+standard library's server on 127.0.0.1, in a thread, that can be made slow (``delay``,
+seconds before each answer) or away (``down``: 503 to every request)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+
+class KeyServer:
+    def __init__(self, jwks: bytes, *, delay: float = 0.0, down: bool = False) -> None:
+        self.jwks, self.delay, self.down = jwks, delay, down
+        #: set once a request has arrived (and is being answered, after ``delay``)
+        self.asked = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.asked.set()
+                time.sleep(server.delay)
+                status, body = (503, b"away") if server.down else (200, server.jwks)
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._http.server_address[1]}/jwks.json"
+
+    def __enter__(self) -> KeyServer:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+        self._thread.join()
