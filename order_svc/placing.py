@@ -207,7 +207,10 @@ async def _insert_orders(
     uow: UnitOfWork, new: Sequence[tuple[Placement, uuid.UUID, datetime, Sealed | None]]
 ) -> set[uuid.UUID]:
     """Insert orders and their lines; return the ids inserted (a key taken meanwhile by
-    another transaction is skipped)."""
+    another transaction is skipped). The rows go in the order of their idempotency keys,
+    as every lock here is taken: two transactions given the same keys in other orders
+    (two instances, one client's burst) wait for each other instead of deadlocking."""
+    new = sorted(new, key=lambda n: n[0].stored_key or "")
     (rows,) = await uow.read(
         (
             "INSERT INTO orders"
