@@ -48,6 +48,7 @@ import aiohttp
 from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreaker
 
 from events.payment import DeclineReason
+from events.values import printable
 from saga_kit import tracing
 
 log = logging.getLogger(__name__)
@@ -201,10 +202,10 @@ class PaymentProvider:
         if not isinstance(answer, Answer):
             return answer
         if answer.status_code in (200, 201):
-            data = answer.json()
-            return Charged(str(data.get("charge_id")))
-        if answer.status_code == 402:
-            code = str(answer.json().get("decline_code", ""))
+            charge_id = _member(answer, "charge_id")
+            return Charged(charge_id) if charge_id is not None else _garbled(answer, "charge_id")
+        if answer.status_code == 402:  # declined, whatever the body says of why
+            code = _member(answer, "decline_code")
             return Declined(code if code in _DECLINE_CODES else "card_declined")  # type: ignore[arg-type]
         return Refused(answer.status_code, _error(answer))
 
@@ -214,7 +215,8 @@ class PaymentProvider:
         if not isinstance(answer, Answer):
             return answer
         if answer.status_code in (200, 201):
-            return Refunded(str(answer.json().get("refund_id")))
+            refund_id = _member(answer, "refund_id")
+            return Refunded(refund_id) if refund_id is not None else _garbled(answer, "refund_id")
         return Refused(answer.status_code, _error(answer))
 
     async def probe(self) -> None:
@@ -302,6 +304,28 @@ class PaymentProvider:
         if self._session is not None:
             await self._session.close()
             await asyncio.sleep(0)  # let the connections' close callbacks run
+
+
+def _member(answer: Answer, name: str) -> str | None:
+    """The text of member ``name`` of the answer's JSON object; None if the body is not a
+    JSON object, or has no such member that is a string or a number."""
+    try:
+        data = answer.json()
+    except ValueError:
+        return None
+    value = data.get(name) if isinstance(data, dict) else None
+    return (
+        str(value) if isinstance(value, str | int) and not isinstance(value, bool) and value != "" else None
+    )
+
+
+def _garbled(answer: Answer, missing: str) -> Unavailable:
+    """A success whose body does not say what was done (no ``missing``): the call may have
+    done it, so it is asked again with the same key, and the replay says. Its body broke
+    the whole worker round before (an exception out of the round's calls: every answer
+    of the round dropped until the leases ended; a review found it)."""
+    shown = printable(answer.text, 100)
+    return Unavailable(f"answered {answer.status_code} without a {missing}: {shown!r}", nothing_done=False)
 
 
 def _error(answer: Answer) -> str:

@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 import pytest_asyncio
 
-from payment_svc.provider import PaymentProvider, Unavailable, Unreachable
+from payment_svc.provider import Declined, PaymentProvider, Unavailable, Unreachable
 from sagastack.embedded import free_port
 
 
@@ -125,3 +125,47 @@ async def test_an_open_breaker_sends_nothing_so_nothing_was_done() -> None:
         assert answer.nothing_done
     finally:
         await provider.aclose()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (200, b"<html>gateway</html>", "unavailable"),
+        (200, b"[1, 2]", "unavailable"),
+        (201, b'{"status": "succeeded"}', "unavailable"),
+        (200, b'{"charge_id": ""}', "unavailable"),
+        (402, b"not json", "card_declined"),
+        (402, b'{"decline_code": "insufficient_funds"}', "insufficient_funds"),
+    ],
+)
+async def test_a_garbled_answer_is_asked_again_and_a_garbled_decline_is_still_a_decline(
+    status: int, body: bytes, expected: str
+) -> None:
+    """A success whose body does not say what was done raised out of the worker's round
+    and dropped every answer of it (a review): it is ``Unavailable``, the charge in doubt
+    (asked again with the same key, whose replay says). A 402 is a decline whatever its
+    body says of why."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(
+            f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    async with _serving(answer) as url:
+        provider = _client(url)
+        try:
+            charged = await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
+            refunded = await provider.refund("refund:k", "charge:k")
+        finally:
+            await provider.aclose()
+    if expected == "unavailable":
+        assert isinstance(charged, Unavailable) and not charged.nothing_done, charged
+        assert f"answered {status} without a charge_id" in charged.reason
+        assert isinstance(refunded, Unavailable) and "without a refund_id" in refunded.reason
+    else:
+        assert charged == Declined(expected)  # type: ignore[arg-type]
