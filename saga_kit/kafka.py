@@ -63,6 +63,16 @@ async def find_group_coordinator(bootstrap: str, group: str, *, security: KafkaS
         return int(await admin.find_coordinator(group))
 
 
+async def cluster_id(bootstrap: str, security: KafkaSecurity | None = None) -> str | None:
+    """The id of the broker cluster at ``bootstrap`` (Kafka's metadata, version 2 on); None
+    if it names none. Apache Kafka keeps it for the life of the cluster's storage; the
+    supervisor gives each embedded Tansu a new one, as each starts with an empty log."""
+    async with _admin(bootstrap, security) as admin:
+        described = await admin.describe_cluster()
+    found = described.get("cluster_id")
+    return str(found) if found else None
+
+
 @contextlib.asynccontextmanager
 async def _admin(bootstrap: str, security: KafkaSecurity | None) -> AsyncIterator[AIOKafkaAdminClient]:
     """An admin client connected to ``bootstrap`` as ``security`` says, closed after."""

@@ -186,4 +186,18 @@ PLUMBING: tuple[Migration, ...] = (
             " FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()",
         ),
     ),
+    Migration(
+        "saga_kit",
+        8,
+        "outbox_broker",
+        # The broker cluster the outbox was last published to (saga_kit.outbox.on_broker):
+        # another one means the log those events went to is not the one consumers read.
+        (
+            """CREATE TABLE outbox_broker (
+                one_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one_row),
+                cluster_id TEXT NOT NULL,
+                since TIMESTAMPTZ NOT NULL DEFAULT now()
+            )""",
+        ),
+    ),
 )

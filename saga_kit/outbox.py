@@ -16,6 +16,8 @@ Contract of the relay:
   their ``id`` order is their commit order and one relay keeps them in order per key.
 * Woken immediately after a commit that emitted events, and polls as a fallback so rows
   left by a crash are published after restart.
+* A broker whose log is not the one the rows were published to — another cluster, or the
+  embedded Tansu started again, empty — gets them again (``on_broker``, at start).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.codec import encode
 from events.envelope import Envelope
-from events.topics import TOPIC_OF_PRODUCER
+from events.topics import DOMAIN_TOPICS, TOPIC_OF_PRODUCER
 from saga_kit import headers as kafka_headers
 from saga_kit import sql, tracing
 from saga_kit.errors import is_transient, is_transient_kafka_error
@@ -116,6 +118,39 @@ def insert_statement(rows: Sequence[Row]) -> tuple[str, dict[str, str]]:
             )
         },
     )
+
+
+async def on_broker(engine: AsyncEngine, cluster: str) -> int:
+    """Record that this service publishes to broker cluster ``cluster`` (its id:
+    ``saga_kit.kafka.cluster_id``); if it published to another before, mark every sent
+    domain event it still keeps unsent, so that the relay publishes them again, oldest
+    first, before anything newer. Returns how many (0: the same cluster, or the first).
+
+    The log those events went to is not the one this service's consumers read now: the
+    embedded Tansu keeps its log in memory and every start is a new, empty one, and a
+    deployment may move to a new cluster. An event sent before, and lost with the log
+    before a consumer took it, would otherwise never arrive — a saga stuck for good (an
+    attack trial: a reservation held after ``OrderApproved`` was lost so). Consumers
+    drop what they had already processed (their inbox), so publishing again is harmless;
+    the sent rows still kept are those of the last ``OUTBOX_RETENTION_SECONDS`` (1 hour;
+    older ones are pruned). Dead letters' copies are not published again: the
+    ``dead_letters`` table is their record. Concurrent starts serialize on the row."""
+    async with engine.begin() as conn:
+        known = await conn.scalar(text("SELECT cluster_id FROM outbox_broker FOR UPDATE"))
+        if known is None:
+            await conn.execute(
+                text("INSERT INTO outbox_broker (cluster_id) VALUES (:c) ON CONFLICT (one_row) DO NOTHING"),
+                {"c": cluster},
+            )
+            return 0
+        if known == cluster:
+            return 0
+        again = await conn.execute(
+            text("UPDATE outbox SET sent_at = NULL WHERE sent_at IS NOT NULL AND topic = ANY(:topics)"),
+            {"topics": list(DOMAIN_TOPICS)},
+        )
+        await conn.execute(text("UPDATE outbox_broker SET cluster_id = :c, since = now()"), {"c": cluster})
+        return int(again.rowcount)
 
 
 class OutboxRelay:

@@ -23,6 +23,7 @@ from typing import Any
 import uvicorn
 import uvloop
 from fastapi import APIRouter, FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sse_starlette.sse import AppStatus
 from starlette.types import ASGIApp
 
@@ -33,9 +34,10 @@ from saga_kit.db import Database, EmitHook, create_engine
 from saga_kit.errors import ConfigurationError, is_transient, is_transient_kafka_error
 from saga_kit.faust_app import build_faust_app
 from saga_kit.http import Check, create_app, server_options
-from saga_kit.kafka import broker_ping, create_producer, ensure_topics, find_group_coordinator
+from saga_kit.kafka import broker_ping, cluster_id, create_producer, ensure_topics, find_group_coordinator
+from saga_kit.kafka_security import KafkaSecurity
 from saga_kit.migrations import PLUMBING, Migration, migrate
-from saga_kit.outbox import OutboxRelay
+from saga_kit.outbox import OutboxRelay, on_broker
 from saga_kit.periodic import JobStats, Periodic, run_forever
 from saga_kit.pruning import PRUNING
 from saga_kit.retry import RetryPolicy
@@ -225,6 +227,27 @@ def http_app(
     )
 
 
+async def _note_broker(
+    engine: AsyncEngine, bootstrap: str, security: KafkaSecurity, settings: ServiceSettings
+) -> None:
+    """Tell the outbox which broker cluster it publishes to (``saga_kit.outbox.on_broker``):
+    to a new one, what it sent and still keeps is published again."""
+    cluster = await cluster_id(bootstrap, security)
+    if cluster is None:
+        log.info("the broker names no cluster id: one that lost its log cannot be told from the last")
+        return
+    again = await on_broker(engine, cluster)
+    if again:
+        log.warning(
+            "the broker (cluster %s) is not the one this service published to: its log is gone,"
+            " so the %d events sent in the last %.0f s are published again (consumers drop those"
+            " they had processed)",
+            cluster,
+            again,
+            settings.outbox_retention_seconds,
+        )
+
+
 async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Event) -> None:
     kafka_security = settings.kafka_client_security()  # refuses before anything connects
     if kafka_security.protocol == "PLAINTEXT":
@@ -263,6 +286,13 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 replication=settings.topic_replication,
                 security=kafka_security,
             ),
+            retry,
+            stop,
+            wait,
+        )
+        await _until_up(
+            "the broker's cluster id",
+            lambda: _note_broker(engine, settings.kafka_bootstrap_servers, kafka_security, settings),
             retry,
             stop,
             wait,

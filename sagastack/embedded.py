@@ -17,6 +17,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -266,7 +267,18 @@ class Tansu:
         url = f"tcp://127.0.0.1:{self.port}"
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                # each start is a new, empty log: a cluster id of its own says so to the
+                # services, which publish again what the last one lost (saga_kit.outbox.on_broker)
+                [
+                    tansu_binary(),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--cluster-id",
+                    f"tansu-{uuid.uuid4()}",
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -377,6 +389,10 @@ class Postgres:
             if self._running():
                 with contextlib.suppress(subprocess.CalledProcessError):
                     self._pg_ctl("-w", "-m", "fast", "stop")
+            # let the wheel forget its handle (with cleanup_mode None that is all it does):
+            # it keeps one per data directory for the process, and a later start in this
+            # process was handed the stopped server's
+            self._server.cleanup()  # type: ignore[attr-defined]
             self._server = None
 
     def pause(self) -> None:
