@@ -132,7 +132,7 @@ async def on_broker(engine: AsyncEngine, cluster: str) -> int:
     before a consumer took it, would otherwise never arrive — a saga stuck for good (an
     attack trial: a reservation held after ``OrderApproved`` was lost so). Consumers
     drop what they had already processed (their inbox), so publishing again is harmless;
-    the sent rows still kept are those of the last ``OUTBOX_RETENTION_SECONDS`` (1 hour;
+    the sent rows still kept are those of the last ``<SVC>_OUTBOX_RETENTION_SECONDS`` (1 hour;
     older ones are pruned). Dead letters' copies are not published again: the
     ``dead_letters`` table is their record. Concurrent starts serialize on the row."""
     async with engine.begin() as conn:
