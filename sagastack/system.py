@@ -165,6 +165,42 @@ def chosen_port(prefix: str, default: int) -> int:
     return int(value)
 
 
+#: A restarted process that exits again within this many seconds of its start makes the
+#: next restart wait (``System.keep_running``), twice as long each time up to the maximum.
+RESTART_QUICK_EXIT_SECONDS = 10.0
+RESTART_BACKOFF_MAX_SECONDS = 30.0
+
+
+@dataclass
+class _Restart:
+    """One process's restarts under ``System.keep_running``."""
+
+    #: when it was last started again (monotonic seconds), None before that
+    started_at: float | None = None
+    #: when the next start is due, None while it runs
+    due: float | None = None
+    #: the wait before the next start if it exits quickly again
+    backoff: float = 0.0
+    #: started again, not yet ready
+    waiting_ready: bool = False
+
+    def delay_after(self, now: float) -> float:
+        """When to start it again, having found it exited at ``now``."""
+        quick = self.started_at is not None and now - self.started_at < RESTART_QUICK_EXIT_SECONDS
+        self.backoff = min(RESTART_BACKOFF_MAX_SECONDS, max(1.0, self.backoff * 2)) if quick else 0.0
+        return now + self.backoff
+
+    def started(self, now: float) -> None:
+        self.started_at, self.due, self.waiting_ready = now, None, True
+
+
+def _ready(probe: httpx.Client, url: str) -> bool:
+    try:
+        return probe.get(f"{url}/health/ready").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 @dataclass
 class ServiceProcess:
     name: str
@@ -642,23 +678,48 @@ class System:
             self._claim = None
 
     def keep_running(self, stop: threading.Event, again: str) -> None:
-        """Until ``stop`` is set (or Ctrl-C): restart a service or the provider simulator
-        that exited, saying so, and say once when the broker or database stops, which are
-        not restarted (``server_down``). ``again``: the command that starts the run anew."""
+        """Until ``stop`` is set (or Ctrl-C): start again a service or the provider simulator
+        that exited, saying so, and say when it is ready again; say once when the broker or
+        database stops, which are not restarted (``server_down``). ``again``: the command
+        that starts the run anew.
+
+        A restart does not wait for the process to be ready: it may wait for a broker or
+        database that is down (up to its ``STARTUP_TIMEOUT_SECONDS``), and the others go
+        on being watched meanwhile (a restart that waited took the whole run down after
+        120 s while the broker was away: an operator trial). One that exits again within
+        ``RESTART_QUICK_EXIT_SECONDS`` of its start waits before the next, twice as long
+        each time up to ``RESTART_BACKOFF_MAX_SECONDS``."""
         told: set[str] = set()
-        while not stop.wait(0.5):
-            for server in self.servers_down():
-                if server not in told:
-                    told.add(server)
-                    print(server_down(server, again), flush=True)
-            for name, sp in self.services.items():
-                if sp.proc is not None and sp.proc.poll() is not None:
-                    print(f"{name} exited ({sp.proc.returncode}); restarting", flush=True)
-                    self.start_service(name)
-            provider = self.provider
-            if provider is not None and provider.proc is not None and provider.proc.poll() is not None:
-                print(f"{PROVIDER} exited ({provider.proc.returncode}); restarting", flush=True)
-                self.start_provider()
+        restarts: dict[str, _Restart] = {}
+        with httpx.Client(timeout=0.5) as probe:
+            while not stop.wait(0.5):
+                for server in self.servers_down():
+                    if server not in told:
+                        told.add(server)
+                        print(server_down(server, again), flush=True)
+                processes = {**self.services, **({PROVIDER: self.provider} if self.provider else {})}
+                for name, sp in processes.items():
+                    if sp.proc is None:
+                        continue
+                    restart = restarts.get(name)
+                    if sp.proc.poll() is None:
+                        if restart is not None and restart.waiting_ready and _ready(probe, sp.url):
+                            restart.waiting_ready = False
+                            print(f"{name} is ready again", flush=True)
+                        continue
+                    if restart is None:
+                        restart = restarts[name] = _Restart()
+                    if restart.due is None:
+                        restart.due = restart.delay_after(time.monotonic())
+                        wait = restart.due - time.monotonic()
+                        later = f" in {wait:.0f} s (it exited again as it started)" if wait > 0 else ""
+                        print(f"{name} exited ({sp.proc.returncode}); restarting{later}", flush=True)
+                    if time.monotonic() >= restart.due:
+                        if name == PROVIDER:
+                            self.start_provider(wait=False)
+                        else:
+                            self.start_service(name, wait=False)
+                        restart.started(time.monotonic())
 
     def servers_down(self) -> list[str]:
         """The broker nodes and database server this system started that have stopped

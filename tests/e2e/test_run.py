@@ -1,5 +1,7 @@
 """``make run`` (``python -m sagastack run``) as a user starts it, on ports of its own: it
-says where everything is, serves, starts again a service that died, and a closed
+says where everything is, serves, starts again a service that died — also while the
+broker does not answer, without giving up on the run (an operator trial: a restart
+that waited 120 s for a broker that was down took the whole stack down) — and a closed
 terminal (SIGHUP) stops it as Ctrl-C does — everything it started, its watchdog
 dismissed, its manifest gone."""
 
@@ -37,6 +39,7 @@ def test_make_run_serves_and_a_closed_terminal_stops_everything(run_root: Path) 
     run_dir = run_root / "make-run"
     ports = {f"{p}_HTTP_PORT": str(free_port()) for p in ("ORDER", "INVENTORY", "PAYMENT", "PROVIDER")}
     env = {**os.environ, **ports, "SAGA_KAFKA_PORT": str(free_port()), "SAGA_BROKER": "tansu"}
+    env["STARTUP_TIMEOUT_SECONDS"] = "3"  # a service started while the broker is away gives up soon
     env.pop("LOG_LEVEL", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "sagastack", "run", "--run-dir", str(run_dir)],
@@ -63,7 +66,23 @@ def test_make_run_serves_and_a_closed_terminal_stops_everything(run_root: Path) 
 
         os.kill(int(recorded["payment_svc"][0]), signal.SIGKILL)  # it is started again
         assert proc.stdout.readline() == "payment_svc exited (-9); restarting\n"
-        assert ready_within(f"http://127.0.0.1:{ports['PAYMENT_HTTP_PORT']}/health/ready", 60)
+        assert proc.stdout.readline() == "payment_svc is ready again\n"
+        assert ready_within(f"http://127.0.0.1:{ports['PAYMENT_HTTP_PORT']}/health/ready", 10)
+
+        tansu = int(recorded["tansu"][0])
+        os.kill(tansu, signal.SIGSTOP)  # the broker answers nothing, and a service dies
+        try:
+            os.kill(int(recorded["inventory_svc"][0]), signal.SIGKILL)
+            assert proc.stdout.readline() == "inventory_svc exited (-9); restarting\n"
+            retried = proc.stdout.readline()  # it gave up on the broker after 3 s: again
+            assert retried.startswith("inventory_svc exited (1); restarting"), retried
+            assert proc.poll() is None  # the run goes on, the others with it
+            assert ready_within(f"http://127.0.0.1:{ports['ORDER_HTTP_PORT']}/health/live", 5)
+        finally:
+            os.kill(tansu, signal.SIGCONT)
+        while (line := proc.stdout.readline()) != "inventory_svc is ready again\n":
+            assert line.startswith("inventory_svc exited (1); restarting"), line
+        assert ready_within(f"http://127.0.0.1:{ports['INVENTORY_HTTP_PORT']}/health/ready", 10)
         recorded = json.loads((run_dir / "pids.json").read_text())
         started = [int(pid) for pid, _ in recorded.values()]
 
