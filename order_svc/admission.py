@@ -20,6 +20,15 @@ the request's path: a request that finds them older starts the read and is answe
 the figures it has, unless they are older than ``max_stale_seconds`` (or there are none
 yet), when it waits for the read.
 
+The same read takes the age of the oldest event in the order service's outbox that the
+broker has not yet taken: while the broker is away no saga moves, and the sagas in flight
+are too few to show it (under ``min_pending``), so every order accepted during an outage
+longer than its deadline allowed ran into it (an operator trial: 21 of 21, cancelled
+``timeout``). An order is refused (gate ``broker``) while that age exceeds both
+``headroom`` times its deadline and ``BROKER_AWAY_SECONDS`` — a blip of the broker, or a
+relay a second behind under load, refuses nobody; an outage of 15 s refuses the orders
+of 30 s deadlines.
+
 That sees the queue of sagas, not a queue at the door: when the service itself has more
 requests than CPU, every request in progress slows down together (the event loop shares
 itself among them) and a client may wait many seconds for its 202 before any order
@@ -54,8 +63,12 @@ from saga_kit.db import Database
 
 log = logging.getLogger(__name__)
 
-#: Orders refused in this process since start, by gate: ``backlog`` (``Admission``) and
-#: ``door`` (``Door``); /metrics: ``saga_order_admission_refused_total{gate}``.
+#: How long the broker must have taken none of the service's events before the ``broker``
+#: gate refuses anyone, whatever the order's deadline: an outage, not a relay behind.
+BROKER_AWAY_SECONDS = 5.0
+
+#: Orders refused in this process since start, by gate: ``backlog`` and ``broker``
+#: (``Admission``) and ``door`` (``Door``); /metrics: ``saga_order_admission_refused_total{gate}``.
 REFUSED: collections.Counter[str] = collections.Counter()
 
 
@@ -67,11 +80,18 @@ class Refusal:
     retry_after: int
     #: refused at the door (``Door``): why, in words; None: refused for the saga backlog
     at_door: str | None = None
+    #: refused because the broker has taken none of the service's events for this long
+    unpublished: float | None = None
 
     @property
     def detail(self) -> str:
         if self.at_door:
             return f"the order service is overloaded: {self.at_door}; try again later"
+        if self.unpublished is not None:
+            return (
+                f"the broker has taken none of the order service's events for {self.unpublished:.0f} s:"
+                " no saga moves, and a new order would not finish before its deadline; try again later"
+            )
         return (
             f"the system is overloaded: a new order would wait about {self.expected_wait:.0f} s,"
             " longer than its deadline allows; try again later"
@@ -103,6 +123,7 @@ class Admission:
         self._reading: asyncio.Task[None] | None = None
         self._pending = 0
         self._median_age = 0.0
+        self._unpublished_age = 0.0
         self._read_at = -math.inf
         self._lock = asyncio.Lock()
         self.refused = 0
@@ -116,11 +137,15 @@ class Admission:
                     await self._read()
         elif age > self._refresh and (self._reading is None or self._reading.done()):
             self._reading = asyncio.create_task(self._read_behind(), name="admission-read")
+        allowed = self._headroom * deadline_seconds
+        if self._unpublished_age > max(allowed, BROKER_AWAY_SECONDS):
+            self.refused += 1
+            REFUSED["broker"] += 1
+            return Refusal(self._unpublished_age, 5, unpublished=self._unpublished_age)
         desk = self._desk_delay()
         if self._pending < self._min_pending and desk < 1.0:
             return None
         expected = 2 * self._median_age + desk
-        allowed = self._headroom * deadline_seconds
         if expected <= allowed:
             return None
         self.refused += 1
@@ -142,18 +167,22 @@ class Admission:
         two middle orders: no interpolation), both walked off the
         ``orders_status`` index (status, created_at) in its order, where sorting every
         PENDING order's age (``percentile_cont``) cost about twice the database's time
-        at a backlog of 3,000 (measured under ``make bench``)."""
+        at a backlog of 3,000 (measured under ``make bench``); and the age of the oldest
+        unsent outbox row, the first of the ``outbox_unsent`` index."""
         async with self._db.engine.connect() as conn:
-            pending, median = (
+            pending, median, unpublished = (
                 await conn.execute(
                     text(
                         "SELECT n, (SELECT EXTRACT(EPOCH FROM clock_timestamp() - created_at)"
-                        "   FROM orders WHERE status = 'PENDING' ORDER BY created_at OFFSET n / 2 LIMIT 1)"
+                        "   FROM orders WHERE status = 'PENDING' ORDER BY created_at OFFSET n / 2 LIMIT 1),"
+                        " (SELECT EXTRACT(EPOCH FROM clock_timestamp() - created_at)"
+                        "   FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1)"
                         " FROM (SELECT count(*) AS n FROM orders WHERE status = 'PENDING') pending"
                     )
                 )
             ).one()
         self._pending, self._median_age = int(pending), float(median or 0.0)
+        self._unpublished_age = float(unpublished or 0.0)
         self._read_at = time.monotonic()
 
 

@@ -127,9 +127,10 @@ async def render(conn: AsyncConnection, service: str) -> list[Metric]:
     refused = CounterMetricFamily(
         "saga_order_admission_refused",
         "Orders refused with 503 by admission control since this process started, by gate:"
-        " backlog (could not finish before its deadline) or door (requests answered slowly).",
+        " backlog (could not finish before its deadline), broker (it has taken none of the"
+        " service's events for too long) or door (requests answered slowly).",
         labels=["service", "gate"],
     )
-    for gate in ("backlog", "door"):
+    for gate in ("backlog", "broker", "door"):
         refused.add_metric([service, gate], REFUSED[gate])
     return [in_flight, transitions, durations, refused]

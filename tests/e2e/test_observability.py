@@ -155,7 +155,7 @@ def test_metrics_cover_consumption_production_latency_outbox_lag_and_sagas(
     )
     assert rejected_count >= 1 and rejected_inf == rejected_count
     gates = {s.labels["gate"] for s in order["saga_order_admission_refused"] if s.name.endswith("_total")}
-    assert gates == {"backlog", "door"}
+    assert gates == {"backlog", "broker", "door"}
     lag = [s for s in inventory["saga_consumer_lag"] if s.labels["topic"] == "orders.events"]
     assert lag and all(s.value >= 0 for s in lag)
     assert value(order["saga_job_runs"], "saga_job_runs_total", job="deadline_sweeper") >= 1

@@ -12,6 +12,18 @@ from order_svc.admission import Admission
 from tests.integration.conftest import ServiceUnderTest
 
 
+@pytest.fixture(autouse=True)
+async def published(order: ServiceUnderTest) -> None:
+    """The outbox as a running relay leaves it: no test here runs one, and the events the
+    other tests' orders emitted would read as a broker away for minutes."""
+    await _relay_caught_up(order)
+
+
+async def _relay_caught_up(order: ServiceUnderTest) -> None:
+    async with order.db.unit_of_work() as uow:
+        await uow.conn.execute(text("UPDATE outbox SET sent_at = now() WHERE sent_at IS NULL"))
+
+
 async def _pending_orders(order: ServiceUnderTest, n: int, waiting_seconds: float) -> list[uuid.UUID]:
     """``n`` PENDING orders placed ``waiting_seconds`` ago."""
     ids = [uuid.uuid4() for _ in range(n)]
@@ -102,3 +114,36 @@ async def test_the_backlog_is_read_off_the_requests_path(
         assert await waiting is None
     finally:
         await _finish(order, queued)
+
+
+async def test_orders_are_refused_while_the_broker_has_taken_no_event_for_half_their_deadline(
+    order: ServiceUnderTest,
+) -> None:
+    """A broker away for longer than an order's deadline allows: no saga moves, and the few
+    in flight do not show it to the backlog gate (an operator trial: every order accepted
+    during a 45 s outage was cancelled for its deadline). A blip refuses nobody."""
+    admission = Admission(order.db, headroom=0.5, min_pending=100, refresh_seconds=0)
+
+    async def unsent(seconds: float) -> None:
+        async with order.db.unit_of_work() as uow:
+            await uow.conn.execute(
+                text(
+                    "INSERT INTO outbox (event_id, topic, key, value, created_at)"
+                    " VALUES (gen_random_uuid(), 'orders.events', 'k', 'v',"
+                    " clock_timestamp() - make_interval(secs => :s))"
+                ),
+                {"s": seconds},
+            )
+
+    await unsent(2)
+    assert await admission.check(30) is None  # a blip
+    assert await admission.check(2) is None  # not an outage, whatever the deadline
+    await _relay_caught_up(order)
+    await unsent(20)
+    refusal = await admission.check(30)
+    assert refusal is not None and refusal.unpublished is not None and refusal.unpublished >= 20
+    assert "the broker has taken none of the order service's events for 20 s" in refusal.detail
+    assert refusal.retry_after >= 1
+    assert await admission.check(60) is None  # an order that may wait 30 s is taken
+    await _relay_caught_up(order)  # the broker is back
+    assert await admission.check(30) is None
