@@ -71,10 +71,32 @@ class BytesView(BaseModel):
         return cls(size=size, text=None, base64=base64.b64encode(head).decode(), truncated=truncated)
 
 
+#: Headers whose value is a credential (a command's bearer token, valid for hours): a
+#: letter keeps it whole, for its replay, but shows its scheme and first characters only —
+#: ``sagactl dlq show`` printed an operator's whole token (an operator trial).
+CREDENTIAL_HEADERS = frozenset({"authorization"})
+#: Characters of a credential shown, after its scheme.
+CREDENTIAL_SHOWN = 8
+
+
 class HeaderView(BaseModel):
     key: str
     #: None for a null header value (Kafka allows them).
     value: BytesView | None
+    #: A credential, shown by its scheme and first characters only (``size``: its own).
+    redacted: bool = False
+
+    @classmethod
+    def of(cls, key: str, value: bytes | None) -> HeaderView:
+        shown_key = printable(key, HEADER_PREVIEW)
+        if value is None:
+            return cls(key=shown_key, value=None)
+        if key.lower() not in CREDENTIAL_HEADERS:
+            return cls(key=shown_key, value=BytesView.of(value, HEADER_PREVIEW))
+        scheme, space, credential = value.partition(b" ")
+        kept = scheme[:HEADER_PREVIEW] + space + credential[:CREDENTIAL_SHOWN] if space else value[:0]
+        view = BytesView.of(kept + "…".encode(), HEADER_PREVIEW)
+        return cls(key=shown_key, value=view.model_copy(update={"size": len(value)}), redacted=True)
 
 
 class DeadLetterSummary(BaseModel):
@@ -170,12 +192,7 @@ async def get_letter(db: Database, letter_id: int) -> DeadLetter:
         None if row.value_head is None else BytesView.of(bytes(row.value_head), VALUE_PREVIEW, row.value_size)
     )
     stored = kafka_headers.from_columns(row.header_keys, row.header_values)
-    headers = [
-        HeaderView(
-            key=printable(k, HEADER_PREVIEW), value=None if v is None else BytesView.of(v, HEADER_PREVIEW)
-        )
-        for k, v in stored[:HEADERS_SHOWN]
-    ]
+    headers = [HeaderView.of(k, v) for k, v in stored[:HEADERS_SHOWN]]
     return DeadLetter.model_validate(
         {**_summary(row), "key": key, "headers": headers, "headers_total": len(stored), "value": value}
     )

@@ -396,7 +396,8 @@ def dlq_show(
     )
     meta.add_row("key", Text(_shown(d["key"])))
     for h in d["headers"]:
-        meta.add_row(Text(f"header {h['key']}"), Text(_shown(h["value"])))
+        withheld = f" ({h['value']['size']} bytes, withheld: a credential)" if h.get("redacted") else ""
+        meta.add_row(Text(f"header {h['key']}"), Text(_shown(h["value"]) + withheld))
     if d["headers_total"] > len(d["headers"]):
         meta.add_row("headers", f"… {d['headers_total'] - len(d['headers'])} more not shown")
     console.print(Panel(meta, title=f"{service} dead letter {letter_id}"))

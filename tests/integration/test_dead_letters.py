@@ -7,7 +7,9 @@ import uuid
 from decimal import Decimal
 
 from events import OrderApproved, PaymentFailed, encode
+from events.topics import COMMANDS
 from saga_kit import headers as kafka_headers
+from saga_kit.deadletters import get_letter
 from tests.integration.conftest import ServiceUnderTest, add_product, event
 from tests.unit.samples import order_created
 
@@ -87,3 +89,25 @@ async def test_an_approval_inventory_never_reserved_for_is_dead_lettered(
     for _ in range(2):
         assert await inventory.deliver(event(OrderApproved(customer_id="c"), oid)) == "handled"
     assert [e.event_type for e in await inventory.emitted(oid)] == ["InventoryReserved", "InventoryCommitted"]
+
+
+async def test_a_letters_bearer_token_is_kept_whole_but_shown_by_its_first_characters(
+    order: ServiceUnderTest,
+) -> None:
+    """``sagactl dlq show`` printed a command's whole bearer token, valid for hours (an
+    operator trial). The letter keeps it (its replay needs it); its view does not."""
+    offset = 20_000_000 + uuid.uuid4().int % 1_000_000
+    token = "Bearer eyJhbGciOiJFZERTQSIsImtpZCI6ImRldiJ9.secret-part.signature"
+    headers = [("Authorization", token.encode()), ("event_type", b"PlaceOrder")]
+    outcome = await order.deliver_bytes(b"{not json", COMMANDS, offset, headers=headers)
+    assert outcome.value == "dead_lettered"
+    letter_id = await order.scalar("SELECT id FROM dead_letters WHERE source_offset = :o", o=offset)
+    letter = await get_letter(order.db, letter_id)
+    shown = {h.key: h for h in letter.headers}
+    credential = shown["Authorization"]
+    assert credential.redacted and credential.value is not None
+    assert credential.value.text == "Bearer eyJhbGci…" and credential.value.size == len(token)
+    assert "secret-part" not in letter.model_dump_json()
+    assert not shown["event_type"].redacted and shown["event_type"].value.text == "PlaceOrder"  # type: ignore[union-attr]
+    kept = await order.rows("SELECT header_values FROM dead_letters WHERE id = :i", i=letter_id)
+    assert token.encode() in [bytes(v) for v in kept[0].header_values]
