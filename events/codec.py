@@ -41,6 +41,12 @@ class _RawEnvelope(BaseModel):
 _EVENT_TYPE_NAME = re.compile(r"[A-Za-z0-9_]{1,100}")
 
 
+def is_event_type_name(text: str) -> bool:
+    """Could ``text`` be an event or command type's name (letters, digits, ``_``; 1 to 100)?
+    For showing what a record says it is, never for trusting it."""
+    return _EVENT_TYPE_NAME.fullmatch(text) is not None
+
+
 def peek(data: bytes | None) -> tuple[str | None, uuid.UUID | None]:
     """Best-effort ``(event_type, order_id)`` of any bytes, for listings and logs; each is
     None unless the bytes are a JSON object with a well-formed value for it. Total: any

@@ -171,7 +171,9 @@ def _read(data: bytes | None, authorization: Sequence[str]) -> Envelope[Command]
     try:
         raw = from_json(data)
     except ValueError as exc:
-        unreadable = f"{printable(str(exc), 200)}"
+        # the parser's words are about the JSON ("key must be a string" is an object's
+        # member name, not the record's key: an operator trial read it so)
+        unreadable = f"its body is not JSON ({printable(str(exc), 200)})"
         raw = readable_members(data)
         detail = f"the command cannot be read whole: {unreadable}"
         misencoded = _misencoded(data)

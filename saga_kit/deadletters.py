@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from events.codec import peek
+from events.codec import is_event_type_name, peek
 from events.values import printable
 from saga_kit import headers as kafka_headers
 from saga_kit.consumer import ConsumerPipeline, Outcome, Record, dead_letter_reason
@@ -144,12 +144,21 @@ _SUMMARY = (
     "id, status, reason, source_topic, source_partition, source_offset, replay_attempts,"
     " created_at, resolved_at, octet_length(value) AS value_size,"
     # enough of the body to find its event type and order id without loading all of it
-    f" CASE WHEN octet_length(value) <= {VALUE_PREVIEW * 16} THEN value END AS peekable"
+    f" CASE WHEN octet_length(value) <= {VALUE_PREVIEW * 16} THEN value END AS peekable,"
+    # what its event_type header says, for a body that does not say (it cannot be read)
+    " substring(header_values[array_position(header_keys, convert_to('event_type', 'UTF8'))]"
+    " FOR 101) AS named_type"
 )
 
 
 def _summary(row: Any) -> dict[str, Any]:
+    """A summary's fields; ``event_type`` is the body's, or, when the body cannot be read,
+    its ``event_type`` header's if that looks like a type's name (a command that was not
+    JSON showed no type, though its header named one: an operator trial)."""
     event_type, order_id = peek(None if row.peekable is None else bytes(row.peekable))
+    if event_type is None and row.named_type is not None:
+        named = bytes(row.named_type).decode("utf-8", "replace")
+        event_type = named if is_event_type_name(named) else None
     return {
         **{k: getattr(row, k) for k in DeadLetterSummary.model_fields if hasattr(row, k)},
         "reason": printable(row.reason),

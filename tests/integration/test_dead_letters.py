@@ -95,7 +95,9 @@ async def test_a_letters_bearer_token_is_kept_whole_but_shown_by_its_first_chara
     order: ServiceUnderTest,
 ) -> None:
     """``sagactl dlq show`` printed a command's whole bearer token, valid for hours (an
-    operator trial). The letter keeps it (its replay needs it); its view does not."""
+    operator trial). The letter keeps it (its replay needs it); its view does not. A body
+    that is not JSON showed no event type, though its header named one, and a reason in
+    the JSON parser's words ("key must be a string", read as the record's key)."""
     offset = 20_000_000 + uuid.uuid4().int % 1_000_000
     token = "Bearer eyJhbGciOiJFZERTQSIsImtpZCI6ImRldiJ9.secret-part.signature"
     headers = [("Authorization", token.encode()), ("event_type", b"PlaceOrder")]
@@ -109,5 +111,8 @@ async def test_a_letters_bearer_token_is_kept_whole_but_shown_by_its_first_chara
     assert credential.value.text == "Bearer eyJhbGci…" and credential.value.size == len(token)
     assert "secret-part" not in letter.model_dump_json()
     assert not shown["event_type"].redacted and shown["event_type"].value.text == "PlaceOrder"  # type: ignore[union-attr]
+    # what the record says it is, its body unreadable; and why, in words about the body
+    assert letter.event_type == "PlaceOrder"
+    assert letter.reason.startswith("not a command: its body is not JSON ("), letter.reason
     kept = await order.rows("SELECT header_values FROM dead_letters WHERE id = :i", i=letter_id)
     assert token.encode() in [bytes(v) for v in kept[0].header_values]
