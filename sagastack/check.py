@@ -34,7 +34,7 @@ import psycopg
 
 from sagastack import invariants
 from sagastack.cli_types import count
-from sagastack.embedded import MANIFEST
+from sagastack.embedded import MANIFEST, PidFile
 
 #: Violations printed in full; past them, a count.
 SHOWN = 50
@@ -73,6 +73,12 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
             except BlockingIOError:
                 pass  # a live run holds it: good
             else:
+                left = PidFile(run_dir / "pids.json").running()
+                if left:  # the supervisor and its watchdog were both killed
+                    raise NoStack(
+                        f"no run supervises {run_dir}: its supervisor is gone, but what it started"
+                        f" still runs ({', '.join(left)}); a run started there stops that first"
+                    )
                 raise NoStack(f"no stack runs in {run_dir} now")
         manifest = json.loads((run_dir / MANIFEST).read_text())
     except FileNotFoundError:

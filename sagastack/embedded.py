@@ -206,6 +206,10 @@ class PidFile:
             data.pop(name, None)
             self.path.write_text(json.dumps(data))
 
+    def running(self) -> list[str]:
+        """The names recorded here whose process still runs."""
+        return [name for name, (pid, created) in self._read().items() if process_running(int(pid), created)]
+
     def gone(self, names: Sequence[str]) -> list[str]:
         """Those of ``names`` recorded here whose process is no longer running (ended,
         a zombie not yet reaped, or its pid now someone else's)."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from sagastack.__main__ import main
-from sagastack.embedded import MANIFEST
+from sagastack.embedded import MANIFEST, PidFile
 
 HINT = " (make run starts one; another run directory: --run-dir DIR, or RUN_DIR=DIR with make)"
 
@@ -27,6 +28,22 @@ def test_a_manifest_left_by_a_run_that_was_killed_is_not_believed(
     (tmp_path / MANIFEST).write_text(json.dumps({"database_urls": {}}))
     assert main(["check", "--run-dir", str(tmp_path)]) == 5
     assert capsys.readouterr().out == f"sagastack check: no stack runs in {tmp_path} now{HINT}\n"
+
+
+def test_a_stack_whose_supervisor_was_killed_with_its_watchdog_is_said_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its services still answered, and check said only "no stack runs" (an operator
+    trial killed the supervisor and its watchdog at once)."""
+    (tmp_path / "owner.lock").write_text("12345\n")  # nobody holds it
+    (tmp_path / MANIFEST).write_text(json.dumps({"database_urls": {}}))
+    PidFile(tmp_path / "pids.json").add("order_svc", os.getpid())  # a process that runs
+    assert main(["check", "--run-dir", str(tmp_path)]) == 5
+    said = capsys.readouterr().out
+    assert said.startswith(
+        f"sagastack check: no run supervises {tmp_path}: its supervisor is gone, but what it"
+        " started still runs (order_svc); a run started there stops that first"
+    ), said
 
 
 def test_a_stack_still_starting_has_no_manifest_yet(
