@@ -1055,8 +1055,17 @@ def token(
                 " the key's directory with --issuer-dir or SAGA_ISSUER_DIR)"
             )
         said += "; start the system with make run or make demo first, if it is not running"
+        # runs going now, in run directories of their own: a running stack keeps its
+        # manifest there (sagastack's System.write_manifest), gone once it stops
+        running = sorted(
+            key.parent
+            for key in Path(".run").glob("*/keys/issuer/issuer.pem")
+            if (key.parents[2] / "stack.json").exists() and key.parent != issuer_dir
+        )
         demo = Path(".run/demo/keys/issuer")
-        if issuer_dir != demo and (demo / "issuer.pem").exists():
+        if running:
+            said += "; a stack runs with its key in " + ", ".join(f"{d} (--issuer-dir {d})" for d in running)
+        elif issuer_dir != demo and (demo / "issuer.pem").exists():
             said += f"; make demo's key is in {demo}: --issuer-dir {demo} (for a demo still running: KEEP=1)"
         _fail(said)
     issued = DevIssuer(issuer_dir)

@@ -32,6 +32,25 @@ def test_token_without_a_key_says_where_it_looked_and_how_to_look_elsewhere(
     assert "--issuer-dir" in said and "SAGA_ISSUER_DIR" in said and "make run" in said
 
 
+def test_token_without_a_key_names_the_run_directories_where_a_stack_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It named only make demo's stopped key, which the stack running in another run
+    directory refused (an operator trial)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SAGA_ISSUER_DIR", raising=False)
+    for run, running in (("trial", True), ("old", False), ("demo", False)):
+        (tmp_path / ".run" / run / "keys" / "issuer").mkdir(parents=True)
+        (tmp_path / ".run" / run / "keys" / "issuer" / "issuer.pem").write_text("")
+        if running:
+            (tmp_path / ".run" / run / "stack.json").write_text("{}")
+    result = CliRunner().invoke(app, ["token"])
+    assert result.exit_code != 0
+    said = " ".join(result.output.split())
+    assert "a stack runs with its key in .run/trial/keys/issuer (--issuer-dir .run/trial/keys/issuer)" in said
+    assert ".run/old" not in said and "make demo's key" not in said
+
+
 def test_sagactl_starts_without_the_servers_libraries() -> None:
     """Every sagactl command starts a Python process: importing the services' web
     framework, ORM and database driver with it took 1.3 of its 2 s (``python -X
