@@ -876,8 +876,10 @@ async def _checked(check: Check, seconds: float) -> CheckResult:
     if isinstance(exc, Degraded):
         return CheckResult(ok=True, degraded=printable(str(exc), 1000))
     # a failing check is the answer, not an error; an exception without a message (a
-    # client's own timeout) is named by its type alone, not "TimeoutError: "
-    said = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    # client's own timeout) is named by its type alone, not "TimeoutError: ", and one whose
+    # message names its type already (aiokafka's) not twice ("KafkaError: KafkaError: …")
+    named, message = type(exc).__name__, str(exc)
+    said = message if message.startswith(named) else f"{named}: {message}" if message else named
     return CheckResult(ok=False, error=printable(said, 1000))
 
 
@@ -1110,9 +1112,10 @@ def create_app(
             type(exc).__name__,
             printable(str(exc).splitlines()[0] if str(exc) else "", 200),
         )
+        # not "briefly": a database that stopped is away until someone starts it again
         detail = (
-            "a transient failure: the database or the network is briefly away;"
-            " retry after Retry-After seconds"
+            f"a transient failure ({type(exc).__name__}): the database, or something else this"
+            " service needs, does not answer now; retry after Retry-After seconds"
         )
         if request.method == "POST":
             detail += " (with the same Idempotency-Key, a retried POST cannot act twice)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI
 
 from saga_kit.http import Check, health_router
@@ -44,10 +45,15 @@ async def test_a_check_that_hangs_or_fails_without_words_is_named() -> None:
     async def fine() -> None:
         return None
 
-    answer = await _ready({"database": hangs, "broker": times_out, "relay": fine})
+    async def names_itself() -> None:  # as aiokafka's errors do
+        raise KafkaError("Unable to get cluster metadata over all known brokers")
+
+    answer = await _ready({"database": hangs, "broker": times_out, "relay": fine, "kafka": names_itself})
     assert answer.status_code == 503
     assert answer.json()["checks"] == {
         "database": {"ok": False, "error": "no answer within 0.5 s"},
         "broker": {"ok": False, "error": "TimeoutError"},
         "relay": {"ok": True},
+        # not "KafkaError: KafkaError: …" (an operator trial)
+        "kafka": {"ok": False, "error": "KafkaError: Unable to get cluster metadata over all known brokers"},
     }
