@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -628,14 +629,24 @@ def _may_act_for(token: str | None, customer_id: str) -> None:
 
 def _send_command(bootstrap: str, command: Any, token: str | None) -> None:
     """Produce command to orders.commands, keyed by its command_id, with token in
-    its authorization header (the order service authorizes it like an HTTP call),
-    connecting as the environment's Kafka security settings say."""
+    its authorization header (the order service authorizes it like an HTTP call)."""
+    from events.commands import AUTHORIZATION, encode_command
+    from events.topics import COMMANDS
+
+    headers = [(AUTHORIZATION, f"Bearer {token}".encode())] if token else []
+    _produce(bootstrap, COMMANDS, encode_command(command), str(command.command_id).encode(), headers)
+
+
+def _produce(
+    bootstrap: str, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]
+) -> tuple[int, int]:
+    """Produce one record and wait for the broker's acknowledgement (``acks=all``),
+    connecting as the environment's Kafka security settings say; its (partition,
+    offset). A broker away or refusing is one sentence and exit 2."""
     import asyncio
 
     from aiokafka import AIOKafkaProducer
 
-    from events.commands import AUTHORIZATION, encode_command
-    from events.topics import COMMANDS
     from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurityError
 
     try:
@@ -643,25 +654,21 @@ def _send_command(bootstrap: str, command: Any, token: str | None) -> None:
     except KafkaSecurityError as exc:
         _fail(f"cannot connect to Kafka: {exc}", 2)
 
-    async def send() -> None:
+    async def send() -> tuple[int, int]:
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, acks="all", request_timeout_ms=10_000, **security.client_kwargs()
         )
         try:  # stopped even when it could not start: else its warning follows the one line
             await producer.start()
-            await producer.send_and_wait(
-                COMMANDS,
-                encode_command(command),
-                key=str(command.command_id).encode(),
-                headers=[(AUTHORIZATION, f"Bearer {token}".encode())] if token else None,
-            )
+            sent = await producer.send_and_wait(topic, value, key=key, headers=headers or None)
+            return int(sent.partition), int(sent.offset)
         finally:
             await producer.stop()
 
     # the client logs each failed connection on its own: the one line below says it
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
-        asyncio.run(send())
+        return asyncio.run(send())
     except Exception as exc:  # the broker is away or refuses: one sentence, exit 2
         said = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
         _fail(
@@ -669,6 +676,39 @@ def _send_command(bootstrap: str, command: Any, token: str | None) -> None:
             f" its broker at {DEFAULT_BOOTSTRAP}; --bootstrap or SAGACTL_KAFKA_BOOTSTRAP names another)",
             2,
         )
+
+
+def _header(given: str) -> tuple[str, bytes]:
+    name, equals, value = given.partition("=")
+    if not equals or not name:
+        raise typer.BadParameter(f"{given!r} is not NAME=VALUE")
+    return name, value.encode()
+
+
+@app.command("publish")
+def publish(
+    topic: Annotated[str, typer.Argument(help="the topic, e.g. orders.events")],
+    key: Annotated[
+        str | None, typer.Option("--key", help="the record's key (a saga's: its order id)")
+    ] = None,
+    header: Annotated[
+        list[str] | None,
+        typer.Option("--header", "-H", help="NAME=VALUE, a header of the record; again for more"),
+    ] = None,
+    value: Annotated[
+        str | None, typer.Option("--value", help="the record's body; without it, standard input is")
+    ] = None,
+    tombstone: Annotated[bool, typer.Option("--tombstone", help="no body at all (a null value)")] = False,
+    bootstrap: KafkaBootstrap = DEFAULT_BOOTSTRAP,
+) -> None:
+    """Publish one record as it is, unsigned and unchecked — to see what the services do
+    with what anyone who can write to a topic may send (a dead letter, with its reason).
+    Prints its partition and offset. Events the services believe are signed by their
+    producer (README, signed events): use the API or --via kafka for real work."""
+    headers = [_header(h) for h in header or []]
+    body = None if tombstone else (value.encode() if value is not None else sys.stdin.buffer.read())
+    partition, offset = _produce(bootstrap, topic, body, None if key is None else key.encode(), headers)
+    print(f"sent to {topic} partition {partition} offset {offset}")
 
 
 def _await_command(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import uuid
 
+import psycopg
+
 from sagastack.system import System
 from tests.e2e.conftest import sagactl
 from tests.e2e.test_faults import consumed, wait_until
@@ -55,3 +57,47 @@ def test_list_show_discard_and_replay_dead_letters(system: System) -> None:
 def test_sagactl_says_clearly_when_a_service_is_unreachable(system: System) -> None:
     result = sagactl(system, "--payment-url", "http://127.0.0.1:9", "dlq", "list", "--service", "payment")
     assert result.returncode == 2 and "cannot reach" in result.stderr
+
+
+def test_a_record_published_as_it_is_is_a_dead_letter_with_its_reason(system: System) -> None:
+    """``sagactl publish``: what anyone who can write to a topic may send, sent as it is
+    (an operator trial found no way in the README but the broker's own console tools,
+    which the embedded Tansu does not have). Unsigned, it is a dead letter of inventory's,
+    which shows the type its header names and why."""
+    marker = uuid.uuid4().hex[:8]
+    sent = sagactl(
+        system,
+        "publish",
+        "orders.events",
+        "--key",
+        marker,
+        "-H",
+        "event_type=OrderCreated",
+        "--value",
+        "{not json",
+        "--bootstrap",
+        system.bootstrap,
+    )
+    assert sent.returncode == 0, sent.stderr
+    words = sent.stdout.split()  # sent to orders.events partition P offset O
+    assert words[:3] == ["sent", "to", "orders.events"], sent.stdout
+    partition, offset = int(words[4]), int(words[6])
+
+    def letter() -> tuple[str, ...] | None:
+        with psycopg.connect(system.database_urls["inventory_svc"]) as conn:
+            row = conn.execute(
+                "SELECT id, reason FROM dead_letters WHERE source_topic = 'orders.events'"
+                " AND source_partition = %s AND source_offset = %s AND key = %s",
+                (partition, offset, marker.encode()),
+            ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    wait_until(lambda: letter() is not None, 30, "inventory's dead letter")
+    letter_id, reason = letter() or ("", "")
+    assert reason.startswith("bad_signature"), reason
+    shown = sagactl(system, "dlq", "show", "inventory", letter_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "OrderCreated" in shown.stdout and "bad_signature" in shown.stdout
+
+    refused = sagactl(system, "publish", "orders.events", "-H", "no-equals-sign", "--value", "x")
+    assert refused.returncode == 2 and "is not NAME=VALUE" in refused.stderr
