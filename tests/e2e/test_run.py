@@ -1,7 +1,8 @@
 """``make run`` (``python -m sagastack run``) as a user starts it, on ports of its own: it
 says where everything is, serves, starts again a service that died — also while the
 broker does not answer, without giving up on the run (an operator trial: a restart
-that waited 120 s for a broker that was down took the whole stack down) — and a closed
+that waited 120 s for a broker that was down took the whole stack down) — and a database
+that crashed, on its data, and a closed
 terminal (SIGHUP) stops it as Ctrl-C does — everything it started, its watchdog
 dismissed, its manifest gone."""
 
@@ -83,6 +84,17 @@ def test_make_run_serves_and_a_closed_terminal_stops_everything(run_root: Path) 
         while (line := proc.stdout.readline()) != "inventory_svc is ready again\n":
             assert line.startswith("inventory_svc exited (1); restarting"), line
         assert ready_within(f"http://127.0.0.1:{ports['INVENTORY_HTTP_PORT']}/health/ready", 10)
+
+        os.kill(int(recorded["postgres"][0]), signal.SIGKILL)  # the database crashes: back on its data
+        assert (
+            proc.stdout.readline()
+            == "postgres has stopped; starting it again (its data is on disk and is kept)\n"
+        )
+        while (line := proc.stdout.readline()) != "postgres started again\n":
+            # its old backends may hold its shared memory a moment: tried again, in a line
+            assert line.startswith("postgres could not be started again yet ("), line
+        for service in ("ORDER", "INVENTORY", "PAYMENT"):
+            assert ready_within(f"http://127.0.0.1:{ports[f'{service}_HTTP_PORT']}/health/ready", 60), service
         recorded = json.loads((run_dir / "pids.json").read_text())
         started = [int(pid) for pid, _ in recorded.values()]
 
