@@ -700,6 +700,7 @@ def publish(
     ] = None,
     tombstone: Annotated[bool, typer.Option("--tombstone", help="no body at all (a null value)")] = False,
     bootstrap: KafkaBootstrap = DEFAULT_BOOTSTRAP,
+    output: OutputOpt = Output.text,
 ) -> None:
     """Publish one record as it is, unsigned and unchecked — to see what the services do
     with what anyone who can write to a topic may send (a dead letter, with its reason).
@@ -708,7 +709,10 @@ def publish(
     headers = [_header(h) for h in header or []]
     body = None if tombstone else (value.encode() if value is not None else sys.stdin.buffer.read())
     partition, offset = _produce(bootstrap, topic, body, None if key is None else key.encode(), headers)
-    print(f"sent to {topic} partition {partition} offset {offset}")
+    if output is Output.json:
+        _json({"topic": topic, "partition": partition, "offset": offset})
+    else:
+        print(f"sent to {topic} partition {partition} offset {offset}")
 
 
 def _await_command(

@@ -158,6 +158,9 @@ def test_every_command_prints_json_with_output_json(
     assert run("forget", customers["max"]) == {"customer_id": customers["max"], "keys_destroyed": 0}
     minted = run("token", "--subject", customers["max"], "--role", "customer")
     assert minted["subject"] == customers["max"] and minted["token"].count(".") == 2
+    # to a topic nobody consumes (the dead letters' copies): no other test meets it
+    sent = run("publish", "payment_svc.deadletter", "--value", "{}", "--bootstrap", system.bootstrap)
+    assert sent["topic"] == "payment_svc.deadletter" and sent["offset"] >= 0
     healthy = run("health")
     assert set(healthy) == {"order", "inventory", "payment"}
     assert "payment_provider" in healthy["payment"]["checks"]
