@@ -18,6 +18,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import stamina
+
 from events import (
     CommandRejected,
     InventoryReservationFailed,
@@ -120,7 +122,9 @@ class Order:
 class Orders:
     orders: dict[uuid.UUID, Order] = field(default_factory=dict)
     #: A command's event id → who sent it (its verified token), or why no one is known.
-    callers: dict[uuid.UUID, auth.Principal | auth.Unauthorized] = field(default_factory=dict)
+    callers: dict[uuid.UUID, auth.Principal | auth.Unauthorized | auth.KeysUnavailable] = field(
+        default_factory=dict
+    )
     #: The batch's command ids already used → (the command type, the order it acted on):
     #: a command id is used once (loaded, then kept up to date as the batch applies).
     used_command_ids: dict[uuid.UUID, tuple[str, uuid.UUID]] = field(default_factory=dict)
@@ -202,10 +206,16 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
     for e in events:
         if isinstance(e.payload, PlaceOrder | CancelOrder | RefusedCommand):
             caller = e.payload.caller
-            if not isinstance(caller, auth.Principal | auth.Unauthorized):
+            if not isinstance(caller, auth.Principal | auth.Unauthorized | auth.KeysUnavailable):
                 raise RuntimeError(f"{e.event_type} {e.event_id} was not authenticated before load")
             state.callers[e.event_id] = caller
     return state
+
+
+#: How long a command waits for the keys its token is checked with (seconds) before it is
+#: dead-lettered, to be replayed: longer, and one command would hold the order service's
+#: consumer — saga events too — for as long as the key server is away.
+KEYS_PATIENCE_SECONDS = 10.0
 
 
 async def authenticate(events: Sequence[Envelope[Any]]) -> None:
@@ -214,21 +224,31 @@ async def authenticate(events: Sequence[Envelope[Any]]) -> None:
     (``AUTH_JWKS_URL``), and a fetch must not hold the batch's locks (it did: a review
     found a slow key server holding the orders' row locks for up to PyJWT's 30 s). A
     token refused is noted as its ``Unauthorized`` (the command is answered
-    ``CommandRejected``); keys that cannot be had raise ``KeysUnavailable`` (transient:
-    the batch is retried, the command never refused for it)."""
+    ``CommandRejected``). Keys that cannot be had are asked for again for
+    ``KEYS_PATIENCE_SECONDS``, then noted as ``KeysUnavailable``: the command is
+    dead-lettered (``_caller``), neither taken nor refused, and the batch's other events go
+    on. It was refused for good (a review), then held the whole consumer while the key
+    server was away (an attack trial)."""
     verifier = _commands["verifier"]
     for e in events:
         if isinstance(e.payload, PlaceOrder | CancelOrder | RefusedCommand):
-            caller: auth.Principal | auth.Unauthorized
+            caller: auth.Principal | auth.Unauthorized | auth.KeysUnavailable
             try:
-                caller = (
-                    auth.UNAUTHENTICATED
-                    if verifier is None
-                    else await verifier.principal_of(e.payload.authorization)
-                )
+                caller = auth.UNAUTHENTICATED if verifier is None else await _principal(verifier, e.payload)
             except auth.Unauthorized as refused:
                 caller = refused
+            except auth.KeysUnavailable as away:
+                caller = away
             e.payload.authenticated(caller)
+
+
+async def _principal(verifier: auth.TokenVerifier, command: Any) -> auth.Principal:
+    async for attempt in stamina.retry_context(
+        on=auth.KeysUnavailable, timeout=KEYS_PATIENCE_SECONDS, attempts=None, wait_initial=0.5, wait_max=2.0
+    ):
+        with attempt:
+            return await verifier.principal_of(command.authorization)
+    raise AssertionError("unreachable: stamina either returns or raises")
 
 
 def decode_command(record: Record) -> Envelope[Any]:
@@ -565,6 +585,11 @@ def _caller(state: Orders, event: Envelope[PlaceOrder] | Envelope[CancelOrder]) 
     """Who sent the command (its token, verified by ``authenticate``), or the ``CommandRejected``
     to answer when no valid token came with it."""
     caller = state.callers[event.event_id]
+    if isinstance(caller, auth.KeysUnavailable):
+        raise InvalidEvent(
+            f"keys_unavailable: its token could not be checked ({caller}); it was neither taken"
+            " nor refused: replay it, or send it again, once the keys can be had"
+        )
     if isinstance(caller, auth.Unauthorized):
         return _rejected(event.payload.command_id, event.event_type, caller.reason, caller.detail)
     return caller

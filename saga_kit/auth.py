@@ -48,6 +48,7 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 from cachetools import TLRUCache
 from jwt.algorithms import OKPAlgorithm
@@ -243,22 +244,111 @@ class _JwksFile:
 
 
 def _keys_of(document: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
+    """The signing keys of a JWKS document, by ``kid`` (PyJWT parses them); raises
+    ``PyJWKSetError`` (or ``TypeError``/``ValueError`` for what is not a key set)."""
     keys = jwt.PyJWKSet.from_dict(dict(document)).keys
-    return {k.key_id: k for k in keys if k.key_id}
+    return {k.key_id: k for k in keys if k.key_id and k.public_key_use in (None, "sig")}
 
 
-#: How long a fetch of the key set from ``AUTH_JWKS_URL`` may take (PyJWT's default is 30 s).
+#: The whole fetch of the key set from ``AUTH_JWKS_URL``, connection to last byte (seconds).
 JWKS_FETCH_TIMEOUT_SECONDS = 5.0
+#: The key server's set is fetched again after this long (seconds) ...
+JWKS_LIFESPAN_SECONDS = 300.0
+#: ... and, for a token naming a key it does not have, at most this often: a token needs no
+#: valid signature to name a key, so anyone could otherwise make each check fetch.
+JWKS_REFRESH_COOLDOWN_SECONDS = 30.0
+#: After a fetch that failed, none for this long; meanwhile the last set fetched answers.
+JWKS_RETRY_SECONDS = 5.0
+#: The last set fetched is used while the key server does not answer, for at most this long
+#: after it was fetched; then ``KeysUnavailable``.
+JWKS_STALE_MAX_SECONDS = 3600.0
+#: A key set larger than this (bytes) is not read.
+JWKS_MAX_BYTES = 1_000_000
 
 
 class KeysUnavailable(TransientError):
     """The keys tokens are verified with cannot be had just now: the key server
-    (``AUTH_JWKS_URL``) did not answer within ``JWKS_FETCH_TIMEOUT_SECONDS`` or answered
-    no usable key set, or the key file (``AUTH_JWKS_FILE``) cannot be read. Nothing is
-    known of the token, so it is neither taken nor refused: HTTP answers 503 with
-    ``Retry-After``, and a command consumed from Kafka is retried as any transient
-    failure is (``saga_kit.consumer``). It was a 401 ``invalid_token``, and a command
+    (``AUTH_JWKS_URL``) did not answer within ``JWKS_FETCH_TIMEOUT_SECONDS``, or answered
+    something that is not a key set with a usable key, and no key set fetched before can
+    answer; or the key file (``AUTH_JWKS_FILE``) cannot be read. Nothing is known of the
+    token, so it is neither taken nor refused: HTTP answers 503 with ``Retry-After``; a
+    command consumed from Kafka is dead-lettered after a short wait, to be replayed
+    (``order_svc.handlers.authenticate``). It was a 401 ``invalid_token``, and a command
     refused for good, whenever the key server blinked (a review found it)."""
+
+
+class _JwksUrl:
+    """The key set a key server publishes (``AUTH_JWKS_URL``), fetched with httpx and
+    parsed by PyJWT. Unlike PyJWT's own ``PyJWKClient`` (urllib, in a thread): the whole
+    fetch is bounded in time (a server sending a byte every 3 s held a check 60 s) and in
+    size; one fetch at a time, and none for ``JWKS_RETRY_SECONDS`` after one failed (a
+    flood of tokens naming unknown keys queued every check behind 5 s fetches); a token
+    naming an unknown key refetches at most every ``JWKS_REFRESH_COOLDOWN_SECONDS``; and
+    while the server does not answer, the keys fetched last still verify (an attack
+    trial's findings). A rotation takes effect at the next fetch."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = -float("inf")
+        self._failed_at = -float("inf")
+        self._failure = ""
+        self._fetching = asyncio.Lock()
+
+    async def key(self, kid: str) -> jwt.PyJWK | None:
+        """The key ``kid`` (None: the key set has none of that id); ``KeysUnavailable``."""
+        now = time.monotonic()
+        age = now - self._fetched_at
+        if kid in self._keys and age < JWKS_LIFESPAN_SECONDS:
+            return self._keys[kid]
+        if age < JWKS_REFRESH_COOLDOWN_SECONDS:
+            return None  # fetched a moment ago, and it has no such key
+        if now - self._failed_at < JWKS_RETRY_SECONDS:
+            return self._stale(kid, now)
+        async with self._fetching:
+            if self._fetched_at > now or self._failed_at > now:  # done while this one waited
+                return await self.key(kid)
+            try:
+                self._keys = await self._fetch()
+            except KeysUnavailable as exc:
+                self._failed_at, self._failure = time.monotonic(), str(exc)
+                return self._stale(kid, now)
+            self._fetched_at = time.monotonic()
+        return self._keys.get(kid)
+
+    def _stale(self, kid: str, now: float) -> jwt.PyJWK:
+        if kid in self._keys and now - self._fetched_at < JWKS_STALE_MAX_SECONDS:
+            return self._keys[kid]
+        raise KeysUnavailable(self._failure)
+
+    async def _fetch(self) -> dict[str, jwt.PyJWK]:
+        body = bytearray()
+        try:
+            async with (
+                asyncio.timeout(JWKS_FETCH_TIMEOUT_SECONDS),
+                httpx.AsyncClient() as client,
+                client.stream("GET", self.url) as response,
+            ):
+                if response.status_code != 200:
+                    raise KeysUnavailable(f"the key server answered {response.status_code}")
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > JWKS_MAX_BYTES:
+                        raise KeysUnavailable(f"the key server's answer is over {JWKS_MAX_BYTES} bytes")
+            keys = _keys_of(json.loads(body))
+        except TimeoutError:
+            raise KeysUnavailable(
+                f"the key server did not answer within {JWKS_FETCH_TIMEOUT_SECONDS:g} s"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise KeysUnavailable(f"the key server did not answer ({type(exc).__name__})") from None
+        except (ValueError, TypeError, jwt.PyJWKError, jwt.PyJWKSetError) as exc:
+            raise KeysUnavailable(
+                f"the key server's answer is not a key set ({type(exc).__name__})"
+            ) from None
+        if not keys:
+            raise KeysUnavailable("the key server published no signing key with a kid")
+        return keys
 
 
 @dataclass(frozen=True)
@@ -286,12 +376,7 @@ class TokenVerifier:
             raise AuthConfigurationError("set one of AUTH_JWKS_FILE and AUTH_JWKS_URL")
         self.issuer, self.audience = issuer, audience
         self._file = _JwksFile(jwks_file) if jwks_file else None
-        # PyJWKClient caches the key set (5 minutes) and refetches on an unknown kid
-        self._client = (
-            jwt.PyJWKClient(jwks_url, cache_jwk_set=True, lifespan=300, timeout=JWKS_FETCH_TIMEOUT_SECONDS)
-            if jwks_url
-            else None
-        )
+        self._url = _JwksUrl(jwks_url) if jwks_url else None
         self._verified: TLRUCache[str, _Verified] = TLRUCache(
             VERIFIED_TOKENS,
             ttu=lambda _token, verified, _now: verified.expires + LEEWAY_SECONDS,
@@ -380,24 +465,14 @@ class TokenVerifier:
 
     async def _key(self, kid: str) -> jwt.PyJWK | None:
         """The published key ``kid``, or None if the key set, read, has none of that id;
-        ``KeysUnavailable`` if the key set cannot be read."""
+        ``KeysUnavailable`` if the key set cannot be had."""
         if self._file is not None:
             try:
                 return self._file.key(kid)
-            except (OSError, ValueError, jwt.PyJWKError, jwt.PyJWKSetError) as exc:
+            except (OSError, ValueError, TypeError, jwt.PyJWKError, jwt.PyJWKSetError) as exc:
                 raise KeysUnavailable(f"the key file cannot be read ({type(exc).__name__})") from None
-        assert self._client is not None
-        client = self._client
-        try:
-            return await asyncio.to_thread(client.get_signing_key, kid)
-        except jwt.PyJWKClientConnectionError as exc:  # no answer, or an HTTP error
-            raise KeysUnavailable(f"the key server did not answer: {printable(str(exc), 200)}") from None
-        except jwt.PyJWKSetError as exc:  # an answer with no key in it that can be used
-            raise KeysUnavailable(
-                f"the key server published no usable key: {printable(str(exc), 200)}"
-            ) from None
-        except jwt.PyJWKClientError:  # the set was read: no key of that id (or not a key set)
-            return None
+        assert self._url is not None
+        return await self._url.key(kid)
 
 
 def load_verifier(

@@ -20,9 +20,10 @@ from order_svc import handlers, timeline
 from order_svc.api import get_command
 from order_svc.errors import IdempotencyKeyReused
 from order_svc.placing import place_order
+from saga_kit import auth, deadletters
 from saga_kit import headers as kafka_headers
-from saga_kit.auth import DEV_AUDIENCE, DEV_ISSUER, KeysUnavailable, Role, TokenVerifier, write_dev_issuer
-from saga_kit.consumer import Outcome, Record
+from saga_kit.auth import DEV_AUDIENCE, DEV_ISSUER, Role, TokenVerifier, write_dev_issuer
+from saga_kit.consumer import Outcome
 from saga_kit.db import SAGA_LOCK_NAMESPACE
 from tests.integration.conftest import ServiceUnderTest
 from tests.keyserver import KeyServer
@@ -434,28 +435,37 @@ async def test_a_slow_key_server_is_waited_for_with_no_transaction_open(
     assert status == "PENDING"
 
 
-async def test_a_command_whose_keys_cannot_be_had_is_retried_never_refused(
+async def test_a_command_whose_keys_cannot_be_had_is_dead_lettered_never_refused_and_replayed(
     order: ServiceUnderTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A key server that blinked turned a valid command into ``CommandRejected
-    (invalid_token)``, committed and acked: lost (a review). It is a transient failure
-    now: the batch is retried until the keys can be had, and the command then placed."""
+    (invalid_token)``, committed and acked: lost (a review); then, retried as a transient
+    failure, one such command held the order service's whole consumer — saga events too —
+    for as long as the key server was away (an attack trial). It waits a short while, then
+    is a dead letter: neither taken nor refused, the batch's other events applied, and it
+    is placed once replayed after the key server is back."""
+    monkeypatch.setattr(handlers, "KEYS_PATIENCE_SECONDS", 0.5)
+    monkeypatch.setattr(auth, "JWKS_RETRY_SECONDS", 0.0)
     issuer = write_dev_issuer(tmp_path / "issuer")
     command = place()
     record_headers = [(AUTHORIZATION, f"Bearer {issuer.mint('kim', [Role.CUSTOMER])}".encode())]
+    oid = order_id_for(command.command_id)
     with KeyServer(issuer.jwks_file.read_bytes(), down=True) as server:
         verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_url=server.url)
         monkeypatch.setitem(handlers._commands, "verifier", verifier)
-        record = Record(COMMANDS, 0, 1, None, encode_command(command), tuple(record_headers))
-        with pytest.raises(KeysUnavailable):  # retried for the attempt's 0.5 s, then given up
-            await order.pipeline.attempt(record, give_up_after=0.5)
-        oid = order_id_for(command.command_id)
+        offset = 30_000_000 + uuid.uuid4().int % 1_000_000
+        outcome = await order.deliver_bytes(encode_command(command), COMMANDS, offset, headers=record_headers)
+        assert outcome is Outcome.DEAD_LETTERED
         assert await answers(order, oid) == []  # nothing answered, nothing placed
         assert await order.scalar("SELECT count(*) FROM orders WHERE order_id = :o", o=oid) == 0
-        delivered = asyncio.create_task(order.deliver_bytes(record.value, COMMANDS, headers=record_headers))
-        await asyncio.sleep(0.3)
-        assert not delivered.done()  # the consumer retries, and acks nothing meanwhile
+        letter_id, reason = (
+            await order.rows("SELECT id, reason FROM dead_letters WHERE source_offset = :o", o=offset)
+        )[0]
+        assert reason.startswith(
+            "keys_unavailable: its token could not be checked (the key server answered 503)"
+        )
         server.down = False
-        assert await asyncio.wait_for(delivered, 30) is Outcome.HANDLED
+        replayed = await deadletters.replay(order.db, order.pipeline, letter_id)
+        assert replayed.status == "REPLAYED"
     ((created, _),) = await answers(order, oid)
     assert created.event_type == "OrderCreated"

@@ -16,6 +16,7 @@ from typing import Any
 import jwt
 import pytest
 
+from saga_kit import auth
 from saga_kit.auth import (
     DEV_AUDIENCE,
     DEV_ISSUER,
@@ -326,14 +327,17 @@ async def test_a_token_with_a_critical_extension_is_named_for_it_not_called_no_j
 # -- keys that cannot be had -----------------------------------------------------------------
 
 
-async def test_a_key_server_that_is_away_is_keys_unavailable_not_an_invalid_token(tmp_path: Path) -> None:
+async def test_a_key_server_that_is_away_is_keys_unavailable_not_an_invalid_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A valid token checked while the key server does not answer was a 401 (and a command
     refused for good): nothing is known of it, so it is neither taken nor refused."""
+    monkeypatch.setattr(auth, "JWKS_RETRY_SECONDS", 0.0)  # asked again at once, here
     issuer = write_dev_issuer(tmp_path / "issuer")
     token = f"Bearer {issuer.mint('ann', [Role.CUSTOMER])}"
     with KeyServer(issuer.jwks_file.read_bytes(), down=True) as server:
         verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_url=server.url)
-        with pytest.raises(KeysUnavailable, match="the key server did not answer"):
+        with pytest.raises(KeysUnavailable, match="the key server answered 503"):
             await verifier.principal(token)
         server.down = False  # back: the same token is taken
         assert await verifier.principal(token) == Principal("ann", CUSTOMER)
@@ -353,3 +357,72 @@ async def test_a_key_file_that_cannot_be_read_is_keys_unavailable(tmp_path: Path
     issuer.jwks_file.write_text(saved)
     os.utime(issuer.jwks_file, (time.time() + 5, time.time() + 5))  # a modification it sees
     assert await verifier.principal(token) == Principal("ann", CUSTOMER)
+
+
+def _jwks_of(*issuers: Any) -> bytes:
+    return json.dumps(
+        {"keys": [k for i in issuers for k in json.loads(i.jwks_file.read_text())["keys"]]}
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "answer", [b"<html><body>maintenance</body></html>", b"[]", b"null", b'{"keys": []}', b'{"keys": 3}']
+)
+async def test_a_key_server_answering_no_key_set_is_keys_unavailable_never_a_500(
+    tmp_path: Path, answer: bytes
+) -> None:
+    """A maintenance page raised PyJWT's client's JSONDecodeError out of the check: a 500
+    (an attack trial); other answers that are no key set were a 401 or a 503 by chance."""
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    with KeyServer(answer) as server:
+        verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_url=server.url)
+        with pytest.raises(KeysUnavailable):
+            await verifier.principal(f"Bearer {issuer.mint('ann', [Role.CUSTOMER])}")
+
+
+async def test_a_key_server_that_drips_its_answer_is_given_up_on_within_the_fetch_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each read waited up to the timeout, and a server sending a byte every 3 s held a
+    check for 60 s: the whole fetch is bounded now (here a server that takes 2 s)."""
+    monkeypatch.setattr(auth, "JWKS_FETCH_TIMEOUT_SECONDS", 0.3)
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    with KeyServer(issuer.jwks_file.read_bytes(), delay=2.0) as server:
+        verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_url=server.url)
+        with pytest.raises(KeysUnavailable, match=r"did not answer within 0\.3 s"):
+            await verifier.principal(f"Bearer {issuer.mint('ann', [Role.CUSTOMER])}")
+
+
+async def test_keys_fetched_before_verify_while_the_server_is_away_and_unknown_keys_do_not_refetch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of tokens naming keys nobody published made each check fetch, one at a time
+    for up to 5 s each, and tokens verified before waited behind them (an attack trial)."""
+    issuer, other = write_dev_issuer(tmp_path / "issuer"), write_dev_issuer(tmp_path / "other")
+    token = f"Bearer {issuer.mint('ann', [Role.CUSTOMER])}"
+    with KeyServer(_jwks_of(issuer)) as server:
+        verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_url=server.url)
+        assert await verifier.principal(token) == Principal("ann", CUSTOMER)
+        server.asked.clear()
+        for _ in range(20):  # within the cooldown: no fetch for a key it does not have
+            with pytest.raises(Unauthorized, match="does not trust"):
+                await verifier.principal(f"Bearer {other.mint('ann', [Role.CUSTOMER])}")
+        assert not server.asked.is_set()
+        # the set is due again, and the server is away: the keys fetched last still verify
+        monkeypatch.setattr(auth, "JWKS_LIFESPAN_SECONDS", 0.0)
+        monkeypatch.setattr(auth, "JWKS_REFRESH_COOLDOWN_SECONDS", 0.0)
+        server.down = True
+        assert await verifier.principal(f"Bearer {issuer.mint('bob', [Role.CUSTOMER])}") == Principal(
+            "bob", CUSTOMER
+        )
+        server.asked.clear()
+        for _ in range(20):  # and a failed fetch is not tried again at once
+            with pytest.raises(KeysUnavailable):
+                await verifier.principal(f"Bearer {other.mint('ann', [Role.CUSTOMER])}")
+        assert not server.asked.is_set()
+        # a key published since is found once the server answers again
+        monkeypatch.setattr(auth, "JWKS_RETRY_SECONDS", 0.0)
+        server.jwks, server.down = _jwks_of(issuer, other), False
+        assert await verifier.principal(f"Bearer {other.mint('cy', [Role.CUSTOMER])}") == Principal(
+            "cy", CUSTOMER
+        )

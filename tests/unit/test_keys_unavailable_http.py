@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import httpx
+import pytest
 
 from inventory_svc.app import SPEC
 from inventory_svc.settings import Settings
+from saga_kit import auth
 from saga_kit.auth import DEV_AUDIENCE, DEV_ISSUER, Role, write_dev_issuer
 from saga_kit.service import http_app
 from tests.keyserver import KeyServer
@@ -22,8 +24,9 @@ async def _no_metrics() -> bytes:
 
 
 async def test_a_key_server_away_is_a_503_with_retry_after_and_back_the_call_goes_through(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(auth, "JWKS_RETRY_SECONDS", 0.0)  # asked again at once, here
     issuer = write_dev_issuer(tmp_path / "issuer")
     token = {"authorization": f"Bearer {issuer.mint('ops', [Role.OPERATOR])}"}
     with KeyServer(issuer.jwks_file.read_bytes(), down=True) as server:
