@@ -71,12 +71,22 @@ class BytesView(BaseModel):
         return cls(size=size, text=None, base64=base64.b64encode(head).decode(), truncated=truncated)
 
 
-#: Headers whose value is a credential (a command's bearer token, valid for hours): a
-#: letter keeps it whole, for its replay, but shows its scheme and first characters only —
-#: ``sagactl dlq show`` printed an operator's whole token (an operator trial).
-CREDENTIAL_HEADERS = frozenset({"authorization"})
+#: Words that make a header's value a credential (a command's bearer token, valid for
+#: hours), in its name in any case, spaces around it ignored: a letter keeps it whole, for
+#: its replay, but shows only its scheme, if it has a known one, and its first characters
+#: — ``sagactl dlq show`` printed an operator's whole token (an operator trial), then the
+#: whole of one sent as ``<token> Bearer`` or under ``x-authorization`` (an attack trial).
+CREDENTIAL_WORDS = ("authorization", "token", "secret", "password", "cookie", "api-key", "apikey")
+#: Schemes shown before the characters of a credential.
+CREDENTIAL_SCHEMES = frozenset({b"bearer", b"basic", b"digest", b"negotiate", b"dpop"})
 #: Characters of a credential shown, after its scheme.
 CREDENTIAL_SHOWN = 8
+
+
+def is_credential(header: str) -> bool:
+    """Does a header of this name carry a credential (``CREDENTIAL_WORDS``)?"""
+    name = header.strip().lower()
+    return any(word in name for word in CREDENTIAL_WORDS)
 
 
 class HeaderView(BaseModel):
@@ -91,10 +101,13 @@ class HeaderView(BaseModel):
         shown_key = printable(key, HEADER_PREVIEW)
         if value is None:
             return cls(key=shown_key, value=None)
-        if key.lower() not in CREDENTIAL_HEADERS:
+        if not is_credential(key):
             return cls(key=shown_key, value=BytesView.of(value, HEADER_PREVIEW))
-        scheme, space, credential = value.partition(b" ")
-        kept = scheme[:HEADER_PREVIEW] + space + credential[:CREDENTIAL_SHOWN] if space else value[:0]
+        scheme, space, credential = value.strip().partition(b" ")
+        if space and scheme.lower() in CREDENTIAL_SCHEMES:
+            kept = scheme + b" " + credential.strip()[:CREDENTIAL_SHOWN]
+        else:
+            kept = value.strip()[:CREDENTIAL_SHOWN]
         view = BytesView.of(kept + "…".encode(), HEADER_PREVIEW)
         return cls(key=shown_key, value=view.model_copy(update={"size": len(value)}), redacted=True)
 

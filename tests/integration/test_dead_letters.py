@@ -100,7 +100,14 @@ async def test_a_letters_bearer_token_is_kept_whole_but_shown_by_its_first_chara
     the JSON parser's words ("key must be a string", read as the record's key)."""
     offset = 20_000_000 + uuid.uuid4().int % 1_000_000
     token = "Bearer eyJhbGciOiJFZERTQSIsImtpZCI6ImRldiJ9.secret-part.signature"
-    headers = [("Authorization", token.encode()), ("event_type", b"PlaceOrder")]
+    jwt_first = "eyJhbGciOiJFZERTQSIsImtpZCI6ImRldiJ9.secret-part.signature Bearer"
+    headers = [
+        ("Authorization", token.encode()),
+        ("event_type", b"PlaceOrder"),
+        # an attack trial: the token before its scheme, a name with a space after it, another name
+        ("authorization ", jwt_first.encode()),
+        ("X-Authorization", token.encode()),
+    ]
     outcome = await order.deliver_bytes(b"{not json", COMMANDS, offset, headers=headers)
     assert outcome.value == "dead_lettered"
     letter_id = await order.scalar("SELECT id FROM dead_letters WHERE source_offset = :o", o=offset)
@@ -109,6 +116,8 @@ async def test_a_letters_bearer_token_is_kept_whole_but_shown_by_its_first_chara
     credential = shown["Authorization"]
     assert credential.redacted and credential.value is not None
     assert credential.value.text == "Bearer eyJhbGci…" and credential.value.size == len(token)
+    assert shown["authorization "].value.text == "eyJhbGci…"  # type: ignore[union-attr]
+    assert shown["X-Authorization"].redacted and shown["authorization "].redacted
     assert "secret-part" not in letter.model_dump_json()
     assert not shown["event_type"].redacted and shown["event_type"].value.text == "PlaceOrder"  # type: ignore[union-attr]
     # what the record says it is, its body unreadable; and why, in words about the body
