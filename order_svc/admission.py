@@ -168,15 +168,20 @@ class Admission:
         ``orders_status`` index (status, created_at) in its order, where sorting every
         PENDING order's age (``percentile_cont``) cost about twice the database's time
         at a backlog of 3,000 (measured under ``make bench``); and the age of the oldest
-        unsent outbox row, the first of the ``outbox_unsent`` index."""
+        unsent outbox row, the first of the ``outbox_unsent`` index — counted from when a
+        new broker made it unsent again, if it did (``saga_kit.outbox.on_broker``): the
+        hour of events published again after a restart read as an hour-long outage, and
+        refused every order while they drained (an attack trial)."""
         async with self._db.engine.connect() as conn:
             pending, median, unpublished = (
                 await conn.execute(
                     text(
                         "SELECT n, (SELECT EXTRACT(EPOCH FROM clock_timestamp() - created_at)"
                         "   FROM orders WHERE status = 'PENDING' ORDER BY created_at OFFSET n / 2 LIMIT 1),"
-                        " (SELECT EXTRACT(EPOCH FROM clock_timestamp() - created_at)"
-                        "   FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1)"
+                        # since it was written, or since a new broker made it unsent again
+                        " (SELECT EXTRACT(EPOCH FROM clock_timestamp()"
+                        "   - greatest(o.created_at, (SELECT since FROM outbox_broker)))"
+                        "   FROM outbox o WHERE o.sent_at IS NULL ORDER BY o.id LIMIT 1)"
                         " FROM (SELECT count(*) AS n FROM orders WHERE status = 'PENDING') pending"
                     )
                 )
@@ -211,9 +216,11 @@ def _retry_after(seconds: float) -> int:
 
 
 def refused(refusal: Refusal) -> JSONResponse:
-    """The 503 of a refused order."""
+    """The 503 of a refused order: ``broker_unavailable`` when the broker takes none of the
+    service's events, else ``overloaded``."""
+    reason = "broker_unavailable" if refusal.unpublished is not None else "overloaded"
     return JSONResponse(
-        {"detail": refusal.detail, "reason": "overloaded"},
+        {"detail": refusal.detail, "reason": reason},
         status_code=503,
         headers={"Retry-After": str(refusal.retry_after)},
     )

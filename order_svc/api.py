@@ -272,6 +272,8 @@ def _accepted(request: Request, response: Response, order_id: uuid.UUID) -> None
         ),
         503: problem(
             "overloaded (`overloaded`): the order could not finish before its deadline; nothing was held."
+            " Or the broker has taken none of the service's events for too long (`broker_unavailable`):"
+            " no saga moves; nothing was held."
             " Or personal data was sent to a service without a master key (`service_unavailable`)."
             " Or the database or the network is briefly away (`service_unavailable`): the order may"
             " or may not have been placed, and a retry with the same Idempotency-Key answers it once",

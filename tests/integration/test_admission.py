@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from order_svc.admission import Admission
+from saga_kit.outbox import on_broker
 from tests.integration.conftest import ServiceUnderTest
 
 
@@ -147,3 +148,24 @@ async def test_orders_are_refused_while_the_broker_has_taken_no_event_for_half_t
     assert await admission.check(60) is None  # an order that may wait 30 s is taken
     await _relay_caught_up(order)  # the broker is back
     assert await admission.check(30) is None
+
+
+async def test_events_published_again_for_a_new_broker_are_not_an_outage(order: ServiceUnderTest) -> None:
+    """After a restart on a new broker the outbox's last hour is unsent again, rows written
+    up to an hour ago: that read as a broker away for an hour and refused every order
+    while they drained (an attack trial). Their wait counts from the new broker."""
+    admission = Admission(order.db, headroom=0.5, min_pending=100, refresh_seconds=0)
+    async with order.db.unit_of_work() as uow:
+        await uow.conn.execute(
+            text(
+                "INSERT INTO outbox (event_id, topic, key, value, created_at, sent_at) VALUES"
+                " (gen_random_uuid(), 'orders.events', 'k', 'v', clock_timestamp() - interval '50 minutes',"
+                "  clock_timestamp() - interval '49 minutes')"
+            )
+        )
+    assert await on_broker(order.db.engine, f"first-{uuid.uuid4()}") >= 0
+    assert await on_broker(order.db.engine, f"second-{uuid.uuid4()}") >= 1  # unsent again
+    try:
+        assert await admission.check(30) is None
+    finally:
+        await _relay_caught_up(order)
