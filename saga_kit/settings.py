@@ -132,12 +132,7 @@ class ServiceSettings(KafkaClientSettings):
     relay_poll_interval: float = Field(default=0.5, gt=0)
     #: How long the outbox relay waits for the broker to acknowledge a batch before it
     #: logs a WARNING saying so (then it waits on; saga_kit.outbox).
-    relay_ack_warning_seconds: float = Field(
-        default=10.0,
-        gt=0,
-        le=3600,
-        validation_alias=AliasChoices("RELAY_ACK_WARNING_SECONDS", "relay_ack_warning_seconds"),
-    )
+    relay_ack_warning_seconds: float = Field(default=10.0, gt=0, le=3600)
     db_pool_size: int = Field(default=10, ge=1)
 
     #: Pruning (saga_kit.pruning): sent outbox rows, the inbox's redelivery window and

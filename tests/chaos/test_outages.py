@@ -159,7 +159,7 @@ def test_broker_crash_loses_no_order_and_services_recover_by_themselves(system: 
 def test_a_broker_that_stops_answering_is_said_by_the_relay_and_loses_nothing(system: System) -> None:
     """The broker's process is paused (SIGSTOP: it keeps its connections and answers
     nothing, as a broker stuck in a long pause). An order placed meanwhile is in the
-    outbox; the relay says within ``RELAY_ACK_WARNING_SECONDS`` (10) that the broker has
+    outbox; the relay says within ``<SVC>_RELAY_ACK_WARNING_SECONDS`` (10) that the broker has
     not acknowledged it — it used to be silent for ~90 s, until the producer's own
     timeouts — and once the broker goes on, that it answers again, and the order finishes."""
     assert system.broker is not None and system.broker.proc is not None
