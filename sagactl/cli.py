@@ -654,12 +654,18 @@ def _produce(
     except KafkaSecurityError as exc:
         _fail(f"cannot connect to Kafka: {exc}", 2)
 
+    from aiokafka.errors import MessageSizeTooLargeError
+
     async def send() -> tuple[int, int]:
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, acks="all", request_timeout_ms=10_000, **security.client_kwargs()
         )
         try:  # stopped even when it could not start: else its warning follows the one line
             await producer.start()
+            # a broker that makes a topic on first use (Tansu) took a misspelt one as new
+            known = (await producer.client.fetch_all_metadata()).topics()
+            if topic not in known:
+                _fail(f"the broker has no topic {topic!r}; it has: {', '.join(sorted(known)) or 'none'}")
             sent = await producer.send_and_wait(topic, value, key=key, headers=headers or None)
             return int(sent.partition), int(sent.offset)
         finally:
@@ -669,6 +675,10 @@ def _produce(
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         return asyncio.run(send())
+    except typer.Exit:  # said already (no such topic)
+        raise
+    except MessageSizeTooLargeError:  # the client's own limit, checked before sending
+        _fail(f"the record ({len(value or b'')} bytes of body) is larger than the Kafka client sends (1 MB)")
     except Exception as exc:  # the broker is away or refuses: one sentence, exit 2
         said = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
         _fail(
@@ -707,6 +717,8 @@ def publish(
     Prints its partition and offset. Events the services believe are signed by their
     producer (README, signed events): use the API or --via kafka for real work."""
     headers = [_header(h) for h in header or []]
+    if value is None and not tombstone and sys.stdin.isatty():
+        _fail("give the record's body with --value, or on standard input (a pipe); --tombstone for none", 2)
     body = None if tombstone else (value.encode() if value is not None else sys.stdin.buffer.read())
     partition, offset = _produce(bootstrap, topic, body, None if key is None else key.encode(), headers)
     if output is Output.json:

@@ -87,11 +87,15 @@ def sagastack(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 
 
 def sagactl(
-    system: System, *args: str, columns: int = 250, token: str | None = "operator"
+    system: System,
+    *args: str,
+    columns: int = 250,
+    token: str | None = "operator",
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``sagactl`` against ``system`` as if in a terminal ``columns`` wide, connecting
     to its broker as its services do (``--via kafka``), with an operator's token
-    (``token="operator"``), the token given, or none (``None``)."""
+    (``token="operator"``), the token given, or none (``None``); ``stdin``: its input."""
     env = {
         **os.environ,
         **system.broker_env(),
@@ -103,5 +107,10 @@ def sagactl(
         "COLUMNS": str(columns),
     }
     return subprocess.run(
-        [sys.executable, "-m", "sagactl", *args], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "sagactl", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
