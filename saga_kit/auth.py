@@ -306,14 +306,14 @@ class _JwksUrl:
         if now - self._failed_at < JWKS_RETRY_SECONDS:
             return self._stale(kid, now)
         async with self._fetching:
-            if self._fetched_at > now or self._failed_at > now:  # done while this one waited
-                return await self.key(kid)
-            try:
-                self._keys = await self._fetch()
-            except KeysUnavailable as exc:
-                self._failed_at, self._failure = time.monotonic(), str(exc)
-                return self._stale(kid, now)
-            self._fetched_at = time.monotonic()
+            if self._fetched_at <= now and self._failed_at <= now:  # not done while this one waited
+                try:
+                    self._keys = await self._fetch()
+                    self._fetched_at = time.monotonic()
+                except KeysUnavailable as exc:
+                    self._failed_at, self._failure = time.monotonic(), str(exc)
+        if self._failed_at > self._fetched_at:  # the last try failed
+            return self._stale(kid, now)
         return self._keys.get(kid)
 
     def _stale(self, kid: str, now: float) -> jwt.PyJWK:
