@@ -25,9 +25,20 @@ __all__ = [
     "DomainRejection",
     "InvalidEvent",
     "TransientError",
+    "described",
     "is_transient",
     "is_transient_kafka_error",
 ]
+
+
+def described(exc: BaseException) -> str:
+    """``exc`` as one says it: ``Type: message``; the type alone when there is no message
+    (a client's own timeout: not "TimeoutError: "), the message alone when it names its
+    type already (aiokafka's: not "KafkaError: KafkaError: …")."""
+    named, message = type(exc).__name__, str(exc)
+    if not message:
+        return named
+    return message if message.startswith(named) else f"{named}: {message}"
 
 
 class ConfigurationError(Exception):

@@ -37,7 +37,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from events.values import NameGivenTwice, once_each, printable
 from saga_kit import auth, tracing
 from saga_kit.db import Database
-from saga_kit.errors import DomainRejection, TransientError, is_transient
+from saga_kit.errors import DomainRejection, TransientError, described, is_transient
 from saga_kit.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -875,12 +875,8 @@ async def _checked(check: Check, seconds: float) -> CheckResult:
         return CheckResult(ok=True)
     if isinstance(exc, Degraded):
         return CheckResult(ok=True, degraded=printable(str(exc), 1000))
-    # a failing check is the answer, not an error; an exception without a message (a
-    # client's own timeout) is named by its type alone, not "TimeoutError: ", and one whose
-    # message names its type already (aiokafka's) not twice ("KafkaError: KafkaError: …")
-    named, message = type(exc).__name__, str(exc)
-    said = message if message.startswith(named) else f"{named}: {message}" if message else named
-    return CheckResult(ok=False, error=printable(said, 1000))
+    # a failing check is the answer, not an error
+    return CheckResult(ok=False, error=printable(described(exc), 1000))
 
 
 def health_router(checks: Mapping[str, Check], timeout: float = 2.0) -> APIRouter:

@@ -647,6 +647,7 @@ def _produce(
 
     from aiokafka import AIOKafkaProducer
 
+    from saga_kit.errors import described
     from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurityError
 
     try:
@@ -680,10 +681,10 @@ def _produce(
     except MessageSizeTooLargeError:  # the client's own limit, checked before sending
         _fail(f"the record ({len(value or b'')} bytes of body) is larger than the Kafka client sends (1 MB)")
     except Exception as exc:  # the broker is away or refuses: one sentence, exit 2
-        said = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
         _fail(
-            f"cannot send to Kafka at {bootstrap}: {said} (is the system running? 'make run' starts it,"
-            f" its broker at {DEFAULT_BOOTSTRAP}; --bootstrap or SAGACTL_KAFKA_BOOTSTRAP names another)",
+            f"cannot send to Kafka at {bootstrap}: {described(exc)} (is the system running?"
+            f" 'make run' starts it, its broker at {DEFAULT_BOOTSTRAP}; --bootstrap or"
+            " SAGACTL_KAFKA_BOOTSTRAP names another)",
             2,
         )
 
