@@ -18,8 +18,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import stamina
-
 from events import (
     CommandRejected,
     InventoryReservationFailed,
@@ -43,6 +41,7 @@ from saga_kit.consumer import Record
 from saga_kit.db import Delivery, UnitOfWork
 from saga_kit.errors import InvalidEvent
 from saga_kit.reactions import FactMismatch, Reactions, Replies, Reply
+from saga_kit.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +50,8 @@ _defaults = {"deadline_seconds": 30.0}
 #: Verifies the bearer token a command carries (``configure``); None: authentication is
 #: off (development without keys), as for the HTTP API.
 _commands: dict[str, auth.TokenVerifier | None] = {"verifier": None}
+#: The service's one retry policy (``RETRY_*`` settings), for the keys a command waits for.
+_retry = {"policy": RetryPolicy()}
 
 
 def configure(settings: Any) -> None:
@@ -59,6 +60,7 @@ def configure(settings: Any) -> None:
     the keys that verify the callers' tokens (``saga_kit.auth.load_verifier``)."""
     _defaults["deadline_seconds"] = float(settings.deadline_seconds)
     _commands["verifier"] = settings.token_verifier()
+    _retry["policy"] = settings.retry_policy()
     personal_data.load_master_key(settings.pii_master_key_file, production=settings.saga_env == "production")
 
 
@@ -243,12 +245,11 @@ async def authenticate(events: Sequence[Envelope[Any]]) -> None:
 
 
 async def _principal(verifier: auth.TokenVerifier, command: Any) -> auth.Principal:
-    async for attempt in stamina.retry_context(
-        on=auth.KeysUnavailable, timeout=KEYS_PATIENCE_SECONDS, attempts=None, wait_initial=0.5, wait_max=2.0
-    ):
-        with attempt:
-            return await verifier.principal_of(command.authorization)
-    raise AssertionError("unreachable: stamina either returns or raises")
+    return await _retry["policy"].until(
+        lambda: verifier.principal_of(command.authorization),
+        lambda exc: isinstance(exc, auth.KeysUnavailable),
+        give_up_after=KEYS_PATIENCE_SECONDS,
+    )
 
 
 def decode_command(record: Record) -> Envelope[Any]:
