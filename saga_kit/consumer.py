@@ -50,12 +50,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
 import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -270,6 +271,19 @@ def _copy_for_topic(record: Record, reason: str, service: str) -> dict[str, Any]
 def dead_letter_reason(reason: str) -> str:
     """A reason as stored and sent: printable and bounded, whatever the error said."""
     return printable(reason, 2000) or "unknown"
+
+
+@contextlib.contextmanager
+def _reaction_failures() -> Iterator[None]:
+    """A failure of the reactions' own work (prepare, load, decide, save, the observer) is a
+    ``HandlerError``, which splits the batch to find the event that caused it; a transient
+    one is let through, and the batch retried."""
+    try:
+        yield
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        raise HandlerError(str(exc)) from exc
 
 
 class ConsumerPipeline:
@@ -490,12 +504,8 @@ class ConsumerPipeline:
         results: dict[int, tuple[Outcome, str | None]] = {}
         committed = False  # COMMIT went with the last flush
         if live:  # what may wait on the network, with no transaction open
-            try:
+            with _reaction_failures():
                 await self._reactions.prepare([envelope for _, envelope in live])
-            except Exception as exc:
-                if is_transient(exc):
-                    raise
-                raise HandlerError(str(exc)) from exc
         async with self._db.unit_of_work() as uow:
             if live:
                 # the claims are queued and go in the load's round trip, ahead of it: the
@@ -503,7 +513,7 @@ class ConsumerPipeline:
                 # too, under the saga locks the claims take first
                 claims = inbox.claim(uow, self.service, [envelope for _, envelope in live])
                 deliveries = {id(it): Delivery(e, it.record.headers, it.context) for it, e in live}
-                try:
+                with _reaction_failures():
                     state = await self._reactions.load(uow, list(deliveries.values()))
                     claimed = await claims.fresh()
                     fresh = [(it, envelope) for it, envelope in live if envelope.event_id in claimed]
@@ -521,10 +531,6 @@ class ConsumerPipeline:
                     if committed:  # tests: die with the work undone
                         crash_at(self._fault, "consumer.crash_before_commit")
                     await uow.flush(commit=committed)
-                except Exception as exc:
-                    if is_transient(exc):
-                        raise
-                    raise HandlerError(str(exc)) from exc
                 for i, (it, _) in enumerate(fresh):
                     results[id(it)] = (
                         (Outcome.DEAD_LETTERED, refused[i]) if i in refused else (Outcome.HANDLED, None)

@@ -118,8 +118,10 @@ class Reactions(Generic[S]):
     async def prepare(self, events: Sequence[Envelope[Any]]) -> None:
         """The service's ``prepare`` of the events it reacts to, if it has one; called with
         no transaction open (a ``TransientError`` retries the batch)."""
+        if self._prepare is None:
+            return  # most services: nothing to look at, on every batch
         reacting = [e for e in events if type(e.payload) in self._decide]
-        if self._prepare is not None and reacting:
+        if reacting:
             await self._prepare(reacting)
 
     async def load(self, uow: UnitOfWork, deliveries: Sequence[Delivery]) -> S | None:
