@@ -80,16 +80,17 @@ class Refusal:
     retry_after: int
     #: refused at the door (``Door``): why, in words; None: refused for the saga backlog
     at_door: str | None = None
-    #: refused because the broker has taken none of the service's events for this long
-    unpublished: float | None = None
+    #: refused because the broker has taken none of the service's events for
+    #: ``expected_wait`` seconds
+    broker: bool = False
 
     @property
     def detail(self) -> str:
         if self.at_door:
             return f"the order service is overloaded: {self.at_door}; try again later"
-        if self.unpublished is not None:
+        if self.broker:
             return (
-                f"the broker has taken none of the order service's events for {self.unpublished:.0f} s:"
+                f"the broker has taken none of the order service's events for {self.expected_wait:.0f} s:"
                 " no saga moves, and a new order would not finish before its deadline; try again later"
             )
         return (
@@ -141,7 +142,7 @@ class Admission:
         if self._unpublished_age > max(allowed, BROKER_AWAY_SECONDS):
             self.refused += 1
             REFUSED["broker"] += 1
-            return Refusal(self._unpublished_age, 5, unpublished=self._unpublished_age)
+            return Refusal(self._unpublished_age, 5, broker=True)
         desk = self._desk_delay()
         if self._pending < self._min_pending and desk < 1.0:
             return None
@@ -218,7 +219,7 @@ def _retry_after(seconds: float) -> int:
 def refused(refusal: Refusal) -> JSONResponse:
     """The 503 of a refused order: ``broker_unavailable`` when the broker takes none of the
     service's events, else ``overloaded``."""
-    reason = "broker_unavailable" if refusal.unpublished is not None else "overloaded"
+    reason = "broker_unavailable" if refusal.broker else "overloaded"
     return JSONResponse(
         {"detail": refusal.detail, "reason": reason},
         status_code=503,
