@@ -25,6 +25,21 @@ async def _relay_caught_up(order: ServiceUnderTest) -> None:
         await uow.conn.execute(text("UPDATE outbox SET sent_at = now() WHERE sent_at IS NULL"))
 
 
+async def _outbox_row(order: ServiceUnderTest, written_ago: float, sent_ago: float | None = None) -> None:
+    """An event in the order service's outbox, written ``written_ago`` seconds ago and sent
+    ``sent_ago`` seconds ago (None: not yet)."""
+    async with order.db.unit_of_work() as uow:
+        await uow.conn.execute(
+            text(
+                "INSERT INTO outbox (event_id, topic, key, value, created_at, sent_at)"
+                " VALUES (gen_random_uuid(), 'orders.events', 'k', 'v',"
+                " clock_timestamp() - make_interval(secs => :w),"
+                " clock_timestamp() - make_interval(secs => CAST(:s AS double precision)))"
+            ),
+            {"w": written_ago, "s": sent_ago},
+        )
+
+
 async def _pending_orders(order: ServiceUnderTest, n: int, waiting_seconds: float) -> list[uuid.UUID]:
     """``n`` PENDING orders placed ``waiting_seconds`` ago."""
     ids = [uuid.uuid4() for _ in range(n)]
@@ -124,25 +139,13 @@ async def test_orders_are_refused_while_the_broker_has_taken_no_event_for_half_t
     in flight do not show it to the backlog gate (an operator trial: every order accepted
     during a 45 s outage was cancelled for its deadline). A blip refuses nobody."""
     admission = Admission(order.db, headroom=0.5, min_pending=100, refresh_seconds=0)
-
-    async def unsent(seconds: float) -> None:
-        async with order.db.unit_of_work() as uow:
-            await uow.conn.execute(
-                text(
-                    "INSERT INTO outbox (event_id, topic, key, value, created_at)"
-                    " VALUES (gen_random_uuid(), 'orders.events', 'k', 'v',"
-                    " clock_timestamp() - make_interval(secs => :s))"
-                ),
-                {"s": seconds},
-            )
-
-    await unsent(2)
+    await _outbox_row(order, written_ago=2)
     assert await admission.check(30) is None  # a blip
     assert await admission.check(2) is None  # not an outage, whatever the deadline
     await _relay_caught_up(order)
-    await unsent(20)
+    await _outbox_row(order, written_ago=20)
     refusal = await admission.check(30)
-    assert refusal is not None and refusal.unpublished is not None and refusal.unpublished >= 20
+    assert refusal is not None and refusal.broker and refusal.expected_wait >= 20
     assert "the broker has taken none of the order service's events for 20 s" in refusal.detail
     assert refusal.retry_after >= 1
     assert await admission.check(60) is None  # an order that may wait 30 s is taken
@@ -155,14 +158,7 @@ async def test_events_published_again_for_a_new_broker_are_not_an_outage(order: 
     up to an hour ago: that read as a broker away for an hour and refused every order
     while they drained (an attack trial). Their wait counts from the new broker."""
     admission = Admission(order.db, headroom=0.5, min_pending=100, refresh_seconds=0)
-    async with order.db.unit_of_work() as uow:
-        await uow.conn.execute(
-            text(
-                "INSERT INTO outbox (event_id, topic, key, value, created_at, sent_at) VALUES"
-                " (gen_random_uuid(), 'orders.events', 'k', 'v', clock_timestamp() - interval '50 minutes',"
-                "  clock_timestamp() - interval '49 minutes')"
-            )
-        )
+    await _outbox_row(order, written_ago=50 * 60, sent_ago=49 * 60)
     assert await on_broker(order.db.engine, f"first-{uuid.uuid4()}") >= 0
     assert await on_broker(order.db.engine, f"second-{uuid.uuid4()}") >= 1  # unsent again
     try:
