@@ -73,6 +73,24 @@ async def _serving(
         server.close()
 
 
+def _answering(
+    status: int, body: bytes
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A handler for ``_serving`` that answers every request ``status`` with JSON ``body``."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(
+            f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    return answer
+
+
 async def test_a_provider_that_hangs_up_after_the_request_leaves_the_charge_in_doubt() -> None:
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(65536)
@@ -92,18 +110,7 @@ async def test_a_provider_that_hangs_up_after_the_request_leaves_the_charge_in_d
     ("status", "nothing_done"), [(503, True), (429, True), (500, False), (502, False), (504, False)]
 )
 async def test_only_503_and_429_say_nothing_was_done(status: int, nothing_done: bool) -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(65536)
-        body = b'{"error": "x", "message": "y"}'
-        writer.write(
-            f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\n\r\n".encode()
-            + body
-        )
-        await writer.drain()
-        writer.close()
-
-    async with _serving(answer) as url:
+    async with _serving(_answering(status, b'{"error": "x", "message": "y"}')) as url:
         provider = _client(url)
         try:
             got = await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
@@ -145,18 +152,7 @@ async def test_a_garbled_answer_is_asked_again_and_a_garbled_decline_is_still_a_
     and dropped every answer of it (a review): it is ``Unavailable``, the charge in doubt
     (asked again with the same key, whose replay says). A 402 is a decline whatever its
     body says of why."""
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(65536)
-        writer.write(
-            f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\n\r\n".encode()
-            + body
-        )
-        await writer.drain()
-        writer.close()
-
-    async with _serving(answer) as url:
+    async with _serving(_answering(status, body)) as url:
         provider = _client(url)
         try:
             charged = await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
