@@ -195,6 +195,7 @@ class _Restart:
 
 
 def _ready(probe: httpx.Client, url: str) -> bool:
+    """Does the service at ``url`` answer 200 on /health/ready (``probe``'s timeout)?"""
     try:
         return probe.get(f"{url}/health/ready").status_code == 200
     except httpx.HTTPError:
@@ -619,11 +620,8 @@ class System:
                         f"{name} exited with {sp.proc.returncode} while starting; its log:\n"
                         + self.log_tail(name, since_start=True)
                     )
-                try:
-                    if client.get(f"{sp.url}/health/ready").status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
+                if _ready(client, sp.url):
+                    return
                 if time.monotonic() > end:
                     raise StartFailed(
                         f"{name} not ready after {timeout:.0f} s; its log:\n"
