@@ -23,6 +23,11 @@ Each call answers one of:
   connection, a 500, 502 or 504 leave the outcome unknown: the charge may have happened;
 * ``Refused`` — the provider refused the request itself (another 4xx): a bug or a
   misconfiguration that retrying will not cure quickly; it is retried slowly and logged.
+  Refused before anything was done, its ``nothing_done`` is true — every 4xx but 409
+  (the provider's contract, as card processors' APIs say of a request that failed
+  validation or authentication): a cancelled order whose calls were all refused so is
+  voided, not left in doubt for ever. A 409 says another request under the same key
+  exists: that one may have charged.
 
 Only ``Unavailable`` counts against the breaker: a decline is the provider working.
 
@@ -91,6 +96,13 @@ class Refused:
     status: int
     reason: str
 
+    @property
+    def nothing_done(self) -> bool:
+        """True unless the status is one that may follow a charge made under the key
+        (``MAY_HAVE_DONE_REFUSALS``): counted like ``Unavailable(nothing_done=True)`` by
+        the rule a cancellation voids by."""
+        return self.status not in MAY_HAVE_DONE_REFUSALS
+
 
 ChargeResult = Charged | Declined | Unavailable | Refused
 RefundResult = Refunded | Unavailable | Refused
@@ -133,13 +145,18 @@ class _Failed(Exception):
 
 def cannot_have_charged(calls: int, nothing_done_calls: int) -> bool:
     """The rule a cancellation voids by (c6): the provider cannot have charged while every
-    call claimed so far (``calls``) was answered "nothing done" (``Unavailable``). A call
+    call claimed so far (``calls``) was answered "nothing done" (``Unavailable`` or
+    ``Refused`` with ``nothing_done``). A call
     in flight, lost in a crash, or answered otherwise keeps the two apart: it may have."""
     return calls == nothing_done_calls
 
 
 #: answers that the provider's contract defines as "nothing done": retry with the same key
 NOTHING_DONE_STATUSES: frozenset[int] = frozenset({429, 503})
+
+#: 4xx refusals that do not promise "nothing done": 409, another request under the same
+#: key (another body, or one still in progress) — it may have charged
+MAY_HAVE_DONE_REFUSALS: frozenset[int] = frozenset({409})
 
 
 def charge_key(order_id: object) -> str:

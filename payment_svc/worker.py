@@ -33,12 +33,16 @@ one transaction held open across the network:
                         breaker open), ``nothing_done_calls + 1``; then, if cancelled
                         meanwhile and every call so far did nothing: VOIDED +
                         PaymentVoided
-   refused (other 4xx)  stays; due again after the longest backoff; logged as an error
+   refused (other 4xx)  stays; due again after the longest backoff; logged as an error.
+                        Any 4xx but 409 was refused before anything was done: counted
+                        as "nothing done" above (``nothing_done_calls + 1``; VOIDED if
+                        cancelled meanwhile and every call so far did nothing)
    ===================  ==============================================================
 
 A charge waits as long as the provider does not answer — until the order's deadline
 cancels the saga (the order service's sweeper). If every call claimed so far was
-answered "nothing done" (an outage; ``attempts = nothing_done_calls``), the cancellation
+answered "nothing done" (an outage, or requests the provider refused;
+``attempts = nothing_done_calls``), the cancellation
 voids it: the customer sees no charge. If a call may have charged — in flight, lost in a
 crash, a timeout, a lost answer, a 5xx but 503 — the cancellation finishes the charge
 with the same key and refunds it, so a late charge is never kept. A refund waits for
@@ -268,7 +272,7 @@ async def record(
                 case Refunded(refund_id=refund_id):
                     emit(PaymentRefunded(customer_id=row.customer_id, amount=row.amount), row.refund_cause)
                     update |= {"s": "REFUNDED", "f": refund_id}
-                case Unavailable(nothing_done=True) if (
+                case Unavailable(nothing_done=True) | Refused(nothing_done=True) if (
                     due.status == "PENDING"
                     and row.cancel_requested
                     and cannot_have_charged(row.attempts, row.nothing_done_calls + 1)
@@ -279,18 +283,8 @@ async def record(
                     update |= {"s": "VOIDED", "z": 1}
                 case Unavailable(reason=reason, nothing_done=nothing_done):
                     wait = max(retry.delay(due.attempts), provider.retry_after())
-                    if row.waiting_since is None and due.status == "PENDING":
-                        emit(
-                            PaymentPending(
-                                customer_id=row.customer_id,
-                                amount=row.amount,
-                                since=datetime.now(UTC),
-                                reason=printable(reason, 500),
-                            ),
-                            row.charge_cause,
-                        )
-                    update |= {"e": reason, "d": wait, "w": True, "z": int(nothing_done)}
-                case Refused(status=code, reason=reason):
+                    update |= _waiting(row, due, reason, wait, nothing_done, emit)
+                case Refused(status=code, reason=reason, nothing_done=nothing_done):
                     log.error(
                         "payment provider refused the %s of order %s (%d %s): retrying in %.0f s",
                         "charge" if due.status == "PENDING" else "refund",
@@ -299,7 +293,8 @@ async def record(
                         reason,
                         retry.maximum,
                     )
-                    update |= {"e": f"refused: {code} {reason}", "d": retry.maximum, "w": True}
+                    refusal = f"refused: {code} {reason}"
+                    update |= _waiting(row, due, refusal, retry.maximum, nothing_done, emit)
             updates.append(
                 {"s": None, "r": None, "c": None, "f": None, "e": None, "d": None, "w": False, "z": 0}
                 | update
@@ -326,6 +321,24 @@ async def record(
                 {"rows": sql.rows(updates)},
             )
     return refunds
+
+
+def _waiting(
+    row: Any, due: Due, reason: str, wait: float, nothing_done: bool, emit: Callable[[Any, Any], None]
+) -> dict[str, Any]:
+    """The update of a call that settled nothing: due again in ``wait`` s, counted as
+    "nothing done" or not; the first time a charge waits, PaymentPending says why."""
+    if row.waiting_since is None and due.status == "PENDING":
+        emit(
+            PaymentPending(
+                customer_id=row.customer_id,
+                amount=row.amount,
+                since=datetime.now(UTC),
+                reason=printable(reason, 500),
+            ),
+            row.charge_cause,
+        )
+    return {"e": reason, "d": wait, "w": True, "z": int(nothing_done)}
 
 
 class PaymentWorker:

@@ -28,7 +28,7 @@ from events import (
 from order_svc.cancelling import OrderNotFound, cancel_order, cancel_overdue
 from order_svc.errors import OrderNotCancellable
 from order_svc.placing import place_order
-from payment_svc.provider import PaymentProvider, charge_key
+from payment_svc.provider import Charged, PaymentProvider, Refused, charge_key
 from payment_svc.worker import call, claim, record
 from saga_kit.consumer import Outcome
 from tests.integration.conftest import (
@@ -259,6 +259,65 @@ async def test_a_cancel_while_the_call_is_out_waits_for_its_answer(payment: Serv
     # the amount it would have charged, as a void by the cancellation keeps it
     assert await payment.scalar("SELECT amount FROM payments WHERE order_id = :o", o=oid) == Decimal("5.00")
     assert not await charged_at_provider(payment, oid)
+
+
+async def refused_once(payment: ServiceUnderTest, oid: uuid.UUID, provider: PaymentProvider) -> Refused:
+    """One claimed call through ``provider``, answered with a refusal, and recorded."""
+    assert payment.worker is not None
+    (due,) = [d for d in await claim(payment.db, 64, 60.0) if d.order_id == oid]
+    answer = await call(provider, due)
+    assert isinstance(answer, Refused), answer
+    await record(payment.db, provider, payment.worker.retry, [(due, answer)])
+    return answer
+
+
+async def test_a_cancel_after_the_provider_refused_every_call_voids(payment: ServiceUnderTest) -> None:
+    """A payment service pointed at a wrong path of the provider (a misconfiguration) is
+    answered 404 — refused before anything was done. The order's deadline cancels it: a
+    void, not a charge retried in doubt for ever (a review found that)."""
+    assert payment.provider is not None
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    misconfigured = PaymentProvider(
+        payment.provider.base_url + "/no-such-path", timeout=2.0, breaker_failures=5, breaker_recovery=1.0
+    )
+    try:
+        refused = await refused_once(payment, oid, misconfigured)
+    finally:
+        await misconfigured.aclose()
+    assert refused.status == 404 and refused.nothing_done
+    rows = await payment.rows(
+        "SELECT status, attempts, nothing_done_calls, last_error FROM payments WHERE order_id = :o", o=oid
+    )
+    assert [(r.status, r.attempts, r.nothing_done_calls) for r in rows] == [("PENDING", 1, 1)]
+    assert rows[0].last_error.startswith("refused: 404"), rows[0].last_error
+    await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid))
+    assert await emitted_types(payment, oid) == ["PaymentPending", "PaymentVoided"]
+    assert await payment_row(payment, oid) == ("VOIDED", 1)
+    assert not await charged_at_provider(payment, oid)
+    assert await balance(payment, cid) == Decimal("10.00")
+
+
+async def test_a_cancel_after_a_409_does_not_void(payment: ServiceUnderTest) -> None:
+    """A 409 says another request holds the order's key: that one charged here (another
+    amount under the same key). The cancellation must not void what may be a charge."""
+    assert payment.provider is not None
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    other = await payment.provider.charge(charge_key(oid), cid, Decimal("1.00"), str(oid))
+    assert isinstance(other, Charged)
+    refused = await refused_once(payment, oid, payment.provider)
+    assert refused.status == 409 and not refused.nothing_done
+    await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid))
+    assert await emitted_types(payment, oid) == ["PaymentPending"]
+    rows = await payment.rows(
+        "SELECT status, cancel_requested, nothing_done_calls FROM payments WHERE order_id = :o", o=oid
+    )
+    assert [(r.status, r.cancel_requested, r.nothing_done_calls) for r in rows] == [("PENDING", True, 0)]
+    # in doubt, due again and refused again for as long as the key stays taken: gone, so
+    # that no test after this one finds it due
+    async with payment.db.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM payments WHERE order_id = :o"), {"o": oid})
 
 
 async def test_a_call_lost_in_a_crash_leaves_the_charge_in_doubt_whatever_follows(

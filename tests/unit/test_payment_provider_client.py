@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 import pytest_asyncio
 
-from payment_svc.provider import Declined, PaymentProvider, Unavailable, Unreachable
+from payment_svc.provider import Declined, PaymentProvider, Refused, Unavailable, Unreachable
 from sagastack.embedded import free_port
 
 
@@ -118,6 +118,27 @@ async def test_only_503_and_429_say_nothing_was_done(status: int, nothing_done: 
             assert got.nothing_done is nothing_done
         finally:
             await provider.aclose()
+
+
+@pytest.mark.parametrize(
+    ("status", "nothing_done"), [(400, True), (401, True), (404, True), (422, True), (409, False)]
+)
+async def test_a_refusal_did_nothing_unless_another_request_holds_the_key(
+    status: int, nothing_done: bool
+) -> None:
+    """A 4xx but a decline is ``Refused``; every one but 409 (another request under the
+    key, which may have charged) was refused before anything was done, so a cancellation
+    may void what such calls left (a review: a cancelled order whose charge the provider
+    kept refusing stayed in doubt for ever)."""
+    async with _serving(_answering(status, b'{"error": "x", "message": "y"}')) as url:
+        provider = _client(url)
+        try:
+            got = await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
+        finally:
+            await provider.aclose()
+    assert got == Refused(status, "x"), got
+    assert got.nothing_done is nothing_done
+    assert provider.state == "closed"  # a refusal is the provider working
 
 
 async def test_an_open_breaker_sends_nothing_so_nothing_was_done() -> None:
