@@ -18,8 +18,9 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 
@@ -223,24 +224,46 @@ class PidFile:
                 ended.append(name)
         return ended
 
-    def stop_leftovers(self) -> list[str]:
-        """Stop processes a previous run recorded and left running: first the services
-        and the provider simulator, all at once, then the database and broker servers
-        (``SERVERS``), which then have no clients to wait for; each wave SIGTERM, then
-        SIGKILL for what still runs after ``LEFTOVER_GRACE_SECONDS``. Returns their names
-        and pids."""
-        found: list[tuple[str, psutil.Process]] = []
-        for name, (pid, created) in self._read().items():
-            if process_running(int(pid), created):  # not ended, not a zombie, not a reused pid
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    found.append((name, psutil.Process(int(pid))))
-        stopped = []
-        for servers in (False, True):
-            wave = [(name, proc) for name, proc in found if name.startswith(SERVERS) == servers]
-            stop_processes([proc for _, proc in wave], signal.SIGTERM)
-            stopped += [f"{name} (pid {proc.pid})" for name, proc in wave]
-        self.path.write_text("{}")
+    def recorded(self) -> list[Recorded]:
+        """What the file records now (nothing if it is gone)."""
+        return [Recorded(name, int(pid), created) for name, (pid, created) in self._read().items()]
+
+    def stop_leftovers(self, also: Iterable[Recorded] = ()) -> list[str]:
+        """Stop processes a previous run recorded and left running, and those of ``also``
+        (records read earlier: the watchdog's memory of a file deleted since), as
+        ``stop_recorded`` does; then empty the file. Returns their names and pids."""
+        stopped = stop_recorded([*self.recorded(), *also])
+        with contextlib.suppress(FileNotFoundError):  # its run directory deleted
+            self.path.write_text("{}")
         return stopped
+
+
+class Recorded(NamedTuple):
+    """A process as ``PidFile`` records it: its name, pid and create time."""
+
+    name: str
+    pid: int
+    created: float
+
+
+def stop_recorded(records: Iterable[Recorded]) -> list[str]:
+    """Stop the recorded processes still running (each once, however often recorded):
+    first the services and the provider simulator, all at once, then the database and
+    broker servers (``SERVERS``), which then have no clients to wait for; each wave
+    SIGTERM, then SIGKILL for what still runs after ``LEFTOVER_GRACE_SECONDS``. A pid
+    whose create time differs is someone else's now: never touched. Returns their names
+    and pids."""
+    found: dict[tuple[int, float], tuple[str, psutil.Process]] = {}
+    for name, pid, created in records:
+        if (pid, created) not in found and process_running(pid, created):  # not a zombie, not reused
+            with contextlib.suppress(psutil.NoSuchProcess):
+                found[pid, created] = (name, psutil.Process(pid))
+    stopped = []
+    for servers in (False, True):
+        wave = [(name, proc) for name, proc in found.values() if name.startswith(SERVERS) == servers]
+        stop_processes([proc for _, proc in wave], signal.SIGTERM)
+        stopped += [f"{name} (pid {proc.pid})" for name, proc in wave]
+    return stopped
 
 
 def tansu_binary() -> str:

@@ -13,7 +13,10 @@ write end only the supervisor holds (``Watchdog``; the descriptor is not inherit
 what the supervisor starts). A clean stop writes ``DONE`` and the watchdog exits. When the
 pipe ends without it, the supervisor is gone however it went: the watchdog claims the
 run directory (a run that claimed it first stops the leftovers itself), stops every
-process of the directory's pid file, services before the database and broker they use
+process of the directory's pid file — and every one it read there while the supervisor
+lived (it reads the file every second), so a run directory deleted before the watchdog
+acts (a test's cleanup did, and its services ran on for hours) still has its processes
+stopped — services before the database and broker they use
 (and a database server the pid file had not recorded yet: one killed mid-start),
 removes the run's manifest (``stack.json``), and says what it stopped in
 ``logs/watchdog.log``.
@@ -23,14 +26,26 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
 
-from sagastack.embedded import MANIFEST, PidFile, Postgres, RunDirectoryClaim, RunDirectoryInUse
+from sagastack.embedded import (
+    MANIFEST,
+    PidFile,
+    Postgres,
+    Recorded,
+    RunDirectoryClaim,
+    RunDirectoryInUse,
+    stop_recorded,
+)
 
 #: What a supervisor that stops cleanly writes before it closes the pipe.
 DONE = b"done"
+#: Seconds between two readings of the run's pid file while the supervisor lives: what the
+#: watchdog remembers stops even if the run directory is deleted before it acts.
+RECORDS_SECONDS = 1.0
 #: Seconds the run directory's claim is tried for once the supervisor is gone.
 CLAIM_PATIENCE_SECONDS = 5.0
 
@@ -72,18 +87,32 @@ class Watchdog:
 
 
 def watch(run_dir: Path) -> list[str]:
-    """Block until the supervisor's pipe (stdin) ends; then, unless it said ``DONE``,
-    stop what its run left running. Returns what was stopped (names and pids)."""
-    said = sys.stdin.buffer.read()
+    """Block until the supervisor's pipe (stdin) ends, reading the run's pid file every
+    ``RECORDS_SECONDS`` meanwhile; then, unless it said ``DONE``, stop what its run left
+    running. Returns what was stopped (names and pids)."""
+    pid_file = PidFile(run_dir / "pids.json")
+    seen: set[Recorded] = set()
+    said = b""
+    while True:
+        seen.update(pid_file.recorded())
+        readable, _, _ = select.select([sys.stdin.buffer], [], [], RECORDS_SECONDS)
+        if readable:
+            chunk = os.read(sys.stdin.buffer.fileno(), len(DONE))
+            if not chunk:
+                break
+            said += chunk
     if said == DONE:
         return []
+    if not run_dir.is_dir():  # deleted meanwhile (a test's cleanup): nothing to claim
+        log.warning("the run directory %s is gone: stopping what its pid file recorded", run_dir)
+        return stop_recorded(seen)
     claim = _claim(run_dir)
     if claim is None:  # a new run took the directory: it stops the leftovers itself
         log.warning("the supervisor ended without stopping its run; the new run in %s stops it", run_dir)
         return []
     try:
         (run_dir / MANIFEST).unlink(missing_ok=True)  # nothing runs there to check
-        stopped = PidFile(run_dir / "pids.json").stop_leftovers()
+        stopped = pid_file.stop_leftovers(also=seen)
         # a server killed mid-start left before the pid file recorded it
         unrecorded = Postgres.stop_unrecorded(run_dir / "pgdata")
         if unrecorded is not None:

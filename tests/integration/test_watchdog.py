@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from sagastack.embedded import MANIFEST, PidFile, Postgres, process_running
+from sagastack.watchdog import RECORDS_SECONDS
 
 SUPERVISOR = """
 import sys, time
@@ -68,6 +69,30 @@ def test_a_supervisor_killed_with_sigkill_leaves_nothing_running(run_root: Path)
     assert "postgres (pid" in said and "tansu (pid" in said
     assert json.loads((run_dir / "pids.json").read_text()) == {}
     assert not (run_dir / MANIFEST).exists()  # sagastack check: nothing runs there
+
+
+def test_a_run_directory_gone_before_the_watchdog_acts_still_leaves_nothing_running(run_root: Path) -> None:
+    """A test's cleanup deleted the run directory of a supervisor that had died: its pid
+    file went with it, the watchdog found nothing to stop, and a service ran on for hours.
+    The watchdog remembers what it read there while the supervisor lived. (The directory
+    is moved away here, not deleted, so the servers' own files stay where they are.)"""
+    run_dir = run_root / "watchdog-directory-gone"
+    proc, watchdog, recorded = supervise(run_dir, "sleep")
+    moved = run_root / "watchdog-directory-gone-moved"
+    try:
+        servers = [int(pid) for pid, _ in recorded.values()]
+        assert len(servers) == 2
+        time.sleep(RECORDS_SECONDS * 2)  # the watchdog has read the pid file since
+        run_dir.rename(moved)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert wait_until_gone([*servers, watchdog], 60) == []
+    finally:  # whatever failed above, no server of this test runs on
+        proc.kill()
+        PidFile(moved / "pids.json").stop_leftovers()
+    said = (moved / "logs" / "watchdog.log").read_text()
+    assert "is gone: stopping what its pid file recorded" in said, said
+    assert "postgres (pid" in said and "tansu (pid" in said
 
 
 def test_a_supervisor_that_stops_cleanly_dismisses_its_watchdog(run_root: Path) -> None:
