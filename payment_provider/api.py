@@ -37,7 +37,7 @@ from payment_provider.models import (
     RefundView,
     error_doc,
 )
-from saga_kit.http import IDEMPOTENT_REPLAYED
+from saga_kit.http import IDEMPOTENT_REPLAYED, sent_twice
 
 Responses = dict[int | str, dict[str, Any]]
 
@@ -90,12 +90,17 @@ def _checked(adapter: TypeAdapter[str], value: str, where: str, name: str) -> st
 
 
 def idempotency_key(
+    request: Request,
     idempotency_key: Annotated[
         str | None,
         Header(description="1 to 200 printable characters (UTF-8); the same key answers the same result"),
     ] = None,
 ) -> str:
-    """The ``Idempotency-Key`` header: required (400), 1..200 printable UTF-8 characters."""
+    """The ``Idempotency-Key`` header: required (400), 1..200 printable UTF-8 characters,
+    sent once (422: which of two keys was meant is unknown; the framework took the first,
+    and a client retrying under the second would be charged twice — a trial found it)."""
+    if len(request.headers.getlist("idempotency-key")) > 1:
+        raise InvalidRequest([sent_twice("header", "Idempotency-Key")])
     if not idempotency_key:
         raise IdempotencyKeyRequired()
     try:  # HTTP hands header bytes over as Latin-1; a key is UTF-8, like a path's

@@ -322,10 +322,13 @@ def _repeated(scope: Scope, headers: Headers) -> tuple[int, dict[str, Any], list
     twice += [("header", h) for h in SINGLE_HEADERS if len(headers.getlist(h)) > 1]
     if not twice:
         return None
-    detail = [
-        {"loc": list(where), "msg": "sent more than once: send one", "type": "duplicate"} for where in twice
-    ]
-    return 422, {"detail": detail, "reason": "invalid_request"}, []
+    return 422, {"detail": [sent_twice(*where) for where in twice], "reason": "invalid_request"}, []
+
+
+def sent_twice(where: str, name: str) -> dict[str, Any]:
+    """The 422 detail of a query parameter or single-valued header (``where``: ``query``
+    or ``header``) given more than once."""
+    return {"loc": [where, name], "msg": "sent more than once: send one", "type": "duplicate"}
 
 
 #: Methods whose body, when they have one, is JSON on every route of the services.

@@ -205,6 +205,25 @@ async def test_a_charge_or_refund_without_an_idempotency_key_is_refused(provider
     assert await balance_of(provider, acct) == "30.00"
 
 
+async def test_an_idempotency_key_sent_twice_is_refused_and_charges_nothing(
+    provider: httpx.AsyncClient,
+) -> None:
+    """Two ``Idempotency-Key`` headers charged under the first (a trial): a client retrying
+    under the second would have been charged twice. Which one was meant is unknown: 422."""
+    acct = await account(provider, "30.00")
+    twice = httpx.Headers([("Idempotency-Key", "k-one"), ("Idempotency-Key", "k-two")])
+    for path, body in (
+        ("/v1/charges", {"account_id": acct, "amount": "5.00", "reference": "r"}),
+        ("/v1/refunds", {"charge_key": "k-one"}),
+    ):
+        r = await provider.post(path, json=body, headers=twice)
+        assert (r.status_code, r.json()["error"]) == (422, "invalid_request"), r.text
+        (detail,) = r.json()["details"]
+        assert (detail["loc"], detail["type"]) == (["header", "Idempotency-Key"], "duplicate")
+    assert await balance_of(provider, acct) == "30.00"
+    assert (await provider.get("/v1/charges/k-one")).status_code == 404
+
+
 async def test_invalid_requests_are_refused_and_change_nothing(provider: httpx.AsyncClient) -> None:
     acct = await account(provider, "30.00")
     good = {"account_id": acct, "amount": "5.00", "reference": "r"}
