@@ -179,8 +179,19 @@ def storable(text: str) -> str:
     bidirectional overrides (``_unsafe``)."""
     for ch in text:
         if _unsafe(ch):
-            raise ValueError(f"text must not contain the control or surrogate character U+{ord(ch):04X}")
+            raise ValueError(f"text must not contain the {_kind(ch)} U+{ord(ch):04X}")
     return text
+
+
+def _kind(ch: str) -> str:
+    """What an unsafe character is, in words (a bidirectional override was called a
+    control or surrogate character: a trial)."""
+    code = ord(ch)
+    if 0xD800 <= code <= 0xDFFF:
+        return "lone surrogate"
+    if 0x202A <= code <= 0x202E or 0x2066 <= code <= 0x2069:
+        return "bidirectional control character"
+    return "control character"
 
 
 #: Free text that is stored: no NUL, no control characters, no lone surrogates, no

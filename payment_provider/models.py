@@ -32,7 +32,9 @@ _CENT = Decimal("0.01")
 def printable_text(value: str) -> str:
     """Refuse control characters, separators other than the space, lone surrogates."""
     if not value.isprintable():
-        raise ValueError("must be printable text (no control, separator or surrogate characters)")
+        raise ValueError(
+            "must be printable text (no control characters, no separators but the space, no lone surrogates)"
+        )
     return value
 
 

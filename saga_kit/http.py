@@ -300,8 +300,8 @@ class RequestGuard:
             )
         content_type = field("content-type")  # twice: never JSON, whichever comes first
         if has_body and method in _WITH_JSON_BODY and not _is_json(content_type):
-            shown = printable(content_type or "none", 100)
-            detail = f"a body of the media type {shown!r} is not accepted here: send application/json (UTF-8)"
+            sent = f"the media type {printable(content_type, 100)!r}" if content_type else "no Content-Type"
+            detail = f"a body with {sent} is not accepted here: send application/json (UTF-8)"
             return 415, {"detail": detail, "reason": "unsupported_media_type"}, []
         if length.isdigit() and int(length) > self.max_body_size:
             return 413, _too_large(self.max_body_size, length), []

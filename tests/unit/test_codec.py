@@ -23,7 +23,7 @@ from events import (
 )
 from events.codec import summary
 from events.commands import PlaceOrder
-from events.values import Money
+from events.values import Money, SafeText
 from tests.unit.samples import order_created, sample_payloads
 
 
@@ -147,3 +147,20 @@ def test_a_validation_summary_names_what_is_wrong_and_nothing_else(items: list[A
     with pytest.raises(ValidationError) as refused:
         PlaceOrder.model_validate({"command_id": str(uuid.uuid4()), "customer_id": "a", "items": items})
     assert summary(refused.value) == said
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("x\u0000y", "the control character U+0000"),
+        ("x\u0085y", "the control character U+0085"),
+        ("1 Main St\u202e", "the bidirectional control character U+202E"),
+        ("\u2066x", "the bidirectional control character U+2066"),
+        ("x\ud800", "the lone surrogate U+D800"),
+    ],
+)
+def test_stored_text_names_the_kind_of_character_it_refuses(text: str, said: str) -> None:
+    """A bidirectional override was called "the control or surrogate character" (a trial)."""
+    with pytest.raises(ValidationError) as refused:
+        TypeAdapter(SafeText).validate_python(text)
+    assert refused.value.errors()[0]["msg"] == f"Value error, text must not contain {said}"

@@ -186,6 +186,27 @@ async def test_a_body_whose_content_type_is_said_twice_is_a_415_whichever_comes_
 
 
 @pytest.mark.parametrize(
+    ("content_type", "said"),
+    [
+        (None, "a body with no Content-Type is not accepted here"),
+        (b"text/plain", "a body with the media type 'text/plain' is not accepted here"),
+    ],
+)
+async def test_a_body_that_is_not_json_is_a_415_saying_what_was_sent(
+    content_type: bytes | None, said: str
+) -> None:
+    """Without a Content-Type the answer named "the media type 'none'" (a trial)."""
+    app = Reader()
+    guard = RequestGuard(app, allowed_origins=(), max_body_size=1024)
+    typed = [(b"content-type", content_type)] if content_type else []
+    headers = [(b"host", b"127.0.0.1"), *typed, (b"content-length", b"2")]
+    sent: list[Message] = []
+    await guard(_scope(headers), _client(b"{}"), lambda m: _sent(sent, m))
+    assert sent[0]["status"] == 415
+    assert json.loads(sent[1]["body"])["detail"].startswith(said)
+
+
+@pytest.mark.parametrize(
     ("query", "headers", "where"),
     [
         (b"status=PENDING&status=APPROVED", [], [["query", "status"]]),
