@@ -107,8 +107,20 @@ def _in_flight(database_urls: dict[str, str], moved: bool) -> str:
     holding = invariants.holding_orders(database_urls, SHOWN_IN_FLIGHT)
     if holding:
         said += "; reservations held for: " + ", ".join(f"{oid} ({status})" for oid, status in holding)
+    provider_errors = sorted(
+        {error for _, _, error in invariants.waiting_payments(database_urls, SHOWN_IN_FLIGHT) if error}
+    )
+    if provider_errors:
+        said += "; the provider's last answers: " + "; ".join(provider_errors)
     if moved:
         return said + ". Check again when the load stops, or wait longer (--wait)."
+    if waiting and provider_errors and not (pending or held or unsent):
+        # nothing stuck but payments, and the provider said why: an outage or a refusal,
+        # not a lost event; the charges and refunds go on once it answers
+        return said + (
+            ". Nothing moved while it waited: the payments wait on the provider (see its answers;"
+            " sagactl health shows its circuit breaker), and are settled once it answers."
+        )
     return (
         said + ". Nothing moved while it waited: these look stuck, not in flight — a saga whose"
         " event was lost (an embedded Tansu restarted keeps no events), or a service that is"

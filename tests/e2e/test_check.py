@@ -69,3 +69,23 @@ def test_check_waits_for_a_stack_to_settle_and_says_what_is_in_flight(system: Sy
     assert "not settled after 1 s: 1 order PENDING, 0 reservations held" in done.stdout
     assert f"the oldest PENDING: {oid} (placed " in done.stdout
     assert "Nothing moved while it waited: these look stuck, not in flight" in done.stdout
+
+
+def test_check_names_the_provider_when_only_payments_wait_on_it(system: System) -> None:
+    """A refund waiting through a provider outage was reported as "a saga whose event was
+    lost, or a service that is down" (a trial): the payment service knows the provider's
+    last answer, and check says it."""
+    oid = str(uuid.uuid4())
+    with changed(  # a refund the provider keeps refusing, due again in an hour
+        system.database_urls["payment_svc"],
+        "INSERT INTO payments (order_id, customer_id, amount, status, attempts, waiting_since,"
+        " last_error, next_attempt_at) VALUES (%s, 'nobody', 1, 'REFUND_PENDING', 1, now(),"
+        " 'the provider answered 503 unavailable after 1 ms', now() + interval '1 hour')",
+        "DELETE FROM payments WHERE order_id = %s",
+        (oid,),
+    ):
+        done = sagastack("check", "--run-dir", str(system.run_dir), "--wait", "1", timeout=120)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "0 orders PENDING, 0 reservations held, 1 payment waiting on the provider" in done.stdout
+    assert "the provider's last answers: the provider answered 503 unavailable after 1 ms" in done.stdout
+    assert "the payments wait on the provider" in done.stdout and "look stuck" not in done.stdout
