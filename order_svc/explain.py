@@ -169,7 +169,7 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
         owed.append(
             _item(
                 seen,
-                "never charge it",
+                "keep no charge: void it, or refund a charge already under way",
                 "OrderCancelled",
                 "payment_svc",
                 "PaymentVoided",

@@ -87,7 +87,7 @@ def test_timeout_before_any_charge_owes_the_reservation_and_payment_s_word() -> 
     assert "deadline" in e.verdict
     assert [(c.action, c.done_by, c.owed_by) for c in e.owed] == [
         ("give reserved or sold stock back", None, "inventory_svc"),
-        ("never charge it", None, "payment_svc"),
+        ("keep no charge: void it, or refund a charge already under way", None, "payment_svc"),
     ]
     assert e.settled is False
     done = explain(
@@ -126,7 +126,7 @@ def test_a_charge_that_landed_after_the_cancel_is_owed_back() -> None:
 
 
 def test_a_cancelled_saga_waiting_on_the_provider_says_what_payment_will_do() -> None:
-    """Cancelled while its charge waits on the provider: neither 'never charge it' alone
+    """Cancelled while its charge waits on the provider: neither 'keep no charge' alone
     nor silence — payment voids if the provider did nothing, else charges and refunds."""
     since = {"since": "2026-11-30T12:00:00+00:00", "reason": "503"}
     waiting = explain(
