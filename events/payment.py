@@ -44,14 +44,16 @@ class PaymentPending(EventPayload):
     """Step 3, waiting: the payment provider could not be reached or did not answer (a
     timeout, a 5xx, an outage, the circuit breaker open) and payment keeps trying with the
     same idempotency key — until it answers, or until the order's deadline cancels the
-    saga. Emitted once per order, when it first has to wait; it decides nothing."""
+    saga. Emitted when the charge first has to wait, and when a refund first has to (its
+    ``reason`` then starts with ``refund:``, its causation the cancellation): at most twice
+    per order. It decides nothing."""
 
     event_type: ClassVar[str] = "PaymentPending"
     producer: ClassVar[str] = PRODUCER
 
     customer_id: ExternalId
     amount: Money
-    #: when payment first failed to reach the provider for this order
+    #: when payment first failed to reach the provider for this charge or refund
     since: Instant
     #: what went wrong, for people (e.g. ``provider timed out after 2.0 s``)
     reason: Annotated[SafeText, Field(max_length=500)]

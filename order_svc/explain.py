@@ -156,6 +156,15 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
             # the charge was in doubt (the provider did not answer) when the cancellation
             # came: payment finishes a charge it cannot rule out, then refunds it
             verdict += "; payment charged after the cancellation (a charge already under way), to refund it"
+        refund_waits = _last_after(events, "PaymentPending", "PaymentCompleted")
+        if refund_waits is not None and "PaymentRefunded" not in seen:
+            told = refund_waits.get("payload", {})
+            verdict += (
+                f"; the refund is waiting on the provider since {_instant(told.get('since'))}"
+                f" ({str(told.get('reason', 'no reason given')).removeprefix('refund: ')}):"
+                " payment refunds it under the same"
+                " idempotency key once it answers"
+            )
     elif status == "CANCELLED":
         # payment always hears of a cancellation: it voids, or it had declined, or it
         # charged in the meantime and refunds
@@ -183,6 +192,17 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
         # cancellation, either may still hold or charge something
         verdict += "; nothing was held or charged, so nothing needed undoing"
     return Explanation(verdict, owed, settled)
+
+
+def _last_after(
+    events: Sequence[Mapping[str, Any]], event_type: str, earlier: str
+) -> Mapping[str, Any] | None:
+    """The last ``event_type`` event in the timeline after its first ``earlier`` one."""
+    types = [e["event_type"] for e in events]
+    if earlier not in types:
+        return None
+    start = types.index(earlier)
+    return next((e for e in reversed(events[start + 1 :]) if e["event_type"] == event_type), None)
 
 
 def _after(events: Sequence[Mapping[str, Any]], later: str, earlier: str) -> bool:

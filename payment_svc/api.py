@@ -128,7 +128,8 @@ class PaymentView(BaseModel):
     #: without settling it: a timeout, a lost answer, a 5xx but 503): a cancellation
     #: finishes the charge and refunds it instead of voiding
     charge_in_doubt: bool
-    #: since when it has been waiting on the provider (null: never had to)
+    #: since when its current call — the charge, or the refund — has waited on the provider
+    #: (null: not waiting)
     waiting_since: datetime | None
     last_error: str | None
     next_attempt_at: datetime | None

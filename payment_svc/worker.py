@@ -28,7 +28,8 @@ one transaction held open across the network:
    declined (402)       DECLINED + PaymentFailed with the provider's decline code
    refunded             REFUNDED + PaymentRefunded
    unavailable          stays; due again after the retry policy's backoff (or when the
-                        open breaker lets a probe through); the first time, PaymentPending.
+                        open breaker lets a probe through); the first time the charge
+                        waits, and the first time a refund does, PaymentPending.
                         If the provider did nothing (503, 429, no connection, the
                         breaker open), ``nothing_done_calls + 1``; then, if cancelled
                         meanwhile and every call so far did nothing: VOIDED +
@@ -308,8 +309,9 @@ async def record(
                     " nothing_done_calls = p.nothing_done_calls + v.z,"
                     " charge_id = COALESCE(v.c, p.charge_id), refund_id = COALESCE(v.f, p.refund_id),"
                     " last_error = v.e,"
-                    " waiting_since = CASE WHEN v.w THEN COALESCE(p.waiting_since, clock_timestamp())"
-                    "   ELSE p.waiting_since END,"
+                    # the current call's wait: kept while it waits, ended by an answer
+                    # that settles it (a refund's wait is its own, announced again)
+                    " waiting_since = CASE WHEN v.w THEN COALESCE(p.waiting_since, clock_timestamp()) END,"
                     " next_attempt_at = CASE WHEN v.d IS NULL THEN p.next_attempt_at"
                     "   ELSE clock_timestamp() + make_interval(secs => v.d) END,"
                     " updated_at = clock_timestamp() FROM "
@@ -327,16 +329,19 @@ def _waiting(
     row: Any, due: Due, reason: str, wait: float, nothing_done: bool, emit: Callable[[Any, Any], None]
 ) -> dict[str, Any]:
     """The update of a call that settled nothing: due again in ``wait`` s, counted as
-    "nothing done" or not; the first time a charge waits, PaymentPending says why."""
-    if row.waiting_since is None and due.status == "PENDING":
+    "nothing done" or not. The first time the charge waits, and the first time a refund
+    does, PaymentPending says why (a refund's reason starts with ``refund:``): a refund
+    waiting through an outage was otherwise silent in the saga's timeline (a trial)."""
+    if row.waiting_since is None:
+        refund = due.status == "REFUND_PENDING"
         emit(
             PaymentPending(
                 customer_id=row.customer_id,
                 amount=row.amount,
                 since=datetime.now(UTC),
-                reason=printable(reason, 500),
+                reason=printable(f"refund: {reason}" if refund else reason, 500),
             ),
-            row.charge_cause,
+            row.refund_cause if refund else row.charge_cause,
         )
     return {"e": reason, "d": wait, "w": True, "z": int(nothing_done)}
 

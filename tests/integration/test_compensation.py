@@ -241,6 +241,40 @@ async def test_a_cancel_after_a_500_finishes_the_charge_in_doubt_and_refunds_it(
     assert await balance(payment, cid) == Decimal("10.00")
 
 
+async def test_a_refund_that_waits_on_the_provider_says_so_once(payment: ServiceUnderTest) -> None:
+    """The charge waited through one outage, the refund through another: each wait is
+    announced once (PaymentPending; the refund's reason says it is the refund, its cause
+    the cancellation), and a settled call waits no more (``waiting_since`` null)."""
+    assert payment.worker is not None
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await reserved_once(payment, cid, oid, outage=True)  # the charge waits
+    await due_now(payment, oid)
+    await payment.work()  # charged
+    waited = "SELECT waiting_since FROM payments WHERE order_id = :o"
+    assert await payment.scalar(waited, o=oid) is None
+    cancel = event(OrderCancelled(customer_id=cid, reason="cancelled_by_customer"), oid)
+    await payment.deliver(cancel, work=False)
+    for _ in range(2):  # the refund waits, twice
+        await due_now(payment, oid)
+        async with provider_failing(payment, outage=True):
+            assert await payment.worker.round() == 1
+    assert await payment.scalar(waited, o=oid) is not None
+    await due_now(payment, oid)
+    await payment.work()  # refunded
+    assert await emitted_types(payment, oid) == [
+        "PaymentPending",
+        "PaymentCompleted",
+        "PaymentPending",
+        "PaymentRefunded",
+    ]
+    charge_wait, _, refund_wait, _ = await payment.emitted(oid)
+    assert not charge_wait.payload.reason.startswith("refund:")  # type: ignore[attr-defined]
+    assert refund_wait.payload.reason.startswith("refund: the provider answered 503")  # type: ignore[attr-defined]
+    assert refund_wait.causation_id == cancel.event_id
+    assert await payment.scalar(waited, o=oid) is None
+    assert await balance(payment, cid) == Decimal("10.00")
+
+
 async def test_a_cancel_while_the_call_is_out_waits_for_its_answer(payment: ServiceUnderTest) -> None:
     """The call is claimed, the cancellation arrives, then the provider answers 503: the
     worker, not the cancellation, voids — a void while the call was out could have been

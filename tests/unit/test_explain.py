@@ -155,3 +155,31 @@ def test_a_cancelled_saga_waiting_on_the_provider_says_what_payment_will_do() ->
         ),
     )
     assert "waiting on the provider" not in voided.verdict and voided.settled
+
+
+def test_a_refund_waiting_on_the_provider_says_so() -> None:
+    """Cancelled after approval while the provider is away: the refund waits, and the
+    verdict said nothing of why (a trial). A PaymentPending after the charge is the
+    refund's wait; one before it was the charge's, and says nothing of the refund."""
+    told = {"since": "2026-12-02T08:00:00+00:00", "reason": "refund: the provider answered 503 unavailable"}
+    cancelled = (*HAPPY, "OrderCancelled", "InventoryReleased")
+    waiting = explain(
+        "CANCELLED", "cancelled_by_customer", timeline(*cancelled, "PaymentPending", PaymentPending=told)
+    )
+    assert waiting.verdict == (
+        "cancelled: the customer cancelled it after it was approved; the refund is waiting on the"
+        " provider since 2026-12-02T08:00:00+00:00 (the provider answered 503 unavailable): payment"
+        " refunds it under the same idempotency key once it answers"
+    )
+    assert waiting.settled is False
+    refunded = explain(
+        "CANCELLED",
+        "cancelled_by_customer",
+        timeline(*cancelled, "PaymentPending", "PaymentRefunded", PaymentPending=told),
+    )
+    assert "waiting" not in refunded.verdict and refunded.settled is True
+    charge_waited = ("OrderCreated", "InventoryReserved", "PaymentPending", *HAPPY[2:], "OrderCancelled")
+    assert (
+        "refund is waiting"
+        not in explain("CANCELLED", "cancelled_by_customer", timeline(*charge_waited)).verdict
+    )
