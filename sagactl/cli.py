@@ -12,8 +12,8 @@ with the key 'make run' / 'make demo' made under the run directory.
 Every command takes --output (-o): text fits the terminal (80 columns and
 up; ids shortened to 8 characters), wide shows full ids and every column however
 wide that is, json prints the API's data and nothing else on stdout. An error is
-one line on stderr and a non-zero exit: 1 when a service refused, 2 when it could not
-be reached.
+one line on stderr and a non-zero exit: 1 when a service refused, 2 when sagactl was
+called wrong (a usage error), 3 when a service or the broker could not be reached.
 
 '--via kafka' connects to the broker as the services do: KAFKA_SECURITY_PROTOCOL,
 KAFKA_SSL_CAFILE, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD_FILE …
@@ -64,6 +64,10 @@ SHORT_ID = 8
 UNBOUNDED = 100_000
 #: How many recent orders a shortened order id is looked up among (the API's page limit).
 RECENT_ORDERS = 1000
+#: Exit codes: a service refused (or answered something unusable); sagactl was called
+#: wrong (click's own code for a usage error); a service or the broker could not be
+#: reached. Distinct, so a script can tell a mistake of its own from an outage.
+REFUSED, USAGE, UNREACHABLE = 1, 2, 3
 
 
 class Output(StrEnum):
@@ -150,7 +154,7 @@ def main(
 # -- talking to the services, and failing in one sentence ---------------------------------
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
+def _fail(message: str, code: int = REFUSED) -> NoReturn:
     """End the command: message as one line on stderr, exit code."""
     errors.print(Text(" ".join(message.split()), style="red"))
     raise typer.Exit(code)
@@ -158,17 +162,17 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 def _request(ctx: typer.Context, service: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
     """One HTTP call to service, whatever it answered; the command ends with one line
-    saying why (exit 2) if it could not be reached."""
+    saying why (exit 3, UNREACHABLE) if it could not be reached."""
     base = _urls(ctx).of(service)
     try:
         return _urls(ctx).client.request(method, base + path, **kwargs)
     except httpx.HTTPError as exc:
-        _fail(_unreachable(service, base, exc), 2)
+        _fail(_unreachable(service, base, exc), UNREACHABLE)
 
 
 def _call(ctx: typer.Context, service: str, method: str, path: str, **kwargs: Any) -> Any:
     """One HTTP call to service; its JSON answer, or the command ends with one line
-    saying why (exit 2: it could not be reached; 1: it refused)."""
+    saying why (exit 3: it could not be reached; 1: it refused)."""
     return _answer(ctx, service, method, path, _request(ctx, service, method, path, **kwargs))
 
 
@@ -522,7 +526,7 @@ def place(
     try:
         command = PlaceOrder(command_id=uuid.uuid4(), **body)
     except ValidationError as exc:
-        _fail(f"not a valid order: {_problems(own_errors(exc.errors()))}", 2)
+        _fail(f"not a valid order: {_problems(own_errors(exc.errors()))}", USAGE)
     _may_act_for(ctx.obj.token, customer_id)
     sent = {"command_id": str(command.command_id), "order_id": str(order_id_for(command.command_id))}
     _send_command(bootstrap, command, ctx.obj.token)
@@ -642,7 +646,8 @@ def _produce(
 ) -> tuple[int, int]:
     """Produce one record and wait for the broker's acknowledgement (``acks=all``),
     connecting as the environment's Kafka security settings say; its (partition,
-    offset). A broker away or refusing is one sentence and exit 2."""
+    offset). A broker away or refusing is one sentence and exit 3 (UNREACHABLE); security
+    settings that cannot be used, exit 2 (USAGE)."""
     import asyncio
 
     from aiokafka import AIOKafkaProducer
@@ -653,7 +658,7 @@ def _produce(
     try:
         security = KafkaClientSettings().kafka_security()
     except KafkaSecurityError as exc:
-        _fail(f"cannot connect to Kafka: {exc}", 2)
+        _fail(f"cannot connect to Kafka: {exc}", USAGE)
 
     from aiokafka.errors import MessageSizeTooLargeError
 
@@ -680,12 +685,12 @@ def _produce(
         raise
     except MessageSizeTooLargeError:  # the client's own limit, checked before sending
         _fail(f"the record ({len(value or b'')} bytes of body) is larger than the Kafka client sends (1 MB)")
-    except Exception as exc:  # the broker is away or refuses: one sentence, exit 2
+    except Exception as exc:  # the broker is away or refuses: one sentence
         _fail(
             f"cannot send to Kafka at {bootstrap}: {described(exc)} (is the system running?"
             f" 'make run' starts it, its broker at {DEFAULT_BOOTSTRAP}; --bootstrap or"
             " SAGACTL_KAFKA_BOOTSTRAP names another)",
-            2,
+            UNREACHABLE,
         )
 
 
@@ -719,7 +724,9 @@ def publish(
     producer (README, signed events): use the API or --via kafka for real work."""
     headers = [_header(h) for h in header or []]
     if value is None and not tombstone and sys.stdin.isatty():
-        _fail("give the record's body with --value, or on standard input (a pipe); --tombstone for none", 2)
+        _fail(
+            "give the record's body with --value, or on standard input (a pipe); --tombstone for none", USAGE
+        )
     body = None if tombstone else (value.encode() if value is not None else sys.stdin.buffer.read())
     partition, offset = _produce(bootstrap, topic, body, None if key is None else key.encode(), headers)
     if output is Output.json:
@@ -960,7 +967,7 @@ def tail(
                             return
             except httpx.HTTPError as exc:
                 if not connected:  # never reached it: nothing to resume
-                    _fail(_unreachable("order", _urls(ctx).order, exc), 2)
+                    _fail(_unreachable("order", _urls(ctx).order, exc), UNREACHABLE)
                 errors.print(f"the event stream broke ({exc or type(exc).__name__}); resuming", style="dim")
                 time.sleep(1.0)
                 continue
@@ -1037,7 +1044,7 @@ def balances(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
 def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     """Each service's readiness and every check behind it: ready, degraded (working around
     a failure, e.g. payment's provider circuit breaker open: payments wait) or not ready,
-    with the reason. Exits 2 if a service cannot be reached (as every command does), else
+    with the reason. Exits 3 if a service cannot be reached (as every command does), else
     1 if one is not ready."""
     urls = _urls(ctx)
     found: dict[str, Any] = {}
@@ -1064,9 +1071,9 @@ def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
 
     _emit(output, found, table)
     if any(body.get("status") == "unreachable" for body in found.values()):
-        raise typer.Exit(2)
+        raise typer.Exit(UNREACHABLE)
     if any(body.get("status") not in ("ready", "degraded") for body in found.values()):
-        raise typer.Exit(1)
+        raise typer.Exit(REFUSED)
 
 
 #: The longest life ``sagactl token`` gives a development token, in seconds: a year.

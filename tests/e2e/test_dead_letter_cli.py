@@ -56,7 +56,7 @@ def test_list_show_discard_and_replay_dead_letters(system: System) -> None:
 
 def test_sagactl_says_clearly_when_a_service_is_unreachable(system: System) -> None:
     result = sagactl(system, "--payment-url", "http://127.0.0.1:9", "dlq", "list", "--service", "payment")
-    assert result.returncode == 2 and "cannot reach" in result.stderr
+    assert result.returncode == 3 and "cannot reach" in result.stderr
 
 
 def test_a_record_published_as_it_is_is_a_dead_letter_with_its_reason(system: System) -> None:

@@ -87,7 +87,7 @@ def test_a_broker_that_cannot_be_reached_is_one_line_on_stderr() -> None:
             text=True,
             timeout=60,
         )
-    assert sent.returncode == 2
+    assert sent.returncode == 3  # could not be reached, not called wrong (2)
     (line,) = sent.stderr.splitlines()
     assert line.startswith(f"cannot send to Kafka at {nowhere}: KafkaConnectionError: Unable to bootstrap")
     assert "'make run' starts it" in line and "SAGACTL_KAFKA_BOOTSTRAP" in line  # what to do
@@ -112,7 +112,20 @@ def test_a_service_is_also_known_by_the_name_it_gives_itself(command: list[str])
     result = CliRunner().invoke(app, ["--payment-url", "http://127.0.0.1:1", *command])
     said = " ".join(result.output.split())
     assert "Invalid value" not in said
-    assert result.exit_code == 2 and "the payment service" in said  # asked, and not reached
+    assert result.exit_code == 3 and "the payment service" in said  # asked, and not reached
+
+
+def test_a_usage_error_and_a_service_out_of_reach_exit_differently() -> None:
+    """Both exited 2 (click's code for a usage error), so a script could not tell a
+    mistake of its own from an outage; the help says which code is which."""
+    nowhere = ["--order-url", "http://127.0.0.1:1"]
+    called_wrong = CliRunner().invoke(app, [*nowhere, "orders", "--limit", "many"])
+    not_reached = CliRunner().invoke(app, [*nowhere, "orders"])
+    assert called_wrong.exit_code == 2, called_wrong.output
+    assert not_reached.exit_code == 3 and "cannot reach the order service" in not_reached.output
+    said = " ".join(CliRunner().invoke(app, ["--help"]).output.split())
+    assert "1 when a service refused, 2 when sagactl was called wrong" in said
+    assert "3 when a service or the broker could not be reached" in said
 
 
 def test_an_unknown_service_is_refused_with_the_names_there_are() -> None:
@@ -130,12 +143,12 @@ def test_a_line_stays_one_line_when_piped(capsys: pytest.CaptureFixture[str]) ->
     assert capsys.readouterr().out == line + "\n"
 
 
-def test_health_with_no_service_reachable_exits_2_as_every_command_does() -> None:
+def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> None:
     """It exited 1, the code of a service that answered and refused."""
     nowhere = [f"--{service}-url" for service in ("order", "inventory", "payment")]
     args = [arg for flag in nowhere for arg in (flag, "http://127.0.0.1:1")]
     result = CliRunner().invoke(app, [*args, "health"])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 3, result.output
     assert result.output.count("unreachable") == 3
 
 
@@ -176,7 +189,7 @@ def test_a_command_the_token_may_not_send_is_refused_before_it_is_sent(
     """A customer's token for another customer's order: the order service refuses the
     command, and only an operator can read why, so ``--via kafka`` waited a minute for an
     outcome that never came (a newcomer trial). An operator's token goes on to the broker
-    (here nobody listens: exit 2)."""
+    (here nobody listens: exit 3)."""
     from saga_kit.auth import DevIssuer, write_dev_issuer
 
     issuer: DevIssuer = write_dev_issuer(tmp_path / "issuer")
@@ -192,7 +205,7 @@ def test_a_command_the_token_may_not_send_is_refused_before_it_is_sent(
             " the order service would refuse a command for 'alice' (forbidden)"
         )
     else:
-        assert result.exit_code == 2 and "cannot send to Kafka" in said, said
+        assert result.exit_code == 3 and "cannot send to Kafka" in said, said
 
 
 def test_tail_waits_out_a_busy_service_and_resumes_after_the_last_event() -> None:
