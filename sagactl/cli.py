@@ -156,8 +156,13 @@ def main(
 
 def _fail(message: str, code: int = REFUSED) -> NoReturn:
     """End the command: message as one line on stderr, exit code."""
-    errors.print(Text(" ".join(message.split()), style="red"))
+    _say(message)
     raise typer.Exit(code)
+
+
+def _say(message: str) -> None:
+    """An error as one line on stderr, the command going on."""
+    errors.print(Text(" ".join(message.split()), style="red"))
 
 
 def _request(ctx: typer.Context, service: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -339,19 +344,43 @@ def dlq_list(
     limit: int = 100,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Dead letters of every service, newest first."""
-    letters = []
-    for name in service or SERVICES:
-        found = _call(ctx, name, "GET", "/dead-letters", params={"status": status.upper(), "limit": limit})
+    """Dead letters of every service, newest first. Those of a service that cannot be
+    reached are missing: a line on stderr names it (json: "unreachable", each such
+    service and why) and the exit code is 3, after the others are listed."""
+    letters: list[dict[str, Any]] = []
+    unreachable: dict[str, str] = {}
+    names = service or SERVICES
+    for name in names:
+        base = _urls(ctx).of(name)
+        params: dict[str, str | int] = {"status": status.upper(), "limit": limit}
+        try:
+            response = _urls(ctx).client.get(f"{base}/dead-letters", params=params)
+        except httpx.HTTPError as exc:  # the others are still worth seeing
+            unreachable[name] = _unreachable(name, base, exc)
+            continue
+        found = _answer(ctx, name, "GET", "/dead-letters", response)
         letters += [{"service": name, **d} for d in found]
-    _emit(output, letters, lambda: _letters_table(letters, status.upper(), output))
+    reached = [name for name in names if name not in unreachable]
+    if reached or output is Output.json:
+        _emit(
+            output,
+            {"dead_letters": letters, "unreachable": unreachable},
+            lambda: _letters_table(letters, status.upper(), output, reached if unreachable else None),
+        )
+    for said in unreachable.values():
+        _say(f"{said}; its dead letters are not listed")
+    if unreachable:
+        raise typer.Exit(UNREACHABLE)
 
 
-def _letters_table(letters: list[dict[str, Any]], status: str, output: Output) -> RenderableType:
+def _letters_table(
+    letters: list[dict[str, Any]], status: str, output: Output, only: Sequence[str] | None = None
+) -> RenderableType:
     """text: service, id, event (and its saga), reason, age — plus the status when
-    several are listed; wide adds where each came from and the full saga id."""
+    several are listed; wide adds where each came from and the full saga id. only: the
+    services read, when not all that were asked could be."""
     if not letters:
-        return f"no {status.lower()} dead letters"
+        return f"no {status.lower()} dead letters" + (f" in {', '.join(only)}" if only else "")
     wide = output is Output.wide
     now = datetime.now(UTC)
     columns = [_fixed("service"), _fixed("id", "right")]

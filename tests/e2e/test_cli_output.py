@@ -147,7 +147,9 @@ def test_every_command_prints_json_with_output_json(
     assert products["cup"] in {p["product_id"] for p in run("stock")}
     assert {"customer_id": customers["max"], "balance": "48.00"} in run("balances")
     listed = run("dlq", "list", "--service", "payment")
-    assert {"service": "payment", "id": letter} in [{k: d[k] for k in ("service", "id")} for d in listed]
+    assert listed["unreachable"] == {}
+    letters = listed["dead_letters"]
+    assert {"service": "payment", "id": letter} in [{k: d[k] for k in ("service", "id")} for d in letters]
     assert run("dlq", "show", "payment", str(letter))["order_id"] == order_id
     assert run("dlq", "discard", "payment", str(letter))["status"] == "DISCARDED"
     placed = run("place", customers["max"], f"{products['cup']}=1")

@@ -274,3 +274,61 @@ def test_tail_waits_out_a_busy_service_and_resumes_after_the_last_event() -> Non
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["seq"] for line in result.stdout.splitlines() if line.startswith("{")] == [1, 3]
     assert asked == [None, "1", "1"]  # resumed after event 1, twice: once refused, once served
+
+
+#: A dead letter as ``GET /dead-letters`` lists it (``saga_kit.deadletters.DeadLetterSummary``).
+LETTER = {
+    "id": 7,
+    "status": "PENDING",
+    "reason": "bad_signature: no signature",
+    "source_topic": "orders.events",
+    "source_partition": 0,
+    "source_offset": 42,
+    "event_type": "OrderCreated",
+    "order_id": None,
+    "value_size": 9,
+    "replay_attempts": 0,
+    "created_at": "2026-12-01T12:00:00+00:00",
+    "resolved_at": None,
+}
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_dlq_list_shows_the_services_reached_and_names_the_one_that_was_not(output: str) -> None:
+    """With the payment service down, ``dlq list`` said only that it could not reach it:
+    the other two services' dead letters went unseen."""
+    import json
+
+    from tests.keyserver import KeyServer
+
+    with KeyServer(json.dumps([LETTER]).encode()) as served:  # any GET answers the list
+        up = served.url.removesuffix("/jwks.json")
+        urls = ["--order-url", up, "--inventory-url", up, "--payment-url", "http://127.0.0.1:1"]
+        result = CliRunner().invoke(app, [*urls, "dlq", "list", "-o", output])
+    assert result.exit_code == 3, result.output
+    (said,) = result.stderr.splitlines()
+    assert said.startswith("cannot reach the payment service at http://127.0.0.1:1")
+    assert said.endswith("; its dead letters are not listed")
+    if output == "json":
+        listed = json.loads(result.stdout)
+        assert [(d["service"], d["id"]) for d in listed["dead_letters"]] == [("order", 7), ("inventory", 7)]
+        assert list(listed["unreachable"]) == ["payment"]
+        assert listed["unreachable"]["payment"].startswith("cannot reach the payment service")
+    else:
+        rows = [ln.split("│")[1:3] for ln in result.stdout.splitlines() if ln.count("│") > 3]
+        assert [(service.strip(), letter.strip()) for service, letter in rows] == [
+            ("order", "7"),
+            ("inventory", "7"),
+        ]
+
+
+def test_dlq_list_says_whose_dead_letters_it_read_when_there_are_none() -> None:
+    from tests.keyserver import KeyServer
+
+    with KeyServer(b"[]") as served:
+        up = served.url.removesuffix("/jwks.json")
+        urls = ["--order-url", up, "--inventory-url", up, "--payment-url", "http://127.0.0.1:1"]
+        result = CliRunner().invoke(app, [*urls, "dlq", "list"])
+    assert result.exit_code == 3
+    assert result.stdout == "no pending dead letters in order, inventory\n"
+    assert "cannot reach the payment service" in result.stderr
