@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import httpx
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import text
@@ -26,6 +26,7 @@ from saga_kit.deadletters import DeadLetter, DeadLetterSummary, LetterId, Replay
 from saga_kit.deadletters import Status as LetterStatus
 from saga_kit.errors import DomainRejection
 from saga_kit.http import AnyCase, CheckResult, DatabaseDep, errors, upstream_unavailable
+from saga_kit.service_names import SERVICES, Service, ServiceName, service_named
 
 STATIC = Path(__file__).parent / "dashboard"
 
@@ -66,9 +67,14 @@ async def summary(db: DatabaseDep) -> dict[str, int]:
     return {status.value: counts.get(status.value, 0) for status in OrderStatus}
 
 
-#: The services whose dead letters and readiness the dashboard shows, as they name themselves.
-Service = Literal["order_svc", "inventory_svc", "payment_svc"]
-SERVICES: tuple[Service, ...] = ("order_svc", "inventory_svc", "payment_svc")
+def _service(service: ServiceName) -> Service:
+    """The service a dead-letter route's ``{service}`` names: by the name it gives itself
+    (``payment_svc``) or its short one (``payment``), as sagactl takes them."""
+    return service_named(service)
+
+
+#: A service named in a route's path, by either of its names.
+ServiceInPath = Annotated[Service, Depends(_service)]
 
 
 async def _call(
@@ -211,7 +217,7 @@ _ACTION_FROM_SERVICE = errors(
     responses=_FROM_SERVICE,
 )
 async def dead_letters(
-    service: Service,
+    service: ServiceInPath,
     request: Request,
     status: Annotated[LetterStatus | Literal["ALL"], AnyCase] = "PENDING",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -227,7 +233,7 @@ async def dead_letters(
     response_model=DeadLetter,
     responses=_FROM_SERVICE,
 )
-async def dead_letter(service: Service, letter_id: LetterId, request: Request) -> Any:
+async def dead_letter(service: ServiceInPath, letter_id: LetterId, request: Request) -> Any:
     """`GET /dead-letters/{letter_id}` of that service: reason, source, key, headers and a
     preview of the body (the event's envelope, when it is one)."""
     return await _proxy(request, service, "GET", f"/dead-letters/{letter_id}")
@@ -239,7 +245,7 @@ async def dead_letter(service: Service, letter_id: LetterId, request: Request) -
     response_model=ReplayResult,
     responses=_ACTION_FROM_SERVICE,
 )
-async def replay(service: Service, letter_id: LetterId, request: Request) -> Any:
+async def replay(service: ServiceInPath, letter_id: LetterId, request: Request) -> Any:
     """`POST /dead-letters/{letter_id}/replay` of that service: its consumer processes the
     original record again (409 ``replay_failed`` with the new reason if it fails again)."""
     return await _proxy(request, service, "POST", f"/dead-letters/{letter_id}/replay")
@@ -251,7 +257,7 @@ async def replay(service: Service, letter_id: LetterId, request: Request) -> Any
     response_model=DeadLetterSummary,
     responses=_ACTION_FROM_SERVICE,
 )
-async def discard(service: Service, letter_id: LetterId, request: Request) -> Any:
+async def discard(service: ServiceInPath, letter_id: LetterId, request: Request) -> Any:
     """`POST /dead-letters/{letter_id}/discard` of that service: marked DISCARDED, never
     processed (409 ``dead_letter_resolved`` if it was already resolved)."""
     return await _proxy(request, service, "POST", f"/dead-letters/{letter_id}/discard")

@@ -47,6 +47,7 @@ from rich.text import Text
 
 from saga_kit import auditchain
 from saga_kit.auth import SUBJECT_RULE, DevIssuer, Role, is_subject
+from saga_kit.service_names import SHORT_NAMES, service_named, short_name
 
 console = Console()
 #: Errors: one line on stderr, never wrapped, never read as markup.
@@ -57,7 +58,8 @@ app.add_typer(dlq, name="dlq")
 audit_app = typer.Typer(help="The audit trail: who changed what, hash-chained.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
-SERVICES = ("order", "inventory", "payment")
+#: The services by the names sagactl shows: order, inventory, payment.
+SERVICES = SHORT_NAMES
 #: How many characters of an id a text table shows (like a short git hash).
 SHORT_ID = 8
 #: A width no table reaches: wide tables are measured against it.
@@ -283,12 +285,10 @@ def _when(iso: str, output: Output, now: datetime) -> str:
 def _check_service(service: str) -> str:
     """``order``, ``inventory`` or ``payment``; the names the services give themselves in
     logs, metrics and the dashboard (``order_svc``, …) are taken too."""
-    name = service.removesuffix("_svc")
-    if name not in SERVICES:
-        raise typer.BadParameter(
-            f"one of {', '.join(SERVICES)} (or {', '.join(f'{s}_svc' for s in SERVICES)})"
-        )
-    return name
+    try:
+        return short_name(service_named(service))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _check_external_id(given: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import httpx
+import pytest
 
 from order_svc.app import SPEC
 from order_svc.settings import Settings
@@ -45,6 +46,41 @@ async def test_a_service_that_does_not_answer_is_a_502_that_names_it() -> None:
         assert body["detail"].startswith(f"{service} did not answer: ConnectError"), body
     assert stock.status_code == 502 and stock.json()["detail"].startswith("inventory_svc did not answer")
     assert unknown.status_code == 422  # only the three services are proxied
+
+
+async def test_a_dead_letter_route_takes_a_service_by_its_short_name_too() -> None:
+    """sagactl takes ``payment`` and ``payment_svc`` and lists ``"service": "payment"``;
+    the dashboard's routes answered ``payment`` with a 422 that knew only ``payment_svc``."""
+    async with client() as http:
+        answers = {
+            "inventory_svc": await http.get("/dashboard/api/dead-letters/inventory"),
+            "payment_svc": await http.post("/dashboard/api/dead-letters/payment/7/discard"),
+        }
+        unknown = await http.get("/dashboard/api/dead-letters/shipping")
+    for service, answer in answers.items():  # asked of the service named, which is away here
+        assert answer.status_code == 502, answer.text
+        assert answer.json()["detail"].startswith(f"{service} did not answer"), answer.text
+    assert unknown.status_code == 422
+    (problem,) = unknown.json()["detail"]
+    assert problem["loc"] == ["path", "service"]
+    assert problem["msg"] == (
+        "Input should be 'order', 'inventory', 'payment', 'order_svc', 'inventory_svc' or 'payment_svc'"
+    )
+
+
+def test_a_service_name_is_its_own_or_its_short_one() -> None:
+    from typing import get_args
+
+    from saga_kit.service_names import SERVICES, SHORT_NAMES, ServiceName, service_named
+
+    assert get_args(ServiceName) == (*SHORT_NAMES, *SERVICES)
+    assert [service_named(name) for name in ("order", "inventory_svc", "payment")] == [
+        "order_svc",
+        "inventory_svc",
+        "payment_svc",
+    ]
+    with pytest.raises(ValueError, match="one of order, inventory, payment"):
+        service_named("shipping")
 
 
 async def test_the_health_panel_says_which_service_is_unreachable() -> None:
