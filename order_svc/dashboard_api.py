@@ -22,8 +22,7 @@ from events.values import printable
 from order_svc import statuscounts
 from order_svc.domain import OrderStatus
 from order_svc.settings import Settings
-from saga_kit.deadletters import DeadLetter, DeadLetterSummary, LetterId, ReplayResult
-from saga_kit.deadletters import Status as LetterStatus
+from saga_kit.deadletters import DeadLetter, DeadLetterSummary, LetterId, ReplayResult, StatusFilter
 from saga_kit.errors import DomainRejection
 from saga_kit.http import AnyCase, CheckResult, DatabaseDep, errors, upstream_unavailable
 from saga_kit.service_names import SERVICES, Service, ServiceName, service_named
@@ -219,7 +218,7 @@ _ACTION_FROM_SERVICE = errors(
 async def dead_letters(
     service: ServiceInPath,
     request: Request,
-    status: Annotated[LetterStatus | Literal["ALL"], AnyCase] = "PENDING",
+    status: Annotated[StatusFilter, AnyCase] = "PENDING",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Any:
     """`GET /dead-letters` of the order, inventory or payment service: newest first, those

@@ -35,6 +35,10 @@ from saga_kit.errors import DomainRejection
 from saga_kit.http import AnyCase, DatabaseDep, errors
 
 Status = Literal["PENDING", "REPLAYED", "DISCARDED"]
+#: ``?status=`` of a list of dead letters: those in one status, or ALL. One type, not
+#: ``Status | Literal["ALL"]``: a bad value is then one 422 entry at ``status`` listing the
+#: four, not one per member with pydantic's names for the types in its ``loc``.
+StatusFilter = Literal["PENDING", "REPLAYED", "DISCARDED", "ALL"]
 
 #: How much of a body, key or header value the API shows; the exact bytes of a body are at
 #: ``GET /dead-letters/{id}/value``. A dead letter may hold anything up to the broker's
@@ -328,7 +332,7 @@ _NOT_FOUND_OR_RESOLVED = errors(
 @router.get("", summary="Dead letters", response_model=list[DeadLetterSummary], responses=errors())
 async def get_dead_letters(
     db: DatabaseDep,
-    status: Annotated[Status | Literal["ALL"], AnyCase] = "PENDING",
+    status: Annotated[StatusFilter, AnyCase] = "PENDING",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[DeadLetterSummary]:
     """Newest first; those waiting for a decision unless another ``status`` (or ALL) is asked."""

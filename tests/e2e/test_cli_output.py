@@ -202,6 +202,10 @@ def test_errors_are_one_line_on_stderr(system: System) -> None:
         ("place", "amy", "cup=0"): (1, "answered 422: invalid request: items[0].quantity: Input should"),
         ("orders", "--status", "nope"): (1, "answered 422: invalid request: status: Input should be"),
         ("dlq", "show", "payment", "0"): (1, "answered 422: invalid request: letter_id: Input should"),
+        ("dlq", "list", "--status", "bogus"): (
+            1,
+            "invalid request: status: Input should be 'PENDING', 'REPLAYED', 'DISCARDED' or 'ALL'",
+        ),
         ("--payment-url", nowhere, "balances"): (3, f"cannot reach the payment service at {nowhere}"),
         ("--order-url", nowhere, "tail"): (3, f"cannot reach the order service at {nowhere}"),
         # and what to do about it

@@ -83,6 +83,28 @@ def test_a_service_name_is_its_own_or_its_short_one() -> None:
         service_named("shipping")
 
 
+async def test_a_bad_dead_letter_status_is_one_problem_listing_the_four_there_are() -> None:
+    """It was two entries whose ``loc`` held pydantic's names for the types
+    (``literal['PENDING','REPLAYED','DISCARDED']``, ``literal['ALL']``); now it is one, at
+    ``status``, like ``/orders?status=``'s. Any case is still taken."""
+    async with client() as http:
+        bad = {
+            "dashboard": await http.get("/dashboard/api/dead-letters/payment_svc?status=bogus"),
+            "service": await http.get("/dead-letters?status=bogus"),  # the order service's own
+        }
+        lower_case = await http.get("/dashboard/api/dead-letters/payment_svc?status=replayed")
+    for answer in bad.values():
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["detail"] == [
+            {
+                "loc": ["query", "status"],
+                "msg": "Input should be 'PENDING', 'REPLAYED', 'DISCARDED' or 'ALL'",
+                "type": "literal_error",
+            }
+        ]
+    assert lower_case.status_code == 502  # taken, and asked of payment, which is away here
+
+
 async def test_the_health_panel_says_which_service_is_unreachable() -> None:
     async with client() as http:
         health = await http.get("/dashboard/api/health")
