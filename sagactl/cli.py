@@ -494,6 +494,10 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 KafkaBootstrap = Annotated[
     str, typer.Option("--bootstrap", envvar="SAGACTL_KAFKA_BOOTSTRAP", help="the broker, for --via kafka")
 ]
+#: publish's: it always goes to the broker (it has no --via).
+PublishBootstrap = Annotated[
+    str, typer.Option("--bootstrap", envvar="SAGACTL_KAFKA_BOOTSTRAP", help="the broker to send it to")
+]
 OrderIdArg = Annotated[
     str, typer.Argument(help=f"an order id, or the start of one of the {RECENT_ORDERS} most recent")
 ]
@@ -741,16 +745,18 @@ def publish(
         typer.Option("--header", "-H", help="NAME=VALUE, a header of the record; again for more"),
     ] = None,
     value: Annotated[
-        str | None, typer.Option("--value", help="the record's body; without it, standard input is")
+        str | None,
+        typer.Option("--value", help="the record's body; without it, the body is read from standard input"),
     ] = None,
     tombstone: Annotated[bool, typer.Option("--tombstone", help="no body at all (a null value)")] = False,
-    bootstrap: KafkaBootstrap = DEFAULT_BOOTSTRAP,
+    bootstrap: PublishBootstrap = DEFAULT_BOOTSTRAP,
     output: OutputOpt = Output.text,
 ) -> None:
     """Publish one record as it is, unsigned and unchecked — to see what the services do
     with what anyone who can write to a topic may send (a dead letter, with its reason).
     Prints its partition and offset. Events the services believe are signed by their
-    producer (README, signed events): use the API or --via kafka for real work."""
+    producer (README, signed events): for real work use the API, or place and cancel
+    with --via kafka."""
     headers = [_header(h) for h in header or []]
     if value is None and not tombstone and sys.stdin.isatty():
         _fail(

@@ -20,6 +20,16 @@ def test_help_is_plain_text(command: list[str]) -> None:
     assert "``" not in result.output  # reStructuredText's quotes, shown as they are
 
 
+def test_publish_help_says_where_the_body_comes_from_and_names_no_option_it_lacks() -> None:
+    """``--value`` said "without it, standard input is", cut off; ``--bootstrap`` said
+    "for --via kafka", an option publish does not have."""
+    said = " ".join(CliRunner().invoke(app, ["publish", "--help"]).output.split())
+    assert "the record's body; without it, the body is read from standard input" in said
+    assert "the broker to send it to" in said
+    options = said.partition("Options:")[2]
+    assert "--via" not in options
+
+
 def test_token_without_a_key_says_where_it_looked_and_how_to_look_elsewhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
