@@ -108,6 +108,8 @@ class Urls:
     payment: str
     #: the bearer token every call carries (None: none)
     token: str | None = None
+    #: where token came from, as a message names it: --token or SAGA_TOKEN
+    token_from: str = "--token"
     _client: httpx.Client | None = field(default=None, repr=False)
 
     def of(self, service: str) -> str:
@@ -148,7 +150,16 @@ def main(
         ),
     ] = None,
 ) -> None:
-    urls = Urls(order_url.rstrip("/"), inventory_url.rstrip("/"), payment_url.rstrip("/"), token or None)
+    # by its name: typer carries its own copy of click (typer._click), and its enum
+    source = ctx.get_parameter_source("token")
+    from_env = source is not None and source.name == "ENVIRONMENT"
+    urls = Urls(
+        order_url.rstrip("/"),
+        inventory_url.rstrip("/"),
+        payment_url.rstrip("/"),
+        token or None,
+        "SAGA_TOKEN" if from_env else "--token",
+    )
     ctx.obj = urls
     ctx.call_on_close(urls.close)
 
@@ -560,7 +571,7 @@ def place(
         command = PlaceOrder(command_id=uuid.uuid4(), **body)
     except ValidationError as exc:
         _fail(f"not a valid order: {_problems(own_errors(exc.errors()))}", USAGE)
-    _may_act_for(ctx.obj.token, customer_id)
+    _may_act_for(_urls(ctx), customer_id)
     sent = {"command_id": str(command.command_id), "order_id": str(order_id_for(command.command_id))}
     _send_command(bootstrap, command, ctx.obj.token)
     _settle(
@@ -639,16 +650,19 @@ def _settle(
     _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}{why}")
 
 
-def _may_act_for(token: str | None, customer_id: str) -> None:
-    """Fail at once when ``token`` plainly may not act for ``customer_id`` (a customer's
-    token for another customer), by the order service's own rule (``Principal.may_act_for``):
-    the service would refuse the command, and only an operator may read why, so sagactl
-    waited a minute for an outcome that never came (a newcomer trial). The token is read,
-    not verified: the service verifies it; one sagactl cannot read is left to the service."""
+def _may_act_for(urls: Urls, customer_id: str) -> None:
+    """Fail at once when the token of urls plainly may not act for ``customer_id`` (a
+    customer's token for another customer), by the order service's own rule
+    (``Principal.may_act_for``): the service would refuse the command, and only an operator
+    may read why, so sagactl waited a minute for an outcome that never came (a newcomer
+    trial). The message names where the token came from (--token or SAGA_TOKEN). The token
+    is read, not verified: the service verifies it; one sagactl cannot read is left to the
+    service."""
     import jwt
 
     from saga_kit.auth import Principal, roles_named
 
+    token = urls.token
     if not token:
         return
     try:
@@ -659,7 +673,8 @@ def _may_act_for(token: str | None, customer_id: str) -> None:
         return
     if roles and not principal.may_act_for(customer_id):
         _fail(
-            f"the token (SAGA_TOKEN) names {principal.subject!r}, a customer, who may act for itself only:"
+            f"the token ({urls.token_from}) names {principal.subject!r}, a customer, who may act for"
+            " itself only:"
             f" the order service would refuse a command for {customer_id!r} (forbidden)"
         )
 

@@ -211,11 +211,31 @@ def test_a_command_the_token_may_not_send_is_refused_before_it_is_sent(
     if refused:
         assert result.exit_code == 1, said
         assert said == (
-            "the token (SAGA_TOKEN) names 'bob', a customer, who may act for itself only:"
+            "the token (--token) names 'bob', a customer, who may act for itself only:"
             " the order service would refuse a command for 'alice' (forbidden)"
         )
     else:
         assert result.exit_code == 3 and "cannot send to Kafka" in said, said
+
+
+@pytest.mark.parametrize("given_by", ["--token", "SAGA_TOKEN"])
+def test_a_token_refused_before_it_is_sent_is_named_by_where_it_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given_by: str
+) -> None:
+    """The message said "the token (SAGA_TOKEN)" of a token given with --token."""
+    from saga_kit.auth import DevIssuer, write_dev_issuer
+
+    issuer: DevIssuer = write_dev_issuer(tmp_path / "issuer")
+    token = issuer.mint("bob", ["customer"], ttl_seconds=60)
+    monkeypatch.delenv("SAGA_TOKEN", raising=False)
+    if given_by == "SAGA_TOKEN":
+        monkeypatch.setenv("SAGA_TOKEN", token)
+    flag = ["--token", token] if given_by == "--token" else []
+    result = CliRunner().invoke(
+        app, [*flag, "place", "alice", "widget=1", "--via", "kafka", "--bootstrap", "127.0.0.1:1"]
+    )
+    assert result.exit_code == 1, result.output
+    assert " ".join(result.output.split()).startswith(f"the token ({given_by}) names 'bob', a customer")
 
 
 def test_tail_waits_out_a_busy_service_and_resumes_after_the_last_event() -> None:
