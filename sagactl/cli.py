@@ -509,8 +509,21 @@ KafkaBootstrap = Annotated[
 PublishBootstrap = Annotated[
     str, typer.Option("--bootstrap", envvar="SAGACTL_KAFKA_BOOTSTRAP", help="the broker to send it to")
 ]
+
+
+def _check_order_id(given: str) -> str:
+    """An order id or its start, without the blanks around it; none at all is a usage
+    error: every recent order starts with it, which read as an ambiguous prefix."""
+    if not given.strip():
+        raise typer.BadParameter("an order id, or its first characters, is needed")
+    return given.strip()
+
+
 OrderIdArg = Annotated[
-    str, typer.Argument(help=f"an order id, or the start of one of the {RECENT_ORDERS} most recent")
+    str,
+    typer.Argument(
+        help=f"an order id, or the start of one of the {RECENT_ORDERS} most recent", callback=_check_order_id
+    ),
 ]
 
 

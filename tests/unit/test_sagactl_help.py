@@ -177,13 +177,16 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
         ),
         (["token", "--ttl", "1e309"], "Invalid value for '--ttl'"),
         (["token", "--subject", ""], "a token's subject is printable text of 1-255 characters"),
+        (["saga", ""], "Invalid value for 'order_id': an order id, or its first characters, is needed"),
+        (["cancel", " "], "Invalid value for 'order_id': an order id, or its first characters, is needed"),
     ],
 )
 def test_a_bad_argument_is_refused_before_anything_is_sent(command: list[str], said: str) -> None:
     """What a helper's attack found: ``forget`` put its argument into the URL path as it
     was, so ``../dead-letters/2/discard?`` discarded a dead letter; ``widget=²`` and
     ``--ttl 1e309`` were tracebacks; ``--via`` took anything for kafka; an empty subject
-    made a token every service refuses. Each is now a usage error (exit 2)."""
+    made a token every service refuses; an empty order id was "ambiguous: 170 recent
+    orders start with it" (a trial). Each is now a usage error (exit 2)."""
     result = CliRunner().invoke(app, ["--order-url", "http://127.0.0.1:1", *command])
     assert result.exit_code == 2, result.output
     assert isinstance(result.exception, SystemExit)  # not a traceback
