@@ -356,10 +356,12 @@ def dlq_list(
     output: OutputOpt = Output.text,
 ) -> None:
     """Dead letters of every service, newest first. Those of a service that cannot be
-    reached are missing: a line on stderr names it (json: "unreachable", each such
-    service and why) and the exit code is 3, after the others are listed."""
+    reached, or answers 5xx (its database away: 503), are missing: a line on stderr names
+    it (json: "unreachable" and "unavailable", each such service and why), and after the
+    others are listed the exit code is 3 if one could not be reached, else 1."""
     letters: list[dict[str, Any]] = []
     unreachable: dict[str, str] = {}
+    unavailable: dict[str, str] = {}
     names = service or SERVICES
     for name in names:
         base = _urls(ctx).of(name)
@@ -369,19 +371,23 @@ def dlq_list(
         except httpx.HTTPError as exc:  # the others are still worth seeing
             unreachable[name] = _unreachable(name, base, exc)
             continue
+        if response.is_server_error:  # so are they: a 4xx, though, is this call's fault
+            unavailable[name] = _refusal(name, response)
+            continue
         found = _answer(ctx, name, "GET", "/dead-letters", response)
         letters += [{"service": name, **d} for d in found]
-    reached = [name for name in names if name not in unreachable]
-    if reached or output is Output.json:
+    missing = unreachable | unavailable
+    read = [name for name in names if name not in missing]
+    if read or output is Output.json:
         _emit(
             output,
-            {"dead_letters": letters, "unreachable": unreachable},
-            lambda: _letters_table(letters, status.upper(), output, reached if unreachable else None),
+            {"dead_letters": letters, "unreachable": unreachable, "unavailable": unavailable},
+            lambda: _letters_table(letters, status.upper(), output, read if missing else None),
         )
-    for said in unreachable.values():
+    for said in missing.values():
         _say(f"{said}; its dead letters are not listed")
-    if unreachable:
-        raise typer.Exit(UNREACHABLE)
+    if missing:
+        raise typer.Exit(UNREACHABLE if unreachable else REFUSED)
 
 
 def _letters_table(

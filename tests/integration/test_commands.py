@@ -26,7 +26,7 @@ from saga_kit.auth import DEV_AUDIENCE, DEV_ISSUER, Role, TokenVerifier, write_d
 from saga_kit.consumer import Outcome
 from saga_kit.db import SAGA_LOCK_NAMESPACE
 from tests.integration.conftest import ServiceUnderTest
-from tests.keyserver import KeyServer
+from tests.jsonserver import JsonServer
 
 
 def place(customer: str = "kim", quantity: int = 1, command_id: uuid.UUID | None = None) -> PlaceOrder:
@@ -411,7 +411,7 @@ async def test_a_slow_key_server_is_waited_for_with_no_transaction_open(
     issuer = write_dev_issuer(tmp_path / "issuer")
     command = place()
     headers = [(AUTHORIZATION, f"Bearer {issuer.mint('kim', [Role.CUSTOMER])}".encode())]
-    with KeyServer(issuer.jwks_file.read_bytes(), delay=1.0) as server:
+    with JsonServer(issuer.jwks_file.read_bytes(), delay=1.0) as server:
         verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_url=server.url)
         monkeypatch.setitem(handlers._commands, "verifier", verifier)
         delivered = asyncio.create_task(
@@ -450,7 +450,7 @@ async def test_a_command_whose_keys_cannot_be_had_is_dead_lettered_never_refused
     command = place()
     record_headers = [(AUTHORIZATION, f"Bearer {issuer.mint('kim', [Role.CUSTOMER])}".encode())]
     oid = order_id_for(command.command_id)
-    with KeyServer(issuer.jwks_file.read_bytes(), down=True) as server:
+    with JsonServer(issuer.jwks_file.read_bytes(), down=True) as server:
         verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_url=server.url)
         monkeypatch.setitem(handlers._commands, "verifier", verifier)
         offset = 30_000_000 + uuid.uuid4().int % 1_000_000

@@ -36,7 +36,7 @@ from saga_kit.auth import (
     write_dev_issuer,
 )
 from saga_kit.signing import load_private_key
-from tests.keyserver import KeyServer
+from tests.jsonserver import JsonServer
 
 CUSTOMER = frozenset({Role.CUSTOMER})
 OPERATOR = frozenset({Role.OPERATOR})
@@ -335,7 +335,7 @@ async def test_a_key_server_that_is_away_is_keys_unavailable_not_an_invalid_toke
     monkeypatch.setattr(auth, "JWKS_RETRY_SECONDS", 0.0)  # asked again at once, here
     issuer = write_dev_issuer(tmp_path / "issuer")
     token = f"Bearer {issuer.mint('ann', [Role.CUSTOMER])}"
-    with KeyServer(issuer.jwks_file.read_bytes(), down=True) as server:
+    with JsonServer(issuer.jwks_file.read_bytes(), down=True) as server:
         verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_url=server.url)
         with pytest.raises(KeysUnavailable, match="the key server answered 503"):
             await verifier.principal(token)
@@ -374,7 +374,7 @@ async def test_a_key_server_answering_no_key_set_is_keys_unavailable_never_a_500
     """A maintenance page raised PyJWT's client's JSONDecodeError out of the check: a 500
     (an attack trial); other answers that are no key set were a 401 or a 503 by chance."""
     issuer = write_dev_issuer(tmp_path / "issuer")
-    with KeyServer(answer) as server:
+    with JsonServer(answer) as server:
         verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_url=server.url)
         with pytest.raises(KeysUnavailable):
             await verifier.principal(f"Bearer {issuer.mint('ann', [Role.CUSTOMER])}")
@@ -387,7 +387,7 @@ async def test_a_key_server_that_drips_its_answer_is_given_up_on_within_the_fetc
     check for 60 s: the whole fetch is bounded now (here a server that takes 2 s)."""
     monkeypatch.setattr(auth, "JWKS_FETCH_TIMEOUT_SECONDS", 0.3)
     issuer = write_dev_issuer(tmp_path / "issuer")
-    with KeyServer(issuer.jwks_file.read_bytes(), delay=2.0) as server:
+    with JsonServer(issuer.jwks_file.read_bytes(), delay=2.0) as server:
         verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_url=server.url)
         with pytest.raises(KeysUnavailable, match=r"did not answer within 0\.3 s"):
             await verifier.principal(f"Bearer {issuer.mint('ann', [Role.CUSTOMER])}")
@@ -400,7 +400,7 @@ async def test_keys_fetched_before_verify_while_the_server_is_away_and_unknown_k
     for up to 5 s each, and tokens verified before waited behind them (an attack trial)."""
     issuer, other = write_dev_issuer(tmp_path / "issuer"), write_dev_issuer(tmp_path / "other")
     token = f"Bearer {issuer.mint('ann', [Role.CUSTOMER])}"
-    with KeyServer(_jwks_of(issuer)) as server:
+    with JsonServer(_jwks_of(issuer)) as server:
         verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_url=server.url)
         assert await verifier.principal(token) == Principal("ann", CUSTOMER)
         server.asked.clear()

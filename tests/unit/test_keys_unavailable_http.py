@@ -16,7 +16,7 @@ from inventory_svc.settings import Settings
 from saga_kit import auth
 from saga_kit.auth import DEV_AUDIENCE, DEV_ISSUER, Role, write_dev_issuer
 from saga_kit.service import http_app
-from tests.keyserver import KeyServer
+from tests.jsonserver import JsonServer
 
 
 async def _no_metrics() -> bytes:
@@ -29,7 +29,7 @@ async def test_a_key_server_away_is_a_503_with_retry_after_and_back_the_call_goe
     monkeypatch.setattr(auth, "JWKS_RETRY_SECONDS", 0.0)  # asked again at once, here
     issuer = write_dev_issuer(tmp_path / "issuer")
     token = {"authorization": f"Bearer {issuer.mint('ops', [Role.OPERATOR])}"}
-    with KeyServer(issuer.jwks_file.read_bytes(), down=True) as server:
+    with JsonServer(issuer.jwks_file.read_bytes(), down=True) as server:
         settings = Settings.model_construct(
             database_url="postgresql+psycopg://nowhere/db",
             http_port=0,

@@ -332,10 +332,10 @@ def test_dlq_list_shows_the_services_reached_and_names_the_one_that_was_not(outp
     the other two services' dead letters went unseen."""
     import json
 
-    from tests.keyserver import KeyServer
+    from tests.jsonserver import JsonServer
 
-    with KeyServer(json.dumps([LETTER]).encode()) as served:  # any GET answers the list
-        up = served.url.removesuffix("/jwks.json")
+    with JsonServer(json.dumps([LETTER]).encode()) as served:  # any GET answers the list
+        up = served.base
         urls = ["--order-url", up, "--inventory-url", up, "--payment-url", "http://127.0.0.1:1"]
         result = CliRunner().invoke(app, [*urls, "dlq", "list", "-o", output])
     assert result.exit_code == 3, result.output
@@ -355,11 +355,29 @@ def test_dlq_list_shows_the_services_reached_and_names_the_one_that_was_not(outp
         ]
 
 
-def test_dlq_list_says_whose_dead_letters_it_read_when_there_are_none() -> None:
-    from tests.keyserver import KeyServer
+def test_dlq_list_shows_the_services_that_answer_when_one_answers_503() -> None:
+    """A service whose database is away answers 503: the others' dead letters are still
+    listed (it ended the command at once, exit 1, showing none)."""
+    import json
 
-    with KeyServer(b"[]") as served:
-        up = served.url.removesuffix("/jwks.json")
+    from tests.jsonserver import JsonServer
+
+    with JsonServer(json.dumps([LETTER]).encode()) as up, JsonServer(b"", down=True) as away:
+        urls = ["--order-url", up.base, "--inventory-url", away.base, "--payment-url", up.base]
+        result = CliRunner().invoke(app, [*urls, "dlq", "list", "-o", "json"])
+    assert result.exit_code == 1, result.output
+    (said,) = result.stderr.splitlines()
+    assert said == "the inventory service answered 503: away; its dead letters are not listed"
+    listed = json.loads(result.stdout)
+    assert [(d["service"], d["id"]) for d in listed["dead_letters"]] == [("order", 7), ("payment", 7)]
+    assert (listed["unreachable"], list(listed["unavailable"])) == ({}, ["inventory"])
+
+
+def test_dlq_list_says_whose_dead_letters_it_read_when_there_are_none() -> None:
+    from tests.jsonserver import JsonServer
+
+    with JsonServer(b"[]") as served:
+        up = served.base
         urls = ["--order-url", up, "--inventory-url", up, "--payment-url", "http://127.0.0.1:1"]
         result = CliRunner().invoke(app, [*urls, "dlq", "list"])
     assert result.exit_code == 3

@@ -1,6 +1,8 @@
-"""A key server for tests of ``AUTH_JWKS_URL``: a JWKS document served over HTTP by the
-standard library's server on 127.0.0.1, in a thread, that can be made slow (``delay``,
-seconds before each answer) or away (``down``: 503 to every request)."""
+"""One JSON document served to every GET over HTTP by the standard library's server on
+127.0.0.1, in a thread, that can be made slow (``delay``, seconds before each answer) or
+away (``down``: 503 to every request): a key server for tests of ``AUTH_JWKS_URL`` (the
+document a JWKS, at ``url``), or a service answering a fixed list for sagactl's tests
+(at ``base``)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from types import TracebackType
 from typing import Any
 
 
-class KeyServer:
+class JsonServer:
     def __init__(self, jwks: bytes, *, delay: float = 0.0, down: bool = False) -> None:
         self.jwks, self.delay, self.down = jwks, delay, down
         #: set once a request has arrived (and is being answered, after ``delay``)
@@ -39,10 +41,15 @@ class KeyServer:
         self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._http.server_address[1]}/jwks.json"
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self._http.server_address[1]}"
 
-    def __enter__(self) -> KeyServer:
+    @property
+    def url(self) -> str:
+        """Where a key server's JWKS is (any path answers the same)."""
+        return f"{self.base}/jwks.json"
+
+    def __enter__(self) -> JsonServer:
         self._thread.start()
         return self
 
