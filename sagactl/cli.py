@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Generic, Literal, NoReturn, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -206,6 +206,64 @@ def _answer(ctx: typer.Context, service: str, method: str, path: str, response: 
         _fail(f"the {service} service at {base} answered {method} {path} with something other than JSON")
 
 
+T = TypeVar("T")
+
+
+class _Missing(Exception):
+    """A service's part of a command for every service that is missing: ``kind``
+    ``unreachable`` (no answer) or ``unavailable`` (a 5xx: up, its database away)."""
+
+    def __init__(self, kind: Literal["unreachable", "unavailable"], said: str) -> None:
+        super().__init__(said)
+        self.kind, self.said = kind, said
+
+
+def _get_or_missing(ctx: typer.Context, service: str, path: str, params: Mapping[str, Any]) -> Any:
+    """``GET path`` of service: its JSON, or ``_Missing`` if it could not be reached or
+    answered 5xx; a 4xx (this call's fault, the same at every service) ends the command."""
+    base = _urls(ctx).of(service)
+    try:
+        response = _urls(ctx).client.get(base + path, params=params)
+    except httpx.HTTPError as exc:
+        raise _Missing("unreachable", _unreachable(service, base, exc)) from None
+    if response.is_server_error:
+        raise _Missing("unavailable", _refusal(service, response))
+    return _answer(ctx, service, "GET", path, response)
+
+
+@dataclass
+class _EachService(Generic[T]):
+    """What a command for every service read of each (``found``), and why each missing
+    one is (``unreachable``, ``unavailable``): the others are still worth seeing."""
+
+    found: dict[str, T]
+    unreachable: dict[str, str]
+    unavailable: dict[str, str]
+
+    @classmethod
+    def read(cls, names: Iterable[str], read: Callable[[str], T]) -> _EachService[T]:
+        each = cls({}, {}, {})
+        for name in names:
+            try:
+                each.found[name] = read(name)
+            except _Missing as missing:
+                getattr(each, missing.kind)[name] = missing.said
+        return each
+
+    @property
+    def missing(self) -> dict[str, str]:
+        return self.unreachable | self.unavailable
+
+    def end(self, what: str, *, failed: bool = False) -> None:
+        """A line on stderr for each missing service (``what`` of it is not shown), then
+        exit 1 if the command ``failed`` with what it found (that comes first), else 3 if
+        a service could not be reached, else 1 if one is missing; nothing otherwise."""
+        for said in self.missing.values():
+            _say(f"{said}; {what}")
+        if failed or self.missing:
+            raise typer.Exit(UNREACHABLE if self.unreachable and not failed else REFUSED)
+
+
 def _unreachable(service: str, base: str, exc: Exception) -> str:
     return (
         f"cannot reach the {service} service at {base}: {str(exc) or type(exc).__name__}"
@@ -359,35 +417,18 @@ def dlq_list(
     reached, or answers 5xx (its database away: 503), are missing: a line on stderr names
     it (json: "unreachable" and "unavailable", each such service and why), and after the
     others are listed the exit code is 3 if one could not be reached, else 1."""
-    letters: list[dict[str, Any]] = []
-    unreachable: dict[str, str] = {}
-    unavailable: dict[str, str] = {}
+    params = {"status": status.upper(), "limit": limit}
     names = service or SERVICES
-    for name in names:
-        base = _urls(ctx).of(name)
-        params: dict[str, str | int] = {"status": status.upper(), "limit": limit}
-        try:
-            response = _urls(ctx).client.get(f"{base}/dead-letters", params=params)
-        except httpx.HTTPError as exc:  # the others are still worth seeing
-            unreachable[name] = _unreachable(name, base, exc)
-            continue
-        if response.is_server_error:  # so are they: a 4xx, though, is this call's fault
-            unavailable[name] = _refusal(name, response)
-            continue
-        found = _answer(ctx, name, "GET", "/dead-letters", response)
-        letters += [{"service": name, **d} for d in found]
-    missing = unreachable | unavailable
-    read = [name for name in names if name not in missing]
-    if read or output is Output.json:
+    each = _EachService.read(names, lambda name: _get_or_missing(ctx, name, "/dead-letters", params))
+    letters = [{"service": name, **d} for name, found in each.found.items() for d in found]
+    if each.found or output is Output.json:
+        read = list(each.found) if each.missing else None
         _emit(
             output,
-            {"dead_letters": letters, "unreachable": unreachable, "unavailable": unavailable},
-            lambda: _letters_table(letters, status.upper(), output, read if missing else None),
+            {"dead_letters": letters, "unreachable": each.unreachable, "unavailable": each.unavailable},
+            lambda: _letters_table(letters, status.upper(), output, read),
         )
-    for said in missing.values():
-        _say(f"{said}; its dead letters are not listed")
-    if missing:
-        raise typer.Exit(UNREACHABLE if unreachable else REFUSED)
+    each.end("its dead letters are not listed")
 
 
 def _letters_table(
@@ -1217,25 +1258,30 @@ def audit_verify(
 ) -> None:
     """Recompute every hash of each service's audit trail ('GET /audit') here, trusting
     nothing the service says about it; print each chain's length and head hash (keep it:
-    a rewritten tail shows against it) or where it breaks. Exits 1 if a chain is broken."""
-    found: dict[str, Any] = {}
-    for name in service or SERVICES:
+    a rewritten tail shows against it) or where it breaks. Exits 1 if a chain is broken.
+    The chain of a service that cannot be reached or answers 5xx is not verified: a line
+    on stderr names it, and (no chain broken) the exit code is 3 if one could not be
+    reached, else 1."""
+
+    def chain(name: str) -> dict[str, Any]:
         links: list[auditchain.Link] = []
         while True:
-            page = _call(
-                ctx, name, "GET", "/audit", params={"after": links[-1].seq if links else 0, "limit": 5000}
-            )
+            params = {"after": links[-1].seq if links else 0, "limit": 5000}
+            page = _get_or_missing(ctx, name, "/audit", params)
             links += [
                 auditchain.Link(e["seq"], e["entry"], bytes.fromhex(e["prev_hash"]), bytes.fromhex(e["hash"]))
                 for e in page
             ]
             if len(page) < 5000:
                 break
-        found[name] = {
+        return {
             "entries": len(links),
             "head": links[-1].hash.hex() if links else None,
             "problems": auditchain.verify(links),
         }
+
+    each = _EachService.read(service or SERVICES, chain)
+    found = each.found
 
     def table() -> RenderableType:
         t = Table(
@@ -1251,6 +1297,6 @@ def audit_verify(
             )
         return t
 
-    _emit(output, found, table)
-    if any(result["problems"] for result in found.values()):
-        raise typer.Exit(1)
+    if found or output is Output.json:
+        _emit(output, found, table)
+    each.end("its audit trail is not verified", failed=any(result["problems"] for result in found.values()))

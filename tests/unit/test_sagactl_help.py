@@ -373,6 +373,46 @@ def test_dlq_list_shows_the_services_that_answer_when_one_answers_503() -> None:
     assert (listed["unreachable"], list(listed["unavailable"])) == ({}, ["inventory"])
 
 
+def _audit_page(altered: bool = False) -> bytes:
+    """A one-entry audit trail as ``GET /audit`` answers it; ``altered``: its entry
+    changed after it was hashed."""
+    import json
+
+    from saga_kit.auditchain import GENESIS, chain_hash
+
+    entry = '{"action":"place_order"}'
+    stored = entry.replace("place", "cancel") if altered else entry
+    link = {"seq": 1, "entry": stored, "prev_hash": GENESIS.hex(), "hash": chain_hash(GENESIS, entry).hex()}
+    return json.dumps([link]).encode()
+
+
+@pytest.mark.parametrize("altered", [False, True])
+def test_audit_verify_verifies_the_chains_it_can_read_and_names_the_one_it_cannot(altered: bool) -> None:
+    """One service down stopped the whole verification (a review): the others' chains are
+    verified, a broken one is still exit 1, and otherwise the one out of reach is exit 3."""
+    import json
+
+    from tests.jsonserver import JsonServer
+
+    with JsonServer(_audit_page()) as good, JsonServer(_audit_page(altered)) as other:
+        urls = [
+            "--order-url",
+            good.base,
+            "--inventory-url",
+            other.base,
+            "--payment-url",
+            "http://127.0.0.1:1",
+        ]
+        result = CliRunner().invoke(app, [*urls, "audit", "verify", "-o", "json"])
+    assert result.exit_code == (1 if altered else 3), result.output
+    (said,) = result.stderr.splitlines()
+    assert said.startswith("cannot reach the payment service") and said.endswith("is not verified")
+    verified = json.loads(result.stdout)
+    assert list(verified) == ["order", "inventory"]
+    assert verified["order"]["problems"] == []
+    assert bool(verified["inventory"]["problems"]) is altered
+
+
 def test_dlq_list_says_whose_dead_letters_it_read_when_there_are_none() -> None:
     from tests.jsonserver import JsonServer
 
