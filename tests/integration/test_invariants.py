@@ -183,6 +183,14 @@ def test_every_kind_of_violation_is_reported(urls: dict[str, str]) -> None:
             )
             for _ in range(2)
         ],
+        *[  # a wait is said once for the charge and once for a refund: three is one too many
+            (
+                "INSERT INTO saga_events (event_id, order_id, event_type, producer, occurred_at, payload)"
+                " VALUES (%s, %s, 'PaymentPending', 'payment_svc', now(), '{}')",
+                (str(uuid.uuid4()), oid),
+            )
+            for oid in (cancelled, cancelled, approved_unpaid, approved_unpaid, approved_unpaid)
+        ],
         ("INSERT INTO order_status_counts (status, orders) VALUES ('APPROVED', 5)", ()),
     )
     found = "\n".join(invariants.check(urls, {"p": 10}, {"c": Decimal("100.00")}, ledger))
@@ -194,6 +202,8 @@ def test_every_kind_of_violation_is_reported(urls: dict[str, str]) -> None:
     assert f"order {rejected_charged} (REJECTED): its charge was refunded 0 times, not once" in found
     assert "customer c: balance 80.00 + charges 0 != initial 100.00" in found
     assert f"order {approved_unpaid}: PaymentCompleted happened 2 times" in found
+    assert f"order {approved_unpaid}: PaymentPending happened 3 times" in found
+    assert f"order {cancelled}: PaymentPending happened" not in found
     kept = "{'APPROVED': 6, 'CANCELLED': 1, 'PENDING': 1, 'REJECTED': 1}"
     assert f"orders by status: kept {kept}, counted {kept.replace('6', '1')}" in found
 
