@@ -217,9 +217,17 @@ class SagaView(BaseModel):
 
 
 def _key_text(key: str | None) -> str | None:
-    """A key is stored (``orders.idempotency_key``) and shown: no control character, as
-    any stored text (``events.values.storable``: C0 and C1, DEL), and no tab either."""
+    """A key is UTF-8 text, as the payment provider's are: HTTP hands a header's bytes
+    over as Latin-1, so a key in another script was stored as its bytes' Latin-1 reading,
+    and refused for a control character the client never sent (a trial: U+202E refused as
+    U+0080) or taken (``é`` as ``Ã©``), by which bytes its UTF-8 had. Then it is stored
+    (``orders.idempotency_key``) and shown: no control character, as any stored text
+    (``events.values.storable``: C0 and C1, DEL, bidirectional controls), and no tab."""
     if key is not None:
+        try:
+            key = key.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            raise ValueError("must be text in UTF-8") from None
         storable(key)
         if "\t" in key:
             raise ValueError("text must not contain the control character U+0009 (a tab)")
@@ -233,7 +241,7 @@ IdempotencyKey = Annotated[
         min_length=1,
         max_length=200,
         description="a retried POST with the same key and body answers the same order;"
-        " 1 to 200 characters, none of them a control character",
+        " 1 to 200 bytes of UTF-8 text, none of them a control character",
     ),
     AfterValidator(_key_text),
 ]

@@ -254,3 +254,23 @@ def test_a_json_body_must_be_utf8_and_say_each_thing_once(
     assert listed.status_code == 200 and listed.json() == [], listed.text  # none of them placed an order
     placed = system.http.post(url, content=b"\xef\xbb\xbf" + text.encode(), headers=json_type)
     assert placed.status_code == 202, placed.text  # a UTF-8 byte order mark is allowed (RFC 8259 §8.1)
+
+
+def test_an_idempotency_key_is_utf8_text(system: System, client: SagaClient, uid: UniqueIds) -> None:
+    """A key's bytes were read as Latin-1 (a trial): U+202E in UTF-8 was refused as U+0080,
+    a character never sent, while other scripts were stored as their bytes' reading."""
+    products, customers = seed(client, uid, {"cup": ("2.00", 5)}, {"una": "10.00"})
+    url = f"{system.url('order_svc')}/orders"
+    order = {"customer_id": customers["una"], "items": [{"product_id": products["cup"], "quantity": 1}]}
+    key = f"prix-€-{uuid.uuid4()}"  # "€" is E2 82 AC: 0x82, a C1 control in Latin-1
+    first = system.http.post(url, json=order, headers={"Idempotency-Key": key.encode()})
+    assert first.status_code == 202, first.text
+    again = system.http.post(url, json=order, headers={"Idempotency-Key": key.encode()})
+    assert again.json()["order_id"] == first.json()["order_id"], again.text
+    for sent, said in (
+        ("a\u202eb".encode(), "bidirectional control character U+202E"),
+        (b"a\xffb", "must be text in UTF-8"),
+    ):
+        refused = system.http.post(url, json=order, headers={"Idempotency-Key": sent})
+        assert refused.status_code == 422, refused.text
+        assert said in refused.json()["detail"][0]["msg"], refused.text
