@@ -12,7 +12,8 @@ lets calls probe: a success closes it, a failure opens it again.
 
 Each call answers one of:
 
-* ``Charged`` / ``Refunded`` — done (perhaps earlier: a replay of the same key);
+* ``Charged`` / ``Refunded`` — done (perhaps earlier: a replay of the same key; a refund
+  also when the charge was refunded under another key, e.g. by hand at the provider);
 * ``Declined`` — a business answer (402): the card was declined, with the provider's code;
 * ``Unavailable`` — nothing happened, or the outcome is unknown: call again later with
   the same key. ``nothing_done`` tells the two apart. It is true only when the request
@@ -70,7 +71,11 @@ class Charged:
 
 @dataclass(frozen=True)
 class Refunded:
-    refund_id: str
+    """Refunded now, or earlier under the same key; ``refund_id`` None: refunded earlier
+    under another key (409 ``charge_already_refunded``: a support agent refunded it by hand
+    at the provider), so the money is back all the same."""
+
+    refund_id: str | None
 
 
 @dataclass(frozen=True)
@@ -234,6 +239,10 @@ class PaymentProvider:
         if answer.status_code in (200, 201):
             refund_id = _member(answer, "refund_id")
             return Refunded(refund_id) if refund_id is not None else _garbled(answer, "refund_id")
+        if answer.status_code == 409 and _member(answer, "error") == "charge_already_refunded":
+            # refunded under another key: retried, it was refused for ever and the saga
+            # never settled, though the customer had the money back
+            return Refunded(None)
         return Refused(answer.status_code, _error(answer))
 
     async def probe(self) -> None:

@@ -26,7 +26,8 @@ one transaction held open across the network:
    charged              CHARGED + PaymentCompleted; if cancelled meanwhile,
                         REFUND_PENDING + PaymentCompleted (the refund follows)
    declined (402)       DECLINED + PaymentFailed with the provider's decline code
-   refunded             REFUNDED + PaymentRefunded
+   refunded             REFUNDED + PaymentRefunded (also when the charge was refunded
+                        under another key: 409 ``charge_already_refunded``)
    unavailable          stays; due again after the retry policy's backoff (or when the
                         open breaker lets a probe through); the first time the charge
                         waits, and the first time a refund does, PaymentPending.

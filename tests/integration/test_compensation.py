@@ -28,7 +28,7 @@ from events import (
 from order_svc.cancelling import OrderNotFound, cancel_order, cancel_overdue
 from order_svc.errors import OrderNotCancellable
 from order_svc.placing import place_order
-from payment_svc.provider import Charged, PaymentProvider, Refused, charge_key
+from payment_svc.provider import Charged, PaymentProvider, Refunded, Refused, charge_key
 from payment_svc.worker import call, claim, record
 from saga_kit.consumer import Outcome
 from tests.integration.conftest import (
@@ -138,6 +138,26 @@ async def test_cancel_refunds_a_charge(payment: ServiceUnderTest) -> None:
     assert await emitted_types(payment, oid) == ["PaymentCompleted", "PaymentRefunded"]
     refunded = (await payment.emitted(oid))[1].payload
     assert refunded.amount == Decimal("5.00")  # type: ignore[attr-defined]
+
+
+async def test_a_charge_refunded_by_hand_at_the_provider_is_refunded_for_the_saga(
+    payment: ServiceUnderTest,
+) -> None:
+    """A support agent refunded the charge at the provider, under a key of their own; then
+    the order is cancelled. The provider answers the saga's refund 409
+    ``charge_already_refunded``: the money is back, so the refund is done (it was retried
+    for ever, and the saga never settled)."""
+    assert payment.provider is not None
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid))
+    assert await balance(payment, cid) == Decimal("5.00")
+    by_hand = await payment.provider.refund(f"support-ticket-{oid}", charge_key(oid))
+    assert isinstance(by_hand, Refunded) and by_hand.refund_id is not None
+    await payment.deliver(event(OrderCancelled(customer_id=cid, reason="cancelled_by_customer"), oid))
+    assert await emitted_types(payment, oid) == ["PaymentCompleted", "PaymentRefunded"]
+    rows = await payment.rows("SELECT status, refund_id FROM payments WHERE order_id = :o", o=oid)
+    assert [(r.status, r.refund_id) for r in rows] == [("REFUNDED", None)]
+    assert await balance(payment, cid) == Decimal("10.00")  # refunded once, by hand
 
 
 async def test_a_charge_that_lands_after_the_cancel_is_never_made(payment: ServiceUnderTest) -> None:

@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 import pytest_asyncio
 
-from payment_svc.provider import Declined, PaymentProvider, Refused, Unavailable, Unreachable
+from payment_svc.provider import Declined, PaymentProvider, Refunded, Refused, Unavailable, Unreachable
 from sagastack.embedded import free_port
 
 
@@ -139,6 +139,25 @@ async def test_a_refusal_did_nothing_unless_another_request_holds_the_key(
     assert got == Refused(status, "x"), got
     assert got.nothing_done is nothing_done
     assert provider.state == "closed"  # a refusal is the provider working
+
+
+@pytest.mark.parametrize(
+    ("body", "refunded"),
+    [
+        (b'{"error": "charge_already_refunded", "message": "under another key"}', True),
+        (b'{"error": "idempotency_key_reused", "message": "another body"}', False),
+    ],
+)
+async def test_a_charge_refunded_under_another_key_is_refunded(body: bytes, refunded: bool) -> None:
+    """409 ``charge_already_refunded``: the money is back (by hand, at the provider), so
+    the refund is done; any other 409 is a refusal."""
+    async with _serving(_answering(409, body)) as url:
+        provider = _client(url)
+        try:
+            got = await provider.refund("refund:k", "charge:k")
+        finally:
+            await provider.aclose()
+    assert got == (Refunded(None) if refunded else Refused(409, "idempotency_key_reused")), got
 
 
 async def test_an_open_breaker_sends_nothing_so_nothing_was_done() -> None:
