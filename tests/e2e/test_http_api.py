@@ -132,8 +132,9 @@ def test_idempotency_key_returns_the_same_order_and_refuses_a_different_body(
     )
     assert twice.status_code == 422 and twice.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
     # a key is stored: a control character in it (a terminal's escape, a tab) is refused, as
-    # in any stored text; once it was stored as sent
-    for raw, named in ((b"k\x85\x9b[31mred", "U+0085"), (b"a\tb", "U+0009")):
+    # in any stored text; once it was stored as sent (a key is UTF-8 text: the C1 controls
+    # are sent as UTF-8)
+    for raw, named in (("k\x85\x9b[31mred".encode(), "U+0085"), (b"a\tb", "U+0009")):
         refused = system.http.post(orders, json=body, headers=[(b"Idempotency-Key", raw)])
         assert refused.status_code == 422, refused.text
         (why,) = refused.json()["detail"]
