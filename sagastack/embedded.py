@@ -114,8 +114,15 @@ class RunDirectoryClaim:
     run`` took the first one's processes for leftovers and stopped them, and the two
     supervisors fought over the ports."""
 
-    def __init__(self, run_dir: Path, *, role: str = "run", patience: float = 0.0) -> None:
-        self._file = open(run_dir / "owner.lock", "a+")  # noqa: SIM115 - held until release
+    def __init__(
+        self, run_dir: Path, *, role: str = "run", patience: float = 0.0, create: bool = True
+    ) -> None:
+        """``create`` False: a run directory without ``owner.lock`` (one being deleted) is
+        ``FileNotFoundError``, and nothing is written there (the watchdog's claim: it made
+        a ``rm -rf`` of the directory fail, re-creating the file as it went)."""
+        path = run_dir / "owner.lock"
+        # held until release
+        self._file = open(path, "a+") if create else os.fdopen(os.open(path, os.O_RDWR), "r+")  # noqa: SIM115
         started, told = time.monotonic(), False
         while True:
             try:
@@ -233,8 +240,10 @@ class PidFile:
         (records read earlier: the watchdog's memory of a file deleted since), as
         ``stop_recorded`` does; then empty the file. Returns their names and pids."""
         stopped = stop_recorded([*self.recorded(), *also])
-        with contextlib.suppress(FileNotFoundError):  # its run directory deleted
-            self.path.write_text("{}")
+        with contextlib.suppress(FileNotFoundError):  # gone with its run directory: not made again
+            fd = os.open(self.path, os.O_WRONLY | os.O_TRUNC)
+            with os.fdopen(fd, "w") as emptied:
+                emptied.write("{}")
         return stopped
 
 

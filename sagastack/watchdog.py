@@ -103,10 +103,11 @@ def watch(run_dir: Path) -> list[str]:
             said += chunk
     if said == DONE:
         return []
-    if not run_dir.is_dir():  # deleted meanwhile (a test's cleanup): nothing to claim
+    try:
+        claim = _claim(run_dir)
+    except FileNotFoundError:  # deleted, or being deleted (a test's cleanup): nothing to claim
         log.warning("the run directory %s is gone: stopping what its pid file recorded", run_dir)
         return stop_recorded(seen)
-    claim = _claim(run_dir)
     if claim is None:  # a new run took the directory: it stops the leftovers itself
         log.warning("the supervisor ended without stopping its run; the new run in %s stops it", run_dir)
         return []
@@ -123,12 +124,13 @@ def watch(run_dir: Path) -> list[str]:
 
 
 def _claim(run_dir: Path) -> RunDirectoryClaim | None:
-    """The run directory's claim, or None when a new run holds it. The dead supervisor's
+    """The run directory's claim, or None when a new run holds it; ``FileNotFoundError``
+    when the directory is gone, or going (nothing is made in it). The dead supervisor's
     lock may outlive its pipe by a moment (the kernel closes a dying process's files one
     by one: the test of this module saw the lock still held just after the pipe's end),
     so a refusal is believed only after ``CLAIM_PATIENCE_SECONDS``."""
     try:
-        return RunDirectoryClaim(run_dir, role="watchdog", patience=CLAIM_PATIENCE_SECONDS)
+        return RunDirectoryClaim(run_dir, role="watchdog", patience=CLAIM_PATIENCE_SECONDS, create=False)
     except RunDirectoryInUse:
         return None
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,6 +94,49 @@ def test_a_run_directory_gone_before_the_watchdog_acts_still_leaves_nothing_runn
     said = (moved / "logs" / "watchdog.log").read_text()
     assert "is gone: stopping what its pid file recorded" in said, said
     assert "postgres (pid" in said and "tansu (pid" in said
+
+
+STAND_IN = """
+import subprocess, sys, time
+from pathlib import Path
+from sagastack.embedded import PidFile, RunDirectoryClaim
+from sagastack.watchdog import Watchdog
+run_dir = Path(sys.argv[1])
+run_dir.mkdir(parents=True)
+claim = RunDirectoryClaim(run_dir)
+watchdog = Watchdog(run_dir)
+pids = PidFile(run_dir / "pids.json")
+children = [subprocess.Popen(["sleep", "600"], start_new_session=True) for _ in range(2)]
+for n, child in enumerate(children):
+    pids.add(f"service-{n}", child.pid)
+print(watchdog.proc.pid, *(c.pid for c in children), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_run_directory_deleted_as_the_supervisor_dies_is_deleted_and_its_processes_stopped(
+    run_root: Path,
+) -> None:
+    """``rm -rf`` of the run directory at once after ``kill -9`` of its supervisor: the
+    watchdog crashed opening ``owner.lock`` in a directory being deleted, stopping nothing,
+    or made the file again so that ``rm`` failed (an attack trial). A stand-in supervisor
+    with two recorded processes, so that nothing holds files open in the directory."""
+    run_dir = run_root / "watchdog-deleted"
+    proc = subprocess.Popen([sys.executable, "-c", STAND_IN, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    watchdog, *children = (int(p) for p in proc.stdout.readline().split())
+    try:
+        time.sleep(RECORDS_SECONDS * 2)  # the watchdog has read the pid file since
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        shutil.rmtree(run_dir)  # raised "Directory not empty" when the watchdog made a file
+        assert wait_until_gone([*children, watchdog], 30) == []
+        assert not run_dir.exists()
+    finally:
+        proc.kill()
+        for pid in children:
+            if process_running(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_supervisor_that_stops_cleanly_dismisses_its_watchdog(run_root: Path) -> None:
