@@ -228,20 +228,27 @@ def _key_text(key: str | None) -> str | None:
             key = key.encode("latin-1").decode("utf-8")
         except UnicodeError:
             raise ValueError("must be text in UTF-8") from None
+        if len(key) > MAX_IDEMPOTENCY_KEY:  # characters, once decoded: not the header's bytes
+            raise ValueError(f"must have at most {MAX_IDEMPOTENCY_KEY} characters")
         storable(key)
         if "\t" in key:
             raise ValueError("text must not contain the control character U+0009 (a tab)")
     return key
 
 
+#: The longest idempotency key, in characters (as the payment provider's).
+MAX_IDEMPOTENCY_KEY = 200
+
 IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
         min_length=1,
-        max_length=200,
+        # counted in characters by _key_text, once its UTF-8 is decoded (the header's
+        # length is its bytes': a trial's 67 "€" were refused as over 200 characters)
+        json_schema_extra={"maxLength": MAX_IDEMPOTENCY_KEY},
         description="a retried POST with the same key and body answers the same order;"
-        " 1 to 200 bytes of UTF-8 text, none of them a control character",
+        " 1 to 200 characters of UTF-8 text, none of them a control character",
     ),
     AfterValidator(_key_text),
 ]

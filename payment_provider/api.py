@@ -106,7 +106,10 @@ def idempotency_key(
     try:  # HTTP hands header bytes over as Latin-1; a key is UTF-8, like a path's
         key = idempotency_key.encode("latin-1").decode("utf-8")
     except UnicodeError:
-        key = "\ufffd"  # refused below as not printable
+        # it was read as U+FFFD, which is printable: every such key was one key, and a
+        # client was told of another's charge as its own (an attack trial)
+        detail = {"loc": ["header", "Idempotency-Key"], "msg": "must be text in UTF-8", "type": "value_error"}
+        raise InvalidRequest([detail]) from None
     return _checked(_key, key, "header", "Idempotency-Key")
 
 

@@ -267,9 +267,13 @@ def test_an_idempotency_key_is_utf8_text(system: System, client: SagaClient, uid
     assert first.status_code == 202, first.text
     again = system.http.post(url, json=order, headers={"Idempotency-Key": key.encode()})
     assert again.json()["order_id"] == first.json()["order_id"], again.text
+    longest = "€" * 200  # 200 characters, 600 bytes: its length is counted in characters
+    placed = system.http.post(url, json=order, headers={"Idempotency-Key": longest.encode()})
+    assert placed.status_code == 202, placed.text
     for sent, said in (
         ("a\u202eb".encode(), "bidirectional control character U+202E"),
         (b"a\xffb", "must be text in UTF-8"),
+        (("é" * 201).encode(), "must have at most 200 characters"),
     ):
         refused = system.http.post(url, json=order, headers={"Idempotency-Key": sent})
         assert refused.status_code == 422, refused.text

@@ -224,6 +224,20 @@ async def test_an_idempotency_key_sent_twice_is_refused_and_charges_nothing(
     assert (await provider.get("/v1/charges/k-one")).status_code == 404
 
 
+async def test_an_idempotency_key_that_is_not_utf8_is_refused(provider: httpx.AsyncClient) -> None:
+    """Every key that was not UTF-8 was read as the one key U+FFFD: the second client was
+    answered the first one's charge as a replay (an attack trial)."""
+    acct = await account(provider, "30.00")
+    for raw in (b"caf\xe9", b"x\xe8", b"\xff\xfe"):
+        body = {"account_id": acct, "amount": "5.00", "reference": "r"}
+        r = await provider.post("/v1/charges", json=body, headers=[(b"Idempotency-Key", raw)])
+        assert (r.status_code, r.json()["error"]) == (422, "invalid_request"), r.text
+        assert r.json()["details"][0]["msg"] == "must be text in UTF-8"
+    assert await balance_of(provider, acct) == "30.00"
+    ledger = (await provider.get("/v1/ledger")).json()
+    assert "\ufffd" not in {c["idempotency_key"] for c in ledger["charges"]}
+
+
 async def test_invalid_requests_are_refused_and_change_nothing(provider: httpx.AsyncClient) -> None:
     acct = await account(provider, "30.00")
     good = {"account_id": acct, "amount": "5.00", "reference": "r"}
