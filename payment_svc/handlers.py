@@ -147,6 +147,10 @@ def save(uow: UnitOfWork, ledger: Ledger) -> None:
                 "UPDATE payments p SET status = v.s, reason = v.r, cancel_requested = v.x,"
                 " refund_cause = v.k, traceparent = COALESCE(v.t, p.traceparent),"
                 " attempts = p.attempts + v.n,"
+                # voided, nothing waits; a refund's wait is its own, not the charge's (a
+                # trial saw a voided payment still "waiting since")
+                " waiting_since = CASE WHEN v.s IN ('VOIDED', 'REFUND_PENDING') THEN NULL"
+                " ELSE p.waiting_since END,"
                 f" next_attempt_at = CASE WHEN v.s = 'REFUND_PENDING' THEN {due_at}"
                 " ELSE p.next_attempt_at END, updated_at = clock_timestamp()"
                 f" FROM {sql.recordset('o uuid, s text, r text, x boolean, k uuid, t text, n int')}"

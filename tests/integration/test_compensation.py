@@ -241,9 +241,12 @@ async def charged_at_provider(payment: ServiceUnderTest, oid: uuid.UUID) -> bool
 async def test_a_cancel_after_an_outage_voids_what_the_provider_never_did(payment: ServiceUnderTest) -> None:
     cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
     await reserved_once(payment, cid, oid, outage=True)  # 503: nothing done
+    waited = "SELECT waiting_since FROM payments WHERE order_id = :o"
+    assert await payment.scalar(waited, o=oid) is not None
     await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid))
     assert await emitted_types(payment, oid) == ["PaymentPending", "PaymentVoided"]
     assert await payment_row(payment, oid) == ("VOIDED", 1)
+    assert await payment.scalar(waited, o=oid) is None  # voided: nothing waits (a trial)
     assert await payment.scalar("SELECT amount FROM payments WHERE order_id = :o", o=oid) == Decimal("5.00")
     assert not await charged_at_provider(payment, oid)  # no charge, no refund: money never moved
     assert await balance(payment, cid) == Decimal("10.00")
