@@ -120,8 +120,8 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
             return Explanation(
                 f"in flight: waiting on the payment provider since {_instant(told.get('since'))}"
                 f" ({told.get('reason', 'no reason given')}); payment retries with the same"
-                " idempotency key until it answers; if the saga is cancelled first (its deadline,"
-                " or a request), payment voids the charge if the provider did nothing, and"
+                " idempotency key until the provider settles it; if the saga is cancelled first"
+                " (its deadline, or a request), payment voids the charge if the provider did nothing, and"
                 " refunds one it may have made"
             )
         return Explanation(f"in flight: the last step was {last}")
@@ -162,8 +162,7 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
             verdict += (
                 f"; the refund is waiting on the provider since {_instant(told.get('since'))}"
                 f" ({str(told.get('reason', 'no reason given')).removeprefix('refund: ')}):"
-                " payment refunds it under the same"
-                " idempotency key once it answers"
+                " payment asks again under the same idempotency key until the provider takes it"
             )
     elif status == "CANCELLED":
         # payment always hears of a cancellation: it voids, or it had declined, or it

@@ -116,10 +116,10 @@ def _in_flight(database_urls: dict[str, str], moved: bool) -> str:
         return said + ". Check again when the load stops, or wait longer (--wait)."
     if waiting and provider_errors and not (pending or held or unsent):
         # nothing stuck but payments, and the provider said why: an outage or a refusal,
-        # not a lost event; the charges and refunds go on once it answers
+        # not a lost event; the charges and refunds go on once it takes them
         return said + (
             ". Nothing moved while it waited: the payments wait on the provider (see its answers;"
-            " sagactl health shows its circuit breaker), and are settled once it answers."
+            " sagactl health shows its circuit breaker), and are settled once it takes them."
         )
     return (
         said + ". Nothing moved while it waited: these look stuck, not in flight — a saga whose"

@@ -169,7 +169,7 @@ def test_a_refund_waiting_on_the_provider_says_so() -> None:
     assert waiting.verdict == (
         "cancelled: the customer cancelled it after it was approved; the refund is waiting on the"
         " provider since 2026-12-02T08:00:00+00:00 (the provider answered 503 unavailable): payment"
-        " refunds it under the same idempotency key once it answers"
+        " asks again under the same idempotency key until the provider takes it"
     )
     assert waiting.settled is False
     refunded = explain(
