@@ -48,7 +48,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreaker
@@ -110,6 +110,7 @@ class Refused:
 
 
 ChargeResult = Charged | Declined | Unavailable | Refused
+SettledT = TypeVar("SettledT", Charged, Declined, Refunded)
 RefundResult = Refunded | Unavailable | Refused
 
 BreakerState = Literal["closed", "open", "half_open"]
@@ -202,6 +203,12 @@ class PaymentProvider:
         #: when the breaker last opened (epoch seconds), None while closed
         self.opened_at: float | None = None
         self.last_failure: str | None = None
+        #: (since when, epoch seconds; the last refusal) while the provider's latest
+        #: answers to charges and refunds are refusals (4xx but a decline); None once one
+        #: is settled. Refusals do not count against the breaker (the provider works), so
+        #: without this a provider refusing every call — a wrong path, a revoked API key —
+        #: left readiness saying all was well (an attack trial)
+        self.refusing: tuple[float, str] | None = None
 
     @property
     def state(self) -> BreakerState:
@@ -225,11 +232,13 @@ class PaymentProvider:
             return answer
         if answer.status_code in (200, 201):
             charge_id = _member(answer, "charge_id")
-            return Charged(charge_id) if charge_id is not None else _garbled(answer, "charge_id")
+            return (
+                self._settled(Charged(charge_id)) if charge_id is not None else _garbled(answer, "charge_id")
+            )
         if answer.status_code == 402:  # declined, whatever the body says of why
             code = _member(answer, "decline_code")
-            return Declined(code if code in _DECLINE_CODES else "card_declined")  # type: ignore[arg-type]
-        return Refused(answer.status_code, _error(answer))
+            return self._settled(Declined(code if code in _DECLINE_CODES else "card_declined"))  # type: ignore[arg-type]
+        return self._refused(answer)
 
     async def refund(self, key: str, charge: str) -> RefundResult:
         """``POST /v1/refunds`` of the whole charge whose idempotency key is ``charge``."""
@@ -238,12 +247,24 @@ class PaymentProvider:
             return answer
         if answer.status_code in (200, 201):
             refund_id = _member(answer, "refund_id")
-            return Refunded(refund_id) if refund_id is not None else _garbled(answer, "refund_id")
+            return (
+                self._settled(Refunded(refund_id)) if refund_id is not None else _garbled(answer, "refund_id")
+            )
         if answer.status_code == 409 and _member(answer, "error") == "charge_already_refunded":
             # refunded under another key: retried, it was refused for ever and the saga
             # never settled, though the customer had the money back
-            return Refunded(None)
-        return Refused(answer.status_code, _error(answer))
+            return self._settled(Refunded(None))
+        return self._refused(answer)
+
+    def _settled(self, result: SettledT) -> SettledT:
+        self.refusing = None
+        return result
+
+    def _refused(self, answer: Answer) -> Refused:
+        refused = Refused(answer.status_code, _error(answer))
+        said = f"{refused.status} {refused.reason}"
+        self.refusing = (self.refusing[0] if self.refusing else time.time(), said)
+        return refused
 
     async def probe(self) -> None:
         """A harmless call through the breaker — the lookup of a charge that does not exist

@@ -79,9 +79,18 @@ async def work(db: Database, settings: Any) -> int:
 
 async def provider_check() -> None:
     """Readiness: the service is ready while the breaker is open (payments wait, nothing is
-    lost), but says so: ``degraded`` with since when and the last failure."""
+    lost), but says so: ``degraded`` with since when and the last failure; and so while
+    the provider's latest answers are refusals (``PaymentProvider.refusing``)."""
     p = provider()
     if p.state == "closed":
+        if p.refusing is not None:
+            refusing_since, said = p.refusing
+            at = datetime.fromtimestamp(refusing_since, UTC).isoformat(timespec="seconds")
+            raise Degraded(
+                f"the payment provider refuses the service's calls since {at} (the last: {said}):"
+                " charges and refunds wait and are asked again slowly; a wrong PAYMENT_PROVIDER_URL"
+                " or credentials?"
+            )
         return
     since = (
         datetime.fromtimestamp(p.opened_at, UTC).isoformat(timespec="seconds") if p.opened_at else "unknown"

@@ -13,7 +13,17 @@ from decimal import Decimal
 import pytest
 import pytest_asyncio
 
-from payment_svc.provider import Declined, PaymentProvider, Refunded, Refused, Unavailable, Unreachable
+from payment_svc import runtime
+from payment_svc.provider import (
+    Charged,
+    Declined,
+    PaymentProvider,
+    Refunded,
+    Refused,
+    Unavailable,
+    Unreachable,
+)
+from saga_kit.http import Degraded
 from sagastack.embedded import free_port
 
 
@@ -205,3 +215,30 @@ async def test_a_garbled_answer_is_asked_again_and_a_garbled_decline_is_still_a_
         assert isinstance(refunded, Unavailable) and "without a refund_id" in refunded.reason
     else:
         assert charged == Declined(expected)  # type: ignore[arg-type]
+
+
+async def test_readiness_says_so_while_the_provider_refuses_the_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A provider refusing every call (a wrong path: 404) never opens the breaker, which
+    counts only failures, and readiness said all was well while every order waited for its
+    deadline (an attack trial). It is ``degraded`` until a call is settled again."""
+    provider = _client("http://127.0.0.1:1")  # replaced below: each server serves one answer
+    monkeypatch.setitem(runtime._state, "provider", provider)
+    try:
+        async with _serving(_answering(404, b'{"error": "not_found", "message": "no route"}')) as url:
+            provider.base_url = url
+            for _ in range(2):
+                assert isinstance(await provider.charge("charge:k", "acct", Decimal("1.00"), "ref"), Refused)
+        assert provider.state == "closed" and provider.refusing is not None
+        with pytest.raises(Degraded) as degraded:
+            await runtime.provider_check()
+        assert "the payment provider refuses the service's calls since" in str(degraded.value)
+        assert "(the last: 404 not_found)" in str(degraded.value)
+        async with _serving(_answering(201, b'{"charge_id": "ch_1"}')) as url:
+            provider.base_url = url
+            assert await provider.charge("charge:k", "acct", Decimal("1.00"), "ref") == Charged("ch_1")
+        assert provider.refusing is None
+        await runtime.provider_check()  # ready again
+    finally:
+        await provider.aclose()
