@@ -1298,5 +1298,9 @@ def audit_verify(
         return t
 
     if found or output is Output.json:
-        _emit(output, found, table)
+        _emit(
+            output,
+            {"chains": found, "unreachable": each.unreachable, "unavailable": each.unavailable},
+            table,
+        )
     each.end("its audit trail is not verified", failed=any(result["problems"] for result in found.values()))

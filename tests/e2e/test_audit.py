@@ -72,7 +72,9 @@ def test_calls_and_compensations_are_recorded_with_who_and_how_they_ended(
 
     verified = sagactl(system, "audit", "verify", "-o", "json")
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    chains = json.loads(verified.stdout)
+    verdict = json.loads(verified.stdout)
+    assert (verdict["unreachable"], verdict["unavailable"]) == ({}, {})
+    chains = verdict["chains"]
     assert set(chains) == {"order", "inventory", "payment"}
     assert all(c["problems"] == [] and c["entries"] > 0 for c in chains.values())
 
@@ -111,7 +113,7 @@ def test_an_altered_or_removed_entry_breaks_the_chain(
             conn.execute("DELETE FROM audit_log WHERE seq = %s", (seq,))
             removed = sagactl(system, "audit", "verify", "--service", "inventory", "-o", "json")
             assert removed.returncode == 1
-            (problem,) = json.loads(removed.stdout)["inventory"]["problems"]
+            (problem,) = json.loads(removed.stdout)["chains"]["inventory"]["problems"]
             assert "does not follow the entry before it" in problem
 
             # put it back as it was: the chain is whole again

@@ -407,7 +407,9 @@ def test_audit_verify_verifies_the_chains_it_can_read_and_names_the_one_it_canno
     assert result.exit_code == (1 if altered else 3), result.output
     (said,) = result.stderr.splitlines()
     assert said.startswith("cannot reach the payment service") and said.endswith("is not verified")
-    verified = json.loads(result.stdout)
+    verdict = json.loads(result.stdout)
+    assert list(verdict["unreachable"]) == ["payment"] and verdict["unavailable"] == {}
+    verified = verdict["chains"]
     assert list(verified) == ["order", "inventory"]
     assert verified["order"]["problems"] == []
     assert bool(verified["inventory"]["problems"]) is altered
