@@ -37,7 +37,8 @@ from saga_kit.migrations import PLUMBING, migrate
 from saga_kit.retry import RetryPolicy
 from saga_kit.service import ServiceSpec
 from saga_kit.settings import ServiceSettings, async_postgres_url
-from sagastack.embedded import DATABASES, Postgres, free_port
+from sagastack.embedded import DATABASES, PidFile, Postgres, RunDirectoryClaim, free_port
+from sagastack.watchdog import Watchdog
 
 SPECS = {s.name: s for s in (ORDER, INVENTORY, PAYMENT)}
 _offsets = itertools.count()
@@ -45,10 +46,21 @@ _offsets = itertools.count()
 
 @pytest.fixture(scope="session")
 def postgres(run_root: Path) -> Iterator[Postgres]:
-    pg = Postgres(run_root / "pg-integration")
-    pg.start()
-    yield pg
-    pg.stop()
+    """The session's PostgreSQL, in a run directory of its own with a watchdog
+    (``sagastack.watchdog``): a session killed, or interrupted past its teardown, left the
+    server running for over an hour."""
+    run_dir = run_root / "integration"
+    run_dir.mkdir()
+    claim = RunDirectoryClaim(run_dir)
+    watchdog = Watchdog(run_dir)
+    pg = Postgres(run_dir / "pgdata")
+    PidFile(run_dir / "pids.json").add("postgres", pg.start())
+    try:
+        yield pg
+    finally:
+        pg.stop()
+        watchdog.dismiss()
+        claim.release()
 
 
 class ServiceUnderTest:
