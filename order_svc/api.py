@@ -49,6 +49,7 @@ from saga_kit.http import (
     PrincipalDep,
     SettingsDep,
     errors,
+    header_text,
     location,
     problem,
 )
@@ -224,10 +225,7 @@ def _key_text(key: str | None) -> str | None:
     (``orders.idempotency_key``) and shown: no control character, as any stored text
     (``events.values.storable``: C0 and C1, DEL, bidirectional controls), and no tab."""
     if key is not None:
-        try:
-            key = key.encode("latin-1").decode("utf-8")
-        except UnicodeError:
-            raise ValueError("must be text in UTF-8") from None
+        key = header_text(key)
         if len(key) > MAX_IDEMPOTENCY_KEY:  # characters, once decoded: not the header's bytes
             raise ValueError(f"must have at most {MAX_IDEMPOTENCY_KEY} characters")
         storable(key)

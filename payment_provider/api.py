@@ -37,7 +37,7 @@ from payment_provider.models import (
     RefundView,
     error_doc,
 )
-from saga_kit.http import IDEMPOTENT_REPLAYED, sent_twice
+from saga_kit.http import IDEMPOTENT_REPLAYED, header_text, sent_twice
 
 Responses = dict[int | str, dict[str, Any]]
 
@@ -103,12 +103,12 @@ def idempotency_key(
         raise InvalidRequest([sent_twice("header", "Idempotency-Key")])
     if not idempotency_key:
         raise IdempotencyKeyRequired()
-    try:  # HTTP hands header bytes over as Latin-1; a key is UTF-8, like a path's
-        key = idempotency_key.encode("latin-1").decode("utf-8")
-    except UnicodeError:
+    try:  # a key is UTF-8, like a path's
+        key = header_text(idempotency_key)
+    except ValueError as not_utf8:
         # it was read as U+FFFD, which is printable: every such key was one key, and a
         # client was told of another's charge as its own (an attack trial)
-        detail = {"loc": ["header", "Idempotency-Key"], "msg": "must be text in UTF-8", "type": "value_error"}
+        detail = {"loc": ["header", "Idempotency-Key"], "msg": str(not_utf8), "type": "value_error"}
         raise InvalidRequest([detail]) from None
     return _checked(_key, key, "header", "Idempotency-Key")
 

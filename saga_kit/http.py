@@ -331,6 +331,18 @@ def sent_twice(where: str, name: str) -> dict[str, Any]:
     return {"loc": [where, name], "msg": "sent more than once: send one", "type": "duplicate"}
 
 
+def header_text(value: str) -> str:
+    """A header's value as the UTF-8 text its bytes are: the ASGI server hands them over
+    as Latin-1, so ``é`` arrives as ``Ã©`` and ``€`` with a C1 control in it. Raises
+    ``ValueError`` ("must be text in UTF-8") for bytes that are not UTF-8. An
+    ``Idempotency-Key`` is read so by the services and by the payment provider's
+    simulator alike."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise ValueError("must be text in UTF-8") from None
+
+
 #: Methods whose body, when they have one, is JSON on every route of the services.
 _WITH_JSON_BODY = frozenset({"POST", "PUT", "PATCH"})
 
