@@ -107,9 +107,7 @@ def _in_flight(database_urls: dict[str, str], moved: bool) -> str:
     holding = invariants.holding_orders(database_urls, SHOWN_IN_FLIGHT)
     if holding:
         said += "; reservations held for: " + ", ".join(f"{oid} ({status})" for oid, status in holding)
-    provider_errors = sorted(
-        {error for _, _, error in invariants.waiting_payments(database_urls, SHOWN_IN_FLIGHT) if error}
-    )
+    provider_errors = invariants.provider_answers(database_urls, SHOWN_IN_FLIGHT) if waiting else []
     if provider_errors:
         said += "; the provider's last answers: " + "; ".join(provider_errors)
     if moved:

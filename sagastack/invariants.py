@@ -374,18 +374,16 @@ def holding_orders(database_urls: Mapping[str, str], limit: int) -> list[tuple[s
     return [(oid, status.get(oid, "MISSING")) for oid in held]
 
 
-def waiting_payments(database_urls: Mapping[str, str], limit: int) -> list[tuple[str, str, str | None]]:
-    """The ``limit`` payments that have waited on the provider longest: (order id, what is
-    owed — ``charge`` or ``refund`` — and the provider's last error, None before the
-    first answer)."""
+def provider_answers(database_urls: Mapping[str, str], limit: int) -> list[str]:
+    """The provider's last answers (``last_error``) to the ``limit`` payments that have
+    waited on it longest, each once, sorted; none for those it has not answered yet."""
     with connect(database_urls["payment_svc"]) as conn:
         rows = conn.execute(
-            "SELECT order_id, status, last_error FROM payments"
-            " WHERE status IN ('PENDING', 'REFUND_PENDING')"
+            "SELECT last_error FROM payments WHERE status IN ('PENDING', 'REFUND_PENDING')"
             " ORDER BY waiting_since NULLS LAST, order_id LIMIT %s",
             (limit,),
         ).fetchall()
-    return [(str(oid), "charge" if status == "PENDING" else "refund", error) for oid, status, error in rows]
+    return sorted({error for (error,) in rows if error is not None})
 
 
 def pending_orders(database_urls: Mapping[str, str], limit: int) -> list[tuple[str, float]]:
