@@ -55,37 +55,43 @@ def test_check_says_every_invariant_holds_or_which_does_not(
     assert f"invariant violated: product {pid}: sold 3 but committed reservations say 2" in done.stdout
 
 
-def test_check_waits_for_a_stack_to_settle_and_says_what_is_in_flight(system: System) -> None:
+def unsettled_check(system: System, service: str, table: str, insert: str) -> tuple[str, str]:
+    """``check --wait 1`` while a row of ``table`` that never settles, inserted behind
+    the services' backs by ``insert`` (its order id the one parameter), is there; it exits
+    3 (not settled). Returns the row's order id and what check printed."""
     oid = str(uuid.uuid4())
-    with changed(  # an order whose deadline is an hour away, stuck PENDING: nothing settles
-        system.database_urls["order_svc"],
-        "INSERT INTO orders (order_id, customer_id, status, total, deadline_at)"
-        " VALUES (%s, 'nobody', 'PENDING', 1, now() + interval '1 hour')",
-        "DELETE FROM orders WHERE order_id = %s",
-        (oid,),
-    ):
+    delete = f"DELETE FROM {table} WHERE order_id = %s"
+    with changed(system.database_urls[service], insert, delete, (oid,)):
         done = sagastack("check", "--run-dir", str(system.run_dir), "--wait", "1", timeout=120)
     assert done.returncode == 3, done.stdout + done.stderr
-    assert "not settled after 1 s: 1 order PENDING, 0 reservations held" in done.stdout
-    assert f"the oldest PENDING: {oid} (placed " in done.stdout
-    assert "Nothing moved while it waited: these look stuck, not in flight" in done.stdout
+    return oid, done.stdout
+
+
+def test_check_waits_for_a_stack_to_settle_and_says_what_is_in_flight(system: System) -> None:
+    oid, said = unsettled_check(  # an order whose deadline is an hour away, stuck PENDING
+        system,
+        "order_svc",
+        "orders",
+        "INSERT INTO orders (order_id, customer_id, status, total, deadline_at)"
+        " VALUES (%s, 'nobody', 'PENDING', 1, now() + interval '1 hour')",
+    )
+    assert "not settled after 1 s: 1 order PENDING, 0 reservations held" in said
+    assert f"the oldest PENDING: {oid} (placed " in said
+    assert "Nothing moved while it waited: these look stuck, not in flight" in said
 
 
 def test_check_names_the_provider_when_only_payments_wait_on_it(system: System) -> None:
     """A refund waiting through a provider outage was reported as "a saga whose event was
     lost, or a service that is down" (a trial): the payment service knows the provider's
     last answer, and check says it."""
-    oid = str(uuid.uuid4())
-    with changed(  # a refund the provider keeps refusing, due again in an hour
-        system.database_urls["payment_svc"],
+    _, said = unsettled_check(  # a refund the provider keeps refusing, due again in an hour
+        system,
+        "payment_svc",
+        "payments",
         "INSERT INTO payments (order_id, customer_id, amount, status, attempts, waiting_since,"
         " last_error, next_attempt_at) VALUES (%s, 'nobody', 1, 'REFUND_PENDING', 1, now(),"
         " 'the provider answered 503 unavailable after 1 ms', now() + interval '1 hour')",
-        "DELETE FROM payments WHERE order_id = %s",
-        (oid,),
-    ):
-        done = sagastack("check", "--run-dir", str(system.run_dir), "--wait", "1", timeout=120)
-    assert done.returncode == 3, done.stdout + done.stderr
-    assert "0 orders PENDING, 0 reservations held, 1 payment waiting on the provider" in done.stdout
-    assert "the provider's last answers: the provider answered 503 unavailable after 1 ms" in done.stdout
-    assert "the payments wait on the provider" in done.stdout and "look stuck" not in done.stdout
+    )
+    assert "0 orders PENDING, 0 reservations held, 1 payment waiting on the provider" in said
+    assert "the provider's last answers: the provider answered 503 unavailable after 1 ms" in said
+    assert "the payments wait on the provider" in said and "look stuck" not in said
