@@ -181,11 +181,20 @@ def _say(message: str) -> None:
 def _request(ctx: typer.Context, service: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
     """One HTTP call to service, whatever it answered; the command ends with one line
     saying why (exit 3, UNREACHABLE) if it could not be reached."""
+    try:
+        return _send(ctx, service, method, path, **kwargs)
+    except _Missing as missing:
+        _fail(missing.said, UNREACHABLE)
+
+
+def _send(ctx: typer.Context, service: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """One HTTP call to service, whatever it answered; ``_Missing`` ("unreachable",
+    saying why) if it could not be reached."""
     base = _urls(ctx).of(service)
     try:
         return _urls(ctx).client.request(method, base + path, **kwargs)
     except httpx.HTTPError as exc:
-        _fail(_unreachable(service, base, exc), UNREACHABLE)
+        raise _Missing("unreachable", _unreachable(service, base, exc)) from None
 
 
 def _call(ctx: typer.Context, service: str, method: str, path: str, **kwargs: Any) -> Any:
@@ -221,11 +230,7 @@ class _Missing(Exception):
 def _get_or_missing(ctx: typer.Context, service: str, path: str, params: Mapping[str, Any]) -> Any:
     """``GET path`` of service: its JSON, or ``_Missing`` if it could not be reached or
     answered 5xx; a 4xx (this call's fault, the same at every service) ends the command."""
-    base = _urls(ctx).of(service)
-    try:
-        response = _urls(ctx).client.get(base + path, params=params)
-    except httpx.HTTPError as exc:
-        raise _Missing("unreachable", _unreachable(service, base, exc)) from None
+    response = _send(ctx, service, "GET", path, params=params)
     if response.is_server_error:
         raise _Missing("unavailable", _refusal(service, response))
     return _answer(ctx, service, "GET", path, response)
