@@ -216,7 +216,7 @@ class PidFile:
 
     def running(self) -> list[str]:
         """The names recorded here whose process still runs."""
-        return [name for name, (pid, created) in self._read().items() if process_running(int(pid), created)]
+        return [r.name for r in self.recorded() if process_running(r.pid, r.created)]
 
     def gone(self, names: Sequence[str]) -> list[str]:
         """Those of ``names`` recorded here whose process is no longer running (ended,
