@@ -272,10 +272,10 @@ def save(uow: UnitOfWork, state: Orders) -> None:
         uow.write(
             (
                 "INSERT INTO orders (order_id, customer_id, status, reason, idempotency_key, request_hash,"
-                " deadline_at, trace_context, command_id)"
-                " SELECT o, c, s, r, k, h, d, t, cmd FROM json_to_recordset(CAST(%(rows)s AS json))"
-                " AS v(o uuid, c text, s text, r text, k text, h text, d timestamptz, t text, cmd uuid)"
-                " ON CONFLICT (order_id) DO NOTHING"
+                " deadline_at, trace_context, command_id, cancel_command_id)"
+                " SELECT o, c, s, r, k, h, d, t, cmd, x FROM json_to_recordset(CAST(%(rows)s AS json))"
+                " AS v(o uuid, c text, s text, r text, k text, h text, d timestamptz, t text, cmd uuid,"
+                " x uuid) ON CONFLICT (order_id) DO NOTHING"
             ),
             {
                 "rows": sql.rows(
@@ -289,6 +289,9 @@ def save(uow: UnitOfWork, state: Orders) -> None:
                         "d": o.deadline_at,
                         "t": o.placed.traceparent if o.placed else None,
                         "cmd": o.command_id,
+                        # cancelled in the batch that placed it: its CancelOrder's id is
+                        # used, as ``changed`` records it for an order placed before
+                        "x": o.cancel_command_id,
                     }
                     for oid, o in placed
                 )

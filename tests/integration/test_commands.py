@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import uuid
@@ -23,7 +24,7 @@ from order_svc.placing import place_order
 from saga_kit import auth, deadletters
 from saga_kit import headers as kafka_headers
 from saga_kit.auth import DEV_AUDIENCE, DEV_ISSUER, Role, TokenVerifier, write_dev_issuer
-from saga_kit.consumer import Outcome
+from saga_kit.consumer import Outcome, Record
 from saga_kit.db import SAGA_LOCK_NAMESPACE
 from tests.integration.conftest import ServiceUnderTest
 from tests.jsonserver import JsonServer
@@ -35,6 +36,10 @@ def place(customer: str = "kim", quantity: int = 1, command_id: uuid.UUID | None
         customer_id=customer,
         items=(OrderLine(product_id="p", quantity=quantity),),
     )
+
+
+#: offsets of the records a test builds itself, apart from the fixtures' own
+_batch_offsets = itertools.count(10**9)
 
 
 async def send(order: ServiceUnderTest, command: PlaceOrder | CancelOrder | bytes) -> Outcome:
@@ -189,6 +194,32 @@ async def test_a_cancel_s_command_id_is_used_once(order: ServiceUnderTest) -> No
     # a PlaceOrder's id cannot cancel its own order either
     await send(order, CancelOrder(command_id=second.command_id, order_id=b))
     assert await order.scalar("SELECT status FROM orders WHERE order_id = :o", o=b) == "PENDING"
+
+
+async def test_a_cancel_in_the_batch_that_placed_its_order_keeps_its_command_id(
+    order: ServiceUnderTest,
+) -> None:
+    """A CancelOrder taken in the batch whose PlaceOrder placed the order: the order's
+    insert did not carry the cancel's id, so the same cancel sent again was refused as
+    ``order_not_cancellable`` (not "done before"), and the id could place an order."""
+    placed = place()
+    oid = order_id_for(placed.command_id)
+    cancel = CancelOrder(command_id=uuid.uuid4(), order_id=oid)
+    batch = [
+        Record(COMMANDS, 0, next(_batch_offsets), str(c.command_id).encode(), encode_command(c))
+        for c in (placed, cancel)
+    ]
+    assert await order.pipeline.process_batch(batch) == [Outcome.HANDLED, Outcome.HANDLED]
+    assert (
+        await order.scalar("SELECT cancel_command_id FROM orders WHERE order_id = :o", o=oid)
+        == cancel.command_id
+    )
+    respaced = json.dumps(json.loads(encode_command(cancel)), indent=1).encode()
+    assert await send(order, respaced) is Outcome.HANDLED  # the same cancel again: done before
+    await send(order, place(command_id=cancel.command_id))  # its id reused: refused
+    assert [e.event_type for e, _ in await answers(order, oid)] == ["OrderCreated", "OrderCancelled"]
+    ((refused, _),) = await answers(order, order_id_for(cancel.command_id))
+    assert (refused.event_type, refused.payload.reason) == ("CommandRejected", "command_id_reused")
 
 
 async def test_a_client_key_named_like_a_command_takes_nothing_from_the_command(
