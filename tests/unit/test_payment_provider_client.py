@@ -193,6 +193,10 @@ async def test_an_open_breaker_sends_nothing_so_nothing_was_done() -> None:
         (200, b'{"charge_id": ""}', "unavailable"),
         (402, b"not json", "card_declined"),
         (402, b'{"decline_code": "insufficient_funds"}', "insufficient_funds"),
+        # JSON nested past the parser's depth: RecursionError, not ValueError, raised out
+        # of the round as the bodies above once did (a review)
+        (200, b"[" * 100_000 + b"]" * 100_000, "unavailable"),
+        (402, b"[" * 100_000 + b"]" * 100_000, "card_declined"),
     ],
 )
 async def test_a_garbled_answer_is_asked_again_and_a_garbled_decline_is_still_a_decline(
