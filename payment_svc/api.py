@@ -46,7 +46,7 @@ class AccountView(BaseModel):
 async def _provider(method: str, path: str, body: Any = None, *, not_found: str | None = None) -> Any:
     """The provider's JSON answer to an account call: its 404 as ours when ``not_found``
     says what is missing, its 503 as ours (with ``Retry-After``); anything else but 200 —
-    or no answer — is a 502."""
+    or no answer, or a 200 that is not JSON — is a 502."""
     try:
         answer = await runtime.provider().request(method, path, body)
     except Unreachable as exc:
@@ -57,7 +57,10 @@ async def _provider(method: str, path: str, body: Any = None, *, not_found: str 
         raise upstream_unavailable("the payment provider", answer.retry_after)
     if answer.status_code != 200:
         raise HTTPException(502, f"the payment provider answered {answer.status_code}")
-    return answer.json()
+    try:
+        return answer.json()
+    except ValueError:
+        raise HTTPException(502, "the payment provider answered 200 with a body that is not JSON") from None
 
 
 def _view(data: Any) -> AccountView:
@@ -106,8 +109,12 @@ async def get_account(customer_id: CustomerId, principal: PrincipalDep) -> Accou
     responses=errors(_PROVIDER_DOWN, invalid=False),
 )
 async def list_accounts() -> list[AccountView]:
-    """Every account at the payment provider, by customer id."""
-    return [_view(a) for a in await _provider("GET", "/v1/accounts")]
+    """Every account at the payment provider, by customer id; an answer that is not a list
+    of accounts is a 502, as ``_view``'s."""
+    accounts = await _provider("GET", "/v1/accounts")
+    if not isinstance(accounts, list):
+        raise HTTPException(502, "the payment provider answered something else than a list of accounts")
+    return [_view(a) for a in accounts]
 
 
 class PaymentView(BaseModel):

@@ -12,8 +12,10 @@ from decimal import Decimal
 
 import pytest
 import pytest_asyncio
+from fastapi import HTTPException
 
 from payment_svc import runtime
+from payment_svc.api import get_account, list_accounts
 from payment_svc.provider import (
     Charged,
     Declined,
@@ -23,8 +25,10 @@ from payment_svc.provider import (
     Unavailable,
     Unreachable,
 )
+from saga_kit.auth import UNAUTHENTICATED
 from saga_kit.http import Degraded
 from sagastack.embedded import free_port
+from tests.jsonserver import JsonServer
 
 
 @pytest_asyncio.fixture
@@ -246,3 +250,27 @@ async def test_readiness_says_so_while_the_provider_refuses_the_calls(
         await runtime.provider_check()  # ready again
     finally:
         await provider.aclose()
+
+
+@pytest.mark.parametrize("body", [b"<html>maintenance</html>", b"null", b"5", b'"accounts"'])
+async def test_an_account_answer_the_service_cannot_read_is_a_502_not_a_500(
+    body: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 200 whose body is not JSON, or not the list ``GET /accounts`` reads, was a 500 with
+    a traceback (a review): the provider broke its contract, so it is a 502 that says so."""
+    with JsonServer(body) as server:
+        provider = _client(server.base)
+        monkeypatch.setitem(runtime._state, "provider", provider)
+        try:
+            with pytest.raises(HTTPException) as listed:
+                await list_accounts()
+            assert listed.value.status_code == 502, listed.value.detail
+            if body.startswith(b"<"):
+                with pytest.raises(HTTPException) as one:
+                    await get_account("ann", UNAUTHENTICATED)
+                assert (one.value.status_code, one.value.detail) == (
+                    502,
+                    "the payment provider answered 200 with a body that is not JSON",
+                )
+        finally:
+            await provider.aclose()
