@@ -118,19 +118,25 @@ class HandOff:
     instance takes it meanwhile. A payment is handed off only while the worker will call
     at once: after the worker opened the hand-off (``open``), while its breaker is closed
     (``ready``) and fewer than a round's payments (``limit``) wait here; otherwise it is
-    left due, for ``claim``. A payment that waited here more than half its lease is
-    dropped, not called (its row comes due again when the lease ends: ``take``)."""
+    left due, for ``claim``. A payment is called only while its lease still outlasts the
+    longest a round takes to call what it took (``calling``); one that waited longer is
+    dropped, not called (its row comes due again when the lease ends: ``take``). Half the
+    lease, as before, let a round's calls outlive it: another instance then claimed the
+    row again and called once more under the same key (a review)."""
 
     def __init__(self) -> None:
         self._lease: float | None = None
+        #: how long before its lease ends a payment must be taken: a round's calls
+        self._calling = 0.0
         self._limit = 0
         self._ready: Callable[[], bool] = lambda: False
         #: (monotonic time after which it is not called, the claimed payment)
         self._due: deque[tuple[float, Due]] = deque()
 
-    def open(self, lease: float, limit: int, ready: Callable[[], bool]) -> None:
-        """Start taking payments: ``lease`` s, at most ``limit`` waiting, while ``ready()``."""
-        self._lease, self._limit, self._ready = lease, limit, ready
+    def open(self, lease: float, limit: int, ready: Callable[[], bool], calling: float = 0.0) -> None:
+        """Start taking payments: ``lease`` s, at most ``limit`` waiting, while ``ready()``;
+        ``calling``: the longest, in s, a round's calls take (less than ``lease``)."""
+        self._lease, self._limit, self._ready, self._calling = lease, limit, ready, calling
 
     def close(self) -> None:
         """Stop taking payments and forget those waiting (their leases end: ``claim``)."""
@@ -153,7 +159,7 @@ class HandOff:
         """Called once the transaction that claimed ``claimed`` committed."""
         if self._lease is None:
             return  # closed meanwhile: their leases end
-        stale_at = time.monotonic() + self._lease / 2
+        stale_at = time.monotonic() + self._lease - self._calling
         self._due.extend((stale_at, d) for d in claimed)
 
     def take(self, n: int) -> list[Due]:
@@ -378,13 +384,14 @@ class PaymentWorker:
         #: a claim's lease: long enough for the round's calls — ``batch`` of them, at most
         #: ``concurrency`` at a time, each within the timeout — and a margin, so a live
         #: call is not claimed again (if it is, its answer is stale: ``record``)
-        self.lease = provider.timeout * (math.ceil(batch / concurrency) + 1) + 1.0
+        calling = provider.timeout * math.ceil(batch / concurrency)
+        self.lease = calling + provider.timeout + 1.0
         self.handoff, self.claim_every = handoff, claim_every
         #: called when a round left a payment due at once (the next round follows now)
         self.wake = wake
         self._claimed_at = -math.inf
         if handoff is not None:
-            handoff.open(self.lease, batch, lambda: provider.state == "closed")
+            handoff.open(self.lease, batch, lambda: provider.state == "closed", calling)
 
     async def round(self) -> int:
         """One round; returns how many payments it called the provider for."""

@@ -9,7 +9,9 @@ from decimal import Decimal
 import pytest
 
 from payment_svc import worker
+from payment_svc.provider import PaymentProvider
 from payment_svc.worker import Due, HandOff
+from saga_kit.retry import RetryPolicy
 
 
 def due(n: int) -> Due:
@@ -52,16 +54,46 @@ def test_at_most_a_round_waits_and_the_worker_takes_the_oldest_first() -> None:
     assert handoff.take(5) == []
 
 
-def test_a_payment_that_waited_half_its_lease_is_not_called(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Its claim is too old to be sure of a call within the lease: its row comes due again
-    when the lease ends, and the worker's claim takes it then."""
+def test_a_payment_whose_lease_could_end_in_its_calls_is_not_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its claim is too old to be sure of a call within the lease (10 s, of which a round's
+    calls may take 6): its row comes due again when the lease ends, and the worker's claim
+    takes it then."""
     now = [1000.0]
     monkeypatch.setattr(worker.time, "monotonic", lambda: now[0])
     handoff = HandOff()
-    handoff.open(10.0, 8, lambda: True)
+    handoff.open(10.0, 8, lambda: True, calling=6.0)
     handoff.give([due(1)])
     now[0] += 4.0
     handoff.give([due(2)])
-    now[0] += 1.5  # the first waited 5.5 s of its 10 s lease; the second 1.5 s
+    now[0] += 1.5  # the first waited 5.5 s of its 10 s lease, more than 10 - 6; the second 1.5 s
     assert [d.order_id.int for d in handoff.take(8)] == [2]
     assert len(handoff) == 0
+
+
+@pytest.mark.parametrize(("batch", "concurrency"), [(1, 1), (32, 8), (32, 32), (10, 3)])
+def test_a_payment_taken_at_the_last_moment_is_called_within_its_lease(
+    batch: int, concurrency: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's lease outlasts a round whose calls (``batch``, ``concurrency`` at a time,
+    each up to the timeout) start with a payment handed off as late as it may be taken. At
+    half the lease, a round of four calls one after another outlived it (a review)."""
+    now = [1000.0]
+    monkeypatch.setattr(worker.time, "monotonic", lambda: now[0])
+    provider = PaymentProvider("http://127.0.0.1:9", timeout=5.0, breaker_failures=5, breaker_recovery=1.0)
+    handoff = HandOff()
+    w = worker.PaymentWorker(
+        None,  # type: ignore[arg-type]  # nothing here touches the database
+        provider,
+        RetryPolicy(),
+        batch=batch,
+        concurrency=concurrency,
+        handoff=handoff,
+    )
+    calls = 5.0 * -(-batch // concurrency)  # the round's calls at their slowest
+    handoff.give([due(1)])
+    now[0] += w.lease - calls - 0.01
+    assert len(handoff.take(1)) == 1  # the latest it is taken …
+    assert now[0] - 1000.0 + calls < w.lease  # … and its calls end within its lease
+    handoff.give([due(2)])
+    now[0] += w.lease - calls + 0.01
+    assert handoff.take(1) == []
