@@ -15,6 +15,7 @@ from sqlalchemy import text
 from order_svc import live, timeline
 from order_svc.live import Away, Ended, Item, LiveTimeline
 from tests.integration.conftest import ServiceUnderTest
+from tests.polling import until
 
 #: Fast enough for a test to see several reads; the product's default is 0.5 s.
 INTERVAL = 0.05
@@ -78,7 +79,7 @@ async def test_open_streams_share_one_reader_and_each_gets_every_event_once(orde
     streams = [hub.follow(await hub.start(None)) for _ in range(20)]
     # each stream catches up on its own once (nothing to catch up: it starts now) ...
     first = [asyncio.ensure_future(anext(s)) for s in streams]
-    await asyncio.sleep(0.3)
+    await until(lambda: hub.reads["streams"] >= 20 and hub.open_streams >= 20, "every stream caught up")
     assert hub.reads["streams"] == 20 and hub.open_streams == 20
     # ... and from then on only the hub reads, however many streams are open
     made = await committed(order, 3)
@@ -91,8 +92,7 @@ async def test_open_streams_share_one_reader_and_each_gets_every_event_once(orde
     for s in streams:
         await s.aclose()
     assert hub.open_streams == 0
-    await asyncio.sleep(INTERVAL * 3)
-    assert hub._task is None  # the hub stops with its last stream
+    await until(lambda: hub._task is None, "the hub stops with its last stream")
 
 
 async def test_a_stream_from_the_past_catches_up_then_follows_without_a_gap_or_a_repeat(

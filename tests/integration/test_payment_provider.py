@@ -5,9 +5,8 @@ matters), over its own database, migrated like at start."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -22,6 +21,7 @@ from payment_provider.settings import Settings
 from saga_kit.db import create_engine
 from saga_kit.settings import async_postgres_url
 from sagastack.embedded import DATABASES, Postgres, free_port
+from tests.polling import until
 
 REPLAYED = "Idempotent-Replayed"
 
@@ -527,18 +527,6 @@ async def test_a_timed_out_call_still_charges_after_its_client_gave_up(
     finally:
         server.should_exit = True
         await serving
-
-
-async def until(condition: Callable[[], bool | Awaitable[bool]], what: str, within: float = 10.0) -> None:
-    """Wait until ``condition`` holds, at most ``within`` seconds."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        result = condition()
-        if await result if inspect.isawaitable(result) else result:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not within {within}s: {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_fault_routes_are_404_without_fault_control(
