@@ -362,6 +362,94 @@ class UnreadableBody(Exception):
         self.status = status
 
 
+class AnswerDeadline:
+    """ASGI middleware: a request whose answer has not started ``seconds`` after the
+    service last had something to wait for from the client (the request, or the body's
+    last part) is answered 503 ``service_unavailable`` with ``Retry-After``, and the route
+    is cancelled behind it. What this bounds is the service's own waiting — a database
+    that hangs without refusing (a stopped server, a network that drops packets) held
+    every request that had a connection until it came back, 75 s in an attack trial,
+    while the README promised a 503. The body's own wait is ``RequestGuard``'s (408);
+    an answer that has started (a stream) is not cut.
+
+    The 503 goes out at once; the cancelled route cleans up behind it (psycopg cancels
+    its query on the server, and gives up on the connection after ~10 s if the server
+    does not answer that either). A POST answered so may still have acted: retried with
+    the same ``Idempotency-Key``, it cannot act twice."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        #: when the service last had the client's input (None: it waits for it now)
+        since: list[float | None] = [loop.time()]
+        started = late = False
+
+        async def receiving() -> Message:
+            since[0] = None
+            try:
+                return await receive()
+            finally:
+                since[0] = loop.time()
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            if late:
+                return  # the 503 went out: the cancelled route says nothing more
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        route = asyncio.ensure_future(self.app(scope, receiving, sending))
+        try:
+            while not started:
+                at = since[0]
+                left = self.seconds if at is None else at + self.seconds - loop.time()
+                if left <= 0:
+                    break
+                done, _ = await asyncio.wait({route}, timeout=left)
+                if done:
+                    break
+            else:
+                await route  # answering: no deadline on a stream
+                return
+            if route.done():
+                route.result()  # the route's own exception, as without this middleware
+                return
+        except BaseException:
+            route.cancel()  # the client or the server went away: the route with it
+            raise
+        late = True
+        route.cancel()
+        route.add_done_callback(_retrieved)
+        log.warning(
+            "%s %s: 503, no answer within %g s (is the database answering?)",
+            scope["method"],
+            scope["path"],
+            self.seconds,
+        )
+        detail = (
+            f"this service could not answer within {self.seconds:g} s: the database, or something"
+            " else it needs, does not answer now; retry after Retry-After seconds"
+        )
+        if scope["method"] == "POST":
+            detail += " (with the same Idempotency-Key, a retried POST cannot act twice)"
+        retry = b"%d" % TRANSIENT_RETRY_AFTER_SECONDS
+        for message in _json_answer(
+            503, {"detail": detail, "reason": "service_unavailable"}, [(b"retry-after", retry)]
+        ):
+            await send(message)
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """Reads a cancelled route's outcome, so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 class _BodyReader:
     """The ``receive`` of a request with a body (``RequestGuard``): the whole body must
     arrive within ``timeout`` seconds of the route's first read (else 408); with
@@ -1008,6 +1096,9 @@ def create_app(
     _document_common_answers(app, settings.auth_metrics_public)
     for middleware in inner_middleware:
         app.add_middleware(middleware)
+    # outside the routes' own middleware (the audit trail), inside the body's guard: the
+    # body's wait is the guard's (408), the service's own waiting this one's (503)
+    app.add_middleware(AnswerDeadline, seconds=settings.http_answer_timeout_seconds)
     # A body larger than the limit is refused with 413 as it arrives (Starlette's body
     # limit), inside RequestGuard, which refuses one announced larger before it is read:
     # FastAPI's own max_body_size sits outside every middleware and answers the announced

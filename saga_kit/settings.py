@@ -220,6 +220,16 @@ class ServiceSettings(KafkaClientSettings):
         le=3600,
         validation_alias=AliasChoices("HTTP_BODY_TIMEOUT_SECONDS", "http_body_timeout_seconds"),
     )
+    #: how long a route may take to start its answer, in seconds, counted from the request
+    #: or the last part of its body (longer: 503 ``service_unavailable`` with
+    #: ``Retry-After``, ``saga_kit.http.AnswerDeadline``): below sagactl's 10 s, so it
+    #: hears why.
+    http_answer_timeout_seconds: float = Field(
+        default=8.0,
+        gt=0,
+        le=3600,
+        validation_alias=AliasChoices("HTTP_ANSWER_TIMEOUT_SECONDS", "http_answer_timeout_seconds"),
+    )
 
     @field_validator("http_allowed_hosts", "http_allowed_origins", mode="before")
     @classmethod

@@ -1,0 +1,55 @@
+"""A database that holds a query without refusing it (a server stopped with SIGSTOP, a
+network that drops packets) held every request that had a connection until it answered:
+75 s in an attack trial, while the README promises a 503. Over the order service's real
+database and HTTP app, a lock stands in for the database that does not answer: the route
+is answered 503 ``service_unavailable`` at the deadline, and the same request is answered
+once the lock is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import httpx
+from sqlalchemy import text
+
+from events.order import OrderLine
+from order_svc.app import SPEC
+from order_svc.placing import Placed, Placement, place_orders
+from order_svc.settings import Settings
+from saga_kit.service import http_app
+from tests.integration.conftest import ServiceUnderTest
+
+
+async def _no_metrics() -> bytes:
+    return b""
+
+
+async def test_a_route_whose_database_does_not_answer_is_a_503_at_the_deadline(
+    order: ServiceUnderTest,
+) -> None:
+    line = OrderLine(product_id="p", quantity=1)
+    (placed,) = await place_orders(order.db, [Placement("deadline", (line,), None, timedelta(minutes=5))])
+    assert isinstance(placed, Placed)
+    settings = Settings.model_construct(
+        database_url="postgresql+psycopg://unused/db", http_port=0, http_answer_timeout_seconds=0.5
+    )
+    app = http_app(SPEC, order.db, settings, {}, _no_metrics)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http:
+        async with order.db.engine.connect() as holder:
+            await holder.begin()
+            await holder.execute(text("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE"))
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            answer = await asyncio.wait_for(http.get(f"/orders/{placed.order_id}"), 30)
+            waited = loop.time() - began
+            await holder.rollback()
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["retry-after"] == "1"
+        assert answer.json()["reason"] == "service_unavailable"
+        assert waited >= 0.5, waited  # the deadline, not the lock's end
+        again = await http.get(f"/orders/{placed.order_id}")
+        assert again.status_code == 200 and again.json()["order_id"] == str(placed.order_id)
+        missing = await http.get(f"/orders/{uuid.uuid4()}")
+        assert missing.status_code == 404  # the pool is whole again
