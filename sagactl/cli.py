@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import sys
 import time
 import uuid
@@ -64,8 +66,6 @@ SERVICES = SHORT_NAMES
 SHORT_ID = 8
 #: A width no table reaches: wide tables are measured against it.
 UNBOUNDED = 100_000
-#: How many recent orders a shortened order id is looked up among (the API's page limit).
-RECENT_ORDERS = 1000
 #: Exit codes: a service refused (or answered something unusable); sagactl was called
 #: wrong (click's own code for a usage error); a service or the broker could not be
 #: reached. Distinct, so a script can tell a mistake of its own from an outage.
@@ -564,35 +564,50 @@ PublishBootstrap = Annotated[
 
 
 def _check_order_id(given: str) -> str:
-    """An order id or its start, without the blanks around it; none at all is a usage
-    error: every recent order starts with it, which read as an ambiguous prefix."""
-    if not given.strip():
+    """An order id or its first ``SHORT_ID`` or more characters (as tables show it),
+    without the blanks around it. Anything shorter is a usage error: ``cancel 2f07`` took
+    the one of the 1,000 most recent orders that started so, while an older one did too,
+    and cancelled it — a refund and a restock nobody can take back (an attack trial)."""
+    given = given.strip()
+    if not given:
         raise typer.BadParameter("an order id, or its first characters, is needed")
-    return given.strip()
+    if not re.fullmatch(f"[0-9a-fA-F-]{{{SHORT_ID},36}}", given):
+        raise typer.BadParameter(
+            f"{given!r} is not an order id or the first {SHORT_ID} or more characters of one"
+            f" (tables show {SHORT_ID}; --output wide shows them whole)"
+        )
+    return given
 
 
 OrderIdArg = Annotated[
     str,
     typer.Argument(
-        help=f"an order id, or the start of one of the {RECENT_ORDERS} most recent", callback=_check_order_id
+        help=f"an order id, or its first {SHORT_ID} or more characters (as tables show it)",
+        callback=_check_order_id,
     ),
 ]
 
 
 def _order_id(ctx: typer.Context, given: str) -> str:
-    """The full id of the order given names: a full id, or a prefix (such as the
-    shortened ids tables show) of exactly one of the most recent orders."""
+    """The full id of the order ``given`` names: a full id, or the start of exactly one
+    order's id among every order the caller may see (``GET /orders?order_id_prefix=``)."""
     try:
         return str(uuid.UUID(given))
     except ValueError:
         pass
-    recent = _call(ctx, "order", "GET", "/orders", params={"limit": RECENT_ORDERS})
-    matches = [o["order_id"] for o in recent if o["order_id"].startswith(given.lower())]
-    if len(matches) == 1:
-        return str(matches[0])
-    if matches:
-        _fail(f"{given!r} is ambiguous: {len(matches)} recent orders start with it; give more of the id")
-    _fail(f"no order id starts with {given!r} among the {RECENT_ORDERS} most recent orders")
+    found = _call(ctx, "order", "GET", "/orders", params={"order_id_prefix": given, "limit": 2})
+    if len(found) == 1:
+        return str(found[0]["order_id"])
+    if found:
+        _fail(f"{given!r} is ambiguous: more than one order id starts with it; give more of the id")
+    _fail(f"no order id starts with {given!r}")
+
+
+def _finite(given: float | None) -> float | None:
+    """A number of seconds: ``nan`` and ``inf`` have no JSON (they were a traceback)."""
+    if given is not None and not math.isfinite(given):
+        raise typer.BadParameter(f"{given} is not a number of seconds")
+    return given
 
 
 @app.command("place")
@@ -603,7 +618,9 @@ def place(
     deadline_seconds: Annotated[
         float | None,
         typer.Option(
-            "--deadline", help="seconds the saga may take before it is cancelled (default: the service's, 30)"
+            "--deadline",
+            help="seconds the saga may take before it is cancelled (default: the service's, 30)",
+            callback=_finite,
         ),
     ] = None,
     via: Via = "http",

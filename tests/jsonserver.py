@@ -18,10 +18,13 @@ class JsonServer:
         self.jwks, self.delay, self.down = jwks, delay, down
         #: set once a request has arrived (and is being answered, after ``delay``)
         self.asked = threading.Event()
+        #: the path and query of every request, in order
+        self.paths: list[str] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                server.paths.append(self.path)
                 server.asked.set()
                 time.sleep(server.delay)
                 status, body = (503, b"away") if server.down else (200, server.jwks)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from sagactl.cli import Output, _emit, app
+from tests.jsonserver import JsonServer
 
 
 @pytest.mark.parametrize("command", [[], ["token"], ["dlq"], ["audit", "verify"], ["place"]])
@@ -179,6 +182,13 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
         (["token", "--subject", ""], "a token's subject is printable text of 1-255 characters"),
         (["saga", ""], "Invalid value for 'order_id': an order id, or its first characters, is needed"),
         (["cancel", " "], "Invalid value for 'order_id': an order id, or its first characters, is needed"),
+        (
+            ["cancel", "2f07"],
+            "Invalid value for 'order_id': '2f07' is not an order id or the first 8 or more",
+        ),
+        (["saga", "2f07fe67-zz"], "'2f07fe67-zz' is not an order id or the first 8 or more characters"),
+        (["place", "alice", "widget=1", "--deadline", "nan"], "nan is not a number of seconds"),
+        (["place", "alice", "widget=1", "--deadline", "-inf"], "-inf is not a number of seconds"),
     ],
 )
 def test_a_bad_argument_is_refused_before_anything_is_sent(command: list[str], said: str) -> None:
@@ -186,7 +196,9 @@ def test_a_bad_argument_is_refused_before_anything_is_sent(command: list[str], s
     was, so ``../dead-letters/2/discard?`` discarded a dead letter; ``widget=²`` and
     ``--ttl 1e309`` were tracebacks; ``--via`` took anything for kafka; an empty subject
     made a token every service refuses; an empty order id was "ambiguous: 170 recent
-    orders start with it" (a trial). Each is now a usage error (exit 2)."""
+    orders start with it" (a trial); ``cancel 2f07`` cancelled the one recent order of
+    two that started so, and ``--deadline nan`` was a traceback (an attack trial). Each
+    is now a usage error (exit 2)."""
     result = CliRunner().invoke(app, ["--order-url", "http://127.0.0.1:1", *command])
     assert result.exit_code == 2, result.output
     assert isinstance(result.exception, SystemExit)  # not a traceback
@@ -425,3 +437,27 @@ def test_dlq_list_says_whose_dead_letters_it_read_when_there_are_none() -> None:
     assert result.exit_code == 3
     assert result.stdout == "no pending dead letters in order, inventory\n"
     assert "cannot reach the payment service" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("found", "code", "said"),
+    [
+        ([], 1, "no order id starts with 'deadbeef'"),
+        (
+            [
+                {"order_id": "deadbeef-0000-4000-8000-000000000001"},
+                {"order_id": "deadbeef-0000-4000-8000-000000000002"},
+            ],
+            1,
+            "'deadbeef' is ambiguous: more than one order id starts with it",
+        ),
+    ],
+)
+def test_a_shortened_order_id_is_looked_up_among_every_order(found: list[Any], code: int, said: str) -> None:
+    """Through the API's own prefix search, not among the 1,000 most recent: an older order
+    sharing the prefix made it cancel the wrong one (an attack trial)."""
+    with JsonServer(json.dumps(found).encode()) as server:
+        result = CliRunner().invoke(app, ["--order-url", server.base, "cancel", "deadbeef"])
+    assert result.exit_code == code, result.output
+    assert said in " ".join(result.output.split())
+    assert server.paths == ["/orders?order_id_prefix=deadbeef&limit=2"]
