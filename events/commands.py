@@ -47,12 +47,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from pydantic_core import from_json
 
 from events.codec import InvalidEvent, summary
 from events.envelope import Envelope, EventPayload
-from events.order import OrderLine
+from events.order import OrderLine, one_line_per_product
 from events.values import (
     MAX_ORDER_LINES,
     DeadlineSeconds,
@@ -108,7 +108,11 @@ class PlaceOrder(Command):
 
     command_id: uuid.UUID
     customer_id: ExternalId
-    items: Annotated[tuple[OrderLine, ...], Field(min_length=1, max_length=MAX_ORDER_LINES)]
+    items: Annotated[
+        tuple[OrderLine, ...],
+        Field(min_length=1, max_length=MAX_ORDER_LINES),
+        AfterValidator(one_line_per_product),
+    ]
     #: How long the saga may stay PENDING; the service's default when absent.
     deadline_seconds: DeadlineSeconds | None = None
 
@@ -214,6 +218,14 @@ def _read(data: bytes | None, authorization: Sequence[str]) -> Envelope[Command]
             "unsupported_version",
             f"schema_version {wire.schema_version} of {cls.event_type}"
             f" (this build reads {cls.schema_version})",
+        )
+    if "command_id" in wire.payload:  # one id, one place: it was overwritten in silence
+        return _refused(
+            delivery,
+            cid,
+            shown_type,
+            "invalid_command",
+            f"invalid {cls.event_type}: payload.command_id: a command's id is its envelope's only",
         )
     try:
         payload = cls.model_validate({**wire.payload, "command_id": str(cid)})

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, ClassVar, Literal
+from collections.abc import Sequence
+from typing import Annotated, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +21,9 @@ PRODUCER = "order_svc"
 CancelReason = Literal["timeout", "cancelled_by_customer", "cancelled_by_operator", "unknown_order"]
 
 
+LinesT = TypeVar("LinesT", bound="Sequence[OrderLine]")
+
+
 class OrderLine(BaseModel):
     """A line as the customer asked for it: no price, inventory owns the catalogue."""
 
@@ -27,6 +31,19 @@ class OrderLine(BaseModel):
 
     product_id: ExternalId
     quantity: Annotated[int, Field(strict=True, ge=1, le=MAX_LINE_QUANTITY)]
+
+
+def one_line_per_product(lines: LinesT) -> LinesT:
+    """The lines of an order asked for (``POST /orders``' body and ``PlaceOrder``): each
+    product on one line. Raises ``ValueError`` naming a product given twice: which line
+    was meant is unknown, and the two doors decided it differently (the command placed
+    such an order, the body was a 422: an attack trial)."""
+    seen: set[str] = set()
+    for line in lines:
+        if line.product_id in seen:
+            raise ValueError(f"product_id {line.product_id!r} appears on more than one line")
+        seen.add(line.product_id)
+    return lines
 
 
 class OrderCreated(EventPayload):

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import anyio
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from opentelemetry import context as otel_context
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, computed_field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, computed_field
 from sqlalchemy import text
 from sse_starlette import ServerSentEvent
 from starlette.background import BackgroundTask
@@ -20,6 +20,7 @@ from starlette.background import BackgroundTask
 from events import OrderLine
 from events.codec import peek
 from events.commands import order_id_for
+from events.order import one_line_per_product
 from events.personal import PersonalData
 from events.values import (
     MAX_ORDER_LINES,
@@ -97,7 +98,9 @@ class OrderRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     customer_id: ExternalId
-    items: Annotated[list[OrderLine], Field(min_length=1, max_length=MAX_ORDER_LINES)]
+    items: Annotated[
+        list[OrderLine], Field(min_length=1, max_length=MAX_ORDER_LINES), AfterValidator(one_line_per_product)
+    ]
     #: How long the saga may stay PENDING before it is cancelled with reason ``timeout``;
     #: the service default (``ORDER_DEADLINE_SECONDS``, 30 s) when absent.
     deadline_seconds: DeadlineSeconds | None = None
@@ -112,16 +115,6 @@ class OrderRequest(BaseModel):
         if self.email is None and self.shipping_address is None:
             return None
         return PersonalData(email=self.email, shipping_address=self.shipping_address)
-
-    @field_validator("items")
-    @classmethod
-    def _one_line_per_product(cls, items: list[OrderLine]) -> list[OrderLine]:
-        seen: set[str] = set()
-        for line in items:
-            if line.product_id in seen:
-                raise ValueError(f"product_id {line.product_id!r} appears on more than one line")
-            seen.add(line.product_id)
-        return items
 
 
 class OrderAccepted(BaseModel):

@@ -122,6 +122,17 @@ async def test_a_command_that_cannot_be_accepted_is_answered_with_the_reason(ord
         ("invalid_command", {"payload": {"customer_id": "kim", "items": items, "n": "TWICE"}}, "twice"),
         # bytes that are not UTF-8 after a readable command_id
         ("invalid_command", {"payload": {"customer_id": "kim", "items": items, "n": "LATIN"}}, "unicode"),
+        # refused as the HTTP door refuses them (an attack trial: the command placed both)
+        (
+            "invalid_command",
+            {"payload": {"customer_id": "kim", "items": [*items, {"product_id": "p", "quantity": 3}]}},
+            "product_id 'p' appears on more than one line",
+        ),
+        (
+            "invalid_command",
+            {"payload": {"customer_id": "kim", "items": items, "command_id": str(uuid.uuid4())}},
+            "payload.command_id: a command's id is its envelope's only",
+        ),
     ]
     for reason, change, why in cases:
         wire = json.loads(encode_command(place()))
