@@ -99,6 +99,60 @@ class Refusal:
         )
 
 
+#: The backlog's figures (``Backlog``) in one statement: the PENDING orders' count and
+#: median age, and the age of the oldest event the broker has not taken (``Admission._read``).
+BACKLOG_SQL = (
+    "SELECT n, (SELECT EXTRACT(EPOCH FROM clock_timestamp() - created_at)"
+    "   FROM orders WHERE status = 'PENDING' ORDER BY created_at OFFSET n / 2 LIMIT 1) AS median_age,"
+    # since it was written, or since a new broker made it unsent again
+    " (SELECT EXTRACT(EPOCH FROM clock_timestamp()"
+    "   - greatest(o.created_at, (SELECT since FROM outbox_broker)))"
+    "   FROM outbox o WHERE o.sent_at IS NULL ORDER BY o.id LIMIT 1) AS unpublished_age"
+    " FROM (SELECT count(*) AS n FROM orders WHERE status = 'PENDING') pending"
+)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """The sagas in flight as admission reads them (``BACKLOG_SQL``): how many orders are
+    PENDING, their median age and the age of the oldest event the broker has not taken
+    (seconds; 0.0 when there is none)."""
+
+    pending: int
+    median_age: float
+    unpublished_age: float
+
+    @classmethod
+    def of(cls, row: Any) -> Backlog:
+        """From a row of ``BACKLOG_SQL``: (n, median_age, unpublished_age)."""
+        pending, median, unpublished = row
+        return cls(int(pending), float(median or 0.0), float(unpublished or 0.0))
+
+
+def judge(
+    backlog: Backlog, deadline_seconds: float, *, headroom: float, min_pending: int, desk: float = 0.0
+) -> Refusal | None:
+    """None to accept an order with this deadline (seconds), or why not (module doc): the
+    broker gate, then the backlog's — ``2 x median age + desk`` against ``headroom`` times
+    the deadline, once ``min_pending`` sagas are in flight or the desk (``desk``, seconds)
+    is a second behind. Pure: the HTTP door (``Admission.check``) and ``PlaceOrder`` on
+    ``orders.commands`` (``order_svc.handlers``) decide alike."""
+    allowed = headroom * deadline_seconds
+    if backlog.unpublished_age > max(allowed, BROKER_AWAY_SECONDS):
+        return Refusal(backlog.unpublished_age, 5, broker=True)
+    if backlog.pending < min_pending and desk < 1.0:
+        return None
+    expected = 2 * backlog.median_age + desk
+    if expected <= allowed:
+        return None
+    return Refusal(expected, _retry_after(expected - allowed))
+
+
+def count(refusal: Refusal) -> None:
+    """Count a refusal by its gate (``REFUSED``: /metrics)."""
+    REFUSED["broker" if refusal.broker else "backlog"] += 1
+
+
 class Admission:
     """The backlog gate (module doc). ``refresh_seconds``: how old the figures may be before
     a request starts a read in the background; ``max_stale_seconds`` (default four times
@@ -122,15 +176,13 @@ class Admission:
         self._refresh = refresh_seconds
         self._max_stale = 4 * refresh_seconds if max_stale_seconds is None else max_stale_seconds
         self._reading: asyncio.Task[None] | None = None
-        self._pending = 0
-        self._median_age = 0.0
-        self._unpublished_age = 0.0
+        self._backlog = Backlog(0, 0.0, 0.0)
         self._read_at = -math.inf
         self._lock = asyncio.Lock()
         self.refused = 0
 
     async def check(self, deadline_seconds: float) -> Refusal | None:
-        """None to accept an order with this deadline, or why not."""
+        """None to accept an order with this deadline, or why not (counted)."""
         age = time.monotonic() - self._read_at
         if age > self._max_stale:  # too old to decide on (or none yet): wait for them
             async with self._lock:  # one reader at a time; the others use its figures
@@ -138,20 +190,17 @@ class Admission:
                     await self._read()
         elif age > self._refresh and (self._reading is None or self._reading.done()):
             self._reading = asyncio.create_task(self._read_behind(), name="admission-read")
-        allowed = self._headroom * deadline_seconds
-        if self._unpublished_age > max(allowed, BROKER_AWAY_SECONDS):
+        refusal = judge(
+            self._backlog,
+            deadline_seconds,
+            headroom=self._headroom,
+            min_pending=self._min_pending,
+            desk=self._desk_delay(),
+        )
+        if refusal is not None:
             self.refused += 1
-            REFUSED["broker"] += 1
-            return Refusal(self._unpublished_age, 5, broker=True)
-        desk = self._desk_delay()
-        if self._pending < self._min_pending and desk < 1.0:
-            return None
-        expected = 2 * self._median_age + desk
-        if expected <= allowed:
-            return None
-        self.refused += 1
-        REFUSED["backlog"] += 1
-        return Refusal(expected, _retry_after(expected - allowed))
+            count(refusal)
+        return refusal
 
     async def _read_behind(self) -> None:
         """A read no request waits for: a failure is logged, and the next request that
@@ -174,21 +223,7 @@ class Admission:
         hour of events published again after a restart read as an hour-long outage, and
         refused every order while they drained (an attack trial)."""
         async with self._db.engine.connect() as conn:
-            pending, median, unpublished = (
-                await conn.execute(
-                    text(
-                        "SELECT n, (SELECT EXTRACT(EPOCH FROM clock_timestamp() - created_at)"
-                        "   FROM orders WHERE status = 'PENDING' ORDER BY created_at OFFSET n / 2 LIMIT 1),"
-                        # since it was written, or since a new broker made it unsent again
-                        " (SELECT EXTRACT(EPOCH FROM clock_timestamp()"
-                        "   - greatest(o.created_at, (SELECT since FROM outbox_broker)))"
-                        "   FROM outbox o WHERE o.sent_at IS NULL ORDER BY o.id LIMIT 1)"
-                        " FROM (SELECT count(*) AS n FROM orders WHERE status = 'PENDING') pending"
-                    )
-                )
-            ).one()
-        self._pending, self._median_age = int(pending), float(median or 0.0)
-        self._unpublished_age = float(unpublished or 0.0)
+            self._backlog = Backlog.of((await conn.execute(text(BACKLOG_SQL))).one())
         self._read_at = time.monotonic()
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from events import (
@@ -31,12 +32,12 @@ from events import (
 )
 from events.commands import CancelOrder, PlaceOrder, RefusedCommand
 from events.envelope import Envelope, EventPayload
-from events.order import CancelReason
+from events.order import PRODUCER, CancelReason
 from events.topics import COMMANDS
-from order_svc import sagametrics, timeline
+from order_svc import admission, sagametrics, timeline
 from order_svc.domain import CANCEL_REQUESTED, OrderStatus, transition
 from order_svc.placing import order_created, request_hash
-from saga_kit import audit, auth, personal_data, sql, tracing
+from saga_kit import audit, auth, inbox, personal_data, sql, tracing
 from saga_kit.consumer import Record
 from saga_kit.db import Delivery, UnitOfWork
 from saga_kit.errors import InvalidEvent
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: The deadline of an order placed without one (``ORDER_DEADLINE_SECONDS``; ``configure``).
 _defaults = {"deadline_seconds": 30.0}
+#: Admission's settings (``ADMISSION_HEADROOM``, ``ADMISSION_MIN_PENDING``), for commands.
+_admission = {"headroom": 0.5, "min_pending": 100.0}
 #: Verifies the bearer token a command carries (``configure``); None: authentication is
 #: off (development without keys), as for the HTTP API.
 _commands: dict[str, auth.TokenVerifier | None] = {"verifier": None}
@@ -59,6 +62,8 @@ def configure(settings: Any) -> None:
     production, refuse to start without a fit master key for personal data, or without
     the keys that verify the callers' tokens (``saga_kit.auth.load_verifier``)."""
     _defaults["deadline_seconds"] = float(settings.deadline_seconds)
+    _admission["headroom"] = float(settings.admission_headroom)
+    _admission["min_pending"] = int(settings.admission_min_pending)
     _commands["verifier"] = settings.token_verifier()
     _retry["policy"] = settings.retry_policy()
     personal_data.load_master_key(settings.pii_master_key_file, production=settings.saga_env == "production")
@@ -140,6 +145,13 @@ class Orders:
     #: The batch's commands (command id, type, sender, order, outcome), logged once the
     #: batch commits.
     commands_taken: list[tuple[uuid.UUID, str, str, uuid.UUID, str]] = field(default_factory=list)
+    #: The sagas in flight, read in the batch's transaction when it holds a PlaceOrder: a
+    #: command is admitted as ``POST /orders`` is (``order_svc.admission.judge``).
+    backlog: admission.Backlog | None = None
+    #: The batch's commands refused by admission (event id, why): counted once the batch
+    #: commits, and their inbox claims released — the same bytes sent again later are a
+    #: new try, not a redelivery to drop.
+    refusals: list[tuple[uuid.UUID, admission.Refusal]] = field(default_factory=list)
 
     def get(self, event: Envelope[Any]) -> Order:
         """The event's order; ``InvalidEvent`` (a dead letter) if this service has none."""
@@ -174,6 +186,9 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
                 {"ids": sql.values(command_ids)},
             )
         )
+    placing = any(isinstance(e.payload, PlaceOrder) for e in events)
+    if placing:
+        queries.append((admission.BACKLOG_SQL, {}))
     reserved = sorted({e.order_id for e in events if isinstance(e.payload, InventoryReserved)})
     if reserved:
         queries.append(
@@ -185,6 +200,8 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
         )
     orders, *more = await uow.read(*queries)
     used = more.pop(0) if command_ids else ()
+    if placing:
+        state.backlog = admission.Backlog.of(more.pop(0)[0])
     lines = more
     for row in orders:
         state.orders[row.order_id] = Order(
@@ -351,6 +368,10 @@ def save(uow: UnitOfWork, state: Orders) -> None:
     audit.append(uow, state.audit_entries)
     if state.commands_taken:
         uow.after_commit(lambda: _log_commands(state.commands_taken))
+    if state.refusals:
+        inbox.release(uow, PRODUCER, [event_id for event_id, _ in state.refusals])
+    for _, refusal in state.refusals:
+        uow.after_commit(partial(admission.count, refusal))
     moves = [sagametrics.Move(oid, *m, o.placed_at) for oid, o in state.orders.items() for m in o.moves]
     sagametrics.OUTCOMES.committed_with(uow, moves)
 
@@ -534,6 +555,17 @@ def _place(state: Orders, event: Envelope[PlaceOrder]) -> Replies:
             )
         ]
     seconds = command.deadline_seconds or _defaults["deadline_seconds"]
+    refusal = admission.judge(
+        state.backlog or admission.Backlog(0, 0.0, 0.0),
+        seconds,
+        headroom=_admission["headroom"],
+        min_pending=int(_admission["min_pending"]),
+    )
+    if refusal is not None:  # as POST /orders answers 503: an order that cannot finish in time
+        state.refusals.append((event.event_id, refusal))
+        reason = "broker_unavailable" if refusal.broker else "overloaded"
+        detail = f"{refusal.detail} (after {refusal.retry_after} s, under the same command_id)"
+        return [_rejected(command.command_id, "PlaceOrder", reason, detail)]
     deadline_at = datetime.now(UTC) + timedelta(seconds=seconds)
     order = Order(
         OrderStatus.PENDING,

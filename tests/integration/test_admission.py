@@ -101,7 +101,7 @@ async def test_the_backlog_is_read_off_the_requests_path(
     read starts behind it; past ``max_stale_seconds``: the request waits for the read."""
     admission = Admission(order.db, min_pending=10_000, refresh_seconds=0.25, max_stale_seconds=5)
     assert await admission.check(30) is None  # no figures yet: read on the request's path
-    pending = admission._pending
+    pending = admission._backlog.pending
     read, reads, held = admission._read, 0, asyncio.Event()
 
     async def held_read() -> None:
@@ -120,7 +120,7 @@ async def test_the_backlog_is_read_off_the_requests_path(
         held.set()
         assert admission._reading is not None
         await admission._reading
-        assert admission._pending == pending + 3  # the read behind brought the new figures
+        assert admission._backlog.pending == pending + 3  # the read behind brought the new figures
         held.clear()
         admission._read_at -= 10  # too stale: the request waits
         waiting = asyncio.create_task(admission.check(30))

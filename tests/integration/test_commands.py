@@ -511,3 +511,31 @@ async def test_a_command_whose_keys_cannot_be_had_is_dead_lettered_never_refused
         assert replayed.status == "REPLAYED"
     ((created, _),) = await answers(order, oid)
     assert created.event_type == "OrderCreated"
+
+
+async def test_a_place_order_that_could_not_finish_in_time_is_refused_as_post_orders_is(
+    order: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Admission decides a PlaceOrder as it decides ``POST /orders`` (``admission.judge``,
+    on the backlog read in the batch's transaction): 1,200 commands of 5 s deadlines were
+    all placed, and 858 ran into their deadline (an attack trial). The refusal says when
+    to try again, and the same bytes sent again later are a new try, not a redelivery."""
+    await send(order, place())  # a saga in flight, some milliseconds old by now
+    await asyncio.sleep(0.05)
+    monkeypatch.setitem(handlers._admission, "min_pending", 0)
+    monkeypatch.setitem(handlers._admission, "headroom", 1e-6)  # any wait is too long
+    refused = place()
+    data = encode_command(refused)
+    oid = order_id_for(refused.command_id)
+    assert await send(order, data) is Outcome.HANDLED
+    ((rejected, correlation),) = await answers(order, oid)
+    assert rejected.event_type == "CommandRejected" and correlation == str(refused.command_id)
+    assert rejected.payload.reason == "overloaded", rejected.payload
+    assert "under the same command_id" in rejected.payload.detail
+    assert await order.scalar("SELECT COUNT(*) FROM orders WHERE order_id = :o", o=oid) == 0
+
+    monkeypatch.setitem(handlers._admission, "headroom", 0.5)
+    monkeypatch.setitem(handlers._admission, "min_pending", 100)
+    assert await send(order, data) is Outcome.HANDLED  # not a duplicate: its claim was released
+    assert [e.event_type for e, _ in await answers(order, oid)] == ["CommandRejected", "OrderCreated"]
+    assert await send(order, data) is Outcome.DUPLICATE  # placed: now it is one
