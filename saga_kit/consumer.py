@@ -75,7 +75,7 @@ from saga_kit.errors import is_transient
 from saga_kit.fault_injection import crash_at
 from saga_kit.headers import Headers
 from saga_kit.histogram import Histogram
-from saga_kit.labels import INVALID, event_type_label
+from saga_kit.labels import INVALID, record_label
 from saga_kit.reactions import Reactions
 from saga_kit.retry import RetryPolicy
 from saga_kit.signing import BadSignature, Verifier
@@ -144,7 +144,7 @@ class Subscription:
 
 @dataclass
 class ConsumerStats:
-    #: (``event_type_label`` of the event type, outcome) → count, exported on /metrics
+    #: (``record_label`` of the record, outcome) → count, exported on /metrics
     #: (the batch's log line names an unknown type as it came).
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: seconds per batch transaction, and events per batch
@@ -338,7 +338,8 @@ class ConsumerPipeline:
                 self.stats.stuck.pop(tp, None)
             for item in items:
                 assert item.outcome is not None
-                self.stats.outcomes[(event_type_label(item.event_type), item.outcome.value)] += 1
+                payload = item.envelope.payload if item.envelope is not None else None
+                self.stats.outcomes[(record_label(item.event_type, payload), item.outcome.value)] += 1
                 key = (item.record.topic, item.record.partition)
                 self.stats.positions[key] = max(self.stats.positions.get(key, 0), item.record.offset + 1)
             return [item.outcome for item in items if item.outcome is not None]

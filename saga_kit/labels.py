@@ -9,7 +9,7 @@ an event or command type this code knows; anything else is ``<unknown>``.
 
 from __future__ import annotations
 
-from events.commands import COMMAND_TYPES
+from events.commands import COMMAND_TYPES, RefusedCommand
 from events.registry import EVENT_TYPES
 
 #: A record that could not be read as an event.
@@ -30,3 +30,14 @@ def event_type_label(event_type: str | None) -> str:
     if event_type is None:
         return RAW
     return event_type if event_type in _KNOWN_TYPES or event_type in _OWN else UNKNOWN
+
+
+def record_label(event_type: str | None, payload: object | None) -> str:
+    """The ``event_type`` label of a consumed record: its type's (``event_type_label``);
+    a command refused before it could be taken (``RefusedCommand``) is counted under the
+    command type it says it is, if there is one, else ``<invalid>`` — an invalid
+    ``PlaceOrder`` was counted ``<unknown>``, the label of an invented header (an attack
+    trial)."""
+    if isinstance(payload, RefusedCommand):
+        return payload.command_type if payload.command_type in COMMAND_TYPES else INVALID
+    return event_type_label(event_type)

@@ -539,3 +539,18 @@ async def test_a_place_order_that_could_not_finish_in_time_is_refused_as_post_or
     assert await send(order, data) is Outcome.HANDLED  # not a duplicate: its claim was released
     assert [e.event_type for e, _ in await answers(order, oid)] == ["CommandRejected", "OrderCreated"]
     assert await send(order, data) is Outcome.DUPLICATE  # placed: now it is one
+
+
+async def test_a_refused_command_is_counted_under_the_command_it_says_it_is(order: ServiceUnderTest) -> None:
+    """An invalid PlaceOrder was counted ``<unknown>`` in ``saga_events_consumed_total``,
+    the label of a header naming no type (an attack trial): it is a PlaceOrder, handled
+    (answered ``CommandRejected``); a command of a type there is not is ``<invalid>``."""
+    stats = order.pipeline.stats
+    before = dict(stats.outcomes)
+    invalid = json.loads(encode_command(place()))
+    invalid["payload"]["items"] = []
+    unknown = json.loads(encode_command(place())) | {"command_type": f"Evil{uuid.uuid4().hex}"}
+    for wire in (invalid, unknown):
+        assert await send(order, json.dumps(wire).encode()) is Outcome.HANDLED
+    grown = {k: n - before.get(k, 0) for k, n in stats.outcomes.items() if n != before.get(k, 0)}
+    assert grown == {("PlaceOrder", "handled"): 1, ("<invalid>", "handled"): 1}, grown
