@@ -72,6 +72,24 @@ UNBOUNDED = 100_000
 REFUSED, USAGE, UNREACHABLE = 1, 2, 3
 
 
+class LetterStatus(StrEnum):
+    """A dead letter's status, as ``GET /dead-letters?status=`` takes it (ALL: any)."""
+
+    PENDING = "PENDING"
+    REPLAYED = "REPLAYED"
+    DISCARDED = "DISCARDED"
+    ALL = "ALL"
+
+
+class OrderStatusOpt(StrEnum):
+    """An order's status, as ``GET /orders?status=`` takes it."""
+
+    PENDING = "PENDING"
+    APPROVED = "APPROVED"
+    REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
+
+
 class Output(StrEnum):
     text = "text"
     wide = "wide"
@@ -414,24 +432,32 @@ def _free(header: str) -> Column:
 def dlq_list(
     ctx: typer.Context,
     service: ServicesOpt = None,
-    status: Annotated[str, typer.Option(help="PENDING, REPLAYED, DISCARDED or ALL")] = "PENDING",
-    limit: int = 100,
+    status: Annotated[
+        LetterStatus, typer.Option(case_sensitive=False, help="only letters in this status (all: any)")
+    ] = LetterStatus.PENDING,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="the most of each service's")] = 100,
     output: OutputOpt = Output.text,
 ) -> None:
     """Dead letters of every service, newest first. Those of a service that cannot be
     reached, or answers 5xx (its database away: 503), are missing: a line on stderr names
     it (json: "unreachable" and "unavailable", each such service and why), and after the
     others are listed the exit code is 3 if one could not be reached, else 1."""
-    params = {"status": status.upper(), "limit": limit}
+    params = {"status": status.value, "limit": limit}
     names = service or SERVICES
     each = _EachService.read(names, lambda name: _get_or_missing(ctx, name, "/dead-letters", params))
     letters = [{"service": name, **d} for name, found in each.found.items() for d in found]
+    full = [name for name, found in each.found.items() if len(found) >= limit]
+    if full and output is not Output.json:  # said, not shown as if it were all (an attack trial)
+        errors.print(
+            f"{', '.join(full)}: the newest {limit} shown, there may be more (--limit, up to 1000)",
+            style="dim",
+        )
     if each.found or output is Output.json:
         read = list(each.found) if each.missing else None
         _emit(
             output,
             {"dead_letters": letters, "unreachable": each.unreachable, "unavailable": each.unavailable},
-            lambda: _letters_table(letters, status.upper(), output, read),
+            lambda: _letters_table(letters, status.value, output, read),
         )
     each.end("its dead letters are not listed")
 
@@ -855,6 +881,10 @@ def publish(
     producer (README, signed events): for real work use the API, or place and cancel
     with --via kafka."""
     headers = [_header(h) for h in header or []]
+    if tombstone and value is not None:
+        _fail("--tombstone is a record with no body: give it no --value", USAGE)
+    if tombstone and key is None:  # Kafka's producer refuses a record with neither
+        _fail("a tombstone deletes a key: give it one with --key", USAGE)
     if value is None and not tombstone and sys.stdin.isatty():
         _fail(
             "give the record's body with --value, or on standard input (a pipe); --tombstone for none", USAGE
@@ -927,14 +957,17 @@ def _await_order(ctx: typer.Context, sent: Mapping[str, str], cancelling: bool, 
 @app.command("orders")
 def orders(
     ctx: typer.Context,
-    status: Annotated[str | None, typer.Option(help="PENDING, APPROVED, REJECTED or CANCELLED")] = None,
-    limit: int = 30,
+    status: Annotated[
+        OrderStatusOpt | None,
+        typer.Option(case_sensitive=False, help="only orders in this status"),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="the most to list")] = 30,
     output: OutputOpt = Output.text,
 ) -> None:
     """Most recent orders, optionally only those in one status."""
     params: dict[str, Any] = {"limit": limit}
     if status:
-        params["status"] = status.upper()
+        params["status"] = status.value
     rows = _call(ctx, "order", "GET", "/orders", params=params)
     _emit(output, rows, lambda: _orders_table(rows, output))
 

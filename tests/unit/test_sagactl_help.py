@@ -188,6 +188,11 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
         ),
         (["saga", "2f07fe67-zz"], "'2f07fe67-zz' is not an order id or the first 8 or more characters"),
         (["place", "alice", "widget=1", "--deadline", "nan"], "nan is not a number of seconds"),
+        (["publish", "orders.commands", "--tombstone"], "a tombstone deletes a key: give it one with --key"),
+        (
+            ["publish", "orders.commands", "--tombstone", "--key", "k", "--value", "x"],
+            "--tombstone is a record with no body: give it no --value",
+        ),
         (["place", "alice", "widget=1", "--deadline", "-inf"], "-inf is not a number of seconds"),
     ],
 )
@@ -461,3 +466,25 @@ def test_a_shortened_order_id_is_looked_up_among_every_order(found: list[Any], c
     assert result.exit_code == code, result.output
     assert said in " ".join(result.output.split())
     assert server.paths == ["/orders?order_id_prefix=deadbeef&limit=2"]
+
+
+def test_dead_letters_cut_at_the_limit_say_there_may_be_more() -> None:
+    """``dlq list`` showed 100 of each service's 300 dead letters as if they were all (an
+    attack trial): a service that answered as many as asked is named on stderr."""
+    letter = {
+        "id": 7,
+        "status": "PENDING",
+        "event_type": "OrderCreated",
+        "order_id": None,
+        "reason": "bad_signature: the record is not signed",
+        "replay_attempts": 0,
+        "created_at": "2026-12-02T10:00:00+00:00",
+    }
+    with JsonServer(json.dumps([letter, letter | {"id": 8}]).encode()) as server:
+        base = ["--order-url", server.base, "dlq", "list", "-s", "order"]
+        full = CliRunner().invoke(app, [*base, "--limit", "2"])
+        room = CliRunner().invoke(app, [*base, "--limit", "3"])
+    assert full.exit_code == room.exit_code == 0, (full.output, room.output)
+    said = " ".join(full.output.split())
+    assert "order: the newest 2 shown, there may be more (--limit, up to 1000)" in said
+    assert "there may be more" not in room.output
