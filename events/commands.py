@@ -157,6 +157,28 @@ def order_id_for(command_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(ORDERS_FROM_COMMANDS, str(command_id))
 
 
+def peek_command(data: bytes | None) -> tuple[str | None, uuid.UUID | None]:
+    """Best-effort ``(command_type, order_id)`` of a command's bytes, for listings (a dead
+    letter's): the type when it is one there is, the order a ``PlaceOrder`` places or a
+    ``CancelOrder`` names; each None when it cannot be told. Total, as ``events.codec.peek``:
+    any input returns instead of raising (a dead-lettered command listed as ``?`` with no
+    order, though it could be read: an attack trial)."""
+    try:
+        raw = from_json(data) if data else None
+    except ValueError:
+        return None, None
+    if not isinstance(raw, dict):
+        return None, None
+    command_type = raw.get("command_type")
+    if not isinstance(command_type, str) or command_type not in COMMAND_TYPES:
+        return None, None
+    payload = raw.get("payload")
+    named = payload.get("order_id") if isinstance(payload, dict) and command_type == "CancelOrder" else None
+    cid = _uuid(raw.get("command_id"))
+    order_id = _uuid(named) if command_type == "CancelOrder" else (None if cid is None else order_id_for(cid))
+    return command_type, order_id
+
+
 def to_envelope(data: bytes | None, authorization: Sequence[str] = ()) -> Envelope[Command]:
     """Decode a record of ``orders.commands`` (``authorization``: the values of its headers
     of that name, kept on the command for the order service to verify). Raises ``InvalidEvent`` (a dead

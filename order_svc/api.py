@@ -19,9 +19,10 @@ from starlette.background import BackgroundTask
 
 from events import OrderLine
 from events.codec import peek
-from events.commands import order_id_for
+from events.commands import order_id_for, peek_command
 from events.order import one_line_per_product
 from events.personal import PersonalData
+from events.topics import COMMANDS
 from events.values import (
     MAX_ORDER_LINES,
     DeadlineSeconds,
@@ -421,12 +422,14 @@ class CommandView(BaseModel):
     #: the order it placed or named (a PlaceOrder's is derived from the command id)
     order_id: uuid.UUID
     #: ``placed`` or ``cancelled`` (it was applied; ``status`` is the order's now),
-    #: ``rejected`` (see ``reason``), or ``unknown``: not processed yet — or never sent.
+    #: ``rejected`` (see ``reason``), ``dead_lettered`` (neither taken nor refused: a
+    #: pending dead letter of the order service, ``detail`` naming it and why, placed or
+    #: refused once replayed), or ``unknown``: not processed yet — or never sent.
     #: An applied command whose id a later or earlier copy reused (another body, a bad
     #: token), or a command of another type, names that refusal in ``reason`` and
     #: ``detail`` ("a copy sent under this id …", "a CancelOrder sent under this id …");
     #: the outcome stays applied.
-    outcome: Literal["placed", "cancelled", "rejected", "unknown"]
+    outcome: Literal["placed", "cancelled", "rejected", "dead_lettered", "unknown"]
     #: the order's status now and the reason it has (e.g. REJECTED, ``insufficient_funds``),
     #: for an applied command
     status: OrderStatus | None = None
@@ -476,6 +479,23 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
                 {"c": str(command_id)},
             )
         ).first()
+        # neither applied nor refused: held as a dead letter (its token's keys away)? Its
+        # id in the letter's bytes, as written or in capitals (a UUID in JSON is either)
+        letter = (
+            None
+            if applied is not None or refusal is not None
+            else (
+                await conn.execute(
+                    text(
+                        "SELECT id, reason, value FROM dead_letters WHERE status = 'PENDING'"
+                        " AND source_topic = :topic AND (position(convert_to(:c, 'UTF8') IN value) > 0"
+                        " OR position(convert_to(upper(:c), 'UTF8') IN value) > 0)"
+                        " ORDER BY id DESC LIMIT 1"
+                    ),
+                    {"c": str(command_id), "topic": COMMANDS},
+                )
+            ).first()
+        )
     if applied is not None:
         outcome: Any = _APPLIED[applied.event_type]
         return CommandView(
@@ -494,6 +514,19 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
             outcome="rejected",
             reason=refusal.payload.get("reason"),
             detail=refusal.payload.get("detail"),
+        )
+    if letter is not None:
+        named = peek_command(None if letter.value is None else bytes(letter.value))[1]
+        return CommandView(
+            command_id=command_id,
+            order_id=named or order_id_for(command_id),
+            outcome="dead_lettered",
+            reason="dead_letter",
+            detail=(
+                f"dead letter {letter.id} of order_svc, neither taken nor refused:"
+                f" {printable(letter.reason, 500)}; once the cause is mended, replay it"
+                f" (sagactl dlq replay order {letter.id})"
+            ),
         )
     return CommandView(command_id=command_id, order_id=order_id_for(command_id), outcome="unknown")
 

@@ -27,6 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events.codec import is_event_type_name, peek
+from events.commands import peek_command
 from events.values import printable
 from saga_kit import headers as kafka_headers
 from saga_kit.consumer import ConsumerPipeline, Outcome, Record, dead_letter_reason
@@ -172,7 +173,10 @@ def _summary(row: Any) -> dict[str, Any]:
     """A summary's fields; ``event_type`` is the body's, or, when the body cannot be read,
     its ``event_type`` header's if that looks like a type's name (a command that was not
     JSON showed no type, though its header named one: an operator trial)."""
-    event_type, order_id = peek(None if row.peekable is None else bytes(row.peekable))
+    peekable = None if row.peekable is None else bytes(row.peekable)
+    event_type, order_id = peek(peekable)
+    if event_type is None:  # a command (orders.commands) says what it is in its own words
+        event_type, order_id = peek_command(peekable)
     if event_type is None and row.named_type is not None:
         named = bytes(row.named_type).decode("utf-8", "replace")
         event_type = named if is_event_type_name(named) else None

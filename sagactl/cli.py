@@ -916,6 +916,8 @@ def _await_command(
             return r
         if r["outcome"] == "rejected":
             _fail(f"command {command_id} was rejected: {r['reason']}: {r['detail']}")
+        if r["outcome"] == "dead_lettered":  # held, not refused: waiting would wait for ever
+            _fail(f"command {command_id} is held: {r['detail']}")
         if time.monotonic() > end:
             _fail(f"no answer to command {command_id} after {timeout:.0f}s")
         time.sleep(0.2)

@@ -506,11 +506,19 @@ async def test_a_command_whose_keys_cannot_be_had_is_dead_lettered_never_refused
         assert reason.startswith(
             "keys_unavailable: its token could not be checked (the key server answered 503)"
         )
+        # its sender and the operator are told where it is (it said "unknown", and the
+        # letter was listed as "?" with no order: an attack trial)
+        view = await get_command(command.command_id, order.db)
+        assert (view.outcome, view.order_id, view.reason) == ("dead_lettered", oid, "dead_letter")
+        assert view.detail is not None and f"sagactl dlq replay order {letter_id}" in view.detail
+        (listed,) = [d for d in await deadletters.list_letters(order.db, None, 1000) if d.id == letter_id]
+        assert (listed.event_type, listed.order_id) == ("PlaceOrder", str(oid))
         server.down = False
         replayed = await deadletters.replay(order.db, order.pipeline, letter_id)
         assert replayed.status == "REPLAYED"
     ((created, _),) = await answers(order, oid)
     assert created.event_type == "OrderCreated"
+    assert (await get_command(command.command_id, order.db)).outcome == "placed"
 
 
 async def test_a_place_order_that_could_not_finish_in_time_is_refused_as_post_orders_is(
