@@ -369,6 +369,7 @@ def save(uow: UnitOfWork, state: Orders) -> None:
     if state.commands_taken:
         uow.after_commit(lambda: _log_commands(state.commands_taken))
     if state.refusals:
+        # the order service's consumer claims under its name, which is its events' producer
         inbox.release(uow, PRODUCER, [event_id for event_id, _ in state.refusals])
     for _, refusal in state.refusals:
         uow.after_commit(partial(admission.count, refusal))

@@ -147,14 +147,21 @@ async def test_a_stream_that_falls_behind_ends_after_what_it_was_sent(order: Ser
     first = asyncio.ensure_future(anext(slow))
     seen: list[int] = []
     reads = 0
-    while reads < 4:  # four reads with rows, while the slow stream takes none
-        made = await committed(order)
-        item = await anext(lively)
-        assert isinstance(item, list)
-        seen += [r["seq"] for r in item]
-        reads += 1
+    # reads with rows, while the slow stream takes none, until the hub ends it: its queue
+    # of two overflows on the fourth read it is handed — or later, when the hub's first
+    # read came after the lively stream's own and took two commits at once (a loaded
+    # machine: the loop stopped at four reads, and the test waited for ever)
+    async with asyncio.timeout(60):
+        while reads < 4 or hub.open_streams > 1:
+            assert reads < 50, "the slow stream was never ended"
+            made = await committed(order)
+            item = await anext(lively)
+            assert isinstance(item, list)
+            seen += [r["seq"] for r in item]
+            reads += 1
     got = [r["seq"] for r in await first]  # the read it was waiting for when it stopped
-    rest = [item async for item in slow]
+    async with asyncio.timeout(30):
+        rest = [item async for item in slow]
     assert isinstance(rest[-1], Ended) and "fell behind" in rest[-1].why
     assert all(isinstance(i, list) for i in rest[:-1]) and not rest[:-1], rest
     assert hub.open_streams == 1  # the slow one no longer counts
