@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from events.values import NameGivenTwice, once_each, printable
-from saga_kit import auth, tracing
+from saga_kit import auth, deadlines, tracing
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection, TransientError, described, is_transient
 from saga_kit.settings import ServiceSettings
@@ -423,8 +423,7 @@ class AnswerDeadline:
             route.cancel()  # the client or the server went away: the route with it
             raise
         late = True
-        route.cancel()
-        route.add_done_callback(_retrieved)
+        deadlines.leave(route)
         log.warning(
             "%s %s: 503, no answer within %g s (is the database answering?)",
             scope["method"],
@@ -442,12 +441,6 @@ class AnswerDeadline:
             503, {"detail": detail, "reason": "service_unavailable"}, [(b"retry-after", retry)]
         ):
             await send(message)
-
-
-def _retrieved(task: asyncio.Future[None]) -> None:
-    """Reads a cancelled route's outcome, so asyncio does not log it as never retrieved."""
-    if not task.cancelled():
-        task.exception()
 
 
 class _BodyReader:
@@ -966,16 +959,18 @@ async def _checked(check: Check, seconds: float) -> CheckResult:
     """One readiness check's result, within ``seconds``. The checks run side by
     side: one after another, a database that does not answer held the probe for 12 s
     (its checks' timeouts added up). A check that does not end in time is cancelled and
-    left, not waited for (``asyncio.wait_for`` waits for the cancellation to end)."""
-    task = asyncio.ensure_future(check())
-    done, _ = await asyncio.wait({task}, timeout=seconds)
-    if not done:
-        task.cancel()
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # nothing left unretrieved
-        return CheckResult(ok=False, error=f"no answer within {seconds:g} s")
-    exc = task.exception()
-    if exc is None:
-        return CheckResult(ok=True)
+    left, not waited for (``saga_kit.deadlines``)."""
+    try:
+        await deadlines.within(check(), seconds)
+    except deadlines.NoAnswer as late:
+        return CheckResult(ok=False, error=str(late))
+    except Exception as exc:
+        return _failed_check(exc)
+    return CheckResult(ok=True)
+
+
+def _failed_check(exc: Exception) -> CheckResult:
+    """The result of a check that raised ``exc``: ``Degraded`` passes, with the reason."""
     if isinstance(exc, Degraded):
         return CheckResult(ok=True, degraded=printable(str(exc), 1000))
     # a failing check is the answer, not an error

@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from saga_kit import deadlines
 from saga_kit.consumer import ConsumerStats
 from saga_kit.db import Database
 from saga_kit.errors import is_transient
@@ -177,6 +178,10 @@ class _PlumbingCollector(Collector):
             yield from self.snapshot.extra
 
 
+#: How long a scrape waits for the database's figures, in seconds (the readiness checks').
+DATABASE_READ_SECONDS = 2.0
+
+
 class Metrics:
     """A service's registry and what it needs at scrape time."""
 
@@ -197,11 +202,14 @@ class Metrics:
 
     async def render(self) -> bytes:
         """Read what comes from the database, then the exposition text of everything. A
-        database that is away (a transient failure) does not fail the scrape, which is when
-        the other figures matter most: its figures are left out and
-        ``saga_metrics_database_up`` is 0."""
+        database that is away (a transient failure) or does not answer within
+        ``DATABASE_READ_SECONDS`` does not fail the scrape, which is when the other figures
+        matter most: its figures are left out and ``saga_metrics_database_up`` is 0."""
         try:
-            self._collector.snapshot = await self._read()
+            # within the readiness checks' time: a database that holds the read held the
+            # scrape until the answer deadline cut it (503), the counters kept in this
+            # process with it (a trial)
+            self._collector.snapshot = await deadlines.within(self._read(), DATABASE_READ_SECONDS)
         except Exception as exc:
             if not is_transient(exc):
                 raise
