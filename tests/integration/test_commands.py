@@ -7,6 +7,8 @@ import itertools
 import json
 import logging
 import uuid
+from collections import Counter
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -562,3 +564,44 @@ async def test_a_refused_command_is_counted_under_the_command_it_says_it_is(orde
         assert await send(order, json.dumps(wire).encode()) is Outcome.HANDLED
     grown = {k: n - before.get(k, 0) for k, n in stats.outcomes.items() if n != before.get(k, 0)}
     assert grown == {("PlaceOrder", "handled"): 1, ("<invalid>", "handled"): 1}, grown
+
+
+async def test_the_commands_of_a_batch_wait_for_the_keys_together_not_in_turn(
+    order: ServiceUnderTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each command waited its ``KEYS_PATIENCE_SECONDS`` in turn: six commands of one batch
+    held the consumer — saga events too — for a minute (a second attack trial). The batch
+    waits once: the first command asks for the keys again until the patience is spent,
+    the others once each (twice, if a few milliseconds were left); all are dead letters."""
+    monkeypatch.setattr(handlers, "KEYS_PATIENCE_SECONDS", 0.5)
+    monkeypatch.setattr(auth, "JWKS_RETRY_SECONDS", 0.0)
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    customers = ["kim", "lee", "max", "ned"]
+    tokens = {c: f"Bearer {issuer.mint(c, [Role.CUSTOMER])}" for c in customers}
+    asked: Counter[str] = Counter()
+    with JsonServer(issuer.jwks_file.read_bytes(), down=True) as server:
+        verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_url=server.url)
+        checked = verifier.principal_of
+
+        async def counted(authorization: Sequence[str]) -> auth.Principal:
+            asked[authorization[0]] += 1
+            return await checked(authorization)
+
+        monkeypatch.setattr(verifier, "principal_of", counted)
+        monkeypatch.setitem(handlers._commands, "verifier", verifier)
+        batch = [
+            Record(
+                COMMANDS,
+                0,
+                next(_batch_offsets),
+                None,
+                encode_command(place(c)),
+                ((AUTHORIZATION, t.encode()),),
+            )
+            for c, t in tokens.items()
+        ]
+        outcomes = await order.pipeline.process_batch(batch)
+    assert outcomes == [Outcome.DEAD_LETTERED] * len(customers)
+    first, *rest = (asked[tokens[c]] for c in customers)
+    assert first > 2, asked  # asked again while there was patience left
+    assert all(n <= 2 for n in rest), asked
