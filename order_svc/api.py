@@ -524,8 +524,7 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
             reason="dead_letter",
             detail=(
                 f"dead letter {letter.id} of order_svc, neither taken nor refused:"
-                f" {printable(letter.reason, 500)}; once the cause is mended, replay it"
-                f" (sagactl dlq replay order {letter.id})"
+                f" {printable(letter.reason, 500)} (sagactl dlq replay order {letter.id})"
             ),
         )
     return CommandView(command_id=command_id, order_id=order_id_for(command_id), outcome="unknown")

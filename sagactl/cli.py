@@ -446,6 +446,7 @@ def dlq_list(
     names = service or SERVICES
     each = _EachService.read(names, lambda name: _get_or_missing(ctx, name, "/dead-letters", params))
     letters = [{"service": name, **d} for name, found in each.found.items() for d in found]
+    #: the services that answered as many as asked: there may be more (json: limit_reached)
     full = [name for name, found in each.found.items() if len(found) >= limit]
     if full and output is not Output.json:  # said, not shown as if it were all (an attack trial)
         errors.print(
@@ -456,7 +457,12 @@ def dlq_list(
         read = list(each.found) if each.missing else None
         _emit(
             output,
-            {"dead_letters": letters, "unreachable": each.unreachable, "unavailable": each.unavailable},
+            {
+                "dead_letters": letters,
+                "unreachable": each.unreachable,
+                "unavailable": each.unavailable,
+                "limit_reached": full,
+            },
             lambda: _letters_table(letters, status.value, output, read),
         )
     each.end("its dead letters are not listed")

@@ -488,3 +488,8 @@ def test_dead_letters_cut_at_the_limit_say_there_may_be_more() -> None:
     said = " ".join(full.output.split())
     assert "order: the newest 2 shown, there may be more (--limit, up to 1000)" in said
     assert "there may be more" not in room.output
+    with JsonServer(json.dumps([letter, letter | {"id": 8}]).encode()) as server:
+        listed = CliRunner().invoke(
+            app, ["--order-url", server.base, "dlq", "list", "-s", "order", "--limit", "2", "-o", "json"]
+        )
+    assert json.loads(listed.stdout)["limit_reached"] == ["order"]  # a script is told too
