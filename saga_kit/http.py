@@ -420,7 +420,7 @@ class AnswerDeadline:
                 route.result()  # the route's own exception, as without this middleware
                 return
         except BaseException:
-            route.cancel()  # the client or the server went away: the route with it
+            deadlines.leave(route)  # the client or the server went away: the route with it
             raise
         late = True
         deadlines.leave(route)
