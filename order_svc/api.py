@@ -36,7 +36,7 @@ from events.values import (
 from order_svc import admission, timeline
 from order_svc.admission import Admission
 from order_svc.cancelling import OrderNotFound, cancel_order
-from order_svc.domain import OrderStatus
+from order_svc.domain import ORDER_ID_PREFIX, OrderStatus
 from order_svc.explain import COMPENSATING, Refusal, explain
 from order_svc.live import AWAY_COMMENT, Away, Ended, LiveResponse, LiveTimeline
 from order_svc.placing import OrderDesk, Placement
@@ -578,7 +578,7 @@ async def forget_customer(customer_id: Annotated[ExternalId, Path()], db: Databa
 
 #: The start of an order id as the dashboard and operators type it: 8 to 36 characters of
 #: its text form (hex digits and dashes).
-OrderIdPrefix = Annotated[str | None, Query(pattern=r"^[0-9a-fA-F-]{8,36}$")]
+OrderIdPrefix = Annotated[str | None, Query(pattern=f"^{ORDER_ID_PREFIX}$")]
 
 
 @router.get("/orders", summary="Recent orders", response_model=list[OrderView], responses=errors())

@@ -28,6 +28,11 @@ DEADLINE_PASSED = "DeadlinePassed"
 CANCEL_REQUESTED = "CancelRequested"
 
 
+#: The start of an order id that finds it (``GET /orders?order_id_prefix=``, sagactl's
+#: shortened ids): 8 to 36 characters of its text form, as tables show 8.
+ORDER_ID_PREFIX = r"[0-9a-fA-F-]{8,36}"
+
+
 class OrderStatus(enum.StrEnum):
     PENDING = "PENDING"
     APPROVED = "APPROVED"

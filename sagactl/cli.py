@@ -47,6 +47,7 @@ from rich.panel import Panel
 from rich.table import Column, Table
 from rich.text import Text
 
+from order_svc.domain import ORDER_ID_PREFIX, OrderStatus
 from saga_kit import auditchain
 from saga_kit.auth import SUBJECT_RULE, DevIssuer, Role, is_subject
 from saga_kit.service_names import SHORT_NAMES, service_named, short_name
@@ -79,15 +80,6 @@ class LetterStatus(StrEnum):
     REPLAYED = "REPLAYED"
     DISCARDED = "DISCARDED"
     ALL = "ALL"
-
-
-class OrderStatusOpt(StrEnum):
-    """An order's status, as ``GET /orders?status=`` takes it."""
-
-    PENDING = "PENDING"
-    APPROVED = "APPROVED"
-    REJECTED = "REJECTED"
-    CANCELLED = "CANCELLED"
 
 
 class Output(StrEnum):
@@ -603,7 +595,7 @@ def _check_order_id(given: str) -> str:
     given = given.strip()
     if not given:
         raise typer.BadParameter("an order id, or its first characters, is needed")
-    if not re.fullmatch(f"[0-9a-fA-F-]{{{SHORT_ID},36}}", given):
+    if not re.fullmatch(ORDER_ID_PREFIX, given):
         raise typer.BadParameter(
             f"{given!r} is not an order id or the first {SHORT_ID} or more characters of one"
             f" (tables show {SHORT_ID}; --output wide shows them whole)"
@@ -966,7 +958,7 @@ def _await_order(ctx: typer.Context, sent: Mapping[str, str], cancelling: bool, 
 def orders(
     ctx: typer.Context,
     status: Annotated[
-        OrderStatusOpt | None,
+        OrderStatus | None,
         typer.Option(case_sensitive=False, help="only orders in this status"),
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="the most to list")] = 30,
