@@ -362,6 +362,19 @@ class UnreadableBody(Exception):
         self.status = status
 
 
+def service_unavailable(why: str, method: str) -> dict[str, str]:
+    """The body of a 503 ``service_unavailable`` (sent with ``Retry-After``): ``why``, then
+    what it means and what to do — a POST, with the same ``Idempotency-Key``. Not "briefly":
+    a database that stopped is away until someone starts it again."""
+    detail = (
+        f"{why}: the database, or something else this service needs, does not answer now;"
+        " retry after Retry-After seconds"
+    )
+    if method == "POST":
+        detail += " (with the same Idempotency-Key, a retried POST cannot act twice)"
+    return {"detail": detail, "reason": "service_unavailable"}
+
+
 class AnswerDeadline:
     """ASGI middleware: a request whose answer has not started ``seconds`` after the
     service last had something to wait for from the client (the request, or the body's
@@ -430,16 +443,10 @@ class AnswerDeadline:
             scope["path"],
             self.seconds,
         )
-        detail = (
-            f"this service could not answer within {self.seconds:g} s: the database, or something"
-            " else it needs, does not answer now; retry after Retry-After seconds"
-        )
-        if scope["method"] == "POST":
-            detail += " (with the same Idempotency-Key, a retried POST cannot act twice)"
+        why = f"this service could not answer within {self.seconds:g} s"
+        body = service_unavailable(why, scope["method"])
         retry = b"%d" % TRANSIENT_RETRY_AFTER_SECONDS
-        for message in _json_answer(
-            503, {"detail": detail, "reason": "service_unavailable"}, [(b"retry-after", retry)]
-        ):
+        for message in _json_answer(503, body, [(b"retry-after", retry)]):
             await send(message)
 
 
@@ -1209,15 +1216,8 @@ def create_app(
             type(exc).__name__,
             printable(str(exc).splitlines()[0] if str(exc) else "", 200),
         )
-        # not "briefly": a database that stopped is away until someone starts it again
-        detail = (
-            f"a transient failure ({type(exc).__name__}): the database, or something else this"
-            " service needs, does not answer now; retry after Retry-After seconds"
-        )
-        if request.method == "POST":
-            detail += " (with the same Idempotency-Key, a retried POST cannot act twice)"
         return JSONResponse(
-            {"detail": detail, "reason": "service_unavailable"},
+            service_unavailable(f"a transient failure ({type(exc).__name__})", request.method),
             status_code=503,
             headers={"Retry-After": str(TRANSIENT_RETRY_AFTER_SECONDS)},
         )
