@@ -481,10 +481,9 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
         ).first()
         # neither applied nor refused: held as a dead letter (its token's keys away)? Its
         # id in the letter's bytes, as written or in capitals (a UUID in JSON is either)
-        letter = (
-            None
-            if applied is not None or refusal is not None
-            else (
+        letter = None
+        if applied is None and refusal is None:
+            letter = (
                 await conn.execute(
                     text(
                         "SELECT id, reason, value FROM dead_letters WHERE status = 'PENDING'"
@@ -495,7 +494,6 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
                     {"c": str(command_id), "topic": COMMANDS},
                 )
             ).first()
-        )
     if applied is not None:
         outcome: Any = _APPLIED[applied.event_type]
         return CommandView(
