@@ -433,7 +433,8 @@ def dlq_list(
     """Dead letters of every service, newest first. Those of a service that cannot be
     reached, or answers 5xx (its database away: 503), are missing: a line on stderr names
     it (json: "unreachable" and "unavailable", each such service and why), and after the
-    others are listed the exit code is 3 if one could not be reached, else 1."""
+    others are listed the exit code is 3 if one could not be reached, 1 if one answered
+    5xx, and 0 when every service answered."""
     params = {"status": status.value, "limit": limit}
     names = service or SERVICES
     each = _EachService.read(names, lambda name: _get_or_missing(ctx, name, "/dead-letters", params))
@@ -1316,7 +1317,7 @@ def audit_verify(
     a rewritten tail shows against it) or where it breaks. Exits 1 if a chain is broken.
     The chain of a service that cannot be reached or answers 5xx is not verified: a line
     on stderr names it, and (no chain broken) the exit code is 3 if one could not be
-    reached, else 1."""
+    reached, 1 if one answered 5xx, and 0 when every chain was verified."""
 
     def chain(name: str) -> dict[str, Any]:
         links: list[auditchain.Link] = []
