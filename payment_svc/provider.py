@@ -154,6 +154,18 @@ class _Failed(Exception):
         self.nothing_done = nothing_done
 
 
+class _Breaker(CircuitBreaker):  # type: ignore[misc]
+    """``circuitbreaker``'s breaker, but a call ended by an exception it does not count —
+    a cancellation, a bug of ours — leaves its state as it was. The library counts every
+    such call a success and closes the breaker: a half-open probe cancelled at shutdown, or
+    one that raised on our side, would have closed it without the provider answering."""
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> bool:
+        if exc_type is not None and not self.is_failure(exc_type, exc_value):
+            return False  # said nothing of the provider: raise it, count nothing
+        return bool(super().__exit__(exc_type, exc_value, traceback))
+
+
 def cannot_have_charged(calls: int, nothing_done_calls: int) -> bool:
     """The rule a cancellation voids by (c6): the provider cannot have charged while every
     call claimed so far (``calls``) was answered "nothing done" (``Unavailable`` or
@@ -197,7 +209,7 @@ class PaymentProvider:
         self.timeout = timeout
         #: made on first use: an aiohttp session belongs to the running event loop
         self._session: aiohttp.ClientSession | None = None
-        self.breaker = CircuitBreaker(
+        self.breaker = _Breaker(
             failure_threshold=breaker_failures,
             recovery_timeout=breaker_recovery,
             expected_exception=_Failed,

@@ -274,3 +274,24 @@ async def test_an_account_answer_the_service_cannot_read_is_a_502_not_a_500(
                 )
         finally:
             await provider.aclose()
+
+
+async def test_a_call_cancelled_midway_neither_closes_nor_counts_against_the_breaker(silent: str) -> None:
+    """A call that ends by cancellation (or any error that is not the provider's failure)
+    said nothing of the provider: the failures counted so far stand. ``circuitbreaker``
+    treats every exception it does not count as a success and resets its count (a review:
+    a cancelled half-open probe closed the breaker)."""
+    provider = PaymentProvider(silent, timeout=0.3, breaker_failures=2, breaker_recovery=60)
+    try:
+        await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")  # a timeout: one failure
+        assert provider.breaker.failure_count == 1
+        call = asyncio.create_task(provider.charge("charge:k", "acct", Decimal("1.00"), "ref"))
+        await asyncio.sleep(0.05)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert provider.breaker.failure_count == 1
+        await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")  # the second failure in a row
+        assert provider.state == "open"
+    finally:
+        await provider.aclose()
