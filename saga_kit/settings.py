@@ -32,7 +32,8 @@ from saga_kit.retry import RetryPolicy
 #: How long a consumer fetch may wait on the broker for data. Apache Kafka answers as soon
 #: as data arrives; the embedded Tansu answers only when the wait ends, so there this is
 #: most of an idle saga hop, and the supervisor gives the services a short idle wait
-#: (``KAFKA_FETCH_IDLE_WAIT_MS``; saga_kit.faust_app.FetchPacer; README, Benchmark).
+#: (``KAFKA_FETCH_IDLE_WAIT_MS``; saga_kit.faust_app.FetchPacer;
+#: docs/benchmark.md, the fetch wait).
 DEFAULT_FETCH_MAX_WAIT_MS = 100
 
 

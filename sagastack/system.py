@@ -76,8 +76,8 @@ log = logging.getLogger(__name__)
 #: under load they wait ``KAFKA_FETCH_MAX_WAIT_MS`` and batch). A saga crosses three hops
 #: before it is approved, each waiting up to this long on an idle system: 20 ms
 #: keeps an idle saga near 90 ms at p50 (100 ms: ~135), for ~150 ms/s more CPU of the
-#: idle stack, mostly Tansu's own (README, Benchmark). Apache Kafka answers a fetch as
-#: soon as data arrives, so there the services keep a fixed wait.
+#: idle stack, mostly Tansu's own (docs/benchmark.md, the fetch wait). Apache Kafka
+#: answers a fetch as soon as data arrives, so there the services keep a fixed wait.
 TANSU_FETCH_IDLE_WAIT_MS = 20
 
 BrokerKind = Literal["tansu", "kafka"]
