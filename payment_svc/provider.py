@@ -28,7 +28,9 @@ Each call answers one of:
   (the provider's contract, as card processors' APIs say of a request that failed
   validation or authentication): a cancelled order whose calls were all refused so is
   voided, not left in doubt for ever. A 409 says another request under the same key
-  exists: that one may have charged.
+  exists: that one may have charged. Any other answer that is neither a success nor a
+  failure (a 202, a 3xx the client does not follow) is ``Refused`` too, and promises
+  nothing: its ``nothing_done`` is false.
 
 Only ``Unavailable`` counts against the breaker: a decline is the provider working.
 
@@ -96,17 +98,19 @@ class Unavailable:
 @dataclass(frozen=True)
 class Refused:
     """A 4xx other than a decline: the request itself is wrong (e.g. a refund of an unknown
-    charge, an idempotency key reused with another body)."""
+    charge, an idempotency key reused with another body); also any other answer that is
+    neither a success nor a failure (a 202, a 3xx not followed), retried as slowly."""
 
     status: int
     reason: str
 
     @property
     def nothing_done(self) -> bool:
-        """True unless the status is one that may follow a charge made under the key
+        """True for a 4xx unless it is one that may follow a charge made under the key
         (``MAY_HAVE_DONE_REFUSALS``): counted like ``Unavailable(nothing_done=True)`` by
-        the rule a cancellation voids by."""
-        return self.status not in MAY_HAVE_DONE_REFUSALS
+        the rule a cancellation voids by. Any other status answered here (a 202, a 3xx not
+        followed) promises nothing: the charge may have been made."""
+        return 400 <= self.status < 500 and self.status not in MAY_HAVE_DONE_REFUSALS
 
 
 ChargeResult = Charged | Declined | Unavailable | Refused

@@ -155,6 +155,22 @@ async def test_a_refusal_did_nothing_unless_another_request_holds_the_key(
     assert provider.state == "closed"  # a refusal is the provider working
 
 
+@pytest.mark.parametrize("status", [202, 300])
+async def test_an_answer_neither_success_nor_4xx_leaves_the_charge_in_doubt(status: int) -> None:
+    """Only a 4xx (but 409) is a refusal made before anything was done. A 202 (accepted,
+    to be processed) or a 3xx the client does not follow says nothing of the sort: it was
+    counted "nothing done", and a cancelled order's charge the provider may have made was
+    voided, the money kept (a review)."""
+    async with _serving(_answering(status, b'{"error": "x", "message": "y"}')) as url:
+        provider = _client(url)
+        try:
+            got = await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
+        finally:
+            await provider.aclose()
+    assert got == Refused(status, "x"), got
+    assert not got.nothing_done
+
+
 @pytest.mark.parametrize(
     ("body", "refunded"),
     [
