@@ -154,7 +154,7 @@ class _Failed(Exception):
     ``nothing_done`` as in ``Unavailable``."""
 
     def __init__(self, reason: str, *, nothing_done: bool) -> None:
-        super().__init__(reason)
+        super().__init__(printable(reason, 1000))  # stored as the payment's last_error
         self.nothing_done = nothing_done
 
 
@@ -397,10 +397,14 @@ def _garbled(answer: Answer, missing: str) -> Unavailable:
 
 
 def _error(answer: Answer) -> str:
+    """What an error answer says went wrong, at most 200 characters, made safe to store
+    and show (``printable``): text from outside, it goes into the payment's
+    ``last_error``, and a NUL or a lone surrogate in it had PostgreSQL refuse the worker's
+    record of the whole round, round after round (a review)."""
     try:
         data = answer.json()
     except ValueError:
-        return answer.text[:200]
+        return printable(answer.text, 200)
     if isinstance(data, dict):
-        return str(data.get("error") or data.get("detail") or data)[:200]
-    return str(data)[:200]
+        return printable(str(data.get("error") or data.get("detail") or data), 200)
+    return printable(str(data), 200)

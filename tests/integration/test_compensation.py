@@ -8,6 +8,7 @@ events the service emitted.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -374,6 +375,49 @@ async def test_a_cancel_after_a_409_does_not_void(payment: ServiceUnderTest) -> 
     # in doubt, due again and refused again for as long as the key stays taken: gone, so
     # that no test after this one finds it due
     async with payment.db.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM payments WHERE order_id = :o"), {"o": oid})
+
+
+@pytest.mark.parametrize("status", [404, 500])
+async def test_an_answer_whose_error_text_cannot_be_stored_is_recorded_all_the_same(
+    payment: ServiceUnderTest, status: int
+) -> None:
+    """A provider's error body is text from outside: a NUL or a lone surrogate in its
+    ``error`` went into ``last_error`` as it was, PostgreSQL refused the round's record (not
+    a transient failure), and every answer of the round was dropped, round after round (a
+    review). It is stored escaped, as the PaymentPending's reason is."""
+    assert payment.worker is not None
+    body = b'{"error": "bad\\u0000 \\ud800 thing", "message": "m"}'
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        head = f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        writer.write(head.encode() + b"connection: close\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    garbling = PaymentProvider(
+        f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+        timeout=2.0,
+        breaker_failures=5,
+        breaker_recovery=1.0,
+    )
+    try:
+        (due,) = [d for d in await claim(payment.db, 64, 60.0) if d.order_id == oid]
+        await record(payment.db, garbling, payment.worker.retry, [(due, await call(garbling, due))])
+    finally:
+        await garbling.aclose()
+        server.close()
+    (row,) = await payment.rows(
+        "SELECT status, answered_attempt, last_error FROM payments WHERE order_id = :o", o=oid
+    )
+    assert (row.status, row.answered_attempt) == ("PENDING", 1)
+    assert "bad\\x00 \\ud800 thing" in row.last_error, row.last_error
+    assert await emitted_types(payment, oid) == ["PaymentPending"]
+    async with payment.db.engine.begin() as conn:  # due again, at a provider that is gone
         await conn.execute(text("DELETE FROM payments WHERE order_id = :o"), {"o": oid})
 
 
