@@ -375,16 +375,19 @@ class PaymentProvider:
 
 
 def _member(answer: Answer, name: str) -> str | None:
-    """The text of member ``name`` of the answer's JSON object; None if the body is not a
-    JSON object, or has no such member that is a string or a number."""
+    """The text of member ``name`` of the answer's JSON object, made safe to store
+    (``printable``, at most 1000 characters: a charge's or refund's id is stored with the
+    payment, and one with a NUL had PostgreSQL refuse the record of the whole round, the
+    charge never recorded; a review); None if the body is not a JSON object, or has no
+    such member that is a string or a number."""
     try:
         data = answer.json()
     except ValueError:
         return None
     value = data.get(name) if isinstance(data, dict) else None
-    return (
-        str(value) if isinstance(value, str | int) and not isinstance(value, bool) and value != "" else None
-    )
+    if not isinstance(value, str | int) or isinstance(value, bool) or value == "":
+        return None
+    return printable(str(value), 1000)
 
 
 def _garbled(answer: Answer, missing: str) -> Unavailable:

@@ -421,6 +421,41 @@ async def test_an_answer_whose_error_text_cannot_be_stored_is_recorded_all_the_s
         await conn.execute(text("DELETE FROM payments WHERE order_id = :o"), {"o": oid})
 
 
+async def test_a_charge_whose_id_cannot_be_stored_is_recorded_all_the_same(payment: ServiceUnderTest) -> None:
+    """The provider's ``charge_id`` is text from outside too: one with a NUL had PostgreSQL
+    refuse the round's record, every answer of it dropped, and the same answer replayed
+    under the key for ever — a charge made and never recorded (a review). It is stored
+    escaped; the charge is recorded."""
+    assert payment.worker is not None
+    body = b'{"charge_id": "ch\\u0000\\ud800"}'
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        head = f"HTTP/1.1 201 X\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        writer.write(head.encode() + b"connection: close\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    odd = PaymentProvider(
+        f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+        timeout=2.0,
+        breaker_failures=5,
+        breaker_recovery=1.0,
+    )
+    try:
+        (due,) = [d for d in await claim(payment.db, 64, 60.0) if d.order_id == oid]
+        await record(payment.db, odd, payment.worker.retry, [(due, await call(odd, due))])
+    finally:
+        await odd.aclose()
+        server.close()
+    (row,) = await payment.rows("SELECT status, charge_id FROM payments WHERE order_id = :o", o=oid)
+    assert (row.status, row.charge_id) == ("CHARGED", "ch\\x00\\ud800")
+    assert await emitted_types(payment, oid) == ["PaymentCompleted"]
+
+
 async def test_a_call_lost_in_a_crash_leaves_the_charge_in_doubt_whatever_follows(
     payment: ServiceUnderTest,
 ) -> None:
