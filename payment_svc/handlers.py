@@ -45,7 +45,8 @@ class Payment:
     #: provider calls claimed so far (payment_svc.worker)
     attempts: int = 0
     cancel_requested: bool = False
-    #: calls answered "nothing done" (payment_svc.provider.Unavailable): while it equals
+    #: calls answered "nothing done" (``nothing_done`` of payment_svc.provider.Unavailable
+    #: or Refused: 503, 429, any 4xx but 409, no connection, the breaker open): while it equals
     #: ``attempts`` the provider cannot have charged; a call in flight, lost in a crash or
     #: answered otherwise (a timeout, a lost answer, a 5xx but 503) keeps them apart
     nothing_done_calls: int = 0

@@ -35,10 +35,11 @@ one transaction held open across the network:
                         breaker open), ``nothing_done_calls + 1``; then, if cancelled
                         meanwhile and every call so far did nothing: VOIDED +
                         PaymentVoided
-   refused (other 4xx)  stays; due again after the longest backoff; logged as an error.
-                        Any 4xx but 409 was refused before anything was done: counted
+   refused (other 4xx,  stays; due again after the longest backoff; logged as an error.
+   or any other status) Any 4xx but 409 was refused before anything was done: counted
                         as "nothing done" above (``nothing_done_calls + 1``; VOIDED if
-                        cancelled meanwhile and every call so far did nothing)
+                        cancelled meanwhile and every call so far did nothing); a 409,
+                        a 202 or a 3xx may have charged
    ===================  ==============================================================
 
 A charge waits as long as the provider does not answer — until the order's deadline
