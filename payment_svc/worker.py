@@ -205,7 +205,12 @@ async def claim(db: Database, limit: int, lease_seconds: float) -> list[Due]:
 async def call(provider: PaymentProvider, due: Due) -> ChargeResult | RefundResult:
     """Step 2: the provider call for ``due``, with the order's idempotency key — a CLIENT
     span ``payment provider charge`` (or ``refund``) of the saga's trace, whose context the
-    request carries on (``traceparent``), with the attempt and what came of it."""
+    request carries on (``traceparent``), with the attempt and what came of it.
+
+    A call that raises (a bug, an error the HTTP client was not known to raise) is
+    answered ``Unavailable`` with ``nothing_done`` false and logged with its traceback: the
+    request may have reached the provider, so the charge is in doubt and asked again under
+    the same key; the other calls of the round are recorded all the same."""
     operation = "charge" if due.status == "PENDING" else "refund"
     with tracing.span(
         f"payment provider {operation}",
@@ -214,12 +219,19 @@ async def call(provider: PaymentProvider, due: Due) -> ChargeResult | RefundResu
         attributes={"saga.order_id": str(due.order_id), "payment.attempt": due.attempts},
     ) as span:
         answer: ChargeResult | RefundResult
-        if operation == "charge":
-            answer = await provider.charge(
-                charge_key(due.order_id), due.customer_id, due.amount, str(due.order_id)
+        try:
+            if operation == "charge":
+                answer = await provider.charge(
+                    charge_key(due.order_id), due.customer_id, due.amount, str(due.order_id)
+                )
+            else:
+                answer = await provider.refund(refund_key(due.order_id), charge_key(due.order_id))
+        except Exception as exc:
+            log.exception("payment %s: the %s call raised; in doubt, asked again", due.order_id, operation)
+            answer = Unavailable(
+                printable(f"the {operation} call raised {type(exc).__name__}: {exc}", 1000),
+                nothing_done=False,
             )
-        else:
-            answer = await provider.refund(refund_key(due.order_id), charge_key(due.order_id))
         span.set_attribute("payment.outcome", type(answer).__name__.lower())
         return answer
 

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -30,7 +31,7 @@ from order_svc.cancelling import OrderNotFound, cancel_order, cancel_overdue
 from order_svc.errors import OrderNotCancellable
 from order_svc.placing import place_order
 from payment_svc.provider import Charged, PaymentProvider, Refunded, Refused, charge_key
-from payment_svc.worker import call, claim, record
+from payment_svc.worker import PaymentWorker, call, claim, record
 from saga_kit.consumer import Outcome
 from tests.integration.conftest import (
     ServiceUnderTest,
@@ -700,3 +701,42 @@ async def test_a_reservation_answered_after_the_charge_for_an_order_never_placed
     assert await order.deliver(event(reserved_payload("c", "p"), oid)) == "handled"
     assert [e.event_type for e in await order.emitted(oid)] == ["OrderCancelled"]
     assert await status(order, oid) == ("CANCELLED", "unknown_order")
+
+
+async def test_a_call_that_raises_leaves_its_charge_in_doubt_and_the_rest_of_the_round_recorded(
+    payment: ServiceUnderTest,
+) -> None:
+    """A call that raises something no answer stands for — a bug on our side, an error the
+    HTTP client was not known to raise — is that payment's own trouble: it was claimed and
+    may have reached the provider, so it is in doubt (``nothing_done`` false), and the other
+    answers of the round are recorded. The round's ``asyncio.gather`` raised it instead, and
+    every answer of the round was dropped until the leases ended (a review)."""
+    assert payment.worker is not None and payment.provider is not None
+    good, bad = uuid.uuid4(), uuid.uuid4()
+
+    class Buggy(PaymentProvider):
+        async def charge(self, key: str, account_id: str, amount: Decimal, reference: str) -> Any:
+            if reference == str(bad):
+                raise RuntimeError("a bug of ours")
+            return await super().charge(key, account_id, amount, reference)
+
+    buggy = Buggy(payment.provider.base_url, timeout=2.0, breaker_failures=5, breaker_recovery=1.0)
+    for oid in (good, bad):
+        cid = await add_account(payment, "10.00")
+        await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    worker = PaymentWorker(payment.db, buggy, payment.worker.retry, batch=64, concurrency=8)
+    try:
+        assert await worker.round() >= 2
+    finally:
+        await buggy.aclose()
+    rows = await payment.rows(
+        "SELECT order_id, status, attempts, nothing_done_calls, last_error FROM payments"
+        " WHERE order_id IN (:g, :b)",
+        g=good,
+        b=bad,
+    )
+    by_id = {r.order_id: r for r in rows}
+    assert by_id[good].status == "CHARGED"
+    assert (by_id[bad].status, by_id[bad].attempts, by_id[bad].nothing_done_calls) == ("PENDING", 1, 0)
+    assert "RuntimeError" in by_id[bad].last_error
+    assert await emitted_types(payment, good) == ["PaymentCompleted"]
