@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from events.values import Balance, ExternalId, Money
 from payment_svc import runtime
-from payment_svc.provider import Unreachable
+from payment_svc.provider import NOTHING_DONE_STATUSES, Unreachable
 from saga_kit.http import DatabaseDep, PrincipalDep, errors, upstream_unavailable
 
 router = APIRouter(tags=["accounts"])
@@ -24,7 +24,10 @@ CustomerId = Annotated[ExternalId, Path()]
 #: What an account route answers when the provider does not.
 _PROVIDER_DOWN = {
     502: "the payment provider did not answer, or answered an error",
-    503: "the payment provider is briefly unavailable (`service_unavailable`); retry after `Retry-After`",
+    503: (
+        "the payment provider is briefly unavailable or limits its rate (`service_unavailable`);"
+        " retry after `Retry-After`"
+    ),
 }
 
 
@@ -45,7 +48,7 @@ class AccountView(BaseModel):
 
 async def _provider(method: str, path: str, body: Any = None, *, not_found: str | None = None) -> Any:
     """The provider's JSON answer to an account call: its 404 as ours when ``not_found``
-    says what is missing, its 503 as ours (with ``Retry-After``); anything else but 200 —
+    says what is missing, its 503 or 429 as our 503 (with ``Retry-After``); anything else but 200 —
     or no answer, or a 200 that is not JSON — is a 502."""
     try:
         answer = await runtime.provider().request(method, path, body)
@@ -53,7 +56,7 @@ async def _provider(method: str, path: str, body: Any = None, *, not_found: str 
         raise HTTPException(502, f"the payment provider did not answer: {exc}") from None
     if answer.status_code == 404 and not_found is not None:
         raise HTTPException(404, not_found)
-    if answer.status_code == 503:
+    if answer.status_code in NOTHING_DONE_STATUSES:  # 503, 429: nothing done, try again
         raise upstream_unavailable("the payment provider", answer.retry_after)
     if answer.status_code != 200:
         raise HTTPException(502, f"the payment provider answered {answer.status_code}")

@@ -13,6 +13,7 @@ from decimal import Decimal
 import pytest
 import pytest_asyncio
 from fastapi import HTTPException
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from payment_svc import runtime
 from payment_svc.api import get_account, list_accounts
@@ -311,3 +312,22 @@ async def test_a_call_cancelled_midway_neither_closes_nor_counts_against_the_bre
         assert provider.state == "open"
     finally:
         await provider.aclose()
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_an_account_call_the_provider_answers_nothing_done_is_a_503_to_retry(
+    status: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 429 (rate limited) is, like a 503, "nothing done: try again" in the provider's
+    contract: the account routes pass it on as a 503 with Retry-After, not a 502 that says
+    the provider broke (a review)."""
+    async with _serving(_answering(status, b'{"error": "slow_down"}')) as url:
+        provider = _client(url)
+        monkeypatch.setitem(runtime._state, "provider", provider)
+        try:
+            with pytest.raises(StarletteHTTPException) as listed:
+                await list_accounts()
+        finally:
+            await provider.aclose()
+    assert listed.value.status_code == 503, listed.value.detail
+    assert listed.value.headers is not None and listed.value.headers["Retry-After"].isdigit()
