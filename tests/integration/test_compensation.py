@@ -8,7 +8,6 @@ events the service emitted.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -42,6 +41,7 @@ from tests.integration.conftest import (
     record_of,
 )
 from tests.integration.test_idempotency import reserved_payload
+from tests.rawhttp import answering, serving
 from tests.unit.samples import order_created
 
 CANCELLED = OrderCancelled(customer_id="c", reason="cancelled_by_customer")
@@ -379,6 +379,22 @@ async def test_a_cancel_after_a_409_does_not_void(payment: ServiceUnderTest) -> 
         await conn.execute(text("DELETE FROM payments WHERE order_id = :o"), {"o": oid})
 
 
+async def _one_round_against(payment: ServiceUnderTest, status: int, body: bytes) -> uuid.UUID:
+    """A new order's charge claimed, called once against a provider that answers every
+    request ``status`` with JSON ``body``, and its answer recorded: the order's id."""
+    assert payment.worker is not None
+    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
+    async with serving(answering(status, body)) as url:
+        odd = PaymentProvider(url, timeout=2.0, breaker_failures=5, breaker_recovery=1.0)
+        try:
+            (due,) = [d for d in await claim(payment.db, 64, 60.0) if d.order_id == oid]
+            await record(payment.db, odd, payment.worker.retry, [(due, await call(odd, due))])
+        finally:
+            await odd.aclose()
+    return oid
+
+
 @pytest.mark.parametrize("status", [404, 500])
 async def test_an_answer_whose_error_text_cannot_be_stored_is_recorded_all_the_same(
     payment: ServiceUnderTest, status: int
@@ -387,31 +403,7 @@ async def test_an_answer_whose_error_text_cannot_be_stored_is_recorded_all_the_s
     ``error`` went into ``last_error`` as it was, PostgreSQL refused the round's record (not
     a transient failure), and every answer of the round was dropped, round after round (a
     review). It is stored escaped, as the PaymentPending's reason is."""
-    assert payment.worker is not None
-    body = b'{"error": "bad\\u0000 \\ud800 thing", "message": "m"}'
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(65536)
-        head = f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-        writer.write(head.encode() + b"connection: close\r\n\r\n" + body)
-        await writer.drain()
-        writer.close()
-
-    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
-    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    garbling = PaymentProvider(
-        f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
-        timeout=2.0,
-        breaker_failures=5,
-        breaker_recovery=1.0,
-    )
-    try:
-        (due,) = [d for d in await claim(payment.db, 64, 60.0) if d.order_id == oid]
-        await record(payment.db, garbling, payment.worker.retry, [(due, await call(garbling, due))])
-    finally:
-        await garbling.aclose()
-        server.close()
+    oid = await _one_round_against(payment, status, b'{"error": "bad\\u0000 \\ud800 thing", "message": "m"}')
     (row,) = await payment.rows(
         "SELECT status, answered_attempt, last_error FROM payments WHERE order_id = :o", o=oid
     )
@@ -427,31 +419,7 @@ async def test_a_charge_whose_id_cannot_be_stored_is_recorded_all_the_same(payme
     refuse the round's record, every answer of it dropped, and the same answer replayed
     under the key for ever — a charge made and never recorded (a review). It is stored
     escaped; the charge is recorded."""
-    assert payment.worker is not None
-    body = b'{"charge_id": "ch\\u0000\\ud800"}'
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(65536)
-        head = f"HTTP/1.1 201 X\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-        writer.write(head.encode() + b"connection: close\r\n\r\n" + body)
-        await writer.drain()
-        writer.close()
-
-    cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
-    await payment.deliver(event(reserved_payload(cid, "p", qty=2), oid), work=False)
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    odd = PaymentProvider(
-        f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
-        timeout=2.0,
-        breaker_failures=5,
-        breaker_recovery=1.0,
-    )
-    try:
-        (due,) = [d for d in await claim(payment.db, 64, 60.0) if d.order_id == oid]
-        await record(payment.db, odd, payment.worker.retry, [(due, await call(odd, due))])
-    finally:
-        await odd.aclose()
-        server.close()
+    oid = await _one_round_against(payment, 201, b'{"charge_id": "ch\\u0000\\ud800"}')
     (row,) = await payment.rows("SELECT status, charge_id FROM payments WHERE order_id = :o", o=oid)
     assert (row.status, row.charge_id) == ("CHARGED", "ch\\x00\\ud800")
     assert await emitted_types(payment, oid) == ["PaymentCompleted"]

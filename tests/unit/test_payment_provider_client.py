@@ -6,8 +6,7 @@ hangs up, and ones that answer a fixed status — and which of them leave a char
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
@@ -19,6 +18,7 @@ from payment_svc import runtime
 from payment_svc.api import get_account, list_accounts
 from payment_svc.provider import (
     Charged,
+    ChargeResult,
     Declined,
     PaymentProvider,
     Refunded,
@@ -30,6 +30,7 @@ from saga_kit.auth import UNAUTHENTICATED
 from saga_kit.http import Degraded
 from sagastack.embedded import free_port
 from tests.jsonserver import JsonServer
+from tests.rawhttp import answering, serving
 
 
 @pytest_asyncio.fixture
@@ -76,34 +77,14 @@ async def test_a_provider_that_never_answers_is_a_timeout_within_the_setting(sil
         await provider.aclose()
 
 
-@contextlib.asynccontextmanager
-async def _serving(
-    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-) -> AsyncIterator[str]:
-    """A server on a free port answering every connection with ``handle``: its URL."""
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
-
-
-def _answering(
-    status: int, body: bytes
-) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-    """A handler for ``_serving`` that answers every request ``status`` with JSON ``body``."""
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(65536)
-        writer.write(
-            f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\n\r\n".encode()
-            + body
-        )
-        await writer.drain()
-        writer.close()
-
-    return answer
+async def _charge_against(status: int, body: bytes) -> ChargeResult:
+    """One charge against a provider that answers ``status`` with ``body``."""
+    async with serving(answering(status, body)) as url:
+        provider = _client(url)
+        try:
+            return await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
+        finally:
+            await provider.aclose()
 
 
 async def test_a_provider_that_hangs_up_after_the_request_leaves_the_charge_in_doubt() -> None:
@@ -111,7 +92,7 @@ async def test_a_provider_that_hangs_up_after_the_request_leaves_the_charge_in_d
         await reader.read(65536)
         writer.close()
 
-    async with _serving(hang_up) as url:
+    async with serving(hang_up) as url:
         provider = _client(url)
         try:
             answer = await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
@@ -125,7 +106,7 @@ async def test_a_provider_that_hangs_up_after_the_request_leaves_the_charge_in_d
     ("status", "nothing_done"), [(503, True), (429, True), (500, False), (502, False), (504, False)]
 )
 async def test_only_503_and_429_say_nothing_was_done(status: int, nothing_done: bool) -> None:
-    async with _serving(_answering(status, b'{"error": "x", "message": "y"}')) as url:
+    async with serving(answering(status, b'{"error": "x", "message": "y"}')) as url:
         provider = _client(url)
         try:
             got = await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
@@ -145,7 +126,7 @@ async def test_a_refusal_did_nothing_unless_another_request_holds_the_key(
     key, which may have charged) was refused before anything was done, so a cancellation
     may void what such calls left (a review: a cancelled order whose charge the provider
     kept refusing stayed in doubt for ever)."""
-    async with _serving(_answering(status, b'{"error": "x", "message": "y"}')) as url:
+    async with serving(answering(status, b'{"error": "x", "message": "y"}')) as url:
         provider = _client(url)
         try:
             got = await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
@@ -162,12 +143,7 @@ async def test_an_answer_neither_success_nor_4xx_leaves_the_charge_in_doubt(stat
     to be processed) or a 3xx the client does not follow says nothing of the sort: it was
     counted "nothing done", and a cancelled order's charge the provider may have made was
     voided, the money kept (a review)."""
-    async with _serving(_answering(status, b'{"error": "x", "message": "y"}')) as url:
-        provider = _client(url)
-        try:
-            got = await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
-        finally:
-            await provider.aclose()
+    got = await _charge_against(status, b'{"error": "x", "message": "y"}')
     assert got == Refused(status, "x"), got
     assert not got.nothing_done
 
@@ -182,7 +158,7 @@ async def test_an_answer_neither_success_nor_4xx_leaves_the_charge_in_doubt(stat
 async def test_a_charge_refunded_under_another_key_is_refunded(body: bytes, refunded: bool) -> None:
     """409 ``charge_already_refunded``: the money is back (by hand, at the provider), so
     the refund is done; any other 409 is a refusal."""
-    async with _serving(_answering(409, body)) as url:
+    async with serving(answering(409, body)) as url:
         provider = _client(url)
         try:
             got = await provider.refund("refund:k", "charge:k")
@@ -227,7 +203,7 @@ async def test_a_garbled_answer_is_asked_again_and_a_garbled_decline_is_still_a_
     and dropped every answer of it (a review): it is ``Unavailable``, the charge in doubt
     (asked again with the same key, whose replay says). A 402 is a decline whatever its
     body says of why."""
-    async with _serving(_answering(status, body)) as url:
+    async with serving(answering(status, body)) as url:
         provider = _client(url)
         try:
             charged = await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
@@ -251,7 +227,7 @@ async def test_readiness_says_so_while_the_provider_refuses_the_calls(
     provider = _client("http://127.0.0.1:1")  # replaced below: each server serves one answer
     monkeypatch.setitem(runtime._state, "provider", provider)
     try:
-        async with _serving(_answering(404, b'{"error": "not_found", "message": "no route"}')) as url:
+        async with serving(answering(404, b'{"error": "not_found", "message": "no route"}')) as url:
             provider.base_url = url
             for _ in range(2):
                 assert isinstance(await provider.charge("charge:k", "acct", Decimal("1.00"), "ref"), Refused)
@@ -260,7 +236,7 @@ async def test_readiness_says_so_while_the_provider_refuses_the_calls(
             await runtime.provider_check()
         assert "the payment provider refuses the service's calls since" in str(degraded.value)
         assert "(the last: 404 not_found)" in str(degraded.value)
-        async with _serving(_answering(201, b'{"charge_id": "ch_1"}')) as url:
+        async with serving(answering(201, b'{"charge_id": "ch_1"}')) as url:
             provider.base_url = url
             assert await provider.charge("charge:k", "acct", Decimal("1.00"), "ref") == Charged("ch_1")
         assert provider.refusing is None
@@ -321,7 +297,7 @@ async def test_an_account_call_the_provider_answers_nothing_done_is_a_503_to_ret
     """A 429 (rate limited) is, like a 503, "nothing done: try again" in the provider's
     contract: the account routes pass it on as a 503 with Retry-After, not a 502 that says
     the provider broke (a review)."""
-    async with _serving(_answering(status, b'{"error": "slow_down"}')) as url:
+    async with serving(answering(status, b'{"error": "slow_down"}')) as url:
         provider = _client(url)
         monkeypatch.setitem(runtime._state, "provider", provider)
         try:
