@@ -6,8 +6,10 @@ hangs up, and ones that answer a fixed status — and which of them leave a char
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -17,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from payment_svc import runtime
 from payment_svc.api import get_account, list_accounts
 from payment_svc.provider import (
+    MAX_ANSWER_BYTES,
     Charged,
     ChargeResult,
     Declined,
@@ -307,3 +310,43 @@ async def test_an_account_call_the_provider_answers_nothing_done_is_a_503_to_ret
             await provider.aclose()
     assert listed.value.status_code == 503, listed.value.detail
     assert listed.value.headers is not None and listed.value.headers["Retry-After"].isdigit()
+
+
+def _streaming(status: int, size: int, *, say_length: bool) -> Any:
+    """A handler that answers ``status`` with ``size`` bytes of a JSON string, with or
+    without a Content-Length (without: the body ends when the connection closes)."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        length = f"content-length: {size + 2}\r\n" if say_length else ""
+        writer.write(f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{length}".encode())
+        writer.write(b"connection: close\r\n\r\n" + b'"')
+        with contextlib.suppress(ConnectionError):
+            for _ in range(size // 65536):
+                writer.write(b"x" * 65536)
+                await writer.drain()
+            writer.write(b"x" * (size % 65536) + b'"')
+            await writer.drain()
+        writer.close()
+
+    return answer
+
+
+@pytest.mark.parametrize("say_length", [True, False])
+async def test_an_answer_too_big_to_be_one_is_not_read_whole(say_length: bool) -> None:
+    """The provider's answer was read whole, bounded by the timeout only: a provider (or
+    whatever sits between) streaming 300 MB took the payment service from 138 to 755 MB
+    with two calls (an attack trial). A charge's answer over ``MAX_ANSWER_BYTES`` is a
+    call broken off — in doubt, asked again under the key — and an account call's is no
+    answer, whether or not the size was announced."""
+    size = MAX_ANSWER_BYTES + 1
+    async with serving(_streaming(201, size, say_length=say_length)) as url:
+        provider = PaymentProvider(url, timeout=10.0, breaker_failures=5, breaker_recovery=1.0)
+        try:
+            got = await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
+            with pytest.raises(Unreachable):
+                await provider.request("GET", "/v1/accounts")
+        finally:
+            await provider.aclose()
+    assert isinstance(got, Unavailable) and not got.nothing_done, got
+    assert f"over {MAX_ANSWER_BYTES} bytes" in got.reason, got.reason
