@@ -654,6 +654,21 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         if self._head_too_large:  # raised by on_headers_complete: a 431
             self._refuse_head()
             return
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_started and not self.pipeline:
+            # the running request's own body (a chunk's size that is not hexadecimal): the
+            # rest of it will never be read, and the route waiting for it waited until the
+            # body's timeout (an attack trial: 30 s, then 408). Its route hears the client
+            # is gone (whatever it answers is dropped), and the client gets the 400 now.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self._in_head, self._dropped = False, 0
+            self._write_refusal(
+                400,
+                "the request is not valid HTTP/1.1: its body's chunks cannot be read",
+                "invalid_http_request",
+            )
+            return
         self._refuse(
             400,
             "the request is not valid HTTP/1.1: its request line or a header cannot be read",

@@ -243,3 +243,14 @@ async def test_a_connection_idle_between_requests_is_keep_alives_not_the_heads(p
                 length = int(line.split(b":")[1])
         await reader.readexactly(length)
     writer.close()
+
+
+async def test_a_chunked_body_that_is_not_http_is_a_400_at_once(port: int) -> None:
+    """A chunk whose size is not hexadecimal cannot be read, and the rest of the body never
+    will be: the request waited for it until the body's own timeout (an attack trial: 30 s,
+    then 408). It is a 400 ``invalid_http_request`` at once, and the route, still waiting
+    for its body, hears that the client is gone."""
+    head = b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    status, body, _ = await exchange(port, head, b"zz\r\nabc\r\n0\r\n\r\n")
+    assert status == 400, body
+    assert json.loads(body)["reason"] == "invalid_http_request"
