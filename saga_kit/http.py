@@ -562,8 +562,9 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     and the connection closes. The close lingers (RFC 9112 §9.6): what the client still
     sends is read and dropped, up to ``LINGER_BYTES`` or ``LINGER_SECONDS``, so a client
     busy sending its head still reads the answer instead of a reset connection. Bytes that
-    are not HTTP (a raw ``0xff`` in the path) are a 400 ``invalid_http_request`` with a
-    ``Problem`` body too, where uvicorn answered in plain text. A head must also arrive in
+    are not HTTP (a raw ``0xff`` in the path, a chunk's size that is not hexadecimal) are a
+    400 ``invalid_http_request`` with a ``Problem`` body too, where uvicorn answered in
+    plain text. A head must also arrive in
     time (``head_timeout``: 408). A header's value loses the white space after it, as
     RFC 9110 §5.5 says (httptools keeps it). ``limit_head`` makes the class with its bounds
     (``HTTP_MAX_HEADER_BYTES``, ``HTTP_HEADER_TIMEOUT_SECONDS``)."""
