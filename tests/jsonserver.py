@@ -1,8 +1,8 @@
 """One JSON document served to every GET over HTTP by the standard library's server on
 127.0.0.1, in a thread, that can be made slow (``delay``, seconds before each answer) or
-away (``down``: 503 to every request): a key server for tests of ``AUTH_JWKS_URL`` (the
-document a JWKS, at ``url``), or a service answering a fixed list for sagactl's tests
-(at ``base``)."""
+away (``down``: 503 to every request), counting the requests it answers at once: a key
+server for tests of ``AUTH_JWKS_URL`` (the document a JWKS, at ``url``), or a service
+answering a fixed list for sagactl's tests (at ``base``)."""
 
 from __future__ import annotations
 
@@ -20,13 +20,21 @@ class JsonServer:
         self.asked = threading.Event()
         #: the path and query of every request, in order
         self.paths: list[str] = []
+        #: requests being answered now, and the most there were at once
+        self.in_flight = self.most_in_flight = 0
+        lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.paths.append(self.path)
                 server.asked.set()
+                with lock:
+                    server.in_flight += 1
+                    server.most_in_flight = max(server.most_in_flight, server.in_flight)
                 time.sleep(server.delay)
+                with lock:
+                    server.in_flight -= 1
                 status, body = (503, b"away") if server.down else (200, server.jwks)
                 try:
                     self.send_response(status)

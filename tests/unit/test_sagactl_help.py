@@ -493,3 +493,19 @@ def test_dead_letters_cut_at_the_limit_say_there_may_be_more() -> None:
             app, ["--order-url", server.base, "dlq", "list", "-s", "order", "--limit", "2", "-o", "json"]
         )
     assert json.loads(listed.stdout)["limit_reached"] == ["order"]  # a script is told too
+
+
+@pytest.mark.parametrize("command", [["dlq", "list"], ["audit", "verify"]])
+def test_every_service_is_asked_at_once(command: list[str]) -> None:
+    """A command that reads each service asked them one after another: with their
+    database frozen, each took its answer deadline in turn, and ``dlq list`` took 19 s
+    (an attack trial). They are asked at once."""
+    import json
+
+    from tests.jsonserver import JsonServer
+
+    with JsonServer(json.dumps([]).encode(), delay=1.0) as slow:
+        urls = ["--order-url", slow.base, "--inventory-url", slow.base, "--payment-url", slow.base]
+        result = CliRunner().invoke(app, [*urls, *command, "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert slow.most_in_flight == 3
