@@ -140,7 +140,8 @@ class Orders:
     #: batch's transaction: a command is audited as the HTTP call it stands for is.
     audit_entries: list[str] = field(default_factory=list)
     #: The event ids of the batch's commands from someone who may not act for their
-    #: order (another customer, no valid token, no such order): their refusals go to the
+    #: order (another customer, no valid token, no such order; a PlaceOrder's order is
+    #: the customer's it names, placed yet or not: ``_owner``): their refusals go to the
     #: sender and the audit trail, never into that order's timeline (``observe``).
     strangers: set[uuid.UUID] = field(default_factory=set)
     #: The batch's commands (command id, type, sender, order, outcome), logged once the
@@ -529,14 +530,24 @@ def _audited(state: Orders, event: Envelope[Any], replies: Replies) -> Replies:
     call = audit.caller_audit(principal, f"{event.event_type} via {COMMANDS}")
     refusals = [r.payload for r in replies if isinstance(r, Reply) and isinstance(r.payload, CommandRejected)]
     outcome = f"refused: {refusals[0].reason}" if refusals else "accepted" if replies else "done before"
-    order = state.orders.get(event.order_id)
-    if principal is None or order is None or not principal.may_act_for(order.customer_id):
+    owner = _owner(state, event)
+    if principal is None or owner is None or not principal.may_act_for(owner):
         state.strangers.add(event.event_id)
     state.audit_entries.append(call.entry(f"/orders/{event.order_id}", outcome))
     state.commands_taken.append(
         (event.payload.command_id, event.event_type, call.actor, event.order_id, outcome)
     )
     return replies
+
+
+def _owner(state: Orders, event: Envelope[Any]) -> str | None:
+    """The customer whose order the command ``event`` is about: its order's, or for a
+    ``PlaceOrder`` whose order does not exist (yet: refused by admission, placed when
+    sent again) the customer it is placed for; None when there is no such order."""
+    order = state.orders.get(event.order_id)
+    if order is not None:
+        return order.customer_id
+    return event.payload.customer_id if isinstance(event.payload, PlaceOrder) else None
 
 
 @reactions.on(PlaceOrder)

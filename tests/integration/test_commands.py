@@ -551,6 +551,29 @@ async def test_a_place_order_that_could_not_finish_in_time_is_refused_as_post_or
     assert await send(order, data) is Outcome.DUPLICATE  # placed: now it is one
 
 
+async def test_a_place_order_placed_when_sent_again_after_a_refusal_is_in_its_order_s_timeline(
+    order: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PlaceOrder refused by admission names no order yet, and was recorded as a
+    stranger's (``from_stranger``); sent again, the same bytes are the same event, so the
+    order it then placed showed an OrderCreated that no command had caused: the
+    customer's own PlaceOrder and its refusal were left out of the timeline. A PlaceOrder
+    is its customer's, whether or not its order exists yet."""
+    await send(order, place())  # a saga in flight, some milliseconds old by now
+    await asyncio.sleep(0.05)
+    monkeypatch.setitem(handlers._admission, "min_pending", 0)
+    monkeypatch.setitem(handlers._admission, "headroom", 1e-6)  # any wait is too long
+    command = place()
+    data, oid = encode_command(command), order_id_for(command.command_id)
+    await send(order, data)
+    monkeypatch.setitem(handlers._admission, "headroom", 0.5)
+    monkeypatch.setitem(handlers._admission, "min_pending", 100)
+    await send(order, data)
+    async with order.db.engine.connect() as conn:
+        shown = await timeline.load(conn, oid)
+    assert [e["event_type"] for e in shown] == ["PlaceOrder", "CommandRejected", "OrderCreated"]
+
+
 async def test_a_refused_command_is_counted_under_the_command_it_says_it_is(order: ServiceUnderTest) -> None:
     """An invalid PlaceOrder was counted ``<unknown>`` in ``saga_events_consumed_total``,
     the label of a header naming no type (an attack trial): it is a PlaceOrder, handled
