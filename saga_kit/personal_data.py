@@ -42,11 +42,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events.personal import PersonalData, Sealed
-from saga_kit.errors import ConfigurationError
+from saga_kit.errors import ConfigurationError, TransientError
 
 #: bytes of a data key and of the master key (AES-256)
 KEY_BYTES = 32
 _NONCE_BYTES = 12
+#: How often ``KeyStore.keys_for`` tries to take a customer's key (a customer forgotten
+#: between its insert and its read is tried again).
+_KEY_TRIES = 3
 
 
 class MasterKeyError(ConfigurationError):
@@ -141,10 +144,25 @@ class KeyStore:
     async def keys_for(self, conn: AsyncConnection, customers: Iterable[str]) -> dict[str, DataKey]:
         """Each customer's live data key, a new one made for a customer without (or whose
         keys were all destroyed). Concurrent callers agree: a key is unique per customer
-        while live, and the loser of a race reads the winner's."""
+        while live, and the loser of a race reads the winner's. A customer forgotten
+        between the insert, which found its live key, and the read gets a new key too
+        (the insert is tried again for it, at most ``_KEY_TRIES`` times in all); past
+        that, ``TransientError``."""
         wanted = sorted(set(customers))
-        if not wanted:
-            return {}
+        keys: dict[str, DataKey] = {}
+        for _ in range(_KEY_TRIES):
+            missing = [c for c in wanted if c not in keys]
+            if not missing:
+                break
+            keys |= await self._live_or_new(conn, missing)
+        else:
+            if any(c not in keys for c in wanted):
+                raise TransientError("a customer's data key was destroyed each time one was taken")
+        return keys
+
+    async def _live_or_new(self, conn: AsyncConnection, wanted: list[str]) -> dict[str, DataKey]:
+        """``keys_for``'s one try: a new key for each of ``wanted`` (sorted) without a live
+        one, then the live keys read; a customer forgotten in between is left out."""
         fresh = {c: (uuid.uuid4(), secrets.token_bytes(KEY_BYTES)) for c in wanted}
         await conn.execute(
             text(
