@@ -164,9 +164,11 @@ class Orders:
 
 
 async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
-    """The batch's orders, locked in order-id order (concurrent batches never deadlock),
-    and for each order whose ``InventoryReserved`` is in the batch its ``order_items`` as
-    product → units: two queries, one round trip. An order not found is absent from the
+    """The batch's orders, locked in order-id order (concurrent batches never deadlock);
+    when it holds commands, the orders that used their command ids; when it holds a
+    ``PlaceOrder``, the backlog admission judges it by (``admission.BACKLOG_SQL``); and for
+    each order whose ``InventoryReserved`` is in the batch its ``order_items`` as product →
+    units: one to four queries, one round trip. An order not found is absent from the
     state; ``Orders.get`` then refuses its event (``InvalidEvent``)."""
     state = Orders()
     queries = [
