@@ -456,7 +456,10 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
     bad token, another body); one never applied is `rejected` with its latest refusal."""
     async with db.engine.connect() as conn:
         # a delivery of the command was applied when it caused the order's event (a refused
-        # delivery caused a CommandRejected; a repeated one, nothing)
+        # delivery caused a CommandRejected; a repeated one, nothing). Both reads say
+        # ``payload ? 'command_id'``, the predicate of the partial index that finds a
+        # command by its id (saga_events_by_command): without it the planner cannot use
+        # the index and reads the whole timeline, which is never pruned
         applied = (
             await conn.execute(
                 text(
@@ -464,7 +467,8 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
                     " JOIN saga_events r ON r.order_id = c.order_id AND r.causation_id = c.event_id"
                     " AND r.event_type IN ('OrderCreated', 'OrderCancelled')"
                     " JOIN orders o ON o.order_id = c.order_id"
-                    " WHERE c.payload->>'command_id' = :c AND c.event_type IN ('PlaceOrder', 'CancelOrder')"
+                    " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c"
+                    " AND c.event_type IN ('PlaceOrder', 'CancelOrder')"
                     " ORDER BY c.seq LIMIT 1"
                 ),
                 {"c": str(command_id)},
@@ -473,7 +477,8 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
         refusal = (
             await conn.execute(
                 text(
-                    "SELECT order_id, payload FROM saga_events WHERE payload->>'command_id' = :c"
+                    "SELECT order_id, payload FROM saga_events"
+                    " WHERE payload ? 'command_id' AND payload->>'command_id' = :c"
                     " AND event_type = 'CommandRejected' ORDER BY seq DESC LIMIT 1"
                 ),
                 {"c": str(command_id)},

@@ -43,7 +43,10 @@ from events import (
     PaymentCompleted,
     PaymentFailed,
 )
+from events.commands import CancelOrder, PlaceOrder, encode_command
+from events.topics import COMMANDS
 from order_svc import dashboard_api
+from order_svc.api import get_command
 from order_svc.cancelling import cancel_overdue
 from order_svc.placing import Placed, Placement, place_orders
 from payment_svc import runtime as payment_runtime
@@ -68,6 +71,14 @@ FILL = {
         " FROM generate_series(1, %(n)s) n",
         "INSERT INTO order_items (order_id, line_no, product_id, quantity, unit_price)"
         " SELECT order_id, 1, 'p', 1, 5 FROM orders",
+        # each order's timeline: the command that placed it, and what it caused
+        "INSERT INTO saga_events (event_id, order_id, event_type, producer, occurred_at, payload)"
+        " SELECT gen_random_uuid(), order_id, 'PlaceOrder', 'client', now(),"
+        " jsonb_build_object('command_id', gen_random_uuid()) FROM orders",
+        "INSERT INTO saga_events"
+        " (event_id, order_id, event_type, producer, occurred_at, causation_id, payload)"
+        " SELECT gen_random_uuid(), order_id, 'OrderCreated', 'order_svc', now(), event_id, '{}'"
+        " FROM saga_events",
     ),
     "inventory_svc": (
         "INSERT INTO products (product_id, name, price, available) VALUES ('filler', 'x', 1, 0)",
@@ -88,7 +99,7 @@ PLUMBING_FILL = (
     " SELECT 'filler', gen_random_uuid(), 'OrderCreated', gen_random_uuid() FROM generate_series(1, %(n)s)",
 )
 FILLED = {
-    "order_svc": {"orders", "order_items", "inbox"},
+    "order_svc": {"orders", "order_items", "saga_events", "inbox"},
     "inventory_svc": {"reservations", "order_decisions", "inbox"},
     "payment_svc": {"payments", "inbox"},
 }
@@ -222,6 +233,24 @@ async def test_the_order_service_finds_a_batch_by_index(big: Any, sent: Any) -> 
     assert await order.pipeline.process_batch([record_of(e) for e in batch]) == [Outcome.HANDLED] * 5
     assert await cancel_overdue(order.db) == 0  # thousands PENDING, none overdue
     assert_found_by_index(order, sent)
+
+
+async def test_what_became_of_a_command_is_found_by_index(big: Any, sent: Any) -> None:
+    """``GET /commands/{id}`` (which ``sagactl`` polls until a command is answered) finds
+    the command and its answer through ``saga_events_by_command``: it read the whole
+    timeline, which is never pruned, twice per call — the index is partial (``payload ?
+    'command_id'``) and its queries did not say so, so the planner could not use it."""
+    order = await big("order_svc")
+    placed = PlaceOrder(
+        command_id=uuid.uuid4(), customer_id="c1", items=(OrderLine(product_id="p", quantity=1),)
+    )
+    refused = CancelOrder(command_id=uuid.uuid4(), order_id=uuid.uuid4())  # no such order
+    for command in (placed, refused):
+        assert await order.deliver_bytes(encode_command(command), COMMANDS) is Outcome.HANDLED
+    sent.clear()
+    assert (await get_command(placed.command_id, order.db)).outcome == "placed"
+    assert (await get_command(refused.command_id, order.db)).outcome == "rejected"
+    assert_found_by_index(order, sent, at_least=3)
 
 
 async def test_the_inventory_service_finds_a_batch_by_index(big: Any, sent: Any) -> None:
