@@ -601,19 +601,26 @@ async def list_orders(
     if only is not None and customer_id not in (None, only):
         return []
     customer_id = only or customer_id
+    ids = None if order_id_prefix is None else _ids_starting(order_id_prefix)
+    if order_id_prefix is not None and ids is None:
+        return []  # a dash where an order id has none: no id starts so
     async with db.engine.connect() as conn:
         orders = list(
             await conn.execute(
                 text(
                     "SELECT * FROM orders WHERE (CAST(:s AS TEXT) IS NULL OR status = :s)"
                     " AND (CAST(:c AS TEXT) IS NULL OR customer_id = :c)"
-                    " AND (CAST(:p AS TEXT) IS NULL OR CAST(order_id AS TEXT) LIKE :p || '%')"
+                    # the ids between the prefix's lowest and highest completion, by the
+                    # primary key: the text comparison alone reads every order
+                    " AND (CAST(:lo AS UUID) IS NULL"
+                    " OR order_id BETWEEN CAST(:lo AS UUID) AND CAST(:hi AS UUID))"
                     " ORDER BY created_at DESC, order_id LIMIT :n OFFSET :k"
                 ),
                 {
                     "s": status.value if status else None,
                     "c": customer_id,
-                    "p": order_id_prefix.lower() if order_id_prefix else None,
+                    "lo": ids[0] if ids else None,
+                    "hi": ids[1] if ids else None,
                     "n": limit,
                     "k": offset,
                 },
@@ -629,6 +636,21 @@ async def list_orders(
         ):
             items[i.order_id].append(OrderItemView.model_validate(i._mapping))
     return [_view(o, items[o.order_id]) for o in orders]
+
+
+#: An order id's text form, lowest and highest (``_ids_starting``).
+_LOWEST, _HIGHEST = str(uuid.UUID(int=0)), str(uuid.UUID(int=2**128 - 1))
+
+
+def _ids_starting(prefix: str) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """The lowest and highest order id whose text form starts with ``prefix`` (8 to 36
+    hex digits and dashes, any case: ``ORDER_ID_PREFIX``), or None when none can (a dash
+    where the text form has a digit, or a digit where it has a dash). Every id between
+    the two starts with it: ids compare as their text forms do."""
+    prefix = prefix.lower()
+    if len(prefix) > len(_LOWEST) or any((c == "-") != (_LOWEST[i] == "-") for i, c in enumerate(prefix)):
+        return None
+    return uuid.UUID(prefix + _LOWEST[len(prefix) :]), uuid.UUID(prefix + _HIGHEST[len(prefix) :])
 
 
 @router.get(

@@ -46,10 +46,11 @@ from events import (
 from events.commands import CancelOrder, PlaceOrder, encode_command
 from events.topics import COMMANDS
 from order_svc import dashboard_api
-from order_svc.api import get_command
+from order_svc.api import get_command, list_orders
 from order_svc.cancelling import cancel_overdue
 from order_svc.placing import Placed, Placement, place_orders
 from payment_svc import runtime as payment_runtime
+from saga_kit import auth
 from saga_kit.consumer import Outcome
 from saga_kit.db import Database, create_engine
 from saga_kit.migrations import PLUMBING, migrate
@@ -251,6 +252,20 @@ async def test_what_became_of_a_command_is_found_by_index(big: Any, sent: Any) -
     assert (await get_command(placed.command_id, order.db)).outcome == "placed"
     assert (await get_command(refused.command_id, order.db)).outcome == "rejected"
     assert_found_by_index(order, sent, at_least=3)
+
+
+async def test_an_order_found_by_the_start_of_its_id_is_found_by_index(big: Any, sent: Any) -> None:
+    """``GET /orders?order_id_prefix=`` (how sagactl finds a shortened id, ``limit=2``)
+    compared each order's id as text with ``LIKE``: no index can bound that, so it read
+    orders newest first to the very end of the table looking for a second match."""
+    order = await big("order_svc")
+    wanted = await order.scalar("SELECT order_id FROM orders ORDER BY order_id OFFSET 1234 LIMIT 1")
+    sent.clear()
+    for prefix in (str(wanted)[:8], str(wanted)[:14].upper(), str(wanted)):
+        found = await list_orders(order.db, auth.UNAUTHENTICATED, order_id_prefix=prefix, limit=2)
+        assert [o.order_id for o in found] == [wanted], prefix
+    assert await list_orders(order.db, auth.UNAUTHENTICATED, order_id_prefix="0000-000", limit=2) == []
+    assert_found_by_index(order, sent, at_least=3, max_read=DISCARDED)
 
 
 async def test_the_inventory_service_finds_a_batch_by_index(big: Any, sent: Any) -> None:
