@@ -668,7 +668,7 @@ async def get_saga(order_id: uuid.UUID, db: DatabaseDep, principal: PrincipalDep
     async with db.engine.connect() as conn:
         events = await timeline.load(conn, order_id)
         refused = [
-            Refusal(peek(None if r.value is None else bytes(r.value))[0], printable(r.reason))
+            Refusal(_type_of(None if r.value is None else bytes(r.value)), printable(r.reason))
             for r in await conn.execute(
                 text(
                     "SELECT reason, CASE WHEN octet_length(value) <= 65536 THEN value END AS value"
@@ -687,6 +687,13 @@ async def get_saga(order_id: uuid.UUID, db: DatabaseDep, principal: PrincipalDep
         explanation=ExplanationView.model_validate(dataclasses.asdict(why)),
         events=entries,
     )
+
+
+def _type_of(value: bytes | None) -> str | None:
+    """What a dead letter's body is: an event's type, or a command's (``orders.commands``
+    says what it is in its own words), as the dead letters' list names it; None when it
+    cannot be told."""
+    return peek(value)[0] or peek_command(value)[0]
 
 
 @router.get(

@@ -20,7 +20,7 @@ from events.commands import AUTHORIZATION, CancelOrder, PlaceOrder, encode_comma
 from events.envelope import Envelope
 from events.topics import COMMANDS
 from order_svc import handlers, timeline
-from order_svc.api import get_command
+from order_svc.api import get_command, get_saga
 from order_svc.errors import IdempotencyKeyReused
 from order_svc.placing import place_order
 from saga_kit import auth, deadletters
@@ -521,6 +521,32 @@ async def test_a_command_whose_keys_cannot_be_had_is_dead_lettered_never_refused
     ((created, _),) = await answers(order, oid)
     assert created.event_type == "OrderCreated"
     assert (await get_command(command.command_id, order.db)).outcome == "placed"
+
+
+async def test_a_dead_lettered_command_is_named_in_its_orders_explanation(
+    order: ServiceUnderTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The saga's explanation names the events about it that were dead-lettered. A
+    command's body is no event's, so ``events.codec.peek`` found no type in it, and a
+    CancelOrder held for its token's keys was "an event" there (``event_type`` null),
+    while the dead letters' own list names it ``CancelOrder``."""
+    monkeypatch.setattr(handlers, "KEYS_PATIENCE_SECONDS", 0.5)
+    monkeypatch.setattr(auth, "JWKS_RETRY_SECONDS", 0.0)
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    placed = await place_order(
+        order.db, "kim", [OrderLine(product_id="p", quantity=1)], None, timedelta(hours=1)
+    )
+    cancel = CancelOrder(command_id=uuid.uuid4(), order_id=placed.order_id)
+    record_headers = [(AUTHORIZATION, f"Bearer {issuer.mint('kim', [Role.CUSTOMER])}".encode())]
+    with JsonServer(issuer.jwks_file.read_bytes(), down=True) as server:
+        monkeypatch.setitem(
+            handlers._commands, "verifier", TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_url=server.url)
+        )
+        outcome = await order.deliver_bytes(encode_command(cancel), COMMANDS, headers=record_headers)
+    assert outcome is Outcome.DEAD_LETTERED
+    saga = await get_saga(placed.order_id, order.db, auth.UNAUTHENTICATED)
+    assert [r.event_type for r in saga.explanation.refused] == ["CancelOrder"]
+    assert "CancelOrder (keys_unavailable" in saga.explanation.verdict
 
 
 async def test_a_place_order_that_could_not_finish_in_time_is_refused_as_post_orders_is(
