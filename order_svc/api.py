@@ -281,7 +281,8 @@ def _accepted(request: Request, response: Response, order_id: uuid.UUID) -> None
             "overloaded (`overloaded`): the order could not finish before its deadline; nothing was held."
             " Or the broker has taken none of the service's events for too long (`broker_unavailable`):"
             " no saga moves; nothing was held."
-            " Or personal data was sent to a service without a master key (`service_unavailable`)."
+            " Or personal data was sent to a service without a master key (`service_unavailable`,"
+            " without `Retry-After`: it lasts until the service is given one)."
             " Or the database or the network is briefly away (`service_unavailable`): the order may"
             " or may not have been placed, and a retry with the same Idempotency-Key answers it once",
             headers=RETRY_AFTER,
