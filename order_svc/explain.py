@@ -13,9 +13,10 @@ What each outcome owes, and which event settles it:
 * **REJECTED** — for stock: nothing was held, nothing is owed. For funds: inventory gives
   the reservation back (``InventoryReleased``).
 * **CANCELLED** — inventory gives back what it reserved or sold (``InventoryReleased``),
-  if the timeline shows a reservation; payment must not keep a penny: a charge is refunded
-  (``PaymentRefunded``), and without one payment confirms it will never charge
-  (``PaymentVoided``) or that it had declined (``PaymentFailed``).
+  if the timeline shows a reservation (``InventoryReserved``, or a payment's answer, which
+  only a reservation gets and which may be heard before it); payment must not keep a
+  penny: a charge is refunded (``PaymentRefunded``), and without one payment confirms it
+  will never charge (``PaymentVoided``) or that it had declined (``PaymentFailed``).
 
 Until the settling event is in the timeline, the item is *still owed by* that service.
 """
@@ -31,6 +32,10 @@ from typing import Any
 #: every view). A failed step (``PaymentFailed``, ``InventoryReservationFailed``) or an
 #: outcome (``OrderRejected``, ``OrderCancelled``) is not one: it is what calls for them.
 COMPENSATING = frozenset({"InventoryReleased", "PaymentRefunded", "PaymentVoided"})
+
+#: Events that prove stock was reserved for the order, the reservation first: payment
+#: acts only on one. ``PaymentVoided`` is not one: a cancellation is voided unheard of.
+_PROVE_A_RESERVATION = ("InventoryReserved", "PaymentFailed", "PaymentCompleted", "PaymentPending")
 
 _REASONS = {
     "insufficient_stock": "inventory could not reserve every line (insufficient stock)",
@@ -140,15 +145,12 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
             verdict += " after it was approved"
 
     owed = []
-    if "InventoryReserved" in seen:
+    # payment answers only a reservation (its intent is made on InventoryReserved): its
+    # answer, which may be heard first (another topic), proves stock is held
+    held = next((e for e in _PROVE_A_RESERVATION if e in seen), None)
+    if held is not None:
         owed.append(
-            _item(
-                seen,
-                "give reserved or sold stock back",
-                "InventoryReserved",
-                "inventory_svc",
-                "InventoryReleased",
-            )
+            _item(seen, "give reserved or sold stock back", held, "inventory_svc", "InventoryReleased")
         )
     if "PaymentCompleted" in seen:
         owed.append(_item(seen, "refund the charge", "PaymentCompleted", "payment_svc", "PaymentRefunded"))

@@ -69,6 +69,24 @@ def test_rejected_for_funds_owes_the_reservation(released: bool, settled: bool) 
     assert e.settled is settled
 
 
+@pytest.mark.parametrize("answer", ["PaymentFailed", "PaymentCompleted", "PaymentPending"])
+def test_a_payment_answer_heard_before_the_reservation_proves_one(answer: str) -> None:
+    """Payment answers only a reservation (its intent is made on InventoryReserved): heard
+    first — the two come on different topics — it proves stock is held. The explanation
+    said "nothing was held or charged", settled, while stock was held (a review)."""
+    status, reason = (
+        ("REJECTED", "insufficient_funds") if answer == "PaymentFailed" else ("CANCELLED", "timeout")
+    )
+    events = ["OrderCreated", answer, "OrderRejected" if status == "REJECTED" else "OrderCancelled"]
+    e = explain(status, reason, timeline(*events))
+    assert ("give reserved or sold stock back", answer, None) in [
+        (c.action, c.because_of, c.done_by) for c in e.owed
+    ]
+    assert e.settled is False and "nothing was held" not in e.verdict
+    released = explain(status, reason, timeline(*events, "InventoryReleased"))
+    assert released.owed[0].done_by == "InventoryReleased"
+
+
 def test_cancelled_after_approval_owes_stock_and_money() -> None:
     e = explain(
         "CANCELLED",
