@@ -805,11 +805,20 @@ def _may_act_for(urls: Urls, customer_id: str) -> None:
 
 def _send_command(bootstrap: str, command: Any, token: str | None) -> None:
     """Produce command to orders.commands, keyed by its command_id, with token in
-    its authorization header (the order service authorizes it like an HTTP call)."""
+    its authorization header (the order service authorizes it like an HTTP call). No
+    token is a usage error before anything is sent: the command would be refused
+    (``missing_token``), and its outcome only an operator may read (a newcomer trial)."""
     from events.commands import AUTHORIZATION, encode_command
     from events.topics import COMMANDS
 
-    headers = [(AUTHORIZATION, f"Bearer {token}".encode())] if token else []
+    if not token:
+        _fail(
+            "--via kafka needs a bearer token (--token or SAGA_TOKEN): the order service refuses a"
+            " command without one (missing_token); export SAGA_TOKEN=$(sagactl token) mints an"
+            " operator's with make run's key, and 'sagactl publish' sends any record as it is",
+            USAGE,
+        )
+    headers = [(AUTHORIZATION, f"Bearer {token}".encode())]
     _produce(bootstrap, COMMANDS, encode_command(command), str(command.command_id).encode(), headers)
 
 

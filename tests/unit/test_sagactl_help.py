@@ -88,6 +88,8 @@ def test_a_broker_that_cannot_be_reached_is_one_line_on_stderr() -> None:
                 sys.executable,
                 "-m",
                 "sagactl",
+                "--token",
+                "t",  # any: sagactl reads, the service verifies
                 "place",
                 "alice",
                 "p=1",
@@ -509,3 +511,22 @@ def test_every_service_is_asked_at_once(command: list[str]) -> None:
         result = CliRunner().invoke(app, [*urls, *command, "-o", "json"])
     assert result.exit_code == 0, result.output
     assert slow.most_in_flight == 3
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["place", "alice", "widget=1"], ["cancel", "2f07e1d2-4a64-4a4b-9b9a-0a3e5c1f8a11"]],
+    ids=["place", "cancel"],
+)
+def test_a_command_without_a_token_is_refused_before_it_is_sent(
+    monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """Without a token, ``--via kafka`` sent the command bare, the order service refused it
+    (``missing_token``), and following its outcome was a 401 that did not say the command
+    had been refused (a newcomer trial). It is a usage error naming where a token comes
+    from, before anything is sent (``publish`` sends anything as it is)."""
+    monkeypatch.delenv("SAGA_TOKEN", raising=False)
+    result = CliRunner().invoke(app, [*command, "--via", "kafka", "--bootstrap", "127.0.0.1:1"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, said
+    assert "--via kafka needs a bearer token (--token or SAGA_TOKEN)" in said, said
