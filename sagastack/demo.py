@@ -478,6 +478,7 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
             " what it did with the customer's money"
         )
         first_order: tuple[str, str] | None = None
+        expected = 0  # sagas that ended as their scenario says
         for n, sc in enumerate(SCENARIOS, start=1):
             outage = ""
             mine = system.client(sc.customer)  # the customer's own bearer token
@@ -529,6 +530,7 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
             print(f"      balance {sc.customer}: {balance}")
             why = saga["explanation"]
             print(f"      why: {why['verdict']}")
+            before = len(problems)
             problems += story_problems(n, sc, saga, Decimal(balance))
             if sc.twist == "forged":
                 letters = refused(system, order_id)
@@ -543,6 +545,12 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
                 )
             if not set(sc.events) <= set(got) or (sc.twist is None and sorted(got) != sorted(sc.events)):
                 problems.append(f"saga {n}: expected events {sc.events}, got {got}")
+            # each saga's own verdict, so that "did it work?" needs no reading between lines
+            print(
+                "    ✓ as expected" if len(problems) == before else "    ✗ NOT as expected (FAIL lines below)"
+            )
+            expected += len(problems) == before
+        print(f"\n  {expected} of {len(SCENARIOS)} sagas ended as expected")
         if first_order is not None:
             problems += show_access(system, *first_order)
             problems += show_forgetting(client, *first_order)

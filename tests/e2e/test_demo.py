@@ -17,6 +17,7 @@ def test_the_demo_tells_the_truth_about_every_saga(run_root: Path) -> None:
     for n in range(1, 9):
         assert f"Saga {n} — " in out
     assert out.count("      why: ") == 8
+    assert out.count("    ✓ as expected") == 8 and "8 of 8 sagas ended as expected" in out
     # saga 8: the provider's outage was seen (breaker open) and waited out
     assert "payment readiness: degraded — payment provider circuit open" in out
     assert "this saga meanwhile: in flight: waiting on the payment provider since" in out
