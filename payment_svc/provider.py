@@ -29,7 +29,7 @@ Each call answers one of:
   validation or authentication): a cancelled order whose calls were all refused so is
   voided, not left in doubt for ever. A 409 says another request under the same key
   exists: that one may have charged. Any other answer that is neither a success nor a
-  failure (a 202, a 3xx the client does not follow) is ``Refused`` too, and promises
+  failure (a 202, a 3xx: redirects are never followed) is ``Refused`` too, and promises
   nothing: its ``nothing_done`` is false.
 
 Only ``Unavailable`` counts against the breaker: a decline is the provider working.
@@ -99,7 +99,7 @@ class Unavailable:
 class Refused:
     """A 4xx other than a decline: the request itself is wrong (e.g. a refund of an unknown
     charge, an idempotency key reused with another body); also any other answer that is
-    neither a success nor a failure (a 202, a 3xx not followed), retried as slowly."""
+    neither a success nor a failure (a 202, a 3xx, never followed), retried as slowly."""
 
     status: int
     reason: str
@@ -314,7 +314,11 @@ class PaymentProvider:
     async def _exchange(self, method: str, path: str, body: Any, headers: dict[str, str]) -> Answer:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
-        async with self._session.request(method, self.base_url + path, json=body, headers=headers) as r:
+        # never follow a redirect: a payment API does not redirect a charge, and what its
+        # target answers (a 404: "nothing done") is not the charge's outcome (an attack
+        # trial: followed, a charge made was voided); the 3xx is the answer, and promises nothing
+        url = self.base_url + path
+        async with self._session.request(method, url, json=body, headers=headers, allow_redirects=False) as r:
             return Answer(r.status, await _body(r), r.headers.get("Retry-After"))
 
     async def _call(

@@ -350,3 +350,33 @@ async def test_an_answer_too_big_to_be_one_is_not_read_whole(say_length: bool) -
             await provider.aclose()
     assert isinstance(got, Unavailable) and not got.nothing_done, got
     assert f"over {MAX_ANSWER_BYTES} bytes" in got.reason, got.reason
+
+
+@pytest.mark.parametrize("status", [302, 307])
+async def test_a_redirect_is_not_followed_and_leaves_the_charge_in_doubt(status: int) -> None:
+    """A provider that charged and answered a redirect: the client followed it, and what
+    the redirect's target answered counted — a 404 there, a refusal that did nothing, so
+    a cancelled order was voided while the provider had its money (an attack trial). A
+    payment API does not redirect a charge: the 3xx itself is the answer, and it promises
+    nothing."""
+
+    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.read(65536)
+        if request.startswith(b"POST"):
+            writer.write(
+                f"HTTP/1.1 {status} X\r\nlocation: /v1/nothing\r\ncontent-length: 0\r\n"
+                "connection: close\r\n\r\n".encode()
+            )
+        else:  # the redirect's target
+            writer.write(b"HTTP/1.1 404 X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async with serving(redirect) as url:
+        provider = _client(url)
+        try:
+            got = await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
+        finally:
+            await provider.aclose()
+    assert isinstance(got, Refused) and got.status == status, got
+    assert not got.nothing_done
