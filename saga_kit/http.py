@@ -566,7 +566,10 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     400 ``invalid_http_request`` with a ``Problem`` body too, where uvicorn answered in
     plain text. A head must also arrive in
     time (``head_timeout``: 408). A header's value loses the white space after it, as
-    RFC 9110 §5.5 says (httptools keeps it). ``limit_head`` makes the class with its bounds
+    RFC 9110 §5.5 says (httptools keeps it). A chunked body's trailers are header lines
+    too, bounded as a head is (an attack trial: 100 MB of one was read). A request answered
+    before its body was read gets no second answer when its body turns out not to be HTTP:
+    the connection closes. ``limit_head`` makes the class with its bounds
     (``HTTP_MAX_HEADER_BYTES``, ``HTTP_HEADER_TIMEOUT_SECONDS``)."""
 
     max_head_bytes = 64 * 1024
@@ -584,6 +587,11 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     _dropped: int | None = None  # bytes dropped since the 431; None before one
     _head_too_large = False
     _refusal_due: tuple[int, str, str] | None = None  # once the answers before it are sent
+    _close_after_answer = False  # a request answered, its body then refused: no second answer
+    #: after a chunk's size line, before its data: where the last chunk's trailers come
+    #: (header lines httptools keeps in memory, whatever their length)
+    _after_chunk_size = False
+    _trailer_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -620,6 +628,16 @@ class HeadLimitedProtocol(HttpToolsProtocol):
             "request_timeout",
         )
 
+    def on_chunk_header(self) -> None:
+        self._after_chunk_size, self._trailer_bytes = True, 0
+
+    def on_chunk_complete(self) -> None:
+        self._after_chunk_size = False
+
+    def on_body(self, body: bytes) -> None:
+        self._after_chunk_size = False
+        super().on_body(body)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         # httptools drops the white space before a field value but keeps what follows it;
         # a field value has neither (RFC 9110 §5.5), so ``Last-Event-ID: 5 `` is ``5``
@@ -642,6 +660,18 @@ class HeadLimitedProtocol(HttpToolsProtocol):
                 self.transport.close()
             return
         super().data_received(data)
+        if self._after_chunk_size and not self.transport.is_closing():
+            # the last chunk's trailers, counted as a head is (a chunk's data ends this)
+            self._trailer_bytes += len(data)
+            if self._trailer_bytes > self.max_head_bytes:
+                self._after_chunk_size = False
+                self.logger.warning("a request's trailers passed %d bytes; answered 431", self.max_head_bytes)
+                self._refuse(
+                    431,
+                    f"the request's trailers are larger than {self.max_head_bytes} bytes, the most accepted",
+                    "headers_too_large",
+                )
+            return
         if not self._in_head or self.transport.is_closing():
             return
         # all of it counts (a chunk may end an earlier request too): over by a chunk at most
@@ -655,26 +685,8 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         if self._head_too_large:  # raised by on_headers_complete: a 431
             self._refuse_head()
             return
-        cycle = self.cycle
-        if cycle is not None and cycle.more_body and not cycle.response_started and not self.pipeline:
-            # the running request's own body (a chunk's size that is not hexadecimal): the
-            # rest of it will never be read, and the route waiting for it waited until the
-            # body's timeout (an attack trial: 30 s, then 408). Its route hears the client
-            # is gone (whatever it answers is dropped), and the client gets the 400 now.
-            cycle.disconnected = True
-            cycle.message_event.set()
-            self._in_head, self._dropped = False, 0
-            self._write_refusal(
-                400,
-                "the request is not valid HTTP/1.1: its body's chunks cannot be read",
-                "invalid_http_request",
-            )
-            return
-        self._refuse(
-            400,
-            "the request is not valid HTTP/1.1: its request line or a header cannot be read",
-            "invalid_http_request",
-        )
+        what = "its body's chunks" if self._reading_body() else "its request line or a header"
+        self._refuse(400, f"the request is not valid HTTP/1.1: {what} cannot be read", "invalid_http_request")
 
     def _refuse_head(self) -> None:
         self.logger.warning("a request's head passed %d bytes; answered 431", self.max_head_bytes)
@@ -689,16 +701,43 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         the answers of the requests before it on the connection (pipelined), which are
         still to come (a second attack trial: the first request's answer was lost, and a
         write after the end of the connection raised in the service)."""
+        reading_body = self._reading_body()
         self._in_head, self._dropped = False, 0
+        if reading_body:
+            cycle = self.cycle
+            assert cycle is not None
+            if cycle.response_started:
+                # answered before its body was read (a 415): no second answer (an attack
+                # trial got its 415, then a 400) — the connection ends with the first
+                self._close_after_answer = True
+                if cycle.response_complete:
+                    self.transport.close()
+                return
+            # the rest of the body will never be read, and the route waiting for it waited
+            # until the body's timeout (an attack trial: 30 s, then 408): it hears the
+            # client is gone (what it answers is dropped), and the client is answered now
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self._write_refusal(status, detail, reason)
+            return
         if self._answering():
             self._refusal_due = (status, detail, reason)
             return
         self._write_refusal(status, detail, reason)
 
+    def _reading_body(self) -> bool:
+        """The bytes refused are the running request's own body (its chunks, its
+        trailers): the parser is past its head, and its message is not complete."""
+        cycle = self.cycle
+        return cycle is not None and cycle.more_body and not self.pipeline and not self._in_head
+
     def _answering(self) -> bool:
         return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
 
     def on_response_complete(self) -> None:
+        if self._close_after_answer:
+            self.transport.close()
+            return
         super().on_response_complete()
         if self._refusal_due is not None and not self._answering():
             if self.timeout_keep_alive_task is not None:

@@ -24,8 +24,13 @@ HEAD_TIMEOUT = 1.0
 
 
 async def echo_size(scope: Scope, receive: Receive, send: Send) -> None:
-    """200 with the body's size, the number of headers and the value of ``X-Echo``."""
+    """200 with the body's size, the number of headers and the value of ``X-Echo``; at
+    ``/early``, 415 before the body is read (as a route refusing its media type does)."""
     if scope["type"] != "http":
+        return
+    if scope["path"] == "/early":
+        await send({"type": "http.response.start", "status": 415, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
         return
     size, more = 0, True
     while more:
@@ -254,3 +259,43 @@ async def test_a_chunked_body_that_is_not_http_is_a_400_at_once(port: int) -> No
     status, body, _ = await exchange(port, head, b"zz\r\nabc\r\n0\r\n\r\n")
     assert status == 400, body
     assert json.loads(body)["reason"] == "invalid_http_request"
+
+
+async def test_trailers_past_the_bound_are_431(port: int) -> None:
+    """A chunked body's trailers are header lines too, but no bound counted them: 100 MB
+    of one was read into memory and the order was placed (an attack trial). They are
+    bounded as a head is, and the request refused."""
+    head = b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    body = b"3\r\nabc\r\n0\r\nX-Trailer: " + b"a" * (4 * LIMIT) + b"\r\n\r\n"
+    status, answer, _ = await exchange(port, head, body, piece=4096)
+    assert status == 431, answer
+    assert json.loads(answer)["reason"] == "headers_too_large"
+    small = b"3\r\nabc\r\n0\r\nX-Trailer: fine\r\n\r\n"
+    status, answer, _ = await exchange(
+        port, head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"), small
+    )
+    assert status == 200 and json.loads(answer)["body"] == 3, answer
+
+
+async def test_a_request_answered_before_its_body_gets_no_second_answer(port: int) -> None:
+    """A request answered before its body was read (a 415), whose body then could not be
+    read, was answered twice: its 415, then a 400 (an attack trial). One answer per
+    request: the connection closes instead."""
+    head = b"POST /early HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    def speak() -> tuple[bytes, bytes]:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(head)
+            first = b""
+            while b"\r\n\r\n" not in first:  # the 415 (no body), before the body is sent
+                first += sock.recv(65536)
+            sock.sendall(b"zz\r\nabc\r\n0\r\n\r\n")
+            rest = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    rest += chunk
+        return first, rest
+
+    first, rest = await asyncio.to_thread(speak)
+    assert first.startswith(b"HTTP/1.1 415"), first
+    assert rest == b"", rest
