@@ -11,7 +11,14 @@ Contract of the relay:
   every acknowledgement, then marks the whole batch sent in one statement.
 * One active relay per database: the relay that holds a session-level advisory lock on a
   connection of its own publishes; the others stand by and take over when that
-  connection goes (its process died, or the database restarted). Within a service, the
+  connection goes (its process died, or the database restarted). A process that is
+  frozen (stopped, a paused VM) keeps its connection and its lock: a standby ends that
+  session (``pg_terminate_backend``) once it has been idle ``lease_seconds`` — the active
+  relay uses it every poll, and no send outlasts the producer's own timeouts — and takes
+  over (an attack trial: a frozen instance held its service's events back for 1,000 s
+  while the standby said all was well). The frozen one, woken, finds its session gone
+  and stands by; what it was sending is sent twice at most, and duplicates are dropped
+  by the consumers' inbox. Within a service, the
   events of one order are written by transactions serialized on the saga's lock, so
   their ``id`` order is their commit order and one relay keeps them in order per key.
 * Woken immediately after a commit that emitted events, and polls as a fallback so rows
@@ -53,6 +60,24 @@ from saga_kit.signing import Signer
 log = logging.getLogger(__name__)
 
 _RELAY_LOCK_KEY = 7_301_002  # arbitrary, constant: "outbox relay" advisory lock
+
+#: Seconds the active relay's session may stay idle before a standby ends it (its process
+#: is taken to be frozen): well past the poll interval, and past the ~90 s a batch may
+#: wait for acknowledgements from a broker that takes connections but never answers.
+RELAY_LEASE_SECONDS = 120.0
+
+#: One round trip of a relay that does not hold the lock: try to take it, and end the
+#: session of a holder idle past the lease (:k the lock's key, :lease seconds). A lock on
+#: one bigint key is classid 0, objid the key, objsubid 1 in ``pg_locks``.
+_LEAD_SQL = (
+    "SELECT pg_try_advisory_lock(:k) AS got,"
+    " (SELECT count(*) FILTER (WHERE pg_terminate_backend(a.pid)) FROM pg_locks l"
+    "  JOIN pg_stat_activity a ON a.pid = l.pid"
+    "  WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = :k"
+    "  AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    "  AND a.pid <> pg_backend_pid() AND a.state = 'idle'"
+    "  AND a.state_change < clock_timestamp() - make_interval(secs => :lease)) AS fenced"
+)
 
 
 def envelope_headers(envelope: Envelope[Any]) -> list[tuple[str, bytes | None]]:
@@ -166,8 +191,10 @@ class OutboxRelay:
         retry: RetryPolicy | None = None,
         fault: str | None = None,
         ack_warning_seconds: float = 10.0,
+        lease_seconds: float = RELAY_LEASE_SECONDS,
     ) -> None:
         self._engine = engine
+        self._lease_seconds = lease_seconds
         #: How long a batch may wait for the broker's acknowledgements before the relay
         #: says so (once per batch, then waits on: the producer retries until its own
         #: timeouts, ~90 s against a broker that takes connections but never answers).
@@ -220,19 +247,28 @@ class OutboxRelay:
 
     async def _lead(self) -> bool:
         """Hold the relay lock on a connection of our own (autocommit: the relay's reads
-        and writes ride on it too); False while another holds it."""
+        and writes ride on it too); False while another holds it — and if that one's
+        session has been idle past the lease, end it: the next try takes the lock."""
         if self._lock_conn is not None:
             return True
         conn = await self._engine.connect()
         try:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
-            got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _RELAY_LOCK_KEY})
+            row = (
+                await conn.execute(text(_LEAD_SQL), {"k": _RELAY_LOCK_KEY, "lease": self._lease_seconds})
+            ).one()
         except BaseException:
             await conn.close()
             raise
-        if not got:
+        if not row.got:
             await conn.close()
             self.active = False
+            if row.fenced:
+                log.warning(
+                    "outbox relay: the active relay's session was idle over %g s (its process"
+                    " frozen?); ended it, taking over",
+                    self._lease_seconds,
+                )
             return False
         self._lock_conn, self.active = conn, True
         log.info("outbox relay active")
