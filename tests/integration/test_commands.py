@@ -558,6 +558,22 @@ async def test_a_dead_lettered_command_is_named_in_its_orders_explanation(
     assert "CancelOrder (keys_unavailable" in saga.explanation.verdict
 
 
+async def _refusing_every_order(order: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Admission set to refuse any PlaceOrder for the backlog: a saga in flight, and any
+    wait too long (the broker has taken every event: its gate does not decide)."""
+    await broker_took_everything(order)
+    await send(order, place())  # a saga in flight, some milliseconds old by now
+    await asyncio.sleep(0.05)
+    monkeypatch.setitem(handlers._admission, "min_pending", 0)
+    monkeypatch.setitem(handlers._admission, "headroom", 1e-6)
+
+
+def _admitting_every_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Admission set back to let every order in (fewer sagas in flight than it counts)."""
+    monkeypatch.setitem(handlers._admission, "headroom", 0.5)
+    monkeypatch.setitem(handlers._admission, "min_pending", 100)
+
+
 async def test_a_place_order_that_could_not_finish_in_time_is_refused_as_post_orders_is(
     order: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -565,11 +581,7 @@ async def test_a_place_order_that_could_not_finish_in_time_is_refused_as_post_or
     on the backlog read in the batch's transaction): 1,200 commands of 5 s deadlines were
     all placed, and 858 ran into their deadline (an attack trial). The refusal says when
     to try again, and the same bytes sent again later are a new try, not a redelivery."""
-    await broker_took_everything(order)  # the backlog gate decides, not the broker's
-    await send(order, place())  # a saga in flight, some milliseconds old by now
-    await asyncio.sleep(0.05)
-    monkeypatch.setitem(handlers._admission, "min_pending", 0)
-    monkeypatch.setitem(handlers._admission, "headroom", 1e-6)  # any wait is too long
+    await _refusing_every_order(order, monkeypatch)
     refused = place()
     data = encode_command(refused)
     oid = order_id_for(refused.command_id)
@@ -580,8 +592,7 @@ async def test_a_place_order_that_could_not_finish_in_time_is_refused_as_post_or
     assert "under the same command_id" in rejected.payload.detail
     assert await order.scalar("SELECT COUNT(*) FROM orders WHERE order_id = :o", o=oid) == 0
 
-    monkeypatch.setitem(handlers._admission, "headroom", 0.5)
-    monkeypatch.setitem(handlers._admission, "min_pending", 100)
+    _admitting_every_order(monkeypatch)
     assert await send(order, data) is Outcome.HANDLED  # not a duplicate: its claim was released
     assert [e.event_type for e, _ in await answers(order, oid)] == ["CommandRejected", "OrderCreated"]
     assert await send(order, data) is Outcome.DUPLICATE  # placed: now it is one
@@ -595,16 +606,11 @@ async def test_a_place_order_placed_when_sent_again_after_a_refusal_is_in_its_or
     order it then placed showed an OrderCreated that no command had caused: the
     customer's own PlaceOrder and its refusal were left out of the timeline. A PlaceOrder
     is its customer's, whether or not its order exists yet."""
-    await broker_took_everything(order)  # the backlog gate decides, not the broker's
-    await send(order, place())  # a saga in flight, some milliseconds old by now
-    await asyncio.sleep(0.05)
-    monkeypatch.setitem(handlers._admission, "min_pending", 0)
-    monkeypatch.setitem(handlers._admission, "headroom", 1e-6)  # any wait is too long
+    await _refusing_every_order(order, monkeypatch)
     command = place()
     data, oid = encode_command(command), order_id_for(command.command_id)
     await send(order, data)
-    monkeypatch.setitem(handlers._admission, "headroom", 0.5)
-    monkeypatch.setitem(handlers._admission, "min_pending", 100)
+    _admitting_every_order(monkeypatch)
     await send(order, data)
     async with order.db.engine.connect() as conn:
         shown = await timeline.load(conn, oid)
