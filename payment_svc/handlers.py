@@ -20,6 +20,7 @@ The ``payments`` row of an order is the one decision record, whatever arrives fi
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -97,6 +98,7 @@ def save(uow: UnitOfWork, ledger: Ledger) -> None:
     once this commits; the rest are due now, for the worker's claim."""
     room, lease = HANDOFF.room()
     claimed: list[Due] = []
+    claimed_at = time.monotonic()  # before the claim runs (with the writes): the lease's start
 
     def claim(oid: uuid.UUID, p: Payment) -> int:
         """1 if ``p``, due now, is claimed for the hand-off (there is room), else 0."""
@@ -125,7 +127,7 @@ def save(uow: UnitOfWork, ledger: Ledger) -> None:
         if p.changed and not p.new
     ]
     if claimed:
-        uow.after_commit(lambda: HANDOFF.give(claimed))
+        uow.after_commit(lambda: HANDOFF.give(claimed, claimed_at))
     if new or changed:
         uow.after_commit(WORK_DUE.set)  # a charge or refund is due: the worker goes now
     # a claimed row's lease: the worker's; an unclaimed one is due now

@@ -156,11 +156,13 @@ class HandOff:
             return 0, 0.0
         return max(0, self._limit - len(self._due)), self._lease
 
-    def give(self, claimed: Iterable[Due]) -> None:
-        """Called once the transaction that claimed ``claimed`` committed."""
+    def give(self, claimed: Iterable[Due], claimed_at: float) -> None:
+        """Called once the transaction that claimed ``claimed`` committed; ``claimed_at``:
+        ``time.monotonic()`` before its claim ran, where the lease starts (dated from the
+        commit, which may come late, a call could outlive its lease: a review)."""
         if self._lease is None:
             return  # closed meanwhile: their leases end
-        stale_at = time.monotonic() + self._lease - self._calling
+        stale_at = claimed_at + self._lease - self._calling
         self._due.extend((stale_at, d) for d in claimed)
 
     def take(self, n: int) -> list[Due]:

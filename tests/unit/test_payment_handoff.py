@@ -23,11 +23,11 @@ def test_nothing_is_handed_off_before_the_worker_opens_it_or_after_it_closes() -
     assert handoff.room() == (0, 0.0)
     handoff.open(11.0, 4, lambda: True)
     assert handoff.room() == (4, 11.0)
-    handoff.give([due(1)])
+    handoff.give([due(1)], worker.time.monotonic())
     handoff.close()
     assert handoff.room() == (0, 0.0)
     assert handoff.take(10) == []  # the process's claims are forgotten: their leases end
-    handoff.give([due(2)])  # committed after the close
+    handoff.give([due(2)], worker.time.monotonic())  # committed after the close
     assert len(handoff) == 0
 
 
@@ -44,9 +44,9 @@ def test_nothing_is_handed_off_while_the_worker_would_not_call_at_once() -> None
 def test_at_most_a_round_waits_and_the_worker_takes_the_oldest_first() -> None:
     handoff = HandOff()
     handoff.open(11.0, 3, lambda: True)
-    handoff.give([due(1), due(2)])
+    handoff.give([due(1), due(2)], worker.time.monotonic())
     assert handoff.room() == (1, 11.0)
-    handoff.give([due(3)])
+    handoff.give([due(3)], worker.time.monotonic())
     assert handoff.room() == (0, 11.0)
     assert [d.order_id.int for d in handoff.take(2)] == [1, 2]
     assert handoff.room() == (2, 11.0)
@@ -62,9 +62,9 @@ def test_a_payment_whose_lease_could_end_in_its_calls_is_not_called(monkeypatch:
     monkeypatch.setattr(worker.time, "monotonic", lambda: now[0])
     handoff = HandOff()
     handoff.open(10.0, 8, lambda: True, calling=6.0)
-    handoff.give([due(1)])
+    handoff.give([due(1)], worker.time.monotonic())
     now[0] += 4.0
-    handoff.give([due(2)])
+    handoff.give([due(2)], worker.time.monotonic())
     now[0] += 1.5  # the first waited 5.5 s of its 10 s lease, more than 10 - 6; the second 1.5 s
     assert [d.order_id.int for d in handoff.take(8)] == [2]
     assert len(handoff) == 0
@@ -90,10 +90,27 @@ def test_a_payment_taken_at_the_last_moment_is_called_within_its_lease(
         handoff=handoff,
     )
     calls = 5.0 * -(-batch // concurrency)  # the round's calls at their slowest
-    handoff.give([due(1)])
+    handoff.give([due(1)], worker.time.monotonic())
     now[0] += w.lease - calls - 0.01
     assert len(handoff.take(1)) == 1  # the latest it is taken …
     assert now[0] - 1000.0 + calls < w.lease  # … and its calls end within its lease
-    handoff.give([due(2)])
+    handoff.give([due(2)], worker.time.monotonic())
     now[0] += w.lease - calls + 0.01
     assert handoff.take(1) == []
+
+
+def test_a_payment_s_lease_counts_from_its_claim_not_from_the_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease starts when the consumer's transaction claims the row, which its commit
+    may follow late (a slow commit, a busy loop): dated from the commit, a handed-off call
+    could outlive the lease by that much, and another instance would claim the row and
+    call again under the same key (a review)."""
+    now = [1000.0]
+    monkeypatch.setattr(worker.time, "monotonic", lambda: now[0])
+    handoff = HandOff()
+    handoff.open(10.0, 8, lambda: True, calling=6.0)
+    claimed_at = now[0]
+    now[0] += 4.5  # the commit came 4.5 s after the claim: 5.5 s of lease left, under 6
+    handoff.give([due(1)], claimed_at)
+    assert handoff.take(8) == []
+    handoff.give([due(2)], now[0] - 1.0)  # 9 s left: called
+    assert [d.order_id.int for d in handoff.take(8)] == [2]
