@@ -602,9 +602,11 @@ async def list_orders(
     if only is not None and customer_id not in (None, only):
         return []
     customer_id = only or customer_id
-    ids = None if order_id_prefix is None else _ids_starting(order_id_prefix)
-    if order_id_prefix is not None and ids is None:
-        return []  # a dash where an order id has none: no id starts so
+    ids = None
+    if order_id_prefix is not None:
+        ids = _ids_starting(order_id_prefix)
+        if ids is None:
+            return []  # a dash where an order id has none: no id starts so
     async with db.engine.connect() as conn:
         orders = list(
             await conn.execute(

@@ -388,15 +388,19 @@ class PaymentProvider:
 async def _body(response: aiohttp.ClientResponse) -> bytes:
     """The answer's body, at most ``MAX_ANSWER_BYTES``; raises
     ``aiohttp.ClientPayloadError`` past that, whether or not the size was announced."""
-    too_big = aiohttp.ClientPayloadError(f"the answer's body is over {MAX_ANSWER_BYTES} bytes")
     if (response.content_length or 0) > MAX_ANSWER_BYTES:
-        raise too_big
+        raise _too_big()
     body = bytearray()
     async for chunk in response.content.iter_chunked(65536):
         body += chunk
         if len(body) > MAX_ANSWER_BYTES:
-            raise too_big
+            raise _too_big()
     return bytes(body)
+
+
+def _too_big() -> aiohttp.ClientPayloadError:
+    """``_body``'s error, made only when it is raised (not on every call)."""
+    return aiohttp.ClientPayloadError(f"the answer's body is over {MAX_ANSWER_BYTES} bytes")
 
 
 def _member(answer: Answer, name: str) -> str | None:

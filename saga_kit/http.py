@@ -665,12 +665,7 @@ class HeadLimitedProtocol(HttpToolsProtocol):
             self._trailer_bytes += len(data)
             if self._trailer_bytes > self.max_head_bytes:
                 self._after_chunk_size = False
-                self.logger.warning("a request's trailers passed %d bytes; answered 431", self.max_head_bytes)
-                self._refuse(
-                    431,
-                    f"the request's trailers are larger than {self.max_head_bytes} bytes, the most accepted",
-                    "headers_too_large",
-                )
+                self._refuse_head("the request's trailers")
             return
         if not self._in_head or self.transport.is_closing():
             return
@@ -688,12 +683,12 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         what = "its body's chunks" if self._reading_body() else "its request line or a header"
         self._refuse(400, f"the request is not valid HTTP/1.1: {what} cannot be read", "invalid_http_request")
 
-    def _refuse_head(self) -> None:
-        self.logger.warning("a request's head passed %d bytes; answered 431", self.max_head_bytes)
+    def _refuse_head(self, what: str = "the request line and headers") -> None:
+        """431 ``headers_too_large``: ``what`` (a head, or a chunked body's trailers) passed
+        ``max_head_bytes``."""
+        self.logger.warning("%s passed %d bytes; answered 431", what, self.max_head_bytes)
         self._refuse(
-            431,
-            f"the request line and headers are larger than {self.max_head_bytes} bytes, the most accepted",
-            "headers_too_large",
+            431, f"{what} are larger than {self.max_head_bytes} bytes, the most accepted", "headers_too_large"
         )
 
     def _refuse(self, status: int, detail: str, reason: str) -> None:

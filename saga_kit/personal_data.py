@@ -148,16 +148,15 @@ class KeyStore:
         between the insert, which found its live key, and the read gets a new key too
         (the insert is tried again for it, at most ``_KEY_TRIES`` times in all); past
         that, ``TransientError``."""
-        wanted = sorted(set(customers))
         keys: dict[str, DataKey] = {}
+        missing = sorted(set(customers))
         for _ in range(_KEY_TRIES):
-            missing = [c for c in wanted if c not in keys]
             if not missing:
-                break
+                return keys
             keys |= await self._live_or_new(conn, missing)
-        else:
-            if any(c not in keys for c in wanted):
-                raise TransientError("a customer's data key was destroyed each time one was taken")
+            missing = [c for c in missing if c not in keys]
+        if missing:
+            raise TransientError("a customer's data key was destroyed each time one was taken")
         return keys
 
     async def _live_or_new(self, conn: AsyncConnection, wanted: list[str]) -> dict[str, DataKey]:

@@ -546,10 +546,9 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
             if not set(sc.events) <= set(got) or (sc.twist is None and sorted(got) != sorted(sc.events)):
                 problems.append(f"saga {n}: expected events {sc.events}, got {got}")
             # each saga's own verdict, so that "did it work?" needs no reading between lines
-            print(
-                "    ✓ as expected" if len(problems) == before else "    ✗ NOT as expected (FAIL lines below)"
-            )
-            expected += len(problems) == before
+            as_expected = len(problems) == before
+            print("    ✓ as expected" if as_expected else "    ✗ NOT as expected (FAIL lines below)")
+            expected += as_expected
         print(f"\n  {expected} of {len(SCENARIOS)} sagas ended as expected")
         if first_order is not None:
             problems += show_access(system, *first_order)
