@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
@@ -51,7 +52,8 @@ from typing import Any
 
 import httpx
 import psycopg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from events.topics import DOMAIN_TOPICS, TOPIC_OF_PRODUCER
 from saga_kit.auth import Role
@@ -62,6 +64,10 @@ from sagastack.progress import bar
 from sagastack.system import BROKER_KINDS, SERVICES, BrokerKind, System, broker_from_env, service_of
 
 POISON_KEY = b"chaos-poison"
+#: Seconds the consumer groups get, once the system is quiet, to commit their last offsets.
+CONSUMED_WAIT_SECONDS = 20.0
+#: Distinct warnings and errors of each service's log a failed run prints, and their width.
+LOG_DIGEST_LINES, LOG_DIGEST_WIDTH = 25, 240
 
 
 @dataclass(frozen=True)
@@ -498,6 +504,17 @@ class Chaos:
                     )
         if poison != expected_poison:
             v.append(f"{poison} poison messages dead-lettered, expected {expected_poison}")
+        reads = {
+            service: [t for t in DOMAIN_TOPICS if t != TOPIC_OF_PRODUCER[service]] for service in SERVICES
+        }
+        v += asyncio.run(
+            unconsumed(
+                self.system.bootstrap,
+                self.system.kafka_security.client_kwargs(),
+                reads,
+                CONSUMED_WAIT_SECONDS,
+            )
+        )
         return v
 
     def outcomes(self) -> tuple[Counter[str], Counter[str]]:
@@ -632,12 +649,79 @@ class Chaos:
         )
         for v in violations:
             print(f"  FAIL: {v}")
+        if violations:  # what the services said, for a run whose directory is gone (CI)
+            for path in sorted((self.system.run_dir / "logs").glob("*_svc*.log")):
+                print(f"{path.stem}'s warnings and errors, repeats counted:")
+                for line in log_digest(path, LOG_DIGEST_LINES):
+                    print(f"  {line}")
 
 
 BROKER_KILLS_NEED = (
     "sagastack chaos: error: --broker-kills needs the embedded 3-node Apache Kafka"
     " (--broker kafka --kafka-nodes 3, no KAFKA_BOOTSTRAP_SERVERS)"
 )
+
+
+def log_digest(path: Path, limit: int) -> list[str]:
+    """The last ``limit`` distinct warnings and errors of a service's JSON log, each with
+    the times it was logged and the time it was first logged; lines that are not JSON
+    (a crash's traceback) count as errors."""
+    seen: dict[str, list[Any]] = {}  # message -> [count, first ts]
+    with contextlib.suppress(OSError), path.open(encoding="utf-8", errors="replace") as f:
+        for raw in f:
+            try:
+                entry = json.loads(raw)
+                level, ts = str(entry.get("level", "")), str(entry.get("ts", ""))[11:23]
+                text = f"{level} {entry.get('logger', '')}: {entry.get('msg', '')}"
+            except (ValueError, AttributeError):
+                level, ts, text = "error", "", raw.rstrip()
+            if level not in ("warning", "error", "critical") or not text.strip():
+                continue
+            text = text[:LOG_DIGEST_WIDTH]
+            seen.setdefault(text, [0, ts])[0] += 1
+            seen[text] = seen.pop(text)  # most recent last
+    return [f"{first} x{n} {text}" for text, (n, first) in list(seen.items())[-limit:]]
+
+
+async def unconsumed(
+    bootstrap: str, client_kwargs: dict[str, Any], reads: dict[str, list[str]], wait: float
+) -> list[str]:
+    """What the consumer groups have not consumed: for each group of ``reads`` (group id →
+    the topics it reads), one line per partition whose committed offset is short of the
+    partition's end offset; none when every group is at every end.
+
+    A partition a consumer stopped fetching leaves no other trace in a chaos run: its
+    sagas end by their deadline, nothing stays held, and the invariants hold. Groups
+    commit every second or so, so they get up to ``wait`` seconds to reach the ends."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_kwargs)
+    ends = AIOKafkaConsumer(bootstrap_servers=bootstrap, **client_kwargs)
+    await admin.start()
+    await ends.start()
+    try:
+        topics = sorted({t for read in reads.values() for t in read})
+        partitions = [
+            TopicPartition(t, p) for t in topics for p in sorted(ends.partitions_for_topic(t) or ())
+        ]
+        deadline = time.monotonic() + wait
+        while True:
+            end = await ends.end_offsets(partitions)
+            behind: list[str] = []
+            for group, read in reads.items():
+                own = [tp for tp in partitions if tp.topic in read]
+                committed = await admin.list_consumer_group_offsets(group, partitions=own)
+                for tp in own:
+                    at = committed[tp].offset if tp in committed else -1
+                    if at < end[tp]:
+                        behind.append(
+                            f"{group} has not consumed {tp.topic}/{tp.partition} to its end:"
+                            f" committed offset {at}, end offset {end[tp]}"
+                        )
+            if not behind or time.monotonic() >= deadline:
+                return behind
+            await asyncio.sleep(1.0)
+    finally:
+        await ends.stop()
+        await admin.close()
 
 
 def main(args: argparse.Namespace) -> int:
