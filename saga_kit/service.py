@@ -167,6 +167,28 @@ async def _until_up(
     trying.result()  # raises what is not transient
 
 
+async def apply_migrations(
+    engine: AsyncEngine,
+    migrations: Sequence[Migration],
+    retry: RetryPolicy,
+    stop: asyncio.Event,
+    deadline: float,
+) -> list[str]:
+    """``saga_kit.migrations.migrate``, tried again as ``_until_up`` tries a dependency: a
+    connection the server cuts (a database restart while the service starts) is a
+    transient failure, not the end of the service. The migrations are one transaction,
+    so one cut off left nothing half done. Returns the names applied, each logged."""
+    applied: list[str] = []
+
+    async def once() -> None:
+        applied[:] = await migrate(engine, migrations)
+
+    await _until_up("the database's migrations", once, retry, stop, deadline)
+    for name in applied:
+        log.info("applied migration %s", name)
+    return applied
+
+
 def _described(exc: BaseException) -> str:
     """``exc`` in words: its message, or its type when it has none (a timeout's is empty)."""
     return str(exc) or type(exc).__name__
@@ -275,8 +297,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
     try:
         wait = settings.startup_timeout_seconds
         await _until_up("database", db.ping, retry, stop, wait)
-        for name in await migrate(engine, PLUMBING + spec.migrations):
-            log.info("applied migration %s", name)
+        await apply_migrations(engine, PLUMBING + spec.migrations, retry, stop, wait)
         await _until_up(
             "broker",
             lambda: ensure_topics(
