@@ -645,7 +645,8 @@ class Chaos:
         print(f"logs: {self.system.run_dir / 'logs'}")
         print(
             f"violations: {len(violations)} (the invariants of docs/design.md §6; every order a client"
-            " was told of exists; the only dead letters are the poison sent)"
+            " was told of exists; the only dead letters are the poison sent;"
+            " every consumer group read to the end)"
         )
         for v in violations:
             print(f"  FAIL: {v}")
