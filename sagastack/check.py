@@ -5,10 +5,11 @@ its own database only. This command is the reconciliation an operator runs besid
 finds the running stack through its run directory's manifest (``System.write_manifest``),
 waits until nothing is left to publish or settle (``invariants.wait_for_quiescence``),
 then checks everything ``make demo`` checks but what needs the seed: every order
-terminal, no reservation held or sold for an order that is not APPROVED, units sold
-matching committed reservations, our payments against the provider simulator's ledger
-(each APPROVED order charged once and not refunded, every other charge refunded once),
-no saga step twice, and the dashboard's counts by status. Stock and money are not
+terminal, no reservation held or sold for an order that is not APPROVED, each APPROVED
+order's items sold (every unit), units sold matching committed reservations, our
+payments against the provider simulator's ledger (each APPROVED order charged once and
+not refunded, every other charge refunded once), no saga step twice, and the
+dashboard's counts by status. Stock and money are not
 checked against where they started (``PUT /products`` sets stock, so only a run that
 seeded them knows: the demo and the chaos run check those).
 

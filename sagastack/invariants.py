@@ -177,6 +177,11 @@ def ledger_summary(ledger: ProviderLedger) -> list[str]:
     ]
 
 
+def _units(lines: Mapping[str, int]) -> str:
+    """``2 x p, 1 x q`` (by product), or ``nothing``."""
+    return ", ".join(f"{qty} x {pid}" for pid, qty in sorted(lines.items())) or "nothing"
+
+
 def _snapshot(url: str) -> psycopg.Connection[Any]:
     """A connection whose reads share one snapshot of its database (REPEATABLE READ):
     the orders and their counts by status, say, as of one moment. Three databases have
@@ -251,6 +256,28 @@ def check_counted(
         ):
             if sold != committed:
                 v.append(f"product {pid}: sold {sold} but committed reservations say {committed}")
+        # and the other way round: an APPROVED order sold its items, every unit (an
+        # APPROVED order whose units went back on sale held nothing and kept stock
+        # conserved: only its items say it is owed them)
+        owed: dict[str, dict[str, int]] = collections.defaultdict(dict)
+        for oid, pid, qty in orders_db.execute(
+            "SELECT i.order_id, i.product_id, SUM(i.quantity) FROM order_items i"
+            " JOIN orders o ON o.order_id = i.order_id WHERE o.status = 'APPROVED'"
+            " GROUP BY i.order_id, i.product_id"
+        ):
+            owed[str(oid)][pid] = int(qty)
+        sold_for: dict[str, dict[str, int]] = collections.defaultdict(dict)
+        for oid, pid, qty in inventory_db.execute(
+            "SELECT order_id, product_id, SUM(quantity) FROM reservations WHERE status = 'COMMITTED'"
+            " GROUP BY order_id, product_id"
+        ):
+            sold_for[str(oid)][pid] = int(qty)
+        for oid in sorted(oid for oid, (status, _) in orders.items() if status == "APPROVED"):
+            if sold_for.get(oid, {}) != owed.get(oid, {}):
+                v.append(
+                    f"order {oid} is APPROVED but sold {_units(sold_for.get(oid, {}))},"
+                    f" not its items {_units(owed.get(oid, {}))}"
+                )
 
         # 3. payments reconciled with the provider's ledger; money conserved
         payments = {

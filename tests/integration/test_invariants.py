@@ -77,6 +77,10 @@ def test_a_consistent_state_has_no_violations(urls: dict[str, str]) -> None:
     oid = order(urls, "APPROVED")
     cancelled = order(urls, "CANCELLED")
     run(
+        urls["order_svc"],
+        ("INSERT INTO order_items (order_id, line_no, product_id, quantity) VALUES (%s, 1, 'p', 2)", (oid,)),
+    )
+    run(
         urls["inventory_svc"],
         ("INSERT INTO products (product_id, name, price, available, sold) VALUES ('p', 'p', 5, 8, 2)", ()),
         ("INSERT INTO reservations VALUES (%s, 'p', 2, 5, 'COMMITTED')", (oid,)),
@@ -285,3 +289,33 @@ def test_a_stack_that_never_stays_still_is_not_settled(
 
     monkeypatch.setattr(invariants, "check_counted", always_moving)
     assert check_command.settled_check(urls, None, 1) is None
+
+
+def test_an_approved_order_must_have_sold_exactly_its_items(urls: dict[str, str]) -> None:
+    """The stock side of an APPROVED order, as the money side is checked: its items sold
+    (COMMITTED), every unit of them. An APPROVED order whose units went back on sale
+    (released, restocked) or were sold short kept stock conserved and held nothing, and
+    every invariant held: the customer paid for goods sold again to someone else."""
+    fine, restocked, released, short, unsold = (order(urls, "APPROVED") for _ in range(5))
+    run(
+        urls["order_svc"],
+        *[
+            (
+                "INSERT INTO order_items (order_id, line_no, product_id, quantity) VALUES (%s, 1, 'p', 2)",
+                (oid,),
+            )
+            for oid in (fine, restocked, released, short, unsold)
+        ],
+    )
+    run(
+        urls["inventory_svc"],
+        ("INSERT INTO products (product_id, name, price, available, sold) VALUES ('p', 'p', 5, 7, 3)", ()),
+        ("INSERT INTO reservations VALUES (%s, 'p', 2, 5, 'COMMITTED')", (fine,)),
+        ("INSERT INTO reservations VALUES (%s, 'p', 2, 5, 'RESTOCKED')", (restocked,)),
+        ("INSERT INTO reservations VALUES (%s, 'p', 2, 5, 'RELEASED')", (released,)),
+        ("INSERT INTO reservations VALUES (%s, 'p', 1, 5, 'COMMITTED')", (short,)),
+    )
+    found = invariants.check(urls, {"p": 10}, {}, None)
+    assert f"order {fine} is APPROVED but sold" not in "\n".join(found)
+    for oid, sold in ((restocked, "nothing"), (released, "nothing"), (short, "1 x p"), (unsold, "nothing")):
+        assert f"order {oid} is APPROVED but sold {sold}, not its items 2 x p" in found
