@@ -76,10 +76,10 @@ def reconcile(
     order charged its total exactly once at the provider and not refunded; every charge
     of an order that is not APPROVED refunded exactly once; no refund without a charge;
     every payment settled (none PENDING or REFUND_PENDING) and saying what the provider
-    says; no balance negative, and each balance plus what its customer is charged for
-    good equal to where it started. A payment of an order the order service does not
-    have is reconciled as an order that is not APPROVED (``MISSING``): nothing may be kept
-    for it."""
+    says, and taken from its customer's account; no balance negative, and each balance
+    plus what its customer is charged for good equal to where it started. A payment of an
+    order the order service does not have is reconciled as an order that is not APPROVED
+    (``MISSING``): nothing may be kept for it."""
     v: list[str] = []
     charged: dict[str, list[dict[str, Any]]] = {}
     for c in ledger.charges:
@@ -118,7 +118,13 @@ def reconcile(
             if charges:
                 v.append(f"order {oid}: charged at the provider without a payment of ours")
             continue
-        _, _, paid = ours
+        customer, _, paid = ours
+        for c in charges:
+            if str(c.get("account_id")) != customer:
+                v.append(
+                    f"order {oid}: charged to account {c.get('account_id')} at the provider,"
+                    f" but its payment is {customer}'s"
+                )
         if paid in ("PENDING", "REFUND_PENDING"):
             v.append(f"order {oid} ({status}): payment still {paid}")
         expected = {
@@ -220,10 +226,13 @@ def check_counted(
         _snapshot(database_urls["inventory_svc"]) as inventory_db,
         _snapshot(database_urls["payment_svc"]) as payment_db,
     ):
-        orders = {
-            str(oid): (status, total)
-            for oid, status, total in orders_db.execute("SELECT order_id, status, total FROM orders")
-        }
+        orders: dict[str, tuple[str, Decimal | None]] = {}
+        customer_of: dict[str, str] = {}
+        for oid, customer, status, total in orders_db.execute(
+            "SELECT order_id, customer_id, status, total FROM orders"
+        ):
+            orders[str(oid)] = (status, total)
+            customer_of[str(oid)] = customer
         # 1. every order is terminal
         for oid, (status, _) in orders.items():
             if status == "PENDING":
@@ -286,6 +295,9 @@ def check_counted(
                 "SELECT order_id, customer_id, amount, status FROM payments"
             )
         }
+        for oid, (customer, _, _) in sorted(payments.items()):
+            if oid in customer_of and customer != customer_of[oid]:
+                v.append(f"order {oid} is {customer_of[oid]}'s, but its payment is {customer}'s")
         if provider is None:
             v += _payments_against_orders(orders, payments)
         else:

@@ -319,3 +319,17 @@ def test_an_approved_order_must_have_sold_exactly_its_items(urls: dict[str, str]
     assert f"order {fine} is APPROVED but sold" not in "\n".join(found)
     for oid, sold in ((restocked, "nothing"), (released, "nothing"), (short, "1 x p"), (unsold, "nothing")):
         assert f"order {oid} is APPROVED but sold {sold}, not its items 2 x p" in found
+
+
+def test_a_payment_of_another_customer_is_a_violation(urls: dict[str, str]) -> None:
+    """An order charged its total, once, but as another customer's payment: with no
+    starting balances to conserve (``sagastack check``), nothing said so."""
+    oid = order(urls, "APPROVED")
+    run(
+        urls["payment_svc"],
+        (
+            "INSERT INTO payments (order_id, customer_id, amount, status) VALUES (%s, 'd', 10, 'CHARGED')",
+            (oid,),
+        ),
+    )
+    assert invariants.check(urls, {}, {}, None) == [f"order {oid} is c's, but its payment is d's"]
