@@ -329,6 +329,18 @@ def check_counted(
             v.append(
                 f"orders by status: kept {dict(sorted(kept.items()))}, counted {dict(sorted(there.items()))}"
             )
+
+        # quiescence itself: every event published. An event left unsent that nothing waits
+        # for (the saga's last step) leaves no order PENDING and nothing held; a caller that
+        # checks without having seen quiescence (its wait timed out) would see no violation
+        for name, db in (
+            ("order_svc", orders_db),
+            ("inventory_svc", inventory_db),
+            ("payment_svc", payment_db),
+        ):
+            unsent = db.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]  # type: ignore[index]
+            if unsent:
+                v.append(f"{name}: {unsent} event{'' if unsent == 1 else 's'} in its outbox not published")
     return v, (len(orders), products, len(payments))
 
 

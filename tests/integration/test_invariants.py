@@ -333,3 +333,25 @@ def test_a_payment_of_another_customer_is_a_violation(urls: dict[str, str]) -> N
         ),
     )
     assert invariants.check(urls, {}, {}, None) == [f"order {oid} is c's, but its payment is d's"]
+
+
+def test_an_event_not_yet_published_is_a_violation(urls: dict[str, str]) -> None:
+    """The demo and the benchmark check whether or not the wait for quiescence timed out:
+    an event its service never published (a relay stuck on the saga's last step, say
+    inventory's InventoryCommitted, which nothing waits for) left every order terminal and
+    nothing held, and every invariant held. The check says what is unsent."""
+    run(
+        urls["inventory_svc"],
+        *[
+            (
+                "INSERT INTO outbox (event_id, topic, value) VALUES (%s, 'inventory.events', 'x')",
+                (str(uuid.uuid4()),),
+            )
+            for _ in range(2)
+        ],
+        (
+            "INSERT INTO outbox (event_id, topic, value, sent_at) VALUES (%s, 't', 'x', now())",
+            (str(uuid.uuid4()),),
+        ),
+    )
+    assert invariants.check(urls, {}, {}, None) == ["inventory_svc: 2 events in its outbox not published"]
