@@ -1,0 +1,31 @@
+"""The demo's verdict on dead letters: the forged event of saga 7 is refused on purpose,
+any other dead letter is a real event a service could not take."""
+
+from __future__ import annotations
+
+from sagastack.demo import stray_dead_letters
+
+FORGED = "6f1c1c1e-0000-4000-8000-000000000007"
+OTHER = "6f1c1c1e-0000-4000-8000-000000000042"
+
+
+def letter(order_id: str | None, event_type: str = "PaymentCompleted") -> dict[str, object]:
+    return {"id": 1, "order_id": order_id, "event_type": event_type, "reason": "why"}
+
+
+def test_only_the_forged_events_dead_letters_are_expected() -> None:
+    """A real event dead-lettered cuts its saga short: its deadline cancels the order,
+    the reservation is released, nothing is charged — every invariant holds and the demo
+    said so."""
+    letters = {
+        "order_svc": [letter(FORGED), letter(OTHER, "InventoryReserved")],
+        "inventory_svc": [letter(FORGED)],
+        "payment_svc": [letter(None, "?")],
+    }
+    assert stray_dead_letters(letters, FORGED) == [
+        f"order_svc dead-lettered a real event: InventoryReserved {OTHER}: why",
+        "payment_svc dead-lettered a real event: ? None: why",
+    ]
+    assert (
+        stray_dead_letters({"order_svc": [letter(FORGED)], "inventory_svc": [letter(FORGED)]}, FORGED) == []
+    )
