@@ -1,0 +1,54 @@
+"""``sagastack.chaos.unconsumed`` with the broker's clients stubbed: a topic whose
+partitions the broker's metadata does not list is not "consumed to the end"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sagastack import chaos
+
+
+class _Ends:
+    def __init__(self, **_: Any) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return {0} if topic == "known" else None  # metadata without the topic
+
+    async def end_offsets(self, partitions: list[Any]) -> dict[Any, int]:
+        return dict.fromkeys(partitions, 3)
+
+
+class _Admin:
+    def __init__(self, **_: Any) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def list_consumer_group_offsets(self, group: str, partitions: list[Any]) -> dict[Any, Any]:
+        class _At:
+            offset = 3
+
+        return dict.fromkeys(partitions, _At())
+
+
+async def test_a_topic_without_known_partitions_is_named_not_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its partitions were simply left out: with none known, a group that consumed nothing
+    of it passed as consumed to the end."""
+    monkeypatch.setattr(chaos, "AIOKafkaConsumer", _Ends)
+    monkeypatch.setattr(chaos, "AIOKafkaAdminClient", _Admin)
+    assert await chaos.unconsumed("b:1", {}, {"inventory_svc": ["known", "unknown"]}, wait=0) == [
+        "inventory_svc reads unknown, whose partitions the broker's metadata does not list: nothing checked"
+    ]
