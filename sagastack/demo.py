@@ -324,9 +324,12 @@ def refused(system: System, order_id: str, timeout: float = 30.0) -> dict[str, s
         time.sleep(0.1)
 
 
-def wait_out_outage(system: System, client: SagaClient, order_id: str, timeout: float = 30.0) -> str:
+def wait_out_outage(
+    system: System, client: SagaClient, order_id: str, timeout: float = 30.0
+) -> tuple[str, bool]:
     """With the provider down: wait until payment's breaker is open (its readiness says
-    degraded), show what the saga and payment say meanwhile, then end the outage."""
+    degraded), show what the saga and payment say meanwhile, then end the outage. Also
+    whether the breaker was seen open."""
     end = time.monotonic() + timeout
     degraded = ""
     while time.monotonic() < end:
@@ -340,7 +343,7 @@ def wait_out_outage(system: System, client: SagaClient, order_id: str, timeout: 
     return (
         f"payment readiness: degraded — {degraded or 'not seen'}\n"
         f"    this saga meanwhile: {verdict}\n    provider back up"
-    )
+    ), "open" in degraded
 
 
 def client_order_exists(system: System, order_id: str) -> bool:
@@ -360,12 +363,17 @@ def settled(client: SagaClient, order_id: str, timeout: float = 30.0) -> Any:
         time.sleep(0.1)
 
 
-def story_problems(n: int, sc: Scenario, saga: dict[str, Any], balance: Decimal) -> list[str]:
+def story_problems(
+    n: int, sc: Scenario, saga: dict[str, Any], balance: Decimal, breaker_opened: bool | None = None
+) -> list[str]:
     """What the headline promises, checked against the timeline it is printed with: every
     owed compensation done; saga 5's customer keeps his money, payment having either voided
-    the order or charged and refunded it; saga 8's customer is charged once."""
+    the order or charged and refunded it; saga 8's customer is charged once, and payment's
+    circuit breaker was seen open (``breaker_opened``) while the provider was down."""
     got = {e["event_type"] for e in saga["events"]}
     found = []
+    if sc.twist == "provider outage" and not breaker_opened:
+        found.append(f"saga {n}: payment's circuit breaker was not seen open while the provider was down")
     if sc.twist == "provider outage":
         charges = [e for e in saga["events"] if e["event_type"] == "PaymentCompleted"]
         if len(charges) != 1:
@@ -507,7 +515,7 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
         forged: str | None = None  # the order of saga 7, whose forged event is refused
         expected = 0  # sagas that ended as their scenario says
         for n, sc in enumerate(SCENARIOS, start=1):
-            outage = ""
+            outage, breaker_opened = "", None
             mine = system.client(sc.customer)  # the customer's own bearer token
             if sc.twist == "payment down":
                 system.stop_service("payment_svc")
@@ -529,7 +537,7 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
                 mine.wait_for_events(order_id, {"InventoryCommitted"})
                 mine.cancel(order_id)
             if sc.twist == "provider outage":
-                outage = wait_out_outage(system, client, order_id)
+                outage, breaker_opened = wait_out_outage(system, client, order_id)
             saga = mine.wait_for_events(order_id, set(sc.events))
             mine.close()
             if sc.twist == "payment down":
@@ -559,7 +567,7 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
             why = saga["explanation"]
             print(f"      why: {why['verdict']}")
             before = len(problems)
-            problems += story_problems(n, sc, saga, Decimal(balance))
+            problems += story_problems(n, sc, saga, Decimal(balance), breaker_opened)
             if sc.twist == "forged":
                 letters = refused(system, order_id)
                 for name, why in letters.items():

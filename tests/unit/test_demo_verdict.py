@@ -3,7 +3,9 @@ any other dead letter is a real event a service could not take."""
 
 from __future__ import annotations
 
-from sagastack.demo import stray_dead_letters
+from decimal import Decimal
+
+from sagastack.demo import ACCOUNTS, SCENARIOS, story_problems, stray_dead_letters
 
 FORGED = "6f1c1c1e-0000-4000-8000-000000000007"
 OTHER = "6f1c1c1e-0000-4000-8000-000000000042"
@@ -29,3 +31,17 @@ def test_only_the_forged_events_dead_letters_are_expected() -> None:
     assert (
         stray_dead_letters({"order_svc": [letter(FORGED)], "inventory_svc": [letter(FORGED)]}, FORGED) == []
     )
+
+
+def test_saga_8_fails_when_the_breaker_was_never_seen_open() -> None:
+    """Saga 8's headline says payment's circuit breaker opens during the outage and fails
+    fast. Its verdict checked the one charge and the balance only: a breaker that never
+    opened (payment calling a provider that is down, again and again) was "as expected"."""
+    sc = next(s for s in SCENARIOS if s.twist == "provider outage")
+    charged = {"event_type": "PaymentCompleted", "payload": {"amount": "13.50"}}
+    saga = {"events": [charged], "explanation": {"settled": True, "owed": []}}
+    balance = ACCOUNTS[sc.customer] - Decimal("13.50")
+    assert story_problems(8, sc, saga, balance, breaker_opened=True) == []
+    assert story_problems(8, sc, saga, balance, breaker_opened=False) == [
+        "saga 8: payment's circuit breaker was not seen open while the provider was down"
+    ]
