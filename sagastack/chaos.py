@@ -56,7 +56,7 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from events.topics import DOMAIN_TOPICS, TOPIC_OF_PRODUCER
+from events.topics import COMMANDS, DOMAIN_TOPICS, TOPIC_OF_PRODUCER
 from saga_kit.auth import Role
 from sagastack import invariants
 from sagastack.apache_kafka import ApacheKafka
@@ -510,14 +510,11 @@ class Chaos:
     def consumed(self) -> list[str]:
         """What the services' consumer groups have not consumed (``unconsumed``), once
         they had ``CONSUMED_WAIT_SECONDS`` to reach their topics' ends."""
-        reads = {
-            service: [t for t in DOMAIN_TOPICS if t != TOPIC_OF_PRODUCER[service]] for service in SERVICES
-        }
         return asyncio.run(
             unconsumed(
                 self.system.bootstrap,
                 self.system.kafka_security.client_kwargs(),
-                reads,
+                service_reads(),
                 CONSUMED_WAIT_SECONDS,
             )
         )
@@ -696,6 +693,15 @@ def log_digest(path: Path, limit: int) -> list[str]:
     return [f"{first} x{n} {text}" for text, (n, first) in list(seen.items())[-limit:]]
 
 
+def service_reads(commands: bool = False) -> dict[str, list[str]]:
+    """Each service's consumer group → the topics it reads: the other services' domain
+    topics, and the order service the commands topic too when ``commands``."""
+    reads = {service: [t for t in DOMAIN_TOPICS if t != TOPIC_OF_PRODUCER[service]] for service in SERVICES}
+    if commands:
+        reads["order_svc"].append(COMMANDS)
+    return reads
+
+
 async def unconsumed(
     bootstrap: str, client_kwargs: dict[str, Any], reads: dict[str, list[str]], wait: float
 ) -> list[str]:
@@ -731,7 +737,7 @@ async def unconsumed(
                 committed = await admin.list_consumer_group_offsets(group, partitions=own)
                 for tp in own:
                     at = committed[tp].offset if tp in committed else -1
-                    if at < end[tp]:
+                    if at < end[tp] and end[tp] > 0:  # an empty partition has nothing to commit
                         behind.append(
                             f"{group} has not consumed {tp.topic}/{tp.partition} to its end:"
                             f" committed offset {at}, end offset {end[tp]}"

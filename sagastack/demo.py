@@ -16,6 +16,7 @@ where the dashboard is; on a terminal the system keeps running until Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import random
@@ -34,6 +35,7 @@ import httpx
 
 from saga_kit.auth import Role
 from sagastack import invariants
+from sagastack.chaos import CONSUMED_WAIT_SECONDS, service_reads, unconsumed
 from sagastack.cli_types import count
 from sagastack.client import TERMINAL, SagaClient
 from sagastack.progress import bar
@@ -592,15 +594,35 @@ def run_demo(system: System, n_orders: int = 0) -> list[str]:
         place_load(client, n_orders)
     finally:
         client.close()
+    return problems + final_checks(system, forged)
+
+
+def final_checks(system: System, forged: str | None) -> list[str]:
+    """Once the stack settled, and every consumer group consumed its topics to the end
+    (a partition a consumer stopped reading leaves its sagas to their deadlines, and every
+    invariant holds), and the stack settled again after what those last events did: the
+    invariants, then the dead letters (``stray_dead_letters``)."""
     invariants.wait_for_quiescence(system.database_urls, timeout=60)
+    behind = asyncio.run(
+        unconsumed(
+            system.bootstrap,
+            system.kafka_security.client_kwargs(),
+            service_reads(commands=True),
+            CONSUMED_WAIT_SECONDS,
+        )
+    )
+    invariants.wait_for_quiescence(system.database_urls, timeout=30)
     violations = invariants.check(
         system.database_urls,
         {pid: v[2] for pid, v in PRODUCTS.items()},
         ACCOUNTS,
         system.provider_url,
     )
-    problems += stray_dead_letters(dead_letters(system), forged)
-    return problems + [f"invariant violated: {x}" for x in violations]
+    return (
+        [f"invariant violated: {x}" for x in violations]
+        + stray_dead_letters(dead_letters(system), forged)
+        + behind
+    )
 
 
 def main(args: argparse.Namespace) -> int:

@@ -4,7 +4,11 @@ any other dead letter is a real event a service could not take."""
 from __future__ import annotations
 
 from decimal import Decimal
+from types import SimpleNamespace
 
+import pytest
+
+from sagastack import demo, invariants
 from sagastack.demo import ACCOUNTS, SCENARIOS, story_problems, stray_dead_letters
 
 FORGED = "6f1c1c1e-0000-4000-8000-000000000007"
@@ -45,3 +49,36 @@ def test_saga_8_fails_when_the_breaker_was_never_seen_open() -> None:
     assert story_problems(8, sc, saga, balance, breaker_opened=False) == [
         "saga 8: payment's circuit breaker was not seen open while the provider was down"
     ]
+
+
+def test_the_demo_checks_once_every_group_consumed_its_topics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A consumer that stops reading a partition leaves its sagas to their deadlines: the
+    demo's load orders end CANCELLED, nothing is held, every invariant holds, and the demo
+    said so (the chaos run checks consumption, the demo did not). Now the demo's final
+    checks wait for every group to reach its topics' ends (order_svc's commands too), then
+    for quiescence again, then check the invariants and the dead letters."""
+    steps: list[str] = []
+    behind = "payment_svc has not consumed orders.events/3 to its end: committed offset 4, end offset 9"
+
+    async def consumed(_: str, __: object, reads: dict[str, list[str]], ___: float) -> list[str]:
+        steps.append("consumed")
+        assert "orders.commands" in reads["order_svc"] and "orders.events" in reads["payment_svc"]
+        return [behind]
+
+    def quiet(*_: object, **__: object) -> bool:
+        steps.append("quiescence")
+        return True
+
+    def check(*_: object) -> list[str]:
+        steps.append("invariants")
+        return []
+
+    monkeypatch.setattr(demo, "unconsumed", consumed)
+    monkeypatch.setattr(invariants, "wait_for_quiescence", quiet)
+    monkeypatch.setattr(invariants, "check", check)
+    monkeypatch.setattr(demo, "dead_letters", lambda _: {})
+    system = SimpleNamespace(
+        database_urls={}, provider_url="", bootstrap="b:1", kafka_security=SimpleNamespace(client_kwargs=dict)
+    )
+    assert demo.final_checks(system, FORGED) == [behind]  # type: ignore[arg-type]
+    assert steps == ["quiescence", "consumed", "quiescence", "invariants"]

@@ -52,3 +52,20 @@ async def test_a_topic_without_known_partitions_is_named_not_skipped(monkeypatch
     assert await chaos.unconsumed("b:1", {}, {"inventory_svc": ["known", "unknown"]}, wait=0) == [
         "inventory_svc reads unknown, whose partitions the broker's metadata does not list: nothing checked"
     ]
+
+
+async def test_an_empty_partition_never_committed_is_consumed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partition nothing was ever written to (the commands topic of a run that sends one
+    command) has no committed offset: -1 is not short of its end, 0."""
+
+    class Empty(_Ends):
+        async def end_offsets(self, partitions: list[Any]) -> dict[Any, int]:
+            return dict.fromkeys(partitions, 0)
+
+    class Uncommitted(_Admin):
+        async def list_consumer_group_offsets(self, group: str, partitions: list[Any]) -> dict[Any, Any]:
+            return {}
+
+    monkeypatch.setattr(chaos, "AIOKafkaConsumer", Empty)
+    monkeypatch.setattr(chaos, "AIOKafkaAdminClient", Uncommitted)
+    assert await chaos.unconsumed("b:1", {}, {"order_svc": ["known"]}, wait=0) == []
