@@ -24,7 +24,8 @@ What it does, in one run directory of its own:
 4. After the last fault it waits for quiescence, then for every consumer group to have
    consumed its topics to the end, then for quiescence again, and checks every invariant
    of docs/design.md §6 against the three databases, plus: every order a client was told
-   about exists, and the only dead letters are the poison messages it sent.
+   about exists, every order whose cancellation was accepted is CANCELLED, and the only
+   dead letters are the poison messages it sent.
 5. Prints a report and exits 1 on any violation, or if the system did not settle within
    ``--settle-limit`` seconds of the last fault.
 
@@ -124,6 +125,8 @@ PROVIDER_FAULTS: dict[str, Callable[[random.Random], dict[str, Any]]] = {
 @dataclass
 class Report:
     placed: dict[str, str] = field(default_factory=dict)  # order_id → idempotency key
+    #: orders whose cancellation was accepted (202: CANCELLED now, and for good)
+    cancelled: set[str] = field(default_factory=set)
     post_retries: int = 0
     cancels: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
@@ -260,6 +263,8 @@ class Chaos:
             customer = self.system.auth(str(body["customer_id"]), (Role.CUSTOMER,))
             c = await self._retrying(http, "POST", f"/orders/{order_id}/cancel", headers=customer)
             self.report.cancels["accepted" if c.status_code == 202 else f"refused ({c.status_code})"] += 1
+            if c.status_code == 202:
+                self.report.cancelled.add(order_id)
 
     async def workload(self) -> None:
         cfg = self.cfg
@@ -485,10 +490,15 @@ class Chaos:
         v: list[str] = []
         url = invariants.plain_url(self.system.database_urls["order_svc"])
         with psycopg.connect(url) as conn:
-            known = {str(o) for (o,) in conn.execute("SELECT order_id FROM orders")}
+            known = {str(o): status for o, status in conn.execute("SELECT order_id, status FROM orders")}
         for order_id in self.report.placed:
             if order_id not in known:
                 v.append(f"order {order_id} was accepted (202) but does not exist")
+        for order_id in sorted(self.report.cancelled):
+            if known.get(order_id, "CANCELLED") != "CANCELLED":
+                v.append(
+                    f"order {order_id}: its cancellation was accepted (202), but it is {known[order_id]}"
+                )
         expected_poison = 2 * self.cfg.poison  # each domain topic has two other consumers
         poison = 0
         for name in SERVICES:
@@ -654,8 +664,8 @@ class Chaos:
         print(f"logs: {self.system.run_dir / 'logs'}")
         print(
             f"violations: {len(violations)} (the invariants of docs/design.md §6; every order a client"
-            " was told of exists; the only dead letters are the poison sent;"
-            " every consumer group read to the end)"
+            " was told of exists, and is CANCELLED if its cancellation was accepted; the only dead"
+            " letters are the poison sent; every consumer group consumed its topics to the end)"
         )
         for v in violations:
             print(f"  FAIL: {v}")

@@ -79,3 +79,25 @@ def test_the_invariants_are_checked_once_every_group_consumed_its_topics(
 
     assert chaos.run() == 0
     assert steps == ["quiescence", "consumed to the end", "quiescence", "invariants"]
+
+
+def test_an_order_whose_cancellation_was_accepted_must_end_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 202 to POST /orders/{id}/cancel says the order is CANCELLED now. The run only
+    counted the 202s: an accepted cancellation that did not hold (the order APPROVED in
+    the end, charged, its units sold) is a consistent saga, and every invariant held."""
+
+    class Orders(_Rows):
+        def execute(self, *_: object) -> list[Any]:
+            return [(kept, "APPROVED"), (cancelled, "CANCELLED")]
+
+    kept, cancelled = "9b7d0c1e-0000-4000-8000-000000000001", "9b7d0c1e-0000-4000-8000-000000000002"
+    monkeypatch.setattr(chaos_module.psycopg, "connect", lambda *_, **__: Orders())
+    monkeypatch.setattr(System, "url", lambda _, name: f"http://{name}")
+    monkeypatch.setattr(System, "http", property(lambda _: _Http()))
+    chaos = Chaos(Config(orders=1, poison=0, run_dir=tmp_path / "chaos"))
+    chaos.system.database_urls = {name: "postgresql://nowhere/db" for name in invariants.SERVICES}
+    chaos.report.placed = {kept: "k1", cancelled: "k2"}
+    chaos.report.cancelled = {kept, cancelled}
+    assert chaos.extra_checks() == [f"order {kept}: its cancellation was accepted (202), but it is APPROVED"]
