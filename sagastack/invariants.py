@@ -147,6 +147,11 @@ def reconcile(
                     f"customer {customer}: balance {balance} + charges {spent}"
                     f" != initial {initial_balance[customer]}"
                 )
+    for customer in sorted(initial_balance.keys() - ledger.balances.keys()):
+        v.append(
+            f"customer {customer}: no account at the provider,"
+            f" though it started with {initial_balance[customer]}"
+        )
     return v
 
 

@@ -34,3 +34,14 @@ def test_a_charge_to_another_customers_account_is_a_violation() -> None:
     assert invariants.reconcile(orders, payments, ledger, {}) == [
         f"order {oid}: charged to account bob at the provider, but its payment is ann's"
     ]
+
+
+def test_a_customer_seeded_with_money_but_without_an_account_is_a_violation() -> None:
+    """Conservation was checked for the accounts the provider lists: a customer the run
+    seeded whose account is not there (a seeding that answered 200 and created nothing)
+    had every order REJECTED unknown_account, and every invariant held."""
+    ledger = invariants.ProviderLedger([], [], {"ann": Decimal("50.00")})
+    initial = {"ann": Decimal("50.00"), "bob": Decimal("20.00")}
+    assert invariants.reconcile({}, {}, ledger, initial) == [
+        "customer bob: no account at the provider, though it started with 20.00"
+    ]
