@@ -406,6 +406,18 @@ def marks(database_urls: Mapping[str, str]) -> tuple[int, ...]:
     return tuple(found)
 
 
+def pending_dead_letters(database_urls: Mapping[str, str]) -> dict[str, int]:
+    """Per service with any, its dead letters still PENDING (neither replayed nor
+    discarded): events it could not take, whose sagas their deadlines may have ended."""
+    found = {}
+    for name in SERVICES:
+        with connect(database_urls[name]) as conn:
+            row = conn.execute("SELECT COUNT(*) FROM dead_letters WHERE status = 'PENDING'").fetchone()
+        if row and row[0]:
+            found[name] = int(row[0])
+    return found
+
+
 def holding_orders(database_urls: Mapping[str, str], limit: int) -> list[tuple[str, str]]:
     """Up to ``limit`` orders whose reservations are still held: (order id, its status in
     the order service, ``MISSING`` if it has none)."""

@@ -355,3 +355,18 @@ def test_an_event_not_yet_published_is_a_violation(urls: dict[str, str]) -> None
         ),
     )
     assert invariants.check(urls, {}, {}, None) == ["inventory_svc: 2 events in its outbox not published"]
+
+
+def test_pending_dead_letters_are_counted_per_service(urls: dict[str, str]) -> None:
+    run(
+        urls["order_svc"],
+        *[
+            (
+                "INSERT INTO dead_letters (source_topic, source_partition, source_offset, value,"
+                " reason, status) VALUES ('payment.events', 0, %s, 'x', 'bad', %s)",
+                (offset, status),
+            )
+            for offset, status in ((1, "PENDING"), (2, "REPLAYED"), (3, "PENDING"), (4, "DISCARDED"))
+        ],
+    )
+    assert invariants.pending_dead_letters(urls) == {"order_svc": 2}

@@ -97,3 +97,27 @@ def test_a_manifest_that_is_not_one_is_said_not_a_traceback(
         assert main(["check", "--run-dir", str(tmp_path)]) == 5
     out = capsys.readouterr().out
     assert out.startswith(f"sagastack check: {tmp_path / MANIFEST} {said}") and out.count("\n") == 1
+
+
+def test_pending_dead_letters_are_said_beside_the_verdict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event a service dead-lettered cuts its saga short: its deadline ends it, nothing
+    is held, and every invariant holds. check said only that, with real events waiting in
+    a dead-letter table; it names how many wait, where (its verdict is still the
+    invariants': a stranger's poison is no violation of ours)."""
+    from sagastack import check, invariants
+
+    urls = dict.fromkeys(invariants.SERVICES, "postgresql://nowhere/db")
+    monkeypatch.setattr(
+        check,
+        "read_manifest",
+        lambda _: {"database_urls": urls, "provider_url": "", "provider_simulated": False},
+    )
+    monkeypatch.setattr(invariants, "marks", lambda _: (1, 1, 1))
+    monkeypatch.setattr(check, "settled_check", lambda *_: ([], (3, 1, 3)))
+    monkeypatch.setattr(invariants, "pending_dead_letters", lambda _: {"inventory_svc": 2})
+    assert main(["check", "--run-dir", str(tmp_path), "--wait", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "dead letters waiting: inventory_svc 2 (sagactl dlq)" in out
+    assert out.endswith("every invariant checked holds\n")
