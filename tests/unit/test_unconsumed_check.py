@@ -20,9 +20,6 @@ class _Ends:
     async def stop(self) -> None:
         pass
 
-    def partitions_for_topic(self, topic: str) -> set[int] | None:
-        return {0} if topic == "known" else None  # metadata without the topic
-
     async def end_offsets(self, partitions: list[Any]) -> dict[Any, int]:
         return dict.fromkeys(partitions, 3)
 
@@ -36,6 +33,10 @@ class _Admin:
 
     async def close(self) -> None:
         pass
+
+    async def describe_topics(self, topics: list[str]) -> list[dict[str, Any]]:
+        # the broker's metadata, without the topic "unknown"
+        return [{"topic": "known", "partitions": [{"partition": 0}], "error_code": 0}]
 
     async def list_consumer_group_offsets(self, group: str, partitions: list[Any]) -> dict[Any, Any]:
         class _At:
