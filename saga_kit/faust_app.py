@@ -36,6 +36,7 @@ at a fixed fetch wait).
 from __future__ import annotations
 
 import atexit
+import logging
 import shutil
 import tempfile
 import time
@@ -50,7 +51,10 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from saga_kit.consumer import ConsumerPipeline, Record
 from saga_kit.kafka_security import KafkaSecurity
+from saga_kit.progress import ProgressWatchdog
 from saga_kit.settings import DEFAULT_FETCH_MAX_WAIT_MS
+
+log = logging.getLogger(__name__)
 
 #: Records per second (per consumer) from which it counts as busy (``FetchPacer``). An
 #: idle saga brings each consumer a few records a second; a loaded stack, hundreds.
@@ -162,6 +166,8 @@ class SagaApp(faust.App):
     saga_fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS
     #: Set by ``build_faust_app`` with an idle wait; None: the wait is fixed.
     saga_fetch_pacer: FetchPacer | None = None
+    #: Set by ``build_faust_app``: the watch over its consumer's progress.
+    saga_progress: ProgressWatchdog
 
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self)
@@ -178,9 +184,13 @@ def build_faust_app(
     batch_linger: float = 0.005,
     data_dir: str | None = None,
     security: KafkaSecurity | None = None,
-) -> faust.App:
+    stall_seconds: float = 20.0,
+    fault: str | None = None,
+) -> SagaApp:
     """The service's faust app: one agent over ``topics`` feeding ``pipeline`` in batches
-    (module doc), connecting as ``security`` says (default ``PLAINTEXT``)."""
+    (module doc), connecting as ``security`` says (default ``PLAINTEXT``). Its consumer's
+    progress is watched (``saga_progress``, ``saga_kit.progress``; ``stall_seconds``:
+    ``CONSUMER_STALL_SECONDS``); the service runs the watch."""
     if data_dir:
         # faust creates only the last level of its datadir (mkdir without parents)
         Path(data_dir).mkdir(parents=True, exist_ok=True)
@@ -216,23 +226,45 @@ def build_faust_app(
         app.saga_fetch_pacer = FetchPacer(fetch_max_wait_ms, fetch_idle_wait_ms)
     topic = app.topic(*topics, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
+    app.saga_progress = progress = ProgressWatchdog(app.consumer, pipeline.stats, stall_seconds)
+    drop_first = fault == "consumer.drop_first_record"
+
     async def consume(stream: Any) -> None:
-        await consume_batches(stream, pipeline, batch_max, batch_linger)
+        await consume_batches(stream, pipeline, batch_max, batch_linger, progress, drop_first)
 
     app.agent(topic, name=f"{service}.consume")(consume)
     return app
 
 
 async def consume_batches(
-    stream: Any, pipeline: ConsumerPipeline, batch_max: int, batch_linger: float
+    stream: Any,
+    pipeline: ConsumerPipeline,
+    batch_max: int,
+    batch_linger: float,
+    progress: ProgressWatchdog | None = None,
+    drop_first: bool = False,
 ) -> None:
     """The agent: each batch is acked after ``process_batch`` returned, never before,
     and not at all if it raises (a faust stream, or anything with ``noack_take`` and
-    ``ack``)."""
+    ``ack``). With ``progress``, a batch that shows records skipped on the way has them
+    read again once it is acked (``saga_kit.progress``).
+
+    ``drop_first`` (fault injection, ``SAGA_FAULT=consumer.drop_first_record``) loses the
+    first record taken, neither processed nor acked, as the client library's known
+    defects do (``saga_kit.progress``)."""
     async for events in stream.noack_take(batch_max, within=batch_linger):
-        await pipeline.process_batch([_record(event.message) for event in events])
+        if drop_first and events:
+            log.error("fault injection: the record at %s is dropped", _record(events[0].message).where())
+            events, drop_first = events[1:], False
+            if not events:
+                continue
+        records = [_record(event.message) for event in events]
+        gaps = progress.batch_taken(records) if progress is not None else []
+        await pipeline.process_batch(records)
         for event in events:
             await stream.ack(event)
+        if gaps and progress is not None:
+            await progress.read_gaps_again()
 
 
 def _record(message: Any) -> Record:

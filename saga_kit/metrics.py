@@ -8,7 +8,7 @@ so several services or tests can live in one process.
 
 Every service exports: events consumed by type and outcome, batch time and size,
 events produced by topic and type, outbox backlog and the age of its oldest unsent row,
-consumer lag per partition where the client knows the partition's end, partitions held
+consumer lag per partition, partitions read again by the progress watch, partitions held
 at a record the pipeline cannot take, dead letters waiting, scheduled jobs. A service
 adds its own families through ``ServiceSpec.metrics`` (the order service: sagas by
 outcome and saga duration).
@@ -81,8 +81,10 @@ class _PlumbingCollector(Collector):
         relay: OutboxRelay,
         jobs: Mapping[str, JobStats],
         lag: Callable[[], Mapping[tuple[str, int], int]] | None,
+        recoveries: Mapping[tuple[str, int, str], int] | None = None,
     ) -> None:
         self.service, self.stats, self.relay, self.jobs, self.lag = service, stats, relay, jobs, lag
+        self.recoveries = recoveries if recoveries is not None else {}
         self.snapshot = _Snapshot()
 
     def collect(self) -> Iterable[Metric]:
@@ -119,12 +121,22 @@ class _PlumbingCollector(Collector):
         yield produced
         lag = GaugeMetricFamily(
             "saga_consumer_lag",
-            "Records behind the partition's end, where the client knows it.",
+            "Records behind the partition's end (as the broker gave it at the last look of the"
+            " consumer's progress watch), per assigned partition.",
             labels=["service", "topic", "partition"],
         )
         for (topic, partition), behind in sorted((self.lag() if self.lag else {}).items()):
             lag.add_metric([svc, topic, str(partition)], behind)
         yield lag
+        recovered = CounterMetricFamily(
+            "saga_consumer_recoveries",
+            "Partitions read again because records were skipped on the way to the pipeline"
+            " (cause gap) or waited with none processed (cause stall): saga_kit.progress.",
+            labels=["service", "topic", "partition", "cause"],
+        )
+        for (topic, partition, cause), n in sorted(self.recoveries.items()):
+            recovered.add_metric([svc, topic, str(partition), cause], n)
+        yield recovered
         from_database = (
             [
                 ("saga_outbox_backlog", "Outbox rows not yet published.", self.snapshot.backlog),
@@ -194,9 +206,10 @@ class Metrics:
         jobs: Mapping[str, JobStats] | None = None,
         lag: Callable[[], Mapping[tuple[str, int], int]] | None = None,
         extra: ExtraMetrics | None = None,
+        recoveries: Mapping[tuple[str, int, str], int] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self._collector = _PlumbingCollector(service, stats, relay, jobs or {}, lag)
+        self._collector = _PlumbingCollector(service, stats, relay, jobs or {}, lag, recoveries)
         self.registry.register(self._collector)
         self._db, self._extra, self._service = db, extra, service
 

@@ -363,7 +363,10 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             batch_linger=settings.consumer_batch_linger_ms / 1000,
             data_dir=settings.data_dir,
             security=kafka_security,
+            stall_seconds=settings.consumer_stall_seconds,
+            fault=settings.fault,
         )
+        progress = consumers.saga_progress
 
         async def consumers_running() -> None:
             if not consumers.started or consumers.crashed:
@@ -373,21 +376,24 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 raise RuntimeError(f"consumer stuck (not acked, retrying) at {where}")
             if pipeline.stats.retrying:
                 raise RuntimeError("consumer is retrying a transient failure")
+            if progress.stalls:
+                raise RuntimeError("consumer stalled at " + "; ".join(s.describe() for s in progress.stalls))
 
         def consumer_lag() -> dict[tuple[str, int], int]:
-            """Records behind the end of each assigned partition we have consumed from.
-            The embedded broker reports a partition's end imprecisely (docs/design.md §2), so
-            there this is an estimate; against Apache Kafka it is exact."""
+            """Records behind the end of each assigned partition with a known next offset:
+            the end the progress watch last asked the broker for (every few seconds), or
+            before its first look the end the last fetch reported."""
             lag: dict[tuple[str, int], int] = {}
             try:
                 assigned = consumers.consumer.assignment()
             except Exception:  # not started or rebalancing: nothing known
                 return lag
             for tp in assigned:
-                position = pipeline.stats.positions.get((tp.topic, tp.partition))
-                end = consumers.consumer.highwater(tp)
+                key = (tp.topic, tp.partition)
+                position = progress.next_offset(key)
+                end = progress.ends.get(key, consumers.consumer.highwater(tp))
                 if position is not None and end is not None:
-                    lag[(tp.topic, tp.partition)] = max(0, end - position)
+                    lag[key] = max(0, end - position)
             return lag
 
         async def relay_healthy() -> None:
@@ -406,7 +412,14 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 **spec.checks,
             },
             metrics.Metrics(
-                spec.name, pipeline.stats, relay, db, job_stats, consumer_lag, spec.metrics
+                spec.name,
+                pipeline.stats,
+                relay,
+                db,
+                job_stats,
+                consumer_lag,
+                spec.metrics,
+                recoveries=progress.recoveries,
             ).render,
         )
         app.state.pipeline = pipeline
@@ -424,6 +437,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             )
         )
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+        progress_task = asyncio.create_task(progress.run(), name="consumer-progress")
         job_tasks = [
             asyncio.create_task(run_forever(job, db, settings, job_stats[job.name]), name=job.name)
             for job in jobs
@@ -448,7 +462,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server_task, 10)
         await _bounded("consumers", consumers.stop())
-        for background in (relay_task, *job_tasks):
+        for background in (relay_task, progress_task, *job_tasks):
             background.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await background

@@ -94,6 +94,14 @@ class ServiceSettings(KafkaClientSettings):
         le=10_000,
         validation_alias=AliasChoices("CONSUMER_BATCH_LINGER_MS", "consumer_batch_linger_ms"),
     )
+    #: Seconds a partition may wait behind its end with none of its records processed
+    #: before the consumer counts it stalled and reads it again (saga_kit.progress).
+    consumer_stall_seconds: float = Field(
+        default=20.0,
+        ge=1,
+        le=3600,
+        validation_alias=AliasChoices("CONSUMER_STALL_SECONDS", "consumer_stall_seconds"),
+    )
     #: The one retry policy (saga_kit.retry): first wait, longest wait, random extra.
     retry_initial_seconds: float = Field(
         default=0.05, gt=0, validation_alias=AliasChoices("RETRY_INITIAL_SECONDS", "retry_initial_seconds")

@@ -657,6 +657,12 @@ class Chaos:
         for line in self.reconciliation:
             print(line)
         print(f"time to quiescence after the last fault: {settled:.1f}s")
+        read_again = progress_recoveries(self.system.run_dir / "logs")
+        print(
+            "partitions a consumer read again (saga_kit.progress; records lost on the way or a"
+            " partition no longer delivered): "
+            + (", ".join(f"{k} {v}" for k, v in sorted(read_again.items())) or "none")
+        )
         print("fault log:")
         for line in r.fault_log:
             if line.split()[1] != "poison":
@@ -703,6 +709,20 @@ def log_digest(path: Path, limit: int) -> list[str]:
     return [f"{first} x{n} {text}" for text, (n, first) in list(seen.items())[-limit:]]
 
 
+def progress_recoveries(logs: Path) -> Counter[str]:
+    """How often each service's consumer read a partition again (``saga_kit.progress``),
+    from the services' logs: "<service> gap" or "<service> stall" → count."""
+    found: Counter[str] = Counter()
+    for path in sorted(logs.glob("*_svc*.log")):
+        with contextlib.suppress(OSError), path.open(encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if "consumer skipped records" in line:
+                    found[f"{path.stem} gap"] += 1
+                elif "consumer stalled at" in line:
+                    found[f"{path.stem} stall"] += 1
+    return found
+
+
 def service_reads(commands: bool = False) -> dict[str, list[str]]:
     """Each service's consumer group → the topics it reads: the other services' domain
     topics, and the order service the commands topic too when ``commands``."""
@@ -717,7 +737,8 @@ async def unconsumed(
 ) -> list[str]:
     """What the consumer groups have not consumed: for each group of ``reads`` (group id →
     the topics it reads), one line per partition whose committed offset is short of the
-    partition's end offset; none when every group is at every end.
+    partition's end offset, or past it (a log that lost records under the group); none
+    when every group is at every end.
 
     A partition a consumer stopped fetching leaves no other trace in a chaos run: its
     sagas end by their deadline, nothing stays held, and the invariants hold. Groups
@@ -755,6 +776,11 @@ async def unconsumed(
                         behind.append(
                             f"{group} has not consumed {tp.topic}/{tp.partition} to its end:"
                             f" committed offset {at}, end offset {end[tp]}"
+                        )
+                    elif at > end[tp]:  # the log lost records under the group (truncation)
+                        behind.append(
+                            f"{group}'s committed offset on {tp.topic}/{tp.partition} is past its end:"
+                            f" committed offset {at}, end offset {end[tp]} (the log lost records)"
                         )
             if not behind or time.monotonic() >= deadline:
                 return behind

@@ -137,6 +137,48 @@ def test_killed_between_commit_and_publish_the_event_is_published_after_restart(
     assert client.account(customers["fay"])["balance"] == "8.00"
 
 
+def recoveries(system: System, service: str) -> int:
+    """Sum of saga_consumer_recoveries_total on the service's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = system.http.get(f"{system.url(service)}/metrics").text
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "saga_consumer_recoveries_total"
+        )
+    )
+
+
+def test_a_record_lost_on_the_way_to_the_pipeline_is_read_again(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """faust-streaming can lose records between the fetcher and the stream, or stop
+    delivering a partition, with no error (saga_kit.progress). Here the inventory service
+    loses the first record it takes after its start (SAGA_FAULT=consumer.drop_first_record),
+    as those defects do: neither processed nor acked. Its progress watch finds the
+    partition behind its end with nothing processed (or the next batch past a gap), seeks
+    back, and the saga completes; without the watch it waited for its deadline."""
+    products, customers = seed(client, uid, {"lost": ("3.00", 2)}, {"gus": "10.00"})
+    system.stop_service("inventory_svc")
+    system.start_service(
+        "inventory_svc", env={"SAGA_FAULT": "consumer.drop_first_record", "CONSUMER_STALL_SECONDS": "2"}
+    )
+    try:
+        order_id = client.place_order(customers["gus"], {products["lost"]: 1})
+        saga = client.wait_for_events(order_id, {"InventoryCommitted"})
+        assert saga["status"] == "APPROVED"
+        log = system.log_tail("inventory_svc", 400, since_start=True)
+        assert "fault injection: the record at" in log, log
+        assert "consumer stalled at" in log or "consumer skipped records" in log, log
+        assert recoveries(system, "inventory_svc") >= 1
+        assert client.product(products["lost"])["sold"] == 1
+    finally:  # the tests after this one need the inventory service as it was
+        system.start_service("inventory_svc")
+
+
 def test_a_service_whose_port_is_taken_says_so_and_exits(system: System) -> None:
     """An operator who starts a second copy on a port in use gets an error and exit code 1
     within seconds, not a process that hangs until killed (uvicorn exits through the event

@@ -1,0 +1,101 @@
+"""The consumer's progress watch (saga_kit.progress): when a partition counts as stalled,
+when a batch shows records skipped, and that faust still has what the watch relies on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faust
+from faust.types import TP as FaustTP
+
+from saga_kit.consumer import ConsumerStats, Record
+from saga_kit.progress import ProgressWatchdog, Stall, StallWatch, skipped
+from sagastack.chaos import progress_recoveries
+
+T = ("orders.events", 3)
+
+
+def test_a_partition_behind_its_end_with_no_progress_is_stalled_after_the_time() -> None:
+    watch = StallWatch(after=20)
+    assert watch.observe(0, {T: 10}, {T: 7}) == []
+    assert watch.observe(19.9, {T: 12}, {T: 7}) == []  # more arrived, still none processed
+    (stall,) = watch.observe(20, {T: 12}, {T: 7})
+    assert stall == Stall("orders.events", 3, 7, 12, 20)
+    assert "5 records waiting (next offset 7, end offset 12), none processed for 20 s" in stall.describe()
+
+
+def test_progress_or_reaching_the_end_starts_the_count_again() -> None:
+    watch = StallWatch(after=20)
+    watch.observe(0, {T: 10}, {T: 7})
+    assert watch.observe(15, {T: 10}, {T: 8}) == []  # one record processed
+    assert watch.observe(30, {T: 10}, {T: 8}) == []  # 15 s at offset 8: not yet
+    assert len(watch.observe(35, {T: 10}, {T: 8})) == 1
+    assert watch.observe(36, {T: 10}, {T: 10}) == []  # at the end: nothing waits
+    assert watch.observe(50, {T: 11}, {T: 10}) == []  # behind again: counted from 50
+    assert len(watch.observe(70, {T: 11}, {T: 10})) == 1
+
+
+def test_a_partition_without_a_next_offset_or_at_its_end_is_not_judged() -> None:
+    watch = StallWatch(after=1)
+    watch.observe(0, {T: 10, ("t", 0): 0}, {T: None, ("t", 0): 0})
+    assert watch.observe(100, {T: 10, ("t", 0): 0}, {T: None, ("t", 0): 0}) == []
+
+
+def test_a_recovery_restarts_the_count() -> None:
+    watch = StallWatch(after=20)
+    watch.observe(0, {T: 10}, {T: 7})
+    assert len(watch.observe(20, {T: 10}, {T: 7})) == 1
+    watch.restart(T, 20)
+    assert watch.observe(39, {T: 10}, {T: 7}) == []
+    assert len(watch.observe(40, {T: 10}, {T: 7})) == 1
+
+
+def test_records_skipped_are_told_from_records_another_member_took() -> None:
+    assert not skipped(None, None, 50)  # nothing processed, nothing committed: nothing known
+    assert not skipped(None, 50, 50)  # the first batch starts at the committed offset
+    assert skipped(None, 50, 51)  # ... or offset 50 never came (and faust may commit past it)
+    assert not skipped(10, 10, 10) and not skipped(10, 8, 9)  # in order, or read again
+    assert skipped(10, 10, 11)  # offset 10 never came
+    assert skipped(10, None, 12)
+    assert not skipped(10, 40, 40)  # another member processed and committed 10-39
+
+
+def _record(offset: int, partition: int = 3) -> Record:
+    return Record("orders.events", partition, offset, b"k", b"v", [])
+
+
+def test_a_batch_past_the_expected_offset_is_a_gap_to_read_again() -> None:
+    stats = ConsumerStats(positions={T: 10, ("orders.events", 4): 5})
+    app = faust.App("progress-test", broker="kafka://127.0.0.1:1")
+    watchdog = ProgressWatchdog(app.consumer, stats, after=20)
+    # faust keeps the group's committed offset per partition where the watch reads it (an
+    # upgrade that renames it fails here)
+    assert isinstance(app.consumer._committed_offset, dict)
+    app.consumer._committed_offset[FaustTP("orders.events", 3)] = 10
+    app.consumer._committed_offset[FaustTP("orders.events", 6)] = 30
+    batch = [_record(12), _record(13), _record(5, partition=4), _record(31, partition=6)]
+    assert watchdog.batch_taken(batch) == [(T, 10), (("orders.events", 6), 30)]
+    assert watchdog.gaps == {T: 10, ("orders.events", 6): 30}  # until sought back
+    # and the next offset to process is the further of processed and committed
+    app.consumer._committed_offset[FaustTP("orders.events", 3)] = 15
+    assert watchdog.next_offset(T) == 15 and watchdog.next_offset(("orders.events", 4)) == 5
+    assert watchdog.next_offset(("orders.events", 9)) is None
+
+
+def test_faust_offers_what_the_recovery_calls() -> None:
+    """resume, seek with the read offset reset, end and earliest offsets, the assignment:
+    an upgrade that drops one fails here rather than in a stalled service."""
+    consumer = faust.App("progress-test-2", broker="kafka://127.0.0.1:1").consumer
+    for name in ("resume_partitions", "seek_wait", "highwaters", "earliest_offsets", "assignment"):
+        assert callable(getattr(consumer, name)), name
+
+
+def test_the_chaos_report_counts_each_services_recoveries_from_its_log(tmp_path: Path) -> None:
+    (tmp_path / "inventory_svc.log").write_text(
+        '{"level": "warning", "msg": "consumer stalled at orders.events[3]: 2 records waiting"}\n'
+        '{"level": "warning", "msg": "consumer skipped records: orders.events[1] offsets 4-4"}\n'
+        '{"level": "warning", "msg": "consumer stalled at orders.events[3]: 1 records waiting"}\n'
+    )
+    (tmp_path / "order_svc.log").write_text('{"level": "info", "msg": "listening"}\n')
+    (tmp_path / "tansu.log").write_text("consumer stalled at (not a service's log)\n")
+    assert progress_recoveries(tmp_path) == {"inventory_svc stall": 2, "inventory_svc gap": 1}
