@@ -526,6 +526,7 @@ class Chaos:
                 self.system.kafka_security.client_kwargs(),
                 service_reads(),
                 CONSUMED_WAIT_SECONDS,
+                exact_ends=self.system.broker_kind == "kafka",
             )
         )
 
@@ -733,12 +734,19 @@ def service_reads(commands: bool = False) -> dict[str, list[str]]:
 
 
 async def unconsumed(
-    bootstrap: str, client_kwargs: dict[str, Any], reads: dict[str, list[str]], wait: float
+    bootstrap: str,
+    client_kwargs: dict[str, Any],
+    reads: dict[str, list[str]],
+    wait: float,
+    exact_ends: bool = False,
 ) -> list[str]:
     """What the consumer groups have not consumed: for each group of ``reads`` (group id →
     the topics it reads), one line per partition whose committed offset is short of the
-    partition's end offset, or past it (a log that lost records under the group); none
-    when every group is at every end.
+    partition's end offset, or with ``exact_ends`` past it (a log that lost records under
+    the group); none when every group is at every end. Only Apache Kafka's end offsets are
+    exact: the embedded Tansu reports ends short of the last records (measured: committed
+    offsets 1-4 past them after a chaos run), so there a committed offset past the end
+    proves nothing.
 
     A partition a consumer stopped fetching leaves no other trace in a chaos run: its
     sagas end by their deadline, nothing stays held, and the invariants hold. Groups
@@ -777,7 +785,7 @@ async def unconsumed(
                             f"{group} has not consumed {tp.topic}/{tp.partition} to its end:"
                             f" committed offset {at}, end offset {end[tp]}"
                         )
-                    elif at > end[tp]:  # the log lost records under the group (truncation)
+                    elif exact_ends and at > end[tp]:  # the log lost records under the group
                         behind.append(
                             f"{group}'s committed offset on {tp.topic}/{tp.partition} is past its end:"
                             f" committed offset {at}, end offset {end[tp]} (the log lost records)"

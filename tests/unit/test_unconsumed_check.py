@@ -74,7 +74,7 @@ async def test_an_empty_partition_never_committed_is_consumed(monkeypatch: pytes
 
 async def test_a_committed_offset_past_the_end_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     """A log truncated under the group (an unclean leader election) leaves its committed
-    offset past the end: the records between are gone, not consumed."""
+    offset past the end on Apache Kafka: the records between are gone, not consumed."""
 
     class Truncated(_Ends):
         async def end_offsets(self, partitions: list[Any]) -> dict[Any, int]:
@@ -82,7 +82,9 @@ async def test_a_committed_offset_past_the_end_is_named(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(chaos, "AIOKafkaConsumer", Truncated)
     monkeypatch.setattr(chaos, "AIOKafkaAdminClient", _Admin)
-    assert await chaos.unconsumed("b:1", {}, {"payment_svc": ["known"]}, wait=0) == [
+    assert await chaos.unconsumed("b:1", {}, {"payment_svc": ["known"]}, wait=0, exact_ends=True) == [
         "payment_svc's committed offset on known/0 is past its end: committed offset 3, end offset 2"
         " (the log lost records)"
     ]
+    # the embedded Tansu reports ends short of its last records: there it proves nothing
+    assert await chaos.unconsumed("b:1", {}, {"payment_svc": ["known"]}, wait=0) == []
