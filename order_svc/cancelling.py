@@ -14,10 +14,12 @@ import logging
 import uuid
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import text
 
 from events import OrderCancelled
 from events.order import CancelReason
+from events.values import printable
 from order_svc.domain import CANCEL_REQUESTED, DEADLINE_PASSED, OrderStatus, transition
 from order_svc.errors import OrderNotCancellable
 from order_svc.sagametrics import OUTCOMES, Move
@@ -90,8 +92,19 @@ async def cancel_order(
     return OrderStatus.CANCELLED
 
 
+#: Overdue orders this process found it cannot cancel (``cancel_overdue``): skipped by
+#: later sweeps, so that they cannot fill every batch. At most ``_UNCANCELLABLE_MAX``.
+_uncancellable: set[uuid.UUID] = set()
+_UNCANCELLABLE_MAX = 10_000
+
+
 async def cancel_overdue(db: Database, batch: int = 200) -> int:
-    """Cancel up to ``batch`` PENDING orders whose deadline has passed; return how many."""
+    """Cancel up to ``batch`` PENDING orders whose deadline has passed; return how many.
+
+    A row whose cancellation cannot be told (its ``customer_id`` is no valid id, e.g. a
+    row written by hand or kept from an older build's rules) is logged as an error, once,
+    and left PENDING for an operator; the sweep goes on with the others. It used to fail
+    the whole sweep, every time: one such row kept every overdue order PENDING."""
     async with db.unit_of_work() as uow:
         rows = (
             await uow.conn.execute(
@@ -100,15 +113,31 @@ async def cancel_overdue(db: Database, batch: int = 200) -> int:
                     # now(), not clock_timestamp(): a volatile function cannot bound an index
                     # scan, and every PENDING order was read to find the overdue ones
                     " WHERE status = 'PENDING' AND deadline_at <= now()"
+                    " AND NOT (order_id = ANY(:skip))"
                     " ORDER BY deadline_at LIMIT :n FOR UPDATE SKIP LOCKED"
                 ),
-                {"n": batch},
+                {"n": batch, "skip": list(_uncancellable)},
             )
         ).all()
+        cancelled = 0
         for row in rows:
-            if transition(OrderStatus(row.status), DEADLINE_PASSED) is not None:
-                with logs.bind(order_id=row.order_id):
-                    await _cancel(uow, row, "timeout")
-    if rows:
-        log.info("cancelled %d overdue orders", len(rows))
-    return len(rows)
+            if transition(OrderStatus(row.status), DEADLINE_PASSED) is None:
+                continue
+            try:
+                OrderCancelled(customer_id=row.customer_id, reason="timeout")
+            except ValidationError as exc:
+                if len(_uncancellable) < _UNCANCELLABLE_MAX:
+                    _uncancellable.add(row.order_id)
+                log.error(
+                    "order %s is overdue and cannot be cancelled: its row is invalid (%s);"
+                    " it stays PENDING until an operator mends it",
+                    row.order_id,
+                    printable(str(exc).replace("\n", " "), 300),
+                )
+                continue
+            with logs.bind(order_id=row.order_id):
+                await _cancel(uow, row, "timeout")
+            cancelled += 1
+    if cancelled:
+        log.info("cancelled %d overdue orders", cancelled)
+    return cancelled

@@ -9,6 +9,7 @@ events the service emitted.
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -548,6 +549,26 @@ async def test_an_overdue_pending_order_is_cancelled_with_reason_timeout(order: 
     # the sweeper does not cancel it a second time
     await cancel_overdue(order.db)
     assert await emitted_types(order, overdue) == ["OrderCreated", "OrderCancelled"]
+
+
+async def test_an_overdue_order_that_cannot_be_cancelled_does_not_hold_up_the_others(
+    order: ServiceUnderTest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PENDING row whose customer id is no valid id (written by hand) failed the whole
+    sweep, every time: no overdue order was cancelled any more. It is now left PENDING,
+    said once, and skipped by the next sweeps."""
+    bad, good = await placed(order, timedelta(0)), await placed(order, timedelta(0))
+    async with order.db.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE orders SET customer_id = 'not an id' WHERE order_id = :o"), {"o": bad}
+        )
+    with caplog.at_level(logging.ERROR, logger="order_svc.cancelling"):
+        assert await cancel_overdue(order.db) >= 1
+        assert await cancel_overdue(order.db) >= 0  # and again: no error raised
+    assert await status(order, good) == ("CANCELLED", "timeout")
+    assert await status(order, bad) == ("PENDING", None)
+    said = [r.getMessage() for r in caplog.records if str(bad) in r.getMessage()]
+    assert len(said) == 1 and "cannot be cancelled" in said[0], said
 
 
 async def test_a_payment_that_completes_after_the_deadline_does_not_approve(
