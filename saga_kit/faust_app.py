@@ -227,7 +227,11 @@ def build_faust_app(
     topic = app.topic(*topics, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
     app.saga_progress = progress = ProgressWatchdog(app.consumer, pipeline.stats, stall_seconds)
-    drop_first = fault == "consumer.drop_first_record"
+    drop_first: bool | bytes = False
+    if fault == "consumer.drop_first_record":
+        drop_first = True
+    elif fault and fault.startswith("consumer.drop_first_record="):
+        drop_first = fault.partition("=")[2].encode()
 
     async def consume(stream: Any) -> None:
         await consume_batches(stream, pipeline, batch_max, batch_linger, progress, drop_first)
@@ -242,29 +246,34 @@ async def consume_batches(
     batch_max: int,
     batch_linger: float,
     progress: ProgressWatchdog | None = None,
-    drop_first: bool = False,
+    drop_first: bool | bytes = False,
 ) -> None:
     """The agent: each batch is acked after ``process_batch`` returned, never before,
     and not at all if it raises (a faust stream, or anything with ``noack_take`` and
     ``ack``). With ``progress``, a batch that shows records skipped on the way has them
-    read again once it is acked (``saga_kit.progress``).
+    read again (``saga_kit.progress``).
 
-    ``drop_first`` (fault injection, ``SAGA_FAULT=consumer.drop_first_record``) loses the
-    first record taken, neither processed nor acked, as the client library's known
-    defects do (``saga_kit.progress``)."""
+    ``drop_first`` (fault injection, ``SAGA_FAULT=consumer.drop_first_record``, or
+    ``…=<key>`` for the first record with that key) loses the first record taken,
+    neither processed nor acked, as the client library's known defects do
+    (``saga_kit.progress``)."""
     async for events in stream.noack_take(batch_max, within=batch_linger):
-        if drop_first and events:
-            log.error("fault injection: the record at %s is dropped", _record(events[0].message).where())
-            events, drop_first = events[1:], False
-            if not events:
-                continue
+        if drop_first is not False:
+            lost = next(
+                (i for i, e in enumerate(events) if drop_first is True or e.message.key == drop_first), None
+            )
+            if lost is not None:
+                where = _record(events[lost].message).where()
+                log.error("fault injection: the record at %s is dropped", where)
+                events, drop_first = [*events[:lost], *events[lost + 1 :]], False
+                if not events:
+                    continue
         records = [_record(event.message) for event in events]
-        gaps = progress.batch_taken(records) if progress is not None else []
+        if progress is not None:
+            progress.batch_taken(records)
         await pipeline.process_batch(records)
         for event in events:
             await stream.ack(event)
-        if gaps and progress is not None:
-            await progress.read_gaps_again()
 
 
 def _record(message: Any) -> Record:

@@ -32,6 +32,7 @@ through, is not stalled: it is waiting for a known reason, which readiness repor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -149,6 +150,7 @@ class ProgressWatchdog:
         self.recoveries: Counter[tuple[str, int, str]] = Counter()
         #: partition → offset to read again from: gaps found and not yet sought back
         self.gaps: dict[Partition, int] = {}
+        self._wake = asyncio.Event()  # a gap found: look now, not at the interval's end
 
     def _committed(self, tp: Partition) -> int | None:
         # faust's record of the group's committed offset per partition (the next offset
@@ -165,7 +167,8 @@ class ProgressWatchdog:
     def batch_taken(self, records: Sequence[Record]) -> list[tuple[Partition, int]]:
         """The partitions of ``records`` whose first record skips past what was expected,
         each with the offset to read again from (``skipped``); each is logged and kept in
-        ``gaps`` until ``read_gaps_again`` has sought it back."""
+        ``gaps`` until ``read_gaps_again`` has sought it back, which the watch's next look
+        does at once (the agent itself makes no call to the consumer's thread)."""
         firsts: dict[Partition, int] = {}
         for r in records:
             firsts.setdefault((r.topic, r.partition), r.offset)
@@ -185,6 +188,7 @@ class ProgressWatchdog:
                 )
                 gaps.append((tp, expected))
                 self.gaps[tp] = min(expected, self.gaps.get(tp, expected))
+                self._wake.set()
         return gaps
 
     async def read_gaps_again(self) -> None:
@@ -268,10 +272,13 @@ class ProgressWatchdog:
         return self.stalls
 
     async def run(self) -> None:
-        """``look`` every ``interval`` seconds for ever; a failed look is logged and the
-        next one follows (the broker away, a rebalance under way)."""
+        """``look`` every ``interval`` seconds, and at once when a batch showed a gap, for
+        ever; a failed look is logged and the next one follows (the broker away, a
+        rebalance under way)."""
         while True:
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
             try:
                 await self.look()
             except asyncio.CancelledError:

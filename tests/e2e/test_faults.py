@@ -179,6 +179,38 @@ def test_a_record_lost_on_the_way_to_the_pipeline_is_read_again(
         system.start_service("inventory_svc")
 
 
+def test_records_skipped_on_the_way_are_read_again_at_the_next_batch(system: System, uid: UniqueIds) -> None:
+    """The gap: records of a partition skipped before the pipeline, and a later record of
+    it taken. The inventory service loses the first record keyed ``key`` after its start;
+    the next record with that key (the same partition) shows the gap, and the lost one is
+    read again at once — long before the stall (60 s here) would have been noticed. The
+    records are garbage, so each ends as a dead letter: three, one per record."""
+    key = f"gap-{uid('k')}".encode()
+
+    def letters() -> int:
+        with psycopg.connect(system.database_urls["inventory_svc"]) as conn:
+            return conn.execute("SELECT COUNT(*) FROM dead_letters WHERE key = %s", (key,)).fetchone()[0]
+
+    system.publish([("orders.events", key, b"first, before the restart")], signed_by="order_svc")
+    wait_until(lambda: letters() == 1, 30, "the first record dead-lettered")
+    time.sleep(2)  # its offset committed (every second): the restart reads on from there
+    system.stop_service("inventory_svc")
+    system.start_service(
+        "inventory_svc",
+        env={"SAGA_FAULT": f"consumer.drop_first_record={key.decode()}", "CONSUMER_STALL_SECONDS": "60"},
+    )
+    try:
+        system.publish([("orders.events", key, b"lost on the way")], signed_by="order_svc")
+        dropped = lambda: "is dropped" in system.log_tail("inventory_svc", 400, since_start=True)  # noqa: E731
+        wait_until(dropped, 30, "the record dropped")
+        system.publish([("orders.events", key, b"after the gap")], signed_by="order_svc")
+        wait_until(lambda: letters() == 3, 30, "the lost record read again and dead-lettered")
+        log = system.log_tail("inventory_svc", 400, since_start=True)
+        assert "consumer skipped records" in log and "consumer stalled" not in log, log
+    finally:  # the tests after this one need the inventory service as it was
+        system.start_service("inventory_svc")
+
+
 def test_a_service_whose_port_is_taken_says_so_and_exits(system: System) -> None:
     """An operator who starts a second copy on a port in use gets an error and exit code 1
     within seconds, not a process that hangs until killed (uvicorn exits through the event
