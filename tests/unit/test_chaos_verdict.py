@@ -42,7 +42,7 @@ def test_the_invariants_are_checked_once_every_group_consumed_its_topics(
     Now the groups reach their ends first, the databases settle again, then the check."""
     steps: list[str] = []
 
-    async def consumed(*_: object) -> list[str]:
+    async def consumed(*_: object, **__: object) -> list[str]:
         steps.append("consumed to the end")
         return []
 
