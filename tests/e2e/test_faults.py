@@ -19,9 +19,9 @@ from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, seed
 
 
-def consumed(system: System, service: str, outcome: str) -> int:
-    """Sum of saga_events_consumed_total{outcome=...} on the service's /metrics (read with
-    the reference Prometheus parser)."""
+def metric_sum(system: System, service: str, name: str, **labels: str) -> int:
+    """Sum of the samples ``name`` with ``labels`` on the service's /metrics (read with the
+    reference Prometheus parser)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = system.http.get(f"{system.url(service)}/metrics").text
@@ -30,9 +30,14 @@ def consumed(system: System, service: str, outcome: str) -> int:
             sample.value
             for family in text_string_to_metric_families(text)
             for sample in family.samples
-            if sample.name == "saga_events_consumed_total" and sample.labels.get("outcome") == outcome
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
         )
     )
+
+
+def consumed(system: System, service: str, outcome: str) -> int:
+    """Sum of saga_events_consumed_total{outcome=...} on the service's /metrics."""
+    return metric_sum(system, service, "saga_events_consumed_total", outcome=outcome)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -137,21 +142,6 @@ def test_killed_between_commit_and_publish_the_event_is_published_after_restart(
     assert client.account(customers["fay"])["balance"] == "8.00"
 
 
-def recoveries(system: System, service: str) -> int:
-    """Sum of saga_consumer_recoveries_total on the service's /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = system.http.get(f"{system.url(service)}/metrics").text
-    return int(
-        sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "saga_consumer_recoveries_total"
-        )
-    )
-
-
 def test_a_record_lost_on_the_way_to_the_pipeline_is_read_again(
     system: System, client: SagaClient, uid: UniqueIds
 ) -> None:
@@ -173,7 +163,7 @@ def test_a_record_lost_on_the_way_to_the_pipeline_is_read_again(
         log = system.log_tail("inventory_svc", 400, since_start=True)
         assert "fault injection: the record at" in log, log
         assert "consumer stalled at" in log or "consumer skipped records" in log, log
-        assert recoveries(system, "inventory_svc") >= 1
+        assert metric_sum(system, "inventory_svc", "saga_consumer_recoveries_total") >= 1
         assert client.product(products["lost"])["sold"] == 1
     finally:  # the tests after this one need the inventory service as it was
         system.start_service("inventory_svc")
