@@ -105,39 +105,52 @@ async def cancel_overdue(db: Database, batch: int = 200) -> int:
     row written by hand or kept from an older build's rules) is logged as an error, once,
     and left PENDING for an operator; the sweep goes on with the others. It used to fail
     the whole sweep, every time: one such row kept every overdue order PENDING."""
+    cancelled = 0
+    # invalid rows met in this sweep: skipped by its next read, whether or not the
+    # process-wide memory had room for them (past it they filled every batch again)
+    invalid: set[uuid.UUID] = set()
     async with db.unit_of_work() as uow:
-        rows = (
-            await uow.conn.execute(
-                text(
-                    "SELECT order_id, status, customer_id, created_at, trace_context, command_id FROM orders"
-                    # now(), not clock_timestamp(): a volatile function cannot bound an index
-                    # scan, and every PENDING order was read to find the overdue ones
-                    " WHERE status = 'PENDING' AND deadline_at <= now()"
-                    " AND NOT (order_id = ANY(:skip))"
-                    " ORDER BY deadline_at LIMIT :n FOR UPDATE SKIP LOCKED"
-                ),
-                {"n": batch, "skip": list(_uncancellable)},
-            )
-        ).all()
-        cancelled = 0
-        for row in rows:
-            if transition(OrderStatus(row.status), DEADLINE_PASSED) is None:
-                continue
-            try:
-                OrderCancelled(customer_id=row.customer_id, reason="timeout")
-            except ValidationError as exc:
-                if len(_uncancellable) < _UNCANCELLABLE_MAX:
-                    _uncancellable.add(row.order_id)
-                log.error(
-                    "order %s is overdue and cannot be cancelled: its row is invalid (%s);"
-                    " it stays PENDING until an operator mends it",
-                    row.order_id,
-                    printable(str(exc).replace("\n", " "), 300),
+        while True:
+            rows = (
+                await uow.conn.execute(
+                    text(
+                        "SELECT order_id, status, customer_id, created_at, trace_context, command_id"
+                        " FROM orders"
+                        # now(), not clock_timestamp(): a volatile function cannot bound an index
+                        # scan, and every PENDING order was read to find the overdue ones
+                        " WHERE status = 'PENDING' AND deadline_at <= now()"
+                        " AND NOT (order_id = ANY(:skip))"
+                        " ORDER BY deadline_at LIMIT :n FOR UPDATE SKIP LOCKED"
+                    ),
+                    {"n": batch, "skip": list(_uncancellable | invalid)},
                 )
-                continue
-            with logs.bind(order_id=row.order_id):
-                await _cancel(uow, row, "timeout")
-            cancelled += 1
+            ).all()
+            found_invalid = False
+            for row in rows:
+                if transition(OrderStatus(row.status), DEADLINE_PASSED) is None:
+                    continue
+                try:
+                    OrderCancelled(customer_id=row.customer_id, reason="timeout")
+                except ValidationError as exc:
+                    found_invalid = True
+                    invalid.add(row.order_id)
+                    if row.order_id in _uncancellable:
+                        continue
+                    if len(_uncancellable) < _UNCANCELLABLE_MAX:
+                        _uncancellable.add(row.order_id)
+                    log.error(
+                        "order %s is overdue and cannot be cancelled: its row is invalid (%s);"
+                        " it stays PENDING until an operator mends it",
+                        row.order_id,
+                        printable(str(exc).replace("\n", " "), 300),
+                    )
+                    continue
+                with logs.bind(order_id=row.order_id):
+                    await _cancel(uow, row, "timeout")
+                cancelled += 1
+            # another read only when invalid rows took places in a full batch
+            if not found_invalid or len(rows) < batch or cancelled >= batch:
+                break
     if cancelled:
         log.info("cancelled %d overdue orders", cancelled)
     return cancelled

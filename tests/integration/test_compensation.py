@@ -729,3 +729,26 @@ async def test_a_call_that_raises_leaves_its_charge_in_doubt_and_the_rest_of_the
     assert (by_id[bad].status, by_id[bad].attempts, by_id[bad].nothing_done_calls) == ("PENDING", 1, 0)
     assert "RuntimeError" in by_id[bad].last_error
     assert await emitted_types(payment, good) == ["PaymentCompleted"]
+
+
+async def test_invalid_overdue_orders_past_the_sweepers_memory_do_not_hold_up_the_others(
+    order: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweeper remembers at most _UNCANCELLABLE_MAX invalid rows per process (10,000);
+    past that, the oldest ones it could not remember fill every batch again, as one such
+    row did before the fix: no overdue order behind them is cancelled any more."""
+    from order_svc import cancelling
+
+    monkeypatch.setattr(cancelling, "_uncancellable", set())
+    monkeypatch.setattr(cancelling, "_UNCANCELLABLE_MAX", 0)  # the memory is full
+    bad, good = await placed(order, timedelta(0)), await placed(order, timedelta(0))
+    async with order.db.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE orders SET customer_id = 'not an id', deadline_at = '2000-01-01' WHERE order_id = :o"
+            ),
+            {"o": bad},
+        )
+    for _ in range(3):
+        await cancel_overdue(order.db, batch=1)
+    assert await status(order, good) == ("CANCELLED", "timeout")
