@@ -14,16 +14,24 @@ the partition's end — which is how a chaos run on Apache Kafka saw it once
 * a **gap**: a batch's first record from a partition lies past the next offset the
   pipeline expected there (after the last one processed, or the group's committed
   offset for a first batch), and the committed offset is not past that offset either
-  (no other member of the group took them): records were skipped on the way;
-* a **stall**: a partition assigned to this consumer whose end offset, asked of the broker
-  (ListOffsets), lies past the next offset to process, while no record of it was
-  processed for ``CONSUMER_STALL_SECONDS``.
+  (no other member of the group took them);
+* a partition **behind its end**: its end offset, asked of the broker (ListOffsets),
+  lies past the next offset to process, while no record of it was processed for
+  ``CONSUMER_STALL_SECONDS``.
 
-Either way the consumer logs a warning naming the partition and offsets, counts it
-(``saga_consumer_recoveries_total{cause}``), resumes the partition's fetching and seeks it
-back to the first offset it did not process; the inbox (``saga_kit.inbox``) makes every
-record read twice harmless. A stalled partition also makes ``/health/ready`` answer 503
-with the stall until records flow again. Records that retention deleted before they were
+Not every offset a consumer never receives was a record: Apache Kafka gives each
+transaction's commit or abort marker an offset and delivers neither it nor aborted
+records (an attack trial's one-record transactions made every batch after a marker look
+like a gap, and a trailing marker kept a partition "stalled" for good). So a sign is
+first **probed**: the partition is resumed and sought back to the first offset not
+processed, quietly (INFO). Records arriving from the probed range confirm a loss: a
+WARNING naming the partition and offsets, counted in
+``saga_consumer_recoveries_total{cause}``; the inbox (``saga_kit.inbox``) makes every
+record read twice harmless. A probe no record confirms within ``CONSUMER_STALL_SECONDS``
+found nothing there: those offsets count as consumed (``void``). A partition behind its
+end whose *fetching* stopped short of the end (the client's fetch position) is a
+**stall** at once: a WARNING, counted, sought back, and ``/health/ready`` answers 503
+naming it until its records flow. Records that retention deleted before they were
 consumed cannot be read again: that is logged as an error and not retried.
 
 A pipeline that is retrying a transient failure, or holding a batch it cannot get
@@ -122,13 +130,34 @@ def skipped(expected: int | None, committed: int | None, first: int) -> bool:
     return committed is None or committed <= expected
 
 
+@dataclass
+class Probe:
+    """A range of a partition sought back to see whether it holds records the pipeline
+    never got: offsets ``start`` to ``end - 1``, found by ``cause`` ("gap" or "stall"),
+    sought back at ``at`` (None: not yet)."""
+
+    start: int
+    end: int
+    cause: str
+    at: float | None = None
+
+
 class ProgressWatchdog:
     """Watches one service's faust consumer (module doc).
 
     ``consumer`` is the faust app's consumer (``app.consumer``); ``stats`` the pipeline's
     ``ConsumerStats``, whose ``positions`` give the next offset per partition; ``after``
     is ``CONSUMER_STALL_SECONDS``. ``run`` looks every ``interval`` seconds; ``batch_taken``
-    is called by the agent with each batch before it is processed."""
+    is called by the agent with each batch before it is processed.
+
+    Offsets a consumer never receives are not always lost records: Apache Kafka gives an
+    offset to each transaction's commit or abort marker, and delivers neither the marker
+    nor aborted records. So a suspicion (a gap, or a partition behind its end whose
+    records were all fetched) is first *probed*: the range is sought back quietly (INFO),
+    and only records arriving from it confirm a loss (WARNING, counted). A probe no
+    record confirms within ``after`` seconds held none: the offsets up to its end are
+    taken as consumed. A partition whose fetching itself stopped short of the end is a
+    stall at once (WARNING, counted, readiness 503 until records flow)."""
 
     def __init__(
         self,
@@ -139,18 +168,27 @@ class ProgressWatchdog:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.consumer, self.stats = consumer, stats
+        self.after = after
         self.watch = StallWatch(after)
         self.interval = interval if interval is not None else max(0.5, min(5.0, after / 2))
         self._clock = clock
-        #: the partitions stalled at the last look (readiness reports them)
-        self.stalls: list[Stall] = []
+        #: partition → the next offset it stalled at, while its fetching is stopped short
+        #: of its end and none of its records is processed (readiness reports them)
+        self.stuck: dict[Partition, Stall] = {}
         #: partition's end offsets as the broker gave them at the last look
         self.ends: dict[Partition, int] = {}
-        #: (topic, partition, cause) → recoveries attempted; cause "gap" or "stall"
+        #: (topic, partition, cause) → losses found and recovered; cause "gap" or "stall"
         self.recoveries: Counter[tuple[str, int, str]] = Counter()
-        #: partition → offset to read again from: gaps found and not yet sought back
-        self.gaps: dict[Partition, int] = {}
+        #: partition → the range sought back, or to seek back at the next look
+        self.probes: dict[Partition, Probe] = {}
+        #: partition → offsets below this hold no record for this consumer (a probe found none)
+        self.void: dict[Partition, int] = {}
         self._wake = asyncio.Event()  # a gap found: look now, not at the interval's end
+
+    @property
+    def stalls(self) -> list[Stall]:
+        """The partitions stalled now (``stuck``), for readiness."""
+        return [self.stuck[tp] for tp in sorted(self.stuck)]
 
     def _committed(self, tp: Partition) -> int | None:
         # faust's record of the group's committed offset per partition (the next offset
@@ -160,68 +198,47 @@ class ProgressWatchdog:
 
     def next_offset(self, tp: Partition) -> int | None:
         """The next offset to process on ``tp``: past the last one processed here, or the
-        group's committed offset when that is further (or nothing was processed here)."""
-        known = [o for o in (self.stats.positions.get(tp), self._committed(tp)) if o is not None]
+        group's committed offset when that is further (or nothing was processed here),
+        or past offsets a probe found hold no record."""
+        candidates = (self.stats.positions.get(tp), self._committed(tp), self.void.get(tp))
+        known = [o for o in candidates if o is not None]
         return max(known) if known else None
 
-    def batch_taken(self, records: Sequence[Record]) -> list[tuple[Partition, int]]:
-        """The partitions of ``records`` whose first record skips past what was expected,
-        each with the offset to read again from (``skipped``); each is logged and kept in
-        ``gaps`` until ``read_gaps_again`` has sought it back, which the watch's next look
-        does at once (the agent itself makes no call to the consumer's thread)."""
+    def batch_taken(self, records: Sequence[Record]) -> None:
+        """Called with each batch before it is processed: a record from a probed range
+        confirms a loss (WARNING, counted); a partition whose first record skips past
+        what was expected (``skipped``) is probed at the watch's next look, at once (the
+        agent itself makes no call to the consumer's thread)."""
         firsts: dict[Partition, int] = {}
         for r in records:
-            firsts.setdefault((r.topic, r.partition), r.offset)
-        gaps = []
+            tp = (r.topic, r.partition)
+            firsts.setdefault(tp, r.offset)
+            probe = self.probes.get(tp)
+            if probe is not None and probe.at is not None and probe.start <= r.offset < probe.end:
+                del self.probes[tp]
+                self.recoveries[(tp[0], tp[1], probe.cause)] += 1
+                log.warning(
+                    "consumer lost records on the way: %s[%d] offsets %d-%d never reached the pipeline"
+                    " (%s); read again from offset %d",
+                    tp[0],
+                    tp[1],
+                    probe.start,
+                    probe.end - 1,
+                    "a gap in a batch" if probe.cause == "gap" else "the partition stalled",
+                    probe.start,
+                )
         for tp, first in firsts.items():
             expected, committed = self.stats.positions.get(tp), self._committed(tp)
-            if skipped(expected, committed, first):
-                expected = expected if expected is not None else committed
-                assert expected is not None
-                log.warning(
-                    "consumer skipped records: %s[%d] offsets %d-%d never reached the pipeline;"
-                    " reading them again",
-                    tp[0],
-                    tp[1],
-                    expected,
-                    first - 1,
-                )
-                gaps.append((tp, expected))
-                self.gaps[tp] = min(expected, self.gaps.get(tp, expected))
+            if tp not in self.probes and skipped(expected, committed, first):
+                start = expected if expected is not None else committed
+                assert start is not None
+                log.info("%s[%d]: offsets %d-%d not seen; probing them", tp[0], tp[1], start, first - 1)
+                self.probes[tp] = Probe(start, first, "gap")
                 self._wake.set()
-        return gaps
 
-    async def read_gaps_again(self) -> None:
-        """Seek each partition of ``gaps`` back (``recover``, cause "gap"); one that
-        fails (the broker away) is logged and kept for the next look; one no longer
-        assigned here is left to the member that has it now (it reads from the group's
-        committed offset, short of the gap)."""
-        try:
-            assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-        except Exception:  # not started, or rebalancing: the next look tries
-            return
-        for tp, offset in sorted(self.gaps.items()):
-            if tp not in assigned:
-                del self.gaps[tp]
-                continue
-            try:
-                await self.recover(tp, offset, "gap")
-            except Exception as exc:
-                log.warning(
-                    "could not read %s[%d] again from offset %d yet (%s: %s); trying at the next look",
-                    tp[0],
-                    tp[1],
-                    offset,
-                    type(exc).__name__,
-                    exc,
-                )
-            else:
-                del self.gaps[tp]
-
-    async def recover(self, tp: Partition, offset: int, cause: str) -> None:
-        """Resume fetching ``tp`` and seek it back to ``offset`` (cause: "gap" or
-        "stall"); records that retention deleted are logged and left."""
-        self.recoveries[(tp[0], tp[1], cause)] += 1
+    async def seek_back(self, tp: Partition, offset: int) -> None:
+        """Resume fetching ``tp`` and seek it back to ``offset``; records that retention
+        deleted are logged and left."""
         faust_tp = TP(*tp)
         earliest = (await self.consumer.earliest_offsets(faust_tp)).get(faust_tp)
         if earliest is not None and earliest > offset:
@@ -237,21 +254,47 @@ class ProgressWatchdog:
         self.consumer.resume_partitions([faust_tp])
         await self.consumer.seek_wait({faust_tp: offset})
 
+    async def _probe(self, assigned: set[Partition], now: float) -> None:
+        """Seek back the probes not sought yet; end the ones no record confirmed within
+        ``after`` seconds (their offsets hold no record: ``void``) or no longer assigned."""
+        for tp, probe in sorted(self.probes.items()):
+            if tp not in assigned:
+                del self.probes[tp]  # the member that has it now reads from the committed offset
+            elif probe.at is None:
+                try:
+                    await self.seek_back(tp, probe.start)
+                except Exception as exc:  # the broker away: the next look tries again
+                    log.info("%s[%d]: could not seek back yet (%s)", tp[0], tp[1], exc)
+                else:
+                    probe.at = now
+            elif now - probe.at >= self.after:
+                del self.probes[tp]
+                self.void[tp] = max(self.void.get(tp, 0), probe.end)
+                log.info(
+                    "%s[%d]: offsets %d-%d hold no record for this consumer (transaction markers,"
+                    " aborted or compacted records)",
+                    tp[0],
+                    tp[1],
+                    probe.start,
+                    probe.end - 1,
+                )
+
     async def look(self) -> list[Stall]:
-        """One look: ask the broker for the end offsets of the assigned partitions, find
-        the stalled ones, and recover each (warning logged)."""
-        if self.gaps:
-            await self.read_gaps_again()
-        if self.stats.retrying or self.stats.stuck:
-            self.watch.observe(self._clock(), {}, {})  # waiting for a known reason
-            self.stalls = []
-            return []
+        """One look: probe what ``batch_taken`` found; ask the broker for the end offsets
+        of the assigned partitions; for each partition behind its end with nothing
+        processed for ``after`` seconds, ask where its fetching is: short of the end, a
+        stall (WARNING, counted, sought back); at the end, a probe."""
         try:
             assigned = sorted(self.consumer.assignment())
         except Exception:  # not started, or rebalancing: nothing to judge
             return self.stalls
-        if not assigned:
-            self.stalls, self.ends = [], {}
+        now = self._clock()
+        await self._probe({(tp.topic, tp.partition) for tp in assigned}, now)
+        if self.stats.retrying or self.stats.stuck or not assigned:
+            self.watch.observe(now, {}, {})  # waiting for a known reason, or holding nothing
+            self.stuck = {}
+            if not assigned:
+                self.ends = {}
             return []
         ends = await self.consumer.highwaters(*assigned)
         self.ends = {(tp.topic, tp.partition): int(end) for tp, end in ends.items() if end is not None}
@@ -262,13 +305,30 @@ class ProgressWatchdog:
             # partition's earliest offset (offset reset "earliest", saga_kit.faust_app)
             for tp, first in (await self.consumer.earliest_offsets(*unknown)).items():
                 nexts[(tp.topic, tp.partition)] = int(first)
-        now = self._clock()
-        self.stalls = self.watch.observe(now, self.ends, nexts)
-        for stall in self.stalls:
-            log.warning("consumer stalled at %s; reading it again from there", stall.describe())
+        for tp, stall in list(self.stuck.items()):  # stays stuck until records flow
+            if nexts.get(tp) != stall.next_offset or tp not in self.ends:
+                del self.stuck[tp]
+        for stall in self.watch.observe(now, self.ends, nexts):
             tp = (stall.topic, stall.partition)
-            await self.recover(tp, stall.next_offset, "stall")
             self.watch.restart(tp, now)
+            if tp in self.probes:
+                continue
+            fetched = await self.consumer.position(TP(*tp))
+            if fetched is not None and fetched < stall.end_offset:
+                if tp not in self.stuck:
+                    self.recoveries[(tp[0], tp[1], "stall")] += 1
+                log.warning(
+                    "consumer stalled at %s, fetching stopped at offset %d; reading it again from offset %d",
+                    stall.describe(),
+                    fetched,
+                    stall.next_offset,
+                )
+                self.stuck[tp] = stall
+                await self.seek_back(tp, stall.next_offset)
+            else:  # all fetched, none processed: lost on the way, or no records there
+                log.info("%s; probing it", stall.describe())
+                self.probes[tp] = Probe(stall.next_offset, stall.end_offset, "stall", at=now)
+                await self.seek_back(tp, stall.next_offset)
         return self.stalls
 
     async def run(self) -> None:

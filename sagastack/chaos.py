@@ -712,13 +712,14 @@ def log_digest(path: Path, limit: int) -> list[str]:
 
 def progress_recoveries(logs: Path) -> Counter[str]:
     """How often each service's consumer read a partition again (``saga_kit.progress``),
-    from the services' logs: "<service> gap" or "<service> stall" → count."""
+    from the services' logs: "<service> lost" (records lost on the way, read again) or
+    "<service> stall" (a partition whose fetching stopped) → count."""
     found: Counter[str] = Counter()
     for path in sorted(logs.glob("*_svc*.log")):
         with contextlib.suppress(OSError), path.open(encoding="utf-8", errors="replace") as f:
             for line in f:
-                if "consumer skipped records" in line:
-                    found[f"{path.stem} gap"] += 1
+                if "consumer lost records on the way" in line:
+                    found[f"{path.stem} lost"] += 1
                 elif "consumer stalled at" in line:
                     found[f"{path.stem} stall"] += 1
     return found

@@ -3,13 +3,15 @@ when a batch shows records skipped, and that faust still has what the watch reli
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import faust
+import pytest
 from faust.types import TP as FaustTP
 
 from saga_kit.consumer import ConsumerStats, Record
-from saga_kit.progress import ProgressWatchdog, Stall, StallWatch, skipped
+from saga_kit.progress import Probe, ProgressWatchdog, Stall, StallWatch, skipped
 from sagastack.chaos import progress_recoveries
 
 T = ("orders.events", 3)
@@ -64,7 +66,9 @@ def _record(offset: int, partition: int = 3) -> Record:
     return Record("orders.events", partition, offset, b"k", b"v", [])
 
 
-def test_a_batch_past_the_expected_offset_is_a_gap_to_read_again() -> None:
+def test_a_batch_past_the_expected_offset_is_probed_and_a_record_from_there_confirms_a_loss(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     stats = ConsumerStats(positions={T: 10, ("orders.events", 4): 5})
     app = faust.App("progress-test", broker="kafka://127.0.0.1:1")
     watchdog = ProgressWatchdog(app.consumer, stats, after=20)
@@ -73,12 +77,22 @@ def test_a_batch_past_the_expected_offset_is_a_gap_to_read_again() -> None:
     assert isinstance(app.consumer._committed_offset, dict)
     app.consumer._committed_offset[FaustTP("orders.events", 3)] = 10
     app.consumer._committed_offset[FaustTP("orders.events", 6)] = 30
-    batch = [_record(12), _record(13), _record(5, partition=4), _record(31, partition=6)]
-    assert watchdog.batch_taken(batch) == [(T, 10), (("orders.events", 6), 30)]
-    assert watchdog.gaps == {T: 10, ("orders.events", 6): 30}  # until sought back
-    # and the next offset to process is the further of processed and committed
+    watchdog.batch_taken([_record(12), _record(13), _record(5, partition=4), _record(31, partition=6)])
+    # a suspicion only: probed at the next look, nothing counted or warned yet
+    assert watchdog.probes == {T: Probe(10, 12, "gap"), ("orders.events", 6): Probe(30, 31, "gap")}
+    assert not watchdog.recoveries and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    watchdog.probes[T].at = 1.0  # sought back
+    watchdog.batch_taken([_record(12)])  # not from the range: no confirmation
+    assert not watchdog.recoveries
+    watchdog.batch_taken([_record(10), _record(11)])  # offset 10 came after all: lost on the way
+    assert watchdog.recoveries == {("orders.events", 3, "gap"): 1} and T not in watchdog.probes
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(said) == 1 and "consumer lost records on the way: orders.events[3] offsets 10-11" in said[0]
+    # and the next offset to process is the further of processed, committed and void
     app.consumer._committed_offset[FaustTP("orders.events", 3)] = 15
     assert watchdog.next_offset(T) == 15 and watchdog.next_offset(("orders.events", 4)) == 5
+    watchdog.void[("orders.events", 4)] = 7  # a probe found no record below 7
+    assert watchdog.next_offset(("orders.events", 4)) == 7
     assert watchdog.next_offset(("orders.events", 9)) is None
 
 
@@ -86,16 +100,86 @@ def test_faust_offers_what_the_recovery_calls() -> None:
     """resume, seek with the read offset reset, end and earliest offsets, the assignment:
     an upgrade that drops one fails here rather than in a stalled service."""
     consumer = faust.App("progress-test-2", broker="kafka://127.0.0.1:1").consumer
-    for name in ("resume_partitions", "seek_wait", "highwaters", "earliest_offsets", "assignment"):
+    needed = ("resume_partitions", "seek_wait", "highwaters", "earliest_offsets", "assignment", "position")
+    for name in needed:
         assert callable(getattr(consumer, name)), name
 
 
 def test_the_chaos_report_counts_each_services_recoveries_from_its_log(tmp_path: Path) -> None:
     (tmp_path / "inventory_svc.log").write_text(
         '{"level": "warning", "msg": "consumer stalled at orders.events[3]: 2 records waiting"}\n'
-        '{"level": "warning", "msg": "consumer skipped records: orders.events[1] offsets 4-4"}\n'
+        '{"level": "warning", "msg": "consumer lost records on the way: orders.events[1] offsets 4-4"}\n'
         '{"level": "warning", "msg": "consumer stalled at orders.events[3]: 1 records waiting"}\n'
     )
     (tmp_path / "order_svc.log").write_text('{"level": "info", "msg": "listening"}\n')
     (tmp_path / "tansu.log").write_text("consumer stalled at (not a service's log)\n")
-    assert progress_recoveries(tmp_path) == {"inventory_svc stall": 2, "inventory_svc gap": 1}
+    assert progress_recoveries(tmp_path) == {"inventory_svc stall": 2, "inventory_svc lost": 1}
+
+
+class _Consumer:
+    """What the watch asks of faust's consumer, answering as a broker would for one
+    partition: its end, its earliest offset and the fetch position (the real calls are
+    exercised end to end in tests/e2e/test_faults.py)."""
+
+    def __init__(self, end: int, fetched: int) -> None:
+        self.end, self.fetched = end, fetched
+        self._committed_offset: dict[FaustTP, int | None] = {FaustTP(*T): None}
+        self.sought: list[int] = []
+
+    def assignment(self) -> set[FaustTP]:
+        return {FaustTP(*T)}
+
+    async def highwaters(self, *tps: FaustTP) -> dict[FaustTP, int]:
+        return dict.fromkeys(tps, self.end)
+
+    async def earliest_offsets(self, *tps: FaustTP) -> dict[FaustTP, int]:
+        return dict.fromkeys(tps, 0)
+
+    async def position(self, tp: FaustTP) -> int:
+        return self.fetched
+
+    def resume_partitions(self, tps: list[FaustTP]) -> None:
+        pass
+
+    async def seek_wait(self, offsets: dict[FaustTP, int]) -> None:
+        self.sought.extend(offsets.values())
+
+
+class _Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_fetching_stopped_short_of_the_end_is_a_stall_until_records_flow() -> None:
+    consumer, clock = _Consumer(end=12, fetched=8), _Clock()
+    stats = ConsumerStats(positions={T: 8})
+    watchdog = ProgressWatchdog(consumer, stats, after=20, clock=clock)
+    assert await watchdog.look() == []
+    clock.now = 20
+    (stall,) = await watchdog.look()
+    assert (stall.next_offset, stall.end_offset) == (8, 12) and consumer.sought == [8]
+    assert watchdog.recoveries == {("orders.events", 3, "stall"): 1}
+    clock.now = 25
+    assert await watchdog.look() == [stall]  # still stuck: readiness keeps saying so
+    stats.positions[T] = 9
+    assert await watchdog.look() == []  # a record processed: flowing again
+
+
+async def test_offsets_all_fetched_and_none_processed_are_probed_and_taken_as_consumed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A trailing transaction marker: offset 9 exists, no record is ever delivered."""
+    consumer, clock = _Consumer(end=10, fetched=10), _Clock()
+    watchdog = ProgressWatchdog(consumer, ConsumerStats(positions={T: 9}), after=20, clock=clock)
+    await watchdog.look()
+    clock.now = 20
+    assert await watchdog.look() == []  # probed, not stalled
+    assert consumer.sought == [9] and watchdog.probes[T].cause == "stall"
+    clock.now = 40
+    assert await watchdog.look() == []
+    assert T not in watchdog.probes and watchdog.next_offset(T) == 10  # nothing there
+    clock.now = 80
+    assert await watchdog.look() == [] and consumer.sought == [9]  # and never sought again
+    assert not watchdog.recoveries and not [r for r in caplog.records if r.levelno >= logging.WARNING]
