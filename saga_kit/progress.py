@@ -183,6 +183,8 @@ class ProgressWatchdog:
         self.probes: dict[Partition, Probe] = {}
         #: partition → offsets below this hold no record for this consumer (a probe found none)
         self.void: dict[Partition, int] = {}
+        #: partition → past the last offset the agent took (``batch_taken``)
+        self.taken: dict[Partition, int] = {}
         self._wake = asyncio.Event()  # a gap found: look now, not at the interval's end
 
     @property
@@ -197,10 +199,16 @@ class ProgressWatchdog:
         return committed.get(TP(*tp))
 
     def next_offset(self, tp: Partition) -> int | None:
-        """The next offset to process on ``tp``: past the last one processed here, or the
-        group's committed offset when that is further (or nothing was processed here),
-        or past offsets a probe found hold no record."""
-        candidates = (self.stats.positions.get(tp), self._committed(tp), self.void.get(tp))
+        """The next offset to process on ``tp``: past the last one the agent took here
+        (processed, or in the batch being processed: a batch held up on a lock is no
+        stall), or the group's committed offset when that is further (or nothing was
+        taken here), or past offsets a probe found hold no record."""
+        candidates = (
+            self.stats.positions.get(tp),
+            self.taken.get(tp),
+            self._committed(tp),
+            self.void.get(tp),
+        )
         known = [o for o in candidates if o is not None]
         return max(known) if known else None
 
@@ -235,6 +243,9 @@ class ProgressWatchdog:
                 log.info("%s[%d]: offsets %d-%d not seen; probing them", tp[0], tp[1], start, first - 1)
                 self.probes[tp] = Probe(start, first, "gap")
                 self._wake.set()
+        for r in records:
+            tp = (r.topic, r.partition)
+            self.taken[tp] = max(self.taken.get(tp, 0), r.offset + 1)
 
     async def seek_back(self, tp: Partition, offset: int) -> None:
         """Resume fetching ``tp`` and seek it back to ``offset``; records that retention

@@ -88,9 +88,9 @@ def test_a_batch_past_the_expected_offset_is_probed_and_a_record_from_there_conf
     assert watchdog.recoveries == {("orders.events", 3, "gap"): 1} and T not in watchdog.probes
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(said) == 1 and "consumer lost records on the way: orders.events[3] offsets 10-11" in said[0]
-    # and the next offset to process is the further of processed, committed and void
+    # and the next offset to process is the furthest of taken, processed, committed and void
     app.consumer._committed_offset[FaustTP("orders.events", 3)] = 15
-    assert watchdog.next_offset(T) == 15 and watchdog.next_offset(("orders.events", 4)) == 5
+    assert watchdog.next_offset(T) == 15 and watchdog.next_offset(("orders.events", 4)) == 6  # took 5
     watchdog.void[("orders.events", 4)] = 7  # a probe found no record below 7
     assert watchdog.next_offset(("orders.events", 4)) == 7
     assert watchdog.next_offset(("orders.events", 9)) is None
@@ -183,3 +183,15 @@ async def test_offsets_all_fetched_and_none_processed_are_probed_and_taken_as_co
     clock.now = 80
     assert await watchdog.look() == [] and consumer.sought == [9]  # and never sought again
     assert not watchdog.recoveries and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_a_batch_taken_and_still_in_processing_is_no_stall() -> None:
+    """Held up on a database lock for longer than the stall time, say: its records were
+    taken, so nothing waits on the way (the trial's hypothesis: sought back, and warned of
+    as lost when the seek delivered them again)."""
+    consumer, clock = _Consumer(end=12, fetched=12), _Clock()
+    watchdog = ProgressWatchdog(consumer, ConsumerStats(positions={T: 8}), after=20, clock=clock)
+    watchdog.batch_taken([_record(o) for o in range(8, 12)])  # processing never ends
+    await watchdog.look()
+    clock.now = 60
+    assert await watchdog.look() == [] and not watchdog.probes and consumer.sought == []
