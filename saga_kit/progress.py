@@ -355,4 +355,7 @@ class ProgressWatchdog:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                # the broker away: a partition's wait is counted again once it answers,
+                # not taken for a stall the moment it is back
+                self.watch.observe(self._clock(), {}, {})
                 log.info("consumer progress: could not look (%s: %s)", type(exc).__name__, exc)
