@@ -11,6 +11,7 @@ the sweeper sees the new status next time.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -92,10 +93,13 @@ async def cancel_order(
     return OrderStatus.CANCELLED
 
 
-#: Overdue orders this process found it cannot cancel (``cancel_overdue``): skipped by
-#: later sweeps, so that they cannot fill every batch. At most ``_UNCANCELLABLE_MAX``.
-_uncancellable: set[uuid.UUID] = set()
+#: Overdue orders this process found it cannot cancel (``cancel_overdue``) → when (a
+#: monotonic clock's seconds): skipped by later sweeps for ``UNCANCELLABLE_RETRY_SECONDS``,
+#: then tried again — a row an operator mended is cancelled then, one still invalid is
+#: said again. At most ``_UNCANCELLABLE_MAX``.
+_uncancellable: dict[uuid.UUID, float] = {}
 _UNCANCELLABLE_MAX = 10_000
+UNCANCELLABLE_RETRY_SECONDS = 600.0
 
 
 async def cancel_overdue(db: Database, batch: int = 200) -> int:
@@ -104,7 +108,13 @@ async def cancel_overdue(db: Database, batch: int = 200) -> int:
     A row whose cancellation cannot be told (its ``customer_id`` is no valid id, e.g. a
     row written by hand or kept from an older build's rules) is logged as an error, once,
     and left PENDING for an operator; the sweep goes on with the others. It used to fail
-    the whole sweep, every time: one such row kept every overdue order PENDING."""
+    the whole sweep, every time: one such row kept every overdue order PENDING. Such a
+    row is tried again (and said again) every ``UNCANCELLABLE_RETRY_SECONDS`` (10 min),
+    so a mended row is cancelled without a restart."""
+    now = time.monotonic()
+    for order_id, since in list(_uncancellable.items()):
+        if now - since >= UNCANCELLABLE_RETRY_SECONDS:
+            del _uncancellable[order_id]
     cancelled = 0
     # invalid rows met in this sweep: skipped by its next read, whether or not the
     # process-wide memory had room for them (past it they filled every batch again)
@@ -122,7 +132,7 @@ async def cancel_overdue(db: Database, batch: int = 200) -> int:
                         " AND NOT (order_id = ANY(:skip))"
                         " ORDER BY deadline_at LIMIT :n FOR UPDATE SKIP LOCKED"
                     ),
-                    {"n": batch, "skip": list(_uncancellable | invalid)},
+                    {"n": batch, "skip": [*_uncancellable, *invalid]},
                 )
             ).all()
             found_invalid = False
@@ -137,7 +147,7 @@ async def cancel_overdue(db: Database, batch: int = 200) -> int:
                     if row.order_id in _uncancellable:
                         continue
                     if len(_uncancellable) < _UNCANCELLABLE_MAX:
-                        _uncancellable.add(row.order_id)
+                        _uncancellable[row.order_id] = now
                     log.error(
                         "order %s is overdue and cannot be cancelled: its row is invalid (%s);"
                         " it stays PENDING until an operator mends it",

@@ -571,6 +571,36 @@ async def test_an_overdue_order_that_cannot_be_cancelled_does_not_hold_up_the_ot
     assert len(said) == 1 and "cannot be cancelled" in said[0], said
 
 
+async def test_a_mended_row_is_cancelled_once_the_sweepers_memory_of_it_ends(
+    order: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sweeper skips an invalid row it met; that memory lasted as long as the process,
+    so a row an operator mended stayed PENDING until order_svc restarted (an attack
+    trial). It now ends after UNCANCELLABLE_RETRY_SECONDS: the row is tried again, and
+    an invalid one is said again."""
+    from order_svc import cancelling
+
+    monkeypatch.setattr(cancelling, "_uncancellable", {})
+    bad = await placed(order, timedelta(0))
+    async with order.db.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE orders SET customer_id = 'not an id' WHERE order_id = :o"), {"o": bad}
+        )
+    with caplog.at_level(logging.ERROR, logger="order_svc.cancelling"):
+        await cancel_overdue(order.db)
+        await cancel_overdue(order.db)  # remembered: not said again
+        cancelling._uncancellable[bad] -= cancelling.UNCANCELLABLE_RETRY_SECONDS  # time passes
+        await cancel_overdue(order.db)  # tried again, still invalid: said again
+    assert len([r for r in caplog.records if str(bad) in r.getMessage()]) == 2
+    async with order.db.engine.begin() as conn:  # the operator mends it
+        await conn.execute(text("UPDATE orders SET customer_id = 'mended' WHERE order_id = :o"), {"o": bad})
+    await cancel_overdue(order.db)
+    assert await status(order, bad) == ("PENDING", None)  # within the memory: skipped
+    cancelling._uncancellable[bad] -= cancelling.UNCANCELLABLE_RETRY_SECONDS
+    await cancel_overdue(order.db)
+    assert await status(order, bad) == ("CANCELLED", "timeout")
+
+
 async def test_a_payment_that_completes_after_the_deadline_does_not_approve(
     order: ServiceUnderTest,
 ) -> None:
@@ -739,7 +769,7 @@ async def test_invalid_overdue_orders_past_the_sweepers_memory_do_not_hold_up_th
     row did before the fix: no overdue order behind them is cancelled any more."""
     from order_svc import cancelling
 
-    monkeypatch.setattr(cancelling, "_uncancellable", set())
+    monkeypatch.setattr(cancelling, "_uncancellable", {})
     monkeypatch.setattr(cancelling, "_UNCANCELLABLE_MAX", 0)  # the memory is full
     bad, good = await placed(order, timedelta(0)), await placed(order, timedelta(0))
     async with order.db.engine.begin() as conn:
