@@ -130,8 +130,9 @@ class _PlumbingCollector(Collector):
         yield lag
         recovered = CounterMetricFamily(
             "saga_consumer_recoveries",
-            "Partitions read again because records were skipped on the way to the pipeline"
-            " (cause gap) or waited with none processed (cause stall): saga_kit.progress.",
+            "Records lost on the way to the pipeline and read again, found by a gap in a batch"
+            " (cause gap) or a partition behind its end with none processed (cause stall), and"
+            " partitions whose fetching stopped short of the end (cause stall): saga_kit.progress.",
             labels=["service", "topic", "partition", "cause"],
         )
         for (topic, partition, cause), n in sorted(self.recoveries.items()):

@@ -64,7 +64,7 @@ class Stall:
 
     topic: str
     partition: int
-    #: the next offset to process (last processed + 1, or the group's committed offset)
+    #: the next offset to process (``ProgressWatchdog.next_offset``)
     next_offset: int
     #: the partition's end offset (the offset its next record will get)
     end_offset: int
@@ -221,6 +221,7 @@ class ProgressWatchdog:
         for r in records:
             tp = (r.topic, r.partition)
             firsts.setdefault(tp, r.offset)
+            self.taken[tp] = max(self.taken.get(tp, 0), r.offset + 1)
             probe = self.probes.get(tp)
             if probe is not None and probe.at is not None and probe.start <= r.offset < probe.end:
                 del self.probes[tp]
@@ -243,9 +244,6 @@ class ProgressWatchdog:
                 log.info("%s[%d]: offsets %d-%d not seen; probing them", tp[0], tp[1], start, first - 1)
                 self.probes[tp] = Probe(start, first, "gap")
                 self._wake.set()
-        for r in records:
-            tp = (r.topic, r.partition)
-            self.taken[tp] = max(self.taken.get(tp, 0), r.offset + 1)
 
     async def seek_back(self, tp: Partition, offset: int) -> None:
         """Resume fetching ``tp`` and seek it back to ``offset``; records that retention
