@@ -13,8 +13,10 @@ the partition's end — which is how a chaos run on Apache Kafka saw it once
 
 * a **gap**: a batch's first record from a partition lies past the next offset the
   pipeline expected there (after the last one processed, or the group's committed
-  offset for a first batch), and the committed offset is not past that offset either
-  (no other member of the group took them);
+  offset for a first batch, or — a group that never committed there — the partition's
+  earliest offset, where reading starts: asked of the broker at the next look), and the
+  committed offset is not past that offset either (no other member of the group took
+  them);
 * a partition **behind its end**: its end offset, asked of the broker (ListOffsets),
   lies past the next offset to process, while no record of it was processed for
   ``CONSUMER_STALL_SECONDS``.
@@ -122,7 +124,8 @@ def skipped(expected: int | None, committed: int | None, first: int) -> bool:
     ``committed`` offset is not past ``expected`` either: the records between were
     skipped, not taken by another member of the group. With nothing processed here yet
     (``expected`` None), reading starts at the committed offset, so a first record past
-    it is a gap; with no committed offset either, nothing is known."""
+    it is a gap; with no committed offset either, reading started at the partition's
+    earliest offset, which only the broker knows (``ProgressWatchdog._anchor``)."""
     if expected is None:
         return committed is not None and first > committed
     if first <= expected:
@@ -185,6 +188,9 @@ class ProgressWatchdog:
         self.void: dict[Partition, int] = {}
         #: partition → past the last offset the agent took (``batch_taken``)
         self.taken: dict[Partition, int] = {}
+        #: partition → the first offset of its first batch, taken with nothing processed
+        #: or committed there: a gap if the partition's earliest offset is below it (``look``)
+        self.unanchored: dict[Partition, int] = {}
         self._wake = asyncio.Event()  # a gap found: look now, not at the interval's end
 
     @property
@@ -216,8 +222,11 @@ class ProgressWatchdog:
         """Called with each batch before it is processed: a record from a probed range
         confirms a loss (WARNING, counted); a partition whose first record skips past
         what was expected (``skipped``) is probed at the watch's next look, at once (the
-        agent itself makes no call to the consumer's thread)."""
+        agent itself makes no call to the consumer's thread). A first batch of a
+        partition with nothing processed, taken or committed there is checked against
+        the partition's earliest offset at that look (``unanchored``)."""
         firsts: dict[Partition, int] = {}
+        taken_before = set(self.taken)
         for r in records:
             tp = (r.topic, r.partition)
             firsts.setdefault(tp, r.offset)
@@ -238,12 +247,46 @@ class ProgressWatchdog:
                 )
         for tp, first in firsts.items():
             expected, committed = self.stats.positions.get(tp), self._committed(tp)
-            if tp not in self.probes and skipped(expected, committed, first):
+            if tp in self.probes:
+                continue
+            if skipped(expected, committed, first):
                 start = expected if expected is not None else committed
                 assert start is not None
                 log.info("%s[%d]: offsets %d-%d not seen; probing them", tp[0], tp[1], start, first - 1)
                 self.probes[tp] = Probe(start, first, "gap")
                 self._wake.set()
+            elif expected is None and committed is None and first > 0 and tp not in taken_before:
+                # reading started at the partition's earliest offset, which only the
+                # broker knows (offset reset "earliest", saga_kit.faust_app)
+                self.unanchored[tp] = first
+                self._wake.set()
+
+    async def _anchor(self, assigned: set[Partition]) -> None:
+        """Probe each unanchored partition (``batch_taken``) whose earliest offset lies
+        below its first batch's first offset: the records between never reached the
+        pipeline, and no commit was there to show it. Kept for the next look if the
+        broker does not answer."""
+        pending = {tp: first for tp, first in self.unanchored.items() if tp in assigned}
+        self.unanchored = {}
+        if not pending:
+            return
+        try:
+            earliest = await self.consumer.earliest_offsets(*(TP(*tp) for tp in pending))
+        except Exception:
+            self.unanchored = {**pending, **self.unanchored}
+            raise
+        for ftp, offset in earliest.items():
+            tp = (ftp.topic, ftp.partition)
+            first = pending.get(tp)
+            if first is not None and offset is not None and int(offset) < first and tp not in self.probes:
+                log.info(
+                    "%s[%d]: offsets %d-%d not seen in the group's first batch there; probing them",
+                    tp[0],
+                    tp[1],
+                    int(offset),
+                    first - 1,
+                )
+                self.probes[tp] = Probe(int(offset), first, "gap")
 
     async def seek_back(self, tp: Partition, offset: int) -> None:
         """Resume fetching ``tp`` and seek it back to ``offset``; records that retention
@@ -298,6 +341,7 @@ class ProgressWatchdog:
         except Exception:  # not started, or rebalancing: nothing to judge
             return self.stalls
         now = self._clock()
+        await self._anchor({(tp.topic, tp.partition) for tp in assigned})
         await self._probe({(tp.topic, tp.partition) for tp in assigned}, now)
         if self.stats.retrying or self.stats.stuck or not assigned:
             self.watch.observe(now, {}, {})  # waiting for a known reason, or holding nothing

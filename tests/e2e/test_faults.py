@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -16,7 +17,7 @@ import pytest
 from order_svc.placing import stored_idempotency_key
 from sagastack import invariants
 from sagastack.client import SagaClient
-from sagastack.system import System
+from sagastack.system import BrokerKind, System
 from tests.e2e.conftest import UniqueIds, seed
 
 
@@ -200,6 +201,39 @@ def test_records_skipped_on_the_way_are_read_again_at_the_next_batch(system: Sys
         assert "consumer lost records on the way" in log and "a gap in a batch" in log, log
     finally:  # the tests after this one need the inventory service as it was
         system.start_service("inventory_svc")
+
+
+@pytest.mark.broker_independent  # the watch's arithmetic; a stack of its own, on the embedded broker
+def test_records_lost_before_a_groups_first_commit_are_read_again(
+    run_root: Path, broker_kind: BrokerKind, uid: UniqueIds
+) -> None:
+    """A brand-new consumer group reads a partition from its earliest offset, and has no
+    committed offset there to measure a gap against: a record lost on the way in its first
+    batch, with more records behind it on the partition, went unnoticed, and its saga
+    waited for its deadline. The watch now asks the broker for that earliest offset. On a
+    stack of its own (the shared one's groups committed on every partition long ago), the
+    inventory service loses the first record keyed ``key``, the partition's first; the
+    next one, its first batch there, shows the gap. Garbage, each ends as a dead letter."""
+    key = f"first-{uid('k')}".encode()
+    with System(run_root / "first-batch-gap", free_ports=True, fresh=True, broker_kind=broker_kind) as system:
+
+        def letters() -> int:
+            with psycopg.connect(system.database_urls["inventory_svc"]) as conn:
+                return conn.execute("SELECT COUNT(*) FROM dead_letters WHERE key = %s", (key,)).fetchone()[0]
+
+        system.stop_service("inventory_svc")  # nothing consumed yet: its group committed nothing
+        system.start_service(
+            "inventory_svc",
+            env={"SAGA_FAULT": f"consumer.drop_first_record={key.decode()}", "CONSUMER_STALL_SECONDS": "60"},
+        )
+        system.publish([("orders.events", key, b"lost on the way")], signed_by="order_svc")
+        dropped = lambda: "is dropped" in system.log_tail("inventory_svc", 400, since_start=True)  # noqa: E731
+        wait_until(dropped, 30, "the record dropped")
+        system.publish([("orders.events", key, b"after the gap")], signed_by="order_svc")
+        wait_until(lambda: letters() == 2, 30, "the lost record read again and dead-lettered")
+        log = system.log_tail("inventory_svc", 400, since_start=True)
+        assert "consumer lost records on the way" in log and "a gap in a batch" in log, log
+        assert metric_sum(system, "inventory_svc", "saga_consumer_recoveries_total", cause="gap") == 1
 
 
 def test_transaction_markers_are_no_lost_records(system: System, uid: UniqueIds) -> None:

@@ -121,8 +121,8 @@ class _Consumer:
     partition: its end, its earliest offset and the fetch position (the real calls are
     exercised end to end in tests/e2e/test_faults.py)."""
 
-    def __init__(self, end: int, fetched: int) -> None:
-        self.end, self.fetched = end, fetched
+    def __init__(self, end: int, fetched: int, earliest: int = 0) -> None:
+        self.end, self.fetched, self.earliest = end, fetched, earliest
         self._committed_offset: dict[FaustTP, int | None] = {FaustTP(*T): None}
         self.sought: list[int] = []
 
@@ -133,7 +133,7 @@ class _Consumer:
         return dict.fromkeys(tps, self.end)
 
     async def earliest_offsets(self, *tps: FaustTP) -> dict[FaustTP, int]:
-        return dict.fromkeys(tps, 0)
+        return dict.fromkeys(tps, self.earliest)
 
     async def position(self, tp: FaustTP) -> int:
         return self.fetched
@@ -195,3 +195,50 @@ async def test_a_batch_taken_and_still_in_processing_is_no_stall() -> None:
     await watchdog.look()
     clock.now = 60
     assert await watchdog.look() == [] and not watchdog.probes and consumer.sought == []
+
+
+async def test_a_groups_first_batch_past_the_earliest_offset_is_probed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A group that never committed on a partition reads it from its earliest offset: a
+    first batch that starts past it lost records, and no commit was there to show it (the
+    gap check alone saw nothing: the left-over of the round that added the watch)."""
+    consumer, clock = _Consumer(end=12, fetched=12, earliest=2), _Clock()
+    watchdog = ProgressWatchdog(consumer, ConsumerStats(), after=20, clock=clock)
+    watchdog.batch_taken([_record(4), _record(5)])  # offsets 2 and 3 never came
+    assert not watchdog.probes and watchdog.unanchored == {T: 4}  # the broker is asked at the look
+    await watchdog.look()
+    assert watchdog.probes == {T: Probe(2, 4, "gap", at=0.0)} and consumer.sought == [2]
+    assert not watchdog.unanchored
+    watchdog.batch_taken([_record(2), _record(3)])
+    assert watchdog.recoveries == {("orders.events", 3, "gap"): 1}
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(said) == 1 and "orders.events[3] offsets 2-3 never reached the pipeline" in said[0]
+
+
+async def test_a_groups_first_batch_from_the_earliest_offset_is_no_gap() -> None:
+    consumer, clock = _Consumer(end=12, fetched=12, earliest=2), _Clock()
+    watchdog = ProgressWatchdog(consumer, ConsumerStats(), after=20, clock=clock)
+    watchdog.batch_taken([_record(2), _record(3)])
+    await watchdog.look()
+    assert not watchdog.probes and consumer.sought == [] and not watchdog.unanchored
+    # later batches are judged against what was taken and processed, not the earliest
+    watchdog.batch_taken([_record(6)])
+    assert not watchdog.unanchored
+    # and a first batch at offset 0 needs no question at all
+    fresh = ProgressWatchdog(_Consumer(end=3, fetched=3), ConsumerStats(), after=20, clock=clock)
+    fresh.batch_taken([_record(0)])
+    assert not fresh.unanchored
+
+
+async def test_an_unanchored_partition_waits_for_a_broker_that_does_not_answer() -> None:
+    class Away(_Consumer):
+        async def earliest_offsets(self, *tps: FaustTP) -> dict[FaustTP, int]:
+            raise ConnectionError("the broker is away")
+
+    consumer, clock = Away(end=12, fetched=12), _Clock()
+    watchdog = ProgressWatchdog(consumer, ConsumerStats(), after=20, clock=clock)
+    watchdog.batch_taken([_record(4)])
+    with pytest.raises(ConnectionError):
+        await watchdog.look()
+    assert watchdog.unanchored == {T: 4}  # asked again at the next look
