@@ -178,29 +178,41 @@ def test_records_skipped_on_the_way_are_read_again_at_the_next_batch(system: Sys
     read again at once — long before the stall (60 s here) would have been noticed. The
     records are garbage, so each ends as a dead letter: three, one per record."""
     key = f"gap-{uid('k')}".encode()
-
-    def letters() -> int:
-        with psycopg.connect(system.database_urls["inventory_svc"]) as conn:
-            return conn.execute("SELECT COUNT(*) FROM dead_letters WHERE key = %s", (key,)).fetchone()[0]
-
     system.publish([("orders.events", key, b"first, before the restart")], signed_by="order_svc")
-    wait_until(lambda: letters() == 1, 30, "the first record dead-lettered")
+    wait_until(lambda: _dead_letters(system, key) == 1, 30, "the first record dead-lettered")
     time.sleep(2)  # its offset committed (every second): the restart reads on from there
+    try:
+        _lose_one_then_another(system, key, letters_after=3)
+    finally:  # the tests after this one need the inventory service as it was
+        system.start_service("inventory_svc")
+
+
+def _dead_letters(system: System, key: bytes) -> int:
+    with psycopg.connect(system.database_urls["inventory_svc"]) as conn:
+        return conn.execute("SELECT COUNT(*) FROM dead_letters WHERE key = %s", (key,)).fetchone()[0]
+
+
+def _lose_one_then_another(system: System, key: bytes, letters_after: int) -> None:
+    """Restart the inventory service losing the first record keyed ``key``; publish that
+    record, then another with the key (the same partition), and wait until both are dead
+    letters, ``letters_after`` with that key in all: the lost one was read again, found
+    by the gap."""
     system.stop_service("inventory_svc")
     system.start_service(
         "inventory_svc",
         env={"SAGA_FAULT": f"consumer.drop_first_record={key.decode()}", "CONSUMER_STALL_SECONDS": "60"},
     )
-    try:
-        system.publish([("orders.events", key, b"lost on the way")], signed_by="order_svc")
-        dropped = lambda: "is dropped" in system.log_tail("inventory_svc", 400, since_start=True)  # noqa: E731
-        wait_until(dropped, 30, "the record dropped")
-        system.publish([("orders.events", key, b"after the gap")], signed_by="order_svc")
-        wait_until(lambda: letters() == 3, 30, "the lost record read again and dead-lettered")
-        log = system.log_tail("inventory_svc", 400, since_start=True)
-        assert "consumer lost records on the way" in log and "a gap in a batch" in log, log
-    finally:  # the tests after this one need the inventory service as it was
-        system.start_service("inventory_svc")
+    system.publish([("orders.events", key, b"lost on the way")], signed_by="order_svc")
+    dropped = lambda: "is dropped" in system.log_tail("inventory_svc", 400, since_start=True)  # noqa: E731
+    wait_until(dropped, 30, "the record dropped")
+    system.publish([("orders.events", key, b"after the gap")], signed_by="order_svc")
+    wait_until(
+        lambda: _dead_letters(system, key) == letters_after,
+        30,
+        "the lost record read again and dead-lettered",
+    )
+    log = system.log_tail("inventory_svc", 400, since_start=True)
+    assert "consumer lost records on the way" in log and "a gap in a batch" in log, log
 
 
 @pytest.mark.broker_independent  # the watch's arithmetic; a stack of its own, on the embedded broker
@@ -216,23 +228,8 @@ def test_records_lost_before_a_groups_first_commit_are_read_again(
     next one, its first batch there, shows the gap. Garbage, each ends as a dead letter."""
     key = f"first-{uid('k')}".encode()
     with System(run_root / "first-batch-gap", free_ports=True, fresh=True, broker_kind=broker_kind) as system:
-
-        def letters() -> int:
-            with psycopg.connect(system.database_urls["inventory_svc"]) as conn:
-                return conn.execute("SELECT COUNT(*) FROM dead_letters WHERE key = %s", (key,)).fetchone()[0]
-
-        system.stop_service("inventory_svc")  # nothing consumed yet: its group committed nothing
-        system.start_service(
-            "inventory_svc",
-            env={"SAGA_FAULT": f"consumer.drop_first_record={key.decode()}", "CONSUMER_STALL_SECONDS": "60"},
-        )
-        system.publish([("orders.events", key, b"lost on the way")], signed_by="order_svc")
-        dropped = lambda: "is dropped" in system.log_tail("inventory_svc", 400, since_start=True)  # noqa: E731
-        wait_until(dropped, 30, "the record dropped")
-        system.publish([("orders.events", key, b"after the gap")], signed_by="order_svc")
-        wait_until(lambda: letters() == 2, 30, "the lost record read again and dead-lettered")
-        log = system.log_tail("inventory_svc", 400, since_start=True)
-        assert "consumer lost records on the way" in log and "a gap in a batch" in log, log
+        # nothing consumed yet from orders.events: the inventory group committed nothing there
+        _lose_one_then_another(system, key, letters_after=2)
         assert metric_sum(system, "inventory_svc", "saga_consumer_recoveries_total", cause="gap") == 1
 
 
