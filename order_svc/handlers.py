@@ -154,6 +154,12 @@ class Orders:
     #: commits, and their inbox claims released — the same bytes sent again later are a
     #: new try, not a redelivery to drop.
     refusals: list[tuple[uuid.UUID, admission.Refusal]] = field(default_factory=list)
+    #: The batch's CancelOrders refused ``unknown_order`` (event ids): commands are keyed
+    #: by their own ids, so a CancelOrder can overtake its PlaceOrder on another
+    #: partition (an attack trial: a third of cancels sent right after their acknowledged
+    #: PlaceOrder). Their inbox claims are released too: the same bytes sent again once
+    #: the order exists cancel it.
+    unknown_cancels: list[uuid.UUID] = field(default_factory=list)
 
     def get(self, event: Envelope[Any]) -> Order:
         """The event's order; ``InvalidEvent`` (a dead letter) if this service has none."""
@@ -384,9 +390,9 @@ def save(uow: UnitOfWork, state: Orders) -> None:
     audit.append(uow, state.audit_entries)
     if state.commands_taken:
         uow.after_commit(lambda: _log_commands(state.commands_taken))
-    if state.refusals:
+    if state.refusals or state.unknown_cancels:
         # the order service's consumer claims under its name, which is its events' producer
-        inbox.release(uow, PRODUCER, [event_id for event_id, _ in state.refusals])
+        inbox.release(uow, PRODUCER, [event_id for event_id, _ in state.refusals] + state.unknown_cancels)
     for _, refusal in state.refusals:
         uow.after_commit(partial(admission.count, refusal))
     moves = [sagametrics.Move(oid, *m, o.placed_at) for oid, o in state.orders.items() for m in o.moves]
@@ -623,8 +629,14 @@ def _cancel(state: Orders, event: Envelope[CancelOrder]) -> Replies:
         return [caller]
     order = state.orders.get(event.order_id)
     if order is None or not caller.may_act_for(order.customer_id):
-        # another customer's order is as unknown as over HTTP (404 there)
-        return [_rejected(command.command_id, "CancelOrder", "unknown_order", f"no order {event.order_id}")]
+        # another customer's order is as unknown as over HTTP (404 there); maybe not yet
+        # placed: its PlaceOrder may be behind on another partition (``unknown_cancels``)
+        state.unknown_cancels.append(event.event_id)
+        detail = (
+            f"no order {event.order_id} (if its PlaceOrder was sent just before, it may not have"
+            " been read yet: send this command again, or key it as its PlaceOrder)"
+        )
+        return [_rejected(command.command_id, "CancelOrder", "unknown_order", detail)]
     used = state.used_command_ids.get(command.command_id)
     if used == ("CancelOrder", event.order_id):
         return []  # this command cancelled it already: nothing to do again

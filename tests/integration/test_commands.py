@@ -189,6 +189,30 @@ async def test_cancel_by_command_follows_the_same_rule_as_the_api(order: Service
     assert unknown.payload.reason == "unknown_order"
 
 
+async def test_a_cancel_that_overtook_its_place_order_cancels_when_sent_again(
+    order: ServiceUnderTest,
+) -> None:
+    """Commands are keyed by their own ids, so a CancelOrder can be read before the
+    PlaceOrder it follows (another partition): refused ``unknown_order``. The same bytes
+    sent again were a duplicate, and the order went on to be charged (an attack trial:
+    34 of 100 cancels sent right after their acknowledged PlaceOrder); now its claim is
+    released, and sent again once the order exists, it cancels it."""
+    placed = place()
+    oid = order_id_for(placed.command_id)
+    cancel_id = uuid.uuid4()
+    cancel = encode_command(CancelOrder(command_id=cancel_id, order_id=oid))
+    assert await send(order, cancel) is Outcome.HANDLED
+    ((refused, _),) = await answers(order, oid)
+    assert refused.payload.reason == "unknown_order" and "send this command again" in refused.payload.detail
+    await send(order, placed)
+    assert await send(order, cancel) is Outcome.HANDLED  # not a duplicate: its claim was released
+    row = (await order.rows("SELECT status, reason FROM orders WHERE order_id = :o", o=oid))[0]
+    assert (row.status, row.reason) == ("CANCELLED", "cancelled_by_operator")
+    view = await get_command(cancel_id, order.db)
+    assert (view.outcome, view.order_id) == ("cancelled", oid), view  # not the refusal before
+    assert await send(order, cancel) is Outcome.DUPLICATE  # it cancelled: now it is one
+
+
 async def test_a_cancel_s_command_id_is_used_once(order: ServiceUnderTest) -> None:
     """A CancelOrder's id reused for another order cancelled that one too, and a PlaceOrder
     under it placed an order: the same id with another body is refused, as a PlaceOrder's is."""
