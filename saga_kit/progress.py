@@ -341,8 +341,9 @@ class ProgressWatchdog:
         except Exception:  # not started, or rebalancing: nothing to judge
             return self.stalls
         now = self._clock()
-        await self._anchor({(tp.topic, tp.partition) for tp in assigned})
-        await self._probe({(tp.topic, tp.partition) for tp in assigned}, now)
+        held = {(tp.topic, tp.partition) for tp in assigned}
+        await self._anchor(held)
+        await self._probe(held, now)
         if self.stats.retrying or self.stats.stuck or not assigned:
             self.watch.observe(now, {}, {})  # waiting for a known reason, or holding nothing
             self.stuck = {}

@@ -116,7 +116,7 @@ class Verifier:
         service, public_key = trusted
         try:
             public_key.verify(_signed_bytes(topic, key, value), base64.b64decode(signature, validate=True))
-        except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError):
+        except (nacl.exceptions.BadSignatureError, ValueError):  # a bad length or base64: ValueError
             raise BadSignature("the signature does not match the record (forged or tampered)") from None
         return service
 
