@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from payment_provider import api, errors, faults
 from payment_provider.schema import MIGRATIONS
 from payment_provider.settings import Settings
-from saga_kit import logs
+from saga_kit import heap, logs
 from saga_kit.db import create_engine
 from saga_kit.errors import is_transient
 from saga_kit.http import DOCS_ASSETS, HeadAsGet, HeadLimitedProtocol, health_router, server_options
@@ -96,6 +96,7 @@ async def serve(settings: Settings) -> None:
             settings.http_port,
             "on" if settings.fault_control else "off",
         )
+        heap.settle()  # the start-up heap frozen (saga_kit.heap), as the services do
         await server.serve()  # until SIGTERM or SIGINT
         if not server.started:
             raise RuntimeError(f"HTTP server could not start on port {settings.http_port}")

@@ -28,7 +28,7 @@ from sse_starlette.sse import AppStatus
 from starlette.types import ASGIApp
 
 from events.topics import DOMAIN_TOPICS, dead_letter_topic
-from saga_kit import audit, consumer_api, deadletters, logs, metrics, signing, tracing
+from saga_kit import audit, consumer_api, deadletters, heap, logs, metrics, signing, tracing
 from saga_kit.consumer import ConsumerPipeline, HandlerErrorLimit, Subscription
 from saga_kit.db import Database, EmitHook, create_engine
 from saga_kit.errors import ConfigurationError, is_transient, is_transient_kafka_error
@@ -450,6 +450,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
         started.cancel()
         if server.started:  # said only once true: a port taken logged it, then failed
             log.info("%s listening on http://%s:%d", spec.name, settings.http_host, settings.http_port)
+            heap.settle(settings.gc_gen0_threshold)
         done, _ = await asyncio.wait(
             {relay_task, server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
         )

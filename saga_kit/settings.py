@@ -26,6 +26,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from saga_kit import logs
 from saga_kit.auth import TokenVerifier, load_verifier
+from saga_kit.heap import DEFAULT_GEN0_THRESHOLD
 from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurity
 from saga_kit.retry import RetryPolicy
 
@@ -246,6 +247,15 @@ class ServiceSettings(KafkaClientSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    #: The cyclic garbage collector's youngest-generation threshold once the service has
+    #: started, with the start-up heap frozen (``saga_kit.heap.settle``); 0 leaves
+    #: Python's own (700, nothing frozen).
+    gc_gen0_threshold: int = Field(
+        default=DEFAULT_GEN0_THRESHOLD,
+        ge=0,
+        validation_alias=AliasChoices("GC_GEN0_THRESHOLD", "gc_gen0_threshold"),
+    )
 
     #: The lowest level logged, in any case (``debug`` is ``DEBUG``).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
