@@ -9,7 +9,9 @@ so several services or tests can live in one process.
 Every service exports: events consumed by type and outcome, batch time and size,
 events produced by topic and type, outbox backlog and the age of its oldest unsent row,
 consumer lag per partition, partitions read again by the progress watch, partitions held
-at a record the pipeline cannot take, dead letters waiting, scheduled jobs. A service
+at a record the pipeline cannot take, dead letters waiting, scheduled jobs, and the
+client library's standard process and garbage-collector families (``process_*``,
+``python_gc_*``). A service
 adds its own families through ``ServiceSpec.metrics`` (the order service: sagas by
 outcome and saga duration).
 """
@@ -20,7 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -212,6 +214,11 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self._collector = _PlumbingCollector(service, stats, relay, jobs or {}, lag, recoveries)
         self.registry.register(self._collector)
+        # the client library's standard process figures (process_cpu_seconds_total,
+        # process_resident_memory_bytes, open file descriptors …) and Python's garbage
+        # collector's (python_gc_collections_total by generation: saga_kit.heap)
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self._db, self._extra, self._service = db, extra, service
 
     async def render(self) -> bytes:

@@ -159,6 +159,10 @@ def test_metrics_cover_consumption_production_latency_outbox_lag_and_sagas(
     lag = [s for s in inventory["saga_consumer_lag"] if s.labels["topic"] == "orders.events"]
     assert lag and all(s.value >= 0 for s in lag)
     assert value(order["saga_job_runs"], "saga_job_runs_total", job="deadline_sweeper") >= 1
+    # the client library's standard figures of the process and of its garbage collector
+    assert value(payment["process_cpu_seconds"], "process_cpu_seconds_total") > 0
+    assert value(inventory["process_resident_memory_bytes"], "process_resident_memory_bytes") > 0
+    assert {s.labels["generation"] for s in order["python_gc_collections"]} == {"0", "1", "2"}
 
 
 def test_a_first_start_logs_no_error(system: System, client: SagaClient, uid: UniqueIds) -> None:
