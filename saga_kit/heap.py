@@ -34,7 +34,7 @@ DEFAULT_GEN0_THRESHOLD = 20_000
 
 def settle(gen0_threshold: int = DEFAULT_GEN0_THRESHOLD) -> None:
     """Collect once, freeze the surviving heap and set the youngest generation's
-    threshold to ``gen0_threshold`` (objects; ≥ 1), keeping Python's other two.
+    threshold to ``gen0_threshold`` (net allocations), keeping Python's other two.
 
     Call it once the process has started, before its steady work: what is frozen is
     never walked again (``gc.unfreeze`` undoes it). ``gen0_threshold`` 0 leaves the
