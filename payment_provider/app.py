@@ -96,7 +96,7 @@ async def serve(settings: Settings) -> None:
             settings.http_port,
             "on" if settings.fault_control else "off",
         )
-        heap.settle()  # the start-up heap frozen (saga_kit.heap), as the services do
+        heap.settle(settings.gc_gen0_threshold)  # the start-up heap frozen, as the services do
         await server.serve()  # until SIGTERM or SIGINT
         if not server.started:
             raise RuntimeError(f"HTTP server could not start on port {settings.http_port}")

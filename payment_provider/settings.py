@@ -7,6 +7,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from payment_provider.faults import FaultSettings
+from saga_kit.heap import DEFAULT_GEN0_THRESHOLD
 from saga_kit.settings import async_postgres_url
 
 
@@ -14,7 +15,8 @@ class Settings(BaseSettings):
     """``PROVIDER_DATABASE_URL`` (its own database), ``PROVIDER_HTTP_HOST`` (127.0.0.1),
     ``PROVIDER_HTTP_PORT`` (8004), ``PROVIDER_FAULT_CONTROL`` (false: the ``/v1/faults``
     routes answer 404 and no fault is ever injected), ``PROVIDER_FAULTS`` (JSON, the faults
-    in force at start, e.g. ``{"latency_ms": 50}``; needs fault control)."""
+    in force at start, e.g. ``{"latency_ms": 50}``; needs fault control); ``LOG_LEVEL`` and
+    ``GC_GEN0_THRESHOLD`` unprefixed, as the services read them."""
 
     model_config = SettingsConfigDict(env_prefix="PROVIDER_", extra="ignore", frozen=True)
 
@@ -29,6 +31,13 @@ class Settings(BaseSettings):
     #: CPU than the charges themselves (measured: 248 new sessions per 1,000 sagas).
     db_pool_size: int = Field(default=24, ge=1)
     log_level: str = Field(default="INFO", validation_alias=AliasChoices("LOG_LEVEL", "log_level"))
+    #: The young generation's threshold once started (``saga_kit.heap.settle``), read from
+    #: ``GC_GEN0_THRESHOLD`` as the services read it; 0 leaves Python's own.
+    gc_gen0_threshold: int = Field(
+        default=DEFAULT_GEN0_THRESHOLD,
+        ge=0,
+        validation_alias=AliasChoices("GC_GEN0_THRESHOLD", "gc_gen0_threshold"),
+    )
 
     @field_validator("database_url")
     @classmethod

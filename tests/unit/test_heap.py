@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from payment_provider.settings import Settings as ProviderSettings
 from saga_kit import heap
 from saga_kit.settings import ServiceSettings
 
@@ -66,11 +67,15 @@ def test_a_negative_threshold_is_refused() -> None:
         heap.settle(-1)
 
 
-def test_the_setting_has_the_module_default_and_refuses_a_negative(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("settings", [ServiceSettings, ProviderSettings])
+def test_the_setting_has_the_module_default_and_refuses_a_negative(
+    settings: type[ServiceSettings | ProviderSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The services and the provider's simulator read the same variable, unprefixed."""
     base = {"database_url": "postgresql://x/y", "http_port": 8000}
-    assert ServiceSettings(**base).gc_gen0_threshold == heap.DEFAULT_GEN0_THRESHOLD
+    assert settings(**base).gc_gen0_threshold == heap.DEFAULT_GEN0_THRESHOLD
     monkeypatch.setenv("GC_GEN0_THRESHOLD", "5000")
-    assert ServiceSettings(**base).gc_gen0_threshold == 5000
+    assert settings(**base).gc_gen0_threshold == 5000
     monkeypatch.setenv("GC_GEN0_THRESHOLD", "-3")
     with pytest.raises(ValueError, match=r"gc_gen0_threshold|GC_GEN0_THRESHOLD"):
-        ServiceSettings(**base)
+        settings(**base)
