@@ -84,9 +84,11 @@ class _PlumbingCollector(Collector):
         jobs: Mapping[str, JobStats],
         lag: Callable[[], Mapping[tuple[str, int], int]] | None,
         recoveries: Mapping[tuple[str, int, str], int] | None = None,
+        lag_age: Callable[[], float | None] | None = None,
     ) -> None:
         self.service, self.stats, self.relay, self.jobs, self.lag = service, stats, relay, jobs, lag
         self.recoveries = recoveries if recoveries is not None else {}
+        self.lag_age = lag_age
         self.snapshot = _Snapshot()
 
     def collect(self) -> Iterable[Metric]:
@@ -130,6 +132,17 @@ class _PlumbingCollector(Collector):
         for (topic, partition), behind in sorted((self.lag() if self.lag else {}).items()):
             lag.add_metric([svc, topic, str(partition)], behind)
         yield lag
+        age = self.lag_age() if self.lag_age else None
+        if age is not None:  # left out before the broker's first answer
+            lag_age = GaugeMetricFamily(
+                "saga_consumer_lag_age_seconds",
+                "Seconds since the broker last gave the end offsets saga_consumer_lag is measured"
+                " against (the progress watch asks every few seconds). It grows while the broker"
+                " cannot be asked, when the lag shown is the last one known.",
+                labels=["service"],
+            )
+            lag_age.add_metric([svc], age)
+            yield lag_age
         recovered = CounterMetricFamily(
             "saga_consumer_recoveries",
             "Records lost on the way to the pipeline and read again, found by a gap in a batch"
@@ -210,9 +223,10 @@ class Metrics:
         lag: Callable[[], Mapping[tuple[str, int], int]] | None = None,
         extra: ExtraMetrics | None = None,
         recoveries: Mapping[tuple[str, int, str], int] | None = None,
+        lag_age: Callable[[], float | None] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self._collector = _PlumbingCollector(service, stats, relay, jobs or {}, lag, recoveries)
+        self._collector = _PlumbingCollector(service, stats, relay, jobs or {}, lag, recoveries, lag_age)
         self.registry.register(self._collector)
         # the client library's standard process figures (process_cpu_seconds_total,
         # process_resident_memory_bytes, open file descriptors …) and Python's garbage

@@ -178,8 +178,11 @@ class ProgressWatchdog:
         #: partition → the next offset it stalled at, while its fetching is stopped short
         #: of its end and none of its records is processed (readiness reports them)
         self.stuck: dict[Partition, Stall] = {}
-        #: partition's end offsets as the broker gave them at the last look
+        #: partition's end offsets as the broker gave them at the last look that could ask
         self.ends: dict[Partition, int] = {}
+        #: when (``clock``) the broker last gave ``ends``; None before the first answer and
+        #: while nothing is assigned (``ends_age``)
+        self.ends_at: float | None = None
         #: (topic, partition, cause) → losses found and recovered; cause "gap" or "stall"
         self.recoveries: Counter[tuple[str, int, str]] = Counter()
         #: partition → the range sought back, or to seek back at the next look
@@ -192,6 +195,13 @@ class ProgressWatchdog:
         #: or committed there: a gap if the partition's earliest offset is below it (``look``)
         self.unanchored: dict[Partition, int] = {}
         self._wake = asyncio.Event()  # a gap found: look now, not at the interval's end
+
+    def ends_age(self) -> float | None:
+        """Seconds since the broker last gave the assigned partitions' end offsets (the
+        lag's reference, ``ends``), or None if it never has since the assignment. It grows
+        while the broker cannot be asked — an outage, a partition between this service and
+        the broker — when the lag shown is the last one known, not the present one."""
+        return None if self.ends_at is None else max(0.0, self._clock() - self.ends_at)
 
     @property
     def stalls(self) -> list[Stall]:
@@ -344,14 +354,18 @@ class ProgressWatchdog:
         held = {(tp.topic, tp.partition) for tp in assigned}
         await self._anchor(held)
         await self._probe(held, now)
+        if assigned:
+            # asked even while the pipeline waits (a database outage): the lag goes on
+            # being measured; while the broker cannot answer, ``ends_age`` grows
+            ends = await self.consumer.highwaters(*assigned)
+            self.ends = {(tp.topic, tp.partition): int(end) for tp, end in ends.items() if end is not None}
+            self.ends_at = now
+        else:
+            self.ends, self.ends_at = {}, None
         if self.stats.retrying or self.stats.stuck or not assigned:
             self.watch.observe(now, {}, {})  # waiting for a known reason, or holding nothing
             self.stuck = {}
-            if not assigned:
-                self.ends = {}
             return []
-        ends = await self.consumer.highwaters(*assigned)
-        self.ends = {(tp.topic, tp.partition): int(end) for tp, end in ends.items() if end is not None}
         nexts = {tp: self.next_offset(tp) for tp in self.ends}
         unknown = [TP(*tp) for tp, n in nexts.items() if n is None and self.ends[tp] > 0]
         if unknown:

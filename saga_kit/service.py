@@ -381,8 +381,9 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
 
         def consumer_lag() -> dict[tuple[str, int], int]:
             """Records behind the end of each assigned partition with a known next offset:
-            the end the progress watch last asked the broker for (every few seconds), or
-            before its first look the end the last fetch reported."""
+            the end the progress watch last asked the broker for (every few seconds; how
+            long ago: ``progress.ends_age``), or before its first look the end the last
+            fetch reported."""
             lag: dict[tuple[str, int], int] = {}
             try:
                 assigned = consumers.consumer.assignment()
@@ -420,6 +421,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 consumer_lag,
                 spec.metrics,
                 recoveries=progress.recoveries,
+                lag_age=progress.ends_age,
             ).render,
         )
         app.state.pipeline = pipeline

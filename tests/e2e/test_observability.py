@@ -10,6 +10,7 @@ from typing import Any
 from sagastack.client import SagaClient
 from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, seed
+from tests.e2e.test_faults import wait_until
 
 #: (consumer service, event it handles, producer service of that event)
 HOPS = [
@@ -158,6 +159,13 @@ def test_metrics_cover_consumption_production_latency_outbox_lag_and_sagas(
     assert gates == {"backlog", "broker", "door"}
     lag = [s for s in inventory["saga_consumer_lag"] if s.labels["topic"] == "orders.events"]
     assert lag and all(s.value >= 0 for s in lag)
+    # the lag's reference, asked of the broker at the progress watch's first look and
+    # every few seconds after (at most 5 s): fresh while the broker answers
+    # (tests/chaos/test_outages.py has it grow through an outage)
+    for name in ("order_svc", "inventory_svc", "payment_svc"):
+        wait_until(lambda n=name: "saga_consumer_lag_age_seconds" in scrape(system, n), 30, f"{name} looks")
+        age = value(scrape(system, name)["saga_consumer_lag_age_seconds"], "saga_consumer_lag_age_seconds")
+        assert 0 <= age < 60
     assert value(order["saga_job_runs"], "saga_job_runs_total", job="deadline_sweeper") >= 1
     # the client library's standard figures of the process and of its garbage collector
     assert value(payment["process_cpu_seconds"], "process_cpu_seconds_total") > 0

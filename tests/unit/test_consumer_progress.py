@@ -242,3 +242,45 @@ async def test_an_unanchored_partition_waits_for_a_broker_that_does_not_answer()
     with pytest.raises(ConnectionError):
         await watchdog.look()
     assert watchdog.unanchored == {T: 4}  # asked again at the next look
+
+
+async def test_the_lags_reference_ages_while_the_broker_cannot_be_asked() -> None:
+    """``saga_consumer_lag`` is measured against the ends of the last look that could ask
+    the broker: while it cannot, the lag shown is the last one known (it read 0 through
+    a whole outage), and ``ends_age`` says how old it is."""
+
+    class Flaky(_Consumer):
+        away = False
+
+        async def highwaters(self, *tps: FaustTP) -> dict[FaustTP, int]:
+            if self.away:
+                raise ConnectionError("the broker is away")
+            return await super().highwaters(*tps)
+
+    consumer, clock = Flaky(end=12, fetched=12), _Clock()
+    watchdog = ProgressWatchdog(consumer, ConsumerStats(positions={T: 11}), after=20, clock=clock)
+    assert watchdog.ends_age() is None  # never asked
+    clock.now = 5
+    await watchdog.look()
+    assert watchdog.ends == {T: 12} and watchdog.ends_age() == 0
+    consumer.away = True
+    clock.now = 35
+    with pytest.raises(ConnectionError):
+        await watchdog.look()
+    assert watchdog.ends == {T: 12} and watchdog.ends_age() == 30
+    consumer.away, consumer.end = False, 40
+    clock.now = 36
+    await watchdog.look()
+    assert watchdog.ends == {T: 40} and watchdog.ends_age() == 0
+
+
+async def test_the_lags_reference_is_refreshed_while_the_pipeline_retries() -> None:
+    """A database outage holds the pipeline (``retrying``) while producers go on
+    writing: the ends are still asked for, so the lag shows the backlog growing."""
+    consumer, clock = _Consumer(end=12, fetched=12), _Clock()
+    stats = ConsumerStats(positions={T: 11})
+    watchdog = ProgressWatchdog(consumer, stats, after=20, clock=clock)
+    stats.retrying = True
+    consumer.end, clock.now = 50, 9
+    assert await watchdog.look() == []  # not judged for stalls while it waits
+    assert watchdog.ends == {T: 50} and watchdog.ends_age() == 0
