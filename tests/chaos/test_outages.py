@@ -22,7 +22,7 @@ import pytest
 
 from sagastack.apache_kafka import ApacheKafka
 from sagastack.system import SERVICES, BrokerKind, System
-from tests.e2e.test_faults import wait_until
+from tests.e2e.test_faults import metric_sum, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -198,14 +198,13 @@ def test_broker_outage_makes_every_service_not_ready(system: System) -> None:
         assert body["checks"]["broker"]["ok"] is False
         assert body["checks"]["database"]["ok"] is True
 
-    def lag_age(name: str) -> float:
-        scrape = system.http.get(f"{system.url(name)}/metrics", timeout=10).text
-        (line,) = [ln for ln in scrape.splitlines() if ln.startswith("saga_consumer_lag_age_seconds{")]
-        return float(line.rsplit(" ", 1)[1])
-
     # the lag shown is the last one known (it read 0 through the outage): how old it is
     # grows, past the progress watch's interval (at most 5 s) several times over
-    wait_until(lambda: all(lag_age(name) > 20 for name in SERVICES), 60, "every lag's reference aging")
+    wait_until(
+        lambda: all(metric_sum(system, name, "saga_consumer_lag_age_seconds") > 20 for name in SERVICES),
+        60,
+        "every lag's reference aging",
+    )
     # asked to stop while the broker is away (offsets to commit, a coordinator gone), each
     # service still stops by itself (exit 0), not by the supervisor's SIGKILL
     procs = {name: sp.proc for name, sp in system.services.items() if sp.proc is not None}
