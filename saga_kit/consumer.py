@@ -158,6 +158,18 @@ class ConsumerStats:
     stuck: dict[tuple[str, int], str] = field(default_factory=dict)
     #: (topic, partition) → the next offset to process (last processed + 1).
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: when (``time.monotonic``) the batch being processed reached the pipeline; None
+    #: between batches. A batch in flight for long is the pipeline waiting on its own
+    #: work — a database that hangs rather than refuses, a lock held elsewhere — which the
+    #: progress watch (``saga_kit.progress``) must not take for records lost on the way.
+    batch_since: float | None = None
+
+    def batch_age(self, now: float | None = None) -> float:
+        """Seconds the batch in flight has been in the pipeline (0.0 between batches);
+        ``now`` from ``time.monotonic``."""
+        if self.batch_since is None:
+            return 0.0
+        return max(0.0, (time.monotonic() if now is None else now) - self.batch_since)
 
 
 class HandlerError(Exception):
@@ -320,6 +332,15 @@ class ConsumerPipeline:
         first: dict[tuple[str, int], Record] = {}
         for r in records:
             first.setdefault((r.topic, r.partition), r)
+        self.stats.batch_since = time.monotonic()
+        try:
+            return await self._account(records, first)
+        finally:
+            self.stats.batch_since = None
+
+    async def _account(
+        self, records: Sequence[Record], first: Mapping[tuple[str, int], Record]
+    ) -> list[Outcome]:
         delay = self._retry.initial
         while True:
             try:

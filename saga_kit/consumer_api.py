@@ -21,6 +21,8 @@ class ConsumerState(BaseModel):
     #: "topic[partition]" → the batch held there and why; empty while everything flows
     stuck: dict[str, str]
     retrying_transient_failure: bool
+    #: seconds the batch in flight has been in the pipeline; 0 between batches
+    batch_in_flight_seconds: float
     #: valid events that made a reaction fail: in a row now, and in the recent window
     handler_errors_in_a_row: int
     handler_errors_recent: int
@@ -34,6 +36,7 @@ def _state(pipeline: ConsumerPipeline) -> ConsumerState:
     return ConsumerState(
         stuck={f"{t}[{p}]": why for (t, p), why in sorted(pipeline.stats.stuck.items())},
         retrying_transient_failure=pipeline.stats.retrying,
+        batch_in_flight_seconds=round(pipeline.stats.batch_age(), 3),
         handler_errors_in_a_row=limit.consecutive,
         handler_errors_recent=sum(limit.recent),
         recent_window=len(limit.recent),

@@ -180,6 +180,12 @@ class _PlumbingCollector(Collector):
             ),
             ("saga_consumer_retrying", "1 while the consumer retries a transient failure.", int(s.retrying)),
             (
+                "saga_consumer_batch_age_seconds",
+                "Seconds the batch in flight has been in the pipeline, 0 between batches: it grows"
+                " while the pipeline waits on its database without an error (a database that hangs).",
+                round(s.batch_age(), 3),
+            ),
+            (
                 "saga_consumer_stuck_partitions",
                 "Partitions held at a record the pipeline itself cannot take (not acked, retried).",
                 len(s.stuck),

@@ -36,8 +36,11 @@ end whose *fetching* stopped short of the end (the client's fetch position) is a
 naming it until its records flow. Records that retention deleted before they were
 consumed cannot be read again: that is logged as an error and not retried.
 
-A pipeline that is retrying a transient failure, or holding a batch it cannot get
-through, is not stalled: it is waiting for a known reason, which readiness reports."""
+A pipeline that is retrying a transient failure, holding a batch it cannot get
+through, or still inside one batch after the look's interval (a database that hangs
+instead of refusing: no error, no retry, only a wait) is not stalled: it is waiting for
+a known reason, which readiness reports. Nothing is judged then, and a probe's time
+does not run — no record can confirm it while the agent takes none."""
 
 from __future__ import annotations
 
@@ -194,6 +197,9 @@ class ProgressWatchdog:
         #: partition → the first offset of its first batch, taken with nothing processed
         #: or committed there: a gap if the partition's earliest offset is below it (``look``)
         self.unanchored: dict[Partition, int] = {}
+        #: partition → its earliest offset, asked while nothing was processed, taken or
+        #: committed there: where reading starts (offset reset "earliest")
+        self.begins: dict[Partition, int] = {}
         self._wake = asyncio.Event()  # a gap found: look now, not at the interval's end
 
     def ends_age(self) -> float | None:
@@ -214,19 +220,35 @@ class ProgressWatchdog:
         committed: Mapping[TP, int | None] = getattr(self.consumer, "_committed_offset", {})
         return committed.get(TP(*tp))
 
-    def next_offset(self, tp: Partition) -> int | None:
+    def next_offset(self, tp: Partition, *, taken: bool = True) -> int | None:
         """The next offset to process on ``tp``: past the last one the agent took here
         (processed, or in the batch being processed: a batch held up on a lock is no
         stall), or the group's committed offset when that is further (or nothing was
-        taken here), or past offsets a probe found hold no record."""
+        taken here), or past offsets a probe found hold no record; with none of these,
+        the partition's earliest offset if a look asked for it (``begins``), else None.
+        ``taken=False`` leaves out the batch in flight: the next offset *processed*, as
+        the consumer lag counts it (records taken but not yet through the pipeline are
+        still behind)."""
+        known = self._known(tp, taken)
+        return self.begins.get(tp) if known is None else known
+
+    def _known(self, tp: Partition, taken: bool = True) -> int | None:
         candidates = (
             self.stats.positions.get(tp),
-            self.taken.get(tp),
+            self.taken.get(tp) if taken else None,
             self._committed(tp),
             self.void.get(tp),
         )
         known = [o for o in candidates if o is not None]
         return max(known) if known else None
+
+    def waiting(self, now: float) -> bool:
+        """True while the pipeline waits for a known reason (module doc): retrying a
+        transient failure, holding a batch it cannot get through, or inside one batch
+        for ``interval`` seconds or more (``now`` on ``clock``'s scale)."""
+        since = self.stats.batch_since
+        held_up = since is not None and now - since >= self.interval
+        return self.stats.retrying or bool(self.stats.stuck) or held_up
 
     def batch_taken(self, records: Sequence[Record]) -> None:
         """Called with each batch before it is processed: a record from a probed range
@@ -316,12 +338,16 @@ class ProgressWatchdog:
         self.consumer.resume_partitions([faust_tp])
         await self.consumer.seek_wait({faust_tp: offset})
 
-    async def _probe(self, assigned: set[Partition], now: float) -> None:
+    async def _probe(self, assigned: set[Partition], now: float, waiting: bool) -> None:
         """Seek back the probes not sought yet; end the ones no record confirmed within
-        ``after`` seconds (their offsets hold no record: ``void``) or no longer assigned."""
+        ``after`` seconds (their offsets hold no record: ``void``) or no longer assigned.
+        While the pipeline is ``waiting`` no record can confirm a probe: its time starts
+        again."""
         for tp, probe in sorted(self.probes.items()):
             if tp not in assigned:
                 del self.probes[tp]  # the member that has it now reads from the committed offset
+            elif waiting and probe.at is not None:
+                probe.at = now
             elif probe.at is None:
                 try:
                     await self.seek_back(tp, probe.start)
@@ -351,9 +377,10 @@ class ProgressWatchdog:
         except Exception:  # not started, or rebalancing: nothing to judge
             return self.stalls
         now = self._clock()
+        waiting = self.waiting(now)
         held = {(tp.topic, tp.partition) for tp in assigned}
         await self._anchor(held)
-        await self._probe(held, now)
+        await self._probe(held, now, waiting)
         if assigned:
             # asked even while the pipeline waits (a database outage): the lag goes on
             # being measured; while the broker cannot answer, ``ends_age`` grows
@@ -362,17 +389,22 @@ class ProgressWatchdog:
             self.ends_at = now
         else:
             self.ends, self.ends_at = {}, None
-        if self.stats.retrying or self.stats.stuck or not assigned:
+        unknown = {tp for tp in self.ends if self._known(tp, taken=False) is None}
+        self.begins = {tp: o for tp, o in self.begins.items() if tp in unknown}
+        if unknown:
+            # nothing processed here and nothing committed (a first batch may be in
+            # flight, and counts as lag until it is through): reading started at the
+            # partition's earliest offset (offset reset "earliest", saga_kit.faust_app),
+            # asked again at each look until something is (retention moves it)
+            earliest = await self.consumer.earliest_offsets(*(TP(*tp) for tp in sorted(unknown)))
+            for tp, first in earliest.items():
+                if first is not None:
+                    self.begins[(tp.topic, tp.partition)] = int(first)
+        if waiting or not assigned:
             self.watch.observe(now, {}, {})  # waiting for a known reason, or holding nothing
             self.stuck = {}
             return []
         nexts = {tp: self.next_offset(tp) for tp in self.ends}
-        unknown = [TP(*tp) for tp, n in nexts.items() if n is None and self.ends[tp] > 0]
-        if unknown:
-            # nothing processed here and nothing committed: reading starts at the
-            # partition's earliest offset (offset reset "earliest", saga_kit.faust_app)
-            for tp, first in (await self.consumer.earliest_offsets(*unknown)).items():
-                nexts[(tp.topic, tp.partition)] = int(first)
         for tp, stall in list(self.stuck.items()):  # stays stuck until records flow
             if nexts.get(tp) != stall.next_offset or tp not in self.ends:
                 del self.stuck[tp]

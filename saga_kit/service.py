@@ -376,14 +376,18 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 raise RuntimeError(f"consumer stuck (not acked, retrying) at {where}")
             if pipeline.stats.retrying:
                 raise RuntimeError("consumer is retrying a transient failure")
+            held = pipeline.stats.batch_age()
+            if held >= settings.consumer_stall_seconds:
+                raise RuntimeError(f"consumer has waited {held:.0f} s on one batch (its database hangs?)")
             if progress.stalls:
                 raise RuntimeError("consumer stalled at " + "; ".join(s.describe() for s in progress.stalls))
 
         def consumer_lag() -> dict[tuple[str, int], int]:
-            """Records behind the end of each assigned partition with a known next offset:
-            the end the progress watch last asked the broker for (every few seconds; how
-            long ago: ``progress.ends_age``), or before its first look the end the last
-            fetch reported."""
+            """Records not yet processed (a batch in flight still counts) behind the end
+            of each assigned partition with a known next offset: the end the progress
+            watch last asked the broker for (every few seconds; how long ago:
+            ``progress.ends_age``), or before its first look the end the last fetch
+            reported."""
             lag: dict[tuple[str, int], int] = {}
             try:
                 assigned = consumers.consumer.assignment()
@@ -391,7 +395,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 return lag
             for tp in assigned:
                 key = (tp.topic, tp.partition)
-                position = progress.next_offset(key)
+                position = progress.next_offset(key, taken=False)
                 end = progress.ends.get(key, consumers.consumer.highwater(tp))
                 if position is not None and end is not None:
                     lag[key] = max(0, end - position)

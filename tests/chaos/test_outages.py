@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from sagastack.apache_kafka import ApacheKafka
@@ -185,6 +186,51 @@ def test_a_broker_that_stops_answering_is_said_by_the_relay_and_loses_nothing(sy
         os.kill(broker, signal.SIGCONT)
     assert client.wait_for_events(order_id, {"InventoryCommitted"}, timeout=120)["status"] == "APPROVED"
     wait_until(lambda: "the broker acknowledged them after" in log.read_text(), 30, "the relay says so")
+    client.close()
+
+
+def test_a_database_that_hangs_is_a_wait_not_records_lost(system: System) -> None:
+    """The inventory's database holds its queries without refusing them (an attack trial
+    stopped PostgreSQL with SIGSTOP; here a lock held elsewhere stands in, on that database
+    alone): the batch in flight waits with no error, so the pipeline neither retries nor
+    holds. The progress watch took the records behind it for offsets holding nothing —
+    probed, none came, the lag read 0 and the log said "hold no record". Held well past
+    the stall time (20 s) and a probe's (20 s more): the lag keeps every record waiting,
+    readiness says why, and every order completes once the database answers."""
+    client = system.client()
+    client.put_product("hang-p", "p", Decimal("1.00"), 50)
+    client.put_account("hang-c", Decimal("100.00"))
+    first = client.place_order("hang-c", {"hang-p": 1})
+    assert client.wait_for_events(first, {"InventoryCommitted"}, timeout=60)["status"] == "APPROVED"
+    log = system.run_dir / "logs" / "inventory_svc.log"
+    with psycopg.connect(system.database_urls["inventory_svc"]) as holder:
+        holder.execute("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")  # held until the block ends
+        held_at = time.monotonic()
+        orders = [client.place_order("hang-c", {"hang-p": 1}, deadline_seconds=600)]
+        time.sleep(2)  # that one's batch is in flight; these arrive behind it
+        orders += [client.place_order("hang-c", {"hang-p": 1}, deadline_seconds=600) for _ in range(4)]
+        wait_until(
+            lambda: "waited" in readiness(system)["inventory_svc"][1]["checks"]["consumers"].get("error", ""),
+            60,
+            "inventory not ready, saying it waits on a batch",
+        )
+        assert metric_sum(system, "inventory_svc", "saga_consumer_batch_age_seconds") >= 20
+        time.sleep(max(0.0, 50 - (time.monotonic() - held_at)))  # past a probe's time too
+        lag = metric_sum(system, "inventory_svc", "saga_consumer_lag", topic="orders.events")
+        scrape = system.http.get(f"{system.url('inventory_svc')}/metrics").text
+        assert lag >= 5, "\n".join(ln for ln in scrape.splitlines() if ln.startswith("saga_consumer"))
+        assert "hold no record" not in log.read_text()
+        assert "consumer stalled" not in log.read_text()
+        holder.rollback()
+    for order_id in orders:
+        assert client.wait_for_events(order_id, {"InventoryCommitted"}, timeout=60)["status"] == "APPROVED"
+    wait_until(
+        lambda: metric_sum(system, "inventory_svc", "saga_consumer_lag", topic="orders.events") == 0,
+        30,
+        "the lag back to 0",
+    )
+    assert readiness(system)["inventory_svc"][0] == 200
+    assert "hold no record" not in log.read_text() and "lost records" not in log.read_text()
     client.close()
 
 

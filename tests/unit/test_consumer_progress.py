@@ -284,3 +284,87 @@ async def test_the_lags_reference_is_refreshed_while_the_pipeline_retries() -> N
     consumer.end, clock.now = 50, 9
     assert await watchdog.look() == []  # not judged for stalls while it waits
     assert watchdog.ends == {T: 50} and watchdog.ends_age() == 0
+
+
+async def test_a_batch_held_up_on_a_database_that_hangs_is_waiting_not_stalled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PostgreSQL stopped (SIGSTOP), not refusing: the batch in flight waits with no error,
+    so the pipeline is neither ``retrying`` nor ``stuck``, while producers go on writing.
+    The trial saw the watch take the records behind it for offsets holding nothing: after
+    the stall time it probed, no record came (the agent takes none), the offsets became
+    ``void``, the lag read 0 and the log said "offsets 13-16 hold no record"."""
+    consumer, clock = _Consumer(end=12, fetched=12), _Clock()
+    stats = ConsumerStats(positions={T: 8})
+    watchdog = ProgressWatchdog(consumer, stats, after=20, clock=clock)
+    watchdog.batch_taken([_record(o) for o in range(8, 12)])
+    stats.batch_since = 0.0  # and the database never answers
+    for now in range(5, 125, 5):
+        consumer.end = 12 + now  # records keep arriving behind the batch
+        clock.now = now
+        assert await watchdog.look() == []
+    assert not watchdog.probes and not watchdog.void and consumer.sought == []
+    assert watchdog.next_offset(T, taken=False) == 8 and watchdog.ends == {T: 132}  # lag 124
+    assert not [r for r in caplog.records if "hold no record" in r.getMessage()]
+    # the database is back: the batch goes through, and what follows is judged again
+    stats.batch_since, stats.positions[T] = None, 12
+    clock.now = 130
+    assert await watchdog.look() == []
+    clock.now = 150
+    (stall,) = await watchdog.look()  # (this consumer's fetching stays at 12)
+    assert (stall.next_offset, stall.end_offset) == (12, 132)
+
+
+async def test_a_probe_does_not_run_out_while_the_pipeline_waits() -> None:
+    """A gap probed just before the database hung: no record can confirm it while the agent
+    takes none, so its time starts again instead of its offsets being taken as empty."""
+    consumer, clock = _Consumer(end=12, fetched=12), _Clock()
+    stats = ConsumerStats(positions={T: 4})
+    watchdog = ProgressWatchdog(consumer, stats, after=20, clock=clock)
+    watchdog.batch_taken([_record(6)])  # offsets 4 and 5 skipped
+    await watchdog.look()
+    assert watchdog.probes[T] == Probe(4, 6, "gap", at=0.0)
+    stats.batch_since = 0.0
+    clock.now = 60
+    await watchdog.look()
+    assert watchdog.probes[T].at == 60 and not watchdog.void
+    stats.batch_since = None
+    watchdog.batch_taken([_record(4), _record(5)])
+    assert watchdog.recoveries == {("orders.events", 3, "gap"): 1}
+
+
+async def test_a_short_batch_in_flight_does_not_hide_a_stall() -> None:
+    """Under load a look nearly always finds a batch in flight, for milliseconds: only one
+    in flight for the look's interval or more is a wait (else a partition faust stopped
+    delivering would never be judged while others flow)."""
+    consumer, clock = _Consumer(end=12, fetched=8), _Clock()
+    stats = ConsumerStats(positions={T: 8})
+    watchdog = ProgressWatchdog(consumer, stats, after=20, clock=clock)
+    await watchdog.look()
+    clock.now = 20
+    stats.batch_since = 19.99
+    (stall,) = await watchdog.look()
+    assert stall.next_offset == 8 and consumer.sought == [8]
+
+
+async def test_a_partition_nothing_was_read_from_has_its_earliest_offset_as_next() -> None:
+    """Nothing processed, taken or committed: reading starts at the earliest offset, so
+    the lag has a series there too (it had none until something was processed)."""
+    consumer = _Consumer(end=12, fetched=0, earliest=3)
+    watchdog = ProgressWatchdog(consumer, ConsumerStats(), after=20, clock=_Clock())
+    assert watchdog.next_offset(T) is None
+    await watchdog.look()
+    assert watchdog.next_offset(T) == 3 and watchdog.next_offset(T, taken=False) == 3
+    watchdog.batch_taken([_record(3), _record(4)])  # a first batch, in flight
+    await watchdog.look()
+    assert watchdog.next_offset(T) == 5 and watchdog.next_offset(T, taken=False) == 3
+    watchdog.stats.positions[T] = 7
+    await watchdog.look()
+    assert watchdog.next_offset(T) == 7 and not watchdog.begins
+
+
+def test_the_batch_age_is_how_long_the_batch_in_flight_has_been_in_the_pipeline() -> None:
+    stats = ConsumerStats()
+    assert stats.batch_age(100.0) == 0.0
+    stats.batch_since = 90.0
+    assert stats.batch_age(100.0) == 10.0
