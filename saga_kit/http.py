@@ -17,6 +17,7 @@ from http import HTTPStatus
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
 
+import httptools
 import psycopg
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -651,7 +652,29 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         if len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers) > self.max_head_bytes:
             self._head_too_large = True
             raise ValueError("the head is too large")  # httptools stops; uvicorn answers 400 …
+        self._host_from_absolute_form()
         super().on_headers_complete()
+
+    def _host_from_absolute_form(self) -> None:
+        """A request target in absolute form (``GET http://host:port/path``) names the host
+        the request is for, and the ``Host`` header is ignored (RFC 9112 §3.2.2): its host
+        replaces every ``Host`` here, so the allow-list (``HostAllowList``) decides on it.
+        uvicorn took the path and kept ``Host``: an attack trial's ``GET
+        http://evil.example/orders`` with an allowed ``Host`` was served."""
+        if self.url[:1] in (b"/", b"*"):  # origin form, asterisk form: nothing to do
+            return
+        try:
+            target = httptools.parse_url(self.url)
+        except httptools.HttpParserInvalidURLError:
+            return  # uvicorn's own parse answers it (400)
+        if target.host is None:
+            return
+        host = b"[" + target.host + b"]" if b":" in target.host else target.host
+        if target.port is not None:
+            host += b":%d" % target.port
+        # in place: the request's scope holds this very list
+        self.headers[:] = [(name, value) for name, value in self.headers if name != b"host"]
+        self.headers.append((b"host", host))
 
     def data_received(self, data: bytes) -> None:
         if self._dropped is not None:

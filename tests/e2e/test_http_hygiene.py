@@ -63,13 +63,15 @@ def test_a_foreign_or_missing_host_is_refused_with_a_problem(system: System) -> 
         }
     # httpx always sends one Host, so these requests are written by hand: HTTP/1.0 needs
     # none; two (RFC 9112 §3.2: 400) once let a cross-origin POST through, the allow-list
-    # reading the first and the origin check the last
+    # reading the first and the origin check the last; a target in absolute form names
+    # the host itself, and Host is ignored (RFC 9112 §3.2.2: it was served)
     url = httpx.URL(system.url("order_svc"))
     own = f"{url.host}:{url.port}".encode()
     for request in (
         b"GET /health/live HTTP/1.0\r\n\r\n",
         b"POST /orders HTTP/1.1\r\nHost: " + own + b"\r\nHost: attacker.example\r\n"
         b"Origin: http://attacker.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        b"GET http://attacker.example/orders HTTP/1.1\r\nHost: " + own + b"\r\nConnection: close\r\n\r\n",
     ):
         with socket.create_connection((url.host, url.port), timeout=10) as conn:
             conn.sendall(request)
@@ -78,6 +80,9 @@ def test_a_foreign_or_missing_host_is_refused_with_a_problem(system: System) -> 
         assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower()
         assert json.loads(body)["reason"] == "invalid_host"
     assert httpx.get(f"{system.url('order_svc')}/health/live").status_code == 200
+    with socket.create_connection((url.host, url.port), timeout=10) as conn:  # its own host: served
+        conn.sendall(b"GET http://" + own + b"/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert b"".join(iter(lambda: conn.recv(65536), b"")).startswith(b"HTTP/1.1 200 ")
 
 
 @pytest.fixture

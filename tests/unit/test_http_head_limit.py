@@ -24,7 +24,8 @@ HEAD_TIMEOUT = 1.0
 
 
 async def echo_size(scope: Scope, receive: Receive, send: Send) -> None:
-    """200 with the body's size, the number of headers and the value of ``X-Echo``; at
+    """200 with the body's size, the number of headers, the value of ``X-Echo``, the
+    ``Host`` values and the path; at
     ``/early``, 415 before the body is read (as a route refusing its media type does)."""
     if scope["type"] != "http":
         return
@@ -38,7 +39,15 @@ async def echo_size(scope: Scope, receive: Receive, send: Send) -> None:
         size += len(message.get("body", b""))
         more = message.get("more_body", False)
     echo = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-echo"), None)
-    body = json.dumps({"body": size, "headers": len(scope["headers"]), "echo": echo}).encode()
+    hosts = [v.decode("latin-1") for k, v in scope["headers"] if k == b"host"]
+    said = {
+        "body": size,
+        "headers": len(scope["headers"]),
+        "echo": echo,
+        "host": hosts,
+        "path": scope["path"],
+    }
+    body = json.dumps(said).encode()
     await send(
         {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]}
     )
@@ -299,3 +308,24 @@ async def test_a_request_answered_before_its_body_gets_no_second_answer(port: in
     first, rest = await asyncio.to_thread(speak)
     assert first.startswith(b"HTTP/1.1 415"), first
     assert rest == b"", rest
+
+
+@pytest.mark.parametrize(
+    ("target", "host"),
+    [
+        (b"http://evil.example/orders", "evil.example"),
+        (b"http://evil.example:8001/orders?x=1", "evil.example:8001"),
+        (b"http://user@evil.example/orders", "evil.example"),
+        (b"http://[::2]:80/orders", "[::2]:80"),
+        (b"/orders", "127.0.0.1"),  # origin form: Host as sent
+    ],
+)
+async def test_a_target_in_absolute_form_names_the_host(port: int, target: bytes, host: str) -> None:
+    """RFC 9112 §3.2.2: the target's host replaces ``Host`` (an attack trial's ``GET
+    http://evil.example/orders`` with an allowed ``Host`` got past the allow-list)."""
+    head = b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    status, body, _ = await exchange(port, head)
+    assert status == 200
+    said = json.loads(body)
+    assert said["path"] == "/orders"
+    assert said["host"] == ([host] if target[:1] != b"/" else [host, host])
