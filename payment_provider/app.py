@@ -57,7 +57,8 @@ def build_app(settings: Settings, engine: AsyncEngine) -> FastAPI:
     if settings.fault_control:
         app.include_router(faults.router)
         app.add_middleware(faults.FaultMiddleware, injector=app.state.faults)
-    errors.install(app)
+    errors.install(app, settings.http_max_body_bytes)
+    app.add_middleware(errors.BodyLimit, max_body_bytes=settings.http_max_body_bytes)
     app.add_middleware(HeadAsGet)  # HEAD wherever GET is (RFC 9110 §9.3.2), as the services
     return app
 

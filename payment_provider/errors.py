@@ -14,10 +14,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from saga_kit.errors import is_transient
-from saga_kit.http import validation_errors
+from saga_kit.http import UNREADABLE_BODY, validation_errors
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +106,52 @@ def error_body(code: str, message: str) -> dict[str, str]:
     return {"error": code, "message": message}
 
 
-def install(app: FastAPI) -> None:
+def unreadable_body(cause: BaseException | None) -> InvalidRequest:
+    """The 422 of a body the framework could not even parse (its 400 "There was an error
+    parsing the body"): bytes that are not UTF-8, nesting deeper than the parser's
+    recursion limit. An attack trial got a 400 ``bad_request`` for these, where every
+    other invalid body is a 422 ``invalid_request`` with ``details``."""
+    if isinstance(cause, UnicodeDecodeError):
+        why = f"the body is not UTF-8: byte {cause.object[cause.start]:#04x} at offset {cause.start}"
+    elif isinstance(cause, RecursionError):
+        why = "the body nests arrays and objects too deeply to be read"
+    elif cause is not None:
+        why = f"the body could not be read ({type(cause).__name__})"
+    else:
+        why = "the body could not be read"
+    return InvalidRequest([{"loc": ["body"], "msg": why, "type": "body_unreadable"}])
+
+
+def too_large(max_body_bytes: int) -> dict[str, str]:
+    """The body of a 413: a request body over ``max_body_bytes``."""
+    return error_body("body_too_large", f"the body is larger than {max_body_bytes} bytes, the most accepted")
+
+
+class BodyLimit:
+    """Request bodies of at most ``max_body_bytes`` (pure ASGI): one *announced* larger
+    (``Content-Length``) is answered 413 before a byte of it is read, and one that is not
+    announced is counted as it arrives by Starlette's ``RequestBodyLimitMiddleware``
+    (whose 413 ``install`` answers). Starlette answers the announced case itself, in
+    plain text, over whatever the route answered; both are ``too_large`` here, as the
+    services refuse both in ``saga_kit.http.RequestGuard``."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = RequestBodyLimitMiddleware(app, max_body_size=max_body_bytes)
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = Headers(scope=scope).get("content-length", "")
+            if length.isdigit() and int(length) > self.max_body_bytes:
+                await JSONResponse(too_large(self.max_body_bytes), status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def install(app: FastAPI, max_body_bytes: int) -> None:
     """Answer every error in the provider's shape: its own errors, the framework's (404 for
-    an unknown route, 405, 422) and anything unexpected (503 ``unavailable`` while the
+    an unknown route, 405, 422, a body it cannot parse as 422 too, 413 ``body_too_large``
+    past ``max_body_bytes``) and anything unexpected (503 ``unavailable`` while the
     database is away, else 500 ``internal_error``).
 
     A 503 promises that nothing was done, and clients rely on it (the payment service voids
@@ -119,6 +165,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == UNREADABLE_BODY:
+            unreadable = unreadable_body(exc.__cause__)
+            return JSONResponse(unreadable.body(), status_code=unreadable.status)
+        if exc.status_code == 413:  # counted as it arrived (``BodyLimit``)
+            return JSONResponse(too_large(max_body_bytes), status_code=413)
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
         body = error_body(code, str(exc.detail))
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)

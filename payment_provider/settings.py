@@ -13,10 +13,11 @@ from saga_kit.settings import async_postgres_url
 
 class Settings(BaseSettings):
     """``PROVIDER_DATABASE_URL`` (its own database), ``PROVIDER_HTTP_HOST`` (127.0.0.1),
-    ``PROVIDER_HTTP_PORT`` (8004), ``PROVIDER_FAULT_CONTROL`` (false: the ``/v1/faults``
-    routes answer 404 and no fault is ever injected), ``PROVIDER_FAULTS`` (JSON, the faults
-    in force at start, e.g. ``{"latency_ms": 50}``; needs fault control); ``LOG_LEVEL`` and
-    ``GC_GEN0_THRESHOLD`` unprefixed, as the services read them."""
+    ``PROVIDER_HTTP_PORT`` (8004), ``PROVIDER_HTTP_MAX_BODY_BYTES`` (1 MiB),
+    ``PROVIDER_FAULT_CONTROL`` (false: the ``/v1/faults`` routes answer 404 and no fault is
+    ever injected), ``PROVIDER_FAULTS`` (JSON, the faults in force at start, e.g.
+    ``{"latency_ms": 50}``; needs fault control); ``LOG_LEVEL`` and ``GC_GEN0_THRESHOLD``
+    unprefixed, as the services read them."""
 
     model_config = SettingsConfigDict(env_prefix="PROVIDER_", extra="ignore", frozen=True)
 
@@ -30,6 +31,9 @@ class Settings(BaseSettings):
     #: every round of 16 charges opened and closed 6 backends, which cost PostgreSQL more
     #: CPU than the charges themselves (measured: 248 new sessions per 1,000 sagas).
     db_pool_size: int = Field(default=24, ge=1)
+    #: The largest request body read, in bytes (larger: 413 ``body_too_large``, counted as
+    #: it arrives); the same default as the services' ``HTTP_MAX_BODY_BYTES``.
+    http_max_body_bytes: int = Field(default=1024 * 1024, ge=1)
     log_level: str = Field(default="INFO", validation_alias=AliasChoices("LOG_LEVEL", "log_level"))
     #: The young generation's threshold once started (``saga_kit.heap.settle``), read from
     #: ``GC_GEN0_THRESHOLD`` as the services read it; 0 leaves Python's own.

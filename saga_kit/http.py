@@ -192,7 +192,7 @@ class ExtraHeaders:
 
 
 #: FastAPI's answer to a body it cannot decode at all (fastapi.routing).
-_UNREADABLE_BODY = "There was an error parsing the body"
+UNREADABLE_BODY = "There was an error parsing the body"
 
 #: Methods that change state: a browser on another origin may not send them here.
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -1202,7 +1202,7 @@ def create_app(
         """An error answer has the shape of every other: ``Problem``. A body FastAPI cannot
         even read (e.g. not UTF-8: its 400 "error parsing the body") is an invalid request
         like any other invalid body: 422 ``invalid_request``, where and why."""
-        if exc.status_code == 400 and exc.detail == _UNREADABLE_BODY:
+        if exc.status_code == 400 and exc.detail == UNREADABLE_BODY:
             refused = await refused_caller(request)
             if refused is not None:
                 return refused

@@ -266,6 +266,39 @@ async def test_invalid_requests_are_refused_and_change_nothing(provider: httpx.A
     assert await balance_of(provider, acct) == "30.00"
 
 
+async def test_a_body_that_cannot_be_read_is_an_invalid_request_and_changes_nothing(
+    provider_url: str, provider_engine: AsyncEngine
+) -> None:
+    """Bytes that are not UTF-8, and nesting deeper than the parser reads, were a 400
+    ``bad_request`` (the framework's "error parsing the body"), where every other invalid
+    body is a 422 ``invalid_request`` with ``details``; a body past the limit is a 413."""
+    settings = Settings(database_url=provider_url, http_max_body_bytes=250_000)
+    async with client_of(build_app(settings, provider_engine)) as provider:
+        acct = await account(provider, "30.00")
+        json_type = {"Content-Type": "application/json"}
+        for body, why in (
+            (b'{"balance": "1.00\xff"}', "the body is not UTF-8: byte 0xff at offset 17"),
+            (b"[" * 100_000 + b"]" * 100_000, "the body nests arrays and objects too deeply to be read"),
+        ):
+            r = await provider.put(f"/v1/accounts/{acct}", content=body, headers=json_type)
+            assert r.status_code == 422, (r.status_code, r.text)
+            assert r.json()["details"] == [{"loc": ["body"], "msg": why, "type": "body_unreadable"}]
+        big = b'{"balance": "1.00", "pad": "' + b"x" * 250_000 + b'"}'
+
+        async def unannounced() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+            for i in range(0, len(big), 10_000):
+                yield big[i : i + 10_000]
+
+        for content in (big, unannounced()):
+            r = await provider.put(f"/v1/accounts/{acct}", content=content, headers=json_type)
+            assert r.status_code == 413, r.text
+            assert r.json() == {
+                "error": "body_too_large",
+                "message": "the body is larger than 250000 bytes, the most accepted",
+            }
+        assert await balance_of(provider, acct) == "30.00"
+
+
 async def test_twenty_concurrent_identical_charges_make_one_charge(provider: httpx.AsyncClient) -> None:
     acct = await account(provider, "100.00")
     key = uid("charge")
