@@ -57,7 +57,14 @@ from saga_kit.service_names import SHORT_NAMES, service_named, short_name
 console = Console()
 #: Errors: one line on stderr, never wrapped, never read as markup.
 errors = Console(stderr=True, soft_wrap=True, highlight=False)
-app = typer.Typer(help=__doc__, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help=__doc__,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    # -h as well as --help, on every command (click hands it down to sub-commands)
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 dlq = typer.Typer(help="Dead letters: events a service could not process.", no_args_is_help=True)
 app.add_typer(dlq, name="dlq")
 audit_app = typer.Typer(help="The audit trail: who changed what, hash-chained.", no_args_is_help=True)
@@ -865,7 +872,10 @@ def _produce(
     except typer.Exit:  # said already (no such topic)
         raise
     except MessageSizeTooLargeError:  # the client's own limit, checked before sending
-        _fail(f"the record ({len(value or b'')} bytes of body) is larger than the Kafka client sends (1 MB)")
+        _fail(
+            f"the record ({len(value or b'')} bytes of body) is larger than the Kafka client sends (1 MB)",
+            USAGE,  # checked before anything is sent
+        )
     except Exception as exc:  # the broker is away or refuses: one sentence
         _fail(
             f"cannot send to Kafka at {bootstrap}: {described(exc)} (is the system running?"

@@ -106,4 +106,4 @@ def test_a_record_published_as_it_is_is_a_dead_letter_with_its_reason(system: Sy
     assert misspelt.returncode == 1 and "the broker has no topic 'order.events'" in misspelt.stderr
     assert "orders.events" in misspelt.stderr
     huge = sagactl(system, "publish", "orders.events", "--bootstrap", system.bootstrap, stdin="x" * 2_000_000)
-    assert huge.returncode == 1 and "is larger than the Kafka client sends" in huge.stderr, huge.stderr
+    assert huge.returncode == 2 and "is larger than the Kafka client sends" in huge.stderr, huge.stderr

@@ -21,6 +21,8 @@ def test_help_is_plain_text(command: list[str]) -> None:
     result = CliRunner().invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert "``" not in result.output  # reStructuredText's quotes, shown as they are
+    short = CliRunner().invoke(app, [*command, "-h"])  # the short form says the same (it was refused)
+    assert (short.exit_code, short.output) == (0, result.output)
 
 
 def test_publish_help_says_where_the_body_comes_from_and_names_no_option_it_lacks() -> None:
