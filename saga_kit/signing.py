@@ -101,13 +101,16 @@ class Verifier:
         object.__setattr__(self, "_sodium", sodium)
 
     def signer(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> str:
-        """The service that signed this record; raises ``BadSignature`` otherwise."""
-        kid = signature = None
+        """The service that signed this record; raises ``BadSignature`` otherwise — also
+        for a record that carries a signature header twice (which one counts would be up
+        to each reader: an attack trial's record with two pairs was judged by the last)."""
+        found: dict[str, bytes | None] = {}
         for name, header in headers:
-            if name == KID:
-                kid = header
-            elif name == SIGNATURE:
-                signature = header
+            if name in (KID, SIGNATURE):
+                if name in found:
+                    raise BadSignature(f"the record carries {name} more than once: a record is signed once")
+                found[name] = header
+        kid, signature = found.get(KID), found.get(SIGNATURE)
         if kid is None or signature is None:
             raise BadSignature("the record is not signed")
         trusted = self._sodium.get(kid.decode("utf-8", "replace"))

@@ -64,3 +64,14 @@ def test_a_signature_of_other_bytes_is_a_bad_signature() -> None:
     ):
         with pytest.raises(signing.BadSignature, match="forged or tampered"):
             verifier.signer(topic, key, value, headers)
+
+
+def test_a_record_signed_twice_is_a_bad_signature() -> None:
+    """Which of two signature headers counts would be up to each reader (an attack trial's
+    record with two pairs was judged by the last): even two valid pairs are refused."""
+    signer, verifier, _ = _pair()
+    headers = signer.headers(TOPIC, KEY, VALUE)
+    assert verifier.signer(TOPIC, KEY, VALUE, headers)  # once: believed
+    for twice in (headers + headers, [*headers, headers[1]], [headers[0], *headers]):
+        with pytest.raises(signing.BadSignature, match="more than once"):
+            verifier.signer(TOPIC, KEY, VALUE, twice)
