@@ -9,6 +9,17 @@ An ``Idempotency-Key`` makes a retried request return the order the first one cr
 the same key with a different body is refused (409) rather than silently ignored — also
 when both arrive in the same batch, or at two instances at once (the key is unique in
 the table; the loser of that race reads the winner's order).
+
+A command whose caller has gone — the HTTP answer deadline answered it 503 while the
+database held the batch (``saga_kit.http.AnswerDeadline``) — is not placed behind its
+back: a batch whose callers have all gone is cancelled (its transaction rolls back), and
+one that some callers left is rolled back just before its last round trip and placed
+again without them. An attack trial froze PostgreSQL: a POST answered 503 after 8 s was
+placed, charged and audited as 202 once the database came back, and a client that
+retried without a key would have had two orders. What is left is the last round trip
+itself (the writes with ``COMMIT``): a caller that goes while it is under way may be
+answered 503 for an order that was placed — retried with the same ``Idempotency-Key``,
+it is answered that order.
 """
 
 from __future__ import annotations
@@ -21,10 +32,11 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from asyncio import FIRST_COMPLETED
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from opentelemetry import context as otel_context
 
@@ -32,7 +44,7 @@ from events import OrderCreated, OrderLine
 from events.personal import PersonalData, Sealed
 from order_svc.domain import OrderStatus
 from order_svc.errors import IdempotencyKeyReused
-from saga_kit import audit, sql, tracing
+from saga_kit import audit, deadlines, sql, tracing
 from saga_kit.audit import CallAudit
 from saga_kit.db import Database, UnitOfWork
 from saga_kit.errors import is_transient
@@ -103,6 +115,15 @@ def order_created(customer_id: str, items: Sequence[OrderLine], deadline_at: dat
     return OrderCreated(customer_id=customer_id, items=tuple(items), deadline_at=deadline_at)
 
 
+class Abandoned(Exception):
+    """``place_orders`` rolled back because the callers of ``gone`` (indices of its
+    commands) went away before its last round trip."""
+
+    def __init__(self, gone: Sequence[int]) -> None:
+        super().__init__(f"{len(gone)} caller(s) went away")
+        self.gone = frozenset(gone)
+
+
 class Placed(NamedTuple):
     """A command's order: placed by it, or (``replayed``) by an earlier request under its
     idempotency key, whose order is answered again (``Idempotent-Replayed: true``)."""
@@ -113,12 +134,17 @@ class Placed(NamedTuple):
 
 
 async def place_orders(
-    db: Database, commands: Sequence[Placement], keystore: KeyStore | None = None
+    db: Database,
+    commands: Sequence[Placement],
+    keystore: KeyStore | None = None,
+    wanted: Callable[[], Sequence[bool]] | None = None,
 ) -> list[Placed | IdempotencyKeyReused]:
     """Place every command in one transaction; one result per command, in order: the
     order (new, or the one its idempotency key placed before) or the 409 to answer.
     Personal data is sealed with its customer's data key from ``keystore`` (required when
-    a command has any)."""
+    a command has any). ``wanted``, asked just before the last round trip (the writes
+    with ``COMMIT``), says per command whether its caller still waits; if one does not,
+    the transaction rolls back and ``Abandoned`` names them."""
     results: list[Placed | IdempotencyKeyReused | None] = [None] * len(commands)
     async with db.unit_of_work() as uow:
         keys = sorted({c.stored_key for c in commands if c.stored_key})
@@ -185,6 +211,8 @@ async def place_orders(
                 if command.audit is not None and isinstance(result, Placed)
             ],
         )
+        if wanted is not None and (gone := [i for i, w in enumerate(wanted()) if not w]):
+            raise Abandoned(gone)  # rolled back: nothing of this transaction is kept
     return [r for r in results if r is not None]
 
 
@@ -331,8 +359,35 @@ class OrderDesk:
                 await self._place(batch)
 
     async def _place(self, batch: list[_Waiting]) -> None:
+        """Place ``batch`` and answer each waiter (module doc: callers that went away)."""
+        answers = [w.answer for w in batch]
+        work = asyncio.ensure_future(
+            place_orders(
+                self._db, [w.command for w in batch], self._keystore, lambda: [not a.done() for a in answers]
+            )
+        )
         try:
-            results = await place_orders(self._db, [w.command for w in batch], self._keystore)
+            while not work.done():
+                pending: list[asyncio.Future[Any]] = [work, *(a for a in answers if not a.done())]
+                await asyncio.wait(pending, return_when=FIRST_COMPLETED)
+                if not work.done() and all(a.done() for a in answers):
+                    deadlines.leave(work)  # nobody waits: rolled back (unless its COMMIT was under way)
+                    log.warning(
+                        "%d order(s) not placed: their callers went away while the database held them",
+                        len(batch),
+                    )
+                    return
+        except BaseException:  # the desk itself stopped
+            deadlines.leave(work)
+            raise
+        try:
+            results = work.result()
+        except Abandoned as exc:
+            live = [w for i, w in enumerate(batch) if i not in exc.gone and not w.answer.done()]
+            log.warning("%d order(s) not placed: their callers went away before the commit", len(exc.gone))
+            if live:
+                await self._place(live)
+            return
         except Exception as exc:
             if len(batch) == 1 or is_transient(exc):
                 for w in batch:

@@ -388,8 +388,10 @@ class AnswerDeadline:
 
     The 503 goes out at once; the cancelled route cleans up behind it (psycopg cancels
     its query on the server, and gives up on the connection after ~10 s if the server
-    does not answer that either). A POST answered so may still have acted: retried with
-    the same ``Idempotency-Key``, it cannot act twice."""
+    does not answer that either). Work a route handed to another task must follow the
+    cancellation too: the order desk rolls back a batch whose callers went away
+    (``order_svc.placing``). A POST answered while its commit was under way may still
+    have acted: retried with the same ``Idempotency-Key``, it cannot act twice."""
 
     def __init__(self, app: ASGIApp, seconds: float) -> None:
         self.app, self.seconds = app, seconds

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from events.order import OrderLine
 from order_svc.app import SPEC
-from order_svc.placing import Placed, Placement, place_orders
+from order_svc.placing import OrderDesk, Placed, Placement, place_orders
 from order_svc.settings import Settings
 from saga_kit.service import http_app
 from tests.integration.conftest import ServiceUnderTest
@@ -53,3 +53,46 @@ async def test_a_route_whose_database_does_not_answer_is_a_503_at_the_deadline(
         assert again.status_code == 200 and again.json()["order_id"] == str(placed.order_id)
         missing = await http.get(f"/orders/{uuid.uuid4()}")
         assert missing.status_code == 404  # the pool is whole again
+
+
+async def _orders_of(order: ServiceUnderTest, *customers: str) -> dict[str, int]:
+    async with order.db.engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT customer_id, count(*) FROM orders WHERE customer_id = ANY(:c) GROUP BY 1"),
+            {"c": list(customers)},
+        )
+        return {c: n for c, n in rows.all()}
+
+
+async def test_an_order_whose_caller_went_away_while_the_database_held_it_is_not_placed(
+    order: ServiceUnderTest,
+) -> None:
+    """An attack trial froze PostgreSQL: ``POST /orders`` was answered 503 at the answer
+    deadline (its route cancelled), and once the database came back the order was placed,
+    charged and audited as 202 all the same — the desk's batch went on without its caller.
+    Here a lock stands in for the database that does not answer: the caller that goes away
+    takes its order with it, whether the whole batch was its own or shared."""
+    desk = OrderDesk(order.db)
+    line = OrderLine(product_id="p", quantity=1)
+    alone, gone, stays = (f"{who}-{uuid.uuid4().hex[:8]}" for who in ("alone", "gone", "stays"))
+    try:
+        for cancelled, kept in (([alone], []), ([gone], [stays])):
+            async with order.db.engine.connect() as holder:
+                await holder.begin()
+                await holder.execute(text("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE"))
+                callers = {
+                    who: asyncio.create_task(desk.place(Placement(who, (line,), None, timedelta(minutes=5))))
+                    for who in [*cancelled, *kept]  # queued together: one batch
+                }
+                await asyncio.sleep(0.5)  # the batch waits on the lock
+                for who in cancelled:
+                    callers[who].cancel()  # as AnswerDeadline cancels a route it answered 503
+                await asyncio.sleep(0.2)
+                await holder.rollback()
+            for who in kept:
+                placed = await asyncio.wait_for(callers[who], 30)
+                assert isinstance(placed, Placed)
+            await asyncio.sleep(0.5)  # anything left behind would have committed by now
+        assert await _orders_of(order, alone, gone, stays) == {stays: 1}
+    finally:
+        await desk.close()
