@@ -10,17 +10,16 @@ from http import HTTPStatus
 from typing import Any
 
 import psycopg
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.body_limit import RequestBodyLimitMiddleware
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from saga_kit.errors import is_transient
-from saga_kit.http import UNREADABLE_BODY, validation_errors
+from saga_kit.http import UNREADABLE_BODY, UnreadableBody, check_json_body, validation_errors
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +106,13 @@ def error_body(code: str, message: str) -> dict[str, str]:
 
 
 def unreadable_body(cause: BaseException | None) -> InvalidRequest:
-    """The 422 of a body the framework could not even parse (its 400 "There was an error
-    parsing the body"): bytes that are not UTF-8, nesting deeper than the parser's
-    recursion limit. An attack trial got a 400 ``bad_request`` for these, where every
-    other invalid body is a 422 ``invalid_request`` with ``details``."""
-    if isinstance(cause, UnicodeDecodeError):
-        why = f"the body is not UTF-8: byte {cause.object[cause.start]:#04x} at offset {cause.start}"
-    elif isinstance(cause, RecursionError):
-        why = "the body nests arrays and objects too deeply to be read"
+    """The 422 of a body that cannot be read (the framework's 400 "There was an error
+    parsing the body", raised from ``cause``): bytes that are not UTF-8, a name twice in
+    one object, nesting deeper than the parser reads (``BodyLimit``'s check). An attack
+    trial got a 400 ``bad_request`` for these, where every other invalid body is a 422
+    ``invalid_request`` with ``details``."""
+    if isinstance(cause, UnreadableBody):
+        why = str(cause)
     elif cause is not None:
         why = f"the body could not be read ({type(cause).__name__})"
     else:
@@ -127,25 +125,66 @@ def too_large(max_body_bytes: int) -> dict[str, str]:
     return error_body("body_too_large", f"the body is larger than {max_body_bytes} bytes, the most accepted")
 
 
+class BodyTooLarge(HTTPException):
+    """A body counted past the limit as it arrived (``BodyLimit``): answered 413."""
+
+    def __init__(self) -> None:
+        super().__init__(413, "the body is larger than the most accepted")
+
+
 class BodyLimit:
-    """Request bodies of at most ``max_body_bytes`` (pure ASGI): one *announced* larger
-    (``Content-Length``) is answered 413 before a byte of it is read, and one that is not
-    announced is counted as it arrives by Starlette's ``RequestBodyLimitMiddleware``
-    (whose 413 ``install`` answers). Starlette answers the announced case itself, in
-    plain text, over whatever the route answered; both are ``too_large`` here, as the
-    services refuse both in ``saga_kit.http.RequestGuard``."""
+    """Request bodies, in front of everything else (pure ASGI): at most ``max_body_bytes``
+    — one announced larger (``Content-Length``) is answered 413 before a byte of it is
+    read, one that is not is counted as it arrives — and JSON in UTF-8 that says each
+    thing once (``saga_kit.http.check_json_body``, the services' own check), else 422
+    ``invalid_request``; both in the provider's shape. Raised in a route, the app's
+    handlers (``install``) answer them; raised where the fault controls buffer a body,
+    outside those handlers, this answers them. An attack trial found Starlette's body
+    limit answering that case in plain text, and a UTF-16 body creating an account
+    (the framework's JSON parser guesses UTF-16 and UTF-32)."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self.app = RequestBodyLimitMiddleware(app, max_body_size=max_body_bytes)
-        self.max_body_bytes = max_body_bytes
+        self.app, self.max_body_bytes = app, max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = Headers(scope=scope).get("content-length", "")
-            if length.isdigit() and int(length) > self.max_body_bytes:
-                await JSONResponse(too_large(self.max_body_bytes), status_code=413)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            await JSONResponse(too_large(self.max_body_bytes), status_code=413)(scope, receive, send)
+            return
+        size, chunks, started = 0, [], False
+
+        async def reading() -> Message:
+            nonlocal size
+            message = await receive()
+            if message["type"] == "http.request":
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise BodyTooLarge
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    check_json_body(b"".join(chunks))
+            return message
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, reading, sending)
+        except (BodyTooLarge, UnreadableBody) as exc:
+            if started:
+                raise
+            if isinstance(exc, BodyTooLarge):
+                answer = JSONResponse(too_large(self.max_body_bytes), status_code=413)
+            else:
+                error = unreadable_body(exc)
+                answer = JSONResponse(error.body(), status_code=error.status)
+            await answer(scope, receive, send)
 
 
 def install(app: FastAPI, max_body_bytes: int) -> None:
@@ -168,7 +207,7 @@ def install(app: FastAPI, max_body_bytes: int) -> None:
         if exc.status_code == 400 and exc.detail == UNREADABLE_BODY:
             unreadable = unreadable_body(exc.__cause__)
             return JSONResponse(unreadable.body(), status_code=unreadable.status)
-        if exc.status_code == 413:  # counted as it arrived (``BodyLimit``)
+        if exc.status_code == 413:  # counted as it arrived (``BodyTooLarge``)
             return JSONResponse(too_large(max_body_bytes), status_code=413)
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
         body = error_body(code, str(exc.detail))

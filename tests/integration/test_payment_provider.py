@@ -271,32 +271,42 @@ async def test_a_body_that_cannot_be_read_is_an_invalid_request_and_changes_noth
 ) -> None:
     """Bytes that are not UTF-8, and nesting deeper than the parser reads, were a 400
     ``bad_request`` (the framework's "error parsing the body"), where every other invalid
-    body is a 422 ``invalid_request`` with ``details``; a body past the limit is a 413."""
-    settings = Settings(database_url=provider_url, http_max_body_bytes=250_000)
+    body is a 422 ``invalid_request`` with ``details``; UTF-16 was read (a second trial: it
+    created an account). A body past the limit is a 413 in the provider's shape — also on
+    the routes whose bodies the fault controls buffer (it was plain text there)."""
+    settings = Settings(database_url=provider_url, http_max_body_bytes=250_000, fault_control=True)
     async with client_of(build_app(settings, provider_engine)) as provider:
         acct = await account(provider, "30.00")
         json_type = {"Content-Type": "application/json"}
+        utf16 = '{"balance": "1.00"}'.encode("utf-16")
         for body, why in (
             (b'{"balance": "1.00\xff"}', "the body is not UTF-8: byte 0xff at offset 17"),
+            (utf16, "the body is not UTF-8: byte 0xff at offset 0"),
             (b"[" * 100_000 + b"]" * 100_000, "the body nests arrays and objects too deeply to be read"),
         ):
-            r = await provider.put(f"/v1/accounts/{acct}", content=body, headers=json_type)
-            assert r.status_code == 422, (r.status_code, r.text)
-            assert r.json()["details"] == [{"loc": ["body"], "msg": why, "type": "body_unreadable"}]
+            for method, path in (("PUT", f"/v1/accounts/{acct}"), ("POST", "/v1/charges")):
+                headers = {**json_type, "Idempotency-Key": uid("k")}
+                r = await provider.request(method, path, content=body, headers=headers)
+                assert r.status_code == 422, (path, r.status_code, r.text)
+                assert r.json()["details"] == [{"loc": ["body"], "msg": why, "type": "body_unreadable"}]
         big = b'{"balance": "1.00", "pad": "' + b"x" * 250_000 + b'"}'
 
         async def unannounced() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
             for i in range(0, len(big), 10_000):
                 yield big[i : i + 10_000]
 
-        for content in (big, unannounced()):
-            r = await provider.put(f"/v1/accounts/{acct}", content=content, headers=json_type)
-            assert r.status_code == 413, r.text
-            assert r.json() == {
-                "error": "body_too_large",
-                "message": "the body is larger than 250000 bytes, the most accepted",
-            }
+        for method, path in (("PUT", f"/v1/accounts/{acct}"), ("POST", "/v1/charges")):
+            for content in (big, unannounced()):
+                headers = {**json_type, "Idempotency-Key": uid("k")}
+                r = await provider.request(method, path, content=content, headers=headers)
+                assert r.status_code == 413, (path, r.text)
+                assert r.json() == {
+                    "error": "body_too_large",
+                    "message": "the body is larger than 250000 bytes, the most accepted",
+                }
         assert await balance_of(provider, acct) == "30.00"
+        ledger = (await provider.get("/v1/ledger")).json()
+        assert not [c for c in ledger["charges"] if c["account_id"] == acct]
 
 
 async def test_twenty_concurrent_identical_charges_make_one_charge(provider: httpx.AsyncClient) -> None:
