@@ -589,6 +589,7 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     _in_head = False
     _dropped: int | None = None  # bytes dropped since the 431; None before one
     _head_too_large = False
+    _bad_target = False  # an absolute-form target of another scheme, or with user information
     _refusal_due: tuple[int, str, str] | None = None  # once the answers before it are sent
     _close_after_answer = False  # a request answered, its body then refused: no second answer
     #: after a chunk's size line, before its data: where the last chunk's trailers come
@@ -660,9 +661,13 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     def _host_from_absolute_form(self) -> None:
         """A request target in absolute form (``GET http://host:port/path``) names the host
         the request is for, and the ``Host`` header is ignored (RFC 9112 §3.2.2): its host
-        replaces every ``Host`` here, so the allow-list (``HostAllowList``) decides on it.
+        replaces the ``Host`` here, so the allow-list (``HostAllowList``) decides on it,
+        and the target becomes the origin form uvicorn reads (an empty path is ``/``).
         uvicorn took the path and kept ``Host``: an attack trial's ``GET
-        http://evil.example/orders`` with an allowed ``Host`` was served."""
+        http://evil.example/orders`` with an allowed ``Host`` was served. A scheme other
+        than http(s), or user information in the target (RFC 9110 §4.2.4: an error), is a
+        400; a request without exactly one ``Host`` keeps what it sent, which the
+        allow-list refuses (RFC 9112 §3.2)."""
         if self.url[:1] in (b"/", b"*"):  # origin form, asterisk form: nothing to do
             return
         try:
@@ -670,6 +675,12 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         except httptools.HttpParserInvalidURLError:
             return  # uvicorn's own parse answers it (400)
         if target.host is None:
+            return
+        if (target.schema or b"").lower() not in (b"http", b"https") or target.userinfo is not None:
+            self._bad_target = True
+            raise ValueError("a request target this server does not take")  # uvicorn answers 400 …
+        self.url = (target.path or b"/") + (b"?" + target.query if target.query else b"")
+        if sum(1 for name, _ in self.headers if name == b"host") != 1:
             return
         host = b"[" + target.host + b"]" if b":" in target.host else target.host
         if target.port is not None:
@@ -704,6 +715,13 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         plain text there: a ``Problem`` here, as every other refusal."""
         if self._head_too_large:  # raised by on_headers_complete: a 431
             self._refuse_head()
+            return
+        if self._bad_target:  # raised by _host_from_absolute_form
+            self._refuse(
+                400,
+                "the request target names another scheme than http(s), or user information",
+                "invalid_http_request",
+            )
             return
         what = "its body's chunks" if self._reading_body() else "its request line or a header"
         self._refuse(400, f"the request is not valid HTTP/1.1: {what} cannot be read", "invalid_http_request")

@@ -311,21 +311,42 @@ async def test_a_request_answered_before_its_body_gets_no_second_answer(port: in
 
 
 @pytest.mark.parametrize(
-    ("target", "host"),
+    ("target", "host", "path"),
     [
-        (b"http://evil.example/orders", "evil.example"),
-        (b"http://evil.example:8001/orders?x=1", "evil.example:8001"),
-        (b"http://user@evil.example/orders", "evil.example"),
-        (b"http://[::2]:80/orders", "[::2]:80"),
-        (b"/orders", "127.0.0.1"),  # origin form: Host as sent
+        (b"http://evil.example/orders", "evil.example", "/orders"),
+        (b"http://evil.example:8001/orders?x=1", "evil.example:8001", "/orders"),
+        (b"HTTP://[::2]:80/orders", "[::2]:80", "/orders"),
+        (b"https://evil.example", "evil.example", "/"),  # an empty path is / (RFC 9112 §3.2.2)
+        (b"http://evil.example?x=1", "evil.example", "/"),
+        (b"/orders", "127.0.0.1", "/orders"),  # origin form: Host as sent
     ],
 )
-async def test_a_target_in_absolute_form_names_the_host(port: int, target: bytes, host: str) -> None:
+async def test_a_target_in_absolute_form_names_the_host(
+    port: int, target: bytes, host: str, path: str
+) -> None:
     """RFC 9112 §3.2.2: the target's host replaces ``Host`` (an attack trial's ``GET
     http://evil.example/orders`` with an allowed ``Host`` got past the allow-list)."""
-    head = b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    head = b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     status, body, _ = await exchange(port, head)
-    assert status == 200
+    assert status == 200, body
     said = json.loads(body)
-    assert said["path"] == "/orders"
-    assert said["host"] == ([host] if target[:1] != b"/" else [host, host])
+    assert (said["host"], said["path"]) == ([host], path)
+
+
+async def test_an_absolute_form_target_without_exactly_one_host_keeps_what_was_sent(port: int) -> None:
+    """RFC 9112 §3.2: none or two ``Host`` is a 400 whatever the target's form; what was
+    sent goes on to the allow-list, which refuses it (a trial: served in absolute form)."""
+    for hosts, kept in ((b"", []), (b"Host: a\r\nHost: b\r\n", ["a", "b"])):
+        head = b"GET http://evil.example/x HTTP/1.1\r\n" + hosts + b"Connection: close\r\n\r\n"
+        status, body, _ = await exchange(port, head)
+        assert (status, json.loads(body)["host"]) == (200, kept)  # (this app has no allow-list)
+
+
+@pytest.mark.parametrize(
+    "target", [b"ftp://127.0.0.1/x", b"http://user:pw@127.0.0.1/x", b"http://u@127.0.0.1/x"]
+)
+async def test_a_target_of_another_scheme_or_with_user_information_is_a_400(port: int, target: bytes) -> None:
+    """RFC 9110 §4.2.4: user information in an http(s) URI is an error; a scheme this
+    server does not serve is no target of its own."""
+    status, body, _ = await exchange(port, b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert status == 400 and json.loads(body)["reason"] == "invalid_http_request", body
