@@ -246,8 +246,7 @@ class ProgressWatchdog:
         """True while the pipeline waits for a known reason (module doc): retrying a
         transient failure, holding a batch it cannot get through, or inside one batch
         for ``interval`` seconds or more (``now`` on ``clock``'s scale)."""
-        since = self.stats.batch_since
-        held_up = since is not None and now - since >= self.interval
+        held_up = self.stats.batch_age(now) >= self.interval
         return self.stats.retrying or bool(self.stats.stuck) or held_up
 
     def batch_taken(self, records: Sequence[Record]) -> None:
