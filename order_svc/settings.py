@@ -1,7 +1,8 @@
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from saga_kit.settings import ServiceSettings
+from saga_kit.urls import http_url
 
 
 class Settings(ServiceSettings):
@@ -39,3 +40,8 @@ class Settings(ServiceSettings):
     #: Where the dashboard reads stock and balances from.
     inventory_url: str = "http://127.0.0.1:8002"
     payment_url: str = "http://127.0.0.1:8003"
+
+    @field_validator("inventory_url", "payment_url")
+    @classmethod
+    def _service_url(cls, url: str) -> str:
+        return http_url(url)

@@ -1,7 +1,8 @@
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from saga_kit.settings import ServiceSettings
+from saga_kit.urls import http_url
 
 
 class Settings(ServiceSettings):
@@ -37,4 +38,10 @@ class Settings(ServiceSettings):
         " wakes it at once (a commit that made one)",
     )
     provider_batch: int = Field(default=64, ge=1, description="payments claimed per worker round")
+
+    @field_validator("provider_url")
+    @classmethod
+    def _provider_url(cls, url: str) -> str:
+        return http_url(url)
+
     provider_concurrency: int = Field(default=16, ge=1, description="provider calls in flight at once")

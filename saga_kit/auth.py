@@ -54,7 +54,7 @@ from cachetools import TLRUCache
 from jwt.algorithms import OKPAlgorithm
 
 from events.values import printable
-from saga_kit.errors import ConfigurationError, TransientError
+from saga_kit.errors import ConfigurationError, TransientError, setting_file
 from saga_kit.signing import load_private_key, write_private_key
 
 #: Asymmetric signatures only: a shared secret (HS256) or ``none`` is never accepted.
@@ -241,6 +241,16 @@ class _JwksFile:
             self._keys = _keys_of(json.loads(Path(self.path).read_text()))
             self._stamp = stamp
         return self._keys.get(kid)
+
+
+def _jwks_document(path: str) -> dict[str, Any]:
+    """The JSON object of the JWKS file ``AUTH_JWKS_FILE`` names; ``AuthConfigurationError``
+    naming it when it cannot be read or is not JSON."""
+    with setting_file("AUTH_JWKS_FILE", path, AuthConfigurationError):
+        document = json.loads(Path(path).read_text())
+        if not isinstance(document, dict):
+            raise TypeError("not a JSON object")
+    return document
 
 
 def _keys_of(document: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
@@ -499,7 +509,7 @@ def load_verifier(
         ]
         if missing:
             raise AuthConfigurationError(f"SAGA_ENV=production needs {', '.join(missing)}")
-        if jwks_file and json.loads(Path(jwks_file).read_text()).get("development"):
+        if jwks_file and _jwks_document(jwks_file).get("development"):
             raise AuthConfigurationError(
                 f"SAGA_ENV=production refuses the development JWKS {jwks_file}"
                 " (made by make run / make demo / the tests)"
@@ -507,7 +517,8 @@ def load_verifier(
     if not (jwks_file or jwks_url):
         return None
     if jwks_file:
-        _keys_of(json.loads(Path(jwks_file).read_text()))  # unreadable keys stop the start, not a request
+        with setting_file("AUTH_JWKS_FILE", jwks_file, AuthConfigurationError, also=(jwt.PyJWTError,)):
+            _keys_of(_jwks_document(jwks_file))  # unreadable keys stop the start, not a request
     return TokenVerifier(
         issuer or DEV_ISSUER, audience or DEV_AUDIENCE, jwks_file=jwks_file, jwks_url=jwks_url
     )

@@ -17,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from events.codec import InvalidEvent
 
@@ -28,6 +31,7 @@ __all__ = [
     "described",
     "is_transient",
     "is_transient_kafka_error",
+    "setting_file",
 ]
 
 
@@ -44,6 +48,26 @@ def described(exc: BaseException) -> str:
 class ConfigurationError(Exception):
     """The service's settings are missing something, or unfit for where it runs; the
     message names the variables. Raised before the service connects to anything."""
+
+
+@contextmanager
+def setting_file(
+    variable: str,
+    path: str | os.PathLike[str],
+    error: type[ConfigurationError] = ConfigurationError,
+    also: tuple[type[Exception], ...] = (),
+) -> Iterator[None]:
+    """Read the file the setting ``variable`` names inside this block: what reading or
+    parsing it raises (``OSError``, ``ValueError`` — JSON, PEM or key bytes that are not
+    what they should be —, ``KeyError``, ``TypeError``, and ``also``) becomes ``error``
+    naming the variable, the file and why, and the service does not start (an operator
+    trial: a missing key file stopped a service on a traceback naming neither)."""
+    caught: tuple[type[Exception], ...] = (OSError, ValueError, KeyError, TypeError, *also)
+    try:
+        yield
+    except caught as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else described(exc)
+        raise error(f"{variable}={os.fspath(path)} cannot be used: {why}") from None
 
 
 class TransientError(Exception):

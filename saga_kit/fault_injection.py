@@ -10,11 +10,30 @@ import signal
 
 log = logging.getLogger(__name__)
 
+#: The points a process can be made to die at (``crash_at``).
+CRASH_POINTS = (
+    "consumer.crash_before_commit",
+    "relay.before_publish",
+    "relay.after_publish",
+    "payment.crash_after_claim",
+    "payment.crash_after_call",
+)
+#: Every fault ``SAGA_FAULT`` may name: the crash points, a consumer pipeline that raises
+#: on every batch (saga_kit.consumer), and a consumer that loses the first record it takes
+#: (saga_kit.faust_app; ``consumer.drop_first_record=<key>``: the first with that key).
+POINTS = (*CRASH_POINTS, "consumer.pipeline_error", "consumer.drop_first_record")
+
+
+def known(fault: str) -> bool:
+    """Does ``fault`` name one of ``POINTS`` (``consumer.drop_first_record=<key>`` too)?"""
+    return fault in POINTS or fault.startswith("consumer.drop_first_record=")
+
 
 def crash_at(fault: str | None, point: str) -> None:
     """SIGKILL this process if ``fault`` names ``point`` (e.g. ``relay.before_publish``,
     ``consumer.crash_before_commit``, ``payment.crash_after_call``): no clean-up runs, as
     in a real crash."""
+    assert point in CRASH_POINTS, point
     if fault == point:
         log.error("fault injection: SIGKILL at %s", point)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -113,6 +113,31 @@ class KafkaSecurity:
         context = self.ssl_context()
         return faust.SSLCredentials(context) if context is not None else None
 
+    def unusable_files(self) -> list[str]:
+        """Why the TLS files cannot be used (empty: they can): one that cannot be read,
+        naming its variable, or the TLS context that cannot be made of them (``ssl``'s
+        words: a key that does not match its certificate, a file that is no PEM). An
+        operator trial: a missing CA file stopped a service on a traceback naming neither
+        the variable nor the file."""
+        problems = []
+        for variable, path in (
+            ("KAFKA_SSL_CAFILE", self.ssl_cafile),
+            ("KAFKA_SSL_CERTFILE", self.ssl_certfile),
+            ("KAFKA_SSL_KEYFILE", self.ssl_keyfile),
+        ):
+            if path:
+                try:
+                    with open(path, "rb"):
+                        pass
+                except OSError as exc:
+                    problems.append(f"{variable}={path} cannot be read: {exc.strerror or exc}")
+        if not problems:
+            try:
+                self.ssl_context()
+            except ssl.SSLError as exc:
+                problems.append(f"the KAFKA_SSL_* files cannot be used: {exc.reason or exc}")
+        return problems
+
     def refusals(self, *, production: bool) -> list[str]:
         """Why these settings cannot be used (empty: they can). Always: SASL needs a user
         and a password, and TLS or SASL settings without the protocol that uses them are a

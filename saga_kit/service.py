@@ -271,16 +271,11 @@ async def _note_broker(
 
 
 async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Event) -> None:
-    kafka_security = settings.kafka_client_security()  # refuses before anything connects
+    # every setting that names a key or a file is read before anything is made or
+    # connects: one unfit stops the start with a ConfigurationError (exit 2), no client left
+    kafka_security = settings.kafka_client_security()
     if kafka_security.protocol == "PLAINTEXT":
         log.warning("Kafka over PLAINTEXT: events cross the network unencrypted and unauthenticated")
-    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
-    producer = create_producer(
-        settings.kafka_bootstrap_servers,
-        spec.name,
-        idempotent=settings.kafka_idempotent_producer,
-        security=kafka_security,
-    )
     signer, verifier = signing.load_keys(
         spec.name,
         settings.event_signing_key_file,
@@ -290,10 +285,18 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
     )
     if signer is None or verifier is None:
         log.warning("events are not signed or not verified: anyone who can write to a topic is believed")
-    db = Database(engine, spec.name, emit_hooks=(*spec.emit_hooks, audit.record_compensations), signer=signer)
-    retry = settings.retry_policy()
+    settings.token_verifier()  # the HTTP app makes its own (create_app); this one checks the keys now
     if spec.configure is not None:
         spec.configure(settings)
+    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+    producer = create_producer(
+        settings.kafka_bootstrap_servers,
+        spec.name,
+        idempotent=settings.kafka_idempotent_producer,
+        security=kafka_security,
+    )
+    db = Database(engine, spec.name, emit_hooks=(*spec.emit_hooks, audit.record_compensations), signer=signer)
+    retry = settings.retry_policy()
     try:
         wait = settings.startup_timeout_seconds
         await _until_up("database", db.ping, retry, stop, wait)

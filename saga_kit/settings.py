@@ -21,14 +21,23 @@ import logging
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
-from saga_kit import logs
+from saga_kit import fault_injection, logs
 from saga_kit.auth import TokenVerifier, load_verifier
 from saga_kit.heap import DEFAULT_GEN0_THRESHOLD
-from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurity
+from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurity, KafkaSecurityError
 from saga_kit.retry import RetryPolicy
+from saga_kit.urls import http_url
 
 #: How long a consumer fetch may wait on the broker for data. Apache Kafka answers as soon
 #: as data arrives; the embedded Tansu answers only when the wait ends, so there this is
@@ -281,8 +290,12 @@ class ServiceSettings(KafkaClientSettings):
     def kafka_client_security(self) -> KafkaSecurity:
         """How this service's Kafka clients connect; under ``SAGA_ENV=production`` only an
         encrypted and authenticated connection. Raises ``KafkaSecurityError`` (a
-        ``ConfigurationError``: the service does not start) naming what is wrong."""
-        return self.kafka_security(production=self.saga_env == "production")
+        ``ConfigurationError``: the service does not start) naming what is wrong, a TLS
+        file that cannot be used included (``KafkaSecurity.unusable_files``)."""
+        security = self.kafka_security(production=self.saga_env == "production")
+        if problems := security.unusable_files():
+            raise KafkaSecurityError("; ".join(problems))
+        return security
 
     # ----------------------------------------------------------------------------------
 
@@ -306,6 +319,19 @@ class ServiceSettings(KafkaClientSettings):
     def _async_driver(cls, url: str) -> str:
         return async_postgres_url(url)
 
+    @field_validator("auth_jwks_url")
+    @classmethod
+    def _jwks_url(cls, url: str | None) -> str | None:
+        return None if url is None else http_url(url)
+
+    @field_validator("fault")
+    @classmethod
+    def _known_fault(cls, fault: str | None) -> str | None:
+        """A misspelt fault point would inject nothing, silently (an operator trial)."""
+        if fault and not fault_injection.known(fault):
+            raise ValueError(f"names no fault: one of {', '.join(fault_injection.POINTS)}")
+        return fault or None
+
     @model_validator(mode="after")
     def _idle_wait_within_busy_wait(self) -> ServiceSettings:
         """An idle wait longer than the busy one would make an idle saga slower, not faster
@@ -325,10 +351,21 @@ class ServiceSettings(KafkaClientSettings):
 
 
 def async_postgres_url(url: str) -> str:
-    """Accept plain ``postgresql://`` URLs and pin the psycopg 3 async driver."""
+    """Accept plain ``postgresql://`` URLs and pin the psycopg 3 async driver. Raises
+    ``ValueError`` (never quoting the URL: it may hold a password) for another scheme, or
+    a URL SQLAlchemy cannot read, such as a port that is no number (an operator trial: it
+    was accepted, and the service then stopped on a traceback naming no variable)."""
     for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
+            pinned = "postgresql+psycopg://" + url[len(prefix) :]
+            try:
+                make_url(pinned)
+            except (ValueError, ArgumentError):
+                raise ValueError(
+                    "is not a URL SQLAlchemy can read (postgresql://user:password@host:port/database;"
+                    " the port a number)"
+                ) from None
+            return pinned
     raise ValueError("must be a postgresql:// URL")
 
 

@@ -39,7 +39,7 @@ import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from saga_kit.errors import ConfigurationError
+from saga_kit.errors import ConfigurationError, setting_file
 from saga_kit.headers import Header, Headers
 
 KID = "sig.kid"
@@ -168,6 +168,11 @@ def _verifier(entries: list[dict[str, str]]) -> Verifier:
     return Verifier(keys)
 
 
+def _signing_variable(service: str, what: str) -> str:
+    """The variable of ``service``'s signing setting ``what``: ``ORDER_EVENT_SIGNING_KEY_FILE``."""
+    return f"{service.split('_')[0].upper()}_EVENT_SIGNING_{what}"
+
+
 def load_keys(
     service: str,
     key_file: str | None,
@@ -186,24 +191,29 @@ def load_keys(
     missing = [
         name
         for name, value in (
-            (f"{service.split('_')[0].upper()}_EVENT_SIGNING_KEY_FILE", key_file),
-            (f"{service.split('_')[0].upper()}_EVENT_SIGNING_KID", kid),
+            (_signing_variable(service, "KEY_FILE"), key_file),
+            (_signing_variable(service, "KID"), kid),
             ("EVENT_TRUST_FILE", trust_file),
         )
         if not value
     ]
     if production and missing:
         raise KeyConfigurationError(f"SAGA_ENV=production needs {', '.join(missing)}")
-    signer = load_signer(key_file, kid or service) if key_file else None
+    signer = None
+    if key_file:
+        with setting_file(_signing_variable(service, "KEY_FILE"), key_file, KeyConfigurationError):
+            signer = load_signer(key_file, kid or service)
     verifier = None
     if trust_file:
-        document = json.loads(Path(trust_file).read_text())
-        if production and document.get("development"):
+        with setting_file("EVENT_TRUST_FILE", trust_file, KeyConfigurationError):
+            document = json.loads(Path(trust_file).read_text())
+            development = document.get("development")
+            verifier = _verifier(document["keys"])
+        if production and development:
             raise KeyConfigurationError(
                 f"SAGA_ENV=production refuses the development trust file {trust_file}"
                 " (made by make run / make demo / the tests)"
             )
-        verifier = _verifier(document["keys"])
     if verifier is not None and signer is not None and verifier.keys.get(signer.kid, ("",))[0] != service:
         raise KeyConfigurationError(f"the trust file does not list key {signer.kid!r} as {service}'s")
     return signer, verifier

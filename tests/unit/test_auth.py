@@ -103,7 +103,9 @@ def test_development_without_keys_turns_authentication_off(dev_jwks: Path) -> No
 def test_unreadable_keys_stop_the_start_not_a_request(tmp_path: Path) -> None:
     broken = tmp_path / "jwks.json"
     broken.write_text('{"keys": [{"kty": "nonsense"}]}')
-    with pytest.raises(jwt.PyJWKSetError):
+    with pytest.raises(
+        AuthConfigurationError, match=r"AUTH_JWKS_FILE=.*jwks.json cannot be used: PyJWKSetError"
+    ):
         load_verifier(str(broken), None, None, None, production=False)
     with pytest.raises(AuthConfigurationError):
         TokenVerifier(DEV_ISSUER, DEV_AUDIENCE)  # neither a file nor a URL

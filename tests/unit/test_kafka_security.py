@@ -195,7 +195,7 @@ def test_production_refuses_an_unencrypted_or_unauthenticated_connection_or_a_mi
 
 
 def test_production_accepts_sasl_ssl_or_ssl_with_a_client_certificate(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("SAGA_ENV", "production")
     monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
@@ -205,9 +205,13 @@ def test_production_accepts_sasl_ssl_or_ssl_with_a_client_certificate(
     for name in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"):
         monkeypatch.delenv(name)
     monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SSL")
-    monkeypatch.setenv("KAFKA_SSL_CERTFILE", "client.pem")
-    monkeypatch.setenv("KAFKA_SSL_KEYFILE", "client-key.pem")
-    assert ServiceSettings(**BASE).kafka_client_security().ssl_certfile == "client.pem"  # type: ignore[arg-type]
+    pem = str(write_dev_tls(tmp_path).server_file)  # its key, then its certificate: the start reads them
+    monkeypatch.setenv("KAFKA_SSL_CERTFILE", pem)
+    monkeypatch.setenv("KAFKA_SSL_KEYFILE", pem)
+    assert ServiceSettings(**BASE).kafka_client_security().ssl_certfile == pem  # type: ignore[arg-type]
+    monkeypatch.setenv("KAFKA_SSL_KEYFILE", str(tmp_path / "client-key.pem"))  # no such file
+    with pytest.raises(KafkaSecurityError, match=r"KAFKA_SSL_KEYFILE=.*client-key.pem cannot be read"):
+        ServiceSettings(**BASE).kafka_client_security()  # type: ignore[arg-type]
 
 
 def test_a_production_service_on_plaintext_kafka_does_not_start_and_says_why(tmp_path: Path) -> None:

@@ -141,3 +141,86 @@ def test_a_port_out_of_range_is_refused_at_start(module: str, variable: str) -> 
     prefix = variable.split("_")[0]
     lines, _ = _start(module, **{f"{prefix}_DATABASE_URL": "postgresql://u@localhost/db", variable: "99999"})
     assert f"{variable}: Input should be less than or equal to 65535" in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    ("module", "variables", "said"),
+    [
+        ("payment_svc", {"PAYMENT_PROVIDER_URL": "notaurl"}, "PAYMENT_PROVIDER_URL: must be an http(s) URL"),
+        ("inventory_svc", {"AUTH_JWKS_URL": "ftp://keys.example"}, "AUTH_JWKS_URL: must be an http(s) URL"),
+        ("order_svc", {"ORDER_PAYMENT_URL": "http://"}, "ORDER_PAYMENT_URL: must be an http(s) URL"),
+        (
+            "order_svc",
+            {"ORDER_DATABASE_URL": "postgresql://u:s3cret-pw@localhost:notaport/db"},
+            "ORDER_DATABASE_URL: is not a URL SQLAlchemy can read",
+        ),
+        ("payment_svc", {"SAGA_FAULT": "relay.before_publsh"}, "SAGA_FAULT: names no fault: one of"),
+    ],
+)
+def test_a_url_or_fault_that_cannot_work_is_refused_at_start(
+    module: str, variables: dict[str, str], said: str
+) -> None:
+    """An operator trial: ``PAYMENT_PROVIDER_URL=notaurl`` started, was ready, and failed
+    every charge until each order's deadline; ``AUTH_JWKS_URL=notaurl`` answered every
+    request 503; a database URL whose port is no number stopped on a traceback naming no
+    variable; a misspelt ``SAGA_FAULT`` injected nothing, silently."""
+    prefix = module.split("_")[0].upper()
+    lines, stderr = _start(module, **{f"{prefix}_DATABASE_URL": "postgresql://u@localhost/db", **variables})
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert said in lines[0], lines[0]
+    assert "s3cret-pw" not in stderr and "notaport" not in stderr
+
+
+def test_a_fault_with_its_argument_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORDER_DATABASE_URL", "postgresql://u@localhost/db")
+    monkeypatch.setenv("SAGA_FAULT", "consumer.drop_first_record=order-1")
+    assert OrderSettings().fault == "consumer.drop_first_record=order-1"  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("variables", "said"),
+    [
+        (
+            {"PAYMENT_EVENT_SIGNING_KEY_FILE": "{missing}"},
+            "PAYMENT_EVENT_SIGNING_KEY_FILE={missing} cannot be used: No such file or directory",
+        ),
+        (
+            {"PAYMENT_EVENT_SIGNING_KEY_FILE": "{not_pem}"},
+            "PAYMENT_EVENT_SIGNING_KEY_FILE={not_pem} cannot be used: ValueError",
+        ),
+        ({"EVENT_TRUST_FILE": "{not_pem}"}, "EVENT_TRUST_FILE={not_pem} cannot be used: JSONDecodeError"),
+        ({"EVENT_TRUST_FILE": "{no_keys}"}, "EVENT_TRUST_FILE={no_keys} cannot be used: KeyError: 'keys'"),
+        ({"AUTH_JWKS_FILE": "{missing}"}, "AUTH_JWKS_FILE={missing} cannot be used: No such file"),
+        ({"AUTH_JWKS_FILE": "{no_keys}"}, "AUTH_JWKS_FILE={no_keys} cannot be used: PyJWKSetError"),
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": "{missing}"},
+            "KAFKA_SSL_CAFILE={missing} cannot be read: No such file or directory",
+        ),
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": "{not_pem}"},
+            "the KAFKA_SSL_* files cannot be used:",
+        ),
+    ],
+)
+def test_a_file_a_setting_names_that_cannot_be_used_is_named_at_start(
+    tmp_path: Path, variables: dict[str, str], said: str
+) -> None:
+    """An operator trial: a missing or unreadable key, trust, JWKS or CA file stopped the
+    service on a traceback (exit 1) naming neither the variable nor, for the CA, the file;
+    some left a Kafka client unclosed. Now: exit 2, one error naming both, nothing made."""
+    files = {
+        "missing": tmp_path / "missing.pem",
+        "not_pem": tmp_path / "not.pem",
+        "no_keys": tmp_path / "k.json",
+    }
+    files["not_pem"].write_text("not a PEM file, nor JSON\n")
+    files["no_keys"].write_text('{"other": []}\n')
+    names = {name: str(path) for name, path in files.items()}
+    lines, stderr = _start(
+        "payment_svc",
+        PAYMENT_DATABASE_URL="postgresql://u@localhost/db",
+        KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1",
+        **{variable: value.format(**names) for variable, value in variables.items()},
+    )
+    assert "Traceback" not in stderr and "Unclosed" not in stderr, stderr
+    assert f"payment_svc cannot start: {said.format(**names)}" in lines[-1], lines
