@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from sagastack.embedded import PortTaken, RunDirectoryInUse
-from sagastack.system import SERVICES, StartFailed, System, choose_broker
+from sagastack.system import SERVICES, BadSetting, StartFailed, System, choose_broker
 
 RUN_ROOT = Path(".run")
 
@@ -106,6 +106,9 @@ if __name__ == "__main__":
     _install_signal_handlers()
     try:
         sys.exit(main())
+    except BadSetting as bad:  # a configuration error: exit 2, as a service's
+        print(f"sagastack: {bad}", file=sys.stderr)
+        sys.exit(2)
     except (RunDirectoryInUse, PortTaken, StartFailed) as refused:  # it says it all: no traceback
         print(f"sagastack: {refused}", file=sys.stderr)
         sys.exit(1)

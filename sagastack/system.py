@@ -50,6 +50,7 @@ from typing import Any, Literal
 
 import httpx
 
+from events.values import printable
 from saga_kit.auth import DevIssuer, Role, write_dev_issuer
 from saga_kit.headers import Headers
 from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurity
@@ -84,14 +85,20 @@ BrokerKind = Literal["tansu", "kafka"]
 BROKER_KINDS: tuple[BrokerKind, ...] = ("tansu", "kafka")
 
 
+class BadSetting(ValueError):
+    """An environment variable of the run (``SAGA_BROKER``, a port) is not one it can use:
+    ``python -m sagastack`` says so in one line, naming it, and exits 2 (an operator
+    trial: tracebacks, and two services given one port started as if all were well)."""
+
+
 def broker_from_env(default: BrokerKind = "tansu") -> BrokerKind:
-    """``SAGA_BROKER`` if set (``tansu`` or ``kafka``; anything else is an error), else
-    ``default``."""
+    """``SAGA_BROKER`` if set (``tansu`` or ``kafka``; anything else is ``BadSetting``),
+    else ``default``."""
     value = os.environ.get("SAGA_BROKER", "").strip().lower()
     if not value:
         return default
     if value not in BROKER_KINDS:
-        raise ValueError(f"SAGA_BROKER must be one of {', '.join(BROKER_KINDS)}, not {value!r}")
+        raise BadSetting(f"SAGA_BROKER must be one of {', '.join(BROKER_KINDS)}, not {value!r}")
     return "kafka" if value == "kafka" else "tansu"
 
 
@@ -152,17 +159,42 @@ def server_down(server: str, again: str) -> str:
     )
 
 
+def port_from_env(variable: str, default: int) -> int:
+    """The port ``variable`` gives in the environment, else ``default``. Raises
+    ``BadSetting`` naming the variable if it is not a port number (1 to 65535)."""
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        return default
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 65535:
+        raise BadSetting(f"{variable}={value!r} is not a port number (1-65535)")
+    return int(value)
+
+
 def chosen_port(prefix: str, default: int) -> int:
     """The HTTP port of the service whose settings prefix is ``prefix`` (``ORDER``,
     ``PROVIDER`` …): ``<prefix>_HTTP_PORT`` from the environment, as the README's settings
-    table says, else ``default``. Raises ``SystemExit`` naming the variable if it is not a
-    port number (1 to 65535)."""
-    value = os.environ.get(f"{prefix}_HTTP_PORT", "").strip()
-    if not value:
-        return default
-    if not value.isdigit() or not 1 <= int(value) <= 65535:
-        raise SystemExit(f"{prefix}_HTTP_PORT={value!r} is not a port number (1-65535)")
-    return int(value)
+    table says, else ``default`` (``port_from_env``)."""
+    return port_from_env(f"{prefix}_HTTP_PORT", default)
+
+
+#: The broker's port when ``SAGA_KAFKA_PORT`` does not say (``make run``'s).
+KAFKA_PORT = 9092
+
+
+def last_error(log: str) -> str:
+    """The last error in ``log`` (a service's JSON lines, ``saga_kit.logs``): its message,
+    and the last line of its exception's, at most 300 printable characters; ``""`` when
+    it has none."""
+    why = ""
+    for line in log.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "critical"):
+            exc = str(entry.get("exc") or "").strip().splitlines()
+            why = str(entry.get("msg", "")) + (f" ({exc[-1]})" if exc else "")
+    return printable(why, 300)
 
 
 #: A restarted process that exits again within this many seconds of its start makes the
@@ -354,17 +386,36 @@ class System:
             raise
 
     def _ensure_http_ports_free(self) -> None:
-        """Raise ``PortTaken`` naming the first HTTP port of this run another process holds
-        (and the variable that moves it), before anything starts: a newcomer trial found
-        each taken port only once everything else had started, one run at a time, at the
-        end of the service's log (and the provider's without a word of which setting)."""
+        """Raise ``BadSetting`` naming two variables that give one port (an operator trial:
+        two services on one port, and the one that could not bind restarted forever while
+        the other answered its health checks), and ``PortTaken`` naming the first port of
+        this run another process holds (and the variable that moves it), before anything
+        starts: a newcomer trial found each taken port only once everything else had
+        started, one run at a time, at the end of the service's log."""
         if self.free_ports:
             return
-        wanted = [(name, prefix, port) for name, (prefix, port) in SERVICES.items()]
+        wanted = [
+            (f"{name}'s HTTP", f"{prefix}_HTTP_PORT", port) for name, (prefix, port) in SERVICES.items()
+        ]
         if not self.provider_url:
-            wanted.append(("the payment provider simulator", "PROVIDER", PROVIDER_PORT))
-        for name, prefix, default in wanted:
-            ensure_port_free(chosen_port(prefix, default), f"{name}'s HTTP", f"{prefix}_HTTP_PORT")
+            wanted.append(("the payment provider simulator's HTTP", "PROVIDER_HTTP_PORT", PROVIDER_PORT))
+        if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+            wanted.append(("the broker's", "SAGA_KAFKA_PORT", KAFKA_PORT))
+
+        def named(variable: str) -> str:
+            return variable if os.environ.get(variable, "").strip() else f"{variable} (unset: its default)"
+
+        taken: dict[int, str] = {}
+        for _, variable, default in wanted:
+            port = port_from_env(variable, default)
+            if port in taken:
+                raise BadSetting(
+                    f"{named(taken[port])} and {named(variable)} give one port, {port}: each needs its own"
+                )
+            taken[port] = variable
+        for what, variable, default in wanted:
+            if variable != "SAGA_KAFKA_PORT":  # the broker's: checked as it starts
+                ensure_port_free(port_from_env(variable, default), what, variable)
 
     def _start_broker(self) -> None:
         external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -372,7 +423,7 @@ class System:
             self.bootstrap = external
             self.kafka_security = KafkaClientSettings().kafka_security()
             return
-        port = free_port() if self.free_ports else int(os.environ.get("SAGA_KAFKA_PORT", "9092"))
+        port = free_port() if self.free_ports else port_from_env("SAGA_KAFKA_PORT", KAFKA_PORT)
         # a broker already there would answer for ours, which could not bind: the services
         # would join it, and the run's own broker would die unnoticed
         ensure_port_free(port, "the broker's", "SAGA_KAFKA_PORT")
@@ -730,7 +781,8 @@ class System:
                         restart.due = restart.delay_after(time.monotonic())
                         wait = restart.due - time.monotonic()
                         later = f" in {wait:.0f} s (it exited again as it started)" if wait > 0 else ""
-                        print(f"{name} exited ({sp.proc.returncode}); restarting{later}", flush=True)
+                        why = self.exit_reason(name)
+                        print(f"{name} exited ({sp.proc.returncode}){why}; restarting{later}", flush=True)
                     if time.monotonic() >= restart.due:
                         if name == PROVIDER:
                             self.start_provider(wait=False)
@@ -852,6 +904,13 @@ class System:
         env = {f"SAGACTL_{prefix}_URL": self.url(n) for n, (prefix, _) in SERVICES.items()}
         env["SAGACTL_KAFKA_BOOTSTRAP"] = self.bootstrap
         return env
+
+    def exit_reason(self, name: str) -> str:
+        """``": <why>"`` (``last_error`` of what the process of ``name`` logged), or ``""``:
+        a supervisor restarting a service says why it stopped (an operator trial: the
+        reason was only in the service's log)."""
+        why = last_error(self.log_tail(name, lines=200, since_start=True))
+        return f": {why}" if why else ""
 
     def log_tail(self, name: str, lines: int = 30, *, since_start: bool = False) -> str:
         """The last ``lines`` of the service's log; with ``since_start``, of what its

@@ -3,7 +3,9 @@ in its own lines only (sagastack.embedded.RunDirectoryClaim, sagastack.system)."
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,7 +17,17 @@ from pathlib import Path
 import pytest
 
 from sagastack.embedded import PidFile, PortTaken, Postgres, RunDirectoryClaim, RunDirectoryInUse
-from sagastack.system import StartFailed, System, free_port, server_down
+from sagastack.system import (
+    KAFKA_PORT,
+    SERVICES,
+    BadSetting,
+    StartFailed,
+    System,
+    free_port,
+    last_error,
+    port_from_env,
+    server_down,
+)
 
 _HOLD = textwrap.dedent(
     """
@@ -165,6 +177,65 @@ def test_an_http_port_already_taken_is_named_before_anything_starts(
             assert system.broker is None and system.postgres is None  # nothing was started
         finally:
             system.stop()
+
+
+@pytest.mark.parametrize(
+    ("ports", "said"),
+    [
+        (
+            {"ORDER_HTTP_PORT": "18601", "INVENTORY_HTTP_PORT": "18601"},
+            "ORDER_HTTP_PORT and INVENTORY_HTTP_PORT give one port, 18601",
+        ),
+        ({"INVENTORY_HTTP_PORT": "8001"}, "ORDER_HTTP_PORT (unset: its default) and INVENTORY_HTTP_PORT"),
+        ({"SAGA_KAFKA_PORT": "8003"}, "PAYMENT_HTTP_PORT (unset: its default) and SAGA_KAFKA_PORT"),
+    ],
+)
+def test_two_variables_that_give_one_port_are_refused_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ports: dict[str, str], said: str
+) -> None:
+    """An operator trial: two services given one port started, the one that could not
+    bind restarted for ever, and the other answered its readiness ("ready again")."""
+    for variable in (
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "PAYMENT_PROVIDER_URL",
+        *(f"{prefix}_HTTP_PORT" for prefix, _ in SERVICES.values()),
+    ):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.delenv("SAGA_KAFKA_PORT", raising=False)
+    for variable, port in ports.items():
+        monkeypatch.setenv(variable, port)
+    system = System(tmp_path, broker_kind="tansu")
+    try:
+        with pytest.raises(BadSetting, match=re.escape(said)):
+            system.start_servers()
+        assert system.broker is None and system.postgres is None  # nothing was started
+    finally:
+        system.stop()
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "0", "70000", "\uff19\uff10\uff19\uff12"])
+def test_a_broker_port_that_is_no_port_is_a_bad_setting(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("SAGA_KAFKA_PORT", value)
+    with pytest.raises(BadSetting, match="SAGA_KAFKA_PORT"):
+        port_from_env("SAGA_KAFKA_PORT", KAFKA_PORT)
+
+
+def test_the_last_error_a_service_logged_is_why_it_exited() -> None:
+    """What the supervisor says when it restarts a service: the reason was only in the
+    service's log (an operator trial)."""
+    lines = [
+        {"level": "error", "msg": "an earlier error"},
+        "not json: a library's own line",
+        {
+            "level": "error",
+            "msg": "payment_svc stopped on error",
+            "exc": "Traceback (most recent call last):\n  ...\nOSError: [Errno 98] address already in use",
+        },
+        {"level": "info", "msg": "payment_svc stopped"},
+    ]
+    log = "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines)
+    assert last_error(log) == "payment_svc stopped on error (OSError: [Errno 98] address already in use)"
+    assert last_error(json.dumps({"level": "info", "msg": "fine"})) == ""
 
 
 def test_a_database_server_that_was_killed_is_not_asked_to_stop(tmp_path: Path) -> None:

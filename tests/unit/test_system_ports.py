@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from sagastack import embedded
-from sagastack.system import PROVIDER_PORT, chosen_port
+from sagastack.system import PROVIDER_PORT, BadSetting, chosen_port
 
 
 def test_a_port_from_the_environment_wins_over_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -24,7 +24,7 @@ def test_a_port_that_is_no_port_stops_with_the_variable_named(
     monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
     monkeypatch.setenv("PAYMENT_HTTP_PORT", value)
-    with pytest.raises(SystemExit, match="PAYMENT_HTTP_PORT"):
+    with pytest.raises(BadSetting, match="PAYMENT_HTTP_PORT"):
         chosen_port("PAYMENT", 8003)
 
 
