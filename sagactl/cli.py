@@ -53,6 +53,7 @@ from order_svc.domain import ORDER_ID_PREFIX, OrderStatus
 from saga_kit import auditchain
 from saga_kit.auth import SUBJECT_RULE, DevIssuer, Role, is_subject
 from saga_kit.service_names import SHORT_NAMES, service_named, short_name
+from saga_kit.urls import http_url
 
 console = Console()
 #: Errors: one line on stderr, never wrapped, never read as markup.
@@ -158,12 +159,27 @@ def _urls(ctx: typer.Context) -> Urls:
     return urls
 
 
+def _check_url(url: str) -> str:
+    """A service's base URL: http(s) with a host (``saga_kit.urls.http_url``), else a usage
+    error (exit 2): ``--order-url notaurl`` was "cannot reach", exit 3 (an operator trial)."""
+    try:
+        return http_url(url)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
-    order_url: Annotated[str, typer.Option(envvar="SAGACTL_ORDER_URL")] = "http://127.0.0.1:8001",
-    inventory_url: Annotated[str, typer.Option(envvar="SAGACTL_INVENTORY_URL")] = "http://127.0.0.1:8002",
-    payment_url: Annotated[str, typer.Option(envvar="SAGACTL_PAYMENT_URL")] = "http://127.0.0.1:8003",
+    order_url: Annotated[
+        str, typer.Option(envvar="SAGACTL_ORDER_URL", callback=_check_url)
+    ] = "http://127.0.0.1:8001",
+    inventory_url: Annotated[
+        str, typer.Option(envvar="SAGACTL_INVENTORY_URL", callback=_check_url)
+    ] = "http://127.0.0.1:8002",
+    payment_url: Annotated[
+        str, typer.Option(envvar="SAGACTL_PAYMENT_URL", callback=_check_url)
+    ] = "http://127.0.0.1:8003",
     token: Annotated[
         str | None,
         typer.Option(
@@ -423,6 +439,8 @@ def _check_services(services: list[str] | None) -> list[str] | None:
 
 
 ServiceArg = Annotated[str, typer.Argument(help="order, inventory or payment", callback=_check_service)]
+#: A dead letter's id, as the services take it (``saga_kit.deadletters.LetterId``).
+LetterIdArg = Annotated[int, typer.Argument(min=1, max=2**63 - 1, help="the dead letter's id (dlq list)")]
 STATUS_STYLE = {"PENDING": "yellow", "APPROVED": "green", "REJECTED": "red", "CANCELLED": "magenta"}
 
 
@@ -525,7 +543,7 @@ def _letters_table(
 
 @dlq.command("show")
 def dlq_show(
-    ctx: typer.Context, service: ServiceArg, letter_id: int, output: OutputOpt = Output.text
+    ctx: typer.Context, service: ServiceArg, letter_id: LetterIdArg, output: OutputOpt = Output.text
 ) -> None:
     """One dead letter: why, where from, its headers and its original bytes."""
     d = _call(ctx, service, "GET", f"/dead-letters/{letter_id}")
@@ -572,7 +590,7 @@ def _shown(view: dict[str, Any] | None) -> str:
 
 @dlq.command("replay")
 def dlq_replay(
-    ctx: typer.Context, service: ServiceArg, letter_id: int, output: OutputOpt = Output.text
+    ctx: typer.Context, service: ServiceArg, letter_id: LetterIdArg, output: OutputOpt = Output.text
 ) -> None:
     """Process a dead letter again (after fixing its cause). Its effect still happens once."""
     r = _call(ctx, service, "POST", f"/dead-letters/{letter_id}/replay")
@@ -581,7 +599,7 @@ def dlq_replay(
 
 @dlq.command("discard")
 def dlq_discard(
-    ctx: typer.Context, service: ServiceArg, letter_id: int, output: OutputOpt = Output.text
+    ctx: typer.Context, service: ServiceArg, letter_id: LetterIdArg, output: OutputOpt = Output.text
 ) -> None:
     """Decide a dead letter never needs processing; it is kept, marked DISCARDED."""
     r = _call(ctx, service, "POST", f"/dead-letters/{letter_id}/discard")

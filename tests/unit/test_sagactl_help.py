@@ -198,6 +198,10 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
             "--tombstone is a record with no body: give it no --value",
         ),
         (["place", "alice", "widget=1", "--deadline", "-inf"], "-inf is not a number of seconds"),
+        (["dlq", "replay", "inventory", "0"], "Invalid value for 'letter_id'"),
+        (["dlq", "show", "payment", "99999999999999999999"], "Invalid value for 'letter_id'"),
+        (["--payment-url", "notaurl", "health"], "Invalid value for '--payment-url'"),
+        (["--inventory-url", "ftp://x", "dlq", "list"], "URL scheme should be 'http' or 'https'"),
     ],
 )
 def test_a_bad_argument_is_refused_before_anything_is_sent(command: list[str], said: str) -> None:
@@ -206,8 +210,9 @@ def test_a_bad_argument_is_refused_before_anything_is_sent(command: list[str], s
     ``--ttl 1e309`` were tracebacks; ``--via`` took anything for kafka; an empty subject
     made a token every service refuses; an empty order id was "ambiguous: 170 recent
     orders start with it" (a trial); ``cancel 2f07`` cancelled the one recent order of
-    two that started so, and ``--deadline nan`` was a traceback (an attack trial). Each
-    is now a usage error (exit 2)."""
+    two that started so, and ``--deadline nan`` was a traceback (an attack trial); a dead
+    letter id of 0 was the service's 422 (exit 1) and ``--order-url notaurl`` "cannot
+    reach" (exit 3; an operator trial). Each is now a usage error (exit 2)."""
     result = CliRunner().invoke(app, ["--order-url", "http://127.0.0.1:1", *command])
     assert result.exit_code == 2, result.output
     assert isinstance(result.exception, SystemExit)  # not a traceback
