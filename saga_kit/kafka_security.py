@@ -27,6 +27,7 @@ wire), and ``SSL`` without a client certificate (anyone who reaches the port may
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -114,11 +115,10 @@ class KafkaSecurity:
         return faust.SSLCredentials(context) if context is not None else None
 
     def unusable_files(self) -> list[str]:
-        """Why the TLS files cannot be used (empty: they can): one that cannot be read,
-        naming its variable, or the TLS context that cannot be made of them (``ssl``'s
-        words: a key that does not match its certificate, a file that is no PEM). An
-        operator trial: a missing CA file stopped a service on a traceback naming neither
-        the variable nor the file."""
+        """Why the TLS files cannot be used (empty: they can): one that cannot be read or
+        loaded (``ssl``'s words: no PEM, a key that does not match its certificate), named
+        by its variable and path. An operator trial: a missing CA file stopped a service
+        on a traceback naming neither the variable nor the file."""
         problems = []
         for variable, path in (
             ("KAFKA_SSL_CAFILE", self.ssl_cafile),
@@ -131,6 +131,24 @@ class KafkaSecurity:
                         pass
                 except OSError as exc:
                     problems.append(f"{variable}={path} cannot be read: {exc.strerror or exc}")
+        if problems:
+            return problems
+        # loaded one by one first, so that ssl's words come with the file they are about
+        loads: list[tuple[str, Callable[[ssl.SSLContext], object]]] = []
+        if self.ssl_cafile:
+            cafile = self.ssl_cafile
+            loads.append((f"KAFKA_SSL_CAFILE={cafile}", lambda c: c.load_verify_locations(cafile=cafile)))
+        if self.ssl_certfile:
+            certfile, keyfile = self.ssl_certfile, self.ssl_keyfile
+            named = f"KAFKA_SSL_CERTFILE={certfile}" + (
+                f" with KAFKA_SSL_KEYFILE={keyfile}" if keyfile else ""
+            )
+            loads.append((named, lambda c: c.load_cert_chain(certfile, keyfile)))
+        for named, load in loads:
+            try:
+                load(ssl.create_default_context())
+            except ssl.SSLError as exc:
+                problems.append(f"{named} cannot be used: {exc.reason or exc}")
         if not problems:
             try:
                 self.ssl_context()

@@ -359,11 +359,13 @@ def async_postgres_url(url: str) -> str:
         if url.startswith(prefix):
             pinned = "postgresql+psycopg://" + url[len(prefix) :]
             try:
-                make_url(pinned)
+                port = make_url(pinned).port
+                if port is not None and not 1 <= port <= 65535:
+                    raise ValueError(port)
             except (ValueError, ArgumentError):
                 raise ValueError(
                     "is not a URL SQLAlchemy can read (postgresql://user:password@host:port/database;"
-                    " the port a number)"
+                    " the port a number from 1 to 65535)"
                 ) from None
             return pinned
     raise ValueError("must be a postgresql:// URL")

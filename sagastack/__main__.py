@@ -22,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
         print(note, flush=True)
     system = System(Path(args.run_dir), broker_kind=broker)
     system.claim()  # a run already there is told before anything is said to start
+    system.check_ports()  # and ports that cannot work
     print("starting broker, database, payment provider and services …", flush=True)
     with system:  # Ctrl-C while it starts interrupts the start (and stops what it started)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # started: Ctrl-C stops the loop below

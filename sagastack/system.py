@@ -378,14 +378,14 @@ class System:
         # a real provider: start no simulator, pass its URL on
         self.provider_url = os.environ.get("PAYMENT_PROVIDER_URL", "")
         try:
-            self._ensure_http_ports_free()
+            self.check_ports()
             self._start_broker()
             self._start_databases()
         except BaseException:
             self.stop()
             raise
 
-    def _ensure_http_ports_free(self) -> None:
+    def check_ports(self) -> None:
         """Raise ``BadSetting`` naming two variables that give one port (an operator trial:
         two services on one port, and the one that could not bind restarted forever while
         the other answered its health checks), and ``PortTaken`` naming the first port of
@@ -781,8 +781,10 @@ class System:
                         restart.due = restart.delay_after(time.monotonic())
                         wait = restart.due - time.monotonic()
                         later = f" in {wait:.0f} s (it exited again as it started)" if wait > 0 else ""
-                        why = self.exit_reason(name)
-                        print(f"{name} exited ({sp.proc.returncode}){why}; restarting{later}", flush=True)
+                        code = sp.proc.returncode
+                        # killed by a signal, it has no reason of its own to give
+                        why = self.exit_reason(name) if code > 0 else ""
+                        print(f"{name} exited ({code}){why}; restarting{later}", flush=True)
                     if time.monotonic() >= restart.due:
                         if name == PROVIDER:
                             self.start_provider(wait=False)
@@ -907,8 +909,9 @@ class System:
 
     def exit_reason(self, name: str) -> str:
         """``": <why>"`` (``last_error`` of what the process of ``name`` logged), or ``""``:
-        a supervisor restarting a service says why it stopped (an operator trial: the
-        reason was only in the service's log)."""
+        a supervisor restarting a service that exited on its own says why (an operator
+        trial: the reason was only in the service's log). Not asked for a process a signal
+        killed: its last error may be long past and unrelated (a second trial)."""
         why = last_error(self.log_tail(name, lines=200, since_start=True))
         return f": {why}" if why else ""
 

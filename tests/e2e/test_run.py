@@ -104,8 +104,12 @@ def test_make_run_serves_and_a_closed_terminal_stops_everything(run_root: Path) 
         proc.send_signal(signal.SIGHUP)  # the terminal it runs in was closed
         out, _ = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # a failed assertion: let it stop what it started, as Ctrl-C does
+            proc.send_signal(signal.SIGINT)  # (killed, a service it was restarting outlived it)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     assert proc.returncode == 0, out
     assert out.endswith("stopping …\nstopped\n"), out
     end = time.monotonic() + 10
