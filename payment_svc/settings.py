@@ -38,10 +38,9 @@ class Settings(ServiceSettings):
         " wakes it at once (a commit that made one)",
     )
     provider_batch: int = Field(default=64, ge=1, description="payments claimed per worker round")
+    provider_concurrency: int = Field(default=16, ge=1, description="provider calls in flight at once")
 
     @field_validator("provider_url")
     @classmethod
     def _provider_url(cls, url: str) -> str:
         return http_url(url)
-
-    provider_concurrency: int = Field(default=16, ge=1, description="provider calls in flight at once")

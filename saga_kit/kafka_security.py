@@ -133,7 +133,7 @@ class KafkaSecurity:
                     problems.append(f"{variable}={path} cannot be read: {exc.strerror or exc}")
         if problems:
             return problems
-        # loaded one by one first, so that ssl's words come with the file they are about
+        # loaded one by one, so that ssl's words come with the file they are about
         loads: list[tuple[str, Callable[[ssl.SSLContext], object]]] = []
         if self.ssl_cafile:
             cafile = self.ssl_cafile
@@ -144,16 +144,11 @@ class KafkaSecurity:
                 f" with KAFKA_SSL_KEYFILE={keyfile}" if keyfile else ""
             )
             loads.append((named, lambda c: c.load_cert_chain(certfile, keyfile)))
-        for named, load in loads:
+        for named, load in loads:  # as ``ssl_context`` loads them, one by one
             try:
                 load(ssl.create_default_context())
             except ssl.SSLError as exc:
                 problems.append(f"{named} cannot be used: {exc.reason or exc}")
-        if not problems:
-            try:
-                self.ssl_context()
-            except ssl.SSLError as exc:
-                problems.append(f"the KAFKA_SSL_* files cannot be used: {exc.reason or exc}")
         return problems
 
     def refusals(self, *, production: bool) -> list[str]:
