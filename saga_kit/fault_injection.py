@@ -19,14 +19,33 @@ CRASH_POINTS = (
     "payment.crash_after_call",
 )
 #: Every fault ``SAGA_FAULT`` may name: the crash points, a consumer pipeline that raises
-#: on every batch (saga_kit.consumer), and a consumer that loses the first record it takes
-#: (saga_kit.faust_app; ``consumer.drop_first_record=<key>``: the first with that key).
-POINTS = (*CRASH_POINTS, "consumer.pipeline_error", "consumer.drop_first_record")
+#: on every batch (saga_kit.consumer), a consumer that loses the first record it takes
+#: (saga_kit.faust_app), and the two that take an argument: the first record with a key
+#: lost, and each relay batch held back a random time up to that many seconds
+#: (saga_kit.outbox; chaos runs).
+POINTS = (
+    *CRASH_POINTS,
+    "consumer.pipeline_error",
+    "consumer.drop_first_record",
+    "consumer.drop_first_record=<key>",
+    "relay.delay=<seconds>",
+)
 
 
 def known(fault: str) -> bool:
-    """Does ``fault`` name one of ``POINTS`` (``consumer.drop_first_record=<key>`` too)?"""
-    return fault in POINTS or fault.startswith("consumer.drop_first_record=")
+    """Does ``fault`` name one of ``POINTS``, with a key or a number of seconds (finite,
+    not negative) where it takes one?"""
+    name, given, argument = fault.partition("=")
+    if not given:
+        return fault in POINTS and "<" not in fault
+    if name == "consumer.drop_first_record":
+        return bool(argument)
+    if name == "relay.delay":
+        try:
+            return 0 <= float(argument) < float("inf")
+        except ValueError:
+            return False
+    return False
 
 
 def crash_at(fault: str | None, point: str) -> None:

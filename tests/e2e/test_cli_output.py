@@ -198,10 +198,9 @@ def test_errors_are_one_line_on_stderr(system: System) -> None:
     cases: dict[tuple[str, ...], tuple[int, str]] = {
         ("saga", str(uuid.UUID(int=0))): (1, "answered 404: order 00000000"),
         ("saga", "ffffffff"): (1, "no order id starts with 'ffffffff'"),
-        # the services' validation errors (422): where and why, not the raw list (a status
-        # or a limit out of range is sagactl's own usage error now: tests/unit)
+        # the services' validation errors (422): where and why, not the raw list (a status,
+        # a limit or a dead letter id out of range is sagactl's own usage error now: tests/unit)
         ("place", "amy", "cup=0"): (1, "answered 422: invalid request: items[0].quantity: Input should"),
-        ("dlq", "show", "payment", "0"): (1, "answered 422: invalid request: letter_id: Input should"),
         ("--payment-url", nowhere, "balances"): (3, f"cannot reach the payment service at {nowhere}"),
         ("--order-url", nowhere, "tail"): (3, f"cannot reach the order service at {nowhere}"),
         # and what to do about it

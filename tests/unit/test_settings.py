@@ -181,10 +181,31 @@ def test_a_url_or_fault_that_cannot_work_is_refused_at_start(
     assert "s3cret-pw" not in stderr and "notaport" not in stderr
 
 
-def test_a_fault_with_its_argument_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("fault", "taken"),
+    [
+        ("consumer.drop_first_record=order-1", True),
+        ("relay.delay=1.0", True),  # the chaos run's slow relay
+        ("relay.delay=0", True),
+        ("consumer.pipeline_error", True),
+        ("relay.delay=abc", False),
+        ("relay.delay=-1", False),
+        ("relay.delay=inf", False),
+        ("consumer.drop_first_record=", False),
+        ("relay.delay=<seconds>", False),
+        ("relay.before_publish=1", False),
+    ],
+)
+def test_a_fault_with_its_argument_is_taken_only_when_the_argument_works(
+    monkeypatch: pytest.MonkeyPatch, fault: str, taken: bool
+) -> None:
     monkeypatch.setenv("ORDER_DATABASE_URL", "postgresql://u@localhost/db")
-    monkeypatch.setenv("SAGA_FAULT", "consumer.drop_first_record=order-1")
-    assert OrderSettings().fault == "consumer.drop_first_record=order-1"  # type: ignore[call-arg]
+    monkeypatch.setenv("SAGA_FAULT", fault)
+    if taken:
+        assert OrderSettings().fault == fault  # type: ignore[call-arg]
+    else:
+        with pytest.raises(ValidationError, match="names no fault"):
+            OrderSettings()  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize(
