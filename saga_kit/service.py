@@ -149,22 +149,30 @@ async def _until_up(
             give_up_after=deadline,
         )
     )
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({trying, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-    if not trying.done():
-        trying.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await trying
-        raise StoppedWhileStarting(what)
+    await _unless_stopped(what, trying, stop)
     exc = trying.exception()
     if exc is not None and transient(exc):
         raise DependencyUnavailable(
             f"gave up waiting for {what} after {deadline:.0f} s (STARTUP_TIMEOUT_SECONDS): {_described(exc)}"
         ) from exc
     trying.result()  # raises what is not transient
+
+
+async def _unless_stopped(what: str, work: asyncio.Future[Any], stop: asyncio.Event) -> None:
+    """Wait until ``work`` is done (its result or exception left in it) unless ``stop`` is
+    set first: then cancel it, give it ``_STOP_TIMEOUT`` seconds to end, and raise
+    ``StoppedWhileStarting(what)``. A start step that waits on the broker must end with
+    SIGTERM: faust's consumer start, begun just as the broker went away, waited for it
+    for 40 minutes through a SIGTERM (found while testing this project's supervisor)."""
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if not work.done():
+        work.cancel()
+        await asyncio.wait({work}, timeout=_STOP_TIMEOUT)  # a start that swallows it: left
+        raise StoppedWhileStarting(what)
 
 
 async def apply_migrations(
@@ -451,7 +459,13 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             asyncio.create_task(run_forever(job, db, settings, job_stats[job.name]), name=job.name)
             for job in jobs
         ]
-        await consumers.start()
+        starting = asyncio.ensure_future(consumers.start())
+        try:
+            await _unless_stopped("the consumers to start", starting, stop)
+        except StoppedWhileStarting:
+            await _bounded("consumers", consumers.stop())
+            raise
+        starting.result()
         server_task = asyncio.create_task(server.serve(), name="http")
         stop_task = asyncio.create_task(stop.wait(), name="stop")
         started = asyncio.create_task(server.started_or_failed.wait())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import time
@@ -302,3 +303,37 @@ def test_a_service_whose_port_is_taken_says_so_and_exits(system: System) -> None
     assert "listening on" not in said and "Traceback" not in said  # it said both once
     # the first instance is unaffected
     assert httpx.get(f"{system.url('inventory_svc')}/health/live").status_code == 200
+
+
+def test_a_service_stopped_while_its_consumers_start_against_a_broker_gone_away_stops(
+    system: System,
+) -> None:
+    """SIGTERM must stop a service whose faust consumers are starting while the broker stops
+    answering (paused just after the checks before them passed): the start waited for the
+    broker, through the SIGTERM, for 40 minutes (found while testing the supervisor)."""
+    key = "inventory_svc#2"
+    system.start_service(key, wait=False)
+    sp = system.services[key]
+    assert sp.proc is not None
+    brokers = system.broker_pids()
+    paused = False
+    try:
+        end = time.monotonic() + 60
+        while "[^--_ConsumerThread]: Starting..." not in system.log_tail(key, 200, since_start=True):
+            assert sp.proc.poll() is None and time.monotonic() < end, system.log_tail(key)
+            time.sleep(0.002)
+        for pid in brokers.values():  # the broker answers nothing from here on
+            os.kill(pid, signal.SIGSTOP)
+        paused = True
+        time.sleep(3)
+        sp.proc.send_signal(signal.SIGTERM)
+        code = sp.proc.wait(timeout=30)  # the start waited for ever
+    finally:
+        if paused:
+            for pid in brokers.values():
+                os.kill(pid, signal.SIGCONT)
+        said = system.log_tail(key)
+        system.stop_service(key, signal.SIGKILL)
+        del system.services[key]
+    assert code == 0, said
+    assert "Traceback" not in said, said
