@@ -509,16 +509,17 @@ def load_verifier(
         ]
         if missing:
             raise AuthConfigurationError(f"SAGA_ENV=production needs {', '.join(missing)}")
-        if jwks_file and _jwks_document(jwks_file).get("development"):
+    if not (jwks_file or jwks_url):
+        return None
+    if jwks_file:
+        document = _jwks_document(jwks_file)  # read once, for both checks
+        if production and document.get("development"):
             raise AuthConfigurationError(
                 f"SAGA_ENV=production refuses the development JWKS {jwks_file}"
                 " (made by make run / make demo / the tests)"
             )
-    if not (jwks_file or jwks_url):
-        return None
-    if jwks_file:
         with setting_file("AUTH_JWKS_FILE", jwks_file, AuthConfigurationError, also=(jwt.PyJWTError,)):
-            _keys_of(_jwks_document(jwks_file))  # unreadable keys stop the start, not a request
+            _keys_of(document)  # unreadable keys stop the start, not a request
     return TokenVerifier(
         issuer or DEV_ISSUER, audience or DEV_AUDIENCE, jwks_file=jwks_file, jwks_url=jwks_url
     )
