@@ -636,6 +636,7 @@ class ApacheKafka:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env=self.pid_file.mark(node.pid_name) if self.pid_file is not None else None,
             )
         if self.pid_file is not None:
             self.pid_file.add(node.pid_name, node.proc.pid)

@@ -184,8 +184,20 @@ def stop_processes(procs: Sequence[psutil.Process], sig: int) -> None:
             proc.kill()
 
 
+#: The environment variables that mark a process a run started: the run directory (as an
+#: absolute path) and the name the pid file records it under (``PidFile.mark``).
+RUN_MARK = "SAGASTACK_RUN_DIR"
+NAME_MARK = "SAGASTACK_PROCESS"
+
+
 class PidFile:
     """Pids (with create times, so a reused pid is never mistaken) of what we started.
+
+    A process is recorded once it has been spawned, so a supervisor killed in between
+    (SIGKILL in the milliseconds of a restart: a failing test's run left a service running
+    for good) would leave it unrecorded. So each process is also spawned with ``mark``'s
+    variables in its environment, and ``marked`` finds those still running by them:
+    ``stop_leftovers`` stops both.
 
     Safe to update from several threads (a chaos run restarts services and broker nodes
     at once): every read-modify-write holds one lock."""
@@ -193,6 +205,29 @@ class PidFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        #: The run directory, as the marks name it (read while it exists: it may be moved
+        #: or deleted before the watchdog acts).
+        self.run = str(path.parent.resolve())
+
+    def mark(self, name: str, env: dict[str, str] | None = None) -> dict[str, str]:
+        """``env`` (by default this process's environment) with the variables that mark a
+        process of this run named ``name``: the environment to spawn it with."""
+        return {**(os.environ if env is None else env), RUN_MARK: self.run, NAME_MARK: name}
+
+    def marked(self) -> list[Recorded]:
+        """This user's running processes that ``mark`` marked as this run's (this process
+        excepted), recorded or not. Reads every such process's environment (``psutil``;
+        a process it may not read is skipped)."""
+        found = []
+        uid = os.getuid()
+        for proc in psutil.process_iter(["uids", "create_time"]):
+            if proc.pid == os.getpid() or proc.info["uids"] is None or proc.info["uids"].real != uid:
+                continue
+            with contextlib.suppress(psutil.Error):
+                env = proc.environ()
+                if env.get(RUN_MARK) == self.run:
+                    found.append(Recorded(env.get(NAME_MARK, "unnamed"), proc.pid, proc.info["create_time"]))
+        return found
 
     def _read(self) -> dict[str, list[float]]:
         try:
@@ -238,8 +273,9 @@ class PidFile:
     def stop_leftovers(self, also: Iterable[Recorded] = ()) -> list[str]:
         """Stop processes a previous run recorded and left running, and those of ``also``
         (records read earlier: the watchdog's memory of a file deleted since), as
-        ``stop_recorded`` does; then empty the file. Returns their names and pids."""
-        stopped = stop_recorded([*self.recorded(), *also])
+        ``stop_recorded`` does, and those ``marked`` finds (spawned but not yet recorded);
+        then empty the file. Returns their names and pids."""
+        stopped = stop_recorded([*self.recorded(), *also, *self.marked()])
         with contextlib.suppress(FileNotFoundError):  # gone with its run directory: not made again
             fd = os.open(self.path, os.O_WRONLY | os.O_TRUNC)
             with os.fdopen(fd, "w") as emptied:
@@ -319,6 +355,7 @@ class Tansu:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env=self.pid_file.mark("tansu") if self.pid_file is not None else None,
             )
         if self.pid_file is not None:
             self.pid_file.add("tansu", self.proc.pid)

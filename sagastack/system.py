@@ -605,15 +605,15 @@ class System:
         self, key: str, command: Sequence[str], port: int, env: dict[str, str], *, cwd: Path | None = None
     ) -> ServiceProcess:
         """``command`` as a child in its own session, its output appended to
-        ``logs/<key>.log`` and its pid recorded under ``key`` (so a later run stops it if
-        this one dies)."""
+        ``logs/<key>.log``, marked as this run's ``key`` and its pid recorded under it (so
+        the watchdog, or a later run, stops it if this one dies: ``PidFile``)."""
         sp = ServiceProcess(key, port, env, self.run_dir / "logs" / f"{key.replace('#', '-')}.log")
         sp.log_path.parent.mkdir(exist_ok=True)
         with open(sp.log_path, "ab") as out:
             sp.log_start = out.tell()
             sp.proc = subprocess.Popen(
                 list(command),
-                env=env,
+                env=self.pids.mark(key, env),
                 cwd=cwd,
                 stdout=out,
                 stderr=subprocess.STDOUT,

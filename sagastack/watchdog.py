@@ -16,7 +16,9 @@ run directory (a run that claimed it first stops the leftovers itself), stops ev
 process of the directory's pid file — and every one it read there while the supervisor
 lived (it reads the file every second), so a run directory deleted before the watchdog
 acts (a test's cleanup did, and its services ran on for hours) still has its processes
-stopped — services before the database and broker they use
+stopped, and every one whose environment marks it as the run's (``PidFile.marked``: one
+spawned in the moment before the supervisor recorded it) — services before the
+database and broker they use
 (and a database server the pid file had not recorded yet: one killed mid-start),
 removes the run's manifest (``stack.json``), and says what it stopped in
 ``logs/watchdog.log``.
@@ -107,7 +109,7 @@ def watch(run_dir: Path) -> list[str]:
         claim = _claim(run_dir)
     except FileNotFoundError:  # deleted, or being deleted (a test's cleanup): nothing to claim
         log.warning("the run directory %s is gone: stopping what its pid file recorded", run_dir)
-        return stop_recorded(seen)
+        return stop_recorded([*seen, *pid_file.marked()])
     if claim is None:  # a new run took the directory: it stops the leftovers itself
         log.warning("the supervisor ended without stopping its run; the new run in %s stops it", run_dir)
         return []

@@ -211,3 +211,51 @@ def test_a_broker_not_yet_answering_when_its_supervisor_is_killed_is_stopped_too
         proc.kill()
         PidFile(run_dir / "pids.json").stop_leftovers()
     assert "tansu (pid" in (run_dir / "logs" / "watchdog.log").read_text()
+
+
+UNRECORDED = """
+import subprocess, sys, time
+from pathlib import Path
+from sagastack.embedded import PidFile, RunDirectoryClaim
+from sagastack.watchdog import Watchdog
+run_dir = Path(sys.argv[1])
+run_dir.mkdir(parents=True)
+claim = RunDirectoryClaim(run_dir)
+watchdog = Watchdog(run_dir)
+pids = PidFile(run_dir / "pids.json")
+recorded = subprocess.Popen(["sleep", "600"], start_new_session=True, env=pids.mark("provider"))
+pids.add("provider", recorded.pid)
+# spawned, and the supervisor killed before it records the pid
+spawned = subprocess.Popen(["sleep", "600"], start_new_session=True, env=pids.mark("inventory_svc"))
+unmarked = subprocess.Popen(["sleep", "600"], start_new_session=True)  # not the run's
+print(watchdog.proc.pid, recorded.pid, spawned.pid, unmarked.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_process_spawned_but_not_yet_recorded_when_its_supervisor_is_killed_is_stopped_too(
+    run_root: Path,
+) -> None:
+    """A supervisor killed in the milliseconds between spawning a service and recording
+    its pid left that service running for good (a failing ``make run`` test's run did).
+    Each process is spawned marked as its run's (``PidFile.mark``): the watchdog finds it
+    by the mark. A process without the mark, even one the supervisor spawned, is left."""
+    run_dir = run_root / "watchdog-unrecorded-service"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", UNRECORDED, str(run_dir)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    watchdog, recorded, spawned, unmarked = (int(p) for p in proc.stdout.readline().split())
+    try:
+        assert {r.name for r in PidFile(run_dir / "pids.json").marked()} == {"provider", "inventory_svc"}
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert wait_until_gone([recorded, spawned, watchdog], 30) == []
+        assert process_running(unmarked)
+    finally:
+        proc.kill()
+        for pid in (recorded, spawned, unmarked):
+            if process_running(pid):
+                os.kill(pid, signal.SIGKILL)
+    said = (run_dir / "logs" / "watchdog.log").read_text()
+    assert f"inventory_svc (pid {spawned})" in said and f"provider (pid {recorded})" in said, said
