@@ -1077,7 +1077,38 @@ def _failed_check(exc: Exception) -> CheckResult:
     return CheckResult(ok=False, error=printable(described(exc), 1000))
 
 
-def health_router(checks: Mapping[str, Check], timeout: float = 2.0) -> APIRouter:
+#: What a failing or degraded check says in place of its reason to a caller who is not an
+#: operator: the reason may name internals (a socket path, a host, a library's words).
+WITHHELD = "reason shown to an operator only (Authorization: Bearer <operator token>)"
+
+
+def _withheld(result: CheckResult) -> CheckResult:
+    """``result`` as a caller who is not an operator sees it: whether it passed and whether
+    it is degraded, not why."""
+    return CheckResult(
+        ok=result.ok,
+        error=WITHHELD if result.error is not None else None,
+        degraded=WITHHELD if result.degraded is not None else None,
+    )
+
+
+async def _operator_asks(request: Request, verifier: auth.TokenVerifier | None) -> bool:
+    """Does an operator call? Everyone is one with authentication off; otherwise a caller
+    with no ``Authorization`` header is not, and one with a header is who its token says
+    (``Unauthorized``, a 401, if the token is not valid: a token is never ignored)."""
+    if verifier is None:
+        return True
+    given = request.headers.getlist("authorization")
+    return bool(given) and (await verifier.principal_of(given)).operator
+
+
+def health_router(
+    checks: Mapping[str, Check], timeout: float = 2.0, verifier: auth.TokenVerifier | None = None
+) -> APIRouter:
+    """``/health/live`` and ``/health/ready``: public (a probe carries no token), the
+    readiness checks' reasons given to an operator only (``verifier``: None when
+    authentication is off, and everyone is one) — Spring Boot's ``show-details:
+    when-authorized``."""
     router = APIRouter(tags=["health"])
 
     @router.get("/health/live", summary="Is the process alive", response_model=Liveness)
@@ -1089,15 +1120,24 @@ def health_router(checks: Mapping[str, Check], timeout: float = 2.0) -> APIRoute
         "/health/ready",
         summary="Is the service ready for work",
         response_model=Readiness,
-        responses={503: {"model": Readiness, "description": "a check failed; the body says which and why"}},
+        responses={
+            503: {
+                "model": Readiness,
+                "description": "a check failed; the body says which, and to an operator why",
+            }
+        },
     )
-    async def ready() -> JSONResponse:
+    async def ready(request: Request) -> JSONResponse:
         """200 when the database, broker, consumers and outbox relay are healthy, else 503;
         the body names each check, and a failing one its error. 200 with status
         ``degraded`` when a check passes by working around a failure (the payment
-        service's provider circuit open: payments wait), with the reason."""
+        service's provider circuit open: payments wait), with the reason. Public, but the
+        reasons are given only with an operator's bearer token (they may name internals:
+        a socket path, a host); others read ``WITHHELD`` in their place. A token that is
+        not valid is a 401, as on every route."""
+        operator = await _operator_asks(request, verifier)
         answers = await asyncio.gather(*(_checked(check, timeout) for check in checks.values()))
-        results = dict(zip(checks, answers, strict=True))
+        results = dict(zip(checks, answers if operator else map(_withheld, answers), strict=True))
         ok = all(r.ok for r in results.values())
         degraded = any(r.degraded for r in results.values())
         body = Readiness(status=("degraded" if degraded else "ready") if ok else "not_ready", checks=results)
@@ -1158,7 +1198,7 @@ def create_app(
     verifier = settings.token_verifier()
     if verifier is None:
         log.warning("authentication is off (no AUTH_JWKS_FILE or AUTH_JWKS_URL): every request is let in")
-    routers = [health_router(checks), metrics_router(metrics), *routers]
+    routers = [health_router(checks, verifier=verifier), metrics_router(metrics), *routers]
     # a route the authorization table does not list stops the service here (fail closed)
     routes = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
     auth.check_policy((method, r.path) for r in routes for method in r.methods or ())

@@ -1264,15 +1264,20 @@ def balances(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
 def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     """Each service's readiness and every check behind it: ready, degraded (working around
     a failure, e.g. payment's provider circuit breaker open: payments wait) or not ready,
-    with the reason. Exits 3 if a service cannot be reached (as every command does), else
-    1 if one is not ready."""
+    with the reason (the services give the reasons to an operator's token only: without
+    one each reads "reason shown to an operator only"). Exits 3 if a service cannot be
+    reached (as every command does), else 1 if one is not ready or refused the token."""
     urls = _urls(ctx)
     found: dict[str, Any] = {}
     for service in ("order", "inventory", "payment"):
         base = urls.of(service)
         try:
-            found[service] = httpx.get(f"{base}/health/ready", timeout=10.0).json()
-        except (httpx.HTTPError, ValueError) as exc:
+            answer = urls.client.get(f"{base}/health/ready")
+            if answer.status_code == 401:  # a token not valid: the service says why
+                found[service] = {"status": "unauthorized", "checks": {}, "error": answer.json()["detail"]}
+            else:
+                found[service] = answer.json()
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
             found[service] = {
                 "status": "unreachable",
                 "checks": {},

@@ -386,7 +386,7 @@ class Chaos:
     async def watch_breaker(self) -> None:
         """Sample payment's readiness (its breaker) every half second until the faults end."""
         was = "ready"
-        async with httpx.AsyncClient(timeout=2) as http:
+        async with httpx.AsyncClient(timeout=2, headers=self.system.auth()) as http:
             while not self.faults_done.is_set():
                 try:
                     body = (await http.get(f"{self.system.url('payment_svc')}/health/ready")).json()

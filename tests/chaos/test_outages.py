@@ -47,7 +47,7 @@ def kafka_of(system: System) -> ApacheKafka:
 def readiness(system: System) -> dict[str, tuple[int, Any]]:
     out = {}
     for name in SERVICES:
-        r = httpx.get(f"{system.url(name)}/health/ready", timeout=5)
+        r = system.http.get(f"{system.url(name)}/health/ready", timeout=5)  # the reasons: an operator's
         out[name] = (r.status_code, r.json())
     return out
 

@@ -116,7 +116,7 @@ def test_a_record_the_pipeline_cannot_take_is_not_acked_and_comes_back_after_the
 
         def stuck() -> bool:
             try:
-                check = httpx.get(url).json()["checks"]["consumers"]
+                check = system.http.get(url).json()["checks"]["consumers"]  # the reason: an operator's
             except (httpx.HTTPError, ValueError, KeyError):
                 return False  # still starting
             return "consumer stuck" in check.get("error", "") and "consumer.pipeline_error" in check["error"]

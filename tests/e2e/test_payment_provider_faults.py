@@ -40,7 +40,7 @@ def payment(system: System, order_id: str) -> Any:
 
 
 def readiness(system: System) -> Any:
-    return httpx.get(f"{system.url('payment_svc')}/health/ready", timeout=10).json()
+    return system.http.get(f"{system.url('payment_svc')}/health/ready", timeout=10).json()
 
 
 @pytest.fixture

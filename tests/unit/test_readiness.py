@@ -1,21 +1,30 @@
 """``GET /health/ready`` answers within one check's timeout, however many checks hang, and
-names a failure that has no message (saga_kit.http.health_router)."""
+names a failure that has no message; it gives the reasons to an operator only
+(saga_kit.http.health_router)."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
+import pytest
 from aiokafka.errors import KafkaError
 from fastapi import FastAPI
 
-from saga_kit.http import Check, health_router
+from saga_kit.auth import DEV_AUDIENCE, DEV_ISSUER, Role, TokenVerifier, Unauthorized, write_dev_issuer
+from saga_kit.http import WITHHELD, Check, Degraded, health_router
 
 
-async def _ready(checks: dict[str, Check]) -> httpx.Response:
+async def _ready(
+    checks: dict[str, Check], verifier: TokenVerifier | None = None, token: str | None = None
+) -> httpx.Response:
     app = FastAPI()
-    app.include_router(health_router(checks, timeout=0.5))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+    app.include_router(health_router(checks, timeout=0.5, verifier=verifier))
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t", headers=headers
+    ) as client:
         return await client.get("/health/ready")
 
 
@@ -57,3 +66,48 @@ async def test_a_check_that_hangs_or_fails_without_words_is_named() -> None:
         # not "KafkaError: KafkaError: …" (an operator trial)
         "kafka": {"ok": False, "error": "KafkaError: Unable to get cluster metadata over all known brokers"},
     }
+
+
+async def _fails() -> None:
+    raise OSError("connection failed: /run/saga/postgres/.s.PGSQL.5432")
+
+
+async def _works_around() -> None:
+    raise Degraded("provider circuit open since 12:00:00")
+
+
+async def test_the_reasons_are_given_to_an_operator_only(tmp_path: Path) -> None:
+    """The probe is public, and a failing check's error may name internals (the database's
+    socket path under the run directory: an operator trial): a caller without an
+    operator's token learns which check failed, not why."""
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_file=str(issuer.jwks_file))
+    checks: dict[str, Check] = {"database": _fails, "payment_provider": _works_around}
+    withheld = {"ok": False, "error": WITHHELD}, {"ok": True, "degraded": WITHHELD}
+    for token in (None, issuer.mint("ann", [Role.CUSTOMER])):
+        answer = await _ready(checks, verifier, token)
+        assert answer.status_code == 503
+        assert answer.json() == {
+            "status": "not_ready",
+            "checks": {"database": withheld[0], "payment_provider": withheld[1]},
+        }
+        assert "PGSQL" not in answer.text
+    operator = await _ready(checks, verifier, issuer.mint("olga", [Role.OPERATOR]))
+    assert operator.status_code == 503
+    assert operator.json()["checks"] == {
+        "database": {"ok": False, "error": "OSError: connection failed: /run/saga/postgres/.s.PGSQL.5432"},
+        "payment_provider": {"ok": True, "degraded": "provider circuit open since 12:00:00"},
+    }
+    # authentication off (development without keys): everyone is an operator
+    assert (await _ready(checks)).json() == operator.json()
+
+
+async def test_a_token_that_is_not_valid_is_refused_not_ignored(tmp_path: Path) -> None:
+    """A probe configured with an expired or forged token is told so (the app answers the
+    ``Unauthorized`` with 401), not silently given the public view."""
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_file=str(issuer.jwks_file))
+    with pytest.raises(Unauthorized):
+        await _ready({"database": _fails}, verifier, "not-a-jwt")
+    with pytest.raises(Unauthorized):
+        await _ready({"database": _fails}, verifier, issuer.mint("olga", [Role.OPERATOR], ttl_seconds=-60))
