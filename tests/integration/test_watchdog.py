@@ -96,7 +96,8 @@ def test_a_run_directory_gone_before_the_watchdog_acts_still_leaves_nothing_runn
     assert "postgres (pid" in said and "tansu (pid" in said
 
 
-STAND_IN = """
+#: A stand-in supervisor's start: its run directory claimed, its watchdog, its pid file.
+STAND_IN_START = """
 import subprocess, sys, time
 from pathlib import Path
 from sagastack.embedded import PidFile, RunDirectoryClaim
@@ -106,12 +107,17 @@ run_dir.mkdir(parents=True)
 claim = RunDirectoryClaim(run_dir)
 watchdog = Watchdog(run_dir)
 pids = PidFile(run_dir / "pids.json")
+"""
+STAND_IN = (
+    STAND_IN_START
+    + """
 children = [subprocess.Popen(["sleep", "600"], start_new_session=True) for _ in range(2)]
 for n, child in enumerate(children):
     pids.add(f"service-{n}", child.pid)
 print(watchdog.proc.pid, *(c.pid for c in children), flush=True)
 time.sleep(600)
 """
+)
 
 
 def test_a_run_directory_deleted_as_the_supervisor_dies_is_deleted_and_its_processes_stopped(
@@ -213,16 +219,9 @@ def test_a_broker_not_yet_answering_when_its_supervisor_is_killed_is_stopped_too
     assert "tansu (pid" in (run_dir / "logs" / "watchdog.log").read_text()
 
 
-UNRECORDED = """
-import subprocess, sys, time
-from pathlib import Path
-from sagastack.embedded import PidFile, RunDirectoryClaim
-from sagastack.watchdog import Watchdog
-run_dir = Path(sys.argv[1])
-run_dir.mkdir(parents=True)
-claim = RunDirectoryClaim(run_dir)
-watchdog = Watchdog(run_dir)
-pids = PidFile(run_dir / "pids.json")
+UNRECORDED = (
+    STAND_IN_START
+    + """
 recorded = subprocess.Popen(["sleep", "600"], start_new_session=True, env=pids.mark("provider"))
 pids.add("provider", recorded.pid)
 # spawned, and the supervisor killed before it records the pid
@@ -231,6 +230,7 @@ unmarked = subprocess.Popen(["sleep", "600"], start_new_session=True)  # not the
 print(watchdog.proc.pid, recorded.pid, spawned.pid, unmarked.pid, flush=True)
 time.sleep(600)
 """
+)
 
 
 def test_a_process_spawned_but_not_yet_recorded_when_its_supervisor_is_killed_is_stopped_too(
