@@ -162,6 +162,12 @@ POLICY: Mapping[tuple[str, str], Access] = {
 DOCS_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
 
+#: What a failing or degraded readiness check says in place of its reason to a caller who
+#: is not an operator (``saga_kit.http.health_router``): the reason may name internals (a
+#: socket path, a host, a library's words).
+WITHHELD = "reason shown to an operator only (Authorization: Bearer <operator token>)"
+
+
 class PolicyError(Exception):
     """A route the authorization table does not list (the service does not start)."""
 

@@ -1077,18 +1077,13 @@ def _failed_check(exc: Exception) -> CheckResult:
     return CheckResult(ok=False, error=printable(described(exc), 1000))
 
 
-#: What a failing or degraded check says in place of its reason to a caller who is not an
-#: operator: the reason may name internals (a socket path, a host, a library's words).
-WITHHELD = "reason shown to an operator only (Authorization: Bearer <operator token>)"
-
-
 def _withheld(result: CheckResult) -> CheckResult:
     """``result`` as a caller who is not an operator sees it: whether it passed and whether
     it is degraded, not why."""
     return CheckResult(
         ok=result.ok,
-        error=WITHHELD if result.error is not None else None,
-        degraded=WITHHELD if result.degraded is not None else None,
+        error=auth.WITHHELD if result.error is not None else None,
+        degraded=auth.WITHHELD if result.degraded is not None else None,
     )
 
 
@@ -1133,7 +1128,7 @@ def health_router(
         ``degraded`` when a check passes by working around a failure (the payment
         service's provider circuit open: payments wait), with the reason. Public, but the
         reasons are given only with an operator's bearer token (they may name internals:
-        a socket path, a host); others read ``WITHHELD`` in their place. A token that is
+        a socket path, a host); others read ``saga_kit.auth.WITHHELD`` in their place. A token that is
         not valid is a 401, as on every route."""
         operator = await _operator_asks(request, verifier)
         answers = await asyncio.gather(*(_checked(check, timeout) for check in checks.values()))

@@ -51,7 +51,7 @@ from rich.text import Text
 
 from order_svc.domain import ORDER_ID_PREFIX, OrderStatus
 from saga_kit import auditchain
-from saga_kit.auth import SUBJECT_RULE, DevIssuer, Role, is_subject
+from saga_kit.auth import SUBJECT_RULE, WITHHELD, DevIssuer, Role, is_subject
 from saga_kit.service_names import SHORT_NAMES, service_named, short_name
 from saga_kit.urls import http_url
 
@@ -1295,6 +1295,9 @@ def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
         return t
 
     _emit(output, found, table)
+    checks = [c for body in found.values() for c in body.get("checks", {}).values()]
+    if not urls.token and any(WITHHELD in c.values() for c in checks):
+        errors.print("the reasons are given to an operator's token: export SAGA_TOKEN=$(sagactl token)")
     if any(body.get("status") == "unreachable" for body in found.values()):
         raise typer.Exit(UNREACHABLE)
     if any(body.get("status") not in ("ready", "degraded") for body in found.values()):

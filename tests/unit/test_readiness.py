@@ -12,8 +12,16 @@ import pytest
 from aiokafka.errors import KafkaError
 from fastapi import FastAPI
 
-from saga_kit.auth import DEV_AUDIENCE, DEV_ISSUER, Role, TokenVerifier, Unauthorized, write_dev_issuer
-from saga_kit.http import WITHHELD, Check, Degraded, health_router
+from saga_kit.auth import (
+    DEV_AUDIENCE,
+    DEV_ISSUER,
+    WITHHELD,
+    Role,
+    TokenVerifier,
+    Unauthorized,
+    write_dev_issuer,
+)
+from saga_kit.http import Check, Degraded, health_router
 
 
 async def _ready(

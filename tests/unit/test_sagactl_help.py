@@ -537,3 +537,24 @@ def test_a_command_without_a_token_is_refused_before_it_is_sent(
     said = " ".join(result.output.split())
     assert result.exit_code == 2, said
     assert "--via kafka needs a bearer token (--token or SAGA_TOKEN)" in said, said
+
+
+def test_health_without_a_token_says_how_to_see_the_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The services give the readiness reasons to an operator's token only: without one,
+    ``health`` shows that a reason is withheld and says how to get a token, on stderr."""
+    from saga_kit.auth import WITHHELD
+    from tests.jsonserver import JsonServer
+
+    monkeypatch.delenv("SAGA_TOKEN", raising=False)
+    body = {"status": "degraded", "checks": {"payment_provider": {"ok": True, "degraded": WITHHELD}}}
+    with JsonServer(json.dumps(body).encode()) as up:
+        urls = [arg for s in ("order", "inventory", "payment") for arg in (f"--{s}-url", up.base)]
+        result = CliRunner().invoke(app, [*urls, "health", "-o", "json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["payment"] == body
+        assert (
+            result.stderr
+            == "the reasons are given to an operator's token: export SAGA_TOKEN=$(sagactl token)\n"
+        )
+        told = CliRunner().invoke(app, [*urls, "--token", "some.operator.token", "health", "-o", "json"])
+    assert told.exit_code == 0 and told.stderr == ""  # a token was sent: nothing to say
