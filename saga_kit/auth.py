@@ -1,8 +1,8 @@
 """Who may call what: bearer tokens (authentication) and one table (authorization).
 
-**Authentication.** Every HTTP endpoint but the public ones (``/health/*``, whose
-readiness reasons only an operator's token is given: ``saga_kit.http.health_router``; the API docs,
-the dashboard's page, and ``/metrics`` when ``AUTH_METRICS_PUBLIC`` allows it) needs
+**Authentication.** Every HTTP endpoint but the public ones (``/health/*``, which give a
+readiness check's reason to an operator's token only: ``saga_kit.http.health_router``; the
+API docs, the dashboard's page, and ``/metrics`` when ``AUTH_METRICS_PUBLIC`` allows it) needs
 ``Authorization: Bearer <JWT>`` (RFC 6750). The token is verified with PyJWT against the
 configured public keys — a JWKS file (``AUTH_JWKS_FILE``, re-read when it changes) or URL
 (``AUTH_JWKS_URL``) that may hold several keys, picked by the token's ``kid`` (rotation:

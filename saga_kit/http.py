@@ -1128,8 +1128,8 @@ def health_router(
         ``degraded`` when a check passes by working around a failure (the payment
         service's provider circuit open: payments wait), with the reason. Public, but the
         reasons are given only with an operator's bearer token (they may name internals:
-        a socket path, a host); others read ``saga_kit.auth.WITHHELD`` in their place. A token that is
-        not valid is a 401, as on every route."""
+        a socket path, a host); others read ``saga_kit.auth.WITHHELD`` in their place. A
+        token that is not valid is a 401, as on every route."""
         operator = await _operator_asks(request, verifier)
         answers = await asyncio.gather(*(_checked(check, timeout) for check in checks.values()))
         results = dict(zip(checks, answers if operator else map(_withheld, answers), strict=True))
