@@ -22,6 +22,9 @@ def run(args: argparse.Namespace) -> int:
         print(note, flush=True)
     system = System(Path(args.run_dir), broker_kind=broker)
     system.claim()  # a run already there is told before anything is said to start
+    # an earlier run's leftovers (its supervisor and watchdog killed together) hold its
+    # ports: stopped first, or the check below took them for another program's (a trial)
+    system.stop_leftovers()
     system.check_ports()  # and ports that cannot work
     print("starting broker, database, payment provider and services …", flush=True)
     with system:  # Ctrl-C while it starts interrupts the start (and stops what it started)

@@ -241,13 +241,21 @@ class PidFile:
         with self._lock:
             data = self._read()
             data[name] = [pid, created]
-            self.path.write_text(json.dumps(data))
+            self._write(data)
 
     def remove(self, name: str) -> None:
         with self._lock:
             data = self._read()
             data.pop(name, None)
-            self.path.write_text(json.dumps(data))
+            self._write(data)
+
+    def _write(self, data: dict[str, list[float]]) -> None:
+        """Whole or not at all: written beside the file, then renamed over it. Written in
+        place, a supervisor killed mid-write left it empty (an attack trial), and a reader
+        (the watchdog) could read half of it."""
+        partial = self.path.with_name(f".{self.path.name}.partial")
+        partial.write_text(json.dumps(data))
+        partial.replace(self.path)
 
     def running(self) -> list[str]:
         """The names recorded here whose process still runs."""

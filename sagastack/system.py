@@ -354,6 +354,13 @@ class System:
         if self._claim is None:
             self._claim = RunDirectoryClaim(self.run_dir)
 
+    def stop_leftovers(self) -> None:
+        """Stop what an earlier run in this directory left running (its supervisor killed,
+        and its watchdog too), saying so; the directory must be claimed (``claim``)."""
+        assert self._claim is not None, "claim the run directory first"
+        for leftover in self.pids.stop_leftovers():
+            log.warning("stopped %s left running by an earlier run", leftover)
+
     def start_servers(self) -> None:
         """The first half of ``start``: the development keys, the broker and the databases
         (``bootstrap``, ``postgres``, ``database_urls``), but neither the provider simulator
@@ -367,8 +374,7 @@ class System:
         (self.run_dir / MANIFEST).unlink(missing_ok=True)  # a killed run's, if any: not ours
         if self._watchdog is None:  # stops what this run starts if it dies without stopping it
             self._watchdog = Watchdog(self.run_dir)
-        for leftover in self.pids.stop_leftovers():
-            log.warning("stopped %s left running by an earlier run", leftover)
+        self.stop_leftovers()
         if self.fresh:
             shutil.rmtree(self.run_dir / "pgdata", ignore_errors=True)
             shutil.rmtree(self.run_dir / "traces", ignore_errors=True)

@@ -251,3 +251,51 @@ def test_a_database_server_that_was_killed_is_not_asked_to_stop(tmp_path: Path) 
     assert not pid_file.exists()
     pid_file.write_text(f"{os.getpid()}\n{tmp_path}\n")
     assert server._running()
+
+
+class _Started(Exception):
+    """Raised where ``make run`` would start the stack: everything before it passed."""
+
+
+def test_a_run_whose_supervisor_and_watchdog_were_killed_is_cleared_before_the_ports_are_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kill -9`` of a run's supervisor and its watchdog together left its services
+    running; the next ``make run`` in that directory refused to start, calling the port
+    one of them held "taken by another process" (an attack trial): the port check ran
+    before the leftovers were stopped. Now they are stopped first."""
+    import argparse
+
+    from sagastack.__main__ import run
+
+    port = free_port()
+    left = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket, time\n"
+            f"s = socket.create_server(('127.0.0.1', {port}))\n"
+            "print('listening', flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert left.stdout is not None and left.stdout.readline().strip() == "listening"
+        PidFile(tmp_path / "pids.json").add("order_svc", left.pid)
+        monkeypatch.setenv("SAGA_BROKER", "tansu")
+        monkeypatch.setenv("ORDER_HTTP_PORT", str(port))
+        for variable in ("INVENTORY_HTTP_PORT", "PAYMENT_HTTP_PORT", "PROVIDER_HTTP_PORT", "SAGA_KAFKA_PORT"):
+            monkeypatch.setenv(variable, str(free_port()))
+
+        def started(_: System) -> System:
+            raise _Started
+
+        monkeypatch.setattr(System, "__enter__", started)
+        with pytest.raises(_Started):  # not PortTaken
+            run(argparse.Namespace(run_dir=str(tmp_path)))
+        assert left.wait(10) is not None  # the leftover was stopped
+    finally:
+        left.kill()
+        left.wait()
