@@ -162,6 +162,10 @@ POLICY: Mapping[tuple[str, str], Access] = {
 DOCS_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
 
+#: Public routes that read a token when one is sent (the readiness reasons are an
+#: operator's): one that is not valid is a 401 there too.
+TOKEN_OPTIONAL = frozenset({("GET", "/health/ready")})
+
 #: What a failing or degraded readiness check says in place of its reason to a caller who
 #: is not an operator (``saga_kit.http.health_router``): the reason may name internals (a
 #: socket path, a host, a library's words).

@@ -1119,7 +1119,7 @@ def health_router(
             503: {
                 "model": Readiness,
                 "description": "a check failed; the body says which, and to an operator why",
-            }
+            },
         },
     )
     async def ready(request: Request) -> JSONResponse:
@@ -1419,14 +1419,19 @@ def _document_common_answers(app: FastAPI, metrics_public: bool) -> None:
                         "`identity` (with `unsupported_content_encoding`)",
                     )
                 access = auth.access_of(method, path, metrics_public=metrics_public)
+                challenge = (
+                    "WWW-Authenticate",
+                    'the challenge (RFC 6750 §3): `Bearer realm="saga"`, with'
+                    ' `error="invalid_token"` and its description for a bad token',
+                )
                 if access is not auth.Access.PUBLIC:
                     operation["security"] = [{"bearer": []}]
                     responses["401"] = answer(
-                        "no bearer token (`missing_token`), or not a valid one (`invalid_token`)",
-                        "WWW-Authenticate",
-                        'the challenge (RFC 6750 §3): `Bearer realm="saga"`, with'
-                        ' `error="invalid_token"` and its description for a bad token',
+                        "no bearer token (`missing_token`), or not a valid one (`invalid_token`)", *challenge
                     )
+                elif (method, path) in auth.TOKEN_OPTIONAL:  # public, and more for a token
+                    operation["security"] = [{}, {"bearer": []}]
+                    responses["401"] = answer("a token that is not valid (`invalid_token`)", *challenge)
                 if "403" in responses:  # the route's own reason
                     forbidden.insert(0, responses["403"]["description"])
                 if access is auth.Access.OPERATOR:

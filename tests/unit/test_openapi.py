@@ -19,7 +19,7 @@ import pytest
 from inventory_svc.app import SPEC as INVENTORY
 from order_svc.app import SPEC as ORDER
 from payment_svc.app import SPEC as PAYMENT
-from saga_kit.auth import Access, access_of
+from saga_kit.auth import TOKEN_OPTIONAL, Access, access_of
 from saga_kit.service import ServiceSpec, http_app
 from saga_kit.settings import ServiceSettings
 
@@ -126,7 +126,9 @@ def test_every_route_documents_what_it_needs_of_the_caller(document: dict[str, A
     """saga_kit.auth.POLICY in the document: a route that needs a token names the bearer
     scheme and documents its 401; an operator's route — and placing an order, which a
     customer may do for itself only — its 403; a public route neither. A state-changing
-    route documents the request guard's 403 (another origin), 413 and 415."""
+    route documents the request guard's 403 (another origin), 413 and 415. A public route
+    that reads a token when one is sent (``TOKEN_OPTIONAL``: the readiness reasons) says the
+    token is optional and documents the 401 of one that is not valid."""
     scheme = document["components"]["securitySchemes"]["bearer"]
     assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
     for route, operation in operations(document):
@@ -134,8 +136,10 @@ def test_every_route_documents_what_it_needs_of_the_caller(document: dict[str, A
         access = access_of(method, path)
         needs_token = access is not Access.PUBLIC
         responses = operation["responses"]
-        assert (operation.get("security") == [{"bearer": []}]) == needs_token, route
-        assert ("401" in responses) == needs_token, f"{route}: {access}"
+        optional = (method, path) in TOKEN_OPTIONAL
+        security = [{}, {"bearer": []}] if optional else [{"bearer": []}] if needs_token else None
+        assert operation.get("security") == security, route
+        assert ("401" in responses) == (needs_token or optional), f"{route}: {access}"
         changes_state = method in {"POST", "PUT", "PATCH", "DELETE"}
         forbids = access is Access.OPERATOR or route == "POST /orders" or changes_state
         assert ("403" in responses) == forbids, f"{route}: {access}"
