@@ -1296,8 +1296,10 @@ def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
 
     _emit(output, found, table)
     checks = [c for body in found.values() for c in body.get("checks", {}).values()]
-    if not urls.token and any(WITHHELD in c.values() for c in checks):
-        errors.print("the reasons are given to an operator's token: export SAGA_TOKEN=$(sagactl token)")
+    if any(WITHHELD in c.values() for c in checks):
+        yours = f"the token of {urls.token_from} is not an operator's; " if urls.token else ""
+        get = "export SAGA_TOKEN=$(sagactl token)"
+        errors.print(f"the reasons are given to an operator's token: {yours}{get}")
     if any(body.get("status") == "unreachable" for body in found.values()):
         raise typer.Exit(UNREACHABLE)
     if any(body.get("status") not in ("ready", "degraded") for body in found.values()):

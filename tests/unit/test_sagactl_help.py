@@ -541,7 +541,8 @@ def test_a_command_without_a_token_is_refused_before_it_is_sent(
 
 def test_health_without_a_token_says_how_to_see_the_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     """The services give the readiness reasons to an operator's token only: without one,
-    ``health`` shows that a reason is withheld and says how to get a token, on stderr."""
+    or with another's (a customer's), ``health`` shows that a reason is withheld and says
+    how to get an operator's token, on stderr."""
     from saga_kit.auth import WITHHELD
     from tests.jsonserver import JsonServer
 
@@ -556,5 +557,9 @@ def test_health_without_a_token_says_how_to_see_the_reasons(monkeypatch: pytest.
             result.stderr
             == "the reasons are given to an operator's token: export SAGA_TOKEN=$(sagactl token)\n"
         )
-        told = CliRunner().invoke(app, [*urls, "--token", "some.operator.token", "health", "-o", "json"])
-    assert told.exit_code == 0 and told.stderr == ""  # a token was sent: nothing to say
+        told = CliRunner().invoke(app, [*urls, "--token", "a.customer.token", "health", "-o", "json"])
+    assert told.exit_code == 0
+    assert told.stderr == (
+        "the reasons are given to an operator's token: the token of --token is not an operator's;"
+        " export SAGA_TOKEN=$(sagactl token)\n"
+    )
