@@ -1395,6 +1395,11 @@ def _document_common_answers(app: FastAPI, metrics_public: bool) -> None:
                 "content": problem_body,
             }
 
+        challenge = (
+            "WWW-Authenticate",
+            'the challenge (RFC 6750 §3): `Bearer realm="saga"`, with'
+            ' `error="invalid_token"` and its description for a bad token',
+        )
         for path, operations in document.get("paths", {}).items():
             for method, operation in operations.items():
                 method = method.upper()
@@ -1419,11 +1424,6 @@ def _document_common_answers(app: FastAPI, metrics_public: bool) -> None:
                         "`identity` (with `unsupported_content_encoding`)",
                     )
                 access = auth.access_of(method, path, metrics_public=metrics_public)
-                challenge = (
-                    "WWW-Authenticate",
-                    'the challenge (RFC 6750 §3): `Bearer realm="saga"`, with'
-                    ' `error="invalid_token"` and its description for a bad token',
-                )
                 if access is not auth.Access.PUBLIC:
                     operation["security"] = [{"bearer": []}]
                     responses["401"] = answer(

@@ -184,6 +184,17 @@ def stop_processes(procs: Sequence[psutil.Process], sig: int) -> None:
             proc.kill()
 
 
+def write_whole(path: Path, text: str, mode: int = 0o666) -> None:
+    """``text`` into ``path`` whole or not at all: written beside it (made with ``mode``,
+    less the umask), then renamed over it, so that a reader never sees half of it and a
+    writer killed mid-write leaves the last whole version."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.unlink(missing_ok=True)
+    partial.touch(mode=mode)
+    partial.write_text(text)
+    partial.replace(path)
+
+
 #: The environment variables that mark a process a run started: the run directory (as an
 #: absolute path) and the name the pid file records it under (``PidFile.mark``).
 RUN_MARK = "SAGASTACK_RUN_DIR"
@@ -250,12 +261,8 @@ class PidFile:
             self._write(data)
 
     def _write(self, data: dict[str, list[float]]) -> None:
-        """Whole or not at all: written beside the file, then renamed over it. Written in
-        place, a supervisor killed mid-write left it empty (an attack trial), and a reader
-        (the watchdog) could read half of it."""
-        partial = self.path.with_name(f".{self.path.name}.partial")
-        partial.write_text(json.dumps(data))
-        partial.replace(self.path)
+        # written in place, a supervisor killed mid-write left it empty (an attack trial)
+        write_whole(self.path, json.dumps(data))
 
     def running(self) -> list[str]:
         """The names recorded here whose process still runs."""

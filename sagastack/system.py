@@ -68,6 +68,7 @@ from sagastack.embedded import (
     Tansu,
     ensure_port_free,
     free_port,
+    write_whole,
 )
 from sagastack.watchdog import Watchdog
 
@@ -342,11 +343,7 @@ class System:
             "services": {key: sp.url for key, sp in self.services.items()},
         }
         # whole or not at all: a check reading it mid-write saw an empty file (an attack trial)
-        partial = self.run_dir / f".{MANIFEST}.partial"
-        partial.unlink(missing_ok=True)
-        partial.touch(mode=0o600)
-        partial.write_text(json.dumps(manifest, indent=2) + "\n")
-        partial.replace(self.run_dir / MANIFEST)
+        write_whole(self.run_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n", mode=0o600)
 
     def claim(self) -> None:
         """Make this system the run directory's one owner until ``stop``, or raise
