@@ -7,10 +7,12 @@ and the current ``trace_id``/``span_id``, so a log line leads to its trace and b
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -98,7 +100,31 @@ class Repeats(logging.Filter):
         return True
 
 
+def log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """``threading.excepthook`` for a service: a thread ended by an exception it did not
+    handle is one log line (JSON, with its traceback in ``exc``), not Python's bare
+    "Exception in thread …" traceback on stderr among the JSON lines.
+
+    One case is expected and only a warning: faust's consumer thread stopping while the
+    broker is away, whose aiokafka fetcher (0.14) re-raises the ``CancelledError`` of a
+    fetch it cancelled in its retry pause (``Fetcher.close``). The thread was stopping
+    anyway; the service exits as it would have."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    log = logging.getLogger(__name__)
+    if args.exc_type is asyncio.CancelledError:
+        log.warning("thread %s: cancelled while it stopped (the Kafka client's pending fetch)", name)
+        return
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback) if args.exc_value is not None else None
+    log.error("thread %s ended by an exception it did not handle", name, exc_info=exc_info)
+
+
 def configure(service: str, level: str = "INFO") -> None:
+    """Logging for a service's process: one JSON line per record on stderr at ``level``
+    (``JsonFormatter``), client libraries' repeats held back (``Repeats``), and an
+    exception that ends a thread logged the same way (``log_thread_exception``)."""
+    threading.excepthook = log_thread_exception
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     handler.addFilter(Repeats())

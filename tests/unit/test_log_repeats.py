@@ -3,8 +3,14 @@ broker gone, aiokafka logged 274 lines a second from a three-service stack."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import threading
 
+import pytest
+
+from saga_kit import logs
 from saga_kit.logs import Repeats
 
 
@@ -42,3 +48,36 @@ def test_other_kinds_and_the_services_own_lines_are_never_held_back() -> None:
     assert repeats.filter(_record("aiokafkaesque", "x", (), 0.0)) and repeats.filter(
         _record("aiokafkaesque", "x", (), 0.1)
     )  # a logger merely named alike
+
+
+def test_an_exception_that_ends_a_thread_is_one_json_line_not_a_bare_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """faust's consumer thread stopping with the broker away printed Python's "Exception in
+    thread Thread-1:" traceback among the JSON lines (CI, the broker outage test)."""
+    before = threading.excepthook, logging.getLogger().handlers[:], logging.getLogger().level
+    try:
+        logs.configure("order_svc")
+
+        def fail() -> None:
+            raise ValueError("a thread's own failure")
+
+        async def cancelled() -> None:
+            raise asyncio.CancelledError
+
+        for name, target in [("failing", fail), ("stopping", lambda: asyncio.run(cancelled()))]:
+            thread = threading.Thread(target=target, name=name)
+            thread.start()
+            thread.join()
+    finally:
+        threading.excepthook = before[0]
+        logging.getLogger().handlers[:] = before[1]
+        logging.getLogger().setLevel(before[2])
+    err = capsys.readouterr().err
+    assert "Exception in thread" not in err
+    lines = [json.loads(line) for line in err.splitlines()]
+    assert [(line["level"], line["msg"]) for line in lines] == [
+        ("error", "thread failing ended by an exception it did not handle"),
+        ("warning", "thread stopping: cancelled while it stopped (the Kafka client's pending fetch)"),
+    ]
+    assert "ValueError: a thread's own failure" in lines[0]["exc"]
