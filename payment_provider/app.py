@@ -10,7 +10,7 @@ import logging
 
 import uvicorn
 import uvloop
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,7 +21,14 @@ from payment_provider.settings import Settings
 from saga_kit import heap, logs
 from saga_kit.db import create_engine
 from saga_kit.errors import is_transient
-from saga_kit.http import DOCS_ASSETS, HeadAsGet, HeadLimitedProtocol, health_router, server_options
+from saga_kit.http import (
+    DOCS_ASSETS,
+    HeadAsGet,
+    HeadLimitedProtocol,
+    authenticator,
+    health_router,
+    server_options,
+)
 from saga_kit.migrations import migrate
 from saga_kit.retry import RetryPolicy
 from saga_kit.settings import load_or_exit
@@ -48,6 +55,9 @@ def build_app(settings: Settings, engine: AsyncEngine) -> FastAPI:
         static_url=DOCS_ASSETS,
         swagger_ui_parameters={"validatorUrl": None},
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # no authentication of its own (a stand-in): every caller is an operator, and
+        # sees the readiness check's reason
+        dependencies=[Depends(authenticator(None, metrics_public=True))],
     )
     app.state.engine = engine
     app.state.faults = faults.FaultInjector(settings.faults)

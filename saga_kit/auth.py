@@ -223,6 +223,8 @@ class Principal:
 
 #: Everyone, when authentication is off (development without keys).
 UNAUTHENTICATED = Principal("anonymous", frozenset({Role.OPERATOR}), authenticated=False)
+#: A caller without a token on a public route, when authentication is on: no role.
+ANONYMOUS = Principal("anonymous", frozenset(), authenticated=False)
 
 
 class Unauthorized(Exception):

@@ -975,21 +975,30 @@ def authenticator(
     """The dependency every route runs first: the route is looked up in
     ``saga_kit.auth.POLICY``; unless it is public, the bearer token is verified (401
     ``missing_token`` / ``invalid_token`` with ``WWW-Authenticate``, RFC 6750 §3) and the
-    role checked (403 ``forbidden``). The caller is left in ``request.state.principal`` for
-    the routes' own-resource checks (``PrincipalDep``)."""
+    role checked (403 ``forbidden``). On a public route in ``saga_kit.auth.TOKEN_OPTIONAL``
+    a token sent is verified the same way (one not valid is a 401: a token is never
+    ignored). The caller is left in ``request.state.principal`` for the routes (``PrincipalDep``):
+    the token's, ``saga_kit.auth.ANONYMOUS`` (no role) on a public route without one, and
+    ``saga_kit.auth.UNAUTHENTICATED`` (an operator) on every route with ``verifier`` None
+    (authentication off)."""
 
     async def authenticate(request: Request) -> None:
         path = getattr(request.scope.get("route"), "path", None)
-        request.state.principal = auth.UNAUTHENTICATED
-        if verifier is not None and path is not None:
-            method = request.method  # a HEAD is a GET here (HeadAsGet)
-            access = auth.access_of(method, path, metrics_public=metrics_public)
-            if access is not auth.Access.PUBLIC:
-                principal = await verifier.principal_of(request.headers.getlist("authorization"))
-                # known before the role check: a refused call is audited under its caller
-                request.state.principal = principal
-                if not principal.allowed(access):
-                    raise StarletteHTTPException(403, f"{method} {path} needs the operator role")
+        if verifier is None:
+            request.state.principal = auth.UNAUTHENTICATED
+            return
+        request.state.principal = auth.ANONYMOUS
+        if path is None:
+            return
+        method = request.method  # a HEAD is a GET here (HeadAsGet)
+        access = auth.access_of(method, path, metrics_public=metrics_public)
+        given = request.headers.getlist("authorization")
+        if access is not auth.Access.PUBLIC or (given and (method, path) in auth.TOKEN_OPTIONAL):
+            principal = await verifier.principal_of(given)
+            # known before the role check: a refused call is audited under its caller
+            request.state.principal = principal
+            if not principal.allowed(access):
+                raise StarletteHTTPException(403, f"{method} {path} needs the operator role")
 
     return authenticate
 
@@ -1087,23 +1096,12 @@ def _withheld(result: CheckResult) -> CheckResult:
     )
 
 
-async def _operator_asks(request: Request, verifier: auth.TokenVerifier | None) -> bool:
-    """Does an operator call? Everyone is one with authentication off; otherwise a caller
-    with no ``Authorization`` header is not, and one with a header is who its token says
-    (``Unauthorized``, a 401, if the token is not valid: a token is never ignored)."""
-    if verifier is None:
-        return True
-    given = request.headers.getlist("authorization")
-    return bool(given) and (await verifier.principal_of(given)).operator
-
-
-def health_router(
-    checks: Mapping[str, Check], timeout: float = 2.0, verifier: auth.TokenVerifier | None = None
-) -> APIRouter:
+def health_router(checks: Mapping[str, Check], timeout: float = 2.0) -> APIRouter:
     """``/health/live`` and ``/health/ready``: public (a probe carries no token), the
-    readiness checks' reasons given to an operator only (``verifier``: None when
-    authentication is off, and everyone is one) — Spring Boot's ``show-details:
-    when-authorized``."""
+    readiness checks' reasons given to an operator only — Spring Boot's ``show-details:
+    when-authorized``. The caller is the ``authenticator``'s (``PrincipalDep``): an app
+    that includes this router runs it (with no verifier when it has no authentication:
+    everyone is an operator then)."""
     router = APIRouter(tags=["health"])
 
     @router.get("/health/live", summary="Is the process alive", response_model=Liveness)
@@ -1122,7 +1120,7 @@ def health_router(
             },
         },
     )
-    async def ready(request: Request) -> JSONResponse:
+    async def ready(principal: PrincipalDep) -> JSONResponse:
         """200 when the database, broker, consumers and outbox relay are healthy, else 503;
         the body names each check, and a failing one its error. 200 with status
         ``degraded`` when a check passes by working around a failure (the payment
@@ -1130,7 +1128,7 @@ def health_router(
         reasons are given only with an operator's bearer token (they may name internals:
         a socket path, a host); others read ``saga_kit.auth.WITHHELD`` in their place. A
         token that is not valid is a 401, as on every route."""
-        operator = await _operator_asks(request, verifier)
+        operator = principal.operator
         answers = await asyncio.gather(*(_checked(check, timeout) for check in checks.values()))
         results = dict(zip(checks, answers if operator else map(_withheld, answers), strict=True))
         ok = all(r.ok for r in results.values())
@@ -1193,7 +1191,7 @@ def create_app(
     verifier = settings.token_verifier()
     if verifier is None:
         log.warning("authentication is off (no AUTH_JWKS_FILE or AUTH_JWKS_URL): every request is let in")
-    routers = [health_router(checks, verifier=verifier), metrics_router(metrics), *routers]
+    routers = [health_router(checks), metrics_router(metrics), *routers]
     # a route the authorization table does not list stops the service here (fail closed)
     routes = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
     auth.check_policy((method, r.path) for r in routes for method in r.methods or ())

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from aiokafka.errors import KafkaError
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from saga_kit.auth import (
     DEV_AUDIENCE,
@@ -21,14 +21,14 @@ from saga_kit.auth import (
     Unauthorized,
     write_dev_issuer,
 )
-from saga_kit.http import Check, Degraded, health_router
+from saga_kit.http import Check, Degraded, PrincipalDep, authenticator, health_router
 
 
 async def _ready(
     checks: dict[str, Check], verifier: TokenVerifier | None = None, token: str | None = None
 ) -> httpx.Response:
-    app = FastAPI()
-    app.include_router(health_router(checks, timeout=0.5, verifier=verifier))
+    app = FastAPI(dependencies=[Depends(authenticator(verifier, metrics_public=False))])
+    app.include_router(health_router(checks, timeout=0.5))
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://t", headers=headers
@@ -119,3 +119,28 @@ async def test_a_token_that_is_not_valid_is_refused_not_ignored(tmp_path: Path) 
         await _ready({"database": _fails}, verifier, "not-a-jwt")
     with pytest.raises(Unauthorized):
         await _ready({"database": _fails}, verifier, issuer.mint("olga", [Role.OPERATOR], ttl_seconds=-60))
+
+
+async def test_a_public_routes_caller_without_a_token_has_no_role(tmp_path: Path) -> None:
+    """With authentication on, a public route's caller was the development principal
+    (``UNAUTHENTICATED``: an operator) — a trap for the next public route that reads it.
+    It is ``ANONYMOUS`` now; a token on a public route that does not read one is not
+    looked at; with authentication off everyone is the operator, as on every route."""
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_file=str(issuer.jwks_file))
+
+    async def caller(verifier: TokenVerifier | None, token: str | None) -> object:
+        app = FastAPI(dependencies=[Depends(authenticator(verifier, metrics_public=False))])
+
+        @app.get("/health/live")  # a public route (saga_kit.auth.POLICY) that reads its caller
+        async def live(principal: PrincipalDep) -> dict[str, object]:
+            return {"subject": principal.subject, "roles": sorted(principal.roles)}
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=headers) as client:
+            return (await client.get("/health/live")).json()
+
+    assert await caller(verifier, None) == {"subject": "anonymous", "roles": []}
+    assert await caller(verifier, "not-a-jwt") == {"subject": "anonymous", "roles": []}
+    assert await caller(None, None) == {"subject": "anonymous", "roles": [Role.OPERATOR.value]}
