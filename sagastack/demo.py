@@ -326,22 +326,30 @@ def refused(system: System, order_id: str, timeout: float = 30.0) -> dict[str, s
         time.sleep(0.1)
 
 
+#: How a saga's verdict begins while payment waits on the provider (order_svc.explain).
+WAITING_ON_PROVIDER = "in flight: waiting on the payment provider"
+
+
 def wait_out_outage(
     system: System, client: SagaClient, order_id: str, timeout: float = 30.0
 ) -> tuple[str, bool]:
     """With the provider down: wait until payment's breaker is open (its readiness says
-    degraded), show what the saga and payment say meanwhile, then end the outage. Also
-    whether the breaker was seen open."""
+    degraded) and the saga says it waits on the provider (its ``PaymentPending`` has
+    reached the order service: the breaker opens ~1 s after the first failed call, and
+    the event may be on its way still), show both, then end the outage. Also whether the
+    breaker was seen open."""
     end = time.monotonic() + timeout
-    degraded = ""
+    degraded = verdict = ""
     while time.monotonic() < end:
         # as the operator: the reason (the breaker open) is given to an operator only
         ready = system.http.get(f"{system.url('payment_svc')}/health/ready", timeout=5).json()
         degraded = ready.get("checks", {}).get("payment_provider", {}).get("degraded") or ""
         if degraded and "open" in degraded:
-            break
+            verdict = client.saga(order_id)["explanation"]["verdict"]
+            if verdict.startswith(WAITING_ON_PROVIDER):
+                break
         time.sleep(0.2)
-    verdict = client.saga(order_id)["explanation"]["verdict"]
+    verdict = verdict or client.saga(order_id)["explanation"]["verdict"]
     system.provider_faults()
     return (
         f"payment readiness: degraded — {degraded or 'not seen'}\n"

@@ -90,13 +90,17 @@ class Watchdog:
 
 def watch(run_dir: Path) -> list[str]:
     """Block until the supervisor's pipe (stdin) ends, reading the run's pid file every
-    ``RECORDS_SECONDS`` meanwhile; then, unless it said ``DONE``, stop what its run left
+    ``RECORDS_SECONDS`` meanwhile (a line ``watching <name> (pid <pid>), …`` for what it
+    records anew); then, unless it said ``DONE``, stop what its run left
     running. Returns what was stopped (names and pids)."""
     pid_file = PidFile(run_dir / "pids.json")
     seen: set[Recorded] = set()
     said = b""
     while True:
-        seen.update(pid_file.recorded())
+        new = set(pid_file.recorded()) - seen
+        if new:  # said, so that a reader (and a test) knows what it would stop
+            log.info("watching %s", ", ".join(f"{r.name} (pid {r.pid})" for r in sorted(new)))
+            seen |= new
         readable, _, _ = select.select([sys.stdin.buffer], [], [], RECORDS_SECONDS)
         if readable:
             chunk = os.read(sys.stdin.buffer.fileno(), len(DONE))

@@ -86,6 +86,20 @@ def sagastack(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     )
 
 
+def sagactl_env(system: System, columns: int = 250, token: str | None = "operator") -> dict[str, str]:
+    """The environment ``sagactl`` runs in against ``system`` (``sagactl``'s arguments)."""
+    return {
+        **os.environ,
+        **system.broker_env(),
+        "SAGACTL_ORDER_URL": system.url("order_svc"),
+        "SAGACTL_INVENTORY_URL": system.url("inventory_svc"),
+        "SAGACTL_PAYMENT_URL": system.url("payment_svc"),
+        "SAGA_ISSUER_DIR": str(system.run_dir / "keys" / "issuer"),
+        "SAGA_TOKEN": system.token() if token == "operator" else (token or ""),
+        "COLUMNS": str(columns),
+    }
+
+
 def sagactl(
     system: System,
     *args: str,
@@ -96,21 +110,23 @@ def sagactl(
     """Run ``sagactl`` against ``system`` as if in a terminal ``columns`` wide, connecting
     to its broker as its services do (``--via kafka``), with an operator's token
     (``token="operator"``), the token given, or none (``None``); ``stdin``: its input."""
-    env = {
-        **os.environ,
-        **system.broker_env(),
-        "SAGACTL_ORDER_URL": system.url("order_svc"),
-        "SAGACTL_INVENTORY_URL": system.url("inventory_svc"),
-        "SAGACTL_PAYMENT_URL": system.url("payment_svc"),
-        "SAGA_ISSUER_DIR": str(system.run_dir / "keys" / "issuer"),
-        "SAGA_TOKEN": system.token() if token == "operator" else (token or ""),
-        "COLUMNS": str(columns),
-    }
     return subprocess.run(
         [sys.executable, "-m", "sagactl", *args],
-        env=env,
+        env=sagactl_env(system, columns, token),
         input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
+    )
+
+
+def sagactl_started(system: System, *args: str) -> subprocess.Popen[str]:
+    """``sagactl`` started against ``system`` as ``sagactl`` runs it, not waited for: its
+    stdout and stderr are pipes (text)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "sagactl", *args],
+        env=sagactl_env(system),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )

@@ -29,12 +29,13 @@ def _reservation(system: System, order_id: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _approved_and_sent(system: System, order_id: str) -> bool:
-    with psycopg.connect(system.database_urls["order_svc"]) as conn:
+def _sent(system: System, service: str, order_id: str, event_type: str) -> bool:
+    """Has ``service``'s outbox relay sent the order's ``event_type`` to the broker?"""
+    with psycopg.connect(system.database_urls[service]) as conn:
         row = conn.execute(
             "SELECT count(*) FROM outbox WHERE key = %s AND sent_at IS NOT NULL"
-            " AND convert_from(value, 'UTF8') LIKE '%%\"OrderApproved\"%%'",
-            (order_id.encode(),),
+            " AND convert_from(value, 'UTF8') LIKE %s",
+            (order_id.encode(), f'%"{event_type}"%'),
         ).fetchone()
     return bool(row and row[0])
 
@@ -59,11 +60,16 @@ def test_an_event_lost_with_the_brokers_log_is_published_again_and_the_saga_ends
         first.provider_faults(latency_ms=1500)  # a window between reserving and approving
         order_id = client.place_order(customers["ivy"], {products["oak"]: 1})
         _until(lambda: _reservation(first, order_id) == "RESERVED", "the stock reserved")
+        # …and its event on the broker: the relay sends it after the reservation's commit,
+        # and a pause in between froze it unsent (payment never heard of the order)
+        _until(lambda: _sent(first, "inventory_svc", order_id, "InventoryReserved"), "InventoryReserved sent")
         inventory = first.services["inventory_svc"].proc
         assert inventory is not None
         os.kill(inventory.pid, signal.SIGSTOP)  # it takes nothing more
         _until(lambda: client.order(order_id)["status"] == "APPROVED", "the order approved")
-        _until(lambda: _approved_and_sent(first, order_id), "OrderApproved sent to the broker")
+        _until(
+            lambda: _sent(first, "order_svc", order_id, "OrderApproved"), "OrderApproved sent to the broker"
+        )
         os.kill(inventory.pid, signal.SIGKILL)  # and never will from this broker
         assert _reservation(first, order_id) == "RESERVED"  # the sale not made: it waits
         client.close()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import re
-import time
+import threading
 
 from sagastack.client import SagaClient
 from sagastack.system import System
-from tests.e2e.conftest import UniqueIds, sagactl, seed
+from tests.e2e.conftest import UniqueIds, sagactl, sagactl_started, seed
 
 
 def test_why_was_it_rejected_and_was_everything_owed_done(
@@ -54,13 +53,26 @@ def test_tail_says_it_follows_new_events_and_place_where_to_follow(
     """Without --from-start, tail printed nothing until an event came (it looked hung);
     place over HTTP answered PENDING and said nothing of where the outcome would be."""
     products, customers = seed(client, uid, {"cup": ("1.00", 2)}, {"ida": "5.00"})
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        following = pool.submit(sagactl, system, "tail", "--count", "1")
-        time.sleep(3)  # its start; an event of the saga below comes later either way
+    tail = sagactl_started(system, "tail", "--count", "1")
+    stop = threading.Timer(60, tail.kill)  # whatever happens, it is not waited for longer
+    stop.start()
+    try:
+        assert tail.stderr is not None
+        # the saga is placed once tail follows (it says so once its stream is open: a
+        # fixed 3 s for its start was too short on a loaded machine, and it saw nothing)
+        said = ""
+        for line in tail.stderr:
+            said += line
+            if "following new events (--from-start shows the earlier ones)" in line:
+                break
+        else:
+            raise AssertionError(f"tail ended without following: {said}")
         placed = sagactl(system, "place", customers["ida"], f"{products['cup']}=1")
-        tail = following.result()
-    assert tail.returncode == 0 and len(tail.stdout.splitlines()) == 1, tail.stdout + tail.stderr
-    assert "following new events (--from-start shows the earlier ones)" in tail.stderr
+        out, err = tail.communicate()
+    finally:
+        stop.cancel()
+        tail.kill()
+    assert tail.returncode == 0 and len(out.splitlines()) == 1, out + said + err
     order_id = placed.stdout.split()[1].rstrip(":")
     assert placed.stderr.strip() == f"follow it: sagactl saga {order_id[:8]}"
 

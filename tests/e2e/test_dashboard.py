@@ -495,19 +495,25 @@ def test_sagas_per_minute_match_the_orders_placed(
     open_dashboard(browser, system)
 
     def shown_as_counted(d: Any) -> list[list[Any]] | None:
+        """The chart's columns once they and the legend's totals show the orders table's
+        counts (both read in one look: the page redraws them every 5 s, and on events)."""
         shown = d.execute_script(CHART_COLUMNS)
         counted = placed_per_minute(system, [c[0] for c in shown]) if shown else []
-        return shown if len(shown) == 60 and [c[:5] for c in shown] == counted else None
+        if len(shown) != 60 or [c[:5] for c in shown] != counted:
+            return None
+        totals = {status: str(sum(c[i] for c in shown)) for status, i in OUTCOME_COLUMN.items()}
+        legend = {s: d.find_element(By.ID, f"throughput-{s}").get_attribute("data-total") for s in totals}
+        return shown if legend == totals else None
 
-    shown = wait(browser, shown_as_counted, what="the chart shows the orders table's counts per minute")
+    shown = wait(
+        browser, shown_as_counted, what="the chart and its legend show the orders table's counts per minute"
+    )
     totals = {status: sum(c[i] for c in shown) for status, i in OUTCOME_COLUMN.items()}
     # the orders of this test are among them
     assert totals["APPROVED"] >= 1 and totals["REJECTED"] >= 1 and totals["CANCELLED"] >= 1, totals
     for column in shown:  # one bar per outcome a minute has, none for an empty minute
         assert column[5] == sum(1 for n in column[1:5] if n), column
     assert any(column[5] for column in shown)
-    legend = {s: browser.find_element(By.ID, f"throughput-{s}").get_attribute("data-total") for s in totals}
-    assert legend == {s: str(n) for s, n in totals.items()}
     browser.save_screenshot(str(run_root / "dashboard-throughput.png"))
 
 

@@ -327,7 +327,7 @@ def test_a_service_stopped_while_its_consumers_start_against_a_broker_gone_away_
         paused = True
         time.sleep(3)
         sp.proc.send_signal(signal.SIGTERM)
-        code = sp.proc.wait(timeout=30)  # the start waited for ever
+        code = sp.proc.wait(timeout=60)  # the start waited for ever; a stop gives up each step after 5 s
     finally:
         if paused:
             for pid in brokers.values():

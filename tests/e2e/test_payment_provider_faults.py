@@ -110,8 +110,14 @@ def test_an_outage_opens_the_breaker_which_fails_fast_and_recovers(
     before = outage_hits()
     time.sleep(2.0)
     assert outage_hits() - before <= 1
-    verdict = client.saga(order_id)["explanation"]["verdict"]
-    assert verdict.startswith("in flight: waiting on the payment provider since")
+
+    # the saga says so once its PaymentPending has reached the order service (it may be
+    # on its way still when the breaker opens, ~1 s after the first failed call)
+    def waiting_verdict() -> str | None:
+        verdict: str = client.saga(order_id)["explanation"]["verdict"]
+        return verdict if verdict.startswith("in flight: waiting on the payment provider since") else None
+
+    wait_until(waiting_verdict, 30, "the saga saying it waits on the payment provider")
     assert client.order(order_id)["status"] == "PENDING"
     system.provider_faults()
     client.wait_for_events(order_id, {"PaymentPending", "PaymentCompleted", "InventoryCommitted"}, 60)

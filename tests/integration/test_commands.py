@@ -488,14 +488,14 @@ async def test_a_slow_key_server_is_waited_for_with_no_transaction_open(
     issuer = write_dev_issuer(tmp_path / "issuer")
     command = place()
     headers = [(AUTHORIZATION, f"Bearer {issuer.mint('kim', [Role.CUSTOMER])}".encode())]
-    with JsonServer(issuer.jwks_file.read_bytes(), delay=1.0) as server:
+    with JsonServer(issuer.jwks_file.read_bytes(), delay=3.0) as server:  # under the 5 s fetch limit
         verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_url=server.url)
         monkeypatch.setitem(handlers._commands, "verifier", verifier)
         delivered = asyncio.create_task(
             order.deliver_bytes(encode_command(command), COMMANDS, headers=headers)
         )
         assert await asyncio.to_thread(server.asked.wait, 10)
-        await asyncio.sleep(0.2)  # the fetch is under way, for another 0.8 s
+        await asyncio.sleep(0.2)  # the fetch is under way, for another 2.8 s
         open_transactions = await order.scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
             " AND state LIKE 'idle in transaction%'"
@@ -504,6 +504,7 @@ async def test_a_slow_key_server_is_waited_for_with_no_transaction_open(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :ns",
             ns=SAGA_LOCK_NAMESPACE,
         )
+        assert not delivered.done()  # read while the keys were still being fetched
         assert (open_transactions, saga_locks) == (0, 0)
         assert await delivered is Outcome.HANDLED
     status = await order.scalar(

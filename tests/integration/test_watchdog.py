@@ -32,6 +32,21 @@ else:
 """
 
 
+def watching(run_dir: Path, pids: list[int], timeout: float = 60.0) -> None:
+    """Wait until the run's watchdog says it watches every one of ``pids`` (it reads the
+    pid file every ``RECORDS_SECONDS``, once its interpreter has started: a fixed two of
+    them was a guess on a loaded machine)."""
+    end = time.monotonic() + timeout
+    log = run_dir / "logs" / "watchdog.log"
+    while True:
+        said = log.read_text() if log.exists() else ""
+        if all(f"(pid {pid})" in said for pid in pids):
+            return
+        if time.monotonic() > end:
+            raise AssertionError(f"the watchdog does not watch {pids} after {timeout:.0f} s: {said}")
+        time.sleep(RECORDS_SECONDS / 4)
+
+
 def supervise(run_dir: Path, how: str) -> tuple[subprocess.Popen[str], int, dict[str, list[float]]]:
     """Start a supervisor of broker and database; (its process, its watchdog's pid, the
     pid file once both servers started)."""
@@ -83,7 +98,7 @@ def test_a_run_directory_gone_before_the_watchdog_acts_still_leaves_nothing_runn
     try:
         servers = [int(pid) for pid, _ in recorded.values()]
         assert len(servers) == 2
-        time.sleep(RECORDS_SECONDS * 2)  # the watchdog has read the pid file since
+        watching(run_dir, servers)  # the watchdog has read the pid file since
         run_dir.rename(moved)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -132,7 +147,7 @@ def test_a_run_directory_deleted_as_the_supervisor_dies_is_deleted_and_its_proce
     assert proc.stdout is not None
     watchdog, *children = (int(p) for p in proc.stdout.readline().split())
     try:
-        time.sleep(RECORDS_SECONDS * 2)  # the watchdog has read the pid file since
+        watching(run_dir, children)  # the watchdog has read the pid file since
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         shutil.rmtree(run_dir)  # raised "Directory not empty" when the watchdog made a file
