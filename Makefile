@@ -17,7 +17,7 @@ SEED  ?= 1
 help:
 	@echo "make setup    create .venv with the pinned dependencies (requirements.lock)"
 	@echo "make run      start broker, database, the payment provider simulator and the three services;"
-	@echo "              Ctrl-C stops all (a second stack: python -m sagastack run --run-dir DIR, own ports)"
+	@echo "              Ctrl-C stops all (a second stack: RUN_DIR=DIR, and ports of its own)"
 	@echo "make demo     eight sagas end to end (every outcome, from Kafka, forged, provider outage), then the invariants;"
 	@echo "              on a terminal it keeps running for the dashboard (KEEP=0: stop at once)"
 	@echo "              BROKER=kafka|tansu for run, demo, test, bench, chaos (default Tansu)"
@@ -49,7 +49,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@echo ".venv ready"
 
 run: setup
-	$(WITH_BROKER) $(BIN)/python -m sagastack run
+	$(WITH_BROKER) $(BIN)/python -m sagastack run $(if $(RUN_DIR),--run-dir $(RUN_DIR))
 
 # KEEP=0: stop at the end even on a terminal; KEEP=1: keep running even off one
 demo: setup

@@ -342,6 +342,8 @@ def _refusal(service: str, response: httpx.Response) -> str:
         said = next(iter(response.text.strip().splitlines()), "")[:200] or response.reason_phrase
     if response.status_code == 401:
         said += " (pass --token or set SAGA_TOKEN; `sagactl token` mints a development one)"
+    elif response.status_code == 403 and "operator role" in said:
+        said += " (an operator's token: `sagactl token` mints a development one)"
     return f"the {service} service answered {response.status_code}: {said}"
 
 
@@ -700,7 +702,9 @@ def place(
     for item in items:
         product, sep, quantity = item.partition("=")
         if not sep or not (quantity.isascii() and quantity.isdigit()):
-            raise typer.BadParameter(f"{item!r}: expected product=quantity, e.g. widget=2")
+            raise typer.BadParameter(
+                f"{item!r}: expected product=quantity, a whole number of 1 or more, e.g. widget=2"
+            )
         lines.append({"product_id": product, "quantity": int(quantity)})
     body: dict[str, Any] = {"customer_id": customer_id, "items": lines}
     if deadline_seconds is not None:
@@ -1265,8 +1269,9 @@ def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     """Each service's readiness and every check behind it: ready, degraded (working around
     a failure, e.g. payment's provider circuit breaker open: payments wait) or not ready,
     with the reason (the services give the reasons to an operator's token only: without
-    one each reads "reason shown to an operator only"). Exits 3 if a service cannot be
-    reached (as every command does), else 1 if one is not ready or refused the token."""
+    one each reads "reason shown to an operator only"; a token a service refuses is said,
+    and its readiness shown as without one). Exits 3 if a service cannot be reached (as
+    every command does), else 1 if one is not ready or refused the token."""
     urls = _urls(ctx)
     found: dict[str, Any] = {}
     for service in ("order", "inventory", "payment"):
@@ -1274,7 +1279,14 @@ def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
         try:
             answer = urls.client.get(f"{base}/health/ready")
             if answer.status_code == 401:  # a token not valid: the service says why
-                found[service] = {"status": "unauthorized", "checks": {}, "error": answer.json()["detail"]}
+                refused = answer.json()["detail"]
+                # the probe is public: asked again without the token, it still says how
+                # the service is (its reasons withheld), beside why the token was refused
+                public = urls.client.build_request("GET", f"{base}/health/ready")
+                del public.headers["Authorization"]
+                found[service] = urls.client.send(public).json()
+                found[service]["error"] = f"token refused: {refused}"
+                found[service]["token_refused"] = refused
             else:
                 found[service] = answer.json()
         except (httpx.HTTPError, ValueError, KeyError) as exc:
@@ -1296,13 +1308,19 @@ def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
 
     _emit(output, found, table)
     checks = [c for body in found.values() for c in body.get("checks", {}).values()]
-    if any(WITHHELD in c.values() for c in checks):
+    refused = any("token_refused" in body for body in found.values())
+    if refused:
+        errors.print(
+            f"the token of {urls.token_from} was refused (readiness shown without it):"
+            " pass --token or set SAGA_TOKEN; `sagactl token` mints a development one"
+        )
+    elif any(WITHHELD in c.values() for c in checks):
         yours = f"the token of {urls.token_from} is not an operator's; " if urls.token else ""
         get = "export SAGA_TOKEN=$(sagactl token)"
         errors.print(f"the reasons are given to an operator's token: {yours}{get}")
     if any(body.get("status") == "unreachable" for body in found.values()):
         raise typer.Exit(UNREACHABLE)
-    if any(body.get("status") not in ("ready", "degraded") for body in found.values()):
+    if refused or any(body.get("status") not in ("ready", "degraded") for body in found.values()):
         raise typer.Exit(REFUSED)
 
 

@@ -102,6 +102,22 @@ def test_a_minted_customer_token_sees_only_that_customers_orders(
     assert "404" in sagactl(system, "saga", other, token=token).stderr
     refused = sagactl(system, "balances", token=token)
     assert refused.returncode == 1 and "403" in refused.stderr and "operator" in refused.stderr
+    # …and it says where an operator's token comes from (a newcomer trial: it did not)
+    assert "an operator's token: `sagactl token` mints a development one" in refused.stderr, refused.stderr
+
+
+def test_health_with_a_refused_token_still_shows_readiness_and_says_why(system: System) -> None:
+    """An expired or garbage SAGA_TOKEN made every service's row ``unauthorized``, and the
+    readiness of a public probe was not shown at all (a newcomer trial)."""
+    result = sagactl(system, "health", "-o", "json", token="junk")
+    assert result.returncode == 1, result.stdout + result.stderr
+    shown = json.loads(result.stdout)
+    for service in ("order", "inventory", "payment"):
+        assert shown[service]["status"] == "ready", shown
+        assert shown[service]["error"] == "token refused: the token is not a JWT", shown
+        assert shown[service]["checks"]["database"]["ok"] is True
+    assert "the token of SAGA_TOKEN was refused (readiness shown without it)" in result.stderr
+    assert "`sagactl token` mints a development one" in result.stderr
 
 
 def test_without_a_token_the_error_says_how_to_get_one(system: System) -> None:
