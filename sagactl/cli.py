@@ -327,6 +327,11 @@ def _unreachable(service: str, base: str, exc: Exception) -> str:
     )
 
 
+#: Where a token comes from, as an error that wants one says it.
+MINT_HINT = "`sagactl token` mints a development one"
+TOKEN_HINT = f"pass --token or set SAGA_TOKEN; {MINT_HINT}"
+
+
 def _refusal(service: str, response: httpx.Response) -> str:
     """An error answer as one sentence: its status and what the service said."""
     try:
@@ -341,9 +346,9 @@ def _refusal(service: str, response: httpx.Response) -> str:
     else:
         said = next(iter(response.text.strip().splitlines()), "")[:200] or response.reason_phrase
     if response.status_code == 401:
-        said += " (pass --token or set SAGA_TOKEN; `sagactl token` mints a development one)"
+        said += f" ({TOKEN_HINT})"
     elif response.status_code == 403 and "operator role" in said:
-        said += " (an operator's token: `sagactl token` mints a development one)"
+        said += f" (an operator's token: {MINT_HINT})"
     return f"the {service} service answered {response.status_code}: {said}"
 
 
@@ -1310,10 +1315,7 @@ def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     checks = [c for body in found.values() for c in body.get("checks", {}).values()]
     refused = any("token_refused" in body for body in found.values())
     if refused:
-        errors.print(
-            f"the token of {urls.token_from} was refused (readiness shown without it):"
-            " pass --token or set SAGA_TOKEN; `sagactl token` mints a development one"
-        )
+        errors.print(f"the token of {urls.token_from} was refused (readiness shown without it): {TOKEN_HINT}")
     elif any(WITHHELD in c.values() for c in checks):
         yours = f"the token of {urls.token_from} is not an operator's; " if urls.token else ""
         get = "export SAGA_TOKEN=$(sagactl token)"
