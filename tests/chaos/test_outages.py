@@ -197,6 +197,17 @@ def test_a_broker_that_stops_answering_is_said_by_the_relay_and_loses_nothing(sy
     client.close()
 
 
+def _waiting_on_a_lock(url: str) -> bool:
+    """Whether a query of the database at ``url`` waits on a lock (read on a connection of its
+    own: ``pg_stat_activity`` is read once per transaction)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return row is not None and row[0] > 0
+
+
 def test_a_database_that_hangs_is_a_wait_not_records_lost(system: System) -> None:
     """The inventory's database holds its queries without refusing them (an attack trial
     stopped PostgreSQL with SIGSTOP; here a lock held elsewhere stands in, on that database
@@ -215,7 +226,9 @@ def test_a_database_that_hangs_is_a_wait_not_records_lost(system: System) -> Non
         holder.execute("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")  # held until the block ends
         held_at = time.monotonic()
         orders = [client.place_order("hang-c", {"hang-p": 1}, deadline_seconds=600)]
-        time.sleep(2)  # that one's batch is in flight; these arrive behind it
+        wait_until(  # that one's batch is in flight; these arrive behind it
+            lambda: _waiting_on_a_lock(system.database_urls["inventory_svc"]), 60, "inventory's batch held"
+        )
         orders += [client.place_order("hang-c", {"hang-p": 1}, deadline_seconds=600) for _ in range(4)]
         wait_until(
             lambda: "waited" in readiness(system)["inventory_svc"][1]["checks"]["consumers"].get("error", ""),

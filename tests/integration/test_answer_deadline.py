@@ -20,6 +20,7 @@ from order_svc.placing import OrderDesk, Placed, Placement, place_orders
 from order_svc.settings import Settings
 from saga_kit.service import http_app
 from tests.integration.conftest import ServiceUnderTest
+from tests.polling import until
 
 
 async def _no_metrics() -> bytes:
@@ -55,6 +56,19 @@ async def test_a_route_whose_database_does_not_answer_is_a_503_at_the_deadline(
         assert missing.status_code == 404  # the pool is whole again
 
 
+_WAITS_ON_A_LOCK = "wait_event_type = 'Lock'"
+_IN_A_TRANSACTION = "state <> 'idle' AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+
+
+async def _backends(order: ServiceUnderTest, where: str, *, none: bool = False) -> bool:
+    """Whether a backend of the order service's database is (``none``: is not) as ``where``
+    says, read on a connection of its own (``pg_stat_activity`` is read once per transaction)."""
+    n = await order.scalar(
+        f"SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND {where}"
+    )
+    return n == 0 if none else n > 0
+
+
 async def _orders_of(order: ServiceUnderTest, *customers: str) -> dict[str, int]:
     async with order.db.engine.connect() as conn:
         rows = await conn.execute(
@@ -84,15 +98,17 @@ async def test_an_order_whose_caller_went_away_while_the_database_held_it_is_not
                     who: asyncio.create_task(desk.place(Placement(who, (line,), None, timedelta(minutes=5))))
                     for who in [*cancelled, *kept]  # queued together: one batch
                 }
-                await asyncio.sleep(0.5)  # the batch waits on the lock
+                await until(lambda: _backends(order, _WAITS_ON_A_LOCK), "the batch waits on the lock")
                 for who in cancelled:
                     callers[who].cancel()  # as AnswerDeadline cancels a route it answered 503
-                await asyncio.sleep(0.2)
+                went_away = [callers[who] for who in cancelled]
+                await until(lambda w=went_away: all(c.done() for c in w), "the callers gone")
                 await holder.rollback()
             for who in kept:
                 placed = await asyncio.wait_for(callers[who], 30)
                 assert isinstance(placed, Placed)
-            await asyncio.sleep(0.5)  # anything left behind would have committed by now
+            # anything left behind has ended its transaction: committed or rolled back
+            await until(lambda: _backends(order, _IN_A_TRANSACTION, none=True), "the batch's end", 30)
         assert await _orders_of(order, alone, gone, stays) == {stays: 1}
     finally:
         await desk.close()
