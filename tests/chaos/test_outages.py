@@ -23,7 +23,8 @@ import pytest
 
 from sagastack.apache_kafka import ApacheKafka
 from sagastack.system import SERVICES, BrokerKind, System
-from tests.e2e.test_faults import metric_sum, wait_until
+from tests.e2e.test_faults import metric_sum
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,8 @@ from sagactl.cli import app
 from sagastack.client import SagaClient
 from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, sagactl, seed
-from tests.e2e.test_faults import wait_until
 from tests.e2e.test_nothing_lost import letters_from
+from tests.polling import wait_until
 
 #: The longest a customer or product id may be.
 LONGEST_ID = 64

@@ -25,7 +25,7 @@ from sagastack.browser import texts, wait
 from sagastack.client import SagaClient
 from sagastack.system import BrokerKind, System
 from tests.e2e.conftest import UniqueIds, seed
-from tests.e2e.test_faults import wait_until
+from tests.polling import wait_until
 
 #: HTTP, a page or the CLI's layout, whatever the broker: make test runs it on Tansu only
 pytestmark = pytest.mark.broker_independent

@@ -9,7 +9,8 @@ import psycopg
 
 from sagastack.system import System
 from tests.e2e.conftest import sagactl
-from tests.e2e.test_faults import consumed, wait_until
+from tests.e2e.test_faults import consumed
+from tests.polling import wait_until
 
 
 def test_list_show_discard_and_replay_dead_letters(system: System) -> None:

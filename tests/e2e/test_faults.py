@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from sagastack import invariants
 from sagastack.client import SagaClient
 from sagastack.system import BrokerKind, System
 from tests.e2e.conftest import UniqueIds, seed
+from tests.polling import wait_until
 
 
 def metric_sum(system: System, service: str, name: str, **labels: str) -> int:
@@ -41,14 +41,6 @@ def metric_sum(system: System, service: str, name: str, **labels: str) -> int:
 def consumed(system: System, service: str, outcome: str) -> int:
     """Sum of saga_events_consumed_total{outcome=...} on the service's /metrics."""
     return metric_sum(system, service, "saga_events_consumed_total", outcome=outcome)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise TimeoutError(what)
-        time.sleep(0.05)
 
 
 def outbox_of(system: System, service: str, order_id: str) -> list[tuple[str, bytes | None, bytes]]:

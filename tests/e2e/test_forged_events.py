@@ -19,7 +19,7 @@ from events.topics import ORDERS, PAYMENT
 from sagastack.client import SagaClient
 from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, seed
-from tests.e2e.test_faults import wait_until
+from tests.polling import wait_until
 
 
 def reasons(system: System, service: str, value: bytes) -> list[str]:

@@ -13,7 +13,7 @@ from events.values import MAX_MONEY
 from sagastack.client import SagaClient
 from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, sagactl, seed
-from tests.e2e.test_faults import wait_until
+from tests.polling import wait_until
 
 Headers = list[tuple[str, bytes | None]]
 

@@ -10,7 +10,7 @@ from typing import Any
 from sagastack.client import SagaClient
 from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, seed
-from tests.e2e.test_faults import wait_until
+from tests.polling import wait_until
 
 #: (consumer service, event it handles, producer service of that event)
 HOPS = [

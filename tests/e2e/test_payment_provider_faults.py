@@ -9,7 +9,7 @@ or between the provider's answer and recording it."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,15 +18,7 @@ import pytest
 from sagastack.client import SagaClient
 from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, seed
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    end = time.monotonic() + timeout
-    while not (found := predicate()):
-        if time.monotonic() > end:
-            raise TimeoutError(what)
-        time.sleep(0.1)
-    return found
+from tests.polling import wait_until
 
 
 def charges_of(system: System, order_id: str) -> list[dict[str, Any]]:
