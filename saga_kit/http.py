@@ -969,6 +969,16 @@ def _json_answer(
     ]
 
 
+def challenge_text(detail: str) -> str:
+    """``detail`` as an ``error_description`` of a ``WWW-Authenticate`` challenge may carry
+    it: RFC 6750 §3 allows the characters %x20-21 / %x23-5B / %x5D-7E only, so a quote, a
+    backslash or anything outside printable ASCII is a ``?``. The detail can hold a token's
+    own words (PyJWT's "Unsupported critical extension: <name>"): unfiltered, a non-Latin-1
+    character there made the 401 a 500 (an attack trial), and a quote let the token add
+    parameters to the challenge."""
+    return "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in detail)
+
+
 def authenticator(
     verifier: auth.TokenVerifier | None, metrics_public: bool
 ) -> Callable[[Request], Awaitable[None]]:
@@ -976,11 +986,13 @@ def authenticator(
     ``saga_kit.auth.POLICY``; unless it is public, the bearer token is verified (401
     ``missing_token`` / ``invalid_token`` with ``WWW-Authenticate``, RFC 6750 §3) and the
     role checked (403 ``forbidden``). On a public route in ``saga_kit.auth.TOKEN_OPTIONAL``
-    a token sent is verified the same way (one not valid is a 401: a token is never
-    ignored). The caller is left in ``request.state.principal`` for the routes (``PrincipalDep``):
-    the token's, ``saga_kit.auth.ANONYMOUS`` (no role) on a public route without one, and
-    ``saga_kit.auth.UNAUTHENTICATED`` (an operator) on every route with ``verifier`` None
-    (authentication off)."""
+    a token sent is verified the same way (one not valid is a 401, not ignored; an empty
+    ``Authorization`` header is no token, as on every route); on the other public routes
+    (the liveness probe, the API docs) a token is not looked at. The caller is left in
+    ``request.state.principal`` for the routes (``PrincipalDep``): the token's,
+    ``saga_kit.auth.ANONYMOUS`` (no role) on a public route without one, and
+    ``saga_kit.auth.UNAUTHENTICATED`` (an operator) on every route with ``verifier``
+    None (authentication off)."""
 
     async def authenticate(request: Request) -> None:
         path = getattr(request.scope.get("route"), "path", None)
@@ -993,7 +1005,8 @@ def authenticator(
         method = request.method  # a HEAD is a GET here (HeadAsGet)
         access = auth.access_of(method, path, metrics_public=metrics_public)
         given = request.headers.getlist("authorization")
-        if access is not auth.Access.PUBLIC or (given and (method, path) in auth.TOKEN_OPTIONAL):
+        sent = any(value.strip() for value in given)  # an empty header is none (RFC 6750 §3.1)
+        if access is not auth.Access.PUBLIC or (sent and (method, path) in auth.TOKEN_OPTIONAL):
             principal = await verifier.principal_of(given)
             # known before the role check: a refused call is audited under its caller
             request.state.principal = principal
@@ -1322,7 +1335,7 @@ def create_app(
     async def unauthorized(_: Request, exc: auth.Unauthorized) -> JSONResponse:
         challenge = 'Bearer realm="saga"'
         if exc.reason != "missing_token":
-            challenge += f', error="invalid_token", error_description="{exc.detail}"'
+            challenge += f', error="invalid_token", error_description="{challenge_text(exc.detail)}"'
         return JSONResponse(
             {"detail": exc.detail, "reason": exc.reason},
             status_code=401,

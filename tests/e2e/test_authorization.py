@@ -15,6 +15,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -426,7 +427,22 @@ BAD_TOKENS: dict[str, tuple[Callable[[System, Forger], list[str]], str]] = {
     "no exp": (lambda s, f: [f.sign(f.claims(exp=None))], "no exp claim"),
     "no kid": (lambda s, f: [f.sign(f.claims(), kid=None)], "names no key"),
     "not a JWT": (lambda s, f: ["not-a-jwt", "a.b.c"], "not a JWT"),
+    # PyJWT names the extension in its words, which went into WWW-Authenticate unfiltered:
+    # a character outside Latin-1 made the 401 a 500, a quote added a parameter to it
+    "an unknown critical extension": (
+        lambda s, f: [
+            _unsigned({"alg": "EdDSA", "kid": f.kid, "crit": [name]}, f.claims()) + ".AAAA"
+            for name in ("\u20ac", 'x", error="insufficient_scope', "\\", "x" * 300)
+        ],
+        "critical extension",
+    ),
 }
+
+#: A 401's challenge for a token not valid: its description in the characters RFC 6750 §3
+#: allows, so one quoted string (a token's words in it added a parameter, or made it a 500)
+CHALLENGE = re.compile(
+    r'Bearer realm="saga", error="invalid_token", error_description="[\x20\x21\x23-\x5b\x5d-\x7e]*"'
+)
 
 #: A route per service that any valid token may call (the operator: all of them).
 PROBES = {"order_svc": "/orders", "inventory_svc": "/products", "payment_svc": "/accounts"}
@@ -445,7 +461,7 @@ def test_a_bad_token_is_refused_as_invalid_token(system: System, what: str) -> N
             assert answer.status_code == 401, f"{service}: {what} → {answer.status_code} {answer.text}"
             assert answer.json()["reason"] == "invalid_token", answer.text
             assert why in answer.json()["detail"], answer.text
-            assert 'error="invalid_token"' in answer.headers["www-authenticate"]
+            assert CHALLENGE.fullmatch(answer.headers["www-authenticate"]), answer.headers["www-authenticate"]
 
 
 @pytest.mark.parametrize(

@@ -21,15 +21,22 @@ from saga_kit.auth import (
     Unauthorized,
     write_dev_issuer,
 )
-from saga_kit.http import Check, Degraded, PrincipalDep, authenticator, health_router
+from saga_kit.http import Check, Degraded, PrincipalDep, authenticator, challenge_text, health_router
 
 
 async def _ready(
-    checks: dict[str, Check], verifier: TokenVerifier | None = None, token: str | None = None
+    checks: dict[str, Check],
+    verifier: TokenVerifier | None = None,
+    token: str | None = None,
+    authorization: str | None = None,
 ) -> httpx.Response:
+    """``GET /health/ready`` with ``token`` as a bearer token, or ``authorization`` as the
+    whole header."""
     app = FastAPI(dependencies=[Depends(authenticator(verifier, metrics_public=False))])
     app.include_router(health_router(checks, timeout=0.5))
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if authorization is not None:
+        headers["Authorization"] = authorization
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://t", headers=headers
     ) as client:
@@ -144,3 +151,25 @@ async def test_a_public_routes_caller_without_a_token_has_no_role(tmp_path: Path
     assert await caller(verifier, None) == {"subject": "anonymous", "roles": []}
     assert await caller(verifier, "not-a-jwt") == {"subject": "anonymous", "roles": []}
     assert await caller(None, None) == {"subject": "anonymous", "roles": [Role.OPERATOR.value]}
+
+
+async def test_an_empty_authorization_header_on_the_probe_is_no_token(tmp_path: Path) -> None:
+    """An attack trial: ``Authorization:`` with nothing in it was a 401 saying the probe
+    "needs an Authorization: Bearer token" — it needs none. Empty is no token (as on the
+    other routes, where it is ``missing_token``): the public view."""
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_file=str(issuer.jwks_file))
+    for empty in ("", "   "):
+        answer = await _ready({"database": _fails}, verifier, authorization=empty)
+        assert answer.status_code == 503
+        assert answer.json()["checks"]["database"] == {"ok": False, "error": WITHHELD}
+    with pytest.raises(Unauthorized):  # a header that says something is still verified
+        await _ready({"database": _fails}, verifier, authorization="Bearer")
+
+
+def test_a_challenges_description_keeps_to_rfc_6750s_characters() -> None:
+    """PyJWT's words about a token can carry the token's own (a critical extension's
+    name): a non-Latin-1 character made the 401 a 500, a quote added a parameter."""
+    assert challenge_text("the token has expired") == "the token has expired"
+    assert challenge_text('x", error="insufficient_scope') == "x?, error=?insufficient_scope"
+    assert challenge_text("\u20ac \\ \u2026 \t\n") == "? ? ? ??"
