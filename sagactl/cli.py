@@ -1276,30 +1276,10 @@ def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     with the reason (the services give the reasons to an operator's token only: without
     one each reads "reason shown to an operator only"; a token a service refuses is said,
     and its readiness shown as without one). Exits 3 if a service cannot be reached (as
-    every command does), else 1 if one is not ready or refused the token."""
+    every command does), else 1 if one is not ready, refused the token or answered
+    something that is not a readiness (its status and words shown)."""
     urls = _urls(ctx)
-    found: dict[str, Any] = {}
-    for service in ("order", "inventory", "payment"):
-        base = urls.of(service)
-        try:
-            answer = urls.client.get(f"{base}/health/ready")
-            if answer.status_code == 401:  # a token not valid: the service says why
-                refused = answer.json()["detail"]
-                # the probe is public: asked again without the token, it still says how
-                # the service is (its reasons withheld), beside why the token was refused
-                public = urls.client.build_request("GET", f"{base}/health/ready")
-                del public.headers["Authorization"]
-                found[service] = urls.client.send(public).json()
-                found[service]["error"] = f"token refused: {refused}"
-                found[service]["token_refused"] = refused
-            else:
-                found[service] = answer.json()
-        except (httpx.HTTPError, ValueError, KeyError) as exc:
-            found[service] = {
-                "status": "unreachable",
-                "checks": {},
-                "error": _unreachable(service, base, exc),
-            }
+    found = {service: _readiness_of(urls, service) for service in ("order", "inventory", "payment")}
 
     def table() -> RenderableType:
         t = Table(_fixed("service"), _fixed("status"), _fixed("check"), _free("detail"))
@@ -1324,6 +1304,61 @@ def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
         raise typer.Exit(UNREACHABLE)
     if refused or any(body.get("status") not in ("ready", "degraded") for body in found.values()):
         raise typer.Exit(REFUSED)
+
+
+def _readiness_of(urls: Urls, service: str) -> dict[str, Any]:
+    """``GET /health/ready`` of service as ``health`` shows it: the readiness it answered
+    (200 or 503: ``status`` and ``checks``); with a token it refused (401), the public
+    readiness asked again without it, and ``error``/``token_refused`` saying why; status
+    ``error`` with what it answered for anything else (an attack trial: a body of another
+    shape was a traceback, a 500 "cannot reach"); ``unreachable`` if it did not answer."""
+    base = urls.of(service)
+    refused: str | None = None
+    try:
+        answer = urls.client.get(f"{base}/health/ready")
+        if answer.status_code == 401 and "Authorization" in answer.request.headers:
+            refused = _detail_of(answer)
+            # the probe is public: asked again without the token, it still says how the
+            # service is (its reasons withheld), beside why the token was refused
+            public = urls.client.build_request("GET", f"{base}/health/ready")
+            del public.headers["Authorization"]
+            answer = urls.client.send(public)
+    except httpx.HTTPError as exc:
+        return {"status": "unreachable", "checks": {}, "error": _unreachable(service, base, exc)}
+    body = _readiness_body(answer)
+    if body is None:
+        body = {"status": "error", "checks": {}, "error": _refusal(service, answer)}
+    if refused is not None:
+        body |= {"error": f"token refused: {refused}", "token_refused": refused}
+    return body
+
+
+def _detail_of(response: httpx.Response) -> str:
+    """What an error answer said: its JSON ``detail``, else its first line or reason."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return str(body["detail"])
+    return next(iter(response.text.strip().splitlines()), "")[:200] or response.reason_phrase
+
+
+def _readiness_body(response: httpx.Response) -> dict[str, Any] | None:
+    """A readiness answer's body (``saga_kit.http.Readiness``: 200 or 503, a ``status``
+    and ``checks`` of objects), or None for anything else."""
+    if response.status_code not in (200, 503):
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("status"), str):
+        return None
+    checks = body.get("checks")
+    if not isinstance(checks, dict) or not all(isinstance(c, dict) for c in checks.values()):
+        return None
+    return body
 
 
 #: The longest life ``sagactl token`` gives a development token, in seconds: a year.

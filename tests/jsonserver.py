@@ -1,6 +1,7 @@
 """One JSON document served to every GET over HTTP by the standard library's server on
 127.0.0.1, in a thread, that can be made slow (``delay``, seconds before each answer) or
-away (``down``: 503 to every request), counting the requests it answers at once: a key
+away (``down``: 503 to every request), or answer with another status (``status``,
+``tokenless``), counting the requests it answers at once: a key
 server for tests of ``AUTH_JWKS_URL`` (the document a JWKS, at ``url``), or a service
 answering a fixed list for sagactl's tests (at ``base``)."""
 
@@ -14,7 +15,17 @@ from typing import Any
 
 
 class JsonServer:
-    def __init__(self, jwks: bytes, *, delay: float = 0.0, down: bool = False) -> None:
+    def __init__(
+        self,
+        jwks: bytes,
+        *,
+        delay: float = 0.0,
+        down: bool = False,
+        status: int = 200,
+        tokenless: tuple[int, bytes] | None = None,
+    ) -> None:
+        """``status`` and ``jwks`` are every answer's, but a request without an
+        ``Authorization`` header gets ``tokenless`` (status, body) if given."""
         self.jwks, self.delay, self.down = jwks, delay, down
         #: set once a request has arrived (and is being answered, after ``delay``)
         self.asked = threading.Event()
@@ -23,7 +34,7 @@ class JsonServer:
         #: requests being answered now, and the most there were at once
         self.in_flight = self.most_in_flight = 0
         lock = threading.Lock()
-        server = self
+        server, status_of_all = self, status
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -35,7 +46,12 @@ class JsonServer:
                 time.sleep(server.delay)
                 with lock:
                     server.in_flight -= 1
-                status, body = (503, b"away") if server.down else (200, server.jwks)
+                if server.down:
+                    status, body = 503, b"away"
+                elif tokenless is not None and "Authorization" not in self.headers:
+                    status, body = tokenless
+                else:
+                    status, body = status_of_all, server.jwks
                 try:
                     self.send_response(status)
                     self.send_header("content-type", "application/json")

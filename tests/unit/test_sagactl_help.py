@@ -563,3 +563,44 @@ def test_health_without_a_token_says_how_to_see_the_reasons(monkeypatch: pytest.
         "the reasons are given to an operator's token: the token of --token is not an operator's;"
         " export SAGA_TOKEN=$(sagactl token)\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "tokenless", "token", "said"),
+    [
+        (401, b"[1, 2]", (200, b"[1]"), "junk", "token refused: [1, 2]"),
+        (401, b'{"detail": "expired"}', (200, b'"x"'), "junk", "token refused: expired"),
+        (401, b'{"detail": "expired"}', (401, b"<html>no</html>"), "junk", "token refused: expired"),
+        (200, b"[1]", None, None, "the order service answered 200: [1]"),
+        (200, b"null", None, None, "the order service answered 200: null"),
+        (200, b'{"status": "ready", "checks": [1]}', None, None, "answered 200"),
+        (503, b'{"status": "ready", "checks": {"database": "x"}}', None, None, "answered 503"),
+        (500, b"Internal Server Error", None, "junk", "the order service answered 500: Internal Server"),
+        (401, b'{"detail": "who are you"}', None, None, "the order service answered 401: who are you"),
+    ],
+)
+def test_health_says_what_a_service_answered_that_is_not_a_readiness(
+    monkeypatch: pytest.MonkeyPatch,
+    status: int,
+    body: bytes,
+    tokenless: tuple[int, bytes] | None,
+    token: str | None,
+    said: str,
+) -> None:
+    """An attack trial: a readiness answer of another shape (a 401's body a list, a 200's
+    a list or null, checks that are not objects) was a traceback, a 500 or a 401 to a call
+    without a token "cannot reach" (exit 3). Each is now that service's row, status
+    ``error`` with what it answered, exit 1."""
+    from tests.jsonserver import JsonServer
+
+    monkeypatch.delenv("SAGA_TOKEN", raising=False)
+    ready = json.dumps({"status": "ready", "checks": {"database": {"ok": True}}}).encode()
+    with JsonServer(body, status=status, tokenless=tokenless) as odd, JsonServer(ready) as fine:
+        urls = ["--order-url", odd.base, "--inventory-url", fine.base, "--payment-url", fine.base]
+        args = [*urls, *(["--token", token] if token else []), "health", "-o", "json"]
+        result = CliRunner().invoke(app, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1, result.output
+    found = json.loads(result.stdout)
+    assert found["order"]["status"] == "error" and said in found["order"]["error"], found
+    assert found["inventory"]["status"] == found["payment"]["status"] == "ready"
