@@ -31,7 +31,7 @@ from saga_kit.auth import TokenVerifier, load_verifier
 from saga_kit.heap import DEFAULT_GEN0_THRESHOLD
 from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurity, KafkaSecurityError
 from saga_kit.retry import RetryPolicy
-from saga_kit.urls import http_url
+from saga_kit.urls import http_url, kafka_bootstrap
 
 #: How long a consumer fetch may wait on the broker for data. Apache Kafka answers as soon
 #: as data arrives; the embedded Tansu answers only when the wait ends, so there this is
@@ -312,6 +312,11 @@ class ServiceSettings(KafkaClientSettings):
     @classmethod
     def _async_driver(cls, url: str) -> str:
         return async_postgres_url(url)
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap(cls, servers: str) -> str:
+        return kafka_bootstrap(servers)
 
     @field_validator("auth_jwks_url")
     @classmethod

@@ -27,3 +27,21 @@ def http_url(url: str) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ValueError("must be an http(s) URL: http(s)://host[:port][/path], nothing around it")
     return url
+
+
+def kafka_bootstrap(servers: str) -> str:
+    """``servers`` as given if it is a Kafka bootstrap list as aiokafka reads it
+    (``aiokafka.conn.collect_hosts``: ``host[:port]`` or ``[ipv6][:port]``, comma
+    separated, 9092 when no port), each with a host and a port 1-65535. Raises
+    ``ValueError`` saying which entry is wrong: ``127.0.0.1:99999`` was taken, and every
+    send then failed with ``OverflowError`` as if the broker were away (an attack trial)."""
+    from aiokafka.conn import collect_hosts  # ~0.3 s to import: only where a list is checked
+
+    for entry in servers.split(","):
+        try:
+            ((host, port, _),) = collect_hosts(entry, randomize=False)
+        except ValueError:
+            host, port = "", -1
+        if not host or not 1 <= port <= 65535:
+            raise ValueError(f"{entry.strip()!r} is not host:port (a port 1-65535) in a comma-separated list")
+    return servers

@@ -53,7 +53,7 @@ from order_svc.domain import ORDER_ID_PREFIX, OrderStatus
 from saga_kit import auditchain
 from saga_kit.auth import SUBJECT_RULE, WITHHELD, DevIssuer, Role, is_subject
 from saga_kit.service_names import SHORT_NAMES, service_named, short_name
-from saga_kit.urls import http_url
+from saga_kit.urls import http_url, kafka_bootstrap
 
 console = Console()
 #: Errors: one line on stderr, never wrapped, never read as markup.
@@ -628,12 +628,34 @@ Via = Annotated[
 ]
 #: The broker ``--via kafka`` sends to unless told: ``make run``'s.
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+def _check_bootstrap(servers: str) -> str:
+    """A bootstrap list (``saga_kit.urls.kafka_bootstrap``), else a usage error (exit 2)."""
+    try:
+        return kafka_bootstrap(servers)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 KafkaBootstrap = Annotated[
-    str, typer.Option("--bootstrap", envvar="SAGACTL_KAFKA_BOOTSTRAP", help="the broker, for --via kafka")
+    str,
+    typer.Option(
+        "--bootstrap",
+        envvar="SAGACTL_KAFKA_BOOTSTRAP",
+        help="the broker, for --via kafka",
+        callback=_check_bootstrap,
+    ),
 ]
 #: publish's: it always goes to the broker (it has no --via).
 PublishBootstrap = Annotated[
-    str, typer.Option("--bootstrap", envvar="SAGACTL_KAFKA_BOOTSTRAP", help="the broker to send it to")
+    str,
+    typer.Option(
+        "--bootstrap",
+        envvar="SAGACTL_KAFKA_BOOTSTRAP",
+        help="the broker to send it to",
+        callback=_check_bootstrap,
+    ),
 ]
 
 
@@ -1153,7 +1175,7 @@ def tail(
     from_start: Annotated[
         bool, typer.Option("--from-start", help="replay all recorded events first")
     ] = False,
-    count: Annotated[int | None, typer.Option(help="stop after this many events")] = None,
+    count: Annotated[int | None, typer.Option(min=1, help="stop after this many events")] = None,
     output: OutputOpt = Output.text,
 ) -> None:
     """Follow every saga's events live, as the order service records them (Ctrl-C stops).

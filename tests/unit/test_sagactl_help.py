@@ -198,6 +198,14 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
             "--tombstone is a record with no body: give it no --value",
         ),
         (["place", "alice", "widget=1", "--deadline", "-inf"], "-inf is not a number of seconds"),
+        # an attack trial: a port out of range was "cannot send to Kafka" (exit 3), and a
+        # count of 0 or less followed for ever
+        (
+            ["place", "alice", "widget=1", "--via", "kafka", "--bootstrap", "127.0.0.1:99999"],
+            "'127.0.0.1:99999' is not host:port (a port 1-65535)",
+        ),
+        (["publish", "orders.events", "--value", "x", "--bootstrap", "a:1,"], "'' is not host:port"),
+        (["tail", "--count", "0"], "Invalid value for '--count': Input should be greater than or equal to 1"),
         (["dlq", "replay", "inventory", "0"], "Invalid value for 'letter_id'"),
         (["dlq", "show", "payment", "99999999999999999999"], "Invalid value for 'letter_id'"),
         (["--payment-url", "notaurl", "health"], "Invalid value for '--payment-url'"),

@@ -165,6 +165,9 @@ def test_a_port_out_of_range_is_refused_at_start(module: str, variable: str) -> 
             {"INVENTORY_DATABASE_URL": "postgresql://u:s3cret-pw@localhost:99999/db"},
             "INVENTORY_DATABASE_URL: is not a URL SQLAlchemy can read",
         ),
+        # taken, then every connection failed as if the broker were away (an attack trial)
+        ("order_svc", {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:99999"}, "BOOTSTRAP_SERVERS: '127.0.0.1:99999'"),
+        ("payment_svc", {"KAFKA_BOOTSTRAP_SERVERS": "a:1,,b:2"}, "BOOTSTRAP_SERVERS: '' is not host:port"),
     ],
 )
 def test_a_url_or_fault_that_cannot_work_is_refused_at_start(
