@@ -334,17 +334,7 @@ TOKEN_HINT = f"pass --token or set SAGA_TOKEN; {MINT_HINT}"
 
 def _refusal(service: str, response: httpx.Response) -> str:
     """An error answer as one sentence: its status and what the service said."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    detail = body.get("detail") if isinstance(body, dict) else None
-    if isinstance(detail, list) and detail:
-        said = f"invalid request: {_problems(detail)}"
-    elif detail:
-        said = str(detail)
-    else:
-        said = next(iter(response.text.strip().splitlines()), "")[:200] or response.reason_phrase
+    said = _detail_of(response)
     if response.status_code == 401:
         said += f" ({TOKEN_HINT})"
     elif response.status_code == 403 and "operator role" in said:
@@ -1348,21 +1338,29 @@ def _readiness_of(urls: Urls, service: str) -> dict[str, Any]:
     except httpx.HTTPError as exc:
         return {"status": "unreachable", "checks": {}, "error": _unreachable(service, base, exc)}
     body = _readiness_body(answer)
-    if body is None:
-        body = {"status": "error", "checks": {}, "error": _refusal(service, answer)}
     if refused is not None:
-        body |= {"error": f"token refused: {refused}", "token_refused": refused}
+        without = "" if body is not None else f"; without it, {_refusal(service, answer)}"
+        body = (body or {"status": "error", "checks": {}}) | {
+            "error": f"token refused: {refused}{without}",
+            "token_refused": refused,
+        }
+    elif body is None:
+        body = {"status": "error", "checks": {}, "error": _refusal(service, answer)}
     return body
 
 
 def _detail_of(response: httpx.Response) -> str:
-    """What an error answer said: its JSON ``detail``, else its first line or reason."""
+    """What an error answer said: its JSON ``detail`` (a 422's list of problems as one
+    clause), else its first line (200 characters at most) or its reason phrase."""
     try:
         body = response.json()
     except ValueError:
         body = None
-    if isinstance(body, dict) and isinstance(body.get("detail"), str):
-        return str(body["detail"])
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, list) and detail and all(isinstance(d, dict) for d in detail):
+        return f"invalid request: {_problems(detail)}"
+    if detail:
+        return str(detail)
     return next(iter(response.text.strip().splitlines()), "")[:200] or response.reason_phrase
 
 

@@ -578,7 +578,13 @@ def test_health_without_a_token_says_how_to_see_the_reasons(monkeypatch: pytest.
     [
         (401, b"[1, 2]", (200, b"[1]"), "junk", "token refused: [1, 2]"),
         (401, b'{"detail": "expired"}', (200, b'"x"'), "junk", "token refused: expired"),
-        (401, b'{"detail": "expired"}', (401, b"<html>no</html>"), "junk", "token refused: expired"),
+        (
+            401,
+            b'{"detail": "expired"}',
+            (401, b"<html>no</html>"),
+            "junk",
+            "token refused: expired; without it, the order service answered 401: <html>no</html>",
+        ),
         (200, b"[1]", None, None, "the order service answered 200: [1]"),
         (200, b"null", None, None, "the order service answered 200: null"),
         (200, b'{"status": "ready", "checks": [1]}', None, None, "answered 200"),
