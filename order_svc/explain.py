@@ -16,7 +16,12 @@ What each outcome owes, and which event settles it:
   if the timeline shows a reservation (``InventoryReserved``, or a payment's answer, which
   only a reservation gets and which may be heard before it); payment must not keep a
   penny: a charge is refunded (``PaymentRefunded``), and without one payment confirms it
-  will never charge (``PaymentVoided``) or that it had declined (``PaymentFailed``).
+  will never charge (``PaymentVoided``) or that it had declined (``PaymentFailed``). A
+  void also settles a ``PaymentCompleted`` in the timeline: payment voids only an order it
+  holds no charge for (the event was not its own, or its records were lost), and the
+  verdict says so. Cancelled as ``unknown_order`` (c4', an order the order service never
+  placed), an item still owed may be nothing: a participant that never did the step the
+  timeline shows has nothing to undo and sends nothing, and the verdict says to look there.
 
 Until the settling event is in the timeline, the item is *still owed by* that service.
 """
@@ -153,7 +158,23 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
             _item(seen, "give reserved or sold stock back", held, "inventory_svc", "InventoryReleased")
         )
     if "PaymentCompleted" in seen:
-        owed.append(_item(seen, "refund the charge", "PaymentCompleted", "payment_svc", "PaymentRefunded"))
+        # payment voids only an order it holds no charge for: its void settles the refund
+        # (the charge is not in its records: an event it did not send, or records lost)
+        owed.append(
+            _item(
+                seen,
+                "refund the charge",
+                "PaymentCompleted",
+                "payment_svc",
+                "PaymentRefunded",
+                "PaymentVoided",
+            )
+        )
+        if "PaymentVoided" in seen and "PaymentRefunded" not in seen:
+            verdict += (
+                "; payment_svc voided it: it holds no charge for this order, though a PaymentCompleted"
+                " signed as its own is in the timeline (its records lost, or its key stolen)"
+            )
         if status == "CANCELLED" and _after(events, "PaymentCompleted", "OrderCancelled"):
             # the charge was in doubt (the provider did not answer) when the cancellation
             # came: payment finishes a charge it cannot rule out, then refunds it
@@ -188,6 +209,13 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
             )
         )
     settled = all(c.done_by for c in owed)
+    if reason == "unknown_order" and not settled:
+        # c4': a participant that did nothing for this order (the event about it not its
+        # own) has nothing to undo and says nothing: its own records tell
+        verdict += (
+            "; a participant that never did what the timeline says it did (an event signed with"
+            " its stolen key) has nothing to undo and says nothing: its own records tell"
+        )
     if settled and not any(c.because_of != "OrderCancelled" for c in owed):
         # only once everything owed is done: until payment and inventory have answered a
         # cancellation, either may still hold or charge something

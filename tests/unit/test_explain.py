@@ -201,3 +201,30 @@ def test_a_refund_waiting_on_the_provider_says_so() -> None:
         "refund is waiting"
         not in explain("CANCELLED", "cancelled_by_customer", timeline(*charge_waited)).verdict
     )
+
+
+def test_a_void_settles_a_charge_payment_has_no_record_of() -> None:
+    """An attack trial signed a PaymentCompleted with payment's own key for an order never
+    placed: cancelled (unknown_order), payment voided — it holds no charge — and the
+    refund stayed owed for ever. The void is payment's word; the verdict says why."""
+    events = ("PaymentCompleted", "OrderCancelled", "PaymentVoided")
+    e = explain("CANCELLED", "unknown_order", timeline(*events))
+    [refund] = [o for o in e.owed if o.action == "refund the charge"]
+    assert refund.done_by == "PaymentVoided"
+    assert "it holds no charge for this order" in e.verdict
+    assert "PaymentRefunded" not in e.verdict
+    refunded = explain(
+        "CANCELLED", "timeout", timeline("InventoryReserved", "PaymentCompleted", "OrderCancelled")
+    )
+    assert [o.done_by for o in refunded.owed if o.action == "refund the charge"] == [None]
+
+
+def test_an_unknown_order_still_owed_says_where_to_look() -> None:
+    """c4' with a forged reservation: inventory never reserved, so it never releases; the
+    item stays owed (the timeline cannot tell), and the verdict says whose records tell."""
+    events = ("InventoryReserved", "PaymentCompleted", "OrderCancelled", "PaymentRefunded")
+    e = explain("CANCELLED", "unknown_order", timeline(*events))
+    assert e.settled is False
+    assert "its own records tell" in e.verdict
+    released = explain("CANCELLED", "unknown_order", timeline(*events, "InventoryReleased"))
+    assert released.settled is True and "its own records tell" not in released.verdict
