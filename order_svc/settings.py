@@ -35,7 +35,8 @@ class Settings(ServiceSettings):
     #: tail``) open at once; one more is a 503 with ``Retry-After`` (order_svc.live).
     event_streams_max: int = Field(default=100, ge=1)
     #: The master key that wraps the customers' data keys (saga_kit.personal_data): a JSON
-    #: file ``{"key": base64 of 32 bytes}``. Without one, orders carry no personal data.
+    #: file ``{"key": base64 of 32 bytes}``. Without one, an order that brings personal data
+    #: is refused (503): none is ever stored unsealed.
     pii_master_key_file: str | None = None
     #: Where the dashboard reads stock and balances from.
     inventory_url: str = "http://127.0.0.1:8002"

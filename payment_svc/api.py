@@ -132,7 +132,7 @@ class PaymentView(BaseModel):
     #: the order was cancelled while a call was out or its charge in doubt: the worker
     #: voids it if the call did nothing, else a refund follows the charge
     cancel_requested: bool
-    #: provider calls answered "nothing done" (503, 429, any 4xx but 409, no connection,
+    #: provider calls answered "nothing done" (503, 429, any 4xx but 402 and 409, no connection,
     #: the breaker open)
     nothing_done_calls: int
     #: PENDING, and a call may have charged (in flight, lost in a crash, or answered

@@ -132,6 +132,7 @@ POLICY: Mapping[tuple[str, str], Access] = {
     ("GET", "/orders/{order_id}"): Access.OWN,
     ("GET", "/orders/{order_id}/saga"): Access.OWN,
     ("POST", "/orders/{order_id}/cancel"): Access.OWN,
+    ("POST", "/customers/{customer_id}/forget"): Access.OPERATOR,
     ("GET", "/commands/{command_id}"): Access.OPERATOR,
     ("GET", "/saga-events"): Access.OPERATOR,
     ("GET", "/saga-events/stream"): Access.OPERATOR,
@@ -154,7 +155,6 @@ POLICY: Mapping[tuple[str, str], Access] = {
     ("GET", "/accounts"): Access.OPERATOR,
     ("GET", "/accounts/{customer_id}"): Access.OWN,
     ("PUT", "/accounts/{customer_id}"): Access.OPERATOR,
-    ("POST", "/customers/{customer_id}/forget"): Access.OPERATOR,
     ("GET", "/payments/{order_id}"): Access.OWN,
 }
 
