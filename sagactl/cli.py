@@ -621,7 +621,11 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
 def _check_bootstrap(servers: str) -> str:
-    """A bootstrap list (``saga_kit.urls.kafka_bootstrap``), else a usage error (exit 2)."""
+    """A bootstrap list (``saga_kit.urls.kafka_bootstrap``), else a usage error (exit 2).
+    The default, valid, is not checked: typer calls this for it too, and the check imports
+    aiokafka (~0.3 s), which ``place --via http`` has no other use for."""
+    if servers == DEFAULT_BOOTSTRAP:
+        return servers
     try:
         return kafka_bootstrap(servers)
     except ValueError as exc:
