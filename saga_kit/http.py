@@ -1005,8 +1005,10 @@ def authenticator(
         method = request.method  # a HEAD is a GET here (HeadAsGet)
         access = auth.access_of(method, path, metrics_public=metrics_public)
         given = request.headers.getlist("authorization")
-        sent = any(value.strip() for value in given)  # an empty header is none (RFC 6750 §3.1)
-        if access is not auth.Access.PUBLIC or (sent and (method, path) in auth.TOKEN_OPTIONAL):
+        # on a public route, only a token sent is verified: an empty header is none
+        if access is not auth.Access.PUBLIC or (
+            (method, path) in auth.TOKEN_OPTIONAL and any(value.strip() for value in given)
+        ):
             principal = await verifier.principal_of(given)
             # known before the role check: a refused call is audited under its caller
             request.state.principal = principal
