@@ -619,37 +619,12 @@ Via = Annotated[
 #: The broker ``--via kafka`` sends to unless told: ``make run``'s.
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
-
-def _check_bootstrap(servers: str) -> str:
-    """A bootstrap list (``saga_kit.urls.kafka_bootstrap``), else a usage error (exit 2).
-    The default, valid, is not checked: typer calls this for it too, and the check imports
-    aiokafka (~0.3 s), which ``place --via http`` has no other use for."""
-    if servers == DEFAULT_BOOTSTRAP:
-        return servers
-    try:
-        return kafka_bootstrap(servers)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-
-
 KafkaBootstrap = Annotated[
-    str,
-    typer.Option(
-        "--bootstrap",
-        envvar="SAGACTL_KAFKA_BOOTSTRAP",
-        help="the broker, for --via kafka",
-        callback=_check_bootstrap,
-    ),
+    str, typer.Option("--bootstrap", envvar="SAGACTL_KAFKA_BOOTSTRAP", help="the broker, for --via kafka")
 ]
 #: publish's: it always goes to the broker (it has no --via).
 PublishBootstrap = Annotated[
-    str,
-    typer.Option(
-        "--bootstrap",
-        envvar="SAGACTL_KAFKA_BOOTSTRAP",
-        help="the broker to send it to",
-        callback=_check_bootstrap,
-    ),
+    str, typer.Option("--bootstrap", envvar="SAGACTL_KAFKA_BOOTSTRAP", help="the broker to send it to")
 ]
 
 
@@ -877,9 +852,15 @@ def _produce(
 ) -> tuple[int, int]:
     """Produce one record and wait for the broker's acknowledgement (``acks=all``),
     connecting as the environment's Kafka security settings say; its (partition,
-    offset). A broker away or refusing is one sentence and exit 3 (UNREACHABLE); security
-    settings that cannot be used, exit 2 (USAGE)."""
+    offset). A broker away or refusing is one sentence and exit 3 (UNREACHABLE); a
+    bootstrap list or security settings that cannot be used, exit 2 (USAGE): checked here,
+    where they are used (``place --via http`` has no use for them)."""
     import asyncio
+
+    try:
+        kafka_bootstrap(bootstrap)
+    except ValueError as exc:
+        _fail(f"--bootstrap (or SAGACTL_KAFKA_BOOTSTRAP): {exc}", USAGE)
 
     from aiokafka import AIOKafkaProducer
 

@@ -201,7 +201,17 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
         # an attack trial: a port out of range was "cannot send to Kafka" (exit 3), and a
         # count of 0 or less followed for ever
         (
-            ["place", "alice", "widget=1", "--via", "kafka", "--bootstrap", "127.0.0.1:99999"],
+            [
+                "--token",
+                "t",
+                "place",
+                "alice",
+                "widget=1",
+                "--via",
+                "kafka",
+                "--bootstrap",
+                "127.0.0.1:99999",
+            ],
             "'127.0.0.1:99999' is not host:port (a port 1-65535)",
         ),
         (["publish", "orders.events", "--value", "x", "--bootstrap", "a:1,"], "'' is not host:port"),
