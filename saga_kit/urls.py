@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
+
 import httpx
 from pydantic import AnyHttpUrl, TypeAdapter, ValidationError
 
@@ -30,18 +33,34 @@ def http_url(url: str) -> str:
 
 
 def kafka_bootstrap(servers: str) -> str:
-    """``servers`` as given if it is a Kafka bootstrap list as aiokafka reads it
-    (``aiokafka.conn.collect_hosts``: ``host[:port]`` or ``[ipv6][:port]``, comma
-    separated, 9092 when no port), each with a host and a port 1-65535. Raises
-    ``ValueError`` saying which entry is wrong: ``127.0.0.1:99999`` was taken, and every
-    send then failed with ``OverflowError`` as if the broker were away (an attack trial)."""
-    from aiokafka.conn import collect_hosts  # ~0.3 s to import: only where a list is checked
+    """``servers`` as given if it is a Kafka bootstrap list: comma separated, each entry
+    ``host[:port]`` or ``[ipv6][:port]`` as aiokafka reads one (``aiokafka.conn.
+    get_ip_port_afi``; 9092 when no port), its host an IP address or a DNS name (letters,
+    digits, ``-`` and ``_`` between dots) and its port 1-65535. Raises ``ValueError``
+    naming the entry that is not: ``127.0.0.1:99999`` was taken and every send failed with
+    ``OverflowError`` as if the broker were away, and ``127.0.0.1:-1`` went to 9092,
+    aiokafka's default, with no word (attack trials)."""
+    from aiokafka.conn import get_ip_port_afi  # ~0.3 s to import: only where a list is checked
 
     for entry in servers.split(","):
         try:
-            ((host, port, _),) = collect_hosts(entry, randomize=False)
+            host, port, _ = get_ip_port_afi(entry)
         except ValueError:
             host, port = "", -1
-        if not host or not 1 <= port <= 65535:
+        if not _is_host(host) or not 1 <= port <= 65535:
             raise ValueError(f"{entry.strip()!r} is not host:port (a port 1-65535) in a comma-separated list")
     return servers
+
+
+#: A DNS name: labels of letters, digits, ``-`` and ``_`` (container names have them),
+#: separated by dots.
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
+_DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def _is_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return _DNS_NAME.fullmatch(host) is not None
+    return True

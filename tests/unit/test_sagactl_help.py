@@ -215,6 +215,8 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
             "'127.0.0.1:99999' is not host:port (a port 1-65535)",
         ),
         (["publish", "orders.events", "--value", "x", "--bootstrap", "a:1,"], "'' is not host:port"),
+        (["publish", "orders.events", "--value", "x", "--bootstrap", "http://127.0.0.1:1"], "'http://"),
+        (["publish", "orders.events", "--value", "x", "--bootstrap", "127.0.0.1:1 127.0.0.1:2"], "not host"),
         (["tail", "--count", "0"], "Invalid value for '--count': Input should be greater than or equal to 1"),
         (["dlq", "replay", "inventory", "0"], "Invalid value for 'letter_id'"),
         (["dlq", "show", "payment", "99999999999999999999"], "Invalid value for 'letter_id'"),

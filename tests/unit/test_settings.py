@@ -168,6 +168,8 @@ def test_a_port_out_of_range_is_refused_at_start(module: str, variable: str) -> 
         # taken, then every connection failed as if the broker were away (an attack trial)
         ("order_svc", {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:99999"}, "BOOTSTRAP_SERVERS: '127.0.0.1:99999'"),
         ("payment_svc", {"KAFKA_BOOTSTRAP_SERVERS": "a:1,,b:2"}, "BOOTSTRAP_SERVERS: '' is not host:port"),
+        # aiokafka reads a negative port as 9092: another stack's broker, with no word
+        ("inventory_svc", {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:-1"}, "BOOTSTRAP_SERVERS: '127.0.0.1:-1'"),
     ],
 )
 def test_a_url_or_fault_that_cannot_work_is_refused_at_start(
