@@ -374,6 +374,18 @@ class _JwksUrl:
         return keys
 
 
+#: HTTP's optional whitespace (RFC 9110 §5.6.3): space and horizontal tab, nothing else
+#: (``str.strip()`` would take a no-break space too, which HTTP does not).
+OWS = " \t"
+
+
+def credentials(given: Sequence[str]) -> list[str]:
+    """The values of ``Authorization`` headers ``given`` that say something: an empty one, or
+    one of optional whitespace only, carries no credentials and is dropped (two empty headers
+    are no token, not two tokens; one empty beside a token is that token)."""
+    return [value for value in given if value.strip(OWS)]
+
+
 @dataclass(frozen=True)
 class _Verified:
     """A token that passed: who it names, the key object that verified it, its ``exp``."""
@@ -409,8 +421,9 @@ class TokenVerifier:
     async def principal_of(self, given: Sequence[str]) -> Principal:
         """The caller named by every value ``given`` of an ``Authorization`` header (an HTTP
         request's, or a command record's ``authorization``): one set of credentials (RFC
-        9110 §11.6.2), so two or more are an invalid token whichever comes first; then as
-        ``principal``."""
+        9110 §11.6.2), so two or more are an invalid token whichever comes first; an empty
+        value is none (``credentials``); then as ``principal``."""
+        given = credentials(given)
         if len(given) > 1:
             raise Unauthorized("invalid_token", f"{len(given)} Authorization headers: send one")
         return await self.principal(given[0] if given else None)
@@ -419,12 +432,12 @@ class TokenVerifier:
         """The caller named by an ``Authorization`` header value; ``Unauthorized`` if it is
         missing, not a bearer token, or not valid; ``KeysUnavailable`` if the keys to tell
         cannot be had just now."""
-        if not authorization:
+        if not authorization or not authorization.strip(OWS):
             raise Unauthorized("missing_token", "this endpoint needs an Authorization: Bearer token")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        scheme, _, token = authorization.strip(OWS).partition(" ")
+        token = token.strip(OWS)
+        if scheme.lower() != "bearer" or not token:
             raise Unauthorized("invalid_token", "the Authorization header is not 'Bearer <token>'")
-        token = token.strip()
         known = self._verified.get(token)
         if known is not None and await self._key(known.kid) is known.key:
             return known.principal

@@ -1004,12 +1004,12 @@ def authenticator(
             return
         method = request.method  # a HEAD is a GET here (HeadAsGet)
         access = auth.access_of(method, path, metrics_public=metrics_public)
-        given = request.headers.getlist("authorization")
         # on a public route, only a token sent is verified: an empty header is none
         if access is not auth.Access.PUBLIC or (
-            (method, path) in auth.TOKEN_OPTIONAL and any(value.strip() for value in given)
+            (method, path) in auth.TOKEN_OPTIONAL
+            and auth.credentials(request.headers.getlist("authorization"))
         ):
-            principal = await verifier.principal_of(given)
+            principal = await verifier.principal_of(request.headers.getlist("authorization"))
             # known before the role check: a refused call is audited under its caller
             request.state.principal = principal
             if not principal.allowed(access):

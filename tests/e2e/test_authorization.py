@@ -558,7 +558,9 @@ def test_a_key_is_trusted_once_published_and_refused_once_removed_without_a_rest
 
 
 def test_two_authorization_headers_are_refused_whichever_comes_first(system: System) -> None:
-    """Once, a good token then junk was let in and junk then a good token was not."""
+    """Once, a good token then junk was let in and junk then a good token was not. Empty
+    headers are no token, not two (an attack trial: "2 Authorization headers" on a
+    protected route, the public view on the readiness probe)."""
     good = f"Bearer {system.token()}"
     for service, path in PROBES.items():
         for pair in ((good, "Bearer junk"), ("Bearer junk", good), (good, good)):
@@ -566,3 +568,9 @@ def test_two_authorization_headers_are_refused_whichever_comes_first(system: Sys
             answer = httpx.get(f"{system.url(service)}{path}", headers=headers, timeout=15)
             assert answer.status_code == 401 and answer.json()["reason"] == "invalid_token", answer.text
             assert "2 Authorization headers" in answer.json()["detail"]
+        # empty headers carry no credentials: no token here, as on the readiness probe
+        empty = httpx.Headers([("Authorization", ""), ("Authorization", "")])
+        answer = httpx.get(f"{system.url(service)}{path}", headers=empty, timeout=15)
+        assert answer.status_code == 401 and answer.json()["reason"] == "missing_token", answer.text
+        probe = httpx.get(f"{system.url(service)}/health/ready", headers=empty, timeout=15)
+        assert probe.status_code == 200 and "checks" in probe.json(), probe.text

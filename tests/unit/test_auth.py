@@ -32,6 +32,7 @@ from saga_kit.auth import (
     Unauthorized,
     access_of,
     check_policy,
+    credentials,
     load_verifier,
     write_dev_issuer,
 )
@@ -216,6 +217,28 @@ async def test_a_development_token_reads_back_as_its_subject_and_known_roles(tmp
         "invalid_token",
         "the token is not meant for this audience",
     )
+
+
+async def test_an_empty_authorization_value_is_no_credentials(tmp_path: Path) -> None:
+    """An attack trial: two empty ``Authorization`` headers were "2 Authorization headers"
+    on a protected route and no token on the readiness probe. Empty (or space and tab
+    only) is no credentials everywhere; HTTP's whitespace is not Python's: a no-break space
+    says something, and is not a token."""
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    verifier = load_verifier(str(issuer.jwks_file), None, None, None, production=False)
+    assert verifier is not None
+    token = f"Bearer {issuer.mint('ann', [Role.CUSTOMER])}"
+    assert credentials(["", " \t", token, "\xa0"]) == [token, "\xa0"]
+    for nothing in ([], [""], ["", "  "], ["\t"]):
+        with pytest.raises(Unauthorized) as missing:
+            await verifier.principal_of(nothing)
+        assert missing.value.reason == "missing_token", nothing
+    assert await verifier.principal_of(["", token]) == Principal("ann", CUSTOMER)
+    assert await verifier.principal_of([f" {token}\t"]) == Principal("ann", CUSTOMER)
+    for something in (["\xa0"], ["Bearer \xa0"], [token, token], [token, "\xa0"]):
+        with pytest.raises(Unauthorized) as refused:
+            await verifier.principal_of(something)
+        assert refused.value.reason == "invalid_token", something
 
 
 def test_the_development_issuer_keeps_its_key_and_publishes_extra_ones(tmp_path: Path) -> None:
