@@ -55,7 +55,7 @@ from saga_kit.http import (
     location,
     problem,
 )
-from saga_kit.personal_data import KeyStore, Unreadable, forget, load_master_key, open_sealed, sealed_of
+from saga_kit.personal_data import KeyStore, Unreadable, forget, open_sealed, sealed_of
 
 router = APIRouter(tags=["orders"])
 
@@ -63,11 +63,7 @@ router = APIRouter(tags=["orders"])
 async def get_keystore(request: Request) -> KeyStore | None:
     """The customers' data keys (saga_kit.personal_data), or None without a master key."""
     if not hasattr(request.app.state, "keystore"):
-        settings = request.app.state.settings
-        master = load_master_key(
-            getattr(settings, "pii_master_key_file", None), production=settings.saga_env == "production"
-        )
-        request.app.state.keystore = KeyStore(master) if master else None
+        request.app.state.keystore = request.app.state.settings.keystore()
     keystore: KeyStore | None = request.app.state.keystore
     return keystore
 

@@ -5,6 +5,7 @@ from order_svc import api, dashboard_api, handlers, sagametrics, statuscounts, t
 from order_svc.admission import Door
 from order_svc.cancelling import cancel_overdue
 from order_svc.handlers import reactions
+from order_svc.masterkeys import REWRAP
 from order_svc.schema import MIGRATIONS
 from saga_kit.consumer import Subscription
 from saga_kit.periodic import Periodic
@@ -29,5 +30,6 @@ SPEC = ServiceSpec(
         Periodic(
             "status_counts_fold", lambda s: s.status_counts_fold_interval, lambda db, _: statuscounts.fold(db)
         ),
+        REWRAP,
     ),
 )

@@ -35,10 +35,10 @@ from events.commands import CancelOrder, PlaceOrder, RefusedCommand
 from events.envelope import Envelope, EventPayload
 from events.order import PRODUCER, CancelReason
 from events.topics import COMMANDS
-from order_svc import admission, sagametrics, timeline
+from order_svc import admission, masterkeys, sagametrics, timeline
 from order_svc.domain import CANCEL_REQUESTED, OrderStatus, transition
 from order_svc.placing import order_created, request_hash
-from saga_kit import audit, auth, inbox, personal_data, sql, tracing
+from saga_kit import audit, auth, inbox, sql, tracing
 from saga_kit.consumer import Record
 from saga_kit.db import Delivery, UnitOfWork
 from saga_kit.errors import InvalidEvent
@@ -67,7 +67,8 @@ def configure(settings: Any) -> None:
     _admission["min_pending"] = int(settings.admission_min_pending)
     _commands["verifier"] = settings.token_verifier()
     _retry["policy"] = settings.retry_policy()
-    personal_data.load_master_key(settings.pii_master_key_file, production=settings.saga_env == "production")
+    settings.keystore()  # every master key file readable and fit, or no start
+    masterkeys.WAKE.set()  # the rewrap job's first run follows at once
 
 
 @dataclass(frozen=True)

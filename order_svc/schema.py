@@ -195,4 +195,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         # (a stranger could write into a victim's timeline).
         ("ALTER TABLE saga_events ADD COLUMN from_stranger BOOLEAN NOT NULL DEFAULT false",),
     ),
+    Migration(
+        "order_svc",
+        12,
+        "master_key_id",
+        # The master key that wraps each data key (saga_kit.personal_data.MasterKey.key_id),
+        # so that the master key can be rotated: a row from before names none, and is
+        # unwrapped with each key the service has until the rewrap job names it.
+        ("ALTER TABLE customer_keys ADD COLUMN master_key_id TEXT",),
+    ),
 )

@@ -1,6 +1,7 @@
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from saga_kit.personal_data import KeyStore, load_keystore
 from saga_kit.settings import ServiceSettings
 from saga_kit.urls import http_url
 
@@ -38,9 +39,29 @@ class Settings(ServiceSettings):
     #: file ``{"key": base64 of 32 bytes}``. Without one, an order that brings personal data
     #: is refused (503): none is ever stored unsealed.
     pii_master_key_file: str | None = None
+    #: Master keys that wrapped data keys before ``pii_master_key_file`` (a rotation in
+    #: progress): files as that one, separated by commas. They only unwrap; the rewrap job
+    #: wraps every data key under one again with the master key, and logs when none is left.
+    pii_previous_master_key_files: str = ""
+    #: How often the rewrap job looks for data keys not under the master key (seconds); it
+    #: also runs once as the service starts.
+    pii_rewrap_interval_seconds: float = Field(default=600.0, gt=0)
     #: Where the dashboard reads stock and balances from.
     inventory_url: str = "http://127.0.0.1:8002"
     payment_url: str = "http://127.0.0.1:8003"
+
+    def previous_master_key_files(self) -> list[str]:
+        """``pii_previous_master_key_files`` as a list of paths."""
+        return [p.strip() for p in self.pii_previous_master_key_files.split(",") if p.strip()]
+
+    def keystore(self) -> KeyStore | None:
+        """The customers' data keys' store of these master keys (``MasterKeyError`` if a
+        file cannot serve); None without a master key."""
+        return load_keystore(
+            self.pii_master_key_file,
+            self.previous_master_key_files(),
+            production=self.saga_env == "production",
+        )
 
     @field_validator("inventory_url", "payment_url")
     @classmethod

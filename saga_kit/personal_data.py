@@ -10,7 +10,19 @@ The sealed value (``Sealed``: key id, nonce, ciphertext) is what the order's row
 Data keys live in the ``customer_keys`` table of the service that seals, each wrapped
 with the service's **master key** (RFC 3394 AES key wrap, ``cryptography``'s
 ``aes_key_wrap``), which never leaves the process's memory and comes from a file
-(``ORDER_PII_MASTER_KEY_FILE``: JSON ``{"key": base64 of 32 bytes}``).
+(``ORDER_PII_MASTER_KEY_FILE``: JSON ``{"key": base64 of 32 bytes}``). Each row names the
+master key that wrapped it by the key's id (``MasterKey.key_id``: a fingerprint, so a
+file needs no id of its own).
+
+**Rotating the master key** is envelope encryption's usual procedure: the service is
+started with the new key as its master key and the old one among its previous keys
+(``ORDER_PII_PREVIOUS_MASTER_KEY_FILES``), which it only unwraps with; ``rewrap`` (a
+scheduled job, ``order_svc``'s ``pii_rewrap``) unwraps every live data key under a previous
+key and wraps it again with the new one, a batch per transaction, and logs when none is
+left: then the old key may be removed and destroyed. Data keys change no byte, so nothing
+sealed is rewritten. A data key under a master key the service does not have is
+``MasterKeyUnavailable`` — a 503 over HTTP, with the key's id in the log — never
+"erased" and never a 500 (the last word of an operator who replaced the key file).
 
 **Forgetting a customer** (``forget``) deletes the wrapped data key. From then on every
 copy of the customer's personal data — in any database, in the Kafka log, in a backup —
@@ -18,20 +30,21 @@ is ciphertext without a key: unreadable everywhere, without finding or rewriting
 it. The orders themselves, their totals, stock and payments stay as they were. The
 customer's next order gets a new key.
 
-Key rotation of the master key is not built: a new master key means unwrapping and
-rewrapping every live data key (one ``UPDATE`` per key), which is left to an operator
-tool.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
 import json
+import logging
 import os
 import secrets
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +55,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from events.personal import PersonalData, Sealed
+from saga_kit.db import Database
 from saga_kit.errors import ConfigurationError, TransientError
+
+log = logging.getLogger(__name__)
 
 #: bytes of a data key and of the master key (AES-256)
 KEY_BYTES = 32
@@ -61,7 +77,45 @@ class Unreadable(Exception):
     forgotten), or it was altered."""
 
 
-def load_master_key(path: str | None, *, production: bool) -> bytes | None:
+class MasterKeyUnavailable(TransientError):
+    """A data key is wrapped with a master key this service was not given (a key file
+    replaced instead of rotated, or an instance not yet given the new key in a rolling
+    restart): the data is there, the service cannot open it until it has that key."""
+
+
+@dataclass(frozen=True)
+class MasterKey:
+    """A master key (32 bytes) and its id, which the ``customer_keys`` rows it wraps name:
+    ``master_key_id``."""
+
+    key_id: str
+    key: bytes = field(repr=False)
+
+    @classmethod
+    def of(cls, key: bytes) -> MasterKey:
+        """``key`` with its id: the first 16 hex digits of the SHA-256 of a label and the
+        key — it names the key in rows and logs, and cannot be turned back into it."""
+        return cls(hashlib.sha256(b"saga personal-data master key\0" + key).hexdigest()[:16], key)
+
+
+def load_keystore(path: str | None, previous: Sequence[str] = (), *, production: bool) -> KeyStore | None:
+    """The key store of master key ``path`` and the ``previous`` master keys' files (read to
+    unwrap only, until ``KeyStore.rewrap`` has wrapped everything again with the master
+    key); None without a master key (development: personal data is then refused).
+    ``MasterKeyError`` as ``load_master_key``, and for previous keys without a master key."""
+    current = load_master_key(path, production=production)
+    if current is None:
+        if previous:
+            raise MasterKeyError(
+                "ORDER_PII_PREVIOUS_MASTER_KEY_FILES needs ORDER_PII_MASTER_KEY_FILE:"
+                " a previous key is only read to wrap again with the master key"
+            )
+        return None
+    olds = [load_master_key(p, production=production) for p in previous]
+    return KeyStore(current, [k for k in olds if k is not None and k.key_id != current.key_id])
+
+
+def load_master_key(path: str | None, *, production: bool) -> MasterKey | None:
     """The master key from its file; None without one (development: personal data is then
     refused). In production (``SAGA_ENV=production``) a file is required and the
     development one is refused: ``MasterKeyError`` says which."""
@@ -78,7 +132,7 @@ def load_master_key(path: str | None, *, production: bool) -> bytes | None:
         raise MasterKeyError(f"the master key in {path} is not {KEY_BYTES} bytes")
     if production and document.get("development"):
         raise MasterKeyError(f"SAGA_ENV=production refuses the development master key {path}")
-    return key
+    return MasterKey.of(key)
 
 
 def write_dev_master_key(path: Path) -> Path:
@@ -126,20 +180,63 @@ def open_sealed(sealed: Sealed, key: DataKey | None, bound_to: uuid.UUID) -> Per
     return PersonalData.model_validate_json(plaintext)
 
 
-class KeyStore:
-    """The customers' data keys in the service's database, wrapped with its master key."""
+@dataclass(frozen=True)
+class Rewrapped:
+    """What one ``KeyStore.rewrap`` did: data keys wrapped again with the master key
+    (``rewrapped``); live ones it could not unwrap, counted by the id of the master key
+    that wraps them: a key the service was not given (``unknown``; ``"?"`` for a row from
+    before rows named their master key that no key given unwraps), or one it has that
+    does not unwrap them (``altered``)."""
 
-    def __init__(self, master_key: bytes) -> None:
-        self._master = master_key
+    rewrapped: int
+    unknown: dict[str, int]
+    altered: dict[str, int]
+
+
+#: Data keys ``KeyStore.rewrap`` wraps again per transaction.
+REWRAP_BATCH = 500
+
+
+class KeyStore:
+    """The customers' data keys in the service's database, wrapped with its master key
+    ``current``; ``previous`` master keys unwrap only (a rotation in progress)."""
+
+    def __init__(self, current: MasterKey, previous: Sequence[MasterKey] = ()) -> None:
+        self.current = current
+        self.previous = tuple(previous)
+        self._by_id = {k.key_id: k for k in (current, *self.previous)}
 
     def _wrap(self, key: bytes) -> bytes:
-        return aes_key_wrap(self._master, key)
+        return aes_key_wrap(self.current.key, key)
 
-    def _unwrap(self, wrapped: bytes) -> bytes:
+    def _unwrap(self, master_key_id: str | None, wrapped: bytes) -> bytes:
+        """The data key ``wrapped`` by the master key ``master_key_id`` (None: a row from
+        before rows named it: each key given is tried). ``MasterKeyUnavailable`` without
+        that key; ``Unreadable`` if it does not unwrap with it (altered)."""
+        if master_key_id is None:
+            for each in self._by_id.values():
+                with contextlib.suppress(InvalidUnwrap):
+                    return aes_key_unwrap(each.key, wrapped)
+            raise MasterKeyUnavailable(
+                "a data key wrapped before rows named their master key unwraps with none of this"
+                f" service's ({', '.join(self._by_id)}): ORDER_PII_PREVIOUS_MASTER_KEY_FILES"
+                " should hold the one it had then"
+            )
+        master = self._by_id.get(master_key_id)
+        if master is None:
+            raise MasterKeyUnavailable(
+                f"a data key is wrapped with master key {master_key_id}, which this service"
+                f" does not have (it has {', '.join(self._by_id)}): give it in"
+                " ORDER_PII_PREVIOUS_MASTER_KEY_FILES"
+            )
         try:
-            return aes_key_unwrap(self._master, wrapped)
+            return aes_key_unwrap(master.key, wrapped)
         except InvalidUnwrap:
-            raise Unreadable("a data key does not unwrap with this master key") from None
+            raise Unreadable(f"a data key does not unwrap with its master key {master_key_id}") from None
+
+    def _unwrap_row(self, row: Any) -> bytes:
+        """The data key of a ``customer_keys`` row (its ``wrapped_key`` and ``master_key_id``)."""
+        return self._unwrap(row.master_key_id, bytes(row.wrapped_key))
 
     async def keys_for(self, conn: AsyncConnection, customers: Iterable[str]) -> dict[str, DataKey]:
         """Each customer's live data key, a new one made for a customer without (or whose
@@ -147,7 +244,8 @@ class KeyStore:
         while live, and the loser of a race reads the winner's. A customer forgotten
         between the insert, which found its live key, and the read gets a new key too
         (the insert is tried again for it, at most ``_KEY_TRIES`` times in all); past
-        that, ``TransientError``."""
+        that, ``TransientError``. ``MasterKeyUnavailable`` for a live key under a master
+        key this service does not have."""
         keys: dict[str, DataKey] = {}
         missing = sorted(set(customers))
         for _ in range(_KEY_TRIES):
@@ -165,8 +263,8 @@ class KeyStore:
         fresh = {c: (uuid.uuid4(), secrets.token_bytes(KEY_BYTES)) for c in wanted}
         await conn.execute(
             text(
-                "INSERT INTO customer_keys (key_id, customer_id, wrapped_key)"
-                " SELECT * FROM unnest("
+                "INSERT INTO customer_keys (key_id, customer_id, wrapped_key, master_key_id)"
+                " SELECT *, CAST(:master AS text) FROM unnest("
                 "CAST(:ids AS uuid[]), CAST(:customers AS text[]), CAST(:keys AS bytea[]))"
                 " ON CONFLICT (customer_id) WHERE shredded_at IS NULL DO NOTHING"
             ),
@@ -174,26 +272,73 @@ class KeyStore:
                 "ids": [fresh[c][0] for c in wanted],
                 "customers": wanted,
                 "keys": [self._wrap(fresh[c][1]) for c in wanted],
+                "master": self.current.key_id,
             },
         )
         rows = await conn.execute(
             text(
-                "SELECT customer_id, key_id, wrapped_key FROM customer_keys"
+                "SELECT customer_id, key_id, wrapped_key, master_key_id FROM customer_keys"
                 " WHERE customer_id = ANY(:customers) AND shredded_at IS NULL"
             ),
             {"customers": wanted},
         )
-        return {r.customer_id: DataKey(r.key_id, self._unwrap(bytes(r.wrapped_key))) for r in rows}
+        return {r.customer_id: DataKey(r.key_id, self._unwrap_row(r)) for r in rows}
 
     async def key(self, conn: AsyncConnection, key_id: uuid.UUID) -> DataKey | None:
-        """The data key ``key_id`` if it still exists (None once destroyed)."""
+        """The data key ``key_id`` if it still exists (None once destroyed);
+        ``MasterKeyUnavailable`` as ``keys_for``."""
         row = (
             await conn.execute(
-                text("SELECT wrapped_key FROM customer_keys WHERE key_id = :k AND shredded_at IS NULL"),
+                text(
+                    "SELECT wrapped_key, master_key_id FROM customer_keys"
+                    " WHERE key_id = :k AND shredded_at IS NULL"
+                ),
                 {"k": key_id},
             )
         ).first()
-        return None if row is None else DataKey(key_id, self._unwrap(bytes(row.wrapped_key)))
+        return None if row is None else DataKey(key_id, self._unwrap_row(row))
+
+    async def rewrap(self, db: Database, batch: int = REWRAP_BATCH) -> Rewrapped:
+        """Wrap every live data key not under the master key again with it, ``batch`` keys
+        per transaction (their rows locked, so a customer forgotten meanwhile is forgotten
+        after, or before and skipped); a key it cannot unwrap is counted in ``unknown`` and
+        left as it is. One walk over the rows in key order: keys made meanwhile are under
+        the master key already."""
+        done, unknown, altered = 0, Counter[str](), Counter[str]()
+        after = uuid.UUID(int=0)
+        while True:
+            async with db.engine.begin() as conn:
+                rows = (
+                    await conn.execute(
+                        text(
+                            "SELECT key_id, master_key_id, wrapped_key FROM customer_keys"
+                            " WHERE shredded_at IS NULL AND master_key_id IS DISTINCT FROM :master"
+                            " AND key_id > :after ORDER BY key_id LIMIT :n FOR UPDATE"
+                        ),
+                        {"master": self.current.key_id, "after": after, "n": batch},
+                    )
+                ).all()
+                again: dict[uuid.UUID, bytes] = {}
+                for row in rows:
+                    try:
+                        again[row.key_id] = self._wrap(self._unwrap_row(row))
+                    except MasterKeyUnavailable:
+                        unknown[row.master_key_id or "?"] += 1
+                    except Unreadable:
+                        altered[row.master_key_id] += 1
+                if again:
+                    await conn.execute(
+                        text(
+                            "UPDATE customer_keys AS k SET wrapped_key = v.wrapped, master_key_id = :master"
+                            " FROM unnest(CAST(:ids AS uuid[]), CAST(:keys AS bytea[])) AS v(key_id, wrapped)"
+                            " WHERE k.key_id = v.key_id"
+                        ),
+                        {"ids": list(again), "keys": list(again.values()), "master": self.current.key_id},
+                    )
+                done += len(again)
+            if len(rows) < batch:
+                return Rewrapped(done, dict(unknown), dict(altered))
+            after = rows[-1].key_id
 
 
 async def forget(conn: AsyncConnection, customer_id: str) -> int:

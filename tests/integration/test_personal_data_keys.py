@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from saga_kit.personal_data import KEY_BYTES, KeyStore, forget
+from saga_kit.personal_data import KEY_BYTES, KeyStore, MasterKey, forget
 from tests.integration.conftest import ServiceUnderTest, uid
 
 
@@ -35,7 +35,7 @@ async def test_a_customer_forgotten_while_its_key_is_taken_gets_a_new_key(order:
     read: the customer was missing from the answer, and ``POST /orders`` with its
     personal data was a 500 (a ``KeyError`` in ``place_orders``). Now a customer without a
     live key by then gets a new one, as any order after forgetting does."""
-    keystore = KeyStore(secrets.token_bytes(KEY_BYTES))
+    keystore = KeyStore(MasterKey.of(secrets.token_bytes(KEY_BYTES)))
     customer = uid("c")
     async with order.db.engine.begin() as conn:
         (first,) = (await keystore.keys_for(conn, [customer])).values()

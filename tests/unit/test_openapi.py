@@ -18,6 +18,7 @@ import pytest
 
 from inventory_svc.app import SPEC as INVENTORY
 from order_svc.app import SPEC as ORDER
+from order_svc.settings import Settings as OrderSettings
 from payment_svc.app import SPEC as PAYMENT
 from saga_kit.auth import TOKEN_OPTIONAL, Access, access_of
 from saga_kit.service import ServiceSpec, http_app
@@ -36,7 +37,8 @@ async def _no_metrics() -> bytes:
 def app_of(spec: ServiceSpec) -> Any:
     """The service's app as it serves; nothing it needs to answer a request is there, but
     its routes and documents are."""
-    settings = ServiceSettings.model_construct(database_url="postgresql+psycopg://nowhere/db", http_port=0)
+    kind = OrderSettings if spec.name == "order_svc" else ServiceSettings  # the order API reads its own
+    settings = kind.model_construct(database_url="postgresql+psycopg://nowhere/db", http_port=0)
     return http_app(spec, cast(Any, None), settings, {}, _no_metrics)
 
 

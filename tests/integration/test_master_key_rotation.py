@@ -1,0 +1,162 @@
+"""Rotating the master key of personal data (``saga_kit.personal_data``,
+``order_svc.masterkeys``) over the order service's real database and HTTP app.
+
+Before rotation was built, an operator who replaced the master key file (the obvious way
+to "rotate" it) had every earlier order's personal data shown as erased — the customer
+was never forgotten — and every returning customer's order with personal data answered
+500. A data key under a master key the service does not have is now a 503 (the data is
+there; the service lacks a key), and a rotation rewraps every data key with the new key
+while both are given, after which the old key can go."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from order_svc.app import SPEC
+from order_svc.masterkeys import rewrap_data_keys
+from order_svc.settings import Settings
+from saga_kit.personal_data import (
+    KEY_BYTES,
+    KeyStore,
+    MasterKey,
+    MasterKeyUnavailable,
+    forget,
+    load_master_key,
+)
+from saga_kit.service import http_app
+from tests.integration.conftest import ServiceUnderTest, uid
+
+
+async def _no_metrics() -> bytes:
+    return b""
+
+
+def _key_file(directory: Path, name: str) -> Path:
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps({"key": base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()}))
+    return path
+
+
+def _id_of(path: Path) -> str:
+    key = load_master_key(str(path), production=False)
+    assert key is not None
+    return key.key_id
+
+
+def _settings(master: Path, *previous: Path) -> Settings:
+    return Settings.model_construct(
+        database_url="postgresql+psycopg://unused/db",
+        http_port=0,
+        pii_master_key_file=str(master),
+        pii_previous_master_key_files=",".join(str(p) for p in previous),
+    )
+
+
+class _OrderApp:
+    """The order service's HTTP app with these master keys (authentication off: an operator)."""
+
+    def __init__(self, order: ServiceUnderTest, settings: Settings) -> None:
+        self.settings = settings
+        app = http_app(SPEC, order.db, settings, {}, _no_metrics)
+        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
+
+    async def place(self, customer: str, email: str) -> httpx.Response:
+        body = {"customer_id": customer, "items": [{"product_id": "p", "quantity": 1}], "email": email}
+        return await self.http.post("/orders", json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
+
+    async def personal_data(self, order_id: str) -> Any:
+        answer = await self.http.get(f"/orders/{order_id}")
+        return answer.json()["personal_data"] if answer.status_code == 200 else answer.status_code
+
+    async def __aenter__(self) -> _OrderApp:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.http.aclose()
+
+
+async def _masters_of(order: ServiceUnderTest, customers: list[str]) -> list[str | None]:
+    async with order.db.engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT master_key_id FROM customer_keys"
+                " WHERE customer_id = ANY(:c) AND shredded_at IS NULL ORDER BY customer_id"
+            ),
+            {"c": customers},
+        )
+        return [r.master_key_id for r in rows]
+
+
+async def test_a_replaced_master_key_is_a_503_and_a_rotation_keeps_every_order_readable(
+    order: ServiceUnderTest, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old, new = _key_file(tmp_path, "old"), _key_file(tmp_path, "new")
+    ann, bob = uid("ann"), uid("bob")
+    placed = {}
+    async with _OrderApp(order, _settings(old)) as app:
+        for customer in (ann, bob):
+            answer = await app.place(customer, f"{customer}@example.org")
+            assert answer.status_code == 202, answer.text
+            placed[customer] = answer.json()["order_id"]
+        readable = {c: await app.personal_data(o) for c, o in placed.items()}
+    assert readable[ann] == {"email": f"{ann}@example.org", "shipping_address": None, "erased": False}
+
+    # the key file replaced: the data is there, the service lacks the key to it
+    async with _OrderApp(order, _settings(new)) as app:
+        assert await app.personal_data(placed[ann]) == 503  # was 200, "erased": true
+        again = await app.place(ann, f"{ann}@example.org")
+        assert again.status_code == 503, again.text  # was a 500
+        assert again.json()["reason"] == "service_unavailable"
+
+    # rotated: the old key beside the new one reads everything, and the job rewraps it all
+    rotating = _settings(new, old)
+    async with _OrderApp(order, rotating) as app:
+        assert {c: await app.personal_data(o) for c, o in placed.items()} == readable
+    with caplog.at_level(logging.INFO, logger="order_svc.masterkeys"):
+        assert await rewrap_data_keys(order.db, rotating) >= 2
+        assert await rewrap_data_keys(order.db, rotating) == 0  # nothing left under the old key
+    new_id, old_id = (_id_of(p) for p in (new, old))
+    assert await _masters_of(order, [ann, bob]) == [new_id, new_id]
+    assert f"previous master key ({old_id})" in caplog.text and "may be removed" in caplog.text
+
+    # the old key gone: every order still reads, and a returning customer is served
+    async with _OrderApp(order, _settings(new)) as app:
+        assert {c: await app.personal_data(o) for c, o in placed.items()} == readable
+        assert (await app.place(ann, f"{ann}@example.org")).status_code == 202
+
+
+async def test_rewrap_takes_rows_from_before_master_key_ids_and_leaves_what_it_cannot_open(
+    order: ServiceUnderTest,
+) -> None:
+    """A row from before rows named their master key (the migration leaves it NULL) is
+    unwrapped with each key given; a forgotten customer's row stays as it is; a key
+    under a master key not given is counted, not changed, and reads as a 503."""
+    old, new, other = (MasterKey.of(secrets.token_bytes(KEY_BYTES)) for _ in range(3))
+    ann, bob, cy, dee = (uid(n) for n in ("ann", "bob", "cy", "dee"))
+    async with order.db.engine.begin() as conn:
+        keys = await KeyStore(old).keys_for(conn, [ann, bob, cy])
+        keys |= await KeyStore(other).keys_for(conn, [dee])
+        await conn.execute(
+            text("UPDATE customer_keys SET master_key_id = NULL WHERE customer_id = :c"), {"c": ann}
+        )
+        assert await forget(conn, cy) == 1
+    rotating = KeyStore(new, [old])
+    done = await rotating.rewrap(order.db, batch=1)  # a batch per key: the walk goes on
+    assert done.rewrapped >= 2 and done.unknown.get(other.key_id, 0) >= 1
+    assert await _masters_of(order, [ann, bob, cy, dee]) == [new.key_id, new.key_id, other.key_id]
+    async with order.db.engine.connect() as conn:
+        for customer in (ann, bob):
+            assert await KeyStore(new).key(conn, keys[customer].key_id) == keys[customer], customer
+        assert await KeyStore(new).key(conn, keys[cy].key_id) is None  # forgotten stays forgotten
+        with pytest.raises(MasterKeyUnavailable, match=other.key_id):
+            await KeyStore(new).key(conn, keys[dee].key_id)
