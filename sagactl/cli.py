@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import re
+import string
 import sys
 import threading
 import time
@@ -168,6 +169,31 @@ def _check_url(url: str) -> str:
         raise typer.BadParameter(str(exc)) from None
 
 
+#: The commands that send no token: one sagactl cannot send stands in no way of theirs
+#: (``export SAGA_TOKEN=$(sagactl token)`` replaces it).
+TOKENLESS_COMMANDS = ("token", "publish")
+#: A bearer token's characters (RFC 6750 §2.1, b64token), then "=" only at its end:
+#: anything else in an Authorization header was httpx's UnicodeEncodeError (a traceback)
+#: or, a newline or a blank, "cannot reach" (exit 3; an attack trial).
+TOKEN_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-._~+/")
+
+
+def _check_token(token: str, given_by: str) -> None:
+    """A usage error (exit 2, before anything is sent) unless token is a bearer token:
+    one line naming given_by (--token or SAGA_TOKEN) and the first character that
+    cannot be in one, never the token itself."""
+    body = token.rstrip("=")
+    bad = next((i for i, ch in enumerate(body) if ch not in TOKEN_CHARACTERS), None)
+    if body and bad is None:
+        return
+    what = "it is only '='" if bad is None else f"character {bad + 1} is {body[bad]!r}"
+    _fail(
+        f"{given_by} is not a bearer token: {what}; one is ASCII letters, digits and - . _ ~ + /,"
+        f" then = only at its end (RFC 6750); {MINT_HINT}",
+        USAGE,
+    )
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
@@ -189,13 +215,15 @@ def main(
 ) -> None:
     # by its name: typer carries its own copy of click (typer._click), and its enum
     source = ctx.get_parameter_source("token")
-    from_env = source is not None and source.name == "ENVIRONMENT"
+    token_from = "SAGA_TOKEN" if source is not None and source.name == "ENVIRONMENT" else "--token"
+    if token and ctx.invoked_subcommand not in TOKENLESS_COMMANDS:
+        _check_token(token, token_from)
     urls = Urls(
         order_url.rstrip("/"),
         inventory_url.rstrip("/"),
         payment_url.rstrip("/"),
-        token or None,
-        "SAGA_TOKEN" if from_env else "--token",
+        token or None,  # an empty one is none, as an empty Authorization header is to the services
+        token_from,
     )
     ctx.obj = urls
     ctx.call_on_close(urls.close)

@@ -630,3 +630,51 @@ def test_health_says_what_a_service_answered_that_is_not_a_readiness(
     found = json.loads(result.stdout)
     assert found["order"]["status"] == "error" and said in found["order"]["error"], found
     assert found["inventory"]["status"] == found["payment"]["status"] == "ready"
+
+
+@pytest.mark.parametrize(
+    ("token", "said"),
+    [
+        ("tök", "character 2 is 'ö'"),
+        ("a\nb", "character 2 is '\\n'"),
+        (" ", "character 1 is ' '"),
+        ("a=b", "character 2 is '='"),
+        ("==", "it is only '='"),
+    ],
+)
+@pytest.mark.parametrize("given_by", ["--token", "SAGA_TOKEN"])
+def test_a_token_no_authorization_header_can_carry_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, token: str, said: str, given_by: str
+) -> None:
+    """An attack trial: a non-ASCII token was httpx's UnicodeEncodeError (a traceback), a
+    newline or a blank in it "cannot reach" (exit 3). Each is now one line naming where
+    the token came from and what is wrong with it (not the token), exit 2, nothing sent."""
+    monkeypatch.delenv("SAGA_TOKEN", raising=False)
+    if given_by == "SAGA_TOKEN":
+        monkeypatch.setenv("SAGA_TOKEN", token)
+    flag = ["--token", token] if given_by == "--token" else []
+    with JsonServer(b"[]") as server:
+        result = CliRunner().invoke(app, ["--order-url", server.base, *flag, "orders"])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # not a traceback
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"{given_by} is not a bearer token: {said}; one is ASCII letters"), line
+    assert server.paths == []
+
+
+def test_a_token_sagactl_cannot_send_does_not_stop_it_minting_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``export SAGA_TOKEN=$(sagactl token)`` replaces a bad SAGA_TOKEN (the commands that
+    send none do not read it); an empty SAGA_TOKEN is none, as an empty Authorization
+    header is to the services."""
+    from saga_kit.auth import write_dev_issuer
+
+    write_dev_issuer(tmp_path / "issuer")
+    monkeypatch.setenv("SAGA_TOKEN", "tök")
+    minted = CliRunner().invoke(app, ["token", "--issuer-dir", str(tmp_path / "issuer")])
+    assert minted.exit_code == 0, minted.output
+    monkeypatch.setenv("SAGA_TOKEN", "")
+    with JsonServer(b"[]") as server:
+        result = CliRunner().invoke(app, ["--order-url", server.base, "orders"])
+    assert result.exit_code == 0, result.output
