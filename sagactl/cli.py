@@ -374,16 +374,16 @@ def _problems(found: Sequence[Mapping[str, Any]], shown: int = 3) -> str:
     """Validation errors — a 422's detail or pydantic's errors(), both a list of
     '{loc, msg}' — as one clause: where and why, the first few, and how many more."""
 
-    def where(loc: Iterable[Any]) -> str:
+    def where(loc: Any) -> str:
         path = ""
-        for part in loc:
+        for part in loc if isinstance(loc, list | tuple) else [loc]:  # a server may send any JSON
             if isinstance(part, int):
                 path += f"[{part}]"
-            elif str(part) not in ("body", "query", "path") or path:
-                path += f".{part}" if path else str(part)
+            elif (named := _compact(part)) not in ("body", "query", "path") or path:
+                path += f".{named}" if path else named
         return path or "the body"
 
-    said = "; ".join(f"{where(p.get('loc', ()))}: {p.get('msg', 'invalid')}" for p in found[:shown])
+    said = "; ".join(f"{where(p.get('loc', ()))}: {_compact(p.get('msg', 'invalid'))}" for p in found[:shown])
     more = len(found) - shown
     return said + (f" (and {more} more)" if more > 0 else "")
 
@@ -1104,11 +1104,13 @@ TIMELINE_FIELDS = ("reason", "total", "amount", "product_ids")
 def _brief(payload: Mapping[str, Any]) -> str:
     """The fields of payload worth a glance, as key=value (lists and objects as
     compact JSON), never a Python repr."""
-    return " ".join(
-        f"{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}"
-        for k, v in payload.items()
-        if k in TIMELINE_FIELDS
-    )
+    return " ".join(f"{k}={_compact(v)}" for k, v in payload.items() if k in TIMELINE_FIELDS)
+
+
+def _compact(value: Any) -> str:
+    """A JSON value as a line shows it: a string as it is, anything else as compact JSON
+    (never a Python repr)."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
 @app.command("saga")
@@ -1373,7 +1375,7 @@ def _detail_of(response: httpx.Response) -> str:
     if isinstance(detail, list) and detail and all(isinstance(d, dict) for d in detail):
         return f"invalid request: {_problems(detail)}"
     if detail:
-        return str(detail)
+        return _compact(detail)
     return next(iter(response.text.strip().splitlines()), "")[:200] or response.reason_phrase
 
 

@@ -678,3 +678,25 @@ def test_a_token_sagactl_cannot_send_does_not_stop_it_minting_one(
     with JsonServer(b"[]") as server:
         result = CliRunner().invoke(app, ["--order-url", server.base, "orders"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b'{"detail": [{"loc": 5, "msg": "x"}]}', "invalid request: [5]: x"),
+        (b'{"detail": [{"loc": "where", "msg": {"a": 1}}]}', 'invalid request: where: {"a":1}'),
+        (b'{"detail": [{"loc": [null, {"x": 1}, 0]}]}', 'invalid request: null.{"x":1}[0]: invalid'),
+        (b'{"detail": {"a": ["b"]}}', 'answered 401: {"a":["b"]}'),
+        (b'{"detail": []}', 'answered 401: {"detail": []}'),
+    ],
+)
+def test_an_error_answer_of_any_shape_is_one_line(body: bytes, said: str) -> None:
+    """An attack trial: a 401 whose detail was a list of objects with a ``loc`` that is no
+    list was a TypeError (a traceback); a ``loc`` that was a string was spelt out letter by
+    letter, and an object was shown as a Python repr."""
+    with JsonServer(body, status=401) as server:
+        result = CliRunner().invoke(app, ["--order-url", server.base, "orders"])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)  # not a traceback
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("the order service answered 401: ") and said in line, line
