@@ -275,9 +275,18 @@ def _answer(ctx: typer.Context, service: str, method: str, path: str, response: 
     if response.is_error:
         _fail(_refusal(service, response))
     try:
-        return response.json()
+        return _json_of(response)
     except ValueError:
         _fail(f"the {service} service at {base} answered {method} {path} with something other than JSON")
+
+
+def _json_of(response: httpx.Response) -> Any:
+    """response's body as JSON; ``ValueError`` if it is not JSON, or nested deeper than
+    Python's parser goes (its RecursionError escaped as a traceback: an attack trial)."""
+    try:
+        return response.json()
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
 
 
 T = TypeVar("T")
@@ -1368,7 +1377,7 @@ def _detail_of(response: httpx.Response) -> str:
     """What an error answer said: its JSON ``detail`` (a 422's list of problems as one
     clause), else its first line (200 characters at most) or its reason phrase."""
     try:
-        body = response.json()
+        body = _json_of(response)
     except ValueError:
         body = None
     detail = body.get("detail") if isinstance(body, dict) else None
@@ -1385,7 +1394,7 @@ def _readiness_body(response: httpx.Response) -> dict[str, Any] | None:
     if response.status_code not in (200, 503):
         return None
     try:
-        body = response.json()
+        body = _json_of(response)
     except ValueError:
         return None
     if not isinstance(body, dict) or not isinstance(body.get("status"), str):

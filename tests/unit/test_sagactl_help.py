@@ -700,3 +700,30 @@ def test_an_error_answer_of_any_shape_is_one_line(body: bytes, said: str) -> Non
     assert isinstance(result.exception, SystemExit)  # not a traceback
     (line,) = result.stderr.splitlines()
     assert line.startswith("the order service answered 401: ") and said in line, line
+
+
+#: JSON nested deeper than Python's parser goes (its RecursionError).
+TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "command", "said"),
+    [
+        (200, TOO_DEEP, "orders", "answered GET /orders with something other than JSON"),
+        (401, TOO_DEEP, "orders", "the order service answered 401: [[[["),
+        (401, b'{"detail": ' + TOO_DEEP + b"}", "orders", "the order service answered 401: {"),
+        (200, TOO_DEEP, "health", "the order service answered 200: [[[["),
+    ],
+)
+def test_an_answer_nested_too_deeply_to_read_is_one_that_is_not_json(
+    status: int, body: bytes, command: str, said: str
+) -> None:
+    """An attack trial: a JSON answer nested 100,000 deep was a RecursionError (a
+    traceback); only a ValueError was taken for an unreadable answer."""
+    with JsonServer(body, status=status) as server:
+        urls = [arg for s in ("order", "inventory", "payment") for arg in (f"--{s}-url", server.base)]
+        result = CliRunner().invoke(app, [*urls, command, "-o", "json"])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)  # not a traceback
+    shown = json.loads(result.stdout)["order"]["error"] if command == "health" else result.stderr
+    assert said in shown
