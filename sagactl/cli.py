@@ -50,6 +50,7 @@ from rich.panel import Panel
 from rich.table import Column, Table
 from rich.text import Text
 
+from events.values import printable
 from order_svc.domain import ORDER_ID_PREFIX, OrderStatus
 from saga_kit import auditchain
 from saga_kit.auth import SUBJECT_RULE, WITHHELD, DevIssuer, Role, is_subject
@@ -239,8 +240,9 @@ def _fail(message: str, code: int = REFUSED) -> NoReturn:
 
 
 def _say(message: str) -> None:
-    """An error as one line on stderr, the command going on."""
-    errors.print(Text(" ".join(message.split()), style="red"))
+    """An error as one line on stderr, the command going on; control characters made
+    visible (it may quote what a service or the user said)."""
+    errors.print(Text(printable(" ".join(message.split())), style="red"))
 
 
 def _request(ctx: typer.Context, service: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -479,7 +481,14 @@ STATUS_STYLE = {"PENDING": "yellow", "APPROVED": "green", "REJECTED": "red", "CA
 
 
 def _status(status: str) -> Text:
-    return Text(status, style=STATUS_STYLE.get(status, ""))
+    return _text(status, STATUS_STYLE.get(status, ""))
+
+
+def _text(said: Any, style: str = "") -> Text:
+    """What a service said, as a terminal may show it: a string with its control characters
+    made visible (``events.values.printable``; an attack trial: an escape sequence in an
+    answer reached the terminal), anything else as compact JSON; never read as markup."""
+    return Text(printable(_compact(said), 1000), style=style)
 
 
 #: Columns of a fixed, short content (ids, states, amounts, ages): never wrapped.
@@ -1320,11 +1329,11 @@ def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     def table() -> RenderableType:
         t = Table(_fixed("service"), _fixed("status"), _fixed("check"), _free("detail"))
         for service, body in found.items():
-            t.add_row(service, _status(str(body.get("status"))), "", Text(body.get("error", "")))
+            t.add_row(service, _status(str(body.get("status"))), "", _text(body.get("error", "")))
             for name, check in body.get("checks", {}).items():
                 mark = "degraded" if check.get("degraded") else ("ok" if check.get("ok") else "FAILED")
                 detail = check.get("degraded") or check.get("error") or ""
-                t.add_row("", "", Text(f"{name}: {mark}"), Text(detail))
+                t.add_row("", "", _text(f"{name}: {mark}"), _text(detail))
         return t
 
     _emit(output, found, table)
@@ -1375,17 +1384,20 @@ def _readiness_of(urls: Urls, service: str) -> dict[str, Any]:
 
 def _detail_of(response: httpx.Response) -> str:
     """What an error answer said: its JSON ``detail`` (a 422's list of problems as one
-    clause), else its first line (200 characters at most) or its reason phrase."""
+    clause), else its first line or its reason phrase; 300 characters at most, control
+    characters made visible (``events.values.printable``)."""
     try:
         body = _json_of(response)
     except ValueError:
         body = None
     detail = body.get("detail") if isinstance(body, dict) else None
     if isinstance(detail, list) and detail and all(isinstance(d, dict) for d in detail):
-        return f"invalid request: {_problems(detail)}"
-    if detail:
-        return _compact(detail)
-    return next(iter(response.text.strip().splitlines()), "")[:200] or response.reason_phrase
+        said = f"invalid request: {_problems(detail)}"
+    elif detail:
+        said = _compact(detail)
+    else:
+        said = next(iter(response.text.strip().splitlines()), "") or response.reason_phrase
+    return printable(said, 300)
 
 
 def _readiness_body(response: httpx.Response) -> dict[str, Any] | None:

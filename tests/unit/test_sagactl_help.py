@@ -727,3 +727,36 @@ def test_an_answer_nested_too_deeply_to_read_is_one_that_is_not_json(
     assert isinstance(result.exception, SystemExit)  # not a traceback
     shown = json.loads(result.stdout)["order"]["error"] if command == "health" else result.stderr
     assert said in shown
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "command", "said"),
+    [
+        (500, b'{"detail": "a\\u001b[2Jb\\u009b1m"}', "orders", "answered 500: a\\x1b[2Jb\\x9b1m"),
+        (
+            200,
+            b'{"status": "ready\\u001b[5m",'
+            b' "checks": {"db\\u001b[1m": {"ok": false, "error": "\\u001b]0;x\\u0007"}}}',
+            "health",
+            "db\\x1b[1m: FAILED",
+        ),
+        (
+            503,
+            b'{"status": "not_ready", "checks": {"db": {"ok": true, "degraded": {"why": "\\u001b[1m"}}}}',
+            "health",
+            '{"why":"\\u001b[1m"}',
+        ),
+    ],
+)
+def test_what_a_service_says_reaches_the_terminal_with_its_control_characters_made_visible(
+    status: int, body: bytes, command: str, said: str
+) -> None:
+    """An attack trial: escape sequences in an error answer's detail or a readiness
+    answer's checks reached the terminal as they were (a check's reason that was no string
+    was a traceback)."""
+    with JsonServer(body, status=status) as server:
+        urls = [arg for s in ("order", "inventory", "payment") for arg in (f"--{s}-url", server.base)]
+        result = CliRunner().invoke(app, [*urls, command])
+    assert isinstance(result.exception, SystemExit), result.exception  # not a traceback
+    assert "\x1b" not in result.output and "\x9b" not in result.output and "\x07" not in result.output
+    assert said in result.output, result.output
