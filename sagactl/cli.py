@@ -1402,7 +1402,8 @@ def _detail_of(response: httpx.Response) -> str:
 
 def _readiness_body(response: httpx.Response) -> dict[str, Any] | None:
     """A readiness answer's body (``saga_kit.http.Readiness``: 200 or 503, a ``status``
-    and ``checks`` of objects), or None for anything else."""
+    and ``checks`` of objects, each's ``ok`` a boolean), or None for anything else (an
+    attack trial: ``"ok": "maybe"`` read as ok)."""
     if response.status_code not in (200, 503):
         return None
     try:
@@ -1412,7 +1413,9 @@ def _readiness_body(response: httpx.Response) -> dict[str, Any] | None:
     if not isinstance(body, dict) or not isinstance(body.get("status"), str):
         return None
     checks = body.get("checks")
-    if not isinstance(checks, dict) or not all(isinstance(c, dict) for c in checks.values()):
+    if not isinstance(checks, dict) or not all(
+        isinstance(c, dict) and isinstance(c.get("ok"), bool) for c in checks.values()
+    ):
         return None
     return body
 

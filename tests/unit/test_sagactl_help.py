@@ -601,6 +601,8 @@ def test_health_without_a_token_says_how_to_see_the_reasons(monkeypatch: pytest.
         (200, b"null", None, None, "the order service answered 200: null"),
         (200, b'{"status": "ready", "checks": [1]}', None, None, "answered 200"),
         (503, b'{"status": "ready", "checks": {"database": "x"}}', None, None, "answered 503"),
+        (200, b'{"status": "ready", "checks": {"database": {"ok": "maybe"}}}', None, None, "answered 200"),
+        (200, b'{"status": "ready", "checks": {"database": {"error": "x"}}}', None, None, "answered 200"),
         (500, b"Internal Server Error", None, "junk", "the order service answered 500: Internal Server"),
         (401, b'{"detail": "who are you"}', None, None, "the order service answered 401: who are you"),
     ],
@@ -615,8 +617,9 @@ def test_health_says_what_a_service_answered_that_is_not_a_readiness(
 ) -> None:
     """An attack trial: a readiness answer of another shape (a 401's body a list, a 200's
     a list or null, checks that are not objects) was a traceback, a 500 or a 401 to a call
-    without a token "cannot reach" (exit 3). Each is now that service's row, status
-    ``error`` with what it answered, exit 1."""
+    without a token "cannot reach" (exit 3); a check whose ``ok`` was no boolean
+    (``"maybe"``) was read as ok. Each is now that service's row, status ``error`` with
+    what it answered, exit 1."""
     from tests.jsonserver import JsonServer
 
     monkeypatch.delenv("SAGA_TOKEN", raising=False)
