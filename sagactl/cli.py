@@ -488,7 +488,7 @@ def _text(said: Any, style: str = "") -> Text:
     """What a service said, as a terminal may show it: a string with its control characters
     made visible (``events.values.printable``; an attack trial: an escape sequence in an
     answer reached the terminal), anything else as compact JSON; never read as markup."""
-    return Text(printable(_compact(said), 1000), style=style)
+    return Text(printable(_compact(said), 10_000), style=style)
 
 
 #: Columns of a fixed, short content (ids, states, amounts, ages): never wrapped.
@@ -568,11 +568,11 @@ def _letters_table(
         row: list[RenderableType] = [d["service"], str(d["id"])]
         if wide or status == "ALL":
             row.append(d["status"])
-        event = Text(d["event_type"] or "?")
-        reason = Text(d["reason"])  # never read as markup: it quotes what arrived
+        event = _text(d["event_type"] or "?")
+        reason = _text(d["reason"])  # it quotes what arrived
         if wide:
             source = f"{d['source_topic']}[{d['source_partition']}]@{d['source_offset']}"
-            row += [event, d["order_id"] or "", source, str(d["replay_attempts"])]
+            row += [event, _text(d["order_id"] or ""), _text(source), str(d["replay_attempts"])]
         else:
             if d["order_id"]:
                 event.append(f"\norder {_short(d['order_id'], output)}", style="dim")
@@ -595,16 +595,14 @@ def dlq_show(
         return
     meta = Table.grid(Column(no_wrap=True), Column(overflow="fold"), padding=(0, 2))
     for key in ("status", "reason", "event_type", "order_id", "replay_attempts", "created_at", "resolved_at"):
-        meta.add_row(
-            key, Text("—" if d[key] is None else str(d[key]))
-        )  # never read as markup: it quotes what arrived
+        meta.add_row(key, _text("—" if d[key] is None else d[key]))  # it quotes what arrived
     meta.add_row(
-        "source", f"{d['source_topic']} partition {d['source_partition']} offset {d['source_offset']}"
+        "source", _text(f"{d['source_topic']} partition {d['source_partition']} offset {d['source_offset']}")
     )
-    meta.add_row("key", Text(_shown(d["key"])))
+    meta.add_row("key", _text(_shown(d["key"])))
     for h in d["headers"]:
         withheld = f" ({h['value']['size']} bytes, withheld: a credential)" if h.get("redacted") else ""
-        meta.add_row(Text(f"header {h['key']}"), Text(_shown(h["value"]) + withheld))
+        meta.add_row(_text(f"header {h['key']}"), _text(_shown(h["value"]) + withheld))
     if d["headers_total"] > len(d["headers"]):
         meta.add_row("headers", f"… {d['headers_total'] - len(d['headers'])} more not shown")
     console.print(Panel(meta, title=f"{service} dead letter {letter_id}"))
@@ -616,7 +614,7 @@ def dlq_show(
             return
         except (ValueError, RecursionError):  # not JSON, or nested deeper than we indent
             pass
-    console.print(Text(f"value: {_shown(value)}", overflow="fold"))
+    console.print(_text(f"value: {_shown(value)}"), overflow="fold")
     if value is not None and value["truncated"]:
         console.print(
             Text(f"(all {value['size']} bytes: GET {_urls(ctx).of(service)}/dead-letters/{letter_id}/value)")
@@ -1101,12 +1099,12 @@ def _orders_table(rows: list[dict[str, Any]], output: Output) -> RenderableType:
         state = _status(o["status"])
         reason = o["reason"] or ""
         if reason and not wide:
-            state.append("\n" + reason.replace("_", " "), style="dim")
-        row: list[RenderableType] = [_short(o["order_id"], output), Text(o["customer_id"]), state]
+            state.append_text(_text("\n" + reason.replace("_", " "), "dim"))
+        row: list[RenderableType] = [_short(o["order_id"], output), _text(o["customer_id"]), state]
         if wide:
-            row.append(reason)
+            row.append(_text(reason))
         items = "\n".join(f"{i['quantity']} x {i['product_id']}" for i in o["items"])
-        row += [o["total"] or "", Text(items), _when(o["created_at"], output, now)]
+        row += [o["total"] or "", _text(items), _when(o["created_at"], output, now)]
         table.add_row(*row)
     return table
 
@@ -1145,17 +1143,17 @@ def saga(ctx: typer.Context, order_id: OrderIdArg, output: OutputOpt = Output.te
     summary = Table.grid(Column(no_wrap=True), Column(overflow="fold"), padding=(0, 2))
     status = _status(s["status"])
     if s["reason"]:
-        status.append(f" ({s['reason']})")
+        status.append_text(_text(f" ({s['reason']})"))
     summary.add_row("status", status)
-    summary.add_row("why", Text(why["verdict"]))
+    summary.add_row("why", _text(why["verdict"]))
     for c in why["owed"]:
         line = Text.assemble(
             ("✓", "green") if c["done_by"] else ("✗ still owed", "red"),
-            f" {c['owed_by']}: {c['action']} (for {c['because_of']}: {c['done_by'] or '—'})",
+            _text(f" {c['owed_by']}: {c['action']} (for {c['because_of']}: {c['done_by'] or '—'})"),
         )
         summary.add_row("owed", line)
     for r in why.get("refused", []):
-        summary.add_row("refused", Text(f"{r['event_type'] or '?'}: {r['reason']}"))
+        summary.add_row("refused", _text(f"{r['event_type'] or '?'}: {r['reason']}"))
     verdict = {True: ("yes", "green"), False: ("NO", "red"), None: ("saga in flight", "yellow")}
     summary.add_row("settled", Text(*verdict[why["settled"]]))
     summary.add_row("trace", s["trace_id"] or "—")
@@ -1177,11 +1175,11 @@ def saga(ctx: typer.Context, order_id: OrderIdArg, output: OutputOpt = Output.te
         delta = f"  Δ {_ms(cause['occurred_at'], e['occurred_at']):.0f} ms" if cause else ""
         brief = _brief(e["payload"])
         return Text.assemble(
-            (e["event_type"], "red" if e["compensating"] else "cyan"),
+            _text(e["event_type"], "red" if e["compensating"] else "cyan"),
             " ",
-            (e["producer"], "dim"),
+            _text(e["producer"], "dim"),
             f"  +{_ms(start, e['occurred_at']):.0f} ms{delta}",
-            f"  {brief}" if brief else "",
+            _text(f"  {brief}" if brief else ""),
         )
 
     def grow(node: Tree, parent: str | None) -> None:
@@ -1259,10 +1257,10 @@ def _show_saga_event(data: str, output: Output) -> None:
     e = json.loads(data)
     console.print(
         Text.assemble(
-            f"{e['occurred_at'][11:23]}  {_short(e['order_id'], output)}  ",
-            (f"{e['event_type']:<27}", "red" if e["compensating"] else "cyan"),
+            _text(f"{e['occurred_at'][11:23]}  {_short(e['order_id'], output)}  "),
+            _text(f"{e['event_type']:<27}", "red" if e["compensating"] else "cyan"),
             " ",
-            (e["producer"], "dim"),
+            _text(e["producer"], "dim"),
         ),
         soft_wrap=True,
     )
@@ -1286,8 +1284,8 @@ def stock(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
         )
         for p in rows:
             t.add_row(
-                Text(p["product_id"]),
-                Text(p["name"]),
+                _text(p["product_id"]),
+                _text(p["name"]),
                 p["price"],
                 str(p["available"]),
                 str(p["reserved"]),
@@ -1308,7 +1306,7 @@ def balances(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
             return "no accounts"
         t = Table(_free("customer"), _fixed("balance", "right"))
         for a in rows:
-            t.add_row(Text(a["customer_id"]), a["balance"])
+            t.add_row(_text(a["customer_id"]), a["balance"])
         return t
 
     _emit(output, rows, table)

@@ -763,3 +763,37 @@ def test_what_a_service_says_reaches_the_terminal_with_its_control_characters_ma
     assert isinstance(result.exception, SystemExit), result.exception  # not a traceback
     assert "\x1b" not in result.output and "\x9b" not in result.output and "\x07" not in result.output
     assert said in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "answer"),
+    [
+        (["dlq", "list", "-s", "order"], [LETTER | {"reason": "bad \x1b[2J", "event_type": "Odd\x9b1m"}]),
+        (["dlq", "list", "-s", "order", "-o", "wide"], [LETTER | {"order_id": "\x1b[2J"}]),
+        (
+            ["stock"],
+            [
+                {
+                    "product_id": "w",
+                    "name": "\x1b]0;x\x07",
+                    "price": "1",
+                    "available": 1,
+                    "reserved": 0,
+                    "sold": 0,
+                }
+            ],
+        ),
+        (["balances"], [{"customer_id": "\x1b[31malice", "balance": "1"}]),
+    ],
+    ids=["dlq-list", "dlq-list-wide", "stock", "balances"],
+)
+def test_a_table_shows_what_a_service_said_with_its_control_characters_made_visible(
+    command: list[str], answer: list[dict[str, Any]]
+) -> None:
+    """An attack trial: escape sequences in what a service answered reached the terminal."""
+    with JsonServer(json.dumps(answer).encode()) as server:
+        urls = [arg for s in ("order", "inventory", "payment") for arg in (f"--{s}-url", server.base)]
+        result = CliRunner().invoke(app, [*urls, *command])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x9b" not in result.output and "\x07" not in result.output
+    assert "\\x1b" in result.output or "\\x9b" in result.output, result.output
