@@ -797,3 +797,14 @@ def test_a_table_shows_what_a_service_said_with_its_control_characters_made_visi
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\x9b" not in result.output and "\x07" not in result.output
     assert "\\x1b" in result.output or "\\x9b" in result.output, result.output
+
+
+@pytest.mark.parametrize("command", [[], ["dlq"], ["audit"]])
+def test_a_group_without_its_command_is_a_usage_error_that_shows_its_help(command: list[str]) -> None:
+    """``sagactl`` alone, like ``sagactl dlq``, shows what it takes on stderr and exits 2,
+    a usage error (click's NoArgsIsHelpError): a script's missing word is not a success."""
+    result = CliRunner().invoke(app, command, prog_name="sagactl")
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"Usage: {' '.join(['sagactl', *command])} [OPTIONS] COMMAND [ARGS]...")
+    assert "Commands:" in result.stderr
