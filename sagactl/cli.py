@@ -57,9 +57,12 @@ from saga_kit.auth import SUBJECT_RULE, WITHHELD, DevIssuer, Role, is_subject
 from saga_kit.service_names import SHORT_NAMES, service_named, short_name
 from saga_kit.urls import http_url, kafka_bootstrap
 
-console = Console()
+#: Output: nothing sagactl prints is read as rich's markup — a table cell, a tree's label
+#: is what a service said (a balance of "[/]" was a MarkupError, a traceback); styles are
+#: given as styles.
+console = Console(markup=False)
 #: Errors: one line on stderr, never wrapped, never read as markup.
-errors = Console(stderr=True, soft_wrap=True, highlight=False)
+errors = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
 app = typer.Typer(
     help=__doc__,
     no_args_is_help=True,
@@ -411,7 +414,7 @@ def _emit(output: Output, data: Any, human: Callable[[], RenderableType | str]) 
     if output is Output.wide and isinstance(shown, Table):
         # wide: as wide as the table needs, like 'kubectl -o wide' (the terminal may wrap)
         needed = Measurement.get(console, console.options.update_width(UNBOUNDED), shown).maximum
-        Console(width=max(console.width, needed)).print(shown)
+        Console(width=max(console.width, needed), markup=False).print(shown)
         return
     console.print(shown, soft_wrap=isinstance(shown, str))  # a line stays one line when piped
 
@@ -605,7 +608,7 @@ def dlq_show(
         meta.add_row(_text(f"header {h['key']}"), _text(_shown(h["value"]) + withheld))
     if d["headers_total"] > len(d["headers"]):
         meta.add_row("headers", f"… {d['headers_total'] - len(d['headers'])} more not shown")
-    console.print(Panel(meta, title=f"{service} dead letter {letter_id}"))
+    console.print(Panel(meta, title=_text(f"{service} dead letter {letter_id}")))
     value = d["value"]
     if value is not None and value["text"] is not None and not value["truncated"]:
         try:
@@ -1157,7 +1160,7 @@ def saga(ctx: typer.Context, order_id: OrderIdArg, output: OutputOpt = Output.te
     verdict = {True: ("yes", "green"), False: ("NO", "red"), None: ("saga in flight", "yellow")}
     summary.add_row("settled", Text(*verdict[why["settled"]]))
     summary.add_row("trace", s["trace_id"] or "—")
-    console.print(Panel(summary, title=f"saga {s['order_id']}"))
+    console.print(Panel(summary, title=_text(f"saga {s['order_id']}")))
 
     events = s["events"]
     if not events:

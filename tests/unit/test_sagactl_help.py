@@ -808,3 +808,27 @@ def test_a_group_without_its_command_is_a_usage_error_that_shows_its_help(comman
     assert result.stdout == ""
     assert result.stderr.startswith(f"Usage: {' '.join(['sagactl', *command])} [OPTIONS] COMMAND [ARGS]...")
     assert "Commands:" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "answer", "shown"),
+    [
+        (["balances"], [{"customer_id": "alice", "balance": "[/]"}], "[/]"),
+        (
+            ["stock"],
+            [{"product_id": "w", "name": "n", "price": "[bold]1", "available": 1, "reserved": 0, "sold": 0}],
+            "[bold]1",
+        ),
+    ],
+    ids=["closing-tag", "opening-tag"],
+)
+def test_a_table_shows_what_a_service_said_as_it_is_not_as_markup(
+    command: list[str], answer: list[dict[str, Any]], shown: str
+) -> None:
+    """A cell given as a plain string was read as rich's markup: a closing tag with none
+    open was a ``MarkupError`` traceback, an opening one vanished and styled the rest."""
+    with JsonServer(json.dumps(answer).encode()) as server:
+        urls = [arg for s in ("order", "inventory", "payment") for arg in (f"--{s}-url", server.base)]
+        result = CliRunner().invoke(app, [*urls, *command])
+    assert result.exit_code == 0, result.exception
+    assert shown in result.output, result.output
