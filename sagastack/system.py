@@ -583,7 +583,10 @@ class System:
             "SAGA_DATA_DIR": str(self.run_dir / "data" / key.replace("#", "-")),
             **self._signing_env(name, prefix),
             "AUTH_JWKS_FILE": str(self.issuer.jwks_file) if self.issuer else "",
-            "ORDER_PII_MASTER_KEY_FILE": str(self.run_dir / "keys" / "pii-master.json"),
+            # the run's development key, unless the environment names one (a rotation by hand)
+            "ORDER_PII_MASTER_KEY_FILE": os.environ.get(
+                "ORDER_PII_MASTER_KEY_FILE", str(self.run_dir / "keys" / "pii-master.json")
+            ),
             **self._neighbours(name),
             **self._provider_env(name),
             **self.service_env.get(name, {}),

@@ -6,7 +6,9 @@ money and stock records stay."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import secrets
 import uuid
 
 import psycopg
@@ -17,6 +19,7 @@ from events.topics import ORDERS
 from sagastack.client import SagaClient
 from sagastack.system import SERVICES, System
 from tests.e2e.conftest import UniqueIds, sagactl, seed
+from tests.polling import wait_until
 
 
 def database_text(url: str) -> str:
@@ -146,3 +149,37 @@ def test_a_customer_can_not_forget_and_bad_personal_data_is_a_422(
         assert why in answer.json()["detail"][0]["msg"], answer.text
         assert "not-an-address" not in answer.text  # the input is never echoed
     bea.close()
+
+
+def test_the_master_key_rotates_on_a_running_service(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """The order service started with a new master key and the old one as a previous key
+    rewraps every data key as it starts and says when the old key may go; started then
+    with the new key alone, every order's personal data still reads. (Before rotation was
+    built, a new key file made every earlier order read as erased.)"""
+    products, customers = seed(client, uid, {"rye": ("1.00", 5)}, {"cal": "5.00"})
+    cal = system.client(customers["cal"])
+    email = f"{uuid.uuid4().hex}@example.org"
+    order_id = cal.place_order(customers["cal"], {products["rye"]: 1}, email=email)
+    keys = system.run_dir / "keys"
+    old, new = keys / "pii-master.json", keys / f"pii-rotated-{uuid.uuid4().hex[:8]}.json"
+    new.write_text(json.dumps({"key": base64.b64encode(secrets.token_bytes(32)).decode()}))
+    new.chmod(0o600)
+    log = system.run_dir / "logs" / "order_svc.log"
+    try:
+        since = log.stat().st_size
+        system.start_service(
+            "order_svc",
+            env={"ORDER_PII_MASTER_KEY_FILE": str(new), "ORDER_PII_PREVIOUS_MASTER_KEY_FILES": str(old)},
+        )
+        wait_until(lambda: b"may be removed" in log.read_bytes()[since:], 30, "the rewrap job's word: done")
+        assert cal.order(order_id)["personal_data"]["email"] == email
+        system.start_service("order_svc", env={"ORDER_PII_MASTER_KEY_FILE": str(new)})
+        assert cal.order(order_id)["personal_data"]["email"] == email  # the old key is not needed
+        again = cal.place_order(customers["cal"], {products["rye"]: 1}, email=email)
+        assert cal.order(again)["personal_data"]["email"] == email
+    finally:  # the run's own key again, the rotated one beside it: the job wraps back
+        system.start_service("order_svc", env={"ORDER_PII_PREVIOUS_MASTER_KEY_FILES": str(new)})
+    assert cal.order(order_id)["personal_data"]["email"] == email
+    cal.close()
