@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -55,7 +56,9 @@ from saga_kit.http import (
     location,
     problem,
 )
-from saga_kit.personal_data import KeyStore, Unreadable, forget, open_sealed, sealed_of
+from saga_kit.personal_data import DataKeyDamaged, KeyStore, Unreadable, forget, open_sealed, sealed_of
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["orders"])
 
@@ -127,11 +130,14 @@ class OrderItemView(BaseModel):
 
 class PersonalDataView(BaseModel):
     """An order's personal data, opened: or ``erased`` (the customer was forgotten: its
-    data key is destroyed, and every copy is unreadable) with neither field."""
+    data key is destroyed, and every copy is unreadable) with neither field, or
+    ``unreadable`` (the customer was not forgotten, but what is stored does not open: the
+    sealed value or its data key was altered; the service logs which) with neither."""
 
     email: str | None = None
     shipping_address: str | None = None
     erased: bool = False
+    unreadable: bool = False
 
 
 class OrderView(BaseModel):
@@ -389,12 +395,17 @@ async def _load_order(
         sealed = sealed_of(row.personal_data)
         if sealed is not None and keystore is not None:
             try:
-                data = open_sealed(sealed, await keystore.key(conn, sealed.key_id), order_id)
-                view.personal_data = PersonalDataView(
-                    email=data.email, shipping_address=data.shipping_address
-                )
-            except Unreadable:
-                view.personal_data = PersonalDataView(erased=True)
+                key = await keystore.key(conn, sealed.key_id)
+                if key is None:  # destroyed: the customer was forgotten
+                    view.personal_data = PersonalDataView(erased=True)
+                else:
+                    data = open_sealed(sealed, key, order_id)
+                    view.personal_data = PersonalDataView(
+                        email=data.email, shipping_address=data.shipping_address
+                    )
+            except (Unreadable, DataKeyDamaged) as exc:
+                log.error("order %s: its personal data does not open: %s", order_id, exc)
+                view.personal_data = PersonalDataView(unreadable=True)
         return view
 
 

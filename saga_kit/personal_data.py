@@ -83,6 +83,13 @@ class MasterKeyUnavailable(TransientError):
     restart): the data is there, the service cannot open it until it has that key."""
 
 
+class DataKeyDamaged(TransientError):
+    """A customer's live data key does not unwrap with the master key its row names: the
+    row was altered (restore it from a backup). Nothing new can be sealed for that customer
+    until then (a 503 over HTTP, the log naming the key), and what was sealed reads as
+    ``unreadable``."""
+
+
 @dataclass(frozen=True)
 class MasterKey:
     """A master key (32 bytes) and its id, which the ``customer_keys`` rows it wraps name:
@@ -212,7 +219,7 @@ class KeyStore:
     def _unwrap(self, master_key_id: str | None, wrapped: bytes) -> bytes:
         """The data key ``wrapped`` by the master key ``master_key_id`` (None: a row from
         before rows named it: each key given is tried). ``MasterKeyUnavailable`` without
-        that key; ``Unreadable`` if it does not unwrap with it (altered)."""
+        that key; ``DataKeyDamaged`` if it does not unwrap with it (altered)."""
         if master_key_id is None:
             for each in self._by_id.values():
                 with contextlib.suppress(InvalidUnwrap):
@@ -232,7 +239,10 @@ class KeyStore:
         try:
             return aes_key_unwrap(master.key, wrapped)
         except InvalidUnwrap:
-            raise Unreadable(f"a data key does not unwrap with its master key {master_key_id}") from None
+            raise DataKeyDamaged(
+                f"a data key does not unwrap with the master key its row names ({master_key_id}): the row"
+                " was altered; restore it from a backup"
+            ) from None
 
     def _unwrap_row(self, row: Any) -> bytes:
         """The data key of a ``customer_keys`` row (its ``wrapped_key`` and ``master_key_id``)."""
@@ -245,7 +255,7 @@ class KeyStore:
         between the insert, which found its live key, and the read gets a new key too
         (the insert is tried again for it, at most ``_KEY_TRIES`` times in all); past
         that, ``TransientError``. ``MasterKeyUnavailable`` for a live key under a master
-        key this service does not have."""
+        key this service does not have, ``DataKeyDamaged`` for one that was altered."""
         keys: dict[str, DataKey] = {}
         missing = sorted(set(customers))
         for _ in range(_KEY_TRIES):
@@ -286,7 +296,7 @@ class KeyStore:
 
     async def key(self, conn: AsyncConnection, key_id: uuid.UUID) -> DataKey | None:
         """The data key ``key_id`` if it still exists (None once destroyed);
-        ``MasterKeyUnavailable`` as ``keys_for``."""
+        ``MasterKeyUnavailable`` and ``DataKeyDamaged`` as ``keys_for``."""
         row = (
             await conn.execute(
                 text(
@@ -324,7 +334,7 @@ class KeyStore:
                         again[row.key_id] = self._wrap(self._unwrap_row(row))
                     except MasterKeyUnavailable:
                         unknown[row.master_key_id or "?"] += 1
-                    except Unreadable:
+                    except DataKeyDamaged:
                         altered[row.master_key_id] += 1
                 if again:
                     await conn.execute(

@@ -81,6 +81,7 @@ def test_personal_data_is_sealed_everywhere_and_forgetting_makes_it_unreadable(
         "email": email,
         "shipping_address": street,
         "erased": False,
+        "unreadable": False,
     }
     assert client.order(order_id)["personal_data"]["email"] == email
 
@@ -101,7 +102,12 @@ def test_personal_data_is_sealed_everywhere_and_forgetting_makes_it_unreadable(
     assert forgotten.returncode == 0, forgotten.stderr
     assert json.loads(forgotten.stdout) == {"customer_id": ann, "keys_destroyed": 1}
     after = client.order(order_id)
-    assert after["personal_data"] == {"email": None, "shipping_address": None, "erased": True}
+    assert after["personal_data"] == {
+        "email": None,
+        "shipping_address": None,
+        "erased": True,
+        "unreadable": False,
+    }
     assert (after["status"], after["total"], after["items"]) == (
         before["status"],
         before["total"],

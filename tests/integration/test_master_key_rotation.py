@@ -109,7 +109,12 @@ async def test_a_replaced_master_key_is_a_503_and_a_rotation_keeps_every_order_r
             assert answer.status_code == 202, answer.text
             placed[customer] = answer.json()["order_id"]
         readable = {c: await app.personal_data(o) for c, o in placed.items()}
-    assert readable[ann] == {"email": f"{ann}@example.org", "shipping_address": None, "erased": False}
+    assert readable[ann] == {
+        "email": f"{ann}@example.org",
+        "shipping_address": None,
+        "erased": False,
+        "unreadable": False,
+    }
 
     # the key file replaced: the data is there, the service lacks the key to it
     async with _OrderApp(order, _settings(new)) as app:
@@ -160,3 +165,43 @@ async def test_rewrap_takes_rows_from_before_master_key_ids_and_leaves_what_it_c
         assert await KeyStore(new).key(conn, keys[cy].key_id) is None  # forgotten stays forgotten
         with pytest.raises(MasterKeyUnavailable, match=other.key_id):
             await KeyStore(new).key(conn, keys[dee].key_id)
+
+
+async def test_what_does_not_open_is_unreadable_not_erased_and_a_damaged_key_seals_nothing(
+    order: ServiceUnderTest, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An attack trial: a sealed value moved to another of the customer's orders, or a data
+    key's row altered, read as ``erased`` — the customer was never forgotten — with no word
+    in the log; and the altered key made the customer's next order with personal data a
+    500 (a traceback, no audit entry). Now each is ``unreadable`` with an ERROR naming the
+    order, and the next order is a 503 naming the key in the log."""
+    gina, frank = uid("gina"), uid("frank")
+    async with _OrderApp(order, _settings(_key_file(tmp_path, "key"))) as app:
+        first, second, franks = [
+            (await app.place(c, f"{c}@example.org")).json()["order_id"] for c in (gina, gina, frank)
+        ]
+        async with order.db.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE orders SET personal_data = (SELECT personal_data FROM orders WHERE order_id = :a)"
+                    " WHERE order_id = :b"
+                ),
+                {"a": first, "b": second},
+            )
+            await conn.execute(
+                text(
+                    "UPDATE customer_keys SET wrapped_key = decode(repeat('ab', 40), 'hex')"
+                    " WHERE customer_id = :c AND shredded_at IS NULL"
+                ),
+                {"c": frank},
+            )
+        unreadable = {"email": None, "shipping_address": None, "erased": False, "unreadable": True}
+        with caplog.at_level(logging.ERROR, logger="order_svc.api"):
+            assert await app.personal_data(second) == unreadable
+            assert await app.personal_data(franks) == unreadable
+        assert f"order {second}: its personal data does not open" in caplog.text
+        assert "restore it from a backup" in caplog.text
+        assert (await app.personal_data(first))["email"] == f"{gina}@example.org"  # the original opens
+        again = await app.place(frank, f"{frank}@example.org")
+        assert again.status_code == 503, again.text
+        assert (await app.place(frank, "")).status_code == 422  # the rest is as ever
