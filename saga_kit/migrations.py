@@ -200,4 +200,15 @@ PLUMBING: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        "saga_kit",
+        9,
+        "audit_log_no_truncate",
+        # TRUNCATE fires no row trigger: it emptied the audit trail, and the next entry
+        # began a new chain that verified as whole (an attack trial). It is refused too.
+        (
+            "CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log"
+            " FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()",
+        ),
+    ),
 )
