@@ -21,8 +21,11 @@ breaks its hash; removing one breaks the next entry's ``prev_hash``;
 ``saga_kit.auditchain.verify`` finds both, without trusting the service (``sagactl audit
 verify`` recomputes every hash from ``GET /audit``). Rewriting the whole tail after an
 entry is only detectable against a head hash recorded elsewhere: ``sagactl audit
-verify`` prints it to keep. A trigger refuses UPDATE and DELETE on the table: only
-someone who can disable triggers (the owner) can tamper, and then the chain shows it.
+verify`` prints it to keep. Triggers refuse UPDATE, DELETE and TRUNCATE on the table:
+only someone who can disable triggers (the owner) can alter or remove an entry, and then
+the chain shows it — but emptying the table, or appending a made-up entry (the hash has
+no secret in it: whoever may INSERT, as the service's own database user may, can compute
+it), shows only against a head hash kept elsewhere, as a rewritten tail does.
 
 A crash between a call's commit and its audit entry loses that entry (the call is
 written first), and so does a call whose ``COMMIT`` went through while its answer was
@@ -48,6 +51,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from events.values import printable
 from saga_kit import tracing
 from saga_kit.auditchain import GENESIS, canonical, chain_hash
 from saga_kit.errors import is_transient
@@ -129,9 +133,22 @@ def caller_audit(principal: Any, action: str) -> CallAudit:
     )
 
 
+#: The most characters of a request's path an entry keeps (``request_path``).
+PATH_CHARACTERS = 1024
+
+
+def request_path(scope: Scope) -> str:
+    """The request's path as an entry keeps it: cut to ``PATH_CHARACTERS`` and with control
+    and bidirectional characters escaped (``events.values.printable``). Anyone may send a
+    path, and an entry is never deleted: an anonymous POST to a path of 64,000 characters
+    was an entry of 128,000, and a NUL or a U+202E went into it as it came (an attack trial)."""
+    return printable(scope["path"], PATH_CHARACTERS)
+
+
 def call_audit(scope: Scope) -> CallAudit:
-    """The caller and request of ``scope`` (the route's), as ``AuditTrail`` records them."""
-    route = getattr(scope.get("route"), "path", None) or scope["path"]
+    """The caller and request of ``scope`` (the route's; a path no route matched, as
+    ``request_path``), as ``AuditTrail`` records them."""
+    route = getattr(scope.get("route"), "path", None) or request_path(scope)
     return caller_audit(scope.get("state", {}).get("principal"), f"{scope['method']} {route}")
 
 
@@ -188,7 +205,7 @@ class AuditTrail:
             return  # nothing was done: overloaded, or the database away (module doc)
         location = next((v.decode("latin-1") for k, v in start.get("headers", []) if k == b"location"), None)
         call = replace(call_audit(scope), request_id=trace_id)
-        entry = call.entry(location or scope["path"], str(start["status"]))
+        entry = call.entry(location or request_path(scope), str(start["status"]))
         state = scope["app"].state
         try:
             writer: AuditWriter | None = getattr(state, "audit_writer", None)

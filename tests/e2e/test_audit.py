@@ -5,6 +5,7 @@ removed, even by someone who can switch the append-only trigger off."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import httpx
@@ -95,6 +96,11 @@ def test_an_altered_or_removed_entry_breaks_the_chain(
             raise AssertionError("audit_log accepted an UPDATE")
         except psycopg.errors.RaiseException as exc:
             assert "append-only" in str(exc)
+        try:  # a row trigger does not see TRUNCATE: it emptied the chain, and a new one began
+            conn.execute("TRUNCATE audit_log")
+            raise AssertionError("audit_log accepted a TRUNCATE")
+        except psycopg.errors.RaiseException as exc:
+            assert "append-only" in str(exc)
         # the owner can switch the trigger off; the chain still tells
         seq, entry, prev, digest = conn.execute(
             "SELECT seq, entry, prev_hash, hash FROM audit_log WHERE entry LIKE %s ORDER BY seq LIMIT 1",
@@ -125,3 +131,18 @@ def test_an_altered_or_removed_entry_breaks_the_chain(
             conn.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only")
     restored = sagactl(system, "audit", "verify", "--service", "inventory")
     assert restored.returncode == 0, restored.stdout
+
+
+def test_a_path_anyone_may_send_is_kept_bounded_and_escaped(system: System) -> None:
+    """An attack trial: an anonymous POST to a path of 64,000 characters was an entry of
+    128,000 (the path twice, as action and resource) that no one may ever delete, and a
+    NUL or a U+202E in a path went into the entry as it came."""
+    marker = uuid.uuid4().hex
+    for path in (f"/{marker}{'Q' * 20_000}", f"/{marker}x%E2%80%AEgnp.exe%00"):
+        assert httpx.post(f"{system.url('payment_svc')}{path}").status_code in (404, 405)
+    mine = [e for e in entries(system, "payment_svc") if marker in e["resource"]]
+    assert len(mine) == 2, mine
+    long, odd = mine
+    assert len(long["resource"]) == 1024 and long["resource"].endswith("…")
+    assert long["action"] == f"POST {long['resource']}" and long["actor"] == "anonymous"
+    assert odd["resource"] == f"/{marker}x\\u202egnp.exe\\x00"
