@@ -1470,6 +1470,10 @@ _LENGTH_ERRORS: dict[str, Callable[[dict[str, Any]], str]] = {
 }
 
 
+#: How pydantic's ``EmailStr`` begins a refusal (its reason follows, email-validator's).
+_NOT_AN_EMAIL_ADDRESS = "value is not a valid email address"
+
+
 def validation_errors(exc: RequestValidationError, limit: int = 20) -> list[dict[str, Any]]:
     """The 422 body: where and why, never the input itself. The framework's default echoes
     the input, and an input JSON cannot carry (a NaN, a lone surrogate) turned the 422
@@ -1483,6 +1487,10 @@ def validation_errors(exc: RequestValidationError, limit: int = 20) -> list[dict
         elif err.get("type") == "uuid_parsing":
             # pydantic quotes the character it stopped at ("found `z` at 32"): where, not what
             msg = re.sub(r": found `.*?` at (\d+)", r" at position \1", msg, flags=re.S)
+        elif msg.startswith(_NOT_AN_EMAIL_ADDRESS):
+            # email-validator's reason quotes what it refused ("… not valid IDNA (… of 'હરિ')",
+            # "invalid characters before the @-sign: '(', ')'"): its words, not the quotes
+            msg = re.sub(r"\s*\([^()]*'[^()]*\)|:\s*'[^']*'(?:,\s*'[^']*')*", "", msg)
         elif (length := _LENGTH_ERRORS.get(str(err.get("type")))) and isinstance(err.get("input"), str):
             # a text checked before its length (events.values.SafeText) is measured "after
             # validation", and pydantic then counts "items": say characters, as for any string

@@ -263,3 +263,33 @@ def test_a_422_for_an_id_says_where_it_is_wrong_not_what_it_held() -> None:
         (said,) = validation_errors(RequestValidationError(caught.value.errors()))
         assert said["msg"].startswith("Input should be a valid UUID, invalid character at position 3"), said
         assert "z" not in said["msg"] and "\ufffd" not in said["msg"]
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        (
+            "a@xn--secret.com",
+            "value is not a valid email address: The part after the @-sign is not valid IDNA.",
+        ),
+        (
+            "se(cret)@x.com",
+            "value is not a valid email address:"
+            " The email address contains invalid characters before the @-sign.",
+        ),
+        ("not-an-address", "value is not a valid email address: An email address must have an @-sign."),
+    ],
+)
+def test_an_email_address_refused_is_not_quoted_in_the_answer(given: str, said: str) -> None:
+    """An attack trial: email-validator's reason quoted what it refused (a label of the
+    domain, the characters before the @-sign), though a 422 never repeats the value."""
+    from fastapi.exceptions import RequestValidationError
+    from pydantic import EmailStr, TypeAdapter, ValidationError
+
+    from saga_kit.http import validation_errors
+
+    with pytest.raises(ValidationError) as caught:
+        TypeAdapter(EmailStr).validate_python(given)
+    (problem,) = validation_errors(RequestValidationError(caught.value.errors()))
+    assert problem["msg"] == said
+    assert "'" not in problem["msg"] and "secret" not in problem["msg"]
