@@ -188,14 +188,18 @@ def _summary(row: Any) -> dict[str, Any]:
     }
 
 
-async def list_letters(db: Database, status: Status | None, limit: int) -> list[DeadLetterSummary]:
+async def list_letters(
+    db: Database, status: Status | None, limit: int, before: int | None = None
+) -> list[DeadLetterSummary]:
+    """At most ``limit`` letters in ``status`` (None: any), newest first; with ``before``,
+    only those whose id is below it (the next page: the last id of the one before)."""
     async with db.engine.connect() as conn:
         rows = await conn.execute(
             text(
                 f"SELECT {_SUMMARY} FROM dead_letters WHERE (CAST(:s AS TEXT) IS NULL OR status = :s)"
-                " ORDER BY id DESC LIMIT :n"
+                " AND id < :before ORDER BY id DESC LIMIT :n"
             ),
-            {"s": status, "n": limit},
+            {"s": status, "n": limit, "before": 2**63 - 1 if before is None else before},
         )
         return [DeadLetterSummary.model_validate(_summary(r)) for r in rows]
 
@@ -338,9 +342,13 @@ async def get_dead_letters(
     db: DatabaseDep,
     status: Annotated[StatusFilter, AnyCase] = "PENDING",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[
+        int | None, Query(ge=1, le=2**63 - 1, description="only letters with a lower id: the next page")
+    ] = None,
 ) -> list[DeadLetterSummary]:
-    """Newest first; those waiting for a decision unless another ``status`` (or ALL) is asked."""
-    return await list_letters(db, None if status == "ALL" else status, limit)
+    """Newest first; those waiting for a decision unless another ``status`` (or ALL) is asked.
+    Past ``limit``, the next page is ``before`` the last id of this one."""
+    return await list_letters(db, None if status == "ALL" else status, limit, before)
 
 
 @router.get("/{letter_id}", summary="One dead letter", response_model=DeadLetter, responses=_NOT_FOUND)

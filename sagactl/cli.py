@@ -516,24 +516,33 @@ def dlq_list(
         LetterStatus, typer.Option(case_sensitive=False, help="only letters in this status (all: any)")
     ] = LetterStatus.PENDING,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="the most of each service's")] = 100,
+    before: Annotated[
+        int | None, typer.Option(min=1, help="only letters with a lower id (the next page)")
+    ] = None,
     output: OutputOpt = Output.text,
 ) -> None:
     """Dead letters of every service, newest first. Those of a service that cannot be
     reached, or answers 5xx (its database away: 503), are missing: a line on stderr names
     it (json: "unreachable" and "unavailable", each such service and why), and after the
     others are listed the exit code is 3 if one could not be reached, 1 if one answered
-    5xx, and 0 when every service answered."""
-    params = {"status": status.value, "limit": limit}
+    5xx, and 0 when every service answered. A service that had more than --limit says
+    so, with the --before that shows its next page."""
+    params: dict[str, Any] = {"status": status.value, "limit": limit}
+    if before is not None:
+        params["before"] = before
     names = service or SERVICES
     each = _EachService.read(names, lambda name: _get_or_missing(ctx, name, "/dead-letters", params))
     letters = [{"service": name, **d} for name, found in each.found.items() for d in found]
     #: the services that answered as many as asked: there may be more (json: limit_reached)
     full = [name for name, found in each.found.items() if len(found) >= limit]
     if full and output is not Output.json:  # said, not shown as if it were all (an attack trial)
-        errors.print(
-            f"{', '.join(full)}: the newest {limit} shown, there may be more (--limit, up to 1000)",
-            style="dim",
-        )
+        for name in full:
+            last = min(d["id"] for d in each.found[name])
+            errors.print(
+                f"{name}: the newest {limit} shown, there may be more"
+                f" (the next: --service {name} --before {last}; or --limit, up to 1000)",
+                style="dim",
+            )
     if each.found or output is Output.json:
         read = list(each.found) if each.missing else None
         _emit(

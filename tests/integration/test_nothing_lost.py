@@ -264,3 +264,17 @@ async def test_an_event_under_another_key_than_its_order_is_a_dead_letter(
     )
     assert reason.startswith(f"key_mismatch: OrderCreated of order {oid} came under the key b'")
     assert await inventory.pipeline.process(record(value, [], key=str(oid).encode())) is Outcome.HANDLED
+
+
+async def test_dead_letters_past_the_limit_are_the_next_page(inventory: ServiceUnderTest) -> None:
+    """An attack trial: past 1,000 pending letters the older ones could not be listed at
+    all (``limit`` at most 1,000, no way on). ``before`` the last id of a page is the next."""
+    for n in range(3):
+        assert await inventory.pipeline.process(record(f"garbage {n}".encode(), [])) is Outcome.DEAD_LETTERED
+    first = await deadletters.list_letters(inventory.db, "PENDING", 2)
+    second = await deadletters.list_letters(inventory.db, "PENDING", 2, before=first[-1].id)
+    assert [d.id for d in first] == sorted((d.id for d in first), reverse=True)
+    assert second and all(d.id < first[-1].id for d in second)
+    assert [d.id for d in first + second] == [
+        d.id for d in await deadletters.list_letters(inventory.db, "PENDING", 2 + len(second))
+    ]

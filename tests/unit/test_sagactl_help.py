@@ -515,7 +515,7 @@ def test_dead_letters_cut_at_the_limit_say_there_may_be_more() -> None:
         room = CliRunner().invoke(app, [*base, "--limit", "3"])
     assert full.exit_code == room.exit_code == 0, (full.output, room.output)
     said = " ".join(full.output.split())
-    assert "order: the newest 2 shown, there may be more (--limit, up to 1000)" in said
+    assert "order: the newest 2 shown, there may be more (the next: --service order --before 7;" in said
     assert "there may be more" not in room.output
     with JsonServer(json.dumps([letter, letter | {"id": 8}]).encode()) as server:
         listed = CliRunner().invoke(
