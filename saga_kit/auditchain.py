@@ -38,10 +38,22 @@ class Link:
     hash: bytes
 
 
-def verify(links: Iterable[Link], previous: bytes = GENESIS) -> list[str]:
+def verify(links: Iterable[Link], previous: bytes = GENESIS, kept: Iterable[bytes] = ()) -> list[str]:
     """Every break in the chain, in words (empty: intact). ``previous``: the hash of the
-    entry before the first one given (``GENESIS`` from the start)."""
+    entry before the first one given (``GENESIS`` from the start). ``kept``: head hashes
+    recorded before (``sagactl audit verify`` prints the head to keep): each must still be
+    the hash of an entry of the chain. The chain alone cannot show a trail emptied and
+    begun again, a tail rewritten or a made-up entry appended (its hash has no secret);
+    a kept head can — it is gone from the chain then."""
+    links = list(links)
     problems: list[str] = []
+    hashes = {link.hash for link in links}
+    for head in kept:
+        if head not in hashes:
+            problems.append(
+                f"the head hash kept before ({head.hex()}) is not in the chain: entries up to it"
+                " were removed or rewritten since"
+            )
     for link in links:
         if link.prev_hash != previous:
             problems.append(

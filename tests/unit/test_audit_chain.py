@@ -1,0 +1,40 @@
+"""The audit trail's hash chain on its own (``saga_kit.auditchain``); over the services'
+databases: tests/e2e/test_audit.py."""
+
+from __future__ import annotations
+
+from saga_kit.auditchain import GENESIS, Link, canonical, chain_hash, verify
+
+
+def _chain(*actions: str, previous: bytes = GENESIS, first: int = 1) -> list[Link]:
+    links = []
+    for seq, action in enumerate(actions, start=first):
+        entry = canonical({"action": action})
+        digest = chain_hash(previous, entry)
+        links.append(Link(seq, entry, previous, digest))
+        previous = digest
+    return links
+
+
+def test_an_altered_or_removed_entry_breaks_the_chain() -> None:
+    a, b, c = _chain("a", "b", "c")
+    assert verify([a, b, c]) == []
+    assert verify([a, Link(b.seq, canonical({"action": "B"}), b.prev_hash, b.hash), c]) == [
+        "entry 2 does not match its hash (it was altered)"
+    ]
+    assert verify([a, c]) == ["entry 3 does not follow the entry before it (one was removed or reordered)"]
+
+
+def test_a_kept_head_shows_what_the_chain_alone_cannot() -> None:
+    """An attack trial: the trail emptied (TRUNCATE) and begun again, or an entry made up
+    and appended with its hash computed, verified as whole: the chain has no secret. A head
+    hash kept before is gone from the chain then."""
+    old = _chain("a", "b")
+    kept = old[-1].hash
+    assert verify([*old, *_chain("c", previous=kept, first=3)], kept=[kept]) == []  # appended: fine
+    begun_again = _chain("c", first=9)
+    assert verify(begun_again) == []  # the chain alone: whole
+    (problem,) = verify(begun_again, kept=[kept])
+    assert problem.startswith(f"the head hash kept before ({kept.hex()}) is not in the chain")
+    rewritten = [old[0], *_chain("B", previous=old[0].hash, first=2)]
+    assert verify(rewritten) == [] and len(verify(rewritten, kept=[kept])) == 1
