@@ -1078,13 +1078,16 @@ def orders(
         OrderStatus | None,
         typer.Option(case_sensitive=False, help="only orders in this status"),
     ] = None,
+    customer: Annotated[str | None, typer.Option(help="only this customer's orders")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="the most to list")] = 30,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Most recent orders, optionally only those in one status."""
+    """Most recent orders, optionally only those in one status, or of one customer."""
     params: dict[str, Any] = {"limit": limit}
     if status:
         params["status"] = status.value
+    if customer is not None:
+        params["customer_id"] = customer
     rows = _call(ctx, "order", "GET", "/orders", params=params)
     _emit(output, rows, lambda: _orders_table(rows, output))
 

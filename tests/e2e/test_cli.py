@@ -98,6 +98,10 @@ def test_a_minted_customer_token_sees_only_that_customers_orders(
     assert mine.returncode == 0, mine.stderr
     assert {o["customer_id"] for o in json.loads(mine.stdout)} == {customers["ida"]}
     assert own in mine.stdout and other not in mine.stdout
+    # an operator lists one customer's (an attack trial: the API took customer_id, sagactl did not)
+    jons = sagactl(system, "orders", "--customer", customers["jon"], "-o", "json")
+    assert jons.returncode == 0, jons.stderr
+    assert [o["order_id"] for o in json.loads(jons.stdout)] == [other]
     # another customer's saga is as if it did not exist; dead letters are the operator's
     assert "404" in sagactl(system, "saga", other, token=token).stderr
     refused = sagactl(system, "balances", token=token)
