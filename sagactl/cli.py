@@ -1497,34 +1497,74 @@ def token(
         print(minted)
 
 
+def _kept_heads(given: list[str] | None) -> dict[str, list[bytes]]:
+    """``--kept SERVICE=HASH`` options as each service's kept head hashes (32 bytes); a
+    usage error names one that is not so."""
+    kept: dict[str, list[bytes]] = {}
+    for option in given or ():
+        name, _, digest = option.partition("=")
+        try:
+            head = bytes.fromhex(digest)
+        except ValueError:
+            head = b""
+        if len(head) != 32:
+            raise typer.BadParameter(f"{option!r}: SERVICE=HASH, the hash 64 hex digits", param_hint="--kept")
+        kept.setdefault(_check_service(name), []).append(head)
+    return kept
+
+
+def _audit_links(page: Any) -> list[auditchain.Link]:
+    """A page of ``GET /audit`` as the chain sees it; ``ValueError`` for one that is not."""
+    try:
+        if not isinstance(page, list):
+            raise TypeError(type(page).__name__)
+        return [
+            auditchain.Link(
+                int(e["seq"]), str(e["entry"]), bytes.fromhex(e["prev_hash"]), bytes.fromhex(e["hash"])
+            )
+            for e in page
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"its answer is not audit entries ({type(exc).__name__})") from None
+
+
 @audit_app.command("verify")
 def audit_verify(
     ctx: typer.Context,
     service: ServicesOpt = None,
+    kept: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--kept",
+            help="SERVICE=HASH: a head hash this printed before (repeatable); it must still be in the chain",
+        ),
+    ] = None,
     output: OutputOpt = Output.text,
 ) -> None:
     """Recompute every hash of each service's audit trail ('GET /audit') here, trusting
     nothing the service says about it; print each chain's length and head hash (keep it:
-    a rewritten tail shows against it) or where it breaks. Exits 1 if a chain is broken.
+    given back with --kept, a trail emptied, a tail rewritten or an entry made up shows
+    against it) or where it breaks. Exits 1 if a chain is broken.
     The chain of a service that cannot be reached or answers 5xx is not verified: a line
     on stderr names it, and (no chain broken) the exit code is 3 if one could not be
     reached, 1 if one answered 5xx, and 0 when every chain was verified."""
+    heads = _kept_heads(kept)
 
     def chain(name: str) -> dict[str, Any]:
         links: list[auditchain.Link] = []
         while True:
             params = {"after": links[-1].seq if links else 0, "limit": 5000}
             page = _get_or_missing(ctx, name, "/audit", params)
-            links += [
-                auditchain.Link(e["seq"], e["entry"], bytes.fromhex(e["prev_hash"]), bytes.fromhex(e["hash"]))
-                for e in page
-            ]
+            try:
+                links += _audit_links(page)
+            except ValueError as exc:  # a broken chain as far as anyone can tell: exit 1
+                return {"entries": len(links), "head": None, "problems": [str(exc)]}
             if len(page) < 5000:
                 break
         return {
             "entries": len(links),
             "head": links[-1].hash.hex() if links else None,
-            "problems": auditchain.verify(links),
+            "problems": auditchain.verify(links, kept=heads.get(name, ())),
         }
 
     each = _EachService.read(service or SERVICES, chain)
@@ -1540,7 +1580,8 @@ def audit_verify(
                 name,
                 str(result["entries"]),
                 Text("BROKEN", style="red") if problems else Text("intact", style="green"),
-                Text("; ".join(problems) if problems else (result["head"] or "(empty)")),
+                # the head, to keep, even of a broken chain (it is what the trail says now)
+                Text("\n".join([result["head"] or "(empty)", *problems])),
             )
         return t
 

@@ -461,6 +461,41 @@ def test_audit_verify_verifies_the_chains_it_can_read_and_names_the_one_it_canno
     assert bool(verified["inventory"]["problems"]) is altered
 
 
+def test_audit_verify_checks_a_kept_head_and_reads_any_answer() -> None:
+    """An attack trial: a trail emptied and begun again verified as intact. A head hash
+    kept before (``--kept``) must still be in the chain; an answer that is not audit
+    entries is a broken chain as far as anyone can tell, not a traceback."""
+    import json
+
+    from saga_kit.auditchain import GENESIS, chain_hash
+    from tests.jsonserver import JsonServer
+
+    head = chain_hash(GENESIS, '{"action":"place_order"}').hex()
+
+    def verify(served: bytes, *options: str) -> Any:
+        with JsonServer(served) as server:
+            return CliRunner().invoke(
+                app, ["--order-url", server.base, "audit", "verify", "-s", "order", *options, "-o", "json"]
+            )
+
+    assert verify(_audit_page(), "--kept", f"order={head}").exit_code == 0
+    gone = verify(_audit_page(), "--kept", f"order_svc={'ab' * 32}")
+    assert gone.exit_code == 1, gone.output
+    (problem,) = json.loads(gone.stdout)["chains"]["order"]["problems"]
+    assert problem.startswith(f"the head hash kept before ({'ab' * 32}) is not in the chain")
+    assert verify(_audit_page(), "--kept", f"inventory={'ab' * 32}").exit_code == 0  # another's
+    for bad in ("order=zz", f"order={'ab' * 31}", f"nowhere={'ab' * 32}", "order"):
+        refused = verify(_audit_page(), "--kept", bad)
+        assert refused.exit_code == 2 and "Traceback" not in refused.output, (bad, refused.output)
+    odd_entry = b'[{"seq": 1, "entry": "x", "prev_hash": "zz", "hash": ""}]'
+    for answer in (b'[{"seq": 1}]', b'{"entries": []}', odd_entry):
+        odd = verify(answer)
+        assert odd.exit_code == 1, (answer, odd.output)
+        assert json.loads(odd.stdout)["chains"]["order"]["problems"][0].startswith(
+            "its answer is not audit entries"
+        )
+
+
 def test_dlq_list_says_whose_dead_letters_it_read_when_there_are_none() -> None:
     from tests.jsonserver import JsonServer
 
