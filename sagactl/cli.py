@@ -13,7 +13,9 @@ Every command takes --output (-o): text fits the terminal (80 columns and
 up; ids shortened to 8 characters), wide shows full ids and every column however
 wide that is, json prints the API's data and nothing else on stdout. An error is
 one line on stderr and a non-zero exit: 1 when a service refused, 2 when sagactl was
-called wrong (a usage error), 3 when a service or the broker could not be reached.
+called wrong (a usage error), 3 when a service or the broker could not be reached, 4
+when a call that changes something was sent and not answered (it may have been carried
+out: the line says how to learn whether).
 
 '--via kafka' connects to the broker as the services do: KAFKA_SECURITY_PROTOCOL,
 KAFKA_SSL_CAFILE, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD_FILE …
@@ -84,8 +86,12 @@ SHORT_ID = 8
 UNBOUNDED = 100_000
 #: Exit codes: a service refused (or answered something unusable); sagactl was called
 #: wrong (click's own code for a usage error); a service or the broker could not be
-#: reached. Distinct, so a script can tell a mistake of its own from an outage.
-REFUSED, USAGE, UNREACHABLE = 1, 2, 3
+#: reached; a call that changes something was sent and no answer came (it may have been
+#: carried out). Distinct, so a script can tell a mistake of its own from an outage, and
+#: an outage from a call whose outcome is unknown.
+REFUSED, USAGE, UNREACHABLE, IN_DOUBT = 1, 2, 3, 4
+#: httpx's errors before a request left: nothing was sent, nothing done.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 
 class LetterStatus(StrEnum):
@@ -248,29 +254,50 @@ def _say(message: str) -> None:
     errors.print(Text(printable(" ".join(message.split())), style="red"))
 
 
-def _request(ctx: typer.Context, service: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+def _request(
+    ctx: typer.Context, service: str, method: str, path: str, retry: str = "", **kwargs: Any
+) -> httpx.Response:
     """One HTTP call to service, whatever it answered; the command ends with one line
-    saying why (exit 3, UNREACHABLE) if it could not be reached."""
+    saying why if it could not be reached (exit 3, UNREACHABLE), or if a call that changes
+    something was sent and no answer came (exit 4, IN_DOUBT: it may have been carried out;
+    ``retry`` says how to learn its outcome safely)."""
     try:
         return _send(ctx, service, method, path, **kwargs)
     except _Missing as missing:
+        if missing.kind == "in_doubt":
+            _fail(f"{missing.said}{retry or '; look before trying again'}", IN_DOUBT)
         _fail(missing.said, UNREACHABLE)
 
 
 def _send(ctx: typer.Context, service: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
     """One HTTP call to service, whatever it answered; ``_Missing`` ("unreachable",
-    saying why) if it could not be reached."""
+    saying why) if it could not be reached, or did not answer a GET; ("in_doubt") if it
+    did not answer another method once the request was sent (an attack trial: a frozen
+    service took a forget and a replay, did them when it woke, and sagactl had said
+    "cannot reach … is the system running?")."""
     base = _urls(ctx).of(service)
     try:
         return _urls(ctx).client.request(method, base + path, **kwargs)
-    except httpx.HTTPError as exc:
+    except _NOT_SENT as exc:
         raise _Missing("unreachable", _unreachable(service, base, exc)) from None
+    except httpx.HTTPError as exc:
+        why = f"{str(exc) or type(exc).__name__}"
+        if method in ("GET", "HEAD"):
+            raise _Missing(
+                "unreachable", f"the {service} service at {base} did not answer {method} {path}: {why}"
+            ) from None
+        raise _Missing(
+            "in_doubt",
+            f"the {service} service at {base} took {method} {path} and did not answer ({why}):"
+            " it may have been carried out",
+        ) from None
 
 
-def _call(ctx: typer.Context, service: str, method: str, path: str, **kwargs: Any) -> Any:
+def _call(ctx: typer.Context, service: str, method: str, path: str, retry: str = "", **kwargs: Any) -> Any:
     """One HTTP call to service; its JSON answer, or the command ends with one line
-    saying why (exit 3: it could not be reached; 1: it refused)."""
-    return _answer(ctx, service, method, path, _request(ctx, service, method, path, **kwargs))
+    saying why (exit 3: it could not be reached; 1: it refused; 4: sent, not answered,
+    ``retry`` saying how to learn the outcome)."""
+    return _answer(ctx, service, method, path, _request(ctx, service, method, path, retry, **kwargs))
 
 
 def _answer(ctx: typer.Context, service: str, method: str, path: str, response: httpx.Response) -> Any:
@@ -299,9 +326,10 @@ T = TypeVar("T")
 
 class _Missing(Exception):
     """A service's part of a command for every service that is missing: ``kind``
-    ``unreachable`` (no answer) or ``unavailable`` (a 5xx: up, its database away)."""
+    ``unreachable`` (no answer) or ``unavailable`` (a 5xx: up, its database away); or a
+    call that changes something, sent and not answered: ``in_doubt``."""
 
-    def __init__(self, kind: Literal["unreachable", "unavailable"], said: str) -> None:
+    def __init__(self, kind: Literal["unreachable", "unavailable", "in_doubt"], said: str) -> None:
         super().__init__(said)
         self.kind, self.said = kind, said
 
@@ -646,7 +674,13 @@ def dlq_replay(
     ctx: typer.Context, service: ServiceArg, letter_id: LetterIdArg, output: OutputOpt = Output.text
 ) -> None:
     """Process a dead letter again (after fixing its cause). Its effect still happens once."""
-    r = _call(ctx, service, "POST", f"/dead-letters/{letter_id}/replay")
+    r = _call(
+        ctx,
+        service,
+        "POST",
+        f"/dead-letters/{letter_id}/replay",
+        f"; see whether it was: sagactl dlq show {service} {letter_id}",
+    )
     _emit(output, r, lambda: f"dead letter {letter_id}: {r['status']} ({r['outcome']})")
 
 
@@ -655,7 +689,13 @@ def dlq_discard(
     ctx: typer.Context, service: ServiceArg, letter_id: LetterIdArg, output: OutputOpt = Output.text
 ) -> None:
     """Decide a dead letter never needs processing; it is kept, marked DISCARDED."""
-    r = _call(ctx, service, "POST", f"/dead-letters/{letter_id}/discard")
+    r = _call(
+        ctx,
+        service,
+        "POST",
+        f"/dead-letters/{letter_id}/discard",
+        f"; see whether it was: sagactl dlq show {service} {letter_id}",
+    )
     _emit(output, r, lambda: f"dead letter {letter_id}: {r['status']}")
 
 
@@ -747,9 +787,17 @@ def place(
     via: Via = "http",
     bootstrap: KafkaBootstrap = DEFAULT_BOOTSTRAP,
     wait: Annotated[bool, typer.Option(help="--via kafka: wait until the saga has finished")] = True,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            help="--via http: the order's Idempotency-Key (default: a new one); the same key and"
+            " order again answer the order it placed",
+        ),
+    ] = None,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Place an order: through the API, or as a PlaceOrder command on Kafka."""
+    """Place an order: through the API (with an Idempotency-Key, so that the same command
+    with the key again places it once at most), or as a PlaceOrder command on Kafka."""
     lines = []
     for item in items:
         product, sep, quantity = item.partition("=")
@@ -762,7 +810,9 @@ def place(
     if deadline_seconds is not None:
         body["deadline_seconds"] = deadline_seconds
     if via == "http":
-        r = _call(ctx, "order", "POST", "/orders", json=body)
+        key = idempotency_key or uuid.uuid4().hex
+        again = f"; the same command with --idempotency-key {key} tells, placing it once at most"
+        r = _call(ctx, "order", "POST", "/orders", again, json=body, headers={"Idempotency-Key": key})
         _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}")
         if output is not Output.json:  # accepted, not finished: where its outcome will be
             errors.print(f"follow it: sagactl saga {r['order_id'][:8]}", style="dim")
@@ -798,7 +848,13 @@ def forget(
     """Forget a customer (operator): destroy its data keys, so its e-mail and shipping
     addresses are unreadable everywhere — databases, the Kafka log, backups. Its orders,
     totals, stock and payments stay."""
-    r = _call(ctx, "order", "POST", f"/customers/{quote(customer_id, safe='')}/forget")
+    r = _call(
+        ctx,
+        "order",
+        "POST",
+        f"/customers/{quote(customer_id, safe='')}/forget",
+        f"; forgetting again is safe: sagactl forget {customer_id}",
+    )
     _emit(
         output,
         r,
@@ -821,7 +877,8 @@ def cancel(
     """Cancel a PENDING or APPROVED order; its stock is released and its charge refunded."""
     order_id = _order_id(ctx, order_id)
     if via == "http":
-        r = _call(ctx, "order", "POST", f"/orders/{order_id}/cancel")
+        look = f"; see whether it was: sagactl saga {order_id}"
+        r = _call(ctx, "order", "POST", f"/orders/{order_id}/cancel", look)
         _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}, compensation under way")
         return
     from events.commands import CancelOrder

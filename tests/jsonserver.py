@@ -1,7 +1,8 @@
 """One JSON document served to every GET over HTTP by the standard library's server on
 127.0.0.1, in a thread, that can be made slow (``delay``, seconds before each answer) or
 away (``down``: 503 to every request), or answer with another status (``status``,
-``tokenless``), counting the requests it answers at once: a key
+``tokenless``), or take every request and close without an answer (``hangup``: a
+service that went away with the request), counting the requests it answers at once: a key
 server for tests of ``AUTH_JWKS_URL`` (the document a JWKS, at ``url``), or a service
 answering a fixed list for sagactl's tests (at ``base``)."""
 
@@ -23,6 +24,7 @@ class JsonServer:
         down: bool = False,
         status: int = 200,
         tokenless: tuple[int, bytes] | None = None,
+        hangup: bool = False,
     ) -> None:
         """``status`` and ``jwks`` are every answer's, but a request without an
         ``Authorization`` header gets ``tokenless`` (status, body) if given."""
@@ -40,6 +42,10 @@ class JsonServer:
             def do_GET(self) -> None:
                 server.paths.append(self.path)
                 server.asked.set()
+                if hangup:  # the request taken, no answer: the connection closes
+                    self.rfile.read(int(self.headers.get("content-length") or 0))
+                    self.close_connection = True
+                    return
                 with lock:
                     server.in_flight += 1
                     server.most_in_flight = max(server.most_in_flight, server.in_flight)
@@ -60,6 +66,8 @@ class JsonServer:
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up waiting (a test of just that)
+
+            do_POST = do_GET  # a POST is answered the same way (its body unread)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

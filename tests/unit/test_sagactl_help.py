@@ -867,3 +867,37 @@ def test_a_table_shows_what_a_service_said_as_it_is_not_as_markup(
         result = CliRunner().invoke(app, [*urls, *command])
     assert result.exit_code == 0, result.exception
     assert shown in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "look"),
+    [
+        (["forget", "alice"], "forgetting again is safe: sagactl forget alice"),
+        (["dlq", "replay", "order", "7"], "see whether it was: sagactl dlq show order 7"),
+        (["dlq", "discard", "order", "7"], "see whether it was: sagactl dlq show order 7"),
+        (
+            ["place", "alice", "w=1", "--idempotency-key", "k-1"],
+            "the same command with --idempotency-key k-1 tells, placing it once at most",
+        ),
+    ],
+    ids=["forget", "replay", "discard", "place"],
+)
+def test_a_call_sent_and_not_answered_is_in_doubt_not_unreachable(command: list[str], look: str) -> None:
+    """An attack trial: a frozen service took a forget and a replay and did them when it
+    woke, while sagactl had said "cannot reach … is the system running?", exit 3. A call
+    that changes something, sent and not answered, may have been carried out: exit 4,
+    and how to learn its outcome safely. A GET not answered is still exit 3."""
+    from sagactl.cli import IN_DOUBT, UNREACHABLE
+
+    with JsonServer(b"{}", hangup=True) as server:
+        result = CliRunner().invoke(app, ["--order-url", server.base, *command])
+        read = CliRunner().invoke(app, ["--order-url", server.base, "orders"])
+    assert result.exit_code == IN_DOUBT, result.output
+    said = " ".join(result.stderr.split())
+    assert said.startswith("the order service at http://127.0.0.1:") and "may have been carried out" in said
+    assert "cannot reach" not in said and look in said, said
+    assert read.exit_code == UNREACHABLE and "did not answer GET /orders" in " ".join(read.stderr.split())
+    with JsonServer(b"{}") as up:  # nothing listens where a server was: nothing was sent
+        gone = up.base
+    refused = CliRunner().invoke(app, ["--order-url", gone, "forget", "alice"])
+    assert refused.exit_code == UNREACHABLE and "cannot reach the order service" in refused.stderr
