@@ -49,7 +49,8 @@ async def asset(name: str) -> FileResponse:
 
 _UNREACHABLE = errors(
     {
-        502: "the service behind it did not answer, or answered an error",
+        502: "the service behind it could not be reached, or answered an error",
+        504: "the service behind it took the request and did not answer in time",
         503: "the service behind it is briefly unavailable (`service_unavailable`);"
         " retry after `Retry-After`",
     },
@@ -105,12 +106,19 @@ async def _proxy(request: Request, service: Service, method: str, path: str, **p
     """The JSON body of the service's 2xx answer to ``method path``. Its 404 is answered as
     a 404 and its 409 as a 409 with its ``reason``, each ``detail`` led by the service's
     name (``"payment_svc: dead letter 7 failed again: …"``); its 503 is a 503 with its
-    ``Retry-After`` (``upstream_unavailable``); no answer, or any other answer, is a 502
-    saying which service and why."""
+    ``Retry-After`` (``upstream_unavailable``); a service that cannot be reached, or any
+    other answer, is a 502 saying which service and why; one that took the request and did
+    not answer is a 504 (RFC 9110 §15.6.5) — for a call that changes something, saying it
+    may have been carried out (an attack trial: a replay through the dashboard was a 502
+    "did not answer" while inventory was frozen, and the replay ran when it woke)."""
     try:
         response = await _call(request, service, method, path, **params)
-    except httpx.HTTPError as exc:
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:  # nothing sent
         raise HTTPException(502, f"{service} did not answer: {_why(exc)}") from None
+    except httpx.HTTPError as exc:
+        doubt = "" if method == "GET" else " (it may have been carried out: look before trying again)"
+        said = f"{service} took the request and did not answer: {_why(exc)}{doubt}"
+        raise HTTPException(504, said) from None
     if response.status_code == 503:  # whatever its body: the retry signal is what counts
         raise upstream_unavailable(service, response.headers.get("retry-after"))
     try:
@@ -196,7 +204,8 @@ async def throughput(db: DatabaseDep, minutes: Annotated[int, Query(ge=1, le=144
 _FROM_SERVICE = errors(
     {
         404: "no such dead letter in that service",
-        502: "the service did not answer, or answered an error; `detail` says which and why",
+        502: "the service could not be reached, or answered an error; `detail` says which and why",
+        504: "the service took the request and did not answer in time",
     }
 )
 _ACTION_FROM_SERVICE = errors(
@@ -204,7 +213,8 @@ _ACTION_FROM_SERVICE = errors(
         404: "no such dead letter in that service",
         409: "the service refused: the letter is already resolved (`dead_letter_resolved`), or the"
         " replay failed again (`replay_failed`); `detail` leads with the service's name",
-        502: "the service did not answer, or answered an error; `detail` says which and why",
+        502: "the service could not be reached, or answered an error; `detail` says which and why",
+        504: "the service took the request and did not answer in time: it may have been carried out",
     }
 )
 

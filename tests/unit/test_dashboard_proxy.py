@@ -11,6 +11,7 @@ import pytest
 from order_svc.app import SPEC
 from order_svc.settings import Settings
 from saga_kit.service import http_app
+from tests.jsonserver import JsonServer
 
 #: Nothing listens there (the discard port): every connection is refused at once.
 NOWHERE = "http://127.0.0.1:9"
@@ -20,12 +21,12 @@ async def _no_metrics() -> bytes:
     return b""
 
 
-def client() -> httpx.AsyncClient:
+def client(behind: str = NOWHERE) -> httpx.AsyncClient:
     settings = Settings.model_construct(
         database_url="postgresql+psycopg://nowhere/db",
         http_port=0,
-        inventory_url=NOWHERE,
-        payment_url=NOWHERE,
+        inventory_url=behind,
+        payment_url=behind,
     )
     app = http_app(SPEC, cast(Any, None), settings, {}, _no_metrics)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
@@ -114,3 +115,19 @@ async def test_the_health_panel_says_which_service_is_unreachable() -> None:
     for service in ("inventory_svc", "payment_svc"):
         assert body[service]["status"] == "unreachable"
         assert body[service]["error"].startswith("ConnectError"), body[service]
+
+
+async def test_a_service_that_took_the_request_and_did_not_answer_is_a_504() -> None:
+    """An attack trial: a replay through the dashboard was a 502 "did not answer" while
+    inventory was frozen, and the replay ran when it woke. A request taken and not
+    answered is a 504 (RFC 9110 §15.6.5), and one that changes something says it may have
+    been carried out; a read says no more than that."""
+    with JsonServer(b"[]", hangup=True) as frozen:
+        async with client(frozen.base) as http:
+            replay = await http.post("/dashboard/api/dead-letters/inventory/7/replay")
+            listing = await http.get("/dashboard/api/dead-letters/inventory")
+    assert replay.status_code == 504, replay.text
+    assert replay.json()["reason"] == "gateway_timeout"
+    assert replay.json()["detail"].startswith("inventory_svc took the request and did not answer")
+    assert "it may have been carried out" in replay.json()["detail"]
+    assert listing.status_code == 504 and "carried out" not in listing.json()["detail"]
