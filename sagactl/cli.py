@@ -860,7 +860,13 @@ def forget(
         r,
         lambda: (
             f"forgot {r['customer_id']}: {r['keys_destroyed']} data key(s) destroyed"
-            + ("" if r["keys_destroyed"] else " (none was left)")
+            # the service cannot tell "never gave personal data" from "forgotten before"
+            # (a typo's "none was left" read as an earlier forget: an attack trial)
+            + (
+                ""
+                if r["keys_destroyed"]
+                else " (none live: no personal data of this customer here, or forgotten before)"
+            )
         ),
     )
 

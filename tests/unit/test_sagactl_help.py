@@ -901,3 +901,14 @@ def test_a_call_sent_and_not_answered_is_in_doubt_not_unreachable(command: list[
         gone = up.base
     refused = CliRunner().invoke(app, ["--order-url", gone, "forget", "alice"])
     assert refused.exit_code == UNREACHABLE and "cannot reach the order service" in refused.stderr
+
+
+def test_forgetting_nothing_does_not_claim_an_earlier_forget() -> None:
+    """An attack trial: "0 data key(s) destroyed (none was left)" for a customer id mistyped
+    read as if it had been forgotten before; the service cannot tell which."""
+    with JsonServer(b'{"customer_id": "ALICE", "keys_destroyed": 0}') as server:
+        result = CliRunner().invoke(app, ["--order-url", server.base, "forget", "ALICE"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "none was left" not in said
+    assert "none live: no personal data of this customer here, or forgotten before" in said
