@@ -1328,20 +1328,27 @@ def tail(
 
 
 def _show_saga_event(data: str, output: Output) -> None:
-    """One line of ``sagactl tail``: a feed entry (``data``, JSON) as it came, or in words."""
+    """One line of ``sagactl tail``: a feed entry (``data``, JSON) as one line of JSON, or
+    in words. What is not a feed entry is shown as text, its control characters escaped
+    (an attack trial: json printed the stream's data as it came, control characters and
+    all, and an entry of another shape was a traceback)."""
+    try:
+        e = json.loads(data)
+    except (ValueError, RecursionError):
+        e = None
     if output is Output.json:
-        print(data, flush=True)
+        print(json.dumps(e) if e is not None else json.dumps({"not_json": printable(data)}), flush=True)
         return
-    e = json.loads(data)
-    console.print(
-        Text.assemble(
-            _text(f"{e['occurred_at'][11:23]}  {_short(e['order_id'], output)}  "),
-            _text(f"{e['event_type']:<27}", "red" if e["compensating"] else "cyan"),
+    try:
+        line = Text.assemble(
+            _text(f"{str(e['occurred_at'])[11:23]}  {_short(str(e['order_id']), output)}  "),
+            _text(f"{e['event_type']!s:<27}", "red" if e["compensating"] else "cyan"),
             " ",
             _text(e["producer"], "dim"),
-        ),
-        soft_wrap=True,
-    )
+        )
+    except (KeyError, TypeError):
+        line = _text(f"(not a saga event) {data}")
+    console.print(line, soft_wrap=True)
 
 
 @app.command("stock")

@@ -912,3 +912,27 @@ def test_forgetting_nothing_does_not_claim_an_earlier_forget() -> None:
     said = " ".join(result.output.split())
     assert "none was left" not in said
     assert "none live: no personal data of this customer here, or forgotten before" in said
+
+
+def test_tail_shows_whatever_the_stream_sends_without_driving_the_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An attack trial's leftover: ``tail -o json`` printed the stream's data as it came
+    (control characters and all), and an entry of another shape was a traceback."""
+    from sagactl.cli import Output, _show_saga_event
+
+    entry = {
+        "occurred_at": "2026-12-04T10:00:00.123456+00:00",
+        "order_id": "0f0e0d0c-0000-4000-8000-000000000000",
+        "event_type": "OrderCreated\u001b[2J",
+        "compensating": False,
+        "producer": "order_svc",
+    }
+    odd = ('{"event_type": "Odd\x1b[2J"}', "not json \x1b]0;x\x07", '{"a": 1}', "[]")
+    for data in (json.dumps(entry), *odd):
+        for output in (Output.json, Output.text):
+            _show_saga_event(data, output)
+    shown = capsys.readouterr().out
+    assert "\x1b" not in shown and "\x07" not in shown, shown
+    assert "(not a saga event)" in shown and "OrderCreated\\x1b[2J" in shown  # text
+    assert '"event_type": "OrderCreated\\u001b[2J"' in shown and '{"not_json": "not json \\\\x1b' in shown
