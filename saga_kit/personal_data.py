@@ -22,14 +22,14 @@ key and wraps it again with the new one, a batch per transaction, and logs when 
 left: then the old key may be removed and destroyed. Data keys change no byte, so nothing
 sealed is rewritten. A data key under a master key the service does not have is
 ``MasterKeyUnavailable`` — a 503 over HTTP, with the key's id in the log — never
-"erased" and never a 500 (the last word of an operator who replaced the key file).
+"erased" and never a 500 (as every earlier order was for an operator who replaced the key
+file, before rotation was built).
 
 **Forgetting a customer** (``forget``) deletes the wrapped data key. From then on every
 copy of the customer's personal data — in any database, in the Kafka log, in a backup —
 is ciphertext without a key: unreadable everywhere, without finding or rewriting any of
 it. The orders themselves, their totals, stock and payments stay as they were. The
 customer's next order gets a new key.
-
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import base64
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import secrets
 import uuid
@@ -57,8 +56,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from events.personal import PersonalData, Sealed
 from saga_kit.db import Database
 from saga_kit.errors import ConfigurationError, TransientError
-
-log = logging.getLogger(__name__)
 
 #: bytes of a data key and of the master key (AES-256)
 KEY_BYTES = 32
@@ -311,7 +308,7 @@ class KeyStore:
     async def rewrap(self, db: Database, batch: int = REWRAP_BATCH) -> Rewrapped:
         """Wrap every live data key not under the master key again with it, ``batch`` keys
         per transaction (their rows locked, so a customer forgotten meanwhile is forgotten
-        after, or before and skipped); a key it cannot unwrap is counted in ``unknown`` and
+        after, or before and skipped); a key it cannot unwrap is counted (``Rewrapped``) and
         left as it is. One walk over the rows in key order: keys made meanwhile are under
         the master key already."""
         done, unknown, altered = 0, Counter[str](), Counter[str]()
