@@ -56,7 +56,16 @@ from saga_kit.http import (
     location,
     problem,
 )
-from saga_kit.personal_data import DataKeyDamaged, KeyStore, Unreadable, forget, open_sealed, sealed_of
+from saga_kit.personal_data import (
+    DataKeyDamaged,
+    KeyStore,
+    KeyUnavailable,
+    MasterKeyUnavailable,
+    Unreadable,
+    forget,
+    open_sealed,
+    sealed_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +75,7 @@ router = APIRouter(tags=["orders"])
 async def get_keystore(request: Request) -> KeyStore | None:
     """The customers' data keys (saga_kit.personal_data), or None without a master key."""
     if not hasattr(request.app.state, "keystore"):
-        request.app.state.keystore = request.app.state.settings.keystore()
+        request.app.state.keystore = request.app.state.settings.keystore
     keystore: KeyStore | None = request.app.state.keystore
     return keystore
 
@@ -332,7 +341,10 @@ async def post_order(
         personal=personal,
         audit=audit.call_audit(request.scope),
     )
-    placed = await desk.place(command)
+    try:
+        placed = await desk.place(command)
+    except KeyUnavailable:  # that customer's alone (saga_kit.personal_data): the log says which key
+        raise _key_unavailable("sealed") from None
     audit.mark_audited(request.scope)  # the entry committed with the order
     _accepted(request, response, placed.order_id)
     if placed.replayed:
@@ -406,7 +418,29 @@ async def _load_order(
             except (Unreadable, DataKeyDamaged) as exc:
                 log.error("order %s: its personal data does not open: %s", order_id, exc)
                 view.personal_data = PersonalDataView(unreadable=True)
+            except MasterKeyUnavailable as exc:
+                log.error("order %s: %s", order_id, exc)
+                raise _key_unavailable("opened") from None
         return view
+
+
+#: Seconds a client is told to wait when a customer's data key cannot be had: an operator
+#: must act (give the service the master key), or another instance may have it.
+KEY_RETRY_AFTER_SECONDS = 30
+
+
+def _key_unavailable(what: str) -> HTTPException:
+    """The 503 of personal data that cannot be ``what`` (sealed, opened) now: the customer's
+    data key is under a master key this service was not given, or damaged. Not "the
+    database does not answer" (a transient failure's words, and a one-second retry: an
+    operator trial): the log names the key, an operator must act."""
+    return HTTPException(
+        503,
+        f"this customer's personal data cannot be {what} now: its data key needs a master key this"
+        " service does not have, or is damaged (the service's log says which; an operator must act);"
+        " retry after Retry-After seconds",
+        headers={"Retry-After": str(KEY_RETRY_AFTER_SECONDS)},
+    )
 
 
 def _view(row: Any, items: list[OrderItemView]) -> OrderView:

@@ -67,7 +67,7 @@ def configure(settings: Any) -> None:
     _admission["min_pending"] = int(settings.admission_min_pending)
     _commands["verifier"] = settings.token_verifier()
     _retry["policy"] = settings.retry_policy()
-    settings.keystore()  # every master key file readable and fit, or no start
+    _ = settings.keystore  # every master key file read, readable and fit, or no start
     masterkeys.WAKE.set()  # the rewrap job's first run follows at once
 
 

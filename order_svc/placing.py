@@ -48,7 +48,7 @@ from saga_kit import audit, deadlines, sql, tracing
 from saga_kit.audit import CallAudit
 from saga_kit.db import Database, UnitOfWork
 from saga_kit.errors import is_transient
-from saga_kit.personal_data import KeyStore, seal
+from saga_kit.personal_data import KeyStore, KeyUnavailable, seal
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +138,16 @@ async def place_orders(
     commands: Sequence[Placement],
     keystore: KeyStore | None = None,
     wanted: Callable[[], Sequence[bool]] | None = None,
-) -> list[Placed | IdempotencyKeyReused]:
+) -> list[Placed | IdempotencyKeyReused | KeyUnavailable]:
     """Place every command in one transaction; one result per command, in order: the
-    order (new, or the one its idempotency key placed before) or the 409 to answer.
-    Personal data is sealed with its customer's data key from ``keystore`` (required when
-    a command has any). ``wanted``, asked just before the last round trip (the writes
-    with ``COMMIT``), says per command whether its caller still waits; if one does not,
-    the transaction rolls back and ``Abandoned`` names them."""
-    results: list[Placed | IdempotencyKeyReused | None] = [None] * len(commands)
+    order (new, or the one its idempotency key placed before), the 409 to answer, or — a
+    command with personal data whose customer's data key cannot be had — its
+    ``KeyUnavailable`` (not placed; the others are). Personal data is sealed with its
+    customer's data key from ``keystore`` (required when a command has any). ``wanted``,
+    asked just before the last round trip (the writes with ``COMMIT``), says per command
+    whether its caller still waits; if one does not, the transaction rolls back and
+    ``Abandoned`` names them."""
+    results: list[Placed | IdempotencyKeyReused | KeyUnavailable | None] = [None] * len(commands)
     async with db.unit_of_work() as uow:
         keys = sorted({c.stored_key for c in commands if c.stored_key})
         known = await _orders_by_key(uow, keys)
@@ -159,16 +161,20 @@ async def place_orders(
             if key is not None:
                 first_of_key[key] = i
             fresh.append((i, uuid.uuid4(), now + command.deadline))
+        personal = [(i, oid) for i, oid, _ in fresh if commands[i].personal is not None]
+        sealed: dict[int, Sealed] = {}
+        if personal:
+            assert keystore is not None, "personal data without a key store"
+            data_keys = await keystore.keys_for(uow.conn, [commands[i].customer_id for i, _ in personal])
+            for i, oid in personal:
+                data, data_key = commands[i].personal, data_keys[commands[i].customer_id]
+                assert data is not None
+                if isinstance(data_key, KeyUnavailable):  # that customer's order alone is refused
+                    results[i] = data_key
+                else:
+                    sealed[i] = seal(data, data_key, oid)
+            fresh = [f for f in fresh if results[f[0]] is None]
         if fresh:
-            personal = [(i, oid) for i, oid, _ in fresh if commands[i].personal is not None]
-            sealed: dict[int, Sealed] = {}
-            if personal:
-                assert keystore is not None, "personal data without a key store"
-                data_keys = await keystore.keys_for(uow.conn, [commands[i].customer_id for i, _ in personal])
-                for i, oid in personal:
-                    data = commands[i].personal
-                    assert data is not None
-                    sealed[i] = seal(data, data_keys[commands[i].customer_id], oid)
             inserted = await _insert_orders(
                 uow, [(commands[i], oid, at, sealed.get(i)) for i, oid, at in fresh]
             )
@@ -196,6 +202,9 @@ async def place_orders(
             else:  # the same key earlier in this batch
                 j = first_of_key[key]
                 earlier = results[j]
+                if isinstance(earlier, KeyUnavailable):  # not placed: this one is not either
+                    results[i] = earlier
+                    continue
                 assert isinstance(earlier, Placed)
                 order_id, status, request_hash = earlier.order_id, earlier.status, commands[j].request_hash
             results[i] = (
@@ -302,7 +311,7 @@ async def place_order(
         tracing.current_traceparent(),
     )
     (result,) = await place_orders(db, [command])
-    if isinstance(result, IdempotencyKeyReused):
+    if isinstance(result, IdempotencyKeyReused | KeyUnavailable):
         raise result
     return result
 
@@ -401,7 +410,7 @@ class OrderDesk:
         for w, result in zip(batch, results, strict=True):
             if w.answer.done():
                 continue
-            if isinstance(result, IdempotencyKeyReused):
+            if isinstance(result, IdempotencyKeyReused | KeyUnavailable):
                 w.answer.set_exception(result)
             else:
                 w.answer.set_result(result)

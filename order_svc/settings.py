@@ -1,3 +1,5 @@
+from functools import cached_property
+
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -46,6 +48,9 @@ class Settings(ServiceSettings):
     #: How often the rewrap job looks for data keys not under the master key (seconds); it
     #: also runs once as the service starts.
     pii_rewrap_interval_seconds: float = Field(default=600.0, gt=0)
+    #: False: the rewrap job does nothing (order_svc.masterkeys: the first step of a
+    #: rotation across several instances).
+    pii_rewrap: bool = True
     #: Where the dashboard reads stock and balances from.
     inventory_url: str = "http://127.0.0.1:8002"
     payment_url: str = "http://127.0.0.1:8003"
@@ -54,9 +59,14 @@ class Settings(ServiceSettings):
         """``pii_previous_master_key_files`` as a list of paths."""
         return [p.strip() for p in self.pii_previous_master_key_files.split(",") if p.strip()]
 
+    @cached_property
     def keystore(self) -> KeyStore | None:
-        """The customers' data keys' store of these master keys (``MasterKeyError`` if a
-        file cannot serve); None without a master key."""
+        """The customers' data keys' store of these master keys, read once (``MasterKeyError``
+        if a file cannot serve); None without a master key. Once: the HTTP API and the
+        rewrap job use the keys the service started with (the job read the files again
+        each run, so files edited under a running service had it rewrap every data key with
+        a key its API did not have, and a key file destroyed before the restart was a
+        traceback each run: an operator trial)."""
         return load_keystore(
             self.pii_master_key_file,
             self.previous_master_key_files(),

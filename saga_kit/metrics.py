@@ -201,7 +201,11 @@ class _PlumbingCollector(Collector):
             yield gauge
         for metric, doc, attr in (
             ("saga_job_runs", "Completed runs of a scheduled job.", "runs"),
-            ("saga_job_items", "Rows a scheduled job acted on (cancelled, pruned).", "items"),
+            (
+                "saga_job_items",
+                "Rows a scheduled job acted on (orders cancelled, rows pruned, data keys rewrapped, …).",
+                "items",
+            ),
             ("saga_job_failures", "Failed runs of a scheduled job.", "failures"),
         ):
             family = CounterMetricFamily(metric, doc, labels=["service", "job"])

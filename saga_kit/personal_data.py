@@ -38,6 +38,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import secrets
 import uuid
@@ -57,6 +58,8 @@ from events.personal import PersonalData, Sealed
 from saga_kit.db import Database
 from saga_kit.errors import ConfigurationError, TransientError
 
+log = logging.getLogger(__name__)
+
 #: bytes of a data key and of the master key (AES-256)
 KEY_BYTES = 32
 _NONCE_BYTES = 12
@@ -74,13 +77,19 @@ class Unreadable(Exception):
     forgotten), or it was altered."""
 
 
-class MasterKeyUnavailable(TransientError):
+class KeyUnavailable(TransientError):
+    """A customer's live data key cannot be had: its customer's personal data can be
+    neither opened nor sealed until an operator acts (the log says which key and why).
+    Only that customer's: ``KeyStore.keys_for`` answers it per customer."""
+
+
+class MasterKeyUnavailable(KeyUnavailable):
     """A data key is wrapped with a master key this service was not given (a key file
     replaced instead of rotated, or an instance not yet given the new key in a rolling
     restart): the data is there, the service cannot open it until it has that key."""
 
 
-class DataKeyDamaged(TransientError):
+class DataKeyDamaged(KeyUnavailable):
     """A customer's live data key does not unwrap with the master key its row names: the
     row was altered (restore it from a backup). Nothing new can be sealed for that customer
     until then (a 503 over HTTP, the log naming the key), and what was sealed reads as
@@ -115,8 +124,15 @@ def load_keystore(path: str | None, previous: Sequence[str] = (), *, production:
                 " a previous key is only read to wrap again with the master key"
             )
         return None
-    olds = [load_master_key(p, production=production) for p in previous]
-    return KeyStore(current, [k for k in olds if k is not None and k.key_id != current.key_id])
+    olds: dict[str, MasterKey] = {}
+    for path in previous:
+        try:
+            old = load_master_key(path, production=production)
+        except MasterKeyError as exc:
+            raise MasterKeyError(f"ORDER_PII_PREVIOUS_MASTER_KEY_FILES: {exc}") from None
+        if old is not None and old.key_id != current.key_id:
+            olds.setdefault(old.key_id, old)  # a key given twice is one key
+    return KeyStore(current, list(olds.values()))
 
 
 def load_master_key(path: str | None, *, production: bool) -> MasterKey | None:
@@ -245,15 +261,20 @@ class KeyStore:
         """The data key of a ``customer_keys`` row (its ``wrapped_key`` and ``master_key_id``)."""
         return self._unwrap(row.master_key_id, bytes(row.wrapped_key))
 
-    async def keys_for(self, conn: AsyncConnection, customers: Iterable[str]) -> dict[str, DataKey]:
+    async def keys_for(
+        self, conn: AsyncConnection, customers: Iterable[str]
+    ) -> dict[str, DataKey | KeyUnavailable]:
         """Each customer's live data key, a new one made for a customer without (or whose
         keys were all destroyed). Concurrent callers agree: a key is unique per customer
         while live, and the loser of a race reads the winner's. A customer forgotten
         between the insert, which found its live key, and the read gets a new key too
         (the insert is tried again for it, at most ``_KEY_TRIES`` times in all); past
-        that, ``TransientError``. ``MasterKeyUnavailable`` for a live key under a master
-        key this service does not have, ``DataKeyDamaged`` for one that was altered."""
-        keys: dict[str, DataKey] = {}
+        that, ``TransientError``. A customer whose live key cannot be unwrapped has its
+        ``KeyUnavailable`` (``MasterKeyUnavailable``: under a master key this service does
+        not have; ``DataKeyDamaged``: altered) in place of a key: the others are not held
+        up by it (one such customer in a group of orders refused them all: an operator
+        trial)."""
+        keys: dict[str, DataKey | KeyUnavailable] = {}
         missing = sorted(set(customers))
         for _ in range(_KEY_TRIES):
             if not missing:
@@ -264,7 +285,9 @@ class KeyStore:
             raise TransientError("a customer's data key was destroyed each time one was taken")
         return keys
 
-    async def _live_or_new(self, conn: AsyncConnection, wanted: list[str]) -> dict[str, DataKey]:
+    async def _live_or_new(
+        self, conn: AsyncConnection, wanted: list[str]
+    ) -> dict[str, DataKey | KeyUnavailable]:
         """``keys_for``'s one try: a new key for each of ``wanted`` (sorted) without a live
         one, then the live keys read; a customer forgotten in between is left out."""
         fresh = {c: (uuid.uuid4(), secrets.token_bytes(KEY_BYTES)) for c in wanted}
@@ -289,7 +312,14 @@ class KeyStore:
             ),
             {"customers": wanted},
         )
-        return {r.customer_id: DataKey(r.key_id, self._unwrap_row(r)) for r in rows}
+        keys: dict[str, DataKey | KeyUnavailable] = {}
+        for row in rows:
+            try:
+                keys[row.customer_id] = DataKey(row.key_id, self._unwrap_row(row))
+            except KeyUnavailable as exc:
+                log.error("customer %s: %s", row.customer_id, exc)
+                keys[row.customer_id] = exc
+        return keys
 
     async def key(self, conn: AsyncConnection, key_id: uuid.UUID) -> DataKey | None:
         """The data key ``key_id`` if it still exists (None once destroyed);

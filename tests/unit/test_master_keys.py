@@ -58,8 +58,32 @@ def test_the_settings_read_previous_master_keys_as_a_comma_separated_list(
     monkeypatch.setenv("ORDER_PII_PREVIOUS_MASTER_KEY_FILES", f" {old}, ,{older} ")
     settings = Settings()
     assert settings.previous_master_key_files() == [str(old), str(older)]
-    store = settings.keystore()
+    store = settings.keystore
     assert store is not None and len(store.previous) == 2
     monkeypatch.setenv("ORDER_PII_PREVIOUS_MASTER_KEY_FILES", "")
-    store = Settings().keystore()
+    store = Settings().keystore
     assert store is not None and store.previous == ()
+
+
+def test_the_keys_are_read_once_and_a_previous_file_is_named_by_its_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator trial: the rewrap job read the key files again each run while the HTTP
+    API kept the keys it started with — files edited under a running service had the job
+    rewrap every data key with a key the API did not have, and a key file destroyed
+    before the restart was a traceback each run. A missing previous file said only "the
+    master key", and a key given twice was listed twice."""
+    old, new = _key_file(tmp_path / "old.json"), _key_file(tmp_path / "new.json")
+    monkeypatch.setenv("ORDER_DATABASE_URL", "postgresql+psycopg://u@127.0.0.1/orders")
+    monkeypatch.setenv("ORDER_PII_MASTER_KEY_FILE", str(new))
+    monkeypatch.setenv("ORDER_PII_PREVIOUS_MASTER_KEY_FILES", f"{old},{old}")
+    settings = Settings()
+    first = settings.keystore
+    assert first is not None and len(first.previous) == 1
+    ids = first.current.key_id, first.previous[0].key_id
+    _key_file(new)  # edited under the running service
+    old.unlink()  # destroyed before the restart
+    again = settings.keystore
+    assert again is first and (again.current.key_id, again.previous[0].key_id) == ids
+    with pytest.raises(MasterKeyError, match=r"^ORDER_PII_PREVIOUS_MASTER_KEY_FILES: cannot read"):
+        load_keystore(str(new), [str(old)], production=False)
