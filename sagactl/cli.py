@@ -92,6 +92,8 @@ UNBOUNDED = 100_000
 REFUSED, USAGE, UNREACHABLE, IN_DOUBT = 1, 2, 3, 4
 #: httpx's errors before a request left: nothing was sent, nothing done.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+#: Seconds a call waits to connect, and then for each part of the answer.
+HTTP_TIMEOUT = 10.0
 
 
 class LetterStatus(StrEnum):
@@ -157,7 +159,7 @@ class Urls:
         a client (its TLS context, its connection) made per call cost ~0.2 s of CPU each."""
         with self._making_client:  # one, whichever of the threads asking every service asks first
             if self._client is None:
-                self._client = httpx.Client(timeout=10.0, headers=self.headers)
+                self._client = httpx.Client(timeout=HTTP_TIMEOUT, headers=self.headers)
             return self._client
 
     def close(self) -> None:
@@ -278,18 +280,13 @@ def _send(ctx: typer.Context, service: str, method: str, path: str, **kwargs: An
     base = _urls(ctx).of(service)
     try:
         return _urls(ctx).client.request(method, base + path, **kwargs)
-    except _NOT_SENT as exc:
-        raise _Missing("unreachable", _unreachable(service, base, exc)) from None
     except httpx.HTTPError as exc:
-        why = f"{str(exc) or type(exc).__name__}"
-        if method in ("GET", "HEAD"):
-            raise _Missing(
-                "unreachable", f"the {service} service at {base} did not answer {method} {path}: {why}"
-            ) from None
+        if isinstance(exc, _NOT_SENT) or method in ("GET", "HEAD"):
+            raise _Missing("unreachable", _unreachable(service, base, exc, f"{method} {path}")) from None
         raise _Missing(
             "in_doubt",
-            f"the {service} service at {base} took {method} {path} and did not answer ({why}):"
-            " it may have been carried out",
+            f"the {service} service at {base} took {method} {path} and did not answer"
+            f"{_unanswered(exc)}: it may have been carried out",
         ) from None
 
 
@@ -389,12 +386,27 @@ class _EachService(Generic[T]):
             raise typer.Exit(UNREACHABLE if self.unreachable and not failed else REFUSED)
 
 
-def _unreachable(service: str, base: str, exc: Exception) -> str:
+def _unreachable(service: str, base: str, exc: Exception, request: str = "") -> str:
+    """Why service gave no answer, as one sentence: "cannot reach" (and where to look)
+    only if nothing was sent; one that took the connection "did not answer" (``request``,
+    e.g. ``GET /orders``, if given): an attack trial froze a service and was told it could
+    not be reached, "is the system running?"."""
+    if not isinstance(exc, _NOT_SENT):
+        asked = f" {request}" if request else ""
+        return f"the {service} service at {base} did not answer{asked}{_unanswered(exc)}"
     return (
         f"cannot reach the {service} service at {base}: {str(exc) or type(exc).__name__}"
         f" (is the system running? 'make run' starts it; --{service}-url or"
         f" SAGACTL_{service.upper()}_URL points elsewhere)"
     )
+
+
+def _unanswered(exc: Exception) -> str:
+    """How a service that took a request failed to answer, as the end of "did not answer…":
+    " within 10 s", or what broke (the connection closed without an answer)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return f" within {HTTP_TIMEOUT:g} s"
+    return f": {str(exc) or type(exc).__name__}"
 
 
 #: Where a token comes from, as an error that wants one says it.
@@ -1288,8 +1300,9 @@ def tail(
             resume = {"Last-Event-ID": last_id} if last_id else {}
             params = {"after": 0} if from_start and not last_id else {}
             try:
+                stream_timeout = httpx.Timeout(HTTP_TIMEOUT, read=None)
                 with (
-                    httpx.Client(headers=_urls(ctx).headers, timeout=httpx.Timeout(10.0, read=None)) as http,
+                    httpx.Client(headers=_urls(ctx).headers, timeout=stream_timeout) as http,
                     connect_sse(http, "GET", url, params=params, headers=resume) as source,
                 ):
                     if source.response.is_error:
@@ -1317,7 +1330,8 @@ def tail(
                             return
             except httpx.HTTPError as exc:
                 if not connected:  # never reached it: nothing to resume
-                    _fail(_unreachable("order", _urls(ctx).order, exc), UNREACHABLE)
+                    asked = "GET /saga-events/stream"
+                    _fail(_unreachable("order", _urls(ctx).order, exc, asked), UNREACHABLE)
                 errors.print(f"the event stream broke ({exc or type(exc).__name__}); resuming", style="dim")
                 time.sleep(1.0)
                 continue

@@ -936,3 +936,48 @@ def test_tail_shows_whatever_the_stream_sends_without_driving_the_terminal(
     assert "\x1b" not in shown and "\x07" not in shown, shown
     assert "(not a saga event)" in shown and "OrderCreated\\x1b[2J" in shown  # text
     assert '"event_type": "OrderCreated\\u001b[2J"' in shown and '{"not_json": "not json \\\\x1b' in shown
+
+
+def test_a_service_that_took_the_call_and_timed_out_did_not_answer_within_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An attack trial froze a service (SIGSTOP): forget and dlq replay were "cannot reach
+    … timed out (is the system running?)", exit 3, and both were carried out when it woke.
+    A read that times out was sent: a forget or a replay is in doubt (exit 4) "within N s",
+    how to learn its outcome beside it; a GET says it did not answer, not that it could
+    not be reached."""
+    import sagactl.cli
+    from sagactl.cli import IN_DOUBT, UNREACHABLE
+
+    monkeypatch.setattr(sagactl.cli, "HTTP_TIMEOUT", 0.3)
+    with JsonServer(b"{}", delay=1.0) as frozen:
+        urls = ["--order-url", frozen.base]
+        forget = CliRunner().invoke(app, [*urls, "forget", "alice"])
+        replay = CliRunner().invoke(app, [*urls, "dlq", "replay", "order", "1"])
+        read = CliRunner().invoke(app, [*urls, "orders"])
+    for result, then in [
+        (forget, "forgetting again is safe: sagactl forget alice"),
+        (replay, "see whether it was: sagactl dlq show order 1"),
+    ]:
+        said = " ".join(result.stderr.split())
+        assert result.exit_code == IN_DOUBT, said
+        assert "did not answer within 0.3 s: it may have been carried out" in said and then in said, said
+        assert "cannot reach" not in said and "is the system running" not in said, said
+    said = " ".join(read.stderr.split())
+    assert read.exit_code == UNREACHABLE, said
+    assert said.endswith("did not answer GET /orders within 0.3 s"), said
+
+
+@pytest.mark.parametrize("command", [["health", "-o", "json"], ["tail"]], ids=["health", "tail"])
+def test_a_service_that_took_the_connection_is_not_one_that_cannot_be_reached(command: list[str]) -> None:
+    """health and tail said "cannot reach … (is the system running?)" of a service that
+    took the request and closed without an answer (or, frozen, did not answer): it did
+    not answer. Exit 3 still: it is a read, harmless to ask again."""
+    with JsonServer(b"{}", hangup=True) as gone:
+        urls = [f"--{name}-url={gone.base}" for name in ("order", "inventory", "payment")]
+        result = CliRunner().invoke(app, [*urls, *command])
+    said = result.stderr if command == ["tail"] else json.loads(result.stdout)["order"]["error"]
+    said = " ".join(said.split())
+    assert result.exit_code == 3, said
+    assert said.startswith(f"the order service at {gone.base} did not answer"), said
+    assert "cannot reach" not in said and "is the system running" not in said, said
