@@ -77,6 +77,10 @@ def _service(service: ServiceName) -> Service:
 ServiceInPath = Annotated[Service, Depends(_service)]
 
 
+#: Seconds the dashboard waits to reach another service, and then for each part of its answer.
+PROXY_TIMEOUT = 5.0
+
+
 async def _call(
     request: Request, service: Service, method: str, path: str, **params: str | int
 ) -> httpx.Response:
@@ -84,7 +88,7 @@ async def _call(
     the place for what every such request needs. The order service asks itself in process
     (it needs no URL of itself; named 127.0.0.1, as the Host allow-list applies to it like
     to any request); the others at ``ORDER_INVENTORY_URL`` and ``ORDER_PAYMENT_URL``, with a
-    5 s timeout. Any answer is returned, errors included; raises ``httpx.HTTPError`` when
+    timeout of ``PROXY_TIMEOUT``. Any answer is returned, errors included; raises ``httpx.HTTPError`` when
     there is none."""
     settings = request.app.state.settings
     assert isinstance(settings, Settings)
@@ -97,7 +101,7 @@ async def _call(
         )
     else:
         url = settings.inventory_url if service == "inventory_svc" else settings.payment_url
-        client = httpx.AsyncClient(base_url=url, timeout=5.0, headers=headers)
+        client = httpx.AsyncClient(base_url=url, timeout=PROXY_TIMEOUT, headers=headers)
     async with client:
         return await client.request(method, path, params=params)
 
@@ -114,10 +118,11 @@ async def _proxy(request: Request, service: Service, method: str, path: str, **p
     try:
         response = await _call(request, service, method, path, **params)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:  # nothing sent
-        raise HTTPException(502, f"{service} did not answer: {_why(exc)}") from None
+        raise HTTPException(502, f"{service} could not be reached: {_why(exc)}") from None
     except httpx.HTTPError as exc:
         doubt = "" if method == "GET" else " (it may have been carried out: look before trying again)"
-        said = f"{service} took the request and did not answer: {_why(exc)}{doubt}"
+        late = f" within {PROXY_TIMEOUT:g} s" if isinstance(exc, httpx.TimeoutException) else f": {_why(exc)}"
+        said = f"{service} took the request and did not answer{late}{doubt}"
         raise HTTPException(504, said) from None
     if response.status_code == 503:  # whatever its body: the retry signal is what counts
         raise upstream_unavailable(service, response.headers.get("retry-after"))

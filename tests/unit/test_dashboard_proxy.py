@@ -32,7 +32,8 @@ def client(behind: str = NOWHERE) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
 
 
-async def test_a_service_that_does_not_answer_is_a_502_that_names_it() -> None:
+async def test_a_service_that_cannot_be_reached_is_a_502_that_names_it() -> None:
+    """Nothing was sent: "could not be reached", not the 504's "did not answer"."""
     async with client() as http:
         answers = {
             "inventory_svc": await http.get("/dashboard/api/dead-letters/inventory_svc"),
@@ -44,8 +45,9 @@ async def test_a_service_that_does_not_answer_is_a_502_that_names_it() -> None:
         assert answer.status_code == 502, answer.text
         body = answer.json()
         assert body["reason"] == "bad_gateway"
-        assert body["detail"].startswith(f"{service} did not answer: ConnectError"), body
-    assert stock.status_code == 502 and stock.json()["detail"].startswith("inventory_svc did not answer")
+        assert body["detail"].startswith(f"{service} could not be reached: ConnectError"), body
+    assert stock.status_code == 502
+    assert stock.json()["detail"].startswith("inventory_svc could not be reached"), stock.text
     assert unknown.status_code == 422  # only the three services are proxied
 
 
@@ -60,7 +62,7 @@ async def test_a_dead_letter_route_takes_a_service_by_its_short_name_too() -> No
         unknown = await http.get("/dashboard/api/dead-letters/shipping")
     for service, answer in answers.items():  # asked of the service named, which is away here
         assert answer.status_code == 502, answer.text
-        assert answer.json()["detail"].startswith(f"{service} did not answer"), answer.text
+        assert answer.json()["detail"].startswith(f"{service} could not be reached"), answer.text
     assert unknown.status_code == 422
     (problem,) = unknown.json()["detail"]
     assert problem["loc"] == ["path", "service"]
@@ -131,3 +133,22 @@ async def test_a_service_that_took_the_request_and_did_not_answer_is_a_504() -> 
     assert replay.json()["detail"].startswith("inventory_svc took the request and did not answer")
     assert "it may have been carried out" in replay.json()["detail"]
     assert listing.status_code == 504 and "carried out" not in listing.json()["detail"]
+
+
+async def test_a_service_that_took_the_request_and_timed_out_is_a_504_saying_how_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A frozen service (an attack trial: SIGSTOP) takes the connection and answers
+    nothing: a 504 that says how long the dashboard waited and that a discard may have
+    been carried out, not "ReadTimeout" alone."""
+    import order_svc.dashboard_api
+
+    monkeypatch.setattr(order_svc.dashboard_api, "PROXY_TIMEOUT", 0.3)
+    with JsonServer(b"{}", delay=1.0) as frozen:
+        async with client(frozen.base) as http:
+            discard = await http.post("/dashboard/api/dead-letters/payment/2/discard")
+    assert discard.status_code == 504, discard.text
+    assert discard.json()["detail"] == (
+        "payment_svc took the request and did not answer within 0.3 s"
+        " (it may have been carried out: look before trying again)"
+    )
