@@ -530,7 +530,9 @@ async function letterAction(service, id, action) {
       ? `replayed: ${service} processed it again (${answer.outcome}); the letter is ${answer.status}`
       : `discarded: the letter is ${answer.status}`;
   } catch (err) {
-    text = `${action} refused: ${err.message}`;
+    // a 504: the service took it and did not answer; it may have been carried out (the
+    // detail says so), which "refused" would deny
+    text = `${action} ${err.status === 504 ? "not answered" : "refused"}: ${err.message}`;
   }
   state.letterResult = { service, id, text };
   await Promise.all([showLetter(service, id), loadDeadLetters()]);

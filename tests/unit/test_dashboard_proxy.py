@@ -3,11 +3,15 @@ answer is a 502 naming it, in the body every error has; readiness says ``unreach
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import pytest
 
+import order_svc
 from order_svc.app import SPEC
 from order_svc.settings import Settings
 from saga_kit.service import http_app
@@ -152,3 +156,26 @@ async def test_a_service_that_took_the_request_and_timed_out_is_a_504_saying_how
         "payment_svc took the request and did not answer within 0.3 s"
         " (it may have been carried out: look before trying again)"
     )
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node runs the dashboard's script")
+@pytest.mark.parametrize(
+    ("status", "shown"), [(504, "replay not answered: it may have"), (409, "replay refused: it may have")]
+)
+def test_the_page_does_not_call_an_unanswered_replay_refused(status: int, shown: str) -> None:
+    """The dashboard showed a 504's detail ("… may have been carried out") after "replay
+    refused:", which said it was not. Its letterAction, run by node with what it calls
+    stubbed, shows a 504 as not answered and any other error as refused."""
+    script = (Path(order_svc.__file__).parent / "dashboard" / "app.js").read_text()
+    start = script.index("async function letterAction(")
+    action = script[start : script.index("\n}\n", start) + 2]
+    harness = f"""
+const state = {{}};
+const letterUrl = () => "/x";
+const showLetter = async () => {{}}, loadDeadLetters = async () => {{}};
+async function getJSON() {{ const e = new Error("it may have"); e.status = {status}; throw e; }}
+{action}
+letterAction("inventory", 2, "replay").then(() => console.log(state.letterResult.text));
+"""
+    ran = subprocess.run(["node", "-e", harness], capture_output=True, text=True, timeout=30, check=True)
+    assert ran.stdout.strip() == shown, ran
