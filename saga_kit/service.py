@@ -27,7 +27,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sse_starlette.sse import AppStatus
 from starlette.types import ASGIApp
 
-from events.topics import DOMAIN_TOPICS, dead_letter_topic
 from saga_kit import audit, consumer_api, deadletters, heap, logs, metrics, signing, tracing
 from saga_kit.consumer import ConsumerPipeline, HandlerErrorLimit, Subscription
 from saga_kit.db import Database, EmitHook, create_engine
@@ -35,6 +34,7 @@ from saga_kit.errors import ConfigurationError, is_transient, is_transient_kafka
 from saga_kit.faust_app import build_faust_app
 from saga_kit.http import Check, create_app, server_options
 from saga_kit.kafka import broker_ping, cluster_id, create_producer, ensure_topics, find_group_coordinator
+from saga_kit.kafka_acls import topics_used
 from saga_kit.kafka_security import KafkaSecurity
 from saga_kit.migrations import PLUMBING, Migration, migrate
 from saga_kit.outbox import OutboxRelay, on_broker
@@ -313,7 +313,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             "broker",
             lambda: ensure_topics(
                 settings.kafka_bootstrap_servers,
-                [*dict.fromkeys([*DOMAIN_TOPICS, *spec.subscription.topics]), dead_letter_topic(spec.name)],
+                topics_used(spec.name, spec.subscription.topics),
                 partitions=settings.topic_partitions,
                 replication=settings.topic_replication,
                 security=kafka_security,

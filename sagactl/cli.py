@@ -24,6 +24,7 @@ KAFKA_SSL_CAFILE, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD_FILE …
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -1003,7 +1004,7 @@ def _produce(
     except KafkaSecurityError as exc:
         _fail(f"cannot connect to Kafka: {exc}", USAGE)
 
-    from aiokafka.errors import MessageSizeTooLargeError
+    from aiokafka.errors import MessageSizeTooLargeError, TopicAuthorizationFailedError
 
     async def send() -> tuple[int, int]:
         producer = AIOKafkaProducer(
@@ -1013,6 +1014,12 @@ def _produce(
             await producer.start()
             # a broker that makes a topic on first use (Tansu) took a misspelt one as new
             known = (await producer.client.fetch_all_metadata()).topics()
+            if topic not in known and security.sasl:  # a broker shows a user only what it may describe
+                _fail(
+                    f"the broker shows Kafka user {security.sasl_username!r} no topic {topic!r}: there is"
+                    " none, or its ACLs do not let it see that one; it may see:"
+                    f" {', '.join(sorted(known)) or 'none'}"
+                )
             if topic not in known:
                 _fail(f"the broker has no topic {topic!r}; it has: {', '.join(sorted(known)) or 'none'}")
             sent = await producer.send_and_wait(topic, value, key=key, headers=headers or None)
@@ -1026,6 +1033,11 @@ def _produce(
         return asyncio.run(send())
     except typer.Exit:  # said already (no such topic)
         raise
+    except TopicAuthorizationFailedError:  # the broker's ACLs: this user may see the topic, not write it
+        _fail(
+            f"the broker refused: Kafka user {security.sasl_username!r} may not write to {topic!r}"
+            " (its ACLs; a client that sends commands may write orders.commands only)"
+        )
     except MessageSizeTooLargeError:  # the client's own limit, checked before sending
         _fail(
             f"the record ({len(value or b'')} bytes of body) is larger than the Kafka client sends (1 MB)",
@@ -1519,6 +1531,45 @@ def _readiness_body(response: httpx.Response) -> dict[str, Any] | None:
 
 #: The longest life ``sagactl token`` gives a development token, in seconds: a year.
 MAX_TOKEN_TTL = 366 * 86_400
+
+
+@app.command("kafka-acls")
+def kafka_acls_command(
+    commands: Annotated[
+        bool,
+        typer.Option(
+            "--commands",
+            help="print them as kafka-acls.sh commands (set KAFKA_BOOTSTRAP and KAFKA_ADMIN_CONFIG first)",
+        ),
+    ] = False,
+    output: OutputOpt = Output.text,
+) -> None:
+    """The Kafka ACLs each user of the system needs, and no more: each service its own
+    topics to write, its subscriptions to read and its consumer group; a command sender
+    orders.commands. Derived from the code (saga_kit.kafka_acls); with --commands, as
+    Kafka's own tool applies them, connected as an administrator."""
+    import shlex
+
+    from saga_kit import kafka_acls
+
+    acls = kafka_acls.plan()
+    if commands:
+        for args in kafka_acls.acl_command_args(acls):
+            given = shlex.join(args)
+            connect = '--bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG"'
+            print(f"kafka-acls.sh {connect} {given}")
+        return
+
+    def table() -> RenderableType:
+        t = Table(_fixed("principal"), _fixed("resource"), _fixed("name"), _free("operations"))
+        granted: dict[tuple[str, str, str], list[str]] = {}
+        for acl in acls:
+            granted.setdefault((acl.principal, acl.resource_type, acl.resource), []).append(acl.operation)
+        for (principal, resource_type, name), operations in granted.items():
+            t.add_row(principal, resource_type, name, ", ".join(operations))
+        return t
+
+    _emit(output, [dataclasses.asdict(acl) for acl in acls], table)
 
 
 @app.command("token")

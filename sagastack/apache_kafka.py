@@ -25,14 +25,19 @@ instead — TLS with a certificate from a development CA (``sagastack/dev_certs.
 ``ssl.keystore.type=PEM``) and SASL/SCRAM (``SCRAM-SHA-256`` and ``SCRAM-SHA-512``) for
 the user :data:`SASL_USER`, whose credentials are written into the metadata log when
 storage is formatted (``format --add-scram``, KRaft 3.5+; the password is on that
-short-lived tool's command line, acceptable for a development broker only). Brokers talk to each other
-and to the controllers over ``PLAINTEXT`` listeners on 127.0.0.1 (``INTERNAL`` on a port
-of its own, ``CONTROLLER``), which clients are never told about. What a client needs is
-``client_security`` (``saga_kit.kafka_security``) or, for a child process,
-``client_env()``; the files are under ``run_dir``:
+short-lived tool's command line, acceptable for a development broker only), and for each
+of ``sasl_users`` (the services, a command sender). The broker authorizes every request
+(KRaft's ``StandardAuthorizer``): :data:`SASL_USER` is a super user, as is ``ANONYMOUS``
+(the brokers and controllers themselves); any other user may do only what ``grant``
+allowed it (``saga_kit.kafka_acls``). Brokers talk to each other and to the controllers
+over ``PLAINTEXT`` listeners on 127.0.0.1 (``INTERNAL`` on a port of its own,
+``CONTROLLER``), which clients are never told about — a development broker's shortcut:
+a process on the same host could connect there as ``ANONYMOUS``. What a client needs is
+``client_security(user)`` (``saga_kit.kafka_security``) or, for a child process,
+``client_env(user)``; the files are under ``run_dir``:
 
     tls/ca.pem, tls/server.pem    the CA clients trust; the broker's key and chain
-    sasl/<user>.password          the user's password (0600, kept with the data)
+    sasl/<user>.password          each user's password (0600, kept with the data)
 
 Settings: one node has replication factor 1 everywhere (``__consumer_offsets`` and the
 transaction log too, which a consumer group and an idempotent producer need), three
@@ -54,12 +59,14 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaClient
 from aiokafka.structs import TopicPartition
 
+from saga_kit.kafka_acls import Acl, acl_command_args
 from saga_kit.kafka_security import KafkaSecurity, ScramMechanism
 from sagastack import kafka_dist
 from sagastack.dev_certs import write_dev_tls
@@ -76,7 +83,8 @@ BROKER_JVM = (
     "-XX:+ExitOnOutOfMemoryError",
     "-Djava.awt.headless=true",
 )
-#: The SCRAM user of a ``sasl_ssl`` broker, and the mechanisms its listener offers.
+#: The administrator (a super user) of a ``sasl_ssl`` broker, and the SCRAM mechanisms its
+#: listener offers.
 SASL_USER = "saga"
 SCRAM_MECHANISMS: tuple[ScramMechanism, ...] = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -116,6 +124,15 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _finished(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """``proc``'s exit code, killed first if it has not exited within ``timeout`` seconds."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 class KafkaStartError(RuntimeError):
@@ -166,8 +183,9 @@ class ApacheKafka:
 
     ``port`` is node 1's client port (0: a free one); every other port is free. ``log_dir``
     receives ``kafka-<n>.log`` (default: ``run_dir``). ``fresh`` deletes existing data
-    first. Node ids are 1..``nodes``. ``sasl_ssl``: the client listener is SASL_SSL (module
-    doc); clients connect with ``client_security``.
+    first. Node ids are 1..``nodes``. ``sasl_ssl``: the client listener is SASL_SSL, the
+    broker authorizes every request, and ``sasl_users`` are SCRAM users besides
+    :data:`SASL_USER` (module doc); clients connect with ``client_security(user)``.
     """
 
     def __init__(
@@ -181,6 +199,7 @@ class ApacheKafka:
         fresh: bool = False,
         ready_timeout: float = 120.0,
         sasl_ssl: bool = False,
+        sasl_users: tuple[str, ...] = (),
     ) -> None:
         if nodes not in (1, 3):
             raise ValueError("nodes must be 1 (one combined node) or 3 (a cluster)")
@@ -190,6 +209,7 @@ class ApacheKafka:
         self.fresh = fresh
         self.ready_timeout = ready_timeout
         self.sasl_ssl = sasl_ssl
+        self.users = tuple(dict.fromkeys((SASL_USER, *sasl_users)))
         self.lib: Path | None = None
         self.nodes: dict[int, Node] = {}
         for node_id in range(1, nodes + 1):
@@ -214,39 +234,80 @@ class ApacheKafka:
         chains to."""
         return self.run_dir / "tls" / "ca.pem"
 
+    def password_file_of(self, user: str = SASL_USER) -> Path:
+        """The file holding ``user``'s password (``sasl_ssl``)."""
+        if user not in self.users:
+            raise ValueError(f"no SCRAM user {user!r} on this broker: it has {', '.join(self.users)}")
+        return self.run_dir / "sasl" / f"{user}.password"
+
     @property
     def password_file(self) -> Path:
         """The file holding :data:`SASL_USER`'s password (``sasl_ssl``)."""
-        return self.run_dir / "sasl" / f"{SASL_USER}.password"
+        return self.password_file_of(SASL_USER)
 
-    @property
-    def client_security(self) -> KafkaSecurity:
+    def client_security_of(self, user: str = SASL_USER) -> KafkaSecurity:
         """How a client connects to the client listener: ``PLAINTEXT``, or ``SASL_SSL`` as
-        :data:`SASL_USER` with ``SCRAM-SHA-512``, trusting :attr:`ca_file` (after
-        ``start``)."""
+        ``user`` with ``SCRAM-SHA-512``, trusting :attr:`ca_file` (after ``start``)."""
         if not self.sasl_ssl:
             return KafkaSecurity()
         return KafkaSecurity(
             protocol="SASL_SSL",
             ssl_cafile=str(self.ca_file),
             sasl_mechanism="SCRAM-SHA-512",
-            sasl_username=SASL_USER,
-            sasl_password=self.password_file.read_text(),
+            sasl_username=user,
+            sasl_password=self.password_file_of(user).read_text(),
         )
 
-    def client_env(self) -> dict[str, str]:
-        """``client_security`` as the environment of a service (``KAFKA_SECURITY_PROTOCOL``,
-        …), the password passed as a file (``KAFKA_SASL_PASSWORD_FILE``); empty without
-        ``sasl_ssl``."""
+    @property
+    def client_security(self) -> KafkaSecurity:
+        """``client_security_of`` the administrator, :data:`SASL_USER`."""
+        return self.client_security_of(SASL_USER)
+
+    def client_env(self, user: str = SASL_USER) -> dict[str, str]:
+        """``client_security_of(user)`` as the environment of a child process
+        (``KAFKA_SECURITY_PROTOCOL``, …), the password passed as a file
+        (``KAFKA_SASL_PASSWORD_FILE``); empty without ``sasl_ssl``."""
         if not self.sasl_ssl:
             return {}
         return {
             "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
             "KAFKA_SSL_CAFILE": str(self.ca_file),
             "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-            "KAFKA_SASL_USERNAME": SASL_USER,
-            "KAFKA_SASL_PASSWORD_FILE": str(self.password_file),
+            "KAFKA_SASL_USERNAME": user,
+            "KAFKA_SASL_PASSWORD_FILE": str(self.password_file_of(user)),
         }
+
+    def grant(self, acls: Iterable[Acl]) -> None:
+        """Add ``acls`` (``saga_kit.kafka_acls``) with Kafka's own ``kafka-acls`` tool
+        (``org.apache.kafka.tools.AclCommand``), one run per resource group at once, over
+        node 1's ``INTERNAL`` listener (its ``ANONYMOUS`` is a super user). Adding an ACL
+        already there changes nothing. Raises ``KafkaStartError`` with the tool's output if
+        one fails; ``ValueError`` without ``sasl_ssl`` (no authorizer to grant to)."""
+        if not self.sasl_ssl:
+            raise ValueError("this broker authorizes nothing (sasl_ssl=False): there is no ACL to grant")
+        node = self.nodes[1]
+        running = []
+        for number, args in enumerate(acl_command_args(acls)):
+            command = self._java(
+                TOOL_JVM,
+                "org.apache.kafka.tools.AclCommand",
+                "--bootstrap-server",
+                node.plaintext_bootstrap,
+                *args,
+            )
+            out_path = self.run_dir / f"acls-{number}.log"
+            with open(out_path, "wb") as out:
+                proc = subprocess.Popen(
+                    command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                )
+            running.append((args, proc, out_path))
+        failures = [
+            f"kafka-acls {' '.join(args)} (exit {code}): {out_path.read_text(errors='replace')[-2000:]}"
+            for args, proc, out_path in running
+            if (code := _finished(proc, 120)) != 0
+        ]
+        if failures:
+            raise KafkaStartError("granting ACLs failed:\n" + "\n".join(failures))
 
     @property
     def proc(self) -> subprocess.Popen[bytes] | None:
@@ -279,7 +340,7 @@ class ApacheKafka:
         if self.fresh:
             for node in self.nodes.values():
                 shutil.rmtree(node.dir, ignore_errors=True)
-            shutil.rmtree(self.password_file.parent, ignore_errors=True)
+            shutil.rmtree(self.run_dir / "sasl", ignore_errors=True)
         if self.sasl_ssl:
             self._prepare_sasl_ssl()
         (self.run_dir / "log4j2.properties").write_text(LOG4J2)
@@ -320,21 +381,25 @@ class ApacheKafka:
     stop_all = stop
 
     def _prepare_sasl_ssl(self) -> None:
-        """A new development CA and broker certificate; the user's password, made once and
-        kept with the data (the formatted metadata log holds its SCRAM credentials)."""
+        """A new development CA and broker certificate; each user's password, made once and
+        kept with the data (the formatted metadata log holds their SCRAM credentials)."""
         write_dev_tls(self.run_dir / "tls")
-        if self.password_file.exists():
+        missing = [
+            self.password_file_of(user) for user in self.users if not self.password_file_of(user).exists()
+        ]
+        if not missing:
             return
         formatted = [n.node_id for n in self.nodes.values() if (n.data_dir / "meta.properties").exists()]
         if formatted:
             raise KafkaStartError(
-                f"nodes {formatted} were formatted without SCRAM credentials (no {self.password_file});"
-                " start with fresh data to use sasl_ssl"
+                f"nodes {formatted} were formatted without these SCRAM users' credentials"
+                f" (no {', '.join(p.name for p in missing)}); start with fresh data to use sasl_ssl"
             )
-        self.password_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(24))
+        for path in missing:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(24))
 
     def kill(self, node_id: int) -> None:
         """SIGKILL one node (a crash: no controlled shutdown, data as it was on disk)."""
@@ -570,6 +635,10 @@ class ApacheKafka:
             },
             "ssl.keystore.type": "PEM",
             "ssl.keystore.location": self.run_dir / "tls" / "server.pem",
+            # every request authorized; what no ACL allows is refused (Kafka's default)
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": f"User:{SASL_USER};User:ANONYMOUS",
         }
 
     def _java(self, jvm: tuple[str, ...], main: str, *args: str) -> list[str]:
@@ -597,10 +666,11 @@ class ApacheKafka:
             command = self._java(
                 TOOL_JVM, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(node.properties)
             )
-            if self.sasl_ssl:  # the user's SCRAM credentials, in the metadata log from the start
-                password = self.password_file.read_text()
-                for mechanism in SCRAM_MECHANISMS:
-                    command += ["--add-scram", f"{mechanism}=[name={SASL_USER},password={password}]"]
+            if self.sasl_ssl:  # the users' SCRAM credentials, in the metadata log from the start
+                for user in self.users:
+                    password = self.password_file_of(user).read_text()
+                    for mechanism in SCRAM_MECHANISMS:
+                        command += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
             with open(out_path, "wb") as out:
                 proc = subprocess.Popen(
                     command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -608,11 +678,7 @@ class ApacheKafka:
             running.append((node, proc, out_path))
         failures = []
         for node, proc, out_path in running:
-            try:
-                code = proc.wait(120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
+            code = _finished(proc, 120)
             if code != 0:
                 output = out_path.read_text(errors="replace")[-2000:]
                 failures.append(f"node {node.node_id} (exit {code}): {output}")

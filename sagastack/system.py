@@ -23,11 +23,12 @@ The embedded broker is one of two (``System.broker_kind``, or ``SAGA_BROKER``):
   (``KAFKA_IDEMPOTENT_PRODUCER=true``) and replicated topics
   (``KAFKA_TOPIC_REPLICATION`` = 3 on the cluster). ``make run`` and ``make demo``
   use it when asked (``BROKER=kafka``; ``choose_broker``). With ``kafka_sasl_ssl`` its
-  client listener is SASL_SSL (TLS + SCRAM) and the services are told how to connect
-  (``KAFKA_SECURITY_PROTOCOL``, …; ``ApacheKafka.client_env``).
+  client listener is SASL_SSL (TLS + SCRAM), each service connects as its own user, allowed
+  only what its code does (``saga_kit.kafka_acls``, granted as the broker starts), and is
+  told how (``KAFKA_SECURITY_PROTOCOL``, …; ``ApacheKafka.client_env``).
 
 Every Kafka client the supervisor opens itself (``publish``, the chaos run) connects as
-``System.kafka_security`` says: the embedded broker's, or, with an external broker, the
+``System.kafka_security`` says: the embedded broker's administrator, or, with an external broker, the
 ``KAFKA_SECURITY_*`` settings of the environment (``saga_kit.kafka_security``), which the
 services inherit.
 """
@@ -51,13 +52,14 @@ from typing import Any, Literal
 import httpx
 
 from events.values import printable
+from saga_kit import kafka_acls
 from saga_kit.auth import DevIssuer, Role, write_dev_issuer
 from saga_kit.headers import Headers
 from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurity
 from saga_kit.personal_data import write_dev_master_key
 from saga_kit.signing import Signer, load_signer, write_dev_keys
 from sagastack import kafka_dist
-from sagastack.apache_kafka import ApacheKafka
+from sagastack.apache_kafka import SASL_USER, ApacheKafka
 from sagastack.client import SagaClient
 from sagastack.embedded import (
     DATABASES,
@@ -439,25 +441,29 @@ class System:
                 pid_file=self.pids,  # records kafka-<n> at every (re)start of a node
                 fresh=self.fresh,
                 sasl_ssl=self.kafka_sasl_ssl,
+                sasl_users=(*SERVICES, kafka_acls.COMMAND_SENDER) if self.kafka_sasl_ssl else (),
             )
             self.broker = kafka
             kafka.start()
+            if self.kafka_sasl_ssl:  # each service its own user, allowed only what it does
+                kafka.grant(kafka_acls.plan())
             self.kafka_security = kafka.client_security
         else:
             self.broker = Tansu(port, self.run_dir / "logs" / "tansu.log", pid_file=self.pids)
             self.broker.start()  # recorded as it is spawned, forgotten as it stops
         self.bootstrap = self.broker.bootstrap
 
-    def broker_env(self) -> dict[str, str]:
+    def broker_env(self, user: str = SASL_USER) -> dict[str, str]:
         """What the services are told about the broker System started: on Apache Kafka,
-        an idempotent producer, the cluster's replication factor, and how to connect; on
+        an idempotent producer, the cluster's replication factor, and how to connect (as
+        ``user``: a service's own, with ``kafka_sasl_ssl``; the administrator's by default); on
         Tansu, a short fetch wait while idle (``TANSU_FETCH_IDLE_WAIT_MS``) unless the
         environment chose one, or chose a busy wait no longer than that (then it is fixed)."""
         if isinstance(self.broker, ApacheKafka):
             return {
                 "KAFKA_IDEMPOTENT_PRODUCER": "true",
                 "KAFKA_TOPIC_REPLICATION": str(self.broker.replication),
-                **self.broker.client_env(),
+                **self.broker.client_env(user),
             }
         if isinstance(self.broker, Tansu):
             chosen = os.environ.get("KAFKA_FETCH_IDLE_WAIT_MS")
@@ -572,7 +578,7 @@ class System:
         service_env = {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-            **self.broker_env(),
+            **self.broker_env(name if self.kafka_sasl_ssl else SASL_USER),
             f"{prefix}_DATABASE_URL": self.database_urls[name],
             f"{prefix}_HTTP_PORT": str(port),
             "PYTHONUNBUFFERED": "1",

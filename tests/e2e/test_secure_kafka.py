@@ -1,5 +1,7 @@
 """The saga over TLS and SASL/SCRAM: Apache Kafka whose only client listener is SASL_SSL
-(``System(kafka_sasl_ssl=True)``, sagastack/apache_kafka.py), and clients it refuses.
+(``System(kafka_sasl_ssl=True)``, sagastack/apache_kafka.py), and clients it refuses; each
+service its own user, allowed by the broker's ACLs only what its code does
+(``saga_kit.kafka_acls``).
 
 Runs in ``make test``'s Apache Kafka phase (``--broker kafka``), where Java 17 and Maven
 are; on Tansu it is skipped (Tansu has no TLS listener here). Without Java or Maven it is
@@ -11,20 +13,28 @@ import asyncio
 import dataclasses
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    TopicAuthorizationFailedError,
+)
 
+from events.topics import COMMANDS, DOMAIN_TOPICS, dead_letter_topic
+from saga_kit.kafka_acls import COMMAND_SENDER, topics_written
 from saga_kit.kafka_security import KafkaSecurity
 from sagastack import kafka_dist
 from sagastack.apache_kafka import ApacheKafka
 from sagastack.client import SagaClient
 from sagastack.dev_certs import write_dev_tls
 from sagastack.system import SERVICES, BrokerKind, System
-from tests.e2e.conftest import UniqueIds, sagactl, seed
+from tests.e2e.conftest import UniqueIds, sagactl_env, seed
 
 pytestmark = pytest.mark.e2e
 
@@ -72,15 +82,54 @@ def connects(system: System, security: KafkaSecurity) -> None:
     asyncio.run(go())
 
 
+def produces(system: System, security: KafkaSecurity, topic: str) -> None:
+    """Send one record (no key, a body no consumer takes for an event) to ``topic`` as
+    ``security`` says and wait for the broker's answer; raises what aiokafka raises."""
+
+    async def go() -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=system.bootstrap, request_timeout_ms=5000, **security.client_kwargs()
+        )
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, b"not an event: a test of the broker's ACLs")
+        finally:
+            await producer.stop()
+
+    asyncio.run(go())
+
+
+def consumes(system: System, security: KafkaSecurity, topic: str, group: str) -> None:
+    """Join ``group`` reading ``topic`` as ``security`` says and fetch once (up to 3 s);
+    raises what aiokafka raises."""
+
+    async def go() -> None:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=system.bootstrap,
+            group_id=group,
+            request_timeout_ms=5000,
+            **security.client_kwargs(),
+        )
+        try:
+            await consumer.start()
+            await consumer.getmany(timeout_ms=3000)
+        finally:
+            await consumer.stop()
+
+    asyncio.run(go())
+
+
 def test_the_saga_runs_over_sasl_ssl_approved_and_rejected(
     secure: System, client: SagaClient, uid: UniqueIds
 ) -> None:
     broker = broker_of(secure)
-    for name in SERVICES:  # told to connect securely, the secret in a file, not the environment
+    for name in SERVICES:  # told to connect securely as itself, the secret in a file
         env = secure.services[name].env
         assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
         assert env["KAFKA_BOOTSTRAP_SERVERS"] == broker.bootstrap
-        assert env["KAFKA_SASL_PASSWORD_FILE"] == str(broker.password_file)
+        assert env["KAFKA_SASL_USERNAME"] == name
+        assert env["KAFKA_SASL_PASSWORD_FILE"] == str(broker.password_file_of(name))
         assert "KAFKA_SASL_PASSWORD" not in env
     products, customers = seed(
         client, uid, {"lamp": ("40.00", 5), "vase": ("300.00", 1)}, {"ann": "200.00", "ben": "10.00"}
@@ -96,19 +145,62 @@ def test_the_saga_runs_over_sasl_ssl_approved_and_rejected(
     assert client.account(customers["ann"])["balance"] == "120.00"
     assert client.product(products["lamp"])["sold"] == 2
 
-    # an operator's command through Kafka: sagactl connects as the services do
-    placed = sagactl(
-        secure,
-        "place",
-        customers["ann"],
-        f"{products['lamp']}=1",
-        "--via",
-        "kafka",
-        "--bootstrap",
-        secure.bootstrap,
+    # an operator's command through Kafka, sent as a user that may write commands only
+    placed = sagactl_as(
+        secure, COMMAND_SENDER, "place", customers["ann"], f"{products['lamp']}=1", "--via", "kafka"
     )
     assert placed.returncode == 0 and "APPROVED" in placed.stdout, placed.stdout + placed.stderr
     assert client.account(customers["ann"])["balance"] == "80.00"
+
+
+def sagactl_as(system: System, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``sagactl <args> --bootstrap <the system's>``, connecting to the broker as Kafka user
+    ``user``."""
+    env = {**sagactl_env(system), **broker_of(system).client_env(user)}
+    return subprocess.run(
+        [sys.executable, "-m", "sagactl", *args, "--bootstrap", system.bootstrap],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_each_service_may_write_only_its_own_topics(secure: System) -> None:
+    """A service's user may not write another's events, dead letters or commands — a
+    stolen Kafka password cannot speak for another service — and can write its own (the
+    refusals are the ACLs', not a topic missing)."""
+    broker = broker_of(secure)
+    every_topic = {*DOMAIN_TOPICS, COMMANDS, *(dead_letter_topic(name) for name in SERVICES)}
+    for name in SERVICES:
+        security = broker.client_security_of(name)
+        produces(secure, security, dead_letter_topic(name))  # its own: taken
+        for topic in sorted(every_topic - set(topics_written(name))):
+            with pytest.raises(TopicAuthorizationFailedError):
+                produces(secure, security, topic)
+
+
+def test_a_service_reads_only_its_subscriptions_in_its_own_group(secure: System) -> None:
+    broker = broker_of(secure)
+    payment = broker.client_security_of("payment_svc")
+    with pytest.raises(TopicAuthorizationFailedError):  # commands are the order service's
+        consumes(secure, payment, COMMANDS, "payment_svc")
+    with pytest.raises(GroupAuthorizationFailedError):  # nor may it pose as the order service's group
+        consumes(secure, payment, "inventory.events", "order_svc")
+    sender = broker.client_security_of(COMMAND_SENDER)
+    with pytest.raises((TopicAuthorizationFailedError, GroupAuthorizationFailedError)):
+        consumes(secure, sender, COMMANDS, "order_svc")  # a command sender reads nothing
+
+
+def test_sagactl_says_what_the_brokers_acls_refused(secure: System) -> None:
+    """A user that may write only commands, publishing an event: refused, exit 1, in a
+    sentence that names the user and the topic (not "cannot reach … is it running?")."""
+    refused = sagactl_as(secure, "payment_svc", "publish", "orders.events", "--value", "{}")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "Kafka user 'payment_svc' may not write to 'orders.events'" in refused.stderr
+    unseen = sagactl_as(secure, COMMAND_SENDER, "publish", "orders.events", "--value", "{}")
+    assert unseen.returncode == 1, unseen.stdout + unseen.stderr
+    assert "no topic 'orders.events'" in unseen.stderr and "ACLs" in unseen.stderr
 
 
 def test_a_wrong_password_is_refused_by_the_broker(secure: System, caplog: pytest.LogCaptureFixture) -> None:

@@ -211,3 +211,31 @@ def test_the_relay_retries_broker_trouble_but_not_a_producer_the_broker_forgot(
     error: Exception, retried: bool
 ) -> None:
     assert _relay_retries(error) is retried
+
+
+def test_a_sasl_ssl_broker_authorizes_every_request_and_each_user_has_its_own_password(
+    tmp_path: Path,
+) -> None:
+    kafka = ApacheKafka(tmp_path, sasl_ssl=True, sasl_users=("order_svc", "saga-client"))
+    props = _props(kafka, 1)
+    assert props["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["super.users"] == "User:saga;User:ANONYMOUS"  # the administrator; the brokers themselves
+    assert kafka.users == ("saga", "order_svc", "saga-client")
+    kafka._prepare_sasl_ssl()
+    passwords = {user: kafka.password_file_of(user).read_text() for user in kafka.users}
+    assert len(set(passwords.values())) == 3
+    assert all((kafka.password_file_of(user).stat().st_mode & 0o777) == 0o600 for user in kafka.users)
+    env = kafka.client_env("order_svc")
+    assert env["KAFKA_SASL_USERNAME"] == "order_svc"
+    assert env["KAFKA_SASL_PASSWORD_FILE"] == str(kafka.password_file_of("order_svc"))
+    assert kafka.client_security.sasl_username == "saga"
+    with pytest.raises(ValueError, match="no SCRAM user 'mallory'"):
+        kafka.client_env("mallory")
+
+
+def test_a_broker_without_sasl_ssl_has_no_authorizer_to_grant_to(tmp_path: Path) -> None:
+    kafka = ApacheKafka(tmp_path)
+    assert "authorizer.class.name" not in _props(kafka, 1)
+    with pytest.raises(ValueError, match="authorizes nothing"):
+        kafka.grant([])
