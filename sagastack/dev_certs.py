@@ -15,9 +15,9 @@ The server certificate names ``localhost`` and ``127.0.0.1`` (subject alternativ
 and any other host names asked for, so a client connecting to one of them with host-name
 checking accepts it.
 
-``python -m sagastack.dev_certs DIR --dns kafka --password-file saga.password`` writes the
-same files for ``compose.secure.yaml`` (the broker's name there is ``kafka``), and a random
-SCRAM password.
+``python -m sagastack.dev_certs DIR --dns kafka --password-file order_svc.password …``
+writes the same files for ``compose.secure.yaml`` (the broker's name there is ``kafka``),
+and a random SCRAM password in each file named (``--password-file`` again for more).
 """
 
 from __future__ import annotations
@@ -144,12 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("directory", type=Path)
     parser.add_argument("--dns", action="append", default=[], help="another host name of the server")
     parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--password-file", help="also write a random password into DIRECTORY/<this name>")
+    parser.add_argument(
+        "--password-file",
+        action="append",
+        default=[],
+        help="also write a random password into DIRECTORY/<this name>; again for more",
+    )
     args = parser.parse_args(argv)
     made = write_dev_tls(args.directory, dns=tuple(args.dns), days=args.days)
     print(f"{made.ca_file}: the CA clients trust; {made.server_file}: the server's key and chain")
-    if args.password_file:
-        password_file = args.directory / args.password_file
+    for name in args.password_file:
+        password_file = args.directory / name
         _write_private(password_file, secrets.token_urlsafe(24).encode())
         print(f"{password_file}: a random password")
     return 0

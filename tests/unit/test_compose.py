@@ -143,6 +143,9 @@ def test_each_service_connects_over_sasl_ssl_with_its_password_from_a_secret(
     assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9094" and "KAFKA_SASL_PASSWORD" not in env
     mounted = {f"/run/secrets/{name}" for name in svc["secrets"]}
     assert {env["KAFKA_SSL_CAFILE"], env["KAFKA_SASL_PASSWORD_FILE"]} <= mounted
+    user = service.replace("-", "_")  # each service its own Kafka user, named as the service
+    assert env["KAFKA_SASL_USERNAME"] == user and user in env["KAFKA_SASL_PASSWORD_FILE"]
+    assert not any("password" in name and user not in name for name in svc["secrets"])
     assert svc["depends_on"]["kafka-users"] == {"condition": "service_completed_successfully"}
     # what production demands of them (the password file stands in for the secret)
     (tmp_path / "pw").write_text("secret\n")
@@ -155,3 +158,50 @@ def test_each_service_connects_over_sasl_ssl_with_its_password_from_a_secret(
         }
     )  # type: ignore[arg-type]
     assert settings.kafka_security(production=True).protocol == "SASL_SSL"
+
+
+def test_the_broker_authorizes_every_request_with_the_grants_of_the_acl_plan(
+    compose: dict[str, Any], secure: dict[str, Any]
+) -> None:
+    """compose.secure.yaml's one-shot container adds exactly ``saga_kit.kafka_acls``'s
+    grants (what ``sagactl kafka-acls --commands`` prints), and a SCRAM user for each
+    service; the broker refuses what they do not allow."""
+    import shlex
+
+    from saga_kit.kafka_acls import acl_command_args, plan
+
+    env = merged_service(compose, secure, "kafka")["environment"]
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert env["KAFKA_SUPER_USERS"] == "User:ANONYMOUS"  # the broker itself, on its in-container listener
+    script = secure["services"]["kafka-users"]["command"][0].replace("$$", "$")
+    steps = [step.strip() for step in script.split(";")]
+    prefix = 'acls="/opt/kafka/bin/kafka-acls.sh --bootstrap-server 127.0.0.1:9092 --add"'
+    assert prefix in steps
+    granted = [["--add", *shlex.split(step)[1:]] for step in steps if step.startswith("$acls ")]
+    assert granted == acl_command_args(plan())
+    users = shlex.split(next(step for step in steps if step.startswith("for user in")))[3:]
+    assert users == [name.replace("-", "_") for name in SERVICES]
+
+
+def test_the_command_in_the_secure_files_header_writes_every_secret_it_mounts(
+    secure: dict[str, Any], tmp_path: Path
+) -> None:
+    """The header's ``python -m sagastack.dev_certs …`` (run here, into a temporary
+    directory) writes each file the secrets name, passwords readable by their owner only."""
+    import shlex
+
+    from sagastack import dev_certs
+
+    header = [line[1:].strip() for line in SECURE.read_text().splitlines() if line.startswith("#")]
+    joined = " ".join(header).replace("\\ ", " ")
+    command = shlex.split(
+        joined[joined.index("python -m sagastack.dev_certs") : joined.index("docker compose")]
+    )
+    assert command[3] == ".run/compose-secrets"
+    assert dev_certs.main([str(tmp_path), *command[4:]]) == 0
+    for secret in secure["secrets"].values():
+        written = tmp_path / Path(secret["file"]).name
+        assert written.is_file(), written
+        if written.suffix == ".password":
+            assert written.stat().st_mode & 0o777 == 0o600 and len(written.read_text()) >= 24
