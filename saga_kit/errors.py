@@ -134,6 +134,21 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _transient_pg())
 
 
+def is_kafka_authorization_error(exc: BaseException) -> bool:
+    """True for the broker's ACLs refusing this client's user a topic, a consumer group or
+    the cluster (``saga_kit.kafka_acls`` says what each user needs). Not transient, but an
+    operator may add the grant while the service runs, so work that waits for it (the
+    outbox relay) may retry it."""
+    from aiokafka import errors as kafka
+
+    return isinstance(
+        exc,
+        kafka.TopicAuthorizationFailedError
+        | kafka.GroupAuthorizationFailedError
+        | kafka.ClusterAuthorizationFailedError,
+    )
+
+
 def is_transient_kafka_error(exc: BaseException) -> bool:
     """True for Kafka client errors that retrying may cure: the ones the client marks
     retriable, and timeouts and unavailable brokers. A record too large, a topic that

@@ -25,6 +25,11 @@ Contract of the relay:
   left by a crash are published after restart.
 * A broker whose log is not the one the rows were published to — another cluster, or the
   embedded Tansu started again, empty — gets them again (``on_broker``, at start).
+* A broker whose ACLs refuse this service's user a topic (``saga_kit.kafka_acls``): the
+  rows wait, the relay says so (ERROR, and readiness) and retries — an operator may grant
+  it while the service runs. A refused batch leaves an idempotent producer's sequence
+  numbers out of step with the broker's (aiokafka does not bump its epoch as the Java
+  client does), so the relay replaces its producer (``new_producer``) before trying again.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import logging
 import random
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +54,7 @@ from events.envelope import Envelope
 from events.topics import DOMAIN_TOPICS, TOPIC_OF_PRODUCER
 from saga_kit import headers as kafka_headers
 from saga_kit import sql, tracing
-from saga_kit.errors import is_transient, is_transient_kafka_error
+from saga_kit.errors import described, is_kafka_authorization_error, is_transient, is_transient_kafka_error
 from saga_kit.fault_injection import crash_at
 from saga_kit.headers import Headers
 from saga_kit.kafka import is_producer_state_lost
@@ -192,6 +197,7 @@ class OutboxRelay:
         fault: str | None = None,
         ack_warning_seconds: float = 10.0,
         lease_seconds: float = RELAY_LEASE_SECONDS,
+        new_producer: Callable[[], AIOKafkaProducer] | None = None,
     ) -> None:
         self._engine = engine
         self._lease_seconds = lease_seconds
@@ -202,6 +208,10 @@ class OutboxRelay:
         #: When the batch the relay last warned about was sent (None: no warning stands).
         self._unacknowledged_since: float | None = None
         self._producer = producer
+        #: Makes an unstarted producer like the first; None: the relay keeps its one.
+        self._new_producer = new_producer
+        #: The producer sent a batch the broker's ACLs refused: replace it before the next.
+        self._renew_producer = False
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._retry = retry or RetryPolicy()
@@ -214,6 +224,8 @@ class OutboxRelay:
         #: letter's copy carries the header its record came with, whatever it said.
         self.published_by_type: Counter[tuple[str, str]] = Counter()
         self.healthy = True
+        #: What the relay is retrying, in a sentence (None while healthy).
+        self.failure: str | None = None
         #: True while this instance holds the relay lock of its database.
         self.active = False
 
@@ -226,24 +238,54 @@ class OutboxRelay:
         try:
             while True:
                 sent = await self._retry.forever(self._step, _relay_retries, self._unhealthy)
-                self.healthy = True
+                self.healthy, self.failure = True, None
                 if sent < self._batch_size:
                     await self._wait_for_work()
         finally:
             await self._release()
 
     def _unhealthy(self, exc: BaseException) -> None:
-        self.healthy = False
+        self.healthy, self.failure = False, described(exc)
+        if is_kafka_authorization_error(exc):
+            log.error(
+                "outbox relay: the broker refuses this service's Kafka user (its ACLs: %s); the events"
+                " wait in the outbox until it is granted what 'sagactl kafka-acls' lists; retrying",
+                exc,
+            )
+            return
         log.warning("outbox relay: %s; retrying", exc)
 
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        """The producer the relay publishes with now (it may replace it: module doc)."""
+        return self._producer
+
     async def _step(self) -> int:
+        if self._renew_producer and self._new_producer is not None:
+            await self._replace_producer(self._new_producer)
         if not await self._lead():
             return 0
         try:
             return await self.publish_batch()
-        except BaseException:
+        except BaseException as exc:
             await self._release()  # the lock connection may be the broken part
+            self._renew_producer = is_kafka_authorization_error(exc)
             raise
+
+    async def _replace_producer(self, new_producer: Callable[[], AIOKafkaProducer]) -> None:
+        """Start a new producer (a new producer id: sequence numbers from zero) and stop the
+        old one; if the new one cannot start, the old one stays and this raises."""
+        fresh = new_producer()
+        try:
+            await fresh.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await fresh.stop()
+            raise
+        old, self._producer, self._renew_producer = self._producer, fresh, False
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(old.stop(), 10)
+        log.info("outbox relay: a new producer replaces the one whose batch the broker refused")
 
     async def _lead(self) -> bool:
         """Hold the relay lock on a connection of our own (autocommit: the relay's reads
@@ -373,14 +415,16 @@ class OutboxRelay:
 
 
 def _relay_retries(exc: BaseException) -> bool:
-    """Retry database and broker trouble, but not a producer whose idempotence state the
-    broker lost (``saga_kit.kafka.is_producer_state_lost``): it would fail forever. The
-    relay then ends, which takes the service down for its supervisor to restart it with a
-    new producer; the rows it had not marked sent are published again (§4.1)."""
+    """Retry database and broker trouble, and the broker's ACLs refusing a topic (an
+    operator may grant it while the service runs; until then the rows wait, and readiness
+    says the relay is failing), but not a producer whose idempotence state the broker lost
+    (``saga_kit.kafka.is_producer_state_lost``): it would fail forever. The relay then ends,
+    which takes the service down for its supervisor to restart it with a new producer; the
+    rows it had not marked sent are published again (§4.1)."""
     if is_producer_state_lost(exc):
         log.error("outbox relay: the producer cannot continue (%r); stopping the service", exc)
         return False
-    return is_transient(exc) or is_transient_kafka_error(exc)
+    return is_transient(exc) or is_transient_kafka_error(exc) or is_kafka_authorization_error(exc)
 
 
 def _bytes(value: Any) -> bytes | None:

@@ -3,8 +3,9 @@ outbox relay and its HTTP API on one event loop.
 
 Start order: database reachable → migrations → topics → the consumer group's
 coordinator → producer → relay → faust consumers → HTTP. Stop (SIGTERM/SIGINT): HTTP,
-consumers (commit acked offsets), relay, producer, database. A relay or server that dies
-takes the process down (exit 1) so a supervisor restarts it; nothing is half-running.
+consumers (commit acked offsets), relay, producer, database. A relay, server or consumer
+that dies takes the process down (exit 1) so a supervisor restarts it; nothing is
+half-running.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import uvicorn
 import uvloop
+from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sse_starlette.sse import AppStatus
@@ -30,7 +32,13 @@ from starlette.types import ASGIApp
 from saga_kit import audit, consumer_api, deadletters, heap, logs, metrics, signing, tracing
 from saga_kit.consumer import ConsumerPipeline, HandlerErrorLimit, Subscription
 from saga_kit.db import Database, EmitHook, create_engine
-from saga_kit.errors import ConfigurationError, is_transient, is_transient_kafka_error
+from saga_kit.errors import (
+    ConfigurationError,
+    described,
+    is_kafka_authorization_error,
+    is_transient,
+    is_transient_kafka_error,
+)
 from saga_kit.faust_app import build_faust_app
 from saga_kit.http import Check, create_app, server_options
 from saga_kit.kafka import broker_ping, cluster_id, create_producer, ensure_topics, find_group_coordinator
@@ -109,6 +117,27 @@ class StoppedWhileStarting(Exception):
 class CannotStart(Exception):
     """What the service needs to run is not there (a port, a dependency): it exits 1 with
     one line saying what, and a supervisor may start it again."""
+
+
+class ConsumersCrashed(Exception):
+    """faust's consumer crashed (its fetcher or its thread ended on an error it does not
+    retry): the process exits 1 with one line saying why, for a supervisor to start it
+    again, rather than serve HTTP with no consumer behind it."""
+
+
+async def _until_crashed(consumers: Any, interval: float = 1.0) -> None:
+    """Return never; raise ``ConsumersCrashed`` once ``consumers`` (the faust app) has
+    crashed. Polled: faust's consumer runs on a loop of its own, in a thread."""
+    # polled, not awaited: the crash is set on faust's events from the consumer's thread
+    while not consumers.crashed:  # noqa: ASYNC110
+        await asyncio.sleep(interval)
+    reason = consumers.crash_reason
+    if reason is not None and is_kafka_authorization_error(reason):
+        raise ConsumersCrashed(
+            f"the broker refuses this service's Kafka user ({described(reason)}): grant it what"
+            " 'sagactl kafka-acls' lists; its consumer group's offsets wait where they are"
+        )
+    raise ConsumersCrashed(f"its consumers crashed: {described(reason) if reason else 'no reason given'}")
 
 
 class DependencyUnavailable(CannotStart):
@@ -297,14 +326,19 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
     if spec.configure is not None:
         spec.configure(settings)
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
-    producer = create_producer(
-        settings.kafka_bootstrap_servers,
-        spec.name,
-        idempotent=settings.kafka_idempotent_producer,
-        security=kafka_security,
-    )
+
+    def new_producer() -> AIOKafkaProducer:
+        return create_producer(
+            settings.kafka_bootstrap_servers,
+            spec.name,
+            idempotent=settings.kafka_idempotent_producer,
+            security=kafka_security,
+        )
+
+    producer = new_producer()
     db = Database(engine, spec.name, emit_hooks=(*spec.emit_hooks, audit.record_compensations), signer=signer)
     retry = settings.retry_policy()
+    relay: OutboxRelay | None = None
     try:
         wait = settings.startup_timeout_seconds
         await _until_up("database", db.ping, retry, stop, wait)
@@ -347,6 +381,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             retry=retry,
             fault=settings.fault,
             ack_warning_seconds=settings.relay_ack_warning_seconds,
+            new_producer=new_producer if settings.kafka_idempotent_producer else None,
         )
         db.set_on_commit(relay.wake)
         pipeline = ConsumerPipeline(
@@ -414,7 +449,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
 
         async def relay_healthy() -> None:
             if not relay.healthy:
-                raise RuntimeError("outbox relay is retrying a transient failure")
+                raise RuntimeError(f"outbox relay is retrying: {relay.failure}")
 
         app = http_app(
             spec,
@@ -422,7 +457,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             settings,
             {
                 "database": db.ping,
-                "broker": lambda: broker_ping(producer),
+                "broker": lambda: broker_ping(relay.producer),
                 "consumers": consumers_running,
                 "outbox_relay": relay_healthy,
                 **spec.checks,
@@ -466,6 +501,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             await _bounded("consumers", consumers.stop())
             raise
         starting.result()
+        crash_task = asyncio.create_task(_until_crashed(consumers), name="consumers")
         server_task = asyncio.create_task(server.serve(), name="http")
         stop_task = asyncio.create_task(stop.wait(), name="stop")
         started = asyncio.create_task(server.started_or_failed.wait())
@@ -475,7 +511,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             log.info("%s listening on http://%s:%d", spec.name, settings.http_host, settings.http_port)
             heap.settle(settings.gc_gen0_threshold)
         done, _ = await asyncio.wait(
-            {relay_task, server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
+            {relay_task, crash_task, server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
         )
         failed = [t for t in done if t is not stop_task]
         # open event streams (sse-starlette) end first, each with its last chunk: the
@@ -486,11 +522,13 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server_task, 10)
         await _bounded("consumers", consumers.stop())
-        for background in (relay_task, progress_task, *job_tasks):
+        for background in (relay_task, crash_task, progress_task, *job_tasks):
             background.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await background
         for task in failed:
+            if isinstance(task.exception(), ConsumersCrashed):
+                raise task.exception()  # type: ignore[misc]
             if task.exception() is not None:
                 raise RuntimeError(f"{task.get_name()} died") from task.exception()
             if task is server_task and not server.started:
@@ -501,7 +539,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
     finally:
         if spec.close is not None:
             await _bounded("close", spec.close())
-        await _bounded("producer", producer.stop())
+        await _bounded("producer", (producer if relay is None else relay.producer).stop())
         await engine.dispose()
 
 
@@ -574,6 +612,9 @@ def main(spec: ServiceSpec, settings_factory: Callable[[], ServiceSettings]) -> 
         log.info("%s stopped while waiting for %s", spec.name, exc)
     except CannotStart as exc:
         log.error("%s cannot start: %s", spec.name, exc)
+        code = 1
+    except ConsumersCrashed as exc:
+        log.error("%s stops: %s", spec.name, exc)
         code = 1
     except Exception:
         log.exception("%s stopped on error", spec.name)

@@ -283,11 +283,18 @@ class ApacheKafka:
         node 1's ``INTERNAL`` listener (its ``ANONYMOUS`` is a super user). Adding an ACL
         already there changes nothing. Raises ``KafkaStartError`` with the tool's output if
         one fails; ``ValueError`` without ``sasl_ssl`` (no authorizer to grant to)."""
+        self._acl_command(acl_command_args(acls))
+
+    def revoke(self, acls: Iterable[Acl]) -> None:
+        """Remove ``acls`` as ``grant`` adds them (a test's misconfigured broker)."""
+        self._acl_command([["--remove", "--force", *args[1:]] for args in acl_command_args(acls)])
+
+    def _acl_command(self, commands: list[list[str]]) -> None:
         if not self.sasl_ssl:
             raise ValueError("this broker authorizes nothing (sasl_ssl=False): there is no ACL to grant")
         node = self.nodes[1]
         running = []
-        for number, args in enumerate(acl_command_args(acls)):
+        for number, args in enumerate(commands):
             command = self._java(
                 TOOL_JVM,
                 "org.apache.kafka.tools.AclCommand",
@@ -307,7 +314,7 @@ class ApacheKafka:
             if (code := _finished(proc, 120)) != 0
         ]
         if failures:
-            raise KafkaStartError("granting ACLs failed:\n" + "\n".join(failures))
+            raise KafkaStartError("changing ACLs failed:\n" + "\n".join(failures))
 
     @property
     def proc(self) -> subprocess.Popen[bytes] | None:

@@ -15,9 +15,11 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import (
@@ -27,6 +29,7 @@ from aiokafka.errors import (
 )
 
 from events.topics import COMMANDS, DOMAIN_TOPICS, dead_letter_topic
+from saga_kit import kafka_acls
 from saga_kit.kafka_acls import COMMAND_SENDER, topics_written
 from saga_kit.kafka_security import KafkaSecurity
 from sagastack import kafka_dist
@@ -237,3 +240,77 @@ def test_a_client_checks_the_brokers_certificate(
     with caplog.at_level(logging.ERROR, logger="aiokafka"), pytest.raises(KafkaConnectionError):
         connects(secure, dataclasses.replace(secure.kafka_security, ssl_cafile=str(other_ca)))
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+
+
+def test_a_grant_missing_loses_nothing_its_events_wait_until_it_is_given(
+    secure: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """The payment service's user may not write payment.events for a while (a grant
+    forgotten, or revoked by mistake): payment charges, its events wait in its outbox, the
+    readiness probe and the log say why — and once the grant is back, the saga finishes.
+    (Without retrying the refusal, the relay died and took the service down with a
+    traceback.)"""
+    broker = broker_of(secure)
+    publish_payments = [
+        acl
+        for acl in kafka_acls.plan()
+        if acl.principal == "User:payment_svc"
+        and acl.resource == "payment.events"
+        and acl.operation == "Write"
+    ]
+    assert len(publish_payments) == 1
+    products, customers = seed(client, uid, {"lamp": ("40.00", 5)}, {"ann": "200.00"})
+    payment = secure.services["payment_svc"]
+    log_before = payment.log_path.stat().st_size
+    broker.revoke(publish_payments)
+    try:
+        order = client.place_order(customers["ann"], {products["lamp"]: 1})
+        deadline = time.monotonic() + 60
+        while True:
+            ready = httpx.get(
+                f"{secure.url('payment_svc')}/health/ready",
+                headers={"Authorization": f"Bearer {secure.token()}"},
+                timeout=10,
+            )
+            relay = ready.json()["checks"]["outbox_relay"]
+            if not relay["ok"]:
+                break
+            assert time.monotonic() < deadline, ready.text
+            time.sleep(0.5)
+        assert ready.status_code == 503 and "TopicAuthorizationFailed" in relay["error"], ready.text
+        assert client.order(order)["status"] == "PENDING"
+        assert client.account(customers["ann"])["balance"] == "160.00"  # charged; the news waits
+        said = payment.log_path.read_text()[log_before:]
+        assert "refuses this service's Kafka user" in said and "sagactl kafka-acls" in said
+        assert payment.proc is not None and payment.proc.poll() is None  # still running
+    finally:
+        broker.grant(publish_payments)
+    assert client.wait_for_events(order, {"InventoryCommitted"}, timeout=90)["status"] == "APPROVED"
+
+
+def test_a_consumer_refused_its_topic_stops_the_service_in_one_line_and_restarts_whole(
+    secure: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """The payment service's user may no longer read orders.events: its consumer crashes,
+    and the process exits 1 saying why in one line, for its supervisor to start it again
+    (it served HTTP on with no consumer behind it, ready never again, saying "could not
+    look" every 5 s). Granted again and restarted, the saga runs."""
+    broker = broker_of(secure)
+    read_orders = [kafka_acls.Acl("User:payment_svc", "topic", "orders.events", "Read")]
+    assert set(read_orders) <= set(kafka_acls.plan())
+    payment = secure.services["payment_svc"]
+    assert payment.proc is not None
+    log_before = payment.log_path.stat().st_size
+    broker.revoke(read_orders)
+    try:
+        code = payment.proc.wait(60)
+    finally:
+        broker.grant(read_orders)
+    assert code == 1
+    said = payment.log_path.read_text()[log_before:]
+    assert "payment_svc stops: the broker refuses this service's Kafka user" in said, said[-3000:]
+    assert "sagactl kafka-acls" in said
+    secure.start_service("payment_svc")
+    products, customers = seed(client, uid, {"lamp": ("40.00", 5)}, {"ann": "200.00"})
+    order = client.place_order(customers["ann"], {products["lamp"]: 1})
+    assert client.wait_for_events(order, {"InventoryCommitted"}, timeout=90)["status"] == "APPROVED"

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from aiokafka.errors import (
     KafkaConnectionError,
+    MessageSizeTooLargeError,
     NotLeaderForPartitionError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
+    TopicAuthorizationFailedError,
     UnknownProducerId,
 )
 
@@ -205,6 +207,9 @@ def test_the_idempotent_producer_is_off_unless_asked_for(monkeypatch: pytest.Mon
         (OutOfOrderSequenceNumber(), False),  # the idempotent producer's state is gone:
         (UnknownProducerId(), False),  # the same producer would fail forever
         (ProducerFenced(), False),
+        # the broker's ACLs refuse the topic: an operator may grant it while the service runs
+        (TopicAuthorizationFailedError(), True),
+        (MessageSizeTooLargeError(), False),
     ],
 )
 def test_the_relay_retries_broker_trouble_but_not_a_producer_the_broker_forgot(
