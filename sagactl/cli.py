@@ -1006,6 +1006,10 @@ def _produce(
 
     from aiokafka.errors import MessageSizeTooLargeError, TopicAuthorizationFailedError
 
+    # whom the broker's ACLs judge: the SCRAM user, or the name in a client certificate
+    authenticated = security.sasl or bool(security.ssl_certfile)
+    user = f"Kafka user {security.sasl_username!r}" if security.sasl else "this client's certificate"
+
     async def send() -> tuple[int, int]:
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, acks="all", request_timeout_ms=10_000, **security.client_kwargs()
@@ -1014,9 +1018,9 @@ def _produce(
             await producer.start()
             # a broker that makes a topic on first use (Tansu) took a misspelt one as new
             known = (await producer.client.fetch_all_metadata()).topics()
-            if topic not in known and security.sasl:  # a broker shows a user only what it may describe
+            if topic not in known and authenticated:  # a broker shows a user only what it may describe
                 _fail(
-                    f"the broker shows Kafka user {security.sasl_username!r} no topic {topic!r}: there is"
+                    f"the broker shows {user} no topic {topic!r}: there is"
                     " none, or its ACLs do not let it see that one; it may see:"
                     f" {', '.join(sorted(known)) or 'none'}"
                 )
@@ -1035,7 +1039,7 @@ def _produce(
         raise
     except TopicAuthorizationFailedError:  # the broker's ACLs: this user may see the topic, not write it
         _fail(
-            f"the broker refused: Kafka user {security.sasl_username!r} may not write to {topic!r}"
+            f"the broker refused: {user} may not write to {topic!r}"
             " (its ACLs; a client that sends commands may write orders.commands only)"
         )
     except MessageSizeTooLargeError:  # the client's own limit, checked before sending
