@@ -163,6 +163,9 @@ def test_every_command_prints_json_with_output_json(
     # to a topic nobody consumes (the dead letters' copies): no other test meets it
     sent = run("publish", "payment_svc.deadletter", "--value", "{}", "--bootstrap", system.bootstrap)
     assert sent["topic"] == "payment_svc.deadletter" and sent["offset"] >= 0
+    grants = run("kafka-acls")  # the same whatever the broker: derived from the code
+    sender = {"principal": "User:saga-client", "resource_type": "topic", "resource": "orders.commands"}
+    assert {**sender, "operation": "Write"} in grants
     healthy = run("health")
     assert set(healthy) == {"order", "inventory", "payment"}
     assert "payment_provider" in healthy["payment"]["checks"]
