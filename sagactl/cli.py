@@ -1316,9 +1316,8 @@ def tail(
             resume = {"Last-Event-ID": last_id} if last_id else {}
             params = {"after": 0} if from_start and not last_id else {}
             try:
-                stream_timeout = httpx.Timeout(HTTP_TIMEOUT, read=None)
                 with (
-                    httpx.Client(headers=_urls(ctx).headers, timeout=stream_timeout) as http,
+                    httpx.Client(headers=_urls(ctx).headers, timeout=HTTP_TIMEOUT) as http,
                     connect_sse(http, "GET", url, params=params, headers=resume) as source,
                 ):
                     if source.response.is_error:
@@ -1337,6 +1336,7 @@ def tail(
                             style="dim",
                         )
                     connected = True
+                    _wait_for_ever(source.response)
                     for sse in source.iter_sse():
                         if sse.event != "saga-event":
                             continue
@@ -1355,6 +1355,19 @@ def tail(
             time.sleep(1.0)
     except KeyboardInterrupt:
         pass
+
+
+def _wait_for_ever(response: httpx.Response) -> None:
+    """Read the rest of ``response`` with no read timeout: a stream's first answer (status
+    and headers) has HTTP_TIMEOUT, as every call has, but a stream that has begun may be
+    quiet as long as nothing happens. httpx has one read timeout for the whole exchange;
+    httpcore reads it from the request's ``timeout`` extension (a dict, shared with httpx's
+    request) when the body is first read, so lifting it there lifts it for the body only.
+    ``tail`` had read=None from the start: a service that took the connection and never
+    answered held it forever."""
+    timeouts = response.request.extensions.get("timeout")
+    if isinstance(timeouts, dict):
+        timeouts["read"] = None
 
 
 def _show_saga_event(data: str, output: Output) -> None:

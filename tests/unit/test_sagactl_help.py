@@ -6,6 +6,9 @@ import json
 import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -981,3 +984,81 @@ def test_a_service_that_took_the_connection_is_not_one_that_cannot_be_reached(co
     assert result.exit_code == 3, said
     assert said.startswith(f"the order service at {gone.base} did not answer"), said
     assert "cannot reach" not in said and "is the system running" not in said, said
+
+
+def _serve_one_by_one(*answers: Callable[[socket.socket], None]) -> tuple[str, threading.Thread]:
+    """A server on a free port of 127.0.0.1 that takes a connection for each of ``answers``,
+    one after another, reads its request and hands the socket to the answer (which writes
+    what it likes, when it likes); its base URL and the thread serving it, which ends
+    after the last answer or 3 s without a connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(3.0)
+
+    def serve() -> None:
+        with listener:
+            for answer in answers:
+                try:
+                    conn = listener.accept()[0]
+                except TimeoutError:
+                    return
+                with conn:
+                    conn.recv(65536)
+                    answer(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", thread
+
+
+def test_tail_against_a_service_that_never_answers_says_so_within_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """tail waited for the stream's status and headers with no read timeout: a service
+    that took the connection and never answered held it forever (it ends here after 3 s,
+    so that the test fails instead of hanging). It says what every other command says of
+    such a service, "did not answer … within N s", exit 3."""
+    import sagactl.cli
+    from sagactl.cli import UNREACHABLE
+
+    monkeypatch.setattr(sagactl.cli, "HTTP_TIMEOUT", 0.3)
+    base, served = _serve_one_by_one(lambda conn: time.sleep(3.0))
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["--order-url", base, "tail"])
+    took = time.monotonic() - started
+    served.join(5)
+    said = " ".join(result.stderr.split())
+    assert result.exit_code == UNREACHABLE, said
+    assert said == f"the order service at {base} did not answer GET /saga-events/stream within 0.3 s", said
+    assert took < 2.5, took
+
+
+def test_tail_waits_on_a_quiet_stream_for_as_long_as_it_is_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the first answer has a deadline: a stream that has begun and sends nothing
+    for longer than the timeout (no saga is running) is followed on, not given up."""
+    import sagactl.cli
+
+    monkeypatch.setattr(sagactl.cli, "HTTP_TIMEOUT", 0.3)
+    entry = {
+        "seq": 1,
+        "order_id": "6f1c0000-0000-4000-8000-000000000000",
+        "event_type": "OrderCreated",
+        "producer": "order_svc",
+        "occurred_at": "2026-12-01T12:00:00.000000+00:00",
+        "compensating": False,
+    }
+
+    def quiet_then_one_event(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+        time.sleep(1.2)  # four timeouts of silence
+        conn.sendall(f"id: 1\nevent: saga-event\ndata: {json.dumps(entry)}\n\n".encode())
+        time.sleep(0.5)  # tail ends after its one event, before the stream does
+
+    def gone(conn: socket.socket) -> None:  # a stream given up is followed again: refused here
+        conn.sendall(b"HTTP/1.1 410 Gone\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+
+    base, served = _serve_one_by_one(quiet_then_one_event, gone)
+    result = CliRunner().invoke(app, ["--order-url", base, "tail", "--count", "1", "-o", "json"])
+    served.join(5)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["seq"] for line in result.stdout.splitlines()] == [1]
+    assert "broke" not in result.stderr and "resuming" not in result.stderr, result.stderr
