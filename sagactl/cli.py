@@ -9,6 +9,9 @@ Every call carries the bearer token of --token or SAGA_TOKEN (an operator's sees
 everything; a customer's only its own orders). 'sagactl token' mints a development one
 with the key 'make run' / 'make demo' made under the run directory.
 
+These options (--order-url …, --token) may come before the command or after it
+('sagactl forget alice --token X'); given in both places, the one after the command wins.
+
 Every command takes --output (-o): text fits the terminal (80 columns and
 up; ids shortened to 8 characters), wide shows full ids and every column however
 wide that is, json prints the API's data and nothing else on stdout. An error is
@@ -24,6 +27,7 @@ KAFKA_SSL_CAFILE, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD_FILE …
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -66,7 +70,63 @@ from saga_kit.urls import http_url, kafka_bootstrap
 console = Console(markup=False)
 #: Errors: one line on stderr, never wrapped, never read as markup.
 errors = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
+
+
+class _GlobalOptionsGroup(typer.core.TyperGroup):
+    """sagactl's command group, whose own options (--token, --order-url, --inventory-url,
+    --payment-url: ``main``'s) every command also takes after its name, with the same
+    meaning: ``sagactl forget alice --token X`` was "No such option: --token" (click reads
+    a group's options before the command's name only). Each command (those of dlq and
+    audit too) gets a copy of each, without its environment variable and default, that
+    passes nothing to the command: given, its value replaces the one ``main`` read (before
+    the command, from the environment, or the default), so one given after the command
+    wins. Click parses them, so '--' and an option's value that looks like a command
+    mean what they meant."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        again = [_after_the_command(param) for param in self.params if param.name in GLOBAL_OPTIONS]
+        pending = list(self.commands.values())
+        while pending:
+            command = pending.pop()
+            if isinstance(command, typer.core.TyperGroup):
+                pending.extend(command.commands.values())
+            else:
+                command.params.extend(copy.copy(param) for param in again)
+
+
+#: ``main``'s options, as its parameters are named: each command takes them too.
+GLOBAL_OPTIONS = ("order_url", "inventory_url", "payment_url", "token")
+
+
+def _after_the_command(param: Any) -> Any:
+    """A copy of one of ``main``'s options for a command to take after its name: no
+    environment variable, no default, no value passed to the command, and processed
+    before the command's own (is_eager), as ``main`` processed it before them."""
+    option = copy.copy(param)
+    option._runtime_param = None  # typer's, made from the option: made again for the copy
+    option.envvar, option.show_envvar, option.default = None, False, None
+    option.expose_value, option.is_eager, option.callback = False, True, _given_after_the_command
+    option.show_default = False
+    return option
+
+
+def _given_after_the_command(ctx: Any, param: Any, value: str | None) -> None:
+    """One of ``main``'s options given after the command: checked as ``main`` checks it,
+    then it replaces what ``main`` read."""
+    if value is None:
+        return
+    urls = _urls(ctx)
+    if param.name == "token":
+        if value and ctx.find_root().invoked_subcommand not in TOKENLESS_COMMANDS:
+            _check_token(value, "--token")
+        urls.token, urls.token_from = value or None, "--token"
+    else:
+        setattr(urls, param.name.removesuffix("_url"), _check_url(value).rstrip("/"))
+
+
 app = typer.Typer(
+    cls=_GlobalOptionsGroup,
     help=__doc__,
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -211,13 +271,20 @@ def _check_token(token: str, given_by: str) -> None:
 def main(
     ctx: typer.Context,
     order_url: Annotated[
-        str, typer.Option(envvar="SAGACTL_ORDER_URL", callback=_check_url)
+        str,
+        typer.Option(envvar="SAGACTL_ORDER_URL", callback=_check_url, help="the order service's base URL"),
     ] = "http://127.0.0.1:8001",
     inventory_url: Annotated[
-        str, typer.Option(envvar="SAGACTL_INVENTORY_URL", callback=_check_url)
+        str,
+        typer.Option(
+            envvar="SAGACTL_INVENTORY_URL", callback=_check_url, help="the inventory service's base URL"
+        ),
     ] = "http://127.0.0.1:8002",
     payment_url: Annotated[
-        str, typer.Option(envvar="SAGACTL_PAYMENT_URL", callback=_check_url)
+        str,
+        typer.Option(
+            envvar="SAGACTL_PAYMENT_URL", callback=_check_url, help="the payment service's base URL"
+        ),
     ] = "http://127.0.0.1:8003",
     token: Annotated[
         str | None,

@@ -1,0 +1,102 @@
+"""sagactl's own options (--token, --order-url, --inventory-url, --payment-url) after the
+command as well as before it: ``sagactl forget alice --token X`` was "No such option:
+--token" (a newcomer's first try)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from sagactl.cli import USAGE, app
+from tests.jsonserver import JsonServer
+
+#: what the order service answers a forget with a token; without one it refuses (401)
+FORGOTTEN = b'{"customer_id": "alice", "keys_destroyed": 1}'
+NO_TOKEN = (401, b'{"detail": "a bearer token is required", "reason": "missing_token"}')
+
+
+@pytest.fixture(autouse=True)
+def _no_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SAGA_TOKEN", "SAGACTL_ORDER_URL", "SAGACTL_INVENTORY_URL", "SAGACTL_PAYMENT_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--order-url", "{base}", "--token", "t0k", "forget", "alice"],  # before, as it was
+        ["--order-url", "{base}", "forget", "alice", "--token", "t0k"],  # after
+        ["forget", "--token", "t0k", "alice", "--order-url", "{base}"],  # between, and after
+        ["forget", "--order-url={base}", "--token=t0k", "alice"],
+        # a value like a command's name is a value; after '--' an argument
+        ["--order-url", "{base}", "forget", "--token", "orders", "--", "alice"],
+    ],
+    ids=["before", "after", "between", "equals", "command-like-value"],
+)
+def test_the_global_options_mean_the_same_after_the_command(args: list[str]) -> None:
+    with JsonServer(FORGOTTEN, tokenless=NO_TOKEN) as order:
+        result = CliRunner().invoke(app, [a.replace("{base}", order.base) for a in args])
+        assert order.paths, "nothing was asked"
+    assert result.exit_code == 0, result.output
+    assert "No such option" not in result.output
+
+
+def test_one_given_after_the_command_wins_over_one_before_it_and_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with JsonServer(b"[]") as order, JsonServer(b"[]") as inventory, JsonServer(b"[]") as payment:
+        monkeypatch.setenv("SAGACTL_INVENTORY_URL", "http://127.0.0.1:1")
+        result = CliRunner().invoke(
+            app,
+            [
+                *("--order-url", "http://127.0.0.1:1", "--payment-url", "http://127.0.0.1:1"),
+                *("dlq", "list", "-o", "json", "--order-url", order.base),  # a command of a group too
+                *("--inventory-url", inventory.base, "--payment-url", payment.base),
+            ],
+        )
+        asked = [served.paths for served in (order, inventory, payment)]
+    assert result.exit_code == 0, result.output
+    assert all(paths for paths in asked), asked
+    assert json.loads(result.stdout) == {"order": [], "inventory": [], "payment": []}
+
+
+def test_a_token_after_the_command_wins_over_saga_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAGA_TOKEN", "")  # none: the service would refuse
+    with JsonServer(FORGOTTEN, tokenless=NO_TOKEN) as order:
+        result = CliRunner().invoke(app, ["--order-url", order.base, "forget", "alice", "--token", "t0k"])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["forget", "alice", "--token", "b@d"], "--token is not a bearer token: character 2 is '@'"),
+        (["forget", "alice", "--order-url", "notaurl"], "Invalid value for '--order-url'"),
+        (["forget", "alice", "--token"], "Option '--token' requires an argument"),
+    ],
+)
+def test_a_bad_value_after_the_command_is_a_usage_error(args: list[str], said: str) -> None:
+    result = CliRunner().invoke(app, ["--order-url", "http://127.0.0.1:1", *args])
+    assert result.exit_code == USAGE, result.output
+    assert said in " ".join(result.output.split()), result.output
+
+
+def test_a_command_that_sends_no_token_takes_any_after_it() -> None:
+    """As before it: ``token`` and ``publish`` send none, so none is refused for them."""
+    args = ["publish", "orders.events", "--tombstone", "--value", "x", "--token", "b@d"]
+    result = CliRunner().invoke(app, args)  # refused for what it is, before the broker is asked
+    said = " ".join(result.output.split())
+    assert "not a bearer token" not in said and "--tombstone is a record with no body" in said, said
+
+
+@pytest.mark.parametrize("command", [["forget"], ["dlq", "list"], ["tail"]])
+def test_each_command_help_names_the_global_options(command: list[str]) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    for option in ("--token", "--order-url", "--inventory-url", "--payment-url"):
+        assert option in result.output, (option, result.output)
+    assert "SAGA_TOKEN" not in result.output  # no environment, no default of its own: main's
+    top = " ".join(CliRunner().invoke(app, ["--help"]).output.split())
+    assert "may come before the command or after it" in top
