@@ -117,9 +117,11 @@ def test_the_broker_serves_clients_only_over_sasl_ssl(
 ) -> None:
     env = merged_service(compose, secure, "kafka")["environment"]
     listeners = dict(entry.split("://") for entry in env["KAFKA_LISTENERS"].split(","))
-    assert listeners["PLAINTEXT"].startswith("127.0.0.1:"), (
-        "PLAINTEXT must not be reachable from other containers"
-    )
+    for name in ("PLAINTEXT", "CONTROLLER"):  # ANONYMOUS there, a super user: the broker's own
+        assert listeners[name].startswith("127.0.0.1:"), f"{name} must not be reachable from other containers"
+    assert set(listeners) == {"PLAINTEXT", "CONTROLLER", "SECURE"}
+    # a controller answers CreateAcls, AlterUserScramCredentials, DeleteTopics (KIP-919)
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"1@{listeners['CONTROLLER']}"
     protocols = dict(entry.split(":") for entry in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
     assert protocols["SECURE"] == "SASL_SSL" and env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
     assert "SSL://" not in env["KAFKA_ADVERTISED_LISTENERS"]  # the image's start script would demand JKS
