@@ -108,16 +108,21 @@ def service_subscriptions() -> dict[str, tuple[str, ...]]:
     return {spec.name: spec.subscription.topics for spec in (ORDER, INVENTORY, PAYMENT)}
 
 
+def operations_by_resource(acls: Iterable[Acl]) -> dict[tuple[str, ResourceType, str], list[Operation]]:
+    """(principal, resource type, resource) → the operations ``acls`` grant it there, sorted."""
+    operations: dict[tuple[str, ResourceType, str], list[Operation]] = {}
+    for acl in sorted(acls):
+        operations.setdefault((acl.principal, acl.resource_type, acl.resource), []).append(acl.operation)
+    return operations
+
+
 def acl_command_args(acls: Iterable[Acl]) -> list[list[str]]:
     """``acls`` as argument lists of Kafka's ``kafka-acls`` tool (``--add``), what follows
     ``kafka-acls.sh --bootstrap-server … --command-config …`` (an administrator's
     connection): one list per principal, resource type and set of operations, naming every
     resource granted those (the tool takes ``--topic`` and ``--group`` more than once)."""
-    operations: dict[tuple[str, ResourceType, str], list[Operation]] = {}
-    for acl in sorted(acls):
-        operations.setdefault((acl.principal, acl.resource_type, acl.resource), []).append(acl.operation)
     resources: dict[tuple[str, ResourceType, tuple[Operation, ...]], list[str]] = {}
-    for (principal, resource_type, resource), granted in operations.items():
+    for (principal, resource_type, resource), granted in operations_by_resource(acls).items():
         resources.setdefault((principal, resource_type, tuple(granted)), []).append(resource)
     commands = []
     for (principal, resource_type, ops), names in resources.items():

@@ -1646,10 +1646,7 @@ def kafka_acls_command(
 
     def table() -> RenderableType:
         t = Table(_fixed("principal"), _fixed("resource"), _fixed("name"), _free("operations"))
-        granted: dict[tuple[str, str, str], list[str]] = {}
-        for acl in acls:
-            granted.setdefault((acl.principal, acl.resource_type, acl.resource), []).append(acl.operation)
-        for (principal, resource_type, name), operations in granted.items():
+        for (principal, resource_type, name), operations in kafka_acls.operations_by_resource(acls).items():
             t.add_row(principal, resource_type, name, ", ".join(operations))
         return t
 

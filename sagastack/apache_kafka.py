@@ -69,7 +69,7 @@ from aiokafka.structs import TopicPartition
 from saga_kit.kafka_acls import Acl, acl_command_args
 from saga_kit.kafka_security import KafkaSecurity, ScramMechanism
 from sagastack import kafka_dist
-from sagastack.dev_certs import write_dev_tls
+from sagastack.dev_certs import write_dev_tls, write_private
 from sagastack.embedded import PidFile, free_port
 
 log = logging.getLogger(__name__)
@@ -126,13 +126,27 @@ def _listening(port: int) -> bool:
         return False
 
 
-def _finished(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    """``proc``'s exit code, killed first if it has not exited within ``timeout`` seconds."""
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
+def _run_tools(what: str, tools: list[tuple[str, list[str], Path]], timeout: float = 120.0) -> None:
+    """Run short-lived Kafka tools at once — ``(label, command, output file)`` each, its
+    stdout and stderr to the file — and wait for all; one still running after ``timeout``
+    seconds is killed. Raises ``KafkaStartError`` saying ``what`` failed, with each failed
+    tool's label, exit code and last 2,000 characters of output."""
+    running = []
+    for label, command, out_path in tools:
+        with open(out_path, "wb") as out:
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        running.append((label, proc, out_path))
+    failures = []
+    for label, proc, out_path in running:
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        if code != 0:
+            failures.append(f"{label} (exit {code}): {out_path.read_text(errors='replace')[-2000:]}")
+    if failures:
+        raise KafkaStartError(f"{what} failed:\n" + "\n".join(failures))
 
 
 class KafkaStartError(RuntimeError):
@@ -292,29 +306,19 @@ class ApacheKafka:
     def _acl_command(self, commands: list[list[str]]) -> None:
         if not self.sasl_ssl:
             raise ValueError("this broker authorizes nothing (sasl_ssl=False): there is no ACL to grant")
-        node = self.nodes[1]
-        running = []
-        for number, args in enumerate(commands):
-            command = self._java(
-                TOOL_JVM,
-                "org.apache.kafka.tools.AclCommand",
-                "--bootstrap-server",
-                node.plaintext_bootstrap,
-                *args,
-            )
-            out_path = self.run_dir / f"acls-{number}.log"
-            with open(out_path, "wb") as out:
-                proc = subprocess.Popen(
-                    command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        bootstrap = self.nodes[1].plaintext_bootstrap
+        main = "org.apache.kafka.tools.AclCommand"
+        _run_tools(
+            "changing ACLs",
+            [
+                (
+                    f"kafka-acls {' '.join(args)}",
+                    self._java(TOOL_JVM, main, "--bootstrap-server", bootstrap, *args),
+                    self.run_dir / f"acls-{number}.log",
                 )
-            running.append((args, proc, out_path))
-        failures = [
-            f"kafka-acls {' '.join(args)} (exit {code}): {out_path.read_text(errors='replace')[-2000:]}"
-            for args, proc, out_path in running
-            if (code := _finished(proc, 120)) != 0
-        ]
-        if failures:
-            raise KafkaStartError("changing ACLs failed:\n" + "\n".join(failures))
+                for number, args in enumerate(commands)
+            ],
+        )
 
     @property
     def proc(self) -> subprocess.Popen[bytes] | None:
@@ -404,9 +408,7 @@ class ApacheKafka:
             )
         for path in missing:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_urlsafe(24))
+            write_private(path, secrets.token_urlsafe(24).encode())
 
     def kill(self, node_id: int) -> None:
         """SIGKILL one node (a crash: no controlled shutdown, data as it was on disk)."""
@@ -667,9 +669,8 @@ class ApacheKafka:
         if not todo:
             return
         cluster_id = self._existing_cluster_id() or new_cluster_id()
-        running = []
+        tools = []
         for node in todo:
-            out_path = node.dir / "format.log"
             command = self._java(
                 TOOL_JVM, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(node.properties)
             )
@@ -678,19 +679,8 @@ class ApacheKafka:
                     password = self.password_file_of(user).read_text()
                     for mechanism in SCRAM_MECHANISMS:
                         command += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
-            with open(out_path, "wb") as out:
-                proc = subprocess.Popen(
-                    command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-                )
-            running.append((node, proc, out_path))
-        failures = []
-        for node, proc, out_path in running:
-            code = _finished(proc, 120)
-            if code != 0:
-                output = out_path.read_text(errors="replace")[-2000:]
-                failures.append(f"node {node.node_id} (exit {code}): {output}")
-        if failures:
-            raise KafkaStartError("formatting Kafka storage failed:\n" + "\n".join(failures))
+            tools.append((f"node {node.node_id}", command, node.dir / "format.log"))
+        _run_tools("formatting Kafka storage", tools)
 
     def _existing_cluster_id(self) -> str | None:
         for node in self.nodes.values():

@@ -117,10 +117,8 @@ def write_dev_tls(directory: Path, *, dns: tuple[str, ...] = (), days: int = 30)
         directory / "server.pem",
     )
     ca_file.write_bytes(ca_cert.public_bytes(pem))
-    _write_private(ca_key_file, _pkcs8(ca_key))
-    _write_private(
-        server_file, _pkcs8(server_key) + server_cert.public_bytes(pem) + ca_cert.public_bytes(pem)
-    )
+    write_private(ca_key_file, _pkcs8(ca_key))
+    write_private(server_file, _pkcs8(server_key) + server_cert.public_bytes(pem) + ca_cert.public_bytes(pem))
     return DevTLS(ca_file, server_file)
 
 
@@ -130,7 +128,7 @@ def _pkcs8(key: rsa.RSAPrivateKey) -> bytes:
     )
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` readable by its owner only (replacing the file)."""
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -155,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{made.ca_file}: the CA clients trust; {made.server_file}: the server's key and chain")
     for name in args.password_file:
         password_file = args.directory / name
-        _write_private(password_file, secrets.token_urlsafe(24).encode())
+        write_private(password_file, secrets.token_urlsafe(24).encode())
         print(f"{password_file}: a random password")
     return 0
 
