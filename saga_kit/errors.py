@@ -38,11 +38,12 @@ __all__ = [
 def described(exc: BaseException) -> str:
     """``exc`` as one says it: ``Type: message``; the type alone when there is no message
     (a client's own timeout: not "TimeoutError: "), the message alone when it names its
-    type already (aiokafka's: not "KafkaError: KafkaError: …")."""
+    type already (aiokafka's: not "KafkaError: KafkaError: …", nor "TopicAuthorizationFailedError:
+    [Error 29] TopicAuthorizationFailedError: …")."""
     named, message = type(exc).__name__, str(exc)
     if not message:
         return named
-    return message if message.startswith(named) else f"{named}: {message}"
+    return message if named in message.partition(":")[0] else f"{named}: {message}"
 
 
 class ConfigurationError(Exception):

@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     InvalidProducerEpoch,
@@ -37,18 +39,36 @@ async def ensure_topics(
     replication: int,
     security: KafkaSecurity | None = None,
 ) -> list[str]:
-    """Create the topics that do not exist yet; return the names created."""
+    """Create the topics that do not exist yet; return the names created.
+
+    The broker answers CreateTopics with an error code per topic rather than failing the
+    request (Kafka's protocol, ``CreateTopicsResponse.topics[].error_code``), and aiokafka
+    hands that answer back as it is: a topic another service created first (code 36) is
+    taken as there; any other code is raised as its ``aiokafka.errors`` class, so a topic
+    the ACLs refuse (``TopicAuthorizationFailedError``) or the broker cannot make now (a
+    retriable error) is never counted as created."""
     async with _admin(bootstrap, security) as admin:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t not in existing]
         created = []
         for topic in missing:
             try:
-                await admin.create_topics([NewTopic(topic, partitions, replication)])
+                answer = await admin.create_topics([NewTopic(topic, partitions, replication)])
+                raise_topic_errors(answer.topic_errors)
                 created.append(topic)
             except TopicAlreadyExistsError:  # another service won the race
                 pass
         return created
+
+
+def raise_topic_errors(topic_errors: Iterable[tuple[Any, ...]]) -> None:
+    """Raise the first error in a CreateTopics answer's ``topic_errors``: tuples of
+    ``(topic, error_code)`` (version 0) or ``(topic, error_code, error_message)`` (1 on),
+    as ``aiokafka.errors.for_code(error_code)`` with the topic and the broker's message."""
+    for topic, code, *message in topic_errors:
+        if code:
+            said = f": {message[0]}" if message and message[0] else ""
+            raise kafka_errors.for_code(code)(f"topic {topic!r}{said}")
 
 
 async def find_group_coordinator(bootstrap: str, group: str, *, security: KafkaSecurity | None = None) -> int:

@@ -307,6 +307,27 @@ async def _note_broker(
         )
 
 
+async def _create_topics(spec: ServiceSpec, settings: ServiceSettings, security: KafkaSecurity) -> None:
+    """Create the topics this service uses that do not exist yet. Raises ``CannotStart``
+    when the broker's ACLs refuse this service's Kafka user one of them: a service started
+    without its dead letter topic would hold its whole outbox behind its first dead letter."""
+    try:
+        await ensure_topics(
+            settings.kafka_bootstrap_servers,
+            topics_used(spec.name, spec.subscription.topics),
+            partitions=settings.topic_partitions,
+            replication=settings.topic_replication,
+            security=security,
+        )
+    except Exception as exc:
+        if not is_kafka_authorization_error(exc):
+            raise
+        raise CannotStart(
+            f"the broker refuses this service's Kafka user a topic it uses ({described(exc)}):"
+            " create the topic, or grant the user what 'sagactl kafka-acls' lists"
+        ) from exc
+
+
 async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Event) -> None:
     # every setting that names a key or a file is read before anything is made or
     # connects: one unfit stops the start with a ConfigurationError (exit 2), no client left
@@ -345,13 +366,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
         await apply_migrations(engine, PLUMBING + spec.migrations, retry, stop, wait)
         await _until_up(
             "broker",
-            lambda: ensure_topics(
-                settings.kafka_bootstrap_servers,
-                topics_used(spec.name, spec.subscription.topics),
-                partitions=settings.topic_partitions,
-                replication=settings.topic_replication,
-                security=kafka_security,
-            ),
+            lambda: _create_topics(spec, settings, kafka_security),
             retry,
             stop,
             wait,

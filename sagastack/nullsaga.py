@@ -24,6 +24,7 @@ import uuid
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from saga_kit.kafka import raise_topic_errors
 from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurity
 
 #: Events in a row per saga: OrderCreated, InventoryReserved, PaymentCompleted,
@@ -58,7 +59,8 @@ async def run(
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security.client_kwargs())
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(t, partitions, 1) for t in topics])
+        answer = await admin.create_topics([NewTopic(t, partitions, 1) for t in topics])
+        raise_topic_errors(answer.topic_errors)
     finally:
         await admin.close()
     producer = AIOKafkaProducer(

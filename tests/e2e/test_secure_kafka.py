@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
     KafkaConnectionError,
@@ -30,13 +31,14 @@ from aiokafka.errors import (
 
 from events.topics import COMMANDS, DOMAIN_TOPICS, dead_letter_topic
 from saga_kit import kafka_acls
+from saga_kit.kafka import ensure_topics
 from saga_kit.kafka_acls import COMMAND_SENDER, topics_written
 from saga_kit.kafka_security import KafkaSecurity
 from sagastack import kafka_dist
 from sagastack.apache_kafka import ApacheKafka
 from sagastack.client import SagaClient
 from sagastack.dev_certs import write_dev_tls
-from sagastack.system import SERVICES, BrokerKind, System
+from sagastack.system import SERVICES, BrokerKind, StartFailed, System
 from tests.e2e.conftest import UniqueIds, sagactl_env, seed
 
 pytestmark = pytest.mark.e2e
@@ -310,6 +312,60 @@ def test_a_consumer_refused_its_topic_stops_the_service_in_one_line_and_restarts
     said = payment.log_path.read_text()[log_before:]
     assert "payment_svc stops: the broker refuses this service's Kafka user" in said, said[-3000:]
     assert "sagactl kafka-acls" in said
+    secure.start_service("payment_svc")
+    products, customers = seed(client, uid, {"lamp": ("40.00", 5)}, {"ann": "200.00"})
+    order = client.place_order(customers["ann"], {products["lamp"]: 1})
+    assert client.wait_for_events(order, {"InventoryCommitted"}, timeout=90)["status"] == "APPROVED"
+
+
+def test_a_topic_the_acls_refuse_to_create_is_not_counted_as_created(secure: System) -> None:
+    """aiokafka hands back CreateTopics' per-topic refusal instead of raising it;
+    ``ensure_topics`` took the refused topic for created."""
+    payment = broker_of(secure).client_security_of("payment_svc")
+    with pytest.raises(TopicAuthorizationFailedError, match=r"not\.payments"):
+        asyncio.run(
+            ensure_topics(secure.bootstrap, ["not.payments"], partitions=1, replication=1, security=payment)
+        )
+
+
+def test_a_service_whose_topic_may_not_be_created_does_not_start_and_says_why(
+    secure: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """The payment service's dead letter topic is gone and its user may not create it: the
+    service exits 1 at start in one line naming the grant (it started without the topic,
+    so its first dead letter would have held its whole outbox). Granted, it starts and
+    creates the topic, and the saga runs."""
+    broker = broker_of(secure)
+    dlq = dead_letter_topic("payment_svc")
+    create_dlq = [kafka_acls.Acl("User:payment_svc", "topic", dlq, "Create")]
+    assert set(create_dlq) <= set(kafka_acls.plan())
+    secure.stop_service("payment_svc")
+
+    async def delete_dlq() -> None:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=secure.bootstrap, **secure.kafka_security.client_kwargs()
+        )
+        await admin.start()
+        try:
+            await admin.delete_topics([dlq])
+            for _ in range(100):
+                if dlq not in await admin.list_topics():
+                    return
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"{dlq} still listed 10 s after its deletion")
+        finally:
+            await admin.close()
+
+    asyncio.run(delete_dlq())
+    broker.revoke(create_dlq)
+    try:
+        with pytest.raises(StartFailed, match="exited with 1") as failed:
+            secure.start_service("payment_svc")
+    finally:
+        broker.grant(create_dlq)
+    said = str(failed.value)
+    assert "payment_svc cannot start: the broker refuses this service's Kafka user a topic" in said, said
+    assert dlq in said and "sagactl kafka-acls" in said and "Traceback" not in said
     secure.start_service("payment_svc")
     products, customers = seed(client, uid, {"lamp": ("40.00", 5)}, {"ann": "200.00"})
     order = client.place_order(customers["ann"], {products["lamp"]: 1})

@@ -9,7 +9,8 @@ import pytest
 from aiokafka import errors as kafka
 
 from saga_kit.consumer import HandlerErrorLimit
-from saga_kit.errors import TransientError, is_transient, is_transient_kafka_error
+from saga_kit.errors import TransientError, described, is_transient, is_transient_kafka_error
+from saga_kit.kafka import raise_topic_errors
 
 
 @pytest.mark.parametrize(
@@ -63,3 +64,24 @@ def test_failing_reactions_are_capped_in_a_row_and_as_a_share() -> None:
     # 1/37, 2/39, 3/41, 4/43 are under 10%; 5/45 is over
     assert answers[:4] == [None] * 4
     assert "5 of the last 45" in (answers[4] or "")
+
+
+def test_a_create_topics_answer_raises_each_topics_error_as_its_class() -> None:
+    """aiokafka returns CreateTopics' per-topic error codes instead of raising them: a topic
+    the ACLs refused was counted as created (``ensure_topics``)."""
+    raise_topic_errors([("a", 0, None), ("b", 0)])  # created: nothing to say
+    with pytest.raises(kafka.TopicAuthorizationFailedError, match="topic 'b': Authorization failed"):
+        raise_topic_errors([("a", 0, None), ("b", 29, "Authorization failed."), ("c", 0, None)])
+    with pytest.raises(kafka.TopicAlreadyExistsError, match="topic 'a'"):  # version 0: no message
+        raise_topic_errors([("a", 36)])
+    with pytest.raises(kafka.NotControllerError) as retriable:
+        raise_topic_errors([("a", 41, "")])
+    assert is_transient_kafka_error(retriable.value)
+
+
+def test_an_error_is_described_once_with_its_type() -> None:
+    assert described(ValueError("bad")) == "ValueError: bad"
+    assert described(TimeoutError()) == "TimeoutError"
+    refused = kafka.TopicAuthorizationFailedError("topic 'x'")
+    assert described(refused) == "[Error 29] TopicAuthorizationFailedError: topic 'x'"
+    assert described(kafka.KafkaConnectionError("no broker")) == "KafkaConnectionError: no broker"
