@@ -255,9 +255,16 @@ def _retrying_an_attempt(exc: BaseException) -> None:
 def _copy_for_topic(record: Record, reason: str, service: str) -> dict[str, Any]:
     """Key, value and headers of the copy published to the dead-letter topic: the original
     ones with ``dlq.*`` headers, or without the body and headers that do not fit
-    (``dlq.value_omitted`` / ``dlq.headers_omitted`` give their sizes)."""
+    (``dlq.value_omitted`` / ``dlq.headers_omitted`` give their sizes). Headers that carry
+    a credential (``saga_kit.headers.is_credential``: a command's bearer token) are left
+    out and named in ``dlq.credentials_omitted``: whoever reads the topic must not be able
+    to act as the sender; the dead letter's row keeps them for its replay."""
     value, headers = record.value or b"", list(record.headers)
     extra: list[tuple[str, bytes | None]] = []
+    credentials = [k for k, _ in headers if kafka_headers.is_credential(k)]
+    if credentials:
+        headers = [(k, v) for k, v in headers if not kafka_headers.is_credential(k)]
+        extra.append(("dlq.credentials_omitted", ",".join(credentials).encode("utf-8", "surrogatepass")))
     header_bytes = sum(len(k.encode("utf-8", "surrogatepass")) + len(v or b"") for k, v in headers)
     if header_bytes > DLQ_COPY_LIMIT // 4:
         extra.append(("dlq.headers_omitted", f"{len(headers)} headers, {header_bytes} bytes".encode()))

@@ -33,6 +33,7 @@ from saga_kit import headers as kafka_headers
 from saga_kit.consumer import ConsumerPipeline, Outcome, Record, dead_letter_reason
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection
+from saga_kit.headers import is_credential
 from saga_kit.http import AnyCase, DatabaseDep, errors
 
 Status = Literal["PENDING", "REPLAYED", "DISCARDED"]
@@ -76,22 +77,10 @@ class BytesView(BaseModel):
         return cls(size=size, text=None, base64=base64.b64encode(head).decode(), truncated=truncated)
 
 
-#: Words that make a header's value a credential (a command's bearer token, valid for
-#: hours), in its name in any case, spaces around it ignored: a letter keeps it whole, for
-#: its replay, but shows only its scheme, if it has a known one, and its first characters
-#: — ``sagactl dlq show`` printed an operator's whole token (an operator trial), then the
-#: whole of one sent as ``<token> Bearer`` or under ``x-authorization`` (an attack trial).
-CREDENTIAL_WORDS = ("authorization", "token", "secret", "password", "cookie", "api-key", "apikey")
 #: Schemes shown before the characters of a credential.
 CREDENTIAL_SCHEMES = frozenset({b"bearer", b"basic", b"digest", b"negotiate", b"dpop"})
 #: Characters of a credential shown, after its scheme.
 CREDENTIAL_SHOWN = 8
-
-
-def is_credential(header: str) -> bool:
-    """Does a header of this name carry a credential (``CREDENTIAL_WORDS``)?"""
-    name = header.strip().lower()
-    return any(word in name for word in CREDENTIAL_WORDS)
 
 
 class HeaderView(BaseModel):

@@ -19,6 +19,20 @@ from typing import Any
 Header = tuple[str, bytes | None]
 Headers = Sequence[Header]
 
+#: Words that make a header's value a credential (a command's bearer token, valid for
+#: hours), in its name in any case, spaces around it ignored. A dead letter's row keeps it
+#: whole, for its replay, but shows only its scheme, if it has a known one, and its first
+#: characters — ``sagactl dlq show`` printed an operator's whole token (an operator trial),
+#: then the whole of one sent as ``<token> Bearer`` or under ``x-authorization`` (an attack
+#: trial); the dead letter's copy on Kafka leaves it out (``saga_kit.consumer``).
+CREDENTIAL_WORDS = ("authorization", "token", "secret", "password", "cookie", "api-key", "apikey")
+
+
+def is_credential(header: str) -> bool:
+    """Does a header of this name carry a credential (``CREDENTIAL_WORDS``)?"""
+    name = header.strip().lower()
+    return any(word in name for word in CREDENTIAL_WORDS)
+
 
 def to_columns(headers: Headers) -> tuple[list[bytes], list[bytes | None]]:
     """``(header_keys, header_values)`` for the two BYTEA[] columns."""

@@ -228,6 +228,29 @@ async def test_a_record_too_large_to_copy_is_kept_whole_and_copied_without_its_b
     assert stored == 1_048_400
 
 
+async def test_the_dead_letter_topics_copy_leaves_credentials_out_and_the_row_keeps_them(
+    inventory: ServiceUnderTest,
+) -> None:
+    """Whoever reads a dead letter topic must not act as a command's sender: the copy had
+    the sender's bearer token in its ``authorization`` header. The row keeps it, for the
+    replay."""
+    token = b"Bearer eyJhbGciOiJFUzI1NiJ9.secret.sig"
+    rec = record(b"poison", [("authorization", token), ("X-Api-Key", b"k-123"), ("trace", b"t")])
+    assert await inventory.pipeline.process(rec) is Outcome.DEAD_LETTERED
+    (row,) = await inventory.rows(
+        "SELECT value, headers FROM outbox WHERE topic = 'inventory_svc.deadletter'"
+        " AND value = 'poison' ORDER BY id DESC LIMIT 1"
+    )
+    copy = kafka_headers.from_blob(bytes(row.headers))
+    assert [k for k, _ in copy if not k.startswith("dlq.")] == ["trace"]
+    assert dict(copy)["dlq.credentials_omitted"] == b"authorization,X-Api-Key"
+    assert not any(b"secret" in (v or b"") or b"k-123" in (v or b"") for _, v in copy)
+    (kept,) = await inventory.rows(
+        "SELECT header_keys, header_values FROM dead_letters WHERE source_offset = :o", o=rec.offset
+    )
+    assert dict(kafka_headers.from_columns(kept.header_keys, kept.header_values))["authorization"] == token
+
+
 async def test_invented_event_types_share_one_metric_label(inventory: ServiceUnderTest) -> None:
     """Records ignored by their ``event_type`` header are counted by it — but a type that
     does not exist is counted as ``<unknown>``: a writer inventing names must not add a
