@@ -1071,7 +1071,7 @@ def _produce(
     except KafkaSecurityError as exc:
         _fail(f"cannot connect to Kafka: {exc}", USAGE)
 
-    from aiokafka.errors import MessageSizeTooLargeError, TopicAuthorizationFailedError
+    from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError, TopicAuthorizationFailedError
 
     # whom the broker's ACLs judge: the SCRAM user, or the name in a client certificate
     authenticated = security.sasl or bool(security.ssl_certfile)
@@ -1098,8 +1098,11 @@ def _produce(
         finally:
             await producer.stop()
 
-    # the client logs each failed connection on its own: the one line below says it
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    # the client logs each failed connection on its own, and raises only "Unable to
+    # bootstrap": the one line below says it, and why, from what it logged
+    connecting = _KafkaConnectionErrors()
+    logging.getLogger("aiokafka").addHandler(connecting)
+    logging.getLogger("aiokafka").propagate = False
     try:
         return asyncio.run(send())
     except typer.Exit:  # said already (no such topic)
@@ -1115,12 +1118,54 @@ def _produce(
             USAGE,  # checked before anything is sent
         )
     except Exception as exc:  # the broker is away or refuses: one sentence
+        refusal = connecting.refusal(security.sasl_username, security.sasl_mechanism)
+        if isinstance(exc, KafkaConnectionError) and refusal is not None:
+            _fail(f"cannot connect to Kafka at {bootstrap}: {refusal}")
+        # why it could not connect, rather than "Unable to bootstrap from [(…)]"
+        cause = connecting.errors[-1] if isinstance(exc, KafkaConnectionError) and connecting.errors else exc
         _fail(
-            f"cannot send to Kafka at {bootstrap}: {described(exc)} (is the system running?"
+            f"cannot send to Kafka at {bootstrap}: {described(cause)} (is the system running?"
             f" 'make run' starts it, its broker at {DEFAULT_BOOTSTRAP}; --bootstrap or"
             " SAGACTL_KAFKA_BOOTSTRAP names another)",
             UNREACHABLE,
         )
+
+
+class _KafkaConnectionErrors(logging.Handler):
+    """The errors aiokafka's client met connecting, taken from its log: it logs each
+    (``Unable connect to "host:port": <error>``, the error among the record's arguments)
+    and raises only ``KafkaConnectionError("Unable to bootstrap …")``, whatever the cause.
+    Collects; prints nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        self.errors.extend(arg for arg in args if isinstance(arg, BaseException))
+
+    def refusal(self, sasl_username: str | None, sasl_mechanism: str | None) -> str | None:
+        """Why the broker and this client would not talk, if it was no network trouble:
+        the broker refused the SASL user or password, or the client did not trust the
+        broker's certificate. None otherwise."""
+        import ssl
+
+        from aiokafka.errors import SaslAuthenticationFailed
+
+        for error in self.errors:
+            if isinstance(error, SaslAuthenticationFailed):
+                return (
+                    f"authentication failed: the broker refused Kafka user {sasl_username!r}"
+                    f" with this password ({sasl_mechanism}); check KAFKA_SASL_USERNAME and"
+                    " KAFKA_SASL_PASSWORD (or KAFKA_SASL_PASSWORD_FILE)"
+                )
+            if isinstance(error, ssl.SSLCertVerificationError):
+                return (
+                    f"the broker's certificate is not trusted ({error.verify_message or error}):"
+                    " KAFKA_SSL_CAFILE must name the CA that signed it"
+                )
+        return None
 
 
 def _header(given: str) -> tuple[str, bytes]:

@@ -158,10 +158,12 @@ def test_the_saga_runs_over_sasl_ssl_approved_and_rejected(
     assert client.account(customers["ann"])["balance"] == "80.00"
 
 
-def sagactl_as(system: System, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+def sagactl_as(
+    system: System, user: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``sagactl <args> --bootstrap <the system's>``, connecting to the broker as Kafka user
-    ``user``."""
-    env = {**sagactl_env(system), **broker_of(system).client_env(user)}
+    ``user`` (``env`` over that)."""
+    env = {**sagactl_env(system), **broker_of(system).client_env(user), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "sagactl", *args, "--bootstrap", system.bootstrap],
         env=env,
@@ -206,6 +208,34 @@ def test_sagactl_says_what_the_brokers_acls_refused(secure: System) -> None:
     unseen = sagactl_as(secure, COMMAND_SENDER, "publish", "orders.events", "--value", "{}")
     assert unseen.returncode == 1, unseen.stdout + unseen.stderr
     assert "no topic 'orders.events'" in unseen.stderr and "ACLs" in unseen.stderr
+
+
+def test_sagactl_says_authentication_failed_or_the_certificate_is_not_trusted(
+    secure: System, tmp_path: Path
+) -> None:
+    """A wrong password, an unknown user, a broker whose certificate the client does not
+    trust: each said as what it is, exit 1 — not "cannot send … is the system running?",
+    exit 3 (an attack trial)."""
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not the password")
+    for user in (COMMAND_SENDER, "mallory"):
+        refused = sagactl_as(
+            secure,
+            COMMAND_SENDER,
+            *("publish", COMMANDS, "--value", "{}"),
+            env={"KAFKA_SASL_USERNAME": user, "KAFKA_SASL_PASSWORD_FILE": str(wrong)},
+        )
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        said = " ".join(refused.stderr.split())
+        assert f"authentication failed: the broker refused Kafka user {user!r}" in said, said
+        assert "is the system running" not in said
+    other_ca = write_dev_tls(tmp_path / "other").ca_file
+    untrusted = sagactl_as(
+        secure, COMMAND_SENDER, "publish", COMMANDS, "--value", "{}", env={"KAFKA_SSL_CAFILE": str(other_ca)}
+    )
+    assert untrusted.returncode == 1, untrusted.stdout + untrusted.stderr
+    said = " ".join(untrusted.stderr.split())
+    assert "the broker's certificate is not trusted" in said and "KAFKA_SSL_CAFILE" in said, said
 
 
 def test_a_wrong_password_is_refused_by_the_broker(secure: System, caplog: pytest.LogCaptureFixture) -> None:
