@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -69,6 +70,47 @@ def raise_topic_errors(topic_errors: Iterable[tuple[Any, ...]]) -> None:
         if code:
             said = f": {message[0]}" if message and message[0] else ""
             raise kafka_errors.for_code(code)(f"topic {topic!r}{said}")
+
+
+class ConnectionErrors(logging.Handler):
+    """The errors aiokafka's clients meet connecting, taken from its log while in a
+    ``with`` block: aiokafka logs each (``Unable connect to "host:port": <error>``, the
+    error among the record's arguments) and raises only ``KafkaConnectionError("Unable to
+    bootstrap …")``, whatever the cause. Collects; prints nothing (the log goes on as
+    configured)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.errors: list[BaseException] = []
+
+    def __enter__(self) -> ConnectionErrors:
+        logging.getLogger("aiokafka").addHandler(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        logging.getLogger("aiokafka").removeHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        self.errors.extend(arg for arg in args if isinstance(arg, BaseException))
+
+    def refusal(self, security: KafkaSecurity) -> str | None:
+        """Why the broker and this client would not talk, if it was no network trouble —
+        the broker refused the SASL user or its password, or the client did not trust the
+        broker's certificate — in a sentence naming the settings to check; None otherwise."""
+        for error in self.errors:
+            if isinstance(error, kafka_errors.SaslAuthenticationFailed):
+                return (
+                    f"authentication failed: the broker refused Kafka user {security.sasl_username!r}"
+                    f" with this password ({security.sasl_mechanism}); check KAFKA_SASL_USERNAME and"
+                    " KAFKA_SASL_PASSWORD (or KAFKA_SASL_PASSWORD_FILE)"
+                )
+            if isinstance(error, ssl.SSLCertVerificationError):
+                return (
+                    f"the broker's certificate is not trusted ({error.verify_message or error}):"
+                    " KAFKA_SSL_CAFILE must name the CA that signed it"
+                )
+        return None
 
 
 async def find_group_coordinator(bootstrap: str, group: str, *, security: KafkaSecurity | None = None) -> int:

@@ -24,6 +24,7 @@ from typing import Any
 import uvicorn
 import uvloop
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sse_starlette.sse import AppStatus
@@ -41,7 +42,14 @@ from saga_kit.errors import (
 )
 from saga_kit.faust_app import build_faust_app
 from saga_kit.http import Check, create_app, server_options
-from saga_kit.kafka import broker_ping, cluster_id, create_producer, ensure_topics, find_group_coordinator
+from saga_kit.kafka import (
+    ConnectionErrors,
+    broker_ping,
+    cluster_id,
+    create_producer,
+    ensure_topics,
+    find_group_coordinator,
+)
 from saga_kit.kafka_acls import topics_used
 from saga_kit.kafka_security import KafkaSecurity
 from saga_kit.migrations import PLUMBING, Migration, migrate
@@ -310,15 +318,24 @@ async def _note_broker(
 async def _create_topics(spec: ServiceSpec, settings: ServiceSettings, security: KafkaSecurity) -> None:
     """Create the topics this service uses that do not exist yet. Raises ``CannotStart``
     when the broker's ACLs refuse this service's Kafka user one of them: a service started
-    without its dead letter topic would hold its whole outbox behind its first dead letter."""
+    without its dead letter topic would hold its whole outbox behind its first dead letter.
+    A connection the broker refuses (a wrong password, a certificate not trusted) is
+    raised as a ``KafkaConnectionError`` that says so, and waited out like the broker
+    away: its SCRAM user may be made after the broker starts (compose.secure.yaml)."""
     try:
-        await ensure_topics(
-            settings.kafka_bootstrap_servers,
-            topics_used(spec.name, spec.subscription.topics),
-            partitions=settings.topic_partitions,
-            replication=settings.topic_replication,
-            security=security,
-        )
+        with ConnectionErrors() as connecting:
+            await ensure_topics(
+                settings.kafka_bootstrap_servers,
+                topics_used(spec.name, spec.subscription.topics),
+                partitions=settings.topic_partitions,
+                replication=settings.topic_replication,
+                security=security,
+            )
+    except KafkaConnectionError as exc:
+        refusal = connecting.refusal(security)
+        if refusal is None:
+            raise
+        raise KafkaConnectionError(refusal) from exc
     except Exception as exc:
         if not is_kafka_authorization_error(exc):
             raise

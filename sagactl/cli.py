@@ -1064,6 +1064,7 @@ def _produce(
     from aiokafka import AIOKafkaProducer
 
     from saga_kit.errors import described
+    from saga_kit.kafka import ConnectionErrors
     from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurityError
 
     try:
@@ -1100,11 +1101,10 @@ def _produce(
 
     # the client logs each failed connection on its own, and raises only "Unable to
     # bootstrap": the one line below says it, and why, from what it logged
-    connecting = _KafkaConnectionErrors()
-    logging.getLogger("aiokafka").addHandler(connecting)
     logging.getLogger("aiokafka").propagate = False
     try:
-        return asyncio.run(send())
+        with ConnectionErrors() as connecting:
+            return asyncio.run(send())
     except typer.Exit:  # said already (no such topic)
         raise
     except TopicAuthorizationFailedError:  # the broker's ACLs: this user may see the topic, not write it
@@ -1118,7 +1118,7 @@ def _produce(
             USAGE,  # checked before anything is sent
         )
     except Exception as exc:  # the broker is away or refuses: one sentence
-        refusal = connecting.refusal(security.sasl_username, security.sasl_mechanism)
+        refusal = connecting.refusal(security)
         if isinstance(exc, KafkaConnectionError) and refusal is not None:
             _fail(f"cannot connect to Kafka at {bootstrap}: {refusal}")
         # why it could not connect, rather than "Unable to bootstrap from [(…)]"
@@ -1129,43 +1129,6 @@ def _produce(
             " SAGACTL_KAFKA_BOOTSTRAP names another)",
             UNREACHABLE,
         )
-
-
-class _KafkaConnectionErrors(logging.Handler):
-    """The errors aiokafka's client met connecting, taken from its log: it logs each
-    (``Unable connect to "host:port": <error>``, the error among the record's arguments)
-    and raises only ``KafkaConnectionError("Unable to bootstrap …")``, whatever the cause.
-    Collects; prints nothing."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.errors: list[BaseException] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        args = record.args if isinstance(record.args, tuple) else ()
-        self.errors.extend(arg for arg in args if isinstance(arg, BaseException))
-
-    def refusal(self, sasl_username: str | None, sasl_mechanism: str | None) -> str | None:
-        """Why the broker and this client would not talk, if it was no network trouble:
-        the broker refused the SASL user or password, or the client did not trust the
-        broker's certificate. None otherwise."""
-        import ssl
-
-        from aiokafka.errors import SaslAuthenticationFailed
-
-        for error in self.errors:
-            if isinstance(error, SaslAuthenticationFailed):
-                return (
-                    f"authentication failed: the broker refused Kafka user {sasl_username!r}"
-                    f" with this password ({sasl_mechanism}); check KAFKA_SASL_USERNAME and"
-                    " KAFKA_SASL_PASSWORD (or KAFKA_SASL_PASSWORD_FILE)"
-                )
-            if isinstance(error, ssl.SSLCertVerificationError):
-                return (
-                    f"the broker's certificate is not trusted ({error.verify_message or error}):"
-                    " KAFKA_SSL_CAFILE must name the CA that signed it"
-                )
-        return None
 
 
 def _header(given: str) -> tuple[str, bytes]:

@@ -238,6 +238,23 @@ def test_sagactl_says_authentication_failed_or_the_certificate_is_not_trusted(
     assert "the broker's certificate is not trusted" in said and "KAFKA_SSL_CAFILE" in said, said
 
 
+def test_a_service_refused_by_the_broker_says_why_while_it_waits(secure: System, tmp_path: Path) -> None:
+    """A service given a wrong Kafka password waits for the broker as for one away (its
+    user may be made after the broker starts), each try saying the broker refused it, and
+    gives up saying so — it said "Unable to bootstrap from [(…)]", as for a broker away."""
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not the password")
+    env = {"KAFKA_SASL_PASSWORD_FILE": str(wrong), "STARTUP_TIMEOUT_SECONDS": "4"}
+    try:
+        with pytest.raises(StartFailed, match="exited with 1") as failed:
+            secure.start_service("payment_svc", env=env)
+    finally:
+        secure.start_service("payment_svc")
+    said = " ".join(str(failed.value).split())
+    assert "gave up waiting for broker after 4 s" in said, said
+    assert "authentication failed: the broker refused Kafka user 'payment_svc'" in said, said
+
+
 def test_a_wrong_password_is_refused_by_the_broker(secure: System, caplog: pytest.LogCaptureFixture) -> None:
     good = secure.kafka_security
     connects(secure, good)  # the same client with the right password gets in …
