@@ -15,9 +15,12 @@ The server certificate names ``localhost`` and ``127.0.0.1`` (subject alternativ
 and any other host names asked for, so a client connecting to one of them with host-name
 checking accepts it.
 
-``python -m sagastack.dev_certs DIR --dns kafka --password-file order_svc.password …``
-writes the same files for ``compose.secure.yaml`` (the broker's name there is ``kafka``),
-and a random SCRAM password in each file named (``--password-file`` again for more).
+``python -m sagastack.dev_certs DIR --dns kafka --password-file order_svc.password …
+--for-containers`` writes the same files for ``compose.secure.yaml`` (the broker's name
+there is ``kafka``), and a random SCRAM password in each file named (``--password-file``
+again for more). Compose mounts file secrets as they are on disk (outside swarm), and the
+containers run as users other than the host's: ``--for-containers`` makes ``DIR`` 0700
+and the files mounted 0644, readable in a container, not by the host's other users.
 """
 
 from __future__ import annotations
@@ -148,13 +151,29 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="also write a random password into DIRECTORY/<this name>; again for more",
     )
+    parser.add_argument(
+        "--for-containers",
+        action="store_true",
+        help="make the directory 0700 and what a container mounts (ca.pem, server.pem, the"
+        " passwords) 0644: compose mounts file secrets as they are on disk, and the"
+        " containers' users are not this one",
+    )
     args = parser.parse_args(argv)
     made = write_dev_tls(args.directory, dns=tuple(args.dns), days=args.days)
     print(f"{made.ca_file}: the CA clients trust; {made.server_file}: the server's key and chain")
+    mounted = [made.ca_file, made.server_file]
     for name in args.password_file:
         password_file = args.directory / name
         write_private(password_file, secrets.token_urlsafe(24).encode())
+        mounted.append(password_file)
         print(f"{password_file}: a random password")
+    if args.for_containers:
+        # the directory keeps other users of this host out; a container reaches each
+        # file through its own mount, past the directory
+        args.directory.chmod(0o700)
+        for path in mounted:
+            path.chmod(0o644)
+        print(f"{args.directory}: 0700, the files containers mount 0644 (the CA's key stays 0600)")
     return 0
 
 

@@ -190,7 +190,8 @@ def test_the_command_in_the_secure_files_header_writes_every_secret_it_mounts(
     secure: dict[str, Any], tmp_path: Path
 ) -> None:
     """The header's ``python -m sagastack.dev_certs …`` (run here, into a temporary
-    directory) writes each file the secrets name, passwords readable by their owner only."""
+    directory) writes each file the secrets name, readable in a container, in a directory
+    only its owner may enter."""
     import shlex
 
     from sagastack import dev_certs
@@ -205,5 +206,9 @@ def test_the_command_in_the_secure_files_header_writes_every_secret_it_mounts(
     for secret in secure["secrets"].values():
         written = tmp_path / Path(secret["file"]).name
         assert written.is_file(), written
+        # compose mounts them as they are, for containers' users that are not this one
+        assert written.stat().st_mode & 0o777 == 0o644, written
         if written.suffix == ".password":
-            assert written.stat().st_mode & 0o777 == 0o600 and len(written.read_text()) >= 24
+            assert len(written.read_text()) >= 24
+    assert tmp_path.stat().st_mode & 0o777 == 0o700  # the host's other users kept out
+    assert (tmp_path / "ca-key.pem").stat().st_mode & 0o777 == 0o600  # mounted nowhere
