@@ -17,7 +17,8 @@ SEED  ?= 1
 help:
 	@echo "make setup    create .venv with the pinned dependencies (requirements.lock)"
 	@echo "make run      start broker, database, the payment provider simulator and the three services;"
-	@echo "              Ctrl-C stops all (a second stack: RUN_DIR=DIR, and ports of its own)"
+	@echo "              Ctrl-C stops all (a second stack: RUN_DIR=DIR, and ports of its own;"
+	@echo "              SECURE=1: Apache Kafka over SASL_SSL, each service its own user and ACLs)"
 	@echo "make demo     eight sagas end to end (every outcome, from Kafka, forged, provider outage), then the invariants;"
 	@echo "              on a terminal it keeps running for the dashboard (KEEP=0: stop at once)"
 	@echo "              BROKER=kafka|tansu for run, demo, test, bench, chaos (default Tansu)"
@@ -49,7 +50,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@echo ".venv ready"
 
 run: setup
-	$(WITH_BROKER) $(BIN)/python -m sagastack run $(if $(RUN_DIR),--run-dir $(RUN_DIR))
+	$(WITH_BROKER) $(BIN)/python -m sagastack run $(if $(RUN_DIR),--run-dir $(RUN_DIR)) $(if $(filter 1,$(SECURE)),--secure)
 
 # KEEP=0: stop at the end even on a terminal; KEEP=1: keep running even off one
 demo: setup

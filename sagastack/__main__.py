@@ -9,18 +9,23 @@ import sys
 import threading
 from pathlib import Path
 
+from saga_kit.kafka_acls import COMMAND_SENDER
+from sagastack.apache_kafka import SASL_USER, ApacheKafka
 from sagastack.embedded import PortTaken, RunDirectoryInUse
-from sagastack.system import SERVICES, BadSetting, StartFailed, System, choose_broker
+from sagastack.system import SERVICES, BadSetting, StartFailed, System, choose_broker, choose_secure_broker
 
 RUN_ROOT = Path(".run")
 
 
 def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
-    broker, note = choose_broker()
+    if args.secure:
+        broker, note = choose_secure_broker(), None
+    else:
+        broker, note = choose_broker()
     if note:
         print(note, flush=True)
-    system = System(Path(args.run_dir), broker_kind=broker)
+    system = System(Path(args.run_dir), broker_kind=broker, kafka_sasl_ssl=args.secure)
     system.claim()  # a run already there is told before anything is said to start
     # an earlier run's leftovers (its supervisor and watchdog killed together) hold its
     # ports: stopped first, or the check below took them for another program's (a trial)
@@ -61,6 +66,14 @@ def run(args: argparse.Namespace) -> int:
         print("                  a customer's: sagactl token --subject alice --role customer)")
         elsewhere = "" if default_dir else f" RUN_DIR={system.run_dir}"
         print(f"  invariants:     make invariants{elsewhere}   (once it settles: docs/design.md §6)")
+        if isinstance(system.broker, ApacheKafka) and system.broker.sasl_ssl:
+            admin = system.broker.client_env(SASL_USER)
+            print(
+                "  kafka:          SASL_SSL, each service its own user (sagactl kafka-acls); sagactl as"
+                f" {COMMAND_SENDER}, which may write orders.commands only.\n"
+                f"                  The administrator: KAFKA_SASL_USERNAME={admin['KAFKA_SASL_USERNAME']}"
+                f" KAFKA_SASL_PASSWORD_FILE={admin['KAFKA_SASL_PASSWORD_FILE']}"
+            )
         print(f"  logs: {system.run_dir / 'logs'}\n\nready — Ctrl-C stops everything", flush=True)
         system.keep_running(stop, again="make run")
         print("stopping …", flush=True)
@@ -91,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         "--run-dir",
         default=str(RUN_ROOT / "stack"),
         help="where its databases, logs, keys and traces live (a second stack needs its own, and ports)",
+    )
+    running.add_argument(
+        "--secure",
+        action="store_true",
+        help="Apache Kafka over SASL_SSL, each service its own Kafka user allowed only what it does"
+        " (its ACLs: sagactl kafka-acls); needs Java 17+ and Maven",
     )
     running.set_defaults(func=run)
 

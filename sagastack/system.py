@@ -122,6 +122,26 @@ def choose_broker() -> tuple[BrokerKind, str | None]:
     return "kafka", None
 
 
+def choose_secure_broker() -> BrokerKind:
+    """The broker of ``make run SECURE=1``: the embedded Apache Kafka, whose client
+    listener is SASL_SSL with each service its own user (``kafka_sasl_ssl``). Raises
+    ``BadSetting`` where it cannot be: ``SAGA_BROKER=tansu`` (Tansu has no TLS listener
+    here), an external broker (``KAFKA_BOOTSTRAP_SERVERS``: its own ``KAFKA_SECURITY_*``
+    settings say how to connect), or no Java 17+ or Maven to run Kafka."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        raise BadSetting(
+            "SECURE=1 runs the embedded Apache Kafka over SASL_SSL; with an external broker"
+            " (KAFKA_BOOTSTRAP_SERVERS) set KAFKA_SECURITY_PROTOCOL and KAFKA_SASL_* instead"
+        )
+    if broker_from_env("kafka") != "kafka":
+        raise BadSetting("SECURE=1 needs Apache Kafka (BROKER=kafka): Tansu has no TLS listener here")
+    if not (kafka_dist.java_available() and kafka_dist.resolvable()):
+        raise BadSetting(
+            f"SECURE=1 needs Apache Kafka: Java {kafka_dist.MIN_JAVA}+ and Maven (mvn), not found"
+        )
+    return "kafka"
+
+
 SERVICES: dict[str, tuple[str, int]] = {
     # name: (settings prefix, default port)
     "order_svc": ("ORDER", 8001),
@@ -914,9 +934,13 @@ class System:
     def sagactl_env(self) -> dict[str, str]:
         """What ``sagactl`` needs to reach this system: each service's URL
         (``SAGACTL_<SVC>_URL``) and the broker, for ``--via kafka``
-        (``SAGACTL_KAFKA_BOOTSTRAP``)."""
+        (``SAGACTL_KAFKA_BOOTSTRAP``); with ``kafka_sasl_ssl``, how to connect as the
+        command sender (``saga-client``, ``KAFKA_SECURITY_PROTOCOL``, …), who may write
+        commands and nothing else."""
         env = {f"SAGACTL_{prefix}_URL": self.url(n) for n, (prefix, _) in SERVICES.items()}
         env["SAGACTL_KAFKA_BOOTSTRAP"] = self.bootstrap
+        if isinstance(self.broker, ApacheKafka) and self.broker.sasl_ssl:
+            env.update(self.broker.client_env(kafka_acls.COMMAND_SENDER))
         return env
 
     def exit_reason(self, name: str) -> str:

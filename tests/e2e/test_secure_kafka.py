@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ from sagastack import kafka_dist
 from sagastack.apache_kafka import ApacheKafka
 from sagastack.client import SagaClient
 from sagastack.dev_certs import write_dev_tls
+from sagastack.embedded import free_port
 from sagastack.system import SERVICES, BrokerKind, StartFailed, System
 from tests.e2e.conftest import UniqueIds, sagactl_env, seed
 
@@ -45,7 +47,8 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def secure(run_root: Path, broker_kind: BrokerKind) -> Iterator[System]:
+def kafka_here(broker_kind: BrokerKind) -> None:
+    """Skip unless Apache Kafka runs here, in ``make test``'s Kafka phase."""
     if broker_kind != "kafka":
         pytest.skip("TLS + SASL needs Apache Kafka: runs with --broker kafka (make test's Kafka phase)")
     if not (kafka_dist.java_available() and kafka_dist.resolvable()):
@@ -53,6 +56,10 @@ def secure(run_root: Path, broker_kind: BrokerKind) -> Iterator[System]:
         if os.environ.get("SAGA_REQUIRE_KAFKA") == "1":
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def secure(run_root: Path, kafka_here: None) -> Iterator[System]:
     with System(
         run_root / "secure", free_ports=True, fresh=True, broker_kind="kafka", kafka_sasl_ssl=True
     ) as running:
@@ -417,3 +424,65 @@ def test_a_service_whose_topic_may_not_be_created_does_not_start_and_says_why(
     products, customers = seed(client, uid, {"lamp": ("40.00", 5)}, {"ann": "200.00"})
     order = client.place_order(customers["ann"], {products["lamp"]: 1})
     assert client.wait_for_events(order, {"InventoryCommitted"}, timeout=90)["status"] == "APPROVED"
+
+
+@pytest.mark.usefixtures("kafka_here")
+def test_make_run_secure_serves_the_saga_with_each_service_its_own_user(run_root: Path) -> None:
+    """``make run SECURE=1`` (``sagastack run --secure``) as a user starts it: the banner's
+    ``sagactl`` line connects as the command sender, who may send commands and nothing
+    else; the services are ready, each as its own user. (Before, only the tests could
+    start the SASL_SSL broker with its ACLs.)"""
+    run_dir = run_root / "make-run-secure"
+    ports = {f"{p}_HTTP_PORT": str(free_port()) for p in ("ORDER", "INVENTORY", "PAYMENT", "PROVIDER")}
+    env = {**os.environ, **ports, "SAGA_KAFKA_PORT": str(free_port()), "SAGA_BROKER": "kafka"}
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sagastack", "run", "--secure", "--run-dir", str(run_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    said: list[str] = []
+    try:
+        while not (line := proc.stdout.readline()).startswith("ready"):
+            assert line, "make run SECURE=1 ended before it was ready:\n" + "".join(said)
+            said.append(line)
+        banner = "".join(said)
+        assert "(SASL_SSL)" in banner and "KAFKA_SASL_USERNAME=saga " in banner, banner
+        exports = next(line for line in said if line.strip().startswith("sagactl:"))
+        client = dict(item.split("=", 1) for item in exports.split("export", 1)[1].split())
+        assert (
+            client["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+            and client["KAFKA_SASL_USERNAME"] == COMMAND_SENDER
+        )
+        for prefix in ("ORDER", "INVENTORY", "PAYMENT"):
+            health = httpx.get(f"http://127.0.0.1:{ports[f'{prefix}_HTTP_PORT']}/health/ready", timeout=10)
+            assert health.status_code == 200, health.text
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SAGACTL_", "SAGA_TOKEN"))}
+
+        def sagactl(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "sagactl", *args],
+                env={**base, **client, "COLUMNS": "250"},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        token = sagactl("token")
+        assert token.returncode == 0, token.stderr
+        sent = sagactl("--token", token.stdout.strip(), "place", "alice", "lamp=1", "--via", "kafka")
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        refused = sagactl("publish", "orders.events", "--value", "{}")
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert f"shows Kafka user {COMMAND_SENDER!r} no topic 'orders.events'" in refused.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    assert proc.returncode == 0, out[-3000:]

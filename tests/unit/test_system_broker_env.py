@@ -9,7 +9,7 @@ import pytest
 
 from saga_kit.settings import DEFAULT_FETCH_MAX_WAIT_MS
 from sagastack.embedded import Tansu
-from sagastack.system import TANSU_FETCH_IDLE_WAIT_MS, System
+from sagastack.system import TANSU_FETCH_IDLE_WAIT_MS, BadSetting, System, choose_secure_broker
 
 
 def _on_tansu(tmp_path: Path) -> System:
@@ -41,3 +41,17 @@ def test_a_short_busy_wait_from_the_environment_stays_fixed(
     monkeypatch.delenv("KAFKA_FETCH_IDLE_WAIT_MS", raising=False)
     monkeypatch.setenv("KAFKA_FETCH_MAX_WAIT_MS", "10")  # an idle wait of 20 would be refused
     assert _on_tansu(tmp_path).broker_env() == {}
+
+
+def test_make_run_secure_refuses_a_broker_it_cannot_secure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``make run SECURE=1`` runs the embedded Apache Kafka over SASL_SSL: asked with Tansu,
+    or with an external broker, it says what to do instead (exit 2) — it never runs a
+    PLAINTEXT broker it was asked to secure."""
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("SAGA_BROKER", "tansu")
+    with pytest.raises(BadSetting, match=r"needs Apache Kafka \(BROKER=kafka\)"):
+        choose_secure_broker()
+    monkeypatch.setenv("SAGA_BROKER", "kafka")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker.example:9094")
+    with pytest.raises(BadSetting, match="KAFKA_SECURITY_PROTOCOL"):
+        choose_secure_broker()
