@@ -294,7 +294,7 @@ def test_a_run_whose_supervisor_and_watchdog_were_killed_is_cleared_before_the_p
 
         monkeypatch.setattr(System, "__enter__", started)
         with pytest.raises(_Started):  # not PortTaken
-            run(argparse.Namespace(run_dir=str(tmp_path)))
+            run(argparse.Namespace(run_dir=str(tmp_path), secure=False))
         assert left.wait(10) is not None  # the leftover was stopped
     finally:
         left.kill()
