@@ -1118,11 +1118,13 @@ def _produce(
             USAGE,  # checked before anything is sent
         )
     except Exception as exc:  # the broker is away or refuses: one sentence
-        refusal = connecting.refusal(security)
-        if isinstance(exc, KafkaConnectionError) and refusal is not None:
-            _fail(f"cannot connect to Kafka at {bootstrap}: {refusal}")
-        # why it could not connect, rather than "Unable to bootstrap from [(…)]"
-        cause = connecting.errors[-1] if isinstance(exc, KafkaConnectionError) and connecting.errors else exc
+        cause: BaseException = exc
+        if isinstance(exc, KafkaConnectionError):
+            refusal = connecting.refusal(security)
+            if refusal is not None:
+                _fail(f"cannot connect to Kafka at {bootstrap}: {refusal}")
+            if connecting.errors:  # why it could not connect, not "Unable to bootstrap from [(…)]"
+                cause = connecting.errors[-1]
         _fail(
             f"cannot send to Kafka at {bootstrap}: {described(cause)} (is the system running?"
             f" 'make run' starts it, its broker at {DEFAULT_BOOTSTRAP}; --bootstrap or"
