@@ -10,7 +10,8 @@ everything; a customer's only its own orders). 'sagactl token' mints a developme
 with the key 'make run' / 'make demo' made under the run directory.
 
 These options (--order-url …, --token) may come before the command or after it
-('sagactl forget alice --token X'); given in both places, the one after the command wins.
+('sagactl forget alice --token X'), or between a group and its command ('sagactl dlq
+--token X list'); given in more than one place, the last one given wins.
 
 Every command takes --output (-o): text fits the terminal (80 columns and
 up; ids shortened to 8 characters), wide shows full ids and every column however
@@ -74,14 +75,16 @@ errors = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
 
 class _GlobalOptionsGroup(typer.core.TyperGroup):
     """sagactl's command group, whose own options (--token, --order-url, --inventory-url,
-    --payment-url: ``main``'s) every command also takes after its name, with the same
-    meaning: ``sagactl forget alice --token X`` was "No such option: --token" (click reads
-    a group's options before the command's name only). Each command (those of dlq and
-    audit too) gets a copy of each, without its environment variable and default, that
-    passes nothing to the command: given, its value replaces the one ``main`` read (before
-    the command, from the environment, or the default), so one given after the command
-    wins. Click parses them, so '--' and an option's value that looks like a command
-    mean what they meant."""
+    --payment-url: ``main``'s) every command also takes after its name, and every group
+    of commands (dlq, audit) between its name and its command's, with the same meaning:
+    ``sagactl forget alice --token X`` and ``sagactl dlq --token X list`` were "No such
+    option: --token" (click reads a group's options before the name of its command only).
+    Each command and each group under this one gets a copy of each, without its
+    environment variable and default, that passes nothing to it: given, its value
+    replaces the one read before it (by ``main``: before the command, from the
+    environment, or the default; or by the group above), and click reads them in the
+    order they are given, so the last one given wins. Click parses them, so '--' and an
+    option's value that looks like a command mean what they meant."""
 
     def __init__(self, **attrs: Any) -> None:
         super().__init__(**attrs)
@@ -89,10 +92,9 @@ class _GlobalOptionsGroup(typer.core.TyperGroup):
         pending = list(self.commands.values())
         while pending:
             command = pending.pop()
+            command.params.extend(copy.copy(param) for param in again)
             if isinstance(command, typer.core.TyperGroup):
                 pending.extend(command.commands.values())
-            else:
-                command.params.extend(copy.copy(param) for param in again)
 
 
 #: ``main``'s options, as its parameters are named: each command takes them too.
@@ -100,9 +102,10 @@ GLOBAL_OPTIONS = ("order_url", "inventory_url", "payment_url", "token")
 
 
 def _after_the_command(param: Any) -> Any:
-    """A copy of one of ``main``'s options for a command to take after its name: no
-    environment variable, no default, no value passed to the command, and processed
-    before the command's own (is_eager), as ``main`` processed it before them."""
+    """A copy of one of ``main``'s options for a command (or a group of them) to take
+    after its name: no environment variable, no default, no value passed to the command,
+    and processed before the command's own (is_eager), as ``main`` processed it before
+    them."""
     option = copy.copy(param)
     option._runtime_param = None  # typer's, made from the option: made again for the copy
     option.envvar, option.show_envvar, option.default = None, False, None
@@ -112,8 +115,8 @@ def _after_the_command(param: Any) -> Any:
 
 
 def _given_after_the_command(ctx: Any, param: Any, value: str | None) -> None:
-    """One of ``main``'s options given after the command: checked as ``main`` checks it,
-    then it replaces what ``main`` read."""
+    """One of ``main``'s options given after the command's (or group's) name: checked as
+    ``main`` checks it, then it replaces what ``main`` (or a group above) read."""
     if value is None:
         return
     urls = _urls(ctx)

@@ -1,6 +1,7 @@
 """sagactl's own options (--token, --order-url, --inventory-url, --payment-url) after the
-command as well as before it: ``sagactl forget alice --token X`` was "No such option:
---token" (a newcomer's first try)."""
+command, and between a group and its command, as well as before it: ``sagactl forget
+alice --token X`` was "No such option: --token" (a newcomer's first try), and so was
+``sagactl dlq --token X list``."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def test_a_command_that_sends_no_token_takes_any_after_it() -> None:
     assert "not a bearer token" not in said and "--tombstone is a record with no body" in said, said
 
 
-@pytest.mark.parametrize("command", [["forget"], ["dlq", "list"], ["tail"]])
+@pytest.mark.parametrize("command", [["forget"], ["dlq", "list"], ["tail"], ["dlq"], ["audit"]])
 def test_each_command_help_names_the_global_options(command: list[str]) -> None:
     result = CliRunner().invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -101,3 +102,81 @@ def test_each_command_help_names_the_global_options(command: list[str]) -> None:
     assert "SAGA_TOKEN" not in result.output  # no environment, no default of its own: main's
     top = " ".join(CliRunner().invoke(app, ["--help"]).output.split())
     assert "may come before the command or after it" in top
+    assert "or between a group and its command ('sagactl dlq --token X list')" in top
+
+
+#: what a service without a token answers a list (dead letters, audit entries) with
+NO_TOKEN_FOR_A_LIST = (401, b'{"detail": "a bearer token is required", "reason": "missing_token"}')
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["dlq", "--token", "t0k", "list"],
+        ["dlq", "--token=t0k", "list", "-o", "json"],
+        ["audit", "--token", "t0k", "verify"],
+        # given again between them, and after: the last wins
+        ["--token", "", "dlq", "--token", "t0k", "list"],
+        ["dlq", "--token", "", "list", "--token", "t0k"],
+        # a value like a command's name is a value; '--' still ends the group's options
+        ["dlq", "--token", "list", "list"],
+        ["dlq", "--token", "t0k", "--", "list"],
+    ],
+    ids=["dlq", "dlq-equals", "audit", "before-then-between", "between-then-after", "command-like", "dashes"],
+)
+def test_the_global_options_mean_the_same_between_a_group_and_its_command(
+    args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sagactl dlq --token X list`` was "No such option: --token": click reads a
+    group's options before its command's name, and dlq's and audit's had none."""
+    monkeypatch.setenv("SAGA_TOKEN", "")  # none: every service would refuse
+    with JsonServer(b"[]", tokenless=NO_TOKEN_FOR_A_LIST) as served:
+        urls = [f"--{name}-url={served.base}" for name in ("order", "inventory", "payment")]
+        result = CliRunner().invoke(app, [*urls, *args])
+        assert served.paths, "nothing was asked"
+    assert result.exit_code == 0, result.output
+    assert "No such option" not in result.output
+
+
+def test_a_url_between_a_group_and_its_command_wins_over_one_before_and_the_environment_not_one_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    nowhere = "http://127.0.0.1:1"
+    monkeypatch.setenv("SAGACTL_ORDER_URL", nowhere)
+    with JsonServer(b"[]") as order, JsonServer(b"[]") as inventory, JsonServer(b"[]") as payment:
+        result = CliRunner().invoke(
+            app,
+            [
+                *("--inventory-url", nowhere, "--payment-url", nowhere),
+                *("dlq", "--order-url", order.base, "--inventory-url", inventory.base),
+                *("--payment-url", nowhere),
+                *("list", "-o", "json", "--payment-url", payment.base),
+            ],
+        )
+        asked = [served.paths for served in (order, inventory, payment)]
+    assert result.exit_code == 0, result.output
+    assert all(paths for paths in asked), asked
+
+
+def test_after_dashes_a_global_option_is_taken_for_the_command_name_as_it_was() -> None:
+    """What follows '--' is the command's name: ``dlq -- --token X list`` is a usage error
+    naming --token (click's words for it vary), and nothing is asked."""
+    with JsonServer(b"[]") as served:
+        urls = [f"--{name}-url={served.base}" for name in ("order", "inventory", "payment")]
+        result = CliRunner().invoke(app, [*urls, "dlq", "--", "--token", "t0k", "list"])
+        asked = served.paths
+    assert result.exit_code == USAGE, result.output
+    assert "--token" in result.output and not asked, (result.output, asked)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["dlq", "--token", "b@d", "list"], "--token is not a bearer token: character 2 is '@'"),
+        (["audit", "--order-url", "notaurl", "verify"], "Invalid value for '--order-url'"),
+    ],
+)
+def test_a_bad_value_between_a_group_and_its_command_is_a_usage_error(args: list[str], said: str) -> None:
+    result = CliRunner().invoke(app, ["--order-url", "http://127.0.0.1:1", *args])
+    assert result.exit_code == USAGE, result.output
+    assert said in " ".join(result.output.split()), result.output
