@@ -116,16 +116,33 @@ def _after_the_command(param: Any) -> Any:
 
 def _given_after_the_command(ctx: Any, param: Any, value: str | None) -> None:
     """One of ``main``'s options given after the command's (or group's) name: checked as
-    ``main`` checks it, then it replaces what ``main`` (or a group above) read."""
-    if value is None:
-        return
+    ``main`` checks it, then it replaces what ``main`` (or a group above) read. Click
+    calls it with None when the option is not given, so the command's --token, given or
+    not, is where the token it will send is known: one from SAGA_TOKEN is checked then."""
     urls = _urls(ctx)
+    if value is None:
+        if param.name == "token" and not isinstance(ctx.command, typer.core.TyperGroup):
+            _check_environment_token(ctx, urls)
+        return
     if param.name == "token":
         if value and ctx.find_root().invoked_subcommand not in TOKENLESS_COMMANDS:
             _check_token(value, "--token")
         urls.token, urls.token_from = value or None, "--token"
     else:
         setattr(urls, param.name.removesuffix("_url"), _check_url(value).rstrip("/"))
+
+
+def _check_environment_token(ctx: Any, urls: Urls) -> None:
+    """A usage error (exit 2, before anything is sent) if the token the command will send
+    is SAGA_TOKEN's and not a bearer token. Not checked by ``main``: a --token given after
+    it (after the command, or between a group and its command) replaces SAGA_TOKEN's, and
+    a malformed one the command line overrode was refused all the same."""
+    if (
+        urls.token
+        and urls.token_from == "SAGA_TOKEN"
+        and ctx.find_root().invoked_subcommand not in TOKENLESS_COMMANDS
+    ):
+        _check_token(urls.token, "SAGA_TOKEN")
 
 
 app = typer.Typer(
@@ -299,7 +316,9 @@ def main(
     # by its name: typer carries its own copy of click (typer._click), and its enum
     source = ctx.get_parameter_source("token")
     token_from = "SAGA_TOKEN" if source is not None and source.name == "ENVIRONMENT" else "--token"
-    if token and ctx.invoked_subcommand not in TOKENLESS_COMMANDS:
+    # SAGA_TOKEN's is checked once the command's own --token is read, which may replace it
+    # (_check_environment_token); a --token given here is checked now
+    if token and token_from == "--token" and ctx.invoked_subcommand not in TOKENLESS_COMMANDS:
         _check_token(token, token_from)
     urls = Urls(
         order_url.rstrip("/"),

@@ -180,3 +180,44 @@ def test_a_bad_value_between_a_group_and_its_command_is_a_usage_error(args: list
     result = CliRunner().invoke(app, ["--order-url", "http://127.0.0.1:1", *args])
     assert result.exit_code == USAGE, result.output
     assert said in " ".join(result.output.split()), result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["forget", "alice", "--token", "t0k"],
+        ["forget", "alice", "--token", ""],  # none, as asked: SAGA_TOKEN is not used either
+        ["dlq", "--token", "t0k", "list"],
+        ["dlq", "list", "--token", "t0k"],
+        ["--token", "t0k", "dlq", "list"],
+    ],
+    ids=["after", "after-empty", "between", "after-a-group's-command", "before"],
+)
+def test_a_malformed_saga_token_does_not_matter_when_a_token_is_given_on_the_command_line(
+    args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``SAGA_TOKEN=b@d sagactl forget alice --token X`` was refused, "SAGA_TOKEN is not a
+    bearer token", exit 2: main checked the environment's before the command's options
+    were read, though the one given after the command replaced it."""
+    monkeypatch.setenv("SAGA_TOKEN", "b@d")
+    answer = FORGOTTEN if args[0] == "forget" else b"[]"
+    with JsonServer(answer) as served:
+        urls = [f"--{name}-url={served.base}" for name in ("order", "inventory", "payment")]
+        result = CliRunner().invoke(app, [*urls, *args])
+        asked = served.paths
+    assert result.exit_code == 0, result.output
+    assert "not a bearer token" not in result.output and asked, (result.output, asked)
+
+
+@pytest.mark.parametrize("command", [["forget", "alice"], ["dlq", "list"], ["audit", "verify"]])
+def test_a_malformed_saga_token_is_still_refused_when_it_is_the_token_used(
+    command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SAGA_TOKEN", "b@d")
+    with JsonServer(b"[]") as served:
+        urls = [f"--{name}-url={served.base}" for name in ("order", "inventory", "payment")]
+        result = CliRunner().invoke(app, [*urls, *command])
+        asked = served.paths
+    assert result.exit_code == USAGE, result.output
+    assert "SAGA_TOKEN is not a bearer token: character 2 is '@'" in " ".join(result.output.split())
+    assert not asked, asked  # refused before anything is sent
