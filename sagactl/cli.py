@@ -363,16 +363,20 @@ def _request(
 
 def _send(ctx: typer.Context, service: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
     """One HTTP call to service, whatever it answered; ``_Missing`` ("unreachable",
-    saying why) if it could not be reached, or did not answer a GET; ("in_doubt") if it
-    did not answer another method once the request was sent (an attack trial: a frozen
-    service took a forget and a replay, did them when it woke, and sagactl had said
-    "cannot reach … is the system running?")."""
+    saying why) if it could not be reached; ("not_answering") if it took a GET and did
+    not answer it (in time, or at all: the connection closed); ("in_doubt") if it did not
+    answer another method once the request was sent (an attack trial: a frozen service
+    took a forget and a replay, did them when it woke, and sagactl had said "cannot reach
+    … is the system running?")."""
     base = _urls(ctx).of(service)
     try:
         return _urls(ctx).client.request(method, base + path, **kwargs)
     except httpx.HTTPError as exc:
         if isinstance(exc, _NOT_SENT) or method in ("GET", "HEAD"):
-            raise _Missing("unreachable", _unreachable(service, base, exc, f"{method} {path}")) from None
+            kind: Literal["unreachable", "not_answering"] = (
+                "unreachable" if isinstance(exc, _NOT_SENT) else "not_answering"
+            )
+            raise _Missing(kind, _unreachable(service, base, exc, f"{method} {path}")) from None
         raise _Missing(
             "in_doubt",
             f"the {service} service at {base} took {method} {path} and did not answer"
@@ -413,10 +417,14 @@ T = TypeVar("T")
 
 class _Missing(Exception):
     """A service's part of a command for every service that is missing: ``kind``
-    ``unreachable`` (no answer) or ``unavailable`` (a 5xx: up, its database away); or a
-    call that changes something, sent and not answered: ``in_doubt``."""
+    ``unreachable`` (nothing sent: no connection), ``not_answering`` (it took a read and
+    gave no answer: frozen, or closed the connection) or ``unavailable`` (a 5xx: up, its
+    database away); or a call that changes something, sent and not answered:
+    ``in_doubt``."""
 
-    def __init__(self, kind: Literal["unreachable", "unavailable", "in_doubt"], said: str) -> None:
+    def __init__(
+        self, kind: Literal["unreachable", "not_answering", "unavailable", "in_doubt"], said: str
+    ) -> None:
         super().__init__(said)
         self.kind, self.said = kind, said
 
@@ -433,10 +441,12 @@ def _get_or_missing(ctx: typer.Context, service: str, path: str, params: Mapping
 @dataclass
 class _EachService(Generic[T]):
     """What a command for every service read of each (``found``), and why each missing
-    one is (``unreachable``, ``unavailable``): the others are still worth seeing."""
+    one is (``unreachable``, ``not_answering``, ``unavailable``: ``_Missing``'s kinds,
+    service → the sentence saying why): the others are still worth seeing."""
 
     found: dict[str, T]
     unreachable: dict[str, str]
+    not_answering: dict[str, str]
     unavailable: dict[str, str]
 
     @classmethod
@@ -453,7 +463,7 @@ class _EachService(Generic[T]):
                 return missing
 
         names = list(names)
-        each = cls({}, {}, {})
+        each = cls({}, {}, {}, {})
         with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
             for name, got in zip(names, pool.map(attempt, names), strict=True):
                 if isinstance(got, _Missing):
@@ -464,16 +474,18 @@ class _EachService(Generic[T]):
 
     @property
     def missing(self) -> dict[str, str]:
-        return self.unreachable | self.unavailable
+        return self.unreachable | self.not_answering | self.unavailable
 
     def end(self, what: str, *, failed: bool = False) -> None:
         """A line on stderr for each missing service (``what`` of it is not shown), then
         exit 1 if the command ``failed`` with what it found (that comes first), else 3 if
-        a service could not be reached, else 1 if one is missing; nothing otherwise."""
+        a service could not be reached or did not answer (a read: harmless to ask again),
+        else 1 if one is missing; nothing otherwise."""
         for said in self.missing.values():
             _say(f"{said}; {what}")
         if failed or self.missing:
-            raise typer.Exit(UNREACHABLE if self.unreachable and not failed else REFUSED)
+            no_answer = self.unreachable or self.not_answering
+            raise typer.Exit(UNREACHABLE if no_answer and not failed else REFUSED)
 
 
 def _unreachable(service: str, base: str, exc: Exception, request: str = "") -> str:
@@ -652,10 +664,11 @@ def dlq_list(
     output: OutputOpt = Output.text,
 ) -> None:
     """Dead letters of every service, newest first. Those of a service that cannot be
-    reached, or answers 5xx (its database away: 503), are missing: a line on stderr names
-    it (json: "unreachable" and "unavailable", each such service and why), and after the
-    others are listed the exit code is 3 if one could not be reached, 1 if one answered
-    5xx, and 0 when every service answered. A service that had more than --limit says
+    reached, takes the request and does not answer, or answers 5xx (its database away:
+    503), are missing: a line on stderr names it (json: "unreachable", "not_answering"
+    and "unavailable", each such service and why), and after the others are listed the
+    exit code is 3 if one could not be reached or did not answer, 1 if one answered 5xx,
+    and 0 when every service answered. A service that had more than --limit says
     so, with the --before that shows its next page."""
     params: dict[str, Any] = {"status": status.value, "limit": limit}
     if before is not None:
@@ -680,6 +693,7 @@ def dlq_list(
             {
                 "dead_letters": letters,
                 "unreachable": each.unreachable,
+                "not_answering": each.not_answering,
                 "unavailable": each.unavailable,
                 "limit_reached": full,
             },
@@ -1545,9 +1559,11 @@ def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     a failure, e.g. payment's provider circuit breaker open: payments wait) or not ready,
     with the reason (the services give the reasons to an operator's token only: without
     one each reads "reason shown to an operator only"; a token a service refuses is said,
-    and its readiness shown as without one). Exits 3 if a service cannot be reached (as
-    every command does), else 1 if one is not ready, refused the token or answered
-    something that is not a readiness (its status and words shown)."""
+    and its readiness shown as without one). A service that cannot be reached is status
+    "unreachable"; one that took the request and did not answer, "not_answering" (json:
+    each service's status, checks and error). Exits 3 if a service cannot be reached or
+    did not answer (as every command does), else 1 if one is not ready, refused the token
+    or answered something that is not a readiness (its status and words shown)."""
     urls = _urls(ctx)
     found = {service: _readiness_of(urls, service) for service in ("order", "inventory", "payment")}
 
@@ -1570,7 +1586,7 @@ def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
         yours = f"the token of {urls.token_from} is not an operator's; " if urls.token else ""
         get = "export SAGA_TOKEN=$(sagactl token)"
         errors.print(f"the reasons are given to an operator's token: {yours}{get}")
-    if any(body.get("status") == "unreachable" for body in found.values()):
+    if any(body.get("status") in ("unreachable", "not_answering") for body in found.values()):
         raise typer.Exit(UNREACHABLE)
     if refused or any(body.get("status") not in ("ready", "degraded") for body in found.values()):
         raise typer.Exit(REFUSED)
@@ -1581,7 +1597,9 @@ def _readiness_of(urls: Urls, service: str) -> dict[str, Any]:
     (200 or 503: ``status`` and ``checks``); with a token it refused (401), the public
     readiness asked again without it, and ``error``/``token_refused`` saying why; status
     ``error`` with what it answered for anything else (an attack trial: a body of another
-    shape was a traceback, a 500 "cannot reach"); ``unreachable`` if it did not answer."""
+    shape was a traceback, a 500 "cannot reach"); ``unreachable`` if it could not be
+    reached, ``not_answering`` if it took the request and did not answer (in time, or at
+    all), each with ``error`` saying so as the text does."""
     base = urls.of(service)
     refused: str | None = None
     try:
@@ -1594,7 +1612,8 @@ def _readiness_of(urls: Urls, service: str) -> dict[str, Any]:
             del public.headers["Authorization"]
             answer = urls.client.send(public)
     except httpx.HTTPError as exc:
-        return {"status": "unreachable", "checks": {}, "error": _unreachable(service, base, exc)}
+        status = "unreachable" if isinstance(exc, _NOT_SENT) else "not_answering"
+        return {"status": status, "checks": {}, "error": _unreachable(service, base, exc)}
     body = _readiness_body(answer)
     if refused is not None:
         without = "" if body is not None else f"; without it, {_refusal(service, answer)}"
@@ -1793,9 +1812,11 @@ def audit_verify(
     nothing the service says about it; print each chain's length and head hash (keep it:
     given back with --kept, a trail emptied, a tail rewritten or an entry made up shows
     against it) or where it breaks. Exits 1 if a chain is broken.
-    The chain of a service that cannot be reached or answers 5xx is not verified: a line
-    on stderr names it, and (no chain broken) the exit code is 3 if one could not be
-    reached, 1 if one answered 5xx, and 0 when every chain was verified."""
+    The chain of a service that cannot be reached, does not answer or answers 5xx is not
+    verified: a line on stderr names it (json: "unreachable", "not_answering" and
+    "unavailable", each such service and why), and (no chain broken) the exit code is 3
+    if one could not be reached or did not answer, 1 if one answered 5xx, and 0 when
+    every chain was verified."""
     heads = _kept_heads(kept)
 
     def chain(name: str) -> dict[str, Any]:
@@ -1836,7 +1857,12 @@ def audit_verify(
     if found or output is Output.json:
         _emit(
             output,
-            {"chains": found, "unreachable": each.unreachable, "unavailable": each.unavailable},
+            {
+                "chains": found,
+                "unreachable": each.unreachable,
+                "not_answering": each.not_answering,
+                "unavailable": each.unavailable,
+            },
             table,
         )
     each.end("its audit trail is not verified", failed=any(result["problems"] for result in found.values()))

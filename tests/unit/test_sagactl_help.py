@@ -1032,6 +1032,49 @@ def test_tail_against_a_service_that_never_answers_says_so_within_the_timeout(
     assert took < 2.5, took
 
 
+@pytest.mark.parametrize(
+    ("command", "answer", "asked"),
+    [
+        (["health"], b'{"status": "ready", "checks": {}}', "GET /health/ready"),
+        (["dlq", "list"], b"[]", "GET /dead-letters"),
+        (["audit", "verify"], b"[]", "GET /audit"),
+    ],
+    ids=["health", "dlq-list", "audit-verify"],
+)
+def test_json_tells_a_service_that_did_not_answer_from_one_that_cannot_be_reached(
+    command: list[str], answer: bytes, asked: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With -o json, a service that took the connection and never answered was
+    ``unreachable``, as one nobody listens for, while the text said "did not answer":
+    it is ``not_answering`` (health: its status; dlq list, audit verify: a key beside
+    ``unreachable``), the one that cannot be reached ``unreachable`` still. Exit 3 both."""
+    import sagactl.cli
+    from sagactl.cli import UNREACHABLE
+
+    monkeypatch.setattr(sagactl.cli, "HTTP_TIMEOUT", 0.3)
+    silent, served = _serve_one_by_one(lambda conn: time.sleep(1.0))
+    with JsonServer(answer) as up:
+        urls = ["--order-url", silent, "--inventory-url", up.base, "--payment-url", "http://127.0.0.1:1"]
+        result = CliRunner().invoke(app, [*urls, *command, "-o", "json"])
+    served.join(5)
+    assert result.exit_code == UNREACHABLE, result.output
+    found = json.loads(result.stdout)
+    did_not_answer = f"the order service at {silent} did not answer"
+    if command == ["health"]:
+        assert {name: body["status"] for name, body in found.items()} == {
+            "order": "not_answering",
+            "inventory": "ready",
+            "payment": "unreachable",
+        }, found
+        assert found["order"]["error"] == f"{did_not_answer} within 0.3 s", found
+        assert found["payment"]["error"].startswith("cannot reach the payment service"), found
+    else:
+        assert list(found["unreachable"]) == ["payment"], found
+        assert found["unreachable"]["payment"].startswith("cannot reach the payment service"), found
+        assert found["not_answering"] == {"order": f"{did_not_answer} {asked} within 0.3 s"}, found
+        assert found["unavailable"] == {}, found
+
+
 def test_tail_waits_on_a_quiet_stream_for_as_long_as_it_is_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the first answer has a deadline: a stream that has begun and sends nothing
     for longer than the timeout (no saga is running) is followed on, not given up."""
