@@ -26,6 +26,7 @@ from saga_kit.deadletters import DeadLetter, DeadLetterSummary, LetterId, Replay
 from saga_kit.errors import DomainRejection
 from saga_kit.http import AnyCase, CheckResult, DatabaseDep, errors, upstream_unavailable
 from saga_kit.service_names import SERVICES, Service, ServiceName, service_named
+from saga_kit.urls import NOT_SENT
 
 STATIC = Path(__file__).parent / "dashboard"
 
@@ -117,7 +118,7 @@ async def _proxy(request: Request, service: Service, method: str, path: str, **p
     "did not answer" while inventory was frozen, and the replay ran when it woke)."""
     try:
         response = await _call(request, service, method, path, **params)
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:  # nothing sent
+    except NOT_SENT as exc:
         raise HTTPException(502, f"{service} could not be reached: {_why(exc)}") from None
     except httpx.HTTPError as exc:
         doubt = "" if method == "GET" else " (it may have been carried out: look before trying again)"
@@ -278,10 +279,13 @@ async def discard(service: ServiceInPath, letter_id: LetterId, request: Request)
 
 
 class ServiceHealth(BaseModel):
-    """A service's ``/health/ready`` as the dashboard shows it; ``unreachable`` when it did
-    not answer with a readiness body (``error`` says why)."""
+    """A service's ``/health/ready`` as the dashboard shows it, or why there is none
+    (``error`` says what happened): ``unreachable`` when it could not be reached,
+    ``not_answering`` when it took the request and gave no answer within
+    ``PROXY_TIMEOUT`` (frozen, or closed the connection), ``error`` when it answered
+    something that is not a readiness. The same words as ``sagactl health -o json``."""
 
-    status: Literal["ready", "degraded", "not_ready", "unreachable"]
+    status: Literal["ready", "degraded", "not_ready", "unreachable", "not_answering", "error"]
     checks: dict[str, CheckResult] = {}
     error: str | None = None
 
@@ -289,10 +293,17 @@ class ServiceHealth(BaseModel):
 async def _readiness(request: Request, service: Service) -> ServiceHealth:
     try:
         response = await _call(request, service, "GET", "/health/ready")
+    except httpx.HTTPError as exc:
+        status: Literal["unreachable", "not_answering"] = (
+            "unreachable" if isinstance(exc, NOT_SENT) else "not_answering"
+        )
+        return ServiceHealth(status=status, error=_why(exc))
+    try:
         # 503 is an answer too: not ready, with the failing checks in the body
         return ServiceHealth.model_validate(response.json())
-    except (httpx.HTTPError, ValueError, ValidationError) as exc:
-        return ServiceHealth(status="unreachable", error=_why(exc))
+    except (ValueError, ValidationError) as exc:
+        said = f"answered {response.status_code}, not a readiness: {_why(exc)}"
+        return ServiceHealth(status="error", error=printable(said, 300))
 
 
 @router.get(
@@ -304,7 +315,8 @@ async def _readiness(request: Request, service: Service) -> ServiceHealth:
 async def health(request: Request) -> dict[str, ServiceHealth]:
     """`GET /health/ready` of the order, inventory and payment services, each check with
     its error or why it is degraded (payment's `payment_provider` while the provider's
-    circuit breaker is open). A service that does not answer is `unreachable`: this route
-    itself always answers 200."""
+    circuit breaker is open). A service that cannot be reached is `unreachable`, one that
+    took the request and did not answer `not_answering`, one that answered something else
+    `error`, each with its `error`: this route itself always answers 200."""
     answers = await asyncio.gather(*(_readiness(request, service) for service in SERVICES))
     return dict(zip(SERVICES, answers, strict=True))

@@ -64,3 +64,16 @@ def _is_host(host: str) -> bool:
     except ValueError:
         return _DNS_NAME.fullmatch(host) is not None
     return True
+
+
+#: httpx's errors raised before a request was sent (no connection, or none free in time):
+#: the other side cannot have seen it. Any other ``httpx.HTTPError`` may come after it took
+#: the request — frozen, or closed the connection — so a call that changes something is
+#: in doubt. Shared by sagactl and the dashboard, which tell "unreachable" from "did not
+#: answer" by it.
+NOT_SENT: tuple[type[httpx.HTTPError], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+)

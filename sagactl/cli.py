@@ -63,7 +63,7 @@ from order_svc.domain import ORDER_ID_PREFIX, OrderStatus
 from saga_kit import auditchain
 from saga_kit.auth import SUBJECT_RULE, WITHHELD, DevIssuer, Role, is_subject
 from saga_kit.service_names import SHORT_NAMES, service_named, short_name
-from saga_kit.urls import http_url, kafka_bootstrap
+from saga_kit.urls import NOT_SENT, http_url, kafka_bootstrap
 
 #: Output: nothing sagactl prints is read as rich's markup — a table cell, a tree's label
 #: is what a service said (a balance of "[/]" was a MarkupError, a traceback); styles are
@@ -171,8 +171,6 @@ UNBOUNDED = 100_000
 #: carried out). Distinct, so a script can tell a mistake of its own from an outage, and
 #: an outage from a call whose outcome is unknown.
 REFUSED, USAGE, UNREACHABLE, IN_DOUBT = 1, 2, 3, 4
-#: httpx's errors before a request left: nothing was sent, nothing done.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 #: Seconds a call waits to connect, and then for each part of the answer.
 HTTP_TIMEOUT = 10.0
 
@@ -372,9 +370,9 @@ def _send(ctx: typer.Context, service: str, method: str, path: str, **kwargs: An
     try:
         return _urls(ctx).client.request(method, base + path, **kwargs)
     except httpx.HTTPError as exc:
-        if isinstance(exc, _NOT_SENT) or method in ("GET", "HEAD"):
+        if isinstance(exc, NOT_SENT) or method in ("GET", "HEAD"):
             kind: Literal["unreachable", "not_answering"] = (
-                "unreachable" if isinstance(exc, _NOT_SENT) else "not_answering"
+                "unreachable" if isinstance(exc, NOT_SENT) else "not_answering"
             )
             raise _Missing(kind, _unreachable(service, base, exc, f"{method} {path}")) from None
         raise _Missing(
@@ -493,7 +491,7 @@ def _unreachable(service: str, base: str, exc: Exception, request: str = "") -> 
     only if nothing was sent; one that took the connection "did not answer" (``request``,
     e.g. ``GET /orders``, if given): an attack trial froze a service and was told it could
     not be reached, "is the system running?"."""
-    if not isinstance(exc, _NOT_SENT):
+    if not isinstance(exc, NOT_SENT):
         asked = f" {request}" if request else ""
         return f"the {service} service at {base} did not answer{asked}{_unanswered(exc)}"
     return (
@@ -1612,7 +1610,7 @@ def _readiness_of(urls: Urls, service: str) -> dict[str, Any]:
             del public.headers["Authorization"]
             answer = urls.client.send(public)
     except httpx.HTTPError as exc:
-        status = "unreachable" if isinstance(exc, _NOT_SENT) else "not_answering"
+        status = "unreachable" if isinstance(exc, NOT_SENT) else "not_answering"
         return {"status": status, "checks": {}, "error": _unreachable(service, base, exc)}
     body = _readiness_body(answer)
     if refused is not None:

@@ -1,5 +1,6 @@
 """The dashboard's proxy to the other services, without them: a service that does not
-answer is a 502 naming it, in the body every error has; readiness says ``unreachable``."""
+answer is a 502 naming it, in the body every error has; readiness says ``unreachable``,
+``not_answering`` or ``error``, as sagactl does."""
 
 from __future__ import annotations
 
@@ -121,6 +122,30 @@ async def test_the_health_panel_says_which_service_is_unreachable() -> None:
     for service in ("inventory_svc", "payment_svc"):
         assert body[service]["status"] == "unreachable"
         assert body[service]["error"].startswith("ConnectError"), body[service]
+
+
+@pytest.mark.parametrize(
+    ("server", "status", "error"),
+    [
+        (JsonServer(b"{}", hangup=True), "not_answering", "RemoteProtocolError"),
+        (JsonServer(b"[1, 2]"), "error", "answered 200, not a readiness: ValidationError"),
+        (JsonServer(b"<html>", status=503), "error", "answered 503, not a readiness: JSONDecodeError"),
+    ],
+    ids=["hung-up", "another-shape", "not-json"],
+)
+async def test_the_health_panel_tells_a_service_that_did_not_answer_from_one_away(
+    server: JsonServer, status: str, error: str
+) -> None:
+    """The panel said ``unreachable`` of a service that took the request and closed it
+    unanswered, and of one that answered something else; ``sagactl health -o json`` says
+    ``not_answering`` of the first. Now the dashboard's words are sagactl's."""
+    with server:
+        async with client(server.base) as http:
+            health = (await http.get("/dashboard/api/health")).json()
+    for service in ("inventory_svc", "payment_svc"):
+        assert health[service]["status"] == status, health[service]
+        assert health[service]["error"].startswith(error), health[service]
+        assert health[service]["checks"] == {}
 
 
 async def test_a_service_that_took_the_request_and_did_not_answer_is_a_504() -> None:
