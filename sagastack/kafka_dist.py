@@ -131,6 +131,17 @@ def resolvable(cache: Path | None = None) -> bool:
     return is_complete(cache or cache_dir()) or shutil.which("mvn") is not None
 
 
+def missing(cache: Path | None = None) -> str | None:
+    """What this machine lacks to run Apache Kafka, as a noun phrase for a message
+    (``"Java 17+"``, ``"Maven (mvn)"`` to fetch the jars when they are not cached), or
+    None when it can run it."""
+    if not java_available():
+        return f"Java {MIN_JAVA}+"
+    if not resolvable(cache):
+        return "Maven (mvn)"
+    return None
+
+
 def ensure(cache: Path | None = None, *, timeout: float = 900.0) -> Path:
     """Return the ``lib`` directory holding every jar, resolving it first if the cache
     is not complete. Raises :class:`KafkaDistError` (with mvn's output) if it cannot."""

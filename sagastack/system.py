@@ -113,12 +113,9 @@ def choose_broker() -> tuple[BrokerKind, str | None]:
     asked = broker_from_env()
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or asked == "tansu":
         return asked, None
-    if not kafka_dist.java_available():
-        return "tansu", (
-            f"Java {kafka_dist.MIN_JAVA}+ not found: using the embedded Tansu broker instead of Apache Kafka"
-        )
-    if not kafka_dist.resolvable():
-        return "tansu", "Maven (mvn) not found to fetch Apache Kafka: using the embedded Tansu broker"
+    lacking = kafka_dist.missing()
+    if lacking is not None:
+        return "tansu", f"{lacking} not found to run Apache Kafka: using the embedded Tansu broker instead"
     return "kafka", None
 
 
@@ -135,10 +132,9 @@ def choose_secure_broker() -> BrokerKind:
         )
     if broker_from_env("kafka") != "kafka":
         raise BadSetting("SECURE=1 needs Apache Kafka (BROKER=kafka): Tansu has no TLS listener here")
-    if not (kafka_dist.java_available() and kafka_dist.resolvable()):
-        raise BadSetting(
-            f"SECURE=1 needs Apache Kafka: Java {kafka_dist.MIN_JAVA}+ and Maven (mvn), not found"
-        )
+    lacking = kafka_dist.missing()
+    if lacking is not None:
+        raise BadSetting(f"SECURE=1 needs Apache Kafka: {lacking} not found to run it")
     return "kafka"
 
 

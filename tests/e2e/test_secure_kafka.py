@@ -51,8 +51,9 @@ def kafka_here(broker_kind: BrokerKind) -> None:
     """Skip unless Apache Kafka runs here, in ``make test``'s Kafka phase."""
     if broker_kind != "kafka":
         pytest.skip("TLS + SASL needs Apache Kafka: runs with --broker kafka (make test's Kafka phase)")
-    if not (kafka_dist.java_available() and kafka_dist.resolvable()):
-        message = f"the SASL_SSL test needs Java {kafka_dist.MIN_JAVA}+ and Maven (mvn)"
+    lacking = kafka_dist.missing()
+    if lacking is not None:
+        message = f"the SASL_SSL test needs Apache Kafka: {lacking} not found to run it"
         if os.environ.get("SAGA_REQUIRE_KAFKA") == "1":
             pytest.fail(message)
         pytest.skip(message)

@@ -183,7 +183,17 @@ def test_saga_broker_chooses_and_make_run_falls_back_to_tansu_without_java(
     assert system.choose_broker() == ("kafka", None)
     monkeypatch.setattr(kafka_dist, "java_available", lambda: False)
     kind, note = system.choose_broker()
-    assert kind == "tansu" and note is not None and "Java" in note
+    assert (kind, note) == (
+        "tansu",
+        "Java 17+ not found to run Apache Kafka: using the embedded Tansu broker instead",
+    )
+    monkeypatch.setattr(kafka_dist, "java_available", lambda: True)
+    monkeypatch.setattr(kafka_dist, "resolvable", lambda cache=None: False)
+    kind, note = system.choose_broker()
+    assert (kind, note) == (
+        "tansu",
+        "Maven (mvn) not found to run Apache Kafka: using the embedded Tansu broker instead",
+    )
     monkeypatch.setenv("SAGA_BROKER", "tansu")
     assert system.choose_broker() == ("tansu", None)
     monkeypatch.setenv("SAGA_BROKER", "rabbitmq")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from saga_kit.settings import DEFAULT_FETCH_MAX_WAIT_MS
+from sagastack import kafka_dist
 from sagastack.embedded import Tansu
 from sagastack.system import TANSU_FETCH_IDLE_WAIT_MS, BadSetting, System, choose_secure_broker
 
@@ -55,3 +56,13 @@ def test_make_run_secure_refuses_a_broker_it_cannot_secure(monkeypatch: pytest.M
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker.example:9094")
     with pytest.raises(BadSetting, match="KAFKA_SECURITY_PROTOCOL"):
         choose_secure_broker()
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS")
+    monkeypatch.setattr(kafka_dist, "java_available", lambda: False)
+    with pytest.raises(BadSetting, match=r"needs Apache Kafka: Java 17\+ not found to run it"):
+        choose_secure_broker()
+    monkeypatch.setattr(kafka_dist, "java_available", lambda: True)
+    monkeypatch.setattr(kafka_dist, "resolvable", lambda cache=None: False)
+    with pytest.raises(BadSetting, match=r"needs Apache Kafka: Maven \(mvn\) not found to run it"):
+        choose_secure_broker()
+    monkeypatch.setattr(kafka_dist, "resolvable", lambda cache=None: True)
+    assert choose_secure_broker() == "kafka"
