@@ -596,6 +596,10 @@ class ApacheKafka:
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": node.data_dir,
             "num.partitions": 6,
+            # as compose.yaml's broker and production ones: every topic is made on purpose
+            # (each service's ensure_topics, with its partitions), never by a client that
+            # asks for metadata of a name mistyped
+            "auto.create.topics.enable": "false",
             "default.replication.factor": replication,
             "min.insync.replicas": min_isr,
             "offsets.topic.replication.factor": replication,
