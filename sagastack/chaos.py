@@ -360,10 +360,14 @@ class Chaos:
     async def provider_fault(self) -> None:
         """One episode of payment provider trouble: a kind at random, for 2-8 s, then the
         provider is well again. Overlapping episodes are not needed: short deadlines,
-        cancellations and kills happen meanwhile."""
+        cancellations and kills happen meanwhile. The episodes follow one another, so
+        together they last at most half the workload's duration (each cut to its share):
+        a short run's eight episodes of ~5 s took the provider away for four times its
+        10 s of orders, and a payment service killed at the start then approved nothing."""
         kind = self.rng.choice(sorted(PROVIDER_FAULTS))
         faults = PROVIDER_FAULTS[kind](self.rng) | {"seed": self.rng.randrange(2**31)}
-        length = self.rng.uniform(2.0, 8.0)
+        share = self.cfg.orders / self.cfg.rate / 2 / max(1, self.cfg.provider_faults)
+        length = min(self.rng.uniform(2.0, 8.0), max(0.5, share))
         shown = ", ".join(f"{k}={v}" for k, v in faults.items() if k != "seed")
         await asyncio.to_thread(self.system.provider_faults, **faults)
         self.report.fault("provider_" + kind, f"{shown} for {length:.1f}s")
