@@ -1105,6 +1105,12 @@ def _produce(
         security = KafkaClientSettings().kafka_security()
     except KafkaSecurityError as exc:
         _fail(f"cannot connect to Kafka: {exc}", USAGE)
+    # a TLS file that cannot be read is the caller's mistake, said by its variable and path
+    # (an attack trial: a missing KAFKA_SSL_CAFILE was "FileNotFoundError … is the system
+    # running?", exit 3, though nothing was sent)
+    unusable = security.unusable_files()
+    if unusable:
+        _fail(f"cannot connect to Kafka: {'; '.join(unusable)}", USAGE)
 
     from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError, TopicAuthorizationFailedError
 

@@ -6,6 +6,7 @@ alice --token X`` was "No such option: --token" (a newcomer's first try), and so
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -221,3 +222,19 @@ def test_a_malformed_saga_token_is_still_refused_when_it_is_the_token_used(
     assert result.exit_code == USAGE, result.output
     assert "SAGA_TOKEN is not a bearer token: character 2 is '@'" in " ".join(result.output.split())
     assert not asked, asked  # refused before anything is sent
+
+
+def test_a_tls_file_that_cannot_be_read_is_a_usage_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attack trial: a KAFKA_SSL_CAFILE that does not exist was "cannot send to Kafka …:
+    FileNotFoundError … (is the system running?", exit 3, naming neither the variable nor
+    the file, though nothing was sent."""
+    missing = tmp_path / "nope.pem"
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("KAFKA_SSL_CAFILE", str(missing))
+    result = CliRunner().invoke(
+        app, ["publish", "orders.commands", "--bootstrap", "127.0.0.1:1", "--key", "k", "--value", "{}"]
+    )
+    assert result.exit_code == USAGE, result.output
+    assert f"cannot connect to Kafka: KAFKA_SSL_CAFILE={missing} cannot be read" in result.output
