@@ -119,12 +119,10 @@ async def _proxy(request: Request, service: Service, method: str, path: str, **p
     try:
         response = await _call(request, service, method, path, **params)
     except NOT_SENT as exc:
-        raise HTTPException(502, f"{service} could not be reached: {_why(exc)}") from None
+        raise HTTPException(502, _no_answer(service, exc)) from None
     except httpx.HTTPError as exc:
         doubt = "" if method == "GET" else " (it may have been carried out: look before trying again)"
-        late = f" within {PROXY_TIMEOUT:g} s" if isinstance(exc, httpx.TimeoutException) else f": {_why(exc)}"
-        said = f"{service} took the request and did not answer{late}{doubt}"
-        raise HTTPException(504, said) from None
+        raise HTTPException(504, _no_answer(service, exc) + doubt) from None
     if response.status_code == 503:  # whatever its body: the retry signal is what counts
         raise upstream_unavailable(service, response.headers.get("retry-after"))
     try:
@@ -142,6 +140,16 @@ async def _proxy(request: Request, service: Service, method: str, path: str, **p
     if response.status_code == 409:
         raise DomainRejection(str(body.get("reason", "conflict")), f"{service}: {said}")
     raise HTTPException(502, f"{service} answered {response.status_code}: {said}")
+
+
+def _no_answer(service: Service, exc: httpx.HTTPError) -> str:
+    """Why ``service`` gave no answer, in the words sagactl uses: it "could not be reached"
+    (nothing sent: ``NOT_SENT``), or it "took the request and did not answer" within
+    ``PROXY_TIMEOUT`` (or closed the connection: why)."""
+    if isinstance(exc, NOT_SENT):
+        return f"{service} could not be reached: {_why(exc)}"
+    late = f" within {PROXY_TIMEOUT:g} s" if isinstance(exc, httpx.TimeoutException) else f": {_why(exc)}"
+    return f"{service} took the request and did not answer{late}"
 
 
 def _why(exc: Exception) -> str:
@@ -297,7 +305,7 @@ async def _readiness(request: Request, service: Service) -> ServiceHealth:
         status: Literal["unreachable", "not_answering"] = (
             "unreachable" if isinstance(exc, NOT_SENT) else "not_answering"
         )
-        return ServiceHealth(status=status, error=_why(exc))
+        return ServiceHealth(status=status, error=_no_answer(service, exc))
     try:
         # 503 is an answer too: not ready, with the failing checks in the body
         return ServiceHealth.model_validate(response.json())
