@@ -26,7 +26,7 @@ from saga_kit.deadletters import DeadLetter, DeadLetterSummary, LetterId, Replay
 from saga_kit.errors import DomainRejection
 from saga_kit.http import AnyCase, CheckResult, DatabaseDep, errors, upstream_unavailable
 from saga_kit.service_names import SERVICES, Service, ServiceName, service_named
-from saga_kit.urls import NOT_SENT
+from saga_kit.urls import NOT_SENT, unanswered
 
 STATIC = Path(__file__).parent / "dashboard"
 
@@ -302,10 +302,7 @@ async def _readiness(request: Request, service: Service) -> ServiceHealth:
     try:
         response = await _call(request, service, "GET", "/health/ready")
     except httpx.HTTPError as exc:
-        status: Literal["unreachable", "not_answering"] = (
-            "unreachable" if isinstance(exc, NOT_SENT) else "not_answering"
-        )
-        return ServiceHealth(status=status, error=_no_answer(service, exc))
+        return ServiceHealth(status=unanswered(exc), error=_no_answer(service, exc))
     try:
         # 503 is an answer too: not ready, with the failing checks in the body
         return ServiceHealth.model_validate(response.json())

@@ -255,3 +255,12 @@ class KafkaClientSettings(BaseSettings):
         if problems:
             raise KafkaSecurityError("; ".join(problems))
         return security
+
+    def usable_kafka_security(self, *, production: bool = False) -> KafkaSecurity:
+        """``kafka_security``, and the TLS files it names can be read and loaded
+        (``KafkaSecurity.unusable_files``): what a client about to connect needs. Raises
+        ``KafkaSecurityError`` naming what is wrong, the file by its variable and path."""
+        security = self.kafka_security(production=production)
+        if problems := security.unusable_files():
+            raise KafkaSecurityError("; ".join(problems))
+        return security

@@ -29,7 +29,7 @@ from sqlalchemy.exc import ArgumentError
 from saga_kit import fault_injection, logs
 from saga_kit.auth import TokenVerifier, load_verifier
 from saga_kit.heap import DEFAULT_GEN0_THRESHOLD
-from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurity, KafkaSecurityError
+from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurity
 from saga_kit.retry import RetryPolicy
 from saga_kit.urls import http_url, kafka_bootstrap
 
@@ -286,10 +286,7 @@ class ServiceSettings(KafkaClientSettings):
         encrypted and authenticated connection. Raises ``KafkaSecurityError`` (a
         ``ConfigurationError``: the service does not start) naming what is wrong, a TLS
         file that cannot be used included (``KafkaSecurity.unusable_files``)."""
-        security = self.kafka_security(production=self.saga_env == "production")
-        if problems := security.unusable_files():
-            raise KafkaSecurityError("; ".join(problems))
-        return security
+        return self.usable_kafka_security(production=self.saga_env == "production")
 
     # ----------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Literal
 
 import httpx
 from pydantic import AnyHttpUrl, TypeAdapter, ValidationError
@@ -77,3 +78,9 @@ NOT_SENT: tuple[type[httpx.HTTPError], ...] = (
     httpx.PoolTimeout,
     httpx.UnsupportedProtocol,
 )
+
+
+def unanswered(exc: httpx.HTTPError) -> Literal["unreachable", "not_answering"]:
+    """What a call that raised ``exc`` says of the service: ``unreachable`` if nothing was
+    sent (``NOT_SENT``), else ``not_answering`` (it took the request and gave no answer)."""
+    return "unreachable" if isinstance(exc, NOT_SENT) else "not_answering"

@@ -63,7 +63,7 @@ from order_svc.domain import ORDER_ID_PREFIX, OrderStatus
 from saga_kit import auditchain
 from saga_kit.auth import SUBJECT_RULE, WITHHELD, DevIssuer, Role, is_subject
 from saga_kit.service_names import SHORT_NAMES, service_named, short_name
-from saga_kit.urls import NOT_SENT, http_url, kafka_bootstrap
+from saga_kit.urls import NOT_SENT, http_url, kafka_bootstrap, unanswered
 
 #: Output: nothing sagactl prints is read as rich's markup — a table cell, a tree's label
 #: is what a service said (a balance of "[/]" was a MarkupError, a traceback); styles are
@@ -371,10 +371,7 @@ def _send(ctx: typer.Context, service: str, method: str, path: str, **kwargs: An
         return _urls(ctx).client.request(method, base + path, **kwargs)
     except httpx.HTTPError as exc:
         if isinstance(exc, NOT_SENT) or method in ("GET", "HEAD"):
-            kind: Literal["unreachable", "not_answering"] = (
-                "unreachable" if isinstance(exc, NOT_SENT) else "not_answering"
-            )
-            raise _Missing(kind, _unreachable(service, base, exc, f"{method} {path}")) from None
+            raise _Missing(unanswered(exc), _unreachable(service, base, exc, f"{method} {path}")) from None
         raise _Missing(
             "in_doubt",
             f"the {service} service at {base} took {method} {path} and did not answer"
@@ -1102,15 +1099,11 @@ def _produce(
     from saga_kit.kafka_security import KafkaClientSettings, KafkaSecurityError
 
     try:
-        security = KafkaClientSettings().kafka_security()
+        # a TLS file that cannot be read too, by its variable and path (an attack trial: a
+        # missing KAFKA_SSL_CAFILE was "FileNotFoundError … is the system running?", exit 3)
+        security = KafkaClientSettings().usable_kafka_security()
     except KafkaSecurityError as exc:
         _fail(f"cannot connect to Kafka: {exc}", USAGE)
-    # a TLS file that cannot be read is the caller's mistake, said by its variable and path
-    # (an attack trial: a missing KAFKA_SSL_CAFILE was "FileNotFoundError … is the system
-    # running?", exit 3, though nothing was sent)
-    unusable = security.unusable_files()
-    if unusable:
-        _fail(f"cannot connect to Kafka: {'; '.join(unusable)}", USAGE)
 
     from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError, TopicAuthorizationFailedError
 
@@ -1616,8 +1609,7 @@ def _readiness_of(urls: Urls, service: str) -> dict[str, Any]:
             del public.headers["Authorization"]
             answer = urls.client.send(public)
     except httpx.HTTPError as exc:
-        status = "unreachable" if isinstance(exc, NOT_SENT) else "not_answering"
-        return {"status": status, "checks": {}, "error": _unreachable(service, base, exc)}
+        return {"status": unanswered(exc), "checks": {}, "error": _unreachable(service, base, exc)}
     body = _readiness_body(answer)
     if refused is not None:
         without = "" if body is not None else f"; without it, {_refusal(service, answer)}"
