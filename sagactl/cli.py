@@ -11,7 +11,8 @@ with the key 'make run' / 'make demo' made under the run directory.
 
 These options (--order-url …, --token) may come before the command or after it
 ('sagactl forget alice --token X'), or between a group and its command ('sagactl dlq
---token X list'); given in more than one place, the last one given wins.
+--token X list'); given in more than one place, the last one given wins, and only
+it is checked: it replaces the environment's as well.
 
 Every command takes --output (-o): text fits the terminal (80 columns and
 up; ids shortened to 8 characters), wide shows full ids and every column however
@@ -84,7 +85,11 @@ class _GlobalOptionsGroup(typer.core.TyperGroup):
     replaces the one read before it (by ``main``: before the command, from the
     environment, or the default; or by the group above), and click reads them in the
     order they are given, so the last one given wins. Click parses them, so '--' and an
-    option's value that looks like a command mean what they meant."""
+    option's value that looks like a command mean what they meant. What they hold is
+    checked once every one has been read, as the command is about to run
+    (``_check_what_was_given``), so a malformed value that a later one replaced stands
+    in no way: ``sagactl --token 'x y' health --token T`` and ``SAGACTL_ORDER_URL=notaurl
+    sagactl health --order-url http://…`` were usage errors (a newcomer trial)."""
 
     def __init__(self, **attrs: Any) -> None:
         super().__init__(**attrs)
@@ -95,6 +100,8 @@ class _GlobalOptionsGroup(typer.core.TyperGroup):
             command.params.extend(copy.copy(param) for param in again)
             if isinstance(command, typer.core.TyperGroup):
                 pending.extend(command.commands.values())
+            else:
+                command.invoke = _checking_what_was_given(command.invoke)  # type: ignore[method-assign,assignment]
 
 
 #: ``main``'s options, as its parameters are named: each command takes them too.
@@ -115,34 +122,48 @@ def _after_the_command(param: Any) -> Any:
 
 
 def _given_after_the_command(ctx: Any, param: Any, value: str | None) -> None:
-    """One of ``main``'s options given after the command's (or group's) name: checked as
-    ``main`` checks it, then it replaces what ``main`` (or a group above) read. Click
-    calls it with None when the option is not given, so the command's --token, given or
-    not, is where the token it will send is known: one from SAGA_TOKEN is checked then."""
-    urls = _urls(ctx)
+    """One of ``main``'s options given after the command's (or group's) name: it replaces
+    what ``main`` (or a group above) read, and is checked with the rest before the
+    command runs. Click calls it with None when the option is not given."""
     if value is None:
-        if param.name == "token" and not isinstance(ctx.command, typer.core.TyperGroup):
-            _check_environment_token(ctx, urls)
         return
+    urls = _urls(ctx)
     if param.name == "token":
-        if value and ctx.find_root().invoked_subcommand not in TOKENLESS_COMMANDS:
-            _check_token(value, "--token")
-        urls.token, urls.token_from = value or None, "--token"
+        urls.token = value or None  # an empty one is none, as it is to ``main``
     else:
-        setattr(urls, param.name.removesuffix("_url"), _check_url(value).rstrip("/"))
+        setattr(urls, param.name.removesuffix("_url"), value)
+    urls.given_by[param.name] = param.opts[0]
 
 
-def _check_environment_token(ctx: Any, urls: Urls) -> None:
-    """A usage error (exit 2, before anything is sent) if the token the command will send
-    is SAGA_TOKEN's and not a bearer token. Not checked by ``main``: a --token given after
-    it (after the command, or between a group and its command) replaces SAGA_TOKEN's, and
-    a malformed one the command line overrode was refused all the same."""
-    if (
-        urls.token
-        and urls.token_from == "SAGA_TOKEN"
-        and ctx.find_root().invoked_subcommand not in TOKENLESS_COMMANDS
-    ):
-        _check_token(urls.token, "SAGA_TOKEN")
+def _checking_what_was_given(invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A command's ``invoke(ctx)``, run after ``_check_what_was_given(ctx)``: click calls
+    it once the command's options have all been read."""
+
+    def checked(ctx: Any) -> Any:
+        _check_what_was_given(ctx)
+        return invoke(ctx)
+
+    return checked
+
+
+def _check_what_was_given(ctx: Any) -> None:
+    """A usage error (exit 2, before anything is sent) naming where it came from (an
+    option, or an environment variable) if a service's URL the command holds is not an
+    http(s) URL with a host, or the token it will send is not a bearer token (a command
+    that calls no service, ``OFFLINE_COMMANDS``, takes any). Called once every option
+    has been read, so only the values the command will use are checked: the last given
+    of each, or the environment's or the default when none was given."""
+    urls = _urls(ctx)
+    if ctx.find_root().invoked_subcommand in OFFLINE_COMMANDS:
+        return
+    for service in SERVICES:
+        option = f"{service}_url"
+        try:
+            setattr(urls, service, http_url(urls.of(service)).rstrip("/"))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), ctx=ctx, param_hint=f"'{urls.given_by[option]}'") from None
+    if urls.token:
+        _check_token(urls.token, urls.given_by["token"])
 
 
 app = typer.Typer(
@@ -220,13 +241,19 @@ class Urls:
     payment: str
     #: the bearer token every call carries (None: none)
     token: str | None = None
-    #: where token came from, as a message names it: --token or SAGA_TOKEN
-    token_from: str = "--token"
+    #: where each of ``main``'s options (GLOBAL_OPTIONS) came from, as a message names it:
+    #: the option (--token) or its environment variable (SAGA_TOKEN)
+    given_by: dict[str, str] = field(default_factory=dict)
     _client: httpx.Client | None = field(default=None, repr=False)
     _making_client: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def of(self, service: str) -> str:
         return str(getattr(self, service))
+
+    @property
+    def token_from(self) -> str:
+        """Where token came from, as a message names it: --token or SAGA_TOKEN."""
+        return self.given_by.get("token", "--token")
 
     @property
     def headers(self) -> dict[str, str]:
@@ -251,22 +278,25 @@ def _urls(ctx: typer.Context) -> Urls:
     return urls
 
 
-def _check_url(url: str) -> str:
-    """A service's base URL: http(s) with a host (``saga_kit.urls.http_url``), else a usage
-    error (exit 2): ``--order-url notaurl`` was "cannot reach", exit 3 (an operator trial)."""
-    try:
-        return http_url(url)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-
-
-#: The commands that send no token: one sagactl cannot send stands in no way of theirs
-#: (``export SAGA_TOKEN=$(sagactl token)`` replaces it).
-TOKENLESS_COMMANDS = ("token", "publish")
+#: The commands that call no service's HTTP API, so send no token: a URL or a token
+#: sagactl could not use stands in no way of theirs (``export SAGA_TOKEN=$(sagactl
+#: token)`` replaces a malformed one).
+OFFLINE_COMMANDS = ("token", "publish", "kafka-acls")
 #: A bearer token's characters (RFC 6750 §2.1, b64token), then "=" only at its end:
 #: anything else in an Authorization header was httpx's UnicodeEncodeError (a traceback)
 #: or, a newline or a blank, "cannot reach" (exit 3; an attack trial).
 TOKEN_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-._~+/")
+
+
+def _given_by(ctx: typer.Context, name: str) -> str:
+    """How ``main``'s option name was given, as a message names it: its environment
+    variable (SAGA_TOKEN) if it was read from there, else the option (--token)."""
+    param = next(param for param in ctx.command.params if param.name == name)
+    # by its name: typer carries its own copy of click (typer._click), and its enum
+    source = ctx.get_parameter_source(name)
+    if source is not None and source.name == "ENVIRONMENT" and isinstance(param.envvar, str):
+        return param.envvar
+    return str(param.opts[0])
 
 
 def _check_token(token: str, given_by: str) -> None:
@@ -290,19 +320,15 @@ def main(
     ctx: typer.Context,
     order_url: Annotated[
         str,
-        typer.Option(envvar="SAGACTL_ORDER_URL", callback=_check_url, help="the order service's base URL"),
+        typer.Option(envvar="SAGACTL_ORDER_URL", help="the order service's base URL"),
     ] = "http://127.0.0.1:8001",
     inventory_url: Annotated[
         str,
-        typer.Option(
-            envvar="SAGACTL_INVENTORY_URL", callback=_check_url, help="the inventory service's base URL"
-        ),
+        typer.Option(envvar="SAGACTL_INVENTORY_URL", help="the inventory service's base URL"),
     ] = "http://127.0.0.1:8002",
     payment_url: Annotated[
         str,
-        typer.Option(
-            envvar="SAGACTL_PAYMENT_URL", callback=_check_url, help="the payment service's base URL"
-        ),
+        typer.Option(envvar="SAGACTL_PAYMENT_URL", help="the payment service's base URL"),
     ] = "http://127.0.0.1:8003",
     token: Annotated[
         str | None,
@@ -311,19 +337,14 @@ def main(
         ),
     ] = None,
 ) -> None:
-    # by its name: typer carries its own copy of click (typer._click), and its enum
-    source = ctx.get_parameter_source("token")
-    token_from = "SAGA_TOKEN" if source is not None and source.name == "ENVIRONMENT" else "--token"
-    # SAGA_TOKEN's is checked once the command's own --token is read, which may replace it
-    # (_check_environment_token); a --token given here is checked now
-    if token and token_from == "--token" and ctx.invoked_subcommand not in TOKENLESS_COMMANDS:
-        _check_token(token, token_from)
+    # what the command will use, checked once its own options are read: an option given
+    # after it may replace any of these (_check_what_was_given)
     urls = Urls(
-        order_url.rstrip("/"),
-        inventory_url.rstrip("/"),
-        payment_url.rstrip("/"),
+        order_url,
+        inventory_url,
+        payment_url,
         token or None,  # an empty one is none, as an empty Authorization header is to the services
-        token_from,
+        {name: _given_by(ctx, name) for name in GLOBAL_OPTIONS},
     )
     ctx.obj = urls
     ctx.call_on_close(urls.close)

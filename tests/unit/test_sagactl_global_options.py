@@ -238,3 +238,65 @@ def test_a_tls_file_that_cannot_be_read_is_a_usage_error_naming_it(
     )
     assert result.exit_code == USAGE, result.output
     assert f"cannot connect to Kafka: KAFKA_SSL_CAFILE={missing} cannot be read" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "environment"),
+    [
+        (["--token", "x y", "forget", "alice", "--token", "t0k", "--order-url", "{base}"], {}),
+        (["--order-url", "notaurl", "forget", "alice", "--token", "t0k", "--order-url", "{base}"], {}),
+        (["forget", "--order-url", "notaurl", "alice", "--token", "t0k", "--order-url", "{base}"], {}),
+        (["forget", "alice", "--token", "t0k", "--order-url", "{base}"], {"SAGACTL_ORDER_URL": "notaurl"}),
+        (["--order-url", "{base}", "forget", "alice", "--token", "t0k"], {"SAGACTL_ORDER_URL": "notaurl"}),
+    ],
+    ids=["token-before", "url-before", "url-after", "url-environment", "url-environment-before"],
+)
+def test_a_malformed_value_a_later_one_replaces_does_not_matter(
+    args: list[str], environment: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newcomer trial: ``sagactl --token 'x y' health --token T`` and
+    ``SAGACTL_ORDER_URL=notaurl sagactl health --order-url http://…`` were usage errors
+    (exit 2): each value was checked as it was read, before the one that replaced it."""
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with JsonServer(FORGOTTEN, tokenless=NO_TOKEN) as order:
+        result = CliRunner().invoke(app, [a.replace("{base}", order.base) for a in args])
+        asked = order.paths
+    assert result.exit_code == 0, result.output
+    assert asked, "nothing was asked"
+
+
+@pytest.mark.parametrize(
+    ("args", "environment", "said"),
+    [
+        (["forget", "alice"], {"SAGACTL_ORDER_URL": "notaurl"}, "Invalid value for 'SAGACTL_ORDER_URL'"),
+        (["forget", "alice", "--order-url", "http://127.0.0.1:1", "--order-url", "x"], {}, "'--order-url'"),
+        (["dlq", "--inventory-url", "x", "list"], {}, "Invalid value for '--inventory-url'"),
+        (["forget", "alice", "--token", "t0k", "--token", "x y"], {}, "--token is not a bearer token"),
+    ],
+    ids=["environment", "last-of-two", "between", "last-token"],
+)
+def test_the_value_a_command_will_use_is_checked_and_named(
+    args: list[str], environment: dict[str, str], said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with JsonServer(FORGOTTEN) as served:
+        urls = [f"--{name}-url={served.base}" for name in ("inventory", "payment")]
+        result = CliRunner().invoke(app, [*urls, *args])
+        asked = served.paths
+    assert result.exit_code == USAGE, result.output
+    assert said in " ".join(result.output.split()), result.output
+    assert not asked, asked  # refused before anything is sent
+
+
+@pytest.mark.parametrize("command", [["kafka-acls"], ["token", "--help"], ["publish", "--help"]])
+def test_a_command_that_calls_no_service_takes_any_url_and_token(
+    command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``SAGACTL_ORDER_URL=notaurl sagactl kafka-acls`` was refused for a URL it does not use."""
+    monkeypatch.setenv("SAGACTL_ORDER_URL", "notaurl")
+    monkeypatch.setenv("SAGA_TOKEN", "x y")
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert "Invalid value" not in result.output and "not a bearer token" not in result.output
