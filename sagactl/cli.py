@@ -918,7 +918,15 @@ def place(
     ] = None,
     via: Via = "http",
     bootstrap: KafkaBootstrap = DEFAULT_BOOTSTRAP,
-    wait: Annotated[bool, typer.Option(help="--via kafka: wait until the saga has finished")] = True,
+    wait: Annotated[
+        bool | None,
+        typer.Option(
+            "--wait/--no-wait",
+            help="wait until the saga has finished (default: --via kafka waits, as a command has no"
+            " answer of its own; --via http does not: the API's answer is the order, PENDING)",
+            show_default=False,
+        ),
+    ] = None,
     idempotency_key: Annotated[
         str | None,
         typer.Option(
@@ -929,7 +937,9 @@ def place(
     output: OutputOpt = Output.text,
 ) -> None:
     """Place an order: through the API (with an Idempotency-Key, so that the same command
-    with the key again places it once at most), or as a PlaceOrder command on Kafka."""
+    with the key again places it once at most), or as a PlaceOrder command on Kafka.
+    Through the API it answers PENDING, the saga under way (--wait: its outcome); on
+    Kafka it waits for the outcome (--no-wait: only that the command was sent)."""
     lines = []
     for item in items:
         product, sep, quantity = item.partition("=")
@@ -945,8 +955,11 @@ def place(
         key = idempotency_key or uuid.uuid4().hex
         again = f"; the same command with --idempotency-key {key} tells, placing it once at most"
         r = _call(ctx, "order", "POST", "/orders", again, json=body, headers={"Idempotency-Key": key})
-        _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}")
-        if output is not Output.json:  # accepted, not finished: where its outcome will be
+        if wait:
+            r = _await_outcome(ctx, r)
+        why = f" ({r['reason']})" if r.get("reason") else ""
+        _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}{why}")
+        if not wait and output is not Output.json:  # accepted, not finished: where its outcome will be
             errors.print(f"follow it: sagactl saga {r['order_id'][:8]}", style="dim")
         return
     from pydantic import ValidationError
@@ -961,9 +974,25 @@ def place(
     _may_act_for(_urls(ctx), customer_id)
     sent = {"command_id": str(command.command_id), "order_id": str(order_id_for(command.command_id))}
     _send_command(bootstrap, command, ctx.obj.token)
-    _settle(
-        ctx, output, sent, f"sent PlaceOrder (order {sent['order_id']}), command {sent['command_id']}", wait
-    )
+    said = f"sent PlaceOrder (order {sent['order_id']}), command {sent['command_id']}"
+    _settle(ctx, output, sent, said, wait is not False)
+
+
+def _await_outcome(ctx: typer.Context, order: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+    """order (an OrderView, as ``POST /orders`` answered it) once its saga has finished:
+    'GET /orders/{id}' every 0.2 s until it is no longer PENDING. After timeout seconds
+    the command ends (exit 1) naming the order, which is placed, and how to follow it."""
+    path = f"/orders/{order['order_id']}"
+    end = time.monotonic() + timeout
+    while order["status"] == "PENDING":
+        if time.monotonic() > end:
+            _fail(
+                f"order {order['order_id']} is still PENDING after {timeout:.0f}s: it is placed;"
+                f" follow it: sagactl saga {order['order_id'][:8]}"
+            )
+        time.sleep(0.2)
+        order = _call(ctx, "order", "GET", path)
+    return order
 
 
 @app.command("forget")

@@ -155,6 +155,8 @@ def test_every_command_prints_json_with_output_json(
     placed = run("place", customers["max"], f"{products['cup']}=1")
     assert placed["status"] == "PENDING"
     assert run("cancel", placed["order_id"])["status"] == "CANCELLED"
+    waited = run("place", customers["max"], f"{products['cup']}=1", "--wait")  # its outcome
+    assert (waited["status"], waited["reason"]) == ("APPROVED", None), waited
     chains = run("audit", "verify")["chains"]
     assert set(chains) == {"order", "inventory", "payment"} and chains["order"]["problems"] == []
     assert run("forget", customers["max"]) == {"customer_id": customers["max"], "keys_destroyed": 0}

@@ -1105,3 +1105,32 @@ def test_tail_waits_on_a_quiet_stream_for_as_long_as_it_is_quiet(monkeypatch: py
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["seq"] for line in result.stdout.splitlines()] == [1]
     assert "broke" not in result.stderr and "resuming" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("wait", [["--wait"], []], ids=["wait", "default"])
+def test_place_through_the_api_waits_for_the_outcome_only_when_asked(wait: list[str]) -> None:
+    """``place --via http`` answers the API's PENDING (the saga under way) and says how to
+    follow it; with --wait, the outcome, as ``--via kafka`` gives by default."""
+    order_id = "0b1c2d3e-0000-4000-8000-000000000001"
+    pending = json.dumps({"order_id": order_id, "status": "PENDING", "reason": None}).encode()
+    rejected = json.dumps({"order_id": order_id, "status": "REJECTED", "reason": "out_of_stock"}).encode()
+    done = threading.Event()
+    with JsonServer(pending) as order:
+
+        def the_saga_ends() -> None:  # after the POST and one GET that still sees it PENDING
+            while len(order.paths) < 2 and not done.wait(0.01):
+                pass
+            order.jwks = rejected
+
+        threading.Thread(target=the_saga_ends, daemon=True).start()
+        result = CliRunner().invoke(app, ["--order-url", order.base, "place", "alice", "cup=1", *wait])
+        paths = order.paths
+        done.set()
+    assert result.exit_code == 0, result.output
+    if wait:
+        assert f"order {order_id}: REJECTED (out_of_stock)" in result.stdout, result.output
+        assert paths[0] == "/orders" and set(paths[1:]) == {f"/orders/{order_id}"}, paths
+        assert "follow it" not in result.output
+    else:
+        assert f"order {order_id}: PENDING" in result.stdout, result.output
+        assert paths == ["/orders"] and f"follow it: sagactl saga {order_id[:8]}" in result.output
