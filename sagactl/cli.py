@@ -984,15 +984,47 @@ def _await_outcome(ctx: typer.Context, order: dict[str, Any], timeout: float = 6
     the command ends (exit 1) naming the order, which is placed, and how to follow it."""
     path = f"/orders/{order['order_id']}"
     end = time.monotonic() + timeout
+    away = None
     while order["status"] == "PENDING":
         if time.monotonic() > end:
+            _fail_waiting(f"order {order['order_id']} is placed", order["order_id"], away)
             _fail(
                 f"order {order['order_id']} is still PENDING after {timeout:.0f}s: it is placed;"
                 f" follow it: sagactl saga {order['order_id'][:8]}"
             )
         time.sleep(0.2)
-        order = _call(ctx, "order", "GET", path)
+        response, away = _poll(ctx, path)
+        if response is not None:
+            order = _answer(ctx, "order", "GET", path, response)
     return order
+
+
+def _poll(ctx: typer.Context, path: str) -> tuple[httpx.Response | None, _Missing | None]:
+    """One ``GET path`` of the order service while a command waits for an outcome: its
+    answer (None for a 5xx), or why there was none. A restart or an outage of the order
+    service while it waits does not end the wait (an attack trial killed it during a
+    ``place --wait``, and sagactl said "cannot reach" of an order it had placed); the
+    caller ends it at its deadline with ``_fail_waiting``."""
+    try:
+        response = _send(ctx, "order", "GET", path)
+    except _Missing as missing:
+        return None, missing
+    if response.is_server_error:
+        return None, _Missing("unavailable", _refusal("order", response))
+    return response, None
+
+
+def _fail_waiting(done: str, order_id: str, away: _Missing | None) -> None:
+    """End a wait for an order's outcome, at its deadline, if the order service could not
+    be asked at the last try (away): what was done (``done``: "order … is placed"), why
+    its outcome is not known, and how to follow it (exit 3, UNREACHABLE). Returns if it
+    could be asked."""
+    if away is not None:
+        _fail(
+            f"{done}, its outcome not known: {away.said}; once it answers, follow it:"
+            f" sagactl saga {order_id[:8]}",
+            UNREACHABLE,
+        )
 
 
 @app.command("forget")
@@ -1274,17 +1306,19 @@ def _await_command(
     end = time.monotonic() + timeout
     while True:
         path = f"/commands/{command_id}"
-        response = _request(ctx, "order", "GET", path)
-        if response.status_code == 403:
+        response, away = _poll(ctx, path)
+        if response is not None and response.status_code == 403:
             return _await_order(ctx, sent, cancelling, end)
-        r: dict[str, Any] = _answer(ctx, "order", "GET", path, response)
-        if r["outcome"] in ("placed", "cancelled") and r["status"] != "PENDING":
-            return r
-        if r["outcome"] == "rejected":
-            _fail(f"command {command_id} was rejected: {r['reason']}: {r['detail']}")
-        if r["outcome"] == "dead_lettered":  # held, not refused: waiting would wait for ever
-            _fail(f"command {command_id} is held: {r['detail']}")
+        if response is not None:
+            r: dict[str, Any] = _answer(ctx, "order", "GET", path, response)
+            if r["outcome"] in ("placed", "cancelled") and r["status"] != "PENDING":
+                return r
+            if r["outcome"] == "rejected":
+                _fail(f"command {command_id} was rejected: {r['reason']}: {r['detail']}")
+            if r["outcome"] == "dead_lettered":  # held, not refused: waiting would wait for ever
+                _fail(f"command {command_id} is held: {r['detail']}")
         if time.monotonic() > end:
+            _fail_waiting(f"command {command_id} was sent", sent["order_id"], away)
             _fail(f"no answer to command {command_id} after {timeout:.0f}s")
         time.sleep(0.2)
 
@@ -1298,8 +1332,8 @@ def _await_order(ctx: typer.Context, sent: Mapping[str, str], cancelling: bool, 
     status, order_reason."""
     path = f"/orders/{sent['order_id']}"
     while True:
-        response = _request(ctx, "order", "GET", path)
-        if response.status_code != 404:
+        response, away = _poll(ctx, path)
+        if response is not None and response.status_code != 404:
             order: dict[str, Any] = _answer(ctx, "order", "GET", path, response)
             done = order["status"] == "CANCELLED" if cancelling else order["status"] != "PENDING"
             if done:
@@ -1314,6 +1348,7 @@ def _await_order(ctx: typer.Context, sent: Mapping[str, str], cancelling: bool, 
             if cancelling and order["status"] == "REJECTED":
                 _fail(f"order {order['order_id']} is REJECTED: a CancelOrder cannot cancel it")
         if time.monotonic() > end:
+            _fail_waiting(f"command {sent['command_id']} was sent", sent["order_id"], away)
             _fail(
                 f"no outcome of command {sent['command_id']} on order {sent['order_id']}: it may have been"
                 " refused, and only an operator can read why (sagactl with an operator's token, or"

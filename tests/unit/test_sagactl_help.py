@@ -1134,3 +1134,31 @@ def test_place_through_the_api_waits_for_the_outcome_only_when_asked(wait: list[
     else:
         assert f"order {order_id}: PENDING" in result.stdout, result.output
         assert paths == ["/orders"] and f"follow it: sagactl saga {order_id[:8]}" in result.output
+
+
+def test_a_wait_for_the_outcome_outlasts_an_order_service_away() -> None:
+    """An attack trial killed the order service during ``place --wait``: sagactl said
+    "cannot reach the order service" (exit 3) of an order it had placed, which went on to
+    be APPROVED. A wait asks again until its deadline while the service is away (here:
+    503 to every request, as a service restarting is)."""
+    order_id = "0b1c2d3e-0000-4000-8000-000000000002"
+    pending = json.dumps({"order_id": order_id, "status": "PENDING", "reason": None}).encode()
+    approved = json.dumps({"order_id": order_id, "status": "APPROVED", "reason": None}).encode()
+    done = threading.Event()
+    with JsonServer(pending) as order:
+
+        def away_then_back() -> None:  # from the first poll (the POST answered); back after three more
+            while len(order.paths) < 2 and not done.wait(0.01):
+                pass
+            order.down = True
+            while len(order.paths) < 5 and not done.wait(0.01):
+                pass
+            order.jwks, order.down = approved, False
+
+        threading.Thread(target=away_then_back, daemon=True).start()
+        result = CliRunner().invoke(app, ["--order-url", order.base, "place", "alice", "cup=1", "--wait"])
+        done.set()
+        polls = len(order.paths) - 1
+    assert result.exit_code == 0, result.output
+    assert f"order {order_id}: APPROVED" in result.stdout, result.output
+    assert polls >= 4, polls
