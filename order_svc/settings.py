@@ -5,7 +5,7 @@ from pydantic_settings import SettingsConfigDict
 
 from saga_kit.personal_data import KeyStore, load_keystore
 from saga_kit.settings import ServiceSettings
-from saga_kit.urls import http_url
+from saga_kit.urls import base_url
 
 
 class Settings(ServiceSettings):
@@ -76,4 +76,4 @@ class Settings(ServiceSettings):
     @field_validator("inventory_url", "payment_url")
     @classmethod
     def _service_url(cls, url: str) -> str:
-        return http_url(url)
+        return base_url(url)

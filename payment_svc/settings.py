@@ -2,7 +2,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from saga_kit.settings import ServiceSettings
-from saga_kit.urls import http_url
+from saga_kit.urls import base_url
 
 
 class Settings(ServiceSettings):
@@ -43,4 +43,4 @@ class Settings(ServiceSettings):
     @field_validator("provider_url")
     @classmethod
     def _provider_url(cls, url: str) -> str:
-        return http_url(url)
+        return base_url(url)

@@ -33,6 +33,26 @@ def http_url(url: str) -> str:
     return url
 
 
+def base_url(url: str) -> str:
+    """``url`` as given if it is a base URL to which paths are appended (a service's, the
+    payment provider's): an ``http_url`` without ``user:password@`` (httpx sends it as
+    Basic authentication, in place of the bearer token), a query or a fragment (a path
+    appended lands after them: ``…?x=1/orders``), or a blank or control character in it.
+    Raises ``ValueError`` saying which (an attack trial: each was taken, and every call
+    then answered a 404 or a 401 that named neither the URL nor why)."""
+    http_url(url)
+    parsed = httpx.URL(url)
+    if parsed.userinfo:
+        raise ValueError("must be a base URL without user:password@ (calls carry a bearer token)")
+    if "?" in url or "#" in url:
+        raise ValueError(
+            "must be a base URL without a query (?…) or a fragment (#…): paths are appended to it"
+        )
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise ValueError("must be a base URL without a blank or a control character in it")
+    return url
+
+
 def kafka_bootstrap(servers: str) -> str:
     """``servers`` as given if it is a Kafka bootstrap list: comma separated, each entry
     ``host[:port]`` or ``[ipv6][:port]`` as aiokafka reads one (``aiokafka.conn.

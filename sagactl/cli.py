@@ -34,6 +34,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import re
 import string
 import sys
@@ -64,7 +65,7 @@ from order_svc.domain import ORDER_ID_PREFIX, OrderStatus
 from saga_kit import auditchain
 from saga_kit.auth import SUBJECT_RULE, WITHHELD, DevIssuer, Role, is_subject
 from saga_kit.service_names import SHORT_NAMES, service_named, short_name
-from saga_kit.urls import NOT_SENT, http_url, kafka_bootstrap, unanswered
+from saga_kit.urls import NOT_SENT, base_url, kafka_bootstrap, unanswered
 
 #: Output: nothing sagactl prints is read as rich's markup — a table cell, a tree's label
 #: is what a service said (a balance of "[/]" was a MarkupError, a traceback); styles are
@@ -159,9 +160,9 @@ def _check_what_was_given(ctx: Any) -> None:
     for service in SERVICES:
         option = f"{service}_url"
         try:
-            setattr(urls, service, http_url(urls.of(service)).rstrip("/"))
+            setattr(urls, service, base_url(urls.of(service)).rstrip("/"))
         except ValueError as exc:
-            raise typer.BadParameter(str(exc), ctx=ctx, param_hint=f"'{urls.given_by[option]}'") from None
+            _fail(f"{urls.given_by[option]} is not a service's base URL: {exc}", USAGE)
     if urls.token:
         _check_token(urls.token, urls.given_by["token"])
 
@@ -346,6 +347,13 @@ def main(
         token or None,  # an empty one is none, as an empty Authorization header is to the services
         {name: _given_by(ctx, name) for name in GLOBAL_OPTIONS},
     )
+    # click takes SAGACTL_ORDER_URL= as unset, and the default's port was called: perhaps
+    # another stack's (a trial). Set and empty, it is a URL that is not one
+    for service in SERVICES:
+        variable, source = f"SAGACTL_{service.upper()}_URL", ctx.get_parameter_source(f"{service}_url")
+        if os.environ.get(variable) == "" and source is not None and source.name == "DEFAULT":
+            setattr(urls, service, "")
+            urls.given_by[f"{service}_url"] = variable
     ctx.obj = urls
     ctx.call_on_close(urls.close)
 

@@ -76,7 +76,7 @@ def test_a_token_after_the_command_wins_over_saga_token(monkeypatch: pytest.Monk
     ("args", "said"),
     [
         (["forget", "alice", "--token", "b@d"], "--token is not a bearer token: character 2 is '@'"),
-        (["forget", "alice", "--order-url", "notaurl"], "Invalid value for '--order-url'"),
+        (["forget", "alice", "--order-url", "notaurl"], "--order-url is not a service's base URL"),
         (["forget", "alice", "--token"], "Option '--token' requires an argument"),
     ],
 )
@@ -174,7 +174,7 @@ def test_after_dashes_a_global_option_is_taken_for_the_command_name_as_it_was() 
     ("args", "said"),
     [
         (["dlq", "--token", "b@d", "list"], "--token is not a bearer token: character 2 is '@'"),
-        (["audit", "--order-url", "notaurl", "verify"], "Invalid value for '--order-url'"),
+        (["audit", "--order-url", "notaurl", "verify"], "--order-url is not a service's base URL"),
     ],
 )
 def test_a_bad_value_between_a_group_and_its_command_is_a_usage_error(args: list[str], said: str) -> None:
@@ -269,12 +269,21 @@ def test_a_malformed_value_a_later_one_replaces_does_not_matter(
 @pytest.mark.parametrize(
     ("args", "environment", "said"),
     [
-        (["forget", "alice"], {"SAGACTL_ORDER_URL": "notaurl"}, "Invalid value for 'SAGACTL_ORDER_URL'"),
-        (["forget", "alice", "--order-url", "http://127.0.0.1:1", "--order-url", "x"], {}, "'--order-url'"),
-        (["dlq", "--inventory-url", "x", "list"], {}, "Invalid value for '--inventory-url'"),
+        (
+            ["forget", "alice"],
+            {"SAGACTL_ORDER_URL": "notaurl"},
+            "SAGACTL_ORDER_URL is not a service's base URL",
+        ),
+        (
+            ["forget", "alice", "--order-url", "http://127.0.0.1:1", "--order-url", "x"],
+            {},
+            "--order-url is not a service's base URL",
+        ),
+        (["dlq", "--inventory-url", "x", "list"], {}, "--inventory-url is not a service's base URL"),
+        (["forget", "alice"], {"SAGACTL_ORDER_URL": ""}, "SAGACTL_ORDER_URL is not a service's base URL"),
         (["forget", "alice", "--token", "t0k", "--token", "x y"], {}, "--token is not a bearer token"),
     ],
-    ids=["environment", "last-of-two", "between", "last-token"],
+    ids=["environment", "last-of-two", "between", "empty-environment", "last-token"],
 )
 def test_the_value_a_command_will_use_is_checked_and_named(
     args: list[str], environment: dict[str, str], said: str, monkeypatch: pytest.MonkeyPatch
@@ -299,4 +308,4 @@ def test_a_command_that_calls_no_service_takes_any_url_and_token(
     monkeypatch.setenv("SAGA_TOKEN", "x y")
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
-    assert "Invalid value" not in result.output and "not a bearer token" not in result.output
+    assert "is not a service's base URL" not in result.output and "not a bearer token" not in result.output

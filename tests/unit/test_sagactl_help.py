@@ -223,7 +223,7 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
         (["tail", "--count", "0"], "Invalid value for '--count': Input should be greater than or equal to 1"),
         (["dlq", "replay", "inventory", "0"], "Invalid value for 'letter_id'"),
         (["dlq", "show", "payment", "99999999999999999999"], "Invalid value for 'letter_id'"),
-        (["--payment-url", "notaurl", "health"], "Invalid value for '--payment-url'"),
+        (["--payment-url", "notaurl", "health"], "--payment-url is not a service's base URL"),
         (["--inventory-url", "ftp://x", "dlq", "list"], "URL scheme should be 'http' or 'https'"),
     ],
 )

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from inventory_svc.settings import Settings as InventorySettings
 from order_svc.settings import Settings as OrderSettings
-from saga_kit.urls import http_url
+from saga_kit.urls import base_url, http_url
 
 
 def test_each_service_reads_its_own_prefix_and_the_shared_broker(
@@ -293,3 +293,36 @@ def test_a_url_is_taken_only_when_both_parsers_read_a_host(url: str, taken: bool
     else:
         with pytest.raises(ValueError, match="must be an http"):
             http_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("http://127.0.0.1:8003?x=1", "without a query"),
+        ("http://127.0.0.1:8003/#top", "or a fragment"),
+        ("http://user:pw@127.0.0.1:8002", "without user:password@"),
+        ("http://127.0.0.1:8001/ x", "without a blank"),
+        ("http://127.0.0.1:8001/\tx", "non-printable"),  # httpx's own refusal
+    ],
+)
+def test_a_base_url_has_nothing_a_path_could_not_follow(url: str, said: str) -> None:
+    """``saga_kit.urls.base_url`` (an attack trial gave sagactl each: a 404 "no route GET
+    /", or a 401 "pass --token" for a token that was given, Basic auth sent in its place)."""
+    with pytest.raises(ValueError, match=said):
+        base_url(url)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8001", "https://payments.example/api/v2/", "http://[::1]:80"]
+)
+def test_a_base_url_is_kept_as_written(url: str) -> None:
+    assert base_url(url) == url
+
+
+def test_the_payment_providers_url_is_a_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    from payment_svc.settings import Settings as PaymentSettings
+
+    monkeypatch.setenv("PAYMENT_DATABASE_URL", "postgresql://u@db/payments")
+    monkeypatch.setenv("PAYMENT_PROVIDER_URL", "http://127.0.0.1:8004?key=1")
+    with pytest.raises(ValidationError, match="without a query"):
+        PaymentSettings()  # type: ignore[call-arg]
