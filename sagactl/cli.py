@@ -951,7 +951,7 @@ def place(
     lines = []
     for item in items:
         product, sep, quantity = item.partition("=")
-        if not sep or not (quantity.isascii() and quantity.isdigit()):
+        if not sep or not (quantity.isascii() and quantity.isdigit()) or int(quantity) < 1:
             raise typer.BadParameter(
                 f"{item!r}: expected product=quantity, a whole number of 1 or more, e.g. widget=2"
             )
@@ -962,7 +962,14 @@ def place(
     if via == "http":
         key = idempotency_key or uuid.uuid4().hex
         again = f"; the same command with --idempotency-key {key} tells, placing it once at most"
-        r = _call(ctx, "order", "POST", "/orders", again, json=body, headers={"Idempotency-Key": key})
+        response = _request(
+            ctx, "order", "POST", "/orders", again, json=body, headers={"Idempotency-Key": key}
+        )
+        r = _answer(ctx, "order", "POST", "/orders", response)
+        if response.headers.get("Idempotent-Replayed") == "true" and output is not Output.json:
+            errors.print(
+                f"placed before with Idempotency-Key {key}: this is that order, as it stands", style="dim"
+            )
         if wait:
             r = _await_outcome(ctx, r)
         why = f" ({r['reason']})" if r.get("reason") else ""

@@ -129,3 +129,19 @@ def test_without_a_token_the_error_says_how_to_get_one(system: System) -> None:
     assert result.returncode == 1 and result.stdout == ""
     assert "401" in result.stderr and "SAGA_TOKEN" in result.stderr and "sagactl token" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_placing_again_with_the_same_idempotency_key_says_it_is_the_order_placed_before(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """An attack trial: the same ``--idempotency-key`` and order again printed the order
+    (APPROVED by then) as if placed anew."""
+    products, customers = seed(client, uid, {"awl": ("1.00", 5)}, {"ned": "20.00"})
+    key = uid("key")
+    args = ("place", customers["ned"], f"{products['awl']}=1", "--idempotency-key", key)
+    first = sagactl(system, *args)
+    again = sagactl(system, *args)
+    assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+    assert first.stdout.split()[1] == again.stdout.split()[1]  # order <id>: … — one order
+    assert "placed before with Idempotency-Key" not in first.stderr
+    assert f"placed before with Idempotency-Key {key}" in again.stderr, again.stderr

@@ -205,7 +205,7 @@ def test_errors_are_one_line_on_stderr(system: System) -> None:
         ("saga", "ffffffff"): (1, "no order id starts with 'ffffffff'"),
         # the services' validation errors (422): where and why, not the raw list (a status,
         # a limit or a dead letter id out of range is sagactl's own usage error now: tests/unit)
-        ("place", "amy", "cup=0"): (1, "answered 422: invalid request: items[0].quantity: Input should"),
+        ("place", "amy", "cup=10001"): (1, "answered 422: invalid request: items[0].quantity: Input should"),
         ("--payment-url", nowhere, "balances"): (3, f"cannot reach the payment service at {nowhere}"),
         ("--order-url", nowhere, "tail"): (3, f"cannot reach the order service at {nowhere}"),
         # and what to do about it
@@ -214,7 +214,8 @@ def test_errors_are_one_line_on_stderr(system: System) -> None:
             "'make run' starts it; --inventory-url or SAGACTL_INVENTORY_URL",
         ),
         # checked here before anything is sent, so no broker is needed
-        ("place", "amy", "cup=0", "--via", "kafka"): (2, "not a valid order: items[0].quantity:"),
+        ("place", "amy", "cup=10001", "--via", "kafka"): (2, "not a valid order: items[0].quantity:"),
+        ("place", "amy", "cup=0"): (2, "'cup=0': expected product=quantity, a whole number of 1 or more"),
     }
     for args, (code, said) in cases.items():
         for output in ("text", "json"):

@@ -114,13 +114,14 @@ def test_a_broker_that_cannot_be_reached_is_one_line_on_stderr() -> None:
 
 
 def test_an_order_refused_before_it_is_sent_names_what_is_wrong_only() -> None:
-    """``place … widget=0 --via kafka`` also said the order had no lines."""
+    """``place … widget=0 --via kafka`` also said the order had no lines (0 is refused
+    before the order is made now; a quantity over the limit is the order's own rule)."""
     result = CliRunner().invoke(
-        app, ["place", "alice", "widget=0", "--via", "kafka", "--bootstrap", "127.0.0.1:1"]
+        app, ["place", "alice", "widget=10001", "--via", "kafka", "--bootstrap", "127.0.0.1:1"]
     )
     assert result.exit_code == 2
     said = " ".join(result.output.split())
-    assert said == "not a valid order: items[0].quantity: Input should be greater than or equal to 1"
+    assert said == "not a valid order: items[0].quantity: Input should be less than or equal to 10000"
 
 
 @pytest.mark.parametrize(
@@ -181,6 +182,14 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
         ),
         (["forget", ".."], "an id is 1-64 letters, digits and . _ : -, and not only dots"),
         (["place", "alice", "widget=²"], "'widget=²': expected product=quantity"),
+        (
+            ["place", "alice", "widget=0"],
+            "'widget=0': expected product=quantity, a whole number of 1 or more",
+        ),
+        (
+            ["place", "alice", "widget=00"],
+            "'widget=00': expected product=quantity, a whole number of 1 or more",
+        ),
         (
             ["place", "alice", "widget=1", "--via", "carrier-pigeon"],
             "Invalid value for '--via': http or kafka",
