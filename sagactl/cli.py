@@ -952,9 +952,7 @@ def place(
     for item in items:
         product, sep, quantity = item.partition("=")
         if not sep or not (quantity.isascii() and quantity.isdigit()) or int(quantity) < 1:
-            raise typer.BadParameter(
-                f"{item!r}: expected product=quantity, a whole number of 1 or more, e.g. widget=2"
-            )
+            _fail(f"{item!r}: expected product=quantity, a whole number of 1 or more, e.g. widget=2", USAGE)
         lines.append({"product_id": product, "quantity": int(quantity)})
     body: dict[str, Any] = {"customer_id": customer_id, "items": lines}
     if deadline_seconds is not None:
