@@ -212,7 +212,10 @@ def _read(data: bytes | None, authorization: Sequence[str]) -> Envelope[Command]
         return _refused(_delivery(cid, data, authorization), cid, _shown(raw), "invalid_command", detail)
     cid = _uuid(raw.get("command_id")) if isinstance(raw, dict) else None
     if cid is None:
-        raise InvalidEvent("not a command: no command_id (a UUID)")
+        given = raw.get("command_id") if isinstance(raw, dict) else None
+        if given is None:
+            raise InvalidEvent("not a command: no command_id (a UUID)")
+        raise InvalidEvent(f"not a command: its command_id {printable(repr(given), 80)} is not a UUID")
     delivery = _delivery(cid, data, authorization)
     shown_type = _shown(raw)
     try:  # as the HTTP door (saga_kit.http.check_json_body) refuses it

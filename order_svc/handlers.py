@@ -667,8 +667,18 @@ def _caller(state: Orders, event: Envelope[PlaceOrder] | Envelope[CancelOrder]) 
             " nor refused: replay it, or send it again, once the keys can be had"
         )
     if isinstance(caller, auth.Unauthorized):
-        return _rejected(event.payload.command_id, event.event_type, caller.reason, caller.detail)
+        detail = COMMAND_WITHOUT_A_TOKEN if caller.reason == "missing_token" else caller.detail
+        return _rejected(event.payload.command_id, event.event_type, caller.reason, detail)
     return caller
+
+
+#: Why a command without a token is refused, in a command's words: the HTTP door's
+#: ("this endpoint needs an Authorization: Bearer token") named an endpoint and a header
+#: a record does not have (an attack trial).
+COMMAND_WITHOUT_A_TOKEN = (
+    "a command needs a bearer token: its record's authorization header, 'Bearer <token>'"
+    " (sagactl place --via kafka sends that of --token or SAGA_TOKEN)"
+)
 
 
 @reactions.on(RefusedCommand)

@@ -23,6 +23,7 @@ from events.topics import COMMANDS
 from order_svc import handlers, timeline
 from order_svc.api import get_command, get_saga
 from order_svc.errors import IdempotencyKeyReused
+from order_svc.handlers import COMMAND_WITHOUT_A_TOKEN
 from order_svc.placing import place_order
 from saga_kit import auth, deadletters
 from saga_kit import headers as kafka_headers
@@ -455,6 +456,8 @@ async def test_a_strangers_command_stays_out_of_the_victims_timeline(
     for reason, (_, command) in strangers.items():
         view = await get_command(command.command_id, order.db)
         assert (view.outcome, view.order_id, view.reason) == ("rejected", oid, reason)
+    missing = await get_command(strangers["missing_token"][1].command_id, order.db)
+    assert missing.detail == COMMAND_WITHOUT_A_TOKEN  # a command's words, not an endpoint's
     kept = await order.rows(
         "SELECT event_type FROM saga_events WHERE order_id = :o AND from_stranger ORDER BY seq", o=oid
     )

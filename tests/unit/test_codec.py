@@ -22,7 +22,7 @@ from events import (
     new_envelope,
 )
 from events.codec import summary
-from events.commands import PlaceOrder
+from events.commands import PlaceOrder, to_envelope
 from events.values import Money, SafeText
 from tests.unit.samples import order_created, sample_payloads
 
@@ -164,3 +164,18 @@ def test_stored_text_names_the_kind_of_character_it_refuses(text: str, said: str
     with pytest.raises(ValidationError) as refused:
         TypeAdapter(SafeText).validate_python(text)
     assert refused.value.errors()[0]["msg"] == f"Value error, text must not contain {said}"
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b'{"command_type": "PlaceOrder"}', "not a command: no command_id (a UUID)"),
+        (b'{"command_id": "not-a-uuid"}', "not a command: its command_id 'not-a-uuid' is not a UUID"),
+        (b'{"command_id": 7}', "not a command: its command_id 7 is not a UUID"),
+    ],
+)
+def test_a_record_without_a_usable_command_id_is_not_a_command_and_says_which(body: bytes, said: str) -> None:
+    """An attack trial: a command_id that is there and not a UUID was "no command_id"."""
+    with pytest.raises(InvalidEvent) as refused:
+        to_envelope(body)
+    assert str(refused.value) == said
