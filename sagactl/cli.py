@@ -993,8 +993,10 @@ def place(
 
 def _await_outcome(ctx: typer.Context, order: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
     """order (an OrderView, as ``POST /orders`` answered it) once its saga has finished:
-    'GET /orders/{id}' every 0.2 s until it is no longer PENDING. After timeout seconds
-    the command ends (exit 1) naming the order, which is placed, and how to follow it."""
+    'GET /orders/{id}' every 0.2 s until it is no longer PENDING, asking again while the
+    order service is away (``_poll``). After timeout seconds the command ends naming the
+    order, which is placed, and how to follow it: exit 1 if it was still PENDING, 3 if
+    the service could not say (``_fail_waiting``)."""
     path = f"/orders/{order['order_id']}"
     end = time.monotonic() + timeout
     away = None
