@@ -149,11 +149,12 @@ def _checking_what_was_given(invoke: Callable[[Any], Any]) -> Callable[[Any], An
 
 def _check_what_was_given(ctx: Any) -> None:
     """A usage error (exit 2, before anything is sent) naming where it came from (an
-    option, or an environment variable) if a service's URL the command holds is not an
-    http(s) URL with a host, or the token it will send is not a bearer token (a command
-    that calls no service, ``OFFLINE_COMMANDS``, takes any). Called once every option
-    has been read, so only the values the command will use are checked: the last given
-    of each, or the environment's or the default when none was given."""
+    option, or an environment variable) if a service's URL the command holds is not a
+    base URL (``saga_kit.urls.base_url``), or the token it will send is not a bearer
+    token (a command that calls no service, ``OFFLINE_COMMANDS``, takes any). Called
+    once every option has been read, so only the values the command will use are
+    checked: the last given of each, or the environment's or the default when none was
+    given."""
     urls = _urls(ctx)
     if ctx.find_root().invoked_subcommand in OFFLINE_COMMANDS:
         return
@@ -289,10 +290,15 @@ OFFLINE_COMMANDS = ("token", "publish", "kafka-acls")
 TOKEN_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-._~+/")
 
 
+def _option(ctx: typer.Context, name: str) -> Any:
+    """``main``'s option (a click Option) whose parameter is called name."""
+    return next(param for param in ctx.command.params if param.name == name)
+
+
 def _given_by(ctx: typer.Context, name: str) -> str:
     """How ``main``'s option name was given, as a message names it: its environment
     variable (SAGA_TOKEN) if it was read from there, else the option (--token)."""
-    param = next(param for param in ctx.command.params if param.name == name)
+    param = _option(ctx, name)
     # by its name: typer carries its own copy of click (typer._click), and its enum
     source = ctx.get_parameter_source(name)
     if source is not None and source.name == "ENVIRONMENT" and isinstance(param.envvar, str):
@@ -350,10 +356,11 @@ def main(
     # click takes SAGACTL_ORDER_URL= as unset, and the default's port was called: perhaps
     # another stack's (a trial). Set and empty, it is a URL that is not one
     for service in SERVICES:
-        variable, source = f"SAGACTL_{service.upper()}_URL", ctx.get_parameter_source(f"{service}_url")
+        name = f"{service}_url"
+        variable, source = _option(ctx, name).envvar, ctx.get_parameter_source(name)
         if os.environ.get(variable) == "" and source is not None and source.name == "DEFAULT":
             setattr(urls, service, "")
-            urls.given_by[f"{service}_url"] = variable
+            urls.given_by[name] = variable
     ctx.obj = urls
     ctx.call_on_close(urls.close)
 
@@ -994,24 +1001,42 @@ def place(
 def _await_outcome(ctx: typer.Context, order: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
     """order (an OrderView, as ``POST /orders`` answered it) once its saga has finished:
     'GET /orders/{id}' every 0.2 s until it is no longer PENDING, asking again while the
-    order service is away (``_poll``). After timeout seconds the command ends naming the
-    order, which is placed, and how to follow it: exit 1 if it was still PENDING, 3 if
-    the service could not say (``_fail_waiting``)."""
-    path = f"/orders/{order['order_id']}"
+    order service is away (``_follow_order``). After timeout seconds the command ends
+    naming the order, which is placed, and how to follow it: exit 1 if it was still
+    PENDING, 3 if the service could not say (``_fail_waiting``)."""
+    if order["status"] != "PENDING":
+        return order
+    order_id = order["order_id"]
     end = time.monotonic() + timeout
-    away = None
-    while order["status"] == "PENDING":
-        if time.monotonic() > end:
-            _fail_waiting(f"order {order['order_id']} is placed", order["order_id"], away)
-            _fail(
-                f"order {order['order_id']} is still PENDING after {timeout:.0f}s: it is placed;"
-                f" follow it: sagactl saga {order['order_id'][:8]}"
-            )
-        time.sleep(0.2)
+    ended = _follow_order(
+        ctx, order_id, lambda o: o["status"] != "PENDING", end, f"order {order_id} is placed"
+    )
+    if ended is None:
+        _fail(
+            f"order {order_id} is still PENDING after {timeout:.0f}s: it is placed;"
+            f" follow it: sagactl saga {order_id[:8]}"
+        )
+    return ended
+
+
+def _follow_order(
+    ctx: typer.Context, order_id: str, done: Callable[[dict[str, Any]], bool], end: float, what: str
+) -> dict[str, Any] | None:
+    """'GET /orders/{order_id}' every 0.2 s until ``done(order)`` (the order is returned)
+    or the monotonic time ``end`` (None). A 404 (a command's order not placed yet) and
+    the order service away (``_poll``) are asked again; away at the last try ends the
+    command (``_fail_waiting``, ``what`` saying what was done)."""
+    path = f"/orders/{order_id}"
+    while True:
         response, away = _poll(ctx, path)
-        if response is not None:
-            order = _answer(ctx, "order", "GET", path, response)
-    return order
+        if response is not None and response.status_code != 404:
+            order: dict[str, Any] = _answer(ctx, "order", "GET", path, response)
+            if done(order):
+                return order
+        if time.monotonic() > end:
+            _fail_waiting(what, order_id, away)
+            return None
+        time.sleep(0.2)
 
 
 def _poll(ctx: typer.Context, path: str) -> tuple[httpx.Response | None, _Missing | None]:
@@ -1345,31 +1370,26 @@ def _await_order(ctx: typer.Context, sent: Mapping[str, str], cancelling: bool, 
     was refused only an operator can read, so a refusal shows as no outcome. Returns the
     fields of a CommandView it can know: command_id, order_id, outcome,
     status, order_reason."""
-    path = f"/orders/{sent['order_id']}"
-    while True:
-        response, away = _poll(ctx, path)
-        if response is not None and response.status_code != 404:
-            order: dict[str, Any] = _answer(ctx, "order", "GET", path, response)
-            done = order["status"] == "CANCELLED" if cancelling else order["status"] != "PENDING"
-            if done:
-                outcome = "cancelled" if cancelling else "placed"
-                return {
-                    "command_id": sent["command_id"],
-                    "order_id": order["order_id"],
-                    "outcome": outcome,
-                    "status": order["status"],
-                    "order_reason": order.get("reason"),
-                }
-            if cancelling and order["status"] == "REJECTED":
-                _fail(f"order {order['order_id']} is REJECTED: a CancelOrder cannot cancel it")
-        if time.monotonic() > end:
-            _fail_waiting(f"command {sent['command_id']} was sent", sent["order_id"], away)
-            _fail(
-                f"no outcome of command {sent['command_id']} on order {sent['order_id']}: it may have been"
-                " refused, and only an operator can read why (sagactl with an operator's token, or"
-                f" GET /commands/{sent['command_id']})"
-            )
-        time.sleep(0.2)
+
+    def done(order: dict[str, Any]) -> bool:
+        if cancelling and order["status"] == "REJECTED":
+            _fail(f"order {order['order_id']} is REJECTED: a CancelOrder cannot cancel it")
+        return bool(order["status"] == "CANCELLED" if cancelling else order["status"] != "PENDING")
+
+    order = _follow_order(ctx, sent["order_id"], done, end, f"command {sent['command_id']} was sent")
+    if order is None:
+        _fail(
+            f"no outcome of command {sent['command_id']} on order {sent['order_id']}: it may have been"
+            " refused, and only an operator can read why (sagactl with an operator's token, or"
+            f" GET /commands/{sent['command_id']})"
+        )
+    return {
+        "command_id": sent["command_id"],
+        "order_id": order["order_id"],
+        "outcome": "cancelled" if cancelling else "placed",
+        "status": order["status"],
+        "order_reason": order.get("reason"),
+    }
 
 
 @app.command("orders")
