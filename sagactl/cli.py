@@ -911,6 +911,19 @@ def _order_id(ctx: typer.Context, given: str) -> str:
     _fail(f"no order id starts with {given!r}")
 
 
+def _check_idempotency_key(given: str | None) -> str | None:
+    """An idempotency key without the blanks around it (HTTP drops them from a header's
+    value, so the key is the same through the API and on Kafka). An empty one is a usage
+    error: it was taken as none, and a retry with it placed the order again (a trial). Its
+    other rules (at most 200 characters, no control character) are the API's to check."""
+    if given is None:
+        return None
+    given = given.strip()
+    if not given:
+        raise typer.BadParameter("an empty key is no key: leave the option out for a new one")
+    return given
+
+
 def _finite(given: float | None) -> float | None:
     """A number of seconds: ``nan`` and ``inf`` have no JSON (they were a traceback)."""
     if given is not None and not math.isfinite(given):
@@ -945,21 +958,26 @@ def place(
     idempotency_key: Annotated[
         str | None,
         typer.Option(
-            help="--via http: the order's Idempotency-Key (default: a new one); the same key and"
-            " order again answer the order it placed",
+            help="the order's idempotency key (default: a new one): the same key and order again"
+            " answer the order it placed, never a second one. Through the API it is the"
+            " Idempotency-Key; on Kafka the command's id is made of it and the customer",
+            callback=_check_idempotency_key,
         ),
     ] = None,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Place an order: through the API (with an Idempotency-Key, so that the same command
-    with the key again places it once at most), or as a PlaceOrder command on Kafka.
+    """Place an order: through the API, or as a PlaceOrder command on Kafka; either way under
+    an idempotency key, so that the same command with the key again places it once at most.
     Through the API it answers PENDING, the saga under way (--wait: its outcome); on
-    Kafka it waits for the outcome (--no-wait: only that the command was sent)."""
-    lines = []
+    Kafka it waits for the outcome (--no-wait: only that the command was sent). An outcome,
+    APPROVED, REJECTED or CANCELLED, is exit 0: the order was placed and its end is known."""
+    lines: list[dict[str, Any]] = []
     for item in items:
         product, sep, quantity = item.partition("=")
         if not sep or not (quantity.isascii() and quantity.isdigit()) or int(quantity) < 1:
             _fail(f"{item!r}: expected product=quantity, a whole number of 1 or more, e.g. widget=2", USAGE)
+        if any(line["product_id"] == product for line in lines):
+            _fail(f"{product!r} is named twice: name it once, with the quantity of both", USAGE)
         lines.append({"product_id": product, "quantity": int(quantity)})
     body: dict[str, Any] = {"customer_id": customer_id, "items": lines}
     if deadline_seconds is not None:
@@ -987,10 +1005,11 @@ def place(
     from pydantic import ValidationError
 
     from events.codec import own_errors
-    from events.commands import PlaceOrder, order_id_for
+    from events.commands import PlaceOrder, command_id_for, order_id_for
 
+    command_id = uuid.uuid4() if idempotency_key is None else command_id_for(customer_id, idempotency_key)
     try:
-        command = PlaceOrder(command_id=uuid.uuid4(), **body)
+        command = PlaceOrder(command_id=command_id, **body)
     except ValidationError as exc:
         _fail(f"not a valid order: {_problems(own_errors(exc.errors()))}", USAGE)
     _may_act_for(_urls(ctx), customer_id)
@@ -1147,6 +1166,12 @@ def _settle(
     if not wait:
         if output is Output.json:
             _json(sent)
+        else:  # sent, not taken yet: where its outcome will be
+            errors.print(
+                f"follow it, once the order service has taken it: sagactl saga {sent['order_id']}",
+                style="dim",
+                soft_wrap=True,
+            )
         return
     r = _await_command(ctx, sent, cancelling)
     why = f" ({r['order_reason']})" if r.get("order_reason") else ""

@@ -6,6 +6,8 @@ import json
 import re
 import threading
 
+import pytest
+
 from sagastack.client import SagaClient
 from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, sagactl, sagactl_started, seed
@@ -131,17 +133,28 @@ def test_without_a_token_the_error_says_how_to_get_one(system: System) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_placing_again_with_the_same_idempotency_key_says_it_is_the_order_placed_before(
-    system: System, client: SagaClient, uid: UniqueIds
+@pytest.mark.parametrize("via", ["http", "kafka"])
+def test_placing_again_with_the_same_idempotency_key_places_one_order(
+    system: System, client: SagaClient, uid: UniqueIds, via: str
 ) -> None:
     """An attack trial: the same ``--idempotency-key`` and order again printed the order
-    (APPROVED by then) as if placed anew."""
+    (APPROVED by then) as if placed anew; on Kafka the key was ignored, and a retry
+    placed a second order. Through the API the key is the Idempotency-Key; on Kafka the
+    command's id is made of it (``events.commands.command_id_for``)."""
     products, customers = seed(client, uid, {"awl": ("1.00", 5)}, {"ned": "20.00"})
     key = uid("key")
-    args = ("place", customers["ned"], f"{products['awl']}=1", "--idempotency-key", key)
+    args = ["place", customers["ned"], f"{products['awl']}=1", "--idempotency-key", key, "--via", via]
+    if via == "kafka":
+        args += ["--bootstrap", system.bootstrap]
     first = sagactl(system, *args)
     again = sagactl(system, *args)
     assert first.returncode == again.returncode == 0, first.stderr + again.stderr
-    assert first.stdout.split()[1] == again.stdout.split()[1]  # order <id>: … — one order
-    assert "placed before with Idempotency-Key" not in first.stderr
-    assert f"placed before with Idempotency-Key {key}" in again.stderr, again.stderr
+    placed = json.loads(sagactl(system, "orders", "--customer", customers["ned"], "-o", "json").stdout)
+    assert len(placed) == 1, placed
+    order_id = placed[0]["order_id"]
+    assert order_id in first.stdout and order_id in again.stdout, first.stdout + again.stdout
+    if via == "http":
+        assert "placed before with Idempotency-Key" not in first.stderr
+        assert f"placed before with Idempotency-Key {key}" in again.stderr, again.stderr
+    else:  # the command's outcome, as it was the first time
+        assert f"order {order_id}: APPROVED" in again.stdout, again.stdout

@@ -195,6 +195,10 @@ def test_sagactl_places_through_kafka_with_output_json(
     assert (view["outcome"], view["status"]) == ("placed", "APPROVED")
     sent = as_json(system, *args, system.bootstrap, "--no-wait")
     assert set(sent) == {"command_id", "order_id"}
+    # as text, where its outcome will be (a trial: it said only that it was sent)
+    text = sagactl(system, *args, system.bootstrap, "--no-wait")
+    order_id = text.stdout.split("(order ")[1].split(")")[0]
+    assert text.stderr == f"follow it, once the order service has taken it: sagactl saga {order_id}\n"
 
 
 @pytest.mark.broker_independent  # the layout of what is printed

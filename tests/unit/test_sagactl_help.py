@@ -204,6 +204,11 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
         ),
         (["saga", "2f07fe67-zz"], "'2f07fe67-zz' is not an order id or the first 8 or more characters"),
         (["place", "alice", "widget=1", "--deadline", "nan"], "nan is not a number of seconds"),
+        # a trial: an empty key was taken as none, and a retry placed the order again;
+        # a product named twice was the order service's 422 (exit 1)
+        (["place", "alice", "widget=1", "--idempotency-key", ""], "an empty key is no key"),
+        (["place", "alice", "widget=1", "--idempotency-key", " "], "an empty key is no key"),
+        (["place", "alice", "widget=1", "cup=1", "widget=2"], "'widget' is named twice"),
         (["publish", "orders.commands", "--tombstone"], "a tombstone deletes a key: give it one with --key"),
         (
             ["publish", "orders.commands", "--tombstone", "--key", "k", "--value", "x"],
