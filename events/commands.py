@@ -70,8 +70,6 @@ AUTHORIZATION = "authorization"
 CLIENT = "client"
 #: Namespace of the order ids derived from command ids (a fixed, random UUID).
 ORDERS_FROM_COMMANDS = uuid.UUID("1b6f7d2e-5d0a-4c59-9a4e-2b1c8a7f3e10")
-#: Namespace of the command ids derived from a customer's idempotency key (a fixed, random UUID).
-COMMANDS_FROM_KEYS = uuid.UUID("5e2a9c71-3f4b-4d08-b6e5-0c7d1a8f2b94")
 _DELIVERIES = uuid.UUID("9d3c8f14-0e2b-4f57-8c61-7a5e2d9b4c03")
 
 
@@ -157,16 +155,6 @@ class _Wire(BaseModel):
 def order_id_for(command_id: uuid.UUID) -> uuid.UUID:
     """The id of the order a ``PlaceOrder`` with this ``command_id`` places."""
     return uuid.uuid5(ORDERS_FROM_COMMANDS, str(command_id))
-
-
-def command_id_for(customer_id: str, idempotency_key: str) -> uuid.UUID:
-    """The ``command_id`` of a ``PlaceOrder`` a client sends under its own idempotency key:
-    a UUIDv5 of the customer and the key (RFC 9562 §5.5), so the same key sent again is the
-    same command and places one order, however often it is retried, as the same
-    ``Idempotency-Key`` does at ``POST /orders``; and, as there, two customers' keys never
-    meet (the API keeps a key per customer: ``order_svc.placing.stored_idempotency_key``).
-    The HTTP door and this one keep their keys apart: a key used at both places two orders."""
-    return uuid.uuid5(COMMANDS_FROM_KEYS, f"{len(customer_id)}:{customer_id}:{idempotency_key}")
 
 
 def peek_command(data: bytes | None) -> tuple[str | None, uuid.UUID | None]:

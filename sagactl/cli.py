@@ -40,6 +40,7 @@ import string
 import sys
 import threading
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,7 +61,7 @@ from rich.panel import Panel
 from rich.table import Column, Table
 from rich.text import Text
 
-from events.values import printable
+from events.values import printable, storable
 from order_svc.domain import ORDER_ID_PREFIX, OrderStatus
 from saga_kit import auditchain
 from saga_kit.auth import SUBJECT_RULE, WITHHELD, DevIssuer, Role, is_subject
@@ -912,15 +913,24 @@ def _order_id(ctx: typer.Context, given: str) -> str:
 
 
 def _check_idempotency_key(given: str | None) -> str | None:
-    """An idempotency key without the blanks around it (HTTP drops them from a header's
-    value, so the key is the same through the API and on Kafka). An empty one is a usage
-    error: it was taken as none, and a retry with it placed the order again (a trial). Its
-    other rules (at most 200 characters, no control character) are the API's to check."""
+    """An Idempotency-Key without the blanks around it (HTTP drops them from a header's
+    value), checked before anything is sent (usage errors, exit 2): an empty one was taken
+    as none, and a retry with it placed the order again; a line break was "sent, and no
+    answer came" (exit 4) of a header httpx refused to send (trials). A control character
+    is refused, and what else the API refuses (``events.values.storable``); its length
+    (at most 200 characters) is the API's to check."""
     if given is None:
         return None
     given = given.strip()
     if not given:
         raise typer.BadParameter("an empty key is no key: leave the option out for a new one")
+    control = next((c for c in given if unicodedata.category(c) == "Cc"), None)
+    if control is not None:  # a line break or a tab too, which stored text may have and a key not
+        raise typer.BadParameter(f"a key must not contain the control character U+{ord(control):04X}")
+    try:
+        storable(given)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).replace("text", "a key", 1)) from None
     return given
 
 
@@ -958,16 +968,15 @@ def place(
     idempotency_key: Annotated[
         str | None,
         typer.Option(
-            help="the order's idempotency key (default: a new one): the same key and order again"
-            " answer the order it placed, never a second one. Through the API it is the"
-            " Idempotency-Key; on Kafka the command's id is made of it and the customer",
+            help="--via http: the order's Idempotency-Key (default: a new one); the same key and"
+            " order again answer the order it placed, never a second one",
             callback=_check_idempotency_key,
         ),
     ] = None,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Place an order: through the API, or as a PlaceOrder command on Kafka; either way under
-    an idempotency key, so that the same command with the key again places it once at most.
+    """Place an order: through the API (with an Idempotency-Key, so that the same command
+    with the key again places it once at most), or as a PlaceOrder command on Kafka.
     Through the API it answers PENDING, the saga under way (--wait: its outcome); on
     Kafka it waits for the outcome (--no-wait: only that the command was sent). An outcome,
     APPROVED, REJECTED or CANCELLED, is exit 0: the order was placed and its end is known."""
@@ -985,9 +994,8 @@ def place(
     if via == "http":
         key = idempotency_key or uuid.uuid4().hex
         again = f"; the same command with --idempotency-key {key} tells, placing it once at most"
-        response = _request(
-            ctx, "order", "POST", "/orders", again, json=body, headers={"Idempotency-Key": key}
-        )
+        headers = {"Idempotency-Key": key.encode()}  # UTF-8, as the API reads it (httpx: ASCII only)
+        response = _request(ctx, "order", "POST", "/orders", again, json=body, headers=headers)
         r = _answer(ctx, "order", "POST", "/orders", response)
         # saga_kit.http.IDEMPOTENT_REPLAYED, by its value: importing saga_kit.http (FastAPI)
         # would add ~0.7 s to every sagactl command
@@ -1005,16 +1013,22 @@ def place(
     from pydantic import ValidationError
 
     from events.codec import own_errors
-    from events.commands import PlaceOrder, command_id_for, order_id_for
 
-    command_id = uuid.uuid4() if idempotency_key is None else command_id_for(customer_id, idempotency_key)
+    if idempotency_key is not None:
+        _fail(
+            "--idempotency-key is the API's (--via http): on Kafka a command's own id is its"
+            " idempotency key, and each command sagactl sends has a new one",
+            USAGE,
+        )
+    from events.commands import PlaceOrder, order_id_for
+
     try:
-        command = PlaceOrder(command_id=command_id, **body)
+        command = PlaceOrder(command_id=uuid.uuid4(), **body)
     except ValidationError as exc:
         _fail(f"not a valid order: {_problems(own_errors(exc.errors()))}", USAGE)
     _may_act_for(_urls(ctx), customer_id)
     sent = {"command_id": str(command.command_id), "order_id": str(order_id_for(command.command_id))}
-    _send_command(bootstrap, command, ctx.obj.token)
+    _send_command(bootstrap, command, ctx.obj.token, sent["order_id"])
     said = f"sent PlaceOrder (order {sent['order_id']}), command {sent['command_id']}"
     _settle(ctx, output, sent, said, wait is not False)
 
@@ -1144,7 +1158,7 @@ def cancel(
     from events.commands import CancelOrder
 
     command = CancelOrder(command_id=uuid.uuid4(), order_id=uuid.UUID(order_id))
-    _send_command(bootstrap, command, ctx.obj.token)
+    _send_command(bootstrap, command, ctx.obj.token, order_id)
     sent = {"command_id": str(command.command_id), "order_id": order_id}
     _settle(ctx, output, sent, f"sent CancelOrder {sent['command_id']}", wait, cancelling=True)
 
@@ -1207,11 +1221,12 @@ def _may_act_for(urls: Urls, customer_id: str) -> None:
         )
 
 
-def _send_command(bootstrap: str, command: Any, token: str | None) -> None:
-    """Produce command to orders.commands, keyed by its command_id, with token in
-    its authorization header (the order service authorizes it like an HTTP call). No
-    token is a usage error before anything is sent: the command would be refused
-    (``missing_token``), and its outcome only an operator may read (a newcomer trial)."""
+def _send_command(bootstrap: str, command: Any, token: str | None, order_id: str) -> None:
+    """Produce command (about the order ``order_id``) to orders.commands, keyed by its
+    command_id, with token in its authorization header (the order service authorizes it
+    like an HTTP call). No token is a usage error before anything is sent: the command
+    would be refused (``missing_token``), and its outcome only an operator may read (a
+    newcomer trial)."""
     from events.commands import AUTHORIZATION, encode_command
     from events.topics import COMMANDS
 
@@ -1223,17 +1238,26 @@ def _send_command(bootstrap: str, command: Any, token: str | None) -> None:
             USAGE,
         )
     headers = [(AUTHORIZATION, f"Bearer {token}".encode())]
-    _produce(bootstrap, COMMANDS, encode_command(command), str(command.command_id).encode(), headers)
+    look = f"; see whether it was taken: sagactl saga {order_id}, once the order service has read it"
+    _produce(bootstrap, COMMANDS, encode_command(command), str(command.command_id).encode(), headers, look)
 
 
 def _produce(
-    bootstrap: str, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]
+    bootstrap: str,
+    topic: str,
+    value: bytes | None,
+    key: bytes | None,
+    headers: list[tuple[str, bytes]],
+    look: str,
 ) -> tuple[int, int]:
     """Produce one record and wait for the broker's acknowledgement (``acks=all``),
     connecting as the environment's Kafka security settings say; its (partition,
     offset). A broker away or refusing is one sentence and exit 3 (UNREACHABLE); a
     bootstrap list or security settings that cannot be used, exit 2 (USAGE): checked here,
-    where they are used (``place --via http`` has no use for them)."""
+    where they are used (``place --via http`` has no use for them). A record handed to the
+    broker whose acknowledgement never came may have been written: exit 4 (IN_DOUBT),
+    ``look`` saying how to learn whether (it was "cannot send", exit 3, which says nothing
+    was sent, of a command the order service then carried out: an attack trial)."""
     import asyncio
 
     try:
@@ -1260,7 +1284,10 @@ def _produce(
     authenticated = security.sasl or bool(security.ssl_certfile)
     user = f"Kafka user {security.sasl_username!r}" if security.sasl else "this client's certificate"
 
+    handed = False  # the record is on its way to the broker: it may be written from here
+
     async def send() -> tuple[int, int]:
+        nonlocal handed
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, acks="all", request_timeout_ms=10_000, **security.client_kwargs()
         )
@@ -1276,6 +1303,7 @@ def _produce(
                 )
             if topic not in known:
                 _fail(f"the broker has no topic {topic!r}; it has: {', '.join(sorted(known)) or 'none'}")
+            handed = True
             sent = await producer.send_and_wait(topic, value, key=key, headers=headers or None)
             return int(sent.partition), int(sent.offset)
         finally:
@@ -1300,6 +1328,12 @@ def _produce(
             USAGE,  # checked before anything is sent
         )
     except Exception as exc:  # the broker is away or refuses: one sentence
+        if handed:  # and may have written it
+            _fail(
+                f"the broker at {bootstrap} was sent the record for {topic} and did not acknowledge it"
+                f" ({described(exc)}): it may have been written{look}",
+                IN_DOUBT,
+            )
         cause: BaseException = exc
         if isinstance(exc, KafkaConnectionError):
             refusal = connecting.refusal(security)
@@ -1355,7 +1389,8 @@ def publish(
             "give the record's body with --value, or on standard input (a pipe); --tombstone for none", USAGE
         )
     body = None if tombstone else (value.encode() if value is not None else sys.stdin.buffer.read())
-    partition, offset = _produce(bootstrap, topic, body, None if key is None else key.encode(), headers)
+    look = "; sent again, it may be there twice"
+    partition, offset = _produce(bootstrap, topic, body, None if key is None else key.encode(), headers, look)
     if output is Output.json:
         _json({"topic": topic, "partition": partition, "offset": offset})
     else:
@@ -1371,6 +1406,7 @@ def _await_command(
     instead (_await_order)."""
     command_id = sent["command_id"]
     end = time.monotonic() + timeout
+    taken = False  # applied, its order's saga under way
     while True:
         path = f"/commands/{command_id}"
         response, away = _poll(ctx, path)
@@ -1378,7 +1414,8 @@ def _await_command(
             return _await_order(ctx, sent, cancelling, end)
         if response is not None:
             r: dict[str, Any] = _answer(ctx, "order", "GET", path, response)
-            if r["outcome"] in ("placed", "cancelled") and r["status"] != "PENDING":
+            taken = r["outcome"] in ("placed", "cancelled")
+            if taken and r["status"] != "PENDING":
                 return r
             if r["outcome"] == "rejected":
                 _fail(f"command {command_id} was rejected: {r['reason']}: {r['detail']}")
@@ -1386,6 +1423,11 @@ def _await_command(
                 _fail(f"command {command_id} is held: {r['detail']}")
         if time.monotonic() > end:
             _fail_waiting(f"command {command_id} was sent", sent["order_id"], away)
+            if taken:  # answered, and its saga goes on (an attack trial: "no answer" was said)
+                _fail(
+                    f"order {sent['order_id']} is still PENDING after {timeout:.0f}s: command"
+                    f" {command_id} was taken; follow it: sagactl saga {sent['order_id'][:8]}"
+                )
             _fail(f"no answer to command {command_id} after {timeout:.0f}s")
         time.sleep(0.2)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -12,9 +13,9 @@ import typer.main
 from rich.cells import cell_len
 
 from sagactl.cli import app
-from sagastack.client import SagaClient
+from sagastack.client import ApiError, SagaClient
 from sagastack.system import System
-from tests.e2e.conftest import UniqueIds, sagactl, seed
+from tests.e2e.conftest import UniqueIds, sagactl, sagactl_env, seed
 from tests.e2e.test_nothing_lost import letters_from
 from tests.polling import wait_until
 
@@ -199,6 +200,44 @@ def test_sagactl_places_through_kafka_with_output_json(
     text = sagactl(system, *args, system.bootstrap, "--no-wait")
     order_id = text.stdout.split("(order ")[1].split(")")[0]
     assert text.stderr == f"follow it, once the order service has taken it: sagactl saga {order_id}\n"
+
+
+def test_a_command_whose_acknowledgement_was_lost_may_have_been_sent(
+    system: System, client: SagaClient, uid: UniqueIds, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attack trial: a command the broker wrote and whose acknowledgement did not come
+    back was "cannot send to Kafka" (exit 3, which says nothing was sent), and the order
+    service placed the order. The broker here takes the record (a real write); its
+    acknowledgement is lost on the way back to sagactl, as a broker that fails over or a
+    network that breaks loses it."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaTimeoutError
+    from typer.testing import CliRunner
+
+    written = AIOKafkaProducer.send_and_wait
+
+    async def written_then_lost(self: AIOKafkaProducer, *args: Any, **kwargs: Any) -> Any:
+        await written(self, *args, **kwargs)
+        raise KafkaTimeoutError()
+
+    monkeypatch.setattr(AIOKafkaProducer, "send_and_wait", written_then_lost)
+    products, customers = seed(client, uid, {"pen": ("1.00", 5)}, {"ida": "5.00"})
+    args = ["place", customers["ida"], f"{products['pen']}=1", "--via", "kafka"]
+    args += ["--bootstrap", system.bootstrap]
+    result = CliRunner().invoke(app, args, env=sagactl_env(system))
+    said = " ".join(result.output.split())
+    assert result.exit_code == 4, said
+    assert "did not acknowledge it (KafkaTimeoutError): it may have been written" in said, said
+    look = re.search(r"see whether it was taken: sagactl saga ([0-9a-f-]{36}), once", said)
+    assert look is not None, said
+
+    def approved() -> bool:  # it was written, and taken
+        try:
+            return bool(client.order(look[1])["status"] == "APPROVED")
+        except ApiError:  # not placed yet: 404
+            return False
+
+    wait_until(approved, 60, f"order {look[1]} APPROVED")
 
 
 @pytest.mark.broker_independent  # the layout of what is printed

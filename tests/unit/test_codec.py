@@ -22,7 +22,7 @@ from events import (
     new_envelope,
 )
 from events.codec import summary
-from events.commands import PlaceOrder, command_id_for, to_envelope
+from events.commands import PlaceOrder, to_envelope
 from events.values import Money, SafeText
 from tests.unit.samples import order_created, sample_payloads
 
@@ -179,14 +179,3 @@ def test_a_record_without_a_usable_command_id_is_not_a_command_and_says_which(bo
     with pytest.raises(InvalidEvent) as refused:
         to_envelope(body)
     assert str(refused.value) == said
-
-
-def test_a_command_id_made_of_an_idempotency_key_is_the_same_for_the_same_customer_and_key_only() -> None:
-    """``sagactl place --via kafka --idempotency-key K`` sends the same command for the
-    same customer and key (one order however often it is retried), and never another
-    customer's: the two parts cannot run into each other ("a:b" + "c" is not "a" + "b:c")."""
-    assert command_id_for("alice", "k-1") == command_id_for("alice", "k-1")
-    assert command_id_for("alice", "k-1").version == 5
-    others = {command_id_for("bob", "k-1"), command_id_for("alice", "k-2"), command_id_for("alice", "k-1 ")}
-    assert command_id_for("alice", "k-1") not in others and len(others) == 3
-    assert command_id_for("a:b", "c") != command_id_for("a", "b:c")

@@ -209,6 +209,18 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
         (["place", "alice", "widget=1", "--idempotency-key", ""], "an empty key is no key"),
         (["place", "alice", "widget=1", "--idempotency-key", " "], "an empty key is no key"),
         (["place", "alice", "widget=1", "cup=1", "widget=2"], "'widget' is named twice"),
+        # …and a key with a line break was "sent, and no answer came" (exit 4) of a header
+        # httpx refused to send; a key on Kafka was ignored, and a retry placed a second order
+        (
+            ["place", "alice", "widget=1", "--idempotency-key", "a\nb"],
+            "a key must not contain the control character U+000A",
+        ),
+        (["place", "alice", "w=1", "--idempotency-key", "a\tb"], "the control character U+0009"),
+        (["place", "alice", "w=1", "--idempotency-key", "a\u202eb"], "bidirectional control character"),
+        (
+            ["--token", "t", "place", "alice", "w=1", "--via", "kafka", "--idempotency-key", "k"],
+            "--idempotency-key is the API's (--via http): on Kafka a command's own id is its idempotency key",
+        ),
         (["publish", "orders.commands", "--tombstone"], "a tombstone deletes a key: give it one with --key"),
         (
             ["publish", "orders.commands", "--tombstone", "--key", "k", "--value", "x"],
