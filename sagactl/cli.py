@@ -1010,16 +1010,15 @@ def place(
         if not wait and output is not Output.json:  # accepted, not finished: where its outcome will be
             errors.print(f"follow it: sagactl saga {r['order_id'][:8]}", style="dim")
         return
-    from pydantic import ValidationError
-
-    from events.codec import own_errors
-
     if idempotency_key is not None:
         _fail(
             "--idempotency-key is the API's (--via http): on Kafka a command's own id is its"
             " idempotency key, and each command sagactl sends has a new one",
             USAGE,
         )
+    from pydantic import ValidationError
+
+    from events.codec import own_errors
     from events.commands import PlaceOrder, order_id_for
 
     try:
