@@ -1138,6 +1138,46 @@ def forget(
     )
 
 
+def _check_command_id(given: str) -> str:
+    """A command's id: a UUID, as the client that sent it chose it (``--via kafka``
+    prints it)."""
+    try:
+        return str(uuid.UUID(given.strip()))
+    except ValueError:
+        raise typer.BadParameter(f"{given!r} is not a command id (a UUID)") from None
+
+
+@app.command("command")
+def command_outcome(
+    ctx: typer.Context,
+    command_id: Annotated[
+        str,
+        typer.Argument(
+            help="the command's id, as 'place --via kafka' or 'cancel --via kafka' printed it",
+            callback=_check_command_id,
+        ),
+    ],
+    output: OutputOpt = Output.text,
+) -> None:
+    """What became of a command sent on Kafka (an operator's): applied, and its order's
+    status now; refused, and why; held as a dead letter; or not taken yet."""
+    r = _call(ctx, "order", "GET", f"/commands/{command_id}")
+
+    def said() -> str:
+        outcome, order = r["outcome"], r["order_id"]
+        if outcome in ("placed", "cancelled"):
+            why = f" ({r['order_reason']})" if r.get("order_reason") else ""
+            copy = f"; a copy refused: {r['reason']}: {r['detail']}" if r.get("reason") else ""
+            return f"command {command_id}: {outcome}; order {order}: {r['status']}{why}{copy}"
+        if outcome == "rejected":
+            return f"command {command_id}: rejected: {r['reason']}: {r['detail']}"
+        if outcome == "dead_lettered":
+            return f"command {command_id}: held: {r['detail']}"
+        return f"command {command_id}: not taken yet, or never sent"
+
+    _emit(output, r, lambda: printable(said(), 10_000))  # what the service said, made visible
+
+
 @app.command("cancel")
 def cancel(
     ctx: typer.Context,
@@ -1181,7 +1221,8 @@ def _settle(
             _json(sent)
         else:  # sent, not taken yet: where its outcome will be
             errors.print(
-                f"follow it, once the order service has taken it: sagactl saga {sent['order_id']}",
+                f"follow it: sagactl command {sent['command_id']} (an operator's), or sagactl saga"
+                f" {sent['order_id']} once the order service has taken it",
                 style="dim",
                 soft_wrap=True,
             )

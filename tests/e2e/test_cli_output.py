@@ -166,6 +166,10 @@ def test_every_command_prints_json_with_output_json(
     # to a topic nobody consumes (the dead letters' copies): no other test meets it
     sent = run("publish", "payment_svc.deadletter", "--value", "{}", "--bootstrap", system.bootstrap)
     assert sent["topic"] == "payment_svc.deadletter" and sent["offset"] >= 0
+    by_kafka = run(
+        "place", customers["max"], f"{products['cup']}=1", "--via", "kafka", "--bootstrap", system.bootstrap
+    )
+    assert run("command", by_kafka["command_id"]) == by_kafka  # what became of it, as place waited for it
     grants = run("kafka-acls")  # the same whatever the broker: derived from the code
     sender = {"principal": "User:saga-client", "resource_type": "topic", "resource": "orders.commands"}
     assert {**sender, "operation": "Write"} in grants
@@ -196,10 +200,31 @@ def test_sagactl_places_through_kafka_with_output_json(
     assert (view["outcome"], view["status"]) == ("placed", "APPROVED")
     sent = as_json(system, *args, system.bootstrap, "--no-wait")
     assert set(sent) == {"command_id", "order_id"}
-    # as text, where its outcome will be (a trial: it said only that it was sent)
+    # as text, where its outcome will be (a trial: it said only that it was sent) …
     text = sagactl(system, *args, system.bootstrap, "--no-wait")
-    order_id = text.stdout.split("(order ")[1].split(")")[0]
-    assert text.stderr == f"follow it, once the order service has taken it: sagactl saga {order_id}\n"
+    order_id, command_id = re.fullmatch(
+        r"sent PlaceOrder \(order (\S+)\), command (\S+)\n", text.stdout
+    ).groups()
+    assert text.stderr == (
+        f"follow it: sagactl command {command_id} (an operator's), or sagactl saga {order_id} once the"
+        " order service has taken it\n"
+    )
+
+    def outcome(command_id: str) -> str | None:  # once the order service has taken the command
+        said = sagactl(system, "command", command_id)
+        assert said.returncode == 0, said.stderr
+        return None if said.stdout.endswith(": not taken yet, or never sent\n") else said.stdout.strip()
+
+    # … and the command followed, applied or refused (a trial: a refused one could not be)
+    ended = wait_until(lambda: outcome(command_id), 30, "the PlaceOrder taken")
+    assert ended.startswith(f"command {command_id}: placed; order {order_id}: "), ended
+    nothing = str(uuid.uuid4())
+    refused = sagactl(
+        system, "cancel", nothing, "--via", "kafka", "--bootstrap", system.bootstrap, "--no-wait"
+    )
+    command_id = refused.stdout.split()[-1]
+    ended = wait_until(lambda: outcome(command_id), 30, "the CancelOrder taken")
+    assert ended.startswith(f"command {command_id}: rejected: unknown_order: "), ended
 
 
 def test_a_command_whose_acknowledgement_was_lost_may_have_been_sent(
