@@ -540,13 +540,21 @@ def _audited(state: Orders, event: Envelope[Any], replies: Replies) -> Replies:
     refusals = [r.payload for r in replies if isinstance(r, Reply) and isinstance(r.payload, CommandRejected)]
     outcome = f"refused: {refusals[0].reason}" if refusals else "accepted" if replies else "done before"
     owner = _owner(state, event)
-    if principal is None or owner is None or not principal.may_act_for(owner):
+    if principal is None or owner is None or not principal.may_act_for(owner) or _for_another(event, owner):
         state.strangers.add(event.event_id)
     state.audit_entries.append(call.entry(f"/orders/{event.order_id}", outcome))
     state.commands_taken.append(
         (event.payload.command_id, event.event_type, call.actor, event.order_id, outcome)
     )
     return replies
+
+
+def _for_another(event: Envelope[Any], owner: str) -> bool:
+    """Whether ``event`` is a ``PlaceOrder`` for another customer than ``owner``, whose
+    order its command id names: refused (``command_id_reused``), and no part of her saga,
+    though its sender (an operator) may act for her — shown, it told her of another
+    customer's order (an attack trial, of command ids a client derived from its keys)."""
+    return isinstance(event.payload, PlaceOrder) and event.payload.customer_id != owner
 
 
 def _owner(state: Orders, event: Envelope[Any]) -> str | None:

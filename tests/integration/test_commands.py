@@ -436,6 +436,10 @@ async def test_a_strangers_command_stays_out_of_the_victims_timeline(
     }
     for token, command in strangers.values():
         await by(token, command)
+    # an operator's order for another customer, under the id that placed hers: refused
+    # as a reused id, and none of her business
+    elsewhere = place("max", command_id=placed.command_id)
+    await by(issuer.mint("ops", [Role.OPERATOR]), elsewhere)
     cancel, again = (
         CancelOrder(command_id=uuid.uuid4(), order_id=oid),
         CancelOrder(command_id=uuid.uuid4(), order_id=oid),
@@ -461,7 +465,13 @@ async def test_a_strangers_command_stays_out_of_the_victims_timeline(
     kept = await order.rows(
         "SELECT event_type FROM saga_events WHERE order_id = :o AND from_stranger ORDER BY seq", o=oid
     )
-    assert [r.event_type for r in kept] == ["CancelOrder", "CommandRejected"] * 3  # for the feed
+    # for the feed
+    assert [r.event_type for r in kept] == ["CancelOrder", "CommandRejected"] * 3 + [
+        "PlaceOrder",
+        "CommandRejected",
+    ]
+    reused = await get_command(placed.command_id, order.db)  # hers, applied; the copy refused
+    assert (reused.outcome, reused.reason) == ("placed", "command_id_reused")
 
 
 async def test_a_refusal_of_another_command_type_under_an_applied_id_is_named_as_such(
