@@ -465,8 +465,9 @@ class CommandView(BaseModel):
     order_id: uuid.UUID
     #: ``placed`` or ``cancelled`` (it was applied; ``status`` is the order's now),
     #: ``rejected`` (see ``reason``), ``dead_lettered`` (neither taken nor refused: a
-    #: pending dead letter of the order service, ``detail`` naming it and why, placed or
-    #: refused once replayed), or ``unknown``: not processed yet — or never sent.
+    #: dead letter of the order service, found by its key or by the id in its bytes,
+    #: ``detail`` naming it and why — placed or refused once replayed — or that it was
+    #: discarded), or ``unknown``: not processed yet — or never sent.
     #: An applied command whose id a later or earlier copy reused (another body, a bad
     #: token), or a command of another type, names that refusal in ``reason`` and
     #: ``detail`` ("a copy sent under this id …", "a CancelOrder sent under this id …");
@@ -526,15 +527,20 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
                 {"c": str(command_id)},
             )
         ).first()
-        # neither applied nor refused: held as a dead letter (its token's keys away)? Its
-        # id in the letter's bytes, as written or in capitals (a UUID in JSON is either)
+        # neither applied nor refused: held as a dead letter (its token's keys away), or
+        # discarded from there? Its id as the letter's key (sagactl keys a command by it:
+        # a body that is no command at all has it nowhere else), or in the letter's bytes,
+        # as written or in capitals (a UUID in JSON is either). A discarded one was "not
+        # taken yet, or never sent" (a trial)
         letter = None
         if applied is None and refusal is None:
             letter = (
                 await conn.execute(
                     text(
-                        "SELECT id, reason, value FROM dead_letters WHERE status = 'PENDING'"
-                        " AND source_topic = :topic AND (position(convert_to(:c, 'UTF8') IN value) > 0"
+                        "SELECT id, reason, value, status FROM dead_letters"
+                        " WHERE status IN ('PENDING', 'DISCARDED') AND source_topic = :topic"
+                        " AND (key IN (convert_to(:c, 'UTF8'), convert_to(upper(:c), 'UTF8'))"
+                        " OR position(convert_to(:c, 'UTF8') IN value) > 0"
                         " OR position(convert_to(upper(:c), 'UTF8') IN value) > 0)"
                         " ORDER BY id DESC LIMIT 1"
                     ),
@@ -562,14 +568,16 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
         )
     if letter is not None:
         named = peek_command(None if letter.value is None else bytes(letter.value))[1]
+        held = letter.status == "PENDING"
         return CommandView(
             command_id=command_id,
             order_id=named or order_id_for(command_id),
             outcome="dead_lettered",
             reason="dead_letter",
             detail=(
-                f"dead letter {letter.id} of order_svc, neither taken nor refused:"
-                f" {printable(letter.reason, 500)} (sagactl dlq replay order {letter.id})"
+                f"dead letter {letter.id} of order_svc{'' if held else ', discarded'}, neither taken"
+                f" nor refused: {printable(letter.reason, 500)}"
+                + (f" (sagactl dlq replay order {letter.id})" if held else "")
             ),
         )
     return CommandView(command_id=command_id, order_id=order_id_for(command_id), outcome="unknown")

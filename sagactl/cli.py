@@ -62,7 +62,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from events.values import printable, storable
-from order_svc.domain import ORDER_ID_PREFIX, OrderStatus
+from order_svc.domain import CANCEL_REQUESTED, ORDER_ID_PREFIX, OrderStatus, transition
 from saga_kit import auditchain
 from saga_kit.auth import SUBJECT_RULE, WITHHELD, DevIssuer, Role, is_subject
 from saga_kit.service_names import SHORT_NAMES, service_named, short_name
@@ -1194,6 +1194,16 @@ def cancel(
         r = _call(ctx, "order", "POST", f"/orders/{order_id}/cancel", look)
         _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}, compensation under way")
         return
+    # a command for an order that cannot be cancelled, or that the token may not see, is
+    # refused, and only an operator may read why: a customer's wait ended in the
+    # CANCELLED of an order cancelled before, as if its own command had done it, or in
+    # a minute of polling a 404 (an attack trial). The API says so before anything is sent
+    status = _call(ctx, "order", "GET", f"/orders/{order_id}")["status"]
+    if transition(OrderStatus(status), CANCEL_REQUESTED) is None:  # the order service's rule
+        _fail(
+            f"order {order_id} is {status}: only a PENDING or APPROVED order can be cancelled"
+            " (order_not_cancellable; nothing was sent)"
+        )
     from events.commands import CancelOrder
 
     command = CancelOrder(command_id=uuid.uuid4(), order_id=uuid.UUID(order_id))
@@ -1278,7 +1288,10 @@ def _send_command(bootstrap: str, command: Any, token: str | None, order_id: str
             USAGE,
         )
     headers = [(AUTHORIZATION, f"Bearer {token}".encode())]
-    look = f"; see whether it was taken: sagactl saga {order_id}, once the order service has read it"
+    look = (
+        f"; see whether it was taken: sagactl command {command.command_id} (an operator's), or sagactl saga"
+        f" {order_id} once the order service has read it"
+    )
     _produce(bootstrap, COMMANDS, encode_command(command), str(command.command_id).encode(), headers, look)
 
 
@@ -1460,7 +1473,7 @@ def _await_command(
             if r["outcome"] == "rejected":
                 _fail(f"command {command_id} was rejected: {r['reason']}: {r['detail']}")
             if r["outcome"] == "dead_lettered":  # held, not refused: waiting would wait for ever
-                _fail(f"command {command_id} is held: {r['detail']}")
+                _fail(f"command {command_id} was dead-lettered: {r['detail']}")
         if time.monotonic() > end:
             _fail_waiting(f"command {command_id} was sent", sent["order_id"], away)
             if taken:  # answered, and its saga goes on (an attack trial: "no answer" was said)

@@ -99,10 +99,12 @@ class ServiceUnderTest:
         *,
         work: bool = True,
         headers: Sequence[tuple[str, bytes]] = (),
+        key: bytes | None = None,
     ) -> Any:
-        record = Record(
-            topic, 0, next(_offsets) if offset is None else offset, relay_key(value), value, tuple(headers)
-        )
+        """``value`` consumed from ``topic`` (at ``offset``; keyed by ``key``, or as the relay
+        would key it), then the service's work done (``work``); the pipeline's outcome."""
+        at = next(_offsets) if offset is None else offset
+        record = Record(topic, 0, at, relay_key(value) if key is None else key, value, tuple(headers))
         result = await self.pipeline.process(record)
         if work:
             await self.work()

@@ -167,6 +167,27 @@ async def test_bytes_that_are_no_command_at_all_are_dead_lettered(order: Service
     assert await send(order, b'{"command_type": "PlaceOrder"}') is Outcome.DEAD_LETTERED  # no command_id
 
 
+async def test_a_dead_lettered_command_is_found_by_its_key_and_once_discarded(
+    order: ServiceUnderTest,
+) -> None:
+    """``GET /commands/{id}`` looked for a pending dead letter with the id in its bytes:
+    one that is no command at all, keyed by its id as sagactl keys a command, and one an
+    operator discarded, were "not taken yet, or never sent" for ever (a trial)."""
+    command_id = uuid.uuid4()
+    outcome = await order.deliver_bytes(b"not json", COMMANDS, key=str(command_id).upper().encode())
+    assert outcome is Outcome.DEAD_LETTERED
+    held = await get_command(command_id, order.db)
+    assert (held.outcome, held.reason) == ("dead_lettered", "dead_letter"), held
+    assert held.detail is not None and "neither taken nor refused" in held.detail
+    letter_id = int(held.detail.split()[2])
+    assert held.detail.endswith(f"(sagactl dlq replay order {letter_id})"), held.detail
+    await deadletters.discard(order.db, letter_id)
+    gone = await get_command(command_id, order.db)
+    assert gone.outcome == "dead_lettered" and gone.detail is not None, gone
+    assert gone.detail.startswith(f"dead letter {letter_id} of order_svc, discarded, neither taken"), gone
+    assert "sagactl dlq replay" not in gone.detail
+
+
 async def test_cancel_by_command_follows_the_same_rule_as_the_api(order: ServiceUnderTest) -> None:
     placed = place()
     await send(order, placed)

@@ -1188,3 +1188,24 @@ def test_a_wait_for_the_outcome_outlasts_an_order_service_away() -> None:
     assert result.exit_code == 0, result.output
     assert f"order {order_id}: APPROVED" in result.stdout, result.output
     assert polls >= 4, polls
+
+
+@pytest.mark.parametrize("status", ["CANCELLED", "REJECTED"])
+def test_cancel_on_kafka_of_an_order_that_cannot_be_cancelled_sends_nothing(status: str) -> None:
+    """An attack trial: a customer's ``cancel --via kafka`` of an order cancelled before
+    printed CANCELLED, exit 0, as if its own command (refused: order_not_cancellable,
+    which only an operator may read) had done it. The order's status is asked first, as
+    the order service's rule judges it; nothing is sent (no broker listens here: a send
+    would be exit 3)."""
+    order_id = "0b1c2d3e-0000-4000-8000-000000000003"
+    ended = json.dumps({"order_id": order_id, "status": status, "reason": "timeout"}).encode()
+    with JsonServer(ended) as order:
+        args = ["--order-url", order.base, "--token", "t", "cancel", order_id, "--via", "kafka"]
+        result = CliRunner().invoke(app, [*args, "--bootstrap", "127.0.0.1:1"])
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    assert (
+        said == f"order {order_id} is {status}: only a PENDING or APPROVED order can be cancelled"
+        " (order_not_cancellable; nothing was sent)"
+    )
+    assert order.paths == [f"/orders/{order_id}"]
