@@ -1,7 +1,8 @@
-"""sagactl: operate a running system over the services' HTTP APIs.
+"""sagactl: operate a running system over the services' HTTP APIs (and its Kafka door).
 
-It talks to the services only through their public endpoints, so it works the same
-against 'make run', a compose deployment or a test system. Service URLs default to
+It talks to the services only through their public endpoints — their HTTP APIs, and
+the broker for 'place --via kafka', 'cancel --via kafka' and 'publish' — so it works
+the same against 'make run', a compose deployment or a test system. Service URLs default to
 the ports of 'make run' and are overridden per service with --order-url … or the
 environment (SAGACTL_ORDER_URL, SAGACTL_INVENTORY_URL, SAGACTL_PAYMENT_URL).
 
@@ -1198,6 +1199,7 @@ def cancel(
     # refused, and only an operator may read why: a customer's wait ended in the
     # CANCELLED of an order cancelled before, as if its own command had done it, or in
     # a minute of polling a 404 (an attack trial). The API says so before anything is sent
+    _need_token(ctx.obj.token)
     status = _call(ctx, "order", "GET", f"/orders/{order_id}")["status"]
     if transition(OrderStatus(status), CANCEL_REQUESTED) is None:  # the order service's rule
         _fail(
@@ -1271,6 +1273,17 @@ def _may_act_for(urls: Urls, customer_id: str) -> None:
         )
 
 
+def _need_token(token: str | None) -> None:
+    """A command on Kafka without a token is a usage error, before anything is asked or sent."""
+    if not token:
+        _fail(
+            "--via kafka needs a bearer token (--token or SAGA_TOKEN): the order service refuses a"
+            " command without one (missing_token); export SAGA_TOKEN=$(sagactl token) mints an"
+            " operator's with make run's key, and 'sagactl publish' sends any record as it is",
+            USAGE,
+        )
+
+
 def _send_command(bootstrap: str, command: Any, token: str | None, order_id: str) -> None:
     """Produce command (about the order ``order_id``) to orders.commands, keyed by its
     command_id, with token in its authorization header (the order service authorizes it
@@ -1280,13 +1293,7 @@ def _send_command(bootstrap: str, command: Any, token: str | None, order_id: str
     from events.commands import AUTHORIZATION, encode_command
     from events.topics import COMMANDS
 
-    if not token:
-        _fail(
-            "--via kafka needs a bearer token (--token or SAGA_TOKEN): the order service refuses a"
-            " command without one (missing_token); export SAGA_TOKEN=$(sagactl token) mints an"
-            " operator's with make run's key, and 'sagactl publish' sends any record as it is",
-            USAGE,
-        )
+    _need_token(token)
     headers = [(AUTHORIZATION, f"Bearer {token}".encode())]
     look = (
         f"; see whether it was taken: sagactl command {command.command_id} (an operator's), or sagactl saga"
