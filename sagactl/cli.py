@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import string
 import sys
 import threading
@@ -994,7 +995,8 @@ def place(
         body["deadline_seconds"] = deadline_seconds
     if via == "http":
         key = idempotency_key or uuid.uuid4().hex
-        again = f"; the same command with --idempotency-key {key} tells, placing it once at most"
+        # quoted for a shell: the line is there to be pasted (a trial's key was "my key; rm x")
+        again = f"; the same command with --idempotency-key {shlex.quote(key)} tells, placing it once at most"
         headers = {"Idempotency-Key": key.encode()}  # UTF-8, as the API reads it (httpx: ASCII only)
         response = _request(ctx, "order", "POST", "/orders", again, json=body, headers=headers)
         r = _answer(ctx, "order", "POST", "/orders", response)

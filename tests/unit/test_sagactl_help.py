@@ -908,8 +908,13 @@ def test_a_table_shows_what_a_service_said_as_it_is_not_as_markup(
             ["place", "alice", "w=1", "--idempotency-key", "k-1"],
             "the same command with --idempotency-key k-1 tells, placing it once at most",
         ),
+        # quoted for the shell it is pasted into (a trial)
+        (
+            ["place", "alice", "w=1", "--idempotency-key", "my key; rm x"],
+            "the same command with --idempotency-key 'my key; rm x' tells, placing it once at most",
+        ),
     ],
-    ids=["forget", "replay", "discard", "place"],
+    ids=["forget", "replay", "discard", "place", "place-quoted"],
 )
 def test_a_call_sent_and_not_answered_is_in_doubt_not_unreachable(command: list[str], look: str) -> None:
     """An attack trial: a frozen service took a forget and a replay and did them when it
