@@ -1029,6 +1029,8 @@ def place(
     except ValidationError as exc:
         _fail(f"not a valid order: {_problems(own_errors(exc.errors()))}", USAGE)
     _may_act_for(_urls(ctx), customer_id)
+    if wait is not False:  # followed through the API, whose verifier the command's is
+        _try_token(ctx, f"/commands/{command.command_id}")
     sent = {"command_id": str(command.command_id), "order_id": str(order_id_for(command.command_id))}
     _send_command(bootstrap, command, ctx.obj.token, sent["order_id"])
     said = f"sent PlaceOrder (order {sent['order_id']}), command {sent['command_id']}"
@@ -1273,6 +1275,19 @@ def _may_act_for(urls: Urls, customer_id: str) -> None:
             " itself only:"
             f" the order service would refuse a command for {customer_id!r} (forbidden)"
         )
+
+
+def _try_token(ctx: typer.Context, path: str) -> None:
+    """Before a command is sent to be followed through the API: end the command if the
+    order service refuses its token at ``GET path`` (401; the command would be refused
+    with it, and only an operator may read why — a trial's expired token was sent, and
+    its wait then said 401). An order service out of reach now is for the wait to tell."""
+    try:
+        asked = _send(ctx, "order", "GET", path)
+    except _Missing:
+        return
+    if asked.status_code == 401:
+        _fail(f"{_refusal('order', asked)}; a command would be refused with it: nothing was sent")
 
 
 def _need_token(token: str | None) -> None:

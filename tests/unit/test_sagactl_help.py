@@ -1214,3 +1214,20 @@ def test_cancel_on_kafka_of_an_order_that_cannot_be_cancelled_sends_nothing(stat
         " (order_not_cancellable; nothing was sent)"
     )
     assert order.paths == [f"/orders/{order_id}"]
+
+
+def test_a_command_with_a_token_the_order_service_refuses_is_not_sent() -> None:
+    """A trial: ``place --via kafka`` with an expired token sent the command (refused for
+    its token, which only an operator may read), then said the order service's 401 while
+    following it. The token is tried first, where the command will be followed; nothing
+    is sent (no broker listens here: a send would be exit 3)."""
+    refused = json.dumps({"detail": "the token has expired", "reason": "invalid_token"}).encode()
+    with JsonServer(refused, status=401) as order:
+        args = ["--order-url", order.base, "--token", "x.y.z", "place", "alice", "w=1", "--via", "kafka"]
+        result = CliRunner().invoke(app, [*args, "--bootstrap", "127.0.0.1:1"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, said
+    assert "the token has expired" in said and said.endswith(
+        "; a command would be refused with it: nothing was sent"
+    )
+    assert len(order.paths) == 1 and order.paths[0].startswith("/commands/"), order.paths
