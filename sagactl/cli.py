@@ -1236,12 +1236,7 @@ def _settle(
         if output is Output.json:
             _json(sent)
         else:  # sent, not taken yet: where its outcome will be
-            errors.print(
-                f"follow it: sagactl command {sent['command_id']} (an operator's), or sagactl saga"
-                f" {sent['order_id']} once the order service has taken it",
-                style="dim",
-                soft_wrap=True,
-            )
+            errors.print(f"follow it: {_followed(sent['command_id'], sent['order_id'])}", style="dim")
         return
     r = _await_command(ctx, sent, cancelling)
     why = f" ({r['order_reason']})" if r.get("order_reason") else ""
@@ -1282,12 +1277,18 @@ def _try_token(ctx: typer.Context, path: str) -> None:
     order service refuses its token at ``GET path`` (401; the command would be refused
     with it, and only an operator may read why — a trial's expired token was sent, and
     its wait then said 401). An order service out of reach now is for the wait to tell."""
-    try:
-        asked = _send(ctx, "order", "GET", path)
-    except _Missing:
-        return
-    if asked.status_code == 401:
+    asked, _ = _poll(ctx, path)
+    if asked is not None and asked.status_code == 401:
         _fail(f"{_refusal('order', asked)}; a command would be refused with it: nothing was sent")
+
+
+def _followed(command_id: object, order_id: str) -> str:
+    """How a command sent on Kafka is followed: its own outcome (an operator's), or its
+    order's once the order service has taken it."""
+    return (
+        f"sagactl command {command_id} (an operator's), or sagactl saga {order_id} once the order"
+        " service has taken it"
+    )
 
 
 def _need_token(token: str | None) -> None:
@@ -1312,10 +1313,7 @@ def _send_command(bootstrap: str, command: Any, token: str | None, order_id: str
 
     _need_token(token)
     headers = [(AUTHORIZATION, f"Bearer {token}".encode())]
-    look = (
-        f"; see whether it was taken: sagactl command {command.command_id} (an operator's), or sagactl saga"
-        f" {order_id} once the order service has read it"
-    )
+    look = f"; see whether it was taken: {_followed(command.command_id, order_id)}"
     _produce(bootstrap, COMMANDS, encode_command(command), str(command.command_id).encode(), headers, look)
 
 
@@ -1526,8 +1524,8 @@ def _await_order(ctx: typer.Context, sent: Mapping[str, str], cancelling: bool, 
     if order is None:
         _fail(
             f"no outcome of command {sent['command_id']} on order {sent['order_id']}: it may have been"
-            " refused, and only an operator can read why (sagactl with an operator's token, or"
-            f" GET /commands/{sent['command_id']})"
+            " refused, and only an operator can read why (with an operator's token:"
+            f" sagactl command {sent['command_id']})"
         )
     return {
         "command_id": sent["command_id"],
