@@ -1165,7 +1165,7 @@ def command_outcome(
     output: OutputOpt = Output.text,
 ) -> None:
     """What became of a command sent on Kafka (an operator's): applied, and its order's
-    status now; refused, and why; held as a dead letter; or not taken yet."""
+    status now; refused, and why; dead-lettered (held, or discarded); or not taken yet."""
     r = _call(ctx, "order", "GET", f"/commands/{command_id}")
 
     def said() -> str:
@@ -1177,7 +1177,7 @@ def command_outcome(
         if outcome == "rejected":
             return f"command {command_id}: rejected: {r['reason']}: {r['detail']}"
         if outcome == "dead_lettered":
-            return f"command {command_id}: held: {r['detail']}"
+            return f"command {command_id}: dead-lettered: {r['detail']}"  # held, or discarded
         return f"command {command_id}: not taken yet, or never sent"
 
     _emit(output, r, lambda: printable(said(), 10_000))  # what the service said, made visible

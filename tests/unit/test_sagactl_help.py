@@ -1231,3 +1231,15 @@ def test_a_command_with_a_token_the_order_service_refuses_is_not_sent() -> None:
         "; a command would be refused with it: nothing was sent"
     )
     assert len(order.paths) == 1 and order.paths[0].startswith("/commands/"), order.paths
+
+
+def test_a_command_whose_dead_letter_was_discarded_is_not_called_held() -> None:
+    """``sagactl command`` said "held" of every dead-lettered command, a discarded one's
+    too, once the order service found those (a review)."""
+    command_id = "0b1c2d3e-0000-4000-8000-000000000004"
+    detail = "dead letter 3 of order_svc, discarded, neither taken nor refused: not JSON"
+    view = {"command_id": command_id, "order_id": command_id, "outcome": "dead_lettered", "detail": detail}
+    with JsonServer(json.dumps(view).encode()) as order:
+        result = CliRunner().invoke(app, ["--order-url", order.base, "--token", "t", "command", command_id])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"command {command_id}: dead-lettered: {detail}\n"
