@@ -157,12 +157,14 @@ def order_id_for(command_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(ORDERS_FROM_COMMANDS, str(command_id))
 
 
-def peek_command(data: bytes | None) -> tuple[str | None, uuid.UUID | None]:
+def peek_command(data: bytes | None, of: uuid.UUID | None = None) -> tuple[str | None, uuid.UUID | None]:
     """Best-effort ``(command_type, order_id)`` of a command's bytes, for listings (a dead
     letter's): the type when it is one there is, the order a ``PlaceOrder`` places or a
-    ``CancelOrder`` names; each None when it cannot be told. Total, as ``events.codec.peek``:
-    any input returns instead of raising (a dead-lettered command listed as ``?`` with no
-    order, though it could be read: an attack trial)."""
+    ``CancelOrder`` names; each None when it cannot be told. With ``of``, the order is told
+    only of the command with that id (bytes that merely mention it are another's: their
+    order is not its). Total, as ``events.codec.peek``: any input returns instead of
+    raising (a dead-lettered command listed as ``?`` with no order, though it could be
+    read: an attack trial)."""
     try:
         raw = from_json(data) if data else None
     except ValueError:
@@ -175,6 +177,8 @@ def peek_command(data: bytes | None) -> tuple[str | None, uuid.UUID | None]:
     payload = raw.get("payload")
     named = payload.get("order_id") if isinstance(payload, dict) and command_type == "CancelOrder" else None
     cid = _uuid(raw.get("command_id"))
+    if of is not None and cid != of:
+        return command_type, None
     order_id = _uuid(named) if command_type == "CancelOrder" else (None if cid is None else order_id_for(cid))
     return command_type, order_id
 

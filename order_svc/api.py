@@ -531,18 +531,21 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
         # discarded from there? Its id as the letter's key (sagactl keys a command by it:
         # a body that is no command at all has it nowhere else), or in the letter's bytes,
         # as written or in capitals (a UUID in JSON is either). A discarded one was "not
-        # taken yet, or never sent" (a trial)
+        # taken yet, or never sent" (a trial). The letter keyed by it comes first, then a held
+        # one, then the newest: a later record that merely mentions the id, once discarded,
+        # was shown instead of the command's own held letter (a trial)
         letter = None
         if applied is None and refusal is None:
             letter = (
                 await conn.execute(
                     text(
-                        "SELECT id, reason, value, status FROM dead_letters"
-                        " WHERE status IN ('PENDING', 'DISCARDED') AND source_topic = :topic"
-                        " AND (key IN (convert_to(:c, 'UTF8'), convert_to(upper(:c), 'UTF8'))"
-                        " OR position(convert_to(:c, 'UTF8') IN value) > 0"
-                        " OR position(convert_to(upper(:c), 'UTF8') IN value) > 0)"
-                        " ORDER BY id DESC LIMIT 1"
+                        "SELECT id, reason, value, status, keyed FROM ("
+                        " SELECT *, coalesce(key IN (convert_to(:c, 'UTF8'), convert_to(upper(:c), 'UTF8')),"
+                        " false) AS keyed FROM dead_letters"
+                        " WHERE status IN ('PENDING', 'DISCARDED') AND source_topic = :topic) d"
+                        " WHERE keyed OR position(convert_to(:c, 'UTF8') IN value) > 0"
+                        " OR position(convert_to(upper(:c), 'UTF8') IN value) > 0"
+                        " ORDER BY keyed DESC, status = 'PENDING' DESC, id DESC LIMIT 1"
                     ),
                     {"c": str(command_id), "topic": COMMANDS},
                 )
@@ -567,7 +570,9 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
             detail=refusal.payload.get("detail"),
         )
     if letter is not None:
-        named = peek_command(None if letter.value is None else bytes(letter.value))[1]
+        # a letter that only mentions the id is another record: the order it names is not this one's
+        value = None if letter.value is None else bytes(letter.value)
+        named = peek_command(value, of=None if letter.keyed else command_id)[1]
         held = letter.status == "PENDING"
         return CommandView(
             command_id=command_id,

@@ -188,6 +188,36 @@ async def test_a_dead_lettered_command_is_found_by_its_key_and_once_discarded(
     assert "sagactl dlq replay" not in gone.detail
 
 
+async def test_a_commands_own_dead_letter_beats_one_that_mentions_its_id(order: ServiceUnderTest) -> None:
+    """A later record that merely mentioned a command's id, once discarded, was shown
+    instead of the command's own held letter, with the order that record named (a trial):
+    the letter keyed by the id comes first, then a held one, then the newest."""
+    command_id, other = uuid.uuid4(), uuid.uuid4()
+    own = await order.deliver_bytes(b"not json", COMMANDS, key=str(command_id).encode())
+    junk = {"command_type": "CancelOrder", "payload": {"order_id": str(other)}, "about": str(command_id)}
+    mention = await order.deliver_bytes(json.dumps(junk).encode(), COMMANDS, key=b"junk")
+    assert (own, mention) == (Outcome.DEAD_LETTERED, Outcome.DEAD_LETTERED)
+    (own_id,), (junk_id,) = [
+        [r.id for r in await order.rows("SELECT id FROM dead_letters WHERE key = :k", k=k)]
+        for k in (str(command_id).encode(), b"junk")
+    ]
+    await deadletters.discard(order.db, junk_id)
+    view = await get_command(command_id, order.db)
+    assert view.detail is not None and view.detail.startswith(
+        f"dead letter {own_id} of order_svc, neither"
+    ), view
+    assert view.order_id == order_id_for(command_id), view
+    await deadletters.discard(order.db, own_id)
+    view = await get_command(command_id, order.db)  # both discarded: still its own
+    assert view.detail is not None and view.detail.startswith(f"dead letter {own_id} of order_svc, discarded")
+    # a command known only by a mention is not the order the mentioning record names
+    mentioned = uuid.uuid4()
+    junk["about"] = str(mentioned)
+    await order.deliver_bytes(json.dumps(junk).encode(), COMMANDS, key=b"junk")
+    view = await get_command(mentioned, order.db)
+    assert view.outcome == "dead_lettered" and view.order_id == order_id_for(mentioned), view
+
+
 async def test_cancel_by_command_follows_the_same_rule_as_the_api(order: ServiceUnderTest) -> None:
     placed = place()
     await send(order, placed)
