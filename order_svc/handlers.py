@@ -540,7 +540,12 @@ def _audited(state: Orders, event: Envelope[Any], replies: Replies) -> Replies:
     refusals = [r.payload for r in replies if isinstance(r, Reply) and isinstance(r.payload, CommandRejected)]
     outcome = f"refused: {refusals[0].reason}" if refusals else "accepted" if replies else "done before"
     owner = _owner(state, event)
-    if principal is None or owner is None or not principal.may_act_for(owner) or _for_another(event, owner):
+    if (
+        principal is None
+        or owner is None
+        or not principal.may_act_for(owner)
+        or _for_another(event, owner, principal)
+    ):
         state.strangers.add(event.event_id)
     state.audit_entries.append(call.entry(f"/orders/{event.order_id}", outcome))
     state.commands_taken.append(
@@ -549,11 +554,17 @@ def _audited(state: Orders, event: Envelope[Any], replies: Replies) -> Replies:
     return replies
 
 
-def _for_another(event: Envelope[Any], owner: str) -> bool:
+def _for_another(event: Envelope[Any], owner: str, sender: auth.Principal) -> bool:
     """Whether ``event`` is a ``PlaceOrder`` for another customer than ``owner``, whose
     order its command id names: refused (``command_id_reused``), and no part of her saga,
     though its sender (an operator) may act for her — shown, it told her of another
-    customer's order (an attack trial, of command ids a client derived from its keys)."""
+    customer's order (an attack trial, of command ids a client derived from its keys). A
+    command that could not be read (``RefusedCommand``) names no customer to compare; its
+    order is the one its id would place, so under an existing order it reused the id that
+    placed it: hers only when she sent it (an operator's, with another customer's details
+    in its refusal, was shown in her timeline: a trial)."""
+    if isinstance(event.payload, RefusedCommand):
+        return sender.subject != owner
     return isinstance(event.payload, PlaceOrder) and event.payload.customer_id != owner
 
 

@@ -490,13 +490,26 @@ async def test_a_strangers_command_stays_out_of_the_victims_timeline(
     # an operator's order for another customer, under the id that placed hers: refused
     # as a reused id, and none of her business
     elsewhere = place("max", command_id=placed.command_id)
-    await by(issuer.mint("ops", [Role.OPERATOR]), elsewhere)
+    ops = issuer.mint("ops", [Role.OPERATOR])
+    await by(ops, elsewhere)
+    # and one that cannot be read (an extra field): it names no customer, so it is hers
+    # only when she sent it (an operator's was shown to her, max's items in its refusal)
+    unreadable = json.loads(encode_command(elsewhere))
+    unreadable["payload"]["gift"] = "for max"
+    await order.deliver_bytes(
+        json.dumps(unreadable).encode(), COMMANDS, headers=[(AUTHORIZATION, f"Bearer {ops}".encode())]
+    )
     cancel, again = (
         CancelOrder(command_id=uuid.uuid4(), order_id=oid),
         CancelOrder(command_id=uuid.uuid4(), order_id=oid),
     )
     await by(kim, cancel)
     await by(kim, again)  # too late: her own refusal is hers to see
+    hers = json.loads(encode_command(placed))
+    hers["payload"]["gift"] = "for kim"
+    await order.deliver_bytes(
+        json.dumps(hers).encode(), COMMANDS, headers=[(AUTHORIZATION, f"Bearer {kim}".encode())]
+    )
 
     async with order.db.engine.connect() as conn:
         shown = await timeline.load(conn, oid)
@@ -507,6 +520,8 @@ async def test_a_strangers_command_stays_out_of_the_victims_timeline(
         ("OrderCancelled", None),
         ("CancelOrder", str(again.command_id)),
         ("CommandRejected", str(again.command_id)),
+        ("RefusedCommand", str(placed.command_id)),
+        ("CommandRejected", str(placed.command_id)),
     ]
     for reason, (_, command) in strangers.items():
         view = await get_command(command.command_id, order.db)
@@ -520,9 +535,11 @@ async def test_a_strangers_command_stays_out_of_the_victims_timeline(
     assert [r.event_type for r in kept] == ["CancelOrder", "CommandRejected"] * 3 + [
         "PlaceOrder",
         "CommandRejected",
+        "RefusedCommand",
+        "CommandRejected",
     ]
-    reused = await get_command(placed.command_id, order.db)  # hers, applied; the copy refused
-    assert (reused.outcome, reused.reason) == ("placed", "command_id_reused")
+    reused = await get_command(placed.command_id, order.db)  # hers, applied; her copy refused last
+    assert (reused.outcome, reused.reason) == ("placed", "invalid_command")
 
 
 async def test_a_refusal_of_another_command_type_under_an_applied_id_is_named_as_such(
