@@ -17,6 +17,13 @@ import httpx
 import psycopg
 import stamina
 
+from events import CommandRejected, PaymentPending
+from events.commands import COMMAND_TYPES, RefusedCommand
+
+#: Event types that are requests, not saga steps (invariant 4): the commands a client sent,
+#: those that could not be read, and their refusals; each may come any number of times.
+REQUESTS = [*COMMAND_TYPES, RefusedCommand.event_type, CommandRejected.event_type]
+
 
 def plain_url(url: str) -> str:
     """A service's SQLAlchemy URL (``postgresql+psycopg://``) as psycopg connects to it."""
@@ -310,14 +317,16 @@ def check_counted(
             v += reconcile(orders, payments, ledger, initial_balance)
 
         # 4. no effect applied twice: each saga step happened at most once per order (the
-        # commands a client sent, and their refusals, are requests, not steps: a client may
-        # send one again). PaymentPending decides nothing and says each wait once: the
-        # charge's, and a refund's
+        # commands a client sent, those that could not be read, and their refusals are
+        # requests, not steps: a client may send one again; a re-sent RefusedCommand was
+        # "happened 15 times", a trial). PaymentPending decides nothing and says each wait
+        # once: the charge's, and a refund's
         for oid, event_type, n in orders_db.execute(
             "SELECT order_id, event_type, COUNT(*) FROM saga_events"
-            " WHERE event_type NOT IN ('PlaceOrder', 'CancelOrder', 'CommandRejected')"
+            " WHERE NOT event_type = ANY(%s)"
             " GROUP BY order_id, event_type"
-            " HAVING COUNT(*) > CASE event_type WHEN 'PaymentPending' THEN 2 ELSE 1 END"
+            " HAVING COUNT(*) > CASE event_type WHEN %s THEN 2 ELSE 1 END",
+            (REQUESTS, PaymentPending.event_type),
         ):
             v.append(f"order {oid}: {event_type} happened {n} times")
 

@@ -195,6 +195,15 @@ def test_every_kind_of_violation_is_reported(urls: dict[str, str]) -> None:
             )
             for oid in (cancelled, cancelled, approved_unpaid, approved_unpaid, approved_unpaid)
         ],
+        *[  # requests, not steps: a client may send one again (a re-sent refused command
+            # was "RefusedCommand happened 15 times")
+            (
+                "INSERT INTO saga_events (event_id, order_id, event_type, producer, occurred_at, payload)"
+                " VALUES (%s, %s, %s, 'order_svc', now(), '{}')",
+                (str(uuid.uuid4()), approved_unpaid, event_type),
+            )
+            for event_type in ("RefusedCommand", "CommandRejected") * 2
+        ],
         ("INSERT INTO order_status_counts (status, orders) VALUES ('APPROVED', 5)", ()),
     )
     found = "\n".join(invariants.check(urls, {"p": 10}, {"c": Decimal("100.00")}, ledger))
@@ -208,6 +217,7 @@ def test_every_kind_of_violation_is_reported(urls: dict[str, str]) -> None:
     assert f"order {approved_unpaid}: PaymentCompleted happened 2 times" in found
     assert f"order {approved_unpaid}: PaymentPending happened 3 times" in found
     assert f"order {cancelled}: PaymentPending happened" not in found
+    assert "RefusedCommand happened" not in found and "CommandRejected happened" not in found
     kept = "{'APPROVED': 6, 'CANCELLED': 1, 'PENDING': 1, 'REJECTED': 1}"
     assert f"orders by status: kept {kept}, counted {kept.replace('6', '1')}" in found
 
