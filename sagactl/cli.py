@@ -1486,7 +1486,7 @@ def _await_command(
         path = f"/commands/{command_id}"
         response, away = _poll(ctx, path)
         if response is not None and response.status_code == 403:
-            return _await_order(ctx, sent, cancelling, end)
+            return _await_cancel(ctx, sent, end) if cancelling else _await_order(ctx, sent, end)
         if response is not None:
             r: dict[str, Any] = _answer(ctx, "order", "GET", path, response)
             taken = r["outcome"] in ("placed", "cancelled")
@@ -1507,30 +1507,73 @@ def _await_command(
         time.sleep(0.2)
 
 
-def _await_order(ctx: typer.Context, sent: Mapping[str, str], cancelling: bool, end: float) -> dict[str, Any]:
-    """A customer's command followed through its order ('GET /orders/{id}', which a
-    customer may read for its own orders): a PlaceOrder until the order exists and is no
-    longer PENDING, a CancelOrder (cancelling) until it is CANCELLED. Why a command
-    was refused only an operator can read, so a refusal shows as no outcome. Returns the
-    fields of a CommandView it can know: command_id, order_id, outcome,
-    status, order_reason."""
-
-    def done(order: dict[str, Any]) -> bool:
-        if cancelling and order["status"] == "REJECTED":
-            _fail(f"order {order['order_id']} is REJECTED: a CancelOrder cannot cancel it")
-        return bool(order["status"] == "CANCELLED" if cancelling else order["status"] != "PENDING")
-
-    order = _follow_order(ctx, sent["order_id"], done, end, f"command {sent['command_id']} was sent")
+def _await_order(ctx: typer.Context, sent: Mapping[str, str], end: float) -> dict[str, Any]:
+    """A customer's PlaceOrder followed through its order ('GET /orders/{id}', which a
+    customer may read for its own orders) until the order exists and is no longer PENDING.
+    Why a command was refused only an operator can read, so a refusal shows as no
+    outcome. Returns the fields of a CommandView it can know: command_id, order_id,
+    outcome, status, order_reason."""
+    order = _follow_order(
+        ctx,
+        sent["order_id"],
+        lambda o: o["status"] != "PENDING",
+        end,
+        f"command {sent['command_id']} was sent",
+    )
     if order is None:
         _fail(
             f"no outcome of command {sent['command_id']} on order {sent['order_id']}: it may have been"
             " refused, and only an operator can read why (with an operator's token:"
             f" sagactl command {sent['command_id']})"
         )
+    return _known(sent, "placed", order)
+
+
+def _await_cancel(ctx: typer.Context, sent: Mapping[str, str], end: float) -> dict[str, Any]:
+    """A customer's CancelOrder followed through its order's timeline ('GET
+    /orders/{id}/saga', which holds a customer's own commands and their refusals) until
+    the OrderCancelled it caused, its order CANCELLED (returned as _await_order's), or its
+    refusal (the command fails with the reason). Following the order's status alone took
+    another's cancel for its own: two cancels of one order at once both said CANCELLED
+    (an attack trial)."""
+    from events import CommandRejected, OrderCancelled
+    from events.commands import CancelOrder
+
+    command_id, order_id = sent["command_id"], sent["order_id"]
+    path = f"/orders/{order_id}/saga"
+    while True:
+        response, away = _poll(ctx, path)
+        if response is not None and response.status_code != 404:
+            saga: dict[str, Any] = _answer(ctx, "order", "GET", path, response)
+            ours = [e for e in saga["events"] if e["payload"].get("command_id") == command_id]
+            for e in ours:
+                if e["event_type"] == CommandRejected.event_type:
+                    refused = e["payload"]
+                    _fail(f"command {command_id} was rejected: {refused['reason']}: {refused['detail']}")
+            delivered = {e["event_id"] for e in ours if e["event_type"] == CancelOrder.event_type}
+            caused = any(
+                e["event_type"] == OrderCancelled.event_type and e["causation_id"] in delivered
+                for e in saga["events"]
+            )
+            if caused and saga["status"] == "CANCELLED":
+                return _known(sent, "cancelled", saga)
+        if time.monotonic() > end:
+            _fail_waiting(f"command {command_id} was sent", order_id, away)
+            _fail(
+                f"no outcome of command {command_id} on order {order_id}: it may have been refused"
+                " for its token, and only an operator can read why (with an operator's token:"
+                f" sagactl command {command_id})"
+            )
+        time.sleep(0.2)
+
+
+def _known(sent: Mapping[str, str], outcome: str, order: Mapping[str, Any]) -> dict[str, Any]:
+    """What a customer's wait knows of its command: the fields of a CommandView it can
+    tell from the order (``order``: an OrderView's or a SagaView's)."""
     return {
         "command_id": sent["command_id"],
         "order_id": order["order_id"],
-        "outcome": "cancelled" if cancelling else "placed",
+        "outcome": outcome,
         "status": order["status"],
         "order_reason": order.get("reason"),
     }

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -185,6 +186,26 @@ def test_sagactl_with_a_customers_token_follows_the_order_not_the_command(
         (customers["bo"], "customer", "PlaceOrder via orders.commands", "accepted"),
         (customers["bo"], "customer", "CancelOrder via orders.commands", "accepted"),
     ]
+
+
+def test_of_two_customers_cancels_at_once_only_the_one_that_cancelled_says_so(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """A customer's wait followed its order's status: two cancels of one order at once both
+    passed the check before sending, and both said CANCELLED, exit 0 — the refused one took
+    the other's cancel for its own (an attack trial). It now follows its own command in the
+    order's timeline: one cancel says CANCELLED, the other that it was refused, or that
+    nothing was sent (it asked after the first had cancelled)."""
+    products, customers = seed(client, uid, {"gong": ("2.00", 2)}, {"cy": "10.00"})
+    token = system.token(customers["cy"], (Role.CUSTOMER,))
+    kafka = ("--via", "kafka", "--bootstrap", system.bootstrap)
+    placed = sagactl(system, "place", customers["cy"], f"{products['gong']}=1", *kafka, token=token)
+    assert placed.returncode == 0 and "APPROVED" in placed.stdout, placed.stdout + placed.stderr
+    order_id = placed.stdout.split("(order ")[1].split(")")[0]
+    with ThreadPoolExecutor(2) as pool:
+        both = list(pool.map(lambda _: sagactl(system, "cancel", order_id, *kafka, token=token), range(2)))
+    said = sorted((r.returncode, "CANCELLED" in r.stdout, "order_not_cancellable" in r.stderr) for r in both)
+    assert said == [(0, True, False), (1, False, True)], [(r.stdout, r.stderr) for r in both]
 
 
 def test_a_command_is_authorized_like_the_http_call_it_stands_for(
