@@ -19,8 +19,8 @@ from sse_starlette import ServerSentEvent
 from starlette.background import BackgroundTask
 
 from events import OrderLine
-from events.codec import peek
-from events.commands import order_id_for, peek_command
+from events.codec import InvalidEvent, peek
+from events.commands import order_id_for, peek_command, to_envelope
 from events.order import one_line_per_product
 from events.personal import PersonalData
 from events.topics import COMMANDS
@@ -582,10 +582,22 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
             detail=(
                 f"dead letter {letter.id} of order_svc{'' if held else ', discarded'}, neither taken"
                 f" nor refused: {printable(letter.reason, 500)}"
-                + (f" (sagactl dlq replay order {letter.id})" if held else "")
+                + (f" ({_after_letter(value)} order {letter.id})" if held else "")
             ),
         )
     return CommandView(command_id=command_id, order_id=order_id_for(command_id), outcome="unknown")
+
+
+def _after_letter(value: bytes | None) -> str:
+    """What to do with a held dead letter of a command: replay it (a command held while its
+    token's keys could not be had is taken or refused then), or, when its bytes are no
+    command at all, discard it — replayed, it could only be dead-lettered again (a trial
+    was offered the replay of a body that is not JSON)."""
+    try:
+        to_envelope(value)
+    except InvalidEvent:
+        return "replayed, it would be dead-lettered again: sagactl dlq discard"
+    return "sagactl dlq replay"
 
 
 def _refused_under(applied: str, refused: dict[str, Any]) -> str:

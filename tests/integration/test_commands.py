@@ -180,7 +180,10 @@ async def test_a_dead_lettered_command_is_found_by_its_key_and_once_discarded(
     assert (held.outcome, held.reason) == ("dead_lettered", "dead_letter"), held
     assert held.detail is not None and "neither taken nor refused" in held.detail
     letter_id = int(held.detail.split()[2])
-    assert held.detail.endswith(f"(sagactl dlq replay order {letter_id})"), held.detail
+    # not a command at all: replayed, it is dead-lettered again (it was offered the replay)
+    assert held.detail.endswith(
+        f"(replayed, it would be dead-lettered again: sagactl dlq discard order {letter_id})"
+    )
     await deadletters.discard(order.db, letter_id)
     gone = await get_command(command_id, order.db)
     assert gone.outcome == "dead_lettered" and gone.detail is not None, gone
