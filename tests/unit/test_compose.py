@@ -167,10 +167,10 @@ def test_the_broker_authorizes_every_request_with_the_grants_of_the_acl_plan(
 ) -> None:
     """compose.secure.yaml's one-shot container adds exactly ``saga_kit.kafka_acls``'s
     grants (what ``sagactl kafka-acls --commands`` prints), and a SCRAM user for each
-    service; the broker refuses what they do not allow."""
+    service and for the command sender; the broker refuses what they do not allow."""
     import shlex
 
-    from saga_kit.kafka_acls import acl_command_args, plan
+    from saga_kit.kafka_acls import COMMAND_SENDER, acl_command_args, plan
 
     env = merged_service(compose, secure, "kafka")["environment"]
     assert env["KAFKA_AUTHORIZER_CLASS_NAME"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
@@ -183,7 +183,10 @@ def test_the_broker_authorizes_every_request_with_the_grants_of_the_acl_plan(
     granted = [["--add", *shlex.split(step)[1:]] for step in steps if step.startswith("$acls ")]
     assert granted == acl_command_args(plan())
     users = shlex.split(next(step for step in steps if step.startswith("for user in")))[3:]
-    assert users == [name.replace("-", "_") for name in SERVICES]
+    # and the command sender's, whose grant is in the plan: without a user it was a grant
+    # no one could use (a trial)
+    assert users == [*(name.replace("-", "_") for name in SERVICES), COMMAND_SENDER]
+    assert f"kafka_{COMMAND_SENDER}_password" in secure["services"]["kafka-users"]["secrets"]
 
 
 def test_the_command_in_the_secure_files_header_writes_every_secret_it_mounts(
