@@ -489,15 +489,31 @@ _APPLIED = {"PlaceOrder": "placed", "CancelOrder": "cancelled"}
     "/commands/{command_id}",
     summary="What became of a command",
     response_model=CommandView,
-    responses=errors(),
+    responses=errors({404: "a customer's: not a command about its orders, or not processed yet"}),
 )
-async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
+async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: PrincipalDep) -> CommandView:
     """What became of a `PlaceOrder` or `CancelOrder` sent on `orders.commands` (the answer
-    is also on `orders.events`, with header `correlation_id` = `command_id`). A command not
-    processed yet, or never sent, is `unknown`: there is no 404. A command that was applied
-    is `placed` or `cancelled` even if a copy under its id was refused before or after (a
-    bad token, another body); one never applied is `rejected` with its latest refusal."""
+    is also on `orders.events`, with header `correlation_id` = `command_id`). A command that
+    was applied is `placed` or `cancelled` even if a copy under its id was refused before or
+    after (a bad token, another body); one never applied is `rejected` with its latest
+    refusal. For the operator, a command not processed yet, or never sent, is `unknown`:
+    there is no 404. A customer reads the commands about its own orders, as its order's
+    timeline shows them (those of someone who may act for it), and their refusals: any
+    other command, and one not processed yet, is a 404 (ids do not leak); a dead letter is
+    the operator's. Only the operator could read a command once, so a customer's wait for
+    a refused command (an overloaded order service) lasted a minute and learnt nothing."""
+    me = _only(principal)
     async with db.engine.connect() as conn:
+        if me is not None and not await conn.scalar(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM saga_events c LEFT JOIN orders o ON o.order_id = c.order_id"
+                " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c AND NOT c.from_stranger"
+                " AND c.event_type IN ('PlaceOrder', 'CancelOrder')"
+                " AND coalesce(o.customer_id, c.payload->>'customer_id') = :me)"
+            ),
+            {"c": str(command_id), "me": me},
+        ):
+            raise HTTPException(404, f"command {command_id} not found")
         # a delivery of the command was applied when it caused the order's event (a refused
         # delivery caused a CommandRejected; a repeated one, nothing). Both reads say
         # ``payload ? 'command_id'``, the predicate of the partial index that finds a
@@ -522,7 +538,10 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
                 text(
                     "SELECT order_id, payload FROM saga_events"
                     " WHERE payload ? 'command_id' AND payload->>'command_id' = :c"
-                    " AND event_type = 'CommandRejected' ORDER BY seq DESC LIMIT 1"
+                    " AND event_type = 'CommandRejected'"
+                    # a customer is not told of a stranger's copy under its command's id
+                    + ("" if me is None else " AND NOT from_stranger")
+                    + " ORDER BY seq DESC LIMIT 1"
                 ),
                 {"c": str(command_id)},
             )
@@ -535,7 +554,7 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep) -> CommandView:
         # one, then the newest: a later record that merely mentions the id, once discarded,
         # was shown instead of the command's own held letter (a trial)
         letter = None
-        if applied is None and refusal is None:
+        if applied is None and refusal is None and me is None:
             letter = (
                 await conn.execute(
                     text(

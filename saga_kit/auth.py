@@ -133,7 +133,7 @@ POLICY: Mapping[tuple[str, str], Access] = {
     ("GET", "/orders/{order_id}/saga"): Access.OWN,
     ("POST", "/orders/{order_id}/cancel"): Access.OWN,
     ("POST", "/customers/{customer_id}/forget"): Access.OPERATOR,
-    ("GET", "/commands/{command_id}"): Access.OPERATOR,
+    ("GET", "/commands/{command_id}"): Access.OWN,
     ("GET", "/saga-events"): Access.OPERATOR,
     ("GET", "/saga-events/stream"): Access.OPERATOR,
     ("GET", "/dashboard"): Access.PUBLIC,

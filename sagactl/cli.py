@@ -1164,8 +1164,9 @@ def command_outcome(
     ],
     output: OutputOpt = Output.text,
 ) -> None:
-    """What became of a command sent on Kafka (an operator's): applied, and its order's
-    status now; refused, and why; dead-lettered (held, or discarded); or not taken yet."""
+    """What became of a command sent on Kafka (a customer's own, any for an operator):
+    applied, and its order's status now; refused, and why; dead-lettered (held, or
+    discarded: an operator's to read); or not taken yet."""
     r = _call(ctx, "order", "GET", f"/commands/{command_id}")
 
     def said() -> str:
@@ -1200,9 +1201,9 @@ def cancel(
         _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}, compensation under way")
         return
     # a command for an order that cannot be cancelled, or that the token may not see, is
-    # refused, and only an operator may read why: a customer's wait ended in the
-    # CANCELLED of an order cancelled before, as if its own command had done it, or in
-    # a minute of polling a 404 (an attack trial). The API says so before anything is sent
+    # refused: a customer's wait ended in the CANCELLED of an order cancelled before, as
+    # if its own command had done it, or in a minute of polling a 404 (an attack trial).
+    # The API says so before anything is sent
     _need_token(ctx.obj.token)
     status = _call(ctx, "order", "GET", f"/orders/{order_id}")["status"]
     if transition(OrderStatus(status), CANCEL_REQUESTED) is None:  # the order service's rule
@@ -1215,7 +1216,7 @@ def cancel(
     command = CancelOrder(command_id=uuid.uuid4(), order_id=uuid.UUID(order_id))
     _send_command(bootstrap, command, ctx.obj.token, order_id)
     sent = {"command_id": str(command.command_id), "order_id": order_id}
-    _settle(ctx, output, sent, f"sent CancelOrder {sent['command_id']}", wait, cancelling=True)
+    _settle(ctx, output, sent, f"sent CancelOrder {sent['command_id']}", wait)
 
 
 def _settle(
@@ -1224,12 +1225,9 @@ def _settle(
     sent: dict[str, str],
     said: str,
     wait: bool,
-    *,
-    cancelling: bool = False,
 ) -> None:
-    """After a command went to Kafka (a CancelOrder: cancelling): say so, and with
-    wait show what became of it ('--output json': only that, or sent when not
-    waiting)."""
+    """After a command went to Kafka: say so, and with wait show what became of it
+    ('--output json': only that, or sent when not waiting)."""
     if output is not Output.json:
         console.print(said, soft_wrap=True)
     if not wait:
@@ -1238,7 +1236,7 @@ def _settle(
         else:  # sent, not taken yet: where its outcome will be
             errors.print(f"follow it: {_followed(sent['command_id'], sent['order_id'])}", style="dim")
         return
-    r = _await_command(ctx, sent, cancelling)
+    r = _await_command(ctx, sent)
     why = f" ({r['order_reason']})" if r.get("order_reason") else ""
     _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}{why}")
 
@@ -1283,12 +1281,9 @@ def _try_token(ctx: typer.Context, path: str) -> None:
 
 
 def _followed(command_id: object, order_id: str) -> str:
-    """How a command sent on Kafka is followed: its own outcome (an operator's), or its
-    order's once the order service has taken it."""
-    return (
-        f"sagactl command {command_id} (an operator's), or sagactl saga {order_id} once the order"
-        " service has taken it"
-    )
+    """How a command sent on Kafka is followed: its own outcome, or its order's once the
+    order service has taken it."""
+    return f"sagactl command {command_id}, or sagactl saga {order_id} once the order service has taken it"
 
 
 def _need_token(token: str | None) -> None:
@@ -1472,22 +1467,21 @@ def publish(
         print(f"sent to {topic} partition {partition} offset {offset}")
 
 
-def _await_command(
-    ctx: typer.Context, sent: Mapping[str, str], cancelling: bool, timeout: float = 60.0
-) -> dict[str, Any]:
+def _await_command(ctx: typer.Context, sent: Mapping[str, str], timeout: float = 60.0) -> dict[str, Any]:
     """Poll 'GET /commands/{id}' until the command was refused (the command fails), or
-    applied and its order is no longer PENDING (its CommandView is returned). Only an
-    operator may read a command's outcome: for a customer's token (403), follow the order
-    instead (_await_order)."""
+    applied and its order is no longer PENDING (its CommandView is returned). A customer
+    reads its own commands there (an operator any): until the order service has taken
+    one, it is a 404 to a customer, ``unknown`` to an operator. It followed a customer's
+    command through its order once, and took another's cancel of it for its own (of two
+    cancels at once, both said CANCELLED: an attack trial), or learnt nothing of a
+    refusal (an overloaded order service) for a minute."""
     command_id = sent["command_id"]
     end = time.monotonic() + timeout
     taken = False  # applied, its order's saga under way
     while True:
         path = f"/commands/{command_id}"
         response, away = _poll(ctx, path)
-        if response is not None and response.status_code == 403:
-            return _await_cancel(ctx, sent, end) if cancelling else _await_order(ctx, sent, end)
-        if response is not None:
+        if response is not None and response.status_code != 404:
             r: dict[str, Any] = _answer(ctx, "order", "GET", path, response)
             taken = r["outcome"] in ("placed", "cancelled")
             if taken and r["status"] != "PENDING":
@@ -1503,80 +1497,14 @@ def _await_command(
                     f"order {sent['order_id']} is still PENDING after {timeout:.0f}s: command"
                     f" {command_id} was taken; follow it: sagactl saga {sent['order_id'][:8]}"
                 )
+            if response is not None and response.status_code == 404:  # a customer's
+                _fail(
+                    f"no outcome of command {command_id} after {timeout:.0f}s: not taken yet, or refused"
+                    " for its token, which only an operator can read (with an operator's token:"
+                    f" sagactl command {command_id})"
+                )
             _fail(f"no answer to command {command_id} after {timeout:.0f}s")
         time.sleep(0.2)
-
-
-def _await_order(ctx: typer.Context, sent: Mapping[str, str], end: float) -> dict[str, Any]:
-    """A customer's PlaceOrder followed through its order ('GET /orders/{id}', which a
-    customer may read for its own orders) until the order exists and is no longer PENDING.
-    Why a command was refused only an operator can read, so a refusal shows as no
-    outcome. Returns the fields of a CommandView it can know: command_id, order_id,
-    outcome, status, order_reason."""
-    order = _follow_order(
-        ctx,
-        sent["order_id"],
-        lambda o: o["status"] != "PENDING",
-        end,
-        f"command {sent['command_id']} was sent",
-    )
-    if order is None:
-        _fail(
-            f"no outcome of command {sent['command_id']} on order {sent['order_id']}: it may have been"
-            " refused, and only an operator can read why (with an operator's token:"
-            f" sagactl command {sent['command_id']})"
-        )
-    return _known(sent, "placed", order)
-
-
-def _await_cancel(ctx: typer.Context, sent: Mapping[str, str], end: float) -> dict[str, Any]:
-    """A customer's CancelOrder followed through its order's timeline ('GET
-    /orders/{id}/saga', which holds a customer's own commands and their refusals) until
-    the OrderCancelled it caused, its order CANCELLED (returned as _await_order's), or its
-    refusal (the command fails with the reason). Following the order's status alone took
-    another's cancel for its own: two cancels of one order at once both said CANCELLED
-    (an attack trial)."""
-    from events import CommandRejected, OrderCancelled
-    from events.commands import CancelOrder
-
-    command_id, order_id = sent["command_id"], sent["order_id"]
-    path = f"/orders/{order_id}/saga"
-    while True:
-        response, away = _poll(ctx, path)
-        if response is not None and response.status_code != 404:
-            saga: dict[str, Any] = _answer(ctx, "order", "GET", path, response)
-            ours = [e for e in saga["events"] if e["payload"].get("command_id") == command_id]
-            for e in ours:
-                if e["event_type"] == CommandRejected.event_type:
-                    refused = e["payload"]
-                    _fail(f"command {command_id} was rejected: {refused['reason']}: {refused['detail']}")
-            delivered = {e["event_id"] for e in ours if e["event_type"] == CancelOrder.event_type}
-            caused = any(
-                e["event_type"] == OrderCancelled.event_type and e["causation_id"] in delivered
-                for e in saga["events"]
-            )
-            if caused and saga["status"] == "CANCELLED":
-                return _known(sent, "cancelled", saga)
-        if time.monotonic() > end:
-            _fail_waiting(f"command {command_id} was sent", order_id, away)
-            _fail(
-                f"no outcome of command {command_id} on order {order_id}: it may have been refused"
-                " for its token, and only an operator can read why (with an operator's token:"
-                f" sagactl command {command_id})"
-            )
-        time.sleep(0.2)
-
-
-def _known(sent: Mapping[str, str], outcome: str, order: Mapping[str, Any]) -> dict[str, Any]:
-    """What a customer's wait knows of its command: the fields of a CommandView it can
-    tell from the order (``order``: an OrderView's or a SagaView's)."""
-    return {
-        "command_id": sent["command_id"],
-        "order_id": order["order_id"],
-        "outcome": outcome,
-        "status": order["status"],
-        "order_reason": order.get("reason"),
-    }
 
 
 @app.command("orders")

@@ -31,10 +31,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.routing import APIRoute
 
+from events.commands import encode_command
 from saga_kit import audit, consumer_api, deadletters
 from saga_kit.auth import LEEWAY_SECONDS, POLICY, Access, DevIssuer, Role, write_dev_issuer
 from sagastack.system import SERVICES, System
 from tests.e2e.conftest import UniqueIds
+from tests.e2e.test_commands import command, outcome, send
 from tests.unit.test_openapi import SPECS
 
 #: HTTP, a page or the CLI's layout, whatever the broker: make test runs it on Tansu only
@@ -57,6 +59,8 @@ class World:
     orders: dict[str, str]
     #: ann's orders the cancel route may cancel, one for her and one for the operator
     cancellable: dict[str, str] = field(default_factory=dict)
+    #: a PlaceOrder each customer sent on orders.commands with its own token (its id)
+    commands: dict[str, str] = field(default_factory=dict)
 
     def customer(self, caller: str) -> str:
         """Whose resource ``caller`` is called on."""
@@ -107,7 +111,7 @@ REQUESTS: dict[tuple[str, str], tuple[tuple[str, ...], Callable[[World, str], Ca
         ORDER,
         lambda w, c: Call(f"/orders/{w.cancellable.get(c, w.orders[w.customer(c)])}/cancel"),
     ),
-    ("GET", "/commands/{command_id}"): (ORDER, lambda w, c: Call(f"/commands/{uuid.uuid4()}")),
+    ("GET", "/commands/{command_id}"): (ORDER, lambda w, c: Call(f"/commands/{w.commands[w.customer(c)]}")),
     # a customer of no order: forgetting it destroys nothing of the matrix's world
     ("POST", "/customers/{customer_id}/forget"): (
         ORDER,
@@ -199,14 +203,19 @@ def world(system: System) -> Iterator[World]:
     operator.put_account(bob, Decimal("100.00"))
     orders: dict[str, str] = {}
     cancellable: dict[str, str] = {}
+    commands: dict[str, str] = {}
     for customer in (ann, bob):  # each places its own orders
         own = system.client(customer)
         orders[customer] = own.place_order(customer, {product: 1})
         if customer == ann:
             cancellable = {c: own.place_order(ann, {product: 1}) for c in ("own", "operator")}
         own.wait_for_events(orders[customer], {"PaymentCompleted", "InventoryCommitted"})
+        sent = command(customer, {product: 1})  # and one on Kafka, with its own token
+        send(system, encode_command(sent), token=system.token(customer, (Role.CUSTOMER,)))
+        commands[customer] = str(sent.command_id)
+        outcome(system, sent.command_id, {"placed"})
         own.close()
-    yield World(product, ann, bob, orders, cancellable)
+    yield World(product, ann, bob, orders, cancellable, commands)
     operator.close()
 
 

@@ -161,11 +161,12 @@ def test_sagactl_places_and_cancels_through_kafka(system: System, client: SagaCl
     assert again.returncode == 1 and "order_not_cancellable" in again.stderr
 
 
-def test_sagactl_with_a_customers_token_follows_the_order_not_the_command(
+def test_sagactl_with_a_customers_token_follows_its_own_command(
     system: System, client: SagaClient, uid: UniqueIds
 ) -> None:
-    """Only an operator may read a command's outcome (GET /commands/{id}): a customer's
-    sagactl once reported a 403 and exit 1 for a command that had worked."""
+    """A customer reads its own commands' outcomes (GET /commands/{id}), and no one
+    else's: once only an operator could, and a customer's sagactl reported a 403 and exit
+    1 for a command that had worked, then followed the order instead."""
     products, customers = seed(client, uid, {"drum": ("2.00", 2)}, {"bo": "10.00"})
     token = system.token(customers["bo"], (Role.CUSTOMER,))
     kafka = ("--via", "kafka", "--bootstrap", system.bootstrap)
@@ -176,6 +177,14 @@ def test_sagactl_with_a_customers_token_follows_the_order_not_the_command(
     cancelled = sagactl(system, "cancel", order_id, *kafka, token=token)
     assert cancelled.returncode == 0 and "CANCELLED" in cancelled.stdout, cancelled.stdout + cancelled.stderr
     assert client.order(order_id)["reason"] == "cancelled_by_customer"
+    command_id = placed.stdout.split("command ")[1].split()[0]
+    read = sagactl(system, "command", command_id, token=token)
+    assert (
+        read.returncode == 0 and f"command {command_id}: placed; order {order_id}: CANCELLED" in read.stdout
+    )
+    stranger = system.token(uid("cy"), (Role.CUSTOMER,))
+    hidden = sagactl(system, "command", command_id, token=stranger)
+    assert hidden.returncode == 1 and "not found" in hidden.stderr, hidden.stdout + hidden.stderr
     # in the audit trail as the HTTP calls would be: who, what, how it ended
     audited = [
         (e["actor"], e["role"], e["action"], e["outcome"])
@@ -193,9 +202,9 @@ def test_of_two_customers_cancels_at_once_only_the_one_that_cancelled_says_so(
 ) -> None:
     """A customer's wait followed its order's status: two cancels of one order at once both
     passed the check before sending, and both said CANCELLED, exit 0 — the refused one took
-    the other's cancel for its own (an attack trial). It now follows its own command in the
-    order's timeline: one cancel says CANCELLED, the other that it was refused, or that
-    nothing was sent (it asked after the first had cancelled)."""
+    the other's cancel for its own (an attack trial). It now follows its own command: one
+    cancel says CANCELLED, the other that it was refused, or that nothing was sent (it
+    asked after the first had cancelled)."""
     products, customers = seed(client, uid, {"gong": ("2.00", 2)}, {"cy": "10.00"})
     token = system.token(customers["cy"], (Role.CUSTOMER,))
     kafka = ("--via", "kafka", "--bootstrap", system.bootstrap)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import HTTPException
 from sqlalchemy import text
 
 from events import OrderLine, decode
@@ -27,7 +28,15 @@ from order_svc.handlers import COMMAND_WITHOUT_A_TOKEN
 from order_svc.placing import place_order
 from saga_kit import auth, deadletters
 from saga_kit import headers as kafka_headers
-from saga_kit.auth import DEV_AUDIENCE, DEV_ISSUER, Role, TokenVerifier, write_dev_issuer
+from saga_kit.auth import (
+    DEV_AUDIENCE,
+    DEV_ISSUER,
+    UNAUTHENTICATED,
+    Principal,
+    Role,
+    TokenVerifier,
+    write_dev_issuer,
+)
 from saga_kit.consumer import Outcome, Record
 from saga_kit.db import SAGA_LOCK_NAMESPACE
 from tests.integration.conftest import ServiceUnderTest
@@ -176,7 +185,7 @@ async def test_a_dead_lettered_command_is_found_by_its_key_and_once_discarded(
     command_id = uuid.uuid4()
     outcome = await order.deliver_bytes(b"not json", COMMANDS, key=str(command_id).upper().encode())
     assert outcome is Outcome.DEAD_LETTERED
-    held = await get_command(command_id, order.db)
+    held = await get_command(command_id, order.db, UNAUTHENTICATED)
     assert (held.outcome, held.reason) == ("dead_lettered", "dead_letter"), held
     assert held.detail is not None and "neither taken nor refused" in held.detail
     letter_id = int(held.detail.split()[2])
@@ -185,7 +194,7 @@ async def test_a_dead_lettered_command_is_found_by_its_key_and_once_discarded(
         f"(replayed, it would be dead-lettered again: sagactl dlq discard order {letter_id})"
     )
     await deadletters.discard(order.db, letter_id)
-    gone = await get_command(command_id, order.db)
+    gone = await get_command(command_id, order.db, UNAUTHENTICATED)
     assert gone.outcome == "dead_lettered" and gone.detail is not None, gone
     assert gone.detail.startswith(f"dead letter {letter_id} of order_svc, discarded, neither taken"), gone
     assert "sagactl dlq replay" not in gone.detail
@@ -205,19 +214,19 @@ async def test_a_commands_own_dead_letter_beats_one_that_mentions_its_id(order: 
         for k in (str(command_id).encode(), b"junk")
     ]
     await deadletters.discard(order.db, junk_id)
-    view = await get_command(command_id, order.db)
+    view = await get_command(command_id, order.db, UNAUTHENTICATED)
     assert view.detail is not None and view.detail.startswith(
         f"dead letter {own_id} of order_svc, neither"
     ), view
     assert view.order_id == order_id_for(command_id), view
     await deadletters.discard(order.db, own_id)
-    view = await get_command(command_id, order.db)  # both discarded: still its own
+    view = await get_command(command_id, order.db, UNAUTHENTICATED)  # both discarded: still its own
     assert view.detail is not None and view.detail.startswith(f"dead letter {own_id} of order_svc, discarded")
     # a command known only by a mention is not the order the mentioning record names
     mentioned = uuid.uuid4()
     junk["about"] = str(mentioned)
     await order.deliver_bytes(json.dumps(junk).encode(), COMMANDS, key=b"junk")
-    view = await get_command(mentioned, order.db)
+    view = await get_command(mentioned, order.db, UNAUTHENTICATED)
     assert view.outcome == "dead_lettered" and view.order_id == order_id_for(mentioned), view
 
 
@@ -263,7 +272,7 @@ async def test_a_cancel_that_overtook_its_place_order_cancels_when_sent_again(
     assert await send(order, cancel) is Outcome.HANDLED  # not a duplicate: its claim was released
     row = (await order.rows("SELECT status, reason FROM orders WHERE order_id = :o", o=oid))[0]
     assert (row.status, row.reason) == ("CANCELLED", "cancelled_by_operator")
-    view = await get_command(cancel_id, order.db)
+    view = await get_command(cancel_id, order.db, UNAUTHENTICATED)
     assert (view.outcome, view.order_id) == ("cancelled", oid), view  # not the refusal before
     assert await send(order, cancel) is Outcome.DUPLICATE  # it cancelled: now it is one
 
@@ -527,9 +536,9 @@ async def test_a_strangers_command_stays_out_of_the_victims_timeline(
         ("CommandRejected", str(placed.command_id)),
     ]
     for reason, (_, command) in strangers.items():
-        view = await get_command(command.command_id, order.db)
+        view = await get_command(command.command_id, order.db, UNAUTHENTICATED)
         assert (view.outcome, view.order_id, view.reason) == ("rejected", oid, reason)
-    missing = await get_command(strangers["missing_token"][1].command_id, order.db)
+    missing = await get_command(strangers["missing_token"][1].command_id, order.db, UNAUTHENTICATED)
     assert missing.detail == COMMAND_WITHOUT_A_TOKEN  # a command's words, not an endpoint's
     kept = await order.rows(
         "SELECT event_type FROM saga_events WHERE order_id = :o AND from_stranger ORDER BY seq", o=oid
@@ -541,8 +550,36 @@ async def test_a_strangers_command_stays_out_of_the_victims_timeline(
         "RefusedCommand",
         "CommandRejected",
     ]
-    reused = await get_command(placed.command_id, order.db)  # hers, applied; her copy refused last
+    reused = await get_command(
+        placed.command_id, order.db, UNAUTHENTICATED
+    )  # hers, applied; her copy refused last
     assert (reused.outcome, reused.reason) == ("placed", "invalid_command")
+    # she reads her own commands as her timeline shows them, not a stranger's copy under
+    # their ids (max's, refused last); max reads none of them, nor his own about her order
+    # (it is a 404 to him, as over HTTP)
+    await by(mx, place("max", command_id=placed.command_id))
+    latest = await get_command(placed.command_id, order.db, UNAUTHENTICATED)
+    assert (latest.outcome, latest.reason) == ("placed", "command_id_reused")  # the operator sees all
+    as_kim, as_max = (
+        Principal("kim", frozenset({Role.CUSTOMER})),
+        Principal("max", frozenset({Role.CUSTOMER})),
+    )
+    seen = [await get_command(c.command_id, order.db, as_kim) for c in (placed, cancel, again)]
+    assert [(v.outcome, v.reason) for v in seen] == [
+        ("placed", "invalid_command"),
+        ("cancelled", None),
+        ("rejected", "order_not_cancellable"),
+    ]
+    for cid, principal in [
+        (placed.command_id, as_max),
+        (again.command_id, as_max),
+        (strangers["unknown_order"][1].command_id, as_max),
+        (strangers["missing_token"][1].command_id, as_kim),  # not hers: no one may act
+        (uuid.uuid4(), as_kim),  # not processed yet, or never sent
+    ]:
+        with pytest.raises(HTTPException) as refused:
+            await get_command(cid, order.db, principal)
+        assert refused.value.status_code == 404
 
 
 async def test_a_refusal_of_another_command_type_under_an_applied_id_is_named_as_such(
@@ -553,7 +590,7 @@ async def test_a_refusal_of_another_command_type_under_an_applied_id_is_named_as
     cid = uuid.uuid4()
     await send(order, CancelOrder(command_id=cid, order_id=uuid.uuid4()))
     await send(order, place(command_id=cid))
-    view = await get_command(cid, order.db)
+    view = await get_command(cid, order.db, UNAUTHENTICATED)
     assert (view.outcome, view.order_id, view.reason) == ("placed", order_id_for(cid), "unknown_order")
     assert view.detail is not None
     assert view.detail.startswith("a CancelOrder sent under this id was refused: no order "), view.detail
@@ -628,7 +665,7 @@ async def test_a_command_whose_keys_cannot_be_had_is_dead_lettered_never_refused
         )
         # its sender and the operator are told where it is (it said "unknown", and the
         # letter was listed as "?" with no order: an attack trial)
-        view = await get_command(command.command_id, order.db)
+        view = await get_command(command.command_id, order.db, UNAUTHENTICATED)
         assert (view.outcome, view.order_id, view.reason) == ("dead_lettered", oid, "dead_letter")
         assert view.detail is not None and view.detail.endswith(f"(sagactl dlq replay order {letter_id})")
         (listed,) = [d for d in await deadletters.list_letters(order.db, None, 1000) if d.id == letter_id]
@@ -638,7 +675,7 @@ async def test_a_command_whose_keys_cannot_be_had_is_dead_lettered_never_refused
         assert replayed.status == "REPLAYED"
     ((created, _),) = await answers(order, oid)
     assert created.event_type == "OrderCreated"
-    assert (await get_command(command.command_id, order.db)).outcome == "placed"
+    assert (await get_command(command.command_id, order.db, UNAUTHENTICATED)).outcome == "placed"
 
 
 async def test_a_dead_lettered_command_is_named_in_its_orders_explanation(

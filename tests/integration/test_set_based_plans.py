@@ -249,8 +249,8 @@ async def test_what_became_of_a_command_is_found_by_index(big: Any, sent: Any) -
     for command in (placed, refused):
         assert await order.deliver_bytes(encode_command(command), COMMANDS) is Outcome.HANDLED
     sent.clear()
-    assert (await get_command(placed.command_id, order.db)).outcome == "placed"
-    assert (await get_command(refused.command_id, order.db)).outcome == "rejected"
+    assert (await get_command(placed.command_id, order.db, auth.UNAUTHENTICATED)).outcome == "placed"
+    assert (await get_command(refused.command_id, order.db, auth.UNAUTHENTICATED)).outcome == "rejected"
     assert_found_by_index(order, sent, at_least=3)
 
 

@@ -163,6 +163,7 @@ CUSTOMERS = {
     ("GET", "/orders/{order_id}"): Access.OWN,
     ("GET", "/orders/{order_id}/saga"): Access.OWN,
     ("POST", "/orders/{order_id}/cancel"): Access.OWN,
+    ("GET", "/commands/{command_id}"): Access.OWN,  # the commands about its own orders
     ("GET", "/accounts/{customer_id}"): Access.OWN,
     ("GET", "/payments/{order_id}"): Access.OWN,
 }
