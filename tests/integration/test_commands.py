@@ -737,6 +737,11 @@ async def test_a_place_order_that_could_not_finish_in_time_is_refused_as_post_or
     assert rejected.payload.reason == "overloaded", rejected.payload
     assert "under the same command_id" in rejected.payload.detail
     assert await order.scalar("SELECT COUNT(*) FROM orders WHERE order_id = :o", o=oid) == 0
+    # its customer reads why, though no order exists (a customer's wait once learnt nothing)
+    view = await get_command(
+        refused.command_id, order.db, Principal(refused.customer_id, frozenset({Role.CUSTOMER}))
+    )
+    assert (view.outcome, view.reason) == ("rejected", "overloaded"), view
 
     _admitting_every_order(monkeypatch)
     assert await send(order, data) is Outcome.HANDLED  # not a duplicate: its claim was released
