@@ -17,12 +17,7 @@ from tests.integration.conftest import ServiceUnderTest
 async def published(order: ServiceUnderTest) -> None:
     """The outbox as a running relay leaves it: no test here runs one, and the events the
     other tests' orders emitted would read as a broker away for minutes."""
-    await _relay_caught_up(order)
-
-
-async def _relay_caught_up(order: ServiceUnderTest) -> None:
-    async with order.db.unit_of_work() as uow:
-        await uow.conn.execute(text("UPDATE outbox SET sent_at = now() WHERE sent_at IS NULL"))
+    await order.relay_caught_up()
 
 
 async def _outbox_row(order: ServiceUnderTest, written_ago: float, sent_ago: float | None = None) -> None:
@@ -142,14 +137,14 @@ async def test_orders_are_refused_while_the_broker_has_taken_no_event_for_half_t
     await _outbox_row(order, written_ago=2)
     assert await admission.check(30) is None  # a blip
     assert await admission.check(2) is None  # not an outage, whatever the deadline
-    await _relay_caught_up(order)
+    await order.relay_caught_up()
     await _outbox_row(order, written_ago=20)
     refusal = await admission.check(30)
     assert refusal is not None and refusal.broker and refusal.expected_wait >= 20
     assert "the broker has taken none of the order service's events for 20 s" in refusal.detail
     assert refusal.retry_after >= 1
     assert await admission.check(60) is None  # an order that may wait 30 s is taken
-    await _relay_caught_up(order)  # the broker is back
+    await order.relay_caught_up()  # the broker is back
     assert await admission.check(30) is None
 
 
@@ -164,4 +159,4 @@ async def test_events_published_again_for_a_new_broker_are_not_an_outage(order: 
     try:
         assert await admission.check(30) is None
     finally:
-        await _relay_caught_up(order)
+        await order.relay_caught_up()

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from fastapi import HTTPException
-from sqlalchemy import text
 
 from events import OrderLine, decode
 from events.commands import AUTHORIZATION, CancelOrder, PlaceOrder, encode_command, order_id_for
@@ -74,14 +73,6 @@ async def answers(order: ServiceUnderTest, order_id: uuid.UUID) -> list[tuple[En
         )
         for r in rows
     ]
-
-
-async def broker_took_everything(order: ServiceUnderTest) -> None:
-    """Mark every event in the order service's outbox sent, as the relay would (there is
-    none here): admission's broker gate refuses every order once the oldest unsent one is
-    over 5 s old, which, in a whole session's run, it may be by then."""
-    async with order.db.unit_of_work() as uow:
-        await uow.conn.execute(text("UPDATE outbox SET sent_at = now() WHERE sent_at IS NULL"))
 
 
 async def test_a_placed_order_has_the_id_its_command_names_and_answers_with_it(
@@ -707,7 +698,7 @@ async def test_a_dead_lettered_command_is_named_in_its_orders_explanation(
 async def _refusing_every_order(order: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Admission set to refuse any PlaceOrder for the backlog: a saga in flight, and any
     wait too long (the broker has taken every event: its gate does not decide)."""
-    await broker_took_everything(order)
+    await order.relay_caught_up()
     await send(order, place())  # a saga in flight, some milliseconds old by now
     await asyncio.sleep(0.05)
     monkeypatch.setitem(handlers._admission, "min_pending", 0)
