@@ -504,16 +504,27 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
     a refused command (an overloaded order service) lasted a minute and learnt nothing."""
     me = _only(principal)
     async with db.engine.connect() as conn:
-        if me is not None and not await conn.scalar(
-            text(
-                "SELECT EXISTS (SELECT 1 FROM saga_events c LEFT JOIN orders o ON o.order_id = c.order_id"
-                " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c AND NOT c.from_stranger"
-                " AND c.event_type IN ('PlaceOrder', 'CancelOrder')"
-                " AND coalesce(o.customer_id, c.payload->>'customer_id') = :me)"
-            ),
-            {"c": str(command_id), "me": me},
-        ):
-            raise HTTPException(404, f"command {command_id} not found")
+        # a customer's: the orders of its own on which the command was (not a stranger's
+        # command: of someone who may act for them). The outcome and refusals are read there
+        # only: a CancelOrder of its own order under another customer's command id once
+        # showed it the other's order, status and reason (an attack trial)
+        params: dict[str, Any] = {"c": str(command_id)}
+        if me is not None:
+            params["mine"] = list(
+                await conn.scalars(
+                    text(
+                        "SELECT DISTINCT c.order_id FROM saga_events c"
+                        " LEFT JOIN orders o ON o.order_id = c.order_id"
+                        " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c"
+                        " AND NOT c.from_stranger AND c.event_type IN ('PlaceOrder', 'CancelOrder')"
+                        " AND coalesce(o.customer_id, c.payload->>'customer_id') = :me"
+                    ),
+                    {**params, "me": me},
+                )
+            )
+            if not params["mine"]:
+                raise HTTPException(404, f"command {command_id} not found")
+        only = "" if me is None else " AND c.order_id = ANY(:mine) AND NOT c.from_stranger"
         # a delivery of the command was applied when it caused the order's event (a refused
         # delivery caused a CommandRejected; a repeated one, nothing). Both reads say
         # ``payload ? 'command_id'``, the predicate of the partial index that finds a
@@ -527,23 +538,19 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
                     " AND r.event_type IN ('OrderCreated', 'OrderCancelled')"
                     " JOIN orders o ON o.order_id = c.order_id"
                     " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c"
-                    " AND c.event_type IN ('PlaceOrder', 'CancelOrder')"
-                    " ORDER BY c.seq LIMIT 1"
+                    " AND c.event_type IN ('PlaceOrder', 'CancelOrder')" + only + " ORDER BY c.seq LIMIT 1"
                 ),
-                {"c": str(command_id)},
+                params,
             )
         ).first()
         refusal = (
             await conn.execute(
                 text(
-                    "SELECT order_id, payload FROM saga_events"
-                    " WHERE payload ? 'command_id' AND payload->>'command_id' = :c"
-                    " AND event_type = 'CommandRejected'"
-                    # a customer is not told of a stranger's copy under its command's id
-                    + ("" if me is None else " AND NOT from_stranger")
-                    + " ORDER BY seq DESC LIMIT 1"
+                    "SELECT c.order_id, c.payload FROM saga_events c"
+                    " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c"
+                    " AND c.event_type = 'CommandRejected'" + only + " ORDER BY c.seq DESC LIMIT 1"
                 ),
-                {"c": str(command_id)},
+                params,
             )
         ).first()
         # neither applied nor refused: held as a dead letter (its token's keys away), or
