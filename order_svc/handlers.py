@@ -660,14 +660,17 @@ def _cancel(state: Orders, event: Envelope[CancelOrder]) -> Replies:
     used = state.used_command_ids.get(command.command_id)
     if used == ("CancelOrder", event.order_id):
         return []  # this command cancelled it already: nothing to do again
+    # an order that cannot be cancelled says so whatever the command's id: its id checked
+    # first, a customer's own settled order told whether another's id was in use (an
+    # attack trial: command_id_reused there, order_not_cancellable under a fresh id)
+    if transition(order.status, CANCEL_REQUESTED) is None:
+        detail = f"the order is {order.status}: only a PENDING or APPROVED order can be cancelled"
+        return [_rejected(command.command_id, "CancelOrder", "order_not_cancellable", detail)]
     if used is not None:
         detail = f"this command_id was used by a {used[0]} of another order"
         if used[0] == "PlaceOrder" and used[1] == event.order_id:
             detail = "this command_id placed this order"
         return [_rejected(command.command_id, "CancelOrder", "command_id_reused", detail)]
-    if transition(order.status, CANCEL_REQUESTED) is None:
-        detail = f"the order is {order.status}: only a PENDING or APPROVED order can be cancelled"
-        return [_rejected(command.command_id, "CancelOrder", "order_not_cancellable", detail)]
     reason: CancelReason = "cancelled_by_operator" if caller.operator else "cancelled_by_customer"
     order.move(OrderStatus.CANCELLED, reason)
     order.cancel_command_id = command.command_id

@@ -238,6 +238,12 @@ async def test_cancel_by_command_follows_the_same_rule_as_the_api(order: Service
         ("CommandRejected", str(again.command_id)),
     ]
     assert sent[2][0].payload.reason == "order_not_cancellable"
+    # under another order's command id too: it told whether that id was in use (its id was
+    # checked first: command_id_reused; an attack trial)
+    elsewhere = place()
+    await send(order, elsewhere)
+    await send(order, CancelOrder(command_id=elsewhere.command_id, order_id=oid))
+    assert (await answers(order, oid))[-1][0].payload.reason == "order_not_cancellable"
     nowhere = CancelOrder(command_id=uuid.uuid4(), order_id=uuid.uuid4())
     await send(order, nowhere)
     ((unknown, _),) = await answers(order, nowhere.order_id)
@@ -571,6 +577,19 @@ async def test_a_strangers_command_stays_out_of_the_victims_timeline(
         with pytest.raises(HTTPException) as refused:
             await get_command(cid, order.db, principal)
         assert refused.value.status_code == 404
+    # max cancels his own order under her command's id: he reads his refusal, not her
+    # order, its status and reason (an attack trial did), and she is not told of it
+    his = place("max")
+    await by(mx, his)
+    await by(mx, CancelOrder(command_id=placed.command_id, order_id=order_id_for(his.command_id)))
+    view = await get_command(placed.command_id, order.db, as_max)
+    assert (view.outcome, view.order_id, view.status, view.reason) == (
+        "rejected",
+        order_id_for(his.command_id),
+        None,
+        "command_id_reused",
+    ), view
+    assert (await get_command(placed.command_id, order.db, as_kim)).reason == "invalid_command"
 
 
 async def test_a_refusal_of_another_command_type_under_an_applied_id_is_named_as_such(
