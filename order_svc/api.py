@@ -20,7 +20,7 @@ from starlette.background import BackgroundTask
 
 from events import OrderLine
 from events.codec import InvalidEvent, peek
-from events.commands import order_id_for, peek_command, to_envelope
+from events.commands import PlaceOrder, RefusedCommand, order_id_for, peek_command, to_envelope
 from events.order import one_line_per_product
 from events.personal import PersonalData
 from events.topics import COMMANDS
@@ -483,6 +483,9 @@ class CommandView(BaseModel):
 
 
 _APPLIED = {"PlaceOrder": "placed", "CancelOrder": "cancelled"}
+#: The deliveries of a command a customer may read the outcome of (``get_command``): a
+#: command that could not be read is its sender's only on an order of its own.
+_CUSTOMERS_READ = [*_APPLIED, RefusedCommand.event_type]
 
 
 @router.get(
@@ -504,27 +507,29 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
     a refused command (an overloaded order service) lasted a minute and learnt nothing."""
     me = _only(principal)
     async with db.engine.connect() as conn:
-        # a customer's: the orders of its own on which the command was (not a stranger's
-        # command: of someone who may act for them). The outcome and refusals are read there
-        # only: a CancelOrder of its own order under another customer's command id once
-        # showed it the other's order, status and reason (an attack trial)
+        # a customer's: the deliveries of the command that are its own — commands not a
+        # stranger's (of someone who may act for the order) about its orders, a PlaceOrder
+        # for itself (whoever's order its id names now) — and only their outcome and
+        # refusals are read: a CancelOrder of a customer's own order under another's command
+        # id showed it the other's order, status and reason, and an order placed under the id
+        # of another customer's refused PlaceOrder showed its owner her refusal (attack trials)
         params: dict[str, Any] = {"c": str(command_id)}
         if me is not None:
             params["mine"] = list(
                 await conn.scalars(
                     text(
-                        "SELECT DISTINCT c.order_id FROM saga_events c"
-                        " LEFT JOIN orders o ON o.order_id = c.order_id"
+                        "SELECT c.event_id FROM saga_events c LEFT JOIN orders o ON o.order_id = c.order_id"
                         " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c"
-                        " AND NOT c.from_stranger AND c.event_type IN ('PlaceOrder', 'CancelOrder')"
-                        " AND coalesce(o.customer_id, c.payload->>'customer_id') = :me"
+                        " AND NOT c.from_stranger AND c.event_type = ANY(:types)"
+                        " AND CASE c.event_type WHEN :place THEN c.payload->>'customer_id'"
+                        " ELSE o.customer_id END = :me"
                     ),
-                    {**params, "me": me},
+                    {**params, "me": me, "types": _CUSTOMERS_READ, "place": PlaceOrder.event_type},
                 )
             )
             if not params["mine"]:
                 raise HTTPException(404, f"command {command_id} not found")
-        only = "" if me is None else " AND c.order_id = ANY(:mine) AND NOT c.from_stranger"
+        applied_only = "" if me is None else " AND c.event_id = ANY(:mine)"
         # a delivery of the command was applied when it caused the order's event (a refused
         # delivery caused a CommandRejected; a repeated one, nothing). Both reads say
         # ``payload ? 'command_id'``, the predicate of the partial index that finds a
@@ -538,7 +543,9 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
                     " AND r.event_type IN ('OrderCreated', 'OrderCancelled')"
                     " JOIN orders o ON o.order_id = c.order_id"
                     " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c"
-                    " AND c.event_type IN ('PlaceOrder', 'CancelOrder')" + only + " ORDER BY c.seq LIMIT 1"
+                    " AND c.event_type IN ('PlaceOrder', 'CancelOrder')"
+                    + applied_only
+                    + " ORDER BY c.seq LIMIT 1"
                 ),
                 params,
             )
@@ -548,7 +555,9 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
                 text(
                     "SELECT c.order_id, c.payload FROM saga_events c"
                     " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c"
-                    " AND c.event_type = 'CommandRejected'" + only + " ORDER BY c.seq DESC LIMIT 1"
+                    " AND c.event_type = 'CommandRejected'"
+                    + ("" if me is None else " AND c.causation_id = ANY(:mine)")
+                    + " ORDER BY c.seq DESC LIMIT 1"
                 ),
                 params,
             )

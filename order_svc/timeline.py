@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from events.commands import PlaceOrder
 from events.order import CommandRejected
 from saga_kit import sql, tracing
 from saga_kit.db import Delivery, UnitOfWork
@@ -60,12 +61,21 @@ def record(uow: UnitOfWork, deliveries: Sequence[Delivery], strangers: Collectio
 
 
 async def load(conn: AsyncConnection, order_id: Any) -> list[dict[str, Any]]:
+    """The order's timeline, oldest first: its events but a stranger's (``record``) and a
+    ``PlaceOrder`` for another customer than the order's, with its answer. Such a
+    ``PlaceOrder`` was refused before the order existed (admission: it may be sent again
+    under its id), so it was no stranger's then; another customer who placed an order
+    under that id afterwards was shown it, its customer and items (an attack trial)."""
     rows = await conn.execute(
         text(
             "SELECT seq, event_id, event_type, producer, occurred_at, causation_id, payload, trace_id"
-            " FROM saga_events WHERE order_id = :o AND NOT from_stranger ORDER BY occurred_at, seq"
+            " FROM saga_events e WHERE order_id = :o AND NOT from_stranger"
+            " AND NOT EXISTS (SELECT 1 FROM saga_events p JOIN orders o ON o.order_id = p.order_id"
+            " WHERE p.event_id IN (e.event_id, e.causation_id) AND p.order_id = :o AND p.event_type = :place"
+            " AND p.payload->>'customer_id' IS DISTINCT FROM o.customer_id)"
+            " ORDER BY occurred_at, seq"
         ),
-        {"o": order_id},
+        {"o": order_id, "place": PlaceOrder.event_type},
     )
     return [dict(row._mapping) for row in rows]
 

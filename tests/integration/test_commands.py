@@ -778,6 +778,34 @@ async def test_a_place_order_placed_when_sent_again_after_a_refusal_is_in_its_or
     assert [e["event_type"] for e in shown] == ["PlaceOrder", "CommandRejected", "OrderCreated"]
 
 
+async def test_an_order_placed_under_the_id_of_anothers_refused_place_order_shows_none_of_it(
+    order: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PlaceOrder refused by admission leaves its id free, to be sent again. Another
+    customer who placed an order under that id was shown, in his timeline and at
+    ``GET /commands/{id}``, her PlaceOrder (her name, her items) and its refusal, and she
+    lost sight of her own command (an attack trial)."""
+    await _refusing_every_order(order, monkeypatch)
+    hers = place("ada")
+    oid = order_id_for(hers.command_id)
+    await send(order, hers)
+    _admitting_every_order(monkeypatch)
+    his = place("ben", quantity=2, command_id=hers.command_id)
+    await send(order, his)
+    assert await order.scalar("SELECT customer_id FROM orders WHERE order_id = :o", o=oid) == "ben"
+    async with order.db.engine.connect() as conn:
+        shown = await timeline.load(conn, oid)
+    assert [(e["event_type"], e["payload"].get("customer_id")) for e in shown] == [
+        ("PlaceOrder", "ben"),
+        ("OrderCreated", "ben"),
+    ]
+    ada, ben = (Principal(c, frozenset({Role.CUSTOMER})) for c in ("ada", "ben"))
+    as_ada = await get_command(hers.command_id, order.db, ada)
+    assert (as_ada.outcome, as_ada.reason) == ("rejected", "overloaded"), as_ada
+    as_ben = await get_command(hers.command_id, order.db, ben)
+    assert (as_ben.outcome, as_ben.status, as_ben.reason, as_ben.detail) == ("placed", "PENDING", None, None)
+
+
 async def test_a_refused_command_is_counted_under_the_command_it_says_it_is(order: ServiceUnderTest) -> None:
     """An invalid PlaceOrder was counted ``<unknown>`` in ``saga_events_consumed_total``,
     the label of a header naming no type (an attack trial): it is a PlaceOrder, handled
