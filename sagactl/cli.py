@@ -1034,7 +1034,7 @@ def place(
     sent = {"command_id": str(command.command_id), "order_id": str(order_id_for(command.command_id))}
     _send_command(bootstrap, command, ctx.obj.token, sent["order_id"])
     said = f"sent PlaceOrder (order {sent['order_id']}), command {sent['command_id']}"
-    _settle(ctx, output, sent, said, wait is not False)
+    _settle(ctx, output, sent, said, wait is not False, placing=True)
 
 
 def _await_outcome(ctx: typer.Context, order: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
@@ -1167,7 +1167,14 @@ def command_outcome(
     """What became of a command sent on Kafka (a customer's own, any for an operator):
     applied, and its order's status now; refused, and why; dead-lettered (held, or
     discarded: an operator's to read); or not taken yet."""
-    r = _call(ctx, "order", "GET", f"/commands/{command_id}")
+    path = f"/commands/{command_id}"
+    response = _request(ctx, "order", "GET", path)
+    if response.status_code == 404:  # a customer's: not its command, or not taken yet
+        _fail(
+            f"{_refusal('order', response)}: not taken yet (ask again in a moment), or not a command"
+            " about your orders (an order's id is followed with sagactl saga)"
+        )
+    r = _answer(ctx, "order", "GET", path, response)
 
     def said() -> str:
         outcome, order = r["outcome"], r["order_id"]
@@ -1199,6 +1206,8 @@ def cancel(
         look = f"; see whether it was: sagactl saga {order_id}"
         r = _call(ctx, "order", "POST", f"/orders/{order_id}/cancel", look)
         _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}, compensation under way")
+        if output is not Output.json:  # as place says where its outcome will be
+            errors.print(f"follow it: sagactl saga {r['order_id'][:8]}", style="dim")
         return
     # a command for an order that cannot be cancelled, or that the token may not see, is
     # refused: a customer's wait ended in the CANCELLED of an order cancelled before, as
@@ -1216,7 +1225,7 @@ def cancel(
     command = CancelOrder(command_id=uuid.uuid4(), order_id=uuid.UUID(order_id))
     _send_command(bootstrap, command, ctx.obj.token, order_id)
     sent = {"command_id": str(command.command_id), "order_id": order_id}
-    _settle(ctx, output, sent, f"sent CancelOrder {sent['command_id']}", wait)
+    _settle(ctx, output, sent, f"sent CancelOrder {sent['command_id']}", wait, placing=False)
 
 
 def _settle(
@@ -1225,16 +1234,20 @@ def _settle(
     sent: dict[str, str],
     said: str,
     wait: bool,
+    *,
+    placing: bool,
 ) -> None:
-    """After a command went to Kafka: say so, and with wait show what became of it
-    ('--output json': only that, or sent when not waiting)."""
+    """After a command went to Kafka (placing: a PlaceOrder): say so, and with wait show
+    what became of it ('--output json': only that, or sent when not waiting)."""
     if output is not Output.json:
         console.print(said, soft_wrap=True)
     if not wait:
         if output is Output.json:
             _json(sent)
         else:  # sent, not taken yet: where its outcome will be
-            errors.print(f"follow it: {_followed(sent['command_id'], sent['order_id'])}", style="dim")
+            errors.print(
+                f"follow it: {_followed(sent['command_id'], sent['order_id'], placing)}", style="dim"
+            )
         return
     r = _await_command(ctx, sent)
     why = f" ({r['order_reason']})" if r.get("order_reason") else ""
@@ -1280,10 +1293,11 @@ def _try_token(ctx: typer.Context, path: str) -> None:
         _fail(f"{_refusal('order', asked)}; a command would be refused with it: nothing was sent")
 
 
-def _followed(command_id: object, order_id: str) -> str:
-    """How a command sent on Kafka is followed: its own outcome, or its order's once the
-    order service has taken it."""
-    return f"sagactl command {command_id}, or sagactl saga {order_id} once the order service has taken it"
+def _followed(command_id: object, order_id: str, placing: bool = True) -> str:
+    """How a command sent on Kafka is followed: its own outcome, or its order's (once the
+    order service has taken it, for a command that places it)."""
+    taken = " once the order service has taken it" if placing else ""
+    return f"sagactl command {command_id}, or sagactl saga {order_id}{taken}"
 
 
 def _need_token(token: str | None) -> None:
@@ -1303,12 +1317,13 @@ def _send_command(bootstrap: str, command: Any, token: str | None, order_id: str
     like an HTTP call). No token is a usage error before anything is sent: the command
     would be refused (``missing_token``), and its outcome only an operator may read (a
     newcomer trial)."""
-    from events.commands import AUTHORIZATION, encode_command
+    from events.commands import AUTHORIZATION, PlaceOrder, encode_command
     from events.topics import COMMANDS
 
     _need_token(token)
     headers = [(AUTHORIZATION, f"Bearer {token}".encode())]
-    look = f"; see whether it was taken: {_followed(command.command_id, order_id)}"
+    followed = _followed(command.command_id, order_id, isinstance(command, PlaceOrder))
+    look = f"; see whether it was taken: {followed}"
     _produce(bootstrap, COMMANDS, encode_command(command), str(command.command_id).encode(), headers, look)
 
 

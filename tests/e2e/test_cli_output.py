@@ -227,6 +227,19 @@ def test_sagactl_places_through_kafka_with_output_json(
     assert sagactl(system, *args, "--bootstrap", system.bootstrap).returncode == 0
     ended = wait_until(lambda: outcome(command_id), 30, "the CancelOrder taken")
     assert ended.startswith(f"command {command_id}: rejected: unknown_order: "), ended
+    # a cancel's order is there to follow at once (it said "once the order service has taken
+    # it", as of a PlaceOrder); over HTTP, where its compensation is followed too
+    cancelled = sagactl(
+        system, "cancel", view["order_id"], "--via", "kafka", "--bootstrap", system.bootstrap, "--no-wait"
+    )
+    command_id = re.fullmatch(r"sent CancelOrder (\S+)\n", cancelled.stdout)[1]
+    assert (
+        cancelled.stderr == f"follow it: sagactl command {command_id}, or sagactl saga {view['order_id']}\n"
+    )
+    placed = as_json(system, "place", customers["ida"], f"{products['pen']}=1", "--wait")
+    over_http = sagactl(system, "cancel", placed["order_id"])
+    assert over_http.stdout.endswith(": CANCELLED, compensation under way\n"), over_http.stdout
+    assert over_http.stderr == f"follow it: sagactl saga {placed['order_id'][:8]}\n"
 
 
 def test_a_command_whose_acknowledgement_was_lost_may_have_been_sent(

@@ -185,6 +185,7 @@ def test_sagactl_with_a_customers_token_follows_its_own_command(
     stranger = system.token(uid("cy"), (Role.CUSTOMER,))
     hidden = sagactl(system, "command", command_id, token=stranger)
     assert hidden.returncode == 1 and "not found" in hidden.stderr, hidden.stdout + hidden.stderr
+    assert "not taken yet (ask again in a moment), or not a command about your orders" in hidden.stderr
     # in the audit trail as the HTTP calls would be: who, what, how it ended
     audited = [
         (e["actor"], e["role"], e["action"], e["outcome"])
