@@ -562,6 +562,24 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
                 params,
             )
         ).first()
+        # a customer's command never applied, whose id another's command has applied since:
+        # her copy sent again was refused as a reused id, as another's (not shown her), and
+        # she was left reading "overloaded: try again under the same command_id" for ever
+        # (an attack trial)
+        taken = (
+            me is not None
+            and applied is None
+            and (refusal is None or refusal.payload.get("reason") != "command_id_reused")
+            and await conn.scalar(
+                text(
+                    "SELECT EXISTS (SELECT 1 FROM saga_events c JOIN saga_events r ON r.order_id = c.order_id"
+                    " AND r.causation_id = c.event_id AND r.event_type IN ('OrderCreated', 'OrderCancelled')"
+                    " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c"
+                    " AND c.event_type IN ('PlaceOrder', 'CancelOrder'))"
+                ),
+                params,
+            )
+        )
         # neither applied nor refused: held as a dead letter (its token's keys away), or
         # discarded from there? Its id as the letter's key (sagactl keys a command by it:
         # a body that is no command at all has it nowhere else), or in the letter's bytes,
@@ -595,6 +613,14 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
             order_reason=applied.reason,
             reason=None if refusal is None else refusal.payload.get("reason"),
             detail=None if refusal is None else _refused_under(applied.event_type, refusal.payload),
+        )
+    if taken:
+        return CommandView(
+            command_id=command_id,
+            order_id=order_id_for(command_id) if refusal is None else refusal.order_id,
+            outcome="rejected",
+            reason="command_id_reused",
+            detail="another command has used this command_id since: send yours again under a new one",
         )
     if refusal is not None:
         return CommandView(

@@ -789,6 +789,9 @@ async def test_an_order_placed_under_the_id_of_anothers_refused_place_order_show
     hers = place("ada")
     oid = order_id_for(hers.command_id)
     await send(order, hers)
+    ada, ben = (Principal(c, frozenset({Role.CUSTOMER})) for c in ("ada", "ben"))
+    as_ada = await get_command(hers.command_id, order.db, ada)
+    assert (as_ada.outcome, as_ada.reason) == ("rejected", "overloaded"), as_ada
     _admitting_every_order(monkeypatch)
     his = place("ben", quantity=2, command_id=hers.command_id)
     await send(order, his)
@@ -799,11 +802,21 @@ async def test_an_order_placed_under_the_id_of_anothers_refused_place_order_show
         ("PlaceOrder", "ben"),
         ("OrderCreated", "ben"),
     ]
-    ada, ben = (Principal(c, frozenset({Role.CUSTOMER})) for c in ("ada", "ben"))
-    as_ada = await get_command(hers.command_id, order.db, ada)
-    assert (as_ada.outcome, as_ada.reason) == ("rejected", "overloaded"), as_ada
+    # she is told the id is his order's now, not left with "overloaded: try again under the
+    # same command_id" (her retry was refused as a reused id, which she was not shown)
+    for retried in (False, True):
+        if retried:
+            await send(
+                order, place("ada", command_id=hers.command_id).model_copy(update={"deadline_seconds": 120})
+            )
+        as_ada = await get_command(hers.command_id, order.db, ada)
+        assert (as_ada.outcome, as_ada.order_id, as_ada.reason) == ("rejected", oid, "command_id_reused"), (
+            as_ada
+        )
+        assert as_ada.detail is not None and "send yours again under a new one" in as_ada.detail
     as_ben = await get_command(hers.command_id, order.db, ben)
     assert (as_ben.outcome, as_ben.status, as_ben.reason, as_ben.detail) == ("placed", "PENDING", None, None)
+    assert (await get_command(hers.command_id, order.db, ben)).reason is None  # hers is none of his
 
 
 async def test_a_refused_command_is_counted_under_the_command_it_says_it_is(order: ServiceUnderTest) -> None:
