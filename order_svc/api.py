@@ -529,23 +529,21 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
             )
             if not params["mine"]:
                 raise HTTPException(404, f"command {command_id} not found")
-        applied_only = "" if me is None else " AND c.event_id = ANY(:mine)"
         # a delivery of the command was applied when it caused the order's event (a refused
-        # delivery caused a CommandRejected; a repeated one, nothing). Both reads say
+        # delivery caused a CommandRejected; a repeated one, nothing): one at most, as an id
+        # applied once is refused to any other command. Both reads say
         # ``payload ? 'command_id'``, the predicate of the partial index that finds a
         # command by its id (saga_events_by_command): without it the planner cannot use
         # the index and reads the whole timeline, which is never pruned
         applied = (
             await conn.execute(
                 text(
-                    "SELECT c.event_type, c.order_id, o.status, o.reason FROM saga_events c"
+                    "SELECT c.event_id, c.event_type, c.order_id, o.status, o.reason FROM saga_events c"
                     " JOIN saga_events r ON r.order_id = c.order_id AND r.causation_id = c.event_id"
                     " AND r.event_type IN ('OrderCreated', 'OrderCancelled')"
                     " JOIN orders o ON o.order_id = c.order_id"
                     " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c"
-                    " AND c.event_type IN ('PlaceOrder', 'CancelOrder')"
-                    + applied_only
-                    + " ORDER BY c.seq LIMIT 1"
+                    " AND c.event_type IN ('PlaceOrder', 'CancelOrder') ORDER BY c.seq LIMIT 1"
                 ),
                 params,
             )
@@ -562,24 +560,14 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
                 params,
             )
         ).first()
-        # a customer's command never applied, whose id another's command has applied since:
-        # her copy sent again was refused as a reused id, as another's (not shown her), and
-        # she was left reading "overloaded: try again under the same command_id" for ever
-        # (an attack trial)
-        taken = (
-            me is not None
-            and applied is None
-            and (refusal is None or refusal.payload.get("reason") != "command_id_reused")
-            and await conn.scalar(
-                text(
-                    "SELECT EXISTS (SELECT 1 FROM saga_events c JOIN saga_events r ON r.order_id = c.order_id"
-                    " AND r.causation_id = c.event_id AND r.event_type IN ('OrderCreated', 'OrderCancelled')"
-                    " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c"
-                    " AND c.event_type IN ('PlaceOrder', 'CancelOrder'))"
-                ),
-                params,
-            )
-        )
+        # another's delivery applied is not a customer's outcome: its id is taken. Her copy
+        # sent again was refused as a reused id, as another's (not shown her), and she was
+        # left reading "overloaded: try again under the same command_id" for ever (an
+        # attack trial)
+        taken = False
+        if me is not None and applied is not None and applied.event_id not in params["mine"]:
+            applied = None
+            taken = refusal is None or refusal.payload.get("reason") != "command_id_reused"
         # neither applied nor refused: held as a dead letter (its token's keys away), or
         # discarded from there? Its id as the letter's key (sagactl keys a command by it:
         # a body that is no command at all has it nowhere else), or in the letter's bytes,

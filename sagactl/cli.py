@@ -1293,7 +1293,7 @@ def _try_token(ctx: typer.Context, path: str) -> None:
         _fail(f"{_refusal('order', asked)}; a command would be refused with it: nothing was sent")
 
 
-def _followed(command_id: object, order_id: str, placing: bool = True) -> str:
+def _followed(command_id: object, order_id: str, placing: bool) -> str:
     """How a command sent on Kafka is followed: its own outcome, or its order's (once the
     order service has taken it, for a command that places it)."""
     taken = " once the order service has taken it" if placing else ""
