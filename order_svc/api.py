@@ -509,10 +509,13 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
     async with db.engine.connect() as conn:
         # a customer's: the deliveries of the command that are its own — commands not a
         # stranger's (of someone who may act for the order) about its orders, a PlaceOrder
-        # for itself (whoever's order its id names now) — and only their outcome and
-        # refusals are read: a CancelOrder of a customer's own order under another's command
-        # id showed it the other's order, status and reason, and an order placed under the id
-        # of another customer's refused PlaceOrder showed its owner her refusal (attack trials)
+        # for itself (whoever's order its id names now; under an id another's order holds,
+        # it is a stranger's to that order, but refused ``command_id_reused`` it was let in
+        # first: sent by someone who may act for her, who read 404 for ever, a trial) — and
+        # only their outcome and refusals are read: a CancelOrder of a customer's own order
+        # under another's command id showed it the other's order, status and reason, and an
+        # order placed under the id of another customer's refused PlaceOrder showed its owner
+        # her refusal (attack trials)
         params: dict[str, Any] = {"c": str(command_id)}
         if me is not None:
             params["mine"] = list(
@@ -520,7 +523,11 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
                     text(
                         "SELECT c.event_id FROM saga_events c LEFT JOIN orders o ON o.order_id = c.order_id"
                         " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c"
-                        " AND NOT c.from_stranger AND c.event_type = ANY(:types)"
+                        " AND c.event_type = ANY(:types) AND (NOT c.from_stranger OR c.event_type = :place"
+                        " AND EXISTS (SELECT 1 FROM saga_events r WHERE r.payload ? 'command_id'"
+                        " AND r.payload->>'command_id' = :c AND r.causation_id = c.event_id"
+                        " AND r.event_type = 'CommandRejected'"
+                        " AND r.payload->>'reason' = 'command_id_reused'))"
                         " AND CASE c.event_type WHEN :place THEN c.payload->>'customer_id'"
                         " ELSE o.customer_id END = :me"
                     ),

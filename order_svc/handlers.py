@@ -554,6 +554,11 @@ def _audited(state: Orders, event: Envelope[Any], replies: Replies) -> Replies:
     return replies
 
 
+#: What to do about a ``PlaceOrder`` refused as a reused command id: the id is taken for
+#: good, so sending it again under the same one can only be refused again.
+_UNDER_A_NEW_ID = "send yours again under a new one"
+
+
 def _for_another(event: Envelope[Any], owner: str, sender: auth.Principal) -> bool:
     """Whether ``event`` is a ``PlaceOrder`` for another customer than ``owner``, whose
     order its command id names: refused (``command_id_reused``), and no part of her saga,
@@ -595,7 +600,7 @@ def _place(state: Orders, event: Envelope[PlaceOrder]) -> Replies:
         detail = "a customer may place orders for itself only"
         return [_rejected(command.command_id, "PlaceOrder", "forbidden", detail)]
     if state.used_command_ids.get(command.command_id, ("PlaceOrder",))[0] != "PlaceOrder":
-        detail = "this command_id was used by a CancelOrder"
+        detail = f"this command_id was used by a CancelOrder: {_UNDER_A_NEW_ID}"
         return [_rejected(command.command_id, "PlaceOrder", "command_id_reused", detail)]
     requested = request_hash(command.customer_id, command.items, command.deadline_seconds)
     existing = state.orders.get(event.order_id)
@@ -604,7 +609,10 @@ def _place(state: Orders, event: Envelope[PlaceOrder]) -> Replies:
             return []  # placed before: nothing to do again
         return [
             _rejected(
-                command.command_id, "PlaceOrder", "command_id_reused", "this command_id placed another order"
+                command.command_id,
+                "PlaceOrder",
+                "command_id_reused",
+                f"this command_id placed another order: {_UNDER_A_NEW_ID}",
             )
         ]
     seconds = command.deadline_seconds or _defaults["deadline_seconds"]

@@ -552,8 +552,8 @@ async def test_a_strangers_command_stays_out_of_the_victims_timeline(
     )  # hers, applied; her copy refused last
     assert (reused.outcome, reused.reason) == ("placed", "invalid_command")
     # she reads her own commands as her timeline shows them, not a stranger's copy under
-    # their ids (max's, refused last); max reads none of them, nor his own about her order
-    # (it is a 404 to him, as over HTTP)
+    # their ids (max's, refused last); max reads none of them, and of his own PlaceOrder
+    # under her id only its refusal: nothing of her order (he read 404 for ever: a trial)
     await by(mx, place("max", command_id=placed.command_id))
     latest = await get_command(placed.command_id, order.db, UNAUTHENTICATED)
     assert (latest.outcome, latest.reason) == ("placed", "command_id_reused")  # the operator sees all
@@ -567,8 +567,9 @@ async def test_a_strangers_command_stays_out_of_the_victims_timeline(
         ("cancelled", None),
         ("rejected", "order_not_cancellable"),
     ]
+    his_copy = await get_command(placed.command_id, order.db, as_max)
+    assert (his_copy.outcome, his_copy.status, his_copy.reason) == ("rejected", None, "command_id_reused")
     for cid, principal in [
-        (placed.command_id, as_max),
         (again.command_id, as_max),
         (strangers["unknown_order"][1].command_id, as_max),
         (strangers["missing_token"][1].command_id, as_kim),  # not hers: no one may act
@@ -814,6 +815,13 @@ async def test_an_order_placed_under_the_id_of_anothers_refused_place_order_show
             as_ada
         )
         assert as_ada.detail is not None and "send yours again under a new one" in as_ada.detail
+    # one who never sent under the id before reads her refusal too: it is a stranger's to
+    # his order, but let in before it was refused (she read 404 for ever: a trial)
+    cy = Principal("cy", frozenset({Role.CUSTOMER}))
+    await send(order, place("cy", command_id=hers.command_id))
+    as_cy = await get_command(hers.command_id, order.db, cy)
+    assert (as_cy.outcome, as_cy.order_id, as_cy.reason) == ("rejected", oid, "command_id_reused"), as_cy
+    assert as_cy.detail == "this command_id placed another order: send yours again under a new one"
     as_ben = await get_command(hers.command_id, order.db, ben)
     assert (as_ben.outcome, as_ben.status, as_ben.reason, as_ben.detail) == ("placed", "PENDING", None, None)
     assert (await get_command(hers.command_id, order.db, ben)).reason is None  # hers is none of his
