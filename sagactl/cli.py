@@ -868,6 +868,23 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 KafkaBootstrap = Annotated[
     str, typer.Option("--bootstrap", envvar="SAGACTL_KAFKA_BOOTSTRAP", help="the broker, for --via kafka")
 ]
+
+
+def _kafka_only(ctx: typer.Context, via: str, **options: str) -> None:
+    """A usage error (exit 2) when an option of ``--via kafka`` (parameter name → as
+    typed) was given on the command line of an HTTP call: it was ignored, so ``cancel
+    --no-wait`` or ``place --bootstrap host:port`` without ``--via kafka`` went through the
+    API as if it had not been said (a trial). From the environment
+    (``SAGACTL_KAFKA_BOOTSTRAP``) it stays quiet: that is for whichever command wants it."""
+    if via == "kafka":
+        return
+    # by its name: typer's context is its own copy of click's, whose enum is not click's
+    sources = {name: ctx.get_parameter_source(key) for key, name in options.items()}
+    given = [name for name, source in sources.items() if source is not None and source.name == "COMMANDLINE"]
+    if given:
+        _fail(f"{' and '.join(given)} is for --via kafka: this goes through the API (--via http)", USAGE)
+
+
 #: publish's: it always goes to the broker (it has no --via).
 PublishBootstrap = Annotated[
     str, typer.Option("--bootstrap", envvar="SAGACTL_KAFKA_BOOTSTRAP", help="the broker to send it to")
@@ -990,6 +1007,7 @@ def place(
         if any(line["product_id"] == product for line in lines):
             _fail(f"{product!r} is named twice: name it once, with the quantity of both", USAGE)
         lines.append({"product_id": product, "quantity": int(quantity)})
+    _kafka_only(ctx, via, bootstrap="--bootstrap")
     body: dict[str, Any] = {"customer_id": customer_id, "items": lines}
     if deadline_seconds is not None:
         body["deadline_seconds"] = deadline_seconds
@@ -1201,6 +1219,7 @@ def cancel(
     output: OutputOpt = Output.text,
 ) -> None:
     """Cancel a PENDING or APPROVED order; its stock is released and its charge refunded."""
+    _kafka_only(ctx, via, bootstrap="--bootstrap", wait="--wait/--no-wait")
     order_id = _order_id(ctx, order_id)
     if via == "http":
         look = f"; see whether it was: sagactl saga {order_id}"
@@ -1225,7 +1244,8 @@ def cancel(
     command = CancelOrder(command_id=uuid.uuid4(), order_id=uuid.UUID(order_id))
     _send_command(bootstrap, command, ctx.obj.token, order_id)
     sent = {"command_id": str(command.command_id), "order_id": order_id}
-    _settle(ctx, output, sent, f"sent CancelOrder {sent['command_id']}", wait, placing=False)
+    said = f"sent CancelOrder (order {order_id}), command {sent['command_id']}"
+    _settle(ctx, output, sent, said, wait, placing=False)
 
 
 def _settle(

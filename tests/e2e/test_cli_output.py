@@ -232,7 +232,9 @@ def test_sagactl_places_through_kafka_with_output_json(
     cancelled = sagactl(
         system, "cancel", view["order_id"], "--via", "kafka", "--bootstrap", system.bootstrap, "--no-wait"
     )
-    command_id = re.fullmatch(r"sent CancelOrder (\S+)\n", cancelled.stdout)[1]
+    said = re.fullmatch(r"sent CancelOrder \(order (\S+)\), command (\S+)\n", cancelled.stdout)
+    assert said is not None and said[1] == view["order_id"], cancelled.stdout
+    command_id = said[2]
     assert (
         cancelled.stderr == f"follow it: sagactl command {command_id}, or sagactl saga {view['order_id']}\n"
     )
