@@ -137,6 +137,13 @@ class Orders:
     #: The batch's command ids already used → (the command type, the order it acted on):
     #: a command id is used once (loaded, then kept up to date as the batch applies).
     used_command_ids: dict[uuid.UUID, tuple[str, uuid.UUID]] = field(default_factory=dict)
+    #: The batch's command ids a customer's ``PlaceOrder`` was sent under → that customer:
+    #: the first to send one under it that was no stranger's. One that placed no order (refused
+    #: by admission, to be sent again under the same id) stays hers: another customer's
+    #: ``PlaceOrder`` under it, or a ``CancelOrder``, is refused (``command_id_reused``).
+    #: Once, whoever learnt the id placed an order under it first, and its customer's retry
+    #: was refused (an attack trial).
+    reserved_ids: dict[uuid.UUID, str] = field(default_factory=dict)
     #: The audit entries of the batch's commands (``_audited``), appended by ``save`` in the
     #: batch's transaction: a command is audited as the HTTP call it stands for is.
     audit_entries: list[str] = field(default_factory=list)
@@ -192,9 +199,23 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
     if command_ids:
         queries.append(
             (
-                "SELECT order_id, command_id, cancel_command_id FROM orders"
-                f" WHERE command_id IN {sql.UUIDS} OR cancel_command_id IN {sql.UUIDS}",
+                # one index each: with OR, a sequential scan of every order
+                f"SELECT order_id, command_id, cancel_command_id FROM orders WHERE command_id IN {sql.UUIDS}"
+                " UNION SELECT order_id, command_id, cancel_command_id FROM orders"
+                f" WHERE cancel_command_id IN {sql.UUIDS}",
                 {"ids": sql.values(command_ids)},
+            )
+        )
+        # the first PlaceOrder under each id recorded as its customer's (no stranger's),
+        # found by the timeline's command-id index (its predicate said, so that it is used)
+        queries.append(
+            (
+                "SELECT DISTINCT ON (payload->>'command_id') payload->>'command_id' AS command_id,"
+                " payload->>'customer_id' AS customer_id FROM saga_events"
+                " WHERE payload ? 'command_id' AND payload->>'command_id'"
+                " = ANY(ARRAY(SELECT json_array_elements_text(CAST(%(keys)s AS json))))"
+                " AND event_type = %(place)s AND NOT from_stranger ORDER BY payload->>'command_id', seq",
+                {"keys": sql.values(command_ids), "place": PlaceOrder.event_type},
             )
         )
     placing = any(isinstance(e.payload, PlaceOrder) for e in events)
@@ -211,6 +232,8 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
         )
     orders, *more = await uow.read(*queries)
     used = more.pop(0) if command_ids else ()
+    if command_ids:
+        state.reserved_ids = {uuid.UUID(row.command_id): row.customer_id for row in more.pop(0)}
     if placing:
         state.backlog = admission.Backlog.of(more.pop(0)[0])
     lines = more
@@ -576,11 +599,14 @@ def _for_another(event: Envelope[Any], owner: str, sender: auth.Principal) -> bo
 def _owner(state: Orders, event: Envelope[Any]) -> str | None:
     """The customer whose order the command ``event`` is about: its order's, or for a
     ``PlaceOrder`` whose order does not exist (yet: refused by admission, placed when
-    sent again) the customer it is placed for; None when there is no such order."""
+    sent again) the customer its id is reserved for (``Orders.reserved_ids``), else the one it
+    is placed for; None when there is no such order."""
     order = state.orders.get(event.order_id)
     if order is not None:
         return order.customer_id
-    return event.payload.customer_id if isinstance(event.payload, PlaceOrder) else None
+    if isinstance(event.payload, PlaceOrder):
+        return state.reserved_ids.get(event.payload.command_id, event.payload.customer_id)
+    return None
 
 
 @reactions.on(PlaceOrder)
@@ -615,6 +641,9 @@ def _place(state: Orders, event: Envelope[PlaceOrder]) -> Replies:
                 f"this command_id placed another order: {_UNDER_A_NEW_ID}",
             )
         ]
+    if state.reserved_ids.setdefault(command.command_id, command.customer_id) != command.customer_id:
+        detail = f"this command_id is another customer's PlaceOrder's: {_UNDER_A_NEW_ID}"
+        return [_rejected(command.command_id, "PlaceOrder", "command_id_reused", detail)]
     seconds = command.deadline_seconds or _defaults["deadline_seconds"]
     refusal = admission.judge(
         state.backlog or admission.Backlog(0, 0.0, 0.0),
@@ -678,6 +707,9 @@ def _cancel(state: Orders, event: Envelope[CancelOrder]) -> Replies:
         detail = f"this command_id was used by a {used[0]} of another order"
         if used[0] == "PlaceOrder" and used[1] == event.order_id:
             detail = "this command_id placed this order"
+        return [_rejected(command.command_id, "CancelOrder", "command_id_reused", detail)]
+    if command.command_id in state.reserved_ids:  # a PlaceOrder's, to be sent again under it
+        detail = "this command_id was used by a PlaceOrder"
         return [_rejected(command.command_id, "CancelOrder", "command_id_reused", detail)]
     reason: CancelReason = "cancelled_by_operator" if caller.operator else "cancelled_by_customer"
     order.move(OrderStatus.CANCELLED, reason)

@@ -19,6 +19,7 @@ from fastapi import HTTPException
 from events import OrderLine, decode
 from events.commands import AUTHORIZATION, CancelOrder, PlaceOrder, encode_command, order_id_for
 from events.envelope import Envelope
+from events.order import CommandRejected
 from events.topics import COMMANDS
 from order_svc import handlers, timeline
 from order_svc.api import get_command, get_saga
@@ -779,52 +780,72 @@ async def test_a_place_order_placed_when_sent_again_after_a_refusal_is_in_its_or
     assert [e["event_type"] for e in shown] == ["PlaceOrder", "CommandRejected", "OrderCreated"]
 
 
-async def test_an_order_placed_under_the_id_of_anothers_refused_place_order_shows_none_of_it(
+async def test_the_id_of_a_refused_place_order_stays_its_customers(
     order: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A PlaceOrder refused by admission leaves its id free, to be sent again. Another
-    customer who placed an order under that id was shown, in his timeline and at
-    ``GET /commands/{id}``, her PlaceOrder (her name, her items) and its refusal, and she
-    lost sight of her own command (an attack trial)."""
+    """A PlaceOrder refused by admission leaves its id to be sent again. Another customer
+    who learnt the id placed an order under it first (an attack trial): shown her
+    PlaceOrder and its refusal, until that was mended, and her retry was refused as a
+    reused id. The id is hers now: his PlaceOrder under it, and a CancelOrder of his own
+    order under it, are refused (``command_id_reused``) and none of her business, and her
+    retry places her order."""
     await _refusing_every_order(order, monkeypatch)
     hers = place("ada")
     oid = order_id_for(hers.command_id)
     await send(order, hers)
-    ada, ben = (Principal(c, frozenset({Role.CUSTOMER})) for c in ("ada", "ben"))
+    ada, ben, cy = (Principal(c, frozenset({Role.CUSTOMER})) for c in ("ada", "ben", "cy"))
     as_ada = await get_command(hers.command_id, order.db, ada)
     assert (as_ada.outcome, as_ada.reason) == ("rejected", "overloaded"), as_ada
     _admitting_every_order(monkeypatch)
-    his = place("ben", quantity=2, command_id=hers.command_id)
-    await send(order, his)
-    assert await order.scalar("SELECT customer_id FROM orders WHERE order_id = :o", o=oid) == "ben"
+    await send(order, place("ben", quantity=2, command_id=hers.command_id))
+    his_own = place("ben")
+    await send(order, his_own)
+    await send(order, CancelOrder(command_id=hers.command_id, order_id=order_id_for(his_own.command_id)))
+    assert await order.scalar("SELECT count(*) FROM orders WHERE order_id = :o", o=oid) == 0
+    assert (
+        await order.scalar(
+            "SELECT status FROM orders WHERE order_id = :o", o=order_id_for(his_own.command_id)
+        )
+        == "PENDING"
+    )
+    as_ben = await get_command(hers.command_id, order.db, ben)
+    assert (as_ben.outcome, as_ben.status, as_ben.reason, as_ben.detail) == (
+        "rejected",
+        None,
+        "command_id_reused",
+        "this command_id was used by a PlaceOrder",
+    ), as_ben
+    as_ada = await get_command(hers.command_id, order.db, ada)
+    assert (as_ada.outcome, as_ada.reason) == ("rejected", "overloaded"), as_ada  # nothing of his
+    await send(order, hers)  # sent again, as her refusal said
+    as_ada = await get_command(hers.command_id, order.db, ada)
+    # (her own copy's refusal still named, as for any applied command)
+    assert (as_ada.outcome, as_ada.status, as_ada.reason) == ("placed", "PENDING", "overloaded"), as_ada
     async with order.db.engine.connect() as conn:
         shown = await timeline.load(conn, oid)
     assert [(e["event_type"], e["payload"].get("customer_id")) for e in shown] == [
-        ("PlaceOrder", "ben"),
-        ("OrderCreated", "ben"),
+        ("PlaceOrder", "ada"),
+        ("CommandRejected", None),
+        ("OrderCreated", "ada"),
     ]
-    # she is told the id is his order's now, not left with "overloaded: try again under the
-    # same command_id" (her retry was refused as a reused id, which she was not shown)
-    for retried in (False, True):
-        if retried:
-            await send(
-                order, place("ada", command_id=hers.command_id).model_copy(update={"deadline_seconds": 120})
-            )
-        as_ada = await get_command(hers.command_id, order.db, ada)
-        assert (as_ada.outcome, as_ada.order_id, as_ada.reason) == ("rejected", oid, "command_id_reused"), (
-            as_ada
-        )
-        assert as_ada.detail is not None and "send yours again under a new one" in as_ada.detail
-    # one who never sent under the id before reads her refusal too: it is a stranger's to
-    # his order, but let in before it was refused (she read 404 for ever: a trial)
-    cy = Principal("cy", frozenset({Role.CUSTOMER}))
+    refusals = [e.payload for e, _ in await answers(order, oid) if isinstance(e.payload, CommandRejected)]
+    assert [r.reason for r in refusals] == ["overloaded", "command_id_reused"]
+    assert (
+        refusals[1].detail
+        == "this command_id is another customer's PlaceOrder's: send yours again under a new one"
+    )
+    # one who never sent under the id before reads his refusal too: it is a stranger's to
+    # her order, but let in before it was refused (he read 404 for ever: a trial)
     await send(order, place("cy", command_id=hers.command_id))
     as_cy = await get_command(hers.command_id, order.db, cy)
-    assert (as_cy.outcome, as_cy.order_id, as_cy.reason) == ("rejected", oid, "command_id_reused"), as_cy
+    assert (as_cy.outcome, as_cy.order_id, as_cy.status, as_cy.reason) == (
+        "rejected",
+        oid,
+        None,
+        "command_id_reused",
+    ), as_cy
     assert as_cy.detail == "this command_id placed another order: send yours again under a new one"
-    as_ben = await get_command(hers.command_id, order.db, ben)
-    assert (as_ben.outcome, as_ben.status, as_ben.reason, as_ben.detail) == ("placed", "PENDING", None, None)
-    assert (await get_command(hers.command_id, order.db, ben)).reason is None  # hers is none of his
+    assert (await get_command(hers.command_id, order.db, ada)).reason == "overloaded"  # theirs: none of hers
 
 
 async def test_a_refused_command_is_counted_under_the_command_it_says_it_is(order: ServiceUnderTest) -> None:

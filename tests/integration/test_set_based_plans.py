@@ -46,6 +46,7 @@ from events import (
 from events.commands import CancelOrder, PlaceOrder, encode_command
 from events.topics import COMMANDS
 from order_svc import dashboard_api
+from order_svc.admission import BACKLOG_SQL
 from order_svc.api import get_command, list_orders
 from order_svc.cancelling import cancel_overdue
 from order_svc.placing import Placed, Placement, place_orders
@@ -248,9 +249,18 @@ async def test_what_became_of_a_command_is_found_by_index(big: Any, sent: Any) -
     refused = CancelOrder(command_id=uuid.uuid4(), order_id=uuid.uuid4())  # no such order
     for command in (placed, refused):
         assert await order.deliver_bytes(encode_command(command), COMMANDS) is Outcome.HANDLED
+    # taking commands finds the orders and the PlaceOrders that used their ids the same
+    # way (an OR of two columns read every order). Admission's backlog is left out: its
+    # median walks half the PENDING orders by design (``admission.BACKLOG_SQL``), as the
+    # HTTP door's reads do at each refresh
+    database = str(order.db.engine.url.database)
+    sent[database] = {(query, params) for query, params in sent.get(database, ()) if query != BACKLOG_SQL}
+    assert_found_by_index(order, sent)
     sent.clear()
     assert (await get_command(placed.command_id, order.db, auth.UNAUTHENTICATED)).outcome == "placed"
     assert (await get_command(refused.command_id, order.db, auth.UNAUTHENTICATED)).outcome == "rejected"
+    customer = auth.Principal("c1", frozenset({auth.Role.CUSTOMER}))
+    assert (await get_command(placed.command_id, order.db, customer)).outcome == "placed"
     assert_found_by_index(order, sent, at_least=3)
 
 
