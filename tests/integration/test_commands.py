@@ -848,6 +848,26 @@ async def test_the_id_of_a_refused_place_order_stays_its_customers(
     assert (await get_command(hers.command_id, order.db, ada)).reason == "overloaded"  # theirs: none of hers
 
 
+async def test_a_refusal_no_retry_changes_is_read_as_it_was_under_a_taken_id(order: ServiceUnderTest) -> None:
+    """A cancel of a customer's settled order is ``order_not_cancellable`` whatever its
+    command id; read back under an id another's order holds, it was "command_id_reused:
+    … send yours again under a new one" — wrong advice, and it told her whether the id
+    was in use, which the handler's order of checks keeps from her (an attack trial)."""
+    theirs, mine = place("kim"), place("max")
+    for command in (theirs, mine):
+        await send(order, command)
+    settled = order_id_for(mine.command_id)
+    await send(order, CancelOrder(command_id=uuid.uuid4(), order_id=settled))
+    await send(order, CancelOrder(command_id=theirs.command_id, order_id=settled))
+    view = await get_command(theirs.command_id, order.db, Principal("max", frozenset({Role.CUSTOMER})))
+    assert (view.outcome, view.order_id, view.status, view.reason) == (
+        "rejected",
+        settled,
+        None,
+        "order_not_cancellable",
+    ), view
+
+
 async def test_a_refused_command_is_counted_under_the_command_it_says_it_is(order: ServiceUnderTest) -> None:
     """An invalid PlaceOrder was counted ``<unknown>`` in ``saga_events_consumed_total``,
     the label of a header naming no type (an attack trial): it is a PlaceOrder, handled
