@@ -503,15 +503,18 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
     was applied is `placed` or `cancelled` even if a copy under its id was refused before or
     after (a bad token, another body); one never applied is `rejected` with its latest
     refusal. For the operator, a command not processed yet, or never sent, is `unknown`:
-    there is no 404. A customer reads the commands about its own orders, as its order's
-    timeline shows them (those of someone who may act for it), and their refusals: any
-    other command, and one not processed yet, is a 404 (ids do not leak); a dead letter is
+    there is no 404. A customer reads the commands it sent (its token's), and those about
+    its own orders as its order's timeline shows them (those of someone who may act for
+    it), and their refusals: any other command, one refused for its token, and one not
+    processed yet, is a 404 (ids do not leak); a dead letter is
     the operator's. Only the operator could read a command once, so a customer's wait for
     a refused command (an overloaded order service) lasted a minute and learnt nothing."""
     me = _only(principal)
     async with db.engine.connect() as conn:
-        # a customer's: the deliveries of the command that are its own — commands not a
-        # stranger's (of someone who may act for the order) about its orders, a PlaceOrder
+        # a customer's: the deliveries of the command that are its own — those its token
+        # sent (``sender``: her own unreadable command, quantity 0, was a 404 for ever, a
+        # trial), commands not a stranger's (of someone who may act for the order) about
+        # its orders, a PlaceOrder
         # for itself (whoever's order its id names now; under an id another's order holds,
         # it is a stranger's to that order, but refused ``command_id_reused`` it was let in
         # first: sent by someone who may act for her, who read 404 for ever, a trial) — and
@@ -526,13 +529,14 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
                     text(
                         "SELECT c.event_id FROM saga_events c LEFT JOIN orders o ON o.order_id = c.order_id"
                         " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c"
-                        " AND c.event_type = ANY(:types) AND (NOT c.from_stranger OR c.event_type = :place"
+                        " AND c.event_type = ANY(:types) AND (c.sender = :me"
+                        " OR (NOT c.from_stranger OR c.event_type = :place"
                         " AND EXISTS (SELECT 1 FROM saga_events r WHERE r.payload ? 'command_id'"
                         " AND r.payload->>'command_id' = :c AND r.causation_id = c.event_id"
                         " AND r.event_type = 'CommandRejected'"
                         " AND r.payload->>'reason' = 'command_id_reused'))"
                         " AND CASE c.event_type WHEN :place THEN c.payload->>'customer_id'"
-                        " ELSE o.customer_id END = :me"
+                        " ELSE o.customer_id END = :me)"
                     ),
                     {**params, "me": me, "types": _CUSTOMERS_READ, "place": PlaceOrder.event_type},
                 )

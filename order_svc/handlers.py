@@ -438,10 +438,14 @@ def _log_commands(taken: Sequence[tuple[uuid.UUID, str, str, uuid.UUID, str]]) -
 
 
 def observe(uow: UnitOfWork, deliveries: Sequence[Delivery], state: Orders | None) -> None:
-    """Every participant event and command joins its saga's timeline; a command from a
-    stranger (``Orders.strangers``) is recorded as one, and left out of the timeline
-    shown (``order_svc.timeline``)."""
-    timeline.record(uow, deliveries, state.strangers if state is not None else ())
+    """Every participant event and command joins its saga's timeline, a command with who
+    sent it (its token's subject); a command from a stranger (``Orders.strangers``) is
+    recorded as one, and left out of the timeline shown (``order_svc.timeline``)."""
+    if state is None:
+        timeline.record(uow, deliveries)
+        return
+    senders = {e: c.subject for e, c in state.callers.items() if isinstance(c, auth.Principal)}
+    timeline.record(uow, deliveries, state.strangers, senders)
 
 
 reactions: Reactions[Orders] = Reactions(load, save, observe=observe, prepare=authenticate)

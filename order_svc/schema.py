@@ -204,4 +204,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         # unwrapped with each key the service has until the rewrap job names it.
         ("ALTER TABLE customer_keys ADD COLUMN master_key_id TEXT",),
     ),
+    Migration(
+        "order_svc",
+        13,
+        "saga_events_sender",
+        # Who sent a command (its verified token's subject; null for an event, or a command
+        # with no valid token): a customer reads at GET /commands/{id} the commands she sent,
+        # refused or not, whatever order they named (one she could not read — quantity 0, a
+        # reused id — was a 404 for ever: trials).
+        ("ALTER TABLE saga_events ADD COLUMN sender TEXT",),
+    ),
 )

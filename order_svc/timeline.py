@@ -6,7 +6,7 @@ as the outbox row); the participants' events as they are consumed. Idempotent on
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -20,9 +20,16 @@ from saga_kit import sql, tracing
 from saga_kit.db import Delivery, UnitOfWork
 
 
-def record(uow: UnitOfWork, deliveries: Sequence[Delivery], strangers: Collection[uuid.UUID] = ()) -> None:
+def record(
+    uow: UnitOfWork,
+    deliveries: Sequence[Delivery],
+    strangers: Collection[uuid.UUID] = (),
+    senders: Mapping[uuid.UUID, str] | None = None,
+) -> None:
     """Add events to their sagas' timelines (one queued statement); a repeat changes nothing.
-    Each keeps the trace id of the ``traceparent`` it travels with: one saga, one trace.
+    Each keeps the trace id of the ``traceparent`` it travels with: one saga, one trace,
+    and a command the subject of the token it came with, from ``senders`` (event id →
+    subject; ``sender``: whose commands a customer reads, ``GET /commands/{id}``).
 
     The events whose ids are in ``strangers`` (commands from someone who may not act for
     their order) are recorded ``from_stranger``, and so is a ``CommandRejected`` that
@@ -31,11 +38,12 @@ def record(uow: UnitOfWork, deliveries: Sequence[Delivery], strangers: Collectio
     uow.write(
         (
             "INSERT INTO saga_events (event_id, order_id, event_type, producer, occurred_at, causation_id,"
-            " payload, trace_id, from_stranger)"
+            " payload, trace_id, from_stranger, sender)"
             " SELECT e, o, t, p, at, c, CAST(pl AS jsonb), tr,"
-            " coalesce(s, (SELECT x.from_stranger FROM saga_events x WHERE x.event_id = c), true)"
+            " coalesce(s, (SELECT x.from_stranger FROM saga_events x WHERE x.event_id = c), true), b"
             " FROM json_to_recordset(CAST(%(rows)s AS json))"
-            " AS v(e uuid, o uuid, t text, p text, at timestamptz, c uuid, pl json, tr text, s boolean)"
+            " AS v(e uuid, o uuid, t text, p text, at timestamptz, c uuid, pl json, tr text, s boolean,"
+            " b text)"
             " ON CONFLICT (event_id) DO NOTHING"
         ),
         {
@@ -53,6 +61,7 @@ def record(uow: UnitOfWork, deliveries: Sequence[Delivery], strangers: Collectio
                     "s": None
                     if isinstance(d.envelope.payload, CommandRejected)
                     else d.envelope.event_id in strangers,
+                    "b": None if senders is None else senders.get(d.envelope.event_id),
                 }
                 for d in deliveries
             )

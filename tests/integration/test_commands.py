@@ -570,9 +570,11 @@ async def test_a_strangers_command_stays_out_of_the_victims_timeline(
     ]
     his_copy = await get_command(placed.command_id, order.db, as_max)
     assert (his_copy.outcome, his_copy.status, his_copy.reason) == ("rejected", None, "command_id_reused")
+    # his own cancel of her order is his to read: "no order", as over HTTP
+    his_cancel = await get_command(strangers["unknown_order"][1].command_id, order.db, as_max)
+    assert (his_cancel.outcome, his_cancel.status, his_cancel.reason) == ("rejected", None, "unknown_order")
     for cid, principal in [
         (again.command_id, as_max),
-        (strangers["unknown_order"][1].command_id, as_max),
         (strangers["missing_token"][1].command_id, as_kim),  # not hers: no one may act
         (uuid.uuid4(), as_kim),  # not processed yet, or never sent
     ]:
@@ -592,6 +594,40 @@ async def test_a_strangers_command_stays_out_of_the_victims_timeline(
         "command_id_reused",
     ), view
     assert (await get_command(placed.command_id, order.db, as_kim)).reason == "invalid_command"
+
+
+async def test_a_customer_reads_every_command_her_token_sent(
+    order: ServiceUnderTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A customer's own command that could not be read (quantity 0) or that named another
+    customer (``forbidden``) names no order of hers: it was recorded as a stranger's, and
+    ``GET /commands/{id}`` was a 404 for ever to the one who sent it — sagactl said "not
+    taken yet, ask again" (an attack trial). The timeline keeps who sent each command (its
+    token's subject); she reads what became of hers, the one it named does not."""
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_file=str(issuer.jwks_file))
+    monkeypatch.setitem(handlers._commands, "verifier", verifier)
+    kim = issuer.mint("kim", [Role.CUSTOMER])
+    unreadable = json.loads(encode_command(place("kim")))
+    unreadable["payload"]["items"][0]["quantity"] = 0
+    for_max = place("max")
+    for body in (json.dumps(unreadable).encode(), encode_command(for_max)):
+        await order.deliver_bytes(body, COMMANDS, headers=[(AUTHORIZATION, f"Bearer {kim}".encode())])
+    as_kim, as_max = (Principal(c, frozenset({Role.CUSTOMER})) for c in ("kim", "max"))
+    mended = await get_command(uuid.UUID(unreadable["command_id"]), order.db, as_kim)
+    assert (mended.outcome, mended.reason) == ("rejected", "invalid_command"), mended
+    assert mended.detail is not None and "quantity" in mended.detail
+    forbidden = await get_command(for_max.command_id, order.db, as_kim)
+    assert (forbidden.outcome, forbidden.reason) == ("rejected", "forbidden"), forbidden
+    for cid in (uuid.UUID(unreadable["command_id"]), for_max.command_id):
+        with pytest.raises(HTTPException) as refused:
+            await get_command(cid, order.db, as_max)
+        assert refused.value.status_code == 404
+    senders = await order.rows(
+        "SELECT event_type, sender FROM saga_events WHERE payload->>'command_id' = :c ORDER BY seq",
+        c=str(for_max.command_id),
+    )
+    assert [(r.event_type, r.sender) for r in senders] == [("PlaceOrder", "kim"), ("CommandRejected", None)]
 
 
 async def test_a_refusal_of_another_command_type_under_an_applied_id_is_named_as_such(
