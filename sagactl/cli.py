@@ -853,9 +853,11 @@ def dlq_discard(
 
 
 def _check_via(via: str) -> str:
-    if via not in ("http", "kafka"):
+    """http or kafka, in any case (as every other choice sagactl takes: ``--via KAFKA``
+    was a usage error, an attack trial)."""
+    if via.lower() not in ("http", "kafka"):
         raise typer.BadParameter("http or kafka")
-    return via
+    return via.lower()
 
 
 Via = Annotated[
@@ -1190,7 +1192,8 @@ def command_outcome(
     if response.status_code == 404:  # a customer's: not its command, or not taken yet
         _fail(
             f"{_refusal('order', response)}: not taken yet (ask again in a moment), or not a command"
-            " about your orders (an order's id is followed with sagactl saga)"
+            " about your orders, or one refused for its token (an operator reads why); an order's"
+            " id is followed with sagactl saga"
         )
     r = _answer(ctx, "order", "GET", path, response)
 
@@ -1215,7 +1218,15 @@ def cancel(
     order_id: OrderIdArg,
     via: Via = "http",
     bootstrap: KafkaBootstrap = DEFAULT_BOOTSTRAP,
-    wait: Annotated[bool, typer.Option(help="--via kafka: wait for the command's outcome")] = True,
+    wait: Annotated[
+        bool | None,
+        typer.Option(
+            "--wait/--no-wait",
+            help="--via kafka only: wait for the command's outcome (the default there), or not"
+            " (over HTTP the answer is the cancelled order)",
+            show_default=False,
+        ),
+    ] = None,
     output: OutputOpt = Output.text,
 ) -> None:
     """Cancel a PENDING or APPROVED order; its stock is released and its charge refunded."""
@@ -1245,7 +1256,7 @@ def cancel(
     _send_command(bootstrap, command, ctx.obj.token, order_id)
     sent = {"command_id": str(command.command_id), "order_id": order_id}
     said = f"sent CancelOrder (order {order_id}), command {sent['command_id']}"
-    _settle(ctx, output, sent, said, wait, placing=False)
+    _settle(ctx, output, sent, said, wait is not False, placing=False)
 
 
 def _settle(

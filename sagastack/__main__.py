@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             env["SAGA_ISSUER_DIR"] = str(system.run_dir / "keys" / "issuer")
             print("  sagactl:        export " + " ".join(f"{k}={v}" for k, v in env.items()))
         print("  tokens:         export SAGA_TOKEN=$(.venv/bin/sagactl token)   (an operator's;")
-        print("                  a customer's: sagactl token --subject alice --role customer)")
+        print("                  a customer's: .venv/bin/sagactl token --subject alice --role customer)")
         elsewhere = "" if default_dir else f" RUN_DIR={system.run_dir}"
         print(f"  invariants:     make invariants{elsewhere}   (once it settles: docs/design.md §6)")
         if isinstance(system.broker, ApacheKafka) and system.broker.sasl_ssl:

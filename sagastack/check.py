@@ -222,7 +222,7 @@ def _check(run_dir: Path, wait: int) -> int:
         print(
             "dead letters waiting: "
             + ", ".join(f"{name} {n}" for name, n in waiting.items())
-            + " (sagactl dlq): events a service could not take; a saga one of them"
+            + " (sagactl dlq list): events a service could not take; a saga one of them"
             " cut short ended by its deadline, and the invariants cannot tell"
         )
     if not violations:

@@ -119,5 +119,5 @@ def test_pending_dead_letters_are_said_beside_the_verdict(
     monkeypatch.setattr(invariants, "pending_dead_letters", lambda _: {"inventory_svc": 2})
     assert main(["check", "--run-dir", str(tmp_path), "--wait", "0"]) == 0
     out = capsys.readouterr().out
-    assert "dead letters waiting: inventory_svc 2 (sagactl dlq)" in out
+    assert "dead letters waiting: inventory_svc 2 (sagactl dlq list)" in out
     assert out.endswith("every invariant checked holds\n")

@@ -253,6 +253,7 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
         (["--inventory-url", "ftp://x", "dlq", "list"], "URL scheme should be 'http' or 'https'"),
         # a trial: Kafka's options on an HTTP call were ignored, the call made all the same
         (["place", "alice", "w=1", "--bootstrap", "127.0.0.1:1"], "--bootstrap is for --via kafka"),
+        (["place", "alice", "w=1", "--via", "HTTP", "--bootstrap", "h:1"], "--bootstrap is for --via kafka"),
         (
             ["cancel", "0b1c2d3e-0000-4000-8000-000000000003", "--no-wait"],
             "--wait/--no-wait is for --via kafka: this goes through the API (--via http)",
