@@ -527,7 +527,7 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
             params["mine"] = list(
                 await conn.scalars(
                     text(
-                        "SELECT c.event_id FROM saga_events c LEFT JOIN orders o ON o.order_id = c.order_id"
+                        "SELECT c.event_id FROM saga_events c"
                         " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c"
                         " AND c.event_type = ANY(:types) AND (c.sender = :me"
                         " OR (NOT c.from_stranger OR c.event_type = :place"
@@ -536,7 +536,9 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
                         " AND r.event_type = 'CommandRejected'"
                         " AND r.payload->>'reason' = 'command_id_reused'))"
                         " AND CASE c.event_type WHEN :place THEN c.payload->>'customer_id'"
-                        " ELSE o.customer_id END = :me)"
+                        # the order's customer by its key (a join was planned as a hash
+                        # join over every order once the sender was an alternative)
+                        " ELSE (SELECT o.customer_id FROM orders o WHERE o.order_id = c.order_id) END = :me)"
                     ),
                     {**params, "me": me, "types": _CUSTOMERS_READ, "place": PlaceOrder.event_type},
                 )
