@@ -581,9 +581,13 @@ def _audited(state: Orders, event: Envelope[Any], replies: Replies) -> Replies:
     return replies
 
 
-#: What to do about a ``PlaceOrder`` refused as a reused command id: the id is taken for
-#: good, so sending it again under the same one can only be refused again.
+#: What to do about a command refused as a reused command id: the id is taken for good,
+#: so sending it again under the same one can only be refused again.
 _UNDER_A_NEW_ID = "send yours again under a new one"
+#: Why a command under another's command id is refused: no more than that. The kind of
+#: command holding it ("placed another order", "used by a CancelOrder") was named, and
+#: its sender reads its refusal (an attack trial).
+ANOTHER_COMMANDS_ID = f"this command_id is another command's: {_UNDER_A_NEW_ID}"
 
 
 def _for_another(event: Envelope[Any], owner: str, sender: auth.Principal) -> bool:
@@ -630,24 +634,18 @@ def _place(state: Orders, event: Envelope[PlaceOrder]) -> Replies:
         detail = "a customer may place orders for itself only"
         return [_rejected(command.command_id, "PlaceOrder", "forbidden", detail)]
     if state.used_command_ids.get(command.command_id, ("PlaceOrder",))[0] != "PlaceOrder":
-        detail = f"this command_id was used by a CancelOrder: {_UNDER_A_NEW_ID}"
-        return [_rejected(command.command_id, "PlaceOrder", "command_id_reused", detail)]
+        return [_rejected(command.command_id, "PlaceOrder", "command_id_reused", ANOTHER_COMMANDS_ID)]
     requested = request_hash(command.customer_id, command.items, command.deadline_seconds)
     existing = state.orders.get(event.order_id)
     if existing is not None:
         if existing.request_hash == requested:
             return []  # placed before: nothing to do again
-        return [
-            _rejected(
-                command.command_id,
-                "PlaceOrder",
-                "command_id_reused",
-                f"this command_id placed another order: {_UNDER_A_NEW_ID}",
-            )
-        ]
-    if state.reserved_ids.setdefault(command.command_id, command.customer_id) != command.customer_id:
-        detail = f"this command_id is another customer's PlaceOrder's: {_UNDER_A_NEW_ID}"
+        detail = ANOTHER_COMMANDS_ID
+        if existing.customer_id == command.customer_id:  # hers: the same id, another body
+            detail = f"this command_id placed your order with another body: {_UNDER_A_NEW_ID}"
         return [_rejected(command.command_id, "PlaceOrder", "command_id_reused", detail)]
+    if state.reserved_ids.setdefault(command.command_id, command.customer_id) != command.customer_id:
+        return [_rejected(command.command_id, "PlaceOrder", "command_id_reused", ANOTHER_COMMANDS_ID)]
     seconds = command.deadline_seconds or _defaults["deadline_seconds"]
     refusal = admission.judge(
         state.backlog or admission.Backlog(0, 0.0, 0.0),
@@ -707,13 +705,11 @@ def _cancel(state: Orders, event: Envelope[CancelOrder]) -> Replies:
     if transition(order.status, CANCEL_REQUESTED) is None:
         detail = f"the order is {order.status}: only a PENDING or APPROVED order can be cancelled"
         return [_rejected(command.command_id, "CancelOrder", "order_not_cancellable", detail)]
-    if used is not None:
-        detail = f"this command_id was used by a {used[0]} of another order"
-        if used[0] == "PlaceOrder" and used[1] == event.order_id:
-            detail = "this command_id placed this order"
-        return [_rejected(command.command_id, "CancelOrder", "command_id_reused", detail)]
-    if command.command_id in state.reserved_ids:  # a PlaceOrder's, to be sent again under it
-        detail = "this command_id was used by a PlaceOrder"
+    # an id in use (a PlaceOrder's refused, to be sent again under it, included)
+    if used is not None or command.command_id in state.reserved_ids:
+        detail = ANOTHER_COMMANDS_ID
+        if used == ("PlaceOrder", event.order_id):
+            detail = f"this command_id placed this order: {_UNDER_A_NEW_ID}"
         return [_rejected(command.command_id, "CancelOrder", "command_id_reused", detail)]
     reason: CancelReason = "cancelled_by_operator" if caller.operator else "cancelled_by_customer"
     order.move(OrderStatus.CANCELLED, reason)

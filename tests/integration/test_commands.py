@@ -24,7 +24,7 @@ from events.topics import COMMANDS
 from order_svc import handlers, timeline
 from order_svc.api import get_command, get_saga
 from order_svc.errors import IdempotencyKeyReused
-from order_svc.handlers import COMMAND_WITHOUT_A_TOKEN
+from order_svc.handlers import ANOTHER_COMMANDS_ID, COMMAND_WITHOUT_A_TOKEN
 from order_svc.placing import place_order
 from saga_kit import auth, deadletters
 from saga_kit import headers as kafka_headers
@@ -112,6 +112,10 @@ async def test_a_command_id_reused_with_another_body_is_rejected(order: ServiceU
     assert [e.event_type for e, _ in sent] == ["OrderCreated", "CommandRejected"]
     rejected = sent[1][0].payload
     assert (rejected.reason, rejected.command_id) == ("command_id_reused", first.command_id)
+    assert (
+        rejected.detail
+        == "this command_id placed your order with another body: send yours again under a new one"
+    )
     assert await order.scalar("SELECT quantity FROM order_items WHERE order_id = :o", o=oid) == 1
 
 
@@ -849,7 +853,7 @@ async def test_the_id_of_a_refused_place_order_stays_its_customers(
         "rejected",
         None,
         "command_id_reused",
-        "this command_id was used by a PlaceOrder",
+        ANOTHER_COMMANDS_ID,
     ), as_ben
     as_ada = await get_command(hers.command_id, order.db, ada)
     assert (as_ada.outcome, as_ada.reason) == ("rejected", "overloaded"), as_ada  # nothing of his
@@ -866,10 +870,7 @@ async def test_the_id_of_a_refused_place_order_stays_its_customers(
     ]
     refusals = [e.payload for e, _ in await answers(order, oid) if isinstance(e.payload, CommandRejected)]
     assert [r.reason for r in refusals] == ["overloaded", "command_id_reused"]
-    assert (
-        refusals[1].detail
-        == "this command_id is another customer's PlaceOrder's: send yours again under a new one"
-    )
+    assert refusals[1].detail == "this command_id is another command's: send yours again under a new one"
     # one who never sent under the id before reads his refusal too: it is a stranger's to
     # her order, but let in before it was refused (he read 404 for ever: a trial)
     await send(order, place("cy", command_id=hers.command_id))
@@ -880,7 +881,7 @@ async def test_the_id_of_a_refused_place_order_stays_its_customers(
         None,
         "command_id_reused",
     ), as_cy
-    assert as_cy.detail == "this command_id placed another order: send yours again under a new one"
+    assert as_cy.detail == ANOTHER_COMMANDS_ID
     assert (await get_command(hers.command_id, order.db, ada)).reason == "overloaded"  # theirs: none of hers
 
 
