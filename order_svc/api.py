@@ -483,9 +483,6 @@ class CommandView(BaseModel):
 
 
 _APPLIED = {"PlaceOrder": "placed", "CancelOrder": "cancelled"}
-#: Refusals that sending the command again, under its id or any other, does not change
-#: (``order_svc.handlers``): not to be read as "send yours again under a new one".
-_FINAL = {"command_id_reused", "order_not_cancellable", "forbidden"}
 #: The deliveries of a command a customer may read the outcome of (``get_command``): a
 #: command that could not be read is its sender's only on an order of its own.
 _CUSTOMERS_READ = [*_APPLIED, RefusedCommand.event_type]
@@ -576,17 +573,13 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
                 params,
             )
         ).first()
-        # another's delivery applied is not a customer's outcome: its id is taken. Her copy
-        # sent again was refused as a reused id, as another's (not shown her), and she was
-        # left reading "overloaded: try again under the same command_id" for ever (an
-        # attack trial). A refusal that no retry would change is hers as it was: a cancel
-        # of her settled order read "command_id_reused" under a taken id and
-        # "order_not_cancellable" under a fresh one, which told her whether the id was in
-        # use (an attack trial)
-        taken = False
+        # another's delivery applied is not a customer's outcome: hers is her own latest
+        # refusal, as it was given. (Read as "taken: send yours again under a new one"
+        # instead, it told her which ids had placed orders, by sending an unreadable
+        # command under each: an attack trial; her retry under such an id is hers to read,
+        # its sender's, refused command_id_reused.)
         if me is not None and applied is not None and applied.event_id not in params["mine"]:
             applied = None
-            taken = refusal is None or refusal.payload.get("reason") not in _FINAL
         # neither applied nor refused: held as a dead letter (its token's keys away), or
         # discarded from there? Its id as the letter's key (sagactl keys a command by it:
         # a body that is no command at all has it nowhere else), or in the letter's bytes,
@@ -620,14 +613,6 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
             order_reason=applied.reason,
             reason=None if refusal is None else refusal.payload.get("reason"),
             detail=None if refusal is None else _refused_under(applied.event_type, refusal.payload),
-        )
-    if taken:
-        return CommandView(
-            command_id=command_id,
-            order_id=order_id_for(command_id) if refusal is None else refusal.order_id,
-            outcome="rejected",
-            reason="command_id_reused",
-            detail="another command has used this command_id since: send yours again under a new one",
         )
     if refusal is not None:
         return CommandView(

@@ -438,13 +438,17 @@ def _log_commands(taken: Sequence[tuple[uuid.UUID, str, str, uuid.UUID, str]]) -
 
 
 def observe(uow: UnitOfWork, deliveries: Sequence[Delivery], state: Orders | None) -> None:
-    """Every participant event and command joins its saga's timeline, a command with who
-    sent it (its token's subject); a command from a stranger (``Orders.strangers``) is
+    """Every participant event and command joins its saga's timeline, a customer's command
+    with who sent it (her token's subject); a command from a stranger (``Orders.strangers``) is
     recorded as one, and left out of the timeline shown (``order_svc.timeline``)."""
     if state is None:
         timeline.record(uow, deliveries)
         return
-    senders = {e: c.subject for e, c in state.callers.items() if isinstance(c, auth.Principal)}
+    # a customer's only: a customer whose id is an operator's subject read that operator's
+    # commands, with other customers' orders' status (an attack trial)
+    senders = {
+        e: c.subject for e, c in state.callers.items() if isinstance(c, auth.Principal) and not c.operator
+    }
     timeline.record(uow, deliveries, state.strangers, senders)
 
 

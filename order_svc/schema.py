@@ -208,10 +208,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         "order_svc",
         13,
         "saga_events_sender",
-        # Who sent a command (its verified token's subject; null for an event, or a command
-        # with no valid token): a customer reads at GET /commands/{id} the commands she sent,
-        # refused or not, whatever order they named (one she could not read — quantity 0, a
-        # reused id — was a 404 for ever: trials).
+        # Which customer sent a command (her verified token's subject; null for an event, an
+        # operator's command, or one with no valid token): a customer reads at GET
+        # /commands/{id} the commands she sent, refused or not, whatever order they named
+        # (one she could not read — quantity 0, a reused id — was a 404 for ever: trials).
         ("ALTER TABLE saga_events ADD COLUMN sender TEXT",),
     ),
 )

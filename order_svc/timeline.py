@@ -28,8 +28,10 @@ def record(
 ) -> None:
     """Add events to their sagas' timelines (one queued statement); a repeat changes nothing.
     Each keeps the trace id of the ``traceparent`` it travels with: one saga, one trace,
-    and a command the subject of the token it came with, from ``senders`` (event id →
-    subject; ``sender``: whose commands a customer reads, ``GET /commands/{id}``).
+    and a customer's command the subject of the token it came with, from ``senders`` (event
+    id → subject; ``sender``: whose commands a customer reads, ``GET /commands/{id}``). A
+    command recorded as a stranger's that is applied when sent again (the same bytes: the
+    same event) is recorded as its order's then.
 
     The events whose ids are in ``strangers`` (commands from someone who may not act for
     their order) are recorded ``from_stranger``, and so is a ``CommandRejected`` that
@@ -44,7 +46,14 @@ def record(
             " FROM json_to_recordset(CAST(%(rows)s AS json))"
             " AS v(e uuid, o uuid, t text, p text, at timestamptz, c uuid, pl json, tr text, s boolean,"
             " b text)"
-            " ON CONFLICT (event_id) DO NOTHING"
+            # a command recorded a stranger's and applied when sent again (a CancelOrder
+            # that overtook its PlaceOrder, a token mended) is its order's now, in its place
+            # then (a command's time is when it was read): it stayed hidden from the owner,
+            # her timeline showing an OrderCancelled of no cause (an attack trial). Nothing
+            # else changes on a repeat
+            " ON CONFLICT (event_id) DO UPDATE SET from_stranger = false, sender = EXCLUDED.sender,"
+            " occurred_at = EXCLUDED.occurred_at"
+            " WHERE saga_events.from_stranger AND NOT EXCLUDED.from_stranger"
         ),
         {
             "rows": sql.rows(
@@ -63,7 +72,8 @@ def record(
                     else d.envelope.event_id in strangers,
                     "b": None if senders is None else senders.get(d.envelope.event_id),
                 }
-                for d in deliveries
+                # once each: an update may not touch a row twice in one statement
+                for d in {d.envelope.event_id: d for d in deliveries}.values()
             )
         },
     )

@@ -277,6 +277,14 @@ async def test_a_cancel_that_overtook_its_place_order_cancels_when_sent_again(
     view = await get_command(cancel_id, order.db, UNAUTHENTICATED)
     assert (view.outcome, view.order_id) == ("cancelled", oid), view  # not the refusal before
     assert await send(order, cancel) is Outcome.DUPLICATE  # it cancelled: now it is one
+    # recorded as a stranger's when refused (no such order then), it is the order's now: it
+    # stayed hidden from its owner, her timeline showing an OrderCancelled of no cause (an
+    # attack trial)
+    owners = await get_command(cancel_id, order.db, Principal(placed.customer_id, frozenset({Role.CUSTOMER})))
+    assert (owners.outcome, owners.status) == ("cancelled", "CANCELLED"), owners
+    async with order.db.engine.connect() as conn:
+        shown = [e["event_type"] for e in await timeline.load(conn, oid)]
+    assert shown[:4] == ["PlaceOrder", "OrderCreated", "CancelOrder", "OrderCancelled"], shown
 
 
 async def test_a_cancel_s_command_id_is_used_once(order: ServiceUnderTest) -> None:
@@ -632,6 +640,27 @@ async def test_a_customer_reads_every_command_her_token_sent(
         c=str(for_max.command_id),
     )
     assert [(r.event_type, r.sender) for r in senders] == [("PlaceOrder", "kim"), ("CommandRejected", None)]
+    # an operator's command is no customer's by its sender: a customer whose id is the
+    # operator's subject read the operator's commands, with others' orders' status (an
+    # attack trial)
+    ops = issuer.mint("ops", [Role.OPERATOR])
+    maxs = place("max")
+    await order.deliver_bytes(
+        encode_command(maxs), COMMANDS, headers=[(AUTHORIZATION, f"Bearer {ops}".encode())]
+    )
+    with pytest.raises(HTTPException) as hidden:
+        await get_command(maxs.command_id, order.db, Principal("ops", frozenset({Role.CUSTOMER})))
+    assert hidden.value.status_code == 404
+    assert (await get_command(maxs.command_id, order.db, as_max)).outcome == "placed"  # his order
+    # her own unreadable command under the id of his order reads as it was refused: "taken:
+    # send yours again under a new one" told her which ids had placed orders (an attack trial)
+    probe = json.loads(encode_command(place("kim", command_id=maxs.command_id)))
+    probe["payload"]["items"][0]["quantity"] = 0
+    await order.deliver_bytes(
+        json.dumps(probe).encode(), COMMANDS, headers=[(AUTHORIZATION, f"Bearer {kim}".encode())]
+    )
+    probed = await get_command(maxs.command_id, order.db, as_kim)
+    assert (probed.outcome, probed.status, probed.reason) == ("rejected", None, "invalid_command"), probed
 
 
 async def test_a_refusal_of_another_command_type_under_an_applied_id_is_named_as_such(
