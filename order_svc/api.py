@@ -508,17 +508,15 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
     a refused command (an overloaded order service) lasted a minute and learnt nothing."""
     me = _only(principal)
     async with db.engine.connect() as conn:
-        # a customer's: the deliveries of the command that are its own — those its token
-        # sent (``sender``: her own unreadable command, quantity 0, was a 404 for ever, a
-        # trial), commands not a stranger's (of someone who may act for the order) about
-        # its orders, a PlaceOrder
-        # for itself (whoever's order its id names now; under an id another's order holds,
-        # it is a stranger's to that order, but refused ``command_id_reused`` it was let in
-        # first: sent by someone who may act for her, who read 404 for ever, a trial) — and
-        # only their outcome and refusals are read: a CancelOrder of a customer's own order
-        # under another's command id showed it the other's order, status and reason, and an
-        # order placed under the id of another customer's refused PlaceOrder showed its owner
-        # her refusal (attack trials)
+        # a customer's: the deliveries of the command that are its own, and only their
+        # outcome and refusals are read. Its own are those its token sent (``sender``: one
+        # that named no order of hers, quantity 0, was a 404 for ever), those not a
+        # stranger's (sent by someone who may act for the order) about its orders — a
+        # PlaceOrder's customer is the one it names — and a PlaceOrder for it refused as a
+        # reused id (a stranger's to the order holding the id, but refused so only after
+        # its sender was let in). A CancelOrder of her own order under another's command id
+        # showed her the other's order, status and reason, and an order placed under the id
+        # of another customer's refused PlaceOrder showed its owner her refusal (trials)
         params: dict[str, Any] = {"c": str(command_id)}
         if me is not None:
             params["mine"] = list(
