@@ -565,10 +565,14 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
                     "SELECT c.order_id, c.payload FROM saga_events c"
                     " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c"
                     " AND c.event_type = 'CommandRejected'"
+                    # not the applied delivery's own refusal before (a CancelOrder that
+                    # overtook its PlaceOrder read "a copy … was refused: no order … send
+                    # this command again" once applied: a trial)
+                    " AND c.causation_id IS DISTINCT FROM CAST(:applied AS uuid)"
                     + ("" if me is None else " AND c.causation_id = ANY(:mine)")
                     + " ORDER BY c.seq DESC LIMIT 1"
                 ),
-                params,
+                {**params, "applied": None if applied is None else str(applied.event_id)},
             )
         ).first()
         # another's delivery applied is not a customer's outcome: hers is her own latest

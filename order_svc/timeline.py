@@ -47,7 +47,7 @@ def record(
             " AS v(e uuid, o uuid, t text, p text, at timestamptz, c uuid, pl json, tr text, s boolean,"
             " b text)"
             # a command recorded a stranger's and applied when sent again (a CancelOrder
-            # that overtook its PlaceOrder, a token mended) is its order's now, in its place
+            # that overtook its PlaceOrder: the same bytes and token) is its order's now, in its place
             # then (a command's time is when it was read): it stayed hidden from the owner,
             # her timeline showing an OrderCancelled of no cause (an attack trial). Nothing
             # else changes on a repeat
