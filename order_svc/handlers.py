@@ -31,7 +31,7 @@ from events import (
     PaymentFailed,
     commands,
 )
-from events.commands import CancelOrder, PlaceOrder, RefusedCommand
+from events.commands import CancelOrder, PlaceOrder, RefusedCommand, order_id_for
 from events.envelope import Envelope, EventPayload
 from events.order import PRODUCER, CancelReason
 from events.topics import COMMANDS
@@ -452,7 +452,20 @@ def observe(uow: UnitOfWork, deliveries: Sequence[Delivery], state: Orders | Non
     timeline.record(uow, deliveries, state.strangers, senders)
 
 
-reactions: Reactions[Orders] = Reactions(load, save, observe=observe, prepare=authenticate)
+def command_id_lock(event: Envelope[Any]) -> tuple[uuid.UUID, ...]:
+    """A command's lock besides its order's: the one of the order its id would place
+    (``order_id_for``), so that commands under one id are judged in turn whatever orders
+    they name — a command id is used once. Without it, two ``CancelOrder`` under one id
+    naming two orders, in two instances' batches at once, both found the id free. A
+    ``PlaceOrder`` names that order already."""
+    if isinstance(event.payload, CancelOrder | RefusedCommand):
+        return (order_id_for(event.payload.command_id),)
+    return ()
+
+
+reactions: Reactions[Orders] = Reactions(
+    load, save, observe=observe, prepare=authenticate, also_locks=command_id_lock
+)
 
 
 def _move(order: Order, event: Envelope[Any], reason: str | None) -> Reply | None:

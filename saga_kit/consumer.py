@@ -540,7 +540,9 @@ class ConsumerPipeline:
                 # the claims are queued and go in the load's round trip, ahead of it: the
                 # load reads (and locks) the rows of every live event's saga, redeliveries'
                 # too, under the saga locks the claims take first
-                claims = inbox.claim(uow, self.service, [envelope for _, envelope in live])
+                claims = inbox.claim(
+                    uow, self.service, [envelope for _, envelope in live], self._reactions.also_locks
+                )
                 deliveries = {id(it): Delivery(e, it.record.headers, it.context) for it, e in live}
                 with _reaction_failures():
                     state = await self._reactions.load(uow, list(deliveries.values()))

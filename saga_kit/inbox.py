@@ -12,7 +12,7 @@ also applied at least once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from events.envelope import Envelope
@@ -34,10 +34,16 @@ class Claims:
         return {row.event_id for row in await self._later.rows()}
 
 
-def claim(uow: UnitOfWork, consumer: str, envelopes: Sequence[Envelope[Any]]) -> Claims:
-    """Queue the claims of ``envelopes``: take the sagas' locks, then record every event —
-    one statement, sent with the unit's next round trip (``UnitOfWork.read_later``). The
-    locks are waited for as long as their holders take.
+def claim(
+    uow: UnitOfWork,
+    consumer: str,
+    envelopes: Sequence[Envelope[Any]],
+    also: Callable[[Envelope[Any]], Iterable[uuid.UUID]] | None = None,
+) -> Claims:
+    """Queue the claims of ``envelopes``: take the sagas' locks (each event's own, and those
+    ``also`` names for it), then record every event — one statement, sent with the unit's
+    next round trip (``UnitOfWork.read_later``). The locks are waited for as long as their
+    holders take.
 
     The locks are the per-saga advisory locks of ``saga_kit.db`` (taken in key order: no
     deadlocks); the claims join a one-row MATERIALIZED CTE that takes them, so no claim
@@ -56,7 +62,12 @@ def claim(uow: UnitOfWork, consumer: str, envelopes: Sequence[Envelope[Any]]) ->
             " ON CONFLICT DO NOTHING RETURNING event_id",
             {
                 "ns": SAGA_LOCK_NAMESPACE,
-                "keys": sql.values(sorted({saga_lock_key(e.order_id) for e in envelopes})),
+                "keys": sql.values(
+                    sorted(
+                        {saga_lock_key(e.order_id) for e in envelopes}
+                        | {saga_lock_key(o) for e in envelopes if also is not None for o in also(e)}
+                    )
+                ),
                 "consumer": consumer,
                 "rows": sql.rows({"e": e.event_id, "t": e.event_type, "o": e.order_id} for e in envelopes),
             },

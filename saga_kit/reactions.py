@@ -28,7 +28,8 @@ splitting the batch (``saga_kit.consumer``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -77,18 +78,28 @@ Prepare = Callable[[Sequence[Envelope[Any]]], Awaitable[None]]
 #: and the state the decisions left (``None`` if no delivery had a decide function): the
 #: order service keeps each saga's timeline with it. Queues its writes.
 Observe = Callable[[UnitOfWork, Sequence[Delivery], S | None], None]
+#: The sagas whose locks an event takes besides its own (``saga_kit.inbox.claim``): the
+#: order service's commands take the one of the order their id would place, so that two
+#: commands under one id are judged in turn, whatever orders they name.
+AlsoLocks = Callable[[Envelope[Any]], Iterable[uuid.UUID]]
 
 
 class Reactions(Generic[S]):
     """The registry of one service's decide functions, with its load and save."""
 
     def __init__(
-        self, load: Load[S], save: Save[S], observe: Observe[S] | None = None, prepare: Prepare | None = None
+        self,
+        load: Load[S],
+        save: Save[S],
+        observe: Observe[S] | None = None,
+        prepare: Prepare | None = None,
+        also_locks: AlsoLocks | None = None,
     ) -> None:
         self._load = load
         self._save = save
         self.observe = observe
         self._prepare = prepare
+        self.also_locks = also_locks
         self._decide: dict[type[EventPayload], Decide[S, Any]] = {}
 
     def on(self, event: type[P]) -> Callable[[Decide[S, P]], Decide[S, P]]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from fastapi import HTTPException
+from sqlalchemy import text
 
 from events import OrderLine, decode
 from events.commands import AUTHORIZATION, CancelOrder, PlaceOrder, encode_command, order_id_for
@@ -38,7 +39,7 @@ from saga_kit.auth import (
     write_dev_issuer,
 )
 from saga_kit.consumer import Outcome, Record
-from saga_kit.db import SAGA_LOCK_NAMESPACE
+from saga_kit.db import SAGA_LOCK_NAMESPACE, saga_lock_key
 from tests.integration.conftest import ServiceUnderTest
 from tests.jsonserver import JsonServer
 
@@ -680,6 +681,44 @@ async def test_a_refusal_of_another_command_type_under_an_applied_id_is_named_as
 
 
 # -- tokens checked against a key server (AUTH_JWKS_URL) --------------------------------------
+
+
+async def test_commands_under_one_id_are_judged_in_turn_whatever_orders_they_name(
+    order: ServiceUnderTest,
+) -> None:
+    """A command id is used once, checked in each batch's transaction under the locks of
+    the orders its commands name: two CancelOrders under one id naming two orders, in two
+    order-service instances' batches at once, each found the id free (an attack trial's
+    note). A command also takes the lock of the order its id would place. Here another
+    batch holds that lock: a CancelOrder under the id, naming an order of its own, waits
+    for it."""
+    first = place()
+    await send(order, first)
+    cid = uuid.uuid4()
+    key = saga_lock_key(order_id_for(cid))
+    async with order.db.engine.connect() as other_batch:
+        await other_batch.execute(
+            text("SELECT pg_advisory_xact_lock(:ns, :k)"), {"ns": SAGA_LOCK_NAMESPACE, "k": key}
+        )
+        cancelled = asyncio.create_task(
+            send(order, CancelOrder(command_id=cid, order_id=order_id_for(first.command_id)))
+        )
+        waiting = 0
+        for _ in range(200):  # until it waits for the lock (it took none and finished, before)
+            waiting = await order.scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :ns AND NOT granted",
+                ns=SAGA_LOCK_NAMESPACE,
+            )
+            if waiting or cancelled.done():
+                break
+            await asyncio.sleep(0.05)
+        assert (waiting, cancelled.done()) == (1, False)
+        await other_batch.rollback()
+    assert await cancelled is Outcome.HANDLED
+    assert (
+        await order.scalar("SELECT status FROM orders WHERE order_id = :o", o=order_id_for(first.command_id))
+        == "CANCELLED"
+    )
 
 
 async def test_a_slow_key_server_is_waited_for_with_no_transaction_open(
