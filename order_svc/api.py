@@ -549,7 +549,8 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
         applied = (
             await conn.execute(
                 text(
-                    "SELECT c.event_id, c.event_type, c.order_id, o.status, o.reason FROM saga_events c"
+                    "SELECT c.event_id, c.event_type, c.order_id, o.status, o.reason, r.seq AS applied_at"
+                    " FROM saga_events c"
                     " JOIN saga_events r ON r.order_id = c.order_id AND r.causation_id = c.event_id"
                     " AND r.event_type IN ('OrderCreated', 'OrderCancelled')"
                     " JOIN orders o ON o.order_id = c.order_id"
@@ -559,22 +560,6 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
                 params,
             )
         ).first()
-        refusal = (
-            await conn.execute(
-                text(
-                    "SELECT c.order_id, c.payload FROM saga_events c"
-                    " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c"
-                    " AND c.event_type = 'CommandRejected'"
-                    # not the applied delivery's own refusal before (a CancelOrder that
-                    # overtook its PlaceOrder read "a copy … was refused: no order … send
-                    # this command again" once applied: a trial)
-                    " AND c.causation_id IS DISTINCT FROM CAST(:applied AS uuid)"
-                    + ("" if me is None else " AND c.causation_id = ANY(:mine)")
-                    + " ORDER BY c.seq DESC LIMIT 1"
-                ),
-                {**params, "applied": None if applied is None else str(applied.event_id)},
-            )
-        ).first()
         # another's delivery applied is not a customer's outcome: hers is her own latest
         # refusal, as it was given. (Read as "taken: send yours again under a new one"
         # instead, it told her which ids had placed orders, by sending an unreadable
@@ -582,6 +567,28 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
         # its sender's, refused command_id_reused.)
         if me is not None and applied is not None and applied.event_id not in params["mine"]:
             applied = None
+        # of an applied command, a refusal of its type after it only (a copy sent since:
+        # another body, a bad token), or of another type under its id: one of its type before
+        # was mended by it — sent again as told (a CancelOrder that overtook its PlaceOrder,
+        # one refused by admission) or with its content or token put right — and read as "a
+        # copy … was refused", with its stale advice (trials)
+        refusal = (
+            await conn.execute(
+                text(
+                    "SELECT c.order_id, c.payload FROM saga_events c"
+                    " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c"
+                    " AND c.event_type = 'CommandRejected'"
+                    " AND (c.seq > :after OR c.payload->>'command_type' IS DISTINCT FROM :type)"
+                    + ("" if me is None else " AND c.causation_id = ANY(:mine)")
+                    + " ORDER BY c.seq DESC LIMIT 1"
+                ),
+                {
+                    **params,
+                    "after": 0 if applied is None else applied.applied_at,
+                    "type": None if applied is None else applied.event_type,
+                },
+            )
+        ).first()
         # neither applied nor refused: held as a dead letter (its token's keys away), or
         # discarded from there? Its id as the letter's key (sagactl keys a command by it:
         # a body that is no command at all has it nowhere else), or in the letter's bytes,

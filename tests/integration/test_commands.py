@@ -632,6 +632,15 @@ async def test_a_customer_reads_every_command_her_token_sent(
     mended = await get_command(uuid.UUID(unreadable["command_id"]), order.db, as_kim)
     assert (mended.outcome, mended.reason) == ("rejected", "invalid_command"), mended
     assert mended.detail is not None and "quantity" in mended.detail
+    # sent again, mended, under the same id: placed, and its refusal before is no copy's (it
+    # read "placed; a copy refused: invalid_command", as if a copy had come since: a trial)
+    unreadable["payload"]["items"][0]["quantity"] = 1
+    await order.deliver_bytes(
+        json.dumps(unreadable).encode(), COMMANDS, headers=[(AUTHORIZATION, f"Bearer {kim}".encode())]
+    )
+    for reader in (as_kim, UNAUTHENTICATED):
+        placed = await get_command(uuid.UUID(unreadable["command_id"]), order.db, reader)
+        assert (placed.outcome, placed.reason) == ("placed", None), placed
     forbidden = await get_command(for_max.command_id, order.db, as_kim)
     assert (forbidden.outcome, forbidden.reason) == ("rejected", "forbidden"), forbidden
     for cid in (uuid.UUID(unreadable["command_id"]), for_max.command_id):
