@@ -212,8 +212,7 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
             (
                 "SELECT DISTINCT ON (payload->>'command_id') payload->>'command_id' AS command_id,"
                 " payload->>'customer_id' AS customer_id FROM saga_events"
-                " WHERE payload ? 'command_id' AND payload->>'command_id'"
-                " = ANY(ARRAY(SELECT json_array_elements_text(CAST(%(keys)s AS json))))"
+                f" WHERE payload ? 'command_id' AND payload->>'command_id' = ANY({sql.TEXT_ARRAY})"
                 " AND event_type = %(place)s AND NOT from_stranger ORDER BY payload->>'command_id', seq",
                 {"keys": sql.values(command_ids), "place": PlaceOrder.event_type},
             )
