@@ -26,12 +26,12 @@ def record(
     strangers: Collection[uuid.UUID] = (),
     senders: Mapping[uuid.UUID, str] | None = None,
 ) -> None:
-    """Add events to their sagas' timelines (one queued statement); a repeat changes nothing.
-    Each keeps the trace id of the ``traceparent`` it travels with: one saga, one trace,
-    and a customer's command the subject of the token it came with, from ``senders`` (event
-    id → subject; ``sender``: whose commands a customer reads, ``GET /commands/{id}``). A
-    command recorded as a stranger's that is applied when sent again (the same bytes: the
-    same event) is recorded as its order's then.
+    """Add events to their sagas' timelines (one queued statement); a repeat changes nothing
+    but this: a command recorded as a stranger's that is applied when sent again (the same
+    bytes and token: the same event) is recorded as its order's then. Each keeps the trace
+    id of the ``traceparent`` it travels with: one saga, one trace, and a customer's command
+    the subject of the token it came with, from ``senders`` (event id → subject; ``sender``:
+    whose commands a customer reads, ``GET /commands/{id}``).
 
     The events whose ids are in ``strangers`` (commands from someone who may not act for
     their order) are recorded ``from_stranger``, and so is a ``CommandRejected`` that
@@ -72,8 +72,10 @@ def record(
                     else d.envelope.event_id in strangers,
                     "b": None if senders is None else senders.get(d.envelope.event_id),
                 }
-                # once each: an update may not touch a row twice in one statement
-                for d in {d.envelope.event_id: d for d in deliveries}.values()
+                # each event once (an update may not touch a row twice in one statement):
+                # the consumer's dedupe step keeps one copy of an event in a batch, and an
+                # emitted event's id is new
+                for d in deliveries
             )
         },
     )
