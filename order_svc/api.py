@@ -497,9 +497,10 @@ _CUSTOMERS_READ = [*_APPLIED, RefusedCommand.event_type]
 async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: PrincipalDep) -> CommandView:
     """What became of a `PlaceOrder` or `CancelOrder` sent on `orders.commands` (the answer
     is also on `orders.events`, with header `correlation_id` = `command_id`). A command that
-    was applied is `placed` or `cancelled` even if a copy under its id was refused before or
-    after (a bad token, another body); one never applied is `rejected` with its latest
-    refusal. For the operator, a command not processed yet, or never sent, is `unknown`:
+    was applied is `placed` or `cancelled` even if a copy under its id was refused after it
+    (a bad token, another body), or a command of another type under its id (one of its type
+    refused before it was mended by it, and is not named); one never applied is `rejected`
+    with its latest refusal. For the operator, a command not processed yet, or never sent, is `unknown`:
     there is no 404. A customer reads the commands it sent (its token's), and those about
     its own orders as its order's timeline shows them (those of someone who may act for
     it), and their refusals: any other command, one refused for its token, and one not
