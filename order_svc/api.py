@@ -499,7 +499,8 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
     is also on `orders.events`, with header `correlation_id` = `command_id`). A command that
     was applied is `placed` or `cancelled` even if a copy under its id was refused after it
     (a bad token, another body), or a command of another type under its id (one of its type
-    refused before it was mended by it, and is not named); one never applied is `rejected`
+    refused before it was mended by it, and is not named, unless another customer's token
+    sent it); one never applied is `rejected`
     with its latest refusal. For the operator, a command not processed yet, or never sent, is `unknown`:
     there is no 404. A customer reads the commands it sent (its token's), and those about
     its own orders as its order's timeline shows them (those of someone who may act for
@@ -550,7 +551,8 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
         applied = (
             await conn.execute(
                 text(
-                    "SELECT c.event_id, c.event_type, c.order_id, o.status, o.reason, r.seq AS applied_at"
+                    "SELECT c.event_id, c.event_type, c.order_id, c.sender, o.status, o.reason,"
+                    " r.seq AS applied_at"
                     " FROM saga_events c"
                     " JOIN saga_events r ON r.order_id = c.order_id AND r.causation_id = c.event_id"
                     " AND r.event_type IN ('OrderCreated', 'OrderCancelled')"
@@ -569,17 +571,22 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
         if me is not None and applied is not None and applied.event_id not in params["mine"]:
             applied = None
         # of an applied command, a refusal of its type after it only (a copy sent since:
-        # another body, a bad token), or of another type under its id: one of its type before
-        # was mended by it — sent again as told (a CancelOrder that overtook its PlaceOrder,
-        # one refused by admission) or with its content or token put right — and read as "a
-        # copy … was refused", with its stale advice (trials)
+        # another body, a bad token), of another type under its id, or sent by another
+        # customer (her token's, not the applied one's sender's): one of its type before was
+        # mended by it — sent again as told (a CancelOrder that overtook its PlaceOrder, one
+        # refused by admission) or with its content or token put right — and read as "a
+        # copy … was refused", with its stale advice (trials). Another customer's, sent
+        # first with the same body (``forbidden``), was hidden from the operator once hers
+        # was placed (an attack trial)
         refusal = (
             await conn.execute(
                 text(
                     "SELECT c.order_id, c.payload FROM saga_events c"
+                    " LEFT JOIN saga_events d ON d.event_id = c.causation_id"
                     " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c"
                     " AND c.event_type = 'CommandRejected'"
-                    " AND (c.seq > :after OR c.payload->>'command_type' IS DISTINCT FROM :type)"
+                    " AND (c.seq > :after OR c.payload->>'command_type' IS DISTINCT FROM :type"
+                    " OR d.sender IS DISTINCT FROM CAST(:sender AS text) AND d.sender IS NOT NULL)"
                     + ("" if me is None else " AND c.causation_id = ANY(:mine)")
                     + " ORDER BY c.seq DESC LIMIT 1"
                 ),
@@ -587,6 +594,7 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
                     **params,
                     "after": 0 if applied is None else applied.applied_at,
                     "type": None if applied is None else applied.event_type,
+                    "sender": None if applied is None else applied.sender,
                 },
             )
         ).first()

@@ -652,6 +652,19 @@ async def test_a_customer_reads_every_command_her_token_sent(
         c=str(for_max.command_id),
     )
     assert [(r.event_type, r.sender) for r in senders] == [("PlaceOrder", "kim"), ("CommandRejected", None)]
+    # max places the same command, his own token's: his order. Her refusal before it was not
+    # mended by it, it was hers: the operator still reads it there (it was hidden once his
+    # was placed: an attack trial's note); he reads his order, she her refusal
+    maxt = issuer.mint("max", [Role.CUSTOMER])
+    await order.deliver_bytes(
+        encode_command(for_max), COMMANDS, headers=[(AUTHORIZATION, f"Bearer {maxt}".encode())]
+    )
+    views = [await get_command(for_max.command_id, order.db, p) for p in (UNAUTHENTICATED, as_max, as_kim)]
+    assert [(v.outcome, v.reason) for v in views] == [
+        ("placed", "forbidden"),
+        ("placed", None),
+        ("rejected", "forbidden"),
+    ], views
     # an operator's command is no customer's by its sender: a customer whose id is the
     # operator's subject read the operator's commands, with others' orders' status (an
     # attack trial)
