@@ -239,7 +239,8 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "check",
         help="check the invariants (docs/design.md §6) on a running stack, once it settles",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        # not the module doc's first line: it began with reST's ``python -m sagastack check`` (a trial)
+        description="Check the invariants of docs/design.md §6 on a stack that runs.",
     )
     p.add_argument("--run-dir", default=".run/stack", help="the stack's run directory (a demo's: .run/demo)")
     p.add_argument(
