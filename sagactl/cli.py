@@ -23,7 +23,8 @@ called wrong (a usage error), 3 when a service or the broker could not be reache
 when a call that changes something was sent and not answered (it may have been carried
 out: the line says how to learn whether).
 
-'--via kafka' connects to the broker as the services do: KAFKA_SECURITY_PROTOCOL,
+'--via kafka' (and 'publish') connects to the broker of --bootstrap or
+SAGACTL_KAFKA_BOOTSTRAP as the services do: KAFKA_SECURITY_PROTOCOL,
 KAFKA_SSL_CAFILE, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD_FILE …
 (saga_kit.kafka_security).
 """
@@ -63,7 +64,7 @@ from rich.panel import Panel
 from rich.table import Column, Table
 from rich.text import Text
 
-from events.values import printable, storable
+from events.values import MAX_DEADLINE_SECONDS, MIN_DEADLINE_SECONDS, printable, storable
 from order_svc.domain import CANCEL_REQUESTED, ORDER_ID_PREFIX, OrderStatus, transition
 from saga_kit import auditchain
 from saga_kit.auth import SUBJECT_RULE, WITHHELD, DevIssuer, Role, is_subject
@@ -962,6 +963,18 @@ def _finite(given: float | None) -> float | None:
     return given
 
 
+def _deadline(given: float | None) -> float | None:
+    """``--deadline``: a number of seconds the API takes (``events.values.DeadlineSeconds``),
+    checked before anything is sent (0.5 was sent, and refused by the service in the API's
+    words, exit 1: a newcomer trial)."""
+    given = _finite(given)
+    if given is not None and not MIN_DEADLINE_SECONDS <= given <= MAX_DEADLINE_SECONDS:
+        raise typer.BadParameter(
+            f"{given:g} is not {MIN_DEADLINE_SECONDS:g} to {MAX_DEADLINE_SECONDS:,g} seconds"
+        )
+    return given
+
+
 @app.command("place")
 def place(
     ctx: typer.Context,
@@ -972,7 +985,7 @@ def place(
         typer.Option(
             "--deadline",
             help="seconds the saga may take before it is cancelled (default: the service's, 30)",
-            callback=_finite,
+            callback=_deadline,
         ),
     ] = None,
     via: Via = "http",
@@ -1186,7 +1199,7 @@ def command_outcome(
 ) -> None:
     """What became of a command sent on Kafka (a customer's own, any for an operator):
     applied, and its order's status now; refused, and why; dead-lettered (held, or
-    discarded: an operator's to read); or not taken yet."""
+    discarded: an operator's to read); or not taken yet, or never sent (exit 1)."""
     path = f"/commands/{command_id}"
     response = _request(ctx, "order", "GET", path)
     if response.status_code == 404:  # a customer's: not its command, or not taken yet
@@ -1210,6 +1223,8 @@ def command_outcome(
         return f"command {command_id}: not taken yet, or never sent"
 
     _emit(output, r, lambda: printable(said(), 10_000))  # what the service said, made visible
+    if r["outcome"] == "unknown":  # as a customer's 404, and 'sagactl saga' of no order: an
+        raise typer.Exit(REFUSED)  # operator's typo'd id exited 0 (a newcomer trial)
 
 
 @app.command("cancel")
@@ -1417,8 +1432,9 @@ def _produce(
                     " none, or its ACLs do not let it see that one; it may see:"
                     f" {', '.join(sorted(known)) or 'none'}"
                 )
-            if topic not in known:
-                _fail(f"the broker has no topic {topic!r}; it has: {', '.join(sorted(known)) or 'none'}")
+            if topic not in known:  # a usage error, nothing sent (it was exit 1: a newcomer trial)
+                has = ", ".join(sorted(known)) or "none"
+                _fail(f"the broker has no topic {topic!r}; it has: {has}", USAGE)
             handed = True
             sent = await producer.send_and_wait(topic, value, key=key, headers=headers or None)
             return int(sent.partition), int(sent.offset)
@@ -1815,10 +1831,34 @@ def stock(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     _emit(output, rows, table)
 
 
+def _check_external_ids(given: list[str] | None) -> list[str]:
+    """Customer or product ids, each as ``_check_external_id`` checks one."""
+    return [_check_external_id(one) for one in given or ()]
+
+
 @app.command("balances")
-def balances(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
-    """Every customer account and its balance."""
-    rows = _call(ctx, "payment", "GET", "/accounts")
+def balances(
+    ctx: typer.Context,
+    customer_ids: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="these customers' accounts only (a customer's token reads its own)",
+            callback=_check_external_ids,
+            show_default=False,
+        ),
+    ] = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Every customer account and its balance (an operator's), or those of the customers
+    named: a customer's token reads its own ('sagactl balances alice')."""
+    # a customer read 403 here, and no command showed her own balance (a newcomer trial)
+    if customer_ids:
+        rows = [_call(ctx, "payment", "GET", f"/accounts/{quote(c, safe='')}") for c in customer_ids]
+    else:
+        response = _request(ctx, "payment", "GET", "/accounts")
+        if response.status_code == 403:
+            _fail(f"{_refusal('payment', response)}; a customer reads its own: sagactl balances <its id>")
+        rows = _answer(ctx, "payment", "GET", "/accounts", response)
 
     def table() -> RenderableType:
         if not rows:
@@ -1983,6 +2023,7 @@ def kafka_acls_command(
 
 @app.command("token")
 def token(
+    ctx: typer.Context,
     subject: Annotated[
         str,
         typer.Option(
@@ -2035,6 +2076,12 @@ def token(
         _fail(said)
     issued = DevIssuer(issuer_dir)
     minted = issued.mint(subject, [role], ttl_seconds=ttl)
+    given = {name: getattr(ctx.get_parameter_source(name), "name", None) for name in ("subject", "role")}
+    if given == {"subject": "COMMANDLINE", "role": "DEFAULT"}:
+        # a newcomer took '--subject alice' for alice's token, and listed every order with it
+        errors.print(
+            f"note: an operator's token, named {subject!r}; a customer's: --subject {subject} --role customer"
+        )
     if output is Output.json:
         print(json.dumps({"token": minted, "subject": subject, "roles": [str(role)], "ttl_seconds": ttl}))
     else:

@@ -108,6 +108,14 @@ def test_a_minted_customer_token_sees_only_that_customers_orders(
     assert refused.returncode == 1 and "403" in refused.stderr and "operator" in refused.stderr
     # …and it says where an operator's token comes from (a newcomer trial: it did not)
     assert "an operator's token: `sagactl token` mints a development one" in refused.stderr, refused.stderr
+    # …and how she reads her own, as the README's access table says she may (a newcomer
+    # trial: no command did); another's is as if there were none
+    assert "a customer reads its own: sagactl balances <its id>" in refused.stderr, refused.stderr
+    hers = sagactl(system, "balances", customers["ida"], "-o", "json", token=token)
+    assert hers.returncode == 0, hers.stderr
+    assert [a["customer_id"] for a in json.loads(hers.stdout)] == [customers["ida"]]
+    theirs = sagactl(system, "balances", customers["jon"], token=token)
+    assert theirs.returncode == 1 and "404" in theirs.stderr, theirs
 
 
 def test_health_with_a_refused_token_still_shows_readiness_and_says_why(system: System) -> None:

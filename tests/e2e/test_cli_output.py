@@ -212,8 +212,11 @@ def test_sagactl_places_through_kafka_with_output_json(
 
     def outcome(command_id: str) -> str | None:  # once the order service has taken the command
         said = sagactl(system, "command", command_id)
+        if said.stdout.endswith(": not taken yet, or never sent\n"):
+            assert said.returncode == 1, said  # no outcome: a typo'd id exited 0 (a newcomer trial)
+            return None
         assert said.returncode == 0, said.stderr
-        return None if said.stdout.endswith(": not taken yet, or never sent\n") else said.stdout.strip()
+        return said.stdout.strip()
 
     # … and the command followed, applied or refused (a trial: a refused one could not be)
     ended = wait_until(lambda: outcome(command_id), 30, "the PlaceOrder taken")

@@ -186,6 +186,9 @@ def test_sagactl_with_a_customers_token_follows_its_own_command(
     hidden = sagactl(system, "command", command_id, token=stranger)
     assert hidden.returncode == 1 and "not found" in hidden.stderr, hidden.stdout + hidden.stderr
     assert "not taken yet (ask again in a moment), or not a command about your orders" in hidden.stderr
+    # the operator's "unknown" is no outcome either: exit 1, as the customer's 404 (it was 0)
+    unknown = sagactl(system, "command", str(uuid.uuid4()))
+    assert unknown.returncode == 1 and unknown.stdout.endswith(": not taken yet, or never sent\n"), unknown
     # in the audit trail as the HTTP calls would be: who, what, how it ended
     audited = [
         (e["actor"], e["role"], e["action"], e["outcome"])

@@ -227,6 +227,10 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
             "--tombstone is a record with no body: give it no --value",
         ),
         (["place", "alice", "widget=1", "--deadline", "-inf"], "-inf is not a number of seconds"),
+        # a newcomer trial: 0.5 was sent, and refused by the service in the API's words (exit 1)
+        (["place", "alice", "widget=1", "--deadline", "0.5"], "'--deadline': 0.5 is not 1 to 86,400 seconds"),
+        (["place", "alice", "w=1", "--deadline", "86401"], "86401 is not 1 to 86,400 seconds"),
+        (["balances", "alice", "../orders"], "Invalid value for 'customer_ids': an id is 1-64 letters"),
         # an attack trial: a port out of range was "cannot send to Kafka" (exit 3), and a
         # count of 0 or less followed for ever
         (
@@ -756,6 +760,32 @@ def test_a_token_sagactl_cannot_send_does_not_stop_it_minting_one(
     with JsonServer(b"[]") as server:
         result = CliRunner().invoke(app, ["--order-url", server.base, "orders"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "note"),
+    [
+        (
+            ["--subject", "alice"],
+            "note: an operator's token, named 'alice'; a customer's: --subject alice --role customer",
+        ),
+        (["--subject", "alice", "--role", "operator"], None),
+        (["--subject", "alice", "--role", "customer"], None),
+        ([], None),
+    ],
+)
+def test_a_subject_without_a_role_is_said_to_be_an_operators(
+    tmp_path: Path, args: list[str], note: str | None
+) -> None:
+    """A newcomer took ``sagactl token --subject alice`` for alice's token (an operator's,
+    the default role) and listed every customer's orders with it: it says so, on stderr."""
+    from saga_kit.auth import write_dev_issuer
+
+    write_dev_issuer(tmp_path / "issuer")
+    minted = CliRunner().invoke(app, ["token", "--issuer-dir", str(tmp_path / "issuer"), *args])
+    assert minted.exit_code == 0, minted.output
+    assert minted.stdout.count(".") == 2  # the token alone on stdout
+    assert minted.stderr.strip() == (note or ""), minted.stderr
 
 
 @pytest.mark.parametrize(
