@@ -67,7 +67,7 @@ from rich.text import Text
 from events.values import MAX_DEADLINE_SECONDS, MIN_DEADLINE_SECONDS, printable, storable
 from order_svc.domain import CANCEL_REQUESTED, ORDER_ID_PREFIX, OrderStatus, transition
 from saga_kit import auditchain
-from saga_kit.auth import SUBJECT_RULE, WITHHELD, DevIssuer, Role, is_subject
+from saga_kit.auth import POLICY, SUBJECT_RULE, WITHHELD, DevIssuer, Role, is_subject
 from saga_kit.service_names import SHORT_NAMES, service_named, short_name
 from saga_kit.urls import NOT_SENT, base_url, kafka_bootstrap, unanswered
 
@@ -431,7 +431,7 @@ def _answer(ctx: typer.Context, service: str, method: str, path: str, response: 
     saying why (exit 1: the service refused, or answered something other than JSON)."""
     base = _urls(ctx).of(service)
     if response.is_error:
-        _fail(_refusal(service, response))
+        _fail(_refusal(service, response) + _route_in_base(ctx, service, response))
     try:
         return _json_of(response)
     except ValueError:
@@ -549,6 +549,23 @@ def _unanswered(exc: Exception) -> str:
 #: Where a token comes from, as an error that wants one says it.
 MINT_HINT = "`sagactl token` mints a development one"
 TOKEN_HINT = f"pass --token or set SAGA_TOKEN; {MINT_HINT}"
+
+
+#: The first segment of every service's routes (``saga_kit.auth.POLICY`` lists them all).
+ROUTE_ROOTS = frozenset(path.split("/")[1] for _, path in POLICY)
+
+
+def _route_in_base(ctx: typer.Context, service: str, response: httpx.Response) -> str:
+    """A hint for a 404, 405 or 422 when the service's base URL ends in one of the
+    services' routes: ``SAGACTL_ORDER_URL=…/orders`` called ``…/orders/orders`` and read
+    "order_id: Input should be a valid UUID" of an order id never given (a newcomer
+    trial). A hint, not a refusal: a gateway may mount a service under any path."""
+    urls = _urls(ctx)
+    last = httpx.URL(urls.of(service)).path.rstrip("/").rpartition("/")[2]
+    if response.status_code not in (404, 405, 422) or last not in ROUTE_ROOTS:
+        return ""
+    given = urls.given_by[f"{service}_url"]
+    return f" ({given} ends in '/{last}', a route: is it the {service} service's base URL, without it?)"
 
 
 def _refusal(service: str, response: httpx.Response) -> str:

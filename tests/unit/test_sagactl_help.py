@@ -763,6 +763,32 @@ def test_a_token_sagactl_cannot_send_does_not_stop_it_minting_one(
 
 
 @pytest.mark.parametrize(
+    ("path", "variable", "hint"),
+    [
+        ("/orders", False, " (--order-url ends in '/orders', a route: is it the order service's base URL"),
+        ("/orders/", True, " (SAGACTL_ORDER_URL ends in '/orders', a route: is it the order service's"),
+        ("/order-svc", False, None),  # a gateway's prefix
+        ("", False, None),
+    ],
+)
+def test_a_base_url_that_ends_in_a_route_is_hinted_at(
+    path: str, variable: bool, hint: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``SAGACTL_ORDER_URL=…/orders`` called ``…/orders/orders``, and the service's 422 spoke
+    of an order id never given (a newcomer trial): the error says the URL ends in a route."""
+    body = b'{"detail": [{"loc": ["path", "order_id"], "msg": "Input should be a valid UUID"}]}'
+    with JsonServer(body, status=422) as server:
+        given = ["--order-url", server.base + path]
+        if variable:
+            monkeypatch.setenv("SAGACTL_ORDER_URL", server.base + path)
+            given = []
+        result = CliRunner().invoke(app, [*given, "orders"])
+    assert result.exit_code == 1, result.output
+    assert "order_id: Input should be a valid UUID" in result.stderr
+    assert (hint in result.stderr) if hint else ("a route" not in result.stderr), result.stderr
+
+
+@pytest.mark.parametrize(
     ("args", "note"),
     [
         (
