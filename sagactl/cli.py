@@ -57,7 +57,7 @@ from urllib.parse import quote
 import httpx
 import typer
 from httpx_sse import connect_sse
-from rich.console import Console, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.highlighter import JSONHighlighter
 from rich.measure import Measurement
 from rich.panel import Panel
@@ -2181,19 +2181,23 @@ def audit_verify(
     found = each.found
 
     def table() -> RenderableType:
-        t = Table(
-            _fixed("service"), _fixed("entries", "right"), _fixed("chain"), _free("head hash / problem")
-        )
+        broken = any(result["problems"] for result in found.values())
+        t = Table(_fixed("service"), _fixed("entries", "right"), _fixed("chain"))
+        if broken:
+            t.add_column("problem", overflow="fold", min_width=len("problem"))
         for name, result in found.items():
             problems = result["problems"]
             t.add_row(
                 name,
                 str(result["entries"]),
                 Text("BROKEN", style="red") if problems else Text("intact", style="green"),
-                # the head, to keep, even of a broken chain (it is what the trail says now)
-                Text("\n".join([result["head"] or "(empty)", *problems])),
+                *([Text("\n".join(problems))] if broken else []),
             )
-        return t
+        # the heads, to keep, even of a broken chain (it is what the trail says now): each
+        # on a line of its own, whole, below the table (in its column, 80 columns folded
+        # each across two lines, to be copied: a newcomer trial)
+        heads = [f"  {name:<9}  {result['head'] or '(empty)'}" for name, result in found.items()]
+        return Group(t, Text("head hashes, to keep (--kept SERVICE=HASH):\n" + "\n".join(heads)))
 
     if found or output is Output.json:
         _emit(

@@ -505,6 +505,27 @@ def test_audit_verify_verifies_the_chains_it_can_read_and_names_the_one_it_canno
     assert bool(verified["inventory"]["problems"]) is altered
 
 
+def test_audit_verify_prints_each_head_hash_whole_on_a_line_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The head hashes are to be copied and kept: in the table's last column, 80 columns
+    folded each across two lines (a newcomer trial). A broken chain says why."""
+    from saga_kit.auditchain import GENESIS, chain_hash
+    from tests.jsonserver import JsonServer
+
+    monkeypatch.setenv("COLUMNS", "80")
+    head = chain_hash(GENESIS, '{"action":"place_order"}').hex()
+    with JsonServer(_audit_page()) as good, JsonServer(_audit_page(altered=True)) as other:
+        urls = ["--order-url", good.base, "--inventory-url", other.base]
+        result = CliRunner().invoke(app, [*urls, "audit", "verify", "-s", "order", "-s", "inventory"])
+    assert result.exit_code == 1, result.output
+    lines = result.stdout.splitlines()
+    assert max(map(len, lines)) <= 80, result.stdout
+    assert f"  order      {head}" in lines, result.stdout
+    assert f"  inventory  {head}" in lines, result.stdout  # what the trail says now, even broken
+    assert "│ BROKEN │ entry 1 does not match its hash" in result.stdout, result.stdout
+
+
 def test_audit_verify_checks_a_kept_head_and_reads_any_answer() -> None:
     """An attack trial: a trail emptied and begun again verified as intact. A head hash
     kept before (``--kept``) must still be in the chain; an answer that is not audit
