@@ -1595,15 +1595,25 @@ def orders(
     ] = None,
     customer: Annotated[str | None, typer.Option(help="only this customer's orders")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="the most to list")] = 30,
+    offset: Annotated[
+        int, typer.Option(min=0, max=1_000_000, help="skip that many of the newest (the next page)")
+    ] = 0,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Most recent orders, optionally only those in one status, or of one customer."""
-    params: dict[str, Any] = {"limit": limit}
+    """Most recent orders, optionally only those in one status, or of one customer; a
+    full page says on stderr how to read the next."""
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
     if status:
         params["status"] = status.value
     if customer is not None:
         params["customer_id"] = customer
     rows = _call(ctx, "order", "GET", "/orders", params=params)
+    if len(rows) >= limit:  # as dlq list says (a newcomer trial: no word); on stderr, json or not
+        errors.print(
+            f"the newest {limit} shown, there may be more (the next: --offset {offset + limit};"
+            " or --limit, up to 1000)",
+            style="dim",
+        )
     _emit(output, rows, lambda: _orders_table(rows, output))
 
 

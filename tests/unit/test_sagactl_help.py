@@ -505,6 +505,27 @@ def test_audit_verify_verifies_the_chains_it_can_read_and_names_the_one_it_canno
     assert bool(verified["inventory"]["problems"]) is altered
 
 
+@pytest.mark.parametrize(("limit", "hint"), [(2, True), (3, False)])
+def test_a_full_page_of_orders_says_how_to_read_the_next(limit: int, hint: bool) -> None:
+    """``sagactl orders --limit 2`` gave no word that more orders exist, and no way to
+    read them (a newcomer trial)."""
+    import json
+    import uuid
+
+    from tests.jsonserver import JsonServer
+
+    page = [{"order_id": str(uuid.uuid4())} for _ in range(2)]
+    with JsonServer(json.dumps(page).encode()) as server:
+        result = CliRunner().invoke(
+            app, ["--order-url", server.base, "orders", "--limit", str(limit), "--offset", "4", "-o", "json"]
+        )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == page  # the JSON alone on stdout
+    assert server.paths == [f"/orders?limit={limit}&offset=4"]
+    said = "the newest 2 shown, there may be more (the next: --offset 6; or --limit, up to 1000)"
+    assert result.stderr.strip() == (said if hint else ""), result.stderr
+
+
 def test_audit_verify_prints_each_head_hash_whole_on_a_line_of_its_own(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
