@@ -749,19 +749,28 @@ def dlq_list(
                 "unavailable": each.unavailable,
                 "limit_reached": full,
             },
-            lambda: _letters_table(letters, status.value, output, read),
+            lambda: _letters_table(letters, status.value, output, read, before),
         )
     each.end("its dead letters are not listed")
 
 
 def _letters_table(
-    letters: list[dict[str, Any]], status: str, output: Output, only: Sequence[str] | None = None
+    letters: list[dict[str, Any]],
+    status: str,
+    output: Output,
+    only: Sequence[str] | None = None,
+    before: int | None = None,
 ) -> RenderableType:
     """text: service, id, event (and its saga), reason, age — plus the status when
     several are listed; wide adds where each came from and the full saga id. only: the
-    services read, when not all that were asked could be."""
+    services read, when not all that were asked could be; before: the --before given
+    (none "before 3" is not none at all: a trial read it so)."""
     if not letters:
-        return f"no {status.lower()} dead letters" + (f" in {', '.join(only)}" if only else "")
+        return (
+            f"no {status.lower()} dead letters"
+            + (f" before id {before}" if before is not None else "")
+            + (f" in {', '.join(only)}" if only else "")
+        )
     wide = output is Output.wide
     now = datetime.now(UTC)
     columns = [_fixed("service"), _fixed("id", "right")]

@@ -592,6 +592,11 @@ def test_dlq_list_says_whose_dead_letters_it_read_when_there_are_none() -> None:
     assert result.exit_code == 3
     assert result.stdout == "no pending dead letters in order, inventory\n"
     assert "cannot reach the payment service" in result.stderr
+    # …and before which id, when --before is given (it read as none at all: a trial)
+    with JsonServer(b"[]") as served:
+        urls = ["--order-url", served.base, "--inventory-url", served.base, "--payment-url", served.base]
+        paged = CliRunner().invoke(app, [*urls, "dlq", "list", "--before", "3"])
+    assert (paged.exit_code, paged.stdout) == (0, "no pending dead letters before id 3\n"), paged.output
 
 
 @pytest.mark.parametrize(
