@@ -763,8 +763,8 @@ def _letters_table(
 ) -> RenderableType:
     """text: service, id, event (and its saga), reason, age — plus the status when
     several are listed; wide adds where each came from and the full saga id. only: the
-    services read, when not all that were asked could be; before: the --before given
-    (none "before 3" is not none at all: a trial read it so)."""
+    services read, when not all that were asked could be; before: the --before given,
+    named when none is found (without it, none before an id read as none at all)."""
     if not letters:
         return (
             f"no {status.lower()} dead letters"
