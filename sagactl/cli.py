@@ -165,11 +165,32 @@ def _check_what_was_given(ctx: Any) -> None:
     for service in SERVICES:
         option = f"{service}_url"
         try:
-            setattr(urls, service, base_url(urls.of(service)).rstrip("/"))
+            setattr(urls, service, _service_base_url(urls.of(service)).rstrip("/"))
         except ValueError as exc:
             _fail(f"{urls.given_by[option]} is not a service's base URL: {exc}", USAGE)
     if urls.token:
         _check_token(urls.token, urls.given_by["token"])
+
+
+#: The first segment of every service's routes (``saga_kit.auth.POLICY`` lists them all).
+ROUTE_ROOTS = frozenset(path.split("/")[1] for _, path in POLICY)
+
+
+def _service_base_url(url: str) -> str:
+    """``url`` if it is a base URL (``saga_kit.urls.base_url``) that does not end in one of
+    the services' routes; ``ValueError`` saying which. ``SAGACTL_ORDER_URL=…/orders`` called
+    ``…/orders/orders`` and read "order_id: Input should be a valid UUID" of an id never
+    given, and ``place --via kafka`` placed its order, then waited out a minute of "no
+    route" 404s as "not taken yet" and blamed the token (newcomer trials). A gateway that
+    mounts a service under a path named like a route (``/orders``) is refused with it."""
+    base_url(url)
+    last = httpx.URL(url).path.rstrip("/").rpartition("/")[2]
+    if last in ROUTE_ROOTS:
+        root = url.rstrip("/").removesuffix(last).rstrip("/")
+        raise ValueError(
+            f"it ends in '/{last}', one of the services' routes: give the service's root ({root})"
+        )
+    return url
 
 
 app = typer.Typer(
@@ -431,7 +452,7 @@ def _answer(ctx: typer.Context, service: str, method: str, path: str, response: 
     saying why (exit 1: the service refused, or answered something other than JSON)."""
     base = _urls(ctx).of(service)
     if response.is_error:
-        _fail(_refusal(service, response) + _route_in_base(ctx, service, response))
+        _fail(_refusal(service, response))
     try:
         return _json_of(response)
     except ValueError:
@@ -549,23 +570,6 @@ def _unanswered(exc: Exception) -> str:
 #: Where a token comes from, as an error that wants one says it.
 MINT_HINT = "`sagactl token` mints a development one"
 TOKEN_HINT = f"pass --token or set SAGA_TOKEN; {MINT_HINT}"
-
-
-#: The first segment of every service's routes (``saga_kit.auth.POLICY`` lists them all).
-ROUTE_ROOTS = frozenset(path.split("/")[1] for _, path in POLICY)
-
-
-def _route_in_base(ctx: typer.Context, service: str, response: httpx.Response) -> str:
-    """A hint for a 404, 405 or 422 when the service's base URL ends in one of the
-    services' routes: ``SAGACTL_ORDER_URL=…/orders`` called ``…/orders/orders`` and read
-    "order_id: Input should be a valid UUID" of an order id never given (a newcomer
-    trial). A hint, not a refusal: a gateway may mount a service under any path."""
-    urls = _urls(ctx)
-    last = httpx.URL(urls.of(service)).path.rstrip("/").rpartition("/")[2]
-    if response.status_code not in (404, 405, 422) or last not in ROUTE_ROOTS:
-        return ""
-    given = urls.given_by[f"{service}_url"]
-    return f" ({given} ends in '/{last}', a route: is it the {service} service's base URL, without it?)"
 
 
 def _refusal(service: str, response: httpx.Response) -> str:
@@ -733,8 +737,11 @@ def dlq_list(
     if full and output is not Output.json:  # said, not shown as if it were all (an attack trial)
         for name in full:
             last = min(d["id"] for d in each.found[name])
+            if last <= 1:  # ids start at 1: none is before it (a trial was told --before 1)
+                continue
+            shown = f"the newest {limit}" + (f" before id {before}" if before is not None else "")
             errors.print(
-                f"{name}: the newest {limit} shown, there may be more"
+                f"{name}: {shown} shown, there may be more"
                 f" (the next: --service {name} --before {last}; or --limit, up to 1000)",
                 style="dim",
             )
@@ -1225,7 +1232,9 @@ def command_outcome(
 ) -> None:
     """What became of a command sent on Kafka (a customer's own, any for an operator):
     applied, and its order's status now; refused, and why; dead-lettered (held, or
-    discarded: an operator's to read); or not taken yet, or never sent (exit 1)."""
+    discarded: an operator's to read); or not taken yet, or never sent. Exit 0 when its
+    outcome is known, whatever it is (the outcome says whether it took effect); 1 when it
+    is not (not taken yet, or never sent), or a service refused."""
     path = f"/commands/{command_id}"
     response = _request(ctx, "order", "GET", path)
     if response.status_code == 404:  # a customer's: not its command, or not taken yet
@@ -1510,7 +1519,7 @@ def _produce(
 def _header(given: str) -> tuple[str, bytes]:
     name, equals, value = given.partition("=")
     if not equals or not name:
-        raise typer.BadParameter(f"{given!r} is not NAME=VALUE")
+        raise typer.BadParameter(f"{given!r} is not NAME=VALUE", param_hint="-H/--header")
     return name, value.encode()
 
 
@@ -1617,13 +1626,14 @@ def orders(
     if customer is not None:
         params["customer_id"] = customer
     rows = _call(ctx, "order", "GET", "/orders", params=params)
+    after = f" after the newest {offset}" if offset else ""
     if len(rows) >= limit:  # as dlq list says (a newcomer trial: no word); on stderr, json or not
+        shown = f"{limit} more{after}" if offset else f"the newest {limit}"
         errors.print(
-            f"the newest {limit} shown, there may be more (the next: --offset {offset + limit};"
-            " or --limit, up to 1000)",
+            f"{shown} shown, there may be more (the next: --offset {offset + limit}; or --limit, up to 1000)",
             style="dim",
         )
-    _emit(output, rows, lambda: _orders_table(rows, output))
+    _emit(output, rows, lambda: _orders_table(rows, output) if rows else f"no orders{after}")
 
 
 def _orders_table(rows: list[dict[str, Any]], output: Output) -> RenderableType:
@@ -1889,7 +1899,8 @@ def balances(
     named: a customer's token reads its own ('sagactl balances alice')."""
     # a customer read 403 here, and no command showed her own balance (a newcomer trial)
     if customer_ids:
-        rows = [_call(ctx, "payment", "GET", f"/accounts/{quote(c, safe='')}") for c in customer_ids]
+        named = dict.fromkeys(customer_ids)  # each once ('balances alice alice' showed her twice: a trial)
+        rows = [_call(ctx, "payment", "GET", f"/accounts/{quote(c, safe='')}") for c in named]
     else:
         response = _request(ctx, "payment", "GET", "/accounts")
         if response.status_code == 403:
@@ -2041,6 +2052,8 @@ def kafka_acls_command(
     from saga_kit import kafka_acls
 
     acls = kafka_acls.plan()
+    if commands and output is not Output.text:  # shell lines are text: -o json printed them too
+        _fail("--commands prints shell commands (text): give it without --output", USAGE)
     if commands:
         for args in kafka_acls.acl_command_args(acls):
             given = shlex.join(args)
@@ -2118,6 +2131,8 @@ def token(
         errors.print(
             f"note: an operator's token, named {subject!r}; a customer's: --subject {subject} --role customer"
         )
+    elif given["subject"] == "DEFAULT" and role is Role.CUSTOMER:  # the customer named 'operator'
+        errors.print(f"note: a customer's token, named {subject!r} (the default); hers: --subject <her id>")
     if output is Output.json:
         print(json.dumps({"token": minted, "subject": subject, "roles": [str(role)], "ttl_seconds": ttl}))
     else:
@@ -2136,7 +2151,11 @@ def _kept_heads(given: list[str] | None) -> dict[str, list[bytes]]:
             head = b""
         if len(head) != 32:
             raise typer.BadParameter(f"{option!r}: SERVICE=HASH, the hash 64 hex digits", param_hint="--kept")
-        kept.setdefault(_check_service(name), []).append(head)
+        try:
+            service = _check_service(name)
+        except typer.BadParameter as exc:  # named with the option and the value (a trial)
+            raise typer.BadParameter(f"{option!r}: {exc.message}", param_hint="--kept") from None
+        kept.setdefault(service, []).append(head)
     return kept
 
 

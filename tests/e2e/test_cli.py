@@ -111,7 +111,7 @@ def test_a_minted_customer_token_sees_only_that_customers_orders(
     # …and how she reads her own, as the README's access table says she may (a newcomer
     # trial: no command did); another's is as if there were none
     assert "a customer reads its own: sagactl balances <its id>" in refused.stderr, refused.stderr
-    hers = sagactl(system, "balances", customers["ida"], "-o", "json", token=token)
+    hers = sagactl(system, "balances", customers["ida"], customers["ida"], "-o", "json", token=token)
     assert hers.returncode == 0, hers.stderr
     assert [a["customer_id"] for a in json.loads(hers.stdout)] == [customers["ida"]]
     theirs = sagactl(system, "balances", customers["jon"], token=token)

@@ -230,6 +230,13 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
         # a newcomer trial: 0.5 was sent, and refused by the service in the API's words (exit 1)
         (["place", "alice", "widget=1", "--deadline", "0.5"], "'--deadline': 0.5 is not 1 to 86,400 seconds"),
         (["place", "alice", "w=1", "--deadline", "86401"], "86401 is not 1 to 86,400 seconds"),
+        # a trial: json printed the shell lines; a bad -H or --kept did not name its option
+        (["kafka-acls", "--commands", "-o", "json"], "--commands prints shell commands (text)"),
+        (
+            ["publish", "orders.events", "-H", "bad", "--value", "x"],
+            "Invalid value for -H/--header: 'bad' is",
+        ),
+        (["audit", "verify", "--kept", f"foo={'ab' * 32}"], "Invalid value for --kept: 'foo="),
         (["balances", "alice", "../orders"], "Invalid value for 'customer_ids': an id is 1-64 letters"),
         # an attack trial: a port out of range was "cannot send to Kafka" (exit 3), and a
         # count of 0 or less followed for ever
@@ -522,8 +529,15 @@ def test_a_full_page_of_orders_says_how_to_read_the_next(limit: int, hint: bool)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == page  # the JSON alone on stdout
     assert server.paths == [f"/orders?limit={limit}&offset=4"]
-    said = "the newest 2 shown, there may be more (the next: --offset 6; or --limit, up to 1000)"
+    said = "2 more after the newest 4 shown, there may be more (the next: --offset 6; or --limit, up to 1000)"
     assert result.stderr.strip() == (said if hint else ""), result.stderr
+    # the first page is the newest; a page past the end says so (it said "no orders")
+    with JsonServer(json.dumps(page).encode()) as server:
+        first = CliRunner().invoke(app, ["--order-url", server.base, "orders", "--limit", "2", "-o", "json"])
+    assert first.stderr.startswith("the newest 2 shown, there may be more (the next: --offset 2;")
+    with JsonServer(b"[]") as server:
+        past = CliRunner().invoke(app, ["--order-url", server.base, "orders", "--offset", "100"])
+    assert (past.exit_code, past.stdout) == (0, "no orders after the newest 100\n"), past.output
 
 
 def test_audit_verify_prints_each_head_hash_whole_on_a_line_of_its_own(
@@ -583,6 +597,8 @@ def test_audit_verify_checks_a_kept_head_and_reads_any_answer() -> None:
 
 
 def test_dlq_list_says_whose_dead_letters_it_read_when_there_are_none() -> None:
+    import json
+
     from tests.jsonserver import JsonServer
 
     with JsonServer(b"[]") as served:
@@ -597,6 +613,16 @@ def test_dlq_list_says_whose_dead_letters_it_read_when_there_are_none() -> None:
         urls = ["--order-url", served.base, "--inventory-url", served.base, "--payment-url", served.base]
         paged = CliRunner().invoke(app, [*urls, "dlq", "list", "--before", "3"])
     assert (paged.exit_code, paged.stdout) == (0, "no pending dead letters before id 3\n"), paged.output
+    # a full page says there may be more, and before which id — unless its last is the first
+    # id of all (a trial was told "the next: --before 1", which can list nothing)
+    for letter_id, said in ((5, "order: the newest 1 before id 9 shown, there may be more"), (1, None)):
+        with JsonServer(json.dumps([{**LETTER, "id": letter_id}]).encode()) as served:
+            urls = ["--order-url", served.base]
+            full = CliRunner().invoke(
+                app, [*urls, "dlq", "list", "-s", "order", "--limit", "1", "--before", "9"]
+            )
+        assert full.exit_code == 0, full.output
+        assert (said in full.stderr) if said else full.stderr == "", full.stderr
 
 
 @pytest.mark.parametrize(
@@ -810,29 +836,38 @@ def test_a_token_sagactl_cannot_send_does_not_stop_it_minting_one(
 
 
 @pytest.mark.parametrize(
-    ("path", "variable", "hint"),
+    ("path", "variable", "said"),
     [
-        ("/orders", False, " (--order-url ends in '/orders', a route: is it the order service's base URL"),
-        ("/orders/", True, " (SAGACTL_ORDER_URL ends in '/orders', a route: is it the order service's"),
+        (
+            "/orders",
+            False,
+            "--order-url is not a service's base URL: it ends in '/orders', one of the services'",
+        ),
+        ("/orders/", True, "SAGACTL_ORDER_URL is not a service's base URL: it ends in '/orders'"),
+        ("/api/health", False, "it ends in '/health', one of the services' routes: give the service's root"),
         ("/order-svc", False, None),  # a gateway's prefix
         ("", False, None),
     ],
 )
-def test_a_base_url_that_ends_in_a_route_is_hinted_at(
-    path: str, variable: bool, hint: str | None, monkeypatch: pytest.MonkeyPatch
+def test_a_base_url_that_ends_in_a_route_is_refused(
+    path: str, variable: bool, said: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``SAGACTL_ORDER_URL=…/orders`` called ``…/orders/orders``, and the service's 422 spoke
-    of an order id never given (a newcomer trial): the error says the URL ends in a route."""
-    body = b'{"detail": [{"loc": ["path", "order_id"], "msg": "Input should be a valid UUID"}]}'
-    with JsonServer(body, status=422) as server:
+    of an order id never given; ``place --via kafka`` placed its order, then waited out a
+    minute of "no route" 404s as "not taken yet" (newcomer trials): a usage error now,
+    naming the root to give, before anything is sent."""
+    with JsonServer(b"[]") as server:
         given = ["--order-url", server.base + path]
         if variable:
             monkeypatch.setenv("SAGACTL_ORDER_URL", server.base + path)
             given = []
         result = CliRunner().invoke(app, [*given, "orders"])
-    assert result.exit_code == 1, result.output
-    assert "order_id: Input should be a valid UUID" in result.stderr
-    assert (hint in result.stderr) if hint else ("a route" not in result.stderr), result.stderr
+    if said is None:
+        assert result.exit_code == 0, result.output
+        return
+    assert result.exit_code == 2 and server.paths == [], result.output
+    root = (server.base + path).rstrip("/").rsplit("/", 1)[0]  # the URL without its route
+    assert said in result.stderr and result.stderr.endswith(f"({root})\n"), result.stderr
 
 
 @pytest.mark.parametrize(
@@ -845,6 +880,10 @@ def test_a_base_url_that_ends_in_a_route_is_hinted_at(
         (["--subject", "alice", "--role", "operator"], None),
         (["--subject", "alice", "--role", "customer"], None),
         ([], None),
+        (
+            ["--role", "customer"],
+            "note: a customer's token, named 'operator' (the default); hers: --subject <her id>",
+        ),
     ],
 )
 def test_a_subject_without_a_role_is_said_to_be_an_operators(
