@@ -470,7 +470,7 @@ class CommandView(BaseModel):
     #: discarded), or ``unknown``: not processed yet — or never sent.
     #: An applied command whose id a later or earlier copy reused (another body, a bad
     #: token), or a command of another type, names that refusal in ``reason`` and
-    #: ``detail`` ("a copy sent under this id …", "a CancelOrder sent under this id …");
+    #: ``detail`` ("another PlaceOrder sent under this id …", "a CancelOrder sent under this id …");
     #: the outcome stays applied.
     outcome: Literal["placed", "cancelled", "rejected", "dead_lettered", "unknown"]
     #: the order's status now and the reason it has (e.g. REJECTED, ``insufficient_funds``),
@@ -499,8 +499,8 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
     is also on `orders.events`, with header `correlation_id` = `command_id`). A command that
     was applied is `placed` or `cancelled` even if a copy under its id was refused after it
     (a bad token, another body), or a command of another type under its id (one of its type
-    refused before it was mended by it, and is not named, unless another customer's token
-    sent it); one never applied is `rejected`
+    refused before it by its own sender, or for its token, was mended by it, and is not
+    named); one never applied is `rejected`
     with its latest refusal. For the operator, a command not processed yet, or never sent, is `unknown`:
     there is no 404. A customer reads the commands it sent (its token's), and those about
     its own orders as its order's timeline shows them (those of someone who may act for
@@ -571,13 +571,14 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
         if me is not None and applied is not None and applied.event_id not in params["mine"]:
             applied = None
         # of an applied command, a refusal of its type after it only (a copy sent since:
-        # another body, a bad token), of another type under its id, or sent by another
-        # customer (her token's, not the applied one's sender's): one of its type before was
-        # mended by it — sent again as told (a CancelOrder that overtook its PlaceOrder, one
-        # refused by admission) or with its content or token put right — and read as "a
-        # copy … was refused", with its stale advice (trials). Another customer's, sent
-        # first with the same body (``forbidden``), was hidden from the operator once hers
-        # was placed (an attack trial)
+        # another body, a bad token), of another type under its id, or one another sender
+        # had sent (another customer's token, or the operator's, whose commands keep no
+        # sender: not the applied one's sender's), unless it was refused for its token: one
+        # of its type before was mended by it — sent again as told (a CancelOrder that
+        # overtook its PlaceOrder, one refused by admission) or with its content or token put
+        # right — and read as "a copy … was refused", with its stale advice (trials).
+        # Another customer's, sent first with the same body (``forbidden``), and then the
+        # operator's own, were hidden from the operator once hers was applied (attack trials)
         refusal = (
             await conn.execute(
                 text(
@@ -586,7 +587,8 @@ async def get_command(command_id: uuid.UUID, db: DatabaseDep, principal: Princip
                     " WHERE c.payload ? 'command_id' AND c.payload->>'command_id' = :c"
                     " AND c.event_type = 'CommandRejected'"
                     " AND (c.seq > :after OR c.payload->>'command_type' IS DISTINCT FROM :type"
-                    " OR d.sender IS DISTINCT FROM CAST(:sender AS text) AND d.sender IS NOT NULL)"
+                    " OR d.sender IS DISTINCT FROM CAST(:sender AS text)"
+                    " AND c.payload->>'reason' NOT IN ('invalid_token', 'missing_token'))"
                     + ("" if me is None else " AND c.causation_id = ANY(:mine)")
                     + " ORDER BY c.seq DESC LIMIT 1"
                 ),
@@ -672,10 +674,11 @@ def _after_letter(value: bytes | None) -> str:
 
 
 def _refused_under(applied: str, refused: dict[str, Any]) -> str:
-    """What a refusal under an applied command's id was: a copy of that command, or a
-    command of another type that reused its id."""
+    """What a refusal under an applied command's id was: another command of its type (a
+    copy with another body or token, or another sender's: "a copy" it was not always, a
+    trial), or a command of another type that reused its id."""
     command_type = refused.get("command_type")
-    sent = "a copy" if command_type == applied else f"a {command_type}"
+    sent = f"another {applied}" if command_type == applied else f"a {command_type}"
     return f"{sent} sent under this id was refused: {refused.get('detail')}"
 
 

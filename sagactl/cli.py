@@ -1249,7 +1249,8 @@ def command_outcome(
         outcome, order = r["outcome"], r["order_id"]
         if outcome in ("placed", "cancelled"):
             why = f" ({r['order_reason']})" if r.get("order_reason") else ""
-            copy = f"; a copy refused: {r['reason']}: {r['detail']}" if r.get("reason") else ""
+            # "a copy refused: command_id_reused: a copy sent under this id was refused: …" (a trial)
+            copy = f"; {r['detail']} ({r['reason']})" if r.get("reason") else ""
             return f"command {command_id}: {outcome}; order {order}: {r['status']}{why}{copy}"
         if outcome == "rejected":
             return f"command {command_id}: rejected: {r['reason']}: {r['detail']}"

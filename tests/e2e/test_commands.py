@@ -108,7 +108,7 @@ def test_duplicate_and_conflicting_command_ids(system: System, client: SagaClien
         time.sleep(0.1)
         view = outcome(system, first.command_id, {"placed"})
     assert view["reason"] == "command_id_reused", view
-    assert view["detail"].startswith("a copy sent under this id was refused: "), view
+    assert view["detail"].startswith("another PlaceOrder sent under this id was refused: "), view
     order = client.wait_for_events(str(order_id_for(first.command_id)), {"InventoryCommitted"})
     assert [e["event_type"] for e in order["events"]].count("OrderCreated") == 1
     assert client.product(products["yoyo"])["sold"] == 1

@@ -688,11 +688,53 @@ async def test_a_customer_reads_every_command_her_token_sent(
     assert (probed.outcome, probed.status, probed.reason) == ("rejected", None, "invalid_command"), probed
 
 
+async def test_the_operators_refusal_before_a_customers_applied_command_stays_named(
+    order: ServiceUnderTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's CancelOrder of an order not placed yet is refused ``unknown_order``;
+    its customer then places it and sends the same CancelOrder under the same id, which is
+    applied. The operator's refusal was not mended by hers: the operator reads it beside
+    her cancellation (an operator's commands keep no sender, and it was hidden as if its
+    own sender's: an attack trial). One refused for its token, sent again with a good one,
+    was mended by it."""
+    issuer = write_dev_issuer(tmp_path / "issuer")
+    verifier = TokenVerifier(DEV_ISSUER, DEV_AUDIENCE, jwks_file=str(issuer.jwks_file))
+    monkeypatch.setitem(handlers._commands, "verifier", verifier)
+    ops, kim = issuer.mint("ops", [Role.OPERATOR]), issuer.mint("kim", [Role.CUSTOMER])
+
+    async def by(token: str | None, command: PlaceOrder | CancelOrder) -> None:
+        headers = [] if token is None else [(AUTHORIZATION, f"Bearer {token}".encode())]
+        await order.deliver_bytes(encode_command(command), COMMANDS, headers=headers)
+
+    placing = place("kim")
+    cancel = CancelOrder(command_id=uuid.uuid4(), order_id=order_id_for(placing.command_id))
+    await by(ops, cancel)
+    assert (await get_command(cancel.command_id, order.db, UNAUTHENTICATED)).reason == "unknown_order"
+    await by(kim, placing)
+    await by(kim, cancel)
+    view = await get_command(cancel.command_id, order.db, UNAUTHENTICATED)
+    assert (view.outcome, view.order_reason, view.reason) == (
+        "cancelled",
+        "cancelled_by_customer",
+        "unknown_order",
+    ), view
+    # another's, not "a copy" (a trial)
+    assert view.detail is not None and view.detail.startswith("another CancelOrder sent under this id"), view
+    hers = await get_command(cancel.command_id, order.db, Principal("kim", frozenset({Role.CUSTOMER})))
+    assert (hers.outcome, hers.reason) == ("cancelled", None), hers  # the operator's is not hers
+    # without a token, then with hers: mended, not named
+    again = place("kim")
+    await by(None, again)
+    await by(kim, again)
+    mended = await get_command(again.command_id, order.db, UNAUTHENTICATED)
+    assert (mended.outcome, mended.reason) == ("placed", None), mended
+
+
 async def test_a_refusal_of_another_command_type_under_an_applied_id_is_named_as_such(
     order: ServiceUnderTest,
 ) -> None:
     """A PlaceOrder placed under the id of a CancelOrder refused before was reported as if
-    a copy of itself had been refused ("a copy sent under this id was refused: no order …")."""
+    a copy of itself had been refused (it read "a copy sent under this id was refused: no order …")."""
     cid = uuid.uuid4()
     await send(order, CancelOrder(command_id=cid, order_id=uuid.uuid4()))
     await send(order, place(command_id=cid))
