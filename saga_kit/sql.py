@@ -60,14 +60,14 @@ def values(items: Iterable[Any]) -> str:
 UUIDS = (
     "(SELECT unnest(ARRAY(SELECT CAST(x AS uuid) FROM json_array_elements_text(CAST(%(ids)s AS json)) x)))"
 )
-#: the same for text keys, ``%(keys)s``
-TEXTS = "(SELECT unnest(ARRAY(SELECT x FROM json_array_elements_text(CAST(%(keys)s AS json)) x)))"
 #: ``expression = ANY({TEXT_ARRAY})`` with ``%(keys)s`` a ``values(...)`` of text: for keys
 #: found through an *expression* index (``payload->>'command_id'``), which ``IN {TEXTS}``
 #: reached by a hash join over a sequential scan of the whole table (the order service's
 #: command batch load; ``tests/integration/test_set_based_plans.py``); ``= ANY`` of an
 #: array is an index condition
-TEXT_ARRAY = "ARRAY(SELECT json_array_elements_text(CAST(%(keys)s AS json)))"
+TEXT_ARRAY = "ARRAY(SELECT x FROM json_array_elements_text(CAST(%(keys)s AS json)) x)"
+#: the same as ``UUIDS`` for text keys, ``%(keys)s``
+TEXTS = f"(SELECT unnest({TEXT_ARRAY}))"
 
 
 def recordset(columns: str) -> str:
