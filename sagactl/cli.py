@@ -1629,9 +1629,14 @@ def orders(
     rows = _call(ctx, "order", "GET", "/orders", params=params)
     after = f" after the newest {offset}" if offset else ""
     if len(rows) >= limit:  # as dlq list says (a newcomer trial: no word); on stderr, json or not
-        shown = f"{limit} more{after}" if offset else f"the newest {limit}"
+        # "orders 5 to 6 shown (newest first)", not "2 more after the newest 4" (read awkwardly)
+        shown = (
+            f"orders {offset + 1} to {offset + limit} shown (newest first)"
+            if offset
+            else f"the newest {limit} shown"
+        )
         errors.print(
-            f"{shown} shown, there may be more (the next: --offset {offset + limit}; or --limit, up to 1000)",
+            f"{shown}, there may be more (the next: --offset {offset + limit}; or --limit, up to 1000)",
             style="dim",
         )
     _emit(output, rows, lambda: _orders_table(rows, output) if rows else f"no orders{after}")

@@ -529,7 +529,9 @@ def test_a_full_page_of_orders_says_how_to_read_the_next(limit: int, hint: bool)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == page  # the JSON alone on stdout
     assert server.paths == [f"/orders?limit={limit}&offset=4"]
-    said = "2 more after the newest 4 shown, there may be more (the next: --offset 6; or --limit, up to 1000)"
+    said = (
+        "orders 5 to 6 shown (newest first), there may be more (the next: --offset 6; or --limit, up to 1000)"
+    )
     assert result.stderr.strip() == (said if hint else ""), result.stderr
     # the first page is the newest; a page past the end says so (it said "no orders")
     with JsonServer(json.dumps(page).encode()) as server:
