@@ -13,13 +13,14 @@ import psycopg
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from saga_kit.errors import is_transient
-from saga_kit.http import UNREADABLE_BODY, UnreadableBody, check_json_body, validation_errors
+from saga_kit.http import UNREADABLE_BODY, UnreadableBody, check_json_body, no_route, validation_errors
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +190,10 @@ class BodyLimit:
 
 def install(app: FastAPI, max_body_bytes: int) -> None:
     """Answer every error in the provider's shape: its own errors, the framework's (404 for
-    an unknown route, 405, 422, a body it cannot parse as 422 too, 413 ``body_too_large``
-    past ``max_body_bytes``) and anything unexpected (503 ``unavailable`` while the
-    database is away, else 500 ``internal_error``).
+    an unknown route, which says whose route it is when a saga service has it; 405, 422, a
+    body it cannot parse as 422 too, 413 ``body_too_large`` past ``max_body_bytes``) and
+    anything unexpected (503 ``unavailable`` while the database is away, else 500
+    ``internal_error``).
 
     A 503 promises that nothing was done, and clients rely on it (the payment service voids
     a cancelled order's payment when every call was answered 503): a transaction that fails
@@ -202,8 +204,16 @@ def install(app: FastAPI, max_body_bytes: int) -> None:
     async def provider_error(_: Request, exc: ProviderError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
 
+    # a saga service's route sent here (its URL mistaken for the provider's) is named as
+    # such: the provider's port given as the payment service's read a bare "Not Found"
+    own = {(method, r.path) for r in app.routes if isinstance(r, APIRoute) for method in r.methods or ()}
+    unmatched = no_route("the payment provider (simulator)", own)
+
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404 and request.scope.get("route") is None:  # no route matched
+            body = error_body("not_found", unmatched(request.method, request.url.path))
+            return JSONResponse(body, status_code=404)
         if exc.status_code == 400 and exc.detail == UNREADABLE_BODY:
             unreadable = unreadable_body(exc.__cause__)
             return JSONResponse(unreadable.body(), status_code=unreadable.status)

@@ -1172,10 +1172,11 @@ def metrics_router(render: Callable[[], Awaitable[bytes]]) -> APIRouter:
     return router
 
 
-def _no_route(service: str, own: set[tuple[str, str]]) -> Callable[[str, str], str]:
-    """The 404 detail for a request no route of ``service`` matched. A route of another
-    service (one of ``saga_kit.auth.POLICY``'s, which lists every service's) is named as
-    such: ``PUT /accounts/ann`` sent to the inventory service said only "Not Found"."""
+def no_route(service: str, own: set[tuple[str, str]]) -> Callable[[str, str], str]:
+    """The 404 detail for a request no route of ``service`` matched, a function of the
+    method and path. A route of another service (one of ``saga_kit.auth.POLICY``'s, which
+    lists every service's) is named as such: ``PUT /accounts/ann`` sent to the inventory
+    service said only "Not Found". ``own``: ``service``'s (method, path template) pairs."""
     elsewhere = [(method, compile_path(path)[0]) for method, path in auth.POLICY if (method, path) not in own]
 
     def detail(method: str, path: str) -> str:
@@ -1212,7 +1213,7 @@ def create_app(
     auth.check_policy((method, r.path) for r in routes for method in r.methods or ())
     #: each route's path and methods, for the Allow header of a 405
     allow_list = [(r.path_regex, r.methods or set()) for r in routes]
-    no_route = _no_route(name, {(method, r.path) for r in routes for method in r.methods or ()})
+    unmatched = no_route(name, {(method, r.path) for r in routes for method in r.methods or ()})
     authenticate = authenticator(verifier, settings.auth_metrics_public)
     app = FastAPIOffline(
         title=title,
@@ -1311,7 +1312,7 @@ def create_app(
             )
         if exc.status_code == 404 and request.scope.get("route") is None:  # no route matched
             method = "HEAD" if request.scope.get(_HEAD) else request.method
-            return JSONResponse({"detail": no_route(method, request.url.path), "reason": "not_found"}, 404)
+            return JSONResponse({"detail": unmatched(method, request.url.path), "reason": "not_found"}, 404)
         reason = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
         return JSONResponse(
             {"detail": str(exc.detail), "reason": reason}, status_code=exc.status_code, headers=exc.headers

@@ -585,6 +585,23 @@ async def test_fault_routes_are_404_without_fault_control(
         Settings(database_url=provider_url, faults={"outage": True})
 
 
+async def test_a_saga_services_route_sent_to_the_provider_says_whose_it_is(
+    provider: httpx.AsyncClient,
+) -> None:
+    """The provider's port given as the payment service's (a trial) read a bare "Not Found"."""
+    r = await provider.get("/accounts/ann")
+    assert (r.status_code, r.json()["error"]) == (404, "not_found")
+    assert r.json()["message"] == (
+        "the payment provider (simulator) has no route GET /accounts/ann: that is another service's"
+        " route (make run prints each service's URL); this service's routes are listed at /docs"
+    )
+    r = await provider.get("/v1/nothing")
+    assert r.json()["message"] == (
+        "the payment provider (simulator) has no route GET /v1/nothing;"
+        " this service's routes are listed at /docs"
+    )
+
+
 async def test_initial_faults_come_from_the_settings(provider_url: str, provider_engine: AsyncEngine) -> None:
     settings = Settings(database_url=provider_url, fault_control=True, faults={"outage": True})
     async with client_of(build_app(settings, provider_engine)) as client:
