@@ -1998,13 +1998,14 @@ def _readiness_of(urls: Urls, service: str) -> dict[str, Any]:
 
 def _detail_of(response: httpx.Response) -> str:
     """What an error answer said: its JSON ``detail`` (a 422's list of problems as one
-    clause), else its first line or its reason phrase; 300 characters at most, control
-    characters made visible (``events.values.printable``)."""
+    clause) or ``message`` (the payment provider's shape: its port mistaken for the payment
+    service's printed its raw JSON), else its first line or its reason phrase; 300
+    characters at most, control characters made visible (``events.values.printable``)."""
     try:
         body = _json_of(response)
     except ValueError:
         body = None
-    detail = body.get("detail") if isinstance(body, dict) else None
+    detail = (body.get("detail") or body.get("message")) if isinstance(body, dict) else None
     if isinstance(detail, list) and detail and all(isinstance(d, dict) for d in detail):
         said = f"invalid request: {_problems(detail)}"
     elif detail:

@@ -910,6 +910,8 @@ def test_a_subject_without_a_role_is_said_to_be_an_operators(
         (b'{"detail": [{"loc": [null, {"x": 1}, 0]}]}', 'invalid request: null.{"x":1}[0]: invalid'),
         (b'{"detail": {"a": ["b"]}}', 'answered 401: {"a":["b"]}'),
         (b'{"detail": []}', 'answered 401: {"detail": []}'),
+        # the payment provider's shape (its port given as a service's printed its raw JSON)
+        (b'{"error": "not_found", "message": "no route"}', "answered 401: no route ("),
     ],
 )
 def test_an_error_answer_of_any_shape_is_one_line(body: bytes, said: str) -> None:
