@@ -78,6 +78,12 @@ def decode(data: bytes | None) -> Envelope[EventPayload]:
     try:
         raw = _RawEnvelope.model_validate_json(data)
     except ValidationError as exc:
+        (first, *_) = exc.errors(include_input=False, include_url=False)
+        if first["type"] == "json_invalid":
+            # the parser's words are about the JSON ("key must be a string" is an object's
+            # member name, not the record's key), said as a command's are (events.commands)
+            unreadable = printable(str(first.get("ctx", {}).get("error", "")), 200)
+            raise InvalidEvent(f"not an event envelope: its body is not JSON ({unreadable})") from None
         raise InvalidEvent(f"not an event envelope: {summary(exc)}") from None
     cls = payload_class(raw.event_type)
     if cls is None:
@@ -119,9 +125,13 @@ def summary(exc: ValidationError) -> str:
     """A validation error in one line: where and why, never the input. A tuple's length is
     not its own error when one of its items failed: pydantic counts only the items that
     passed ("items: Tuple should have at least 1 item after validation, not 0" beside the
-    one line sent, whose quantity was wrong)."""
+    one line sent, whose quantity was wrong). A tuple is a "List", as the HTTP API's 422
+    says of the same JSON array (a Kafka ``PlaceOrder`` with no items said "Tuple")."""
     parts = []
     for err in own_errors(exc.errors(include_input=False, include_url=False))[:5]:
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        parts.append(f"{loc}: {err['msg']}")
+        msg = err["msg"]
+        if err["type"] in ("too_short", "too_long"):  # a JSON array, as the HTTP API's 422 says
+            msg = msg.replace("Tuple should", "List should", 1)
+        parts.append(f"{loc}: {msg}")
     return printable("; ".join(parts), 1000)
