@@ -183,18 +183,21 @@ def peek_command(data: bytes | None, of: uuid.UUID | None = None) -> tuple[str |
     return command_type, order_id
 
 
-def to_envelope(data: bytes | None, authorization: Sequence[str] = ()) -> Envelope[Command]:
+def to_envelope(
+    data: bytes | None, authorization: Sequence[str] = (), key: bytes | None = None
+) -> Envelope[Command]:
     """Decode a record of ``orders.commands`` (``authorization``: the values of its headers
-    of that name, kept on the command for the order service to verify). Raises ``InvalidEvent`` (a dead
+    of that name, kept on the command for the order service to verify; ``key``: the
+    record's key, by convention its command id). Raises ``InvalidEvent`` (a dead
     letter) only for bytes that are not a command at all; a command that cannot be
     accepted becomes a ``RefusedCommand`` with the reason, and keeps its tokens too: its
     refusal is audited under its sender, as an HTTP call refused for its body is."""
-    envelope = _read(data, authorization)
+    envelope = _read(data, authorization, key)
     envelope.payload._authorization = tuple(authorization)
     return envelope
 
 
-def _read(data: bytes | None, authorization: Sequence[str]) -> Envelope[Command]:
+def _read(data: bytes | None, authorization: Sequence[str], key: bytes | None) -> Envelope[Command]:
     """``to_envelope``'s command, before its tokens are set on it."""
     if data is None:
         raise InvalidEvent("empty message (tombstone)")
@@ -225,9 +228,15 @@ def _read(data: bytes | None, authorization: Sequence[str]) -> Envelope[Command]
     try:  # as the HTTP door (saga_kit.http.check_json_body) refuses it
         json.loads(data, object_pairs_hook=once_each)
     except NameGivenTwice as exc:
-        # answered under the first command_id given, which is the one the client keys by
+        # answered under the id the sender follows: the record's key when it is one of the
+        # command_ids given (the last was refused while the client asked after the first it
+        # keyed by; then one keyed by the last was answered under the first), else the first
         first = _uuid(readable_members(data).get("command_id")) or cid
-        return _refused(_delivery(first, data, authorization), first, shown_type, "invalid_command", str(exc))
+        keyed = _uuid(key.decode("utf-8", "replace")) if key else None
+        chosen = keyed if keyed in (first, cid) and keyed is not None else first
+        return _refused(
+            _delivery(chosen, data, authorization), chosen, shown_type, "invalid_command", str(exc)
+        )
     except (ValueError, RecursionError):
         pass  # read whole above; only the names given twice are this reader's question
     try:

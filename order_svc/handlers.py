@@ -325,7 +325,7 @@ def decode_command(record: Record) -> Envelope[Any]:
         for k, v in record.headers
         if k.lower() == commands.AUTHORIZATION and v is not None
     ]
-    return commands.to_envelope(record.value, tokens)
+    return commands.to_envelope(record.value, tokens, record.key)
 
 
 def save(uow: UnitOfWork, state: Orders) -> None:

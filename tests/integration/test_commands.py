@@ -379,19 +379,31 @@ async def test_an_idempotency_key_is_the_customers_own(order: ServiceUnderTest) 
         )
 
 
-async def test_a_command_id_given_twice_is_answered_under_the_first(order: ServiceUnderTest) -> None:
+@pytest.mark.parametrize("keyed_by", ["first", "second", "another", "none"])
+async def test_a_command_id_given_twice_is_answered_under_the_one_its_record_is_keyed_by(
+    order: ServiceUnderTest, keyed_by: str
+) -> None:
     """The client keys the record by the first; the last was the one refused, and a client
-    asking after the first was told "unknown" for ever."""
+    asking after the first was told "unknown" for ever. Then an attack trial keyed its
+    record by the last (the id a JSON reader keeps), and was told "unknown" for ever: the
+    refusal is under the record's key when it is one of the ids given, else the first."""
     first, second = uuid.uuid4(), uuid.uuid4()
     wire = json.loads(encode_command(place(command_id=first)))
     text = json.dumps(wire).replace(
         f'"command_id": "{first}"', f'"command_id": "{first}", "command_id": "{second}"'
     )
-    assert await send(order, text.encode()) is Outcome.HANDLED
-    ((rejected, correlation),) = await answers(order, order_id_for(first))
-    assert rejected.event_type == "CommandRejected" and rejected.payload.command_id == first
-    assert correlation == str(first) and "'command_id' appears twice" in rejected.payload.detail
-    assert await answers(order, order_id_for(second)) == []
+    keys = {
+        "first": str(first).encode(),
+        "second": str(second).encode(),
+        "another": str(uuid.uuid4()).encode(),
+    }
+    key = keys.get(keyed_by, b"")  # b"": no key (the test's deliver_bytes keys a record by its value)
+    assert await order.deliver_bytes(text.encode(), COMMANDS, key=key) is Outcome.HANDLED
+    under, other = (second, first) if keyed_by == "second" else (first, second)
+    ((rejected, correlation),) = await answers(order, order_id_for(under))
+    assert rejected.event_type == "CommandRejected" and rejected.payload.command_id == under
+    assert correlation == str(under) and "'command_id' appears twice" in rejected.payload.detail
+    assert await answers(order, order_id_for(other)) == []
 
 
 async def test_every_command_is_audited_as_the_call_it_stands_for(
