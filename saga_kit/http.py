@@ -905,7 +905,8 @@ class HostAllowList:
             await self.app(scope, receive, send)
             return
         hosts = [value for name, value in scope["headers"] if name == b"host"]
-        if len(hosts) == 1:
+        port_ok = len(hosts) != 1 or _port_ok(hosts[0].decode("latin-1"))
+        if len(hosts) == 1 and port_ok:
             literal = None if self._any else _ipv6_literal(hosts[0].decode("latin-1"))
             if literal is not None:
                 scope[_HOST_ADMITTED] = literal in self._ipv6
@@ -917,14 +918,29 @@ class HostAllowList:
         if len(hosts) > 1:  # RFC 9112 §3.2: a server MUST answer 400
             detail = f"{len(hosts)} Host headers: a request names one host"
         elif hosts:
-            detail = (
-                f"the Host {printable(hosts[0].decode('latin-1'), 100)!r} is not one this service answers to"
-            )
+            shown = printable(hosts[0].decode("latin-1"), 100)
+            if port_ok:
+                detail = f"the Host {shown!r} is not one this service answers to"
+            else:
+                detail = f"the Host {shown!r} names no port there can be (digits, 0 to 65535)"
         else:
             detail = "no Host header: a request names the host it is for"
         refusal = {"detail": detail, "reason": "invalid_host"}
         for message in _json_answer(400, refusal):
             await send(message)
+
+
+def _port_ok(host: str) -> bool:
+    """Whether a ``Host``'s port, if it names digits for one, is one there can be: at most
+    65,535. Starlette's check (and ``_ipv6_literal``) take any digits (RFC 3986 §3.2.3's
+    ``*DIGIT``), and ``127.0.0.1:99999`` was served (an attack trial); what is not digits
+    they refuse themselves."""
+    port = host.rpartition("]")[2] if host.startswith("[") else host
+    digits = port.rpartition(":")[2] if ":" in port else ""
+    significant = digits.lstrip("0") or "0"  # int() of past 4,300 digits raises
+    return not (digits.isascii() and digits.isdigit()) or (
+        len(significant) <= 5 and int(significant) <= 65_535
+    )
 
 
 def _ipv6_address(host: str) -> ipaddress.IPv6Address | None:

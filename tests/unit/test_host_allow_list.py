@@ -1,6 +1,6 @@
 """``saga_kit.http.HostAllowList``: an IPv6 literal in ``Host`` is matched as an address
 (Starlette's check cuts a Host at its first colon, so ``::1`` on the list matched
-nothing), and the wildcard still lets every Host in."""
+nothing), a port there cannot be is refused, and the wildcard still lets every Host in."""
 
 from __future__ import annotations
 
@@ -44,6 +44,15 @@ async def _status(allowed: list[str], host: str) -> int:
         ("127.0.0.1:8001", 200),
         ("localhost", 200),
         ("attacker.example", 400),
+        # a port there cannot be was served (an attack trial): Starlette cuts at the colon
+        ("127.0.0.1:99999", 400),
+        ("127.0.0.1:65535", 200),
+        ("127.0.0.1:80x", 400),
+        ("127.0.0.1:80:80", 400),
+        ("127.0.0.1:", 400),
+        ("127.0.0.1:0065535", 200),
+        ("127.0.0.1:" + "9" * 5000, 400),
+        ("[::1]:65536", 400),
     ],
 )
 async def test_hosts_against_the_default_list(host: str, status: int) -> None:
