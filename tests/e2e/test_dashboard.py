@@ -238,6 +238,20 @@ def test_a_64_character_customer_id_keeps_every_column_in_view_and_the_form_need
     )
     assert outside(browser, balance) == []
 
+    # a laptop's window: the stock table's product column was cut to "la…" under a "p…"
+    # header, four number columns taking its room (a newcomer trial)
+    stock = f'#stock tr[data-product="{lamp}"] td'
+    cut = """
+        const cells = [...document.querySelectorAll(arguments[0]), document.querySelector('#stock')
+          .closest('table').querySelector('th')];
+        return cells.filter((c) => c.scrollWidth > c.clientWidth).map((c) => c.textContent);"""
+    try:
+        browser.set_window_size(1280, 800)
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, stock), what="the lamp's stock listed")
+        assert browser.execute_script(cut, stock) == []
+    finally:
+        browser.set_window_size(1600, 1000)  # sagastack.browser's, for the tests after
+
     # the icon is served, so the browser asks for it and gets it
     icon = browser.execute_async_script(
         "const done = arguments[arguments.length - 1];"
