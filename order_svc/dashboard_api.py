@@ -26,7 +26,7 @@ from saga_kit.deadletters import DeadLetter, DeadLetterSummary, LetterId, Replay
 from saga_kit.errors import DomainRejection
 from saga_kit.http import AnyCase, CheckResult, DatabaseDep, errors, upstream_unavailable
 from saga_kit.service_names import SERVICES, Service, ServiceName, service_named
-from saga_kit.urls import NOT_SENT, unanswered
+from saga_kit.urls import MEANT_FOR, NOT_SENT, unanswered
 
 STATIC = Path(__file__).parent / "dashboard"
 
@@ -96,6 +96,7 @@ async def _call(
     # the caller's own token: the other service decides what this operator may see
     authorization = request.headers.get("authorization")
     headers = {"Authorization": authorization} if authorization else {}
+    headers[MEANT_FOR] = service  # a URL that is another service's is its 421, not its data
     if service == "order_svc":
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=request.app), base_url="http://127.0.0.1", headers=headers

@@ -25,6 +25,7 @@ from saga_kit.http import (
     DOCS_ASSETS,
     HeadAsGet,
     HeadLimitedProtocol,
+    ServiceIdentity,
     authenticator,
     health_router,
     server_options,
@@ -69,6 +70,10 @@ def build_app(settings: Settings, engine: AsyncEngine) -> FastAPI:
         app.add_middleware(faults.FaultMiddleware, injector=app.state.faults)
     errors.install(app, settings.http_max_body_bytes)
     app.add_middleware(errors.BodyLimit, max_body_bytes=settings.http_max_body_bytes)
+    # it names itself, and refuses a request meant for a saga service (its URL given for one's)
+    app.add_middleware(
+        ServiceIdentity, name=NAME, problem=lambda detail: errors.error_body("misdirected_request", detail)
+    )
     app.add_middleware(HeadAsGet)  # HEAD wherever GET is (RFC 9110 §9.3.2), as the services
     return app
 

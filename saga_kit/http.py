@@ -40,6 +40,7 @@ from saga_kit import auth, deadlines, tracing
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection, TransientError, described, is_transient
 from saga_kit.settings import ServiceSettings
+from saga_kit.urls import MEANT_FOR
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,52 @@ class ExtraHeaders:
             await send(message)
 
         await self.app(scope, receive, with_extra)
+
+
+_MEANT_FOR = MEANT_FOR.lower().encode()
+
+
+class ServiceIdentity:
+    """Every answer names the service that gave it, ``Server: order_svc`` (RFC 9110 §10.2.4;
+    uvicorn's own ``Server: uvicorn`` is off, ``server_options``), and a request meant for
+    another (its ``Saga-Service`` header names one this is not) is answered 421 Misdirected
+    Request (RFC 9110 §15.5.20) before anything reads it, reason ``misdirected_request``:
+    nothing is done. The inventory service's URL given as the payment service's showed
+    inventory's dead letters as payment's, its audit head as payment's to keep, and would
+    have replayed its letters (a newcomer trial). Pure ASGI, outside everything but
+    ``HeadAsGet``. ``problem``: the 421's body from its detail (``{"detail", "reason"}``,
+    the services' ``Problem``, by default)."""
+
+    def __init__(
+        self, app: ASGIApp, name: str, problem: Callable[[str], Mapping[str, Any]] | None = None
+    ) -> None:
+        self.app, self.name = app, name
+        self._names = {name.encode(), name.removesuffix("_svc").encode()}
+        self._server = (b"server", name.encode())
+        self._problem = problem or (lambda detail: {"detail": detail, "reason": "misdirected_request"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for header, value in scope["headers"]:
+            if header == _MEANT_FOR and value.strip() not in self._names:
+                meant = printable(value.decode("latin-1"), 100)
+                detail = (
+                    f"this is {self.name}, not {meant!r}: the URL this was sent to is {self.name}'s"
+                    " (make run prints each service's URL); nothing was done"
+                )
+                for message in _json_answer(421, self._problem(detail), [self._server]):
+                    await send(message)
+                return
+        server = self._server
+
+        async def named(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), server]
+            await send(message)
+
+        await self.app(scope, receive, named)
 
 
 #: FastAPI's answer to a body it cannot decode at all (fastapi.routing).
@@ -831,6 +878,7 @@ def server_options(
         "log_config": None,
         "access_log": False,
         "lifespan": "off",
+        "server_header": False,  # the service names itself instead (ServiceIdentity)
     }
 
 
@@ -1280,6 +1328,7 @@ def create_app(
             expose_headers=["Location", "X-Trace-Id", "Retry-After"],
         )
     app.add_middleware(HostAllowList, allowed_hosts=settings.http_allowed_hosts)
+    app.add_middleware(ServiceIdentity, name=name)
     app.add_middleware(HeadAsGet)
 
     @app.exception_handler(StarletteHTTPException)
@@ -1400,7 +1449,8 @@ def create_app(
 def _document_common_answers(app: FastAPI, metrics_public: bool) -> None:
     """The OpenAPI document says what each route needs (``saga_kit.auth.POLICY``): a bearer
     JWT (``securitySchemes``) and its 401, and the 403 of operator-only routes; on every
-    route the 400 of the ``Host`` allow-list (``HostAllowList``); on every state-changing
+    route the 400 of the ``Host`` allow-list (``HostAllowList``) and the 421 of
+    ``ServiceIdentity``; on every state-changing
     one ``RequestGuard``'s 403, 408, 413 and 415."""
     generate = app.openapi
 
@@ -1436,6 +1486,13 @@ def _document_common_answers(app: FastAPI, metrics_public: bool) -> None:
                 responses = operation.setdefault("responses", {})
                 responses.setdefault(
                     "400", answer("no `Host`, or not one this service answers to (`invalid_host`)")
+                )
+                responses.setdefault(
+                    "421",
+                    answer(
+                        "a request whose `Saga-Service` header names another service"
+                        " (`misdirected_request`): nothing was done"
+                    ),
                 )
                 forbidden = []
                 if method in _STATE_CHANGING:

@@ -9,6 +9,11 @@ from typing import Literal
 import httpx
 from pydantic import AnyHttpUrl, TypeAdapter, ValidationError
 
+#: The request header that names the service a request is meant for (``order_svc``, or
+#: ``order``; sagactl sends it): a service that is another answers 421 Misdirected Request
+#: and does nothing (``saga_kit.http.ServiceIdentity``).
+MEANT_FOR = "Saga-Service"
+
 _HTTP_URL: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
 
 

@@ -69,7 +69,7 @@ from order_svc.domain import CANCEL_REQUESTED, ORDER_ID_PREFIX, OrderStatus, tra
 from saga_kit import auditchain
 from saga_kit.auth import POLICY, SUBJECT_RULE, WITHHELD, DevIssuer, Role, is_subject
 from saga_kit.service_names import SHORT_NAMES, service_named, short_name
-from saga_kit.urls import NOT_SENT, base_url, kafka_bootstrap, unanswered
+from saga_kit.urls import MEANT_FOR, NOT_SENT, base_url, kafka_bootstrap, unanswered
 
 #: Output: nothing sagactl prints is read as rich's markup — a table cell, a tree's label
 #: is what a service said (a balance of "[/]" was a MarkupError, a traceback); styles are
@@ -305,6 +305,13 @@ def _urls(ctx: typer.Context) -> Urls:
     return urls
 
 
+def _meant_for(service: str) -> dict[str, str]:
+    """The header that names the service a call is meant for: a service that is another
+    answers 421 and does nothing (``saga_kit.http.ServiceIdentity``; the inventory's URL
+    given as the payment's showed inventory's dead letters as payment's: a newcomer trial)."""
+    return {MEANT_FOR: f"{service}_svc"}
+
+
 #: The commands that call no service's HTTP API, so send no token: a URL or a token
 #: sagactl could not use stands in no way of theirs (``export SAGA_TOKEN=$(sagactl
 #: token)`` replaces a malformed one).
@@ -339,6 +346,8 @@ def _check_token(token: str, given_by: str) -> None:
     bad = next((i for i, ch in enumerate(body) if ch not in TOKEN_CHARACTERS), None)
     if body and bad is None:
         return
+    if token[:7].lower() == "bearer " and token[7:].strip():  # a header's value copied whole
+        _fail(f"{given_by} is the token alone: leave out 'Bearer ' (sagactl sends it)", USAGE)
     what = "it is only '='" if bad is None else f"character {bad + 1} is {body[bad]!r}"
     _fail(
         f"{given_by} is not a bearer token: {what}; one is ASCII letters, digits and - . _ ~ + /,"
@@ -428,6 +437,7 @@ def _send(ctx: typer.Context, service: str, method: str, path: str, **kwargs: An
     took a forget and a replay, did them when it woke, and sagactl had said "cannot reach
     … is the system running?")."""
     base = _urls(ctx).of(service)
+    kwargs["headers"] = {**kwargs.get("headers", {}), **_meant_for(service)}
     try:
         return _urls(ctx).client.request(method, base + path, **kwargs)
     except httpx.HTTPError as exc:
@@ -451,6 +461,8 @@ def _answer(ctx: typer.Context, service: str, method: str, path: str, response: 
     """The JSON of response to 'method path', or the command ends with one line
     saying why (exit 1: the service refused, or answered something other than JSON)."""
     base = _urls(ctx).of(service)
+    if response.status_code == 421:  # another service's URL given for it: the command's to mend
+        _fail(_refusal(service, response), USAGE)
     if response.is_error:
         _fail(_refusal(service, response))
     try:
@@ -647,7 +659,7 @@ def _check_service(service: str) -> str:
     """``order``, ``inventory`` or ``payment``; the names the services give themselves in
     logs, metrics and the dashboard (``order_svc``, …) are taken too."""
     try:
-        return short_name(service_named(service))
+        return short_name(service_named(service.lower()))  # as statuses, in any case (a trial)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
 
@@ -732,13 +744,15 @@ def dlq_list(
     names = service or SERVICES
     each = _EachService.read(names, lambda name: _get_or_missing(ctx, name, "/dead-letters", params))
     letters = [{"service": name, **d} for name, found in each.found.items() for d in found]
-    #: the services that answered as many as asked: there may be more (json: limit_reached)
-    full = [name for name, found in each.found.items() if len(found) >= limit]
+    #: the services that answered as many as asked, the oldest shown past id 1 (ids start
+    #: at 1: none is before it; a trial was told --before 1): there may be more. json's
+    #: limit_reached, the same list (it named every service that filled the page)
+    full = [
+        name for name, found in each.found.items() if len(found) >= limit and min(d["id"] for d in found) > 1
+    ]
     if full and output is not Output.json:  # said, not shown as if it were all (an attack trial)
         for name in full:
             last = min(d["id"] for d in each.found[name])
-            if last <= 1:  # ids start at 1: none is before it (a trial was told --before 1)
-                continue
             shown = f"the newest {limit}" + (f" before id {before}" if before is not None else "")
             errors.print(
                 f"{name}: {shown} shown, there may be more"
@@ -1772,12 +1786,14 @@ def tail(
     shown, connected = 0, False
     try:
         while True:
-            resume = {"Last-Event-ID": last_id} if last_id else {}
+            resume = ({"Last-Event-ID": last_id} if last_id else {}) | _meant_for("order")
             params = {"after": 0} if from_start and not last_id else {}
             try:
                 with (
                     httpx.Client(headers=_urls(ctx).headers, timeout=HTTP_TIMEOUT) as http,
-                    connect_sse(http, "GET", url, params=params, headers=resume) as source,
+                    connect_sse(
+                        http, "GET", url, params=params, headers=resume | _meant_for("order")
+                    ) as source,
                 ):
                     if source.response.is_error:
                         source.response.read()
@@ -1974,12 +1990,12 @@ def _readiness_of(urls: Urls, service: str) -> dict[str, Any]:
     base = urls.of(service)
     refused: str | None = None
     try:
-        answer = urls.client.get(f"{base}/health/ready")
+        answer = urls.client.get(f"{base}/health/ready", headers=_meant_for(service))
         if answer.status_code == 401 and "Authorization" in answer.request.headers:
             refused = _detail_of(answer)
             # the probe is public: asked again without the token, it still says how the
             # service is (its reasons withheld), beside why the token was refused
-            public = urls.client.build_request("GET", f"{base}/health/ready")
+            public = urls.client.build_request("GET", f"{base}/health/ready", headers=_meant_for(service))
             del public.headers["Authorization"]
             answer = urls.client.send(public)
     except httpx.HTTPError as exc:

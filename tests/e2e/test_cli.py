@@ -7,7 +7,7 @@ import re
 import threading
 
 from sagastack.client import SagaClient
-from sagastack.system import System
+from sagastack.system import PROVIDER, System
 from tests.e2e.conftest import UniqueIds, sagactl, sagactl_started, seed
 
 
@@ -75,6 +75,29 @@ def test_tail_says_it_follows_new_events_and_place_where_to_follow(
     assert tail.returncode == 0 and len(out.splitlines()) == 1, out + said + err
     order_id = placed.stdout.split()[1].rstrip(":")
     assert placed.stderr.strip() == f"follow it: sagactl saga {order_id[:8]}"
+
+
+def test_another_services_url_given_for_a_service_is_refused_by_it_and_nothing_is_done(
+    system: System,
+) -> None:
+    """The inventory service's URL given as the payment service's listed inventory's dead
+    letters as payment's, showed inventory's audit head as payment's to keep, and would
+    have replayed inventory's letter; the provider simulator's given as the order
+    service's said its health was ready (a newcomer trial). The service (or the
+    simulator) answers 421 to a call meant for another, and names itself."""
+    wrong = ["--payment-url", system.url("inventory_svc")]
+    for args in (["dlq", "list"], ["audit", "verify"], ["dlq", "replay", "payment", "1"]):
+        result = sagactl(system, *wrong, *args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "the payment service answered 421: this is inventory_svc, not 'payment_svc'" in result.stderr
+        assert result.stdout == "", args
+    healthy = sagactl(system, "--order-url", system.url(PROVIDER), "health", "-o", "json")
+    assert healthy.returncode == 1, healthy.stdout
+    order = json.loads(healthy.stdout)["order"]
+    assert order["status"] == "error" and "this is payment_provider, not 'order_svc'" in order["error"], order
+    # every answer names its service
+    assert system.http.get(f"{system.url('payment_svc')}/health/live").headers["server"] == "payment_svc"
+    assert system.http.get(f"{system.url(PROVIDER)}/health/live").headers["server"] == PROVIDER
 
 
 def test_unknown_order_is_a_clear_error(system: System) -> None:

@@ -676,6 +676,15 @@ def test_dead_letters_cut_at_the_limit_say_there_may_be_more() -> None:
             app, ["--order-url", server.base, "dlq", "list", "-s", "order", "--limit", "2", "-o", "json"]
         )
     assert json.loads(listed.stdout)["limit_reached"] == ["order"]  # a script is told too
+    # a page down to id 1 has none before it: neither the text nor json says there may be
+    # more (json named it while the text did not: a newcomer trial)
+    first = json.dumps([letter | {"id": 2}, letter | {"id": 1}]).encode()
+    for output in ("text", "json"):
+        with JsonServer(first) as server:
+            shown = CliRunner().invoke(app, [*base[:1], server.base, *base[2:], "--limit", "2", "-o", output])
+        assert "there may be more" not in shown.output, shown.output
+        if output == "json":
+            assert json.loads(shown.stdout)["limit_reached"] == []
 
 
 @pytest.mark.parametrize("command", [["dlq", "list"], ["audit", "verify"]])
@@ -817,6 +826,27 @@ def test_a_token_no_authorization_header_can_carry_is_a_usage_error(
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"{given_by} is not a bearer token: {said}; one is ASCII letters"), line
     assert server.paths == []
+
+
+@pytest.mark.parametrize("token", ["Bearer abc.def.ghi", "bearer abc.def.ghi"])
+def test_a_token_given_with_its_scheme_says_to_leave_it_out(token: str) -> None:
+    """A newcomer trial: ``--token "Bearer $T"`` (an Authorization header's value copied
+    whole) was told "character 7 is ' '"."""
+    with JsonServer(b"[]") as server:
+        result = CliRunner().invoke(app, ["--order-url", server.base, "--token", token, "orders"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == "--token is the token alone: leave out 'Bearer ' (sagactl sends it)"
+    assert server.paths == []
+
+
+@pytest.mark.parametrize("given", ["INVENTORY", "Inventory_Svc"])
+def test_a_service_is_named_in_any_case(given: str) -> None:
+    """A newcomer trial: ``dlq show INVENTORY 1`` was refused, though statuses are taken in
+    any case."""
+    with JsonServer(b"[]") as server:
+        result = CliRunner().invoke(app, ["--inventory-url", server.base, "dlq", "list", "--service", given])
+    assert result.exit_code == 0, result.output
+    assert [p.split("?")[0] for p in server.paths] == ["/dead-letters"]
 
 
 def test_a_token_sagactl_cannot_send_does_not_stop_it_minting_one(
