@@ -1265,7 +1265,8 @@ def create_app(
     """The app of service ``name``: health and metrics routes, ``routers``,
     authentication (every route in ``saga_kit.auth.POLICY``), then the middleware:
     ``inner_middleware`` (ASGI classes, nearest the routes: they see the route and the
-    caller), trace-id headers, the cross-origin guard, CORS, the Host allow-list, HEAD as
+    caller), trace-id headers, the cross-origin guard, CORS, the Host allow-list, the
+    service's name on every answer and its 421 (``ServiceIdentity``), HEAD as
     GET. A path no route matches is a 404 that says so, and whether another service has
     that route (``no_route``)."""
     verifier = settings.token_verifier()
