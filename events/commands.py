@@ -43,7 +43,7 @@ import codecs
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -209,14 +209,26 @@ def _read(data: bytes | None, authorization: Sequence[str], key: bytes | None) -
         unreadable = f"its body is not JSON ({printable(str(exc), 200)})"
         raw = readable_members(data)
         detail = f"the command cannot be read whole: {unreadable}"
+        cid = _followed_id(data, key)
         misencoded = _misencoded(data)
         if misencoded is not None:  # refused under its command_id, saying why
             raw, detail = misencoded
             unreadable = detail
-        cid = _uuid(raw.get("command_id"))
+            cid = _uuid(raw.get("command_id"))
         if cid is None:
             raise InvalidEvent(f"not a command: {unreadable}") from None
         return _refused(_delivery(cid, data, authorization), cid, _shown(raw), "invalid_command", detail)
+    shown_type = _shown(raw)
+    try:  # as the HTTP door (saga_kit.http.check_json_body) refuses it
+        json.loads(data, object_pairs_hook=once_each)
+    except NameGivenTwice as exc:
+        chosen = _followed_id(data, key)
+        if chosen is not None:  # else no command_id is a UUID: not a command (below)
+            return _refused(
+                _delivery(chosen, data, authorization), chosen, shown_type, "invalid_command", str(exc)
+            )
+    except (ValueError, RecursionError):
+        pass  # read whole above; only the names given twice are this reader's question
     cid = _uuid(raw.get("command_id")) if isinstance(raw, dict) else None
     if cid is None:
         given = raw.get("command_id") if isinstance(raw, dict) else None
@@ -224,21 +236,6 @@ def _read(data: bytes | None, authorization: Sequence[str], key: bytes | None) -
             raise InvalidEvent("not a command: no command_id (a UUID)")
         raise InvalidEvent(f"not a command: its command_id {printable(repr(given), 80)} is not a UUID")
     delivery = _delivery(cid, data, authorization)
-    shown_type = _shown(raw)
-    try:  # as the HTTP door (saga_kit.http.check_json_body) refuses it
-        json.loads(data, object_pairs_hook=once_each)
-    except NameGivenTwice as exc:
-        # answered under the id the sender follows: the record's key when it is one of the
-        # command_ids given (the last was refused while the client asked after the first it
-        # keyed by; then one keyed by the last was answered under the first), else the first
-        first = _uuid(readable_members(data).get("command_id")) or cid
-        keyed = _uuid(key.decode("utf-8", "replace")) if key else None
-        chosen = keyed if keyed in (first, cid) and keyed is not None else first
-        return _refused(
-            _delivery(chosen, data, authorization), chosen, shown_type, "invalid_command", str(exc)
-        )
-    except (ValueError, RecursionError):
-        pass  # read whole above; only the names given twice are this reader's question
     try:
         wire = _Wire.model_validate(raw)
     except ValidationError as exc:
@@ -305,31 +302,51 @@ def readable_members(data: bytes) -> dict[str, Any]:
     cannot (read by the standard library's decoder, one member at a time: a number past
     ``sys.get_int_max_str_digits()`` or nesting past the recursion limit stops it there);
     ``{}`` when ``data`` does not start a JSON object. Bytes that are not UTF-8 end the
-    text there: the members before them are read."""
+    text there: the members before them are read. A name given twice keeps its first value."""
+    members: dict[str, Any] = {}
+    for name, value in _members(data):
+        members.setdefault(name, value)
+    return members
+
+
+def _members(data: bytes) -> Iterator[tuple[str, Any]]:
+    """``readable_members``' (name, value) pairs, each as given (a name given twice, twice)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         text = data[: exc.start].decode("utf-8")
     decoder = json.JSONDecoder()
-    members: dict[str, Any] = {}
     at = _space(text, 0)
     if not text.startswith("{", at):
-        return members
+        return
     at += 1
     while True:
         try:
             name, at = decoder.raw_decode(text, _space(text, at))
             at = _space(text, at)
             if not isinstance(name, str) or not text.startswith(":", at):
-                return members
+                return
             value, at = decoder.raw_decode(text, _space(text, at + 1))
         except (ValueError, RecursionError):
-            return members
-        members.setdefault(name, value)
+            return
+        yield name, value
         at = _space(text, at)
         if not text.startswith(",", at):
-            return members
+            return
         at += 1
+
+
+def _followed_id(data: bytes, key: bytes | None) -> uuid.UUID | None:
+    """The command id a refusal of ``data`` is answered under, the one its sender follows:
+    of the ``command_id`` members readable at its top level that are UUIDs, the one the
+    record's ``key`` names (by convention a command is keyed by its id), else the first;
+    None if there is none. A command that gives the name twice was refused under the last
+    (the one a JSON reader keeps) while its client asked after the first it keyed by; then
+    one keyed by the last, or the middle of three, or cut short, was answered under the
+    first; and one whose last was not a UUID was a dead letter (attack trials)."""
+    ids = [cid for name, value in _members(data) if name == "command_id" and (cid := _uuid(value))]
+    keyed = _uuid(key.decode("utf-8", "replace")) if key else None
+    return keyed if keyed is not None and keyed in ids else next(iter(ids), None)
 
 
 def _space(text: str, at: int) -> int:

@@ -406,6 +406,42 @@ async def test_a_command_id_given_twice_is_answered_under_the_one_its_record_is_
     assert await answers(order, order_id_for(other)) == []
 
 
+@pytest.mark.parametrize(
+    ("shape", "keyed_by", "under"),
+    [
+        ("three", "second", "second"),  # the middle of three, named by the key
+        ("three", "none", "first"),
+        ("cut short", "second", "second"),  # not JSON whole: its readable members
+        ("cut short", "none", "first"),
+        ("last not a UUID", "none", "first"),  # was a dead letter: not a command
+    ],
+)
+async def test_a_command_id_given_twice_is_answered_under_the_one_followed_whatever_the_rest(
+    order: ServiceUnderTest, shape: str, keyed_by: str, under: str
+) -> None:
+    """Attack trials: the middle of three ids named by the key, a body cut short, and a
+    last id that is not a UUID were answered under the first, the first, and not at all
+    (a dead letter, though a UUID command_id could be read)."""
+    first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    text = json.dumps(json.loads(encode_command(place(command_id=first))))
+    ids = {
+        "three": f'"command_id": "{first}", "command_id": "{second}", "command_id": "{third}"',
+        "cut short": f'"command_id": "{first}", "command_id": "{second}"',
+        "last not a UUID": f'"command_id": "{first}", "command_id": "not-a-uuid"',
+    }[shape]
+    text = text.replace(f'"command_id": "{first}"', ids)
+    if shape == "cut short":
+        text = text[:-1]
+    key = str(second).encode() if keyed_by == "second" else b""
+    assert await order.deliver_bytes(text.encode(), COMMANDS, key=key) is Outcome.HANDLED
+    expected = {"first": first, "second": second}[under]
+    ((rejected, _),) = await answers(order, order_id_for(expected))
+    assert rejected.event_type == "CommandRejected" and rejected.payload.command_id == expected
+    assert rejected.payload.reason == "invalid_command", rejected.payload
+    for other in {first, second, third} - {expected}:
+        assert await answers(order, order_id_for(other)) == []
+
+
 async def test_every_command_is_audited_as_the_call_it_stands_for(
     order: ServiceUnderTest, caplog: pytest.LogCaptureFixture
 ) -> None:
