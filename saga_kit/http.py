@@ -198,7 +198,8 @@ _MEANT_FOR = MEANT_FOR.lower().encode()
 class ServiceIdentity:
     """Every answer names the service that gave it, ``Server: order_svc`` (RFC 9110 §10.2.4;
     uvicorn's own ``Server: uvicorn`` is off, ``server_options``), and a request meant for
-    another (its ``Saga-Service`` header names one this is not) is answered 421 Misdirected
+    another (its ``Saga-Service`` header, in any case, names one this is not; each header
+    of several is read) is answered 421 Misdirected
     Request (RFC 9110 §15.5.20) before anything reads it, reason ``misdirected_request``:
     nothing is done. The inventory service's URL given as the payment service's showed
     inventory's dead letters as payment's, its audit head as payment's to keep, and would
@@ -219,12 +220,10 @@ class ServiceIdentity:
             await self.app(scope, receive, send)
             return
         for header, value in scope["headers"]:
-            if header == _MEANT_FOR and value.strip() not in self._names:
+            meant_for = value.strip().lower() if header == _MEANT_FOR else b""
+            if meant_for and meant_for not in self._names:  # empty: none, as an empty Authorization
                 meant = printable(value.decode("latin-1"), 100)
-                detail = (
-                    f"this is {self.name}, not {meant!r}: the URL this was sent to is {self.name}'s"
-                    " (make run prints each service's URL); nothing was done"
-                )
+                detail = f"this is {self.name}, not {meant!r}: nothing was done"
                 for message in _json_answer(421, self._problem(detail), [self._server]):
                     await send(message)
                 return

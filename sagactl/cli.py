@@ -585,7 +585,17 @@ TOKEN_HINT = f"pass --token or set SAGA_TOKEN; {MINT_HINT}"
 
 
 def _refusal(service: str, response: httpx.Response) -> str:
-    """An error answer as one sentence: its status and what the service said."""
+    """An error answer as one sentence: its status and what the service said; a 421, the
+    URL given for service is another's (``_meant_for``), said as such."""
+    if response.status_code == 421:
+        named = response.headers.get("server")
+        other = f"{printable(named, 40)}'s" if named else f"another service's ({_detail_of(response)})"
+        where = f"{response.url.scheme}://{printable(response.url.netloc.decode('ascii', 'replace'), 100)}"
+        return (
+            f"the URL given for the {service} service, {where} (--{service}-url or"
+            f" SAGACTL_{service.upper()}_URL), is {other}: it did nothing with the call;"
+            f" give the {service} service's"
+        )
     said = _detail_of(response)
     if response.status_code == 401:
         said += f" ({TOKEN_HINT})"
@@ -879,7 +889,7 @@ def dlq_replay(
         f"/dead-letters/{letter_id}/replay",
         f"; see whether it was: sagactl dlq show {service} {letter_id}",
     )
-    _emit(output, r, lambda: f"dead letter {letter_id}: {r['status']} ({r['outcome']})")
+    _emit(output, r, lambda: f"{service}'s dead letter {letter_id}: {r['status']} ({r['outcome']})")
 
 
 @dlq.command("discard")
@@ -894,7 +904,7 @@ def dlq_discard(
         f"/dead-letters/{letter_id}/discard",
         f"; see whether it was: sagactl dlq show {service} {letter_id}",
     )
-    _emit(output, r, lambda: f"dead letter {letter_id}: {r['status']}")
+    _emit(output, r, lambda: f"{service}'s dead letter {letter_id}: {r['status']}")
 
 
 # -- orders ------------------------------------------------------------------------------
@@ -1383,10 +1393,14 @@ def _try_token(ctx: typer.Context, path: str) -> None:
     """Before a command is sent to be followed through the API: end the command if the
     order service refuses its token at ``GET path`` (401; the command would be refused
     with it, and only an operator may read why — a trial's expired token was sent, and
-    its wait then said 401). An order service out of reach now is for the wait to tell."""
+    its wait then said 401), or if the order service's URL is another's (421: a trial's
+    command was placed, and its wait then said "nothing was done"). An order service out
+    of reach now is for the wait to tell."""
     asked, _ = _poll(ctx, path)
     if asked is not None and asked.status_code == 401:
         _fail(f"{_refusal('order', asked)}; a command would be refused with it: nothing was sent")
+    if asked is not None and asked.status_code == 421:  # the outcome could not be followed there
+        _fail(f"{_refusal('order', asked)}; nothing was sent", USAGE)
 
 
 def _followed(command_id: object, order_id: str, placing: bool) -> str:
@@ -1531,11 +1545,23 @@ def _produce(
         )
 
 
+def _argument_bytes(given: str) -> bytes:
+    """The bytes of a command-line argument as given: one that is not UTF-8 reaches Python
+    as surrogate escapes (PEP 383), and goes back to its bytes (``encode()`` of it was a
+    traceback: an attack trial's ``--value $'\\xff\\xfe{}'``)."""
+    return given.encode("utf-8", "surrogateescape")
+
+
 def _header(given: str) -> tuple[str, bytes]:
     name, equals, value = given.partition("=")
     if not equals or not name:
         raise typer.BadParameter(f"{given!r} is not NAME=VALUE", param_hint="-H/--header")
-    return name, value.encode()
+    try:
+        name.encode("utf-8")  # a header's name is text on the wire (its value any bytes)
+    except UnicodeEncodeError:
+        said = f"the name of {printable(given, 80)!r} is not UTF-8"
+        raise typer.BadParameter(said, param_hint="-H/--header") from None
+    return name, _argument_bytes(value)
 
 
 @app.command("publish")
@@ -1570,9 +1596,12 @@ def publish(
         _fail(
             "give the record's body with --value, or on standard input (a pipe); --tombstone for none", USAGE
         )
-    body = None if tombstone else (value.encode() if value is not None else sys.stdin.buffer.read())
+    given = None if value is None else _argument_bytes(value)
+    body = None if tombstone else (given if given is not None else sys.stdin.buffer.read())
     look = "; sent again, it may be there twice"
-    partition, offset = _produce(bootstrap, topic, body, None if key is None else key.encode(), headers, look)
+    partition, offset = _produce(
+        bootstrap, topic, body, None if key is None else _argument_bytes(key), headers, look
+    )
     if output is Output.json:
         _json({"topic": topic, "partition": partition, "offset": offset})
     else:
@@ -1798,7 +1827,8 @@ def tail(
                     if source.response.is_error:
                         source.response.read()
                         if not (connected and source.response.status_code == 503):
-                            _fail(_refusal("order", source.response))
+                            misdirected = source.response.status_code == 421  # as every command's
+                            _fail(_refusal("order", source.response), USAGE if misdirected else REFUSED)
                         # followed before: the service is back but busy (every stream
                         # taken, its database away); it says when to try again
                         wait = source.response.headers.get("retry-after", "")
@@ -1948,7 +1978,8 @@ def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     one each reads "reason shown to an operator only"; a token a service refuses is said,
     and its readiness shown as without one). A service that cannot be reached is status
     "unreachable"; one that took the request and did not answer, "not_answering" (json:
-    each service's status, checks and error). Exits 3 if a service cannot be reached or
+    each service's status, checks and error); one whose URL is another's answered 421,
+    "misdirected". Exits 2 if one is misdirected, else 3 if a service cannot be reached or
     did not answer (as every command does), else 1 if one is not ready, refused the token
     or answered something that is not a readiness (its status and words shown)."""
     urls = _urls(ctx)
@@ -1973,6 +2004,8 @@ def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
         yours = f"the token of {urls.token_from} is not an operator's; " if urls.token else ""
         get = "export SAGA_TOKEN=$(sagactl token)"
         errors.print(f"the reasons are given to an operator's token: {yours}{get}")
+    if any(body.get("status") == "misdirected" for body in found.values()):
+        raise typer.Exit(USAGE)  # a URL given for one service is another's, as every command says
     if any(body.get("status") in ("unreachable", "not_answering") for body in found.values()):
         raise typer.Exit(UNREACHABLE)
     if refused or any(body.get("status") not in ("ready", "degraded") for body in found.values()):
@@ -1984,7 +2017,8 @@ def _readiness_of(urls: Urls, service: str) -> dict[str, Any]:
     (200 or 503: ``status`` and ``checks``); with a token it refused (401), the public
     readiness asked again without it, and ``error``/``token_refused`` saying why; status
     ``error`` with what it answered for anything else (an attack trial: a body of another
-    shape was a traceback, a 500 "cannot reach"); ``unreachable`` if it could not be
+    shape was a traceback, a 500 "cannot reach"), ``misdirected`` if its URL is another's
+    (421); ``unreachable`` if it could not be
     reached, ``not_answering`` if it took the request and did not answer (in time, or at
     all), each with ``error`` saying so as the text does."""
     base = urls.of(service)
@@ -2008,7 +2042,8 @@ def _readiness_of(urls: Urls, service: str) -> dict[str, Any]:
             "token_refused": refused,
         }
     elif body is None:
-        body = {"status": "error", "checks": {}, "error": _refusal(service, answer)}
+        status = "misdirected" if answer.status_code == 421 else "error"  # its URL is another's
+        body = {"status": status, "checks": {}, "error": _refusal(service, answer)}
     return body
 
 

@@ -86,15 +86,26 @@ def test_another_services_url_given_for_a_service_is_refused_by_it_and_nothing_i
     service's said its health was ready (a newcomer trial). The service (or the
     simulator) answers 421 to a call meant for another, and names itself."""
     wrong = ["--payment-url", system.url("inventory_svc")]
+    said = (
+        f"the URL given for the payment service, {system.url('inventory_svc')} (--payment-url or"
+        " SAGACTL_PAYMENT_URL), is inventory_svc's: it did nothing with the call; give the payment service's"
+    )
     for args in (["dlq", "list"], ["audit", "verify"], ["dlq", "replay", "payment", "1"]):
         result = sagactl(system, *wrong, *args)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
-        assert "the payment service answered 421: this is inventory_svc, not 'payment_svc'" in result.stderr
+        assert " ".join(result.stderr.split()) == said, args
         assert result.stdout == "", args
-    healthy = sagactl(system, "--order-url", system.url(PROVIDER), "health", "-o", "json")
-    assert healthy.returncode == 1, healthy.stdout
+    provider = ["--order-url", system.url(PROVIDER)]
+    healthy = sagactl(system, *provider, "health", "-o", "json")
+    assert healthy.returncode == 2, healthy.stdout
     order = json.loads(healthy.stdout)["order"]
-    assert order["status"] == "error" and "this is payment_provider, not 'order_svc'" in order["error"], order
+    assert order["status"] == "misdirected" and "is payment_provider's" in order["error"], order
+    # placed on Kafka, then followed at the wrong URL: it was placed, and a trial was told
+    # "nothing was done"; now nothing is sent
+    placed = sagactl(system, *provider, "place", "nobody", "nothing=1", "--via", "kafka")
+    assert placed.returncode == 2, (placed.stdout, placed.stderr)
+    assert "is payment_provider's" in placed.stderr and "nothing was sent" in placed.stderr
+    assert "sent PlaceOrder" not in placed.stdout + placed.stderr
     # every answer names its service
     assert system.http.get(f"{system.url('payment_svc')}/health/live").headers["server"] == "payment_svc"
     assert system.http.get(f"{system.url(PROVIDER)}/health/live").headers["server"] == PROVIDER

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sagactl.cli import USAGE, app
+from sagactl.cli import UNREACHABLE, USAGE, app
 from tests.jsonserver import JsonServer
 
 #: what the order service answers a forget with a token; without one it refuses (401)
@@ -309,3 +309,28 @@ def test_a_command_that_calls_no_service_takes_any_url_and_token(
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
     assert "is not a service's base URL" not in result.output and "not a bearer token" not in result.output
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        ["--value", "\udcff\udcfe{}"],
+        ["--key", "\udcff", "--value", "{}"],
+        ["-H", "event_type=\udcff", "--value", "{}"],
+    ],
+)
+def test_publish_takes_an_argument_that_is_not_utf8_as_its_bytes(given: list[str]) -> None:
+    """An attack trial: ``publish --value $'\\xff\\xfe{}'`` (bytes that are not UTF-8, which
+    Python reads as surrogate escapes) was a UnicodeEncodeError traceback. They are the
+    record's bytes: here the broker is away, so the command gets as far as sending."""
+    result = CliRunner().invoke(app, ["publish", "orders.events", "--bootstrap", "127.0.0.1:1", *given])
+    assert result.exit_code == UNREACHABLE, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # not a traceback
+    assert "cannot send to Kafka at 127.0.0.1:1" in result.output
+
+
+def test_a_header_name_that_is_not_utf8_is_a_usage_error() -> None:
+    result = CliRunner().invoke(
+        app, ["publish", "orders.events", "--bootstrap", "127.0.0.1:1", "-H", "\udcff=x", "--value", "{}"]
+    )
+    assert result.exit_code == USAGE and "is not UTF-8" in result.output, result.output

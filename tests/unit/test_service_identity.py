@@ -35,22 +35,21 @@ async def _answer(headers: list[tuple[bytes, bytes]]) -> tuple[list[Message], bo
     return sent, reached
 
 
-@pytest.mark.parametrize("meant", [None, b"payment_svc", b"payment"])
+@pytest.mark.parametrize("meant", [None, b"payment_svc", b"payment", b"PAYMENT_SVC", b" ", b""])
 async def test_an_answer_names_its_service(meant: bytes | None) -> None:
-    sent, reached = await _answer([(b"saga-service", meant)] if meant else [])
+    sent, reached = await _answer([(b"saga-service", meant)] if meant is not None else [])
     assert reached and sent[0]["status"] == 200
     assert sent[0]["headers"] == [(b"x-app", b"1"), (b"server", b"payment_svc")]
 
 
-@pytest.mark.parametrize("meant", [b"inventory_svc", b"", b"payment_svc, order_svc"])
+@pytest.mark.parametrize("meant", [b"inventory_svc", b"Inventory", b"payment_svc, order_svc", b"\xe9"])
 async def test_a_request_meant_for_another_is_421_and_reaches_nothing(meant: bytes) -> None:
     sent, reached = await _answer([(b"saga-service", meant)])
     assert not reached
     assert sent[0]["status"] == 421 and (b"server", b"payment_svc") in sent[0]["headers"]
     body = json.loads(sent[1]["body"])
     assert body["reason"] == "misdirected_request"
-    assert body["detail"].startswith(f"this is payment_svc, not {meant.decode()!r}: ")
-    assert body["detail"].endswith("nothing was done")
+    assert body["detail"] == f"this is payment_svc, not {meant.decode('latin-1')!r}: nothing was done"
 
 
 async def test_one_of_two_headers_naming_another_is_421() -> None:
