@@ -1119,8 +1119,9 @@ def place(
     except ValidationError as exc:
         _fail(f"not a valid order: {_problems(own_errors(exc.errors()))}", USAGE)
     _may_act_for(_urls(ctx), customer_id)
-    if wait is not False:  # followed through the API, whose verifier the command's is
-        _try_token(ctx, f"/commands/{command.command_id}")
+    # waited for or not, it is followed through the API, whose verifier the command's is
+    # (--no-wait sent a command while the order URL was another's: a trial)
+    _try_token(ctx, f"/commands/{command.command_id}")
     sent = {"command_id": str(command.command_id), "order_id": str(order_id_for(command.command_id))}
     _send_command(bootstrap, command, ctx.obj.token, sent["order_id"])
     said = f"sent PlaceOrder (order {sent['order_id']}), command {sent['command_id']}"
@@ -1559,7 +1560,8 @@ def _header(given: str) -> tuple[str, bytes]:
     try:
         name.encode("utf-8")  # a header's name is text on the wire (its value any bytes)
     except UnicodeEncodeError:
-        said = f"the name of {printable(given, 80)!r} is not UTF-8"
+        # its bytes as given ('ev\xffent'), not Python's surrogate escapes of them
+        said = f"the header name {printable(repr(_argument_bytes(name))[1:], 80)} is not UTF-8"
         raise typer.BadParameter(said, param_hint="-H/--header") from None
     return name, _argument_bytes(value)
 

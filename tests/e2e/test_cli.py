@@ -102,10 +102,11 @@ def test_another_services_url_given_for_a_service_is_refused_by_it_and_nothing_i
     assert order["status"] == "misdirected" and "is payment_provider's" in order["error"], order
     # placed on Kafka, then followed at the wrong URL: it was placed, and a trial was told
     # "nothing was done"; now nothing is sent
-    placed = sagactl(system, *provider, "place", "nobody", "nothing=1", "--via", "kafka")
-    assert placed.returncode == 2, (placed.stdout, placed.stderr)
-    assert "is payment_provider's" in placed.stderr and "nothing was sent" in placed.stderr
-    assert "sent PlaceOrder" not in placed.stdout + placed.stderr
+    for waiting in ("--wait", "--no-wait"):  # --no-wait sent it (the next trial)
+        placed = sagactl(system, *provider, "place", "nobody", "nothing=1", "--via", "kafka", waiting)
+        assert placed.returncode == 2, (waiting, placed.stdout, placed.stderr)
+        assert "is payment_provider's" in placed.stderr and "nothing was sent" in placed.stderr
+        assert "sent PlaceOrder" not in placed.stdout + placed.stderr
     # every answer names its service
     assert system.http.get(f"{system.url('payment_svc')}/health/live").headers["server"] == "payment_svc"
     assert system.http.get(f"{system.url(PROVIDER)}/health/live").headers["server"] == PROVIDER
