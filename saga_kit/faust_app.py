@@ -30,17 +30,20 @@ faust runs the Kafka consumer in a thread of its own, on an event loop it makes 
 ``asyncio.new_event_loop()``: the standard loop, while the service runs on uvloop. The
 same transport hands that thread a uvloop loop (``ServiceThread``'s ``thread_loop``):
 5% less CPU per saga (9.5 against 10.0 ms in three alternating pairs of closed-loop runs
-at a fixed fetch wait).
+at a fixed fetch wait). The progress watch's offset lookups run on that loop beside
+faust's method queue, bounded, so that a broker that cannot answer them holds up no fetch
+(``_ConsumerThread``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,11 @@ from saga_kit.progress import ProgressWatchdog
 from saga_kit.settings import DEFAULT_FETCH_MAX_WAIT_MS
 
 log = logging.getLogger(__name__)
+
+#: Seconds the progress watch's offset lookups may take (``_ConsumerThread``): a broker
+#: answers ListOffsets in milliseconds; 10 s leaves room for a loaded machine, and a look
+#: that gives up is repeated at the next one (at most 5 s later, ``saga_kit.progress``).
+OFFSET_LOOKUP_SECONDS = 10.0
 
 #: Records per second (per consumer) from which it counts as busy (``FetchPacer``). An
 #: idle saga brings each consumer a few records a second; a loaded stack, hundreds.
@@ -95,10 +103,51 @@ class FetchPacer:
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's consumer thread, with our fetch wait, on uvloop, and the progress watch's
+    offset lookups (``highwaters``, ``earliest_offsets``, ``position``) run beside its
+    method queue, bounded (``OFFSET_LOOKUP_SECONDS``).
+
+    faust hands every call to its consumer thread to one method queue served by two
+    workers, the fetches that feed the agent included. A lookup asked while the broker
+    cannot answer waits for aiokafka's request timeout (faust's ``broker_request_timeout``,
+    90 s): two of them, or one beside a commit waiting for the group's coordinator, and
+    no fetch is served until they end. A fresh-clone run on Apache Kafka saw it: after a
+    crash of the broker, the payment service took nothing for 90 s after the broker was
+    back, until the watch's ``end_offsets`` gave up ("Failed to get offsets by times in
+    90000 ms"). Run as tasks of the thread's loop instead, they hold no worker; bounded,
+    a look gives up within seconds and the next one asks again."""
+
+    #: seconds a lookup may take before the look gives it up (``OFFSET_LOOKUP_SECONDS``)
+    lookup_timeout: float
+
     def __init__(self, consumer: Any, **kwargs: Any) -> None:
         super().__init__(consumer, thread_loop=uvloop.new_event_loop(), **kwargs)
         # mode closes only a loop it made itself; this one is ours to close, at the same time
         self._close_thread_loop_on_stop = True
+        self.lookup_timeout = OFFSET_LOOKUP_SECONDS
+
+    async def highwaters(self, *partitions: Any) -> Any:
+        return await self._beside_queue(self._highwaters(list(partitions)))
+
+    async def earliest_offsets(self, *partitions: Any) -> Any:
+        return await self._beside_queue(self._ensure_consumer().beginning_offsets(partitions))
+
+    async def position(self, tp: Any) -> Any:
+        return await self._beside_queue(self._ensure_consumer().position(tp))
+
+    async def _beside_queue(self, lookup: Coroutine[Any, Any, Any]) -> Any:
+        """``lookup``'s result, awaited on the consumer thread's loop as a task of its
+        own (aiokafka's calls may run side by side there), not through the method queue;
+        raises TimeoutError after ``lookup_timeout`` seconds, and RuntimeError when the
+        thread's loop no longer runs."""
+        bounded = asyncio.wait_for(lookup, self.lookup_timeout)
+        try:
+            future = asyncio.run_coroutine_threadsafe(bounded, self.thread_loop)
+        except BaseException:
+            bounded.close()
+            lookup.close()
+            raise
+        return await asyncio.wrap_future(future)
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -130,7 +179,8 @@ class _Consumer(faust_aiokafka.Consumer):
 
 
 class Transport(faust_aiokafka.Transport):
-    """faust's aiokafka transport, with our consumers' fetch wait, on uvloop."""
+    """faust's aiokafka transport, with our consumers' fetch wait, on uvloop, the
+    progress watch's lookups beside its consumer thread's method queue."""
 
     Consumer = _Consumer
 

@@ -4,6 +4,7 @@ aiokafka upgrade that breaks an override fails here, not silently)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import faust
@@ -141,3 +142,57 @@ async def test_a_stream_taking_an_event_is_seen_by_fausts_liveness_check() -> No
     assert app.monitor.stream_inbound_time[tp] >= before
     # where faust looks (an upgrade that moves the check away from it fails here)
     assert "monitor.stream_inbound_time" in inspect.getsource(AIOKafkaConsumerThread.verify_event_path)
+
+
+class _Unanswered:
+    """An aiokafka consumer whose broker does not answer: its offset lookups wait until
+    ``answer`` is set (on the consumer thread's loop)."""
+
+    def __init__(self) -> None:
+        self.answer = asyncio.Event()
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def _unanswered(self, *args: object) -> dict[object, int]:
+        await self.answer.wait()
+        return {}
+
+    end_offsets = beginning_offsets = position = _unanswered
+
+
+async def test_offset_lookups_hold_no_worker_of_the_method_queue_and_give_up() -> None:
+    """The progress watch's lookups (``highwaters``, ``earliest_offsets``, ``position``)
+    asked while the broker cannot answer: faust's method queue, through which every
+    fetch goes, still serves calls, and each lookup gives up after ``lookup_timeout``
+    (it held one of the queue's two workers for aiokafka's 90 s request timeout, and two
+    held every fetch back: a Kafka crash test's stall)."""
+    from faust.types import TP
+
+    app = _app()
+    thread = app.consumer._thread
+    kafka = _Unanswered()
+    thread._create_consumer = lambda loop: kafka
+    thread.lookup_timeout = 0.5
+    await thread.start()
+    try:
+        tp = TP("t", 0)
+        lookups = [
+            asyncio.ensure_future(thread.highwaters(tp)),
+            asyncio.ensure_future(thread.earliest_offsets(tp)),
+            asyncio.ensure_future(thread.position(tp)),
+        ]
+
+        async def fetch() -> str:
+            return "served"
+
+        assert await asyncio.wait_for(thread.call_thread(fetch), 30) == "served"
+        for lookup in lookups:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(lookup, 30)
+    finally:
+        thread.thread_loop.call_soon_threadsafe(kafka.answer.set)
+        await thread.stop()
