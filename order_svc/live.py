@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sse_starlette import EventSourceResponse
@@ -32,6 +32,8 @@ from order_svc.timeline import Follower
 from saga_kit.errors import is_transient
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Seconds between two reads of the timeline while nothing new came (the hub's and a
 #: catching-up stream's); a full page is followed by the next one at once.
@@ -67,6 +69,29 @@ Item = list[dict[str, Any]] | Away | Ended
 Subscription = asyncio.Queue[Item]
 
 AWAY_COMMENT = "the database is away; waiting for it"
+
+
+async def _apart(read: Coroutine[Any, Any, T]) -> T:
+    """``read``'s result (a read of the database for a stream), read in a task of its own
+    that the end of the stream does not interrupt: it ends as usual and gives its
+    connection back. A client that leaves has its stream's task cancelled, and cancelled
+    again until it ends (anyio's cancel scopes, under sse-starlette); a read under way
+    was interrupted twice, psycopg gave up cancelling its query, closed the connection
+    and logged a WARNING (an operator trial: ``sagactl tail --from-start --count 1``, in
+    two runs of three)."""
+    task = asyncio.ensure_future(read)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_left)  # nobody waits for it now
+        raise
+
+
+def _left(read: asyncio.Future[Any]) -> None:
+    """The outcome of a read whose stream ended before it (``_apart``): an error is
+    logged here, not as asyncio's "exception was never retrieved"."""
+    if not read.cancelled() and read.exception() is not None:
+        log.error("live timeline: a read for a stream that has ended failed: %r", read.exception())
 
 
 class LiveResponse(EventSourceResponse):
@@ -143,7 +168,8 @@ class LiveTimeline:
             while True:  # catch up, reading on our own, until a read is not a full page
                 # the hub starts before this stream's last read of its own: what commits
                 # after that read, the hub reads after it too
-                rows = await self._read(follower, CATCH_UP_PAGE) if await self._hub_running() else None
+                running = await self._hub_running()
+                rows = await _apart(self._read(follower, CATCH_UP_PAGE)) if running else None
                 if rows is None:
                     yield Away()
                     await asyncio.sleep(AWAY_INTERVAL)
@@ -169,8 +195,7 @@ class LiveTimeline:
         """Start the hub unless it runs; False when the database is away for its start."""
         if self._task is None:
             try:
-                async with self.engine.connect() as conn:
-                    follower = await Follower.starting_now(conn)
+                follower = await _apart(self._starting_now())
             except Exception as exc:
                 if not is_transient(exc):
                     raise
@@ -178,6 +203,10 @@ class LiveTimeline:
             if self._task is None:  # another stream may have started it meanwhile
                 self._task = asyncio.create_task(self._run(follower), name="live-timeline")
         return True
+
+    async def _starting_now(self) -> Follower:
+        async with self.engine.connect() as conn:
+            return await Follower.starting_now(conn)
 
     async def _read(self, follower: Follower, page: int = PAGE) -> list[dict[str, Any]] | None:
         """One read of the timeline (at most ``page`` rows), or None when the database is away."""

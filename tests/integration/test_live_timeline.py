@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from order_svc import live, timeline
@@ -211,3 +213,48 @@ async def test_a_stream_resumed_past_every_event_starts_now(order: ServiceUnderT
     await collect(stream, {made}, got)
     await stream.aclose()
     assert got == [made]
+
+
+async def test_a_stream_whose_client_leaves_mid_read_gives_its_connection_back_quietly(
+    order: ServiceUnderTest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that leaves has its stream's task cancelled, and cancelled again until it
+    ends (anyio's cancel scopes, under sse-starlette). A catch-up read under way was
+    interrupted twice: psycopg gave up cancelling its query, closed the connection and
+    logged a WARNING (an operator trial's ``sagactl tail --from-start --count 1``). The
+    read is held here by a lock on the timeline, so that both cancellations find it."""
+    # the hub reads once as it starts, before the lock (not the read held here), then waits
+    hub = CountingReads(order.db.engine, max_streams=5, poll_interval=3600)
+    pool = order.db.engine.pool
+    before = await committed(order, 3)
+    stream = hub.follow(timeline.Follower(before[0] - 1), hub.subscribe())
+    await hub._hub_running()
+    await until(lambda: hub.reads["hub"] == 1 and pool.checkedout() == 0, "the hub's first read")  # type: ignore[attr-defined]
+    async with order.db.engine.connect() as holder:
+        await holder.execute(text("LOCK TABLE saga_events IN ACCESS EXCLUSIVE MODE"))
+        reading = asyncio.ensure_future(anext(stream))
+
+        async def waiting_on_the_lock() -> bool:
+            async with order.db.engine.connect() as conn:
+                return bool(
+                    await conn.scalar(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity"
+                            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                        )
+                    )
+                )
+
+        await until(waiting_on_the_lock, "the stream's read waiting on the lock", within=30)
+        with caplog.at_level(logging.WARNING):
+            reading.cancel()
+            await asyncio.sleep(0)  # its cancellation under way, as anyio's next one comes
+            reading.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reading
+            await holder.rollback()  # the read goes on, and ends
+    await until(lambda: pool.checkedout() == 0, "the read's connection given back")  # type: ignore[attr-defined]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    await stream.aclose()
+    assert hub._task is not None
+    hub._task.cancel()
