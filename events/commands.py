@@ -209,12 +209,13 @@ def _read(data: bytes | None, authorization: Sequence[str], key: bytes | None) -
         unreadable = f"its body is not JSON ({printable(str(exc), 200)})"
         raw = readable_members(data)
         detail = f"the command cannot be read whole: {unreadable}"
-        cid = _followed_id(data, key)
         misencoded = _misencoded(data)
         if misencoded is not None:  # refused under its command_id, saying why
             raw, detail = misencoded
             unreadable = detail
             cid = _uuid(raw.get("command_id"))
+        else:
+            cid = _followed_id(data, key)
         if cid is None:
             raise InvalidEvent(f"not a command: {unreadable}") from None
         return _refused(_delivery(cid, data, authorization), cid, _shown(raw), "invalid_command", detail)

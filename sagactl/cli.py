@@ -757,12 +757,11 @@ def dlq_list(
     #: the services that answered as many as asked, the oldest shown past id 1 (ids start
     #: at 1: none is before it; a trial was told --before 1): there may be more. json's
     #: limit_reached, the same list (it named every service that filled the page)
-    full = [
-        name for name, found in each.found.items() if len(found) >= limit and min(d["id"] for d in found) > 1
-    ]
+    oldest = {name: min(d["id"] for d in found) for name, found in each.found.items() if len(found) >= limit}
+    full = [name for name, last in oldest.items() if last > 1]
     if full and output is not Output.json:  # said, not shown as if it were all (an attack trial)
         for name in full:
-            last = min(d["id"] for d in each.found[name])
+            last = oldest[name]
             shown = f"the newest {limit}" + (f" before id {before}" if before is not None else "")
             errors.print(
                 f"{name}: {shown} shown, there may be more"
@@ -1822,9 +1821,7 @@ def tail(
             try:
                 with (
                     httpx.Client(headers=_urls(ctx).headers, timeout=HTTP_TIMEOUT) as http,
-                    connect_sse(
-                        http, "GET", url, params=params, headers=resume | _meant_for("order")
-                    ) as source,
+                    connect_sse(http, "GET", url, params=params, headers=resume) as source,
                 ):
                     if source.response.is_error:
                         source.response.read()
