@@ -85,6 +85,49 @@ def test_a_foreign_or_missing_host_is_refused_with_a_problem(system: System) -> 
         assert b"".join(iter(lambda: conn.recv(65536), b"")).startswith(b"HTTP/1.1 200 ")
 
 
+def test_a_transfer_coding_other_than_chunked_is_not_implemented(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """``Transfer-Encoding: gzip, chunked``: the HTTP server undid the chunks and passed
+    the rest on as the body, read as plain JSON (an attack trial's order was placed so;
+    a proxy that decodes the gzip would see another body). 501 (RFC 9112 §6.1), nothing
+    done; chunked alone is read as ever. Written by hand: httpx sets the framing itself."""
+    products, _ = seed(client, uid, {"mug": ("4.00", 3)}, {})
+    url = httpx.URL(f"{system.url('inventory_svc')}/products/{products['mug']}")
+    body = json.dumps({"name": "Mug", "price": "0.01", "stock": 99}).encode()
+    auth = "".join(f"{k}: {v}\r\n" for k, v in system.auth().items()).encode()
+
+    def put(framing: bytes) -> tuple[bytes, bytes]:
+        request = (
+            b"PUT " + url.raw_path + b" HTTP/1.1\r\nHost: " + f"{url.host}:{url.port}".encode() + b"\r\n"
+            b"Content-Type: application/json\r\nConnection: close\r\n"
+            + auth
+            + framing
+            + b"\r\n\r\n"
+            + f"{len(body):x}".encode()
+            + b"\r\n"
+            + body
+            + b"\r\n0\r\n\r\n"
+        )
+        with socket.create_connection((url.host, url.port), timeout=10) as conn:
+            conn.sendall(request)
+            head, _, answer = b"".join(iter(lambda: conn.recv(65536), b"")).partition(b"\r\n\r\n")
+        return head, answer
+
+    for framing in (
+        b"Transfer-Encoding: gzip, chunked",
+        b"Transfer-Encoding: identity, chunked",
+        b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked",  # one field, its values joined
+    ):
+        head, answer = put(framing)
+        assert head.startswith(b"HTTP/1.1 501 "), (framing, head)
+        assert json.loads(answer)["reason"] == "unsupported_transfer_coding"
+        assert client.product(products["mug"])["price"] == "4.00"
+    head, _ = put(b"Transfer-Encoding: Chunked")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert client.product(products["mug"])["price"] == "0.01"
+
+
 @pytest.fixture
 def big() -> Iterator[bytes]:
     yield b'{"customer_id": "c", "items": [], "pad": "' + b"x" * (1024 * 1024 + 10) + b'"}'

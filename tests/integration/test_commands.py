@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import itertools
 import json
 import logging
@@ -513,7 +514,7 @@ async def test_a_command_refused_as_it_is_read_is_audited_under_its_sender(
 @pytest.mark.parametrize(
     ("encode", "said"),
     [
-        (lambda text: b"\xef\xbb\xbf" + text.encode(), "starts with a UTF-8 byte order mark"),
+        (lambda text: b"\xef\xbb\xbf" * 2 + text.encode(), "starts with a UTF-8 byte order mark"),
         (lambda text: text.encode("utf-16"), "is UTF-16"),
     ],
 )
@@ -521,11 +522,23 @@ async def test_a_command_with_a_byte_order_mark_is_refused_under_its_id(
     order: ServiceUnderTest, encode: Any, said: str
 ) -> None:
     """It was a dead letter ("expected value at line 1 column 1"), and GET /commands/{id}
-    answered "unknown" (not processed yet) for ever."""
+    answered "unknown" (not processed yet) for ever. One UTF-8 mark is ignored (below);
+    a second is refused."""
     command = place()
     assert await send(order, encode(encode_command(command).decode())) is Outcome.HANDLED
     ((rejected, _),) = await answers(order, order_id_for(command.command_id))
     assert rejected.payload.reason == "invalid_command" and said in rejected.payload.detail
+
+
+async def test_a_command_after_one_utf8_byte_order_mark_is_taken_as_the_http_door_takes_it(
+    order: ServiceUnderTest,
+) -> None:
+    """RFC 8259 §8.1 lets a reader ignore the mark; POST /orders does, and the same
+    bytes on orders.commands were refused (an attack trial)."""
+    command = place()
+    assert await send(order, codecs.BOM_UTF8 + encode_command(command)) is Outcome.HANDLED
+    ((placed, _),) = await answers(order, order_id_for(command.command_id))
+    assert placed.event_type == "OrderCreated", placed
 
 
 async def test_a_strangers_command_stays_out_of_the_victims_timeline(

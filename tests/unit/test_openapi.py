@@ -142,6 +142,7 @@ def test_every_route_documents_what_it_needs_of_the_caller(document: dict[str, A
         security = [{}, {"bearer": []}] if optional else [{"bearer": []}] if needs_token else None
         assert operation.get("security") == security, route
         assert ("401" in responses) == (needs_token or optional), f"{route}: {access}"
+        assert "`unsupported_transfer_coding`" in responses["501"]["description"], route
         changes_state = method in {"POST", "PUT", "PATCH", "DELETE"}
         forbids = access is Access.OPERATOR or route == "POST /orders" or changes_state
         assert ("403" in responses) == forbids, f"{route}: {access}"
