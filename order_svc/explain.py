@@ -176,9 +176,14 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
                 " signed as its own is in the timeline (its records lost, or its key stolen)"
             )
         if status == "CANCELLED" and _after(events, "PaymentCompleted", "OrderCancelled"):
-            # the charge was in doubt (the provider did not answer) when the cancellation
-            # came: payment finishes a charge it cannot rule out, then refunds it
-            verdict += "; payment charged after the cancellation (a charge already under way), to refund it"
+            # payment had not read the cancellation yet (it was stopped, and read the
+            # reservation first: a demo's saga 5, an operator trial), or the charge was in
+            # doubt when it came (the provider did not answer): it finishes a charge it
+            # cannot rule out; either way it refunds it
+            verdict += (
+                "; payment charged after the cancellation (it had not read the cancellation yet,"
+                " or its charge was already under way), and refunds it"
+            )
         refund_waits = _last_after(events, "PaymentPending", "PaymentCompleted")
         if refund_waits is not None and "PaymentRefunded" not in seen:
             told = refund_waits.get("payload", {})

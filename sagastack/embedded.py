@@ -85,15 +85,47 @@ class PortTaken(RuntimeError):
 def ensure_port_free(port: int, what: str, variable: str) -> None:
     """Raise ``PortTaken`` (naming ``what`` listens there and the ``variable`` that moves
     it) unless 127.0.0.1:``port`` can be bound now."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            raise PortTaken(
-                f"127.0.0.1:{port}, {what} port, is taken by another process: stop it, or choose"
-                f" another port with {variable}"
-            ) from None
+    ensure_ports_free([(port, what, variable)])
+
+
+def ensure_ports_free(wanted: Sequence[tuple[int, str, str]]) -> None:
+    """Raise ``PortTaken`` naming every port of ``wanted`` (port, what listens there, the
+    variable that moves it) that 127.0.0.1 cannot bind now, one line each, with the
+    process that holds it where this user may see it (an operator trial was told of the
+    first taken port only, "by another process": its own stack of another run directory)."""
+    said = []
+    for port, what, variable in wanted:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+            try:
+                probe.bind(("127.0.0.1", port))
+                continue
+            except OSError:
+                pass
+        holder = port_holder(port)
+        said.append(
+            f"127.0.0.1:{port}, {what} port, is taken by another process"
+            f"{f' ({holder})' if holder else ''}: stop it, or choose another port with {variable}"
+        )
+    if said:
+        raise PortTaken("\n".join(said))
+
+
+def port_holder(port: int) -> str | None:
+    """ "pid N: its command line" of the process listening on ``port``, or None when this
+    user may not see it (another user's) or none listens (psutil reads the sockets' table)."""
+    try:
+        sockets = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return None
+    for sock in sockets:
+        if sock.status == psutil.CONN_LISTEN and sock.laddr and sock.laddr.port == port and sock.pid:
+            try:
+                command = shlex.join(psutil.Process(sock.pid).cmdline())
+            except psutil.Error:
+                return f"pid {sock.pid}"
+            return f"pid {sock.pid}: {command[:120]}{'…' if len(command) > 120 else ''}"
+    return None
 
 
 class RunDirectoryInUse(RuntimeError):
@@ -149,9 +181,10 @@ class RunDirectoryClaim:
                 self._file.close()
                 raise RunDirectoryInUse(
                     f"{run_dir} is in use by another run (pid {holder[0] if holder else 'unknown'}):"
-                    " stop that one first (Ctrl-C where it runs), or give this one a run directory of"
-                    " its own (python -m sagastack run|demo|bench --run-dir DIR; a second stack needs"
-                    " ports of its own too: the README's *_HTTP_PORT and SAGA_KAFKA_PORT)"
+                    " stop that one first (Ctrl-C where it runs, or kill that pid), or give this one a"
+                    " run directory of its own (RUN_DIR=DIR make run, or --run-dir DIR of python -m"
+                    " sagastack run|demo|bench; a second stack needs ports of its own too: the README's"
+                    " *_HTTP_PORT and SAGA_KAFKA_PORT)"
                 ) from None
         self._file.seek(0)
         self._file.truncate()

@@ -69,6 +69,7 @@ from sagastack.embedded import (
     RunDirectoryClaim,
     Tansu,
     ensure_port_free,
+    ensure_ports_free,
     free_port,
     write_whole,
 )
@@ -409,8 +410,8 @@ class System:
     def check_ports(self) -> None:
         """Raise ``BadSetting`` naming two variables that give one port (an operator trial:
         two services on one port, and the one that could not bind restarted forever while
-        the other answered its health checks), and ``PortTaken`` naming the first port of
-        this run another process holds (and the variable that moves it), before anything
+        the other answered its health checks), and ``PortTaken`` naming each port of this
+        run another process holds (with that process, and the variable that moves it), before anything
         starts: a newcomer trial found each taken port only once everything else had
         started, one run at a time, at the end of the service's log."""
         if self.free_ports:
@@ -434,9 +435,13 @@ class System:
                     f"{named(taken[port])} and {named(variable)} give one port, {port}: each needs its own"
                 )
             taken[port] = variable
-        for what, variable, default in wanted:
-            if variable != "SAGA_KAFKA_PORT":  # the broker's: checked as it starts
-                ensure_port_free(port_from_env(variable, default), what, variable)
+        ensure_ports_free(
+            [
+                (port_from_env(variable, default), what, variable)
+                for what, variable, default in wanted
+                if variable != "SAGA_KAFKA_PORT"  # the broker's: checked as it starts
+            ]
+        )
 
     def _start_broker(self) -> None:
         external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")

@@ -179,6 +179,35 @@ def test_an_http_port_already_taken_is_named_before_anything_starts(
             system.stop()
 
 
+def test_every_port_taken_is_named_with_the_process_that_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator trial was told of the first taken port only, "by another process": its
+    own stack of another run directory."""
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.delenv("PAYMENT_PROVIDER_URL", raising=False)
+    ports = []
+    with socket.socket() as first, socket.socket() as second:
+        for other, variable in ((first, "ORDER_HTTP_PORT"), (second, "PAYMENT_HTTP_PORT")):
+            other.bind(("127.0.0.1", 0))
+            other.listen()
+            ports.append(other.getsockname()[1])
+            monkeypatch.setenv(variable, str(ports[-1]))
+        system = System(tmp_path, broker_kind="tansu")
+        with pytest.raises(PortTaken) as taken:
+            system.check_ports()
+    lines = str(taken.value).splitlines()
+    assert len(lines) == 2, lines
+    for line, port, (what, variable) in zip(
+        lines,
+        ports,
+        (("order_svc's HTTP", "ORDER_HTTP_PORT"), ("payment_svc's HTTP", "PAYMENT_HTTP_PORT")),
+        strict=True,
+    ):
+        assert line.startswith(f"127.0.0.1:{port}, {what} port, is taken by another process"), line
+        assert f"(pid {os.getpid()}: " in line and "pytest" in line and line.endswith(variable), line
+
+
 @pytest.mark.parametrize(
     ("ports", "said"),
     [
