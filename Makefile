@@ -7,6 +7,10 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksu
 # Kafka without Java 17, make run and make demo say so and use Tansu.
 BROKER ?=
 WITH_BROKER := $(if $(BROKER),SAGA_BROKER=$(BROKER))
+# run, demo, bench and chaos exec their command (through env, for WITH_BROKER): the shell
+# that make starts for a recipe would take a kill of make's pid (make passes SIGTERM on to
+# its children) and die without passing it on, leaving the stack running (an operator
+# trial, with BROKER=kafka)
 # make bench and make chaos: N orders; make chaos: KILLS service kills, SEED its workload's
 N     ?= 2000
 KILLS ?= 10
@@ -50,11 +54,11 @@ $(STAMP): requirements.lock pyproject.toml
 	@echo ".venv ready"
 
 run: setup
-	$(WITH_BROKER) $(BIN)/python -m sagastack run $(if $(RUN_DIR),--run-dir $(RUN_DIR)) $(if $(filter 1,$(SECURE)),--secure)
+	exec env $(WITH_BROKER) $(BIN)/python -m sagastack run $(if $(RUN_DIR),--run-dir $(RUN_DIR)) $(if $(filter 1,$(SECURE)),--secure)
 
 # KEEP=0: stop at the end even on a terminal; KEEP=1: keep running even off one
 demo: setup
-	$(WITH_BROKER) $(BIN)/python -m sagastack demo $(if $(filter 0,$(KEEP)),--no-keep,$(if $(filter 1,$(KEEP)),--keep,))
+	exec env $(WITH_BROKER) $(BIN)/python -m sagastack demo $(if $(filter 0,$(KEEP)),--no-keep,$(if $(filter 1,$(KEEP)),--keep,))
 
 # the invariants on a stack that runs (make run's, or RUN_DIR's), once nothing is in flight
 # (WAIT: seconds to wait for that, default 60)
@@ -90,13 +94,13 @@ browser:
 	fi
 
 bench: setup
-	$(WITH_BROKER) $(BIN)/python -m sagastack bench --orders $(N) \
+	exec env $(WITH_BROKER) $(BIN)/python -m sagastack bench --orders $(N) \
 	  $$( [ "$${SWEEP:-}" = 0 ] || echo --sweep $${SWEEP:-50,100,200,300,400,500,600} ) \
 	  $$( [ "$${SIGNING:-1}" = 0 ] && echo --no-signing ) \
 	  $$( [ -n "$${DB_STATEMENTS:-}" ] && echo --db-statements $${DB_STATEMENTS} )
 
 chaos: setup
-	$(WITH_BROKER) $(BIN)/python -m sagastack chaos --orders $(N) --kills $(KILLS) --seed $(SEED)
+	exec env $(WITH_BROKER) $(BIN)/python -m sagastack chaos --orders $(N) --kills $(KILLS) --seed $(SEED)
 
 screenshots: setup browser
 	$(BIN)/python -m sagastack screenshots

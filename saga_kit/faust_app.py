@@ -147,7 +147,10 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             bounded.close()
             lookup.close()
             raise
-        return await asyncio.wrap_future(future)
+        try:
+            return await asyncio.wrap_future(future)
+        except TimeoutError:  # said, not "TimeoutError: " (an operator trial's log)
+            raise TimeoutError(f"no answer from the broker within {self.lookup_timeout:g} s") from None
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)

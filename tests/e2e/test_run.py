@@ -118,3 +118,42 @@ def test_make_run_serves_and_a_closed_terminal_stops_everything(run_root: Path) 
     assert left == []
     assert not (run_dir / MANIFEST).exists()
     assert "stopped" not in (run_dir / "logs" / "watchdog.log").read_text()
+
+
+def test_a_kill_of_makes_pid_stops_everything(run_root: Path) -> None:
+    """``kill <make's pid>`` (SIGTERM), with BROKER given: make passes SIGTERM on to the
+    shell it started for the recipe, which died without passing it on, and the whole stack
+    went on running (an operator trial, with BROKER=kafka). The recipe execs its command."""
+    run_dir = run_root / "make-run-killed"
+    ports = {f"{p}_HTTP_PORT": str(free_port()) for p in ("ORDER", "INVENTORY", "PAYMENT", "PROVIDER")}
+    env = {**os.environ, **ports, "SAGA_KAFKA_PORT": str(free_port())}
+    env.pop("LOG_LEVEL", None)
+    proc = subprocess.Popen(
+        ["make", "--no-print-directory", "run", "BROKER=tansu", f"RUN_DIR={run_dir}"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    said = []
+    try:
+        while not (line := proc.stdout.readline()).startswith("ready"):
+            assert line, "make run ended before it was ready:\n" + "".join(said)
+            said.append(line)
+        holder = int((run_dir / "owner.lock").read_text().split()[0])  # python -m sagastack run
+        started = [holder, *(int(pid) for pid, _ in json.loads((run_dir / "pids.json").read_text()).values())]
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "stopping …\nstopped\n" in out, out
+    end = time.monotonic() + 10
+    while (left := [p for p in started if process_running(p)]) and time.monotonic() < end:
+        time.sleep(0.2)
+    if left:  # the old recipe's stack: stopped here as Ctrl-C would, then failed
+        os.kill(holder, signal.SIGINT)
+    assert left == [], "still running after make was killed"

@@ -191,7 +191,7 @@ async def test_offset_lookups_hold_no_worker_of_the_method_queue_and_give_up() -
 
         assert await asyncio.wait_for(thread.call_thread(fetch), 30) == "served"
         for lookup in lookups:
-            with pytest.raises(TimeoutError):
+            with pytest.raises(TimeoutError, match=r"^no answer from the broker within 0\.5 s$"):
                 await asyncio.wait_for(lookup, 30)
     finally:
         thread.thread_loop.call_soon_threadsafe(kafka.answer.set)

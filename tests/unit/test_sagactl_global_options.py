@@ -240,6 +240,20 @@ def test_a_tls_file_that_cannot_be_read_is_a_usage_error_naming_it(
     assert f"cannot connect to Kafka: KAFKA_SSL_CAFILE={missing} cannot be read" in result.output
 
 
+def test_a_broker_out_of_reach_at_the_given_bootstrap_is_said_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator trial, its broker restarting: "(is the system running? 'make run'
+    starts it, its broker at 127.0.0.1:9092; …)" of the bootstrap SAGACTL_KAFKA_BOOTSTRAP
+    gave (not 9092). Nothing was sent: exit 3."""
+    for variable in ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SSL_CAFILE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("SAGACTL_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    result = CliRunner().invoke(app, ["publish", "orders.commands", "--key", "k", "--value", "{}"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == UNREACHABLE, result.output
+    assert "cannot send to Kafka at 127.0.0.1:1" in said and "9092" not in said, said
+    assert "as --bootstrap or SAGACTL_KAFKA_BOOTSTRAP says" in said, said
+
+
 @pytest.mark.parametrize(
     ("args", "environment"),
     [

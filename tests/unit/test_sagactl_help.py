@@ -687,16 +687,20 @@ def test_dead_letters_cut_at_the_limit_say_there_may_be_more() -> None:
             assert json.loads(shown.stdout)["limit_reached"] == []
 
 
-@pytest.mark.parametrize("command", [["dlq", "list"], ["audit", "verify"]])
-def test_every_service_is_asked_at_once(command: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("command", "document"),
+    [(["dlq", "list"], []), (["audit", "verify"], []), (["health"], {"status": "ready", "checks": {}})],
+)
+def test_every_service_is_asked_at_once(command: list[str], document: object) -> None:
     """A command that reads each service asked them one after another: with their
     database frozen, each took its answer deadline in turn, and ``dlq list`` took 19 s
-    (an attack trial). They are asked at once."""
+    (an attack trial); ``health`` took 6.5 s while the broker was paused, each readiness
+    its 2 s (an operator trial). They are asked at once."""
     import json
 
     from tests.jsonserver import JsonServer
 
-    with JsonServer(json.dumps([]).encode(), delay=1.0) as slow:
+    with JsonServer(json.dumps(document).encode(), delay=1.0) as slow:
         urls = ["--order-url", slow.base, "--inventory-url", slow.base, "--payment-url", slow.base]
         result = CliRunner().invoke(app, [*urls, *command, "-o", "json"])
     assert result.exit_code == 0, result.output
