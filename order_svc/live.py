@@ -138,13 +138,14 @@ class LiveTimeline:
         return len(self._streams) >= self.max_streams
 
     async def start(self, after: int | None) -> Follower:
-        """Where a new stream starts: after position ``after``, or now — also for an
-        ``after`` past every event there is (a browser's ``Last-Event-ID`` from a database
-        since wiped waited, silent, for the timeline to pass it). Reads the database (one
-        away raises its error: before any answer, it is a 503)."""
+        """Where a new stream starts: after position ``after`` (``Follower.resuming``: the
+        late-commit window below it comes again), or now — also for an ``after`` past every
+        event there is (a browser's ``Last-Event-ID`` from a database since wiped waited,
+        silent, for the timeline to pass it). Reads the database (one away raises its
+        error: before any answer, it is a 503)."""
         async with self.engine.connect() as conn:
             if after is not None and after <= await timeline.last_seq(conn):
-                return Follower(after)
+                return await Follower.resuming(conn, after)
             return await Follower.starting_now(conn)
 
     def subscribe(self) -> Subscription:

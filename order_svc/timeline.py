@@ -153,6 +153,24 @@ class Follower:
         visible = await conn.scalars(text("SELECT seq FROM saga_events WHERE seq > :f"), {"f": floor})
         return cls(floor, set(visible))
 
+    @classmethod
+    async def resuming(cls, conn: AsyncConnection, after: int) -> Follower:
+        """Follow after position ``after`` (a stream resumed from ``Last-Event-ID``, or
+        started at ``after``) from the last seq at or below it recorded longer ago than
+        the late-commit window: a row with a lower seq that committed after the client's
+        last event, while it was away, is still delivered (it was skipped: an attack trial
+        held one open while a client read past it, left, and resumed). The rows of the
+        window below ``after`` come again, which the client may have had: it tells them by
+        their ids."""
+        floor = await conn.scalar(
+            text(
+                "SELECT COALESCE(MAX(seq), 0) FROM saga_events"
+                " WHERE seq <= :a AND recorded_at < clock_timestamp() - :w"
+            ),
+            {"a": after, "w": LATE_COMMIT_WINDOW},
+        )
+        return cls(int(floor or 0))
+
     async def poll(self, conn: AsyncConnection, limit: int = 500) -> list[dict[str, Any]]:
         """The events not returned before, at most ``limit``, in recording order. Those
         already returned are left out in the query itself, so a page is never full of them

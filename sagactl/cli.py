@@ -1813,10 +1813,14 @@ def tail(
 ) -> None:
     """Follow every saga's events live, as the order service records them (Ctrl-C stops).
     '--output json' prints one JSON object per line. A stream the service ends (it
-    restarted, or this terminal fell behind) is resumed after the last event shown."""
+    restarted, or this terminal fell behind) is resumed after the last event shown; each
+    event is shown once."""
     url = f"{_urls(ctx).order}/saga-events/stream"
     last_id: str | None = None  # of the last event shown: where a new stream resumes
     shown, connected = 0, False
+    # a resumed stream sends again the events of the last LATE_COMMIT_WINDOW (30 s) before
+    # its Last-Event-ID, so that one committed late is not skipped: each is shown once
+    seen: dict[str, None] = {}
     try:
         while True:
             resume = ({"Last-Event-ID": last_id} if last_id else {}) | _meant_for("order")
@@ -1845,8 +1849,11 @@ def tail(
                     connected = True
                     _wait_for_ever(source.response)
                     for sse in source.iter_sse():
-                        if sse.event != "saga-event":
+                        if sse.event != "saga-event" or sse.id in seen:
                             continue
+                        seen[sse.id] = None
+                        if len(seen) > TAIL_SEEN_IDS:
+                            del seen[next(iter(seen))]  # the oldest: long out of any window
                         _show_saga_event(sse.data, output)
                         last_id, shown = sse.id, shown + 1
                         if count is not None and shown >= count:
@@ -1862,6 +1869,11 @@ def tail(
             time.sleep(1.0)
     except KeyboardInterrupt:
         pass
+
+
+#: Event ids ``tail`` remembers to show each event once: more than a resumed stream sends
+#: again (the events of 30 s) at hundreds of sagas a second.
+TAIL_SEEN_IDS = 100_000
 
 
 def _wait_for_ever(response: httpx.Response) -> None:

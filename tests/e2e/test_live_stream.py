@@ -42,10 +42,13 @@ def test_open_streams_each_follow_a_saga_and_resume_from_last_event_id(
         types = [e.json()["event_type"] for e in seen[0]]
         assert types[0] == "OrderCreated" and "PaymentCompleted" in types, types
         assert [int(e.id) for e in seen[0]] == sorted(int(e.id) for e in seen[0])
-        # a client that reconnects after the first event gets the rest, not the first again
-        with connect_sse(http, "GET", url, headers={"Last-Event-ID": seen[0][0].id}) as resumed:
+        # a client that reconnects after the first event gets the rest; the events of the
+        # late-commit window before its Last-Event-ID (30 s) come again, told by their ids
+        first = seen[0][0].id
+        with connect_sse(http, "GET", url, headers={"Last-Event-ID": first}) as resumed:
             again = saga_events(resumed.iter_sse(), order_id, "OrderApproved")
-        assert [e.id for e in again] == [e.id for e in seen[0][1:]]
+        assert [e.id for e in again if int(e.id) > int(first)] == [e.id for e in seen[0][1:]]
+        assert {e.id for e in again} <= {e.id for e in seen[0]}
 
 
 def test_a_service_serves_at_most_its_streams_and_refuses_one_more_with_retry_after(system: System) -> None:

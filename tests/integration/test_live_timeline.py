@@ -258,3 +258,25 @@ async def test_a_stream_whose_client_leaves_mid_read_gives_its_connection_back_q
     await stream.aclose()
     assert hub._task is not None
     hub._task.cancel()
+
+
+async def test_a_stream_resumed_gets_a_late_commit_below_its_last_event_id(order: ServiceUnderTest) -> None:
+    """An attack trial held a timeline row open (seq 6) while a client read 7 to 11, left,
+    and resumed from Last-Event-ID 11 after the row committed: the resumed stream never
+    sent 6. It starts below, at the last event older than the late-commit window; what
+    the client had comes again (it tells it by the ids), with any other recent event."""
+    hub = LiveTimeline(order.db.engine, max_streams=5, poll_interval=INTERVAL)
+    async with order.db.engine.connect() as late:
+        [held] = await insert(late)  # its seq is taken, its row not yet committed
+        after = await committed(order, 3)
+        first = hub.follow(await hub.start(held - 1))
+        got: list[int] = []
+        await collect(first, set(after), got)
+        assert held not in got
+        await first.aclose()  # the client leaves ...
+        await late.commit()  # ... and the row commits meanwhile
+    resumed = hub.follow(await hub.start(after[-1]))  # Last-Event-ID: the last one it had
+    again: list[int] = []
+    await collect(resumed, {held}, again)
+    await resumed.aclose()
+    assert held in again
