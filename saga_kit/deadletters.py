@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -313,8 +313,16 @@ async def discard(db: Database, letter_id: int) -> DeadLetterSummary:
     return await get_letter(db, letter_id)
 
 
-#: A dead letter's id: a positive BIGINT.
-LetterId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+def _in_digits(given: object) -> object:
+    """A path's id written in the digits 0-9 only: the framework's int read "1_0" as 10
+    and "+1", "1.0" as 1 (an attack trial), one letter's id typed for another's."""
+    if isinstance(given, str) and not (given.isascii() and given.isdigit()):
+        raise ValueError("must be written in the digits 0-9 only")
+    return given
+
+
+#: A dead letter's id: a positive BIGINT, in digits.
+LetterId = Annotated[int, BeforeValidator(_in_digits), Path(ge=1, le=2**63 - 1)]
 
 router = APIRouter(prefix="/dead-letters", tags=["dead letters"])
 _NOT_FOUND = errors({404: "no such dead letter"})

@@ -698,8 +698,22 @@ def _check_services(services: list[str] | None) -> list[str] | None:
 
 
 ServiceArg = Annotated[str, typer.Argument(help="order, inventory or payment", callback=_check_service)]
-#: A dead letter's id, as the services take it (``saga_kit.deadletters.LetterId``).
-LetterIdArg = Annotated[int, typer.Argument(min=1, max=2**63 - 1, help="the dead letter's id (dlq list)")]
+
+
+def _letter_id(given: str) -> int:
+    """A dead letter's id as the services take it (``saga_kit.deadletters.LetterId``): the
+    digits 0-9 only, 1 to 2**63-1. Python's int() read "1_0" as 10 and "+1", " 1" as 1, so
+    a typo could replay or discard another letter (an attack trial)."""
+    if not (given.isascii() and given.isdigit()):
+        raise typer.BadParameter(f"{printable(repr(given), 40)} is not an id: the digits 0-9 only (dlq list)")
+    if not 1 <= int(given) <= 2**63 - 1:
+        raise typer.BadParameter(f"{given[:40]} is not an id: from 1 to 9223372036854775807 (dlq list)")
+    return int(given)
+
+
+LetterIdArg = Annotated[
+    int, typer.Argument(parser=_letter_id, metavar="LETTER_ID", help="the dead letter's id (dlq list)")
+]
 STATUS_STYLE = {"PENDING": "yellow", "APPROVED": "green", "REJECTED": "red", "CANCELLED": "magenta"}
 
 

@@ -208,6 +208,10 @@ def test_every_error_answered_is_documented_for_its_route_with_its_body(
             (service, "GET", "/dead-letters/{letter_id}/value", "/dead-letters/9000000000/value", {}, 404),
             (service, "POST", "/dead-letters/{letter_id}/replay", "/dead-letters/9000000000/replay", {}, 404),
             (service, "POST", "/dead-letters/{letter_id}/discard", "/dead-letters/0/discard", {}, 422),
+            # an attack trial: "1_0" was letter 10, "+1" and "1.0" letter 1
+            (service, "GET", "/dead-letters/{letter_id}", "/dead-letters/1_0", {}, 422),
+            (service, "POST", "/dead-letters/{letter_id}/replay", "/dead-letters/+1/replay", {}, 422),
+            (service, "GET", "/dead-letters/{letter_id}/value", "/dead-letters/1.0/value", {}, 422),
             (service, "GET", "/dead-letters", "/dead-letters", {"params": {"status": "LOST"}}, 422),
         ]
     documents = {name: httpx.get(f"{system.url(name)}/openapi.json").json() for name in SERVICES}

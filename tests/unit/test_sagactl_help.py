@@ -259,8 +259,12 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
         (["publish", "orders.events", "--value", "x", "--bootstrap", "http://127.0.0.1:1"], "'http://"),
         (["publish", "orders.events", "--value", "x", "--bootstrap", "127.0.0.1:1 127.0.0.1:2"], "not host"),
         (["tail", "--count", "0"], "Invalid value for '--count': Input should be greater than or equal to 1"),
-        (["dlq", "replay", "inventory", "0"], "Invalid value for 'letter_id'"),
-        (["dlq", "show", "payment", "99999999999999999999"], "Invalid value for 'letter_id'"),
+        (["dlq", "replay", "inventory", "0"], "0 is not an id: from 1 to 9223372036854775807"),
+        (["dlq", "show", "payment", "99999999999999999999"], "is not an id: from 1 to"),
+        # an attack trial: int() read "1_0" as 10, "+1" and " 1" as 1
+        (["dlq", "show", "payment", "1_0"], "'1_0' is not an id: the digits 0-9 only"),
+        (["dlq", "discard", "payment", "+1"], "'+1' is not an id: the digits 0-9 only"),
+        (["dlq", "replay", "payment", " 1"], "' 1' is not an id: the digits 0-9 only"),
         (["--payment-url", "notaurl", "health"], "--payment-url is not a service's base URL"),
         (["--inventory-url", "ftp://x", "dlq", "list"], "URL scheme should be 'http' or 'https'"),
         # a trial: Kafka's options on an HTTP call were ignored, the call made all the same
