@@ -170,7 +170,8 @@ _DOCS_PAGES = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
 class ExtraHeaders:
     """Adds ``X-Trace-Id`` (the request's trace) to every answer, and the docs pages'
     Content-Security-Policy to theirs (pure ASGI: no per-request task or body buffering,
-    unlike a ``BaseHTTPMiddleware``)."""
+    unlike a ``BaseHTTPMiddleware``); links the request's span to a caller's
+    ``traceparent`` it did not continue (``saga_kit.tracing.link_caller``)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -180,6 +181,8 @@ class ExtraHeaders:
             await self.app(scope, receive, send)
             return
         ids = tracing.current_ids()
+        if ids is not None:
+            tracing.link_caller(Headers(scope=scope))
         extra = [(b"x-trace-id", ids[0].encode())] if ids is not None else []
         if scope["path"] in _DOCS_PAGES:
             extra.append(_DOCS_POLICY)

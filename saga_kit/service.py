@@ -605,7 +605,12 @@ def main(spec: ServiceSpec, settings_factory: Callable[[], ServiceSettings]) -> 
     (never its value: it may be a secret), exit code 2."""
     settings = load_or_exit(spec.name, settings_factory)
     logs.configure(spec.name, settings.log_level)
-    provider = tracing.configure(spec.name, settings.tracing_exporter, settings.tracing_dir)
+    provider = tracing.configure(
+        spec.name,
+        settings.tracing_exporter,
+        settings.tracing_dir,
+        trust_traceparent=settings.tracing_trust_traceparent,
+    )
 
     async def run() -> None:
         stop = asyncio.Event()

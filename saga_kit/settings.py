@@ -276,6 +276,14 @@ class ServiceSettings(KafkaClientSettings):
         default="none", validation_alias=AliasChoices("TRACING_EXPORTER", "tracing_exporter")
     )
     tracing_dir: str | None = Field(default=None, validation_alias=AliasChoices("TRACING_DIR", "tracing_dir"))
+    #: Continue the trace of an HTTP caller's ``traceparent`` (true), or start a trace of
+    #: the request's own, linked to it (false, the default: any caller could name another's
+    #: trace, and its audit entry and saga were filed under it: an attack trial). True
+    #: behind a gateway that sets the header itself (``saga_kit.tracing.configure``).
+    tracing_trust_traceparent: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("TRACING_TRUST_TRACEPARENT", "tracing_trust_traceparent"),
+    )
     #: Fault injection for tests and chaos runs, e.g. ``relay.before_publish``. Never set it
     #: in production.
     fault: str | None = Field(default=None, validation_alias=AliasChoices("SAGA_FAULT", "fault"))

@@ -2,8 +2,9 @@
 
 Spans (all made here or by the shared plumbing, wherever the work happens):
 
-* ``POST /orders`` … — a SERVER span per HTTP request, the framework's own
-  (``traceparent`` honoured if sent), but for probes, scrapes, pages and the live feed
+* ``POST /orders`` … — a SERVER span per HTTP request, the framework's own (a caller's
+  ``traceparent`` linked, or continued with ``TRACING_TRUST_TRACEPARENT``: ``configure``),
+  but for probes, scrapes, pages and the live feed
   (``saga_kit.http``; their answers carry no ``X-Trace-Id``);
 * ``consume <service>`` — a CONSUMER span per consumed batch, with a link to the trace of
   each record in it;
@@ -39,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -93,7 +95,16 @@ class JsonLinesExporter(SpanExporter):
         pass
 
 
-def configure(service: str, exporter: str, directory: str | None) -> TracerProvider:
+def configure(
+    service: str, exporter: str, directory: str | None, *, trust_traceparent: bool = False
+) -> TracerProvider:
+    """The process's tracer provider, exporting as ``exporter`` says (module doc). The
+    HTTP server's span (the framework's) continues a caller's ``traceparent`` only with
+    ``trust_traceparent`` (``TRACING_TRUST_TRACEPARENT``): the global propagator, which
+    the framework reads, is W3C's then, and reads nothing otherwise — the request starts
+    a trace of its own, linked to the caller's (``link_caller``), as OpenTelemetry's
+    instrumentations do for a public endpoint. Events always carry their trace (``_W3C``)."""
+    propagate.set_global_textmap(_W3C if trust_traceparent else CompositePropagator([]))
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     if exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -137,6 +148,17 @@ def extract(headers: Headers | Mapping[str, str]) -> otel_context.Context:
 def from_traceparent(traceparent: str | None) -> otel_context.Context | None:
     """The trace context of a W3C ``traceparent`` kept in a row (None without one)."""
     return _W3C.extract({TRACEPARENT: traceparent}) if traceparent else None
+
+
+def link_caller(headers: Mapping[str, str]) -> None:
+    """Link the current span (an HTTP request's) to the trace a caller's ``traceparent``
+    names, where the request did not continue it (``configure``): the caller's trace is
+    found from the request's, not the other way round."""
+    if propagate.get_global_textmap() is _W3C or TRACEPARENT not in headers:
+        return
+    caller = span_context(_W3C.extract({TRACEPARENT: headers[TRACEPARENT]}))
+    if caller is not None:
+        trace.get_current_span().add_link(caller, {"saga.link": "the caller's traceparent"})
 
 
 def span_context(context: otel_context.Context) -> SpanContext | None:

@@ -10,6 +10,7 @@ from typing import Any
 from sagastack.client import SagaClient
 from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, seed
+from tests.e2e.test_audit import entries
 from tests.polling import wait_until
 
 #: (consumer service, event it handles, producer service of that event)
@@ -111,6 +112,35 @@ def test_a_cancellation_continues_the_sagas_trace(system: System, client: SagaCl
     saga = client.wait_for_events(order_id, {"PaymentRefunded", "InventoryReleased"})
     assert {e["trace_id"] for e in saga["events"]} == {trace_id}
     assert cancel.headers["X-Trace-Id"] != trace_id  # the request has its own trace, linked
+
+
+def test_a_callers_traceparent_is_linked_not_continued(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """An attack trial sent the trace id of another customer's request as its own
+    ``traceparent``: its order's saga, and its audit entry's ``request_id``, were filed
+    under that trace. A caller's trace is linked from the request's own
+    (``TRACING_TRUST_TRACEPARENT`` continues it, behind a gateway that sets it)."""
+    products, customers = seed(client, uid, {"horn": ("3.00", 2)}, {"lu": "10.00"})
+    foreign = "4bf92f3577b34da6a3ce929d0e0e4736"
+    response = client.http.post(
+        f"{system.url('order_svc')}/orders",
+        json={"customer_id": customers["lu"], "items": [{"product_id": products["horn"], "quantity": 1}]},
+        headers={"traceparent": f"00-{foreign}-00f067aa0ba902b7-01"},
+    )
+    assert response.status_code == 202, response.text
+    trace_id, order_id = response.headers["X-Trace-Id"], response.json()["order_id"]
+    assert trace_id != foreign
+    saga = client.wait_for_events(order_id, {"InventoryCommitted"})
+    assert {e["trace_id"] for e in saga["events"]} == {trace_id}
+    at_order = [e for e in entries(system, "order_svc") if e["resource"] == f"/orders/{order_id}"]
+    (placed,) = [e for e in at_order if e["action"] == "POST /orders"]
+    assert placed["request_id"] == trace_id
+    end = time.monotonic() + 15
+    while not (posts := [s for s in spans_of(system, trace_id) if s["name"] == "POST /orders"]):
+        assert time.monotonic() < end, "the request's span was never exported"
+        time.sleep(0.2)
+    assert posts[0]["parent_id"] is None and posts[0]["links"] == [foreign]
 
 
 def scrape(system: System, service: str) -> dict[str, list[Any]]:
