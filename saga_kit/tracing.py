@@ -41,7 +41,13 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import (
+    Getter,
+    Setter,
+    TextMapPropagator,
+    default_getter,
+    default_setter,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -95,6 +101,31 @@ class JsonLinesExporter(SpanExporter):
         pass
 
 
+class _NotRead(TextMapPropagator):
+    """Reads no trace context from a carrier, and writes none: the global propagator
+    while callers' ``traceparent`` is not trusted (``configure``)."""
+
+    def extract(
+        self,
+        carrier: Any,
+        context: otel_context.Context | None = None,
+        getter: Getter[Any] = default_getter,
+    ) -> otel_context.Context:
+        return context if context is not None else otel_context.Context()  # a trace of its own
+
+    def inject(
+        self, carrier: Any, context: otel_context.Context | None = None, setter: Setter[Any] = default_setter
+    ) -> None:
+        pass
+
+    @property
+    def fields(self) -> set[str]:
+        return set()
+
+
+_NOT_READ = _NotRead()
+
+
 def configure(
     service: str, exporter: str, directory: str | None, *, trust_traceparent: bool = False
 ) -> TracerProvider:
@@ -104,7 +135,7 @@ def configure(
     the framework reads, is W3C's then, and reads nothing otherwise — the request starts
     a trace of its own, linked to the caller's (``link_caller``), as OpenTelemetry's
     instrumentations do for a public endpoint. Events always carry their trace (``_W3C``)."""
-    propagate.set_global_textmap(_W3C if trust_traceparent else CompositePropagator([]))
+    propagate.set_global_textmap(_W3C if trust_traceparent else _NOT_READ)
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     if exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

@@ -36,14 +36,13 @@ def ready_within(url: str, seconds: float) -> bool:
     return False
 
 
-def test_make_run_serves_and_a_closed_terminal_stops_everything(run_root: Path) -> None:
-    run_dir = run_root / "make-run"
-    ports = {f"{p}_HTTP_PORT": str(free_port()) for p in ("ORDER", "INVENTORY", "PAYMENT", "PROVIDER")}
-    env = {**os.environ, **ports, "SAGA_KAFKA_PORT": str(free_port()), "SAGA_BROKER": "tansu"}
-    env["STARTUP_TIMEOUT_SECONDS"] = "3"  # a service started while the broker is away gives up soon
-    env.pop("LOG_LEVEL", None)
+def start_run(command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """``command`` (a run) started from the repository's root, and what it said before
+    "ready" (its banner); it failing to get there fails the test."""
+    env = {k: v for k, v in env.items() if k != "LOG_LEVEL"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sagastack", "run", "--run-dir", str(run_dir)],
+        command,
+        cwd=Path(__file__).resolve().parents[2],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -51,11 +50,22 @@ def test_make_run_serves_and_a_closed_terminal_stops_everything(run_root: Path) 
     )
     assert proc.stdout is not None
     said = []
+    while not (line := proc.stdout.readline()).startswith("ready"):
+        if not line:
+            proc.wait()
+            raise AssertionError("make run ended before it was ready:\n" + "".join(said))
+        said.append(line)
+    return proc, "".join(said)
+
+
+def test_make_run_serves_and_a_closed_terminal_stops_everything(run_root: Path) -> None:
+    run_dir = run_root / "make-run"
+    ports = {f"{p}_HTTP_PORT": str(free_port()) for p in ("ORDER", "INVENTORY", "PAYMENT", "PROVIDER")}
+    env = {**os.environ, **ports, "SAGA_KAFKA_PORT": str(free_port()), "SAGA_BROKER": "tansu"}
+    env["STARTUP_TIMEOUT_SECONDS"] = "3"  # a service started while the broker is away gives up soon
+    proc, banner = start_run([sys.executable, "-m", "sagastack", "run", "--run-dir", str(run_dir)], env)
+    assert proc.stdout is not None
     try:
-        while not (line := proc.stdout.readline()).startswith("ready"):
-            assert line, "make run ended before it was ready:\n" + "".join(said)
-            said.append(line)
-        banner = "".join(said)
         assert f"http://127.0.0.1:{ports['ORDER_HTTP_PORT']}/dashboard#token=" in banner
         assert f"make invariants RUN_DIR={run_dir.resolve()}" in banner
         assert f"SAGACTL_ORDER_URL=http://127.0.0.1:{ports['ORDER_HTTP_PORT']}" in banner
@@ -127,21 +137,8 @@ def test_a_kill_of_makes_pid_stops_everything(run_root: Path) -> None:
     run_dir = run_root / "make-run-killed"
     ports = {f"{p}_HTTP_PORT": str(free_port()) for p in ("ORDER", "INVENTORY", "PAYMENT", "PROVIDER")}
     env = {**os.environ, **ports, "SAGA_KAFKA_PORT": str(free_port())}
-    env.pop("LOG_LEVEL", None)
-    proc = subprocess.Popen(
-        ["make", "--no-print-directory", "run", "BROKER=tansu", f"RUN_DIR={run_dir}"],
-        cwd=Path(__file__).resolve().parents[2],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    said = []
+    proc, _ = start_run(["make", "--no-print-directory", "run", "BROKER=tansu", f"RUN_DIR={run_dir}"], env)
     try:
-        while not (line := proc.stdout.readline()).startswith("ready"):
-            assert line, "make run ended before it was ready:\n" + "".join(said)
-            said.append(line)
         holder = int((run_dir / "owner.lock").read_text().split()[0])  # python -m sagastack run
         started = [holder, *(int(pid) for pid, _ in json.loads((run_dir / "pids.json").read_text()).values())]
         proc.send_signal(signal.SIGTERM)

@@ -87,3 +87,23 @@ def test_a_stored_traceparent_continues_its_trace(tmp_path: Path) -> None:
     assert later[0] == f"{ids.trace_id:032x}"
     assert tracing.from_traceparent(None) is None
     provider.shutdown()
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_a_callers_traceparent_starts_the_trace_only_when_trusted(trust: bool, tmp_path: Path) -> None:
+    """The HTTP framework reads the caller's context through the global propagator: W3C's
+    with ``TRACING_TRUST_TRACEPARENT``, else one that reads none and gives an empty context
+    (a root: an empty composite gave None, and every request was a 500)."""
+    from opentelemetry import propagate, trace
+
+    provider = tracing.configure("trust_svc", "file", str(tmp_path), trust_traceparent=trust)
+    try:
+        foreign = "4bf92f3577b34da6a3ce929d0e0e4736"
+        context = propagate.extract({"traceparent": f"00-{foreign}-00f067aa0ba902b7-01"})
+        assert context is not None
+        found = trace.get_current_span(context).get_span_context()
+        assert found.is_valid is trust
+        assert (format(found.trace_id, "032x") == foreign) is trust
+    finally:
+        provider.shutdown()
+        propagate.set_global_textmap(tracing._NOT_READ)  # the default, for the tests after
