@@ -275,6 +275,16 @@ class StartFailed(RuntimeError):
     it gave up on) and its log since it started."""
 
 
+def private_directory(path: Path) -> Path:
+    """``path``, a directory only its owner may use (0700), made so if it exists with
+    another mode: a run directory's ``xdg`` found 0755 (made again by a process of a run
+    whose directory was removed under it) had every later run's PostgreSQL warn and fall
+    back to ``/tmp/runtime-<uid>``, shared by every stack on the machine (a trial)."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
 @dataclass
 class System:
     run_dir: Path
@@ -383,8 +393,7 @@ class System:
         nor a service — for a caller that starts those its own way (``start_command``).
         ``stop`` stops whatever was started; on an error everything is stopped again."""
         (self.run_dir / "logs").mkdir(exist_ok=True)
-        xdg = self.run_dir / "xdg"
-        xdg.mkdir(mode=0o700, exist_ok=True)
+        xdg = private_directory(self.run_dir / "xdg")
         os.environ.setdefault("XDG_RUNTIME_DIR", str(xdg))
         self.claim()
         (self.run_dir / MANIFEST).unlink(missing_ok=True)  # a killed run's, if any: not ours

@@ -328,3 +328,15 @@ def test_a_run_whose_supervisor_and_watchdog_were_killed_is_cleared_before_the_p
     finally:
         left.kill()
         left.wait()
+
+
+def test_a_run_directorys_xdg_is_the_owners_alone_even_if_found_open(tmp_path: Path) -> None:
+    """Found 0755 (made again by a run whose directory was removed under it), every later
+    run's PostgreSQL fell back to a runtime directory shared by every stack (a trial)."""
+    from sagastack.system import private_directory
+
+    (tmp_path / "xdg").mkdir(mode=0o755)
+    (tmp_path / "xdg").chmod(0o755)
+    made = private_directory(tmp_path / "xdg")
+    assert made.stat().st_mode & 0o777 == 0o700
+    assert private_directory(tmp_path / "new").stat().st_mode & 0o777 == 0o700
