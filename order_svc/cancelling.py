@@ -40,11 +40,8 @@ async def _cancel(uow: UnitOfWork, row: Any, reason: CancelReason) -> None:
     ``status``, ``customer_id``, ``created_at``, ``trace_context`` and ``command_id``),
     whose row lock the caller holds and whose transition it checked
     (``domain.transition``); in the saga's own trace (the caller's span is a link)."""
-    with tracing.span(
-        "cancel order",
-        parent=tracing.from_traceparent(row.trace_context),
-        links=tracing.link_to_current(),
-        attributes={"saga.order_id": str(row.order_id), "saga.cancel_reason": reason},
+    with tracing.in_saga(
+        "cancel order", row.trace_context, {"saga.order_id": str(row.order_id), "saga.cancel_reason": reason}
     ):
         await uow.conn.execute(
             text(

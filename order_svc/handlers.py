@@ -14,11 +14,13 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from typing import Any
+
+from opentelemetry import context as otel_context
 
 from events import (
     CommandRejected,
@@ -100,6 +102,8 @@ class Order:
     cancel_command_id: uuid.UUID | None = None
     #: When it was placed (``created_at``; now, for an order placed in this batch).
     placed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: The saga's trace, as W3C ``traceparent`` (``trace_context``; a placed one's below).
+    traceparent: str | None = None
     #: An order this service never placed, recorded as cancelled (``_never_placed``):
     #: inserted by ``save``.
     never_placed: bool = False
@@ -188,7 +192,7 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
     queries = [
         (
             "SELECT order_id, status, customer_id, reason, total, command_id, request_hash, created_at,"
-            " deadline_at <= clock_timestamp() AS overdue"
+            " trace_context, deadline_at <= clock_timestamp() AS overdue"
             f" FROM orders WHERE order_id IN {sql.UUIDS} ORDER BY order_id FOR UPDATE",
             {"ids": sql.values(sorted({e.order_id for e in events}))},
         )
@@ -246,6 +250,7 @@ async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Orders:
             row.command_id,
             row.request_hash,
             placed_at=row.created_at,
+            traceparent=row.trace_context,
         )
     for row in used:
         if row.command_id is not None:
@@ -732,7 +737,11 @@ def _cancel(state: Orders, event: Envelope[CancelOrder]) -> Replies:
     order.cancel_command_id = command.command_id
     state.used_command_ids[command.command_id] = ("CancelOrder", event.order_id)
     cancelled = OrderCancelled(customer_id=order.customer_id, reason=reason)
-    return [order.correlated(cancelled, command.command_id)]
+    # in the saga's own trace, as over HTTP (``cancelling._cancel``): the command's is a link
+    saga = order.placed.traceparent if order.placed else order.traceparent
+    attributes = {"saga.order_id": str(event.order_id), "saga.cancel_reason": reason}
+    with tracing.in_saga("cancel order", saga, attributes):
+        return [replace(order.correlated(cancelled, command.command_id), trace=otel_context.get_current())]
 
 
 def _caller(state: Orders, event: Envelope[PlaceOrder] | Envelope[CancelOrder]) -> auth.Principal | Reply:

@@ -135,7 +135,9 @@ Decoder = Callable[[Record], Envelope[Any]]
 @dataclass(frozen=True)
 class Subscription:
     """What a service consumes: its topics, what it does with their events, and — for a
-    topic that does not carry domain events (``orders.commands``) — how to decode it."""
+    topic that does not carry domain events (``orders.commands``) — how to decode it. Such a
+    topic's records come from outside the services: they are not signed, and their trace
+    is linked, not continued (``saga_kit.tracing.received``)."""
 
     topics: tuple[str, ...]
     reactions: Reactions[Any]
@@ -398,7 +400,15 @@ class ConsumerPipeline:
         self._dedupe(items)
         started = time.perf_counter()
         for it in items:
-            if it.envelope is not None:
+            if it.envelope is None:
+                continue
+            if it.record.topic in self._decoders:  # from outside the services: linked, not continued
+                it.context = tracing.received(
+                    it.record.headers,
+                    f"receive {it.event_type}",
+                    {"messaging.system": "kafka", "messaging.destination.name": it.record.topic},
+                )
+            else:
                 it.context = tracing.extract(it.record.headers)  # once: Delivery.trace
         links = [Link(ctx) for it in items if it.context and (ctx := tracing.span_context(it.context))]
         with tracing.span(

@@ -181,9 +181,18 @@ class UnitOfWork:
         self._rows.append(row)
         return envelope
 
-    def reply(self, payload: EventPayload, *, to: Envelope[Any], headers: Headers = ()) -> Envelope[Any]:
-        """Emit ``payload`` as the reaction to ``to``: same saga, caused by it."""
-        return self.emit(payload, order_id=to.order_id, causation_id=to.event_id, headers=headers)
+    def reply(
+        self,
+        payload: EventPayload,
+        *,
+        to: Envelope[Any],
+        headers: Headers = (),
+        trace: otel_context.Context | None = None,
+    ) -> Envelope[Any]:
+        """Emit ``payload`` as the reaction to ``to``: same saga, caused by it (``emit``)."""
+        return self.emit(
+            payload, order_id=to.order_id, causation_id=to.event_id, trace=trace, headers=headers
+        )
 
     def emit_raw(self, *, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
         """Queue bytes that are not a domain event (a dead letter) for publishing."""

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind
 
 from events.codec import InvalidEvent
@@ -60,10 +61,12 @@ P = TypeVar("P", bound=EventPayload)
 
 @dataclass(frozen=True)
 class Reply:
-    """An event to emit in reply, with headers of its own (e.g. ``correlation_id``)."""
+    """An event to emit in reply, with headers of its own (e.g. ``correlation_id``), in
+    the trace ``trace`` (default: the handling's own span's)."""
 
     payload: EventPayload
     headers: Headers = ()
+    trace: otel_context.Context | None = None
 
 
 #: What a decide function returns: the events to emit in reply (same saga, caused by it).
@@ -173,7 +176,7 @@ class Reactions(Generic[S]):
                         continue
                     for reply in replies:
                         if isinstance(reply, Reply):
-                            uow.reply(reply.payload, to=envelope, headers=reply.headers)
+                            uow.reply(reply.payload, to=envelope, headers=reply.headers, trace=reply.trace)
                         else:
                             uow.reply(reply, to=envelope)
                     if log.isEnabledFor(logging.DEBUG):  # one INFO line per batch: saga_kit.consumer

@@ -276,10 +276,11 @@ class ServiceSettings(KafkaClientSettings):
         default="none", validation_alias=AliasChoices("TRACING_EXPORTER", "tracing_exporter")
     )
     tracing_dir: str | None = Field(default=None, validation_alias=AliasChoices("TRACING_DIR", "tracing_dir"))
-    #: Continue the trace of an HTTP caller's ``traceparent`` (true), or start a trace of
-    #: the request's own, linked to it (false, the default: any caller could name another's
-    #: trace, and its audit entry and saga were filed under it: an attack trial). True
-    #: behind a gateway that sets the header itself (``saga_kit.tracing.configure``).
+    #: Continue the trace of an HTTP caller's ``traceparent``, or a command record's (true),
+    #: or start a trace of the request's (the command's) own, linked to it (false, the
+    #: default: any caller could name another's trace, and its audit entry and saga were
+    #: filed under it: an attack trial). True behind a gateway that sets the header itself
+    #: (``saga_kit.tracing.configure``, ``saga_kit.tracing.received``).
     tracing_trust_traceparent: bool = Field(
         default=False,
         validation_alias=AliasChoices("TRACING_TRUST_TRACEPARENT", "tracing_trust_traceparent"),

@@ -10,6 +10,9 @@ Spans (all made here or by the shared plumbing, wherever the work happens):
   each record in it;
 * ``handle OrderCreated`` — a CONSUMER span per event a reaction handles, child of the
   context its record carries;
+* ``receive PlaceOrder`` — a command's first span, in a trace of its own linked to the
+  ``traceparent`` its record carries (continued with ``TRACING_TRUST_TRACEPARENT``:
+  ``received``); its handling is a child of it;
 * ``payment provider charge`` (or ``refund``) — a CLIENT span per call to the provider
   (the payment service);
 * ``cancel order`` — the order service's deadline and customer cancellations continue
@@ -192,6 +195,27 @@ def link_caller(headers: Mapping[str, str]) -> None:
         trace.get_current_span().add_link(caller, {"saga.link": "the caller's traceparent"})
 
 
+def received(headers: Headers, name: str, attributes: Mapping[str, Any]) -> otel_context.Context:
+    """The context to handle a record from outside the services in (a command on
+    ``orders.commands``, which anyone with a producer may write): with
+    ``TRACING_TRUST_TRACEPARENT`` the one its ``traceparent`` carries (``extract``), as an
+    HTTP request's; else a new trace, whose first span — ``name``, a CONSUMER span with
+    ``attributes``, ended at once — links to the trace the record names, as the HTTP door
+    does (``link_caller``). An attack trial named another customer's trace in a
+    ``PlaceOrder``'s headers: its saga and its audit entry were filed under it. Events
+    between the services always continue theirs: they come from the services' own
+    producers (signed, where signatures are on)."""
+    carried = extract(headers)
+    if propagate.get_global_textmap() is _W3C:
+        return carried
+    caller = span_context(carried)
+    links = [Link(caller, {"saga.link": "the record's traceparent"})] if caller is not None else []
+    with _tracer.start_as_current_span(
+        name, context=otel_context.Context(), kind=SpanKind.CONSUMER, links=links, attributes=dict(attributes)
+    ):
+        return otel_context.get_current()
+
+
 def span_context(context: otel_context.Context) -> SpanContext | None:
     """The remote span context of ``context`` (what ``extract`` found), if a valid one."""
     ctx = trace.get_current_span(context).get_span_context()
@@ -234,6 +258,17 @@ def span(
     """A span, current inside the block; ``parent`` overrides the current context."""
     with _tracer.start_as_current_span(
         name, context=parent, kind=kind, links=list(links), attributes=dict(attributes or {})
+    ) as s:
+        yield s
+
+
+@contextmanager
+def in_saga(name: str, traceparent: str | None, attributes: Mapping[str, Any]) -> Iterator[Span]:
+    """A span in the saga's own trace (``traceparent``, as kept with its order) linked to the
+    current span (the request or command that caused it): a cancellation's, whoever asked
+    for it. Without a ``traceparent``, a child of the current span."""
+    with span(
+        name, parent=from_traceparent(traceparent), links=link_to_current(), attributes=attributes
     ) as s:
         yield s
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,6 +20,7 @@ from sagastack.client import SagaClient
 from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, sagactl, seed
 from tests.e2e.test_audit import entries as audit_entries
+from tests.e2e.test_observability import spans_of
 
 
 def send(
@@ -26,13 +28,15 @@ def send(
     *values: bytes,
     token: str | tuple[str, ...] | None = "operator",
     header: str = AUTHORIZATION,
+    extra: Sequence[tuple[str, bytes]] = (),
 ) -> None:
     """Produce command records with an operator's token (``token="operator"``), the token
-    given (a tuple: one ``authorization`` header each, named ``header``), or none (``None``)."""
+    given (a tuple: one ``authorization`` header each, named ``header``), or none (``None``);
+    ``extra`` headers after it."""
     bearers = (
         (system.token(),) if token == "operator" else (token,) if isinstance(token, str) else token or ()
     )
-    headers = [(header, f"Bearer {bearer}".encode()) for bearer in bearers] or None
+    headers = [(header, f"Bearer {bearer}".encode()) for bearer in bearers] + list(extra) or None
 
     async def go() -> None:
         producer = AIOKafkaProducer(
@@ -94,6 +98,46 @@ def test_a_saga_started_by_a_command_reaches_every_outcome(
     assert saga["events"][0]["event_type"] == "PlaceOrder"  # the timeline starts at the command
     assert client.account(rich)["balance"] == "100.00" and client.product(kite)["available"] == 2
     assert client.order(str(cancel.order_id))["reason"] == "cancelled_by_operator"  # the token's role
+
+
+def test_a_commands_traceparent_is_linked_not_continued(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """An attack trial put another customer's trace id in the ``traceparent`` header of a
+    ``PlaceOrder`` and of a ``CancelOrder``: the saga, its compensations and both audit
+    entries were filed under that trace. As at the HTTP door, a command starts a trace of
+    its own, linked to the one it names; its cancellation goes on in the saga's trace."""
+    products, customers = seed(client, uid, {"fife": ("2.00", 2)}, {"mo": "10.00"})
+    foreign = "4bf92f3577b34da6a3ce929d0e0e4736"
+    named = [("traceparent", f"00-{foreign}-00f067aa0ba902b7-01".encode())]
+    place = command(customers["mo"], {products["fife"]: 1})
+    send(system, encode_command(place), extra=named)
+    assert outcome(system, place.command_id, {"placed"})["status"] == "APPROVED"
+    cancel = CancelOrder(command_id=uuid.uuid4(), order_id=order_id_for(place.command_id))
+    send(system, encode_command(cancel), extra=named)
+    saga = client.wait_for_events(str(cancel.order_id), {"PaymentRefunded", "InventoryReleased"})
+    traces = {e["event_type"]: e["trace_id"] for e in saga["events"]}
+    saga_trace, cancel_trace = traces.pop("PlaceOrder"), traces.pop("CancelOrder")
+    assert None not in (saga_trace, cancel_trace) and foreign not in (saga_trace, cancel_trace)
+    assert set(traces.values()) == {saga_trace}  # the compensations too, as an HTTP cancel's
+    audited = [e for e in audit_entries(system, "order_svc") if e["resource"] == f"/orders/{cancel.order_id}"]
+    assert {e["action"]: e["request_id"] for e in audited if e["action"].endswith(COMMANDS)} == {
+        "PlaceOrder via orders.commands": saga_trace,
+        "CancelOrder via orders.commands": cancel_trace,
+    }
+    for trace_id, name in ((saga_trace, "receive PlaceOrder"), (cancel_trace, "receive CancelOrder")):
+        first = exported(system, trace_id, name)  # each command's first span: linked, a root
+        assert first["parent_id"] is None and first["links"] == [foreign]
+    assert exported(system, saga_trace, "cancel order")["links"] == [cancel_trace]
+
+
+def exported(system: System, trace_id: str, name: str, timeout: float = 15) -> dict[str, Any]:
+    """The span ``name`` of the trace ``trace_id``, once exported (every 0.5 s)."""
+    end = time.monotonic() + timeout
+    while not (found := [s for s in spans_of(system, trace_id) if s["name"] == name]):
+        assert time.monotonic() < end, f"no span {name!r} in the trace {trace_id}"
+        time.sleep(0.2)
+    return found[0]
 
 
 def test_duplicate_and_conflicting_command_ids(system: System, client: SagaClient, uid: UniqueIds) -> None:

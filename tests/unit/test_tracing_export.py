@@ -107,3 +107,30 @@ def test_a_callers_traceparent_starts_the_trace_only_when_trusted(trust: bool, t
     finally:
         provider.shutdown()
         propagate.set_global_textmap(tracing._NOT_READ)  # the default, for the tests after
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_a_commands_traceparent_is_continued_only_when_trusted(trust: bool, tmp_path: Path) -> None:
+    """A record from outside the services (a command) is handled in a trace of its own whose
+    first span links to the one its ``traceparent`` names (an attack trial filed a saga under
+    another customer's trace so), unless ``TRACING_TRUST_TRACEPARENT``; ``extract`` (events
+    between the services) always continues it."""
+    from opentelemetry import propagate, trace
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    provider = tracing.configure("command_svc", "file", str(tmp_path), trust_traceparent=trust)
+    try:
+        foreign = "4bf92f3577b34da6a3ce929d0e0e4736"
+        headers = [("traceparent", f"00-{foreign}-00f067aa0ba902b7-01".encode())]
+        assert tracing.trace_id_of(tracing.extract(headers)) == foreign
+        context = tracing.received(headers, "receive PlaceOrder", {"messaging.system": "kafka"})
+        assert (tracing.trace_id_of(context) == foreign) is trust
+        assert tracing.trace_id_of(context) is not None  # handled in a trace, either way
+        if not trust:  # the global provider is the first test's: the span is read, not exported
+            receive = trace.get_current_span(context)
+            assert isinstance(receive, ReadableSpan)
+            assert (receive.name, receive.parent) == ("receive PlaceOrder", None)
+            assert [format(link.context.trace_id, "032x") for link in receive.links] == [foreign]
+    finally:
+        provider.shutdown()
+        propagate.set_global_textmap(tracing._NOT_READ)  # the default, for the tests after
