@@ -46,6 +46,7 @@ from saga_kit import audit, tracing
 from saga_kit.auth import Principal
 from saga_kit.http import (
     IDEMPOTENT_REPLAYED,
+    IN_DIGITS,
     RETRY_AFTER,
     AnyCase,
     DatabaseDep,
@@ -732,8 +733,8 @@ async def list_orders(
     status: Annotated[OrderStatus | None, AnyCase] = None,
     customer_id: Annotated[ExternalId | None, Query()] = None,
     order_id_prefix: OrderIdPrefix = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    limit: Annotated[int, IN_DIGITS, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, IN_DIGITS, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[OrderView]:
     """Most recent orders first, optionally only those in ``status``, of ``customer_id``,
     or whose id starts with ``order_id_prefix`` (at least 8 characters of its text form);
@@ -845,7 +846,7 @@ def _type_of(value: bytes | None) -> str | None:
 async def get_saga_events(
     db: DatabaseDep,
     after: Seq = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    limit: Annotated[int, IN_DIGITS, Query(ge=1, le=1000)] = 200,
 ) -> list[FeedEntry]:
     """Every saga's events as the order service recorded them, in ``seq`` order, after the
     position ``after``. To follow all sagas live use ``/saga-events/stream`` (``sagactl
@@ -857,7 +858,7 @@ async def get_saga_events(
 
 
 #: A position in the timeline (a BIGSERIAL).
-Seq = Annotated[int, Query(ge=0, le=2**63 - 1)]
+Seq = Annotated[int, IN_DIGITS, Query(ge=0, le=2**63 - 1)]
 
 
 #: Where a reconnecting browser resumes: the ``seq`` of the last event it got.

@@ -24,7 +24,7 @@ from order_svc.domain import OrderStatus
 from order_svc.settings import Settings
 from saga_kit.deadletters import DeadLetter, DeadLetterSummary, LetterId, ReplayResult, StatusFilter
 from saga_kit.errors import DomainRejection
-from saga_kit.http import AnyCase, CheckResult, DatabaseDep, errors, upstream_unavailable
+from saga_kit.http import IN_DIGITS, AnyCase, CheckResult, DatabaseDep, errors, upstream_unavailable
 from saga_kit.service_names import SERVICES, Service, ServiceName, service_named
 from saga_kit.urls import MEANT_FOR, NOT_SENT, unanswered
 
@@ -190,7 +190,9 @@ class Minute(BaseModel):
 
 
 @router.get("/dashboard/api/throughput", summary="Sagas started per minute, by outcome", responses=errors())
-async def throughput(db: DatabaseDep, minutes: Annotated[int, Query(ge=1, le=1440)] = 60) -> list[Minute]:
+async def throughput(
+    db: DatabaseDep, minutes: Annotated[int, IN_DIGITS, Query(ge=1, le=1440)] = 60
+) -> list[Minute]:
     """The last ``minutes`` minutes (1 to 1440, default 60), oldest first, the current one
     last (still counting): how many orders were placed in each and what each became —
     approved, rejected, cancelled, or still in flight. A minute without orders is there
@@ -244,7 +246,7 @@ async def dead_letters(
     service: ServiceInPath,
     request: Request,
     status: Annotated[StatusFilter, AnyCase] = "PENDING",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, IN_DIGITS, Query(ge=1, le=1000)] = 100,
 ) -> Any:
     """`GET /dead-letters` of the order, inventory or payment service: newest first, those
     waiting for a decision unless another ``status`` (or ALL) is asked."""

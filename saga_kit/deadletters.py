@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
-from pydantic import BaseModel, BeforeValidator
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -34,7 +34,7 @@ from saga_kit.consumer import ConsumerPipeline, Outcome, Record, dead_letter_rea
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection
 from saga_kit.headers import is_credential
-from saga_kit.http import AnyCase, DatabaseDep, errors
+from saga_kit.http import IN_DIGITS, AnyCase, DatabaseDep, errors
 
 Status = Literal["PENDING", "REPLAYED", "DISCARDED"]
 #: ``?status=`` of a list of dead letters: those in one status, or ALL. One type, not
@@ -313,16 +313,8 @@ async def discard(db: Database, letter_id: int) -> DeadLetterSummary:
     return await get_letter(db, letter_id)
 
 
-def _in_digits(given: object) -> object:
-    """A path's id written in the digits 0-9 only: the framework's int read "1_0" as 10
-    and "+1", "1.0" as 1 (an attack trial), one letter's id typed for another's."""
-    if isinstance(given, str) and not (given.isascii() and given.isdigit()):
-        raise ValueError("must be written in the digits 0-9 only")
-    return given
-
-
 #: A dead letter's id: a positive BIGINT, in digits.
-LetterId = Annotated[int, BeforeValidator(_in_digits), Path(ge=1, le=2**63 - 1)]
+LetterId = Annotated[int, IN_DIGITS, Path(ge=1, le=2**63 - 1)]
 
 router = APIRouter(prefix="/dead-letters", tags=["dead letters"])
 _NOT_FOUND = errors({404: "no such dead letter"})
@@ -338,7 +330,7 @@ _NOT_FOUND_OR_RESOLVED = errors(
 async def get_dead_letters(
     db: DatabaseDep,
     status: Annotated[StatusFilter, AnyCase] = "PENDING",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, IN_DIGITS, Query(ge=1, le=1000)] = 100,
     before: Annotated[
         int | None, Query(ge=1, le=2**63 - 1, description="only letters with a lower id: the next page")
     ] = None,

@@ -93,6 +93,20 @@ RETRY_AFTER = {
 }
 
 
+def _in_digits(given: object) -> object:
+    """A number written in the digits 0-9 only: the framework's int read "1_0" as 10 and
+    "+1", " 1", "1.0" as 1 (an attack trial), one dead letter's id, or one position of a
+    feed, typed for another."""
+    if isinstance(given, str) and not (given.isascii() and given.isdigit()):
+        raise ValueError("must be written in the digits 0-9 only")
+    return given
+
+
+#: An integer given in a path or a query (``Annotated[int, IN_DIGITS, Query(ge=0)]``): the
+#: digits 0-9 only, else a 422 that says so.
+IN_DIGITS = BeforeValidator(_in_digits)
+
+
 def errors(described: Mapping[int, str] | None = None, *, invalid: bool = True) -> dict[int | str, Any]:
     """The error answers of a route for its OpenAPI document: each status in ``described``
     with its description and a ``Problem`` body (a 503 with its ``Retry-After``), the 503
