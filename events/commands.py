@@ -278,9 +278,13 @@ def _read(data: bytes | None, authorization: Sequence[str], key: bytes | None) -
 
 
 #: Byte order marks a client's JSON library may write, and what they say of the bytes
-#: (a UTF-8 one is ignored once: ``_read``; a second is refused).
+#: (a UTF-8 one is ignored once: ``_read``; a second is refused). UTF-32's before
+#: UTF-16's: little-endian, one starts with the other (a UTF-32 command was called UTF-16,
+#: then could not be read as it and was a dead letter: an attack trial).
 _BOMS = (
     (codecs.BOM_UTF8, "utf-8-sig", "starts with a UTF-8 byte order mark"),
+    (codecs.BOM_UTF32_LE, "utf-32", "is UTF-32"),
+    (codecs.BOM_UTF32_BE, "utf-32", "is UTF-32"),
     (codecs.BOM_UTF16_LE, "utf-16", "is UTF-16"),
     (codecs.BOM_UTF16_BE, "utf-16", "is UTF-16"),
 )

@@ -516,6 +516,9 @@ async def test_a_command_refused_as_it_is_read_is_audited_under_its_sender(
     [
         (lambda text: b"\xef\xbb\xbf" * 2 + text.encode(), "starts with a UTF-8 byte order mark"),
         (lambda text: text.encode("utf-16"), "is UTF-16"),
+        (lambda text: codecs.BOM_UTF16_BE + text.encode("utf-16-be"), "is UTF-16"),
+        (lambda text: text.encode("utf-32"), "is UTF-32"),  # was called UTF-16 and dead-lettered
+        (lambda text: codecs.BOM_UTF32_BE + text.encode("utf-32-be"), "is UTF-32"),
     ],
 )
 async def test_a_command_with_a_byte_order_mark_is_refused_under_its_id(
