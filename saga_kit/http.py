@@ -633,6 +633,37 @@ def _too_large(limit: int, announced: str | None = None) -> dict[str, str]:
 IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
 
 
+class _ParserSaying:
+    """httptools' parser, keeping why it last refused bytes: uvicorn answers every refusal
+    alike and drops the parser's words (``HeadLimitedProtocol.send_400_response``)."""
+
+    __slots__ = ("_parser", "refused")
+
+    def __init__(self, parser: httptools.HttpRequestParser) -> None:
+        self._parser = parser
+        self.refused = ""
+
+    def feed_data(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.refused = str(exc)
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
+
+
+#: The 400's words for a request whose ``Transfer-Encoding`` does not end in ``chunked``
+#: alone (``identity``, ``gzip``, ``chunked, gzip``, ``chunked;x=1``): the parser refuses
+#: it before the guard's 501 could (``RequestGuard``), and it was worded as a body whose
+#: chunks could not be read (an attack trial).
+TRANSFER_CODING_NOT_CHUNKED = (
+    "the request's Transfer-Encoding does not end in chunked alone, so the length of its body"
+    " cannot be told (RFC 9112 §6.3): send it chunked alone, or with a Content-Length"
+)
+
+
 class HeadLimitedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a bound on a request's head (its request line and
     headers, ``max_head_bytes``): httptools has none, and reads a header of any length
@@ -644,7 +675,8 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     busy sending its head still reads the answer instead of a reset connection. Bytes that
     are not HTTP (a raw ``0xff`` in the path, a chunk's size that is not hexadecimal) are a
     400 ``invalid_http_request`` with a ``Problem`` body too, where uvicorn answered in
-    plain text. A head must also arrive in
+    plain text; a ``Transfer-Encoding`` that does not end in ``chunked`` alone, which the
+    parser refuses, is a 400 that says so (``TRANSFER_CODING_NOT_CHUNKED``). A head must also arrive in
     time (``head_timeout``: 408). A header's value loses the white space after it, as
     RFC 9110 §5.5 says (httptools keeps it). A chunked body's trailers are header lines
     too, bounded as a head is (an attack trial: 100 MB of one was read). A request answered
@@ -673,6 +705,10 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     #: (header lines httptools keeps in memory, whatever their length)
     _after_chunk_size = False
     _trailer_bytes = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.parser = _ParserSaying(self.parser)  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -799,6 +835,9 @@ class HeadLimitedProtocol(HttpToolsProtocol):
                 "the request target names another scheme than http(s), or user information",
                 "invalid_http_request",
             )
+            return
+        if "Transfer-Encoding" in getattr(self.parser, "refused", ""):  # llhttp's words for it
+            self._refuse(400, TRANSFER_CODING_NOT_CHUNKED, "invalid_http_request")
             return
         what = "its body's chunks" if self._reading_body() else "its request line or a header"
         self._refuse(400, f"the request is not valid HTTP/1.1: {what} cannot be read", "invalid_http_request")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from saga_kit.http import TRANSFER_CODING_NOT_CHUNKED
 from sagastack.client import SagaClient
 from sagastack.system import System
 from tests.e2e.conftest import UniqueIds, seed
@@ -122,6 +123,18 @@ def test_a_transfer_coding_other_than_chunked_is_not_implemented(
         head, answer = put(framing)
         assert head.startswith(b"HTTP/1.1 501 "), (framing, head)
         assert json.loads(answer)["reason"] == "unsupported_transfer_coding"
+        assert client.product(products["mug"])["price"] == "4.00"
+    # not ending in chunked alone: the parser's 400 (RFC 9112 §6.3), worded as such (it
+    # said the body's chunks could not be read: an attack trial)
+    for framing in (
+        b"Transfer-Encoding: gzip",
+        b"Transfer-Encoding: identity",
+        b"Transfer-Encoding: chunked, gzip",
+        b"Transfer-Encoding: chunked;x=1",
+    ):
+        head, answer = put(framing)
+        assert head.startswith(b"HTTP/1.1 400 "), (framing, head)
+        assert json.loads(answer)["detail"] == TRANSFER_CODING_NOT_CHUNKED, (framing, answer)
         assert client.product(products["mug"])["price"] == "4.00"
     head, _ = put(b"Transfer-Encoding: Chunked")
     assert head.startswith(b"HTTP/1.1 200 "), head
