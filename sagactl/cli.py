@@ -703,7 +703,7 @@ ServiceArg = Annotated[str, typer.Argument(help="order, inventory or payment", c
 def _letter_id(given: str) -> int:
     """A dead letter's id as the services take it (``saga_kit.deadletters.LetterId``): the
     digits 0-9 only, 1 to 2**63-1. Python's int() read "1_0" as 10 and "+1", " 1" as 1, so
-    a typo could replay or discard another letter (an attack trial)."""
+    a typo could replay or discard another letter (an attack trial), or page from another."""
     if not (given.isascii() and given.isdigit()):
         raise typer.BadParameter(f"{printable(repr(given), 40)} is not an id: the digits 0-9 only (dlq list)")
     letter_id = int(given)
@@ -752,7 +752,10 @@ def dlq_list(
     ] = LetterStatus.PENDING,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="the most of each service's")] = 100,
     before: Annotated[
-        int | None, typer.Option(min=1, help="only letters with a lower id (the next page)")
+        int | None,
+        typer.Option(
+            parser=_letter_id, metavar="LETTER_ID", help="only letters with a lower id (the next page)"
+        ),
     ] = None,
     output: OutputOpt = Output.text,
 ) -> None:

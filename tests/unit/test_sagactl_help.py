@@ -265,6 +265,7 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
         (["dlq", "show", "payment", "1_0"], "'1_0' is not an id: the digits 0-9 only"),
         (["dlq", "discard", "payment", "+1"], "'+1' is not an id: the digits 0-9 only"),
         (["dlq", "replay", "payment", " 1"], "' 1' is not an id: the digits 0-9 only"),
+        (["dlq", "list", "--before", "1_0"], "'1_0' is not an id: the digits 0-9 only"),  # was 10
         (["--payment-url", "notaurl", "health"], "--payment-url is not a service's base URL"),
         (["--inventory-url", "ftp://x", "dlq", "list"], "URL scheme should be 'http' or 'https'"),
         # a trial: Kafka's options on an HTTP call were ignored, the call made all the same
