@@ -550,6 +550,14 @@ class ApacheKafka:
                 raise KafkaStartError(f"Kafka not ready after {timeout:.0f}s ({last_error}):\n{tails}")
             time.sleep(0.2)
 
+    def answers(self, seconds: float = 1.0) -> bool:
+        """Does every running node answer a Metadata request listing every running node
+        (``wait_ready``'s test, asked once, within about ``seconds`` per node)?"""
+        try:
+            return not asyncio.run(self._missing_brokers(seconds))
+        except Exception:  # refused, timed out: not yet
+            return False
+
     async def _missing_brokers(self, seconds: float) -> set[int]:
         """Node ids of running nodes that some running node's metadata does not list."""
         expected = {n.node_id for n in self.nodes.values() if n.running()}

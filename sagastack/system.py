@@ -771,7 +771,9 @@ class System:
     def keep_running(self, stop: threading.Event, again: str) -> None:
         """Until ``stop`` is set (or Ctrl-C): start again a service or the provider simulator
         that exited, saying so, and say when it is ready again; start again an Apache Kafka
-        node or the database that stopped, on their data, and say once when Tansu stops,
+        node or the database that stopped, on their data (and say when the cluster lists
+        the node again: an operator trial timed recoveries from the node's log, told only
+        that its process had started), and say once when Tansu stops,
         which cannot come back with its log (``server_down``). ``again``: the command that
         starts the run anew.
 
@@ -785,7 +787,18 @@ class System:
         restarts: dict[str, _Restart] = {}
         with httpx.Client(timeout=0.5) as probe:
             while not stop.wait(0.5):
-                for server in self.servers_down():
+                down = self.servers_down()
+                for server, node in restarts.items():
+                    if (
+                        node.waiting_ready
+                        and server.startswith("kafka-")
+                        and server not in down
+                        and isinstance(self.broker, ApacheKafka)
+                        and self.broker.answers(0.5)
+                    ):
+                        node.waiting_ready = False
+                        print(f"{server} is ready again", flush=True)
+                for server in down:
                     if server == "tansu":
                         if server not in told:
                             told.add(server)
@@ -805,7 +818,8 @@ class System:
                             again_at.due = again_at.delay_after(time.monotonic())
                         else:
                             again_at.started(time.monotonic())
-                            again_at.waiting_ready = False
+                            # a node answers a while after its process starts: said then
+                            again_at.waiting_ready = server.startswith("kafka-")
                             print(f"{server} started again", flush=True)
                 processes = {**self.services, **({PROVIDER: self.provider} if self.provider else {})}
                 for name, sp in processes.items():
