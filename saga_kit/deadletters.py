@@ -332,7 +332,9 @@ async def get_dead_letters(
     status: Annotated[StatusFilter, AnyCase] = "PENDING",
     limit: Annotated[int, IN_DIGITS, Query(ge=1, le=1000)] = 100,
     before: Annotated[
-        int | None, Query(ge=1, le=2**63 - 1, description="only letters with a lower id: the next page")
+        int | None,
+        IN_DIGITS,
+        Query(ge=1, le=2**63 - 1, description="only letters with a lower id: the next page"),
     ] = None,
 ) -> list[DeadLetterSummary]:
     """Newest first; those waiting for a decision unless another ``status`` (or ALL) is asked.

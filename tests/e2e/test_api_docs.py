@@ -228,6 +228,7 @@ def test_every_error_answered_is_documented_for_its_route_with_its_body(
             (service, "GET", "/dead-letters/{letter_id}/value", "/dead-letters/1.0/value", {}, 422),
             (service, "GET", "/dead-letters", "/dead-letters", {"params": {"status": "LOST"}}, 422),
             (service, "GET", "/dead-letters", "/dead-letters", {"params": {"limit": "1_0"}}, 422),
+            (service, "GET", "/dead-letters", "/dead-letters", {"params": {"before": " 12"}}, 422),
         ]
     documents = {name: httpx.get(f"{system.url(name)}/openapi.json").json() for name in SERVICES}
     wrong: list[str] = []
