@@ -1197,6 +1197,12 @@ class Degraded(Exception):
     the body says ``degraded`` with the reason."""
 
 
+class NotReady(Exception):
+    """Raised by a readiness check that fails, its message the reason as an operator reads
+    it (``outbox relay is retrying: …``): said alone, where another exception is said with
+    its type (``TimeoutError: …``; an operator trial read ``RuntimeError: outbox relay …``)."""
+
+
 class CheckResult(BaseModel):
     ok: bool
     #: Why the check failed (absent when it passed).
@@ -1231,7 +1237,9 @@ def _failed_check(exc: Exception) -> CheckResult:
     if isinstance(exc, Degraded):
         return CheckResult(ok=True, degraded=printable(str(exc), 1000))
     # a failing check is the answer, not an error
-    return CheckResult(ok=False, error=printable(described(exc), 1000))
+    return CheckResult(
+        ok=False, error=printable(str(exc) if isinstance(exc, NotReady) else described(exc), 1000)
+    )
 
 
 def _withheld(result: CheckResult) -> CheckResult:

@@ -41,7 +41,7 @@ from saga_kit.errors import (
     is_transient_kafka_error,
 )
 from saga_kit.faust_app import build_faust_app
-from saga_kit.http import Check, create_app, server_options
+from saga_kit.http import Check, NotReady, create_app, server_options
 from saga_kit.kafka import (
     ConnectionErrors,
     broker_ping,
@@ -448,17 +448,17 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
 
         async def consumers_running() -> None:
             if not consumers.started or consumers.crashed:
-                raise RuntimeError(f"consumers {consumers.state}")
+                raise NotReady(f"consumers {consumers.state}")
             if pipeline.stats.stuck:
                 where = "; ".join(pipeline.stats.stuck[tp] for tp in sorted(pipeline.stats.stuck))
-                raise RuntimeError(f"consumer stuck (not acked, retrying) at {where}")
+                raise NotReady(f"consumer stuck (not acked, retrying) at {where}")
             if pipeline.stats.retrying:
-                raise RuntimeError("consumer is retrying a transient failure")
+                raise NotReady("consumer is retrying a transient failure")
             held = pipeline.stats.batch_age()
             if held >= settings.consumer_stall_seconds:
-                raise RuntimeError(f"consumer has waited {held:.0f} s on one batch (its database hangs?)")
+                raise NotReady(f"consumer has waited {held:.0f} s on one batch (its database hangs?)")
             if progress.stalls:
-                raise RuntimeError("consumer stalled at " + "; ".join(s.describe() for s in progress.stalls))
+                raise NotReady("consumer stalled at " + "; ".join(s.describe() for s in progress.stalls))
 
         def consumer_lag() -> dict[tuple[str, int], int]:
             """Records not yet processed (a batch in flight still counts) behind the end
@@ -481,7 +481,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
 
         async def relay_healthy() -> None:
             if not relay.healthy:
-                raise RuntimeError(f"outbox relay is retrying: {relay.failure}")
+                raise NotReady(f"outbox relay is retrying: {relay.failure}")
 
         app = http_app(
             spec,

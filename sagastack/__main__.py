@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -74,7 +75,12 @@ def run(args: argparse.Namespace) -> int:
                 f"                  The administrator: KAFKA_SASL_USERNAME={admin['KAFKA_SASL_USERNAME']}"
                 f" KAFKA_SASL_PASSWORD_FILE={admin['KAFKA_SASL_PASSWORD_FILE']}"
             )
-        print(f"  logs: {system.run_dir / 'logs'}\n\nready — Ctrl-C stops everything", flush=True)
+        # its pid is said: started in the background, make's wrapper shell was the pid a
+        # newcomer had, and killing it stopped nothing (a trial)
+        print(
+            f"  logs: {system.run_dir / 'logs'}\n\nready — Ctrl-C, or kill {os.getpid()}, stops everything",
+            flush=True,
+        )
         system.keep_running(stop, again="make run")
         print("stopping …", flush=True)
     print("stopped", flush=True)

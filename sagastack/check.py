@@ -114,7 +114,7 @@ def _in_flight(database_urls: dict[str, str], moved: bool) -> str:
     if provider_errors:
         said += "; the provider's last answers: " + "; ".join(provider_errors)
     if moved:
-        return said + ". Check again when the load stops, or wait longer (--wait)."
+        return said + ". Check again when the load stops, or wait longer (--wait; WAIT= under make)."
     if waiting and provider_errors and not (pending or held or unsent):
         # nothing stuck but payments, and the provider said why: an outage or a refusal,
         # not a lost event; the charges and refunds go on once it takes them

@@ -37,8 +37,8 @@ def ready_within(url: str, seconds: float) -> bool:
 
 
 def start_run(command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    """``command`` (a run) started from the repository's root, and what it said before
-    "ready" (its banner); it failing to get there fails the test."""
+    """``command`` (a run) started from the repository's root, and what it said up to
+    its "ready" line (its banner); it failing to get there fails the test."""
     env = {k: v for k, v in env.items() if k != "LOG_LEVEL"}
     proc = subprocess.Popen(
         command,
@@ -55,7 +55,7 @@ def start_run(command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen
             proc.wait()
             raise AssertionError("make run ended before it was ready:\n" + "".join(said))
         said.append(line)
-    return proc, "".join(said)
+    return proc, "".join(said) + line
 
 
 def test_make_run_serves_and_a_closed_terminal_stops_everything(run_root: Path) -> None:
@@ -137,9 +137,13 @@ def test_a_kill_of_makes_pid_stops_everything(run_root: Path) -> None:
     run_dir = run_root / "make-run-killed"
     ports = {f"{p}_HTTP_PORT": str(free_port()) for p in ("ORDER", "INVENTORY", "PAYMENT", "PROVIDER")}
     env = {**os.environ, **ports, "SAGA_KAFKA_PORT": str(free_port())}
-    proc, _ = start_run(["make", "--no-print-directory", "run", "BROKER=tansu", f"RUN_DIR={run_dir}"], env)
+    proc, banner = start_run(
+        ["make", "--no-print-directory", "run", "BROKER=tansu", f"RUN_DIR={run_dir}"], env
+    )
     try:
         holder = int((run_dir / "owner.lock").read_text().split()[0])  # python -m sagastack run
+        # the pid to kill is said (a newcomer's was make's wrapper shell's: it stopped nothing)
+        assert banner.endswith(f"ready — Ctrl-C, or kill {holder}, stops everything\n"), banner
         started = [holder, *(int(pid) for pid, _ in json.loads((run_dir / "pids.json").read_text()).values())]
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)

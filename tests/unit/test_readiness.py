@@ -21,7 +21,15 @@ from saga_kit.auth import (
     Unauthorized,
     write_dev_issuer,
 )
-from saga_kit.http import Check, Degraded, PrincipalDep, authenticator, challenge_text, health_router
+from saga_kit.http import (
+    Check,
+    Degraded,
+    NotReady,
+    PrincipalDep,
+    authenticator,
+    challenge_text,
+    health_router,
+)
 
 
 async def _ready(
@@ -72,7 +80,12 @@ async def test_a_check_that_hangs_or_fails_without_words_is_named() -> None:
     async def names_itself() -> None:  # as aiokafka's errors do
         raise KafkaError("Unable to get cluster metadata over all known brokers")
 
-    answer = await _ready({"database": hangs, "broker": times_out, "relay": fine, "kafka": names_itself})
+    async def says_why() -> None:  # a check's own verdict
+        raise NotReady("outbox relay is retrying: [Error 7] RequestTimedOutError")
+
+    answer = await _ready(
+        {"database": hangs, "broker": times_out, "relay": fine, "kafka": names_itself, "outbox": says_why}
+    )
     assert answer.status_code == 503
     assert answer.json()["checks"] == {
         "database": {"ok": False, "error": "no answer within 0.5 s"},
@@ -80,6 +93,8 @@ async def test_a_check_that_hangs_or_fails_without_words_is_named() -> None:
         "relay": {"ok": True},
         # not "KafkaError: KafkaError: …" (an operator trial)
         "kafka": {"ok": False, "error": "KafkaError: Unable to get cluster metadata over all known brokers"},
+        # not "RuntimeError: outbox relay …" (an operator trial)
+        "outbox": {"ok": False, "error": "outbox relay is retrying: [Error 7] RequestTimedOutError"},
     }
 
 
