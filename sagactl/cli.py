@@ -1839,6 +1839,9 @@ def tail(
     # a resumed stream sends again the events of the last LATE_COMMIT_WINDOW (30 s) before
     # its Last-Event-ID, so that one committed late is not skipped: each is shown once
     seen: dict[str, None] = {}
+    # why the stream is away, said once until it is back (a restart of the order service
+    # was six lines of the same words: a trial), then "resumed"
+    away: str | None = None
     try:
         while True:
             resume = ({"Last-Event-ID": last_id} if last_id else {}) | _meant_for("order")
@@ -1865,6 +1868,9 @@ def tail(
                             style="dim",
                         )
                     connected = True
+                    if away is not None:
+                        errors.print("resumed", style="dim")
+                        away = None
                     _wait_for_ever(source.response)
                     for sse in source.iter_sse():
                         if sse.event != "saga-event" or sse.id in seen:
@@ -1880,10 +1886,12 @@ def tail(
                 if not connected:  # never reached it: nothing to resume
                     asked = "GET /saga-events/stream"
                     _fail(_unreachable("order", _urls(ctx).order, exc, asked), UNREACHABLE)
-                errors.print(f"the event stream broke ({exc or type(exc).__name__}); resuming", style="dim")
-                time.sleep(1.0)
-                continue
-            errors.print("the order service ended the event stream; resuming", style="dim")
+                said = f"the event stream broke ({exc or type(exc).__name__}); resuming"
+            else:
+                said = "the order service ended the event stream; resuming"
+            if said != away:
+                errors.print(said, style="dim")
+                away = said
             time.sleep(1.0)
     except KeyboardInterrupt:
         pass
