@@ -59,6 +59,11 @@ from saga_kit.consumer import ConsumerStats, Record
 
 log = logging.getLogger(__name__)
 
+#: Seconds of looks that could not ask the broker after which the watch says so at WARNING,
+#: once until a look succeeds again (which it says at INFO): a broker that answered nothing
+#: for 36 s was INFO lines alone in the services that had nothing to publish (a trial).
+BROKER_AWAY_WARNING_SECONDS = 30.0
+
 #: (topic, partition)
 Partition = tuple[str, int]
 
@@ -201,6 +206,9 @@ class ProgressWatchdog:
         #: committed there: where reading starts (offset reset "earliest")
         self.begins: dict[Partition, int] = {}
         self._wake = asyncio.Event()  # a gap found: look now, not at the interval's end
+        #: when (``clock``) looks began failing, and whether that was said at WARNING
+        self._failing_since: float | None = None
+        self._warned = False
 
     def ends_age(self) -> float | None:
         """Seconds since the broker last gave the assigned partitions' end offsets (the
@@ -438,12 +446,38 @@ class ProgressWatchdog:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             self._wake.clear()
-            try:
-                await self.look()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # the broker away: a partition's wait is counted again once it answers,
-                # not taken for a stall the moment it is back
-                self.watch.observe(self._clock(), {}, {})
+            await self.look_once()
+
+    async def look_once(self) -> None:
+        """``look``, and log a failure: INFO, but WARNING once the looks have failed for
+        ``BROKER_AWAY_WARNING_SECONDS`` (once until one succeeds again, which is said)."""
+        try:
+            await self.look()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # the broker away: a partition's wait is counted again once it answers,
+            # not taken for a stall the moment it is back
+            now = self._clock()
+            self.watch.observe(now, {}, {})
+            if self._failing_since is None:
+                self._failing_since = now
+            failing = now - self._failing_since
+            if failing >= BROKER_AWAY_WARNING_SECONDS and not self._warned:
+                self._warned = True
+                log.warning(
+                    "consumer progress: could not look for %.0f s (%s: %s): the broker is away or"
+                    " does not answer; /health/ready says so",
+                    failing,
+                    type(exc).__name__,
+                    exc,
+                )
+            else:
                 log.info("consumer progress: could not look (%s: %s)", type(exc).__name__, exc)
+        else:
+            if self._warned and self._failing_since is not None:
+                log.info(
+                    "consumer progress: the broker answers again, after %.0f s",
+                    self._clock() - self._failing_since,
+                )
+            self._failing_since, self._warned = None, False

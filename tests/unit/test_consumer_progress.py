@@ -368,3 +368,37 @@ def test_the_batch_age_is_how_long_the_batch_in_flight_has_been_in_the_pipeline(
     assert stats.batch_age(100.0) == 0.0
     stats.batch_since = 90.0
     assert stats.batch_age(100.0) == 10.0
+
+
+async def test_a_broker_away_for_long_is_said_once_at_warning_and_its_return_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broker that answered nothing for 36 s was INFO lines alone in the services with
+    nothing to publish (a trial): past ``BROKER_AWAY_WARNING_SECONDS`` of failed looks the
+    watch says so once at WARNING, and says when it can look again."""
+
+    class Flaky(_Consumer):
+        away = True
+
+        async def highwaters(self, *tps: FaustTP) -> dict[FaustTP, int]:
+            if self.away:
+                raise TimeoutError("no answer from the broker within 10 s")
+            return await super().highwaters(*tps)
+
+    consumer, clock = Flaky(end=12, fetched=12), _Clock()
+    watchdog = ProgressWatchdog(consumer, ConsumerStats(positions={T: 11}), after=20, clock=clock)
+    caplog.set_level(logging.INFO, logger="saga_kit.progress")
+    for clock.now in (0, 10, 20, 30, 40, 50):
+        await watchdog.look_once()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [
+        "consumer progress: could not look for 30 s (TimeoutError: no answer from the broker within 10 s):"
+        " the broker is away or does not answer; /health/ready says so"
+    ]
+    consumer.away, clock.now = False, 55
+    await watchdog.look_once()
+    assert caplog.records[-1].getMessage() == "consumer progress: the broker answers again, after 55 s"
+    consumer.away = True  # a new outage is counted from its own start
+    for clock.now in (60, 80):
+        await watchdog.look_once()
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
