@@ -937,7 +937,12 @@ def _check_via(via: str) -> str:
 
 Via = Annotated[
     str,
-    typer.Option("--via", help="http (the API) or kafka (a command on orders.commands)", callback=_check_via),
+    typer.Option(
+        "--via",
+        metavar="<http|kafka>",
+        help="http (the API) or kafka (a command on orders.commands)",
+        callback=_check_via,
+    ),
 ]
 #: The broker ``--via kafka`` sends to unless told: ``make run``'s.
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
