@@ -341,7 +341,10 @@ class RequestGuard:
             return ", ".join(values) if values else None
 
         framing = field("transfer-encoding")
-        if framing is not None and [c.strip().lower() for c in framing.split(",")] != ["chunked"]:
+        # empty list elements are none (RFC 9110 §5.6.1): ", chunked" is chunked (an attack trial)
+        if framing is not None and [c for c in (c.strip().lower() for c in framing.split(",")) if c] != [
+            "chunked"
+        ]:
             # the HTTP server takes the chunks and leaves the rest to us: a gzip body
             # was read as plain JSON, where a proxy that decodes it reads another body
             detail = (
@@ -662,6 +665,17 @@ TRANSFER_CODING_NOT_CHUNKED = (
     "the request's Transfer-Encoding does not end in chunked alone, so the length of its body"
     " cannot be told (RFC 9112 §6.3): send it chunked alone, or with a Content-Length"
 )
+#: ... and for one with both a ``Transfer-Encoding`` and a ``Content-Length``.
+TRANSFER_CODING_AND_LENGTH = (
+    "the request has both a Transfer-Encoding and a Content-Length, which may say two"
+    " lengths (RFC 9112 §6.3): send one of them"
+)
+#: What the parser (llhttp) says of each, as ``_ParserSaying.refused`` keeps it.
+_PARSER_SAYS = {
+    "Request has invalid `Transfer-Encoding`": TRANSFER_CODING_NOT_CHUNKED,
+    "Invalid `Transfer-Encoding` header value": TRANSFER_CODING_NOT_CHUNKED,
+    "Content-Length can't be present with Transfer-Encoding": TRANSFER_CODING_AND_LENGTH,
+}
 
 
 class HeadLimitedProtocol(HttpToolsProtocol):
@@ -836,8 +850,9 @@ class HeadLimitedProtocol(HttpToolsProtocol):
                 "invalid_http_request",
             )
             return
-        if "Transfer-Encoding" in getattr(self.parser, "refused", ""):  # llhttp's words for it
-            self._refuse(400, TRANSFER_CODING_NOT_CHUNKED, "invalid_http_request")
+        said = _PARSER_SAYS.get(getattr(self.parser, "refused", ""))
+        if said is not None:
+            self._refuse(400, said, "invalid_http_request")
             return
         what = "its body's chunks" if self._reading_body() else "its request line or a header"
         self._refuse(400, f"the request is not valid HTTP/1.1: {what} cannot be read", "invalid_http_request")
@@ -856,7 +871,7 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         still to come (a second attack trial: the first request's answer was lost, and a
         write after the end of the connection raised in the service)."""
         reading_body = self._reading_body()
-        self._in_head, self._dropped = False, 0
+        in_head, self._in_head, self._dropped = self._in_head, False, 0
         if reading_body:
             cycle = self.cycle
             assert cycle is not None
@@ -874,10 +889,24 @@ class HeadLimitedProtocol(HttpToolsProtocol):
             cycle.message_event.set()
             self._write_refusal(status, detail, reason)
             return
+        if not in_head and self._stand_in(status, detail, reason):
+            return
         if self._answering():
             self._refusal_due = (status, detail, reason)
             return
         self._write_refusal(status, detail, reason)
+
+    def _stand_in(self, status: int, detail: str, reason: str) -> bool:
+        """When the refused request is one waiting behind another on the connection
+        (pipelined) — its head was read, its framing or body was not — it is answered the
+        refusal in its turn, and its route never runs: it ran, and the request had two
+        answers, the route's and the refusal (an attack trial: 501 then 400), or the route
+        waited 30 s for a body the parser would never give it (408). True if so."""
+        for i, (cycle, _) in enumerate(self.pipeline):
+            if cycle is self.cycle:
+                self.pipeline[i] = (cycle, _refusal_app(status, detail, reason))  # type: ignore[assignment]
+                return True
+        return False
 
     def _reading_body(self) -> bool:
         """The bytes refused are the running request's own body (its chunks, its
@@ -918,6 +947,23 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(self.LINGER_SECONDS, self.transport.close)
+
+
+def _refusal_app(status: int, detail: str, reason: str) -> ASGIApp:
+    """An ASGI app that answers any request ``status`` with a ``Problem`` and closes the
+    connection (``HeadLimitedProtocol._stand_in``)."""
+    body = json.dumps({"detail": detail, "reason": reason}, separators=(",", ":")).encode()
+
+    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return refuse
 
 
 def limit_head(

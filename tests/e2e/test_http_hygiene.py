@@ -136,6 +136,9 @@ def test_a_transfer_coding_other_than_chunked_is_not_implemented(
         assert head.startswith(b"HTTP/1.1 400 "), (framing, head)
         assert json.loads(answer)["detail"] == TRANSFER_CODING_NOT_CHUNKED, (framing, answer)
         assert client.product(products["mug"])["price"] == "4.00"
+    # an empty list element is none (RFC 9110 §5.6.1): it was a 501 (an attack trial)
+    head, _ = put(b"Transfer-Encoding: , chunked")
+    assert head.startswith(b"HTTP/1.1 200 "), head
     head, _ = put(b"Transfer-Encoding: Chunked")
     assert head.startswith(b"HTTP/1.1 200 "), head
     assert client.product(products["mug"])["price"] == "0.01"

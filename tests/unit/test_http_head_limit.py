@@ -16,7 +16,12 @@ import pytest_asyncio
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from saga_kit.http import KEEP_ALIVE_SECONDS, server_options
+from saga_kit.http import (
+    KEEP_ALIVE_SECONDS,
+    TRANSFER_CODING_AND_LENGTH,
+    TRANSFER_CODING_NOT_CHUNKED,
+    server_options,
+)
 
 LIMIT = 16 * 1024
 #: Seconds a head may take here (30 in the services).
@@ -212,6 +217,41 @@ async def test_pipelined_requests_are_answered_before_the_refusal_that_follows_t
     answer = await asyncio.to_thread(speak)
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
     assert statuses == [b"200", status], answer[:300]
+
+
+@pytest.mark.parametrize(
+    ("framing", "said"),
+    [
+        (b"Transfer-Encoding: gzip", TRANSFER_CODING_NOT_CHUNKED),
+        (b"Transfer-Encoding: chunked;x=1", TRANSFER_CODING_NOT_CHUNKED),
+        (b"Transfer-Encoding: chunked\t", TRANSFER_CODING_NOT_CHUNKED),
+        (b"Transfer-Encoding: chunked, gzip", TRANSFER_CODING_NOT_CHUNKED),
+        (b"Transfer-Encoding: chunked\r\nContent-Length: 5", TRANSFER_CODING_AND_LENGTH),
+    ],
+    ids=["gzip", "chunked;x=1", "chunked and a tab", "chunked, gzip", "and a Content-Length"],
+)
+async def test_a_pipelined_request_whose_framing_is_refused_has_the_refusal_alone(
+    port: int, framing: bytes, said: str
+) -> None:
+    """An attack trial: behind another request on the connection, a request whose head was
+    read but whose framing the parser refused had two answers (its route's, then the
+    400), or its route waited 30 s for a body that would never come (408). It is answered
+    the 400 in its turn, its route never run; the request before it is answered first."""
+    first = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    second = b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\n" + framing + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+
+    def speak() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(first + second)
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            return answer
+
+    answer = await asyncio.to_thread(speak)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"200", b"400"], answer[:600]
+    assert json.loads(answer.rpartition(b"\r\n\r\n")[2])["detail"] == said
 
 
 @pytest.mark.parametrize("dribble", [False, True], ids=["says nothing", "a header line every 0.3 s"])
