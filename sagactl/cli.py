@@ -1844,8 +1844,8 @@ def tail(
     # a resumed stream sends again the events of the last LATE_COMMIT_WINDOW (30 s) before
     # its Last-Event-ID, so that one committed late is not skipped: each is shown once
     seen: dict[str, None] = {}
-    # why the stream is away, said once until it is back (a restart of the order service
-    # was six lines of the same words: a trial), then "resumed"
+    # why the stream went away, said once until it is back (a restart of the order service
+    # was six lines: a trial; then two, a broken stream and refused connections), then "resumed"
     away: str | None = None
     try:
         while True:
@@ -1894,7 +1894,7 @@ def tail(
                 said = f"the event stream broke ({exc or type(exc).__name__}); resuming"
             else:
                 said = "the order service ended the event stream; resuming"
-            if said != away:
+            if away is None:  # the first reason alone: a restart breaks it, then refuses it
                 errors.print(said, style="dim")
                 away = said
             time.sleep(1.0)
