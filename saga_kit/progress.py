@@ -450,7 +450,10 @@ class ProgressWatchdog:
 
     async def look_once(self) -> None:
         """``look``, and log a failure: INFO, but WARNING once the looks have failed for
-        ``BROKER_AWAY_WARNING_SECONDS`` (once until one succeeds again, which is said)."""
+        ``BROKER_AWAY_WARNING_SECONDS`` (once until one succeeds again, which is said),
+        counted from the start of the first look that failed (a lookup waits up to 10 s
+        for its answer: counted from its failure, a trial's 46 s outage read 36 s)."""
+        started = self._clock()
         try:
             await self.look()
         except asyncio.CancelledError:
@@ -461,7 +464,7 @@ class ProgressWatchdog:
             now = self._clock()
             self.watch.observe(now, {}, {})
             if self._failing_since is None:
-                self._failing_since = now
+                self._failing_since = started
             failing = now - self._failing_since
             if failing >= BROKER_AWAY_WARNING_SECONDS and not self._warned:
                 self._warned = True

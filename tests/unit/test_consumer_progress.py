@@ -402,3 +402,27 @@ async def test_a_broker_away_for_long_is_said_once_at_warning_and_its_return_too
     for clock.now in (60, 80):
         await watchdog.look_once()
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+async def test_a_broker_away_is_counted_from_the_start_of_the_first_look_it_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A look waits up to 10 s for the broker's answer: counted from its failure, a
+    trial's 46 s outage was said to be 36 s, and the WARNING came 10 s late."""
+    clock = _Clock()
+
+    class Slow(_Consumer):
+        async def highwaters(self, *tps: FaustTP) -> dict[FaustTP, int]:
+            clock.now += 10  # no answer within 10 s
+            raise TimeoutError("no answer from the broker within 10 s")
+
+    watchdog = ProgressWatchdog(
+        Slow(end=12, fetched=12), ConsumerStats(positions={T: 11}), after=20, clock=clock
+    )
+    caplog.set_level(logging.INFO, logger="saga_kit.progress")
+    await watchdog.look_once()  # asked at 0, failed at 10
+    clock.now = 20
+    await watchdog.look_once()  # asked at 20, failed at 30: 30 s since the first was asked
+    assert [r.getMessage()[:45] for r in caplog.records if r.levelno == logging.WARNING] == [
+        "consumer progress: could not look for 30 s (T"
+    ]
