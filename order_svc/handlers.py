@@ -574,17 +574,21 @@ def on_payment_failed(state: Orders, event: Envelope[PaymentFailed]) -> Replies:
 # -- commands (orders.commands): the Kafka door to what the HTTP API does ------------------
 
 
-def _audited(state: Orders, event: Envelope[Any], replies: Replies) -> Replies:
+def _audited(
+    state: Orders, event: Envelope[Any], replies: Replies, command_type: str | None = None
+) -> Replies:
     """``replies``, once the command ``event`` is noted for the log (INFO, with its command
     id, after the commit: ``_log_commands``) and for the audit trail (``saga_kit.audit``)
     as the HTTP call it stands for would be: who (its token's subject and roles;
     ``anonymous`` without a valid token), what (``PlaceOrder via orders.commands``), on
     which order, and how it ended: ``accepted``, ``done before`` (the same command again) or
     ``refused: <reason>``. A refused ``CancelOrder`` is entered under the order it named,
-    as the HTTP call's 404 is under its path."""
+    as the HTTP call's 404 is under its path. ``command_type``: what it was meant to be,
+    for one refused as it was read (default: its event type)."""
     caller = state.callers.get(event.event_id)
     principal = caller if isinstance(caller, auth.Principal) else None  # else refused for its token
-    call = audit.caller_audit(principal, f"{event.event_type} via {COMMANDS}")
+    kind = command_type or event.event_type
+    call = audit.caller_audit(principal, f"{kind} via {COMMANDS}")
     refusals = [r.payload for r in replies if isinstance(r, Reply) and isinstance(r.payload, CommandRejected)]
     outcome = f"refused: {refusals[0].reason}" if refusals else "accepted" if replies else "done before"
     owner = _owner(state, event)
@@ -596,9 +600,7 @@ def _audited(state: Orders, event: Envelope[Any], replies: Replies) -> Replies:
     ):
         state.strangers.add(event.event_id)
     state.audit_entries.append(call.entry(f"/orders/{event.order_id}", outcome))
-    state.commands_taken.append(
-        (event.payload.command_id, event.event_type, call.actor, event.order_id, outcome)
-    )
+    state.commands_taken.append((event.payload.command_id, kind, call.actor, event.order_id, outcome))
     return replies
 
 
@@ -773,8 +775,14 @@ def on_refused_command(state: Orders, event: Envelope[RefusedCommand]) -> Replie
     """A command refused as it was decoded (``decode_command``): answered, and audited
     (``_audited``) under its sender when it came with a valid token."""
     refused = event.payload
+    # audited as the command it was meant to be (it was "RefusedCommand via …", a name of
+    # ours the sender never wrote: an attack trial), or as an unknown one
+    meant = refused.command_type if refused.command_type in commands.COMMAND_TYPES else "unknown command"
     return _audited(
-        state, event, [_rejected(refused.command_id, refused.command_type, refused.reason, refused.detail)]
+        state,
+        event,
+        [_rejected(refused.command_id, refused.command_type, refused.reason, refused.detail)],
+        meant,
     )
 
 

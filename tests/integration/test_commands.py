@@ -504,10 +504,10 @@ async def test_a_command_refused_as_it_is_read_is_audited_under_its_sender(
             r=f"/orders/{order_id_for(command_id)}",
         )
         ((entry,),) = [[json.loads(r.entry)] for r in rows]
-        found[sender] = (entry["actor"], entry["role"], entry["outcome"])
-    assert found == {
-        "kim": ("kim", "customer", "refused: unknown_command"),
-        "nobody": ("anonymous", "none", "refused: unknown_command"),
+        found[sender] = (entry["actor"], entry["role"], entry["action"], entry["outcome"])
+    assert found == {  # "RefusedCommand via …", a name the sender never wrote (an attack trial)
+        "kim": ("kim", "customer", "unknown command via orders.commands", "refused: unknown_command"),
+        "nobody": ("anonymous", "none", "unknown command via orders.commands", "refused: unknown_command"),
     }
 
 
@@ -531,6 +531,11 @@ async def test_a_command_with_a_byte_order_mark_is_refused_under_its_id(
     assert await send(order, encode(encode_command(command).decode())) is Outcome.HANDLED
     ((rejected, _),) = await answers(order, order_id_for(command.command_id))
     assert rejected.payload.reason == "invalid_command" and said in rejected.payload.detail
+    ((entry,),) = await order.rows(
+        "SELECT entry FROM audit_log WHERE CAST(entry AS jsonb)->>'resource' = :r",
+        r=f"/orders/{order_id_for(command.command_id)}",
+    )
+    assert json.loads(entry)["action"] == "PlaceOrder via orders.commands"  # what it was meant to be
 
 
 async def test_a_command_after_one_utf8_byte_order_mark_is_taken_as_the_http_door_takes_it(
