@@ -189,6 +189,23 @@ async def test_what_is_not_http_is_a_400_with_a_problem_body(port: int, head: by
     }
 
 
+async def pipelined(port: int, second: bytes) -> bytes:
+    """All the server answers to ``GET /x`` and ``second`` sent in one write, until it
+    closes the connection."""
+    first = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    def speak() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(first + second)
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            return answer
+
+    return await asyncio.to_thread(speak)
+
+
 @pytest.mark.parametrize(
     ("second", "status"),
     [
@@ -203,18 +220,7 @@ async def test_pipelined_requests_are_answered_before_the_refusal_that_follows_t
     """A second attack trial: a request sent in one write with a refused one behind it
     lost its answer (the refusal was written at once, and the connection ended under the
     first answer, which then raised in the service)."""
-    first = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-
-    def speak() -> bytes:
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-            sock.sendall(first + second)
-            answer = b""
-            with contextlib.suppress(ConnectionResetError):
-                while chunk := sock.recv(65536):
-                    answer += chunk
-            return answer
-
-    answer = await asyncio.to_thread(speak)
+    answer = await pipelined(port, second)
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
     assert statuses == [b"200", status], answer[:300]
 
@@ -237,19 +243,8 @@ async def test_a_pipelined_request_whose_framing_is_refused_has_the_refusal_alon
     read but whose framing the parser refused had two answers (its route's, then the
     400), or its route waited 30 s for a body that would never come (408). It is answered
     the 400 in its turn, its route never run; the request before it is answered first."""
-    first = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     second = b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\n" + framing + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-
-    def speak() -> bytes:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(first + second)
-            answer = b""
-            with contextlib.suppress(ConnectionResetError):
-                while chunk := sock.recv(65536):
-                    answer += chunk
-            return answer
-
-    answer = await asyncio.to_thread(speak)
+    answer = await pipelined(port, second)
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"200", b"400"], answer[:600]
     assert json.loads(answer.rpartition(b"\r\n\r\n")[2])["detail"] == said
 
