@@ -1939,6 +1939,15 @@ def _show_saga_event(data: str, output: Output) -> None:
             " ",
             _text(e["producer"], "dim"),
         )
+        # what the saga's timeline shows beside it: a cancellation for a timeout read as
+        # one by the customer, and no amount was shown (a newcomer trial); cut to the
+        # terminal's width (-o wide: whole)
+        brief = _brief(e["payload"]) if isinstance(e.get("payload"), Mapping) else ""
+        room = console.width - line.cell_len - 2
+        if brief and output is not Output.text:
+            line.append_text(_text(f"  {brief}"))
+        elif brief and room >= 10:
+            line.append_text(_text(f"  {brief if len(brief) <= room else brief[: room - 1] + '…'}"))
     except (KeyError, TypeError):
         line = _text(f"(not a saga event) {data}")
     console.print(line, soft_wrap=True)

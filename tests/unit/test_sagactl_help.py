@@ -1486,3 +1486,35 @@ def test_tail_says_once_that_its_stream_broke_and_when_it_is_back(monkeypatch: p
     said = result.stderr.splitlines()
     assert len(said) == 2 and said[0].startswith("the event stream broke (peer closed"), said
     assert said[1] == "resumed", said
+
+
+def test_tail_shows_beside_an_event_what_its_timeline_shows() -> None:
+    """A cancellation for a timeout read as one by the customer, and no amount was shown
+    (a newcomer trial): the line carries the payload's reason, total or amount, as ``sagactl
+    saga`` does, and nothing else of it."""
+    entries = [
+        {"event_type": "OrderCancelled", "payload": {"customer_id": "c9", "reason": "timeout"}},
+        {"event_type": "PaymentCompleted", "payload": {"customer_id": "c9", "amount": "12.50"}},
+    ]
+    common = {"order_id": "o", "producer": "p", "occurred_at": "2026-12-06T15:00:00.000+00:00"}
+    data = [json.dumps({**e, **common, "seq": i, "compensating": False}) for i, e in enumerate(entries, 1)]
+    body = b"".join(f"id: {i}\nevent: saga-event\ndata: {d}\n\n".encode() for i, d in enumerate(data, 1))
+
+    def stream(conn: socket.socket) -> None:
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+        conn.sendall(head + body)
+
+    base, served = _serve_one_by_one(stream)
+    result = CliRunner().invoke(app, ["--order-url", base, "tail", "--count", "2"], env={"COLUMNS": "200"})
+    served.join(5)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("OrderCancelled              p  reason=timeout"), lines
+    assert lines[1].endswith("PaymentCompleted            p  amount=12.50"), lines
+    assert "c9" not in result.stdout
+    base, served = _serve_one_by_one(stream)  # on a narrow terminal, cut to fit
+    narrow = CliRunner().invoke(app, ["--order-url", base, "tail", "--count", "2"], env={"COLUMNS": "60"})
+    served.join(5)
+    assert [line[46:] for line in narrow.stdout.splitlines()] == ["  reason=time…", "  amount=12.50"], (
+        narrow.stdout
+    )
