@@ -209,6 +209,25 @@ class ProgressWatchdog:
         #: when (``clock``) looks began failing, and whether that was said at WARNING
         self._failing_since: float | None = None
         self._warned = False
+        self._last_failure = ""  # what the last look that failed raised, as "Type: message"
+
+    def _warn_if_away(self, now: float) -> bool:
+        """Say at WARNING, once per outage, that looks have failed since
+        ``BROKER_AWAY_WARNING_SECONDS`` or more before ``now``; True if said now."""
+        if (
+            self._failing_since is None
+            or self._warned
+            or now - self._failing_since < BROKER_AWAY_WARNING_SECONDS
+        ):
+            return False
+        self._warned = True
+        log.warning(
+            "consumer progress: could not look for %.0f s (%s): the broker is away or does not"
+            " answer; /health/ready says so",
+            now - self._failing_since,
+            self._last_failure,
+        )
+        return True
 
     def ends_age(self) -> float | None:
         """Seconds since the broker last gave the assigned partitions' end offsets (the
@@ -454,6 +473,9 @@ class ProgressWatchdog:
         counted from the start of the first look that failed (a lookup waits up to 10 s
         for its answer: counted from its failure, a trial's 46 s outage read 36 s)."""
         started = self._clock()
+        # checked as a look starts too: looks that fail end 10, 25, 40 s after the first
+        # began, and a 42 s outage was INFO lines alone (a trial)
+        self._warn_if_away(started)
         try:
             await self.look()
         except asyncio.CancelledError:
@@ -465,18 +487,9 @@ class ProgressWatchdog:
             self.watch.observe(now, {}, {})
             if self._failing_since is None:
                 self._failing_since = started
-            failing = now - self._failing_since
-            if failing >= BROKER_AWAY_WARNING_SECONDS and not self._warned:
-                self._warned = True
-                log.warning(
-                    "consumer progress: could not look for %.0f s (%s: %s): the broker is away or"
-                    " does not answer; /health/ready says so",
-                    failing,
-                    type(exc).__name__,
-                    exc,
-                )
-            else:
-                log.info("consumer progress: could not look (%s: %s)", type(exc).__name__, exc)
+            self._last_failure = f"{type(exc).__name__}: {exc}"
+            if not self._warn_if_away(now):
+                log.info("consumer progress: could not look (%s)", self._last_failure)
         else:
             if self._warned and self._failing_since is not None:
                 log.info(

@@ -426,3 +426,27 @@ async def test_a_broker_away_is_counted_from_the_start_of_the_first_look_it_fail
     assert [r.getMessage()[:45] for r in caplog.records if r.levelno == logging.WARNING] == [
         "consumer progress: could not look for 30 s (T"
     ]
+
+
+async def test_a_broker_away_is_said_as_the_look_after_30_s_starts(caplog: pytest.LogCaptureFixture) -> None:
+    """Looks that fail end 10, 25, 40 s after the first began (10 s each, 5 s apart): a 42 s
+    outage was INFO lines alone, the WARNING due at the third failure (a trial). It is
+    said as the look due after 30 s starts."""
+    clock = _Clock()
+
+    class Slow(_Consumer):
+        async def highwaters(self, *tps: FaustTP) -> dict[FaustTP, int]:
+            clock.now += 10
+            raise TimeoutError("no answer from the broker within 10 s")
+
+    watchdog = ProgressWatchdog(
+        Slow(end=12, fetched=12), ConsumerStats(positions={T: 11}), after=20, clock=clock
+    )
+    caplog.set_level(logging.INFO, logger="saga_kit.progress")
+    for clock.now in (0, 15):  # failed at 10 and 25
+        await watchdog.look_once()
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    clock.now = 30
+    await watchdog.look_once()
+    warned = [r.getMessage()[:45] for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == ["consumer progress: could not look for 30 s (T"]
