@@ -1837,7 +1837,7 @@ def tail(
     """Follow every saga's events live, as the order service records them (Ctrl-C stops).
     '--output json' prints one JSON object per line. A stream the service ends (it
     restarted, or this terminal fell behind) is resumed after the last event shown; each
-    event is shown once."""
+    event is shown once, and without --from-start none from before tail began."""
     url = f"{_urls(ctx).order}/saga-events/stream"
     last_id: str | None = None  # of the last event shown: where a new stream resumes
     shown, connected = 0, False
@@ -1847,6 +1847,10 @@ def tail(
     # why the stream went away, said once until it is back (a restart of the order service
     # was six lines: a trial; then two, a broken stream and refused connections), then "resumed"
     away: str | None = None
+    # without --from-start, new events only: the window a resumed stream sends again held
+    # events from before tail began, shown as if new (a trial); the first one shown is
+    # where tail began, and what comes later below it is shown only if it occurred after
+    began, first_seq = datetime.now(UTC), None
     try:
         while True:
             resume = ({"Last-Event-ID": last_id} if last_id else {}) | _meant_for("order")
@@ -1880,6 +1884,10 @@ def tail(
                     for sse in source.iter_sse():
                         if sse.event != "saga-event" or sse.id in seen:
                             continue
+                        if not from_start and _before(sse, first_seq, began):
+                            continue
+                        if first_seq is None and sse.id.isdigit():
+                            first_seq = int(sse.id)
                         seen[sse.id] = None
                         if len(seen) > TAIL_SEEN_IDS:
                             del seen[next(iter(seen))]  # the oldest: long out of any window
@@ -1900,6 +1908,17 @@ def tail(
             time.sleep(1.0)
     except KeyboardInterrupt:
         pass
+
+
+def _before(sse: Any, first_seq: int | None, began: datetime) -> bool:
+    """Is ``sse`` (a saga event of a resumed stream) one from before ``tail`` began: below
+    the first it showed (``first_seq``), and occurred before ``began``?"""
+    if first_seq is None or not sse.id.isdigit() or int(sse.id) >= first_seq:
+        return False
+    try:
+        return bool(datetime.fromisoformat(json.loads(sse.data)["occurred_at"]) < began)
+    except (ValueError, KeyError, TypeError, RecursionError):  # a naive time compared, too
+        return False  # not a feed entry: shown as it is
 
 
 #: Event ids ``tail`` remembers to show each event once: more than a resumed stream sends

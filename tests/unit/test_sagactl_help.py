@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -1518,3 +1519,36 @@ def test_tail_shows_beside_an_event_what_its_timeline_shows() -> None:
     assert [line[46:] for line in narrow.stdout.splitlines()] == ["  reason=time…", "  amount=12.50"], (
         narrow.stdout
     )
+
+
+def test_tail_without_from_start_shows_no_event_from_before_it_began_when_it_resumes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A resumed stream sends again the events of the 30 s below where it resumes, so that
+    one committed late is not skipped: those from before tail began were shown as new,
+    out of order (a trial). One that occurred since is still shown."""
+    import sagactl.cli
+
+    monkeypatch.setattr(sagactl.cli.time, "sleep", lambda _: None)
+    now, old = datetime.now(UTC), datetime.now(UTC) - timedelta(seconds=20)
+
+    def sse(*events: tuple[int, datetime]) -> bytes:
+        entry = {"order_id": "o", "producer": "p", "event_type": "OrderCreated", "compensating": False}
+        data = [(i, json.dumps({**entry, "seq": i, "occurred_at": t.isoformat()})) for i, t in events]
+        return b"".join(f"id: {i}\nevent: saga-event\ndata: {d}\n\n".encode() for i, d in data)
+
+    def stream(*events: tuple[int, datetime]) -> Callable[[socket.socket], None]:
+        def answer(conn: socket.socket) -> None:
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+            conn.sendall(head + sse(*events))
+
+        return answer
+
+    # tail begins at event 5; resumed, the stream sends 3 (before tail began), 4 (committed
+    # late, occurred since), 5 again and 6
+    later = now + timedelta(seconds=1)
+    base, served = _serve_one_by_one(stream((5, later)), stream((3, old), (4, later), (5, later), (6, later)))
+    result = CliRunner().invoke(app, ["--order-url", base, "tail", "--count", "3", "-o", "json"])
+    served.join(5)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["seq"] for line in result.stdout.splitlines()] == [5, 4, 6]
