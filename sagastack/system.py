@@ -46,6 +46,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -244,6 +245,13 @@ class _Restart:
 
     def started(self, now: float) -> None:
         self.started_at, self.due, self.waiting_ready = now, None, True
+
+
+def _said(line: str) -> None:
+    """A line of what a kept-running system saw (``System.keep_running``), after the time
+    of day it saw it: an operator trial could not time an outage from ``make run``'s
+    output alone."""
+    print(f"{datetime.now():%H:%M:%S} {line}", flush=True)
 
 
 def _ready(probe: httpx.Client, url: str) -> bool:
@@ -797,30 +805,30 @@ class System:
                         and self.broker.answers(0.5)
                     ):
                         node.waiting_ready = False
-                        print(f"{server} is ready again", flush=True)
+                        _said(f"{server} is ready again")
                 for server in down:
                     if server == "tansu":
                         if server not in told:
                             told.add(server)
-                            print(server_down(server, again), flush=True)
+                            _said(server_down(server, again))
                         continue
                     again_at = restarts.setdefault(server, _Restart())
                     if again_at.due is None:
                         again_at.due = again_at.delay_after(time.monotonic())
-                        print(server_down(server, again), flush=True)
+                        _said(server_down(server, again))
                     if time.monotonic() >= again_at.due:
                         try:
                             self._start_server_again(server)
                         except Exception as exc:  # e.g. a killed database's backends still there
                             why = f"{server} could not be started again yet ({type(exc).__name__})"
-                            print(f"{why}; trying again", flush=True)
+                            _said(f"{why}; trying again")
                             again_at.started(time.monotonic())
                             again_at.due = again_at.delay_after(time.monotonic())
                         else:
                             again_at.started(time.monotonic())
                             # a node answers a while after its process starts: said then
                             again_at.waiting_ready = server.startswith("kafka-")
-                            print(f"{server} started again", flush=True)
+                            _said(f"{server} started again")
                 processes = {**self.services, **({PROVIDER: self.provider} if self.provider else {})}
                 for name, sp in processes.items():
                     if sp.proc is None:
@@ -829,7 +837,7 @@ class System:
                     if sp.proc.poll() is None:
                         if restart is not None and restart.waiting_ready and _ready(probe, sp.url):
                             restart.waiting_ready = False
-                            print(f"{name} is ready again", flush=True)
+                            _said(f"{name} is ready again")
                         continue
                     if restart is None:
                         restart = restarts[name] = _Restart()
@@ -840,7 +848,7 @@ class System:
                         code = sp.proc.returncode
                         # killed by a signal, it has no reason of its own to give
                         why = self.exit_reason(name) if code > 0 else ""
-                        print(f"{name} exited ({code}){why}; restarting{later}", flush=True)
+                        _said(f"{name} exited ({code}){why}; restarting{later}")
                     if time.monotonic() >= restart.due:
                         if name == PROVIDER:
                             self.start_provider(wait=False)

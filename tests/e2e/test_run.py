@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,6 +35,15 @@ def ready_within(url: str, seconds: float) -> bool:
             pass  # not listening yet
         time.sleep(0.2)
     return False
+
+
+def said(proc: subprocess.Popen[str]) -> str:
+    """The next line a kept-running run says of what it saw, without the time of day it
+    begins with (``HH:MM:SS ``)."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert re.match(r"\d\d:\d\d:\d\d ", line), line
+    return line[9:]
 
 
 def start_run(command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
@@ -76,16 +86,16 @@ def test_make_run_serves_and_a_closed_terminal_stops_everything(run_root: Path) 
         assert len(recorded) == 6  # broker, database, provider, three services
 
         os.kill(int(recorded["payment_svc"][0]), signal.SIGKILL)  # it is started again
-        assert proc.stdout.readline() == "payment_svc exited (-9); restarting\n"
-        assert proc.stdout.readline() == "payment_svc is ready again\n"
+        assert said(proc) == "payment_svc exited (-9); restarting\n"
+        assert said(proc) == "payment_svc is ready again\n"
         assert ready_within(f"http://127.0.0.1:{ports['PAYMENT_HTTP_PORT']}/health/ready", 10)
 
         tansu = int(recorded["tansu"][0])
         os.kill(tansu, signal.SIGSTOP)  # the broker answers nothing, and a service dies
         try:
             os.kill(int(recorded["inventory_svc"][0]), signal.SIGKILL)
-            assert proc.stdout.readline() == "inventory_svc exited (-9); restarting\n"
-            retried = proc.stdout.readline()  # it gave up on the broker after 3 s: again, saying why
+            assert said(proc) == "inventory_svc exited (-9); restarting\n"
+            retried = said(proc)  # it gave up on the broker after 3 s: again, saying why
             assert retried.startswith(
                 "inventory_svc exited (1): inventory_svc cannot start: gave up waiting for broker"
             ), retried
@@ -94,16 +104,13 @@ def test_make_run_serves_and_a_closed_terminal_stops_everything(run_root: Path) 
             assert ready_within(f"http://127.0.0.1:{ports['ORDER_HTTP_PORT']}/health/live", 5)
         finally:
             os.kill(tansu, signal.SIGCONT)
-        while (line := proc.stdout.readline()) != "inventory_svc is ready again\n":
+        while (line := said(proc)) != "inventory_svc is ready again\n":
             assert line.startswith("inventory_svc exited (1): "), line
         assert ready_within(f"http://127.0.0.1:{ports['INVENTORY_HTTP_PORT']}/health/ready", 10)
 
         os.kill(int(recorded["postgres"][0]), signal.SIGKILL)  # the database crashes: back on its data
-        assert (
-            proc.stdout.readline()
-            == "postgres has stopped; starting it again (its data is on disk and is kept)\n"
-        )
-        while (line := proc.stdout.readline()) != "postgres started again\n":
+        assert said(proc) == "postgres has stopped; starting it again (its data is on disk and is kept)\n"
+        while (line := said(proc)) != "postgres started again\n":
             # its old backends may hold its shared memory a moment: tried again, in a line
             assert line.startswith("postgres could not be started again yet ("), line
         for service in ("ORDER", "INVENTORY", "PAYMENT"):

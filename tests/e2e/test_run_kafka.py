@@ -15,7 +15,7 @@ import pytest
 
 from sagastack.embedded import free_port
 from sagastack.system import BrokerKind
-from tests.e2e.test_run import ready_within, start_run
+from tests.e2e.test_run import ready_within, said, start_run
 
 
 def test_a_kafka_node_that_stopped_is_started_again_and_said_ready(
@@ -33,12 +33,12 @@ def test_a_kafka_node_that_stopped_is_started_again_and_said_ready(
     try:
         recorded = json.loads((run_dir / "pids.json").read_text())
         os.kill(int(recorded["kafka-1"][0]), signal.SIGKILL)
-        said = [proc.stdout.readline() for _ in range(3)]
-        assert said == [
+        lines = [said(proc) for _ in range(3)]
+        assert lines == [
             "kafka-1 has stopped; starting it again (its data is on disk and is kept)\n",
             "kafka-1 started again\n",
             "kafka-1 is ready again\n",
-        ], said
+        ], lines
         for service in ("ORDER", "INVENTORY", "PAYMENT"):
             assert ready_within(f"http://127.0.0.1:{ports[f'{service}_HTTP_PORT']}/health/ready", 60), service
         proc.send_signal(signal.SIGTERM)
