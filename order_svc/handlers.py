@@ -73,12 +73,6 @@ def configure(settings: Any) -> None:
     masterkeys.WAKE.set()  # the rewrap job's first run follows at once
 
 
-@dataclass(frozen=True)
-class _Placed:
-    command: PlaceOrder
-    traceparent: str | None
-
-
 @dataclass
 class Order:
     status: OrderStatus
@@ -93,8 +87,9 @@ class Order:
     #: product → unit price inventory quoted (set by InventoryReserved)
     prices: dict[str, Decimal] = field(default_factory=dict)
     changed: bool = False
-    #: placed in this batch: inserted by ``save`` (with these lines and deadline)
-    placed: _Placed | None = None
+    #: placed in this batch by this command: inserted by ``save`` (with its lines, the
+    #: deadline and the trace)
+    placed: PlaceOrder | None = None
     deadline_at: datetime | None = None
     #: product → units ordered (loaded when the batch holds an InventoryReserved)
     items: dict[str, int] = field(default_factory=dict)
@@ -102,7 +97,8 @@ class Order:
     cancel_command_id: uuid.UUID | None = None
     #: When it was placed (``created_at``; now, for an order placed in this batch).
     placed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    #: The saga's trace, as W3C ``traceparent`` (``trace_context``; a placed one's below).
+    #: The saga's trace, as W3C ``traceparent`` (``trace_context``; for one placed in this
+    #: batch, its placing's).
     traceparent: str | None = None
     #: An order this service never placed, recorded as cancelled (``_never_placed``):
     #: inserted by ``save``.
@@ -354,7 +350,7 @@ def save(uow: UnitOfWork, state: Orders) -> None:
                         "k": f"command:{o.command_id}",
                         "h": o.request_hash,
                         "d": o.deadline_at,
-                        "t": o.placed.traceparent if o.placed else None,
+                        "t": o.traceparent,
                         "cmd": o.command_id,
                         # cancelled in the batch that placed it: its CancelOrder's id is
                         # used, as ``changed`` records it for an order placed before
@@ -375,7 +371,7 @@ def save(uow: UnitOfWork, state: Orders) -> None:
                     {"o": oid, "n": n, "p": line.product_id, "q": line.quantity}
                     for oid, o in placed
                     if o.placed is not None
-                    for n, line in enumerate(o.placed.command.items, 1)
+                    for n, line in enumerate(o.placed.items, 1)
                 )
             },
         )
@@ -690,7 +686,8 @@ def _place(state: Orders, event: Envelope[PlaceOrder]) -> Replies:
         total=None,
         command_id=command.command_id,
         request_hash=requested,
-        placed=_Placed(command, tracing.current_traceparent()),
+        placed=command,
+        traceparent=tracing.current_traceparent(),
         deadline_at=deadline_at,
     )
     state.orders[event.order_id] = order
@@ -740,9 +737,8 @@ def _cancel(state: Orders, event: Envelope[CancelOrder]) -> Replies:
     state.used_command_ids[command.command_id] = ("CancelOrder", event.order_id)
     cancelled = OrderCancelled(customer_id=order.customer_id, reason=reason)
     # in the saga's own trace, as over HTTP (``cancelling._cancel``): the command's is a link
-    saga = order.placed.traceparent if order.placed else order.traceparent
     attributes = {"saga.order_id": str(event.order_id), "saga.cancel_reason": reason}
-    with tracing.in_saga("cancel order", saga, attributes):
+    with tracing.in_saga("cancel order", order.traceparent, attributes):
         return [replace(order.correlated(cancelled, command.command_id), trace=otel_context.get_current())]
 
 
