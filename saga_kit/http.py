@@ -341,10 +341,8 @@ class RequestGuard:
             return ", ".join(values) if values else None
 
         framing = field("transfer-encoding")
-        # empty list elements are none (RFC 9110 §5.6.1): ", chunked" is chunked (an attack trial)
-        if framing is not None and [c for c in (c.strip().lower() for c in framing.split(",")) if c] != [
-            "chunked"
-        ]:
+        # ", chunked" is chunked (an attack trial: it was a 501)
+        if framing is not None and _elements(framing) != ["chunked"]:
             # the HTTP server takes the chunks and leaves the rest to us: a gzip body
             # was read as plain JSON, where a proxy that decodes it reads another body
             detail = (
@@ -369,7 +367,7 @@ class RequestGuard:
         length = headers.get("content-length", "")
         has_body = _has_body(headers)
         coding = (field("content-encoding") or "").lower()
-        if has_body and any(c.strip() not in ("", "identity") for c in coding.split(",")):
+        if has_body and any(c != "identity" for c in _elements(coding)):
             detail = (
                 f"a body in the content coding {printable(coding.strip(), 100)!r} is not accepted here:"
                 " send it uncompressed"
@@ -391,6 +389,12 @@ class RequestGuard:
 
 #: Request headers that carry one value: sent twice, which one was meant is unknown.
 SINGLE_HEADERS = ("Idempotency-Key", "Last-Event-ID")  # as their specifications spell them
+
+
+def _elements(value: str) -> list[str]:
+    """The elements of a header's comma-separated list, in lower case, the empty ones left
+    out (RFC 9110 §5.6.1: a recipient ignores them)."""
+    return [e for e in map(str.strip, value.lower().split(",")) if e]
 
 
 def _repeated(scope: Scope, headers: Headers) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]] | None:
@@ -931,15 +935,13 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     def _write_refusal(self, status: int, detail: str, reason: str) -> None:
         if self.transport.is_closing():
             return
-        body = json.dumps({"detail": detail, "reason": reason}, separators=(",", ":")).encode()
+        headers, body = _refused_answer(detail, reason)
         self.transport.write(
             b"".join(
                 [
                     STATUS_LINE[status],
-                    *(k + b": " + v + b"\r\n" for k, v in self.server_state.default_headers),
-                    b"content-type: application/json\r\n",
-                    b"content-length: %d\r\n" % len(body),
-                    b"connection: close\r\n\r\n",
+                    *(k + b": " + v + b"\r\n" for k, v in [*self.server_state.default_headers, *headers]),
+                    b"\r\n",
                     body,
                 ]
             )
@@ -949,17 +951,24 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         self.loop.call_later(self.LINGER_SECONDS, self.transport.close)
 
 
+def _refused_answer(detail: str, reason: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The headers and body of a refusal the HTTP server answers itself: a ``Problem``,
+    and the connection closed after it."""
+    body = json.dumps({"detail": detail, "reason": reason}, separators=(",", ":")).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        (b"connection", b"close"),
+    ]
+    return headers, body
+
+
 def _refusal_app(status: int, detail: str, reason: str) -> ASGIApp:
     """An ASGI app that answers any request ``status`` with a ``Problem`` and closes the
     connection (``HeadLimitedProtocol._stand_in``)."""
-    body = json.dumps({"detail": detail, "reason": reason}, separators=(",", ":")).encode()
+    headers, body = _refused_answer(detail, reason)
 
     async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", b"%d" % len(body)),
-            (b"connection", b"close"),
-        ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
