@@ -796,15 +796,15 @@ class System:
         with httpx.Client(timeout=0.5) as probe:
             while not stop.wait(0.5):
                 down = self.servers_down()
-                for server, node in restarts.items():
-                    if (
-                        node.waiting_ready
-                        and server.startswith("kafka-")
-                        and server not in down
-                        and isinstance(self.broker, ApacheKafka)
-                        and self.broker.answers(0.5)
-                    ):
-                        node.waiting_ready = False
+                # the cluster asked once for every node started again and not yet said ready
+                nodes = [
+                    s
+                    for s, r in restarts.items()
+                    if r.waiting_ready and s.startswith("kafka-") and s not in down
+                ]
+                if nodes and isinstance(self.broker, ApacheKafka) and self.broker.answers(0.5):
+                    for server in nodes:
+                        restarts[server].waiting_ready = False
                         _said(f"{server} is ready again")
                 for server in down:
                     if server == "tansu":
