@@ -145,6 +145,19 @@ class _Consumer:
         self.sought.extend(offsets.values())
 
 
+class _Flaky(_Consumer):
+    """``_Consumer`` with a broker that is away while ``away``: asked for the partitions'
+    ends, it raises ``failure``."""
+
+    away = False
+    failure: Exception = ConnectionError("the broker is away")
+
+    async def highwaters(self, *tps: FaustTP) -> dict[FaustTP, int]:
+        if self.away:
+            raise self.failure
+        return await super().highwaters(*tps)
+
+
 class _Clock:
     now = 0.0
 
@@ -249,15 +262,7 @@ async def test_the_lags_reference_ages_while_the_broker_cannot_be_asked() -> Non
     the broker: while it cannot, the lag shown is the last one known (it read 0 through
     a whole outage), and ``ends_age`` says how old it is."""
 
-    class Flaky(_Consumer):
-        away = False
-
-        async def highwaters(self, *tps: FaustTP) -> dict[FaustTP, int]:
-            if self.away:
-                raise ConnectionError("the broker is away")
-            return await super().highwaters(*tps)
-
-    consumer, clock = Flaky(end=12, fetched=12), _Clock()
+    consumer, clock = _Flaky(end=12, fetched=12), _Clock()
     watchdog = ProgressWatchdog(consumer, ConsumerStats(positions={T: 11}), after=20, clock=clock)
     assert watchdog.ends_age() is None  # never asked
     clock.now = 5
@@ -377,15 +382,8 @@ async def test_a_broker_away_for_long_is_said_once_at_warning_and_its_return_too
     nothing to publish (a trial): past ``BROKER_AWAY_WARNING_SECONDS`` of failed looks the
     watch says so once at WARNING, and says when it can look again."""
 
-    class Flaky(_Consumer):
-        away = True
-
-        async def highwaters(self, *tps: FaustTP) -> dict[FaustTP, int]:
-            if self.away:
-                raise TimeoutError("no answer from the broker within 10 s")
-            return await super().highwaters(*tps)
-
-    consumer, clock = Flaky(end=12, fetched=12), _Clock()
+    consumer, clock = _Flaky(end=12, fetched=12), _Clock()
+    consumer.away, consumer.failure = True, TimeoutError("no answer from the broker within 10 s")
     watchdog = ProgressWatchdog(consumer, ConsumerStats(positions={T: 11}), after=20, clock=clock)
     caplog.set_level(logging.INFO, logger="saga_kit.progress")
     for clock.now in (0, 10, 20, 30, 40, 50):
