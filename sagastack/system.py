@@ -44,7 +44,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -178,6 +178,20 @@ def server_down(server: str, again: str) -> str:
         " Tansu kept its topics in memory: they are gone. Stop this run (Ctrl-C) and start it"
         f" again ({again}): the services then publish again what they sent in the last hour."
     )
+
+
+def exited(name: str, code: int, reason: Callable[[str], str]) -> str:
+    """How a kept-running system says a process of its ended: ``payment_svc exited (1): …``
+    with the reason its log gives (``reason``), or ``payment_svc was killed (SIGKILL)``
+    when a signal ended it (a negative ``code``, as ``subprocess`` gives it; it has no
+    reason of its own to give). An operator trial read ``exited (-9)`` as an exit code."""
+    if code >= 0:
+        return f"{name} exited ({code}){reason(name) if code > 0 else ''}"
+    try:
+        sig = signal.Signals(-code).name
+    except ValueError:  # a signal this platform has no name for
+        sig = f"signal {-code}"
+    return f"{name} was killed ({sig})"
 
 
 def port_from_env(variable: str, default: int) -> int:
@@ -845,10 +859,7 @@ class System:
                         restart.due = restart.delay_after(time.monotonic())
                         wait = restart.due - time.monotonic()
                         later = f" in {wait:.0f} s (it exited again as it started)" if wait > 0 else ""
-                        code = sp.proc.returncode
-                        # killed by a signal, it has no reason of its own to give
-                        why = self.exit_reason(name) if code > 0 else ""
-                        _said(f"{name} exited ({code}){why}; restarting{later}")
+                        _said(f"{exited(name, sp.proc.returncode, self.exit_reason)}; restarting{later}")
                     if time.monotonic() >= restart.due:
                         if name == PROVIDER:
                             self.start_provider(wait=False)

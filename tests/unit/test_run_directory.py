@@ -23,6 +23,7 @@ from sagastack.system import (
     BadSetting,
     StartFailed,
     System,
+    exited,
     free_port,
     last_error,
     port_from_env,
@@ -265,6 +266,24 @@ def test_the_last_error_a_service_logged_is_why_it_exited() -> None:
     log = "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines)
     assert last_error(log) == "payment_svc stopped on error (OSError: [Errno 98] address already in use)"
     assert last_error(json.dumps({"level": "info", "msg": "fine"})) == ""
+
+
+def test_a_process_a_signal_ended_is_said_killed_by_its_name_not_a_negative_exit_code() -> None:
+    """An operator trial read ``payment_svc exited (-9)`` as an exit code; a process that
+    exited on its own says why, one a signal ended has no reason of its own to give."""
+    asked: list[str] = []
+
+    def reason(name: str) -> str:
+        asked.append(name)
+        return ": gave up waiting for broker"
+
+    assert exited("payment_svc", -9, reason) == "payment_svc was killed (SIGKILL)"
+    assert exited("payment_svc", -15, reason) == "payment_svc was killed (SIGTERM)"
+    assert exited("payment_svc", -200, reason) == "payment_svc was killed (signal 200)"
+    assert exited("payment_svc", 0, reason) == "payment_svc exited (0)"
+    assert asked == []
+    assert exited("payment_svc", 1, reason) == "payment_svc exited (1): gave up waiting for broker"
+    assert asked == ["payment_svc"]
 
 
 def test_a_database_server_that_was_killed_is_not_asked_to_stop(tmp_path: Path) -> None:
