@@ -597,7 +597,9 @@ def _refusal(service: str, response: httpx.Response) -> str:
             f" give the {service} service's"
         )
     said = _detail_of(response)
-    if response.status_code == 401:
+    if response.status_code == 401 and "Authorization" in response.request.headers:
+        said += f" (the token given was refused: give another; {MINT_HINT})"  # not "pass --token"
+    elif response.status_code == 401:
         said += f" ({TOKEN_HINT})"
     elif response.status_code == 403 and "operator role" in said:
         said += f" (an operator's token: {MINT_HINT})"
@@ -1755,7 +1757,9 @@ TIMELINE_FIELDS = ("reason", "total", "amount", "product_ids")
 def _brief(payload: Mapping[str, Any]) -> str:
     """The fields of payload worth a glance, as key=value (lists and objects as
     compact JSON), never a Python repr."""
-    return " ".join(f"{k}={_compact(v)}" for k, v in payload.items() if k in TIMELINE_FIELDS)
+    # in TIMELINE_FIELDS' order, not the payload's: a line cut to the terminal's width kept
+    # a PaymentFailed's amount and lost its reason (a trial)
+    return " ".join(f"{k}={_compact(payload[k])}" for k in TIMELINE_FIELDS if k in payload)
 
 
 def _compact(value: Any) -> str:
@@ -1960,10 +1964,11 @@ def _show_saga_event(data: str, output: Output) -> None:
         )
         # what the saga's timeline shows beside it: a cancellation for a timeout read as
         # one by the customer, and no amount was shown (a newcomer trial); cut to the
-        # terminal's width (-o wide: whole)
+        # terminal's width (-o wide, or written to a file or a pipe: whole; a trial's
+        # file had its lines cut to 80 columns)
         brief = _brief(e["payload"]) if isinstance(e.get("payload"), Mapping) else ""
         room = console.width - line.cell_len - 2
-        if brief and output is not Output.text:
+        if brief and (output is not Output.text or not console.is_terminal):
             line.append_text(_text(f"  {brief}"))
         elif brief and room >= 10:
             line.append_text(_text(f"  {brief if len(brief) <= room else brief[: room - 1] + '…'}"))
@@ -2074,7 +2079,8 @@ def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     checks = [c for body in found.values() for c in body.get("checks", {}).values()]
     refused = any("token_refused" in body for body in found.values())
     if refused:
-        errors.print(f"the token of {urls.token_from} was refused (readiness shown without it): {TOKEN_HINT}")
+        # not "pass --token": one was given (a trial)
+        errors.print(f"the token of {urls.token_from} was refused (readiness shown without it): {MINT_HINT}")
     elif any(WITHHELD in c.values() for c in checks):
         yours = f"the token of {urls.token_from} is not an operator's; " if urls.token else ""
         get = "export SAGA_TOKEN=$(sagactl token)"

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
+from rich.text import Text
 from typer.testing import CliRunner
 
 from sagactl.cli import Output, _emit, app
@@ -813,6 +815,30 @@ def test_health_says_what_a_service_answered_that_is_not_a_readiness(
     assert found["inventory"]["status"] == found["payment"]["status"] == "ready"
 
 
+def test_a_token_given_and_refused_is_not_answered_pass_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial: ``sagactl --token garbage health`` (and every other command) said "pass
+    --token or set SAGA_TOKEN" of the token it had just passed."""
+    from tests.jsonserver import JsonServer
+
+    monkeypatch.delenv("SAGA_TOKEN", raising=False)
+    ready = json.dumps({"status": "ready", "checks": {"database": {"ok": True}}}).encode()
+    with JsonServer(b'{"detail": "the token is not valid"}', status=401, tokenless=(200, ready)) as guarded:
+        urls = [f"--{name}-url={guarded.base}" for name in ("order", "inventory", "payment")]
+        given = CliRunner().invoke(app, [*urls, "--token", "garbage", "orders"])
+        health = CliRunner().invoke(app, [*urls, "--token", "garbage", "health"])
+    with JsonServer(b'{"detail": "no token"}', status=401) as guarded:
+        none = CliRunner().invoke(app, ["--order-url", guarded.base, "orders"])
+    for result in (given, health):
+        said = " ".join(result.stderr.split())
+        assert result.exit_code == 1, said
+        assert "pass --token" not in said and "sagactl token` mints a development one" in said, said
+    assert "answered 401: the token is not valid (the token given was refused: give another;" in " ".join(
+        given.stderr.split()
+    )
+    assert " ".join(health.stderr.split()).startswith("the token of --token was refused (readiness shown")
+    assert "answered 401: no token (pass --token or set SAGA_TOKEN;" in " ".join(none.stderr.split())
+
+
 @pytest.mark.parametrize(
     ("token", "said"),
     [
@@ -1174,6 +1200,35 @@ def test_tail_shows_whatever_the_stream_sends_without_driving_the_terminal(
     assert '"event_type": "OrderCreated\\u001b[2J"' in shown and '{"not_json": "not json \\\\x1b' in shown
 
 
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "file"])
+def test_tail_cuts_an_events_brief_to_a_terminal_alone_and_keeps_its_reason(
+    terminal: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trial: at 80 columns a PaymentFailed showed ``amount=50.00 r…`` (the payload's
+    order), and ``tail > file`` cut every line to 80 columns too."""
+    import sagactl.cli
+    from sagactl.cli import _show_saga_event
+
+    monkeypatch.setattr(sagactl.cli, "console", Console(markup=False, width=80, force_terminal=terminal))
+    reason = "card_declined: the issuer said do not honour, try another card"
+    entry = {
+        "occurred_at": "2026-12-04T10:00:00.123456+00:00",
+        "order_id": "0f0e0d0c-0000-4000-8000-000000000000",
+        "event_type": "PaymentFailed",
+        "compensating": False,
+        "producer": "payment_svc",
+        "payload": {"order_id": "0f0e0d0c", "amount": "50.00", "reason": reason},
+    }
+    _show_saga_event(json.dumps(entry), Output.text)
+    line = Text.from_ansi(capsys.readouterr().out).plain.rstrip("\n")
+    assert "\n" not in line, line
+    assert "payment_svc  reason=card_d" in line, line
+    if terminal:
+        assert len(line) == 80 and line.endswith("…"), line
+    else:
+        assert line.endswith(f"reason={reason} amount=50.00"), line
+
+
 def test_a_service_that_took_the_call_and_timed_out_did_not_answer_within_the_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -1514,7 +1569,8 @@ def test_tail_shows_beside_an_event_what_its_timeline_shows() -> None:
     assert lines[1].endswith("PaymentCompleted            p  amount=12.50"), lines
     assert "c9" not in result.stdout
     base, served = _serve_one_by_one(stream)  # on a narrow terminal, cut to fit
-    narrow = CliRunner().invoke(app, ["--order-url", base, "tail", "--count", "2"], env={"COLUMNS": "60"})
+    terminal = {"COLUMNS": "60", "TTY_COMPATIBLE": "1"}  # rich's: the output is a terminal
+    narrow = CliRunner().invoke(app, ["--order-url", base, "tail", "--count", "2"], env=terminal)
     served.join(5)
     assert [line[46:] for line in narrow.stdout.splitlines()] == ["  reason=time…", "  amount=12.50"], (
         narrow.stdout
