@@ -19,7 +19,7 @@ from pydantic_core import from_json
 from events.envelope import Envelope, EventPayload
 from events.registry import payload_class
 from events.upcasting import NoUpcastPath, upcast
-from events.values import printable
+from events.values import error_words, printable
 
 
 class InvalidEvent(Exception):
@@ -130,7 +130,7 @@ def summary(exc: ValidationError) -> str:
     parts = []
     for err in own_errors(exc.errors(include_input=False, include_url=False))[:5]:
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        msg = err["msg"]
+        msg = error_words(err)
         if err["type"] in ("too_short", "too_long"):  # a JSON array, as the HTTP API's 422 says
             msg = msg.replace("Tuple should", "List should", 1)
         parts.append(f"{loc}: {msg}")

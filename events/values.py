@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -243,3 +244,12 @@ def once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             )
         seen[name] = value
     return seen
+
+
+def error_words(error: Mapping[str, Any]) -> str:
+    """What one of pydantic's ``errors()`` says, a validator's refusal in its own words:
+    pydantic puts ``"Value error, "`` before a ``ValueError``'s message (type
+    ``value_error``), which every door here showed (an HTTP 422, a dead letter's reason,
+    a bad setting) as if it were part of the reason."""
+    msg = str(error.get("msg", "invalid"))
+    return msg.removeprefix("Value error, ") if error.get("type") == "value_error" else msg

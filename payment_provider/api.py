@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from events.values import printable
+from events.values import error_words, printable
 from payment_provider import ledger
 from payment_provider.errors import (
     IdempotencyKeyRequired,
@@ -83,7 +83,7 @@ def _checked(adapter: TypeAdapter[str], value: str, where: str, name: str) -> st
     except ValidationError as exc:
         raise InvalidRequest(
             [
-                {"loc": [where, name], "msg": printable(str(e["msg"]), 300), "type": str(e["type"])}
+                {"loc": [where, name], "msg": printable(error_words(e), 300), "type": str(e["type"])}
                 for e in exc.errors()
             ]
         ) from None

@@ -35,7 +35,7 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from events.values import NameGivenTwice, once_each, printable
+from events.values import NameGivenTwice, error_words, once_each, printable
 from saga_kit import auth, deadlines, tracing
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection, TransientError, described, is_transient
@@ -1694,7 +1694,7 @@ def validation_errors(exc: RequestValidationError, limit: int = 20) -> list[dict
     into a 500; nothing from the request is echoed here but printable names."""
     out: list[dict[str, Any]] = []
     for err in exc.errors()[:limit]:
-        msg = str(err.get("msg", "invalid"))
+        msg = error_words(err)
         ctx = err.get("ctx")
         if err.get("type") == "json_invalid" and isinstance(ctx, dict) and ctx.get("error"):
             msg = f"{msg}: {ctx['error']}"

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from events.values import error_words
 from saga_kit import fault_injection, logs
 from saga_kit.auth import TokenVerifier, load_verifier
 from saga_kit.heap import DEFAULT_GEN0_THRESHOLD
@@ -394,10 +395,8 @@ def settings_errors(exc: ValidationError, settings: object = None) -> str:
             first = f"{config.get('env_prefix', '')}{first}".upper()
         return ".".join(map(str, (first, *rest)))
 
-    def why(error: Any) -> str:  # a validator's own words, without pydantic's "Value error, "
-        return str(error["msg"]).removeprefix("Value error, ")
-
-    return "; ".join(f"{where(e['loc'])}: {why(e)}" if e["loc"] else why(e) for e in exc.errors())
+    said = error_words  # a validator's own words, without pydantic's "Value error, "
+    return "; ".join(f"{where(e['loc'])}: {said(e)}" if e["loc"] else said(e) for e in exc.errors())
 
 
 def load_or_exit(name: str, factory: Callable[[], _S]) -> _S:

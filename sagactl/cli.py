@@ -1137,11 +1137,13 @@ def place(
 
     from events.codec import own_errors
     from events.commands import PlaceOrder, order_id_for
+    from events.values import error_words
 
     try:
         command = PlaceOrder(command_id=uuid.uuid4(), **body)
     except ValidationError as exc:
-        _fail(f"not a valid order: {_problems(own_errors(exc.errors()))}", USAGE)
+        found = [{**e, "msg": error_words(e)} for e in own_errors(exc.errors())]
+        _fail(f"not a valid order: {_problems(found)}", USAGE)
     _may_act_for(_urls(ctx), customer_id)
     # waited for or not, it is followed through the API, whose verifier the command's is
     # (--no-wait sent a command while the order URL was another's: a trial)

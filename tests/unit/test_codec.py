@@ -183,3 +183,33 @@ def test_a_record_without_a_usable_command_id_is_not_a_command_and_says_which(bo
     with pytest.raises(InvalidEvent) as refused:
         to_envelope(body)
     assert str(refused.value) == said
+
+
+def test_a_validators_refusal_is_said_in_its_own_words_at_every_door() -> None:
+    """An HTTP 422, a dead letter's reason and sagactl's usage error all began a
+    validator's refusal with pydantic's "Value error, " (a trial): its words alone now; a
+    refusal of another type is as pydantic says it."""
+    from fastapi.exceptions import RequestValidationError
+    from pydantic import BaseModel
+
+    from events.codec import summary
+    from events.values import error_words
+    from saga_kit.http import validation_errors
+
+    class Line(BaseModel):
+        note: SafeText
+        quantity: int
+
+    with pytest.raises(ValidationError) as refused:
+        Line.model_validate({"note": "a\u0007b", "quantity": "x"})
+    words = "text must not contain the control character U+0007"
+    assert [error_words(e) for e in refused.value.errors()] == [
+        words,
+        "Input should be a valid integer, unable to parse string as an integer",
+    ]
+    (said, _) = validation_errors(RequestValidationError(refused.value.errors()))
+    assert said["msg"] == words
+    line = summary(refused.value)
+    assert line.startswith(f"note: {words}; quantity: Input should be"), line
+    other = {"type": "string_type", "msg": "Value error, as a client wrote it"}
+    assert error_words(other) == other["msg"]
