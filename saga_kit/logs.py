@@ -63,8 +63,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line)
 
 
-#: The client libraries whose repeated lines are held back (``Repeats``).
-CLIENT_LIBRARIES = ("aiokafka", "kafka", "faust", "mode")
+#: The client libraries whose repeated lines are held back (``Repeats``). OpenTelemetry
+#: warns of every malformed ``tracestate`` or overlong ``traceparent`` a caller sends (an
+#: attack trial: one WARNING per request, as many as it sent); the header is ignored.
+CLIENT_LIBRARIES = ("aiokafka", "kafka", "faust", "mode", "opentelemetry")
 
 
 class Repeats(logging.Filter):

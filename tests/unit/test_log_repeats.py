@@ -81,3 +81,25 @@ def test_an_exception_that_ends_a_thread_is_one_json_line_not_a_bare_traceback(
         ("warning", "thread stopping: cancelled while it stopped (the Kafka client's pending fetch)"),
     ]
     assert "ValueError: a thread's own failure" in lines[0]["exc"]
+
+
+def test_a_callers_malformed_trace_headers_are_not_a_warning_per_request(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An attack trial: each request with a malformed ``tracestate`` or an overlong
+    ``traceparent`` was a WARNING line of OpenTelemetry's, as many as were sent."""
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    before = logging.getLogger().handlers[:], logging.getLogger().level
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    try:
+        logs.configure("order_svc")
+        for _ in range(50):
+            TraceContextTextMapPropagator().extract({"traceparent": parent, "tracestate": "bad key=v"})
+            TraceContextTextMapPropagator().extract({"traceparent": parent + "-" + "a" * 600})
+    finally:
+        logging.getLogger().handlers[:] = before[0]
+        logging.getLogger().setLevel(before[1])
+    lines = [json.loads(line)["msg"] for line in capsys.readouterr().err.splitlines()]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("Member doesn't match the w3c identifiers format") and "exceeded" in lines[1]
