@@ -184,12 +184,14 @@ def test_every_port_taken_is_named_with_the_process_that_holds_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An operator trial was told of the first taken port only, "by another process": its
-    own stack of another run directory."""
+    own stack of another run directory; a newcomer trial, of the HTTP ports, and then of
+    the broker's."""
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     monkeypatch.delenv("PAYMENT_PROVIDER_URL", raising=False)
     ports = []
-    with socket.socket() as first, socket.socket() as second:
-        for other, variable in ((first, "ORDER_HTTP_PORT"), (second, "PAYMENT_HTTP_PORT")):
+    with socket.socket() as first, socket.socket() as second, socket.socket() as third:
+        held = ((first, "ORDER_HTTP_PORT"), (second, "PAYMENT_HTTP_PORT"), (third, "SAGA_KAFKA_PORT"))
+        for other, variable in held:
             other.bind(("127.0.0.1", 0))
             other.listen()
             ports.append(other.getsockname()[1])
@@ -198,11 +200,15 @@ def test_every_port_taken_is_named_with_the_process_that_holds_it(
         with pytest.raises(PortTaken) as taken:
             system.check_ports()
     lines = str(taken.value).splitlines()
-    assert len(lines) == 2, lines
+    assert len(lines) == 3, lines
     for line, port, (what, variable) in zip(
         lines,
         ports,
-        (("order_svc's HTTP", "ORDER_HTTP_PORT"), ("payment_svc's HTTP", "PAYMENT_HTTP_PORT")),
+        (
+            ("order_svc's HTTP", "ORDER_HTTP_PORT"),
+            ("payment_svc's HTTP", "PAYMENT_HTTP_PORT"),
+            ("the broker's", "SAGA_KAFKA_PORT"),
+        ),
         strict=True,
     ):
         assert line.startswith(f"127.0.0.1:{port}, {what} port, is taken by another process"), line
