@@ -1012,7 +1012,9 @@ def _order_id(ctx: typer.Context, given: str) -> str:
         return str(found[0]["order_id"])
     if found:
         _fail(f"{given!r} is ambiguous: more than one order id starts with it; give more of the id")
-    _fail(f"no order id starts with {given!r}")
+    # a customer's token sees her own orders alone: another's was "no order id starts
+    # with" it, though it is there (a newcomer trial); which, is not said
+    _fail(f"no order id starts with {given!r} among the orders this token may see")
 
 
 def _check_idempotency_key(given: str | None) -> str | None:
@@ -1945,6 +1947,11 @@ def _wait_for_ever(response: httpx.Response) -> None:
         timeouts["read"] = None
 
 
+#: The narrowest terminal ``tail`` shows each event's producer on (columns): below it, the
+#: room is the brief's.
+TAIL_PRODUCER_WIDTH = 100
+
+
 def _show_saga_event(data: str, output: Output) -> None:
     """One line of ``sagactl tail``: a feed entry (``data``, JSON) as one line of JSON, or
     in words. What is not a feed entry is shown as text, its control characters escaped
@@ -1958,19 +1965,21 @@ def _show_saga_event(data: str, output: Output) -> None:
         print(json.dumps(e) if e is not None else json.dumps({"not_json": printable(data)}), flush=True)
         return
     try:
+        # cut to the terminal's width (-o wide, or written to a file or a pipe: whole; a
+        # trial's file had its lines cut to 80 columns), where the producer, which the
+        # event type implies, gives its room to the brief (at 80 columns a newcomer trial
+        # read "reason=insuf…")
+        whole = output is not Output.text or not console.is_terminal
         line = Text.assemble(
             _text(f"{str(e['occurred_at'])[11:23]}  {_short(str(e['order_id']), output)}  "),
             _text(f"{e['event_type']!s:<27}", "red" if e["compensating"] else "cyan"),
-            " ",
-            _text(e["producer"], "dim"),
+            *((" ", _text(e["producer"], "dim")) if whole or console.width >= TAIL_PRODUCER_WIDTH else ()),
         )
         # what the saga's timeline shows beside it: a cancellation for a timeout read as
-        # one by the customer, and no amount was shown (a newcomer trial); cut to the
-        # terminal's width (-o wide, or written to a file or a pipe: whole; a trial's
-        # file had its lines cut to 80 columns)
+        # one by the customer, and no amount was shown (a newcomer trial)
         brief = _brief(e["payload"]) if isinstance(e.get("payload"), Mapping) else ""
         room = console.width - line.cell_len - 2
-        if brief and (output is not Output.text or not console.is_terminal):
+        if brief and whole:
             line.append_text(_text(f"  {brief}"))
         elif brief and room >= 10:
             line.append_text(_text(f"  {brief if len(brief) <= room else brief[: room - 1] + '…'}"))
