@@ -102,7 +102,13 @@ async def serve(settings: Settings) -> None:
                 host=settings.http_host,
                 port=settings.http_port,
                 timeout_graceful_shutdown=3,  # a call sleeping out an injected timeout
-                **server_options(HeadLimitedProtocol.max_head_bytes),
+                # the server's own refusals (a head it cannot read, …) in the provider's
+                # shape, named as its other answers are (an attack trial: the services')
+                **server_options(
+                    HeadLimitedProtocol.max_head_bytes,
+                    name=NAME,
+                    problem=lambda detail, reason: errors.error_body(reason, detail),
+                ),
             )
         )
         log.info(

@@ -20,7 +20,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from saga_kit.errors import is_transient
-from saga_kit.http import UNREADABLE_BODY, UnreadableBody, check_json_body, no_route, validation_errors
+from saga_kit.http import (
+    BODY_BROKE_OFF,
+    UNREADABLE_BODY,
+    UnreadableBody,
+    broke_off,
+    check_json_body,
+    coding_refusal,
+    no_route,
+    validation_errors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +147,9 @@ class BodyLimit:
     — one announced larger (``Content-Length``) is answered 413 before a byte of it is
     read, one that is not is counted as it arrives — and JSON in UTF-8 that says each
     thing once (``saga_kit.http.check_json_body``, the services' own check), else 422
-    ``invalid_request``; both in the provider's shape. Raised in a route, the app's
+    ``invalid_request``; a body coded in a way not read here (``saga_kit.http.coding_refusal``:
+    a ``Transfer-Encoding`` other than ``chunked`` alone, 501; a ``Content-Encoding``, 415)
+    before anything reads it; all in the provider's shape. Raised in a route, the app's
     handlers (``install``) answer them; raised where the fault controls buffer a body,
     outside those handlers, this answers them. An attack trial found Starlette's body
     limit answering that case in plain text, and a UTF-16 body creating an account
@@ -151,7 +162,15 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = Headers(scope=scope).get("content-length", "")
+        headers = Headers(scope=scope)
+        coded = coding_refusal(headers)
+        if coded is not None:  # a gzip body was read as plain JSON (an attack trial)
+            status, code, message, extra = coded
+            refused = JSONResponse(error_body(code, message), status_code=status)
+            refused.raw_headers.extend(extra)
+            await refused(scope, receive, send)
+            return
+        length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body_bytes:
             await JSONResponse(too_large(self.max_body_bytes), status_code=413)(scope, receive, send)
             return
@@ -214,6 +233,8 @@ def install(app: FastAPI, max_body_bytes: int) -> None:
         if exc.status_code == 404 and request.scope.get("route") is None:  # no route matched
             body = error_body("not_found", unmatched(request.method, request.url.path))
             return JSONResponse(body, status_code=404)
+        if broke_off(exc):
+            return JSONResponse(error_body("invalid_http_request", BODY_BROKE_OFF), status_code=400)
         if exc.status_code == 400 and exc.detail == UNREADABLE_BODY:
             unreadable = unreadable_body(exc.__cause__)
             return JSONResponse(unreadable.body(), status_code=unreadable.status)

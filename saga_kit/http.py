@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -257,6 +258,27 @@ class ServiceIdentity:
 #: FastAPI's answer to a body it cannot decode at all (fastapi.routing).
 UNREADABLE_BODY = "There was an error parsing the body"
 
+#: The 400's words for a request whose body ended before it was complete, its client gone
+#: (``broke_off``).
+BODY_BROKE_OFF = (
+    "the request's body ended before it was complete: its client went away, or the HTTP"
+    " server could not read its chunks (and answered 400 invalid_http_request)"
+)
+
+
+def broke_off(exc: StarletteHTTPException) -> bool:
+    """Is ``exc`` FastAPI's 400 for a body whose client went away before it was complete
+    (Starlette's ``ClientDisconnect``)? The services and the provider answer it 400, the
+    status the client got from the HTTP server when its chunks broke (nothing, when it
+    left): it was read as an unreadable body, and the audit trail and the trace recorded
+    a 422 the client never saw (an attack trial)."""
+    return (
+        exc.status_code == 400
+        and exc.detail == UNREADABLE_BODY
+        and isinstance(exc.__cause__, ClientDisconnect)
+    )
+
+
 #: Methods that change state: a browser on another origin may not send them here.
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -333,24 +355,11 @@ class RequestGuard:
     ) -> tuple[int, dict[str, str], list[tuple[bytes, bytes]]] | None:
         """(status, Problem body, extra headers) of a request refused, or None."""
 
-        def field(name: str) -> str | None:
-            # a field sent twice is one field, its values joined by commas (RFC 9110 §5.3):
-            # "Content-Encoding: gzip" then "identity" is "gzip, identity", not "identity";
-            # two Origin headers join into one no site has
-            values = headers.getlist(name)
-            return ", ".join(values) if values else None
-
-        framing = field("transfer-encoding")
-        # ", chunked" is chunked (an attack trial: it was a 501)
-        if framing is not None and _elements(framing) != ["chunked"]:
-            # the HTTP server takes the chunks and leaves the rest to us: a gzip body
-            # was read as plain JSON, where a proxy that decodes it reads another body
-            detail = (
-                f"a body in the transfer coding {printable(framing.strip(), 100)!r} is not implemented"
-                " here: send it chunked alone, or with a Content-Length"
-            )
-            return 501, {"detail": detail, "reason": "unsupported_transfer_coding"}, []
-        origin = field("origin")
+        coded = coding_refusal(headers)
+        if coded is not None:
+            status, reason, detail, extra = coded
+            return status, {"detail": detail, "reason": reason}, extra
+        origin = _field(headers, "origin")
         host = headers.get("host", "")  # exactly one: HostAllowList
         if (
             method in _STATE_CHANGING
@@ -366,18 +375,7 @@ class RequestGuard:
             return 403, {"detail": detail, "reason": "cross_origin_refused"}, []
         length = headers.get("content-length", "")
         has_body = _has_body(headers)
-        coding = (field("content-encoding") or "").lower()
-        if has_body and any(c != "identity" for c in _elements(coding)):
-            detail = (
-                f"a body in the content coding {printable(coding.strip(), 100)!r} is not accepted here:"
-                " send it uncompressed"
-            )
-            return (
-                415,
-                {"detail": detail, "reason": "unsupported_content_encoding"},
-                [(b"accept-encoding", b"identity")],
-            )
-        content_type = field("content-type")  # twice: never JSON, whichever comes first
+        content_type = _field(headers, "content-type")  # twice: never JSON, whichever comes first
         if has_body and method in _WITH_JSON_BODY and not _is_json(content_type):
             sent = f"the media type {printable(content_type, 100)!r}" if content_type else "no Content-Type"
             detail = f"a body with {sent} is not accepted here: send application/json (UTF-8)"
@@ -389,6 +387,42 @@ class RequestGuard:
 
 #: Request headers that carry one value: sent twice, which one was meant is unknown.
 SINGLE_HEADERS = ("Idempotency-Key", "Last-Event-ID")  # as their specifications spell them
+
+
+def _field(headers: Headers, name: str) -> str | None:
+    """A request header's value, a field sent twice being one field, its values joined by
+    commas (RFC 9110 §5.3): "Content-Encoding: gzip" then "identity" is "gzip, identity",
+    not "identity"; two Origin headers join into one no site has."""
+    values = headers.getlist(name)
+    return ", ".join(values) if values else None
+
+
+def coding_refusal(headers: Headers) -> tuple[int, str, str, list[tuple[bytes, bytes]]] | None:
+    """(status, reason, detail, extra headers) refusing a request whose body is coded in a
+    way not read here, or None: a ``Transfer-Encoding`` other than ``chunked`` alone is 501
+    ``unsupported_transfer_coding`` (RFC 9112 §6.1: the HTTP server undoes the chunks and
+    leaves the rest to the app, so a gzip body was read as plain JSON, where a proxy that
+    decodes it reads another body; ``, chunked`` is chunked: an attack trial found it a
+    501); a body with a ``Content-Encoding`` other than ``identity`` is 415
+    ``unsupported_content_encoding`` with ``Accept-Encoding: identity`` (RFC 9110 §15.5.16).
+    The services (``RequestGuard``) and the payment provider's simulator (its ``BodyLimit``,
+    which read a gzip-labelled body as plain JSON and set a balance from it: an attack
+    trial) answer it each in their own shape."""
+    framing = _field(headers, "transfer-encoding")
+    if framing is not None and _elements(framing) != ["chunked"]:
+        detail = (
+            f"a body in the transfer coding {printable(framing.strip(), 100)!r} is not implemented"
+            " here: send it chunked alone, or with a Content-Length"
+        )
+        return 501, "unsupported_transfer_coding", detail, []
+    coding = (_field(headers, "content-encoding") or "").lower()
+    if _has_body(headers) and any(c != "identity" for c in _elements(coding)):
+        detail = (
+            f"a body in the content coding {printable(coding.strip(), 100)!r} is not accepted here:"
+            " send it uncompressed"
+        )
+        return 415, "unsupported_content_encoding", detail, [(b"accept-encoding", b"identity")]
+    return None
 
 
 def _elements(value: str) -> list[str]:
@@ -664,10 +698,13 @@ class _ParserSaying:
 #: The 400's words for a request whose ``Transfer-Encoding`` does not end in ``chunked``
 #: alone (``identity``, ``gzip``, ``chunked, gzip``, ``chunked;x=1``): the parser refuses
 #: it before the guard's 501 could (``RequestGuard``), and it was worded as a body whose
-#: chunks could not be read (an attack trial).
+#: chunks could not be read (an attack trial). The parser (llhttp) is stricter than RFC
+#: 9110 §5.6.1 at the end of the list: ``chunked,`` is refused (``, chunked`` is read), and
+#: the words say so, where they said it did not end in chunked (two attack trials).
 TRANSFER_CODING_NOT_CHUNKED = (
-    "the request's Transfer-Encoding does not end in chunked alone, so the length of its body"
-    " cannot be told (RFC 9112 §6.3): send it chunked alone, or with a Content-Length"
+    "the request's Transfer-Encoding does not end in the word chunked alone (no parameter,"
+    " nothing after it, not even an empty list element), so the length of its body cannot be"
+    " told here (RFC 9112 §6.3): send it chunked alone, or with a Content-Length"
 )
 #: ... and for one with both a ``Transfer-Encoding`` and a ``Content-Length``.
 TRANSFER_CODING_AND_LENGTH = (
@@ -723,10 +760,31 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     #: (header lines httptools keeps in memory, whatever their length)
     _after_chunk_size = False
     _trailer_bytes = 0
+    #: The ``Server`` header of the refusals it answers itself: the app's answers name the
+    #: service (``ServiceIdentity``), and these did not (an attack trial). ``limit_head``.
+    server_name: bytes | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.parser = _ParserSaying(self.parser)  # type: ignore[assignment]
+
+    @staticmethod
+    def problem(detail: str, reason: str) -> Mapping[str, Any]:
+        """The body of a refusal it answers itself: the services' ``Problem``; the payment
+        provider's simulator has its own shape (``limit_head``)."""
+        return {"detail": detail, "reason": reason}
+
+    def _refused_answer(self, detail: str, reason: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The headers and body of a refusal it answers itself (``problem``), the
+        connection closed after it."""
+        body = json.dumps(self.problem(detail, reason), separators=(",", ":")).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+            (b"connection", b"close"),
+            *([(b"server", self.server_name)] if self.server_name else []),
+        ]
+        return headers, body
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -908,7 +966,7 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         waited 30 s for a body the parser would never give it (408). True if so."""
         for i, (cycle, _) in enumerate(self.pipeline):
             if cycle is self.cycle:
-                self.pipeline[i] = (cycle, _refusal_app(status, detail, reason))  # type: ignore[assignment]
+                self.pipeline[i] = (cycle, _refusal_app(status, *self._refused_answer(detail, reason)))  # type: ignore[assignment]
                 return True
         return False
 
@@ -935,7 +993,7 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     def _write_refusal(self, status: int, detail: str, reason: str) -> None:
         if self.transport.is_closing():
             return
-        headers, body = _refused_answer(detail, reason)
+        headers, body = self._refused_answer(detail, reason)
         self.transport.write(
             b"".join(
                 [
@@ -951,22 +1009,9 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         self.loop.call_later(self.LINGER_SECONDS, self.transport.close)
 
 
-def _refused_answer(detail: str, reason: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """The headers and body of a refusal the HTTP server answers itself: a ``Problem``,
-    and the connection closed after it."""
-    body = json.dumps({"detail": detail, "reason": reason}, separators=(",", ":")).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", b"%d" % len(body)),
-        (b"connection", b"close"),
-    ]
-    return headers, body
-
-
-def _refusal_app(status: int, detail: str, reason: str) -> ASGIApp:
-    """An ASGI app that answers any request ``status`` with a ``Problem`` and closes the
-    connection (``HeadLimitedProtocol._stand_in``)."""
-    headers, body = _refused_answer(detail, reason)
+def _refusal_app(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> ASGIApp:
+    """An ASGI app that answers any request ``status`` with these headers and body, a
+    refusal that closes the connection (``HeadLimitedProtocol._stand_in``)."""
 
     async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -975,12 +1020,25 @@ def _refusal_app(status: int, detail: str, reason: str) -> ASGIApp:
     return refuse
 
 
+#: The body of a refusal from its detail and reason (``HeadLimitedProtocol.problem``).
+ProblemShape = Callable[[str, str], Mapping[str, Any]]
+
+
 def limit_head(
-    max_head_bytes: int, head_timeout: float = HeadLimitedProtocol.head_timeout
+    max_head_bytes: int,
+    head_timeout: float = HeadLimitedProtocol.head_timeout,
+    *,
+    name: str | None = None,
+    problem: ProblemShape | None = None,
 ) -> type[HeadLimitedProtocol]:
     """``HeadLimitedProtocol`` bounded at ``max_head_bytes`` and ``head_timeout`` seconds,
-    for ``uvicorn.Config(http=…)``."""
-    bounds = {"max_head_bytes": max_head_bytes, "head_timeout": head_timeout}
+    its own refusals naming the server ``name`` and shaped by ``problem`` (default: the
+    services' ``Problem``), for ``uvicorn.Config(http=…)``."""
+    bounds: dict[str, Any] = {"max_head_bytes": max_head_bytes, "head_timeout": head_timeout}
+    if name is not None:
+        bounds["server_name"] = name.encode()
+    if problem is not None:
+        bounds["problem"] = staticmethod(problem)
     return type("HeadLimitedProtocol", (HeadLimitedProtocol,), bounds)
 
 
@@ -992,12 +1050,17 @@ KEEP_ALIVE_SECONDS = 20
 
 
 def server_options(
-    max_head_bytes: int, head_timeout: float = HeadLimitedProtocol.head_timeout
+    max_head_bytes: int,
+    head_timeout: float = HeadLimitedProtocol.head_timeout,
+    *,
+    name: str | None = None,
+    problem: ProblemShape | None = None,
 ) -> dict[str, Any]:
     """The ``uvicorn.Config`` options every HTTP server here shares: httptools with its
-    head bounded (``limit_head``), ``KEEP_ALIVE_SECONDS``, no access log, no lifespan."""
+    head bounded and its own refusals named and shaped (``limit_head``),
+    ``KEEP_ALIVE_SECONDS``, no access log, no lifespan."""
     return {
-        "http": limit_head(max_head_bytes, head_timeout),
+        "http": limit_head(max_head_bytes, head_timeout, name=name, problem=problem),
         "timeout_keep_alive": KEEP_ALIVE_SECONDS,
         "log_config": None,
         "access_log": False,
@@ -1469,6 +1532,8 @@ def create_app(
         """An error answer has the shape of every other: ``Problem``. A body FastAPI cannot
         even read (e.g. not UTF-8: its 400 "error parsing the body") is an invalid request
         like any other invalid body: 422 ``invalid_request``, where and why."""
+        if broke_off(exc):
+            return JSONResponse({"detail": BODY_BROKE_OFF, "reason": "invalid_http_request"}, status_code=400)
         if exc.status_code == 400 and exc.detail == UNREADABLE_BODY:
             refused = await refused_caller(request)
             if refused is not None:

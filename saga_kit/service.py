@@ -517,7 +517,9 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 host=settings.http_host,
                 port=settings.http_port,
                 timeout_graceful_shutdown=3,  # open dashboards (event streams) must not hold a stop
-                **server_options(settings.http_max_header_bytes, settings.http_header_timeout_seconds),
+                **server_options(
+                    settings.http_max_header_bytes, settings.http_header_timeout_seconds, name=spec.name
+                ),
             )
         )
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay")

@@ -19,6 +19,7 @@ import pytest_asyncio
 import uvicorn
 from psycopg import pq
 from sqlalchemy import text
+from starlette.types import ASGIApp, Message
 
 from events import EventPayload, decode, encode, new_envelope
 from events.envelope import Envelope
@@ -261,3 +262,44 @@ async def balance_of(svc: ServiceUnderTest, cid: str) -> Decimal:
     answer = await svc.provider.request("GET", f"/v1/accounts/{cid}")
     assert answer.status_code == 200, answer.text
     return Decimal(answer.json()["balance"])
+
+
+async def broken_off_answer(app: ASGIApp, path: str) -> tuple[int, Any]:
+    """POST ``path`` a chunked JSON body whose client goes away after its first chunk: the
+    status and JSON body the app answered."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/json"),
+            (b"transfer-encoding", b"chunked"),
+            (b"idempotency-key", b"broken-off"),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }
+    told: list[Message] = [
+        {"type": "http.request", "body": b'{"customer_id": "broken-off", "ite', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> Message:
+        return told.pop(0) if told else {"type": "http.disconnect"}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body)

@@ -5,6 +5,7 @@ matters), over its own database, migrated like at start."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +22,7 @@ from payment_provider.settings import Settings
 from saga_kit.db import create_engine
 from saga_kit.settings import async_postgres_url
 from sagastack.embedded import DATABASES, Postgres, free_port
+from tests.integration.conftest import broken_off_answer
 from tests.polling import until
 
 REPLAYED = "Idempotent-Replayed"
@@ -264,6 +266,36 @@ async def test_invalid_requests_are_refused_and_change_nothing(provider: httpx.A
     r = await provider.put(f"/v1/accounts/{acct}", json={"balance": "-5.00"})
     assert r.status_code == 422
     assert await balance_of(provider, acct) == "30.00"
+
+
+@pytest.mark.parametrize(
+    ("coding", "status", "error"),
+    [
+        ({"Content-Encoding": "gzip"}, 415, "unsupported_content_encoding"),
+        ({"Content-Encoding": "identity, br"}, 415, "unsupported_content_encoding"),
+        ({"Transfer-Encoding": "gzip, chunked"}, 501, "unsupported_transfer_coding"),
+    ],
+)
+async def test_a_body_coded_in_a_way_not_read_is_refused_and_changes_nothing(
+    provider: httpx.AsyncClient, coding: dict[str, str], status: int, error: str
+) -> None:
+    """An attack trial: a plain JSON body labelled gzip (``Content-Encoding``, or
+    ``Transfer-Encoding: gzip, chunked``) was read as it came and set a balance, where a
+    proxy that decodes it reads another body; the services refused it (415, 501). So does
+    the provider now, in its own shape (``saga_kit.http.coding_refusal``)."""
+    acct = await account(provider, "30.00")
+    headers = {"Content-Type": "application/json", **coding}
+    for method, path in (("PUT", f"/v1/accounts/{acct}"), ("POST", "/v1/charges")):
+        body = {"balance": "7.00"} if method == "PUT" else {"account_id": acct, "amount": "5.00"}
+        sent = {**headers, "Idempotency-Key": uid("k")}
+        r = await provider.request(method, path, content=json.dumps(body).encode(), headers=sent)
+        assert (r.status_code, r.json()["error"]) == (status, error), (path, r.text)
+        assert set(r.json()) == {"error", "message"}, r.text
+        if status == 415:
+            assert r.headers["accept-encoding"] == "identity"
+    assert await balance_of(provider, acct) == "30.00"
+    ledger = (await provider.get("/v1/ledger")).json()
+    assert not [c for c in ledger["charges"] if c["account_id"] == acct]
 
 
 async def test_a_body_that_cannot_be_read_is_an_invalid_request_and_changes_nothing(
@@ -647,3 +679,14 @@ async def test_ready_only_while_the_database_answers(provider: httpx.AsyncClient
             assert (r.status_code, r.json()["error"]) == (503, "unavailable")
     finally:
         await gone.dispose()
+
+
+async def test_a_body_whose_client_went_away_is_a_400_in_the_providers_shape(
+    provider_url: str, provider_engine: AsyncEngine
+) -> None:
+    """As at the services (``saga_kit.http.broke_off``): it was a 422 ``invalid_request``."""
+    from saga_kit.http import BODY_BROKE_OFF
+
+    app = build_app(Settings(database_url=provider_url), provider_engine)
+    status, body = await broken_off_answer(app, "/v1/charges")
+    assert (status, body) == (400, {"error": "invalid_http_request", "message": BODY_BROKE_OFF})

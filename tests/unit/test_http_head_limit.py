@@ -10,6 +10,7 @@ import re
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -59,19 +60,28 @@ async def echo_size(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-@pytest_asyncio.fixture
-async def port() -> AsyncIterator[int]:
+@contextlib.asynccontextmanager
+async def served(**options: Any) -> AsyncIterator[int]:
+    """``echo_size`` served with ``server_options(LIMIT, HEAD_TIMEOUT, **options)``: its port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
-    config = uvicorn.Config(echo_size, host="127.0.0.1", port=free, **server_options(LIMIT, HEAD_TIMEOUT))
-    server = uvicorn.Server(config)
+    opts = server_options(LIMIT, HEAD_TIMEOUT, **options)
+    server = uvicorn.Server(uvicorn.Config(echo_size, host="127.0.0.1", port=free, **opts))
     task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 (uvicorn offers no event to wait for)
         await asyncio.sleep(0.01)
-    yield free
-    server.should_exit = True
-    await task
+    try:
+        yield free
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest_asyncio.fixture
+async def port() -> AsyncIterator[int]:
+    async with served() as free:
+        yield free
 
 
 async def exchange(
@@ -232,9 +242,10 @@ async def test_pipelined_requests_are_answered_before_the_refusal_that_follows_t
         (b"Transfer-Encoding: chunked;x=1", TRANSFER_CODING_NOT_CHUNKED),
         (b"Transfer-Encoding: chunked\t", TRANSFER_CODING_NOT_CHUNKED),
         (b"Transfer-Encoding: chunked, gzip", TRANSFER_CODING_NOT_CHUNKED),
+        (b"Transfer-Encoding: chunked,", TRANSFER_CODING_NOT_CHUNKED),
         (b"Transfer-Encoding: chunked\r\nContent-Length: 5", TRANSFER_CODING_AND_LENGTH),
     ],
-    ids=["gzip", "chunked;x=1", "chunked and a tab", "chunked, gzip", "and a Content-Length"],
+    ids=["gzip", "chunked;x=1", "chunked and a tab", "chunked, gzip", "chunked,", "and a Content-Length"],
 )
 async def test_a_pipelined_request_whose_framing_is_refused_has_the_refusal_alone(
     port: int, framing: bytes, said: str
@@ -385,3 +396,48 @@ async def test_a_target_of_another_scheme_or_with_user_information_is_a_400(port
     server does not serve is no target of its own."""
     status, body, _ = await exchange(port, b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert status == 400 and json.loads(body)["reason"] == "invalid_http_request", body
+
+
+@pytest.mark.parametrize(
+    ("options", "body", "server"),
+    [
+        ({}, {"detail": TRANSFER_CODING_NOT_CHUNKED, "reason": "invalid_http_request"}, None),
+        (
+            {"name": "order_svc"},
+            {"detail": TRANSFER_CODING_NOT_CHUNKED, "reason": "invalid_http_request"},
+            b"order_svc",
+        ),
+        (
+            {
+                "name": "payment_provider",
+                "problem": lambda detail, reason: {"error": reason, "message": detail},
+            },
+            {"error": "invalid_http_request", "message": TRANSFER_CODING_NOT_CHUNKED},
+            b"payment_provider",
+        ),
+    ],
+    ids=["unnamed", "a service", "the provider's shape"],
+)
+async def test_the_servers_own_refusals_are_named_and_shaped_as_its_other_answers(
+    options: dict[str, Any], body: dict[str, str], server: bytes | None
+) -> None:
+    """An attack trial: the payment provider's simulator answered a request its parser
+    refused in the services' shape, not its own ``{"error", "message"}``, and without the
+    ``Server`` header its other answers carry (nor did the services)."""
+
+    def speak(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            head = b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked,\r\n\r\n"
+            sock.sendall(head + b"2\r\n{}\r\n0\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        return answer
+
+    async with served(**options) as port:
+        answer = await asyncio.to_thread(speak, port)
+    head, _, sent = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert json.loads(sent) == body
+    named = [line.partition(b": ")[2] for line in head.lower().split(b"\r\n") if line.startswith(b"server:")]
+    assert named == ([server] if server else []), head
