@@ -258,6 +258,12 @@ IdempotencyKey = Annotated[
 ]
 
 #: The 202 of a command on an order: where to follow it.
+#: The 404 of a route on one order: a customer's token sees its own orders alone, and
+#: another's is a 404 too, so that an id tells nothing (a newcomer trial read /docs'
+#: "no such order" as the order not existing).
+NO_SUCH_ORDER = "no such order, or not the caller's (a customer sees its own orders only)"
+
+
 _ACCEPTED: dict[int | str, Any] = {
     202: {"headers": location("the order, `/orders/{order_id}`: poll it for the outcome")}
 }
@@ -318,7 +324,10 @@ async def post_order(
     (with `Idempotent-Replayed: true`).
     503 with `Retry-After`: the backlog is such that the order could not finish before its
     deadline, so it is refused before anything is held; or the database is briefly away
-    (retry with the same `Idempotency-Key`)."""
+    (retry with the same `Idempotency-Key`).
+    The order is checked for its form only: a product not in the catalogue, or a customer
+    without an account, is the saga's to find (it ends REJECTED, `unknown_product` or
+    `unknown_account`, nothing held or charged), as every other outcome is."""
     assert isinstance(settings, Settings)
     if not principal.may_act_for(body.customer_id):
         raise HTTPException(403, "a customer may place orders for itself only")
@@ -362,7 +371,7 @@ async def post_order(
         **_ACCEPTED,
         **errors(
             {
-                404: "no such order",
+                404: NO_SUCH_ORDER,
                 409: "the order is REJECTED or already CANCELLED (`order_not_cancellable`); nothing changes",
             }
         ),
@@ -687,7 +696,7 @@ def _refused_under(applied: str, refused: dict[str, Any]) -> str:
     "/orders/{order_id}",
     summary="One order",
     response_model=OrderView,
-    responses=errors({404: "no such order"}),
+    responses=errors({404: NO_SUCH_ORDER}),
 )
 async def get_order(
     order_id: uuid.UUID, db: DatabaseDep, principal: PrincipalDep, keystore: KeyStoreDep
@@ -723,18 +732,31 @@ async def forget_customer(customer_id: Annotated[ExternalId, Path()], db: Databa
 
 #: The start of an order id as the dashboard and operators type it: 8 to 36 characters of
 #: its text form (hex digits and dashes).
-OrderIdPrefix = Annotated[str | None, Query(pattern=f"^{ORDER_ID_PREFIX}$")]
+OrderIdPrefix = Annotated[
+    str | None,
+    Query(
+        pattern=f"^{ORDER_ID_PREFIX}$",
+        description="only the orders whose id starts so: 8 to 36 characters of its text form",
+    ),
+]
 
 
 @router.get("/orders", summary="Recent orders", response_model=list[OrderView], responses=errors())
 async def list_orders(
     db: DatabaseDep,
     principal: PrincipalDep,
-    status: Annotated[OrderStatus | None, AnyCase] = None,
-    customer_id: Annotated[ExternalId | None, Query()] = None,
+    status: Annotated[
+        OrderStatus | None, Query(description="only the orders in this status (in any case)"), AnyCase
+    ] = None,
+    customer_id: Annotated[
+        ExternalId | None,
+        Query(description="only this customer's orders (a customer's token: its own, else none)"),
+    ] = None,
     order_id_prefix: OrderIdPrefix = None,
-    limit: Annotated[int, IN_DIGITS, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, IN_DIGITS, Query(ge=0, le=1_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="at most this many orders"), IN_DIGITS] = 100,
+    offset: Annotated[
+        int, Query(ge=0, le=1_000_000, description="skip this many: the next page"), IN_DIGITS
+    ] = 0,
 ) -> list[OrderView]:
     """Most recent orders first, optionally only those in ``status``, of ``customer_id``,
     or whose id starts with ``order_id_prefix`` (at least 8 characters of its text form);
@@ -801,7 +823,7 @@ def _ids_starting(prefix: str) -> tuple[uuid.UUID, uuid.UUID] | None:
     "/orders/{order_id}/saga",
     summary="An order's saga: its timeline and why it ended so",
     response_model=SagaView,
-    responses=errors({404: "no such order"}),
+    responses=errors({404: NO_SUCH_ORDER}),
 )
 async def get_saga(order_id: uuid.UUID, db: DatabaseDep, principal: PrincipalDep) -> SagaView:
     """Every event of this order's saga, from all three services, oldest first, and the
@@ -846,7 +868,7 @@ def _type_of(value: bytes | None) -> str | None:
 async def get_saga_events(
     db: DatabaseDep,
     after: Seq = 0,
-    limit: Annotated[int, IN_DIGITS, Query(ge=1, le=1000)] = 200,
+    limit: Annotated[int, Query(ge=1, le=1000), IN_DIGITS] = 200,
 ) -> list[FeedEntry]:
     """Every saga's events as the order service recorded them, in ``seq`` order, after the
     position ``after``. To follow all sagas live use ``/saga-events/stream`` (``sagactl
@@ -858,7 +880,7 @@ async def get_saga_events(
 
 
 #: A position in the timeline (a BIGSERIAL).
-Seq = Annotated[int, IN_DIGITS, Query(ge=0, le=2**63 - 1)]
+Seq = Annotated[int, Query(ge=0, le=2**63 - 1), IN_DIGITS]
 
 
 #: Where a reconnecting browser resumes: the ``seq`` of the last event it got.

@@ -191,7 +191,7 @@ class Minute(BaseModel):
 
 @router.get("/dashboard/api/throughput", summary="Sagas started per minute, by outcome", responses=errors())
 async def throughput(
-    db: DatabaseDep, minutes: Annotated[int, IN_DIGITS, Query(ge=1, le=1440)] = 60
+    db: DatabaseDep, minutes: Annotated[int, Query(ge=1, le=1440), IN_DIGITS] = 60
 ) -> list[Minute]:
     """The last ``minutes`` minutes (1 to 1440, default 60), oldest first, the current one
     last (still counting): how many orders were placed in each and what each became —
@@ -246,7 +246,7 @@ async def dead_letters(
     service: ServiceInPath,
     request: Request,
     status: Annotated[StatusFilter, AnyCase] = "PENDING",
-    limit: Annotated[int, IN_DIGITS, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=1000), IN_DIGITS] = 100,
 ) -> Any:
     """`GET /dead-letters` of the order, inventory or payment service: newest first, those
     waiting for a decision unless another ``status`` (or ALL) is asked."""

@@ -303,8 +303,8 @@ router = APIRouter(tags=["audit"])
 )
 async def get_audit(
     request: Request,
-    after: Annotated[int, IN_DIGITS, Query(ge=0, le=2**63 - 1)] = 0,
-    limit: Annotated[int, IN_DIGITS, Query(ge=1, le=5000)] = 1000,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1), IN_DIGITS] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000), IN_DIGITS] = 1000,
 ) -> list[AuditEntry]:
     """Entries after ``seq`` ``after``, oldest first, at most ``limit``: each its
     canonical JSON text (``at``, ``actor``, ``role``, ``action``, ``resource``,

@@ -314,7 +314,7 @@ async def discard(db: Database, letter_id: int) -> DeadLetterSummary:
 
 
 #: A dead letter's id: a positive BIGINT, in digits.
-LetterId = Annotated[int, IN_DIGITS, Path(ge=1, le=2**63 - 1)]
+LetterId = Annotated[int, Path(ge=1, le=2**63 - 1), IN_DIGITS]
 
 router = APIRouter(prefix="/dead-letters", tags=["dead letters"])
 _NOT_FOUND = errors({404: "no such dead letter"})
@@ -330,11 +330,11 @@ _NOT_FOUND_OR_RESOLVED = errors(
 async def get_dead_letters(
     db: DatabaseDep,
     status: Annotated[StatusFilter, AnyCase] = "PENDING",
-    limit: Annotated[int, IN_DIGITS, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=1000), IN_DIGITS] = 100,
     before: Annotated[
         int | None,
-        IN_DIGITS,
         Query(ge=1, le=2**63 - 1, description="only letters with a lower id: the next page"),
+        IN_DIGITS,
     ] = None,
 ) -> list[DeadLetterSummary]:
     """Newest first; those waiting for a decision unless another ``status`` (or ALL) is asked.
