@@ -4,10 +4,12 @@ Every service keeps one ``audit_log`` table. An entry is written for
 
 * every state-changing API call (POST, PUT, PATCH, DELETE), whatever its outcome but a
   503 (the service did nothing: it was overloaded, or its database was away, where the
-  entry could not go either), by the
+  entry could not go either) or a refusal of the request guard in front of it
+  (``saga_kit.http.RequestGuard``: nothing of the service ran), by the
   ``AuditTrail`` middleware after the route answered and before the answer is sent
   (group-committed: ``AuditWriter``): who
-  (the token's subject and role, ``anonymous`` without a valid one), what (method and
+  (the token's subject and role, ``anonymous`` without a valid one, also for a call answered
+  before its route's authentication ran: ``_identify``), what (method and
   route, the resource's path), when, the request's trace id, the outcome (the status);
 * every compensation the service performs (``COMPENSATIONS``: a release, refund, void or
   cancellation), by an emit hook in the same transaction as the compensation itself: the
@@ -49,10 +51,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import text
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.values import printable
-from saga_kit import tracing
+from saga_kit import auth, tracing
 from saga_kit.auditchain import GENESIS, canonical, chain_hash
 from saga_kit.errors import is_transient
 from saga_kit.http import IN_DIGITS, errors
@@ -204,6 +207,7 @@ class AuditTrail:
         if start["status"] == 503:
             return  # nothing was done: overloaded, or the database away (module doc)
         location = next((v.decode("latin-1") for k, v in start.get("headers", []) if k == b"location"), None)
+        await _identify(scope)
         call = replace(call_audit(scope), request_id=trace_id)
         entry = call.entry(location or request_path(scope), str(start["status"]))
         state = scope["app"].state
@@ -217,6 +221,28 @@ class AuditTrail:
                 log.error("audit entry not written (%s: %s): %s", type(exc).__name__, exc, entry)
             else:
                 log.exception("audit entry not written: %s", entry)
+
+
+async def _identify(scope: Scope) -> None:
+    """Name the caller of a call that was answered before any route's authentication ran —
+    no route for its path (404) or method (405), a body that did not arrive (408) or broke
+    off (400) — from its bearer token, for its entry alone (``app.state.identify``, the
+    service's verifier): a valid token's caller was ``anonymous`` there (an attack trial),
+    where the design says ``anonymous`` only without one. A token that is not valid leaves
+    it anonymous; the answer is not changed."""
+    state = scope.setdefault("state", {})
+    identify = getattr(scope["app"].state, "identify", None)
+    if "principal" in state or identify is None:
+        return
+    given = Headers(scope=scope).getlist("authorization")
+    if not auth.credentials(given):
+        return
+    try:
+        state["principal"] = await identify(given)
+    except auth.Unauthorized:
+        pass  # not a valid token: anonymous
+    except Exception as exc:  # the key server away, …: the call is audited all the same
+        log.warning("audit: the caller of %s could not be identified (%s)", request_path(scope), exc)
 
 
 class AuditWriter:

@@ -349,7 +349,7 @@ class RequestGuard:
                 return
             if _has_body(headers):  # past _refusal, a body of these methods is JSON
                 check = scope["method"] in _WITH_JSON_BODY
-                receive = _BodyReader(receive, self.body_timeout, self.max_body_size if check else None)
+                receive = BodyReader(receive, self.body_timeout, self.max_body_size if check else None)
         await self.app(scope, receive, send)
 
     def _refusal(
@@ -573,8 +573,9 @@ class AnswerDeadline:
             await send(message)
 
 
-class _BodyReader:
-    """The ``receive`` of a request with a body (``RequestGuard``): the whole body must
+class BodyReader:
+    """The ``receive`` of a request with a body (``RequestGuard``; the payment provider's
+    simulator's ``BodyLimit``, without ``json_limit``): the whole body must
     arrive within ``timeout`` seconds of the route's first read (else 408); with
     ``json_limit``, a body up to that many bytes is kept as it arrives and checked by
     ``check_json_body`` when complete (a larger one is the body limit's 413)."""
@@ -702,11 +703,13 @@ class _ParserSaying:
 #: it before the guard's 501 could (``RequestGuard``), and it was worded as a body whose
 #: chunks could not be read (an attack trial). The parser (llhttp) is stricter than RFC
 #: 9110 §5.6.1 at the end of the list: ``chunked,`` is refused (``, chunked`` is read), and
-#: the words say so, where they said it did not end in chunked (two attack trials).
+#: the words say so, where they said it did not end in chunked (two attack trials); so is
+#: ``chunked, chunked`` (RFC 9112 §6.1: chunked at most once) and ``chunked<TAB>``.
 TRANSFER_CODING_NOT_CHUNKED = (
-    "the request's Transfer-Encoding does not end in the word chunked alone (no parameter,"
-    " nothing after it, not even an empty list element), so the length of its body cannot be"
-    " told here (RFC 9112 §6.3): send it chunked alone, or with a Content-Length"
+    "the request's Transfer-Encoding does not end in the word chunked, once and alone (no"
+    " parameter, nothing after it, not even an empty list element or a tab; chunked not twice),"
+    " so the length of its body cannot be told here (RFC 9112 §6.3): send it chunked alone, or"
+    " with a Content-Length"
 )
 #: ... and for one with both a ``Transfer-Encoding`` and a ``Content-Length``.
 TRANSFER_CODING_AND_LENGTH = (
@@ -1496,6 +1499,9 @@ def create_app(
     )
     app.state.db = db
     app.state.settings = settings
+    # who a caller is, for the audit trail of a call refused before any route's
+    # authentication ran (saga_kit.audit.AuditTrail)
+    app.state.identify = verifier.principal_of if verifier is not None else None
     for router in routers:
         app.include_router(router)
 
@@ -1534,12 +1540,14 @@ def create_app(
         """An error answer has the shape of every other: ``Problem``. A body FastAPI cannot
         even read (e.g. not UTF-8: its 400 "error parsing the body") is an invalid request
         like any other invalid body: 422 ``invalid_request``, where and why."""
-        if broke_off(exc):
-            return JSONResponse({"detail": BODY_BROKE_OFF, "reason": "invalid_http_request"}, status_code=400)
         if exc.status_code == 400 and exc.detail == UNREADABLE_BODY:
             refused = await refused_caller(request)
             if refused is not None:
                 return refused
+            if broke_off(exc):
+                return JSONResponse(
+                    {"detail": BODY_BROKE_OFF, "reason": "invalid_http_request"}, status_code=400
+                )
             cause = exc.__cause__
             if isinstance(cause, UnreadableBody) and cause.status == 415:
                 return JSONResponse(

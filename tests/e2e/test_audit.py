@@ -5,6 +5,8 @@ removed, even by someone who can switch the append-only trigger off."""
 from __future__ import annotations
 
 import json
+import socket
+import time
 import uuid
 from typing import Any
 
@@ -165,3 +167,39 @@ def test_a_path_anyone_may_send_is_kept_bounded_and_escaped(system: System) -> N
     assert len(long["resource"]) == 1024 and long["resource"].endswith("…")
     assert long["action"] == f"POST {long['resource']}" and long["actor"] == "anonymous"
     assert odd["resource"] == f"/{marker}x\\u202egnp.exe\\x00"
+
+
+def test_a_call_refused_before_its_route_names_its_caller_when_the_token_is_valid(
+    system: System, uid: UniqueIds
+) -> None:
+    """An attack trial: with a valid token, a POST to no route (404), a method the route
+    lacks (405) and a body that broke off (400) were entries of ``anonymous``, where the
+    design says ``anonymous`` only without a valid token (the route's authentication had
+    not run). A token that is not valid stays anonymous."""
+    base = system.url("order_svc")
+    customer = uid("kit")
+    headers = system.auth(customer, roles=("customer",))
+    path = f"/nowhere-{uuid.uuid4().hex[:8]}"
+    assert httpx.post(f"{base}{path}", headers=headers).status_code == 404
+    assert httpx.post(f"{base}{path}", headers={"Authorization": "Bearer not.a.token"}).status_code == 404
+    assert httpx.delete(f"{base}/orders", headers=headers, params={"x": customer}).status_code == 405
+    # a chunked body that stops after its first chunk: the client goes away
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        head = (
+            f"POST /orders HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Transfer-Encoding: chunked\r\nAuthorization: {headers['Authorization']}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b'9\r\n{"custome\r\n')
+    deadline = time.monotonic() + 10
+    while True:
+        found = [e for e in entries(system, "order_svc") if e["resource"] in (path, "/orders")]
+        mine = [(e["action"], e["outcome"], e["actor"]) for e in found]
+        if ("POST /orders", "400", customer) in mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert (f"POST {path}", "404", customer) in mine, mine
+    assert (f"POST {path}", "404", "anonymous") in mine, mine  # the token not valid
+    assert ("POST /orders", "400", customer) in mine, mine
+    deleted = [e for e in found if e["action"].startswith("DELETE") and e["outcome"] == "405"]
+    assert customer in [e["actor"] for e in deleted], deleted

@@ -243,9 +243,18 @@ async def test_pipelined_requests_are_answered_before_the_refusal_that_follows_t
         (b"Transfer-Encoding: chunked\t", TRANSFER_CODING_NOT_CHUNKED),
         (b"Transfer-Encoding: chunked, gzip", TRANSFER_CODING_NOT_CHUNKED),
         (b"Transfer-Encoding: chunked,", TRANSFER_CODING_NOT_CHUNKED),
+        (b"Transfer-Encoding: chunked, chunked", TRANSFER_CODING_NOT_CHUNKED),
         (b"Transfer-Encoding: chunked\r\nContent-Length: 5", TRANSFER_CODING_AND_LENGTH),
     ],
-    ids=["gzip", "chunked;x=1", "chunked and a tab", "chunked, gzip", "chunked,", "and a Content-Length"],
+    ids=[
+        "gzip",
+        "chunked;x=1",
+        "chunked and a tab",
+        "chunked, gzip",
+        "chunked,",
+        "chunked twice",
+        "and a Content-Length",
+    ],
 )
 async def test_a_pipelined_request_whose_framing_is_refused_has_the_refusal_alone(
     port: int, framing: bytes, said: str
