@@ -69,7 +69,11 @@ def build_app(settings: Settings, engine: AsyncEngine) -> FastAPI:
         app.include_router(faults.router)
         app.add_middleware(faults.FaultMiddleware, injector=app.state.faults)
     errors.install(app, settings.http_max_body_bytes)
-    app.add_middleware(errors.BodyLimit, max_body_bytes=settings.http_max_body_bytes)
+    app.add_middleware(
+        errors.BodyLimit,
+        max_body_bytes=settings.http_max_body_bytes,
+        body_timeout=settings.http_body_timeout_seconds,
+    )
     # it names itself, and refuses a request meant for a saga service (its URL given for one's)
     app.add_middleware(
         ServiceIdentity, name=NAME, problem=lambda detail: errors.error_body("misdirected_request", detail)

@@ -23,6 +23,7 @@ from saga_kit.errors import is_transient
 from saga_kit.http import (
     BODY_BROKE_OFF,
     UNREADABLE_BODY,
+    BodyReader,
     UnreadableBody,
     broke_off,
     check_json_body,
@@ -155,8 +156,8 @@ class BodyLimit:
     limit answering that case in plain text, and a UTF-16 body creating an account
     (the framework's JSON parser guesses UTF-16 and UTF-32)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self.app, self.max_body_bytes = app, max_body_bytes
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout: float = 30.0) -> None:
+        self.app, self.max_body_bytes, self.body_timeout = app, max_body_bytes, body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -175,10 +176,11 @@ class BodyLimit:
             await JSONResponse(too_large(self.max_body_bytes), status_code=413)(scope, receive, send)
             return
         size, chunks, started = 0, [], False
+        timed = BodyReader(receive, self.body_timeout, None)  # 408 past the body's deadline
 
         async def reading() -> Message:
             nonlocal size
-            message = await receive()
+            message = await timed()
             if message["type"] == "http.request":
                 chunk = message.get("body", b"")
                 size += len(chunk)
@@ -196,11 +198,15 @@ class BodyLimit:
 
         try:
             await self.app(scope, reading, sending)
-        except (BodyTooLarge, UnreadableBody) as exc:
-            if started:
+        except (BodyTooLarge, UnreadableBody, StarletteHTTPException) as exc:
+            # BodyTooLarge is an HTTP exception (413) too; of the others, the body's 408 alone
+            timed_out = isinstance(exc, StarletteHTTPException) and exc.status_code == 408
+            if started or not (isinstance(exc, BodyTooLarge | UnreadableBody) or timed_out):
                 raise
             if isinstance(exc, BodyTooLarge):
                 answer = JSONResponse(too_large(self.max_body_bytes), status_code=413)
+            elif isinstance(exc, StarletteHTTPException):  # the body's deadline (BodyReader)
+                answer = JSONResponse(error_body("request_timeout", str(exc.detail)), 408, exc.headers)
             else:
                 error = unreadable_body(exc)
                 answer = JSONResponse(error.body(), status_code=error.status)

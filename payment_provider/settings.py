@@ -14,6 +14,7 @@ from saga_kit.settings import async_postgres_url
 class Settings(BaseSettings):
     """``PROVIDER_DATABASE_URL`` (its own database), ``PROVIDER_HTTP_HOST`` (127.0.0.1),
     ``PROVIDER_HTTP_PORT`` (8004), ``PROVIDER_HTTP_MAX_BODY_BYTES`` (1 MiB),
+    ``PROVIDER_HTTP_BODY_TIMEOUT_SECONDS`` (30),
     ``PROVIDER_FAULT_CONTROL`` (false: the ``/v1/faults`` routes answer 404 and no fault is
     ever injected), ``PROVIDER_FAULTS`` (JSON, the faults in force at start, e.g.
     ``{"latency_ms": 50}``; needs fault control); ``LOG_LEVEL`` and ``GC_GEN0_THRESHOLD``
@@ -34,6 +35,10 @@ class Settings(BaseSettings):
     #: The largest request body read, in bytes (larger: 413 ``body_too_large``, counted as
     #: it arrives); the same default as the services' ``HTTP_MAX_BODY_BYTES``.
     http_max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    #: Seconds a request's whole body may take from the route's first read (else 408
+    #: ``request_timeout``, the connection closed); the services' ``HTTP_BODY_TIMEOUT_SECONDS``
+    #: default. A body that stalled held its connection for ever (an attack trial: 100 s).
+    http_body_timeout_seconds: float = Field(default=30.0, gt=0)
     log_level: str = Field(default="INFO", validation_alias=AliasChoices("LOG_LEVEL", "log_level"))
     #: The young generation's threshold once started (``saga_kit.heap.settle``), read from
     #: ``GC_GEN0_THRESHOLD`` as the services read it; 0 leaves Python's own.

@@ -690,3 +690,31 @@ async def test_a_body_whose_client_went_away_is_a_400_in_the_providers_shape(
     app = build_app(Settings(database_url=provider_url), provider_engine)
     status, body = await broken_off_answer(app, "/v1/charges")
     assert (status, body) == (400, {"error": "invalid_http_request", "message": BODY_BROKE_OFF})
+
+
+async def test_a_body_that_stops_arriving_is_a_408_and_changes_nothing(
+    provider_url: str, provider_engine: AsyncEngine
+) -> None:
+    """An attack trial: a body announced and not sent held its connection with no answer
+    after 100 s; the services answer 408 at their body's deadline, and so does the
+    provider (``PROVIDER_HTTP_BODY_TIMEOUT_SECONDS``), in its own shape — also on the
+    routes whose bodies the fault controls buffer."""
+    settings = Settings(database_url=provider_url, fault_control=True, http_body_timeout_seconds=0.3)
+    async with client_of(build_app(settings, provider_engine)) as provider:
+        acct = await account(provider, "30.00")
+
+        async def stalled() -> AsyncIterator[bytes]:
+            yield b'{"balance": '
+            await asyncio.sleep(30)
+            yield b'"1.00"}'
+
+        for method, path in (("PUT", f"/v1/accounts/{acct}"), ("POST", "/v1/charges")):
+            sent = {"Content-Type": "application/json", "Idempotency-Key": uid("k")}
+            r = await asyncio.wait_for(provider.request(method, path, content=stalled(), headers=sent), 10)
+            assert r.status_code == 408, (path, r.text)
+            assert r.json() == {
+                "error": "request_timeout",
+                "message": "the request body did not arrive within 0.3 s",
+            }
+            assert r.headers["connection"] == "close"
+        assert await balance_of(provider, acct) == "30.00"
