@@ -89,11 +89,15 @@ async def put_account(customer_id: CustomerId, body: AccountIn) -> AccountView:
     return _view(await _provider("PUT", f"/v1/accounts/{customer_id}", {"balance": f"{body.balance:.2f}"}))
 
 
+#: A 404 of a customer's own resource: another's is a 404 too, so that an id tells nothing.
+NOT_YOURS = "{}, or not the caller's (a customer sees its own only)"
+
+
 @router.get(
     "/accounts/{customer_id}",
     summary="One account's balance",
     response_model=AccountView,
-    responses=errors({404: "no such account", **_PROVIDER_DOWN}),
+    responses=errors({404: NOT_YOURS.format("no such account"), **_PROVIDER_DOWN}),
 )
 async def get_account(customer_id: CustomerId, principal: PrincipalDep) -> AccountView:
     """The customer's balance at the payment provider now, after every charge and refund.
@@ -153,7 +157,7 @@ class PaymentView(BaseModel):
     summary="An order's payment and its provider calls",
     tags=["payments"],
     response_model=PaymentView,
-    responses=errors({404: "no payment for this order (yet)"}),
+    responses=errors({404: NOT_YOURS.format("no payment for this order (yet)")}),
 )
 async def get_payment(order_id: uuid.UUID, db: DatabaseDep, principal: PrincipalDep) -> PaymentView:
     """The payment's status, how many provider calls it took, and while it waits, since

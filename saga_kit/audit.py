@@ -145,7 +145,10 @@ def request_path(scope: Scope) -> str:
     and bidirectional characters escaped (``events.values.printable``). Anyone may send a
     path, and an entry is never deleted: an anonymous POST to a path of 64,000 characters
     was an entry of 128,000, and a NUL or a U+202E went into it as it came (an attack trial)."""
-    return printable(scope["path"], PATH_CHARACTERS)
+    # a backslash escaped too, and a newline: "/x%00y" (a NUL) and "/x%5Cx00y" (a backslash,
+    # then "x00") were one entry, "/x\\x00y" (a second attack trial)
+    escaped = scope["path"].replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+    return printable(escaped, PATH_CHARACTERS)
 
 
 def call_audit(scope: Scope) -> CallAudit:

@@ -38,3 +38,25 @@ def test_a_kept_head_shows_what_the_chain_alone_cannot() -> None:
     assert problem.startswith(f"the head hash kept before ({kept.hex()}) is not in the chain")
     rewritten = [old[0], *_chain("B", previous=old[0].hash, first=2)]
     assert verify(rewritten) == [] and len(verify(rewritten, kept=[kept])) == 1
+
+
+def test_an_entrys_path_tells_apart_what_it_escapes_from_what_was_sent_so() -> None:
+    """A second attack trial: ``/x%00y`` (a NUL) and ``/x%5Cx00y`` (a backslash, then
+    ``x00``) were one entry, ``/x\\x00y``, and so were a newline and ``\\n``, U+202E and
+    ``\\u202e``; a newline went in as it came."""
+    from saga_kit.audit import request_path
+
+    def entry(path: str) -> str:
+        return request_path({"path": path})
+
+    pairs = [
+        ("/x\x00y", "/x\\x00y"),
+        ("/a\r\nb", "/a\\r\\nb"),
+        ("/\u202eexe", "/\\u202eexe"),
+        ("/t\tb", "/t\\tb"),
+    ]
+    for escaped, literal in pairs:
+        assert entry(escaped) != entry(literal), (escaped, literal)
+        assert all(ch.isprintable() for ch in entry(escaped) + entry(literal))
+    assert entry("/x\x00y") == "/x\\x00y" and entry("/x\\x00y") == "/x\\\\x00y"
+    assert entry("/products/café") == "/products/café"
