@@ -198,18 +198,18 @@ class BodyLimit:
 
         try:
             await self.app(scope, reading, sending)
-        except (BodyTooLarge, UnreadableBody, StarletteHTTPException) as exc:
-            # BodyTooLarge is an HTTP exception (413) too; of the others, the body's 408 alone
-            timed_out = isinstance(exc, StarletteHTTPException) and exc.status_code == 408
-            if started or not (isinstance(exc, BodyTooLarge | UnreadableBody) or timed_out):
+        except (UnreadableBody, StarletteHTTPException) as exc:  # BodyTooLarge is one (413)
+            if started:
                 raise
             if isinstance(exc, BodyTooLarge):
                 answer = JSONResponse(too_large(self.max_body_bytes), status_code=413)
-            elif isinstance(exc, StarletteHTTPException):  # the body's deadline (BodyReader)
-                answer = JSONResponse(error_body("request_timeout", str(exc.detail)), 408, exc.headers)
-            else:
+            elif isinstance(exc, UnreadableBody):
                 error = unreadable_body(exc)
                 answer = JSONResponse(error.body(), status_code=error.status)
+            elif exc.status_code == 408:  # the body's deadline (BodyReader)
+                answer = JSONResponse(error_body("request_timeout", str(exc.detail)), 408, exc.headers)
+            else:
+                raise
             await answer(scope, receive, send)
 
 
