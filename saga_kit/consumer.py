@@ -467,6 +467,7 @@ class ConsumerPipeline:
                     f"bad_signature: signed by {item.signer}, but only {item.envelope.producer}"
                     f" may emit {item.event_type}"
                 )
+                item.envelope = None  # nothing in it is believed, not even the order it names
                 continue
             if decoder is None and item.record.key != str(item.envelope.order_id).encode():
                 item.outcome = Outcome.DEAD_LETTERED

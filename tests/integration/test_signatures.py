@@ -96,6 +96,11 @@ async def test_only_a_record_signed_by_its_rightful_producer_is_applied(
     )
     assert await consumer.process(impostor) is Outcome.DEAD_LETTERED
     assert "only inventory_svc may emit InventoryReserved" in await reason_of(payment, impostor)
+    # none of them is believed to be about the order it names: kept without one
+    kept = await payment.scalar(
+        "SELECT count(*) FROM dead_letters WHERE reason LIKE 'bad_signature%' AND order_id IS NOT NULL"
+    )
+    assert kept == 0
     # nothing but the good one was charged
     await payment.work()
     assert await balance_of(payment, cid) == 95
