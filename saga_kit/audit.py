@@ -337,7 +337,8 @@ async def get_audit(
 ) -> list[AuditEntry]:
     """Entries after ``seq`` ``after``, oldest first, at most ``limit``: each its
     canonical JSON text (``at``, ``actor``, ``role``, ``action``, ``resource``,
-    ``outcome``, ``request_id`` — the trace id — and a compensation's ``cause``) and its
+    ``outcome``, ``request_id`` — the trace id — and a compensation's ``cause``: the id of
+    the event it answers, None when a call or the deadline caused it) and its
     chain hashes, so a reader can recompute every hash itself (``sagactl audit verify``)."""
     async with request.app.state.db.engine.connect() as conn:
         rows = await conn.execute(

@@ -50,6 +50,9 @@ def test_calls_and_compensations_are_recorded_with_who_and_how_they_ended(
     assert [(e["actor"], e["outcome"]) for e in cancels] == [("anonymous", "401"), (customers["kim"], "202")]
     (compensated,) = [e for e in at_order if e["action"] == "compensate OrderCancelled"]
     assert compensated["seq"] > cancels[-1]["seq"]  # after the request that caused it
+    # in the saga's trace; caused by a call, not an event: the call's entry is just before it
+    assert compensated["request_id"] == placed["request_id"] != cancels[-1]["request_id"]
+    assert compensated["cause"] is None and compensated["seq"] == cancels[-1]["seq"] + 1
 
     released = [e for e in entries(system, "inventory_svc") if e["resource"] == f"/orders/{order_id}"]
     assert [e["action"] for e in released] == ["compensate InventoryReleased"]
