@@ -37,7 +37,7 @@ from payment_provider.models import (
     RefundView,
     error_doc,
 )
-from saga_kit.http import IDEMPOTENT_REPLAYED, header_text, sent_twice
+from saga_kit.http import IDEMPOTENT_REPLAYED, header_text, path_text, sent_twice
 
 Responses = dict[int | str, dict[str, Any]]
 
@@ -116,6 +116,20 @@ def idempotency_key(
 KeyDep = Annotated[str, Depends(idempotency_key)]
 
 
+def account_id_in_path(request: Request, account_id: str) -> str:
+    """The path's ``account_id``, checked like a body field (``AccountId``); 422 for a
+    path whose bytes are not UTF-8 (``saga_kit.http.path_text``)."""
+    try:
+        path_text(request.scope)
+    except ValueError as not_utf8:
+        detail = {"loc": ["path", "account_id"], "msg": str(not_utf8), "type": "value_error"}
+        raise InvalidRequest([detail]) from None
+    return _checked(_account_id, account_id, "path", "account_id")
+
+
+AccountIdDep = Annotated[str, Depends(account_id_in_path)]
+
+
 def _json(model: BaseModel, status: int, replayed: bool = False) -> JSONResponse:
     return JSONResponse(
         model.model_dump(mode="json"),
@@ -134,11 +148,10 @@ accounts = APIRouter(tags=["accounts"])
     response_model=AccountView,
     responses=_INVALID,
 )
-async def put_account(account_id: str, body: AccountIn, engine: EngineDep) -> JSONResponse:
+async def put_account(account_id: AccountIdDep, body: AccountIn, engine: EngineDep) -> JSONResponse:
     """Sets the balance (a decimal string, at most 999,999,999,999.99) of the account
-    ``account_id`` (1..100 printable characters), creating it if needed. Charges and
-    refunds move it from then on. Answers ``{"account_id", "balance"}``."""
-    account_id = _checked(_account_id, account_id, "path", "account_id")
+    ``account_id`` (1..100 printable characters, UTF-8), creating it if needed. Charges
+    and refunds move it from then on. Answers ``{"account_id", "balance"}``."""
     return _json(await ledger.set_balance(engine, account_id, body.balance), 200)
 
 
@@ -148,9 +161,8 @@ async def put_account(account_id: str, body: AccountIn, engine: EngineDep) -> JS
     response_model=AccountView,
     responses={404: error_doc("no such account (`no_such_account`)"), **_INVALID},
 )
-async def get_account(account_id: str, engine: EngineDep) -> JSONResponse:
+async def get_account(account_id: AccountIdDep, engine: EngineDep) -> JSONResponse:
     """The account's balance now, after every charge and refund so far."""
-    account_id = _checked(_account_id, account_id, "path", "account_id")
     account = await ledger.get_account(engine, account_id)
     if account is None:
         raise NoSuchAccount()

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 import httptools
 import psycopg
@@ -460,6 +460,20 @@ def header_text(value: str) -> str:
     simulator alike."""
     try:
         return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise ValueError("must be text in UTF-8") from None
+
+
+def path_text(scope: Scope) -> str:
+    """The request's path as the UTF-8 text its percent-decoded bytes are. Raises
+    ``ValueError`` ("must be text in UTF-8") for bytes that are not UTF-8: the ASGI server
+    decodes them with U+FFFD in their place, so ``%ff%fe`` and ``%fe%ff`` were one path (an
+    attack trial: one account of the payment provider's simulator)."""
+    raw = scope.get("raw_path")
+    if raw is None:
+        return str(scope["path"])
+    try:
+        return unquote_to_bytes(raw.partition(b"?")[0]).decode("utf-8")
     except UnicodeError:
         raise ValueError("must be text in UTF-8") from None
 

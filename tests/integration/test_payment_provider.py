@@ -266,6 +266,14 @@ async def test_invalid_requests_are_refused_and_change_nothing(provider: httpx.A
     r = await provider.put(f"/v1/accounts/{acct}", json={"balance": "-5.00"})
     assert r.status_code == 422
     assert await balance_of(provider, acct) == "30.00"
+    # bytes that are not UTF-8 were read as U+FFFD: %ff%fe and %fe%ff were one account
+    for method in ("PUT", "GET"):
+        r = await provider.request(method, "/v1/accounts/%ff%fe?x=1", json={"balance": "1.00"})
+        assert (r.status_code, r.json()["details"][0]["loc"]) == (422, ["path", "account_id"]), r.text
+        assert r.json()["details"][0]["msg"] == "must be text in UTF-8"
+    tail = uid("")  # UTF-8 is read as such
+    r = await provider.put(f"/v1/accounts/caf%C3%A9{tail}", json={"balance": "1.00"})
+    assert r.json()["account_id"] == f"caf\u00e9{tail}"
 
 
 @pytest.mark.parametrize(
