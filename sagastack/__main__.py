@@ -31,7 +31,11 @@ def run(args: argparse.Namespace) -> int:
     # an earlier run's leftovers (its supervisor and watchdog killed together) hold its
     # ports: stopped first, or the check below took them for another program's (a trial)
     system.stop_leftovers()
-    system.check_ports()  # and ports that cannot work
+    try:
+        system.check_ports()  # and ports that cannot work
+    except (BadSetting, PortTaken):
+        system.give_up()
+        raise
     print("starting broker, database, payment provider and services …", flush=True)
     with system:  # Ctrl-C while it starts interrupts the start (and stops what it started)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # started: Ctrl-C stops the loop below

@@ -215,6 +215,31 @@ def test_every_port_taken_is_named_with_the_process_that_holds_it(
         assert f"(pid {os.getpid()}: " in line and "pytest" in line and line.endswith(variable), line
 
 
+def test_a_run_refused_for_a_taken_port_leaves_no_run_directory_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newcomer trial's second ``make run`` in a new directory, refused for the first
+    one's ports, left that directory with its ``owner.lock`` in it; a directory that was
+    there before is left."""
+    from sagastack.__main__ import main
+
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.delenv("PAYMENT_PROVIDER_URL", raising=False)
+    monkeypatch.setenv("SAGA_BROKER", "tansu")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        monkeypatch.setenv("ORDER_HTTP_PORT", str(other.getsockname()[1]))
+        for run_dir in (tmp_path / "new" / "run", existing):
+            with pytest.raises(PortTaken):
+                main(["run", "--run-dir", str(run_dir)])
+    assert not (tmp_path / "new" / "run").exists() and (tmp_path / "new").exists()
+    assert [p.name for p in existing.iterdir()] == ["owner.lock"]
+    RunDirectoryClaim(existing).release()  # let go: no run holds it
+
+
 @pytest.mark.parametrize(
     ("ports", "said"),
     [
