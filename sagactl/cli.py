@@ -402,8 +402,24 @@ def main(
 # -- talking to the services, and failing in one sentence ---------------------------------
 
 
+class _Ending(Exception):
+    """``_fail`` in a thread of ``_EachService.read``: the line is said once, by the
+    command's own thread (each thread said its own: three 403 lines for one token that
+    may not list dead letters, a newcomer trial)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+#: Set in ``_EachService.read``'s threads: ``_fail`` raises ``_Ending`` there.
+_in_each_service = threading.local()
+
+
 def _fail(message: str, code: int = REFUSED) -> NoReturn:
     """End the command: message as one line on stderr, exit code."""
+    if getattr(_in_each_service, "active", False):
+        raise _Ending(message, code)
     _say(message)
     raise typer.Exit(code)
 
@@ -524,16 +540,21 @@ class _EachService(Generic[T]):
         for ``dlq list``, an attack trial); ``found`` keeps the order of ``names``. What
         ends the command (a 4xx) is raised as it would have been, in the same order."""
 
-        def attempt(name: str) -> T | _Missing:
+        def attempt(name: str) -> T | _Missing | _Ending:
+            _in_each_service.active = True
             try:
                 return read(name)
-            except _Missing as missing:
+            except (_Missing, _Ending) as missing:
                 return missing
+            finally:
+                _in_each_service.active = False
 
         names = list(names)
         each = cls({}, {}, {}, {})
         with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
             for name, got in zip(names, pool.map(attempt, names), strict=True):
+                if isinstance(got, _Ending):  # the first service's, as one after another did
+                    _fail(got.message, got.code)
                 if isinstance(got, _Missing):
                     getattr(each, got.kind)[name] = got.said
                 else:

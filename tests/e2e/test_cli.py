@@ -119,6 +119,18 @@ def test_another_services_url_given_for_a_service_is_refused_by_it_and_nothing_i
     assert system.http.get(f"{system.url(PROVIDER)}/health/live").headers["server"] == PROVIDER
 
 
+def test_a_refusal_every_service_gives_is_said_once(system: System) -> None:
+    """A customer's token listing dead letters printed three 403 lines, one per service (a
+    newcomer trial): the services are asked at once, and the first refusal is said."""
+    customer = system.token("alice", roles=("customer",))
+    for args in (["dlq", "list"], ["audit", "verify"]):
+        result = sagactl(system, "--token", customer, *args)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and "403" in lines[0] and lines[0].startswith("the order service"), lines
+        assert result.stdout == "", args
+
+
 def test_unknown_order_is_a_clear_error(system: System) -> None:
     result = sagactl(system, "saga", "00000000-0000-0000-0000-000000000000")
     assert result.returncode == 1 and "404" in result.stderr and result.stdout == ""
