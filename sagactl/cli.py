@@ -39,6 +39,7 @@ import math
 import os
 import re
 import shlex
+import signal
 import string
 import sys
 import threading
@@ -71,12 +72,30 @@ from saga_kit.auth import POLICY, SUBJECT_RULE, WITHHELD, DevIssuer, Role, is_su
 from saga_kit.service_names import SHORT_NAMES, service_named, short_name
 from saga_kit.urls import MEANT_FOR, NOT_SENT, base_url, kafka_bootstrap, unanswered
 
+
+def _reader_gone() -> NoReturn:
+    """End the command, its output's reader gone: exit ``PIPE_CLOSED``, nothing said;
+    stdout goes nowhere from then on, so that nothing is said when Python flushes it at
+    exit either (Python's documentation's recipe, "Note on SIGPIPE")."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(PIPE_CLOSED)
+
+
+class _Console(Console):
+    """rich's console, whose answer to a closed pipe is sagactl's (``_reader_gone``), not
+    exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _reader_gone()
+
+
 #: Output: nothing sagactl prints is read as rich's markup — a table cell, a tree's label
 #: is what a service said (a balance of "[/]" was a MarkupError, a traceback); styles are
 #: given as styles.
-console = Console(markup=False)
+console = _Console(markup=False)
 #: Errors: one line on stderr, never wrapped, never read as markup.
-errors = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
+errors = _Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
 
 
 class _GlobalOptionsGroup(typer.core.TyperGroup):
@@ -107,6 +126,13 @@ class _GlobalOptionsGroup(typer.core.TyperGroup):
                 pending.extend(command.commands.values())
             else:
                 command.invoke = _checking_what_was_given(command.invoke)  # type: ignore[method-assign,assignment]
+
+    def invoke(self, ctx: Any) -> Any:  # a click.Context of typer's own copy of click
+        """The command; a reader of its output that stopped reading ends it (``_reader_gone``)."""
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:  # a print's (rich's consoles: ``_Console``)
+            _reader_gone()
 
 
 #: ``main``'s options, as its parameters are named: each command takes them too.
@@ -219,6 +245,10 @@ UNBOUNDED = 100_000
 #: carried out). Distinct, so a script can tell a mistake of its own from an outage, and
 #: an outage from a call whose outcome is unknown.
 REFUSED, USAGE, UNREACHABLE, IN_DOUBT = 1, 2, 3, 4
+#: Exit code when the reader of sagactl's output stopped reading (``| head -1``): a Unix
+#: tool's, ended by SIGPIPE, as a shell counts it (128 + 13). Click's own was 1, this
+#: CLI's "a service refused", said of a saga that was shown (a newcomer trial).
+PIPE_CLOSED = 128 + signal.SIGPIPE
 #: Seconds a call waits to connect, and then for each part of the answer.
 HTTP_TIMEOUT = 10.0
 
@@ -657,7 +687,7 @@ def _emit(output: Output, data: Any, human: Callable[[], RenderableType | str]) 
     if output is Output.wide and isinstance(shown, Table):
         # wide: as wide as the table needs, like 'kubectl -o wide' (the terminal may wrap)
         needed = Measurement.get(console, console.options.update_width(UNBOUNDED), shown).maximum
-        Console(width=max(console.width, needed), markup=False).print(shown)
+        _Console(width=max(console.width, needed), markup=False).print(shown)
         return
     console.print(shown, soft_wrap=isinstance(shown, str))  # a line stays one line when piped
 

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from decimal import Decimal
@@ -129,6 +130,28 @@ def test_a_refusal_every_service_gives_is_said_once(system: System) -> None:
         lines = result.stderr.splitlines()
         assert len(lines) == 1 and "403" in lines[0] and lines[0].startswith("the order service"), lines
         assert result.stdout == "", args
+
+
+def test_a_reader_that_stops_reading_ends_it_as_sigpipe_would_not_as_a_refusal(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """``sagactl saga <id> | head -1`` exited 1, "a service refused", saying nothing (a
+    newcomer trial): click's answer to a closed pipe. Now 141, as a shell counts a tool
+    that SIGPIPE ended, and nothing said."""
+    products, customers = seed(client, uid, {"reed": ("1.00", 5)}, {"una": "10.00"})
+    order_id = client.place_order(customers["una"], {products["reed"]: 1})
+    for args in (["saga", order_id], ["saga", order_id, "-o", "json"], ["orders"]):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sagactl", *args],
+            env=sagactl_env(system),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # the reader is gone before a line is written
+        said = proc.stderr.read()
+        assert (proc.wait(timeout=60), said) == (141, ""), args
 
 
 def test_unknown_order_is_a_clear_error(system: System) -> None:
