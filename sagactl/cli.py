@@ -1112,7 +1112,7 @@ def _deadline(given: float | None) -> float | None:
 @app.command("place")
 def place(
     ctx: typer.Context,
-    customer_id: str,
+    customer_id: Annotated[str, typer.Argument(help="the customer who orders", callback=_check_external_id)],
     items: Annotated[list[str], typer.Argument(help="product=quantity, e.g. widget=2")],
     deadline_seconds: Annotated[
         float | None,
@@ -1153,6 +1153,10 @@ def place(
         product, sep, quantity = item.partition("=")
         if not sep or not (quantity.isascii() and quantity.isdigit()) or int(quantity) < 1:
             _fail(f"{item!r}: expected product=quantity, a whole number of 1 or more, e.g. widget=2", USAGE)
+        try:  # as balances and forget check theirs (a newcomer trial: 'a/b' was sent, and refused)
+            _check_external_id(product)
+        except typer.BadParameter as bad:
+            _fail(f"{item!r}: {bad.message}", USAGE)
         if any(line["product_id"] == product for line in lines):
             _fail(f"{product!r} is named twice: name it once, with the quantity of both", USAGE)
         lines.append({"product_id": product, "quantity": int(quantity)})
