@@ -184,9 +184,13 @@ def exited(name: str, code: int, reason: Callable[[str], str]) -> str:
     """How a kept-running system says a process of its ended: ``payment_svc exited (1): …``
     with the reason its log gives (``reason``), or ``payment_svc was killed (SIGKILL)``
     when a signal ended it (a negative ``code``, as ``subprocess`` gives it; it has no
-    reason of its own to give). An operator trial read ``exited (-9)`` as an exit code."""
-    if code >= 0:
-        return f"{name} exited ({code}){reason(name) if code > 0 else ''}"
+    reason of its own to give). An operator trial read ``exited (-9)`` as an exit code.
+    Exit 0 is a service's clean shutdown, which only a signal from outside asks for (a
+    newcomer trial read ``exited (0)`` of a SIGTERM as a service that quit by itself)."""
+    if code == 0:
+        return f"{name} shut down cleanly (exit 0: stopped from outside, e.g. by SIGTERM)"
+    if code > 0:
+        return f"{name} exited ({code}){reason(name)}"
     try:
         sig = signal.Signals(-code).name
     except ValueError:  # a signal this platform has no name for

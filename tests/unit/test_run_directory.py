@@ -311,7 +311,9 @@ def test_a_process_a_signal_ended_is_said_killed_by_its_name_not_a_negative_exit
     assert exited("payment_svc", -9, reason) == "payment_svc was killed (SIGKILL)"
     assert exited("payment_svc", -15, reason) == "payment_svc was killed (SIGTERM)"
     assert exited("payment_svc", -200, reason) == "payment_svc was killed (signal 200)"
-    assert exited("payment_svc", 0, reason) == "payment_svc exited (0)"
+    assert exited("payment_svc", 0, reason) == (
+        "payment_svc shut down cleanly (exit 0: stopped from outside, e.g. by SIGTERM)"
+    )
     assert asked == []
     assert exited("payment_svc", 1, reason) == "payment_svc exited (1): gave up waiting for broker"
     assert asked == ["payment_svc"]
