@@ -128,11 +128,19 @@ class _GlobalOptionsGroup(typer.core.TyperGroup):
                 command.invoke = _checking_what_was_given(command.invoke)  # type: ignore[method-assign,assignment]
 
     def invoke(self, ctx: Any) -> Any:  # a click.Context of typer's own copy of click
-        """The command; a reader of its output that stopped reading ends it (``_reader_gone``)."""
+        """The command; a reader of its output that stopped reading ends it
+        (``_reader_gone``); a value refused as the command's options are read is said in
+        plain words."""
         try:
             return super().invoke(ctx)
         except BrokenPipeError:  # a print's (rich's consoles: ``_Console``)
             _reader_gone()
+        except typer.BadParameter as bad:
+            # typer reads a choice through pydantic, whose words begin "Value error, "
+            # ("Invalid value for '--status': Value error, 'APROVED' is not one of …", a
+            # newcomer trial): said without them, as the services' 422s are
+            bad.message = bad.message.removeprefix("Value error, ")
+            raise
 
 
 #: ``main``'s options, as its parameters are named: each command takes them too.

@@ -215,6 +215,9 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
         (["place", "alice", "widget=1", "cup=1", "widget=2"], "'widget' is named twice"),
         # checked as balances and forget check theirs: a newcomer trial's 'a/b' was sent
         (["place", "a/b", "widget=1"], "'customer_id': an id is 1-64 letters, digits and . _ : -"),
+        # a choice was refused in pydantic's words: "Value error, 'APROVED' is not one of …"
+        (["orders", "--status", "APROVED"], "'--status': 'APROVED' is not one of 'pending', 'approved',"),
+        (["dlq", "list", "--status", "x"], "'--status': 'x' is not one of 'pending', 'replayed',"),
         (["place", "alice", "a/b=1"], "'a/b=1': an id is 1-64 letters, digits and . _ : -"),
         # …and a key with a line break was "sent, and no answer came" (exit 4) of a header
         # httpx refused to send; a key on Kafka was ignored, and a retry placed a second order
