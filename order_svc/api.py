@@ -140,9 +140,9 @@ class OrderItemView(BaseModel):
 
 class PersonalDataView(BaseModel):
     """An order's personal data, opened: or ``erased`` (the customer was forgotten: its
-    data key is destroyed, and every copy is unreadable) with neither field, or
+    data key is destroyed, and every copy is unreadable) with both fields null, or
     ``unreadable`` (the customer was not forgotten, but what is stored does not open: the
-    sealed value or its data key was altered; the service logs which) with neither."""
+    sealed value or its data key was altered; the service logs which) with both null."""
 
     email: str | None = None
     shipping_address: str | None = None
