@@ -332,20 +332,37 @@ router = APIRouter(tags=["audit"])
 )
 async def get_audit(
     request: Request,
-    after: Annotated[int, Query(ge=0, le=2**63 - 1), IN_DIGITS] = 0,
-    limit: Annotated[int, Query(ge=1, le=5000), IN_DIGITS] = 1000,
+    after: Annotated[
+        int, Query(ge=0, le=2**63 - 1, description="only entries with a higher seq"), IN_DIGITS
+    ] = 0,
+    before: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=2**63 - 1,
+            description="only entries with a lower seq, the last `limit` of them"
+            " (the newest: 9223372036854775807)",
+        ),
+        IN_DIGITS,
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=5000, description="the most entries answered"), IN_DIGITS] = 1000,
 ) -> list[AuditEntry]:
     """Entries after ``seq`` ``after``, oldest first, at most ``limit``: each its
     canonical JSON text (``at``, ``actor``, ``role``, ``action``, ``resource``,
     ``outcome``, ``request_id`` — the trace id — and a compensation's ``cause``: the id of
     the event it answers, None when a call or the deadline caused it) and its
-    chain hashes, so a reader can recompute every hash itself (``sagactl audit verify``)."""
+    chain hashes, so a reader can recompute every hash itself (``sagactl audit verify``).
+    With ``before``, the last ``limit`` entries below it, still oldest first: the newest
+    page, and the one before each (``sagactl audit list``)."""
+    newest = before is not None
+    query = (
+        "SELECT seq, entry, prev_hash, hash FROM audit_log WHERE seq > :a"
+        + (" AND seq < :b ORDER BY seq DESC" if newest else " ORDER BY seq")
+        + " LIMIT :n"
+    )
     async with request.app.state.db.engine.connect() as conn:
-        rows = await conn.execute(
-            text("SELECT seq, entry, prev_hash, hash FROM audit_log WHERE seq > :a ORDER BY seq LIMIT :n"),
-            {"a": after, "n": limit},
-        )
-        return [
-            AuditEntry(seq=r.seq, entry=r.entry, prev_hash=bytes(r.prev_hash).hex(), hash=bytes(r.hash).hex())
-            for r in rows
-        ]
+        rows = (await conn.execute(text(query), {"a": after, "b": before, "n": limit})).all()
+    return [
+        AuditEntry(seq=r.seq, entry=r.entry, prev_hash=bytes(r.prev_hash).hex(), hash=bytes(r.hash).hex())
+        for r in (reversed(rows) if newest else rows)
+    ]

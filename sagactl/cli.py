@@ -765,12 +765,20 @@ def _letter_id(given: str) -> int:
     """A dead letter's id as the services take it (``saga_kit.deadletters.LetterId``): the
     digits 0-9 only, 1 to 2**63-1. Python's int() read "1_0" as 10 and "+1", " 1" as 1, so
     a typo could replay or discard another letter (an attack trial), or page from another."""
+    return _digits_id(given, "an id", "dlq list")
+
+
+def _digits_id(given: str, what: str, listed_by: str) -> int:
+    """An id of the digits 0-9 only, 1 to 2**63-1 (``_letter_id``); refused naming ``what``
+    it should be and the command that lists them (``listed_by``)."""
     if not (given.isascii() and given.isdigit()):
-        raise typer.BadParameter(f"{printable(repr(given), 40)} is not an id: the digits 0-9 only (dlq list)")
-    letter_id = int(given)
-    if not 1 <= letter_id <= 2**63 - 1:
-        raise typer.BadParameter(f"{given[:40]} is not an id: from 1 to 9223372036854775807 (dlq list)")
-    return letter_id
+        raise typer.BadParameter(
+            f"{printable(repr(given), 40)} is not {what}: the digits 0-9 only ({listed_by})"
+        )
+    number = int(given)
+    if not 1 <= number <= 2**63 - 1:
+        raise typer.BadParameter(f"{given[:40]} is not {what}: from 1 to 9223372036854775807 ({listed_by})")
+    return number
 
 
 LetterIdArg = Annotated[
@@ -837,16 +845,7 @@ def dlq_list(
     #: at 1: none is before it; a trial was told --before 1): there may be more. json's
     #: limit_reached, the same list (it named every service that filled the page)
     oldest = {name: min(d["id"] for d in found) for name, found in each.found.items() if len(found) >= limit}
-    full = [name for name, last in oldest.items() if last > 1]
-    if full and output is not Output.json:  # said, not shown as if it were all (an attack trial)
-        for name in full:
-            last = oldest[name]
-            shown = f"the newest {limit}" + (f" before id {before}" if before is not None else "")
-            errors.print(
-                f"{name}: {shown} shown, there may be more"
-                f" (the next: --service {name} --before {last}; or --limit, up to 1000)",
-                style="dim",
-            )
+    full = _there_may_be_more(oldest, limit, before, "id", output)
     if each.found or output is Output.json:
         read = list(each.found) if each.missing else None
         _emit(
@@ -861,6 +860,25 @@ def dlq_list(
             lambda: _letters_table(letters, status.value, output, read, before),
         )
     each.end("its dead letters are not listed")
+
+
+def _there_may_be_more(
+    oldest: Mapping[str, int], limit: int, before: int | None, unit: str, output: Output
+) -> list[str]:
+    """The services whose page was full (``oldest``: service → the lowest id or seq of
+    its page of ``limit``), past the first (ids and seqs start at 1: none is before it; a
+    trial was told --before 1); said on stderr, with the --before of each one's next
+    page, unless the output is json (its ``limit_reached``)."""
+    full = [name for name, first in oldest.items() if first > 1]
+    if output is not Output.json:  # said, not shown as if it were all (an attack trial)
+        for name in full:
+            shown = f"the newest {limit}" + (f" before {unit} {before}" if before is not None else "")
+            errors.print(
+                f"{name}: {shown} shown, there may be more"
+                f" (the next: --service {name} --before {oldest[name]}; or --limit, up to 1000)",
+                style="dim",
+            )
+    return full
 
 
 def _letters_table(
@@ -2462,3 +2480,99 @@ def audit_verify(
             table,
         )
     each.end("its audit trail is not verified", failed=any(result["problems"] for result in found.values()))
+
+
+#: ``GET /audit?before=`` of the newest entries: past any entry's seq.
+_PAST_THE_NEWEST = 2**63 - 1
+
+
+@audit_app.command("list")
+def audit_list(
+    ctx: typer.Context,
+    service: ServicesOpt = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="the most of each service's")] = 30,
+    before: Annotated[
+        int | None,
+        typer.Option(
+            parser=lambda given: _digits_id(given, "an entry's seq", "audit list"),
+            metavar="SEQ",
+            help="only entries with a lower seq (the next page)",
+        ),
+    ] = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Audit entries of every service, newest first: when, who (the token's subject; wide:
+    its role too), what, on which resource, and how it ended. A service whose trail
+    could not be read is missing, and said on stderr, and the exit code is as 'dlq
+    list's. A service that had more than --limit says so, with the --before that shows
+    its next page. 'audit verify' checks the trails' hashes."""
+    params = {"before": _PAST_THE_NEWEST if before is None else before, "limit": limit}
+
+    def read(name: str) -> list[auditchain.Link]:
+        try:
+            return _audit_links(_get_or_missing(ctx, name, "/audit", params))
+        except ValueError as exc:
+            _fail(f"the {name} service answered GET /audit with something else: {exc}")
+
+    each = _EachService.read(service or SERVICES, read)
+    entries = []
+    for name, links in each.found.items():
+        for link in links:
+            try:
+                fields = json.loads(link.entry)
+            except ValueError:
+                fields = None
+            # an entry that is no JSON object is shown as it is ('audit verify' tells more)
+            shown = fields if isinstance(fields, dict) else {"action": link.entry}
+            entries.append({**shown, "service": name, "seq": link.seq})
+    entries.sort(key=lambda e: (str(e.get("at", "")), e["seq"]), reverse=True)
+    oldest = {name: links[0].seq for name, links in each.found.items() if len(links) >= limit}
+    full = _there_may_be_more(oldest, limit, before, "seq", output)
+    if each.found or output is Output.json:
+        _emit(
+            output,
+            {
+                "entries": entries,
+                "unreachable": each.unreachable,
+                "not_answering": each.not_answering,
+                "unavailable": each.unavailable,
+                "limit_reached": full,
+            },
+            lambda: _audit_table(entries, output, list(each.found) if each.missing else None),
+        )
+    each.end("its audit entries are not listed")
+
+
+#: An order's (or any UUID's) id in an entry's resource.
+_AN_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+
+
+def _audit_table(entries: list[dict[str, Any]], output: Output, only: Sequence[str] | None) -> RenderableType:
+    """text: service, seq, who, what, resource, outcome, age; wide adds the role, the
+    request (its trace id) and a compensation's cause, and shows the time itself."""
+    if not entries:
+        return "no audit entries" + (f" in {', '.join(only)}" if only else "")
+    wide = output is Output.wide
+    now = datetime.now(UTC)
+    columns = [_fixed("service"), _fixed("seq", "right"), _free("who")]
+    if wide:
+        columns.append(_fixed("role"))
+    columns += [_free("what"), _free("resource"), _free("outcome")]
+    if wide:
+        columns += [_fixed("request"), _fixed("cause")]
+    columns.append(_fixed("at", "left") if wide else _fixed("age", "right"))
+    table = Table(*columns)
+    for e in entries:
+        row: list[RenderableType] = [e["service"], str(e["seq"]), _text(e.get("actor", "?"))]
+        if wide:
+            row.append(_text(e.get("role", "")))
+        resource = str(e.get("resource", ""))
+        if not wide:  # an order's id shortened, as every table shows it
+            resource = _AN_ID.sub(lambda found: found.group()[:SHORT_ID], resource)
+        row += [_text(e.get("action", "?")), _text(resource), _text(e.get("outcome", ""))]
+        if wide:
+            row += [_text(e.get("request_id") or ""), _text(e.get("cause") or "")]
+        at = e.get("at")
+        row.append(_when(at, output, now) if isinstance(at, str) else "?")
+        table.add_row(*row)
+    return table

@@ -5,6 +5,7 @@ removed, even by someone who can switch the append-only trigger off."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 import uuid
@@ -88,6 +89,41 @@ def test_calls_and_compensations_are_recorded_with_who_and_how_they_ended(
     chains = verdict["chains"]
     assert set(chains) == {"order", "inventory", "payment"}
     assert all(c["problems"] == [] and c["entries"] > 0 for c in chains.values())
+
+
+def test_sagactl_lists_the_newest_entries_and_pages_back(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """Reading who did what took curl and GET /audit (a newcomer trial): ``sagactl audit
+    list`` shows the newest entries of every service, newest first, and pages back."""
+    products, customers = seed(client, uid, {"oak": ("2.00", 5)}, {"max": "20.00"})
+    order_id = client.place_order(customers["max"], {products["oak"]: 1})
+    listed = sagactl(system, "audit", "list", "--limit", "1000", "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    shown = json.loads(listed.stdout)["entries"]
+    assert [e["at"] for e in shown] == sorted((e["at"] for e in shown), reverse=True)
+    assert {e["service"] for e in shown} == {"order", "inventory", "payment"}
+    (placed,) = [e for e in shown if e["resource"] == f"/orders/{order_id}" and e["action"] == "POST /orders"]
+    assert (placed["service"], placed["actor"], placed["outcome"]) == ("order", "operator", "202")
+    # a page of 2 of inventory's, then the page before it: the trail's newest four, in order
+    newest = [e["seq"] for e in entries(system, "inventory_svc")][-4:]
+    first = sagactl(system, "audit", "list", "--service", "inventory", "--limit", "2", "-o", "wide")
+    assert first.returncode == 0, first.stderr
+    hint = re.search(r"the next: --service inventory --before (\d+);", first.stderr)
+    assert hint and int(hint.group(1)) == newest[2], first.stderr
+    assert "POST /orders" not in first.stdout and "role" in first.stdout
+    page = ["audit", "list", "--service", "inventory", "--limit", "2"]
+    back = sagactl(system, *page, "--before", hint.group(1))
+    assert back.returncode == 0, back.stderr
+    assert (f"before seq {hint.group(1)}" in back.stderr) == (newest[0] > 1)  # none is before seq 1
+    pages = [
+        json.loads(sagactl(system, *page, *more, "-o", "json").stdout)["entries"]
+        for more in ([], ["--before", hint.group(1)])
+    ]
+    assert [e["seq"] for p in pages for e in p] == newest[::-1], pages
+    # a customer may not read it
+    refused = sagactl(system, "audit", "list", token=system.token("ann", roles=("customer",)))
+    assert refused.returncode == 1 and "403" in refused.stderr and refused.stdout == ""
 
 
 def test_an_altered_or_removed_entry_breaks_the_chain(

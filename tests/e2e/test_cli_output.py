@@ -90,6 +90,7 @@ def test_every_command_fits_80_columns_with_whole_headers(
         ("tail", "--from-start", "--count", "5"): [],
         ("cancel", to_cancel): [],
         ("audit", "verify"): [],
+        ("audit", "list", "--limit", "50"): ["service", "seq", "who", "what", "resource", "outcome", "age"],
         ("forget", long_customer): [],
         ("--help",): [],
         ("dlq", "list", "--help"): [],
@@ -159,6 +160,8 @@ def test_every_command_prints_json_with_output_json(
     assert run("cancel", placed["order_id"])["status"] == "CANCELLED"
     waited = run("place", customers["max"], f"{products['cup']}=1", "--wait")  # its outcome
     assert (waited["status"], waited["reason"]) == ("APPROVED", None), waited
+    audited = run("audit", "list", "--service", "order", "--limit", "1000")["entries"]
+    assert f"/orders/{placed['order_id']}" in {e["resource"] for e in audited}
     chains = run("audit", "verify")["chains"]
     assert set(chains) == {"order", "inventory", "payment"} and chains["order"]["problems"] == []
     assert run("forget", customers["max"]) == {"customer_id": customers["max"], "keys_destroyed": 0}
