@@ -116,15 +116,22 @@ def idempotency_key(
 KeyDep = Annotated[str, Depends(idempotency_key)]
 
 
-def account_id_in_path(request: Request, account_id: str) -> str:
-    """The path's ``account_id``, checked like a body field (``AccountId``); 422 for a
-    path whose bytes are not UTF-8 (``saga_kit.http.path_text``)."""
+def _in_path(request: Request, adapter: TypeAdapter[str], value: str, name: str) -> str:
+    """The path parameter ``name`` (``value``), checked like a body field (``adapter``);
+    422 for a path whose bytes are not UTF-8, or with a ``%`` that escapes nothing
+    (``saga_kit.http.path_text``): the server read them as U+FFFD, or as they came, so
+    two paths were one account or key (attack trials)."""
     try:
         path_text(request.scope)
-    except ValueError as not_utf8:
-        detail = {"loc": ["path", "account_id"], "msg": str(not_utf8), "type": "value_error"}
+    except ValueError as unreadable:
+        detail = {"loc": ["path", name], "msg": str(unreadable), "type": "value_error"}
         raise InvalidRequest([detail]) from None
-    return _checked(_account_id, account_id, "path", "account_id")
+    return _checked(adapter, value, "path", name)
+
+
+def account_id_in_path(request: Request, account_id: str) -> str:
+    """The path's ``account_id`` (``AccountId``), as ``_in_path`` reads it."""
+    return _in_path(request, _account_id, account_id, "account_id")
 
 
 AccountIdDep = Annotated[str, Depends(account_id_in_path)]
@@ -229,11 +236,11 @@ async def post_charge(body: ChargeIn, key: KeyDep, engine: EngineDep) -> JSONRes
     response_model=ChargeView,
     responses={404: error_doc("no charge under this key (`no_such_charge`)"), **_INVALID, **_FAULTS},
 )
-async def get_charge(idempotency_key: str, engine: EngineDep) -> JSONResponse:
+async def get_charge(request: Request, idempotency_key: str, engine: EngineDep) -> JSONResponse:
     """The charge made under ``idempotency_key`` as it is now: declined ones too (``status``
     ``declined``, ``decline_code``), and ``refunded: true`` once refunded. How a client that
     lost an answer finds out whether it was charged."""
-    key = _checked(_key, idempotency_key, "path", "idempotency_key")
+    key = _in_path(request, _key, idempotency_key, "idempotency_key")
     charge = await ledger.get_charge(engine, key)
     if charge is None:
         raise NoSuchCharge()
@@ -279,9 +286,9 @@ async def post_refund(body: RefundIn, key: KeyDep, engine: EngineDep) -> JSONRes
     response_model=RefundView,
     responses={404: error_doc("no refund under this key (`no_such_refund`)"), **_INVALID, **_FAULTS},
 )
-async def get_refund(idempotency_key: str, engine: EngineDep) -> JSONResponse:
+async def get_refund(request: Request, idempotency_key: str, engine: EngineDep) -> JSONResponse:
     """The refund made under ``idempotency_key``."""
-    key = _checked(_key, idempotency_key, "path", "idempotency_key")
+    key = _in_path(request, _key, idempotency_key, "idempotency_key")
     found = await ledger.get_refund(engine, key)
     if found is None:
         raise NoSuchRefund()

@@ -464,16 +464,25 @@ def header_text(value: str) -> str:
         raise ValueError("must be text in UTF-8") from None
 
 
+#: A ``%`` that does not begin an escape: a ``%`` not followed by two hex digits.
+_BARE_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+
 def path_text(scope: Scope) -> str:
     """The request's path as the UTF-8 text its percent-decoded bytes are. Raises
-    ``ValueError`` ("must be text in UTF-8") for bytes that are not UTF-8: the ASGI server
+    ``ValueError`` for bytes that are not UTF-8 ("must be text in UTF-8"): the ASGI server
     decodes them with U+FFFD in their place, so ``%ff%fe`` and ``%fe%ff`` were one path (an
-    attack trial: one account of the payment provider's simulator)."""
+    attack trial: one account of the payment provider's simulator); and for a ``%`` that
+    escapes nothing (RFC 3986 §2.1), which it keeps as it came, so ``%zz`` and ``%25zz``
+    were one path (a second attack trial)."""
     raw = scope.get("raw_path")
     if raw is None:
         return str(scope["path"])
+    raw = raw.partition(b"?")[0]
+    if _BARE_PERCENT.search(raw):
+        raise ValueError("a % in the path must begin an escape of two hex digits (%25 for a %)")
     try:
-        return unquote_to_bytes(raw.partition(b"?")[0]).decode("utf-8")
+        return unquote_to_bytes(raw).decode("utf-8")
     except UnicodeError:
         raise ValueError("must be text in UTF-8") from None
 

@@ -271,6 +271,10 @@ async def test_invalid_requests_are_refused_and_change_nothing(provider: httpx.A
         r = await provider.request(method, "/v1/accounts/%ff%fe?x=1", json={"balance": "1.00"})
         assert (r.status_code, r.json()["details"][0]["loc"]) == (422, ["path", "account_id"]), r.text
         assert r.json()["details"][0]["msg"] == "must be text in UTF-8"
+    # …and a key's, of a charge or a refund; a % that escapes nothing was read as it came
+    for path in ("/v1/charges/%ff", "/v1/refunds/r%fe", "/v1/accounts/%zz", "/v1/charges/k%2"):
+        r = await provider.get(path)
+        assert (r.status_code, r.json()["details"][0]["loc"][0]) == (422, "path"), (path, r.text)
     tail = uid("")  # UTF-8 is read as such
     r = await provider.put(f"/v1/accounts/caf%C3%A9{tail}", json={"balance": "1.00"})
     assert r.json()["account_id"] == f"caf\u00e9{tail}"
