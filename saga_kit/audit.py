@@ -47,6 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
@@ -147,8 +148,17 @@ def request_path(scope: Scope) -> str:
     was an entry of 128,000, and a NUL or a U+202E went into it as it came (an attack trial)."""
     # a backslash escaped too, and a newline: "/x%00y" (a NUL) and "/x%5Cx00y" (a backslash,
     # then "x00") were one entry, "/x\\x00y" (a second attack trial)
-    escaped = scope["path"].replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
-    return printable(escaped, PATH_CHARACTERS)
+    path: str = scope["path"]
+    raw = scope.get("raw_path")
+    if raw is not None and "\ufffd" in path:
+        # the server put U+FFFD for bytes that are not UTF-8: "/x%ff%fe" and "/x%EF%BF%BD%EF%BF%BD"
+        # were one entry (a third attack trial); the bytes themselves are kept, as \xff
+        # (a backslash is never part of a UTF-8 sequence: doubled first, it stays told apart)
+        sent = unquote_to_bytes(raw.partition(b"?")[0]).replace(b"\\", b"\\\\")
+        text = sent.decode("utf-8", "backslashreplace")
+    else:
+        text = path.replace("\\", "\\\\")
+    return printable(text.replace("\n", "\\n").replace("\t", "\\t"), PATH_CHARACTERS)
 
 
 def call_audit(scope: Scope) -> CallAudit:

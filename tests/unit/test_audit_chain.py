@@ -60,3 +60,20 @@ def test_an_entrys_path_tells_apart_what_it_escapes_from_what_was_sent_so() -> N
         assert all(ch.isprintable() for ch in entry(escaped) + entry(literal))
     assert entry("/x\x00y") == "/x\\x00y" and entry("/x\\x00y") == "/x\\\\x00y"
     assert entry("/products/café") == "/products/café"
+
+
+def test_an_entrys_path_keeps_bytes_that_are_not_utf8_apart_from_u_fffd() -> None:
+    """A third attack trial: the server reads ``%ff`` as U+FFFD, so ``/orders/x%ff%fe/cancel``
+    and ``/orders/x%EF%BF%BD%EF%BF%BD/cancel`` (two U+FFFD sent) were one entry."""
+    from urllib.parse import unquote
+
+    from saga_kit.audit import request_path
+
+    def entry(raw: bytes) -> str:
+        return request_path({"path": unquote(raw.decode("ascii"), errors="replace"), "raw_path": raw})
+
+    sent = entry(b"/orders/x%ff%fe/cancel")
+    assert sent == "/orders/x\\xff\\xfe/cancel"
+    assert entry(b"/orders/x%EF%BF%BD%EF%BF%BD/cancel") == "/orders/x\ufffd\ufffd/cancel" != sent
+    assert entry(b"/x%5Cxff%ff") == "/x\\\\xff\\xff"  # a backslash sent is still doubled
+    assert entry(b"/caf%C3%A9%0A") == "/caf\u00e9\\n"
