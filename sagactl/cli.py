@@ -791,11 +791,14 @@ def _status(status: str) -> Text:
     return _text(status, STATUS_STYLE.get(status, ""))
 
 
-def _text(said: Any, style: str = "") -> Text:
+def _text(said: Any, style: str = "", limit: int = 10_000) -> Text:
     """What a service said, as a terminal may show it: a string with its control characters
     made visible (``events.values.printable``; an attack trial: an escape sequence in an
-    answer reached the terminal), anything else as compact JSON; never read as markup."""
-    return Text(printable(_compact(said), 10_000), style=style)
+    answer reached the terminal) and the line and paragraph separators U+2028 and U+2029
+    too (one broke a table's row in two: a second attack trial), anything else as compact
+    JSON, cut to ``limit`` characters; never read as markup."""
+    shown = printable(_compact(said), limit).replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return Text(shown, style=style)
 
 
 #: Columns of a fixed, short content (ids, states, amounts, ages): never wrapped.
@@ -2501,8 +2504,8 @@ def audit_list(
     ] = None,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Audit entries of every service, newest first: when, who (the token's subject; wide:
-    its role too), what, on which resource, and how it ended. A service whose trail
+    """Audit entries of every service, newest first: when, who (the token's subject and
+    its role), what, on which resource, and how it ended. A service whose trail
     could not be read is missing, and said on stderr, and the exit code is as 'dlq
     list's. A service that had more than --limit says so, with the --before that shows
     its next page. 'audit verify' checks the trails' hashes."""
@@ -2543,33 +2546,39 @@ def audit_list(
     each.end("its audit entries are not listed")
 
 
+#: The most characters of an entry's field ``audit list`` shows in text (``-o wide``: all).
+AUDIT_CELL_CHARACTERS = 80
 #: An order's (or any UUID's) id in an entry's resource.
 _AN_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
 
 
 def _audit_table(entries: list[dict[str, Any]], output: Output, only: Sequence[str] | None) -> RenderableType:
-    """text: service, seq, who, what, resource, outcome, age; wide adds the role, the
-    request (its trace id) and a compensation's cause, and shows the time itself."""
+    """text: service, seq, who, role, what, resource, outcome, age (each field cut to
+    ``AUDIT_CELL_CHARACTERS``); wide adds the request (its trace id) and a compensation's
+    cause, and shows every field whole and the time itself."""
     if not entries:
         return "no audit entries" + (f" in {', '.join(only)}" if only else "")
     wide = output is Output.wide
     now = datetime.now(UTC)
-    columns = [_fixed("service"), _fixed("seq", "right"), _free("who")]
-    if wide:
-        columns.append(_fixed("role"))
+    # the role always: a token's subject may be anything, "operator", "anonymous" or
+    # "service:inventory_svc" (an attack trial's customer tokens), and only it tells
+    columns = [_fixed("service"), _fixed("seq", "right"), _free("who"), _fixed("role")]
     columns += [_free("what"), _free("resource"), _free("outcome")]
     if wide:
         columns += [_fixed("request"), _fixed("cause")]
     columns.append(_fixed("at", "left") if wide else _fixed("age", "right"))
     table = Table(*columns)
     for e in entries:
-        row: list[RenderableType] = [e["service"], str(e["seq"]), _text(e.get("actor", "?"))]
-        if wide:
-            row.append(_text(e.get("role", "")))
+        # text cuts what anyone may send (a path: up to 1,024 characters, 85 lines at 80
+        # columns, an attack trial); wide shows it whole
+        cut = 10_000 if wide else AUDIT_CELL_CHARACTERS
+        row: list[RenderableType] = [e["service"], str(e["seq"]), _text(e.get("actor", "?"), limit=cut)]
+        row.append(_text(e.get("role", "")))
         resource = str(e.get("resource", ""))
         if not wide:  # an order's id shortened, as every table shows it
             resource = _AN_ID.sub(lambda found: found.group()[:SHORT_ID], resource)
-        row += [_text(e.get("action", "?")), _text(resource), _text(e.get("outcome", ""))]
+        row += [_text(e.get("action", "?"), limit=cut), _text(resource, limit=cut)]
+        row.append(_text(e.get("outcome", ""), limit=cut))
         if wide:
             row += [_text(e.get("request_id") or ""), _text(e.get("cause") or "")]
         at = e.get("at")

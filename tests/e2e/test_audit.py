@@ -96,7 +96,9 @@ def test_sagactl_lists_the_newest_entries_and_pages_back(
 ) -> None:
     """Reading who did what took curl and GET /audit (a newcomer trial): ``sagactl audit
     list`` shows the newest entries of every service, newest first, and pages back."""
-    products, customers = seed(client, uid, {"oak": ("2.00", 5)}, {"max": "20.00"})
+    products, customers = seed(
+        client, uid, {n: ("2.00", 5) for n in ("oak", "elm", "ash", "fir")}, {"max": "20.00"}
+    )
     order_id = client.place_order(customers["max"], {products["oak"]: 1})
     listed = sagactl(system, "audit", "list", "--limit", "1000", "-o", "json")
     assert listed.returncode == 0, listed.stderr
@@ -121,6 +123,20 @@ def test_sagactl_lists_the_newest_entries_and_pages_back(
         for more in ([], ["--before", hint.group(1)])
     ]
     assert [e["seq"] for p in pages for e in p] == newest[::-1], pages
+    # what anyone may send is shown cut, its separators escaped; a customer who calls
+    # herself "operator" is shown a customer (an attack trial)
+    sent = httpx.post(f"{system.url('order_svc')}/\u2028{'B' * 3000}")
+    assert sent.status_code == 404
+    pretender = {"Authorization": f"Bearer {system.token('operator', roles=('customer',))}"}
+    cancel = httpx.post(f"{system.url('order_svc')}/orders/{order_id}/cancel", headers=pretender)
+    assert cancel.status_code == 404
+    latest = sagactl(system, "audit", "list", "--service", "order", "--limit", "2", columns=80)
+    assert latest.returncode == 0, latest.stderr
+    assert len(latest.stdout.splitlines()) < 20, latest.stdout
+    latest = sagactl(system, "audit", "list", "--service", "order", "--limit", "2")  # 250 columns
+    assert "/\\u2028BBB" in latest.stdout and "\u2028" not in latest.stdout, latest.stdout
+    rows = [ln for ln in latest.stdout.splitlines() if "operator" in ln]
+    assert rows and all("customer" in ln for ln in rows), latest.stdout
     # a customer may not read it
     refused = sagactl(system, "audit", "list", token=system.token("ann", roles=("customer",)))
     assert refused.returncode == 1 and "403" in refused.stderr and refused.stdout == ""
