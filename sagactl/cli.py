@@ -127,6 +127,14 @@ class _GlobalOptionsGroup(typer.core.TyperGroup):
             else:
                 command.invoke = _checking_what_was_given(command.invoke)  # type: ignore[method-assign,assignment]
 
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        """sagactl's own options read; ``sagactl --help`` is printed here, before
+        ``invoke``: its reader gone, it ends as ``invoke`` says."""
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except BrokenPipeError:
+            _reader_gone()
+
     def invoke(self, ctx: Any) -> Any:  # a click.Context of typer's own copy of click
         """The command; a reader of its output that stopped reading ends it
         (``_reader_gone``); a value refused as the command's options are read is said in

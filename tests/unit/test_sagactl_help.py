@@ -1616,3 +1616,16 @@ def test_tail_without_from_start_shows_no_event_from_before_it_began_when_it_res
     served.join(5)
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["seq"] for line in result.stdout.splitlines()] == [5, 4, 6]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["audit", "--help"], ["place", "-h"]])
+def test_help_whose_reader_is_gone_ends_as_sigpipe_would(args: list[str]) -> None:
+    """``sagactl --help | head -1``: exit 1, click's (an attack trial: the sub-commands'
+    help already gave 141, the top level's is printed before the command runs)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sagactl", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before a line is written
+    said = proc.stderr.read()
+    assert (proc.wait(timeout=60), said) == (141, ""), args
