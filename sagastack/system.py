@@ -356,7 +356,7 @@ class System:
     instances: int = 1
     _http: httpx.Client | None = field(default=None, init=False, repr=False)
     _claim: RunDirectoryClaim | None = field(default=None, init=False, repr=False)
-    _made_run_dir: bool = field(default=False, init=False, repr=False)
+    _made_run_dir: Path | None = field(default=None, init=False, repr=False)
     _watchdog: Watchdog | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -367,7 +367,10 @@ class System:
         if self.kafka_sasl_ssl and self.broker_kind != "kafka":
             raise ValueError("kafka_sasl_ssl needs Apache Kafka (broker_kind='kafka')")
         self.run_dir = self.run_dir.resolve()
-        self._made_run_dir = not self.run_dir.exists()
+        # the outermost directory this makes (None: the run directory was there)
+        self._made_run_dir = next(
+            (d for d in reversed([self.run_dir, *self.run_dir.parents]) if not d.exists()), None
+        )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.pids = PidFile(self.run_dir / "pids.json")
 
@@ -411,12 +414,16 @@ class System:
     def give_up(self) -> None:
         """Let go of a run directory claimed (``claim``) for a start refused before anything
         started (a port taken, a bad setting): the claim released and, when this system made
-        the directory, the directory removed if its claim is all it holds. A second ``make
-        run`` refused so used to leave a directory with only ``owner.lock`` in it (a trial)."""
+        the directory, the directory removed if its claim is all it holds, with the parents
+        it made for it. A second ``make run`` refused so used to leave a directory with only
+        ``owner.lock`` in it (a trial)."""
         self.stop()
-        if self._made_run_dir and [p.name for p in self.run_dir.iterdir()] == ["owner.lock"]:
+        if self._made_run_dir is not None and [p.name for p in self.run_dir.iterdir()] == ["owner.lock"]:
             (self.run_dir / "owner.lock").unlink()
-            self.run_dir.rmdir()
+            for made in [self.run_dir, *self.run_dir.parents]:  # and the parents it made (a trial)
+                made.rmdir()
+                if made == self._made_run_dir:
+                    break
 
     def stop_leftovers(self) -> None:
         """Stop what an earlier run in this directory left running (its supervisor killed,
