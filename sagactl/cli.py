@@ -779,14 +779,26 @@ def _letter_id(given: str) -> int:
 def _digits_id(given: str, what: str, listed_by: str) -> int:
     """An id of the digits 0-9 only, 1 to 2**63-1 (``_letter_id``); refused naming ``what``
     it should be and the command that lists them (``listed_by``)."""
+    return _digits(given, 1, 2**63 - 1, what, f" ({listed_by})")
+
+
+def _digits(given: str, low: int, high: int | None, what: str, where: str = "") -> int:
+    """``given`` as a whole number of the digits 0-9 only, ``low`` to ``high`` (None: no
+    end), or a usage error saying it is not ``what`` (and ``where`` such numbers are found)."""
     if not (given.isascii() and given.isdigit()):
-        raise typer.BadParameter(
-            f"{printable(repr(given), 40)} is not {what}: the digits 0-9 only ({listed_by})"
-        )
+        raise typer.BadParameter(f"{printable(repr(given), 40)} is not {what}: the digits 0-9 only{where}")
     number = int(given)
-    if not 1 <= number <= 2**63 - 1:
-        raise typer.BadParameter(f"{given[:40]} is not {what}: from 1 to 9223372036854775807 ({listed_by})")
+    if number < low or (high is not None and number > high):
+        span = f"{low} or more" if high is None else f"from {low} to {high}"
+        raise typer.BadParameter(f"{given[:40]} is not {what}: {span}{where}")
     return number
+
+
+def _count(low: int, high: int | None = None) -> Callable[[str | int], int]:
+    """An option's parser of a count, ``low`` to ``high``, of the digits 0-9 only: click's
+    int() read "2_0" as 20, and its refusals were in pydantic's words ("Input should be
+    greater than or equal to 1", an attack trial). The option's default (an int) passes."""
+    return lambda given: given if isinstance(given, int) else _digits(given, low, high, "a count")
 
 
 LetterIdArg = Annotated[
@@ -830,7 +842,9 @@ def dlq_list(
     status: Annotated[
         LetterStatus, typer.Option(case_sensitive=False, help="only letters in this status (all: any)")
     ] = LetterStatus.PENDING,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="the most of each service's")] = 100,
+    limit: Annotated[
+        int, typer.Option(parser=_count(1, 1000), metavar="1-1000", help="the most of each service's")
+    ] = 100,
     before: Annotated[
         int | None,
         typer.Option(
@@ -1781,9 +1795,16 @@ def orders(
         typer.Option(case_sensitive=False, help="only orders in this status"),
     ] = None,
     customer: Annotated[str | None, typer.Option(help="only this customer's orders")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="the most to list")] = 30,
+    limit: Annotated[
+        int, typer.Option(parser=_count(1, 1000), metavar="1-1000", help="the most to list")
+    ] = 30,
     offset: Annotated[
-        int, typer.Option(min=0, max=1_000_000, help="skip that many of the newest (the next page)")
+        int,
+        typer.Option(
+            parser=_count(0, 1_000_000),
+            metavar="0-1000000",
+            help="skip that many of the newest (the next page)",
+        ),
     ] = 0,
     output: OutputOpt = Output.text,
 ) -> None:
@@ -1931,7 +1952,10 @@ def tail(
     from_start: Annotated[
         bool, typer.Option("--from-start", help="replay all recorded events first")
     ] = False,
-    count: Annotated[int | None, typer.Option(min=1, help="stop after this many events")] = None,
+    count: Annotated[
+        int | None,
+        typer.Option(parser=_count(1), metavar="N", help="stop after this many events (1 or more)"),
+    ] = None,
     output: OutputOpt = Output.text,
 ) -> None:
     """Follow every saga's events live, as the order service records them (Ctrl-C stops).
@@ -2501,7 +2525,9 @@ _PAST_THE_NEWEST = 2**63 - 1
 def audit_list(
     ctx: typer.Context,
     service: ServicesOpt = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="the most of each service's")] = 30,
+    limit: Annotated[
+        int, typer.Option(parser=_count(1, 1000), metavar="1-1000", help="the most of each service's")
+    ] = 30,
     before: Annotated[
         int | None,
         typer.Option(

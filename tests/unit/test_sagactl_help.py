@@ -218,6 +218,10 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
         # a choice was refused in pydantic's words: "Value error, 'APROVED' is not one of …"
         (["orders", "--status", "APROVED"], "'--status': 'APROVED' is not one of 'pending', 'approved',"),
         (["dlq", "list", "--status", "x"], "'--status': 'x' is not one of 'pending', 'replayed',"),
+        # a count was read by int(), "2_0" as 20, and refused in pydantic's words (an attack trial)
+        (["audit", "list", "--limit", "2_0"], "'--limit': '2_0' is not a count: the digits 0-9 only"),
+        (["orders", "--limit", "0"], "'--limit': 0 is not a count: from 1 to 1000"),
+        (["orders", "--offset", "+1"], "'--offset': '+1' is not a count: the digits 0-9 only"),
         (["place", "alice", "a/b=1"], "'a/b=1': an id is 1-64 letters, digits and . _ : -"),
         # …and a key with a line break was "sent, and no answer came" (exit 4) of a header
         # httpx refused to send; a key on Kafka was ignored, and a retry placed a second order
@@ -267,7 +271,7 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
         (["publish", "orders.events", "--value", "x", "--bootstrap", "a:1,"], "'' is not host:port"),
         (["publish", "orders.events", "--value", "x", "--bootstrap", "http://127.0.0.1:1"], "'http://"),
         (["publish", "orders.events", "--value", "x", "--bootstrap", "127.0.0.1:1 127.0.0.1:2"], "not host"),
-        (["tail", "--count", "0"], "Invalid value for '--count': Input should be greater than or equal to 1"),
+        (["tail", "--count", "0"], "Invalid value for '--count': 0 is not a count: 1 or more"),
         (["dlq", "replay", "inventory", "0"], "0 is not an id: from 1 to 9223372036854775807"),
         (["dlq", "show", "payment", "99999999999999999999"], "is not an id: from 1 to"),
         # an attack trial: int() read "1_0" as 10, "+1" and " 1" as 1
