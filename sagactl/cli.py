@@ -65,7 +65,7 @@ from rich.panel import Panel
 from rich.table import Column, Table
 from rich.text import Text
 
-from events.values import MAX_DEADLINE_SECONDS, MIN_DEADLINE_SECONDS, printable, storable
+from events.values import MAX_DEADLINE_SECONDS, MAX_LINE_QUANTITY, MIN_DEADLINE_SECONDS, printable, storable
 from order_svc.domain import CANCEL_REQUESTED, ORDER_ID_PREFIX, OrderStatus, transition
 from saga_kit import auditchain
 from saga_kit.auth import POLICY, SUBJECT_RULE, WITHHELD, DevIssuer, Role, is_subject
@@ -1204,6 +1204,8 @@ def place(
         product, sep, quantity = item.partition("=")
         if not sep or not (quantity.isascii() and quantity.isdigit()) or int(quantity) < 1:
             _fail(f"{item!r}: expected product=quantity, a whole number of 1 or more, e.g. widget=2", USAGE)
+        if int(quantity) > MAX_LINE_QUANTITY:  # the API's bound, said before anything is sent
+            _fail(f"{item!r}: a line's quantity is at most {MAX_LINE_QUANTITY:,}", USAGE)
         try:  # as balances and forget check theirs (a newcomer trial: 'a/b' was sent, and refused)
             _check_external_id(product)
         except typer.BadParameter as bad:

@@ -223,6 +223,7 @@ def test_health_with_no_service_reachable_exits_3_as_every_command_does() -> Non
         (["orders", "--limit", "0"], "'--limit': 0 is not a count: from 1 to 1000"),
         (["orders", "--offset", "+1"], "'--offset': '+1' is not a count: the digits 0-9 only"),
         (["place", "alice", "a/b=1"], "'a/b=1': an id is 1-64 letters, digits and . _ : -"),
+        (["place", "alice", "w=10001"], "'w=10001': a line's quantity is at most 10,000"),
         # …and a key with a line break was "sent, and no answer came" (exit 4) of a header
         # httpx refused to send; a key on Kafka was ignored, and a retry placed a second order
         (
