@@ -421,7 +421,10 @@ class System:
         if self._made_run_dir is not None and [p.name for p in self.run_dir.iterdir()] == ["owner.lock"]:
             (self.run_dir / "owner.lock").unlink()
             for made in [self.run_dir, *self.run_dir.parents]:  # and the parents it made (a trial)
-                made.rmdir()
+                try:
+                    made.rmdir()
+                except OSError:  # something else was put there meanwhile: it stays
+                    break
                 if made == self._made_run_dir:
                     break
 
