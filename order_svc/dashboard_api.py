@@ -22,6 +22,7 @@ from events.values import printable
 from order_svc import statuscounts
 from order_svc.domain import OrderStatus
 from order_svc.settings import Settings
+from saga_kit import tracing
 from saga_kit.deadletters import DeadLetter, DeadLetterSummary, LetterId, ReplayResult, StatusFilter
 from saga_kit.errors import DomainRejection
 from saga_kit.http import IN_DIGITS, AnyCase, CheckResult, DatabaseDep, errors, upstream_unavailable
@@ -97,6 +98,9 @@ async def _call(
     authorization = request.headers.get("authorization")
     headers = {"Authorization": authorization} if authorization else {}
     headers[MEANT_FOR] = service  # a URL that is another service's is its 421, not its data
+    traceparent = tracing.current_traceparent()
+    if traceparent is not None:  # the service's own trace links to the dashboard call's (W3C)
+        headers["traceparent"] = traceparent
     if service == "order_svc":
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=request.app), base_url="http://127.0.0.1", headers=headers

@@ -65,6 +65,15 @@ _UNTRACED = (
 )
 
 
+def _untraced(scope: Scope) -> bool:
+    """A read of a probe, a scrape or a page (``_UNTRACED``). A call that changes something
+    is traced wherever it is, so that its audit entry names its trace: the dashboard's
+    replay and discard of a dead letter had none, and nothing linked the order service's
+    entry to the service's own (an operator trial)."""
+    path = str(scope.get("path", ""))
+    return scope.get("method") in ("GET", "HEAD", "OPTIONS") and path.startswith(_UNTRACED)
+
+
 class Problem(BaseModel):
     """The body of every error answer but a 422: what went wrong, for people, and a
     ``reason`` that programs can rely on (``not_found``, ``order_not_cancellable``, …)."""
@@ -1517,7 +1526,7 @@ def create_app(
             "operation_spans": False,
             "metrics": False,
             "logs": False,
-            "exclude": lambda scope: str(scope.get("path", "")).startswith(_UNTRACED),
+            "exclude": _untraced,
         },
     )
     app.state.db = db

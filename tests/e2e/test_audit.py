@@ -258,3 +258,23 @@ def test_a_call_refused_before_its_route_names_its_caller_when_the_token_is_vali
     assert ("POST /orders", "400", customer) in mine, mine
     deleted = [e for e in found if e["action"].startswith("DELETE") and e["outcome"] == "405"]
     assert customer in [e["actor"] for e in deleted], deleted
+
+
+def test_a_call_through_the_dashboards_api_is_traced_and_audited_with_its_trace(system: System) -> None:
+    """The dashboard's replay of a dead letter had no trace (every /dashboard path was left
+    untraced, as its pages are): its audit entry named no request (an operator trial)."""
+    answer = system.http.post(
+        f"{system.url('order_svc')}/dashboard/api/dead-letters/inventory_svc/{2**62}/replay",
+        headers=system.auth("operator"),
+    )
+    assert answer.status_code == 404, answer.text
+    trace_id = answer.headers["X-Trace-Id"]
+    (entry,) = [
+        e
+        for e in entries(system, "order_svc")
+        if e["action"] == "POST /dashboard/api/dead-letters/{service}/{letter_id}/replay"
+        and e["request_id"] == trace_id
+    ]
+    assert (entry["actor"], entry["outcome"]) == ("operator", "404")
+    page = system.http.get(f"{system.url('order_svc')}/dashboard")  # a page stays untraced
+    assert page.status_code == 200 and "X-Trace-Id" not in page.headers
