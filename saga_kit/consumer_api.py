@@ -23,12 +23,17 @@ class ConsumerState(BaseModel):
     retrying_transient_failure: bool
     #: seconds the batch in flight has been in the pipeline; 0 between batches
     batch_in_flight_seconds: float
-    #: valid events that made a reaction fail: in a row now, and in the recent window
+    #: valid events that made a reaction fail: in a row now, and among the recent events
     handler_errors_in_a_row: int
     handler_errors_recent: int
+    #: the events counted so far in the recent window, at most ``recent_window`` of them
+    #: (an operator trial read a window of 5, so far, as "5 % of the last 5 events")
+    recent_events: int
     recent_window: int
     max_in_a_row: int
+    #: the most of the recent events that may fail, once ``ratio_after`` have been counted
     max_ratio: float
+    ratio_after: int
 
 
 def _state(pipeline: ConsumerPipeline) -> ConsumerState:
@@ -39,9 +44,11 @@ def _state(pipeline: ConsumerPipeline) -> ConsumerState:
         batch_in_flight_seconds=round(pipeline.stats.batch_age(), 3),
         handler_errors_in_a_row=limit.consecutive,
         handler_errors_recent=sum(limit.recent),
-        recent_window=len(limit.recent),
+        recent_events=len(limit.recent),
+        recent_window=limit.window,
         max_in_a_row=limit.max_consecutive,
         max_ratio=limit.max_ratio,
+        ratio_after=limit.min_sample,
     )
 
 

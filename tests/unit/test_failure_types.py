@@ -85,3 +85,19 @@ def test_an_error_is_described_once_with_its_type() -> None:
     refused = kafka.TopicAuthorizationFailedError("topic 'x'")
     assert described(refused) == "[Error 29] TopicAuthorizationFailedError: topic 'x'"
     assert described(kafka.KafkaConnectionError("no broker")) == "KafkaConnectionError: no broker"
+
+
+def test_the_consumer_state_names_the_window_and_what_it_holds_so_far() -> None:
+    """``GET /consumer`` said ``recent_window: 5`` of a window of 1,000 holding 5 events so
+    far, beside ``max_ratio: 0.05`` (an operator trial read "5 % of the last 5 events")."""
+    from types import SimpleNamespace
+
+    from saga_kit.consumer import ConsumerStats
+    from saga_kit.consumer_api import _state
+
+    limit = HandlerErrorLimit()
+    limit.handled(4)
+    assert limit.admit() is None
+    state = _state(SimpleNamespace(handler_errors=limit, stats=ConsumerStats()))  # type: ignore[arg-type]
+    assert (state.handler_errors_recent, state.recent_events, state.recent_window) == (1, 5, 1000)
+    assert (state.max_ratio, state.ratio_after, state.max_in_a_row) == (0.05, 100, 10)
