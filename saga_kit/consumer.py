@@ -599,7 +599,6 @@ class ConsumerPipeline:
         dead-letter topic (once: a redelivered record is not stored twice); ``order_id``:
         the saga it belongs to, when its envelope was read."""
         reason = dead_letter_reason(reason)
-        log.error("dead letter from %s: %s", record.where(), reason)
         header_keys, header_values = kafka_headers.to_columns(record.headers)
         inserted = await uow.conn.scalar(
             text(
@@ -620,7 +619,12 @@ class ConsumerPipeline:
                 "oid": order_id,
             },
         )
-        if inserted is not None:
+        # its id, as sagactl dlq show and replay take it (an operator trial matched the
+        # line to its letter by the topic, partition and offset)
+        if inserted is None:
+            log.error("dead letter from %s (kept already): %s", record.where(), reason)
+        else:
+            log.error("dead letter %d from %s: %s", inserted, record.where(), reason)
             uow.emit_raw(
                 topic=dead_letter_topic(self.service), **_copy_for_topic(record, reason, self.service)
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -174,3 +175,23 @@ def test_production_refuses_missing_or_development_keys(keys: Path, tmp_path: Pa
         signing.load_keys("payment_svc", pem, "order_svc-x", trust, production=False)
     # development: keys are optional
     assert signing.load_keys("payment_svc", None, None, None, production=False) == (None, None)
+
+
+async def test_a_dead_letters_log_line_names_its_id(
+    payment: ServiceUnderTest, keys: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What ``sagactl dlq show`` and ``replay`` take: an operator trial matched the line to
+    its letter by topic, partition and offset."""
+    consumer = pipeline_for(payment, signing.load_verifier(keys / "trust.json"))
+    unsigned = signed(None, INVENTORY, encode(event(reserved_payload("c", "p"), uuid.uuid4())))
+    with caplog.at_level(logging.ERROR, logger="saga_kit.consumer"):
+        assert await consumer.process(unsigned) is Outcome.DEAD_LETTERED
+        assert await consumer.process(unsigned) is Outcome.DEAD_LETTERED  # delivered again
+    letter_id = await payment.scalar(
+        "SELECT id FROM dead_letters WHERE source_topic = :t AND source_offset = :o",
+        t=unsigned.topic,
+        o=unsigned.offset,
+    )
+    lines = [r.getMessage() for r in caplog.records if "dead letter" in r.getMessage()]
+    assert lines[0].startswith(f"dead letter {letter_id} from {unsigned.where()}: bad_signature"), lines
+    assert lines[1].startswith(f"dead letter from {unsigned.where()} (kept already): bad_signature"), lines
