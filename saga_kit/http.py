@@ -1391,10 +1391,13 @@ def _failed_check(exc: Exception) -> CheckResult:
     """The result of a check that raised ``exc``: ``Degraded`` passes, with the reason."""
     if isinstance(exc, Degraded):
         return CheckResult(ok=True, degraded=printable(str(exc), 1000))
-    # a failing check is the answer, not an error
-    return CheckResult(
-        ok=False, error=printable(str(exc) if isinstance(exc, NotReady) else described(exc), 1000)
-    )
+    if isinstance(exc, NotReady):
+        return CheckResult(ok=False, error=printable(str(exc), 1000))
+    # a failing check is the answer, not an error: its first line, which says what failed;
+    # the driver's hints and SQLAlchemy's "(Background on this error at: …)" after it made
+    # sagactl health ~90 lines at 80 columns while the database was away (an operator trial)
+    said = described(exc).strip().splitlines()
+    return CheckResult(ok=False, error=printable(said[0] if said else type(exc).__name__, 1000))
 
 
 def _withheld(result: CheckResult) -> CheckResult:

@@ -83,8 +83,21 @@ async def test_a_check_that_hangs_or_fails_without_words_is_named() -> None:
     async def says_why() -> None:  # a check's own verdict
         raise NotReady("outbox relay is retrying: [Error 7] RequestTimedOutError")
 
+    async def says_much() -> None:  # as SQLAlchemy's errors about psycopg's do (an operator trial)
+        raise OSError(
+            "(psycopg.OperationalError) connection failed: Connection refused\n\tIs the server running"
+            " on that host?\n(Background on this error at: https://sqlalche.me/e/20/e3q8)"
+        )
+
     answer = await _ready(
-        {"database": hangs, "broker": times_out, "relay": fine, "kafka": names_itself, "outbox": says_why}
+        {
+            "database": hangs,
+            "broker": times_out,
+            "relay": fine,
+            "kafka": names_itself,
+            "outbox": says_why,
+            "pool": says_much,
+        }
     )
     assert answer.status_code == 503
     assert answer.json()["checks"] == {
@@ -95,6 +108,11 @@ async def test_a_check_that_hangs_or_fails_without_words_is_named() -> None:
         "kafka": {"ok": False, "error": "KafkaError: Unable to get cluster metadata over all known brokers"},
         # not "RuntimeError: outbox relay …" (an operator trial)
         "outbox": {"ok": False, "error": "outbox relay is retrying: [Error 7] RequestTimedOutError"},
+        # its first line: what failed (the rest made sagactl health ~90 lines long)
+        "pool": {
+            "ok": False,
+            "error": "OSError: (psycopg.OperationalError) connection failed: Connection refused",
+        },
     }
 
 
