@@ -69,6 +69,10 @@ LEEWAY_SECONDS = 30
 #: The longest ``sub`` taken, in characters (RFC 7519 §4.1.2 sets none; OpenID Connect
 #: Core §2 caps its subject identifiers at 255 ASCII characters).
 MAX_SUBJECT_LENGTH = 255
+#: The latest NumericDate a token's ``exp``, ``iat`` or ``nbf`` may be: 9999-12-31T23:59:59Z.
+#: A signed token with ``exp`` 10**309 was a 500 and a traceback in every service, and a
+#: command carrying it a dead letter, not a refusal (an attack trial): no float holds it.
+MAX_NUMERIC_DATE = 253_402_300_799
 #: Verified tokens kept per process (module doc).
 VERIFIED_TOKENS = 10_000
 #: What a token's ``sub`` must be, in words.
@@ -485,6 +489,10 @@ class TokenVerifier:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
                 raise Unauthorized(
                     "invalid_token", f"the token's {claim} claim is not a number (RFC 7519 §2: NumericDate)"
+                )
+            if value is not None and abs(value) > MAX_NUMERIC_DATE:  # no float holds 10**309
+                raise Unauthorized(
+                    "invalid_token", f"the token's {claim} claim is out of range (beyond the year 9999)"
                 )
         roles = claims.get("roles")
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):

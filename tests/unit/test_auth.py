@@ -317,6 +317,9 @@ async def test_a_subject_that_is_no_name_is_an_invalid_token(tmp_path: Path, sub
         # PyJWT reads a numeric string as a number; RFC 7519 §2's NumericDate is a JSON number
         ("exp", "4102444800", "the token's exp claim is not a number"),
         ("iat", "1", "the token's iat claim is not a number"),
+        # no float holds it: a 500 and a traceback in every service (an attack trial)
+        ("exp", 10**309, "the token's exp claim is out of range (beyond the year 9999)"),
+        ("nbf", -(10**309), "the token's nbf claim is out of range"),
     ],
 )
 async def test_a_malformed_claim_is_named_in_words(tmp_path: Path, claim: str, value: Any, said: str) -> None:
