@@ -193,10 +193,17 @@ _DOCS_POLICY = (
 _DOCS_PAGES = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
 
 
+#: An answer that says nothing of caching is not stored (RFC 9111 §5.2.2.5): an order's
+#: answer carries its customer's e-mail and address, and none said so (an attack trial;
+#: shared caches keep nothing asked with an Authorization header anyway, RFC 9111 §3.5).
+_NO_STORE = (b"cache-control", b"no-store")
+
+
 class ExtraHeaders:
-    """Adds ``X-Trace-Id`` (the request's trace) to every answer, and the docs pages'
-    Content-Security-Policy to theirs (pure ASGI: no per-request task or body buffering,
-    unlike a ``BaseHTTPMiddleware``); links the request's span to a caller's
+    """Adds ``X-Trace-Id`` (the request's trace) to every answer, ``Cache-Control:
+    no-store`` to one that sets no ``Cache-Control`` of its own (``_NO_STORE``), and the
+    docs pages' Content-Security-Policy to theirs (pure ASGI: no per-request task or body
+    buffering, unlike a ``BaseHTTPMiddleware``); links the request's span to a caller's
     ``traceparent`` it did not continue (``saga_kit.tracing.link_caller``)."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -214,8 +221,10 @@ class ExtraHeaders:
             extra.append(_DOCS_POLICY)
 
         async def with_extra(message: Message) -> None:
-            if extra and message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *extra]
+            if message["type"] == "http.response.start":
+                headers = message.get("headers", [])
+                stored = [_NO_STORE] if not any(k.lower() == b"cache-control" for k, _ in headers) else []
+                message["headers"] = [*headers, *extra, *stored]
             await send(message)
 
         await self.app(scope, receive, with_extra)

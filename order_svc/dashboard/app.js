@@ -261,7 +261,7 @@ async function loadSaga() {
   const settled = { true: "everything owed was done", false: "something is still owed", null: "saga in flight" };
   box.append(el("div", { class: "legend", id: "saga-settled" }, `${settled[String(why.settled)]} · trace ${saga.trace_id || "—"}`));
   box.append(swimlanes(saga.events));
-  box.append(el("div", { class: "legend" }, "● step · ", el("span", { style: "color: var(--bad)" }, "● compensation"),
+  box.append(el("div", { class: "legend" }, "● step · ", el("span", { class: "comp-mark" }, "● compensation"),
     " · in the order they happened, +ms since the saga started · arrows: which event caused which · click an event for its envelope"));
   const table = el("table", { class: "events" },
     el("colgroup", {}, el("col", { class: "c-ms" }), el("col", { class: "c-type" }), el("col", { class: "c-service" }), el("col")),

@@ -269,6 +269,14 @@ def test_a_cancelled_saga_from_the_page_labels_apart_and_envelopes_on_click(
     products, customers = seed(client, uid, {"kite": ("4.00", 5)}, {"ora": "20.00"})
     order_id = client.place_order(customers["ora"], {products["kite"]: 2})
     client.wait_for_events(order_id, {"OrderApproved", "InventoryCommitted"}, 60)
+    # what the page's Content-Security-Policy refuses (nothing, or the page breaks)
+    browser.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument",
+        {
+            "source": "window.__refused = []; document.addEventListener('securitypolicyviolation',"
+            " e => window.__refused.push(e.violatedDirective + ' ' + e.blockedURI));"
+        },
+    )
     open_dashboard(browser, system)
     select_order(browser, order_id)
     times = texts(browser, "#saga-times")[0]
@@ -291,6 +299,7 @@ def test_a_cancelled_saga_from_the_page_labels_apart_and_envelopes_on_click(
         what="the saga cancelled and compensated, live",
     )
     assert not browser.find_elements(By.ID, "saga-cancel")  # a cancelled order cannot be cancelled
+    assert browser.execute_script("return window.__refused") == []
     boxes = browser.execute_script(
         f"return {LABEL_BOXES}(arguments[0])", browser.find_element(By.ID, "swimlanes")
     )

@@ -346,3 +346,25 @@ def test_an_idempotency_key_is_utf8_text(system: System, client: SagaClient, uid
         refused = system.http.post(url, json=order, headers={"Idempotency-Key": sent})
         assert refused.status_code == 422, refused.text
         assert said in refused.json()["detail"][0]["msg"], refused.text
+
+
+def test_an_answer_is_not_stored_and_the_dashboard_is_not_framed(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """An order's answer carries its customer's e-mail and address, and no answer said not
+    to store it; the dashboard page, which holds an operator's token, had no policy against
+    framing (an attack trial)."""
+    products, customers = seed(client, uid, {"fig": ("1.00", 3)}, {"pia": "5.00"})
+    order_id = client.place_order(customers["pia"], {products["fig"]: 1})
+    for url in (
+        f"{system.url('order_svc')}/orders/{order_id}",
+        f"{system.url('order_svc')}/orders",
+        f"{system.url('payment_svc')}/accounts/{customers['pia']}",
+        f"{system.url('inventory_svc')}/products/{products['fig']}",
+        f"{system.url('order_svc')}/orders/{uuid.uuid4()}",  # an error too
+    ):
+        assert system.http.get(url).headers["cache-control"] == "no-store", url
+    page = system.http.get(f"{system.url('order_svc')}/dashboard")
+    assert page.headers["cache-control"] == "no-cache"  # its own, kept
+    policy = page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy and "script-src 'self';" in policy
