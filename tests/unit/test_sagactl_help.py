@@ -119,13 +119,13 @@ def test_a_broker_that_cannot_be_reached_is_one_line_on_stderr() -> None:
 
 def test_an_order_refused_before_it_is_sent_names_what_is_wrong_only() -> None:
     """``place … widget=0 --via kafka`` also said the order had no lines (0 is refused
-    before the order is made now; a quantity over the limit is the order's own rule)."""
+    before the order is made now, and a quantity over the limit too)."""
     result = CliRunner().invoke(
         app, ["place", "alice", "widget=10001", "--via", "kafka", "--bootstrap", "127.0.0.1:1"]
     )
     assert result.exit_code == 2
     said = " ".join(result.output.split())
-    assert said == "not a valid order: items[0].quantity: Input should be less than or equal to 10000"
+    assert said == "'widget=10001': a line's quantity is at most 10,000"
 
 
 @pytest.mark.parametrize(
