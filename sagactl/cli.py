@@ -801,6 +801,10 @@ def _count(low: int, high: int | None = None) -> Callable[[str | int], int]:
     return lambda given: given if isinstance(given, int) else _digits(given, low, high, "a count")
 
 
+#: --limit of a list read from every service: how many of each (dlq list, audit list).
+PerServiceLimit = Annotated[
+    int, typer.Option(parser=_count(1, 1000), metavar="1-1000", help="the most of each service's")
+]
 LetterIdArg = Annotated[
     int, typer.Argument(parser=_letter_id, metavar="LETTER_ID", help="the dead letter's id (dlq list)")
 ]
@@ -842,9 +846,7 @@ def dlq_list(
     status: Annotated[
         LetterStatus, typer.Option(case_sensitive=False, help="only letters in this status (all: any)")
     ] = LetterStatus.PENDING,
-    limit: Annotated[
-        int, typer.Option(parser=_count(1, 1000), metavar="1-1000", help="the most of each service's")
-    ] = 100,
+    limit: PerServiceLimit = 100,
     before: Annotated[
         int | None,
         typer.Option(
@@ -2527,9 +2529,7 @@ _PAST_THE_NEWEST = 2**63 - 1
 def audit_list(
     ctx: typer.Context,
     service: ServicesOpt = None,
-    limit: Annotated[
-        int, typer.Option(parser=_count(1, 1000), metavar="1-1000", help="the most of each service's")
-    ] = 30,
+    limit: PerServiceLimit = 30,
     before: Annotated[
         int | None,
         typer.Option(
