@@ -199,11 +199,34 @@ _DOCS_PAGES = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
 _NO_STORE = (b"cache-control", b"no-store")
 
 
+class NoStore:
+    """Adds ``Cache-Control: no-store`` to every answer that sets no ``Cache-Control`` of
+    its own (``_NO_STORE``). Pure ASGI, outermost: the guards' refusals too (a re-check
+    trial found a 400 ``invalid_host``, a 413, a 421 without it). The server's own
+    refusals (431, the parser's 400s) carry it too (``HeadLimitedProtocol``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def not_stored(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.get("headers", [])
+                if not any(k.lower() == b"cache-control" for k, _ in headers):
+                    message["headers"] = [*headers, _NO_STORE]
+            await send(message)
+
+        await self.app(scope, receive, not_stored)
+
+
 class ExtraHeaders:
-    """Adds ``X-Trace-Id`` (the request's trace) to every answer, ``Cache-Control:
-    no-store`` to one that sets no ``Cache-Control`` of its own (``_NO_STORE``), and the
-    docs pages' Content-Security-Policy to theirs (pure ASGI: no per-request task or body
-    buffering, unlike a ``BaseHTTPMiddleware``); links the request's span to a caller's
+    """Adds ``X-Trace-Id`` (the request's trace) to every answer, and the docs pages'
+    Content-Security-Policy to theirs (pure ASGI: no per-request task or body buffering,
+    unlike a ``BaseHTTPMiddleware``); links the request's span to a caller's
     ``traceparent`` it did not continue (``saga_kit.tracing.link_caller``)."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -221,10 +244,8 @@ class ExtraHeaders:
             extra.append(_DOCS_POLICY)
 
         async def with_extra(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = message.get("headers", [])
-                stored = [_NO_STORE] if not any(k.lower() == b"cache-control" for k, _ in headers) else []
-                message["headers"] = [*headers, *extra, *stored]
+            if extra and message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         await self.app(scope, receive, with_extra)
@@ -828,6 +849,7 @@ class HeadLimitedProtocol(HttpToolsProtocol):
             (b"content-type", b"application/json"),
             (b"content-length", b"%d" % len(body)),
             (b"connection", b"close"),
+            _NO_STORE,
             *([(b"server", self.server_name)] if self.server_name else []),
         ]
         return headers, body
@@ -1578,6 +1600,7 @@ def create_app(
     app.add_middleware(HostAllowList, allowed_hosts=settings.http_allowed_hosts)
     app.add_middleware(ServiceIdentity, name=name)
     app.add_middleware(HeadAsGet)
+    app.add_middleware(NoStore)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

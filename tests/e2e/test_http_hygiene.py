@@ -364,6 +364,16 @@ def test_an_answer_is_not_stored_and_the_dashboard_is_not_framed(
         f"{system.url('order_svc')}/orders/{uuid.uuid4()}",  # an error too
     ):
         assert system.http.get(url).headers["cache-control"] == "no-store", url
+    # the guards' and the server's own refusals too (a re-check trial: a 400 invalid_host,
+    # a 413, a 421 had none)
+    health = f"{system.url('order_svc')}/health/live"
+    for headers, status in (
+        ({"Host": "elsewhere.example"}, 400),
+        ({"Saga-Service": "inventory_svc"}, 421),
+        ({"X-Big": "a" * 100_000}, 431),
+    ):
+        refused = httpx.get(health, headers=headers, timeout=10)
+        assert (refused.status_code, refused.headers.get("cache-control")) == (status, "no-store"), headers
     page = system.http.get(f"{system.url('order_svc')}/dashboard")
     assert page.headers["cache-control"] == "no-cache"  # its own, kept
     policy = page.headers["content-security-policy"]

@@ -272,7 +272,14 @@ async def test_invalid_requests_are_refused_and_change_nothing(provider: httpx.A
         assert (r.status_code, r.json()["details"][0]["loc"]) == (422, ["path", "account_id"]), r.text
         assert r.json()["details"][0]["msg"] == "must be text in UTF-8"
     # …and a key's, of a charge or a refund; a % that escapes nothing was read as it came
-    for path in ("/v1/charges/%ff", "/v1/refunds/r%fe", "/v1/accounts/%zz", "/v1/charges/k%2"):
+    # and a last newline, which the route's pattern left out of the id: zz%0A was account zz
+    for path in (
+        "/v1/charges/%ff",
+        "/v1/refunds/r%fe",
+        "/v1/accounts/%zz",
+        "/v1/charges/k%2",
+        "/v1/accounts/z%0A",
+    ):
         r = await provider.get(path)
         assert (r.status_code, r.json()["details"][0]["loc"][0]) == (422, "path"), (path, r.text)
     tail = uid("")  # UTF-8 is read as such
