@@ -188,7 +188,7 @@ _MAYBE_TRANSIENT: tuple[type[Exception], ...] = (
 _DOCS_POLICY = (
     b"content-security-policy",
     b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline';"
-    b" img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:",
+    b" img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; frame-ancestors 'none'",
 )
 _DOCS_PAGES = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
 

@@ -301,6 +301,7 @@ ServicesOpt = Annotated[
     typer.Option(
         "--service",
         "-s",
+        metavar="SERVICE",  # not typer's <list[str]> (a newcomer trial)
         help="only these services: order, inventory, payment (repeatable)",
         callback=lambda v: _check_services(v),
     ),
@@ -818,11 +819,23 @@ def _status(status: str) -> Text:
 def _text(said: Any, style: str = "", limit: int = 10_000) -> Text:
     """What a service said, as a terminal may show it: a string with its control characters
     made visible (``events.values.printable``; an attack trial: an escape sequence in an
-    answer reached the terminal) and the line and paragraph separators U+2028 and U+2029
-    too (one broke a table's row in two: a second attack trial), anything else as compact
-    JSON, cut to ``limit`` characters; never read as markup."""
-    shown = printable(_compact(said), limit).replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-    return Text(shown, style=style)
+    answer reached the terminal) and the invisible ones too (``_ESCAPED_CATEGORIES``),
+    anything else as compact JSON, cut to ``limit`` characters; never read as markup."""
+    shown = printable(_compact(said), limit)
+    return Text("".join(_visible(ch) for ch in shown), style=style)
+
+
+#: Unicode categories a table cell shows escaped, beyond ``printable``'s: format characters
+#: (U+200B, U+FEFF, U+00AD, direction marks), which show nothing, so that two texts differ
+#: on screen when they differ (an attack trial's audit entries looked alike), and the line
+#: and paragraph separators, which broke a row in two.
+_ESCAPED_CATEGORIES = frozenset({"Cf", "Zl", "Zp"})
+
+
+def _visible(ch: str) -> str:
+    if ch.isascii() or unicodedata.category(ch) not in _ESCAPED_CATEGORIES:
+        return ch
+    return ch.encode("unicode_escape").decode("ascii")
 
 
 #: Columns of a fixed, short content (ids, states, amounts, ages): never wrapped.

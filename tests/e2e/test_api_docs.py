@@ -52,6 +52,7 @@ def test_docs_pages_and_every_asset_they_load_come_from_the_service(system: Syst
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), page
             policy = r.headers.get("content-security-policy", "")
             assert "default-src 'self'" in policy and not _URL.search(policy), f"{page}: {policy!r}"
+            assert "frame-ancestors 'none'" in policy, page  # framed by no page (an attack trial)
             elsewhere = [u for u in _URL.findall(r.text) if origin(urljoin(base, u)) != origin(base)]
             assert not elsewhere, f"{service}{page} names other hosts: {elsewhere}"
             links = _Links()

@@ -1634,3 +1634,14 @@ def test_help_whose_reader_is_gone_ends_as_sigpipe_would(args: list[str]) -> Non
     proc.stdout.close()  # the reader is gone before a line is written
     said = proc.stderr.read()
     assert (proc.wait(timeout=60), said) == (141, ""), args
+
+
+def test_a_cell_shows_what_shows_nothing_escaped() -> None:
+    """Two audit entries, ``/orders/x/cancel`` and one with U+200B after the x, looked alike
+    (an attack trial); U+2028 broke a table's row in two (another). Text in other scripts
+    is shown as it is."""
+    from sagactl.cli import _text
+
+    assert _text("/orders/x\u200b/cancel").plain == "/orders/x\\u200b/cancel"
+    assert _text("a\u2028b\u2029c\ufeffd\u00ade\u200ff").plain == "a\\u2028b\\u2029c\\ufeffd\\xade\\u200ff"
+    assert _text("Zoë, 漢字, مرحبا").plain == "Zoë, 漢字, مرحبا"
