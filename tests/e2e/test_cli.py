@@ -265,6 +265,7 @@ def test_the_readmes_try_it_by_hand_works_as_written_on_ports_of_its_own(
     order_id = ran.stdout.rsplit("order=", 1)[1].strip()
     assert f'"order_id":"{order_id}"' in ran.stdout.replace(" ", ""), ran.stdout  # the saga as JSON
     assert "Traceback" not in ran.stderr and "Connection refused" not in ran.stderr, ran.stderr
+    assert "% Total" not in ran.stderr, ran.stderr  # curl's progress meter, when not a terminal
     client.wait_for_events(order_id, {"OrderCancelled"})
     deadline = time.monotonic() + 30  # the compensations follow the cancellation
     while (client.product(widget)["available"], Decimal(client.account(alice)["balance"])) != (5, 100):
