@@ -199,11 +199,9 @@ _DOCS_PAGES = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
 _NO_STORE = (b"cache-control", b"no-store")
 
 
-class NoStore:
-    """Adds ``Cache-Control: no-store`` to every answer that sets no ``Cache-Control`` of
-    its own (``_NO_STORE``). Pure ASGI, outermost: the guards' refusals too (a re-check
-    trial found a 400 ``invalid_host``, a 413, a 421 without it). The server's own
-    refusals (431, the parser's 400s) carry it too (``HeadLimitedProtocol``)."""
+class _ForHttp:
+    """A pure ASGI middleware (no per-request task or body buffering, unlike a
+    ``BaseHTTPMiddleware``) of HTTP requests (``http``); anything else passes through."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -212,7 +210,19 @@ class NoStore:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.http(scope, receive, send)
 
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class NoStore(_ForHttp):
+    """Adds ``Cache-Control: no-store`` to every answer that sets no ``Cache-Control`` of
+    its own (``_NO_STORE``). Outermost: the guards' refusals too (a re-check trial found a
+    400 ``invalid_host``, a 413, a 421 without it). The server's own refusals (431, the
+    parser's 400s) carry it too (``HeadLimitedProtocol``)."""
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def not_stored(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = message.get("headers", [])
@@ -223,19 +233,12 @@ class NoStore:
         await self.app(scope, receive, not_stored)
 
 
-class ExtraHeaders:
+class ExtraHeaders(_ForHttp):
     """Adds ``X-Trace-Id`` (the request's trace) to every answer, and the docs pages'
-    Content-Security-Policy to theirs (pure ASGI: no per-request task or body buffering,
-    unlike a ``BaseHTTPMiddleware``); links the request's span to a caller's
+    Content-Security-Policy to theirs; links the request's span to a caller's
     ``traceparent`` it did not continue (``saga_kit.tracing.link_caller``)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         ids = tracing.current_ids()
         if ids is not None:
             tracing.link_caller(Headers(scope=scope))
