@@ -216,23 +216,6 @@ class _ForHttp:
         raise NotImplementedError
 
 
-class NoStore(_ForHttp):
-    """Adds ``Cache-Control: no-store`` to every answer that sets no ``Cache-Control`` of
-    its own (``_NO_STORE``). Outermost: the guards' refusals too (a re-check trial found a
-    400 ``invalid_host``, a 413, a 421 without it). The server's own refusals (431, the
-    parser's 400s) carry it too (``HeadLimitedProtocol``)."""
-
-    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def not_stored(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = message.get("headers", [])
-                if not any(k.lower() == b"cache-control" for k, _ in headers):
-                    message["headers"] = [*headers, _NO_STORE]
-            await send(message)
-
-        await self.app(scope, receive, not_stored)
-
-
 class ExtraHeaders(_ForHttp):
     """Adds ``X-Trace-Id`` (the request's trace) to every answer, and the docs pages'
     Content-Security-Policy to theirs; links the request's span to a caller's
@@ -257,9 +240,13 @@ class ExtraHeaders(_ForHttp):
 _MEANT_FOR = MEANT_FOR.lower().encode()
 
 
-class ServiceIdentity:
+class ServiceIdentity(_ForHttp):
     """Every answer names the service that gave it, ``Server: order_svc`` (RFC 9110 §10.2.4;
-    uvicorn's own ``Server: uvicorn`` is off, ``server_options``), and a request meant for
+    uvicorn's own ``Server: uvicorn`` is off, ``server_options``), and one that sets no
+    ``Cache-Control`` of its own is not stored (``_NO_STORE``; the guards' refusals inside
+    this too: a re-check trial found a 400 ``invalid_host``, a 413, a 421 without it; the
+    server's own, a 431 or the parser's 400s, carry it from ``HeadLimitedProtocol``). A
+    request meant for
     another (its ``Saga-Service`` header, in any case, names one this is not; each header
     of several is read) is answered 421 Misdirected
     Request (RFC 9110 §15.5.20) before anything reads it, reason ``misdirected_request``:
@@ -272,28 +259,30 @@ class ServiceIdentity:
     def __init__(
         self, app: ASGIApp, name: str, problem: Callable[[str], Mapping[str, Any]] | None = None
     ) -> None:
-        self.app, self.name = app, name
+        super().__init__(app)
+        self.name = name
         self._names = {name.encode(), name.removesuffix("_svc").encode()}
         self._server = (b"server", name.encode())
         self._problem = problem or (lambda detail: {"detail": detail, "reason": "misdirected_request"})
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         for header, value in scope["headers"]:
             meant_for = value.strip().lower() if header == _MEANT_FOR else b""
             if meant_for and meant_for not in self._names:  # empty: none, as an empty Authorization
                 meant = printable(value.decode("latin-1"), 100)
                 detail = f"this is {self.name}, not {meant!r}: nothing was done"
-                for message in _json_answer(421, self._problem(detail), [self._server]):
+                for message in _json_answer(421, self._problem(detail), [self._server, _NO_STORE]):
                     await send(message)
                 return
         server = self._server
 
         async def named(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), server]
+                headers = message.get("headers", [])
+                if any(k.lower() == b"cache-control" for k, _ in headers):
+                    message["headers"] = [*headers, server]
+                else:
+                    message["headers"] = [*headers, server, _NO_STORE]
             await send(message)
 
         await self.app(scope, receive, named)
@@ -1603,7 +1592,6 @@ def create_app(
     app.add_middleware(HostAllowList, allowed_hosts=settings.http_allowed_hosts)
     app.add_middleware(ServiceIdentity, name=name)
     app.add_middleware(HeadAsGet)
-    app.add_middleware(NoStore)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

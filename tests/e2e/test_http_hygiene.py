@@ -364,6 +364,9 @@ def test_an_answer_is_not_stored_and_the_dashboard_is_not_framed(
         f"{system.url('order_svc')}/orders/{uuid.uuid4()}",  # an error too
     ):
         assert system.http.get(url).headers["cache-control"] == "no-store", url
+    if system.provider is not None:  # the provider's answers too (a re-check trial)
+        probe = httpx.get(f"{system.provider.url}/v1/accounts/{customers['pia']}", timeout=10)
+        assert probe.headers.get("cache-control") == "no-store", probe.headers
     # the guards' and the server's own refusals too (a re-check trial: a 400 invalid_host,
     # a 413, a 421 had none)
     health = f"{system.url('order_svc')}/health/live"
