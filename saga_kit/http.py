@@ -319,6 +319,8 @@ _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 class RequestGuard:
     """Request hygiene in front of every route (pure ASGI), each refusal a ``Problem``:
 
+    * **a path with a control character** (sent percent-escaped) is answered 400
+      ``invalid_path`` (``_path_refusal``);
     * **cross-origin state changes**: a state-changing request (POST, PUT, PATCH, DELETE)
       whose ``Origin`` is neither the service's own nor in ``HTTP_ALLOWED_ORIGINS`` is
       answered 403 ``cross_origin_refused`` (a page on another site cannot cancel an order
@@ -373,7 +375,9 @@ class RequestGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             headers = Headers(scope=scope)
-            refusal = self._refusal(scope["method"], headers) or _repeated(scope, headers)
+            refusal = (
+                _path_refusal(scope) or self._refusal(scope["method"], headers) or _repeated(scope, headers)
+            )
             if refusal is not None:
                 for message in _json_answer(*refusal):
                     await send(message)
@@ -462,6 +466,22 @@ def _elements(value: str) -> list[str]:
     """The elements of a header's comma-separated list, in lower case, the empty ones left
     out (RFC 9110 §5.6.1: a recipient ignores them)."""
     return [e for e in map(str.strip, value.lower().split(",")) if e]
+
+
+#: The characters of Unicode's category Cc (C0, DEL, C1).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _path_refusal(scope: Scope) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]] | None:
+    """400 ``invalid_path`` for a path with a control character (Unicode category Cc,
+    sent percent-escaped): no resource here has one, and a route's pattern ends in ``$``,
+    which matches before a last newline, so ``/orders%0A`` was served as ``/orders`` and
+    its audit entry named another path (an attack trial)."""
+    control = _CONTROL.search(scope["path"])
+    if control is None:
+        return None
+    detail = f"the path holds the control character U+{ord(control[0]):04X}: no resource here has one"
+    return 400, {"detail": detail, "reason": "invalid_path"}, []
 
 
 def _repeated(scope: Scope, headers: Headers) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]] | None:
@@ -1751,7 +1771,11 @@ def _document_common_answers(app: FastAPI, metrics_public: bool) -> None:
                 method = method.upper()
                 responses = operation.setdefault("responses", {})
                 responses.setdefault(
-                    "400", answer("no `Host`, or not one this service answers to (`invalid_host`)")
+                    "400",
+                    answer(
+                        "no `Host`, or not one this service answers to (`invalid_host`); a path"
+                        " with a control character (`invalid_path`)"
+                    ),
                 )
                 responses.setdefault(
                     "501",

@@ -348,6 +348,31 @@ def test_an_idempotency_key_is_utf8_text(system: System, client: SagaClient, uid
         assert said in refused.json()["detail"][0]["msg"], refused.text
 
 
+def test_a_path_with_a_control_character_is_refused(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """A route's pattern ends in "$", which matches before a last newline: ``/orders%0A``
+    was served as ``/orders`` (an order placed at it), its audit entry naming another path
+    (an attack trial). No resource has a control character in its path."""
+    products, customers = seed(client, uid, {"jug": ("2.00", 5)}, {"ria": "10.00"})
+    order = {"customer_id": customers["ria"], "items": [{"product_id": products["jug"], "quantity": 1}]}
+    placed = system.http.post(f"{system.url('order_svc')}/orders%0A", json=order)
+    assert (placed.status_code, placed.json()["reason"]) == (400, "invalid_path"), placed.text
+    assert "U+000A" in placed.json()["detail"], placed.text
+    theirs = system.http.get(f"{system.url('order_svc')}/orders", params={"customer_id": customers["ria"]})
+    assert theirs.json() == [], theirs.text  # nothing was placed
+    for service, path in (
+        ("order_svc", "/orders%0a"),
+        ("inventory_svc", f"/products/{products['jug']}%0A"),
+        ("payment_svc", "/health/live%00"),
+        ("payment_svc", "/health/ready%C2%85"),  # U+0085, a C1 control
+    ):
+        refused = system.http.get(f"{system.url(service)}{path}")
+        assert (refused.status_code, refused.json()["reason"]) == (400, "invalid_path"), (path, refused.text)
+    kept = system.http.get(f"{system.url('inventory_svc')}/products/{products['jug']}")
+    assert kept.status_code == 200, kept.text
+
+
 def test_an_answer_is_not_stored_and_the_dashboard_is_not_framed(
     system: System, client: SagaClient, uid: UniqueIds
 ) -> None:
