@@ -56,6 +56,7 @@ from typing import Annotated, Any, Generic, Literal, NoReturn, TypeVar
 from urllib.parse import quote
 
 import httpx
+import regex
 import typer
 from httpx_sse import connect_sse
 from rich.console import Console, Group, RenderableType
@@ -270,12 +271,13 @@ HTTP_TIMEOUT = 10.0
 
 
 class LetterStatus(StrEnum):
-    """A dead letter's status, as ``GET /dead-letters?status=`` takes it (ALL: any)."""
+    """A dead letter's status, as ``GET /dead-letters?status=`` takes it: its name (ALL:
+    any); its value in lower case, as the help shows the choices and so their default."""
 
-    PENDING = "PENDING"
-    REPLAYED = "REPLAYED"
-    DISCARDED = "DISCARDED"
-    ALL = "ALL"
+    PENDING = "pending"
+    REPLAYED = "replayed"
+    DISCARDED = "discarded"
+    ALL = "all"
 
 
 class Output(StrEnum):
@@ -819,23 +821,35 @@ def _status(status: str) -> Text:
 def _text(said: Any, style: str = "", limit: int = 10_000) -> Text:
     """What a service said, as a terminal may show it: a string with its control characters
     made visible (``events.values.printable``; an attack trial: an escape sequence in an
-    answer reached the terminal) and the invisible ones too (``_ESCAPED_CATEGORIES``),
+    answer reached the terminal) and what shows nothing escaped too (``_SHOWS_NOTHING``),
     anything else as compact JSON, cut to ``limit`` characters; never read as markup."""
     shown = printable(_compact(said), limit)
-    return Text("".join(_visible(ch) for ch in shown), style=style)
+    return Text(_SHOWS_NOTHING.sub(_escaped, shown), style=style)
 
 
-#: Unicode categories a table cell shows escaped, beyond ``printable``'s: format characters
-#: (U+200B, U+FEFF, U+00AD, direction marks), which show nothing, so that two texts differ
-#: on screen when they differ (an attack trial's audit entries looked alike), and the line
-#: and paragraph separators, which broke a row in two.
-_ESCAPED_CATEGORIES = frozenset({"Cf", "Zl", "Zp"})
+def _value(said: Any, style: str = "", limit: int = 10_000) -> Text:
+    """``_text`` of one value alone in a cell (an id, a name, a path), its last spaces
+    escaped as ``\\x20``: ``/products/wid%20`` read as ``/products/wid`` (a re-check trial).
+    A composed line's padding (``_text``) is left as it is."""
+    shown = _text(said, style, limit)
+    shown.plain = _LAST_SPACES.sub(lambda found: "\\x20" * len(found[0]), shown.plain)
+    return shown
 
 
-def _visible(ch: str) -> str:
-    if ch.isascii() or unicodedata.category(ch) not in _ESCAPED_CATEGORIES:
-        return ch
-    return ch.encode("unicode_escape").decode("ascii")
+#: What a table cell shows escaped, beyond ``printable``'s, so that two texts differ on
+#: screen when they differ (attack trials: audit entries looked alike): what Unicode says a
+#: renderer shows nothing of (Default_Ignorable_Code_Point: U+200B, U+FEFF, U+00AD,
+#: direction marks, variation selectors, the grapheme joiner, the Hangul fillers), the
+#: other format characters, the line and paragraph separators (they broke a row in two),
+#: a space that is not U+0020 (U+00A0, U+3000) and the blank braille pattern U+2800.
+_SHOWS_NOTHING = regex.compile(
+    r"[\p{Default_Ignorable_Code_Point}\p{Cf}\p{Zl}\p{Zp}\u2800[\p{Zs}--\x20]]", regex.V1
+)
+_LAST_SPACES = regex.compile(r"\x20+\Z")
+
+
+def _escaped(found: regex.Match[str]) -> str:
+    return found[0].encode("unicode_escape").decode("ascii")
 
 
 #: Columns of a fixed, short content (ids, states, amounts, ages): never wrapped.
@@ -875,7 +889,7 @@ def dlq_list(
     exit code is 3 if one could not be reached or did not answer, 1 if one answered 5xx,
     and 0 when every service answered. A service that had more than --limit says
     so, with the --before that shows its next page."""
-    params: dict[str, Any] = {"status": status.value, "limit": limit}
+    params: dict[str, Any] = {"status": status.name, "limit": limit}
     if before is not None:
         params["before"] = before
     names = service or SERVICES
@@ -897,7 +911,7 @@ def dlq_list(
                 "unavailable": each.unavailable,
                 "limit_reached": full,
             },
-            lambda: _letters_table(letters, status.value, output, read, before),
+            lambda: _letters_table(letters, status.name, output, read, before),
         )
     each.end("its dead letters are not listed")
 
@@ -956,7 +970,7 @@ def _letters_table(
         reason = _text(d["reason"])  # it quotes what arrived
         if wide:
             source = f"{d['source_topic']}[{d['source_partition']}]@{d['source_offset']}"
-            row += [event, _text(d["order_id"] or ""), _text(source), str(d["replay_attempts"])]
+            row += [event, _value(d["order_id"] or ""), _text(source), str(d["replay_attempts"])]
         else:
             if d["order_id"]:
                 event.append(f"\norder {_short(d['order_id'], output)}", style="dim")
@@ -1871,7 +1885,7 @@ def _orders_table(rows: list[dict[str, Any]], output: Output) -> RenderableType:
         reason = o["reason"] or ""
         if reason and not wide:
             state.append_text(_text("\n" + reason.replace("_", " "), "dim"))
-        row: list[RenderableType] = [_short(o["order_id"], output), _text(o["customer_id"]), state]
+        row: list[RenderableType] = [_short(o["order_id"], output), _value(o["customer_id"]), state]
         if wide:
             row.append(_text(reason))
         items = "\n".join(f"{i['quantity']} x {i['product_id']}" for i in o["items"])
@@ -2139,8 +2153,8 @@ def stock(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
         )
         for p in rows:
             t.add_row(
-                _text(p["product_id"]),
-                _text(p["name"]),
+                _value(p["product_id"]),
+                _value(p["name"]),
                 p["price"],
                 str(p["available"]),
                 str(p["reserved"]),
@@ -2186,7 +2200,7 @@ def balances(
             return "no accounts"
         t = Table(_free("customer"), _fixed("balance", "right"))
         for a in rows:
-            t.add_row(_text(a["customer_id"]), a["balance"])
+            t.add_row(_value(a["customer_id"]), a["balance"])
         return t
 
     _emit(output, rows, table)
@@ -2621,13 +2635,13 @@ def _audit_table(entries: list[dict[str, Any]], output: Output, only: Sequence[s
         # text cuts what anyone may send (a path: up to 1,024 characters, 85 lines at 80
         # columns, an attack trial); wide shows it whole
         cut = 10_000 if wide else AUDIT_CELL_CHARACTERS
-        row: list[RenderableType] = [e["service"], str(e["seq"]), _text(e.get("actor", "?"), limit=cut)]
+        row: list[RenderableType] = [e["service"], str(e["seq"]), _value(e.get("actor", "?"), limit=cut)]
         row.append(_text(e.get("role", "")))
         resource = str(e.get("resource", ""))
         if not wide:  # an order's id shortened, as every table shows it
             resource = _AN_ID.sub(lambda found: found.group()[:SHORT_ID], resource)
-        row += [_text(e.get("action", "?"), limit=cut), _text(resource, limit=cut)]
-        row.append(_text(e.get("outcome", ""), limit=cut))
+        row += [_value(e.get("action", "?"), limit=cut), _value(resource, limit=cut)]
+        row.append(_value(e.get("outcome", ""), limit=cut))
         if wide:
             row += [_text(e.get("request_id") or ""), _text(e.get("cause") or "")]
         at = e.get("at")

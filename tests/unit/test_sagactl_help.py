@@ -41,6 +41,12 @@ def test_publish_help_says_where_the_body_comes_from_and_names_no_option_it_lack
     assert "--via" not in options
 
 
+def test_dlq_list_help_shows_its_status_default_as_its_choices() -> None:
+    """The choices were shown in lower case and their default in upper (a re-check trial)."""
+    said = " ".join(CliRunner().invoke(app, ["dlq", "list", "--help"]).output.split())
+    assert "<pending|replayed|discarded|all>" in said and "[default: pending]" in said, said
+
+
 def test_token_without_a_key_says_where_it_looked_and_how_to_look_elsewhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1640,8 +1646,25 @@ def test_a_cell_shows_what_shows_nothing_escaped() -> None:
     """Two audit entries, ``/orders/x/cancel`` and one with U+200B after the x, looked alike
     (an attack trial); U+2028 broke a table's row in two (another). Text in other scripts
     is shown as it is."""
-    from sagactl.cli import _text
+    from sagactl.cli import _text, _value
 
     assert _text("/orders/x\u200b/cancel").plain == "/orders/x\\u200b/cancel"
     assert _text("a\u2028b\u2029c\ufeffd\u00ade\u200ff").plain == "a\\u2028b\\u2029c\\ufeffd\\xade\\u200ff"
     assert _text("Zoë, 漢字, مرحبا").plain == "Zoë, 漢字, مرحبا"
+    # what else shows nothing, or only a space (a re-check trial): the grapheme joiner,
+    # variation selectors, Hangul fillers, a blank braille pattern, a Khmer and a Mongolian
+    # mark, spaces that are not U+0020, and a last space
+    for shows_nothing, escaped in (
+        ("\u034f", "\\u034f"),
+        ("\ufe0f", "\\ufe0f"),
+        ("\U000e0100", "\\U000e0100"),
+        ("\u115f\u1160\u3164\uffa0", "\\u115f\\u1160\\u3164\\uffa0"),
+        ("\u2800", "\\u2800"),
+        ("\u17b4\u180b", "\\u17b4\\u180b"),
+        ("\u00a0\u2003\u3000", "\\xa0\\u2003\\u3000"),
+    ):
+        assert _text(f"wid{shows_nothing}x").plain == f"wid{escaped}x", escaped
+    assert _value("/products/wid  ").plain == "/products/wid\\x20\\x20"
+    assert _text("PaymentFailed  ").plain == "PaymentFailed  "  # a composed line's padding
+    assert _text("a b").plain == "a b"
+    assert _text("Zoe\u0308").plain == "Zoe\u0308"  # a combining mark shows on its letter
