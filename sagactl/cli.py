@@ -630,14 +630,16 @@ def _unreachable(service: str, base: str, exc: Exception, request: str = "") -> 
     """Why service gave no answer, as one sentence: "cannot reach" (and where to look)
     only if nothing was sent; one that took the connection "did not answer" (``request``,
     e.g. ``GET /orders``, if given): an attack trial froze a service and was told it could
-    not be reached, "is the system running?"."""
+    not be reached, "is the system running?". A service ``make run`` is restarting cannot be
+    reached for a few seconds too, and "is the system running?" was all a trial was told."""
     if not isinstance(exc, NOT_SENT):
         asked = f" {request}" if request else ""
         return f"the {service} service at {base} did not answer{asked}{_unanswered(exc)}"
     return (
         f"cannot reach the {service} service at {base}: {str(exc) or type(exc).__name__}"
-        f" (is the system running? 'make run' starts it; --{service}-url or"
-        f" SAGACTL_{service.upper()}_URL points elsewhere)"
+        f" (is the system running? 'make run' starts it, and starts a service that stopped"
+        f" again within seconds: ask again; --{service}-url or SAGACTL_{service.upper()}_URL"
+        " points elsewhere)"
     )
 
 

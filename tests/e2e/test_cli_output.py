@@ -316,7 +316,8 @@ def test_errors_are_one_line_on_stderr(system: System) -> None:
         # and what to do about it
         ("--inventory-url", nowhere, "stock"): (
             3,
-            "'make run' starts it; --inventory-url or SAGACTL_INVENTORY_URL",
+            "'make run' starts it, and starts a service that stopped again within seconds: ask"
+            " again; --inventory-url or SAGACTL_INVENTORY_URL",
         ),
         # checked here before anything is sent, so no broker is needed
         ("place", "amy", *LINES_101, "--via", "kafka"): (2, "not a valid order: items: Tuple should have"),
