@@ -68,7 +68,7 @@ def build_app(settings: Settings, engine: AsyncEngine) -> FastAPI:
     if settings.fault_control:
         app.include_router(faults.router)
         app.add_middleware(faults.FaultMiddleware, injector=app.state.faults)
-    errors.install(app, settings.http_max_body_bytes)
+    errors.install(app, settings.http_max_body_bytes, NAME)
     app.add_middleware(
         errors.BodyLimit,
         max_body_bytes=settings.http_max_body_bytes,
@@ -76,7 +76,7 @@ def build_app(settings: Settings, engine: AsyncEngine) -> FastAPI:
     )
     # it names itself, and refuses a request meant for a saga service (its URL given for one's)
     app.add_middleware(
-        ServiceIdentity, name=NAME, problem=lambda detail: errors.error_body("misdirected_request", detail)
+        ServiceIdentity, name=NAME, problem=lambda detail, reason: errors.error_body(reason, detail)
     )
     app.add_middleware(HeadAsGet)  # HEAD wherever GET is (RFC 9110 §9.3.2), as the services
     return app

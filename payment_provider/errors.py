@@ -29,6 +29,8 @@ from saga_kit.http import (
     check_json_body,
     coding_refusal,
     no_route,
+    path_refusal,
+    unexpected_error,
     validation_errors,
 )
 
@@ -144,17 +146,19 @@ class BodyTooLarge(HTTPException):
 
 
 class BodyLimit:
-    """Request bodies, in front of everything else (pure ASGI): at most ``max_body_bytes``
-    — one announced larger (``Content-Length``) is answered 413 before a byte of it is
-    read, one that is not is counted as it arrives — and JSON in UTF-8 that says each
-    thing once (``saga_kit.http.check_json_body``, the services' own check), else 422
-    ``invalid_request``; a body coded in a way not read here (``saga_kit.http.coding_refusal``:
-    a ``Transfer-Encoding`` other than ``chunked`` alone, 501; a ``Content-Encoding``, 415)
-    before anything reads it; all in the provider's shape. Raised in a route, the app's
-    handlers (``install``) answer them; raised where the fault controls buffer a body,
-    outside those handlers, this answers them. An attack trial found Starlette's body
-    limit answering that case in plain text, and a UTF-16 body creating an account
-    (the framework's JSON parser guesses UTF-16 and UTF-32)."""
+    """Request bodies, in front of everything else (pure ASGI): at most ``max_body_bytes`` — one
+    announced larger (``Content-Length``) is answered 413 before a byte of it is read, one
+    that is not is counted as it arrives — and JSON in UTF-8 that says each thing once
+    (``saga_kit.http.check_json_body``, the services' own check), else 422
+    ``invalid_request``; a body coded in a way not read here
+    (``saga_kit.http.coding_refusal``: a ``Transfer-Encoding`` other than ``chunked``
+    alone, 501; a ``Content-Encoding``, 415) before anything reads it; a path with a
+    control character, 400 ``invalid_path`` (``saga_kit.http.path_refusal``, the services'
+    own check); all in the provider's shape. Raised in a route, the app's handlers
+    (``install``) answer them; raised where the fault controls buffer a body, outside
+    those handlers, this answers them. An attack trial found Starlette's body limit
+    answering that case in plain text, and a UTF-16 body creating an account (the
+    framework's JSON parser guesses UTF-16 and UTF-32)."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout: float = 30.0) -> None:
         self.app, self.max_body_bytes, self.body_timeout = app, max_body_bytes, body_timeout
@@ -162,6 +166,11 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        refused_path = path_refusal(scope)
+        if refused_path is not None:  # /v1/charges%0A was /v1/charges (a re-check attack trial)
+            status, problem, _ = refused_path
+            await JSONResponse(error_body(problem["reason"], problem["detail"]), status)(scope, receive, send)
             return
         headers = Headers(scope=scope)
         coded = coding_refusal(headers)
@@ -213,17 +222,17 @@ class BodyLimit:
             await answer(scope, receive, send)
 
 
-def install(app: FastAPI, max_body_bytes: int) -> None:
-    """Answer every error in the provider's shape: its own errors, the framework's (404 for
-    an unknown route, which says whose route it is when a saga service has it; 405, 422, a
-    body it cannot parse as 422 too, 413 ``body_too_large`` past ``max_body_bytes``) and
-    anything unexpected (503 ``unavailable`` while the database is away, else 500
-    ``internal_error``).
+def install(app: FastAPI, max_body_bytes: int, name: str) -> None:
+    """Answer every error of the server ``name`` in the provider's shape: its own errors, the
+    framework's (404 for an unknown route, which says whose route it is when a saga
+    service has it; 405, 422, a body it cannot parse as 422 too, 413 ``body_too_large``
+    past ``max_body_bytes``) and anything unexpected (503 ``unavailable`` while the
+    database is away, else 500 ``internal_error``).
 
-    A 503 promises that nothing was done, and clients rely on it (the payment service voids
-    a cancelled order's payment when every call was answered 503): a transaction that fails
-    before its COMMIT is rolled back, so 503; one whose COMMIT fails is ``OutcomeUnknown``
-    (500)."""
+    A 503 promises that nothing was done, and clients rely on it (the payment service
+    voids a cancelled order's payment when every call was answered 503): a transaction
+    that fails before its COMMIT is rolled back, so 503; one whose COMMIT fails is
+    ``OutcomeUnknown`` (500)."""
 
     @app.exception_handler(ProviderError)
     async def provider_error(_: Request, exc: ProviderError) -> JSONResponse:
@@ -269,4 +278,4 @@ def install(app: FastAPI, max_body_bytes: int) -> None:
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         """A bug: 500 (the server logs the exception)."""
-        return JSONResponse(error_body("internal_error", "an unexpected error"), status_code=500)
+        return unexpected_error(name, error_body("internal_error", "an unexpected error"))

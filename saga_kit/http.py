@@ -252,18 +252,39 @@ class ServiceIdentity(_ForHttp):
     Request (RFC 9110 §15.5.20) before anything reads it, reason ``misdirected_request``:
     nothing is done. The inventory service's URL given as the payment service's showed
     inventory's dead letters as payment's, its audit head as payment's to keep, and would
-    have replayed its letters (a newcomer trial). Pure ASGI, outside everything but
-    ``HeadAsGet``. ``problem``: the 421's body from its detail (``{"detail", "reason"}``,
-    the services' ``Problem``, by default)."""
+    have replayed its letters (a newcomer trial). A WebSocket handshake is refused, 400
+    ``websocket_not_served``, named and not stored as every answer (``no_websocket``).
+    Pure ASGI, outside everything but ``HeadAsGet``. ``problem``: a refusal's body from
+    its detail and reason (``{"detail", "reason"}``, the services' ``Problem``, by
+    default)."""
 
-    def __init__(
-        self, app: ASGIApp, name: str, problem: Callable[[str], Mapping[str, Any]] | None = None
-    ) -> None:
+    def __init__(self, app: ASGIApp, name: str, problem: ProblemShape | None = None) -> None:
         super().__init__(app)
         self.name = name
         self._names = {name.encode(), name.removesuffix("_svc").encode()}
         self._server = (b"server", name.encode())
-        self._problem = problem or (lambda detail: {"detail": detail, "reason": "misdirected_request"})
+        self._problem = problem or (lambda detail, reason: {"detail": detail, "reason": reason})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self.no_websocket(scope, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def no_websocket(self, scope: Scope, send: Send) -> None:
+        """No route here is a WebSocket: the handshake is answered 400 as an HTTP answer
+        (the ASGI WebSocket Denial Response extension, which uvicorn gives), where the
+        router's refusal left uvicorn's bare 403, with no ``Server``, no ``Cache-Control``
+        and no reason (an attack trial); without the extension, the handshake is closed."""
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        detail = "no WebSocket is served here: send the request without Upgrade"
+        start, body = _json_answer(
+            400, self._problem(detail, "websocket_not_served"), [self._server, _NO_STORE]
+        )
+        await send({**start, "type": "websocket.http.response.start"})
+        await send({**body, "type": "websocket.http.response.body"})
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         for header, value in scope["headers"]:
@@ -271,7 +292,8 @@ class ServiceIdentity(_ForHttp):
             if meant_for and meant_for not in self._names:  # empty: none, as an empty Authorization
                 meant = printable(value.decode("latin-1"), 100)
                 detail = f"this is {self.name}, not {meant!r}: nothing was done"
-                for message in _json_answer(421, self._problem(detail), [self._server, _NO_STORE]):
+                refusal = self._problem(detail, "misdirected_request")
+                for message in _json_answer(421, refusal, [self._server, _NO_STORE]):
                     await send(message)
                 return
         server = self._server
@@ -320,7 +342,7 @@ class RequestGuard:
     """Request hygiene in front of every route (pure ASGI), each refusal a ``Problem``:
 
     * **a path with a control character** (sent percent-escaped) is answered 400
-      ``invalid_path`` (``_path_refusal``);
+      ``invalid_path`` (``path_refusal``);
     * **cross-origin state changes**: a state-changing request (POST, PUT, PATCH, DELETE)
       whose ``Origin`` is neither the service's own nor in ``HTTP_ALLOWED_ORIGINS`` is
       answered 403 ``cross_origin_refused`` (a page on another site cannot cancel an order
@@ -376,7 +398,7 @@ class RequestGuard:
         if scope["type"] == "http":
             headers = Headers(scope=scope)
             refusal = (
-                _path_refusal(scope) or self._refusal(scope["method"], headers) or _repeated(scope, headers)
+                path_refusal(scope) or self._refusal(scope["method"], headers) or _repeated(scope, headers)
             )
             if refusal is not None:
                 for message in _json_answer(*refusal):
@@ -472,7 +494,7 @@ def _elements(value: str) -> list[str]:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def _path_refusal(scope: Scope) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]] | None:
+def path_refusal(scope: Scope) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]] | None:
     """400 ``invalid_path`` for a path with a control character (Unicode category Cc,
     sent percent-escaped): no resource here has one, and a route's pattern ends in ``$``,
     which matches before a last newline, so ``/orders%0A`` was served as ``/orders`` and
@@ -1718,6 +1740,12 @@ def create_app(
     for cls in _MAYBE_TRANSIENT:
         app.add_exception_handler(cls, unavailable)
 
+    @app.exception_handler(Exception)
+    async def bug(_: Request, exc: Exception) -> JSONResponse:
+        return unexpected_error(
+            name, {"detail": "an unexpected error: see the service's log", "reason": "internal_error"}
+        )
+
     @app.exception_handler(DomainRejection)
     async def rejection(_: Request, exc: DomainRejection) -> JSONResponse:
         return JSONResponse({"detail": exc.detail, "reason": exc.reason}, status_code=409)
@@ -1730,6 +1758,16 @@ def create_app(
         return JSONResponse({"detail": validation_errors(exc), "reason": "invalid_request"}, status_code=422)
 
     return app
+
+
+def unexpected_error(name: str, body: Mapping[str, Any]) -> JSONResponse:
+    """The 500 of a bug (an exception no other handler takes), ``body`` its error shape,
+    from the server ``name``. Starlette answers it from its ``ServerErrorMiddleware``,
+    outside every middleware an app adds, so the ``Server`` and ``Cache-Control: no-store``
+    that ``ServiceIdentity`` gives every other answer are set here (an attack trial found
+    a services' 500 in plain text with neither). The exception is raised on, and the
+    server logs its traceback."""
+    return JSONResponse(body, status_code=500, headers={"Server": name, "Cache-Control": "no-store"})
 
 
 def _document_common_answers(app: FastAPI, metrics_public: bool) -> None:

@@ -373,6 +373,40 @@ def test_a_path_with_a_control_character_is_refused(
     assert kept.status_code == 200, kept.text
 
 
+def test_the_provider_refuses_a_path_with_a_control_character_too(system: System) -> None:
+    """The simulator had no such check: ``POST /v1/charges%0A`` made a charge and
+    ``PUT /v1/faults%0A`` set a fault (a re-check attack trial)."""
+    if system.provider is None:
+        pytest.skip("no payment provider simulator in this run")
+    for method, path in (("POST", "/v1/charges%0A"), ("PUT", "/v1/faults%0A"), ("GET", "/v1/ledger%00")):
+        refused = httpx.request(method, f"{system.provider.url}{path}", json={}, timeout=10)
+        assert (refused.status_code, refused.json()["error"]) == (400, "invalid_path"), (path, refused.text)
+
+
+def test_a_websocket_handshake_is_refused_with_a_named_problem(system: System) -> None:
+    """No route is a WebSocket; uvicorn's bare 403 to a handshake had no ``Server``, no
+    ``Cache-Control`` and no reason (a re-check attack trial)."""
+    servers = {name: system.url(name) for name in ("order_svc", "inventory_svc", "payment_svc")}
+    if system.provider is not None:
+        servers["payment_provider"] = system.provider.url
+    for name, url in servers.items():
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                f"GET /health/live HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = sock.recv(4096)
+                assert chunk, answer
+                answer += chunk
+        head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+        assert head.startswith("http/1.1 400"), (name, head)
+        assert f"server: {name}" in head and "cache-control: no-store" in head, (name, head)
+
+
 def test_an_answer_is_not_stored_and_the_dashboard_is_not_framed(
     system: System, client: SagaClient, uid: UniqueIds
 ) -> None:

@@ -260,9 +260,14 @@ async def test_invalid_requests_are_refused_and_change_nothing(provider: httpx.A
         assert r.json()["error"] == "invalid_request" and r.json()["details"], body
     r = await provider.post("/v1/charges", json=good, headers={"Idempotency-Key": "k" * 201})
     assert (r.status_code, r.json()["details"][0]["loc"]) == (422, ["header", "Idempotency-Key"])
-    for path in (f"/v1/accounts/{'a' * 101}", "/v1/accounts/a%09b", f"/v1/charges/{'k' * 201}"):
+    for path in (f"/v1/accounts/{'a' * 101}", f"/v1/charges/{'k' * 201}"):
         r = await provider.get(path)
         assert (r.status_code, r.json()["error"]) == (422, "invalid_request"), path
+    # a control character: no path has one; a last newline was left out of the id by the
+    # route's pattern (zz%0A was account zz), and /v1/charges%0A was /v1/charges
+    for path in ("/v1/accounts/a%09b", "/v1/accounts/z%0A", "/v1/charges%0A"):
+        r = await provider.get(path)
+        assert (r.status_code, r.json()["error"]) == (400, "invalid_path"), path
     r = await provider.put(f"/v1/accounts/{acct}", json={"balance": "-5.00"})
     assert r.status_code == 422
     assert await balance_of(provider, acct) == "30.00"
@@ -272,14 +277,7 @@ async def test_invalid_requests_are_refused_and_change_nothing(provider: httpx.A
         assert (r.status_code, r.json()["details"][0]["loc"]) == (422, ["path", "account_id"]), r.text
         assert r.json()["details"][0]["msg"] == "must be text in UTF-8"
     # …and a key's, of a charge or a refund; a % that escapes nothing was read as it came
-    # and a last newline, which the route's pattern left out of the id: zz%0A was account zz
-    for path in (
-        "/v1/charges/%ff",
-        "/v1/refunds/r%fe",
-        "/v1/accounts/%zz",
-        "/v1/charges/k%2",
-        "/v1/accounts/z%0A",
-    ):
+    for path in ("/v1/charges/%ff", "/v1/refunds/r%fe", "/v1/accounts/%zz", "/v1/charges/k%2"):
         r = await provider.get(path)
         assert (r.status_code, r.json()["details"][0]["loc"][0]) == (422, "path"), (path, r.text)
     tail = uid("")  # UTF-8 is read as such
