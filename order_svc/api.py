@@ -967,7 +967,9 @@ async def stream_saga_events(
         events(),
         ping=STREAM_PING_SECONDS,
         send_timeout=STREAM_SEND_TIMEOUT_SECONDS,
-        headers={"Cache-Control": "no-cache"},
+        # not stored, as every answer: it carries the operator's view of every saga (a
+        # re-check trial; sse-starlette's own default, which no-cache had overridden)
+        headers={"Cache-Control": "no-store"},
         background=BackgroundTask(live.unsubscribe, subscription),  # also when never followed
         shutdown_event=stopping,
         shutdown_grace_period=STREAM_STOP_GRACE_SECONDS,

@@ -36,6 +36,7 @@ def test_open_streams_each_follow_a_saga_and_resume_from_last_event_id(
     with httpx.Client(headers=system.auth(), timeout=httpx.Timeout(10.0, read=30.0)) as http:
         with connect_sse(http, "GET", url) as one, connect_sse(http, "GET", url) as two:
             assert one.response.headers["content-type"].startswith("text/event-stream")
+            assert one.response.headers["cache-control"] == "no-store"  # every saga's events
             order_id = client.place_order(customers["viewer"], {products["live"]: 1})
             seen = [saga_events(s.iter_sse(), order_id, "OrderApproved") for s in (one, two)]
         assert [e.id for e in seen[0]] == [e.id for e in seen[1]]  # the same events, once each
