@@ -830,11 +830,12 @@ def _text(said: Any, style: str = "", limit: int = 10_000) -> Text:
 
 
 def _value(said: Any, style: str = "", limit: int = 10_000) -> Text:
-    """``_text`` of one value alone in a cell (an id, a name, a path), its last spaces
-    escaped as ``\\x20``: ``/products/wid%20`` read as ``/products/wid`` (a re-check trial).
-    A composed line's padding (``_text``) is left as it is."""
+    """``_text`` of one value alone in a cell (an id, a name, a path, a key), its tabs,
+    newlines and last spaces escaped (``\\t``, ``\\n``, ``\\x20``): ``/products/wid%20``
+    read as ``/products/wid``, ``Widget\\t`` as ``Widget``, and a newline in a name split
+    its row (re-check trials). A composed line's layout (``_text``) is left as it is."""
     shown = _text(said, style, limit)
-    shown.plain = _LAST_SPACES.sub(lambda found: "\\x20" * len(found[0]), shown.plain)
+    shown.plain = _LAST_SPACES.sub(lambda found: "\\x20" * len(found[0]), _LAYOUT.sub(_escaped, shown.plain))
     return shown
 
 
@@ -848,6 +849,7 @@ _SHOWS_NOTHING = regex.compile(
     r"[\p{Default_Ignorable_Code_Point}\p{Cf}\p{Zl}\p{Zp}\u2800[\p{Zs}--\x20]]", regex.V1
 )
 _LAST_SPACES = regex.compile(r"\x20+\Z")
+_LAYOUT = regex.compile(r"[\t\n]")
 
 
 def _escaped(found: regex.Match[str]) -> str:
@@ -999,7 +1001,7 @@ def dlq_show(
     meta.add_row(
         "source", _text(f"{d['source_topic']} partition {d['source_partition']} offset {d['source_offset']}")
     )
-    meta.add_row("key", _text(_shown(d["key"])))
+    meta.add_row("key", _value(_shown(d["key"])))
     for h in d["headers"]:
         withheld = f" ({h['value']['size']} bytes, withheld: a credential)" if h.get("redacted") else ""
         meta.add_row(_text(f"header {h['key']}"), _text(_shown(h["value"]) + withheld))
@@ -1257,11 +1259,12 @@ def place(
         r = _answer(ctx, "order", "POST", "/orders", response)
         # saga_kit.http.IDEMPOTENT_REPLAYED, by its value: importing saga_kit.http (FastAPI)
         # would add ~0.7 s to every sagactl command
-        if response.headers.get("Idempotent-Replayed") == "true" and output is not Output.json:
+        replayed = response.headers.get("Idempotent-Replayed") == "true"
+        if replayed and output is not Output.json:
             errors.print(
                 f"placed before with Idempotency-Key {key}: this is that order, as it stands", style="dim"
             )
-        if wait:
+        if wait or (replayed and r["status"] != "PENDING"):  # the order itself: its reason too
             r = _await_outcome(ctx, r)
         why = f" ({r['reason']})" if r.get("reason") else ""
         _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}{why}")
@@ -1296,13 +1299,13 @@ def place(
 
 
 def _await_outcome(ctx: typer.Context, order: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-    """order (an OrderView, as ``POST /orders`` answered it) once its saga has finished:
-    'GET /orders/{id}' every 0.2 s until it is no longer PENDING, asking again while the
-    order service is away (``_follow_order``). After timeout seconds the command ends
-    naming the order, which is placed, and how to follow it: exit 1 if it was still
-    PENDING, 3 if the service could not say (``_fail_waiting``)."""
-    if order["status"] != "PENDING":
-        return order
+    """The order ``POST /orders`` accepted (its ``order_id`` and ``status``) once its saga
+    has finished, as ``GET /orders/{id}`` gives it (its ``reason`` too: a key given again
+    for a finished order answered its status alone, a newcomer trial): asked every 0.2 s
+    until it is no longer PENDING, again while the order service is away
+    (``_follow_order``). After timeout seconds the command ends naming the order, which is
+    placed, and how to follow it: exit 1 if it was still PENDING, 3 if the service could
+    not say (``_fail_waiting``)."""
     order_id = order["order_id"]
     end = time.monotonic() + timeout
     ended = _follow_order(

@@ -234,6 +234,15 @@ def test_placing_again_with_the_same_idempotency_key_says_it_is_the_order_placed
     assert order_id in first.stdout and order_id in again.stdout, first.stdout + again.stdout
     assert "placed before with Idempotency-Key" not in first.stderr
     assert f"placed before with Idempotency-Key {key}" in again.stderr, again.stderr
+    # a finished order's key again: the order itself, its reason too (a newcomer trial got
+    # "REJECTED" alone, and -o json its id and status only)
+    poor = seed(client, uid, {}, {"pat": "0.10"})[1]["pat"]
+    args = ("place", poor, f"{products['awl']}=1", "--idempotency-key", uid("key"), "--wait")
+    assert "REJECTED (insufficient_funds)" in sagactl(system, *args).stdout
+    for shown in (sagactl(system, *args).stdout, sagactl(system, *args[:-1]).stdout):
+        assert "REJECTED (insufficient_funds)" in shown, shown
+    said = json.loads(sagactl(system, *args, "-o", "json").stdout)
+    assert (said["status"], said["reason"], said["customer_id"]) == ("REJECTED", "insufficient_funds", poor)
 
 
 def test_the_readmes_try_it_by_hand_works_as_written_on_ports_of_its_own(

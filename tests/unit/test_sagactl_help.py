@@ -1665,6 +1665,8 @@ def test_a_cell_shows_what_shows_nothing_escaped() -> None:
     ):
         assert _text(f"wid{shows_nothing}x").plain == f"wid{escaped}x", escaped
     assert _value("/products/wid  ").plain == "/products/wid\\x20\\x20"
+    assert _value("Wid\tget\t").plain == "Wid\\tget\\t"  # a tab looked like spaces, or nothing
+    assert _value("A\n│ n99 │ Fake").plain == "A\\n│ n99 │ Fake"  # a newline split the row
     assert _text("PaymentFailed  ").plain == "PaymentFailed  "  # a composed line's padding
     assert _text("a b").plain == "a b"
     assert _text("Zoe\u0308").plain == "Zoe\u0308"  # a combining mark shows on its letter
