@@ -243,20 +243,19 @@ _MEANT_FOR = MEANT_FOR.lower().encode()
 class ServiceIdentity(_ForHttp):
     """Every answer names the service that gave it, ``Server: order_svc`` (RFC 9110 §10.2.4;
     uvicorn's own ``Server: uvicorn`` is off, ``server_options``), and one that sets no
-    ``Cache-Control`` of its own is not stored (``_NO_STORE``; the guards' refusals inside
-    this too: a re-check trial found a 400 ``invalid_host``, a 413, a 421 without it; the
-    server's own, a 431 or the parser's 400s, carry it from ``HeadLimitedProtocol``). A
-    request meant for
-    another (its ``Saga-Service`` header, in any case, names one this is not; each header
-    of several is read) is answered 421 Misdirected
-    Request (RFC 9110 §15.5.20) before anything reads it, reason ``misdirected_request``:
-    nothing is done. The inventory service's URL given as the payment service's showed
-    inventory's dead letters as payment's, its audit head as payment's to keep, and would
-    have replayed its letters (a newcomer trial). A WebSocket handshake is refused, 400
-    ``websocket_not_served``, named and not stored as every answer (``no_websocket``).
-    Pure ASGI, outside everything but ``HeadAsGet``. ``problem``: a refusal's body from
-    its detail and reason (``{"detail", "reason"}``, the services' ``Problem``, by
-    default)."""
+    ``Cache-Control`` of its own is not stored (``_NO_STORE``; the guards' refusals
+    inside this too: a re-check trial found a 400 ``invalid_host``, a 413, a 421 without
+    it; the server's own, a 431 or the parser's 400s, carry it from
+    ``HeadLimitedProtocol``). A request meant for another (its ``Saga-Service`` header,
+    in any case, names one this is not; each header of several is read) is answered 421
+    Misdirected Request (RFC 9110 §15.5.20) before anything reads it, reason
+    ``misdirected_request``: nothing is done. The inventory service's URL given as the
+    payment service's showed inventory's dead letters as payment's, its audit head as
+    payment's to keep, and would have replayed its letters (a newcomer trial). A
+    WebSocket handshake is refused, 400 ``websocket_not_served``, named and not stored
+    as every answer (``no_websocket``). Pure ASGI, outside everything but ``HeadAsGet``.
+    ``problem``: a refusal's body from its detail and reason (``{"detail", "reason"}``,
+    the services' ``Problem``, by default)."""
 
     def __init__(self, app: ASGIApp, name: str, problem: ProblemShape | None = None) -> None:
         super().__init__(app)
