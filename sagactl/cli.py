@@ -829,11 +829,16 @@ def _text(said: Any, style: str = "", limit: int = 10_000) -> Text:
     return Text(_SHOWS_NOTHING.sub(_escaped, shown), style=style)
 
 
-def _value(said: Any, style: str = "", limit: int = 10_000) -> Text:
+def _value(said: Any, style: str = "", limit: int = 10_000, escaped: bool = False) -> Text:
     """``_text`` of one value alone in a cell (an id, a name, a path, a key), its tabs,
     newlines and last spaces escaped (``\\t``, ``\\n``, ``\\x20``): ``/products/wid%20``
     read as ``/products/wid``, ``Widget\\t`` as ``Widget``, and a newline in a name split
-    its row (re-check trials). A composed line's layout (``_text``) is left as it is."""
+    its row (re-check trials). A backslash is doubled, so that an escape is never the text
+    of one (a subject ``mallory\\x20`` looked like ``mallory`` and a space), unless the
+    service ``escaped`` it so already (an audit entry's path). A composed line's layout
+    (``_text``) is left as it is."""
+    if isinstance(said, str) and not escaped:
+        said = said.replace("\\", "\\\\")
     shown = _text(said, style, limit)
     shown.plain = _LAST_SPACES.sub(lambda found: "\\x20" * len(found[0]), _LAYOUT.sub(_escaped, shown.plain))
     return shown
@@ -1001,7 +1006,7 @@ def dlq_show(
     meta.add_row(
         "source", _text(f"{d['source_topic']} partition {d['source_partition']} offset {d['source_offset']}")
     )
-    meta.add_row("key", _value(_shown(d["key"])))
+    meta.add_row("key", _value(_shown(d["key"]), escaped=True))  # escaped by the service (BytesView)
     for h in d["headers"]:
         withheld = f" ({h['value']['size']} bytes, withheld: a credential)" if h.get("redacted") else ""
         meta.add_row(_text(f"header {h['key']}"), _text(_shown(h["value"]) + withheld))
@@ -2645,7 +2650,11 @@ def _audit_table(entries: list[dict[str, Any]], output: Output, only: Sequence[s
         resource = str(e.get("resource", ""))
         if not wide:  # an order's id shortened, as every table shows it
             resource = _AN_ID.sub(lambda found: found.group()[:SHORT_ID], resource)
-        row += [_value(e.get("action", "?"), limit=cut), _value(resource, limit=cut)]
+        # the path in both, its backslashes doubled by the service (saga_kit.audit)
+        row += [
+            _value(e.get("action", "?"), limit=cut, escaped=True),
+            _value(resource, limit=cut, escaped=True),
+        ]
         row.append(_value(e.get("outcome", ""), limit=cut))
         if wide:
             row += [_text(e.get("request_id") or ""), _text(e.get("cause") or "")]

@@ -1667,6 +1667,10 @@ def test_a_cell_shows_what_shows_nothing_escaped() -> None:
     assert _value("/products/wid  ").plain == "/products/wid\\x20\\x20"
     assert _value("Wid\tget\t").plain == "Wid\\tget\\t"  # a tab looked like spaces, or nothing
     assert _value("A\n│ n99 │ Fake").plain == "A\\n│ n99 │ Fake"  # a newline split the row
+    # an escape is never the text of one: a backslash is doubled, unless the service did
+    assert _value("mallory ").plain != _value("mallory\\x20").plain
+    assert _value("mallory\\x20").plain == "mallory\\\\x20"
+    assert _value("/x\\\\y", escaped=True).plain == "/x\\\\y"
     assert _text("PaymentFailed  ").plain == "PaymentFailed  "  # a composed line's padding
     assert _text("a b").plain == "a b"
     assert _text("Zoe\u0308").plain == "Zoe\u0308"  # a combining mark shows on its letter
