@@ -252,8 +252,8 @@ class ServiceIdentity(_ForHttp):
     ``misdirected_request``: nothing is done. The inventory service's URL given as the
     payment service's showed inventory's dead letters as payment's, its audit head as
     payment's to keep, and would have replayed its letters (a newcomer trial). A
-    WebSocket handshake is refused, 400 ``websocket_not_served``, named and not stored
-    as every answer (``no_websocket``). Pure ASGI, outside everything but ``HeadAsGet``.
+    WebSocket handshake is no exception: it is served as the plain HTTP request it also
+    is (``server_options``). Pure ASGI, outside everything but ``HeadAsGet``.
     ``problem``: a refusal's body from its detail and reason (``{"detail", "reason"}``,
     the services' ``Problem``, by default)."""
 
@@ -263,27 +263,6 @@ class ServiceIdentity(_ForHttp):
         self._names = {name.encode(), name.removesuffix("_svc").encode()}
         self._server = (b"server", name.encode())
         self._problem = problem or (lambda detail, reason: {"detail": detail, "reason": reason})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            await self.no_websocket(scope, send)
-            return
-        await super().__call__(scope, receive, send)
-
-    async def no_websocket(self, scope: Scope, send: Send) -> None:
-        """No route here is a WebSocket: the handshake is answered 400 as an HTTP answer
-        (the ASGI WebSocket Denial Response extension, which uvicorn gives), where the
-        router's refusal left uvicorn's bare 403, with no ``Server``, no ``Cache-Control``
-        and no reason (an attack trial); without the extension, the handshake is closed."""
-        if "websocket.http.response" not in scope.get("extensions", {}):
-            await send({"type": "websocket.close", "code": 1008})
-            return
-        detail = "no WebSocket is served here: send the request without Upgrade"
-        start, body = _json_answer(
-            400, self._problem(detail, "websocket_not_served"), [self._server, _NO_STORE]
-        )
-        await send({**start, "type": "websocket.http.response.start"})
-        await send({**body, "type": "websocket.http.response.body"})
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         for header, value in scope["headers"]:
@@ -874,6 +853,12 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         provider's simulator has its own shape (``limit_head``)."""
         return {"detail": detail, "reason": reason}
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """An ``Upgrade`` (a WebSocket handshake, ``h2c``) is served as the plain request it
+        also is (``server_options``: ``ws`` none); uvicorn warned of each, twice, and told
+        the operator to install a WebSocket library, which anyone could make it do."""
+        log.debug("an Upgrade served as a plain HTTP request")
+
     def _refused_answer(self, detail: str, reason: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
         """The headers and body of a refusal it answers itself (``problem``), the
         connection closed after it."""
@@ -1167,6 +1152,11 @@ def server_options(
         "access_log": False,
         "lifespan": "off",
         "server_header": False,  # the service names itself instead (ServiceIdentity)
+        # no route is a WebSocket: a handshake is served as the plain HTTP request it also
+        # is (RFC 9110 §7.8: a server may ignore Upgrade), named and not stored as every
+        # answer; with a WebSocket library, uvicorn answered one the app refused, or found
+        # invalid, itself: a bare 403 or 400, no Server, no Cache-Control (attack trials)
+        "ws": "none",
     }
 
 

@@ -1009,7 +1009,11 @@ def dlq_show(
     meta.add_row("key", _value(_shown(d["key"]), escaped=True))  # escaped by the service (BytesView)
     for h in d["headers"]:
         withheld = f" ({h['value']['size']} bytes, withheld: a credential)" if h.get("redacted") else ""
-        meta.add_row(_text(f"header {h['key']}"), _text(_shown(h["value"]) + withheld))
+        # a name and a value as a record's writer sent them (a newline split the row, and
+        # "v" and "v" and a tab looked alike: a re-check trial), escaped by the service
+        meta.add_row(
+            _value(f"header {h['key']}", escaped=True), _value(_shown(h["value"]) + withheld, escaped=True)
+        )
     if d["headers_total"] > len(d["headers"]):
         meta.add_row("headers", f"… {d['headers_total'] - len(d['headers'])} more not shown")
     console.print(Panel(meta, title=_text(f"{service} dead letter {letter_id}")))

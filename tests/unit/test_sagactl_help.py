@@ -1108,6 +1108,29 @@ def test_a_table_shows_what_a_service_said_with_its_control_characters_made_visi
     assert "\\x1b" in result.output or "\\x9b" in result.output, result.output
 
 
+def test_dlq_show_shows_a_headers_layout_escaped() -> None:
+    """A newline in a header's value split its row, and a name's last space or a value's
+    tab showed nothing (a re-check attack trial)."""
+    view = {"text": None, "base64": None, "size": 0, "truncated": False}
+    letter: dict[str, Any] = {
+        **dict.fromkeys(("status", "reason", "event_type", "order_id", "created_at", "resolved_at")),
+        "replay_attempts": 0,
+        **{"source_topic": "orders.events", "source_partition": 0, "source_offset": 1},
+        "key": {**view, "text": "k "},
+        "headers": [
+            {"key": "x-n", "value": {**view, "text": "line1\nline2"}},
+            {"key": "x-s ", "value": {**view, "text": "v\t"}},
+        ],
+        "headers_total": 2,
+        "value": view,
+    }
+    with JsonServer(json.dumps(letter).encode()) as server:
+        result = CliRunner().invoke(app, ["--payment-url", server.base, "dlq", "show", "payment", "1"])
+    assert result.exit_code == 0, result.output
+    for shown in ("k\\x20", "line1\\nline2", "header x-s\\x20", "v\\t"):
+        assert shown in result.output, (shown, result.output)
+
+
 @pytest.mark.parametrize("command", [[], ["dlq"], ["audit"]])
 def test_a_group_without_its_command_is_a_usage_error_that_shows_its_help(command: list[str]) -> None:
     """``sagactl`` alone, like ``sagactl dlq``, shows what it takes on stderr and exits 2,

@@ -67,30 +67,13 @@ async def test_one_of_two_headers_naming_another_is_421() -> None:
     assert not reached and sent[0]["status"] == 421
 
 
-@pytest.mark.parametrize("denial", [True, False])
-async def test_a_websocket_handshake_is_refused_named_and_not_stored(denial: bool) -> None:
-    """No route is a WebSocket: the router's refusal left uvicorn's bare 403, with no
-    ``Server``, no ``Cache-Control`` and no reason (an attack trial). With the ASGI
-    denial-response extension it is a 400 Problem; without it, the handshake is closed."""
-    sent: list[Message] = []
+def test_the_http_server_hook_that_says_nothing_of_an_upgrade_is_still_uvicorns() -> None:
+    """``HeadLimitedProtocol`` quiets uvicorn's two warnings of every ``Upgrade`` it serves
+    as a plain request (anyone could fill the log with them): if an upgrade of uvicorn
+    renames the hook, this fails rather than the warnings coming back unseen."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        raise AssertionError("reached the app")
+    from saga_kit.http import HeadLimitedProtocol
 
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    async def receive() -> Message:
-        return {"type": "websocket.connect"}
-
-    extensions = {"websocket.http.response": {}} if denial else {}
-    scope = {"type": "websocket", "path": "/health/live", "headers": [], "extensions": extensions}
-    await ServiceIdentity(app, "payment_svc")(scope, receive, send)
-    if not denial:
-        assert sent == [{"type": "websocket.close", "code": 1008}]
-        return
-    start, body = sent
-    assert (start["type"], start["status"]) == ("websocket.http.response.start", 400)
-    assert {(b"server", b"payment_svc"), (b"cache-control", b"no-store")} <= set(start["headers"])
-    assert body["type"] == "websocket.http.response.body"
-    assert json.loads(body["body"])["reason"] == "websocket_not_served"
+    assert callable(getattr(HttpToolsProtocol, "_unsupported_upgrade_warning", None))
+    assert "_unsupported_upgrade_warning" in vars(HeadLimitedProtocol)
