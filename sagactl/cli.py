@@ -835,10 +835,13 @@ def _value(said: Any, style: str = "", limit: int = 10_000, escaped: bool = Fals
     read as ``/products/wid``, ``Widget\\t`` as ``Widget``, and a newline in a name split
     its row (re-check trials). A backslash is doubled, so that an escape is never the text
     of one (a subject ``mallory\\x20`` looked like ``mallory`` and a space), unless the
-    service ``escaped`` it so already (an audit entry's path). A composed line's layout
-    (``_text``) is left as it is."""
+    service ``escaped`` it so already (an audit entry's path). A text not in Unicode's
+    composed form (NFC) shows its combining marks escaped: ``e`` and U+0301 looked like
+    ``é`` (a re-check trial). A composed line's layout (``_text``) is left as it is."""
     if isinstance(said, str) and not escaped:
         said = said.replace("\\", "\\\\")
+    if isinstance(said, str) and not unicodedata.is_normalized("NFC", said):
+        said = _MARK.sub(_escaped, said)
     shown = _text(said, style, limit)
     shown.plain = _LAST_SPACES.sub(lambda found: "\\x20" * len(found[0]), _LAYOUT.sub(_escaped, shown.plain))
     return shown
@@ -855,6 +858,7 @@ _SHOWS_NOTHING = regex.compile(
 )
 _LAST_SPACES = regex.compile(r"\x20+\Z")
 _LAYOUT = regex.compile(r"[\t\n]")
+_MARK = regex.compile(r"\p{M}")
 
 
 def _escaped(found: regex.Match[str]) -> str:

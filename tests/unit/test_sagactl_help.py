@@ -1694,6 +1694,9 @@ def test_a_cell_shows_what_shows_nothing_escaped() -> None:
     assert _value("mallory ").plain != _value("mallory\\x20").plain
     assert _value("mallory\\x20").plain == "mallory\\\\x20"
     assert _value("/x\\\\y", escaped=True).plain == "/x\\\\y"
+    # e and a combining acute looked like é; text in its composed form is shown as it is
+    assert _value("e\u0301").plain == "e\\u0301" and _value("\u00e9").plain == "\u00e9"
+    assert _value("नमस्ते").plain == "नमस्ते"
     assert _text("PaymentFailed  ").plain == "PaymentFailed  "  # a composed line's padding
     assert _text("a b").plain == "a b"
     assert _text("Zoe\u0308").plain == "Zoe\u0308"  # a combining mark shows on its letter
