@@ -852,9 +852,14 @@ def _value(said: Any, style: str = "", limit: int = 10_000, escaped: bool = Fals
 #: renderer shows nothing of (Default_Ignorable_Code_Point: U+200B, U+FEFF, U+00AD,
 #: direction marks, variation selectors, the grapheme joiner, the Hangul fillers), the
 #: other format characters, the line and paragraph separators (they broke a row in two),
-#: a space that is not U+0020 (U+00A0, U+3000) and the blank braille pattern U+2800.
+#: a space that is not U+0020 (U+00A0, U+3000) and the blank braille pattern U+2800. But
+#: not the two that an emoji shows (Unicode TS #51): U+FE0F after a pictograph or a keycap's
+#: digit (its emoji form: "❤️"), and U+200D joining pictographs into one ("👩‍💻").
 _SHOWS_NOTHING = regex.compile(
-    r"[\p{Default_Ignorable_Code_Point}\p{Cf}\p{Zl}\p{Zp}\u2800[\p{Zs}--\x20]]", regex.V1
+    r"(?!(?<=[\p{Extended_Pictographic}0-9#*]\p{Emoji_Modifier}?)\uFE0F)"
+    r"(?!(?<=[\p{Extended_Pictographic}\p{Emoji_Modifier}\uFE0F])\u200D(?=\p{Extended_Pictographic}))"
+    r"[\p{Default_Ignorable_Code_Point}\p{Cf}\p{Zl}\p{Zp}\u2800[\p{Zs}--\x20]]",
+    regex.V1,
 )
 _LAST_SPACES = regex.compile(r"\x20+\Z")
 _LAYOUT = regex.compile(r"[\t\n]")

@@ -1697,6 +1697,11 @@ def test_a_cell_shows_what_shows_nothing_escaped() -> None:
     # e and a combining acute looked like é; text in its composed form is shown as it is
     assert _value("e\u0301").plain == "e\\u0301" and _value("\u00e9").plain == "\u00e9"
     assert _value("नमस्ते").plain == "नमस्ते"
+    # an emoji's own joiners and presentation selector show as the emoji; elsewhere, not
+    for emoji in ("👩\u200d💻", "❤\ufe0f", "👩🏽\u200d💻", "🏳\ufe0f\u200d🌈", "1\ufe0f\u20e3", "👍🏽"):
+        assert _value(emoji).plain == emoji, emoji
+    assert _value("a\u200db\ufe0f").plain == "a\\u200db\\ufe0f"
+    assert _value("\u200d👩").plain == "\\u200d👩"
     assert _text("PaymentFailed  ").plain == "PaymentFailed  "  # a composed line's padding
     assert _text("a b").plain == "a b"
     assert _text("Zoe\u0308").plain == "Zoe\u0308"  # a combining mark shows on its letter
