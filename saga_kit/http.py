@@ -252,8 +252,8 @@ class ServiceIdentity(_ForHttp):
     ``misdirected_request``: nothing is done. The inventory service's URL given as the
     payment service's showed inventory's dead letters as payment's, its audit head as
     payment's to keep, and would have replayed its letters (a newcomer trial). A
-    WebSocket handshake is no exception: it is served as the plain HTTP request it also
-    is (``server_options``). Pure ASGI, outside everything but ``HeadAsGet``.
+    WebSocket handshake never reaches it: the HTTP server refuses it (``HeadLimitedProtocol``).
+    Pure ASGI, outside everything but ``HeadAsGet``.
     ``problem``: a refusal's body from its detail and reason (``{"detail", "reason"}``,
     the services' ``Problem``, by default)."""
 
@@ -810,7 +810,9 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     are not HTTP (a raw ``0xff`` in the path, a chunk's size that is not hexadecimal) are a
     400 ``invalid_http_request`` with a ``Problem`` body too, where uvicorn answered in
     plain text; a ``Transfer-Encoding`` that does not end in ``chunked`` alone, which the
-    parser refuses, is a 400 that says so (``TRANSFER_CODING_NOT_CHUNKED``). A head must also arrive in
+    parser refuses, is a 400 that says so (``TRANSFER_CODING_NOT_CHUNKED``). A request to
+    switch protocols (``Connection: upgrade`` with ``Upgrade``: a WebSocket handshake,
+    ``h2c``; ``CONNECT``) is a 400 ``upgrade_not_supported``. A head must also arrive in
     time (``head_timeout``: 408). A header's value loses the white space after it, as
     RFC 9110 §5.5 says (httptools keeps it). A chunked body's trailers are header lines
     too, bounded as a head is (an attack trial: 100 MB of one was read). A request answered
@@ -833,6 +835,7 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     _dropped: int | None = None  # bytes dropped since the 431; None before one
     _head_too_large = False
     _bad_target = False  # an absolute-form target of another scheme, or with user information
+    _upgrade_refused = False  # a request to switch protocols (Upgrade, CONNECT)
     _refusal_due: tuple[int, str, str] | None = None  # once the answers before it are sent
     _close_after_answer = False  # a request answered, its body then refused: no second answer
     #: after a chunk's size line, before its data: where the last chunk's trailers come
@@ -852,12 +855,6 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         """The body of a refusal it answers itself: the services' ``Problem``; the payment
         provider's simulator has its own shape (``limit_head``)."""
         return {"detail": detail, "reason": reason}
-
-    def _unsupported_upgrade_warning(self) -> None:
-        """An ``Upgrade`` (a WebSocket handshake, ``h2c``) is served as the plain request it
-        also is (``server_options``: ``ws`` none); uvicorn warned of each, twice, and told
-        the operator to install a WebSocket library, which anyone could make it do."""
-        log.debug("an Upgrade served as a plain HTTP request")
 
     def _refused_answer(self, detail: str, reason: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
         """The headers and body of a refusal it answers itself (``problem``), the
@@ -930,6 +927,13 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         if len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers) > self.max_head_bytes:
             self._head_too_large = True
             raise ValueError("the head is too large")  # httptools stops; uvicorn answers 400 …
+        if self.parser.should_upgrade():
+            # the parser takes every byte after an upgrade's head as the new protocol's,
+            # which uvicorn dropped (a body in the same packet) or read as a new request (a
+            # body sent later: an order placed from inside another request's body, a
+            # re-check attack trial); no protocol here is one to switch to
+            self._upgrade_refused = True
+            raise ValueError("a protocol switch this server does not make")  # uvicorn answers 400 …
         self._host_from_absolute_form()
         super().on_headers_complete()
 
@@ -990,6 +994,14 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         plain text there: a ``Problem`` here, as every other refusal."""
         if self._head_too_large:  # raised by on_headers_complete: a 431
             self._refuse_head()
+            return
+        if self._upgrade_refused:  # raised by on_headers_complete
+            self._refuse(
+                400,
+                "the request asks to switch protocols (Connection: upgrade with Upgrade, or"
+                " CONNECT), which this server does not: send it without them",
+                "upgrade_not_supported",
+            )
             return
         if self._bad_target:  # raised by _host_from_absolute_form
             self._refuse(
@@ -1152,9 +1164,9 @@ def server_options(
         "access_log": False,
         "lifespan": "off",
         "server_header": False,  # the service names itself instead (ServiceIdentity)
-        # no route is a WebSocket: a handshake is served as the plain HTTP request it also
-        # is (RFC 9110 §7.8: a server may ignore Upgrade), named and not stored as every
-        # answer; with a WebSocket library, uvicorn answered one the app refused, or found
+        # no route is a WebSocket: a handshake is refused as any request to switch
+        # protocols is (HeadLimitedProtocol: 400 upgrade_not_supported, named and not
+        # stored); with a WebSocket library, uvicorn answered one the app refused, or found
         # invalid, itself: a bare 403 or 400, no Server, no Cache-Control (attack trials)
         "ws": "none",
     }

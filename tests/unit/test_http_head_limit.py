@@ -450,3 +450,45 @@ async def test_the_servers_own_refusals_are_named_and_shaped_as_its_other_answer
     assert json.loads(sent) == body
     named = [line.partition(b": ")[2] for line in head.lower().split(b"\r\n") if line.startswith(b"server:")]
     assert named == ([server] if server else []), head
+
+
+@pytest.mark.parametrize(
+    "switch",
+    [
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n",
+        b"Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n",
+        b"Upgrade: anything\r\nConnection: keep-alive, UPGRADE\r\n",
+    ],
+    ids=["websocket", "h2c", "other"],
+)
+@pytest.mark.parametrize("later", [False, True], ids=["body-with-head", "body-later"])
+async def test_a_request_to_switch_protocols_is_a_400_and_what_follows_is_not_read(
+    port: int, switch: bytes, later: bool
+) -> None:
+    """The parser takes every byte after an upgrade's head as the new protocol's: uvicorn
+    dropped a body sent with the head (an order's POST read as having none), and read one
+    sent later as a new request (an order placed from inside another request's body: a
+    re-check attack trial). Such a request is refused, and the connection closed."""
+    inner = b"GET /smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    head = (
+        b"POST /outer HTTP/1.1\r\nHost: 127.0.0.1\r\n" + switch + b"Content-Length: %d\r\n\r\n" % len(inner)
+    )
+
+    def speak() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(head if later else head + inner)
+            if later:
+                time.sleep(0.3)
+                with contextlib.suppress(OSError):
+                    sock.sendall(inner)
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    answer += chunk
+        return answer
+
+    answer = await asyncio.to_thread(speak)
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert answer.count(b"HTTP/1.1") == 1 and b"/smuggled" not in answer, answer
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["reason"] == "upgrade_not_supported"

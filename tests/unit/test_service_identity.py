@@ -65,15 +65,3 @@ async def test_a_request_meant_for_another_is_421_and_reaches_nothing(meant: byt
 async def test_one_of_two_headers_naming_another_is_421() -> None:
     sent, reached = await _answer([(b"saga-service", b"payment_svc"), (b"saga-service", b"order_svc")])
     assert not reached and sent[0]["status"] == 421
-
-
-def test_the_http_server_hook_that_says_nothing_of_an_upgrade_is_still_uvicorns() -> None:
-    """``HeadLimitedProtocol`` quiets uvicorn's two warnings of every ``Upgrade`` it serves
-    as a plain request (anyone could fill the log with them): if an upgrade of uvicorn
-    renames the hook, this fails rather than the warnings coming back unseen."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    from saga_kit.http import HeadLimitedProtocol
-
-    assert callable(getattr(HttpToolsProtocol, "_unsupported_upgrade_warning", None))
-    assert "_unsupported_upgrade_warning" in vars(HeadLimitedProtocol)
