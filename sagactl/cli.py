@@ -836,12 +836,13 @@ def _value(said: Any, style: str = "", limit: int = 10_000, escaped: bool = Fals
     its row (re-check trials). A backslash is doubled, so that an escape is never the text
     of one (a subject ``mallory\\x20`` looked like ``mallory`` and a space), unless the
     service ``escaped`` it so already (an audit entry's path). A text not in Unicode's
-    composed form (NFC) shows its combining marks escaped: ``e`` and U+0301 looked like
-    ``é`` (a re-check trial). A composed line's layout (``_text``) is left as it is."""
+    composed form (NFC) shows escaped what composing would change (``_composed_or_escaped``:
+    ``e`` and U+0301, and U+212B, looked like ``é`` and ``Å``, re-check trials). A composed
+    line's layout (``_text``) is left as it is."""
     if isinstance(said, str) and not escaped:
         said = said.replace("\\", "\\\\")
     if isinstance(said, str) and not unicodedata.is_normalized("NFC", said):
-        said = _MARK.sub(_escaped, said)
+        said = _composed_or_escaped(said)
     shown = _text(said, style, limit)
     shown.plain = _LAST_SPACES.sub(lambda found: "\\x20" * len(found[0]), _LAYOUT.sub(_escaped, shown.plain))
     return shown
@@ -863,7 +864,22 @@ _SHOWS_NOTHING = regex.compile(
 )
 _LAST_SPACES = regex.compile(r"\x20+\Z")
 _LAYOUT = regex.compile(r"[\t\n]")
-_MARK = regex.compile(r"\p{M}")
+
+
+def _composed_or_escaped(text: str) -> str:
+    """``text`` with each character that Unicode's composition (NFC) would change escaped:
+    one NFC replaces (U+212B ANGSTROM SIGN is U+00C5, U+037E is ";"), and a combining
+    mark NFC would compose with the character before it (``e`` and U+0301 is ``é``);
+    other marks, a Devanagari vowel sign's, are shown as they are."""
+    shown, before = [], ""
+    for ch in text:
+        changed = unicodedata.normalize("NFC", ch) != ch
+        if not changed and before and unicodedata.category(ch).startswith("M"):
+            alone = unicodedata.normalize("NFC", before)
+            changed = unicodedata.normalize("NFC", before + ch) != alone + ch
+        shown.append(ch.encode("unicode_escape").decode("ascii") if changed else ch)
+        before = ch
+    return "".join(shown)
 
 
 def _escaped(found: regex.Match[str]) -> str:

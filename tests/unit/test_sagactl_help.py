@@ -1697,6 +1697,11 @@ def test_a_cell_shows_what_shows_nothing_escaped() -> None:
     # e and a combining acute looked like é; text in its composed form is shown as it is
     assert _value("e\u0301").plain == "e\\u0301" and _value("\u00e9").plain == "\u00e9"
     assert _value("नमस्ते").plain == "नमस्ते"
+    # what composing replaces looked like what it is replaced with; a mark that composes
+    # with nothing is shown (U+0958, not composed, and its vowel signs: a re-check trial)
+    for lookalike, escaped in (("\u212bngstrom", "\\u212bngstrom"), ("a\u037eb", "a\\u037eb")):
+        assert _value(lookalike).plain == escaped, escaped
+    assert _value("\u0958\u093f\u0924\u093e\u092c").plain == "\\u0958\u093f\u0924\u093e\u092c"
     # an emoji's own joiners and presentation selector show as the emoji; elsewhere, not
     for emoji in ("👩\u200d💻", "❤\ufe0f", "👩🏽\u200d💻", "🏳\ufe0f\u200d🌈", "1\ufe0f\u20e3", "👍🏽"):
         assert _value(emoji).plain == emoji, emoji
