@@ -921,7 +921,6 @@ class HeadLimitedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm_head_timer()
-        self._in_head = False
         # a head that arrived in one piece was not counted as it came: its parsed size is
         # the request line's target and the header lines' (a few bytes less than sent)
         if len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers) > self.max_head_bytes:
@@ -935,6 +934,11 @@ class HeadLimitedProtocol(HttpToolsProtocol):
             self._upgrade_refused = True
             raise ValueError("a protocol switch this server does not make")  # uvicorn answers 400 …
         self._host_from_absolute_form()
+        # past every refusal raised here: one of them is of a request whose cycle does not
+        # exist yet, refused in its turn as a head is (``_refuse``), not in the place of
+        # the request before it (a re-check trial: a pipelined GET got the 400 and its
+        # route never ran)
+        self._in_head = False
         super().on_headers_complete()
 
     def _host_from_absolute_form(self) -> None:
