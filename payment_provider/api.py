@@ -124,8 +124,9 @@ def _in_path(request: Request, adapter: TypeAdapter[str], value: str, name: str)
     two paths were one account or key (attack trials)."""
     try:
         path = path_text(request.scope)
-        # the routes' pattern ends in "$", which matches before a last newline, left out of
-        # the parameter: /v1/accounts/zz%0A was account zz (a re-check attack trial)
+        # the whole path, as the parameter may be only part of it: format characters (U+200B,
+        # bidirectional controls), separators, private-use and unassigned characters, lone
+        # surrogates (a control character is refused before that, by ``path_refusal``)
         printable_text(path)
     except ValueError as unreadable:
         detail = {"loc": ["path", name], "msg": str(unreadable), "type": "value_error"}

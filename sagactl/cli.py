@@ -844,7 +844,8 @@ def _value(said: Any, style: str = "", limit: int = 10_000, escaped: bool = Fals
     if isinstance(said, str) and not unicodedata.is_normalized("NFC", said):
         said = _composed_or_escaped(said)
     shown = _text(said, style, limit)
-    shown.plain = _LAST_SPACES.sub(lambda found: "\\x20" * len(found[0]), _LAYOUT.sub(_escaped, shown.plain))
+    plain = _LAST_SPACES.sub(lambda found: "\\x20" * len(found[0]), _LAYOUT.sub(_escaped, shown.plain))
+    shown.plain = _FIRST_MARK.sub(_escaped, plain)
     return shown
 
 
@@ -853,16 +854,21 @@ def _value(said: Any, style: str = "", limit: int = 10_000, escaped: bool = Fals
 #: renderer shows nothing of (Default_Ignorable_Code_Point: U+200B, U+FEFF, U+00AD,
 #: direction marks, variation selectors, the grapheme joiner, the Hangul fillers), the
 #: other format characters, the line and paragraph separators (they broke a row in two),
-#: a space that is not U+0020 (U+00A0, U+3000) and the blank braille pattern U+2800. But
-#: not the two that an emoji shows (Unicode TS #51): U+FE0F after a pictograph or a keycap's
-#: digit (its emoji form: "❤️"), and U+200D joining pictographs into one ("👩‍💻").
+#: a space that is not U+0020 (U+00A0, U+3000) and the blank braille pattern U+2800; and
+#: what a terminal shows as one same box, or as nothing, whichever it is: private-use and
+#: unassigned characters (U+E000 and U+E001 look alike). But not the two that an emoji shows
+#: (Unicode TS #51): U+FE0F after a pictograph or a keycap's digit (its emoji form: "❤️"),
+#: and U+200D joining pictographs into one ("👩‍💻").
 _SHOWS_NOTHING = regex.compile(
     r"(?!(?<=[\p{Extended_Pictographic}0-9#*]\p{Emoji_Modifier}?)\uFE0F)"
     r"(?!(?<=[\p{Extended_Pictographic}\p{Emoji_Modifier}\uFE0F])\u200D(?=\p{Extended_Pictographic}))"
-    r"[\p{Default_Ignorable_Code_Point}\p{Cf}\p{Zl}\p{Zp}\u2800[\p{Zs}--\x20]]",
+    r"[\p{Default_Ignorable_Code_Point}\p{Cf}\p{Co}\p{Cn}\p{Zl}\p{Zp}\u2800[\p{Zs}--\x20]]",
     regex.V1,
 )
 _LAST_SPACES = regex.compile(r"\x20+\Z")
+#: A combining mark first in a cell: it has no letter of its own, so it draws on the cell's
+#: border or padding, or shows nothing.
+_FIRST_MARK = regex.compile(r"\A\p{M}")
 _LAYOUT = regex.compile(r"[\t\n]")
 
 
@@ -877,13 +883,18 @@ def _composed_or_escaped(text: str) -> str:
         if not changed and before and unicodedata.category(ch).startswith("M"):
             alone = unicodedata.normalize("NFC", before)
             changed = unicodedata.normalize("NFC", before + ch) != alone + ch
-        shown.append(ch.encode("unicode_escape").decode("ascii") if changed else ch)
+        shown.append(_escape(ch) if changed else ch)
         before = ch
     return "".join(shown)
 
 
+def _escape(text: str) -> str:
+    """``text`` as Python's escapes (``\\x1b``, ``\\u200b``, ``\\U000e0001``), all ASCII."""
+    return text.encode("unicode_escape").decode("ascii")
+
+
 def _escaped(found: regex.Match[str]) -> str:
-    return found[0].encode("unicode_escape").decode("ascii")
+    return _escape(found[0])
 
 
 #: Columns of a fixed, short content (ids, states, amounts, ages): never wrapped.

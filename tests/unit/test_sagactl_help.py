@@ -1710,3 +1710,7 @@ def test_a_cell_shows_what_shows_nothing_escaped() -> None:
     assert _text("PaymentFailed  ").plain == "PaymentFailed  "  # a composed line's padding
     assert _text("a b").plain == "a b"
     assert _text("Zoe\u0308").plain == "Zoe\u0308"  # a combining mark shows on its letter
+    # what shows as one same box, or nothing: private-use and unassigned characters
+    assert _text("k\ue000 k\U000f0000 k\u0378").plain == "k\\ue000 k\\U000f0000 k\\u0378"
+    # a mark first in a cell has no letter of its own: it drew on the cell's padding
+    assert _value("\u0301abc").plain == "\\u0301abc" and _value("a\u0308bc").plain == "a\\u0308bc"
