@@ -52,8 +52,13 @@ HEADERS_SHOWN = 100
 
 
 class BytesView(BaseModel):
-    """Bytes as they can be shown: ``text`` when they are UTF-8 (control characters
-    escaped), else ``base64``; both cut to a preview (``truncated``), ``size`` in bytes."""
+    """Bytes as they can be shown, cut to a preview (``truncated``); ``size`` in bytes.
+    ``text`` when they are UTF-8, with control characters, lone surrogates and
+    bidirectional controls escaped (``events.values.printable``: ``\\x1b``), to be read;
+    ``base64``, the bytes themselves, whenever ``text`` is not exactly them (they are not
+    UTF-8, or something was escaped): an ESC and the four characters ``\\x1b`` are one
+    ``text`` and two ``base64`` (an attack trial). ``text`` and ``base64`` both null: no
+    bytes were shown."""
 
     size: int
     text: str | None
@@ -69,12 +74,19 @@ class BytesView(BaseModel):
         truncated = size > limit
         # a multi-byte character cut by the preview does not make the bytes binary
         for cut in range(4 if truncated else 1):
+            kept = head[: len(head) - cut]
             try:
-                shown = head[: len(head) - cut].decode("utf-8")
+                shown = kept.decode("utf-8")
             except UnicodeDecodeError:
                 continue
-            return cls(size=size, text=printable(shown, limit), base64=None, truncated=truncated)
-        return cls(size=size, text=None, base64=base64.b64encode(head).decode(), truncated=truncated)
+            readable = printable(shown, limit)
+            exact = None if readable == shown else _base64(kept)
+            return cls(size=size, text=readable, base64=exact, truncated=truncated)
+        return cls(size=size, text=None, base64=_base64(head), truncated=truncated)
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 #: Schemes shown before the characters of a credential.
@@ -84,7 +96,11 @@ CREDENTIAL_SHOWN = 8
 
 
 class HeaderView(BaseModel):
+    #: The header's name, escaped as ``BytesView.text`` is.
     key: str
+    #: The name's UTF-8 bytes (of its first ``HEADER_PREVIEW`` characters), when ``key``
+    #: escaped something: as ``BytesView.base64``, two names that differ differ here.
+    key_base64: str | None = None
     #: None for a null header value (Kafka allows them).
     value: BytesView | None
     #: A credential, shown by its scheme and first characters only (``size``: its own).
@@ -92,18 +108,24 @@ class HeaderView(BaseModel):
 
     @classmethod
     def of(cls, key: str, value: bytes | None) -> HeaderView:
-        shown_key = printable(key, HEADER_PREVIEW)
+        shown_key, head = printable(key, HEADER_PREVIEW), key[:HEADER_PREVIEW]
+        exact = (
+            None
+            if printable(head, HEADER_PREVIEW) == head
+            else _base64(head.encode("utf-8", "surrogatepass"))
+        )
         if value is None:
-            return cls(key=shown_key, value=None)
+            return cls(key=shown_key, key_base64=exact, value=None)
         if not is_credential(key):
-            return cls(key=shown_key, value=BytesView.of(value, HEADER_PREVIEW))
+            return cls(key=shown_key, key_base64=exact, value=BytesView.of(value, HEADER_PREVIEW))
         scheme, space, credential = value.strip().partition(b" ")
         if space and scheme.lower() in CREDENTIAL_SCHEMES:
             kept = scheme + b" " + credential.strip()[:CREDENTIAL_SHOWN]
         else:
             kept = value.strip()[:CREDENTIAL_SHOWN]
         view = BytesView.of(kept + "…".encode(), HEADER_PREVIEW)
-        return cls(key=shown_key, value=view.model_copy(update={"size": len(value)}), redacted=True)
+        shown = view.model_copy(update={"size": len(value)})
+        return cls(key=shown_key, key_base64=exact, value=shown, redacted=True)
 
 
 class DeadLetterSummary(BaseModel):

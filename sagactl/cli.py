@@ -31,6 +31,7 @@ KAFKA_SSL_CAFILE, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD_FILE …
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
 import json
@@ -1042,14 +1043,13 @@ def dlq_show(
     meta.add_row(
         "source", _text(f"{d['source_topic']} partition {d['source_partition']} offset {d['source_offset']}")
     )
-    meta.add_row("key", _value(_shown(d["key"]), escaped=True))  # escaped by the service (BytesView)
+    meta.add_row("key", _value(_shown(d["key"], exact=True)))
     for h in d["headers"]:
         withheld = f" ({h['value']['size']} bytes, withheld: a credential)" if h.get("redacted") else ""
         # a name and a value as a record's writer sent them (a newline split the row, and
-        # "v" and "v" and a tab looked alike: a re-check trial), escaped by the service
-        meta.add_row(
-            _value(f"header {h['key']}", escaped=True), _value(_shown(h["value"]) + withheld, escaped=True)
-        )
+        # "v" and "v" and a tab looked alike: a re-check trial)
+        name = h["key"] if h.get("key_base64") is None else _utf8(h["key_base64"])
+        meta.add_row(_value(f"header {name}"), _value(_shown(h["value"], exact=True) + withheld))
     if d["headers_total"] > len(d["headers"]):
         meta.add_row("headers", f"… {d['headers_total'] - len(d['headers'])} more not shown")
     console.print(Panel(meta, title=_text(f"{service} dead letter {letter_id}")))
@@ -1068,12 +1068,26 @@ def dlq_show(
         )
 
 
-def _shown(view: dict[str, Any] | None) -> str:
-    """A BytesView of the dead-letter API as one line."""
+def _shown(view: dict[str, Any] | None, exact: bool = False) -> str:
+    """A BytesView of the dead-letter API as one line: its text as the service escaped it,
+    or, ``exact``, the text itself (from its ``base64``, given when the service escaped
+    something), for ``_value`` to escape so that an escape is never the text of one (an
+    ESC and the text ``\\x1b`` looked alike: an attack trial)."""
     if view is None:
         return "(null)"
-    shown = view["text"] if view["text"] is not None else f"base64:{view['base64']}"
+    if view["text"] is None:
+        shown = f"base64:{view['base64']}"
+    elif exact and view["base64"] is not None:
+        shown = _utf8(view["base64"])
+    else:
+        shown = view["text"]
     return shown + (f" … ({view['size']} bytes)" if view["truncated"] else "")
+
+
+def _utf8(encoded: str) -> str:
+    """The text of UTF-8 bytes given in base64 (lone surrogates kept, as Kafka's header
+    names may hold them)."""
+    return base64.b64decode(encoded).decode("utf-8", "surrogatepass")
 
 
 @dlq.command("replay")

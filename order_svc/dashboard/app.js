@@ -444,15 +444,21 @@ async function loadDeadLetters() {
 }
 
 // A body as the service shows it: its text (pretty when it is JSON, as an event's
-// envelope is) or, for bytes that are not UTF-8, base64.
+// envelope is) or, for bytes that are not UTF-8, base64. Text the service escaped
+// something in (a control character) says so, with the exact bytes: an ESC and the
+// text "\x1b" look alike escaped.
 function shownBytes(view) {
   if (!view) return "(none)";
   if (view.text === null) return `base64: ${view.base64}${view.truncated ? " …" : ""} (${view.size} bytes)`;
+  const exact = view.base64 === null ? "" : ` (escaped; the bytes in base64: ${view.base64})`;
   try {
-    if (!view.truncated) return JSON.stringify(JSON.parse(view.text), null, 2);
+    if (!view.truncated && !exact) return JSON.stringify(JSON.parse(view.text), null, 2);
   } catch { /* not JSON: as it is */ }
-  return view.text + (view.truncated ? ` … (${view.size} bytes)` : "");
+  return view.text + (view.truncated ? ` … (${view.size} bytes)` : "") + exact;
 }
+
+// A header's name, as shownBytes shows text.
+const shownName = (h) => h.key + (h.key_base64 ? ` (escaped; the bytes in base64: ${h.key_base64})` : "");
 
 async function showLetter(service, id) {
   state.letter = { service, id };
@@ -482,7 +488,7 @@ async function showLetter(service, id) {
     ["when", `${absolute(d.created_at)} (${relative(d.created_at)})`],
     ["replays tried", String(d.replay_attempts)],
     ["key", d.key ? shownBytes(d.key) : "(none)"],
-    ["headers", d.headers.map((h) => `${h.key}: ${h.value ? shownBytes(h.value) : "null"}`).join("\n") || "(none)"],
+    ["headers", d.headers.map((h) => `${shownName(h)}: ${h.value ? shownBytes(h.value) : "null"}`).join("\n") || "(none)"],
   ];
   const list = el("dl", { id: "dl-facts" });
   for (const [name, value] of facts) list.append(el("dt", {}, name), el("dd", { "data-fact": name }, value));

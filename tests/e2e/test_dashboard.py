@@ -5,6 +5,7 @@ the page, checked through that service's own API."""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import re
@@ -603,7 +604,8 @@ def test_dead_letters_discarded_and_a_failing_replay_refused_from_the_page(
 
     marker = uuid.uuid4().hex
     garbage = b"\x00not an event " + marker.encode()
-    system.publish([(ORDERS, marker.encode(), garbage)])  # unsigned, not even JSON
+    # unsigned, not even JSON; its key holds an ESC
+    system.publish([(ORDERS, marker.encode() + b"\x1b", garbage)])
     discarding = the_letter(system, "inventory_svc", garbage)
     # signed, but a version of InventoryReserved that no build reads: replaying cannot help
     unreadable = json.dumps(
@@ -629,6 +631,9 @@ def test_dead_letters_discarded_and_a_failing_replay_refused_from_the_page(
     assert fact(browser, "status") == "PENDING" and fact(browser, "reason").startswith("bad_signature")
     assert fact(browser, "from").startswith("orders.events partition ")
     assert marker in texts(browser, "#dl-value")[0]
+    # what was escaped comes with its bytes: an ESC and the text \x1b looked alike
+    exact = base64.b64encode(marker.encode() + b"\x1b").decode()
+    assert fact(browser, "key") == f"{marker}\\x1b (escaped; the bytes in base64: {exact})"
     # it asks first, and "no" changes nothing
     click(browser, "#dl-discard")
     assert "never processed" in texts(browser, "#dl-confirmation")[0]

@@ -4,6 +4,7 @@ reason — whatever it carries — and an error of the pipeline itself never let
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import uuid
@@ -81,6 +82,27 @@ async def test_a_nul_byte_in_a_header_is_kept_exactly_and_shown_escaped(inventor
     note, binary = shown.headers
     assert note.value is not None and note.value.text == "a\\x00b"
     assert binary.value is not None and binary.value.text is None and binary.value.base64 == "//4="
+    # escaped text comes with the bytes themselves: an ESC and the text \x1b looked alike
+    assert note.value.base64 == base64.b64encode(b"a\x00b").decode()
+
+
+def test_bytes_escaped_for_reading_come_with_the_bytes_themselves() -> None:
+    """An ESC and the four characters ``\\x1b``, in a key, a header's name or value, or a
+    body, were shown alike, ``-o json`` included (an attack trial): the view of what was
+    escaped carries the exact bytes (``base64``), the view of text shown as it is, none."""
+    esc, text = deadletters.BytesView.of(b"k\x1b", 512), deadletters.BytesView.of(b"k\\x1b", 512)
+    assert esc.text == text.text == "k\\x1b"
+    assert (esc.base64, text.base64) == (base64.b64encode(b"k\x1b").decode(), None)
+    cut = deadletters.BytesView.of(b"\x1b" + "é".encode() * 4, 8)  # the last é cut by the preview
+    kept = b"\x1b" + "é".encode() * 3
+    assert (cut.text, cut.base64, cut.truncated) == ("\\x1bééé", base64.b64encode(kept).decode(), True)
+    named = deadletters.HeaderView.of("x\x1b", b"v")
+    assert (named.key, named.key_base64) == ("x\\x1b", base64.b64encode(b"x\x1b").decode())
+    assert deadletters.HeaderView.of("x\\x1b", None).key_base64 is None
+    assert (
+        deadletters.HeaderView.of("x\udcff", None).key_base64
+        == base64.b64encode("x\udcff".encode("utf-8", "surrogatepass")).decode()
+    )
 
 
 async def test_one_huge_nested_letter_never_hides_the_others(payment: ServiceUnderTest) -> None:

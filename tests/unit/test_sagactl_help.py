@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -1129,6 +1131,32 @@ def test_dlq_show_shows_a_headers_layout_escaped() -> None:
     assert result.exit_code == 0, result.output
     for shown in ("k\\x20", "line1\\nline2", "header x-s\\x20", "v\\t"):
         assert shown in result.output, (shown, result.output)
+
+
+def test_dlq_show_tells_an_escape_from_the_text_of_one() -> None:
+    """A key, a header's name or value with an ESC, which the service escapes (and gives in
+    base64 too), and with the four characters ``\\x1b`` were shown alike (an attack trial)."""
+    esc = {"text": "k\\x1b", "base64": base64.b64encode(b"k\x1b").decode(), "size": 2, "truncated": False}
+    text = {"text": "k\\x1b", "base64": None, "size": 5, "truncated": False}
+    letter: dict[str, Any] = {
+        **dict.fromkeys(("status", "reason", "event_type", "order_id", "created_at", "resolved_at")),
+        "replay_attempts": 0,
+        **{"source_topic": "orders.events", "source_partition": 0, "source_offset": 1},
+        "key": esc,
+        "headers": [
+            {"key": "h\\x1b", "key_base64": base64.b64encode(b"h\x1b").decode(), "value": text},
+            {"key": "h\\x1b", "value": esc},
+        ],
+        "headers_total": 2,
+        "value": None,
+    }
+    with JsonServer(json.dumps(letter).encode()) as server:
+        result = CliRunner().invoke(app, ["--payment-url", server.base, "dlq", "show", "payment", "1"])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output
+    rows = [re.split(r"\s{2,}", line.strip("│ ")) for line in result.output.splitlines()]
+    assert ["key", "k\\x1b"] in rows, result.output
+    assert ["header h\\x1b", "k\\\\x1b"] in rows and ["header h\\\\x1b", "k\\x1b"] in rows, result.output
 
 
 @pytest.mark.parametrize("command", [[], ["dlq"], ["audit"]])
