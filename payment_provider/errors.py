@@ -153,7 +153,7 @@ class BodyLimit:
     ``invalid_request``; a body coded in a way not read here
     (``saga_kit.http.coding_refusal``: a ``Transfer-Encoding`` other than ``chunked``
     alone, 501; a ``Content-Encoding``, 415) before anything reads it; a path with a
-    control character, 400 ``invalid_path`` (``saga_kit.http.path_refusal``, the services'
+    control character or an escaped slash, 400 ``invalid_path`` (``saga_kit.http.path_refusal``, the services'
     own check); all in the provider's shape. Raised in a route, the app's handlers
     (``install``) answer them; raised where the fault controls buffer a body, outside
     those handlers, this answers them. An attack trial found Starlette's body limit

@@ -319,8 +319,8 @@ _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 class RequestGuard:
     """Request hygiene in front of every route (pure ASGI), each refusal a ``Problem``:
 
-    * **a path with a control character** (sent percent-escaped) is answered 400
-      ``invalid_path`` (``path_refusal``);
+    * **a path with a control character or an escaped slash** (``%0A``, ``%2F``) is
+      answered 400 ``invalid_path`` (``path_refusal``);
     * **cross-origin state changes**: a state-changing request (POST, PUT, PATCH, DELETE)
       whose ``Origin`` is neither the service's own nor in ``HTTP_ALLOWED_ORIGINS`` is
       answered 403 ``cross_origin_refused`` (a page on another site cannot cancel an order
@@ -470,18 +470,26 @@ def _elements(value: str) -> list[str]:
 
 #: The characters of Unicode's category Cc (C0, DEL, C1).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_ESCAPED_SLASH = re.compile(rb"%2f", re.IGNORECASE)
 
 
 def path_refusal(scope: Scope) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]] | None:
     """400 ``invalid_path`` for a path with a control character (Unicode category Cc,
     sent percent-escaped): no resource here has one, and a route's pattern ends in ``$``,
     which matches before a last newline, so ``/orders%0A`` was served as ``/orders`` and
-    its audit entry named another path (an attack trial)."""
+    its audit entry named another path (an attack trial). And for an escaped slash (``%2F``):
+    the server decodes it before routing, so one part of the path was read as two, and
+    ``POST /dead-letters/2%2Fdiscard`` discarded letter 2 past any rule on the path as sent
+    (an attack trial). No id of the services holds a slash; the payment provider's may,
+    sent as it is (``/v1/accounts/a/b``)."""
     control = _CONTROL.search(scope["path"])
-    if control is None:
-        return None
-    detail = f"the path holds the control character U+{ord(control[0]):04X}: no resource here has one"
-    return 400, {"detail": detail, "reason": "invalid_path"}, []
+    if control is not None:
+        detail = f"the path holds the control character U+{ord(control[0]):04X}: no resource here has one"
+        return 400, {"detail": detail, "reason": "invalid_path"}, []
+    if _ESCAPED_SLASH.search(scope.get("raw_path", b"").partition(b"?")[0]):
+        detail = "the path holds an escaped slash (%2F): no part of a path here holds one"
+        return 400, {"detail": detail, "reason": "invalid_path"}, []
+    return None
 
 
 def _repeated(scope: Scope, headers: Headers) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]] | None:

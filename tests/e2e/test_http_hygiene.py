@@ -383,6 +383,28 @@ def test_the_provider_refuses_a_path_with_a_control_character_too(system: System
         assert (refused.status_code, refused.json()["error"]) == (400, "invalid_path"), (path, refused.text)
 
 
+def test_an_escaped_slash_in_a_path_is_refused(system: System) -> None:
+    """The server decodes ``%2F`` before routing, so one part of a path was read as two:
+    ``POST /dead-letters/2%2Fdiscard`` discarded letter 2, past any rule on the path as it
+    was sent (an attack trial). No id holds a slash; the provider's may, sent as it is."""
+    for service, method, path in (
+        ("order_svc", "GET", "/health%2Flive"),
+        ("inventory_svc", "POST", "/dead-letters/1%2fdiscard"),
+        ("payment_svc", "GET", "/accounts/a%2Fb"),
+    ):
+        refused = system.http.request(method, f"{system.url(service)}{path}")
+        assert (refused.status_code, refused.json()["reason"]) == (400, "invalid_path"), (path, refused.text)
+        assert "escaped slash (%2F)" in refused.json()["detail"], refused.text
+    assert system.http.get(f"{system.url('order_svc')}/health/live?next=%2F").status_code == 200
+    if system.provider is None:
+        return
+    url = f"{system.provider.url}/v1/accounts"
+    refused = httpx.put(f"{url}/q%2F", json={"balance": "1.00"}, timeout=10)
+    assert (refused.status_code, refused.json()["error"]) == (400, "invalid_path"), refused.text
+    kept = httpx.put(f"{url}/q/", json={"balance": "1.00"}, timeout=10)
+    assert (kept.status_code, kept.json()["account_id"]) == (200, "q/"), kept.text
+
+
 def test_a_request_to_switch_protocols_is_refused_with_a_named_problem(system: System) -> None:
     """No route is a WebSocket; uvicorn answered a handshake the app refused with a bare
     403, one it found invalid with a bare 400 or 426 (re-check attack trials), and took
