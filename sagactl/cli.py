@@ -2679,36 +2679,59 @@ AUDIT_CELL_CHARACTERS = 80
 _AN_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
 
 
+#: An audit entry's action that is a route: its method and its path's template.
+_A_ROUTE = re.compile(r"([A-Z]+) (/.*)", re.DOTALL)
+#: A parameter of a route's template (``{order_id}``, ``{key:path}``).
+_A_PARAMETER = re.compile(r"\{[^{}]*\}")
+
+
+def _what(action: str, resource: str) -> str:
+    """An audit entry's action and resource in one: a route's method and the path itself,
+    when it is the route's (``PUT /accounts/alice``, not also ``PUT
+    /accounts/{customer_id}``), anything else with the resource after ``on`` (``POST
+    /orders on /orders/99909082``, ``compensate InventoryReleased on /orders/…``); an
+    order's id shortened, as every table shows it."""
+    route = _A_ROUTE.fullmatch(action)
+    shown = _AN_ID.sub(lambda found: found.group()[:SHORT_ID], resource)
+    if route is not None:
+        pieces = _A_PARAMETER.split(route[2])
+        pattern = "[^/]+".join(re.escape(piece) for piece in pieces)
+        if re.fullmatch(pattern, resource, re.DOTALL):
+            return f"{route[1]} {shown}"
+    return f"{action} on {shown}" if resource else action
+
+
 def _audit_table(entries: list[dict[str, Any]], output: Output, only: Sequence[str] | None) -> RenderableType:
-    """text: service, seq, who, role, what, resource, outcome, age (each field cut to
-    ``AUDIT_CELL_CHARACTERS``); wide adds the request (its trace id) and a compensation's
-    cause, and shows every field whole and the time itself."""
+    """text: service, seq, who, role, what (the action and its resource in one, ``_what``),
+    outcome, age, each field cut to ``AUDIT_CELL_CHARACTERS``; wide: the action and the
+    resource apart, the request (its id) and a compensation's cause, every field whole and
+    the time itself."""
     if not entries:
         return "no audit entries" + (f" in {', '.join(only)}" if only else "")
     wide = output is Output.wide
     now = datetime.now(UTC)
     # the role always: a token's subject may be anything, "operator", "anonymous" or
     # "service:inventory_svc" (an attack trial's customer tokens), and only it tells
-    columns = [_fixed("service"), _fixed("seq", "right"), _free("who"), _fixed("role")]
-    columns += [_free("what"), _free("resource"), _free("outcome")]
+    columns = [_fixed("service"), _fixed("seq", "right"), _free("who"), _fixed("role"), _free("what")]
+    columns += [_free("resource"), _free("outcome")] if wide else [_fixed("outcome")]
     if wide:
         columns += [_fixed("request"), _fixed("cause")]
     columns.append(_fixed("at", "left") if wide else _fixed("age", "right"))
     table = Table(*columns)
+    if not wide:  # who folds first, so that "POST /orders/99909082/cancel" may keep its words
+        columns[2].max_width = 12
     for e in entries:
         # text cuts what anyone may send (a path: up to 1,024 characters, 85 lines at 80
         # columns, an attack trial); wide shows it whole
         cut = 10_000 if wide else AUDIT_CELL_CHARACTERS
         row: list[RenderableType] = [e["service"], str(e["seq"]), _value(e.get("actor", "?"), limit=cut)]
         row.append(_text(e.get("role", "")))
-        resource = str(e.get("resource", ""))
-        if not wide:  # an order's id shortened, as every table shows it
-            resource = _AN_ID.sub(lambda found: found.group()[:SHORT_ID], resource)
-        # the path in both, its backslashes doubled by the service (saga_kit.audit)
-        row += [
-            _value(e.get("action", "?"), limit=cut, escaped=True),
-            _value(resource, limit=cut, escaped=True),
-        ]
+        action, resource = str(e.get("action", "?")), str(e.get("resource", ""))
+        # the path's backslashes are doubled by the service (saga_kit.audit)
+        if wide:
+            row += [_value(action, limit=cut, escaped=True), _value(resource, limit=cut, escaped=True)]
+        else:  # one cell: the route's template beside its path said one thing twice (a trial)
+            row.append(_value(_what(action, resource), limit=cut, escaped=True))
         row.append(_value(e.get("outcome", ""), limit=cut))
         if wide:
             row += [_text(e.get("request_id") or ""), _text(e.get("cause") or "")]

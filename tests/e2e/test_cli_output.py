@@ -96,7 +96,6 @@ def test_every_command_fits_80_columns_with_whole_headers(
             "who",
             "role",
             "what",
-            "resource",
             "outcome",
             "age",
         ],

@@ -1742,3 +1742,24 @@ def test_a_cell_shows_what_shows_nothing_escaped() -> None:
     assert _text("k\ue000 k\U000f0000 k\u0378").plain == "k\\ue000 k\\U000f0000 k\\u0378"
     # a mark first in a cell has no letter of its own: it drew on the cell's padding
     assert _value("\u0301abc").plain == "\\u0301abc" and _value("a\u0308bc").plain == "a\\u0308bc"
+
+
+def test_audit_list_shows_an_action_and_its_resource_in_one_cell() -> None:
+    """At 80 columns the route's template beside its path folded every word (``PlaceOrd`` /
+    ``er via``): a newcomer trial. Text shows the method with the path itself when it is the
+    route's, another action with its resource after ``on``; ``-o wide`` keeps both apart."""
+    from sagactl.cli import _what
+
+    order = "99909082-1234-4567-89ab-0123456789ab"
+    assert _what("PUT /accounts/{customer_id}", "/accounts/alice") == "PUT /accounts/alice"
+    cancel = _what("POST /orders/{order_id}/cancel", f"/orders/{order}/cancel")
+    assert cancel == "POST /orders/99909082/cancel"
+    # the path a call made, not the route's: the order placed
+    assert _what("POST /orders", f"/orders/{order}") == "POST /orders on /orders/99909082"
+    other = _what("PUT /accounts/{customer_id}", "/accounts/a/b")
+    assert other == "PUT /accounts/{customer_id} on /accounts/a/b"
+    assert _what("PlaceOrder via orders.commands", f"/orders/{order}") == (
+        "PlaceOrder via orders.commands on /orders/99909082"
+    )
+    assert _what("POST /no such/path", "/no such/path") == "POST /no such/path"  # no route: its path
+    assert _what("GET /health", "") == "GET /health"
