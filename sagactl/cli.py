@@ -67,7 +67,14 @@ from rich.panel import Panel
 from rich.table import Column, Table
 from rich.text import Text
 
-from events.values import MAX_DEADLINE_SECONDS, MAX_LINE_QUANTITY, MIN_DEADLINE_SECONDS, printable, storable
+from events.values import (
+    MAX_DEADLINE_SECONDS,
+    MAX_LINE_QUANTITY,
+    MIN_DEADLINE_SECONDS,
+    once_each,
+    printable,
+    storable,
+)
 from order_svc.domain import CANCEL_REQUESTED, ORDER_ID_PREFIX, OrderStatus, transition
 from saga_kit import auditchain
 from saga_kit.auth import POLICY, SUBJECT_RULE, WITHHELD, DevIssuer, Role, is_subject
@@ -1043,29 +1050,66 @@ def dlq_show(
     meta.add_row(
         "source", _text(f"{d['source_topic']} partition {d['source_partition']} offset {d['source_offset']}")
     )
-    meta.add_row("key", _value(_shown(d["key"], exact=True)))
+    meta.add_row("key", _bytes_cell(d["key"]))
     for h in d["headers"]:
         withheld = f" ({h['value']['size']} bytes, withheld: a credential)" if h.get("redacted") else ""
         # a name and a value as a record's writer sent them (a newline split the row, and
         # "v" and "v" and a tab looked alike: a re-check trial)
         name = h["key"] if h.get("key_base64") is None else _utf8(h["key_base64"])
-        meta.add_row(_value(f"header {name}"), _value(_shown(h["value"], exact=True) + withheld))
+        meta.add_row(_value(f"header {name}"), _bytes_cell(h["value"], withheld))
     if d["headers_total"] > len(d["headers"]):
         meta.add_row("headers", f"… {d['headers_total'] - len(d['headers'])} more not shown")
     console.print(Panel(meta, title=_text(f"{service} dead letter {letter_id}")))
     value = d["value"]
-    if value is not None and value["text"] is not None and not value["truncated"]:
-        try:
-            pretty = json.dumps(json.loads(value["text"]), indent=2)
-            console.print(JSONHighlighter()(Text(pretty, overflow="fold")))
-            return
-        except (ValueError, RecursionError):  # not JSON, or nested deeper than we indent
-            pass
+    pretty = _pretty_json(value)
+    if pretty is not None:
+        console.print(JSONHighlighter()(Text(pretty, overflow="fold")))
+        return
     console.print(_text(f"value: {_shown(value)}"), overflow="fold")
     if value is not None and value["truncated"]:
         console.print(
             Text(f"(all {value['size']} bytes: GET {_urls(ctx).of(service)}/dead-letters/{letter_id}/value)")
         )
+
+
+def _pretty_json(view: dict[str, Any] | None) -> str | None:
+    """A dead letter's body (a BytesView) as indented JSON, when it is JSON that indenting
+    shows as it is: whole, nothing escaped by the service, no name given twice and every
+    number written as Python writes it back; else None, and the text is shown as it came.
+    ``{"id": "a", "id": "b"}`` was shown as ``{"id": "b"}``, and 12345678901234567890.10 as
+    1.2345678901234567e+19 (an attack trial)."""
+    if view is None or view["text"] is None or view["base64"] is not None or view["truncated"]:
+        return None
+    try:
+        body = json.loads(view["text"], object_pairs_hook=once_each, parse_float=_float_as_written)
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than we indent
+        return None
+    return json.dumps(body, indent=2)
+
+
+def _float_as_written(written: str) -> float:
+    """``parse_float`` of ``_pretty_json``: a number Python writes back as it was written,
+    else ``ValueError``."""
+    number = float(written)
+    if json.dumps(number) != written:
+        raise ValueError(f"{written} would be shown otherwise")
+    return number
+
+
+#: What ``_bytes_cell`` shows for what is not text: a null, and bytes that are not UTF-8.
+_NOT_TEXT = ("(null)", "base64:")
+
+
+def _bytes_cell(view: dict[str, Any] | None, after: str = "") -> Text:
+    """A BytesView of the dead-letter API in a cell of its own (``_value``), ``after``
+    appended: the text itself, so an escape is never the text of one; and a text that
+    begins as a null or bytes not UTF-8 are shown (``(null)``, ``base64:``) has its first
+    character escaped (a header of the text ``(null)`` and a null header looked alike: an
+    attack trial)."""
+    cell = _value(_shown(view, exact=True) + after)
+    if view is not None and view["text"] is not None and cell.plain.startswith(_NOT_TEXT):
+        cell.plain = f"\\x{ord(cell.plain[0]):02x}{cell.plain[1:]}"
+    return cell
 
 
 def _shown(view: dict[str, Any] | None, exact: bool = False) -> str:

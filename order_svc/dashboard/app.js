@@ -443,22 +443,39 @@ async function loadDeadLetters() {
   $("dead-letters").replaceChildren(...rows);
 }
 
-// A body as the service shows it: its text (pretty when it is JSON, as an event's
-// envelope is) or, for bytes that are not UTF-8, base64. Text the service escaped
-// something in (a control character) says so, with the exact bytes: an ESC and the
-// text "\x1b" look alike escaped.
+// A body as the service shows it: its text (indented when it is JSON as the services
+// write it, compact, which indenting shows as it is: {"id": "a", "id": "b"} was shown as
+// {"id": "b"}, and 12345678901234567890.10 rounded, by an attack trial), or, for bytes that
+// are not UTF-8, base64. Text the service escaped something in (a control character) says
+// so, with the exact bytes: an ESC and the text "\x1b" look alike escaped.
 function shownBytes(view) {
   if (!view) return "(none)";
   if (view.text === null) return `base64: ${view.base64}${view.truncated ? " …" : ""} (${view.size} bytes)`;
-  const exact = view.base64 === null ? "" : ` (escaped; the bytes in base64: ${view.base64})`;
-  try {
-    if (!view.truncated && !exact) return JSON.stringify(JSON.parse(view.text), null, 2);
-  } catch { /* not JSON: as it is */ }
+  const exact = escapedNote(view.base64);
+  if (!view.truncated && !exact) {
+    try {
+      const body = JSON.parse(view.text);
+      if (JSON.stringify(body) === view.text) return JSON.stringify(body, null, 2);
+    } catch { /* not JSON: as it is */ }
+  }
   return view.text + (view.truncated ? ` … (${view.size} bytes)` : "") + exact;
 }
 
-// A header's name, as shownBytes shows text.
-const shownName = (h) => h.key + (h.key_base64 ? ` (escaped; the bytes in base64: ${h.key_base64})` : "");
+// A key, a header's name or value, in a line of others: text in quotes (JSON's), so that
+// what a writer sent cannot read as the page's words (a header "a: b" = "c" looked like
+// "a" = "b: c", the text "(none)" like no key: an attack trial).
+function quotedBytes(view, none) {
+  if (!view) return none;
+  if (view.text === null) return shownBytes(view);
+  const exact = escapedNote(view.base64);
+  return JSON.stringify(view.text) + (view.truncated ? ` … (${view.size} bytes)` : "") + exact;
+}
+
+// A header's name, as quotedBytes shows text.
+const shownName = (h) => JSON.stringify(h.key) + escapedNote(h.key_base64);
+
+// What follows text the service escaped something in: its exact bytes (base64), if any.
+const escapedNote = (exact) => (exact === null || exact === undefined ? "" : ` (escaped; the bytes in base64: ${exact})`);
 
 async function showLetter(service, id) {
   state.letter = { service, id };
@@ -487,8 +504,8 @@ async function showLetter(service, id) {
     ["from", `${d.source_topic} partition ${d.source_partition} offset ${d.source_offset}`],
     ["when", `${absolute(d.created_at)} (${relative(d.created_at)})`],
     ["replays tried", String(d.replay_attempts)],
-    ["key", d.key ? shownBytes(d.key) : "(none)"],
-    ["headers", d.headers.map((h) => `${shownName(h)}: ${h.value ? shownBytes(h.value) : "null"}`).join("\n") || "(none)"],
+    ["key", quotedBytes(d.key, "(none)")],
+    ["headers", d.headers.map((h) => `${shownName(h)}: ${quotedBytes(h.value, "null")}`).join("\n") || "(none)"],
   ];
   const list = el("dl", { id: "dl-facts" });
   for (const [name, value] of facts) list.append(el("dt", {}, name), el("dd", { "data-fact": name }, value));

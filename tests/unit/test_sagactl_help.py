@@ -1763,3 +1763,57 @@ def test_audit_list_shows_an_action_and_its_resource_in_one_cell() -> None:
     )
     assert _what("POST /no such/path", "/no such/path") == "POST /no such/path"  # no route: its path
     assert _what("GET /health", "") == "GET /health"
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        ('{"order_id": "a", "order_id": "b"}', 'value: {"order_id": "a", "order_id": "b"}'),
+        ('{"total": 12345678901234567890.10}', 'value: {"total": 12345678901234567890.10}'),
+        ('{"total": 1.5, "n": 12345678901234567890}', '  "total": 1.5,\n  "n": 12345678901234567890\n'),
+    ],
+    ids=["a-name-twice", "a-number-rewritten", "shown-indented"],
+)
+def test_dlq_show_indents_a_body_only_where_that_shows_it_as_it_is(body: str, shown: str) -> None:
+    """``{"id": "a", "id": "b"}`` was shown as ``{"id": "b"}``, and 12345678901234567890.10
+    as 1.2345678901234567e+19 (an attack trial): such a body is shown as it came."""
+    view = {"text": body, "base64": None, "size": len(body), "truncated": False}
+    letter: dict[str, Any] = {
+        **dict.fromkeys(("status", "reason", "event_type", "order_id", "created_at", "resolved_at")),
+        "replay_attempts": 0,
+        **{"source_topic": "orders.events", "source_partition": 0, "source_offset": 1},
+        "key": None,
+        "headers": [],
+        "headers_total": 0,
+        "value": view,
+    }
+    with JsonServer(json.dumps(letter).encode()) as server:
+        result = CliRunner().invoke(app, ["--payment-url", server.base, "dlq", "show", "payment", "1"])
+    assert result.exit_code == 0, result.output
+    assert shown in result.output, result.output
+
+
+def test_dlq_show_tells_what_is_not_text_from_text_that_reads_so() -> None:
+    """A null header and one of the text ``(null)``, bytes that are not UTF-8 and the text
+    ``base64:/w==``, looked alike (an attack trial)."""
+    view = {"base64": None, "size": 6, "truncated": False}
+    letter: dict[str, Any] = {
+        **dict.fromkeys(("status", "reason", "event_type", "order_id", "created_at", "resolved_at")),
+        "replay_attempts": 0,
+        **{"source_topic": "orders.events", "source_partition": 0, "source_offset": 1},
+        "key": {**view, "text": None, "base64": "/w==", "size": 1},
+        "headers": [
+            {"key": "n", "value": None},
+            {"key": "t", "value": {**view, "text": "(null)"}},
+            {"key": "b", "value": {**view, "text": "base64:/w=="}},
+        ],
+        "headers_total": 3,
+        "value": None,
+    }
+    with JsonServer(json.dumps(letter).encode()) as server:
+        result = CliRunner().invoke(app, ["--payment-url", server.base, "dlq", "show", "payment", "1"])
+    assert result.exit_code == 0, result.output
+    rows = [re.split(r"\s{2,}", line.strip("│ ")) for line in result.output.splitlines()]
+    assert ["key", "base64:/w=="] in rows, result.output
+    assert ["header n", "(null)"] in rows and ["header t", "\\x28null)"] in rows, result.output
+    assert ["header b", "\\x62ase64:/w=="] in rows, result.output
