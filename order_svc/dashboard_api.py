@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import text
+from starlette.types import Receive, Scope, Send
 
 from events.values import printable
 from order_svc import statuscounts
@@ -46,9 +47,25 @@ DASHBOARD_POLICY = (
 )
 
 
+class WholeFile(FileResponse):
+    """A file of the page, always whole (200), its ``Range`` ignored, as RFC 9110 §14.2
+    lets a server: Starlette answered a bad one in plain text (400 "Range header: start
+    must be less than end", 416), not in the services' shape, and refused a unit it does
+    not know, which §14.2 says to ignore (an attack trial). The files are a few kilobytes:
+    no part of one is worth a request of its own, so none is offered (no ``Accept-Ranges``)."""
+
+    def __init__(self, path: Path, headers: dict[str, str]) -> None:
+        super().__init__(path, headers=headers)
+        del self.headers["accept-ranges"]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        whole = [(name, value) for name, value in scope["headers"] if name not in (b"range", b"if-range")]
+        await super().__call__({**scope, "headers": whole}, receive, send)
+
+
 @router.get("/dashboard", include_in_schema=False)
 async def dashboard() -> FileResponse:
-    return FileResponse(
+    return WholeFile(
         STATIC / "index.html",
         headers={"Cache-Control": "no-cache", "Content-Security-Policy": DASHBOARD_POLICY},
     )
@@ -58,7 +75,7 @@ async def dashboard() -> FileResponse:
 async def asset(name: str) -> FileResponse:
     if name not in _ASSETS:
         raise HTTPException(404, f"no asset {name!r}")
-    return FileResponse(_ASSETS[name], headers={"Cache-Control": "no-cache"})
+    return WholeFile(_ASSETS[name], headers={"Cache-Control": "no-cache"})
 
 
 _UNREACHABLE = errors(

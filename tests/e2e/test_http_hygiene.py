@@ -472,3 +472,17 @@ def test_an_answer_is_not_stored_and_the_dashboard_is_not_framed(
     assert page.headers["cache-control"] == "no-cache"  # its own, kept
     policy = page.headers["content-security-policy"]
     assert "frame-ancestors 'none'" in policy and "script-src 'self';" in policy
+
+
+def test_the_dashboards_files_are_whole_whatever_range_is_asked(system: System) -> None:
+    """Starlette answered a bad ``Range`` in plain text (400, 416), not in the services'
+    shape, and refused a unit it does not know, which RFC 9110 §14.2 says to ignore (an
+    attack trial). The page's files are small: every one is sent whole, none in parts."""
+    url = f"{system.url('order_svc')}/dashboard/static/app.js"
+    whole = system.http.get(url)
+    assert whole.status_code == 200 and "accept-ranges" not in whole.headers, whole.headers
+    for asked in ("bytes=10-5", "bytes=abc", "chars=0-1", "bytes=0-1", "bytes=99999999-"):
+        answer = system.http.get(url, headers={"Range": asked})
+        assert (answer.status_code, answer.content) == (200, whole.content), (asked, answer.text[:200])
+    page = system.http.get(f"{system.url('order_svc')}/dashboard", headers={"Range": "bytes=0-1"})
+    assert page.status_code == 200 and page.text.lower().startswith("<!doctype html>"), page.text[:80]
