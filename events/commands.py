@@ -374,9 +374,12 @@ def _uuid(value: Any) -> uuid.UUID | None:
 
 
 def _shown(raw: Any) -> str:
-    """The ``command_type`` of a command's JSON, as a refusal shows it ("?" if none)."""
+    """The ``command_type`` of a command's JSON, as a refusal shows it ("?" if none): its
+    control characters escaped (``printable``), its backslashes doubled first, so that an
+    escape is never the text of one (an ESC and the text ``\\x1b`` were one type in the
+    refusal, and the command's own was lost with it: an attack trial)."""
     command_type = raw.get("command_type") if isinstance(raw, dict) else None
-    return printable(command_type, 100) if isinstance(command_type, str) else "?"
+    return printable(command_type.replace("\\", "\\\\"), 100) if isinstance(command_type, str) else "?"
 
 
 def _delivery(cid: uuid.UUID, data: bytes, authorization: Sequence[str]) -> uuid.UUID:

@@ -213,3 +213,15 @@ def test_a_validators_refusal_is_said_in_its_own_words_at_every_door() -> None:
     assert line.startswith(f"note: {words}; quantity: Input should be"), line
     other = {"type": "string_type", "msg": "Value error, as a client wrote it"}
     assert error_words(other) == other["msg"]
+
+
+def test_a_refused_command_type_tells_an_escape_from_the_text_of_one() -> None:
+    """An ESC in ``command_type`` and the text ``\\x1b`` were one type in the refusal, and
+    the command's own was lost with it (an attack trial)."""
+    refused = []
+    for command_type in ("Place\x1bOrder", "Place\\x1bOrder"):
+        body = {"command_id": str(uuid.uuid4()), "command_type": command_type, "payload": {}}
+        body["schema_version"] = 1
+        refused.append(to_envelope(json.dumps(body).encode()).payload)
+    assert [r.command_type for r in refused] == ["Place\\x1bOrder", "Place\\\\x1bOrder"]
+    assert refused[0].detail != refused[1].detail
