@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from sqlalchemy import text
 
 from events.values import Balance, ExternalId, Money
@@ -116,12 +116,30 @@ async def get_account(customer_id: CustomerId, principal: PrincipalDep) -> Accou
     responses=errors(_PROVIDER_DOWN, invalid=False),
 )
 async def list_accounts() -> list[AccountView]:
-    """Every account at the payment provider, by customer id; an answer that is not a list
-    of accounts is a 502, as ``_view``'s."""
+    """Every customer's account at the payment provider, by customer id; an answer that is
+    not a list of accounts is a 502, as ``_view``'s. An account whose id no customer can
+    have (``ExternalId``) is not a customer's and is left out: the provider holds others
+    too, and ``" alice"`` and ``"\\u0430lice"`` (a Cyrillic a) were listed as customers beside
+    ``alice``, alike on every screen (an attack trial)."""
     accounts = await _provider("GET", "/v1/accounts")
     if not isinstance(accounts, list):
         raise HTTPException(502, "the payment provider answered something else than a list of accounts")
-    return [_view(a) for a in accounts]
+    return [_view(a) for a in accounts if _a_customers(a)]
+
+
+_CUSTOMER_ID: TypeAdapter[str] = TypeAdapter(ExternalId)
+
+
+def _a_customers(account: Any) -> bool:
+    """Whether ``account`` (as the provider answered it) has an id a customer can have; one
+    that is no account at all is kept, for ``_view`` to refuse."""
+    if not isinstance(account, dict) or not isinstance(account.get("account_id"), str):
+        return True
+    try:
+        _CUSTOMER_ID.validate_python(account["account_id"])
+    except ValidationError:
+        return False
+    return True
 
 
 class PaymentView(BaseModel):
