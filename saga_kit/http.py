@@ -806,6 +806,28 @@ _PARSER_SAYS = {
 }
 
 
+#: What uvicorn logs, as a warning, of a request its parser stopped at.
+_UVICORN_INVALID = "Invalid HTTP request received."
+
+
+class _NotInvalid:
+    """uvicorn's error log, as ``HeadLimitedProtocol`` gives it to uvicorn: without its
+    warning "Invalid HTTP request received." of a request the protocol refused for a reason
+    of its own (``refused_of_its_own``), which it logs in its own words. uvicorn called a
+    valid WebSocket handshake invalid, each time one was refused (a review)."""
+
+    def __init__(self, log: logging.Logger, protocol: HeadLimitedProtocol) -> None:
+        self._log, self._protocol = log, protocol
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if msg == _UVICORN_INVALID and self._protocol.refused_of_its_own():
+            return
+        self._log.warning(msg, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+
 class HeadLimitedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a bound on a request's head (its request line and
     headers, ``max_head_bytes``): httptools has none, and reads a header of any length
@@ -857,6 +879,13 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.parser = _ParserSaying(self.parser)  # type: ignore[assignment]
+        self.logger = _NotInvalid(self.logger, self)  # type: ignore[assignment]
+
+    def refused_of_its_own(self) -> bool:
+        """Whether the parser stopped because a callback here refused the request for a
+        reason of its own (a head too large, a protocol switch, a target of another scheme),
+        which ``send_400_response`` answers and names."""
+        return self._head_too_large or self._upgrade_refused or self._bad_target
 
     @staticmethod
     def problem(detail: str, reason: str) -> Mapping[str, Any]:
@@ -1008,6 +1037,7 @@ class HeadLimitedProtocol(HttpToolsProtocol):
             self._refuse_head()
             return
         if self._upgrade_refused:  # raised by on_headers_complete
+            self.logger.info("refused a request to switch protocols: 400 upgrade_not_supported")
             self._refuse(
                 400,
                 "the request asks to switch protocols (Connection: upgrade with Upgrade, or"
@@ -1016,6 +1046,7 @@ class HeadLimitedProtocol(HttpToolsProtocol):
             )
             return
         if self._bad_target:  # raised by _host_from_absolute_form
+            self.logger.info("refused a request target of another scheme or with user information: 400")
             self._refuse(
                 400,
                 "the request target names another scheme than http(s), or user information",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import socket
 import time
@@ -507,7 +508,22 @@ async def test_a_request_to_switch_protocols_is_a_400_and_what_follows_is_not_re
                     answer += chunk
         return answer
 
-    answer = await asyncio.to_thread(speak)
+    said: list[logging.LogRecord] = []
+    log = logging.getLogger("uvicorn.error")
+    listener = logging.Handler()
+    listener.emit = said.append  # type: ignore[method-assign]
+    level = log.level
+    log.addHandler(listener)
+    log.setLevel(logging.INFO)
+    try:
+        answer = await asyncio.to_thread(speak)
+    finally:
+        log.removeHandler(listener)
+        log.setLevel(level)
     assert answer.startswith(b"HTTP/1.1 400"), answer
     assert answer.count(b"HTTP/1.1") == 1 and b"/smuggled" not in answer, answer
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["reason"] == "upgrade_not_supported"
+    # not called invalid: uvicorn's warning said so of a valid handshake (a review)
+    words = [record.getMessage() for record in said]
+    assert "Invalid HTTP request received." not in words, words
+    assert "refused a request to switch protocols: 400 upgrade_not_supported" in words, words
