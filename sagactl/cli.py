@@ -1019,7 +1019,7 @@ def _letters_table(
         row: list[RenderableType] = [d["service"], str(d["id"])]
         if wide or status == "ALL":
             row.append(d["status"])
-        event = _text(d["event_type"] or "?")
+        event = _text(d["event_type"] or "—")  # none, as dlq show and the dashboard say it
         reason = _text(d["reason"])  # it quotes what arrived
         if wide:
             source = f"{d['source_topic']}[{d['source_partition']}]@{d['source_offset']}"
