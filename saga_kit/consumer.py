@@ -79,6 +79,7 @@ from saga_kit.labels import INVALID, record_label
 from saga_kit.reactions import Reactions
 from saga_kit.retry import RetryPolicy
 from saga_kit.signing import BadSignature, Verifier
+from saga_kit.unreadable import UNREADABLE
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +261,10 @@ def _copy_for_topic(record: Record, reason: str, service: str) -> dict[str, Any]
     (``dlq.value_omitted`` / ``dlq.headers_omitted`` give their sizes). Headers that carry
     a credential (``saga_kit.headers.is_credential``: a command's bearer token) are left
     out and named in ``dlq.credentials_omitted``: whoever reads the topic must not be able
-    to act as the sender; the dead letter's row keeps them for its replay."""
-    value, headers = record.value or b"", list(record.headers)
+    to act as the sender; the dead letter's row keeps them for its replay. A stand-in's
+    ``UNREADABLE`` header is left out: its name is no text a producer can send (a lone
+    surrogate: the relay crashed on it), and ``dlq.reason`` says what it said."""
+    value, headers = record.value or b"", [(k, v) for k, v in record.headers if k != UNREADABLE]
     extra: list[tuple[str, bytes | None]] = []
     credentials = [k for k, _ in headers if kafka_headers.is_credential(k)]
     if credentials:
@@ -431,8 +434,14 @@ class ConsumerPipeline:
         return items
 
     def _route(self, items: list[_Item]) -> None:
-        """Ignore, without decoding, what the ``event_type`` header says we never use."""
+        """Dead-letter the stand-in of a record the Kafka client could not read
+        (``saga_kit.unreadable``), with its reason; ignore, without decoding, what the
+        ``event_type`` header says we never use."""
         for item in items:
+            unreadable = kafka_headers.text(item.record.headers, UNREADABLE)
+            if unreadable is not None:
+                item.outcome, item.reason = Outcome.DEAD_LETTERED, unreadable
+                continue
             named = kafka_headers.text(item.record.headers, "event_type")
             if named is not None and not self._reactions.consumes(named):
                 shown = named if len(named) <= 100 and named.isidentifier() else printable(named, 100)

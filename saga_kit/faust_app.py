@@ -56,8 +56,11 @@ from saga_kit.consumer import ConsumerPipeline, Record
 from saga_kit.kafka_security import KafkaSecurity
 from saga_kit.progress import ProgressWatchdog
 from saga_kit.settings import DEFAULT_FETCH_MAX_WAIT_MS
+from saga_kit.unreadable import install as read_what_can_be_read
 
 log = logging.getLogger(__name__)
+# a record aiokafka cannot read is a stand-in the pipeline dead-letters, not a crash
+read_what_can_be_read()
 
 #: Seconds the progress watch's offset lookups may take (``_ConsumerThread``): a broker
 #: answers ListOffsets in milliseconds; 10 s leaves room for a loaded machine, and a look
