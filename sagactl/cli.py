@@ -1044,7 +1044,9 @@ def dlq_show(
     if output is Output.json:
         _json(d)
         return
-    meta = Table.grid(Column(no_wrap=True), Column(overflow="fold"), padding=(0, 2))
+    # a header's name is the writer's: folded past 32 columns (one of 100 characters took
+    # the whole width, and every fact beside it was blank: a re-check trial)
+    meta = Table.grid(Column(overflow="fold", max_width=32), Column(overflow="fold"), padding=(0, 2))
     for key in ("status", "reason", "event_type", "order_id", "replay_attempts", "created_at", "resolved_at"):
         meta.add_row(key, _text("—" if d[key] is None else d[key]))  # it quotes what arrived
     meta.add_row(
@@ -1065,7 +1067,9 @@ def dlq_show(
     if pretty is not None:
         console.print(JSONHighlighter()(Text(pretty, overflow="fold")))
         return
-    console.print(_text(f"value: {_shown(value)}"), overflow="fold")
+    # its text itself, as the key's: an ESC and the text \x1b, a tombstone and the text
+    # (null), looked alike here (a re-check trial)
+    console.print(Text("value: ") + _bytes_cell(value), overflow="fold")
     if value is not None and value["truncated"]:
         console.print(
             Text(f"(all {value['size']} bytes: GET {_urls(ctx).of(service)}/dead-letters/{letter_id}/value)")
@@ -1106,22 +1110,21 @@ def _bytes_cell(view: dict[str, Any] | None, after: str = "") -> Text:
     begins as a null or bytes not UTF-8 are shown (``(null)``, ``base64:``) has its first
     character escaped (a header of the text ``(null)`` and a null header looked alike: an
     attack trial)."""
-    cell = _value(_shown(view, exact=True) + after)
+    cell = _value(_shown(view) + after)
     if view is not None and view["text"] is not None and cell.plain.startswith(_NOT_TEXT):
         cell.plain = f"\\x{ord(cell.plain[0]):02x}{cell.plain[1:]}"
     return cell
 
 
-def _shown(view: dict[str, Any] | None, exact: bool = False) -> str:
-    """A BytesView of the dead-letter API as one line: its text as the service escaped it,
-    or, ``exact``, the text itself (from its ``base64``, given when the service escaped
-    something), for ``_value`` to escape so that an escape is never the text of one (an
-    ESC and the text ``\\x1b`` looked alike: an attack trial)."""
+def _shown(view: dict[str, Any] | None) -> str:
+    """A BytesView of the dead-letter API as one line: the text itself (from its ``base64``,
+    given when the service escaped something), for ``_value`` to escape so that an escape
+    is never the text of one (an ESC and the text ``\\x1b`` looked alike: an attack trial)."""
     if view is None:
         return "(null)"
     if view["text"] is None:
         shown = f"base64:{view['base64']}"
-    elif exact and view["base64"] is not None:
+    elif view["base64"] is not None:
         shown = _utf8(view["base64"])
     else:
         shown = view["text"]
@@ -2734,9 +2737,11 @@ def _what(action: str, resource: str) -> str:
     when it is the route's (``PUT /accounts/alice``, not also ``PUT
     /accounts/{customer_id}``), anything else with the resource after ``on`` (``POST
     /orders on /orders/99909082``, ``compensate InventoryReleased on /orders/…``); an
-    order's id shortened, as every table shows it."""
+    order's id shortened, as every table shows it; a space in the resource escaped."""
     route = _A_ROUTE.fullmatch(action)
-    shown = _AN_ID.sub(lambda found: found.group()[:SHORT_ID], resource)
+    # a space in a path escaped: no resource has one, and "POST /orders on /orders/…", a 404
+    # of that path, looked like the order placed (a re-check trial)
+    shown = _AN_ID.sub(lambda found: found.group()[:SHORT_ID], resource).replace(" ", "\\x20")
     if route is not None:
         pieces = _A_PARAMETER.split(route[2])
         pattern = "[^/]+".join(re.escape(piece) for piece in pieces)
@@ -2757,7 +2762,7 @@ def _audit_table(entries: list[dict[str, Any]], output: Output, only: Sequence[s
     # the role always: a token's subject may be anything, "operator", "anonymous" or
     # "service:inventory_svc" (an attack trial's customer tokens), and only it tells
     columns = [_fixed("service"), _fixed("seq", "right"), _free("who"), _fixed("role"), _free("what")]
-    columns += [_free("resource"), _free("outcome")] if wide else [_fixed("outcome")]
+    columns += [_free("resource"), _free("outcome")] if wide else [_free("outcome")]
     if wide:
         columns += [_fixed("request"), _fixed("cause")]
     columns.append(_fixed("at", "left") if wide else _fixed("age", "right"))

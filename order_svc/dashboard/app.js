@@ -446,19 +446,25 @@ async function loadDeadLetters() {
 // A body as the service shows it: its text (indented when it is JSON as the services
 // write it, compact, which indenting shows as it is: {"id": "a", "id": "b"} was shown as
 // {"id": "b"}, and 12345678901234567890.10 rounded, by an attack trial), or, for bytes that
-// are not UTF-8, base64. Text the service escaped something in (a control character) says
-// so, with the exact bytes: an ESC and the text "\x1b" look alike escaped.
-function shownBytes(view) {
-  if (!view) return "(none)";
-  if (view.text === null) return `base64: ${view.base64}${view.truncated ? " …" : ""} (${view.size} bytes)`;
-  const exact = escapedNote(view.base64);
-  if (!view.truncated && !exact) {
+// are not UTF-8, base64. What is not the text itself — no body, bytes in base64, text the
+// service escaped something in, a preview — is said beside it, in the page's words, which
+// no body can write (a body "(none)" looked like none, one "base64: …" like bytes: a
+// re-check trial).
+function shownBody(view) {
+  const note = (text) => el("div", { class: "note dl-value-note" }, text);
+  if (!view) return [note("no body (a tombstone)")];
+  const part = view.truncated ? ` (the first of its ${view.size} bytes)` : "";
+  if (view.text === null) return [note(`not UTF-8: its bytes in base64${part}`), el("pre", { id: "dl-value" }, view.base64)];
+  const notes = view.base64 === null ? [] : [note(`escaped to be shown; the bytes in base64: ${view.base64}`)];
+  if (part) notes.push(note(`the start of it${part}`));
+  let text = view.text;
+  if (!view.truncated && view.base64 === null) {
     try {
       const body = JSON.parse(view.text);
-      if (JSON.stringify(body) === view.text) return JSON.stringify(body, null, 2);
+      if (JSON.stringify(body) === view.text) text = JSON.stringify(body, null, 2);
     } catch { /* not JSON: as it is */ }
   }
-  return view.text + (view.truncated ? ` … (${view.size} bytes)` : "") + exact;
+  return [...notes, el("pre", { id: "dl-value" }, text)];
 }
 
 // A key, a header's name or value, in a line of others: text in quotes (JSON's), so that
@@ -466,7 +472,7 @@ function shownBytes(view) {
 // "a" = "b: c", the text "(none)" like no key: an attack trial).
 function quotedBytes(view, none) {
   if (!view) return none;
-  if (view.text === null) return shownBytes(view);
+  if (view.text === null) return `base64: ${view.base64}${view.truncated ? " …" : ""} (${view.size} bytes)`;
   const exact = escapedNote(view.base64);
   return JSON.stringify(view.text) + (view.truncated ? ` … (${view.size} bytes)` : "") + exact;
 }
@@ -520,7 +526,7 @@ async function showLetter(service, id) {
   if (state.letterResult?.service === service && state.letterResult.id === d.id) {
     box.append(el("div", { id: "dl-result", class: "note" }, state.letterResult.text));
   }
-  box.append(el("pre", { id: "dl-value" }, shownBytes(d.value)));
+  box.append(...shownBody(d.value));
   box.hidden = false;
 }
 

@@ -638,6 +638,10 @@ def test_dead_letters_discarded_and_a_failing_replay_refused_from_the_page(
     assert fact(browser, "status") == "PENDING" and fact(browser, "reason").startswith("bad_signature")
     assert fact(browser, "from").startswith("orders.events partition ")
     assert marker in texts(browser, "#dl-value")[0]
+    # what is not the text itself is said beside it, where no body can write (a re-check
+    # trial: a body "(none)" looked like none); this one's NUL was escaped to be shown
+    exact_body = base64.b64encode(garbage).decode()
+    assert texts(browser, ".dl-value-note") == [f"escaped to be shown; the bytes in base64: {exact_body}"]
     # what was escaped comes with its bytes: an ESC and the text \x1b looked alike
     exact = base64.b64encode(marker.encode() + b"\x1b").decode()
     assert fact(browser, "key") == f'"{marker}\\\\x1b" (escaped; the bytes in base64: {exact})'

@@ -1761,7 +1761,10 @@ def test_audit_list_shows_an_action_and_its_resource_in_one_cell() -> None:
     assert _what("PlaceOrder via orders.commands", f"/orders/{order}") == (
         "PlaceOrder via orders.commands on /orders/99909082"
     )
-    assert _what("POST /no such/path", "/no such/path") == "POST /no such/path"  # no route: its path
+    assert _what("POST /no such/path", "/no such/path") == "POST /no\\x20such/path"  # no route: its path
+    # a 404 of a path that reads as another entry's (a re-check trial)
+    fake = f"/orders on /orders/{order}"
+    assert _what(f"POST {fake}", fake) == "POST /orders\\x20on\\x20/orders/99909082"
     assert _what("GET /health", "") == "GET /health"
 
 
@@ -1808,7 +1811,7 @@ def test_dlq_show_tells_what_is_not_text_from_text_that_reads_so() -> None:
             {"key": "b", "value": {**view, "text": "base64:/w=="}},
         ],
         "headers_total": 3,
-        "value": None,
+        "value": {**view, "text": "(null)"},  # a body, as the key's, not a tombstone
     }
     with JsonServer(json.dumps(letter).encode()) as server:
         result = CliRunner().invoke(app, ["--payment-url", server.base, "dlq", "show", "payment", "1"])
@@ -1817,3 +1820,4 @@ def test_dlq_show_tells_what_is_not_text_from_text_that_reads_so() -> None:
     assert ["key", "base64:/w=="] in rows, result.output
     assert ["header n", "(null)"] in rows and ["header t", "\\x28null)"] in rows, result.output
     assert ["header b", "\\x62ase64:/w=="] in rows, result.output
+    assert "value: \\x28null)" in result.output, result.output
