@@ -18,8 +18,8 @@ at its offset, for as long as the topic keeps them.
 
 The reader reads a batch from its start, and cannot get past the record it cannot read:
 a record after it in its batch is a stand-in too, each at its own offset, one fetch each.
-A batch is one producer's (Kafka keeps the batches a producer sends), so a record no
-other writer sent is ever one of them.
+A batch is one producer's (Kafka keeps the batches a producer sends): only records the
+same writer sent can follow an unreadable one in its batch.
 
 ``UNREADABLE`` holds a lone surrogate, which no header name aiokafka reads can hold (it
 decodes strict UTF-8), so a record from the wire can never pass for a stand-in. aiokafka

@@ -2734,20 +2734,43 @@ _A_PARAMETER = re.compile(r"\{[^{}]*\}")
 
 def _what(action: str, resource: str) -> str:
     """An audit entry's action and resource in one: a route's method and the path itself,
-    when it is the route's (``PUT /accounts/alice``, not also ``PUT
-    /accounts/{customer_id}``), anything else with the resource after ``on`` (``POST
-    /orders on /orders/99909082``, ``compensate InventoryReleased on /orders/…``); an
-    order's id shortened, as every table shows it; a space in the resource escaped."""
+    when the resource fills the route's template (``PUT /accounts/alice``, not also ``PUT
+    /accounts/{customer_id}``; ``POST /orders/99909082/cancel`` for the cancel of order
+    ``/orders/99909082``), anything else with the resource after ``on`` (``POST /orders on
+    /orders/99909082``, ``compensate InventoryReleased on /orders/…``); an order's id
+    shortened, as every table shows it; a space in a path escaped."""
+
+    def shown(path: str) -> str:
+        # a space escaped: no resource has one, and "POST /orders on /orders/…", a 404 of
+        # that path, looked like the order placed (a re-check trial)
+        return _AN_ID.sub(lambda found: found.group()[:SHORT_ID], path).replace(" ", "\\x20")
+
     route = _A_ROUTE.fullmatch(action)
-    # a space in a path escaped: no resource has one, and "POST /orders on /orders/…", a 404
-    # of that path, looked like the order placed (a re-check trial)
-    shown = _AN_ID.sub(lambda found: found.group()[:SHORT_ID], resource).replace(" ", "\\x20")
-    if route is not None:
-        pieces = _A_PARAMETER.split(route[2])
-        pattern = "[^/]+".join(re.escape(piece) for piece in pieces)
-        if re.fullmatch(pattern, resource, re.DOTALL):
-            return f"{route[1]} {shown}"
-    return f"{action} on {shown}" if resource else action
+    filled = None if route is None else _filled(route[2], resource)
+    if route is not None and filled is not None:
+        return f"{route[1]} {shown(filled)}"
+    return f"{action} on {shown(resource)}" if resource else action
+
+
+def _filled(template: str, resource: str) -> str | None:
+    """``template`` (a route's path, ``/orders/{order_id}/cancel``) with its parameters
+    taken from ``resource``, the same path or the start of it (``/orders/X``): each of its
+    parts the template's literal one, or a parameter's value; None when it is not."""
+    parts, given = template.split("/"), resource.split("/")
+    if len(given) > len(parts):
+        return None
+    path = []
+    for at, part in enumerate(parts):
+        parameter = _A_PARAMETER.fullmatch(part) is not None
+        if at >= len(given):
+            if parameter:  # a parameter the resource does not give
+                return None
+            path.append(part)
+        elif (parameter and given[at]) or part == given[at]:
+            path.append(given[at])
+        else:
+            return None
+    return "/".join(path)
 
 
 def _audit_table(entries: list[dict[str, Any]], output: Output, only: Sequence[str] | None) -> RenderableType:
@@ -2767,7 +2790,7 @@ def _audit_table(entries: list[dict[str, Any]], output: Output, only: Sequence[s
         columns += [_fixed("request"), _fixed("cause")]
     columns.append(_fixed("at", "left") if wide else _fixed("age", "right"))
     table = Table(*columns)
-    if not wide:  # who folds first, so that "POST /orders/99909082/cancel" may keep its words
+    if not wide and console.width < 120:  # who folds first, for "what" to keep its words
         columns[2].max_width = 12
     for e in entries:
         # text cuts what anyone may send (a path: up to 1,024 characters, 85 lines at 80

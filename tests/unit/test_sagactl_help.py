@@ -1754,6 +1754,8 @@ def test_audit_list_shows_an_action_and_its_resource_in_one_cell() -> None:
     assert _what("PUT /accounts/{customer_id}", "/accounts/alice") == "PUT /accounts/alice"
     cancel = _what("POST /orders/{order_id}/cancel", f"/orders/{order}/cancel")
     assert cancel == "POST /orders/99909082/cancel"
+    # a resource that is the start of the route's path fills it: the order cancelled
+    assert _what("POST /orders/{order_id}/cancel", f"/orders/{order}") == "POST /orders/99909082/cancel"
     # the path a call made, not the route's: the order placed
     assert _what("POST /orders", f"/orders/{order}") == "POST /orders on /orders/99909082"
     other = _what("PUT /accounts/{customer_id}", "/accounts/a/b")
