@@ -57,8 +57,7 @@ class BytesView(BaseModel):
     bidirectional controls escaped (``events.values.printable``: ``\\x1b``), to be read;
     ``base64``, the bytes themselves, whenever ``text`` is not exactly them (they are not
     UTF-8, or something was escaped): an ESC and the four characters ``\\x1b`` are one
-    ``text`` and two ``base64`` (an attack trial). ``text`` and ``base64`` both null: no
-    bytes were shown."""
+    ``text`` and two ``base64`` (an attack trial)."""
 
     size: int
     text: str | None

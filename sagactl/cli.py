@@ -1077,9 +1077,11 @@ def dlq_show(
 
 
 def _pretty_json(view: dict[str, Any] | None) -> str | None:
-    """A dead letter's body (a BytesView) as indented JSON, when it is JSON that indenting
-    shows as it is: whole, nothing escaped by the service, no name given twice and every
-    number written as Python writes it back; else None, and the text is shown as it came.
+    """A dead letter's body (a BytesView) as indented JSON, when it is JSON whose data
+    indenting keeps: whole, nothing escaped by the service, no name given twice and every
+    number with a fraction or an exponent written as Python writes it back (an integer, a
+    string's escapes and white space are written Python's way); else None, and the text is
+    shown as it came.
     ``{"id": "a", "id": "b"}`` was shown as ``{"id": "b"}``, and 12345678901234567890.10 as
     1.2345678901234567e+19 (an attack trial)."""
     if view is None or view["text"] is None or view["base64"] is not None or view["truncated"]:
@@ -2789,9 +2791,9 @@ def _audit_table(entries: list[dict[str, Any]], output: Output, only: Sequence[s
     if wide:
         columns += [_fixed("request"), _fixed("cause")]
     columns.append(_fixed("at", "left") if wide else _fixed("age", "right"))
-    table = Table(*columns)
     if not wide and console.width < 120:  # who folds first, for "what" to keep its words
         columns[2].max_width = 12
+    table = Table(*columns)
     for e in entries:
         # text cuts what anyone may send (a path: up to 1,024 characters, 85 lines at 80
         # columns, an attack trial); wide shows it whole

@@ -467,21 +467,20 @@ function shownBody(view) {
   return [...notes, el("pre", { id: "dl-value" }, text)];
 }
 
+// What follows text the service escaped something in: its exact bytes (base64), if any.
+const escapedNote = (exact) => (exact === null || exact === undefined ? "" : ` (escaped; the bytes in base64: ${exact})`);
+
 // A key, a header's name or value, in a line of others: text in quotes (JSON's), so that
 // what a writer sent cannot read as the page's words (a header "a: b" = "c" looked like
 // "a" = "b: c", the text "(none)" like no key: an attack trial).
 function quotedBytes(view, none) {
   if (!view) return none;
   if (view.text === null) return `base64: ${view.base64}${view.truncated ? " …" : ""} (${view.size} bytes)`;
-  const exact = escapedNote(view.base64);
-  return JSON.stringify(view.text) + (view.truncated ? ` … (${view.size} bytes)` : "") + exact;
+  return JSON.stringify(view.text) + (view.truncated ? ` … (${view.size} bytes)` : "") + escapedNote(view.base64);
 }
 
 // A header's name, as quotedBytes shows text.
 const shownName = (h) => JSON.stringify(h.key) + escapedNote(h.key_base64);
-
-// What follows text the service escaped something in: its exact bytes (base64), if any.
-const escapedNote = (exact) => (exact === null || exact === undefined ? "" : ` (escaped; the bytes in base64: ${exact})`);
 
 async function showLetter(service, id) {
   state.letter = { service, id };

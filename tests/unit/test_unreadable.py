@@ -84,4 +84,5 @@ def test_a_stand_ins_copy_on_the_dead_letter_topic_leaves_its_header_out() -> No
     )
     copy = _copy_for_topic(stand_in, "unreadable_record: why", "inventory_svc")
     assert [k for k, _ in copy["headers"]][:2] == ["a", "dlq.reason"]
-    assert all(k.encode("utf-8") for k, _ in copy["headers"])  # every name can be sent
+    for name, _ in copy["headers"]:
+        name.encode("utf-8")  # every name can be sent: a lone surrogate raises here
