@@ -824,6 +824,10 @@ LetterIdArg = Annotated[
 STATUS_STYLE = {"PENDING": "yellow", "APPROVED": "green", "REJECTED": "red", "CANCELLED": "magenta"}
 
 
+#: a readiness check's mark, as ``health`` shows it
+CHECK_STYLE = {"ok": "", "degraded": "yellow", "FAILED": "red"}
+
+
 def _status(status: str) -> Text:
     return _text(status, STATUS_STYLE.get(status, ""))
 
@@ -1982,8 +1986,12 @@ def _orders_table(rows: list[dict[str, Any]], output: Output) -> RenderableType:
         return "no orders"
     wide = output is Output.wide
     now = datetime.now(UTC)
-    # text: the reason goes under the status, in words, in a column as wide as its longest word
+    # text: the reason goes under the status, in words, in a column as wide as its longest
+    # word; from 120 columns on, as wide as the longest reason (it wrapped at any width: a
+    # newcomer trial)
     status = _fixed("status") if wide else Column("status", width=12, overflow="fold")
+    if not wide and console.width >= 120:
+        status.width = max([12, *(len(printable(o["reason"] or "", 40)) for o in rows)])
     columns = [_fixed("order"), _free("customer"), status]
     if wide:
         columns.append(_fixed("reason"))
@@ -2341,9 +2349,12 @@ def health(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
         for service, body in found.items():
             t.add_row(service, _status(str(body.get("status"))), "", _text(body.get("error", "")))
             for name, check in body.get("checks", {}).items():
+                # the check's own status in the status column, under its service's: "name:
+                # mark" in one column left the detail too little room at 80 columns, and a
+                # timestamp in it was cut in two (a newcomer trial)
                 mark = "degraded" if check.get("degraded") else ("ok" if check.get("ok") else "FAILED")
                 detail = check.get("degraded") or check.get("error") or ""
-                t.add_row("", "", _text(f"{name}: {mark}"), _text(detail))
+                t.add_row("", _text(mark, CHECK_STYLE[mark]), _value(name), _text(detail))
         return t
 
     _emit(output, found, table)

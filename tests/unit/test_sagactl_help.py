@@ -544,6 +544,66 @@ def test_audit_verify_verifies_the_chains_it_can_read_and_names_the_one_it_canno
     assert bool(verified["inventory"]["problems"]) is altered
 
 
+@pytest.mark.parametrize(
+    ("columns", "status_lines"), [(80, ["REJECTED", "insufficient", "funds"]), (200, None)]
+)
+def test_an_orders_reason_is_one_line_under_its_status_on_a_wide_terminal(
+    monkeypatch: pytest.MonkeyPatch, columns: int, status_lines: list[str] | None
+) -> None:
+    """At 80 columns the reason under a status folds at its words, in a column as wide as
+    its longest; from 120 on it is one line (it folded at any width: a newcomer trial)."""
+    import json
+
+    from tests.jsonserver import JsonServer
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    order = {
+        "order_id": "0b9c3c4e-8f3a-4f57-9d68-2f0f1e0b6a11",
+        "customer_id": "kim",
+        "status": "REJECTED",
+        "reason": "insufficient_funds",
+        "total": "2.00",
+        "items": [{"product_id": "fan", "quantity": 1}],
+        "created_at": "2026-12-06T15:00:00+00:00",
+    }
+    with JsonServer(json.dumps([order]).encode()) as server:
+        result = CliRunner().invoke(app, ["--order-url", server.base, "orders"])
+    assert result.exit_code == 0, result.output
+    cells = [line.split("│")[3].strip() for line in result.stdout.splitlines() if line.count("│") > 3]
+    assert cells == (status_lines or ["REJECTED", "insufficient funds"]), result.stdout
+
+
+def test_health_at_80_columns_keeps_a_checks_detail_whole_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each check's status is in the status column, under its service's, and its name in
+    the check column: "name: mark" in one column left the detail so little room at 80
+    columns that the time a circuit opened was cut in two (a newcomer trial)."""
+    import json
+
+    from tests.jsonserver import JsonServer
+
+    monkeypatch.setenv("COLUMNS", "80")
+    why = (
+        "payment provider circuit open since 2026-12-07T07:00:00+00:00: ConnectError: all connection"
+        " attempts failed; charges and refunds wait and are retried (probing again in 12 s)"
+    )
+    checks = {"database": {"ok": True}, "broker": {"ok": False, "error": "down"}}
+    body = {"status": "degraded", "checks": {**checks, "payment_provider": {"ok": True, "degraded": why}}}
+    with JsonServer(json.dumps(body).encode()) as server:
+        urls = [arg for s in ("order", "inventory", "payment") for arg in (f"--{s}-url", server.base)]
+        result = CliRunner().invoke(app, [*urls, "health"])
+    assert result.exit_code == 0, result.output
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in result.stdout.splitlines() if "│" in line]
+    assert rows[:4] == [
+        ["order", "degraded", "", ""],
+        ["", "ok", "database", ""],
+        ["", "FAILED", "broker", "down"],
+        ["", "degraded", "payment_provider", rows[3][3]],
+    ], result.stdout
+    detail = " ".join(row[3] for row in rows[3:] if row[0] == "" and row[2] in ("", "payment_provider"))
+    assert "since 2026-12-07T07:00:00+00:00:" in detail.split(" ConnectError")[0], result.stdout
+    assert max(map(len, result.stdout.splitlines())) <= 80
+
+
 @pytest.mark.parametrize(("limit", "hint"), [(2, True), (3, False)])
 def test_a_full_page_of_orders_says_how_to_read_the_next(limit: int, hint: bool) -> None:
     """``sagactl orders --limit 2`` gave no word that more orders exist, and no way to
@@ -1052,7 +1112,7 @@ def test_an_answer_nested_too_deeply_to_read_is_one_that_is_not_json(
             b'{"status": "ready\\u001b[5m",'
             b' "checks": {"db\\u001b[1m": {"ok": false, "error": "\\u001b]0;x\\u0007"}}}',
             "health",
-            "db\\x1b[1m: FAILED",
+            "db\\x1b[1m",
         ),
         (
             503,
