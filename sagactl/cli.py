@@ -2019,6 +2019,14 @@ def _ms(a: str, b: str) -> float:
     return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds() * 1000
 
 
+def _took(a: str, b: str) -> str:
+    """The time from a to b (ISO 8601 timestamps) as a timeline shows it: milliseconds up
+    to 10 s, seconds with a tenth past it (a timeout's "+62345 ms" was counted by eye: a
+    newcomer trial)."""
+    ms = _ms(a, b)
+    return f"{ms:.0f} ms" if abs(ms) < 10_000 else f"{ms / 1000:.1f} s"
+
+
 #: What of an event's payload the timeline shows beside it.
 TIMELINE_FIELDS = ("reason", "total", "amount", "product_ids")
 
@@ -2076,17 +2084,17 @@ def saga(ctx: typer.Context, order_id: OrderIdArg, output: OutputOpt = Output.te
     for e in events:
         parent = e["causation_id"] if e["causation_id"] in by_id else None
         children.setdefault(parent, []).append(e)
-    tree = Tree(f"timeline ({len(events)} events; +ms since the saga started, Δ since its cause)")
+    tree = Tree(f"timeline ({len(events)} events; + since the saga started, Δ since its cause)")
 
     def label(e: dict[str, Any]) -> Text:
         cause = by_id.get(e["causation_id"] or "")
-        delta = f"  Δ {_ms(cause['occurred_at'], e['occurred_at']):.0f} ms" if cause else ""
+        delta = f"  Δ {_took(cause['occurred_at'], e['occurred_at'])}" if cause else ""
         brief = _brief(e["payload"])
         return Text.assemble(
             _text(e["event_type"], "red" if e["compensating"] else "cyan"),
             " ",
             _text(e["producer"], "dim"),
-            f"  +{_ms(start, e['occurred_at']):.0f} ms{delta}",
+            f"  +{_took(start, e['occurred_at'])}{delta}",
             _text(f"  {brief}" if brief else ""),
         )
 

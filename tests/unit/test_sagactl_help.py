@@ -573,6 +573,40 @@ def test_an_orders_reason_is_one_line_under_its_status_on_a_wide_terminal(
     assert cells == (status_lines or ["REJECTED", "insufficient funds"]), result.stdout
 
 
+def test_a_saga_timeline_counts_seconds_past_ten_of_them() -> None:
+    """A timeout's cancellation read "+62345 ms", counted by eye (a newcomer trial): past
+    10 s a step's time is in seconds, to a tenth."""
+    import json
+
+    from tests.jsonserver import JsonServer
+
+    order_id = "0b9c3c4e-8f3a-4f57-9d68-2f0f1e0b6a11"
+
+    def event(n: int, kind: str, cause: str | None, at: str) -> dict[str, Any]:
+        return {
+            "event_id": f"e{n}",
+            "causation_id": cause,
+            "event_type": kind,
+            "producer": "order_svc",
+            "occurred_at": f"2026-12-07T07:{at}+00:00",
+            "payload": {},
+            "compensating": False,
+        }
+
+    events = [
+        event(1, "OrderCreated", None, "00:00.000"),
+        event(2, "InventoryReserved", "e1", "00:00.040"),
+        event(3, "OrderCancelled", "e2", "01:02.345"),
+    ]
+    why = {"verdict": "cancelled", "owed": [], "settled": True}
+    body = {"order_id": order_id, "status": "CANCELLED", "reason": "timeout", "explanation": why}
+    with JsonServer(json.dumps(body | {"trace_id": None, "events": events}).encode()) as server:
+        result = CliRunner().invoke(app, ["--order-url", server.base, "saga", order_id])
+    assert result.exit_code == 0, result.output
+    assert "InventoryReserved order_svc  +40 ms  Δ 40 ms" in result.stdout, result.stdout
+    assert "OrderCancelled order_svc  +62.3 s  Δ 62.3 s" in result.stdout, result.stdout
+
+
 def test_health_at_80_columns_keeps_a_checks_detail_whole_words(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each check's status is in the status column, under its service's, and its name in
     the check column: "name: mark" in one column left the detail so little room at 80
