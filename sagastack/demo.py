@@ -618,7 +618,6 @@ def final_checks(system: System, forged: str | None) -> list[str]:
             system.kafka_security.client_kwargs(),
             service_reads(commands=True),
             CONSUMED_WAIT_SECONDS,
-            exact_ends=system.broker_kind == "kafka",
         )
     )
     invariants.wait_for_quiescence(system.database_urls, timeout=30)

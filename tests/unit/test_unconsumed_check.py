@@ -11,8 +11,13 @@ from sagastack import chaos
 
 
 class _Ends:
+    """A consumer whose ListOffsets answers ``listed``, and a fetch's high watermark ``fetched``
+    (by default the same)."""
+
+    listed, fetched = 3, None
+
     def __init__(self, **_: Any) -> None:
-        pass
+        self.sought: dict[Any, int] = {}
 
     async def start(self) -> None:
         pass
@@ -21,7 +26,19 @@ class _Ends:
         pass
 
     async def end_offsets(self, partitions: list[Any]) -> dict[Any, int]:
-        return dict.fromkeys(partitions, 3)
+        return dict.fromkeys(partitions, self.listed)
+
+    def assign(self, partitions: list[Any]) -> None:
+        pass
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.sought[tp] = offset
+
+    async def getmany(self, *partitions: Any, timeout_ms: int, max_records: int) -> dict[Any, Any]:
+        return {}
+
+    def highwater(self, tp: Any) -> int | None:
+        return (self.fetched or self.listed) if tp in self.sought else None
 
 
 class _Admin:
@@ -60,8 +77,7 @@ async def test_an_empty_partition_never_committed_is_consumed(monkeypatch: pytes
     command) has no committed offset: -1 is not short of its end, 0."""
 
     class Empty(_Ends):
-        async def end_offsets(self, partitions: list[Any]) -> dict[Any, int]:
-            return dict.fromkeys(partitions, 0)
+        listed = 0
 
     class Uncommitted(_Admin):
         async def list_consumer_group_offsets(self, group: str, partitions: list[Any]) -> dict[Any, Any]:
@@ -77,14 +93,30 @@ async def test_a_committed_offset_past_the_end_is_named(monkeypatch: pytest.Monk
     offset past the end on Apache Kafka: the records between are gone, not consumed."""
 
     class Truncated(_Ends):
-        async def end_offsets(self, partitions: list[Any]) -> dict[Any, int]:
-            return dict.fromkeys(partitions, 2)
+        listed = 2
 
     monkeypatch.setattr(chaos, "AIOKafkaConsumer", Truncated)
     monkeypatch.setattr(chaos, "AIOKafkaAdminClient", _Admin)
-    assert await chaos.unconsumed("b:1", {}, {"payment_svc": ["known"]}, wait=0, exact_ends=True) == [
+    assert await chaos.unconsumed("b:1", {}, {"payment_svc": ["known"]}, wait=0) == [
         "payment_svc's committed offset on known/0 is past its end: committed offset 3, end offset 2"
         " (the log lost records)"
     ]
-    # the embedded Tansu reports ends short of its last records: there it proves nothing
-    assert await chaos.unconsumed("b:1", {}, {"payment_svc": ["known"]}, wait=0) == []
+
+
+async def test_the_end_is_a_fetchs_high_watermark_when_listoffsets_falls_short(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The embedded Tansu answers ListOffsets with its last batch's first offset + 1: a
+    committed offset there looked past the end, and one short of the end by the rest of
+    the batch looked at it. A fetch from just below the answer gives the end."""
+
+    class Tansu(_Ends):
+        listed, fetched = 2, 5
+
+    made: list[_Ends] = []
+    monkeypatch.setattr(chaos, "AIOKafkaConsumer", lambda **kw: made.append(Tansu()) or made[-1])
+    monkeypatch.setattr(chaos, "AIOKafkaAdminClient", _Admin)
+    assert await chaos.unconsumed("b:1", {}, {"payment_svc": ["known"]}, wait=0) == [
+        "payment_svc has not consumed known/0 to its end: committed offset 3, end offset 5"
+    ]
+    assert list(made[0].sought.values()) == [1]  # from the answer's offset - 1
