@@ -30,6 +30,7 @@ from events.codec import is_event_type_name, peek
 from events.commands import peek_command
 from events.values import printable
 from saga_kit import headers as kafka_headers
+from saga_kit import unreadable
 from saga_kit.consumer import ConsumerPipeline, Outcome, Record, dead_letter_reason
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection
@@ -136,11 +137,15 @@ class DeadLetterSummary(BaseModel):
     source_offset: int
     event_type: str | None
     order_id: str | None
-    #: Size of the original body in bytes (None for a record without one).
+    #: Size of the original body in bytes (None for a record without one, or not read).
     value_size: int | None
     replay_attempts: int
     created_at: datetime
     resolved_at: datetime | None
+    #: True when the Kafka client could not read the record (``reason`` says why and at
+    #: which offset its bytes stay; ``saga_kit.unreadable``): its key, headers and body
+    #: are not known, not absent.
+    unread: bool = False
 
 
 class DeadLetter(DeadLetterSummary):
@@ -193,6 +198,8 @@ def _summary(row: Any) -> dict[str, Any]:
     return {
         **{k: getattr(row, k) for k in DeadLetterSummary.model_fields if hasattr(row, k)},
         "reason": printable(row.reason),
+        # only the pipeline writes a reason, and only a stand-in's begins so
+        "unread": row.reason.startswith(f"{unreadable.REASON}:"),
         "event_type": event_type,
         "order_id": None if order_id is None else str(order_id),
     }

@@ -40,11 +40,14 @@ from events.values import printable
 #: The one header of a stand-in: its value says why the record could not be read.
 UNREADABLE = "\udc00unreadable"
 
+#: How a stand-in's dead letter's reason begins (``DeadLetterSummary.unread``).
+REASON = "unreadable_record"
+
 
 def stand_in(topic: str, partition: int, offset: int, error: UnicodeDecodeError) -> ConsumerRecord[Any, Any]:
     """What the pipeline gets in place of the record at ``offset`` that could not be read."""
     why = (
-        "unreadable_record: the Kafka client cannot read this record: a header's name in it, or"
+        f"{REASON}: the Kafka client cannot read this record: a header's name in it, or"
         f" in a record before it in its batch, is not UTF-8 ({printable(str(error), 200)}); its"
         f" bytes stay in {topic} partition {partition} at offset {offset}, for as long as the"
         " topic keeps them"

@@ -1039,6 +1039,11 @@ def _letters_table(
     return table
 
 
+#: A key's and a body's place in ``dlq show`` for a record the client could not read
+#: (``unread``); a text that begins so has its first character escaped (``_NOT_TEXT``).
+NOT_READ = "(not read: the Kafka client could not read the record; see reason)"
+
+
 @dlq.command("show")
 def dlq_show(
     ctx: typer.Context, service: ServiceArg, letter_id: LetterIdArg, output: OutputOpt = Output.text
@@ -1056,7 +1061,10 @@ def dlq_show(
     meta.add_row(
         "source", _text(f"{d['source_topic']} partition {d['source_partition']} offset {d['source_offset']}")
     )
-    meta.add_row("key", _bytes_cell(d["key"]))
+    # a record the client could not read: its key and body are not known, not absent (a
+    # tombstone's "(null)" beside "cannot read this record" read as what it held: a trial)
+    unread = Text(NOT_READ, style="dim") if d.get("unread") else None
+    meta.add_row("key", unread or _bytes_cell(d["key"]))
     for h in d["headers"]:
         withheld = f" ({h['value']['size']} bytes, withheld: a credential)" if h.get("redacted") else ""
         # a name and a value as a record's writer sent them (a newline split the row, and
@@ -1066,6 +1074,9 @@ def dlq_show(
     if d["headers_total"] > len(d["headers"]):
         meta.add_row("headers", f"… {d['headers_total'] - len(d['headers'])} more not shown")
     console.print(Panel(meta, title=_text(f"{service} dead letter {letter_id}")))
+    if unread is not None:
+        console.print(Text("value: ") + unread)
+        return
     value = d["value"]
     pretty = _pretty_json(value)
     if pretty is not None:
@@ -1106,8 +1117,9 @@ def _float_as_written(written: str) -> float:
     return number
 
 
-#: What ``_bytes_cell`` shows for what is not text: a null, and bytes that are not UTF-8.
-_NOT_TEXT = ("(null)", "base64:")
+#: What ``_bytes_cell`` shows for what is not text: a null, bytes that are not UTF-8, and
+#: (``NOT_READ``) what was not read.
+_NOT_TEXT = ("(null)", "base64:", "(not read")
 
 
 def _bytes_cell(view: dict[str, Any] | None, after: str = "") -> Text:

@@ -443,6 +443,11 @@ async function loadDeadLetters() {
   $("dead-letters").replaceChildren(...rows);
 }
 
+// A record the Kafka client could not read (the letter's unread): its key and body are
+// not known, not absent ("no body (a tombstone)" beside "cannot read this record" said
+// what it held: a trial).
+const NOT_READ = "not read: the Kafka client could not read the record (see reason)";
+
 // A body as the service shows it: its text (indented when it is JSON as the services
 // write it, compact, which indenting shows as it is: {"id": "a", "id": "b"} was shown as
 // {"id": "b"}, and 12345678901234567890.10 rounded, by an attack trial), or, for bytes that
@@ -450,8 +455,9 @@ async function loadDeadLetters() {
 // service escaped something in, a preview — is said beside it, in the page's words, which
 // no body can write (a body "(none)" looked like none, one "base64: …" like bytes: a
 // re-check trial).
-function shownBody(view) {
+function shownBody(view, unread) {
   const note = (text) => el("div", { class: "note dl-value-note" }, text);
+  if (unread) return [note(NOT_READ)];
   if (!view) return [note("no body (a tombstone)")];
   const part = view.truncated ? ` (the first of its ${view.size} bytes)` : "";
   if (view.text === null) return [note(`not UTF-8: its bytes in base64${part}`), el("pre", { id: "dl-value" }, view.base64)];
@@ -509,7 +515,7 @@ async function showLetter(service, id) {
     ["from", `${d.source_topic} partition ${d.source_partition} offset ${d.source_offset}`],
     ["when", `${absolute(d.created_at)} (${relative(d.created_at)})`],
     ["replays tried", String(d.replay_attempts)],
-    ["key", quotedBytes(d.key, "(none)")],
+    ["key", d.unread ? NOT_READ : quotedBytes(d.key, "(none)")],
     ["headers", d.headers.map((h) => `${shownName(h)}: ${quotedBytes(h.value, "null")}`).join("\n") || "(none)"],
   ];
   const list = el("dl", { id: "dl-facts" });
@@ -525,7 +531,7 @@ async function showLetter(service, id) {
   if (state.letterResult?.service === service && state.letterResult.id === d.id) {
     box.append(el("div", { id: "dl-result", class: "note" }, state.letterResult.text));
   }
-  box.append(...shownBody(d.value));
+  box.append(...shownBody(d.value, d.unread));
   box.hidden = false;
 }
 

@@ -193,11 +193,15 @@ def dead_letter_count(system: System) -> int:
 
 
 def unreadable_letters(system: System, service: str) -> list[str]:
+    return [reason for _, reason in unreadable_ids(system, service)]
+
+
+def unreadable_ids(system: System, service: str) -> list[tuple[int, str]]:
     with psycopg.connect(system.database_urls[service]) as conn:
         rows = conn.execute(
-            "SELECT reason FROM dead_letters WHERE reason LIKE 'unreadable_record:%%' ORDER BY id"
+            "SELECT id, reason FROM dead_letters WHERE reason LIKE 'unreadable_record:%%' ORDER BY id"
         ).fetchall()
-    return [reason for (reason,) in rows]
+    return [(letter_id, reason) for (letter_id, reason) in rows]
 
 
 def test_a_record_the_kafka_client_cannot_read_is_dead_lettered_and_the_services_go_on(
@@ -212,9 +216,16 @@ def test_a_record_the_kafka_client_cannot_read_is_dead_lettered_and_the_services
     for service in ("inventory_svc", "payment_svc"):
         more = lambda s=service: len(unreadable_letters(system, s)) > before[s]  # noqa: E731
         wait_until(more, 60, f"{service} dead-letters it")
-        reason = unreadable_letters(system, service)[-1]
+        letter_id, reason = unreadable_ids(system, service)[-1]
         assert "a header's name in it" in reason and "orders.events partition" in reason, reason
         assert ready(system, service) == 200
+        # its key and body are not known, not absent: said so, not a null key and a tombstone
+        shown = system.http.get(f"{system.url(service)}/dead-letters/{letter_id}").json()
+        assert shown["unread"] is True and (shown["key"], shown["value"]) == (None, None)
+        told = sagactl(system, "dlq", "show", service, str(letter_id))
+        assert told.returncode == 0, told.stderr
+        assert told.stdout.count("(not read: the Kafka client could not read the record") == 2, told.stdout
+        assert "(null)" not in told.stdout, told.stdout
     # the order service's commands too, and every service still serves a saga through
     system.publish([("orders.commands", b"k", b"z")], headers=[(NotUtf8Name(b"\xed\xa0\x80"), b"v")])
     products, customers = seed(client, uid, {"pen": ("1.00", 5)}, {"una": "10.00"})
