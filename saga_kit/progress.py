@@ -59,6 +59,20 @@ from saga_kit.consumer import ConsumerStats, Record
 
 log = logging.getLogger(__name__)
 
+
+def partition_lag(next_offset: int | None, looked: int | None, fetched: int | None) -> int | None:
+    """Records behind a partition's end not yet processed, or None if not known: from the
+    next offset to process to the further of two ends, each at most the true one — the one
+    the progress watch last asked the broker for (``looked``, every few seconds; how long
+    ago: ``ends_age``) and the high watermark of the last fetch (``fetched``, live). The
+    watch's alone went stale between looks: the lag fell toward 0 as records were processed
+    while more arrived (an attack trial's reading of the code)."""
+    ends = [end for end in (looked, fetched) if end is not None]
+    if next_offset is None or not ends:
+        return None
+    return max(0, max(ends) - next_offset)
+
+
 #: Seconds of looks that could not ask the broker after which the watch says so at WARNING,
 #: once until a look succeeds again (which it says at INFO): a broker that answered nothing
 #: for 36 s was INFO lines alone in the services that had nothing to publish (a trial).

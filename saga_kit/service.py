@@ -55,6 +55,7 @@ from saga_kit.kafka_security import KafkaSecurity
 from saga_kit.migrations import PLUMBING, Migration, migrate
 from saga_kit.outbox import OutboxRelay, on_broker
 from saga_kit.periodic import JobStats, Periodic, run_forever
+from saga_kit.progress import partition_lag
 from saga_kit.pruning import PRUNING
 from saga_kit.retry import RetryPolicy
 from saga_kit.settings import ServiceSettings, load_or_exit
@@ -462,10 +463,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
 
         def consumer_lag() -> dict[tuple[str, int], int]:
             """Records not yet processed (a batch in flight still counts) behind the end
-            of each assigned partition with a known next offset: the end the progress
-            watch last asked the broker for (every few seconds; how long ago:
-            ``progress.ends_age``), or before its first look the end the last fetch
-            reported."""
+            of each assigned partition with a known next offset (``partition_lag``)."""
             lag: dict[tuple[str, int], int] = {}
             try:
                 assigned = consumers.consumer.assignment()
@@ -473,10 +471,14 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 return lag
             for tp in assigned:
                 key = (tp.topic, tp.partition)
+                try:
+                    fetched = consumers.consumer.highwater(tp)
+                except (AssertionError, AttributeError):  # unassigned since (a rebalance)
+                    continue
                 position = progress.next_offset(key, taken=False)
-                end = progress.ends.get(key, consumers.consumer.highwater(tp))
-                if position is not None and end is not None:
-                    lag[key] = max(0, end - position)
+                behind = partition_lag(position, progress.ends.get(key), fetched)
+                if behind is not None:
+                    lag[key] = behind
             return lag
 
         async def relay_healthy() -> None:

@@ -11,7 +11,7 @@ import pytest
 from faust.types import TP as FaustTP
 
 from saga_kit.consumer import ConsumerStats, Record
-from saga_kit.progress import Probe, ProgressWatchdog, Stall, StallWatch, skipped
+from saga_kit.progress import Probe, ProgressWatchdog, Stall, StallWatch, partition_lag, skipped
 from sagastack.chaos import progress_recoveries
 
 T = ("orders.events", 3)
@@ -448,3 +448,23 @@ async def test_a_broker_away_is_said_as_the_look_after_30_s_starts(caplog: pytes
     await watchdog.look_once()
     warned = [r.getMessage()[:45] for r in caplog.records if r.levelno == logging.WARNING]
     assert warned == ["consumer progress: could not look for 30 s (T"]
+
+
+@pytest.mark.parametrize(
+    ("next_offset", "looked", "fetched", "lag"),
+    [
+        (40, 50, 90, 50),  # the watch's end is seconds old: the live fetch's is further
+        (40, 90, 50, 50),  # a fetch from before the look
+        (40, None, 45, 5),  # before the first look
+        (40, 45, None, 5),  # before the first fetch
+        (60, 50, 55, 0),  # processed past both (they are at most the end)
+        (None, 50, 55, None),  # nothing known of where the partition is read
+        (40, None, None, None),
+    ],
+)
+def test_the_lag_counts_from_the_further_of_the_looked_and_the_fetched_end(
+    next_offset: int | None, looked: int | None, fetched: int | None, lag: int | None
+) -> None:
+    """The watch's end alone went stale between its looks, and the lag fell toward 0 while
+    records kept arriving (an attack trial)."""
+    assert partition_lag(next_offset, looked, fetched) == lag
