@@ -1616,7 +1616,7 @@ def create_app(
     verifier = settings.token_verifier()
     if verifier is None:
         log.warning("authentication is off (no AUTH_JWKS_FILE or AUTH_JWKS_URL): every request is let in")
-    routers = [health_router(checks), metrics_router(metrics), *routers]
+    routers = [health_router(checks, settings.readiness_check_seconds), metrics_router(metrics), *routers]
     # a route the authorization table does not list stops the service here (fail closed)
     routes = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
     auth.check_policy((method, r.path) for r in routes for method in r.methods or ())

@@ -107,6 +107,16 @@ class ServiceSettings(KafkaClientSettings):
         le=3600,
         validation_alias=AliasChoices("CONSUMER_STALL_SECONDS", "consumer_stall_seconds"),
     )
+    #: Seconds each readiness check may take before ``/health/ready`` counts it failed
+    #: (``saga_kit.http.health_router``; the checks run side by side). Below a probe's own
+    #: timeout, or the probe gets no answer rather than a 503 that says why: a broker that
+    #: hangs took each check its 2 s (an attack trial), and Kubernetes' default is 1 s.
+    readiness_check_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        validation_alias=AliasChoices("READINESS_CHECK_SECONDS", "readiness_check_seconds"),
+    )
     #: The one retry policy (saga_kit.retry): first wait, longest wait, random extra.
     retry_initial_seconds: float = Field(
         default=0.05, gt=0, validation_alias=AliasChoices("RETRY_INITIAL_SECONDS", "retry_initial_seconds")
