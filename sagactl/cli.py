@@ -2816,21 +2816,29 @@ def _audit_table(entries: list[dict[str, Any]], output: Output, only: Sequence[s
     wide = output is Output.wide
     now = datetime.now(UTC)
     # the role always: a token's subject may be anything, "operator", "anonymous" or
-    # "service:inventory_svc" (an attack trial's customer tokens), and only it tells
-    columns = [_fixed("service"), _fixed("seq", "right"), _free("who"), _fixed("role"), _free("what")]
+    # "service:inventory_svc" (an attack trial's customer tokens), and only it tells; below
+    # 120 columns under the subject, in parentheses, which leaves "what" room for an order's
+    # id and a route's words (at 80 columns they folded mid-word: a newcomer trial)
+    narrow = not wide and console.width < 120
+    columns = [_fixed("service"), _fixed("seq", "right"), _free("who")]
+    columns += [_free("what")] if narrow else [_fixed("role"), _free("what")]
     columns += [_free("resource"), _free("outcome")] if wide else [_free("outcome")]
     if wide:
         columns += [_fixed("request"), _fixed("cause")]
     columns.append(_fixed("at", "left") if wide else _fixed("age", "right"))
-    if not wide and console.width < 120:  # who folds first, for "what" to keep its words
-        columns[2].max_width = 12
+    if narrow:  # who folds first, for "what" to keep its words
+        columns[2].max_width = 13
     table = Table(*columns)
     for e in entries:
         # text cuts what anyone may send (a path: up to 1,024 characters, 85 lines at 80
         # columns, an attack trial); wide shows it whole
         cut = 10_000 if wide else AUDIT_CELL_CHARACTERS
-        row: list[RenderableType] = [e["service"], str(e["seq"]), _value(e.get("actor", "?"), limit=cut)]
-        row.append(_text(e.get("role", "")))
+        who, role = _value(e.get("actor", "?"), limit=cut), _text(e.get("role", ""))
+        if narrow:
+            who.append_text(Text("\n(", style="dim") + role + Text(")", style="dim"))
+        row: list[RenderableType] = [e["service"], str(e["seq"]), who]
+        if not narrow:
+            row.append(role)
         action, resource = str(e.get("action", "?")), str(e.get("resource", ""))
         # the path's backslashes are doubled by the service (saga_kit.audit)
         if wide:

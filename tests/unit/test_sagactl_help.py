@@ -573,6 +573,47 @@ def test_an_orders_reason_is_one_line_under_its_status_on_a_wide_terminal(
     assert cells == (status_lines or ["REJECTED", "insufficient funds"]), result.stdout
 
 
+@pytest.mark.parametrize("columns", [80, 200])
+def test_audit_list_keeps_an_entrys_what_in_words_at_80_columns(
+    monkeypatch: pytest.MonkeyPatch, columns: int
+) -> None:
+    """At 80 columns "what" folded mid-word (``/orders/0866988a/c`` and ``ancel``), the
+    shortened id to be copied back cut in two (a newcomer trial): below 120 columns the
+    role goes under the subject, in parentheses, and leaves its room to "what"."""
+    import json
+
+    from saga_kit.auditchain import GENESIS, chain_hash
+    from tests.jsonserver import JsonServer
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    order = "/orders/0866988a-1111-2222-3333-444455556666"
+    entries = [
+        {"actor": "alice", "role": "customer", "action": "POST /orders/{order_id}/cancel", "resource": order},
+        {"actor": "service:inventory_svc", "role": "service", "action": "compensate X", "resource": order},
+    ]
+    links, prev = [], GENESIS
+    for seq, entry in enumerate(entries, 1):
+        text = json.dumps(entry | {"outcome": "202", "at": "2026-12-07T06:50:00+00:00"})
+        links.append(
+            {"seq": seq, "entry": text, "prev_hash": prev.hex(), "hash": chain_hash(prev, text).hex()}
+        )
+        prev = chain_hash(prev, text)
+    with JsonServer(json.dumps(links[::-1]).encode()) as server:
+        result = CliRunner().invoke(app, ["--order-url", server.base, "audit", "list", "-s", "order"])
+    assert result.exit_code == 0, result.output
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in result.stdout.splitlines() if "│" in line]
+    if columns == 80:
+        assert [row[2:4] for row in rows[:2]] == [
+            ["service:inven", "compensate X on"],
+            ["tory_svc", "/orders/0866988a"],
+        ], result.stdout
+        assert rows[2][2] == "(service)" and rows[3][2:4] == ["alice", "POST /orders/0866988a/cancel"]
+        assert rows[4][2] == "(customer)", result.stdout
+        assert max(map(len, result.stdout.splitlines())) <= 80
+    else:
+        assert rows[1][2:5] == ["alice", "customer", "POST /orders/0866988a/cancel"], result.stdout
+
+
 def test_a_saga_timeline_counts_seconds_past_ten_of_them() -> None:
     """A timeout's cancellation read "+62345 ms", counted by eye (a newcomer trial): past
     10 s a step's time is in seconds, to a tenth."""
