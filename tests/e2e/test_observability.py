@@ -221,5 +221,13 @@ def test_a_first_start_logs_no_error(system: System, client: SagaClient, uid: Un
         ]
         starting = list(itertools.takewhile(lambda line: not line["msg"].startswith("batch of "), lines))
         assert len(starting) < len(lines), f"{name} consumed nothing yet"
-        errors = [(ln["logger"], ln["msg"]) for ln in starting if ln["level"] in {"error", "critical"}]
+        errors = [
+            (ln["logger"], ln["msg"])
+            for ln in starting
+            if ln["level"] in {"error", "critical"}
+            # a record an earlier test sent that cannot be processed is the input's error,
+            # not the start's (on a shared system run alone after test_nothing_lost, the
+            # first batch was one)
+            and not (ln["logger"] == "saga_kit.consumer" and ln["msg"].startswith("dead letter "))
+        ]
         assert errors == [], name
