@@ -2022,7 +2022,9 @@ def _orders_table(rows: list[dict[str, Any]], output: Output) -> RenderableType:
         if wide:
             row.append(_text(reason))
         items = "\n".join(f"{i['quantity']} x {i['product_id']}" for i in o["items"])
-        row += [o["total"] or "", _text(items), _when(o["created_at"], output, now)]
+        # an order rejected before it was priced (no stock) has no total: "—", as every
+        # table shows nothing known (a blank read as a cell not filled in: a newcomer trial)
+        row += [o["total"] or "—", _text(items), _when(o["created_at"], output, now)]
         table.add_row(*row)
     return table
 
@@ -2085,7 +2087,8 @@ def saga(ctx: typer.Context, order_id: OrderIdArg, output: OutputOpt = Output.te
     verdict = {True: ("yes", "green"), False: ("NO", "red"), None: ("saga in flight", "yellow")}
     summary.add_row("settled", Text(*verdict[why["settled"]]))
     summary.add_row("trace", s["trace_id"] or "—")
-    console.print(Panel(summary, title=_text(f"saga {s['order_id']}")))
+    # as wide as what it holds, not the terminal (at 200 columns, half of it was empty)
+    console.print(Panel(summary, title=_text(f"saga {s['order_id']}"), expand=False))
 
     events = s["events"]
     if not events:

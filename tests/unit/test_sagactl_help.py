@@ -614,6 +614,29 @@ def test_audit_list_keeps_an_entrys_what_in_words_at_80_columns(
         assert rows[1][2:5] == ["alice", "customer", "POST /orders/0866988a/cancel"], result.stdout
 
 
+def test_an_order_never_priced_shows_no_total_as_a_dash() -> None:
+    """Rejected before inventory priced it (no stock), an order has no total: a blank cell
+    read as one not filled in (a newcomer trial)."""
+    import json
+
+    from tests.jsonserver import JsonServer
+
+    order = {
+        "order_id": "0b9c3c4e-8f3a-4f57-9d68-2f0f1e0b6a11",
+        "customer_id": "kim",
+        "status": "REJECTED",
+        "reason": "out_of_stock",
+        "total": None,
+        "items": [{"product_id": "fan", "quantity": 1}],
+        "created_at": "2026-12-06T15:00:00+00:00",
+    }
+    with JsonServer(json.dumps([order]).encode()) as server:
+        result = CliRunner().invoke(app, ["--order-url", server.base, "orders"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    (row,) = [line.split("│")[1:-1] for line in result.stdout.splitlines() if "0b9c3c4e" in line]
+    assert row[3].strip() == "—", result.stdout
+
+
 def test_a_saga_timeline_counts_seconds_past_ten_of_them() -> None:
     """A timeout's cancellation read "+62345 ms", counted by eye (a newcomer trial): past
     10 s a step's time is in seconds, to a tenth."""
