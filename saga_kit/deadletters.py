@@ -105,6 +105,10 @@ class HeaderView(BaseModel):
     value: BytesView | None
     #: A credential, shown by its scheme and first characters only (``size``: its own).
     redacted: bool = False
+    #: True when the name is longer than ``HEADER_PREVIEW`` characters: ``key`` and
+    #: ``key_base64`` hold only its start (a name of 600 characters was cut with nothing to
+    #: say so but an ellipsis, which a name may end with: a trial).
+    key_truncated: bool = False
 
     @classmethod
     def of(cls, key: str, value: bytes | None) -> HeaderView:
@@ -114,10 +118,12 @@ class HeaderView(BaseModel):
             if printable(head, HEADER_PREVIEW) == head
             else _base64(head.encode("utf-8", "surrogatepass"))
         )
+        cut = len(key) > HEADER_PREVIEW
         if value is None:
-            return cls(key=shown_key, key_base64=exact, value=None)
+            return cls(key=shown_key, key_base64=exact, value=None, key_truncated=cut)
         if not is_credential(key):
-            return cls(key=shown_key, key_base64=exact, value=BytesView.of(value, HEADER_PREVIEW))
+            view = BytesView.of(value, HEADER_PREVIEW)
+            return cls(key=shown_key, key_base64=exact, value=view, key_truncated=cut)
         scheme, space, credential = value.strip().partition(b" ")
         if space and scheme.lower() in CREDENTIAL_SCHEMES:
             kept = scheme + b" " + credential.strip()[:CREDENTIAL_SHOWN]
@@ -125,7 +131,7 @@ class HeaderView(BaseModel):
             kept = value.strip()[:CREDENTIAL_SHOWN]
         view = BytesView.of(kept + "…".encode(), HEADER_PREVIEW)
         shown = view.model_copy(update={"size": len(value)})
-        return cls(key=shown_key, key_base64=exact, value=shown, redacted=True)
+        return cls(key=shown_key, key_base64=exact, value=shown, redacted=True, key_truncated=cut)
 
 
 class DeadLetterSummary(BaseModel):

@@ -1070,7 +1070,10 @@ def dlq_show(
         # a name and a value as a record's writer sent them (a newline split the row, and
         # "v" and "v" and a tab looked alike: a re-check trial)
         name = h["key"] if h.get("key_base64") is None else _utf8(h["key_base64"])
-        meta.add_row(_value(f"header {name}"), _bytes_cell(h["value"], withheld))
+        shown = _value(f"header {name}")
+        if h.get("key_truncated"):  # its start: an ellipsis alone may end a name
+            shown.append(" (the start of a longer name)", style="dim")
+        meta.add_row(shown, _bytes_cell(h["value"], withheld))
     if d["headers_total"] > len(d["headers"]):
         meta.add_row("headers", f"… {d['headers_total'] - len(d['headers'])} more not shown")
     console.print(Panel(meta, title=_text(f"{service} dead letter {letter_id}")))

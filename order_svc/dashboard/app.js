@@ -485,8 +485,9 @@ function quotedBytes(view, none) {
   return JSON.stringify(view.text) + (view.truncated ? ` … (${view.size} bytes)` : "") + escapedNote(view.base64);
 }
 
-// A header's name, as quotedBytes shows text.
-const shownName = (h) => JSON.stringify(h.key) + escapedNote(h.key_base64);
+// A header's name, as quotedBytes shows text; the start of a longer one says so (an
+// ellipsis alone may end a name).
+const shownName = (h) => JSON.stringify(h.key) + (h.key_truncated ? " (the start of a longer name)" : "") + escapedNote(h.key_base64);
 
 async function showLetter(service, id) {
   state.letter = { service, id };

@@ -105,6 +105,20 @@ def test_bytes_escaped_for_reading_come_with_the_bytes_themselves() -> None:
     )
 
 
+def test_a_header_name_longer_than_the_preview_says_it_is_cut() -> None:
+    """A name of 600 characters was cut to 512 with nothing to say so but an ellipsis, which
+    a name may end with (a trial): ``key_truncated`` says it, and only then."""
+    preview = deadletters.HEADER_PREVIEW
+    long = deadletters.HeaderView.of("n" * (preview + 88), b"v")
+    assert long.key_truncated and long.key.endswith("…") and len(long.key) == preview
+    assert deadletters.HeaderView.of("n" * (preview + 1), None).key_truncated
+    assert not deadletters.HeaderView.of("n" * preview, None).key_truncated
+    whole = deadletters.HeaderView.of("n" * (preview - 1) + "…", None)
+    assert (whole.key, whole.key_truncated) == ("n" * (preview - 1) + "…", False)
+    credential = deadletters.HeaderView.of("authorization" + "x" * preview, b"Bearer abc.def.ghi")
+    assert credential.redacted and credential.key_truncated
+
+
 async def test_one_huge_nested_letter_never_hides_the_others(payment: ServiceUnderTest) -> None:
     """Failing input 4: ``b"[" * 60000`` is dead-lettered, and listing, showing and
     discarding every letter still work."""

@@ -1317,6 +1317,35 @@ def test_dlq_show_tells_an_escape_from_the_text_of_one() -> None:
     assert ["header h\\x1b", "k\\\\x1b"] in rows and ["header h\\\\x1b", "k\\x1b"] in rows, result.output
 
 
+def test_dlq_show_says_a_header_name_is_the_start_of_a_longer_one() -> None:
+    """A name cut to the service's preview ended in an ellipsis, which a name may end with
+    (a trial): ``key_truncated`` is said beside it."""
+    text = {"text": "v", "base64": None, "size": 1, "truncated": False}
+    letter: dict[str, Any] = {
+        **dict.fromkeys(("status", "reason", "event_type", "order_id", "created_at", "resolved_at")),
+        "replay_attempts": 0,
+        **{"source_topic": "orders.events", "source_partition": 0, "source_offset": 1},
+        "key": None,
+        "headers": [
+            {"key": "cut…", "value": text, "key_truncated": True},
+            {"key": "whole…", "value": text},
+        ],
+        "headers_total": 2,
+        "value": None,
+    }
+    with JsonServer(json.dumps(letter).encode()) as server:
+        result = CliRunner().invoke(
+            app, ["--payment-url", server.base, "dlq", "show", "payment", "1"], env={"COLUMNS": "120"}
+        )
+    assert result.exit_code == 0, result.output
+    lines = [line.strip("│ ") for line in result.output.splitlines()]
+    at = next(i for i, line in enumerate(lines) if line.startswith("header cut…"))
+    # the name's column folds at 32: the note goes on below it
+    assert " ".join(lines[at].split()) == "header cut… (the start of a v", result.output
+    assert lines[at + 1] == "longer name)", result.output
+    assert " ".join(lines[at + 2].split()) == "header whole… v", result.output
+
+
 @pytest.mark.parametrize("command", [[], ["dlq"], ["audit"]])
 def test_a_group_without_its_command_is_a_usage_error_that_shows_its_help(command: list[str]) -> None:
     """``sagactl`` alone, like ``sagactl dlq``, shows what it takes on stderr and exits 2,
