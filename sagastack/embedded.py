@@ -67,12 +67,22 @@ def wait_for_port(port: int, timeout: float) -> None:
             time.sleep(0.05)
 
 
+def started(proc: psutil.Process) -> float:
+    """Seconds from the machine's boot to ``proc``'s start: what ``PidFile`` records to
+    tell a process from a later one given its pid. Unlike ``create_time`` (seconds since
+    the epoch: the boot time read from the wall clock, now, plus this), it does not move
+    when the wall clock is stepped — a step of 6 s after a run started made the supervisor
+    take its running PostgreSQL and Tansu for stopped, and tell the operator to start
+    again (an attack trial). Raises ``psutil.NoSuchProcess`` for a process gone."""
+    return float(proc.create_time() - psutil.boot_time())
+
+
 def process_running(pid: int, created: float | None = None) -> bool:
     """Is process ``pid`` running — not ended, not a zombie waiting to be reaped, and
-    (given its ``created`` time, as ``PidFile`` records it) not a reuse of the pid?"""
+    (given when it ``started``, as ``PidFile`` records it) not a reuse of the pid?"""
     try:
         proc = psutil.Process(pid)
-        reused = created is not None and abs(proc.create_time() - created) > 1
+        reused = created is not None and abs(started(proc) - created) > 1
         return not reused and bool(proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
@@ -235,7 +245,7 @@ NAME_MARK = "SAGASTACK_PROCESS"
 
 
 class PidFile:
-    """Pids (with create times, so a reused pid is never mistaken) of what we started.
+    """Pids (with when each ``started``, so a reused pid is never mistaken) of what we started.
 
     A process is recorded once it has been spawned, so a supervisor killed in between
     (SIGKILL in the milliseconds of a restart: a failing test's run left a service running
@@ -264,13 +274,13 @@ class PidFile:
         a process it may not read is skipped)."""
         found = []
         uid = os.getuid()
-        for proc in psutil.process_iter(["uids", "create_time"]):
+        for proc in psutil.process_iter(["uids"]):
             if proc.pid == os.getpid() or proc.info["uids"] is None or proc.info["uids"].real != uid:
                 continue
             with contextlib.suppress(psutil.Error):
                 env = proc.environ()
                 if env.get(RUN_MARK) == self.run:
-                    found.append(Recorded(env.get(NAME_MARK, "unnamed"), proc.pid, proc.info["create_time"]))
+                    found.append(Recorded(env.get(NAME_MARK, "unnamed"), proc.pid, started(proc)))
         return found
 
     def _read(self) -> dict[str, list[float]]:
@@ -281,7 +291,7 @@ class PidFile:
             return {}
 
     def add(self, name: str, pid: int) -> None:
-        created = psutil.Process(pid).create_time()
+        created = started(psutil.Process(pid))
         with self._lock:
             data = self._read()
             data[name] = [pid, created]
@@ -332,7 +342,8 @@ class PidFile:
 
 
 class Recorded(NamedTuple):
-    """A process as ``PidFile`` records it: its name, pid and create time."""
+    """A process as ``PidFile`` records it: its name, pid and when it ``started`` (seconds
+    after the machine's boot)."""
 
     name: str
     pid: int
@@ -344,7 +355,7 @@ def stop_recorded(records: Iterable[Recorded]) -> list[str]:
     first the services and the provider simulator, all at once, then the database and
     broker servers (``SERVERS``), which then have no clients to wait for; each wave
     SIGTERM, then SIGKILL for what still runs after ``LEFTOVER_GRACE_SECONDS``. A pid
-    whose create time differs is someone else's now: never touched. Returns their names
+    that started at another time is someone else's now: never touched. Returns their names
     and pids."""
     found: dict[tuple[int, float], tuple[str, psutil.Process]] = {}
     for name, pid, created in records:

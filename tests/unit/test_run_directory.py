@@ -392,3 +392,30 @@ def test_a_run_directorys_xdg_is_the_owners_alone_even_if_found_open(tmp_path: P
     made = private_directory(tmp_path / "xdg")
     assert made.stat().st_mode & 0o777 == 0o700
     assert private_directory(tmp_path / "new").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_stepped_wall_clock_leaves_a_running_process_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step of the wall clock (NTP, a paused virtual machine) moves the boot time the
+    system reports, and every process's create time with it: 6 s made the supervisor take
+    its running PostgreSQL and Tansu for stopped and tell the operator to start again (an
+    attack trial). What ``PidFile`` records is when each started after the boot."""
+    import psutil
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pids = PidFile(tmp_path / "pids.json")
+        pids.add("tansu", sleeper.pid)
+        booted, created = psutil.boot_time(), psutil.Process(sleeper.pid).create_time()
+        platform = sys.modules[psutil.Process(sleeper.pid)._proc.__module__]
+        monkeypatch.setattr(platform, "boot_time", lambda: booted + 6)  # the clock stepped 6 s
+        # as the machine reports it now: the process created 6 s later than it was
+        assert psutil.Process(sleeper.pid).create_time() == pytest.approx(created + 6)
+        assert pids.gone(["tansu"]) == [] and pids.running() == ["tansu"]
+        sleeper.kill()
+        sleeper.wait()
+        assert pids.gone(["tansu"]) == ["tansu"]  # and one that ended still is gone
+    finally:
+        sleeper.kill()
+        sleeper.wait()
