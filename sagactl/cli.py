@@ -1065,6 +1065,8 @@ def dlq_show(
     # tombstone's "(null)" beside "cannot read this record" read as what it held: a trial)
     unread = Text(NOT_READ, style="dim") if d.get("unread") else None
     meta.add_row("key", unread or _bytes_cell(d["key"]))
+    if unread is not None:
+        meta.add_row("headers", unread)
     for h in d["headers"]:
         withheld = f" ({h['value']['size']} bytes, withheld: a credential)" if h.get("redacted") else ""
         # a name and a value as a record's writer sent them (a newline split the row, and

@@ -517,7 +517,7 @@ async function showLetter(service, id) {
     ["when", `${absolute(d.created_at)} (${relative(d.created_at)})`],
     ["replays tried", String(d.replay_attempts)],
     ["key", d.unread ? NOT_READ : quotedBytes(d.key, "(none)")],
-    ["headers", d.headers.map((h) => `${shownName(h)}: ${quotedBytes(h.value, "null")}`).join("\n") || "(none)"],
+    ["headers", d.unread ? NOT_READ : d.headers.map((h) => `${shownName(h)}: ${quotedBytes(h.value, "null")}`).join("\n") || "(none)"],
   ];
   const list = el("dl", { id: "dl-facts" });
   for (const [name, value] of facts) list.append(el("dt", {}, name), el("dd", { "data-fact": name }, value));

@@ -698,7 +698,7 @@ def test_a_letter_the_client_could_not_read_shows_its_key_and_body_as_not_read(
     open_letter(browser, "inventory_svc", letter_id)
     assert fact(browser, "reason").startswith("unreadable_record: the Kafka client cannot read this record")
     not_read = "not read: the Kafka client could not read the record (see reason)"
-    assert fact(browser, "key") == not_read
+    assert fact(browser, "key") == not_read and fact(browser, "headers") == not_read
     assert texts(browser, ".dl-value-note") == [not_read]
 
 
