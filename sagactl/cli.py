@@ -2825,8 +2825,10 @@ def _audit_table(entries: list[dict[str, Any]], output: Output, only: Sequence[s
     now = datetime.now(UTC)
     # the role always: a token's subject may be anything, "operator", "anonymous" or
     # "service:inventory_svc" (an attack trial's customer tokens), and only it tells; below
-    # 120 columns under the subject, in parentheses, which leaves "what" room for an order's
-    # id and a route's words (at 80 columns they folded mid-word: a newcomer trial)
+    # 120 columns above the subject, in parentheses, which leaves "what" room for an order's
+    # id and a route's words (at 80 columns they folded mid-word: a newcomer trial). Above
+    # it, the first line: under it, a subject "mallory (operator)" folded into a line that
+    # read as the role (a re-check trial)
     narrow = not wide and console.width < 120
     columns = [_fixed("service"), _fixed("seq", "right"), _free("who")]
     columns += [_free("what")] if narrow else [_fixed("role"), _free("what")]
@@ -2843,7 +2845,7 @@ def _audit_table(entries: list[dict[str, Any]], output: Output, only: Sequence[s
         cut = 10_000 if wide else AUDIT_CELL_CHARACTERS
         who, role = _value(e.get("actor", "?"), limit=cut), _text(e.get("role", ""))
         if narrow:
-            who.append_text(Text("\n(", style="dim") + role + Text(")", style="dim"))
+            who = Text("(", style="dim") + role + Text(")\n", style="dim") + who
         row: list[RenderableType] = [e["service"], str(e["seq"]), who]
         if not narrow:
             row.append(role)

@@ -579,7 +579,8 @@ def test_audit_list_keeps_an_entrys_what_in_words_at_80_columns(
 ) -> None:
     """At 80 columns "what" folded mid-word (``/orders/0866988a/c`` and ``ancel``), the
     shortened id to be copied back cut in two (a newcomer trial): below 120 columns the
-    role goes under the subject, in parentheses, and leaves its room to "what"."""
+    role goes above the subject, in parentheses, its first line (under it, a subject that
+    folded could read as the role: a re-check trial), and leaves its room to "what"."""
     import json
 
     from saga_kit.auditchain import GENESIS, chain_hash
@@ -603,12 +604,13 @@ def test_audit_list_keeps_an_entrys_what_in_words_at_80_columns(
     assert result.exit_code == 0, result.output
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in result.stdout.splitlines() if "│" in line]
     if columns == 80:
-        assert [row[2:4] for row in rows[:2]] == [
-            ["service:inven", "compensate X on"],
-            ["tory_svc", "/orders/0866988a"],
+        assert [row[2:4] for row in rows[:3]] == [
+            ["(service)", "compensate X on"],
+            ["service:inven", "/orders/0866988a"],
+            ["tory_svc", ""],
         ], result.stdout
-        assert rows[2][2] == "(service)" and rows[3][2:4] == ["alice", "POST /orders/0866988a/cancel"]
-        assert rows[4][2] == "(customer)", result.stdout
+        assert rows[3][2:4] == ["(customer)", "POST /orders/0866988a/cancel"], result.stdout
+        assert rows[4][2] == "alice", result.stdout
         assert max(map(len, result.stdout.splitlines())) <= 80
     else:
         assert rows[1][2:5] == ["alice", "customer", "POST /orders/0866988a/cancel"], result.stdout
