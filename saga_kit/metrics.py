@@ -125,8 +125,9 @@ class _PlumbingCollector(Collector):
         yield produced
         lag = GaugeMetricFamily(
             "saga_consumer_lag",
-            "Records behind the partition's end (as the broker gave it at the last look of the"
-            " consumer's progress watch), per assigned partition.",
+            "Records not yet processed behind the partition's end (the further of the one the"
+            " broker gave at the consumer's last progress look and the one its last fetch"
+            " reported), per assigned partition.",
             labels=["service", "topic", "partition"],
         )
         for (topic, partition), behind in sorted((self.lag() if self.lag else {}).items()):

@@ -2039,11 +2039,18 @@ def _ms(a: str, b: str) -> float:
 
 
 def _took(a: str, b: str) -> str:
-    """The time from a to b (ISO 8601 timestamps) as a timeline shows it: milliseconds up
-    to 10 s, seconds with a tenth past it (a timeout's "+62345 ms" was counted by eye: a
-    newcomer trial)."""
-    ms = _ms(a, b)
-    return f"{ms:.0f} ms" if abs(ms) < 10_000 else f"{ms / 1000:.1f} s"
+    """The time from a to b (ISO 8601 timestamps) as a timeline shows it, to three or four
+    figures: milliseconds under 10 s, seconds with a tenth under 10 minutes, minutes with a
+    tenth under 10 hours, then hours (a timeout's "+62345 ms" was counted by eye: a
+    newcomer trial; a day's deadline read "86400.0 s")."""
+    ms = round(_ms(a, b))  # 9999.6 ms is 10.0 s, not "10000 ms"
+    if abs(ms) < 10_000:
+        return f"{ms} ms"
+    if abs(ms) < 600_000:
+        return f"{ms / 1_000:.1f} s"
+    if abs(ms) < 36_000_000:
+        return f"{ms / 60_000:.1f} min"
+    return f"{ms / 3_600_000:.1f} h"
 
 
 #: What of an event's payload the timeline shows beside it.

@@ -673,6 +673,18 @@ def test_a_saga_timeline_counts_seconds_past_ten_of_them() -> None:
     assert "OrderCancelled order_svc  +62.3 s  Δ 62.3 s" in result.stdout, result.stdout
 
 
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(9.9994, "9999 ms"), (9.9996, "10.0 s"), (599.9, "599.9 s"), (600, "10.0 min"), (86_400, "24.0 h")],
+)
+def test_a_timelines_time_keeps_three_or_four_figures(seconds: float, shown: str) -> None:
+    """9999.6 ms read "10000 ms", and a day's deadline "86400.0 s" (a re-check trial)."""
+    from sagactl.cli import _took
+
+    start = datetime(2026, 12, 7, 7, 0, tzinfo=UTC)
+    assert _took(start.isoformat(), (start + timedelta(seconds=seconds)).isoformat()) == shown
+
+
 def test_health_at_80_columns_keeps_a_checks_detail_whole_words(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each check's status is in the status column, under its service's, and its name in
     the check column: "name: mark" in one column left the detail so little room at 80
