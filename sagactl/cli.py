@@ -2003,12 +2003,13 @@ def _orders_table(rows: list[dict[str, Any]], output: Output) -> RenderableType:
         return "no orders"
     wide = output is Output.wide
     now = datetime.now(UTC)
-    # text: the reason goes under the status, in words, in a column as wide as its longest
-    # word; from 120 columns on, as wide as the longest reason (it wrapped at any width: a
-    # newcomer trial)
+    # text: the reason goes under the status, in words, in a column as wide as the longest
+    # reason, up to a quarter of the terminal, at least 12 (it wrapped at any width, and at
+    # 80 columns with room to spare: newcomer trials)
     status = _fixed("status") if wide else Column("status", width=12, overflow="fold")
-    if not wide and console.width >= 120:
-        status.width = max([12, *(len(printable(o["reason"] or "", 40)) for o in rows)])
+    if not wide:  # at most a quarter of the terminal (80 columns: "insufficient stock")
+        longest = max(len(printable(o["reason"] or "", 40)) for o in rows)
+        status.width = max(12, min(longest, console.width // 4))
     columns = [_fixed("order"), _free("customer"), status]
     if wide:
         columns.append(_fixed("reason"))
@@ -2843,8 +2844,10 @@ def _audit_table(entries: list[dict[str, Any]], output: Output, only: Sequence[s
     if wide:
         columns += [_fixed("request"), _fixed("cause")]
     columns.append(_fixed("at", "left") if wide else _fixed("age", "right"))
-    if narrow:  # who folds first, for "what" to keep its words
-        columns[2].max_width = 13
+    if narrow:  # who folds first, for "what" to keep its words; whole from 100 columns
+        # ("service:inventory_svc", the longest a service's is, folded with 17 to spare at
+        # 119: a newcomer trial)
+        columns[2].max_width = 13 if console.width < 100 else 21
     table = Table(*columns)
     for e in entries:
         # text cuts what anyone may send (a path: up to 1,024 characters, 85 lines at 80

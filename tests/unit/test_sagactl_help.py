@@ -545,13 +545,14 @@ def test_audit_verify_verifies_the_chains_it_can_read_and_names_the_one_it_canno
 
 
 @pytest.mark.parametrize(
-    ("columns", "status_lines"), [(80, ["REJECTED", "insufficient", "funds"]), (200, None)]
+    ("columns", "status_lines"), [(60, ["REJECTED", "insufficient", "funds"]), (80, None), (200, None)]
 )
 def test_an_orders_reason_is_one_line_under_its_status_on_a_wide_terminal(
     monkeypatch: pytest.MonkeyPatch, columns: int, status_lines: list[str] | None
 ) -> None:
-    """At 80 columns the reason under a status folds at its words, in a column as wide as
-    its longest; from 120 on it is one line (it folded at any width: a newcomer trial)."""
+    """The reason under a status is one line in a column up to a quarter of the terminal
+    wide; in less, it folds at its words (it folded at any width, and at 80 columns with
+    room to spare: newcomer trials)."""
     import json
 
     from tests.jsonserver import JsonServer
@@ -573,7 +574,7 @@ def test_an_orders_reason_is_one_line_under_its_status_on_a_wide_terminal(
     assert cells == (status_lines or ["REJECTED", "insufficient funds"]), result.stdout
 
 
-@pytest.mark.parametrize("columns", [80, 200])
+@pytest.mark.parametrize("columns", [80, 100, 200])
 def test_audit_list_keeps_an_entrys_what_in_words_at_80_columns(
     monkeypatch: pytest.MonkeyPatch, columns: int
 ) -> None:
@@ -612,6 +613,8 @@ def test_audit_list_keeps_an_entrys_what_in_words_at_80_columns(
         assert rows[3][2:4] == ["(customer)", "POST /orders/0866988a/cancel"], result.stdout
         assert rows[4][2] == "alice", result.stdout
         assert max(map(len, result.stdout.splitlines())) <= 80
+    elif columns == 100:  # a service's subject whole, with room to spare
+        assert [row[2] for row in rows[:2]] == ["(service)", "service:inventory_svc"], result.stdout
     else:
         assert rows[1][2:5] == ["alice", "customer", "POST /orders/0866988a/cancel"], result.stdout
 
