@@ -54,7 +54,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from saga_kit.consumer import ConsumerPipeline, Record
 from saga_kit.kafka_security import KafkaSecurity
-from saga_kit.progress import ProgressWatchdog
+from saga_kit.progress import ProgressWatchdog, fetched_end
 from saga_kit.settings import DEFAULT_FETCH_MAX_WAIT_MS
 from saga_kit.unreadable import install as read_what_can_be_read
 
@@ -144,10 +144,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         ends = dict(await super()._highwaters(partitions))
         consumer = self._ensure_consumer()
         for tp, end in ends.items():
-            try:
-                fetched = consumer.highwater(tp)
-            except (AssertionError, AttributeError):  # unassigned since (a rebalance): the answer stands
-                fetched = None
+            fetched = fetched_end(consumer, tp)
             if fetched is not None and (end is None or fetched > end):
                 ends[tp] = fetched
         return ends

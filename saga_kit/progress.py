@@ -60,6 +60,18 @@ from saga_kit.consumer import ConsumerStats, Record
 log = logging.getLogger(__name__)
 
 
+def fetched_end(consumer: Any, tp: Any) -> int | None:
+    """The high watermark the last fetch of ``tp`` reported (``consumer``: aiokafka's, or
+    faust's, which hands the call to it): None before a fetch, and when ``tp`` is no longer
+    assigned (a rebalance since: aiokafka asserts it is, and with assertions off finds no
+    state to read)."""
+    try:
+        end: int | None = consumer.highwater(tp)
+    except (AssertionError, AttributeError):
+        return None
+    return end
+
+
 def partition_lag(next_offset: int | None, looked: int | None, fetched: int | None) -> int | None:
     """Records behind a partition's end not yet processed, or None if not known: from the
     next offset to process to the further of two ends, each at most the true one — the one

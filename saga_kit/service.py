@@ -55,7 +55,7 @@ from saga_kit.kafka_security import KafkaSecurity
 from saga_kit.migrations import PLUMBING, Migration, migrate
 from saga_kit.outbox import OutboxRelay, on_broker
 from saga_kit.periodic import JobStats, Periodic, run_forever
-from saga_kit.progress import partition_lag
+from saga_kit.progress import fetched_end, partition_lag
 from saga_kit.pruning import PRUNING
 from saga_kit.retry import RetryPolicy
 from saga_kit.settings import ServiceSettings, load_or_exit
@@ -471,11 +471,8 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                 return lag
             for tp in assigned:
                 key = (tp.topic, tp.partition)
-                try:
-                    fetched = consumers.consumer.highwater(tp)
-                except (AssertionError, AttributeError):  # unassigned since (a rebalance)
-                    continue
                 position = progress.next_offset(key, taken=False)
+                fetched = fetched_end(consumers.consumer, tp)
                 behind = partition_lag(position, progress.ends.get(key), fetched)
                 if behind is not None:
                     lag[key] = behind

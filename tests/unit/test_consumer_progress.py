@@ -11,7 +11,7 @@ import pytest
 from faust.types import TP as FaustTP
 
 from saga_kit.consumer import ConsumerStats, Record
-from saga_kit.progress import Probe, ProgressWatchdog, Stall, StallWatch, partition_lag, skipped
+from saga_kit.progress import Probe, ProgressWatchdog, Stall, StallWatch, fetched_end, partition_lag, skipped
 from sagastack.chaos import progress_recoveries
 
 T = ("orders.events", 3)
@@ -468,3 +468,16 @@ def test_the_lag_counts_from_the_further_of_the_looked_and_the_fetched_end(
     """The watch's end alone went stale between its looks, and the lag fell toward 0 while
     records kept arriving (an attack trial)."""
     assert partition_lag(next_offset, looked, fetched) == lag
+
+
+def test_a_partition_no_longer_assigned_has_no_fetched_end() -> None:
+    """aiokafka asserts a partition is assigned before it reads its high watermark; one
+    taken away by a rebalance since the assignment was read has none, not an error."""
+
+    class Kafka:
+        def highwater(self, tp: tuple[str, int]) -> int | None:
+            if tp == ("gone", 0):
+                raise AssertionError("Partition is not assigned")
+            return None if tp == ("new", 0) else 42
+
+    assert [fetched_end(Kafka(), tp) for tp in (("t", 0), ("new", 0), ("gone", 0))] == [42, None, None]
