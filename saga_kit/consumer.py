@@ -79,7 +79,7 @@ from saga_kit.labels import INVALID, record_label
 from saga_kit.reactions import Reactions
 from saga_kit.retry import RetryPolicy
 from saga_kit.signing import BadSignature, Verifier
-from saga_kit.unreadable import UNREADABLE
+from saga_kit.unreadable import UNREADABLE, held_headers
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ def _copy_for_topic(record: Record, reason: str, service: str) -> dict[str, Any]
     to act as the sender; the dead letter's row keeps them for its replay. A stand-in's
     ``UNREADABLE`` header is left out: its name is no text a producer can send (a lone
     surrogate: the relay crashed on it), and ``dlq.reason`` says what it said."""
-    value, headers = record.value or b"", [(k, v) for k, v in record.headers if k != UNREADABLE]
+    value, headers = record.value or b"", held_headers(record.headers)
     extra: list[tuple[str, bytes | None]] = []
     credentials = [k for k, _ in headers if kafka_headers.is_credential(k)]
     if credentials:

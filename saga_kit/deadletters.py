@@ -250,11 +250,7 @@ async def get_letter(db: Database, letter_id: int) -> DeadLetter:
     )
     # a stand-in's one header is the pipeline's marker, kept for a replay to fail as the
     # letter did, never a header the record held (it was listed as one: an attack trial)
-    stored = [
-        (k, v)
-        for k, v in kafka_headers.from_columns(row.header_keys, row.header_values)
-        if k != unreadable.UNREADABLE
-    ]
+    stored = unreadable.held_headers(kafka_headers.from_columns(row.header_keys, row.header_values))
     headers = [HeaderView.of(k, v) for k, v in stored[:HEADERS_SHOWN]]
     return DeadLetter.model_validate(
         {**_summary(row), "key": key, "headers": headers, "headers_total": len(stored), "value": value}

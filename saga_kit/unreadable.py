@@ -29,7 +29,7 @@ changes what ``install`` relies on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from aiokafka.consumer import fetcher
@@ -42,6 +42,13 @@ UNREADABLE = "\udc00unreadable"
 
 #: How a stand-in's dead letter's reason begins (``DeadLetterSummary.unread``).
 REASON = "unreadable_record"
+
+
+def held_headers(headers: Iterable[tuple[str, bytes | None]]) -> list[tuple[str, bytes | None]]:
+    """``headers`` as the record held them: a stand-in's ``UNREADABLE`` marker is the
+    pipeline's, left out wherever a record's headers are shown or copied (its name is no
+    text a producer can send: the relay crashed on it, and a dead letter listed it)."""
+    return [(k, v) for k, v in headers if k != UNREADABLE]
 
 
 def stand_in(topic: str, partition: int, offset: int, error: UnicodeDecodeError) -> ConsumerRecord[Any, Any]:

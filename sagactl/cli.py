@@ -1124,7 +1124,7 @@ def _float_as_written(written: str) -> float:
 
 #: What ``_bytes_cell`` shows for what is not text: a null, bytes that are not UTF-8, and
 #: (``NOT_READ``) what was not read.
-_NOT_TEXT = ("(null)", "base64:", "(not read")
+_NOT_TEXT = ("(null)", "base64:", NOT_READ.partition(":")[0])
 
 
 def _bytes_cell(view: dict[str, Any] | None, after: str = "") -> Text:
