@@ -502,17 +502,20 @@ def test_dlq_list_shows_the_services_that_answer_when_one_answers_503() -> None:
     assert (listed["unreachable"], list(listed["unavailable"])) == ({}, ["inventory"])
 
 
-def _audit_page(altered: bool = False) -> bytes:
-    """A one-entry audit trail as ``GET /audit`` answers it; ``altered``: its entry
-    changed after it was hashed."""
+def _audit_page(altered: bool = False, entries: tuple[str, ...] = ('{"action":"place_order"}',)) -> bytes:
+    """An audit trail of ``entries`` (oldest first) as ``GET /audit`` answers it, newest
+    first; ``altered``: its first entry changed after it was hashed."""
     import json
 
     from saga_kit.auditchain import GENESIS, chain_hash
 
-    entry = '{"action":"place_order"}'
-    stored = entry.replace("place", "cancel") if altered else entry
-    link = {"seq": 1, "entry": stored, "prev_hash": GENESIS.hex(), "hash": chain_hash(GENESIS, entry).hex()}
-    return json.dumps([link]).encode()
+    links, prev = [], GENESIS
+    for seq, entry in enumerate(entries, 1):
+        link = chain_hash(prev, entry)
+        stored = entry.replace("place", "cancel") if altered and seq == 1 else entry
+        links.append({"seq": seq, "entry": stored, "prev_hash": prev.hex(), "hash": link.hex()})
+        prev = link
+    return json.dumps(links[::-1]).encode()
 
 
 @pytest.mark.parametrize("altered", [False, True])
@@ -584,7 +587,6 @@ def test_audit_list_keeps_an_entrys_what_in_words_at_80_columns(
     folded could read as the role: a re-check trial), and leaves its room to "what"."""
     import json
 
-    from saga_kit.auditchain import GENESIS, chain_hash
     from tests.jsonserver import JsonServer
 
     monkeypatch.setenv("COLUMNS", str(columns))
@@ -593,14 +595,9 @@ def test_audit_list_keeps_an_entrys_what_in_words_at_80_columns(
         {"actor": "alice", "role": "customer", "action": "POST /orders/{order_id}/cancel", "resource": order},
         {"actor": "service:inventory_svc", "role": "service", "action": "compensate X", "resource": order},
     ]
-    links, prev = [], GENESIS
-    for seq, entry in enumerate(entries, 1):
-        text = json.dumps(entry | {"outcome": "202", "at": "2026-12-07T06:50:00+00:00"})
-        links.append(
-            {"seq": seq, "entry": text, "prev_hash": prev.hex(), "hash": chain_hash(prev, text).hex()}
-        )
-        prev = chain_hash(prev, text)
-    with JsonServer(json.dumps(links[::-1]).encode()) as server:
+    at = {"outcome": "202", "at": "2026-12-07T06:50:00+00:00"}
+    page = _audit_page(entries=tuple(json.dumps(entry | at) for entry in entries))
+    with JsonServer(page) as server:
         result = CliRunner().invoke(app, ["--order-url", server.base, "audit", "list", "-s", "order"])
     assert result.exit_code == 0, result.output
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in result.stdout.splitlines() if "│" in line]
