@@ -11,6 +11,7 @@ import importlib.resources
 import json
 import logging
 import os
+import random
 import shlex
 import signal
 import socket
@@ -38,21 +39,71 @@ DATABASES = {
 #: ports ``free_port`` handed out in this process
 _HANDED_OUT: set[int] = set()
 _HANDING_OUT = threading.Lock()
+#: where ``free_port`` draws its candidates (per process: seeded from the OS)
+_RANDOM = random.Random()
+#: the lowest port ``free_port`` hands out: above the ports of well-known servers and of
+#: this project's defaults (8001-8004, 9092), which a ``make run`` beside the tests may hold
+LOWEST_FREE_PORT = 10000
+#: the IANA dynamic range (RFC 6335, 49152-65535), taken as the ephemeral range where
+#: the kernel's own is not readable (not Linux)
+IANA_DYNAMIC_PORTS = (49152, 65535)
+
+
+def ephemeral_ports(
+    path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range"),
+) -> tuple[int, int]:
+    """The range (first, last; inclusive) the kernel draws an outgoing connection's local
+    port from: Linux's ``ip_local_port_range`` (32768-60999 by default), else IANA's
+    dynamic range."""
+    try:
+        first, last = (int(word) for word in path.read_text().split())
+    except (OSError, ValueError):
+        return IANA_DYNAMIC_PORTS
+    return first, last
 
 
 def free_port() -> int:
-    """A port free on 127.0.0.1 now that this process has not handed out before. The
-    kernel may give two binds in a row the same free port, and callers take several
-    before any is listened on: two services were once told the same port, and the second
-    found the first on it (CI, ``test_compose_equivalent``)."""
+    """A port free on 127.0.0.1 now, below the kernel's ephemeral range, that this process
+    has not handed out before.
+
+    Below the ephemeral range: a port is handed out seconds before its server listens on
+    it, and a port the kernel chose (a bind to port 0) is one it may give, meanwhile, to
+    any outgoing connection on the machine as its local port — CI once saw payment_svc's
+    HTTP port, handed out 4 s before, taken that way (``[Errno 98] address already in
+    use``, ``test_make_run_secure_serves_the_saga_with_each_service_its_own_user``). Not
+    twice: callers take several before any is listened on, and two services were once
+    told the same port (CI, ``test_compose_equivalent``). Where the range below the
+    ephemeral one is under 1000 ports, the kernel chooses, as before.
+
+    Raises ``OSError`` if 1000 candidates in a row were taken."""
+    first_ephemeral, _ = ephemeral_ports()
     with _HANDING_OUT:
-        while True:
+        if first_ephemeral - LOWEST_FREE_PORT < 1000:
+            return _kernel_port()
+        for _ in range(1000):
+            port = _RANDOM.randrange(LOWEST_FREE_PORT, first_ephemeral)
+            if port in _HANDED_OUT:
+                continue
             with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port: int = s.getsockname()[1]
-            if port not in _HANDED_OUT:
-                _HANDED_OUT.add(port)
-                return port
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
+    raise OSError(f"no free port on 127.0.0.1 in {LOWEST_FREE_PORT}-{first_ephemeral - 1} after 1000 tries")
+
+
+def _kernel_port() -> int:
+    """A free port the kernel chooses (from its ephemeral range) not handed out before;
+    the caller holds ``_HANDING_OUT``."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for_port(port: int, timeout: float) -> None:

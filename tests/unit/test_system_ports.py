@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -28,18 +29,58 @@ def test_a_port_that_is_no_port_stops_with_the_variable_named(
         chosen_port("PAYMENT", 8003)
 
 
-def test_a_free_port_is_never_handed_out_twice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The kernel may answer two binds in a row with the same free port; ``free_port``
-    asks again rather than tell two services the same port (a real socket each time: the
-    test only chooses what the kernel answers)."""
-    answers = iter([47001, 47001, 47002, 47001, 47003])
-    real_getsockname = socket.socket.getsockname
+class Scripted:
+    """Stands for ``free_port``'s random source: answers ``randrange`` from a list."""
 
-    class Kernel(socket.socket):
-        def getsockname(self) -> tuple[str, int]:
-            real_getsockname(self)
-            return ("127.0.0.1", next(answers))
+    def __init__(self, answers: list[int]) -> None:
+        self.answers = iter(answers)
+        self.asked: list[tuple[int, int]] = []
 
-    monkeypatch.setattr(embedded.socket, "socket", Kernel)
-    monkeypatch.setattr(embedded, "_HANDED_OUT", set())
-    assert [embedded.free_port() for _ in range(3)] == [47001, 47002, 47003]
+    def randrange(self, start: int, stop: int) -> int:
+        self.asked.append((start, stop))
+        return next(self.answers)
+
+
+def test_a_free_port_is_never_handed_out_twice_nor_one_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Callers take several ports before any is listened on: a candidate handed out
+    before, or one a socket holds now, is passed over (real binds; the test only chooses
+    the candidates)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        ports = sorted(embedded._RANDOM.sample(range(11000, 12000), 3))
+        picks = Scripted([ports[0], ports[0], busy, ports[1], ports[0], ports[2]])
+        monkeypatch.setattr(embedded, "_RANDOM", picks)
+        monkeypatch.setattr(embedded, "_HANDED_OUT", set())
+        monkeypatch.setattr(embedded, "ephemeral_ports", lambda: (busy + 1, 60999))
+        assert [embedded.free_port() for _ in range(3)] == ports
+    assert set(picks.asked) == {(embedded.LOWEST_FREE_PORT, busy + 1)}
+
+
+def test_a_free_port_is_below_the_kernels_ephemeral_range() -> None:
+    """A port the kernel chose is one it may give, before the server listens, to any
+    outgoing connection as its local port: CI saw a service's HTTP port taken so
+    (``address already in use``). ``free_port`` hands out none of the kernel's range."""
+    first, last = embedded.ephemeral_ports()
+    assert first > embedded.LOWEST_FREE_PORT + 1000, "this machine has no room below its ephemeral range"
+    ports = [embedded.free_port() for _ in range(40)]
+    assert all(embedded.LOWEST_FREE_PORT <= port < first for port in ports), (first, last, ports)
+    assert len(set(ports)) == len(ports)
+
+
+def test_the_ephemeral_range_is_the_kernels_or_ianas(tmp_path: Path) -> None:
+    said = tmp_path / "ip_local_port_range"
+    said.write_text("20000\t40999\n")
+    assert embedded.ephemeral_ports(said) == (20000, 40999)
+    said.write_text("garbled")
+    assert embedded.ephemeral_ports(said) == embedded.IANA_DYNAMIC_PORTS
+    assert embedded.ephemeral_ports(tmp_path / "absent") == (49152, 65535)
+
+
+def test_with_no_room_below_the_ephemeral_range_the_kernel_chooses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedded, "ephemeral_ports", lambda: (embedded.LOWEST_FREE_PORT + 500, 65535))
+    monkeypatch.setattr(embedded, "_RANDOM", Scripted([]))
+    port = embedded.free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
