@@ -1084,7 +1084,8 @@ def dlq_show(
         return
     value = d["value"]
     pretty = _pretty_json(value)
-    if pretty is not None:
+    if pretty is not None:  # labelled as every other body is (a trial read it as the panel's)
+        console.print(Text("value:"))
         console.print(JSONHighlighter()(Text(pretty, overflow="fold")))
         return
     # its text itself, as the key's: an ESC and the text \x1b, a tombstone and the text

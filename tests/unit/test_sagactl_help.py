@@ -1976,7 +1976,10 @@ def test_audit_list_shows_an_action_and_its_resource_in_one_cell() -> None:
     [
         ('{"order_id": "a", "order_id": "b"}', 'value: {"order_id": "a", "order_id": "b"}'),
         ('{"total": 12345678901234567890.10}', 'value: {"total": 12345678901234567890.10}'),
-        ('{"total": 1.5, "n": 12345678901234567890}', '  "total": 1.5,\n  "n": 12345678901234567890\n'),
+        (
+            '{"total": 1.5, "n": 12345678901234567890}',
+            'value:\n{\n  "total": 1.5,\n  "n": 12345678901234567890\n}',
+        ),
     ],
     ids=["a-name-twice", "a-number-rewritten", "shown-indented"],
 )
