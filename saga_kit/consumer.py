@@ -69,7 +69,7 @@ from events.envelope import Envelope
 from events.topics import dead_letter_topic
 from events.values import printable
 from saga_kit import headers as kafka_headers
-from saga_kit import inbox, tracing
+from saga_kit import inbox, signing, tracing
 from saga_kit.db import Database, Delivery, UnitOfWork
 from saga_kit.errors import is_transient
 from saga_kit.fault_injection import crash_at
@@ -473,7 +473,7 @@ class ConsumerPipeline:
             if item.signer is not None and item.signer != item.envelope.producer:
                 item.outcome = Outcome.DEAD_LETTERED
                 item.reason = (
-                    f"bad_signature: signed by {item.signer}, but only {item.envelope.producer}"
+                    f"{signing.REASON}: signed by {item.signer}, but only {item.envelope.producer}"
                     f" may emit {item.event_type}"
                 )
                 item.envelope = None  # nothing in it is believed, not even the order it names

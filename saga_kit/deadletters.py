@@ -30,7 +30,7 @@ from events.codec import is_event_type_name, peek
 from events.commands import peek_command
 from events.values import printable
 from saga_kit import headers as kafka_headers
-from saga_kit import unreadable
+from saga_kit import signing, unreadable
 from saga_kit.consumer import ConsumerPipeline, Outcome, Record, dead_letter_reason
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection
@@ -152,6 +152,10 @@ class DeadLetterSummary(BaseModel):
     #: which offset its bytes stay; ``saga_kit.unreadable``): its key, headers and body
     #: are not known, not absent.
     unread: bool = False
+    #: True when the record's signature did not verify (``bad_signature``; unsigned,
+    #: forged or tampered: ``saga_kit.signing``): its ``event_type`` and ``order_id`` are
+    #: what its body claims, not known; nothing in it was applied.
+    unverified: bool = False
 
 
 class DeadLetter(DeadLetterSummary):
@@ -206,6 +210,7 @@ def _summary(row: Any) -> dict[str, Any]:
         "reason": printable(row.reason),
         # only the pipeline writes a reason, and only a stand-in's begins so
         "unread": row.reason.startswith(f"{unreadable.REASON}:"),
+        "unverified": row.reason.startswith(f"{signing.REASON}:"),
         "event_type": event_type,
         "order_id": None if order_id is None else str(order_id),
     }

@@ -44,6 +44,8 @@ from saga_kit.headers import Header, Headers
 
 KID = "sig.kid"
 SIGNATURE = "sig.ed25519"
+#: The start of a dead letter's reason when its record's signature did not verify.
+REASON = "bad_signature"
 _DOMAIN = b"saga-event/1\0"
 
 
@@ -56,7 +58,7 @@ class BadSignature(Exception):
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
-        self.reason = f"bad_signature: {detail}"
+        self.reason = f"{REASON}: {detail}"
 
 
 def _signed_bytes(topic: str, key: bytes | None, value: bytes | None) -> bytes:

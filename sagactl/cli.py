@@ -1025,12 +1025,15 @@ def _letters_table(
             row.append(d["status"])
         event = _text(d["event_type"] or "—")  # none, as dlq show and the dashboard say it
         reason = _text(d["reason"])  # it quotes what arrived
+        # a forged record's order read as the saga it belonged to
+        claimed = f" {UNVERIFIED_MARK}" if d["order_id"] and d.get("unverified") else ""
         if wide:
             source = f"{d['source_topic']}[{d['source_partition']}]@{d['source_offset']}"
-            row += [event, _value(d["order_id"] or ""), _text(source), str(d["replay_attempts"])]
+            order = _value(d["order_id"] or "").append(claimed, style="dim")
+            row += [event, order, _text(source), str(d["replay_attempts"])]
         else:
             if d["order_id"]:
-                event.append(f"\norder {_short(d['order_id'], output)}", style="dim")
+                event.append(f"\norder {_short(d['order_id'], output)}{claimed}", style="dim")
             if d["replay_attempts"]:
                 reason.append(f" (replay attempts: {d['replay_attempts']})", style="dim")
             row.append(event)
@@ -1038,6 +1041,12 @@ def _letters_table(
         table.add_row(*row)
     return table
 
+
+#: Beside a letter's event type and order id in ``dlq show`` when its record's signature
+#: did not verify (``unverified``): what the body claims, which a forger chooses; and its
+#: short form in ``dlq list``.
+UNVERIFIED = "(unverified claim)"
+UNVERIFIED_MARK = "(claimed)"
 
 #: A key's and a body's place in ``dlq show`` for a record the client could not read
 #: (``unread``); a text that begins so has its first character escaped (``_NOT_TEXT``).
@@ -1057,7 +1066,10 @@ def dlq_show(
     # the whole width, and every fact beside it was blank: a re-check trial)
     meta = Table.grid(Column(overflow="fold", max_width=32), Column(overflow="fold"), padding=(0, 2))
     for key in ("status", "reason", "event_type", "order_id", "replay_attempts", "created_at", "resolved_at"):
-        meta.add_row(key, _text("—" if d[key] is None else d[key]))  # it quotes what arrived
+        shown = _text("—" if d[key] is None else d[key])  # it quotes what arrived
+        if d.get("unverified") and key in ("event_type", "order_id") and d[key] is not None:
+            shown.append(f" {UNVERIFIED}", style="dim")
+        meta.add_row(key, shown)
     meta.add_row(
         "source", _text(f"{d['source_topic']} partition {d['source_partition']} offset {d['source_offset']}")
     )

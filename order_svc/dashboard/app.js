@@ -433,7 +433,8 @@ async function loadDeadLetters() {
         cell(service), cell(String(d.id)), cell(d.status, `status ${d.status}`), cell(d.event_type || "—"),
         cell(d.order_id ? d.order_id.slice(0, 8) : "—", "mono"), cell(d.reason, "reason"),
         el("td", { class: "when", title: absolute(d.created_at) }, relative(d.created_at)));
-      if (d.order_id) row.cells[4].title = d.order_id;
+      if (d.order_id) row.cells[4].title = d.unverified ? `${d.order_id} ${UNVERIFIED}` : d.order_id;
+      if (d.order_id && d.unverified) row.cells[4].append(" (claimed)");
       if (state.letter?.service === service && state.letter.id === d.id) row.classList.add("selected");
       row.addEventListener("click", () => showLetter(service, d.id));
       rows.push(row);
@@ -447,6 +448,15 @@ async function loadDeadLetters() {
 // not known, not absent ("no body (a tombstone)" beside "cannot read this record" said
 // what it held: a trial).
 const NOT_READ = "not read: the Kafka client could not read the record (see reason)";
+
+// A letter's event type or order id when its record's signature did not verify (the
+// letter's unverified): what its body claims, which a forger chooses, not a saga it is
+// known to belong to.
+const UNVERIFIED = "(its claim: the signature did not verify)";
+function claimed(d, value) {
+  if (!value) return "—";
+  return d.unverified ? `${value} ${UNVERIFIED}` : value;
+}
 
 // A body as the service shows it: its text (indented when it is JSON as the services
 // write it, compact, which indenting shows as it is: {"id": "a", "id": "b"} was shown as
@@ -511,8 +521,8 @@ async function showLetter(service, id) {
   const facts = [
     ["status", `${d.status}${d.resolved_at ? ` (${absolute(d.resolved_at)})` : ""}`],
     ["reason", d.reason],
-    ["event", d.event_type || "—"],
-    ["order", d.order_id || "—"],
+    ["event", claimed(d, d.event_type)],
+    ["order", claimed(d, d.order_id)],
     ["from", `${d.source_topic} partition ${d.source_partition} offset ${d.source_offset}`],
     ["when", `${absolute(d.created_at)} (${relative(d.created_at)})`],
     ["replays tried", String(d.replay_attempts)],

@@ -680,6 +680,26 @@ def test_dead_letters_discarded_and_a_failing_replay_refused_from_the_page(
     browser.save_screenshot(str(run_root / "dashboard-dead-letters.png"))
 
 
+def test_a_forged_records_order_and_type_are_shown_as_its_claim(browser: Any, system: System) -> None:
+    """An unsigned record names whatever order its writer chose: its letter's order and
+    event type read as the saga it belonged to (an open finding). They are marked as its
+    claim, in the list and in the letter."""
+    order_id = str(uuid.uuid4())
+    forged = json.dumps(
+        {"event_id": str(uuid.uuid4()), "event_type": "OrderCreated", "order_id": order_id},
+        separators=(",", ":"),
+    ).encode()
+    system.publish([(ORDERS, order_id.encode(), forged)])  # unsigned
+    letter_id = the_letter(system, "inventory_svc", forged)
+    assert as_the_service_says(system, "inventory_svc", letter_id)["unverified"] is True
+    open_dashboard(browser, system)
+    open_letter(browser, "inventory_svc", letter_id)
+    assert fact(browser, "order") == f"{order_id} (its claim: the signature did not verify)"
+    assert fact(browser, "event") == "OrderCreated (its claim: the signature did not verify)"
+    row = f'#dead-letters tr[data-service="inventory_svc"][data-letter="{letter_id}"] td.mono'
+    assert texts(browser, row) == [f"{order_id[:8]} (claimed)"]
+
+
 def test_a_letter_the_client_could_not_read_shows_its_key_and_body_as_not_read(
     browser: Any, system: System, monkeypatch: pytest.MonkeyPatch
 ) -> None:

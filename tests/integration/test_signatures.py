@@ -12,7 +12,7 @@ import pytest
 
 from events import PaymentCompleted, encode
 from events.topics import INVENTORY, PAYMENT
-from saga_kit import outbox, signing
+from saga_kit import deadletters, outbox, signing
 from saga_kit.consumer import ConsumerPipeline, Outcome, Record
 from saga_kit.retry import RetryPolicy
 from tests.integration.conftest import ServiceUnderTest, add_account, balance_of, event, relay_key
@@ -102,6 +102,10 @@ async def test_only_a_record_signed_by_its_rightful_producer_is_applied(
         "SELECT count(*) FROM dead_letters WHERE reason LIKE 'bad_signature%' AND order_id IS NOT NULL"
     )
     assert kept == 0
+    # and their letters say that the order and type each names are its claim, not known
+    letters = await deadletters.list_letters(payment.db, None, 1000)
+    assert all(letter.unverified == letter.reason.startswith("bad_signature:") for letter in letters)
+    assert sum(letter.unverified and letter.order_id is not None for letter in letters) >= 5
     # nothing but the good one was charged
     await payment.work()
     assert await balance_of(payment, cid) == 95

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.text import Text
 from typer.testing import CliRunner
 
-from sagactl.cli import Output, _emit, app
+from sagactl.cli import UNVERIFIED, UNVERIFIED_MARK, Output, _emit, app
 from tests.jsonserver import JsonServer
 
 
@@ -1303,6 +1303,47 @@ def test_dlq_show_shows_a_headers_layout_escaped() -> None:
     assert result.exit_code == 0, result.output
     for shown in ("k\\x20", "line1\\nline2", "header x-s\\x20", "v\\t"):
         assert shown in result.output, (shown, result.output)
+
+
+def _listed(letters: object, args: list[str]) -> Any:
+    """sagactl's answer to ``args`` ("{}": the URL) from a server that answers ``[letters]``."""
+    with JsonServer(json.dumps([letters]).encode()) as server:
+        return CliRunner().invoke(app, [a.format(server.base) for a in args], env={"COLUMNS": "200"})
+
+
+@pytest.mark.parametrize("unverified", [True, False])
+def test_dead_letters_say_a_forged_records_order_is_its_claim(unverified: bool) -> None:
+    """A record whose signature did not verify names whatever order its writer chose: its
+    letter's event type and order id are marked as its claim (they read as the saga it
+    belonged to), and only its."""
+    order_id = "0f0e0d0c-0000-4000-8000-000000000001"
+    view = {"text": "{}", "base64": None, "size": 2, "truncated": False}
+    letter: dict[str, Any] = {
+        **LETTER,
+        "reason": "bad_signature: the record is not signed" if unverified else "handler_error: x",
+        "order_id": order_id,
+        "unverified": unverified,
+        "key": None,
+        "headers": [],
+        "headers_total": 0,
+        "value": view,
+    }
+    with JsonServer(json.dumps(letter).encode()) as server:
+        shown = CliRunner().invoke(
+            app, ["--payment-url", server.base, "dlq", "show", "payment", "7"], env={"COLUMNS": "160"}
+        )
+    listed, wide = (
+        _listed(letter, ["--payment-url", "{}", "dlq", "list", "-s", "payment", "-o", output])
+        for output in ("text", "wide")
+    )
+    assert shown.exit_code == listed.exit_code == wide.exit_code == 0, (shown.output, listed.output)
+    assert (f"{order_id} {UNVERIFIED_MARK}" in wide.output) is unverified, wide.output
+    rows = {line.split()[1]: line for line in shown.output.splitlines() if line.startswith("│ ")}
+    for key, value in (("event_type", "OrderCreated"), ("order_id", order_id)):
+        claim = f"{value} {UNVERIFIED}" if unverified else f"{value} "
+        assert claim in rows[key], (key, shown.output)
+    assert (f"order 0f0e0d0c {UNVERIFIED_MARK}" in listed.output) is unverified, listed.output
+    assert "order 0f0e0d0c" in listed.output
 
 
 def test_dlq_show_tells_an_escape_from_the_text_of_one() -> None:
