@@ -23,11 +23,15 @@ from events.values import error_words, printable
 
 
 class InvalidEvent(Exception):
-    """The bytes are not a valid event of a known type and version: dead-letter them."""
+    """The bytes are not a valid event of a known type and version, or the event cannot
+    be applied: dead-letter them. ``reason``, the dead letter's, is ``"code: detail"``:
+    ``code`` one word of a fixed set an operator can filter and alert on (``invalid_event``
+    by default; the README's dead-letter reasons list them all), ``detail`` the why."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, detail: str, code: str = "invalid_event") -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.reason = f"{code}: {detail}"
 
 
 class _RawEnvelope(BaseModel):

@@ -200,7 +200,7 @@ def to_envelope(
 def _read(data: bytes | None, authorization: Sequence[str], key: bytes | None) -> Envelope[Command]:
     """``to_envelope``'s command, before its tokens are set on it."""
     if data is None:
-        raise InvalidEvent("empty message (tombstone)")
+        raise InvalidEvent("empty message (tombstone)", "invalid_command")
     # one leading UTF-8 byte order mark is not the command's: RFC 8259 §8.1 lets a reader
     # ignore it, and the HTTP door does (saga_kit.http.check_json_body; an attack trial
     # found a command refused for it that POST /orders placed)
@@ -221,7 +221,7 @@ def _read(data: bytes | None, authorization: Sequence[str], key: bytes | None) -
         else:
             cid = _followed_id(data, key)
         if cid is None:
-            raise InvalidEvent(f"not a command: {unreadable}") from None
+            raise InvalidEvent(f"not a command: {unreadable}", "invalid_command") from None
         return _refused(_delivery(cid, data, authorization), cid, _shown(raw), "invalid_command", detail)
     shown_type = _shown(raw)
     try:  # as the HTTP door (saga_kit.http.check_json_body) refuses it
@@ -238,8 +238,10 @@ def _read(data: bytes | None, authorization: Sequence[str], key: bytes | None) -
     if cid is None:
         given = raw.get("command_id") if isinstance(raw, dict) else None
         if given is None:
-            raise InvalidEvent("not a command: no command_id (a UUID)")
-        raise InvalidEvent(f"not a command: its command_id {printable(repr(given), 80)} is not a UUID")
+            raise InvalidEvent("not a command: no command_id (a UUID)", "invalid_command")
+        raise InvalidEvent(
+            f"not a command: its command_id {printable(repr(given), 80)} is not a UUID", "invalid_command"
+        )
     delivery = _delivery(cid, data, authorization)
     try:
         wire = _Wire.model_validate(raw)

@@ -234,7 +234,9 @@ def on_order_approved(stock: Stock, event: Envelope[OrderApproved]) -> Replies:
     this service never decided on cannot follow from its own reservation: dead-lettered
     (``InvalidEvent``), not ignored."""
     if event.order_id not in stock.decisions:
-        raise InvalidEvent(f"OrderApproved for unknown order {event.order_id}: nothing was reserved for it")
+        raise InvalidEvent(
+            f"OrderApproved for unknown order {event.order_id}: nothing was reserved for it", "unknown_order"
+        )
     lines = stock.settle(event.order_id, frm="RESERVED", to="COMMITTED")
     return [InventoryCommitted(lines=lines)] if lines else []
 

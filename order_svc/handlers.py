@@ -173,7 +173,7 @@ class Orders:
         """The event's order; ``InvalidEvent`` (a dead letter) if this service has none."""
         order = self.orders.get(event.order_id)
         if order is None:
-            raise InvalidEvent(f"{event.event_type} for unknown order {event.order_id}")
+            raise InvalidEvent(f"{event.event_type} for unknown order {event.order_id}", "unknown_order")
         return order
 
 
@@ -748,8 +748,9 @@ def _caller(state: Orders, event: Envelope[PlaceOrder] | Envelope[CancelOrder]) 
     caller = state.callers[event.event_id]
     if isinstance(caller, auth.KeysUnavailable):
         raise InvalidEvent(
-            f"keys_unavailable: its token could not be checked ({caller}); it was neither taken"
-            " nor refused: replay it, or send it again, once the keys can be had"
+            f"its token could not be checked ({caller}); it was neither taken nor refused:"
+            " replay it, or send it again, once the keys can be had",
+            "keys_unavailable",
         )
     if isinstance(caller, auth.Unauthorized):
         detail = COMMAND_WITHOUT_A_TOKEN if caller.reason == "missing_token" else caller.detail

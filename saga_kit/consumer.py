@@ -528,7 +528,7 @@ class ConsumerPipeline:
                     "reaction to %s failed; dead-lettering it", poison.event_type, exc_info=exc.__cause__
                 )
                 poison.outcome = Outcome.DEAD_LETTERED
-                poison.reason = f"handler error: {type(cause).__name__}: {printable(str(cause), 1000)}"
+                poison.reason = f"handler_error: {type(cause).__name__}: {printable(str(cause), 1000)}"
                 # stores it (and the batch's other letters)
                 await self._isolating(items, store, give_up_after)
                 return

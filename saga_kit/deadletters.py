@@ -37,6 +37,20 @@ from saga_kit.errors import DomainRejection
 from saga_kit.headers import is_credential
 from saga_kit.http import IN_DIGITS, AnyCase, DatabaseDep, errors
 
+#: How every dead letter's reason begins, before ": " and its detail: a fixed set an
+#: operator can filter and alert on (the README's table says what each means).
+REASON_CODES = (
+    signing.REASON,  # bad_signature
+    unreadable.REASON,  # unreadable_record
+    "invalid_event",  # events.codec.InvalidEvent's default
+    "invalid_command",  # events.commands
+    "key_mismatch",  # saga_kit.consumer
+    "fact_mismatch",  # saga_kit.reactions.FactMismatch
+    "unknown_order",  # the services' handlers
+    "keys_unavailable",  # order_svc.handlers: a command's token not checked
+    "handler_error",  # saga_kit.consumer: the service's own code failed
+)
+
 Status = Literal["PENDING", "REPLAYED", "DISCARDED"]
 #: ``?status=`` of a list of dead letters: those in one status, or ALL. One type, not
 #: ``Status | Literal["ALL"]``: a bad value is then one 422 entry at ``status`` listing the

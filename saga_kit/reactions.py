@@ -52,7 +52,7 @@ class FactMismatch(InvalidEvent):
     Its dead letter's reason starts ``fact_mismatch:``."""
 
     def __init__(self, detail: str) -> None:
-        super().__init__(f"fact_mismatch: {detail}")
+        super().__init__(detail, "fact_mismatch")
 
 
 S = TypeVar("S")

@@ -158,7 +158,7 @@ async def test_a_poison_event_in_the_middle_is_isolated_and_the_rest_commit(
     reason = await inventory.scalar(
         "SELECT reason FROM dead_letters WHERE source_offset = :o", o=batch[2].offset
     )
-    assert reason.startswith("handler error: RuntimeError: a bug met this event")
+    assert reason.startswith("handler_error: RuntimeError: a bug met this event")
     claimed = await inventory.scalar(
         "SELECT COUNT(*) FROM inbox WHERE consumer = 'batch_probe' AND event_id = ANY(:e)",
         e=[uuid.UUID(json.loads(r.value or b"")["event_id"]) for r in batch],

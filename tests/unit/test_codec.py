@@ -90,6 +90,7 @@ def test_invalid_input_raises_invalid_event_with_a_reason(data: bytes | None, re
     with pytest.raises(InvalidEvent) as info:
         decode(data)
     assert reason in info.value.reason
+    assert info.value.reason.startswith("invalid_event: ")  # the code an operator filters on
 
 
 def test_money_rejects_more_than_two_decimal_places() -> None:
@@ -182,7 +183,7 @@ def test_a_record_without_a_usable_command_id_is_not_a_command_and_says_which(bo
     """An attack trial: a command_id that is there and not a UUID was "no command_id"."""
     with pytest.raises(InvalidEvent) as refused:
         to_envelope(body)
-    assert str(refused.value) == said
+    assert str(refused.value) == refused.value.reason == f"invalid_command: {said}"
 
 
 def test_a_validators_refusal_is_said_in_its_own_words_at_every_door() -> None:
