@@ -548,14 +548,15 @@ def test_audit_verify_verifies_the_chains_it_can_read_and_names_the_one_it_canno
 
 
 @pytest.mark.parametrize(
-    ("columns", "status_lines"), [(60, ["REJECTED", "insufficient", "funds"]), (80, None), (200, None)]
+    ("columns", "status_lines"), [(60, ["CANCELLED", "cancelled by", "customer"]), (80, None), (200, None)]
 )
 def test_an_orders_reason_is_one_line_under_its_status_on_a_wide_terminal(
     monkeypatch: pytest.MonkeyPatch, columns: int, status_lines: list[str] | None
 ) -> None:
-    """The reason under a status is one line in a column up to a quarter of the terminal
-    wide; in less, it folds at its words (it folded at any width, and at 80 columns with
-    room to spare: newcomer trials)."""
+    """The reason under a status is one line in a column up to 30% of the terminal wide;
+    in less, it folds at its words (it folded at any width, and at 80 columns with room
+    to spare: newcomer trials; the longest, "cancelled by customer", at 80 in a table 74
+    wide: a later one)."""
     import json
 
     from tests.jsonserver import JsonServer
@@ -564,8 +565,8 @@ def test_an_orders_reason_is_one_line_under_its_status_on_a_wide_terminal(
     order = {
         "order_id": "0b9c3c4e-8f3a-4f57-9d68-2f0f1e0b6a11",
         "customer_id": "kim",
-        "status": "REJECTED",
-        "reason": "insufficient_funds",
+        "status": "CANCELLED",
+        "reason": "cancelled_by_customer",
         "total": "2.00",
         "items": [{"product_id": "fan", "quantity": 1}],
         "created_at": "2026-12-06T15:00:00+00:00",
@@ -574,7 +575,7 @@ def test_an_orders_reason_is_one_line_under_its_status_on_a_wide_terminal(
         result = CliRunner().invoke(app, ["--order-url", server.base, "orders"])
     assert result.exit_code == 0, result.output
     cells = [line.split("│")[3].strip() for line in result.stdout.splitlines() if line.count("│") > 3]
-    assert cells == (status_lines or ["REJECTED", "insufficient funds"]), result.stdout
+    assert cells == (status_lines or ["CANCELLED", "cancelled by customer"]), result.stdout
 
 
 @pytest.mark.parametrize("columns", [80, 100, 200])
@@ -784,7 +785,17 @@ def test_audit_verify_checks_a_kept_head_and_reads_any_answer() -> None:
                 app, ["--order-url", server.base, "audit", "verify", "-s", "order", *options, "-o", "json"]
             )
 
-    assert verify(_audit_page(), "--kept", f"order={head}").exit_code == 0
+    found = verify(_audit_page(), "--kept", f"order={head}")
+    assert found.exit_code == 0 and json.loads(found.stdout)["chains"]["order"]["kept_heads"] == 1
+    # and said: "intact" alone read as if the kept head went unchecked (a trial)
+    with JsonServer(_audit_page()) as server:
+        said = CliRunner().invoke(
+            app, ["--order-url", server.base, "audit", "verify", "-s", "order", "--kept", f"order={head}"]
+        )
+    assert said.exit_code == 0 and "the kept head is in it" in said.stdout, said.stdout
+    with JsonServer(_audit_page()) as server:
+        unkept = CliRunner().invoke(app, ["--order-url", server.base, "audit", "verify", "-s", "order"])
+    assert unkept.exit_code == 0 and "intact" in unkept.stdout and "kept head is" not in unkept.stdout
     gone = verify(_audit_page(), "--kept", f"order_svc={'ab' * 32}")
     assert gone.exit_code == 1, gone.output
     (problem,) = json.loads(gone.stdout)["chains"]["order"]["problems"]
