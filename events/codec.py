@@ -34,6 +34,15 @@ class InvalidEvent(Exception):
         self.reason = f"{code}: {detail}"
 
 
+class WrongProducer(InvalidEvent):
+    """An envelope names a producer other than the one service that may emit its type
+    (``rightful``): a consumer that knows who signed the record says whose word it was."""
+
+    def __init__(self, event_type: str, rightful: str, named: str) -> None:
+        super().__init__(f"{event_type} must be produced by {rightful}, not {named!r}")
+        self.event_type, self.rightful = event_type, rightful
+
+
 class _RawEnvelope(BaseModel):
     """The envelope with the payload left as a mapping, to find the payload class."""
 
@@ -114,7 +123,7 @@ def decode(data: bytes | None) -> Envelope[EventPayload]:
             f"invalid {raw.event_type}: cannot upcast v{raw.schema_version}: {printable(repr(exc), 300)}"
         ) from None
     if envelope.producer != cls.producer:
-        raise InvalidEvent(f"{raw.event_type} must be produced by {cls.producer}, not {envelope.producer!r}")
+        raise WrongProducer(raw.event_type, cls.producer, envelope.producer)
     return envelope
 
 

@@ -64,7 +64,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.trace import Link, SpanKind
 from sqlalchemy import text
 
-from events.codec import InvalidEvent, decode
+from events.codec import InvalidEvent, WrongProducer, decode
 from events.envelope import Envelope
 from events.topics import dead_letter_topic
 from events.values import printable
@@ -292,6 +292,11 @@ def _copy_for_topic(record: Record, reason: str, service: str) -> dict[str, Any]
     }
 
 
+def _not_theirs(signer: str, rightful: str, event_type: str) -> str:
+    """The reason of a record signed by a service that may not emit its type."""
+    return f"{signing.REASON}: signed by {signer}, but only {rightful} may emit {event_type}"
+
+
 def dead_letter_reason(reason: str) -> str:
     """A reason as stored and sent: printable and bounded, whatever the error said."""
     return printable(reason, 2000) or "unknown"
@@ -466,16 +471,20 @@ class ConsumerPipeline:
             try:
                 decoder = self._decoders.get(item.record.topic)
                 item.envelope = decode(item.record.value) if decoder is None else decoder(item.record)
+            except WrongProducer as exc:
+                item.outcome, item.reason = Outcome.DEAD_LETTERED, exc.reason
+                if item.signer is not None and item.signer != exc.rightful:
+                    # whatever producer its envelope names, its signer may not emit its type:
+                    # as below (an attack trial got invalid_event for naming the signer)
+                    item.reason = _not_theirs(item.signer, exc.rightful, exc.event_type)
+                continue
             except InvalidEvent as exc:
                 item.outcome, item.reason = Outcome.DEAD_LETTERED, exc.reason
                 continue
             item.event_type = item.envelope.event_type
             if item.signer is not None and item.signer != item.envelope.producer:
                 item.outcome = Outcome.DEAD_LETTERED
-                item.reason = (
-                    f"{signing.REASON}: signed by {item.signer}, but only {item.envelope.producer}"
-                    f" may emit {item.event_type}"
-                )
+                item.reason = _not_theirs(item.signer, item.envelope.producer, item.event_type)
                 item.envelope = None  # nothing in it is believed, not even the order it names
                 continue
             if decoder is None and item.record.key != str(item.envelope.order_id).encode():

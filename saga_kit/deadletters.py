@@ -50,6 +50,11 @@ REASON_CODES = (
     "keys_unavailable",  # order_svc.handlers: a command's token not checked
     "handler_error",  # saga_kit.consumer: the service's own code failed
 )
+#: The codes of records nothing vouched for: no signature verified, or a command whose
+#: token was never checked (commands carry a token, not a signature). Their letters'
+#: ``event_type`` and ``order_id`` are claims (``DeadLetterSummary.unverified``).
+UNVERIFIED_CODES = (signing.REASON, "invalid_command", "keys_unavailable")
+_UNVERIFIED = tuple(f"{code}:" for code in UNVERIFIED_CODES)
 
 Status = Literal["PENDING", "REPLAYED", "DISCARDED"]
 #: ``?status=`` of a list of dead letters: those in one status, or ALL. One type, not
@@ -166,9 +171,11 @@ class DeadLetterSummary(BaseModel):
     #: which offset its bytes stay; ``saga_kit.unreadable``): its key, headers and body
     #: are not known, not absent.
     unread: bool = False
-    #: True when the record's signature did not verify (``bad_signature``; unsigned,
-    #: forged or tampered: ``saga_kit.signing``): its ``event_type`` and ``order_id`` are
-    #: what its body claims, not known; nothing in it was applied.
+    #: True when nothing vouched for the record (``UNVERIFIED_CODES``): its signature did
+    #: not verify (``bad_signature``: unsigned, forged or tampered, ``saga_kit.signing``),
+    #: or it is a command whose token was never checked (``invalid_command``,
+    #: ``keys_unavailable``). Its ``event_type`` and ``order_id`` are what its body
+    #: claims, which its writer chose; nothing in it was applied.
     unverified: bool = False
 
 
@@ -224,7 +231,7 @@ def _summary(row: Any) -> dict[str, Any]:
         "reason": printable(row.reason),
         # only the pipeline writes a reason, and only a stand-in's begins so
         "unread": row.reason.startswith(f"{unreadable.REASON}:"),
-        "unverified": row.reason.startswith(f"{signing.REASON}:"),
+        "unverified": row.reason.startswith(_UNVERIFIED),
         "event_type": event_type,
         "order_id": None if order_id is None else str(order_id),
     }

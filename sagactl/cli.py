@@ -1025,11 +1025,13 @@ def _letters_table(
             row.append(d["status"])
         event = _text(d["event_type"] or "—")  # none, as dlq show and the dashboard say it
         reason = _text(d["reason"])  # it quotes what arrived
-        # a forged record's order read as the saga it belonged to
-        claimed = f" {UNVERIFIED_MARK}" if d["order_id"] and d.get("unverified") else ""
+        # a forged record's type and order read as what it was and the saga it belonged to
+        claimed = f" {UNVERIFIED_MARK}" if d.get("unverified") else ""
+        if d["event_type"]:
+            event.append(claimed, style="dim")
         if wide:
             source = f"{d['source_topic']}[{d['source_partition']}]@{d['source_offset']}"
-            order = _value(d["order_id"] or "").append(claimed, style="dim")
+            order = _value(d["order_id"] or "").append(claimed if d["order_id"] else "", style="dim")
             row += [event, order, _text(source), str(d["replay_attempts"])]
         else:
             if d["order_id"]:

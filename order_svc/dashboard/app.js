@@ -434,7 +434,7 @@ async function loadDeadLetters() {
         cell(d.order_id ? d.order_id.slice(0, 8) : "—", "mono"), cell(d.reason, "reason"),
         el("td", { class: "when", title: absolute(d.created_at) }, relative(d.created_at)));
       if (d.order_id) row.cells[4].title = d.unverified ? `${d.order_id} ${UNVERIFIED}` : d.order_id;
-      if (d.order_id && d.unverified) row.cells[4].append(" (claimed)");
+      if (d.unverified) for (const i of [3, 4]) if (row.cells[i].textContent !== "—") row.cells[i].append(" (claimed)");
       if (state.letter?.service === service && state.letter.id === d.id) row.classList.add("selected");
       row.addEventListener("click", () => showLetter(service, d.id));
       rows.push(row);

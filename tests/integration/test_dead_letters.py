@@ -123,5 +123,6 @@ async def test_a_letters_bearer_token_is_kept_whole_but_shown_by_its_first_chara
     # what the record says it is, its body unreadable; and why, in words about the body
     assert letter.event_type == "PlaceOrder"
     assert letter.reason.startswith("invalid_command: not a command: its body is not JSON ("), letter.reason
+    assert letter.unverified  # no token was checked: what it claims to be is a claim (an attack trial)
     kept = await order.rows("SELECT header_values FROM dead_letters WHERE id = :i", i=letter_id)
     assert token.encode() in [bytes(v) for v in kept[0].header_values]

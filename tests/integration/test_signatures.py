@@ -97,6 +97,23 @@ async def test_only_a_record_signed_by_its_rightful_producer_is_applied(
     )
     assert await consumer.process(impostor) is Outcome.DEAD_LETTERED
     assert "only inventory_svc may emit InventoryReserved" in await reason_of(payment, impostor)
+    # naming itself the producer does not help: it was invalid_event, which a replay after
+    # an upgrade could help (an attack trial)
+    own_word = encode(event(reserved_payload(cid, "p"), uuid.uuid4())).replace(
+        b'"producer":"inventory_svc"', b'"producer":"order_svc"'
+    )
+    assert b'"producer":"order_svc"' in own_word
+    named_itself = signed(signer_of(keys, "order_svc"), INVENTORY, own_word)
+    assert await consumer.process(named_itself) is Outcome.DEAD_LETTERED
+    assert await reason_of(payment, named_itself) == (
+        "bad_signature: signed by order_svc, but only inventory_svc may emit InventoryReserved"
+    )
+    # signed by the rightful producer, naming another: its bug, not a forgery
+    misnamed = signed(signer_of(keys, "inventory_svc"), INVENTORY, own_word)
+    assert await consumer.process(misnamed) is Outcome.DEAD_LETTERED
+    assert (await reason_of(payment, misnamed)).startswith(
+        "invalid_event: InventoryReserved must be produced by"
+    )
     # none of them is believed to be about the order it names: kept without one
     kept = await payment.scalar(
         "SELECT count(*) FROM dead_letters WHERE reason LIKE 'bad_signature%' AND order_id IS NOT NULL"
@@ -105,7 +122,7 @@ async def test_only_a_record_signed_by_its_rightful_producer_is_applied(
     # and their letters say that the order and type each names are its claim, not known
     letters = await deadletters.list_letters(payment.db, None, 1000)
     assert all(letter.unverified == letter.reason.startswith("bad_signature:") for letter in letters)
-    assert sum(letter.unverified and letter.order_id is not None for letter in letters) >= 5
+    assert sum(letter.unverified and letter.order_id is not None for letter in letters) >= 6
     # nothing but the good one was charged
     await payment.work()
     assert await balance_of(payment, cid) == 95

@@ -1354,6 +1354,7 @@ def test_dead_letters_say_a_forged_records_order_is_its_claim(unverified: bool) 
         claim = f"{value} {UNVERIFIED}" if unverified else f"{value} "
         assert claim in rows[key], (key, shown.output)
     assert (f"order 0f0e0d0c {UNVERIFIED_MARK}" in listed.output) is unverified, listed.output
+    assert (f"OrderCreated {UNVERIFIED_MARK}" in listed.output) is unverified, listed.output  # its type too
     assert "order 0f0e0d0c" in listed.output
 
 
