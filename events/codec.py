@@ -30,7 +30,6 @@ class InvalidEvent(Exception):
 
     def __init__(self, detail: str, code: str = "invalid_event") -> None:
         super().__init__(f"{code}: {detail}")
-        self.code = code
         self.reason = f"{code}: {detail}"
 
 

@@ -472,11 +472,14 @@ class ConsumerPipeline:
                 decoder = self._decoders.get(item.record.topic)
                 item.envelope = decode(item.record.value) if decoder is None else decoder(item.record)
             except WrongProducer as exc:
-                item.outcome, item.reason = Outcome.DEAD_LETTERED, exc.reason
-                if item.signer is not None and item.signer != exc.rightful:
-                    # whatever producer its envelope names, its signer may not emit its type:
-                    # as below (an attack trial got invalid_event for naming the signer)
-                    item.reason = _not_theirs(item.signer, exc.rightful, exc.event_type)
+                # whatever producer its envelope names, a signer that may not emit its type
+                # is said, as below (an attack trial got invalid_event for naming the signer)
+                signer, item.outcome = item.signer, Outcome.DEAD_LETTERED
+                item.reason = (
+                    _not_theirs(signer, exc.rightful, exc.event_type)
+                    if signer is not None and signer != exc.rightful
+                    else exc.reason
+                )
                 continue
             except InvalidEvent as exc:
                 item.outcome, item.reason = Outcome.DEAD_LETTERED, exc.reason
