@@ -1044,9 +1044,9 @@ def _letters_table(
     return table
 
 
-#: Beside a letter's event type and order id in ``dlq show`` when its record's signature
-#: did not verify (``unverified``): what the body claims, which a forger chooses; and its
-#: short form in ``dlq list``.
+#: Beside a letter's event type and order id in ``dlq show`` when nothing vouched for its
+#: record (``unverified``: no signature verified, or a command's token never checked):
+#: what the body claims, which its writer chose; and its short form in ``dlq list``.
 UNVERIFIED = "(unverified claim)"
 UNVERIFIED_MARK = "(claimed)"
 

@@ -449,10 +449,11 @@ async function loadDeadLetters() {
 // what it held: a trial).
 const NOT_READ = "not read: the Kafka client could not read the record (see reason)";
 
-// A letter's event type or order id when its record's signature did not verify (the
-// letter's unverified): what its body claims, which a forger chooses, not a saga it is
-// known to belong to.
-const UNVERIFIED = "(its claim: the signature did not verify)";
+// A letter's event type or order id when nothing vouched for its record (the letter's
+// unverified: no signature verified, or a command's token never checked): what its body
+// claims, which its writer chose, not a saga it is known to belong to. As sagactl says it
+// ("the signature did not verify" was wrong for a command, which carries a token).
+const UNVERIFIED = "(unverified claim)";
 function claimed(d, value) {
   if (!value) return "—";
   return d.unverified ? `${value} ${UNVERIFIED}` : value;

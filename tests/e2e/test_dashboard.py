@@ -694,8 +694,8 @@ def test_a_forged_records_order_and_type_are_shown_as_its_claim(browser: Any, sy
     assert as_the_service_says(system, "inventory_svc", letter_id)["unverified"] is True
     open_dashboard(browser, system)
     open_letter(browser, "inventory_svc", letter_id)
-    assert fact(browser, "order") == f"{order_id} (its claim: the signature did not verify)"
-    assert fact(browser, "event") == "OrderCreated (its claim: the signature did not verify)"
+    assert fact(browser, "order") == f"{order_id} (unverified claim)"
+    assert fact(browser, "event") == "OrderCreated (unverified claim)"
     row = f'#dead-letters tr[data-service="inventory_svc"][data-letter="{letter_id}"] td'
     assert texts(browser, row)[3:5] == ["OrderCreated (claimed)", f"{order_id[:8]} (claimed)"]
 
