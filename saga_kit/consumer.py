@@ -64,7 +64,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.trace import Link, SpanKind
 from sqlalchemy import text
 
-from events.codec import InvalidEvent, WrongProducer, decode
+from events.codec import InvalidEvent, WrongProducer, coded_reason, decode
 from events.envelope import Envelope
 from events.topics import dead_letter_topic
 from events.values import printable
@@ -294,7 +294,7 @@ def _copy_for_topic(record: Record, reason: str, service: str) -> dict[str, Any]
 
 def _not_theirs(signer: str, rightful: str, event_type: str) -> str:
     """The reason of a record signed by a service that may not emit its type."""
-    return f"{signing.REASON}: signed by {signer}, but only {rightful} may emit {event_type}"
+    return coded_reason(signing.REASON, f"signed by {signer}, but only {rightful} may emit {event_type}")
 
 
 def dead_letter_reason(reason: str) -> str:
@@ -492,10 +492,11 @@ class ConsumerPipeline:
                 continue
             if decoder is None and item.record.key != str(item.envelope.order_id).encode():
                 item.outcome = Outcome.DEAD_LETTERED
-                item.reason = (
-                    f"key_mismatch: {item.event_type} of order {item.envelope.order_id} came under"
-                    f" the key {printable(repr(item.record.key), 100)}: a saga's events are keyed"
-                    " by its order id, which keeps them in order on one partition"
+                item.reason = coded_reason(
+                    "key_mismatch",
+                    f"{item.event_type} of order {item.envelope.order_id} came under the key"
+                    f" {printable(repr(item.record.key), 100)}: a saga's events are keyed by its"
+                    " order id, which keeps them in order on one partition",
                 )
                 continue
             if not self._reactions.consumes(item.event_type):
@@ -540,7 +541,8 @@ class ConsumerPipeline:
                     "reaction to %s failed; dead-lettering it", poison.event_type, exc_info=exc.__cause__
                 )
                 poison.outcome = Outcome.DEAD_LETTERED
-                poison.reason = f"handler_error: {type(cause).__name__}: {printable(str(cause), 1000)}"
+                why = f"{type(cause).__name__}: {printable(str(cause), 1000)}"
+                poison.reason = coded_reason("handler_error", why)
                 # stores it (and the batch's other letters)
                 await self._isolating(items, store, give_up_after)
                 return

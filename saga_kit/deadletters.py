@@ -19,18 +19,18 @@ from __future__ import annotations
 import asyncio
 import base64
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from events.codec import is_event_type_name, peek
+from events.codec import ReasonCode, is_event_type_name, peek
 from events.commands import peek_command
 from events.values import printable
 from saga_kit import headers as kafka_headers
-from saga_kit import signing, unreadable
+from saga_kit import unreadable
 from saga_kit.consumer import ConsumerPipeline, Outcome, Record, dead_letter_reason
 from saga_kit.db import Database
 from saga_kit.errors import DomainRejection
@@ -39,21 +39,11 @@ from saga_kit.http import IN_DIGITS, AnyCase, DatabaseDep, errors
 
 #: How every dead letter's reason begins, before ": " and its detail: a fixed set an
 #: operator can filter and alert on (the README's table says what each means).
-REASON_CODES = (
-    signing.REASON,  # bad_signature
-    unreadable.REASON,  # unreadable_record
-    "invalid_event",  # events.codec.InvalidEvent's default
-    "invalid_command",  # events.commands
-    "key_mismatch",  # saga_kit.consumer
-    "fact_mismatch",  # saga_kit.reactions.FactMismatch
-    "unknown_order",  # the services' handlers
-    "keys_unavailable",  # order_svc.handlers: a command's token not checked
-    "handler_error",  # saga_kit.consumer: the service's own code failed
-)
+REASON_CODES: tuple[ReasonCode, ...] = get_args(ReasonCode)
 #: The codes of records nothing vouched for: no signature verified, or a command whose
 #: token was never checked (commands carry a token, not a signature). Their letters'
 #: ``event_type`` and ``order_id`` are claims (``DeadLetterSummary.unverified``).
-UNVERIFIED_CODES = (signing.REASON, "invalid_command", "keys_unavailable")
+UNVERIFIED_CODES: tuple[ReasonCode, ...] = ("bad_signature", "invalid_command", "keys_unavailable")
 _UNVERIFIED = tuple(f"{code}:" for code in UNVERIFIED_CODES)
 
 Status = Literal["PENDING", "REPLAYED", "DISCARDED"]

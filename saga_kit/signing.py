@@ -39,13 +39,14 @@ import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from events.codec import ReasonCode, coded_reason
 from saga_kit.errors import ConfigurationError, setting_file
 from saga_kit.headers import Header, Headers
 
 KID = "sig.kid"
 SIGNATURE = "sig.ed25519"
 #: The start of a dead letter's reason when its record's signature did not verify.
-REASON = "bad_signature"
+REASON: ReasonCode = "bad_signature"
 _DOMAIN = b"saga-event/1\0"
 
 
@@ -58,7 +59,7 @@ class BadSignature(Exception):
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
-        self.reason = f"{REASON}: {detail}"
+        self.reason = coded_reason(REASON, detail)
 
 
 def _signed_bytes(topic: str, key: bytes | None, value: bytes | None) -> bytes:

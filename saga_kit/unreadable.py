@@ -35,13 +35,14 @@ from typing import Any
 from aiokafka.consumer import fetcher
 from aiokafka.structs import ConsumerRecord
 
+from events.codec import ReasonCode, coded_reason
 from events.values import printable
 
 #: The one header of a stand-in: its value says why the record could not be read.
 UNREADABLE = "\udc00unreadable"
 
 #: How a stand-in's dead letter's reason begins (``DeadLetterSummary.unread``).
-REASON = "unreadable_record"
+REASON: ReasonCode = "unreadable_record"
 
 
 def held_headers(headers: Iterable[tuple[str, bytes | None]]) -> list[tuple[str, bytes | None]]:
@@ -53,11 +54,11 @@ def held_headers(headers: Iterable[tuple[str, bytes | None]]) -> list[tuple[str,
 
 def stand_in(topic: str, partition: int, offset: int, error: UnicodeDecodeError) -> ConsumerRecord[Any, Any]:
     """What the pipeline gets in place of the record at ``offset`` that could not be read."""
-    why = (
-        f"{REASON}: the Kafka client cannot read this record: a header's name in it, or"
-        f" in a record before it in its batch, is not UTF-8 ({printable(str(error), 200)}); its"
-        f" bytes stay in {topic} partition {partition} at offset {offset}, for as long as the"
-        " topic keeps them"
+    why = coded_reason(
+        REASON,
+        "the Kafka client cannot read this record: a header's name in it, or in a record"
+        f" before it in its batch, is not UTF-8 ({printable(str(error), 200)}); its bytes stay"
+        f" in {topic} partition {partition} at offset {offset}, for as long as the topic keeps them",
     )
     headers = ((UNREADABLE, why.encode()),)
     return ConsumerRecord(topic, partition, offset, -1, 0, None, None, None, -1, -1, headers)

@@ -1316,9 +1316,9 @@ def test_dlq_show_shows_a_headers_layout_escaped() -> None:
         assert shown in result.output, (shown, result.output)
 
 
-def _listed(letters: object, args: list[str]) -> Any:
-    """sagactl's answer to ``args`` ("{}": the URL) from a server that answers ``[letters]``."""
-    with JsonServer(json.dumps([letters]).encode()) as server:
+def _listed(letter: object, args: list[str]) -> Any:
+    """sagactl's answer to ``args`` ("{}": the URL) from a server that answers ``[letter]``."""
+    with JsonServer(json.dumps([letter]).encode()) as server:
         return CliRunner().invoke(app, [a.format(server.base) for a in args], env={"COLUMNS": "200"})
 
 
