@@ -646,8 +646,8 @@ def _unreachable(service: str, base: str, exc: Exception, request: str = "") -> 
     return (
         f"cannot reach the {service} service at {base}: {str(exc) or type(exc).__name__}"
         f" (is the system running? 'make run' starts it, and starts a service that stopped"
-        f" again within seconds: ask again; --{service}-url or SAGACTL_{service.upper()}_URL"
-        " points elsewhere)"
+        f" again within seconds: ask again; if it listens elsewhere, say where with"
+        f" --{service}-url or SAGACTL_{service.upper()}_URL)"
     )
 
 
@@ -2864,6 +2864,9 @@ def _audit_table(entries: list[dict[str, Any]], output: Output, only: Sequence[s
         # ("service:inventory_svc", the longest a service's is, folded with 17 to spare at
         # 119: a newcomer trial)
         columns[2].max_width = 13 if console.width < 100 else 21
+        # and the outcome wraps at its space ("refused: missing_token"): given its share,
+        # it took 19 columns for "200" while "what" folded 'InventoryRelease|d' (a newcomer trial)
+        columns[-2].max_width = 13
     table = Table(*columns)
     for e in entries:
         # text cuts what anyone may send (a path: up to 1,024 characters, 85 lines at 80

@@ -617,6 +617,38 @@ def test_audit_list_keeps_an_entrys_what_in_words_at_80_columns(
         assert rows[1][2:5] == ["alice", "customer", "POST /orders/0866988a/cancel"], result.stdout
 
 
+def test_audit_list_at_80_columns_wraps_an_outcome_at_its_space_to_leave_what_its_words(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The outcome's share of the width was 19 columns for "200" while "what" folded
+    ``/dead-letters/3/re|play`` and ``InventoryRelease|d`` (a newcomer trial): below 100
+    columns the outcome wraps at its space instead."""
+    import json
+
+    from tests.jsonserver import JsonServer
+
+    monkeypatch.setenv("COLUMNS", "80")
+    order = "/orders/0866988a-1111-2222-3333-444455556666"
+    entries = [
+        {"actor": "alice", "role": "customer", "action": "PlaceOrder via orders.commands", "resource": order}
+        | {"outcome": "refused: missing_token"},
+        {"actor": "operator", "role": "operator", "action": "POST /dead-letters/{letter_id}/replay"}
+        | {"resource": "/dead-letters/3/replay", "outcome": "200"},
+        {"actor": "service:payment_svc", "role": "service", "action": "compensate InventoryReleased"}
+        | {"resource": order, "outcome": "done"},
+    ]
+    at = {"at": "2026-12-07T06:50:00+00:00"}
+    page = _audit_page(entries=tuple(json.dumps(entry | at) for entry in entries))
+    with JsonServer(page) as server:
+        result = CliRunner().invoke(app, ["--order-url", server.base, "audit", "list", "-s", "order"])
+    assert result.exit_code == 0, result.output
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in result.stdout.splitlines() if "│" in line]
+    what, outcome = [row[3] for row in rows], [row[4] for row in rows]
+    assert "/dead-letters/3/replay" in what and "InventoryReleased on" in what, result.stdout
+    assert outcome[-3:-1] == ["refused:", "missing_token"], result.stdout  # newest first
+    assert max(map(len, result.stdout.splitlines())) <= 80
+
+
 def test_an_order_never_priced_shows_no_total_as_a_dash() -> None:
     """Rejected before inventory priced it (no stock), an order has no total: a blank cell
     read as one not filled in (a newcomer trial)."""
