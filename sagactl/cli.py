@@ -1554,7 +1554,12 @@ def _check_command_id(given: str) -> str:
     try:
         return str(uuid.UUID(given.strip()))
     except ValueError:
-        raise typer.BadParameter(f"{given!r} is not a command id (a UUID)") from None
+        # whole: an order's id may be shortened (saga, cancel), a command's may not, and
+        # "not a command id" alone read as a bug (a newcomer trial with its first 8 characters)
+        raise typer.BadParameter(
+            f"{given!r} is not a command id: give the whole UUID, as 'place --via kafka' or"
+            " 'cancel --via kafka' printed it (only an order's id may be shortened)"
+        ) from None
 
 
 @app.command("command")

@@ -2112,3 +2112,11 @@ def test_dlq_show_tells_what_is_not_text_from_text_that_reads_so() -> None:
     assert ["header n", "(null)"] in rows and ["header t", "\\x28null)"] in rows, result.output
     assert ["header b", "\\x62ase64:/w=="] in rows, result.output
     assert "value: \\x28null)" in result.output, result.output
+
+
+def test_a_shortened_command_id_is_refused_with_what_to_give() -> None:
+    """An order's id may be shortened (saga, cancel), a command's may not: its first 8
+    characters got "not a command id (a UUID)", read as a bug (a newcomer trial)."""
+    result = CliRunner().invoke(app, ["command", "ff24882d"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert "give the whole UUID" in result.output and "only an order's id may be shortened" in result.output
