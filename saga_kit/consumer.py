@@ -53,6 +53,7 @@ import collections
 import contextlib
 import enum
 import logging
+import math
 import time
 import uuid
 from collections import Counter
@@ -60,6 +61,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from opentelemetry import context as otel_context
 from opentelemetry.trace import Link, SpanKind
 from sqlalchemy import text
@@ -246,6 +248,8 @@ class _Item:
 #: and a copy that can never be sent would hold up the outbox behind it. The table keeps
 #: the full bytes either way.
 DLQ_COPY_LIMIT = 256 * 1024
+#: A Kafka record with no key, value or header, in bytes (aiokafka's producer's estimate).
+_NO_HEADERS = DefaultRecordBatchBuilder.estimate_size_in_bytes(None, None, [])
 #: Seconds an ``attempt`` (an operator's replay of a dead letter) retries a transient
 #: failure before it gives up: the request then answers 503 instead of waiting on.
 ATTEMPT_GIVE_UP_SECONDS = 10.0
@@ -271,7 +275,7 @@ def _copy_for_topic(record: Record, reason: str, service: str) -> dict[str, Any]
         headers = [(k, v) for k, v in headers if not kafka_headers.is_credential(k)]
         extra.append(("dlq.credentials_omitted", ",".join(credentials).encode("utf-8", "surrogatepass")))
     header_bytes = sum(len(k.encode("utf-8", "surrogatepass")) + len(v or b"") for k, v in headers)
-    if header_bytes > DLQ_COPY_LIMIT // 4:
+    if _on_the_wire(headers) > DLQ_COPY_LIMIT // 4:  # never less than header_bytes
         extra.append(("dlq.headers_omitted", f"{len(headers)} headers, {header_bytes} bytes".encode()))
         headers = []
     if len(value) > DLQ_COPY_LIMIT:
@@ -290,6 +294,21 @@ def _copy_for_topic(record: Record, reason: str, service: str) -> dict[str, Any]
             ("dlq.service", service.encode()),
         ],
     }
+
+
+def _on_the_wire(headers: Sequence[tuple[str, bytes | None]]) -> float:
+    """Bytes ``headers`` take in a Kafka record, as aiokafka's producer counts them against
+    its ``max_request_size``: names and values, and each header's two length varints
+    (infinite if a name cannot be sent). Half a million headers with an empty name and no
+    value are 0 bytes of names and values and ~1 MiB on the wire: their dead letter's copy
+    exceeded the limit, the relay could not send it, and the service stopped on it at every
+    restart (an attack trial)."""
+    try:
+        return float(
+            DefaultRecordBatchBuilder.estimate_size_in_bytes(None, None, list(headers)) - _NO_HEADERS
+        )
+    except UnicodeEncodeError:
+        return math.inf
 
 
 def _not_theirs(signer: str, rightful: str, event_type: str) -> str:

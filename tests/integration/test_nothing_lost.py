@@ -10,6 +10,7 @@ import json
 import uuid
 from typing import Any
 
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import event as observe
 from hypothesis import strategies as st
@@ -262,6 +263,27 @@ async def test_a_record_too_large_to_copy_is_kept_whole_and_copied_without_its_b
         "SELECT octet_length(value) FROM dead_letters WHERE source_offset = :o", o=huge.offset
     )
     assert stored == 1_048_400
+
+
+async def test_a_copy_is_sized_as_the_producer_sizes_it_headers_length_fields_and_all(
+    inventory: ServiceUnderTest,
+) -> None:
+    """Half a million headers with an empty name and no value are 0 bytes of names and
+    values, ~1 MiB in a Kafka record (two length fields each): the copy was kept with them
+    all, aiokafka's producer refused it (``MessageSizeTooLargeError``), and the relay, then
+    the service, stopped on it at every restart (an attack trial). The copy the relay will
+    send must be within what the producer sends (``max_request_size``, 1 MiB by default)."""
+    many = record(b"x", [("", None)] * 524_200)
+    assert await inventory.pipeline.process(many) is Outcome.DEAD_LETTERED
+    (row,) = await inventory.rows(
+        "SELECT key, value, headers FROM outbox WHERE topic = 'inventory_svc.deadletter'"
+        " AND headers IS NOT NULL ORDER BY id DESC LIMIT 1"
+    )
+    headers = kafka_headers.from_blob(bytes(row.headers))
+    assert dict(headers)["dlq.headers_omitted"] == b"524200 headers, 0 bytes"
+    assert dict(headers)["dlq.source_offset"] == str(many.offset).encode()
+    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(bytes(row.key), bytes(row.value), list(headers))
+    assert size < 1024 * 1024 // 4, size
 
 
 async def test_the_dead_letter_topics_copy_leaves_credentials_out_and_the_row_keeps_them(
