@@ -248,6 +248,8 @@ class _Item:
 #: and a copy that can never be sent would hold up the outbox behind it. The table keeps
 #: the full bytes either way.
 DLQ_COPY_LIMIT = 256 * 1024
+#: Characters of the credential headers' names a copy lists (``dlq.credentials_omitted``).
+CREDENTIALS_NAMED = 1024
 #: A Kafka record with no key, value or header, in bytes (aiokafka's producer's estimate).
 _NO_HEADERS = DefaultRecordBatchBuilder.estimate_size_in_bytes(None, None, [])
 #: Seconds an ``attempt`` (an operator's replay of a dead letter) retries a transient
@@ -273,7 +275,12 @@ def _copy_for_topic(record: Record, reason: str, service: str) -> dict[str, Any]
     credentials = [k for k, _ in headers if kafka_headers.is_credential(k)]
     if credentials:
         headers = [(k, v) for k, v in headers if not kafka_headers.is_credential(k)]
-        extra.append(("dlq.credentials_omitted", ",".join(credentials).encode("utf-8", "surrogatepass")))
+        # each name once, and a bounded list: 70,000 "authorization" headers named in full
+        # would make the copy as large as the record it leaves them out of
+        named = ",".join(dict.fromkeys(credentials))
+        if len(named) > CREDENTIALS_NAMED:
+            named = f"{named[:CREDENTIALS_NAMED]}… ({len(credentials)} headers)"
+        extra.append(("dlq.credentials_omitted", named.encode("utf-8", "surrogatepass")))
     header_bytes = sum(len(k.encode("utf-8", "surrogatepass")) + len(v or b"") for k, v in headers)
     if _on_the_wire(headers) > DLQ_COPY_LIMIT // 4:  # never less than header_bytes
         extra.append(("dlq.headers_omitted", f"{len(headers)} headers, {header_bytes} bytes".encode()))
