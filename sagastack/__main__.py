@@ -109,7 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     parser = argparse.ArgumentParser(prog="sagastack")
     sub = parser.add_subparsers(dest="command", required=True)
-    running = sub.add_parser("run", help="start everything and wait for Ctrl-C")
+    running = sub.add_parser(
+        "run",
+        help="start everything and wait for Ctrl-C",
+        # the ports were only in the README, and a second stack needs its own (a newcomer trial)
+        epilog="ports: ORDER_HTTP_PORT, INVENTORY_HTTP_PORT, PAYMENT_HTTP_PORT (8001-8003),"
+        " PROVIDER_HTTP_PORT (8004) and SAGA_KAFKA_PORT (9092) in the environment; once it is"
+        " ready it prints the line that points sagactl at them and its keys (export SAGACTL_ORDER_URL=..."
+        " SAGA_ISSUER_DIR=...) when they are not the defaults",
+    )
     running.add_argument(
         "--run-dir",
         default=str(RUN_ROOT / "stack"),
