@@ -19,6 +19,14 @@ DOMAIN_TOPICS: tuple[str, ...] = (ORDERS, INVENTORY, PAYMENT)
 COMMANDS = "orders.commands"
 
 
+DEAD_LETTER_SUFFIX = ".deadletter"
+
+
 def dead_letter_topic(service: str) -> str:
     """Each service dead-letters into its own topic, e.g. ``payment_svc.deadletter``."""
-    return f"{service}.deadletter"
+    return f"{service}{DEAD_LETTER_SUFFIX}"
+
+
+def is_dead_letter_topic(topic: str) -> bool:
+    """Is ``topic`` a service's dead-letter topic (``dead_letter_topic``)?"""
+    return topic.endswith(DEAD_LETTER_SUFFIX)

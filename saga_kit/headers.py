@@ -27,6 +27,19 @@ Headers = Sequence[Header]
 #: trial); the dead letter's copy on Kafka leaves it out (``saga_kit.consumer``).
 CREDENTIAL_WORDS = ("authorization", "token", "secret", "password", "cookie", "api-key", "apikey")
 
+#: The headers a dead letter's copy on its topic carries after the record's own
+#: (``saga_kit.consumer``): why it is there, where it came from, what it leaves out.
+DEAD_LETTER_HEADERS = (
+    "dlq.reason",
+    "dlq.source_topic",
+    "dlq.source_partition",
+    "dlq.source_offset",
+    "dlq.service",
+    "dlq.credentials_omitted",
+    "dlq.headers_omitted",
+    "dlq.value_omitted",
+)
+
 
 def is_credential(header: str) -> bool:
     """Does a header of this name carry a credential (``CREDENTIAL_WORDS``)?"""

@@ -45,13 +45,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
 from opentelemetry import context as otel_context
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from events.codec import encode
 from events.envelope import Envelope
-from events.topics import DOMAIN_TOPICS, TOPIC_OF_PRODUCER
+from events.topics import DOMAIN_TOPICS, TOPIC_OF_PRODUCER, is_dead_letter_topic
+from events.values import printable
 from saga_kit import headers as kafka_headers
 from saga_kit import sql, tracing
 from saga_kit.errors import described, is_kafka_authorization_error, is_transient, is_transient_kafka_error
@@ -400,12 +402,39 @@ class OutboxRelay:
                 else kafka_headers.from_columns(keys, values)
             )
             counts.append((topic, event_type_label(kafka_headers.text(headers, "event_type"))))
-            futures.append(
-                await self._producer.send(topic, value=bytes(value), key=_bytes(key), headers=headers)
-            )
+            if is_dead_letter_topic(topic):
+                futures.append(await self._send_copy(topic, _bytes(key), bytes(value), headers))
+            else:
+                futures.append(
+                    await self._producer.send(topic, value=bytes(value), key=_bytes(key), headers=headers)
+                )
         await self._acknowledged(futures)
         self.published += len(rows)
         self.published_by_type.update(counts)
+
+    async def _send_copy(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers
+    ) -> asyncio.Future[Any]:
+        """Send a dead letter's copy; one the producer or the broker refuses for its size
+        is sent again as its ``dlq.*`` headers alone (``_less``). The consumer sizes each
+        copy to fit (``saga_kit.consumer``), but a broker whose ``message.max.bytes`` is
+        lower refuses it all the same, and a row that can never be sent stopped the relay,
+        then the service, at every restart, every event behind it waiting (an attack
+        trial's record, before the copies were sized). The dead letter's row keeps every
+        byte. Any other row the broker refuses for its size is a bug here, and stops it."""
+        try:
+            sent = await self._producer.send(topic, value=value, key=key, headers=headers)
+        except MessageSizeTooLargeError as exc:
+            lesser: asyncio.Future[Any] = await self._producer.send(topic, **_less(value, headers, exc))
+            return lesser
+
+        async def acknowledged() -> Any:
+            try:
+                return await sent
+            except MessageSizeTooLargeError as exc:
+                return await (await self._producer.send(topic, **_less(value, headers, exc)))
+
+        return asyncio.ensure_future(acknowledged())
 
     async def _maybe_delay(self) -> None:
         """Fault injection ``relay.delay=<seconds>``: hold each batch back a random time up to
@@ -425,6 +454,20 @@ def _relay_retries(exc: BaseException) -> bool:
         log.error("outbox relay: the producer cannot continue (%r); stopping the service", exc)
         return False
     return is_transient(exc) or is_transient_kafka_error(exc) or is_kafka_authorization_error(exc)
+
+
+def _less(value: bytes, headers: Headers, refused: Exception) -> dict[str, Any]:
+    """A dead letter's copy refused for its size, as ``send`` takes it again: no key, no
+    body, and of its headers only those the consumer added (``DEAD_LETTER_HEADERS``, the
+    last of each name: the record's own came first and may use the same names), each
+    value cut to 2 KiB, with ``dlq.copy_refused`` saying why and where the rest is."""
+    why = (
+        f"{printable(str(refused), 300)}; its body ({len(value)} bytes), key and other"
+        " headers are in the dead letter's row"
+    )
+    last = {k: v for k, v in headers if k in kafka_headers.DEAD_LETTER_HEADERS}
+    kept = [(k, None if v is None else v[:2048]) for k, v in last.items()]
+    return {"value": b"", "key": None, "headers": [*kept, ("dlq.copy_refused", why.encode())]}
 
 
 def _bytes(value: Any) -> bytes | None:
