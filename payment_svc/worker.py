@@ -60,7 +60,7 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -145,8 +145,8 @@ class HandOff:
         self.clear()
 
     def clear(self) -> None:
-        """Forget the payments waiting (the breaker opened): their rows come due again when
-        their leases end."""
+        """Forget the payments waiting: their rows come due again when their leases end (a
+        worker that will not call them releases their claims instead: ``release``)."""
         self._due.clear()
 
     def room(self) -> tuple[int, float]:
@@ -206,6 +206,27 @@ async def claim(db: Database, limit: int, lease_seconds: float, *, unannounced: 
             )
         )
         return [Due(r.order_id, r.customer_id, r.amount, r.status, r.attempts, r.traceparent) for r in rows]
+
+
+async def release(db: Database, claimed: Sequence[Due]) -> None:
+    """Undo the claims of payments handed off and never called (the breaker opened before
+    the worker took them): ``attempts - 1``, due now, each only while its claim is still the
+    row's latest and unanswered. A claim counts as a call that may have charged (a
+    cancellation then refunds instead of voiding, the saga waits out the lease, silent):
+    one the worker knows it never made must not count (a re-check trial: orders placed
+    as the breaker opened were charged and refunded after their cancellation, not voided)."""
+    if not claimed:
+        return
+    async with db.unit_of_work() as uow:
+        uow.write(
+            (
+                "UPDATE payments p SET attempts = p.attempts - 1, next_attempt_at = clock_timestamp()"
+                f" FROM {sql.recordset('o uuid, n int, s text')}"
+                " WHERE p.order_id = v.o AND p.attempts = v.n AND p.status = v.s"
+                " AND p.answered_attempt < v.n"
+            ),
+            {"rows": sql.rows({"o": d.order_id, "n": d.attempts, "s": d.status} for d in claimed)},
+        )
 
 
 async def call(provider: PaymentProvider, due: Due) -> ChargeResult | RefundResult:
@@ -419,8 +440,9 @@ class PaymentWorker:
         if self.handoff is not None:
             if self.provider.state == "closed":
                 handed = self.handoff.take(self.batch)
-            else:
-                self.handoff.clear()
+            elif len(self.handoff):  # not to be called now: due again, as if never claimed
+                dropped = self.handoff.take(len(self.handoff))
+                await self.retry.forever(lambda: release(self.db, dropped), is_transient)
         if self.provider.state == "open":
             return await self._announce()
         limit = self.batch if self.provider.state == "closed" else 1

@@ -5,6 +5,7 @@ payment to the lease, a cancellation waits for the call, retries are not starved
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -16,7 +17,13 @@ from payment_svc.runtime import HANDOFF
 from payment_svc.worker import PaymentWorker, claim
 from saga_kit.retry import RetryPolicy
 from tests.integration.conftest import ServiceUnderTest, add_account, event
-from tests.integration.test_compensation import balance, due_now, emitted_types, payment_row
+from tests.integration.test_compensation import (
+    balance,
+    charged_at_provider,
+    due_now,
+    emitted_types,
+    payment_row,
+)
 from tests.unit.samples import reserved_payload
 
 
@@ -152,3 +159,37 @@ async def test_a_charge_that_lands_after_the_cancel_wakes_the_worker_for_its_ref
     assert await payment_row(payment, oid) == ("REFUNDED", 2)
     assert await balance(payment, cid) == Decimal("10.00")
     assert woken == [1]  # a refund made leaves nothing due
+
+
+async def test_a_hand_off_the_open_breaker_stopped_is_released_said_to_wait_and_voided_by_a_cancel(
+    payment: ServiceUnderTest, handed: PaymentWorker
+) -> None:
+    """Claimed and handed off, then the breaker opened before the worker took it: it was
+    dropped still claimed — in doubt though never called, silent until its lease ended,
+    and a cancellation then charged and refunded it instead of voiding it (a re-check
+    trial). Released, it is said to wait at once, and a cancellation voids it."""
+    provider = payment.provider
+    assert provider is not None
+    cid, oid = await charge_intended(payment)
+    assert len(HANDOFF) == 1 and await payment_row(payment, oid) == ("PENDING", 1)
+    assert (await provider.request("PUT", "/v1/faults", {"outage": True})).status_code == 200
+    try:
+        for _ in range(5):  # PAYMENT_PROVIDER_BREAKER_FAILURES in the fixture
+            await provider.probe()
+        assert provider.state == "open"
+        assert await handed.round() == 1  # released, and answered by the open breaker
+        assert len(HANDOFF) == 0 and await emitted_types(payment, oid) == ["PaymentPending"]
+        rows = await payment.rows(
+            "SELECT attempts, nothing_done_calls FROM payments WHERE order_id = :o", o=oid
+        )
+        assert [(r.attempts, r.nothing_done_calls) for r in rows] == [(1, 1)]
+        await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid), work=False)
+        assert await emitted_types(payment, oid) == ["PaymentPending", "PaymentVoided"]
+        assert await payment_row(payment, oid) == ("VOIDED", 1)
+    finally:
+        assert (await provider.request("PUT", "/v1/faults", {})).status_code == 200
+        await asyncio.sleep(provider.retry_after() + 0.2)  # the fixture's recovery: 1 s
+        await provider.probe()
+    assert provider.state == "closed"
+    assert not await charged_at_provider(payment, oid)
+    assert await balance(payment, cid) == Decimal("10.00")
