@@ -3,6 +3,7 @@ Apache Kafka), PostgreSQL, three services."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from sagastack.browser import chromium_paths, open_chromium
 from sagastack.client import SagaClient
@@ -130,3 +133,34 @@ def sagactl_started(system: System, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def kafka_records(system: System, topic: str) -> list[Any]:
+    """Every record of ``topic``, every partition, from the start of its log (aiokafka's
+    ``ConsumerRecord``: ``key``, ``value``, ``headers``)."""
+
+    async def read() -> list[Any]:
+        security = system.kafka_security.client_kwargs()
+        admin = AIOKafkaAdminClient(bootstrap_servers=system.bootstrap, **security)
+        await admin.start()
+        try:
+            (described,) = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+        partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+        assert partitions, f"no partitions of {topic}"
+        consumer = AIOKafkaConsumer(bootstrap_servers=system.bootstrap, enable_auto_commit=False, **security)
+        await consumer.start()
+        try:
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            ends = await consumer.end_offsets(partitions)
+            found: list[Any] = []
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                for records in (await consumer.getmany(timeout_ms=1000)).values():
+                    found += records
+            return found
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())

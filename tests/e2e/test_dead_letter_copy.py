@@ -6,44 +6,17 @@ were sized as the producer sizes them)."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from typing import Any
 
 import psycopg
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events.topics import dead_letter_topic
 from saga_kit import headers as kafka_headers
 from saga_kit import outbox
 from sagastack.client import SagaClient
 from sagastack.system import System
-from tests.e2e.conftest import UniqueIds, seed
+from tests.e2e.conftest import UniqueIds, kafka_records, seed
 from tests.polling import wait_until
-
-
-def _copies(system: System, topic: str, marker: bytes) -> list[Any]:
-    """The records of ``topic`` (every partition, from its start) whose
-    ``dlq.source_offset`` is ``marker``."""
-
-    async def read() -> list[Any]:
-        security = system.kafka_security.client_kwargs()
-        consumer = AIOKafkaConsumer(bootstrap_servers=system.bootstrap, enable_auto_commit=False, **security)
-        await consumer.start()
-        try:
-            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            ends = await consumer.end_offsets(partitions)
-            found: list[Any] = []
-            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-                for records in (await consumer.getmany(timeout_ms=1000)).values():
-                    found += [r for r in records if dict(r.headers).get("dlq.source_offset") == marker]
-            return found
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(read())
 
 
 def test_a_copy_too_large_to_send_goes_as_its_headers_and_the_relay_goes_on(
@@ -76,7 +49,7 @@ def test_a_copy_too_large_to_send_goes_as_its_headers_and_the_relay_goes_on(
             conn.execute(
                 "UPDATE outbox SET sent_at = now() WHERE event_id = %s AND sent_at IS NULL", (event_id,)
             )
-    (copy,) = _copies(system, topic, marker)
+    (copy,) = [r for r in kafka_records(system, topic) if dict(r.headers).get("dlq.source_offset") == marker]
     assert (copy.key, copy.value) == (None, b"")
     said = dict(copy.headers)
     assert said["dlq.reason"] == b"invalid_event: a test's" and "x-other" not in said

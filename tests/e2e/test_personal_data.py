@@ -5,20 +5,17 @@ money and stock records stay."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import secrets
 import uuid
 
 import psycopg
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from events.topics import ORDERS
 from sagastack.client import SagaClient
 from sagastack.system import SERVICES, System
-from tests.e2e.conftest import UniqueIds, sagactl, seed
+from tests.e2e.conftest import UniqueIds, kafka_records, sagactl, seed
 from tests.polling import wait_until
 
 
@@ -33,36 +30,6 @@ def database_text(url: str) -> str:
             )
         ]
         return "\n".join(str(row[0]) for t in tables for row in conn.execute(f'SELECT t::text FROM "{t}" t'))
-
-
-def kafka_values(system: System, topic: str, key: bytes) -> list[bytes]:
-    """Every record value under ``key`` in ``topic``, from the start of the log."""
-
-    async def read() -> list[bytes]:
-        security = system.kafka_security.client_kwargs()
-        admin = AIOKafkaAdminClient(bootstrap_servers=system.bootstrap, **security)
-        await admin.start()
-        try:
-            (described,) = await admin.describe_topics([topic])
-        finally:
-            await admin.close()
-        partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
-        assert partitions, f"no partitions of {topic}"
-        consumer = AIOKafkaConsumer(bootstrap_servers=system.bootstrap, enable_auto_commit=False, **security)
-        await consumer.start()
-        try:
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            ends = await consumer.end_offsets(partitions)
-            found: list[bytes] = []
-            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-                for records in (await consumer.getmany(timeout_ms=1000)).values():
-                    found += [r.value for r in records if r.key == key and r.value is not None]
-            return found
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(read())
 
 
 def test_personal_data_is_sealed_everywhere_and_forgetting_makes_it_unreadable(
@@ -89,7 +56,9 @@ def test_personal_data_is_sealed_everywhere_and_forgetting_makes_it_unreadable(
     for name in SERVICES:
         stored = database_text(system.database_urls[name])
         assert email not in stored and street not in stored, f"{name} stores personal data in the clear"
-    values = kafka_values(system, ORDERS, order_id.encode())
+    values = [
+        r.value for r in kafka_records(system, ORDERS) if r.key == order_id.encode() and r.value is not None
+    ]
     created = [json.loads(v) for v in values if json.loads(v)["event_type"] == "OrderCreated"]
     assert len(created) == 1 and created[0]["schema_version"] == 3
     sealed = created[0]["payload"]["personal_data"]
