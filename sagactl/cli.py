@@ -130,7 +130,10 @@ class _GlobalOptionsGroup(typer.core.TyperGroup):
         pending = list(self.commands.values())
         while pending:
             command = pending.pop()
-            command.params.extend(copy.copy(param) for param in again)
+            copies = [copy.copy(param) for param in again]
+            for param in copies:  # taken (a script's habit), not shown where nothing uses them
+                param.hidden = command.name in CALLING_NO_SERVICE
+            command.params.extend(copies)
             if isinstance(command, typer.core.TyperGroup):
                 pending.extend(command.commands.values())
             else:
@@ -162,6 +165,9 @@ class _GlobalOptionsGroup(typer.core.TyperGroup):
 
 #: ``main``'s options, as its parameters are named: each command takes them too.
 GLOBAL_OPTIONS = ("order_url", "inventory_url", "payment_url", "token")
+#: Commands that call no service: their help does not list ``GLOBAL_OPTIONS`` ('sagactl
+#: token --token' read as nonsense: a newcomer trial).
+CALLING_NO_SERVICE = ("token", "publish", "kafka-acls")
 
 
 def _after_the_command(param: Any) -> Any:

@@ -2120,3 +2120,14 @@ def test_a_shortened_command_id_is_refused_with_what_to_give() -> None:
     result = CliRunner().invoke(app, ["command", "ff24882d"], env={"COLUMNS": "200"})
     assert result.exit_code == 2
     assert "give the whole UUID" in result.output and "only an order's id may be shortened" in result.output
+
+
+@pytest.mark.parametrize("command", ["token", "publish", "kafka-acls"])
+def test_a_command_that_calls_no_service_does_not_list_the_service_options(command: str) -> None:
+    """'sagactl token --token' read as nonsense (a newcomer trial): the service URLs and
+    the token are not in the help of a command that calls no service; a command that
+    does lists them."""
+    for name, listed in ((command, False), ("health", True)):
+        result = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        assert ("--order-url" in result.output) is listed and ("--token " in result.output) is listed, name
