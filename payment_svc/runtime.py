@@ -45,7 +45,11 @@ def configure(settings: Any) -> None:
 
 
 async def close() -> None:
-    """Close the provider client's connections (called once at stop)."""
+    """Release the payments handed off and not called (``PaymentWorker.stop``), and close
+    the provider client's connections (called once at stop, before the database closes)."""
+    worker: PaymentWorker | None = _state.get("worker")
+    if worker is not None:
+        await worker.stop()
     HANDOFF.close()
     made: PaymentProvider | None = _state.get("provider")
     if made is not None:

@@ -440,9 +440,8 @@ class PaymentWorker:
         if self.handoff is not None:
             if self.provider.state == "closed":
                 handed = self.handoff.take(self.batch)
-            elif len(self.handoff):  # not to be called now: due again, as if never claimed
-                dropped = self.handoff.take(len(self.handoff))
-                await self.retry.forever(lambda: release(self.db, dropped), is_transient)
+            else:  # not to be called now: due again, as if never claimed
+                await self._release_handed_off()
         if self.provider.state == "open":
             return await self._announce()
         limit = self.batch if self.provider.state == "closed" else 1
@@ -465,6 +464,25 @@ class PaymentWorker:
         crash_at(self.fault, "payment.crash_after_call")
         await self._record(answers)
         return len(due)
+
+    async def stop(self) -> None:
+        """At the service's stop: the payments handed off and not taken are released
+        (``release``) and the hand-off closed. Left claimed, each would wait out its lease,
+        in doubt though never called, and a cancellation meanwhile would charge and refund
+        it instead of voiding it. One try: the service is stopping, and a claim not
+        released is still safe (its lease ends)."""
+        if self.handoff is not None:
+            dropped = self.handoff.take(len(self.handoff))
+            self.handoff.close()
+            try:
+                await release(self.db, dropped)
+            except Exception as exc:
+                log.warning("payment worker: %d hand-offs left to their leases: %s", len(dropped), exc)
+
+    async def _release_handed_off(self) -> None:
+        if self.handoff is not None and len(self.handoff):
+            dropped = self.handoff.take(len(self.handoff))
+            await self.retry.forever(lambda: release(self.db, dropped), is_transient)
 
     async def _announce(self) -> int:
         """While the breaker is open: the payments that came due and were not yet said to

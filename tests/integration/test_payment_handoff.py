@@ -193,3 +193,20 @@ async def test_a_hand_off_the_open_breaker_stopped_is_released_said_to_wait_and_
     assert provider.state == "closed"
     assert not await charged_at_provider(payment, oid)
     assert await balance(payment, cid) == Decimal("10.00")
+
+
+async def test_a_hand_off_not_taken_when_the_service_stops_is_released(
+    payment: ServiceUnderTest, handed: PaymentWorker
+) -> None:
+    """At a stop, the payments handed off and not called are released: left claimed,
+    each waited out its lease in doubt, and a cancellation meanwhile charged and refunded
+    it instead of voiding it."""
+    cid, oid = await charge_intended(payment)
+    assert len(HANDOFF) == 1 and await payment_row(payment, oid) == ("PENDING", 1)
+    await handed.stop()
+    assert len(HANDOFF) == 0 and await payment_row(payment, oid) == ("PENDING", 0)
+    assert await leased_for(payment, oid) <= 0  # due now, for the next process's worker
+    await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid), work=False)
+    assert await emitted_types(payment, oid) == ["PaymentVoided"]
+    assert not await charged_at_provider(payment, oid)
+    assert await balance(payment, cid) == Decimal("10.00")
