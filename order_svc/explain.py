@@ -180,9 +180,12 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
             # reservation first: a demo's saga 5, an operator trial), or the charge was in
             # doubt when it came (the provider did not answer): it finishes a charge it
             # cannot rule out; either way it refunds it
+            # "charged after" read as the charge's time, which the provider's record put
+            # 10 s before the cancellation when only its answer was lost (a newcomer trial)
             verdict += (
-                "; payment charged after the cancellation (it had not read the cancellation yet,"
-                " or its charge was already under way), and refunds it"
+                "; payment's charge was confirmed after the cancellation (it had not read the"
+                " cancellation yet, or the charge was under way: made, its answer lost or late),"
+                " and refunds it"
             )
         refund_waits = _last_after(events, "PaymentPending", "PaymentCompleted")
         if refund_waits is not None and "PaymentRefunded" not in seen:

@@ -2119,7 +2119,8 @@ def saga(ctx: typer.Context, order_id: OrderIdArg, output: OutputOpt = Output.te
     for c in why["owed"]:
         line = Text.assemble(
             ("✓", "green") if c["done_by"] else ("✗ still owed", "red"),
-            _text(f" {c['owed_by']}: {c['action']} (for {c['because_of']}: {c['done_by'] or '—'})"),
+            # "(for PaymentCompleted: —)" left a newcomer guessing what the dash meant (a trial)
+            _text(f" {c['owed_by']}: {c['action']} (for {c['because_of']}: {c['done_by'] or 'not yet'})"),
         )
         summary.add_row("owed", line)
     for r in why.get("refused", []):

@@ -133,7 +133,7 @@ def test_a_charge_that_landed_after_the_cancel_is_owed_back() -> None:
     events = ("OrderCreated", "InventoryReserved", "OrderCancelled", "InventoryReleased", "PaymentCompleted")
     e = explain("CANCELLED", "timeout", timeline(*events))
     assert [(c.action, c.done_by) for c in e.owed][-1] == ("refund the charge", None)
-    assert "payment charged after the cancellation" in e.verdict  # not hidden as a plain refund
+    assert "payment's charge was confirmed after the cancellation" in e.verdict  # not a plain refund
     assert explain("CANCELLED", "timeout", timeline(*events, "PaymentRefunded")).settled is True
     # charged before the cancellation: an ordinary refund, nothing to say about the order
     before = ("OrderCreated", "InventoryReserved", "PaymentCompleted", "OrderApproved", "OrderCancelled")
