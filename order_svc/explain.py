@@ -148,6 +148,21 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
         verdict = f"cancelled: {why}"
         if "OrderApproved" in seen:
             verdict += " after it was approved"
+        waited = next((e for e in events if e["event_type"] == "PaymentPending"), None)
+        if (
+            reason == "timeout"
+            and waited is not None
+            and _after(events, "OrderCancelled", "PaymentPending")
+            and not any(_after(events, "OrderCancelled", t) for t in ("PaymentCompleted", "PaymentFailed"))
+            and {"PaymentVoided", "PaymentFailed", "PaymentCompleted"} & seen.keys()
+        ):
+            # why the deadline passed: "its deadline passed" alone did not say that payment
+            # had waited on the provider all along (a newcomer trial, in an outage)
+            told = waited.get("payload", {})
+            verdict += (
+                f", payment having waited on the provider since {_instant(told.get('since'))}"
+                f" ({told.get('reason', 'no reason given')})"
+            )
 
     owed = []
     # payment answers only a reservation (its intent is made on InventoryReserved): its

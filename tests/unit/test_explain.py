@@ -228,3 +228,19 @@ def test_an_unknown_order_still_owed_says_where_to_look() -> None:
     assert "its own records tell" in e.verdict
     released = explain("CANCELLED", "unknown_order", timeline(*events, "InventoryReleased"))
     assert released.settled is True and "its own records tell" not in released.verdict
+
+
+def test_a_timeout_while_payment_waited_on_the_provider_says_so() -> None:
+    """A timeout's verdict, "its deadline passed before the saga finished", did not say that
+    payment had waited on the provider all along (a newcomer trial, in an outage)."""
+    told = {"since": "2026-12-07T13:00:00+00:00", "reason": "the provider answered 503"}
+    events = ("OrderCreated", "InventoryReserved", "PaymentPending", "OrderCancelled", "PaymentVoided")
+    e = explain("CANCELLED", "timeout", timeline(*events, PaymentPending=told))
+    assert e.verdict.startswith(
+        "cancelled: its deadline passed before the saga finished, payment having waited on the"
+        " provider since 2026-12-07T13:00:00+00:00 (the provider answered 503)"
+    ), e.verdict
+    # a customer's cancellation, or a wait that ended before the deadline: nothing to add
+    assert "waited" not in explain("CANCELLED", "cancelled_by_customer", timeline(*events)).verdict
+    ended = ("OrderCreated", "InventoryReserved", "PaymentPending", "PaymentCompleted", "OrderCancelled")
+    assert "waited" not in explain("CANCELLED", "timeout", timeline(*ended)).verdict
