@@ -131,8 +131,10 @@ class _GlobalOptionsGroup(typer.core.TyperGroup):
         while pending:
             command = pending.pop()
             copies = [copy.copy(param) for param in again]
-            for param in copies:  # taken (a script's habit), not shown where nothing uses them
-                param.hidden = command.name in CALLING_NO_SERVICE
+            # taken (a script's habit), but not listed where nothing uses them ('sagactl
+            # token --token' read as nonsense: a newcomer trial)
+            for param in copies:
+                param.hidden = command.name in OFFLINE_COMMANDS
             command.params.extend(copies)
             if isinstance(command, typer.core.TyperGroup):
                 pending.extend(command.commands.values())
@@ -165,9 +167,6 @@ class _GlobalOptionsGroup(typer.core.TyperGroup):
 
 #: ``main``'s options, as its parameters are named: each command takes them too.
 GLOBAL_OPTIONS = ("order_url", "inventory_url", "payment_url", "token")
-#: Commands that call no service: their help does not list ``GLOBAL_OPTIONS`` ('sagactl
-#: token --token' read as nonsense: a newcomer trial).
-CALLING_NO_SERVICE = ("token", "publish", "kafka-acls")
 
 
 def _after_the_command(param: Any) -> Any:
@@ -1458,15 +1457,48 @@ def _await_outcome(ctx: typer.Context, order: dict[str, Any], timeout: float = 6
     not say (``_fail_waiting``)."""
     order_id = order["order_id"]
     end = time.monotonic() + timeout
-    ended = _follow_order(
-        ctx, order_id, lambda o: o["status"] != "PENDING", end, f"order {order_id} is placed"
-    )
+    waits = _Waiting(ctx, order_id)
+
+    def ended_yet(o: dict[str, Any]) -> bool:
+        if o["status"] != "PENDING":
+            return True
+        waits.say()
+        return False
+
+    ended = _follow_order(ctx, order_id, ended_yet, end, f"order {order_id} is placed")
     if ended is None:
         _fail(
             f"order {order_id} is still PENDING after {timeout:.0f}s: it is placed;"
             f" follow it: sagactl saga {order_id[:8]}"
         )
     return ended
+
+
+class _Waiting:
+    """While a command waits for an order's outcome: every ``EVERY`` s, the saga's
+    explanation, said on stderr once each time it waits on something new (the payment
+    provider: "waiting on the payment provider since …"). In an outage ``place --wait``
+    printed nothing for the whole of the order's deadline, then "CANCELLED (timeout)" (a
+    newcomer trial)."""
+
+    EVERY = 2.0
+
+    def __init__(self, ctx: typer.Context, order_id: str) -> None:
+        self.ctx, self.order_id = ctx, order_id
+        self.next_at, self.said = time.monotonic() + self.EVERY, ""
+
+    def say(self) -> None:
+        if time.monotonic() < self.next_at:
+            return
+        self.next_at = time.monotonic() + self.EVERY
+        response, _ = _poll(self.ctx, f"/orders/{self.order_id}/saga")
+        try:
+            verdict = str(response.json()["explanation"]["verdict"]) if response is not None else ""
+        except (ValueError, KeyError, TypeError):
+            return  # only a help: the wait goes on as before
+        if verdict.startswith("in flight: waiting on") and verdict != self.said:
+            self.said = verdict
+            errors.print(f"order {self.order_id[:8]} {verdict.removeprefix('in flight: ')}")
 
 
 def _follow_order(
@@ -1949,6 +1981,7 @@ def _await_command(ctx: typer.Context, sent: Mapping[str, str], timeout: float =
     command_id = sent["command_id"]
     end = time.monotonic() + timeout
     taken = False  # applied, its order's saga under way
+    waits = _Waiting(ctx, sent["order_id"])
     while True:
         path = f"/commands/{command_id}"
         response, away = _poll(ctx, path)
@@ -1957,6 +1990,8 @@ def _await_command(ctx: typer.Context, sent: Mapping[str, str], timeout: float =
             taken = r["outcome"] in ("placed", "cancelled")
             if taken and r["status"] != "PENDING":
                 return r
+            if taken:
+                waits.say()
             if r["outcome"] == "rejected":
                 _fail(f"command {command_id} was rejected: {r['reason']}: {r['detail']}")
             if r["outcome"] == "dead_lettered":  # held, not refused: waiting would wait for ever

@@ -2142,3 +2142,27 @@ def test_a_command_that_calls_no_service_does_not_list_the_service_options(comma
         result = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0, result.output
         assert ("--order-url" in result.output) is listed and ("--token " in result.output) is listed, name
+
+
+def test_place_wait_says_on_stderr_what_the_saga_waits_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In an outage ``place --wait`` printed nothing for the whole of the order's deadline,
+    then "CANCELLED (timeout)" (a newcomer trial): while it waits it says, once each time
+    it changes, what the saga's explanation says it waits on."""
+    import json
+
+    from sagactl import cli
+    from tests.jsonserver import JsonServer
+
+    monkeypatch.setattr(cli._Waiting, "EVERY", 0.1)
+    monkeypatch.setattr(cli._await_outcome, "__defaults__", (1.0,))  # the wait: 1 s, not 60
+    order_id = "0b9c3c4e-8f3a-4f57-9d68-2f0f1e0b6a11"
+    verdict = "in flight: waiting on the payment provider since 2026-12-07T13:00:00+00:00 (503)"
+    body = {"order_id": order_id, "status": "PENDING", "explanation": {"verdict": verdict}}
+    with JsonServer(json.dumps(body).encode()) as server:  # every path: this order, pending
+        result = CliRunner().invoke(
+            app, ["--order-url", server.base, "place", "alice", "widget=1", "--wait"], env={"COLUMNS": "200"}
+        )
+    assert result.exit_code == 1, result.output  # still PENDING when the wait ended
+    said = [line for line in result.stderr.splitlines() if "waiting on" in line]
+    assert said == ["order 0b9c3c4e waiting on the payment provider since 2026-12-07T13:00:00+00:00 (503)"]
+    assert "still PENDING" in result.stderr
