@@ -460,7 +460,8 @@ def _less(value: bytes, headers: Headers, refused: Exception) -> dict[str, Any]:
     """A dead letter's copy refused for its size, as ``send`` takes it again: no key, no
     body, and of its headers only those the consumer added (``DEAD_LETTER_HEADERS``, the
     last of each name: the record's own came first and may use the same names), each
-    value cut to 2 KiB, with ``dlq.copy_refused`` saying why and where the rest is."""
+    value cut to 2 KiB, with ``dlq.copy_refused`` saying why and where the rest is. It is
+    unsigned: the copy's signature covered what it leaves out."""
     why = (
         f"{printable(str(refused), 300)}; its body ({len(value)} bytes), key and other"
         " headers are in the dead letter's row"

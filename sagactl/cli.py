@@ -1498,7 +1498,7 @@ class _Waiting:
             return  # only a help: the wait goes on as before
         if verdict.startswith("in flight: waiting on") and verdict != self.said:
             self.said = verdict
-            errors.print(f"order {self.order_id[:8]} {verdict.removeprefix('in flight: ')}")
+            errors.print(f"order {self.order_id[:8]} {printable(verdict.removeprefix('in flight: '), 500)}")
 
 
 def _follow_order(
