@@ -121,7 +121,7 @@ class HandOff:
     (``ready``) and fewer than a round's payments (``limit``) wait here; otherwise it is
     left due, for ``claim``. A payment is called only while its lease still outlasts the
     longest a round takes to call what it took (``calling``); one that waited longer is
-    dropped, not called (its row comes due again when the lease ends: ``take``). Half the
+    passed over, not called, and its claim released (``take``, ``passed_over``). Half the
     lease, as before, let a round's calls outlive it: another instance then claimed the
     row again and called once more under the same key (a review)."""
 
@@ -133,6 +133,8 @@ class HandOff:
         self._ready: Callable[[], bool] = lambda: False
         #: (monotonic time after which it is not called, the claimed payment)
         self._due: deque[tuple[float, Due]] = deque()
+        #: payments ``take`` passed over (they waited too long): never called
+        self._passed_over: list[Due] = []
 
     def open(self, lease: float, limit: int, ready: Callable[[], bool], calling: float = 0.0) -> None:
         """Start taking payments: ``lease`` s, at most ``limit`` waiting, while ``ready()``;
@@ -146,8 +148,21 @@ class HandOff:
 
     def clear(self) -> None:
         """Forget the payments waiting: their rows come due again when their leases end (a
-        worker that will not call them releases their claims instead: ``release``)."""
+        worker that will not call them takes them to release their claims: ``drain``)."""
         self._due.clear()
+        self._passed_over.clear()
+
+    def drain(self) -> list[Due]:
+        """Every payment handed off and not called — those waiting, and those ``take``
+        passed over — to release their claims (``release``); none is left here."""
+        out = [*self._passed_over, *(due for _, due in self._due)]
+        self.clear()
+        return out
+
+    def passed_over(self) -> list[Due]:
+        """The payments ``take`` passed over since the last time asked (never called)."""
+        out, self._passed_over = self._passed_over, []
+        return out
 
     def room(self) -> tuple[int, float]:
         """(how many payments may be handed off now, the lease in s to claim them with);
@@ -166,12 +181,15 @@ class HandOff:
         self._due.extend((stale_at, d) for d in claimed)
 
     def take(self, n: int) -> list[Due]:
-        """Up to ``n`` payments handed off, oldest first, none that waited too long."""
+        """Up to ``n`` payments handed off, oldest first, none that waited too long (those
+        are passed over: ``passed_over``)."""
         now, out = time.monotonic(), list[Due]()
         while self._due and len(out) < n:
             stale_at, due = self._due.popleft()
             if now < stale_at:
                 out.append(due)
+            else:
+                self._passed_over.append(due)
         return out
 
     def __len__(self) -> int:
@@ -440,8 +458,9 @@ class PaymentWorker:
         if self.handoff is not None:
             if self.provider.state == "closed":
                 handed = self.handoff.take(self.batch)
+                await self._release(self.handoff.passed_over())
             else:  # not to be called now: due again, as if never claimed
-                await self._release_handed_off()
+                await self._release(self.handoff.drain())
         if self.provider.state == "open":
             return await self._announce()
         limit = self.batch if self.provider.state == "closed" else 1
@@ -472,16 +491,16 @@ class PaymentWorker:
         it instead of voiding it. One try: the service is stopping, and a claim not
         released is still safe (its lease ends)."""
         if self.handoff is not None:
-            dropped = self.handoff.take(len(self.handoff))
+            dropped = self.handoff.drain()
             self.handoff.close()
             try:
                 await release(self.db, dropped)
             except Exception as exc:
                 log.warning("payment worker: %d hand-offs left to their leases: %s", len(dropped), exc)
 
-    async def _release_handed_off(self) -> None:
-        if self.handoff is not None and len(self.handoff):
-            dropped = self.handoff.take(len(self.handoff))
+    async def _release(self, dropped: list[Due]) -> None:
+        """``release`` the claims of payments handed off and not to be called, until it commits."""
+        if dropped:
             await self.retry.forever(lambda: release(self.db, dropped), is_transient)
 
     async def _announce(self) -> int:

@@ -6,6 +6,7 @@ payment to the lease, a cancellation waits for the call, retries are not starved
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -210,3 +211,17 @@ async def test_a_hand_off_not_taken_when_the_service_stops_is_released(
     assert await emitted_types(payment, oid) == ["PaymentVoided"]
     assert not await charged_at_provider(payment, oid)
     assert await balance(payment, cid) == Decimal("10.00")
+
+
+async def test_a_hand_off_too_old_to_call_is_released_and_claimed_again_at_once(
+    payment: ServiceUnderTest, handed: PaymentWorker
+) -> None:
+    """A payment that waited in the hand-off past the time its call could still end within
+    its lease is passed over, not called: its claim is released, so it is due at once
+    instead of waiting out its lease in doubt though never called (a trial)."""
+    cid, oid = await charge_intended(payment)
+    (waiting,) = HANDOFF.drain()
+    HANDOFF.give([waiting], time.monotonic() - handed.lease)  # claimed a lease ago
+    assert await handed.round() == 1  # passed over and released; claimed from the table, charged
+    assert await payment_row(payment, oid) == ("CHARGED", 1)
+    assert await balance(payment, cid) == Decimal("5.00")

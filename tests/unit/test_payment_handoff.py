@@ -56,8 +56,8 @@ def test_at_most_a_round_waits_and_the_worker_takes_the_oldest_first() -> None:
 
 def test_a_payment_whose_lease_could_end_in_its_calls_is_not_called(monkeypatch: pytest.MonkeyPatch) -> None:
     """Its claim is too old to be sure of a call within the lease (10 s, of which a round's
-    calls may take 6): its row comes due again when the lease ends, and the worker's claim
-    takes it then."""
+    calls may take 6): it is passed over, for the worker to release its claim (left
+    claimed, it waited out its lease in doubt though never called: a trial), once."""
     now = [1000.0]
     monkeypatch.setattr(worker.time, "monotonic", lambda: now[0])
     handoff = HandOff()
@@ -68,6 +68,26 @@ def test_a_payment_whose_lease_could_end_in_its_calls_is_not_called(monkeypatch:
     now[0] += 1.5  # the first waited 5.5 s of its 10 s lease, more than 10 - 6; the second 1.5 s
     assert [d.order_id.int for d in handoff.take(8)] == [2]
     assert len(handoff) == 0
+    assert [d.order_id.int for d in handoff.passed_over()] == [1]
+    assert handoff.passed_over() == []
+
+
+def test_drained_are_every_payment_handed_off_and_not_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The breaker opened, or the service stops: the worker releases the claims of all it
+    will not call — those waiting, and those passed over as too old (a trial: the release
+    took what ``take`` gave, and the old ones stayed claimed)."""
+    now = [1000.0]
+    monkeypatch.setattr(worker.time, "monotonic", lambda: now[0])
+    handoff = HandOff()
+    handoff.open(10.0, 8, lambda: True, calling=6.0)
+    handoff.give([due(1), due(2)], worker.time.monotonic())
+    now[0] += 5.0
+    handoff.give([due(3)], worker.time.monotonic())
+    assert [d.order_id.int for d in handoff.drain()] == [1, 2, 3]  # 1 and 2 too old to call
+    assert len(handoff) == 0 and handoff.drain() == [] and handoff.passed_over() == []
+    handoff.give([due(4)], worker.time.monotonic() - 5.0)
+    assert handoff.take(8) == []
+    assert [d.order_id.int for d in handoff.drain()] == [4]  # passed over, then drained
 
 
 @pytest.mark.parametrize(("batch", "concurrency"), [(1, 1), (32, 8), (32, 32), (10, 3)])
