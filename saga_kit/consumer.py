@@ -64,7 +64,6 @@ from typing import Any
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from opentelemetry import context as otel_context
 from opentelemetry.trace import Link, SpanKind
-from sqlalchemy import text
 
 from events.codec import InvalidEvent, WrongProducer, coded_reason, decode
 from events.envelope import Envelope
@@ -272,19 +271,21 @@ def _copy_for_topic(record: Record, reason: str, service: str) -> dict[str, Any]
     surrogate: the relay crashed on it), and ``dlq.reason`` says what it said."""
     value, headers = record.value or b"", held_headers(record.headers)
     extra: list[tuple[str, bytes | None]] = []
+    # too many or too large, the headers are left out first: none is looked at one by one
+    # (half a million took the consumer seconds: a trial)
+    if _on_the_wire(headers) > DLQ_COPY_LIMIT // 4:
+        header_bytes = sum(len(k.encode("utf-8", "surrogatepass")) + len(v or b"") for k, v in headers)
+        extra.append(("dlq.headers_omitted", f"{len(headers)} headers, {header_bytes} bytes".encode()))
+        headers = []
     credentials = [k for k, _ in headers if kafka_headers.is_credential(k)]
     if credentials:
         headers = [(k, v) for k, v in headers if not kafka_headers.is_credential(k)]
-        # each name once, and a bounded list: 70,000 "authorization" headers named in full
-        # would make the copy as large as the record it leaves them out of
+        # each name once, and a bounded list: thousands of credential headers named in full
+        # (they fit: their values are empty) would make the copy as large again
         named = ",".join(dict.fromkeys(credentials))
         if len(named) > CREDENTIALS_NAMED:
             named = f"{named[:CREDENTIALS_NAMED]}… ({len(credentials)} headers)"
         extra.append(("dlq.credentials_omitted", named.encode("utf-8", "surrogatepass")))
-    header_bytes = sum(len(k.encode("utf-8", "surrogatepass")) + len(v or b"") for k, v in headers)
-    if _on_the_wire(headers) > DLQ_COPY_LIMIT // 4:  # never less than header_bytes
-        extra.append(("dlq.headers_omitted", f"{len(headers)} headers, {header_bytes} bytes".encode()))
-        headers = []
     if len(value) > DLQ_COPY_LIMIT:
         extra.append(("dlq.value_omitted", f"{len(value)} bytes".encode()))
         value = b""
@@ -649,25 +650,29 @@ class ConsumerPipeline:
         the saga it belongs to, when its envelope was read."""
         reason = dead_letter_reason(reason)
         header_keys, header_values = kafka_headers.to_columns(record.headers)
-        inserted = await uow.conn.scalar(
-            text(
+        # the header arrays in binary (%b): as text, psycopg took seconds over a record's
+        # half a million empty headers, each service's consumer stalled meanwhile (a trial)
+        (stored,) = await uow.read(
+            (
                 "INSERT INTO dead_letters (source_topic, source_partition, source_offset,"
                 " key, value, header_keys, header_values, reason, order_id)"
-                " VALUES (:t, :p, :o, :k, :v, CAST(:hk AS BYTEA[]), CAST(:hv AS BYTEA[]), :r, :oid)"
-                " ON CONFLICT DO NOTHING RETURNING id"
-            ),
-            {
-                "t": record.topic,
-                "p": record.partition,
-                "o": record.offset,
-                "k": record.key,
-                "v": record.value,
-                "hk": header_keys,
-                "hv": header_values,
-                "r": reason,
-                "oid": order_id,
-            },
+                " VALUES (%(t)s, %(p)s, %(o)s, %(k)s, %(v)s, CAST(%(hk)b AS BYTEA[]),"
+                " CAST(%(hv)b AS BYTEA[]), %(r)s, %(oid)s)"
+                " ON CONFLICT DO NOTHING RETURNING id",
+                {
+                    "t": record.topic,
+                    "p": record.partition,
+                    "o": record.offset,
+                    "k": record.key,
+                    "v": record.value,
+                    "hk": header_keys,
+                    "hv": header_values,
+                    "r": reason,
+                    "oid": order_id,
+                },
+            )
         )
+        inserted = stored[0].id if stored else None
         # its id, as sagactl dlq show and replay take it (an operator trial matched the
         # line to its letter by the topic, partition and offset)
         if inserted is None:

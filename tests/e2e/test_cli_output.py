@@ -317,7 +317,7 @@ def test_errors_are_one_line_on_stderr(system: System) -> None:
         ("--inventory-url", nowhere, "stock"): (
             3,
             "'make run' starts it, and starts a service that stopped again within seconds: ask"
-            " again; --inventory-url or SAGACTL_INVENTORY_URL",
+            " again; if it listens elsewhere, say where with --inventory-url or SAGACTL_INVENTORY_URL",
         ),
         # checked here before anything is sent, so no broker is needed
         ("place", "amy", *LINES_101, "--via", "kafka"): (2, "not a valid order: items: Tuple should have"),

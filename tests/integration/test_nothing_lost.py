@@ -275,7 +275,10 @@ async def test_a_copy_is_sized_as_the_producer_sizes_it_headers_length_fields_an
     send must be within what the producer sends (``max_request_size``, 1 MiB by default),
     and so when the headers left out are credentials, each named once in the copy."""
     empty, tokens = [("", None)] * 524_200, [("authorization", b""), ("Authorization", None)] * 34_000
-    for many, omitted in ((empty, "dlq.headers_omitted"), (tokens, "dlq.credentials_omitted")):
+    # credential headers that fit (64 KiB on the wire) are left out and each named once
+    named = [("authorization", b""), ("Authorization", None)] * 2_000 + [("x-ok", b"1")]
+    too_many = "dlq.headers_omitted"
+    for many, omitted in ((empty, too_many), (tokens, too_many), (named, "dlq.credentials_omitted")):
         rec = record(b"x", many)
         assert await inventory.pipeline.process(rec) is Outcome.DEAD_LETTERED
         (row,) = await inventory.rows(
@@ -289,6 +292,7 @@ async def test_a_copy_is_sized_as_the_producer_sizes_it_headers_length_fields_an
         assert size < 1024 * 1024 // 4, (omitted, size)
         assert omitted in dict(headers)
     assert dict(headers)["dlq.credentials_omitted"] == b"authorization,Authorization"
+    assert dict(headers)["x-ok"] == b"1"
 
 
 async def test_the_dead_letter_topics_copy_leaves_credentials_out_and_the_row_keeps_them(
