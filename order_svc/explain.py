@@ -148,10 +148,11 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
         verdict = f"cancelled: {why}"
         if "OrderApproved" in seen:
             verdict += " after it was approved"
-        waited = next((e for e in events if e["event_type"] == "PaymentPending"), None)
+        waited = None
+        if reason == "timeout":
+            waited = next((e for e in events if e["event_type"] == "PaymentPending"), None)
         if (
-            reason == "timeout"
-            and waited is not None
+            waited is not None
             and _after(events, "OrderCancelled", "PaymentPending")
             and not any(_after(events, "OrderCancelled", t) for t in ("PaymentCompleted", "PaymentFailed"))
             and {"PaymentVoided", "PaymentFailed", "PaymentCompleted"} & seen.keys()
