@@ -17,7 +17,14 @@ SPEC = ServiceSpec(
     configure=runtime.configure,
     close=runtime.close,
     periodic=(
-        Periodic("payment_worker", lambda s: s.provider_poll_seconds, runtime.work, wake=runtime.WORK_DUE),
+        Periodic(
+            "payment_worker",
+            lambda s: s.provider_poll_seconds,
+            runtime.work,
+            wake=runtime.WORK_DUE,
+            grace=runtime.finish_grace,
+            stop=runtime.finish,
+        ),
     ),
     metrics=runtime.render,
     checks={"payment_provider": runtime.provider_check},

@@ -36,6 +36,7 @@ BREAKER_CODES = {"closed": 0, "half_open": 1, "open": 2}
 def configure(settings: Any) -> None:
     """Make the provider client from the service's settings (called once at start)."""
     assert isinstance(settings, Settings)
+    _state.pop("worker", None)  # a worker of an earlier run in this process called another client
     _state["provider"] = PaymentProvider(
         settings.provider_url,
         timeout=settings.provider_timeout_seconds,
@@ -54,6 +55,21 @@ async def close() -> None:
     made: PaymentProvider | None = _state.get("provider")
     if made is not None:
         await made.aclose()
+
+
+def finish() -> None:
+    """At a graceful stop: the worker's round in progress makes no new call
+    (``PaymentWorker.finish``) and is waited for ``finish_grace``."""
+    worker: PaymentWorker | None = _state.get("worker")
+    if worker is not None:
+        worker.finish()
+
+
+def finish_grace(settings: Any) -> float:
+    """Seconds a round in progress is given at a graceful stop: a call already out ends
+    within ``provider_timeout_seconds`` (its whole budget), and its answer's record takes
+    a transaction; 2 s for that."""
+    return float(settings.provider_timeout_seconds) + 2.0
 
 
 def provider() -> PaymentProvider:

@@ -449,11 +449,14 @@ class PaymentWorker:
         #: called when a round left a payment due at once (the next round follows now)
         self.wake = wake
         self._claimed_at = -math.inf
+        #: set by ``finish``: no call not yet begun is made
+        self.stopping = False
         if handoff is not None:
             handoff.open(self.lease, batch, lambda: provider.state == "closed", calling)
 
     async def round(self) -> int:
-        """One round; returns how many payments it called the provider for."""
+        """One round; returns how many payments it called the provider for (after
+        ``finish``, the calls it made; the rest it released)."""
         handed: list[Due] = []
         if self.handoff is not None:
             if self.provider.state == "closed":
@@ -469,20 +472,35 @@ class PaymentWorker:
             self._claimed_at = time.monotonic()
             due += await claim(self.db, limit - len(due), self.lease)
         if not due:
-            if self.provider.state == "half_open":
+            if self.provider.state == "half_open" and not self.stopping:
                 await self.provider.probe()  # nothing to probe with: the breaker must still close
             return 0
         crash_at(self.fault, "payment.crash_after_claim")
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def one(d: Due) -> tuple[Due, ChargeResult | RefundResult]:
+        async def one(d: Due) -> tuple[Due, ChargeResult | RefundResult | None]:
             async with gate:
+                if self.stopping:
+                    return d, None  # not called: released below
                 return d, await call(self.provider, d)
 
-        answers = list(await asyncio.gather(*(one(d) for d in due)))
+        results = await asyncio.gather(*(one(d) for d in due))
+        answers = [(d, a) for d, a in results if a is not None]
         crash_at(self.fault, "payment.crash_after_call")
-        await self._record(answers)
-        return len(due)
+        if answers:
+            await self._record(answers)
+        await self._release([d for d, a in results if a is None])
+        return len(answers)
+
+    def finish(self) -> None:
+        """At the service's graceful stop, before its round is waited for: the round in
+        progress makes no call not yet begun (those are released: due at once, as never
+        claimed), and records the answers of the calls already out. Cancelled instead, the
+        round lost them: each payment stayed claimed, in doubt, until its lease ended, and a
+        cancellation meanwhile was charged and refunded instead of voided (trials: 2 of 13,
+        then 15 of 15 cancelled orders). The service gives the round its ``grace``:
+        ``payment_svc.runtime.finish_grace``."""
+        self.stopping = True
 
     async def stop(self) -> None:
         """At the service's stop: the payments handed off and not taken are released

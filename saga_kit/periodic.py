@@ -2,7 +2,9 @@
 
 A job that fails transiently (database away) is retried with the service's retry policy
 (``saga_kit.retry``); any other failure is logged and the job keeps its schedule. A job never
-takes the service down, and never runs twice at once in one process.
+takes the service down, and never runs twice at once in one process. At a graceful stop
+(``finish``) a job starts no new round; a round in progress is cancelled, or, for a job
+with a ``grace``, given that long to end.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,14 @@ class Periodic:
     #: Set when there is work now (e.g. after a commit that made some): the job runs at
     #: once instead of at the end of its interval, which is then only the fallback.
     wake: asyncio.Event | None = None
+    #: Seconds, from the service's settings, a round in progress is given to end at a
+    #: graceful stop (``finish``) before it is cancelled. None: cancelled at once — right
+    #: for work a transaction holds (rolled back, done again); not for a round that waits on
+    #: another system's answer (the payment worker's calls), lost if cancelled.
+    grace: Callable[[Any], float] | None = None
+    #: Called at a graceful stop, before the wait for the round in progress: the job is to
+    #: start no new work and end its round soon (e.g. make no call not yet begun).
+    stop: Callable[[], None] | None = None
 
 
 @dataclass
@@ -38,11 +48,16 @@ class JobStats:
     runs: int = 0
     items: int = 0
     failures: int = 0
+    #: a round is in progress (``finish`` waits for it, ``grace`` allowing)
+    running: bool = False
+    #: the service is stopping: no new round starts (``finish``)
+    stopping: bool = False
 
 
 async def run_forever(job: Periodic, db: Database, settings: ServiceSettings, stats: JobStats) -> None:
     """Run ``job`` every interval; a transient failure is retried with the retry policy
-    (counted as a failure), any other is logged and the job keeps its schedule."""
+    (counted as a failure), any other is logged and the job keeps its schedule. Returns
+    after a round that ended once ``stats.stopping`` was set (``finish``)."""
     interval = job.interval(settings)
     retry = settings.retry_policy()
 
@@ -57,6 +72,9 @@ async def run_forever(job: Periodic, db: Database, settings: ServiceSettings, st
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(job.wake.wait(), interval)
             job.wake.clear()  # set again while this round runs: the next one follows at once
+        if stats.stopping:
+            return
+        stats.running = True
         try:
             stats.items += await retry.forever(lambda: job.run(db, settings), is_transient, failed)
             stats.runs += 1
@@ -65,3 +83,33 @@ async def run_forever(job: Periodic, db: Database, settings: ServiceSettings, st
         except Exception:
             stats.failures += 1
             log.exception("%s failed; it keeps its schedule", job.name)
+        finally:
+            stats.running = False
+        if stats.stopping:
+            return
+
+
+async def finish(
+    jobs: Sequence[Periodic], tasks: Sequence[asyncio.Task[None]], stats: Sequence[JobStats], settings: Any
+) -> None:
+    """A graceful stop of the jobs ``run_forever`` runs in ``tasks`` (same order as
+    ``jobs`` and ``stats``): none starts a new round; each job's ``stop`` is called; a
+    round in progress of a job with a ``grace`` is waited for that many seconds (the
+    jobs' waits side by side), and every task still running then is cancelled. Returns
+    when every task has ended."""
+    waits = []
+    for job, task, stat in zip(jobs, tasks, stats, strict=True):
+        stat.stopping = True
+        if job.stop is not None:
+            job.stop()
+        if stat.running and job.grace is not None:
+            waits.append(asyncio.wait({task}, timeout=job.grace(settings)))
+        else:
+            task.cancel()
+    await asyncio.gather(*waits)
+    for job, task in zip(jobs, tasks, strict=True):
+        if not task.done():
+            log.warning("%s: its round did not end in its grace; cancelled", job.name)
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

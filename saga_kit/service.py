@@ -54,7 +54,7 @@ from saga_kit.kafka_acls import topics_used
 from saga_kit.kafka_security import KafkaSecurity
 from saga_kit.migrations import PLUMBING, Migration, migrate
 from saga_kit.outbox import OutboxRelay, on_broker
-from saga_kit.periodic import JobStats, Periodic, run_forever
+from saga_kit.periodic import JobStats, Periodic, finish, run_forever
 from saga_kit.progress import fetched_end, partition_lag
 from saga_kit.pruning import PRUNING
 from saga_kit.retry import RetryPolicy
@@ -555,7 +555,9 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server_task, 10)
         await _bounded("consumers", consumers.stop())
-        for background in (relay_task, crash_task, progress_task, *job_tasks):
+        # before the relay stops: a round given its grace records answers to the outbox
+        await finish(jobs, job_tasks, [job_stats[job.name] for job in jobs], settings)
+        for background in (relay_task, crash_task, progress_task):
             background.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await background

@@ -193,3 +193,23 @@ def test_a_crash_around_the_call_converges_to_one_charge(
     assert len(charges_of(system, order_id)) == 1
     assert client.account(cid)["balance"] == "95.00"
     assert payment(system, order_id)["attempts"] == 2
+
+
+def test_a_graceful_stop_waits_for_the_call_out_and_records_its_answer(
+    system: System, client: SagaClient, uid: UniqueIds, provider_well: None
+) -> None:
+    """SIGTERM while a charge's call is out: the service stops once the call is answered
+    and recorded (``PaymentWorker.finish``, the job's grace), so after the restart the
+    payment is CHARGED on its one claim. The round was cancelled before: the answer was
+    lost, the payment in doubt until its lease ended, then claimed and called again."""
+    pid, cid, _ = order_of(client, uid)
+    system.provider_faults(latency_ms=1500)
+    order_id = client.place_order(cid, {pid: 1})
+    wait_until(lambda: payment(system, order_id).get("attempts") == 1, 30, "the charge claimed")
+    system.stop_service("payment_svc")
+    system.provider_faults()
+    system.start_service("payment_svc")
+    client.wait_for_events(order_id, {"PaymentCompleted", "InventoryCommitted"}, 60)
+    assert client.order(order_id)["status"] == "APPROVED"
+    assert len(charges_of(system, order_id)) == 1
+    assert payment(system, order_id)["attempts"] == 1  # its one call answered, not called again

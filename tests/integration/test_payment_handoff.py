@@ -24,6 +24,7 @@ from tests.integration.test_compensation import (
     due_now,
     emitted_types,
     payment_row,
+    provider_failing,
 )
 from tests.unit.samples import reserved_payload
 
@@ -225,3 +226,42 @@ async def test_a_hand_off_too_old_to_call_is_released_and_claimed_again_at_once(
     assert await handed.round() == 1  # passed over and released; claimed from the table, charged
     assert await payment_row(payment, oid) == ("CHARGED", 1)
     assert await balance(payment, cid) == Decimal("5.00")
+
+
+async def test_a_round_at_a_graceful_stop_records_the_calls_out_and_releases_the_rest(
+    payment: ServiceUnderTest,
+) -> None:
+    """At a graceful stop the round in progress is not cancelled (``PaymentWorker.finish``,
+    the job's grace): the call already out is answered and recorded, and the payment whose
+    call had not begun is released, due at once. Cancelled, the round lost both: each
+    stayed claimed, in doubt, until its lease ended, and a cancellation meanwhile charged
+    and refunded it instead of voiding it (a trial)."""
+    assert payment.provider is not None
+    worker = PaymentWorker(
+        payment.db,
+        payment.provider,
+        RetryPolicy(0.01, 0.2, 0.01),
+        batch=64,
+        concurrency=1,  # the second call waits for the first
+        handoff=HANDOFF,
+        claim_every=3600.0,
+    )
+    try:
+        first, second = await charge_intended(payment), await charge_intended(payment)
+        async with provider_failing(payment, latency_ms=800):
+            running = asyncio.create_task(worker.round())
+            await asyncio.sleep(0.3)  # the first call is out
+            worker.finish()
+            assert await asyncio.wait_for(running, 10) == 1
+        rows = {oid: await payment_row(payment, oid) for _, oid in (first, second)}
+        assert sorted(rows.values()) == [("CHARGED", 1), ("PENDING", 0)]
+        (called,) = [(cid, oid) for cid, oid in (first, second) if rows[oid][0] == "CHARGED"]
+        (released,) = [(cid, oid) for cid, oid in (first, second) if rows[oid][0] == "PENDING"]
+        assert await emitted_types(payment, called[1]) == ["PaymentCompleted"]
+        assert await balance(payment, called[0]) == Decimal("5.00")
+        assert await leased_for(payment, released[1]) <= 0  # due now, for the next process's worker
+        await payment.deliver(event(OrderCancelled(customer_id=released[0], reason="timeout"), released[1]))
+        assert await emitted_types(payment, released[1]) == ["PaymentVoided"]
+        assert await balance(payment, released[0]) == Decimal("10.00")
+    finally:
+        HANDOFF.close()
