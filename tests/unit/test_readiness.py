@@ -208,11 +208,10 @@ def test_a_challenges_description_keeps_to_rfc_6750s_characters() -> None:
     assert challenge_text("\u20ac \\ \u2026 \t\n") == "? ? ? ??"
 
 
-def test_a_services_checks_are_bounded_by_its_setting() -> None:
+async def test_a_services_checks_are_bounded_by_its_setting() -> None:
     """``READINESS_CHECK_SECONDS`` bounds each check of a service's ``/health/ready``: a
     broker that hangs took its fixed 2 s, past a probe's 1 s (an attack trial)."""
     from sqlalchemy.ext.asyncio import create_async_engine
-    from starlette.testclient import TestClient
 
     from saga_kit.db import Database
     from saga_kit.http import create_app
@@ -228,7 +227,8 @@ def test_a_services_checks_are_bounded_by_its_setting() -> None:
     settings = ServiceSettings(database_url=url, http_port=1, readiness_check_seconds=0.3)  # type: ignore[call-arg]
     db = Database(create_async_engine(url), "order_svc")
     app = create_app("order_svc", "order", db, settings, [], {"broker": hangs}, no_metrics)
-    with TestClient(app, base_url="http://127.0.0.1") as client:
-        answer = client.get("/health/ready")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        answer = await client.get("/health/ready")
     assert answer.status_code == 503
     assert answer.json()["checks"]["broker"] == {"ok": False, "error": "no answer within 0.3 s"}
