@@ -97,18 +97,19 @@ async def finish(
     round in progress of a job with a ``grace`` is waited for that many seconds (the
     jobs' waits side by side), and every task still running then is cancelled. Returns
     when every task has ended."""
-    waits = []
+    waits, graced = [], set()
     for job, task, stat in zip(jobs, tasks, stats, strict=True):
         stat.stopping = True
         if job.stop is not None:
             job.stop()
         if stat.running and job.grace is not None:
             waits.append(asyncio.wait({task}, timeout=job.grace(settings)))
+            graced.add(task)
         else:
             task.cancel()
     await asyncio.gather(*waits)
     for job, task in zip(jobs, tasks, strict=True):
-        if not task.done():
+        if task in graced and not task.done():
             log.warning("%s: its round did not end in its grace; cancelled", job.name)
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
