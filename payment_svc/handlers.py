@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -56,20 +56,29 @@ class Payment:
     traceparent: str | None = None
     new: bool = False
     changed: bool = False
+    #: its latest claim was taken back from the hand-off, never called: ``save`` undoes it
+    withdrawn: bool = False
+
+
+def _never(order_id: uuid.UUID, attempts: int) -> bool:
+    return False
 
 
 @dataclass
 class Ledger:
-    """What a batch needs: its orders' payment rows (locked)."""
+    """What a batch needs: its orders' payment rows (locked), and ``withdraw``: takes a
+    claimed payment back from the worker's hand-off if the worker has not called it yet
+    (``HandOff.withdraw``; ``load`` gives the process's; none by default)."""
 
     payments: dict[uuid.UUID, Payment] = field(default_factory=dict)
+    withdraw: Callable[[uuid.UUID, int], bool] = _never
 
 
 async def load(uow: UnitOfWork, events: Sequence[Envelope[Any]]) -> Ledger:
     """The payment rows of the batch's orders, locked in order-id order (concurrent
     batches never deadlock): one query, one round trip. An order without a row is absent
     from the ledger; the decide functions say what that means for each event."""
-    ledger = Ledger()
+    ledger = Ledger(withdraw=HANDOFF.withdraw)
     (rows,) = await uow.read(
         (
             "SELECT order_id, customer_id, amount, status, reason, attempts, cancel_requested,"
@@ -121,7 +130,10 @@ def save(uow: UnitOfWork, ledger: Ledger) -> None:
             **{"o": oid, "s": p.status, "r": p.reason, "x": p.cancel_requested, "k": p.cause},
             # a refund is due; a PENDING row changed is a cancellation marked while its
             # call is out, which the worker's record answers
-            **{"t": p.traceparent, "n": claim(oid, p) if p.status == "REFUND_PENDING" else 0},
+            **{
+                "t": p.traceparent,
+                "n": claim(oid, p) if p.status == "REFUND_PENDING" else -1 if p.withdrawn else 0,
+            },
         }
         for oid, p in ledger.payments.items()
         if p.changed and not p.new
@@ -192,6 +204,10 @@ def on_order_cancelled(ledger: Ledger, event: Envelope[OrderCancelled]) -> Repli
     * nothing decided, or a charge intended that the provider cannot have made — every
       call claimed so far (none, or an outage's 503s, the breaker open) was answered
       "nothing done": void it — it will never be charged (``PaymentVoided``);
+    * a charge claimed and handed to the worker, not yet called (``Ledger.withdraw``):
+      taken back, its claim undone, and voided as above if that claim was all that kept
+      it from voiding (a trial: cancelled while the worker's round was still out, such
+      charges were made when it ended, then refunded);
     * a charge whose call is in flight: mark it; the worker voids it if the answer is
       "nothing done", else it goes on as below;
     * a charge in doubt — a call lost in a crash, or answered without settling it (a
@@ -204,12 +220,21 @@ def on_order_cancelled(ledger: Ledger, event: Envelope[OrderCancelled]) -> Repli
     payment = ledger.payments.get(event.order_id)
     if payment is not None:
         payment.cause, payment.traceparent = event.event_id, tracing.current_traceparent()
+    if (
+        payment is not None
+        and payment.status == "PENDING"
+        and not payment.new
+        and not cannot_have_charged(payment.attempts, payment.nothing_done_calls)
+        and cannot_have_charged(payment.attempts - 1, payment.nothing_done_calls)
+        and ledger.withdraw(event.order_id, payment.attempts)
+    ):
+        payment.attempts, payment.withdrawn = payment.attempts - 1, True
     if payment is None or (
         payment.status == "PENDING" and cannot_have_charged(payment.attempts, payment.nothing_done_calls)
     ):
         voided = Payment(cancelled.customer_id, Decimal("0"), "VOIDED", cancelled.reason)
         if payment is not None:
-            voided.customer_id = payment.customer_id
+            voided.customer_id, voided.withdrawn = payment.customer_id, payment.withdrawn
         # a payment intended earlier in this batch is not stored yet: the void is its insert
         voided.new = payment is None or payment.new
         voided.changed = not voided.new

@@ -159,6 +159,22 @@ class HandOff:
         self.clear()
         return out
 
+    def withdraw(self, order_id: uuid.UUID, attempts: int) -> bool:
+        """Take back the payment of ``order_id`` claimed with ``attempts`` if it is here,
+        not taken (waiting, or passed over): the worker will never call it. True if it
+        was. Synchronous, as ``take`` is: on one event loop, the worker either took it
+        before this, and calls it, or never will (the cancellation's void: its caller
+        undoes the claim in the transaction it decides in)."""
+        for i, (_, due) in enumerate(self._due):
+            if due.order_id == order_id and due.attempts == attempts:
+                del self._due[i]
+                return True
+        for i, due in enumerate(self._passed_over):
+            if due.order_id == order_id and due.attempts == attempts:
+                del self._passed_over[i]
+                return True
+        return False
+
     def passed_over(self) -> list[Due]:
         """The payments ``take`` passed over since the last time asked (never called)."""
         out, self._passed_over = self._passed_over, []
@@ -226,25 +242,58 @@ async def claim(db: Database, limit: int, lease_seconds: float, *, unannounced: 
         return [Due(r.order_id, r.customer_id, r.amount, r.status, r.attempts, r.traceparent) for r in rows]
 
 
-async def release(db: Database, claimed: Sequence[Due]) -> None:
-    """Undo the claims of payments handed off and never called (the breaker opened before
-    the worker took them): ``attempts - 1``, due now, each only while its claim is still the
-    row's latest and unanswered. A claim counts as a call that may have charged (a
-    cancellation then refunds instead of voiding, the saga waits out the lease, silent):
-    one the worker knows it never made must not count (a re-check trial: orders placed
-    as the breaker opened were charged and refunded after their cancellation, not voided)."""
+async def release(db: Database, claimed: Sequence[Due]) -> int:
+    """Undo the claims of payments handed off or claimed and never called (the breaker
+    opened before the worker took them, the service stopped first, they waited too long):
+    ``attempts - 1``, due now, each only while its claim is still the row's latest and
+    unanswered. A claim counts as a call that may have charged (a cancellation then
+    refunds instead of voiding, the saga waits out the lease, silent): one the worker
+    knows it never made must not count (a re-check trial: orders placed as the breaker
+    opened were charged and refunded after their cancellation, not voided).
+
+    A charge cancelled meanwhile that the provider, its claim undone, cannot have made
+    (``cannot_have_charged``) is voided here, as the cancellation would have voided it
+    (VOIDED + PaymentVoided): its cancellation had found it claimed and left it to the
+    call, which now never comes; released only, the next claim charged it and the
+    refund followed (a trial: 6 of 6 orders cancelled before a stop). Returns how many
+    it voided."""
     if not claimed:
-        return
+        return 0
     async with db.unit_of_work() as uow:
-        uow.write(
+        (released,) = await uow.read(
             (
                 "UPDATE payments p SET attempts = p.attempts - 1, next_attempt_at = clock_timestamp()"
                 f" FROM {sql.recordset('o uuid, n int, s text')}"
                 " WHERE p.order_id = v.o AND p.attempts = v.n AND p.status = v.s"
                 " AND p.answered_attempt < v.n"
-            ),
-            {"rows": sql.rows({"o": d.order_id, "n": d.attempts, "s": d.status} for d in claimed)},
+                " RETURNING p.order_id, p.customer_id, p.status, p.reason, p.cancel_requested,"
+                " p.attempts, p.nothing_done_calls, p.refund_cause, p.traceparent",
+                {"rows": sql.rows({"o": d.order_id, "n": d.attempts, "s": d.status} for d in claimed)},
+            )
         )
+        voided = [
+            r
+            for r in released
+            if r.status == "PENDING"
+            and r.cancel_requested
+            and cannot_have_charged(r.attempts, r.nothing_done_calls)
+        ]
+        for r in voided:
+            uow.emit(
+                PaymentVoided(customer_id=r.customer_id, reason=r.reason),
+                order_id=r.order_id,
+                causation_id=r.refund_cause,
+                trace=tracing.from_traceparent(r.traceparent),
+            )
+        if voided:
+            uow.write(
+                (
+                    "UPDATE payments SET status = 'VOIDED', waiting_since = NULL,"
+                    f" updated_at = clock_timestamp() WHERE order_id IN {sql.UUIDS}"
+                ),
+                {"ids": sql.values(r.order_id for r in voided)},
+            )
+    return len(voided)
 
 
 async def call(provider: PaymentProvider, due: Due) -> ChargeResult | RefundResult:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -213,3 +214,25 @@ def test_a_graceful_stop_waits_for_the_call_out_and_records_its_answer(
     assert client.order(order_id)["status"] == "APPROVED"
     assert len(charges_of(system, order_id)) == 1
     assert payment(system, order_id)["attempts"] == 1  # its one call answered, not called again
+
+
+def test_an_order_cancelled_while_its_charge_waits_behind_a_slow_round_is_voided(
+    system: System, client: SagaClient, uid: UniqueIds, provider_well: None
+) -> None:
+    """A slow provider (1.5 s a call): a first order's charge holds the worker's round,
+    and a second order's charge, claimed and handed off, waits for the next. Cancelled
+    then, the second was never called: the cancellation takes it back and voids it. It
+    was charged when the round ended, then refunded (an attack trial: 4 of 4)."""
+    pid, cid, balance = order_of(client, uid)
+    system.provider_faults(latency_ms=1500)
+    first = client.place_order(cid, {pid: 1})
+    wait_until(lambda: payment(system, first).get("attempts") == 1, 30, "the first charge claimed")
+    second = client.place_order(cid, {pid: 1})
+    wait_until(lambda: payment(system, second).get("attempts") == 1, 30, "the second charge claimed")
+    client.cancel(second)
+    client.wait_for_events(second, {"OrderCancelled", "InventoryReleased", "PaymentVoided"}, 30)
+    client.wait_for_events(first, {"PaymentCompleted", "InventoryCommitted"}, 30)
+    assert payment(system, second)["status"] == "VOIDED"
+    assert charges_of(system, second) == []
+    assert len(charges_of(system, first)) == 1
+    assert client.account(cid)["balance"] == str(Decimal(balance) - Decimal("5.00"))

@@ -90,15 +90,35 @@ async def test_a_hand_off_lost_in_a_crash_is_called_when_its_lease_ends(
     assert await balance(payment, cid) == Decimal("5.00")
 
 
-async def test_a_cancel_after_the_hand_off_waits_for_the_call_then_refunds(
+async def test_a_cancel_takes_back_a_hand_off_not_yet_called_and_voids_it(
     payment: ServiceUnderTest, handed: PaymentWorker
 ) -> None:
-    """Claimed means the call may be out: the cancellation must not void (a charge could
-    follow); the worker finishes the charge and refunds it."""
+    """Handed off and not yet taken by the worker, the charge has not been called: the
+    cancellation takes it back (``HandOff.withdraw``), undoes its claim and voids it. It
+    used to wait for the call, which charged, and then refund (a trial: cancelled while
+    the worker's round was out, such charges were made after their cancellation)."""
     cid, oid = await charge_intended(payment)
     await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid), work=False)
-    assert await emitted_types(payment, oid) == []
-    assert await handed.round() >= 1
+    assert await emitted_types(payment, oid) == ["PaymentVoided"]
+    assert await payment_row(payment, oid) == ("VOIDED", 0)
+    assert len(HANDOFF) == 0
+    assert await handed.round() == 0
+    assert not await charged_at_provider(payment, oid)
+    assert await balance(payment, cid) == Decimal("10.00")
+
+
+async def test_a_cancel_while_the_call_is_out_waits_for_it_then_refunds(
+    payment: ServiceUnderTest, handed: PaymentWorker
+) -> None:
+    """Taken by the worker means the call may be out: the cancellation must not void (a
+    charge could follow); the worker finishes the charge and refunds it."""
+    cid, oid = await charge_intended(payment)
+    async with provider_failing(payment, latency_ms=500):
+        running = asyncio.create_task(handed.round())
+        await asyncio.sleep(0.2)  # taken, its call out
+        await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid), work=False)
+        assert await emitted_types(payment, oid) == []
+        assert await asyncio.wait_for(running, 10) >= 1
     await payment.work()
     assert await emitted_types(payment, oid) == ["PaymentCompleted", "PaymentRefunded"]
     assert await balance(payment, cid) == Decimal("10.00")
@@ -153,8 +173,11 @@ async def test_a_charge_that_lands_after_the_cancel_wakes_the_worker_for_its_ref
     woken: list[int] = []
     handed.wake = lambda: woken.append(1)
     cid, oid = await charge_intended(payment)
-    await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid), work=False)
-    assert await handed.round() >= 1
+    async with provider_failing(payment, latency_ms=500):
+        running = asyncio.create_task(handed.round())
+        await asyncio.sleep(0.2)  # taken, its call out: the cancellation waits for it
+        await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid), work=False)
+        assert await asyncio.wait_for(running, 10) >= 1
     assert await payment_row(payment, oid) == ("REFUND_PENDING", 1)
     assert woken == [1]
     assert await handed.round() >= 1  # nothing handed off: the table is claimed, the refund made
@@ -263,5 +286,41 @@ async def test_a_round_at_a_graceful_stop_records_the_calls_out_and_releases_the
         await payment.deliver(event(OrderCancelled(customer_id=released[0], reason="timeout"), released[1]))
         assert await emitted_types(payment, released[1]) == ["PaymentVoided"]
         assert await balance(payment, released[0]) == Decimal("10.00")
+    finally:
+        HANDOFF.close()
+
+
+async def test_a_claim_released_at_a_stop_voids_a_charge_cancelled_meanwhile(
+    payment: ServiceUnderTest,
+) -> None:
+    """A charge the round took but had not called when the service began to stop, and
+    that was cancelled meanwhile (its cancellation found it taken, so in doubt): its claim
+    undone, the provider cannot have charged it, so the release voids it. Released only,
+    the next process's worker charged it, and the refund followed (a trial: 6 of 6)."""
+    assert payment.provider is not None
+    worker = PaymentWorker(
+        payment.db,
+        payment.provider,
+        RetryPolicy(0.01, 0.2, 0.01),
+        batch=64,
+        concurrency=1,  # the second call waits for the first
+        handoff=HANDOFF,
+        claim_every=3600.0,
+    )
+    try:
+        (_, out), (cid, waiting) = await charge_intended(payment), await charge_intended(payment)
+        async with provider_failing(payment, latency_ms=800):
+            running = asyncio.create_task(worker.round())
+            await asyncio.sleep(0.3)  # both taken, the first's call out
+            cancel = event(OrderCancelled(customer_id=cid, reason="timeout"), waiting)
+            await payment.deliver(cancel, work=False)
+            assert await emitted_types(payment, waiting) == []  # taken: it may be called
+            worker.finish()
+            assert await asyncio.wait_for(running, 10) == 1
+        assert await payment_row(payment, out) == ("CHARGED", 1)
+        assert await payment_row(payment, waiting) == ("VOIDED", 0)
+        assert await emitted_types(payment, waiting) == ["PaymentVoided"]
+        assert not await charged_at_provider(payment, waiting)
+        assert await balance(payment, cid) == Decimal("10.00")
     finally:
         HANDOFF.close()

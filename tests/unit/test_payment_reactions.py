@@ -75,3 +75,39 @@ def test_a_reservation_and_its_cancellation_in_one_batch_store_one_voided_paymen
     assert [type(r) for r in replies] == [PaymentVoided]
     payment = ledger.payments[ORDER]
     assert (payment.status, payment.new) == ("VOIDED", True)  # an insert: the row was never stored
+
+
+@pytest.mark.parametrize(
+    ("attempts", "nothing_done", "handed", "status", "withdrawn"),
+    [
+        # its one claim waits in the hand-off, not called: taken back, voided
+        (1, 0, True, "VOIDED", True),
+        # an outage's calls, then a claim waiting in the hand-off: voided too
+        (3, 2, True, "VOIDED", True),
+        # the worker took it (its call is out): it may charge; marked, left to the call
+        (1, 0, False, "PENDING", False),
+        # an earlier call may have charged: taking back the latest claim cannot void it,
+        # so the call that finishes the charge (then the refund) is not taken back
+        (2, 0, True, "PENDING", False),
+    ],
+)
+def test_a_cancellation_takes_back_a_claim_the_worker_has_not_called(
+    attempts: int, nothing_done: int, handed: bool, status: str, withdrawn: bool
+) -> None:
+    asked: list[tuple[uuid.UUID, int]] = []
+
+    def withdraw(order_id: uuid.UUID, claimed: int) -> bool:
+        asked.append((order_id, claimed))
+        return handed
+
+    ledger = Ledger(withdraw=withdraw)
+    ledger.payments[ORDER] = Payment(
+        "c", Decimal(3), "PENDING", attempts=attempts, nothing_done_calls=nothing_done
+    )
+    replies = on_order_cancelled(ledger, new_envelope(cancelled(), order_id=ORDER, causation_id=None))
+    after = ledger.payments[ORDER]
+    assert (after.status, after.withdrawn) == (status, withdrawn)
+    assert [type(r) for r in replies] == ([PaymentVoided] if status == "VOIDED" else [])
+    # asked only where taking the claim back would void it
+    assert asked == ([(ORDER, attempts)] if attempts - 1 == nothing_done else [])
+    assert after.changed and not after.new
