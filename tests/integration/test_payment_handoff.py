@@ -29,22 +29,32 @@ from tests.integration.test_compensation import (
 from tests.unit.samples import reserved_payload
 
 
-@pytest.fixture
-def handed(payment: ServiceUnderTest) -> Iterator[PaymentWorker]:
+def _handing_off(payment: ServiceUnderTest, concurrency: int) -> Iterator[PaymentWorker]:
     """A worker that opened the process's hand-off (as the service's does), claiming from
-    the table at most hourly while something was handed off."""
+    the table at most hourly while something was handed off; the hand-off closed after."""
     assert payment.provider is not None
-    worker = PaymentWorker(
+    yield PaymentWorker(
         payment.db,
         payment.provider,
         RetryPolicy(0.01, 0.2, 0.01),
         batch=64,
-        concurrency=8,
+        concurrency=concurrency,
         handoff=HANDOFF,
         claim_every=3600.0,
     )
-    yield worker
     HANDOFF.close()
+
+
+@pytest.fixture
+def handed(payment: ServiceUnderTest) -> Iterator[PaymentWorker]:
+    """A worker taking the hand-off, 8 calls at a time."""
+    yield from _handing_off(payment, 8)
+
+
+@pytest.fixture
+def serial(payment: ServiceUnderTest) -> Iterator[PaymentWorker]:
+    """A worker taking the hand-off one call at a time: a round's second call waits for its first."""
+    yield from _handing_off(payment, 1)
 
 
 async def charge_intended(payment: ServiceUnderTest) -> tuple[str, uuid.UUID]:
@@ -252,75 +262,49 @@ async def test_a_hand_off_too_old_to_call_is_released_and_claimed_again_at_once(
 
 
 async def test_a_round_at_a_graceful_stop_records_the_calls_out_and_releases_the_rest(
-    payment: ServiceUnderTest,
+    payment: ServiceUnderTest, serial: PaymentWorker
 ) -> None:
     """At a graceful stop the round in progress is not cancelled (``PaymentWorker.finish``,
     the job's grace): the call already out is answered and recorded, and the payment whose
     call had not begun is released, due at once. Cancelled, the round lost both: each
     stayed claimed, in doubt, until its lease ended, and a cancellation meanwhile charged
     and refunded it instead of voiding it (a trial)."""
-    assert payment.provider is not None
-    worker = PaymentWorker(
-        payment.db,
-        payment.provider,
-        RetryPolicy(0.01, 0.2, 0.01),
-        batch=64,
-        concurrency=1,  # the second call waits for the first
-        handoff=HANDOFF,
-        claim_every=3600.0,
-    )
-    try:
-        first, second = await charge_intended(payment), await charge_intended(payment)
-        async with provider_failing(payment, latency_ms=800):
-            running = asyncio.create_task(worker.round())
-            await asyncio.sleep(0.3)  # the first call is out
-            worker.finish()
-            assert await asyncio.wait_for(running, 10) == 1
-        rows = {oid: await payment_row(payment, oid) for _, oid in (first, second)}
-        assert sorted(rows.values()) == [("CHARGED", 1), ("PENDING", 0)]
-        (called,) = [(cid, oid) for cid, oid in (first, second) if rows[oid][0] == "CHARGED"]
-        (released,) = [(cid, oid) for cid, oid in (first, second) if rows[oid][0] == "PENDING"]
-        assert await emitted_types(payment, called[1]) == ["PaymentCompleted"]
-        assert await balance(payment, called[0]) == Decimal("5.00")
-        assert await leased_for(payment, released[1]) <= 0  # due now, for the next process's worker
-        await payment.deliver(event(OrderCancelled(customer_id=released[0], reason="timeout"), released[1]))
-        assert await emitted_types(payment, released[1]) == ["PaymentVoided"]
-        assert await balance(payment, released[0]) == Decimal("10.00")
-    finally:
-        HANDOFF.close()
+    first, second = await charge_intended(payment), await charge_intended(payment)
+    async with provider_failing(payment, latency_ms=800):
+        running = asyncio.create_task(serial.round())
+        await asyncio.sleep(0.3)  # the first call is out
+        serial.finish()
+        assert await asyncio.wait_for(running, 10) == 1
+    rows = {oid: await payment_row(payment, oid) for _, oid in (first, second)}
+    assert sorted(rows.values()) == [("CHARGED", 1), ("PENDING", 0)]
+    (called,) = [(cid, oid) for cid, oid in (first, second) if rows[oid][0] == "CHARGED"]
+    (released,) = [(cid, oid) for cid, oid in (first, second) if rows[oid][0] == "PENDING"]
+    assert await emitted_types(payment, called[1]) == ["PaymentCompleted"]
+    assert await balance(payment, called[0]) == Decimal("5.00")
+    assert await leased_for(payment, released[1]) <= 0  # due now, for the next process's worker
+    await payment.deliver(event(OrderCancelled(customer_id=released[0], reason="timeout"), released[1]))
+    assert await emitted_types(payment, released[1]) == ["PaymentVoided"]
+    assert await balance(payment, released[0]) == Decimal("10.00")
 
 
 async def test_a_claim_released_at_a_stop_voids_a_charge_cancelled_meanwhile(
-    payment: ServiceUnderTest,
+    payment: ServiceUnderTest, serial: PaymentWorker
 ) -> None:
     """A charge the round took but had not called when the service began to stop, and
     that was cancelled meanwhile (its cancellation found it taken, so in doubt): its claim
     undone, the provider cannot have charged it, so the release voids it. Released only,
     the next process's worker charged it, and the refund followed (a trial: 6 of 6)."""
-    assert payment.provider is not None
-    worker = PaymentWorker(
-        payment.db,
-        payment.provider,
-        RetryPolicy(0.01, 0.2, 0.01),
-        batch=64,
-        concurrency=1,  # the second call waits for the first
-        handoff=HANDOFF,
-        claim_every=3600.0,
-    )
-    try:
-        (_, out), (cid, waiting) = await charge_intended(payment), await charge_intended(payment)
-        async with provider_failing(payment, latency_ms=800):
-            running = asyncio.create_task(worker.round())
-            await asyncio.sleep(0.3)  # both taken, the first's call out
-            cancel = event(OrderCancelled(customer_id=cid, reason="timeout"), waiting)
-            await payment.deliver(cancel, work=False)
-            assert await emitted_types(payment, waiting) == []  # taken: it may be called
-            worker.finish()
-            assert await asyncio.wait_for(running, 10) == 1
-        assert await payment_row(payment, out) == ("CHARGED", 1)
-        assert await payment_row(payment, waiting) == ("VOIDED", 0)
-        assert await emitted_types(payment, waiting) == ["PaymentVoided"]
-        assert not await charged_at_provider(payment, waiting)
-        assert await balance(payment, cid) == Decimal("10.00")
-    finally:
-        HANDOFF.close()
+    (_, out), (cid, waiting) = await charge_intended(payment), await charge_intended(payment)
+    async with provider_failing(payment, latency_ms=800):
+        running = asyncio.create_task(serial.round())
+        await asyncio.sleep(0.3)  # both taken, the first's call out
+        cancel = event(OrderCancelled(customer_id=cid, reason="timeout"), waiting)
+        await payment.deliver(cancel, work=False)
+        assert await emitted_types(payment, waiting) == []  # taken: it may be called
+        serial.finish()
+        assert await asyncio.wait_for(running, 10) == 1
+    assert await payment_row(payment, out) == ("CHARGED", 1)
+    assert await payment_row(payment, waiting) == ("VOIDED", 0)
+    assert await emitted_types(payment, waiting) == ["PaymentVoided"]
+    assert not await charged_at_provider(payment, waiting)
+    assert await balance(payment, cid) == Decimal("10.00")
