@@ -135,6 +135,9 @@ class HandOff:
         self._due: deque[tuple[float, Due]] = deque()
         #: payments ``take`` passed over (they waited too long): never called
         self._passed_over: list[Due] = []
+        #: payments a round took (from here or the table) whose call has not begun: they
+        #: wait for one of the round's ``concurrency`` slots (``queue``, ``begin``)
+        self._queued: dict[tuple[uuid.UUID, int], Due] = {}
 
     def open(self, lease: float, limit: int, ready: Callable[[], bool], calling: float = 0.0) -> None:
         """Start taking payments: ``lease`` s, at most ``limit`` waiting, while ``ready()``;
@@ -151,6 +154,7 @@ class HandOff:
         worker that will not call them takes them to release their claims: ``drain``)."""
         self._due.clear()
         self._passed_over.clear()
+        self._queued.clear()
 
     def drain(self) -> list[Due]:
         """Every payment handed off and not called — those waiting, and those ``take``
@@ -159,12 +163,27 @@ class HandOff:
         self.clear()
         return out
 
+    def queue(self, taken: Iterable[Due]) -> None:
+        """The payments a round took, before it calls them: until each one's call begins
+        (``begin``) ``withdraw`` may still take it back."""
+        self._queued.update(((d.order_id, d.attempts), d) for d in taken)
+
+    def begin(self, due: Due) -> bool:
+        """Called by the round as ``due``'s call is about to begin: False if it was taken
+        back meanwhile (``withdraw``), and must not be called."""
+        return self._queued.pop((due.order_id, due.attempts), None) is not None
+
     def withdraw(self, order_id: uuid.UUID, attempts: int) -> bool:
-        """Take back the payment of ``order_id`` claimed with ``attempts`` if it is here,
-        not taken (waiting, or passed over): the worker will never call it. True if it
-        was. Synchronous, as ``take`` is: on one event loop, the worker either took it
-        before this, and calls it, or never will (the cancellation's void: its caller
-        undoes the claim in the transaction it decides in)."""
+        """Take back the payment of ``order_id`` claimed with ``attempts`` if its call has
+        not begun: waiting here, passed over, or taken by a round and waiting for a call
+        slot (``queue``). True if it was; the worker will never call it. Synchronous, as
+        ``take`` and ``begin`` are: on one event loop, the worker either began the call
+        before this, or never will (the cancellation's void: its caller undoes the claim
+        in the transaction it decides in). A round took up to ``batch`` payments and called
+        ``concurrency`` at a time: those waiting for a slot were charged after their
+        cancellation, then refunded (a re-check trial: 8 of 24)."""
+        if self._queued.pop((order_id, attempts), None) is not None:
+            return True
         for i, (_, due) in enumerate(self._due):
             if due.order_id == order_id and due.attempts == attempts:
                 del self._due[i]
@@ -527,12 +546,17 @@ class PaymentWorker:
         crash_at(self.fault, "payment.crash_after_claim")
         gate = asyncio.Semaphore(self.concurrency)
 
+        handoff = self.handoff
+
         async def one(d: Due) -> tuple[Due, ChargeResult | RefundResult | None]:
             async with gate:
-                if self.stopping:
-                    return d, None  # not called: released below
+                begun = handoff is None or handoff.begin(d)  # False: taken back meanwhile
+                if self.stopping or not begun:
+                    return d, None  # not called: released below (a void's already undone)
                 return d, await call(self.provider, d)
 
+        if handoff is not None:
+            handoff.queue(due)
         results = await asyncio.gather(*(one(d) for d in due))
         answers = [(d, a) for d, a in results if a is not None]
         crash_at(self.fault, "payment.crash_after_call")

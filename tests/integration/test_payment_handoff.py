@@ -15,7 +15,7 @@ import pytest
 
 from events import OrderCancelled
 from payment_svc.runtime import HANDOFF
-from payment_svc.worker import PaymentWorker, claim
+from payment_svc.worker import PaymentWorker, claim, release
 from saga_kit.retry import RetryPolicy
 from tests.integration.conftest import ServiceUnderTest, add_account, event
 from tests.integration.test_compensation import (
@@ -287,24 +287,41 @@ async def test_a_round_at_a_graceful_stop_records_the_calls_out_and_releases_the
     assert await balance(payment, released[0]) == Decimal("10.00")
 
 
-async def test_a_claim_released_at_a_stop_voids_a_charge_cancelled_meanwhile(
+async def test_a_cancel_takes_back_a_charge_its_round_took_and_has_not_called(
     payment: ServiceUnderTest, serial: PaymentWorker
 ) -> None:
-    """A charge the round took but had not called when the service began to stop, and
-    that was cancelled meanwhile (its cancellation found it taken, so in doubt): its claim
-    undone, the provider cannot have charged it, so the release voids it. Released only,
-    the next process's worker charged it, and the refund followed (a trial: 6 of 6)."""
+    """A round takes up to ``batch`` payments and calls ``concurrency`` at a time: one
+    waiting for a call slot has not been called, and a cancellation takes it back
+    (``HandOff.queue``, ``begin``) and voids it. It was charged when its slot came, after
+    the cancellation, then refunded (a re-check trial: 8 of 24)."""
     (_, out), (cid, waiting) = await charge_intended(payment), await charge_intended(payment)
     async with provider_failing(payment, latency_ms=800):
         running = asyncio.create_task(serial.round())
-        await asyncio.sleep(0.3)  # both taken, the first's call out
-        cancel = event(OrderCancelled(customer_id=cid, reason="timeout"), waiting)
-        await payment.deliver(cancel, work=False)
-        assert await emitted_types(payment, waiting) == []  # taken: it may be called
-        serial.finish()
-        assert await asyncio.wait_for(running, 10) == 1
+        await asyncio.sleep(0.3)  # both taken, the first's call out, the second waiting for it
+        await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), waiting), work=False)
+        assert await emitted_types(payment, waiting) == ["PaymentVoided"]
+        assert await asyncio.wait_for(running, 10) == 1  # the first only
     assert await payment_row(payment, out) == ("CHARGED", 1)
     assert await payment_row(payment, waiting) == ("VOIDED", 0)
-    assert await emitted_types(payment, waiting) == ["PaymentVoided"]
     assert not await charged_at_provider(payment, waiting)
+    assert await balance(payment, cid) == Decimal("10.00")
+
+
+async def test_a_release_voids_a_charge_cancelled_meanwhile(
+    payment: ServiceUnderTest, handed: PaymentWorker
+) -> None:
+    """A charge claimed, not called, and cancelled where its claim could not be taken back
+    (the cancellation read by another instance after a rebalance, say: it found the
+    charge claimed, in doubt): ``release`` undoes the claim, the provider cannot have
+    charged it, so it voids it. Released only, the next claim charged it, and the refund
+    followed (a trial: 6 of 6 cancelled before a stop)."""
+    cid, oid = await charge_intended(payment)
+    (claimed,) = HANDOFF.drain()  # held by a worker this process's consumer cannot reach
+    await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid), work=False)
+    assert await emitted_types(payment, oid) == []  # in doubt: marked, left to the call
+    assert await release(payment.db, [claimed]) == 1
+    assert await payment_row(payment, oid) == ("VOIDED", 0)
+    assert await emitted_types(payment, oid) == ["PaymentVoided"]
+    assert await handed.round() == 0
+    assert not await charged_at_provider(payment, oid)
     assert await balance(payment, cid) == Decimal("10.00")

@@ -134,3 +134,28 @@ def test_a_payment_s_lease_counts_from_its_claim_not_from_the_commit(monkeypatch
     assert handoff.take(8) == []
     handoff.give([due(2)], now[0] - 1.0)  # 9 s left: called
     assert [d.order_id.int for d in handoff.take(8)] == [2]
+
+
+def test_a_payment_is_taken_back_only_until_its_call_begins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``withdraw`` finds a payment waiting, passed over or taken by a round and waiting
+    for a call slot (``queue``); once its call began (``begin``), or for another claim of
+    the same order, it finds nothing."""
+    handoff = HandOff()
+    handoff.open(11.0, 8, lambda: True, calling=4.0)
+    handoff.give([due(1), due(2), due(3)], worker.time.monotonic())
+    assert handoff.withdraw(uuid.UUID(int=1), 1)  # waiting
+    assert not handoff.withdraw(uuid.UUID(int=1), 1)  # once only
+    taken = handoff.take(8)
+    assert taken == [due(2), due(3)]
+    handoff.queue(taken)
+    assert handoff.begin(due(2))  # its call begins: no longer to be taken back
+    assert not handoff.withdraw(uuid.UUID(int=2), 1)
+    assert not handoff.withdraw(uuid.UUID(int=3), 2)  # another claim than the one taken
+    assert handoff.withdraw(uuid.UUID(int=3), 1)  # waiting for a slot
+    assert not handoff.begin(due(3))  # so the round does not call it
+    now = worker.time.monotonic()
+    handoff.give([due(4)], now)
+    monkeypatch.setattr(worker.time, "monotonic", lambda: now + 8.0)
+    assert handoff.take(8) == []  # passed over: never called
+    assert handoff.withdraw(uuid.UUID(int=4), 1)
+    assert handoff.passed_over() == []
