@@ -24,6 +24,7 @@ SPEC = ServiceSpec(
             wake=runtime.WORK_DUE,
             grace=runtime.finish_grace,
             stop=runtime.finish,
+            after_catch_up=True,
         ),
     ),
     metrics=runtime.render,

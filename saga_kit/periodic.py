@@ -41,6 +41,11 @@ class Periodic:
     #: Called at a graceful stop, before the wait for the round in progress: the job is to
     #: start no new work and end its round soon (e.g. make no call not yet begun).
     stop: Callable[[], None] | None = None
+    #: Its first round waits until the service's consumers have read what their
+    #: partitions held when it started (``wait_caught_up``, at most ``CATCH_UP_SECONDS``):
+    #: for a job whose work an event still unread may change (a cancellation published
+    #: while the service was down must void a charge, not follow it).
+    after_catch_up: bool = False
 
 
 @dataclass
@@ -54,12 +59,43 @@ class JobStats:
     stopping: bool = False
 
 
-async def run_forever(job: Periodic, db: Database, settings: ServiceSettings, stats: JobStats) -> None:
+#: The longest a job ``after_catch_up`` waits for the consumers before its first round, s:
+#: a consumer group's join and first fetches take a few seconds; a consumer that cannot
+#: catch up (the broker away, no partition assigned) must not hold the job for ever.
+CATCH_UP_SECONDS = 15.0
+
+
+async def wait_caught_up(
+    caught_up: Callable[[], bool], name: str, bound: float = CATCH_UP_SECONDS, every: float = 0.1
+) -> bool:
+    """Wait until ``caught_up()`` (looked at every ``every`` s), at most ``bound`` s;
+    True if it came, False (and a WARNING naming ``name``) if the wait ran out."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    while not caught_up():
+        if loop.time() - began >= bound:
+            log.warning("%s: the consumers did not catch up in %.0f s; it runs without", name, bound)
+            return False
+        await asyncio.sleep(every)
+    log.info("%s: runs, the consumers caught up in %.1f s", name, loop.time() - began)
+    return True
+
+
+async def run_forever(
+    job: Periodic,
+    db: Database,
+    settings: ServiceSettings,
+    stats: JobStats,
+    caught_up: Callable[[], bool] | None = None,
+) -> None:
     """Run ``job`` every interval; a transient failure is retried with the retry policy
     (counted as a failure), any other is logged and the job keeps its schedule. Returns
-    after a round that ended once ``stats.stopping`` was set (``finish``)."""
+    after a round that ended once ``stats.stopping`` was set (``finish``). A job
+    ``after_catch_up`` first waits for ``caught_up`` (``wait_caught_up``)."""
     interval = job.interval(settings)
     retry = settings.retry_policy()
+    if job.after_catch_up and caught_up is not None:
+        await wait_caught_up(caught_up, job.name)
 
     def failed(exc: BaseException) -> None:
         stats.failures += 1

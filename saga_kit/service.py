@@ -478,6 +478,17 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
                     lag[key] = behind
             return lag
 
+        def caught_up() -> bool:
+            """Every partition assigned to this service's consumers has a known lag, and
+            it is 0: what the partitions held when looked at is processed. False while
+            nothing is assigned (a start, a rebalance)."""
+            try:
+                assigned = consumers.consumer.assignment()
+            except Exception:
+                return False
+            lag = consumer_lag()
+            return bool(assigned) and len(lag) == len(assigned) and not any(lag.values())
+
         async def relay_healthy() -> None:
             if not relay.healthy:
                 raise NotReady(f"outbox relay is retrying: {relay.failure}")
@@ -524,7 +535,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
         progress_task = asyncio.create_task(progress.run(), name="consumer-progress")
         job_tasks = [
-            asyncio.create_task(run_forever(job, db, settings, job_stats[job.name]), name=job.name)
+            asyncio.create_task(run_forever(job, db, settings, job_stats[job.name], caught_up), name=job.name)
             for job in jobs
         ]
         starting = asyncio.ensure_future(consumers.start())

@@ -236,3 +236,32 @@ def test_an_order_cancelled_while_its_charge_waits_behind_a_slow_round_is_voided
     assert charges_of(system, second) == []
     assert len(charges_of(system, first)) == 1
     assert client.account(cid)["balance"] == str(Decimal(balance) - Decimal("5.00"))
+
+
+def test_an_order_cancelled_while_payment_is_stopped_is_voided_at_its_restart(
+    system: System, client: SagaClient, uid: UniqueIds, provider_well: None
+) -> None:
+    """A charge handed off behind a slow round when payment_svc is stopped is released,
+    due at once; its order is cancelled while the service is down. At the restart the
+    worker's first round waits for the consumers to read what the topics hold
+    (``Periodic.after_catch_up``): the cancellation voids the charge before it can be
+    made. The worker claimed it first, 4 s before the cancellation was read: charged, then
+    refunded (a re-check trial)."""
+    pid, cid, balance = order_of(client, uid)
+    system.provider_faults(latency_ms=1500)
+    first = client.place_order(cid, {pid: 1})
+    wait_until(lambda: payment(system, first).get("attempts") == 1, 30, "the first charge claimed")
+    second = client.place_order(cid, {pid: 1})
+    wait_until(lambda: payment(system, second).get("attempts") == 1, 30, "the second charge claimed")
+    system.stop_service("payment_svc")
+    try:
+        system.provider_faults()
+        client.cancel(second)
+        wait_until(lambda: client.order(second)["status"] == "CANCELLED", 30, "the order cancelled")
+    finally:
+        system.start_service("payment_svc")
+    client.wait_for_events(second, {"OrderCancelled", "InventoryReleased", "PaymentVoided"}, 60)
+    client.wait_for_events(first, {"PaymentCompleted", "InventoryCommitted"}, 60)
+    assert payment(system, second)["status"] == "VOIDED"
+    assert charges_of(system, second) == []
+    assert client.account(cid)["balance"] == str(Decimal(balance) - Decimal("5.00"))

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from saga_kit.periodic import JobStats, Periodic, finish, run_forever
+from saga_kit.periodic import JobStats, Periodic, finish, run_forever, wait_caught_up
 from saga_kit.retry import RetryPolicy
 
 
@@ -97,3 +97,37 @@ async def test_an_idle_job_is_cancelled_at_once_whatever_its_grace(caplog: pytes
         await asyncio.wait_for(finish([periodic], [task], [stats], _Settings()), 1)
     assert task.cancelled() and job.begun == 0
     assert "did not end in its grace" not in caplog.text
+
+
+async def test_a_job_after_catch_up_waits_for_the_consumers_then_runs() -> None:
+    """``after_catch_up``: the first round waits for ``caught_up``; a job without the flag
+    does not wait (``run_forever``); and the wait has a bound (``wait_caught_up``)."""
+    looked: list[bool] = []
+    ready = [False]
+
+    def caught_up() -> bool:
+        looked.append(ready[0])
+        return ready[0]
+
+    job = _Job(0.0)
+    periodic = Periodic("job", lambda s: 0.01, job.run, after_catch_up=True)
+    stats = JobStats()
+    task = asyncio.create_task(run_forever(periodic, None, _Settings(), stats, caught_up))  # type: ignore[arg-type]
+    await asyncio.sleep(0.3)
+    assert job.begun == 0 and len(looked) >= 2  # looked again and again, not yet run
+    ready[0] = True
+    await asyncio.wait_for(job.began.wait(), 5)
+    await finish([periodic], [task], [stats], _Settings())
+
+    other = _Job(0.0)
+    plain = Periodic("plain", lambda s: 0.01, other.run)
+    task = asyncio.create_task(run_forever(plain, None, _Settings(), JobStats(), lambda: False))  # type: ignore[arg-type]
+    await asyncio.wait_for(other.began.wait(), 5)
+    task.cancel()
+
+
+async def test_the_wait_for_the_consumers_is_bounded_and_said(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "saga_kit.periodic"):
+        assert not await wait_caught_up(lambda: False, "job", bound=0.2, every=0.05)
+    assert "job: the consumers did not catch up in 0 s; it runs without" in caplog.text
+    assert await wait_caught_up(lambda: True, "job", bound=0.2)
