@@ -844,7 +844,7 @@ async def get_saga(order_id: uuid.UUID, db: DatabaseDep, principal: PrincipalDep
             )
         ]
     entries = [TimelineEntry.model_validate(e) for e in events]
-    why = explain(order.status, order.reason, events, refused)
+    why = explain(order.status, order.reason, events, refused, order.deadline_at)
     return SagaView(
         order_id=order_id,
         status=order.status,

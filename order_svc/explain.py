@@ -28,6 +28,7 @@ Until the settling event is in the timeline, the item is *still owed by* that se
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -86,15 +87,34 @@ class Explanation:
     refused: list[Refusal] = field(default_factory=list)
 
 
+#: In flight, after its last step: which participant acts next, and what it does.
+_NEXT = {
+    "OrderCreated": "inventory_svc to reserve the stock",
+    "InventoryReserved": "payment_svc to charge the customer",
+    "PaymentCompleted": "order_svc to approve it",
+    "PaymentFailed": "order_svc to reject it",
+    "InventoryReservationFailed": "order_svc to reject it",
+}
+
+
 def explain(
     status: str,
     reason: str | None,
     events: Sequence[Mapping[str, Any]],
     refused: Sequence[Refusal] = (),
+    deadline_at: datetime | None = None,
 ) -> Explanation:
     """The verdict on a saga from its status, reason and timeline; ``refused``: events
-    about it the order service dead-lettered, named at the end of the verdict."""
+    about it the order service dead-lettered, named at the end of the verdict;
+    ``deadline_at``: when the order service cancels it if still in flight, said while it
+    is (a saga waiting on a silent participant said neither who it waited for nor until
+    when: a newcomer trial)."""
     told = _explain(status, reason, events)
+    if status == "PENDING" and deadline_at is not None:
+        told = dataclasses.replace(
+            told,
+            verdict=f"{told.verdict}; its deadline is {_instant(deadline_at.isoformat())}: cancelled then",
+        )
     if not refused:
         return told
     names = "; ".join(f"{r.event_type or 'an event'} ({r.reason})" for r in refused)
@@ -134,7 +154,9 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
                 " (its deadline, or a request), payment voids the charge if the provider did nothing, and"
                 " refunds one it may have made"
             )
-        return Explanation(f"in flight: the last step was {last}")
+        after = _NEXT.get(last)
+        waits = f"; waiting for {after}" if after else ""
+        return Explanation(f"in flight: the last step was {last}{waits}")
     if status == "APPROVED":
         return _approved(seen)
 
@@ -201,7 +223,7 @@ def _explain(status: str, reason: str | None, events: Sequence[Mapping[str, Any]
             verdict += (
                 "; payment's charge was confirmed after the cancellation (it had not read the"
                 " cancellation yet, or the charge was under way: made, its answer lost or late),"
-                " and refunds it"
+                + (" and refunded it" if "PaymentRefunded" in seen else " and refunds it")
             )
         refund_waits = _last_after(events, "PaymentPending", "PaymentCompleted")
         if refund_waits is not None and "PaymentRefunded" not in seen:

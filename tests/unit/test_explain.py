@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -35,9 +36,20 @@ def test_an_approved_saga_holding_a_compensation_is_not_called_healthy(odd: str)
     assert f"inconsistent: an approved saga holds {odd}" in e.verdict and e.settled is False
 
 
-def test_in_flight_names_the_last_step() -> None:
+def test_in_flight_names_the_last_step_who_acts_next_and_the_deadline() -> None:
     e = explain("PENDING", None, timeline("OrderCreated", "InventoryReserved"))
-    assert e.verdict == "in flight: the last step was InventoryReserved" and e.settled is None
+    assert e.verdict == (
+        "in flight: the last step was InventoryReserved; waiting for payment_svc to charge the customer"
+    )
+    assert e.settled is None
+    deadline = datetime(2026, 12, 7, 17, 30, 5, 250000, tzinfo=UTC)
+    e = explain("PENDING", None, timeline("OrderCreated"), deadline_at=deadline)
+    assert e.verdict == (
+        "in flight: the last step was OrderCreated; waiting for inventory_svc to reserve the stock;"
+        " its deadline is 2026-12-07T17:30:05+00:00: cancelled then"
+    )
+    ended = explain("CANCELLED", "timeout", timeline("OrderCreated", "OrderCancelled"), deadline_at=deadline)
+    assert "deadline is" not in ended.verdict  # said only while in flight
 
 
 def test_rejected_for_stock_owes_nothing_and_names_the_products() -> None:
@@ -134,7 +146,10 @@ def test_a_charge_that_landed_after_the_cancel_is_owed_back() -> None:
     e = explain("CANCELLED", "timeout", timeline(*events))
     assert [(c.action, c.done_by) for c in e.owed][-1] == ("refund the charge", None)
     assert "payment's charge was confirmed after the cancellation" in e.verdict  # not a plain refund
-    assert explain("CANCELLED", "timeout", timeline(*events, "PaymentRefunded")).settled is True
+    assert e.verdict.endswith(", and refunds it")
+    refunded = explain("CANCELLED", "timeout", timeline(*events, "PaymentRefunded"))
+    assert refunded.settled is True
+    assert refunded.verdict.endswith(", and refunded it")  # done: said so (a newcomer trial)
     # charged before the cancellation: an ordinary refund, nothing to say about the order
     before = ("OrderCreated", "InventoryReserved", "PaymentCompleted", "OrderApproved", "OrderCancelled")
     assert (
