@@ -332,7 +332,9 @@ class PaymentProvider:
         except _Failed as exc:
             self.last_failure = str(exc)
             self.calls[(operation, "unavailable")] += 1
-            log.warning("payment provider: %s failed, to be retried: %s", operation, exc)
+            # its key names the order: grep <order id> finds the retries (a newcomer trial)
+            keyed = f" (idempotency key {key})" if key else ""
+            log.warning("payment provider: %s%s failed, to be retried: %s", operation, keyed, exc)
             if self.state == "open" and self.opened_at is None:
                 self.opened_at = time.time()
                 log.error(

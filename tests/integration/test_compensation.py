@@ -241,9 +241,14 @@ async def charged_at_provider(payment: ServiceUnderTest, oid: uuid.UUID) -> bool
     return answer.status_code == 200
 
 
-async def test_a_cancel_after_an_outage_voids_what_the_provider_never_did(payment: ServiceUnderTest) -> None:
+async def test_a_cancel_after_an_outage_voids_what_the_provider_never_did(
+    payment: ServiceUnderTest, caplog: pytest.LogCaptureFixture
+) -> None:
     cid, oid = await add_account(payment, "10.00"), uuid.uuid4()
-    await reserved_once(payment, cid, oid, outage=True)  # 503: nothing done
+    with caplog.at_level(logging.WARNING, "payment_svc.provider"):
+        await reserved_once(payment, cid, oid, outage=True)  # 503: nothing done
+    # the retry's line names the order (its key): grep <order id> finds it (a newcomer trial)
+    assert f"charge (idempotency key charge:{oid}) failed, to be retried" in caplog.text
     waited = "SELECT waiting_since FROM payments WHERE order_id = :o"
     assert await payment.scalar(waited, o=oid) is not None
     await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid))
