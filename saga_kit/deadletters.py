@@ -191,7 +191,12 @@ class NotPending(DomainRejection):
 
 class StillFailing(DomainRejection):
     def __init__(self, letter_id: int, reason: str) -> None:
-        super().__init__("replay_failed", f"dead letter {letter_id} failed again: {reason}")
+        # what to do next, not only what went wrong (a newcomer trial: the README's table alone said)
+        super().__init__(
+            "replay_failed",
+            f"dead letter {letter_id} failed again: {reason}; it stays pending: replay it once the"
+            " cause is fixed, or discard it if it never can be (a record not signed or forged, say)",
+        )
 
 
 _SUMMARY = (

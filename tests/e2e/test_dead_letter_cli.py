@@ -41,6 +41,7 @@ def test_list_show_discard_and_replay_dead_letters(system: System) -> None:
 
     replayed = sagactl(system, "dlq", "replay", "payment", letter_id)
     assert replayed.returncode == 1 and "failed again" in replayed.stderr  # still unreadable
+    assert "replay it once the cause is fixed, or discard it" in replayed.stderr  # what next
 
     discarded = sagactl(system, "dlq", "discard", "payment", letter_id)
     # which service's letter it was (a newcomer trial: "dead letter 1: DISCARDED")
