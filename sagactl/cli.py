@@ -1419,6 +1419,8 @@ def place(
         _emit(output, r, lambda: f"order {r['order_id']}: {r['status']}{why}")
         if not wait and output is not Output.json:  # accepted, not finished: where its outcome will be
             errors.print(f"follow it: sagactl saga {r['order_id'][:8]}", style="dim")
+        elif wait and output is not Output.json and r["status"] != "PENDING":
+            _say_if_unsettled(ctx, r["order_id"])
         return
     if idempotency_key is not None:
         _fail(
@@ -1472,6 +1474,35 @@ def _await_outcome(ctx: typer.Context, order: dict[str, Any], timeout: float = 6
             f" follow it: sagactl saga {order_id[:8]}"
         )
     return ended
+
+
+def _say_if_unsettled(ctx: typer.Context, order_id: str, within: float = 2.0) -> None:
+    """After a wait for an order's outcome: if its saga is still not settled ``within``
+    seconds (its explanation's ``settled`` false: a refund waiting on the provider, say),
+    say on stderr what is still owed, by whom. An order that ended is not a saga that
+    settled, and ``place --wait`` printed "CANCELLED (timeout)" alone while a refund was
+    owed for 23 s more (a newcomer trial). Compensations usually follow in milliseconds:
+    nothing is said of those."""
+    end = time.monotonic() + within
+    while True:
+        response, _ = _poll(ctx, f"/orders/{order_id}/saga")
+        if response is None:
+            return  # only a help
+        try:
+            told = response.json()["explanation"]
+            settled, owed = told["settled"], told["owed"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if settled is not False:
+            return
+        if time.monotonic() > end:
+            break
+        time.sleep(0.2)
+    still = "; ".join(f"{o.get('owed_by')} to {o.get('action')}" for o in owed if not o.get("done_by"))
+    errors.print(
+        f"order {order_id[:8]} ended, not settled yet: still owed: {printable(still, 500)};"
+        f" follow it: sagactl saga {order_id[:8]}"
+    )
 
 
 class _Waiting:

@@ -286,3 +286,25 @@ def test_the_readmes_try_it_by_hand_works_as_written_on_ports_of_its_own(
     while (client.product(widget)["available"], Decimal(client.account(alice)["balance"])) != (5, 100):
         assert time.monotonic() < deadline, (client.product(widget), client.account(alice))
         time.sleep(0.2)  # restocked, and refunded (or never charged)
+
+
+def test_place_wait_says_when_an_order_ended_with_something_still_owed(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """An order that ended is not a saga that settled: with payment stopped, the deadline
+    cancels the order while payment still owes its answer (a void, or a refund), and
+    ``place --wait`` says so on stderr after its outcome. It printed the outcome alone (a
+    newcomer trial); an order whose compensations follow at once says nothing more."""
+    products, customers = seed(client, uid, {"bell": ("2.00", 5)}, {"rae": "10.00"})
+    system.stop_service("payment_svc")
+    try:
+        args = ("place", customers["rae"], f"{products['bell']}=1", "--deadline", "1", "--wait")
+        placed = sagactl(system, *args)
+    finally:
+        system.start_service("payment_svc")
+    assert placed.returncode == 0, placed.stderr
+    assert "CANCELLED (timeout)" in placed.stdout
+    assert "ended, not settled yet: still owed: payment_svc to keep no charge" in placed.stderr
+    assert "follow it: sagactl saga" in placed.stderr
+    settled = sagactl(system, "place", customers["rae"], f"{products['bell']}=1", "--wait")
+    assert "APPROVED" in settled.stdout and "not settled" not in settled.stderr, settled.stderr
