@@ -2206,14 +2206,20 @@ def saga(ctx: typer.Context, order_id: OrderIdArg, output: OutputOpt = Output.te
     for e in events:
         parent = e["causation_id"] if e["causation_id"] in by_id else None
         children.setdefault(parent, []).append(e)
-    tree = Tree(f"timeline ({len(events)} events; + since the saga started, Δ since its cause)")
+    # the tree follows causes, not time, and a compensation was marked by its colour alone,
+    # lost in a pipe (a newcomer trial): the title says so, and ↩ marks one
+    tree = Tree(
+        f"timeline ({len(events)} events, each under its cause; + since the saga started,"
+        " Δ since its cause; ↩ a compensation)"
+    )
 
     def label(e: dict[str, Any]) -> Text:
         cause = by_id.get(e["causation_id"] or "")
         delta = f"  Δ {_took(cause['occurred_at'], e['occurred_at'])}" if cause else ""
         brief = _brief(e["payload"])
+        kind = (f"↩ {e['event_type']}", "red") if e["compensating"] else (e["event_type"], "cyan")
         return Text.assemble(
-            _text(e["event_type"], "red" if e["compensating"] else "cyan"),
+            _text(*kind),
             " ",
             _text(e["producer"], "dim"),
             f"  +{_took(start, e['occurred_at'])}{delta}",

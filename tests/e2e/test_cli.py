@@ -39,6 +39,9 @@ def test_why_was_it_rejected_and_was_everything_owed_done(
     assert released > failed
     assert lines[released].index("InventoryReleased") > lines[failed].index("PaymentFailed")
     assert "Δ" in lines[released] and "ms" in lines[released]
+    # a compensation is marked in words too, not by colour alone (a pipe has none)
+    assert "↩ InventoryReleased" in lines[released] and "↩" not in lines[failed]
+    assert "each under its cause" in out and "↩ a compensation" in out
 
     listed = sagactl(system, "orders", "--status", "rejected", "--limit", "200", "-o", "wide")
     assert listed.returncode == 0 and order_id in listed.stdout
