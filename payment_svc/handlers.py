@@ -68,7 +68,11 @@ def _never(order_id: uuid.UUID, attempts: int) -> bool:
 class Ledger:
     """What a batch needs: its orders' payment rows (locked), and ``withdraw``: takes a
     claimed payment back from the worker's hand-off if the worker has not called it yet
-    (``HandOff.withdraw``; ``load`` gives the process's; none by default)."""
+    (``HandOff.withdraw``; ``load`` gives the process's; none by default). Taking back is
+    the one effect a decision has outside the batch's transaction: if the transaction then
+    rolls back, the claim stays in the table, called by no one until its lease ends, and
+    the cancellation, applied again, finds it in doubt (charged, then refunded: as before
+    the hand-off could be taken back)."""
 
     payments: dict[uuid.UUID, Payment] = field(default_factory=dict)
     withdraw: Callable[[uuid.UUID, int], bool] = _never
