@@ -1783,7 +1783,8 @@ def test_place_through_the_api_waits_for_the_outcome_only_when_asked(wait: list[
     assert result.exit_code == 0, result.output
     if wait:
         assert f"order {order_id}: REJECTED (out_of_stock)" in result.stdout, result.output
-        assert paths[0] == "/orders" and set(paths[1:]) == {f"/orders/{order_id}"}, paths
+        assert paths[0] == "/orders" and set(paths[1:-1]) == {f"/orders/{order_id}"}, paths
+        assert paths[-1] == f"/orders/{order_id}/saga", paths  # once, ended: is it settled?
         assert "follow it" not in result.output
     else:
         assert f"order {order_id}: PENDING" in result.stdout, result.output
