@@ -216,6 +216,18 @@ def test_a_graceful_stop_waits_for_the_call_out_and_records_its_answer(
     assert payment(system, order_id)["attempts"] == 1  # its one call answered, not called again
 
 
+def behind_a_slow_round(system: System, client: SagaClient, uid: UniqueIds) -> tuple[str, str, str, str]:
+    """A slow provider (1.5 s a call), a first order whose charge is out, and a second's
+    charge claimed behind it: (customer, its balance, first order, second order)."""
+    pid, cid, balance = order_of(client, uid)
+    system.provider_faults(latency_ms=1500)
+    first = client.place_order(cid, {pid: 1})
+    wait_until(lambda: payment(system, first).get("attempts") == 1, 30, "the first charge claimed")
+    second = client.place_order(cid, {pid: 1})
+    wait_until(lambda: payment(system, second).get("attempts") == 1, 30, "the second charge claimed")
+    return cid, balance, first, second
+
+
 def test_an_order_cancelled_while_its_charge_waits_behind_a_slow_round_is_voided(
     system: System, client: SagaClient, uid: UniqueIds, provider_well: None
 ) -> None:
@@ -223,12 +235,7 @@ def test_an_order_cancelled_while_its_charge_waits_behind_a_slow_round_is_voided
     and a second order's charge, claimed and handed off, waits for the next. Cancelled
     then, the second was never called: the cancellation takes it back and voids it. It
     was charged when the round ended, then refunded (an attack trial: 4 of 4)."""
-    pid, cid, balance = order_of(client, uid)
-    system.provider_faults(latency_ms=1500)
-    first = client.place_order(cid, {pid: 1})
-    wait_until(lambda: payment(system, first).get("attempts") == 1, 30, "the first charge claimed")
-    second = client.place_order(cid, {pid: 1})
-    wait_until(lambda: payment(system, second).get("attempts") == 1, 30, "the second charge claimed")
+    cid, balance, first, second = behind_a_slow_round(system, client, uid)
     client.cancel(second)
     client.wait_for_events(second, {"OrderCancelled", "InventoryReleased", "PaymentVoided"}, 30)
     client.wait_for_events(first, {"PaymentCompleted", "InventoryCommitted"}, 30)
@@ -247,12 +254,7 @@ def test_an_order_cancelled_while_payment_is_stopped_is_voided_at_its_restart(
     (``Periodic.after_catch_up``): the cancellation voids the charge before it can be
     made. The worker claimed it first, 4 s before the cancellation was read: charged, then
     refunded (a re-check trial)."""
-    pid, cid, balance = order_of(client, uid)
-    system.provider_faults(latency_ms=1500)
-    first = client.place_order(cid, {pid: 1})
-    wait_until(lambda: payment(system, first).get("attempts") == 1, 30, "the first charge claimed")
-    second = client.place_order(cid, {pid: 1})
-    wait_until(lambda: payment(system, second).get("attempts") == 1, 30, "the second charge claimed")
+    cid, balance, first, second = behind_a_slow_round(system, client, uid)
     system.stop_service("payment_svc")
     try:
         system.provider_faults()
