@@ -37,7 +37,12 @@ class Settings(ServiceSettings):
         description="how often the payment worker looks for retries coming due; a new charge or refund"
         " wakes it at once (a commit that made one)",
     )
-    provider_batch: int = Field(default=64, ge=1, description="payments claimed per worker round")
+    provider_batch: int = Field(
+        default=64,
+        ge=1,
+        description="payments handed to the worker that may wait for a call slot; the lease of a claim"
+        " covers calling that many, PAYMENT_PROVIDER_CONCURRENCY at a time",
+    )
     provider_concurrency: int = Field(default=16, ge=1, description="provider calls in flight at once")
 
     @field_validator("provider_url")

@@ -5,7 +5,7 @@ one transaction held open across the network:
 1. **claim** (a transaction): the due rows (PENDING charges, REFUND_PENDING refunds whose
    ``next_attempt_at`` has come), locked with ``FOR UPDATE SKIP LOCKED`` so instances
    share them, get ``attempts + 1`` and a lease (``next_attempt_at`` moved past the
-   round's calls: ``PaymentWorker.lease``), and the transaction commits — before any call.
+   calls: ``PaymentWorker.lease``), and the transaction commits — before any call.
    A crash after the claim leaves the row due again when the lease ends. A new charge or
    refund is claimed the same way by the consumer transaction that made it due, and handed
    to the worker once that commits (``HandOff``): no claim of its own on the hot path.
@@ -118,16 +118,16 @@ class HandOff:
     dies, the hand-off with it) leaves the row due again when the lease ends, and no other
     instance takes it meanwhile. A payment is handed off only while the worker will call
     at once: after the worker opened the hand-off (``open``), while its breaker is closed
-    (``ready``) and fewer than a round's payments (``limit``) wait here; otherwise it is
-    left due, for ``claim``. A payment is called only while its lease still outlasts the
-    longest a round takes to call what it took (``calling``); one that waited longer is
-    passed over, not called, and its claim released (``take``, ``passed_over``). Half the
-    lease, as before, let a round's calls outlive it: another instance then claimed the
-    row again and called once more under the same key (a review)."""
+    (``ready``) and fewer than ``limit`` payments wait here for a call slot; otherwise it
+    is left due, for ``claim``. A payment is taken only while its lease still outlasts a
+    call begun then (``calling``); one that waited longer is passed over, not called, and
+    its claim released (``take``, ``passed_over``). Half the lease, as before, let a
+    round's calls outlive it: another instance then claimed the row again and called once
+    more under the same key (a review)."""
 
     def __init__(self) -> None:
         self._lease: float | None = None
-        #: how long before its lease ends a payment must be taken: a round's calls
+        #: how long before its lease ends a payment must be taken: a call begun then
         self._calling = 0.0
         self._limit = 0
         self._ready: Callable[[], bool] = lambda: False
@@ -135,13 +135,17 @@ class HandOff:
         self._due: deque[tuple[float, Due]] = deque()
         #: payments ``take`` passed over (they waited too long): never called
         self._passed_over: list[Due] = []
-        #: payments a round took (from here or the table) whose call has not begun: they
-        #: wait for one of the round's ``concurrency`` slots (``queue``, ``begin``)
+        #: payments a round took (from here or the table) whose call has not begun yet
+        #: (``queue``, ``begin``)
         self._queued: dict[tuple[uuid.UUID, int], Due] = {}
+        #: set by ``give``: the worker's round, a call slot free, takes them at once
+        self.given = asyncio.Event()
 
     def open(self, lease: float, limit: int, ready: Callable[[], bool], calling: float = 0.0) -> None:
         """Start taking payments: ``lease`` s, at most ``limit`` waiting, while ``ready()``;
-        ``calling``: the longest, in s, a round's calls take (less than ``lease``)."""
+        ``calling``: how long, in s, before its lease ends a payment must be taken (one
+        call's whole budget and a margin: the worker takes a payment into a free call
+        slot, where its call begins at once; less than ``lease``)."""
         self._lease, self._limit, self._ready, self._calling = lease, limit, ready, calling
 
     def close(self) -> None:
@@ -215,6 +219,7 @@ class HandOff:
             return  # closed meanwhile: their leases end
         stale_at = claimed_at + self._lease - self._calling
         self._due.extend((stale_at, d) for d in claimed)
+        self.given.set()
 
     def take(self, n: int) -> list[Due]:
         """Up to ``n`` payments handed off, oldest first, none that waited too long (those
@@ -360,7 +365,8 @@ async def record(
     retry: RetryPolicy,
     answers: list[tuple[Due, ChargeResult | RefundResult]],
 ) -> int:
-    """Step 3: every answer of a round in one transaction, each row locked again (a
+    """Step 3: the answers that came together (``PaymentWorker.round`` records them as they
+    come) in one transaction, each row locked again (a
     cancellation may have changed it while the call was out). Returns how many payments
     it left due at once: refunds owed for charges that landed after their cancellation."""
     refunds = 0
@@ -485,15 +491,24 @@ def _waiting(
 
 
 class PaymentWorker:
-    """Claim, call, record — one round at a time, calls of a round concurrent (at most
-    ``concurrency``). While the breaker is open a round calls nobody: it says which
-    payments that came due wait (``_announce``); half-open, it claims one payment, the
-    breaker's probe.
+    """Claim, call, record, with at most ``concurrency`` calls out at once. A round keeps
+    its call slots full: as a call's answer comes, the answers come since are recorded
+    together in one transaction (group commit) and the freed slots take what is due next —
+    handed off first, then the table — so a charge handed off while calls are out begins
+    at once when a slot is free, whatever the slowest call out. A round ends when no call
+    is out and nothing more is due. It called a batch and waited for the batch's last
+    answer before recording any or taking more: behind a provider answering in 1.5 s a
+    charge handed off during a round waited for the round first, and its saga took ~3 s
+    (a trial).
+
+    While the breaker is open a round calls nobody: it says which payments that came due
+    wait (``_announce``); half-open, it claims one payment, the breaker's probe, and goes on
+    only if the probe closed it.
 
     With ``handoff`` a round calls first what the consumer handed off claimed
-    (``HandOff``), and claims from the table only when nothing was handed off or its last
-    claim is ``claim_every`` s old: retries coming due are not starved by a steady stream of
-    new charges."""
+    (``HandOff``), and claims from the table when nothing was handed off, when its last
+    claim was full (more may be due), or when that claim is ``claim_every`` s old:
+    retries coming due are not starved by a steady stream of new charges."""
 
     def __init__(
         self,
@@ -513,63 +528,116 @@ class PaymentWorker:
         #: fault injection (tests): ``payment.crash_after_claim`` dies between the claim and
         #: the call, ``payment.crash_after_call`` between the provider's answer and its record
         self.fault = fault
-        #: a claim's lease: long enough for the round's calls — ``batch`` of them, at most
-        #: ``concurrency`` at a time, each within the timeout — and a margin, so a live
-        #: call is not claimed again (if it is, its answer is stale: ``record``)
+        #: a claim's lease: long enough for the hand-off's ``batch`` payments to be called
+        #: — at most ``concurrency`` at a time, each within the timeout — then one more
+        #: call and a margin, so a live call is not claimed again (if it is, its answer is
+        #: stale: ``record``). A payment claimed from the table is called at once.
         calling = provider.timeout * math.ceil(batch / concurrency)
         self.lease = calling + provider.timeout + 1.0
         self.handoff, self.claim_every = handoff, claim_every
         #: called when a round left a payment due at once (the next round follows now)
         self.wake = wake
         self._claimed_at = -math.inf
+        #: the last claim from the table took all it asked for: more may be due
+        self._table_full = False
         #: set by ``finish``: no call not yet begun is made
         self.stopping = False
         if handoff is not None:
-            handoff.open(self.lease, batch, lambda: provider.state == "closed", calling)
+            # taken only into a free slot: its call begins then, and must end in its lease
+            handoff.open(self.lease, batch, lambda: provider.state == "closed", provider.timeout + 1.0)
 
     async def round(self) -> int:
-        """One round; returns how many payments it called the provider for (after
-        ``finish``, the calls it made; the rest it released)."""
-        handed: list[Due] = []
-        if self.handoff is not None:
-            if self.provider.state == "closed":
-                handed = self.handoff.take(self.batch)
-                await self._release(self.handoff.passed_over())
-            else:  # not to be called now: due again, as if never claimed
-                await self._release(self.handoff.drain())
+        """Calls until none is out and nothing more is due; returns how many it made and
+        recorded (after ``finish``, the calls already out; the rest it released)."""
+        if self.handoff is not None and self.provider.state != "closed":
+            await self._release(self.handoff.drain())  # not to be called now: due again
         if self.provider.state == "open":
             return await self._announce()
-        limit = self.batch if self.provider.state == "closed" else 1
-        due = list(handed)  # queued for their calls by ``take``
-        if len(due) < limit and (not due or time.monotonic() - self._claimed_at >= self.claim_every):
+        out: set[asyncio.Task[tuple[Due, ChargeResult | RefundResult | None]]] = set()
+        made, first = 0, True
+        try:
+            while True:
+                started = await self._start(out, first)
+                if first and not started and self.provider.state == "half_open" and not self.stopping:
+                    await self.provider.probe()  # nothing to probe with: the breaker must still close
+                first = False
+                if not out:
+                    return made
+                await self._wait(out)
+                done = {t for t in out if t.done()}
+                out -= done
+                results = [t.result() for t in done]
+                answers = [(d, a) for d, a in results if a is not None]
+                crash_at(self.fault, "payment.crash_after_call")
+                if answers:
+                    await self._record(answers)
+                    made += len(answers)
+                await self._release([d for d, a in results if a is None])
+        finally:
+            for task in out:  # a failure or a cancel: their payments wait out their leases
+                task.cancel()
+
+    async def _start(self, out: set[asyncio.Task[Any]], first: bool) -> int:
+        """Fill the free call slots: payments handed off, then (``claim_every``, a full
+        last claim, or a first look with nothing handed off) the table. Each call is a
+        task in ``out``; returns how many it started."""
+        state = self.provider.state
+        if self.stopping or state == "open" or (state == "half_open" and not first):
+            return 0
+        free = (self.concurrency if state == "closed" else 1) - len(out)
+        if free <= 0:
+            return 0
+        taken: list[Due] = []
+        if self.handoff is not None and state == "closed":
+            self.handoff.given.clear()  # given from now on wakes ``_wait``
+            taken = self.handoff.take(free)  # queued for their calls by ``take``
+            self._call(out, taken)
+            await self._release(self.handoff.passed_over())
+        free -= len(taken)
+        since = time.monotonic() - self._claimed_at
+        if free > 0 and ((first and not taken) or self._table_full or since >= self.claim_every):
             self._claimed_at = time.monotonic()
-            claimed = await claim(self.db, limit - len(due), self.lease)
+            claimed = await self.retry.forever(lambda: claim(self.db, free, self.lease), is_transient)
+            self._table_full = len(claimed) == free
             if self.handoff is not None:
                 self.handoff.queue(claimed)  # not those taken: one taken back is not queued again
-            due += claimed
-        if not due:
-            if self.provider.state == "half_open" and not self.stopping:
-                await self.provider.probe()  # nothing to probe with: the breaker must still close
-            return 0
-        crash_at(self.fault, "payment.crash_after_claim")
-        gate = asyncio.Semaphore(self.concurrency)
+            self._call(out, claimed)
+            taken += claimed
+        return len(taken)
 
+    def _call(self, out: set[asyncio.Task[Any]], due: Iterable[Due]) -> None:
+        """Begin each payment's call as a task in ``out`` (one that ``finish`` or a
+        cancellation's ``withdraw`` got to first is not called: answered None)."""
+        due = list(due)
+        if due:
+            crash_at(self.fault, "payment.crash_after_claim")
         handoff = self.handoff
 
         async def one(d: Due) -> tuple[Due, ChargeResult | RefundResult | None]:
-            async with gate:
-                begun = handoff is None or handoff.begin(d)  # False: taken back meanwhile
-                if self.stopping or not begun:
-                    return d, None  # not called: released below (a void's already undone)
-                return d, await call(self.provider, d)
+            begun = handoff is None or handoff.begin(d)  # False: taken back meanwhile
+            if self.stopping or not begun:
+                return d, None  # not called: released (a void's already undone)
+            return d, await call(self.provider, d)
 
-        results = await asyncio.gather(*(one(d) for d in due))
-        answers = [(d, a) for d, a in results if a is not None]
-        crash_at(self.fault, "payment.crash_after_call")
-        if answers:
-            await self._record(answers)
-        await self._release([d for d, a in results if a is None])
-        return len(answers)
+        out.update(asyncio.ensure_future(one(d)) for d in due)
+
+    async def _wait(self, out: set[asyncio.Task[Any]]) -> None:
+        """Until a call is answered — or, a slot free, a payment is handed off or the
+        table's claim comes due again."""
+        state, free = self.provider.state, len(out) < self.concurrency
+        if self.stopping or state != "closed" or not free:
+            await asyncio.wait(out, return_when=asyncio.FIRST_COMPLETED)
+            return
+        # the table's next claim (none while claim_every is 0: it claims at every answer)
+        timeout = max(0.0, self._claimed_at + self.claim_every - time.monotonic()) or None
+        given = None if self.handoff is None else asyncio.ensure_future(self.handoff.given.wait())
+        try:
+            await asyncio.wait(
+                out if given is None else {*out, given}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if given is not None:
+                given.cancel()
 
     def finish(self) -> None:
         """At the service's graceful stop, before its round is waited for: the round in

@@ -216,9 +216,19 @@ def test_a_graceful_stop_waits_for_the_call_out_and_records_its_answer(
     assert payment(system, order_id)["attempts"] == 1  # its one call answered, not called again
 
 
-def behind_a_slow_round(system: System, client: SagaClient, uid: UniqueIds) -> tuple[str, str, str, str]:
-    """A slow provider (1.5 s a call), a first order whose charge is out, and a second's
-    charge claimed behind it: (customer, its balance, first order, second order)."""
+@pytest.fixture
+def one_call_at_a_time(system: System) -> Iterator[None]:
+    """payment_svc makes one provider call at a time (``PAYMENT_PROVIDER_CONCURRENCY=1``);
+    restarted as it was after the test."""
+    system.start_service("payment_svc", env={"PAYMENT_PROVIDER_CONCURRENCY": "1"})
+    yield
+    system.start_service("payment_svc")
+
+
+def behind_a_slow_call(system: System, client: SagaClient, uid: UniqueIds) -> tuple[str, str, str, str]:
+    """A slow provider (1.5 s a call), one call at a time (``one_call_at_a_time``), a first
+    order whose charge is out, and a second's charge claimed and handed off, waiting for
+    the call slot: (customer, its balance, first order, second order)."""
     pid, cid, balance = order_of(client, uid)
     system.provider_faults(latency_ms=1500)
     first = client.place_order(cid, {pid: 1})
@@ -228,14 +238,14 @@ def behind_a_slow_round(system: System, client: SagaClient, uid: UniqueIds) -> t
     return cid, balance, first, second
 
 
-def test_an_order_cancelled_while_its_charge_waits_behind_a_slow_round_is_voided(
-    system: System, client: SagaClient, uid: UniqueIds, provider_well: None
+def test_an_order_cancelled_while_its_charge_waits_for_a_call_slot_is_voided(
+    system: System, client: SagaClient, uid: UniqueIds, provider_well: None, one_call_at_a_time: None
 ) -> None:
-    """A slow provider (1.5 s a call): a first order's charge holds the worker's round,
-    and a second order's charge, claimed and handed off, waits for the next. Cancelled
-    then, the second was never called: the cancellation takes it back and voids it. It
-    was charged when the round ended, then refunded (an attack trial: 4 of 4)."""
-    cid, balance, first, second = behind_a_slow_round(system, client, uid)
+    """A slow provider (1.5 s a call) and every call slot taken: a first order's charge is
+    out, and a second order's charge, claimed and handed off, waits for the slot.
+    Cancelled then, the second was never called: the cancellation takes it back and voids
+    it. It was charged when the slot came, then refunded (an attack trial: 4 of 4)."""
+    cid, balance, first, second = behind_a_slow_call(system, client, uid)
     client.cancel(second)
     client.wait_for_events(second, {"OrderCancelled", "InventoryReleased", "PaymentVoided"}, 30)
     client.wait_for_events(first, {"PaymentCompleted", "InventoryCommitted"}, 30)
@@ -246,15 +256,15 @@ def test_an_order_cancelled_while_its_charge_waits_behind_a_slow_round_is_voided
 
 
 def test_an_order_cancelled_while_payment_is_stopped_is_voided_at_its_restart(
-    system: System, client: SagaClient, uid: UniqueIds, provider_well: None
+    system: System, client: SagaClient, uid: UniqueIds, provider_well: None, one_call_at_a_time: None
 ) -> None:
-    """A charge handed off behind a slow round when payment_svc is stopped is released,
+    """A charge handed off behind a slow call when payment_svc is stopped is released,
     due at once; its order is cancelled while the service is down. At the restart the
     worker's first round waits for the consumers to read what the topics hold
     (``Periodic.after_catch_up``): the cancellation voids the charge before it can be
     made. The worker claimed it first, 4 s before the cancellation was read: charged, then
     refunded (a re-check trial)."""
-    cid, balance, first, second = behind_a_slow_round(system, client, uid)
+    cid, balance, first, second = behind_a_slow_call(system, client, uid)
     system.stop_service("payment_svc")
     try:
         system.provider_faults()

@@ -134,6 +134,34 @@ async def test_a_cancel_while_the_call_is_out_waits_for_it_then_refunds(
     assert await balance(payment, cid) == Decimal("10.00")
 
 
+async def test_a_charge_handed_off_while_a_slow_call_is_out_is_called_and_recorded_first(
+    payment: ServiceUnderTest, handed: PaymentWorker
+) -> None:
+    """A round keeps its call slots full: a charge handed off while another call is out
+    is called at once, and its answer recorded as it comes, not when the slow call
+    answers. The round called a batch and recorded it when the batch's last call was
+    answered: behind a provider answering in 1.5 s, a saga took ~3 s (a trial)."""
+    (_, slow), (fast_customer, fast) = (
+        await charge_intended(payment),
+        (await add_account(payment, "10.00"), uuid.uuid4()),
+    )
+    provider = payment.provider
+    assert provider is not None
+    async with provider_failing(payment, latency_ms=1500):
+        running = asyncio.create_task(handed.round())
+        await asyncio.sleep(0.3)  # the slow call is out
+        assert (await provider.request("PUT", "/v1/faults", {})).status_code == 200  # the next is fast
+        await payment.deliver(event(reserved_payload(fast_customer, "p", qty=2), fast), work=False)
+        await asyncio.sleep(0.6)  # the fast call answered long since, the slow one not yet
+        assert not running.done()  # recorded while the slow call is still out
+        assert await payment_row(payment, fast) == ("CHARGED", 1)
+        assert await emitted_types(payment, fast) == ["PaymentCompleted"]
+        assert await payment_row(payment, slow) == ("PENDING", 1)
+        assert await asyncio.wait_for(running, 10) == 2  # one round called both
+    assert await payment_row(payment, slow) == ("CHARGED", 1)
+    assert await balance(payment, fast_customer) == Decimal("5.00")
+
+
 async def test_a_refund_is_claimed_and_handed_off_by_the_cancellation(
     payment: ServiceUnderTest, handed: PaymentWorker
 ) -> None:
@@ -265,8 +293,9 @@ async def test_a_round_at_a_graceful_stop_records_the_calls_out_and_releases_the
     payment: ServiceUnderTest, serial: PaymentWorker
 ) -> None:
     """At a graceful stop the round in progress is not cancelled (``PaymentWorker.finish``,
-    the job's grace): the call already out is answered and recorded, and the payment whose
-    call had not begun is released, due at once. Cancelled, the round lost both: each
+    the job's grace): the call already out is answered and recorded, the round takes no
+    more, and the payment whose call had not begun is released at the service's close
+    (``PaymentWorker.stop``), due at once. Cancelled, the round lost both: each
     stayed claimed, in doubt, until its lease ended, and a cancellation meanwhile charged
     and refunded it instead of voiding it (a trial)."""
     first, second = await charge_intended(payment), await charge_intended(payment)
@@ -275,6 +304,7 @@ async def test_a_round_at_a_graceful_stop_records_the_calls_out_and_releases_the
         await asyncio.sleep(0.3)  # the first call is out
         serial.finish()
         assert await asyncio.wait_for(running, 10) == 1
+    await serial.stop()
     rows = {oid: await payment_row(payment, oid) for _, oid in (first, second)}
     assert sorted(rows.values()) == [("CHARGED", 1), ("PENDING", 0)]
     (called,) = [(cid, oid) for cid, oid in (first, second) if rows[oid][0] == "CHARGED"]
@@ -290,14 +320,14 @@ async def test_a_round_at_a_graceful_stop_records_the_calls_out_and_releases_the
 async def test_a_cancel_takes_back_a_charge_its_round_took_and_has_not_called(
     payment: ServiceUnderTest, serial: PaymentWorker
 ) -> None:
-    """A round takes up to ``batch`` payments and calls ``concurrency`` at a time: one
-    waiting for a call slot has not been called, and a cancellation takes it back
-    (``HandOff.queue``, ``begin``) and voids it. It was charged when its slot came, after
-    the cancellation, then refunded (a re-check trial: 8 of 24)."""
+    """A round calls ``concurrency`` at a time: a payment waiting for a call slot has not
+    been called, and a cancellation takes it back (``HandOff.withdraw``) and voids it.
+    Taken by a round of old, it was charged when its slot came, after the cancellation,
+    then refunded (a re-check trial: 8 of 24)."""
     (_, out), (cid, waiting) = await charge_intended(payment), await charge_intended(payment)
     async with provider_failing(payment, latency_ms=800):
         running = asyncio.create_task(serial.round())
-        await asyncio.sleep(0.3)  # both taken, the first's call out, the second waiting for it
+        await asyncio.sleep(0.3)  # the first's call out, the second waiting for its slot
         await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), waiting), work=False)
         assert await emitted_types(payment, waiting) == ["PaymentVoided"]
         assert await asyncio.wait_for(running, 10) == 1  # the first only
