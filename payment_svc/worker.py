@@ -490,6 +490,15 @@ def _waiting(
     return {"e": reason, "d": wait, "w": True, "z": int(nothing_done)}
 
 
+#: How long, in s, an answer waits for the answers of the other calls out to be recorded
+#: with it in one transaction (a group commit's window, as PostgreSQL's ``commit_delay``
+#: or a producer's ``linger.ms``): calls begun together answer within a few ms of each
+#: other. Recorded each as it came, under load the record transactions were smaller and
+#: more (the payment service's and PostgreSQL's CPU per saga up by ~0.4 ms: ``make
+#: bench``); a call answered alone is recorded at once.
+RECORD_LINGER_SECONDS = 0.005
+
+
 class PaymentWorker:
     """Claim, call, record, with at most ``concurrency`` calls out at once. A round keeps
     its call slots full: as a call's answer comes, the answers come since are recorded
@@ -564,6 +573,8 @@ class PaymentWorker:
                 if not out:
                     return made
                 await self._wait(out)
+                if any(t.done() for t in out) and not all(t.done() for t in out):
+                    await asyncio.wait(out, timeout=RECORD_LINGER_SECONDS)  # the group commit's window
                 done = {t for t in out if t.done()}
                 out -= done
                 results = [t.result() for t in done]

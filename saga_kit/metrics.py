@@ -204,7 +204,9 @@ class _PlumbingCollector(Collector):
             ("saga_job_runs", "Completed runs of a scheduled job.", "runs"),
             (
                 "saga_job_items",
-                "Rows a scheduled job acted on (orders cancelled, rows pruned, data keys rewrapped, …).",
+                "Rows a scheduled job acted on (orders cancelled, rows pruned, data keys rewrapped, …),"
+                " counted as each run ends (the payment worker's run lasts while its calls are out:"
+                " saga_payment_provider_calls_total counts them as they are answered).",
                 "items",
             ),
             ("saga_job_failures", "Failed runs of a scheduled job.", "failures"),

@@ -461,15 +461,20 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             if progress.stalls:
                 raise NotReady("consumer stalled at " + "; ".join(s.describe() for s in progress.stalls))
 
-        def consumer_lag() -> dict[tuple[str, int], int]:
-            """Records not yet processed (a batch in flight still counts) behind the end
-            of each assigned partition with a known next offset (``partition_lag``)."""
-            lag: dict[tuple[str, int], int] = {}
+        def assigned() -> set[Any]:
+            """The partitions assigned to this service's consumers (``TopicPartition``s);
+            none while they are not started or rebalancing."""
             try:
-                assigned = consumers.consumer.assignment()
+                return set(consumers.consumer.assignment())
             except Exception:  # not started or rebalancing: nothing known
-                return lag
-            for tp in assigned:
+                return set()
+
+        def consumer_lag(partitions: set[Any] | None = None) -> dict[tuple[str, int], int]:
+            """Records not yet processed (a batch in flight still counts) behind the end
+            of each assigned partition (or of ``partitions``) with a known next offset
+            (``partition_lag``)."""
+            lag: dict[tuple[str, int], int] = {}
+            for tp in assigned() if partitions is None else partitions:
                 key = (tp.topic, tp.partition)
                 position = progress.next_offset(key, taken=False)
                 fetched = fetched_end(consumers.consumer, tp)
@@ -482,12 +487,9 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings, stop: asyncio.Even
             """Every partition assigned to this service's consumers has a known lag, and
             it is 0: what the partitions held when looked at is processed. False while
             nothing is assigned (a start, a rebalance)."""
-            try:
-                assigned = consumers.consumer.assignment()
-            except Exception:
-                return False
-            lag = consumer_lag()
-            return bool(assigned) and len(lag) == len(assigned) and not any(lag.values())
+            partitions = assigned()
+            lag = consumer_lag(partitions)
+            return bool(partitions) and len(lag) == len(partitions) and not any(lag.values())
 
         async def relay_healthy() -> None:
             if not relay.healthy:
