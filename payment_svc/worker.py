@@ -118,16 +118,17 @@ class HandOff:
     dies, the hand-off with it) leaves the row due again when the lease ends, and no other
     instance takes it meanwhile. A payment is handed off only while the worker will call
     at once: after the worker opened the hand-off (``open``), while its breaker is closed
-    (``ready``) and fewer than ``limit`` payments wait here for a call slot; otherwise it
-    is left due, for ``claim``. A payment is taken only while its lease still outlasts a
-    call begun then (``calling``); one that waited longer is passed over, not called, and
-    its claim released (``take``, ``passed_over``). Half the lease, as before, let a
-    round's calls outlive it: another instance then claimed the row again and called once
-    more under the same key (a review)."""
+    (``ready``) and fewer than ``limit`` payments wait here; otherwise it is left due, for
+    ``claim``. A payment is taken only while its lease still outlasts the calls of all the
+    worker may hold (``calling``: ``limit`` payments, its ``concurrency`` at a time); one
+    that waited longer is passed over, not called, and its claim released (``take``,
+    ``passed_over``). Half the lease, as before, let a round's calls outlive it: another
+    instance then claimed the row again and called once more under the same key (a
+    review)."""
 
     def __init__(self) -> None:
         self._lease: float | None = None
-        #: how long before its lease ends a payment must be taken: a call begun then
+        #: how long before its lease ends a payment must be taken: the worker's calls
         self._calling = 0.0
         self._limit = 0
         self._ready: Callable[[], bool] = lambda: False
@@ -135,17 +136,16 @@ class HandOff:
         self._due: deque[tuple[float, Due]] = deque()
         #: payments ``take`` passed over (they waited too long): never called
         self._passed_over: list[Due] = []
-        #: payments a round took (from here or the table) whose call has not begun yet
-        #: (``queue``, ``begin``)
+        #: payments a round took (from here or the table) whose call has not begun: they
+        #: wait for one of the round's ``concurrency`` slots (``queue``, ``begin``)
         self._queued: dict[tuple[uuid.UUID, int], Due] = {}
-        #: set by ``give``: the worker's round, a call slot free, takes them at once
+        #: set by ``give``: a round with a call slot free takes them at once
         self.given = asyncio.Event()
 
     def open(self, lease: float, limit: int, ready: Callable[[], bool], calling: float = 0.0) -> None:
         """Start taking payments: ``lease`` s, at most ``limit`` waiting, while ``ready()``;
-        ``calling``: how long, in s, before its lease ends a payment must be taken (one
-        call's whole budget and a margin: the worker takes a payment into a free call
-        slot, where its call begins at once; less than ``lease``)."""
+        ``calling``: the longest, in s, the worker takes to call all it may hold, from
+        the moment it takes one (less than ``lease``)."""
         self._lease, self._limit, self._ready, self._calling = lease, limit, ready, calling
 
     def close(self) -> None:
@@ -500,12 +500,13 @@ RECORD_LINGER_SECONDS = 0.005
 
 
 class PaymentWorker:
-    """Claim, call, record, with at most ``concurrency`` calls out at once. A round keeps
-    its call slots full: as a call's answer comes, the answers come since are recorded
-    together in one transaction (group commit) and the freed slots take what is due next —
-    handed off first, then the table — so a charge handed off while calls are out begins
-    at once when a slot is free, whatever the slowest call out. A round ends when no call
-    is out and nothing more is due. It called a batch and waited for the batch's last
+    """Claim, call, record, with at most ``concurrency`` calls out at once. A round holds
+    at most ``batch`` payments taken and not answered, and keeps its call slots full: as a
+    call's answer comes, the answers come since are recorded together in one transaction
+    (group commit: ``RECORD_LINGER_SECONDS``) and the freed slots take what is due next —
+    handed off first, then claimed from the table — so a charge handed off while calls are
+    out begins as soon as a slot is free, whatever the slowest call out. A round ends when
+    no call is out and nothing more is due. It called a batch and waited for the batch's last
     answer before recording any or taking more: behind a provider answering in 1.5 s a
     charge handed off during a round waited for the round first, and its saga took ~3 s
     (a trial).
@@ -537,10 +538,11 @@ class PaymentWorker:
         #: fault injection (tests): ``payment.crash_after_claim`` dies between the claim and
         #: the call, ``payment.crash_after_call`` between the provider's answer and its record
         self.fault = fault
-        #: a claim's lease: long enough for the hand-off's ``batch`` payments to be called
-        #: — at most ``concurrency`` at a time, each within the timeout — then one more
-        #: call and a margin, so a live call is not claimed again (if it is, its answer is
-        #: stale: ``record``). A payment claimed from the table is called at once.
+        #: a claim's lease: long enough for the calls of all a round holds — ``batch``
+        #: payments taken and not answered, at most ``concurrency`` at a time, each within
+        #: the timeout — the time a payment handed off may wait to be taken (the timeout)
+        #: and a margin, so a live call is not claimed again (if it is, its answer is
+        #: stale: ``record``)
         calling = provider.timeout * math.ceil(batch / concurrency)
         self.lease = calling + provider.timeout + 1.0
         self.handoff, self.claim_every = handoff, claim_every
@@ -552,8 +554,7 @@ class PaymentWorker:
         #: set by ``finish``: no call not yet begun is made
         self.stopping = False
         if handoff is not None:
-            # taken only into a free slot: its call begins then, and must end in its lease
-            handoff.open(self.lease, batch, lambda: provider.state == "closed", provider.timeout + 1.0)
+            handoff.open(self.lease, batch, lambda: provider.state == "closed", calling)
 
     async def round(self) -> int:
         """Calls until none is out and nothing more is due; returns how many it made and
@@ -563,14 +564,18 @@ class PaymentWorker:
         if self.provider.state == "open":
             return await self._announce()
         out: set[asyncio.Task[tuple[Due, ChargeResult | RefundResult | None]]] = set()
+        #: taken or claimed, each waiting for a call slot (``HandOff.queue``: ``withdraw``
+        #: still finds it)
+        waiting: deque[Due] = deque()
         made, first = 0, True
         try:
             while True:
-                started = await self._start(out, first)
+                started = await self._start(out, waiting, first)
                 if first and not started and self.provider.state == "half_open" and not self.stopping:
                     await self.provider.probe()  # nothing to probe with: the breaker must still close
                 first = False
-                if not out:
+                if not out:  # stopping, or the breaker opened: the rest is not called now
+                    await self._release([d for d in waiting if self._begin(d)])
                     return made
                 await self._wait(out)
                 if any(t.done() for t in out) and not all(t.done() for t in out):
@@ -588,33 +593,39 @@ class PaymentWorker:
             for task in out:  # a failure or a cancel: their payments wait out their leases
                 task.cancel()
 
-    async def _start(self, out: set[asyncio.Task[Any]], first: bool) -> int:
-        """Fill the free call slots: payments handed off, then (``claim_every``, a full
-        last claim, or a first look with nothing handed off) the table. Each call is a
-        task in ``out``; returns how many it started."""
+    async def _start(self, out: set[asyncio.Task[Any]], waiting: deque[Due], first: bool) -> int:
+        """Take what is due into ``waiting`` — handed off first, then (``claim_every``, a
+        full last claim, or a first look with nothing handed off) the table — up to
+        ``batch`` taken and not answered; begin as many calls as slots are free, each a
+        task in ``out``. Returns how many calls it began."""
         state = self.provider.state
         if self.stopping or state == "open" or (state == "half_open" and not first):
             return 0
-        free = (self.concurrency if state == "closed" else 1) - len(out)
-        if free <= 0:
-            return 0
-        taken: list[Due] = []
-        if self.handoff is not None and state == "closed":
-            self.handoff.given.clear()  # given from now on wakes ``_wait``
-            taken = self.handoff.take(free)  # queued for their calls by ``take``
-            self._call(out, taken)
-            await self._release(self.handoff.passed_over())
-        free -= len(taken)
-        since = time.monotonic() - self._claimed_at
-        if free > 0 and ((first and not taken) or self._table_full or since >= self.claim_every):
-            self._claimed_at = time.monotonic()
-            claimed = await self.retry.forever(lambda: claim(self.db, free, self.lease), is_transient)
-            self._table_full = len(claimed) == free
-            if self.handoff is not None:
-                self.handoff.queue(claimed)  # not those taken: one taken back is not queued again
-            self._call(out, claimed)
-            taken += claimed
-        return len(taken)
+        room = (self.batch if state == "closed" else 1) - len(out) - len(waiting)
+        if room > 0:
+            taken: list[Due] = []
+            if self.handoff is not None and state == "closed":
+                self.handoff.given.clear()  # given from now on wakes ``_wait``
+                taken = self.handoff.take(room)  # queued for their calls by ``take``
+                waiting.extend(taken)
+                await self._release(self.handoff.passed_over())
+            room -= len(taken)
+            since = time.monotonic() - self._claimed_at
+            if room > 0 and ((first and not taken) or self._table_full or since >= self.claim_every):
+                self._claimed_at = time.monotonic()
+                claimed = await self.retry.forever(lambda: claim(self.db, room, self.lease), is_transient)
+                self._table_full = len(claimed) == room
+                if self.handoff is not None:
+                    self.handoff.queue(claimed)  # not those taken: one taken back is not queued again
+                waiting.extend(claimed)
+        slots = (self.concurrency if state == "closed" else 1) - len(out)
+        begun = [waiting.popleft() for _ in range(min(slots, len(waiting)))]
+        self._call(out, begun)
+        return len(begun)
+
+    def _begin(self, due: Due) -> bool:
+        """False if ``due`` was taken back (``HandOff.withdraw``): not to be called, nor released."""
+        return self.handoff is None or self.handoff.begin(due)
 
     def _call(self, out: set[asyncio.Task[Any]], due: Iterable[Due]) -> None:
         """Begin each payment's call as a task in ``out`` (one that ``finish`` or a
@@ -622,10 +633,9 @@ class PaymentWorker:
         due = list(due)
         if due:
             crash_at(self.fault, "payment.crash_after_claim")
-        handoff = self.handoff
 
         async def one(d: Due) -> tuple[Due, ChargeResult | RefundResult | None]:
-            begun = handoff is None or handoff.begin(d)  # False: taken back meanwhile
+            begun = self._begin(d)  # False: taken back meanwhile
             if self.stopping or not begun:
                 return d, None  # not called: released (a void's already undone)
             return d, await call(self.provider, d)

@@ -293,9 +293,9 @@ async def test_a_round_at_a_graceful_stop_records_the_calls_out_and_releases_the
     payment: ServiceUnderTest, serial: PaymentWorker
 ) -> None:
     """At a graceful stop the round in progress is not cancelled (``PaymentWorker.finish``,
-    the job's grace): the call already out is answered and recorded, the round takes no
-    more, and the payment whose call had not begun is released at the service's close
-    (``PaymentWorker.stop``), due at once. Cancelled, the round lost both: each
+    the job's grace): the call already out is answered and recorded, and the payment whose
+    call had not begun is released, due at once (by the round, or by ``PaymentWorker.stop``
+    at the service's close if it was still handed off). Cancelled, the round lost both: each
     stayed claimed, in doubt, until its lease ended, and a cancellation meanwhile charged
     and refunded it instead of voiding it (a trial)."""
     first, second = await charge_intended(payment), await charge_intended(payment)

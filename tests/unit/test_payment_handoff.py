@@ -94,11 +94,9 @@ def test_drained_are_every_payment_handed_off_and_not_called(monkeypatch: pytest
 def test_a_payment_taken_at_the_last_moment_is_called_within_its_lease(
     batch: int, concurrency: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A payment is taken only into a free call slot, where its call begins at once: taken
-    as late as it may be, its call (up to the 5 s timeout) ends within its lease, with the
-    1 s margin. At half the lease, a round of four calls one after another outlived it (a
-    review); the lease still leaves the hand-off's ``batch`` payments, ``concurrency`` at a
-    time, to be called before they are passed over."""
+    """The worker's lease outlasts a round whose calls (``batch``, ``concurrency`` at a time,
+    each up to the timeout) start with a payment handed off as late as it may be taken. At
+    half the lease, a round of four calls one after another outlived it (a review)."""
     now = [1000.0]
     monkeypatch.setattr(worker.time, "monotonic", lambda: now[0])
     provider = PaymentProvider("http://127.0.0.1:9", timeout=5.0, breaker_failures=5, breaker_recovery=1.0)
@@ -111,15 +109,13 @@ def test_a_payment_taken_at_the_last_moment_is_called_within_its_lease(
         concurrency=concurrency,
         handoff=handoff,
     )
-    call = 5.0 + 1.0  # a call at its slowest, and the margin
-    waves = 5.0 * -(-batch // concurrency)  # the hand-off's payments called at their slowest
-    assert w.lease - call >= waves
+    calls = 5.0 * -(-batch // concurrency)  # the round's calls at their slowest
     handoff.give([due(1)], worker.time.monotonic())
-    now[0] += w.lease - call - 0.01
+    now[0] += w.lease - calls - 0.01
     assert len(handoff.take(1)) == 1  # the latest it is taken …
-    assert now[0] - 1000.0 + call < w.lease  # … and its call ends within its lease
+    assert now[0] - 1000.0 + calls < w.lease  # … and its calls end within its lease
     handoff.give([due(2)], worker.time.monotonic())
-    now[0] += w.lease - call + 0.01
+    now[0] += w.lease - calls + 0.01
     assert handoff.take(1) == []
 
 
