@@ -496,7 +496,7 @@ def _waiting(
 #: other. Recorded each as it came, under load the record transactions were smaller and
 #: more (the payment service's and PostgreSQL's CPU per saga up by ~0.4 ms: ``make
 #: bench``); a call answered alone is recorded at once.
-RECORD_LINGER_SECONDS = 0.005
+RECORD_LINGER_SECONDS = 0.05
 
 
 class PaymentWorker:
@@ -577,47 +577,64 @@ class PaymentWorker:
                 if not out:  # stopping, or the breaker opened: the rest is not called now
                     await self._release([d for d in waiting if self._begin(d)])
                     return made
-                await self._wait(out)
+                await self._wait(out, waiting)
                 if any(t.done() for t in out) and not all(t.done() for t in out):
                     await asyncio.wait(out, timeout=RECORD_LINGER_SECONDS)  # the group commit's window
                 done = {t for t in out if t.done()}
                 out -= done
                 results = [t.result() for t in done]
                 answers = [(d, a) for d, a in results if a is not None]
-                crash_at(self.fault, "payment.crash_after_call")
                 if answers:
+                    crash_at(self.fault, "payment.crash_after_call")
                     await self._record(answers)
                     made += len(answers)
                 await self._release([d for d, a in results if a is None])
         finally:
             for task in out:  # a failure or a cancel: their payments wait out their leases
                 task.cancel()
+            for d in waiting:
+                self._begin(d)  # never to be called: nothing for ``withdraw`` to take back
 
     async def _start(self, out: set[asyncio.Task[Any]], waiting: deque[Due], first: bool) -> int:
-        """Take what is due into ``waiting`` — handed off first, then (``claim_every``, a
-        full last claim, or a first look with nothing handed off) the table — up to
-        ``batch`` taken and not answered; begin as many calls as slots are free, each a
-        task in ``out``. Returns how many calls it began."""
+        """Take what is due into ``waiting``, up to ``batch`` taken and not answered: what
+        was handed off, and from the table when its claim is due (``claim_every`` s since
+        the last, a last claim that took all it asked for, or a first look with nothing
+        handed off), which then has half the room, and the hand-off what it leaves. Begin
+        as many calls as slots are free, each a task in ``out``; returns how many it
+        began."""
         state = self.provider.state
         if self.stopping or state == "open" or (state == "half_open" and not first):
             return 0
         room = (self.batch if state == "closed" else 1) - len(out) - len(waiting)
-        if room > 0:
-            taken: list[Due] = []
-            if self.handoff is not None and state == "closed":
-                self.handoff.given.clear()  # given from now on wakes ``_wait``
-                taken = self.handoff.take(room)  # queued for their calls by ``take``
-                waiting.extend(taken)
-                await self._release(self.handoff.passed_over())
-            room -= len(taken)
-            since = time.monotonic() - self._claimed_at
-            if room > 0 and ((first and not taken) or self._table_full or since >= self.claim_every):
-                self._claimed_at = time.monotonic()
-                claimed = await self.retry.forever(lambda: claim(self.db, room, self.lease), is_transient)
-                self._table_full = len(claimed) == room
-                if self.handoff is not None:
-                    self.handoff.queue(claimed)  # not those taken: one taken back is not queued again
-                waiting.extend(claimed)
+        if room <= 0:
+            return self._begin_calls(out, waiting, state)
+        table_due = self._table_full or time.monotonic() - self._claimed_at >= self.claim_every
+        # the table's claim due, half the room is its: retries, refunds owed and payments
+        # released are not starved by a stream of new charges handed off
+        taken = await self._take(waiting, room - (room + 1) // 2 if table_due else room, state)
+        room -= taken
+        if room > 0 and (table_due or (first and not taken)):
+            claimed = await self.retry.forever(lambda: claim(self.db, room, self.lease), is_transient)
+            self._claimed_at, self._table_full = time.monotonic(), len(claimed) == room
+            if self.handoff is not None:
+                self.handoff.queue(claimed)  # not those taken: one taken back is not queued again
+            waiting.extend(claimed)
+            await self._take(waiting, room - len(claimed), state)  # the room the table left
+        return self._begin_calls(out, waiting, state)
+
+    async def _take(self, waiting: deque[Due], n: int, state: str) -> int:
+        """Up to ``n`` payments handed off into ``waiting`` (queued for their calls by
+        ``HandOff.take``), those passed over released; returns how many."""
+        if self.handoff is None or state != "closed" or n <= 0:
+            return 0
+        self.handoff.given.clear()  # given from now on wakes ``_wait``
+        taken = self.handoff.take(n)
+        waiting.extend(taken)
+        await self._release(self.handoff.passed_over())
+        return len(taken)
+
+    def _begin_calls(self, out: set[asyncio.Task[Any]], waiting: deque[Due], state: str) -> int:
+        """Begin as many calls from ``waiting`` as slots are free; returns how many."""
         slots = (self.concurrency if state == "closed" else 1) - len(out)
         begun = [waiting.popleft() for _ in range(min(slots, len(waiting)))]
         self._call(out, begun)
@@ -642,15 +659,17 @@ class PaymentWorker:
 
         out.update(asyncio.ensure_future(one(d)) for d in due)
 
-    async def _wait(self, out: set[asyncio.Task[Any]]) -> None:
-        """Until a call is answered — or, a slot free, a payment is handed off or the
-        table's claim comes due again."""
-        state, free = self.provider.state, len(out) < self.concurrency
-        if self.stopping or state != "closed" or not free:
+    async def _wait(self, out: set[asyncio.Task[Any]], waiting: deque[Due]) -> None:
+        """Until a call is answered — or, while the round may take more (``_start``), a
+        payment is handed off or the table's claim comes due again."""
+        room = len(out) + len(waiting) < self.batch
+        if self.stopping or self.provider.state != "closed" or not room:
             await asyncio.wait(out, return_when=asyncio.FIRST_COMPLETED)
             return
         # the table's next claim (none while claim_every is 0: it claims at every answer)
-        timeout = max(0.0, self._claimed_at + self.claim_every - time.monotonic()) or None
+        timeout = None
+        if self.claim_every > 0:
+            timeout = max(0.0, self._claimed_at + self.claim_every - time.monotonic())
         given = None if self.handoff is None else asyncio.ensure_future(self.handoff.given.wait())
         try:
             await asyncio.wait(
