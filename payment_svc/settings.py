@@ -40,8 +40,9 @@ class Settings(ServiceSettings):
     provider_batch: int = Field(
         default=64,
         ge=1,
-        description="payments handed to the worker that may wait for a call slot; the lease of a claim"
-        " covers calling that many, PAYMENT_PROVIDER_CONCURRENCY at a time",
+        description="payments the worker holds at once, called or waiting for a call slot (and how many"
+        " an open breaker says wait in one go); a claim's lease covers calling that many,"
+        " PAYMENT_PROVIDER_CONCURRENCY at a time",
     )
     provider_concurrency: int = Field(default=16, ge=1, description="provider calls in flight at once")
 

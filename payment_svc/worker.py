@@ -445,7 +445,8 @@ async def record(
                 | update
             )
         if updates:
-            # one statement for the round, sent with its outbox rows in one round trip
+            # one statement for the answers recorded together, sent with their outbox rows
+            # in one round trip
             uow.write(
                 (
                     "UPDATE payments p SET status = COALESCE(v.s, p.status),"
@@ -493,9 +494,10 @@ def _waiting(
 #: How long, in s, an answer waits for the answers of the other calls out to be recorded
 #: with it in one transaction (a group commit's window, as PostgreSQL's ``commit_delay``
 #: or a producer's ``linger.ms``): calls begun together answer within a few ms of each
-#: other. Recorded each as it came, under load the record transactions were smaller and
-#: more (the payment service's and PostgreSQL's CPU per saga up by ~0.4 ms: ``make
-#: bench``); a call answered alone is recorded at once.
+#: other, and a call answered alone is recorded at once. With 5 ms, under a burst the
+#: record transactions were smaller and more: the payment service's CPU per saga rose by
+#: ~0.4 ms (``make bench``, alternating pairs); with 50 ms it is within the noise of the
+#: rounds before, and a slow provider's answer still waits at most 50 ms.
 RECORD_LINGER_SECONDS = 0.05
 
 
@@ -557,8 +559,10 @@ class PaymentWorker:
             handoff.open(self.lease, batch, lambda: provider.state == "closed", calling)
 
     async def round(self) -> int:
-        """Calls until none is out and nothing more is due; returns how many it made and
-        recorded (after ``finish``, the calls already out; the rest it released)."""
+        """Calls until none is out and nothing is left it may take now (the table's claim
+        not yet due again: the next round, woken or at the poll interval, takes it);
+        returns how many calls it made and recorded (after ``finish``, the calls already
+        out; the rest it released)."""
         if self.handoff is not None and self.provider.state != "closed":
             await self._release(self.handoff.drain())  # not to be called now: due again
         if self.provider.state == "open":
