@@ -505,22 +505,22 @@ class PaymentWorker:
     """Claim, call, record, with at most ``concurrency`` calls out at once. A round holds
     at most ``batch`` payments taken and not answered, and keeps its call slots full: as a
     call's answer comes, the answers come since are recorded together in one transaction
-    (group commit: ``RECORD_LINGER_SECONDS``) and the freed slots take what is due next —
-    handed off first, then claimed from the table — so a charge handed off while calls are
-    out begins as soon as a slot is free, whatever the slowest call out. A round ends when
-    no call is out and nothing more is due. It called a batch and waited for the batch's last
-    answer before recording any or taking more: behind a provider answering in 1.5 s a
-    charge handed off during a round waited for the round first, and its saga took ~3 s
-    (a trial).
+    (group commit: ``RECORD_LINGER_SECONDS``) and the freed slots take what is due next,
+    so a charge handed off while calls are out begins as soon as a slot is free, whatever
+    the slowest call out. A round ends when no call is out and nothing more is due that it
+    may take now. It called a batch and waited for the batch's last answer before
+    recording any or taking more: behind a provider answering in 1.5 s a charge handed off
+    during a round waited for the round first, and its saga took ~3 s (a trial).
 
     While the breaker is open a round calls nobody: it says which payments that came due
     wait (``_announce``); half-open, it claims one payment, the breaker's probe, and goes on
     only if the probe closed it.
 
-    With ``handoff`` a round calls first what the consumer handed off claimed
-    (``HandOff``), and claims from the table when nothing was handed off, when its last
-    claim was full (more may be due), or when that claim is ``claim_every`` s old:
-    retries coming due are not starved by a steady stream of new charges."""
+    With ``handoff`` a round takes what the consumer handed off claimed (``HandOff``),
+    and claims from the table when nothing was handed off, when its last claim took all
+    it asked for (more may be due), or when that claim is ``claim_every`` s old; a claim of
+    the table that is due has half the round's room: retries coming due and refunds owed
+    are not starved by a steady stream of new charges."""
 
     def __init__(
         self,
