@@ -203,6 +203,36 @@ async def test_retries_due_in_the_table_are_claimed_beside_the_hand_off(
     assert await payment_row(payment, waiting) == ("CHARGED", 1)
 
 
+async def test_a_retry_due_in_the_table_is_not_starved_by_charges_handed_off(
+    payment: ServiceUnderTest,
+) -> None:
+    """A round that holds 2 payments and calls one at a time, new charges handed off
+    faster than it calls them: a charge due in the table (a retry, a refund owed, a
+    payment released) has half the room whenever the table's claim is due, so it is
+    called second, not after every charge handed off (the round took all its room from
+    the hand-off, and the table waited for the stream to pause: a review)."""
+    assert payment.provider is not None
+    worker = PaymentWorker(
+        payment.db, payment.provider, RetryPolicy(0.01, 0.2, 0.01), batch=2, concurrency=1, handoff=HANDOFF
+    )
+    try:
+        cid = await add_account(payment, "100.00")
+        retry, handed = uuid.uuid4(), [uuid.uuid4() for _ in range(4)]
+        HANDOFF.close()
+        await payment.deliver(event(reserved_payload(cid, "p"), retry), work=False)  # due in the table
+        HANDOFF.open(worker.lease, 8, lambda: True)  # more waiting than the round holds
+        for oid in handed:
+            await payment.deliver(event(reserved_payload(cid, "p"), oid), work=False)
+        assert len(HANDOFF) == 4
+        assert await worker.round() == 5
+        called = await payment.rows(
+            "SELECT order_id FROM payments WHERE status = 'CHARGED' ORDER BY updated_at"
+        )
+        assert [r.order_id for r in called].index(retry) == 1
+    finally:
+        HANDOFF.close()
+
+
 async def test_a_charge_that_lands_after_the_cancel_wakes_the_worker_for_its_refund(
     payment: ServiceUnderTest, handed: PaymentWorker
 ) -> None:
