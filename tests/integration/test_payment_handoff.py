@@ -226,8 +226,10 @@ async def test_a_retry_due_in_the_table_is_not_starved_by_charges_handed_off(
         assert len(HANDOFF) == 4
         assert await worker.round() == 5
         called = await payment.rows(
-            "SELECT order_id FROM payments WHERE status = 'CHARGED' ORDER BY updated_at"
+            "SELECT order_id FROM payments WHERE customer_id = :c AND status = 'CHARGED' ORDER BY updated_at",
+            c=cid,
         )
+        assert len(called) == 5
         assert [r.order_id for r in called].index(retry) == 1
     finally:
         HANDOFF.close()
