@@ -579,7 +579,9 @@ class PaymentWorker:
                     await self.provider.probe()  # nothing to probe with: the breaker must still close
                 first = False
                 if not out:  # stopping, or the breaker opened: the rest is not called now
-                    await self._release([d for d in waiting if self._begin(d)])
+                    unbegun = [d for d in waiting if self._begin(d)]
+                    waiting.clear()
+                    await self._release(unbegun)
                     return made
                 await self._wait(out, waiting)
                 if any(t.done() for t in out) and not all(t.done() for t in out):
@@ -638,30 +640,25 @@ class PaymentWorker:
         return len(taken)
 
     def _begin_calls(self, out: set[asyncio.Task[Any]], waiting: deque[Due], state: str) -> int:
-        """Begin as many calls from ``waiting`` as slots are free; returns how many."""
+        """Begin as many calls from ``waiting`` as slots are free, each a task in ``out``
+        (one that ``finish`` or a cancellation's ``withdraw`` got to first is not called:
+        answered None); returns how many."""
         slots = (self.concurrency if state == "closed" else 1) - len(out)
         begun = [waiting.popleft() for _ in range(min(slots, len(waiting)))]
-        self._call(out, begun)
+        if begun:
+            crash_at(self.fault, "payment.crash_after_claim")
+
+        async def one(d: Due) -> tuple[Due, ChargeResult | RefundResult | None]:
+            if not self._begin(d) or self.stopping:  # taken back meanwhile, or stopping
+                return d, None  # not called: released (a void's already undone)
+            return d, await call(self.provider, d)
+
+        out.update(asyncio.ensure_future(one(d)) for d in begun)
         return len(begun)
 
     def _begin(self, due: Due) -> bool:
         """False if ``due`` was taken back (``HandOff.withdraw``): not to be called, nor released."""
         return self.handoff is None or self.handoff.begin(due)
-
-    def _call(self, out: set[asyncio.Task[Any]], due: Iterable[Due]) -> None:
-        """Begin each payment's call as a task in ``out`` (one that ``finish`` or a
-        cancellation's ``withdraw`` got to first is not called: answered None)."""
-        due = list(due)
-        if due:
-            crash_at(self.fault, "payment.crash_after_claim")
-
-        async def one(d: Due) -> tuple[Due, ChargeResult | RefundResult | None]:
-            begun = self._begin(d)  # False: taken back meanwhile
-            if self.stopping or not begun:
-                return d, None  # not called: released (a void's already undone)
-            return d, await call(self.provider, d)
-
-        out.update(asyncio.ensure_future(one(d)) for d in due)
 
     async def _wait(self, out: set[asyncio.Task[Any]], waiting: deque[Due]) -> None:
         """Until a call is answered — or, while the round may take more (``_start``), a
