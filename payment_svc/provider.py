@@ -151,11 +151,15 @@ class Unreachable(Exception):
 
 class _Failed(Exception):
     """A call the breaker counts as failed (the provider did not do its job);
-    ``nothing_done`` as in ``Unavailable``."""
+    ``nothing_done`` as in ``Unavailable``; ``outcome``, the call's label in
+    ``saga_payment_provider_calls_total``: the answer's HTTP status (``"503"``, ``"429"``,
+    ``"500"``, …), ``"unreachable"`` (no connection: nothing sent), ``"timeout"`` or
+    ``"broken"`` (no answer, or a connection that broke off: it may have been done)."""
 
-    def __init__(self, reason: str, *, nothing_done: bool) -> None:
+    def __init__(self, reason: str, *, nothing_done: bool, outcome: str) -> None:
         super().__init__(printable(reason, 1000))  # stored as the payment's last_error
         self.nothing_done = nothing_done
+        self.outcome = outcome
 
 
 class _Breaker(CircuitBreaker):  # type: ignore[misc]
@@ -331,7 +335,7 @@ class PaymentProvider:
             answer: Answer = await self.breaker.call_async(self._send, method, path, key, body)
         except _Failed as exc:
             self.last_failure = str(exc)
-            self.calls[(operation, "unavailable")] += 1
+            self.calls[(operation, exc.outcome)] += 1
             # its key names the order: grep <order id> finds the retries (a newcomer trial)
             keyed = f" (idempotency key {key})" if key else ""
             log.warning("payment provider: %s%s failed, to be retried: %s", operation, keyed, exc)
@@ -363,21 +367,28 @@ class PaymentProvider:
             answer = await self._exchange(method, path, body, headers)
         except TimeoutError:
             raise _Failed(
-                f"the provider did not answer within {self.timeout:g} s", nothing_done=False
+                f"the provider did not answer within {self.timeout:g} s",
+                nothing_done=False,
+                outcome="timeout",
             ) from None
         except aiohttp.ClientConnectorError as exc:  # no connection: the request never left
             raise _Failed(
-                f"the provider could not be reached ({type(exc).__name__}: {exc})", nothing_done=True
+                f"the provider could not be reached ({type(exc).__name__}: {exc})",
+                nothing_done=True,
+                outcome="unreachable",
             ) from None
         except aiohttp.ClientError as exc:  # e.g. the connection dropped: it may have arrived
             raise _Failed(
-                f"the call to the provider broke off ({type(exc).__name__}: {exc})", nothing_done=False
+                f"the call to the provider broke off ({type(exc).__name__}: {exc})",
+                nothing_done=False,
+                outcome="broken",
             ) from None
         if answer.status_code >= 500 or answer.status_code == 429:
             raise _Failed(
                 f"the provider answered {answer.status_code} {_error(answer)}"
                 f" after {1000 * (time.monotonic() - start):.0f} ms",
                 nothing_done=answer.status_code in NOTHING_DONE_STATUSES,
+                outcome=str(answer.status_code),
             )
         return answer
 

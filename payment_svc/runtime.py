@@ -123,9 +123,10 @@ async def provider_check() -> None:
 
 
 async def render(conn: AsyncConnection, service: str) -> list[Metric]:
-    """``saga_payment_provider_calls_total{operation, outcome}`` (outcome: the HTTP status,
-    ``unavailable`` or ``breaker_open``), ``saga_payment_provider_circuit_state`` (0 closed,
-    1 half-open, 2 open), ``saga_payment_provider_circuit_open_seconds``, and from the table:
+    """``saga_payment_provider_calls_total{operation, outcome}`` (outcome: the answer's HTTP
+    status; with no answer, ``unreachable``, ``timeout`` or ``broken``; ``breaker_open``),
+    ``saga_payment_provider_circuit_state`` (0 closed, 1 half-open, 2 open),
+    ``saga_payment_provider_circuit_open_seconds``, and from the table:
     ``saga_payments_waiting{status}`` (charges PENDING, refunds REFUND_PENDING) and
     ``saga_payments_oldest_waiting_seconds`` (the oldest of them). Both read the waiting payments
     only, through the ``payments_due`` index: a scrape costs the same however many
@@ -135,8 +136,9 @@ async def render(conn: AsyncConnection, service: str) -> list[Metric]:
     calls = CounterMetricFamily(
         "saga_payment_provider_calls",
         "Calls to the payment provider by operation (charge, refund; probe: the lookup a half-open"
-        " breaker sends when no payment is due) and outcome (the answer's HTTP status; unavailable:"
-        " no usable answer, retried; breaker_open: not sent).",
+        " breaker sends when no payment is due) and outcome (the answer's HTTP status, 429 and 5xx"
+        " retried; with no answer, retried: unreachable, nothing sent; timeout or broken, it may"
+        " have been done; breaker_open: not sent).",
         labels=["service", "operation", "outcome"],
     )
     for (operation, outcome), n in sorted(p.calls.items()):

@@ -63,7 +63,7 @@ async def test_nobody_listening_is_unavailable_for_a_charge_and_unreachable_for_
         with pytest.raises(Unreachable) as raised:
             await provider.request("GET", "/v1/accounts/acct")
         assert str(raised.value) == "ClientConnectorError"  # the kind only: no address for callers
-        assert provider.calls[("charge", "unavailable")] == 1
+        assert provider.calls == {("charge", "unreachable"): 1}  # the metric's label: nothing sent
     finally:
         await provider.aclose()
 
@@ -74,6 +74,7 @@ async def test_a_provider_that_never_answers_is_a_timeout_within_the_setting(sil
         answer = await asyncio.wait_for(provider.charge("charge:k", "acct", Decimal("1.00"), "ref"), 5)
         assert isinstance(answer, Unavailable) and "did not answer within 0.3 s" in answer.reason
         assert not answer.nothing_done  # it may still charge
+        assert provider.calls == {("charge", "timeout"): 1}
         with pytest.raises(Unreachable):
             await asyncio.wait_for(provider.request("GET", "/v1/accounts/acct"), 5)
     finally:
@@ -101,6 +102,7 @@ async def test_a_provider_that_hangs_up_after_the_request_leaves_the_charge_in_d
             answer = await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
             assert isinstance(answer, Unavailable) and "broke off" in answer.reason
             assert not answer.nothing_done
+            assert provider.calls == {("charge", "broken"): 1}
         finally:
             await provider.aclose()
 
@@ -109,12 +111,15 @@ async def test_a_provider_that_hangs_up_after_the_request_leaves_the_charge_in_d
     ("status", "nothing_done"), [(503, True), (429, True), (500, False), (502, False), (504, False)]
 )
 async def test_only_503_and_429_say_nothing_was_done(status: int, nothing_done: bool) -> None:
+    """And the metric counts the call by its status: a plain 503 (nothing done) was
+    counted with the timeouts (maybe charged) under one label, ``unavailable`` (a review)."""
     async with serving(answering(status, b'{"error": "x", "message": "y"}')) as url:
         provider = _client(url)
         try:
             got = await provider.charge("charge:k", "acct", Decimal("1.00"), "ref")
             assert isinstance(got, Unavailable) and f"answered {status}" in got.reason
             assert got.nothing_done is nothing_done
+            assert provider.calls == {("charge", str(status)): 1}
         finally:
             await provider.aclose()
 
