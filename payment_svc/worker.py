@@ -519,8 +519,8 @@ class PaymentWorker:
     With ``handoff`` a round takes what the consumer handed off claimed (``HandOff``),
     and claims from the table when nothing was handed off, when its last claim took all
     it asked for (more may be due), or when that claim is ``claim_every`` s old; a claim of
-    the table that is due has half the round's room: retries coming due and refunds owed
-    are not starved by a steady stream of new charges."""
+    the table that is due has half the round's room and is called first: retries coming
+    due and refunds owed are not starved by a steady stream of new charges."""
 
     def __init__(
         self,
@@ -605,7 +605,8 @@ class PaymentWorker:
         """Take what is due into ``waiting``, up to ``batch`` taken and not answered: what
         was handed off, and from the table when its claim is due (``claim_every`` s since
         the last, a last claim that took all it asked for, or a first look with nothing
-        handed off), which then has half the room, and the hand-off what it leaves. Begin
+        handed off), which then has half the room and the front of the line, and the
+        hand-off what it leaves. Begin
         as many calls as slots are free, each a task in ``out``; returns how many it
         began."""
         state = self.provider.state
@@ -624,7 +625,10 @@ class PaymentWorker:
             self._claimed_at, self._table_full = time.monotonic(), len(claimed) == room
             if self.handoff is not None:
                 self.handoff.queue(claimed)  # not those taken: one taken back is not queued again
-            waiting.extend(claimed)
+            # at the front of the line: they were due before any charge handed off since (at
+            # the back, behind up to ``batch`` such charges, a retry or a refund owed waited
+            # for every one of them: a review)
+            waiting.extendleft(reversed(claimed))
             await self._take(waiting, room - len(claimed), state)  # the room the table left
         return self._begin_calls(out, waiting, state)
 

@@ -206,14 +206,15 @@ async def test_retries_due_in_the_table_are_claimed_beside_the_hand_off(
 async def test_a_retry_due_in_the_table_is_not_starved_by_charges_handed_off(
     payment: ServiceUnderTest,
 ) -> None:
-    """A round that holds 2 payments and calls one at a time, new charges handed off
+    """A round that holds 4 payments and calls one at a time, new charges handed off
     faster than it calls them: a charge due in the table (a retry, a refund owed, a
-    payment released) has half the room whenever the table's claim is due, so it is
-    called second, not after every charge handed off (the round took all its room from
-    the hand-off, and the table waited for the stream to pause: a review)."""
+    payment released) has half the room whenever the table's claim is due, and the front
+    of the line, so it is called first — not after every charge handed off (the round
+    took all its room from the hand-off, and the table waited for the stream to pause: a
+    review), nor after those the round took before it (called third: a review)."""
     assert payment.provider is not None
     worker = PaymentWorker(
-        payment.db, payment.provider, RetryPolicy(0.01, 0.2, 0.01), batch=2, concurrency=1, handoff=HANDOFF
+        payment.db, payment.provider, RetryPolicy(0.01, 0.2, 0.01), batch=4, concurrency=1, handoff=HANDOFF
     )
     try:
         cid = await add_account(payment, "100.00")
@@ -230,7 +231,7 @@ async def test_a_retry_due_in_the_table_is_not_starved_by_charges_handed_off(
             c=cid,
         )
         assert len(called) == 5
-        assert [r.order_id for r in called].index(retry) == 1
+        assert [r.order_id for r in called].index(retry) == 0
     finally:
         HANDOFF.close()
 
