@@ -2396,30 +2396,88 @@ def _show_saga_event(data: str, output: Output) -> None:
 def stock(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     """Every product: available, reserved and sold units."""
     rows = _call(ctx, "inventory", "GET", "/products")
+    _emit(output, rows, lambda: _products(rows))
 
-    def table() -> RenderableType:
-        if not rows:
-            return "no products"
-        t = Table(
-            _free("product"),
-            _free("name"),
-            _fixed("price", "right"),
-            _fixed("available", "right"),
-            _fixed("reserved", "right"),
-            _fixed("sold", "right"),
+
+@app.command("set-product")
+def set_product(
+    ctx: typer.Context,
+    product_id: Annotated[
+        str, typer.Argument(help="the product's id (a new one creates it)", callback=_check_external_id)
+    ],
+    units: Annotated[
+        int,
+        typer.Option(
+            "--stock",
+            min=0,
+            help="the units available for sale (units reserved by sagas in flight and sold are kept)",
+            show_default=False,
+        ),
+    ],
+    price: Annotated[
+        str | None,
+        typer.Option(help="the unit price, e.g. 12.50 (default: the product's; a new one needs it)"),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="default: the product's, or its id for a new one")] = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Create a product or set its stock (an operator's): PUT /products/{id}. A price or
+    name not given is the product's as it is now. --stock is required: it sets the units
+    available, not adds to them, and a count read from the product as it is would undo
+    what orders reserved meanwhile."""
+    path = f"/products/{quote(product_id, safe='')}"
+    if price is None or name is None:
+        response = _request(ctx, "inventory", "GET", path)
+        if response.status_code != 404:
+            now = _answer(ctx, "inventory", "GET", path, response)
+            price = now["price"] if price is None else price
+            name = now["name"] if name is None else name
+        elif price is None:
+            _fail(f"there is no product {product_id}: a new one needs --price (nothing was changed)", USAGE)
+    body = {"name": product_id if name is None else name, "price": price, "stock": units}
+    row = _call(ctx, "inventory", "PUT", path, "; see whether it was: sagactl stock", json=body)
+    _emit(output, row, lambda: _products([row]))
+
+
+@app.command("set-balance")
+def set_balance(
+    ctx: typer.Context,
+    customer_id: Annotated[
+        str, typer.Argument(help="the customer's id (new: an account opened)", callback=_check_external_id)
+    ],
+    balance: Annotated[str, typer.Argument(help="the balance, e.g. 100.00", show_default=False)],
+    output: OutputOpt = Output.text,
+) -> None:
+    """Open a customer's account or set its balance at the payment provider (an
+    operator's): PUT /accounts/{id}. Charges and refunds move it from then on."""
+    path = f"/accounts/{quote(customer_id, safe='')}"
+    look = f"; see whether it was: sagactl balances {customer_id}"
+    row = _call(ctx, "payment", "PUT", path, look, json={"balance": balance})
+    _emit(output, row, lambda: _accounts([row]))
+
+
+def _products(rows: list[dict[str, Any]]) -> RenderableType:
+    """Products as ``stock`` shows them."""
+    if not rows:
+        return "no products"
+    t = Table(
+        _free("product"),
+        _free("name"),
+        _fixed("price", "right"),
+        _fixed("available", "right"),
+        _fixed("reserved", "right"),
+        _fixed("sold", "right"),
+    )
+    for p in rows:
+        t.add_row(
+            _value(p["product_id"]),
+            _value(p["name"]),
+            p["price"],
+            str(p["available"]),
+            str(p["reserved"]),
+            str(p["sold"]),
         )
-        for p in rows:
-            t.add_row(
-                _value(p["product_id"]),
-                _value(p["name"]),
-                p["price"],
-                str(p["available"]),
-                str(p["reserved"]),
-                str(p["sold"]),
-            )
-        return t
-
-    _emit(output, rows, table)
+    return t
 
 
 def _check_external_ids(given: list[str] | None) -> list[str]:
@@ -2452,15 +2510,17 @@ def balances(
             _fail(f"{_refusal('payment', response)}; a customer reads its own: sagactl balances <its id>")
         rows = _answer(ctx, "payment", "GET", "/accounts", response)
 
-    def table() -> RenderableType:
-        if not rows:
-            return "no accounts"
-        t = Table(_free("customer"), _fixed("balance", "right"))
-        for a in rows:
-            t.add_row(_value(a["customer_id"]), a["balance"])
-        return t
+    _emit(output, rows, lambda: _accounts(rows))
 
-    _emit(output, rows, table)
+
+def _accounts(rows: list[dict[str, Any]]) -> RenderableType:
+    """Accounts as ``balances`` shows them."""
+    if not rows:
+        return "no accounts"
+    t = Table(_free("customer"), _fixed("balance", "right"))
+    for a in rows:
+        t.add_row(_value(a["customer_id"]), a["balance"])
+    return t
 
 
 @app.command("health")

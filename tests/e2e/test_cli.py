@@ -311,3 +311,49 @@ def test_place_wait_says_when_an_order_ended_with_something_still_owed(
     assert "follow it: sagactl saga" in placed.stderr
     settled = sagactl(system, "place", customers["rae"], f"{products['bell']}=1", "--wait")
     assert "APPROVED" in settled.stdout and "not settled" not in settled.stderr, settled.stderr
+
+
+def test_an_operator_seeds_a_product_and_an_account_and_places_an_order_against_them(
+    system: System, client: SagaClient, uid: UniqueIds
+) -> None:
+    """Stock and accounts were set with curl only (a newcomer trial: no command did):
+    ``set-product`` and ``set-balance`` do it, a product's price and name kept when not
+    given, and the saga runs against what they set."""
+    product, customer = uid("elm"), uid("kim")
+    new = sagactl(system, "set-product", product, "--stock", "3")
+    assert (new.returncode, new.stdout) == (2, ""), new
+    assert f"there is no product {product}: a new one needs --price (nothing was changed)" in new.stderr
+
+    made = sagactl(system, "set-product", product, "--stock", "3", "--price", "4.50", "-o", "json")
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout) == {
+        "product_id": product,
+        "name": product,
+        "price": "4.50",
+        "available": 3,
+        "reserved": 0,
+        "sold": 0,
+    }
+    named = sagactl(system, "set-product", product, "--stock", "5", "--name", "Elm table")
+    assert named.returncode == 0, named.stderr
+    cells = r"[\s│]+"  # between a table's cells
+    assert re.search(cells.join([product, "Elm table", r"4\.50", "5", "0", "0"]), named.stdout), named.stdout
+    funded = sagactl(system, "set-balance", customer, "10.00")
+    assert funded.returncode == 0, funded.stderr
+    assert re.search(cells.join([customer, r"10\.00"]), funded.stdout), funded.stdout
+
+    order_id = client.place_order(customer, {product: 2})
+    client.wait_for_events(order_id, {"OrderApproved"})
+    assert Decimal(client.account(customer)["balance"]) == Decimal("1.00")
+    restocked = sagactl(system, "set-product", product, "--stock", "7", "-o", "json")
+    assert restocked.returncode == 0, restocked.stderr
+    shown = json.loads(restocked.stdout)
+    assert (shown["name"], shown["price"], shown["available"], shown["sold"]) == ("Elm table", "4.50", 7, 2)
+
+    # a wrong value is the service's refusal, said; a customer may not set either
+    bad = sagactl(system, "set-balance", customer, "ten")
+    assert bad.returncode == 1 and "422" in bad.stderr and "balance" in bad.stderr, bad
+    minted = sagactl(system, "token", "--subject", customer, "--role", "customer").stdout.strip()
+    refused = sagactl(system, "set-balance", customer, "1000.00", token=minted)
+    assert refused.returncode == 1 and "403" in refused.stderr, refused
+    assert Decimal(client.account(customer)["balance"]) == Decimal("1.00")
