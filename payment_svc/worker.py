@@ -223,12 +223,13 @@ class HandOff:
 
     def take(self, n: int) -> list[Due]:
         """Up to ``n`` payments handed off, oldest first, none that waited too long (those
-        are passed over: ``passed_over``). Those taken are queued for their calls at once
+        are passed over: ``passed_over``, and so is every one at the front that did, ``n``
+        0 too). Those taken are queued for their calls at once
         (``queue``): until each call begins, ``withdraw`` still finds it. Queued only after
         the round's next transactions, they were in neither place meanwhile, and a
         cancellation then charged and refunded them (an attack trial: 7 orders, 5-27 ms)."""
         now, out = time.monotonic(), list[Due]()
-        while self._due and len(out) < n:
+        while self._due and (len(out) < n or self._due[0][0] <= now):
             stale_at, due = self._due.popleft()
             if now < stale_at:
                 out.append(due)
@@ -519,8 +520,9 @@ class PaymentWorker:
     With ``handoff`` a round takes what the consumer handed off claimed (``HandOff``),
     and claims from the table when nothing was handed off, when its last claim took all
     it asked for (more may be due), or when that claim is ``claim_every`` s old; a claim of
-    the table that is due has half the round's room and is called first: retries coming
-    due and refunds owed are not starved by a steady stream of new charges."""
+    the table that is due has half the round's room: retries coming due and refunds owed
+    are not starved by a steady stream of new charges, nor the charges handed off by a
+    backlog in the table."""
 
     def __init__(
         self,
@@ -553,6 +555,8 @@ class PaymentWorker:
         self._claimed_at = -math.inf
         #: the last claim from the table took all it asked for: more may be due
         self._table_full = False
+        #: whether the table had the odd one of the room it last shared with the hand-off
+        self._odd_to_table = False
         #: set by ``finish``: no call not yet begun is made
         self.stopping = False
         if handoff is not None:
@@ -605,8 +609,9 @@ class PaymentWorker:
         """Take what is due into ``waiting``, up to ``batch`` taken and not answered: what
         was handed off, and from the table when its claim is due (``claim_every`` s since
         the last, a last claim that took all it asked for, or a first look with nothing
-        handed off), which then has half the room and the front of the line, and the
-        hand-off what it leaves. Begin
+        handed off), which then shares the room with the hand-off — half each, the odd one
+        to each in turn — and takes what the hand-off leaves, and the hand-off what it
+        leaves. Begin
         as many calls as slots are free, each a task in ``out``; returns how many it
         began."""
         state = self.provider.state
@@ -614,31 +619,44 @@ class PaymentWorker:
             return 0
         room = (self.batch if state == "closed" else 1) - len(out) - len(waiting)
         if room <= 0:
+            await self._take(waiting, 0, state)  # only to release those that waited too long
             return self._begin_calls(out, waiting, state)
         table_due = self._table_full or time.monotonic() - self._claimed_at >= self.claim_every
         # the table's claim due, half the room is its: retries, refunds owed and payments
-        # released are not starved by a stream of new charges handed off
-        taken = await self._take(waiting, room - (room + 1) // 2 if table_due else room, state)
+        # released are not starved by a stream of new charges handed off. The odd one goes
+        # to each in turn: the table's every time, at one slot free behind a backlog in the
+        # table, a payment handed off was never taken (an attack trial)
+        table_share = room // 2
+        if room % 2:
+            self._odd_to_table = not self._odd_to_table
+            table_share += self._odd_to_table
+        taken = await self._take(waiting, room - table_share if table_due else room, state)
         room -= taken
         if room > 0 and (table_due or (first and not taken)):
             claimed = await self.retry.forever(lambda: claim(self.db, room, self.lease), is_transient)
             self._claimed_at, self._table_full = time.monotonic(), len(claimed) == room
             if self.handoff is not None:
                 self.handoff.queue(claimed)  # not those taken: one taken back is not queued again
-            # at the front of the line: they were due before any charge handed off since (at
-            # the back, behind up to ``batch`` such charges, a retry or a refund owed waited
-            # for every one of them: a review)
-            waiting.extendleft(reversed(claimed))
+            # at the back of the line, first come first called: each one taken is called
+            # within its lease. Put at the front, every claim overtook those already taken,
+            # and with one slot the line ran last in first out: payments taken first waited
+            # out their leases, were claimed again and called twice (an attack trial)
+            waiting.extend(claimed)
             await self._take(waiting, room - len(claimed), state)  # the room the table left
         return self._begin_calls(out, waiting, state)
 
     async def _take(self, waiting: deque[Due], n: int, state: str) -> int:
         """Up to ``n`` payments handed off into ``waiting`` (queued for their calls by
-        ``HandOff.take``), those passed over released; returns how many."""
-        if self.handoff is None or state != "closed" or n <= 0:
+        ``HandOff.take``), those passed over released — with ``n`` 0 too: one left
+        waiting past its time while a round had no room for it kept its claim until its
+        lease ended, then was claimed again, in doubt, and a cancellation charged and
+        refunded it (an attack trial); released, it is due at once, as never claimed.
+        Returns how many it took."""
+        if self.handoff is None or state != "closed":
             return 0
-        self.handoff.given.clear()  # given from now on wakes ``_wait``
-        taken = self.handoff.take(n)
+        if n > 0:
+            self.handoff.given.clear()  # given from now on wakes ``_wait``
+        taken = self.handoff.take(max(n, 0))
         waiting.extend(taken)
         await self._release(self.handoff.passed_over())
         return len(taken)

@@ -14,6 +14,7 @@ from decimal import Decimal
 import pytest
 
 from events import OrderCancelled
+from payment_svc.provider import PaymentProvider
 from payment_svc.runtime import HANDOFF
 from payment_svc.worker import PaymentWorker, claim, release
 from saga_kit.retry import RetryPolicy
@@ -206,15 +207,14 @@ async def test_retries_due_in_the_table_are_claimed_beside_the_hand_off(
 async def test_a_retry_due_in_the_table_is_not_starved_by_charges_handed_off(
     payment: ServiceUnderTest,
 ) -> None:
-    """A round that holds 4 payments and calls one at a time, new charges handed off
+    """A round that holds 2 payments and calls one at a time, new charges handed off
     faster than it calls them: a charge due in the table (a retry, a refund owed, a
-    payment released) has half the room whenever the table's claim is due, and the front
-    of the line, so it is called first — not after every charge handed off (the round
-    took all its room from the hand-off, and the table waited for the stream to pause: a
-    review), nor after those the round took before it (called third: a review)."""
+    payment released) has half the room whenever the table's claim is due, so it is
+    called second, not after every charge handed off (the round took all its room from
+    the hand-off, and the table waited for the stream to pause: a review)."""
     assert payment.provider is not None
     worker = PaymentWorker(
-        payment.db, payment.provider, RetryPolicy(0.01, 0.2, 0.01), batch=4, concurrency=1, handoff=HANDOFF
+        payment.db, payment.provider, RetryPolicy(0.01, 0.2, 0.01), batch=2, concurrency=1, handoff=HANDOFF
     )
     try:
         cid = await add_account(payment, "100.00")
@@ -231,7 +231,7 @@ async def test_a_retry_due_in_the_table_is_not_starved_by_charges_handed_off(
             c=cid,
         )
         assert len(called) == 5
-        assert [r.order_id for r in called].index(retry) == 0
+        assert [r.order_id for r in called].index(retry) == 1
     finally:
         HANDOFF.close()
 
@@ -388,3 +388,47 @@ async def test_a_release_voids_a_charge_cancelled_meanwhile(
     assert await handed.round() == 0
     assert not await charged_at_provider(payment, oid)
     assert await balance(payment, cid) == Decimal("10.00")
+
+
+async def test_behind_a_backlog_in_the_table_each_payment_is_called_once_and_those_handed_off_early(
+    payment: ServiceUnderTest, provider_endpoint: str
+) -> None:
+    """One call at a time, 4 payments held, 40 charges due in the table and 3 handed off:
+    the table's claim is due at every answer, and at one slot free it took the slot every
+    time, so the charges handed off were not taken until the backlog was gone — one waited
+    out its lease in the hand-off, was claimed again and counted in doubt; and claims put
+    at the front of the round's line overtook those taken before them, which then waited
+    out their leases too and were called twice (an attack trial: 33 calls for 30 orders,
+    the first orders charged last). The odd slot goes to each in turn, the line is first
+    come first called: every payment is charged with one claim, one call, and those handed
+    off among the first."""
+    provider = PaymentProvider(provider_endpoint, timeout=0.5, breaker_failures=5, breaker_recovery=1.0)
+    worker = PaymentWorker(
+        payment.db, provider, RetryPolicy(0.01, 0.2, 0.01), batch=4, concurrency=1, handoff=HANDOFF
+    )
+    try:
+        cid = await add_account(payment, "1000.00")
+        backlog, handed = [uuid.uuid4() for _ in range(40)], [uuid.uuid4() for _ in range(3)]
+        HANDOFF.close()
+        for oid in backlog:
+            await payment.deliver(event(reserved_payload(cid, "p"), oid), work=False)  # due in the table
+        calling = provider.timeout * 4  # as the worker opened it: 4 held, 1 at a time
+        HANDOFF.open(worker.lease, 4, lambda: True, calling)
+        for oid in handed:
+            await payment.deliver(event(reserved_payload(cid, "p"), oid), work=False)
+        assert len(HANDOFF) == 3
+        query = (
+            "SELECT order_id, attempts FROM payments WHERE customer_id = :c AND status = 'CHARGED'"
+            " ORDER BY updated_at"
+        )
+        async with provider_failing(payment, latency_ms=100):  # 40 calls: 4 s, past the 3.5 s lease
+            deadline = time.monotonic() + 60
+            while len(charged := await payment.rows(query, c=cid)) < 43 and time.monotonic() < deadline:
+                await worker.round()
+        assert len(charged) == 43
+        assert [r.order_id for r in charged if r.attempts != 1] == []  # one claim, one call each
+        first = [r.order_id for r in charged[:8]]
+        assert set(handed) <= set(first), [r.order_id in handed for r in charged]
+    finally:
+        HANDOFF.close()
+        await provider.aclose()

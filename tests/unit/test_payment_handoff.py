@@ -72,6 +72,26 @@ def test_a_payment_whose_lease_could_end_in_its_calls_is_not_called(monkeypatch:
     assert handoff.passed_over() == []
 
 
+def test_one_that_waited_too_long_is_passed_over_though_none_is_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A round with no room takes none, and looks all the same: one left until its lease
+    ended was claimed again, counted in doubt, and a cancellation charged and refunded it
+    (an attack trial). Those not yet too old stay, in order."""
+    now = [1000.0]
+    monkeypatch.setattr(worker.time, "monotonic", lambda: now[0])
+    handoff = HandOff()
+    handoff.open(10.0, 8, lambda: True, calling=6.0)
+    handoff.give([due(1), due(2)], worker.time.monotonic())
+    now[0] += 3.0
+    handoff.give([due(3)], worker.time.monotonic())
+    assert handoff.take(0) == [] and handoff.passed_over() == []
+    now[0] += 1.5  # the first two waited 4.5 s, more than 10 - 6; the third 1.5 s
+    assert handoff.take(0) == []
+    assert [d.order_id.int for d in handoff.passed_over()] == [1, 2]
+    assert [d.order_id.int for d in handoff.take(8)] == [3]
+
+
 def test_drained_are_every_payment_handed_off_and_not_called(monkeypatch: pytest.MonkeyPatch) -> None:
     """The breaker opened, or the service stops: the worker releases the claims of all it
     will not call — those waiting, and those passed over as too old (a trial: the release
