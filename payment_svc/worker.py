@@ -272,11 +272,14 @@ async def claim(db: Database, limit: int, lease_seconds: float, *, unannounced: 
         return [Due(r.order_id, r.customer_id, r.amount, r.status, r.attempts, r.traceparent) for r in rows]
 
 
-async def release(db: Database, claimed: Sequence[Due]) -> int:
+async def release(db: Database, claimed: Sequence[Due], lease_seconds: float) -> int:
     """Undo the claims of payments handed off or claimed and never called (the breaker
     opened before the worker took them, the service stopped first, they waited too long):
-    ``attempts - 1``, due now, each only while its claim is still the row's latest and
-    unanswered. A claim counts as a call that may have charged (a cancellation then
+    ``attempts - 1``, each only while its claim is still the row's latest and unanswered,
+    due at once and from when it was claimed (its lease, ``lease_seconds``, taken off the
+    time it was leased until), so it keeps its place in the line: due from now, it went
+    behind every payment that came due since, and the first orders of a burst were
+    charged last (a re-check trial). A claim counts as a call that may have charged (a cancellation then
     refunds instead of voiding, the saga waits out the lease, silent): one the worker
     knows it never made must not count (a re-check trial: orders placed as the breaker
     opened were charged and refunded after their cancellation, not voided).
@@ -292,13 +295,17 @@ async def release(db: Database, claimed: Sequence[Due]) -> int:
     async with db.unit_of_work() as uow:
         (released,) = await uow.read(
             (
-                "UPDATE payments p SET attempts = p.attempts - 1, next_attempt_at = clock_timestamp()"
+                "UPDATE payments p SET attempts = p.attempts - 1, next_attempt_at = LEAST("
+                " clock_timestamp(), p.next_attempt_at - make_interval(secs => %(lease)s))"
                 f" FROM {sql.recordset('o uuid, n int, s text')}"
                 " WHERE p.order_id = v.o AND p.attempts = v.n AND p.status = v.s"
                 " AND p.answered_attempt < v.n"
                 " RETURNING p.order_id, p.customer_id, p.status, p.reason, p.cancel_requested,"
                 " p.attempts, p.nothing_done_calls, p.refund_cause, p.traceparent",
-                {"rows": sql.rows({"o": d.order_id, "n": d.attempts, "s": d.status} for d in claimed)},
+                {
+                    "rows": sql.rows({"o": d.order_id, "n": d.attempts, "s": d.status} for d in claimed),
+                    "lease": lease_seconds,
+                },
             )
         )
         voided = [
@@ -560,7 +567,12 @@ class PaymentWorker:
         #: set by ``finish``: no call not yet begun is made
         self.stopping = False
         if handoff is not None:
-            handoff.open(self.lease, batch, lambda: provider.state == "closed", calling)
+            # nothing is handed off while the table holds more than the round takes: a
+            # payment due behind that backlog was handed off past it and called first, at
+            # half the round's room (a re-check trial: the 29th order of a burst charged 9th)
+            handoff.open(
+                self.lease, batch, lambda: provider.state == "closed" and not self._table_full, calling
+            )
 
     async def round(self) -> int:
         """Calls until none is out and nothing is left it may take now (the table's claim
@@ -722,14 +734,14 @@ class PaymentWorker:
             dropped = self.handoff.drain()
             self.handoff.close()
             try:
-                await release(self.db, dropped)
+                await release(self.db, dropped, self.lease)
             except Exception as exc:
                 log.warning("payment worker: %d hand-offs left to their leases: %s", len(dropped), exc)
 
     async def _release(self, dropped: list[Due]) -> None:
         """``release`` the claims of payments handed off and not to be called, until it commits."""
         if dropped:
-            await self.retry.forever(lambda: release(self.db, dropped), is_transient)
+            await self.retry.forever(lambda: release(self.db, dropped, self.lease), is_transient)
 
     async def _announce(self) -> int:
         """While the breaker is open: the payments that came due and were not yet said to

@@ -382,7 +382,7 @@ async def test_a_release_voids_a_charge_cancelled_meanwhile(
     (claimed,) = HANDOFF.drain()  # held by a worker this process's consumer cannot reach
     await payment.deliver(event(OrderCancelled(customer_id=cid, reason="timeout"), oid), work=False)
     assert await emitted_types(payment, oid) == []  # in doubt: marked, left to the call
-    assert await release(payment.db, [claimed]) == 1
+    assert await release(payment.db, [claimed], handed.lease) == 1
     assert await payment_row(payment, oid) == ("VOIDED", 0)
     assert await emitted_types(payment, oid) == ["PaymentVoided"]
     assert await handed.round() == 0
@@ -432,3 +432,60 @@ async def test_behind_a_backlog_in_the_table_each_payment_is_called_once_and_tho
     finally:
         HANDOFF.close()
         await provider.aclose()
+
+
+async def test_a_payment_released_keeps_its_place_in_the_line(
+    payment: ServiceUnderTest, handed: PaymentWorker
+) -> None:
+    """Handed off, then released uncalled (it waited too long), a charge is due from when it
+    was claimed, before one that came due after it: due from its release, it went behind
+    every payment due since, and the first orders of a burst were charged last (a
+    re-check trial)."""
+    cid, first = await charge_intended(payment)
+    (claimed,) = HANDOFF.drain()
+    HANDOFF.close()
+    later = uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p"), later), work=False)  # due in the table
+    await release(payment.db, [claimed], handed.lease)
+    assert await leased_for(payment, first) < await leased_for(payment, later) <= 0
+    rows = await payment.rows(
+        "SELECT order_id FROM payments WHERE customer_id = :c AND next_attempt_at <= clock_timestamp()"
+        " ORDER BY next_attempt_at",
+        c=cid,
+    )
+    assert [r.order_id for r in rows] == [first, later]
+
+
+async def test_nothing_is_handed_off_while_the_table_holds_more_than_a_round_takes(
+    payment: ServiceUnderTest,
+) -> None:
+    """A claim of the table that took all it asked for says a backlog waits there: a new
+    charge is left due behind it, not handed off past it (a re-check trial: handed off,
+    the 29th order of a burst was charged 9th); once a claim finds less, the hand-off
+    takes new charges again."""
+    assert payment.provider is not None
+    cid = await add_account(payment, "100.00")
+    HANDOFF.close()
+    for _ in range(4):
+        await payment.deliver(event(reserved_payload(cid, "p"), uuid.uuid4()), work=False)  # the backlog
+    worker = PaymentWorker(
+        payment.db, payment.provider, RetryPolicy(0.01, 0.2, 0.01), batch=2, concurrency=1, handoff=HANDOFF
+    )
+    try:
+        assert HANDOFF.room()[0] == 2
+        async with provider_failing(payment, latency_ms=200):
+            running = asyncio.create_task(worker.round())
+            deadline = time.monotonic() + 5
+            while HANDOFF.room() != (0, 0.0):  # its first claim took the 2 it asked for
+                assert time.monotonic() < deadline and not running.done(), "handed off past the backlog"
+                await asyncio.sleep(0.01)
+            behind = uuid.uuid4()
+            await payment.deliver(event(reserved_payload(cid, "p"), behind), work=False)
+            assert len(HANDOFF) == 0 and await payment_row(payment, behind) == ("PENDING", 0)
+            await asyncio.wait_for(running, 30)  # the backlog, and the one behind it
+        assert await payment_row(payment, behind) == ("CHARGED", 1)
+        assert HANDOFF.room()[0] == 2  # its last claim found less than it asked for
+        await payment.deliver(event(reserved_payload(cid, "p"), uuid.uuid4()), work=False)
+        assert len(HANDOFF) == 1
+    finally:
+        HANDOFF.close()
