@@ -111,11 +111,14 @@ def save(uow: UnitOfWork, ledger: Ledger) -> None:
     once this commits; the rest are due now, for the worker's claim."""
     room, lease = HANDOFF.room()
     claimed: list[Due] = []
+    spilled: list[uuid.UUID] = []
     claimed_at = time.monotonic()  # before the claim runs (with the writes): the lease's start
 
     def claim(oid: uuid.UUID, p: Payment) -> int:
-        """1 if ``p``, due now, is claimed for the hand-off (there is room), else 0."""
+        """1 if ``p``, due now, is claimed for the hand-off (there is room), else 0: left due
+        in the table, where nothing handed off may pass it (``HandOff.spill``)."""
         if len(claimed) >= room:
+            spilled.append(oid)
             return 0
         claimed.append(Due(oid, p.customer_id, p.amount, p.status, p.attempts + 1, p.traceparent))
         return 1
@@ -144,6 +147,8 @@ def save(uow: UnitOfWork, ledger: Ledger) -> None:
     ]
     if claimed:
         uow.after_commit(lambda: HANDOFF.give(claimed, claimed_at))
+    if spilled:
+        uow.after_commit(HANDOFF.spill)
     if new or changed:
         uow.after_commit(WORK_DUE.set)  # a charge or refund is due: the worker goes now
     # a claimed row's lease: the worker's; an unclaimed one is due now

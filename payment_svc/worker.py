@@ -141,12 +141,18 @@ class HandOff:
         self._queued: dict[tuple[uuid.UUID, int], Due] = {}
         #: set by ``give``: a round with a call slot free takes them at once
         self.given = asyncio.Event()
+        #: payments wait in the table behind which none is handed off (``spill``): a charge
+        #: handed off past them was called first (a re-check trial: the 29th order of a
+        #: burst charged 9th); the worker's claim that finds less than it asked clears it
+        self.backlog = False
 
     def open(self, lease: float, limit: int, ready: Callable[[], bool], calling: float = 0.0) -> None:
         """Start taking payments: ``lease`` s, at most ``limit`` waiting, while ``ready()``;
         ``calling``: the longest, in s, the worker takes to call all it may hold, from
-        the moment it takes one (less than ``lease``)."""
+        the moment it takes one (less than ``lease``). No ``backlog`` yet: the worker's
+        first look claims the table."""
         self._lease, self._limit, self._ready, self._calling = lease, limit, ready, calling
+        self.backlog = False
 
     def close(self) -> None:
         """Stop taking payments and forget those waiting (their leases end: ``claim``)."""
@@ -206,10 +212,15 @@ class HandOff:
 
     def room(self) -> tuple[int, float]:
         """(how many payments may be handed off now, the lease in s to claim them with);
-        (0, 0.0) while the worker is not open or not ready."""
-        if self._lease is None or not self._ready():
+        (0, 0.0) while the worker is not open or not ready, or a ``backlog`` waits in the
+        table."""
+        if self._lease is None or not self._ready() or self.backlog:
             return 0, 0.0
         return max(0, self._limit - len(self._due)), self._lease
+
+    def spill(self) -> None:
+        """A payment due was left in the table (no room here): it is a ``backlog``."""
+        self.backlog = True
 
     def give(self, claimed: Iterable[Due], claimed_at: float) -> None:
         """Called once the transaction that claimed ``claimed`` committed; ``claimed_at``:
@@ -567,12 +578,7 @@ class PaymentWorker:
         #: set by ``finish``: no call not yet begun is made
         self.stopping = False
         if handoff is not None:
-            # nothing is handed off while the table holds more than the round takes: a
-            # payment due behind that backlog was handed off past it and called first, at
-            # half the round's room (a re-check trial: the 29th order of a burst charged 9th)
-            handoff.open(
-                self.lease, batch, lambda: provider.state == "closed" and not self._table_full, calling
-            )
+            handoff.open(self.lease, batch, lambda: provider.state == "closed", calling)
 
     async def round(self) -> int:
         """Calls until none is out and nothing is left it may take now (the table's claim
@@ -633,7 +639,8 @@ class PaymentWorker:
         if room <= 0:
             await self._take(waiting, 0, state)  # only to release those that waited too long
             return self._begin_calls(out, waiting, state)
-        table_due = self._table_full or time.monotonic() - self._claimed_at >= self.claim_every
+        backlog = self._table_full or (self.handoff is not None and self.handoff.backlog)
+        table_due = backlog or time.monotonic() - self._claimed_at >= self.claim_every
         # the table's claim due, half the room is its: retries, refunds owed and payments
         # released are not starved by a stream of new charges handed off. The odd one goes
         # to each in turn: the table's every time, at one slot free behind a backlog in the
@@ -647,6 +654,10 @@ class PaymentWorker:
         if room > 0 and (table_due or (first and not taken)):
             claimed = await self.retry.forever(lambda: claim(self.db, room, self.lease), is_transient)
             self._claimed_at, self._table_full = time.monotonic(), len(claimed) == room
+            if self.handoff is not None:
+                # while the table holds more than the round takes, nothing is handed off
+                # past it: a new charge waits in its turn (``HandOff.backlog``)
+                self.handoff.backlog = self._table_full
             if self.handoff is not None:
                 self.handoff.queue(claimed)  # not those taken: one taken back is not queued again
             # at the back of the line, first come first called: each one taken is called

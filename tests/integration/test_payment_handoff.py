@@ -489,3 +489,25 @@ async def test_nothing_is_handed_off_while_the_table_holds_more_than_a_round_tak
         assert len(HANDOFF) == 1
     finally:
         HANDOFF.close()
+
+
+async def test_a_charge_left_in_the_table_for_want_of_room_is_not_passed_by_one_handed_off(
+    payment: ServiceUnderTest, handed: PaymentWorker
+) -> None:
+    """The hand-off full, a new charge is left due in the table; one that comes after it is
+    left there too, behind it, though the worker has taken from the hand-off meanwhile:
+    handed off, it was called before the one in the table (a re-check trial: orders 8 and
+    9 of a burst charged before 5, 6 and 7)."""
+    HANDOFF.open(handed.lease, 1, lambda: True)
+    cid, first = await charge_intended(payment)
+    assert len(HANDOFF) == 1
+    second, third = uuid.uuid4(), uuid.uuid4()
+    await payment.deliver(event(reserved_payload(cid, "p"), second), work=False)
+    assert len(HANDOFF) == 1 and await payment_row(payment, second) == ("PENDING", 0)  # no room
+    assert [d.order_id for d in HANDOFF.take(1)] == [first]  # a round took it: there is room
+    await payment.deliver(event(reserved_payload(cid, "p"), third), work=False)
+    assert len(HANDOFF) == 0 and await payment_row(payment, third) == ("PENDING", 0)  # behind the second
+    claimed = await claim(payment.db, 10, handed.lease)
+    mine = [d.order_id for d in claimed if d.customer_id == cid]
+    assert mine == [second, third]  # the table's line, in order
+    await release(payment.db, claimed, handed.lease)

@@ -92,6 +92,23 @@ def test_one_that_waited_too_long_is_passed_over_though_none_is_taken(
     assert [d.order_id.int for d in handoff.take(8)] == [3]
 
 
+def test_nothing_is_handed_off_past_a_payment_left_in_the_table_until_the_worker_claims_it() -> None:
+    """A payment left due for want of room (``spill``) is a backlog: none is handed off
+    past it, whatever room there is, until the worker's claim of the table finds less
+    than it asked for (it clears ``backlog``). A new worker's first look claims the table."""
+    handoff = HandOff()
+    handoff.open(11.0, 1, lambda: True)
+    handoff.give([due(1)], worker.time.monotonic())
+    handoff.spill()  # a second, left in the table
+    assert [d.order_id.int for d in handoff.take(1)] == [1]
+    assert handoff.room() == (0, 0.0)
+    handoff.backlog = False  # the worker's claim found less than it asked for
+    assert handoff.room() == (1, 11.0)
+    handoff.spill()
+    handoff.open(11.0, 1, lambda: True)
+    assert handoff.room() == (1, 11.0)
+
+
 def test_drained_are_every_payment_handed_off_and_not_called(monkeypatch: pytest.MonkeyPatch) -> None:
     """The breaker opened, or the service stops: the worker releases the claims of all it
     will not call — those waiting, and those passed over as too old (a trial: the release
