@@ -883,6 +883,9 @@ class System:
                         restart.due = restart.delay_after(time.monotonic())
                         wait = restart.due - time.monotonic()
                         later = f" in {wait:.0f} s (it exited again as it started)" if wait > 0 else ""
+                        if name == PROVIDER:  # an operator trial: its faults quietly gone
+                            later += "; the faults PUT /v1/faults set are gone: it starts from"
+                            later += " PROVIDER_FAULTS"
                         _said(f"{exited(name, sp.proc.returncode, self.exit_reason)}; restarting{later}")
                     if time.monotonic() >= restart.due:
                         if name == PROVIDER:

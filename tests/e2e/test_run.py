@@ -89,6 +89,12 @@ def test_make_run_serves_and_a_closed_terminal_stops_everything(run_root: Path) 
         assert said(proc) == "payment_svc was killed (SIGKILL); restarting\n"
         assert said(proc) == "payment_svc is ready again\n"
         assert ready_within(f"http://127.0.0.1:{ports['PAYMENT_HTTP_PORT']}/health/ready", 10)
+        os.kill(int(recorded["payment_provider"][0]), signal.SIGKILL)  # its faults in memory are lost
+        assert said(proc) == (
+            "payment_provider was killed (SIGKILL); restarting; the faults PUT /v1/faults set are gone:"
+            " it starts from PROVIDER_FAULTS\n"
+        )
+        assert said(proc) == "payment_provider is ready again\n"
 
         tansu = int(recorded["tansu"][0])
         os.kill(tansu, signal.SIGSTOP)  # the broker answers nothing, and a service dies
