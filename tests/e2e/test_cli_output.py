@@ -83,6 +83,15 @@ def test_every_command_fits_80_columns_with_whole_headers(
         ("dlq", "list", "--status", "ALL"): ["service", "id", "status", "event", "reason", "age"],
         ("stock",): ["product", "name", "price", "available", "reserved", "sold"],
         ("balances",): ["customer", "balance"],
+        ("set-product", long_product, "--stock", "10"): [
+            "product",
+            "name",
+            "price",
+            "available",
+            "reserved",
+            "sold",
+        ],
+        ("set-balance", long_customer, "1000.00"): ["customer", "balance"],
         ("health",): ["service", "status", "check", "detail"],
         ("saga", rejected): [],
         ("saga", approved[:8]): [],  # the shortened id tables show
@@ -158,6 +167,12 @@ def test_every_command_prints_json_with_output_json(
     assert {e["event_type"] for e in saga["events"]} >= {"OrderCreated", "InventoryCommitted"}
     assert products["cup"] in {p["product_id"] for p in run("stock")}
     assert {"customer_id": customers["max"], "balance": "48.00"} in run("balances")
+    restocked = run("set-product", products["cup"], "--stock", "9")  # its name and price kept
+    assert (restocked["name"], restocked["price"], restocked["available"]) == ("cup", "2.00", 9)
+    assert run("set-balance", customers["max"], "60.00") == {
+        "customer_id": customers["max"],
+        "balance": "60.00",
+    }
     listed = run("dlq", "list", "--service", "payment")
     assert (listed["unreachable"], listed["unavailable"]) == ({}, {})
     letters = listed["dead_letters"]
