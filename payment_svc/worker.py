@@ -106,6 +106,14 @@ class Due:
     traceparent: str | None = None
 
 
+#: The lease's margin, in s, over a round's calls: for the records, claims and 50 ms
+#: lingers between its waves of calls. A payment handed off is taken at the latest this
+#: long before its calls could outlast its lease (taken up to the lease less the calls, a
+#: round's overheads ran past it, and the worker's own claim could take the row again
+#: while its call waited in the line, to call it twice: a review).
+LEASE_MARGIN_SECONDS = 1.0
+
+
 class HandOff:
     """Payments claimed in the consumer transaction that made them due (a new charge, a
     refund), handed to this process's worker once it commits: the worker calls the provider
@@ -228,7 +236,7 @@ class HandOff:
         commit, which may come late, a call could outlive its lease: a review)."""
         if self._lease is None:
             return  # closed meanwhile: their leases end
-        stale_at = claimed_at + self._lease - self._calling
+        stale_at = claimed_at + self._lease - self._calling - LEASE_MARGIN_SECONDS
         self._due.extend((stale_at, d) for d in claimed)
         self.given.set()
 
@@ -566,7 +574,7 @@ class PaymentWorker:
         #: and a margin, so a live call is not claimed again (if it is, its answer is
         #: stale: ``record``)
         calling = provider.timeout * math.ceil(batch / concurrency)
-        self.lease = calling + provider.timeout + 1.0
+        self.lease = calling + provider.timeout + LEASE_MARGIN_SECONDS
         self.handoff, self.claim_every = handoff, claim_every
         #: called when a round left a payment due at once (the next round follows now)
         self.wake = wake
