@@ -49,11 +49,18 @@ class AccountView(BaseModel):
 async def _provider(method: str, path: str, body: Any = None, *, not_found: str | None = None) -> Any:
     """The provider's JSON answer to an account call: its 404 as ours when ``not_found``
     says what is missing, its 503 or 429 as our 503 (with ``Retry-After``); anything else but 200 —
-    or no answer, or a 200 that is not JSON — is a 502."""
+    or no answer, or a 200 that is not JSON — is a 502 (a ``PUT`` sent and not answered
+    says it may have been applied)."""
     try:
         answer = await runtime.provider().request(method, path, body)
     except Unreachable as exc:
-        raise HTTPException(502, f"the payment provider did not answer: {exc}") from None
+        # a PUT sent and not answered may have been applied; it sets the whole balance, so
+        # sending it again is safe (an operator read "did not answer" as "not set": a review)
+        sent = method == "PUT" and str(exc) != "ClientConnectorError"  # connected: it was sent
+        maybe = "; it may have been applied, and sending it again is safe (it sets the whole value)"
+        raise HTTPException(
+            502, f"the payment provider did not answer: {exc}{maybe if sent else ''}"
+        ) from None
     if answer.status_code == 404 and not_found is not None:
         raise HTTPException(404, not_found)
     if answer.status_code in NOTHING_DONE_STATUSES:  # 503, 429: nothing done, try again

@@ -17,7 +17,7 @@ from fastapi import HTTPException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from payment_svc import runtime
-from payment_svc.api import get_account, list_accounts
+from payment_svc.api import AccountIn, get_account, list_accounts, put_account
 from payment_svc.provider import (
     MAX_ANSWER_BYTES,
     Charged,
@@ -315,6 +315,27 @@ async def test_an_account_call_the_provider_answers_nothing_done_is_a_503_to_ret
             await provider.aclose()
     assert listed.value.status_code == 503, listed.value.detail
     assert listed.value.headers is not None and listed.value.headers["Retry-After"].isdigit()
+
+
+async def test_a_balance_set_and_not_answered_may_have_been_set_and_is_safe_to_set_again(
+    silent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``PUT`` the provider took and did not answer may have been applied: the 502 says
+    so, and that sending it again is safe (it sets the whole balance); one that never
+    connected was not sent, and says only that (a review: "did not answer" read as "not
+    set")."""
+    body = AccountIn(balance=Decimal("10.00"))
+    for url, maybe in ((silent, True), (f"http://127.0.0.1:{free_port()}", False)):
+        provider = _client(url)
+        monkeypatch.setitem(runtime._state, "provider", provider)
+        try:
+            with pytest.raises(HTTPException) as put:
+                await put_account("ann", body)
+        finally:
+            await provider.aclose()
+        assert put.value.status_code == 502, put.value.detail
+        assert put.value.detail.startswith("the payment provider did not answer: ")
+        assert ("it may have been applied, and sending it again is safe" in put.value.detail) is maybe
 
 
 def _streaming(status: int, size: int, *, say_length: bool) -> Any:
