@@ -56,10 +56,9 @@ async def _provider(method: str, path: str, body: Any = None, *, not_found: str 
     except Unreachable as exc:
         # a PUT sent and not answered may have been applied; it sets the whole balance, so
         # sending it again is safe (an operator read "did not answer" as "not set": a review)
-        sent = method == "PUT" and str(exc) != "ClientConnectorError"  # connected: it was sent
         maybe = "; it may have been applied, and sending it again is safe (it sets the whole value)"
         raise HTTPException(
-            502, f"the payment provider did not answer: {exc}{maybe if sent else ''}"
+            502, f"the payment provider did not answer: {exc}{maybe if method == 'PUT' and exc.sent else ''}"
         ) from None
     if answer.status_code == 404 and not_found is not None:
         raise HTTPException(404, not_found)

@@ -146,7 +146,12 @@ class Answer:
 class Unreachable(Exception):
     """``PaymentProvider.request`` got no answer: connection refused or reset, or no
     answer within the timeout. Its message is the error's kind only (callers may show it);
-    the details are logged."""
+    the details are logged. ``sent``: the request may have reached the provider (false
+    only when no connection was made, as ``_send`` tells them apart)."""
+
+    def __init__(self, kind: str, *, sent: bool) -> None:
+        super().__init__(kind)
+        self.sent = sent
 
 
 class _Failed(Exception):
@@ -313,7 +318,8 @@ class PaymentProvider:
             log.warning(
                 "payment provider: %s %s got no answer (%s: %s)", method, path, type(exc).__name__, exc
             )
-            raise Unreachable(type(exc).__name__) from None
+            sent = not isinstance(exc, aiohttp.ClientConnectorError)  # connected: it left
+            raise Unreachable(type(exc).__name__, sent=sent) from None
 
     async def _exchange(self, method: str, path: str, body: Any, headers: dict[str, str]) -> Answer:
         if self._session is None or self._session.closed:
