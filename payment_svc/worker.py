@@ -666,7 +666,6 @@ class PaymentWorker:
                 # while the table holds more than the round takes, nothing is handed off
                 # past it: a new charge waits in its turn (``HandOff.backlog``)
                 self.handoff.backlog = self._table_full
-            if self.handoff is not None:
                 self.handoff.queue(claimed)  # not those taken: one taken back is not queued again
             # at the back of the line, first come first called: each one taken is called
             # within its lease. Put at the front, every claim overtook those already taken,
@@ -687,7 +686,7 @@ class PaymentWorker:
             return 0
         if n > 0:
             self.handoff.given.clear()  # given from now on wakes ``_wait``
-        taken = self.handoff.take(max(n, 0))
+        taken = self.handoff.take(n)
         waiting.extend(taken)
         await self._release(self.handoff.passed_over())
         return len(taken)
