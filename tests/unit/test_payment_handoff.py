@@ -14,6 +14,15 @@ from payment_svc.worker import Due, HandOff
 from saga_kit.retry import RetryPolicy
 
 
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The hand-off's ``time.monotonic``, read from ``clock[0]`` (1000.0 at first): a test
+    moves it on."""
+    now = [1000.0]
+    monkeypatch.setattr(worker.time, "monotonic", lambda: now[0])
+    return now
+
+
 def due(n: int) -> Due:
     return Due(uuid.UUID(int=n), "c", Decimal("1.00"), "PENDING", 1)
 
@@ -54,18 +63,16 @@ def test_at_most_a_round_waits_and_the_worker_takes_the_oldest_first() -> None:
     assert handoff.take(5) == []
 
 
-def test_a_payment_whose_lease_could_end_in_its_calls_is_not_called(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_payment_whose_lease_could_end_in_its_calls_is_not_called(clock: list[float]) -> None:
     """Its claim is too old to be sure of a call within the lease (10 s, of which a round's
     calls may take 6): it is passed over, for the worker to release its claim (left
     claimed, it waited out its lease in doubt though never called: a trial), once."""
-    now = [1000.0]
-    monkeypatch.setattr(worker.time, "monotonic", lambda: now[0])
     handoff = HandOff()
     handoff.open(10.0, 8, lambda: True, calling=6.0)
     handoff.give([due(1)], worker.time.monotonic())
-    now[0] += 4.0
+    clock[0] += 4.0
     handoff.give([due(2)], worker.time.monotonic())
-    now[0] += 1.5  # the first waited 5.5 s of its 10 s lease, more than 10 - 6; the second 1.5 s
+    clock[0] += 1.5  # the first waited 5.5 s of its 10 s lease, more than 10 - 6; the second 1.5 s
     assert [d.order_id.int for d in handoff.take(8)] == [2]
     assert len(handoff) == 0
     assert [d.order_id.int for d in handoff.passed_over()] == [1]
@@ -73,20 +80,18 @@ def test_a_payment_whose_lease_could_end_in_its_calls_is_not_called(monkeypatch:
 
 
 def test_one_that_waited_too_long_is_passed_over_though_none_is_taken(
-    monkeypatch: pytest.MonkeyPatch,
+    clock: list[float],
 ) -> None:
     """A round with no room takes none, and looks all the same: one left until its lease
     ended was claimed again, counted in doubt, and a cancellation charged and refunded it
     (an attack trial). Those not yet too old stay, in order."""
-    now = [1000.0]
-    monkeypatch.setattr(worker.time, "monotonic", lambda: now[0])
     handoff = HandOff()
     handoff.open(10.0, 8, lambda: True, calling=6.0)
     handoff.give([due(1), due(2)], worker.time.monotonic())
-    now[0] += 2.0
+    clock[0] += 2.0
     handoff.give([due(3)], worker.time.monotonic())
     assert handoff.take(0) == [] and handoff.passed_over() == []
-    now[0] += 2.5  # the first two waited 4.5 s, more than 10 - 6 - the margin; the third 2.5 s
+    clock[0] += 2.5  # the first two waited 4.5 s, more than 10 - 6 - the margin; the third 2.5 s
     assert handoff.take(0) == []
     assert [d.order_id.int for d in handoff.passed_over()] == [1, 2]
     assert [d.order_id.int for d in handoff.take(8)] == [3]
@@ -109,16 +114,14 @@ def test_nothing_is_handed_off_past_a_payment_left_in_the_table_until_the_worker
     assert handoff.room() == (1, 11.0)
 
 
-def test_drained_are_every_payment_handed_off_and_not_called(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_drained_are_every_payment_handed_off_and_not_called(clock: list[float]) -> None:
     """The breaker opened, or the service stops: the worker releases the claims of all it
     will not call — those waiting, and those passed over as too old (a trial: the release
     took what ``take`` gave, and the old ones stayed claimed)."""
-    now = [1000.0]
-    monkeypatch.setattr(worker.time, "monotonic", lambda: now[0])
     handoff = HandOff()
     handoff.open(10.0, 8, lambda: True, calling=6.0)
     handoff.give([due(1), due(2)], worker.time.monotonic())
-    now[0] += 5.0
+    clock[0] += 5.0
     handoff.give([due(3)], worker.time.monotonic())
     assert [d.order_id.int for d in handoff.drain()] == [1, 2, 3]  # 1 and 2 too old to call
     assert len(handoff) == 0 and handoff.drain() == [] and handoff.passed_over() == []
@@ -129,13 +132,11 @@ def test_drained_are_every_payment_handed_off_and_not_called(monkeypatch: pytest
 
 @pytest.mark.parametrize(("batch", "concurrency"), [(1, 1), (32, 8), (32, 32), (10, 3)])
 def test_a_payment_taken_at_the_last_moment_is_called_within_its_lease(
-    batch: int, concurrency: int, monkeypatch: pytest.MonkeyPatch
+    batch: int, concurrency: int, clock: list[float]
 ) -> None:
     """The worker's lease outlasts a round whose calls (``batch``, ``concurrency`` at a time,
     each up to the timeout) start with a payment handed off as late as it may be taken. At
     half the lease, a round of four calls one after another outlived it (a review)."""
-    now = [1000.0]
-    monkeypatch.setattr(worker.time, "monotonic", lambda: now[0])
     provider = PaymentProvider("http://127.0.0.1:9", timeout=5.0, breaker_failures=5, breaker_recovery=1.0)
     handoff = HandOff()
     w = worker.PaymentWorker(
@@ -149,33 +150,31 @@ def test_a_payment_taken_at_the_last_moment_is_called_within_its_lease(
     calls = 5.0 * -(-batch // concurrency)  # the round's calls at their slowest
     latest = w.lease - calls - worker.LEASE_MARGIN_SECONDS
     handoff.give([due(1)], worker.time.monotonic())
-    now[0] += latest - 0.01
+    clock[0] += latest - 0.01
     assert len(handoff.take(1)) == 1  # the latest it is taken …
     # … and its calls end within its lease, the margin left for the round's records
-    assert now[0] - 1000.0 + calls + worker.LEASE_MARGIN_SECONDS < w.lease
+    assert clock[0] - 1000.0 + calls + worker.LEASE_MARGIN_SECONDS < w.lease
     handoff.give([due(2)], worker.time.monotonic())
-    now[0] += latest + 0.01
+    clock[0] += latest + 0.01
     assert handoff.take(1) == []
 
 
-def test_a_payment_s_lease_counts_from_its_claim_not_from_the_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_payment_s_lease_counts_from_its_claim_not_from_the_commit(clock: list[float]) -> None:
     """The lease starts when the consumer's transaction claims the row, which its commit
     may follow late (a slow commit, a busy loop): dated from the commit, a handed-off call
     could outlive the lease by that much, and another instance would claim the row and
     call again under the same key (a review)."""
-    now = [1000.0]
-    monkeypatch.setattr(worker.time, "monotonic", lambda: now[0])
     handoff = HandOff()
     handoff.open(10.0, 8, lambda: True, calling=6.0)
-    claimed_at = now[0]
-    now[0] += 4.5  # the commit came 4.5 s after the claim: 5.5 s of lease left, under 6
+    claimed_at = clock[0]
+    clock[0] += 4.5  # the commit came 4.5 s after the claim: 5.5 s of lease left, under 6
     handoff.give([due(1)], claimed_at)
     assert handoff.take(8) == []
-    handoff.give([due(2)], now[0] - 1.0)  # 9 s left: called
+    handoff.give([due(2)], clock[0] - 1.0)  # 9 s left: called
     assert [d.order_id.int for d in handoff.take(8)] == [2]
 
 
-def test_a_payment_is_taken_back_only_until_its_call_begins(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_payment_is_taken_back_only_until_its_call_begins(clock: list[float]) -> None:
     """``withdraw`` finds a payment waiting, passed over or taken by a round and waiting
     for a call slot (``queue``); once its call began (``begin``), or for another claim of
     the same order, it finds nothing."""
@@ -196,9 +195,8 @@ def test_a_payment_is_taken_back_only_until_its_call_begins(monkeypatch: pytest.
     claimed = Due(uuid.UUID(int=5), "c", Decimal("1.00"), "PENDING", 2)  # from the table
     handoff.queue([claimed])
     assert handoff.withdraw(uuid.UUID(int=5), 2) and not handoff.begin(claimed)
-    now = worker.time.monotonic()
-    handoff.give([due(4)], now)
-    monkeypatch.setattr(worker.time, "monotonic", lambda: now + 8.0)
+    handoff.give([due(4)], clock[0])
+    clock[0] += 8.0
     assert handoff.take(8) == []  # passed over: never called
     assert handoff.withdraw(uuid.UUID(int=4), 1)
     assert handoff.passed_over() == []
